@@ -1,0 +1,128 @@
+//! A whole model on this machine: head, tokenizer, chat template and a chain of local executors.
+
+use std::ops::Range;
+use std::path::Path;
+
+use anyhow::Context;
+use web_node::client::{Head, LocalChain};
+use web_node::engine::gpu::GpuContext;
+use web_node::engine::{AnyBackend, Backend, BlockExecutor, ExecutorConfig};
+use web_node::model::{ChatMessage, ChatTemplate, LlamaConfig, ModelFile, Tokenizer};
+
+/// Which compute backend runs the decoder layers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// wgpu when the machine has a real GPU adapter, else the CPU backend (which beats a CPU
+    /// Vulkan device such as lavapipe).
+    Auto,
+    /// Our WGSL kernels through wgpu (a GPU, or Mesa's lavapipe CPU device).
+    Wgpu,
+    /// The CPU backend.
+    Cpu,
+}
+
+impl BackendKind {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Auto => "auto",
+            BackendKind::Wgpu => "wgpu",
+            BackendKind::Cpu => "cpu",
+        }
+    }
+}
+
+/// A model loaded for local generation.
+pub struct LocalModel {
+    /// Resolved configuration.
+    pub config: LlamaConfig,
+    /// Embeddings and LM head.
+    pub head: Head,
+    /// Tokenizer.
+    pub tokenizer: Tokenizer,
+    /// Chat template (the model's, or ChatML when it has none).
+    pub template: ChatTemplate,
+    /// Executors covering every layer.
+    pub chain: LocalChain<AnyBackend>,
+    /// Adapter description for the wgpu backend.
+    pub adapter: Option<String>,
+}
+
+impl LocalModel {
+    /// Loads `path` and builds executors on `backend`, one per range of `split` (default: one
+    /// executor for all layers).
+    pub fn load(
+        path: &Path,
+        backend: BackendKind,
+        split: Option<Vec<Range<usize>>>,
+    ) -> anyhow::Result<LocalModel> {
+        let file =
+            ModelFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        Self::from_file(&file, backend, split)
+    }
+
+    /// Builds from an opened model file.
+    pub fn from_file(
+        file: &ModelFile,
+        backend: BackendKind,
+        split: Option<Vec<Range<usize>>>,
+    ) -> anyhow::Result<LocalModel> {
+        let config = file.config().clone();
+        let tokenizer = file.tokenizer()?;
+        let head = Head::new(config.clone(), file.load_head()?)?;
+        let bos = tokenizer
+            .bos_token()
+            .and_then(|t| tokenizer.token_str(t))
+            .unwrap_or_default();
+        let eos = tokenizer
+            .eos_tokens()
+            .first()
+            .and_then(|&t| tokenizer.token_str(t))
+            .unwrap_or_default();
+        let template = match file.chat_template() {
+            Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
+            None => ChatTemplate::chatml(),
+        };
+        let split = split.unwrap_or_else(|| vec![0..config.n_layers]);
+        let gpu = match backend {
+            BackendKind::Wgpu => Some(pollster::block_on(GpuContext::new()).context("starting the wgpu backend")?),
+            BackendKind::Auto => match pollster::block_on(GpuContext::new()) {
+                Ok(ctx) if ctx.adapter_info().device_type != "Cpu" => Some(ctx),
+                Ok(_) | Err(_) => None,
+            },
+            BackendKind::Cpu => None,
+        };
+        let adapter = gpu.as_ref().map(|ctx| {
+            let a = ctx.adapter_info();
+            format!("{} ({}, {})", a.name, a.backend, a.device_type)
+        });
+        let mut executors = Vec::new();
+        for range in split {
+            let layers = file.load_layers(range.clone())?;
+            let b = match &gpu {
+                Some(ctx) => AnyBackend::gpu(ctx.clone(), config.clone(), range, &layers)?,
+                None => AnyBackend::cpu(config.clone(), range, layers)?,
+            };
+            executors.push(BlockExecutor::new(b, ExecutorConfig::default()));
+        }
+        let chain = LocalChain::new(executors)?;
+        Ok(LocalModel {
+            config,
+            head,
+            tokenizer,
+            template,
+            chain,
+            adapter,
+        })
+    }
+
+    /// Name of the backend the layers run on (`cpu` or `wgpu`).
+    pub fn backend_name(&self) -> &'static str {
+        self.chain.executors().first().map_or("none", |e| e.backend().name())
+    }
+
+    /// The prompt text for a conversation, through the model's chat template.
+    pub fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
+        Ok(self.template.render(messages, true)?)
+    }
+}

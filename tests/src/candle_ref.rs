@@ -1,0 +1,146 @@
+//! Independent reference models built with candle, for comparing our engine against.
+//!
+//! Nothing here uses web-node's GGUF reader, dequantizer or RoPE layout: candle reads the
+//! file and dequantizes every tensor, and the q/k rows are un-permuted with candle tensor ops.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::llama::{Cache, Config, Llama};
+use candle_transformers::models::quantized_llama::ModelWeights;
+
+/// candle's plain f32 Llama, fed f32 tensors dequantized from a GGUF file.
+pub struct F32Reference {
+    model: Llama,
+    config: Config,
+    cache: Cache,
+}
+
+fn md_u32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<usize> {
+    Ok(ct.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("no {key}")))?.to_u32()? as usize)
+}
+
+fn md_f32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<f32> {
+    ct.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("no {key}")))?.to_f32()
+}
+
+/// Hugging Face name of a GGUF tensor of a llama-architecture model.
+fn hf_name(gguf: &str) -> Option<String> {
+    let fixed = match gguf {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = gguf.strip_prefix("blk.")?;
+    let (layer, name) = rest.split_once('.')?;
+    let hf = match name {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_up.weight" => "mlp.up_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// llama.cpp stores q/k rows of each head as interleaved pairs; Hugging Face as two halves.
+fn unpermute(t: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let (rows, cols) = t.dims2()?;
+    let hd = rows / n_head;
+    t.reshape((n_head, hd / 2, 2, cols))?.transpose(1, 2)?.contiguous()?.reshape((rows, cols))
+}
+
+impl F32Reference {
+    /// Loads every tensor of the GGUF at `path`, dequantized to f32 by candle.
+    pub fn load(path: &Path) -> candle_core::Result<Self> {
+        let dev = Device::Cpu;
+        let mut f = std::fs::File::open(path)?;
+        let ct = gguf_file::Content::read(&mut f)?;
+        let heads = md_u32(&ct, "llama.attention.head_count")?;
+        let kv_heads = md_u32(&ct, "llama.attention.head_count_kv")?;
+        let mut tensors = HashMap::new();
+        let names: Vec<String> = ct.tensor_infos.keys().cloned().collect();
+        for name in names {
+            let t = ct.tensor(&mut f, &name, &dev)?.dequantize(&dev)?.to_dtype(DType::F32)?;
+            let t = if name.ends_with("attn_q.weight") {
+                unpermute(&t, heads)?
+            } else if name.ends_with("attn_k.weight") {
+                unpermute(&t, kv_heads)?
+            } else {
+                t
+            };
+            let hf = hf_name(&name).ok_or_else(|| candle_core::Error::Msg(format!("unexpected tensor {name}")))?;
+            tensors.insert(hf, t);
+        }
+        let tied = !tensors.contains_key("lm_head.weight");
+        let config = Config {
+            hidden_size: md_u32(&ct, "llama.embedding_length")?,
+            intermediate_size: md_u32(&ct, "llama.feed_forward_length")?,
+            vocab_size: tensors["model.embed_tokens.weight"].dims2()?.0,
+            num_hidden_layers: md_u32(&ct, "llama.block_count")?,
+            num_attention_heads: heads,
+            num_key_value_heads: kv_heads,
+            use_flash_attn: false,
+            rms_norm_eps: md_f32(&ct, "llama.attention.layer_norm_rms_epsilon")? as f64,
+            rope_theta: md_f32(&ct, "llama.rope.freq_base")?,
+            bos_token_id: None,
+            eos_token_id: None,
+            rope_scaling: None,
+            max_position_embeddings: md_u32(&ct, "llama.context_length")?,
+            tie_word_embeddings: tied,
+        };
+        let vb = VarBuilder::from_tensors(tensors, DType::F32, &dev);
+        let model = Llama::load(vb, &config)?;
+        let cache = Cache::new(true, DType::F32, &config, &dev)?;
+        Ok(Self { model, config, cache })
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) -> candle_core::Result<()> {
+        self.cache = Cache::new(true, DType::F32, &self.config, &Device::Cpu)?;
+        Ok(())
+    }
+
+    /// Logits of the last of `tokens`, which sit at positions `pos..`.
+    pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        self.model.forward(&x, pos, &mut self.cache)?.squeeze(0)?.to_vec1()
+    }
+}
+
+/// candle's `quantized_llama` (8-bit activations in its matrix products), for comparison only.
+pub struct QuantizedReference {
+    model: ModelWeights,
+}
+
+impl QuantizedReference {
+    /// Loads the GGUF at `path`.
+    pub fn load(path: &Path) -> candle_core::Result<Self> {
+        let mut f = std::fs::File::open(path)?;
+        let ct = gguf_file::Content::read(&mut f)?;
+        Ok(Self { model: ModelWeights::from_gguf(ct, &mut f, &Device::Cpu)? })
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) {
+        self.model.clear_kv_cache();
+    }
+
+    /// Logits of the last of `tokens`, which sit at positions `pos..`.
+    pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        self.model.forward(&x, pos)?.squeeze(0)?.to_vec1()
+    }
+}

@@ -1,0 +1,34 @@
+//! Shared helpers for the integration tests in `tests/tests/`.
+//!
+//! - [`candle_ref`]: independent reference models (candle) to compare the engine against.
+//! - [`tiny_model`]: a tiny random Llama model written as safetensors and as GGUF.
+//! - [`default_model`]: the default model's path (downloaded into the cache on first use).
+
+pub mod candle_ref;
+/// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
+pub mod tiny_model;
+
+use std::path::PathBuf;
+
+/// Path of the default model (SmolLM2-135M-Instruct Q4_1), fetched on first use; `AIT_MODEL`
+/// overrides it.
+pub fn default_model() -> PathBuf {
+    relay::fetch::default_model().expect("the default model is needed: run scripts/setup.sh or set AIT_MODEL")
+}
+
+/// Index of the largest value (the first one on ties).
+pub fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, x) in v.iter().enumerate() {
+        if *x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+/// Largest absolute difference between two equally long slices.
+pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+}

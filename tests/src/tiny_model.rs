@@ -1,0 +1,356 @@
+//! A tiny random Llama model, written as a Hugging Face safetensors checkpoint and as a GGUF
+//! file holding the same values, for the cross-format tests (`tests/tests/formats.rs`).
+//!
+//! Values are kept in Hugging Face layout (`[out_features, in_features]`, row-major, q/k rows
+//! in rotate-half order); [`TinyModel::gguf`] converts names, reverses dims and permutes q/k
+//! rows into llama.cpp's order, as llama.cpp's converter does.
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use safetensors::tensor::TensorView;
+use safetensors::Dtype;
+use web_node::model::gguf::writer::{self, TensorOut};
+use web_node::model::gguf::Value;
+use web_node::model::quant::{dequantize, quantize};
+use web_node::model::weights::permute_rope_rows;
+use web_node::model::{Arch, LlamaConfig, QMatrix, WeightType};
+
+/// One tensor: Hugging Face name, shape (slowest first) and values.
+#[derive(Clone, Debug)]
+pub struct Tensor {
+    /// Hugging Face name (`model.layers.0.self_attn.q_proj.weight`).
+    pub name: String,
+    /// Shape, slowest-varying first (`[rows, cols]` for a matrix).
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub values: Vec<f32>,
+}
+
+/// A small Llama model with seeded random weights.
+#[derive(Clone, Debug)]
+pub struct TinyModel {
+    /// Its configuration.
+    pub config: LlamaConfig,
+    /// Every tensor, in Hugging Face naming and layout.
+    pub tensors: Vec<Tensor>,
+}
+
+impl TinyModel {
+    /// hidden 64, 4 heads, 2 kv heads, head_dim 16, intermediate 96, 2 layers, vocab 128;
+    /// without `lm_head.weight` when `tied`.
+    pub fn random(seed: u64, tied: bool) -> TinyModel {
+        let config = LlamaConfig {
+            arch: Arch::Llama,
+            hidden: 64,
+            intermediate: 96,
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 16,
+            rope_theta: 10_000.0,
+            rms_eps: 1e-5,
+            vocab: 128,
+            max_seq_len: 256,
+            tie_embeddings: tied,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let (h, q, kv, f, v) = (
+            config.hidden,
+            config.q_dim(),
+            config.kv_dim(),
+            config.intermediate,
+            config.vocab,
+        );
+        let mut specs: Vec<(String, Vec<usize>)> =
+            vec![("model.embed_tokens.weight".into(), vec![v, h])];
+        for i in 0..config.n_layers {
+            let l = |t: &str| format!("model.layers.{i}.{t}");
+            specs.extend([
+                (l("input_layernorm.weight"), vec![h]),
+                (l("self_attn.q_proj.weight"), vec![q, h]),
+                (l("self_attn.k_proj.weight"), vec![kv, h]),
+                (l("self_attn.v_proj.weight"), vec![kv, h]),
+                (l("self_attn.o_proj.weight"), vec![h, q]),
+                (l("post_attention_layernorm.weight"), vec![h]),
+                (l("mlp.gate_proj.weight"), vec![f, h]),
+                (l("mlp.up_proj.weight"), vec![f, h]),
+                (l("mlp.down_proj.weight"), vec![h, f]),
+            ]);
+        }
+        specs.push(("model.norm.weight".into(), vec![h]));
+        if !tied {
+            specs.push(("lm_head.weight".into(), vec![v, h]));
+        }
+        let tensors = specs
+            .into_iter()
+            .map(|(name, shape)| {
+                let n: usize = shape.iter().product();
+                let values = if shape.len() == 1 {
+                    // Norm weights near 1.
+                    (0..n)
+                        .map(|_| 1.0 + rng.random_range(-0.2f32..0.2))
+                        .collect()
+                } else {
+                    // ~ 1/sqrt(fan_in) so activations stay O(1) through the layers.
+                    let scale = 1.5 / (shape[1] as f32).sqrt();
+                    (0..n).map(|_| rng.random_range(-scale..scale)).collect()
+                };
+                Tensor {
+                    name,
+                    shape,
+                    values,
+                }
+            })
+            .collect();
+        TinyModel { config, tensors }
+    }
+
+    /// The same model with every value rounded to `dtype` (so that writing it in `dtype`
+    /// loses nothing).
+    pub fn rounded(&self, dtype: WeightType) -> TinyModel {
+        let mut m = self.clone();
+        for t in &mut m.tensors {
+            let bytes = quantize(dtype, &t.values);
+            dequantize(dtype, &bytes, &mut t.values);
+        }
+        m
+    }
+
+    /// The tensor with this Hugging Face name.
+    pub fn tensor(&self, name: &str) -> Option<&Tensor> {
+        self.tensors.iter().find(|t| t.name == name)
+    }
+
+    /// A Hugging Face `config.json` for this model.
+    pub fn hf_config(&self) -> serde_json::Value {
+        let c = &self.config;
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_act": "silu",
+            "hidden_size": c.hidden,
+            "intermediate_size": c.intermediate,
+            "num_hidden_layers": c.n_layers,
+            "num_attention_heads": c.n_heads,
+            "num_key_value_heads": c.n_kv_heads,
+            "head_dim": c.head_dim,
+            "rope_theta": c.rope_theta,
+            "rms_norm_eps": c.rms_eps,
+            "vocab_size": c.vocab,
+            "max_position_embeddings": c.max_seq_len,
+            "tie_word_embeddings": c.tie_embeddings,
+            "torch_dtype": "float32",
+        })
+    }
+
+    /// A safetensors file of the tensors `keep` selects, stored as `dtype` (F32, F16, BF16).
+    pub fn safetensors(&self, dtype: WeightType, keep: impl Fn(&str) -> bool) -> Vec<u8> {
+        let st = match dtype {
+            WeightType::F32 => Dtype::F32,
+            WeightType::F16 => Dtype::F16,
+            WeightType::BF16 => Dtype::BF16,
+            other => panic!("safetensors cannot store {other}"),
+        };
+        let data: Vec<(&Tensor, Vec<u8>)> = self
+            .tensors
+            .iter()
+            .filter(|t| keep(&t.name))
+            .map(|t| (t, quantize(dtype, &t.values)))
+            .collect();
+        let views = data.iter().map(|(t, b)| {
+            (
+                t.name.as_str(),
+                TensorView::new(st, t.shape.clone(), b).expect("size matches shape"),
+            )
+        });
+        safetensors::serialize(views, None).expect("serializable")
+    }
+
+    /// Writes `config.json` and the weights as `dtype` into `dir`: `model.safetensors` when
+    /// `shards == 1`, else `model-0000i-of-0000n.safetensors` files and
+    /// `model.safetensors.index.json` (layers dealt round-robin). Returns the weight files.
+    pub fn write_hf(&self, dir: &Path, dtype: WeightType, shards: usize) -> Vec<PathBuf> {
+        let config = serde_json::to_vec_pretty(&self.hf_config()).expect("json");
+        std::fs::write(dir.join("config.json"), config).expect("write config.json");
+        if shards == 1 {
+            let p = dir.join("model.safetensors");
+            std::fs::write(&p, self.safetensors(dtype, |_| true)).expect("write model.safetensors");
+            return vec![p];
+        }
+        let file_of = |name: &str| -> usize {
+            let layer = name
+                .strip_prefix("model.layers.")
+                .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+            layer.map_or(0, |l| (l + 1) % shards)
+        };
+        let file_name = |i: usize| format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
+        let mut paths = Vec::new();
+        for i in 0..shards {
+            let p = dir.join(file_name(i));
+            std::fs::write(&p, self.safetensors(dtype, |n| file_of(n) == i)).expect("write shard");
+            paths.push(p);
+        }
+        let weight_map: serde_json::Map<String, serde_json::Value> = self
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), file_name(file_of(&t.name)).into()))
+            .collect();
+        let index =
+            serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+        std::fs::write(
+            dir.join("model.safetensors.index.json"),
+            serde_json::to_vec_pretty(&index).expect("json"),
+        )
+        .expect("write index");
+        paths
+    }
+
+    /// GGUF metadata for this model (`general.architecture = llama`).
+    pub fn gguf_metadata(&self) -> Vec<(&'static str, Value)> {
+        let c = &self.config;
+        let u = |v: usize| Value::U64(v as u64);
+        vec![
+            ("general.architecture", Value::Str("llama".into())),
+            ("general.name", Value::Str("tiny".into())),
+            ("llama.embedding_length", u(c.hidden)),
+            ("llama.feed_forward_length", u(c.intermediate)),
+            ("llama.block_count", u(c.n_layers)),
+            ("llama.attention.head_count", u(c.n_heads)),
+            ("llama.attention.head_count_kv", u(c.n_kv_heads)),
+            ("llama.attention.key_length", u(c.head_dim)),
+            ("llama.rope.freq_base", Value::F64(c.rope_theta as f64)),
+            (
+                "llama.attention.layer_norm_rms_epsilon",
+                Value::F64(c.rms_eps as f64),
+            ),
+            ("llama.context_length", u(c.max_seq_len)),
+            ("llama.vocab_size", u(c.vocab)),
+        ]
+    }
+
+    /// The GGUF tensors: matrices as `dtype` (F32, F16, BF16), 1-D tensors as F32, q/k rows
+    /// permuted into llama.cpp's order unless `permute_qk` is false (to check that the
+    /// permutation matters).
+    pub fn gguf_tensors(
+        &self,
+        dtype: WeightType,
+        permute_qk: bool,
+    ) -> Vec<(String, Vec<u64>, u32, Vec<u8>)> {
+        let c = &self.config;
+        self.tensors
+            .iter()
+            .map(|t| {
+                let name = gguf_name(&t.name);
+                let dt = if t.shape.len() == 1 {
+                    WeightType::F32
+                } else {
+                    dtype
+                };
+                let mut bytes = Bytes::from(quantize(dt, &t.values));
+                if permute_qk && t.shape.len() == 2 {
+                    let heads = if name.ends_with("attn_q.weight") {
+                        Some(c.n_heads)
+                    } else if name.ends_with("attn_k.weight") {
+                        Some(c.n_kv_heads)
+                    } else {
+                        None
+                    };
+                    if let Some(heads) = heads {
+                        let m =
+                            QMatrix::new(dt, t.shape[0], t.shape[1], bytes).expect("sizes match");
+                        bytes = m.permute_rows(&permute_rope_rows(heads, c.head_dim)).data;
+                    }
+                }
+                let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
+                (name, dims, ggml_type(dt), bytes.to_vec())
+            })
+            .collect()
+    }
+
+    /// A GGUF file of this model, matrices stored as `dtype`.
+    pub fn gguf(&self, dtype: WeightType) -> Vec<u8> {
+        write_gguf(&self.gguf_metadata(), &self.gguf_tensors(dtype, true))
+    }
+}
+
+/// Serializes metadata and `(name, dims, ggml type, bytes)` tensors as GGUF.
+pub fn write_gguf(
+    metadata: &[(&str, Value)],
+    tensors: &[(String, Vec<u64>, u32, Vec<u8>)],
+) -> Vec<u8> {
+    let outs: Vec<TensorOut<'_>> = tensors
+        .iter()
+        .map(|(name, dims, ty, data)| TensorOut {
+            name,
+            dims: dims.clone(),
+            ggml_type: *ty,
+            data,
+        })
+        .collect();
+    writer::write(metadata, &outs)
+}
+
+/// ggml's type id for a float type.
+pub fn ggml_type(dtype: WeightType) -> u32 {
+    match dtype {
+        WeightType::F32 => 0,
+        WeightType::F16 => 1,
+        WeightType::BF16 => 30,
+        WeightType::Q4_0 => 2,
+        WeightType::Q4_1 => 3,
+        WeightType::Q8_0 => 8,
+    }
+}
+
+/// The GGUF name of a Hugging Face tensor name.
+pub fn gguf_name(hf: &str) -> String {
+    match hf {
+        "model.embed_tokens.weight" => return "token_embd.weight".into(),
+        "model.norm.weight" => return "output_norm.weight".into(),
+        "lm_head.weight" => return "output.weight".into(),
+        _ => {}
+    }
+    let rest = hf.strip_prefix("model.layers.").expect("a layer tensor");
+    let (layer, t) = rest.split_once('.').expect("layer index then name");
+    let t = match t {
+        "input_layernorm.weight" => "attn_norm.weight",
+        "self_attn.q_proj.weight" => "attn_q.weight",
+        "self_attn.k_proj.weight" => "attn_k.weight",
+        "self_attn.v_proj.weight" => "attn_v.weight",
+        "self_attn.o_proj.weight" => "attn_output.weight",
+        "post_attention_layernorm.weight" => "ffn_norm.weight",
+        "mlp.gate_proj.weight" => "ffn_gate.weight",
+        "mlp.up_proj.weight" => "ffn_up.weight",
+        "mlp.down_proj.weight" => "ffn_down.weight",
+        other => panic!("no GGUF name for {other}"),
+    };
+    format!("blk.{layer}.{t}")
+}
+
+/// A directory under the system temp dir, `ait-tests-<pid>-<name>`, emptied on creation and
+/// removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates (or empties) the directory.
+    pub fn new(name: &str) -> TempDir {
+        let p = std::env::temp_dir().join(format!("ait-tests-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// Its path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}

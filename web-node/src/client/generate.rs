@@ -1,0 +1,206 @@
+//! The generation loop: prompt tokens in, streamed text out, through any [`LayerChain`].
+
+use std::future::Future;
+
+use super::{ClientError, Head, Sampler, SamplingParams};
+use crate::engine::{Backend, BlockExecutor, EngineError, SessionId};
+use crate::model::Tokenizer;
+
+/// Whatever runs all decoder layers of the model for one sequence: local executors, or (later)
+/// a route of remote servers.
+pub trait LayerChain {
+    /// Starts a new sequence of at most `max_len` tokens, dropping any previous one.
+    fn begin(&mut self, max_len: usize) -> impl Future<Output = Result<(), ClientError>>;
+
+    /// Runs `n_tokens` embeddings (`[n_tokens, hidden]`) through every layer, continuing the
+    /// current sequence; returns the last layer's hidden states, same shape.
+    fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> impl Future<Output = Result<Vec<f32>, ClientError>>;
+
+    /// Ends the current sequence and frees what it holds.
+    fn end(&mut self) -> impl Future<Output = Result<(), ClientError>>;
+}
+
+/// A chain of in-process executors that together cover every layer, in order.
+pub struct LocalChain<B: Backend> {
+    executors: Vec<BlockExecutor<B>>,
+    sessions: Vec<Option<SessionId>>,
+}
+
+impl<B: Backend> LocalChain<B> {
+    /// Builds a chain; the executors' ranges must be contiguous from layer 0 to the last layer.
+    pub fn new(executors: Vec<BlockExecutor<B>>) -> Result<Self, ClientError> {
+        let mut next = 0;
+        for e in &executors {
+            let r = e.layers();
+            if r.start != next {
+                return Err(EngineError::BadWeights { layer: next, what: format!("chain gap: next executor runs {r:?}") }.into());
+            }
+            next = r.end;
+        }
+        match executors.first() {
+            Some(e) if next == e.backend().config().n_layers => {}
+            _ => {
+                return Err(EngineError::BadWeights { layer: next, what: "chain does not reach the last layer".into() }.into())
+            }
+        }
+        let sessions = vec![None; executors.len()];
+        Ok(Self { executors, sessions })
+    }
+
+    /// The executors, in order.
+    pub fn executors(&self) -> &[BlockExecutor<B>] {
+        &self.executors
+    }
+}
+
+impl<B: Backend> LayerChain for LocalChain<B> {
+    async fn begin(&mut self, max_len: usize) -> Result<(), ClientError> {
+        self.end().await?;
+        for (e, s) in self.executors.iter_mut().zip(&mut self.sessions) {
+            *s = Some(e.open_session(max_len)?);
+        }
+        Ok(())
+    }
+
+    async fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> Result<Vec<f32>, ClientError> {
+        let mut x = hidden.to_vec();
+        for (e, s) in self.executors.iter_mut().zip(&self.sessions) {
+            let id = s.ok_or(EngineError::UnknownSession(0))?;
+            x = e.step(id, &x, n_tokens).await?;
+        }
+        Ok(x)
+    }
+
+    async fn end(&mut self) -> Result<(), ClientError> {
+        for (e, s) in self.executors.iter_mut().zip(&mut self.sessions) {
+            if let Some(id) = s.take() {
+                e.close_session(id)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Options of one generation.
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    /// Most new tokens to generate. Default 256.
+    pub max_tokens: usize,
+    /// How to choose tokens.
+    pub sampling: SamplingParams,
+    /// Stop at any of the tokenizer's end-of-sequence tokens. Default true.
+    pub stop_at_eos: bool,
+    /// Longest prefill sent in one step (longer prompts are sent in chunks). Default 512.
+    pub prefill_chunk: usize,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_tokens: 256, sampling: SamplingParams::default(), stop_at_eos: true, prefill_chunk: 512 }
+    }
+}
+
+/// Why a generation ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// The model produced an end-of-sequence token.
+    Stop,
+    /// `max_tokens` reached, or the context is full.
+    Length,
+}
+
+/// Result of one generation.
+#[derive(Clone, Debug)]
+pub struct Generation {
+    /// Generated token ids (the end-of-sequence token excluded).
+    pub tokens: Vec<u32>,
+    /// Generated text.
+    pub text: String,
+    /// Prompt length in tokens.
+    pub prompt_tokens: usize,
+    /// Why it ended.
+    pub finish: FinishReason,
+    /// Seconds from start to the first token's logits (prefill of the whole prompt).
+    pub prefill_secs: f64,
+    /// Decode steps run after the prefill.
+    pub decode_steps: usize,
+    /// Seconds spent in those decode steps (layers, LM head and sampling).
+    pub decode_secs: f64,
+}
+
+impl Generation {
+    /// Prompt tokens per second of prefill.
+    pub fn prefill_tok_per_s(&self) -> f64 {
+        self.prompt_tokens as f64 / self.prefill_secs.max(1e-9)
+    }
+
+    /// Tokens per second of decode.
+    pub fn decode_tok_per_s(&self) -> f64 {
+        self.decode_steps as f64 / self.decode_secs.max(1e-9)
+    }
+}
+
+/// Generates from `prompt` (token ids) through `chain`, calling `on_text` with each new piece of
+/// text as soon as it is complete UTF-8.
+pub async fn generate<C: LayerChain>(
+    head: &Head,
+    tokenizer: &Tokenizer,
+    chain: &mut C,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<Generation, ClientError> {
+    let context = head.config().max_seq_len;
+    if prompt.is_empty() {
+        return Err(ClientError::EmptyPrompt);
+    }
+    if prompt.len() >= context {
+        return Err(ClientError::PromptTooLong { prompt: prompt.len(), context });
+    }
+    let max_len = (prompt.len() + opts.max_tokens).min(context);
+    let mut sampler = Sampler::new(opts.sampling.clone());
+    let mut stream = tokenizer.stream();
+    let mut history = prompt.to_vec();
+    let start = web_time::Instant::now();
+
+    chain.begin(max_len).await?;
+    let mut last = Vec::new();
+    for chunk in prompt.chunks(opts.prefill_chunk.max(1)) {
+        let x = head.embed(chunk)?;
+        last = chain.forward(&x, chunk.len()).await?;
+    }
+    let h = head.config().hidden;
+    let mut logits = head.logits(&last[last.len() - h..])?;
+    let prefill_secs = start.elapsed().as_secs_f64();
+
+    let decode_start = web_time::Instant::now();
+    let mut tokens = Vec::new();
+    let mut text = String::new();
+    let mut decode_steps = 0;
+    let finish = loop {
+        let t = sampler.sample(&mut logits, &history);
+        if opts.stop_at_eos && tokenizer.eos_tokens().contains(&t) {
+            break FinishReason::Stop;
+        }
+        tokens.push(t);
+        history.push(t);
+        if let Some(piece) = stream.push(t)? {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        if tokens.len() >= opts.max_tokens || history.len() >= max_len {
+            break FinishReason::Length;
+        }
+        let x = head.embed(&[t])?;
+        let out = chain.forward(&x, 1).await?;
+        logits = head.logits(&out)?;
+        decode_steps += 1;
+    };
+    let decode_secs = decode_start.elapsed().as_secs_f64();
+    if let Some(rest) = stream.finish()? {
+        on_text(&rest);
+        text.push_str(&rest);
+    }
+    chain.end().await?;
+    Ok(Generation { tokens, text, prompt_tokens: prompt.len(), finish, prefill_secs, decode_steps, decode_secs })
+}

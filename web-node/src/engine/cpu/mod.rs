@@ -1,0 +1,456 @@
+//! The CPU backend: runs a range of decoder layers on the host, computing like the kernels do.
+//!
+//! Main type: [`CpuBackend`]. f32 activations, weights dequantized on the fly inside the
+//! matrix products ([`matmul`]), f32 accumulation. Results match the wgpu backend within
+//! rounding (different summation order), never by quantizing activations.
+
+pub mod matmul;
+mod scalar;
+#[cfg(target_arch = "x86_64")]
+mod simd_x86;
+
+use std::ops::Range;
+
+use super::{reference, Backend, EngineError};
+use crate::model::{LayerWeights, LlamaConfig};
+
+/// Per-session state of the CPU backend: K and V for every layer of the range.
+pub struct CpuCache {
+    /// Per layer, `[max_len, kv_dim]`.
+    k: Vec<Vec<f32>>,
+    /// Per layer, `[max_len, kv_dim]`.
+    v: Vec<Vec<f32>>,
+}
+
+/// Runs layers `[a, b)` of a model on the CPU.
+pub struct CpuBackend {
+    config: LlamaConfig,
+    range: Range<usize>,
+    layers: Vec<LayerWeights>,
+    /// RoPE inverse frequencies, `[head_dim / 2]`.
+    inv_freq: Vec<f32>,
+}
+
+impl CpuBackend {
+    /// Takes the weights of layers `range` (one [`LayerWeights`] per layer, in order).
+    pub fn new(
+        config: LlamaConfig,
+        range: Range<usize>,
+        layers: Vec<LayerWeights>,
+    ) -> Result<Self, EngineError> {
+        super::check_layers(&config, &range, &layers)?;
+        let inv_freq = rope_inv_freq(&config);
+        Ok(Self {
+            config,
+            range,
+            layers,
+            inv_freq,
+        })
+    }
+}
+
+/// `theta^(-2i / head_dim)` for `i < head_dim / 2`, computed in f64 and rounded once.
+pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
+    let hd = config.head_dim as f64;
+    (0..config.head_dim / 2)
+        .map(|i| (config.rope_theta as f64).powf(-2.0 * i as f64 / hd) as f32)
+        .collect()
+}
+
+/// Rotate-half RoPE in place on `x` = `[n, n_heads, head_dim]` for positions `pos..pos + n`.
+///
+/// Same arithmetic as the reference; the angles' sines and cosines are computed once per
+/// token (into `sc`, reused across heads) instead of once per head.
+fn rope(
+    x: &mut [f32],
+    n_heads: usize,
+    head_dim: usize,
+    pos: usize,
+    inv_freq: &[f32],
+    sc: &mut Vec<(f32, f32)>,
+) {
+    let half = head_dim / 2;
+    for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
+        let p = (pos + t) as f32;
+        sc.clear();
+        sc.extend(inv_freq[..half].iter().map(|f| (p * f).sin_cos()));
+        for head in tok.chunks_exact_mut(head_dim) {
+            let (lo, hi) = head.split_at_mut(half);
+            for ((a, b), &(s, c)) in lo.iter_mut().zip(hi.iter_mut()).zip(sc.iter()) {
+                let (x0, x1) = (*a, *b);
+                *a = x0 * c - x1 * s;
+                *b = x0 * s + x1 * c;
+            }
+        }
+    }
+}
+
+/// Shapes of one attention call.
+#[derive(Clone, Copy)]
+struct AttnShape {
+    pos: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+}
+
+/// Below this many multiply-adds (`len * n_heads * head_dim` per token) attention of a single
+/// token stays on the calling thread.
+#[cfg(not(target_arch = "wasm32"))]
+const ATTN_PAR_MIN: usize = 1 << 15;
+
+/// Causal grouped-query attention; the arithmetic of [`reference::attention`], bit for bit.
+///
+/// Writes `out` (`[n, n_heads, head_dim]`). Each query-key dot product is summed in dimension
+/// order like the reference's; four keys are processed side by side only to overlap the
+/// latency of those sequential sums. Natively, (token, head) pairs run in parallel once the
+/// work is large enough; each output is still computed by one thread in a fixed order.
+fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
+    let hd = s.head_dim;
+    let one = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        let (t, h) = (i / s.n_heads, i % s.n_heads);
+        attention_head(
+            &q[i * hd..(i + 1) * hd],
+            k_cache,
+            v_cache,
+            s.pos + t + 1,
+            h,
+            s,
+            o,
+            scores,
+        )
+    };
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let n = q.len() / (s.n_heads * hd);
+        if n > 1 || (s.pos + 1) * s.n_heads * hd >= ATTN_PAR_MIN {
+            use rayon::prelude::*;
+            out.par_chunks_mut(hd)
+                .enumerate()
+                .for_each_init(Vec::new, |scores, (i, o)| one(i, o, scores));
+            return;
+        }
+    }
+    let mut scores = Vec::new();
+    for (i, o) in out.chunks_mut(hd).enumerate() {
+        one(i, o, &mut scores);
+    }
+}
+
+/// Attention of query head `h` of one token (`qh`, `[head_dim]`) over the first `len` cache
+/// entries, into `out` (`[head_dim]`).
+#[allow(clippy::too_many_arguments)]
+fn attention_head(
+    qh: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    len: usize,
+    h: usize,
+    s: AttnShape,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let hd = s.head_dim;
+    let kvh = h / (s.n_heads / s.n_kv_heads);
+    let kv_dim = s.n_kv_heads * hd;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let key = |j: usize| &k_cache[j * kv_dim + kvh * hd..][..hd];
+    scores.clear();
+    let mut j = 0;
+    while j + 4 <= len {
+        let ks = [key(j), key(j + 1), key(j + 2), key(j + 3)];
+        // -0.0 is the start value of `Iterator::sum` for f32, as in the reference.
+        let mut acc = [-0.0f32; 4];
+        for d in 0..hd {
+            for (a, k) in acc.iter_mut().zip(&ks) {
+                *a += qh[d] * k[d];
+            }
+        }
+        scores.extend(acc.iter().map(|a| a * scale));
+        j += 4;
+    }
+    for j in j..len {
+        let dot: f32 = qh.iter().zip(key(j)).map(|(a, b)| a * b).sum();
+        scores.push(dot * scale);
+    }
+    let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in scores.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    out.fill(0.0);
+    for (j, sc) in scores.iter().enumerate() {
+        let vj = &v_cache[j * kv_dim + kvh * hd..][..hd];
+        let p = sc / sum;
+        for (od, vd) in out.iter_mut().zip(vj) {
+            *od += p * vd;
+        }
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        reference::add_assign(row, bias);
+    }
+}
+
+impl Backend for CpuBackend {
+    type Cache = CpuCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    fn layers(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    fn new_cache(&self, max_len: usize) -> Result<CpuCache, EngineError> {
+        let size = max_len * self.config.kv_dim();
+        let n = self.layers.len();
+        Ok(CpuCache {
+            k: vec![vec![0.0; size]; n],
+            v: vec![vec![0.0; size]; n],
+        })
+    }
+
+    async fn forward(
+        &self,
+        cache: &mut CpuCache,
+        hidden: &[f32],
+        n: usize,
+        pos: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let c = &self.config;
+        let (dim, q_dim, kv_dim, inter) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
+        let mut x = hidden.to_vec();
+        let mut q = vec![0.0; n * q_dim];
+        let mut k = vec![0.0; n * kv_dim];
+        let mut v = vec![0.0; n * kv_dim];
+        let mut att = vec![0.0; n * q_dim];
+        let mut o = vec![0.0; n * dim];
+        let mut gate = vec![0.0; n * inter];
+        let mut up = vec![0.0; n * inter];
+        let mut sc = Vec::with_capacity(c.head_dim / 2);
+        let shape = AttnShape {
+            pos,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+        };
+        for (li, w) in self.layers.iter().enumerate() {
+            let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
+            matmul::matmul3(
+                [&w.attn_q, &w.attn_k, &w.attn_v],
+                &xn,
+                n,
+                [&mut q, &mut k, &mut v],
+            );
+            if let Some([bq, bk, bv]) = &w.qkv_bias {
+                add_bias(&mut q, bq);
+                add_bias(&mut k, bk);
+                add_bias(&mut v, bv);
+            }
+            rope(&mut q, c.n_heads, c.head_dim, pos, &self.inv_freq, &mut sc);
+            rope(
+                &mut k,
+                c.n_kv_heads,
+                c.head_dim,
+                pos,
+                &self.inv_freq,
+                &mut sc,
+            );
+            cache.k[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&k);
+            cache.v[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&v);
+            attention(&q, &cache.k[li], &cache.v[li], shape, &mut att);
+            matmul::matmul(&w.attn_output, &att, n, &mut o);
+            reference::add_assign(&mut x, &o);
+            let xn = reference::rms_norm(&x, &w.ffn_norm, c.rms_eps);
+            matmul::matmul2([&w.ffn_gate, &w.ffn_up], &xn, n, [&mut gate, &mut up]);
+            // silu(gate) * up in place, the arithmetic of `reference::silu_mul`.
+            for (g, u) in gate.iter_mut().zip(&up) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+            matmul::matmul(&w.ffn_down, &gate, n, &mut o);
+            reference::add_assign(&mut x, &o);
+        }
+        Ok(x)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rand::{Rng, SeedableRng};
+    use rand_chacha::ChaCha8Rng;
+
+    use super::*;
+
+    fn random(len: usize, seed: u64) -> Vec<f32> {
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()
+    }
+
+    /// The optimized attention is the reference's arithmetic, so it must agree bit for bit.
+    #[test]
+    fn attention_matches_reference_bitwise() {
+        let (n_heads, n_kv_heads, head_dim) = (6, 2, 16);
+        for (n, pos) in [(1, 0), (1, 9), (5, 3), (13, 0), (1, 600), (2, 700)] {
+            let len = pos + n;
+            let q = random(n * n_heads * head_dim, 1);
+            let k = random(len * n_kv_heads * head_dim, 2);
+            let v = random(len * n_kv_heads * head_dim, 3);
+            let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim);
+            let mut got = vec![f32::NAN; want.len()];
+            attention(
+                &q,
+                &k,
+                &v,
+                AttnShape {
+                    pos,
+                    n_heads,
+                    n_kv_heads,
+                    head_dim,
+                },
+                &mut got,
+            );
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert_eq!(
+                    a.to_bits(),
+                    b.to_bits(),
+                    "n={n} pos={pos}: index {i}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    /// RoPE with shared sines and cosines equals the per-head computation it replaced.
+    #[test]
+    fn rope_matches_per_head_computation() {
+        let (n_heads, head_dim, pos, n) = (3, 8, 5, 4);
+        let inv_freq: Vec<f32> = (0..head_dim / 2)
+            .map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32))
+            .collect();
+        let x = random(n * n_heads * head_dim, 4);
+        let mut got = x.clone();
+        rope(&mut got, n_heads, head_dim, pos, &inv_freq, &mut Vec::new());
+        let half = head_dim / 2;
+        for t in 0..n {
+            for h in 0..n_heads {
+                let base = (t * n_heads + h) * head_dim;
+                for i in 0..half {
+                    let (s, c) = ((pos + t) as f32 * inv_freq[i]).sin_cos();
+                    let (a, b) = (x[base + i], x[base + i + half]);
+                    assert_eq!(got[base + i], a * c - b * s);
+                    assert_eq!(got[base + i + half], a * s + b * c);
+                }
+            }
+        }
+    }
+
+    /// Whole-model speed on the default model (SmolLM2-135M Q4_1): prefill of 100 tokens, then
+    /// greedy decode including the final norm and the Q8_0 LM head. Run with
+    /// `cargo test --release -p web-node --lib cpu::tests::bench_model -- --ignored --nocapture`.
+    #[cfg(not(target_arch = "wasm32"))]
+    #[test]
+    #[ignore]
+    fn bench_model() {
+        use std::time::Instant;
+
+        use crate::model::gguf::GgufModel;
+        let path = std::path::Path::new("/tmp/model/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let model = GgufModel::open(path).expect("model file");
+        let c = model.config().clone();
+        let layers: Vec<_> = (0..c.n_layers)
+            .map(|i| model.load_layer(i).expect("layer"))
+            .collect();
+        let head = model.load_head().expect("head");
+        let cpu = CpuBackend::new(c.clone(), 0..c.n_layers, layers).expect("backend");
+        let embed = |tok: usize| {
+            let mut e = vec![0.0; c.hidden];
+            head.token_embd.dequantize_row(tok, &mut e);
+            e
+        };
+        let mut logits = vec![0.0; c.vocab];
+        let next = |h: &[f32], logits: &mut [f32]| {
+            let xn = reference::rms_norm(&h[h.len() - c.hidden..], &head.output_norm, c.rms_eps);
+            matmul::matmul(head.lm_head(), &xn, 1, logits);
+            logits
+                .iter()
+                .enumerate()
+                .fold(
+                    (0, f32::NEG_INFINITY),
+                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
+                )
+                .0
+        };
+        // The matrix products alone, over the real weights (streamed from memory as in decode).
+        let x = embed(5);
+        let (mut q, mut k, mut v, mut o) = (
+            vec![0.0; c.q_dim()],
+            vec![0.0; c.kv_dim()],
+            vec![0.0; c.kv_dim()],
+            vec![0.0; c.hidden],
+        );
+        let (mut g, mut u) = (vec![0.0; c.intermediate], vec![0.0; c.intermediate]);
+        let h = vec![0.1; c.intermediate];
+        for _ in 0..3 {
+            let t0 = Instant::now();
+            for _ in 0..10 {
+                for w in &cpu.layers {
+                    matmul::matmul3(
+                        [&w.attn_q, &w.attn_k, &w.attn_v],
+                        &x,
+                        1,
+                        [&mut q, &mut k, &mut v],
+                    );
+                    matmul::matmul(&w.attn_output, &q, 1, &mut o);
+                    matmul::matmul2([&w.ffn_gate, &w.ffn_up], &x, 1, [&mut g, &mut u]);
+                    matmul::matmul(&w.ffn_down, &h, 1, &mut o);
+                }
+            }
+            let layers = t0.elapsed().as_secs_f64() / 10.0;
+            let t0 = Instant::now();
+            for _ in 0..10 {
+                matmul::matmul(head.lm_head(), &x, 1, &mut logits);
+            }
+            let lm = t0.elapsed().as_secs_f64() / 10.0;
+            println!(
+                "matmuls of 30 layers: {:.2} ms ({:.1} GB/s); lm head: {:.2} ms ({:.1} GB/s)",
+                layers * 1e3,
+                66.4e6 / layers / 1e9,
+                lm * 1e3,
+                head.lm_head().data.len() as f64 / lm / 1e9
+            );
+        }
+        for _ in 0..3 {
+            let mut cache = cpu.new_cache(512).expect("cache");
+            let prompt: Vec<f32> = (0..100).flat_map(|i| embed(1000 + 37 * i)).collect();
+            let t0 = Instant::now();
+            let h = futures::executor::block_on(cpu.forward(&mut cache, &prompt, 100, 0))
+                .expect("prefill");
+            let mut tok = next(&h, &mut logits);
+            let prefill = t0.elapsed().as_secs_f64();
+            let steps = 64;
+            let t0 = Instant::now();
+            for s in 0..steps {
+                let h =
+                    futures::executor::block_on(cpu.forward(&mut cache, &embed(tok), 1, 100 + s))
+                        .expect("step");
+                tok = next(&h, &mut logits);
+            }
+            let decode = t0.elapsed().as_secs_f64();
+            println!(
+                "prefill 100 tokens: {:.1} ms ({:.1} tok/s); decode: {:.2} ms/token ({:.1} tok/s)",
+                prefill * 1e3,
+                100.0 / prefill,
+                decode / steps as f64 * 1e3,
+                steps as f64 / decode
+            );
+        }
+    }
+}

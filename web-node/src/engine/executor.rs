@@ -1,0 +1,139 @@
+//! Sessions over one backend: open, step (prefill or decode), close.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use super::{Backend, EngineError};
+
+/// Identifies one session of a [`BlockExecutor`]; it comes back in every step's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionId(pub u64);
+
+impl std::fmt::Display for SessionId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Limits of a [`BlockExecutor`].
+#[derive(Clone, Debug)]
+pub struct ExecutorConfig {
+    /// Sessions open at once. Default 16.
+    pub max_sessions: usize,
+    /// Tokens one session may hold. Default: the model's context length.
+    pub max_session_len: Option<usize>,
+}
+
+impl Default for ExecutorConfig {
+    fn default() -> Self {
+        Self { max_sessions: 16, max_session_len: None }
+    }
+}
+
+impl ExecutorConfig {
+    /// The defaults.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the number of sessions open at once.
+    pub fn with_max_sessions(mut self, n: usize) -> Self {
+        self.max_sessions = n;
+        self
+    }
+
+    /// Sets the longest session, in tokens.
+    pub fn with_max_session_len(mut self, n: usize) -> Self {
+        self.max_session_len = Some(n);
+        self
+    }
+}
+
+struct Session<C> {
+    cache: C,
+    pos: usize,
+    capacity: usize,
+}
+
+/// Holds the weights of layers `[a, b)` on one backend and runs sessions on them.
+pub struct BlockExecutor<B: Backend> {
+    backend: B,
+    config: ExecutorConfig,
+    sessions: HashMap<SessionId, Session<B::Cache>>,
+    next_id: u64,
+}
+
+impl<B: Backend> BlockExecutor<B> {
+    /// An executor over `backend` with the given limits.
+    pub fn new(backend: B, config: ExecutorConfig) -> Self {
+        Self { backend, config, sessions: HashMap::new(), next_id: 1 }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &B {
+        &self.backend
+    }
+
+    /// Model layers this executor runs.
+    pub fn layers(&self) -> Range<usize> {
+        self.backend.layers()
+    }
+
+    /// Sessions open now.
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Opens a session that may hold up to `max_len` tokens.
+    pub fn open_session(&mut self, max_len: usize) -> Result<SessionId, EngineError> {
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(EngineError::TooManySessions(self.config.max_sessions));
+        }
+        let limit = self.config.max_session_len.unwrap_or(self.backend.config().max_seq_len);
+        if max_len == 0 || max_len > limit {
+            return Err(EngineError::SessionTooLong { asked: max_len, limit });
+        }
+        let cache = self.backend.new_cache(max_len)?;
+        let id = SessionId(self.next_id);
+        self.next_id += 1;
+        self.sessions.insert(id, Session { cache, pos: 0, capacity: max_len });
+        Ok(id)
+    }
+
+    /// Tokens already processed by a session.
+    pub fn session_len(&self, id: SessionId) -> Result<usize, EngineError> {
+        self.sessions.get(&id).map(|s| s.pos).ok_or(EngineError::UnknownSession(id.0))
+    }
+
+    /// Runs `n_tokens` hidden states (`[n_tokens, hidden]`) through the layers: a prefill when
+    /// `n_tokens > 1`, a decode step when it is 1. Returns the output hidden states.
+    pub async fn step(
+        &mut self,
+        id: SessionId,
+        hidden: &[f32],
+        n_tokens: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let dim = self.backend.config().hidden;
+        let expected = n_tokens.checked_mul(dim).unwrap_or(usize::MAX);
+        if n_tokens == 0 || hidden.len() != expected {
+            return Err(EngineError::Shape { what: "hidden states", expected, actual: hidden.len() });
+        }
+        let session = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id.0))?;
+        if session.pos + n_tokens > session.capacity {
+            return Err(EngineError::ContextFull {
+                session: id.0,
+                pos: session.pos,
+                n_tokens,
+                capacity: session.capacity,
+            });
+        }
+        let out = self.backend.forward(&mut session.cache, hidden, n_tokens, session.pos).await?;
+        session.pos += n_tokens;
+        Ok(out)
+    }
+
+    /// Closes a session and frees its cache.
+    pub fn close_session(&mut self, id: SessionId) -> Result<(), EngineError> {
+        self.sessions.remove(&id).map(|_| ()).ok_or(EngineError::UnknownSession(id.0))
+    }
+}

@@ -1,0 +1,347 @@
+//! The wgpu device and everything shared by all kernels: adapter limits, shader modules,
+//! bind-group layouts and the pipeline cache, plus buffer and readback helpers.
+//!
+//! Main type: [`GpuContext`]. It owns no model state and records no work of its own.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use wgpu::util::DeviceExt;
+
+use crate::engine::EngineError;
+
+/// How one binding of a kernel is used; a kernel's bind-group layout is its list of these, in
+/// binding order (binding `i` is entry `i`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Bind {
+    /// `var<uniform>`.
+    Uniform,
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+}
+
+/// A WGSL file of `shaders/` and the bindings its entry points use.
+#[derive(Debug)]
+pub(crate) struct Shader {
+    /// File stem, used in labels and cache keys.
+    pub(crate) name: &'static str,
+    /// WGSL source.
+    pub(crate) source: &'static str,
+    /// Bindings of group 0.
+    pub(crate) binds: &'static [Bind],
+}
+
+/// Cache key of a compute pipeline: shader, entry point and override constants.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct PipelineKey {
+    shader: &'static str,
+    entry: &'static str,
+    constants: Vec<(&'static str, u32)>,
+}
+
+impl std::fmt::Display for PipelineKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}::{}", self.shader, self.entry)?;
+        for (k, v) in &self.constants {
+            write!(f, " {k}={v}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A compiled pipeline with the layout its bind groups must use.
+#[derive(Debug)]
+pub(crate) struct Pipeline {
+    /// The pipeline.
+    pub(crate) pipeline: wgpu::ComputePipeline,
+    /// Its group-0 layout (shared by every pipeline of the same shader).
+    pub(crate) layout: wgpu::BindGroupLayout,
+    /// The cache key, for labels.
+    pub(crate) label: String,
+}
+
+/// Name and backend of the adapter in use, for logs and benchmarks.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AdapterSummary {
+    /// Adapter name as the driver reports it (e.g. `llvmpipe (LLVM 15.0.6, 256 bits)`).
+    pub name: String,
+    /// Graphics API wgpu uses on it (e.g. `vulkan`, `webgpu`).
+    pub backend: String,
+    /// Device type (e.g. `Cpu`, `DiscreteGpu`).
+    pub device_type: String,
+}
+
+/// The wgpu device, its limits and the pipeline cache, shared by every backend on it.
+#[derive(Debug)]
+pub struct GpuContext {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    info: wgpu::AdapterInfo,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<&'static str, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
+    pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
+}
+
+impl GpuContext {
+    /// Opens the high-performance adapter and a device with the adapter's own limits and no
+    /// optional features (the kernels are f32-only, so CPU WebGPU adapters work).
+    pub async fn new() -> Result<Arc<GpuContext>, EngineError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let adapter = instance
+            .request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+            })
+            .await
+            .map_err(|e| EngineError::Gpu(format!("no adapter: {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        let (device, queue) = adapter
+            .request_device(&wgpu::DeviceDescriptor {
+                label: Some("ai-torrent"),
+                required_features: wgpu::Features::empty(),
+                required_limits: limits.clone(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| EngineError::Gpu(format!("request device on {}: {e}", info.name)))?;
+        tracing::info!(adapter = %info.name, backend = ?info.backend, "wgpu device ready");
+        Ok(Arc::new(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            modules: Mutex::new(HashMap::new()),
+            pipelines: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Name, backend and type of the adapter.
+    pub fn adapter_info(&self) -> AdapterSummary {
+        AdapterSummary {
+            name: self.info.name.clone(),
+            backend: self.info.backend.to_str().to_string(),
+            device_type: format!("{:?}", self.info.device_type),
+        }
+    }
+
+    /// Whether the adapter is a CPU implementation (lavapipe/llvmpipe, SwiftShader), where
+    /// kernels prefer one thread per output over workgroup reductions.
+    pub fn is_cpu(&self) -> bool {
+        let i = &self.info;
+        let text = format!("{} {} {}", i.name, i.driver, i.driver_info).to_lowercase();
+        i.device_type == wgpu::DeviceType::Cpu || ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|s| text.contains(s))
+    }
+
+    /// The device's limits (the adapter's own).
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.limits
+    }
+
+    pub(crate) fn device(&self) -> &wgpu::Device {
+        &self.device
+    }
+
+    pub(crate) fn queue(&self) -> &wgpu::Queue {
+        &self.queue
+    }
+
+    /// Largest buffer a kernel can bind, in bytes.
+    pub(crate) fn max_binding(&self) -> u64 {
+        u64::from(self.limits.max_storage_buffer_binding_size).min(self.limits.max_buffer_size)
+    }
+
+    /// Errors unless a storage buffer of `bytes` can be bound.
+    pub(crate) fn check_binding(&self, what: &str, bytes: u64) -> Result<(), EngineError> {
+        if bytes > self.max_binding() {
+            return Err(EngineError::Gpu(format!(
+                "{what} needs {bytes} bytes in one binding, the adapter allows {} (splitting tensors across buffers is not implemented)",
+                self.max_binding()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The pipeline for (shader, entry point, override constants), compiled on first use.
+    pub(crate) fn pipeline(
+        &self,
+        shader: &'static Shader,
+        entry: &'static str,
+        constants: &[(&'static str, u32)],
+    ) -> Arc<Pipeline> {
+        let key = PipelineKey { shader: shader.name, entry, constants: constants.to_vec() };
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = pipelines.get(&key) {
+            return p.clone();
+        }
+        let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
+        let (module, bgl, pl) = modules.entry(shader.name).or_insert_with(|| self.compile(shader));
+        let label = key.to_string();
+        let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, f64::from(v))).collect();
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(pl),
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &consts,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
+        });
+        let p = Arc::new(Pipeline { pipeline, layout: bgl.clone(), label });
+        pipelines.insert(key, p.clone());
+        p
+    }
+
+    fn compile(&self, shader: &Shader) -> (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+        });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
+            .binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                        Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let bgl = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(shader.name), entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(shader.name),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
+        (module, bgl, pl)
+    }
+
+    /// A bind group binding `buffers[i]` (whole) at binding `i`, labelled `pipeline label | what`.
+    pub(crate) fn bind_group(&self, pipeline: &Pipeline, what: &str, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+            .collect();
+        let label = format!("{} | {what}", pipeline.label);
+        self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&label),
+            layout: &pipeline.layout,
+            entries: &entries,
+        })
+    }
+
+    /// A zeroed storage buffer of `bytes` (at least 4), usable as copy source and destination.
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// A storage buffer holding `data` (padded to at least 4 bytes).
+    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        let contents: std::borrow::Cow<[u8]> =
+            if data.len() < 4 { std::borrow::Cow::Owned(vec![0; 4]) } else { std::borrow::Cow::Borrowed(data) };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        })
+    }
+
+    /// A uniform buffer holding `data`, writable with `queue.write_buffer`.
+    pub(crate) fn uniform(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: data,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
+    }
+
+    /// A buffer the host can map for reading, `bytes` long.
+    pub(crate) fn staging(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+        self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes.max(4).next_multiple_of(4),
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        })
+    }
+
+    /// Submits `encoder` and waits for it; returns any validation or memory error it caused
+    /// (`scope` is the error scope pushed before recording).
+    pub(crate) async fn submit(
+        &self,
+        encoder: wgpu::CommandEncoder,
+        scope: wgpu::ErrorScopeGuard,
+    ) -> Result<(), EngineError> {
+        self.queue.submit([encoder.finish()]);
+        if let Some(e) = scope.pop().await {
+            return Err(EngineError::Gpu(e.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Maps the first `len` f32 of `staging` (filled by work already submitted), copies them
+    /// out and unmaps it.
+    pub(crate) async fn read_f32(&self, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, EngineError> {
+        let bytes = (len * 4) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        let (tx, rx) = futures::channel::oneshot::channel();
+        staging.map_async(wgpu::MapMode::Read, 0..bytes, move |r| {
+            // The receiver only disappears if the forward future was dropped.
+            let _ = tx.send(r);
+        });
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
+        rx.await
+            .map_err(|_| EngineError::Gpu("readback callback dropped (device lost?)".into()))?
+            .map_err(|e| EngineError::Gpu(format!("map readback buffer: {e}")))?;
+        let out = {
+            let view = staging.get_mapped_range(0..bytes);
+            bytemuck::pod_collect_to_vec::<u8, f32>(&view)
+        };
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Waits until all submitted work is done (native); a no-op on the web.
+    pub(crate) async fn wait_idle(&self) -> Result<(), EngineError> {
+        #[cfg(not(target_arch = "wasm32"))]
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (tx, rx) = futures::channel::oneshot::channel();
+            self.queue.on_submitted_work_done(move || {
+                let _ = tx.send(());
+            });
+            rx.await.map_err(|_| EngineError::Gpu("work-done callback dropped".into()))?;
+        }
+        Ok(())
+    }
+}

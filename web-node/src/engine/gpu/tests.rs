@@ -1,0 +1,357 @@
+//! Every kernel against `engine::reference`, and the whole backend against `CpuBackend`.
+//!
+//! These tests need a wgpu adapter (CI installs lavapipe) and fail, not skip, without one.
+//! Tolerances are relative to the size of the terms summed (`sum |a_i b_i|`), because the
+//! kernels add in a different order than the reference (blocks, then a tree).
+
+use std::sync::{Arc, OnceLock};
+
+use bytes::Bytes;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::engine::cpu::CpuBackend;
+use crate::engine::{reference, Backend};
+use crate::model::quant::quantize;
+use crate::model::{Arch, LayerWeights, LlamaConfig, QMatrix, WeightType};
+
+fn ctx() -> Arc<GpuContext> {
+    static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
+    CTX.get_or_init(|| pollster::block_on(GpuContext::new()).expect("a wgpu adapter is required (install lavapipe)"))
+        .clone()
+}
+
+fn block_on<T>(f: impl std::future::Future<Output = Result<T, crate::engine::EngineError>>) -> T {
+    pollster::block_on(f).expect("gpu op failed")
+}
+
+fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
+    (0..n).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+fn qmatrix(rng: &mut ChaCha8Rng, dtype: WeightType, rows: usize, cols: usize) -> QMatrix {
+    let vals = randn(rng, rows * cols);
+    QMatrix::new(dtype, rows, cols, Bytes::from(quantize(dtype, &vals))).expect("valid test matrix")
+}
+
+/// Asserts `|got - want| <= rel * scale[i] + abs` element by element, naming the first failure.
+fn assert_close(what: &str, got: &[f32], want: &[f32], scale: &[f32], rel: f32, abs: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    for i in 0..got.len() {
+        let tol = rel * scale[i] + abs;
+        assert!(
+            (got[i] - want[i]).abs() <= tol,
+            "{what}: index {i}: gpu {} vs reference {} (tolerance {tol})",
+            got[i],
+            want[i]
+        );
+    }
+}
+
+/// `sum_c |W[r, c] x[t, c]|` for every output: the natural scale of a dot product's rounding.
+fn matmul_scale(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    let wd = w.dequantize();
+    let mut s = vec![0.0; n * w.rows];
+    for t in 0..n {
+        for r in 0..w.rows {
+            s[t * w.rows + r] = (0..w.cols).map(|c| (wd[r * w.cols + c] * x[t * w.cols + c]).abs()).sum();
+        }
+    }
+    s
+}
+
+/// Matrix products: every type, decode (n = 1) and prefill (n = 5, 33: a partial token tile),
+/// rows not a multiple of the rows per workgroup, several blocks per thread, and float rows
+/// that end inside a block. Tolerance: 1e-5 of sum |w x| (f32 order-of-summation error).
+#[test]
+fn matmul_every_type_matches_reference() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(1);
+    for dtype in WeightType::ALL {
+        let shapes: &[(usize, usize)] = if dtype.block_len() == 1 {
+            &[(37, 45), (6, 700), (65, 64)]
+        } else {
+            &[(37, 96), (6, 704), (65, 32)]
+        };
+        for &(rows, cols) in shapes {
+            let w = qmatrix(&mut rng, dtype, rows, cols);
+            for n in [1, 5, 33] {
+                let x = randn(&mut rng, n * cols);
+                let got = block_on(ops::matmul(&ctx, &w, &x, n));
+                let want = reference::matmul(&w, &x, n);
+                let what = format!("matmul {dtype} [{rows}, {cols}] n={n}");
+                assert_close(&what, &got, &want, &matmul_scale(&w, &x, n), 1e-5, 1e-6);
+            }
+        }
+    }
+}
+
+/// Known answers: a Q4_1 block of nibbles 0..15 / 15..0 with d = 0.5, m = -1 against ones,
+/// and an F32 identity.
+#[test]
+fn matmul_known_answers() {
+    let ctx = ctx();
+    let mut b = Vec::new();
+    b.extend_from_slice(&half::f16::from_f32(0.5).to_le_bytes());
+    b.extend_from_slice(&half::f16::from_f32(-1.0).to_le_bytes());
+    for j in 0..16u8 {
+        b.push(j | ((15 - j) << 4));
+    }
+    let w = QMatrix::new(WeightType::Q4_1, 1, 32, Bytes::from(b)).expect("one block");
+    // sum over 0..15 of (0.5 j - 1) twice = 2 * (0.5 * 120 - 16) = 88.
+    assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0; 32], 1)), vec![88.0]);
+    assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0; 64], 2)), vec![88.0, 88.0]);
+
+    let eye: Vec<f32> = (0..9).map(|i| if i % 4 == 0 { 1.0 } else { 0.0 }).collect();
+    let w = QMatrix::new(WeightType::F32, 3, 3, Bytes::from(quantize(WeightType::F32, &eye))).expect("3x3");
+    assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0, 2.0, 3.0], 1)), vec![1.0, 2.0, 3.0]);
+}
+
+/// RMSNorm over rows wider than the workgroup (75, 200) and a known answer. Tolerance 1e-5
+/// relative to |x * weight| (a rescaled sum of squares).
+#[test]
+fn rms_norm_matches_reference() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(2);
+    for (n, dim) in [(1, 75), (3, 200)] {
+        let x = randn(&mut rng, n * dim);
+        let w = randn(&mut rng, dim);
+        let got = block_on(ops::rms_norm(&ctx, &x, &w, 1e-5));
+        let want = reference::rms_norm(&x, &w, 1e-5);
+        let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
+        assert_close(&format!("rms_norm n={n} dim={dim}"), &got, &want, &scale, 1e-5, 1e-6);
+    }
+    let got = block_on(ops::rms_norm(&ctx, &[3.0, 4.0], &[1.0, 2.0], 0.0));
+    let r = (12.5f32).sqrt();
+    assert_close("rms_norm known", &got, &[3.0 / r, 8.0 / r], &[1.0, 1.0], 1e-6, 0.0);
+}
+
+/// RoPE at positions past 0 with head_dim 16 and 64. The cos/sin come from the host, so only
+/// the rotation's own rounding differs: 1e-6 of |a| + |b|.
+#[test]
+fn rope_matches_reference() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(3);
+    for (n, heads, hd, pos) in [(1, 3, 16, 0), (4, 3, 64, 1000)] {
+        let x = randn(&mut rng, n * heads * hd);
+        let got = block_on(ops::rope(&ctx, &x, heads, hd, pos, 10000.0));
+        let mut want = x.clone();
+        reference::rope(&mut want, heads, hd, pos, 10000.0);
+        let scale: Vec<f32> = (0..x.len())
+            .map(|i| {
+                let (head, d) = (i / hd * hd, i % hd);
+                x[head + d % (hd / 2)].abs() + x[head + d % (hd / 2) + hd / 2].abs()
+            })
+            .collect();
+        assert_close(&format!("rope n={n} heads={heads} hd={hd} pos={pos}"), &got, &want, &scale, 1e-6, 0.0);
+    }
+    // Known answer: position 0 is the identity.
+    let x = [1.0, 2.0, 3.0, 4.0];
+    assert_eq!(block_on(ops::rope(&ctx, &x, 1, 4, 0, 10000.0)), x.to_vec());
+}
+
+/// Attention: decode past one key tile (pos 70 > 64 keys), causal prefill with GQA, and a head
+/// size above the workgroup (80). Outputs are convex mixes of values in [-1, 1]: 1e-5 absolute.
+#[test]
+fn attention_matches_reference() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    for (n, pos, heads, kv_heads, hd) in [(1, 70, 4, 2, 16), (5, 3, 4, 2, 16), (3, 130, 2, 1, 80), (2, 0, 3, 3, 8)] {
+        let len = pos + n + 2; // spare rows after the sequence must be ignored
+        let q = randn(&mut rng, n * heads * hd);
+        let k = randn(&mut rng, len * kv_heads * hd);
+        let v = randn(&mut rng, len * kv_heads * hd);
+        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd));
+        let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd);
+        let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd}");
+        assert_close(&what, &got, &want, &vec![0.0; want.len()], 0.0, 1e-5);
+    }
+    // Known answer: the first token sees only its own value.
+    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2));
+    assert_eq!(got, vec![0.25, -2.0]);
+}
+
+/// SiLU-gated product and residual add, elementwise: 1e-6 relative (exp rounding).
+#[test]
+fn elementwise_match_reference() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let g: Vec<f32> = randn(&mut rng, 100).iter().map(|v| v * 8.0).collect();
+    let u = randn(&mut rng, 100);
+    let got = block_on(ops::silu_mul(&ctx, &g, &u));
+    let want = reference::silu_mul(&g, &u);
+    let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
+    assert_close("silu_mul", &got, &want, &scale, 1e-6, 1e-7);
+
+    let got = block_on(ops::add(&ctx, &g, &u));
+    let mut want = g.clone();
+    reference::add_assign(&mut want, &u);
+    assert_eq!(got, want);
+    assert_eq!(block_on(ops::silu_mul(&ctx, &[0.0], &[3.0])), vec![0.0]);
+}
+
+fn small_config(arch: Arch) -> LlamaConfig {
+    LlamaConfig {
+        arch,
+        hidden: 64,
+        intermediate: 128,
+        n_layers: 4,
+        n_heads: 4,
+        n_kv_heads: 2,
+        head_dim: 16,
+        rope_theta: 10000.0,
+        rms_eps: 1e-5,
+        vocab: 10,
+        max_seq_len: 64,
+        tie_embeddings: true,
+    }
+}
+
+fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> LayerWeights {
+    let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
+    let norm = |rng: &mut ChaCha8Rng| randn(rng, h).iter().map(|v| 1.0 + 0.2 * v).collect();
+    LayerWeights {
+        attn_norm: norm(rng),
+        attn_q: qmatrix(rng, dtype, q, h),
+        attn_k: qmatrix(rng, dtype, kv, h),
+        attn_v: qmatrix(rng, dtype, kv, h),
+        attn_output: qmatrix(rng, dtype, h, q),
+        qkv_bias: c.arch.has_qkv_bias().then(|| [randn(rng, q), randn(rng, kv), randn(rng, kv)]),
+        ffn_norm: norm(rng),
+        ffn_gate: qmatrix(rng, dtype, f, h),
+        ffn_up: qmatrix(rng, dtype, f, h),
+        ffn_down: qmatrix(rng, dtype, h, f),
+    }
+}
+
+/// Prefill 7 tokens then 4 decode steps on layers 1..4 of a small model (one layer each of
+/// Q4_1, Q8_0, F32; and a Qwen2 variant with biases), GPU vs CPU backend. Tolerance 1e-4 of
+/// the hidden state's max magnitude: three layers of f32 products summed in another order.
+#[test]
+fn backend_matches_cpu_backend() {
+    let ctx = ctx();
+    for arch in [Arch::Llama, Arch::Qwen2] {
+        let c = small_config(arch);
+        let mut rng = ChaCha8Rng::seed_from_u64(6);
+        let layers: Vec<LayerWeights> = [WeightType::Q4_1, WeightType::Q8_0, WeightType::F32]
+            .into_iter()
+            .map(|t| random_layer(&mut rng, &c, t))
+            .collect();
+        let gpu = GpuBackend::new(ctx.clone(), c.clone(), 1..4, &layers).expect("gpu backend");
+        let cpu = CpuBackend::new(c.clone(), 1..4, layers).expect("cpu backend");
+        let mut gc = gpu.new_cache(16).expect("gpu cache");
+        let mut cc = cpu.new_cache(16).expect("cpu cache");
+        let mut pos = 0;
+        for n in [7, 1, 1, 1, 1] {
+            let x = randn(&mut rng, n * c.hidden);
+            let got = block_on(gpu.forward(&mut gc, &x, n, pos));
+            let want = block_on(cpu.forward(&mut cc, &x, n, pos));
+            let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let what = format!("{arch:?} forward n={n} pos={pos}");
+            assert_close(&what, &got, &want, &vec![max; want.len()], 1e-4, 0.0);
+            pos += n;
+        }
+        assert!(gc.scratch_capacity() >= 7);
+    }
+}
+
+/// A prefill longer than one submit's chunk gives the same result as token-by-token decoding.
+#[test]
+fn long_prefill_is_chunked() {
+    let ctx = ctx();
+    let mut c = small_config(Arch::Llama);
+    c.hidden = 32;
+    c.n_heads = 2;
+    c.n_kv_heads = 1;
+    c.intermediate = 32;
+    let mut rng = ChaCha8Rng::seed_from_u64(7);
+    let layers = vec![random_layer(&mut rng, &c, WeightType::Q8_0)];
+    let gpu = GpuBackend::new(ctx, c.clone(), 0..1, &layers).expect("gpu backend");
+    let n = MAX_CHUNK + 3;
+    let x = randn(&mut rng, n * c.hidden);
+    let mut a = gpu.new_cache(n).expect("cache");
+    let all = block_on(gpu.forward(&mut a, &x, n, 0));
+    let cpu = CpuBackend::new(c.clone(), 0..1, layers).expect("cpu backend");
+    let mut cc = cpu.new_cache(n).expect("cpu cache");
+    let want = block_on(cpu.forward(&mut cc, &x, n, 0));
+    let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    assert_close("chunked prefill", &all, &want, &vec![max; want.len()], 1e-4, 0.0);
+    assert!(a.scratch_capacity() <= MAX_CHUNK);
+}
+
+/// The weight repacking keeps every value: repacked words read back as the reference does.
+#[test]
+fn repack_layout() {
+    let mut rng = ChaCha8Rng::seed_from_u64(8);
+    let w = qmatrix(&mut rng, WeightType::Q4_1, 2, 64);
+    let words = weights::repack(&w);
+    assert_eq!(words.len(), 2 * weights::row_words(WeightType::Q4_1, 64));
+    // Row 1, block 0: first word is d | m << 16, then the 16 nibble bytes.
+    let raw = w.row(1);
+    assert_eq!(words[10], u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+    assert_eq!(words[11], u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]));
+    let f16 = qmatrix(&mut rng, WeightType::F16, 1, 3);
+    let words = weights::repack(&f16);
+    assert_eq!(words.len(), 2);
+    assert_eq!(words[1] >> 16, 0, "odd row padded with zero");
+}
+
+/// The decode kernel's speed on a SmolLM2-sized Q4_1 matrix (run with `--ignored --nocapture`).
+#[test]
+#[ignore = "benchmark"]
+fn bench_matvec() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for (dtype, rows, cols) in [(WeightType::Q4_1, 1536, 576), (WeightType::Q4_1, 576, 1536), (WeightType::Q8_0, 1536, 576), (WeightType::F32, 1536, 576)] {
+        let w = qmatrix(&mut rng, dtype, rows, cols);
+        let secs = block_on(ops::time_matmul(&ctx, &w, 1, 200));
+        let gbs = w.data.len() as f64 / secs / 1e9;
+        println!("{} {dtype} [{rows}, {cols}] n=1: {:.1} us, {gbs:.2} GB/s", ctx.adapter_info().name, secs * 1e6);
+    }
+}
+
+/// Decode speed of a SmolLM2-135M-shaped layer range (Q4_1, random weights), 8-token prefill
+/// then 16 decode steps (run with `--ignored --nocapture`).
+#[test]
+#[ignore = "benchmark"]
+fn bench_decode_smollm_shape() {
+    let ctx = ctx();
+    let c = LlamaConfig {
+        arch: Arch::Llama,
+        hidden: 576,
+        intermediate: 1536,
+        n_layers: 30,
+        n_heads: 9,
+        n_kv_heads: 3,
+        head_dim: 64,
+        rope_theta: 100000.0,
+        rms_eps: 1e-5,
+        vocab: 49152,
+        max_seq_len: 8192,
+        tie_embeddings: true,
+    };
+    let n_layers = std::env::var("BENCH_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let layers: Vec<LayerWeights> = (0..n_layers).map(|_| random_layer(&mut rng, &c, WeightType::Q4_1)).collect();
+    let gpu = GpuBackend::new(ctx.clone(), c.clone(), 0..n_layers, &layers).expect("gpu backend");
+    let mut cache = gpu.new_cache(256).expect("cache");
+    let x = randn(&mut rng, 8 * c.hidden);
+    let t = web_time::Instant::now();
+    block_on(gpu.forward(&mut cache, &x, 8, 0));
+    let prefill = t.elapsed().as_secs_f64();
+    let steps = 16;
+    let t = web_time::Instant::now();
+    for i in 0..steps {
+        block_on(gpu.forward(&mut cache, &x[..c.hidden], 1, 8 + i));
+    }
+    let decode = t.elapsed().as_secs_f64() / steps as f64;
+    println!(
+        "{}: {n_layers} layers: prefill 8 tokens {:.1} ms ({:.1} tok/s), decode {:.1} ms/token ({:.1} tok/s)",
+        ctx.adapter_info().name,
+        prefill * 1e3,
+        8.0 / prefill,
+        decode * 1e3,
+        1.0 / decode
+    );
+}

@@ -1,0 +1,172 @@
+//! Runs contiguous ranges of decoder layers.
+//!
+//! Main types: the [`Backend`] trait (one implementation per compute device: [`cpu`] and
+//! [`gpu`], our WGSL kernels through wgpu) and [`BlockExecutor`], which holds a backend for
+//! layers `[a, b)` and runs independent sessions on it (each with its own KV cache and
+//! position). Activations are f32 on every backend; weights stay in their stored format and
+//! are dequantized inside the kernels.
+//!
+//! This module does not tokenize, embed or sample (see [`crate::client`]) and does no I/O.
+
+mod any;
+pub mod cpu;
+mod executor;
+pub mod gpu;
+pub mod reference;
+
+pub use any::{AnyBackend, AnyCache};
+pub use executor::{BlockExecutor, ExecutorConfig, SessionId};
+
+use std::future::Future;
+use std::ops::Range;
+
+use crate::model::LlamaConfig;
+
+/// Errors of the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// An input tensor has the wrong length.
+    #[error("{what}: expected {expected} values, got {actual}")]
+    Shape {
+        /// Which input.
+        what: &'static str,
+        /// Values expected.
+        expected: usize,
+        /// Values given.
+        actual: usize,
+    },
+    /// A step would run past the session's KV-cache capacity.
+    #[error("session {session}: {pos} + {n_tokens} tokens exceeds its capacity of {capacity}")]
+    ContextFull {
+        /// Session.
+        session: u64,
+        /// Tokens already in the cache.
+        pos: usize,
+        /// Tokens in this step.
+        n_tokens: usize,
+        /// Cache capacity.
+        capacity: usize,
+    },
+    /// No session with that id (never opened, or closed).
+    #[error("unknown session {0}")]
+    UnknownSession(u64),
+    /// The executor already runs its maximum number of sessions.
+    #[error("too many sessions: limit is {0}")]
+    TooManySessions(usize),
+    /// A session asked for more tokens than the executor allows.
+    #[error("session length {asked} exceeds the limit of {limit}")]
+    SessionTooLong {
+        /// Length asked for.
+        asked: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The layer weights do not fit the configuration.
+    #[error("layer {layer}: {what}")]
+    BadWeights {
+        /// Layer index in the model.
+        layer: usize,
+        /// What is wrong.
+        what: String,
+    },
+    /// A session cache was handed to a backend of another kind.
+    #[error("cache belongs to another backend")]
+    WrongCache,
+    /// The GPU backend failed (no adapter, limits too small, device lost, ...).
+    #[error("gpu: {0}")]
+    Gpu(String),
+}
+
+/// A compute device that runs one contiguous range of decoder layers.
+///
+/// Weights are loaded at construction and never change; everything that belongs to one
+/// sequence (KV cache, scratch buffers) lives in [`Backend::Cache`], so one backend serves many
+/// sessions.
+pub trait Backend {
+    /// Per-session state: the KV cache for every layer of the range, plus any scratch space.
+    type Cache;
+
+    /// Short backend name (`"cpu"`, `"wgpu"`).
+    fn name(&self) -> &'static str;
+
+    /// Model configuration.
+    fn config(&self) -> &LlamaConfig;
+
+    /// Model layers this backend runs.
+    fn layers(&self) -> Range<usize>;
+
+    /// Allocates a KV cache for up to `max_len` tokens.
+    fn new_cache(&self, max_len: usize) -> Result<Self::Cache, EngineError>;
+
+    /// Runs `n_tokens` tokens through every layer of the range.
+    ///
+    /// `hidden` is `[n_tokens, hidden]` row-major, the tokens at positions
+    /// `pos .. pos + n_tokens` of the sequence; attention is causal over the cache's first
+    /// `pos` entries plus these tokens, whose keys and values are written at `pos..`. The
+    /// caller guarantees `pos + n_tokens <= max_len` and `hidden.len() == n_tokens * hidden`.
+    /// Returns the hidden states after the last layer, same shape.
+    fn forward(
+        &self,
+        cache: &mut Self::Cache,
+        hidden: &[f32],
+        n_tokens: usize,
+        pos: usize,
+    ) -> impl Future<Output = Result<Vec<f32>, EngineError>>;
+}
+
+/// Checks that `layers` holds one correctly shaped [`LayerWeights`](crate::model::LayerWeights)
+/// per layer of `range`.
+pub fn check_layers(
+    config: &LlamaConfig,
+    range: &Range<usize>,
+    layers: &[crate::model::LayerWeights],
+) -> Result<(), EngineError> {
+    if range.start >= range.end || range.end > config.n_layers || layers.len() != range.len() {
+        return Err(EngineError::BadWeights {
+            layer: range.start,
+            what: format!(
+                "range {range:?} of a {}-layer model with {} layer weights given",
+                config.n_layers,
+                layers.len()
+            ),
+        });
+    }
+    let (h, q, kv, f) = (config.hidden, config.q_dim(), config.kv_dim(), config.intermediate);
+    for (i, w) in layers.iter().enumerate() {
+        let layer = range.start + i;
+        let mats = [
+            ("attn_q", &w.attn_q, q, h),
+            ("attn_k", &w.attn_k, kv, h),
+            ("attn_v", &w.attn_v, kv, h),
+            ("attn_output", &w.attn_output, h, q),
+            ("ffn_gate", &w.ffn_gate, f, h),
+            ("ffn_up", &w.ffn_up, f, h),
+            ("ffn_down", &w.ffn_down, h, f),
+        ];
+        for (name, m, rows, cols) in mats {
+            if m.rows != rows || m.cols != cols {
+                return Err(EngineError::BadWeights {
+                    layer,
+                    what: format!("{name} is [{}, {}], config needs [{rows}, {cols}]", m.rows, m.cols),
+                });
+            }
+        }
+        for (name, v, len) in [("attn_norm", &w.attn_norm, h), ("ffn_norm", &w.ffn_norm, h)] {
+            if v.len() != len {
+                return Err(EngineError::BadWeights {
+                    layer,
+                    what: format!("{name} has {} values, config needs {len}", v.len()),
+                });
+            }
+        }
+        if let Some([bq, bk, bv]) = &w.qkv_bias {
+            if bq.len() != q || bk.len() != kv || bv.len() != kv {
+                return Err(EngineError::BadWeights {
+                    layer,
+                    what: format!("qkv biases have {}/{}/{} values, need {q}/{kv}/{kv}", bq.len(), bk.len(), bv.len()),
+                });
+            }
+        }
+    }
+    Ok(())
+}

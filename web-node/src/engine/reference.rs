@@ -1,0 +1,122 @@
+//! Plain-Rust reference versions of every operation of a decoder layer.
+//!
+//! These are the specification the kernels are tested against: straightforward loops, f32
+//! throughout, no SIMD. The CPU backend reuses the cheap ones (norms, RoPE, attention) and
+//! replaces the matrix products with its fast kernels.
+
+use crate::model::QMatrix;
+
+/// `out[t, r] = sum_c W[r, c] * x[t, c]` for `n` tokens: `x` is `[n, cols]`, `out` `[n, rows]`.
+///
+/// Dequantizes each row once and accumulates in f32, in column order.
+pub fn matmul(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
+    assert_eq!(x.len(), n * w.cols, "matmul: x has the wrong length");
+    let mut out = vec![0.0f32; n * w.rows];
+    let mut row = vec![0.0f32; w.cols];
+    for r in 0..w.rows {
+        w.dequantize_row(r, &mut row);
+        for t in 0..n {
+            let xt = &x[t * w.cols..(t + 1) * w.cols];
+            let mut acc = 0.0f32;
+            for c in 0..w.cols {
+                acc += row[c] * xt[c];
+            }
+            out[t * w.rows + r] = acc;
+        }
+    }
+    out
+}
+
+/// RMSNorm of each row of `x` (`[n, dim]`), times `weight` (`[dim]`).
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32) -> Vec<f32> {
+    let dim = weight.len();
+    let mut out = vec![0.0f32; x.len()];
+    for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let ss: f32 = xr.iter().map(|v| v * v).sum::<f32>() / dim as f32;
+        let scale = 1.0 / (ss + eps).sqrt();
+        for i in 0..dim {
+            o[i] = xr[i] * scale * weight[i];
+        }
+    }
+    out
+}
+
+/// Rotate-half RoPE in place on `x` = `[n, n_heads, head_dim]` for tokens at `pos..pos+n`.
+///
+/// Dimension `i < head_dim/2` pairs with `i + head_dim/2`, angle `p * theta^(-2i/head_dim)`
+/// (Hugging Face layout; see [`crate::model::weights`] for the GGUF permutation).
+pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f32) {
+    let half = head_dim / 2;
+    for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
+        let p = (pos + t) as f32;
+        for head in tok.chunks_exact_mut(head_dim) {
+            for i in 0..half {
+                let freq = theta.powf(-2.0 * i as f32 / head_dim as f32);
+                let (s, c) = (p * freq).sin_cos();
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * c - b * s;
+                head[i + half] = a * s + b * c;
+            }
+        }
+    }
+}
+
+/// Causal grouped-query attention for `n` new tokens at positions `pos..pos+n`.
+///
+/// `q` is `[n, n_heads, head_dim]`; `k_cache`/`v_cache` are `[len, n_kv_heads, head_dim]` with
+/// `len >= pos + n` entries already written (the new tokens' keys included). Query head `h`
+/// reads kv head `h / (n_heads / n_kv_heads)`. Returns `[n, n_heads, head_dim]`.
+pub fn attention(
+    q: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    n: usize,
+    pos: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+) -> Vec<f32> {
+    let group = n_heads / n_kv_heads;
+    let kv_dim = n_kv_heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let mut out = vec![0.0f32; n * n_heads * head_dim];
+    let mut scores = Vec::new();
+    for t in 0..n {
+        let len = pos + t + 1;
+        for h in 0..n_heads {
+            let kvh = h / group;
+            let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
+            scores.clear();
+            for j in 0..len {
+                let kj = &k_cache[j * kv_dim + kvh * head_dim..][..head_dim];
+                let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
+                scores.push(dot * scale);
+            }
+            let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let mut sum = 0.0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut out[(t * n_heads + h) * head_dim..][..head_dim];
+            for (j, s) in scores.iter().enumerate() {
+                let vj = &v_cache[j * kv_dim + kvh * head_dim..][..head_dim];
+                let p = s / sum;
+                for d in 0..head_dim {
+                    o[d] += p * vj[d];
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `silu(gate) * up`, elementwise.
+pub fn silu_mul(gate: &[f32], up: &[f32]) -> Vec<f32> {
+    gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u).collect()
+}
+
+/// `x += y`, elementwise.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}

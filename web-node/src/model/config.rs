@@ -1,0 +1,97 @@
+//! Resolved runtime configuration of a Llama-family model.
+//!
+//! Main type: [`LlamaConfig`]. Checkpoint-specific metadata (GGUF keys, Hugging Face
+//! `config.json`) is parsed by the format modules and resolved into this one type; this module
+//! only checks that the numbers are consistent.
+
+use super::ModelError;
+
+/// Architecture families whose decoder layers share the Llama layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// Llama, SmolLM (same graph).
+    Llama,
+    /// Mistral (Llama graph; sliding window ignored up to its window size).
+    Mistral,
+    /// Qwen2 (Llama graph plus q/k/v biases).
+    Qwen2,
+}
+
+impl Arch {
+    /// Parses a GGUF `general.architecture` or a `config.json` `model_type` value.
+    pub fn parse(s: &str) -> Option<Arch> {
+        match s {
+            "llama" | "smollm" | "LlamaForCausalLM" => Some(Arch::Llama),
+            "mistral" | "MistralForCausalLM" => Some(Arch::Mistral),
+            "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            _ => None,
+        }
+    }
+
+    /// Whether q/k/v projections carry biases.
+    pub fn has_qkv_bias(self) -> bool {
+        matches!(self, Arch::Qwen2)
+    }
+}
+
+/// Shapes and constants of a Llama-family decoder, resolved from a checkpoint.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LlamaConfig {
+    /// Architecture family.
+    pub arch: Arch,
+    /// Hidden size (`d_model`).
+    pub hidden: usize,
+    /// MLP inner size.
+    pub intermediate: usize,
+    /// Number of decoder layers.
+    pub n_layers: usize,
+    /// Number of query heads.
+    pub n_heads: usize,
+    /// Number of key/value heads (grouped-query attention when smaller than `n_heads`).
+    pub n_kv_heads: usize,
+    /// Size of one attention head.
+    pub head_dim: usize,
+    /// RoPE base frequency.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// Longest sequence the model was trained for.
+    pub max_seq_len: usize,
+    /// The LM head reuses the token embedding matrix.
+    pub tie_embeddings: bool,
+}
+
+impl LlamaConfig {
+    /// Checks that the numbers are consistent with each other.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let bad = |what: String| Err(ModelError::BadConfig(what));
+        if self.hidden == 0 || self.intermediate == 0 || self.n_layers == 0 || self.vocab == 0 {
+            return bad(format!(
+                "zero size: hidden {} intermediate {} layers {} vocab {}",
+                self.hidden, self.intermediate, self.n_layers, self.vocab
+            ));
+        }
+        if self.n_heads == 0 || self.n_kv_heads == 0 || self.n_heads % self.n_kv_heads != 0 {
+            return bad(format!("{} heads not a multiple of {} kv heads", self.n_heads, self.n_kv_heads));
+        }
+        if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 256 {
+            return bad(format!("head dim {} must be even and at most 256", self.head_dim));
+        }
+        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
+            return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
+        }
+        Ok(())
+    }
+
+    /// Query width per token (`n_heads * head_dim`; usually `hidden`).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Key/value width per token (`n_kv_heads * head_dim`).
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+}

@@ -1,0 +1,619 @@
+//! GGUF v2/v3 reader: metadata, tensor index, and Llama-family weights.
+//!
+//! Main types: [`GgufFile`] (parsed header over the file's bytes) and [`GgufModel`] (a
+//! [`GgufFile`] resolved into a [`LlamaConfig`] that hands out layers and the head).
+//! Every length and offset read from the file is checked against the file's size before
+//! anything is allocated or sliced, so a truncated or hostile file gives an error, never a
+//! panic. Tensor data is not copied: [`QMatrix`] slices share the file's [`Bytes`].
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use super::config::{Arch, LlamaConfig};
+use super::quant::{QMatrix, WeightType};
+use super::weights::{unpermute_rope_rows, HeadWeights, LayerWeights};
+use super::{ModelError, Tokenizer};
+
+const MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// Longest string accepted in metadata (the chat template is the longest seen: a few KiB).
+const MAX_STRING: u64 = 1 << 24;
+
+/// A metadata value.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    /// Unsigned integer (u8, u16, u32, u64).
+    U64(u64),
+    /// Signed integer (i8, i16, i32, i64).
+    I64(i64),
+    /// Float (f32, f64).
+    F64(f64),
+    /// Boolean.
+    Bool(bool),
+    /// UTF-8 string (invalid UTF-8 is replaced).
+    Str(String),
+    /// Array of values.
+    Array(Vec<Value>),
+}
+
+impl Value {
+    fn type_name(&self) -> &'static str {
+        match self {
+            Value::U64(_) => "unsigned integer",
+            Value::I64(_) => "signed integer",
+            Value::F64(_) => "float",
+            Value::Bool(_) => "bool",
+            Value::Str(_) => "string",
+            Value::Array(_) => "array",
+        }
+    }
+
+    /// The value as an unsigned integer, if it is a non-negative integer.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            Value::U64(v) => Some(v),
+            Value::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// The value as a float, if it is numeric.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            Value::F64(v) => Some(v),
+            Value::U64(v) => Some(v as f64),
+            Value::I64(v) => Some(v as f64),
+            _ => None,
+        }
+    }
+
+    /// The value as a string slice.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            Value::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The value as an array.
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// GGUF metadata: key to value.
+#[derive(Clone, Debug, Default)]
+pub struct Metadata(pub HashMap<String, Value>);
+
+impl Metadata {
+    /// The raw value of `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key)
+    }
+
+    fn typed<'a, T>(&'a self, key: &str, want: &str, f: impl Fn(&'a Value) -> Option<T>) -> Result<Option<T>, ModelError> {
+        match self.0.get(key) {
+            None => Ok(None),
+            Some(v) => f(v).map(Some).ok_or_else(|| ModelError::Metadata {
+                key: key.to_string(),
+                what: format!("expected {want}, found {}", v.type_name()),
+            }),
+        }
+    }
+
+    /// An optional unsigned integer.
+    pub fn u64(&self, key: &str) -> Result<Option<u64>, ModelError> {
+        self.typed(key, "unsigned integer", Value::as_u64)
+    }
+
+    /// An optional float.
+    pub fn f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        self.typed(key, "number", Value::as_f64)
+    }
+
+    /// An optional string.
+    pub fn str(&self, key: &str) -> Result<Option<&str>, ModelError> {
+        self.typed(key, "string", Value::as_str)
+    }
+
+    /// An optional array.
+    pub fn array(&self, key: &str) -> Result<Option<&[Value]>, ModelError> {
+        self.typed(key, "array", Value::as_array)
+    }
+
+    /// A required unsigned integer.
+    pub fn req_u64(&self, key: &str) -> Result<u64, ModelError> {
+        self.u64(key)?.ok_or_else(|| missing(key))
+    }
+
+    /// An optional array of strings.
+    pub fn str_array(&self, key: &str) -> Result<Option<Vec<&str>>, ModelError> {
+        let Some(a) = self.array(key)? else { return Ok(None) };
+        a.iter()
+            .map(|v| {
+                v.as_str().ok_or_else(|| ModelError::Metadata {
+                    key: key.to_string(),
+                    what: format!("expected strings, found {}", v.type_name()),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+fn missing(key: &str) -> ModelError {
+    ModelError::Metadata { key: key.to_string(), what: "missing".to_string() }
+}
+
+/// Storage type of a tensor as the file names it (ggml type id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GgmlType(pub u32);
+
+impl GgmlType {
+    /// The engine's [`WeightType`] for this id, if supported.
+    pub fn weight_type(self) -> Option<WeightType> {
+        Some(match self.0 {
+            0 => WeightType::F32,
+            1 => WeightType::F16,
+            2 => WeightType::Q4_0,
+            3 => WeightType::Q4_1,
+            8 => WeightType::Q8_0,
+            30 => WeightType::BF16,
+            _ => return None,
+        })
+    }
+
+    /// ggml's name for the type.
+    pub fn name(self) -> String {
+        const NAMES: [&str; 31] = [
+            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
+            "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
+            "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        ];
+        NAMES.get(self.0 as usize).map_or_else(|| format!("type {}", self.0), |s| s.to_string())
+    }
+}
+
+/// One entry of the tensor index.
+#[derive(Clone, Debug)]
+pub struct TensorInfo {
+    /// Tensor name.
+    pub name: String,
+    /// Dimensions, fastest-varying first (ggml's `ne`): a matrix is `[cols, rows]`.
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub dtype: GgmlType,
+    /// Absolute byte offset of the data in the file.
+    pub offset: u64,
+    /// Byte size of the data, when the type is supported.
+    pub size: Option<u64>,
+}
+
+/// A parsed GGUF file: metadata and tensor index over the file's bytes.
+#[derive(Clone, Debug)]
+pub struct GgufFile {
+    /// Format version (2 or 3).
+    pub version: u32,
+    /// Metadata key/values.
+    pub metadata: Metadata,
+    /// Tensor index, in file order.
+    pub tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    data: Bytes,
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], ModelError> {
+        let len = self.buf.len() as u64;
+        let end = (self.pos as u64).checked_add(n).filter(|&e| e <= len);
+        let Some(end) = end else {
+            return Err(ModelError::Truncated { what: what.to_string(), offset: self.pos as u64, needed: n, len });
+        };
+        let s = &self.buf[self.pos..end as usize];
+        self.pos = end as usize;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], ModelError> {
+        let s = self.take(N as u64, what)?;
+        Ok(s.try_into().expect("take returned N bytes"))
+    }
+
+    fn u32(&mut self, what: &str) -> Result<u32, ModelError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &str) -> Result<u64, ModelError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, ModelError> {
+        let len = self.u64(what)?;
+        if len > MAX_STRING {
+            return Err(ModelError::BadFormat { format: "GGUF", what: format!("{what}: string of {len} bytes") });
+        }
+        Ok(String::from_utf8_lossy(self.take(len, what)?).into_owned())
+    }
+
+    fn value(&mut self, ty: u32, key: &str, depth: u32) -> Result<Value, ModelError> {
+        Ok(match ty {
+            0 => Value::U64(self.array::<1>(key)?[0] as u64),
+            1 => Value::I64(self.array::<1>(key)?[0] as i8 as i64),
+            2 => Value::U64(u16::from_le_bytes(self.array(key)?) as u64),
+            3 => Value::I64(i16::from_le_bytes(self.array(key)?) as i64),
+            4 => Value::U64(self.u32(key)? as u64),
+            5 => Value::I64(i32::from_le_bytes(self.array(key)?) as i64),
+            6 => Value::F64(f32::from_le_bytes(self.array(key)?) as f64),
+            7 => Value::Bool(self.array::<1>(key)?[0] != 0),
+            8 => Value::Str(self.string(key)?),
+            9 if depth == 0 => {
+                let elem = self.u32(key)?;
+                let n = self.u64(key)?;
+                // Every element takes at least one byte: bound the allocation by the file.
+                let remaining = (self.buf.len() - self.pos) as u64;
+                if n > remaining {
+                    return Err(ModelError::Truncated {
+                        what: format!("array {key}"),
+                        offset: self.pos as u64,
+                        needed: n,
+                        len: self.buf.len() as u64,
+                    });
+                }
+                let mut v = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    v.push(self.value(elem, key, depth + 1)?);
+                }
+                Value::Array(v)
+            }
+            10 => Value::U64(self.u64(key)?),
+            11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
+            12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            _ => {
+                return Err(ModelError::BadFormat {
+                    format: "GGUF",
+                    what: format!("metadata {key}: unknown value type {ty}"),
+                })
+            }
+        })
+    }
+}
+
+impl GgufFile {
+    /// Parses the header of a GGUF file held in memory.
+    pub fn parse(data: Bytes) -> Result<GgufFile, ModelError> {
+        let mut r = Reader { buf: &data, pos: 0 };
+        let magic = r.array::<4>("magic")?;
+        if &magic != MAGIC {
+            return Err(ModelError::BadFormat { format: "GGUF", what: format!("magic {magic:?}") });
+        }
+        let version = r.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(ModelError::BadFormat { format: "GGUF", what: format!("unsupported version {version}") });
+        }
+        let n_tensors = r.u64("tensor count")?;
+        let n_kv = r.u64("metadata count")?;
+        let len = data.len() as u64;
+        // Each metadata entry and tensor info takes well over 8 bytes.
+        if n_tensors > len / 8 || n_kv > len / 8 {
+            return Err(ModelError::BadFormat {
+                format: "GGUF",
+                what: format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in {len} bytes"),
+            });
+        }
+        let mut metadata = HashMap::new();
+        for _ in 0..n_kv {
+            let key = r.string("metadata key")?;
+            let ty = r.u32(&key)?;
+            let value = r.value(ty, &key, 0)?;
+            metadata.insert(key, value);
+        }
+        let metadata = Metadata(metadata);
+        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        for _ in 0..n_tensors {
+            let name = r.string("tensor name")?;
+            let n_dims = r.u32(&name)?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(ModelError::BadFormat { format: "GGUF", what: format!("tensor {name}: {n_dims} dims") });
+            }
+            let dims = (0..n_dims).map(|_| r.u64(&name)).collect::<Result<Vec<_>, _>>()?;
+            let dtype = GgmlType(r.u32(&name)?);
+            let offset = r.u64(&name)?;
+            tensors.push(TensorInfo { name, dims, dtype, offset, size: None });
+        }
+        let alignment = match metadata.u64("general.alignment")? {
+            Some(a) if a > 0 && a.is_power_of_two() => a,
+            Some(a) => {
+                return Err(ModelError::BadFormat { format: "GGUF", what: format!("alignment {a}") });
+            }
+            None => DEFAULT_ALIGNMENT,
+        };
+        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+        let mut by_name = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter_mut().enumerate() {
+            let elems = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let size = match (t.dtype.weight_type(), elems) {
+                (Some(wt), Some(n)) => usize::try_from(n).ok().and_then(|n| wt.bytes_for(n)).map(|b| b as u64),
+                _ => None,
+            };
+            t.offset = data_start.checked_add(t.offset).unwrap_or(u64::MAX);
+            if let Some(size) = size {
+                if t.offset.checked_add(size).is_none_or(|end| end > len) {
+                    return Err(ModelError::Truncated {
+                        what: format!("tensor {} data", t.name),
+                        offset: t.offset,
+                        needed: size,
+                        len,
+                    });
+                }
+            }
+            t.size = size;
+            by_name.insert(t.name.clone(), i);
+        }
+        Ok(GgufFile { version, metadata, tensors, by_name, data })
+    }
+
+    /// The index entry of a tensor.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.by_name.get(name).map(|&i| &self.tensors[i])
+    }
+
+    fn raw(&self, name: &str) -> Result<(&TensorInfo, WeightType, Bytes), ModelError> {
+        let t = self.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let (Some(wt), Some(size)) = (t.dtype.weight_type(), t.size) else {
+            return Err(ModelError::UnsupportedType { tensor: name.to_string(), dtype: t.dtype.name() });
+        };
+        Ok((t, wt, self.data.slice(t.offset as usize..(t.offset + size) as usize)))
+    }
+
+    /// A 2-D tensor as a matrix, checked against the expected `[rows, cols]`.
+    pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
+        let (t, wt, bytes) = self.raw(name)?;
+        let actual: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        if actual != [rows, cols] {
+            return Err(ModelError::TensorShape { tensor: name.to_string(), expected: vec![rows, cols], actual });
+        }
+        QMatrix::new(wt, rows, cols, bytes).map_err(|e| ModelError::BadFormat { format: "GGUF", what: format!("{name}: {e}") })
+    }
+
+    /// A 1-D tensor of `len` values, dequantized to f32.
+    pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let (t, wt, bytes) = self.raw(name)?;
+        let actual: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        if actual != [len] || wt.bytes_for(len) != Some(bytes.len()) {
+            return Err(ModelError::TensorShape { tensor: name.to_string(), expected: vec![len], actual });
+        }
+        let mut out = vec![0.0; len];
+        super::quant::dequantize(wt, &bytes, &mut out);
+        if let Some(i) = out.iter().position(|v| !v.is_finite()) {
+            return Err(ModelError::BadFormat { format: "GGUF", what: format!("{name}: value {i} is {}", out[i]) });
+        }
+        Ok(out)
+    }
+}
+
+/// A GGUF file resolved as a Llama-family model.
+#[derive(Clone, Debug)]
+pub struct GgufModel {
+    file: GgufFile,
+    config: LlamaConfig,
+}
+
+impl GgufModel {
+    /// Reads and parses a GGUF file from disk. Errors name the file.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<GgufModel, ModelError> {
+        let ctx = |e: ModelError| e.in_file(path.display().to_string());
+        let bytes = std::fs::read(path).map_err(|e| ctx(e.into()))?;
+        Self::from_bytes(Bytes::from(bytes)).map_err(ctx)
+    }
+
+    /// Parses a GGUF file held in memory.
+    pub fn from_bytes(bytes: Bytes) -> Result<GgufModel, ModelError> {
+        let file = GgufFile::parse(bytes)?;
+        let config = config_from_metadata(&file)?;
+        Ok(GgufModel { file, config })
+    }
+
+    /// The parsed file.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// Resolved configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// Weights of layer `i`, q/k rows converted to the rotate-half layout.
+    pub fn load_layer(&self, i: usize) -> Result<LayerWeights, ModelError> {
+        let c = &self.config;
+        let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
+        let f_ = &self.file;
+        let name = |t: &str| format!("blk.{i}.{t}");
+        let mut attn_q = f_.matrix(&name("attn_q.weight"), q, h)?;
+        let mut attn_k = f_.matrix(&name("attn_k.weight"), kv, h)?;
+        let mut qkv_bias = None;
+        if c.arch.has_qkv_bias() {
+            qkv_bias = Some([
+                f_.vector(&name("attn_q.bias"), q)?,
+                f_.vector(&name("attn_k.bias"), kv)?,
+                f_.vector(&name("attn_v.bias"), kv)?,
+            ]);
+        } else {
+            // llama.cpp permutes q/k rows of llama-architecture models for interleaved RoPE.
+            attn_q = attn_q.permute_rows(&unpermute_rope_rows(c.n_heads, c.head_dim));
+            attn_k = attn_k.permute_rows(&unpermute_rope_rows(c.n_kv_heads, c.head_dim));
+        }
+        Ok(LayerWeights {
+            attn_norm: f_.vector(&name("attn_norm.weight"), h)?,
+            attn_q,
+            attn_k,
+            attn_v: f_.matrix(&name("attn_v.weight"), kv, h)?,
+            attn_output: f_.matrix(&name("attn_output.weight"), h, q)?,
+            qkv_bias,
+            ffn_norm: f_.vector(&name("ffn_norm.weight"), h)?,
+            ffn_gate: f_.matrix(&name("ffn_gate.weight"), f, h)?,
+            ffn_up: f_.matrix(&name("ffn_up.weight"), f, h)?,
+            ffn_down: f_.matrix(&name("ffn_down.weight"), h, f)?,
+        })
+    }
+
+    /// Token embeddings, final norm and LM head.
+    pub fn load_head(&self) -> Result<HeadWeights, ModelError> {
+        let c = &self.config;
+        let output = if c.tie_embeddings { None } else { Some(self.file.matrix("output.weight", c.vocab, c.hidden)?) };
+        Ok(HeadWeights {
+            token_embd: self.file.matrix("token_embd.weight", c.vocab, c.hidden)?,
+            output_norm: self.file.vector("output_norm.weight", c.hidden)?,
+            output,
+        })
+    }
+
+    /// The tokenizer described by the `tokenizer.ggml.*` metadata.
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        Tokenizer::from_gguf(&self.file.metadata)
+    }
+
+    /// `tokenizer.chat_template`, if present.
+    pub fn chat_template(&self) -> Option<String> {
+        self.file.metadata.str("tokenizer.chat_template").ok().flatten().map(str::to_string)
+    }
+}
+
+fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
+    let md = &file.metadata;
+    let arch_name = md.str("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
+    let arch = Arch::parse(arch_name).ok_or_else(|| ModelError::Metadata {
+        key: "general.architecture".into(),
+        what: format!("{arch_name} is not a Llama-family architecture (llama, mistral, qwen2)"),
+    })?;
+    let key = |k: &str| format!("{arch_name}.{k}");
+    let usize_of = |v: u64, k: &str| {
+        usize::try_from(v).ok().filter(|&v| v <= 1 << 24).ok_or_else(|| ModelError::Metadata {
+            key: key(k),
+            what: format!("value {v} is out of range"),
+        })
+    };
+    let hidden = usize_of(md.req_u64(&key("embedding_length"))?, "embedding_length")?;
+    let n_heads = usize_of(md.req_u64(&key("attention.head_count"))?, "attention.head_count")?;
+    let n_kv_heads = match md.u64(&key("attention.head_count_kv"))? {
+        Some(v) => usize_of(v, "attention.head_count_kv")?,
+        None => n_heads,
+    };
+    let head_dim = match md.u64(&key("attention.key_length"))? {
+        Some(v) => usize_of(v, "attention.key_length")?,
+        None if n_heads > 0 => hidden / n_heads,
+        None => 0,
+    };
+    let vocab = match md.u64(&key("vocab_size"))? {
+        Some(v) => usize_of(v, "vocab_size")?,
+        None => match file.tensor("token_embd.weight") {
+            Some(t) if t.dims.len() == 2 => usize_of(t.dims[1], "token_embd rows")?,
+            _ => return Err(ModelError::MissingTensor("token_embd.weight".into())),
+        },
+    };
+    let config = LlamaConfig {
+        arch,
+        hidden,
+        intermediate: usize_of(md.req_u64(&key("feed_forward_length"))?, "feed_forward_length")?,
+        n_layers: usize_of(md.req_u64(&key("block_count"))?, "block_count")?,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        rope_theta: md.f64(&key("rope.freq_base"))?.unwrap_or(10_000.0) as f32,
+        rms_eps: md
+            .f64(&key("attention.layer_norm_rms_epsilon"))?
+            .ok_or_else(|| missing(&key("attention.layer_norm_rms_epsilon")))? as f32,
+        vocab,
+        max_seq_len: usize_of(md.req_u64(&key("context_length"))?, "context_length")?,
+        tie_embeddings: file.tensor("output.weight").is_none(),
+    };
+    config.validate()?;
+    Ok(config)
+}
+
+/// Writes a GGUF v3 file: for tests and for tools that produce small models.
+pub mod writer {
+    use super::Value;
+
+    /// A tensor to write: name, dims (fastest first), ggml type id, raw bytes.
+    pub struct TensorOut<'a> {
+        /// Name.
+        pub name: &'a str,
+        /// Dimensions, fastest-varying first.
+        pub dims: Vec<u64>,
+        /// ggml type id.
+        pub ggml_type: u32,
+        /// Data.
+        pub data: &'a [u8],
+    }
+
+    fn put_str(out: &mut Vec<u8>, s: &str) {
+        out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+        out.extend_from_slice(s.as_bytes());
+    }
+
+    fn type_id(v: &Value) -> u32 {
+        match v {
+            Value::U64(_) => 10,
+            Value::I64(_) => 11,
+            Value::F64(_) => 6,
+            Value::Bool(_) => 7,
+            Value::Str(_) => 8,
+            Value::Array(_) => 9,
+        }
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value) {
+        match v {
+            Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::F64(x) => out.extend_from_slice(&(*x as f32).to_le_bytes()),
+            Value::Bool(b) => out.push(*b as u8),
+            Value::Str(s) => put_str(out, s),
+            Value::Array(a) => {
+                out.extend_from_slice(&a.first().map_or(8, type_id).to_le_bytes());
+                out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+                a.iter().for_each(|e| put_value(out, e));
+            }
+        }
+    }
+
+    /// Serializes metadata and tensors (alignment 32).
+    pub fn write(metadata: &[(&str, Value)], tensors: &[TensorOut<'_>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+        for (k, v) in metadata {
+            put_str(&mut out, k);
+            out.extend_from_slice(&type_id(v).to_le_bytes());
+            put_value(&mut out, v);
+        }
+        let mut offset = 0u64;
+        for t in tensors {
+            put_str(&mut out, t.name);
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            t.dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
+            out.extend_from_slice(&t.ggml_type.to_le_bytes());
+            out.extend_from_slice(&offset.to_le_bytes());
+            offset = (offset + t.data.len() as u64).div_ceil(32) * 32;
+        }
+        out.resize(out.len().div_ceil(32) * 32, 0);
+        for t in tensors {
+            out.extend_from_slice(t.data);
+            out.resize(out.len().div_ceil(32) * 32, 0);
+        }
+        out
+    }
+}

@@ -1,0 +1,380 @@
+//! Hugging Face `config.json` of a Llama-family model.
+//!
+//! Main type: [`HfConfig`], the keys of `config.json` this crate reads, mirrored as they are
+//! stored, then resolved into the runtime [`LlamaConfig`] by [`HfConfig::into_config`] (defaults
+//! filled in, architecture recognized, numbers checked).
+//!
+//! Keys are read one by one from the JSON object rather than through a serde derive so that a
+//! missing required key, or a value of the wrong type, is an error naming the key. This module
+//! reads no tensors (see [`super::safetensors`]).
+
+use serde_json::{Map, Value};
+
+use super::config::{Arch, LlamaConfig};
+use super::ModelError;
+
+/// Largest dimension or count accepted from `config.json` (2^24, as for GGUF metadata).
+const MAX_DIM: u64 = 1 << 24;
+
+/// The keys of a Hugging Face `config.json` that describe a Llama-family decoder.
+///
+/// `Option` fields are optional in the file (absent or `null`); the others are required.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HfConfig {
+    /// `model_type` (`llama`, `mistral`, `qwen2`).
+    pub model_type: Option<String>,
+    /// `architectures` (`LlamaForCausalLM`, ...); used when `model_type` is absent or unknown.
+    pub architectures: Vec<String>,
+    /// `hidden_size`.
+    pub hidden_size: u64,
+    /// `intermediate_size`.
+    pub intermediate_size: u64,
+    /// `num_hidden_layers`.
+    pub num_hidden_layers: u64,
+    /// `num_attention_heads`.
+    pub num_attention_heads: u64,
+    /// `num_key_value_heads`; default `num_attention_heads`.
+    pub num_key_value_heads: Option<u64>,
+    /// `head_dim`; default `hidden_size / num_attention_heads`.
+    pub head_dim: Option<u64>,
+    /// `rope_theta` (or `rope_parameters.rope_theta`); default 10000.
+    pub rope_theta: Option<f64>,
+    /// `rms_norm_eps`.
+    pub rms_norm_eps: f64,
+    /// `vocab_size`.
+    pub vocab_size: u64,
+    /// `max_position_embeddings`.
+    pub max_position_embeddings: u64,
+    /// `tie_word_embeddings`; default `false`.
+    pub tie_word_embeddings: Option<bool>,
+    /// `hidden_act`; only `silu` is supported.
+    pub hidden_act: Option<String>,
+    /// `attention_bias` (Llama/Mistral variants with biases on every attention projection:
+    /// not supported).
+    pub attention_bias: Option<bool>,
+    /// `mlp_bias` (not supported).
+    pub mlp_bias: Option<bool>,
+    /// `rope_scaling`: not applied (a warning is logged when present).
+    pub rope_scaling: Option<Value>,
+}
+
+fn json_type(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "number",
+        Value::String(_) => "string",
+        Value::Array(_) => "array",
+        Value::Object(_) => "object",
+    }
+}
+
+fn wrong_type(key: &str, want: &str, v: &Value) -> ModelError {
+    let mut shown = v.to_string();
+    if shown.len() > 40 {
+        let cut = (0..=40)
+            .rev()
+            .find(|&i| shown.is_char_boundary(i))
+            .unwrap_or(0);
+        shown.truncate(cut);
+        shown.push_str("...");
+    }
+    ModelError::Metadata {
+        key: key.to_string(),
+        what: format!("expected {want}, found {} {shown}", json_type(v)),
+    }
+}
+
+fn missing(key: &str) -> ModelError {
+    ModelError::Metadata {
+        key: key.to_string(),
+        what: "missing".to_string(),
+    }
+}
+
+/// Typed access to the keys of one JSON object; `null` counts as absent.
+struct Keys<'a>(&'a Map<String, Value>);
+
+impl Keys<'_> {
+    fn get(&self, key: &str) -> Option<&Value> {
+        self.0.get(key).filter(|v| !v.is_null())
+    }
+
+    fn u64(&self, key: &str) -> Result<Option<u64>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        // Some exporters write integral values as floats (`4096.0`).
+        let n = v.as_u64().or_else(|| {
+            v.as_f64()
+                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
+                .map(|f| f as u64)
+        });
+        n.map(Some)
+            .ok_or_else(|| wrong_type(key, "unsigned integer", v))
+    }
+
+    fn req_u64(&self, key: &str) -> Result<u64, ModelError> {
+        self.u64(key)?.ok_or_else(|| missing(key))
+    }
+
+    fn f64(&self, key: &str) -> Result<Option<f64>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_f64()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "number", v))
+    }
+
+    fn bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_bool()
+            .map(Some)
+            .ok_or_else(|| wrong_type(key, "bool", v))
+    }
+
+    fn str(&self, key: &str) -> Result<Option<String>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        v.as_str()
+            .map(|s| Some(s.to_string()))
+            .ok_or_else(|| wrong_type(key, "string", v))
+    }
+
+    fn str_array(&self, key: &str) -> Result<Vec<String>, ModelError> {
+        let Some(v) = self.get(key) else {
+            return Ok(Vec::new());
+        };
+        let arr = v
+            .as_array()
+            .ok_or_else(|| wrong_type(key, "array of strings", v))?;
+        arr.iter()
+            .map(|e| {
+                e.as_str()
+                    .map(str::to_string)
+                    .ok_or_else(|| wrong_type(key, "array of strings", e))
+            })
+            .collect()
+    }
+}
+
+impl HfConfig {
+    /// Reads the keys from the bytes of a `config.json`.
+    pub fn from_json(json: &[u8]) -> Result<HfConfig, ModelError> {
+        let value: Value = serde_json::from_slice(json).map_err(|e| ModelError::BadFormat {
+            format: "config.json",
+            what: e.to_string(),
+        })?;
+        let Some(obj) = value.as_object() else {
+            return Err(ModelError::BadFormat {
+                format: "config.json",
+                what: format!("expected a JSON object, found {}", json_type(&value)),
+            });
+        };
+        let k = Keys(obj);
+        // Newer transformers versions nest RoPE settings under `rope_parameters`.
+        let rope_theta = match k.f64("rope_theta")? {
+            Some(t) => Some(t),
+            None => match k.get("rope_parameters") {
+                Some(Value::Object(p)) => Keys(p).f64("rope_theta")?,
+                _ => None,
+            },
+        };
+        Ok(HfConfig {
+            model_type: k.str("model_type")?,
+            architectures: k.str_array("architectures")?,
+            hidden_size: k.req_u64("hidden_size")?,
+            intermediate_size: k.req_u64("intermediate_size")?,
+            num_hidden_layers: k.req_u64("num_hidden_layers")?,
+            num_attention_heads: k.req_u64("num_attention_heads")?,
+            num_key_value_heads: k.u64("num_key_value_heads")?,
+            head_dim: k.u64("head_dim")?,
+            rope_theta,
+            rms_norm_eps: k
+                .f64("rms_norm_eps")?
+                .ok_or_else(|| missing("rms_norm_eps"))?,
+            vocab_size: k.req_u64("vocab_size")?,
+            max_position_embeddings: k.req_u64("max_position_embeddings")?,
+            tie_word_embeddings: k.bool("tie_word_embeddings")?,
+            hidden_act: k.str("hidden_act")?,
+            attention_bias: k.bool("attention_bias")?,
+            mlp_bias: k.bool("mlp_bias")?,
+            rope_scaling: k.get("rope_scaling").cloned(),
+        })
+    }
+
+    /// The architecture family, from `model_type`, else from `architectures`.
+    pub fn arch(&self) -> Result<Arch, ModelError> {
+        if let Some(arch) = self.model_type.as_deref().and_then(Arch::parse) {
+            return Ok(arch);
+        }
+        if let Some(arch) = self.architectures.iter().find_map(|a| Arch::parse(a)) {
+            return Ok(arch);
+        }
+        let found = match (&self.model_type, self.architectures.is_empty()) {
+            (None, true) => return Err(missing("model_type")),
+            (Some(t), _) => t.clone(),
+            (None, false) => self.architectures.join(", "),
+        };
+        Err(ModelError::Metadata {
+            key: "model_type".to_string(),
+            what: format!("{found} is not a Llama-family architecture (llama, mistral, qwen2)"),
+        })
+    }
+
+    /// Resolves defaults and checks the numbers.
+    ///
+    /// `tie_embeddings` is `tie_word_embeddings` here; the safetensors loader also ties the
+    /// embeddings when the checkpoint has no `lm_head.weight`.
+    pub fn into_config(self) -> Result<LlamaConfig, ModelError> {
+        let arch = self.arch()?;
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+            return Err(ModelError::Metadata {
+                key: "hidden_act".to_string(),
+                what: format!("{act} is not supported (only silu)"),
+            });
+        }
+        for (key, set) in [
+            ("attention_bias", self.attention_bias),
+            ("mlp_bias", self.mlp_bias),
+        ] {
+            if set == Some(true) {
+                return Err(ModelError::Metadata {
+                    key: key.to_string(),
+                    what: "true is not supported".to_string(),
+                });
+            }
+        }
+        if let Some(scaling) = &self.rope_scaling {
+            tracing::warn!(%scaling, "config.json: rope_scaling is not applied; long contexts may degrade");
+        }
+        let dim = |v: u64, key: &str| {
+            usize::try_from(v)
+                .ok()
+                .filter(|_| v <= MAX_DIM)
+                .ok_or_else(|| ModelError::Metadata {
+                    key: key.to_string(),
+                    what: format!("value {v} is out of range (at most {MAX_DIM})"),
+                })
+        };
+        let hidden = dim(self.hidden_size, "hidden_size")?;
+        let n_heads = dim(self.num_attention_heads, "num_attention_heads")?;
+        let n_kv_heads = match self.num_key_value_heads {
+            Some(v) => dim(v, "num_key_value_heads")?,
+            None => n_heads,
+        };
+        let head_dim = match self.head_dim {
+            Some(v) => dim(v, "head_dim")?,
+            None => hidden.checked_div(n_heads).unwrap_or(0),
+        };
+        let config = LlamaConfig {
+            arch,
+            hidden,
+            intermediate: dim(self.intermediate_size, "intermediate_size")?,
+            n_layers: dim(self.num_hidden_layers, "num_hidden_layers")?,
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            rope_theta: self.rope_theta.unwrap_or(10_000.0) as f32,
+            rms_eps: self.rms_norm_eps as f32,
+            vocab: dim(self.vocab_size, "vocab_size")?,
+            max_seq_len: usize::try_from(self.max_position_embeddings).unwrap_or(usize::MAX),
+            tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
+        };
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SMOLLM: &str = r#"{
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_act": "silu",
+        "hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+        "num_attention_heads": 9, "num_key_value_heads": 3, "rms_norm_eps": 1e-05,
+        "rope_theta": 100000, "rope_scaling": null, "vocab_size": 49152,
+        "max_position_embeddings": 8192, "tie_word_embeddings": true, "torch_dtype": "bfloat16"
+    }"#;
+
+    fn parse(json: &str) -> Result<LlamaConfig, ModelError> {
+        HfConfig::from_json(json.as_bytes())?.into_config()
+    }
+
+    #[test]
+    fn smollm_config_resolves() {
+        let c = parse(SMOLLM).unwrap();
+        assert_eq!(c.arch, Arch::Llama);
+        assert_eq!((c.hidden, c.intermediate, c.n_layers), (576, 1536, 30));
+        assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (9, 3, 64));
+        assert_eq!((c.rope_theta, c.rms_eps), (100_000.0, 1e-5));
+        assert_eq!(
+            (c.vocab, c.max_seq_len, c.tie_embeddings),
+            (49152, 8192, true)
+        );
+    }
+
+    #[test]
+    fn defaults_apply() {
+        let json = r#"{"architectures": ["Qwen2ForCausalLM"], "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "rms_norm_eps": 1e-6, "vocab_size": 128,
+            "max_position_embeddings": 256, "head_dim": null}"#;
+        let c = parse(json).unwrap();
+        assert_eq!(c.arch, Arch::Qwen2);
+        assert_eq!(
+            (c.n_kv_heads, c.head_dim, c.rope_theta, c.tie_embeddings),
+            (4, 16, 10_000.0, false)
+        );
+    }
+
+    #[test]
+    fn missing_and_mistyped_keys_are_named() {
+        let no_heads = SMOLLM.replace("\"num_attention_heads\": 9,", "");
+        let e = parse(&no_heads).unwrap_err();
+        assert_eq!(e.to_string(), "metadata key num_attention_heads: missing");
+        let bad = SMOLLM.replace("\"hidden_size\": 576", "\"hidden_size\": \"576\"");
+        let e = parse(&bad).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "metadata key hidden_size: expected unsigned integer, found string \"576\""
+        );
+        let gpt = SMOLLM
+            .replace("\"llama\"", "\"gpt2\"")
+            .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+        let e = parse(&gpt).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("gpt2 is not a Llama-family architecture"),
+            "{e}"
+        );
+        let gelu = SMOLLM.replace("\"silu\"", "\"gelu\"");
+        assert!(parse(&gelu)
+            .unwrap_err()
+            .to_string()
+            .contains("hidden_act: gelu is not supported"));
+        assert!(matches!(
+            HfConfig::from_json(b"[1]"),
+            Err(ModelError::BadFormat { .. })
+        ));
+        assert!(matches!(
+            HfConfig::from_json(b"{"),
+            Err(ModelError::BadFormat { .. })
+        ));
+    }
+
+    #[test]
+    fn inconsistent_numbers_are_rejected() {
+        let bad = SMOLLM.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 2");
+        assert!(matches!(parse(&bad), Err(ModelError::BadConfig(_))));
+        let huge = SMOLLM.replace("\"vocab_size\": 49152", "\"vocab_size\": 99999999999");
+        assert!(parse(&huge)
+            .unwrap_err()
+            .to_string()
+            .contains("vocab_size: value 99999999999 is out of range"));
+    }
+}

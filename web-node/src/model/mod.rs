@@ -1,0 +1,194 @@
+//! Model files: formats, configuration, weights, tokenizer and chat template.
+//!
+//! Main type: [`ModelFile`], an opened checkpoint (GGUF, or Hugging Face safetensors with
+//! `config.json`) that yields a resolved [`LlamaConfig`], per-layer [`LayerWeights`], the
+//! client's [`HeadWeights`], a [`Tokenizer`] and the chat template. Weights stay in their
+//! stored format ([`QMatrix`]).
+//!
+//! This module does not compute anything (see [`crate::engine`]).
+
+pub mod chat;
+pub mod config;
+pub mod gguf;
+pub mod hf_config;
+pub mod quant;
+pub mod safetensors;
+pub mod tokenizer;
+pub mod weights;
+
+pub use chat::{ChatMessage, ChatTemplate};
+pub use config::{Arch, LlamaConfig};
+pub use quant::{QMatrix, WeightType};
+pub use tokenizer::Tokenizer;
+pub use weights::{HeadWeights, LayerWeights};
+
+use std::ops::Range;
+
+/// Errors reading or interpreting a model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// Context: which file the inner error is about.
+    #[error("{path}: {source}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong in it.
+        source: Box<ModelError>,
+    },
+    /// Reading from disk failed.
+    #[error("cannot read: {0}")]
+    Io(#[from] std::io::Error),
+    /// The file ends before a structure it announces.
+    #[error("truncated: {what} at byte {offset} needs {needed} bytes, file has {len}")]
+    Truncated {
+        /// What was being read.
+        what: String,
+        /// Where it starts.
+        offset: u64,
+        /// Bytes it needs.
+        needed: u64,
+        /// Length of the file.
+        len: u64,
+    },
+    /// The file is not in the expected format at all.
+    #[error("not a {format} file: {what}")]
+    BadFormat {
+        /// Expected format.
+        format: &'static str,
+        /// What is wrong.
+        what: String,
+    },
+    /// A tensor uses a storage type this engine does not run.
+    #[error("tensor {tensor}: unsupported type {dtype} (supported: f32, f16, bf16, q4_0, q4_1, q8_0)")]
+    UnsupportedType {
+        /// Tensor name.
+        tensor: String,
+        /// The type as the file names it.
+        dtype: String,
+    },
+    /// A required metadata key is absent or has the wrong type.
+    #[error("metadata key {key}: {what}")]
+    Metadata {
+        /// The key.
+        key: String,
+        /// Missing, or the type found.
+        what: String,
+    },
+    /// A required tensor is absent.
+    #[error("missing tensor {0}")]
+    MissingTensor(String),
+    /// A tensor's shape contradicts the configuration.
+    #[error("tensor {tensor}: shape {actual:?}, config needs {expected:?}")]
+    TensorShape {
+        /// Tensor name.
+        tensor: String,
+        /// Shape the configuration implies (rows, cols) or (len).
+        expected: Vec<usize>,
+        /// Shape in the file.
+        actual: Vec<usize>,
+    },
+    /// The configuration is inconsistent.
+    #[error("bad config: {0}")]
+    BadConfig(String),
+    /// The tokenizer could not be built or failed.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// The chat template could not be parsed or rendered.
+    #[error("chat template: {0}")]
+    Template(String),
+    /// Layer index out of range.
+    #[error("layer {layer} out of range for a {n_layers}-layer model")]
+    LayerOutOfRange {
+        /// Layer asked for.
+        layer: usize,
+        /// Layers in the model.
+        n_layers: usize,
+    },
+}
+
+impl ModelError {
+    /// Wraps this error with the file it is about.
+    pub fn in_file(self, path: impl Into<String>) -> ModelError {
+        match self {
+            e @ ModelError::File { .. } => e,
+            e => ModelError::File { path: path.into(), source: Box::new(e) },
+        }
+    }
+}
+
+/// An opened checkpoint of a Llama-family model.
+pub enum ModelFile {
+    /// A GGUF file.
+    Gguf(gguf::GgufModel),
+    /// Hugging Face safetensors (one file or shards) with `config.json`.
+    Safetensors(safetensors::SafetensorsModel),
+}
+
+impl ModelFile {
+    /// Opens a model: a `.gguf` file, or a directory (or `.safetensors` /
+    /// `model.safetensors.index.json` file) of a Hugging Face checkpoint.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<ModelFile, ModelError> {
+        let is_gguf = path.is_file()
+            && std::fs::File::open(path)
+                .and_then(|mut f| {
+                    let mut magic = [0u8; 4];
+                    std::io::Read::read_exact(&mut f, &mut magic).map(|_| magic == *b"GGUF")
+                })
+                .unwrap_or(false);
+        if is_gguf {
+            Ok(ModelFile::Gguf(gguf::GgufModel::open(path)?))
+        } else {
+            Ok(ModelFile::Safetensors(safetensors::SafetensorsModel::open(path)?))
+        }
+    }
+
+    /// Resolved configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        match self {
+            ModelFile::Gguf(m) => m.config(),
+            ModelFile::Safetensors(m) => m.config(),
+        }
+    }
+
+    /// Weights of layer `i`.
+    pub fn load_layer(&self, i: usize) -> Result<LayerWeights, ModelError> {
+        let n_layers = self.config().n_layers;
+        if i >= n_layers {
+            return Err(ModelError::LayerOutOfRange { layer: i, n_layers });
+        }
+        match self {
+            ModelFile::Gguf(m) => m.load_layer(i),
+            ModelFile::Safetensors(m) => m.load_layer(i),
+        }
+    }
+
+    /// Weights of layers `range`, in order.
+    pub fn load_layers(&self, range: Range<usize>) -> Result<Vec<LayerWeights>, ModelError> {
+        range.map(|i| self.load_layer(i)).collect()
+    }
+
+    /// The client's head: embeddings, final norm, LM head.
+    pub fn load_head(&self) -> Result<HeadWeights, ModelError> {
+        match self {
+            ModelFile::Gguf(m) => m.load_head(),
+            ModelFile::Safetensors(m) => m.load_head(),
+        }
+    }
+
+    /// The tokenizer stored with the model.
+    pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
+        match self {
+            ModelFile::Gguf(m) => m.tokenizer(),
+            ModelFile::Safetensors(m) => m.tokenizer(),
+        }
+    }
+
+    /// The chat template stored with the model, if any.
+    pub fn chat_template(&self) -> Option<String> {
+        match self {
+            ModelFile::Gguf(m) => m.chat_template(),
+            ModelFile::Safetensors(m) => m.chat_template(),
+        }
+    }
+}
