@@ -42,12 +42,15 @@ if ((${#missing[@]})); then
 fi
 
 # --- rustup --------------------------------------------------------------------------------
-if ! rustup target list --installed | grep -qx wasm32-unknown-unknown; then
+# (Lists captured first: `grep -q` closing a pipe early would trip `pipefail`.)
+installed_targets=$(rustup target list --installed)
+if ! grep -qx wasm32-unknown-unknown <<<"$installed_targets"; then
     log "rustup target add wasm32-unknown-unknown"
     rustup target add wasm32-unknown-unknown
 fi
+installed_components=$(rustup component list --installed)
 for component in clippy rustfmt; do
-    if ! rustup component list --installed | grep -q "^$component"; then
+    if ! grep -q "^$component" <<<"$installed_components"; then
         log "rustup component add $component"
         rustup component add "$component"
     fi

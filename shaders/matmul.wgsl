@@ -228,26 +228,36 @@ fn matmat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             let v = load_block(ro, b);
             let c0 = b * 32u;
             let full = c0 + 32u <= p.cols;
-            for (var t = 0u; t < nt; t++) {
-                let xb = (t0 + t) * p.cols + c0;
-                var s = vec4<f32>(0.0);
-                if full {
+            // Constant trip counts (guarded inside) keep `acc` and `v` in registers.
+            for (var t = 0u; t < TT; t++) {
+                if t < nt {
+                    let xb = (t0 + t) * p.cols + c0;
+                    var s = vec4<f32>(0.0);
                     for (var k = 0u; k < 8u; k++) {
-                        s += v[k] * x4(xb + 4u * k);
+                        if full {
+                            s += v[k] * x4(xb + 4u * k);
+                        } else {
+                            // Partial float block: v is zero past the row, x must not be read.
+                            var xv = vec4<f32>(0.0);
+                            for (var i = 0u; i < 4u; i++) {
+                                if c0 + 4u * k + i < p.cols {
+                                    xv[i] = x[xb + 4u * k + i];
+                                }
+                            }
+                            s += v[k] * xv;
+                        }
                     }
-                } else {
-                    for (var c = 0u; c < p.cols - c0; c++) {
-                        s.x += v[c / 4u][c % 4u] * x[xb + c];
-                    }
+                    acc[t] += s.x + s.y + s.z + s.w;
                 }
-                acc[t] += s.x + s.y + s.z + s.w;
             }
         }
     }
     if tpr == 1u {
         if r < p.rows {
-            for (var t = 0u; t < nt; t++) {
-                store(t0 + t, r, acc[t]);
+            for (var t = 0u; t < TT; t++) {
+                if t < nt {
+                    store(t0 + t, r, acc[t]);
+                }
             }
         }
         return;

@@ -70,19 +70,7 @@ impl LocalModel {
         let config = file.config().clone();
         let tokenizer = file.tokenizer()?;
         let head = Head::new(config.clone(), file.load_head()?)?;
-        let bos = tokenizer
-            .bos_token()
-            .and_then(|t| tokenizer.token_str(t))
-            .unwrap_or_default();
-        let eos = tokenizer
-            .eos_tokens()
-            .first()
-            .and_then(|&t| tokenizer.token_str(t))
-            .unwrap_or_default();
-        let template = match file.chat_template() {
-            Some(src) => ChatTemplate::new(&src, &bos, &eos)?,
-            None => ChatTemplate::chatml(),
-        };
+        let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
         let split = split.unwrap_or_else(|| vec![0..config.n_layers]);
         let gpu = match backend {
             BackendKind::Wgpu => Some(pollster::block_on(GpuContext::new()).context("starting the wgpu backend")?),

@@ -457,7 +457,7 @@ fn missing_tensor_and_missing_shard() {
 }
 
 #[test]
-fn tokenizer_json_absent_is_named() {
+fn tokenizer_and_chat_template_files() {
     let m = TinyModel::random(1, true);
     let dir = TempDir::new("st-no-tokenizer");
     m.write_hf(dir.path(), WeightType::F32, 1);
@@ -468,6 +468,23 @@ fn tokenizer_json_absent_is_named() {
     let expected = dir.path().join("tokenizer.json").display().to_string();
     assert!(e.to_string().contains(&expected), "{e}");
     assert_eq!(st.chat_template(), None);
+
+    // A broken tokenizer.json is an error naming it; the template comes from
+    // tokenizer_config.json, or from chat_template.jinja when that exists.
+    write(&dir.path().join("tokenizer.json"), b"{\"model\": 3}");
+    write(
+        &dir.path().join("tokenizer_config.json"),
+        br#"{"chat_template": "{{ messages }}"}"#,
+    );
+    let st = ModelFile::open(dir.path()).expect("open");
+    let Err(e) = st.tokenizer() else {
+        panic!("a tokenizer from a broken tokenizer.json")
+    };
+    assert!(e.to_string().starts_with(&expected), "{e}");
+    assert_eq!(st.chat_template().as_deref(), Some("{{ messages }}"));
+    write(&dir.path().join("chat_template.jinja"), b"{{ jinja }}");
+    let st = ModelFile::open(dir.path()).expect("open");
+    assert_eq!(st.chat_template().as_deref(), Some("{{ jinja }}"));
 }
 
 // ---- broken GGUF files ----

@@ -65,7 +65,7 @@ impl Sampler {
                 }
             }
         }
-        if !(p.temperature > 0.0) {
+        if p.temperature.is_nan() || p.temperature <= 0.0 {
             return argmax(logits);
         }
         // Candidates sorted by logit, cut by top-k.

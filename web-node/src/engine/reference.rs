@@ -66,6 +66,7 @@ pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f
 /// `q` is `[n, n_heads, head_dim]`; `k_cache`/`v_cache` are `[len, n_kv_heads, head_dim]` with
 /// `len >= pos + n` entries already written (the new tokens' keys included). Query head `h`
 /// reads kv head `h / (n_heads / n_kv_heads)`. Returns `[n, n_heads, head_dim]`.
+#[allow(clippy::too_many_arguments)] // a reference mirrors the kernel's flat parameter list
 pub fn attention(
     q: &[f32],
     k_cache: &[f32],

@@ -79,7 +79,7 @@ impl LlamaConfig {
         if self.head_dim == 0 || self.head_dim % 2 != 0 || self.head_dim > 256 {
             return bad(format!("head dim {} must be even and at most 256", self.head_dim));
         }
-        if !(self.rms_eps > 0.0) || !(self.rope_theta > 0.0) {
+        if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
         }
         Ok(())

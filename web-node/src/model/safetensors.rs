@@ -237,12 +237,13 @@ impl SafetensorsModel {
         let mut weight_map = Vec::new();
         if is_index {
             let index_json = read(&weights)?;
-            let (files, map) = parse_index(&index_json).map_err(|e| e.in_file(name(&weights)))?;
-            for f in files {
+            let index = parse_index(&index_json).map_err(|e| e.in_file(name(&weights)))?;
+            for f in index.files {
                 let p = dir.join(&f);
                 shards.push((name(&p), read(&p)?));
             }
-            weight_map = map
+            weight_map = index
+                .weight_map
                 .into_iter()
                 .map(|(t, f)| (t, name(&dir.join(f))))
                 .collect();
@@ -535,6 +536,7 @@ impl SafetensorsModel {
 
 /// The parts of `model.safetensors.index.json` the loader uses.
 #[cfg(not(target_arch = "wasm32"))]
+#[derive(Debug)]
 struct Index {
     /// Shard file names, sorted, unique.
     files: Vec<String>,
@@ -754,9 +756,9 @@ mod tests {
     #[test]
     fn index_rejects_paths() {
         let ok = br#"{"metadata": {}, "weight_map": {"a": "m-1.safetensors", "b": "m-2.safetensors", "c": "m-1.safetensors"}}"#;
-        let (files, map) = parse_index(ok).unwrap();
-        assert_eq!(files, ["m-1.safetensors", "m-2.safetensors"]);
-        assert_eq!(map.len(), 3);
+        let index = parse_index(ok).unwrap();
+        assert_eq!(index.files, ["m-1.safetensors", "m-2.safetensors"]);
+        assert_eq!(index.weight_map.len(), 3);
         let e = parse_index(br#"{"weight_map": {"a": "../secret"}}"#).unwrap_err();
         assert!(
             e.to_string().contains("\"../secret\" is not a file name"),
