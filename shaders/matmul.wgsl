@@ -228,27 +228,20 @@ fn matmat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             let v = load_block(ro, b);
             let c0 = b * 32u;
             let full = c0 + 32u <= p.cols;
-            // Constant trip counts (guarded inside) keep `acc` and `v` in registers.
-            for (var t = 0u; t < TT; t++) {
-                if t < nt {
-                    let xb = (t0 + t) * p.cols + c0;
-                    var s = vec4<f32>(0.0);
+            for (var t = 0u; t < nt; t++) {
+                let xb = (t0 + t) * p.cols + c0;
+                var s = vec4<f32>(0.0);
+                if full {
                     for (var k = 0u; k < 8u; k++) {
-                        if full {
-                            s += v[k] * x4(xb + 4u * k);
-                        } else {
-                            // Partial float block: v is zero past the row, x must not be read.
-                            var xv = vec4<f32>(0.0);
-                            for (var i = 0u; i < 4u; i++) {
-                                if c0 + 4u * k + i < p.cols {
-                                    xv[i] = x[xb + 4u * k + i];
-                                }
-                            }
-                            s += v[k] * xv;
-                        }
+                        s += v[k] * x4(xb + 4u * k);
                     }
-                    acc[t] += s.x + s.y + s.z + s.w;
+                } else {
+                    // Partial float block: v is zero past the row, x must not be read.
+                    for (var c = 0u; c < p.cols - c0; c++) {
+                        s.x += v[c / 4u][c % 4u] * x[xb + c];
+                    }
                 }
+                acc[t] += s.x + s.y + s.z + s.w;
             }
         }
     }

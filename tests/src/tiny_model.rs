@@ -55,6 +55,7 @@ impl TinyModel {
             vocab: 128,
             max_seq_len: 256,
             tie_embeddings: tied,
+            rope_freq_factors: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (h, q, kv, f, v) = (

@@ -61,6 +61,9 @@ pub struct LlamaConfig {
     pub max_seq_len: usize,
     /// The LM head reuses the token embedding matrix.
     pub tie_embeddings: bool,
+    /// Per-dimension divisors of the RoPE frequencies, `[head_dim / 2]` (Llama 3.1+'s
+    /// long-context scaling: GGUF `rope_freqs.weight`, or config.json `rope_scaling`).
+    pub rope_freq_factors: Option<Vec<f32>>,
 }
 
 impl LlamaConfig {
@@ -81,6 +84,15 @@ impl LlamaConfig {
         }
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
+        }
+        if let Some(f) = &self.rope_freq_factors {
+            if f.len() != self.head_dim / 2 || f.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
+                return bad(format!(
+                    "rope frequency factors: {} values (need {} finite, > 0)",
+                    f.len(),
+                    self.head_dim / 2
+                ));
+            }
         }
         Ok(())
     }

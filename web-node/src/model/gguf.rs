@@ -536,6 +536,10 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         vocab,
         max_seq_len: usize_of(md.req_u64(&key("context_length"))?, "context_length")?,
         tie_embeddings: file.tensor("output.weight").is_none(),
+        rope_freq_factors: match file.tensor("rope_freqs.weight") {
+            Some(_) => Some(file.vector("rope_freqs.weight", head_dim / 2)?),
+            None => None,
+        },
     };
     config.validate()?;
     Ok(config)

@@ -54,7 +54,7 @@ pub struct HfConfig {
     pub attention_bias: Option<bool>,
     /// `mlp_bias` (not supported).
     pub mlp_bias: Option<bool>,
-    /// `rope_scaling`: not applied (a warning is logged when present).
+    /// `rope_scaling`: `linear` and `llama3` are applied as RoPE frequency divisors.
     pub rope_scaling: Option<Value>,
 }
 
@@ -249,9 +249,6 @@ impl HfConfig {
                 });
             }
         }
-        if let Some(scaling) = &self.rope_scaling {
-            tracing::warn!(%scaling, "config.json: rope_scaling is not applied; long contexts may degrade");
-        }
         let dim = |v: u64, key: &str| {
             usize::try_from(v)
                 .ok()
@@ -284,9 +281,57 @@ impl HfConfig {
             vocab: dim(self.vocab_size, "vocab_size")?,
             max_seq_len: usize::try_from(self.max_position_embeddings).unwrap_or(usize::MAX),
             tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            rope_freq_factors: match &self.rope_scaling {
+                None | Some(Value::Null) => None,
+                Some(s) => rope_freq_factors(s, head_dim, self.rope_theta.unwrap_or(10_000.0))?,
+            },
         };
         config.validate()?;
         Ok(config)
+    }
+}
+
+/// Divisors of the RoPE frequencies for a `rope_scaling` object: `linear` divides all of them
+/// by `factor`; `llama3` (Llama 3.1+) leaves high frequencies, divides low ones by `factor` and
+/// blends in between. `default` means none. Other types (dynamic, yarn, ...) are refused.
+fn rope_freq_factors(scaling: &Value, head_dim: usize, theta: f64) -> Result<Option<Vec<f32>>, ModelError> {
+    let err = |what: String| ModelError::Metadata { key: "rope_scaling".to_string(), what };
+    let Value::Object(m) = scaling else {
+        return Err(err(format!("expected an object, found {scaling}")));
+    };
+    let kind = m.get("rope_type").or_else(|| m.get("type")).and_then(Value::as_str).unwrap_or("default");
+    let num = |k: &str| m.get(k).and_then(Value::as_f64).ok_or_else(|| err(format!("{kind}: missing number {k}")));
+    let half = head_dim / 2;
+    let inv_freq = |i: usize| theta.powf(-2.0 * i as f64 / head_dim as f64);
+    match kind {
+        "default" => Ok(None),
+        "linear" => Ok(Some(vec![num("factor")? as f32; half])),
+        "llama3" => {
+            let factor = num("factor")?;
+            let (low, high) = (num("low_freq_factor")?, num("high_freq_factor")?);
+            let old_ctx = num("original_max_position_embeddings")?;
+            if !(factor > 0.0 && high > low && low > 0.0 && old_ctx > 0.0) {
+                return Err(err(format!("llama3: inconsistent values in {scaling}")));
+            }
+            let (low_wavelen, high_wavelen) = (old_ctx / low, old_ctx / high);
+            let divisors = (0..half)
+                .map(|i| {
+                    let freq = inv_freq(i);
+                    let wavelen = 2.0 * std::f64::consts::PI / freq;
+                    let scaled = if wavelen < high_wavelen {
+                        freq
+                    } else if wavelen > low_wavelen {
+                        freq / factor
+                    } else {
+                        let smooth = (old_ctx / wavelen - low) / (high - low);
+                        (1.0 - smooth) * freq / factor + smooth * freq
+                    };
+                    (freq / scaled) as f32
+                })
+                .collect();
+            Ok(Some(divisors))
+        }
+        other => Err(err(format!("type {other} is not supported (linear, llama3)"))),
     }
 }
 
@@ -376,5 +421,20 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("vocab_size: value 99999999999 is out of range"));
+    }
+
+    #[test]
+    fn llama3_rope_scaling_divides_low_frequencies_only() {
+        let scaling = serde_json::json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
+        let d = rope_freq_factors(&scaling, 128, 500_000.0).expect("llama3").expect("factors");
+        assert_eq!(d.len(), 64);
+        assert_eq!(d[0], 1.0, "highest frequency untouched");
+        assert!((d[63] - 8.0).abs() < 1e-6, "lowest frequency divided by factor: {}", d[63]);
+        assert!(d.windows(2).all(|w| w[0] <= w[1]), "divisors grow with wavelength");
+        let bad = serde_json::json!({"rope_type": "yarn", "factor": 4.0});
+        let e = rope_freq_factors(&bad, 128, 1e4).unwrap_err().to_string();
+        assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
+        assert_eq!(rope_freq_factors(&serde_json::json!({"rope_type": "default"}), 64, 1e4).unwrap(), None);
     }
 }

@@ -266,6 +266,7 @@ fn small_config(arch: Arch) -> LlamaConfig {
         vocab: 10,
         max_seq_len: 64,
         tie_embeddings: true,
+        rope_freq_factors: None,
     }
 }
 
@@ -416,6 +417,7 @@ fn bench_decode_smollm_shape() {
         vocab: 49152,
         max_seq_len: 8192,
         tie_embeddings: true,
+        rope_freq_factors: None,
     };
     let n_layers = std::env::var("BENCH_LAYERS")
         .ok()
@@ -426,8 +428,12 @@ fn bench_decode_smollm_shape() {
         .map(|_| random_layer(&mut rng, &c, WeightType::Q4_1))
         .collect();
     let gpu = GpuBackend::new(ctx.clone(), c.clone(), 0..n_layers, &layers).expect("gpu backend");
-    let mut cache = gpu.new_cache(256).expect("cache");
     let x = randn(&mut rng, 8 * c.hidden);
+    // Warm-up on another session: compiles every pipeline (slow on lavapipe).
+    let mut warm = gpu.new_cache(16).expect("cache");
+    block_on(gpu.forward(&mut warm, &x, 8, 0));
+    block_on(gpu.forward(&mut warm, &x[..c.hidden], 1, 8));
+    let mut cache = gpu.new_cache(256).expect("cache");
     let t = web_time::Instant::now();
     block_on(gpu.forward(&mut cache, &x, 8, 0));
     let prefill = t.elapsed().as_secs_f64();
