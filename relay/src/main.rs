@@ -66,9 +66,7 @@ struct GenerateOpt {
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
         .with_writer(std::io::stderr)
         .init();
     match run() {
@@ -97,11 +95,8 @@ fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         None => relay::fetch::default_model()?,
     };
     let model = LocalModel::load(&path, o.backend, None)?;
-    let prompt_text = if o.chat {
-        model.render_chat(&[ChatMessage::user(o.prompt.clone())])?
-    } else {
-        o.prompt.clone()
-    };
+    let prompt_text =
+        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
     let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
     let opts = GenerateOptions {
         max_tokens: o.max_tokens,

@@ -20,8 +20,18 @@ fn text(b: &[u8]) -> String {
 fn chat_capital(backend: &str) {
     let m = model();
     let out = ait(&[
-        "generate", "--model", m.to_str().expect("utf-8 path"), "--chat", "--temperature", "0",
-        "--max-tokens", "24", "--backend", backend, "--prompt", "What is the capital of France?",
+        "generate",
+        "--model",
+        m.to_str().expect("utf-8 path"),
+        "--chat",
+        "--temperature",
+        "0",
+        "--max-tokens",
+        "24",
+        "--backend",
+        backend,
+        "--prompt",
+        "What is the capital of France?",
     ]);
     let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
     assert!(out.status.success(), "{backend}: ait failed: {stderr}");
@@ -64,7 +74,10 @@ fn missing_truncated_and_garbage_models_are_reported() {
 
     let full = std::fs::read(model()).expect("read model");
     let cut = temp_file("truncated.gguf", &full[..full.len() / 2]);
-    expect_error(&["generate", "--model", cut.to_str().expect("utf-8"), "--prompt", "hi"], &["truncated.gguf", "truncated"]);
+    expect_error(
+        &["generate", "--model", cut.to_str().expect("utf-8"), "--prompt", "hi"],
+        &["truncated.gguf", "truncated"],
+    );
 
     let garbage = temp_file("garbage.gguf", b"GGUF\x03\0\0\0\xff\xff\xff\xff\xff\xff\xff\xff");
     expect_error(&["generate", "--model", garbage.to_str().expect("utf-8"), "--prompt", "hi"], &["garbage.gguf"]);

@@ -58,15 +58,8 @@ impl TinyModel {
             rope_freq_factors: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let (h, q, kv, f, v) = (
-            config.hidden,
-            config.q_dim(),
-            config.kv_dim(),
-            config.intermediate,
-            config.vocab,
-        );
-        let mut specs: Vec<(String, Vec<usize>)> =
-            vec![("model.embed_tokens.weight".into(), vec![v, h])];
+        let (h, q, kv, f, v) = (config.hidden, config.q_dim(), config.kv_dim(), config.intermediate, config.vocab);
+        let mut specs: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![v, h])];
         for i in 0..config.n_layers {
             let l = |t: &str| format!("model.layers.{i}.{t}");
             specs.extend([
@@ -91,19 +84,13 @@ impl TinyModel {
                 let n: usize = shape.iter().product();
                 let values = if shape.len() == 1 {
                     // Norm weights near 1.
-                    (0..n)
-                        .map(|_| 1.0 + rng.random_range(-0.2f32..0.2))
-                        .collect()
+                    (0..n).map(|_| 1.0 + rng.random_range(-0.2f32..0.2)).collect()
                 } else {
                     // ~ 1/sqrt(fan_in) so activations stay O(1) through the layers.
                     let scale = 1.5 / (shape[1] as f32).sqrt();
                     (0..n).map(|_| rng.random_range(-scale..scale)).collect()
                 };
-                Tensor {
-                    name,
-                    shape,
-                    values,
-                }
+                Tensor { name, shape, values }
             })
             .collect();
         TinyModel { config, tensors }
@@ -155,18 +142,11 @@ impl TinyModel {
             WeightType::BF16 => Dtype::BF16,
             other => panic!("safetensors cannot store {other}"),
         };
-        let data: Vec<(&Tensor, Vec<u8>)> = self
-            .tensors
+        let data: Vec<(&Tensor, Vec<u8>)> =
+            self.tensors.iter().filter(|t| keep(&t.name)).map(|t| (t, quantize(dtype, &t.values))).collect();
+        let views = data
             .iter()
-            .filter(|t| keep(&t.name))
-            .map(|t| (t, quantize(dtype, &t.values)))
-            .collect();
-        let views = data.iter().map(|(t, b)| {
-            (
-                t.name.as_str(),
-                TensorView::new(st, t.shape.clone(), b).expect("size matches shape"),
-            )
-        });
+            .map(|(t, b)| (t.name.as_str(), TensorView::new(st, t.shape.clone(), b).expect("size matches shape")));
         safetensors::serialize(views, None).expect("serializable")
     }
 
@@ -182,9 +162,7 @@ impl TinyModel {
             return vec![p];
         }
         let file_of = |name: &str| -> usize {
-            let layer = name
-                .strip_prefix("model.layers.")
-                .and_then(|r| r.split('.').next()?.parse::<usize>().ok());
+            let layer = name.strip_prefix("model.layers.").and_then(|r| r.split('.').next()?.parse::<usize>().ok());
             layer.map_or(0, |l| (l + 1) % shards)
         };
         let file_name = |i: usize| format!("model-{:05}-of-{:05}.safetensors", i + 1, shards);
@@ -194,18 +172,11 @@ impl TinyModel {
             std::fs::write(&p, self.safetensors(dtype, |n| file_of(n) == i)).expect("write shard");
             paths.push(p);
         }
-        let weight_map: serde_json::Map<String, serde_json::Value> = self
-            .tensors
-            .iter()
-            .map(|t| (t.name.clone(), file_name(file_of(&t.name)).into()))
-            .collect();
-        let index =
-            serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
-        std::fs::write(
-            dir.join("model.safetensors.index.json"),
-            serde_json::to_vec_pretty(&index).expect("json"),
-        )
-        .expect("write index");
+        let weight_map: serde_json::Map<String, serde_json::Value> =
+            self.tensors.iter().map(|t| (t.name.clone(), file_name(file_of(&t.name)).into())).collect();
+        let index = serde_json::json!({ "metadata": { "total_size": 0 }, "weight_map": weight_map });
+        std::fs::write(dir.join("model.safetensors.index.json"), serde_json::to_vec_pretty(&index).expect("json"))
+            .expect("write index");
         paths
     }
 
@@ -223,10 +194,7 @@ impl TinyModel {
             ("llama.attention.head_count_kv", u(c.n_kv_heads)),
             ("llama.attention.key_length", u(c.head_dim)),
             ("llama.rope.freq_base", Value::F64(c.rope_theta as f64)),
-            (
-                "llama.attention.layer_norm_rms_epsilon",
-                Value::F64(c.rms_eps as f64),
-            ),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F64(c.rms_eps as f64)),
             ("llama.context_length", u(c.max_seq_len)),
             ("llama.vocab_size", u(c.vocab)),
         ]
@@ -235,21 +203,13 @@ impl TinyModel {
     /// The GGUF tensors: matrices as `dtype` (F32, F16, BF16), 1-D tensors as F32, q/k rows
     /// permuted into llama.cpp's order unless `permute_qk` is false (to check that the
     /// permutation matters).
-    pub fn gguf_tensors(
-        &self,
-        dtype: WeightType,
-        permute_qk: bool,
-    ) -> Vec<(String, Vec<u64>, u32, Vec<u8>)> {
+    pub fn gguf_tensors(&self, dtype: WeightType, permute_qk: bool) -> Vec<(String, Vec<u64>, u32, Vec<u8>)> {
         let c = &self.config;
         self.tensors
             .iter()
             .map(|t| {
                 let name = gguf_name(&t.name);
-                let dt = if t.shape.len() == 1 {
-                    WeightType::F32
-                } else {
-                    dtype
-                };
+                let dt = if t.shape.len() == 1 { WeightType::F32 } else { dtype };
                 let mut bytes = Bytes::from(quantize(dt, &t.values));
                 if permute_qk && t.shape.len() == 2 {
                     let heads = if name.ends_with("attn_q.weight") {
@@ -260,8 +220,7 @@ impl TinyModel {
                         None
                     };
                     if let Some(heads) = heads {
-                        let m =
-                            QMatrix::new(dt, t.shape[0], t.shape[1], bytes).expect("sizes match");
+                        let m = QMatrix::new(dt, t.shape[0], t.shape[1], bytes).expect("sizes match");
                         bytes = m.permute_rows(&permute_rope_rows(heads, c.head_dim)).data;
                     }
                 }
@@ -278,18 +237,10 @@ impl TinyModel {
 }
 
 /// Serializes metadata and `(name, dims, ggml type, bytes)` tensors as GGUF.
-pub fn write_gguf(
-    metadata: &[(&str, Value)],
-    tensors: &[(String, Vec<u64>, u32, Vec<u8>)],
-) -> Vec<u8> {
+pub fn write_gguf(metadata: &[(&str, Value)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
     let outs: Vec<TensorOut<'_>> = tensors
         .iter()
-        .map(|(name, dims, ty, data)| TensorOut {
-            name,
-            dims: dims.clone(),
-            ggml_type: *ty,
-            data,
-        })
+        .map(|(name, dims, ty, data)| TensorOut { name, dims: dims.clone(), ggml_type: *ty, data })
         .collect();
     writer::write(metadata, &outs)
 }

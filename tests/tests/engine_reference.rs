@@ -38,10 +38,14 @@ fn prompts(model: &LocalModel) -> Vec<Vec<u32>> {
     let chat = model
         .render_chat(&[ChatMessage::user("What is the capital of France?".to_string())])
         .expect("chat template renders");
-    [chat.as_str(), "The capital of France is", "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n"]
-        .iter()
-        .map(|p| model.tokenizer.encode(p).expect("tokenizes"))
-        .collect()
+    [
+        chat.as_str(),
+        "The capital of France is",
+        "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
+    ]
+    .iter()
+    .map(|p| model.tokenizer.encode(p).expect("tokenizes"))
+    .collect()
 }
 
 fn reference_trajectories(prompts: &[Vec<u32>]) -> Vec<Trajectory> {

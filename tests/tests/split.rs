@@ -9,7 +9,8 @@ use web_node::model::ModelFile;
 fn hidden_states(model: &mut LocalModel, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
     pollster::block_on(async {
         model.chain.begin(prompt.len() + decode.len()).await.expect("begin");
-        let mut outs = vec![model.chain.forward(&model.head.embed(prompt).expect("embed"), prompt.len()).await.expect("prefill")];
+        let mut outs =
+            vec![model.chain.forward(&model.head.embed(prompt).expect("embed"), prompt.len()).await.expect("prefill")];
         for &t in decode {
             outs.push(model.chain.forward(&model.head.embed(&[t]).expect("embed"), 1).await.expect("decode"));
         }

@@ -33,14 +33,20 @@ impl<B: Backend> LocalChain<B> {
         for e in &executors {
             let r = e.layers();
             if r.start != next {
-                return Err(EngineError::BadWeights { layer: next, what: format!("chain gap: next executor runs {r:?}") }.into());
+                return Err(EngineError::BadWeights {
+                    layer: next,
+                    what: format!("chain gap: next executor runs {r:?}"),
+                }
+                .into());
             }
             next = r.end;
         }
         match executors.first() {
             Some(e) if next == e.backend().config().n_layers => {}
             _ => {
-                return Err(EngineError::BadWeights { layer: next, what: "chain does not reach the last layer".into() }.into())
+                return Err(
+                    EngineError::BadWeights { layer: next, what: "chain does not reach the last layer".into() }.into()
+                )
             }
         }
         let sessions = vec![None; executors.len()];

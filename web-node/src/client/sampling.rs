@@ -43,9 +43,7 @@ impl Sampler {
     /// A sampler with its own random generator.
     pub fn new(params: SamplingParams) -> Self {
         let seed = params.seed.unwrap_or_else(|| {
-            web_time::SystemTime::now()
-                .duration_since(web_time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos() as u64)
+            web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
         });
         Self { rng: ChaCha8Rng::seed_from_u64(seed), params }
     }
@@ -148,7 +146,13 @@ mod tests {
     fn top_p_cuts_the_tail() {
         // Probabilities at temperature 1: token 1 and 4 carry ~0.62 together; top_p 0.5 keeps
         // tokens 1 and 4 at most (the prefix reaching 0.5).
-        let mut s = Sampler::new(SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.5, seed: Some(7), ..Default::default() });
+        let mut s = Sampler::new(SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            seed: Some(7),
+            ..Default::default()
+        });
         for _ in 0..200 {
             let t = s.sample(&mut logits(), &[]);
             assert!(t == 1 || t == 4, "sampled {t}");

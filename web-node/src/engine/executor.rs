@@ -107,14 +107,9 @@ impl<B: Backend> BlockExecutor<B> {
 
     /// Runs `n_tokens` hidden states (`[n_tokens, hidden]`) through the layers: a prefill when
     /// `n_tokens > 1`, a decode step when it is 1. Returns the output hidden states.
-    pub async fn step(
-        &mut self,
-        id: SessionId,
-        hidden: &[f32],
-        n_tokens: usize,
-    ) -> Result<Vec<f32>, EngineError> {
+    pub async fn step(&mut self, id: SessionId, hidden: &[f32], n_tokens: usize) -> Result<Vec<f32>, EngineError> {
         let dim = self.backend.config().hidden;
-        let expected = n_tokens.checked_mul(dim).unwrap_or(usize::MAX);
+        let expected = n_tokens.saturating_mul(dim);
         if n_tokens == 0 || hidden.len() != expected {
             return Err(EngineError::Shape { what: "hidden states", expected, actual: hidden.len() });
         }

@@ -34,10 +34,7 @@ pub struct ChatMessage {
 impl ChatMessage {
     /// A message with any role.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
 
     /// A `system` message.
@@ -92,13 +89,8 @@ impl ChatTemplate {
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_function("strftime_now", strftime_now);
-        env.add_template_owned(NAME, source.to_string())
-            .map_err(template_err)?;
-        Ok(ChatTemplate {
-            env,
-            bos_token: bos_token.to_string(),
-            eos_token: eos_token.to_string(),
-        })
+        env.add_template_owned(NAME, source.to_string()).map_err(template_err)?;
+        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
     }
 
     /// ChatML (`<|im_start|>role\ncontent<|im_end|>\n`), for models without a template.
@@ -119,11 +111,7 @@ impl ChatTemplate {
 
     /// The prompt for `messages`; with `add_generation_prompt`, it ends where the assistant's
     /// reply begins.
-    pub fn render(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, ModelError> {
+    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ModelError> {
         let template = self.env.get_template(NAME).map_err(template_err)?;
         template
             .render(context! {
@@ -138,19 +126,13 @@ impl ChatTemplate {
 
 /// `raise_exception(message)`: templates call it to reject a conversation.
 fn raise_exception(message: String) -> Result<String, Error> {
-    Err(Error::new(
-        ErrorKind::InvalidOperation,
-        format!("template raised: {message}"),
-    ))
+    Err(Error::new(ErrorKind::InvalidOperation, format!("template raised: {message}")))
 }
 
 /// `strftime_now(format)`: the current UTC date/time; supports `%Y %y %m %d %-d %e %B %b %A %a
 /// %H %M %S %j %%`, other directives are kept as written.
 fn strftime_now(format: String) -> String {
-    let secs = web_time::SystemTime::now()
-        .duration_since(web_time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     strftime(&format, secs)
 }
 
@@ -168,15 +150,7 @@ const MONTHS: [&str; 12] = [
     "November",
     "December",
 ];
-const WEEKDAYS: [&str; 7] = [
-    "Monday",
-    "Tuesday",
-    "Wednesday",
-    "Thursday",
-    "Friday",
-    "Saturday",
-    "Sunday",
-];
+const WEEKDAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
 
 /// Formats `unix_secs` (UTC) with a subset of C `strftime`.
 fn strftime(format: &str, unix_secs: u64) -> String {
@@ -256,8 +230,7 @@ mod tests {
             Some(p) => std::path::PathBuf::from(p),
             None => {
                 let home = std::env::var_os("HOME").unwrap_or_default();
-                std::path::PathBuf::from(home)
-                    .join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                std::path::PathBuf::from(home).join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
             }
         };
         assert!(
@@ -273,14 +246,9 @@ mod tests {
     #[test]
     fn smollm_template_and_tokens() {
         let bytes = std::fs::read(model_path()).expect("read model");
-        let md = GgufFile::parse(bytes::Bytes::from(bytes))
-            .expect("parse model")
-            .metadata;
+        let md = GgufFile::parse(bytes::Bytes::from(bytes)).expect("parse model").metadata;
         let tk = Tokenizer::from_gguf(&md).expect("tokenizer");
-        let source = md
-            .str("tokenizer.chat_template")
-            .expect("string")
-            .expect("template present");
+        let source = md.str("tokenizer.chat_template").expect("string").expect("template present");
         let t = ChatTemplate::for_model(Some(source), &tk).unwrap();
         let messages = [ChatMessage::user("What is the capital of France?")];
         let prompt = t.render(&messages, true).unwrap();
@@ -288,22 +256,11 @@ mod tests {
         let ids = tk.encode(&prompt).unwrap();
         assert_eq!(ids.len(), 37, "{ids:?}");
         assert_eq!(ids[0], 1);
-        assert_eq!(
-            tk.token_str(ids[36]).as_deref(),
-            Some("Ċ"),
-            "ends with a newline token"
-        );
-        assert_eq!(
-            tk.decode(&ids).unwrap(),
-            prompt.replace("<|im_start|>", "").replace("<|im_end|>", "")
-        );
+        assert_eq!(tk.token_str(ids[36]).as_deref(), Some("Ċ"), "ends with a newline token");
+        assert_eq!(tk.decode(&ids).unwrap(), prompt.replace("<|im_start|>", "").replace("<|im_end|>", ""));
 
         // An explicit system message replaces the default one; no generation prompt.
-        let messages = [
-            ChatMessage::system("Be brief."),
-            ChatMessage::user("Hi"),
-            ChatMessage::assistant("Hello!"),
-        ];
+        let messages = [ChatMessage::system("Be brief."), ChatMessage::user("Hi"), ChatMessage::assistant("Hello!")];
         assert_eq!(
             t.render(&messages, false).unwrap(),
             "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello!<|im_end|>\n"
@@ -313,14 +270,9 @@ mod tests {
     #[test]
     fn chatml_fallback() {
         let t = ChatTemplate::chatml();
-        let p = t
-            .render(&[ChatMessage::system("S"), ChatMessage::user("U")], true)
-            .unwrap();
+        let p = t.render(&[ChatMessage::system("S"), ChatMessage::user("U")], true).unwrap();
         assert_eq!(p, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n");
-        assert_eq!(
-            t.render(&[ChatMessage::user("U")], false).unwrap(),
-            "<|im_start|>user\nU<|im_end|>\n"
-        );
+        assert_eq!(t.render(&[ChatMessage::user("U")], false).unwrap(), "<|im_start|>user\nU<|im_end|>\n");
     }
 
     #[test]
@@ -338,34 +290,17 @@ mod tests {
     {%- endif %}
 {%- endfor %}"#;
         let t = ChatTemplate::new(source, "<s>", "</s>").unwrap();
-        let p = t
-            .render(
-                &[
-                    ChatMessage::user("  Hi  "),
-                    ChatMessage::assistant("Hello\n"),
-                ],
-                false,
-            )
-            .unwrap();
+        let p = t.render(&[ChatMessage::user("  Hi  "), ChatMessage::assistant("Hello\n")], false).unwrap();
         assert_eq!(p, "<s>[INST] Hi [/INST] Hello </s>");
-        let e = t
-            .render(&[ChatMessage::assistant("x")], false)
-            .unwrap_err()
-            .to_string();
+        let e = t.render(&[ChatMessage::assistant("x")], false).unwrap_err().to_string();
         assert!(e.contains("Conversation roles must alternate"), "{e}");
 
         let t = ChatTemplate::new("{% for m in messages %}{% if loop.index > 1 %}{% break %}{% endif %}{{ m.content|upper }}{% endfor %}{{ messages|tojson }}", "", "").unwrap();
         assert_eq!(
-            t.render(&[ChatMessage::user("a"), ChatMessage::user("b")], false)
-                .unwrap(),
+            t.render(&[ChatMessage::user("a"), ChatMessage::user("b")], false).unwrap(),
             r#"A[{"role":"user","content":"a"},{"role":"user","content":"b"}]"#
         );
-        let t = ChatTemplate::new(
-            "{{ 'x' if 'abc'.startswith('ab') }}{{ ' a b '.split()|length }}",
-            "",
-            "",
-        )
-        .unwrap();
+        let t = ChatTemplate::new("{{ 'x' if 'abc'.startswith('ab') }}{{ ' a b '.split()|length }}", "", "").unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "x2");
     }
 
@@ -375,10 +310,7 @@ mod tests {
         assert!(matches!(e, ModelError::Template(_)), "{e}");
         let t = ChatTemplate::new("{{ messages[0].content.nosuchmethod() }}", "", "").unwrap();
         let e = t.render(&[ChatMessage::user("a")], false).unwrap_err();
-        assert!(
-            matches!(e, ModelError::Template(_)) && e.to_string().contains("nosuchmethod"),
-            "{e}"
-        );
+        assert!(matches!(e, ModelError::Template(_)) && e.to_string().contains("nosuchmethod"), "{e}");
     }
 
     #[test]
@@ -386,10 +318,7 @@ mod tests {
         // 2024-07-26 13:05:09 UTC, a Friday.
         let t = 1_722_000_000 - 1_722_000_000 % 86_400 + 13 * 3600 + 5 * 60 + 9;
         assert_eq!(strftime("%d %b %Y", t), "26 Jul 2024");
-        assert_eq!(
-            strftime("%A %B %-d, %y %H:%M:%S %j %%", t),
-            "Friday July 26, 24 13:05:09 208 %"
-        );
+        assert_eq!(strftime("%A %B %-d, %y %H:%M:%S %j %%", t), "Friday July 26, 24 13:05:09 208 %");
         assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
         assert_eq!(strftime("%Y-%m-%d %a", 951_782_400), "2000-02-29 Tue");
         let t = ChatTemplate::new("{{ strftime_now('%Y') }}", "", "").unwrap();
@@ -400,9 +329,6 @@ mod tests {
     fn message_serde() {
         let m: ChatMessage = serde_json::from_str(r#"{"role": "user", "content": "hi"}"#).unwrap();
         assert_eq!(m, ChatMessage::user("hi"));
-        assert_eq!(
-            serde_json::to_string(&ChatMessage::system("s")).unwrap(),
-            r#"{"role":"system","content":"s"}"#
-        );
+        assert_eq!(serde_json::to_string(&ChatMessage::system("s")).unwrap(), r#"{"role":"system","content":"s"}"#);
     }
 }

@@ -95,7 +95,12 @@ impl Metadata {
         self.0.get(key)
     }
 
-    fn typed<'a, T>(&'a self, key: &str, want: &str, f: impl Fn(&'a Value) -> Option<T>) -> Result<Option<T>, ModelError> {
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        want: &str,
+        f: impl Fn(&'a Value) -> Option<T>,
+    ) -> Result<Option<T>, ModelError> {
         match self.0.get(key) {
             None => Ok(None),
             Some(v) => f(v).map(Some).ok_or_else(|| ModelError::Metadata {
@@ -344,7 +349,7 @@ impl GgufFile {
                 (Some(wt), Some(n)) => usize::try_from(n).ok().and_then(|n| wt.bytes_for(n)).map(|b| b as u64),
                 _ => None,
             };
-            t.offset = data_start.checked_add(t.offset).unwrap_or(u64::MAX);
+            t.offset = data_start.saturating_add(t.offset);
             if let Some(size) = size {
                 if t.offset.checked_add(size).is_none_or(|end| end > len) {
                     return Err(ModelError::Truncated {
@@ -381,7 +386,8 @@ impl GgufFile {
         if actual != [rows, cols] {
             return Err(ModelError::TensorShape { tensor: name.to_string(), expected: vec![rows, cols], actual });
         }
-        QMatrix::new(wt, rows, cols, bytes).map_err(|e| ModelError::BadFormat { format: "GGUF", what: format!("{name}: {e}") })
+        QMatrix::new(wt, rows, cols, bytes)
+            .map_err(|e| ModelError::BadFormat { format: "GGUF", what: format!("{name}: {e}") })
     }
 
     /// A 1-D tensor of `len` values, dequantized to f32.
@@ -470,7 +476,8 @@ impl GgufModel {
     /// Token embeddings, final norm and LM head.
     pub fn load_head(&self) -> Result<HeadWeights, ModelError> {
         let c = &self.config;
-        let output = if c.tie_embeddings { None } else { Some(self.file.matrix("output.weight", c.vocab, c.hidden)?) };
+        let output =
+            if c.tie_embeddings { None } else { Some(self.file.matrix("output.weight", c.vocab, c.hidden)?) };
         Ok(HeadWeights {
             token_embd: self.file.matrix("token_embd.weight", c.vocab, c.hidden)?,
             output_norm: self.file.vector("output_norm.weight", c.hidden)?,
@@ -498,10 +505,10 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     })?;
     let key = |k: &str| format!("{arch_name}.{k}");
     let usize_of = |v: u64, k: &str| {
-        usize::try_from(v).ok().filter(|&v| v <= 1 << 24).ok_or_else(|| ModelError::Metadata {
-            key: key(k),
-            what: format!("value {v} is out of range"),
-        })
+        usize::try_from(v)
+            .ok()
+            .filter(|&v| v <= 1 << 24)
+            .ok_or_else(|| ModelError::Metadata { key: key(k), what: format!("value {v} is out of range") })
     };
     let hidden = usize_of(md.req_u64(&key("embedding_length"))?, "embedding_length")?;
     let n_heads = usize_of(md.req_u64(&key("attention.head_count"))?, "attention.head_count")?;

@@ -72,24 +72,15 @@ fn json_type(v: &Value) -> &'static str {
 fn wrong_type(key: &str, want: &str, v: &Value) -> ModelError {
     let mut shown = v.to_string();
     if shown.len() > 40 {
-        let cut = (0..=40)
-            .rev()
-            .find(|&i| shown.is_char_boundary(i))
-            .unwrap_or(0);
+        let cut = (0..=40).rev().find(|&i| shown.is_char_boundary(i)).unwrap_or(0);
         shown.truncate(cut);
         shown.push_str("...");
     }
-    ModelError::Metadata {
-        key: key.to_string(),
-        what: format!("expected {want}, found {} {shown}", json_type(v)),
-    }
+    ModelError::Metadata { key: key.to_string(), what: format!("expected {want}, found {} {shown}", json_type(v)) }
 }
 
 fn missing(key: &str) -> ModelError {
-    ModelError::Metadata {
-        key: key.to_string(),
-        what: "missing".to_string(),
-    }
+    ModelError::Metadata { key: key.to_string(), what: "missing".to_string() }
 }
 
 /// Typed access to the keys of one JSON object; `null` counts as absent.
@@ -105,13 +96,8 @@ impl Keys<'_> {
             return Ok(None);
         };
         // Some exporters write integral values as floats (`4096.0`).
-        let n = v.as_u64().or_else(|| {
-            v.as_f64()
-                .filter(|f| f.fract() == 0.0 && *f >= 0.0)
-                .map(|f| f as u64)
-        });
-        n.map(Some)
-            .ok_or_else(|| wrong_type(key, "unsigned integer", v))
+        let n = v.as_u64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && *f >= 0.0).map(|f| f as u64));
+        n.map(Some).ok_or_else(|| wrong_type(key, "unsigned integer", v))
     }
 
     fn req_u64(&self, key: &str) -> Result<u64, ModelError> {
@@ -122,42 +108,30 @@ impl Keys<'_> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        v.as_f64()
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, "number", v))
+        v.as_f64().map(Some).ok_or_else(|| wrong_type(key, "number", v))
     }
 
     fn bool(&self, key: &str) -> Result<Option<bool>, ModelError> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        v.as_bool()
-            .map(Some)
-            .ok_or_else(|| wrong_type(key, "bool", v))
+        v.as_bool().map(Some).ok_or_else(|| wrong_type(key, "bool", v))
     }
 
     fn str(&self, key: &str) -> Result<Option<String>, ModelError> {
         let Some(v) = self.get(key) else {
             return Ok(None);
         };
-        v.as_str()
-            .map(|s| Some(s.to_string()))
-            .ok_or_else(|| wrong_type(key, "string", v))
+        v.as_str().map(|s| Some(s.to_string())).ok_or_else(|| wrong_type(key, "string", v))
     }
 
     fn str_array(&self, key: &str) -> Result<Vec<String>, ModelError> {
         let Some(v) = self.get(key) else {
             return Ok(Vec::new());
         };
-        let arr = v
-            .as_array()
-            .ok_or_else(|| wrong_type(key, "array of strings", v))?;
+        let arr = v.as_array().ok_or_else(|| wrong_type(key, "array of strings", v))?;
         arr.iter()
-            .map(|e| {
-                e.as_str()
-                    .map(str::to_string)
-                    .ok_or_else(|| wrong_type(key, "array of strings", e))
-            })
+            .map(|e| e.as_str().map(str::to_string).ok_or_else(|| wrong_type(key, "array of strings", e)))
             .collect()
     }
 }
@@ -165,10 +139,8 @@ impl Keys<'_> {
 impl HfConfig {
     /// Reads the keys from the bytes of a `config.json`.
     pub fn from_json(json: &[u8]) -> Result<HfConfig, ModelError> {
-        let value: Value = serde_json::from_slice(json).map_err(|e| ModelError::BadFormat {
-            format: "config.json",
-            what: e.to_string(),
-        })?;
+        let value: Value = serde_json::from_slice(json)
+            .map_err(|e| ModelError::BadFormat { format: "config.json", what: e.to_string() })?;
         let Some(obj) = value.as_object() else {
             return Err(ModelError::BadFormat {
                 format: "config.json",
@@ -194,9 +166,7 @@ impl HfConfig {
             num_key_value_heads: k.u64("num_key_value_heads")?,
             head_dim: k.u64("head_dim")?,
             rope_theta,
-            rms_norm_eps: k
-                .f64("rms_norm_eps")?
-                .ok_or_else(|| missing("rms_norm_eps"))?,
+            rms_norm_eps: k.f64("rms_norm_eps")?.ok_or_else(|| missing("rms_norm_eps"))?,
             vocab_size: k.req_u64("vocab_size")?,
             max_position_embeddings: k.req_u64("max_position_embeddings")?,
             tie_word_embeddings: k.bool("tie_word_embeddings")?,
@@ -238,25 +208,16 @@ impl HfConfig {
                 what: format!("{act} is not supported (only silu)"),
             });
         }
-        for (key, set) in [
-            ("attention_bias", self.attention_bias),
-            ("mlp_bias", self.mlp_bias),
-        ] {
+        for (key, set) in [("attention_bias", self.attention_bias), ("mlp_bias", self.mlp_bias)] {
             if set == Some(true) {
-                return Err(ModelError::Metadata {
-                    key: key.to_string(),
-                    what: "true is not supported".to_string(),
-                });
+                return Err(ModelError::Metadata { key: key.to_string(), what: "true is not supported".to_string() });
             }
         }
         let dim = |v: u64, key: &str| {
-            usize::try_from(v)
-                .ok()
-                .filter(|_| v <= MAX_DIM)
-                .ok_or_else(|| ModelError::Metadata {
-                    key: key.to_string(),
-                    what: format!("value {v} is out of range (at most {MAX_DIM})"),
-                })
+            usize::try_from(v).ok().filter(|_| v <= MAX_DIM).ok_or_else(|| ModelError::Metadata {
+                key: key.to_string(),
+                what: format!("value {v} is out of range (at most {MAX_DIM})"),
+            })
         };
         let hidden = dim(self.hidden_size, "hidden_size")?;
         let n_heads = dim(self.num_attention_heads, "num_attention_heads")?;
@@ -358,10 +319,7 @@ mod tests {
         assert_eq!((c.hidden, c.intermediate, c.n_layers), (576, 1536, 30));
         assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (9, 3, 64));
         assert_eq!((c.rope_theta, c.rms_eps), (100_000.0, 1e-5));
-        assert_eq!(
-            (c.vocab, c.max_seq_len, c.tie_embeddings),
-            (49152, 8192, true)
-        );
+        assert_eq!((c.vocab, c.max_seq_len, c.tie_embeddings), (49152, 8192, true));
     }
 
     #[test]
@@ -371,10 +329,7 @@ mod tests {
             "max_position_embeddings": 256, "head_dim": null}"#;
         let c = parse(json).unwrap();
         assert_eq!(c.arch, Arch::Qwen2);
-        assert_eq!(
-            (c.n_kv_heads, c.head_dim, c.rope_theta, c.tie_embeddings),
-            (4, 16, 10_000.0, false)
-        );
+        assert_eq!((c.n_kv_heads, c.head_dim, c.rope_theta, c.tie_embeddings), (4, 16, 10_000.0, false));
     }
 
     #[test]
@@ -384,32 +339,14 @@ mod tests {
         assert_eq!(e.to_string(), "metadata key num_attention_heads: missing");
         let bad = SMOLLM.replace("\"hidden_size\": 576", "\"hidden_size\": \"576\"");
         let e = parse(&bad).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "metadata key hidden_size: expected unsigned integer, found string \"576\""
-        );
-        let gpt = SMOLLM
-            .replace("\"llama\"", "\"gpt2\"")
-            .replace("LlamaForCausalLM", "GPT2LMHeadModel");
+        assert_eq!(e.to_string(), "metadata key hidden_size: expected unsigned integer, found string \"576\"");
+        let gpt = SMOLLM.replace("\"llama\"", "\"gpt2\"").replace("LlamaForCausalLM", "GPT2LMHeadModel");
         let e = parse(&gpt).unwrap_err();
-        assert!(
-            e.to_string()
-                .contains("gpt2 is not a Llama-family architecture"),
-            "{e}"
-        );
+        assert!(e.to_string().contains("gpt2 is not a Llama-family architecture"), "{e}");
         let gelu = SMOLLM.replace("\"silu\"", "\"gelu\"");
-        assert!(parse(&gelu)
-            .unwrap_err()
-            .to_string()
-            .contains("hidden_act: gelu is not supported"));
-        assert!(matches!(
-            HfConfig::from_json(b"[1]"),
-            Err(ModelError::BadFormat { .. })
-        ));
-        assert!(matches!(
-            HfConfig::from_json(b"{"),
-            Err(ModelError::BadFormat { .. })
-        ));
+        assert!(parse(&gelu).unwrap_err().to_string().contains("hidden_act: gelu is not supported"));
+        assert!(matches!(HfConfig::from_json(b"[1]"), Err(ModelError::BadFormat { .. })));
+        assert!(matches!(HfConfig::from_json(b"{"), Err(ModelError::BadFormat { .. })));
     }
 
     #[test]
@@ -417,10 +354,7 @@ mod tests {
         let bad = SMOLLM.replace("\"num_key_value_heads\": 3", "\"num_key_value_heads\": 2");
         assert!(matches!(parse(&bad), Err(ModelError::BadConfig(_))));
         let huge = SMOLLM.replace("\"vocab_size\": 49152", "\"vocab_size\": 99999999999");
-        assert!(parse(&huge)
-            .unwrap_err()
-            .to_string()
-            .contains("vocab_size: value 99999999999 is out of range"));
+        assert!(parse(&huge).unwrap_err().to_string().contains("vocab_size: value 99999999999 is out of range"));
     }
 
     #[test]

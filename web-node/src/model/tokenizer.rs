@@ -30,9 +30,7 @@ use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence as PreSequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
-use tokenizers::{
-    AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior,
-};
+use tokenizers::{AddedToken, DecoderWrapper, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use super::gguf::{Metadata, Value};
 use super::ModelError;
@@ -54,30 +52,20 @@ const SPIECE_SPACE: &str = "\u{2581}";
 /// Llama 3's pre-tokenizer split (also DBRX, Smaug): numbers in groups of up to 3 digits.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer split: like Llama 3's, but one digit at a time.
-const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2_SPLIT: &str =
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Special tokens that chat models end a turn or a document with. Those present in a
 /// vocabulary as special tokens count as end-of-sequence besides the declared EOS.
-const END_TOKENS: &[&str] = &[
-    "<|im_end|>",
-    "<|eot_id|>",
-    "<|eom_id|>",
-    "<|end_of_text|>",
-    "<|endoftext|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "</s>",
-];
+const END_TOKENS: &[&str] =
+    &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "<end_of_turn>", "</s>"];
 
 fn tok_err(e: impl fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
 
 fn md_err(key: &str, what: impl Into<String>) -> ModelError {
-    ModelError::Metadata {
-        key: key.to_string(),
-        what: what.into(),
-    }
+    ModelError::Metadata { key: key.to_string(), what: what.into() }
 }
 
 /// A model's tokenizer: text to ids and back, with its BOS/EOS conventions.
@@ -114,19 +102,14 @@ impl Tokenizer {
         const MODEL: &str = "tokenizer.ggml.model";
         const TOKENS: &str = "tokenizer.ggml.tokens";
         let model = md.str(MODEL)?.ok_or_else(|| md_err(MODEL, "missing"))?;
-        let tokens = md
-            .str_array(TOKENS)?
-            .ok_or_else(|| md_err(TOKENS, "missing"))?;
+        let tokens = md.str_array(TOKENS)?.ok_or_else(|| md_err(TOKENS, "missing"))?;
         if tokens.is_empty() {
             return Err(md_err(TOKENS, "empty vocabulary"));
         }
         let n = tokens.len();
         let types = match int_array(md, "tokenizer.ggml.token_type")? {
             Some(t) if t.len() != n => {
-                return Err(md_err(
-                    "tokenizer.ggml.token_type",
-                    format!("{} entries for {n} tokens", t.len()),
-                ))
+                return Err(md_err("tokenizer.ggml.token_type", format!("{} entries for {n} tokens", t.len())))
             }
             Some(t) => t,
             None => vec![TYPE_NORMAL; n],
@@ -135,10 +118,7 @@ impl Tokenizer {
             match md.u64(key)? {
                 None => Ok(None),
                 Some(id) if (id as usize) < n => Ok(Some(id as u32)),
-                Some(id) => Err(md_err(
-                    key,
-                    format!("token id {id} outside the {n}-token vocabulary"),
-                )),
+                Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
             }
         };
         let bos = token_id("tokenizer.ggml.bos_token_id")?;
@@ -149,17 +129,10 @@ impl Tokenizer {
         let pre = md.str("tokenizer.ggml.pre")?.unwrap_or("default");
 
         let (mut inner, default_add_bos) = match model {
-            "gpt2" => (
-                byte_level_bpe(md, &tokens, pre)?,
-                matches!(pre, "llama-bpe" | "llama3"),
-            ),
+            "gpt2" => (byte_level_bpe(md, &tokens, pre)?, matches!(pre, "llama-bpe" | "llama3")),
             "llama" => {
-                let add_space_prefix =
-                    bool_key(md, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
-                (
-                    sentencepiece_bpe(md, &tokens, &types, unk, add_space_prefix)?,
-                    true,
-                )
+                let add_space_prefix = bool_key(md, "tokenizer.ggml.add_space_prefix")?.unwrap_or(true);
+                (sentencepiece_bpe(md, &tokens, &types, unk, add_space_prefix)?, true)
             }
             other => {
                 return Err(ModelError::Tokenizer(format!(
@@ -172,9 +145,7 @@ impl Tokenizer {
         let mut user = Vec::new();
         for (tok, &ty) in tokens.iter().zip(&types) {
             match ty {
-                TYPE_CONTROL | TYPE_UNKNOWN => {
-                    special.push(AddedToken::from(*tok, true).normalized(false))
-                }
+                TYPE_CONTROL | TYPE_UNKNOWN => special.push(AddedToken::from(*tok, true).normalized(false)),
                 TYPE_USER_DEFINED => user.push(AddedToken::from(*tok, false).normalized(false)),
                 _ => {}
             }
@@ -204,8 +175,7 @@ impl Tokenizer {
             inner: Arc::new(inner),
             bos,
             eos: eos_ids,
-            add_bos: bool_key_or(md, "tokenizer.ggml.add_bos_token", default_add_bos)?
-                && bos.is_some(),
+            add_bos: bool_key_or(md, "tokenizer.ggml.add_bos_token", default_add_bos)? && bos.is_some(),
             add_eos: bool_key_or(md, "tokenizer.ggml.add_eos_token", false)? && eos.is_some(),
         })
     }
@@ -216,10 +186,7 @@ impl Tokenizer {
     /// `add_bos_token`, `add_eos_token`. Without a config (or without `add_bos_token`), BOS is
     /// prepended iff `tokenizer.json`'s post-processor would put BOS first. Padding and
     /// truncation settings in the file are ignored.
-    pub fn from_json(
-        tokenizer_json: &[u8],
-        tokenizer_config_json: Option<&[u8]>,
-    ) -> Result<Tokenizer, ModelError> {
+    pub fn from_json(tokenizer_json: &[u8], tokenizer_config_json: Option<&[u8]>) -> Result<Tokenizer, ModelError> {
         let mut inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
             .map_err(|e| ModelError::Tokenizer(format!("bad tokenizer.json: {e}")))?;
         inner.with_padding(None);
@@ -234,9 +201,7 @@ impl Tokenizer {
                 return Ok(None);
             };
             inner.token_to_id(content).map(Some).ok_or_else(|| {
-                ModelError::Tokenizer(format!(
-                    "tokenizer_config.json {key} `{content}` is not in the vocabulary"
-                ))
+                ModelError::Tokenizer(format!("tokenizer_config.json {key} `{content}` is not in the vocabulary"))
             })
         };
         let bos = lookup("bos_token")?;
@@ -245,17 +210,11 @@ impl Tokenizer {
         // What the post-processor (e.g. TemplateProcessing "<s> $A") adds to an empty text.
         let template = inner.encode("", true).map_err(tok_err)?;
         let first = template.get_ids().first().copied();
-        let add_bos = match config
-            .get("add_bos_token")
-            .and_then(serde_json::Value::as_bool)
-        {
+        let add_bos = match config.get("add_bos_token").and_then(serde_json::Value::as_bool) {
             Some(b) => b,
             None => bos.is_some() && first == bos,
         };
-        let add_eos = config
-            .get("add_eos_token")
-            .and_then(serde_json::Value::as_bool)
-            .unwrap_or(false);
+        let add_eos = config.get("add_eos_token").and_then(serde_json::Value::as_bool).unwrap_or(false);
 
         let mut eos_ids = Vec::new();
         if let Some(id) = eos {
@@ -332,12 +291,7 @@ impl Tokenizer {
     /// The text of `id` as written in a prompt: a special token's content (`<|im_start|>`,
     /// `<s>`), else the token decoded on its own.
     pub fn special_str(&self, id: u32) -> Option<String> {
-        if let Some(t) = self
-            .inner
-            .get_added_vocabulary()
-            .get_added_tokens_decoder()
-            .get(&id)
-        {
+        if let Some(t) = self.inner.get_added_vocabulary().get_added_tokens_decoder().get(&id) {
             return Some(t.content.clone());
         }
         self.inner.id_to_token(id)?;
@@ -386,12 +340,7 @@ pub struct TokenStream {
 impl TokenStream {
     /// A stream decoding with `tokenizer`.
     pub fn new(tokenizer: Tokenizer) -> Self {
-        TokenStream {
-            tokenizer,
-            ids: Vec::new(),
-            read: 0,
-            prefix: String::new(),
-        }
+        TokenStream { tokenizer, ids: Vec::new(), read: 0, prefix: String::new() }
     }
 
     /// Adds one id; returns the new text it completes, if any.
@@ -420,10 +369,7 @@ impl TokenStream {
     /// stream.
     pub fn finish(&mut self) -> Result<Option<String>, ModelError> {
         let text = self.tokenizer.decode(&self.ids)?;
-        let rest = text
-            .get(self.prefix.len()..)
-            .filter(|r| !r.is_empty())
-            .map(str::to_string);
+        let rest = text.get(self.prefix.len()..).filter(|r| !r.is_empty()).map(str::to_string);
         self.ids.clear();
         self.read = 0;
         self.prefix.clear();
@@ -438,11 +384,7 @@ pub fn chat_template_from_config(tokenizer_config_json: &[u8]) -> Option<String>
     match config.get("chat_template")? {
         serde_json::Value::String(s) => Some(s.clone()),
         serde_json::Value::Array(list) => {
-            let template = |v: &serde_json::Value| {
-                v.get("template")
-                    .and_then(|t| t.as_str())
-                    .map(str::to_string)
-            };
+            let template = |v: &serde_json::Value| v.get("template").and_then(|t| t.as_str()).map(str::to_string);
             list.iter()
                 .find(|v| v.get("name").and_then(|n| n.as_str()) == Some("default"))
                 .and_then(template)
@@ -489,9 +431,7 @@ fn int_array(md: &Metadata, key: &str) -> Result<Option<Vec<i64>>, ModelError> {
     a.iter()
         .map(|v| match *v {
             Value::I64(x) => Ok(x),
-            Value::U64(x) => {
-                i64::try_from(x).map_err(|_| md_err(key, format!("integer {x} out of range")))
-            }
+            Value::U64(x) => i64::try_from(x).map_err(|_| md_err(key, format!("integer {x} out of range"))),
             ref other => Err(md_err(key, format!("expected integers, found {other:?}"))),
         })
         .collect::<Result<Vec<_>, _>>()
@@ -504,10 +444,7 @@ fn float_array(md: &Metadata, key: &str) -> Result<Option<Vec<f64>>, ModelError>
         return Ok(None);
     };
     a.iter()
-        .map(|v| {
-            v.as_f64()
-                .ok_or_else(|| md_err(key, format!("expected numbers, found {v:?}")))
-        })
+        .map(|v| v.as_f64().ok_or_else(|| md_err(key, format!("expected numbers, found {v:?}"))))
         .collect::<Result<Vec<_>, _>>()
         .map(Some)
 }
@@ -522,24 +459,15 @@ fn vocab_map(tokens: &[&str]) -> Vocab {
 }
 
 /// `gpt2` GGUF vocabulary: byte-level BPE, pre-tokenizer chosen by `pre`.
-fn byte_level_bpe(
-    md: &Metadata,
-    tokens: &[&str],
-    pre: &str,
-) -> Result<tokenizers::Tokenizer, ModelError> {
+fn byte_level_bpe(md: &Metadata, tokens: &[&str], pre: &str) -> Result<tokenizers::Tokenizer, ModelError> {
     const MERGES: &str = "tokenizer.ggml.merges";
-    let merges = md
-        .str_array(MERGES)?
-        .ok_or_else(|| md_err(MERGES, "missing (needed by a gpt2 tokenizer)"))?;
+    let merges = md.str_array(MERGES)?.ok_or_else(|| md_err(MERGES, "missing (needed by a gpt2 tokenizer)"))?;
     let merges = merges
         .iter()
         .enumerate()
         .map(|(i, m)| match m.split_once(' ') {
             Some((a, b)) if !a.is_empty() && !b.is_empty() => Ok((a.to_string(), b.to_string())),
-            _ => Err(md_err(
-                MERGES,
-                format!("entry {i} `{m}` is not two tokens separated by a space"),
-            )),
+            _ => Err(md_err(MERGES, format!("entry {i} `{m}` is not two tokens separated by a space"))),
         })
         .collect::<Result<Vec<_>, _>>()?;
     let is_llama3 = matches!(pre, "llama-bpe" | "llama3" | "dbrx" | "smaug-bpe");
@@ -550,36 +478,21 @@ fn byte_level_bpe(
         .map_err(|e| ModelError::Tokenizer(format!("cannot build BPE from {MERGES}: {e}")))?;
 
     let split = |pattern: &str| -> Result<PreTokenizerWrapper, ModelError> {
-        Split::new(
-            SplitPattern::Regex(pattern.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map(PreTokenizerWrapper::from)
-        .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex: {e}")))
+        Split::new(SplitPattern::Regex(pattern.to_string()), SplitDelimiterBehavior::Isolated, false)
+            .map(PreTokenizerWrapper::from)
+            .map_err(|e| ModelError::Tokenizer(format!("pre-tokenizer regex: {e}")))
     };
     let pre_tokenizer: PreTokenizerWrapper = match pre {
-        "smollm" => PreSequence::new(vec![
-            Digits::new(true).into(),
-            ByteLevel::new(false, true, true).into(),
-        ])
-        .into(),
-        _ if is_llama3 => PreSequence::new(vec![
-            split(LLAMA3_SPLIT)?,
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into(),
-        "qwen2" | "deepseek-r1-qwen" => PreSequence::new(vec![
-            split(QWEN2_SPLIT)?,
-            ByteLevel::new(false, true, false).into(),
-        ])
-        .into(),
+        "smollm" => PreSequence::new(vec![Digits::new(true).into(), ByteLevel::new(false, true, true).into()]).into(),
+        _ if is_llama3 => {
+            PreSequence::new(vec![split(LLAMA3_SPLIT)?, ByteLevel::new(false, true, false).into()]).into()
+        }
+        "qwen2" | "deepseek-r1-qwen" => {
+            PreSequence::new(vec![split(QWEN2_SPLIT)?, ByteLevel::new(false, true, false).into()]).into()
+        }
         "default" | "gpt-2" | "gpt2" => ByteLevel::new(false, true, true).into(),
         other => {
-            tracing::warn!(
-                pre = other,
-                "unknown tokenizer.ggml.pre, using GPT-2 byte-level pre-tokenization"
-            );
+            tracing::warn!(pre = other, "unknown tokenizer.ggml.pre, using GPT-2 byte-level pre-tokenization");
             ByteLevel::new(false, true, true).into()
         }
     };
@@ -605,18 +518,14 @@ fn sentencepiece_bpe(
     const SCORES: &str = "tokenizer.ggml.scores";
     let scores = match float_array(md, SCORES)? {
         Some(s) if s.len() != tokens.len() => {
-            return Err(md_err(
-                SCORES,
-                format!("{} entries for {} tokens", s.len(), tokens.len()),
-            ))
+            return Err(md_err(SCORES, format!("{} entries for {} tokens", s.len(), tokens.len())))
         }
         Some(s) => s,
         // Without scores, earlier ids are more frequent pieces.
         None => (0..tokens.len()).map(|i| -(i as f64)).collect(),
     };
     let vocab = vocab_map(tokens);
-    let mergeable =
-        |id: u32| !matches!(types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN | TYPE_BYTE);
+    let mergeable = |id: u32| !matches!(types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN | TYPE_BYTE);
     let mut merges: Vec<(f64, u32, u32, u32)> = Vec::new();
     for (id, tok) in tokens.iter().enumerate() {
         if types[id] != TYPE_NORMAL || vocab.get(*tok) != Some(&(id as u32)) {
@@ -637,35 +546,22 @@ fn sentencepiece_bpe(
     merges.sort_by(|a, b| b.0.total_cmp(&a.0));
     let merges = merges
         .into_iter()
-        .map(|(_, _, l, r)| {
-            (
-                tokens[l as usize].to_string(),
-                tokens[r as usize].to_string(),
-            )
-        })
+        .map(|(_, _, l, r)| (tokens[l as usize].to_string(), tokens[r as usize].to_string()))
         .collect::<Vec<_>>();
 
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .byte_fallback(true)
-        .fuse_unk(true);
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(tokens[unk as usize].to_string());
     }
-    let bpe = builder
-        .build()
-        .map_err(|e| ModelError::Tokenizer(format!("cannot build SentencePiece BPE: {e}")))?;
+    let bpe = builder.build().map_err(|e| ModelError::Tokenizer(format!("cannot build SentencePiece BPE: {e}")))?;
 
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
     if add_space_prefix {
         normalizers.push(Prepend::new(SPIECE_SPACE.to_string()).into());
     }
     normalizers.push(Replace::new(" ", SPIECE_SPACE).map_err(tok_err)?.into());
-    let mut decoders: Vec<DecoderWrapper> = vec![
-        Replace::new(SPIECE_SPACE, " ").map_err(tok_err)?.into(),
-        ByteFallback::new().into(),
-        Fuse::new().into(),
-    ];
+    let mut decoders: Vec<DecoderWrapper> =
+        vec![Replace::new(SPIECE_SPACE, " ").map_err(tok_err)?.into(), ByteFallback::new().into(), Fuse::new().into()];
     if add_space_prefix {
         decoders.push(Strip::new(' ', 1, 0).into());
     }
@@ -686,8 +582,7 @@ mod tests {
             Some(p) => std::path::PathBuf::from(p),
             None => {
                 let home = std::env::var_os("HOME").unwrap_or_default();
-                std::path::PathBuf::from(home)
-                    .join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+                std::path::PathBuf::from(home).join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
             }
         };
         assert!(
@@ -700,15 +595,12 @@ mod tests {
 
     fn smollm_metadata() -> Metadata {
         let bytes = std::fs::read(model_path()).expect("read model");
-        GgufFile::parse(bytes::Bytes::from(bytes))
-            .expect("parse model")
-            .metadata
+        GgufFile::parse(bytes::Bytes::from(bytes)).expect("parse model").metadata
     }
 
     fn smollm() -> Tokenizer {
         static TK: std::sync::OnceLock<Tokenizer> = std::sync::OnceLock::new();
-        TK.get_or_init(|| Tokenizer::from_gguf(&smollm_metadata()).expect("tokenizer"))
-            .clone()
+        TK.get_or_init(|| Tokenizer::from_gguf(&smollm_metadata()).expect("tokenizer")).clone()
     }
 
     #[test]
@@ -727,11 +619,7 @@ mod tests {
         assert_eq!(tk.special_str(2).as_deref(), Some("<|im_end|>"));
         assert_eq!(tk.token_id("<|im_start|>"), Some(1));
         // Special tokens are left out of decoded text.
-        assert_eq!(
-            tk.decode(&tk.encode("<|im_start|>hi<|im_end|>").unwrap())
-                .unwrap(),
-            "hi"
-        );
+        assert_eq!(tk.decode(&tk.encode("<|im_start|>hi<|im_end|>").unwrap()).unwrap(), "hi");
     }
 
     #[test]
@@ -762,20 +650,14 @@ mod tests {
             let ids = tk.encode(s).unwrap();
             assert_eq!(tk.decode(&ids).unwrap(), s, "{ids:?}");
         }
-        assert_eq!(
-            tk.token_str(tk.encode(" the").unwrap()[0]).as_deref(),
-            Some("Ġthe")
-        );
+        assert_eq!(tk.token_str(tk.encode(" the").unwrap()[0]).as_deref(), Some("Ġthe"));
     }
 
     #[test]
     fn smollm_stream_matches_decode() {
         let tk = smollm();
-        for s in [
-            "emoji 🦀🎉 👩‍👩‍👧 done",
-            "北京是中国的首都。東京 — ok",
-            "<|im_start|>a 🦀<|im_end|>",
-        ] {
+        for s in ["emoji 🦀🎉 👩‍👩‍👧 done", "北京是中国的首都。東京 — ok", "<|im_start|>a 🦀<|im_end|>"]
+        {
             let ids = tk.encode(s).unwrap();
             let mut stream = tk.stream();
             let mut out = String::new();
@@ -800,12 +682,7 @@ mod tests {
 
     /// A GGUF-like metadata map.
     fn md(entries: Vec<(&str, Value)>) -> Metadata {
-        Metadata(
-            entries
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        )
+        Metadata(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
     }
 
     fn strs(v: &[&str]) -> Value {
@@ -814,9 +691,7 @@ mod tests {
 
     /// Tiny SentencePiece-style vocabulary: `<unk> <s> </s> ▁ a b ▁a ab <0x00>..<0xFF>`.
     fn tiny_spm() -> Metadata {
-        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab"]
-            .map(String::from)
-            .to_vec();
+        let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>", "▁", "a", "b", "▁a", "ab"].map(String::from).to_vec();
         let mut types = vec![2i64, 3, 3, 1, 1, 1, 1, 1];
         let mut scores = vec![0.0, 0.0, 0.0, -1.0, -2.0, -3.0, -4.0, -5.0];
         for b in 0..=255u8 {
@@ -826,18 +701,9 @@ mod tests {
         }
         md(vec![
             ("tokenizer.ggml.model", Value::Str("llama".into())),
-            (
-                "tokenizer.ggml.tokens",
-                Value::Array(tokens.into_iter().map(Value::Str).collect()),
-            ),
-            (
-                "tokenizer.ggml.token_type",
-                Value::Array(types.into_iter().map(Value::I64).collect()),
-            ),
-            (
-                "tokenizer.ggml.scores",
-                Value::Array(scores.into_iter().map(Value::F64).collect()),
-            ),
+            ("tokenizer.ggml.tokens", Value::Array(tokens.into_iter().map(Value::Str).collect())),
+            ("tokenizer.ggml.token_type", Value::Array(types.into_iter().map(Value::I64).collect())),
+            ("tokenizer.ggml.scores", Value::Array(scores.into_iter().map(Value::F64).collect())),
             ("tokenizer.ggml.bos_token_id", Value::U64(1)),
             ("tokenizer.ggml.eos_token_id", Value::U64(2)),
             ("tokenizer.ggml.unknown_token_id", Value::U64(0)),
@@ -889,14 +755,8 @@ mod tests {
         md(vec![
             ("tokenizer.ggml.model", Value::Str("gpt2".into())),
             ("tokenizer.ggml.pre", Value::Str(pre.into())),
-            (
-                "tokenizer.ggml.tokens",
-                strs(&["<|end|>", "1", "2", "3", "12", "123", "a", "Ġ", "Ġa"]),
-            ),
-            (
-                "tokenizer.ggml.token_type",
-                Value::Array([3i64, 1, 1, 1, 1, 1, 1, 1, 1].map(Value::I64).to_vec()),
-            ),
+            ("tokenizer.ggml.tokens", strs(&["<|end|>", "1", "2", "3", "12", "123", "a", "Ġ", "Ġa"])),
+            ("tokenizer.ggml.token_type", Value::Array([3i64, 1, 1, 1, 1, 1, 1, 1, 1].map(Value::I64).to_vec())),
             ("tokenizer.ggml.merges", strs(&["1 2", "12 3", "Ġ a"])),
             ("tokenizer.ggml.eos_token_id", Value::U64(0)),
         ])
@@ -924,10 +784,7 @@ mod tests {
         let mut m = tiny_gpt2("smollm");
         m.0.remove("tokenizer.ggml.tokens");
         let e = err(m);
-        assert!(
-            e.contains("tokenizer.ggml.tokens") && e.contains("missing"),
-            "{e}"
-        );
+        assert!(e.contains("tokenizer.ggml.tokens") && e.contains("missing"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
         m.0.insert("tokenizer.ggml.model".into(), Value::Str("t5".into()));
@@ -935,23 +792,14 @@ mod tests {
         assert!(e.contains("unsupported tokenizer model `t5`"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
-        m.0.insert(
-            "tokenizer.ggml.merges".into(),
-            Value::Array(vec![Value::U64(1)]),
-        );
+        m.0.insert("tokenizer.ggml.merges".into(), Value::Array(vec![Value::U64(1)]));
         let e = err(m);
-        assert!(
-            e.contains("tokenizer.ggml.merges") && e.contains("expected strings"),
-            "{e}"
-        );
+        assert!(e.contains("tokenizer.ggml.merges") && e.contains("expected strings"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
         m.0.insert("tokenizer.ggml.merges".into(), strs(&["12"]));
         let e = err(m);
-        assert!(
-            e.contains("tokenizer.ggml.merges") && e.contains("entry 0"),
-            "{e}"
-        );
+        assert!(e.contains("tokenizer.ggml.merges") && e.contains("entry 0"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
         m.0.insert("tokenizer.ggml.merges".into(), strs(&["x y"]));
@@ -961,10 +809,7 @@ mod tests {
         let mut m = tiny_gpt2("smollm");
         m.0.remove("tokenizer.ggml.merges");
         let e = err(m);
-        assert!(
-            e.contains("tokenizer.ggml.merges") && e.contains("missing"),
-            "{e}"
-        );
+        assert!(e.contains("tokenizer.ggml.merges") && e.contains("missing"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
         m.0.insert("tokenizer.ggml.eos_token_id".into(), Value::U64(99));
@@ -972,15 +817,9 @@ mod tests {
         assert!(e.contains("eos_token_id") && e.contains("99"), "{e}");
 
         let mut m = tiny_gpt2("smollm");
-        m.0.insert(
-            "tokenizer.ggml.token_type".into(),
-            Value::Array(vec![Value::I64(1)]),
-        );
+        m.0.insert("tokenizer.ggml.token_type".into(), Value::Array(vec![Value::I64(1)]));
         let e = err(m);
-        assert!(
-            e.contains("token_type") && e.contains("1 entries for 9 tokens"),
-            "{e}"
-        );
+        assert!(e.contains("token_type") && e.contains("1 entries for 9 tokens"), "{e}");
 
         let mut m = tiny_spm();
         m.0.insert("tokenizer.ggml.scores".into(), strs(&["x"]));
@@ -1025,8 +864,7 @@ mod tests {
         assert_eq!(tk.eos_tokens(), &[1]);
         assert_eq!(tk.decode(&[5, 6, 1]).unwrap(), "hi hi");
 
-        let config =
-            br#"{"bos_token": {"content": "<s>", "special": true}, "eos_token": "<|im_end|>",
+        let config = br#"{"bos_token": {"content": "<s>", "special": true}, "eos_token": "<|im_end|>",
             "chat_template": "{{ messages }}"}"#;
         let tk = Tokenizer::from_json(TINY_JSON.as_bytes(), Some(config)).unwrap();
         assert_eq!(tk.bos_token(), Some(0));
@@ -1039,23 +877,17 @@ mod tests {
         let tk = Tokenizer::from_json(TINY_JSON.as_bytes(), Some(config)).unwrap();
         assert_eq!(tk.encode("hi").unwrap(), vec![5]);
 
-        let e = Tokenizer::from_json(b"{not json", None)
-            .unwrap_err()
-            .to_string();
+        let e = Tokenizer::from_json(b"{not json", None).unwrap_err().to_string();
         assert!(e.contains("bad tokenizer.json"), "{e}");
-        let e = Tokenizer::from_json(TINY_JSON.as_bytes(), Some(br#"{"eos_token": "</s>"}"#))
-            .unwrap_err()
-            .to_string();
+        let e = Tokenizer::from_json(TINY_JSON.as_bytes(), Some(br#"{"eos_token": "</s>"}"#)).unwrap_err().to_string();
         assert!(e.contains("eos_token") && e.contains("</s>"), "{e}");
     }
 
     #[test]
     fn chat_template_in_config() {
-        assert_eq!(
-            chat_template_from_config(br#"{"chat_template": "abc"}"#).as_deref(),
-            Some("abc")
-        );
-        let list = br#"{"chat_template": [{"name": "tool_use", "template": "t"}, {"name": "default", "template": "d"}]}"#;
+        assert_eq!(chat_template_from_config(br#"{"chat_template": "abc"}"#).as_deref(), Some("abc"));
+        let list =
+            br#"{"chat_template": [{"name": "tool_use", "template": "t"}, {"name": "default", "template": "d"}]}"#;
         assert_eq!(chat_template_from_config(list).as_deref(), Some("d"));
         let list = br#"{"chat_template": [{"name": "rag", "template": "r"}]}"#;
         assert_eq!(chat_template_from_config(list).as_deref(), Some("r"));

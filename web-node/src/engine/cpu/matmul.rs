@@ -72,11 +72,8 @@ fn run(f: RowsFn, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: usize) {
         return;
     }
     // With several tokens the kernels write `[rows, n]`; transpose into `[n, rows]` after.
-    let mut scratch: Vec<Vec<f32>> = if n == 1 {
-        Vec::new()
-    } else {
-        mats.iter().map(|(w, _)| vec![0.0f32; w.rows * n]).collect()
-    };
+    let mut scratch: Vec<Vec<f32>> =
+        if n == 1 { Vec::new() } else { mats.iter().map(|(w, _)| vec![0.0f32; w.rows * n]).collect() };
     let work: usize = mats.iter().map(|(w, _)| w.rows * w.cols * n).sum();
     let total_rows: usize = mats.iter().map(|(w, _)| w.rows).sum();
     let chunk = chunk_rows(work, total_rows);
@@ -84,21 +81,13 @@ fn run(f: RowsFn, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: usize) {
         let mut jobs = Vec::new();
         let mut scratch_it = scratch.iter_mut();
         for (w, out) in mats.iter_mut() {
-            let dst: &mut [f32] = if n == 1 {
-                out
-            } else {
-                scratch_it.next().expect("one scratch per matrix")
-            };
+            let dst: &mut [f32] = if n == 1 { out } else { scratch_it.next().expect("one scratch per matrix") };
             let mut rest = dst;
             let mut r = 0;
             while r < w.rows {
                 let len = chunk.min(w.rows - r);
                 let (head, tail) = rest.split_at_mut(len * n);
-                jobs.push(Job {
-                    w,
-                    rows: r..r + len,
-                    out: head,
-                });
+                jobs.push(Job { w, rows: r..r + len, out: head });
                 rest = tail;
                 r += len;
             }
@@ -143,9 +132,7 @@ fn execute(f: RowsFn, jobs: Vec<Job<'_>>, x: &[f32], n: usize) {
     if jobs.len() == 1 {
         jobs.into_iter().for_each(|j| f(j.w, x, n, j.rows, j.out));
     } else {
-        jobs.into_par_iter()
-            .with_max_len(1)
-            .for_each(|j| f(j.w, x, n, j.rows, j.out));
+        jobs.into_par_iter().with_max_len(1).for_each(|j| f(j.w, x, n, j.rows, j.out));
     }
 }
 
@@ -167,17 +154,13 @@ mod tests {
 
     fn random_matrix(dtype: WeightType, rows: usize, cols: usize, seed: u64) -> QMatrix {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let vals: Vec<f32> = (0..rows * cols)
-            .map(|_| rng.random_range(-1.0f32..1.0))
-            .collect();
+        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
         QMatrix::new(dtype, rows, cols, Bytes::from(quantize(dtype, &vals))).expect("sizes match")
     }
 
     fn random_x(n: usize, cols: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        (0..n * cols)
-            .map(|_| rng.random_range(-2.0f32..2.0))
-            .collect()
+        (0..n * cols).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
     /// Tolerance: `|a - b| <= 1e-5 * sum_c |w_rc x_tc| + 1e-6`. Both sides sum the same exact
@@ -191,11 +174,7 @@ mod tests {
         for t in 0..n {
             for r in 0..w.rows {
                 let xt = &x[t * w.cols..(t + 1) * w.cols];
-                let mag: f32 = dq[r * w.cols..(r + 1) * w.cols]
-                    .iter()
-                    .zip(xt)
-                    .map(|(a, b)| (a * b).abs())
-                    .sum();
+                let mag: f32 = dq[r * w.cols..(r + 1) * w.cols].iter().zip(xt).map(|(a, b)| (a * b).abs()).sum();
                 let (a, b) = (got[t * w.rows + r], want[t * w.rows + r]);
                 assert!(
                     (a - b).abs() <= 1e-5 * mag + 1e-6,
@@ -264,10 +243,7 @@ mod tests {
                     // Through the parallel driver too.
                     let mut par = vec![f32::NAN; n * rows];
                     run(scalar::rows, &mut [(&w, &mut par)], &x, n);
-                    assert_eq!(
-                        par, out,
-                        "scalar {dtype}: parallel split changed the result"
-                    );
+                    assert_eq!(par, out, "scalar {dtype}: parallel split changed the result");
                 }
             }
         }
@@ -324,20 +300,12 @@ mod tests {
                 matmul(&w, &x, n, &mut again);
                 assert_eq!(again, first, "{dtype}: repeated run differs");
             }
-            assert_eq!(
-                one_job(kernel(), &w, &x, n),
-                first,
-                "{dtype}: one job differs from the split"
-            );
+            assert_eq!(one_job(kernel(), &w, &x, n), first, "{dtype}: one job differs from the split");
             // Token t alone gives the same values as inside a batch (tiling does not matter).
             for t in [0, 4, 8] {
                 let mut single = vec![0.0; rows];
                 matmul(&w, &x[t * cols..(t + 1) * cols], 1, &mut single);
-                assert_eq!(
-                    single[..],
-                    first[t * rows..(t + 1) * rows],
-                    "{dtype}: token {t} alone differs"
-                );
+                assert_eq!(single[..], first[t * rows..(t + 1) * rows], "{dtype}: token {t} alone differs");
             }
         }
     }
@@ -362,9 +330,7 @@ mod tests {
                 .collect();
             let mut o: Vec<Vec<f32>> = ws.iter().map(|w| vec![0.0; n * w.rows]).collect();
             {
-                let [a, b, c] = &mut o[..] else {
-                    unreachable!()
-                };
+                let [a, b, c] = &mut o[..] else { unreachable!() };
                 matmul3([&ws[0], &ws[1], &ws[2]], &x, n, [a, b, c]);
             }
             assert_eq!(o, single);
@@ -399,9 +365,7 @@ mod tests {
                 for n in [1usize, 100] {
                     let x = random_x(n, cols, 2);
                     let mut out = vec![0.0; n * rows];
-                    let matmul = |w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]| {
-                        run(f, &mut [(w, out)], x, n)
-                    };
+                    let matmul = |w: &QMatrix, x: &[f32], n: usize, out: &mut [f32]| run(f, &mut [(w, out)], x, n);
                     matmul(&w, &x, n, &mut out);
                     let reps = ((2e8 / (rows * cols * n) as f64) as usize).clamp(3, 2000);
                     let mut times = Vec::new();
@@ -416,10 +380,7 @@ mod tests {
                     let med = times[2];
                     let gbs = w.data.len() as f64 / med / 1e9;
                     let gmacs = (rows * cols * n) as f64 / med / 1e9;
-                    println!(
-                        "{name:26} n={n:3}: {:9.1} us  {gbs:6.2} GB/s  {gmacs:6.2} GMAC/s",
-                        med * 1e6
-                    );
+                    println!("{name:26} n={n:3}: {:9.1} us  {gbs:6.2} GB/s  {gmacs:6.2} GMAC/s", med * 1e6);
                     if n == 1 {
                         per_token_s += med * uses;
                     }

@@ -33,19 +33,10 @@ pub struct CpuBackend {
 
 impl CpuBackend {
     /// Takes the weights of layers `range` (one [`LayerWeights`] per layer, in order).
-    pub fn new(
-        config: LlamaConfig,
-        range: Range<usize>,
-        layers: Vec<LayerWeights>,
-    ) -> Result<Self, EngineError> {
+    pub fn new(config: LlamaConfig, range: Range<usize>, layers: Vec<LayerWeights>) -> Result<Self, EngineError> {
         super::check_layers(&config, &range, &layers)?;
         let inv_freq = rope_inv_freq(&config);
-        Ok(Self {
-            config,
-            range,
-            layers,
-            inv_freq,
-        })
+        Ok(Self { config, range, layers, inv_freq })
     }
 }
 
@@ -66,14 +57,7 @@ pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
 ///
 /// Same arithmetic as the reference; the angles' sines and cosines are computed once per
 /// token (into `sc`, reused across heads) instead of once per head.
-fn rope(
-    x: &mut [f32],
-    n_heads: usize,
-    head_dim: usize,
-    pos: usize,
-    inv_freq: &[f32],
-    sc: &mut Vec<(f32, f32)>,
-) {
+fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, inv_freq: &[f32], sc: &mut Vec<(f32, f32)>) {
     let half = head_dim / 2;
     for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
         let p = (pos + t) as f32;
@@ -114,25 +98,14 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     let hd = s.head_dim;
     let one = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
-        attention_head(
-            &q[i * hd..(i + 1) * hd],
-            k_cache,
-            v_cache,
-            s.pos + t + 1,
-            h,
-            s,
-            o,
-            scores,
-        )
+        attention_head(&q[i * hd..(i + 1) * hd], k_cache, v_cache, s.pos + t + 1, h, s, o, scores)
     };
     #[cfg(not(target_arch = "wasm32"))]
     {
         let n = q.len() / (s.n_heads * hd);
         if n > 1 || (s.pos + 1) * s.n_heads * hd >= ATTN_PAR_MIN {
             use rayon::prelude::*;
-            out.par_chunks_mut(hd)
-                .enumerate()
-                .for_each_init(Vec::new, |scores, (i, o)| one(i, o, scores));
+            out.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores, (i, o)| one(i, o, scores));
             return;
         }
     }
@@ -218,10 +191,7 @@ impl Backend for CpuBackend {
     fn new_cache(&self, max_len: usize) -> Result<CpuCache, EngineError> {
         let size = max_len * self.config.kv_dim();
         let n = self.layers.len();
-        Ok(CpuCache {
-            k: vec![vec![0.0; size]; n],
-            v: vec![vec![0.0; size]; n],
-        })
+        Ok(CpuCache { k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
     }
 
     async fn forward(
@@ -242,34 +212,17 @@ impl Backend for CpuBackend {
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
         let mut sc = Vec::with_capacity(c.head_dim / 2);
-        let shape = AttnShape {
-            pos,
-            n_heads: c.n_heads,
-            n_kv_heads: c.n_kv_heads,
-            head_dim: c.head_dim,
-        };
+        let shape = AttnShape { pos, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         for (li, w) in self.layers.iter().enumerate() {
             let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
-            matmul::matmul3(
-                [&w.attn_q, &w.attn_k, &w.attn_v],
-                &xn,
-                n,
-                [&mut q, &mut k, &mut v],
-            );
+            matmul::matmul3([&w.attn_q, &w.attn_k, &w.attn_v], &xn, n, [&mut q, &mut k, &mut v]);
             if let Some([bq, bk, bv]) = &w.qkv_bias {
                 add_bias(&mut q, bq);
                 add_bias(&mut k, bk);
                 add_bias(&mut v, bv);
             }
             rope(&mut q, c.n_heads, c.head_dim, pos, &self.inv_freq, &mut sc);
-            rope(
-                &mut k,
-                c.n_kv_heads,
-                c.head_dim,
-                pos,
-                &self.inv_freq,
-                &mut sc,
-            );
+            rope(&mut k, c.n_kv_heads, c.head_dim, pos, &self.inv_freq, &mut sc);
             cache.k[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&k);
             cache.v[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&v);
             attention(&q, &cache.k[li], &cache.v[li], shape, &mut att);
@@ -311,24 +264,9 @@ mod tests {
             let v = random(len * n_kv_heads * head_dim, 3);
             let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim);
             let mut got = vec![f32::NAN; want.len()];
-            attention(
-                &q,
-                &k,
-                &v,
-                AttnShape {
-                    pos,
-                    n_heads,
-                    n_kv_heads,
-                    head_dim,
-                },
-                &mut got,
-            );
+            attention(&q, &k, &v, AttnShape { pos, n_heads, n_kv_heads, head_dim }, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(
-                    a.to_bits(),
-                    b.to_bits(),
-                    "n={n} pos={pos}: index {i}: {a} vs {b}"
-                );
+                assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos}: index {i}: {a} vs {b}");
             }
         }
     }
@@ -337,9 +275,7 @@ mod tests {
     #[test]
     fn rope_matches_per_head_computation() {
         let (n_heads, head_dim, pos, n) = (3, 8, 5, 4);
-        let inv_freq: Vec<f32> = (0..head_dim / 2)
-            .map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32))
-            .collect();
+        let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32)).collect();
         let x = random(n * n_heads * head_dim, 4);
         let mut got = x.clone();
         rope(&mut got, n_heads, head_dim, pos, &inv_freq, &mut Vec::new());
@@ -370,9 +306,7 @@ mod tests {
         let path = std::path::Path::new("/tmp/model/SmolLM2-135M-Instruct.Q4_1.gguf");
         let model = GgufModel::open(path).expect("model file");
         let c = model.config().clone();
-        let layers: Vec<_> = (0..c.n_layers)
-            .map(|i| model.load_layer(i).expect("layer"))
-            .collect();
+        let layers: Vec<_> = (0..c.n_layers).map(|i| model.load_layer(i).expect("layer")).collect();
         let head = model.load_head().expect("head");
         let cpu = CpuBackend::new(c.clone(), 0..c.n_layers, layers).expect("backend");
         let embed = |tok: usize| {
@@ -384,35 +318,19 @@ mod tests {
         let next = |h: &[f32], logits: &mut [f32]| {
             let xn = reference::rms_norm(&h[h.len() - c.hidden..], &head.output_norm, c.rms_eps);
             matmul::matmul(head.lm_head(), &xn, 1, logits);
-            logits
-                .iter()
-                .enumerate()
-                .fold(
-                    (0, f32::NEG_INFINITY),
-                    |b, (i, &v)| if v > b.1 { (i, v) } else { b },
-                )
-                .0
+            logits.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &v)| if v > b.1 { (i, v) } else { b }).0
         };
         // The matrix products alone, over the real weights (streamed from memory as in decode).
         let x = embed(5);
-        let (mut q, mut k, mut v, mut o) = (
-            vec![0.0; c.q_dim()],
-            vec![0.0; c.kv_dim()],
-            vec![0.0; c.kv_dim()],
-            vec![0.0; c.hidden],
-        );
+        let (mut q, mut k, mut v, mut o) =
+            (vec![0.0; c.q_dim()], vec![0.0; c.kv_dim()], vec![0.0; c.kv_dim()], vec![0.0; c.hidden]);
         let (mut g, mut u) = (vec![0.0; c.intermediate], vec![0.0; c.intermediate]);
         let h = vec![0.1; c.intermediate];
         for _ in 0..3 {
             let t0 = Instant::now();
             for _ in 0..10 {
                 for w in &cpu.layers {
-                    matmul::matmul3(
-                        [&w.attn_q, &w.attn_k, &w.attn_v],
-                        &x,
-                        1,
-                        [&mut q, &mut k, &mut v],
-                    );
+                    matmul::matmul3([&w.attn_q, &w.attn_k, &w.attn_v], &x, 1, [&mut q, &mut k, &mut v]);
                     matmul::matmul(&w.attn_output, &q, 1, &mut o);
                     matmul::matmul2([&w.ffn_gate, &w.ffn_up], &x, 1, [&mut g, &mut u]);
                     matmul::matmul(&w.ffn_down, &h, 1, &mut o);
@@ -436,16 +354,13 @@ mod tests {
             let mut cache = cpu.new_cache(512).expect("cache");
             let prompt: Vec<f32> = (0..100).flat_map(|i| embed(1000 + 37 * i)).collect();
             let t0 = Instant::now();
-            let h = futures::executor::block_on(cpu.forward(&mut cache, &prompt, 100, 0))
-                .expect("prefill");
+            let h = futures::executor::block_on(cpu.forward(&mut cache, &prompt, 100, 0)).expect("prefill");
             let mut tok = next(&h, &mut logits);
             let prefill = t0.elapsed().as_secs_f64();
             let steps = 64;
             let t0 = Instant::now();
             for s in 0..steps {
-                let h =
-                    futures::executor::block_on(cpu.forward(&mut cache, &embed(tok), 1, 100 + s))
-                        .expect("step");
+                let h = futures::executor::block_on(cpu.forward(&mut cache, &embed(tok), 1, 100 + s)).expect("step");
                 tok = next(&h, &mut logits);
             }
             let decode = t0.elapsed().as_secs_f64();

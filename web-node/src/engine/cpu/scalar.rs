@@ -84,11 +84,7 @@ fn hsum8(a: &[f32; 8]) -> f32 {
 pub(super) fn rows(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, out: &mut [f32]) {
     let cols = w.cols;
     assert_eq!(x.len(), n * cols, "scalar::rows: x has the wrong length");
-    assert_eq!(
-        out.len(),
-        rows.len() * n,
-        "scalar::rows: out has the wrong length"
-    );
+    assert_eq!(out.len(), rows.len() * n, "scalar::rows: out has the wrong length");
     let (decode, block_bytes) = decoder(w.dtype);
     let full = cols / QK;
     let tail = cols % QK; // only the float types can have a ragged end

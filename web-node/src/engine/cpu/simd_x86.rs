@@ -14,9 +14,7 @@ use crate::model::{QMatrix, WeightType};
 
 /// Whether this CPU has the features of the AVX2 kernels (the check is cached by std).
 pub(super) fn available() -> bool {
-    is_x86_feature_detected!("avx2")
-        && is_x86_feature_detected!("fma")
-        && is_x86_feature_detected!("f16c")
+    is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c")
 }
 
 /// Whether this CPU also has AVX-512F for the 16-lane kernels.
@@ -69,17 +67,9 @@ pub(super) fn rows_512(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, out
 
 fn check(w: &QMatrix, x: &[f32], n: usize, rows: &Range<usize>, out: &[f32]) {
     assert_eq!(x.len(), n * w.cols, "simd_x86: x has the wrong length");
-    assert_eq!(
-        out.len(),
-        rows.len() * n,
-        "simd_x86: out has the wrong length"
-    );
+    assert_eq!(out.len(), rows.len() * n, "simd_x86: out has the wrong length");
     assert!(rows.end <= w.rows, "simd_x86: rows out of range");
-    assert_eq!(
-        w.data.len(),
-        w.rows * w.row_bytes(),
-        "simd_x86: matrix data has the wrong length"
-    );
+    assert_eq!(w.data.len(), w.rows * w.row_bytes(), "simd_x86: matrix data has the wrong length");
 }
 
 /// A storage format seen as 32-element blocks.
@@ -140,12 +130,7 @@ impl Format for F32 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> [__m256; 4] {
         let p = p.cast::<f32>();
-        [
-            _mm256_loadu_ps(p),
-            _mm256_loadu_ps(p.add(8)),
-            _mm256_loadu_ps(p.add(16)),
-            _mm256_loadu_ps(p.add(24)),
-        ]
+        [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))]
     }
 }
 
@@ -156,12 +141,7 @@ impl Format for F16 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> [__m256; 4] {
         let h = |i: usize| _mm_loadu_si128(p.add(16 * i).cast());
-        [
-            _mm256_cvtph_ps(h(0)),
-            _mm256_cvtph_ps(h(1)),
-            _mm256_cvtph_ps(h(2)),
-            _mm256_cvtph_ps(h(3)),
-        ]
+        [_mm256_cvtph_ps(h(0)), _mm256_cvtph_ps(h(1)), _mm256_cvtph_ps(h(2)), _mm256_cvtph_ps(h(3))]
     }
 }
 
@@ -171,12 +151,7 @@ impl Format for Bf16 {
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> [__m256; 4] {
-        [
-            bf16x8(p),
-            bf16x8(p.add(16)),
-            bf16x8(p.add(32)),
-            bf16x8(p.add(48)),
-        ]
+        [bf16x8(p), bf16x8(p.add(16)), bf16x8(p.add(32)), bf16x8(p.add(48))]
     }
 }
 
@@ -227,12 +202,7 @@ impl Format for Q80 {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn decode(p: *const u8) -> [__m256; 4] {
         let d = bcast_f16(p);
-        [
-            i8x8(p.add(2), d),
-            i8x8(p.add(10), d),
-            i8x8(p.add(18), d),
-            i8x8(p.add(26), d),
-        ]
+        [i8x8(p.add(2), d), i8x8(p.add(10), d), i8x8(p.add(18), d), i8x8(p.add(26), d)]
     }
 }
 
@@ -352,12 +322,7 @@ unsafe fn drive<K: Kern>(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, o
     if n == 1 {
         let mut r = r0;
         while r + ROW_TILE <= rows.end {
-            let o = K::tile::<ROW_TILE, 1>(
-                [row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)],
-                [xp],
-                nb,
-                pf,
-            );
+            let o = K::tile::<ROW_TILE, 1>([row_ptr(r), row_ptr(r + 1), row_ptr(r + 2), row_ptr(r + 3)], [xp], nb, pf);
             for i in 0..ROW_TILE {
                 out[r - r0 + i] = o[i][0];
             }
@@ -385,8 +350,7 @@ unsafe fn drive<K: Kern>(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, o
                 t += 4;
             }
             if t + 2 <= n {
-                o_r[t..t + 2]
-                    .copy_from_slice(&K::tile::<1, 2>(p, [x_ptr(t), x_ptr(t + 1)], nb, rb)[0]);
+                o_r[t..t + 2].copy_from_slice(&K::tile::<1, 2>(p, [x_ptr(t), x_ptr(t + 1)], nb, rb)[0]);
                 t += 2;
             }
             if t < n {
@@ -438,10 +402,7 @@ unsafe fn nibbles512(qs: *const u8) -> [__m512; 2] {
     let mask = _mm_set1_epi8(0x0F);
     let lo = _mm_and_si128(v, mask);
     let hi = _mm_and_si128(_mm_srli_epi16(v, 4), mask);
-    [
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)),
-        _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi)),
-    ]
+    [_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(lo)), _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(hi))]
 }
 
 impl Format512 for F32 {
@@ -457,10 +418,7 @@ impl Format512 for F16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     unsafe fn decode512(p: *const u8) -> [__m512; 2] {
-        [
-            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast())),
-            _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32).cast())),
-        ]
+        [_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())), _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32).cast()))]
     }
 }
 

@@ -127,13 +127,10 @@ impl GpuBackend {
                 k: up("attn_k", &w.attn_k)?,
                 v: up("attn_v", &w.attn_v)?,
                 o: up("attn_output", &w.attn_output)?,
-                bias: w.qkv_bias.as_ref().map(|[bq, bk, bv]| {
-                    [
-                        vec("attn_q.bias", bq),
-                        vec("attn_k.bias", bk),
-                        vec("attn_v.bias", bv),
-                    ]
-                }),
+                bias: w
+                    .qkv_bias
+                    .as_ref()
+                    .map(|[bq, bk, bv]| [vec("attn_q.bias", bq), vec("attn_k.bias", bk), vec("attn_v.bias", bv)]),
                 ffn_norm: vec("ffn_norm", &w.ffn_norm),
                 gate: up("ffn_gate", &w.ffn_gate)?,
                 up: up("ffn_up", &w.ffn_up)?,
@@ -141,13 +138,7 @@ impl GpuBackend {
             });
         }
         let inv_freq = crate::engine::cpu::rope_inv_freq(&config);
-        Ok(Self {
-            ctx,
-            config,
-            range,
-            layers: gpu_layers,
-            inv_freq,
-        })
+        Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq })
     }
 
     /// The device this backend runs on.
@@ -183,89 +174,16 @@ impl GpuBackend {
             let l = self.range.start + i;
             let (kc, vc) = (&cache.k[i], &cache.v[i]);
             let n = |s: &str| format!("blk.{l}.{s}");
-            list.push(ops::rms_norm_op(
-                ctx,
-                &n("attn_norm"),
-                step,
-                &x,
-                &w.attn_norm,
-                &xn,
-                hidden,
-                c.rms_eps,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("attn_q"),
-                &w.q,
-                step,
-                &xn,
-                &q,
-                false,
-                false,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("attn_k"),
-                &w.k,
-                step,
-                &xn,
-                kc,
-                true,
-                false,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("attn_v"),
-                &w.v,
-                step,
-                &xn,
-                vc,
-                true,
-                false,
-            ));
+            list.push(ops::rms_norm_op(ctx, &n("attn_norm"), step, &x, &w.attn_norm, &xn, hidden, c.rms_eps));
+            list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, step, &xn, &q, false, false));
+            list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, step, &xn, kc, true, false));
+            list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, step, &xn, vc, true, false));
             if let Some([bq, bk, bv]) = &w.bias {
-                list.push(ops::add_op(
-                    ctx,
-                    &n("attn_q.bias"),
-                    step,
-                    bq,
-                    &q,
-                    q_dim,
-                    false,
-                    false,
-                ));
-                list.push(ops::add_op(
-                    ctx,
-                    &n("attn_k.bias"),
-                    step,
-                    bk,
-                    kc,
-                    kv_dim,
-                    false,
-                    true,
-                ));
-                list.push(ops::add_op(
-                    ctx,
-                    &n("attn_v.bias"),
-                    step,
-                    bv,
-                    vc,
-                    kv_dim,
-                    false,
-                    true,
-                ));
+                list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &q, q_dim, false, false));
+                list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, kc, kv_dim, false, true));
+                list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, vc, kv_dim, false, true));
             }
-            list.push(ops::rope_op(
-                ctx,
-                &n("rope"),
-                step,
-                &cs,
-                &q,
-                kc,
-                c.n_heads,
-                c.n_kv_heads,
-                c.head_dim,
-            ));
+            list.push(ops::rope_op(ctx, &n("rope"), step, &cs, &q, kc, c.n_heads, c.n_kv_heads, c.head_dim));
             list.push(ops::attention_op(
                 ctx,
                 &n("attention"),
@@ -278,72 +196,14 @@ impl GpuBackend {
                 c.n_kv_heads,
                 c.head_dim,
             ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("attn_output"),
-                &w.o,
-                step,
-                &att,
-                &x,
-                false,
-                true,
-            ));
-            list.push(ops::rms_norm_op(
-                ctx,
-                &n("ffn_norm"),
-                step,
-                &x,
-                &w.ffn_norm,
-                &xn,
-                hidden,
-                c.rms_eps,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("ffn_gate"),
-                &w.gate,
-                step,
-                &xn,
-                &gate,
-                false,
-                false,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("ffn_up"),
-                &w.up,
-                step,
-                &xn,
-                &upb,
-                false,
-                false,
-            ));
-            list.push(ops::silu_mul_op(
-                ctx,
-                &n("silu_mul"),
-                step,
-                &gate,
-                &upb,
-                inter,
-            ));
-            list.push(ops::matmul_op(
-                ctx,
-                &n("ffn_down"),
-                &w.down,
-                step,
-                &gate,
-                &x,
-                false,
-                true,
-            ));
+            list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &att, &x, false, true));
+            list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &x, &w.ffn_norm, &xn, hidden, c.rms_eps));
+            list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &xn, &gate, false, false));
+            list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &xn, &upb, false, false));
+            list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &gate, &upb, inter));
+            list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &gate, &x, false, true));
         }
-        Scratch {
-            cap,
-            x,
-            cs,
-            staging,
-            ops: list,
-        }
+        Scratch { cap, x, cs, staging, ops: list }
     }
 
     /// One submit for `n <= chunk_limit()` tokens at `pos`.
@@ -364,23 +224,13 @@ impl GpuBackend {
         let s = cache.scratch.as_ref().expect("scratch was just built");
         let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
         let q = ctx.queue();
-        q.write_buffer(
-            &cache.step,
-            0,
-            bytemuck::bytes_of(&StepUniform::new(n, pos)),
-        );
+        q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
         q.write_buffer(&s.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
         q.write_buffer(&s.x, 0, f32s(hidden));
-        let mut enc = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("forward"),
-            });
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("layers"),
-                timestamp_writes: None,
-            });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
             for op in &s.ops {
                 op.record(&mut pass, n as u32);
             }
@@ -414,13 +264,8 @@ impl Backend for GpuBackend {
         let layers = self.range.clone();
         Ok(GpuCache {
             max_len,
-            k: layers
-                .clone()
-                .map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes))
-                .collect(),
-            v: layers
-                .map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes))
-                .collect(),
+            k: layers.clone().map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes)).collect(),
+            v: layers.map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes)).collect(),
             step: ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0))),
             scratch: None,
         })
@@ -435,19 +280,10 @@ impl Backend for GpuBackend {
     ) -> Result<Vec<f32>, EngineError> {
         let dim = self.config.hidden;
         if hidden.len() != n_tokens * dim {
-            return Err(EngineError::Shape {
-                what: "hidden",
-                expected: n_tokens * dim,
-                actual: hidden.len(),
-            });
+            return Err(EngineError::Shape { what: "hidden", expected: n_tokens * dim, actual: hidden.len() });
         }
         if pos + n_tokens > cache.max_len {
-            return Err(EngineError::ContextFull {
-                session: 0,
-                pos,
-                n_tokens,
-                capacity: cache.max_len,
-            });
+            return Err(EngineError::ContextFull { session: 0, pos, n_tokens, capacity: cache.max_len });
         }
         let chunk = self.chunk_limit();
         let mut out = Vec::with_capacity(hidden.len());

@@ -3,6 +3,8 @@
 //!
 //! Main type: [`GpuContext`]. It owns no model state and records no work of its own.
 
+// wgpu's browser types are not Send/Sync; on wasm32 the context lives on one thread.
+#![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -80,16 +82,7 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
-    modules: Mutex<
-        HashMap<
-            &'static str,
-            (
-                wgpu::ShaderModule,
-                wgpu::BindGroupLayout,
-                wgpu::PipelineLayout,
-            ),
-        >,
-    >,
+    modules: Mutex<HashMap<&'static str, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
 
@@ -97,8 +90,7 @@ impl GpuContext {
     /// Opens the high-performance adapter and a device with the adapter's own limits and no
     /// optional features (the kernels are f32-only, so CPU WebGPU adapters work).
     pub async fn new() -> Result<Arc<GpuContext>, EngineError> {
-        let instance =
-            wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor::new_without_display_handle_from_env());
         let adapter = instance
             .request_adapter(&wgpu::RequestAdapterOptions {
                 power_preference: wgpu::PowerPreference::HighPerformance,
@@ -144,9 +136,7 @@ impl GpuContext {
         let i = &self.info;
         let text = format!("{} {} {}", i.name, i.driver, i.driver_info).to_lowercase();
         i.device_type == wgpu::DeviceType::Cpu
-            || ["llvmpipe", "lavapipe", "swiftshader"]
-                .iter()
-                .any(|s| text.contains(s))
+            || ["llvmpipe", "lavapipe", "swiftshader"].iter().any(|s| text.contains(s))
     }
 
     /// The device's limits (the adapter's own).
@@ -164,9 +154,7 @@ impl GpuContext {
 
     /// Largest buffer a kernel can bind, in bytes.
     pub(crate) fn max_binding(&self) -> u64 {
-        self.limits
-            .max_storage_buffer_binding_size
-            .min(self.limits.max_buffer_size)
+        self.limits.max_storage_buffer_binding_size.min(self.limits.max_buffer_size)
     }
 
     /// Errors unless a storage buffer of `bytes` can be bound.
@@ -187,60 +175,36 @@ impl GpuContext {
         entry: &'static str,
         constants: &[(&'static str, u32)],
     ) -> Arc<Pipeline> {
-        let key = PipelineKey {
-            shader: shader.name,
-            entry,
-            constants: constants.to_vec(),
-        };
-        let mut pipelines = self
-            .pipelines
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let key = PipelineKey { shader: shader.name, entry, constants: constants.to_vec() };
+        let mut pipelines = self.pipelines.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(p) = pipelines.get(&key) {
             return p.clone();
         }
         let mut modules = self.modules.lock().unwrap_or_else(PoisonError::into_inner);
-        let (module, bgl, pl) = modules
-            .entry(shader.name)
-            .or_insert_with(|| self.compile(shader));
+        let (module, bgl, pl) = modules.entry(shader.name).or_insert_with(|| self.compile(shader));
         let label = key.to_string();
         let consts: Vec<(&str, f64)> = constants.iter().map(|&(k, v)| (k, f64::from(v))).collect();
-        let pipeline = self
-            .device
-            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some(&label),
-                layout: Some(pl),
-                module,
-                entry_point: Some(entry),
-                compilation_options: wgpu::PipelineCompilationOptions {
-                    constants: &consts,
-                    zero_initialize_workgroup_memory: true,
-                },
-                cache: None,
-            });
-        let p = Arc::new(Pipeline {
-            pipeline,
-            layout: bgl.clone(),
-            label,
+        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+            label: Some(&label),
+            layout: Some(pl),
+            module,
+            entry_point: Some(entry),
+            compilation_options: wgpu::PipelineCompilationOptions {
+                constants: &consts,
+                zero_initialize_workgroup_memory: true,
+            },
+            cache: None,
         });
+        let p = Arc::new(Pipeline { pipeline, layout: bgl.clone(), label });
         pipelines.insert(key, p.clone());
         p
     }
 
-    fn compile(
-        &self,
-        shader: &Shader,
-    ) -> (
-        wgpu::ShaderModule,
-        wgpu::BindGroupLayout,
-        wgpu::PipelineLayout,
-    ) {
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(shader.name),
-                source: wgpu::ShaderSource::Wgsl(shader.source.into()),
-            });
+    fn compile(&self, shader: &Shader) -> (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
+            label: Some(shader.name),
+            source: wgpu::ShaderSource::Wgsl(shader.source.into()),
+        });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = shader
             .binds
             .iter()
@@ -262,34 +226,21 @@ impl GpuContext {
             .collect();
         let bgl = self
             .device
-            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-                label: Some(shader.name),
-                entries: &entries,
-            });
-        let pl = self
-            .device
-            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-                label: Some(shader.name),
-                bind_group_layouts: &[Some(&bgl)],
-                immediate_size: 0,
-            });
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor { label: Some(shader.name), entries: &entries });
+        let pl = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+            label: Some(shader.name),
+            bind_group_layouts: &[Some(&bgl)],
+            immediate_size: 0,
+        });
         (module, bgl, pl)
     }
 
     /// A bind group binding `buffers[i]` (whole) at binding `i`, labelled `pipeline label | what`.
-    pub(crate) fn bind_group(
-        &self,
-        pipeline: &Pipeline,
-        what: &str,
-        buffers: &[&wgpu::Buffer],
-    ) -> wgpu::BindGroup {
+    pub(crate) fn bind_group(&self, pipeline: &Pipeline, what: &str, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
-            .map(|(i, b)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource: b.as_entire_binding(),
-            })
+            .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
             .collect();
         let label = format!("{} | {what}", pipeline.label);
         self.device.create_bind_group(&wgpu::BindGroupDescriptor {
@@ -304,38 +255,29 @@ impl GpuContext {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE
-                | wgpu::BufferUsages::COPY_DST
-                | wgpu::BufferUsages::COPY_SRC,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
             mapped_at_creation: false,
         })
     }
 
     /// A storage buffer holding `data` (padded to at least 4 bytes).
     pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        let contents: std::borrow::Cow<[u8]> = if data.len() < 4 {
-            std::borrow::Cow::Owned(vec![0; 4])
-        } else {
-            std::borrow::Cow::Borrowed(data)
-        };
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: &contents,
-                usage: wgpu::BufferUsages::STORAGE
-                    | wgpu::BufferUsages::COPY_DST
-                    | wgpu::BufferUsages::COPY_SRC,
-            })
+        let contents: std::borrow::Cow<[u8]> =
+            if data.len() < 4 { std::borrow::Cow::Owned(vec![0; 4]) } else { std::borrow::Cow::Borrowed(data) };
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &contents,
+            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
+        })
     }
 
     /// A uniform buffer holding `data`, writable with `queue.write_buffer`.
     pub(crate) fn uniform(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        self.device
-            .create_buffer_init(&wgpu::util::BufferInitDescriptor {
-                label: Some(label),
-                contents: data,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-            })
+        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: data,
+            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+        })
     }
 
     /// A buffer the host can map for reading, `bytes` long.
@@ -364,11 +306,7 @@ impl GpuContext {
 
     /// Maps the first `len` f32 of `staging` (filled by work already submitted), copies them
     /// out and unmaps it.
-    pub(crate) async fn read_f32(
-        &self,
-        staging: &wgpu::Buffer,
-        len: usize,
-    ) -> Result<Vec<f32>, EngineError> {
+    pub(crate) async fn read_f32(&self, staging: &wgpu::Buffer, len: usize) -> Result<Vec<f32>, EngineError> {
         let bytes = (len * 4) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
@@ -379,9 +317,7 @@ impl GpuContext {
             let _ = tx.send(r);
         });
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
         rx.await
             .map_err(|_| EngineError::Gpu("readback callback dropped (device lost?)".into()))?
             .map_err(|e| EngineError::Gpu(format!("map readback buffer: {e}")))?;
@@ -396,17 +332,14 @@ impl GpuContext {
     /// Waits until all submitted work is done (native); a no-op on the web.
     pub(crate) async fn wait_idle(&self) -> Result<(), EngineError> {
         #[cfg(not(target_arch = "wasm32"))]
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
+        self.device.poll(wgpu::PollType::wait_indefinitely()).map_err(|e| EngineError::Gpu(format!("poll: {e}")))?;
         #[cfg(target_arch = "wasm32")]
         {
             let (tx, rx) = futures::channel::oneshot::channel();
             self.queue.on_submitted_work_done(move || {
                 let _ = tx.send(());
             });
-            rx.await
-                .map_err(|_| EngineError::Gpu("work-done callback dropped".into()))?;
+            rx.await.map_err(|_| EngineError::Gpu("work-done callback dropped".into()))?;
         }
         Ok(())
     }

@@ -29,11 +29,7 @@ pub(crate) struct StepUniform {
 impl StepUniform {
     /// The uniform for `n_tokens` tokens at `pos`.
     pub(crate) fn new(n_tokens: usize, pos: usize) -> Self {
-        Self {
-            n_tokens: n_tokens as u32,
-            pos: pos as u32,
-            pad: [0; 2],
-        }
+        Self { n_tokens: n_tokens as u32, pos: pos as u32, pad: [0; 2] }
     }
 }
 
@@ -109,12 +105,7 @@ impl Launch {
         tokens_per_y: u32,
     ) -> Self {
         let bind_group = ctx.bind_group(&pipeline, what, buffers);
-        Self {
-            pipeline,
-            bind_group,
-            x,
-            tokens_per_y,
-        }
+        Self { pipeline, bind_group, x, tokens_per_y }
     }
 
     fn record(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
@@ -190,47 +181,20 @@ fn matmul_op_layout(
     accumulate: bool,
     row_per_thread: bool,
 ) -> Op {
-    let params = [
-        w.rows as u32,
-        w.cols as u32,
-        w.row_words() as u32,
-        u32::from(y_at_pos),
-        u32::from(accumulate),
-        0,
-        0,
-        0,
-    ];
+    let params =
+        [w.rows as u32, w.cols as u32, w.row_words() as u32, u32::from(y_at_pos), u32::from(accumulate), 0, 0, 0];
     let params = ctx.uniform(what, u32s(&params));
     let dt = dtype_code(w.dtype);
     // CPU adapters run a workgroup's threads as SIMD lanes, where barriers are expensive: one
     // thread per row there; GPUs share a row between threads and reduce in workgroup memory.
-    let (vec_rows, mat_rows) = if row_per_thread {
-        (MATVEC_WG, MATMAT_WG)
-    } else {
-        (MATVEC_ROWS, MATMAT_ROWS)
-    };
-    let vec = ctx.pipeline(
-        &MATMUL,
-        "matvec",
-        &[("DTYPE", dt), ("WG", MATVEC_WG), ("ROWS", vec_rows)],
-    );
-    let mat = ctx.pipeline(
-        &MATMUL,
-        "matmat",
-        &[("DTYPE", dt), ("WG", MATMAT_WG), ("ROWS", mat_rows)],
-    );
+    let (vec_rows, mat_rows) = if row_per_thread { (MATVEC_WG, MATMAT_WG) } else { (MATVEC_ROWS, MATMAT_ROWS) };
+    let vec = ctx.pipeline(&MATMUL, "matvec", &[("DTYPE", dt), ("WG", MATVEC_WG), ("ROWS", vec_rows)]);
+    let mat = ctx.pipeline(&MATMUL, "matmat", &[("DTYPE", dt), ("WG", MATMAT_WG), ("ROWS", mat_rows)]);
     let bufs = [step, &params, &w.buf, x, y];
     let rows = w.rows as u32;
     Op::Matmul {
         vec: Launch::new(ctx, vec, what, &bufs, rows.div_ceil(vec_rows), 1),
-        mat: Launch::new(
-            ctx,
-            mat,
-            what,
-            &bufs,
-            rows.div_ceil(mat_rows),
-            MATMAT_TOKENS,
-        ),
+        mat: Launch::new(ctx, mat, what, &bufs, rows.div_ceil(mat_rows), MATMAT_TOKENS),
     }
 }
 
@@ -248,14 +212,7 @@ pub(crate) fn rms_norm_op(
 ) -> Op {
     let params = ctx.uniform(what, u32s(&[dim as u32, eps.to_bits(), 0, 0]));
     let p = ctx.pipeline(&RMS_NORM, "main", &[("WG", NORM_WG)]);
-    Op::Plain(Launch::new(
-        ctx,
-        p,
-        what,
-        &[step, &params, x, weight, y],
-        1,
-        1,
-    ))
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, x, weight, y], 1, 1))
 }
 
 /// Rotate-half RoPE in place on `q` `(n_tokens, n_heads, head_dim)` and on the rows
@@ -273,20 +230,10 @@ pub(crate) fn rope_op(
     n_kv_heads: usize,
     head_dim: usize,
 ) -> Op {
-    let params = ctx.uniform(
-        what,
-        u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, 0]),
-    );
+    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, 0]));
     let p = ctx.pipeline(&ROPE, "main", &[("WG", ELEM_WG)]);
     let threads = ((n_heads + n_kv_heads) * head_dim / 2) as u32;
-    Op::Plain(Launch::new(
-        ctx,
-        p,
-        what,
-        &[step, &params, cs, q, k],
-        threads.div_ceil(ELEM_WG),
-        1,
-    ))
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, cs, q, k], threads.div_ceil(ELEM_WG), 1))
 }
 
 /// Causal GQA attention of `q` `(n_tokens, n_heads, head_dim)` over caches `kc`, `vc`
@@ -305,24 +252,9 @@ pub(crate) fn attention_op(
     head_dim: usize,
 ) -> Op {
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let params = ctx.uniform(
-        what,
-        u32s(&[
-            n_heads as u32,
-            n_kv_heads as u32,
-            head_dim as u32,
-            scale.to_bits(),
-        ]),
-    );
+    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, scale.to_bits()]));
     let p = ctx.pipeline(&ATTENTION, "main", &[("WG", ATTN_WG)]);
-    Op::Plain(Launch::new(
-        ctx,
-        p,
-        what,
-        &[step, &params, q, kc, vc, out],
-        n_heads as u32,
-        1,
-    ))
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, q, kc, vc, out], n_heads as u32, 1))
 }
 
 /// `gate = silu(gate) * up`, both `(n_tokens, dim)`.
@@ -336,14 +268,7 @@ pub(crate) fn silu_mul_op(
 ) -> Op {
     let params = ctx.uniform(what, u32s(&[dim as u32, 0, 0, 0]));
     let p = ctx.pipeline(&SILU_MUL, "main", &[("WG", ELEM_WG)]);
-    Op::Plain(Launch::new(
-        ctx,
-        p,
-        what,
-        &[step, &params, gate, up],
-        (dim as u32).div_ceil(ELEM_WG),
-        1,
-    ))
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, gate, up], (dim as u32).div_ceil(ELEM_WG), 1))
 }
 
 /// `y[t (+ pos), :] += b[t, :]` (`per_token`) or `+= b[:]` (a bias); rows `dim` wide.
@@ -358,19 +283,9 @@ pub(crate) fn add_op(
     per_token: bool,
     y_at_pos: bool,
 ) -> Op {
-    let params = ctx.uniform(
-        what,
-        u32s(&[dim as u32, u32::from(per_token), u32::from(y_at_pos), 0]),
-    );
+    let params = ctx.uniform(what, u32s(&[dim as u32, u32::from(per_token), u32::from(y_at_pos), 0]));
     let p = ctx.pipeline(&ADD, "main", &[("WG", ELEM_WG)]);
-    Op::Plain(Launch::new(
-        ctx,
-        p,
-        what,
-        &[step, &params, b, y],
-        (dim as u32).div_ceil(ELEM_WG),
-        1,
-    ))
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, b, y], (dim as u32).div_ceil(ELEM_WG), 1))
 }
 
 /// `(cos, sin)` of `(pos + t) * inv_freq[i]` for `t < n`, computed in f32 on the host exactly as
@@ -396,11 +311,7 @@ fn f32s(v: &[f32]) -> &[u8] {
 
 fn check_len(what: &'static str, v: &[f32], expected: usize) -> Result<(), EngineError> {
     if v.len() != expected {
-        return Err(EngineError::Shape {
-            what,
-            expected,
-            actual: v.len(),
-        });
+        return Err(EngineError::Shape { what, expected, actual: v.len() });
     }
     Ok(())
 }
@@ -416,17 +327,12 @@ async fn run(
     len: usize,
 ) -> Result<Vec<f32>, EngineError> {
     let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-    ctx.queue()
-        .write_buffer(step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
+    ctx.queue().write_buffer(step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
     let staging = ctx.staging("ops readback", (len * 4) as u64);
-    let mut enc = ctx
-        .device()
-        .create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") });
+    let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") });
     {
-        let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-            label: Some("ops"),
-            timestamp_writes: None,
-        });
+        let mut pass =
+            enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("ops"), timestamp_writes: None });
         for op in ops {
             op.record(&mut pass, n as u32);
         }
@@ -442,12 +348,7 @@ fn step_buffer(ctx: &GpuContext) -> wgpu::Buffer {
 
 /// `W x` for `n` tokens on the GPU: `x` is `[n, cols]`, the result `[n, rows]`
 /// (see [`crate::engine::reference::matmul`]).
-pub async fn matmul(
-    ctx: &GpuContext,
-    w: &QMatrix,
-    x: &[f32],
-    n: usize,
-) -> Result<Vec<f32>, EngineError> {
+pub async fn matmul(ctx: &GpuContext, w: &QMatrix, x: &[f32], n: usize) -> Result<Vec<f32>, EngineError> {
     matmul_layout(ctx, w, x, n, ctx.is_cpu()).await
 }
 
@@ -464,27 +365,12 @@ pub(crate) async fn matmul_layout(
     let step = step_buffer(ctx);
     let xb = ctx.storage_init("ops x", f32s(x));
     let y = ctx.storage("ops y", (n * w.rows * 4) as u64);
-    let op = matmul_op_layout(
-        ctx,
-        "ops matmul",
-        &gw,
-        &step,
-        &xb,
-        &y,
-        false,
-        false,
-        row_per_thread,
-    );
+    let op = matmul_op_layout(ctx, "ops matmul", &gw, &step, &xb, &y, false, false, row_per_thread);
     run(ctx, &step, &[op], n, 0, &y, n * w.rows).await
 }
 
 /// RMSNorm of each `weight.len()`-wide row of `x` (see [`crate::engine::reference::rms_norm`]).
-pub async fn rms_norm(
-    ctx: &GpuContext,
-    x: &[f32],
-    weight: &[f32],
-    eps: f32,
-) -> Result<Vec<f32>, EngineError> {
+pub async fn rms_norm(ctx: &GpuContext, x: &[f32], weight: &[f32], eps: f32) -> Result<Vec<f32>, EngineError> {
     let dim = weight.len();
     let n = x.len().checked_div(dim).unwrap_or(0);
     check_len("rms_norm x", x, n * dim)?;
@@ -509,9 +395,7 @@ pub async fn rope(
     let width = n_heads * head_dim;
     let n = x.len().checked_div(width).unwrap_or(0);
     check_len("rope x", x, n * width)?;
-    let inv_freq: Vec<f32> = (0..head_dim / 2)
-        .map(|i| theta.powf(-2.0 * i as f32 / head_dim as f32))
-        .collect();
+    let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / head_dim as f32)).collect();
     let step = step_buffer(ctx);
     let cs = ctx.storage_init("ops rope table", f32s(&rope_table(&inv_freq, pos, n)));
     let q = ctx.storage_init("ops q", f32s(x));
@@ -542,29 +426,14 @@ pub async fn attention(
     }
     let min_cache = (pos + n) * n_kv_heads * head_dim;
     if k_cache.len() < min_cache || v_cache.len() != k_cache.len() {
-        return Err(EngineError::Shape {
-            what: "attention kv cache",
-            expected: min_cache,
-            actual: k_cache.len(),
-        });
+        return Err(EngineError::Shape { what: "attention kv cache", expected: min_cache, actual: k_cache.len() });
     }
     let step = step_buffer(ctx);
     let qb = ctx.storage_init("ops q", f32s(q));
     let kb = ctx.storage_init("ops k cache", f32s(k_cache));
     let vb = ctx.storage_init("ops v cache", f32s(v_cache));
     let out = ctx.storage("ops attention out", (q.len() * 4) as u64);
-    let op = attention_op(
-        ctx,
-        "ops attention",
-        &step,
-        &qb,
-        &kb,
-        &vb,
-        &out,
-        n_heads,
-        n_kv_heads,
-        head_dim,
-    );
+    let op = attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim);
     run(ctx, &step, &[op], n, pos, &out, q.len()).await
 }
 
@@ -591,33 +460,20 @@ pub async fn add(ctx: &GpuContext, x: &[f32], y: &[f32]) -> Result<Vec<f32>, Eng
 /// Seconds per call of the matrix product kernel for `n` tokens (the decode kernel when
 /// `n == 1`): mean over `iters` calls recorded in one encoder, after one warm-up submit.
 /// Bytes moved per call are about `w.data.len()` for the weights plus the activations.
-pub async fn time_matmul(
-    ctx: &GpuContext,
-    w: &QMatrix,
-    n: usize,
-    iters: usize,
-) -> Result<f64, EngineError> {
+pub async fn time_matmul(ctx: &GpuContext, w: &QMatrix, n: usize, iters: usize) -> Result<f64, EngineError> {
     let gw = GpuMatrix::upload(ctx, "bench weight", w)?;
     let step = ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(n, 0)));
-    let x: Vec<f32> = (0..n * w.cols)
-        .map(|i| ((i % 17) as f32 - 8.0) / 8.0)
-        .collect();
+    let x: Vec<f32> = (0..n * w.cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
     let xb = ctx.storage_init("bench x", f32s(&x));
     let y = ctx.storage("bench y", (n * w.rows * 4) as u64);
     let op = matmul_op(ctx, "bench matmul", &gw, &step, &xb, &y, false, false);
     let mut elapsed = 0.0;
     for (round, count) in [(0, 1), (1, iters.max(1))] {
         let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = ctx
-            .device()
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("bench"),
-            });
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
         {
-            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: Some("bench"),
-                timestamp_writes: None,
-            });
+            let mut pass =
+                enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("bench"), timestamp_writes: None });
             for _ in 0..count {
                 op.record(&mut pass, n as u32);
             }

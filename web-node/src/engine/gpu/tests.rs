@@ -18,11 +18,8 @@ use crate::model::{Arch, LayerWeights, LlamaConfig, QMatrix, WeightType};
 
 fn ctx() -> Arc<GpuContext> {
     static CTX: OnceLock<Arc<GpuContext>> = OnceLock::new();
-    CTX.get_or_init(|| {
-        pollster::block_on(GpuContext::new())
-            .expect("a wgpu adapter is required (install lavapipe)")
-    })
-    .clone()
+    CTX.get_or_init(|| pollster::block_on(GpuContext::new()).expect("a wgpu adapter is required (install lavapipe)"))
+        .clone()
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = Result<T, crate::engine::EngineError>>) -> T {
@@ -58,9 +55,7 @@ fn matmul_scale(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
     let mut s = vec![0.0; n * w.rows];
     for t in 0..n {
         for r in 0..w.rows {
-            s[t * w.rows + r] = (0..w.cols)
-                .map(|c| (wd[r * w.cols + c] * x[t * w.cols + c]).abs())
-                .sum();
+            s[t * w.rows + r] = (0..w.cols).map(|c| (wd[r * w.cols + c] * x[t * w.cols + c]).abs()).sum();
         }
     }
     s
@@ -75,11 +70,8 @@ fn matmul_every_type_matches_reference() {
     let ctx = ctx();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for dtype in WeightType::ALL {
-        let shapes: &[(usize, usize)] = if dtype.block_len() == 1 {
-            &[(37, 45), (6, 700), (65, 64)]
-        } else {
-            &[(37, 96), (6, 704), (65, 32)]
-        };
+        let shapes: &[(usize, usize)] =
+            if dtype.block_len() == 1 { &[(37, 45), (6, 700), (65, 64)] } else { &[(37, 96), (6, 704), (65, 32)] };
         for &(rows, cols) in shapes {
             let w = qmatrix(&mut rng, dtype, rows, cols);
             for n in [1, 5, 33] {
@@ -88,9 +80,7 @@ fn matmul_every_type_matches_reference() {
                 let scale = matmul_scale(&w, &x, n);
                 for row_per_thread in [false, true] {
                     let got = block_on(ops::matmul_layout(&ctx, &w, &x, n, row_per_thread));
-                    let what = format!(
-                        "matmul {dtype} [{rows}, {cols}] n={n} row_per_thread={row_per_thread}"
-                    );
+                    let what = format!("matmul {dtype} [{rows}, {cols}] n={n} row_per_thread={row_per_thread}");
                     assert_close(&what, &got, &want, &scale, 1e-5, 1e-6);
                 }
             }
@@ -112,23 +102,11 @@ fn matmul_known_answers() {
     let w = QMatrix::new(WeightType::Q4_1, 1, 32, Bytes::from(b)).expect("one block");
     // sum over 0..15 of (0.5 j - 1) twice = 2 * (0.5 * 120 - 16) = 88.
     assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0; 32], 1)), vec![88.0]);
-    assert_eq!(
-        block_on(ops::matmul(&ctx, &w, &[1.0; 64], 2)),
-        vec![88.0, 88.0]
-    );
+    assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0; 64], 2)), vec![88.0, 88.0]);
 
     let eye: Vec<f32> = (0..9).map(|i| if i % 4 == 0 { 1.0 } else { 0.0 }).collect();
-    let w = QMatrix::new(
-        WeightType::F32,
-        3,
-        3,
-        Bytes::from(quantize(WeightType::F32, &eye)),
-    )
-    .expect("3x3");
-    assert_eq!(
-        block_on(ops::matmul(&ctx, &w, &[1.0, 2.0, 3.0], 1)),
-        vec![1.0, 2.0, 3.0]
-    );
+    let w = QMatrix::new(WeightType::F32, 3, 3, Bytes::from(quantize(WeightType::F32, &eye))).expect("3x3");
+    assert_eq!(block_on(ops::matmul(&ctx, &w, &[1.0, 2.0, 3.0], 1)), vec![1.0, 2.0, 3.0]);
 }
 
 /// RMSNorm over rows wider than the workgroup (75, 200) and a known answer. Tolerance 1e-5
@@ -143,25 +121,11 @@ fn rms_norm_matches_reference() {
         let got = block_on(ops::rms_norm(&ctx, &x, &w, 1e-5));
         let want = reference::rms_norm(&x, &w, 1e-5);
         let scale: Vec<f32> = want.iter().map(|v| v.abs()).collect();
-        assert_close(
-            &format!("rms_norm n={n} dim={dim}"),
-            &got,
-            &want,
-            &scale,
-            1e-5,
-            1e-6,
-        );
+        assert_close(&format!("rms_norm n={n} dim={dim}"), &got, &want, &scale, 1e-5, 1e-6);
     }
     let got = block_on(ops::rms_norm(&ctx, &[3.0, 4.0], &[1.0, 2.0], 0.0));
     let r = (12.5f32).sqrt();
-    assert_close(
-        "rms_norm known",
-        &got,
-        &[3.0 / r, 8.0 / r],
-        &[1.0, 1.0],
-        1e-6,
-        0.0,
-    );
+    assert_close("rms_norm known", &got, &[3.0 / r, 8.0 / r], &[1.0, 1.0], 1e-6, 0.0);
 }
 
 /// RoPE at positions past 0 with head_dim 16 and 64. The cos/sin come from the host, so only
@@ -181,14 +145,7 @@ fn rope_matches_reference() {
                 x[head + d % (hd / 2)].abs() + x[head + d % (hd / 2) + hd / 2].abs()
             })
             .collect();
-        assert_close(
-            &format!("rope n={n} heads={heads} hd={hd} pos={pos}"),
-            &got,
-            &want,
-            &scale,
-            1e-6,
-            0.0,
-        );
+        assert_close(&format!("rope n={n} heads={heads} hd={hd} pos={pos}"), &got, &want, &scale, 1e-6, 0.0);
     }
     // Known answer: position 0 is the identity.
     let x = [1.0, 2.0, 3.0, 4.0];
@@ -201,35 +158,18 @@ fn rope_matches_reference() {
 fn attention_matches_reference() {
     let ctx = ctx();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    for (n, pos, heads, kv_heads, hd) in [
-        (1, 70, 4, 2, 16),
-        (5, 3, 4, 2, 16),
-        (3, 130, 2, 1, 80),
-        (2, 0, 3, 3, 8),
-    ] {
+    for (n, pos, heads, kv_heads, hd) in [(1, 70, 4, 2, 16), (5, 3, 4, 2, 16), (3, 130, 2, 1, 80), (2, 0, 3, 3, 8)] {
         let len = pos + n + 2; // spare rows after the sequence must be ignored
         let q = randn(&mut rng, n * heads * hd);
         let k = randn(&mut rng, len * kv_heads * hd);
         let v = randn(&mut rng, len * kv_heads * hd);
-        let got = block_on(ops::attention(
-            &ctx, &q, &k, &v, n, pos, heads, kv_heads, hd,
-        ));
+        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd));
         let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd);
         let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd}");
         assert_close(&what, &got, &want, &vec![0.0; want.len()], 0.0, 1e-5);
     }
     // Known answer: the first token sees only its own value.
-    let got = block_on(ops::attention(
-        &ctx,
-        &[1.0, 0.0],
-        &[5.0, 5.0],
-        &[0.25, -2.0],
-        1,
-        0,
-        1,
-        1,
-        2,
-    ));
+    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2));
     assert_eq!(got, vec![0.25, -2.0]);
 }
 
@@ -279,10 +219,7 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
         attn_k: qmatrix(rng, dtype, kv, h),
         attn_v: qmatrix(rng, dtype, kv, h),
         attn_output: qmatrix(rng, dtype, h, q),
-        qkv_bias: c
-            .arch
-            .has_qkv_bias()
-            .then(|| [randn(rng, q), randn(rng, kv), randn(rng, kv)]),
+        qkv_bias: c.arch.has_qkv_bias().then(|| [randn(rng, q), randn(rng, kv), randn(rng, kv)]),
         ffn_norm: norm(rng),
         ffn_gate: qmatrix(rng, dtype, f, h),
         ffn_up: qmatrix(rng, dtype, f, h),
@@ -341,14 +278,7 @@ fn long_prefill_is_chunked() {
     let mut cc = cpu.new_cache(n).expect("cpu cache");
     let want = block_on(cpu.forward(&mut cc, &x, n, 0));
     let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    assert_close(
-        "chunked prefill",
-        &all,
-        &want,
-        &vec![max; want.len()],
-        1e-4,
-        0.0,
-    );
+    assert_close("chunked prefill", &all, &want, &vec![max; want.len()], 1e-4, 0.0);
     assert!(a.scratch_capacity() <= MAX_CHUNK);
 }
 
@@ -361,14 +291,8 @@ fn repack_layout() {
     assert_eq!(words.len(), 2 * weights::row_words(WeightType::Q4_1, 64));
     // Row 1, block 0: first word is d | m << 16, then the 16 nibble bytes.
     let raw = w.row(1);
-    assert_eq!(
-        words[10],
-        u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]])
-    );
-    assert_eq!(
-        words[11],
-        u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]])
-    );
+    assert_eq!(words[10], u32::from_le_bytes([raw[0], raw[1], raw[2], raw[3]]));
+    assert_eq!(words[11], u32::from_le_bytes([raw[4], raw[5], raw[6], raw[7]]));
     let f16 = qmatrix(&mut rng, WeightType::F16, 1, 3);
     let words = weights::repack(&f16);
     assert_eq!(words.len(), 2);
@@ -390,11 +314,7 @@ fn bench_matvec() {
         let w = qmatrix(&mut rng, dtype, rows, cols);
         let secs = block_on(ops::time_matmul(&ctx, &w, 1, 200));
         let gbs = w.data.len() as f64 / secs / 1e9;
-        println!(
-            "{} {dtype} [{rows}, {cols}] n=1: {:.1} us, {gbs:.2} GB/s",
-            ctx.adapter_info().name,
-            secs * 1e6
-        );
+        println!("{} {dtype} [{rows}, {cols}] n=1: {:.1} us, {gbs:.2} GB/s", ctx.adapter_info().name, secs * 1e6);
     }
 }
 
@@ -419,14 +339,9 @@ fn bench_decode_smollm_shape() {
         tie_embeddings: true,
         rope_freq_factors: None,
     };
-    let n_layers = std::env::var("BENCH_LAYERS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(30);
+    let n_layers = std::env::var("BENCH_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let mut rng = ChaCha8Rng::seed_from_u64(10);
-    let layers: Vec<LayerWeights> = (0..n_layers)
-        .map(|_| random_layer(&mut rng, &c, WeightType::Q4_1))
-        .collect();
+    let layers: Vec<LayerWeights> = (0..n_layers).map(|_| random_layer(&mut rng, &c, WeightType::Q4_1)).collect();
     let gpu = GpuBackend::new(ctx.clone(), c.clone(), 0..n_layers, &layers).expect("gpu backend");
     let x = randn(&mut rng, 8 * c.hidden);
     // Warm-up on another session: compiles every pipeline (slow on lavapipe).

@@ -56,11 +56,7 @@ pub fn repack(m: &QMatrix) -> Vec<u32> {
             WeightType::F32 => out.extend(row.chunks_exact(4).map(le)),
             WeightType::F16 | WeightType::BF16 => {
                 for pair in row.chunks(4) {
-                    let hi = if pair.len() == 4 {
-                        [pair[2], pair[3]]
-                    } else {
-                        [0, 0]
-                    };
+                    let hi = if pair.len() == 4 { [pair[2], pair[3]] } else { [0, 0] };
                     out.push(u32::from_le_bytes([pair[0], pair[1], hi[0], hi[1]]));
                 }
             }
@@ -103,21 +99,13 @@ impl GpuMatrix {
     /// Repacks and uploads `m`; errors if it does not fit one binding.
     pub(crate) fn upload(ctx: &GpuContext, label: &str, m: &QMatrix) -> Result<Self, EngineError> {
         if m.dtype.block_len() > 1 && !m.cols.is_multiple_of(32) {
-            return Err(EngineError::Gpu(format!(
-                "{label}: {} matrix with {} columns",
-                m.dtype, m.cols
-            )));
+            return Err(EngineError::Gpu(format!("{label}: {} matrix with {} columns", m.dtype, m.cols)));
         }
         let bytes = (row_words(m.dtype, m.cols) * m.rows * 4) as u64;
         ctx.check_binding(label, bytes)?;
         let words = repack(m);
         let buf = ctx.storage_init(label, bytemuck::cast_slice(&words));
-        Ok(Self {
-            dtype: m.dtype,
-            rows: m.rows,
-            cols: m.cols,
-            buf,
-        })
+        Ok(Self { dtype: m.dtype, rows: m.rows, cols: m.cols, buf })
     }
 
     /// u32 words per row.
