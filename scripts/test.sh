@@ -42,8 +42,13 @@ step() { # name command...
 step "setup" bash scripts/setup.sh
 step "format" cargo fmt --all -- --check
 step "build ait (native, release)" cargo build --release -p relay
+# Some unit tests read the default model directly: fetch it once and point them all at it.
+step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
+AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
+export AIT_MODEL
 step "build web-node (wasm32)" cargo build --release --target wasm32-unknown-unknown -p web-node
 step "build web app (trunk)" trunk build --release
 step "clippy (native)" cargo clippy --workspace --exclude app --all-targets -- -D warnings
 step "clippy (wasm32)" cargo clippy --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
-step "test" cargo test --workspace --exclude app
+# Release profile: reuses the `ait` build above instead of compiling everything a third time.
+step "test" cargo test --release --workspace --exclude app
