@@ -120,7 +120,7 @@ pub fn run(o: BenchOpt) -> anyhow::Result<()> {
         Some(p) => p,
         None => crate::fetch::default_model()?,
     };
-    let file = ModelFile::open(&path).with_context(|| format!("opening {}", path.display()))?;
+    let file = ModelFile::open(&path).context("opening the model")?;
     let mats = bench_matrices(&file)?;
     let mut backends = serde_json::Map::new();
     for kind in &o.backend {

@@ -52,7 +52,7 @@ impl LocalModel {
     /// Loads `path` and builds executors on `backend`, one per range of `split` (default: one
     /// executor for all layers).
     pub fn load(path: &Path, backend: BackendKind, split: Option<Vec<Range<usize>>>) -> anyhow::Result<LocalModel> {
-        let file = ModelFile::open(path).with_context(|| format!("opening model {}", path.display()))?;
+        let file = ModelFile::open(path).context("opening the model")?;
         Self::from_file(&file, backend, split)
     }
 

@@ -2,6 +2,9 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::time::Duration;
+
+use web_time::Instant;
 
 use super::{Backend, EngineError};
 
@@ -22,11 +25,13 @@ pub struct ExecutorConfig {
     pub max_sessions: usize,
     /// Tokens one session may hold. Default: the model's context length.
     pub max_session_len: Option<usize>,
+    /// A session untouched for this long is closed by the next open or step. Default 10 min.
+    pub idle_timeout: Duration,
 }
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        Self { max_sessions: 16, max_session_len: None }
+        Self { max_sessions: 16, max_session_len: None, idle_timeout: Duration::from_secs(600) }
     }
 }
 
@@ -42,6 +47,12 @@ impl ExecutorConfig {
         self
     }
 
+    /// Sets how long an idle session lives.
+    pub fn with_idle_timeout(mut self, t: Duration) -> Self {
+        self.idle_timeout = t;
+        self
+    }
+
     /// Sets the longest session, in tokens.
     pub fn with_max_session_len(mut self, n: usize) -> Self {
         self.max_session_len = Some(n);
@@ -53,6 +64,7 @@ struct Session<C> {
     cache: C,
     pos: usize,
     capacity: usize,
+    last_used: Instant,
 }
 
 /// Holds the weights of layers `[a, b)` on one backend and runs sessions on them.
@@ -84,8 +96,17 @@ impl<B: Backend> BlockExecutor<B> {
         self.sessions.len()
     }
 
+    /// Closes every session idle for longer than the configured timeout; returns how many.
+    pub fn close_idle(&mut self) -> usize {
+        let before = self.sessions.len();
+        let timeout = self.config.idle_timeout;
+        self.sessions.retain(|_, s| s.last_used.elapsed() <= timeout);
+        before - self.sessions.len()
+    }
+
     /// Opens a session that may hold up to `max_len` tokens.
     pub fn open_session(&mut self, max_len: usize) -> Result<SessionId, EngineError> {
+        self.close_idle();
         if self.sessions.len() >= self.config.max_sessions {
             return Err(EngineError::TooManySessions(self.config.max_sessions));
         }
@@ -96,7 +117,7 @@ impl<B: Backend> BlockExecutor<B> {
         let cache = self.backend.new_cache(max_len)?;
         let id = SessionId(self.next_id);
         self.next_id += 1;
-        self.sessions.insert(id, Session { cache, pos: 0, capacity: max_len });
+        self.sessions.insert(id, Session { cache, pos: 0, capacity: max_len, last_used: Instant::now() });
         Ok(id)
     }
 
@@ -113,6 +134,7 @@ impl<B: Backend> BlockExecutor<B> {
         if n_tokens == 0 || hidden.len() != expected {
             return Err(EngineError::Shape { what: "hidden states", expected, actual: hidden.len() });
         }
+        self.close_idle();
         let session = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id.0))?;
         if session.pos + n_tokens > session.capacity {
             return Err(EngineError::ContextFull {
@@ -124,6 +146,7 @@ impl<B: Backend> BlockExecutor<B> {
         }
         let out = self.backend.forward(&mut session.cache, hidden, n_tokens, session.pos).await?;
         session.pos += n_tokens;
+        session.last_used = Instant::now();
         Ok(out)
     }
 

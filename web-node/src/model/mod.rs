@@ -28,16 +28,16 @@ use std::ops::Range;
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// Context: which file the inner error is about.
-    #[error("{path}: {source}")]
+    #[error("{path}: {error}")]
     File {
         /// The file.
         path: String,
         /// What went wrong in it.
-        source: Box<ModelError>,
+        error: Box<ModelError>,
     },
     /// Reading from disk failed.
     #[error("cannot read: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The file ends before a structure it announces.
     #[error("truncated: {what} at byte {offset} needs {needed} bytes, file has {len}")]
     Truncated {
@@ -106,12 +106,20 @@ pub enum ModelError {
     },
 }
 
+// Not `#[from]`: the message already carries the I/O error, and a `source` would make error
+// reporters print it twice.
+impl From<std::io::Error> for ModelError {
+    fn from(e: std::io::Error) -> Self {
+        ModelError::Io(e)
+    }
+}
+
 impl ModelError {
     /// Wraps this error with the file it is about.
     pub fn in_file(self, path: impl Into<String>) -> ModelError {
         match self {
             e @ ModelError::File { .. } => e,
-            e => ModelError::File { path: path.into(), source: Box::new(e) },
+            e => ModelError::File { path: path.into(), error: Box::new(e) },
         }
     }
 }
@@ -129,6 +137,9 @@ impl ModelFile {
     /// `model.safetensors.index.json` file) of a Hugging Face checkpoint.
     #[cfg(not(target_arch = "wasm32"))]
     pub fn open(path: &std::path::Path) -> Result<ModelFile, ModelError> {
+        if let Err(e) = std::fs::metadata(path) {
+            return Err(ModelError::Io(e).in_file(path.display().to_string()));
+        }
         let is_gguf = path.is_file()
             && std::fs::File::open(path)
                 .and_then(|mut f| {
