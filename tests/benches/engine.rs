@@ -1,10 +1,11 @@
 //! `cargo bench -p ait-tests --bench engine`: our backends against candle's `quantized_llama`
-//! on the default model, in one process, printing JSON with the ratios.
+//! (8-bit activations) and its plain f32 `llama` (the independent reference of the engine
+//! tests) on the default model, in one process, printing JSON with the ratios.
 //!
 //! Same prompt (100 tokens), same number of decode steps (64), medians of 3 runs each, after
 //! one warm-up run. candle is built with the same release profile.
 
-use ait_tests::candle_ref::QuantizedReference;
+use ait_tests::candle_ref::{F32Reference, QuantizedReference};
 use ait_tests::{argmax, default_model};
 use relay::bench::{bench_prompt, measure_generation, median};
 use relay::local::{BackendKind, LocalModel};
@@ -14,19 +15,23 @@ const PROMPT: usize = 100;
 const DECODE: usize = 64;
 const RUNS: usize = 3;
 
-fn candle_quantized(prompt: &[u32]) -> (f64, f64) {
-    let mut q = QuantizedReference::load(&default_model()).expect("quantized_llama loads");
+/// Prefill and decode tokens/s (medians) of a candle model given as `reset` and `logits`.
+fn time_candle(
+    prompt: &[u32],
+    mut reset: impl FnMut(),
+    mut logits_of: impl FnMut(&[u32], usize) -> Vec<f32>,
+) -> (f64, f64) {
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..=RUNS {
-        q.reset();
+        reset();
         let t = std::time::Instant::now();
-        let mut logits = q.logits(prompt, 0).expect("prefill");
+        let mut logits = logits_of(prompt, 0);
         let p = t.elapsed().as_secs_f64();
         let t = std::time::Instant::now();
         for step in 0..DECODE {
             let tok = argmax(&logits);
-            logits = q.logits(&[tok], prompt.len() + step).expect("decode");
+            logits = logits_of(&[tok], prompt.len() + step);
         }
         let d = t.elapsed().as_secs_f64();
         if run > 0 {
@@ -52,7 +57,15 @@ fn main() {
         let r = measure_generation(&mut model, &prompt, DECODE, RUNS).expect("generation");
         results.insert(kind.name().to_string(), r);
     }
-    let (cq_prefill, cq_decode) = candle_quantized(&prompt);
+    let q = std::cell::RefCell::new(QuantizedReference::load(&path).expect("quantized_llama loads"));
+    let (cq_prefill, cq_decode) =
+        time_candle(&prompt, || q.borrow_mut().reset(), |t, p| q.borrow_mut().logits(t, p).expect("quantized"));
+    let f = std::cell::RefCell::new(F32Reference::load(&path).expect("f32 llama loads"));
+    let (cf_prefill, cf_decode) = time_candle(
+        &prompt,
+        || f.borrow_mut().reset().expect("reset"),
+        |t, p| f.borrow_mut().logits(t, p).expect("f32 llama"),
+    );
     let ratio = |b: &str, k: &str, base: f64| results.get(b).and_then(|r| r[k].as_f64()).map(|v| v / base);
     let report = json!({
         "prompt_tokens": PROMPT,
@@ -60,10 +73,13 @@ fn main() {
         "runs": RUNS,
         "ours": results,
         "candle_quantized_llama": {"prefill_tok_s": cq_prefill, "decode_tok_s": cq_decode},
+        "candle_f32_llama": {"prefill_tok_s": cf_prefill, "decode_tok_s": cf_decode},
         "ratios": {
             "cpu_decode_vs_candle_quantized": ratio("cpu", "decode_tok_s", cq_decode),
             "cpu_prefill_vs_candle_quantized": ratio("cpu", "prefill_tok_s", cq_prefill),
             "wgpu_decode_vs_candle_quantized": ratio("wgpu", "decode_tok_s", cq_decode),
+            "cpu_decode_vs_candle_f32": ratio("cpu", "decode_tok_s", cf_decode),
+            "cpu_prefill_vs_candle_f32": ratio("cpu", "prefill_tok_s", cf_prefill),
         },
     });
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
