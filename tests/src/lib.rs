@@ -16,16 +16,7 @@ pub fn default_model() -> PathBuf {
     relay::fetch::default_model().expect("the default model is needed: run scripts/setup.sh or set AIT_MODEL")
 }
 
-/// Index of the largest value (the first one on ties).
-pub fn argmax(v: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, x) in v.iter().enumerate() {
-        if *x > v[best] {
-            best = i;
-        }
-    }
-    best as u32
-}
+pub use web_node::client::argmax;
 
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -11,7 +11,7 @@ mod sampling;
 
 pub use generate::{generate, FinishReason, GenerateOptions, Generation, LayerChain, LocalChain};
 pub use head::Head;
-pub use sampling::{Sampler, SamplingParams};
+pub use sampling::{argmax, Sampler, SamplingParams};
 
 use crate::engine::EngineError;
 use crate::model::ModelError;

@@ -104,7 +104,7 @@ impl Sampler {
 }
 
 /// Index of the largest value (the first one on ties).
-pub(crate) fn argmax(v: &[f32]) -> u32 {
+pub fn argmax(v: &[f32]) -> u32 {
     let mut best = 0;
     for (i, x) in v.iter().enumerate() {
         if *x > v[best] {
