@@ -65,7 +65,7 @@ pub fn measure_generation(
     runs: usize,
 ) -> anyhow::Result<Value> {
     let opts = GenerateOptions {
-        max_tokens: decode_tokens + 1,
+        max_tokens: decode_tokens.saturating_add(1),
         sampling: SamplingParams::greedy(),
         stop_at_eos: false,
         ..GenerateOptions::default()

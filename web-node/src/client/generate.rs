@@ -163,7 +163,7 @@ pub async fn generate<C: LayerChain>(
     if prompt.len() >= context {
         return Err(ClientError::PromptTooLong { prompt: prompt.len(), context });
     }
-    let max_len = (prompt.len() + opts.max_tokens).min(context);
+    let max_len = prompt.len().saturating_add(opts.max_tokens).min(context);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut stream = tokenizer.stream();
     let mut history = prompt.to_vec();
@@ -184,6 +184,9 @@ pub async fn generate<C: LayerChain>(
     let mut text = String::new();
     let mut decode_steps = 0;
     let finish = loop {
+        if tokens.len() >= opts.max_tokens {
+            break FinishReason::Length;
+        }
         let t = sampler.sample(&mut logits, &history);
         if opts.stop_at_eos && tokenizer.eos_tokens().contains(&t) {
             break FinishReason::Stop;

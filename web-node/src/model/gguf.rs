@@ -273,7 +273,9 @@ impl<'a> Reader<'a> {
                         len: self.buf.len() as u64,
                     });
                 }
-                let mut v = Vec::with_capacity(n as usize);
+                // Grow as elements parse: a `Value` is ~32 bytes, so trusting `n` could reserve far
+                // more memory than the file holds.
+                let mut v = Vec::with_capacity(n.min(4096) as usize);
                 for _ in 0..n {
                     v.push(self.value(elem, key, depth + 1)?);
                 }
@@ -282,6 +284,12 @@ impl<'a> Reader<'a> {
             10 => Value::U64(self.u64(key)?),
             11 => Value::I64(i64::from_le_bytes(self.array(key)?)),
             12 => Value::F64(f64::from_le_bytes(self.array(key)?)),
+            9 => {
+                return Err(ModelError::BadFormat {
+                    format: "GGUF",
+                    what: format!("metadata {key}: nested arrays are not supported"),
+                })
+            }
             _ => {
                 return Err(ModelError::BadFormat {
                     format: "GGUF",
@@ -373,8 +381,18 @@ impl GgufFile {
 
     fn raw(&self, name: &str) -> Result<(&TensorInfo, WeightType, Bytes), ModelError> {
         let t = self.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let (Some(wt), Some(size)) = (t.dtype.weight_type(), t.size) else {
+        let Some(wt) = t.dtype.weight_type() else {
             return Err(ModelError::UnsupportedType { tensor: name.to_string(), dtype: t.dtype.name() });
+        };
+        let Some(size) = t.size else {
+            return Err(ModelError::BadFormat {
+                format: "GGUF",
+                what: format!(
+                    "tensor {name}: {:?} elements do not fill whole {wt} blocks of {}",
+                    t.dims,
+                    wt.block_len()
+                ),
+            });
         };
         Ok((t, wt, self.data.slice(t.offset as usize..(t.offset + size) as usize)))
     }
@@ -543,13 +561,35 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         vocab,
         max_seq_len: usize_of(md.req_u64(&key("context_length"))?, "context_length")?,
         tie_embeddings: file.tensor("output.weight").is_none(),
-        rope_freq_factors: match file.tensor("rope_freqs.weight") {
-            Some(_) => Some(file.vector("rope_freqs.weight", head_dim / 2)?),
-            None => None,
-        },
+        rope_freq_factors: rope_freq_factors(file, arch_name, head_dim)?,
     };
     config.validate()?;
     Ok(config)
+}
+
+/// RoPE frequency divisors: the `rope_freqs.weight` tensor (Llama 3.1+), else a linear
+/// `rope.scaling.factor`; other scaling types (yarn, ...) are refused rather than ignored.
+fn rope_freq_factors(file: &GgufFile, arch: &str, head_dim: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    if file.tensor("rope_freqs.weight").is_some() {
+        return file.vector("rope_freqs.weight", head_dim / 2).map(Some);
+    }
+    let md = &file.metadata;
+    let kind = md.str(&format!("{arch}.rope.scaling.type"))?;
+    let factor = match md.f64(&format!("{arch}.rope.scaling.factor"))? {
+        Some(f) => Some(f),
+        None => md.f64(&format!("{arch}.rope.scale_linear"))?,
+    };
+    match (kind, factor) {
+        (None | Some("none"), None) | (Some("none"), Some(_)) => Ok(None),
+        (None | Some("linear"), Some(f)) if f > 0.0 && f.is_finite() => {
+            Ok((f != 1.0).then(|| vec![f as f32; head_dim / 2]))
+        }
+        (Some("linear"), None) => Ok(None),
+        (kind, factor) => Err(ModelError::Metadata {
+            key: format!("{arch}.rope.scaling.type"),
+            what: format!("{} with factor {factor:?} is not supported (none, linear)", kind.unwrap_or("linear")),
+        }),
+    }
 }
 
 /// Writes a GGUF v3 file: for tests and for tools that produce small models.
@@ -626,5 +666,61 @@ pub mod writer {
             out.resize(out.len().div_ceil(32) * 32, 0);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::writer::{write, TensorOut};
+    use super::*;
+
+    fn metadata(extra: &[(&'static str, Value)]) -> Vec<(&'static str, Value)> {
+        let mut md = vec![
+            ("general.architecture", Value::Str("llama".into())),
+            ("llama.embedding_length", Value::U64(64)),
+            ("llama.feed_forward_length", Value::U64(128)),
+            ("llama.block_count", Value::U64(2)),
+            ("llama.attention.head_count", Value::U64(4)),
+            ("llama.attention.layer_norm_rms_epsilon", Value::F64(1e-5)),
+            ("llama.context_length", Value::U64(256)),
+            ("llama.vocab_size", Value::U64(100)),
+        ];
+        md.extend_from_slice(extra);
+        md
+    }
+
+    fn config(extra: &[(&'static str, Value)]) -> Result<LlamaConfig, ModelError> {
+        GgufModel::from_bytes(Bytes::from(write(&metadata(extra), &[]))).map(|m| m.config().clone())
+    }
+
+    #[test]
+    fn rope_scaling_linear_applies_and_yarn_is_refused() {
+        assert_eq!(config(&[]).expect("plain").rope_freq_factors, None);
+        let linear = config(&[
+            ("llama.rope.scaling.type", Value::Str("linear".into())),
+            ("llama.rope.scaling.factor", Value::F64(4.0)),
+        ])
+        .expect("linear");
+        assert_eq!(linear.rope_freq_factors, Some(vec![4.0; 8]));
+        let e = config(&[
+            ("llama.rope.scaling.type", Value::Str("yarn".into())),
+            ("llama.rope.scaling.factor", Value::F64(4.0)),
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("llama.rope.scaling.type") && e.contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn ragged_quantized_tensor_and_nested_array_are_clear_errors() {
+        let data = [0u8; 64];
+        let t = TensorOut { name: "x", dims: vec![48], ggml_type: 2, data: &data };
+        let file = GgufFile::parse(Bytes::from(write(&metadata(&[]), &[t]))).expect("parses");
+        let e = file.vector("x", 48).unwrap_err().to_string();
+        assert!(e.contains("do not fill whole q4_0 blocks of 32"), "{e}");
+
+        let nested = Value::Array(vec![Value::Array(vec![Value::U64(1)])]);
+        let e = GgufFile::parse(Bytes::from(write(&[("k", nested)], &[]))).unwrap_err().to_string();
+        assert!(e.contains("nested arrays are not supported"), "{e}");
     }
 }

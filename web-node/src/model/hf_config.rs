@@ -240,7 +240,7 @@ impl HfConfig {
             rope_theta: self.rope_theta.unwrap_or(10_000.0) as f32,
             rms_eps: self.rms_norm_eps as f32,
             vocab: dim(self.vocab_size, "vocab_size")?,
-            max_seq_len: usize::try_from(self.max_position_embeddings).unwrap_or(usize::MAX),
+            max_seq_len: dim(self.max_position_embeddings, "max_position_embeddings")?,
             tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
             rope_freq_factors: match &self.rope_scaling {
                 None | Some(Value::Null) => None,

@@ -117,7 +117,7 @@ impl Tokenizer {
         let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
             match md.u64(key)? {
                 None => Ok(None),
-                Some(id) if (id as usize) < n => Ok(Some(id as u32)),
+                Some(id) if usize::try_from(id).is_ok_and(|i| i < n) => Ok(Some(id as u32)),
                 Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
             }
         };

@@ -189,7 +189,10 @@ impl Backend for CpuBackend {
     }
 
     fn new_cache(&self, max_len: usize) -> Result<CpuCache, EngineError> {
-        let size = max_len * self.config.kv_dim();
+        let kv_dim = self.config.kv_dim();
+        let size = max_len
+            .checked_mul(kv_dim)
+            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / kv_dim.max(1) })?;
         let n = self.layers.len();
         Ok(CpuCache { k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
     }

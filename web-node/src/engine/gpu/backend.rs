@@ -258,7 +258,10 @@ impl Backend for GpuBackend {
     }
 
     fn new_cache(&self, max_len: usize) -> Result<GpuCache, EngineError> {
-        let bytes = (max_len * self.config.kv_dim() * 4) as u64;
+        let kv_dim = self.config.kv_dim();
+        let bytes = (max_len as u64)
+            .checked_mul(kv_dim as u64 * 4)
+            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / (kv_dim * 4).max(1) })?;
         self.ctx.check_binding("kv cache", bytes)?;
         let ctx = &*self.ctx;
         let layers = self.range.clone();
