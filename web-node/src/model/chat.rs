@@ -222,31 +222,12 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::GgufFile;
-
-    /// The default model: `$AIT_MODEL`, else the cache path `scripts/setup.sh` downloads to.
-    fn model_path() -> std::path::PathBuf {
-        let path = match std::env::var_os("AIT_MODEL") {
-            Some(p) => std::path::PathBuf::from(p),
-            None => {
-                let home = std::env::var_os("HOME").unwrap_or_default();
-                std::path::PathBuf::from(home).join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            }
-        };
-        assert!(
-            path.is_file(),
-            "model file {} not found: run scripts/setup.sh or set AIT_MODEL to SmolLM2-135M-Instruct.Q4_1.gguf",
-            path.display()
-        );
-        path
-    }
 
     const FRANCE_PROMPT: &str = "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
 
     #[test]
     fn smollm_template_and_tokens() {
-        let bytes = std::fs::read(model_path()).expect("read model");
-        let md = GgufFile::parse(bytes::Bytes::from(bytes)).expect("parse model").metadata;
+        let md = crate::model::test_model::metadata();
         let tk = Tokenizer::from_gguf(&md).expect("tokenizer");
         let source = md.str("tokenizer.chat_template").expect("string").expect("template present");
         let t = ChatTemplate::for_model(Some(source), &tk).unwrap();

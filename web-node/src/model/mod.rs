@@ -203,3 +203,30 @@ impl ModelFile {
         }
     }
 }
+
+/// The default model's file, for tests that need the real tokenizer or template.
+#[cfg(test)]
+pub(crate) mod test_model {
+    /// `$AIT_MODEL`, else the cache path `ait fetch-model` downloads to.
+    pub(crate) fn path() -> std::path::PathBuf {
+        let path = match std::env::var_os("AIT_MODEL") {
+            Some(p) => std::path::PathBuf::from(p),
+            None => {
+                let home = std::env::var_os("HOME").unwrap_or_default();
+                std::path::PathBuf::from(home).join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            }
+        };
+        assert!(
+            path.is_file(),
+            "model file {} not found: run `ait fetch-model` (scripts/test.sh does) or set AIT_MODEL",
+            path.display()
+        );
+        path
+    }
+
+    /// The GGUF metadata of the default model.
+    pub(crate) fn metadata() -> super::gguf::Metadata {
+        let bytes = std::fs::read(path()).expect("read model");
+        super::gguf::GgufFile::parse(bytes::Bytes::from(bytes)).expect("parse model").metadata
+    }
+}

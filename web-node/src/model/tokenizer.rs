@@ -574,28 +574,9 @@ fn sentencepiece_bpe(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::gguf::GgufFile;
-
-    /// The default model: `$AIT_MODEL`, else the cache path `scripts/setup.sh` downloads to.
-    fn model_path() -> std::path::PathBuf {
-        let path = match std::env::var_os("AIT_MODEL") {
-            Some(p) => std::path::PathBuf::from(p),
-            None => {
-                let home = std::env::var_os("HOME").unwrap_or_default();
-                std::path::PathBuf::from(home).join(".cache/ai-torrent/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            }
-        };
-        assert!(
-            path.is_file(),
-            "model file {} not found: run scripts/setup.sh or set AIT_MODEL to SmolLM2-135M-Instruct.Q4_1.gguf",
-            path.display()
-        );
-        path
-    }
 
     fn smollm_metadata() -> Metadata {
-        let bytes = std::fs::read(model_path()).expect("read model");
-        GgufFile::parse(bytes::Bytes::from(bytes)).expect("parse model").metadata
+        crate::model::test_model::metadata()
     }
 
     fn smollm() -> Tokenizer {
