@@ -2,10 +2,15 @@
 //!
 //! One job: the native-only parts that the binary, the integration tests and the benches share:
 //! [`fetch`] finds (and on first use downloads and verifies) the default model in the local
-//! cache, [`local`] runs a whole model on this machine, [`bench`] measures it. The portable node
-//! logic (model formats, kernels, client head) lives in `web-node`; this crate only drives it.
+//! cache, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
+//! the native libp2p node, [`serving`] serves blocks to the swarm, [`swarm_client`] generates
+//! through it. The portable node logic (model formats, kernels, client head, protocol, routing)
+//! lives in `web-node`; this crate only drives it.
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod fetch;
 pub mod local;
+pub mod p2p;
+pub mod serving;
+pub mod swarm_client;

@@ -32,6 +32,32 @@ impl BackendKind {
     }
 }
 
+/// The wgpu context to use for `backend`, or `None` for the CPU backend.
+pub fn pick_gpu(backend: BackendKind) -> anyhow::Result<Option<std::sync::Arc<GpuContext>>> {
+    Ok(match backend {
+        BackendKind::Wgpu => Some(pollster::block_on(GpuContext::new()).context("starting the wgpu backend")?),
+        BackendKind::Auto => match pollster::block_on(GpuContext::new()) {
+            Ok(ctx) if ctx.adapter_info().device_type != "Cpu" => Some(ctx),
+            Ok(_) | Err(_) => None,
+        },
+        BackendKind::Cpu => None,
+    })
+}
+
+/// Loads layers `range` of `file` onto the CPU or the given wgpu context.
+pub fn load_backend(
+    file: &ModelFile,
+    gpu: Option<&std::sync::Arc<GpuContext>>,
+    range: Range<usize>,
+) -> anyhow::Result<AnyBackend> {
+    let config = file.config().clone();
+    let layers = file.load_layers(range.clone())?;
+    Ok(match gpu {
+        Some(ctx) => AnyBackend::gpu(ctx.clone(), config, range, &layers)?,
+        None => AnyBackend::cpu(config, range, layers)?,
+    })
+}
+
 /// A model loaded for local generation.
 pub struct LocalModel {
     /// Resolved configuration.
@@ -67,25 +93,14 @@ impl LocalModel {
         let head = Head::new(config.clone(), file.load_head()?)?;
         let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
         let split = split.unwrap_or_else(|| std::iter::once(0..config.n_layers).collect());
-        let gpu = match backend {
-            BackendKind::Wgpu => Some(pollster::block_on(GpuContext::new()).context("starting the wgpu backend")?),
-            BackendKind::Auto => match pollster::block_on(GpuContext::new()) {
-                Ok(ctx) if ctx.adapter_info().device_type != "Cpu" => Some(ctx),
-                Ok(_) | Err(_) => None,
-            },
-            BackendKind::Cpu => None,
-        };
+        let gpu = pick_gpu(backend)?;
         let adapter = gpu.as_ref().map(|ctx| {
             let a = ctx.adapter_info();
             format!("{} ({}, {})", a.name, a.backend, a.device_type)
         });
         let mut executors = Vec::new();
         for range in split {
-            let layers = file.load_layers(range.clone())?;
-            let b = match &gpu {
-                Some(ctx) => AnyBackend::gpu(ctx.clone(), config.clone(), range, &layers)?,
-                None => AnyBackend::cpu(config.clone(), range, layers)?,
-            };
+            let b = load_backend(file, gpu.as_ref(), range)?;
             executors.push(BlockExecutor::new(b, ExecutorConfig::default()));
         }
         let chain = LocalChain::new(executors)?;

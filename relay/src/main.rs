@@ -1,7 +1,8 @@
 //! `ait`: the AI Torrent native node.
 //!
-//! Subcommands: `generate` (run a model on this machine and stream text), `bench` (measure
-//! the engine, printing JSON), `fetch-model` (download the default model into the cache).
+//! Subcommands: `relay` (a swarm node: relay, DHT server, and optionally a server of some
+//! blocks), `generate` (run a model on this machine or through a swarm and stream text),
+//! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -9,9 +10,11 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
 use web_node::client::{GenerateOptions, SamplingParams};
 use web_node::model::ChatMessage;
+use web_node::net::node::Role;
 
 #[derive(Parser)]
 #[command(name = "ait", version, about = "AI Torrent: peer-to-peer LLM inference")]
@@ -22,6 +25,8 @@ struct Opt {
 
 #[derive(Subcommand)]
 enum Cmd {
+    /// Run a swarm node: circuit relay, DHT server, and with --blocks a server of those blocks.
+    Relay(RelayOpt),
     /// Generate text on this machine, streaming it to stdout.
     Generate(GenerateOpt),
     /// Measure prefill and decode speed per backend and the matrix-vector kernels; prints JSON.
@@ -62,11 +67,49 @@ struct GenerateOpt {
     /// Random seed (default: from the clock).
     #[arg(long)]
     seed: Option<u64>,
+    /// Run the layers on a swarm joined through this relay address (repeatable) instead of on
+    /// this machine; the tokenizer, embeddings, LM head and sampling stay here.
+    #[arg(long, value_name = "MULTIADDR")]
+    swarm: Vec<Multiaddr>,
+}
+
+#[derive(clap::Args)]
+struct RelayOpt {
+    /// Directory for the identity key and WebRTC certificate (one per relay).
+    #[arg(long, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0")]
+    host: std::net::IpAddr,
+    /// TCP and QUIC port; WebSocket and WebRTC-direct use the next one. 0 picks free ports.
+    #[arg(long, default_value_t = 4001)]
+    port: u16,
+    /// Listen on exactly these multiaddrs instead of --host/--port (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    listen: Vec<Multiaddr>,
+    /// Address others should dial, announced instead of the listen addresses (repeatable).
+    #[arg(long, value_name = "MULTIADDR")]
+    external_addr: Vec<Multiaddr>,
+    /// Join the swarm through this node (repeatable); with none, start a new swarm.
+    #[arg(long, value_name = "MULTIADDR")]
+    bootstrap: Vec<Multiaddr>,
+    #[command(flatten)]
+    serve: relay::serving::ServeOpt,
+}
+
+fn default_data_dir() -> PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
+    base.unwrap_or_else(|| PathBuf::from(".")).join("ai-torrent/relay")
 }
 
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "warn,ait=info,relay=info,web_node::net=info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     match run() {
@@ -80,6 +123,8 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     match Opt::parse().cmd {
+        Cmd::Relay(o) => relay_main(o),
+        Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::FetchModel => {
@@ -89,16 +134,52 @@ fn run() -> anyhow::Result<ExitCode> {
     }
 }
 
-fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
-    let path = match o.model {
-        Some(p) => p,
-        None => relay::fetch::default_model()?,
-    };
-    let model = LocalModel::load(&path, o.backend, None)?;
-    let prompt_text =
-        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
-    let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
-    let opts = GenerateOptions {
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
+    std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
+    // One relay per data directory: a second one would share its peer id.
+    let lock_path = o.data_dir.join("lock");
+    let lock_file = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&lock_path)?;
+    let mut lock = fd_lock::RwLock::new(lock_file);
+    let _guard = lock.try_write().map_err(|_| {
+        anyhow::anyhow!("another relay is using {}; give each relay its own --data-dir", o.data_dir.display())
+    })?;
+    let key = relay::p2p::load_or_create_key(&o.data_dir)?;
+    let cert = relay::p2p::load_or_create_cert(&o.data_dir)?;
+    let listen = if o.listen.is_empty() { relay::p2p::default_listen(o.host, o.port) } else { o.listen.clone() };
+    runtime()?.block_on(async move {
+        let peer = key.public().to_peer_id();
+        let (handle, addrs) =
+            relay::p2p::start(key.clone(), cert, Role::Server, &listen, o.external_addr.is_empty()).await?;
+        for a in &o.external_addr {
+            handle.add_external_address(a.clone()).await?;
+        }
+        println!("peer id: {peer}");
+        for a in &addrs {
+            println!("listening: {a}");
+        }
+        relay::p2p::bootstrap(&handle, &o.bootstrap).await?;
+        if o.serve.blocks.is_some() {
+            let s = relay::serving::start(&handle, &key, &o.serve).await?;
+            let c = s.server.config();
+            println!(
+                "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
+                c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
+            );
+        }
+        println!("ready");
+        tokio::signal::ctrl_c().await?;
+        eprintln!("shutting down");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn sampling_options(o: &GenerateOpt) -> GenerateOptions {
+    GenerateOptions {
         max_tokens: o.max_tokens,
         sampling: SamplingParams {
             temperature: o.temperature,
@@ -109,7 +190,56 @@ fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
             ..SamplingParams::default()
         },
         ..GenerateOptions::default()
+    }
+}
+
+fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
+    let path = match &o.model {
+        Some(p) => p.clone(),
+        None => relay::fetch::default_model()?,
     };
+    let model = relay::swarm_client::ClientModel::load(&path)?;
+    let prompt_text =
+        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
+    let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
+    let opts = sampling_options(&o);
+    let result = runtime()?.block_on(async {
+        let handle = relay::swarm_client::connect(&o.swarm).await?;
+        let mut chain = relay::swarm_client::chain(handle, &model, Default::default());
+        let mut stdout = std::io::stdout();
+        let r = web_node::client::generate(&model.head, &model.tokenizer, &mut chain, &prompt, &opts, |piece| {
+            let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+        })
+        .await
+        .context("generating through the swarm");
+        let _ = web_node::client::LayerChain::end(&mut chain).await;
+        let recoveries = chain.recoveries().len();
+        r.map(|g| (g, recoveries))
+    })?;
+    let (result, recoveries) = result;
+    println!();
+    eprintln!(
+        "swarm: model {}, prompt: {} tokens, generated: {} tokens ({:?}), re-routes: {recoveries}",
+        model.id.short(),
+        result.prompt_tokens,
+        result.tokens.len(),
+        result.finish
+    );
+    eprintln!("prefill: {:.1} tok/s", result.prefill_tok_per_s());
+    eprintln!("decode: {:.1} tok/s", result.decode_tok_per_s());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
+    let path = match &o.model {
+        Some(p) => p.clone(),
+        None => relay::fetch::default_model()?,
+    };
+    let model = LocalModel::load(&path, o.backend, None)?;
+    let prompt_text =
+        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
+    let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
+    let opts = sampling_options(&o);
     let mut stdout = std::io::stdout();
     let backend_name = model.backend_name();
     let mut chain = model.chain;

@@ -3,8 +3,11 @@
 //! - [`candle_ref`]: independent reference models (candle) to compare the engine against.
 //! - [`tiny_model`]: a tiny random Llama model written as safetensors and as GGUF.
 //! - [`default_model`]: the default model's path (downloaded into the cache on first use).
+//! - [`procs`]: real `ait relay` processes for the swarm tests and benches.
 
 pub mod candle_ref;
+/// `ait` processes for the swarm tests.
+pub mod procs;
 /// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
 pub mod tiny_model;
 

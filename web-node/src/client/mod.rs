@@ -44,4 +44,7 @@ pub enum ClientError {
     /// Tokenizer or template failed.
     #[error(transparent)]
     Model(#[from] ModelError),
+    /// The swarm could not run the layers.
+    #[error(transparent)]
+    Swarm(#[from] crate::net::chain::ChainError),
 }

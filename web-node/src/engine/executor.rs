@@ -86,6 +86,11 @@ impl<B: Backend> BlockExecutor<B> {
         &self.backend
     }
 
+    /// The backend, dropping every session.
+    pub fn into_backend(self) -> B {
+        self.backend
+    }
+
     /// Model layers this executor runs.
     pub fn layers(&self) -> Range<usize> {
         self.backend.layers()

@@ -75,6 +75,9 @@ pub enum EngineError {
     /// The GPU backend failed (no adapter, limits too small, device lost, ...).
     #[error("gpu: {0}")]
     Gpu(String),
+    /// The executor is not reachable (its compute loop has stopped).
+    #[error("executor unavailable: {0}")]
+    Unavailable(String),
 }
 
 /// A compute device that runs one contiguous range of decoder layers.

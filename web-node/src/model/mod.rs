@@ -11,6 +11,7 @@ pub mod chat;
 pub mod config;
 pub mod gguf;
 pub mod hf_config;
+pub mod manifest;
 pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
@@ -18,6 +19,7 @@ pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use config::{Arch, LlamaConfig};
+pub use manifest::{Manifest, ModelId};
 pub use quant::{QMatrix, WeightType};
 pub use tokenizer::Tokenizer;
 pub use weights::{HeadWeights, LayerWeights};

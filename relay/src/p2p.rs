@@ -1,0 +1,156 @@
+//! The native libp2p node: persistent identity, transports, listeners, bootstrap.
+//!
+//! Transports: TCP and QUIC (node to node), WebSocket and WebRTC-direct (what browsers can
+//! dial). Noise and Yamux on the stream transports. The identity key and the WebRTC
+//! certificate live in the data directory, so a restarted relay keeps its peer id and its
+//! `/certhash` (which browsers need to dial it).
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::Context;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::Transport;
+use libp2p::identity::Keypair;
+use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
+use web_node::net::node::{Behaviour, Node, NodeHandle, Role};
+
+/// File name of the identity key in the data directory.
+pub const KEY_FILE: &str = "identity.key";
+/// File name of the WebRTC certificate in the data directory.
+pub const CERT_FILE: &str = "webrtc.pem";
+
+/// Loads the identity key from `dir`, creating it (mode 0600) on first use.
+pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Keypair> {
+    let path = dir.join(KEY_FILE);
+    if path.exists() {
+        let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+        return Keypair::from_protobuf_encoding(&bytes)
+            .with_context(|| format!("{} is not a libp2p key", path.display()));
+    }
+    let key = Keypair::generate_ed25519();
+    write_private(&path, &key.to_protobuf_encoding()?)?;
+    Ok(key)
+}
+
+/// Loads the WebRTC certificate from `dir`, creating it on first use.
+pub fn load_or_create_cert(dir: &Path) -> anyhow::Result<libp2p_webrtc::tokio::Certificate> {
+    let path = dir.join(CERT_FILE);
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        return libp2p_webrtc::tokio::Certificate::from_pem(&pem)
+            .with_context(|| format!("{} is not a WebRTC certificate", path.display()));
+    }
+    let cert =
+        libp2p_webrtc::tokio::Certificate::generate(&mut rand_webrtc::rng()).context("generating a certificate")?;
+    write_private(&path, cert.serialize_pem().as_bytes())?;
+    Ok(cert)
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, bytes).with_context(|| format!("writing {}", tmp.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600))?;
+    }
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
+/// Builds a swarm with every native transport and starts its event loop on the tokio runtime.
+/// `listen` addresses are bound before this returns; with `announce_listen` they are also
+/// advertised as external addresses.
+pub async fn start(
+    key: Keypair,
+    cert: libp2p_webrtc::tokio::Certificate,
+    role: Role,
+    listen: &[Multiaddr],
+    announce_listen: bool,
+) -> anyhow::Result<(NodeHandle, Vec<Multiaddr>)> {
+    // Both ring and aws-lc-rs are in the dependency graph; WebRTC's DTLS needs a process-wide
+    // choice or it panics in a worker thread.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_other_transport(|key| {
+            libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+        })?
+        .with_dns()?
+        .with_websocket(noise::Config::new, yamux::Config::default)
+        .await?
+        .with_behaviour(|key| Behaviour::new(key, role))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
+        .build();
+    let peer = *swarm.local_peer_id();
+    let (mut node, handle) = Node::new(swarm, announce_listen);
+    for addr in listen {
+        node.swarm_mut().listen_on(addr.clone()).with_context(|| format!("listening on {addr}"))?;
+    }
+    tokio::spawn(node.run());
+    // Wait until every listener has reported its address (ports chosen, certhash appended).
+    let mut addrs = Vec::new();
+    for _ in 0..100 {
+        addrs = handle.addresses().await?;
+        if addrs.len() >= listen.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((handle, addrs.into_iter().map(|a| with_peer(a, peer)).collect()))
+}
+
+/// `addr` ending in `/p2p/<peer>`.
+pub fn with_peer(addr: Multiaddr, peer: PeerId) -> Multiaddr {
+    if addr.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::P2p(_))) {
+        addr
+    } else {
+        addr.with(libp2p::multiaddr::Protocol::P2p(peer))
+    }
+}
+
+/// The default listeners on `host`: TCP and QUIC on `port`, WebSocket (TCP) and WebRTC-direct
+/// (UDP) on `port + 1`. Port 0 picks free ports.
+pub fn default_listen(host: std::net::IpAddr, port: u16) -> Vec<Multiaddr> {
+    let next = if port == 0 { 0 } else { port.saturating_add(1) };
+    let ip = match host {
+        std::net::IpAddr::V4(ip) => format!("/ip4/{ip}"),
+        std::net::IpAddr::V6(ip) => format!("/ip6/{ip}"),
+    };
+    [
+        format!("{ip}/tcp/{port}"),
+        format!("{ip}/udp/{port}/quic-v1"),
+        format!("{ip}/tcp/{next}/ws"),
+        format!("{ip}/udp/{next}/webrtc-direct"),
+    ]
+    .iter()
+    .filter_map(|s| s.parse().ok())
+    .collect()
+}
+
+/// Dials each bootstrap address and fills the DHT routing table from them. Unreachable
+/// addresses are reported and skipped; it fails only if none answers.
+pub async fn bootstrap(handle: &NodeHandle, addrs: &[Multiaddr]) -> anyhow::Result<()> {
+    if addrs.is_empty() {
+        return Ok(());
+    }
+    let mut reached = 0;
+    for a in addrs {
+        match handle.dial(a.clone(), Duration::from_secs(10)).await {
+            Ok(peer) => {
+                tracing::info!(%peer, "connected to bootstrap peer {a}");
+                reached += 1;
+            }
+            Err(e) => tracing::warn!("bootstrap peer {a}: {e}"),
+        }
+    }
+    anyhow::ensure!(reached > 0, "none of the {} bootstrap address(es) answered", addrs.len());
+    if let Err(e) = handle.bootstrap().await {
+        tracing::warn!("DHT bootstrap incomplete: {e}");
+    }
+    Ok(())
+}

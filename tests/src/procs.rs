@@ -1,0 +1,163 @@
+//! Real `ait` processes for the swarm tests and benches: start relays, read what they print,
+//! kill them.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The `ait` binary: `$AIT_BIN`, else `ait` next to the test executable's directory
+/// (`target/<profile>/ait`, built by `cargo build --release -p relay`).
+pub fn ait_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("AIT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current exe");
+    // target/<profile>/deps/<test> -> target/<profile>/ait
+    let bin = exe.parent().and_then(Path::parent).map(|d| d.join("ait")).expect("target dir");
+    assert!(bin.exists(), "{} not found: run `cargo build --release -p relay` first, or set AIT_BIN", bin.display());
+    bin
+}
+
+/// A running `ait relay`.
+pub struct Relay {
+    child: Child,
+    /// Its peer id.
+    pub peer: String,
+    /// Every address it printed (ending in `/p2p/<peer>`).
+    pub addrs: Vec<String>,
+    /// The `serving:` line, if it serves blocks.
+    pub serving: Option<String>,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+}
+
+impl Relay {
+    /// Starts `ait relay --data-dir DIR --host 127.0.0.1 --port 0 ARGS...` and waits (up to
+    /// 120 s) until it prints `ready`.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Relay {
+        Self::try_start(data_dir, args).unwrap_or_else(|e| panic!("relay {args:?} did not start: {e}"))
+    }
+
+    /// Like [`Relay::start`], returning what went wrong instead of panicking.
+    pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
+        let mut child = Command::new(ait_bin())
+            .arg("relay")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(["--host", "127.0.0.1", "--port", "0", "--backend", "cpu"])
+            .args(args)
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let err = child.stderr.take().expect("stderr");
+        let (etx, erx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut all = String::new();
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                all.push_str(&line);
+                all.push('\n');
+                let _ = etx.send(all.clone());
+            }
+        });
+        let mut relay =
+            Relay { child, peer: String::new(), addrs: Vec::new(), serving: None, data_dir: data_dir.into() };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(p) = line.strip_prefix("peer id: ") {
+                        relay.peer = p.trim().into();
+                    } else if let Some(a) = line.strip_prefix("listening: ") {
+                        relay.addrs.push(a.trim().into());
+                    } else if line.starts_with("serving: ") {
+                        relay.serving = Some(line);
+                    } else if line == "ready" {
+                        return Ok(relay);
+                    }
+                }
+                Err(_) => {
+                    let _ = relay.child.kill();
+                    let _ = relay.child.wait();
+                    let stderr = erx.try_iter().last().unwrap_or_default();
+                    return Err(format!("no `ready` line; stderr:\n{stderr}"));
+                }
+            }
+        }
+    }
+
+    /// Its first address with `proto` (`tcp`, `ws`, `quic-v1`, `webrtc-direct`).
+    pub fn addr(&self, proto: &str) -> String {
+        self.addrs
+            .iter()
+            .find(|a| match proto {
+                "tcp" => a.contains("/tcp/") && !a.contains("/ws"),
+                p => a.contains(&format!("/{p}")),
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no {proto} address in {:?}", self.addrs))
+    }
+
+    /// The model id from its `serving:` line.
+    pub fn model_id(&self) -> String {
+        let s = self.serving.as_deref().expect("not serving");
+        s.split("of model ").nth(1).and_then(|r| r.split_whitespace().next()).expect("model id").into()
+    }
+
+    /// Kills it with SIGKILL and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Freezes it with SIGSTOP: its connections stay open but nothing answers.
+    pub fn freeze(&mut self) {
+        let ok = Command::new("kill").args(["-STOP", &self.child.id().to_string()]).status().map(|s| s.success());
+        assert!(matches!(ok, Ok(true)), "kill -STOP failed");
+    }
+
+    /// Whether it is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A fresh temporary directory under the system temp dir.
+pub fn temp_dir(tag: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("ait-{tag}-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&d).expect("temp dir");
+    d
+}
+
+/// Three relays serving `[0,10)`, `[10,20)`, `[20,30)` of the default model; the first is the
+/// bootstrap node of the others.
+pub fn three_relays(root: &Path, model: &Path) -> Vec<Relay> {
+    let m = model.to_str().expect("utf-8 path");
+    let first = Relay::start(&root.join("r0"), &["--model", m, "--blocks", "0..10"]);
+    let boot = first.addr("tcp");
+    let mut relays = vec![first];
+    for (i, blocks) in [(1, "10..20"), (2, "20..30")] {
+        relays
+            .push(Relay::start(&root.join(format!("r{i}")), &["--model", m, "--blocks", blocks, "--bootstrap", &boot]));
+    }
+    relays
+}

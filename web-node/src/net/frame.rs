@@ -1,0 +1,102 @@
+//! Length-prefixed frames: a little-endian `u32` length, then that many bytes.
+//!
+//! The length is checked against the reader's limit before anything is allocated, and the body
+//! must arrive within a deadline once its length has been read, so a peer can neither make us
+//! allocate what it announces nor hold a half-sent frame forever.
+
+use std::time::Duration;
+
+use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// Largest frame any node accepts (16 MiB): 7,000 tokens of the default model's hidden states.
+pub const MAX_FRAME: usize = 16 << 20;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The peer announced a frame above the limit.
+    #[error("frame of {len} bytes is over the {limit}-byte limit")]
+    TooLarge {
+        /// Announced length.
+        len: usize,
+        /// Limit.
+        limit: usize,
+    },
+    /// The stream ended between frames.
+    #[error("stream closed")]
+    Closed,
+    /// Nothing (or only part of a frame) arrived in time.
+    #[error("timed out after {0:?} waiting for a frame")]
+    Timeout(Duration),
+    /// Transport error.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one frame. Waits up to `idle` for the first byte of the length and then up to `body`
+/// for the rest of the frame.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    idle: Duration,
+    body: Duration,
+) -> Result<Vec<u8>, FrameError> {
+    let mut len = [0u8; 4];
+    let first = super::timeout(idle, r.read(&mut len[..1])).await.ok_or(FrameError::Timeout(idle))??;
+    if first == 0 {
+        return Err(FrameError::Closed);
+    }
+    let rest = async {
+        r.read_exact(&mut len[1..]).await?;
+        let n = u32::from_le_bytes(len) as usize;
+        if n > limit {
+            return Err(FrameError::TooLarge { len: n, limit });
+        }
+        let mut buf = vec![0u8; n];
+        r.read_exact(&mut buf).await?;
+        Ok(buf)
+    };
+    super::timeout(body, rest).await.ok_or(FrameError::Timeout(body))?
+}
+
+/// Writes one frame and flushes it.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
+    let len = u32::try_from(payload.len())
+        .ok()
+        .filter(|&n| n as usize <= MAX_FRAME)
+        .ok_or(FrameError::TooLarge { len: payload.len(), limit: MAX_FRAME })?;
+    let mut buf = Vec::with_capacity(4 + payload.len());
+    buf.extend_from_slice(&len.to_le_bytes());
+    buf.extend_from_slice(payload);
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::io::Cursor;
+
+    const T: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn round_trip_and_limits() {
+        futures::executor::block_on(async {
+            let mut out = Cursor::new(Vec::new());
+            write_frame(&mut out, b"hello").await.unwrap();
+            write_frame(&mut out, b"").await.unwrap();
+            let mut r = Cursor::new(out.into_inner());
+            assert_eq!(read_frame(&mut r, 16, T, T).await.unwrap(), b"hello");
+            assert_eq!(read_frame(&mut r, 16, T, T).await.unwrap(), b"");
+            assert!(matches!(read_frame(&mut r, 16, T, T).await, Err(FrameError::Closed)));
+
+            // Announces 4 GiB: refused before allocating.
+            let mut r = Cursor::new(vec![0xff, 0xff, 0xff, 0xff, 1, 2]);
+            assert!(matches!(read_frame(&mut r, 1 << 20, T, T).await, Err(FrameError::TooLarge { .. })));
+            // Truncated body.
+            let mut r = Cursor::new(vec![10, 0, 0, 0, 1, 2]);
+            assert!(matches!(read_frame(&mut r, 1 << 20, T, T).await, Err(FrameError::Io(_))));
+        });
+    }
+}

@@ -1,0 +1,40 @@
+//! The swarm: wire protocol, DHT records, routing, and the node that ties them to libp2p.
+//!
+//! - [`frame`] and [`protocol`]: the inference protocol spoken over one libp2p stream per
+//!   session (open, prefill/decode steps carrying f32 hidden states, replay, close), with sizes
+//!   checked before allocation.
+//! - [`record`]: DHT keys and the signed server record a serving node publishes.
+//! - [`routing`]: picks the chain of servers with the lowest estimated latency.
+//! - [`node`]: the libp2p behaviour and the event loop; other tasks talk to it through a
+//!   [`node::NodeHandle`].
+//! - [`serve`]: the server side of a session stream, over a [`serve::ComputeHandle`].
+//! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
+//!   run on remote servers, with re-routing and replay when one fails.
+//!
+//! Transports are chosen by the embedding program (TCP/QUIC/WebSocket/WebRTC natively,
+//! WebSocket/WebRTC in a browser); everything here is transport-agnostic.
+
+pub mod chain;
+pub mod frame;
+pub mod node;
+pub mod protocol;
+pub mod record;
+pub mod routing;
+pub mod serve;
+
+use std::time::Duration;
+
+/// Waits for `fut` at most `limit`; `None` on timeout. Portable (no tokio timers).
+pub async fn timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
+    use futures::future::{select, Either};
+    let fut = std::pin::pin!(fut);
+    match select(fut, futures_timer::Delay::new(limit)).await {
+        Either::Left((out, _)) => Some(out),
+        Either::Right(_) => None,
+    }
+}
+
+/// Milliseconds since the Unix epoch (wall clock; used in records that other nodes read).
+pub fn unix_ms() -> u64 {
+    web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}

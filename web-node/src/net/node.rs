@@ -1,0 +1,432 @@
+//! The libp2p side of a node: its behaviour, and an event loop driven through a handle.
+//!
+//! [`Behaviour`] bundles Kademlia (our own protocol id, so the DHT holds only AI Torrent
+//! peers), identify, ping, an optional circuit relay v2 server, and `libp2p-stream` for
+//! sessions. The embedding program builds a `Swarm` with its transports, then
+//! [`Node::new`] splits it into a [`Node`] (the event loop, to be spawned) and a cloneable
+//! [`NodeHandle`] (dial, DHT queries and publications, stream opening). Every handle call
+//! returns once the loop has answered, or with [`NetError::Stopped`] if the loop has ended.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use futures::channel::{mpsc, oneshot};
+use futures::{SinkExt, StreamExt};
+use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, GetRecordOk, Mode, QueryId, QueryResult, RecordKey};
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
+use libp2p::{identify, identity::Keypair, ping, relay, Multiaddr, PeerId, StreamProtocol, Swarm};
+
+/// Kademlia protocol id of the AI Torrent DHT.
+pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/kad/1.0.0");
+/// Identify protocol version string.
+pub const IDENTIFY_VERSION: &str = "/ait/1.0.0";
+/// How long DHT records and provider records live without a refresh.
+pub const RECORD_TTL: Duration = Duration::from_secs(120);
+/// How often a server republishes its provider records.
+pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(30);
+
+/// A node's part in the swarm.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A reachable node: DHT server and circuit relay server.
+    Server,
+    /// A node that only dials (a client, a browser tab): DHT client, no relay service.
+    Client,
+}
+
+/// Circuit relay limits sized for inference: circuits carry hidden states for hours.
+pub fn relay_config() -> relay::Config {
+    relay::Config {
+        max_circuits: 256,
+        max_circuits_per_peer: 16,
+        max_circuit_duration: Duration::from_secs(24 * 3600),
+        // 0 = no byte limit.
+        max_circuit_bytes: 0,
+        ..Default::default()
+    }
+}
+
+pub use behaviour::{Behaviour, BehaviourEvent};
+
+mod behaviour {
+    // The derive generates `BehaviourEvent`, whose variants carry no docs.
+    #![allow(missing_docs)]
+    use super::*;
+
+    /// The network behaviour of every AI Torrent node.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// The DHT.
+        pub kad: kad::Behaviour<MemoryStore>,
+        /// Exchanges listen addresses and protocols.
+        pub identify: identify::Behaviour,
+        /// Keeps connections alive and measures them.
+        pub ping: ping::Behaviour,
+        /// Circuit relay v2 server (servers only).
+        pub relay: Toggle<relay::Behaviour>,
+        /// Raw streams for inference sessions.
+        pub stream: libp2p_stream::Behaviour,
+    }
+
+    impl Behaviour {
+        /// The behaviour for `key` in `role`.
+        pub fn new(key: &Keypair, role: Role) -> Behaviour {
+            let peer = key.public().to_peer_id();
+            let mut cfg = kad::Config::new(KAD_PROTOCOL);
+            cfg.set_record_ttl(Some(RECORD_TTL))
+                .set_provider_record_ttl(Some(RECORD_TTL))
+                .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
+                .set_publication_interval(None)
+                .set_query_timeout(Duration::from_secs(10));
+            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), cfg);
+            kad.set_mode(Some(match role {
+                Role::Server => Mode::Server,
+                Role::Client => Mode::Client,
+            }));
+            Behaviour {
+                kad,
+                identify: identify::Behaviour::new(
+                    identify::Config::new(IDENTIFY_VERSION.into(), key.public())
+                        .with_agent_version(format!("ait/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10))),
+                relay: Toggle::from((role == Role::Server).then(|| relay::Behaviour::new(peer, relay_config()))),
+                stream: libp2p_stream::Behaviour::new(),
+            }
+        }
+    }
+}
+
+/// A failure of a network operation.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// The node's event loop has ended.
+    #[error("the network node has stopped")]
+    Stopped,
+    /// Dialing failed.
+    #[error("could not connect to {addr}: {reason}")]
+    Dial {
+        /// Address dialed.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// No peer is known to start a DHT query from.
+    #[error("no known peers: bootstrap from a relay first")]
+    NoPeers,
+    /// Something took too long.
+    #[error("timed out: {0}")]
+    Timeout(String),
+}
+
+enum Command {
+    Dial(Multiaddr, oneshot::Sender<Result<PeerId, NetError>>),
+    AddAddresses(PeerId, Vec<Multiaddr>),
+    Bootstrap(oneshot::Sender<Result<(), NetError>>),
+    Provide(Vec<RecordKey>),
+    PutRecord(RecordKey, Vec<u8>),
+    GetProviders(RecordKey, mpsc::UnboundedSender<HashSet<PeerId>>),
+    GetRecords(RecordKey, mpsc::UnboundedSender<Vec<u8>>),
+    Addresses(oneshot::Sender<Vec<Multiaddr>>),
+    AddExternal(Multiaddr),
+}
+
+/// Talks to a running [`Node`]. Cheap to clone.
+#[derive(Clone)]
+pub struct NodeHandle {
+    peer: PeerId,
+    tx: mpsc::Sender<Command>,
+    control: libp2p_stream::Control,
+}
+
+/// The event loop of a node. Spawn [`Node::run`].
+pub struct Node {
+    swarm: Swarm<Behaviour>,
+    rx: mpsc::Receiver<Command>,
+    /// Add our listen addresses as external addresses (servers without `--external-addr`).
+    announce_listen: bool,
+    dials: HashMap<ConnectionId, (Multiaddr, oneshot::Sender<Result<PeerId, NetError>>)>,
+    providers: HashMap<QueryId, mpsc::UnboundedSender<HashSet<PeerId>>>,
+    records: HashMap<QueryId, mpsc::UnboundedSender<Vec<u8>>>,
+    bootstraps: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+}
+
+impl Node {
+    /// Splits a swarm into its event loop and a handle. With `announce_listen`, every listen
+    /// address becomes an external (advertised) address.
+    pub fn new(swarm: Swarm<Behaviour>, announce_listen: bool) -> (Node, NodeHandle) {
+        let (tx, rx) = mpsc::channel(64);
+        let control = swarm.behaviour().stream.new_control();
+        let handle = NodeHandle { peer: *swarm.local_peer_id(), tx, control };
+        let node = Node {
+            swarm,
+            rx,
+            announce_listen,
+            dials: HashMap::new(),
+            providers: HashMap::new(),
+            records: HashMap::new(),
+            bootstraps: HashMap::new(),
+        };
+        (node, handle)
+    }
+
+    /// The swarm, for setup before [`Node::run`] (listening, external addresses).
+    pub fn swarm_mut(&mut self) -> &mut Swarm<Behaviour> {
+        &mut self.swarm
+    }
+
+    /// Runs until every [`NodeHandle`] is dropped.
+    pub async fn run(mut self) {
+        loop {
+            futures::select! {
+                ev = self.swarm.select_next_some() => self.on_event(ev),
+                cmd = self.rx.next() => match cmd {
+                    Some(cmd) => self.on_command(cmd),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        match cmd {
+            Command::Dial(addr, reply) => {
+                let opts = DialOpts::from(addr.clone());
+                let id = opts.connection_id();
+                match self.swarm.dial(opts) {
+                    Ok(()) => {
+                        self.dials.insert(id, (addr, reply));
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(NetError::Dial { addr: addr.to_string(), reason: e.to_string() }));
+                    }
+                }
+            }
+            Command::AddAddresses(peer, addrs) => {
+                for a in addrs {
+                    self.swarm.add_peer_address(peer, a);
+                }
+            }
+            Command::Bootstrap(reply) => match kad.bootstrap() {
+                Ok(id) => {
+                    self.bootstraps.insert(id, reply);
+                }
+                Err(_) => {
+                    let _ = reply.send(Err(NetError::NoPeers));
+                }
+            },
+            Command::Provide(keys) => {
+                for k in keys {
+                    if let Err(e) = kad.start_providing(k) {
+                        tracing::warn!("cannot store provider record: {e}");
+                    }
+                }
+            }
+            Command::PutRecord(key, value) => {
+                if let Err(e) = kad.put_record(kad::Record::new(key, value), kad::Quorum::One) {
+                    tracing::warn!("cannot store record: {e}");
+                }
+            }
+            Command::GetProviders(key, reply) => {
+                let id = kad.get_providers(key);
+                self.providers.insert(id, reply);
+            }
+            Command::GetRecords(key, reply) => {
+                let id = kad.get_record(key);
+                self.records.insert(id, reply);
+            }
+            Command::Addresses(reply) => {
+                let mut addrs: Vec<Multiaddr> = self.swarm.external_addresses().cloned().collect();
+                if addrs.is_empty() {
+                    addrs = self.swarm.listeners().cloned().collect();
+                }
+                let _ = reply.send(addrs);
+            }
+            Command::AddExternal(addr) => self.swarm.add_external_address(addr),
+        }
+    }
+
+    fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
+        match ev {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::debug!(%address, "listening");
+                if self.announce_listen {
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    // A dialed bootstrap peer: make it a DHT contact right away.
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
+                    tracing::debug!(%peer_id, %addr, "connected");
+                    let _ = reply.send(Ok(peer_id));
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
+                if let Some((addr, reply)) = self.dials.remove(&connection_id) {
+                    let _ = reply.send(Err(NetError::Dial { addr: addr.to_string(), reason: error.to_string() }));
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
+                if info.protocols.contains(&KAD_PROTOCOL) =>
+            {
+                for a in info.listen_addrs {
+                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => self.on_query(id, result, step.last),
+            _ => {}
+        }
+    }
+
+    /// Forgets a query (dropping its result channel) and stops it if it is still running.
+    fn finish(&mut self, id: QueryId) {
+        self.providers.remove(&id);
+        self.records.remove(&id);
+        if let Some(mut q) = self.swarm.behaviour_mut().kad.query_mut(&id) {
+            q.finish();
+        }
+    }
+
+    fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
+        match result {
+            QueryResult::GetProviders(r) => {
+                if let Some(tx) = self.providers.get(&id) {
+                    if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
+                        let _ = tx.unbounded_send(providers);
+                    }
+                    if last || tx.is_closed() {
+                        self.finish(id);
+                    }
+                }
+            }
+            QueryResult::GetRecord(r) => {
+                if let Some(tx) = self.records.get(&id) {
+                    if let Ok(GetRecordOk::FoundRecord(rec)) = r {
+                        let _ = tx.unbounded_send(rec.record.value);
+                    }
+                    if last || tx.is_closed() {
+                        self.finish(id);
+                    }
+                }
+            }
+            QueryResult::Bootstrap(r) if last => {
+                if let Some(reply) = self.bootstraps.remove(&id) {
+                    let _ = reply.send(r.map(|_| ()).map_err(|e| NetError::Timeout(e.to_string())));
+                }
+            }
+            QueryResult::StartProviding(Err(e)) | QueryResult::RepublishProvider(Err(e)) => {
+                tracing::debug!("provider publication incomplete: {e}");
+            }
+            QueryResult::PutRecord(Err(e)) => tracing::debug!("record publication incomplete: {e}"),
+            _ => {}
+        }
+    }
+}
+
+impl NodeHandle {
+    /// This node's peer id.
+    pub fn peer_id(&self) -> PeerId {
+        self.peer
+    }
+
+    /// A stream control for opening and accepting protocol streams.
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.clone().send(make(tx)).await.map_err(|_| NetError::Stopped)?;
+        rx.await.map_err(|_| NetError::Stopped)
+    }
+
+    async fn tell(&self, cmd: Command) -> Result<(), NetError> {
+        self.tx.clone().send(cmd).await.map_err(|_| NetError::Stopped)
+    }
+
+    /// Connects to `addr`; returns the peer reached.
+    pub async fn dial(&self, addr: Multiaddr, limit: Duration) -> Result<PeerId, NetError> {
+        let what = format!("dialing {addr}");
+        super::timeout(limit, self.ask(|tx| Command::Dial(addr, tx))).await.ok_or(NetError::Timeout(what))??
+    }
+
+    /// Tells the swarm where `peer` can be reached.
+    pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
+        self.tell(Command::AddAddresses(peer, addrs)).await
+    }
+
+    /// Adds an address others should use to reach this node.
+    pub async fn add_external_address(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.tell(Command::AddExternal(addr)).await
+    }
+
+    /// Fills the DHT routing table from the known peers.
+    pub async fn bootstrap(&self) -> Result<(), NetError> {
+        self.ask(Command::Bootstrap).await?
+    }
+
+    /// Announces this node as a provider of `keys` (republished automatically).
+    pub async fn provide(&self, keys: Vec<RecordKey>) -> Result<(), NetError> {
+        self.tell(Command::Provide(keys)).await
+    }
+
+    /// Stores a record in the DHT.
+    pub async fn put_record(&self, key: RecordKey, value: Vec<u8>) -> Result<(), NetError> {
+        self.tell(Command::PutRecord(key, value)).await
+    }
+
+    /// Providers of `key`: the query's results until it ends, or until no new result has come
+    /// for `settle` after the first one (so one unresponsive DHT peer does not hold up the
+    /// answer), or `limit` passes.
+    pub async fn get_providers(
+        &self,
+        key: RecordKey,
+        settle: Duration,
+        limit: Duration,
+    ) -> Result<HashSet<PeerId>, NetError> {
+        let (tx, rx) = mpsc::unbounded();
+        self.tell(Command::GetProviders(key, tx)).await?;
+        Ok(collect_settled(rx, settle, limit).await.into_iter().flatten().collect())
+    }
+
+    /// Copies of the record under `key` (possibly several versions), collected like
+    /// [`NodeHandle::get_providers`].
+    pub async fn get_records(
+        &self,
+        key: RecordKey,
+        settle: Duration,
+        limit: Duration,
+    ) -> Result<Vec<Vec<u8>>, NetError> {
+        let (tx, rx) = mpsc::unbounded();
+        self.tell(Command::GetRecords(key, tx)).await?;
+        Ok(collect_settled(rx, settle, limit).await)
+    }
+
+    /// The addresses this node advertises (its listen addresses if none are set).
+    pub async fn addresses(&self) -> Result<Vec<Multiaddr>, NetError> {
+        self.ask(Command::Addresses).await
+    }
+}
+
+/// Reads `rx` until it closes, `limit` passes, or it stays quiet for `settle` after a first item.
+async fn collect_settled<T>(mut rx: mpsc::UnboundedReceiver<T>, settle: Duration, limit: Duration) -> Vec<T> {
+    let deadline = web_time::Instant::now() + limit;
+    let mut out = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(web_time::Instant::now());
+        let wait = if out.is_empty() { left } else { left.min(settle) };
+        match super::timeout(wait, rx.next()).await {
+            Some(Some(v)) => out.push(v),
+            _ => return out,
+        }
+    }
+}

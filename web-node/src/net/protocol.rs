@@ -1,0 +1,404 @@
+//! Messages of the inference protocol and their binary encoding.
+//!
+//! One libp2p stream carries one session. The client sends [`Request::Open`] and then
+//! [`Request::Step`]s; the server answers each with one [`Response`]. A replay (rebuilding a KV
+//! cache on a replacement server) is a `Step` at position 0 carrying every input so far, split
+//! over as many frames as the size limit needs. [`Request::Info`] may be sent instead of `Open`
+//! to read the server's live status (it doubles as the round-trip measurement).
+//!
+//! Encoding: a tag byte, fixed-width little-endian integers, then the payload (raw f32 little
+//! endian for hidden states, JSON for status, UTF-8 for error text). Every length is checked
+//! against the frame before anything is allocated.
+
+use libp2p::StreamProtocol;
+use serde::{Deserialize, Serialize};
+
+use crate::model::ModelId;
+
+/// The stream protocol id. The major version changes with any incompatible message change.
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/1");
+
+/// Version number carried in records and status.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// A client's message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Asks for the server's live status.
+    Info,
+    /// Opens a session over layers `[start, end)` of `model` holding up to `max_len` tokens.
+    Open {
+        /// Model id.
+        model: ModelId,
+        /// First layer.
+        start: u32,
+        /// One past the last layer.
+        end: u32,
+        /// Most tokens the session will hold.
+        max_len: u32,
+    },
+    /// Runs `n_tokens` hidden states through the session's layers, starting at position `pos`
+    /// (which must equal the tokens the session already holds).
+    Step {
+        /// Position of the first token.
+        pos: u32,
+        /// Tokens in `hidden`.
+        n_tokens: u32,
+        /// `[n_tokens, hidden]` f32 values.
+        hidden: Vec<f32>,
+    },
+    /// Ends the session.
+    Close,
+}
+
+/// Live status of a server, answered to [`Request::Info`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    /// Protocol version.
+    pub version: u32,
+    /// Model served (hex id).
+    pub model: String,
+    /// First layer served.
+    pub start: usize,
+    /// One past the last layer served.
+    pub end: usize,
+    /// Compute backend (`cpu`, `wgpu`).
+    pub backend: String,
+    /// Measured decode time per block per token, in milliseconds.
+    pub ms_per_block: f64,
+    /// Sessions that may still be opened.
+    pub free_slots: usize,
+    /// Sessions open now.
+    pub active_sessions: usize,
+    /// Longest session accepted, in tokens.
+    pub max_len: usize,
+}
+
+/// Why a server refused a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u16)]
+pub enum ErrorCode {
+    /// The message could not be decoded or came out of order.
+    BadRequest = 1,
+    /// A frame above the size limit.
+    TooLarge = 2,
+    /// The server does not serve this model.
+    UnknownModel = 3,
+    /// The server does not serve this block range.
+    RangeNotServed = 4,
+    /// No room: session slots, per-peer cap or KV-cache memory.
+    Busy = 5,
+    /// The session cannot hold that many tokens.
+    TooLong = 6,
+    /// The computation failed.
+    Internal = 7,
+}
+
+impl ErrorCode {
+    fn from_u16(v: u16) -> ErrorCode {
+        match v {
+            1 => ErrorCode::BadRequest,
+            2 => ErrorCode::TooLarge,
+            3 => ErrorCode::UnknownModel,
+            4 => ErrorCode::RangeNotServed,
+            5 => ErrorCode::Busy,
+            6 => ErrorCode::TooLong,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+/// A server's message.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    /// Answer to [`Request::Info`].
+    Info(ServerStatus),
+    /// The session is open.
+    Opened {
+        /// Tokens the session may hold.
+        max_len: u32,
+    },
+    /// Output hidden states of a step.
+    Hidden {
+        /// Tokens in `hidden`.
+        n_tokens: u32,
+        /// `[n_tokens, hidden]` f32 values.
+        hidden: Vec<f32>,
+    },
+    /// The request was refused; the server closes the stream after this.
+    Error {
+        /// Machine-readable reason.
+        code: ErrorCode,
+        /// Human-readable reason.
+        message: String,
+    },
+}
+
+/// A message that does not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    /// Empty frame.
+    #[error("empty message")]
+    Empty,
+    /// Unknown tag byte.
+    #[error("unknown message tag {0:#04x}")]
+    UnknownTag(u8),
+    /// Fewer or more bytes than the message needs.
+    #[error("malformed {what}: {detail}")]
+    Malformed {
+        /// Message kind.
+        what: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+const T_INFO: u8 = 0x01;
+const T_OPEN: u8 = 0x02;
+const T_STEP: u8 = 0x03;
+const T_CLOSE: u8 = 0x04;
+const T_STATUS: u8 = 0x81;
+const T_OPENED: u8 = 0x82;
+const T_HIDDEN: u8 = 0x83;
+const T_ERROR: u8 = 0xff;
+
+fn put_u32(b: &mut Vec<u8>, v: u32) {
+    b.extend_from_slice(&v.to_le_bytes());
+}
+
+fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
+    b.reserve(v.len() * 4);
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+}
+
+/// Reads fields in order from a message body.
+struct Reader<'a> {
+    what: &'static str,
+    b: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn err(&self, detail: impl Into<String>) -> DecodeError {
+        DecodeError::Malformed { what: self.what, detail: detail.into() }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+        if self.b.len() < n {
+            return Err(self.err(format!("needs {n} more bytes, has {}", self.b.len())));
+        }
+        let (head, tail) = self.b.split_at(n);
+        self.b = tail;
+        Ok(head)
+    }
+
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        let s = self.take(4)?;
+        Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    /// The rest as `n_tokens` rows of f32 (any row width, at least one value per token).
+    fn hidden(&mut self, n_tokens: u32) -> Result<Vec<f32>, DecodeError> {
+        let rest = std::mem::take(&mut self.b);
+        if n_tokens == 0
+            || rest.is_empty()
+            || !rest.len().is_multiple_of(4)
+            || !(rest.len() / 4).is_multiple_of(n_tokens as usize)
+        {
+            return Err(
+                self.err(format!("{} bytes of hidden states do not split into {n_tokens} rows of f32", rest.len()))
+            );
+        }
+        Ok(rest.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+    }
+
+    fn end(&self) -> Result<(), DecodeError> {
+        if self.b.is_empty() {
+            Ok(())
+        } else {
+            Err(self.err(format!("{} trailing bytes", self.b.len())))
+        }
+    }
+}
+
+impl Request {
+    /// Binary encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        match self {
+            Request::Info => b.push(T_INFO),
+            Request::Open { model, start, end, max_len } => {
+                b.push(T_OPEN);
+                b.extend_from_slice(&model.0);
+                put_u32(&mut b, *start);
+                put_u32(&mut b, *end);
+                put_u32(&mut b, *max_len);
+            }
+            Request::Step { pos, n_tokens, hidden } => {
+                b.push(T_STEP);
+                put_u32(&mut b, *pos);
+                put_u32(&mut b, *n_tokens);
+                put_f32s(&mut b, hidden);
+            }
+            Request::Close => b.push(T_CLOSE),
+        }
+        b
+    }
+
+    /// Decodes one message.
+    pub fn decode(b: &[u8]) -> Result<Request, DecodeError> {
+        let (&tag, body) = b.split_first().ok_or(DecodeError::Empty)?;
+        match tag {
+            T_INFO => {
+                Reader { what: "info", b: body }.end()?;
+                Ok(Request::Info)
+            }
+            T_OPEN => {
+                let mut r = Reader { what: "open", b: body };
+                let mut id = [0u8; 32];
+                id.copy_from_slice(r.take(32)?);
+                let (start, end, max_len) = (r.u32()?, r.u32()?, r.u32()?);
+                r.end()?;
+                Ok(Request::Open { model: ModelId(id), start, end, max_len })
+            }
+            T_STEP => {
+                let mut r = Reader { what: "step", b: body };
+                let (pos, n_tokens) = (r.u32()?, r.u32()?);
+                let hidden = r.hidden(n_tokens)?;
+                Ok(Request::Step { pos, n_tokens, hidden })
+            }
+            T_CLOSE => {
+                Reader { what: "close", b: body }.end()?;
+                Ok(Request::Close)
+            }
+            t => Err(DecodeError::UnknownTag(t)),
+        }
+    }
+}
+
+impl Response {
+    /// Binary encoding.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::new();
+        match self {
+            Response::Info(s) => {
+                b.push(T_STATUS);
+                // A struct of strings and numbers always serializes.
+                b.extend_from_slice(&serde_json::to_vec(s).unwrap_or_default());
+            }
+            Response::Opened { max_len } => {
+                b.push(T_OPENED);
+                put_u32(&mut b, *max_len);
+            }
+            Response::Hidden { n_tokens, hidden } => {
+                b.push(T_HIDDEN);
+                put_u32(&mut b, *n_tokens);
+                put_f32s(&mut b, hidden);
+            }
+            Response::Error { code, message } => {
+                b.push(T_ERROR);
+                b.extend_from_slice(&(*code as u16).to_le_bytes());
+                b.extend_from_slice(message.as_bytes());
+            }
+        }
+        b
+    }
+
+    /// Decodes one message.
+    pub fn decode(b: &[u8]) -> Result<Response, DecodeError> {
+        let (&tag, body) = b.split_first().ok_or(DecodeError::Empty)?;
+        match tag {
+            T_STATUS => serde_json::from_slice(body)
+                .map(Response::Info)
+                .map_err(|e| DecodeError::Malformed { what: "status", detail: e.to_string() }),
+            T_OPENED => {
+                let mut r = Reader { what: "opened", b: body };
+                let max_len = r.u32()?;
+                r.end()?;
+                Ok(Response::Opened { max_len })
+            }
+            T_HIDDEN => {
+                let mut r = Reader { what: "hidden", b: body };
+                let n_tokens = r.u32()?;
+                let hidden = r.hidden(n_tokens)?;
+                Ok(Response::Hidden { n_tokens, hidden })
+            }
+            T_ERROR => {
+                let mut r = Reader { what: "error", b: body };
+                let c = r.take(2)?;
+                let code = ErrorCode::from_u16(u16::from_le_bytes([c[0], c[1]]));
+                Ok(Response::Error { code, message: String::from_utf8_lossy(r.b).into_owned() })
+            }
+            t => Err(DecodeError::UnknownTag(t)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        for r in [
+            Request::Info,
+            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048 },
+            Request::Step { pos: 5, n_tokens: 2, hidden: vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE] },
+            Request::Close,
+        ] {
+            assert_eq!(Request::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let status = ServerStatus {
+            version: 1,
+            model: "ab".into(),
+            start: 0,
+            end: 30,
+            backend: "cpu".into(),
+            ms_per_block: 0.4,
+            free_slots: 3,
+            active_sessions: 1,
+            max_len: 8192,
+        };
+        for r in [
+            Response::Info(status),
+            Response::Opened { max_len: 7 },
+            Response::Hidden { n_tokens: 1, hidden: vec![0.5; 3] },
+            Response::Error { code: ErrorCode::RangeNotServed, message: "no".into() },
+        ] {
+            assert_eq!(Response::decode(&r.encode()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn malformed_messages_are_errors() {
+        assert_eq!(Request::decode(&[]), Err(DecodeError::Empty));
+        assert_eq!(Request::decode(&[0x42]), Err(DecodeError::UnknownTag(0x42)));
+        // Open cut short, and with trailing bytes.
+        let open = Request::Open { model: ModelId([1; 32]), start: 0, end: 1, max_len: 1 }.encode();
+        for cut in 1..open.len() {
+            assert!(Request::decode(&open[..cut]).is_err(), "cut at {cut}");
+        }
+        let mut long = open.clone();
+        long.push(0);
+        assert!(Request::decode(&long).is_err());
+        // Step: zero tokens, ragged rows, bytes not a multiple of 4.
+        let step = |n: u32, bytes: usize| {
+            let mut b = vec![T_STEP];
+            b.extend_from_slice(&0u32.to_le_bytes());
+            b.extend_from_slice(&n.to_le_bytes());
+            b.extend(std::iter::repeat_n(0u8, bytes));
+            b
+        };
+        assert!(Request::decode(&step(0, 8)).is_err());
+        assert!(Request::decode(&step(3, 8)).is_err());
+        assert!(Request::decode(&step(1, 6)).is_err());
+        assert!(Request::decode(&step(2, 0)).is_err());
+        assert!(Request::decode(&step(2, 16)).is_ok());
+        assert!(Response::decode(&[T_STATUS, b'{']).is_err());
+    }
+}

@@ -1,0 +1,178 @@
+//! Chooses which servers run which layers: the chain with the lowest estimated latency.
+//!
+//! Like Petals' sequence manager, this is a shortest path over block boundaries: node `i` is
+//! "layers before `i` are done", and a server serving `[a, b)` is an edge `a -> b`. The cost
+//! of an edge is the server's round-trip time, plus its measured time per block times the
+//! blocks, scaled up by its current load (sessions already running share its device), plus a
+//! small fixed cost per hop so that, other things equal, fewer hops win. Unlike Petals it
+//! counts live load. Servers run whole spans (a session covers the server's full range).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+use std::ops::Range;
+
+use libp2p::PeerId;
+
+/// Fixed cost added to every hop, in milliseconds (serialization, scheduling).
+pub const HOP_COST_MS: f64 = 0.2;
+
+/// A server the router may use.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    /// Its peer id.
+    pub peer: PeerId,
+    /// Layers it serves.
+    pub blocks: Range<usize>,
+    /// Measured round-trip time, in milliseconds.
+    pub rtt_ms: f64,
+    /// Its decode time per block per token, in milliseconds.
+    pub ms_per_block: f64,
+    /// Sessions running on it now.
+    pub active_sessions: usize,
+}
+
+impl Candidate {
+    /// Estimated time for one decode step through this server, in milliseconds.
+    pub fn cost_ms(&self) -> f64 {
+        let compute = self.ms_per_block * self.blocks.len() as f64 * (1.0 + self.active_sessions as f64);
+        HOP_COST_MS + self.rtt_ms.max(0.0) + compute.max(0.0)
+    }
+}
+
+/// One hop of a chosen chain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hop {
+    /// The server.
+    pub peer: PeerId,
+    /// Layers it runs.
+    pub blocks: Range<usize>,
+}
+
+#[derive(PartialEq)]
+struct State {
+    cost: f64,
+    at: usize,
+}
+
+impl Eq for State {}
+
+impl Ord for State {
+    fn cmp(&self, other: &Self) -> Ordering {
+        // Min-heap on cost; ties by position so the order is total.
+        other.cost.total_cmp(&self.cost).then_with(|| other.at.cmp(&self.at))
+    }
+}
+
+impl PartialOrd for State {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// The cheapest chain of candidates covering `range` exactly, or `None` if no chain covers it.
+/// Candidates whose blocks stick out of `range` are not used. Ties go to the lower peer id, so
+/// the choice is deterministic.
+pub fn plan(candidates: &[Candidate], range: Range<usize>) -> Option<Vec<Hop>> {
+    if range.is_empty() {
+        return Some(Vec::new());
+    }
+    let n = range.end - range.start;
+    let mut usable: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.blocks.start >= range.start && c.blocks.end <= range.end && !c.blocks.is_empty())
+        .collect();
+    usable.sort_by_key(|c| c.peer);
+    let mut best = vec![f64::INFINITY; n + 1];
+    let mut via: Vec<Option<usize>> = vec![None; n + 1];
+    let mut heap = BinaryHeap::new();
+    best[0] = 0.0;
+    heap.push(State { cost: 0.0, at: 0 });
+    while let Some(State { cost, at }) = heap.pop() {
+        if cost > best[at] {
+            continue;
+        }
+        if at == n {
+            break;
+        }
+        for (ci, c) in usable.iter().enumerate() {
+            if c.blocks.start - range.start != at {
+                continue;
+            }
+            let to = c.blocks.end - range.start;
+            let next = cost + c.cost_ms();
+            if next < best[to] {
+                best[to] = next;
+                via[to] = Some(ci);
+                heap.push(State { cost: next, at: to });
+            }
+        }
+    }
+    if !best[n].is_finite() {
+        return None;
+    }
+    let mut hops = Vec::new();
+    let mut at = n;
+    while at > 0 {
+        let c = usable[via[at]?];
+        hops.push(Hop { peer: c.peer, blocks: c.blocks.clone() });
+        at = c.blocks.start - range.start;
+    }
+    hops.reverse();
+    Some(hops)
+}
+
+/// Which blocks of `0..n_layers` at least one candidate serves, as a count per block.
+pub fn coverage(candidates: &[Candidate], n_layers: usize) -> Vec<usize> {
+    let mut count = vec![0; n_layers];
+    for c in candidates {
+        for b in c.blocks.clone().filter(|&b| b < n_layers) {
+            count[b] += 1;
+        }
+    }
+    count
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(blocks: Range<usize>, rtt_ms: f64, ms_per_block: f64) -> Candidate {
+        Candidate { peer: PeerId::random(), blocks, rtt_ms, ms_per_block, active_sessions: 0 }
+    }
+
+    #[test]
+    fn covers_exactly_and_prefers_fast_servers() {
+        let a = cand(0..10, 1.0, 0.5);
+        let b_slow = cand(10..20, 50.0, 0.5);
+        let b_fast = cand(10..20, 1.0, 0.5);
+        let c = cand(20..30, 1.0, 0.5);
+        let hops = plan(&[a.clone(), b_slow.clone(), b_fast.clone(), c.clone()], 0..30).unwrap();
+        let peers: Vec<_> = hops.iter().map(|h| h.peer).collect();
+        assert_eq!(peers, vec![a.peer, b_fast.peer, c.peer]);
+        // Without the fast one the slow one is used; without any [10,20) there is no chain.
+        let hops = plan(&[a.clone(), b_slow.clone(), c.clone()], 0..30).unwrap();
+        assert_eq!(hops[1].peer, b_slow.peer);
+        assert_eq!(plan(&[a.clone(), c.clone()], 0..30), None);
+        // Re-routing a sub-span uses only servers inside it.
+        let whole = cand(0..30, 0.1, 0.1);
+        let hops = plan(&[a.clone(), b_slow.clone(), whole.clone(), c.clone()], 10..20).unwrap();
+        assert_eq!(hops, vec![Hop { peer: b_slow.peer, blocks: 10..20 }]);
+        // One fast server for everything beats three hops.
+        let hops = plan(&[a, b_fast, c, whole.clone()], 0..30).unwrap();
+        assert_eq!(hops, vec![Hop { peer: whole.peer, blocks: 0..30 }]);
+    }
+
+    #[test]
+    fn load_moves_traffic_to_idle_servers() {
+        let busy = Candidate { active_sessions: 3, ..cand(0..30, 1.0, 1.0) };
+        let idle = cand(0..30, 5.0, 1.0);
+        let hops = plan(&[busy, idle.clone()], 0..30).unwrap();
+        assert_eq!(hops[0].peer, idle.peer);
+    }
+
+    #[test]
+    fn coverage_counts_servers_per_block() {
+        let cov = coverage(&[cand(0..2, 0.0, 0.0), cand(1..3, 0.0, 0.0)], 4);
+        assert_eq!(cov, vec![1, 2, 1, 0]);
+    }
+}
