@@ -48,12 +48,12 @@ pub fn median(v: &[f64]) -> f64 {
 }
 
 /// A prompt of exactly `n` tokens: a fixed English text, repeated as needed.
-pub fn bench_prompt(model: &LocalModel, n: usize) -> anyhow::Result<Vec<u32>> {
+pub fn bench_prompt(tokenizer: &web_node::model::Tokenizer, n: usize) -> anyhow::Result<Vec<u32>> {
     const TEXT: &str = "The history of the printing press begins in the fifteenth century, when \
         Johannes Gutenberg combined movable metal type, oil-based ink and a wooden screw press. \
         Within a few decades printing shops spread across Europe, books became cheaper, and \
         literacy rose in cities from Venice to London. ";
-    let once = model.tokenizer.encode(TEXT)?;
+    let once = tokenizer.encode(TEXT)?;
     anyhow::ensure!(!once.is_empty(), "benchmark text tokenized to nothing");
     Ok(once.iter().copied().cycle().take(n).collect())
 }
@@ -126,7 +126,7 @@ pub fn run(o: BenchOpt) -> anyhow::Result<()> {
     let mut backends = serde_json::Map::new();
     for kind in &o.backend {
         let mut model = LocalModel::from_file(&file, *kind, None)?;
-        let prompt = bench_prompt(&model, o.prompt_tokens)?;
+        let prompt = bench_prompt(&model.tokenizer, o.prompt_tokens)?;
         let mut r = measure_generation(&mut model, &prompt, o.decode_tokens, o.runs)?;
         // Time the kernels on the device the model already runs on.
         let gpu = match model.chain.executors().first().map(|e| e.backend()) {

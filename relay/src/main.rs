@@ -108,7 +108,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "warn,ait=info,relay=info,web_node::net=info".into()),
+                .unwrap_or_else(|_| "warn,ait=info,relay=info,web_node::net=info,libp2p_kad=error".into()),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -202,7 +202,9 @@ fn bad_requests_are_refused_per_stream() {
 
         let mut good = open(&h, peer).await;
         assert_eq!(ask(&mut good, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
-        let Response::Hidden { n_tokens: 2, hidden } = ask(&mut good, &step(0, 2)).await else { panic!("no hidden") };
+        let Response::Hidden { n_tokens: 2, hidden, .. } = ask(&mut good, &step(0, 2)).await else {
+            panic!("no hidden")
+        };
         assert_eq!(hidden.len(), 2 * dim);
         assert!(hidden.iter().all(|x| x.is_finite()));
 
@@ -290,5 +292,14 @@ fn restarted_relay_keeps_identity_and_certhash() {
     let other = Relay::start(&root.join("other"), &[]);
     assert_ne!(other.peer, peer);
     assert_ne!(certhash(&other), hash);
+
+    // A swarm where nobody serves the model: a clear error, not a hang.
+    let out = Command::new(ait_bin())
+        .args(["generate", "--prompt", "hi", "--max-tokens", "4", "--swarm", &second.addr("tcp")])
+        .output()
+        .expect("run ait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no chain of servers covers blocks [0, 30)"), "{stderr}");
     let _ = std::fs::remove_dir_all(root);
 }

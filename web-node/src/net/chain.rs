@@ -160,6 +160,20 @@ struct HopSession {
     stream: Stream,
     /// Estimated time of one decode step, from routing.
     expected_ms: f64,
+    stats: HopStats,
+}
+
+/// Time spent on one hop of the current route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HopStats {
+    /// Steps sent (frames).
+    pub steps: usize,
+    /// Tokens sent.
+    pub tokens: usize,
+    /// Wall time from sending a step to having its answer, summed.
+    pub wall: Duration,
+    /// Compute time the server reported, summed.
+    pub compute: Duration,
 }
 
 /// A re-route that happened during a generation.
@@ -196,6 +210,8 @@ pub struct SwarmChain {
     watch: Arc<Mutex<Vec<Hop>>>,
     /// Servers with a verified record from the last discovery: re-routing tries them first.
     known: HashMap<PeerId, Candidate>,
+    /// Hop timings of the last sequence, kept by `end`.
+    last_stats: Vec<(Hop, HopStats)>,
 }
 
 impl SwarmChain {
@@ -215,12 +231,22 @@ impl SwarmChain {
             recoveries: Vec::new(),
             watch: Arc::default(),
             known: HashMap::new(),
+            last_stats: Vec::new(),
         }
     }
 
     /// The current route.
     pub fn route(&self) -> Vec<Hop> {
         self.hops.iter().map(|h| Hop { peer: h.peer, blocks: h.blocks.clone() }).collect()
+    }
+
+    /// Per-hop timing of the current route since `begin` (network + queueing = wall - compute),
+    /// or of the last one after `end`.
+    pub fn hop_stats(&self) -> Vec<(Hop, HopStats)> {
+        if self.hops.is_empty() {
+            return self.last_stats.clone();
+        }
+        self.hops.iter().map(|h| (Hop { peer: h.peer, blocks: h.blocks.clone() }, h.stats.clone())).collect()
     }
 
     /// A shared view of the current route, updated whenever it changes (for dashboards and
@@ -424,7 +450,13 @@ impl SwarmChain {
                 match exchange(hop.peer, &mut stream, &req, self.opts.connect_timeout).await {
                     Ok(Response::Opened { .. }) => {
                         let expected_ms = expected.get(&hop.peer).copied().unwrap_or(0.0);
-                        opened.push(HopSession { peer: hop.peer, blocks: hop.blocks, stream, expected_ms })
+                        opened.push(HopSession {
+                            peer: hop.peer,
+                            blocks: hop.blocks,
+                            stream,
+                            expected_ms,
+                            stats: HopStats::default(),
+                        })
                     }
                     Ok(other) => {
                         failed =
@@ -468,9 +500,16 @@ impl SwarmChain {
             let hidden = x[done * dim..(done + take) * dim].to_vec();
             let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden };
             let limit = step_timeout + per_token * take as u32;
+            let started = Instant::now();
             match exchange(peer, &mut hop.stream, &req, limit).await? {
-                Response::Hidden { n_tokens, hidden } if n_tokens as usize == take && hidden.len() == take * dim => {
-                    out.extend_from_slice(&hidden)
+                Response::Hidden { n_tokens, compute_us, hidden }
+                    if n_tokens as usize == take && hidden.len() == take * dim =>
+                {
+                    out.extend_from_slice(&hidden);
+                    hop.stats.steps += 1;
+                    hop.stats.tokens += take;
+                    hop.stats.wall += started.elapsed();
+                    hop.stats.compute += Duration::from_micros(u64::from(compute_us));
                 }
                 other => {
                     return Err(ChainError::Protocol {
@@ -554,7 +593,7 @@ async fn exchange(peer: PeerId, stream: &mut Stream, req: &Request, limit: Durat
 
 fn describe(r: &Response) -> String {
     match r {
-        Response::Hidden { n_tokens, hidden } => format!("{n_tokens} rows ({} values)", hidden.len()),
+        Response::Hidden { n_tokens, hidden, .. } => format!("{n_tokens} rows ({} values)", hidden.len()),
         other => format!("{other:?}"),
     }
 }
@@ -606,6 +645,9 @@ impl LayerChain for SwarmChain {
     }
 
     async fn end(&mut self) -> Result<(), ClientError> {
+        if !self.hops.is_empty() {
+            self.last_stats = self.hop_stats();
+        }
         let hops = std::mem::take(&mut self.hops);
         let closes = hops.into_iter().map(|mut h| async move {
             let _ = super::timeout(Duration::from_secs(1), write_frame(&mut h.stream, &Request::Close.encode())).await;

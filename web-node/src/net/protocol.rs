@@ -122,6 +122,9 @@ pub enum Response {
     Hidden {
         /// Tokens in `hidden`.
         n_tokens: u32,
+        /// Microseconds the server spent computing (from dequeue to result), so the client
+        /// can tell network and queueing time from compute time.
+        compute_us: u32,
         /// `[n_tokens, hidden]` f32 values.
         hidden: Vec<f32>,
     },
@@ -291,9 +294,10 @@ impl Response {
                 b.push(T_OPENED);
                 put_u32(&mut b, *max_len);
             }
-            Response::Hidden { n_tokens, hidden } => {
+            Response::Hidden { n_tokens, compute_us, hidden } => {
                 b.push(T_HIDDEN);
                 put_u32(&mut b, *n_tokens);
+                put_u32(&mut b, *compute_us);
                 put_f32s(&mut b, hidden);
             }
             Response::Error { code, message } => {
@@ -320,9 +324,9 @@ impl Response {
             }
             T_HIDDEN => {
                 let mut r = Reader { what: "hidden", b: body };
-                let n_tokens = r.u32()?;
+                let (n_tokens, compute_us) = (r.u32()?, r.u32()?);
                 let hidden = r.hidden(n_tokens)?;
-                Ok(Response::Hidden { n_tokens, hidden })
+                Ok(Response::Hidden { n_tokens, compute_us, hidden })
             }
             T_ERROR => {
                 let mut r = Reader { what: "error", b: body };
@@ -367,7 +371,7 @@ mod tests {
         for r in [
             Response::Info(status),
             Response::Opened { max_len: 7 },
-            Response::Hidden { n_tokens: 1, hidden: vec![0.5; 3] },
+            Response::Hidden { n_tokens: 1, compute_us: 250, hidden: vec![0.5; 3] },
             Response::Error { code: ErrorCode::RangeNotServed, message: "no".into() },
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);

@@ -26,7 +26,7 @@ use crate::model::ModelId;
 
 enum Job {
     Open(usize, oneshot::Sender<Result<SessionId, EngineError>>),
-    Step(SessionId, usize, Vec<f32>, usize, oneshot::Sender<Result<Vec<f32>, EngineError>>),
+    Step(SessionId, usize, Vec<f32>, usize, oneshot::Sender<Result<(Vec<f32>, Duration), EngineError>>),
     Close(SessionId),
 }
 
@@ -55,11 +55,12 @@ pub async fn run_compute<B: Backend>(mut executor: BlockExecutor<B>, mut jobs: C
                 let _ = reply.send(executor.open_session(max_len));
             }
             Job::Step(id, pos, hidden, n, reply) => {
+                let started = web_time::Instant::now();
                 let r = match executor.session_len(id) {
                     Ok(len) if len != pos => {
                         Err(EngineError::Shape { what: "step position", expected: len, actual: pos })
                     }
-                    Ok(_) => executor.step(id, &hidden, n).await,
+                    Ok(_) => executor.step(id, &hidden, n).await.map(|out| (out, started.elapsed())),
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(r);
@@ -90,8 +91,15 @@ impl ComputeHandle {
         self.ask(|tx| Job::Open(max_len, tx)).await
     }
 
-    /// Runs `n` tokens at position `pos` (which must equal the session's length).
-    pub async fn step(&self, id: SessionId, pos: usize, hidden: Vec<f32>, n: usize) -> Result<Vec<f32>, EngineError> {
+    /// Runs `n` tokens at position `pos` (which must equal the session's length); returns the
+    /// output and the compute time.
+    pub async fn step(
+        &self,
+        id: SessionId,
+        pos: usize,
+        hidden: Vec<f32>,
+        n: usize,
+    ) -> Result<(Vec<f32>, Duration), EngineError> {
         self.ask(|tx| Job::Step(id, pos, hidden, n, tx)).await
     }
 
@@ -322,9 +330,10 @@ impl Server {
                 }
                 (Request::Step { pos, n_tokens, hidden }, Some((id, _))) => {
                     match self.compute.step(*id, pos as usize, hidden, n_tokens as usize).await {
-                        Ok(hidden) => {
+                        Ok((hidden, took)) => {
                             self.stats.tokens.fetch_add(u64::from(n_tokens), Ordering::Relaxed);
-                            Response::Hidden { n_tokens, hidden }
+                            let compute_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
+                            Response::Hidden { n_tokens, compute_us, hidden }
                         }
                         Err(e) => break Err(e.into()),
                     }
