@@ -46,6 +46,10 @@ step "build ait (native, release)" cargo build --release -p relay
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
 AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
 export AIT_MODEL
+# The API tests drive the relay with the official `openai` Python package.
+AIT_PYDEPS=${AIT_PYDEPS:-$HOME/.cache/ai-torrent/pydeps}
+export AIT_PYDEPS
+step "install the openai Python package" bash scripts/pydeps.sh "$AIT_PYDEPS"
 step "build web-node (wasm32)" cargo build --release --target wasm32-unknown-unknown -p web-node
 step "build web app (trunk)" trunk build --release
 step "clippy (native)" cargo clippy --workspace --exclude app --all-targets -- -D warnings

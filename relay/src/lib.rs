@@ -4,13 +4,16 @@
 //! [`fetch`] finds (and on first use downloads and verifies) the default model in the local
 //! cache, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
 //! the native libp2p node, [`serving`] serves blocks to the swarm, [`swarm_client`] generates
-//! through it. The portable node logic (model formats, kernels, client head, protocol, routing)
+//! through it, [`api`] serves the OpenAI-compatible HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, client head, protocol, routing)
 //! lives in `web-node`; this crate only drives it.
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod bench;
+pub mod chat;
 pub mod fetch;
 pub mod local;
+pub mod openai;
 pub mod p2p;
 pub mod serving;
 pub mod swarm_client;

@@ -12,8 +12,10 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
+use std::sync::Arc;
 use web_node::client::{GenerateOptions, SamplingParams};
 use web_node::model::ChatMessage;
+use web_node::net::chain::LocalServer;
 use web_node::net::node::Role;
 
 #[derive(Parser)]
@@ -25,8 +27,11 @@ struct Opt {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Run a swarm node: circuit relay, DHT server, and with --blocks a server of those blocks.
+    /// Run a swarm node: circuit relay, DHT server, OpenAI-compatible HTTP API, and with
+    /// --blocks a server of those blocks.
     Relay(RelayOpt),
+    /// Chat in the terminal with a model run by a swarm or a relay's API.
+    Chat(relay::chat::ChatOpt),
     /// Generate text on this machine, streaming it to stdout.
     Generate(GenerateOpt),
     /// Measure prefill and decode speed per backend and the matrix-vector kernels; prints JSON.
@@ -95,6 +100,24 @@ struct RelayOpt {
     bootstrap: Vec<Multiaddr>,
     #[command(flatten)]
     serve: relay::serving::ServeOpt,
+    /// Address of the OpenAI-compatible HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    http: std::net::SocketAddr,
+    /// Do not serve the HTTP API.
+    #[arg(long)]
+    no_http: bool,
+    /// Require this bearer token on the HTTP API (also AIT_API_KEY).
+    #[arg(long, env = "AIT_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// HTTP API requests generating at once (others wait).
+    #[arg(long, default_value_t = 4)]
+    api_concurrency: usize,
+}
+
+/// The name a model goes by in the API: its file (or directory) name without `.gguf`.
+fn model_name(path: &std::path::Path) -> String {
+    let file = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    file.strip_suffix(".gguf").map(str::to_string).unwrap_or(file)
 }
 
 fn default_data_dir() -> PathBuf {
@@ -124,6 +147,7 @@ fn main() -> ExitCode {
 fn run() -> anyhow::Result<ExitCode> {
     match Opt::parse().cmd {
         Cmd::Relay(o) => relay_main(o),
+        Cmd::Chat(o) => relay::chat::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
@@ -162,6 +186,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             println!("listening: {a}");
         }
         relay::p2p::bootstrap(&handle, &o.bootstrap).await?;
+        let mut local: Option<Arc<dyn LocalServer>> = None;
         if o.serve.blocks.is_some() {
             let s = relay::serving::start(&handle, &key, &o.serve).await?;
             let c = s.server.config();
@@ -169,6 +194,32 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
+            local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
+        }
+        if !o.no_http {
+            // The API needs the model's head and tokenizer: the served model, or --model.
+            let (model, name) = if o.serve.blocks.is_some() || o.serve.model.is_some() {
+                let path = match &o.serve.model {
+                    Some(p) => p.clone(),
+                    None => relay::fetch::default_model()?,
+                };
+                let name = model_name(&path);
+                let m = tokio::task::spawn_blocking(move || relay::swarm_client::ClientModel::load(&path)).await??;
+                (Some(Arc::new(m)), name)
+            } else {
+                (None, String::new())
+            };
+            let state = relay::api::ApiState {
+                model,
+                name,
+                node: handle.clone(),
+                local,
+                api_key: o.api_key.clone(),
+                permits: tokio::sync::Semaphore::new(o.api_concurrency.max(1)),
+                chain: Default::default(),
+            };
+            let addr = relay::api::serve(o.http, Arc::new(state)).await?;
+            println!("http: http://{addr}");
         }
         println!("ready");
         tokio::signal::ctrl_c().await?;

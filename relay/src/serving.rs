@@ -10,6 +10,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{Manifest, ModelFile, ModelId};
+use web_node::net::chain::{BoxStream, LocalServer};
 use web_node::net::node::NodeHandle;
 use web_node::net::protocol::{PROTOCOL, PROTOCOL_VERSION};
 use web_node::net::record::{block_key, server_key, ServerRecord};
@@ -56,6 +57,20 @@ pub fn parse_blocks(s: &str, n_layers: usize) -> anyhow::Result<Range<usize>> {
     let b: usize = b.trim().parse().with_context(|| format!("--blocks {s}: bad end"))?;
     anyhow::ensure!(a < b && b <= n_layers, "--blocks {s}: need 0 <= A < B <= {n_layers} (the model's layers)");
     Ok(a..b)
+}
+
+/// This relay's own server, reached through an in-process pipe (for requests the relay runs
+/// as a client: the HTTP API, `ait chat`).
+pub struct InProcess(pub Arc<Server>);
+
+impl LocalServer for InProcess {
+    fn connect(&self) -> BoxStream {
+        use tokio_util::compat::TokioAsyncReadCompatExt;
+        let (ours, theirs) = tokio::io::duplex(1 << 20);
+        let server = self.0.clone();
+        tokio::spawn(async move { server.serve_local(theirs.compat()).await });
+        Box::new(ours.compat())
+    }
 }
 
 /// A running server and what it announced.

@@ -29,6 +29,8 @@ pub struct Relay {
     pub addrs: Vec<String>,
     /// The `serving:` line, if it serves blocks.
     pub serving: Option<String>,
+    /// Base URL of its HTTP API (`http://127.0.0.1:PORT`), if it serves one.
+    pub http: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
 }
@@ -47,6 +49,7 @@ impl Relay {
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--host", "127.0.0.1", "--port", "0", "--backend", "cpu"])
+            .args(if args.contains(&"--http") { &[][..] } else { &["--http", "127.0.0.1:0"][..] })
             .args(args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::piped())
@@ -72,8 +75,14 @@ impl Relay {
                 let _ = etx.send(all.clone());
             }
         });
-        let mut relay =
-            Relay { child, peer: String::new(), addrs: Vec::new(), serving: None, data_dir: data_dir.into() };
+        let mut relay = Relay {
+            child,
+            peer: String::new(),
+            addrs: Vec::new(),
+            serving: None,
+            http: None,
+            data_dir: data_dir.into(),
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -83,6 +92,8 @@ impl Relay {
                         relay.peer = p.trim().into();
                     } else if let Some(a) = line.strip_prefix("listening: ") {
                         relay.addrs.push(a.trim().into());
+                    } else if let Some(u) = line.strip_prefix("http: ") {
+                        relay.http = Some(u.trim().into());
                     } else if line.starts_with("serving: ") {
                         relay.serving = Some(line);
                     } else if line == "ready" {

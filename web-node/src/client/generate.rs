@@ -98,18 +98,26 @@ pub struct GenerateOptions {
     pub stop_at_eos: bool,
     /// Longest prefill sent in one step (longer prompts are sent in chunks). Default 512.
     pub prefill_chunk: usize,
+    /// Stop sequences: the text ends before the first occurrence of any (not included).
+    pub stop: Vec<String>,
 }
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_tokens: 256, sampling: SamplingParams::default(), stop_at_eos: true, prefill_chunk: 512 }
+        Self {
+            max_tokens: 256,
+            sampling: SamplingParams::default(),
+            stop_at_eos: true,
+            prefill_chunk: 512,
+            stop: Vec::new(),
+        }
     }
 }
 
 /// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FinishReason {
-    /// The model produced an end-of-sequence token.
+    /// The model produced an end-of-sequence token, or the text reached a stop sequence.
     Stop,
     /// `max_tokens` reached, or the context is full.
     Length,
@@ -166,6 +174,8 @@ pub async fn generate<C: LayerChain>(
     let max_len = prompt.len().saturating_add(opts.max_tokens).min(context);
     let mut sampler = Sampler::new(opts.sampling.clone());
     let mut stream = tokenizer.stream();
+    let mut stop = super::StopFilter::new(&opts.stop);
+    let mut halted = false;
     let mut history = prompt.to_vec();
     let start = web_time::Instant::now();
 
@@ -194,8 +204,15 @@ pub async fn generate<C: LayerChain>(
         tokens.push(t);
         history.push(t);
         if let Some(piece) = stream.push(t)? {
-            on_text(&piece);
-            text.push_str(&piece);
+            let (out, stopped) = stop.push(&piece);
+            if !out.is_empty() {
+                on_text(&out);
+                text.push_str(&out);
+            }
+            if stopped {
+                halted = true;
+                break FinishReason::Stop;
+            }
         }
         if tokens.len() >= opts.max_tokens || history.len() >= max_len {
             break FinishReason::Length;
@@ -206,9 +223,21 @@ pub async fn generate<C: LayerChain>(
         decode_steps += 1;
     };
     let decode_secs = decode_start.elapsed().as_secs_f64();
-    if let Some(rest) = stream.finish()? {
-        on_text(&rest);
-        text.push_str(&rest);
+    let mut finish = finish;
+    if !halted {
+        let mut rest = String::new();
+        if let Some(tail) = stream.finish()? {
+            let (out, stopped) = stop.push(&tail);
+            rest.push_str(&out);
+            if stopped {
+                finish = FinishReason::Stop;
+            }
+        }
+        rest.push_str(&stop.finish());
+        if !rest.is_empty() {
+            on_text(&rest);
+            text.push_str(&rest);
+        }
     }
     chain.end().await?;
     Ok(Generation { tokens, text, prompt_tokens: prompt.len(), finish, prefill_secs, decode_steps, decode_secs })

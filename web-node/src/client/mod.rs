@@ -8,10 +8,12 @@
 mod generate;
 mod head;
 mod sampling;
+mod stop;
 
 pub use generate::{generate, FinishReason, GenerateOptions, Generation, LayerChain, LocalChain};
 pub use head::Head;
 pub use sampling::{argmax, Sampler, SamplingParams};
+pub use stop::StopFilter;
 
 use crate::engine::EngineError;
 use crate::model::ModelError;

@@ -15,7 +15,9 @@ use std::time::Duration;
 
 use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
-use libp2p::{PeerId, Stream};
+use futures::FutureExt;
+use futures::{AsyncRead, AsyncWrite};
+use libp2p::PeerId;
 use web_time::Instant;
 
 use super::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
@@ -144,6 +146,20 @@ impl ChainError {
     }
 }
 
+/// A byte stream carrying one session: a libp2p stream, or an in-process pipe to this node's
+/// own server.
+pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> SessionStream for T {}
+
+/// A boxed [`SessionStream`].
+pub type BoxStream = Box<dyn SessionStream>;
+
+/// Blocks this node serves itself: the chain reaches them without the network.
+pub trait LocalServer: Send + Sync {
+    /// Opens a session stream to it (served by [`Server::serve_local`](super::serve::Server::serve_local)).
+    fn connect(&self) -> BoxStream;
+}
+
 /// A server found for a model, with its verified record and live status.
 #[derive(Clone, Debug)]
 pub struct FoundServer {
@@ -157,7 +173,7 @@ pub struct FoundServer {
 struct HopSession {
     peer: PeerId,
     blocks: Range<usize>,
-    stream: Stream,
+    stream: BoxStream,
     /// Estimated time of one decode step, from routing.
     expected_ms: f64,
     stats: HopStats,
@@ -212,6 +228,8 @@ pub struct SwarmChain {
     known: HashMap<PeerId, Candidate>,
     /// Hop timings of the last sequence, kept by `end`.
     last_stats: Vec<(Hop, HopStats)>,
+    /// This node's own server, if it serves blocks of the model.
+    local: Option<Arc<dyn LocalServer>>,
 }
 
 impl SwarmChain {
@@ -232,12 +250,19 @@ impl SwarmChain {
             watch: Arc::default(),
             known: HashMap::new(),
             last_stats: Vec::new(),
+            local: None,
         }
     }
 
     /// The current route.
     pub fn route(&self) -> Vec<Hop> {
         self.hops.iter().map(|h| Hop { peer: h.peer, blocks: h.blocks.clone() }).collect()
+    }
+
+    /// Lets routing use this node's own server (reached in-process) for the blocks it holds.
+    pub fn with_local(mut self, server: Arc<dyn LocalServer>) -> SwarmChain {
+        self.local = Some(server);
+        self
     }
 
     /// Per-hop timing of the current route since `begin` (network + queueing = wall - compute),
@@ -278,7 +303,7 @@ impl SwarmChain {
         &mut self,
         range: Range<usize>,
         known_only: bool,
-    ) -> Result<Vec<(FoundServer, Stream)>, ChainError> {
+    ) -> Result<Vec<(FoundServer, BoxStream)>, ChainError> {
         let (settle, limit) = (self.opts.settle, self.opts.discovery_timeout);
         let mut peers: HashSet<PeerId> = HashSet::new();
         if known_only {
@@ -296,9 +321,20 @@ impl SwarmChain {
         }
         peers.remove(&self.node.peer_id());
         let peers: Vec<PeerId> = peers.into_iter().filter(|p| !self.is_banned(p)).collect();
+        let ctx = Arc::new(ProbeCtx {
+            node: self.node.clone(),
+            model: self.model,
+            n_layers: self.n_layers,
+            opts: self.opts.clone(),
+            local: self.local.clone(),
+            known: self.known.iter().map(|(p, c)| (*p, c.blocks.clone())).collect(),
+        });
         let mut probes: FuturesUnordered<_> =
-            peers.iter().map(|&peer| self.probe(peer, range.clone(), known_only)).collect();
-        let mut found: Vec<(FoundServer, Stream)> = Vec::new();
+            peers.iter().map(|&peer| ctx.clone().probe(peer, range.clone(), known_only).boxed()).collect();
+        if self.local.is_some() {
+            probes.push(ctx.clone().probe(self.node.peer_id(), range.clone(), true).boxed());
+        }
+        let mut found: Vec<(FoundServer, BoxStream)> = Vec::new();
         let mut unreachable = Vec::new();
         let deadline = Instant::now() + limit;
         let mut settle_at: Option<Instant> = None;
@@ -332,84 +368,6 @@ impl SwarmChain {
         Ok(found)
     }
 
-    /// Reads and checks `peer`'s record (unless `known`), then asks it for its status over a
-    /// new stream. `Err(peer)` when it cannot be reached; `Ok(None)` when it is not usable.
-    async fn probe(
-        &self,
-        peer: PeerId,
-        range: Range<usize>,
-        known: bool,
-    ) -> Result<Option<(FoundServer, Stream)>, PeerId> {
-        let (settle, limit) = (self.opts.settle, self.opts.discovery_timeout);
-        if !known {
-            let Ok(copies) = self.node.get_records(server_key(&self.model, &peer), settle, limit).await else {
-                return Ok(None);
-            };
-            let now = super::unix_ms();
-            let record = copies
-                .iter()
-                .filter_map(|bytes| match ServerRecord::verify(bytes, &peer, &self.model, self.n_layers, now) {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        tracing::debug!(%peer, "ignoring server record: {e}");
-                        None
-                    }
-                })
-                .max_by_key(|r| r.expires_ms);
-            let Some(record) = record else { return Ok(None) };
-            if record.end <= range.start || record.start >= range.end {
-                return Ok(None);
-            }
-            if self.node.add_addresses(peer, record.multiaddrs()).await.is_err() {
-                return Ok(None);
-            }
-        }
-        let started = Instant::now();
-        let Ok(mut stream) = self.open_stream(peer).await else { return Err(peer) };
-        let status = match exchange(peer, &mut stream, &Request::Info, self.opts.connect_timeout).await {
-            Ok(Response::Info(s)) => s,
-            Ok(other) => {
-                tracing::debug!(%peer, "unexpected answer to info: {other:?}");
-                return Ok(None);
-            }
-            Err(e) => {
-                tracing::debug!(%peer, "status exchange failed: {e}");
-                return Err(peer);
-            }
-        };
-        let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
-        // The live status must agree with what we know of it.
-        let expected = self.known.get(&peer).map(|c| c.blocks.clone());
-        if status.model != self.model.to_hex()
-            || status.start >= status.end
-            || status.end > self.n_layers
-            || expected.is_some_and(|b| b != (status.start..status.end))
-        {
-            tracing::debug!(%peer, "status contradicts its record");
-            return Ok(None);
-        }
-        if status.free_slots == 0 || !status.ms_per_block.is_finite() {
-            return Ok(None);
-        }
-        let candidate = Candidate {
-            peer,
-            blocks: status.start..status.end,
-            rtt_ms,
-            ms_per_block: status.ms_per_block.max(0.0),
-            active_sessions: status.active_sessions,
-        };
-        Ok(Some((FoundServer { candidate, status }, stream)))
-    }
-
-    async fn open_stream(&self, peer: PeerId) -> Result<Stream, ChainError> {
-        let mut control = self.node.control();
-        match super::timeout(self.opts.connect_timeout, control.open_stream(peer, PROTOCOL)).await {
-            Some(Ok(s)) => Ok(s),
-            Some(Err(e)) => Err(ChainError::Unreachable { peer, detail: e.to_string() }),
-            None => Err(ChainError::Unreachable { peer, detail: "timed out opening a stream".into() }),
-        }
-    }
-
     /// Discovers servers for `range`, plans, and opens a session on every hop. Servers that
     /// fail to open are banned and the plan is redone.
     /// With `fast`, servers already known are tried before asking the DHT.
@@ -436,7 +394,8 @@ impl SwarmChain {
                 });
             };
             let expected: HashMap<PeerId, f64> = candidates.iter().map(|c| (c.peer, c.cost_ms())).collect();
-            let mut streams: HashMap<PeerId, Stream> = found.into_iter().map(|(f, s)| (f.candidate.peer, s)).collect();
+            let mut streams: HashMap<PeerId, BoxStream> =
+                found.into_iter().map(|(f, s)| (f.candidate.peer, s)).collect();
             let mut opened = Vec::new();
             let mut failed = None;
             for hop in hops {
@@ -576,8 +535,109 @@ impl SwarmChain {
     }
 }
 
+/// What a server probe needs (cloned out of the chain so probes can run concurrently).
+struct ProbeCtx {
+    node: NodeHandle,
+    model: ModelId,
+    n_layers: usize,
+    opts: ChainOptions,
+    local: Option<Arc<dyn LocalServer>>,
+    known: HashMap<PeerId, Range<usize>>,
+}
+
+impl ProbeCtx {
+    /// Reads and checks `peer`'s record (unless `known`), then asks it for its status over a
+    /// new stream. `Err(peer)` when it cannot be reached; `Ok(None)` when it is not usable.
+    async fn probe(
+        self: Arc<Self>,
+        peer: PeerId,
+        range: Range<usize>,
+        known: bool,
+    ) -> Result<Option<(FoundServer, BoxStream)>, PeerId> {
+        let (settle, limit) = (self.opts.settle, self.opts.discovery_timeout);
+        if !known {
+            let Ok(copies) = self.node.get_records(server_key(&self.model, &peer), settle, limit).await else {
+                return Ok(None);
+            };
+            let now = super::unix_ms();
+            let record = copies
+                .iter()
+                .filter_map(|bytes| match ServerRecord::verify(bytes, &peer, &self.model, self.n_layers, now) {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        tracing::debug!(%peer, "ignoring server record: {e}");
+                        None
+                    }
+                })
+                .max_by_key(|r| r.expires_ms);
+            let Some(record) = record else { return Ok(None) };
+            if record.end <= range.start || record.start >= range.end {
+                return Ok(None);
+            }
+            if self.node.add_addresses(peer, record.multiaddrs()).await.is_err() {
+                return Ok(None);
+            }
+        }
+        let started = Instant::now();
+        let mut stream = match &self.local {
+            Some(local) if peer == self.node.peer_id() => local.connect(),
+            _ => match self.open_stream(peer).await {
+                Ok(s) => s,
+                Err(_) => return Err(peer),
+            },
+        };
+        let status = match exchange(peer, &mut stream, &Request::Info, self.opts.connect_timeout).await {
+            Ok(Response::Info(s)) => s,
+            Ok(other) => {
+                tracing::debug!(%peer, "unexpected answer to info: {other:?}");
+                return Ok(None);
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "status exchange failed: {e}");
+                return Err(peer);
+            }
+        };
+        let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
+        // The live status must agree with what we know of it.
+        let expected = self.known.get(&peer).cloned();
+        if status.model != self.model.to_hex()
+            || status.start >= status.end
+            || status.end > self.n_layers
+            || expected.is_some_and(|b| b != (status.start..status.end))
+        {
+            tracing::debug!(%peer, "status contradicts its record");
+            return Ok(None);
+        }
+        if status.free_slots == 0 || !status.ms_per_block.is_finite() {
+            return Ok(None);
+        }
+        let candidate = Candidate {
+            peer,
+            blocks: status.start..status.end,
+            rtt_ms,
+            ms_per_block: status.ms_per_block.max(0.0),
+            active_sessions: status.active_sessions,
+        };
+        Ok(Some((FoundServer { candidate, status }, stream)))
+    }
+
+    async fn open_stream(&self, peer: PeerId) -> Result<BoxStream, ChainError> {
+        let mut control = self.node.control();
+        match super::timeout(self.opts.connect_timeout, control.open_stream(peer, PROTOCOL)).await {
+            Some(Ok(s)) => Ok(Box::new(s)),
+            Some(Err(e)) => Err(ChainError::Unreachable { peer, detail: e.to_string() }),
+            None => Err(ChainError::Unreachable { peer, detail: "timed out opening a stream".into() }),
+        }
+    }
+}
+
 /// Sends one request and reads one answer; an error answer becomes [`ChainError::Server`].
-async fn exchange(peer: PeerId, stream: &mut Stream, req: &Request, limit: Duration) -> Result<Response, ChainError> {
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    peer: PeerId,
+    stream: &mut S,
+    req: &Request,
+    limit: Duration,
+) -> Result<Response, ChainError> {
     let io = |error| ChainError::Stream { peer, error };
     super::timeout(limit, write_frame(stream, &req.encode()))
         .await

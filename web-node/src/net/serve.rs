@@ -188,7 +188,8 @@ pub struct Server {
 /// A slot taken by one admitted session; freed on drop.
 struct Slot<'a> {
     server: &'a Server,
-    peer: PeerId,
+    /// `None` for this node's own sessions, which no per-peer cap limits.
+    peer: Option<PeerId>,
     bytes: u64,
 }
 
@@ -197,10 +198,12 @@ impl Drop for Slot<'_> {
         let mut a = self.server.lock();
         a.sessions = a.sessions.saturating_sub(1);
         a.kv_reserved = a.kv_reserved.saturating_sub(self.bytes);
-        if let Some(n) = a.per_peer.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                a.per_peer.remove(&self.peer);
+        if let Some(peer) = self.peer {
+            if let Some(n) = a.per_peer.get_mut(&peer) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    a.per_peer.remove(&peer);
+                }
             }
         }
     }
@@ -254,12 +257,12 @@ impl Server {
         }
     }
 
-    fn admit(&self, peer: PeerId, max_len: usize) -> Result<Slot<'_>, Refusal> {
+    fn admit(&self, peer: Option<PeerId>, max_len: usize) -> Result<Slot<'_>, Refusal> {
         let c = &self.config;
         let bytes = c.kv_bytes_per_token.saturating_mul(max_len as u64);
         let mut a = self.lock();
-        let mine = a.per_peer.get(&peer).copied().unwrap_or(0);
-        if mine >= c.max_sessions_per_peer {
+        let mine = peer.and_then(|p| a.per_peer.get(&p).copied()).unwrap_or(0);
+        if peer.is_some() && mine >= c.max_sessions_per_peer {
             return Err(Refusal(
                 ErrorCode::Busy,
                 format!("peer already holds {mine} sessions (limit {})", c.max_sessions_per_peer),
@@ -279,17 +282,29 @@ impl Server {
         }
         a.sessions += 1;
         a.kv_reserved += bytes;
-        *a.per_peer.entry(peer).or_default() += 1;
+        if let Some(p) = peer {
+            *a.per_peer.entry(p).or_default() += 1;
+        }
         Ok(Slot { server: self, peer, bytes })
     }
 
     /// Serves one session stream from `peer` until it closes, fails or idles out.
-    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: PeerId, mut stream: S) {
+    pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: PeerId, stream: S) {
+        self.serve(Some(peer), stream).await
+    }
+
+    /// Serves a session stream opened by this node itself (an in-process pipe): like
+    /// [`Server::serve_stream`], without the per-peer cap.
+    pub async fn serve_local<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) {
+        self.serve(None, stream).await
+    }
+
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: Option<PeerId>, mut stream: S) {
         match self.session(peer, &mut stream).await {
             Ok(()) => {}
             Err(Refusal(code, message)) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(%peer, ?code, "refusing stream: {message}");
+                tracing::debug!(?peer, ?code, "refusing stream: {message}");
                 let _ = super::timeout(
                     self.config.frame_timeout,
                     write_frame(&mut stream, &Response::Error { code, message }.encode()),
@@ -300,7 +315,11 @@ impl Server {
         let _ = super::timeout(self.config.frame_timeout, stream.close()).await;
     }
 
-    async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: PeerId, stream: &mut S) -> Result<(), Refusal> {
+    async fn session<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        peer: Option<PeerId>,
+        stream: &mut S,
+    ) -> Result<(), Refusal> {
         let c = &self.config;
         let mut open: Option<(SessionId, Slot<'_>)> = None;
         let result = loop {
@@ -347,7 +366,7 @@ impl Server {
                 .await
                 .unwrap_or(Err(FrameError::Timeout(c.frame_timeout)))
             {
-                tracing::debug!(%peer, "session stream failed: {e}");
+                tracing::debug!(?peer, "session stream failed: {e}");
                 break Ok(());
             }
         };
@@ -359,7 +378,7 @@ impl Server {
 
     async fn open(
         &self,
-        peer: PeerId,
+        peer: Option<PeerId>,
         model: ModelId,
         blocks: Range<usize>,
         max_len: usize,

@@ -1,0 +1,388 @@
+//! The OpenAI-compatible HTTP API of `ait relay` (`--http`, default 127.0.0.1:8080).
+//!
+//! `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`, streamed as
+//! server-sent events (ending with `data: [DONE]`) or not. Each request runs as a client of the
+//! swarm through a [`SwarmChain`]; when this relay serves blocks itself, routing reaches them
+//! in-process, so a relay holding every block answers alone. Chat messages go through the
+//! model's own chat template. Errors use OpenAI's error shape.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::{json, Value};
+use tower_http::cors::{Any, CorsLayer};
+use web_node::client::{generate, ClientError, FinishReason, GenerateOptions, Generation, LayerChain, SamplingParams};
+use web_node::model::ChatMessage;
+use web_node::net::chain::{ChainError, ChainOptions, LocalServer, SwarmChain};
+use web_node::net::node::NodeHandle;
+
+use crate::openai::{ApiError, ChatRequest, CompletionRequest, Content, Prompt, Sampling, Usage};
+use crate::swarm_client::ClientModel;
+
+/// What the API serves and how it runs requests.
+pub struct ApiState {
+    /// The model (head, tokenizer, template), if this relay has one.
+    pub model: Option<Arc<ClientModel>>,
+    /// The model's name in `/v1/models` (requests may also name it by content id).
+    pub name: String,
+    /// The relay's node, used as a swarm client.
+    pub node: NodeHandle,
+    /// The relay's own server, if it serves blocks.
+    pub local: Option<Arc<dyn LocalServer>>,
+    /// Required bearer token, if any.
+    pub api_key: Option<String>,
+    /// Requests generating at once; others wait their turn.
+    pub permits: tokio::sync::Semaphore,
+    /// Timeouts of the chains.
+    pub chain: ChainOptions,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        (status, axum::Json(self.body())).into_response()
+    }
+}
+
+/// The router, with permissive CORS (browsers may call it from any origin).
+pub fn router(state: Arc<ApiState>) -> Router {
+    let cors = CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any);
+    Router::new()
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .fallback(|| async { ApiError { status: 404, ..ApiError::bad_request("No such endpoint.") } })
+        .layer(cors)
+        .with_state(state)
+}
+
+/// Binds `addr` and serves the API in the background; returns the bound address.
+pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("HTTP API cannot listen on {addr}: {e} (choose another with --http ADDR:PORT)"))?;
+    let bound = listener.local_addr()?;
+    let app = router(state);
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!("HTTP API stopped: {e}");
+        }
+    });
+    Ok(bound)
+}
+
+fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &state.api_key else { return Ok(()) };
+    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    if given == Some(key.as_str()) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized())
+    }
+}
+
+fn now() -> u64 {
+    web_node::net::unix_ms() / 1000
+}
+
+async fn models(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let data: Vec<Value> = state
+        .model
+        .iter()
+        .map(|m| json!({ "id": state.name, "object": "model", "created": 0, "owned_by": "ai-torrent", "content_id": m.id.to_hex() }))
+        .collect();
+    Ok(axum::Json(json!({ "object": "list", "data": data })).into_response())
+}
+
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
+}
+
+/// A request ready to run.
+struct Job {
+    model: Arc<ClientModel>,
+    prompt: Vec<u32>,
+    opts: GenerateOptions,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn resolve_model(state: &ApiState, name: &str) -> Result<Arc<ClientModel>, ApiError> {
+    match &state.model {
+        Some(m) if name == state.name || name == m.id.to_hex() => Ok(m.clone()),
+        _ => Err(ApiError::unknown_model(name)),
+    }
+}
+
+/// Generation options from the request's sampling fields; `param` names the prompt field.
+fn options(
+    model: &ClientModel,
+    s: &Sampling,
+    prompt_len: usize,
+    default_max: usize,
+    param: &'static str,
+) -> Result<GenerateOptions, ApiError> {
+    if s.n.is_some_and(|n| n != 1) {
+        return Err(ApiError { param: Some("n"), ..ApiError::bad_request("Only n = 1 is supported.") });
+    }
+    let temperature = s.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError {
+            param: Some("temperature"),
+            ..ApiError::bad_request("temperature must be between 0 and 2.")
+        });
+    }
+    let top_p = s.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError { param: Some("top_p"), ..ApiError::bad_request("top_p must be in (0, 1].") });
+    }
+    let context = model.config.max_seq_len;
+    if prompt_len >= context {
+        return Err(ApiError::too_long(prompt_len, context, param));
+    }
+    let room = context - prompt_len;
+    let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
+        Some(0) => {
+            return Err(ApiError {
+                param: Some("max_tokens"),
+                ..ApiError::bad_request("max_tokens must be at least 1.")
+            })
+        }
+        Some(n) => usize::try_from(n).unwrap_or(usize::MAX).min(room),
+        None => default_max.min(room),
+    };
+    Ok(GenerateOptions {
+        max_tokens,
+        sampling: SamplingParams {
+            temperature,
+            top_p,
+            top_k: 0,
+            repetition_penalty: 1.0,
+            seed: s.seed.map(|v| v as u64),
+            ..SamplingParams::default()
+        },
+        stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        ..GenerateOptions::default()
+    })
+}
+
+fn chat_job(state: &ApiState, req: ChatRequest) -> Result<Job, ApiError> {
+    let model = resolve_model(state, &req.model)?;
+    if req.messages.is_empty() {
+        return Err(ApiError { param: Some("messages"), ..ApiError::bad_request("messages must not be empty.") });
+    }
+    let mut messages = Vec::new();
+    for m in &req.messages {
+        let text = match &m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t.clone(),
+            Some(Content::Parts(parts)) => {
+                let mut text = String::new();
+                for p in parts {
+                    match (p.get("type").and_then(Value::as_str), p.get("text").and_then(Value::as_str)) {
+                        (Some("text"), Some(t)) => text.push_str(t),
+                        _ => {
+                            return Err(ApiError {
+                                param: Some("messages"),
+                                ..ApiError::bad_request("Only text content parts are supported.")
+                            })
+                        }
+                    }
+                }
+                text
+            }
+        };
+        messages.push(match m.role.as_str() {
+            "system" | "developer" => ChatMessage::system(text),
+            "user" => ChatMessage::user(text),
+            "assistant" => ChatMessage::assistant(text),
+            other => {
+                return Err(ApiError {
+                    param: Some("messages"),
+                    ..ApiError::bad_request(format!("Unsupported role `{other}`."))
+                })
+            }
+        });
+    }
+    let text = model.render_chat(&messages).map_err(|e| ApiError::bad_request(format!("Chat template: {e:#}")))?;
+    let prompt = model.tokenizer.encode(&text).map_err(|e| ApiError::internal(format!("Tokenizer: {e}")))?;
+    let opts = options(&model, &req.sampling, prompt.len(), usize::MAX, "messages")?;
+    let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
+}
+
+fn completion_job(state: &ApiState, req: CompletionRequest) -> Result<Job, ApiError> {
+    let model = resolve_model(state, &req.model)?;
+    let text = match req.prompt {
+        Prompt::One(p) => p,
+        Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
+        Prompt::Many(_) => {
+            return Err(ApiError {
+                param: Some("prompt"),
+                ..ApiError::bad_request("Only one prompt per request is supported.")
+            })
+        }
+    };
+    let prompt = model.tokenizer.encode(&text).map_err(|e| ApiError::internal(format!("Tokenizer: {e}")))?;
+    if prompt.is_empty() {
+        return Err(ApiError { param: Some("prompt"), ..ApiError::bad_request("The prompt is empty.") });
+    }
+    // OpenAI's default for the legacy completions endpoint.
+    let opts = options(&model, &req.sampling, prompt.len(), 16, "prompt")?;
+    let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
+}
+
+fn api_error(e: ClientError) -> ApiError {
+    match e {
+        ClientError::PromptTooLong { prompt, context } => ApiError::too_long(prompt, context, "messages"),
+        ClientError::Swarm(e @ (ChainError::NoRoute { .. } | ChainError::GaveUp { .. })) => {
+            ApiError::unavailable(format!("The swarm cannot run this model now: {e}"))
+        }
+        other => ApiError::internal(other.to_string()),
+    }
+}
+
+/// Runs a job through the swarm, calling `on_text` with each piece.
+async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<Generation, ApiError> {
+    let _permit = state.permits.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
+    let m = &job.model;
+    let mut chain = SwarmChain::new(state.node.clone(), m.id, m.config.n_layers, m.config.hidden, state.chain.clone());
+    if let Some(local) = &state.local {
+        chain = chain.with_local(local.clone());
+    }
+    let r = generate(&m.head, &m.tokenizer, &mut chain, &job.prompt, &job.opts, on_text).await;
+    let _ = chain.end().await;
+    r.map_err(api_error)
+}
+
+fn finish_reason(f: FinishReason) -> &'static str {
+    match f {
+        FinishReason::Stop => "stop",
+        FinishReason::Length => "length",
+    }
+}
+
+fn usage(g: &Generation) -> Usage {
+    Usage {
+        prompt_tokens: g.prompt_tokens,
+        completion_tokens: g.tokens.len(),
+        total_tokens: g.prompt_tokens + g.tokens.len(),
+    }
+}
+
+fn request_id(prefix: &str) -> String {
+    format!("{prefix}-{:016x}", rand::random::<u64>())
+}
+
+async fn chat(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let job = chat_job(&state, parse(&body)?)?;
+    respond(state, job, Kind::Chat).await
+}
+
+async fn completions(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let job = completion_job(&state, parse(&body)?)?;
+    respond(state, job, Kind::Completion).await
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Chat,
+    Completion,
+}
+
+impl Kind {
+    fn prefix(self) -> &'static str {
+        match self {
+            Kind::Chat => "chatcmpl",
+            Kind::Completion => "cmpl",
+        }
+    }
+
+    /// A streamed chunk carrying `text` (and `finish`, on the last one).
+    fn chunk(self, id: &str, model: &str, text: Option<&str>, finish: Option<&str>, first: bool) -> Value {
+        match self {
+            Kind::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), json!("assistant"));
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), json!(t));
+                }
+                json!({ "id": id, "object": "chat.completion.chunk", "created": now(), "model": model,
+                        "choices": [{ "index": 0, "delta": delta, "logprobs": null, "finish_reason": finish }] })
+            }
+            Kind::Completion => json!({ "id": id, "object": "text_completion", "created": now(), "model": model,
+                "choices": [{ "index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish }] }),
+        }
+    }
+
+    fn whole(self, id: &str, model: &str, g: &Generation) -> Value {
+        let finish = finish_reason(g.finish);
+        let choice = match self {
+            Kind::Chat => json!({ "index": 0, "message": { "role": "assistant", "content": g.text },
+                                   "logprobs": null, "finish_reason": finish }),
+            Kind::Completion => json!({ "index": 0, "text": g.text, "logprobs": null, "finish_reason": finish }),
+        };
+        let object = match self {
+            Kind::Chat => "chat.completion",
+            Kind::Completion => "text_completion",
+        };
+        json!({ "id": id, "object": object, "created": now(), "model": model, "choices": [choice], "usage": usage(g) })
+    }
+}
+
+async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response, ApiError> {
+    let id = request_id(kind.prefix());
+    let name = state.name.clone();
+    if !job.stream {
+        let g = run(&state, &job, |_| {}).await?;
+        return Ok(axum::Json(kind.whole(&id, &name, &g)).into_response());
+    }
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
+    let event = |v: Value| Event::default().data(v.to_string());
+    tokio::spawn(async move {
+        let pieces = tx.clone();
+        let _ = pieces.send(event(kind.chunk(&id, &name, Some(""), None, true)));
+        let work = run(&state, &job, |piece| {
+            let _ = pieces.send(event(kind.chunk(&id, &name, Some(piece), None, false)));
+        });
+        let result = tokio::select! {
+            r = work => r,
+            // The client went away: dropping `work` ends the sessions.
+            () = tx.closed() => return,
+        };
+        match result {
+            Ok(g) => {
+                let _ = tx.send(event(kind.chunk(&id, &name, None, Some(finish_reason(g.finish)), false)));
+                if job.include_usage {
+                    let _ = tx.send(event(json!({ "id": id, "object": "chat.completion.chunk", "created": now(),
+                        "model": name, "choices": [], "usage": usage(&g) })));
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(event(e.body()));
+            }
+        }
+        let _ = tx.send(Event::default().data("[DONE]"));
+    });
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx)) });
+    Ok(Sse::new(stream).into_response())
+}

@@ -1,0 +1,200 @@
+//! `ait chat`: a terminal chat against a swarm (`--swarm`) or a relay's HTTP API (`--url`),
+//! streaming the answer, keeping the conversation for the session; `/reset` forgets it.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+
+use anyhow::Context;
+use libp2p::Multiaddr;
+use serde_json::{json, Value};
+use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+use web_node::model::ChatMessage;
+use web_node::net::chain::ChainOptions;
+
+use crate::swarm_client::{chain, connect, ClientModel};
+
+/// Options of `ait chat`.
+#[derive(Clone, Debug, clap::Args)]
+pub struct ChatOpt {
+    /// Join the swarm through this relay (repeatable) and run the model from here.
+    #[arg(long, value_name = "MULTIADDR")]
+    pub swarm: Vec<Multiaddr>,
+    /// Or talk to a relay's OpenAI-compatible API, e.g. http://127.0.0.1:8080.
+    #[arg(long, conflicts_with = "swarm")]
+    pub url: Option<String>,
+    /// Bearer token for --url (also AIT_API_KEY).
+    #[arg(long, env = "AIT_API_KEY")]
+    pub api_key: Option<String>,
+    /// With --swarm: the model file (default: the default model). With --url: the model name
+    /// (default: the first the relay lists).
+    #[arg(long)]
+    pub model: Option<String>,
+    /// A system prompt.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Nucleus sampling threshold.
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Most tokens per answer.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Random seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+/// Runs the REPL on stdin/stdout until EOF or `/exit`.
+pub fn run(o: ChatOpt) -> anyhow::Result<()> {
+    let mut backend = if let Some(url) = &o.url {
+        Backend::Http(Http::new(url, o.api_key.clone(), o.model.clone())?)
+    } else {
+        anyhow::ensure!(!o.swarm.is_empty(), "give --swarm MULTIADDR or --url URL");
+        let path = match &o.model {
+            Some(p) => p.into(),
+            None => crate::fetch::default_model()?,
+        };
+        let model = ClientModel::load(&path)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let handle = rt.block_on(connect(&o.swarm))?;
+        Backend::Swarm { chain: Box::new(chain(handle, &model, ChainOptions::default())), model: Box::new(model), rt }
+    };
+    let interactive = std::io::stdin().is_terminal();
+    if interactive {
+        eprintln!("Type a message; /reset forgets the conversation, /exit (or Ctrl-D) quits.");
+    }
+    let mut history: Vec<ChatMessage> = o.system.iter().map(|s| ChatMessage::system(s.clone())).collect();
+    let mut stdout = std::io::stdout();
+    let mut lines = std::io::stdin().lock().lines();
+    loop {
+        if interactive {
+            print!("> ");
+            stdout.flush()?;
+        }
+        let Some(line) = lines.next() else { break };
+        let line = line?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                history.retain(|m| m.role == "system");
+                println!("(conversation cleared)");
+                continue;
+            }
+            _ => {}
+        }
+        history.push(ChatMessage::user(line));
+        let mut print = |piece: &str| {
+            let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+        };
+        match backend.answer(&history, &o, &mut print) {
+            Ok(text) => history.push(ChatMessage::assistant(text)),
+            Err(e) => {
+                history.pop();
+                eprintln!("\nerror: {e:#}");
+            }
+        }
+        println!();
+    }
+    Ok(())
+}
+
+enum Backend {
+    Swarm { model: Box<ClientModel>, chain: Box<web_node::net::chain::SwarmChain>, rt: tokio::runtime::Runtime },
+    Http(Http),
+}
+
+impl Backend {
+    fn answer(&mut self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
+        match self {
+            Backend::Swarm { model, chain, rt } => {
+                let prompt = model.tokenizer.encode(&model.render_chat(history)?)?;
+                let opts = GenerateOptions {
+                    max_tokens: o.max_tokens,
+                    sampling: SamplingParams {
+                        temperature: o.temperature,
+                        top_p: o.top_p,
+                        top_k: 0,
+                        seed: o.seed,
+                        ..SamplingParams::default()
+                    },
+                    ..GenerateOptions::default()
+                };
+                let g = rt.block_on(async {
+                    let r = generate(&model.head, &model.tokenizer, chain.as_mut(), &prompt, &opts, |p| print(p)).await;
+                    let _ = chain.end().await;
+                    r
+                })?;
+                Ok(g.text)
+            }
+            Backend::Http(h) => h.answer(history, o, print),
+        }
+    }
+}
+
+struct Http {
+    agent: ureq::Agent,
+    base: String,
+    key: Option<String>,
+    model: String,
+}
+
+impl Http {
+    fn new(url: &str, key: Option<String>, model: Option<String>) -> anyhow::Result<Http> {
+        let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+        let base = url.trim_end_matches('/').trim_end_matches("/v1").to_string();
+        let mut h = Http { agent, base, key, model: model.unwrap_or_default() };
+        if h.model.is_empty() {
+            let list = h.get("/v1/models")?;
+            h.model = list["data"][0]["id"].as_str().context("the relay lists no model")?.to_string();
+        }
+        Ok(h)
+    }
+
+    fn get(&self, path: &str) -> anyhow::Result<Value> {
+        let mut req = self.agent.get(format!("{}{path}", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.call().with_context(|| format!("GET {}{path}", self.base))?;
+        let status = resp.status();
+        let body: Value = resp.body_mut().read_json()?;
+        anyhow::ensure!(status.is_success(), "{}: {}", status, body["error"]["message"]);
+        Ok(body)
+    }
+
+    fn answer(&self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
+        let messages: Vec<Value> = history.iter().map(|m| json!({ "role": m.role, "content": m.content })).collect();
+        let body = json!({ "model": self.model, "messages": messages, "stream": true, "max_tokens": o.max_tokens,
+                           "temperature": o.temperature, "top_p": o.top_p, "seed": o.seed });
+        let mut req = self.agent.post(format!("{}/v1/chat/completions", self.base));
+        if let Some(k) = &self.key {
+            req = req.header("Authorization", format!("Bearer {k}"));
+        }
+        let mut resp = req.send_json(&body).with_context(|| format!("POST {}/v1/chat/completions", self.base))?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let err: Value = resp.body_mut().read_json().unwrap_or(Value::Null);
+            anyhow::bail!("{}: {}", status, err["error"]["message"]);
+        }
+        let mut text = String::new();
+        for line in BufReader::new(resp.into_body().into_reader()).lines() {
+            let line = line?;
+            let Some(data) = line.strip_prefix("data: ") else { continue };
+            if data == "[DONE]" {
+                break;
+            }
+            let v: Value = serde_json::from_str(data).context("bad event from the relay")?;
+            if let Some(msg) = v["error"]["message"].as_str() {
+                anyhow::bail!("{msg}");
+            }
+            if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
+                print(piece);
+                text.push_str(piece);
+            }
+        }
+        Ok(text)
+    }
+}
