@@ -50,8 +50,8 @@ export AIT_MODEL
 AIT_PYDEPS=${AIT_PYDEPS:-$HOME/.cache/ai-torrent/pydeps}
 export AIT_PYDEPS
 step "install the openai Python package" bash scripts/pydeps.sh "$AIT_PYDEPS"
-step "build web-node (wasm32)" cargo build --release --target wasm32-unknown-unknown -p web-node
-step "build web app (trunk)" trunk build --release
+# Trunk builds the app, and with it web-node, for wasm32.
+step "build web app and web-node (wasm32, trunk)" trunk build --release
 step "clippy (native)" cargo clippy --workspace --exclude app --all-targets -- -D warnings
 step "clippy (wasm32)" cargo clippy --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
 # Release profile: reuses the `ait` build above instead of compiling everything a third time.

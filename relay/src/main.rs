@@ -268,17 +268,21 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         r.map(|g| (g, recoveries))
     })?;
     let (result, recoveries) = result;
+    report(&format!("swarm: model {}", model.id.short()), &format!(", re-routes: {recoveries}"), &result);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ends the streamed text and prints the generation's numbers on stderr.
+fn report(what: &str, extra: &str, g: &web_node::client::Generation) {
     println!();
     eprintln!(
-        "swarm: model {}, prompt: {} tokens, generated: {} tokens ({:?}), re-routes: {recoveries}",
-        model.id.short(),
-        result.prompt_tokens,
-        result.tokens.len(),
-        result.finish
+        "{what}, prompt: {} tokens, generated: {} tokens ({:?}){extra}",
+        g.prompt_tokens,
+        g.tokens.len(),
+        g.finish
     );
-    eprintln!("prefill: {:.1} tok/s", result.prefill_tok_per_s());
-    eprintln!("decode: {:.1} tok/s", result.decode_tok_per_s());
-    Ok(ExitCode::SUCCESS)
+    eprintln!("prefill: {:.1} tok/s", g.prefill_tok_per_s());
+    eprintln!("decode: {:.1} tok/s", g.decode_tok_per_s());
 }
 
 fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
@@ -306,16 +310,7 @@ fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         },
     ))
     .with_context(|| format!("generating with {}", path.display()))?;
-    println!();
-    eprintln!(
-        "backend: {}{}, prompt: {} tokens, generated: {} tokens ({:?})",
-        backend_name,
-        model.adapter.map(|a| format!(" on {a}")).unwrap_or_default(),
-        result.prompt_tokens,
-        result.tokens.len(),
-        result.finish
-    );
-    eprintln!("prefill: {:.1} tok/s", result.prefill_tok_per_s());
-    eprintln!("decode: {:.1} tok/s", result.decode_tok_per_s());
+    let adapter = model.adapter.map(|a| format!(" on {a}")).unwrap_or_default();
+    report(&format!("backend: {backend_name}{adapter}"), "", &result);
     Ok(ExitCode::SUCCESS)
 }

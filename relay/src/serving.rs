@@ -12,7 +12,7 @@ use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::chain::{BoxStream, LocalServer};
 use web_node::net::node::NodeHandle;
-use web_node::net::protocol::{PROTOCOL, PROTOCOL_VERSION};
+use web_node::net::protocol::PROTOCOL;
 use web_node::net::record::{block_key, server_key, ServerRecord};
 use web_node::net::serve::{compute_channel, run_compute, ServeConfig, Server};
 
@@ -148,21 +148,13 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
 
 /// Signs and stores the current server record.
 async fn publish(handle: &NodeHandle, key: &Keypair, server: &Server) -> anyhow::Result<()> {
-    let status = server.status();
     let c = server.config();
     let peer = key.public().to_peer_id();
     let record = ServerRecord {
-        version: PROTOCOL_VERSION,
         peer: peer.to_string(),
-        model: c.model.to_hex(),
-        start: c.blocks.start,
-        end: c.blocks.end,
-        backend: c.backend.clone(),
-        ms_per_block: c.ms_per_block,
-        free_slots: status.free_slots,
-        max_len: c.max_len,
         addrs: handle.addresses().await?.iter().map(|a| a.to_string()).collect(),
         expires_ms: web_node::net::unix_ms() + RECORD_VALIDITY.as_millis() as u64,
+        status: server.status(),
     };
     handle.put_record(server_key(&c.model, &peer), record.sign(key)?).await?;
     Ok(())

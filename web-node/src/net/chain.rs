@@ -571,7 +571,7 @@ impl ProbeCtx {
                 })
                 .max_by_key(|r| r.expires_ms);
             let Some(record) = record else { return Ok(None) };
-            if record.end <= range.start || record.start >= range.end {
+            if record.status.end <= range.start || record.status.start >= range.end {
                 return Ok(None);
             }
             if self.node.add_addresses(peer, record.multiaddrs()).await.is_err() {

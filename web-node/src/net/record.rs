@@ -13,6 +13,7 @@ use libp2p::kad::RecordKey;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
+use super::protocol::ServerStatus;
 use crate::model::ModelId;
 
 /// Signature domain of server records.
@@ -30,31 +31,19 @@ pub fn server_key(model: &ModelId, peer: &PeerId) -> RecordKey {
     RecordKey::new(&format!("/ait/server/{}/{peer}", model.to_hex()))
 }
 
-/// What a serving node announces about itself.
+/// What a serving node announces about itself: its status (range, backend, speed, free
+/// slots, protocol version) plus where to reach it and until when the record holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ServerRecord {
-    /// Protocol version the server speaks.
-    pub version: u32,
     /// The server's peer id.
     pub peer: String,
-    /// Model id (hex).
-    pub model: String,
-    /// First block served.
-    pub start: usize,
-    /// One past the last block served.
-    pub end: usize,
-    /// Compute backend.
-    pub backend: String,
-    /// Measured decode time per block per token, in milliseconds.
-    pub ms_per_block: f64,
-    /// Sessions that may still be opened when the record was made.
-    pub free_slots: usize,
-    /// Longest session accepted, in tokens.
-    pub max_len: usize,
     /// Addresses to dial it at.
     pub addrs: Vec<String>,
     /// Unix time (ms) after which the record is stale.
     pub expires_ms: u64,
+    /// Its status when the record was signed.
+    #[serde(flatten)]
+    pub status: ServerStatus,
 }
 
 /// A server record that failed verification.
@@ -109,17 +98,15 @@ impl ServerRecord {
         if rec.peer != signer.to_string() || signer != *expected_peer {
             return Err(RecordError::WrongSigner { claimed: rec.peer, signer });
         }
-        if rec.model != model.to_hex() {
-            return Err(RecordError::Mismatch(format!("model {} instead of {}", rec.model, model.to_hex())));
+        let s = &rec.status;
+        if s.model != model.to_hex() {
+            return Err(RecordError::Mismatch(format!("model {} instead of {}", s.model, model.to_hex())));
         }
-        if rec.start >= rec.end || rec.end > n_layers {
-            return Err(RecordError::Mismatch(format!(
-                "blocks [{}, {}) of a {n_layers}-layer model",
-                rec.start, rec.end
-            )));
+        if s.start >= s.end || s.end > n_layers {
+            return Err(RecordError::Mismatch(format!("blocks [{}, {}) of a {n_layers}-layer model", s.start, s.end)));
         }
-        if !rec.ms_per_block.is_finite() || rec.ms_per_block < 0.0 {
-            return Err(RecordError::Malformed(format!("ms_per_block {}", rec.ms_per_block)));
+        if !s.ms_per_block.is_finite() || s.ms_per_block < 0.0 {
+            return Err(RecordError::Malformed(format!("ms_per_block {}", s.ms_per_block)));
         }
         if rec.expires_ms < now_ms {
             return Err(RecordError::Expired(now_ms - rec.expires_ms));
@@ -139,17 +126,20 @@ mod tests {
 
     fn record(key: &Keypair, model: &ModelId) -> ServerRecord {
         ServerRecord {
-            version: 1,
             peer: key.public().to_peer_id().to_string(),
-            model: model.to_hex(),
-            start: 10,
-            end: 20,
-            backend: "cpu".into(),
-            ms_per_block: 0.4,
-            free_slots: 8,
-            max_len: 2048,
             addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
             expires_ms: 2_000,
+            status: ServerStatus {
+                version: 1,
+                model: model.to_hex(),
+                start: 10,
+                end: 20,
+                backend: "cpu".into(),
+                ms_per_block: 0.4,
+                free_slots: 8,
+                active_sessions: 0,
+                max_len: 2048,
+            },
         }
     }
 
