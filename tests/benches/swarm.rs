@@ -6,7 +6,9 @@
 //!   relays holding a third each (`swarm_3_hops`), with the runs of the three interleaved so
 //!   that machine noise hits them alike;
 //! - the latency each hop adds per step, two ways: from the client's wall time per step minus
-//!   the compute time each server reports, and from the tokens/s difference;
+//!   the compute time each server reports, and from the tokens/s difference; and the servers'
+//!   own compute time per step summed over the hops (to tell protocol cost from compute that
+//!   gets slower when the layers are spread over processes);
 //! - time to first token for a 100-token prompt (route discovery, prefill, first logits);
 //! - recovery after the relay in use for [10, 20) is killed (SIGKILL) mid-generation: the
 //!   chain's own measure (failure noticed -> replacement holds the history) and the stall the
@@ -48,6 +50,8 @@ struct Series {
     ttft: Vec<f64>,
     /// Mean over hops of (wall - compute) per step, ms.
     hop_overhead_ms: Vec<f64>,
+    /// Sum over hops of the compute time the servers report per step, ms.
+    server_compute_ms: Vec<f64>,
 }
 
 impl Series {
@@ -56,6 +60,7 @@ impl Series {
             "decode_tok_per_s": median(&self.decode),
             "time_to_first_token_s": median(&self.ttft),
             "hop_overhead_ms": if self.hop_overhead_ms.is_empty() { None } else { Some(median(&self.hop_overhead_ms)) },
+            "server_compute_ms_per_step": if self.server_compute_ms.is_empty() { None } else { Some(median(&self.server_compute_ms)) },
         })
     }
 }
@@ -96,6 +101,9 @@ fn main() {
                     .map(|(_, st)| (st.wall.saturating_sub(st.compute)).as_secs_f64() * 1e3 / st.steps.max(1) as f64)
                     .collect();
                 s.hop_overhead_ms.push(per_hop.iter().sum::<f64>() / per_hop.len().max(1) as f64);
+                s.server_compute_ms.push(
+                    stats.iter().map(|(_, st)| st.compute.as_secs_f64() * 1e3 / st.steps.max(1) as f64).sum::<f64>(),
+                );
             }
             g.tokens
         })
