@@ -52,7 +52,8 @@ export AIT_PYDEPS
 step "install the openai Python package" bash scripts/pydeps.sh "$AIT_PYDEPS"
 # Trunk builds the app, and with it web-node, for wasm32.
 step "build web app and web-node (wasm32, trunk)" trunk build --release
-step "clippy (native)" cargo clippy --workspace --exclude app --all-targets -- -D warnings
-step "clippy (wasm32)" cargo clippy --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
+# Release profile: shares build scripts and proc macros with the builds above.
+step "clippy (native)" cargo clippy --release --workspace --exclude app --all-targets -- -D warnings
+step "clippy (wasm32)" cargo clippy --release --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
 # Release profile: reuses the `ait` build above instead of compiling everything a third time.
 step "test" cargo test --release --workspace --exclude app
