@@ -170,9 +170,21 @@ fn options(
             seed: s.seed.map(|v| v as u64),
             ..SamplingParams::default()
         },
-        stop: s.stop.clone().map(|s| s.into_vec()).unwrap_or_default(),
+        stop: stops(s)?,
         ..GenerateOptions::default()
     })
+}
+
+/// The stop sequences, within OpenAI's limits (4, each at most 256 bytes).
+fn stops(s: &Sampling) -> Result<Vec<String>, ApiError> {
+    let stops = s.stop.clone().map(|s| s.into_vec()).unwrap_or_default();
+    if stops.len() > 4 || stops.iter().any(|s| s.len() > 256) {
+        return Err(ApiError {
+            param: Some("stop"),
+            ..ApiError::bad_request("At most 4 stop sequences of 256 bytes each.")
+        });
+    }
+    Ok(stops)
 }
 
 fn chat_job(state: &ApiState, req: ChatRequest) -> Result<Job, ApiError> {
@@ -372,7 +384,11 @@ async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response,
             Ok(g) => {
                 let _ = tx.send(event(kind.chunk(&id, &name, None, Some(finish_reason(g.finish)), false)));
                 if job.include_usage {
-                    let _ = tx.send(event(json!({ "id": id, "object": "chat.completion.chunk", "created": now(),
+                    let object = match kind {
+                        Kind::Chat => "chat.completion.chunk",
+                        Kind::Completion => "text_completion",
+                    };
+                    let _ = tx.send(event(json!({ "id": id, "object": object, "created": now(),
                         "model": name, "choices": [], "usage": usage(&g) })));
                 }
             }

@@ -52,6 +52,9 @@ pub struct ChainOptions {
     pub ban: Duration,
     /// Re-routes allowed within one `begin` or `forward` before giving up.
     pub max_reroutes: usize,
+    /// Longest wait for one step from a server that keeps answering status requests (busy
+    /// with other sessions, not dead).
+    pub max_wait: Duration,
 }
 
 impl Default for ChainOptions {
@@ -65,6 +68,7 @@ impl Default for ChainOptions {
             settle: Duration::from_millis(300),
             ban: Duration::from_secs(60),
             max_reroutes: 4,
+            max_wait: Duration::from_secs(300),
         }
     }
 }
@@ -331,8 +335,9 @@ impl SwarmChain {
         });
         let mut probes: FuturesUnordered<_> =
             peers.iter().map(|&peer| ctx.clone().probe(peer, range.clone(), known_only).boxed()).collect();
-        if self.local.is_some() {
-            probes.push(ctx.clone().probe(self.node.peer_id(), range.clone(), true).boxed());
+        let me = self.node.peer_id();
+        if self.local.is_some() && !self.is_banned(&me) {
+            probes.push(ctx.clone().probe(me, range.clone(), true).boxed());
         }
         let mut found: Vec<(FoundServer, BoxStream)> = Vec::new();
         let mut unreachable = Vec::new();
@@ -448,6 +453,8 @@ impl SwarmChain {
         let dim = self.hidden;
         let per_frame = ((MAX_FRAME - 64) / (dim * 4)).max(1);
         let per_token = self.opts.per_token_timeout;
+        let max_wait = self.opts.max_wait;
+        let (node, local) = (self.node.clone(), self.local.clone());
         let hop = &mut self.hops[i];
         let expected = Duration::from_secs_f64((hop.expected_ms * self.opts.timeout_factor / 1e3).clamp(0.0, 3600.0));
         let step_timeout = self.opts.step_timeout.max(expected);
@@ -460,7 +467,28 @@ impl SwarmChain {
             let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden };
             let limit = step_timeout + per_token * take as u32;
             let started = Instant::now();
-            match exchange(peer, &mut hop.stream, &req, limit).await? {
+            let io = |error| ChainError::Stream { peer, error };
+            super::timeout(limit, write_frame(&mut hop.stream, &req.encode()))
+                .await
+                .ok_or(io(FrameError::Timeout(limit)))?
+                .map_err(io)?;
+            // A server busy with other sessions' work still answers a status request (the
+            // compute queue is not involved); a frozen or dead one does not. Keep waiting while
+            // it is alive, up to `max_wait`.
+            let frame = loop {
+                match read_frame(&mut hop.stream, MAX_FRAME, limit, limit).await {
+                    Ok(f) => break f,
+                    Err(FrameError::Timeout(_)) if started.elapsed() < max_wait && alive(&node, &local, peer).await => {
+                        tracing::debug!(%peer, "step slow but server alive; waiting");
+                    }
+                    Err(e) => return Err(io(e)),
+                }
+            };
+            let reply = Response::decode(&frame).map_err(|e| ChainError::Protocol { peer, detail: e.to_string() })?;
+            if let Response::Error { code, message } = reply {
+                return Err(ChainError::Server { peer, code, message });
+            }
+            match reply {
                 Response::Hidden { n_tokens, compute_us, hidden }
                     if n_tokens as usize == take && hidden.len() == take * dim =>
                 {
@@ -482,32 +510,52 @@ impl SwarmChain {
         Ok(out)
     }
 
-    /// Replaces hop `i` after a failure: ban, route its span again, replay its history.
+    /// Replaces hop `i` after a failure: ban, route its span again, replay its history. A
+    /// replacement that fails during the replay is banned in turn and the span routed again.
     async fn recover(&mut self, i: usize, error: ChainError, failures: &mut usize) -> Result<(), ChainError> {
         let started = Instant::now();
         let failed = self.hops[i].peer;
         let span = self.hops[i].blocks.clone();
         tracing::warn!(%failed, "blocks [{}, {}) failed: {error}", span.start, span.end);
         self.ban(failed);
-        let old = self.hops.remove(i);
-        drop(old);
-        let new = self.route_span(span.clone(), failures, true).await?;
-        let n_new = new.len();
-        let replacements: Vec<PeerId> = new.iter().map(|h| h.peer).collect();
-        for (k, h) in new.into_iter().enumerate() {
-            self.hops.insert(i + k, h);
-        }
-        // Replay: push the span's input history through the new hops, recording the inputs
-        // at the new boundaries.
-        let mut x = self.history.get(&span.start).cloned().unwrap_or_default();
+        self.hops.remove(i);
         let n = self.pos;
-        if n > 0 {
+        let replacements = loop {
+            let new = self.route_span(span.clone(), failures, true).await?;
+            let n_new = new.len();
+            let replacements: Vec<PeerId> = new.iter().map(|h| h.peer).collect();
+            for (k, h) in new.into_iter().enumerate() {
+                self.hops.insert(i + k, h);
+            }
+            // Replay: push the span's input history through the new hops, recording the
+            // inputs at the new boundaries.
+            let mut x = self.history.get(&span.start).cloned().unwrap_or_default();
+            let mut replay_error = None;
             for k in i..i + n_new {
+                if n == 0 {
+                    break;
+                }
                 let start = self.hops[k].blocks.start;
                 self.history.insert(start, x.clone());
-                x = self.step_hop(k, 0, &x, n).await?;
+                match self.step_hop(k, 0, &x, n).await {
+                    Ok(out) => x = out,
+                    Err(e) => {
+                        replay_error = Some(e);
+                        break;
+                    }
+                }
             }
-        }
+            let Some(e) = replay_error else { break replacements };
+            *failures += 1;
+            if let Some(p) = e.peer() {
+                self.ban(p);
+            }
+            self.hops.drain(i..i + n_new);
+            if *failures > self.opts.max_reroutes {
+                return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
+            }
+            tracing::warn!("replay to the replacement failed, routing again: {e}");
+        };
         let took = started.elapsed();
         tracing::info!(
             "re-routed blocks [{}, {}) from {failed} to {} in {:.1} ms ({n} tokens replayed)",
@@ -533,6 +581,23 @@ impl SwarmChain {
             self.hops.iter().map(|h| format!("[{}, {}) {}", h.blocks.start, h.blocks.end, h.peer)).collect();
         tracing::info!("route: {}", route.join(" -> "));
     }
+}
+
+/// Whether `peer` answers a status request within a second (over a fresh stream, or the
+/// in-process pipe for this node's own server).
+async fn alive(node: &NodeHandle, local: &Option<Arc<dyn LocalServer>>, peer: PeerId) -> bool {
+    let limit = Duration::from_secs(1);
+    let mut stream: BoxStream = match local {
+        Some(l) if peer == node.peer_id() => l.connect(),
+        _ => {
+            let mut control = node.control();
+            match super::timeout(limit, control.open_stream(peer, PROTOCOL)).await {
+                Some(Ok(s)) => Box::new(s),
+                _ => return false,
+            }
+        }
+    };
+    matches!(exchange(peer, &mut stream, &Request::Info, limit).await, Ok(Response::Info(_)))
 }
 
 /// What a server probe needs (cloned out of the chain so probes can run concurrently).
@@ -692,10 +757,17 @@ impl LayerChain for SwarmChain {
                 }
                 Err(e) => {
                     failures += 1;
-                    if failures > self.opts.max_reroutes {
-                        return Err(ChainError::GaveUp { attempts: failures, last: Box::new(e) }.into());
+                    let result = if failures > self.opts.max_reroutes {
+                        Err(ChainError::GaveUp { attempts: failures, last: Box::new(e) })
+                    } else {
+                        self.recover(i, e, &mut failures).await
+                    };
+                    if let Err(e) = result {
+                        // The sequence is broken (a gap in the route, history ahead of `pos`):
+                        // drop it, so a later `forward` fails instead of skipping layers.
+                        self.end().await?;
+                        return Err(e.into());
                     }
-                    self.recover(i, e, &mut failures).await?;
                     self.log_route();
                 }
             }

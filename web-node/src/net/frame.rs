@@ -52,8 +52,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         if n > limit {
             return Err(FrameError::TooLarge { len: n, limit });
         }
-        let mut buf = vec![0u8; n];
-        r.read_exact(&mut buf).await?;
+        // Grow with the bytes that actually arrive, not with what the peer announced.
+        let mut buf = Vec::with_capacity(n.min(64 << 10));
+        (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
+        if buf.len() < n {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
         Ok(buf)
     };
     super::timeout(body, rest).await.ok_or(FrameError::Timeout(body))?

@@ -109,6 +109,9 @@ impl ComputeHandle {
     }
 }
 
+/// Largest frame accepted before a session is open (info and open requests are tiny).
+pub const PRE_SESSION_FRAME: usize = 4096;
+
 /// What a [`Server`] serves and its limits.
 #[derive(Clone, Debug)]
 pub struct ServeConfig {
@@ -251,7 +254,9 @@ impl Server {
             end: self.config.blocks.end,
             backend: self.config.backend.clone(),
             ms_per_block: self.config.ms_per_block,
-            free_slots: by_slots.min(by_memory.max(usize::from(by_slots > 0))),
+            // By memory, a full-length session; shorter ones may still fit, but a client asking
+            // for the full context would be refused.
+            free_slots: by_slots.min(by_memory),
             active_sessions: a.sessions,
             max_len: self.config.max_len,
         }
@@ -323,7 +328,10 @@ impl Server {
         let c = &self.config;
         let mut open: Option<(SessionId, Slot<'_>)> = None;
         let result = loop {
-            let frame = match read_frame(stream, c.max_frame, c.idle_timeout, c.frame_timeout).await {
+            // Before a session is open only small requests (info, open) are valid: a peer cannot
+            // make us hold big buffers without holding a session slot first.
+            let limit = if open.is_some() { c.max_frame } else { PRE_SESSION_FRAME };
+            let frame = match read_frame(stream, limit, c.idle_timeout, c.frame_timeout).await {
                 Ok(f) => f,
                 Err(FrameError::Closed) => break Ok(()),
                 Err(e @ FrameError::TooLarge { .. }) => break Err(Refusal(ErrorCode::TooLarge, e.to_string())),
