@@ -36,8 +36,9 @@ pub struct ChainOptions {
     /// Shortest wait for one step on one server. The wait is the larger of this and
     /// [`ChainOptions::timeout_factor`] times the server's estimated step time, plus
     /// [`ChainOptions::per_token_timeout`] per token carried. A server that misses it is
-    /// treated as failed: on loopback or a LAN this is how a frozen server, or one whose death
-    /// the transport does not report (QUIC), is noticed within about a second.
+    /// treated as failed unless it answers a status request within 0.5 s (then it is busy, and
+    /// the wait goes on): a frozen server, or one whose death the transport does not report
+    /// (QUIC), is noticed in about 1.5 s.
     pub step_timeout: Duration,
     /// Multiple of a server's estimated step time (round trip + compute at its load) to wait.
     pub timeout_factor: f64,
@@ -61,7 +62,7 @@ impl Default for ChainOptions {
     fn default() -> Self {
         ChainOptions {
             connect_timeout: Duration::from_secs(10),
-            step_timeout: Duration::from_millis(1500),
+            step_timeout: Duration::from_secs(1),
             timeout_factor: 10.0,
             per_token_timeout: Duration::from_millis(50),
             discovery_timeout: Duration::from_secs(15),
@@ -583,10 +584,10 @@ impl SwarmChain {
     }
 }
 
-/// Whether `peer` answers a status request within a second (over a fresh stream, or the
+/// Whether `peer` answers a status request within half a second (over a fresh stream, or the
 /// in-process pipe for this node's own server).
 async fn alive(node: &NodeHandle, local: &Option<Arc<dyn LocalServer>>, peer: PeerId) -> bool {
-    let limit = Duration::from_secs(1);
+    let limit = Duration::from_millis(500);
     let mut stream: BoxStream = match local {
         Some(l) if peer == node.peer_id() => l.connect(),
         _ => {
