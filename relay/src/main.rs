@@ -187,6 +187,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         }
         relay::p2p::bootstrap(&handle, &o.bootstrap).await?;
         let mut local: Option<Arc<dyn LocalServer>> = None;
+        let mut served_id = None;
         if o.serve.blocks.is_some() {
             let s = relay::serving::start(&handle, &key, &o.serve).await?;
             let c = s.server.config();
@@ -195,6 +196,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
+            served_id = Some(s.model);
         }
         if !o.no_http {
             // The API needs the model's head and tokenizer: the served model, or --model.
@@ -204,7 +206,10 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                     None => relay::fetch::default_model()?,
                 };
                 let name = model_name(&path);
-                let m = tokio::task::spawn_blocking(move || relay::swarm_client::ClientModel::load(&path)).await??;
+                let m = tokio::task::spawn_blocking(move || {
+                    relay::swarm_client::ClientModel::load_with_id(&path, served_id)
+                })
+                .await??;
                 (Some(Arc::new(m)), name)
             } else {
                 (None, String::new())

@@ -27,12 +27,21 @@ pub struct ClientModel {
 impl ClientModel {
     /// Loads the head and tokenizer of `path` and computes its model id.
     pub fn load(path: &Path) -> anyhow::Result<ClientModel> {
+        Self::load_with_id(path, None)
+    }
+
+    /// Like [`ClientModel::load`], trusting `id` when given instead of hashing every block
+    /// again (a relay has just computed it to serve the model).
+    pub fn load_with_id(path: &Path, id: Option<ModelId>) -> anyhow::Result<ClientModel> {
         let file = ModelFile::open(path).context("opening the model")?;
         let config = file.config().clone();
         let tokenizer = file.tokenizer()?;
         let head = Head::new(config.clone(), file.load_head()?)?;
         let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
-        let id = Manifest::of_file(&file).context("hashing the model")?.id();
+        let id = match id {
+            Some(id) => id,
+            None => Manifest::of_file(&file).context("hashing the model")?.id(),
+        };
         Ok(ClientModel { config, head, tokenizer, template, id })
     }
 
