@@ -1,4 +1,4 @@
-//! Entry point of the web app: install the panic hook, then mount [`app::App`] on `<body>`.
+//! Entry point of the web app: mounts [`app::App`] on the page's body.
 
 fn main() {
     console_error_panic_hook::set_once();

@@ -59,18 +59,21 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
-        .fallback(|| async { ApiError { status: 404, ..ApiError::bad_request("No such endpoint.") } })
+        .route(
+            "/v1/{*rest}",
+            axum::routing::any(|| async { ApiError { status: 404, ..ApiError::bad_request("No such endpoint.") } }),
+        )
         .layer(cors)
         .with_state(state)
 }
 
-/// Binds `addr` and serves the API in the background; returns the bound address.
-pub async fn serve(addr: SocketAddr, state: Arc<ApiState>) -> anyhow::Result<SocketAddr> {
+/// Binds `addr` and serves `app` (the API and the browser routes) in the background; returns
+/// the bound address.
+pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("HTTP API cannot listen on {addr}: {e} (choose another with --http ADDR:PORT)"))?;
     let bound = listener.local_addr()?;
-    let app = router(state);
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!("HTTP API stopped: {e}");

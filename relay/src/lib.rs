@@ -17,3 +17,4 @@ pub mod openai;
 pub mod p2p;
 pub mod serving;
 pub mod swarm_client;
+pub mod web;

@@ -14,7 +14,7 @@ use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
 use std::sync::Arc;
 use web_node::client::{GenerateOptions, SamplingParams};
-use web_node::model::ChatMessage;
+use web_node::model::{ChatMessage, Manifest, ModelFile};
 use web_node::net::chain::LocalServer;
 use web_node::net::node::Role;
 
@@ -112,6 +112,9 @@ struct RelayOpt {
     /// HTTP API requests generating at once (others wait).
     #[arg(long, default_value_t = 4)]
     api_concurrency: usize,
+    /// The built web app served on the HTTP port (default: `dist/` here or in the workspace).
+    #[arg(long, env = "AIT_WEB_DIR")]
+    web_dir: Option<PathBuf>,
 }
 
 /// The name a model goes by in the API: its file (or directory) name without `.gguf`.
@@ -187,7 +190,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         }
         relay::p2p::bootstrap(&handle, &o.bootstrap).await?;
         let mut local: Option<Arc<dyn LocalServer>> = None;
-        let mut served_id = None;
+        // The model this relay knows: the one it serves, or --model.
+        let mut known: Option<(ModelFile, Manifest)> = None;
         if o.serve.blocks.is_some() {
             let s = relay::serving::start(&handle, &key, &o.serve).await?;
             let c = s.server.config();
@@ -196,23 +200,38 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
-            served_id = Some(s.model);
+            known = Some((s.file, s.manifest));
+        } else if let Some(path) = o.serve.model.clone() {
+            known = Some(
+                tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let file = ModelFile::open(&path).context("opening the model")?;
+                    let manifest = Manifest::of_file(&file).context("hashing the model")?;
+                    Ok((file, manifest))
+                })
+                .await??,
+            );
         }
         if !o.no_http {
-            // The API needs the model's head and tokenizer: the served model, or --model.
-            let (model, name) = if o.serve.blocks.is_some() || o.serve.model.is_some() {
-                let path = match &o.serve.model {
-                    Some(p) => p.clone(),
-                    None => relay::fetch::default_model()?,
-                };
-                let name = model_name(&path);
-                let m = tokio::task::spawn_blocking(move || {
-                    relay::swarm_client::ClientModel::load_with_id(&path, served_id)
-                })
-                .await??;
-                (Some(Arc::new(m)), name)
-            } else {
-                (None, String::new())
+            let name = match (&o.serve.model, &known) {
+                (Some(p), _) => model_name(p),
+                (None, Some(_)) => model_name(&relay::fetch::default_model()?),
+                (None, None) => String::new(),
+            };
+            // The API needs the model's head and tokenizer; browsers get its parts (GGUF only).
+            let (model, parts) = match known {
+                Some((file, manifest)) => {
+                    let id = manifest.id();
+                    let client = relay::swarm_client::ClientModel::from_file(&file, Some(id))?;
+                    let parts = match file {
+                        ModelFile::Gguf(g) => Some(Arc::new(relay::web::ModelParts::new(name.clone(), manifest, g))),
+                        ModelFile::Safetensors(_) => {
+                            tracing::warn!("browsers cannot download parts of a safetensors model yet");
+                            None
+                        }
+                    };
+                    (Some(Arc::new(client)), parts)
+                }
+                None => (None, None),
             };
             let state = relay::api::ApiState {
                 model,
@@ -223,7 +242,16 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 permits: tokio::sync::Semaphore::new(o.api_concurrency.max(1)),
                 chain: Default::default(),
             };
-            let addr = relay::api::serve(o.http, Arc::new(state)).await?;
+            let web =
+                relay::web::WebState { peer: peer.to_string(), addrs: relay::web::browser_addrs(&addrs), model: parts };
+            let web_dir = relay::web::find_web_dir(o.web_dir.clone());
+            if web_dir.is_none() {
+                tracing::warn!(
+                    "web app not found (run `trunk build --release` or pass --web-dir): only the API is served"
+                );
+            }
+            let app = relay::api::router(Arc::new(state)).merge(relay::web::router(Arc::new(web), web_dir));
+            let addr = relay::api::serve(o.http, app).await?;
             println!("http: http://{addr}");
         }
         println!("ready");

@@ -14,6 +14,7 @@ use libp2p::core::Transport;
 use libp2p::identity::Keypair;
 use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
 use web_node::net::node::{Behaviour, Node, NodeHandle, Role};
+use web_node::net::small_writes::SmallWrites;
 
 /// File name of the identity key in the data directory.
 pub const KEY_FILE: &str = "identity.key";
@@ -78,12 +79,14 @@ pub async fn start(
         .with_quic()
         .with_other_transport(|key| {
             libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
-                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(conn)))
+                // Small flushed writes: see web_node::net::small_writes.
+                .map(|(peer, conn), _| (peer, StreamMuxerBox::new(SmallWrites(conn))))
         })?
         .with_dns()?
         .with_websocket(noise::Config::new, yamux::Config::default)
         .await?
-        .with_behaviour(|key| Behaviour::new(key, role))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, role, relay_client))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     let peer = *swarm.local_peer_id();

@@ -1,27 +1,22 @@
-//! `ait relay --blocks`: load blocks, measure them, serve sessions, announce in the DHT.
+//! `ait relay --blocks`: load blocks, measure them, serve sessions, announce in the DHT
+//! ([`web_node::net::announce`]).
 
 use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{Manifest, ModelFile, ModelId};
+use web_node::net::announce::announce;
 use web_node::net::chain::{BoxStream, LocalServer};
 use web_node::net::node::NodeHandle;
 use web_node::net::protocol::PROTOCOL;
-use web_node::net::record::{block_key, server_key, ServerRecord};
 use web_node::net::serve::{compute_channel, run_compute, ServeConfig, Server};
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
-
-/// How often the server record is re-signed and republished.
-pub const RECORD_REFRESH: Duration = Duration::from_secs(30);
-/// How long a server record stays valid after it is signed.
-pub const RECORD_VALIDITY: Duration = Duration::from_secs(90);
 
 /// What to serve and the limits.
 #[derive(Clone, Debug, clap::Args)]
@@ -79,6 +74,10 @@ pub struct Serving {
     pub server: Arc<Server>,
     /// Model id.
     pub model: ModelId,
+    /// The model's manifest.
+    pub manifest: Manifest,
+    /// The whole model file (for the API's head and the parts handed to browsers).
+    pub file: ModelFile,
 }
 
 /// Loads the blocks, measures their decode speed, starts the compute thread, accepts session
@@ -90,7 +89,7 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
     };
     let blocks_arg = opt.blocks.clone().context("no --blocks")?;
     let backend_kind = opt.backend;
-    let (executor, model, blocks, ms_per_block) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (executor, manifest, file, blocks, ms_per_block) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = ModelFile::open(&path).context("opening the model")?;
         let blocks = parse_blocks(&blocks_arg, file.config().n_layers)?;
         let manifest = Manifest::of_file(&file).context("hashing the model")?;
@@ -98,9 +97,10 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
         let backend = load_backend(&file, gpu.as_ref(), blocks.clone())?;
         let mut executor = BlockExecutor::new(backend, ExecutorConfig::default());
         let ms = measure_ms_per_block(&mut executor)?;
-        Ok((executor, manifest.id(), blocks, ms))
+        Ok((executor, manifest, file, blocks, ms))
     })
     .await??;
+    let model = manifest.id();
     let config = executor.backend().config().clone();
     let kv_bytes_per_token = (blocks.len() * config.kv_dim() * 2 * 4) as u64;
     let mut serve =
@@ -130,34 +130,13 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
         }
     });
 
-    handle.provide(blocks.clone().map(|b| block_key(&model, b)).collect()).await?;
-    publish(handle, key, &server).await?;
     let (h, k, s) = (handle.clone(), key.clone(), server.clone());
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(RECORD_REFRESH);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            if let Err(e) = publish(&h, &k, &s).await {
-                tracing::warn!("republishing the server record: {e:#}");
-            }
+        if let Err(e) = announce(h, k, s, futures::future::pending()).await {
+            tracing::warn!("announcing the server stopped: {e}");
         }
     });
-    Ok(Serving { server, model })
-}
-
-/// Signs and stores the current server record.
-async fn publish(handle: &NodeHandle, key: &Keypair, server: &Server) -> anyhow::Result<()> {
-    let c = server.config();
-    let peer = key.public().to_peer_id();
-    let record = ServerRecord {
-        peer: peer.to_string(),
-        addrs: handle.addresses().await?.iter().map(|a| a.to_string()).collect(),
-        expires_ms: web_node::net::unix_ms() + RECORD_VALIDITY.as_millis() as u64,
-        status: server.status(),
-    };
-    handle.put_record(server_key(&c.model, &peer), record.sign(key)?).await?;
-    Ok(())
+    Ok(Serving { server, model, manifest, file })
 }
 
 /// Median decode time of one token through the executor's blocks, per block, in ms.

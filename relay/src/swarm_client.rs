@@ -34,13 +34,18 @@ impl ClientModel {
     /// again (a relay has just computed it to serve the model).
     pub fn load_with_id(path: &Path, id: Option<ModelId>) -> anyhow::Result<ClientModel> {
         let file = ModelFile::open(path).context("opening the model")?;
+        Self::from_file(&file, id)
+    }
+
+    /// The client's part of an opened model (hashing it unless `id` is given).
+    pub fn from_file(file: &ModelFile, id: Option<ModelId>) -> anyhow::Result<ClientModel> {
         let config = file.config().clone();
         let tokenizer = file.tokenizer()?;
         let head = Head::new(config.clone(), file.load_head()?)?;
         let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
         let id = match id {
             Some(id) => id,
-            None => Manifest::of_file(&file).context("hashing the model")?.id(),
+            None => Manifest::of_file(file).context("hashing the model")?.id(),
         };
         Ok(ClientModel { config, head, tokenizer, template, id })
     }

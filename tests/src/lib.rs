@@ -5,8 +5,9 @@
 //! - [`default_model`]: the default model's path (downloaded into the cache on first use).
 //! - [`procs`]: real `ait relay` processes for the swarm tests and benches.
 
-pub mod candle_ref;
 /// `ait` processes for the swarm tests.
+pub mod browser;
+pub mod candle_ref;
 pub mod procs;
 /// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
 pub mod tiny_model;

@@ -1,7 +1,7 @@
 //! Real `ait` processes for the swarm tests and benches: start relays, read what they print,
 //! kill them.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -44,6 +44,7 @@ impl Relay {
 
     /// Like [`Relay::start`], returning what went wrong instead of panicking.
     pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
+        std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let mut child = Command::new(ait_bin())
             .arg("relay")
             .arg("--data-dir")
@@ -67,9 +68,14 @@ impl Relay {
         });
         let err = child.stderr.take().expect("stderr");
         let (etx, erx) = mpsc::channel();
+        // Kept next to its data for post-mortems (`RUST_LOG` sets how much).
+        let mut log = std::fs::File::create(data_dir.join("relay.log")).ok();
         std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if let Some(f) = log.as_mut() {
+                    let _ = writeln!(f, "{line}");
+                }
                 all.push_str(&line);
                 all.push('\n');
                 let _ = etx.send(all.clone());

@@ -397,6 +397,11 @@ impl GgufFile {
         Ok((t, wt, self.data.slice(t.offset as usize..(t.offset + size) as usize)))
     }
 
+    /// The raw bytes of a tensor of a supported type, as stored in the file.
+    pub fn tensor_bytes(&self, name: &str) -> Result<Bytes, ModelError> {
+        self.raw(name).map(|(_, _, b)| b)
+    }
+
     /// A 2-D tensor as a matrix, checked against the expected `[rows, cols]`.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
         let (t, wt, bytes) = self.raw(name)?;

@@ -12,6 +12,7 @@ pub mod config;
 pub mod gguf;
 pub mod hf_config;
 pub mod manifest;
+pub mod parts;
 pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
@@ -98,6 +99,16 @@ pub enum ModelError {
     /// The chat template could not be parsed or rendered.
     #[error("chat template: {0}")]
     Template(String),
+    /// Downloaded weights whose content hash differs from the one the manifest names.
+    #[error("{part}: content hash {actual} does not match the manifest's {expected}")]
+    HashMismatch {
+        /// Which part (`block 12`, `head`).
+        part: String,
+        /// Hash in the manifest.
+        expected: String,
+        /// Hash of what arrived.
+        actual: String,
+    },
     /// Layer index out of range.
     #[error("layer {layer} out of range for a {n_layers}-layer model")]
     LayerOutOfRange {

@@ -195,6 +195,9 @@ pub struct HopStats {
     pub wall: Duration,
     /// Compute time the server reported, summed.
     pub compute: Duration,
+    /// Protocol bytes sent and received for these steps (frames with their length prefix;
+    /// transport overhead not included).
+    pub bytes: u64,
 }
 
 /// A re-route that happened during a generation.
@@ -469,7 +472,8 @@ impl SwarmChain {
             let limit = step_timeout + per_token * take as u32;
             let started = Instant::now();
             let io = |error| ChainError::Stream { peer, error };
-            super::timeout(limit, write_frame(&mut hop.stream, &req.encode()))
+            let encoded = req.encode();
+            super::timeout(limit, write_frame(&mut hop.stream, &encoded))
                 .await
                 .ok_or(io(FrameError::Timeout(limit)))?
                 .map_err(io)?;
@@ -498,6 +502,7 @@ impl SwarmChain {
                     hop.stats.tokens += take;
                     hop.stats.wall += started.elapsed();
                     hop.stats.compute += Duration::from_micros(u64::from(compute_us));
+                    hop.stats.bytes += (encoded.len() + frame.len() + 8) as u64;
                 }
                 other => {
                     return Err(ChainError::Protocol {

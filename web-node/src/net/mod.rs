@@ -7,6 +7,7 @@
 //! - [`routing`]: picks the chain of servers with the lowest estimated latency.
 //! - [`node`]: the libp2p behaviour and the event loop; other tasks talk to it through a
 //!   [`node::NodeHandle`].
+//! - [`announce`]: keeps a server's DHT records fresh, withdraws them, lists the network.
 //! - [`serve`]: the server side of a session stream, over a [`serve::ComputeHandle`].
 //! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
 //!   run on remote servers, with re-routing and replay when one fails.
@@ -14,6 +15,9 @@
 //! Transports are chosen by the embedding program (TCP/QUIC/WebSocket/WebRTC natively,
 //! WebSocket/WebRTC in a browser); everything here is transport-agnostic.
 
+pub mod announce;
+#[cfg(target_arch = "wasm32")]
+pub mod browser;
 pub mod chain;
 pub mod frame;
 pub mod node;
@@ -21,6 +25,7 @@ pub mod protocol;
 pub mod record;
 pub mod routing;
 pub mod serve;
+pub mod small_writes;
 
 use std::time::Duration;
 

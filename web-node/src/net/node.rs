@@ -66,13 +66,17 @@ mod behaviour {
         pub ping: ping::Behaviour,
         /// Circuit relay v2 server (servers only).
         pub relay: Toggle<relay::Behaviour>,
+        /// Circuit relay v2 client: dials `/p2p-circuit` addresses, and holds reservations
+        /// for nodes that cannot be dialed directly (browser tabs).
+        pub relay_client: relay::client::Behaviour,
         /// Raw streams for inference sessions.
         pub stream: libp2p_stream::Behaviour,
     }
 
     impl Behaviour {
-        /// The behaviour for `key` in `role`.
-        pub fn new(key: &Keypair, role: Role) -> Behaviour {
+        /// The behaviour for `key` in `role`, with the relay client that the swarm builder's
+        /// `with_relay_client` made.
+        pub fn new(key: &Keypair, role: Role, relay_client: relay::client::Behaviour) -> Behaviour {
             let peer = key.public().to_peer_id();
             let mut cfg = kad::Config::new(KAD_PROTOCOL);
             cfg.set_record_ttl(Some(RECORD_TTL))
@@ -93,6 +97,7 @@ mod behaviour {
                 ),
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10))),
                 relay: Toggle::from((role == Role::Server).then(|| relay::Behaviour::new(peer, relay_config()))),
+                relay_client,
                 stream: libp2p_stream::Behaviour::new(),
             }
         }
@@ -126,11 +131,27 @@ enum Command {
     AddAddresses(PeerId, Vec<Multiaddr>),
     Bootstrap(oneshot::Sender<Result<(), NetError>>),
     Provide(Vec<RecordKey>),
+    StopProviding(Vec<RecordKey>),
     PutRecord(RecordKey, Vec<u8>),
     GetProviders(RecordKey, mpsc::UnboundedSender<HashSet<PeerId>>),
     GetRecords(RecordKey, mpsc::UnboundedSender<Vec<u8>>),
     Addresses(oneshot::Sender<Vec<Multiaddr>>),
     AddExternal(Multiaddr),
+    ListenOn(Multiaddr, oneshot::Sender<Result<(), NetError>>),
+    Peers(oneshot::Sender<Vec<PeerInfo>>),
+}
+
+/// A peer this node is connected to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerInfo {
+    /// Its id.
+    pub peer: PeerId,
+    /// Address of one connection to it.
+    pub addr: Multiaddr,
+    /// Its identify agent string (`ait/0.1.0`, `ait-web/0.1.0`), once known.
+    pub agent: Option<String>,
+    /// Whether it offers the circuit relay service.
+    pub is_relay: bool,
 }
 
 /// Talks to a running [`Node`]. Cheap to clone.
@@ -151,6 +172,7 @@ pub struct Node {
     providers: HashMap<QueryId, mpsc::UnboundedSender<HashSet<PeerId>>>,
     records: HashMap<QueryId, mpsc::UnboundedSender<Vec<u8>>>,
     bootstraps: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
+    peers: HashMap<PeerId, PeerInfo>,
 }
 
 impl Node {
@@ -168,6 +190,7 @@ impl Node {
             providers: HashMap::new(),
             records: HashMap::new(),
             bootstraps: HashMap::new(),
+            peers: HashMap::new(),
         };
         (node, handle)
     }
@@ -225,6 +248,11 @@ impl Node {
                     }
                 }
             }
+            Command::StopProviding(keys) => {
+                for k in keys {
+                    kad.stop_providing(&k);
+                }
+            }
             Command::PutRecord(key, value) => {
                 if let Err(e) = kad.put_record(kad::Record::new(key, value), kad::Quorum::One) {
                     tracing::warn!("cannot store record: {e}");
@@ -246,6 +274,15 @@ impl Node {
                 let _ = reply.send(addrs);
             }
             Command::AddExternal(addr) => self.swarm.add_external_address(addr),
+            Command::ListenOn(addr, reply) => {
+                let r = self.swarm.listen_on(addr.clone()).map(|_| ());
+                let _ = reply.send(r.map_err(|e| NetError::Dial { addr: addr.to_string(), reason: e.to_string() }));
+            }
+            Command::Peers(reply) => {
+                let mut peers: Vec<PeerInfo> = self.peers.values().cloned().collect();
+                peers.sort_by_key(|p| p.peer.to_string());
+                let _ = reply.send(peers);
+            }
         }
     }
 
@@ -258,6 +295,12 @@ impl Node {
                 }
             }
             SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, .. } => {
+                self.peers.entry(peer_id).or_insert_with(|| PeerInfo {
+                    peer: peer_id,
+                    addr: endpoint.get_remote_address().clone(),
+                    agent: None,
+                    is_relay: false,
+                });
                 if let Some((addr, reply)) = self.dials.remove(&connection_id) {
                     // A dialed bootstrap peer: make it a DHT contact right away.
                     self.swarm.behaviour_mut().kad.add_address(&peer_id, endpoint.get_remote_address().clone());
@@ -265,16 +308,37 @@ impl Node {
                     let _ = reply.send(Ok(peer_id));
                 }
             }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                self.peers.remove(&peer_id);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                tracing::info!(%address, "listen address expired");
+                self.swarm.remove_external_address(&address);
+            }
+            SwarmEvent::ListenerClosed { addresses, reason, .. } => {
+                tracing::info!(?reason, "listener closed: {addresses:?}");
+                for a in addresses {
+                    self.swarm.remove_external_address(&a);
+                }
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(ev)) => tracing::info!("relay client: {ev:?}"),
+            SwarmEvent::Behaviour(BehaviourEvent::Relay(ev)) => tracing::debug!("relay: {ev:?}"),
             SwarmEvent::OutgoingConnectionError { connection_id, error, .. } => {
                 if let Some((addr, reply)) = self.dials.remove(&connection_id) {
                     let _ = reply.send(Err(NetError::Dial { addr: addr.to_string(), reason: error.to_string() }));
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. }))
-                if info.protocols.contains(&KAD_PROTOCOL) =>
-            {
-                for a in info.listen_addrs {
-                    self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+                if let Some(p) = self.peers.get_mut(&peer_id) {
+                    p.agent = Some(info.agent_version.clone());
+                    p.is_relay = info.protocols.iter().any(|p| p.as_ref() == "/libp2p/circuit/relay/0.2.0/hop");
+                }
+                // Only DHT servers go into the routing table (a tab in client mode does not
+                // announce the Kademlia protocol).
+                if info.protocols.contains(&KAD_PROTOCOL) {
+                    for a in info.listen_addrs {
+                        self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
+                    }
                 }
             }
             SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
@@ -333,6 +397,18 @@ impl Node {
 }
 
 impl NodeHandle {
+    /// Listens on `addr`; for `<relay addr>/p2p-circuit` this asks the relay for a
+    /// reservation, and the circuit address appears among [`addresses`](Self::addresses) once
+    /// the relay accepts.
+    pub async fn listen_on(&self, addr: Multiaddr) -> Result<(), NetError> {
+        self.ask(|tx| Command::ListenOn(addr, tx)).await?
+    }
+
+    /// Peers connected now.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetError> {
+        self.ask(Command::Peers).await
+    }
+
     /// This node's peer id.
     pub fn peer_id(&self) -> PeerId {
         self.peer
@@ -377,6 +453,11 @@ impl NodeHandle {
     /// Announces this node as a provider of `keys` (republished automatically).
     pub async fn provide(&self, keys: Vec<RecordKey>) -> Result<(), NetError> {
         self.tell(Command::Provide(keys)).await
+    }
+
+    /// Stops providing `keys` (DHT peers forget this node when their copies expire).
+    pub async fn stop_providing(&self, keys: Vec<RecordKey>) -> Result<(), NetError> {
+        self.tell(Command::StopProviding(keys)).await
     }
 
     /// Stores a record in the DHT.

@@ -31,6 +31,16 @@ pub fn server_key(model: &ModelId, peer: &PeerId) -> RecordKey {
     RecordKey::new(&format!("/ait/server/{}/{peer}", model.to_hex()))
 }
 
+/// DHT key every serving node provides, so that the network can be listed.
+pub fn directory_key() -> RecordKey {
+    RecordKey::new(&"/ait/servers/1")
+}
+
+/// DHT key of `peer`'s latest server record, whatever model it serves.
+pub fn peer_key(peer: &PeerId) -> RecordKey {
+    RecordKey::new(&format!("/ait/peer/{peer}"))
+}
+
 /// What a serving node announces about itself: its status (range, backend, speed, free
 /// slots, protocol version) plus where to reach it and until when the record holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -80,15 +90,9 @@ impl ServerRecord {
         Ok(env.into_protobuf_encoding())
     }
 
-    /// Verifies a signed record: signature, signer = claimed peer = `expected_peer`, model,
-    /// a sane block range within `n_layers`, and expiry against `now_ms`.
-    pub fn verify(
-        bytes: &[u8],
-        expected_peer: &PeerId,
-        model: &ModelId,
-        n_layers: usize,
-        now_ms: u64,
-    ) -> Result<ServerRecord, RecordError> {
+    /// Verifies a signed record for any model: signature, signer = claimed peer =
+    /// `expected_peer`, a non-empty block range, a sane speed, and expiry against `now_ms`.
+    pub fn verify_any(bytes: &[u8], expected_peer: &PeerId, now_ms: u64) -> Result<ServerRecord, RecordError> {
         let env = SignedEnvelope::from_protobuf_encoding(bytes).map_err(|e| RecordError::Signature(e.to_string()))?;
         let (payload, signer) = env
             .payload_and_signing_key(DOMAIN.into(), PAYLOAD_TYPE)
@@ -99,17 +103,34 @@ impl ServerRecord {
             return Err(RecordError::WrongSigner { claimed: rec.peer, signer });
         }
         let s = &rec.status;
-        if s.model != model.to_hex() {
-            return Err(RecordError::Mismatch(format!("model {} instead of {}", s.model, model.to_hex())));
-        }
-        if s.start >= s.end || s.end > n_layers {
-            return Err(RecordError::Mismatch(format!("blocks [{}, {}) of a {n_layers}-layer model", s.start, s.end)));
+        if s.start >= s.end {
+            return Err(RecordError::Mismatch(format!("empty block range [{}, {})", s.start, s.end)));
         }
         if !s.ms_per_block.is_finite() || s.ms_per_block < 0.0 {
             return Err(RecordError::Malformed(format!("ms_per_block {}", s.ms_per_block)));
         }
         if rec.expires_ms < now_ms {
             return Err(RecordError::Expired(now_ms - rec.expires_ms));
+        }
+        Ok(rec)
+    }
+
+    /// Verifies a signed record as [`verify_any`](Self::verify_any) does, and that it is for
+    /// `model` with blocks within `n_layers`.
+    pub fn verify(
+        bytes: &[u8],
+        expected_peer: &PeerId,
+        model: &ModelId,
+        n_layers: usize,
+        now_ms: u64,
+    ) -> Result<ServerRecord, RecordError> {
+        let rec = Self::verify_any(bytes, expected_peer, now_ms)?;
+        let s = &rec.status;
+        if s.model != model.to_hex() {
+            return Err(RecordError::Mismatch(format!("model {} instead of {}", s.model, model.to_hex())));
+        }
+        if s.end > n_layers {
+            return Err(RecordError::Mismatch(format!("blocks [{}, {}) of a {n_layers}-layer model", s.start, s.end)));
         }
         Ok(rec)
     }

@@ -1,0 +1,265 @@
+//! The web app in a real browser (issue 4, tests a-d): headless Chromium with WebGPU on its
+//! CPU adapter, driven over WebDriver, loads the app from `ait relay`, joins the swarm over
+//! WebSocket or WebRTC-direct, chats, and seeds blocks that native clients route through.
+//!
+//! Needs `chromium` and `chromium-driver` (scripts/setup.sh installs them) and the built app
+//! (`trunk build --release`, into `dist/`).
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ait_tests::browser::Browser;
+use ait_tests::default_model;
+use ait_tests::procs::{temp_dir, Relay};
+use serde_json::json;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The built app: `$AIT_WEB_DIR`, else the workspace's `dist/`.
+fn web_dir() -> PathBuf {
+    let dir = std::env::var_os("AIT_WEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist")));
+    assert!(dir.join("index.html").is_file(), "{} has no app: run `trunk build --release`", dir.display());
+    dir
+}
+
+fn page(relay: &Relay, query: &str) -> String {
+    format!("{}/?{query}", relay.http.as_deref().expect("relay without http"))
+}
+
+/// Waits until the page is connected to its relay; returns the connection line.
+fn connected(b: &Browser) -> String {
+    b.wait_for(
+        "the page to join the swarm",
+        "const c = document.getElementById('conn'); \
+         if (!c) return null; \
+         if (c.dataset.state === 'error') return 'ERROR ' + c.innerText; \
+         return c.dataset.state === 'connected' ? c.innerText : null;",
+        Duration::from_secs(60),
+    )
+    .map(|v| v.as_str().unwrap_or_default().to_string())
+    .map(|s| {
+        assert!(!s.starts_with("ERROR"), "page could not connect: {s}");
+        s
+    })
+    .unwrap_or_else(|e| panic!("{e}; page says:\n{}", b.page_text()))
+}
+
+/// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
+/// holding every block), streams it, and keeps the conversation across a reload.
+#[test]
+fn chat_page_answers_from_the_swarm() {
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("browser-b");
+    let web = web_dir();
+    let relay = Relay::start(
+        &root.join("r0"),
+        &["--model", model.to_str().unwrap(), "--blocks", "all", "--web-dir", web.to_str().unwrap()],
+    );
+    let b = Browser::start().expect("browser");
+    let opened = Instant::now();
+    b.goto(&page(&relay, "temperature=0")).unwrap();
+    let conn = connected(&b);
+    assert!(conn.contains("WebSocket"), "{conn}");
+    b.wait_for(
+        "the model picker to offer a fully served model",
+        "const c = document.querySelector('.coverage'); return c && c.innerText.includes('covering all 30 blocks');",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    b.exec(
+        "const t = document.getElementById('prompt'); t.value = arguments[0]; \
+         t.dispatchEvent(new Event('input', {bubbles: true})); document.getElementById('send').click();",
+        json!(["What is the capital of France?"]),
+    )
+    .unwrap();
+    let answer = b
+        .wait_for(
+            "the answer",
+            "const n = document.getElementById('chat-notice'); \
+             if (n.dataset.state === 'error') return 'ERROR ' + n.innerText; \
+             if (n.dataset.state !== 'idle') return null; \
+             const a = document.querySelectorAll('.msg.assistant'); \
+             return a.length ? a[a.length - 1].innerText : null;",
+            Duration::from_secs(180),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let answer = answer.as_str().unwrap_or_default().to_string();
+    let first_token_ms = b
+        .exec("return Number(document.getElementById('chat-notice').dataset.firstTokenMs)", json!([]))
+        .unwrap()
+        .as_f64()
+        .unwrap_or(0.0);
+    eprintln!(
+        "answer after {:.1} s: {answer:?}; first token {first_token_ms:.0} ms after navigation start",
+        opened.elapsed().as_secs_f64()
+    );
+    assert!(!answer.starts_with("ERROR"), "{answer}");
+    assert!(answer.contains("Paris"), "{answer}");
+
+    // The conversation is in IndexedDB: a reload lists it.
+    b.goto(&page(&relay, "")).unwrap();
+    connected(&b);
+    let title = b
+        .wait_for(
+            "the stored conversation",
+            "const a = document.querySelector('.convs li a'); return a ? a.innerText : null;",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(title.as_str().unwrap_or_default().contains("capital of France"), "{title}");
+    drop(b);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// Waits until the tab serves blocks; returns its peer id (from the circuit address it shows).
+fn seeding(b: &Browser) -> String {
+    let v = b
+        .wait_for(
+            "the tab to serve its blocks",
+            "const s = document.getElementById('seed-state'); \
+             if (!s) return null; \
+             if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
+             return s.dataset.state === 'serving' ? s.innerText : null;",
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let text = v.as_str().unwrap_or_default().to_string();
+    assert!(!text.starts_with("ERROR"), "the tab could not seed: {text}");
+    assert!(text.contains("p2p-circuit"), "{text}");
+    text.rsplit("/p2p/").next().unwrap_or_default().trim().to_string()
+}
+
+/// Tests a, c and d: a tab seeds blocks [10, 20) between two native relays serving [0, 10)
+/// and [20, 30); a native client's generation is routed through the tab and equals the
+/// single-process output (a). Then, mid-generation, a native relay for [10, 20) joins and
+/// the seeding tab is closed: the client re-routes to that relay and still produces the
+/// single-process output (c). Both over WebSocket and over WebRTC-direct (d).
+#[test]
+fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
+    use relay::local::{BackendKind, LocalModel};
+    use relay::swarm_client::{chain, connect, ClientModel};
+    use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+    use web_node::model::ChatMessage;
+    use web_node::net::chain::ChainOptions;
+
+    let _serial = serial();
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let web = web_dir();
+    let root = temp_dir("browser-a");
+    let greedy =
+        |n| GenerateOptions { max_tokens: n, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
+    let prompts = ["What is the capital of France?", "Tell me a long story about a dragon who learns to cook."];
+    let mut local = LocalModel::load(&model, BackendKind::Cpu, None).unwrap();
+    let encode = |tk: &web_node::model::Tokenizer, text: String| tk.encode(&text).unwrap();
+    let reference: Vec<_> = prompts
+        .iter()
+        .zip([32, 96])
+        .map(|(p, n)| {
+            let prompt = encode(&local.tokenizer, local.render_chat(&[ChatMessage::user(*p)]).unwrap());
+            pollster::block_on(generate(&local.head, &local.tokenizer, &mut local.chain, &prompt, &greedy(n), |_| {}))
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(reference[1].tokens.len(), 96, "the second reference must run long enough to be interrupted");
+    let client = ClientModel::load(&model).unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+
+    let transports: Vec<String> = std::env::var("AIT_TEST_TRANSPORTS")
+        .map(|t| t.split(',').map(str::to_string).collect())
+        .unwrap_or_else(|_| vec!["ws".into(), "webrtc".into()]);
+    for transport in transports.iter().map(String::as_str) {
+        let dir = root.join(transport);
+        let r0 =
+            Relay::start(&dir.join("r0"), &["--model", m, "--blocks", "0..10", "--web-dir", web.to_str().unwrap()]);
+        let boot = r0.addr("tcp");
+        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", "20..30", "--bootstrap", &boot]);
+        let b = Browser::start().expect("browser");
+        b.goto(&page(&r0, &format!("seed=10..20&transport={transport}"))).unwrap();
+        let conn = connected(&b);
+        let expect = if transport == "ws" { "WebSocket" } else { "WebRTC-direct" };
+        assert!(conn.contains(expect), "{conn}");
+        let started = Instant::now();
+        let tab = seeding(&b);
+        eprintln!("[{transport}] tab {tab} serving [10, 20) after {:.1} s", started.elapsed().as_secs_f64());
+
+        // a: the tab is the [10, 20) hop, and the output is the single-process output.
+        let prompt = encode(&client.tokenizer, client.render_chat(&[ChatMessage::user(prompts[0])]).unwrap());
+        let (out, hops) = rt.block_on(async {
+            let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
+            let mut chain = chain(handle, &client, ChainOptions::default());
+            let out = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &greedy(32), |_| {}).await;
+            let hops = chain.hop_stats();
+            chain.end().await.unwrap();
+            (out, hops)
+        });
+        let out = out.unwrap_or_else(|e| panic!("[{transport}] generation through the tab failed: {e}"));
+        assert_eq!(out.tokens, reference[0].tokens, "[{transport}] output through the tab differs");
+        let (hop, stats) = hops.iter().find(|(h, _)| h.blocks == (10..20)).expect("a [10, 20) hop");
+        assert_eq!(hop.peer.to_string(), tab, "[{transport}] the [10, 20) hop is not the tab");
+        let decode_steps = stats.steps.saturating_sub(1).max(1);
+        eprintln!(
+            "[{transport}] through the tab: {:?}; tab hop {:.1} ms/step wall, {:.1} ms/step compute, {} protocol bytes for {} steps",
+            out.text,
+            stats.wall.as_secs_f64() * 1e3 / stats.steps as f64,
+            stats.compute.as_secs_f64() * 1e3 / stats.steps as f64,
+            stats.bytes,
+            decode_steps,
+        );
+        let served = b.exec("return Number(document.getElementById('seed-state').dataset.tokens)", json!([])).unwrap();
+        eprintln!("[{transport}] the tab counts {served} tokens served");
+
+        // c: a relay for [10, 20) joins mid-generation, then the tab is closed.
+        let prompt = encode(&client.tokenizer, client.render_chat(&[ChatMessage::user(prompts[1])]).unwrap());
+        let mut spare = None;
+        let (out, recoveries, route_before) = rt.block_on(async {
+            let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
+            let mut chain = chain(handle, &client, ChainOptions::default());
+            let route = chain.route_watch();
+            let mut pieces = 0;
+            let mut route_before = String::new();
+            let out = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &greedy(96), |_| {
+                pieces += 1;
+                if pieces == 10 {
+                    route_before = format!("{:?}", route.lock().unwrap());
+                    spare = Some(Relay::start(
+                        &dir.join("r1"),
+                        &["--model", m, "--blocks", "10..20", "--bootstrap", &boot],
+                    ));
+                    b.close_tab().expect("close the seeding tab");
+                }
+            })
+            .await;
+            chain.end().await.unwrap();
+            (out, chain.recoveries().to_vec(), route_before)
+        });
+        let out = out.unwrap_or_else(|e| panic!("[{transport}] generation after closing the tab failed: {e}"));
+        assert!(
+            route_before.contains(&tab),
+            "[{transport}] the tab was not in the route before closing: {route_before}"
+        );
+        assert_eq!(out.tokens, reference[1].tokens, "[{transport}] output changed after the tab closed");
+        let spare = spare.expect("spare relay");
+        let rec = recoveries
+            .iter()
+            .find(|r| r.failed.to_string() == tab)
+            .unwrap_or_else(|| panic!("[{transport}] no re-route away from the tab: {recoveries:?}"));
+        assert_eq!(rec.blocks, 10..20);
+        assert_eq!(rec.replacements.iter().map(|p| p.to_string()).collect::<Vec<_>>(), vec![spare.peer.clone()]);
+        eprintln!("[{transport}] tab closed: re-routed to {} in {:?} after: {}", spare.peer, rec.took, rec.error);
+        drop(b);
+    }
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
