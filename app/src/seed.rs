@@ -17,6 +17,7 @@ use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::announce::{announce, directory};
 use web_node::net::protocol::PROTOCOL;
+use web_node::net::routing::least_covered_span;
 use web_node::net::serve::{compute_channel, run_compute, ServeConfig, Server};
 
 use crate::net::{self, Net};
@@ -37,7 +38,9 @@ pub async fn open_gpu() -> Result<(Arc<GpuContext>, Adapter), String> {
     if !crate::has_webgpu() {
         return Err("WebGPU is not available in this browser: this tab can chat but not seed.".into());
     }
-    let ctx = GpuContext::new().await.map_err(|e| format!("WebGPU could not start: {e}"))?;
+    let ctx = GpuContext::new()
+        .await
+        .map_err(|e| format!("WebGPU is not available in this browser ({e}): this tab can chat but not seed."))?;
     let info = ctx.adapter_info();
     let l = ctx.limits();
     let name = if info.name.is_empty() { format!("{} ({})", info.device_type, info.backend) } else { info.name };
@@ -52,23 +55,6 @@ fn block_bytes(m: &Manifest) -> u64 {
     let q = (m.n_heads * m.head_dim) as u64;
     let kv = (m.n_kv_heads * m.head_dim) as u64;
     h * q * 2 + h * kv * 2 + 3 * h * m.intermediate as u64
-}
-
-/// The span to seed: `want` if given, else the `max_blocks`-long span the swarm covers least
-/// (ties: the first).
-pub fn choose_span(cover: &[usize], max_blocks: usize, want: Option<Range<usize>>) -> Result<Range<usize>, String> {
-    let n = cover.len();
-    if let Some(r) = want {
-        if r.start >= r.end || r.end > n {
-            return Err(format!("blocks {}..{} are not within the model's {n} blocks", r.start, r.end));
-        }
-        return Ok(r);
-    }
-    let k = max_blocks.clamp(1, n.max(1));
-    (0..=n - k)
-        .min_by_key(|&s| (cover[s..s + k].iter().sum::<usize>(), s))
-        .map(|s| s..s + k)
-        .ok_or_else(|| "the model has no blocks".to_string())
 }
 
 /// Parses `A..B`.
@@ -148,7 +134,7 @@ pub async fn start(
     if max_blocks == 0 {
         return Err(format!("{} has too little memory for one block ({} MB budget)", adapter.name, budget >> 20));
     }
-    let blocks = choose_span(&cover, max_blocks, want)?;
+    let blocks = least_covered_span(&cover, max_blocks, want)?;
 
     let mut layers = Vec::new();
     let mut config = None;
@@ -193,14 +179,9 @@ pub async fn start(
     let (s, st) = (server.clone(), stop.clone());
     spawn_local(async move {
         let mut st = std::pin::pin!(st);
-        loop {
-            match select(incoming.next(), st.as_mut()).await {
-                Either::Left((Some((peer, stream)), _)) => {
-                    let s = s.clone();
-                    spawn_local(async move { s.serve_stream(peer, stream).await });
-                }
-                _ => break,
-            }
+        while let Either::Left((Some((peer, stream)), _)) = select(incoming.next(), st.as_mut()).await {
+            let s = s.clone();
+            spawn_local(async move { s.serve_stream(peer, stream).await });
         }
         // Dropping `incoming` unregisters the protocol: new sessions are refused.
     });
@@ -230,23 +211,6 @@ async fn reserve(net: &Rc<Net>) -> Result<String, String> {
         futures_timer::Delay::new(Duration::from_millis(100)).await;
     }
     Err("the relay did not grant a circuit reservation within 10 s".into())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn span_choice_prefers_what_the_swarm_lacks() {
-        let mut cover = vec![1usize; 30];
-        cover[10..20].iter_mut().for_each(|c| *c = 0);
-        assert_eq!(choose_span(&cover, 10, None).unwrap(), 10..20);
-        assert_eq!(choose_span(&cover, 40, None).unwrap(), 0..30);
-        assert_eq!(choose_span(&cover, 5, Some(3..8)).unwrap(), 3..8);
-        assert!(choose_span(&cover, 5, Some(25..31)).is_err());
-        assert_eq!(parse_span("10..20"), Some(10..20));
-        assert_eq!(parse_span("x"), None);
-    }
 }
 
 thread_local! {

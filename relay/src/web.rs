@@ -126,24 +126,24 @@ fn not_found(what: String) -> Response {
     (StatusCode::NOT_FOUND, what).into_response()
 }
 
-fn model_for(s: &WebState, id: &str) -> Result<Arc<ModelParts>, Response> {
+fn model_for(s: &WebState, id: &str) -> Result<Arc<ModelParts>, String> {
     match &s.model {
         Some(m) if m.id.to_hex() == id => Ok(m.clone()),
-        _ => Err(not_found(format!("this relay has no parts of model {id}"))),
+        _ => Err(format!("this relay has no parts of model {id}")),
     }
 }
 
 async fn manifest(State(s): State<Arc<WebState>>, Path(id): Path<String>) -> Response {
     match model_for(&s, &id) {
         Ok(m) => Json(m.manifest.clone()).into_response(),
-        Err(r) => r,
+        Err(e) => not_found(e),
     }
 }
 
 async fn send_part(s: Arc<WebState>, id: String, part: Part) -> Response {
     let m = match model_for(&s, &id) {
         Ok(m) => m,
-        Err(r) => return r,
+        Err(e) => return not_found(e),
     };
     if let Part::Block(i) = part {
         if i >= m.manifest.n_layers {

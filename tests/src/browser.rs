@@ -28,6 +28,12 @@ pub struct Browser {
 impl Browser {
     /// Starts chromedriver and a headless Chromium with WebGPU enabled.
     pub fn start() -> Result<Browser, String> {
+        Self::start_with(true)
+    }
+
+    /// Starts chromedriver and a headless Chromium, with or without WebGPU (headless Chromium
+    /// on Linux exposes it only with `--enable-unsafe-webgpu`).
+    pub fn start_with(webgpu: bool) -> Result<Browser, String> {
         let port = free_port();
         let driver_bin = std::env::var("AIT_CHROMEDRIVER").unwrap_or_else(|_| "/usr/bin/chromedriver".into());
         let driver = Command::new(&driver_bin)
@@ -46,14 +52,25 @@ impl Browser {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+        let mut args = vec![
+            "--headless=new".to_string(),
+            "--no-sandbox".into(),
+            "--no-first-run".into(),
+            "--disable-background-networking".into(),
+            "--disable-component-update".into(),
+            "--disable-sync".into(),
+            "--disable-dev-shm-usage".into(),
+            "--window-size=1200,900".into(),
+            format!("--user-data-dir={}", profile.display()),
+        ];
+        if webgpu {
+            args.push("--enable-unsafe-webgpu".into());
+        }
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {
                 "binary": chromium().to_string_lossy(),
-                "args": ["--headless=new", "--no-sandbox", "--enable-unsafe-webgpu", "--no-first-run",
-                         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                         "--disable-dev-shm-usage", "--window-size=1200,900",
-                         format!("--user-data-dir={}", profile.display())],
+                "args": args,
             }
         }}});
         let v = b.http("POST", "/session", Some(caps))?;
@@ -155,4 +172,91 @@ impl Drop for Browser {
         let _ = self.driver.kill();
         let _ = self.driver.wait();
     }
+}
+
+/// The built app: `$AIT_WEB_DIR`, else the workspace's `dist/`.
+pub fn web_dir() -> PathBuf {
+    let dir = std::env::var_os("AIT_WEB_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist")));
+    assert!(dir.join("index.html").is_file(), "{} has no app: run `trunk build --release`", dir.display());
+    dir
+}
+
+pub fn page(relay: &crate::procs::Relay, query: &str) -> String {
+    format!("{}/?{query}", relay.http.as_deref().expect("relay without http"))
+}
+
+/// Waits until the page is connected to its relay; returns the connection line.
+pub fn connected(b: &Browser) -> String {
+    b.wait_for(
+        "the page to join the swarm",
+        "const c = document.getElementById('conn'); \
+         if (!c) return null; \
+         if (c.dataset.state === 'error') return 'ERROR ' + c.innerText; \
+         return c.dataset.state === 'connected' ? c.innerText : null;",
+        Duration::from_secs(60),
+    )
+    .map(|v| v.as_str().unwrap_or_default().to_string())
+    .map(|s| {
+        assert!(!s.starts_with("ERROR"), "page could not connect: {s}");
+        s
+    })
+    .unwrap_or_else(|e| panic!("{e}; page says:\n{}", b.page_text()))
+}
+
+/// Waits until the tab serves blocks; returns its peer id (from the circuit address it shows).
+pub fn seeding(b: &Browser) -> String {
+    let v = b
+        .wait_for(
+            "the tab to serve its blocks",
+            "const s = document.getElementById('seed-state'); \
+             if (!s) return null; \
+             if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
+             return s.dataset.state === 'serving' ? s.innerText : null;",
+            Duration::from_secs(300),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let text = v.as_str().unwrap_or_default().to_string();
+    assert!(!text.starts_with("ERROR"), "the tab could not seed: {text}");
+    assert!(text.contains("p2p-circuit"), "{text}");
+    text.rsplit("/p2p/").next().unwrap_or_default().trim().to_string()
+}
+
+/// Types `text` into the chat page and sends it; waits for the answer. Returns the answer
+/// (or `ERROR <message>`) and when its first token arrived (ms after navigation start).
+pub fn ask(b: &Browser, text: &str, limit: Duration) -> (String, f64) {
+    b.exec(
+        "const t = document.getElementById('prompt'); t.value = arguments[0]; \
+         t.dispatchEvent(new Event('input', {bubbles: true})); document.getElementById('send').click();",
+        json!([text]),
+    )
+    .expect("send the prompt");
+    let answer = b
+        .wait_for(
+            "the answer",
+            "const n = document.getElementById('chat-notice'); \
+             if (n.dataset.state === 'error') return 'ERROR ' + n.innerText; \
+             if (n.dataset.state !== 'idle') return null; \
+             const a = document.querySelectorAll('.msg.assistant'); \
+             return a.length ? a[a.length - 1].innerText : null;",
+            limit,
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let first = b
+        .exec("return Number(document.getElementById('chat-notice').dataset.firstTokenMs)", json!([]))
+        .ok()
+        .and_then(|v| v.as_f64())
+        .unwrap_or(0.0);
+    (answer.as_str().unwrap_or_default().to_string(), first)
+}
+
+/// Waits until the model picker offers a model whose every block is served.
+pub fn model_ready(b: &Browser) {
+    b.wait_for(
+        "the model picker to offer a fully served model",
+        "const c = document.querySelector('.coverage'); return c && c.innerText.includes('covering all');",
+        Duration::from_secs(60),
+    )
+    .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
 }

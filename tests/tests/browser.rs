@@ -5,11 +5,10 @@
 //! Needs `chromium` and `chromium-driver` (scripts/setup.sh installs them) and the built app
 //! (`trunk build --release`, into `dist/`).
 
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ait_tests::browser::Browser;
+use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
 use serde_json::json;
@@ -20,39 +19,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The built app: `$AIT_WEB_DIR`, else the workspace's `dist/`.
-fn web_dir() -> PathBuf {
-    let dir = std::env::var_os("AIT_WEB_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../dist")));
-    assert!(dir.join("index.html").is_file(), "{} has no app: run `trunk build --release`", dir.display());
-    dir
-}
-
-fn page(relay: &Relay, query: &str) -> String {
-    format!("{}/?{query}", relay.http.as_deref().expect("relay without http"))
-}
-
-/// Waits until the page is connected to its relay; returns the connection line.
-fn connected(b: &Browser) -> String {
-    b.wait_for(
-        "the page to join the swarm",
-        "const c = document.getElementById('conn'); \
-         if (!c) return null; \
-         if (c.dataset.state === 'error') return 'ERROR ' + c.innerText; \
-         return c.dataset.state === 'connected' ? c.innerText : null;",
-        Duration::from_secs(60),
-    )
-    .map(|v| v.as_str().unwrap_or_default().to_string())
-    .map(|s| {
-        assert!(!s.starts_with("ERROR"), "page could not connect: {s}");
-        s
-    })
-    .unwrap_or_else(|e| panic!("{e}; page says:\n{}", b.page_text()))
-}
-
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
-/// holding every block), streams it, and keeps the conversation across a reload.
+/// holding every block), streams it, and keeps the conversation across a reload. A browser
+/// without WebGPU is told it cannot seed, and still chats.
 #[test]
 fn chat_page_answers_from_the_swarm() {
     let _serial = serial();
@@ -68,35 +37,8 @@ fn chat_page_answers_from_the_swarm() {
     b.goto(&page(&relay, "temperature=0")).unwrap();
     let conn = connected(&b);
     assert!(conn.contains("WebSocket"), "{conn}");
-    b.wait_for(
-        "the model picker to offer a fully served model",
-        "const c = document.querySelector('.coverage'); return c && c.innerText.includes('covering all 30 blocks');",
-        Duration::from_secs(60),
-    )
-    .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
-    b.exec(
-        "const t = document.getElementById('prompt'); t.value = arguments[0]; \
-         t.dispatchEvent(new Event('input', {bubbles: true})); document.getElementById('send').click();",
-        json!(["What is the capital of France?"]),
-    )
-    .unwrap();
-    let answer = b
-        .wait_for(
-            "the answer",
-            "const n = document.getElementById('chat-notice'); \
-             if (n.dataset.state === 'error') return 'ERROR ' + n.innerText; \
-             if (n.dataset.state !== 'idle') return null; \
-             const a = document.querySelectorAll('.msg.assistant'); \
-             return a.length ? a[a.length - 1].innerText : null;",
-            Duration::from_secs(180),
-        )
-        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
-    let answer = answer.as_str().unwrap_or_default().to_string();
-    let first_token_ms = b
-        .exec("return Number(document.getElementById('chat-notice').dataset.firstTokenMs)", json!([]))
-        .unwrap()
-        .as_f64()
-        .unwrap_or(0.0);
+    model_ready(&b);
+    let (answer, first_token_ms) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
     eprintln!(
         "answer after {:.1} s: {answer:?}; first token {first_token_ms:.0} ms after navigation start",
         opened.elapsed().as_secs_f64()
@@ -116,27 +58,35 @@ fn chat_page_answers_from_the_swarm() {
         .unwrap();
     assert!(title.as_str().unwrap_or_default().contains("capital of France"), "{title}");
     drop(b);
+
+    // Without WebGPU the page says it cannot seed, and chat still works.
+    let b = Browser::start_with(false).expect("browser");
+    b.goto(&page(&relay, "temperature=0")).unwrap();
+    connected(&b);
+    let adapter = b
+        .wait_for(
+            "the adapter line",
+            "const a = document.getElementById('adapter'); return a && a.innerText ? a.innerText : null;",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(adapter.as_str().unwrap_or_default().contains("WebGPU is not available"), "{adapter}");
+    b.exec("document.getElementById('share').click()", json!([])).unwrap();
+    let state = b
+        .wait_for(
+            "the refusal to seed",
+            "const s = document.getElementById('seed-state'); return s.dataset.state === 'error' ? s.innerText : null;",
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert!(state.as_str().unwrap_or_default().contains("WebGPU is not available"), "{state}");
+    model_ready(&b);
+    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
+    assert!(answer.contains("Paris"), "chat without WebGPU: {answer}");
+    drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(root);
     }
-}
-
-/// Waits until the tab serves blocks; returns its peer id (from the circuit address it shows).
-fn seeding(b: &Browser) -> String {
-    let v = b
-        .wait_for(
-            "the tab to serve its blocks",
-            "const s = document.getElementById('seed-state'); \
-             if (!s) return null; \
-             if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
-             return s.dataset.state === 'serving' ? s.innerText : null;",
-            Duration::from_secs(300),
-        )
-        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
-    let text = v.as_str().unwrap_or_default().to_string();
-    assert!(!text.starts_with("ERROR"), "the tab could not seed: {text}");
-    assert!(text.contains("p2p-circuit"), "{text}");
-    text.rsplit("/p2p/").next().unwrap_or_default().trim().to_string()
 }
 
 /// Tests a, c and d: a tab seeds blocks [10, 20) between two native relays serving [0, 10)

@@ -132,6 +132,31 @@ pub fn coverage(candidates: &[Candidate], n_layers: usize) -> Vec<usize> {
     count
 }
 
+/// The span a new server should take, given how many servers cover each block: `want` if
+/// given (checked against the model), else the `max_blocks`-long span covered least (ties: the
+/// first).
+pub fn least_covered_span(
+    cover: &[usize],
+    max_blocks: usize,
+    want: Option<Range<usize>>,
+) -> Result<Range<usize>, String> {
+    let n = cover.len();
+    if let Some(r) = want {
+        if r.start >= r.end || r.end > n {
+            return Err(format!("blocks {}..{} are not within the model's {n} blocks", r.start, r.end));
+        }
+        return Ok(r);
+    }
+    if n == 0 {
+        return Err("the model has no blocks".into());
+    }
+    let k = max_blocks.clamp(1, n);
+    (0..=n - k)
+        .min_by_key(|&s| (cover[s..s + k].iter().sum::<usize>(), s))
+        .map(|s| s..s + k)
+        .ok_or_else(|| "the model has no blocks".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,5 +199,17 @@ mod tests {
     fn coverage_counts_servers_per_block() {
         let cov = coverage(&[cand(0..2, 0.0, 0.0), cand(1..3, 0.0, 0.0)], 4);
         assert_eq!(cov, vec![1, 2, 1, 0]);
+    }
+
+    #[test]
+    fn a_new_server_takes_the_least_covered_span() {
+        let mut cover = vec![1usize; 30];
+        cover[10..20].iter_mut().for_each(|c| *c = 0);
+        assert_eq!(least_covered_span(&cover, 10, None).unwrap(), 10..20);
+        assert_eq!(least_covered_span(&cover, 40, None).unwrap(), 0..30);
+        assert_eq!(least_covered_span(&cover, 5, Some(3..8)).unwrap(), 3..8);
+        assert!(least_covered_span(&cover, 5, Some(25..31)).is_err());
+        assert!(least_covered_span(&cover, 5, Some(8..8)).is_err());
+        assert!(least_covered_span(&[], 5, None).is_err());
     }
 }
