@@ -172,8 +172,20 @@ pub fn App() -> impl IntoView {
                 ));
                 NET.with_borrow_mut(|slot| *slot = Some(n.clone()));
                 ui.conn.set("connected".into());
+                let connected_text = ui.conn_text.get_untracked();
                 loop {
                     refresh(ui, &n).await;
+                    // The relay went away: say so, and dial it again (chat keeps working once
+                    // it is back; what is typed meanwhile fails with a clear error).
+                    let relay_up = ui.peers.with_untracked(|p| p.iter().any(|p| p.peer == n.boot.peer));
+                    if !relay_up {
+                        ui.conn.set("error".into());
+                        ui.conn_text.set("Lost the relay: reconnecting…".into());
+                        if n.handle.dial(n.relay_addr.clone(), Duration::from_secs(10)).await.is_ok() {
+                            ui.conn.set("connected".into());
+                            ui.conn_text.set(connected_text.clone());
+                        }
+                    }
                     futures_timer::Delay::new(Duration::from_secs(5)).await;
                 }
             }

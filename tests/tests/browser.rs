@@ -21,7 +21,8 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
 /// holding every block), streams it, and keeps the conversation across a reload. A browser
-/// without WebGPU is told it cannot seed, and still chats.
+/// without WebGPU is told it cannot seed, and still chats; when the relay dies the page says
+/// it lost it.
 #[test]
 fn chat_page_answers_from_the_swarm() {
     let _serial = serial();
@@ -83,6 +84,18 @@ fn chat_page_answers_from_the_swarm() {
     model_ready(&b);
     let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
     assert!(answer.contains("Paris"), "chat without WebGPU: {answer}");
+
+    // The relay goes away: the page says so (and keeps trying to reconnect).
+    let mut relay = relay;
+    relay.kill();
+    let lost = b
+        .wait_for(
+            "the page to notice the relay is gone",
+            "const c = document.getElementById('conn'); return c.dataset.state === 'error' ? c.innerText : null;",
+            Duration::from_secs(30),
+        )
+        .unwrap();
+    assert!(lost.as_str().unwrap_or_default().contains("Lost the relay"), "{lost}");
     drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(root);
