@@ -79,7 +79,11 @@ pub async fn connect(pref: TransportPref) -> Result<Rc<Net>, String> {
     let (node, handle) = web_node::net::browser::start(key.clone()).map_err(|e| e.to_string())?;
     wasm_bindgen_futures::spawn_local(node.run());
     let mut addrs: Vec<&String> = boot.addrs.iter().collect();
-    addrs.sort_by_key(|a| is_webrtc(a) != (pref == TransportPref::WebRtc));
+    // The preferred transport first, and among those the page's own host (the relay may also
+    // listen on addresses this browser cannot reach).
+    let host = web_sys::window().and_then(|w| w.location().hostname().ok()).unwrap_or_default();
+    let on_host = |a: &str| a.contains(&format!("/{host}/"));
+    addrs.sort_by_key(|a| (is_webrtc(a) != (pref == TransportPref::WebRtc), !on_host(a)));
     let mut errors = Vec::new();
     for a in addrs {
         let Ok(addr) = a.parse::<Multiaddr>() else { continue };
