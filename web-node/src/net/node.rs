@@ -104,6 +104,21 @@ mod behaviour {
     }
 }
 
+/// The addresses of another node worth dialing from this platform. Natively that drops
+/// WebRTC-direct addresses whenever the node has others (TCP and QUIC are sturdier between
+/// native nodes, and a dial races all known addresses, so a flaky WebRTC connection could win
+/// the race); WebRTC-direct is for browsers.
+pub fn dialable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+    if cfg!(target_arch = "wasm32") {
+        return addrs;
+    }
+    let is_webrtc = |a: &Multiaddr| a.iter().any(|p| matches!(p, libp2p::multiaddr::Protocol::WebRTCDirect));
+    if addrs.iter().all(is_webrtc) {
+        return addrs;
+    }
+    addrs.into_iter().filter(|a| !is_webrtc(a)).collect()
+}
+
 /// A failure of a network operation.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
@@ -336,7 +351,7 @@ impl Node {
                 // Only DHT servers go into the routing table (a tab in client mode does not
                 // announce the Kademlia protocol).
                 if info.protocols.contains(&KAD_PROTOCOL) {
-                    for a in info.listen_addrs {
+                    for a in dialable(info.listen_addrs) {
                         self.swarm.behaviour_mut().kad.add_address(&peer_id, a);
                     }
                 }
