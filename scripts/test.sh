@@ -41,7 +41,10 @@ step() { # name command...
 
 step "setup" bash scripts/setup.sh
 step "format" cargo fmt --all -- --check
-step "build ait (native, release)" cargo build --release -p relay
+# One native build for `ait` and the tests: `cargo test` unifies the dev-dependencies' features
+# (candle's) into the whole graph, so a separate `cargo build -p relay` would compile libp2p,
+# wgpu and web-node twice. This also puts the `ait` binary the swarm tests start in place.
+step "build ait and the tests (native, release)" cargo test --release --workspace --exclude app --no-run
 # Some unit tests read the default model directly: fetch it once and point them all at it.
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
 AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
@@ -55,5 +58,5 @@ step "build web app and web-node (wasm32, trunk)" trunk build --release
 # Release profile: shares build scripts and proc macros with the builds above.
 step "clippy (native)" cargo clippy --release --workspace --exclude app --all-targets -- -D warnings
 step "clippy (wasm32)" cargo clippy --release --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
-# Release profile: reuses the `ait` build above instead of compiling everything a third time.
+# Release profile: reuses the build above.
 step "test" cargo test --release --workspace --exclude app
