@@ -645,7 +645,7 @@ impl ProbeCtx {
             if record.status.end <= range.start || record.status.start >= range.end {
                 return Ok(None);
             }
-            if self.node.add_addresses(peer, super::node::dialable(record.multiaddrs())).await.is_err() {
+            if self.node.add_addresses(peer, record.multiaddrs()).await.is_err() {
                 return Ok(None);
             }
         }
@@ -655,33 +655,28 @@ impl ProbeCtx {
         let (started, stream, status) = loop {
             tries += 1;
             let started = Instant::now();
-            let mut stream = match &self.local {
-                Some(local) if peer == self.node.peer_id() => local.connect(),
-                _ => match self.open_stream(peer).await {
-                    Ok(s) => s,
-                    Err(_) if tries < 2 => {
-                        futures_timer::Delay::new(Duration::from_millis(300)).await;
-                        continue;
-                    }
-                    Err(_) => return Err(peer),
-                },
+            let opened = match &self.local {
+                Some(local) if peer == self.node.peer_id() => Ok(local.connect()),
+                _ => self.open_stream(peer).await.map_err(|e| e.to_string()),
             };
-            match exchange(peer, &mut stream, &Request::Info, self.opts.connect_timeout).await {
-                Ok(Response::Info(s)) => break (started, stream, s),
-                Ok(other) => {
-                    tracing::debug!(%peer, "unexpected answer to info: {other:?}");
-                    return Ok(None);
-                }
-                Err(e) if tries < 2 => {
-                    // Give the swarm time to drop the dead connection, so the retry dials anew.
-                    tracing::debug!(%peer, "status exchange failed, trying again: {e}");
-                    futures_timer::Delay::new(Duration::from_millis(300)).await;
-                }
-                Err(e) => {
-                    tracing::debug!(%peer, "status exchange failed: {e}");
-                    return Err(peer);
-                }
+            let error = match opened {
+                Ok(mut stream) => match exchange(peer, &mut stream, &Request::Info, self.opts.connect_timeout).await {
+                    Ok(Response::Info(s)) => break (started, stream, s),
+                    Ok(other) => {
+                        tracing::debug!(%peer, "unexpected answer to info: {other:?}");
+                        return Ok(None);
+                    }
+                    Err(e) => e.to_string(),
+                },
+                Err(e) => e,
+            };
+            if tries == 2 {
+                tracing::debug!(%peer, "status exchange failed: {error}");
+                return Err(peer);
             }
+            // Give the swarm time to drop the dead connection, so the retry dials anew.
+            tracing::debug!(%peer, "status exchange failed, trying again: {error}");
+            futures_timer::Delay::new(Duration::from_millis(300)).await;
         };
         let rtt_ms = started.elapsed().as_secs_f64() * 1e3;
         // The live status must agree with what we know of it.

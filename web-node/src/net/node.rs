@@ -108,7 +108,7 @@ mod behaviour {
 /// WebRTC-direct addresses whenever the node has others (TCP and QUIC are sturdier between
 /// native nodes, and a dial races all known addresses, so a flaky WebRTC connection could win
 /// the race); WebRTC-direct is for browsers.
-pub fn dialable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
+fn dialable(addrs: Vec<Multiaddr>) -> Vec<Multiaddr> {
     if cfg!(target_arch = "wasm32") {
         return addrs;
     }
@@ -244,7 +244,7 @@ impl Node {
                 }
             }
             Command::AddAddresses(peer, addrs) => {
-                for a in addrs {
+                for a in dialable(addrs) {
                     self.swarm.add_peer_address(peer, a);
                 }
             }
@@ -450,7 +450,8 @@ impl NodeHandle {
         super::timeout(limit, self.ask(|tx| Command::Dial(addr, tx))).await.ok_or(NetError::Timeout(what))??
     }
 
-    /// Tells the swarm where `peer` can be reached.
+    /// Tells the swarm where `peer` can be reached (natively, WebRTC-direct addresses are
+    /// dropped when `peer` has others).
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
         self.tell(Command::AddAddresses(peer, addrs)).await
     }
