@@ -19,13 +19,15 @@ use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
 use tower_http::cors::{Any, CorsLayer};
-use web_node::client::{generate, ClientError, FinishReason, GenerateOptions, Generation, LayerChain, SamplingParams};
-use web_node::model::ChatMessage;
-use web_node::net::chain::{ChainError, ChainOptions, LocalServer, SwarmChain};
+use web_node::client::{
+    ClientError, ClientModel, FinishReason, GenerateError, GenerateOptions, Generation, SamplingParams,
+};
+use web_node::model::{ChatMessage, ModelError};
+use web_node::net::chain::{ChainError, ChainOptions, SwarmChain};
 use web_node::net::node::NodeHandle;
+use web_node::net::serve::LocalServer;
 
 use crate::openai::{ApiError, ChatRequest, CompletionRequest, Content, Prompt, Sampling, Usage};
-use crate::swarm_client::ClientModel;
 
 /// What the API serves and how it runs requests.
 pub struct ApiState {
@@ -228,8 +230,10 @@ fn chat_job(state: &ApiState, req: ChatRequest) -> Result<Job, ApiError> {
             }
         });
     }
-    let text = model.render_chat(&messages).map_err(|e| ApiError::bad_request(format!("Chat template: {e:#}")))?;
-    let prompt = model.tokenizer.encode(&text).map_err(|e| ApiError::internal(format!("Tokenizer: {e}")))?;
+    let prompt = model.chat_prompt(&messages).map_err(|e| match e {
+        ClientError::Model(e @ ModelError::Template(_)) => ApiError::bad_request(format!("Chat template: {e}")),
+        e => ApiError::internal(format!("Tokenizer: {e}")),
+    })?;
     let opts = options(&model, &req.sampling, prompt.len(), usize::MAX, "messages")?;
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
     Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
@@ -247,7 +251,7 @@ fn completion_job(state: &ApiState, req: CompletionRequest) -> Result<Job, ApiEr
             })
         }
     };
-    let prompt = model.tokenizer.encode(&text).map_err(|e| ApiError::internal(format!("Tokenizer: {e}")))?;
+    let prompt = model.encode(&text).map_err(|e| ApiError::internal(format!("Tokenizer: {e}")))?;
     if prompt.is_empty() {
         return Err(ApiError { param: Some("prompt"), ..ApiError::bad_request("The prompt is empty.") });
     }
@@ -257,10 +261,12 @@ fn completion_job(state: &ApiState, req: CompletionRequest) -> Result<Job, ApiEr
     Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
 }
 
-fn api_error(e: ClientError) -> ApiError {
+fn api_error(e: GenerateError<ChainError>) -> ApiError {
     match e {
-        ClientError::PromptTooLong { prompt, context } => ApiError::too_long(prompt, context, "messages"),
-        ClientError::Swarm(e @ (ChainError::NoRoute { .. } | ChainError::GaveUp { .. })) => {
+        GenerateError::Client(ClientError::PromptTooLong { prompt, context }) => {
+            ApiError::too_long(prompt, context, "messages")
+        }
+        GenerateError::Chain(e @ (ChainError::NoRoute { .. } | ChainError::GaveUp { .. })) => {
             ApiError::unavailable(format!("The swarm cannot run this model now: {e}"))
         }
         other => ApiError::internal(other.to_string()),
@@ -275,9 +281,7 @@ async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<G
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
-    let r = generate(&m.head, &m.tokenizer, &mut chain, &job.prompt, &job.opts, on_text).await;
-    let _ = chain.end().await;
-    r.map_err(api_error)
+    m.generate(&mut chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)
 }
 
 fn finish_reason(f: FinishReason) -> &'static str {

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use serde_json::{json, Value};
-use web_node::client::{generate, GenerateOptions, SamplingParams};
+use web_node::client::{GenerateOptions, SamplingParams};
 use web_node::engine::cpu::matmul::matmul;
 use web_node::engine::gpu::ops::time_matmul;
 use web_node::engine::AnyBackend;
@@ -75,7 +75,7 @@ pub fn measure_generation(
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for i in 0..=runs {
-        let g = pollster::block_on(generate(&model.head, &model.tokenizer, &mut model.chain, prompt, &opts, |_| {}))?;
+        let g = pollster::block_on(model.client.generate(&mut model.chain, prompt, &opts, |_| {}))?;
         if i > 0 {
             prefill.push(g.prefill_tok_per_s());
             decode.push(g.decode_tok_per_s());
@@ -126,7 +126,7 @@ pub fn run(o: BenchOpt) -> anyhow::Result<()> {
     let mut backends = serde_json::Map::new();
     for kind in &o.backend {
         let mut model = LocalModel::from_file(&file, *kind, None)?;
-        let prompt = bench_prompt(&model.tokenizer, o.prompt_tokens)?;
+        let prompt = bench_prompt(&model.client.tokenizer, o.prompt_tokens)?;
         let mut r = measure_generation(&mut model, &prompt, o.decode_tokens, o.runs)?;
         // Time the kernels on the device the model already runs on.
         let gpu = match model.chain.executors().first().map(|e| e.backend()) {

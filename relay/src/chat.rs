@@ -6,11 +6,11 @@ use std::io::{BufRead, BufReader, IsTerminal, Write};
 use anyhow::Context;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
-use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
 use web_node::model::ChatMessage;
 use web_node::net::chain::ChainOptions;
 
-use crate::swarm_client::{chain, connect, ClientModel};
+use crate::swarm_client::{chain, connect};
 
 /// Options of `ait chat`.
 #[derive(Clone, Debug, clap::Args)]
@@ -55,7 +55,7 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
             Some(p) => p.into(),
             None => crate::fetch::default_model()?,
         };
-        let model = ClientModel::load(&path)?;
+        let model = ClientModel::load(&path).context("loading the model")?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let handle = rt.block_on(connect(&o.swarm))?;
         Backend::Swarm { chain: Box::new(chain(handle, &model, ChainOptions::default())), model: Box::new(model), rt }
@@ -110,7 +110,6 @@ impl Backend {
     fn answer(&mut self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
         match self {
             Backend::Swarm { model, chain, rt } => {
-                let prompt = model.tokenizer.encode(&model.render_chat(history)?)?;
                 let opts = GenerateOptions {
                     max_tokens: o.max_tokens,
                     sampling: SamplingParams {
@@ -122,11 +121,7 @@ impl Backend {
                     },
                     ..GenerateOptions::default()
                 };
-                let g = rt.block_on(async {
-                    let r = generate(&model.head, &model.tokenizer, chain.as_mut(), &prompt, &opts, |p| print(p)).await;
-                    let _ = chain.end().await;
-                    r
-                })?;
+                let g = rt.block_on(model.chat(chain.as_mut(), history, &opts, |p| print(p)))?;
                 Ok(g.text)
             }
             Backend::Http(h) => h.answer(history, o, print),

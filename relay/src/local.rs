@@ -1,13 +1,14 @@
-//! A whole model on this machine: head, tokenizer, chat template and a chain of local executors.
+//! A whole model on this machine: the client's part and a chain of local executors; and the
+//! choice of compute backend.
 
 use std::ops::Range;
 use std::path::Path;
 
 use anyhow::Context;
-use web_node::client::{Head, LocalChain};
+use web_node::client::{ClientModel, LocalChain};
 use web_node::engine::gpu::GpuContext;
 use web_node::engine::{AnyBackend, Backend, BlockExecutor, ExecutorConfig};
-use web_node::model::{ChatMessage, ChatTemplate, LlamaConfig, ModelFile, Tokenizer};
+use web_node::model::ModelFile;
 
 /// Which compute backend runs the decoder layers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -58,16 +59,10 @@ pub fn load_backend(
     })
 }
 
-/// A model loaded for local generation.
+/// A model loaded for local generation: the client's part and a chain of local executors.
 pub struct LocalModel {
-    /// Resolved configuration.
-    pub config: LlamaConfig,
-    /// Embeddings and LM head.
-    pub head: Head,
-    /// Tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Chat template (the model's, or ChatML when it has none).
-    pub template: ChatTemplate,
+    /// Head, tokenizer, chat template: the same client every other front end uses.
+    pub client: ClientModel,
     /// Executors covering every layer.
     pub chain: LocalChain<AnyBackend>,
     /// Adapter description for the wgpu backend.
@@ -88,11 +83,8 @@ impl LocalModel {
         backend: BackendKind,
         split: Option<Vec<Range<usize>>>,
     ) -> anyhow::Result<LocalModel> {
-        let config = file.config().clone();
-        let tokenizer = file.tokenizer()?;
-        let head = Head::new(config.clone(), file.load_head()?)?;
-        let template = ChatTemplate::for_model(file.chat_template().as_deref(), &tokenizer)?;
-        let split = split.unwrap_or_else(|| std::iter::once(0..config.n_layers).collect());
+        let client = ClientModel::from_file(file, None)?;
+        let split = split.unwrap_or_else(|| std::iter::once(0..client.config.n_layers).collect());
         let gpu = pick_gpu(backend)?;
         let adapter = gpu.as_ref().map(|ctx| {
             let a = ctx.adapter_info();
@@ -104,16 +96,11 @@ impl LocalModel {
             executors.push(BlockExecutor::new(b, ExecutorConfig::default()));
         }
         let chain = LocalChain::new(executors)?;
-        Ok(LocalModel { config, head, tokenizer, template, chain, adapter })
+        Ok(LocalModel { client, chain, adapter })
     }
 
     /// Name of the backend the layers run on (`cpu` or `wgpu`).
     pub fn backend_name(&self) -> &'static str {
         self.chain.executors().first().map_or("none", |e| e.backend().name())
-    }
-
-    /// The prompt text for a conversation, through the model's chat template.
-    pub fn render_chat(&self, messages: &[ChatMessage]) -> anyhow::Result<String> {
-        Ok(self.template.render(messages, true)?)
     }
 }

@@ -13,10 +13,10 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
 use std::sync::Arc;
-use web_node::client::{GenerateOptions, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, Generation, SamplingParams};
 use web_node::model::{ChatMessage, Manifest, ModelFile};
-use web_node::net::chain::LocalServer;
 use web_node::net::node::Role;
+use web_node::net::serve::LocalServer;
 
 #[derive(Parser)]
 #[command(name = "ait", version, about = "AI Torrent: peer-to-peer LLM inference")]
@@ -192,6 +192,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         let mut local: Option<Arc<dyn LocalServer>> = None;
         // The model this relay knows: the one it serves, or --model.
         let mut known: Option<(ModelFile, Manifest)> = None;
+        // Serving until the process ends.
+        let mut _withdraw = None;
         if o.serve.blocks.is_some() {
             let s = relay::serving::start(&handle, &key, &o.serve).await?;
             let c = s.server.config();
@@ -201,6 +203,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             );
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
             known = Some((s.file, s.manifest));
+            _withdraw = Some(s.withdraw);
         } else if let Some(path) = o.serve.model.clone() {
             known = Some(
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
@@ -221,7 +224,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             let (model, parts) = match known {
                 Some((file, manifest)) => {
                     let id = manifest.id();
-                    let client = relay::swarm_client::ClientModel::from_file(&file, Some(id))?;
+                    let client = ClientModel::from_file(&file, Some(id))?;
                     let parts = match file {
                         ModelFile::Gguf(g) => Some(Arc::new(relay::web::ModelParts::new(name.clone(), manifest, g))),
                         ModelFile::Safetensors(_) => {
@@ -277,36 +280,40 @@ fn sampling_options(o: &GenerateOpt) -> GenerateOptions {
     }
 }
 
+/// The prompt's tokens: `--prompt` as is, or with `--chat` through the model's template.
+fn prompt_tokens(model: &ClientModel, o: &GenerateOpt) -> anyhow::Result<Vec<u32>> {
+    let tokens =
+        if o.chat { model.chat_prompt(&[ChatMessage::user(o.prompt.clone())]) } else { model.encode(&o.prompt) };
+    tokens.context("preparing the prompt")
+}
+
+/// Prints each piece of text as it comes; a closed stdout (e.g. `| head`) must not abort the
+/// generation with a panic.
+fn print_piece(piece: &str) {
+    let mut stdout = std::io::stdout();
+    let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
+}
+
 fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let path = match &o.model {
         Some(p) => p.clone(),
         None => relay::fetch::default_model()?,
     };
-    let model = relay::swarm_client::ClientModel::load(&path)?;
-    let prompt_text =
-        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
-    let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
+    let model = ClientModel::load(&path).context("loading the model")?;
+    let prompt = prompt_tokens(&model, &o)?;
     let opts = sampling_options(&o);
-    let result = runtime()?.block_on(async {
+    let (result, recoveries) = runtime()?.block_on(async {
         let handle = relay::swarm_client::connect(&o.swarm).await?;
         let mut chain = relay::swarm_client::chain(handle, &model, Default::default());
-        let mut stdout = std::io::stdout();
-        let r = web_node::client::generate(&model.head, &model.tokenizer, &mut chain, &prompt, &opts, |piece| {
-            let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
-        })
-        .await
-        .context("generating through the swarm");
-        let _ = web_node::client::LayerChain::end(&mut chain).await;
-        let recoveries = chain.recoveries().len();
-        r.map(|g| (g, recoveries))
+        let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
+        anyhow::Ok((r.context("generating through the swarm")?, chain.recoveries().len()))
     })?;
-    let (result, recoveries) = result;
     report(&format!("swarm: model {}", model.id.short()), &format!(", re-routes: {recoveries}"), &result);
     Ok(ExitCode::SUCCESS)
 }
 
 /// Ends the streamed text and prints the generation's numbers on stderr.
-fn report(what: &str, extra: &str, g: &web_node::client::Generation) {
+fn report(what: &str, extra: &str, g: &Generation) {
     println!();
     eprintln!(
         "{what}, prompt: {} tokens, generated: {} tokens ({:?}){extra}",
@@ -323,27 +330,14 @@ fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         Some(p) => p.clone(),
         None => relay::fetch::default_model()?,
     };
-    let model = LocalModel::load(&path, o.backend, None)?;
-    let prompt_text =
-        if o.chat { model.render_chat(&[ChatMessage::user(o.prompt.clone())])? } else { o.prompt.clone() };
-    let prompt = model.tokenizer.encode(&prompt_text).with_context(|| "tokenizing the prompt")?;
+    let local = LocalModel::load(&path, o.backend, None)?;
+    let backend_name = local.backend_name();
+    let LocalModel { client: model, mut chain, adapter } = local;
+    let prompt = prompt_tokens(&model, &o)?;
     let opts = sampling_options(&o);
-    let mut stdout = std::io::stdout();
-    let backend_name = model.backend_name();
-    let mut chain = model.chain;
-    let result = pollster::block_on(web_node::client::generate(
-        &model.head,
-        &model.tokenizer,
-        &mut chain,
-        &prompt,
-        &opts,
-        |piece| {
-            // A closed stdout (e.g. `| head`) must not abort the generation with a panic.
-            let _ = stdout.write_all(piece.as_bytes()).and_then(|()| stdout.flush());
-        },
-    ))
-    .with_context(|| format!("generating with {}", path.display()))?;
-    let adapter = model.adapter.map(|a| format!(" on {a}")).unwrap_or_default();
+    let result: Generation = pollster::block_on(model.generate(&mut chain, &prompt, &opts, print_piece))
+        .with_context(|| format!("generating with {}", path.display()))?;
+    let adapter = adapter.map(|a| format!(" on {a}")).unwrap_or_default();
     report(&format!("backend: {backend_name}{adapter}"), "", &result);
     Ok(ExitCode::SUCCESS)
 }

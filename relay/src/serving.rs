@@ -1,20 +1,15 @@
-//! `ait relay --blocks`: load blocks, measure them, serve sessions, announce in the DHT
-//! ([`web_node::net::announce`]).
+//! `ait relay --blocks`: load the blocks and run web-node's serving assembly
+//! ([`web_node::net::serve::Service`]) on tokio and a compute thread.
 
-use std::ops::Range;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
-use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{Manifest, ModelFile, ModelId};
-use web_node::net::announce::announce;
-use web_node::net::chain::{BoxStream, LocalServer};
 use web_node::net::node::NodeHandle;
-use web_node::net::protocol::PROTOCOL;
-use web_node::net::serve::{compute_channel, run_compute, ServeConfig, Server};
+use web_node::net::serve::{parse_blocks, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
 
@@ -42,18 +37,6 @@ pub struct ServeOpt {
     pub max_kv_mib: u64,
 }
 
-/// Parses `A..B` or `all` against a model of `n_layers` layers.
-pub fn parse_blocks(s: &str, n_layers: usize) -> anyhow::Result<Range<usize>> {
-    if s == "all" {
-        return Ok(0..n_layers);
-    }
-    let (a, b) = s.split_once("..").with_context(|| format!("--blocks {s}: expected A..B or all"))?;
-    let a: usize = a.trim().parse().with_context(|| format!("--blocks {s}: bad start"))?;
-    let b: usize = b.trim().parse().with_context(|| format!("--blocks {s}: bad end"))?;
-    anyhow::ensure!(a < b && b <= n_layers, "--blocks {s}: need 0 <= A < B <= {n_layers} (the model's layers)");
-    Ok(a..b)
-}
-
 /// This relay's own server, reached through an in-process pipe (for requests the relay runs
 /// as a client: the HTTP API, `ait chat`).
 pub struct InProcess(pub Arc<Server>);
@@ -78,10 +61,12 @@ pub struct Serving {
     pub manifest: Manifest,
     /// The whole model file (for the API's head and the parts handed to browsers).
     pub file: ModelFile,
+    /// Withdraws the server when dropped.
+    pub withdraw: Withdraw,
 }
 
-/// Loads the blocks, measures their decode speed, starts the compute thread, accepts session
-/// streams and keeps the DHT records fresh.
+/// Loads the blocks and runs the portable assembly ([`Service`]): the compute loop on its own
+/// thread, a task per session stream, and the DHT announcements.
 pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow::Result<Serving> {
     let path = match &opt.model {
         Some(p) => p.clone(),
@@ -89,70 +74,36 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
     };
     let blocks_arg = opt.blocks.clone().context("no --blocks")?;
     let backend_kind = opt.backend;
-    let (executor, manifest, file, blocks, ms_per_block) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    let (backend, manifest, file) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = ModelFile::open(&path).context("opening the model")?;
-        let blocks = parse_blocks(&blocks_arg, file.config().n_layers)?;
+        let blocks = parse_blocks(&blocks_arg, file.config().n_layers).context("--blocks")?;
         let manifest = Manifest::of_file(&file).context("hashing the model")?;
         let gpu = pick_gpu(backend_kind)?;
-        let backend = load_backend(&file, gpu.as_ref(), blocks.clone())?;
-        let mut executor = BlockExecutor::new(backend, ExecutorConfig::default());
-        let ms = measure_ms_per_block(&mut executor)?;
-        Ok((executor, manifest, file, blocks, ms))
+        let backend = load_backend(&file, gpu.as_ref(), blocks)?;
+        Ok((backend, manifest, file))
     })
     .await??;
     let model = manifest.id();
-    let config = executor.backend().config().clone();
-    let kv_bytes_per_token = (blocks.len() * config.kv_dim() * 2 * 4) as u64;
-    let mut serve =
-        ServeConfig::new(model, blocks.clone(), executor.backend().name(), config.max_seq_len, kv_bytes_per_token);
-    serve.ms_per_block = ms_per_block;
-    serve.max_sessions = opt.max_sessions;
-    serve.max_sessions_per_peer = opt.max_sessions_per_peer;
-    serve.kv_budget = opt.max_kv_mib.saturating_mul(1 << 20);
-    let executor = BlockExecutor::new(
-        executor.into_backend(),
-        ExecutorConfig::default().with_max_sessions(opt.max_sessions).with_idle_timeout(serve.idle_timeout * 2),
-    );
-
-    let (compute, jobs) = compute_channel();
+    let limits = ServeLimits::default()
+        .with_max_sessions(opt.max_sessions)
+        .with_max_sessions_per_peer(opt.max_sessions_per_peer)
+        .with_kv_budget(opt.max_kv_mib.saturating_mul(1 << 20));
+    // Measuring the blocks keeps the device busy for a moment: off the async workers.
+    let (h, k) = (handle.clone(), key.clone());
+    let Service { server, compute, sessions, announce, withdraw } =
+        tokio::task::spawn_blocking(move || pollster::block_on(Service::new(&h, &k, backend, model, limits))).await??;
     std::thread::Builder::new()
         .name("ait-compute".into())
-        .spawn(move || pollster::block_on(run_compute(executor, jobs)))
+        .spawn(move || pollster::block_on(compute.run()))
         .context("starting the compute thread")?;
-    let server = Arc::new(Server::new(serve, compute));
-
-    let mut incoming = handle.control().accept(PROTOCOL).map_err(|_| anyhow::anyhow!("protocol already registered"))?;
-    let s = server.clone();
+    tokio::spawn(sessions.for_each(|session| {
+        tokio::spawn(session);
+        std::future::ready(())
+    }));
     tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
-            let s = s.clone();
-            tokio::spawn(async move { s.serve_stream(peer, stream).await });
-        }
-    });
-
-    let (h, k, s) = (handle.clone(), key.clone(), server.clone());
-    tokio::spawn(async move {
-        if let Err(e) = announce(h, k, s, futures::future::pending()).await {
+        if let Err(e) = announce.run().await {
             tracing::warn!("announcing the server stopped: {e}");
         }
     });
-    Ok(Serving { server, model, manifest, file })
-}
-
-/// Median decode time of one token through the executor's blocks, per block, in ms.
-fn measure_ms_per_block<B: Backend>(executor: &mut BlockExecutor<B>) -> anyhow::Result<f64> {
-    let dim = executor.backend().config().hidden;
-    let n_blocks = executor.layers().len();
-    let id = executor.open_session(16)?;
-    let x: Vec<f32> = (0..dim).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
-    let mut times = Vec::new();
-    for _ in 0..9 {
-        let t = web_time::Instant::now();
-        pollster::block_on(executor.step(id, &x, 1))?;
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    executor.close_session(id)?;
-    let times = &mut times[1..];
-    times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2] / n_blocks as f64)
+    Ok(Serving { server, model, manifest, file, withdraw })
 }

@@ -14,12 +14,12 @@ use std::time::{Duration, Instant};
 use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
-use relay::swarm_client::{chain, connect, ClientModel};
+use relay::swarm_client::{chain, connect};
 use serde_json::json;
-use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
 use web_node::model::ChatMessage;
-use web_node::net::announce::directory;
 use web_node::net::chain::ChainOptions;
+use web_node::net::directory;
 use web_node::net::protocol::{Request, Response};
 
 fn ms_per_block(serving_line: &str) -> f64 {
@@ -95,17 +95,14 @@ fn main() {
     let tab = seeding(&b);
 
     let client = ClientModel::load(&model).unwrap();
-    let prompt = client
-        .tokenizer
-        .encode(&client.render_chat(&[ChatMessage::user("What is the capital of France?")]).unwrap())
-        .unwrap();
+    let prompt = client.chat_prompt(&[ChatMessage::user("What is the capital of France?")]).unwrap();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     let (records, hops, text) = rt.block_on(async {
         let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
-        let records = directory(&handle, Duration::from_secs(5)).await.unwrap();
+        let records = directory::list(&handle, Duration::from_secs(5)).await.unwrap();
         let mut chain = chain(handle, &client, ChainOptions::default());
         let opts = GenerateOptions { max_tokens: 16, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
-        let g = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &opts, |_| {}).await.unwrap();
+        let g = client.generate(&mut chain, &prompt, &opts, |_| {}).await.unwrap();
         let hops = chain.hop_stats();
         chain.end().await.unwrap();
         (records, hops, g.text)

@@ -53,7 +53,7 @@ fn main() {
     let mut prompt = Vec::new();
     for kind in backends {
         let mut model = LocalModel::load(&path, kind, None).expect("model loads");
-        prompt = bench_prompt(&model.tokenizer, PROMPT).expect("prompt");
+        prompt = bench_prompt(&model.client.tokenizer, PROMPT).expect("prompt");
         let r = measure_generation(&mut model, &prompt, DECODE, RUNS).expect("generation");
         results.insert(kind.name().to_string(), r);
     }

@@ -25,9 +25,9 @@ use ait_tests::procs::{temp_dir, three_relays, Relay};
 use libp2p::Multiaddr;
 use relay::bench::{bench_prompt, median};
 use relay::local::{BackendKind, LocalModel};
-use relay::swarm_client::{chain, connect, ClientModel};
+use relay::swarm_client::{chain, connect};
 use serde_json::json;
-use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
 use web_node::net::chain::{ChainOptions, SwarmChain};
 
 const PROMPT: usize = 100;
@@ -73,7 +73,7 @@ fn main() {
     let opts = options();
 
     let mut local = LocalModel::load(&path, BackendKind::Cpu, None).expect("model loads");
-    let prompt = bench_prompt(&local.tokenizer, PROMPT).expect("prompt");
+    let prompt = bench_prompt(&local.client.tokenizer, PROMPT).expect("prompt");
     let client = ClientModel::load(&path).expect("client model");
 
     // Two separate swarms: one relay with every block, and three relays with a third each.
@@ -89,8 +89,7 @@ fn main() {
 
     let swarm_run = |c: &mut SwarmChain, s: &mut Series, warm: bool| {
         rt.block_on(async {
-            let g =
-                generate(&client.head, &client.tokenizer, c, &prompt, &opts, |_| {}).await.expect("swarm generation");
+            let g = client.generate(c, &prompt, &opts, |_| {}).await.expect("swarm generation");
             let stats = c.hop_stats();
             c.end().await.expect("end");
             if !warm {
@@ -111,7 +110,7 @@ fn main() {
     let (mut l, mut s1, mut s3) = (Series::default(), Series::default(), Series::default());
     let mut reference = Vec::new();
     for i in 0..=RUNS {
-        let g = pollster::block_on(generate(&local.head, &local.tokenizer, &mut local.chain, &prompt, &opts, |_| {}))
+        let g = pollster::block_on(local.client.generate(&mut local.chain, &prompt, &opts, |_| {}))
             .expect("local generation");
         if i > 0 {
             l.decode.push(g.decode_tok_per_s());
@@ -133,21 +132,22 @@ fn main() {
         let mut pieces = 0;
         let mut killed_at: Option<Instant> = None;
         let mut stall = None;
-        let g = generate(&client.head, &client.tokenizer, &mut c, &prompt, &opts, |_| {
-            pieces += 1;
-            if let (Some(t), None) = (killed_at, stall) {
-                stall = Some(t.elapsed());
-            }
-            if pieces == 16 {
-                let peer = route.lock().unwrap().iter().find(|h| h.blocks == (10..20)).map(|h| h.peer.to_string());
-                let mut relays = relays.lock().unwrap();
-                let victim = relays.iter_mut().find(|r| Some(&r.peer) == peer.as_ref()).expect("relay in use");
-                victim.kill();
-                killed_at = Some(Instant::now());
-            }
-        })
-        .await
-        .expect("generation survives the kill");
+        let g = client
+            .generate(&mut c, &prompt, &opts, |_| {
+                pieces += 1;
+                if let (Some(t), None) = (killed_at, stall) {
+                    stall = Some(t.elapsed());
+                }
+                if pieces == 16 {
+                    let peer = route.lock().unwrap().iter().find(|h| h.blocks == (10..20)).map(|h| h.peer.to_string());
+                    let mut relays = relays.lock().unwrap();
+                    let victim = relays.iter_mut().find(|r| Some(&r.peer) == peer.as_ref()).expect("relay in use");
+                    victim.kill();
+                    killed_at = Some(Instant::now());
+                }
+            })
+            .await
+            .expect("generation survives the kill");
         assert_eq!(g.tokens, reference, "output changed by the kill");
         let rec = c.recoveries().first().cloned().expect("a recovery");
         let by = if rec.error.contains("timed out") { "step timeout" } else { "connection closed" };

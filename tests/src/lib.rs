@@ -8,6 +8,7 @@
 /// `ait` processes for the swarm tests.
 pub mod browser;
 pub mod candle_ref;
+pub mod chain_fixture;
 pub mod procs;
 /// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
 pub mod tiny_model;

@@ -110,8 +110,8 @@ fn chat_page_answers_from_the_swarm() {
 #[test]
 fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
     use relay::local::{BackendKind, LocalModel};
-    use relay::swarm_client::{chain, connect, ClientModel};
-    use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+    use relay::swarm_client::{chain, connect};
+    use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
     use web_node::model::ChatMessage;
     use web_node::net::chain::ChainOptions;
 
@@ -124,14 +124,12 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         |n| GenerateOptions { max_tokens: n, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
     let prompts = ["What is the capital of France?", "Tell me a long story about a dragon who learns to cook."];
     let mut local = LocalModel::load(&model, BackendKind::Cpu, None).unwrap();
-    let encode = |tk: &web_node::model::Tokenizer, text: String| tk.encode(&text).unwrap();
     let reference: Vec<_> = prompts
         .iter()
         .zip([32, 96])
         .map(|(p, n)| {
-            let prompt = encode(&local.tokenizer, local.render_chat(&[ChatMessage::user(*p)]).unwrap());
-            pollster::block_on(generate(&local.head, &local.tokenizer, &mut local.chain, &prompt, &greedy(n), |_| {}))
-                .unwrap()
+            let prompt = local.client.chat_prompt(&[ChatMessage::user(*p)]).unwrap();
+            pollster::block_on(local.client.generate(&mut local.chain, &prompt, &greedy(n), |_| {})).unwrap()
         })
         .collect();
     assert_eq!(reference[1].tokens.len(), 96, "the second reference must run long enough to be interrupted");
@@ -157,11 +155,11 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         eprintln!("[{transport}] tab {tab} serving [10, 20) after {:.1} s", started.elapsed().as_secs_f64());
 
         // a: the tab is the [10, 20) hop, and the output is the single-process output.
-        let prompt = encode(&client.tokenizer, client.render_chat(&[ChatMessage::user(prompts[0])]).unwrap());
+        let prompt = client.chat_prompt(&[ChatMessage::user(prompts[0])]).unwrap();
         let (out, hops) = rt.block_on(async {
             let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
             let mut chain = chain(handle, &client, ChainOptions::default());
-            let out = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &greedy(32), |_| {}).await;
+            let out = client.generate(&mut chain, &prompt, &greedy(32), |_| {}).await;
             let hops = chain.hop_stats();
             chain.end().await.unwrap();
             (out, hops)
@@ -183,7 +181,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         eprintln!("[{transport}] the tab counts {served} tokens served");
 
         // c: a relay for [10, 20) joins mid-generation, then the tab is closed.
-        let prompt = encode(&client.tokenizer, client.render_chat(&[ChatMessage::user(prompts[1])]).unwrap());
+        let prompt = client.chat_prompt(&[ChatMessage::user(prompts[1])]).unwrap();
         let mut spare = None;
         let (out, recoveries, route_before) = rt.block_on(async {
             let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
@@ -191,18 +189,19 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
             let route = chain.route_watch();
             let mut pieces = 0;
             let mut route_before = String::new();
-            let out = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &greedy(96), |_| {
-                pieces += 1;
-                if pieces == 10 {
-                    route_before = format!("{:?}", route.lock().unwrap());
-                    spare = Some(Relay::start(
-                        &dir.join("r1"),
-                        &["--model", m, "--blocks", "10..20", "--bootstrap", &boot],
-                    ));
-                    b.close_tab().expect("close the seeding tab");
-                }
-            })
-            .await;
+            let out = client
+                .generate(&mut chain, &prompt, &greedy(96), |_| {
+                    pieces += 1;
+                    if pieces == 10 {
+                        route_before = format!("{:?}", route.lock().unwrap());
+                        spare = Some(Relay::start(
+                            &dir.join("r1"),
+                            &["--model", m, "--blocks", "10..20", "--bootstrap", &boot],
+                        ));
+                        b.close_tab().expect("close the seeding tab");
+                    }
+                })
+                .await;
             chain.end().await.unwrap();
             (out, chain.recoveries().to_vec(), route_before)
         });

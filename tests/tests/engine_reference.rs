@@ -36,7 +36,9 @@ struct Trajectory {
 
 fn prompts(model: &LocalModel) -> Vec<Vec<u32>> {
     let chat = model
-        .render_chat(&[ChatMessage::user("What is the capital of France?".to_string())])
+        .client
+        .template
+        .render(&[ChatMessage::user("What is the capital of France?".to_string())], true)
         .expect("chat template renders");
     [
         chat.as_str(),
@@ -44,7 +46,7 @@ fn prompts(model: &LocalModel) -> Vec<Vec<u32>> {
         "def fibonacci(n):\n    \"\"\"Return the n-th Fibonacci number.\"\"\"\n",
     ]
     .iter()
-    .map(|p| model.tokenizer.encode(p).expect("tokenizes"))
+    .map(|p| model.client.encode(p).expect("tokenizes"))
     .collect()
 }
 
@@ -71,12 +73,12 @@ fn reference_trajectories(prompts: &[Vec<u32>]) -> Vec<Trajectory> {
 /// Runs `model` teacher-forced along `traj`; returns the max logit difference, and fails on the
 /// first differing greedy token.
 fn compare(model: &mut LocalModel, traj: &Trajectory, label: &str) -> f32 {
-    let h = model.config.hidden;
+    let h = model.client.config.hidden;
     pollster::block_on(async {
         model.chain.begin(traj.prompt.len() + STEPS).await.expect("begin");
-        let x = model.head.embed(&traj.prompt).expect("embed");
+        let x = model.client.head.embed(&traj.prompt).expect("embed");
         let out = model.chain.forward(&x, traj.prompt.len()).await.expect("prefill");
-        let mut logits = model.head.logits(&out[out.len() - h..]).expect("logits");
+        let mut logits = model.client.head.logits(&out[out.len() - h..]).expect("logits");
         let mut worst = 0.0f32;
         for step in 0..STEPS {
             let d = max_abs_diff(&logits, &traj.logits[step]);
@@ -87,9 +89,9 @@ fn compare(model: &mut LocalModel, traj: &Trajectory, label: &str) -> f32 {
                 "{label}: step {step}: greedy token differs from the f32 reference (max logit diff {d})"
             );
             if step + 1 < STEPS {
-                let x = model.head.embed(&[traj.tokens[step]]).expect("embed");
+                let x = model.client.head.embed(&[traj.tokens[step]]).expect("embed");
                 let out = model.chain.forward(&x, 1).await.expect("decode");
-                logits = model.head.logits(&out).expect("logits");
+                logits = model.client.head.logits(&out).expect("logits");
             }
         }
         model.chain.end().await.expect("end");

@@ -92,11 +92,11 @@ fn idle_sessions_expire() {
 #[test]
 fn max_tokens_zero_generates_nothing() {
     use relay::local::{BackendKind, LocalModel};
-    use web_node::client::{generate, FinishReason, GenerateOptions, SamplingParams};
+    use web_node::client::{FinishReason, GenerateOptions, SamplingParams};
     let mut m = LocalModel::load(&default_model(), BackendKind::Cpu, None).expect("model");
-    let prompt = m.tokenizer.encode("The capital of France is").expect("tokens");
+    let prompt = m.client.encode("The capital of France is").expect("tokens");
     let opts = GenerateOptions { max_tokens: 0, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
-    let g = pollster::block_on(generate(&m.head, &m.tokenizer, &mut m.chain, &prompt, &opts, |_| {})).expect("runs");
+    let g = pollster::block_on(m.client.generate(&mut m.chain, &prompt, &opts, |_| {})).expect("runs");
     assert!(g.tokens.is_empty() && g.text.is_empty(), "generated {:?}", g.text);
     assert_eq!(g.finish, FinishReason::Length);
 }

@@ -9,10 +9,13 @@ use web_node::model::ModelFile;
 fn hidden_states(model: &mut LocalModel, prompt: &[u32], decode: &[u32]) -> Vec<Vec<f32>> {
     pollster::block_on(async {
         model.chain.begin(prompt.len() + decode.len()).await.expect("begin");
-        let mut outs =
-            vec![model.chain.forward(&model.head.embed(prompt).expect("embed"), prompt.len()).await.expect("prefill")];
+        let mut outs = vec![model
+            .chain
+            .forward(&model.client.head.embed(prompt).expect("embed"), prompt.len())
+            .await
+            .expect("prefill")];
         for &t in decode {
-            outs.push(model.chain.forward(&model.head.embed(&[t]).expect("embed"), 1).await.expect("decode"));
+            outs.push(model.chain.forward(&model.client.head.embed(&[t]).expect("embed"), 1).await.expect("decode"));
         }
         model.chain.end().await.expect("end");
         outs
@@ -26,7 +29,7 @@ fn three_way_split_equals_whole_bit_for_bit() {
         let mut whole = LocalModel::from_file(&file, kind, None).expect("whole");
         let mut split = LocalModel::from_file(&file, kind, Some(vec![0..10, 10..20, 20..30])).expect("split");
         assert_eq!(split.chain.executors().len(), 3);
-        let prompt = whole.tokenizer.encode("The quick brown fox jumps over the lazy dog because").expect("tok");
+        let prompt = whole.client.encode("The quick brown fox jumps over the lazy dog because").expect("tok");
         let decode = [12u32, 345, 6789, 42];
         let a = hidden_states(&mut whole, &prompt, &decode);
         let b = hidden_states(&mut split, &prompt, &decode);

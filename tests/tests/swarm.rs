@@ -11,8 +11,8 @@ use ait_tests::procs::{ait_bin, temp_dir, three_relays, Relay};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId};
 use relay::local::{BackendKind, LocalModel};
-use relay::swarm_client::{chain, connect, ClientModel};
-use web_node::client::{generate, GenerateOptions, LayerChain, SamplingParams};
+use relay::swarm_client::{chain, connect};
+use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
 use web_node::model::{ChatMessage, ModelId};
 use web_node::net::chain::ChainOptions;
 use web_node::net::frame::{read_frame, write_frame};
@@ -94,13 +94,13 @@ fn losing_a_relay_mid_generation_reroutes_with_identical_output() {
 
     let reference = {
         let mut local = LocalModel::load(&model, BackendKind::Cpu, None).unwrap();
-        let prompt = local.tokenizer.encode(&local.render_chat(&[ChatMessage::user(prompt_text)]).unwrap()).unwrap();
-        pollster::block_on(generate(&local.head, &local.tokenizer, &mut local.chain, &prompt, &opts, |_| {})).unwrap()
+        let prompt = local.client.chat_prompt(&[ChatMessage::user(prompt_text)]).unwrap();
+        pollster::block_on(local.client.generate(&mut local.chain, &prompt, &opts, |_| {})).unwrap()
     };
     assert_eq!(reference.tokens.len(), 96, "the reference must run long enough to be interrupted");
 
     let client = ClientModel::load(&model).unwrap();
-    let prompt = client.tokenizer.encode(&client.render_chat(&[ChatMessage::user(prompt_text)]).unwrap()).unwrap();
+    let prompt = client.chat_prompt(&[ChatMessage::user(prompt_text)]).unwrap();
     let rt = runtime();
     for freeze in [false, true] {
         let mut relays = three_relays(&root.join(format!("freeze-{freeze}")), &model);
@@ -118,21 +118,22 @@ fn losing_a_relay_mid_generation_reroutes_with_identical_output() {
             let route = chain.route_watch();
             let mut pieces = 0;
             let mut victim = None;
-            let r = generate(&client.head, &client.tokenizer, &mut chain, &prompt, &opts, |_| {
-                pieces += 1;
-                if pieces == 10 {
-                    let peer = middle_peer(&route).expect("a [10, 20) hop").to_string();
-                    let mut relays = relays.lock().unwrap();
-                    let r = relays.iter_mut().find(|r| r.peer == peer).expect("the relay in use");
-                    if freeze {
-                        r.freeze();
-                    } else {
-                        r.kill();
+            let r = client
+                .generate(&mut chain, &prompt, &opts, |_| {
+                    pieces += 1;
+                    if pieces == 10 {
+                        let peer = middle_peer(&route).expect("a [10, 20) hop").to_string();
+                        let mut relays = relays.lock().unwrap();
+                        let r = relays.iter_mut().find(|r| r.peer == peer).expect("the relay in use");
+                        if freeze {
+                            r.freeze();
+                        } else {
+                            r.kill();
+                        }
+                        victim = Some(peer);
                     }
-                    victim = Some(peer);
-                }
-            })
-            .await;
+                })
+                .await;
             chain.end().await.unwrap();
             (r, chain.recoveries().to_vec(), victim)
         });

@@ -3,88 +3,36 @@
 use std::future::Future;
 
 use super::{ClientError, Head, Sampler, SamplingParams};
-use crate::engine::{Backend, BlockExecutor, EngineError, SessionId};
 use crate::model::Tokenizer;
 
-/// Whatever runs all decoder layers of the model for one sequence: local executors, or (later)
-/// a route of remote servers.
+/// Whatever runs all decoder layers of the model for one sequence: in-process executors
+/// ([`LocalChain`](super::LocalChain)), or a route of remote servers
+/// ([`SwarmChain`](crate::net::chain::SwarmChain)).
 pub trait LayerChain {
+    /// Why the chain could not run a step (its own type: the client does not know where the
+    /// layers run).
+    type Error: std::error::Error + Send + Sync + 'static;
+
     /// Starts a new sequence of at most `max_len` tokens, dropping any previous one.
-    fn begin(&mut self, max_len: usize) -> impl Future<Output = Result<(), ClientError>>;
+    fn begin(&mut self, max_len: usize) -> impl Future<Output = Result<(), Self::Error>>;
 
     /// Runs `n_tokens` embeddings (`[n_tokens, hidden]`) through every layer, continuing the
     /// current sequence; returns the last layer's hidden states, same shape.
-    fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> impl Future<Output = Result<Vec<f32>, ClientError>>;
+    fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> impl Future<Output = Result<Vec<f32>, Self::Error>>;
 
     /// Ends the current sequence and frees what it holds.
-    fn end(&mut self) -> impl Future<Output = Result<(), ClientError>>;
+    fn end(&mut self) -> impl Future<Output = Result<(), Self::Error>>;
 }
 
-/// A chain of in-process executors that together cover every layer, in order.
-pub struct LocalChain<B: Backend> {
-    executors: Vec<BlockExecutor<B>>,
-    sessions: Vec<Option<SessionId>>,
-}
-
-impl<B: Backend> LocalChain<B> {
-    /// Builds a chain; the executors' ranges must be contiguous from layer 0 to the last layer.
-    pub fn new(executors: Vec<BlockExecutor<B>>) -> Result<Self, ClientError> {
-        let mut next = 0;
-        for e in &executors {
-            let r = e.layers();
-            if r.start != next {
-                return Err(EngineError::BadWeights {
-                    layer: next,
-                    what: format!("chain gap: next executor runs {r:?}"),
-                }
-                .into());
-            }
-            next = r.end;
-        }
-        match executors.first() {
-            Some(e) if next == e.backend().config().n_layers => {}
-            _ => {
-                return Err(
-                    EngineError::BadWeights { layer: next, what: "chain does not reach the last layer".into() }.into()
-                )
-            }
-        }
-        let sessions = vec![None; executors.len()];
-        Ok(Self { executors, sessions })
-    }
-
-    /// The executors, in order.
-    pub fn executors(&self) -> &[BlockExecutor<B>] {
-        &self.executors
-    }
-}
-
-impl<B: Backend> LayerChain for LocalChain<B> {
-    async fn begin(&mut self, max_len: usize) -> Result<(), ClientError> {
-        self.end().await?;
-        for (e, s) in self.executors.iter_mut().zip(&mut self.sessions) {
-            *s = Some(e.open_session(max_len)?);
-        }
-        Ok(())
-    }
-
-    async fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> Result<Vec<f32>, ClientError> {
-        let mut x = hidden.to_vec();
-        for (e, s) in self.executors.iter_mut().zip(&self.sessions) {
-            let id = s.ok_or(EngineError::UnknownSession(0))?;
-            x = e.step(id, &x, n_tokens).await?;
-        }
-        Ok(x)
-    }
-
-    async fn end(&mut self) -> Result<(), ClientError> {
-        for (e, s) in self.executors.iter_mut().zip(&mut self.sessions) {
-            if let Some(id) = s.take() {
-                e.close_session(id)?;
-            }
-        }
-        Ok(())
-    }
+/// Why a generation failed: the client's own part, or the chain that runs the layers.
+#[derive(Debug, thiserror::Error)]
+pub enum GenerateError<E: std::error::Error + 'static> {
+    /// Tokenizing, embedding, the LM head or the prompt's size.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The chain failed.
+    #[error(transparent)]
+    Chain(E),
 }
 
 /// Options of one generation.
@@ -155,21 +103,37 @@ impl Generation {
 }
 
 /// Generates from `prompt` (token ids) through `chain`, calling `on_text` with each new piece of
-/// text as soon as it is complete UTF-8.
-pub async fn generate<C: LayerChain>(
+/// text as soon as it is complete UTF-8. The chain's sequence is ended however this returns.
+/// Called through [`ClientModel::generate`](super::ClientModel::generate).
+pub(super) async fn generate<C: LayerChain>(
+    head: &Head,
+    tokenizer: &Tokenizer,
+    chain: &mut C,
+    prompt: &[u32],
+    opts: &GenerateOptions,
+    on_text: impl FnMut(&str),
+) -> Result<Generation, GenerateError<C::Error>> {
+    let result = run(head, tokenizer, chain, prompt, opts, on_text).await;
+    let ended = chain.end().await.map_err(GenerateError::Chain);
+    let generation = result?;
+    ended?;
+    Ok(generation)
+}
+
+async fn run<C: LayerChain>(
     head: &Head,
     tokenizer: &Tokenizer,
     chain: &mut C,
     prompt: &[u32],
     opts: &GenerateOptions,
     mut on_text: impl FnMut(&str),
-) -> Result<Generation, ClientError> {
+) -> Result<Generation, GenerateError<C::Error>> {
     let context = head.config().max_seq_len;
     if prompt.is_empty() {
-        return Err(ClientError::EmptyPrompt);
+        return Err(ClientError::EmptyPrompt.into());
     }
     if prompt.len() >= context {
-        return Err(ClientError::PromptTooLong { prompt: prompt.len(), context });
+        return Err(ClientError::PromptTooLong { prompt: prompt.len(), context }.into());
     }
     let max_len = prompt.len().saturating_add(opts.max_tokens).min(context);
     let mut sampler = Sampler::new(opts.sampling.clone());
@@ -179,14 +143,17 @@ pub async fn generate<C: LayerChain>(
     let mut history = prompt.to_vec();
     let start = web_time::Instant::now();
 
-    chain.begin(max_len).await?;
+    chain.begin(max_len).await.map_err(GenerateError::Chain)?;
     let mut last = Vec::new();
     for chunk in prompt.chunks(opts.prefill_chunk.max(1)) {
         let x = head.embed(chunk)?;
-        last = chain.forward(&x, chunk.len()).await?;
+        last = chain.forward(&x, chunk.len()).await.map_err(GenerateError::Chain)?;
     }
     let h = head.config().hidden;
-    let mut logits = head.logits(&last[last.len() - h..])?;
+    let Some(tail) = last.len().checked_sub(h).map(|start| &last[start..]) else {
+        return Err(ClientError::BadHidden { expected: h, actual: last.len() }.into());
+    };
+    let mut logits = head.logits(tail)?;
     let prefill_secs = start.elapsed().as_secs_f64();
 
     let decode_start = web_time::Instant::now();
@@ -203,7 +170,7 @@ pub async fn generate<C: LayerChain>(
         }
         tokens.push(t);
         history.push(t);
-        if let Some(piece) = stream.push(t)? {
+        if let Some(piece) = stream.push(t).map_err(ClientError::from)? {
             let (out, stopped) = stop.push(&piece);
             if !out.is_empty() {
                 on_text(&out);
@@ -218,7 +185,7 @@ pub async fn generate<C: LayerChain>(
             break FinishReason::Length;
         }
         let x = head.embed(&[t])?;
-        let out = chain.forward(&x, 1).await?;
+        let out = chain.forward(&x, 1).await.map_err(GenerateError::Chain)?;
         logits = head.logits(&out)?;
         decode_steps += 1;
     };
@@ -226,7 +193,7 @@ pub async fn generate<C: LayerChain>(
     let mut finish = finish;
     if !halted {
         let mut rest = String::new();
-        if let Some(tail) = stream.finish()? {
+        if let Some(tail) = stream.finish().map_err(ClientError::from)? {
             let (out, stopped) = stop.push(&tail);
             rest.push_str(&out);
             if stopped {
@@ -239,6 +206,5 @@ pub async fn generate<C: LayerChain>(
             text.push_str(&rest);
         }
     }
-    chain.end().await?;
     Ok(Generation { tokens, text, prompt_tokens: prompt.len(), finish, prefill_secs, decode_steps, decode_secs })
 }

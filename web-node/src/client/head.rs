@@ -15,17 +15,17 @@ impl Head {
     /// Wraps the head weights, checking their shapes against the config.
     pub fn new(config: LlamaConfig, weights: HeadWeights) -> Result<Self, ClientError> {
         let (v, h) = (config.vocab, config.hidden);
-        let bad = |what: String| ClientError::Model(crate::model::ModelError::BadConfig(what));
+        let bad = |tensor, expected: String, actual: String| ClientError::BadHead { tensor, expected, actual };
         let e = &weights.token_embd;
         if e.rows != v || e.cols != h {
-            return Err(bad(format!("token_embd is [{}, {}], config needs [{v}, {h}]", e.rows, e.cols)));
+            return Err(bad("token_embd", format!("[{v}, {h}]"), format!("[{}, {}]", e.rows, e.cols)));
         }
         let o = weights.lm_head();
         if o.rows != v || o.cols != h {
-            return Err(bad(format!("LM head is [{}, {}], config needs [{v}, {h}]", o.rows, o.cols)));
+            return Err(bad("the LM head", format!("[{v}, {h}]"), format!("[{}, {}]", o.rows, o.cols)));
         }
         if weights.output_norm.len() != h {
-            return Err(bad(format!("output_norm has {} values, config needs {h}", weights.output_norm.len())));
+            return Err(bad("output_norm", format!("[{h}]"), format!("[{}]", weights.output_norm.len())));
         }
         Ok(Self { config, weights })
     }
@@ -52,11 +52,7 @@ impl Head {
     pub fn logits(&self, hidden: &[f32]) -> Result<Vec<f32>, ClientError> {
         let h = self.config.hidden;
         if hidden.len() != h {
-            return Err(ClientError::Engine(crate::engine::EngineError::Shape {
-                what: "final hidden state",
-                expected: h,
-                actual: hidden.len(),
-            }));
+            return Err(ClientError::BadHidden { expected: h, actual: hidden.len() });
         }
         let x = rms_norm(hidden, &self.weights.output_norm, self.config.rms_eps);
         let mut logits = vec![0.0f32; self.config.vocab];

@@ -155,6 +155,22 @@ impl<B: Backend> BlockExecutor<B> {
         Ok(out)
     }
 
+    /// Like [`BlockExecutor::step`], for a step that names its position: it must equal the
+    /// session's length (what a remote client sends, see the inference protocol).
+    pub async fn step_at(
+        &mut self,
+        id: SessionId,
+        pos: usize,
+        hidden: &[f32],
+        n_tokens: usize,
+    ) -> Result<Vec<f32>, EngineError> {
+        let held = self.session_len(id)?;
+        if held != pos {
+            return Err(EngineError::WrongPosition { session: id.0, held, asked: pos });
+        }
+        self.step(id, hidden, n_tokens).await
+    }
+
     /// Closes a session and frees its cache.
     pub fn close_session(&mut self, id: SessionId) -> Result<(), EngineError> {
         self.sessions.remove(&id).map(|_| ()).ok_or(EngineError::UnknownSession(id.0))

@@ -13,9 +13,11 @@ pub mod cpu;
 mod executor;
 pub mod gpu;
 pub mod reference;
+mod rope;
 
 pub use any::{AnyBackend, AnyCache};
 pub use executor::{BlockExecutor, ExecutorConfig, SessionId};
+pub use rope::rope_inv_freq;
 
 use std::future::Future;
 use std::ops::Range;
@@ -46,6 +48,17 @@ pub enum EngineError {
         n_tokens: usize,
         /// Cache capacity.
         capacity: usize,
+    },
+    /// A step named another position than the session has reached (the client and the
+    /// server disagree on the sequence).
+    #[error("session {session} holds {held} tokens, a step at position {asked} was asked")]
+    WrongPosition {
+        /// Session.
+        session: u64,
+        /// Tokens the session holds (the only position it can continue at).
+        held: usize,
+        /// Position asked for.
+        asked: usize,
     },
     /// No session with that id (never opened, or closed).
     #[error("unknown session {0}")]
@@ -89,7 +102,7 @@ pub trait Backend {
     /// Per-session state: the KV cache for every layer of the range, plus any scratch space.
     type Cache;
 
-    /// Short backend name (`"cpu"`, `"wgpu"`).
+    /// Short backend name (`"cpu"`, `"wgpu"`, `"webgpu"`).
     fn name(&self) -> &'static str;
 
     /// Model configuration.

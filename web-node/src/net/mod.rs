@@ -7,18 +7,19 @@
 //! - [`routing`]: picks the chain of servers with the lowest estimated latency.
 //! - [`node`]: the libp2p behaviour and the event loop; other tasks talk to it through a
 //!   [`node::NodeHandle`].
-//! - [`announce`]: keeps a server's DHT records fresh, withdraws them, lists the network.
-//! - [`serve`]: the server side of a session stream, over a [`serve::ComputeHandle`].
+//! - [`serve`]: serving blocks: the assembly every serving node runs ([`serve::Service`]), the
+//!   session server, the compute loop, and the DHT announcements of a server.
+//! - [`directory`]: lists the servers of the network.
 //! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
 //!   run on remote servers, with re-routing and replay when one fails.
 //!
 //! Transports are chosen by the embedding program (TCP/QUIC/WebSocket/WebRTC natively,
 //! WebSocket/WebRTC in a browser); everything here is transport-agnostic.
 
-pub mod announce;
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
 pub mod chain;
+pub mod directory;
 pub mod frame;
 pub mod node;
 pub mod protocol;

@@ -11,7 +11,7 @@ mod simd_x86;
 
 use std::ops::Range;
 
-use super::{reference, Backend, EngineError};
+use super::{reference, rope_inv_freq, Backend, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Per-session state of the CPU backend: K and V for every layer of the range.
@@ -38,19 +38,6 @@ impl CpuBackend {
         let inv_freq = rope_inv_freq(&config);
         Ok(Self { config, range, layers, inv_freq })
     }
-}
-
-/// `theta^(-2i / head_dim) / factor[i]` for `i < head_dim / 2`, computed in f64 and rounded
-/// once. Every backend takes its RoPE frequencies from here.
-pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
-    let hd = config.head_dim as f64;
-    (0..config.head_dim / 2)
-        .map(|i| {
-            let f = (config.rope_theta as f64).powf(-2.0 * i as f64 / hd);
-            let div = config.rope_freq_factors.as_ref().map_or(1.0, |d| d[i] as f64);
-            (f / div) as f32
-        })
-        .collect()
 }
 
 /// Rotate-half RoPE in place on `x` = `[n, n_heads, head_dim]` for positions `pos..pos + n`.

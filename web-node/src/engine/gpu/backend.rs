@@ -51,7 +51,7 @@ pub struct GpuBackend {
     config: LlamaConfig,
     range: Range<usize>,
     layers: Vec<GpuLayer>,
-    /// RoPE inverse frequencies (`cpu::rope_inv_freq`), `[head_dim / 2]`.
+    /// RoPE inverse frequencies ([`rope_inv_freq`](crate::engine::rope_inv_freq)), `[head_dim / 2]`.
     inv_freq: Vec<f32>,
 }
 
@@ -137,7 +137,7 @@ impl GpuBackend {
                 down: up("ffn_down", &w.ffn_down)?,
             });
         }
-        let inv_freq = crate::engine::cpu::rope_inv_freq(&config);
+        let inv_freq = crate::engine::rope_inv_freq(&config);
         Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq })
     }
 
@@ -245,8 +245,13 @@ impl GpuBackend {
 impl Backend for GpuBackend {
     type Cache = GpuCache;
 
+    /// `"wgpu"` natively, `"webgpu"` in a browser (the same kernels on the page's WebGPU).
     fn name(&self) -> &'static str {
-        "wgpu"
+        if cfg!(target_arch = "wasm32") {
+            "webgpu"
+        } else {
+            "wgpu"
+        }
     }
 
     fn config(&self) -> &LlamaConfig {

@@ -1,22 +1,20 @@
-//! Announcing a server in the DHT, withdrawing it, and listing the servers of the network.
+//! Announcing a server in the DHT and withdrawing it.
 //!
 //! A serving node provides [`block_key`] for each block it holds and [`directory_key`], and
 //! stores its signed [`ServerRecord`] under [`server_key`] (found by clients routing one model)
-//! and [`peer_key`] (found by anyone listing the network). [`announce`] re-signs the record
-//! every [`RECORD_REFRESH`] with a validity of [`RECORD_VALIDITY`], so a node that goes away
-//! drops out within a minute and a half. Portable: native relays and browser tabs share it.
+//! and [`peer_key`] (found by anyone listing the network, see
+//! [`directory`](crate::net::directory)). [`announce`] re-signs the record every
+//! [`RECORD_REFRESH`] with a validity of [`RECORD_VALIDITY`], so a node that goes away drops
+//! out within a minute and a half. Portable: native relays and browser tabs share it.
 
-use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{select, Either};
 use libp2p::identity::Keypair;
-use libp2p::PeerId;
 
-use super::node::{NetError, NodeHandle};
-use super::record::{block_key, directory_key, peer_key, server_key, RecordError, ServerRecord};
-use super::serve::Server;
+use super::session::Server;
+use crate::net::node::{NetError, NodeHandle};
+use crate::net::record::{block_key, directory_key, peer_key, server_key, RecordError, ServerRecord};
 
 /// How often the server record is re-signed and republished.
 pub const RECORD_REFRESH: Duration = Duration::from_secs(30);
@@ -41,7 +39,7 @@ pub async fn publish(handle: &NodeHandle, key: &Keypair, server: &Server) -> Res
     let record = ServerRecord {
         peer: peer.to_string(),
         addrs: handle.addresses().await?.iter().map(|a| a.to_string()).collect(),
-        expires_ms: super::unix_ms() + RECORD_VALIDITY.as_millis() as u64,
+        expires_ms: crate::net::unix_ms() + RECORD_VALIDITY.as_millis() as u64,
         status: server.status(),
     };
     let signed = record.sign(key)?;
@@ -55,7 +53,7 @@ pub async fn publish(handle: &NodeHandle, key: &Keypair, server: &Server) -> Res
 pub async fn announce(
     handle: NodeHandle,
     key: Keypair,
-    server: Arc<Server>,
+    server: std::sync::Arc<Server>,
     stop: impl std::future::Future<Output = ()>,
 ) -> Result<(), AnnounceError> {
     let mut keys: Vec<_> = server.config().blocks.clone().map(|b| block_key(&server.config().model, b)).collect();
@@ -73,19 +71,4 @@ pub async fn announce(
     }
     handle.stop_providing(keys).await?;
     Ok(())
-}
-
-/// The servers of the network: providers of [`directory_key`] whose record under
-/// [`peer_key`] verifies and has not expired, one per peer (the latest).
-pub async fn directory(handle: &NodeHandle, limit: Duration) -> Result<Vec<ServerRecord>, NetError> {
-    let settle = Duration::from_millis(300);
-    let peers: HashSet<PeerId> = handle.get_providers(directory_key(), settle, limit).await?;
-    let queries = peers.into_iter().map(|peer| async move {
-        let copies = handle.get_records(peer_key(&peer), settle, limit).await.unwrap_or_default();
-        let now = super::unix_ms();
-        copies.iter().filter_map(|b| ServerRecord::verify_any(b, &peer, now).ok()).max_by_key(|r| r.expires_ms)
-    });
-    let mut out: Vec<ServerRecord> = futures::future::join_all(queries).await.into_iter().flatten().collect();
-    out.sort_by(|a, b| (&a.status.model, a.status.start, &a.peer).cmp(&(&b.status.model, b.status.start, &b.peer)));
-    Ok(out)
 }

@@ -1,165 +1,44 @@
-//! The server side of inference sessions.
+//! [`Server`]: one session per stream, admission control, and the streams that carry sessions.
 //!
-//! A [`Server`] answers session streams (one per session, see [`protocol`](super::protocol))
-//! for the blocks it holds. Compute goes through a [`ComputeHandle`] to one loop that owns the
-//! [`BlockExecutor`] ([`run_compute`]), so steps from many streams run one at a time on the
-//! device, and the loop can live on its own thread natively or on the page's event loop in a
-//! browser. Admission control refuses a session before any cache is allocated when the peer
-//! already has too many, the node has no slot left, or the KV caches of the sessions already
-//! admitted would exceed the memory budget. Every error goes back to the peer as an
+//! A [`Server`] answers session streams (one per session, see
+//! [`protocol`](crate::net::protocol)) for the blocks it holds; compute goes through a
+//! [`ComputeHandle`]. Admission control refuses a session before any cache is allocated when
+//! the peer already has too many, the node has no slot left, or the KV caches of the sessions
+//! already admitted would exceed the memory budget. Every error goes back to the peer as a
 //! [`Response::Error`] and ends only that stream.
 
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Duration;
 
-use futures::channel::{mpsc, oneshot};
-use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, SinkExt, StreamExt};
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 
-use super::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
-use super::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
-use crate::engine::{Backend, BlockExecutor, EngineError, SessionId};
+use super::compute::ComputeHandle;
+use super::ServeConfig;
+use crate::engine::{EngineError, SessionId};
 use crate::model::ModelId;
+use crate::net::frame::{read_frame, write_frame, FrameError};
+use crate::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
 
-enum Job {
-    Open(usize, oneshot::Sender<Result<SessionId, EngineError>>),
-    Step(SessionId, usize, Vec<f32>, usize, oneshot::Sender<Result<(Vec<f32>, Duration), EngineError>>),
-    Close(SessionId),
-}
+/// A byte stream carrying one session: a libp2p stream, or an in-process pipe to this node's
+/// own server.
+pub trait SessionStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> SessionStream for T {}
 
-/// Sends work to the loop that owns the executor. Cheap to clone.
-#[derive(Clone)]
-pub struct ComputeHandle {
-    tx: mpsc::Sender<Job>,
-}
+/// A boxed [`SessionStream`].
+pub type BoxStream = Box<dyn SessionStream>;
 
-/// The compute loop's end of a [`ComputeHandle`].
-pub struct ComputeJobs {
-    rx: mpsc::Receiver<Job>,
-}
-
-/// A handle and the job queue for [`run_compute`].
-pub fn compute_channel() -> (ComputeHandle, ComputeJobs) {
-    let (tx, rx) = mpsc::channel(64);
-    (ComputeHandle { tx }, ComputeJobs { rx })
-}
-
-/// Runs jobs on `executor` one at a time until every [`ComputeHandle`] is dropped.
-pub async fn run_compute<B: Backend>(mut executor: BlockExecutor<B>, mut jobs: ComputeJobs) {
-    while let Some(job) = jobs.rx.next().await {
-        match job {
-            Job::Open(max_len, reply) => {
-                let _ = reply.send(executor.open_session(max_len));
-            }
-            Job::Step(id, pos, hidden, n, reply) => {
-                let started = web_time::Instant::now();
-                let r = match executor.session_len(id) {
-                    Ok(len) if len != pos => {
-                        Err(EngineError::Shape { what: "step position", expected: len, actual: pos })
-                    }
-                    Ok(_) => executor.step(id, &hidden, n).await.map(|out| (out, started.elapsed())),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(r);
-            }
-            Job::Close(id) => {
-                let _ = executor.close_session(id);
-            }
-        }
-    }
-}
-
-fn stopped() -> EngineError {
-    EngineError::Unavailable("the compute loop has stopped".into())
-}
-
-impl ComputeHandle {
-    async fn ask<T>(
-        &self,
-        make: impl FnOnce(oneshot::Sender<Result<T, EngineError>>) -> Job,
-    ) -> Result<T, EngineError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.clone().send(make(tx)).await.map_err(|_| stopped())?;
-        rx.await.map_err(|_| stopped())?
-    }
-
-    /// Opens a session holding up to `max_len` tokens.
-    pub async fn open(&self, max_len: usize) -> Result<SessionId, EngineError> {
-        self.ask(|tx| Job::Open(max_len, tx)).await
-    }
-
-    /// Runs `n` tokens at position `pos` (which must equal the session's length); returns the
-    /// output and the compute time.
-    pub async fn step(
-        &self,
-        id: SessionId,
-        pos: usize,
-        hidden: Vec<f32>,
-        n: usize,
-    ) -> Result<(Vec<f32>, Duration), EngineError> {
-        self.ask(|tx| Job::Step(id, pos, hidden, n, tx)).await
-    }
-
-    /// Closes a session (fire and forget).
-    pub fn close(&self, id: SessionId) {
-        let _ = self.tx.clone().try_send(Job::Close(id));
-    }
+/// Blocks this node serves itself: a client on the same node (the relay's HTTP API, `ait
+/// chat`) reaches them without the network.
+pub trait LocalServer: Send + Sync {
+    /// Opens a session stream to it (served by [`Server::serve_local`]).
+    fn connect(&self) -> BoxStream;
 }
 
 /// Largest frame accepted before a session is open (info and open requests are tiny).
 pub const PRE_SESSION_FRAME: usize = 4096;
-
-/// What a [`Server`] serves and its limits.
-#[derive(Clone, Debug)]
-pub struct ServeConfig {
-    /// Model id.
-    pub model: ModelId,
-    /// Blocks held.
-    pub blocks: Range<usize>,
-    /// Compute backend name.
-    pub backend: String,
-    /// Measured decode time per block per token (ms).
-    pub ms_per_block: f64,
-    /// Longest session, in tokens.
-    pub max_len: usize,
-    /// Sessions open at once.
-    pub max_sessions: usize,
-    /// Sessions one peer may hold at once.
-    pub max_sessions_per_peer: usize,
-    /// KV-cache bytes per token of a session over all held blocks.
-    pub kv_bytes_per_token: u64,
-    /// KV-cache bytes all sessions together may reserve.
-    pub kv_budget: u64,
-    /// A session stream with no frame for this long is closed.
-    pub idle_timeout: Duration,
-    /// A frame must arrive whole within this once it has started.
-    pub frame_timeout: Duration,
-    /// Largest frame accepted.
-    pub max_frame: usize,
-}
-
-impl ServeConfig {
-    /// Defaults for `blocks` of `model` whose KV cache takes `kv_bytes_per_token`.
-    pub fn new(model: ModelId, blocks: Range<usize>, backend: &str, max_len: usize, kv_bytes_per_token: u64) -> Self {
-        ServeConfig {
-            model,
-            blocks,
-            backend: backend.into(),
-            ms_per_block: 0.0,
-            max_len,
-            max_sessions: 16,
-            max_sessions_per_peer: 4,
-            kv_bytes_per_token,
-            kv_budget: 2 << 30,
-            idle_timeout: Duration::from_secs(120),
-            frame_timeout: Duration::from_secs(30),
-            max_frame: MAX_FRAME,
-        }
-    }
-}
 
 #[derive(Default)]
 struct Admission {
@@ -219,7 +98,9 @@ impl From<EngineError> for Refusal {
         let code = match e {
             EngineError::SessionTooLong { .. } | EngineError::ContextFull { .. } => ErrorCode::TooLong,
             EngineError::TooManySessions(_) => ErrorCode::Busy,
-            EngineError::Shape { .. } | EngineError::UnknownSession(_) => ErrorCode::BadRequest,
+            EngineError::Shape { .. } | EngineError::WrongPosition { .. } | EngineError::UnknownSession(_) => {
+                ErrorCode::BadRequest
+            }
             _ => ErrorCode::Internal,
         };
         Refusal(code, e.to_string())
@@ -244,9 +125,9 @@ impl Server {
     /// Live status.
     pub fn status(&self) -> ServerStatus {
         let a = self.lock();
-        let by_slots = self.config.max_sessions.saturating_sub(a.sessions);
+        let by_slots = self.config.limits.max_sessions.saturating_sub(a.sessions);
         let per_session = self.config.kv_bytes_per_token.saturating_mul(self.config.max_len as u64).max(1);
-        let by_memory = (self.config.kv_budget.saturating_sub(a.kv_reserved) / per_session) as usize;
+        let by_memory = (self.config.limits.kv_budget.saturating_sub(a.kv_reserved) / per_session) as usize;
         ServerStatus {
             version: PROTOCOL_VERSION,
             model: self.config.model.to_hex(),
@@ -267,21 +148,21 @@ impl Server {
         let bytes = c.kv_bytes_per_token.saturating_mul(max_len as u64);
         let mut a = self.lock();
         let mine = peer.and_then(|p| a.per_peer.get(&p).copied()).unwrap_or(0);
-        if peer.is_some() && mine >= c.max_sessions_per_peer {
+        if peer.is_some() && mine >= c.limits.max_sessions_per_peer {
             return Err(Refusal(
                 ErrorCode::Busy,
-                format!("peer already holds {mine} sessions (limit {})", c.max_sessions_per_peer),
+                format!("peer already holds {mine} sessions (limit {})", c.limits.max_sessions_per_peer),
             ));
         }
-        if a.sessions >= c.max_sessions {
-            return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", c.max_sessions)));
+        if a.sessions >= c.limits.max_sessions {
+            return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", c.limits.max_sessions)));
         }
-        if a.kv_reserved.saturating_add(bytes) > c.kv_budget {
+        if a.kv_reserved.saturating_add(bytes) > c.limits.kv_budget {
             return Err(Refusal(
                 ErrorCode::Busy,
                 format!(
                     "KV cache budget exhausted ({} of {} bytes reserved, {bytes} asked)",
-                    a.kv_reserved, c.kv_budget
+                    a.kv_reserved, c.limits.kv_budget
                 ),
             ));
         }
@@ -310,14 +191,14 @@ impl Server {
             Err(Refusal(code, message)) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
                 tracing::debug!(?peer, ?code, "refusing stream: {message}");
-                let _ = super::timeout(
-                    self.config.frame_timeout,
+                let _ = crate::net::timeout(
+                    self.config.limits.frame_timeout,
                     write_frame(&mut stream, &Response::Error { code, message }.encode()),
                 )
                 .await;
             }
         }
-        let _ = super::timeout(self.config.frame_timeout, stream.close()).await;
+        let _ = crate::net::timeout(self.config.limits.frame_timeout, stream.close()).await;
     }
 
     async fn session<S: AsyncRead + AsyncWrite + Unpin>(
@@ -330,8 +211,8 @@ impl Server {
         let result = loop {
             // Before a session is open only small requests (info, open) are valid: a peer cannot
             // make us hold big buffers without holding a session slot first.
-            let limit = if open.is_some() { c.max_frame } else { PRE_SESSION_FRAME };
-            let frame = match read_frame(stream, limit, c.idle_timeout, c.frame_timeout).await {
+            let limit = if open.is_some() { c.limits.max_frame } else { PRE_SESSION_FRAME };
+            let frame = match read_frame(stream, limit, c.limits.idle_timeout, c.limits.frame_timeout).await {
                 Ok(f) => f,
                 Err(FrameError::Closed) => break Ok(()),
                 Err(e @ FrameError::TooLarge { .. }) => break Err(Refusal(ErrorCode::TooLarge, e.to_string())),
@@ -370,9 +251,9 @@ impl Server {
                 }
                 (Request::Close, _) => break Ok(()),
             };
-            if let Err(e) = super::timeout(c.frame_timeout, write_frame(stream, &reply.encode()))
+            if let Err(e) = crate::net::timeout(c.limits.frame_timeout, write_frame(stream, &reply.encode()))
                 .await
-                .unwrap_or(Err(FrameError::Timeout(c.frame_timeout)))
+                .unwrap_or(Err(FrameError::Timeout(c.limits.frame_timeout)))
             {
                 tracing::debug!(?peer, "session stream failed: {e}");
                 break Ok(());

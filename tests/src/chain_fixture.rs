@@ -1,0 +1,318 @@
+//! In-process servers for the chain tests (`tests/tests/chain.rs`): a tiny random model split
+//! over real [`Server`]s, reached over in-memory pipes through a test [`Discovery`] with fake
+//! peer ids, and faults injected between the chain and a server.
+//!
+//! Every stream the chain opens goes through a proxy task that reads the chain's frames, hands
+//! them to the real server (served by [`Server::serve_local`] over a `tokio::io::duplex` pipe)
+//! and passes its answers back, unless a [`Fault`] set on that server says otherwise. Nothing
+//! here needs the `ait` binary, the network or the default model; it needs a tokio runtime.
+
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use libp2p::PeerId;
+use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
+use web_node::client::{Head, LocalChain};
+use web_node::engine::cpu::CpuBackend;
+use web_node::engine::{BlockExecutor, ExecutorConfig};
+use web_node::model::{LlamaConfig, ModelFile, ModelId, WeightType};
+use web_node::net::chain::{probe_stream, ChainError, ChainOptions, Discovery, Found, Query, SwarmChain};
+use web_node::net::frame::{read_frame, write_frame, MAX_FRAME};
+use web_node::net::protocol::{ErrorCode, Request, Response};
+use web_node::net::serve::{BoxStream, ComputeLoop, ServeConfig, ServeLimits, Server};
+
+use crate::tiny_model::{TempDir, Tensor, TinyModel};
+
+/// Layers of the fixture's model.
+pub const N_LAYERS: usize = 6;
+
+/// Id the servers announce for the fixture's model.
+pub const MODEL: ModelId = ModelId([0xa1; 32]);
+
+/// A tiny random Llama of [`N_LAYERS`] layers: layers `2k` and `2k + 1` are those of
+/// `TinyModel::random(seed + k, true)` (the embeddings and final norm of the first).
+pub fn tiny_model(seed: u64) -> TinyModel {
+    let parts: Vec<TinyModel> = (0..N_LAYERS as u64 / 2).map(|k| TinyModel::random(seed + k, true)).collect();
+    let per_part = parts[0].config.n_layers;
+    let mut model = parts[0].clone();
+    model.config.n_layers = N_LAYERS;
+    model.tensors.retain(|t| !t.name.starts_with("model.layers."));
+    for (k, part) in parts.iter().enumerate() {
+        for t in &part.tensors {
+            let Some(rest) = t.name.strip_prefix("model.layers.") else { continue };
+            let (layer, name) = rest.split_once('.').expect("layer index, then name");
+            let layer: usize = layer.parse().expect("a layer index");
+            let name = format!("model.layers.{}.{name}", layer + k * per_part);
+            model.tensors.push(Tensor { name, ..t.clone() });
+        }
+    }
+    model
+}
+
+/// How a server misbehaves once it has answered the steps it was told to answer.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Fault {
+    /// Answers an error frame, then closes the stream.
+    Error,
+    /// Closes the stream instead of answering.
+    Close,
+    /// Stops reading and answering on every stream, new ones too (no status either).
+    Freeze,
+    /// Answers the step with one value too few.
+    WrongLength,
+    /// Answers with a frame that does not decode.
+    Undecodable,
+    /// Answers every step this late, and status requests at once.
+    Slow(Duration),
+}
+
+#[derive(Default)]
+struct FaultState {
+    /// The fault and the steps answered well before it starts.
+    fault: Mutex<Option<(Fault, usize)>>,
+    /// Steps received since the fault was set.
+    steps: AtomicUsize,
+    /// Status requests received.
+    infos: AtomicUsize,
+    frozen: AtomicBool,
+}
+
+impl FaultState {
+    /// Counts a step; the fault it meets, if any.
+    fn step(&self) -> Option<Fault> {
+        let n = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
+        let fault = *self.fault.lock().expect("fault lock");
+        fault.filter(|&(_, after)| n > after).map(|(f, _)| f)
+    }
+}
+
+/// One in-process server of the fixture.
+struct TestServer {
+    peer: PeerId,
+    blocks: Range<usize>,
+    server: Arc<Server>,
+    state: Arc<FaultState>,
+}
+
+impl TestServer {
+    /// A new stream to the server, through a proxy that applies its fault.
+    fn connect(&self) -> BoxStream {
+        let (chain_end, proxy_end) = tokio::io::duplex(1 << 20);
+        let (proxy_server_end, server_end) = tokio::io::duplex(1 << 20);
+        let server = self.server.clone();
+        tokio::spawn(async move { server.serve_local(server_end.compat()).await });
+        tokio::spawn(proxy(proxy_end.compat(), proxy_server_end.compat(), self.state.clone()));
+        Box::new(chain_end.compat())
+    }
+}
+
+type Pipe = Compat<tokio::io::DuplexStream>;
+
+/// Holds both ends of a frozen stream, unread, until the runtime ends.
+async fn freeze(_chain: Pipe, _server: Pipe) {
+    std::future::pending::<()>().await
+}
+
+/// Passes frames between the chain and the server, applying `state`'s fault.
+async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
+    let long = Duration::from_secs(3600);
+    loop {
+        let Ok(frame) = read_frame(&mut chain, MAX_FRAME, long, long).await else { return };
+        if state.frozen.load(Ordering::SeqCst) {
+            return freeze(chain, server).await;
+        }
+        let fault = match Request::decode(&frame) {
+            Ok(Request::Step { .. }) => state.step(),
+            Ok(Request::Info) => {
+                state.infos.fetch_add(1, Ordering::SeqCst);
+                None
+            }
+            _ => None,
+        };
+        match fault {
+            Some(Fault::Freeze) => {
+                state.frozen.store(true, Ordering::SeqCst);
+                return freeze(chain, server).await;
+            }
+            Some(Fault::Close) => return,
+            Some(Fault::Error) => {
+                let error = Response::Error { code: ErrorCode::Internal, message: "injected fault".into() };
+                let _ = write_frame(&mut chain, &error.encode()).await;
+                return;
+            }
+            Some(Fault::Undecodable) => {
+                if write_frame(&mut chain, &[0x42, 1, 2, 3]).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Fault::WrongLength | Fault::Slow(_)) | None => {}
+        }
+        if write_frame(&mut server, &frame).await.is_err() {
+            return;
+        }
+        let Ok(mut reply) = read_frame(&mut server, MAX_FRAME, long, long).await else { return };
+        match fault {
+            Some(Fault::WrongLength) => {
+                if let Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) = Response::decode(&reply) {
+                    hidden.pop();
+                    reply = Response::Hidden { n_tokens, compute_us, hidden }.encode();
+                }
+            }
+            Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+            _ => {}
+        }
+        if write_frame(&mut chain, &reply).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The fixture's servers, found without a network: every server is known, and its live status
+/// is asked over a fresh stream, as the DHT discovery does.
+#[derive(Clone)]
+pub struct TestDiscovery {
+    servers: Arc<Vec<TestServer>>,
+}
+
+impl Discovery for TestDiscovery {
+    async fn find(&self, query: Query<'_>) -> Result<Found, ChainError> {
+        let wanted = self.servers.iter().filter(|s| {
+            s.blocks.start < query.range.end
+                && s.blocks.end > query.range.start
+                && !query.banned.contains(&s.peer)
+                && (!query.known_only || query.known.contains_key(&s.peer))
+        });
+        let probes = wanted.map(|s| {
+            let query = &query;
+            async move {
+                let started = Instant::now();
+                let mut stream = s.connect();
+                (s.peer, probe_stream(s.peer, &mut stream, query, started).await.map(|f| f.map(|f| (f, stream))))
+            }
+        });
+        let mut found = Found::default();
+        for (peer, probed) in join_all(probes).await {
+            match probed {
+                Ok(Some(server)) => found.servers.push(server),
+                Ok(None) => {}
+                Err(_) => found.unreachable.push(peer),
+            }
+        }
+        Ok(found)
+    }
+
+    async fn open(&self, peer: PeerId, _limit: Duration) -> Result<BoxStream, ChainError> {
+        match self.servers.iter().find(|s| s.peer == peer) {
+            Some(s) => Ok(s.connect()),
+            None => Err(ChainError::Unreachable { peer, detail: "no such test server".into() }),
+        }
+    }
+}
+
+/// A tiny model served in parts by in-process servers.
+pub struct Fixture {
+    file: ModelFile,
+    head: Head,
+    servers: Arc<Vec<TestServer>>,
+    /// Holds the model file; removed last.
+    _dir: TempDir,
+}
+
+static FIXTURES: AtomicUsize = AtomicUsize::new(0);
+
+impl Fixture {
+    /// Serves [`tiny_model`]`(seed)` with one server per `(blocks, ms_per_block)`: the speed
+    /// each announces, so that routing prefers the fast ones (servers are numbered in order).
+    /// Must be called inside a tokio runtime; each server's compute loop gets a thread.
+    pub fn new(seed: u64, servers: &[(Range<usize>, f64)]) -> Fixture {
+        let n = FIXTURES.fetch_add(1, Ordering::SeqCst);
+        let dir = TempDir::new(&format!("chain-{n}"));
+        let path = dir.path().join("tiny.gguf");
+        std::fs::write(&path, tiny_model(seed).gguf(WeightType::F32)).expect("write the model");
+        let file = ModelFile::open(&path).expect("open the model");
+        let config = file.config().clone();
+        let head = Head::new(config.clone(), file.load_head().expect("head")).expect("head fits");
+        let servers = servers
+            .iter()
+            .map(|(blocks, ms_per_block)| {
+                let backend = backend(&file, &config, blocks.clone());
+                let mut serve = ServeConfig::for_backend(MODEL, &backend, ServeLimits::default());
+                serve.ms_per_block = *ms_per_block;
+                let executor = BlockExecutor::new(backend, serve.limits.executor_config());
+                let (handle, compute) = ComputeLoop::new(executor);
+                std::thread::spawn(move || futures::executor::block_on(compute.run()));
+                TestServer {
+                    peer: PeerId::random(),
+                    blocks: blocks.clone(),
+                    server: Arc::new(Server::new(serve, handle)),
+                    state: Arc::default(),
+                }
+            })
+            .collect();
+        Fixture { file, head, servers: Arc::new(servers), _dir: dir }
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &LlamaConfig {
+        self.file.config()
+    }
+
+    /// Peer id of server `i`.
+    pub fn peer(&self, i: usize) -> PeerId {
+        self.servers[i].peer
+    }
+
+    /// Peer ids of servers `is`.
+    pub fn peers(&self, is: &[usize]) -> Vec<PeerId> {
+        is.iter().map(|&i| self.peer(i)).collect()
+    }
+
+    /// From now on server `i` answers `after` steps well, then shows `fault`.
+    pub fn set_fault(&self, i: usize, fault: Fault, after: usize) {
+        let state = &self.servers[i].state;
+        *state.fault.lock().expect("fault lock") = Some((fault, after));
+        state.steps.store(0, Ordering::SeqCst);
+    }
+
+    /// Steps server `i` received since its fault was set (or since it started).
+    pub fn steps(&self, i: usize) -> usize {
+        self.servers[i].state.steps.load(Ordering::SeqCst)
+    }
+
+    /// Status requests server `i` received.
+    pub fn status_requests(&self, i: usize) -> usize {
+        self.servers[i].state.infos.load(Ordering::SeqCst)
+    }
+
+    /// The discovery of the fixture's servers.
+    pub fn discovery(&self) -> TestDiscovery {
+        TestDiscovery { servers: self.servers.clone() }
+    }
+
+    /// A chain over the fixture's servers.
+    pub fn chain(&self, opts: ChainOptions) -> SwarmChain<TestDiscovery> {
+        let c = self.config();
+        SwarmChain::with_discovery(self.discovery(), MODEL, c.n_layers, c.hidden, opts)
+    }
+
+    /// The whole model in one in-process executor.
+    pub fn local_chain(&self) -> LocalChain<CpuBackend> {
+        let c = self.config();
+        let executor = BlockExecutor::new(backend(&self.file, c, 0..c.n_layers), ExecutorConfig::default());
+        LocalChain::new(vec![executor]).expect("one executor covers the model")
+    }
+
+    /// Embeddings of `tokens`.
+    pub fn embed(&self, tokens: &[u32]) -> Vec<f32> {
+        self.head.embed(tokens).expect("tokens in the vocabulary")
+    }
+}
+
+fn backend(file: &ModelFile, config: &LlamaConfig, blocks: Range<usize>) -> CpuBackend {
+    let layers = file.load_layers(blocks.clone()).expect("layers");
+    CpuBackend::new(config.clone(), blocks, layers).expect("backend")
+}

@@ -1,0 +1,220 @@
+//! The swarm chain's failover, in process and in seconds: a tiny random 6-layer model served in
+//! parts by real servers over in-memory pipes (`ait_tests::chain_fixture`), one fault injected
+//! per test. Every recovery must leave the output bit-identical to an uninterrupted run and to
+//! a `LocalChain` over the same model.
+//!
+//! Servers are listed as `(blocks, ms_per_block)`: the announced speed makes routing prefer
+//! the fast ones ([`FAST`]) over the spares ([`SPARE`]) until a fault bans a server.
+
+use std::ops::Range;
+use std::time::{Duration, Instant};
+
+use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery};
+use web_node::client::LayerChain;
+use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain};
+use web_node::net::routing::Hop;
+
+/// Announced speed of the servers routing picks first.
+const FAST: f64 = 0.01;
+/// Announced speed of the spares: picked only once a fast server is banned.
+const SPARE: f64 = 2.0;
+
+const PROMPT: [u32; 5] = [3, 17, 42, 99, 7];
+const DECODE: [u32; 4] = [11, 64, 5, 120];
+
+/// Steps a server answers well before its fault: the prefill and the first decode step.
+const AFTER: usize = 2;
+
+/// Short timeouts, so that a frozen server costs well under a second.
+fn opts() -> ChainOptions {
+    ChainOptions {
+        connect_timeout: Duration::from_millis(500),
+        step_timeout: Duration::from_millis(150),
+        timeout_factor: 10.0,
+        per_token_timeout: Duration::from_millis(10),
+        discovery_timeout: Duration::from_secs(1),
+        settle: Duration::from_millis(10),
+        ban: Duration::from_secs(60),
+        max_reroutes: 4,
+        max_wait: Duration::from_secs(10),
+    }
+}
+
+/// The outputs of a prefill of [`PROMPT`] and a decode step per token of [`DECODE`].
+async fn outputs<C: LayerChain>(fx: &Fixture, chain: &mut C) -> Result<Vec<Vec<f32>>, C::Error> {
+    chain.begin(PROMPT.len() + DECODE.len()).await?;
+    let mut outs = vec![chain.forward(&fx.embed(&PROMPT), PROMPT.len()).await?];
+    for t in DECODE {
+        outs.push(chain.forward(&fx.embed(&[t]), 1).await?);
+    }
+    Ok(outs)
+}
+
+/// What a swarm run left behind.
+struct Run {
+    outputs: Vec<Vec<f32>>,
+    route: Vec<Hop>,
+    recoveries: Vec<Recovery>,
+}
+
+async fn swarm_run(fx: &Fixture) -> Run {
+    let mut chain: SwarmChain<TestDiscovery> = fx.chain(opts());
+    let outputs = outputs(fx, &mut chain).await.expect("the swarm chain runs");
+    let route = chain.route();
+    chain.end().await.expect("end");
+    Run { outputs, route, recoveries: chain.recoveries().to_vec() }
+}
+
+fn assert_bits_equal(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
+    assert_eq!(a.len(), b.len(), "{what}: step count");
+    for (step, (x, y)) in a.iter().zip(b).enumerate() {
+        assert_eq!(x.len(), y.len(), "{what}: step {step}: length");
+        if let Some(i) = x.iter().zip(y).position(|(p, q)| p.to_bits() != q.to_bits()) {
+            panic!("{what}: step {step}: value {i} differs: {} vs {}", x[i], y[i]);
+        }
+    }
+}
+
+fn hops(fx: &Fixture, route: &[(usize, Range<usize>)]) -> Vec<Hop> {
+    route.iter().map(|(i, blocks)| Hop { peer: fx.peer(*i), blocks: blocks.clone() }).collect()
+}
+
+/// Serves `servers`, checks an uninterrupted run against the local chain (and its route
+/// against `route`), then gives server `faulty` its `fault` and runs again: the output must
+/// not change. Returns the fixture and the faulty run.
+async fn with_fault(
+    servers: &[(Range<usize>, f64)],
+    route: &[(usize, Range<usize>)],
+    faulty: usize,
+    fault: Fault,
+    after: usize,
+) -> (Fixture, Run) {
+    let fx = Fixture::new(7, servers);
+    let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+    let clean = swarm_run(&fx).await;
+    assert_eq!(clean.route, hops(&fx, route), "the uninterrupted route");
+    assert!(clean.recoveries.is_empty(), "recoveries without a fault: {:?}", clean.recoveries);
+    assert_bits_equal("uninterrupted swarm vs local chain", &clean.outputs, &reference);
+
+    fx.set_fault(faulty, fault, after);
+    let started = Instant::now();
+    let run = swarm_run(&fx).await;
+    eprintln!("{fault:?}: {:.0} ms, recoveries {:?}", started.elapsed().as_secs_f64() * 1e3, run.recoveries);
+    assert_bits_equal(&format!("{fault:?} vs local chain"), &run.outputs, &reference);
+    (fx, run)
+}
+
+/// Three fast servers `[0,2) [2,4) [4,6)` and a spare for the middle span.
+const WITH_SPARE: [(Range<usize>, f64); 4] = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE)];
+const FIRST_ROUTE: [(usize, Range<usize>); 3] = [(0, 0..2), (1, 2..4), (2, 4..6)];
+const SPARE_ROUTE: [(usize, Range<usize>); 3] = [(0, 0..2), (3, 2..4), (2, 4..6)];
+
+/// Server 1 (`[2,4)`) fails with `fault`: the spare takes over its span alone.
+async fn spare_takes_over(fault: Fault) {
+    let (fx, run) = with_fault(&WITH_SPARE, &FIRST_ROUTE, 1, fault, AFTER).await;
+    assert_eq!(run.route, hops(&fx, &SPARE_ROUTE), "{fault:?}: route after the recovery");
+    let [r] = &run.recoveries[..] else { panic!("{fault:?}: one recovery expected: {:?}", run.recoveries) };
+    assert_eq!((r.failed, r.blocks.clone(), r.rerouted.clone()), (fx.peer(1), 2..4, 2..4));
+    assert_eq!(r.replacements, fx.peers(&[3]));
+    assert_eq!(r.replayed_tokens, PROMPT.len() + AFTER - 1, "{fault:?}: tokens before the failed step");
+}
+
+#[tokio::test]
+async fn uninterrupted_swarm_chain_equals_local_chain() {
+    let fx = Fixture::new(7, &WITH_SPARE);
+    let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+    let run = swarm_run(&fx).await;
+    assert_eq!(run.route, hops(&fx, &FIRST_ROUTE));
+    assert_bits_equal("swarm vs local chain", &run.outputs, &reference);
+    assert_eq!(fx.steps(3), 0, "the spare was used");
+}
+
+#[tokio::test]
+async fn error_frame_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Error).await;
+}
+
+#[tokio::test]
+async fn closed_stream_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Close).await;
+}
+
+#[tokio::test]
+async fn frozen_server_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Freeze).await;
+}
+
+#[tokio::test]
+async fn wrong_number_of_values_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::WrongLength).await;
+}
+
+#[tokio::test]
+async fn undecodable_answer_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Undecodable).await;
+}
+
+/// A server whose steps come late but which answers status requests is busy, not dead: it
+/// keeps its span, and the spare is never used.
+#[tokio::test]
+async fn slow_but_alive_server_is_kept() {
+    let delay = opts().step_timeout * 3;
+    let (fx, run) = with_fault(&WITH_SPARE, &FIRST_ROUTE, 1, Fault::Slow(delay), 3).await;
+    assert!(run.recoveries.is_empty(), "the slow server was replaced: {:?}", run.recoveries);
+    assert_eq!(run.route, hops(&fx, &FIRST_ROUTE));
+    assert_eq!(fx.steps(1), 1 + DECODE.len(), "the slow server ran every step");
+    assert_eq!(fx.steps(3), 0, "the spare was used");
+    // Discovery asked twice (two runs); every slow step asked at least once more.
+    assert!(fx.status_requests(1) >= 2 + 2, "no liveness check: {} status requests", fx.status_requests(1));
+}
+
+/// `[2,4)` fails; `[2,3)` and `[3,4)` cover its span together.
+#[tokio::test]
+async fn span_is_rerouted_over_several_servers() {
+    let servers = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..3, SPARE), (3..4, SPARE)];
+    let (fx, run) = with_fault(&servers, &FIRST_ROUTE, 1, Fault::Error, AFTER).await;
+    assert_eq!(run.route, hops(&fx, &[(0, 0..2), (3, 2..3), (4, 3..4), (2, 4..6)]));
+    let [r] = &run.recoveries[..] else { panic!("one recovery expected: {:?}", run.recoveries) };
+    assert_eq!((r.blocks.clone(), r.rerouted.clone()), (2..4, 2..4));
+    assert_eq!(r.replacements, fx.peers(&[3, 4]));
+}
+
+/// Servers for the re-planning tests: `[0,2) [2,4) [4,6)`, and `[0,3) [3,6)` which cover the
+/// model together but stick out of every span of the first route but the first.
+const OVERLAPPING: [(Range<usize>, f64); 5] = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (0..3, SPARE), (3..6, SPARE)];
+
+/// `[2,4)` fails in a decode step and no server fits inside `[2,4)`: the route is planned again
+/// from layer 0 (`[0,3) [3,6)`) and the whole sequence replayed.
+#[tokio::test]
+async fn span_that_cannot_be_rerouted_replans_from_layer_0() {
+    let (fx, run) = with_fault(&OVERLAPPING, &FIRST_ROUTE, 1, Fault::Error, AFTER).await;
+    assert_eq!(run.route, hops(&fx, &[(3, 0..3), (4, 3..6)]));
+    let [r] = &run.recoveries[..] else { panic!("one recovery expected: {:?}", run.recoveries) };
+    assert_eq!((r.failed, r.blocks.clone(), r.rerouted.clone()), (fx.peer(1), 2..4, 0..6));
+    assert_eq!(r.replacements, fx.peers(&[3, 4]));
+    assert_eq!(r.replayed_tokens, PROMPT.len() + AFTER - 1);
+}
+
+/// The last hop `[4,6)` fails in the very first step, after the hops before it took the
+/// prompt: the new route `[0,3) [3,6)` starts from an empty history.
+#[tokio::test]
+async fn replan_in_the_first_step() {
+    let (fx, run) = with_fault(&OVERLAPPING, &FIRST_ROUTE, 2, Fault::Close, 0).await;
+    assert_eq!(run.route, hops(&fx, &[(3, 0..3), (4, 3..6)]));
+    let [r] = &run.recoveries[..] else { panic!("one recovery expected: {:?}", run.recoveries) };
+    assert_eq!((r.failed, r.blocks.clone(), r.rerouted.clone()), (fx.peer(2), 4..6, 0..6));
+    assert_eq!(r.replayed_tokens, 0);
+}
+
+/// With no server left for a span, the step fails and the sequence is dropped.
+#[tokio::test]
+async fn no_server_left_ends_the_sequence() {
+    let fx = Fixture::new(7, &WITH_SPARE[..3]);
+    fx.set_fault(1, Fault::Error, AFTER);
+    let mut chain = fx.chain(opts());
+    let err = outputs(&fx, &mut chain).await.expect_err("no server can take [2,4)");
+    assert!(matches!(err, ChainError::NoRoute { start: 0, end: 6, .. }), "{err}");
+    assert!(chain.route().is_empty(), "the broken route was kept");
+    let err = chain.forward(&fx.embed(&[1]), 1).await.expect_err("no sequence");
+    assert!(matches!(err, ChainError::NotBegun), "{err}");
+}

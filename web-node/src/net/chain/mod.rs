@@ -1,0 +1,469 @@
+//! [`SwarmChain`]: a [`LayerChain`] whose layers run on remote servers.
+//!
+//! `begin` asks a [`Discovery`] for the servers of every block (by default [`DhtDiscovery`]:
+//! DHT providers, each server's signed record, then a live status exchange that also measures
+//! the round trip), picks the lowest-latency chain with [`routing::plan`](super::routing::plan),
+//! and opens one session per hop. `forward` sends the hidden states through the hops in turn,
+//! keeping every input it sent at each hop boundary (the embeddings at boundary 0 included).
+//! When a hop fails or times out, its server is banned for a while, only that hop's span is
+//! re-routed (possibly over several servers, or, when the span cannot be re-routed on its own,
+//! the whole route from layer 0), the history is replayed to the new servers to rebuild their
+//! KV caches, and the step goes on.
+//!
+//! Modules, one job each: `discovery` (finding servers: the [`Discovery`] seam and its DHT
+//! implementation), `hop` (one hop's session: open, step, close, liveness), `recovery`
+//! (failover and replay). This module holds the chain itself, its options and its errors; it
+//! does not speak the wire protocol itself (the hops do).
+
+mod discovery;
+mod hop;
+mod recovery;
+
+pub use discovery::{probe_stream, DhtDiscovery, Discovery, Found, Query};
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::join_all;
+use libp2p::PeerId;
+use web_time::Instant;
+
+use super::frame::FrameError;
+use super::node::{NetError, NodeHandle};
+use super::protocol::{ErrorCode, ServerStatus};
+use super::routing::{plan, Candidate, Hop};
+use super::serve::{BoxStream, LocalServer};
+use crate::client::LayerChain;
+use crate::model::ModelId;
+use hop::HopSession;
+
+/// Timeouts and retry limits of a [`SwarmChain`].
+#[derive(Clone, Debug)]
+pub struct ChainOptions {
+    /// Opening a stream (dialing if needed) and the status exchange.
+    pub connect_timeout: Duration,
+    /// Shortest wait for one step on one server. The wait is the larger of this and
+    /// [`ChainOptions::timeout_factor`] times the server's estimated step time, plus
+    /// [`ChainOptions::per_token_timeout`] per token carried. A server that misses it is
+    /// treated as failed unless it answers a status request within 0.5 s (then it is busy, and
+    /// the wait goes on): a frozen server, or one whose death the transport does not report
+    /// (QUIC), is noticed in about 1.5 s.
+    pub step_timeout: Duration,
+    /// Multiple of a server's estimated step time (round trip + compute at its load) to wait.
+    pub timeout_factor: f64,
+    /// Added to the step timeout for each token of a prefill or replay.
+    pub per_token_timeout: Duration,
+    /// DHT queries.
+    pub discovery_timeout: Duration,
+    /// Once results cover what is needed, how long to wait for more (DHT answers, server
+    /// probes) before deciding. A dead peer costs at most this, not a full timeout.
+    pub settle: Duration,
+    /// How long a failed server is left out of routing.
+    pub ban: Duration,
+    /// Re-routes allowed within one `begin` or `forward` before giving up.
+    pub max_reroutes: usize,
+    /// Longest wait for one step from a server that keeps answering status requests (busy
+    /// with other sessions, not dead).
+    pub max_wait: Duration,
+}
+
+impl Default for ChainOptions {
+    fn default() -> Self {
+        ChainOptions {
+            connect_timeout: Duration::from_secs(10),
+            step_timeout: Duration::from_secs(1),
+            timeout_factor: 10.0,
+            per_token_timeout: Duration::from_millis(50),
+            discovery_timeout: Duration::from_secs(15),
+            settle: Duration::from_millis(300),
+            ban: Duration::from_secs(60),
+            max_reroutes: 4,
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Why the swarm could not run a step.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// No set of reachable servers covers the layers.
+    #[error("no chain of servers covers blocks [{start}, {end}) of model {model} ({found} server(s) found)")]
+    NoRoute {
+        /// Model (short id).
+        model: String,
+        /// First block uncovered range starts at.
+        start: usize,
+        /// End of the range.
+        end: usize,
+        /// Servers found for the range.
+        found: usize,
+    },
+    /// A server refused or failed a request.
+    #[error("server {peer} refused: {message} ({code:?})")]
+    Server {
+        /// The server.
+        peer: PeerId,
+        /// Its reason code.
+        code: ErrorCode,
+        /// Its message.
+        message: String,
+    },
+    /// A server sent something that is not a valid answer.
+    #[error("server {peer} broke the protocol: {detail}")]
+    Protocol {
+        /// The server.
+        peer: PeerId,
+        /// What was wrong.
+        detail: String,
+    },
+    /// The stream to a server failed or timed out.
+    #[error("server {peer}: {error}")]
+    Stream {
+        /// The server.
+        peer: PeerId,
+        /// The failure.
+        error: FrameError,
+    },
+    /// A stream could not be opened.
+    #[error("cannot reach server {peer}: {detail}")]
+    Unreachable {
+        /// The server.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
+    /// The local node failed.
+    #[error(transparent)]
+    Net(#[from] NetError),
+    /// Re-routing failed too often.
+    #[error("gave up after {attempts} failed servers; last error: {last}")]
+    GaveUp {
+        /// Failures.
+        attempts: usize,
+        /// The last one.
+        last: Box<ChainError>,
+    },
+    /// `forward` without a sequence begun (or after one was dropped on a failure).
+    #[error("forward before begin")]
+    NotBegun,
+    /// A step that does not fit the sequence: past its length, or of the wrong width.
+    #[error("step of {n_tokens} tokens ({values} values) at position {pos} does not fit a session of {max_len} tokens of width {hidden}")]
+    StepDoesNotFit {
+        /// Tokens in the step.
+        n_tokens: usize,
+        /// Values given.
+        values: usize,
+        /// Position of the step.
+        pos: usize,
+        /// Length of the sequence.
+        max_len: usize,
+        /// The model's width.
+        hidden: usize,
+    },
+}
+
+impl ChainError {
+    /// The server the error is about, if it is about one.
+    fn peer(&self) -> Option<PeerId> {
+        match self {
+            ChainError::Server { peer, .. }
+            | ChainError::Protocol { peer, .. }
+            | ChainError::Stream { peer, .. }
+            | ChainError::Unreachable { peer, .. } => Some(*peer),
+            _ => None,
+        }
+    }
+}
+
+/// A server found for a model, with its verified record and live status.
+#[derive(Clone, Debug)]
+pub struct FoundServer {
+    /// The routing view of it.
+    pub candidate: Candidate,
+    /// Its live status.
+    pub status: ServerStatus,
+}
+
+/// Time spent on one hop of the current route.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HopStats {
+    /// Steps sent (frames).
+    pub steps: usize,
+    /// Tokens sent.
+    pub tokens: usize,
+    /// Wall time from sending a step to having its answer, summed.
+    pub wall: Duration,
+    /// Compute time the server reported, summed.
+    pub compute: Duration,
+    /// Protocol bytes sent and received for these steps (frames with their length prefix;
+    /// transport overhead not included).
+    pub bytes: u64,
+}
+
+/// A re-route that happened during a generation.
+#[derive(Clone, Debug)]
+pub struct Recovery {
+    /// The server that failed.
+    pub failed: PeerId,
+    /// Its span.
+    pub blocks: Range<usize>,
+    /// The blocks routed anew: the failed span, or every block when the span could not be
+    /// re-routed within its own bounds and the whole route was planned again.
+    pub rerouted: Range<usize>,
+    /// The servers that took over `rerouted`.
+    pub replacements: Vec<PeerId>,
+    /// Tokens replayed to rebuild their caches.
+    pub replayed_tokens: usize,
+    /// From the failure to the replacements holding the history.
+    pub took: Duration,
+    /// The failure.
+    pub error: String,
+}
+
+/// Runs every layer of a model on remote servers found through a [`Discovery`] (by default
+/// the DHT, [`DhtDiscovery`]).
+pub struct SwarmChain<D = DhtDiscovery> {
+    discovery: D,
+    model: ModelId,
+    n_layers: usize,
+    hidden: usize,
+    opts: ChainOptions,
+    hops: Vec<HopSession>,
+    /// Inputs sent at each hop boundary (keyed by first block), for every token so far.
+    history: HashMap<usize, Vec<f32>>,
+    pos: usize,
+    max_len: usize,
+    banned: HashMap<PeerId, Instant>,
+    recoveries: Vec<Recovery>,
+    watch: Arc<Mutex<Vec<Hop>>>,
+    /// Servers with a verified record from earlier discoveries, and their blocks: re-routing
+    /// tries them first.
+    known: HashMap<PeerId, Range<usize>>,
+    /// Hop timings of the last sequence, kept by `end`.
+    last_stats: Vec<(Hop, HopStats)>,
+}
+
+impl SwarmChain<DhtDiscovery> {
+    /// A chain for `model` (`n_layers` layers of width `hidden`) through `node`, finding
+    /// servers in the DHT.
+    pub fn new(node: NodeHandle, model: ModelId, n_layers: usize, hidden: usize, opts: ChainOptions) -> SwarmChain {
+        SwarmChain::with_discovery(DhtDiscovery::new(node), model, n_layers, hidden, opts)
+    }
+
+    /// Lets routing use this node's own server (reached in-process) for the blocks it holds.
+    pub fn with_local(mut self, server: Arc<dyn LocalServer>) -> SwarmChain {
+        self.discovery = self.discovery.with_local(server);
+        self
+    }
+}
+
+impl<D: Discovery> SwarmChain<D> {
+    /// A chain for `model` (`n_layers` layers of width `hidden`) over the servers `discovery`
+    /// finds.
+    pub fn with_discovery(
+        discovery: D,
+        model: ModelId,
+        n_layers: usize,
+        hidden: usize,
+        opts: ChainOptions,
+    ) -> SwarmChain<D> {
+        SwarmChain {
+            discovery,
+            model,
+            n_layers,
+            hidden,
+            opts,
+            hops: Vec::new(),
+            history: HashMap::new(),
+            pos: 0,
+            max_len: 0,
+            banned: HashMap::new(),
+            recoveries: Vec::new(),
+            watch: Arc::default(),
+            known: HashMap::new(),
+            last_stats: Vec::new(),
+        }
+    }
+
+    /// The current route.
+    pub fn route(&self) -> Vec<Hop> {
+        self.hops.iter().map(HopSession::hop).collect()
+    }
+
+    /// Per-hop timing of the current route since `begin` (network + queueing = wall - compute),
+    /// or of the last one after `end`.
+    pub fn hop_stats(&self) -> Vec<(Hop, HopStats)> {
+        if self.hops.is_empty() {
+            return self.last_stats.clone();
+        }
+        self.hops.iter().map(|h| (h.hop(), h.stats().clone())).collect()
+    }
+
+    /// A shared view of the current route, updated whenever it changes (for dashboards and
+    /// tests that watch a generation from outside).
+    pub fn route_watch(&self) -> Arc<Mutex<Vec<Hop>>> {
+        self.watch.clone()
+    }
+
+    /// Re-routes so far.
+    pub fn recoveries(&self) -> &[Recovery] {
+        &self.recoveries
+    }
+
+    /// The discovery the chain finds its servers through.
+    pub fn discovery(&self) -> &D {
+        &self.discovery
+    }
+
+    fn ban(&mut self, peer: PeerId) {
+        tracing::warn!(%peer, "banning server for {:?}", self.opts.ban);
+        self.banned.insert(peer, Instant::now());
+    }
+
+    /// Discovers servers for `range`, plans, and opens a session on every hop. Servers that
+    /// fail to open are banned and the plan is redone.
+    /// With `fast`, servers already known are tried before asking the whole network.
+    async fn route_span(
+        &mut self,
+        range: Range<usize>,
+        failures: &mut usize,
+        fast: bool,
+    ) -> Result<Vec<HopSession>, ChainError> {
+        let mut known_only = fast;
+        loop {
+            let found = self.discover(range.clone(), known_only).await?;
+            let candidates: Vec<Candidate> = found.iter().map(|(f, _)| f.candidate.clone()).collect();
+            let Some(hops) = plan(&candidates, range.clone()) else {
+                if known_only {
+                    known_only = false;
+                    continue;
+                }
+                return Err(ChainError::NoRoute {
+                    model: self.model.short(),
+                    start: range.start,
+                    end: range.end,
+                    found: candidates.len(),
+                });
+            };
+            let expected: HashMap<PeerId, f64> = candidates.iter().map(|c| (c.peer, c.cost_ms())).collect();
+            let mut streams: HashMap<PeerId, BoxStream> =
+                found.into_iter().map(|(f, s)| (f.candidate.peer, s)).collect();
+            let mut opened = Vec::new();
+            let mut failed = None;
+            for hop in hops {
+                let Some(stream) = streams.remove(&hop.peer) else { continue };
+                let expected_ms = expected.get(&hop.peer).copied().unwrap_or(0.0);
+                let limit = self.opts.connect_timeout;
+                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit).await {
+                    Ok(session) => opened.push(session),
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+            }
+            let Some(e) = failed else { return Ok(opened) };
+            *failures += 1;
+            if let Some(p) = e.peer() {
+                self.ban(p);
+            }
+            if *failures > self.opts.max_reroutes {
+                return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
+            }
+            tracing::warn!("opening the route failed, re-planning: {e}");
+        }
+    }
+
+    fn log_route(&self) {
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = self.route();
+        let route: Vec<String> = self.hops.iter().map(|h| h.to_string()).collect();
+        tracing::info!("route: {}", route.join(" -> "));
+    }
+}
+
+/// Closes every session of `hops` at once (each close waits at most a second).
+async fn close_all(hops: Vec<HopSession>) {
+    join_all(hops.into_iter().map(HopSession::close)).await;
+}
+
+impl<D: Discovery> LayerChain for SwarmChain<D> {
+    type Error = ChainError;
+
+    async fn begin(&mut self, max_len: usize) -> Result<(), ChainError> {
+        self.end().await?;
+        self.max_len = max_len;
+        let mut failures = 0;
+        self.hops = self.route_span(0..self.n_layers, &mut failures, false).await?;
+        self.log_route();
+        Ok(())
+    }
+
+    async fn forward(&mut self, hidden: &[f32], n_tokens: usize) -> Result<Vec<f32>, ChainError> {
+        if self.hops.is_empty() {
+            return Err(ChainError::NotBegun);
+        }
+        if self.pos + n_tokens > self.max_len || hidden.len() != n_tokens * self.hidden {
+            return Err(ChainError::StepDoesNotFit {
+                n_tokens,
+                values: hidden.len(),
+                pos: self.pos,
+                max_len: self.max_len,
+                hidden: self.hidden,
+            });
+        }
+        let mut x = hidden.to_vec();
+        let mut failures = 0;
+        let mut i = 0;
+        while i < self.hops.len() {
+            let hop = &mut self.hops[i];
+            match hop.step(self.pos, &x, n_tokens, self.hidden, &self.opts, &self.discovery).await {
+                Ok(out) => {
+                    let start = hop.blocks().start;
+                    self.history.entry(start).or_default().extend_from_slice(&x);
+                    x = out;
+                    i += 1;
+                }
+                Err(e) => {
+                    failures += 1;
+                    let result = if failures > self.opts.max_reroutes {
+                        Err(ChainError::GaveUp { attempts: failures, last: Box::new(e) })
+                    } else {
+                        self.recover(i, e, &mut failures).await
+                    };
+                    match result {
+                        // The replacements of hop `i` hold the history: go on from there.
+                        Ok(recovery::Resume::Hop) => {}
+                        // A new route from layer 0 holds the history: run this step from the
+                        // start (its inputs at the new boundaries are not known).
+                        Ok(recovery::Resume::Start) => {
+                            i = 0;
+                            x = hidden.to_vec();
+                        }
+                        Err(e) => {
+                            // The sequence is broken (a gap in the route, history ahead of
+                            // `pos`): drop it, so a later `forward` fails instead of skipping
+                            // layers.
+                            self.end().await?;
+                            return Err(e);
+                        }
+                    }
+                    self.log_route();
+                }
+            }
+        }
+        self.pos += n_tokens;
+        Ok(x)
+    }
+
+    async fn end(&mut self) -> Result<(), ChainError> {
+        if !self.hops.is_empty() {
+            self.last_stats = self.hop_stats();
+        }
+        close_all(std::mem::take(&mut self.hops)).await;
+        self.history.clear();
+        self.pos = 0;
+        Ok(())
+    }
+}
