@@ -6,6 +6,8 @@ use wasm_bindgen::{JsCast, JsValue};
 use wasm_bindgen_futures::JsFuture;
 use web_sys::{Cache, Response};
 
+use crate::error::AppError;
+
 /// Name of the Cache Storage bucket holding model parts.
 const CACHE: &str = "ait-parts-v1";
 
@@ -17,42 +19,50 @@ pub fn js_err(e: JsValue) -> String {
     e.as_string().unwrap_or_else(|| format!("{e:?}"))
 }
 
-fn window() -> Result<web_sys::Window, String> {
-    web_sys::window().ok_or_else(|| "no window".to_string())
+/// A failed JavaScript call as an [`AppError`].
+pub fn browser_err(e: JsValue) -> AppError {
+    AppError::Browser(js_err(e))
 }
 
-async fn get(url: &str) -> Result<Response, String> {
+fn window() -> Result<web_sys::Window, AppError> {
+    web_sys::window().ok_or_else(|| AppError::Browser("no window".into()))
+}
+
+async fn get(url: &str) -> Result<Response, AppError> {
     let resp: Response = JsFuture::from(window()?.fetch_with_str(url))
         .await
-        .map_err(|e| format!("{url}: the relay does not answer ({})", js_err(e)))?
+        .map_err(|e| AppError::NoAnswer { url: url.into(), reason: js_err(e) })?
         .dyn_into()
-        .map_err(js_err)?;
+        .map_err(browser_err)?;
     if !resp.ok() {
-        let body = JsFuture::from(resp.text().map_err(js_err)?).await.ok().and_then(|t| t.as_string());
-        return Err(format!("{url}: HTTP {} {}", resp.status(), body.unwrap_or_default()));
+        let body = JsFuture::from(resp.text().map_err(browser_err)?).await.ok().and_then(|t| t.as_string());
+        return Err(AppError::Status { url: url.into(), status: resp.status(), body: body.unwrap_or_default() });
     }
     Ok(resp)
 }
 
 /// GETs `url` and parses its JSON body.
-pub async fn json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, String> {
-    let text = JsFuture::from(get(url).await?.text().map_err(js_err)?).await.map_err(js_err)?;
-    serde_json::from_str(&text.as_string().unwrap_or_default()).map_err(|e| format!("{url}: {e}"))
+pub async fn json<T: serde::de::DeserializeOwned>(url: &str) -> Result<T, AppError> {
+    let text = JsFuture::from(get(url).await?.text().map_err(browser_err)?).await.map_err(browser_err)?;
+    serde_json::from_str(&text.as_string().unwrap_or_default())
+        .map_err(|e| AppError::BadBody { url: url.into(), reason: e.to_string() })
 }
 
 /// Reads a response body chunk by chunk, reporting the bytes read so far.
-async fn read_body(resp: &Response, mut progress: impl FnMut(u64)) -> Result<Vec<u8>, String> {
+async fn read_body(resp: &Response, mut progress: impl FnMut(u64)) -> Result<Vec<u8>, AppError> {
     let Some(body) = resp.body() else {
         return Ok(Vec::new());
     };
-    let reader: web_sys::ReadableStreamDefaultReader = body.get_reader().dyn_into().map_err(|e| js_err(e.into()))?;
+    let reader: web_sys::ReadableStreamDefaultReader =
+        body.get_reader().dyn_into().map_err(|e| browser_err(e.into()))?;
     let mut out = Vec::new();
     loop {
-        let chunk = JsFuture::from(reader.read()).await.map_err(|e| format!("download interrupted: {}", js_err(e)))?;
+        let chunk = JsFuture::from(reader.read()).await.map_err(|e| AppError::Interrupted(js_err(e)))?;
         if Reflect::get(&chunk, &"done".into()).map(|d| d.is_truthy()).unwrap_or(true) {
             break;
         }
-        let value: Uint8Array = Reflect::get(&chunk, &"value".into()).map_err(js_err)?.dyn_into().map_err(js_err)?;
+        let value: Uint8Array =
+            Reflect::get(&chunk, &"value".into()).map_err(browser_err)?.dyn_into().map_err(browser_err)?;
         let start = out.len();
         out.resize(start + value.length() as usize, 0);
         value.copy_to(&mut out[start..]);
@@ -61,9 +71,9 @@ async fn read_body(resp: &Response, mut progress: impl FnMut(u64)) -> Result<Vec
     Ok(out)
 }
 
-async fn cache() -> Result<Cache, String> {
-    let caches = window()?.caches().map_err(|e| format!("browser storage unavailable: {}", js_err(e)))?;
-    JsFuture::from(caches.open(CACHE)).await.map_err(js_err)?.dyn_into().map_err(js_err)
+async fn cache() -> Result<Cache, AppError> {
+    let caches = window()?.caches().map_err(|e| AppError::StorageUnavailable(js_err(e)))?;
+    JsFuture::from(caches.open(CACHE)).await.map_err(browser_err)?.dyn_into().map_err(browser_err)
 }
 
 /// Where a part's bytes came from.
@@ -76,7 +86,7 @@ pub enum Source {
 }
 
 /// The bytes at `url` from Cache Storage if there, else downloaded (reporting `(done, total)`).
-pub async fn cached_bytes(url: &str, mut progress: impl FnMut(u64, u64)) -> Result<(Vec<u8>, Source), String> {
+pub async fn cached_bytes(url: &str, mut progress: impl FnMut(u64, u64)) -> Result<(Vec<u8>, Source), AppError> {
     if let Ok(cache) = cache().await {
         if let Ok(hit) = JsFuture::from(cache.match_with_str(url)).await {
             if let Ok(resp) = hit.dyn_into::<Response>() {
@@ -96,16 +106,16 @@ pub async fn cached_bytes(url: &str, mut progress: impl FnMut(u64, u64)) -> Resu
 
 /// Stores `bytes` as the answer for `url` in Cache Storage. Fails with a message when the
 /// storage is full or unavailable.
-pub async fn store(url: &str, bytes: &[u8]) -> Result<(), String> {
+pub async fn store(url: &str, bytes: &[u8]) -> Result<(), AppError> {
     let cache = cache().await?;
     let body = Uint8Array::from(bytes);
-    let resp = Response::new_with_opt_buffer_source(Some(&body)).map_err(js_err)?;
+    let resp = Response::new_with_opt_buffer_source(Some(&body)).map_err(browser_err)?;
     JsFuture::from(cache.put_with_str(url, &resp)).await.map_err(|e| {
         let msg = js_err(e);
         if msg.to_lowercase().contains("quota") {
-            format!("browser storage is full ({msg}): the weights stay in memory for this visit only")
+            AppError::StorageFull(msg)
         } else {
-            format!("cannot keep the weights in browser storage ({msg})")
+            AppError::StorageWrite(msg)
         }
     })?;
     Ok(())

@@ -8,11 +8,12 @@ use bytes::Bytes;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 use serde::Deserialize;
-use web_node::client::Head;
+use web_node::client::ClientModel;
 use web_node::model::parts::{verify_block, verify_head};
-use web_node::model::{ChatTemplate, LayerWeights, LlamaConfig, Manifest, ModelId, Tokenizer};
+use web_node::model::{LayerWeights, LlamaConfig, Manifest, ModelError, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
 
+use crate::error::AppError;
 use crate::http;
 
 /// The model a relay offers parts of (`/ait/bootstrap`).
@@ -73,10 +74,10 @@ fn is_webrtc(a: &str) -> bool {
 }
 
 /// Starts the node and connects it to the relay that served the page.
-pub async fn connect(pref: TransportPref) -> Result<Rc<Net>, String> {
+pub async fn connect(pref: TransportPref) -> Result<Rc<Net>, AppError> {
     let boot: Bootstrap = http::json("/ait/bootstrap").await?;
     let key = Keypair::generate_ed25519();
-    let (node, handle) = web_node::net::browser::start(key.clone()).map_err(|e| e.to_string())?;
+    let (node, handle) = web_node::net::browser::start(key.clone())?;
     wasm_bindgen_futures::spawn_local(node.run());
     let mut addrs: Vec<&String> = boot.addrs.iter().collect();
     // The preferred transport first, and among those the page's own host (the relay may also
@@ -97,7 +98,7 @@ pub async fn connect(pref: TransportPref) -> Result<Rc<Net>, String> {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    Err(format!("cannot reach the relay: {}", errors.join("; ")))
+    Err(AppError::RelayUnreachable(errors))
 }
 
 /// Which transport `addr` uses, for display.
@@ -110,10 +111,10 @@ pub fn transport_name(addr: &Multiaddr) -> &'static str {
 }
 
 /// A model's manifest from the relay, checked against the id.
-pub async fn manifest(id: &ModelId) -> Result<Manifest, String> {
+pub async fn manifest(id: &ModelId) -> Result<Manifest, AppError> {
     let m: Manifest = http::json(&format!("/ait/models/{}/manifest", id.to_hex())).await?;
     if m.id() != *id {
-        return Err(format!("the relay's manifest for {} hashes to {}", id.short(), m.id().short()));
+        return Err(AppError::ManifestMismatch { expected: id.short(), actual: m.id().short() });
     }
     Ok(m)
 }
@@ -124,52 +125,35 @@ pub async fn manifest(id: &ModelId) -> Result<Manifest, String> {
 pub async fn part<T>(
     url: &str,
     mut progress: impl FnMut(u64, u64),
-    verify: impl Fn(Bytes) -> Result<T, String>,
-) -> Result<(T, Option<String>), String> {
+    verify: impl Fn(Bytes) -> Result<T, ModelError>,
+) -> Result<(T, Option<AppError>), AppError> {
     let (bytes, source) = http::cached_bytes(url, &mut progress).await?;
     let bytes = Bytes::from(bytes);
     match (verify(bytes.clone()), source) {
         (Ok(v), http::Source::Cache) => Ok((v, None)),
         (Ok(v), http::Source::Network) => Ok((v, http::store(url, &bytes).await.err())),
-        (Err(e), http::Source::Network) => Err(e),
+        (Err(e), http::Source::Network) => Err(AppError::Verify(e)),
         (Err(e), http::Source::Cache) => {
             tracing::warn!("cached {url} fails verification ({e}): downloading again");
             http::forget(url).await;
             let (bytes, _) = http::cached_bytes(url, progress).await?;
             let bytes = Bytes::from(bytes);
-            let v = verify(bytes.clone())?;
+            let v = verify(bytes.clone()).map_err(AppError::Verify)?;
             Ok((v, http::store(url, &bytes).await.err()))
         }
     }
 }
 
-/// What the page needs to chat with a model: everything but the decoder layers.
-pub struct ClientModel {
-    /// Content id.
-    pub id: ModelId,
-    /// Configuration.
-    pub config: LlamaConfig,
-    /// Embeddings and LM head (on the CPU, in wasm).
-    pub head: Head,
-    /// Tokenizer.
-    pub tokenizer: Tokenizer,
-    /// Chat template.
-    pub template: ChatTemplate,
-}
-
-/// Loads the head part of model `id` from the relay (or browser storage), verified.
+/// Loads the head part of model `id` from the relay (or browser storage), verified, as the
+/// client's part of the model. Also returns a warning when the part could not be stored.
 pub async fn load_client_model(
     id: ModelId,
     progress: impl FnMut(u64, u64),
-) -> Result<(ClientModel, Option<String>), String> {
+) -> Result<(ClientModel, Option<AppError>), AppError> {
     let manifest = manifest(&id).await?;
     let url = format!("/ait/models/{}/head", id.to_hex());
-    let (model, warning) = part(&url, progress, |b| verify_head(&manifest, b).map_err(|e| e.to_string())).await?;
-    let tokenizer = model.tokenizer().map_err(|e| e.to_string())?;
-    let template = ChatTemplate::for_model(model.chat_template().as_deref(), &tokenizer).map_err(|e| e.to_string())?;
-    let config = model.config().clone();
-    let head = Head::new(config.clone(), model.load_head().map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
-    Ok((ClientModel { id, config, head, tokenizer, template }, warning))
+    let (head, warning) = part(&url, progress, |b| verify_head(&manifest, b)).await?;
+    Ok((ClientModel::from_file(&ModelFile::Gguf(head), Some(id))?, warning))
 }
 
 /// Loads block `i` of a model, verified against its manifest.
@@ -177,7 +161,7 @@ pub async fn load_block(
     manifest: &Manifest,
     i: usize,
     progress: impl FnMut(u64, u64),
-) -> Result<((LlamaConfig, LayerWeights), Option<String>), String> {
+) -> Result<((LlamaConfig, LayerWeights), Option<AppError>), AppError> {
     let url = format!("/ait/models/{}/blocks/{i}", manifest.id().to_hex());
-    part(&url, progress, |b| verify_block(manifest, i, b).map_err(|e| e.to_string())).await
+    part(&url, progress, |b| verify_block(manifest, i, b)).await
 }

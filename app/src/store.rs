@@ -1,39 +1,18 @@
 //! Conversations kept in IndexedDB (database `ait`, object store `conversations`, keyed by id).
 
-use serde::{Deserialize, Serialize};
 use wasm_bindgen::closure::Closure;
 use wasm_bindgen::{JsCast, JsValue};
 use web_sys::{IdbDatabase, IdbOpenDbRequest, IdbRequest, IdbTransactionMode};
 
-use crate::http::js_err;
+use crate::chat::Conversation;
+use crate::error::AppError;
+use crate::http::browser_err;
 
 const DB: &str = "ait";
 const STORE: &str = "conversations";
 
-/// One chat message.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Message {
-    /// `user` or `assistant`.
-    pub role: String,
-    /// The text.
-    pub content: String,
-}
-
-/// A conversation.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Conversation {
-    /// Key (creation time in ms, as text).
-    pub id: String,
-    /// The first words of the first message.
-    pub title: String,
-    /// Model id (hex) it was held with.
-    pub model: String,
-    /// Messages, oldest first.
-    pub messages: Vec<Message>,
-}
-
 /// Resolves when `req` succeeds, with its result.
-async fn done(req: &IdbRequest) -> Result<JsValue, String> {
+async fn done(req: &IdbRequest) -> Result<JsValue, AppError> {
     let promise = js_sys::Promise::new(&mut |resolve, reject| {
         let ok = Closure::once_into_js(move || {
             let _ = resolve.call0(&JsValue::NULL);
@@ -46,16 +25,14 @@ async fn done(req: &IdbRequest) -> Result<JsValue, String> {
     });
     wasm_bindgen_futures::JsFuture::from(promise).await.map_err(|_| {
         let why = req.error().ok().flatten().map(|e| e.message()).unwrap_or_else(|| "unknown error".into());
-        format!("browser storage: {why}")
+        AppError::Idb(why)
     })?;
-    req.result().map_err(js_err)
+    req.result().map_err(browser_err)
 }
 
-async fn open() -> Result<IdbDatabase, String> {
-    let factory = web_sys::window()
-        .and_then(|w| w.indexed_db().ok().flatten())
-        .ok_or("this browser has no IndexedDB: conversations are not kept")?;
-    let req: IdbOpenDbRequest = factory.open_with_u32(DB, 1).map_err(js_err)?;
+async fn open() -> Result<IdbDatabase, AppError> {
+    let factory = web_sys::window().and_then(|w| w.indexed_db().ok().flatten()).ok_or(AppError::NoIndexedDb)?;
+    let req: IdbOpenDbRequest = factory.open_with_u32(DB, 1).map_err(browser_err)?;
     let upgrade = Closure::<dyn FnMut(web_sys::Event)>::new(move |ev: web_sys::Event| {
         let db = ev
             .target()
@@ -71,34 +48,36 @@ async fn open() -> Result<IdbDatabase, String> {
     req.set_onupgradeneeded(Some(upgrade.as_ref().unchecked_ref()));
     let db = done(&req).await?;
     drop(upgrade);
-    db.dyn_into().map_err(js_err)
+    db.dyn_into().map_err(browser_err)
 }
 
-fn store(db: &IdbDatabase, mode: IdbTransactionMode) -> Result<web_sys::IdbObjectStore, String> {
-    db.transaction_with_str_and_mode(STORE, mode).and_then(|t| t.object_store(STORE)).map_err(js_err)
+fn store(db: &IdbDatabase, mode: IdbTransactionMode) -> Result<web_sys::IdbObjectStore, AppError> {
+    db.transaction_with_str_and_mode(STORE, mode).and_then(|t| t.object_store(STORE)).map_err(browser_err)
 }
 
 /// Every stored conversation, newest first.
-pub async fn load_all() -> Result<Vec<Conversation>, String> {
+pub async fn load_all() -> Result<Vec<Conversation>, AppError> {
     let db = open().await?;
-    let all = done(&store(&db, IdbTransactionMode::Readonly)?.get_all().map_err(js_err)?).await?;
-    let json = js_sys::JSON::stringify(&all).map_err(js_err)?.as_string().unwrap_or_default();
-    let mut v: Vec<Conversation> = serde_json::from_str(&json).map_err(|e| format!("stored conversations: {e}"))?;
+    let all = done(&store(&db, IdbTransactionMode::Readonly)?.get_all().map_err(browser_err)?).await?;
+    let json = js_sys::JSON::stringify(&all).map_err(browser_err)?.as_string().unwrap_or_default();
+    let mut v: Vec<Conversation> =
+        serde_json::from_str(&json).map_err(|e| AppError::StoredConversations(e.to_string()))?;
     v.sort_by(|a, b| b.id.cmp(&a.id));
     Ok(v)
 }
 
 /// Saves (creates or replaces) a conversation.
-pub async fn save(c: &Conversation) -> Result<(), String> {
+pub async fn save(c: &Conversation) -> Result<(), AppError> {
     let db = open().await?;
-    let value = js_sys::JSON::parse(&serde_json::to_string(c).map_err(|e| e.to_string())?).map_err(js_err)?;
-    done(&store(&db, IdbTransactionMode::Readwrite)?.put(&value).map_err(js_err)?).await?;
+    let json = serde_json::to_string(c).map_err(|e| AppError::StoredConversations(e.to_string()))?;
+    let value = js_sys::JSON::parse(&json).map_err(browser_err)?;
+    done(&store(&db, IdbTransactionMode::Readwrite)?.put(&value).map_err(browser_err)?).await?;
     Ok(())
 }
 
 /// Deletes a conversation.
-pub async fn delete(id: &str) -> Result<(), String> {
+pub async fn delete(id: &str) -> Result<(), AppError> {
     let db = open().await?;
-    done(&store(&db, IdbTransactionMode::Readwrite)?.delete(&JsValue::from_str(id)).map_err(js_err)?).await?;
+    done(&store(&db, IdbTransactionMode::Readwrite)?.delete(&JsValue::from_str(id)).map_err(browser_err)?).await?;
     Ok(())
 }

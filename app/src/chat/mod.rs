@@ -1,0 +1,233 @@
+//! Chat: pick a model the swarm serves, talk to it, keep conversations in IndexedDB.
+//!
+//! The tokenizer, embeddings and LM head run in wasm on the CPU (no WebGPU needed), in
+//! [`ClientModel::chat`]; the decoder layers run on the chain of servers that [`SwarmChain`]
+//! routes through. [`Chat`] is the panel's state and actions; [`view`] draws it.
+
+mod conversation;
+pub mod view;
+
+pub use conversation::{Conversation, Conversations, Message};
+pub use view::ChatView;
+
+use std::fmt;
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+use futures::future::{select, Either};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
+use web_node::model::{ChatMessage, ModelId};
+use web_node::net::chain::{ChainOptions, SwarmChain};
+
+use crate::error::AppError;
+use crate::net::load_client_model;
+use crate::swarm::Swarm;
+use crate::{http, store};
+
+/// Where the chat is. `Display` is the `data-state` of `#chat-notice`: `idle`, `generating`
+/// or `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatState {
+    /// Waiting for a question.
+    Idle,
+    /// An answer is streaming in.
+    Generating,
+    /// The last answer failed (the notice says why).
+    Failed,
+}
+
+impl fmt::Display for ChatState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ChatState::Idle => "idle",
+            ChatState::Generating => "generating",
+            ChatState::Failed => "error",
+        })
+    }
+}
+
+/// The chat panel's state and actions. Copy: provided as context to its components.
+#[derive(Clone, Copy)]
+pub struct Chat {
+    /// Stored conversations, newest first.
+    pub conversations: RwSignal<Conversations>,
+    /// The conversation on screen.
+    pub current: RwSignal<Conversation>,
+    /// The text being typed.
+    pub input: RwSignal<String>,
+    /// The answer streaming in.
+    pub streaming: RwSignal<String>,
+    /// Where the chat is.
+    pub state: RwSignal<ChatState>,
+    /// Progress, warning or error line.
+    pub notice: RwSignal<String>,
+    /// When the page's first answer token arrived (ms since navigation start; 0 before).
+    pub first_token_ms: RwSignal<f64>,
+    /// Sampling temperature (`?temperature=`, default 0.7).
+    pub temperature: RwSignal<f32>,
+    swarm: Swarm,
+    /// The client part of the last model used, loaded once per page.
+    model: StoredValue<Option<Rc<ClientModel>>, LocalStorage>,
+    /// Dropping it stops the answer streaming in.
+    stop: StoredValue<Option<oneshot::Sender<()>>, LocalStorage>,
+}
+
+fn now_ms() -> f64 {
+    web_sys::window().and_then(|w| w.performance()).map_or(0.0, |p| p.now())
+}
+
+impl Chat {
+    /// An empty chat on `swarm`; loads the stored conversations.
+    pub fn new(swarm: Swarm) -> Chat {
+        let temperature = http::query_param("temperature").and_then(|t| t.parse::<f32>().ok()).unwrap_or(0.7);
+        let chat = Chat {
+            conversations: RwSignal::new(Conversations::default()),
+            current: RwSignal::new(Conversation::new("")),
+            input: RwSignal::new(String::new()),
+            streaming: RwSignal::new(String::new()),
+            state: RwSignal::new(ChatState::Idle),
+            notice: RwSignal::new(String::new()),
+            first_token_ms: RwSignal::new(0.0),
+            temperature: RwSignal::new(temperature),
+            swarm,
+            model: StoredValue::new_local(None),
+            stop: StoredValue::new_local(None),
+        };
+        spawn_local(async move {
+            match store::load_all().await {
+                Ok(v) => chat.conversations.set(Conversations(v)),
+                Err(e) => chat.notice.set(e.to_string()),
+            }
+        });
+        chat
+    }
+
+    fn generating(&self) -> bool {
+        self.state.get_untracked() == ChatState::Generating
+    }
+
+    /// Sends what was typed and streams the answer.
+    pub fn send(self) {
+        let text = self.input.get_untracked().trim().to_string();
+        if text.is_empty() || self.generating() {
+            return;
+        }
+        let Some(model) = self.swarm.selected.get_untracked() else {
+            self.notice.set("No model yet: wait for the swarm to announce one.".into());
+            return;
+        };
+        self.input.set(String::new());
+        self.current.update(|c| c.ask(&model, text));
+        let messages = self.current.with_untracked(Conversation::chat_messages);
+        let (tx, rx) = oneshot::channel();
+        self.stop.set_value(Some(tx));
+        self.streaming.set(String::new());
+        self.state.set(ChatState::Generating);
+        self.notice.set(String::new());
+        spawn_local(self.answer(model, messages, self.temperature.get_untracked(), rx));
+    }
+
+    /// Stops the answer streaming in (what came so far is kept).
+    pub fn stop(self) {
+        self.stop.update_value(|s| drop(s.take()));
+    }
+
+    /// Starts a new conversation (not while an answer streams in).
+    pub fn new_chat(self) {
+        if !self.generating() {
+            self.current.set(Conversation::new(&self.swarm.selected.get_untracked().unwrap_or_default()));
+        }
+    }
+
+    /// Shows conversation `c` (not while an answer streams in).
+    pub fn open(self, c: Conversation) {
+        if !self.generating() {
+            self.current.set(c);
+        }
+    }
+
+    /// Deletes conversation `id`.
+    pub fn delete(self, id: String) {
+        self.conversations.update(|v| v.remove(&id));
+        spawn_local(async move {
+            let _ = store::delete(&id).await;
+        });
+    }
+
+    /// Runs one answer (until done, failed or stopped), then keeps the conversation.
+    async fn answer(self, model: String, messages: Vec<ChatMessage>, temperature: f32, stop: oneshot::Receiver<()>) {
+        let generation = std::pin::pin!(self.generate(model, messages, temperature));
+        let outcome = match select(generation, stop).await {
+            Either::Left((r, _)) => r,
+            Either::Right(_) => Ok(()),
+        };
+        match outcome {
+            Ok(()) => self.state.set(ChatState::Idle),
+            Err(e) => {
+                self.state.set(ChatState::Failed);
+                self.notice.set(e.to_string());
+            }
+        }
+        let text = self.streaming.get_untracked();
+        if !text.is_empty() {
+            self.current.update(|c| c.answer(text));
+        }
+        self.streaming.set(String::new());
+        let c = self.current.get_untracked();
+        if let Err(e) = store::save(&c).await {
+            self.notice.set(e.to_string());
+        }
+        self.conversations.update(|v| v.put(c));
+    }
+
+    /// Generates the answer to `messages` through the swarm into [`Chat::streaming`].
+    async fn generate(self, model: String, messages: Vec<ChatMessage>, temperature: f32) -> Result<(), AppError> {
+        let started = now_ms();
+        let net = self.swarm.net().ok_or(AppError::NotConnected)?;
+        let id = ModelId::from_hex(&model).ok_or(AppError::BadModelId(model))?;
+        let model = self.client_model(id).await?;
+        let mut chain = SwarmChain::new(
+            net.handle.clone(),
+            id,
+            model.config.n_layers,
+            model.config.hidden,
+            ChainOptions::default(),
+        );
+        let opts = GenerateOptions {
+            max_tokens: 512,
+            sampling: SamplingParams { temperature, ..SamplingParams::default() },
+            ..GenerateOptions::default()
+        };
+        let on_text = |t: &str| {
+            if self.first_token_ms.get_untracked() == 0.0 {
+                self.first_token_ms.set(now_ms());
+                tracing::info!("first token {:.0} ms after sending", now_ms() - started);
+            }
+            self.streaming.update(|s| s.push_str(t));
+        };
+        model.chat(&mut chain, &messages, &opts, on_text).await?;
+        Ok(())
+    }
+
+    /// The client part of model `id` (loaded once per page), saying how the loading goes.
+    async fn client_model(self, id: ModelId) -> Result<Rc<ClientModel>, AppError> {
+        if let Some(m) = self.model.get_value().filter(|m| m.id == id) {
+            self.notice.set(String::new());
+            return Ok(m);
+        }
+        let (m, warning) = load_client_model(id, |done, total| {
+            self.notice.set(format!(
+                "Loading the model's tokenizer and head: {:.1} / {:.1} MB",
+                done as f64 / 1e6,
+                total as f64 / 1e6
+            ))
+        })
+        .await?;
+        self.notice.set(warning.map(|w| w.to_string()).unwrap_or_default());
+        let m = Rc::new(m);
+        self.model.set_value(Some(m.clone()));
+        Ok(m)
+    }
+}

@@ -1,0 +1,73 @@
+//! The seed panel's components. Each takes the [`Seeder`] from context.
+
+use leptos::prelude::*;
+
+use super::Seeder;
+
+/// The seed panel: the switches, the adapter, the state line and the live numbers.
+#[component]
+pub fn SeedView() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    view! {
+        <div class="seed">
+            <ShareSwitch/>
+            <PauseSwitch/>
+            <p id="adapter">{move || seeder.adapter.get()}</p>
+            <SeedStatus/>
+            <SeedStats/>
+        </div>
+    }
+}
+
+#[component]
+fn ShareSwitch() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    view! {
+        <label class="switch">
+            <input type="checkbox" id="share"
+                prop:checked=move || seeder.state.get().is_on()
+                on:change=move |ev| if event_target_checked(&ev) { seeder.turn_on() } else { seeder.turn_off() } />
+            " Share this tab's GPU"
+        </label>
+    }
+}
+
+#[component]
+fn PauseSwitch() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    view! {
+        <label class="switch">
+            <input type="checkbox" id="pause-hidden"
+                prop:checked=move || seeder.pause_hidden.get()
+                on:change=move |ev| seeder.pause_hidden.set(event_target_checked(&ev)) />
+            " Pause while this tab is hidden"
+        </label>
+    }
+}
+
+#[component]
+fn SeedStatus() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    view! {
+        <p id="seed-state" data-state=move || seeder.state.get().to_string()
+            data-blocks=move || seeder.stats.with(|s| s.blocks.clone())
+            data-tokens=move || seeder.stats.with(|s| s.tokens.to_string())>
+            {move || seeder.message.get()}
+        </p>
+    }
+}
+
+#[component]
+fn SeedStats() -> impl IntoView {
+    let stats = expect_context::<Seeder>().stats;
+    view! {
+        <dl class="stats">
+            <dt>"Blocks served"</dt><dd>{move || stats.with(|s| s.blocks.clone())}</dd>
+            <dt>"Sessions (open now)"</dt><dd>{move || stats.with(|s| format!("{} ({})", s.sessions, s.active))}</dd>
+            <dt>"Tokens served"</dt><dd>{move || stats.with(|s| s.tokens)}</dd>
+            <dt>"Throughput"</dt><dd>{move || stats.with(|s| format!("{:.1} tokens/s", s.tokens_per_s))}</dd>
+            <dt>"Uptime"</dt><dd>{move || stats.with(|s| format!("{} s", s.uptime_s))}</dd>
+            <dt>"Reached at"</dt><dd class="addr">{move || stats.with(|s| s.addr.clone())}</dd>
+        </dl>
+    }
+}
