@@ -19,7 +19,7 @@ report() {
     local status=$?
     if [ -n "$current" ]; then
         if [ "$status" -eq 0 ]; then status=1; fi # interrupted mid-step
-        summary+=("$(printf '%-34s FAILED after %4ss' "$current" $((SECONDS - step_started)))")
+        summary+=("$(printf '%-44s FAILED after %4ss' "$current" $((SECONDS - step_started)))")
     fi
     printf '\n==== summary (%ss total) ====\n' $((SECONDS - started))
     printf '%s\n' "${summary[@]}"
@@ -35,15 +35,16 @@ step() { # name command...
     printf '\n==== %s: %s ====\n' "$current" "$*"
     step_started=$SECONDS
     "$@"
-    summary+=("$(printf '%-34s ok %4ss' "$current" $((SECONDS - step_started)))")
+    summary+=("$(printf '%-44s ok %4ss' "$current" $((SECONDS - step_started)))")
     current=""
 }
 
 step "setup" bash scripts/setup.sh
 step "format" cargo fmt --all -- --check
-# One native build for `ait` and the tests: `cargo test` unifies the dev-dependencies' features
-# (candle's) into the whole graph, so a separate `cargo build -p relay` would compile libp2p,
-# wgpu and web-node twice. This also puts the `ait` binary the swarm tests start in place.
+# The README's run command (`cargo run -p relay`) must reuse this build: same features everywhere.
+step "one build for both README commands" bash scripts/same-build.sh
+# One native build for `ait` and the tests; it also puts the `ait` binary the swarm tests start in
+# place, and (thanks to the check above) it is the build `cargo run --release -p relay` reuses.
 step "build ait and the tests (native, release)" cargo test --release --workspace --exclude app --no-run
 # Some unit tests read the default model directly: fetch it once and point them all at it.
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model

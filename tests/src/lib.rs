@@ -4,8 +4,10 @@
 //! - [`tiny_model`]: a tiny random Llama model written as safetensors and as GGUF.
 //! - [`default_model`]: the default model's path (downloaded into the cache on first use).
 //! - [`procs`]: real `ait relay` processes for the swarm tests and benches.
+//! - [`browser`]: headless Chromium driven over WebDriver for the browser tests.
+//! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
+//!   injected faults, for the client chain's tests (`tests/tests/chain.rs`).
 
-/// `ait` processes for the swarm tests.
 pub mod browser;
 pub mod candle_ref;
 pub mod chain_fixture;

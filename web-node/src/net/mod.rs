@@ -11,7 +11,9 @@
 //!   session server, the compute loop, and the DHT announcements of a server.
 //! - [`directory`]: lists the servers of the network.
 //! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
-//!   run on remote servers, with re-routing and replay when one fails.
+//!   run on remote servers found through a [`chain::Discovery`], with re-routing (of the failed
+//!   span, or of the whole route when the span cannot be covered on its own) and replay when
+//!   one fails.
 //!
 //! Transports are chosen by the embedding program (TCP/QUIC/WebSocket/WebRTC natively,
 //! WebSocket/WebRTC in a browser); everything here is transport-agnostic.
