@@ -365,15 +365,22 @@ impl<D: Discovery> SwarmChain<D> {
                 }
             }
             let Some(e) = failed else { return Ok(opened) };
-            *failures += 1;
-            if let Some(p) = e.peer() {
-                self.ban(p);
-            }
-            if *failures > self.opts.max_reroutes {
-                return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
-            }
+            let e = self.count_failure(e, failures)?;
             tracing::warn!("opening the route failed, re-planning: {e}");
         }
+    }
+
+    /// Counts a failure during the current step and bans the server it names; past
+    /// [`ChainOptions::max_reroutes`] failures it becomes [`ChainError::GaveUp`].
+    fn count_failure(&mut self, e: ChainError, failures: &mut usize) -> Result<ChainError, ChainError> {
+        *failures += 1;
+        if let Some(p) = e.peer() {
+            self.ban(p);
+        }
+        if *failures > self.opts.max_reroutes {
+            return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
+        }
+        Ok(e)
     }
 
     fn log_route(&self) {

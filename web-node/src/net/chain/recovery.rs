@@ -115,14 +115,8 @@ impl<D: Discovery> SwarmChain<D> {
                 }
             }
             let Some(e) = replay_error else { return Ok(replacements) };
-            *failures += 1;
-            if let Some(p) = e.peer() {
-                self.ban(p);
-            }
             self.hops.drain(at..at + n_new);
-            if *failures > self.opts.max_reroutes {
-                return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
-            }
+            let e = self.count_failure(e, failures)?;
             tracing::warn!("replay to the replacement failed, routing again: {e}");
         }
     }
