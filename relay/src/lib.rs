@@ -3,9 +3,11 @@
 //! One job: the native-only parts that the binary, the integration tests and the benches share:
 //! [`fetch`] finds (and on first use downloads and verifies) the default model in the local
 //! cache, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
-//! the native libp2p node, [`serving`] serves blocks to the swarm, [`swarm_client`] generates
-//! through it, [`api`] serves the OpenAI-compatible HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, client head, protocol, routing)
-//! lives in `web-node`; this crate only drives it.
+//! the native libp2p node, [`serving`] runs web-node's serving assembly on tokio and a compute
+//! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
+//! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
+//! one client pipeline, protocol, routing, serving) lives in `web-node`; this crate only drives
+//! it.
 #![deny(missing_docs)]
 
 pub mod api;

@@ -312,11 +312,6 @@ impl<D: Discovery> SwarmChain<D> {
         &self.recoveries
     }
 
-    /// The discovery the chain finds its servers through.
-    pub fn discovery(&self) -> &D {
-        &self.discovery
-    }
-
     fn ban(&mut self, peer: PeerId) {
         tracing::warn!(%peer, "banning server for {:?}", self.opts.ban);
         self.banned.insert(peer, Instant::now());
