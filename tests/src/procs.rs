@@ -68,10 +68,10 @@ impl Relay {
             }
         });
         let err = child.stderr.take().expect("stderr");
-        let (etx, erx) = mpsc::channel();
-        // Kept next to its data for post-mortems (`RUST_LOG` sets how much).
+        // Kept next to its data for post-mortems (`RUST_LOG` sets how much). The thread returns
+        // all of stderr once the process has gone, for the error below.
         let mut log = std::fs::File::create(data_dir.join("relay.log")).ok();
-        std::thread::spawn(move || {
+        let stderr_reader = std::thread::spawn(move || {
             let mut all = String::new();
             for line in BufReader::new(err).lines().map_while(Result::ok) {
                 if let Some(f) = log.as_mut() {
@@ -79,8 +79,8 @@ impl Relay {
                 }
                 all.push_str(&line);
                 all.push('\n');
-                let _ = etx.send(all.clone());
             }
+            all
         });
         let mut relay = Relay {
             child,
@@ -108,9 +108,11 @@ impl Relay {
                     }
                 }
                 Err(_) => {
+                    // Stdout ended (it exited) or the deadline passed: once it is gone, its
+                    // stderr is complete (reading it earlier raced the exit message).
                     let _ = relay.child.kill();
                     let _ = relay.child.wait();
-                    let stderr = erx.try_iter().last().unwrap_or_default();
+                    let stderr = stderr_reader.join().unwrap_or_default();
                     return Err(format!("no `ready` line; stderr:\n{stderr}"));
                 }
             }
