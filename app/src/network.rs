@@ -2,12 +2,13 @@
 //! covered by how many nodes.
 
 use leptos::prelude::*;
+use web_node::net::directory::{coverage, tail_chars};
 use web_node::net::record::ServerRecord;
 
-use crate::swarm::{coverage, ModelEntry, PeerRow, Swarm};
+use crate::swarm::{ModelEntry, PeerRow, Swarm};
 
 fn short(peer: &str) -> String {
-    format!("…{}", &peer[peer.len().saturating_sub(10)..])
+    format!("…{}", tail_chars(peer, 10))
 }
 
 /// The network panel.

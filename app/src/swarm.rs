@@ -8,8 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use leptos::prelude::*;
-use web_node::net::directory;
-use web_node::net::record::ServerRecord;
+use web_node::net::directory::{self, head_chars, layers_seen, tail_chars};
+use web_node::net::record::{ServerRecord, MAX_LAYERS};
+
+/// How many servers cover each block of a model (bounded: see [`directory::coverage`]).
+pub use web_node::net::directory::coverage;
 
 use crate::error::AppError;
 use crate::net::{self, Net, OfferedModel, TransportPref};
@@ -44,7 +47,7 @@ impl Conn {
         match self {
             Conn::Connecting => "Connecting to the swarm…".into(),
             Conn::Connected { transport, relay } => {
-                format!("Connected over {transport} to relay {}…", &relay[relay.len().saturating_sub(8)..])
+                format!("Connected over {transport} to relay {}…", tail_chars(relay, 8))
             }
             Conn::Lost => "Lost the relay: reconnecting…".into(),
             Conn::Failed(e) => e.to_string(),
@@ -113,18 +116,8 @@ impl PeerRow {
     }
 }
 
-/// How many servers cover each block of `model`.
-pub fn coverage(servers: &[ServerRecord], model: &str, n_layers: usize) -> Vec<usize> {
-    let mut cover = vec![0; n_layers];
-    for r in servers.iter().filter(|r| r.status.model == model) {
-        for c in cover.iter_mut().take(r.status.end).skip(r.status.start) {
-            *c += 1;
-        }
-    }
-    cover
-}
-
-/// Builds the picker's list from the directory and the relay's offer.
+/// Builds the picker's list from the directory and the relay's offer. Layer counts are
+/// bounded ([`MAX_LAYERS`]) and ids abbreviated by characters: records come from anyone.
 pub fn model_entries(servers: &[ServerRecord], offered: Option<&OfferedModel>) -> Vec<ModelEntry> {
     let mut ids: Vec<String> = servers.iter().map(|r| r.status.model.clone()).collect();
     if let Some(o) = offered {
@@ -136,10 +129,9 @@ pub fn model_entries(servers: &[ServerRecord], offered: Option<&OfferedModel>) -
         .map(|id| {
             let mine: Vec<&ServerRecord> = servers.iter().filter(|r| r.status.model == id).collect();
             let offer = offered.filter(|o| o.id == id);
-            let n_layers = offer.map(|o| o.n_layers).or_else(|| mine.iter().map(|r| r.status.end).max()).unwrap_or(0);
-            let covered =
-                (0..n_layers).filter(|&b| mine.iter().any(|r| r.status.start <= b && b < r.status.end)).count();
-            let name = offer.map(|o| o.name.clone()).unwrap_or_else(|| format!("model {}", &id[..12.min(id.len())]));
+            let n_layers = offer.map_or_else(|| layers_seen(servers, &id), |o| o.n_layers.min(MAX_LAYERS));
+            let covered = directory::coverage(servers, &id, n_layers).iter().filter(|&&c| c > 0).count();
+            let name = offer.map(|o| o.name.clone()).unwrap_or_else(|| format!("model {}", head_chars(&id, 12)));
             ModelEntry { id, name, n_layers, covered, servers: mine.len() }
         })
         .collect()

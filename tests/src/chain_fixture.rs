@@ -67,6 +67,16 @@ pub enum Fault {
     Undecodable,
     /// Answers every step this late, and status requests at once.
     Slow(Duration),
+    /// Never answers a step (nor anything after it on that stream), but answers status
+    /// requests on new streams at once: alive, and stalling.
+    Stall,
+    /// Answers the step with one value NaN.
+    NotFinite,
+    /// Answers the step with every value a billion times too large (finite).
+    Absurd,
+    /// Answers status requests with a valid status padded to 1 MiB of JSON whitespace (from
+    /// the start, whatever `after` says); steps are answered well.
+    BloatedStatus,
 }
 
 #[derive(Default)]
@@ -85,7 +95,14 @@ impl FaultState {
     fn step(&self) -> Option<Fault> {
         let n = self.steps.fetch_add(1, Ordering::SeqCst) + 1;
         let fault = *self.fault.lock().expect("fault lock");
-        fault.filter(|&(_, after)| n > after).map(|(f, _)| f)
+        fault.filter(|&(f, after)| n > after && f != Fault::BloatedStatus).map(|(f, _)| f)
+    }
+
+    /// Counts a status request; the fault it meets, if any.
+    fn info(&self) -> Option<Fault> {
+        self.infos.fetch_add(1, Ordering::SeqCst);
+        let fault = *self.fault.lock().expect("fault lock");
+        fault.map(|(f, _)| f).filter(|&f| f == Fault::BloatedStatus)
     }
 }
 
@@ -126,10 +143,7 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
         }
         let fault = match Request::decode(&frame) {
             Ok(Request::Step { .. }) => state.step(),
-            Ok(Request::Info) => {
-                state.infos.fetch_add(1, Ordering::SeqCst);
-                None
-            }
+            Ok(Request::Info) => state.info(),
             _ => None,
         };
         match fault {
@@ -138,6 +152,7 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
                 return freeze(chain, server).await;
             }
             Some(Fault::Close) => return,
+            Some(Fault::Stall) => return freeze(chain, server).await,
             Some(Fault::Error) => {
                 let error = Response::Error { code: ErrorCode::Internal, message: "injected fault".into() };
                 let _ = write_frame(&mut chain, &error.encode()).await;
@@ -149,7 +164,8 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
                 }
                 continue;
             }
-            Some(Fault::WrongLength | Fault::Slow(_)) | None => {}
+            Some(Fault::WrongLength | Fault::Slow(_) | Fault::NotFinite | Fault::Absurd | Fault::BloatedStatus)
+            | None => {}
         }
         if write_frame(&mut server, &frame).await.is_err() {
             return;
@@ -163,6 +179,19 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
                 }
             }
             Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
+            Some(f @ (Fault::NotFinite | Fault::Absurd)) => {
+                if let Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) = Response::decode(&reply) {
+                    if f == Fault::NotFinite {
+                        hidden[0] = f32::NAN;
+                    } else {
+                        hidden.iter_mut().for_each(|v| *v = *v * 1e9 + 1e9);
+                    }
+                    reply = Response::Hidden { n_tokens, compute_us, hidden }.encode();
+                }
+            }
+            Some(Fault::BloatedStatus) => {
+                reply.resize(1 << 20, b' ');
+            }
             _ => {}
         }
         if write_frame(&mut chain, &reply).await.is_err() {
@@ -176,6 +205,8 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
 #[derive(Clone)]
 pub struct TestDiscovery {
     servers: Arc<Vec<TestServer>>,
+    /// The server that stands for the chain's own node, reached in-process.
+    local: Option<PeerId>,
 }
 
 impl Discovery for TestDiscovery {
@@ -210,6 +241,10 @@ impl Discovery for TestDiscovery {
             Some(s) => Ok(s.connect()),
             None => Err(ChainError::Unreachable { peer, detail: "no such test server".into() }),
         }
+    }
+
+    fn local_peer(&self) -> Option<PeerId> {
+        self.local
     }
 }
 
@@ -290,13 +325,21 @@ impl Fixture {
 
     /// The discovery of the fixture's servers.
     pub fn discovery(&self) -> TestDiscovery {
-        TestDiscovery { servers: self.servers.clone() }
+        TestDiscovery { servers: self.servers.clone(), local: None }
     }
 
     /// A chain over the fixture's servers.
     pub fn chain(&self, opts: ChainOptions) -> SwarmChain<TestDiscovery> {
         let c = self.config();
         SwarmChain::with_discovery(self.discovery(), MODEL, c.n_layers, c.hidden, opts)
+    }
+
+    /// A chain over the fixture's servers, on a node whose own (in-process) server is server
+    /// `local`.
+    pub fn chain_with_local(&self, opts: ChainOptions, local: usize) -> SwarmChain<TestDiscovery> {
+        let c = self.config();
+        let discovery = TestDiscovery { local: Some(self.peer(local)), ..self.discovery() };
+        SwarmChain::with_discovery(discovery, MODEL, c.n_layers, c.hidden, opts)
     }
 
     /// The whole model in one in-process executor.

@@ -5,13 +5,18 @@
 //!
 //! Servers are listed as `(blocks, ms_per_block)`: the announced speed makes routing prefer
 //! the fast ones ([`FAST`]) over the spares ([`SPARE`]) until a fault bans a server.
+//!
+//! The hostile-server tests (issue 11) check that answers are sanity-checked (NaN, absurd
+//! norms), that a server stalling its steps is given up within a bound, that recoveries have
+//! a total deadline, that status answers are read with a small limit, and that claimed speeds
+//! lose to measured ones and never beat the node's own server.
 
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery};
 use web_node::client::LayerChain;
-use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain};
+use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
 use web_node::net::routing::Hop;
 
 /// Announced speed of the servers routing picks first.
@@ -36,7 +41,11 @@ fn opts() -> ChainOptions {
         settle: Duration::from_millis(10),
         ban: Duration::from_secs(60),
         max_reroutes: 4,
-        max_wait: Duration::from_secs(10),
+        max_wait: Duration::from_secs(1),
+        busy_factor: 3.0,
+        max_recovery: Duration::from_secs(30),
+        max_probes: 32,
+        allow_private_addrs: false,
     }
 }
 
@@ -154,6 +163,95 @@ async fn undecodable_answer_moves_the_span_to_a_spare() {
     spare_takes_over(Fault::Undecodable).await;
 }
 
+#[tokio::test]
+async fn non_finite_answer_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::NotFinite).await;
+}
+
+#[tokio::test]
+async fn absurd_norm_answer_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Absurd).await;
+}
+
+/// A server that answers status requests but never a step (issue 11: it held a request for
+/// 300 s) loses its span once the default patience ([`ChainOptions::max_wait`], 10 s, over
+/// a decode step's 1.2 s timeout times [`ChainOptions::busy_factor`]) has passed.
+#[tokio::test]
+async fn server_stalling_its_steps_is_given_up_within_the_default_patience() {
+    let patience = ChainOptions::default().max_wait;
+    let fx = Fixture::new(7, &WITH_SPARE);
+    fx.set_fault(1, Fault::Stall, AFTER);
+    let mut chain = fx.chain(ChainOptions { max_wait: patience, ..opts() });
+    let started = Instant::now();
+    let outs = outputs(&fx, &mut chain).await.expect("the spare takes over");
+    let took = started.elapsed();
+    assert_bits_equal("stall vs local chain", &outs, &outputs(&fx, &mut fx.local_chain()).await.unwrap());
+    assert_eq!(chain.route(), hops(&fx, &SPARE_ROUTE));
+    assert!(took >= patience, "gave up before the patience: {took:?}");
+    assert!(took < patience + Duration::from_secs(3), "stalled for {took:?}, patience {patience:?}");
+}
+
+/// Every server that could take a failed span stalls: the step gives up once
+/// [`ChainOptions::max_recovery`] has passed, not after a full patience per spare.
+#[tokio::test]
+async fn recovery_has_a_total_deadline() {
+    let stalling =
+        [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)];
+    let fx = Fixture::new(7, &stalling);
+    fx.set_fault(1, Fault::Stall, AFTER);
+    for spare in 3..7 {
+        fx.set_fault(spare, Fault::Stall, 0);
+    }
+    let o = ChainOptions { max_recovery: Duration::from_millis(1500), ..opts() };
+    let mut chain = fx.chain(o.clone());
+    let started = Instant::now();
+    let err = outputs(&fx, &mut chain).await.expect_err("no server answers [2,4)");
+    let took = started.elapsed();
+    assert!(matches!(err, ChainError::GaveUp { .. }), "{err}");
+    // One patience for the first failure, then the recovery deadline (5 patiences without it).
+    assert!(took < o.max_wait + o.max_recovery + Duration::from_secs(1), "took {took:?}: {err}");
+}
+
+/// A status answer padded to 1 MiB is refused (read with a 64 KiB limit, not the 16 MiB frame
+/// limit): the server is not used.
+#[tokio::test]
+async fn bloated_status_answer_is_refused() {
+    let fx = Fixture::new(7, &[(0..6, FAST), (0..6, SPARE)]);
+    fx.set_fault(0, Fault::BloatedStatus, 0);
+    let run = swarm_run(&fx).await;
+    assert_eq!(run.route, hops(&fx, &[(1, 0..6)]));
+    assert_eq!(fx.steps(0), 0, "the bloated server was used");
+}
+
+/// A server that claims to be fast but is measured slow loses its span at the next route
+/// (issue 11: claims won every route).
+#[tokio::test]
+async fn measured_speed_beats_a_claimed_one() {
+    let fx = Fixture::new(7, &[(0..6, FAST), (0..6, SPARE)]);
+    fx.set_fault(0, Fault::Slow(Duration::from_millis(60)), 0);
+    let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+    let mut chain = fx.chain(opts());
+    let first = outputs(&fx, &mut chain).await.expect("first run");
+    assert_eq!(chain.route(), hops(&fx, &[(0, 0..6)]), "the claim wins before any measurement");
+    let second = outputs(&fx, &mut chain).await.expect("second run");
+    assert_eq!(chain.route(), hops(&fx, &[(1, 0..6)]), "the measured liar kept its span");
+    assert!(chain.recoveries().is_empty());
+    assert_bits_equal("first run", &first, &reference);
+    assert_bits_equal("second run", &second, &reference);
+}
+
+/// A remote server claiming 0 ms per block does not take the blocks of the node's own server
+/// (measured by the node itself) from it (issue 11).
+#[tokio::test]
+async fn no_remote_claim_beats_the_local_server() {
+    let fx = Fixture::new(7, &[(0..6, 0.0), (0..6, SPARE)]);
+    let mut chain = fx.chain_with_local(opts(), 1);
+    let outs = outputs(&fx, &mut chain).await.expect("runs");
+    assert_eq!(chain.route(), hops(&fx, &[(1, 0..6)]));
+    assert_eq!(fx.steps(0), 0, "the remote liar was used");
+    assert_bits_equal("local server", &outs, &outputs(&fx, &mut fx.local_chain()).await.unwrap());
+}
+
 /// A server whose steps come late but which answers status requests is busy, not dead: it
 /// keeps its span, and the spare is never used.
 #[tokio::test]
@@ -217,4 +315,54 @@ async fn no_server_left_ends_the_sequence() {
     assert!(chain.route().is_empty(), "the broken route was kept");
     let err = chain.forward(&fx.embed(&[1]), 1).await.expect_err("no sequence");
     assert!(matches!(err, ChainError::NotBegun), "{err}");
+}
+
+/// The default model's hidden states at every block boundary (the inputs and outputs a hop
+/// sees), for a chat prompt and a few greedy decode steps: the largest per-token RMS must stay
+/// far below the bound at which a hop's answer is refused as absurd.
+#[tokio::test]
+async fn default_model_hidden_states_are_far_below_the_rms_bound() {
+    use web_node::client::ClientModel;
+    use web_node::engine::cpu::CpuBackend;
+    use web_node::engine::{BlockExecutor, ExecutorConfig};
+    use web_node::model::{ChatMessage, ModelFile};
+
+    let file = ModelFile::open(&ait_tests::default_model()).expect("open the default model");
+    let model = ClientModel::from_file(&file, Some(web_node::model::ModelId([0; 32]))).expect("client model");
+    let c = model.config.clone();
+    let mut layers: Vec<_> = (0..c.n_layers)
+        .map(|l| {
+            let backend =
+                CpuBackend::new(c.clone(), l..l + 1, file.load_layers(l..l + 1).expect("layer")).expect("backend");
+            BlockExecutor::new(backend, ExecutorConfig::default())
+        })
+        .collect();
+    let messages =
+        [ChatMessage { role: "user".into(), content: "Write a haiku about the sea, then explain it.".into() }];
+    let prompt = model.chat_prompt(&messages).expect("prompt");
+    let sessions: Vec<_> = layers.iter_mut().map(|e| e.open_session(prompt.len() + 16).expect("session")).collect();
+    let rms = |x: &[f32]| -> f32 {
+        x.chunks(c.hidden).map(|r| (r.iter().map(|v| v * v).sum::<f32>() / r.len() as f32).sqrt()).fold(0.0, f32::max)
+    };
+    let mut worst = (0.0f32, 0);
+    let (mut tokens, mut n) = (prompt.clone(), prompt.len());
+    for _ in 0..16 {
+        let mut x = model.head.embed(&tokens).expect("embed");
+        for (l, (e, s)) in layers.iter_mut().zip(&sessions).enumerate() {
+            let r = rms(&x);
+            if r > worst.0 {
+                worst = (r, l);
+            }
+            x = e.step(*s, &x, n).await.expect("step");
+        }
+        let r = rms(&x);
+        if r > worst.0 {
+            worst = (r, c.n_layers);
+        }
+        let logits = model.head.logits(&x[(n - 1) * c.hidden..]).expect("logits");
+        tokens = vec![ait_tests::argmax(&logits)];
+        n = 1;
+    }
+    eprintln!("largest per-token RMS of the default model's hidden states: {:.2} (at boundary {})", worst.0, worst.1);
+    assert!(f64::from(worst.0) * 10.0 < MAX_HIDDEN_RMS, "the bound leaves too little room: {worst:?}");
 }

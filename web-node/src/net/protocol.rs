@@ -21,6 +21,18 @@ pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/1");
 /// Version number carried in records and status.
 pub const PROTOCOL_VERSION: u32 = 1;
 
+/// Largest answer a client reads to [`Request::Info`] or [`Request::Open`] (a status in JSON,
+/// or an error): 64 KiB, far above the few hundred bytes a status takes, far below the 16 MiB
+/// frame limit a hostile server could otherwise make a client buffer for a status.
+pub const MAX_CONTROL_ANSWER: usize = 64 << 10;
+
+/// Largest answer a client reads to a step of `n_tokens` rows of width `dim`: a
+/// [`Response::Hidden`] of exactly that size (tag, two `u32`s, the f32 values), or an error
+/// frame of at most 4 KiB, whichever is larger. Saturates instead of overflowing.
+pub fn hidden_answer_limit(n_tokens: usize, dim: usize) -> usize {
+    n_tokens.saturating_mul(dim).saturating_mul(4).saturating_add(9).max(4 << 10)
+}
+
 /// A client's message.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {
@@ -376,6 +388,14 @@ mod tests {
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
         }
+    }
+
+    #[test]
+    fn a_hidden_answer_fits_its_limit_exactly() {
+        let answer = Response::Hidden { n_tokens: 3, compute_us: 1, hidden: vec![0.5; 3 * 576] }.encode();
+        assert_eq!(hidden_answer_limit(3, 576), answer.len());
+        assert_eq!(hidden_answer_limit(1, 1), 4 << 10);
+        assert_eq!(hidden_answer_limit(usize::MAX, 2), usize::MAX);
     }
 
     #[test]

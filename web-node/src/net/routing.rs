@@ -6,6 +6,11 @@
 //! blocks, scaled up by its current load (sessions already running share its device), plus a
 //! small fixed cost per hop so that, other things equal, fewer hops win. Unlike Petals it
 //! counts live load. Servers run whole spans (a session covers the server's full range).
+//!
+//! A server's speed is its own claim until this node has timed it: [`discount_claims`] lets
+//! measured step times replace claims, floors every claim at [`MIN_CLAIMED_MS_PER_BLOCK`],
+//! and never lets an unmeasured claim beat this node's own in-process blocks (whose speed it
+//! measured itself).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -15,6 +20,12 @@ use libp2p::PeerId;
 
 /// Fixed cost added to every hop, in milliseconds (serialization, scheduling).
 pub const HOP_COST_MS: f64 = 0.2;
+
+/// Lowest decode time per block per token a server's claim counts for, in milliseconds. A
+/// block is about ten kernels, and a kernel launch alone takes 5 µs or more on any GPU, so
+/// 50 µs per block is below what any device does (the default model takes about 0.4 ms per
+/// block on a CPU core); a claim under it is a lie or a rounding, and counts as this.
+pub const MIN_CLAIMED_MS_PER_BLOCK: f64 = 0.05;
 
 /// A server the router may use.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,13 +40,49 @@ pub struct Candidate {
     pub ms_per_block: f64,
     /// Sessions running on it now.
     pub active_sessions: usize,
+    /// Wall time of one decode step through it as this node measured it on earlier routes, in
+    /// milliseconds (round trip, queueing and compute, at the load it had then); when known
+    /// it replaces the estimate from `rtt_ms` and `ms_per_block`.
+    pub measured_ms: Option<f64>,
+    /// This node's own server, reached in-process: its speed is this node's measurement, not
+    /// a claim.
+    pub local: bool,
 }
 
 impl Candidate {
-    /// Estimated time for one decode step through this server, in milliseconds.
+    /// A candidate from a server's live status, not yet measured nor local.
+    pub fn new(peer: PeerId, blocks: Range<usize>, rtt_ms: f64, ms_per_block: f64, active_sessions: usize) -> Self {
+        Candidate { peer, blocks, rtt_ms, ms_per_block, active_sessions, measured_ms: None, local: false }
+    }
+
+    /// Estimated time for one decode step through this server, in milliseconds: its measured
+    /// step time when known, else its round trip plus its compute at its load.
     pub fn cost_ms(&self) -> f64 {
+        if let Some(measured) = self.measured_ms.filter(|m| m.is_finite()) {
+            return HOP_COST_MS + measured.max(0.0);
+        }
         let compute = self.ms_per_block * self.blocks.len() as f64 * (1.0 + self.active_sessions as f64);
         HOP_COST_MS + self.rtt_ms.max(0.0) + compute.max(0.0)
+    }
+}
+
+/// Makes the servers' claimed speeds count for no more than they are worth, before [`plan`]:
+///
+/// - a local candidate (this node's own server, in-process) has no network round trip;
+/// - an unmeasured remote claim counts for at least [`MIN_CLAIMED_MS_PER_BLOCK`], and at
+///   least the local server's own speed per block when there is one: a remote server may
+///   claim to be faster than this node's hardware, but it wins the blocks this node holds
+///   only once a measured step shows it (`measured_ms`, which [`Candidate::cost_ms`] prefers).
+pub fn discount_claims(candidates: &mut [Candidate]) {
+    let local_ms =
+        candidates.iter().filter(|c| c.local && c.ms_per_block.is_finite()).map(|c| c.ms_per_block).reduce(f64::min);
+    let floor = local_ms.unwrap_or(0.0).max(MIN_CLAIMED_MS_PER_BLOCK);
+    for c in candidates.iter_mut() {
+        if c.local {
+            c.rtt_ms = 0.0;
+        } else if !c.ms_per_block.is_finite() || c.ms_per_block < floor {
+            c.ms_per_block = floor;
+        }
     }
 }
 
@@ -162,7 +209,35 @@ mod tests {
     use super::*;
 
     fn cand(blocks: Range<usize>, rtt_ms: f64, ms_per_block: f64) -> Candidate {
-        Candidate { peer: PeerId::random(), blocks, rtt_ms, ms_per_block, active_sessions: 0 }
+        Candidate::new(PeerId::random(), blocks, rtt_ms, ms_per_block, 0)
+    }
+
+    fn route(mut cands: Vec<Candidate>) -> Vec<PeerId> {
+        discount_claims(&mut cands);
+        plan(&cands, 0..30).unwrap().iter().map(|h| h.peer).collect()
+    }
+
+    /// Regression test for issue 11: a server claiming 0 ms per block won every route.
+    #[test]
+    fn a_claim_of_zero_does_not_beat_an_honest_fast_server() {
+        let liar = cand(0..30, 1.0, 0.0);
+        let honest = cand(0..30, 0.5, MIN_CLAIMED_MS_PER_BLOCK);
+        assert_eq!(route(vec![liar, honest.clone()]), vec![honest.peer]);
+    }
+
+    #[test]
+    fn no_unmeasured_claim_beats_the_local_server() {
+        let local = Candidate { local: true, ..cand(0..30, 0.5, 0.4) };
+        let liar = cand(0..30, 0.1, 0.0);
+        let fast_gpu = cand(0..30, 0.1, 0.1);
+        assert_eq!(route(vec![local.clone(), liar.clone(), fast_gpu.clone()]), vec![local.peer]);
+        // Once measured faster than the local server, the remote one wins.
+        let measured = Candidate { measured_ms: Some(3.0), ..fast_gpu };
+        assert_eq!(route(vec![local.clone(), liar.clone(), measured.clone()]), vec![measured.peer]);
+        // And a measured slow liar loses to an honest claim.
+        let caught = Candidate { measured_ms: Some(500.0), ..liar };
+        let honest = cand(0..30, 5.0, 1.0);
+        assert_eq!(route(vec![caught, honest.clone()]), vec![honest.peer]);
     }
 
     #[test]

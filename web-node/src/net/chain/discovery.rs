@@ -6,8 +6,10 @@
 //! a fresh stream to a server (for the liveness check of a slow server). The bookkeeping stays
 //! in the chain: which servers are banned, which ones earlier discoveries verified.
 //! [`DhtDiscovery`] reads provider records and each server's signed record, then exchanges a
-//! status request with every server at once, deciding shortly after the answers cover the
-//! range. It does not plan routes or open sessions.
+//! status request with every server at once (at most [`ChainOptions::max_probes`], sampled
+//! over the blocks by [`sample_providers`]), deciding shortly after the answers cover the
+//! range. It dials only the announced addresses its [`AddrScope`] allows. It does not plan
+//! routes or open sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -19,6 +21,7 @@ use futures::future::join_all;
 use futures::stream::{FuturesUnordered, StreamExt};
 use futures::{AsyncRead, AsyncWrite, FutureExt};
 use libp2p::PeerId;
+use rand::seq::SliceRandom;
 use web_time::Instant;
 
 use super::hop::exchange;
@@ -26,7 +29,7 @@ use super::{ChainError, ChainOptions, FoundServer, SwarmChain};
 use crate::model::ModelId;
 use crate::net::node::NodeHandle;
 use crate::net::protocol::{Request, Response, PROTOCOL};
-use crate::net::record::{block_key, server_key, ServerRecord};
+use crate::net::record::{block_key, server_key, AddrScope, ServerRecord};
 use crate::net::routing::{plan, Candidate};
 use crate::net::serve::{BoxStream, LocalServer};
 
@@ -66,6 +69,56 @@ pub trait Discovery {
 
     /// Opens a fresh stream to `peer` within `limit`.
     fn open(&self, peer: PeerId, limit: Duration) -> impl Future<Output = Result<BoxStream, ChainError>> + Send;
+
+    /// The peer id of this node's own server, reached in-process, if it has one: routing
+    /// trusts its speed (this node measured it) over remote claims.
+    fn local_peer(&self) -> Option<PeerId> {
+        None
+    }
+}
+
+/// Which of the providers found for each block to ask for their status, at most `cap` in all:
+/// every `known` provider first (verified by an earlier discovery), then one provider of each
+/// block in turn, each block's providers in random order. Taking blocks in turn means that a
+/// flood of fake providers under one block's key crowds out only that block's share; random
+/// order means the flood cannot choose which honest servers are left out.
+pub fn sample_providers<R: rand::Rng + ?Sized>(
+    per_block: &[Vec<PeerId>],
+    known: &HashMap<PeerId, Range<usize>>,
+    cap: usize,
+    rng: &mut R,
+) -> Vec<PeerId> {
+    let mut chosen: Vec<PeerId> = Vec::new();
+    let mut seen: HashSet<PeerId> = HashSet::new();
+    let mut queues: Vec<Vec<PeerId>> = per_block
+        .iter()
+        .map(|peers| {
+            let mut q: Vec<PeerId> = peers.iter().filter(|p| !known.contains_key(p)).copied().collect();
+            q.shuffle(rng);
+            q
+        })
+        .collect();
+    let mut firsts: Vec<PeerId> = per_block.iter().flatten().filter(|p| known.contains_key(p)).copied().collect();
+    firsts.sort();
+    for p in firsts {
+        if chosen.len() < cap && seen.insert(p) {
+            chosen.push(p);
+        }
+    }
+    while chosen.len() < cap && queues.iter().any(|q| !q.is_empty()) {
+        for q in &mut queues {
+            while let Some(p) = q.pop() {
+                if seen.insert(p) {
+                    chosen.push(p);
+                    break;
+                }
+            }
+            if chosen.len() == cap {
+                break;
+            }
+        }
+    }
+    chosen
 }
 
 /// Asks `peer` for its live status over `stream` and checks it against `query`: the model, the
@@ -99,13 +152,8 @@ pub async fn probe_stream<S: AsyncRead + AsyncWrite + Unpin>(
     if status.free_slots == 0 || !status.ms_per_block.is_finite() {
         return Ok(None);
     }
-    let candidate = Candidate {
-        peer,
-        blocks: status.start..status.end,
-        rtt_ms,
-        ms_per_block: status.ms_per_block.max(0.0),
-        active_sessions: status.active_sessions,
-    };
+    let candidate =
+        Candidate::new(peer, status.start..status.end, rtt_ms, status.ms_per_block.max(0.0), status.active_sessions);
     Ok(Some(FoundServer { candidate, status }))
 }
 
@@ -162,6 +210,16 @@ impl DhtDiscovery {
         self
     }
 
+    /// The announced addresses this node may dial: loopback and private ranges only when one
+    /// of its connections is on such a range, or when the options allow them.
+    async fn addr_scope(&self, opts: &ChainOptions) -> AddrScope {
+        if opts.allow_private_addrs {
+            return AddrScope::everything();
+        }
+        let peers = self.node.peers().await.unwrap_or_default();
+        AddrScope::of_connections(peers.iter().map(|p| &p.addr))
+    }
+
     /// Reads and checks `peer`'s record (unless `known`), then asks it for its status over a
     /// new stream. `Err(peer)` when it cannot be reached; `Ok(None)` when it is not usable.
     async fn probe(
@@ -190,7 +248,8 @@ impl DhtDiscovery {
             if record.status.end <= query.range.start || record.status.start >= query.range.end {
                 return Ok(None);
             }
-            if self.node.add_addresses(peer, record.multiaddrs()).await.is_err() {
+            let addrs = record.dialable_addrs(self.addr_scope(query.opts).await);
+            if self.node.add_addresses(peer, addrs).await.is_err() {
                 return Ok(None);
             }
         }
@@ -222,24 +281,27 @@ impl Discovery for DhtDiscovery {
     async fn find(&self, query: Query<'_>) -> Result<Found, ChainError> {
         let (settle, limit) = (query.opts.settle, query.opts.discovery_timeout);
         let range = query.range.clone();
-        let mut peers: HashSet<PeerId> = HashSet::new();
+        let me = self.node.peer_id();
+        let usable = |p: &PeerId| *p != me && !query.banned.contains(p);
+        let mut per_block: Vec<Vec<PeerId>> = Vec::new();
         if query.known_only {
-            peers.extend(
-                query.known.iter().filter(|(_, b)| b.start < range.end && b.end > range.start).map(|(p, _)| *p),
+            per_block.push(
+                query
+                    .known
+                    .iter()
+                    .filter(|(p, b)| b.start < range.end && b.end > range.start && usable(p))
+                    .map(|(p, _)| *p)
+                    .collect(),
             );
         } else {
             let queries = range.clone().map(|b| self.node.get_providers(block_key(&query.model, b), settle, limit));
             for found in join_all(queries).await {
-                peers.extend(found?);
+                per_block.push(found?.into_iter().filter(|p| usable(p)).collect());
             }
         }
-        let me = self.node.peer_id();
-        peers.remove(&me);
-        let mut probes: FuturesUnordered<_> = peers
-            .iter()
-            .filter(|p| !query.banned.contains(p))
-            .map(|&peer| self.probe(peer, &query, query.known_only).boxed())
-            .collect();
+        let peers = sample_providers(&per_block, query.known, query.opts.max_probes, &mut unpredictable_rng());
+        let mut probes: FuturesUnordered<_> =
+            peers.iter().map(|&peer| self.probe(peer, &query, query.known_only).boxed()).collect();
         if self.local.is_some() && !query.banned.contains(&me) {
             probes.push(self.probe(me, &query, true).boxed());
         }
@@ -278,5 +340,49 @@ impl Discovery for DhtDiscovery {
             Some(Err(e)) => Err(ChainError::Unreachable { peer, detail: e.to_string() }),
             None => Err(ChainError::Unreachable { peer, detail: "timed out opening a stream".into() }),
         }
+    }
+
+    fn local_peer(&self) -> Option<PeerId> {
+        self.local.as_ref().map(|_| self.node.peer_id())
+    }
+}
+
+/// A generator whose sequence a remote peer cannot predict: seeded from a random peer id,
+/// which libp2p draws from the operating system's CSPRNG (natively and in a browser alike).
+fn unpredictable_rng() -> rand_chacha::ChaCha8Rng {
+    use rand::SeedableRng;
+    let bytes = PeerId::random().to_bytes();
+    let mut seed = [0u8; 32];
+    for (i, b) in bytes.iter().rev().take(32).enumerate() {
+        seed[i] = *b;
+    }
+    rand_chacha::ChaCha8Rng::from_seed(seed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+
+    #[test]
+    fn probes_are_capped_and_shared_between_blocks() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
+        let honest: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        let flood: Vec<PeerId> = (0..1000).map(|_| PeerId::random()).collect();
+        // Block 0's key is flooded with fake providers; blocks 1 and 2 have one honest each.
+        let mut block0 = flood.clone();
+        block0.push(honest[0]);
+        let per_block = vec![block0, vec![honest[1]], vec![honest[2], honest[1]]];
+        let known = HashMap::from([(honest[0], 0..1)]);
+        let chosen = sample_providers(&per_block, &known, 32, &mut rng);
+        assert_eq!(chosen.len(), 32);
+        assert_eq!(chosen.iter().collect::<HashSet<_>>().len(), 32, "a peer chosen twice");
+        for p in &honest {
+            assert!(chosen.contains(p), "honest {p} left out");
+        }
+        // Under the cap, every provider is asked.
+        let few = sample_providers(&per_block[1..], &HashMap::new(), 32, &mut rng);
+        assert_eq!(few.len(), 2);
+        assert!(sample_providers(&per_block, &known, 0, &mut rng).is_empty());
     }
 }

@@ -4,7 +4,9 @@
 //! [`HopSession::step`] is the only place the requests and answers of a step are exchanged:
 //! it splits a step into frames that fit, applies the step's timeouts, tells a slow server
 //! from a frozen one (the liveness check), checks every answer and keeps the hop's
-//! statistics. Whatever a step comes to carry besides the hidden states (a receipt, a payment
+//! statistics. Every answer is read with a limit sized for what it should hold, and hidden
+//! states must be finite with a sane norm ([`MAX_HIDDEN_RMS`]): anything else fails the hop,
+//! like an error frame. Whatever a step comes to carry besides the hidden states (a receipt, a payment
 //! voucher) is added and checked there. It does not choose servers or recover from failures.
 
 use std::fmt;
@@ -18,7 +20,7 @@ use web_time::Instant;
 use super::{ChainError, ChainOptions, Discovery, HopStats};
 use crate::model::ModelId;
 use crate::net::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
-use crate::net::protocol::{Request, Response};
+use crate::net::protocol::{hidden_answer_limit, Request, Response, MAX_CONTROL_ANSWER};
 use crate::net::routing::Hop;
 use crate::net::serve::BoxStream;
 
@@ -28,6 +30,30 @@ const ALIVE_LIMIT: Duration = Duration::from_millis(500);
 /// How long closing a session may take.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
+/// Largest root mean square of one token's hidden states that a hop may answer: the largest
+/// finite f16 value, which no row of a model run in half precision can exceed. The default
+/// model's hidden states peak at an RMS of about 1,050 (its first token, mid-model; see the
+/// chain test `default_model_hidden_states_are_far_below_the_rms_bound`), 60 times below.
+pub const MAX_HIDDEN_RMS: f64 = 65504.0;
+
+/// Weight of a new sample in a hop's measured decode step time (exponential average).
+const MEASURE_WEIGHT: f64 = 0.3;
+
+/// Checks hidden states a server answered, `dim` values per token: every value finite and
+/// every token's RMS at most [`MAX_HIDDEN_RMS`]. Says which token and value are wrong.
+pub(super) fn check_hidden(hidden: &[f32], dim: usize) -> Result<(), String> {
+    for (t, row) in hidden.chunks(dim.max(1)).enumerate() {
+        if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+            return Err(format!("token {t}: value {i} is {}", row[i]));
+        }
+        let rms = (row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / row.len() as f64).sqrt();
+        if rms > MAX_HIDDEN_RMS {
+            return Err(format!("token {t}: RMS {rms:.3e} is over {MAX_HIDDEN_RMS}"));
+        }
+    }
+    Ok(())
+}
+
 /// An open session on one server.
 pub(super) struct HopSession {
     peer: PeerId,
@@ -35,6 +61,8 @@ pub(super) struct HopSession {
     stream: BoxStream,
     /// Estimated time of one decode step, from routing.
     expected_ms: f64,
+    /// Measured wall time of a one-token step, averaged.
+    measured_ms: Option<f64>,
     stats: HopStats,
 }
 
@@ -52,7 +80,9 @@ impl HopSession {
         let Hop { peer, blocks } = hop;
         let req = Request::Open { model, start: blocks.start as u32, end: blocks.end as u32, max_len: max_len as u32 };
         match exchange(peer, &mut stream, &req, limit).await? {
-            Response::Opened { .. } => Ok(HopSession { peer, blocks, stream, expected_ms, stats: HopStats::default() }),
+            Response::Opened { .. } => {
+                Ok(HopSession { peer, blocks, stream, expected_ms, measured_ms: None, stats: HopStats::default() })
+            }
             other => Err(ChainError::Protocol { peer, detail: format!("answered {other:?} to open") }),
         }
     }
@@ -77,6 +107,11 @@ impl HopSession {
         &self.stats
     }
 
+    /// Wall time of a one-token step through it as measured so far (averaged), in ms.
+    pub(super) fn measured_ms(&self) -> Option<f64> {
+        self.measured_ms
+    }
+
     /// Runs `n` tokens (`x`, `[n, dim]`) at position `pos` through the hop, split into frames
     /// that fit, and returns its output, same shape.
     ///
@@ -84,7 +119,8 @@ impl HopSession {
     /// server's estimated step time times [`ChainOptions::timeout_factor`], plus
     /// [`ChainOptions::per_token_timeout`] per token. A server that misses that but answers a
     /// status request (over a fresh stream from `discovery`) is busy, not dead: the wait goes on,
-    /// up to [`ChainOptions::max_wait`].
+    /// up to the larger of [`ChainOptions::max_wait`] and [`ChainOptions::busy_factor`] times
+    /// that timeout. The answer is read with a limit of exactly the expected size.
     pub(super) async fn step<D: Discovery>(
         &mut self,
         pos: usize,
@@ -106,6 +142,7 @@ impl HopSession {
             let hidden = x[done * dim..(done + take) * dim].to_vec();
             let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden };
             let limit = step_timeout + opts.per_token_timeout * take as u32;
+            let patience = opts.max_wait.max(limit.mul_f64(opts.busy_factor.clamp(1.0, 1e3)));
             let started = Instant::now();
             let encoded = req.encode();
             crate::net::timeout(limit, write_frame(&mut self.stream, &encoded))
@@ -114,13 +151,12 @@ impl HopSession {
                 .map_err(io)?;
             // A server busy with other sessions' work still answers a status request (the
             // compute queue is not involved); a frozen or dead one does not. Keep waiting while
-            // it is alive, up to `max_wait`.
+            // it is alive, up to `patience`.
+            let answer_limit = hidden_answer_limit(take, dim);
             let frame = loop {
-                match read_frame(&mut self.stream, MAX_FRAME, limit, limit).await {
+                match read_frame(&mut self.stream, answer_limit, limit, limit).await {
                     Ok(f) => break f,
-                    Err(FrameError::Timeout(_))
-                        if started.elapsed() < opts.max_wait && alive(discovery, peer).await =>
-                    {
+                    Err(FrameError::Timeout(_)) if started.elapsed() < patience && alive(discovery, peer).await => {
                         tracing::debug!(%peer, "step slow but server alive; waiting");
                     }
                     Err(e) => return Err(io(e)),
@@ -131,6 +167,12 @@ impl HopSession {
                 Response::Hidden { n_tokens, compute_us, hidden }
                     if n_tokens as usize == take && hidden.len() == take * dim =>
                 {
+                    check_hidden(&hidden, dim).map_err(|detail| ChainError::Protocol { peer, detail })?;
+                    if n == 1 {
+                        let ms = started.elapsed().as_secs_f64() * 1e3;
+                        let avg = self.measured_ms.map_or(ms, |m| m + MEASURE_WEIGHT * (ms - m));
+                        self.measured_ms = Some(avg);
+                    }
                     out.extend_from_slice(&hidden);
                     self.stats.steps += 1;
                     self.stats.tokens += take;
@@ -170,7 +212,8 @@ async fn alive<D: Discovery>(discovery: &D, peer: PeerId) -> bool {
     matches!(exchange(peer, &mut stream, &Request::Info, ALIVE_LIMIT).await, Ok(Response::Info(_)))
 }
 
-/// Sends one request and reads one answer; an error answer becomes [`ChainError::Server`].
+/// Sends one request (status or open) and reads one answer of at most [`MAX_CONTROL_ANSWER`]
+/// bytes; an error answer becomes [`ChainError::Server`].
 pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     peer: PeerId,
     stream: &mut S,
@@ -182,7 +225,7 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .ok_or(io(FrameError::Timeout(limit)))?
         .map_err(io)?;
-    let frame = read_frame(stream, MAX_FRAME, limit, limit).await.map_err(io)?;
+    let frame = read_frame(stream, MAX_CONTROL_ANSWER, limit, limit).await.map_err(io)?;
     let resp = Response::decode(&frame).map_err(|e| ChainError::Protocol { peer, detail: e.to_string() })?;
     if let Response::Error { code, message } = resp {
         return Err(ChainError::Server { peer, code, message });
@@ -194,5 +237,26 @@ fn describe(r: &Response) -> String {
     match r {
         Response::Hidden { n_tokens, hidden, .. } => format!("{n_tokens} rows ({} values)", hidden.len()),
         other => format!("{other:?}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn non_finite_or_absurd_hidden_states_are_refused() {
+        let dim = 4;
+        let mut ok = vec![1.0f32; 2 * dim];
+        ok[0] = 30_000.0; // one large value, as a real "massive activation"
+        assert_eq!(check_hidden(&ok, dim), Ok(()));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut x = ok.clone();
+            x[dim + 2] = bad;
+            assert!(check_hidden(&x, dim).unwrap_err().starts_with("token 1: value 2"), "{bad}");
+        }
+        // Finite, but an RMS no model produces; and values whose squares overflow f32.
+        assert!(check_hidden(&[1e5; 4], dim).is_err());
+        assert!(check_hidden(&[f32::MAX, 0.0, 0.0, 0.0], dim).is_err());
     }
 }

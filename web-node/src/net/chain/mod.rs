@@ -19,7 +19,8 @@ mod discovery;
 mod hop;
 mod recovery;
 
-pub use discovery::{probe_stream, DhtDiscovery, Discovery, Found, Query};
+pub use discovery::{probe_stream, sample_providers, DhtDiscovery, Discovery, Found, Query};
+pub use hop::MAX_HIDDEN_RMS;
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -33,7 +34,7 @@ use web_time::Instant;
 use super::frame::FrameError;
 use super::node::{NetError, NodeHandle};
 use super::protocol::{ErrorCode, ServerStatus};
-use super::routing::{plan, Candidate, Hop};
+use super::routing::{discount_claims, plan, Candidate, Hop};
 use super::serve::{BoxStream, LocalServer};
 use crate::client::LayerChain;
 use crate::model::ModelId;
@@ -64,9 +65,23 @@ pub struct ChainOptions {
     pub ban: Duration,
     /// Re-routes allowed within one `begin` or `forward` before giving up.
     pub max_reroutes: usize,
-    /// Longest wait for one step from a server that keeps answering status requests (busy
-    /// with other sessions, not dead).
+    /// Shortest patience with a server that misses a step's timeout but keeps answering
+    /// status requests (busy with other sessions, or stalling on purpose): the wait for one
+    /// frame ends at the larger of this and [`ChainOptions::busy_factor`] times the frame's
+    /// timeout, then the server counts as failed.
     pub max_wait: Duration,
+    /// Multiple of a frame's timeout that a busy server may take in all (see
+    /// [`ChainOptions::max_wait`]): a long replay gets proportionally longer.
+    pub busy_factor: f64,
+    /// Longest time one `forward` may spend recovering from failures (re-routing and
+    /// replaying, all attempts together) before it gives up.
+    pub max_recovery: Duration,
+    /// Most servers asked for their status per discovery; the providers found beyond that
+    /// are sampled (see [`sample_providers`]).
+    pub max_probes: usize,
+    /// Dial announced addresses on loopback and private ranges even when this node has no
+    /// connection on such a range (see [`AddrScope`](super::record::AddrScope)).
+    pub allow_private_addrs: bool,
 }
 
 impl Default for ChainOptions {
@@ -80,7 +95,11 @@ impl Default for ChainOptions {
             settle: Duration::from_millis(300),
             ban: Duration::from_secs(60),
             max_reroutes: 4,
-            max_wait: Duration::from_secs(300),
+            max_wait: Duration::from_secs(10),
+            busy_factor: 3.0,
+            max_recovery: Duration::from_secs(60),
+            max_probes: 32,
+            allow_private_addrs: false,
         }
     }
 }
@@ -137,7 +156,7 @@ pub enum ChainError {
     /// The local node failed.
     #[error(transparent)]
     Net(#[from] NetError),
-    /// Re-routing failed too often.
+    /// Re-routing failed too often, or took longer than [`ChainOptions::max_recovery`].
     #[error("gave up after {attempts} failed servers; last error: {last}")]
     GaveUp {
         /// Failures.
@@ -243,7 +262,13 @@ pub struct SwarmChain<D = DhtDiscovery> {
     known: HashMap<PeerId, Range<usize>>,
     /// Hop timings of the last sequence, kept by `end`.
     last_stats: Vec<(Hop, HopStats)>,
+    /// Measured one-token step time of servers used so far (ms), and when it was measured:
+    /// routing prefers it over their claims.
+    measured: HashMap<PeerId, (f64, Instant)>,
 }
+
+/// How long a measured step time stands in for a server's claim.
+const MEASURED_FOR: Duration = Duration::from_secs(600);
 
 impl SwarmChain<DhtDiscovery> {
     /// A chain for `model` (`n_layers` layers of width `hidden`) through `node`, finding
@@ -284,6 +309,7 @@ impl<D: Discovery> SwarmChain<D> {
             watch: Arc::default(),
             known: HashMap::new(),
             last_stats: Vec::new(),
+            measured: HashMap::new(),
         }
     }
 
@@ -329,7 +355,7 @@ impl<D: Discovery> SwarmChain<D> {
         let mut known_only = fast;
         loop {
             let found = self.discover(range.clone(), known_only).await?;
-            let candidates: Vec<Candidate> = found.iter().map(|(f, _)| f.candidate.clone()).collect();
+            let candidates = self.candidates(&found);
             let Some(hops) = plan(&candidates, range.clone()) else {
                 if known_only {
                     known_only = false;
@@ -363,6 +389,23 @@ impl<D: Discovery> SwarmChain<D> {
             let e = self.count_failure(e, failures)?;
             tracing::warn!("opening the route failed, re-planning: {e}");
         }
+    }
+
+    /// The routing view of `found`: each server's measured step time when known, this node's
+    /// own server marked, claims discounted ([`discount_claims`]).
+    fn candidates(&mut self, found: &[(FoundServer, BoxStream)]) -> Vec<Candidate> {
+        self.measured.retain(|_, (_, at)| at.elapsed() < MEASURED_FOR);
+        let local = self.discovery.local_peer();
+        let mut candidates: Vec<Candidate> = found
+            .iter()
+            .map(|(f, _)| Candidate {
+                measured_ms: self.measured.get(&f.candidate.peer).map(|(ms, _)| *ms),
+                local: Some(f.candidate.peer) == local,
+                ..f.candidate.clone()
+            })
+            .collect();
+        discount_claims(&mut candidates);
+        candidates
     }
 
     /// Counts a failure during the current step and bans the server it names; past
@@ -417,11 +460,15 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
         }
         let mut x = hidden.to_vec();
         let mut failures = 0;
+        let mut first_failure: Option<Instant> = None;
         let mut i = 0;
         while i < self.hops.len() {
             let hop = &mut self.hops[i];
             match hop.step(self.pos, &x, n_tokens, self.hidden, &self.opts, &self.discovery).await {
                 Ok(out) => {
+                    if let Some(ms) = hop.measured_ms() {
+                        self.measured.insert(hop.peer(), (ms, Instant::now()));
+                    }
                     let start = hop.blocks().start;
                     self.history.entry(start).or_default().extend_from_slice(&x);
                     x = out;
@@ -429,10 +476,21 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
                 }
                 Err(e) => {
                     failures += 1;
-                    let result = if failures > self.opts.max_reroutes {
+                    let failed = hop.peer();
+                    let budget = self.opts.max_recovery;
+                    let left = budget.saturating_sub(first_failure.get_or_insert_with(Instant::now).elapsed());
+                    let result = if failures > self.opts.max_reroutes || left.is_zero() {
                         Err(ChainError::GaveUp { attempts: failures, last: Box::new(e) })
                     } else {
-                        self.recover(i, e, &mut failures).await
+                        // Each part of a recovery has its own timeout; this bounds them all.
+                        let recovery = crate::net::timeout(left, self.recover(i, e, &mut failures)).await;
+                        recovery.unwrap_or_else(|| {
+                            let error = FrameError::Timeout(budget);
+                            Err(ChainError::GaveUp {
+                                attempts: failures,
+                                last: Box::new(ChainError::Stream { peer: failed, error }),
+                            })
+                        })
                     };
                     match result {
                         // The replacements of hop `i` hold the history: go on from there.
