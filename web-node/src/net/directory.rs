@@ -3,19 +3,26 @@
 //! without trusting them further: coverage and layer counts bounded by [`MAX_LAYERS`], and
 //! abbreviations cut on character boundaries.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use libp2p::PeerId;
 
+use super::chain::{sample_providers, unpredictable_rng};
 use super::node::{NetError, NodeHandle};
 use super::record::{directory_key, peer_key, ServerRecord, MAX_LAYERS};
 
-/// The servers of the network: providers of [`directory_key`] whose record under
-/// [`peer_key`] verifies and has not expired, one per peer (the latest).
+/// Most providers of [`directory_key`] whose records one listing reads (a random sample
+/// beyond that): a flood of fake providers costs a bounded number of DHT queries.
+pub const MAX_LISTED: usize = 128;
+
+/// The servers of the network: providers of [`directory_key`] (at most [`MAX_LISTED`]) whose
+/// record under [`peer_key`] verifies and has not expired, one per peer (the latest).
 pub async fn list(handle: &NodeHandle, limit: Duration) -> Result<Vec<ServerRecord>, NetError> {
     let settle = Duration::from_millis(300);
-    let peers: HashSet<PeerId> = handle.get_providers(directory_key(), settle, limit).await?;
+    let found: HashSet<PeerId> = handle.get_providers(directory_key(), settle, limit).await?;
+    let found: Vec<PeerId> = found.into_iter().collect();
+    let peers = sample_providers(&[found], &HashMap::new(), MAX_LISTED, &mut unpredictable_rng());
     let queries = peers.into_iter().map(|peer| async move {
         let copies = handle.get_records(peer_key(&peer), settle, limit).await.unwrap_or_default();
         let now = super::unix_ms();

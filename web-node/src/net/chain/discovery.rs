@@ -349,7 +349,7 @@ impl Discovery for DhtDiscovery {
 
 /// A generator whose sequence a remote peer cannot predict: seeded from a random peer id,
 /// which libp2p draws from the operating system's CSPRNG (natively and in a browser alike).
-fn unpredictable_rng() -> rand_chacha::ChaCha8Rng {
+pub(crate) fn unpredictable_rng() -> rand_chacha::ChaCha8Rng {
     use rand::SeedableRng;
     let bytes = PeerId::random().to_bytes();
     let mut seed = [0u8; 32];

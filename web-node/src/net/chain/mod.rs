@@ -19,6 +19,7 @@ mod discovery;
 mod hop;
 mod recovery;
 
+pub(crate) use discovery::unpredictable_rng;
 pub use discovery::{probe_stream, sample_providers, DhtDiscovery, Discovery, Found, Query};
 pub use hop::MAX_HIDDEN_RMS;
 
