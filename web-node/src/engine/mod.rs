@@ -88,9 +88,30 @@ pub enum EngineError {
     /// The GPU backend failed (no adapter, limits too small, device lost, ...).
     #[error("gpu: {0}")]
     Gpu(String),
+    /// The GPU device is lost (driver reset, removed, destroyed): every later operation fails
+    /// with this until the node builds a new device.
+    #[error("gpu device lost: {0}")]
+    DeviceLost(String),
+    /// The device ran out of memory allocating or running something; nothing else was
+    /// changed, so other sessions go on and the same request may succeed later.
+    #[error("out of gpu memory: {what}{}", bytes.map(|b| format!(" ({b} bytes)")).unwrap_or_default())]
+    OutOfMemory {
+        /// What was being allocated or run (a buffer label, `forward`, ...).
+        what: String,
+        /// Bytes asked for, when one allocation is to blame.
+        bytes: Option<u64>,
+    },
     /// The executor is not reachable (its compute loop has stopped).
     #[error("executor unavailable: {0}")]
     Unavailable(String),
+}
+
+impl EngineError {
+    /// Whether this is [`EngineError::OutOfMemory`]: the device is full for now, the request
+    /// may succeed when fewer sessions hold memory.
+    pub fn is_out_of_memory(&self) -> bool {
+        matches!(self, EngineError::OutOfMemory { .. })
+    }
 }
 
 /// A compute device that runs one contiguous range of decoder layers.

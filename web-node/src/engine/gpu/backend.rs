@@ -101,7 +101,7 @@ fn f32s(v: &[f32]) -> &[u8] {
 
 impl GpuBackend {
     /// Uploads the weights of layers `range` (one [`LayerWeights`] per layer, in order), kept
-    /// in their stored types.
+    /// in their stored types; [`EngineError::OutOfMemory`] if they do not fit the device.
     pub fn new(
         ctx: Arc<GpuContext>,
         config: LlamaConfig,
@@ -121,17 +121,18 @@ impl GpuBackend {
             let l = range.start + i;
             let up = |name: &str, m| GpuMatrix::upload(&ctx, &format!("blk.{l}.{name}"), m);
             let vec = |name: &str, v: &[f32]| ctx.storage_init(&format!("blk.{l}.{name}"), f32s(v));
+            let bias = match &w.qkv_bias {
+                Some([bq, bk, bv]) => Some([vec("attn_q.bias", bq)?, vec("attn_k.bias", bk)?, vec("attn_v.bias", bv)?]),
+                None => None,
+            };
             gpu_layers.push(GpuLayer {
-                attn_norm: vec("attn_norm", &w.attn_norm),
+                attn_norm: vec("attn_norm", &w.attn_norm)?,
                 q: up("attn_q", &w.attn_q)?,
                 k: up("attn_k", &w.attn_k)?,
                 v: up("attn_v", &w.attn_v)?,
                 o: up("attn_output", &w.attn_output)?,
-                bias: w
-                    .qkv_bias
-                    .as_ref()
-                    .map(|[bq, bk, bv]| [vec("attn_q.bias", bq), vec("attn_k.bias", bk), vec("attn_v.bias", bv)]),
-                ffn_norm: vec("ffn_norm", &w.ffn_norm),
+                bias,
+                ffn_norm: vec("ffn_norm", &w.ffn_norm)?,
                 gate: up("ffn_gate", &w.ffn_gate)?,
                 up: up("ffn_up", &w.ffn_up)?,
                 down: up("ffn_down", &w.ffn_down)?,
@@ -154,56 +155,61 @@ impl GpuBackend {
         by_limit.clamp(1, MAX_CHUNK)
     }
 
-    /// Allocates scratch buffers for `cap` tokens and binds every kernel to them.
-    fn build_scratch(&self, cache: &GpuCache, cap: usize) -> Scratch {
+    /// Allocates scratch buffers for `cap` tokens and binds every kernel to them;
+    /// [`EngineError::OutOfMemory`] if they do not fit the device.
+    fn build_scratch(&self, cache: &GpuCache, cap: usize) -> Result<Scratch, EngineError> {
         let ctx = &*self.ctx;
         let c = &self.config;
         let (hidden, q_dim, kv_dim, inter) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
         let f = |n: usize| (n * cap * 4) as u64;
-        let x = ctx.storage("x", f(hidden));
-        let xn = ctx.storage("xn", f(hidden));
-        let q = ctx.storage("q", f(q_dim));
-        let att = ctx.storage("att", f(q_dim));
-        let gate = ctx.storage("gate", f(inter));
-        let upb = ctx.storage("up", f(inter));
-        let cs = ctx.storage("rope cos/sin", f(c.head_dim));
-        let staging = ctx.staging("x readback", f(hidden));
+        let x = ctx.storage("x", f(hidden))?;
+        let xn = ctx.storage("xn", f(hidden))?;
+        let q = ctx.storage("q", f(q_dim))?;
+        let att = ctx.storage("att", f(q_dim))?;
+        let gate = ctx.storage("gate", f(inter))?;
+        let upb = ctx.storage("up", f(inter))?;
+        let cs = ctx.storage("rope cos/sin", f(c.head_dim))?;
+        let staging = ctx.staging("x readback", f(hidden))?;
         let step = &cache.step;
-        let mut list = Vec::with_capacity(self.layers.len() * 15);
-        for (i, w) in self.layers.iter().enumerate() {
-            let l = self.range.start + i;
-            let (kc, vc) = (&cache.k[i], &cache.v[i]);
-            let n = |s: &str| format!("blk.{l}.{s}");
-            list.push(ops::rms_norm_op(ctx, &n("attn_norm"), step, &x, &w.attn_norm, &xn, hidden, c.rms_eps));
-            list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, step, &xn, &q, false, false));
-            list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, step, &xn, kc, true, false));
-            list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, step, &xn, vc, true, false));
-            if let Some([bq, bk, bv]) = &w.bias {
-                list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &q, q_dim, false, false));
-                list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, kc, kv_dim, false, true));
-                list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, vc, kv_dim, false, true));
+        // The kernels' parameter uniforms, bind groups and pipelines, in one scope.
+        let ops = ctx.alloc("kernel bindings", None, || {
+            let mut list = Vec::with_capacity(self.layers.len() * 15);
+            for (i, w) in self.layers.iter().enumerate() {
+                let l = self.range.start + i;
+                let (kc, vc) = (&cache.k[i], &cache.v[i]);
+                let n = |s: &str| format!("blk.{l}.{s}");
+                list.push(ops::rms_norm_op(ctx, &n("attn_norm"), step, &x, &w.attn_norm, &xn, hidden, c.rms_eps));
+                list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, step, &xn, &q, false, false));
+                list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, step, &xn, kc, true, false));
+                list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, step, &xn, vc, true, false));
+                if let Some([bq, bk, bv]) = &w.bias {
+                    list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &q, q_dim, false, false));
+                    list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, kc, kv_dim, false, true));
+                    list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, vc, kv_dim, false, true));
+                }
+                list.push(ops::rope_op(ctx, &n("rope"), step, &cs, &q, kc, c.n_heads, c.n_kv_heads, c.head_dim));
+                list.push(ops::attention_op(
+                    ctx,
+                    &n("attention"),
+                    step,
+                    &q,
+                    kc,
+                    vc,
+                    &att,
+                    c.n_heads,
+                    c.n_kv_heads,
+                    c.head_dim,
+                ));
+                list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &att, &x, false, true));
+                list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &x, &w.ffn_norm, &xn, hidden, c.rms_eps));
+                list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &xn, &gate, false, false));
+                list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &xn, &upb, false, false));
+                list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &gate, &upb, inter));
+                list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &gate, &x, false, true));
             }
-            list.push(ops::rope_op(ctx, &n("rope"), step, &cs, &q, kc, c.n_heads, c.n_kv_heads, c.head_dim));
-            list.push(ops::attention_op(
-                ctx,
-                &n("attention"),
-                step,
-                &q,
-                kc,
-                vc,
-                &att,
-                c.n_heads,
-                c.n_kv_heads,
-                c.head_dim,
-            ));
-            list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &att, &x, false, true));
-            list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &x, &w.ffn_norm, &xn, hidden, c.rms_eps));
-            list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &xn, &gate, false, false));
-            list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &xn, &upb, false, false));
-            list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &gate, &upb, inter));
-            list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &gate, &x, false, true));
-        }
-        Scratch { cap, x, cs, staging, ops: list }
+            Ok(list)
+        })?;
+        Ok(Scratch { cap, x, cs, staging, ops })
     }
 
     /// One submit for `n <= chunk_limit()` tokens at `pos`.
@@ -218,11 +224,12 @@ impl GpuBackend {
         if cache.scratch.as_ref().is_none_or(|s| s.cap < n) {
             let cap = n.next_power_of_two().clamp(16, self.chunk_limit()).max(n);
             cache.scratch = None;
-            let scratch = self.build_scratch(cache, cap);
+            // On failure the cache keeps no scratch; the next step builds it again.
+            let scratch = self.build_scratch(cache, cap)?;
             cache.scratch = Some(scratch);
         }
         let s = cache.scratch.as_ref().expect("scratch was just built");
-        let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let scopes = ctx.scopes()?;
         let q = ctx.queue();
         q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
         q.write_buffer(&s.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
@@ -237,7 +244,7 @@ impl GpuBackend {
         }
         let bytes = std::mem::size_of_val(hidden) as u64;
         enc.copy_buffer_to_buffer(&s.x, 0, &s.staging, 0, bytes);
-        ctx.submit(enc, scope).await?;
+        ctx.submit("forward", enc, scopes).await?;
         ctx.read_f32(&s.staging, hidden.len()).await
     }
 }
@@ -262,6 +269,8 @@ impl Backend for GpuBackend {
         self.range.clone()
     }
 
+    /// Allocates the KV cache; [`EngineError::OutOfMemory`] (and nothing kept) if the
+    /// device cannot hold it. Scratch buffers come with the first step.
     fn new_cache(&self, max_len: usize) -> Result<GpuCache, EngineError> {
         let kv_dim = self.config.kv_dim();
         let bytes = (max_len as u64)
@@ -270,13 +279,10 @@ impl Backend for GpuBackend {
         self.ctx.check_binding("kv cache", bytes)?;
         let ctx = &*self.ctx;
         let layers = self.range.clone();
-        Ok(GpuCache {
-            max_len,
-            k: layers.clone().map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes)).collect(),
-            v: layers.map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes)).collect(),
-            step: ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0))),
-            scratch: None,
-        })
+        let k = layers.clone().map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes)).collect::<Result<_, _>>()?;
+        let v = layers.map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes)).collect::<Result<_, _>>()?;
+        let step = ctx.alloc("step", None, || Ok(ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))?;
+        Ok(GpuCache { max_len, k, v, step, scratch: None })
     }
 
     async fn forward(

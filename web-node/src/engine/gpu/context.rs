@@ -2,13 +2,23 @@
 //! bind-group layouts and the pipeline cache, plus buffer and readback helpers.
 //!
 //! Main type: [`GpuContext`]. It owns no model state and records no work of its own.
+//!
+//! Errors: every allocation ([`GpuContext::storage`] and friends, [`GpuContext::alloc`]) and
+//! every submit runs inside out-of-memory and validation error scopes and returns a typed
+//! [`EngineError`] ([`EngineError::OutOfMemory`] for the former), so a request that needs too
+//! much memory is refused and the device goes on serving. Errors outside any scope reach the
+//! device's uncaptured-error handler, which logs them and keeps the first one; the next
+//! allocation or submit returns it. In a browser an allocation's scopes can only be read
+//! asynchronously, so its error is kept the same way when they resolve. A lost device fails
+//! every later operation.
 
 // wgpu's browser types are not Send/Sync; on wasm32 the context lives on one thread.
 #![cfg_attr(target_arch = "wasm32", allow(clippy::arc_with_non_send_sync))]
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use wgpu::util::DeviceExt;
+#[cfg(not(target_arch = "wasm32"))]
+use futures::FutureExt;
 
 use crate::engine::EngineError;
 
@@ -75,6 +85,72 @@ pub struct AdapterSummary {
     pub device_type: String,
 }
 
+/// The engine error for a wgpu error caught while doing `what` (`bytes`: the allocation's
+/// size, when one allocation is to blame).
+fn engine_error(e: wgpu::Error, what: &str, bytes: Option<u64>) -> EngineError {
+    match e {
+        wgpu::Error::OutOfMemory { .. } => EngineError::OutOfMemory { what: what.to_string(), bytes },
+        other => EngineError::Gpu(format!("{what}: {other}")),
+    }
+}
+
+/// The out-of-memory and validation error scopes around one allocation or submit (pushed
+/// together, popped together in reverse order). Scopes are per thread.
+pub(crate) struct Scopes {
+    oom: wgpu::ErrorScopeGuard,
+    validation: wgpu::ErrorScopeGuard,
+}
+
+impl Scopes {
+    fn push(device: &wgpu::Device) -> Scopes {
+        let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+        Scopes { oom, validation }
+    }
+
+    /// Pops both scopes; the first error caught, out-of-memory first.
+    async fn pop(self) -> Option<wgpu::Error> {
+        // Popping takes effect when `pop` is called; the futures only carry the result.
+        let validation = self.validation.pop();
+        let oom = self.oom.pop();
+        let (validation, oom) = futures::join!(validation, oom);
+        oom.or(validation)
+    }
+
+    /// [`Scopes::pop`] where the result is ready at once (native wgpu reports errors while
+    /// the call that caused them runs).
+    #[cfg(not(target_arch = "wasm32"))]
+    fn pop_now(self) -> Option<wgpu::Error> {
+        self.pop().now_or_never().flatten()
+    }
+}
+
+/// Errors the device reported outside any scope, and whether it is lost; shared with the
+/// device's callbacks.
+#[derive(Debug, Default)]
+struct Health {
+    /// The first uncaptured error since the last operation took it.
+    uncaptured: Option<EngineError>,
+    /// Why the device was lost; every later operation fails.
+    lost: Option<String>,
+}
+
+/// Logs `e` and keeps it for the next operation, unless an earlier one is still waiting.
+fn record_uncaptured(health: &Mutex<Health>, e: EngineError) {
+    tracing::error!("gpu error outside any error scope: {e}");
+    let mut h = health.lock().unwrap_or_else(PoisonError::into_inner);
+    if h.uncaptured.is_none() {
+        h.uncaptured = Some(e);
+    }
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test-only fault: how many scoped operations (allocations, submits) on this thread
+    /// still pass, then how many report out of memory. See [`GpuContext::inject_oom`].
+    static INJECTED_OOM: std::cell::Cell<(usize, usize)> = const { std::cell::Cell::new((0, 0)) };
+}
+
 /// The wgpu device, its limits and the pipeline cache, shared by every backend on it.
 #[derive(Debug)]
 pub struct GpuContext {
@@ -82,6 +158,7 @@ pub struct GpuContext {
     queue: wgpu::Queue,
     info: wgpu::AdapterInfo,
     limits: wgpu::Limits,
+    health: Arc<Mutex<Health>>,
     modules: Mutex<HashMap<&'static str, (wgpu::ShaderModule, wgpu::BindGroupLayout, wgpu::PipelineLayout)>>,
     pipelines: Mutex<HashMap<PipelineKey, Arc<Pipeline>>>,
 }
@@ -111,11 +188,28 @@ impl GpuContext {
             .await
             .map_err(|e| EngineError::Gpu(format!("request device on {}: {e}", info.name)))?;
         tracing::info!(adapter = %info.name, backend = ?info.backend, "wgpu device ready");
+        let health = Arc::new(Mutex::new(Health::default()));
+        let h = health.clone();
+        // wgpu's default handler panics; a full device must refuse a request, not kill the node.
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            record_uncaptured(&h, engine_error(e, "earlier gpu operation", None));
+        }));
+        let h = health.clone();
+        device.set_device_lost_callback(move |reason, message| {
+            if reason == wgpu::DeviceLostReason::Destroyed {
+                tracing::debug!("gpu device destroyed");
+            } else {
+                tracing::error!("gpu device lost: {message}");
+            }
+            let mut h = h.lock().unwrap_or_else(PoisonError::into_inner);
+            h.lost = Some(format!("{reason:?}: {message}"));
+        });
         Ok(Arc::new(GpuContext {
             device,
             queue,
             info,
             limits,
+            health,
             modules: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
         }))
@@ -166,6 +260,82 @@ impl GpuContext {
             )));
         }
         Ok(())
+    }
+
+    /// Errors if the device is lost, or with the error the device reported outside any scope
+    /// since the last call (taken: the call after this one succeeds again).
+    pub(crate) fn check(&self) -> Result<(), EngineError> {
+        let mut h = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(why) = &h.lost {
+            return Err(EngineError::DeviceLost(why.clone()));
+        }
+        h.uncaptured.take().map_or(Ok(()), Err)
+    }
+
+    /// Test-only fault (compiled only into this crate's unit tests, so no network input or
+    /// CLI flag reaches it): after the next `pass` scoped operations (allocations and submits)
+    /// on this thread, the `fail` after them report [`EngineError::OutOfMemory`] once their
+    /// work is done, as a full device would (a real one cannot be filled on lavapipe).
+    /// `inject_oom(0, 0)` disarms it.
+    #[cfg(test)]
+    pub(crate) fn inject_oom(&self, pass: usize, fail: usize) {
+        INJECTED_OOM.with(|c| c.set((pass, fail)));
+    }
+
+    /// Counts one scoped operation against the test fault; its error if it is to fail.
+    #[cfg(test)]
+    fn injected_oom(what: &str, bytes: Option<u64>) -> Result<(), EngineError> {
+        INJECTED_OOM.with(|c| match c.get() {
+            (0, 0) => Ok(()),
+            (0, fail) => {
+                c.set((0, fail - 1));
+                Err(EngineError::OutOfMemory { what: format!("{what} (injected)"), bytes })
+            }
+            (pass, fail) => {
+                c.set((pass - 1, fail));
+                Ok(())
+            }
+        })
+    }
+
+    /// Runs `f`, which creates device resources, inside out-of-memory and validation scopes:
+    /// an error the device reports while it runs is returned as `what` (`bytes`: its size, if
+    /// known) and what `f` made is dropped. In a browser the scopes can only be read
+    /// asynchronously, so such an error is kept when they resolve and the next operation
+    /// returns it (see the module docs).
+    pub(crate) fn alloc<T>(
+        &self,
+        what: &str,
+        bytes: Option<u64>,
+        f: impl FnOnce() -> Result<T, EngineError>,
+    ) -> Result<T, EngineError> {
+        self.check()?;
+        let scopes = Scopes::push(&self.device);
+        let made = f();
+        #[cfg(not(target_arch = "wasm32"))]
+        if let Some(e) = scopes.pop_now() {
+            return Err(engine_error(e, what, bytes));
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let (health, what) = (self.health.clone(), what.to_string());
+            wasm_bindgen_futures::spawn_local(async move {
+                if let Some(e) = scopes.pop().await {
+                    record_uncaptured(&health, engine_error(e, &what, bytes));
+                }
+            });
+        }
+        let made = made?;
+        #[cfg(test)]
+        Self::injected_oom(what, bytes)?;
+        Ok(made)
+    }
+
+    /// [`GpuContext::check`]s the device, then pushes the scopes for work to be submitted with
+    /// [`GpuContext::submit`].
+    pub(crate) fn scopes(&self) -> Result<Scopes, EngineError> {
+        self.check()?;
+        Ok(Scopes::push(&self.device))
     }
 
     /// The pipeline for (shader, entry point, override constants), compiled on first use.
@@ -250,57 +420,84 @@ impl GpuContext {
         })
     }
 
-    /// A zeroed storage buffer of `bytes` (at least 4), usable as copy source and destination.
-    pub(crate) fn storage(&self, label: &str, bytes: u64) -> wgpu::Buffer {
+    fn buffer(&self, label: &str, bytes: u64, usage: wgpu::BufferUsages, mapped_at_creation: bool) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
             size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-            mapped_at_creation: false,
+            usage,
+            mapped_at_creation,
         })
+    }
+
+    /// A buffer of `usage` holding `data`, zero-padded to a multiple of 4 bytes (at least 4).
+    /// Unscoped: run it inside [`GpuContext::alloc`]. Natively it is written while mapped at
+    /// creation (no staging copy), after checking the allocation; in a browser through the
+    /// queue, which never touches an invalid buffer's memory.
+    fn buffer_with(&self, label: &str, data: &[u8], usage: wgpu::BufferUsages) -> Result<wgpu::Buffer, EngineError> {
+        let bytes = data.len() as u64;
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let scopes = Scopes::push(&self.device);
+            let buf = self.buffer(label, bytes, usage, true);
+            if let Some(e) = scopes.pop_now() {
+                return Err(engine_error(e, label, Some(bytes)));
+            }
+            buf.get_mapped_range_mut(..).slice(..data.len()).copy_from_slice(data);
+            buf.unmap();
+            Ok(buf)
+        }
+        #[cfg(target_arch = "wasm32")]
+        {
+            let buf = self.buffer(label, bytes, usage | wgpu::BufferUsages::COPY_DST, false);
+            let mut padded = data.to_vec();
+            padded.resize(data.len().max(4).next_multiple_of(4), 0);
+            self.queue.write_buffer(&buf, 0, &padded);
+            Ok(buf)
+        }
+    }
+
+    /// A zeroed storage buffer of `bytes` (at least 4), usable as copy source and destination.
+    pub(crate) fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, EngineError> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        self.alloc(label, Some(bytes), || Ok(self.buffer(label, bytes, usage, false)))
     }
 
     /// A storage buffer holding `data` (padded to at least 4 bytes).
-    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        let contents: std::borrow::Cow<[u8]> =
-            if data.len() < 4 { std::borrow::Cow::Owned(vec![0; 4]) } else { std::borrow::Cow::Borrowed(data) };
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: &contents,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC,
-        })
+    pub(crate) fn storage_init(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer, EngineError> {
+        let usage = wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST | wgpu::BufferUsages::COPY_SRC;
+        self.alloc(label, Some(data.len() as u64), || self.buffer_with(label, data, usage))
     }
 
-    /// A uniform buffer holding `data`, writable with `queue.write_buffer`.
+    /// A uniform buffer holding `data`, writable with `queue.write_buffer`. Unscoped, for
+    /// kernel builders: call it inside [`GpuContext::alloc`].
     pub(crate) fn uniform(&self, label: &str, data: &[u8]) -> wgpu::Buffer {
-        self.device.create_buffer_init(&wgpu::util::BufferInitDescriptor {
-            label: Some(label),
-            contents: data,
-            usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        })
+        let usage = wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST;
+        let buf = self.buffer(label, data.len() as u64, usage, false);
+        self.queue.write_buffer(&buf, 0, data);
+        buf
     }
 
     /// A buffer the host can map for reading, `bytes` long.
-    pub(crate) fn staging(&self, label: &str, bytes: u64) -> wgpu::Buffer {
-        self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(label),
-            size: bytes.max(4).next_multiple_of(4),
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        })
+    pub(crate) fn staging(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer, EngineError> {
+        let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        self.alloc(label, Some(bytes), || Ok(self.buffer(label, bytes, usage, false)))
     }
 
-    /// Submits `encoder` and waits for it; returns any validation or memory error it caused
-    /// (`scope` is the error scope pushed before recording).
+    /// Submits `encoder` and waits for its errors: the validation or out-of-memory error of
+    /// the work since `scopes` were pushed ([`GpuContext::scopes`], before the step's writes
+    /// and recording), as `what`.
     pub(crate) async fn submit(
         &self,
+        what: &str,
         encoder: wgpu::CommandEncoder,
-        scope: wgpu::ErrorScopeGuard,
+        scopes: Scopes,
     ) -> Result<(), EngineError> {
         self.queue.submit([encoder.finish()]);
-        if let Some(e) = scope.pop().await {
-            return Err(EngineError::Gpu(e.to_string()));
+        if let Some(e) = scopes.pop().await {
+            return Err(engine_error(e, what, None));
         }
+        #[cfg(test)]
+        Self::injected_oom(what, None)?;
         Ok(())
     }
 

@@ -326,9 +326,9 @@ async fn run(
     out: &wgpu::Buffer,
     len: usize,
 ) -> Result<Vec<f32>, EngineError> {
-    let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+    let staging = ctx.staging("ops readback", (len * 4) as u64)?;
+    let scopes = ctx.scopes()?;
     ctx.queue().write_buffer(step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
-    let staging = ctx.staging("ops readback", (len * 4) as u64);
     let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("ops") });
     {
         let mut pass =
@@ -338,12 +338,12 @@ async fn run(
         }
     }
     enc.copy_buffer_to_buffer(out, 0, &staging, 0, (len * 4) as u64);
-    ctx.submit(enc, scope).await?;
+    ctx.submit("ops", enc, scopes).await?;
     ctx.read_f32(&staging, len).await
 }
 
-fn step_buffer(ctx: &GpuContext) -> wgpu::Buffer {
-    ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0)))
+fn step_buffer(ctx: &GpuContext) -> Result<wgpu::Buffer, EngineError> {
+    ctx.alloc("ops step", None, || Ok(ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))
 }
 
 /// `W x` for `n` tokens on the GPU: `x` is `[n, cols]`, the result `[n, rows]`
@@ -362,10 +362,12 @@ pub(crate) async fn matmul_layout(
 ) -> Result<Vec<f32>, EngineError> {
     check_len("matmul x", x, n * w.cols)?;
     let gw = GpuMatrix::upload(ctx, "ops weight", w)?;
-    let step = step_buffer(ctx);
-    let xb = ctx.storage_init("ops x", f32s(x));
-    let y = ctx.storage("ops y", (n * w.rows * 4) as u64);
-    let op = matmul_op_layout(ctx, "ops matmul", &gw, &step, &xb, &y, false, false, row_per_thread);
+    let step = step_buffer(ctx)?;
+    let xb = ctx.storage_init("ops x", f32s(x))?;
+    let y = ctx.storage("ops y", (n * w.rows * 4) as u64)?;
+    let op = ctx.alloc("ops kernel", None, || {
+        Ok(matmul_op_layout(ctx, "ops matmul", &gw, &step, &xb, &y, false, false, row_per_thread))
+    })?;
     run(ctx, &step, &[op], n, 0, &y, n * w.rows).await
 }
 
@@ -374,11 +376,11 @@ pub async fn rms_norm(ctx: &GpuContext, x: &[f32], weight: &[f32], eps: f32) -> 
     let dim = weight.len();
     let n = x.len().checked_div(dim).unwrap_or(0);
     check_len("rms_norm x", x, n * dim)?;
-    let step = step_buffer(ctx);
-    let xb = ctx.storage_init("ops x", f32s(x));
-    let wb = ctx.storage_init("ops weight", f32s(weight));
-    let y = ctx.storage("ops y", (x.len() * 4) as u64);
-    let op = rms_norm_op(ctx, "ops rms_norm", &step, &xb, &wb, &y, dim, eps);
+    let step = step_buffer(ctx)?;
+    let xb = ctx.storage_init("ops x", f32s(x))?;
+    let wb = ctx.storage_init("ops weight", f32s(weight))?;
+    let y = ctx.storage("ops y", (x.len() * 4) as u64)?;
+    let op = ctx.alloc("ops kernel", None, || Ok(rms_norm_op(ctx, "ops rms_norm", &step, &xb, &wb, &y, dim, eps)))?;
     run(ctx, &step, &[op], n, 0, &y, x.len()).await
 }
 
@@ -396,11 +398,12 @@ pub async fn rope(
     let n = x.len().checked_div(width).unwrap_or(0);
     check_len("rope x", x, n * width)?;
     let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / head_dim as f32)).collect();
-    let step = step_buffer(ctx);
-    let cs = ctx.storage_init("ops rope table", f32s(&rope_table(&inv_freq, pos, n)));
-    let q = ctx.storage_init("ops q", f32s(x));
-    let k = ctx.storage("ops k (unused)", 4);
-    let op = rope_op(ctx, "ops rope", &step, &cs, &q, &k, n_heads, 0, head_dim);
+    let step = step_buffer(ctx)?;
+    let cs = ctx.storage_init("ops rope table", f32s(&rope_table(&inv_freq, pos, n)))?;
+    let q = ctx.storage_init("ops q", f32s(x))?;
+    let k = ctx.storage("ops k (unused)", 4)?;
+    let op =
+        ctx.alloc("ops kernel", None, || Ok(rope_op(ctx, "ops rope", &step, &cs, &q, &k, n_heads, 0, head_dim)))?;
     run(ctx, &step, &[op], n, pos, &q, x.len()).await
 }
 
@@ -428,32 +431,34 @@ pub async fn attention(
     if k_cache.len() < min_cache || v_cache.len() != k_cache.len() {
         return Err(EngineError::Shape { what: "attention kv cache", expected: min_cache, actual: k_cache.len() });
     }
-    let step = step_buffer(ctx);
-    let qb = ctx.storage_init("ops q", f32s(q));
-    let kb = ctx.storage_init("ops k cache", f32s(k_cache));
-    let vb = ctx.storage_init("ops v cache", f32s(v_cache));
-    let out = ctx.storage("ops attention out", (q.len() * 4) as u64);
-    let op = attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim);
+    let step = step_buffer(ctx)?;
+    let qb = ctx.storage_init("ops q", f32s(q))?;
+    let kb = ctx.storage_init("ops k cache", f32s(k_cache))?;
+    let vb = ctx.storage_init("ops v cache", f32s(v_cache))?;
+    let out = ctx.storage("ops attention out", (q.len() * 4) as u64)?;
+    let op = ctx.alloc("ops kernel", None, || {
+        Ok(attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim))
+    })?;
     run(ctx, &step, &[op], n, pos, &out, q.len()).await
 }
 
 /// `silu(gate) * up`, elementwise (see [`crate::engine::reference::silu_mul`]).
 pub async fn silu_mul(ctx: &GpuContext, gate: &[f32], up: &[f32]) -> Result<Vec<f32>, EngineError> {
     check_len("silu_mul up", up, gate.len())?;
-    let step = step_buffer(ctx);
-    let g = ctx.storage_init("ops gate", f32s(gate));
-    let u = ctx.storage_init("ops up", f32s(up));
-    let op = silu_mul_op(ctx, "ops silu_mul", &step, &g, &u, gate.len());
+    let step = step_buffer(ctx)?;
+    let g = ctx.storage_init("ops gate", f32s(gate))?;
+    let u = ctx.storage_init("ops up", f32s(up))?;
+    let op = ctx.alloc("ops kernel", None, || Ok(silu_mul_op(ctx, "ops silu_mul", &step, &g, &u, gate.len())))?;
     run(ctx, &step, &[op], 1, 0, &g, gate.len()).await
 }
 
 /// `x + y`, elementwise (see [`crate::engine::reference::add_assign`]).
 pub async fn add(ctx: &GpuContext, x: &[f32], y: &[f32]) -> Result<Vec<f32>, EngineError> {
     check_len("add y", y, x.len())?;
-    let step = step_buffer(ctx);
-    let xb = ctx.storage_init("ops x", f32s(x));
-    let yb = ctx.storage_init("ops y", f32s(y));
-    let op = add_op(ctx, "ops add", &step, &yb, &xb, x.len(), true, false);
+    let step = step_buffer(ctx)?;
+    let xb = ctx.storage_init("ops x", f32s(x))?;
+    let yb = ctx.storage_init("ops y", f32s(y))?;
+    let op = ctx.alloc("ops kernel", None, || Ok(add_op(ctx, "ops add", &step, &yb, &xb, x.len(), true, false)))?;
     run(ctx, &step, &[op], 1, 0, &xb, x.len()).await
 }
 
@@ -462,14 +467,15 @@ pub async fn add(ctx: &GpuContext, x: &[f32], y: &[f32]) -> Result<Vec<f32>, Eng
 /// Bytes moved per call are about `w.data.len()` for the weights plus the activations.
 pub async fn time_matmul(ctx: &GpuContext, w: &QMatrix, n: usize, iters: usize) -> Result<f64, EngineError> {
     let gw = GpuMatrix::upload(ctx, "bench weight", w)?;
-    let step = ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(n, 0)));
+    let step =
+        ctx.alloc("bench step", None, || Ok(ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(n, 0)))))?;
     let x: Vec<f32> = (0..n * w.cols).map(|i| ((i % 17) as f32 - 8.0) / 8.0).collect();
-    let xb = ctx.storage_init("bench x", f32s(&x));
-    let y = ctx.storage("bench y", (n * w.rows * 4) as u64);
-    let op = matmul_op(ctx, "bench matmul", &gw, &step, &xb, &y, false, false);
+    let xb = ctx.storage_init("bench x", f32s(&x))?;
+    let y = ctx.storage("bench y", (n * w.rows * 4) as u64)?;
+    let op = ctx.alloc("ops kernel", None, || Ok(matmul_op(ctx, "bench matmul", &gw, &step, &xb, &y, false, false)))?;
     let mut elapsed = 0.0;
     for (round, count) in [(0, 1), (1, iters.max(1))] {
-        let scope = ctx.device().push_error_scope(wgpu::ErrorFilter::Validation);
+        let scopes = ctx.scopes()?;
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("bench") });
         {
             let mut pass =
@@ -479,7 +485,7 @@ pub async fn time_matmul(ctx: &GpuContext, w: &QMatrix, n: usize, iters: usize) 
             }
         }
         let start = web_time::Instant::now();
-        ctx.submit(enc, scope).await?;
+        ctx.submit("bench", enc, scopes).await?;
         ctx.wait_idle().await?;
         if round == 1 {
             elapsed = start.elapsed().as_secs_f64() / count as f64;

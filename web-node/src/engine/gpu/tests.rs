@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::engine::cpu::CpuBackend;
-use crate::engine::{reference, Backend};
+use crate::engine::{reference, Backend, BlockExecutor, EngineError, ExecutorConfig};
 use crate::model::quant::quantize;
 use crate::model::{Arch, LayerWeights, LlamaConfig, QMatrix, WeightType};
 
@@ -280,6 +280,92 @@ fn long_prefill_is_chunked() {
     let max = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
     assert_close("chunked prefill", &all, &want, &vec![max; want.len()], 1e-4, 0.0);
     assert!(a.scratch_capacity() <= MAX_CHUNK);
+}
+
+/// A small GPU executor (layers 1..3 of [`small_config`], Q8_0) and a 5-token input.
+fn small_executor(ctx: Arc<GpuContext>) -> (BlockExecutor<GpuBackend>, Vec<f32>) {
+    let c = small_config(Arch::Llama);
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let layers: Vec<LayerWeights> = (0..2).map(|_| random_layer(&mut rng, &c, WeightType::Q8_0)).collect();
+    let gpu = GpuBackend::new(ctx, c.clone(), 1..3, &layers).expect("gpu backend");
+    let x = randn(&mut rng, 5 * c.hidden);
+    (BlockExecutor::new(gpu, ExecutorConfig::new().with_max_sessions(8)), x)
+}
+
+/// Issue 11 (item 9): a session whose KV cache does not fit the device is refused with
+/// [`EngineError::OutOfMemory`] (a test fault stands in for a full device: lavapipe cannot be
+/// filled), whichever of its buffers fails, and the backend goes on: the next session opens
+/// and computes exactly what a session opened before the failure computed.
+#[test]
+fn out_of_memory_refuses_a_session_and_the_backend_goes_on() {
+    let ctx = ctx();
+    let (mut e, x) = small_executor(ctx.clone());
+    let before = e.open_session(16).expect("open before");
+    let want = block_on(e.step(before, &x, 5));
+    // 2 layers: K, K, V, V, then the step uniform; fail each of them in turn.
+    for pass in 0..5 {
+        ctx.inject_oom(pass, 1);
+        let err = e.open_session(16).expect_err("open while the device is full");
+        ctx.inject_oom(0, 0);
+        assert!(err.is_out_of_memory(), "allocation {pass}: {err}");
+        assert_eq!(e.session_count(), 1, "a refused session holds nothing");
+    }
+    let after = e.open_session(16).expect("open after");
+    assert_eq!(block_on(e.step(after, &x, 5)), want, "same input, same output after an OOM");
+}
+
+/// Issue 11 (item 9): a step that runs out of memory, building its scratch buffers or in its
+/// submit, returns [`EngineError::OutOfMemory`] and changes nothing: the session stays at its
+/// position and its retry computes what it would have, and other sessions go on.
+#[test]
+fn out_of_memory_fails_a_step_and_other_sessions_go_on() {
+    let ctx = ctx();
+    let (mut e, x) = small_executor(ctx.clone());
+    let h = x.len() / 5;
+    let reference = e.open_session(16).expect("open reference");
+    let want_prefill = block_on(e.step(reference, &x, 5));
+    let want_decode = block_on(e.step(reference, &x[..h], 1));
+    let other = e.open_session(16).expect("open other");
+    assert_eq!(block_on(e.step(other, &x, 5)), want_prefill);
+
+    let s = e.open_session(16).expect("open");
+    // First step: its scratch buffers fail.
+    ctx.inject_oom(0, 1);
+    let err = pollster::block_on(e.step(s, &x, 5)).expect_err("scratch out of memory");
+    ctx.inject_oom(0, 0);
+    assert!(err.is_out_of_memory(), "{err}");
+    assert_eq!(e.session_len(s).expect("still open"), 0);
+    assert_eq!(block_on(e.step(s, &x, 5)), want_prefill, "retry after a failed scratch build");
+    // Next step: the scratch exists, so the fault hits the submit.
+    ctx.inject_oom(0, 1);
+    let err = pollster::block_on(e.step(s, &x[..h], 1)).expect_err("submit out of memory");
+    ctx.inject_oom(0, 0);
+    assert!(matches!(&err, EngineError::OutOfMemory { what, .. } if what.starts_with("forward")), "{err}");
+    assert_eq!(e.session_len(s).expect("still open"), 5);
+    assert_eq!(block_on(e.step(s, &x[..h], 1)), want_decode, "retry after a failed submit");
+    assert_eq!(block_on(e.step(other, &x[..h], 1)), want_decode, "the other session is untouched");
+}
+
+/// Issue 11 (item 9): an error outside any error scope no longer panics (wgpu's default
+/// handler does): it is logged, the next operation returns it, and the one after works.
+#[test]
+fn uncaptured_error_fails_the_next_operation_only() {
+    // A context of its own: the recorded error belongs to the device, not to this thread.
+    let ctx = pollster::block_on(GpuContext::new()).expect("a wgpu adapter is required (install lavapipe)");
+    let too_big = ctx.limits().max_buffer_size.saturating_add(4).next_multiple_of(4);
+    let _invalid = ctx.device().create_buffer(&wgpu::BufferDescriptor {
+        label: Some("larger than the device allows"),
+        size: too_big,
+        usage: wgpu::BufferUsages::STORAGE,
+        mapped_at_creation: false,
+    });
+    let err = pollster::block_on(ops::add(&ctx, &[1.0], &[2.0])).expect_err("the recorded error");
+    assert!(matches!(err, EngineError::Gpu(_)), "{err}");
+    assert_eq!(block_on(ops::add(&ctx, &[1.0], &[2.0])), vec![3.0]);
+    // The same mistake through a scoped allocation is that allocation's error, and only its.
+    let err = ctx.storage("larger than the device allows", too_big).expect_err("scoped error");
+    assert!(matches!(&err, EngineError::Gpu(m) if m.starts_with("larger than")), "{err}");
+    assert_eq!(block_on(ops::add(&ctx, &[1.0], &[2.0])), vec![3.0]);
 }
 
 /// The weight repacking keeps every value: repacked words read back as the reference does.

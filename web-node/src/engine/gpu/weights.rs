@@ -96,7 +96,7 @@ pub(crate) struct GpuMatrix {
 }
 
 impl GpuMatrix {
-    /// Repacks and uploads `m`; errors if it does not fit one binding.
+    /// Repacks and uploads `m`; errors if it does not fit one binding or the device's memory.
     pub(crate) fn upload(ctx: &GpuContext, label: &str, m: &QMatrix) -> Result<Self, EngineError> {
         if m.dtype.block_len() > 1 && !m.cols.is_multiple_of(32) {
             return Err(EngineError::Gpu(format!("{label}: {} matrix with {} columns", m.dtype, m.cols)));
@@ -104,7 +104,7 @@ impl GpuMatrix {
         let bytes = (row_words(m.dtype, m.cols) * m.rows * 4) as u64;
         ctx.check_binding(label, bytes)?;
         let words = repack(m);
-        let buf = ctx.storage_init(label, bytemuck::cast_slice(&words));
+        let buf = ctx.storage_init(label, bytemuck::cast_slice(&words))?;
         Ok(Self { dtype: m.dtype, rows: m.rows, cols: m.cols, buf })
     }
 
