@@ -19,6 +19,30 @@ const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
 /// Longest string accepted in metadata (the chat template is the longest seen: a few KiB).
 const MAX_STRING: u64 = 1 << 24;
+/// Most array elements all metadata arrays may hold together. A decoded [`Value`] takes 32
+/// bytes however small its encoding (one byte for a `u8`), so this, not the file size, bounds
+/// the memory metadata takes: 4 Mi elements are at most 128 MiB. The largest real vocabularies
+/// need about a million (Gemma 3: 262k tokens, scores and types; Llama 3: 128k tokens and
+/// 280k merges).
+pub const MAX_METADATA_ELEMENTS: u64 = 1 << 22;
+/// Fewest bytes one metadata entry takes: key length (8), empty key, type (4), a `u8` (1).
+const MIN_KV_BYTES: u64 = 8 + 4 + 1;
+/// Fewest bytes one tensor-index entry takes: name length (8), empty name, dim count (4), one
+/// dim (8), type (4), offset (8).
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+
+/// Fewest bytes one encoded value of GGUF type `ty` takes; `None` for arrays and unknown
+/// types.
+fn min_value_bytes(ty: u32) -> Option<u64> {
+    Some(match ty {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        // A string is at least its 8-byte length.
+        8 | 10..=12 => 8,
+        _ => return None,
+    })
+}
 
 /// A metadata value.
 #[derive(Clone, Debug, PartialEq)]
@@ -214,17 +238,45 @@ pub struct GgufFile {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Array elements still allowed (see [`MAX_METADATA_ELEMENTS`]).
+    elements_left: u64,
 }
 
 impl<'a> Reader<'a> {
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+
+    /// Checks that `count` items of at least `min_bytes` each can fit in the bytes left, so
+    /// that `count` can size an allocation.
+    fn check_count(&self, what: &str, count: u64, min_bytes: u64) -> Result<usize, ModelError> {
+        let max = self.remaining() / min_bytes;
+        if count > max {
+            return Err(ModelError::Count {
+                what: what.to_string(),
+                count,
+                max,
+                why: format!("{min_bytes} bytes each in the {} bytes left", self.remaining()),
+            });
+        }
+        usize::try_from(count).map_err(|_| ModelError::Count {
+            what: what.to_string(),
+            count,
+            max: usize::MAX as u64,
+            why: "address space".into(),
+        })
+    }
+
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], ModelError> {
         let len = self.buf.len() as u64;
         let end = (self.pos as u64).checked_add(n).filter(|&e| e <= len);
         let Some(end) = end else {
             return Err(ModelError::Truncated { what: what.to_string(), offset: self.pos as u64, needed: n, len });
         };
-        let s = &self.buf[self.pos..end as usize];
-        self.pos = end as usize;
+        // `end <= buf.len()`, so it fits in usize.
+        let end = end as usize;
+        let s = &self.buf[self.pos..end];
+        self.pos = end;
         Ok(s)
     }
 
@@ -263,19 +315,28 @@ impl<'a> Reader<'a> {
             9 if depth == 0 => {
                 let elem = self.u32(key)?;
                 let n = self.u64(key)?;
-                // Every element takes at least one byte: bound the allocation by the file.
-                let remaining = (self.buf.len() - self.pos) as u64;
-                if n > remaining {
-                    return Err(ModelError::Truncated {
+                let Some(min) = min_value_bytes(elem) else {
+                    return Err(ModelError::BadFormat {
+                        format: "GGUF",
+                        what: match elem {
+                            9 => format!("metadata {key}: nested arrays are not supported"),
+                            _ => format!("metadata {key}: unknown array element type {elem}"),
+                        },
+                    });
+                };
+                // The encoded elements must fit in the bytes left, and all arrays together in
+                // the element budget, before anything is reserved.
+                let n = self.check_count(&format!("array {key}"), n, min)?;
+                if n as u64 > self.elements_left {
+                    return Err(ModelError::Count {
                         what: format!("array {key}"),
-                        offset: self.pos as u64,
-                        needed: n,
-                        len: self.buf.len() as u64,
+                        count: n as u64,
+                        max: self.elements_left,
+                        why: format!("{MAX_METADATA_ELEMENTS} metadata array elements in all"),
                     });
                 }
-                // Grow as elements parse: a `Value` is ~32 bytes, so trusting `n` could reserve far
-                // more memory than the file holds.
-                let mut v = Vec::with_capacity(n.min(4096) as usize);
+                self.elements_left -= n as u64;
+                let mut v = Vec::with_capacity(n);
                 for _ in 0..n {
                     v.push(self.value(elem, key, depth + 1)?);
                 }
@@ -303,7 +364,7 @@ impl<'a> Reader<'a> {
 impl GgufFile {
     /// Parses the header of a GGUF file held in memory.
     pub fn parse(data: Bytes) -> Result<GgufFile, ModelError> {
-        let mut r = Reader { buf: &data, pos: 0 };
+        let mut r = Reader { buf: &data, pos: 0, elements_left: MAX_METADATA_ELEMENTS };
         let magic = r.array::<4>("magic")?;
         if &magic != MAGIC {
             return Err(ModelError::BadFormat { format: "GGUF", what: format!("magic {magic:?}") });
@@ -315,11 +376,16 @@ impl GgufFile {
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
         let len = data.len() as u64;
-        // Each metadata entry and tensor info takes well over 8 bytes.
-        if n_tensors > len / 8 || n_kv > len / 8 {
-            return Err(ModelError::BadFormat {
-                format: "GGUF",
-                what: format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in {len} bytes"),
+        let n_kv = r.check_count("metadata entries", n_kv, MIN_KV_BYTES)?;
+        // Both indexes follow: the tensor index must fit beside the smallest metadata.
+        let after_kv = (n_kv as u64).saturating_mul(MIN_KV_BYTES);
+        let max_tensors = r.remaining().saturating_sub(after_kv) / MIN_TENSOR_INFO_BYTES;
+        if n_tensors > max_tensors {
+            return Err(ModelError::Count {
+                what: "tensors".into(),
+                count: n_tensors,
+                max: max_tensors,
+                why: format!("{MIN_TENSOR_INFO_BYTES} bytes each beside {n_kv} metadata entries in {len} bytes"),
             });
         }
         let mut metadata = HashMap::new();
@@ -330,7 +396,8 @@ impl GgufFile {
             metadata.insert(key, value);
         }
         let metadata = Metadata(metadata);
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
+        let n_tensors = r.check_count("tensors", n_tensors, MIN_TENSOR_INFO_BYTES)?;
+        let mut tensors = Vec::with_capacity(n_tensors);
         for _ in 0..n_tensors {
             let name = r.string("tensor name")?;
             let n_dims = r.u32(&name)?;
@@ -349,7 +416,7 @@ impl GgufFile {
             }
             None => DEFAULT_ALIGNMENT,
         };
-        let data_start = (r.pos as u64).div_ceil(alignment) * alignment;
+        let data_start = (r.pos as u64).div_ceil(alignment).saturating_mul(alignment);
         let mut by_name = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter_mut().enumerate() {
             let elems = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
@@ -394,6 +461,7 @@ impl GgufFile {
                 ),
             });
         };
+        // `parse` checked that `offset + size` is within the file.
         Ok((t, wt, self.data.slice(t.offset as usize..(t.offset + size) as usize)))
     }
 
@@ -405,7 +473,7 @@ impl GgufFile {
     /// A 2-D tensor as a matrix, checked against the expected `[rows, cols]`.
     pub fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<QMatrix, ModelError> {
         let (t, wt, bytes) = self.raw(name)?;
-        let actual: Vec<usize> = t.dims.iter().rev().map(|&d| d as usize).collect();
+        let actual: Vec<usize> = t.dims.iter().rev().map(|&d| dim(d)).collect();
         if actual != [rows, cols] {
             return Err(ModelError::TensorShape { tensor: name.to_string(), expected: vec![rows, cols], actual });
         }
@@ -416,7 +484,7 @@ impl GgufFile {
     /// A 1-D tensor of `len` values, dequantized to f32.
     pub fn vector(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
         let (t, wt, bytes) = self.raw(name)?;
-        let actual: Vec<usize> = t.dims.iter().map(|&d| d as usize).collect();
+        let actual: Vec<usize> = t.dims.iter().map(|&d| dim(d)).collect();
         if actual != [len] || wt.bytes_for(len) != Some(bytes.len()) {
             return Err(ModelError::TensorShape { tensor: name.to_string(), expected: vec![len], actual });
         }
@@ -427,6 +495,11 @@ impl GgufFile {
         }
         Ok(out)
     }
+}
+
+/// A dimension as usize; one too large for this target saturates (it then matches no shape).
+fn dim(d: u64) -> usize {
+    usize::try_from(d).unwrap_or(usize::MAX)
 }
 
 /// A GGUF file resolved as a Llama-family model.
@@ -506,6 +579,11 @@ impl GgufModel {
             output_norm: self.file.vector("output_norm.weight", c.hidden)?,
             output,
         })
+    }
+
+    /// Whether the file describes a tokenizer (`tokenizer.ggml.model` is present).
+    pub fn has_tokenizer(&self) -> bool {
+        self.file.metadata.get("tokenizer.ggml.model").is_some()
     }
 
     /// The tokenizer described by the `tokenizer.ggml.*` metadata.
@@ -714,6 +792,57 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("llama.rope.scaling.type") && e.contains("yarn"), "{e}");
+    }
+
+    /// A GGUF header claiming `n_tensors` tensors and holding one metadata array of `n`
+    /// elements of type `elem`, with `body` as the elements' bytes.
+    fn raw_array_file(n_tensors: u64, elem: u32, n: u64, body: &[u8]) -> Bytes {
+        let mut out = b"GGUF".to_vec();
+        out.extend_from_slice(&3u32.to_le_bytes());
+        out.extend_from_slice(&n_tensors.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.extend_from_slice(&1u64.to_le_bytes());
+        out.push(b'a');
+        out.extend_from_slice(&9u32.to_le_bytes());
+        out.extend_from_slice(&elem.to_le_bytes());
+        out.extend_from_slice(&n.to_le_bytes());
+        out.extend_from_slice(body);
+        Bytes::from(out)
+    }
+
+    #[test]
+    fn counts_are_bounded_by_the_bytes_left() {
+        // A 1 KiB file claiming 1 KiB / 9 tensors: once enough to reserve 10x the file.
+        let file = raw_array_file(1024 / 9, 0, 4, &[0; 1000]);
+        let e = GgufFile::parse(file).unwrap_err();
+        assert!(matches!(e, ModelError::Count { ref what, .. } if what == "tensors"), "{e}");
+        // An array of u64 claiming one element per byte left: each needs 8.
+        let file = raw_array_file(0, 10, 1000, &[0; 1000]);
+        let e = GgufFile::parse(file).unwrap_err();
+        assert!(matches!(e, ModelError::Count { ref what, max: 125, .. } if what == "array a"), "{e}");
+        assert!(e.to_string().contains("array a: 1000 entries, at most 125 fit (8 bytes each"), "{e}");
+        // Counts near u64::MAX are the same clear error, not an overflow.
+        for n in [u64::MAX, u64::MAX / 2 + 1] {
+            assert!(matches!(GgufFile::parse(raw_array_file(0, 12, n, &[0; 64])), Err(ModelError::Count { .. })));
+            assert!(matches!(GgufFile::parse(raw_array_file(n, 0, 1, &[0; 64])), Err(ModelError::Count { .. })));
+        }
+        // An array of the right size parses.
+        let file = raw_array_file(0, 0, 4, &[1, 2, 3, 4]);
+        let md = GgufFile::parse(file).expect("parses").metadata;
+        assert_eq!(md.array("a").expect("array").map(<[Value]>::len), Some(4));
+    }
+
+    #[test]
+    fn one_byte_elements_cannot_amplify_past_the_element_budget() {
+        // Each u8 decodes to a 32-byte Value: the budget, not the file, bounds the memory.
+        let n = MAX_METADATA_ELEMENTS + 1;
+        let file = raw_array_file(0, 0, n, &vec![0; n as usize]);
+        // Not `unwrap_err`: its message would print the 4 Mi elements.
+        let Err(e) = GgufFile::parse(file) else { panic!("an array of {n} elements parsed") };
+        assert!(
+            matches!(e, ModelError::Count { ref why, .. } if why.contains("metadata array elements in all")),
+            "{e}"
+        );
     }
 
     #[test]

@@ -53,6 +53,19 @@ pub enum ModelError {
         /// Length of the file.
         len: u64,
     },
+    /// A count read from the file (entries, array elements, tokens) is more than the bytes
+    /// left can hold, or more than a fixed limit allows; nothing was allocated for it.
+    #[error("{what}: {count} entries, at most {max} fit ({why})")]
+    Count {
+        /// What was counted.
+        what: String,
+        /// The count the file claims.
+        count: u64,
+        /// The most that can be accepted.
+        max: u64,
+        /// Where the limit comes from.
+        why: String,
+    },
     /// The file is not in the expected format at all.
     #[error("not a {format} file: {what}")]
     BadFormat {
@@ -205,6 +218,14 @@ impl ModelFile {
         match self {
             ModelFile::Gguf(m) => m.tokenizer(),
             ModelFile::Safetensors(m) => m.tokenizer(),
+        }
+    }
+
+    /// Whether the model ships a tokenizer (GGUF `tokenizer.ggml.model`, or `tokenizer.json`).
+    pub fn has_tokenizer(&self) -> bool {
+        match self {
+            ModelFile::Gguf(m) => m.has_tokenizer(),
+            ModelFile::Safetensors(m) => m.has_tokenizer(),
         }
     }
 
