@@ -17,7 +17,10 @@
 //! and [`Tokenizer::decode`] leaves them out. This module does not apply chat templates (see
 //! [`super::chat`]).
 
+use std::collections::hash_map::RandomState;
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{BuildHasher, Hasher};
 use std::sync::Arc;
 
 use tokenizers::decoders::byte_fallback::ByteFallback;
@@ -48,6 +51,15 @@ const TYPE_BYTE: i64 = 6;
 
 /// SentencePiece's word-boundary marker, standing for a space.
 const SPIECE_SPACE: &str = "\u{2581}";
+
+/// Longest SentencePiece piece, in characters, that merges are derived for: SentencePiece's
+/// trainer refuses `max_sentencepiece_length` above 512 (default 16), so a longer `normal`
+/// piece cannot come from it. Longer ones stay in the vocabulary but get no merges.
+pub const MAX_PIECE_CHARS: usize = 512;
+/// Most merges derived from a SentencePiece vocabulary (each holds two strings). Llama 2's
+/// 32k vocabulary gives about 61k, Gemma's 256k about 500k: this is 8 times that, and bounds
+/// the memory a vocabulary built to have many splits per piece can take.
+pub const MAX_DERIVED_MERGES: usize = 1 << 22;
 
 /// Llama 3's pre-tokenizer split (also DBRX, Smaug): numbers in groups of up to 3 digits.
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
@@ -317,6 +329,25 @@ impl Tokenizer {
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
     }
+
+    /// SHA-256 over everything that decides how text becomes ids and back: the `tokenizers`
+    /// serialization (vocabulary by id, merges by rank, added and special tokens by id,
+    /// normalizer, pre-tokenizer, decoder) and this model's BOS/EOS ids and rules. Two
+    /// tokenizers built from the same file have the same fingerprint.
+    pub fn fingerprint(&self) -> Result<[u8; 32], ModelError> {
+        use sha2::{Digest, Sha256};
+        let json = self.inner.to_string(false).map_err(tok_err)?;
+        let mut h = Sha256::new();
+        h.update((json.len() as u64).to_le_bytes());
+        h.update(json.as_bytes());
+        h.update(self.bos.map_or(u64::MAX, u64::from).to_le_bytes());
+        h.update((self.eos.len() as u64).to_le_bytes());
+        for id in &self.eos {
+            h.update(id.to_le_bytes());
+        }
+        h.update([u8::from(self.add_bos), u8::from(self.add_eos)]);
+        Ok(h.finalize().into())
+    }
 }
 
 /// Streaming decoder: feed generated ids one at a time, get text as soon as it is complete.
@@ -502,6 +533,98 @@ fn byte_level_bpe(md: &Metadata, tokens: &[&str], pre: &str) -> Result<tokenizer
     Ok(tk)
 }
 
+/// Keyed hashes of every prefix (`rev == false`) or suffix (`rev == true`) of `s`, one per
+/// character, in one pass: the hash of `s[..i]` (or of `s[i..]`, characters fed last to first)
+/// with the index `i`. A piece's own key is its last entry.
+fn piece_hashes(state: &RandomState, s: &str, rev: bool) -> Vec<(usize, u64)> {
+    let mut h = state.build_hasher();
+    let mut out = Vec::with_capacity(s.len());
+    let mut feed = |h: &mut std::collections::hash_map::DefaultHasher, i: usize, c: char| {
+        let mut buf = [0u8; 4];
+        h.write(c.encode_utf8(&mut buf).as_bytes());
+        out.push((i, h.finish()));
+    };
+    if rev {
+        s.char_indices().rev().for_each(|(i, c)| feed(&mut h, i, c));
+    } else {
+        s.char_indices().for_each(|(i, c)| feed(&mut h, i + c.len_utf8(), c));
+    }
+    out
+}
+
+/// Every split of a normal SentencePiece piece into two mergeable vocabulary pieces, as
+/// `(score of the piece, piece id, left id, right id)`, each piece's splits ordered by ids.
+///
+/// Linear in the vocabulary's size: prefixes and suffixes are found by keyed hashes computed
+/// incrementally (a 64-bit SipHash with random keys; a candidate is confirmed by comparing the
+/// strings), not by hashing every half anew, which is quadratic in a piece's length. Pieces over
+/// [`MAX_PIECE_CHARS`] get no merges; more than [`MAX_DERIVED_MERGES`] is an error.
+fn piece_splits(
+    tokens: &[&str],
+    types: &[i64],
+    vocab: &Vocab,
+    scores: &[f64],
+) -> Result<Vec<(f64, u32, u32, u32)>, ModelError> {
+    let mergeable = |id: u32| !matches!(types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN | TYPE_BYTE);
+    let state = RandomState::new();
+    let mut prefixes: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
+    let mut suffixes: HashMap<u64, u32> = HashMap::with_capacity(tokens.len());
+    for (id, tok) in tokens.iter().enumerate() {
+        let id = id as u32;
+        if tok.is_empty() || !mergeable(id) || vocab.get(*tok) != Some(&id) {
+            continue;
+        }
+        // Keys of whole pieces only: hashing a piece is linear in its length.
+        if let Some(&(_, k)) = piece_hashes(&state, tok, false).last() {
+            prefixes.entry(k).or_insert(id);
+        }
+        if let Some(&(_, k)) = piece_hashes(&state, tok, true).last() {
+            suffixes.entry(k).or_insert(id);
+        }
+    }
+    let mut merges = Vec::new();
+    let mut long = 0usize;
+    for (id, tok) in tokens.iter().enumerate() {
+        if types[id] != TYPE_NORMAL || vocab.get(*tok) != Some(&(id as u32)) {
+            continue;
+        }
+        if tok.chars().nth(MAX_PIECE_CHARS).is_some() {
+            long += 1;
+            continue;
+        }
+        // Left pieces ending at byte i, right pieces starting at byte i.
+        let left: HashMap<usize, u32> = piece_hashes(&state, tok, false)
+            .into_iter()
+            .filter_map(|(i, k)| Some((i, *prefixes.get(&k)?)))
+            .filter(|&(i, li)| i < tok.len() && tokens[li as usize] == &tok[..i])
+            .collect();
+        let start = merges.len();
+        for (i, k) in piece_hashes(&state, tok, true) {
+            let (Some(&li), Some(&ri)) = (left.get(&i), suffixes.get(&k)) else { continue };
+            if i > 0 && tokens[ri as usize] == &tok[i..] {
+                merges.push((scores[id], id as u32, li, ri));
+            }
+        }
+        if merges.len() > MAX_DERIVED_MERGES {
+            return Err(ModelError::Count {
+                what: "merges derived from tokenizer.ggml.tokens".into(),
+                count: merges.len() as u64,
+                max: MAX_DERIVED_MERGES as u64,
+                why: "the SentencePiece merge limit".into(),
+            });
+        }
+        merges[start..].sort_by_key(|&(_, _, l, r)| (l, r));
+    }
+    if long > 0 {
+        tracing::warn!(
+            pieces = long,
+            max_chars = MAX_PIECE_CHARS,
+            "SentencePiece pieces too long to merge into: skipped"
+        );
+    }
+    Ok(merges)
+}
+
 /// `llama` GGUF vocabulary (SentencePiece BPE) as a byte-fallback BPE.
 ///
 /// Merges: every split of a normal token into two vocabulary pieces, ordered by the merged
@@ -525,23 +648,7 @@ fn sentencepiece_bpe(
         None => (0..tokens.len()).map(|i| -(i as f64)).collect(),
     };
     let vocab = vocab_map(tokens);
-    let mergeable = |id: u32| !matches!(types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN | TYPE_BYTE);
-    let mut merges: Vec<(f64, u32, u32, u32)> = Vec::new();
-    for (id, tok) in tokens.iter().enumerate() {
-        if types[id] != TYPE_NORMAL || vocab.get(*tok) != Some(&(id as u32)) {
-            continue;
-        }
-        let start = merges.len();
-        for (split, _) in tok.char_indices().skip(1) {
-            let (l, r) = tok.split_at(split);
-            if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
-                if mergeable(li) && mergeable(ri) {
-                    merges.push((scores[id], id as u32, li, ri));
-                }
-            }
-        }
-        merges[start..].sort_by_key(|&(_, _, l, r)| (l, r));
-    }
+    let mut merges = piece_splits(tokens, types, &vocab, &scores)?;
     // Stable: equal scores keep vocabulary order.
     merges.sort_by(|a, b| b.0.total_cmp(&a.0));
     let merges = merges
@@ -601,6 +708,26 @@ mod tests {
         assert_eq!(tk.token_id("<|im_start|>"), Some(1));
         // Special tokens are left out of decoded text.
         assert_eq!(tk.decode(&tk.encode("<|im_start|>hi<|im_end|>").unwrap()).unwrap(), "hi");
+    }
+
+    #[test]
+    fn fingerprint_is_stable_and_sees_vocabulary_and_specials() {
+        let a = Tokenizer::from_gguf(&tiny_spm()).unwrap().fingerprint().unwrap();
+        // A second build (fresh hash maps, other iteration orders) gives the same bytes.
+        assert_eq!(Tokenizer::from_gguf(&tiny_spm()).unwrap().fingerprint().unwrap(), a);
+        let g = Tokenizer::from_gguf(&tiny_gpt2("smollm")).unwrap().fingerprint().unwrap();
+        assert_eq!(Tokenizer::from_gguf(&tiny_gpt2("smollm")).unwrap().fingerprint().unwrap(), g);
+        let mut m = tiny_spm();
+        if let Some(Value::Array(t)) = m.0.get_mut("tokenizer.ggml.tokens") {
+            t[7] = Value::Str("ba".into());
+        }
+        assert_ne!(Tokenizer::from_gguf(&m).unwrap().fingerprint().unwrap(), a, "a renamed token");
+        let mut m = tiny_spm();
+        m.0.insert("tokenizer.ggml.eos_token_id".into(), Value::U64(0));
+        assert_ne!(Tokenizer::from_gguf(&m).unwrap().fingerprint().unwrap(), a, "another EOS");
+        let mut m = tiny_spm();
+        m.0.insert("tokenizer.ggml.add_bos_token".into(), Value::Bool(false));
+        assert_ne!(Tokenizer::from_gguf(&m).unwrap().fingerprint().unwrap(), a, "no BOS");
     }
 
     #[test]
@@ -718,6 +845,52 @@ mod tests {
         }
         out.push_str(&stream.finish().unwrap().unwrap_or_default());
         assert_eq!(out, "a ab é");
+    }
+
+    /// `tiny_spm` plus `extra` normal tokens.
+    fn spm_with(extra: &[String]) -> Metadata {
+        let mut m = tiny_spm();
+        let push = |m: &mut Metadata, key: &str, v: Value| {
+            if let Some(Value::Array(a)) = m.0.get_mut(key) {
+                a.push(v);
+            }
+        };
+        for t in extra {
+            push(&mut m, "tokenizer.ggml.tokens", Value::Str(t.clone()));
+            push(&mut m, "tokenizer.ggml.token_type", Value::I64(TYPE_NORMAL));
+            push(&mut m, "tokenizer.ggml.scores", Value::F64(-6.0));
+        }
+        m
+    }
+
+    #[test]
+    fn sentencepiece_huge_piece_loads_in_bounded_time() {
+        // One 16 MiB piece: deriving its merges by hashing both halves of every split is
+        // quadratic (hours); it must load in about the time it takes to read it.
+        let huge = "ab".repeat(8 << 20);
+        let started = std::time::Instant::now();
+        let tk = Tokenizer::from_gguf(&spm_with(std::slice::from_ref(&huge))).expect("loads");
+        let took = started.elapsed();
+        assert!(took < std::time::Duration::from_secs(10), "loading took {took:?}");
+        assert_eq!(tk.token_id(&huge), Some(264));
+        // Pieces up to the limit still get their merges: "aba" = "ab" + "a".
+        let mut m = spm_with(&["aba".into()]);
+        m.0.insert("tokenizer.ggml.add_space_prefix".into(), Value::Bool(false));
+        let tk = Tokenizer::from_gguf(&m).expect("loads");
+        assert_eq!(tk.encode("aba").unwrap(), vec![1, 264]);
+    }
+
+    #[test]
+    fn encoding_a_long_word_is_not_quadratic() {
+        // 2 MiB without a space is one pre-token fed to BPE merging (a priority queue in
+        // `tokenizers`, n log n): it must not take minutes.
+        let tk = Tokenizer::from_gguf(&tiny_spm()).unwrap();
+        let text = "ab".repeat(1 << 20);
+        let started = std::time::Instant::now();
+        let ids = tk.encode(&text).unwrap();
+        let took = started.elapsed();
+        assert_eq!(ids.len(), 1 + (1 << 20) + 1, "BOS, ▁a, b, then one `ab` per pair");
+        assert!(took < std::time::Duration::from_secs(20), "encoding took {took:?}");
     }
 
     #[test]
