@@ -19,6 +19,20 @@ use super::ModelError;
 /// Name under which the template is stored in its environment.
 const NAME: &str = "chat";
 
+/// Template instructions one render may run, besides [`FUEL_PER_MESSAGE`] per message. Real
+/// templates (SmolLM, Llama 3, Qwen2, Mistral) spend tens of instructions per message and a
+/// few hundred in all; a template with nested loops over `range` stops here within
+/// milliseconds instead of pinning a worker.
+pub const FUEL_BASE: u64 = 1_000_000;
+/// Template instructions allowed per message, on top of [`FUEL_BASE`].
+pub const FUEL_PER_MESSAGE: u64 = 10_000;
+/// Longest prompt a render may produce, in bytes: the template's own text plus this. A
+/// conversation is echoed about once (plus role markers), so four times the messages' length
+/// is ample.
+pub const MAX_OUTPUT_BASE: usize = 1 << 20;
+/// Longest template source accepted, in bytes (real ones are a few KiB).
+pub const MAX_TEMPLATE_BYTES: usize = 1 << 20;
+
 /// ChatML, the fallback for models that ship no template.
 const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
@@ -83,6 +97,12 @@ impl ChatTemplate {
     /// Compiles `source`; `bos_token` and `eos_token` are the texts the template sees under
     /// those names (see [`Tokenizer::bos_str`], [`Tokenizer::eos_str`]).
     pub fn new(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, ModelError> {
+        if source.len() > MAX_TEMPLATE_BYTES {
+            return Err(ModelError::Template(format!(
+                "{} bytes of template source, at most {MAX_TEMPLATE_BYTES}",
+                source.len()
+            )));
+        }
         let mut env = Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -111,16 +131,61 @@ impl ChatTemplate {
 
     /// The prompt for `messages`; with `add_generation_prompt`, it ends where the assistant's
     /// reply begins.
+    ///
+    /// Bounded: at most [`FUEL_BASE`] + [`FUEL_PER_MESSAGE`] per message template
+    /// instructions, and [`MAX_OUTPUT_BASE`] + 4 times the messages' bytes of output; past
+    /// either the render stops with [`ModelError::Template`].
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ModelError> {
-        let template = self.env.get_template(NAME).map_err(template_err)?;
-        template
-            .render(context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(template_err)
+        let n = messages.len() as u64;
+        let fuel = FUEL_BASE.saturating_add(FUEL_PER_MESSAGE.saturating_mul(n));
+        let text: usize = messages.iter().map(|m| m.role.len().saturating_add(m.content.len())).sum();
+        let max_out = MAX_OUTPUT_BASE.saturating_add(text.saturating_mul(4));
+        // Fuel is set on the environment: a clone (templates are shared) per render.
+        let mut env = self.env.clone();
+        env.set_fuel(Some(fuel));
+        let template = env.get_template(NAME).map_err(template_err)?;
+        let mut out = Bounded { buf: Vec::new(), max: max_out };
+        let ctx = context! {
+            messages => messages,
+            add_generation_prompt => add_generation_prompt,
+            bos_token => self.bos_token,
+            eos_token => self.eos_token,
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                return Err(ModelError::Template(format!(
+                    "ran out of fuel: more than {fuel} instructions for {n} messages"
+                )))
+            }
+            Err(_) if out.buf.len() > max_out => {
+                return Err(ModelError::Template(format!("output longer than {max_out} bytes for {n} messages")))
+            }
+            Err(e) => return Err(template_err(e)),
+        }
+        String::from_utf8(out.buf).map_err(|e| ModelError::Template(format!("output is not UTF-8: {e}")))
+    }
+}
+
+/// A writer that fails once more than `max` bytes were written (`buf` then holds `max + 1`
+/// or more, which is how the caller tells this failure from others).
+struct Bounded {
+    buf: Vec<u8>,
+    max: usize,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len().saturating_add(data.len()) > self.max {
+            self.buf.resize(self.max + 1, 0);
+            return Err(std::io::Error::other("template output limit"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -283,6 +348,29 @@ mod tests {
         );
         let t = ChatTemplate::new("{{ 'x' if 'abc'.startswith('ab') }}{{ ' a b '.split()|length }}", "", "").unwrap();
         assert_eq!(t.render(&[], false).unwrap(), "x2");
+    }
+
+    #[test]
+    fn runaway_templates_stop_with_a_clear_error() {
+        let tk = Tokenizer::from_gguf(&crate::model::test_model::metadata()).expect("tokenizer");
+        let msgs = [ChatMessage::user("hi")];
+        let nested = "{% for a in range(100000) %}{% for b in range(100000) %}x{% endfor %}{% endfor %}";
+        let t = ChatTemplate::for_model(Some(nested), &tk).expect("compiles");
+        let started = std::time::Instant::now();
+        let e = t.render(&msgs, true).unwrap_err().to_string();
+        assert!(e.contains("ran out of fuel") && e.contains("for 1 messages"), "{e}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(10), "{:?}", started.elapsed());
+        // Few instructions, huge output: 100 strings of 100 MB.
+        let wide = "{% for a in range(100) %}{{ 'x' * 100000000 }}{% endfor %}";
+        let e = ChatTemplate::for_model(Some(wide), &tk).unwrap().render(&msgs, true).unwrap_err().to_string();
+        assert!(e.contains("output longer than"), "{e}");
+        let e = ChatTemplate::new(&"x".repeat(MAX_TEMPLATE_BYTES + 1), "", "").unwrap_err().to_string();
+        assert!(e.contains("bytes of template source"), "{e}");
+        // The default model's own template still renders a long conversation.
+        let real = crate::model::test_model::metadata().str("tokenizer.chat_template").unwrap().unwrap().to_string();
+        let t = ChatTemplate::for_model(Some(&real), &tk).unwrap();
+        let long: Vec<ChatMessage> = (0..2000).map(|i| ChatMessage::user(format!("message {i}"))).collect();
+        assert!(t.render(&long, true).unwrap().contains("message 1999"));
     }
 
     #[test]
