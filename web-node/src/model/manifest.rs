@@ -2,14 +2,19 @@
 //!
 //! A [`Manifest`] lists the model's shape and one SHA-256 per decoder block (layer) and for the
 //! head, each computed over the weights as the engine holds them (type, shape and bytes of every
-//! tensor, in a fixed order). The [`ModelId`] is the SHA-256 of the manifest's canonical JSON,
-//! so two nodes that loaded the same weights, from GGUF or safetensors, agree on it, and a node
-//! holding different weights under the same file name does not.
+//! tensor, in a fixed order), plus a SHA-256 of everything else that changes the maths or the
+//! text: the RoPE frequency factors, the tokenizer (vocabulary, merges, special tokens, BOS/EOS
+//! rules) and the chat template. The [`ModelId`] is the SHA-256 of the manifest's canonical
+//! JSON, so a node holding different weights, tokenizer or template under the same file name
+//! gets a different id.
+//!
+//! The format is versioned ([`MANIFEST_VERSION`]): a manifest of another version is refused
+//! when it is read, so a later format (more fields) is never mistaken for this one.
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use super::{HeadWeights, LayerWeights, LlamaConfig, ModelError, ModelFile, QMatrix};
+use super::{HeadWeights, LayerWeights, LlamaConfig, ModelError, ModelFile, QMatrix, Tokenizer};
 
 /// A 32-byte content hash naming a model.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -46,10 +51,17 @@ impl std::fmt::Debug for ModelId {
     }
 }
 
-/// What a model is made of: its shape and the hash of every block.
+/// The manifest format this build writes and reads. Version 1 had no RoPE factors, tokenizer
+/// or chat template.
+pub const MANIFEST_VERSION: u32 = 2;
+
+/// What a model is made of: its shape, the hash of every block, and of what shapes its text.
+///
+/// Deserializing checks the version and that the hashes are well formed (one per block).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "Wire")]
 pub struct Manifest {
-    /// Manifest format version.
+    /// Manifest format version ([`MANIFEST_VERSION`]).
     pub version: u32,
     /// Architecture family (`llama`, `mistral`, `qwen2`).
     pub arch: String,
@@ -73,31 +85,145 @@ pub struct Manifest {
     pub vocab: usize,
     /// Context length.
     pub max_seq_len: usize,
+    /// SHA-256 of the RoPE frequency factors (f32, little-endian), hex; `None` without.
+    pub rope_freqs: Option<String>,
+    /// SHA-256 of the tokenizer ([`Tokenizer::fingerprint`]), hex; `None` for a model that
+    /// ships none.
+    pub tokenizer: Option<String>,
+    /// SHA-256 of the chat template's source, hex; `None` for a model that ships none.
+    pub chat_template: Option<String>,
     /// SHA-256 of each decoder layer's weights, hex.
     pub blocks: Vec<String>,
     /// SHA-256 of the head (embeddings, final norm, LM head), hex.
     pub head: String,
 }
 
+/// The serialized form of [`Manifest`], checked before it becomes one.
+#[derive(Deserialize)]
+struct Wire {
+    version: u32,
+    arch: String,
+    hidden: usize,
+    intermediate: usize,
+    n_layers: usize,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    rope_theta_bits: u32,
+    rms_eps_bits: u32,
+    vocab: usize,
+    max_seq_len: usize,
+    rope_freqs: Option<String>,
+    tokenizer: Option<String>,
+    chat_template: Option<String>,
+    blocks: Vec<String>,
+    head: String,
+}
+
+impl TryFrom<Wire> for Manifest {
+    type Error = ModelError;
+
+    fn try_from(w: Wire) -> Result<Self, ModelError> {
+        let m = Manifest {
+            version: w.version,
+            arch: w.arch,
+            hidden: w.hidden,
+            intermediate: w.intermediate,
+            n_layers: w.n_layers,
+            n_heads: w.n_heads,
+            n_kv_heads: w.n_kv_heads,
+            head_dim: w.head_dim,
+            rope_theta_bits: w.rope_theta_bits,
+            rms_eps_bits: w.rms_eps_bits,
+            vocab: w.vocab,
+            max_seq_len: w.max_seq_len,
+            rope_freqs: w.rope_freqs,
+            tokenizer: w.tokenizer,
+            chat_template: w.chat_template,
+            blocks: w.blocks,
+            head: w.head,
+        };
+        m.validate()?;
+        Ok(m)
+    }
+}
+
+fn bad(what: String) -> ModelError {
+    ModelError::BadFormat { format: "manifest", what }
+}
+
+/// SHA-256 of `bytes`, lowercase hex.
+fn sha_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
 impl Manifest {
-    /// Hashes every layer and the head of `file` (reads all weights once).
+    /// Hashes every layer and the head of `file` (reads all weights once), its tokenizer
+    /// (built once) and its chat template.
     pub fn of_file(file: &ModelFile) -> Result<Manifest, ModelError> {
         let config = file.config();
         let blocks = (0..config.n_layers)
             .map(|i| file.load_layer(i).map(|w| hex::encode(layer_hash(&w))))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?))))
+        let tokenizer = match file.has_tokenizer() {
+            true => Some(tokenizer_hash(&file.tokenizer()?)?),
+            false => None,
+        };
+        let template = file.chat_template();
+        Ok(Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
+            .with_text(tokenizer, template.as_deref().map(template_hash)))
     }
 
-    /// A manifest from a configuration and precomputed hashes.
+    /// Reads a manifest from JSON, checking its version and form.
+    pub fn from_json(json: &[u8]) -> Result<Manifest, ModelError> {
+        serde_json::from_slice(json).map_err(|e| bad(e.to_string()))
+    }
+
+    /// Checks the version and that every hash is 64 hex digits, one per block.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        if self.version != MANIFEST_VERSION {
+            return Err(bad(format!(
+                "version {}, this build reads version {MANIFEST_VERSION} (update ait, or the node that sent it)",
+                self.version
+            )));
+        }
+        if self.blocks.len() != self.n_layers {
+            return Err(bad(format!("{} block hashes for {} layers", self.blocks.len(), self.n_layers)));
+        }
+        let named = [("head", Some(&self.head)), ("rope_freqs", self.rope_freqs.as_ref())]
+            .into_iter()
+            .chain([("tokenizer", self.tokenizer.as_ref()), ("chat_template", self.chat_template.as_ref())])
+            .chain(self.blocks.iter().map(|b| ("block", Some(b))));
+        for (what, hash) in named {
+            if let Some(h) = hash.filter(|h| h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit())) {
+                return Err(bad(format!("{what} hash {h:?} is not 64 hex digits")));
+            }
+        }
+        Ok(())
+    }
+
+    /// This manifest with the hashes of a tokenizer and a chat template (see [`tokenizer_hash`],
+    /// [`template_hash`]).
+    pub fn with_text(mut self, tokenizer: Option<String>, chat_template: Option<String>) -> Manifest {
+        self.tokenizer = tokenizer;
+        self.chat_template = chat_template;
+        self
+    }
+
+    /// A manifest from a configuration and precomputed hashes, with no tokenizer or template
+    /// (see [`Self::with_text`]).
     pub fn new(config: &LlamaConfig, blocks: Vec<String>, head: String) -> Manifest {
         let arch = match config.arch {
             super::Arch::Llama => "llama",
             super::Arch::Mistral => "mistral",
             super::Arch::Qwen2 => "qwen2",
         };
+        let rope_freqs = config.rope_freq_factors.as_ref().map(|f| {
+            let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
+            sha_hex(&bytes)
+        });
         Manifest {
-            version: 1,
+            version: MANIFEST_VERSION,
             arch: arch.into(),
             hidden: config.hidden,
             intermediate: config.intermediate,
@@ -109,6 +235,9 @@ impl Manifest {
             rms_eps_bits: config.rms_eps.to_bits(),
             vocab: config.vocab,
             max_seq_len: config.max_seq_len,
+            rope_freqs,
+            tokenizer: None,
+            chat_template: None,
             blocks,
             head,
         }
@@ -120,6 +249,16 @@ impl Manifest {
         let json = serde_json::to_vec(self).unwrap_or_default();
         ModelId(Sha256::digest(&json).into())
     }
+}
+
+/// A tokenizer's [`Tokenizer::fingerprint`], hex.
+pub fn tokenizer_hash(t: &Tokenizer) -> Result<String, ModelError> {
+    t.fingerprint().map(hex::encode)
+}
+
+/// SHA-256 of a chat template's source, hex.
+pub fn template_hash(source: &str) -> String {
+    sha_hex(source.as_bytes())
 }
 
 fn hash_matrix(h: &mut Sha256, m: &QMatrix) {
@@ -169,6 +308,69 @@ pub fn head_hash(w: &HeadWeights) -> [u8; 32] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sample() -> Manifest {
+        let config = LlamaConfig {
+            arch: super::super::Arch::Llama,
+            hidden: 8,
+            intermediate: 16,
+            n_layers: 2,
+            n_heads: 2,
+            n_kv_heads: 2,
+            head_dim: 4,
+            rope_theta: 10_000.0,
+            rms_eps: 1e-5,
+            vocab: 10,
+            max_seq_len: 32,
+            tie_embeddings: true,
+            rope_freq_factors: Some(vec![1.0, 8.0]),
+        };
+        Manifest::new(&config, vec!["a".repeat(64), "b".repeat(64)], "c".repeat(64))
+            .with_text(Some("d".repeat(64)), Some(template_hash("{{ x }}")))
+    }
+
+    #[test]
+    fn versioned_json_round_trips_and_unknown_versions_are_refused() {
+        let m = sample();
+        assert_eq!(m.version, MANIFEST_VERSION);
+        let json = serde_json::to_vec(&m).unwrap();
+        assert_eq!(Manifest::from_json(&json).unwrap(), m);
+        let mut v: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v["version"] = 7.into();
+        let e = Manifest::from_json(v.to_string().as_bytes()).unwrap_err().to_string();
+        assert!(e.contains("version 7, this build reads version 2"), "{e}");
+        // The same check on every serde path (the app reads manifests with serde_json).
+        assert!(serde_json::from_value::<Manifest>(v).is_err());
+        // A version-1 manifest (no tokenizer, template or RoPE fields) is refused too.
+        let mut v1: serde_json::Value = serde_json::from_slice(&json).unwrap();
+        v1["version"] = 1.into();
+        assert!(Manifest::from_json(v1.to_string().as_bytes()).unwrap_err().to_string().contains("version 1"));
+    }
+
+    #[test]
+    fn malformed_manifests_are_refused() {
+        let mut m = sample();
+        m.blocks.pop();
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.contains("1 block hashes for 2 layers"), "{e}");
+        let mut m = sample();
+        m.tokenizer = Some("zz".into());
+        let json = serde_json::to_vec(&m).unwrap();
+        let e = Manifest::from_json(&json).unwrap_err().to_string();
+        assert!(e.contains("tokenizer hash \"zz\" is not 64 hex digits"), "{e}");
+    }
+
+    #[test]
+    fn id_covers_rope_factors_tokenizer_and_template() {
+        let m = sample();
+        let mut other = m.clone();
+        other.rope_freqs = None;
+        assert_ne!(m.id(), other.id());
+        let other = m.clone().with_text(None, m.chat_template.clone());
+        assert_ne!(m.id(), other.id());
+        let other = m.clone().with_text(m.tokenizer.clone(), Some(template_hash("{{ y }}")));
+        assert_ne!(m.id(), other.id());
+    }
 
     #[test]
     fn hex_round_trip() {

@@ -421,6 +421,11 @@ impl SafetensorsModel {
         })
     }
 
+    /// Whether the checkpoint has a `tokenizer.json`.
+    pub fn has_tokenizer(&self) -> bool {
+        self.tokenizer_json.is_some()
+    }
+
     /// The tokenizer from `tokenizer.json` (with `tokenizer_config.json` when present).
     pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
         let Some(json) = &self.tokenizer_json else {
