@@ -1,7 +1,7 @@
 //! `ait chat`: a terminal chat against a swarm (`--swarm`) or a relay's HTTP API (`--url`),
 //! streaming the answer, keeping the conversation for the session; `/reset` forgets it.
 
-use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 
 use anyhow::Context;
 use libp2p::Multiaddr;
@@ -129,6 +129,32 @@ impl Backend {
     }
 }
 
+/// Longest line of the relay's event stream `ait chat --url` accepts (an event is one line).
+pub const MAX_EVENT_LINE: usize = 1 << 20;
+
+/// Reads the next line of `r` into `buf` (without its `\n` or `\r\n`), or `None` at the end:
+/// at most `max` bytes (a `\r` counts), so a server cannot make the client buffer without bound.
+pub fn read_line_bounded<'a>(
+    r: &mut impl BufRead,
+    buf: &'a mut Vec<u8>,
+    max: usize,
+) -> anyhow::Result<Option<&'a str>> {
+    buf.clear();
+    let limit = u64::try_from(max).unwrap_or(u64::MAX).saturating_add(1);
+    if r.by_ref().take(limit).read_until(b'\n', buf)? == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    } else if buf.len() > max {
+        anyhow::bail!("the relay sent a line longer than {max} bytes; giving up on this answer");
+    }
+    Ok(Some(std::str::from_utf8(buf).context("the relay sent a line that is not UTF-8")?))
+}
+
 struct Http {
     agent: ureq::Agent,
     base: String,
@@ -175,8 +201,9 @@ impl Http {
             anyhow::bail!("{}: {}", status, err["error"]["message"]);
         }
         let mut text = String::new();
-        for line in BufReader::new(resp.into_body().into_reader()).lines() {
-            let line = line?;
+        let mut events = BufReader::new(resp.into_body().into_reader());
+        let mut buf = Vec::new();
+        while let Some(line) = read_line_bounded(&mut events, &mut buf, MAX_EVENT_LINE)? {
             let Some(data) = line.strip_prefix("data: ") else { continue };
             if data == "[DONE]" {
                 break;
@@ -191,5 +218,24 @@ impl Http {
             }
         }
         Ok(text)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_bounded() {
+        let mut buf = Vec::new();
+        let mut r = std::io::Cursor::new(b"data\r\n\nabcd\nlast".to_vec());
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 5).expect("ok"), Some("data"));
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 5).expect("ok"), Some(""));
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 5).expect("ok"), Some("abcd"));
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 5).expect("ok"), Some("last"));
+        assert_eq!(read_line_bounded(&mut r, &mut buf, 5).expect("ok"), None);
+        let mut long = std::io::Cursor::new(b"abcdef\n".to_vec());
+        let e = read_line_bounded(&mut long, &mut buf, 5).expect_err("too long");
+        assert!(e.to_string().contains("longer than 5 bytes"), "{e}");
     }
 }
