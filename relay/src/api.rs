@@ -5,29 +5,51 @@
 //! swarm through a [`SwarmChain`]; when this relay serves blocks itself, routing reaches them
 //! in-process, so a relay holding every block answers alone. Chat messages go through the
 //! model's own chat template. Errors use OpenAI's error shape.
+//!
+//! Bounded everywhere ([`HttpLimits`]): [`serve_with`] runs the port with header, body and
+//! write timeouts, connection caps, the `Host`/`Origin` checks and CORS ([`guard`]); requests
+//! beyond the running slots and the queue are refused at once with 429; `max_tokens` has a
+//! default and a cap; templates and tokenizing run off the async runtime.
+
+/// Logs a refusal at most once per kind every 10 s (`HTTP_LOG`), with the count held back.
+macro_rules! limited_warn {
+    ($kind:expr, $($arg:tt)+) => {
+        web_node::limited_warn!($crate::api::HTTP_LOG, $kind, $($arg)+)
+    };
+}
+
+pub mod limits;
+
+mod guard;
+mod server;
+
+pub use limits::HttpLimits;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use serde_json::{json, Value};
-use tower_http::cors::{Any, CorsLayer};
 use web_node::client::{
     ClientError, ClientModel, FinishReason, GenerateError, GenerateOptions, Generation, SamplingParams,
 };
 use web_node::model::{ChatMessage, ModelError};
 use web_node::net::chain::{ChainError, ChainOptions, SwarmChain};
+use web_node::net::log_limit::LogLimit;
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::LocalServer;
 
 use crate::openai::{ApiError, ChatRequest, CompletionRequest, Content, Prompt, Sampling, Usage};
+
+/// The HTTP port's log limiter: which address was limited and why, without flooding the log.
+static HTTP_LOG: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::new(std::time::Duration::from_secs(10)));
 
 /// What the API serves and how it runs requests.
 pub struct ApiState {
@@ -41,7 +63,7 @@ pub struct ApiState {
     pub local: Option<Arc<dyn LocalServer>>,
     /// Required bearer token, if any.
     pub api_key: Option<String>,
-    /// Requests generating at once; others wait their turn.
+    /// Requests generating at once; others wait their turn (at most `--api-queue` of them).
     pub permits: tokio::sync::Semaphore,
     /// Timeouts of the chains.
     pub chain: ChainOptions,
@@ -50,13 +72,40 @@ pub struct ApiState {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-        (status, axum::Json(self.body())).into_response()
+        let mut resp = (status, axum::Json(self.body())).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        resp
     }
 }
 
-/// The router, with permissive CORS (browsers may call it from any origin).
+/// The API's handlers' state: what main gave, and the limits.
+struct Api {
+    state: Arc<ApiState>,
+    /// Requests admitted (running or waiting): `--api-concurrency` plus `--api-queue`.
+    admission: Arc<tokio::sync::Semaphore>,
+    running: usize,
+    limits: HttpLimits,
+}
+
+/// The router with the default [`HttpLimits`].
 pub fn router(state: Arc<ApiState>) -> Router {
-    let cors = CorsLayer::new().allow_origin(Any).allow_methods(Any).allow_headers(Any);
+    router_with(state, &HttpLimits::default())
+}
+
+/// The API's routes (all behind the API key, when one is set) with `limits`' queue and token
+/// caps. Serve it with [`serve_with`], which adds the connection-level limits and the `Host`,
+/// `Origin` and CORS checks for every route.
+pub fn router_with(state: Arc<ApiState>, limits: &HttpLimits) -> Router {
+    let running = state.permits.available_permits();
+    let key: Option<Arc<str>> = state.api_key.as_deref().map(Arc::from);
+    let api = Arc::new(Api {
+        state,
+        admission: Arc::new(tokio::sync::Semaphore::new(running + limits.api_queue)),
+        running,
+        limits: limits.clone(),
+    });
     Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
@@ -65,41 +114,32 @@ pub fn router(state: Arc<ApiState>) -> Router {
             "/v1/{*rest}",
             axum::routing::any(|| async { ApiError { status: 404, ..ApiError::bad_request("No such endpoint.") } }),
         )
-        .layer(cors)
-        .with_state(state)
+        .route_layer(axum::middleware::from_fn_with_state(key, guard::require_key))
+        .with_state(api)
 }
 
-/// Binds `addr` and serves `app` (the API and the browser routes) in the background; returns
-/// the bound address.
+/// [`serve_with`] the default [`HttpLimits`].
 pub async fn serve(addr: SocketAddr, app: Router) -> anyhow::Result<SocketAddr> {
+    serve_with(addr, app, &HttpLimits::default()).await
+}
+
+/// Binds `addr` and serves `app` (the API and the browser routes) in the background within
+/// `limits`; returns the bound address.
+pub async fn serve_with(addr: SocketAddr, app: Router, limits: &HttpLimits) -> anyhow::Result<SocketAddr> {
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("HTTP API cannot listen on {addr}: {e} (choose another with --http ADDR:PORT)"))?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
-            tracing::error!("HTTP API stopped: {e}");
-        }
-    });
+    tokio::spawn(server::accept_loop(listener, guard::layer(app, limits), limits.clone()));
     Ok(bound)
-}
-
-fn authorize(state: &ApiState, headers: &HeaderMap) -> Result<(), ApiError> {
-    let Some(key) = &state.api_key else { return Ok(()) };
-    let given = headers.get("authorization").and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    if given == Some(key.as_str()) {
-        Ok(())
-    } else {
-        Err(ApiError::unauthorized())
-    }
 }
 
 fn now() -> u64 {
     web_node::net::unix_ms() / 1000
 }
 
-async fn models(State(state): State<Arc<ApiState>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
+async fn models(State(api): State<Arc<Api>>) -> Result<Response, ApiError> {
+    let state = &api.state;
     let data: Vec<Value> = state
         .model
         .iter()
@@ -112,8 +152,55 @@ fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
+/// The request body, within `--http-max-body` bytes and `--http-body-timeout`.
+async fn read_body(api: &Api, peer: SocketAddr, body: Body) -> Result<Bytes, ApiError> {
+    let max = api.limits.http_max_body;
+    match tokio::time::timeout(api.limits.body_timeout(), axum::body::to_bytes(body, max)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => {
+            limited_warn!(
+                "http-body-size",
+                "HTTP request from {peer} refused: body over {max} bytes (--http-max-body)"
+            );
+            Err(ApiError::body_too_large(max))
+        }
+        Err(_) => {
+            limited_warn!("http-body-timeout", "HTTP request from {peer} refused: body too slow (--http-body-timeout)");
+            Err(ApiError::body_timeout(api.limits.http_body_timeout))
+        }
+    }
+}
+
+/// A place among the running and queued requests, or 429 at once when there is none.
+fn admit(api: &Api, peer: SocketAddr) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    api.admission.clone().try_acquire_owned().map_err(|_| {
+        limited_warn!(
+            "api-queue",
+            "API request from {peer} refused: queue full (--api-queue {})",
+            api.limits.api_queue
+        );
+        ApiError::queue_full(api.running, api.limits.api_queue)
+    })
+}
+
+/// Reads, parses and prepares (template, tokenizer: on a blocking thread) a request.
+async fn prepare<R: serde::de::DeserializeOwned + Send + 'static>(
+    api: &Arc<Api>,
+    peer: SocketAddr,
+    body: Body,
+    make: fn(&Api, R) -> Result<Job, ApiError>,
+) -> Result<Job, ApiError> {
+    let body = read_body(api, peer, body).await?;
+    let api = api.clone();
+    tokio::task::spawn_blocking(move || make(&api, parse(&body)?))
+        .await
+        .map_err(|e| ApiError::internal(format!("preparing the request: {e}")))?
+}
+
 /// A request ready to run.
 struct Job {
+    /// Its place among the admitted requests, given back when it ends.
+    _admitted: Option<tokio::sync::OwnedSemaphorePermit>,
     model: Arc<ClientModel>,
     prompt: Vec<u32>,
     opts: GenerateOptions,
@@ -128,12 +215,14 @@ fn resolve_model(state: &ApiState, name: &str) -> Result<Arc<ClientModel>, ApiEr
     }
 }
 
-/// Generation options from the request's sampling fields; `param` names the prompt field.
+/// Generation options from the request's sampling fields for a model of `context` tokens;
+/// `max_tokens` is `default_max` when not given and at most `cap`; `param` names the prompt
+/// field.
 fn options(
-    model: &ClientModel,
+    context: usize,
     s: &Sampling,
     prompt_len: usize,
-    default_max: usize,
+    (default_max, cap): (usize, usize),
     param: &'static str,
 ) -> Result<GenerateOptions, ApiError> {
     if s.n.is_some_and(|n| n != 1) {
@@ -150,11 +239,10 @@ fn options(
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(ApiError { param: Some("top_p"), ..ApiError::bad_request("top_p must be in (0, 1].") });
     }
-    let context = model.config.max_seq_len;
     if prompt_len >= context {
         return Err(ApiError::too_long(prompt_len, context, param));
     }
-    let room = context - prompt_len;
+    let room = (context - prompt_len).min(cap.max(1));
     let max_tokens = match s.max_completion_tokens.or(s.max_tokens) {
         Some(0) => {
             return Err(ApiError {
@@ -192,8 +280,8 @@ fn stops(s: &Sampling) -> Result<Vec<String>, ApiError> {
     Ok(stops)
 }
 
-fn chat_job(state: &ApiState, req: ChatRequest) -> Result<Job, ApiError> {
-    let model = resolve_model(state, &req.model)?;
+fn chat_job(api: &Api, req: ChatRequest) -> Result<Job, ApiError> {
+    let model = resolve_model(&api.state, &req.model)?;
     if req.messages.is_empty() {
         return Err(ApiError { param: Some("messages"), ..ApiError::bad_request("messages must not be empty.") });
     }
@@ -234,13 +322,14 @@ fn chat_job(state: &ApiState, req: ChatRequest) -> Result<Job, ApiError> {
         ClientError::Model(e @ ModelError::Template(_)) => ApiError::bad_request(format!("Chat template: {e}")),
         e => ApiError::internal(format!("Tokenizer: {e}")),
     })?;
-    let opts = options(&model, &req.sampling, prompt.len(), usize::MAX, "messages")?;
+    let limits = (api.limits.api_default_max_tokens, api.limits.api_max_tokens);
+    let opts = options(model.config.max_seq_len, &req.sampling, prompt.len(), limits, "messages")?;
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
+    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage })
 }
 
-fn completion_job(state: &ApiState, req: CompletionRequest) -> Result<Job, ApiError> {
-    let model = resolve_model(state, &req.model)?;
+fn completion_job(api: &Api, req: CompletionRequest) -> Result<Job, ApiError> {
+    let model = resolve_model(&api.state, &req.model)?;
     let text = match req.prompt {
         Prompt::One(p) => p,
         Prompt::Many(mut v) if v.len() == 1 => v.remove(0),
@@ -256,9 +345,10 @@ fn completion_job(state: &ApiState, req: CompletionRequest) -> Result<Job, ApiEr
         return Err(ApiError { param: Some("prompt"), ..ApiError::bad_request("The prompt is empty.") });
     }
     // OpenAI's default for the legacy completions endpoint.
-    let opts = options(&model, &req.sampling, prompt.len(), 16, "prompt")?;
+    let limits = (16, api.limits.api_max_tokens);
+    let opts = options(model.config.max_seq_len, &req.sampling, prompt.len(), limits, "prompt")?;
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    Ok(Job { model, prompt, opts, stream: req.sampling.stream, include_usage })
+    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage })
 }
 
 fn api_error(e: GenerateError<ChainError>) -> ApiError {
@@ -303,20 +393,23 @@ fn request_id(prefix: &str) -> String {
     format!("{prefix}-{:016x}", rand::random::<u64>())
 }
 
-async fn chat(State(state): State<Arc<ApiState>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let job = chat_job(&state, parse(&body)?)?;
-    respond(state, job, Kind::Chat).await
+/// The client's address (set by the server loop; absent in in-process tests).
+fn peer_of(req: &Request) -> SocketAddr {
+    req.extensions().get::<ConnectInfo<SocketAddr>>().map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |c| c.0)
 }
 
-async fn completions(
-    State(state): State<Arc<ApiState>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<Response, ApiError> {
-    authorize(&state, &headers)?;
-    let job = completion_job(&state, parse(&body)?)?;
-    respond(state, job, Kind::Completion).await
+async fn chat(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(&req);
+    let admitted = admit(&api, peer)?;
+    let job = prepare(&api, peer, req.into_body(), chat_job).await?;
+    respond(api.state.clone(), Job { _admitted: Some(admitted), ..job }, Kind::Chat).await
+}
+
+async fn completions(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
+    let peer = peer_of(&req);
+    let admitted = admit(&api, peer)?;
+    let job = prepare(&api, peer, req.into_body(), completion_job).await?;
+    respond(api.state.clone(), Job { _admitted: Some(admitted), ..job }, Kind::Completion).await
 }
 
 #[derive(Clone, Copy)]
@@ -374,6 +467,8 @@ async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response,
         let g = run(&state, &job, |_| {}).await?;
         return Ok(axum::Json(kind.whole(&id, &name, &g)).into_response());
     }
+    // Unbounded, but holds at most `--api-max-tokens` small events for a slow reader (and a
+    // reader that stops altogether is cut off by `--http-write-timeout`).
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Event>();
     let event = |v: Value| Event::default().data(v.to_string());
     tokio::spawn(async move {

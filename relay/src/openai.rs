@@ -196,6 +196,41 @@ impl ApiError {
         }
     }
 
+    /// 429: every API slot is taken and the queue is full.
+    pub fn queue_full(running: usize, queued: usize) -> ApiError {
+        ApiError {
+            status: 429,
+            kind: "rate_limit_error",
+            code: Some("queue_full"),
+            param: None,
+            message: format!(
+                "This relay is busy: {running} requests running and {queued} waiting (the most it queues); retry later."
+            ),
+        }
+    }
+
+    /// 413: the request body is larger than `limit` bytes.
+    pub fn body_too_large(limit: usize) -> ApiError {
+        ApiError {
+            status: 413,
+            kind: "invalid_request_error",
+            code: Some("body_too_large"),
+            param: None,
+            message: format!("The request body is larger than this relay's limit of {limit} bytes."),
+        }
+    }
+
+    /// 408: the request body did not arrive within `secs` seconds.
+    pub fn body_timeout(secs: u64) -> ApiError {
+        ApiError {
+            status: 408,
+            kind: "invalid_request_error",
+            code: Some("request_timeout"),
+            param: None,
+            message: format!("The request body did not arrive within {secs} s."),
+        }
+    }
+
     /// 500.
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError { status: 500, kind: "server_error", code: None, param: None, message: message.into() }

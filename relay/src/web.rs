@@ -6,13 +6,15 @@
 //!   WebRTC-direct addresses with `/p2p/<id>`.
 //! - `GET /ait/models/{id}/manifest`: the manifest (JSON) whose hash is the model id.
 //! - `GET /ait/models/{id}/head`, `GET /ait/models/{id}/blocks/{i}`: parts; a downloader checks
-//!   them against the manifest's hashes.
+//!   them against the manifest's hashes. Each part is extracted once into a cache directory
+//!   and streamed from there, so a slow reader holds a file handle and one chunk, not a part.
 //! - anything else: a file of the app, or its `index.html`.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -36,27 +38,117 @@ pub struct ModelParts {
     pub id: ModelId,
     /// The whole file.
     pub file: GgufModel,
-    head: OnceLock<Bytes>,
+    cache: PartCache,
+}
+
+/// Parts extracted so far, as files: each part is extracted at most once per process (a
+/// request for a part being extracted waits for it), then served from its file.
+struct PartCache {
+    /// `--data-dir`'s cache, or a private directory under the system's temporary one.
+    base: CacheDir,
+    /// The directory, made on first use.
+    dir: OnceLock<Result<PathBuf, String>>,
+    parts: Mutex<HashMap<Option<usize>, Arc<tokio::sync::OnceCell<PathBuf>>>>,
+}
+
+enum CacheDir {
+    /// A directory of the relay's (files left from an earlier run are overwritten, not trusted).
+    Given(PathBuf),
+    /// A fresh private directory in the temporary one, removed when the model is dropped.
+    Temporary,
+}
+
+fn key(part: Part) -> Option<usize> {
+    match part {
+        Part::Head => None,
+        Part::Block(i) => Some(i),
+    }
+}
+
+impl PartCache {
+    fn new(base: CacheDir) -> Self {
+        PartCache { base, dir: OnceLock::new(), parts: Mutex::new(HashMap::new()) }
+    }
+
+    /// The cache directory for model `id`, created (owner-only) on first use.
+    fn dir(&self, id: &ModelId) -> Result<PathBuf, String> {
+        self.dir
+            .get_or_init(|| {
+                let dir = match &self.base {
+                    CacheDir::Given(d) => d.join(id.to_hex()),
+                    CacheDir::Temporary => std::env::temp_dir().join(format!(
+                        "ait-parts-{}-{:016x}",
+                        std::process::id(),
+                        rand::random::<u64>()
+                    )),
+                };
+                let mut b = std::fs::DirBuilder::new();
+                b.recursive(matches!(self.base, CacheDir::Given(_)));
+                #[cfg(unix)]
+                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
+                match b.create(&dir) {
+                    Ok(()) => Ok(dir),
+                    Err(e)
+                        if matches!(self.base, CacheDir::Given(_)) && e.kind() == std::io::ErrorKind::AlreadyExists =>
+                    {
+                        Ok(dir)
+                    }
+                    Err(e) => Err(format!("cannot create the parts cache {}: {e}", dir.display())),
+                }
+            })
+            .clone()
+    }
+}
+
+impl Drop for PartCache {
+    fn drop(&mut self) {
+        if let (CacheDir::Temporary, Some(Ok(dir))) = (&self.base, self.dir.get()) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 impl ModelParts {
-    /// Parts of `file`, whose manifest is `manifest`.
+    /// Parts of `file`, whose manifest is `manifest`, cached in a private temporary directory
+    /// (see [`ModelParts::with_cache_dir`]).
     pub fn new(name: String, manifest: Manifest, file: GgufModel) -> ModelParts {
-        ModelParts { name, id: manifest.id(), manifest, file, head: OnceLock::new() }
+        ModelParts { name, id: manifest.id(), manifest, file, cache: PartCache::new(CacheDir::Temporary) }
     }
 
-    fn part(&self, part: Part) -> Result<Bytes, String> {
-        let n = self.manifest.n_layers;
-        match part {
-            Part::Head => {
-                if let Some(b) = self.head.get() {
-                    return Ok(b.clone());
-                }
-                let b = Bytes::from(extract(self.file.file(), n, part).map_err(|e| e.to_string())?);
-                Ok(self.head.get_or_init(|| b).clone())
-            }
-            Part::Block(_) => extract(self.file.file(), n, part).map(Bytes::from).map_err(|e| e.to_string()),
-        }
+    /// Caches extracted parts under `dir` (in a folder named by the model id) instead.
+    pub fn with_cache_dir(self, dir: PathBuf) -> ModelParts {
+        ModelParts { cache: PartCache::new(CacheDir::Given(dir)), ..self }
+    }
+
+    /// The file holding `part`, extracting it on first use (on a blocking thread).
+    async fn part_file(self: &Arc<Self>, part: Part) -> Result<PathBuf, String> {
+        let cell = {
+            let mut parts = self.cache.parts.lock().unwrap_or_else(|p| p.into_inner());
+            parts.entry(key(part)).or_default().clone()
+        };
+        let me = self.clone();
+        cell.get_or_try_init(|| async move {
+            tokio::task::spawn_blocking(move || me.extract_to_file(part)).await.map_err(|e| e.to_string())?
+        })
+        .await
+        .cloned()
+    }
+
+    /// Extracts `part` and writes it to its cache file (whole, or not at all).
+    fn extract_to_file(&self, part: Part) -> Result<PathBuf, String> {
+        let dir = self.cache.dir(&self.id)?;
+        let name = match part {
+            Part::Head => "head.gguf".to_string(),
+            Part::Block(i) => format!("block-{i}.gguf"),
+        };
+        let bytes = extract(self.file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;
+        let path = dir.join(&name);
+        let tmp = dir.join(format!("{name}.tmp"));
+        std::fs::write(&tmp, &bytes)
+            .and_then(|()| std::fs::rename(&tmp, &path))
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        tracing::debug!("extracted {part} of model {} to {}", self.id.short(), path.display());
+        Ok(path)
     }
 }
 
@@ -150,11 +242,24 @@ async fn send_part(s: Arc<WebState>, id: String, part: Part) -> Response {
             return not_found(format!("model {id} has {} blocks", m.manifest.n_layers));
         }
     }
-    match tokio::task::spawn_blocking(move || m.part(part)).await {
-        Ok(Ok(bytes)) => ([(header::CONTENT_TYPE, "application/octet-stream")], bytes).into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e).into_response(),
-        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    let opened = match m.part_file(part).await {
+        Ok(path) => tokio::fs::File::open(&path).await.map_err(|e| format!("cannot open {}: {e}", path.display())),
+        Err(e) => Err(e),
+    };
+    let file = match opened {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::error!("serving {part} of model {id}: {e}");
+            return (StatusCode::INTERNAL_SERVER_ERROR, e).into_response();
+        }
+    };
+    let len = file.metadata().await.map(|m| m.len()).ok();
+    let body = Body::from_stream(tokio_util::io::ReaderStream::with_capacity(file, 64 * 1024));
+    let mut resp = ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response();
+    if let Some(len) = len {
+        resp.headers_mut().insert(header::CONTENT_LENGTH, len.into());
     }
+    resp
 }
 
 async fn head(State(s): State<Arc<WebState>>, Path(id): Path<String>) -> Response {
