@@ -5,6 +5,10 @@
 //! Every kernel reads the step's `(n_tokens, pos)` from a shared uniform ([`StepUniform`]),
 //! written with `queue.write_buffer` before each submit, so bind groups never change between
 //! steps. This module owns every workgroup constant the shaders use.
+//!
+//! The builders create uniforms, pipelines and bind groups without an error scope of their
+//! own: callers run them inside [`GpuContext::alloc`], so running out of memory there is an
+//! [`EngineError`] and not a panic.
 
 use std::sync::Arc;
 
