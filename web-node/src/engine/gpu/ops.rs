@@ -7,7 +7,7 @@
 //! steps. This module owns every workgroup constant the shaders use.
 //!
 //! The builders create uniforms, pipelines and bind groups without an error scope of their
-//! own: callers run them inside [`GpuContext::alloc`], so running out of memory there is an
+//! own: callers run them inside `GpuContext::alloc`, so running out of memory there is an
 //! [`EngineError`] and not a panic.
 
 use std::sync::Arc;
