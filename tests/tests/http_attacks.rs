@@ -345,6 +345,41 @@ fn stalled_readers_of_parts_do_not_each_hold_a_part() {
 }
 
 #[test]
+fn a_reader_that_stops_reading_is_cut_off() {
+    let root = temp_dir("http-write");
+    let m = model_arg();
+    let relay = Relay::start(&root.join("r"), &["--model", &m, "--http-write-timeout", "1"]);
+    let a = addr(&relay);
+    let id = request(&a, "GET", "/ait/bootstrap", "", None).json()["model"]["id"].as_str().expect("id").to_string();
+    // The head (tens of MB) does not fit in the socket buffers: the relay's writes wait.
+    let mut s = TcpStream::connect(&a).expect("connect");
+    s.write_all(format!("GET /ait/models/{id}/head HTTP/1.1\r\nhost: {a}\r\n\r\n").as_bytes()).expect("write");
+    std::thread::sleep(Duration::from_secs(4));
+    s.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 1 << 16]);
+    let ended = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break "closed",
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                break "still open"
+            }
+            Err(_) => break "closed",
+        }
+    };
+    let head = String::from_utf8_lossy(&got[..got.len().min(1024)]).into_owned();
+    let declared: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("content-length");
+    assert_eq!(ended, "closed");
+    assert!(got.len() < declared, "the whole part ({declared} bytes) reached a reader that had stopped");
+    assert_eq!(request(&a, "GET", "/ait/bootstrap", "", None).status, 200);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+#[test]
 fn ait_chat_gives_up_on_an_endless_line() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
