@@ -881,6 +881,48 @@ mod tests {
     }
 
     #[test]
+    fn linear_merge_derivation_matches_the_naive_one() {
+        // Pseudo-random vocabularies over a small alphabet (many splits hit), with control
+        // and byte tokens and repeated pieces mixed in.
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        for _ in 0..20 {
+            let alphabet = ['a', 'b', 'é', '▁'];
+            let tokens: Vec<String> =
+                (0..400).map(|_| (0..1 + next(6)).map(|_| alphabet[next(4) as usize]).collect()).collect();
+            let types: Vec<i64> =
+                (0..400).map(|_| [TYPE_NORMAL, TYPE_NORMAL, TYPE_CONTROL, TYPE_BYTE][next(4) as usize]).collect();
+            let scores: Vec<f64> = (0..400).map(|i| -(i as f64)).collect();
+            let refs: Vec<&str> = tokens.iter().map(String::as_str).collect();
+            let vocab = vocab_map(&refs);
+            let mergeable = |id: u32| !matches!(types[id as usize], TYPE_CONTROL | TYPE_UNKNOWN | TYPE_BYTE);
+            let mut naive = Vec::new();
+            for (id, tok) in refs.iter().enumerate() {
+                if types[id] != TYPE_NORMAL || vocab.get(*tok) != Some(&(id as u32)) {
+                    continue;
+                }
+                let start = naive.len();
+                for (split, _) in tok.char_indices().skip(1) {
+                    let (l, r) = tok.split_at(split);
+                    if let (Some(&li), Some(&ri)) = (vocab.get(l), vocab.get(r)) {
+                        if mergeable(li) && mergeable(ri) {
+                            naive.push((scores[id], id as u32, li, ri));
+                        }
+                    }
+                }
+                naive[start..].sort_by_key(|&(_, _, l, r)| (l, r));
+            }
+            assert!(!naive.is_empty());
+            assert_eq!(piece_splits(&refs, &types, &vocab, &scores).unwrap(), naive);
+        }
+    }
+
+    #[test]
     fn encoding_a_long_word_is_not_quadratic() {
         // 2 MiB without a space is one pre-token fed to BPE merging (a priority queue in
         // `tokenizers`, n log n): it must not take minutes.
