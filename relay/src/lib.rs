@@ -3,7 +3,7 @@
 //! One job: the native-only parts that the binary, the integration tests and the benches share:
 //! [`fetch`] finds (and on first use downloads and verifies) the default model in the local
 //! cache, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
-//! the native libp2p node, [`serving`] runs web-node's serving assembly on tokio and a compute
+//! the native libp2p node (under the flags of [`limits`]), [`serving`] runs web-node's serving assembly on tokio and a compute
 //! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
 //! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
 //! one client pipeline, protocol, routing, serving) lives in `web-node`; this crate only drives
@@ -14,6 +14,7 @@ pub mod api;
 pub mod bench;
 pub mod chat;
 pub mod fetch;
+pub mod limits;
 pub mod local;
 pub mod openai;
 pub mod p2p;

@@ -29,7 +29,7 @@ struct Opt {
 enum Cmd {
     /// Run a swarm node: circuit relay, DHT server, OpenAI-compatible HTTP API, and with
     /// --blocks a server of those blocks.
-    Relay(RelayOpt),
+    Relay(Box<RelayOpt>),
     /// Chat in the terminal with a model run by a swarm or a relay's API.
     Chat(relay::chat::ChatOpt),
     /// Generate text on this machine, streaming it to stdout.
@@ -100,6 +100,8 @@ struct RelayOpt {
     bootstrap: Vec<Multiaddr>,
     #[command(flatten)]
     serve: relay::serving::ServeOpt,
+    #[command(flatten)]
+    net: relay::limits::NetLimitOpt,
     /// Address of the OpenAI-compatible HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
@@ -112,6 +114,8 @@ struct RelayOpt {
     /// HTTP API requests generating at once (others wait).
     #[arg(long, default_value_t = 4)]
     api_concurrency: usize,
+    #[command(flatten)]
+    http_limits: relay::api::HttpLimits,
     /// The built web app served on the HTTP port (default: `dist/` here or in the workspace).
     #[arg(long, env = "AIT_WEB_DIR")]
     web_dir: Option<PathBuf>,
@@ -149,7 +153,7 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     match Opt::parse().cmd {
-        Cmd::Relay(o) => relay_main(o),
+        Cmd::Relay(o) => relay_main(*o),
         Cmd::Chat(o) => relay::chat::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
@@ -180,7 +184,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
     runtime()?.block_on(async move {
         let peer = key.public().to_peer_id();
         let (handle, addrs) =
-            relay::p2p::start(key.clone(), cert, Role::Server, &listen, o.external_addr.is_empty()).await?;
+            relay::p2p::start(key.clone(), cert, Role::Server, &listen, o.external_addr.is_empty(), &o.net.limits())
+                .await?;
         for a in &o.external_addr {
             handle.add_external_address(a.clone()).await?;
         }
@@ -195,7 +200,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         // Serving until the process ends.
         let mut _withdraw = None;
         if o.serve.blocks.is_some() {
-            let s = relay::serving::start(&handle, &key, &o.serve).await?;
+            let s = relay::serving::start(&handle, &key, &o.serve, o.serve.limits(o.net.trusted())).await?;
             let c = s.server.config();
             println!(
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
@@ -226,7 +231,10 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                     let id = manifest.id();
                     let client = ClientModel::from_file(&file, Some(id))?;
                     let parts = match file {
-                        ModelFile::Gguf(g) => Some(Arc::new(relay::web::ModelParts::new(name.clone(), manifest, g))),
+                        ModelFile::Gguf(g) => Some(Arc::new(
+                            relay::web::ModelParts::new(name.clone(), manifest, g)
+                                .with_cache_dir(o.data_dir.join("parts")),
+                        )),
                         ModelFile::Safetensors(_) => {
                             tracing::warn!("browsers cannot download parts of a safetensors model yet");
                             None
@@ -253,8 +261,9 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                     "web app not found (run `trunk build --release` or pass --web-dir): only the API is served"
                 );
             }
-            let app = relay::api::router(Arc::new(state)).merge(relay::web::router(Arc::new(web), web_dir));
-            let addr = relay::api::serve(o.http, app).await?;
+            let app = relay::api::router_with(Arc::new(state), &o.http_limits)
+                .merge(relay::web::router(Arc::new(web), web_dir));
+            let addr = relay::api::serve_with(o.http, app, &o.http_limits).await?;
             println!("http: http://{addr}");
         }
         println!("ready");

@@ -12,7 +12,8 @@ use anyhow::Context;
 use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::Transport;
 use libp2p::identity::Keypair;
-use libp2p::{noise, tcp, yamux, Multiaddr, PeerId};
+use libp2p::{noise, tcp, Multiaddr, PeerId};
+use web_node::net::limits::NetLimits;
 use web_node::net::node::{Behaviour, Node, NodeHandle, Role};
 use web_node::net::small_writes::SmallWrites;
 
@@ -60,7 +61,8 @@ fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds a swarm with every native transport and starts its event loop on the tokio runtime.
+/// Builds a swarm with every native transport, under `limits`, and starts its event loop on
+/// the tokio runtime.
 /// `listen` addresses are bound before this returns; with `announce_listen` they are also
 /// advertised as external addresses.
 pub async fn start(
@@ -69,13 +71,14 @@ pub async fn start(
     role: Role,
     listen: &[Multiaddr],
     announce_listen: bool,
+    limits: &NetLimits,
 ) -> anyhow::Result<(NodeHandle, Vec<Multiaddr>)> {
     // Both ring and aws-lc-rs are in the dependency graph; WebRTC's DTLS needs a process-wide
     // choice or it panics in a worker thread.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
-        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)?
+        .with_tcp(tcp::Config::default(), noise::Config::new, || limits.yamux())?
         .with_quic()
         .with_other_transport(|key| {
             libp2p_webrtc::tokio::Transport::new(key.clone(), cert)
@@ -83,10 +86,10 @@ pub async fn start(
                 .map(|(peer, conn), _| (peer, StreamMuxerBox::new(SmallWrites(conn))))
         })?
         .with_dns()?
-        .with_websocket(noise::Config::new, yamux::Config::default)
+        .with_websocket(noise::Config::new, || limits.yamux())
         .await?
-        .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key, relay_client| Behaviour::new(key, role, relay_client))?
+        .with_relay_client(noise::Config::new, || limits.yamux())?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, role, relay_client, limits))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();
     let peer = *swarm.local_peer_id();

@@ -1,12 +1,15 @@
 //! `ait relay --blocks`: load the blocks and run web-node's serving assembly
 //! ([`web_node::net::serve::Service`]) on tokio and a compute thread.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use futures::StreamExt;
 use libp2p::identity::Keypair;
+use libp2p::PeerId;
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::{parse_blocks, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
@@ -30,11 +33,44 @@ pub struct ServeOpt {
     #[arg(long, default_value_t = 16)]
     pub max_sessions: usize,
     /// Sessions one peer may hold at once.
-    #[arg(long, default_value_t = 4)]
+    #[arg(long, default_value_t = ServeLimits::default().max_sessions_per_peer)]
     pub max_sessions_per_peer: usize,
+    /// Sessions the peers of one IP address may hold at once.
+    #[arg(long, default_value_t = ServeLimits::default().max_sessions_per_ip)]
+    pub max_sessions_per_ip: usize,
     /// Memory all sessions' KV caches may reserve, in MiB.
     #[arg(long, default_value_t = 2048)]
     pub max_kv_mib: u64,
+    /// Memory the KV caches of one peer's sessions may reserve, in MiB.
+    #[arg(long, default_value_t = ServeLimits::default().max_kv_per_peer >> 20)]
+    pub max_kv_per_peer_mib: u64,
+    /// Seconds a session may go without progress (a step) before it is closed.
+    #[arg(long, default_value_t = ServeLimits::default().idle_timeout.as_secs())]
+    pub session_idle_secs: u64,
+    /// Seconds a session may live.
+    #[arg(long, default_value_t = ServeLimits::default().max_session_age.as_secs())]
+    pub max_session_secs: u64,
+    /// Session streams one peer may have open at once.
+    #[arg(long, default_value_t = ServeLimits::default().max_streams_per_peer)]
+    pub max_streams_per_peer: usize,
+}
+
+impl ServeOpt {
+    /// The session limits these flags set; `trusted` peers are exempt from per-peer and
+    /// per-IP caps.
+    pub fn limits(&self, trusted: HashSet<PeerId>) -> ServeLimits {
+        let mut l = ServeLimits::default()
+            .with_max_sessions(self.max_sessions)
+            .with_max_sessions_per_peer(self.max_sessions_per_peer)
+            .with_kv_budget(self.max_kv_mib.saturating_mul(1 << 20));
+        l.max_sessions_per_ip = self.max_sessions_per_ip;
+        l.max_kv_per_peer = self.max_kv_per_peer_mib.saturating_mul(1 << 20);
+        l.idle_timeout = Duration::from_secs(self.session_idle_secs);
+        l.max_session_age = Duration::from_secs(self.max_session_secs);
+        l.max_streams_per_peer = self.max_streams_per_peer;
+        l.trusted_peers = trusted;
+        l
+    }
 }
 
 /// This relay's own server, reached through an in-process pipe (for requests the relay runs
@@ -65,9 +101,10 @@ pub struct Serving {
     pub withdraw: Withdraw,
 }
 
-/// Loads the blocks and runs the portable assembly ([`Service`]): the compute loop on its own
-/// thread, a task per session stream, and the DHT announcements.
-pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow::Result<Serving> {
+/// Loads the blocks and runs the portable assembly ([`Service`]) under `limits` (see
+/// [`ServeOpt::limits`]): the compute loop on its own thread, a task per session stream, and
+/// the DHT announcements.
+pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt, limits: ServeLimits) -> anyhow::Result<Serving> {
     let path = match &opt.model {
         Some(p) => p.clone(),
         None => crate::fetch::default_model()?,
@@ -84,10 +121,6 @@ pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt) -> anyhow
     })
     .await??;
     let model = manifest.id();
-    let limits = ServeLimits::default()
-        .with_max_sessions(opt.max_sessions)
-        .with_max_sessions_per_peer(opt.max_sessions_per_peer)
-        .with_kv_budget(opt.max_kv_mib.saturating_mul(1 << 20));
     // Measuring the blocks keeps the device busy for a moment: off the async workers.
     let (h, k) = (handle.clone(), key.clone());
     let Service { server, compute, sessions, announce, withdraw } =

@@ -10,10 +10,17 @@ use web_node::net::node::{NodeHandle, Role};
 
 /// Starts a client node (it only dials) and joins the swarm through `bootstrap`.
 pub async fn connect(bootstrap: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
+    connect_from(bootstrap, &[]).await
+}
+
+/// Like [`connect`], with listeners on `listen`: TCP dials then leave from a listener's
+/// address (port reuse), so a client listening on `/ip4/127.0.0.2/tcp/0` reaches others
+/// from 127.0.0.2.
+pub async fn connect_from(bootstrap: &[Multiaddr], listen: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
     let key = Keypair::generate_ed25519();
     let cert =
         libp2p_webrtc::tokio::Certificate::generate(&mut rand_webrtc::rng()).context("generating a certificate")?;
-    let (handle, _) = crate::p2p::start(key, cert, Role::Client, &[], false).await?;
+    let (handle, _) = crate::p2p::start(key, cert, Role::Client, listen, false, &Default::default()).await?;
     crate::p2p::bootstrap(&handle, bootstrap).await?;
     Ok(handle)
 }

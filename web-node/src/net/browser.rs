@@ -8,8 +8,9 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::upgrade::Version;
 use libp2p::core::Transport;
 use libp2p::identity::Keypair;
-use libp2p::{noise, webrtc_websys, websocket_websys, yamux};
+use libp2p::{noise, webrtc_websys, websocket_websys};
 
+use super::limits::NetLimits;
 use super::node::{Behaviour, Node, NodeHandle, Role};
 use super::small_writes::SmallWrites;
 
@@ -21,6 +22,7 @@ pub struct BrowserNodeError(String);
 /// Builds the tab's swarm for `key`; spawn the returned [`Node::run`] on the page's executor.
 pub fn start(key: Keypair) -> Result<(Node, NodeHandle), BrowserNodeError> {
     let err = |e: &dyn std::fmt::Display| BrowserNodeError(e.to_string());
+    let limits = NetLimits::default();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_wasm_bindgen()
         .with_other_transport(|key| {
@@ -28,7 +30,7 @@ pub fn start(key: Keypair) -> Result<(Node, NodeHandle), BrowserNodeError> {
                 websocket_websys::Transport::default()
                     .upgrade(Version::V1)
                     .authenticate(noise::Config::new(key)?)
-                    .multiplex(yamux::Config::default())
+                    .multiplex(limits.yamux())
                     .boxed(),
             )
         })
@@ -41,9 +43,9 @@ pub fn start(key: Keypair) -> Result<(Node, NodeHandle), BrowserNodeError> {
             )
         })
         .map_err(|e| err(&e))?
-        .with_relay_client(noise::Config::new, yamux::Config::default)
+        .with_relay_client(noise::Config::new, || limits.yamux())
         .map_err(|e| err(&e))?
-        .with_behaviour(|key, relay_client| Behaviour::new(key, Role::Client, relay_client))
+        .with_behaviour(|key, relay_client| Behaviour::new(key, Role::Client, relay_client, &limits))
         .map_err(|e| err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
         .build();

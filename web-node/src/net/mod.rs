@@ -10,6 +10,9 @@
 //! - [`serve`]: serving blocks: the assembly every serving node runs ([`serve::Service`]), the
 //!   session server, the compute loop, and the DHT announcements of a server.
 //! - [`directory`]: lists the servers of the network.
+//! - [`limits`]: every network limit of a node ([`limits::NetLimits`]); [`ip_limit`] caps
+//!   inbound connections per IP address, [`dht_filter`] decides what the DHT store accepts,
+//!   [`log_limit`] keeps refusals from flooding the logs.
 //! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
 //!   run on remote servers found through a [`chain::Discovery`], with re-routing (of the failed
 //!   span, or of the whole route when the span cannot be covered on its own) and replay when
@@ -21,8 +24,12 @@
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
 pub mod chain;
+pub mod dht_filter;
 pub mod directory;
 pub mod frame;
+pub mod ip_limit;
+pub mod limits;
+pub mod log_limit;
 pub mod node;
 pub mod protocol;
 pub mod record;

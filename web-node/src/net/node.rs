@@ -12,11 +12,16 @@ use std::time::Duration;
 
 use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
-use libp2p::kad::{self, store::MemoryStore, GetProvidersOk, GetRecordOk, Mode, QueryId, QueryResult, RecordKey};
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
+use libp2p::kad::{self, GetProvidersOk, GetRecordOk, InboundRequest, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{identify, identity::Keypair, ping, relay, Multiaddr, PeerId, StreamProtocol, Swarm};
+use libp2p::{connection_limits, identify, identity::Keypair, ping, relay, Multiaddr, PeerId, StreamProtocol, Swarm};
+
+use super::ip_limit::{self, PeerIps};
+use super::limits::NetLimits;
+use super::log_limit::LogLimit;
 
 /// Kademlia protocol id of the AI Torrent DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/kad/1.0.0");
@@ -26,6 +31,8 @@ pub const IDENTIFY_VERSION: &str = "/ait/1.0.0";
 pub const RECORD_TTL: Duration = Duration::from_secs(120);
 /// How often a server republishes its provider records.
 pub const PROVIDER_REPUBLISH: Duration = Duration::from_secs(30);
+/// Largest DHT record value stored (a signed server record is about 1 KiB).
+pub const MAX_RECORD_BYTES: usize = 8 << 10;
 
 /// A node's part in the swarm.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,18 +41,6 @@ pub enum Role {
     Server,
     /// A node that only dials (a client, a browser tab): DHT client, no relay service.
     Client,
-}
-
-/// Circuit relay limits sized for inference: circuits carry hidden states for hours.
-pub fn relay_config() -> relay::Config {
-    relay::Config {
-        max_circuits: 256,
-        max_circuits_per_peer: 16,
-        max_circuit_duration: Duration::from_secs(24 * 3600),
-        // 0 = no byte limit.
-        max_circuit_bytes: 0,
-        ..Default::default()
-    }
 }
 
 pub use behaviour::{Behaviour, BehaviourEvent};
@@ -58,6 +53,10 @@ mod behaviour {
     /// The network behaviour of every AI Torrent node.
     #[derive(NetworkBehaviour)]
     pub struct Behaviour {
+        /// Inbound connections per IP address (first: it denies before the others count).
+        pub ip_limit: ip_limit::Behaviour,
+        /// Connections in total and per peer.
+        pub limits: connection_limits::Behaviour,
         /// The DHT.
         pub kad: kad::Behaviour<MemoryStore>,
         /// Exchanges listen addresses and protocols.
@@ -74,29 +73,46 @@ mod behaviour {
     }
 
     impl Behaviour {
-        /// The behaviour for `key` in `role`, with the relay client that the swarm builder's
-        /// `with_relay_client` made.
-        pub fn new(key: &Keypair, role: Role, relay_client: relay::client::Behaviour) -> Behaviour {
+        /// The behaviour for `key` in `role` under `limits`, with the relay client that the
+        /// swarm builder's `with_relay_client` made.
+        pub fn new(key: &Keypair, role: Role, relay_client: relay::client::Behaviour, limits: &NetLimits) -> Behaviour {
             let peer = key.public().to_peer_id();
             let mut cfg = kad::Config::new(KAD_PROTOCOL);
             cfg.set_record_ttl(Some(RECORD_TTL))
                 .set_provider_record_ttl(Some(RECORD_TTL))
                 .set_provider_publication_interval(Some(PROVIDER_REPUBLISH))
                 .set_publication_interval(None)
-                .set_query_timeout(Duration::from_secs(10));
-            let mut kad = kad::Behaviour::with_config(peer, MemoryStore::new(peer), cfg);
+                .set_query_timeout(Duration::from_secs(10))
+                // Records from other peers are checked before they are stored (`dht_filter`).
+                .set_record_filtering(kad::StoreInserts::FilterBoth);
+            let store = MemoryStore::with_config(
+                peer,
+                MemoryStoreConfig {
+                    max_records: limits.dht_max_records,
+                    max_value_bytes: MAX_RECORD_BYTES,
+                    max_providers_per_key: limits.dht_max_providers_per_key,
+                    ..Default::default()
+                },
+            );
+            let mut kad = kad::Behaviour::with_config(peer, store, cfg);
             kad.set_mode(Some(match role {
                 Role::Server => Mode::Server,
                 Role::Client => Mode::Client,
             }));
             Behaviour {
+                ip_limit: ip_limit::Behaviour::new(
+                    limits.max_pending_per_ip,
+                    limits.max_established_per_ip,
+                    limits.trusted_peers.clone(),
+                ),
+                limits: connection_limits::Behaviour::new(limits.connection_limits()),
                 kad,
                 identify: identify::Behaviour::new(
                     identify::Config::new(IDENTIFY_VERSION.into(), key.public())
                         .with_agent_version(format!("ait/{}", env!("CARGO_PKG_VERSION"))),
                 ),
                 ping: ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(10))),
-                relay: Toggle::from((role == Role::Server).then(|| relay::Behaviour::new(peer, relay_config()))),
+                relay: Toggle::from((role == Role::Server).then(|| relay::Behaviour::new(peer, limits.relay_config()))),
                 relay_client,
                 stream: libp2p_stream::Behaviour::new(),
             }
@@ -175,6 +191,7 @@ pub struct NodeHandle {
     peer: PeerId,
     tx: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
+    ips: PeerIps,
 }
 
 /// The event loop of a node. Spawn [`Node::run`].
@@ -188,6 +205,7 @@ pub struct Node {
     records: HashMap<QueryId, mpsc::UnboundedSender<Vec<u8>>>,
     bootstraps: HashMap<QueryId, oneshot::Sender<Result<(), NetError>>>,
     peers: HashMap<PeerId, PeerInfo>,
+    log: LogLimit,
 }
 
 impl Node {
@@ -196,7 +214,8 @@ impl Node {
     pub fn new(swarm: Swarm<Behaviour>, announce_listen: bool) -> (Node, NodeHandle) {
         let (tx, rx) = mpsc::channel(64);
         let control = swarm.behaviour().stream.new_control();
-        let handle = NodeHandle { peer: *swarm.local_peer_id(), tx, control };
+        let ips = swarm.behaviour().ip_limit.peer_ips();
+        let handle = NodeHandle { peer: *swarm.local_peer_id(), tx, control, ips };
         let node = Node {
             swarm,
             rx,
@@ -206,6 +225,7 @@ impl Node {
             records: HashMap::new(),
             bootstraps: HashMap::new(),
             peers: HashMap::new(),
+            log: LogLimit::new(Duration::from_secs(10)),
         };
         (node, handle)
     }
@@ -362,7 +382,42 @@ impl Node {
                 step,
                 ..
             })) => self.on_query(id, result, step.last),
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                self.on_inbound_store(request)
+            }
             _ => {}
+        }
+    }
+
+    /// Stores what another peer asks us to store, if [`dht_filter`](super::dht_filter)
+    /// accepts it.
+    fn on_inbound_store(&mut self, request: InboundRequest) {
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let (what, result) = match request {
+            InboundRequest::PutRecord { source, record: Some(record), .. } => {
+                let stored = store.get(&record.key).map(|r| r.value.clone());
+                let checked =
+                    super::dht_filter::check_record(&record.key, &record.value, stored.as_deref(), super::unix_ms());
+                let r = match checked {
+                    Ok(()) => store.put(record).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (source, r)
+            }
+            InboundRequest::AddProvider { record: Some(record) } => {
+                let source = record.provider;
+                let r = match super::dht_filter::check_provider_key(&record.key) {
+                    Ok(()) => store.add_provider(record).map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (source, r)
+            }
+            _ => return,
+        };
+        if let Err(e) = result {
+            if let Some(held) = self.log.allow("dht-store") {
+                tracing::debug!(peer = %what, held_back = held, "not stored: {e}");
+            }
         }
     }
 
@@ -412,6 +467,12 @@ impl Node {
 }
 
 impl NodeHandle {
+    /// The IP address `peer` is directly connected from (`None` if it is not connected, or
+    /// only through a relay).
+    pub fn peer_ip(&self, peer: &PeerId) -> Option<std::net::IpAddr> {
+        self.ips.get(peer)
+    }
+
     /// Listens on `addr`; for `<relay addr>/p2p-circuit` this asks the relay for a
     /// reservation, and the circuit address appears among [`addresses`](Self::addresses) once
     /// the relay accepts.

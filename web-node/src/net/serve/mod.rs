@@ -17,14 +17,15 @@ pub mod announce;
 pub mod compute;
 pub mod session;
 
-pub use announce::{announce, publish, AnnounceError, RECORD_REFRESH, RECORD_VALIDITY};
+pub use announce::{announce, announce_while_healthy, publish, AnnounceError, Health, RECORD_REFRESH, RECORD_VALIDITY};
 pub use compute::{ComputeHandle, ComputeLoop};
-pub use session::{BoxStream, LocalServer, ServeStats, Server, SessionStream, PRE_SESSION_FRAME};
+pub use session::{BoxStream, LocalServer, Remote, ServeStats, Server, SessionStream, PRE_SESSION_FRAME};
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -35,6 +36,7 @@ use libp2p::identity::Keypair;
 use libp2p::PeerId;
 
 use super::frame::MAX_FRAME;
+use super::log_limit::LogLimit;
 use super::node::NodeHandle;
 use super::protocol::PROTOCOL;
 use crate::engine::{Backend, BlockExecutor, EngineError, ExecutorConfig};
@@ -48,12 +50,27 @@ pub struct ServeLimits {
     pub max_sessions: usize,
     /// Sessions one peer may hold at once (this node's own sessions are not counted). Default 4.
     pub max_sessions_per_peer: usize,
+    /// Sessions the peers of one IP address may hold at once. Default 8.
+    pub max_sessions_per_ip: usize,
     /// KV-cache bytes all sessions together may reserve. Default 2 GiB.
     pub kv_budget: u64,
+    /// KV-cache bytes the sessions of one peer may reserve. Default 512 MiB (a quarter of the
+    /// default budget: one full-context session of the default model fits, four do not).
+    pub max_kv_per_peer: u64,
     /// Longest session, in tokens. Default `None`: the model's context.
     pub max_session_len: Option<usize>,
-    /// A session stream with no frame for this long is closed. Default 120 s.
+    /// A session stream that makes no progress (opens no session, runs no step) for this long
+    /// is closed; `Info` requests do not count as progress. Default 120 s.
     pub idle_timeout: Duration,
+    /// The longest a session stream may live, whatever it does. Default 30 min (a session
+    /// lasts one generation; a client replays into a new one if it needs more).
+    pub max_session_age: Duration,
+    /// Session streams one peer may have open at once (sessions or not). Default 8.
+    pub max_streams_per_peer: usize,
+    /// Session streams open at once, from everyone. Default 256.
+    pub max_streams: usize,
+    /// Peers exempt from the per-peer and per-IP caps (an operator's own API gateways).
+    pub trusted_peers: std::collections::HashSet<PeerId>,
     /// A frame must arrive whole within this once it has started. Default 30 s.
     pub frame_timeout: Duration,
     /// Largest frame accepted once a session is open. Default [`MAX_FRAME`].
@@ -65,9 +82,15 @@ impl Default for ServeLimits {
         ServeLimits {
             max_sessions: 16,
             max_sessions_per_peer: 4,
+            max_sessions_per_ip: 8,
             kv_budget: 2 << 30,
+            max_kv_per_peer: 512 << 20,
             max_session_len: None,
             idle_timeout: Duration::from_secs(120),
+            max_session_age: Duration::from_secs(30 * 60),
+            max_streams_per_peer: 8,
+            max_streams: 256,
+            trusted_peers: Default::default(),
             frame_timeout: Duration::from_secs(30),
             max_frame: MAX_FRAME,
         }
@@ -92,9 +115,10 @@ impl ServeLimits {
         self
     }
 
-    /// Sets the KV-cache budget, in bytes.
+    /// Sets the KV-cache budget, in bytes (and the share of one peer to at most all of it).
     pub fn with_kv_budget(mut self, bytes: u64) -> Self {
         self.kv_budget = bytes;
+        self.max_kv_per_peer = self.max_kv_per_peer.min(bytes);
         self
     }
 
@@ -241,12 +265,20 @@ impl<B: Backend> Service<B> {
         let mut executor = BlockExecutor::new(backend, config.limits.executor_config());
         config.ms_per_block = measure_ms_per_block(&mut executor).await.map_err(ServeError::Measure)?;
         let (handle, compute) = ComputeLoop::new(executor);
+        let health = compute.health();
         let server = Arc::new(Server::new(config, handle));
         let incoming = node.control().accept(PROTOCOL).map_err(|_| ServeError::AlreadyServing)?;
         let (tx, rx) = oneshot::channel::<()>();
         let stop = rx.shared();
-        let sessions = Sessions { incoming, server: server.clone(), stop: stop.clone() };
-        let announce = Announcer { node: node.clone(), key: key.clone(), server: server.clone(), stop };
+        let sessions = Sessions {
+            incoming,
+            server: server.clone(),
+            node: node.clone(),
+            open: Arc::default(),
+            log: Arc::new(LogLimit::new(Duration::from_secs(10))),
+            stop: stop.clone(),
+        };
+        let announce = Announcer { node: node.clone(), key: key.clone(), server: server.clone(), health, stop };
         Ok(Service { server, compute, sessions, announce, withdraw: Withdraw(Some(tx)) })
     }
 }
@@ -268,11 +300,59 @@ type Stop = Shared<oneshot::Receiver<()>>;
 pub type SessionTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// Incoming session streams of a [`Service`], each as a [`SessionTask`] to spawn; ends when
-/// the service is withdrawn.
+/// the service is withdrawn. Streams over [`ServeLimits::max_streams_per_peer`] or
+/// [`ServeLimits::max_streams`] are dropped (closed) at once.
 pub struct Sessions {
     incoming: libp2p_stream::IncomingStreams,
     server: Arc<Server>,
+    node: NodeHandle,
+    open: Arc<Mutex<OpenStreams>>,
+    log: Arc<LogLimit>,
     stop: Stop,
+}
+
+/// Session streams being served, per peer and in total.
+#[derive(Default)]
+struct OpenStreams {
+    total: usize,
+    per_peer: HashMap<PeerId, usize>,
+}
+
+/// One counted stream; uncounted on drop.
+struct StreamTicket {
+    open: Arc<Mutex<OpenStreams>>,
+    peer: PeerId,
+}
+
+impl Drop for StreamTicket {
+    fn drop(&mut self) {
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        o.total = o.total.saturating_sub(1);
+        if let Some(n) = o.per_peer.get_mut(&self.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                o.per_peer.remove(&self.peer);
+            }
+        }
+    }
+}
+
+impl Sessions {
+    /// Counts a new stream from `peer`, or says why it is refused.
+    fn ticket(&self, peer: PeerId) -> Result<StreamTicket, String> {
+        let l = &self.server.config().limits;
+        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let mine = o.per_peer.get(&peer).copied().unwrap_or(0);
+        if mine >= l.max_streams_per_peer && !l.trusted_peers.contains(&peer) {
+            return Err(format!("{mine} session streams open already (limit {})", l.max_streams_per_peer));
+        }
+        if o.total >= l.max_streams {
+            return Err(format!("{} session streams open in all (limit {})", o.total, l.max_streams));
+        }
+        o.total += 1;
+        *o.per_peer.entry(peer).or_default() += 1;
+        Ok(StreamTicket { open: self.open.clone(), peer })
+    }
 }
 
 impl Stream for Sessions {
@@ -282,31 +362,42 @@ impl Stream for Sessions {
         if self.stop.poll_unpin(cx).is_ready() {
             return Poll::Ready(None);
         }
-        match self.incoming.poll_next_unpin(cx) {
-            Poll::Ready(Some((peer, stream))) => Poll::Ready(Some(serve_task(self.server.clone(), peer, stream))),
-            Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => Poll::Pending,
+        loop {
+            match self.incoming.poll_next_unpin(cx) {
+                Poll::Ready(Some((peer, stream))) => match self.ticket(peer) {
+                    Ok(ticket) => {
+                        let who = Remote { peer: Some(peer), ip: self.node.peer_ip(&peer) };
+                        let server = self.server.clone();
+                        return Poll::Ready(Some(Box::pin(async move {
+                            let _ticket = ticket;
+                            server.serve_remote(who, stream).await
+                        })));
+                    }
+                    // Dropping the stream resets it; the peer sees it closed.
+                    Err(why) => crate::limited_warn!(self.log, "stream-limit", %peer, "refusing a stream: {why}"),
+                },
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Pending => return Poll::Pending,
+            }
         }
     }
 }
 
-fn serve_task(server: Arc<Server>, peer: PeerId, stream: libp2p::Stream) -> SessionTask {
-    Box::pin(async move { server.serve_stream(peer, stream).await })
-}
-
 /// Provides a [`Service`]'s blocks in the DHT and keeps its signed record fresh, until the
-/// service is withdrawn.
+/// service is withdrawn; withdrawn meanwhile while the compute loop's [`Health`] says the
+/// device keeps running out of memory.
 pub struct Announcer {
     node: NodeHandle,
     key: Keypair,
     server: Arc<Server>,
+    health: Health,
     stop: Stop,
 }
 
 impl Announcer {
     /// Runs until the service is withdrawn; then stops providing.
     pub async fn run(self) -> Result<(), AnnounceError> {
-        announce(self.node, self.key, self.server, self.stop.map(|_| ())).await
+        announce_while_healthy(self.node, self.key, self.server, self.health, self.stop.map(|_| ())).await
     }
 }
 

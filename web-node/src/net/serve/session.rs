@@ -8,9 +8,13 @@
 //! [`Response::Error`] and ends only that stream.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
+
+use web_time::Instant;
 
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
@@ -40,10 +44,26 @@ pub trait LocalServer: Send + Sync {
 /// Largest frame accepted before a session is open (info and open requests are tiny).
 pub const PRE_SESSION_FRAME: usize = 4096;
 
+/// Who opened a session stream, as admission control sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct Remote {
+    /// The peer; `None` for this node's own sessions, which no per-peer cap limits.
+    pub peer: Option<PeerId>,
+    /// The IP it is directly connected from, if known (not for relayed connections).
+    pub ip: Option<IpAddr>,
+}
+
+impl Remote {
+    /// This node itself.
+    pub const LOCAL: Remote = Remote { peer: None, ip: None };
+}
+
 #[derive(Default)]
 struct Admission {
     sessions: usize,
-    per_peer: HashMap<PeerId, usize>,
+    /// Sessions and KV bytes per peer.
+    per_peer: HashMap<PeerId, (usize, u64)>,
+    per_ip: HashMap<IpAddr, usize>,
     kv_reserved: u64,
 }
 
@@ -70,8 +90,9 @@ pub struct Server {
 /// A slot taken by one admitted session; freed on drop.
 struct Slot<'a> {
     server: &'a Server,
-    /// `None` for this node's own sessions, which no per-peer cap limits.
+    /// The peer and IP it counts against (`None` for uncapped ones).
     peer: Option<PeerId>,
+    ip: Option<IpAddr>,
     bytes: u64,
 }
 
@@ -81,10 +102,19 @@ impl Drop for Slot<'_> {
         a.sessions = a.sessions.saturating_sub(1);
         a.kv_reserved = a.kv_reserved.saturating_sub(self.bytes);
         if let Some(peer) = self.peer {
-            if let Some(n) = a.per_peer.get_mut(&peer) {
+            if let Some((n, kv)) = a.per_peer.get_mut(&peer) {
                 *n = n.saturating_sub(1);
+                *kv = kv.saturating_sub(self.bytes);
                 if *n == 0 {
                     a.per_peer.remove(&peer);
+                }
+            }
+        }
+        if let Some(ip) = self.ip {
+            if let Some(n) = a.per_ip.get_mut(&ip) {
+                *n = n.saturating_sub(1);
+                if *n == 0 {
+                    a.per_ip.remove(&ip);
                 }
             }
         }
@@ -97,7 +127,8 @@ impl From<EngineError> for Refusal {
     fn from(e: EngineError) -> Self {
         let code = match e {
             EngineError::SessionTooLong { .. } | EngineError::ContextFull { .. } => ErrorCode::TooLong,
-            EngineError::TooManySessions(_) => ErrorCode::Busy,
+            // Out of device memory: this server is full for now; the client routes elsewhere.
+            EngineError::TooManySessions(_) | EngineError::OutOfMemory { .. } => ErrorCode::Busy,
             EngineError::Shape { .. } | EngineError::WrongPosition { .. } | EngineError::UnknownSession(_) => {
                 ErrorCode::BadRequest
             }
@@ -143,50 +174,84 @@ impl Server {
         }
     }
 
-    fn admit(&self, peer: Option<PeerId>, max_len: usize) -> Result<Slot<'_>, Refusal> {
+    fn admit(&self, who: Remote, max_len: usize) -> Result<Slot<'_>, Refusal> {
         let c = &self.config;
+        let l = &c.limits;
         let bytes = c.kv_bytes_per_token.saturating_mul(max_len as u64);
+        // An operator's trusted peers (its API gateways) and this node itself are not capped
+        // per peer or per IP; everyone shares the node's totals.
+        let trusted = who.peer.is_none_or(|p| l.trusted_peers.contains(&p));
+        let (peer, ip) = if trusted { (None, None) } else { (who.peer, who.ip) };
         let mut a = self.lock();
-        let mine = peer.and_then(|p| a.per_peer.get(&p).copied()).unwrap_or(0);
-        if peer.is_some() && mine >= c.limits.max_sessions_per_peer {
-            return Err(Refusal(
-                ErrorCode::Busy,
-                format!("peer already holds {mine} sessions (limit {})", c.limits.max_sessions_per_peer),
-            ));
+        if let Some(p) = peer {
+            let (mine, kv) = a.per_peer.get(&p).copied().unwrap_or((0, 0));
+            if mine >= l.max_sessions_per_peer {
+                return Err(Refusal(
+                    ErrorCode::Busy,
+                    format!("peer already holds {mine} sessions (limit {})", l.max_sessions_per_peer),
+                ));
+            }
+            if kv.saturating_add(bytes) > l.max_kv_per_peer {
+                return Err(Refusal(
+                    ErrorCode::Busy,
+                    format!("peer's KV cache share exhausted ({kv} of {} bytes, {bytes} asked)", l.max_kv_per_peer),
+                ));
+            }
         }
-        if a.sessions >= c.limits.max_sessions {
-            return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", c.limits.max_sessions)));
+        if let Some(ip) = ip {
+            let n = a.per_ip.get(&ip).copied().unwrap_or(0);
+            if n >= l.max_sessions_per_ip {
+                return Err(Refusal(
+                    ErrorCode::Busy,
+                    format!("{ip} already holds {n} sessions (limit {})", l.max_sessions_per_ip),
+                ));
+            }
         }
-        if a.kv_reserved.saturating_add(bytes) > c.limits.kv_budget {
+        if a.sessions >= l.max_sessions {
+            return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", l.max_sessions)));
+        }
+        if a.kv_reserved.saturating_add(bytes) > l.kv_budget {
             return Err(Refusal(
                 ErrorCode::Busy,
                 format!(
                     "KV cache budget exhausted ({} of {} bytes reserved, {bytes} asked)",
-                    a.kv_reserved, c.limits.kv_budget
+                    a.kv_reserved, l.kv_budget
                 ),
             ));
         }
         a.sessions += 1;
         a.kv_reserved += bytes;
         if let Some(p) = peer {
-            *a.per_peer.entry(p).or_default() += 1;
+            let e = a.per_peer.entry(p).or_default();
+            e.0 += 1;
+            e.1 += bytes;
         }
-        Ok(Slot { server: self, peer, bytes })
+        if let Some(ip) = ip {
+            *a.per_ip.entry(ip).or_default() += 1;
+        }
+        Ok(Slot { server: self, peer, ip, bytes })
     }
 
     /// Serves one session stream from `peer` until it closes, fails or idles out.
     pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: PeerId, stream: S) {
-        self.serve(Some(peer), stream).await
+        self.serve_remote(Remote { peer: Some(peer), ip: None }, stream).await
+    }
+
+    /// Serves one session stream from `who` (a peer, and the IP it connects from) until it
+    /// closes, fails or idles out.
+    pub async fn serve_remote<S: AsyncRead + AsyncWrite + Unpin>(&self, who: Remote, stream: S) {
+        self.serve(who, stream).await
     }
 
     /// Serves a session stream opened by this node itself (an in-process pipe): like
     /// [`Server::serve_stream`], without the per-peer cap.
     pub async fn serve_local<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: S) {
-        self.serve(None, stream).await
+        self.serve(Remote::LOCAL, stream).await
     }
 
-    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, peer: Option<PeerId>, mut stream: S) {
-        match self.session(peer, &mut stream).await {
+    async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, who: Remote, mut stream: S) {
+        let peer = who.peer;
+        match self.session(who, &mut stream).await {
             Ok(()) => {}
             Err(Refusal(code, message)) => {
                 self.stats.refused.fetch_add(1, Ordering::Relaxed);
@@ -201,20 +266,35 @@ impl Server {
         let _ = crate::net::timeout(self.config.limits.frame_timeout, stream.close()).await;
     }
 
-    async fn session<S: AsyncRead + AsyncWrite + Unpin>(
-        &self,
-        peer: Option<PeerId>,
-        stream: &mut S,
-    ) -> Result<(), Refusal> {
+    async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, who: Remote, stream: &mut S) -> Result<(), Refusal> {
         let c = &self.config;
         let mut open: Option<(SessionId, Slot<'_>)> = None;
+        let started = Instant::now();
+        // Only progress (opening the session, a step) moves the idle deadline: a peer cannot
+        // keep a slot by sending `Info` now and then.
+        let mut progress = started;
         let result = loop {
             // Before a session is open only small requests (info, open) are valid: a peer cannot
             // make us hold big buffers without holding a session slot first.
             let limit = if open.is_some() { c.limits.max_frame } else { PRE_SESSION_FRAME };
-            let frame = match read_frame(stream, limit, c.limits.idle_timeout, c.limits.frame_timeout).await {
+            let now = Instant::now();
+            let idle_left = c.limits.idle_timeout.saturating_sub(now.duration_since(progress));
+            let age_left = c.limits.max_session_age.saturating_sub(now.duration_since(started));
+            if idle_left.is_zero() {
+                break Err(Refusal(ErrorCode::BadRequest, format!("no progress for {:?}", c.limits.idle_timeout)));
+            }
+            if age_left.is_zero() {
+                break Err(Refusal(
+                    ErrorCode::TooLong,
+                    format!("session older than {:?}; open a new one", c.limits.max_session_age),
+                ));
+            }
+            let wait = idle_left.min(age_left).max(Duration::from_millis(1));
+            let frame = match read_frame(stream, limit, wait, c.limits.frame_timeout).await {
                 Ok(f) => f,
                 Err(FrameError::Closed) => break Ok(()),
+                // Let the checks above say which deadline passed.
+                Err(FrameError::Timeout(t)) if t == wait => continue,
                 Err(e @ FrameError::TooLarge { .. }) => break Err(Refusal(ErrorCode::TooLarge, e.to_string())),
                 Err(e) => break Err(Refusal(ErrorCode::BadRequest, e.to_string())),
             };
@@ -225,9 +305,10 @@ impl Server {
             let reply = match (req, &open) {
                 (Request::Info, _) => Response::Info(self.status()),
                 (Request::Open { model, start, end, max_len }, None) => {
-                    match self.open(peer, model, start as usize..end as usize, max_len as usize).await {
+                    match self.open(who, model, start as usize..end as usize, max_len as usize).await {
                         Ok(o) => {
                             open = Some(o);
+                            progress = Instant::now();
                             Response::Opened { max_len }
                         }
                         Err(r) => break Err(r),
@@ -237,8 +318,9 @@ impl Server {
                     break Err(Refusal(ErrorCode::BadRequest, "a session is already open on this stream".into()))
                 }
                 (Request::Step { pos, n_tokens, hidden }, Some((id, _))) => {
-                    match self.compute.step(*id, pos as usize, hidden, n_tokens as usize).await {
+                    match self.compute.step(who.peer, *id, pos as usize, hidden, n_tokens as usize).await {
                         Ok((hidden, took)) => {
+                            progress = Instant::now();
                             self.stats.tokens.fetch_add(u64::from(n_tokens), Ordering::Relaxed);
                             let compute_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
                             Response::Hidden { n_tokens, compute_us, hidden }
@@ -255,7 +337,7 @@ impl Server {
                 .await
                 .unwrap_or(Err(FrameError::Timeout(c.limits.frame_timeout)))
             {
-                tracing::debug!(?peer, "session stream failed: {e}");
+                tracing::debug!(peer = ?who.peer, "session stream failed: {e}");
                 break Ok(());
             }
         };
@@ -267,7 +349,7 @@ impl Server {
 
     async fn open(
         &self,
-        peer: Option<PeerId>,
+        who: Remote,
         model: ModelId,
         blocks: Range<usize>,
         max_len: usize,
@@ -288,7 +370,7 @@ impl Server {
         if max_len == 0 || max_len > c.max_len {
             return Err(Refusal(ErrorCode::TooLong, format!("session of {max_len} tokens (limit {})", c.max_len)));
         }
-        let slot = self.admit(peer, max_len)?;
+        let slot = self.admit(who, max_len)?;
         let id = self.compute.open(max_len).await?;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         Ok((id, slot))

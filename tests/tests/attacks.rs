@@ -1,0 +1,236 @@
+//! Attacks on a real `ait relay` process over loopback (issue 11): connection floods with and
+//! without handshakes, stream floods, and session squatting from many identities. Attackers
+//! come from 127.0.0.2, the honest client from 127.0.0.1 (both loopback; per-IP limits tell
+//! them apart). Each test checks that the limit holds and that the honest client still
+//! generates, and prints its time to first token before and during the attack, the relay's
+//! file descriptors and memory (numbers for SECURITY.md; not asserted as timings).
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ait_tests::default_model;
+use ait_tests::procs::{temp_dir, Relay};
+use libp2p::{Multiaddr, PeerId};
+use relay::swarm_client::{chain, connect, connect_from};
+use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
+use web_node::model::{ChatMessage, ModelId};
+use web_node::net::chain::ChainOptions;
+use web_node::net::frame::{read_frame, write_frame};
+use web_node::net::node::NodeHandle;
+use web_node::net::protocol::{Request, Response, PROTOCOL};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
+}
+
+/// The attackers' address.
+const ATTACKER: &str = "127.0.0.2";
+
+/// An honest client node, joined through `boot` once the relay is listed in the directory
+/// (it announces itself just after it says `ready`).
+async fn honest(boot: &Multiaddr) -> NodeHandle {
+    let started = Instant::now();
+    let handle = connect(std::slice::from_ref(boot)).await.expect("honest client joins");
+    while web_node::net::directory::list(&handle, Duration::from_secs(2)).await.map_or(true, |l| l.is_empty()) {
+        assert!(started.elapsed() < Duration::from_secs(20), "the relay never appeared in the directory");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    handle
+}
+
+/// Generates 4 tokens greedily through `handle`; returns the time to the first token.
+async fn honest_ttft(client: &ClientModel, handle: &NodeHandle) -> Duration {
+    let started = Instant::now();
+    let mut chain = chain(handle.clone(), client, ChainOptions::default());
+    let prompt = client.chat_prompt(&[ChatMessage::user("Name a color.")]).unwrap();
+    let opts = GenerateOptions { max_tokens: 4, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
+    let mut first = None;
+    let out = client
+        .generate(&mut chain, &prompt, &opts, |_| {
+            first.get_or_insert_with(|| started.elapsed());
+        })
+        .await
+        .expect("the honest client generates during the attack");
+    assert_eq!(out.tokens.len(), 4);
+    first.expect("a first token")
+}
+
+/// A client node of a fresh identity dialing from 127.0.0.2; `None` if the relay refused it.
+async fn attacker(boot: &Multiaddr) -> Option<NodeHandle> {
+    let listen: Multiaddr = format!("/ip4/{ATTACKER}/tcp/0").parse().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), connect_from(std::slice::from_ref(boot), &[listen])).await.ok()?.ok()
+}
+
+async fn ask(s: &mut libp2p::Stream, req: &Request) -> Option<Response> {
+    write_frame(s, &req.encode()).await.ok()?;
+    let t = Duration::from_secs(5);
+    Response::decode(&read_frame(s, 1 << 24, t, t).await.ok()?).ok()
+}
+
+/// Floods: 300 TCP connections from one address (127.0.0.2) that never handshake, then 40
+/// fresh identities from one address. The relay holds at most its per-IP limits of them, its
+/// file descriptors stay bounded, and a connected client keeps generating. (libp2p's TCP
+/// transport dials from the kernel's choice of source address, 127.0.0.1 on loopback, so the
+/// identities come from the honest client's address: it connects first; that other addresses
+/// get their own allowance is `ip_limit`'s unit test.)
+#[test]
+fn connection_floods_are_capped_per_ip() {
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("attack-conn");
+    let relay = Relay::start(&root.join("r"), &["--model", model.to_str().unwrap(), "--blocks", "all"]);
+    let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let port: u16 = relay.addr("tcp").split("/tcp/").nth(1).and_then(|s| s.split('/').next()).unwrap().parse().unwrap();
+    let client = ClientModel::load(&model).unwrap();
+    let rt = runtime();
+    rt.block_on(async {
+        let h = honest(&boot).await;
+        let before = honest_ttft(&client, &h).await;
+        let (fds_before, rss_before) = (relay.open_fds(), relay.rss_kib());
+
+        // Handshake-less connections: each is accepted by the kernel, then counted pending.
+        let mut raw = Vec::new();
+        for _ in 0..300 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(format!("{ATTACKER}:0").parse().unwrap()).unwrap();
+            if let Ok(c) = s.connect(format!("127.0.0.1:{port}").parse().unwrap()).await {
+                raw.push(c);
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut held = 0;
+        for c in &raw {
+            let mut b = [0u8; 1];
+            // Still open: nothing to read yet (a refused one reads EOF or fails).
+            if matches!(tokio::time::timeout(Duration::from_millis(5), c.peek(&mut b)).await, Err(_)) {
+                held += 1;
+            }
+        }
+        let fds_raw = relay.open_fds();
+        // Fresh identities from the same address.
+        let mut nodes = Vec::new();
+        for _ in 0..40 {
+            if let Some(n) = attacker(&boot).await {
+                nodes.push(n);
+            }
+        }
+        let during = honest_ttft(&client, &h).await;
+        let (fds_during, rss_during) = (relay.open_fds(), relay.rss_kib());
+        eprintln!(
+            "connection flood: {held} of {} handshake-less connections held, {} of 40 identities admitted; \
+             fds {fds_before} -> {fds_raw} (raw flood) -> {fds_during}; RSS {rss_before} -> {rss_during} KiB; \
+             time to first token {before:?} before, {during:?} during",
+            raw.len(),
+            nodes.len()
+        );
+        assert!(held <= 8, "{held} handshake-less connections from one address held (limit 8)");
+        assert!(nodes.len() <= 16, "{} identities from one address admitted (limit 16)", nodes.len());
+        assert!(!nodes.is_empty(), "the per-IP limit must still admit some connections");
+        assert!(fds_raw < fds_before + 100, "the relay holds {fds_raw} fds after the raw flood ({fds_before} before)");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// One identity opens 40 session streams at once: at most its per-peer stream limit (8) are
+/// served, the rest are closed at once; the relay answers others.
+#[test]
+fn stream_floods_are_capped_per_peer() {
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("attack-streams");
+    let relay = Relay::start(&root.join("r"), &["--model", model.to_str().unwrap(), "--blocks", "all"]);
+    let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let peer: PeerId = relay.peer.parse().unwrap();
+    let client = ClientModel::load(&model).unwrap();
+    runtime().block_on(async {
+        let honest = honest(&boot).await;
+        let h = attacker(&boot).await.expect("one connection is allowed");
+        let mut streams = Vec::new();
+        for _ in 0..40 {
+            let mut control = h.control();
+            if let Ok(s) = control.open_stream(peer, PROTOCOL).await {
+                streams.push(s);
+            }
+        }
+        // Hold them all open, then see which are served.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let mut served = 0;
+        for s in &mut streams {
+            if matches!(ask(s, &Request::Info).await, Some(Response::Info(_))) {
+                served += 1;
+            }
+        }
+        let ttft = honest_ttft(&client, &honest).await;
+        eprintln!("stream flood: {served} of {} streams served; honest time to first token {ttft:?}", streams.len());
+        assert!(served <= 8, "{served} concurrent streams served for one peer (limit 8)");
+        assert!(served >= 1, "the first streams must be served");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Session squatting: 12 identities from one address try to hold every session slot (4
+/// each, the per-peer cap). The per-IP cap (8) leaves the other 8 slots to everyone else (the
+/// relay's own status says so), and a squatter that only sends `Info` loses its session after
+/// the idle timeout.
+#[test]
+fn session_squatting_from_many_identities_leaves_room() {
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("attack-squat");
+    let relay = Relay::start(
+        &root.join("r"),
+        &["--model", model.to_str().unwrap(), "--blocks", "all", "--session-idle-secs", "3"],
+    );
+    let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let peer: PeerId = relay.peer.parse().unwrap();
+    let model_id = ModelId::from_hex(&relay.model_id()).unwrap();
+    let open = Request::Open { model: model_id, start: 0, end: 30, max_len: 8 };
+    runtime().block_on(async {
+        let mut held = Vec::new();
+        let mut nodes = Vec::new();
+        for _ in 0..12 {
+            let Some(h) = attacker(&boot).await else { continue };
+            for _ in 0..4 {
+                let mut control = h.control();
+                let Ok(mut s) = control.open_stream(peer, PROTOCOL).await else { continue };
+                if let Some(Response::Opened { .. }) = ask(&mut s, &open).await {
+                    held.push(s);
+                }
+            }
+            nodes.push(h);
+        }
+        let mut control = nodes[0].control();
+        let mut s = control.open_stream(peer, PROTOCOL).await.expect("a stream for Info");
+        let Some(Response::Info(status)) = ask(&mut s, &Request::Info).await else { panic!("no status") };
+        eprintln!(
+            "squatting: {} sessions held by {} identities; the relay has {} free slots",
+            held.len(),
+            nodes.len(),
+            status.free_slots
+        );
+        assert!(held.len() <= 8, "{} sessions held from one address (limit 8)", held.len());
+        assert!(!held.is_empty());
+        assert!(status.free_slots >= 8, "{} slots left for other addresses", status.free_slots);
+
+        // `Info` is not progress: the session is closed after the idle timeout (3 s).
+        let mut s = held.pop().unwrap();
+        let started = Instant::now();
+        let mut alive = true;
+        while started.elapsed() < Duration::from_secs(8) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if !matches!(ask(&mut s, &Request::Info).await, Some(Response::Info(_))) {
+                alive = false;
+                break;
+            }
+        }
+        eprintln!("an Info-only session was closed after {:?}", started.elapsed());
+        assert!(!alive, "a session kept alive by Info alone");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
