@@ -386,33 +386,32 @@ mod tests {
         let key = Keypair::generate_ed25519();
         let model = ModelId([9; 32]);
         let peer = key.public().to_peer_id();
-        let now = 1_000;
-        let hostile: Vec<(&str, Box<dyn Fn(&mut ServerRecord)>)> = vec![
-            ("multi-byte model id", Box::new(|r| r.status.model = "é".repeat(32))),
-            ("upper-case model id", Box::new(|r| r.status.model.replace_range(..1, "A"))),
-            ("short model id", Box::new(|r| r.status.model.truncate(12))),
-            ("end past every model", Box::new(|r| r.status.end = usize::MAX)),
-            ("end past the bound", Box::new(|r| r.status.end = MAX_LAYERS + 1)),
-            ("empty range", Box::new(|r| r.status.start = r.status.end)),
-            ("expires forever", Box::new(|r| r.expires_ms = u64::MAX)),
-            (
-                "expires past the bound",
-                Box::new(move |r| r.expires_ms = now + MAX_RECORD_LIFETIME.as_millis() as u64 + 1),
-            ),
-            ("too many addresses", Box::new(|r| r.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1])),
-            ("long address", Box::new(|r| r.addrs = vec![format!("/dns4/{}/tcp/1", "a".repeat(MAX_ADDR_LEN))])),
-            ("long backend", Box::new(|r| r.status.backend = "x".repeat(MAX_BACKEND_LEN + 1))),
-            ("negative speed", Box::new(|r| r.status.ms_per_block = -1.0)),
+        const NOW: u64 = 1_000;
+        /// What a case spoils, and how.
+        type Spoil = (&'static str, fn(&mut ServerRecord));
+        let hostile: Vec<Spoil> = vec![
+            ("multi-byte model id", |r| r.status.model = "é".repeat(32)),
+            ("upper-case model id", |r| r.status.model.replace_range(..1, "A")),
+            ("short model id", |r| r.status.model.truncate(12)),
+            ("end past every model", |r| r.status.end = usize::MAX),
+            ("end past the bound", |r| r.status.end = MAX_LAYERS + 1),
+            ("empty range", |r| r.status.start = r.status.end),
+            ("expires forever", |r| r.expires_ms = u64::MAX),
+            ("expires past the bound", |r| r.expires_ms = NOW + MAX_RECORD_LIFETIME.as_millis() as u64 + 1),
+            ("too many addresses", |r| r.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1]),
+            ("long address", |r| r.addrs = vec![format!("/dns4/{}/tcp/1", "a".repeat(MAX_ADDR_LEN))]),
+            ("long backend", |r| r.status.backend = "x".repeat(MAX_BACKEND_LEN + 1)),
+            ("negative speed", |r| r.status.ms_per_block = -1.0),
         ];
         let mut good = record(&key, &model);
-        good.expires_ms = now + 90_000;
+        good.expires_ms = NOW + 90_000;
         good.status.end = MAX_LAYERS;
-        assert!(ServerRecord::verify_any(&good.sign(&key).unwrap(), &peer, now).is_ok(), "the valid record");
+        assert!(ServerRecord::verify_any(&good.sign(&key).unwrap(), &peer, NOW).is_ok(), "the valid record");
         for (what, spoil) in hostile {
             let mut rec = good.clone();
             spoil(&mut rec);
             let signed = rec.sign(&key).unwrap();
-            assert!(ServerRecord::verify_any(&signed, &peer, now).is_err(), "{what} was accepted");
+            assert!(ServerRecord::verify_any(&signed, &peer, NOW).is_err(), "{what} was accepted");
         }
         // An oversized envelope (padded with a field readers ignore) is refused unparsed.
         let mut json = serde_json::to_value(&good).unwrap();
@@ -420,7 +419,7 @@ mod tests {
         let payload = serde_json::to_vec(&json).unwrap();
         let signed = SignedEnvelope::new(&key, DOMAIN.into(), PAYLOAD_TYPE.to_vec(), payload).unwrap();
         let signed = signed.into_protobuf_encoding();
-        assert!(matches!(ServerRecord::verify_any(&signed, &peer, now), Err(RecordError::Malformed(_))));
+        assert!(matches!(ServerRecord::verify_any(&signed, &peer, NOW), Err(RecordError::Malformed(_))));
     }
 
     #[test]
