@@ -24,8 +24,11 @@ pub use api::api;
 pub use model::{chat, gguf, parts, safetensors, tokenizer};
 pub use net::{frame, protocol, record, session};
 
+/// The body of a fuzz target.
+pub type Target = fn(&[u8]);
+
 /// Every target: its name (the cargo-fuzz binary and the corpus folder) and its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("protocol", protocol),
     ("record", record),
