@@ -26,18 +26,19 @@ use super::node::RECORD_TTL;
 use super::protocol::ServerStatus;
 use crate::model::ModelId;
 
-/// Largest signed record accepted, in bytes (envelope included): a record with
-/// [`MAX_ADDRS`] addresses of typical length (100 to 200 bytes) takes under 8 KiB.
-pub const MAX_RECORD_BYTES: usize = 16 << 10;
+/// Largest signed record accepted, in bytes (envelope included): a record with [`MAX_ADDRS`]
+/// addresses of [`MAX_ADDR_LEN`] bytes takes about 17 KiB; real ones take 1 to 4 KiB.
+pub const MAX_RECORD_BYTES: usize = 24 << 10;
 /// Most layers a record may claim, whatever the model (the largest open models have under
 /// 200); a reader that knows the model checks its own layer count too.
 pub const MAX_LAYERS: usize = 4096;
 /// How far in the future a record may expire: five DHT record lifetimes. Servers sign for 90 s,
 /// so this leaves minutes of clock skew while a record signed "forever" is refused.
 pub const MAX_RECORD_LIFETIME: Duration = Duration::from_secs(5 * RECORD_TTL.as_secs());
-/// Most addresses a record may list (a relay with IPv4 and IPv6 on TCP, QUIC, WebSocket and
-/// WebRTC, plus circuit addresses, lists about ten).
-pub const MAX_ADDRS: usize = 32;
+/// Most addresses a record may list (a relay listening on every interface lists each
+/// interface's IPv4 and IPv6 address on TCP, QUIC, WebSocket and WebRTC: a few dozen on a
+/// host with containers).
+pub const MAX_ADDRS: usize = 64;
 /// Longest address string in a record, in bytes (a circuit address with two peer ids and a
 /// certificate hash takes about 200).
 pub const MAX_ADDR_LEN: usize = 256;
