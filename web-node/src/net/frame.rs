@@ -33,8 +33,14 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Reads one frame. Waits up to `idle` for the first byte of the length and then up to `body`
-/// for the rest of the frame.
+/// The slowest a frame's payload may arrive once started, in bytes per second, on top of the
+/// `body` time: a 16 MiB replay over a slow circuit gets 256 s more, a small frame no more
+/// than `body`.
+pub const MIN_FRAME_RATE: u64 = 64 << 10;
+
+/// Reads one frame. Waits up to `idle` for the first byte of the length, then up to `body`
+/// for the rest of the length and up to `body` plus the payload's length at
+/// [`MIN_FRAME_RATE`] for the payload.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
@@ -46,12 +52,12 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     if first == 0 {
         return Err(FrameError::Closed);
     }
-    let rest = async {
-        r.read_exact(&mut len[1..]).await?;
-        let n = u32::from_le_bytes(len) as usize;
-        if n > limit {
-            return Err(FrameError::TooLarge { len: n, limit });
-        }
+    super::timeout(body, r.read_exact(&mut len[1..])).await.ok_or(FrameError::Timeout(body))??;
+    let n = u32::from_le_bytes(len) as usize;
+    if n > limit {
+        return Err(FrameError::TooLarge { len: n, limit });
+    }
+    let payload = async {
         // Grow with the bytes that actually arrive, not with what the peer announced.
         let mut buf = Vec::with_capacity(n.min(64 << 10));
         (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
@@ -60,7 +66,8 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         }
         Ok(buf)
     };
-    super::timeout(body, rest).await.ok_or(FrameError::Timeout(body))?
+    let allowed = body + Duration::from_millis((n as u64).saturating_mul(1000) / MIN_FRAME_RATE);
+    super::timeout(allowed, payload).await.ok_or(FrameError::Timeout(allowed))?
 }
 
 /// Writes one frame and flushes it.
@@ -81,6 +88,7 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Re
 mod tests {
     use super::*;
     use futures::io::Cursor;
+    use futures::StreamExt;
 
     const T: Duration = Duration::from_secs(1);
 
@@ -102,5 +110,25 @@ mod tests {
             let mut r = Cursor::new(vec![10, 0, 0, 0, 1, 2]);
             assert!(matches!(read_frame(&mut r, 1 << 20, T, T).await, Err(FrameError::Io(_))));
         });
+    }
+
+    /// A big frame over a slow link (here 256 KiB in 16 pieces 80 ms apart, 1.3 s) is not cut
+    /// off by the 1 s `body` time: the payload gets time in proportion to its length.
+    #[test]
+    fn big_frames_get_time_in_proportion_to_their_length() {
+        use futures::TryStreamExt;
+        let payload = vec![7u8; 256 << 10];
+        let mut framed = (payload.len() as u32).to_le_bytes().to_vec();
+        framed.extend_from_slice(&payload);
+        let pieces: Vec<Vec<u8>> = framed.chunks(16 << 10).map(<[u8]>::to_vec).collect();
+        let slow = futures::stream::iter(pieces)
+            .then(|p| async move {
+                futures_timer::Delay::new(Duration::from_millis(80)).await;
+                Ok::<_, std::io::Error>(p)
+            })
+            .into_async_read();
+        let mut slow = std::pin::pin!(slow);
+        let got = futures::executor::block_on(read_frame(&mut slow, 1 << 20, T, T)).unwrap();
+        assert_eq!(got, payload);
     }
 }

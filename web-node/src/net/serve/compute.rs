@@ -181,3 +181,32 @@ impl ComputeHandle {
         let _ = self.tx.clone().try_send(Job::Close(id));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(owner: Option<PeerId>, id: u64) -> Job {
+        let (reply, _) = oneshot::channel();
+        Job::Step { owner, id: SessionId(id), pos: 0, hidden: vec![], n_tokens: 1, reply }
+    }
+
+    /// A peer with many queued steps does not starve one with a single step: owners take turns.
+    #[test]
+    fn owners_take_turns() {
+        let (a, b) = (Some(PeerId::random()), Some(PeerId::random()));
+        let mut rr = RoundRobin::default();
+        for id in 0..4 {
+            rr.push(step(a, id));
+        }
+        rr.push(step(b, 10));
+        rr.push(step(None, 20));
+        let order: Vec<u64> = std::iter::from_fn(|| rr.pop())
+            .map(|j| match j {
+                Job::Step { id, .. } => id.0,
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(order, vec![0, 10, 20, 1, 2, 3]);
+    }
+}
