@@ -25,7 +25,9 @@ use web_time::Instant;
 use super::session::Server;
 use crate::engine::EngineError;
 use crate::net::node::{NetError, NodeHandle};
-use crate::net::record::{block_key, directory_key, peer_key, server_key, RecordError, ServerRecord};
+use crate::net::record::{
+    block_key, directory_key, peer_key, server_key, RecordError, ServerRecord, MAX_ADDRS, MAX_ADDR_LEN,
+};
 
 /// How often the server record is re-signed and republished.
 pub const RECORD_REFRESH: Duration = Duration::from_secs(30);
@@ -43,13 +45,20 @@ pub enum AnnounceError {
     Record(#[from] RecordError),
 }
 
+/// The addresses a record carries: readers refuse records with more than [`MAX_ADDRS`]
+/// addresses or any longer than [`MAX_ADDR_LEN`], so those are dropped here, keeping the
+/// first [`MAX_ADDRS`] in the node's order.
+fn announced_addrs(addrs: &[libp2p::Multiaddr]) -> Vec<String> {
+    addrs.iter().map(|a| a.to_string()).filter(|a| a.len() <= MAX_ADDR_LEN).take(MAX_ADDRS).collect()
+}
+
 /// Signs the server's current record and stores it under its model key and its peer key.
 pub async fn publish(handle: &NodeHandle, key: &Keypair, server: &Server) -> Result<(), AnnounceError> {
     let c = server.config();
     let peer = key.public().to_peer_id();
     let record = ServerRecord {
         peer: peer.to_string(),
-        addrs: handle.addresses().await?.iter().map(|a| a.to_string()).collect(),
+        addrs: announced_addrs(&handle.addresses().await?),
         expires_ms: crate::net::unix_ms() + RECORD_VALIDITY.as_millis() as u64,
         status: server.status(),
     };
@@ -228,6 +237,16 @@ mod tests {
     use futures::FutureExt;
 
     use super::*;
+
+    #[test]
+    fn announced_addresses_fit_what_readers_accept() {
+        let long: libp2p::Multiaddr = format!("/dns4/{}.example/tcp/1", "a".repeat(300)).parse().unwrap();
+        let mut addrs = vec![long];
+        addrs.extend((0..100u16).map(|p| format!("/ip4/1.2.3.4/tcp/{p}").parse().unwrap()));
+        let out = announced_addrs(&addrs);
+        assert_eq!(out.len(), MAX_ADDRS);
+        assert!(out.iter().all(|a| a.len() <= MAX_ADDR_LEN && a.starts_with("/ip4/")));
+    }
 
     fn oom() -> Result<(), EngineError> {
         Err(EngineError::OutOfMemory { what: "kv cache".into(), bytes: Some(1 << 30) })
