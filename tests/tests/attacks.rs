@@ -120,7 +120,9 @@ fn connection_floods_are_capped_per_ip() {
         for _ in 0..40 {
             let Some(n) = attacker(&boot).await else { continue };
             let mut control = n.control();
-            if let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(5), control.open_stream(peer, PROTOCOL)).await {
+            if let Ok(Ok(mut s)) =
+                tokio::time::timeout(Duration::from_secs(5), control.open_stream(peer, PROTOCOL)).await
+            {
                 if let Some(Response::Info(_)) = ask(&mut s, &Request::Info).await {
                     nodes.push((n, s));
                 }
