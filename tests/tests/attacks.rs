@@ -242,3 +242,61 @@ fn session_squatting_from_many_identities_leaves_room() {
     });
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A circuit used as a tunnel: two clients of the relay (one reachable only through it, as a
+/// tab is) push 4 MiB through a circuit of a relay capped at 1 MiB per circuit. The relay
+/// closes the circuit near the cap instead of carrying everything.
+#[test]
+fn circuits_carry_bounded_bytes() {
+    use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+    let _serial = serial();
+    let root = temp_dir("attack-circuit");
+    let relay = Relay::start(&root.join("r"), &["--max-circuit-mib", "1"]);
+    let relay_addr: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let proto = libp2p::StreamProtocol::new("/ait-test/tunnel/1");
+    runtime().block_on(async {
+        // The far end: reachable only through a reservation on the relay.
+        let far = connect(std::slice::from_ref(&relay_addr)).await.unwrap();
+        let mut incoming = far.control().accept(proto.clone()).unwrap();
+        far.listen_on(relay_addr.clone().with(libp2p::multiaddr::Protocol::P2pCircuit)).await.unwrap();
+        let started = Instant::now();
+        let circuit = loop {
+            let addrs = far.addresses().await.unwrap();
+            if let Some(a) = addrs.into_iter().find(|a| a.to_string().contains("p2p-circuit")) {
+                break a;
+            }
+            assert!(started.elapsed() < Duration::from_secs(10), "no reservation");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let circuit = relay::p2p::with_peer(circuit, far.peer_id());
+        let received = tokio::spawn(async move {
+            let (_, mut s) = incoming.next().await.expect("a tunnel stream");
+            let mut total = 0usize;
+            let mut buf = vec![0u8; 64 << 10];
+            while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+                if n == 0 {
+                    break;
+                }
+                total += n;
+            }
+            total
+        });
+        let near = connect(std::slice::from_ref(&relay_addr)).await.unwrap();
+        near.dial(circuit, Duration::from_secs(10)).await.expect("dial through the relay");
+        let mut s = near.control().open_stream(far.peer_id(), proto).await.expect("a stream through the circuit");
+        let chunk = vec![7u8; 64 << 10];
+        let mut sent = 0usize;
+        for _ in 0..64 {
+            match tokio::time::timeout(Duration::from_secs(5), s.write_all(&chunk)).await {
+                Ok(Ok(())) => sent += chunk.len(),
+                _ => break,
+            }
+        }
+        let _ = s.close().await;
+        let total = received.await.unwrap();
+        eprintln!("circuit: {sent} bytes sent, {total} received through a 1 MiB circuit");
+        assert!(total > 0, "nothing went through the circuit");
+        assert!(total <= 2 << 20, "{total} bytes went through a circuit capped at 1 MiB");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
