@@ -300,3 +300,54 @@ fn circuits_carry_bounded_bytes() {
     });
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// A poisoned directory: a client stores junk, and a record it signed itself, under the
+/// relay's own DHT keys. The relay's store keeps only records the named peer signed, so the
+/// network listing still shows the relay, and clients still generate through it.
+#[test]
+fn poisoned_records_do_not_replace_a_servers_own() {
+    use web_node::net::record::{peer_key, server_key, ServerRecord};
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("attack-poison");
+    let relay = Relay::start(&root.join("r"), &["--model", model.to_str().unwrap(), "--blocks", "all"]);
+    let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let peer: PeerId = relay.peer.parse().unwrap();
+    let model_id = ModelId::from_hex(&relay.model_id()).unwrap();
+    let client = ClientModel::load(&model).unwrap();
+    runtime().block_on(async {
+        let h = honest(&boot).await;
+        let liar = connect(std::slice::from_ref(&boot)).await.unwrap();
+        // A well-formed record, signed by the liar, claiming the relay's keys.
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let mut forged = web_node::net::directory::list(&h, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.peer == relay.peer)
+            .expect("the relay's record");
+        forged.peer = key.public().to_peer_id().to_string();
+        forged.expires_ms += 60_000;
+        let forged = forged.sign(&key).unwrap();
+        for k in [peer_key(&peer), server_key(&model_id, &peer)] {
+            liar.put_record(k.clone(), b"junk".to_vec()).await.unwrap();
+            liar.put_record(k, forged.clone()).await.unwrap();
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        // What the relay's DHT now answers for its own keys.
+        let fresh = connect(std::slice::from_ref(&boot)).await.unwrap();
+        let copies = fresh.get_records(peer_key(&peer), Duration::from_millis(300), Duration::from_secs(5)).await.unwrap();
+        let now = web_node::net::unix_ms();
+        let valid = copies.iter().filter(|b| ServerRecord::verify_any(b, &peer, now).is_ok()).count();
+        let listed = web_node::net::directory::list(&fresh, Duration::from_secs(2)).await.unwrap();
+        let ttft = honest_ttft(&client, &fresh).await;
+        eprintln!(
+            "poisoning: {} copies under the relay's key, {valid} valid; {} servers listed; time to first token {ttft:?}",
+            copies.len(),
+            listed.len()
+        );
+        assert!(copies.len() == valid && valid > 0, "junk stored under the relay's key: {} copies, {valid} valid", copies.len());
+        assert!(listed.iter().any(|r| r.peer == relay.peer), "the relay vanished from the directory");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
