@@ -2,12 +2,11 @@
 //! keep-alive connections), caps on open connections (in all and per client IP), and a write
 //! timeout for clients that stop reading. `axum::serve` sets none of these.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -18,28 +17,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tower::ServiceExt;
 
+use web_node::net::keyed_limit::{KeyedLimit, Over, Ticket};
+
 use super::limits::HttpLimits;
 
-/// Open connections, in all and per IP.
-#[derive(Default)]
-struct Counts {
-    total: usize,
-    per_ip: HashMap<IpAddr, usize>,
-}
-
-/// Admits connections within the caps; a [`Slot`] gives its place back when dropped.
+/// Admits connections within the caps (in all and per IP); a [`Slot`] gives its place back
+/// when dropped.
 #[derive(Clone)]
-pub(super) struct ConnLimiter {
-    counts: Arc<Mutex<Counts>>,
-    max_total: usize,
-    max_per_ip: usize,
-}
+pub(super) struct ConnLimiter(KeyedLimit<IpAddr>);
 
 /// One admitted connection.
-pub(super) struct Slot {
-    counts: Arc<Mutex<Counts>>,
-    ip: IpAddr,
-}
+pub(super) type Slot = Ticket<IpAddr>;
 
 /// Why a connection was refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -52,34 +40,14 @@ pub(super) enum Refused {
 
 impl ConnLimiter {
     pub(super) fn new(max_total: usize, max_per_ip: usize) -> Self {
-        ConnLimiter { counts: Arc::default(), max_total: max_total.max(1), max_per_ip: max_per_ip.max(1) }
+        ConnLimiter(KeyedLimit::new(max_total.max(1), max_per_ip.max(1)))
     }
 
     pub(super) fn admit(&self, ip: IpAddr) -> Result<Slot, Refused> {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if c.total >= self.max_total {
-            return Err(Refused::Total(self.max_total));
-        }
-        let n = c.per_ip.entry(ip).or_default();
-        if *n >= self.max_per_ip {
-            return Err(Refused::PerIp(self.max_per_ip));
-        }
-        *n += 1;
-        c.total += 1;
-        Ok(Slot { counts: self.counts.clone(), ip })
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        c.total = c.total.saturating_sub(1);
-        if let Some(n) = c.per_ip.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_ip.remove(&self.ip);
-            }
-        }
+        self.0.admit(ip, false).map_err(|over| match over {
+            Over::Total(n) => Refused::Total(n),
+            Over::PerKey(n) => Refused::PerIp(n),
+        })
     }
 }
 

@@ -12,7 +12,8 @@
 //! - [`directory`]: lists the servers of the network.
 //! - [`limits`]: every network limit of a node ([`limits::NetLimits`]); [`ip_limit`] caps
 //!   inbound connections per IP address, [`dht_filter`] decides what the DHT store accepts,
-//!   [`log_limit`] keeps refusals from flooding the logs.
+//!   [`log_limit`] keeps refusals from flooding the logs, [`keyed_limit`] caps what is held
+//!   at once in total and per key.
 //! - [`chain`]: [`chain::SwarmChain`], a [`LayerChain`](crate::client::LayerChain) whose layers
 //!   run on remote servers found through a [`chain::Discovery`], with re-routing (of the failed
 //!   span, or of the whole route when the span cannot be covered on its own) and replay when
@@ -28,6 +29,7 @@ pub mod dht_filter;
 pub mod directory;
 pub mod frame;
 pub mod ip_limit;
+pub mod keyed_limit;
 pub mod limits;
 pub mod log_limit;
 pub mod node;

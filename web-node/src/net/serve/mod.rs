@@ -21,11 +21,10 @@ pub use announce::{announce, announce_while_healthy, publish, AnnounceError, Hea
 pub use compute::{ComputeHandle, ComputeLoop};
 pub use session::{BoxStream, LocalServer, Remote, ServeStats, Server, SessionStream, PRE_SESSION_FRAME};
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::ops::Range;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -36,6 +35,7 @@ use libp2p::identity::Keypair;
 use libp2p::PeerId;
 
 use super::frame::MAX_FRAME;
+use super::keyed_limit::{KeyedLimit, Over, Ticket};
 use super::log_limit::LogLimit;
 use super::node::NodeHandle;
 use super::protocol::PROTOCOL;
@@ -274,7 +274,7 @@ impl<B: Backend> Service<B> {
             incoming,
             server: server.clone(),
             node: node.clone(),
-            open: Arc::default(),
+            open: KeyedLimit::new(server.config().limits.max_streams, server.config().limits.max_streams_per_peer),
             log: Arc::new(LogLimit::new(Duration::from_secs(10))),
             stop: stop.clone(),
         };
@@ -306,52 +306,19 @@ pub struct Sessions {
     incoming: libp2p_stream::IncomingStreams,
     server: Arc<Server>,
     node: NodeHandle,
-    open: Arc<Mutex<OpenStreams>>,
+    open: KeyedLimit<PeerId>,
     log: Arc<LogLimit>,
     stop: Stop,
 }
 
-/// Session streams being served, per peer and in total.
-#[derive(Default)]
-struct OpenStreams {
-    total: usize,
-    per_peer: HashMap<PeerId, usize>,
-}
-
-/// One counted stream; uncounted on drop.
-struct StreamTicket {
-    open: Arc<Mutex<OpenStreams>>,
-    peer: PeerId,
-}
-
-impl Drop for StreamTicket {
-    fn drop(&mut self) {
-        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        o.total = o.total.saturating_sub(1);
-        if let Some(n) = o.per_peer.get_mut(&self.peer) {
-            *n = n.saturating_sub(1);
-            if *n == 0 {
-                o.per_peer.remove(&self.peer);
-            }
-        }
-    }
-}
-
 impl Sessions {
     /// Counts a new stream from `peer`, or says why it is refused.
-    fn ticket(&self, peer: PeerId) -> Result<StreamTicket, String> {
+    fn ticket(&self, peer: PeerId) -> Result<Ticket<PeerId>, String> {
         let l = &self.server.config().limits;
-        let mut o = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let mine = o.per_peer.get(&peer).copied().unwrap_or(0);
-        if mine >= l.max_streams_per_peer && !l.trusted_peers.contains(&peer) {
-            return Err(format!("{mine} session streams open already (limit {})", l.max_streams_per_peer));
-        }
-        if o.total >= l.max_streams {
-            return Err(format!("{} session streams open in all (limit {})", o.total, l.max_streams));
-        }
-        o.total += 1;
-        *o.per_peer.entry(peer).or_default() += 1;
-        Ok(StreamTicket { open: self.open.clone(), peer })
+        self.open.admit(peer, l.trusted_peers.contains(&peer)).map_err(|over| match over {
+            Over::Total(n) => format!("{n} session streams open in all (the limit)"),
+            Over::PerKey(n) => format!("{n} session streams open already (the per-peer limit)"),
+        })
     }
 }
 
