@@ -17,7 +17,11 @@ pub async fn connect(bootstrap: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
 /// address (port reuse), so a client listening on `/ip4/127.0.0.2/tcp/0` reaches others
 /// from 127.0.0.2.
 pub async fn connect_from(bootstrap: &[Multiaddr], listen: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
-    let key = Keypair::generate_ed25519();
+    connect_as(Keypair::generate_ed25519(), bootstrap, listen).await
+}
+
+/// Like [`connect_from`], as the identity `key` (a node that signs its own records).
+pub async fn connect_as(key: Keypair, bootstrap: &[Multiaddr], listen: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
     let cert =
         libp2p_webrtc::tokio::Certificate::generate(&mut rand_webrtc::rng()).context("generating a certificate")?;
     let (handle, _) = crate::p2p::start(key, cert, Role::Client, listen, false, &Default::default()).await?;

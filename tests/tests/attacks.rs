@@ -1,5 +1,6 @@
 //! Attacks on a real `ait relay` process over loopback (issue 11): connection floods with and
-//! without handshakes, stream floods, and session squatting from many identities. Attackers
+//! without handshakes, stream floods, session squatting from many identities, a circuit used
+//! as a tunnel, poisoned directory records and a server that forges its claims and answers. Attackers
 //! come from 127.0.0.2, the honest client from 127.0.0.1 (both loopback; per-IP limits tell
 //! them apart). Each test checks that the limit holds and that the honest client still
 //! generates, and prints its time to first token before and during the attack, the relay's
@@ -11,10 +12,10 @@ use std::time::{Duration, Instant};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
 use libp2p::{Multiaddr, PeerId};
-use relay::swarm_client::{chain, connect, connect_from};
+use relay::swarm_client::{chain, connect, connect_as, connect_from};
 use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
 use web_node::model::{ChatMessage, ModelId};
-use web_node::net::chain::ChainOptions;
+use web_node::net::chain::{ChainOptions, SwarmChain};
 use web_node::net::frame::{read_frame, write_frame};
 use web_node::net::node::NodeHandle;
 use web_node::net::protocol::{Request, Response, PROTOCOL};
@@ -46,19 +47,24 @@ async fn honest(boot: &Multiaddr) -> NodeHandle {
 
 /// Generates 4 tokens greedily through `handle`; returns the time to the first token.
 async fn honest_ttft(client: &ClientModel, handle: &NodeHandle) -> Duration {
-    let started = Instant::now();
     let mut chain = chain(handle.clone(), client, ChainOptions::default());
+    greedy(client, &mut chain).await.1
+}
+
+/// Generates 4 tokens greedily through `chain`; returns them and the time to the first.
+async fn greedy(client: &ClientModel, chain: &mut SwarmChain) -> (Vec<u32>, Duration) {
+    let started = Instant::now();
     let prompt = client.chat_prompt(&[ChatMessage::user("Name a color.")]).unwrap();
     let opts = GenerateOptions { max_tokens: 4, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
     let mut first = None;
     let out = client
-        .generate(&mut chain, &prompt, &opts, |_| {
+        .generate(chain, &prompt, &opts, |_| {
             first.get_or_insert_with(|| started.elapsed());
         })
         .await
         .expect("the honest client generates during the attack");
     assert_eq!(out.tokens.len(), 4);
-    first.expect("a first token")
+    (out.tokens, first.expect("a first token"))
 }
 
 /// A client node of a fresh identity dialing from 127.0.0.2; `None` if the relay refused it.
@@ -350,4 +356,125 @@ fn poisoned_records_do_not_replace_a_servers_own() {
         assert!(listed.iter().any(|r| r.peer == relay.peer), "the relay vanished from the directory");
     });
     let _ = std::fs::remove_dir_all(root);
+}
+
+/// A forged-claims server: a peer announces every block of the model at 0 ms per block (in
+/// its signed record and its live status) and answers each step by passing it to the relay
+/// and spoiling the answer (one value NaN). A fresh client routes through the liar (an
+/// unmeasured claim, floored, still beats the relay's honest one), finds the answer unusable,
+/// bans the liar and finishes through the relay with the tokens it gets without the liar.
+#[test]
+fn forged_claims_server_is_caught() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+    use web_node::net::record::{block_key, directory_key, peer_key, server_key, ServerRecord};
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("attack-forged");
+    let relay = Relay::start(&root.join("r"), &["--model", model.to_str().unwrap(), "--blocks", "all"]);
+    let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let relay_peer: PeerId = relay.peer.parse().unwrap();
+    let model_id = ModelId::from_hex(&relay.model_id()).unwrap();
+    let client = ClientModel::load(&model).unwrap();
+    runtime().block_on(async {
+        let h = honest(&boot).await;
+        let (reference, before) = greedy(&client, &mut chain(h.clone(), &client, ChainOptions::default())).await;
+
+        let key = libp2p::identity::Keypair::generate_ed25519();
+        let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
+        let liar = connect_as(key.clone(), std::slice::from_ref(&boot), &[listen]).await.unwrap();
+        let mut status = web_node::net::directory::list(&h, Duration::from_secs(2))
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|r| r.peer == relay.peer)
+            .expect("the relay's record")
+            .status;
+        status.ms_per_block = 0.0;
+        let n_blocks = status.end;
+        let steps = Arc::new(AtomicUsize::new(0));
+        let incoming = liar.control().accept(PROTOCOL).expect("the liar serves the protocol");
+        tokio::spawn(forge(incoming, liar.control(), relay_peer, status.clone(), steps.clone()));
+        let liar_addrs = liar.addresses().await.unwrap();
+        // Reachable as a server is (a provider record without addresses is not passed on).
+        liar.add_external_address(liar_addrs[0].clone()).await.unwrap();
+        let record = ServerRecord {
+            peer: liar.peer_id().to_string(),
+            addrs: liar_addrs.iter().map(|a| a.to_string()).collect(),
+            expires_ms: web_node::net::unix_ms() + 90_000,
+            status,
+        }
+        .sign(&key)
+        .unwrap();
+        liar.put_record(server_key(&model_id, &liar.peer_id()), record.clone()).await.unwrap();
+        liar.put_record(peer_key(&liar.peer_id()), record).await.unwrap();
+        liar.provide((0..n_blocks).map(|b| block_key(&model_id, b)).chain([directory_key()]).collect()).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        // A client that has measured nobody yet, connected to both (as to any peer it met).
+        let fresh = connect(std::slice::from_ref(&boot)).await.unwrap();
+        fresh.dial(liar_addrs[0].clone(), Duration::from_secs(5)).await.expect("dialing the liar");
+        let mut c = chain(fresh, &client, ChainOptions::default());
+        let (tokens, during) = greedy(&client, &mut c).await;
+        let recoveries = c.recoveries().to_vec();
+        let spoiled = steps.load(Ordering::SeqCst);
+        // The client keeps the liar banned: its next generation goes straight to the relay.
+        let (again, after) = greedy(&client, &mut c).await;
+        eprintln!(
+            "forged claims: time to first token {before:?} before; {during:?} with the liar ({spoiled} step(s) \
+             spoiled, {} recovery); {after:?} for the next request",
+            recoveries.len()
+        );
+        assert_eq!(again, reference);
+        assert_eq!(steps.load(Ordering::SeqCst), spoiled, "the banned liar was routed to again");
+        assert!(spoiled > 0, "the liar was never routed to: the test shows nothing");
+        assert_eq!(tokens, reference, "the liar changed the answer");
+        let [r] = &recoveries[..] else { panic!("one recovery expected: {recoveries:?}") };
+        assert_eq!((r.failed, &r.replacements[..]), (liar.peer_id(), &[relay_peer][..]), "{r:?}");
+    });
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// The liar's side of [`forged_claims_server_is_caught`]: every stream is passed to the relay
+/// but status requests, answered at once with `status`; each step's first value is made NaN.
+async fn forge(
+    mut incoming: libp2p_stream::IncomingStreams,
+    mut control: libp2p_stream::Control,
+    relay: PeerId,
+    status: web_node::net::protocol::ServerStatus,
+    steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    use futures::StreamExt;
+    while let Some((_, mut from)) = incoming.next().await {
+        let Ok(mut to) = control.open_stream(relay, PROTOCOL).await else { continue };
+        let (steps, status) = (steps.clone(), status.clone());
+        tokio::spawn(async move {
+            let t = Duration::from_secs(60);
+            while let Ok(frame) = read_frame(&mut from, 1 << 24, t, t).await {
+                let request = Request::decode(&frame);
+                if matches!(request, Ok(Request::Info)) {
+                    if write_frame(&mut from, &Response::Info(status.clone()).encode()).await.is_err() {
+                        return;
+                    }
+                    continue;
+                }
+                let step = matches!(request, Ok(Request::Step { .. }));
+                if write_frame(&mut to, &frame).await.is_err() {
+                    return;
+                }
+                let Ok(reply) = read_frame(&mut to, 1 << 24, t, t).await else { return };
+                let reply = match Response::decode(&reply) {
+                    Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) if step => {
+                        steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        hidden[0] = f32::NAN;
+                        Response::Hidden { n_tokens, compute_us, hidden }.encode()
+                    }
+                    _ => reply,
+                };
+                if write_frame(&mut from, &reply).await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
 }
