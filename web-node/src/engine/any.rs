@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::cpu::{CpuBackend, CpuCache};
 use super::gpu::{GpuBackend, GpuCache, GpuContext};
-use super::{Backend, EngineError};
+use super::{Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// A backend picked at run time: the CPU, or our WGSL kernels through wgpu.
@@ -83,6 +83,30 @@ impl Backend for AnyBackend {
             (AnyBackend::Cpu(b), AnyCache::Cpu(c)) => b.forward(c, hidden, n_tokens, pos).await,
             (AnyBackend::Gpu(b), AnyCache::Gpu(c)) => b.forward(c, hidden, n_tokens, pos).await,
             _ => Err(EngineError::WrongCache),
+        }
+    }
+
+    async fn forward_batch(&self, items: Vec<BatchItem<'_, AnyCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        /// The items' caches as `B`'s, or [`EngineError::WrongCache`].
+        fn unwrap<'a, C>(
+            items: Vec<BatchItem<'a, AnyCache>>,
+            pick: impl Fn(&'a mut AnyCache) -> Option<&'a mut C>,
+        ) -> Result<Vec<BatchItem<'a, C>>, EngineError> {
+            items
+                .into_iter()
+                .map(|it| {
+                    let cache = pick(it.cache).ok_or(EngineError::WrongCache)?;
+                    Ok(BatchItem { cache, hidden: it.hidden, n_tokens: it.n_tokens, pos: it.pos })
+                })
+                .collect()
+        }
+        match self {
+            AnyBackend::Cpu(b) => {
+                b.forward_batch(unwrap(items, |c| if let AnyCache::Cpu(c) = c { Some(c) } else { None })?).await
+            }
+            AnyBackend::Gpu(b) => {
+                b.forward_batch(unwrap(items, |c| if let AnyCache::Gpu(c) = c { Some(c) } else { None })?).await
+            }
         }
     }
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use web_time::Instant;
 
-use super::{Backend, EngineError};
+use super::{Backend, BatchItem, EngineError};
 
 /// Identifies one session of a [`BlockExecutor`]; it comes back in every step's result.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -58,6 +58,20 @@ impl ExecutorConfig {
         self.max_session_len = Some(n);
         self
     }
+}
+
+/// One session's step in a [`BlockExecutor::step_batch`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchStep<'a> {
+    /// The session.
+    pub id: SessionId,
+    /// The position the step continues at, when the caller names one: it must equal the
+    /// session's length.
+    pub pos: Option<usize>,
+    /// `[n_tokens, hidden]` input hidden states.
+    pub hidden: &'a [f32],
+    /// Tokens in `hidden`.
+    pub n_tokens: usize,
 }
 
 struct Session<C> {
@@ -134,25 +148,8 @@ impl<B: Backend> BlockExecutor<B> {
     /// Runs `n_tokens` hidden states (`[n_tokens, hidden]`) through the layers: a prefill when
     /// `n_tokens > 1`, a decode step when it is 1. Returns the output hidden states.
     pub async fn step(&mut self, id: SessionId, hidden: &[f32], n_tokens: usize) -> Result<Vec<f32>, EngineError> {
-        let dim = self.backend.config().hidden;
-        let expected = n_tokens.saturating_mul(dim);
-        if n_tokens == 0 || hidden.len() != expected {
-            return Err(EngineError::Shape { what: "hidden states", expected, actual: hidden.len() });
-        }
-        self.close_idle();
-        let session = self.sessions.get_mut(&id).ok_or(EngineError::UnknownSession(id.0))?;
-        if session.pos + n_tokens > session.capacity {
-            return Err(EngineError::ContextFull {
-                session: id.0,
-                pos: session.pos,
-                n_tokens,
-                capacity: session.capacity,
-            });
-        }
-        let out = self.backend.forward(&mut session.cache, hidden, n_tokens, session.pos).await?;
-        session.pos += n_tokens;
-        session.last_used = Instant::now();
-        Ok(out)
+        let mut r = self.step_batch(&[BatchStep { id, pos: None, hidden, n_tokens }]).await;
+        r.pop().expect("one result per step")
     }
 
     /// Like [`BlockExecutor::step`], for a step that names its position: it must equal the
@@ -164,11 +161,98 @@ impl<B: Backend> BlockExecutor<B> {
         hidden: &[f32],
         n_tokens: usize,
     ) -> Result<Vec<f32>, EngineError> {
-        let held = self.session_len(id)?;
-        if held != pos {
-            return Err(EngineError::WrongPosition { session: id.0, held, asked: pos });
+        let mut r = self.step_batch(&[BatchStep { id, pos: Some(pos), hidden, n_tokens }]).await;
+        r.pop().expect("one result per step")
+    }
+
+    /// Runs the steps of several sessions as one batch ([`Backend::forward_batch`]); returns
+    /// each step's result, in order. A step that cannot run (unknown session, wrong position
+    /// or shape, no room left; a second step of a session already in the batch is at the
+    /// wrong position) fails alone and the others run. If the batch itself fails on the
+    /// device, each step is run again alone, so an error stays with the step that meets it.
+    pub async fn step_batch(&mut self, steps: &[BatchStep<'_>]) -> Vec<Result<Vec<f32>, EngineError>> {
+        self.close_idle();
+        let mut results: Vec<Option<Result<Vec<f32>, EngineError>>> = steps.iter().map(|_| None).collect();
+        // The sessions of the steps that can run, out of the map while they do.
+        let mut taken: Vec<(usize, SessionId, Session<B::Cache>)> = Vec::new();
+        for (i, step) in steps.iter().enumerate() {
+            match self.take_for(step, steps, &taken) {
+                Ok(session) => taken.push((i, step.id, session)),
+                Err(e) => results[i] = Some(Err(e)),
+            }
         }
-        self.step(id, hidden, n_tokens).await
+        let outs = {
+            let items = taken
+                .iter_mut()
+                .map(|(i, _, s)| BatchItem {
+                    cache: &mut s.cache,
+                    hidden: steps[*i].hidden,
+                    n_tokens: steps[*i].n_tokens,
+                    pos: s.pos,
+                })
+                .collect::<Vec<_>>();
+            self.backend.forward_batch(items).await
+        };
+        match outs {
+            Ok(outs) => {
+                for ((i, _, s), out) in taken.iter_mut().zip(outs) {
+                    s.pos += steps[*i].n_tokens;
+                    s.last_used = Instant::now();
+                    results[*i] = Some(Ok(out));
+                }
+            }
+            Err(e) if taken.len() == 1 => results[taken[0].0] = Some(Err(e)),
+            Err(e) => {
+                tracing::debug!("a batch of {} steps failed ({e}); running them one by one", taken.len());
+                for (i, _, s) in taken.iter_mut() {
+                    let step = &steps[*i];
+                    let r = self.backend.forward(&mut s.cache, step.hidden, step.n_tokens, s.pos).await;
+                    if r.is_ok() {
+                        s.pos += step.n_tokens;
+                        s.last_used = Instant::now();
+                    }
+                    results[*i] = Some(r);
+                }
+            }
+        }
+        for (_, id, s) in taken {
+            self.sessions.insert(id, s);
+        }
+        results.into_iter().map(|r| r.expect("every step has a result")).collect()
+    }
+
+    /// Checks that `step` (one of `steps`) can run and takes its session out of the map;
+    /// `taken` holds the sessions of the batch's earlier steps, by index into `steps`.
+    fn take_for(
+        &mut self,
+        step: &BatchStep<'_>,
+        steps: &[BatchStep<'_>],
+        taken: &[(usize, SessionId, Session<B::Cache>)],
+    ) -> Result<Session<B::Cache>, EngineError> {
+        let dim = self.backend.config().hidden;
+        let expected = step.n_tokens.saturating_mul(dim);
+        if step.n_tokens == 0 || step.hidden.len() != expected {
+            return Err(EngineError::Shape { what: "hidden states", expected, actual: step.hidden.len() });
+        }
+        let id = step.id;
+        if let Some((i, _, s)) = taken.iter().find(|(_, t, _)| *t == id) {
+            // Once the earlier step has run, the session holds its tokens too.
+            let held = s.pos + steps[*i].n_tokens;
+            return Err(EngineError::WrongPosition { session: id.0, held, asked: step.pos.unwrap_or(s.pos) });
+        }
+        let session = self.sessions.get(&id).ok_or(EngineError::UnknownSession(id.0))?;
+        if let Some(asked) = step.pos.filter(|&p| p != session.pos) {
+            return Err(EngineError::WrongPosition { session: id.0, held: session.pos, asked });
+        }
+        if session.pos + step.n_tokens > session.capacity {
+            return Err(EngineError::ContextFull {
+                session: id.0,
+                pos: session.pos,
+                n_tokens: step.n_tokens,
+                capacity: session.capacity,
+            });
+        }
+        Ok(self.sessions.remove(&id).expect("the session was just found"))
     }
 
     /// Closes a session and frees its cache.

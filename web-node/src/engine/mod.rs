@@ -16,7 +16,7 @@ pub mod reference;
 mod rope;
 
 pub use any::{AnyBackend, AnyCache};
-pub use executor::{BlockExecutor, ExecutorConfig, SessionId};
+pub use executor::{BatchStep, BlockExecutor, ExecutorConfig, SessionId};
 pub use rope::rope_inv_freq;
 
 use std::future::Future;
@@ -149,6 +149,40 @@ pub trait Backend {
         n_tokens: usize,
         pos: usize,
     ) -> impl Future<Output = Result<Vec<f32>, EngineError>>;
+
+    /// Runs several sequences' steps as one batch: each item is what [`Backend::forward`]
+    /// takes (its own cache, tokens and position), and the outputs come back in item order.
+    ///
+    /// A backend that overrides this does the weight products once over every item's tokens
+    /// and attention per item, and must return for each item exactly what `forward` would
+    /// (bit for bit, whatever else shares the batch). The default runs the items one after
+    /// the other. An error fails the whole batch (callers check each item's shape and
+    /// capacity first, so only device errors remain).
+    fn forward_batch(
+        &self,
+        items: Vec<BatchItem<'_, Self::Cache>>,
+    ) -> impl Future<Output = Result<Vec<Vec<f32>>, EngineError>> {
+        async move {
+            let mut outs = Vec::with_capacity(items.len());
+            for it in items {
+                outs.push(self.forward(it.cache, it.hidden, it.n_tokens, it.pos).await?);
+            }
+            Ok(outs)
+        }
+    }
+}
+
+/// One sequence's share of a [`Backend::forward_batch`]: the arguments of
+/// [`Backend::forward`].
+pub struct BatchItem<'a, C> {
+    /// The sequence's cache.
+    pub cache: &'a mut C,
+    /// `[n_tokens, hidden]` input hidden states.
+    pub hidden: &'a [f32],
+    /// Tokens in `hidden`.
+    pub n_tokens: usize,
+    /// Position of the first of them.
+    pub pos: usize,
 }
 
 /// Checks that `layers` holds one correctly shaped [`LayerWeights`](crate::model::LayerWeights)

@@ -11,7 +11,7 @@ mod simd_x86;
 
 use std::ops::Range;
 
-use super::{reference, rope_inv_freq, Backend, EngineError};
+use super::{reference, rope_inv_freq, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Per-session state of the CPU backend: K and V for every layer of the range.
@@ -188,12 +188,37 @@ impl Backend for CpuBackend {
         &self,
         cache: &mut CpuCache,
         hidden: &[f32],
-        n: usize,
+        n_tokens: usize,
         pos: usize,
     ) -> Result<Vec<f32>, EngineError> {
+        let mut outs = self.forward_batch(vec![BatchItem { cache, hidden, n_tokens, pos }]).await?;
+        Ok(outs.pop().expect("one output per item"))
+    }
+
+    /// The items' tokens go through the weight products together (one `[n, hidden]` matrix of
+    /// every item's rows); RoPE, the cache writes and attention run per item. Every product
+    /// row and attention output is computed as for the item alone, so each output equals its
+    /// own [`Backend::forward`] bit for bit.
+    async fn forward_batch(&self, mut items: Vec<BatchItem<'_, CpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.config;
         let (dim, q_dim, kv_dim, inter) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
-        let mut x = hidden.to_vec();
+        let mut rows = Vec::with_capacity(items.len());
+        let mut n = 0;
+        for it in &items {
+            if it.hidden.len() != it.n_tokens * dim {
+                return Err(EngineError::Shape { what: "hidden", expected: it.n_tokens * dim, actual: it.hidden.len() });
+            }
+            let capacity = it.cache.k.first().map_or(0, |k| k.len() / kv_dim.max(1));
+            if it.pos + it.n_tokens > capacity {
+                return Err(EngineError::ContextFull { session: 0, pos: it.pos, n_tokens: it.n_tokens, capacity });
+            }
+            rows.push(n..n + it.n_tokens);
+            n += it.n_tokens;
+        }
+        let mut x = Vec::with_capacity(n * dim);
+        for it in &items {
+            x.extend_from_slice(it.hidden);
+        }
         let mut q = vec![0.0; n * q_dim];
         let mut k = vec![0.0; n * kv_dim];
         let mut v = vec![0.0; n * kv_dim];
@@ -202,7 +227,7 @@ impl Backend for CpuBackend {
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
         let mut sc = Vec::with_capacity(c.head_dim / 2);
-        let shape = AttnShape { pos, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape = |pos| AttnShape { pos, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         for (li, w) in self.layers.iter().enumerate() {
             let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
             matmul::matmul3([&w.attn_q, &w.attn_k, &w.attn_v], &xn, n, [&mut q, &mut k, &mut v]);
@@ -211,11 +236,24 @@ impl Backend for CpuBackend {
                 add_bias(&mut k, bk);
                 add_bias(&mut v, bv);
             }
-            rope(&mut q, c.n_heads, c.head_dim, pos, &self.inv_freq, &mut sc);
-            rope(&mut k, c.n_kv_heads, c.head_dim, pos, &self.inv_freq, &mut sc);
-            cache.k[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&k);
-            cache.v[li][pos * kv_dim..(pos + n) * kv_dim].copy_from_slice(&v);
-            attention(&q, &cache.k[li], &cache.v[li], shape, &mut att);
+            for (it, r) in items.iter_mut().zip(&rows) {
+                let (qs, ks) = (r.start * q_dim..r.end * q_dim, r.start * kv_dim..r.end * kv_dim);
+                rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
+                rope(&mut k[ks.clone()], c.n_kv_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
+                let cached = it.pos * kv_dim..(it.pos + it.n_tokens) * kv_dim;
+                it.cache.k[li][cached.clone()].copy_from_slice(&k[ks.clone()]);
+                it.cache.v[li][cached].copy_from_slice(&v[ks]);
+            }
+            // Attention per item, over its own cache: (q rows, K, V, shape, output rows).
+            let mut jobs = Vec::with_capacity(items.len());
+            let mut rest = &mut att[..];
+            for (it, r) in items.iter().zip(&rows) {
+                let (out, tail) = rest.split_at_mut(r.len() * q_dim);
+                rest = tail;
+                let qs = &q[r.start * q_dim..r.end * q_dim];
+                jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], shape(it.pos), out));
+            }
+            attention_each(jobs);
             matmul::matmul(&w.attn_output, &att, n, &mut o);
             reference::add_assign(&mut x, &o);
             let xn = reference::rms_norm(&x, &w.ffn_norm, c.rms_eps);
@@ -227,7 +265,24 @@ impl Backend for CpuBackend {
             matmul::matmul(&w.ffn_down, &gate, n, &mut o);
             reference::add_assign(&mut x, &o);
         }
-        Ok(x)
+        Ok(rows.iter().map(|r| x[r.start * dim..r.end * dim].to_vec()).collect())
+    }
+}
+
+/// One [`attention`] call: queries, the layer's K and V cache, shape, output.
+type AttnJob<'a> = (&'a [f32], &'a [f32], &'a [f32], AttnShape, &'a mut [f32]);
+
+/// Runs every job; natively several at once when there are several (each output is still
+/// computed by one thread in a fixed order).
+fn attention_each(jobs: Vec<AttnJob<'_>>) {
+    #[cfg(not(target_arch = "wasm32"))]
+    if jobs.len() > 1 {
+        use rayon::prelude::*;
+        jobs.into_par_iter().for_each(|(q, k, v, s, out)| attention(q, k, v, s, out));
+        return;
+    }
+    for (q, k, v, s, out) in jobs {
+        attention(q, k, v, s, out);
     }
 }
 

@@ -1,0 +1,207 @@
+//! Batched steps (issue 12): a session's output through [`BlockExecutor::step_batch`] equals
+//! its output alone, bit for bit, whatever else shares the batch and however its prefill is
+//! cut into chunks; and a step that cannot run fails alone.
+//!
+//! Each test runs the same schedule twice: every session alone (prefill in one step, then
+//! decode steps), and all sessions interleaved in batches that mix prefill chunks and decode
+//! steps. Over a tiny generated model on the CPU and on wgpu (lavapipe here), and over the
+//! default model on the CPU.
+
+use std::ops::Range;
+use std::path::Path;
+
+use ait_tests::default_model;
+use ait_tests::tiny_model::{TempDir, TinyModel};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use web_node::engine::gpu::GpuContext;
+use web_node::engine::{AnyBackend, Backend, BatchStep, BlockExecutor, EngineError, ExecutorConfig, SessionId};
+use web_node::model::{ModelFile, WeightType};
+
+/// Prompt lengths of the sessions, and decode steps each runs after its prompt.
+const PROMPTS: [usize; 4] = [5, 13, 1, 8];
+const DECODE: usize = 4;
+
+fn random(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
+/// Session `s`'s input: its prompt's rows, then one row per decode step.
+fn inputs(s: usize, dim: usize) -> Vec<f32> {
+    random((PROMPTS[s] + DECODE) * dim, 100 + s as u64)
+}
+
+fn executor(file: &ModelFile, layers: Range<usize>, gpu: bool) -> BlockExecutor<AnyBackend> {
+    let config = file.config().clone();
+    let weights = file.load_layers(layers.clone()).expect("layers");
+    let backend = if gpu {
+        let ctx = pollster::block_on(GpuContext::new()).expect("a wgpu adapter (lavapipe)");
+        AnyBackend::gpu(ctx, config, layers, &weights).expect("wgpu backend")
+    } else {
+        AnyBackend::cpu(config, layers, weights).expect("cpu backend")
+    };
+    BlockExecutor::new(backend, ExecutorConfig::default())
+}
+
+/// Every session alone: its prompt in one step, then its decode steps. Per session, the
+/// output rows of its whole sequence.
+fn alone(ex: &mut BlockExecutor<AnyBackend>) -> Vec<Vec<f32>> {
+    let dim = ex.backend().config().hidden;
+    (0..PROMPTS.len())
+        .map(|s| {
+            let x = inputs(s, dim);
+            let id = ex.open_session(64).expect("open");
+            let p = PROMPTS[s];
+            let mut out = pollster::block_on(ex.step(id, &x[..p * dim], p)).expect("prefill");
+            for t in p..p + DECODE {
+                out.extend(pollster::block_on(ex.step(id, &x[t * dim..(t + 1) * dim], 1)).expect("decode"));
+            }
+            ex.close_session(id).expect("close");
+            out
+        })
+        .collect()
+}
+
+/// All sessions in batches: each batch takes the next `chunk` tokens (at most) of every
+/// session that has some left, so prompts are cut into chunks and mixed with other sessions'
+/// decode steps. Session `s` starts `s` batches late, so batches change membership.
+fn batched(ex: &mut BlockExecutor<AnyBackend>, chunk: usize) -> Vec<Vec<f32>> {
+    let dim = ex.backend().config().hidden;
+    let xs: Vec<Vec<f32>> = (0..PROMPTS.len()).map(|s| inputs(s, dim)).collect();
+    let ids: Vec<SessionId> = xs.iter().map(|_| ex.open_session(64).expect("open")).collect();
+    let mut done = vec![0usize; PROMPTS.len()];
+    let mut outs = vec![Vec::new(); PROMPTS.len()];
+    let mut round = 0;
+    loop {
+        let mut steps = Vec::new();
+        let mut who = Vec::new();
+        for s in 0..PROMPTS.len() {
+            let total = PROMPTS[s] + DECODE;
+            if round < s || done[s] == total {
+                continue;
+            }
+            // Prompt tokens in chunks; decode tokens one per step, as a client sends them.
+            let n = if done[s] < PROMPTS[s] { chunk.min(PROMPTS[s] - done[s]) } else { 1 };
+            let hidden = &xs[s][done[s] * dim..(done[s] + n) * dim];
+            steps.push(BatchStep { id: ids[s], pos: Some(done[s]), hidden, n_tokens: n });
+            who.push((s, n));
+        }
+        if steps.is_empty() {
+            break;
+        }
+        let results = pollster::block_on(ex.step_batch(&steps));
+        for ((s, n), r) in who.into_iter().zip(results) {
+            outs[s].extend(r.expect("batched step"));
+            done[s] += n;
+        }
+        round += 1;
+    }
+    for id in ids {
+        ex.close_session(id).expect("close");
+    }
+    outs
+}
+
+/// How many values differ between `a` and `b` in their bits, and the largest difference.
+fn diff(a: &[f32], b: &[f32]) -> (usize, f32) {
+    assert_eq!(a.len(), b.len());
+    let n = a.iter().zip(b).filter(|(x, y)| x.to_bits() != y.to_bits()).count();
+    (n, ait_tests::max_abs_diff(a, b))
+}
+
+fn tiny(dir: &TempDir) -> ModelFile {
+    let path = dir.path().join("tiny.gguf");
+    std::fs::write(&path, TinyModel::random(11, true).gguf(WeightType::Q8_0)).expect("write the model");
+    ModelFile::open(&path).expect("open the model")
+}
+
+/// Asserts that every schedule gives each session its outputs alone, bit for bit.
+fn assert_batching_exact(file: &ModelFile, layers: Range<usize>, gpu: bool, chunks: &[usize]) {
+    let mut ex = executor(file, layers, gpu);
+    let reference = alone(&mut ex);
+    for &chunk in chunks {
+        let got = batched(&mut ex, chunk);
+        for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
+            let (n, d) = diff(a, b);
+            assert_eq!(n, 0, "chunks of {chunk}: session {s}: {n} values differ (max {d:e})");
+        }
+    }
+}
+
+#[test]
+fn cpu_batches_are_exact() {
+    let dir = TempDir::new("batching-cpu");
+    let file = tiny(&dir);
+    let n = file.config().n_layers;
+    // 64: every prompt whole (batched with others); 4 and 1: prompts cut into chunks.
+    assert_batching_exact(&file, 0..n, false, &[64, 4, 1]);
+}
+
+#[test]
+fn cpu_batches_are_exact_on_the_default_model() {
+    let path = default_model();
+    let file = ModelFile::open(Path::new(&path)).expect("the default model");
+    assert_batching_exact(&file, 0..file.config().n_layers, false, &[64, 3]);
+}
+
+/// wgpu runs a batch as its items one after the other (the trait's default), so sharing a
+/// batch changes nothing; cutting a prompt into chunks changes the matrix kernels' token
+/// tiling and so the rounding. Both are measured; the first is asserted exact.
+#[test]
+fn wgpu_batches_are_exact() {
+    let dir = TempDir::new("batching-wgpu");
+    let file = tiny(&dir);
+    let n = file.config().n_layers;
+    assert_batching_exact(&file, 0..n, true, &[64]);
+    let mut ex = executor(&file, 0..n, true);
+    let reference = alone(&mut ex);
+    for chunk in [4, 1] {
+        let got = batched(&mut ex, chunk);
+        let (mut n, mut d) = (0, 0.0f32);
+        for (a, b) in got.iter().zip(&reference) {
+            let (dn, dd) = diff(a, b);
+            n += dn;
+            d = d.max(dd);
+        }
+        eprintln!("wgpu, prompts in chunks of {chunk}: {n} values differ from whole prompts, max {d:e}");
+        assert!(d < 1e-4, "chunks of {chunk}: max difference {d:e}");
+    }
+}
+
+/// A batch with steps that cannot run (unknown session, wrong position, wrong shape, too
+/// long, the same session twice): those fail with their own errors, the others run and give
+/// what they give alone.
+#[test]
+fn a_failing_step_fails_alone() {
+    let dir = TempDir::new("batching-fail");
+    let file = tiny(&dir);
+    let mut ex = executor(&file, 0..file.config().n_layers, false);
+    let dim = ex.backend().config().hidden;
+    let reference = alone(&mut ex);
+    let good: Vec<SessionId> = (0..2).map(|_| ex.open_session(64).expect("open")).collect();
+    let short = ex.open_session(2).expect("open");
+    let xs: Vec<Vec<f32>> = (0..2).map(|s| inputs(s, dim)).collect();
+    let p = |s: usize| &xs[s][..PROMPTS[s] * dim];
+    let steps = [
+        BatchStep { id: good[0], pos: Some(0), hidden: p(0), n_tokens: PROMPTS[0] },
+        BatchStep { id: SessionId(9999), pos: Some(0), hidden: p(1), n_tokens: PROMPTS[1] },
+        BatchStep { id: good[1], pos: Some(3), hidden: p(1), n_tokens: PROMPTS[1] },
+        BatchStep { id: good[1], pos: Some(0), hidden: &p(1)[1..], n_tokens: PROMPTS[1] },
+        BatchStep { id: short, pos: Some(0), hidden: p(1), n_tokens: PROMPTS[1] },
+        BatchStep { id: good[1], pos: Some(0), hidden: p(1), n_tokens: PROMPTS[1] },
+        BatchStep { id: good[1], pos: Some(0), hidden: p(1), n_tokens: PROMPTS[1] },
+    ];
+    let r = pollster::block_on(ex.step_batch(&steps));
+    assert_eq!(r[0].as_deref().expect("good step 0"), &reference[0][..PROMPTS[0] * dim]);
+    assert!(matches!(r[1], Err(EngineError::UnknownSession(9999))), "{:?}", r[1].as_ref().err());
+    assert!(matches!(r[2], Err(EngineError::WrongPosition { held: 0, asked: 3, .. })), "{:?}", r[2].as_ref().err());
+    assert!(matches!(r[3], Err(EngineError::Shape { .. })), "{:?}", r[3].as_ref().err());
+    assert!(matches!(r[4], Err(EngineError::ContextFull { capacity: 2, .. })), "{:?}", r[4].as_ref().err());
+    assert_eq!(r[5].as_deref().expect("good step 1"), &reference[1][..PROMPTS[1] * dim]);
+    let held = PROMPTS[1];
+    assert!(matches!(r[6], Err(EngineError::WrongPosition { held: h, asked: 0, .. }) if h == held), "{:?}", r[6].as_ref().err());
+    assert_eq!(ex.session_len(good[0]).unwrap(), PROMPTS[0]);
+    assert_eq!(ex.session_len(good[1]).unwrap(), PROMPTS[1]);
+    assert_eq!(ex.session_len(short).unwrap(), 0);
+}
