@@ -111,8 +111,9 @@ struct RelayOpt {
     /// Require this bearer token on the HTTP API (also AIT_API_KEY).
     #[arg(long, env = "AIT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
-    /// HTTP API requests generating at once (others wait).
-    #[arg(long, default_value_t = 4)]
+    /// HTTP API requests generating at once (others wait). Their steps share the blocks'
+    /// batches; keep it below the sessions the route's servers hold (`--max-sessions`).
+    #[arg(long, default_value_t = 16)]
     api_concurrency: usize,
     #[command(flatten)]
     http_limits: relay::api::HttpLimits,
@@ -229,7 +230,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             let (model, parts) = match known {
                 Some((file, manifest)) => {
                     let id = manifest.id();
-                    let client = ClientModel::from_file(&file, Some(id))?;
+                    let client = ClientModel::from_file(&file, Some(id))?.with_batched_head(o.api_concurrency);
                     let parts = match file {
                         ModelFile::Gguf(g) => Some(Arc::new(
                             relay::web::ModelParts::new(name.clone(), manifest, g)

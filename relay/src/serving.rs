@@ -12,7 +12,7 @@ use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::serve::{parse_blocks, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
+use web_node::net::serve::{parse_blocks, BatchLimits, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
 
@@ -30,7 +30,7 @@ pub struct ServeOpt {
     #[arg(long, value_enum, default_value_t = BackendKind::Auto)]
     pub backend: BackendKind,
     /// Sessions open at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = ServeLimits::default().max_sessions)]
     pub max_sessions: usize,
     /// Sessions one peer may hold at once.
     #[arg(long, default_value_t = ServeLimits::default().max_sessions_per_peer)]
@@ -53,6 +53,13 @@ pub struct ServeOpt {
     /// Session streams one peer may have open at once.
     #[arg(long, default_value_t = ServeLimits::default().max_streams_per_peer)]
     pub max_streams_per_peer: usize,
+    /// Tokens the blocks run as one batch: every session's decode token, then prompts cut into
+    /// chunks to fill it (larger: prompts finish sooner; smaller: decode waits less for them).
+    #[arg(long, default_value_t = ServeLimits::default().batch.max_tokens)]
+    pub max_batch_tokens: usize,
+    /// Sessions whose steps run as one batch.
+    #[arg(long, default_value_t = ServeLimits::default().batch.max_steps)]
+    pub max_batch_steps: usize,
 }
 
 impl ServeOpt {
@@ -68,6 +75,7 @@ impl ServeOpt {
         l.idle_timeout = Duration::from_secs(self.session_idle_secs);
         l.max_session_age = Duration::from_secs(self.max_session_secs);
         l.max_streams_per_peer = self.max_streams_per_peer;
+        l.batch = BatchLimits { max_tokens: self.max_batch_tokens, max_steps: self.max_batch_steps };
         l.trusted_peers = trusted;
         l
     }

@@ -1,10 +1,15 @@
 //! `cargo bench -p ait-tests --bench api`: the OpenAI-compatible API under load, printing JSON.
 //!
-//! For 1, 4 and 16 concurrent clients, each sending streamed chat completions (temperature 0,
-//! 32 new tokens, a different short prompt each), against one relay holding every block and
-//! against the first relay of a three-relay chain: requests per second, and p50 / p99 time to
-//! the first content token. The relays run with their defaults (4 requests generating at once;
-//! the rest queue), on the CPU backend.
+//! For 1, 4, 16 and 64 concurrent clients, each sending streamed chat completions (temperature
+//! 0, 32 new tokens, a different short prompt each), against one relay holding every block and
+//! against the first relay of a three-relay chain: requests and tokens per second (all clients
+//! together), and p50 / p99 time to the first content token. The single relay runs twice in
+//! the same run, so their ratio is measured on the same machine state: batched (continuous
+//! batching, `--api-concurrency 64 --max-sessions 80`) and sequential (batches of one step,
+//! no prompt chunking, `--api-concurrency 4`: the compute loop and API as they were before
+//! batching). The chain's relays run with their defaults. CPU backend.
+//!
+//! `AIT_BENCH_LEVELS=1,4` picks the client counts; `AIT_BENCH_CHAIN=0` skips the chain.
 
 use std::io::{BufRead, BufReader};
 use std::time::Instant;
@@ -25,14 +30,17 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.min(s.len() - 1)]
 }
 
-/// One streamed request: (time to first content token, whole request), seconds.
-fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize) -> (f64, f64) {
+/// One streamed request: (time to first content token, whole request in seconds, content
+/// events (one per token)).
+fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize) -> (f64, f64, usize) {
     let body = json!({ "model": model, "stream": true, "temperature": 0, "max_tokens": NEW_TOKENS,
                        "messages": [{ "role": "user", "content": format!("Count from 1 to {}.", 5 + i % 20) }] });
     let t = Instant::now();
-    let resp = agent.post(format!("{base}/v1/chat/completions")).send_json(&body).expect("request");
-    assert!(resp.status().is_success(), "status {}", resp.status());
+    let mut resp = agent.post(format!("{base}/v1/chat/completions")).send_json(&body).expect("request");
+    let status = resp.status();
+    assert!(status.is_success(), "status {status}: {}", resp.body_mut().read_to_string().unwrap_or_default());
     let mut first = None;
+    let mut tokens = 0;
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let line = line.expect("read");
         let Some(data) = line.strip_prefix("data: ") else { continue };
@@ -41,20 +49,21 @@ fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize) -> (f64, f64)
         }
         let v: Value = serde_json::from_str(data).expect("json event");
         assert!(v.get("error").is_none(), "{v}");
-        if first.is_none() && v["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()) {
-            first = Some(t.elapsed().as_secs_f64());
+        if v["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()) {
+            first.get_or_insert(t.elapsed().as_secs_f64());
+            tokens += 1;
         }
     }
-    (first.expect("some content"), t.elapsed().as_secs_f64())
+    (first.expect("some content"), t.elapsed().as_secs_f64(), tokens)
 }
 
 fn load(base: &str, model: &str, clients: usize, requests: usize) -> Value {
     let start = Instant::now();
-    let results: Vec<(f64, f64)> = std::thread::scope(|s| {
+    let results: Vec<(f64, f64, usize)> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 s.spawn(move || {
-                    let agent: ureq::Agent = ureq::Agent::config_builder().build().into();
+                    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
                     (c..requests).step_by(clients).map(|i| request(&agent, base, model, i)).collect::<Vec<_>>()
                 })
             })
@@ -67,6 +76,7 @@ fn load(base: &str, model: &str, clients: usize, requests: usize) -> Value {
         "clients": clients,
         "requests": results.len(),
         "requests_per_s": results.len() as f64 / wall,
+        "tokens_per_s": results.iter().map(|r| r.2).sum::<usize>() as f64 / wall,
         "ttft_ms_p50": percentile(&ttft, 50.0),
         "ttft_ms_p99": percentile(&ttft, 99.0),
         "new_tokens_per_request": NEW_TOKENS,
@@ -79,30 +89,55 @@ fn model_name(base: &str) -> String {
     v["data"][0]["id"].as_str().expect("a model").to_string()
 }
 
+fn levels() -> Vec<usize> {
+    match std::env::var("AIT_BENCH_LEVELS") {
+        Ok(v) => v.split(',').map(|c| c.trim().parse().expect("AIT_BENCH_LEVELS: client counts")).collect(),
+        Err(_) => vec![1, 4, 16, 64],
+    }
+}
+
 fn run_levels(base: &str) -> Value {
     let model = model_name(base);
     // Warm-up.
     load(base, &model, 1, 1);
-    Value::Array([(1, 8), (4, 16), (16, 32)].iter().map(|&(c, n)| load(base, &model, c, n)).collect())
+    // At least 8 requests, and two per client.
+    Value::Array(levels().iter().map(|&c| load(base, &model, c, (2 * c).max(8))).collect())
+}
+
+/// Aggregate tokens per second at each level, batched over sequential.
+fn ratios(batched: &Value, sequential: &Value) -> Value {
+    let tps = |v: &Value| v.as_array().expect("levels").iter().map(|l| l["tokens_per_s"].as_f64().unwrap_or(0.0)).collect::<Vec<_>>();
+    let (b, s) = (tps(batched), tps(sequential));
+    let one = b.first().copied().unwrap_or(1.0);
+    json!({
+        "batched_over_sequential": b.iter().zip(&s).map(|(b, s)| b / s).collect::<Vec<_>>(),
+        "batched_over_one_client": b.iter().map(|b| b / one).collect::<Vec<_>>(),
+    })
 }
 
 fn main() {
     let path = default_model();
     let m = path.to_str().expect("utf-8 path");
     let root = temp_dir("bench-api");
-    let single = Relay::start(&root.join("single"), &["--model", m, "--blocks", "all"]);
-    let one = run_levels(single.http.as_deref().expect("http"));
-    drop(single);
-    let relays = three_relays(&root.join("chain"), &path);
-    let three = run_levels(relays[0].http.as_deref().expect("http"));
-    drop(relays);
-    let out = json!({
+    let run = |name: &str, extra: &[&str]| {
+        // All clients come from one address: lift the per-IP connection cap (64).
+        let http = ["--api-queue", "256", "--http-max-connections-per-ip", "256"];
+        let args: Vec<&str> = [&["--model", m, "--blocks", "all"][..], &http, extra].concat();
+        let relay = Relay::start(&root.join(name), &args);
+        run_levels(relay.http.as_deref().expect("http"))
+    };
+    let batched = run("batched", &["--api-concurrency", "64", "--max-sessions", "80"]);
+    let sequential =
+        run("sequential", &["--api-concurrency", "4", "--max-batch-steps", "1", "--max-batch-tokens", "100000"]);
+    let mut out = json!({
         "model": path.file_name().and_then(|n| n.to_str()),
         "backend": "cpu",
-        "api_concurrency": 4,
-        "one_relay": one,
-        "three_relay_chain": three,
+        "one_relay": { "batched": batched, "sequential": sequential, "ratios": ratios(&batched, &sequential) },
     });
+    if std::env::var("AIT_BENCH_CHAIN").as_deref() != Ok("0") {
+        let relays = three_relays(&root.join("chain"), &path);
+        out["three_relay_chain"] = run_levels(relays[0].http.as_deref().expect("http"));
+    }
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));
     let _ = std::fs::remove_dir_all(root);
 }

@@ -278,7 +278,7 @@ impl Fixture {
                 let mut serve = ServeConfig::for_backend(MODEL, &backend, ServeLimits::default());
                 serve.ms_per_block = *ms_per_block;
                 let executor = BlockExecutor::new(backend, serve.limits.executor_config());
-                let (handle, compute) = ComputeLoop::new(executor);
+                let (handle, compute) = ComputeLoop::new(executor, serve.limits.batch);
                 std::thread::spawn(move || futures::executor::block_on(compute.run()));
                 TestServer {
                     peer: PeerId::random(),

@@ -252,6 +252,23 @@ async fn no_remote_claim_beats_the_local_server() {
     assert_bits_equal("local server", &outs, &outputs(&fx, &mut fx.local_chain()).await.unwrap());
 }
 
+/// This node's own server is waited for however long its queue takes, past the patience a
+/// remote server gets: a burst of local requests is not a dead server (issue 12: a relay's API
+/// banned its own blocks under a burst of prompts).
+#[tokio::test]
+async fn local_server_is_waited_for() {
+    let o = opts();
+    let fx = Fixture::new(7, &[(0..6, FAST), (0..6, SPARE)]);
+    // The last step (the prefill and 3 decode steps come first) comes after the patience.
+    fx.set_fault(0, Fault::Slow(o.max_wait + Duration::from_millis(500)), 1 + DECODE.len() - 1);
+    let mut chain = fx.chain_with_local(o, 0);
+    let outs = outputs(&fx, &mut chain).await.expect("runs");
+    assert_eq!(chain.route(), hops(&fx, &[(0, 0..6)]));
+    assert!(chain.recoveries().is_empty(), "the local server was replaced: {:?}", chain.recoveries());
+    assert_eq!(fx.steps(1), 0, "the spare was used");
+    assert_bits_equal("local server", &outs, &outputs(&fx, &mut fx.local_chain()).await.unwrap());
+}
+
 /// A server whose steps come late but which answers status requests is busy, not dead: it
 /// keeps its span, and the spare is never used.
 #[tokio::test]

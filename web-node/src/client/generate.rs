@@ -153,7 +153,7 @@ async fn run<C: LayerChain>(
     let Some(tail) = last.len().checked_sub(h).map(|start| &last[start..]) else {
         return Err(ClientError::BadHidden { expected: h, actual: last.len() }.into());
     };
-    let mut logits = head.logits(tail)?;
+    let mut logits = head.next_logits(tail).await?;
     let prefill_secs = start.elapsed().as_secs_f64();
 
     let decode_start = web_time::Instant::now();
@@ -186,7 +186,7 @@ async fn run<C: LayerChain>(
         }
         let x = head.embed(&[t])?;
         let out = chain.forward(&x, 1).await.map_err(GenerateError::Chain)?;
-        logits = head.logits(&out)?;
+        logits = head.next_logits(&out).await?;
         decode_steps += 1;
     };
     let decode_secs = decode_start.elapsed().as_secs_f64();

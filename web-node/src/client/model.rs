@@ -46,6 +46,14 @@ impl ClientModel {
         Self::from_file(&ModelFile::open(path)?, None)
     }
 
+    /// This model with its LM-head products batched across concurrent generations (up to
+    /// `max_rows` at once; see [`Head::batched`]). For a server running many at once.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn with_batched_head(mut self, max_rows: usize) -> ClientModel {
+        self.head = self.head.batched(max_rows);
+        self
+    }
+
     /// The tokens of a plain-text prompt.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ClientError> {
         Ok(self.tokenizer.encode(text)?)

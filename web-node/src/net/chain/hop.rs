@@ -151,11 +151,17 @@ impl HopSession {
                 .map_err(io)?;
             // A server busy with other sessions' work still answers a status request (the
             // compute queue is not involved); a frozen or dead one does not. Keep waiting while
-            // it is alive, up to `patience`.
+            // it is alive, up to `patience`. This node's own server is in-process: it cannot
+            // freeze apart from this node, and its queue is the one every local request shares
+            // (a burst of prompts can take longer than any remote patience): wait for it.
             let answer_limit = hidden_answer_limit(take, dim);
+            let local = discovery.local_peer() == Some(peer);
             let frame = loop {
                 match read_frame(&mut self.stream, answer_limit, limit, limit).await {
                     Ok(f) => break f,
+                    Err(FrameError::Timeout(_)) if local => {
+                        tracing::debug!(%peer, "step of the local server queued; waiting");
+                    }
                     Err(FrameError::Timeout(_)) if started.elapsed() < patience && alive(discovery, peer).await => {
                         tracing::debug!(%peer, "step slow but server alive; waiting");
                     }

@@ -1,15 +1,21 @@
 //! The compute loop: the one owner of a server's [`BlockExecutor`], fed through a
 //! [`ComputeHandle`].
 //!
-//! Steps from every session stream queue here and run one at a time on the device, so the
-//! loop can live on its own thread natively (it blocks while the device computes) or on the
-//! page's event loop in a browser.
+//! Steps from every session queue here and run in batches on the device (continuous
+//! batching): each turn takes the steps that are ready from all sessions, runs them as one
+//! [`BlockExecutor::step_batch`], and answers each; sessions join and leave between turns.
+//! The loop can live on its own thread natively (it blocks while the device computes) or on
+//! the page's event loop in a browser.
 //!
-//! Steps are scheduled round-robin between their owners (the peer that opened the session;
-//! this node itself is one owner): a peer with many sessions, or with long prefill steps
-//! queued, gets its turn like everyone else and no more.
+//! A turn takes at most [`BatchLimits::max_tokens`] tokens and [`BatchLimits::max_steps`]
+//! steps: decode steps first, then prompts, and a prompt longer than the tokens left is cut
+//! into chunks that run in later turns (its answer goes out when the last chunk is done), so
+//! a long prompt does not stall everyone's decode. Steps are taken round-robin between their
+//! owners (the peer that opened the session; this node itself is one owner): when a turn is
+//! full, a peer with many sessions or long prompts queued gets its share like everyone else
+//! and no more.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
 
 use libp2p::PeerId;
@@ -18,24 +24,54 @@ use futures::channel::{mpsc, oneshot};
 use futures::{SinkExt, StreamExt};
 
 use super::announce::Health;
-use crate::engine::{Backend, BlockExecutor, EngineError, SessionId};
+use crate::engine::{Backend, BatchStep, BlockExecutor, EngineError, SessionId};
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
 
+/// How large one turn of the compute loop may be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchLimits {
+    /// Tokens in one turn, decode steps and prompt chunks together. Default 64: a turn with
+    /// a prompt chunk takes about as long as the chunk alone, and everyone's next token waits
+    /// for it.
+    pub max_tokens: usize,
+    /// Steps (sessions) in one turn. Default 32.
+    pub max_steps: usize,
+}
+
+impl Default for BatchLimits {
+    fn default() -> Self {
+        BatchLimits { max_tokens: 64, max_steps: 32 }
+    }
+}
+
 enum Job {
-    Open {
-        max_len: usize,
-        reply: Reply<SessionId>,
-    },
-    Step {
-        owner: Option<PeerId>,
-        id: SessionId,
-        pos: usize,
-        hidden: Vec<f32>,
-        n_tokens: usize,
-        reply: Reply<(Vec<f32>, Duration)>,
-    },
+    Open { max_len: usize, reply: Reply<SessionId> },
+    Step(Pending),
     Close(SessionId),
+}
+
+/// A queued step, possibly part-done (a prompt cut into chunks).
+struct Pending {
+    owner: Option<PeerId>,
+    id: SessionId,
+    /// Position of the step's first token.
+    pos: usize,
+    hidden: Vec<f32>,
+    n_tokens: usize,
+    /// Tokens already run (earlier chunks).
+    done: usize,
+    /// Outputs of the earlier chunks.
+    out: Vec<f32>,
+    /// Time of the turns the step was in.
+    compute: Duration,
+    reply: Reply<(Vec<f32>, Duration)>,
+}
+
+impl Pending {
+    fn left(&self) -> usize {
+        self.n_tokens - self.done
+    }
 }
 
 /// Sends work to the [`ComputeLoop`]. Cheap to clone.
@@ -49,13 +85,16 @@ pub struct ComputeLoop<B: Backend> {
     executor: BlockExecutor<B>,
     rx: mpsc::Receiver<Job>,
     health: Health,
+    limits: BatchLimits,
 }
 
 impl<B: Backend> ComputeLoop<B> {
-    /// A loop over `executor` and the handle that feeds it (a bounded queue of 64 jobs).
-    pub fn new(executor: BlockExecutor<B>) -> (ComputeHandle, ComputeLoop<B>) {
+    /// A loop over `executor` with turns of at most `limits`, and the handle that feeds it (a
+    /// bounded queue of 64 jobs).
+    pub fn new(executor: BlockExecutor<B>, limits: BatchLimits) -> (ComputeHandle, ComputeLoop<B>) {
         let (tx, rx) = mpsc::channel(64);
-        (ComputeHandle { tx }, ComputeLoop { executor, rx, health: Health::new() })
+        let limits = BatchLimits { max_tokens: limits.max_tokens.max(1), max_steps: limits.max_steps.max(1) };
+        (ComputeHandle { tx }, ComputeLoop { executor, rx, health: Health::new(), limits })
     }
 
     /// The server's health as this loop's results show it (repeated out-of-memory errors or a
@@ -64,41 +103,76 @@ impl<B: Backend> ComputeLoop<B> {
         self.health.clone()
     }
 
-    /// Runs jobs one at a time until every [`ComputeHandle`] is dropped.
+    /// Runs turns until every [`ComputeHandle`] is dropped and the queue is empty.
     pub async fn run(mut self) {
-        let mut fair = RoundRobin::default();
+        let mut queue = Queue::default();
         let mut open = true;
         loop {
             // Wait for work when there is none queued; then take everything already sent.
-            if fair.is_empty() {
+            if queue.is_empty() {
                 match self.rx.next().await {
-                    Some(job) => self.take(job, &mut fair),
+                    Some(job) => self.take(job, &mut queue),
                     None => return,
                 }
             }
             while open {
                 match self.rx.try_recv() {
-                    Ok(job) => self.take(job, &mut fair),
+                    Ok(job) => self.take(job, &mut queue),
                     Err(mpsc::TryRecvError::Closed) => open = false,
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
-            let Some(job) = fair.pop() else {
+            let turn = queue.turn(self.limits);
+            if turn.is_empty() {
                 if open {
                     continue;
                 }
                 return;
-            };
-            let Job::Step { id, pos, hidden, n_tokens, reply, .. } = job else { continue };
-            let started = web_time::Instant::now();
-            let r = self.executor.step_at(id, pos, &hidden, n_tokens).await;
+            }
+            self.run_turn(turn, &mut queue).await;
+        }
+    }
+
+    /// Runs one turn's chunks (`(step, tokens to run now)`) as a batch; answers the steps
+    /// that are done and queues the rest again.
+    async fn run_turn(&mut self, turn: Vec<(Pending, usize)>, queue: &mut Queue) {
+        let dim = self.executor.backend().config().hidden;
+        let started = web_time::Instant::now();
+        let results = {
+            let steps: Vec<BatchStep<'_>> = turn
+                .iter()
+                .map(|(p, n)| BatchStep {
+                    id: p.id,
+                    pos: Some(p.pos + p.done),
+                    hidden: &p.hidden[p.done * dim..(p.done + n) * dim],
+                    n_tokens: *n,
+                })
+                .collect();
+            self.executor.step_batch(&steps).await
+        };
+        let took = started.elapsed();
+        for ((mut p, n), r) in turn.into_iter().zip(results) {
             self.health.record(&r);
-            let _ = reply.send(r.map(|out| (out, started.elapsed())));
+            match r {
+                Ok(out) => {
+                    p.out.extend_from_slice(&out);
+                    p.done += n;
+                    p.compute += took;
+                    if p.done == p.n_tokens {
+                        let _ = p.reply.send(Ok((p.out, p.compute)));
+                    } else {
+                        queue.push_front(p);
+                    }
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
         }
     }
 
     /// Runs an open or close at once (cheap, and a close frees memory); queues a step.
-    fn take(&mut self, job: Job, fair: &mut RoundRobin) {
+    fn take(&mut self, job: Job, queue: &mut Queue) {
         match job {
             Job::Open { max_len, reply } => {
                 let r = self.executor.open_session(max_len);
@@ -108,41 +182,90 @@ impl<B: Backend> ComputeLoop<B> {
             Job::Close(id) => {
                 let _ = self.executor.close_session(id);
             }
-            step @ Job::Step { .. } => fair.push(step),
+            Job::Step(p) => {
+                // Chunks slice the input: refuse a step whose input does not match its tokens.
+                let expected = p.n_tokens.saturating_mul(self.executor.backend().config().hidden);
+                if p.n_tokens == 0 || p.hidden.len() != expected {
+                    let e = EngineError::Shape { what: "hidden states", expected, actual: p.hidden.len() };
+                    let _ = p.reply.send(Err(e));
+                } else {
+                    queue.push_back(p);
+                }
+            }
         }
     }
 }
 
 /// Queued steps, one queue per owner, served in turn.
 #[derive(Default)]
-struct RoundRobin {
-    queues: VecDeque<(Option<PeerId>, VecDeque<Job>)>,
+struct Queue {
+    owners: VecDeque<(Option<PeerId>, VecDeque<Pending>)>,
 }
 
-impl RoundRobin {
+impl Queue {
     fn is_empty(&self) -> bool {
-        self.queues.is_empty()
+        self.owners.is_empty()
     }
 
-    fn push(&mut self, job: Job) {
-        let owner = match &job {
-            Job::Step { owner, .. } => *owner,
-            _ => None,
+    fn owner_queue(&mut self, owner: Option<PeerId>) -> &mut VecDeque<Pending> {
+        let i = match self.owners.iter().position(|(o, _)| *o == owner) {
+            Some(i) => i,
+            None => {
+                self.owners.push_back((owner, VecDeque::new()));
+                self.owners.len() - 1
+            }
         };
-        match self.queues.iter_mut().find(|(o, _)| *o == owner) {
-            Some((_, q)) => q.push_back(job),
-            None => self.queues.push_back((owner, VecDeque::from([job]))),
-        }
+        &mut self.owners[i].1
     }
 
-    /// The next owner's oldest job; that owner goes to the back of the line.
-    fn pop(&mut self) -> Option<Job> {
-        let (owner, mut q) = self.queues.pop_front()?;
-        let job = q.pop_front();
-        if !q.is_empty() {
-            self.queues.push_back((owner, q));
+    fn push_back(&mut self, p: Pending) {
+        self.owner_queue(p.owner).push_back(p);
+    }
+
+    /// Puts a part-done step back first in its owner's line.
+    fn push_front(&mut self, p: Pending) {
+        self.owner_queue(p.owner).push_front(p);
+    }
+
+    /// Takes the next turn: `(step, tokens to run now)`. Decode steps first, then prompts
+    /// (the last one taken possibly cut to the tokens left); each pass over the owners takes
+    /// at most one step of each, starting with the owner after the one that started the last
+    /// turn. At most one step per session (a session's later steps wait for its earlier).
+    fn turn(&mut self, limits: BatchLimits) -> Vec<(Pending, usize)> {
+        let mut turn = Vec::new();
+        let mut tokens = limits.max_tokens;
+        let mut sessions = HashSet::new();
+        for decode in [true, false] {
+            loop {
+                let mut took = false;
+                for (_, q) in self.owners.iter_mut() {
+                    if tokens == 0 || turn.len() == limits.max_steps {
+                        break;
+                    }
+                    // This owner's first step of a session not in the turn yet, and not behind
+                    // an earlier step of its own session.
+                    let mut seen = HashSet::new();
+                    let pick = q.iter().position(|p| {
+                        let first = seen.insert(p.id);
+                        first && !sessions.contains(&p.id) && (p.left() == 1) == decode
+                    });
+                    if let Some(i) = pick {
+                        let p = q.remove(i).expect("the position was just found");
+                        let n = p.left().min(tokens);
+                        tokens -= n;
+                        sessions.insert(p.id);
+                        turn.push((p, n));
+                        took = true;
+                    }
+                }
+                if !took || tokens == 0 || turn.len() == limits.max_steps {
+                    break;
+                }
+            }
         }
-        job
+        self.owners.rotate_left(usize::from(!self.owners.is_empty()));
+        self.owners.retain(|(_, q)| !q.is_empty());
+        turn
     }
 }
 
@@ -164,7 +287,7 @@ impl ComputeHandle {
 
     /// Runs `n_tokens` tokens at position `pos` (which must equal the session's length) for
     /// `owner` (the peer that opened the session, `None` for this node); returns the output
-    /// and the compute time.
+    /// and the compute time (of the turns the step was in).
     pub async fn step(
         &self,
         owner: Option<PeerId>,
@@ -173,7 +296,20 @@ impl ComputeHandle {
         hidden: Vec<f32>,
         n_tokens: usize,
     ) -> Result<(Vec<f32>, Duration), EngineError> {
-        self.ask(|reply| Job::Step { owner, id, pos, hidden, n_tokens, reply }).await
+        self.ask(|reply| {
+            Job::Step(Pending {
+                owner,
+                id,
+                pos,
+                hidden,
+                n_tokens,
+                done: 0,
+                out: Vec::new(),
+                compute: Duration::ZERO,
+                reply,
+            })
+        })
+        .await
     }
 
     /// Closes a session (fire and forget).
@@ -186,27 +322,80 @@ impl ComputeHandle {
 mod tests {
     use super::*;
 
-    fn step(owner: Option<PeerId>, id: u64) -> Job {
+    fn step(owner: Option<PeerId>, id: u64, n_tokens: usize) -> Pending {
         let (reply, _) = oneshot::channel();
-        Job::Step { owner, id: SessionId(id), pos: 0, hidden: vec![], n_tokens: 1, reply }
+        let (hidden, out, compute) = (Vec::new(), Vec::new(), Duration::ZERO);
+        Pending { owner, id: SessionId(id), pos: 0, hidden, n_tokens, done: 0, out, compute, reply }
     }
 
-    /// A peer with many queued steps does not starve one with a single step: owners take turns.
+    fn ids(turn: &[(Pending, usize)]) -> Vec<(u64, usize)> {
+        turn.iter().map(|(p, n)| (p.id.0, *n)).collect()
+    }
+
+    const LIMITS: BatchLimits = BatchLimits { max_tokens: 64, max_steps: 32 };
+
+    /// Decode steps go first; a prompt fills the tokens left and its rest waits, first in its
+    /// owner's line, for the next turn.
     #[test]
-    fn owners_take_turns() {
+    fn decode_first_then_prompt_chunks() {
         let (a, b) = (Some(PeerId::random()), Some(PeerId::random()));
-        let mut rr = RoundRobin::default();
-        for id in 0..4 {
-            rr.push(step(a, id));
+        let mut q = Queue::default();
+        q.push_back(step(a, 1, 100));
+        q.push_back(step(b, 2, 1));
+        q.push_back(step(a, 3, 1));
+        q.push_back(step(None, 4, 1));
+        let turn = q.turn(LIMITS);
+        assert_eq!(ids(&turn), vec![(3, 1), (2, 1), (4, 1), (1, 61)]);
+        let (mut prompt, n) = turn.into_iter().last().expect("the prompt");
+        prompt.done += n;
+        q.push_front(prompt);
+        q.push_back(step(b, 2, 1));
+        assert_eq!(ids(&q.turn(LIMITS)), vec![(2, 1), (1, 39)]);
+        assert!(q.is_empty());
+    }
+
+    /// A full turn is shared between owners: a peer with many sessions does not crowd out one
+    /// with a single session, and turns start with each owner in turn.
+    #[test]
+    fn owners_share_a_full_turn() {
+        let (a, b) = (Some(PeerId::random()), Some(PeerId::random()));
+        let mut q = Queue::default();
+        for id in 0..10 {
+            q.push_back(step(a, id, 1));
         }
-        rr.push(step(b, 10));
-        rr.push(step(None, 20));
-        let order: Vec<u64> = std::iter::from_fn(|| rr.pop())
-            .map(|j| match j {
-                Job::Step { id, .. } => id.0,
-                _ => unreachable!(),
-            })
-            .collect();
-        assert_eq!(order, vec![0, 10, 20, 1, 2, 3]);
+        q.push_back(step(b, 20, 1));
+        let limits = BatchLimits { max_tokens: 64, max_steps: 4 };
+        assert_eq!(ids(&q.turn(limits)), vec![(0, 1), (20, 1), (1, 1), (2, 1)]);
+        q.push_back(step(b, 20, 1));
+        assert_eq!(ids(&q.turn(limits)), vec![(3, 1), (20, 1), (4, 1), (5, 1)]);
+        // With both lines longer than a turn, b starts the turn after the one a started.
+        for id in 20..23 {
+            q.push_back(step(b, id, 1));
+        }
+        assert_eq!(ids(&q.turn(limits)), vec![(6, 1), (20, 1), (7, 1), (21, 1)]);
+        assert_eq!(ids(&q.turn(limits)), vec![(22, 1), (8, 1), (9, 1)]);
+    }
+
+    /// Two prompts of 60 tokens with a 64-token turn: the second starts in the first turn with
+    /// 4 tokens; nobody's prompt waits behind more than one other whole prompt.
+    #[test]
+    fn prompts_share_turns() {
+        let (a, b) = (Some(PeerId::random()), Some(PeerId::random()));
+        let mut q = Queue::default();
+        q.push_back(step(a, 1, 60));
+        q.push_back(step(b, 2, 60));
+        assert_eq!(ids(&q.turn(LIMITS)), vec![(1, 60), (2, 4)]);
+    }
+
+    /// A session's second step waits for its first (the client sent them in order).
+    #[test]
+    fn one_step_per_session_per_turn() {
+        let a = Some(PeerId::random());
+        let mut q = Queue::default();
+        q.push_back(step(a, 1, 1));
+        q.push_back(step(a, 1, 1));
+        q.push_back(step(a, 2, 1));
+        assert_eq!(ids(&q.turn(LIMITS)), vec![(1, 1), (2, 1)]);
+        assert_eq!(ids(&q.turn(LIMITS)), vec![(1, 1)]);
     }
 }

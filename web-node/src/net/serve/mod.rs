@@ -18,7 +18,7 @@ pub mod compute;
 pub mod session;
 
 pub use announce::{announce, announce_while_healthy, publish, AnnounceError, Health, RECORD_REFRESH, RECORD_VALIDITY};
-pub use compute::{ComputeHandle, ComputeLoop};
+pub use compute::{BatchLimits, ComputeHandle, ComputeLoop};
 pub use session::{BoxStream, LocalServer, Remote, ServeStats, Server, SessionStream, PRE_SESSION_FRAME};
 
 use std::future::Future;
@@ -46,7 +46,7 @@ use crate::model::ModelId;
 /// executor's limits are derived from it, see [`ServeLimits::executor_config`]).
 #[derive(Clone, Debug)]
 pub struct ServeLimits {
-    /// Sessions open at once. Default 16.
+    /// Sessions open at once. Default 32 (a full batch, see [`BatchLimits::max_steps`]).
     pub max_sessions: usize,
     /// Sessions one peer may hold at once (this node's own sessions are not counted). Default 4.
     pub max_sessions_per_peer: usize,
@@ -75,12 +75,14 @@ pub struct ServeLimits {
     pub frame_timeout: Duration,
     /// Largest frame accepted once a session is open. Default [`MAX_FRAME`].
     pub max_frame: usize,
+    /// How many steps and tokens the compute loop runs as one batch.
+    pub batch: BatchLimits,
 }
 
 impl Default for ServeLimits {
     fn default() -> Self {
         ServeLimits {
-            max_sessions: 16,
+            max_sessions: 32,
             max_sessions_per_peer: 4,
             max_sessions_per_ip: 8,
             kv_budget: 2 << 30,
@@ -93,6 +95,7 @@ impl Default for ServeLimits {
             trusted_peers: Default::default(),
             frame_timeout: Duration::from_secs(30),
             max_frame: MAX_FRAME,
+            batch: BatchLimits::default(),
         }
     }
 }
@@ -264,7 +267,7 @@ impl<B: Backend> Service<B> {
         let mut config = ServeConfig::for_backend(model, &backend, limits);
         let mut executor = BlockExecutor::new(backend, config.limits.executor_config());
         config.ms_per_block = measure_ms_per_block(&mut executor).await.map_err(ServeError::Measure)?;
-        let (handle, compute) = ComputeLoop::new(executor);
+        let (handle, compute) = ComputeLoop::new(executor, config.limits.batch);
         let health = compute.health();
         let server = Arc::new(Server::new(config, handle));
         let incoming = node.control().accept(PROTOCOL).map_err(|_| ServeError::AlreadyServing)?;
