@@ -112,8 +112,10 @@ struct RelayOpt {
     #[arg(long, env = "AIT_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
     /// HTTP API requests generating at once (others wait). Their steps share the blocks'
-    /// batches; keep it below the sessions the route's servers hold (`--max-sessions`).
-    #[arg(long, default_value_t = 16)]
+    /// batches. Each holds a session on every server of its route, and other servers let one
+    /// peer hold 4 (`--max-sessions-per-peer`): raise it when this relay holds every block
+    /// itself (up to `--max-sessions`) or its route's servers trust it (`--trusted-peer`).
+    #[arg(long, default_value_t = 4)]
     api_concurrency: usize,
     #[command(flatten)]
     http_limits: relay::api::HttpLimits,

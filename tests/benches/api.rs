@@ -106,7 +106,9 @@ fn run_levels(base: &str) -> Value {
 
 /// Aggregate tokens per second at each level, batched over sequential.
 fn ratios(batched: &Value, sequential: &Value) -> Value {
-    let tps = |v: &Value| v.as_array().expect("levels").iter().map(|l| l["tokens_per_s"].as_f64().unwrap_or(0.0)).collect::<Vec<_>>();
+    let tps = |v: &Value| {
+        v.as_array().expect("levels").iter().map(|l| l["tokens_per_s"].as_f64().unwrap_or(0.0)).collect::<Vec<_>>()
+    };
     let (b, s) = (tps(batched), tps(sequential));
     let one = b.first().copied().unwrap_or(1.0);
     json!({

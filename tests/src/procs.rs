@@ -186,8 +186,13 @@ pub fn temp_dir(tag: &str) -> PathBuf {
 /// Three relays serving `[0,10)`, `[10,20)`, `[20,30)` of the default model; the first is the
 /// bootstrap node of the others.
 pub fn three_relays(root: &Path, model: &Path) -> Vec<Relay> {
+    three_relays_with(root, model, &[])
+}
+
+/// Like [`three_relays`], with `first_args` added to the first relay's arguments.
+pub fn three_relays_with(root: &Path, model: &Path, first_args: &[&str]) -> Vec<Relay> {
     let m = model.to_str().expect("utf-8 path");
-    let first = Relay::start(&root.join("r0"), &["--model", m, "--blocks", "0..10"]);
+    let first = Relay::start(&root.join("r0"), &[&["--model", m, "--blocks", "0..10"][..], first_args].concat());
     let boot = first.addr("tcp");
     let mut relays = vec![first];
     for (i, blocks) in [(1, "10..20"), (2, "20..30")] {

@@ -200,7 +200,11 @@ fn a_failing_step_fails_alone() {
     assert!(matches!(r[4], Err(EngineError::ContextFull { capacity: 2, .. })), "{:?}", r[4].as_ref().err());
     assert_eq!(r[5].as_deref().expect("good step 1"), &reference[1][..PROMPTS[1] * dim]);
     let held = PROMPTS[1];
-    assert!(matches!(r[6], Err(EngineError::WrongPosition { held: h, asked: 0, .. }) if h == held), "{:?}", r[6].as_ref().err());
+    assert!(
+        matches!(r[6], Err(EngineError::WrongPosition { held: h, asked: 0, .. }) if h == held),
+        "{:?}",
+        r[6].as_ref().err()
+    );
     assert_eq!(ex.session_len(good[0]).unwrap(), PROMPTS[0]);
     assert_eq!(ex.session_len(good[1]).unwrap(), PROMPTS[1]);
     assert_eq!(ex.session_len(short).unwrap(), 0);

@@ -189,7 +189,7 @@ pub fn server(blocks: Range<usize>) -> Arc<Server> {
     let mut config = ServeConfig::for_backend(model_id(), &backend, limits());
     config.ms_per_block = 0.01;
     let executor = BlockExecutor::new(backend, config.limits.executor_config());
-    let (handle, compute) = ComputeLoop::new(executor);
+    let (handle, compute) = ComputeLoop::new(executor, config.limits.batch);
     std::thread::Builder::new()
         .name("fuzz-compute".into())
         .spawn(move || futures::executor::block_on(compute.run()))

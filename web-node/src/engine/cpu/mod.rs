@@ -206,7 +206,11 @@ impl Backend for CpuBackend {
         let mut n = 0;
         for it in &items {
             if it.hidden.len() != it.n_tokens * dim {
-                return Err(EngineError::Shape { what: "hidden", expected: it.n_tokens * dim, actual: it.hidden.len() });
+                return Err(EngineError::Shape {
+                    what: "hidden",
+                    expected: it.n_tokens * dim,
+                    actual: it.hidden.len(),
+                });
             }
             let capacity = it.cache.k.first().map_or(0, |k| k.len() / kv_dim.max(1));
             if it.pos + it.n_tokens > capacity {
