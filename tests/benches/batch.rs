@@ -1,0 +1,118 @@
+//! `cargo bench -p ait-tests --bench batch`: what batching buys on each backend, in one run,
+//! printing JSON.
+//!
+//! On the default model, every block on one backend: sessions each hold a 100-token prompt,
+//! then run decode steps as one `BlockExecutor::step_batch` of 1, 4, 16 and 32 sessions
+//! (median of 5 batches after a warm-up; wgpu up to 16): decode tokens per second for all
+//! sessions together, and the ratio to one session. Also the LM head (the tied Q8_0 embedding matrix) over 1, 4,
+//! 16 and 32 rows in one product. CPU always; wgpu when an adapter is found (lavapipe here),
+//! whose batches run their sessions one after the other for now (`AIT_BENCH_WGPU=0` skips it).
+
+use std::time::Instant;
+
+use ait_tests::default_model;
+use serde_json::{json, Value};
+use web_node::engine::cpu::matmul::matmul;
+use web_node::engine::gpu::GpuContext;
+use web_node::engine::{AnyBackend, Backend, BatchStep, BlockExecutor, ExecutorConfig};
+use web_node::model::ModelFile;
+
+const PROMPT: usize = 100;
+const SIZES: [usize; 4] = [1, 4, 16, 32];
+const RUNS: usize = 5;
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Decode tokens per second at each batch size of `sizes`.
+fn decode(mut ex: BlockExecutor<AnyBackend>, sizes: &[usize]) -> Value {
+    let dim = ex.backend().config().hidden;
+    let max = *sizes.iter().max().expect("sizes");
+    let prompt: Vec<f32> = (0..PROMPT * dim).map(|i| ((i % 97) as f32 - 48.0) / 200.0).collect();
+    let ids: Vec<_> = (0..max)
+        .map(|_| {
+            let id = ex.open_session(PROMPT + 64).expect("open");
+            pollster::block_on(ex.step(id, &prompt, PROMPT)).expect("prefill");
+            id
+        })
+        .collect();
+    let token: Vec<f32> = prompt[..dim].to_vec();
+    let mut out = Vec::new();
+    let mut one = 0.0;
+    for &n in sizes {
+        let steps: Vec<BatchStep> =
+            ids[..n].iter().map(|&id| BatchStep { id, pos: None, hidden: &token, n_tokens: 1 }).collect();
+        let mut secs = Vec::new();
+        for run in 0..=RUNS {
+            let t = Instant::now();
+            for r in pollster::block_on(ex.step_batch(&steps)) {
+                r.expect("decode step");
+            }
+            if run > 0 {
+                secs.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let tps = n as f64 / median(secs);
+        if n == 1 {
+            one = tps;
+        }
+        out.push(json!({ "sessions": n, "tokens_per_s": tps, "over_one": tps / one }));
+    }
+    Value::Array(out)
+}
+
+/// Room for every session, none closed while the others prefill.
+fn executor_config() -> ExecutorConfig {
+    ExecutorConfig::new().with_max_sessions(64).with_idle_timeout(std::time::Duration::from_secs(3600))
+}
+
+fn main() {
+    let path = default_model();
+    let file = ModelFile::open(&path).expect("the default model");
+    let config = file.config().clone();
+    let layers = 0..config.n_layers;
+    let weights = file.load_layers(layers.clone()).expect("layers");
+    let cpu = AnyBackend::cpu(config.clone(), layers.clone(), weights.clone()).expect("cpu backend");
+    let mut report = json!({ "model": path.file_name().and_then(|n| n.to_str()), "prompt_tokens": PROMPT });
+    report["cpu_decode"] = decode(BlockExecutor::new(cpu, executor_config()), &SIZES);
+    eprintln!("cpu: {}", report["cpu_decode"]);
+    let wgpu = if std::env::var("AIT_BENCH_WGPU").as_deref() == Ok("0") {
+        Err(web_node::engine::EngineError::Gpu("skipped (AIT_BENCH_WGPU=0)".into()))
+    } else {
+        pollster::block_on(GpuContext::new())
+    };
+    match wgpu {
+        Ok(ctx) => {
+            report["wgpu_adapter"] = json!(ctx.adapter_info().name);
+            let gpu = AnyBackend::gpu(ctx, config.clone(), layers, &weights).expect("wgpu backend");
+            // Lavapipe runs a 100-token prefill in seconds: 16 sessions at most.
+            report["wgpu_decode"] = decode(BlockExecutor::new(gpu, executor_config()), &SIZES[..3]);
+        }
+        Err(e) => report["wgpu_decode"] = json!(format!("no adapter: {e}")),
+    }
+    let head = file.load_head().expect("head");
+    let lm = head.lm_head();
+    let mut rows = Vec::new();
+    let mut one = 0.0;
+    for &n in &SIZES {
+        let x: Vec<f32> = (0..n * config.hidden).map(|i| ((i % 89) as f32 - 44.0) / 100.0).collect();
+        let mut o = vec![0.0f32; n * config.vocab];
+        let mut secs = Vec::new();
+        for run in 0..=RUNS {
+            let t = Instant::now();
+            matmul(lm, &x, n, &mut o);
+            if run > 0 {
+                secs.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let rps = n as f64 / median(secs);
+        if n == 1 {
+            one = rps;
+        }
+        rows.push(json!({ "rows": n, "rows_per_s": rps, "over_one": rps / one }));
+    }
+    report["cpu_lm_head"] = Value::Array(rows);
+    println!("{}", serde_json::to_string_pretty(&report).expect("json"));
+}
