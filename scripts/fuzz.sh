@@ -46,6 +46,9 @@ for t in "${TARGETS[@]}"; do
     art=fuzz/artifacts/$t
     mkdir -p "$art" "$WORK/$t"
     log=$WORK/$t.log
+    # Only what this run finds is counted (the artifacts folder keeps earlier runs' finds).
+    since=$WORK/$t.started
+    touch "$since"
     # New inputs go to the work dir; the saved corpus is read only.
     "$BIN/$t" "$WORK/$t" "fuzz/corpus/$t" -max_total_time="$SECS" -timeout=10 -rss_limit_mb=2048 \
         -malloc_limit_mb=2048 -max_len="$(max_len "$t")" -print_final_stats=1 -artifact_prefix="$art/" \
@@ -55,9 +58,9 @@ for t in "${TARGETS[@]}"; do
     execs=$(grep -oE '^#[0-9]+' <<<"$last" | tr -d '#')
     cov=$(grep -o 'cov: [0-9]*' <<<"$last" | awk '{print $2}')
     ft=$(grep -o 'ft: [0-9]*' <<<"$last" | awk '{print $2}')
-    crashes=$(find "$art" -name 'crash-*' | wc -l)
-    hangs=$(find "$art" -name 'timeout-*' | wc -l)
-    ooms=$(find "$art" -name 'oom-*' | wc -l)
+    crashes=$(find "$art" -name 'crash-*' -newer "$since" | wc -l)
+    hangs=$(find "$art" -name 'timeout-*' -newer "$since" | wc -l)
+    ooms=$(find "$art" -name 'oom-*' -newer "$since" | wc -l)
     printf '%-12s %12s %8s %8s %7s %6s %5s  %s\n' "$t" "${execs:-?}" "${cov:-?}" "${ft:-?}" "$crashes" "$hangs" "$ooms" "$art"
     if [ "${AIT_FUZZ_MERGE:-0}" = 1 ]; then
         merged=$WORK/$t.merged

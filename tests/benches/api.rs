@@ -7,7 +7,8 @@
 //! the same run, so their ratio is measured on the same machine state: batched (continuous
 //! batching, `--api-concurrency 64 --max-sessions 80`) and sequential (batches of one step,
 //! no prompt chunking, `--api-concurrency 4`: the compute loop and API as they were before
-//! batching). The chain's relays run with their defaults. CPU backend.
+//! batching). The chain's relays run with their defaults (the first with the per-IP HTTP
+//! connection cap lifted, as every client comes from 127.0.0.1). CPU backend.
 //!
 //! `AIT_BENCH_LEVELS=1,4` picks the client counts; `AIT_BENCH_CHAIN=0` skips the chain.
 
@@ -15,7 +16,7 @@ use std::io::{BufRead, BufReader};
 use std::time::Instant;
 
 use ait_tests::default_model;
-use ait_tests::procs::{temp_dir, three_relays, Relay};
+use ait_tests::procs::{temp_dir, three_relays_with, Relay};
 use serde_json::{json, Value};
 
 const NEW_TOKENS: usize = 32;
@@ -129,6 +130,7 @@ fn main() {
         run_levels(relay.http.as_deref().expect("http"))
     };
     let batched = run("batched", &["--api-concurrency", "64", "--max-sessions", "80"]);
+    eprintln!("batched: {batched}");
     let sequential =
         run("sequential", &["--api-concurrency", "4", "--max-batch-steps", "1", "--max-batch-tokens", "100000"]);
     let mut out = json!({
@@ -137,7 +139,8 @@ fn main() {
         "one_relay": { "batched": batched, "sequential": sequential, "ratios": ratios(&batched, &sequential) },
     });
     if std::env::var("AIT_BENCH_CHAIN").as_deref() != Ok("0") {
-        let relays = three_relays(&root.join("chain"), &path);
+        let lift = ["--http-max-connections-per-ip", "256"];
+        let relays = three_relays_with(&root.join("chain"), &path, &lift);
         out["three_relay_chain"] = run_levels(relays[0].http.as_deref().expect("http"));
     }
     println!("{}", serde_json::to_string_pretty(&out).expect("json"));

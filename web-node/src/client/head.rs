@@ -123,6 +123,8 @@ mod batch {
 
     impl Batcher {
         pub(super) fn start(weights: Arc<HeadWeights>, vocab: usize, max_rows: usize) -> Batcher {
+            // Bounded by its callers: each generation sends one row and awaits its logits
+            // before the next, so it holds at most one row per running generation.
             let (tx, rx) = mpsc::channel::<Row>();
             std::thread::Builder::new()
                 .name("lm-head".into())
