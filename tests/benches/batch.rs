@@ -4,13 +4,14 @@
 //! On the default model, every block on one backend: sessions each hold a 100-token prompt,
 //! then run decode steps as one `BlockExecutor::step_batch` of 1, 4, 16 and 32 sessions
 //! (median of 5 batches after a warm-up; wgpu up to 16): decode tokens per second for all
-//! sessions together, and the ratio to one session. Also the LM head (the tied Q8_0 embedding matrix) over 1, 4,
-//! 16 and 32 rows in one product. CPU always; wgpu when an adapter is found (lavapipe here),
+//! sessions together, and the ratio to one session. Also the LM head (the tied Q8_0
+//! embedding matrix) over 1, 4, 16 and 32 rows in one product. CPU always; wgpu when an adapter is found (lavapipe here),
 //! whose batches run their sessions one after the other for now (`AIT_BENCH_WGPU=0` skips it).
 
 use std::time::Instant;
 
 use ait_tests::default_model;
+use relay::bench::median;
 use serde_json::{json, Value};
 use web_node::engine::cpu::matmul::matmul;
 use web_node::engine::gpu::GpuContext;
@@ -21,9 +22,34 @@ const PROMPT: usize = 100;
 const SIZES: [usize; 4] = [1, 4, 16, 32];
 const RUNS: usize = 5;
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+/// Median seconds of [`RUNS`] calls of `f`, after one warm-up call.
+fn timed(mut f: impl FnMut()) -> f64 {
+    f();
+    let secs: Vec<f64> = (0..RUNS)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .collect();
+    median(&secs)
+}
+
+/// At each size `n` (under the key `size`): `n` items over the seconds `secs_for(n)` (under
+/// `rate`), and that rate's ratio to the first size's.
+fn rates(sizes: &[usize], [size, rate]: [&str; 2], mut secs_for: impl FnMut(usize) -> f64) -> Value {
+    let mut one = 0.0;
+    let out = sizes
+        .iter()
+        .map(|&n| {
+            let per_s = n as f64 / secs_for(n);
+            if one == 0.0 {
+                one = per_s;
+            }
+            json!({ size: n, rate: per_s, "over_one": per_s / one })
+        })
+        .collect();
+    Value::Array(out)
 }
 
 /// Decode tokens per second at each batch size of `sizes`.
@@ -39,28 +65,15 @@ fn decode(mut ex: BlockExecutor<AnyBackend>, sizes: &[usize]) -> Value {
         })
         .collect();
     let token: Vec<f32> = prompt[..dim].to_vec();
-    let mut out = Vec::new();
-    let mut one = 0.0;
-    for &n in sizes {
+    rates(sizes, ["sessions", "tokens_per_s"], |n| {
         let steps: Vec<BatchStep> =
             ids[..n].iter().map(|&id| BatchStep { id, pos: None, hidden: &token, n_tokens: 1 }).collect();
-        let mut secs = Vec::new();
-        for run in 0..=RUNS {
-            let t = Instant::now();
+        timed(|| {
             for r in pollster::block_on(ex.step_batch(&steps)) {
                 r.expect("decode step");
             }
-            if run > 0 {
-                secs.push(t.elapsed().as_secs_f64());
-            }
-        }
-        let tps = n as f64 / median(secs);
-        if n == 1 {
-            one = tps;
-        }
-        out.push(json!({ "sessions": n, "tokens_per_s": tps, "over_one": tps / one }));
-    }
-    Value::Array(out)
+        })
+    })
 }
 
 /// Room for every session, none closed while the others prefill.
@@ -94,25 +107,11 @@ fn main() {
     }
     let head = file.load_head().expect("head");
     let lm = head.lm_head();
-    let mut rows = Vec::new();
-    let mut one = 0.0;
-    for &n in &SIZES {
+    let rows = rates(&SIZES, ["rows", "rows_per_s"], |n| {
         let x: Vec<f32> = (0..n * config.hidden).map(|i| ((i % 89) as f32 - 44.0) / 100.0).collect();
         let mut o = vec![0.0f32; n * config.vocab];
-        let mut secs = Vec::new();
-        for run in 0..=RUNS {
-            let t = Instant::now();
-            matmul(lm, &x, n, &mut o);
-            if run > 0 {
-                secs.push(t.elapsed().as_secs_f64());
-            }
-        }
-        let rps = n as f64 / median(secs);
-        if n == 1 {
-            one = rps;
-        }
-        rows.push(json!({ "rows": n, "rows_per_s": rps, "over_one": rps / one }));
-    }
-    report["cpu_lm_head"] = Value::Array(rows);
+        timed(|| matmul(lm, &x, n, &mut o))
+    });
+    report["cpu_lm_head"] = rows;
     println!("{}", serde_json::to_string_pretty(&report).expect("json"));
 }
