@@ -45,6 +45,12 @@ async fn honest(boot: &Multiaddr) -> NodeHandle {
     handle
 }
 
+/// `peer`'s server record as the network listing (through `handle`) shows it.
+async fn listed_record(handle: &NodeHandle, peer: &str) -> web_node::net::record::ServerRecord {
+    let listed = web_node::net::directory::list(handle, Duration::from_secs(2)).await.expect("the listing");
+    listed.into_iter().find(|r| r.peer == peer).expect("the relay's record")
+}
+
 /// Generates 4 tokens greedily through `handle`; returns the time to the first token.
 async fn honest_ttft(client: &ClientModel, handle: &NodeHandle) -> Duration {
     let mut chain = chain(handle.clone(), client, ChainOptions::default());
@@ -326,12 +332,7 @@ fn poisoned_records_do_not_replace_a_servers_own() {
         let liar = connect(std::slice::from_ref(&boot)).await.unwrap();
         // A well-formed record, signed by the liar, claiming the relay's keys.
         let key = libp2p::identity::Keypair::generate_ed25519();
-        let mut forged = web_node::net::directory::list(&h, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.peer == relay.peer)
-            .expect("the relay's record");
+        let mut forged = listed_record(&h, &relay.peer).await;
         forged.peer = key.public().to_peer_id().to_string();
         forged.expires_ms += 60_000;
         let forged = forged.sign(&key).unwrap();
@@ -383,13 +384,7 @@ fn forged_claims_server_is_caught() {
         let key = libp2p::identity::Keypair::generate_ed25519();
         let listen: Multiaddr = "/ip4/127.0.0.1/tcp/0".parse().unwrap();
         let liar = connect_as(key.clone(), std::slice::from_ref(&boot), &[listen]).await.unwrap();
-        let mut status = web_node::net::directory::list(&h, Duration::from_secs(2))
-            .await
-            .unwrap()
-            .into_iter()
-            .find(|r| r.peer == relay.peer)
-            .expect("the relay's record")
-            .status;
+        let mut status = listed_record(&h, &relay.peer).await.status;
         status.ms_per_block = 0.0;
         let n_blocks = status.end;
         let steps = Arc::new(AtomicUsize::new(0));
