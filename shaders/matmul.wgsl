@@ -6,6 +6,8 @@
 //   reduction. Dispatch: (ceil(rows / ROWS), 1, 1).
 // - `matmat`: n tokens (prefill). Same row split; each thread dequantizes a weight block once
 //   and applies it to TT tokens. Dispatch: (ceil(rows / ROWS), ceil(n / TT), 1).
+// Both sum a block as `acc_step` over its raw (unscaled) elements, then scale in `acc_end`:
+// a token's result is the same bits in either kernel, whatever other tokens share its step.
 //
 // Weight layout (`w`, u32 words, repacked at upload, see engine/gpu/weights.rs); row r starts
 // at word r * row_words:
@@ -86,85 +88,86 @@ fn float_at(ro: u32, c: u32) -> f32 {
     return bitcast<f32>(select(word << 16u, word & 0xFFFF0000u, (c & 1u) == 1u));
 }
 
-// Dot product of block b (32 elements) of the row at word ro with x[xb + 32 b ..].
-fn block_dot(ro: u32, b: u32, xb: u32) -> f32 {
-    let c0 = b * 32u;
-    if DTYPE == 3u {
-        let o = ro + b * 5u;
-        let d = unpack2x16float(w[o]).x;
-        var s = vec4<f32>(0.0);
-        for (var k = 0u; k < 4u; k++) {
-            let q = w[o + 1u + k];
-            s += (nib_lo(q) - 8.0) * x4(xb + c0 + 4u * k) + (nib_hi(q) - 8.0) * x4(xb + c0 + 16u + 4u * k);
+// Elements c .. c + 4 (c a multiple of 4) of a float-typed row at word ro, zero from
+// column cols on.
+fn float4_at(ro: u32, c: u32) -> vec4<f32> {
+    if c + 4u <= p.cols {
+        if DTYPE == 0u {
+            return bitcast<vec4<f32>>(vec4<u32>(w[ro + c], w[ro + c + 1u], w[ro + c + 2u], w[ro + c + 3u]));
         }
-        return d * (s.x + s.y + s.z + s.w);
-    }
-    if DTYPE == 4u {
-        let o = ro + b * 5u;
-        let dm = unpack2x16float(w[o]);
-        var s = vec4<f32>(0.0);
-        var sx = vec4<f32>(0.0);
-        for (var k = 0u; k < 4u; k++) {
-            let q = w[o + 1u + k];
-            let xl = x4(xb + c0 + 4u * k);
-            let xh = x4(xb + c0 + 16u + 4u * k);
-            s += nib_lo(q) * xl + nib_hi(q) * xh;
-            sx += xl + xh;
+        let lo = w[ro + c / 2u];
+        let hi = w[ro + c / 2u + 1u];
+        if DTYPE == 1u {
+            return vec4<f32>(unpack2x16float(lo), unpack2x16float(hi));
         }
-        return dm.x * (s.x + s.y + s.z + s.w) + dm.y * (sx.x + sx.y + sx.z + sx.w);
+        // BF16
+        return bitcast<vec4<f32>>(vec4<u32>(lo << 16u, lo & 0xFFFF0000u, hi << 16u, hi & 0xFFFF0000u));
     }
-    if DTYPE == 5u {
-        let o = ro + b * 9u;
-        let d = unpack2x16float(w[o]).x;
-        var s = vec4<f32>(0.0);
-        for (var k = 0u; k < 8u; k++) {
-            s += bytes_i8(w[o + 1u + k]) * x4(xb + c0 + 4u * k);
+    var e = vec4<f32>(0.0);
+    for (var i = 0u; i < 4u; i++) {
+        if c + i < p.cols {
+            e[i] = float_at(ro, c + i);
         }
-        return d * (s.x + s.y + s.z + s.w);
     }
-    // Float types: the last block of a row may be partial.
-    var s = 0.0;
-    let end = min(c0 + 32u, p.cols);
-    for (var c = c0; c < end; c++) {
-        s += float_at(ro, c) * x[xb + c];
-    }
-    return s;
+    return e;
 }
 
-// Dequantized block b of the row at word ro, as 8 vec4 (zero past the row's end).
-fn load_block(ro: u32, b: u32) -> array<vec4<f32>, 8> {
-    var v: array<vec4<f32>, 8>;
-    let c0 = b * 32u;
+// A block's elements before scaling, as exact f32: elements 4j .. 4j + 4 (j < 8) of block
+// b of the row at word ro. Q4_0: nibble - 8; Q4_1: nibble; Q8_0: the i8; floats: the value.
+fn raw4(ro: u32, b: u32, j: u32) -> vec4<f32> {
     if DTYPE == 3u || DTYPE == 4u {
-        let o = ro + b * 5u;
-        let dm = unpack2x16float(w[o]);
-        let m = select(-8.0 * dm.x, dm.y, DTYPE == 4u);
-        for (var k = 0u; k < 4u; k++) {
-            let q = w[o + 1u + k];
-            v[k] = nib_lo(q) * dm.x + m;
-            v[k + 4u] = nib_hi(q) * dm.x + m;
-        }
-        return v;
+        let q = w[ro + b * 5u + 1u + (j & 3u)];
+        let n = select(nib_hi(q), nib_lo(q), j < 4u);
+        return select(n, n - 8.0, DTYPE == 3u);
     }
     if DTYPE == 5u {
-        let o = ro + b * 9u;
-        let d = unpack2x16float(w[o]).x;
-        for (var k = 0u; k < 8u; k++) {
-            v[k] = bytes_i8(w[o + 1u + k]) * d;
-        }
-        return v;
+        return bytes_i8(w[ro + b * 9u + 1u + j]);
     }
-    for (var k = 0u; k < 8u; k++) {
-        var e = vec4<f32>(0.0);
-        for (var i = 0u; i < 4u; i++) {
-            let c = c0 + 4u * k + i;
-            if c < p.cols {
-                e[i] = float_at(ro, c);
-            }
-        }
-        v[k] = e;
+    return float4_at(ro, b * 32u + 4u * j);
+}
+
+// The block's (scale, min): element = scale * raw + min. Floats: (1, 0).
+fn block_scale(ro: u32, b: u32) -> vec2<f32> {
+    if DTYPE == 3u || DTYPE == 5u {
+        return vec2<f32>(unpack2x16float(w[ro + b * select(5u, 9u, DTYPE == 5u)]).x, 0.0);
     }
-    return v;
+    if DTYPE == 4u {
+        return unpack2x16float(w[ro + b * 5u]);
+    }
+    return vec2<f32>(1.0, 0.0);
+}
+
+// x[i .. i + 4] for columns c .. c + 4, zero from column cols on (the partial last block of
+// a float row).
+fn x4_upto(i: u32, c: u32) -> vec4<f32> {
+    var e = vec4<f32>(0.0);
+    for (var j = 0u; j < 4u; j++) {
+        if c + j < p.cols {
+            e[j] = x[i + j];
+        }
+    }
+    return e;
+}
+
+// A block's running dot product: s = sum of raw * x, sx = sum of x (for Q4_1's min).
+struct Acc {
+    s: vec4<f32>,
+    sx: vec4<f32>,
+}
+
+// Step k (< 4) of a block: raw elements ql (4k ..) and qh (16 + 4k ..) times xl and xh.
+// `matvec` and `matmat` both go through `acc_step` and `acc_end` in the same order, so a
+// token's result is the same bits in either kernel, whatever else shares its step.
+fn acc_step(a: Acc, ql: vec4<f32>, qh: vec4<f32>, xl: vec4<f32>, xh: vec4<f32>) -> Acc {
+    return Acc(a.s + (ql * xl + qh * xh), a.sx + (xl + xh));
+}
+
+fn acc_end(a: Acc, dm: vec2<f32>) -> f32 {
+    let s = a.s.x + a.s.y + a.s.z + a.s.w;
+    if DTYPE == 4u {
+        return dm.x * s + dm.y * (a.sx.x + a.sx.y + a.sx.z + a.sx.w);
+    }
+    return dm.x * s;
 }
 
 fn y_index(t: u32, r: u32) -> u32 {
@@ -190,7 +193,22 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if r < p.rows {
         let ro = r * p.row_words;
         for (var b = lane; b < nblocks; b += tpr) {
-            acc += block_dot(ro, b, 0u);
+            let c0 = b * 32u;
+            // Quantized rows are whole blocks; a float row's last block may be partial.
+            let full = DTYPE >= 3u || c0 + 32u <= p.cols;
+            var a = Acc(vec4<f32>(0.0), vec4<f32>(0.0));
+            if full {
+                for (var k = 0u; k < 4u; k++) {
+                    let cl = c0 + 4u * k;
+                    a = acc_step(a, raw4(ro, b, k), raw4(ro, b, k + 4u), x4(cl), x4(cl + 16u));
+                }
+            } else {
+                for (var k = 0u; k < 4u; k++) {
+                    let cl = c0 + 4u * k;
+                    a = acc_step(a, raw4(ro, b, k), raw4(ro, b, k + 4u), x4_upto(cl, cl), x4_upto(cl + 16u, cl + 16u));
+                }
+            }
+            acc += acc_end(a, block_scale(ro, b));
         }
     }
     if tpr == 1u {
@@ -225,23 +243,29 @@ fn matmat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if r < p.rows {
         let ro = r * p.row_words;
         for (var b = lane; b < nblocks; b += tpr) {
-            let v = load_block(ro, b);
+            var raw: array<vec4<f32>, 8>;
+            for (var j = 0u; j < 8u; j++) {
+                raw[j] = raw4(ro, b, j);
+            }
+            let dm = block_scale(ro, b);
             let c0 = b * 32u;
-            let full = c0 + 32u <= p.cols;
+            // Quantized rows are whole blocks; a float row's last block may be partial.
+            let full = DTYPE >= 3u || c0 + 32u <= p.cols;
             for (var t = 0u; t < nt; t++) {
-                let xb = (t0 + t) * p.cols + c0;
-                var s = vec4<f32>(0.0);
+                let xb = (t0 + t) * p.cols;
+                var a = Acc(vec4<f32>(0.0), vec4<f32>(0.0));
                 if full {
-                    for (var k = 0u; k < 8u; k++) {
-                        s += v[k] * x4(xb + 4u * k);
+                    for (var k = 0u; k < 4u; k++) {
+                        let cl = xb + c0 + 4u * k;
+                        a = acc_step(a, raw[k], raw[k + 4u], x4(cl), x4(cl + 16u));
                     }
                 } else {
-                    // Partial float block: v is zero past the row, x must not be read.
-                    for (var c = 0u; c < p.cols - c0; c++) {
-                        s.x += v[c / 4u][c % 4u] * x[xb + c];
+                    for (var k = 0u; k < 4u; k++) {
+                        let cl = c0 + 4u * k;
+                        a = acc_step(a, raw[k], raw[k + 4u], x4_upto(xb + cl, cl), x4_upto(xb + cl + 16u, cl + 16u));
                     }
                 }
-                acc[t] += s.x + s.y + s.z + s.w;
+                acc[t] += acc_end(a, dm);
             }
         }
     }

@@ -64,7 +64,8 @@ fn matmul_scale(w: &QMatrix, x: &[f32], n: usize) -> Vec<f32> {
 /// Matrix products: every type, decode (n = 1) and prefill (n = 5, 33: a partial token tile),
 /// rows not a multiple of the rows per workgroup, several blocks per thread, float rows that
 /// end inside a block, and both thread layouts (shared rows with a reduction, row per thread).
-/// Tolerance: 1e-5 of sum |w x| (f32 order-of-summation error).
+/// Tolerance: 1e-5 of sum |w x| (f32 order-of-summation error). A token's result is the same
+/// bits alone (decode kernel) as among others (prefill kernel).
 #[test]
 fn matmul_every_type_matches_reference() {
     let ctx = ctx();
@@ -82,6 +83,12 @@ fn matmul_every_type_matches_reference() {
                     let got = block_on(ops::matmul_layout(&ctx, &w, &x, n, row_per_thread));
                     let what = format!("matmul {dtype} [{rows}, {cols}] n={n} row_per_thread={row_per_thread}");
                     assert_close(&what, &got, &want, &scale, 1e-5, 1e-6);
+                    // Each token alone (the decode kernel) gives the same bits as in the batch.
+                    for t in [0, n / 2, n - 1] {
+                        let alone =
+                            block_on(ops::matmul_layout(&ctx, &w, &x[t * cols..(t + 1) * cols], 1, row_per_thread));
+                        assert_eq!(alone[..], got[t * rows..(t + 1) * rows], "{what}: token {t} alone");
+                    }
                 }
             }
         }
