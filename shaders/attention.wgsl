@@ -1,7 +1,8 @@
 // Causal grouped-query attention over the KV cache, one pass with an online softmax.
 //
 // Token t of the step sits at position pos + t and attends to cache rows 0 ..= pos + t (its
-// own key and value already written). Query head h reads kv head h / (n_heads / n_kv_heads).
+// own key and value already written); its query and output are row base + t of q and out
+// (base is 0 except for one session's share of a batch). Query head h reads kv head h / (n_heads / n_kv_heads).
 // One workgroup per (head, token): dispatch (n_heads, n_tokens, 1). Keys are taken WG at a
 // time: thread j scores key j of the tile, then every thread updates the running max, sum and
 // its head_dim / WG output dimensions. head_dim <= MAX_HD; WG and MAX_HD are owned by
@@ -14,7 +15,8 @@ const PER_THREAD: u32 = 4u; // MAX_HD / WG for the smallest allowed WG (64)
 struct Step {
     n_tokens: u32,
     pos: u32,
-    _pad0: u32,
+    // Row of token 0 in q and out (a session's share of a batch).
+    base: u32,
     _pad1: u32,
 }
 
@@ -27,10 +29,10 @@ struct Params {
 
 @group(0) @binding(0) var<uniform> step: Step;
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> q: array<f32>;          // (n_tokens, n_heads, head_dim)
+@group(0) @binding(2) var<storage, read> q: array<f32>;          // (base + n_tokens, n_heads, head_dim)
 @group(0) @binding(3) var<storage, read> kc: array<f32>;         // (len, n_kv_heads, head_dim)
 @group(0) @binding(4) var<storage, read> vc: array<f32>;         // (len, n_kv_heads, head_dim)
-@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (n_tokens, n_heads, head_dim)
+@group(0) @binding(5) var<storage, read_write> out: array<f32>;  // (base + n_tokens, n_heads, head_dim)
 
 var<workgroup> qs: array<f32, MAX_HD>;
 var<workgroup> ps: array<f32, WG>;
@@ -45,7 +47,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let hd = p.head_dim;
     let kv_dim = p.n_kv_heads * hd;
     let kvo = (h / (p.n_heads / p.n_kv_heads)) * hd;
-    let qo = (t * p.n_heads + h) * hd;
+    let qo = ((step.base + t) * p.n_heads + h) * hd;
     for (var d = tid; d < hd; d += WG) {
         qs[d] = q[qo + d];
     }

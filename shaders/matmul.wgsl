@@ -243,27 +243,37 @@ fn matmat(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     if r < p.rows {
         let ro = r * p.row_words;
         for (var b = lane; b < nblocks; b += tpr) {
-            var raw: array<vec4<f32>, 8>;
-            for (var j = 0u; j < 8u; j++) {
-                raw[j] = raw4(ro, b, j);
-            }
+            // The block's raw elements in eight values (no private array: CPU adapters keep
+            // them in registers), applied to each token as `matvec` applies them to its one.
+            let r0 = raw4(ro, b, 0u);
+            let r1 = raw4(ro, b, 1u);
+            let r2 = raw4(ro, b, 2u);
+            let r3 = raw4(ro, b, 3u);
+            let r4 = raw4(ro, b, 4u);
+            let r5 = raw4(ro, b, 5u);
+            let r6 = raw4(ro, b, 6u);
+            let r7 = raw4(ro, b, 7u);
             let dm = block_scale(ro, b);
             let c0 = b * 32u;
             // Quantized rows are whole blocks; a float row's last block may be partial.
             let full = DTYPE >= 3u || c0 + 32u <= p.cols;
-            for (var t = 0u; t < nt; t++) {
-                let xb = (t0 + t) * p.cols;
+            // A constant trip count, so the compiler can unroll it and keep acc in registers.
+            for (var t = 0u; t < TT; t++) {
+                if t >= nt {
+                    break;
+                }
+                let xb = (t0 + t) * p.cols + c0;
                 var a = Acc(vec4<f32>(0.0), vec4<f32>(0.0));
                 if full {
-                    for (var k = 0u; k < 4u; k++) {
-                        let cl = xb + c0 + 4u * k;
-                        a = acc_step(a, raw[k], raw[k + 4u], x4(cl), x4(cl + 16u));
-                    }
+                    a = acc_step(a, r0, r4, x4(xb), x4(xb + 16u));
+                    a = acc_step(a, r1, r5, x4(xb + 4u), x4(xb + 20u));
+                    a = acc_step(a, r2, r6, x4(xb + 8u), x4(xb + 24u));
+                    a = acc_step(a, r3, r7, x4(xb + 12u), x4(xb + 28u));
                 } else {
-                    for (var k = 0u; k < 4u; k++) {
-                        let cl = c0 + 4u * k;
-                        a = acc_step(a, raw[k], raw[k + 4u], x4_upto(xb + cl, cl), x4_upto(xb + cl + 16u, cl + 16u));
-                    }
+                    a = acc_step(a, r0, r4, x4_upto(xb, c0), x4_upto(xb + 16u, c0 + 16u));
+                    a = acc_step(a, r1, r5, x4_upto(xb + 4u, c0 + 4u), x4_upto(xb + 20u, c0 + 20u));
+                    a = acc_step(a, r2, r6, x4_upto(xb + 8u, c0 + 8u), x4_upto(xb + 24u, c0 + 24u));
+                    a = acc_step(a, r3, r7, x4_upto(xb + 12u, c0 + 12u), x4_upto(xb + 28u, c0 + 28u));
                 }
                 acc[t] += acc_end(a, dm);
             }

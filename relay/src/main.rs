@@ -113,10 +113,11 @@ struct RelayOpt {
     api_key: Option<String>,
     /// HTTP API requests generating at once (others wait). Their steps share the blocks'
     /// batches. Each holds a session on every server of its route, and other servers let one
-    /// peer hold 4 (`--max-sessions-per-peer`): raise it when this relay holds every block
-    /// itself (up to `--max-sessions`) or its route's servers trust it (`--trusted-peer`).
-    #[arg(long, default_value_t = 4)]
-    api_concurrency: usize,
+    /// peer hold 4 (`--max-sessions-per-peer`). Default: `--max-sessions` when this relay
+    /// serves every block itself (its own batches carry them all), else 4; raise it when the
+    /// route's servers trust this relay (`--trusted-peer`).
+    #[arg(long)]
+    api_concurrency: Option<usize>,
     #[command(flatten)]
     http_limits: relay::api::HttpLimits,
     /// The built web app served on the HTTP port (default: `dist/` here or in the workspace).
@@ -202,6 +203,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         let mut known: Option<(ModelFile, Manifest)> = None;
         // Serving until the process ends.
         let mut _withdraw = None;
+        // Whether this relay serves every block of its model.
+        let mut serves_all = false;
         if o.serve.blocks.is_some() {
             let s = relay::serving::start(&handle, &key, &o.serve, o.serve.limits(o.net.trusted())).await?;
             let c = s.server.config();
@@ -209,6 +212,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
+            serves_all = c.blocks == (0..s.file.config().n_layers);
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);
@@ -223,6 +227,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             );
         }
         if !o.no_http {
+            let api_concurrency = o.api_concurrency.unwrap_or(if serves_all { o.serve.max_sessions } else { 4 }).max(1);
+            tracing::info!(api_concurrency, "HTTP API requests generating at once");
             let name = match (&o.serve.model, &known) {
                 (Some(p), _) => model_name(p),
                 (None, Some(_)) => model_name(&relay::fetch::default_model()?),
@@ -232,7 +238,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             let (model, parts) = match known {
                 Some((file, manifest)) => {
                     let id = manifest.id();
-                    let client = ClientModel::from_file(&file, Some(id))?.with_batched_head(o.api_concurrency);
+                    let client = ClientModel::from_file(&file, Some(id))?.with_batched_head(api_concurrency);
                     let parts = match file {
                         ModelFile::Gguf(g) => Some(Arc::new(
                             relay::web::ModelParts::new(name.clone(), manifest, g)
@@ -253,7 +259,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 node: handle.clone(),
                 local,
                 api_key: o.api_key.clone(),
-                permits: tokio::sync::Semaphore::new(o.api_concurrency.max(1)),
+                permits: tokio::sync::Semaphore::new(api_concurrency),
                 chain: Default::default(),
             };
             let web =

@@ -5,16 +5,25 @@
 //! then run decode steps as one `BlockExecutor::step_batch` of 1, 4, 16 and 32 sessions
 //! (median of 5 batches after a warm-up; wgpu up to 16): decode tokens per second for all
 //! sessions together, and the ratio to one session. Also the LM head (the tied Q8_0
-//! embedding matrix) over 1, 4, 16 and 32 rows in one product. CPU always; wgpu when an adapter is found (lavapipe here),
-//! whose batches run their sessions one after the other for now (`AIT_BENCH_WGPU=0` skips it).
+//! embedding matrix) over 1, 4, 16 and 32 rows in one product. CPU always; wgpu when an
+//! adapter is found (lavapipe here; `AIT_BENCH_WGPU=0` skips it), where a batch is one submit
+//! over every session's tokens: its decode rates, and its matrix kernel alone (layer 0's
+//! `ffn_gate`) over 1, 4 and 16 tokens (the decode kernel at 1, the prefill kernel above).
+//!
+//! Single-stream CPU decode (`cpu_single_stream`): one greedy generation of 64 tokens after a
+//! 100-token prompt, every layer and the LM head, tokens per second (median of 3). With
+//! `AIT_BENCH_LLAMA_CPP=DIR` (a directory holding the `llama_cpp` Python package, built as
+//! `../shared/notes/platform.md` says, with its dependencies), llama.cpp decodes the same
+//! prompt the same way with 2 threads in the same run, and the report gives the ratio.
 
 use std::time::Instant;
 
 use ait_tests::default_model;
 use relay::bench::median;
 use serde_json::{json, Value};
+use web_node::client::{argmax, Head};
 use web_node::engine::cpu::matmul::matmul;
-use web_node::engine::gpu::GpuContext;
+use web_node::engine::gpu::{ops, GpuContext};
 use web_node::engine::{AnyBackend, Backend, BatchStep, BlockExecutor, ExecutorConfig};
 use web_node::model::ModelFile;
 
@@ -76,6 +85,69 @@ fn decode(mut ex: BlockExecutor<AnyBackend>, sizes: &[usize]) -> Value {
     })
 }
 
+/// Tokens of the single-stream prompt (any valid ids: the rate does not depend on them).
+fn prompt_tokens() -> Vec<u32> {
+    (0..PROMPT as u32).map(|i| 100 + (i * 37) % 4000).collect()
+}
+
+/// Greedy tokens generated per stream in the single-stream comparison.
+const GENERATE: usize = 64;
+
+/// Our single-stream decode: tokens per second over [`GENERATE`] greedy steps after the
+/// prompt, median of 3 sessions.
+fn single_stream(ex: &mut BlockExecutor<AnyBackend>, head: &Head) -> f64 {
+    let rates: Vec<f64> = (0..3)
+        .map(|_| {
+            let id = ex.open_session(PROMPT + GENERATE + 1).expect("open");
+            let prompt = head.embed(&prompt_tokens()).expect("embed");
+            let out = pollster::block_on(ex.step(id, &prompt, PROMPT)).expect("prefill");
+            let dim = head.config().hidden;
+            let mut token = argmax(&head.logits(&out[out.len() - dim..]).expect("logits"));
+            let t = Instant::now();
+            for _ in 0..GENERATE {
+                let x = head.embed(&[token]).expect("embed");
+                let h = pollster::block_on(ex.step(id, &x, 1)).expect("decode");
+                token = argmax(&head.logits(&h).expect("logits"));
+            }
+            let rate = GENERATE as f64 / t.elapsed().as_secs_f64();
+            ex.close_session(id).expect("close");
+            rate
+        })
+        .collect();
+    median(&rates)
+}
+
+/// llama.cpp's single-stream decode of the same prompt, the same way, through
+/// llama-cpp-python found in `dir`: tokens per second, median of 3.
+fn llama_cpp(dir: &str, model: &std::path::Path) -> Result<f64, String> {
+    const SCRIPT: &str = r#"
+import statistics, sys, time
+sys.path.insert(0, sys.argv[1])
+from llama_cpp import Llama
+m = Llama(model_path=sys.argv[2], n_ctx=512, n_threads=2, n_batch=512, verbose=False)
+prompt = [int(t) for t in sys.argv[3].split(",")]
+n = int(sys.argv[4])
+rates = []
+for _ in range(3):
+    m.reset()
+    m.eval(prompt)
+    t = time.perf_counter()
+    for _ in range(n):
+        m.eval([m.sample(temp=0.0)])
+    rates.append(n / (time.perf_counter() - t))
+print(statistics.median(rates))
+"#;
+    let tokens: Vec<String> = prompt_tokens().iter().map(u32::to_string).collect();
+    let out = std::process::Command::new("python3")
+        .args(["-c", SCRIPT, dir, &model.to_string_lossy(), &tokens.join(","), &GENERATE.to_string()])
+        .output()
+        .map_err(|e| format!("python3: {e}"))?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).lines().last().unwrap_or("failed").to_string());
+    }
+    String::from_utf8_lossy(&out.stdout).trim().parse().map_err(|e| format!("llama.cpp output: {e}"))
+}
+
 /// Room for every session, none closed while the others prefill.
 fn executor_config() -> ExecutorConfig {
     ExecutorConfig::new().with_max_sessions(64).with_idle_timeout(std::time::Duration::from_secs(3600))
@@ -89,7 +161,20 @@ fn main() {
     let weights = file.load_layers(layers.clone()).expect("layers");
     let cpu = AnyBackend::cpu(config.clone(), layers.clone(), weights.clone()).expect("cpu backend");
     let mut report = json!({ "model": path.file_name().and_then(|n| n.to_str()), "prompt_tokens": PROMPT });
-    report["cpu_decode"] = decode(BlockExecutor::new(cpu, executor_config()), &SIZES);
+    let mut ex = BlockExecutor::new(cpu, executor_config());
+    let head = Head::new(config.clone(), file.load_head().expect("head")).expect("head");
+    let ours = single_stream(&mut ex, &head);
+    report["cpu_single_stream"] = match std::env::var("AIT_BENCH_LLAMA_CPP") {
+        Ok(dir) => match llama_cpp(&dir, &path) {
+            Ok(theirs) => {
+                json!({ "ours_tokens_per_s": ours, "llama_cpp_tokens_per_s": theirs, "ours_over_llama_cpp": ours / theirs })
+            }
+            Err(e) => json!({ "ours_tokens_per_s": ours, "llama_cpp": format!("failed: {e}") }),
+        },
+        Err(_) => json!({ "ours_tokens_per_s": ours, "llama_cpp": "not run (set AIT_BENCH_LLAMA_CPP)" }),
+    };
+    eprintln!("single stream: {}", report["cpu_single_stream"]);
+    report["cpu_decode"] = decode(ex, &SIZES);
     eprintln!("cpu: {}", report["cpu_decode"]);
     let wgpu = if std::env::var("AIT_BENCH_WGPU").as_deref() == Ok("0") {
         Err(web_node::engine::EngineError::Gpu("skipped (AIT_BENCH_WGPU=0)".into()))
@@ -99,14 +184,22 @@ fn main() {
     match wgpu {
         Ok(ctx) => {
             report["wgpu_adapter"] = json!(ctx.adapter_info().name);
+            let w = &weights[0].ffn_gate;
+            report["wgpu_matmul"] = json!({
+                "matrix": format!("ffn_gate {} [{}, {}]", w.dtype, w.rows, w.cols),
+                "tokens": rates(&SIZES[..3], ["tokens", "tokens_per_s"], |n| {
+                    pollster::block_on(ops::time_matmul(&ctx, w, n, 50)).expect("wgpu matmul")
+                }),
+            });
+            eprintln!("wgpu matmul: {}", report["wgpu_matmul"]);
             let gpu = AnyBackend::gpu(ctx, config.clone(), layers, &weights).expect("wgpu backend");
             // Lavapipe runs a 100-token prefill in seconds: 16 sessions at most.
             report["wgpu_decode"] = decode(BlockExecutor::new(gpu, executor_config()), &SIZES[..3]);
         }
         Err(e) => report["wgpu_decode"] = json!(format!("no adapter: {e}")),
     }
-    let head = file.load_head().expect("head");
-    let lm = head.lm_head();
+    let head_weights = file.load_head().expect("head");
+    let lm = head_weights.lm_head();
     let rows = rates(&SIZES, ["rows", "rows_per_s"], |n| {
         let x: Vec<f32> = (0..n * config.hidden).map(|i| ((i % 89) as f32 - 44.0) / 100.0).collect();
         let mut o = vec![0.0f32; n * config.vocab];

@@ -16,14 +16,25 @@
 //! K and V projections write straight into the cache rows `pos..`, and the residual adds are
 //! the matrix products' epilogue. Prefills longer than [`MAX_CHUNK`] tokens run as several
 //! submits of at most that many tokens (same result: attention is causal over the cache).
+//!
+//! A batch ([`Backend::forward_batch`]) of several sessions' steps is one submit over all
+//! their tokens, with activation buffers the backend keeps for batches ([`BatchScratch`]).
+//! Per layer, two passes: the first runs the norm, the Q/K/V products and RoPE over every
+//! token, writing new keys and values to scratch rows; buffer copies move each session's rows
+//! into its cache at its position; the second pass runs attention once per session (its own
+//! step uniform says its tokens, position and first row) and then the output product and the
+//! FFN over every token. Each kernel computes a token from that token's row alone, with the
+//! same arithmetic whatever the token count, so a session's output is the same bits in a
+//! batch as alone, and however its prompt is cut into chunks.
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use super::context::GpuContext;
 use super::ops::{self, Op, StepUniform};
 use super::weights::GpuMatrix;
-use crate::engine::{check_layers, Backend, EngineError};
+use crate::engine::{check_layers, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Most tokens one submit processes; longer steps are split.
@@ -53,6 +64,21 @@ pub struct GpuBackend {
     layers: Vec<GpuLayer>,
     /// RoPE inverse frequencies ([`rope_inv_freq`](crate::engine::rope_inv_freq)), `[head_dim / 2]`.
     inv_freq: Vec<f32>,
+    /// Buffers for batches, taken out for a batch's submit and put back after; a batch that
+    /// finds none (another batch holds it, or a device error dropped it) builds its own.
+    batch: Mutex<Option<Box<BatchScratch>>>,
+}
+
+/// Buffers the kernels of one layer read and write, and the step uniform they read.
+struct Bufs<'a> {
+    step: &'a wgpu::Buffer,
+    x: &'a wgpu::Buffer,
+    xn: &'a wgpu::Buffer,
+    q: &'a wgpu::Buffer,
+    att: &'a wgpu::Buffer,
+    gate: &'a wgpu::Buffer,
+    up: &'a wgpu::Buffer,
+    cs: &'a wgpu::Buffer,
 }
 
 /// Activation buffers for up to `cap` tokens and every kernel bound to them.
@@ -69,6 +95,37 @@ struct Scratch {
     ops: Vec<Op>,
 }
 
+/// Source of [`BatchScratch::id`].
+static NEXT_BATCH_SCRATCH: AtomicU64 = AtomicU64::new(0);
+
+/// Activation buffers for a batch of up to `cap` tokens of several sessions, and the kernels
+/// bound to them that touch no session's cache.
+#[derive(Debug)]
+struct BatchScratch {
+    /// Tells a cache's attention bindings made for this scratch from older ones.
+    id: u64,
+    cap: usize,
+    /// [`StepUniform`] of the whole batch (every token, position 0).
+    step: wgpu::Buffer,
+    /// Residual stream, input and output: `(cap, hidden)`.
+    x: wgpu::Buffer,
+    /// RoPE `(cos, sin)` rows, each token's at its own position: `(cap, head_dim / 2, 2)`.
+    cs: wgpu::Buffer,
+    /// Queries and attention outputs: `(cap, q_dim)`, read and written by each session's
+    /// attention kernel at its rows.
+    q: wgpu::Buffer,
+    att: wgpu::Buffer,
+    /// New keys and values: `(cap, kv_dim)`, copied into each session's cache.
+    k: wgpu::Buffer,
+    v: wgpu::Buffer,
+    /// Readback of `x`.
+    staging: wgpu::Buffer,
+    /// Per layer: norm, Q/K/V products (keys and values into `k`, `v`), biases, RoPE.
+    pre: Vec<Vec<Op>>,
+    /// Per layer: output product and residual add, norm, FFN and residual add.
+    post: Vec<Vec<Op>>,
+}
+
 /// Per-session state of [`GpuBackend`]: KV cache buffers, the step uniform and the scratch
 /// buffers with their bind groups (created once, rebuilt only when a step needs more tokens).
 #[derive(Debug)]
@@ -78,9 +135,12 @@ pub struct GpuCache {
     k: Vec<wgpu::Buffer>,
     /// Per layer, `(max_len, kv_dim)` f32.
     v: Vec<wgpu::Buffer>,
-    /// [`StepUniform`] of the current step.
+    /// [`StepUniform`] of the current step (alone, or this session's share of a batch).
     step: wgpu::Buffer,
     scratch: Option<Scratch>,
+    /// Per layer, attention over this cache bound to the [`BatchScratch`] of that id (the
+    /// old one's buffers live until this session's next batch rebinds them).
+    batch_attention: Option<(u64, Vec<Op>)>,
 }
 
 impl GpuCache {
@@ -139,7 +199,7 @@ impl GpuBackend {
             });
         }
         let inv_freq = crate::engine::rope_inv_freq(&config);
-        Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq })
+        Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq, batch: Mutex::new(None) })
     }
 
     /// The device this backend runs on.
@@ -155,61 +215,111 @@ impl GpuBackend {
         by_limit.clamp(1, MAX_CHUNK)
     }
 
+    /// Layer `i`'s kernels up to RoPE: norm, Q/K/V products, biases, RoPE. Keys and values go
+    /// to `k`, `v`: the cache's rows at the step's position (`kv_at_pos`), or the step's rows.
+    fn pre_ops(&self, i: usize, b: &Bufs, k: &wgpu::Buffer, v: &wgpu::Buffer, kv_at_pos: bool, list: &mut Vec<Op>) {
+        let (ctx, c, w) = (&*self.ctx, &self.config, &self.layers[i]);
+        let n = |s: &str| format!("blk.{}.{s}", self.range.start + i);
+        list.push(ops::rms_norm_op(ctx, &n("attn_norm"), b.step, b.x, &w.attn_norm, b.xn, c.hidden, c.rms_eps));
+        list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, b.step, b.xn, b.q, false, false));
+        list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, b.step, b.xn, k, kv_at_pos, false));
+        list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, b.step, b.xn, v, kv_at_pos, false));
+        if let Some([bq, bk, bv]) = &w.bias {
+            list.push(ops::add_op(ctx, &n("attn_q.bias"), b.step, bq, b.q, c.q_dim(), false, false));
+            list.push(ops::add_op(ctx, &n("attn_k.bias"), b.step, bk, k, c.kv_dim(), false, kv_at_pos));
+            list.push(ops::add_op(ctx, &n("attn_v.bias"), b.step, bv, v, c.kv_dim(), false, kv_at_pos));
+        }
+        list.push(ops::rope_op(ctx, &n("rope"), b.step, b.cs, b.q, k, c.n_heads, c.n_kv_heads, c.head_dim));
+    }
+
+    /// Layer `i`'s attention of queries `q` over layer `i` of `cache` into `att`, for the
+    /// tokens the cache's step uniform names.
+    fn attention_op(&self, i: usize, cache: &GpuCache, q: &wgpu::Buffer, att: &wgpu::Buffer) -> Op {
+        let (c, step) = (&self.config, &cache.step);
+        let what = format!("blk.{}.attention", self.range.start + i);
+        ops::attention_op(&self.ctx, &what, step, q, &cache.k[i], &cache.v[i], att, c.n_heads, c.n_kv_heads, c.head_dim)
+    }
+
+    /// Layer `i`'s kernels after attention: output product and residual add, norm, FFN and
+    /// residual add.
+    fn post_ops(&self, i: usize, b: &Bufs, list: &mut Vec<Op>) {
+        let (ctx, c, w) = (&*self.ctx, &self.config, &self.layers[i]);
+        let n = |s: &str| format!("blk.{}.{s}", self.range.start + i);
+        list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, b.step, b.att, b.x, false, true));
+        list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), b.step, b.x, &w.ffn_norm, b.xn, c.hidden, c.rms_eps));
+        list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, b.step, b.xn, b.gate, false, false));
+        list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, b.step, b.xn, b.up, false, false));
+        list.push(ops::silu_mul_op(ctx, &n("silu_mul"), b.step, b.gate, b.up, c.intermediate));
+        list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, b.step, b.gate, b.x, false, true));
+    }
+
     /// Allocates scratch buffers for `cap` tokens and binds every kernel to them;
     /// [`EngineError::OutOfMemory`] if they do not fit the device.
     fn build_scratch(&self, cache: &GpuCache, cap: usize) -> Result<Scratch, EngineError> {
         let ctx = &*self.ctx;
         let c = &self.config;
-        let (hidden, q_dim, kv_dim, inter) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
         let f = |n: usize| (n * cap * 4) as u64;
-        let x = ctx.storage("x", f(hidden))?;
-        let xn = ctx.storage("xn", f(hidden))?;
-        let q = ctx.storage("q", f(q_dim))?;
-        let att = ctx.storage("att", f(q_dim))?;
-        let gate = ctx.storage("gate", f(inter))?;
-        let upb = ctx.storage("up", f(inter))?;
+        let x = ctx.storage("x", f(c.hidden))?;
+        let xn = ctx.storage("xn", f(c.hidden))?;
+        let q = ctx.storage("q", f(c.q_dim()))?;
+        let att = ctx.storage("att", f(c.q_dim()))?;
+        let gate = ctx.storage("gate", f(c.intermediate))?;
+        let up = ctx.storage("up", f(c.intermediate))?;
         let cs = ctx.storage("rope cos/sin", f(c.head_dim))?;
-        let staging = ctx.staging("x readback", f(hidden))?;
-        let step = &cache.step;
+        let staging = ctx.staging("x readback", f(c.hidden))?;
+        let b = Bufs { step: &cache.step, x: &x, xn: &xn, q: &q, att: &att, gate: &gate, up: &up, cs: &cs };
         // The kernels' parameter uniforms, bind groups and pipelines, in one scope.
         let ops = ctx.alloc("kernel bindings", None, || {
             let mut list = Vec::with_capacity(self.layers.len() * 15);
-            for (i, w) in self.layers.iter().enumerate() {
-                let l = self.range.start + i;
-                let (kc, vc) = (&cache.k[i], &cache.v[i]);
-                let n = |s: &str| format!("blk.{l}.{s}");
-                list.push(ops::rms_norm_op(ctx, &n("attn_norm"), step, &x, &w.attn_norm, &xn, hidden, c.rms_eps));
-                list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, step, &xn, &q, false, false));
-                list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, step, &xn, kc, true, false));
-                list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, step, &xn, vc, true, false));
-                if let Some([bq, bk, bv]) = &w.bias {
-                    list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &q, q_dim, false, false));
-                    list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, kc, kv_dim, false, true));
-                    list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, vc, kv_dim, false, true));
-                }
-                list.push(ops::rope_op(ctx, &n("rope"), step, &cs, &q, kc, c.n_heads, c.n_kv_heads, c.head_dim));
-                list.push(ops::attention_op(
-                    ctx,
-                    &n("attention"),
-                    step,
-                    &q,
-                    kc,
-                    vc,
-                    &att,
-                    c.n_heads,
-                    c.n_kv_heads,
-                    c.head_dim,
-                ));
-                list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &att, &x, false, true));
-                list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &x, &w.ffn_norm, &xn, hidden, c.rms_eps));
-                list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &xn, &gate, false, false));
-                list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &xn, &upb, false, false));
-                list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &gate, &upb, inter));
-                list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &gate, &x, false, true));
+            for i in 0..self.layers.len() {
+                self.pre_ops(i, &b, &cache.k[i], &cache.v[i], true, &mut list);
+                list.push(self.attention_op(i, cache, &q, &att));
+                self.post_ops(i, &b, &mut list);
             }
             Ok(list)
         })?;
         Ok(Scratch { cap, x, cs, staging, ops })
+    }
+
+    /// Allocates batch buffers for `cap` tokens and binds the kernels that touch no cache.
+    fn build_batch_scratch(&self, cap: usize) -> Result<BatchScratch, EngineError> {
+        let ctx = &*self.ctx;
+        let c = &self.config;
+        let f = |n: usize| (n * cap * 4) as u64;
+        let step = ctx
+            .alloc("batch step", None, || Ok(ctx.uniform("batch step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))?;
+        let x = ctx.storage("batch x", f(c.hidden))?;
+        let xn = ctx.storage("batch xn", f(c.hidden))?;
+        let q = ctx.storage("batch q", f(c.q_dim()))?;
+        let att = ctx.storage("batch att", f(c.q_dim()))?;
+        let k = ctx.storage("batch k", f(c.kv_dim()))?;
+        let v = ctx.storage("batch v", f(c.kv_dim()))?;
+        let gate = ctx.storage("batch gate", f(c.intermediate))?;
+        let up = ctx.storage("batch up", f(c.intermediate))?;
+        let cs = ctx.storage("batch rope cos/sin", f(c.head_dim))?;
+        let staging = ctx.staging("batch x readback", f(c.hidden))?;
+        let b = Bufs { step: &step, x: &x, xn: &xn, q: &q, att: &att, gate: &gate, up: &up, cs: &cs };
+        let (pre, post) = ctx.alloc("batch kernel bindings", None, || {
+            let layers = 0..self.layers.len();
+            let pre = layers
+                .clone()
+                .map(|i| {
+                    let mut list = Vec::new();
+                    self.pre_ops(i, &b, &k, &v, false, &mut list);
+                    list
+                })
+                .collect();
+            let post = layers
+                .map(|i| {
+                    let mut list = Vec::new();
+                    self.post_ops(i, &b, &mut list);
+                    list
+                })
+                .collect();
+            Ok((pre, post))
+        })?;
+        let id = NEXT_BATCH_SCRATCH.fetch_add(1, Ordering::Relaxed);
+        Ok(BatchScratch { id, cap, step, x, cs, q, att, k, v, staging, pre, post })
     }
 
     /// One submit for `n <= chunk_limit()` tokens at `pos`.
@@ -247,6 +357,109 @@ impl GpuBackend {
         ctx.submit("forward", enc, scopes).await?;
         ctx.read_f32(&s.staging, hidden.len()).await
     }
+
+    /// Checks a step's shape and that it fits its cache.
+    fn check_step(&self, cache: &GpuCache, hidden: &[f32], n_tokens: usize, pos: usize) -> Result<(), EngineError> {
+        let dim = self.config.hidden;
+        if hidden.len() != n_tokens * dim {
+            return Err(EngineError::Shape { what: "hidden", expected: n_tokens * dim, actual: hidden.len() });
+        }
+        if pos + n_tokens > cache.max_len {
+            return Err(EngineError::ContextFull { session: 0, pos, n_tokens, capacity: cache.max_len });
+        }
+        Ok(())
+    }
+
+    /// Runs and empties `group`: one item alone, several as one submit.
+    async fn run_group(&self, group: &mut Vec<BatchItem<'_, GpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        let outs = match group.as_mut_slice() {
+            [] => Vec::new(),
+            [it] => vec![self.forward(it.cache, it.hidden, it.n_tokens, it.pos).await?],
+            items => self.forward_group(items).await?,
+        };
+        group.clear();
+        Ok(outs)
+    }
+
+    /// One submit for several sessions' steps, `2 <= items.len()` and at most
+    /// `chunk_limit()` tokens in all (see the module documentation).
+    async fn forward_group(&self, items: &mut [BatchItem<'_, GpuCache>]) -> Result<Vec<Vec<f32>>, EngineError> {
+        let ctx = &*self.ctx;
+        let (dim, kv_bytes) = (self.config.hidden, (self.config.kv_dim() * 4) as u64);
+        let total: usize = items.iter().map(|it| it.n_tokens).sum();
+        let held = self.batch.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let s = match held {
+            Some(s) if s.cap >= total => s,
+            _ => {
+                Box::new(self.build_batch_scratch(total.next_power_of_two().clamp(16, self.chunk_limit()).max(total))?)
+            }
+        };
+        for it in items.iter_mut() {
+            if it.cache.batch_attention.as_ref().is_none_or(|(id, _)| *id != s.id) {
+                it.cache.batch_attention = None;
+                let cache = &*it.cache;
+                let ops = ctx.alloc("batch attention bindings", None, || {
+                    Ok((0..self.layers.len()).map(|i| self.attention_op(i, cache, &s.q, &s.att)).collect())
+                })?;
+                it.cache.batch_attention = Some((s.id, ops));
+            }
+        }
+        let scopes = ctx.scopes()?;
+        let queue = ctx.queue();
+        queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&StepUniform::new(total, 0)));
+        let mut cs = Vec::with_capacity(total * self.inv_freq.len() * 2);
+        let mut base = 0;
+        for it in items.iter() {
+            queue.write_buffer(&it.cache.step, 0, bytemuck::bytes_of(&StepUniform::at_row(it.n_tokens, it.pos, base)));
+            queue.write_buffer(&s.x, (base * dim * 4) as u64, f32s(it.hidden));
+            cs.extend(ops::rope_table(&self.inv_freq, it.pos, it.n_tokens));
+            base += it.n_tokens;
+        }
+        queue.write_buffer(&s.cs, 0, f32s(&cs));
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
+        for i in 0..self.layers.len() {
+            {
+                let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: Some("batch qkv"),
+                    timestamp_writes: None,
+                });
+                for op in &s.pre[i] {
+                    op.record(&mut pass, total as u32);
+                }
+            }
+            let mut base = 0;
+            for it in items.iter() {
+                let (from, to, len) = (base as u64 * kv_bytes, it.pos as u64 * kv_bytes, it.n_tokens as u64 * kv_bytes);
+                enc.copy_buffer_to_buffer(&s.k, from, &it.cache.k[i], to, len);
+                enc.copy_buffer_to_buffer(&s.v, from, &it.cache.v[i], to, len);
+                base += it.n_tokens;
+            }
+            let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                label: Some("batch attention, ffn"),
+                timestamp_writes: None,
+            });
+            for it in items.iter() {
+                let (_, attention) = it.cache.batch_attention.as_ref().expect("bound above");
+                attention[i].record(&mut pass, it.n_tokens as u32);
+            }
+            for op in &s.post[i] {
+                op.record(&mut pass, total as u32);
+            }
+        }
+        enc.copy_buffer_to_buffer(&s.x, 0, &s.staging, 0, (total * dim * 4) as u64);
+        ctx.submit("batch", enc, scopes).await?;
+        let out = ctx.read_f32(&s.staging, total * dim).await?;
+        *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
+        let mut rest = &out[..];
+        Ok(items
+            .iter()
+            .map(|it| {
+                let (mine, after) = rest.split_at(it.n_tokens * dim);
+                rest = after;
+                mine.to_vec()
+            })
+            .collect())
+    }
 }
 
 impl Backend for GpuBackend {
@@ -282,7 +495,7 @@ impl Backend for GpuBackend {
         let k = layers.clone().map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes)).collect::<Result<_, _>>()?;
         let v = layers.map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes)).collect::<Result<_, _>>()?;
         let step = ctx.alloc("step", None, || Ok(ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))?;
-        Ok(GpuCache { max_len, k, v, step, scratch: None })
+        Ok(GpuCache { max_len, k, v, step, scratch: None, batch_attention: None })
     }
 
     async fn forward(
@@ -292,13 +505,8 @@ impl Backend for GpuBackend {
         n_tokens: usize,
         pos: usize,
     ) -> Result<Vec<f32>, EngineError> {
+        self.check_step(cache, hidden, n_tokens, pos)?;
         let dim = self.config.hidden;
-        if hidden.len() != n_tokens * dim {
-            return Err(EngineError::Shape { what: "hidden", expected: n_tokens * dim, actual: hidden.len() });
-        }
-        if pos + n_tokens > cache.max_len {
-            return Err(EngineError::ContextFull { session: 0, pos, n_tokens, capacity: cache.max_len });
-        }
         let chunk = self.chunk_limit();
         let mut out = Vec::with_capacity(hidden.len());
         let mut done = 0;
@@ -309,5 +517,36 @@ impl Backend for GpuBackend {
             done += n;
         }
         Ok(out)
+    }
+
+    /// Items run in groups of at most `chunk_limit()` tokens, each group one submit; an item
+    /// longer than that runs alone in chunks, as [`forward`](Backend::forward) does.
+    async fn forward_batch(&self, items: Vec<BatchItem<'_, GpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        for it in &items {
+            self.check_step(it.cache, it.hidden, it.n_tokens, it.pos)?;
+        }
+        let limit = self.chunk_limit();
+        let mut outs: Vec<Vec<f32>> = Vec::with_capacity(items.len());
+        let mut group: Vec<BatchItem<'_, GpuCache>> = Vec::new();
+        let mut group_tokens = 0;
+        let mut items = items.into_iter().peekable();
+        while let Some(it) = items.next() {
+            if it.n_tokens > limit {
+                outs.extend(self.run_group(&mut group).await?);
+                group_tokens = 0;
+                outs.push(self.forward(it.cache, it.hidden, it.n_tokens, it.pos).await?);
+                continue;
+            }
+            if group_tokens + it.n_tokens > limit {
+                outs.extend(self.run_group(&mut group).await?);
+                group_tokens = 0;
+            }
+            group_tokens += it.n_tokens;
+            group.push(it);
+            if items.peek().is_none() {
+                outs.extend(self.run_group(&mut group).await?);
+            }
+        }
+        Ok(outs)
     }
 }

@@ -27,13 +27,21 @@ pub(crate) struct StepUniform {
     pub(crate) n_tokens: u32,
     /// Position of the first of them.
     pub(crate) pos: u32,
-    pad: [u32; 2],
+    /// Row of the first of them in the step's activation buffers: 0, except for a session's
+    /// share of a batch (read by the attention kernel).
+    pub(crate) base: u32,
+    pad: u32,
 }
 
 impl StepUniform {
     /// The uniform for `n_tokens` tokens at `pos`.
     pub(crate) fn new(n_tokens: usize, pos: usize) -> Self {
-        Self { n_tokens: n_tokens as u32, pos: pos as u32, pad: [0; 2] }
+        Self::at_row(n_tokens, pos, 0)
+    }
+
+    /// The uniform for `n_tokens` tokens at `pos` whose activations start at row `base`.
+    pub(crate) fn at_row(n_tokens: usize, pos: usize, base: usize) -> Self {
+        Self { n_tokens: n_tokens as u32, pos: pos as u32, base: base as u32, pad: 0 }
     }
 }
 
@@ -241,7 +249,8 @@ pub(crate) fn rope_op(
 }
 
 /// Causal GQA attention of `q` `(n_tokens, n_heads, head_dim)` over caches `kc`, `vc`
-/// `(pos + n_tokens, n_kv_heads, head_dim)` into `out` `(n_tokens, n_heads, head_dim)`.
+/// `(pos + n_tokens, n_kv_heads, head_dim)` into `out` `(n_tokens, n_heads, head_dim)`; `q`
+/// and `out` rows start at the step's `base`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_op(
     ctx: &GpuContext,

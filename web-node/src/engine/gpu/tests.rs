@@ -12,7 +12,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::*;
 use crate::engine::cpu::CpuBackend;
-use crate::engine::{reference, Backend, BlockExecutor, EngineError, ExecutorConfig};
+use crate::engine::{reference, Backend, BatchItem, BlockExecutor, EngineError, ExecutorConfig};
 use crate::model::quant::quantize;
 use crate::model::{Arch, LayerWeights, LlamaConfig, QMatrix, WeightType};
 
@@ -458,5 +458,30 @@ fn bench_decode_smollm_shape() {
         8.0 / prefill,
         decode * 1e3,
         1.0 / decode
+    );
+    // A batch of one decode step from each of 4 sessions, after their 8-token prompts.
+    let mut caches: Vec<GpuCache> = (0..4).map(|_| gpu.new_cache(256).expect("cache")).collect();
+    for cache in &mut caches {
+        block_on(gpu.forward(cache, &x, 8, 0));
+    }
+    let t = web_time::Instant::now();
+    for i in 0..steps {
+        let items = caches
+            .iter_mut()
+            .map(|cache| BatchItem { cache, hidden: &x[..c.hidden], n_tokens: 1, pos: 8 + i })
+            .collect();
+        block_on(gpu.forward_batch(items));
+    }
+    let batch = t.elapsed().as_secs_f64() / steps as f64;
+    let t = web_time::Instant::now();
+    for _ in 0..steps {
+        block_on(gpu.forward(&mut caches[0], &x[..4 * c.hidden], 4, 8));
+    }
+    let four = t.elapsed().as_secs_f64() / steps as f64;
+    println!(
+        "batches of 4 decode steps: {:.1} ms/batch ({:.1} tok/s); one 4-token step {:.1} ms",
+        batch * 1e3,
+        4.0 / batch,
+        four * 1e3
     );
 }
