@@ -14,6 +14,13 @@
 //! owners (the peer that opened the session; this node itself is one owner): when a turn is
 //! full, a peer with many sessions or long prompts queued gets its share like everyone else
 //! and no more.
+//!
+//! Between turns the loop gathers: the sessions whose decode steps the last turn answered
+//! usually send their next step a moment later (their clients sample a token and embed it),
+//! so when only decode steps are queued, the next turn waits for them, at most
+//! [`GATHER_FRACTION`] of the last turn's time (and never more than [`MAX_GATHER`]), instead
+//! of starting with whichever step came back first and leaving the others for a turn of
+//! their own. A queued prompt never waits for this.
 
 use std::collections::{HashSet, VecDeque};
 use std::time::Duration;
@@ -27,6 +34,11 @@ use super::announce::Health;
 use crate::engine::{Backend, BatchStep, BlockExecutor, EngineError, SessionId};
 
 type Reply<T> = oneshot::Sender<Result<T, EngineError>>;
+
+/// Longest a turn waits for the last turn's sessions, as a fraction of the last turn's time.
+pub const GATHER_FRACTION: f64 = 0.25;
+/// Longest a turn waits for the last turn's sessions.
+pub const MAX_GATHER: Duration = Duration::from_millis(20);
 
 /// How large one turn of the compute loop may be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -107,21 +119,29 @@ impl<B: Backend> ComputeLoop<B> {
     pub async fn run(mut self) {
         let mut queue = Queue::default();
         let mut open = true;
+        // Sessions the last turn answered a decode step of, and how long that turn took.
+        let mut expected: HashSet<SessionId> = HashSet::new();
+        let mut last_turn = Duration::ZERO;
         loop {
             // Wait for work when there is none queued; then take everything already sent.
             if queue.is_empty() {
                 match self.rx.next().await {
-                    Some(job) => self.take(job, &mut queue),
+                    Some(job) => self.take(job, &mut queue, &mut expected),
                     None => return,
                 }
             }
             while open {
                 match self.rx.try_recv() {
-                    Ok(job) => self.take(job, &mut queue),
+                    Ok(job) => self.take(job, &mut queue, &mut expected),
                     Err(mpsc::TryRecvError::Closed) => open = false,
                     Err(mpsc::TryRecvError::Empty) => break,
                 }
             }
+            if open && self.limits.max_steps > 1 {
+                let wait = last_turn.mul_f64(GATHER_FRACTION).min(MAX_GATHER);
+                open = self.gather(&mut queue, &mut expected, wait).await;
+            }
+            expected.clear();
             let turn = queue.turn(self.limits);
             if turn.is_empty() {
                 if open {
@@ -129,13 +149,37 @@ impl<B: Backend> ComputeLoop<B> {
                 }
                 return;
             }
-            self.run_turn(turn, &mut queue).await;
+            let started = web_time::Instant::now();
+            self.run_turn(turn, &mut queue, &mut expected).await;
+            last_turn = started.elapsed();
         }
+    }
+
+    /// Takes jobs until every session of `expected` has a step queued, for `wait` at most,
+    /// and not while a prompt is queued; false once every handle is dropped.
+    async fn gather(&mut self, queue: &mut Queue, expected: &mut HashSet<SessionId>, wait: Duration) -> bool {
+        expected.retain(|id| !queue.has_step(*id));
+        if expected.is_empty() || wait.is_zero() {
+            return true;
+        }
+        let mut deadline = futures_timer::Delay::new(wait);
+        while !expected.is_empty() && !queue.has_prompt() {
+            match futures::future::select(self.rx.next(), &mut deadline).await {
+                futures::future::Either::Left((Some(job), _)) => {
+                    self.take(job, queue, expected);
+                    expected.retain(|id| !queue.has_step(*id));
+                }
+                futures::future::Either::Left((None, _)) => return false,
+                futures::future::Either::Right(_) => break,
+            }
+        }
+        true
     }
 
     /// Runs one turn's chunks (`(step, tokens to run now)`) as a batch; answers the steps
     /// that are done and queues the rest again.
-    async fn run_turn(&mut self, turn: Vec<(Pending, usize)>, queue: &mut Queue) {
+    /// Adds the sessions whose decode steps it answered to `expected`.
+    async fn run_turn(&mut self, turn: Vec<(Pending, usize)>, queue: &mut Queue, expected: &mut HashSet<SessionId>) {
         let dim = self.executor.backend().config().hidden;
         let started = web_time::Instant::now();
         let results = {
@@ -159,6 +203,9 @@ impl<B: Backend> ComputeLoop<B> {
                     p.done += n;
                     p.compute += took;
                     if p.done == p.n_tokens {
+                        if p.n_tokens == 1 {
+                            expected.insert(p.id);
+                        }
                         let _ = p.reply.send(Ok((p.out, p.compute)));
                     } else {
                         queue.push_front(p);
@@ -171,8 +218,9 @@ impl<B: Backend> ComputeLoop<B> {
         }
     }
 
-    /// Runs an open or close at once (cheap, and a close frees memory); queues a step.
-    fn take(&mut self, job: Job, queue: &mut Queue) {
+    /// Runs an open or close at once (cheap, and a close frees memory; a closed session is
+    /// not waited for); queues a step.
+    fn take(&mut self, job: Job, queue: &mut Queue, expected: &mut HashSet<SessionId>) {
         match job {
             Job::Open { max_len, reply } => {
                 let r = self.executor.open_session(max_len);
@@ -180,6 +228,7 @@ impl<B: Backend> ComputeLoop<B> {
                 let _ = reply.send(r);
             }
             Job::Close(id) => {
+                expected.remove(&id);
                 let _ = self.executor.close_session(id);
             }
             Job::Step(p) => {
@@ -205,6 +254,16 @@ struct Queue {
 impl Queue {
     fn is_empty(&self) -> bool {
         self.owners.is_empty()
+    }
+
+    /// Whether a step of more than one token (a prompt, or what is left of one) is queued.
+    fn has_prompt(&self) -> bool {
+        self.owners.iter().any(|(_, q)| q.iter().any(|p| p.left() > 1))
+    }
+
+    /// Whether a step of session `id` is queued.
+    fn has_step(&self, id: SessionId) -> bool {
+        self.owners.iter().any(|(_, q)| q.iter().any(|p| p.id == id))
     }
 
     fn owner_queue(&mut self, owner: Option<PeerId>) -> &mut VecDeque<Pending> {
@@ -320,7 +379,12 @@ impl ComputeHandle {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+    use crate::engine::{BatchItem, ExecutorConfig};
+    use crate::model::{Arch, LlamaConfig};
 
     fn step(owner: Option<PeerId>, id: u64, n_tokens: usize) -> Pending {
         let (reply, _) = oneshot::channel();
@@ -397,5 +461,92 @@ mod tests {
         q.push_back(step(a, 2, 1));
         assert_eq!(ids(&q.turn(LIMITS)), vec![(1, 1), (2, 1)]);
         assert_eq!(ids(&q.turn(LIMITS)), vec![(1, 1)]);
+    }
+
+    const HIDDEN: usize = 8;
+
+    /// A device that takes `delay` per batch, returns its input, and records each batch's
+    /// size: what the loop's turns look like, without weights.
+    struct Recorder {
+        config: LlamaConfig,
+        delay: Duration,
+        sizes: Arc<Mutex<Vec<usize>>>,
+    }
+
+    impl Backend for Recorder {
+        type Cache = ();
+
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+
+        fn config(&self) -> &LlamaConfig {
+            &self.config
+        }
+
+        fn layers(&self) -> Range<usize> {
+            0..1
+        }
+
+        fn new_cache(&self, _max_len: usize) -> Result<(), EngineError> {
+            Ok(())
+        }
+
+        async fn forward(&self, _: &mut (), hidden: &[f32], _: usize, _: usize) -> Result<Vec<f32>, EngineError> {
+            self.sizes.lock().expect("sizes").push(1);
+            std::thread::sleep(self.delay);
+            Ok(hidden.to_vec())
+        }
+
+        async fn forward_batch(&self, items: Vec<BatchItem<'_, ()>>) -> Result<Vec<Vec<f32>>, EngineError> {
+            self.sizes.lock().expect("sizes").push(items.len());
+            std::thread::sleep(self.delay);
+            Ok(items.iter().map(|it| it.hidden.to_vec()).collect())
+        }
+    }
+
+    /// Two sessions decoding, one answering its steps at once and one 5 ms late, on a device
+    /// that takes 20 ms a turn: the loop waits for the late one, so after the first turns
+    /// every turn holds both (without gathering they would alternate, one turn each).
+    #[test]
+    fn a_turn_waits_for_the_last_turns_sessions() {
+        let config = LlamaConfig {
+            arch: Arch::Llama,
+            hidden: HIDDEN,
+            intermediate: 16,
+            n_layers: 1,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+            rope_theta: 10000.0,
+            rms_eps: 1e-5,
+            vocab: 32,
+            max_seq_len: 64,
+            tie_embeddings: true,
+            rope_freq_factors: None,
+        };
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let backend = Recorder { config, delay: Duration::from_millis(20), sizes: sizes.clone() };
+        let (handle, lp) = ComputeLoop::new(BlockExecutor::new(backend, ExecutorConfig::default()), LIMITS);
+        let worker = std::thread::spawn(move || futures::executor::block_on(lp.run()));
+        const ROUNDS: usize = 6;
+        let run = |lag: Duration| {
+            let h = handle.clone();
+            let id = futures::executor::block_on(h.open(64)).expect("open");
+            std::thread::spawn(move || {
+                for pos in 0..ROUNDS {
+                    std::thread::sleep(lag);
+                    futures::executor::block_on(h.step(None, id, pos, vec![0.5; HIDDEN], 1)).expect("step");
+                }
+            })
+        };
+        let (a, b) = (run(Duration::ZERO), run(Duration::from_millis(5)));
+        a.join().expect("a");
+        b.join().expect("b");
+        drop(handle);
+        worker.join().expect("loop");
+        let sizes = sizes.lock().expect("sizes").clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 2 * ROUNDS, "{sizes:?}");
+        assert!(sizes.len() <= ROUNDS + 2, "turns {sizes:?}");
     }
 }
