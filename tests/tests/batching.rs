@@ -66,16 +66,12 @@ fn alone(ex: &mut BlockExecutor<AnyBackend>) -> Vec<Vec<f32>> {
 
 /// All sessions in batches: each batch takes the next `chunk` tokens (at most) of every
 /// session that has some left, so prompts are cut into chunks and mixed with other sessions'
-/// decode steps. Session `s` starts `s` batches late, so batches change membership.
-fn batched(ex: &mut BlockExecutor<AnyBackend>, chunk: usize) -> Vec<Vec<f32>> {
-    batched_with_loss(ex, chunk, None)
-}
-
-/// [`batched`], and with `lose = Some((s, round))` session `s` is lost at that batch (its
-/// server closed it): its step there fails alone, then it is replayed in a new session from
-/// position 0, in chunks, while the others go on. The replayed outputs must repeat the ones
-/// it had, bit for bit; the returned outputs are the replay's.
-fn batched_with_loss(ex: &mut BlockExecutor<AnyBackend>, chunk: usize, lose: Option<(usize, usize)>) -> Vec<Vec<f32>> {
+/// decode steps. Session `s` starts `s` batches late, so batches change membership. With
+/// `lose = Some((s, round))` session `s` is lost at that batch (its server closed it): its
+/// step there fails alone, then it is replayed in a new session from position 0, in chunks,
+/// while the others go on. The replayed outputs must repeat the ones it had, bit for bit;
+/// the returned outputs are the replay's.
+fn batched(ex: &mut BlockExecutor<AnyBackend>, chunk: usize, lose: Option<(usize, usize)>) -> Vec<Vec<f32>> {
     let dim = ex.backend().config().hidden;
     let xs: Vec<Vec<f32>> = (0..PROMPTS.len()).map(|s| inputs(s, dim)).collect();
     let mut ids: Vec<SessionId> = xs.iter().map(|_| ex.open_session(64).expect("open")).collect();
@@ -150,7 +146,7 @@ fn assert_batching_exact(file: &ModelFile, layers: Range<usize>, gpu: bool, chun
     let reference = alone(&mut ex);
     let runs = chunks.iter().map(|&c| (c, None)).chain([(chunks[chunks.len() - 1], Some((1, 3)))]);
     for (chunk, lose) in runs {
-        let got = batched_with_loss(&mut ex, chunk, lose);
+        let got = batched(&mut ex, chunk, lose);
         for (s, (a, b)) in got.iter().zip(&reference).enumerate() {
             let (n, d) = diff(a, b);
             assert_eq!(n, 0, "chunks of {chunk}, lost {lose:?}: session {s}: {n} values differ (max {d:e})");
