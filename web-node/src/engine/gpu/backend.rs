@@ -69,28 +69,30 @@ pub struct GpuBackend {
     batch: Mutex<Option<Box<BatchScratch>>>,
 }
 
-/// Buffers the kernels of one layer read and write, and the step uniform they read.
-struct Bufs<'a> {
-    step: &'a wgpu::Buffer,
-    x: &'a wgpu::Buffer,
-    xn: &'a wgpu::Buffer,
-    q: &'a wgpu::Buffer,
-    att: &'a wgpu::Buffer,
-    gate: &'a wgpu::Buffer,
-    up: &'a wgpu::Buffer,
-    cs: &'a wgpu::Buffer,
+/// One step's activation buffers, `(cap, width)` f32 each, read and written by the kernels.
+#[derive(Debug)]
+struct Activations {
+    /// Residual stream, input and output: `(cap, hidden)`.
+    x: wgpu::Buffer,
+    /// Normed `x`: `(cap, hidden)`.
+    xn: wgpu::Buffer,
+    /// Queries and attention outputs: `(cap, q_dim)`.
+    q: wgpu::Buffer,
+    att: wgpu::Buffer,
+    /// FFN gate and up projections: `(cap, intermediate)`.
+    gate: wgpu::Buffer,
+    up: wgpu::Buffer,
+    /// RoPE `(cos, sin)` rows, each token's at its own position: `(cap, head_dim / 2, 2)`.
+    cs: wgpu::Buffer,
+    /// Readback of `x`.
+    staging: wgpu::Buffer,
 }
 
 /// Activation buffers for up to `cap` tokens and every kernel bound to them.
 #[derive(Debug)]
 struct Scratch {
     cap: usize,
-    /// Residual stream, input and output: `(cap, hidden)`.
-    x: wgpu::Buffer,
-    /// RoPE `(cos, sin)` rows: `(cap, head_dim / 2, 2)`.
-    cs: wgpu::Buffer,
-    /// Readback of `x`.
-    staging: wgpu::Buffer,
+    acts: Activations,
     /// Every layer's kernels, in order.
     ops: Vec<Op>,
 }
@@ -107,19 +109,12 @@ struct BatchScratch {
     cap: usize,
     /// [`StepUniform`] of the whole batch (every token, position 0).
     step: wgpu::Buffer,
-    /// Residual stream, input and output: `(cap, hidden)`.
-    x: wgpu::Buffer,
-    /// RoPE `(cos, sin)` rows, each token's at its own position: `(cap, head_dim / 2, 2)`.
-    cs: wgpu::Buffer,
-    /// Queries and attention outputs: `(cap, q_dim)`, read and written by each session's
-    /// attention kernel at its rows.
-    q: wgpu::Buffer,
-    att: wgpu::Buffer,
+    /// Every session's tokens, in item order; each session's attention kernel reads its
+    /// queries and writes its outputs at its rows.
+    acts: Activations,
     /// New keys and values: `(cap, kv_dim)`, copied into each session's cache.
     k: wgpu::Buffer,
     v: wgpu::Buffer,
-    /// Readback of `x`.
-    staging: wgpu::Buffer,
     /// Per layer: norm, Q/K/V products (keys and values into `k`, `v`), biases, RoPE.
     pre: Vec<Vec<Op>>,
     /// Per layer: output product and residual add, norm, FFN and residual add.
@@ -137,7 +132,7 @@ pub struct GpuCache {
     v: Vec<wgpu::Buffer>,
     /// [`StepUniform`] of the current step (alone, or this session's share of a batch).
     step: wgpu::Buffer,
-    scratch: Option<Scratch>,
+    scratch: Option<Box<Scratch>>,
     /// Per layer, attention over this cache bound to the [`BatchScratch`] of that id (the
     /// old one's buffers live until this session's next batch rebinds them).
     batch_attention: Option<(u64, Vec<Op>)>,
@@ -216,20 +211,28 @@ impl GpuBackend {
     }
 
     /// Layer `i`'s kernels up to RoPE: norm, Q/K/V products, biases, RoPE. Keys and values go
-    /// to `k`, `v`: the cache's rows at the step's position (`kv_at_pos`), or the step's rows.
-    fn pre_ops(&self, i: usize, b: &Bufs, k: &wgpu::Buffer, v: &wgpu::Buffer, kv_at_pos: bool, list: &mut Vec<Op>) {
+    /// to `[k, v]`: the cache's rows at the step's position (`kv_at_pos`), or the step's rows.
+    fn pre_ops(
+        &self,
+        i: usize,
+        step: &wgpu::Buffer,
+        acts: &Activations,
+        [k, v]: [&wgpu::Buffer; 2],
+        kv_at_pos: bool,
+        list: &mut Vec<Op>,
+    ) {
         let (ctx, c, w) = (&*self.ctx, &self.config, &self.layers[i]);
         let n = |s: &str| format!("blk.{}.{s}", self.range.start + i);
-        list.push(ops::rms_norm_op(ctx, &n("attn_norm"), b.step, b.x, &w.attn_norm, b.xn, c.hidden, c.rms_eps));
-        list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, b.step, b.xn, b.q, false, false));
-        list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, b.step, b.xn, k, kv_at_pos, false));
-        list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, b.step, b.xn, v, kv_at_pos, false));
+        list.push(ops::rms_norm_op(ctx, &n("attn_norm"), step, &acts.x, &w.attn_norm, &acts.xn, c.hidden, c.rms_eps));
+        list.push(ops::matmul_op(ctx, &n("attn_q"), &w.q, step, &acts.xn, &acts.q, false, false));
+        list.push(ops::matmul_op(ctx, &n("attn_k"), &w.k, step, &acts.xn, k, kv_at_pos, false));
+        list.push(ops::matmul_op(ctx, &n("attn_v"), &w.v, step, &acts.xn, v, kv_at_pos, false));
         if let Some([bq, bk, bv]) = &w.bias {
-            list.push(ops::add_op(ctx, &n("attn_q.bias"), b.step, bq, b.q, c.q_dim(), false, false));
-            list.push(ops::add_op(ctx, &n("attn_k.bias"), b.step, bk, k, c.kv_dim(), false, kv_at_pos));
-            list.push(ops::add_op(ctx, &n("attn_v.bias"), b.step, bv, v, c.kv_dim(), false, kv_at_pos));
+            list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &acts.q, c.q_dim(), false, false));
+            list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, k, c.kv_dim(), false, kv_at_pos));
+            list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, v, c.kv_dim(), false, kv_at_pos));
         }
-        list.push(ops::rope_op(ctx, &n("rope"), b.step, b.cs, b.q, k, c.n_heads, c.n_kv_heads, c.head_dim));
+        list.push(ops::rope_op(ctx, &n("rope"), step, &acts.cs, &acts.q, k, c.n_heads, c.n_kv_heads, c.head_dim));
     }
 
     /// Layer `i`'s attention of queries `q` over layer `i` of `cache` into `att`, for the
@@ -242,84 +245,75 @@ impl GpuBackend {
 
     /// Layer `i`'s kernels after attention: output product and residual add, norm, FFN and
     /// residual add.
-    fn post_ops(&self, i: usize, b: &Bufs, list: &mut Vec<Op>) {
+    fn post_ops(&self, i: usize, step: &wgpu::Buffer, acts: &Activations, list: &mut Vec<Op>) {
         let (ctx, c, w) = (&*self.ctx, &self.config, &self.layers[i]);
         let n = |s: &str| format!("blk.{}.{s}", self.range.start + i);
-        list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, b.step, b.att, b.x, false, true));
-        list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), b.step, b.x, &w.ffn_norm, b.xn, c.hidden, c.rms_eps));
-        list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, b.step, b.xn, b.gate, false, false));
-        list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, b.step, b.xn, b.up, false, false));
-        list.push(ops::silu_mul_op(ctx, &n("silu_mul"), b.step, b.gate, b.up, c.intermediate));
-        list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, b.step, b.gate, b.x, false, true));
+        list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &acts.att, &acts.x, false, true));
+        list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &acts.x, &w.ffn_norm, &acts.xn, c.hidden, c.rms_eps));
+        list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &acts.xn, &acts.gate, false, false));
+        list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &acts.xn, &acts.up, false, false));
+        list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &acts.gate, &acts.up, c.intermediate));
+        list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &acts.gate, &acts.x, false, true));
+    }
+
+    /// Allocates activation buffers for `cap` tokens, labelled `what`;
+    /// [`EngineError::OutOfMemory`] if they do not fit the device.
+    fn activations(&self, what: &str, cap: usize) -> Result<Activations, EngineError> {
+        let (ctx, c) = (&*self.ctx, &self.config);
+        let f = |n: usize| (n * cap * 4) as u64;
+        let buf = |name: &str, n: usize| ctx.storage(&format!("{what} {name}"), f(n));
+        Ok(Activations {
+            x: buf("x", c.hidden)?,
+            xn: buf("xn", c.hidden)?,
+            q: buf("q", c.q_dim())?,
+            att: buf("att", c.q_dim())?,
+            gate: buf("gate", c.intermediate)?,
+            up: buf("up", c.intermediate)?,
+            cs: buf("rope cos/sin", c.head_dim)?,
+            staging: ctx.staging(&format!("{what} x readback"), f(c.hidden))?,
+        })
     }
 
     /// Allocates scratch buffers for `cap` tokens and binds every kernel to them;
     /// [`EngineError::OutOfMemory`] if they do not fit the device.
     fn build_scratch(&self, cache: &GpuCache, cap: usize) -> Result<Scratch, EngineError> {
-        let ctx = &*self.ctx;
-        let c = &self.config;
-        let f = |n: usize| (n * cap * 4) as u64;
-        let x = ctx.storage("x", f(c.hidden))?;
-        let xn = ctx.storage("xn", f(c.hidden))?;
-        let q = ctx.storage("q", f(c.q_dim()))?;
-        let att = ctx.storage("att", f(c.q_dim()))?;
-        let gate = ctx.storage("gate", f(c.intermediate))?;
-        let up = ctx.storage("up", f(c.intermediate))?;
-        let cs = ctx.storage("rope cos/sin", f(c.head_dim))?;
-        let staging = ctx.staging("x readback", f(c.hidden))?;
-        let b = Bufs { step: &cache.step, x: &x, xn: &xn, q: &q, att: &att, gate: &gate, up: &up, cs: &cs };
+        let acts = self.activations("step", cap)?;
         // The kernels' parameter uniforms, bind groups and pipelines, in one scope.
-        let ops = ctx.alloc("kernel bindings", None, || {
+        let ops = self.ctx.alloc("kernel bindings", None, || {
             let mut list = Vec::with_capacity(self.layers.len() * 15);
             for i in 0..self.layers.len() {
-                self.pre_ops(i, &b, &cache.k[i], &cache.v[i], true, &mut list);
-                list.push(self.attention_op(i, cache, &q, &att));
-                self.post_ops(i, &b, &mut list);
+                self.pre_ops(i, &cache.step, &acts, [&cache.k[i], &cache.v[i]], true, &mut list);
+                list.push(self.attention_op(i, cache, &acts.q, &acts.att));
+                self.post_ops(i, &cache.step, &acts, &mut list);
             }
             Ok(list)
         })?;
-        Ok(Scratch { cap, x, cs, staging, ops })
+        Ok(Scratch { cap, acts, ops })
     }
 
     /// Allocates batch buffers for `cap` tokens and binds the kernels that touch no cache.
     fn build_batch_scratch(&self, cap: usize) -> Result<BatchScratch, EngineError> {
         let ctx = &*self.ctx;
-        let c = &self.config;
-        let f = |n: usize| (n * cap * 4) as u64;
+        let kv_bytes = (self.config.kv_dim() * cap * 4) as u64;
         let step = ctx
             .alloc("batch step", None, || Ok(ctx.uniform("batch step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))?;
-        let x = ctx.storage("batch x", f(c.hidden))?;
-        let xn = ctx.storage("batch xn", f(c.hidden))?;
-        let q = ctx.storage("batch q", f(c.q_dim()))?;
-        let att = ctx.storage("batch att", f(c.q_dim()))?;
-        let k = ctx.storage("batch k", f(c.kv_dim()))?;
-        let v = ctx.storage("batch v", f(c.kv_dim()))?;
-        let gate = ctx.storage("batch gate", f(c.intermediate))?;
-        let up = ctx.storage("batch up", f(c.intermediate))?;
-        let cs = ctx.storage("batch rope cos/sin", f(c.head_dim))?;
-        let staging = ctx.staging("batch x readback", f(c.hidden))?;
-        let b = Bufs { step: &step, x: &x, xn: &xn, q: &q, att: &att, gate: &gate, up: &up, cs: &cs };
+        let acts = self.activations("batch", cap)?;
+        let k = ctx.storage("batch k", kv_bytes)?;
+        let v = ctx.storage("batch v", kv_bytes)?;
         let (pre, post) = ctx.alloc("batch kernel bindings", None, || {
-            let layers = 0..self.layers.len();
-            let pre = layers
-                .clone()
-                .map(|i| {
-                    let mut list = Vec::new();
-                    self.pre_ops(i, &b, &k, &v, false, &mut list);
-                    list
-                })
-                .collect();
-            let post = layers
-                .map(|i| {
-                    let mut list = Vec::new();
-                    self.post_ops(i, &b, &mut list);
-                    list
-                })
-                .collect();
+            let mut pre = Vec::with_capacity(self.layers.len());
+            let mut post = Vec::with_capacity(self.layers.len());
+            for i in 0..self.layers.len() {
+                let (mut before, mut after) = (Vec::new(), Vec::new());
+                self.pre_ops(i, &step, &acts, [&k, &v], false, &mut before);
+                self.post_ops(i, &step, &acts, &mut after);
+                pre.push(before);
+                post.push(after);
+            }
             Ok((pre, post))
         })?;
         let id = NEXT_BATCH_SCRATCH.fetch_add(1, Ordering::Relaxed);
-        Ok(BatchScratch { id, cap, step, x, cs, q, att, k, v, staging, pre, post })
+        Ok(BatchScratch { id, cap, step, acts, k, v, pre, post })
     }
 
     /// One submit for `n <= chunk_limit()` tokens at `pos`.
@@ -336,14 +330,14 @@ impl GpuBackend {
             cache.scratch = None;
             // On failure the cache keeps no scratch; the next step builds it again.
             let scratch = self.build_scratch(cache, cap)?;
-            cache.scratch = Some(scratch);
+            cache.scratch = Some(Box::new(scratch));
         }
         let s = cache.scratch.as_ref().expect("scratch was just built");
         let scopes = ctx.scopes()?;
         let q = ctx.queue();
         q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
-        q.write_buffer(&s.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
-        q.write_buffer(&s.x, 0, f32s(hidden));
+        q.write_buffer(&s.acts.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
+        q.write_buffer(&s.acts.x, 0, f32s(hidden));
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass =
@@ -353,9 +347,9 @@ impl GpuBackend {
             }
         }
         let bytes = std::mem::size_of_val(hidden) as u64;
-        enc.copy_buffer_to_buffer(&s.x, 0, &s.staging, 0, bytes);
+        enc.copy_buffer_to_buffer(&s.acts.x, 0, &s.acts.staging, 0, bytes);
         ctx.submit("forward", enc, scopes).await?;
-        ctx.read_f32(&s.staging, hidden.len()).await
+        ctx.read_f32(&s.acts.staging, hidden.len()).await
     }
 
     /// Checks a step's shape and that it fits its cache.
@@ -399,7 +393,7 @@ impl GpuBackend {
                 it.cache.batch_attention = None;
                 let cache = &*it.cache;
                 let ops = ctx.alloc("batch attention bindings", None, || {
-                    Ok((0..self.layers.len()).map(|i| self.attention_op(i, cache, &s.q, &s.att)).collect())
+                    Ok((0..self.layers.len()).map(|i| self.attention_op(i, cache, &s.acts.q, &s.acts.att)).collect())
                 })?;
                 it.cache.batch_attention = Some((s.id, ops));
             }
@@ -411,11 +405,11 @@ impl GpuBackend {
         let mut base = 0;
         for it in items.iter() {
             queue.write_buffer(&it.cache.step, 0, bytemuck::bytes_of(&StepUniform::at_row(it.n_tokens, it.pos, base)));
-            queue.write_buffer(&s.x, (base * dim * 4) as u64, f32s(it.hidden));
+            queue.write_buffer(&s.acts.x, (base * dim * 4) as u64, f32s(it.hidden));
             cs.extend(ops::rope_table(&self.inv_freq, it.pos, it.n_tokens));
             base += it.n_tokens;
         }
-        queue.write_buffer(&s.cs, 0, f32s(&cs));
+        queue.write_buffer(&s.acts.cs, 0, f32s(&cs));
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         for i in 0..self.layers.len() {
             {
@@ -446,9 +440,9 @@ impl GpuBackend {
                 op.record(&mut pass, total as u32);
             }
         }
-        enc.copy_buffer_to_buffer(&s.x, 0, &s.staging, 0, (total * dim * 4) as u64);
+        enc.copy_buffer_to_buffer(&s.acts.x, 0, &s.acts.staging, 0, (total * dim * 4) as u64);
         ctx.submit("batch", enc, scopes).await?;
-        let out = ctx.read_f32(&s.staging, total * dim).await?;
+        let out = ctx.read_f32(&s.acts.staging, total * dim).await?;
         *self.batch.lock().unwrap_or_else(|e| e.into_inner()) = Some(s);
         let mut rest = &out[..];
         Ok(items
@@ -529,8 +523,7 @@ impl Backend for GpuBackend {
         let mut outs: Vec<Vec<f32>> = Vec::with_capacity(items.len());
         let mut group: Vec<BatchItem<'_, GpuCache>> = Vec::new();
         let mut group_tokens = 0;
-        let mut items = items.into_iter().peekable();
-        while let Some(it) = items.next() {
+        for it in items {
             if it.n_tokens > limit {
                 outs.extend(self.run_group(&mut group).await?);
                 group_tokens = 0;
@@ -543,10 +536,8 @@ impl Backend for GpuBackend {
             }
             group_tokens += it.n_tokens;
             group.push(it);
-            if items.peek().is_none() {
-                outs.extend(self.run_group(&mut group).await?);
-            }
         }
+        outs.extend(self.run_group(&mut group).await?);
         Ok(outs)
     }
 }

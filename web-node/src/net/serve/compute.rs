@@ -149,9 +149,7 @@ impl<B: Backend> ComputeLoop<B> {
                 }
                 return;
             }
-            let started = web_time::Instant::now();
-            self.run_turn(turn, &mut queue, &mut expected).await;
-            last_turn = started.elapsed();
+            last_turn = self.run_turn(turn, &mut queue, &mut expected).await;
         }
     }
 
@@ -167,7 +165,6 @@ impl<B: Backend> ComputeLoop<B> {
             match futures::future::select(self.rx.next(), &mut deadline).await {
                 futures::future::Either::Left((Some(job), _)) => {
                     self.take(job, queue, expected);
-                    expected.retain(|id| !queue.has_step(*id));
                 }
                 futures::future::Either::Left((None, _)) => return false,
                 futures::future::Either::Right(_) => break,
@@ -178,8 +175,13 @@ impl<B: Backend> ComputeLoop<B> {
 
     /// Runs one turn's chunks (`(step, tokens to run now)`) as a batch; answers the steps
     /// that are done and queues the rest again.
-    /// Adds the sessions whose decode steps it answered to `expected`.
-    async fn run_turn(&mut self, turn: Vec<(Pending, usize)>, queue: &mut Queue, expected: &mut HashSet<SessionId>) {
+    /// Adds the sessions whose decode steps it answered to `expected`; returns the turn's time.
+    async fn run_turn(
+        &mut self,
+        turn: Vec<(Pending, usize)>,
+        queue: &mut Queue,
+        expected: &mut HashSet<SessionId>,
+    ) -> Duration {
         let dim = self.executor.backend().config().hidden;
         let started = web_time::Instant::now();
         let results = {
@@ -216,10 +218,11 @@ impl<B: Backend> ComputeLoop<B> {
                 }
             }
         }
+        took
     }
 
-    /// Runs an open or close at once (cheap, and a close frees memory; a closed session is
-    /// not waited for); queues a step.
+    /// Runs an open or close at once (cheap, and a close frees memory); queues a step. A
+    /// session closed or with its step here is no longer waited for (`expected`).
     fn take(&mut self, job: Job, queue: &mut Queue, expected: &mut HashSet<SessionId>) {
         match job {
             Job::Open { max_len, reply } => {
@@ -232,10 +235,12 @@ impl<B: Backend> ComputeLoop<B> {
                 let _ = self.executor.close_session(id);
             }
             Job::Step(p) => {
+                // The session's next step is here: a gathering turn need not wait for it.
+                expected.remove(&p.id);
                 // Chunks slice the input: refuse a step whose input does not match its tokens.
-                let expected = p.n_tokens.saturating_mul(self.executor.backend().config().hidden);
-                if p.n_tokens == 0 || p.hidden.len() != expected {
-                    let e = EngineError::Shape { what: "hidden states", expected, actual: p.hidden.len() };
+                let len = p.n_tokens.saturating_mul(self.executor.backend().config().hidden);
+                if p.n_tokens == 0 || p.hidden.len() != len {
+                    let e = EngineError::Shape { what: "hidden states", expected: len, actual: p.hidden.len() };
                     let _ = p.reply.send(Err(e));
                 } else {
                     queue.push_back(p);
