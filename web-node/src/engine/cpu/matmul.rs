@@ -55,12 +55,42 @@ pub fn matmul3(w: [&QMatrix; 3], x: &[f32], n: usize, out: [&mut [f32]; 3]) {
     run(kernel(), &mut [(w[0], o0), (w[1], o1), (w[2], o2)], x, n);
 }
 
-/// One parallel job: rows `rows` of `w`, results `[rows.len(), n]` into `out`.
+/// One parallel job: rows `rows` of `w`, results `[rows.len(), n]` into `out`, then (with
+/// several tokens) copied into their columns of `dest`.
 struct Job<'a> {
     w: &'a QMatrix,
     rows: Range<usize>,
     out: &'a mut [f32],
+    dest: Option<Columns>,
 }
+
+impl Job<'_> {
+    fn run(self, f: RowsFn, x: &[f32], n: usize) {
+        f(self.w, x, n, self.rows.clone(), self.out);
+        if let Some(d) = self.dest {
+            for (r, sr) in self.rows.zip(self.out.chunks_exact(n)) {
+                for (t, &v) in sr.iter().enumerate() {
+                    // SAFETY: `d` points at a live `[n, d.rows]` buffer (see `Columns`), `t < n`
+                    // and `r < d.rows`; no other job writes row `r`'s column.
+                    unsafe { *d.ptr.add(t * d.rows + r) = v };
+                }
+            }
+        }
+    }
+}
+
+/// A `[n, rows]` result that every job of one product writes at once, each only in the columns
+/// of its own rows (the jobs' row ranges do not overlap), so the transposition from the
+/// kernels' `[rows, n]` runs in parallel with no copy of the whole result.
+#[derive(Clone, Copy)]
+struct Columns {
+    ptr: *mut f32,
+    rows: usize,
+}
+
+// SAFETY: `Columns` is only built in `run` from an output slice borrowed mutably for the whole
+// parallel region, and jobs write disjoint elements of it.
+unsafe impl Send for Columns {}
 
 /// Runs the products `W_i x` for every `(W_i, out_i)` of `mats` with kernel `f`.
 fn run(f: RowsFn, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: usize) {
@@ -81,27 +111,23 @@ fn run(f: RowsFn, mats: &mut [(&QMatrix, &mut [f32])], x: &[f32], n: usize) {
         let mut jobs = Vec::new();
         let mut scratch_it = scratch.iter_mut();
         for (w, out) in mats.iter_mut() {
-            let dst: &mut [f32] = if n == 1 { out } else { scratch_it.next().expect("one scratch per matrix") };
+            let (dst, dest): (&mut [f32], _) = if n == 1 {
+                (out, None)
+            } else {
+                let dest = Columns { ptr: out.as_mut_ptr(), rows: w.rows };
+                (scratch_it.next().expect("one scratch per matrix"), Some(dest))
+            };
             let mut rest = dst;
             let mut r = 0;
             while r < w.rows {
                 let len = chunk.min(w.rows - r);
                 let (head, tail) = rest.split_at_mut(len * n);
-                jobs.push(Job { w, rows: r..r + len, out: head });
+                jobs.push(Job { w, rows: r..r + len, out: head, dest });
                 rest = tail;
                 r += len;
             }
         }
         execute(f, jobs, x, n);
-    }
-    if n > 1 {
-        for ((w, out), s) in mats.iter_mut().zip(&scratch) {
-            for (r, sr) in s.chunks_exact(n).enumerate() {
-                for (t, &v) in sr.iter().enumerate() {
-                    out[t * w.rows + r] = v;
-                }
-            }
-        }
     }
 }
 
@@ -130,15 +156,15 @@ fn threads() -> usize {
 fn execute(f: RowsFn, jobs: Vec<Job<'_>>, x: &[f32], n: usize) {
     use rayon::prelude::*;
     if jobs.len() == 1 {
-        jobs.into_iter().for_each(|j| f(j.w, x, n, j.rows, j.out));
+        jobs.into_iter().for_each(|j| j.run(f, x, n));
     } else {
-        jobs.into_par_iter().with_max_len(1).for_each(|j| f(j.w, x, n, j.rows, j.out));
+        jobs.into_par_iter().with_max_len(1).for_each(|j| j.run(f, x, n));
     }
 }
 
 #[cfg(target_arch = "wasm32")]
 fn execute(f: RowsFn, jobs: Vec<Job<'_>>, x: &[f32], n: usize) {
-    jobs.into_iter().for_each(|j| f(j.w, x, n, j.rows, j.out));
+    jobs.into_iter().for_each(|j| j.run(f, x, n));
 }
 
 #[cfg(test)]
