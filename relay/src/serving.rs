@@ -60,6 +60,11 @@ pub struct ServeOpt {
     /// Sessions whose steps run as one batch.
     #[arg(long, default_value_t = ServeLimits::default().batch.max_steps)]
     pub max_batch_steps: usize,
+    /// Tokens of recent prompts kept (keys, values and outputs of the blocks) so that a prompt
+    /// starting the same way (the same system prompt and chat template) skips that part of its
+    /// prefill; 0 turns it off. Memory on top of --max-kv-mib.
+    #[arg(long, default_value_t = ServeLimits::default().prefix_cache_tokens)]
+    pub prefix_cache_tokens: usize,
 }
 
 impl ServeOpt {
@@ -76,6 +81,7 @@ impl ServeOpt {
         l.max_session_age = Duration::from_secs(self.max_session_secs);
         l.max_streams_per_peer = self.max_streams_per_peer;
         l.batch = BatchLimits { max_tokens: self.max_batch_tokens, max_steps: self.max_batch_steps };
+        l.prefix_cache_tokens = self.prefix_cache_tokens;
         l.trusted_peers = trusted;
         l
     }

@@ -3,11 +3,15 @@
 //! For 1, 4, 16 and 64 concurrent clients, each sending streamed chat completions (temperature
 //! 0, 32 new tokens, a different short prompt each), against one relay holding every block and
 //! against the first relay of a three-relay chain: requests and tokens per second (all clients
-//! together), and p50 / p99 time to the first content token. The single relay runs twice in
+//! together), p50 / p99 time to the first content token, the median time per token after the
+//! first (`tpot_ms_p50`), and the decode rate (`decode_tokens_per_s`: every token after its
+//! request's first, over the time at least one request was between its first and last token,
+//! so the time all clients wait for their prompts at once is left out). The single relay runs twice in
 //! the same run, so their ratio is measured on the same machine state: batched (continuous
-//! batching, `--api-concurrency 64 --max-sessions 80`) and sequential (batches of one step,
-//! no prompt chunking, `--api-concurrency 4`: the compute loop and API as they were before
-//! batching). The chain's relays run with their defaults (the first with the per-IP HTTP
+//! batching, `--api-concurrency 64 --max-sessions 80`, prompt prefixes reused), the same with
+//! no prefix reuse (`--prefix-cache-tokens 0`), and sequential (batches of one step,
+//! no prompt chunking, no prefix reuse, `--api-concurrency 4`: the compute loop and API as they
+//! were before batching). The chain's relays run with their defaults (the first with the per-IP HTTP
 //! connection cap lifted, as every client comes from 127.0.0.1). CPU backend.
 //!
 //! `AIT_BENCH_LEVELS=1,4` picks the client counts; `AIT_BENCH_CHAIN=0` skips the chain.
@@ -31,16 +35,27 @@ fn percentile(v: &[f64], p: f64) -> f64 {
     s[rank.min(s.len() - 1)]
 }
 
-/// One streamed request: (time to first content token, whole request in seconds, content
-/// events (one per token)).
-fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize) -> (f64, f64, usize) {
+/// One streamed request's timings, in seconds since the load began.
+struct Timed {
+    /// When the request was sent.
+    sent: f64,
+    /// When its first content token came.
+    first: f64,
+    /// When its last content token came.
+    last: f64,
+    /// Content events (one per token).
+    tokens: usize,
+}
+
+/// One streamed request, its times counted from `epoch`.
+fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize, epoch: Instant) -> Timed {
     let body = json!({ "model": model, "stream": true, "temperature": 0, "max_tokens": NEW_TOKENS,
                        "messages": [{ "role": "user", "content": format!("Count from 1 to {}.", 5 + i % 20) }] });
-    let t = Instant::now();
+    let sent = epoch.elapsed().as_secs_f64();
     let mut resp = agent.post(format!("{base}/v1/chat/completions")).send_json(&body).expect("request");
     let status = resp.status();
     assert!(status.is_success(), "status {status}: {}", resp.body_mut().read_to_string().unwrap_or_default());
-    let mut first = None;
+    let (mut first, mut last) = (None, 0.0);
     let mut tokens = 0;
     for line in BufReader::new(resp.into_body().into_reader()).lines() {
         let line = line.expect("read");
@@ -51,35 +66,58 @@ fn request(agent: &ureq::Agent, base: &str, model: &str, i: usize) -> (f64, f64,
         let v: Value = serde_json::from_str(data).expect("json event");
         assert!(v.get("error").is_none(), "{v}");
         if v["choices"][0]["delta"]["content"].as_str().is_some_and(|s| !s.is_empty()) {
-            first.get_or_insert(t.elapsed().as_secs_f64());
+            last = epoch.elapsed().as_secs_f64();
+            first.get_or_insert(last);
             tokens += 1;
         }
     }
-    (first.expect("some content"), t.elapsed().as_secs_f64(), tokens)
+    Timed { sent, first: first.expect("some content"), last, tokens }
+}
+
+/// Total length of the union of `spans`.
+fn covered(mut spans: Vec<(f64, f64)>) -> f64 {
+    spans.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let (mut total, mut end) = (0.0, f64::NEG_INFINITY);
+    for (a, b) in spans {
+        let a = a.max(end);
+        if b > a {
+            total += b - a;
+            end = b;
+        }
+    }
+    total
 }
 
 fn load(base: &str, model: &str, clients: usize, requests: usize) -> Value {
     let start = Instant::now();
-    let results: Vec<(f64, f64, usize)> = std::thread::scope(|s| {
+    let results: Vec<Timed> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..clients)
             .map(|c| {
                 s.spawn(move || {
                     let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
-                    (c..requests).step_by(clients).map(|i| request(&agent, base, model, i)).collect::<Vec<_>>()
+                    (c..requests).step_by(clients).map(|i| request(&agent, base, model, i, start)).collect::<Vec<_>>()
                 })
             })
             .collect();
         handles.into_iter().flat_map(|h| h.join().expect("client thread")).collect()
     });
     let wall = start.elapsed().as_secs_f64();
-    let ttft: Vec<f64> = results.iter().map(|r| r.0 * 1e3).collect();
+    let ttft: Vec<f64> = results.iter().map(|r| (r.first - r.sent) * 1e3).collect();
+    let tpot: Vec<f64> =
+        results.iter().filter(|r| r.tokens > 1).map(|r| (r.last - r.first) * 1e3 / (r.tokens - 1) as f64).collect();
+    // Tokens after each request's first, over the time some request was between its first and
+    // last token: the rate while decoding, without the time every client waited for prompts.
+    let decode_tokens: usize = results.iter().map(|r| r.tokens.saturating_sub(1)).sum();
+    let decoding = covered(results.iter().map(|r| (r.first, r.last)).collect());
     json!({
         "clients": clients,
         "requests": results.len(),
         "requests_per_s": results.len() as f64 / wall,
-        "tokens_per_s": results.iter().map(|r| r.2).sum::<usize>() as f64 / wall,
+        "tokens_per_s": results.iter().map(|r| r.tokens).sum::<usize>() as f64 / wall,
+        "decode_tokens_per_s": decode_tokens as f64 / decoding,
         "ttft_ms_p50": percentile(&ttft, 50.0),
         "ttft_ms_p99": percentile(&ttft, 99.0),
+        "tpot_ms_p50": percentile(&tpot, 50.0),
         "new_tokens_per_request": NEW_TOKENS,
     })
 }
@@ -105,16 +143,20 @@ fn run_levels(base: &str) -> Value {
     Value::Array(levels().iter().map(|&c| load(base, &model, c, (2 * c).max(8))).collect())
 }
 
-/// Aggregate tokens per second at each level, batched over sequential.
+/// Aggregate tokens per second at each level, batched over sequential and over one client; and
+/// the same for the decode rate.
 fn ratios(batched: &Value, sequential: &Value) -> Value {
-    let tps = |v: &Value| {
-        v.as_array().expect("levels").iter().map(|l| l["tokens_per_s"].as_f64().unwrap_or(0.0)).collect::<Vec<_>>()
+    let rate = |v: &Value, key: &str| {
+        v.as_array().expect("levels").iter().map(|l| l[key].as_f64().unwrap_or(0.0)).collect::<Vec<_>>()
     };
-    let (b, s) = (tps(batched), tps(sequential));
-    let one = b.first().copied().unwrap_or(1.0);
+    let over_one = |v: &[f64]| v.iter().map(|x| x / v.first().copied().unwrap_or(1.0)).collect::<Vec<_>>();
+    let (b, s) = (rate(batched, "tokens_per_s"), rate(sequential, "tokens_per_s"));
+    let (bd, sd) = (rate(batched, "decode_tokens_per_s"), rate(sequential, "decode_tokens_per_s"));
     json!({
         "batched_over_sequential": b.iter().zip(&s).map(|(b, s)| b / s).collect::<Vec<_>>(),
-        "batched_over_one_client": b.iter().map(|b| b / one).collect::<Vec<_>>(),
+        "batched_over_one_client": over_one(&b),
+        "decode_batched_over_sequential": bd.iter().zip(&sd).map(|(b, s)| b / s).collect::<Vec<_>>(),
+        "decode_batched_over_one_client": over_one(&bd),
     })
 }
 
@@ -131,12 +173,32 @@ fn main() {
     };
     let batched = run("batched", &["--api-concurrency", "64", "--max-sessions", "80"]);
     eprintln!("batched: {batched}");
-    let sequential =
-        run("sequential", &["--api-concurrency", "4", "--max-batch-steps", "1", "--max-batch-tokens", "100000"]);
+    let no_prefix =
+        run("no-prefix", &["--api-concurrency", "64", "--max-sessions", "80", "--prefix-cache-tokens", "0"]);
+    eprintln!("batched, no prefix reuse: {no_prefix}");
+    let sequential = run(
+        "sequential",
+        &[
+            "--api-concurrency",
+            "4",
+            "--max-batch-steps",
+            "1",
+            "--max-batch-tokens",
+            "100000",
+            "--prefix-cache-tokens",
+            "0",
+        ],
+    );
     let mut out = json!({
         "model": path.file_name().and_then(|n| n.to_str()),
         "backend": "cpu",
-        "one_relay": { "batched": batched, "sequential": sequential, "ratios": ratios(&batched, &sequential) },
+        "one_relay": {
+            "batched": batched,
+            "batched_no_prefix_reuse": no_prefix,
+            "sequential": sequential,
+            "ratios": ratios(&batched, &sequential),
+            "ratios_no_prefix_reuse": ratios(&no_prefix, &sequential),
+        },
     });
     if std::env::var("AIT_BENCH_CHAIN").as_deref() != Ok("0") {
         let lift = ["--http-max-connections-per-ip", "256"];

@@ -42,7 +42,9 @@ fn executor(file: &ModelFile, layers: Range<usize>, gpu: bool) -> BlockExecutor<
     } else {
         AnyBackend::cpu(config, layers, weights).expect("cpu backend")
     };
-    BlockExecutor::new(backend, ExecutorConfig::default())
+    // No prompt prefixes kept: these tests compare batching with running alone, and
+    // `prefixes_are_reused_exactly` tests reuse.
+    BlockExecutor::new(backend, ExecutorConfig::default().with_prefix_cache_tokens(0))
 }
 
 /// Every session alone: its prompt in one step, then its decode steps. Per session, the
@@ -231,4 +233,78 @@ fn failing_step_fails_alone(gpu: bool) {
     assert_eq!(ex.session_len(good[0]).unwrap(), PROMPTS[0]);
     assert_eq!(ex.session_len(good[1]).unwrap(), PROMPTS[1]);
     assert_eq!(ex.session_len(short).unwrap(), 0);
+}
+
+/// Sessions whose prompts start with rows a kept prefill had (a shared system prompt, or a
+/// whole earlier prompt extended) reuse its keys, values and outputs, and get the bits they
+/// get with no reuse, in their prefill and in the decode steps after; on both backends.
+#[test]
+fn prefixes_are_reused_exactly() {
+    for gpu in [false, true] {
+        let dir = TempDir::new("batching-prefix");
+        let file = tiny(&dir);
+        let layers = 0..file.config().n_layers;
+        let mut plain = executor(&file, layers.clone(), gpu);
+        let mut ex = executor(&file, layers, gpu);
+        ex = BlockExecutor::new(ex.into_backend(), ExecutorConfig::default().with_prefix_cache_tokens(64));
+        let dim = ex.backend().config().hidden;
+        let shared = random(10 * dim, 1);
+        let a = [shared.clone(), random(5 * dim, 2)].concat();
+        let b = [shared.clone(), random(7 * dim, 3)].concat();
+        let c = [a.clone(), random(3 * dim, 4)].concat();
+        let d = random(9 * dim, 5);
+        let e = [shared, random(2 * dim, 6)].concat();
+        let decode = random(3 * dim, 7);
+        // Prompt, then three decode steps, alone; with `chunk`, the prompt in chunks.
+        let run = |ex: &mut BlockExecutor<AnyBackend>, prompts: &[&Vec<f32>], chunk: usize| {
+            let ids: Vec<SessionId> = prompts.iter().map(|_| ex.open_session(32).expect("open")).collect();
+            let mut outs = vec![Vec::new(); prompts.len()];
+            let mut at = 0;
+            while prompts.iter().any(|p| at * dim < p.len()) {
+                let steps: Vec<BatchStep> = (0..prompts.len())
+                    .filter(|&i| at * dim < prompts[i].len())
+                    .map(|i| {
+                        let n = chunk.min(prompts[i].len() / dim - at);
+                        BatchStep {
+                            id: ids[i],
+                            pos: Some(at),
+                            hidden: &prompts[i][at * dim..(at + n) * dim],
+                            n_tokens: n,
+                        }
+                    })
+                    .collect();
+                let who: Vec<usize> = (0..prompts.len()).filter(|&i| at * dim < prompts[i].len()).collect();
+                for (i, r) in who.into_iter().zip(pollster::block_on(ex.step_batch(&steps))) {
+                    outs[i].extend(r.expect("prefill"));
+                }
+                at += chunk;
+            }
+            for t in 0..3 {
+                let steps: Vec<BatchStep> = (0..prompts.len())
+                    .map(|i| BatchStep { id: ids[i], pos: None, hidden: &decode[t * dim..(t + 1) * dim], n_tokens: 1 })
+                    .collect();
+                for (i, r) in pollster::block_on(ex.step_batch(&steps)).into_iter().enumerate() {
+                    outs[i].extend(r.expect("decode"));
+                }
+            }
+            for id in ids {
+                ex.close_session(id).expect("close");
+            }
+            outs
+        };
+        let want = run(&mut plain, &[&a, &b, &c, &d], 64);
+        let want_e = run(&mut plain, &[&e], 64);
+        assert_eq!(plain.prefix_reuse(), (0, 0));
+        // `a` first and alone: kept. Then `b` (its first 10 rows), `c` (all 15 of `a`) and `d`
+        // (nothing) in one batch; then `e` in chunks of 4: 3 rows of each of its first two
+        // (each step computes its last row) and the 2 shared rows of its third.
+        let mut got = run(&mut ex, &[&a], 64);
+        got.extend(run(&mut ex, &[&b, &c, &d], 64));
+        let got_e = run(&mut ex, &[&e], 4);
+        assert_eq!(ex.prefix_reuse(), (5, 10 + 15 + 3 + 3 + 2), "gpu {gpu}: steps and tokens reused");
+        for (s, (g, w)) in got.iter().chain(&got_e).zip(want.iter().chain(&want_e)).enumerate() {
+            let (n, d) = diff(g, w);
+            assert_eq!(n, 0, "gpu {gpu}: session {s}: {n} values differ from no reuse (max {d:e})");
+        }
+    }
 }

@@ -72,6 +72,14 @@ impl Backend for AnyBackend {
         })
     }
 
+    fn copy_kv(&self, from: &AnyCache, to: &mut AnyCache, rows: Range<usize>) -> Result<bool, EngineError> {
+        match (self, from, to) {
+            (AnyBackend::Cpu(b), AnyCache::Cpu(f), AnyCache::Cpu(t)) => b.copy_kv(f, t, rows),
+            (AnyBackend::Gpu(b), AnyCache::Gpu(f), AnyCache::Gpu(t)) => b.copy_kv(f, t, rows),
+            _ => Err(EngineError::WrongCache),
+        }
+    }
+
     async fn forward(
         &self,
         cache: &mut AnyCache,

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use web_time::Instant;
 
+use super::prefix::{PrefixCache, Reuse, Track};
 use super::{Backend, BatchItem, EngineError};
 
 /// Identifies one session of a [`BlockExecutor`]; it comes back in every step's result.
@@ -27,11 +28,25 @@ pub struct ExecutorConfig {
     pub max_session_len: Option<usize>,
     /// A session untouched for this long is closed by the next open or step. Default 10 min.
     pub idle_timeout: Duration,
+    /// Tokens of recent sessions' first prefills kept for reuse by sessions whose prompts
+    /// start the same way (their keys and values on the device, plus input and output rows);
+    /// 0 turns reuse off. Default [`DEFAULT_PREFIX_CACHE_TOKENS`]. This memory comes on top of
+    /// the sessions' own caches.
+    pub prefix_cache_tokens: usize,
 }
+
+/// Default of [`ExecutorConfig::prefix_cache_tokens`]: a few chat prompts' worth (the default
+/// model's chat template and system prompt alone are about 30 tokens).
+pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 512;
 
 impl Default for ExecutorConfig {
     fn default() -> Self {
-        Self { max_sessions: 16, max_session_len: None, idle_timeout: Duration::from_secs(600) }
+        Self {
+            max_sessions: 16,
+            max_session_len: None,
+            idle_timeout: Duration::from_secs(600),
+            prefix_cache_tokens: DEFAULT_PREFIX_CACHE_TOKENS,
+        }
     }
 }
 
@@ -50,6 +65,12 @@ impl ExecutorConfig {
     /// Sets how long an idle session lives.
     pub fn with_idle_timeout(mut self, t: Duration) -> Self {
         self.idle_timeout = t;
+        self
+    }
+
+    /// Sets how many tokens of prompt prefixes are kept for reuse (0: none).
+    pub fn with_prefix_cache_tokens(mut self, n: usize) -> Self {
+        self.prefix_cache_tokens = n;
         self
     }
 
@@ -79,7 +100,13 @@ struct Session<C> {
     pos: usize,
     capacity: usize,
     last_used: Instant,
+    /// Its rows while it prefills from position 0, for prompt prefix reuse.
+    track: Option<Track>,
 }
+
+/// A step of a batch that can run: its index among the steps, its session (out of the map
+/// while it runs) and the rows of a kept prompt it reuses.
+type Taken<C> = (usize, SessionId, Session<C>, Option<Reuse>);
 
 /// Holds the weights of layers `[a, b)` on one backend and runs sessions on them.
 pub struct BlockExecutor<B: Backend> {
@@ -87,12 +114,14 @@ pub struct BlockExecutor<B: Backend> {
     config: ExecutorConfig,
     sessions: HashMap<SessionId, Session<B::Cache>>,
     next_id: u64,
+    prefixes: PrefixCache<B::Cache>,
 }
 
 impl<B: Backend> BlockExecutor<B> {
     /// An executor over `backend` with the given limits.
     pub fn new(backend: B, config: ExecutorConfig) -> Self {
-        Self { backend, config, sessions: HashMap::new(), next_id: 1 }
+        let prefixes = PrefixCache::new(config.prefix_cache_tokens);
+        Self { backend, config, sessions: HashMap::new(), next_id: 1, prefixes }
     }
 
     /// The backend.
@@ -108,6 +137,12 @@ impl<B: Backend> BlockExecutor<B> {
     /// Model layers this executor runs.
     pub fn layers(&self) -> Range<usize> {
         self.backend.layers()
+    }
+
+    /// Sessions that started from a kept prompt prefix, and the tokens they reused in all
+    /// (see [`ExecutorConfig::prefix_cache_tokens`]).
+    pub fn prefix_reuse(&self) -> (u64, u64) {
+        (self.prefixes.hits, self.prefixes.reused)
     }
 
     /// Sessions open now.
@@ -136,7 +171,8 @@ impl<B: Backend> BlockExecutor<B> {
         let cache = self.backend.new_cache(max_len)?;
         let id = SessionId(self.next_id);
         self.next_id += 1;
-        self.sessions.insert(id, Session { cache, pos: 0, capacity: max_len, last_used: Instant::now() });
+        let track = self.prefixes.track();
+        self.sessions.insert(id, Session { cache, pos: 0, capacity: max_len, last_used: Instant::now(), track });
         Ok(id)
     }
 
@@ -172,50 +208,77 @@ impl<B: Backend> BlockExecutor<B> {
     /// device, each step is run again alone, so an error stays with the step that meets it.
     pub async fn step_batch(&mut self, steps: &[BatchStep<'_>]) -> Vec<Result<Vec<f32>, EngineError>> {
         self.close_idle();
+        let dim = self.backend.config().hidden;
         let mut results: Vec<Option<Result<Vec<f32>, EngineError>>> = steps.iter().map(|_| None).collect();
-        // The sessions of the steps that can run, out of the map while they do.
-        let mut taken: Vec<(usize, SessionId, Session<B::Cache>)> = Vec::new();
+        // The sessions of the steps that can run, out of the map while they do, each with the
+        // rows of a kept prompt it reuses.
+        let mut taken: Vec<Taken<B::Cache>> = Vec::new();
         for (i, step) in steps.iter().enumerate() {
             match self.take_for(step, steps, &taken) {
-                Ok(session) => taken.push((i, step.id, session)),
+                Ok(mut session) => {
+                    let reuse = match &session.track {
+                        Some(t) => {
+                            self.prefixes.reuse(&self.backend, t, step.hidden, step.n_tokens, &mut session.cache)
+                        }
+                        None => Ok(None),
+                    };
+                    match reuse {
+                        Ok(reuse) => taken.push((i, step.id, session, reuse)),
+                        Err(e) => {
+                            self.sessions.insert(step.id, session);
+                            results[i] = Some(Err(e));
+                        }
+                    }
+                }
                 Err(e) => results[i] = Some(Err(e)),
             }
         }
+        // What each step computes: the rows after its reused prefix, from that position.
+        let part = |i: usize, s: &Session<B::Cache>, reuse: &Option<Reuse>| {
+            let skip = reuse.as_ref().map_or(0, |r| r.len);
+            (&steps[i].hidden[skip * dim..], steps[i].n_tokens - skip, s.pos + skip)
+        };
         let outs = {
             let items = taken
                 .iter_mut()
-                .map(|(i, _, s)| BatchItem {
-                    cache: &mut s.cache,
-                    hidden: steps[*i].hidden,
-                    n_tokens: steps[*i].n_tokens,
-                    pos: s.pos,
+                .map(|(i, _, s, reuse)| {
+                    let (hidden, n_tokens, pos) = part(*i, s, reuse);
+                    BatchItem { cache: &mut s.cache, hidden, n_tokens, pos }
                 })
                 .collect::<Vec<_>>();
             self.backend.forward_batch(items).await
         };
-        match outs {
-            Ok(outs) => {
-                for ((i, _, s), out) in taken.iter_mut().zip(outs) {
-                    s.pos += steps[*i].n_tokens;
-                    s.last_used = Instant::now();
-                    results[*i] = Some(Ok(out));
-                }
-            }
-            Err(e) if taken.len() == 1 => results[taken[0].0] = Some(Err(e)),
+        let outs: Vec<Result<Vec<f32>, EngineError>> = match outs {
+            Ok(outs) => outs.into_iter().map(Ok).collect(),
+            Err(e) if taken.len() == 1 => vec![Err(e)],
             Err(e) => {
                 tracing::debug!("a batch of {} steps failed ({e}); running them one by one", taken.len());
-                for (i, _, s) in taken.iter_mut() {
-                    let step = &steps[*i];
-                    let r = self.backend.forward(&mut s.cache, step.hidden, step.n_tokens, s.pos).await;
-                    if r.is_ok() {
-                        s.pos += step.n_tokens;
-                        s.last_used = Instant::now();
-                    }
-                    results[*i] = Some(r);
+                let mut outs = Vec::with_capacity(taken.len());
+                for (i, _, s, reuse) in taken.iter_mut() {
+                    let (hidden, n_tokens, pos) = part(*i, s, reuse);
+                    outs.push(self.backend.forward(&mut s.cache, hidden, n_tokens, pos).await);
                 }
+                outs
             }
+        };
+        for ((i, _, s, reuse), out) in taken.iter_mut().zip(outs) {
+            let out = out.map(|computed| match reuse.take() {
+                Some(r) => [r.outputs, computed].concat(),
+                None => computed,
+            });
+            if let Ok(out) = &out {
+                if let Some(track) = s.track.take() {
+                    match self.prefixes.record(&self.backend, track, steps[*i].hidden, out, &s.cache) {
+                        Ok(track) => s.track = track,
+                        Err(e) => tracing::debug!("prompt not kept for reuse: {e}"),
+                    }
+                }
+                s.pos += steps[*i].n_tokens;
+                s.last_used = Instant::now();
+            }
+            results[*i] = Some(out);
         }
-        for (_, id, s) in taken {
+        for (_, id, s, _) in taken {
             self.sessions.insert(id, s);
         }
         results.into_iter().map(|r| r.expect("every step has a result")).collect()
@@ -227,7 +290,7 @@ impl<B: Backend> BlockExecutor<B> {
         &mut self,
         step: &BatchStep<'_>,
         steps: &[BatchStep<'_>],
-        taken: &[(usize, SessionId, Session<B::Cache>)],
+        taken: &[Taken<B::Cache>],
     ) -> Result<Session<B::Cache>, EngineError> {
         let dim = self.backend.config().hidden;
         let expected = step.n_tokens.saturating_mul(dim);
@@ -235,7 +298,7 @@ impl<B: Backend> BlockExecutor<B> {
             return Err(EngineError::Shape { what: "hidden states", expected, actual: step.hidden.len() });
         }
         let id = step.id;
-        if let Some((i, _, s)) = taken.iter().find(|(_, t, _)| *t == id) {
+        if let Some((i, _, s, _)) = taken.iter().find(|(_, t, _, _)| *t == id) {
             // Once the earlier step has run, the session holds its tokens too.
             let held = s.pos + steps[*i].n_tokens;
             return Err(EngineError::WrongPosition { session: id.0, held, asked: step.pos.unwrap_or(s.pos) });

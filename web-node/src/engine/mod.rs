@@ -12,11 +12,12 @@ mod any;
 pub mod cpu;
 mod executor;
 pub mod gpu;
+mod prefix;
 pub mod reference;
 mod rope;
 
 pub use any::{AnyBackend, AnyCache};
-pub use executor::{BatchStep, BlockExecutor, ExecutorConfig, SessionId};
+pub use executor::{BatchStep, BlockExecutor, ExecutorConfig, SessionId, DEFAULT_PREFIX_CACHE_TOKENS};
 pub use rope::rope_inv_freq;
 
 use std::future::Future;
@@ -149,6 +150,16 @@ pub trait Backend {
         n_tokens: usize,
         pos: usize,
     ) -> impl Future<Output = Result<Vec<f32>, EngineError>>;
+
+    /// Copies the keys and values of positions `rows` of `from` into the same positions of
+    /// `to`, so that `to`, holding the same tokens before them, continues exactly as if it had
+    /// run those too (a shared prompt prefix, see [`ExecutorConfig::prefix_cache_tokens`]).
+    /// The caller guarantees `rows` fits both. Returns `false`, changing nothing, when the
+    /// backend cannot copy caches (the default).
+    fn copy_kv(&self, from: &Self::Cache, to: &mut Self::Cache, rows: Range<usize>) -> Result<bool, EngineError> {
+        let _ = (from, to, rows);
+        Ok(false)
+    }
 
     /// Runs several sequences' steps as one batch: each item is what [`Backend::forward`]
     /// takes (its own cache, tokens and position), and the outputs come back in item order.

@@ -184,6 +184,15 @@ impl Backend for CpuBackend {
         Ok(CpuCache { k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
     }
 
+    fn copy_kv(&self, from: &CpuCache, to: &mut CpuCache, rows: Range<usize>) -> Result<bool, EngineError> {
+        let kv = self.config.kv_dim();
+        let span = rows.start * kv..rows.end * kv;
+        for (f, t) in from.k.iter().zip(&mut to.k).chain(from.v.iter().zip(&mut to.v)) {
+            t[span.clone()].copy_from_slice(&f[span.clone()]);
+        }
+        Ok(true)
+    }
+
     async fn forward(
         &self,
         cache: &mut CpuCache,

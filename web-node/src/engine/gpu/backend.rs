@@ -492,6 +492,23 @@ impl Backend for GpuBackend {
         Ok(GpuCache { max_len, k, v, step, scratch: None, batch_attention: None })
     }
 
+    /// One copy per layer's keys and values, in a submit of its own (the queue runs it before
+    /// the next step's).
+    fn copy_kv(&self, from: &GpuCache, to: &mut GpuCache, rows: Range<usize>) -> Result<bool, EngineError> {
+        let row = (self.config.kv_dim() * 4) as u64;
+        let (offset, bytes) = (rows.start as u64 * row, rows.len() as u64 * row);
+        if bytes == 0 {
+            return Ok(true);
+        }
+        let ctx = &*self.ctx;
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("prefix") });
+        for (f, t) in from.k.iter().zip(&to.k).chain(from.v.iter().zip(&to.v)) {
+            enc.copy_buffer_to_buffer(f, offset, t, offset, bytes);
+        }
+        ctx.queue().submit([enc.finish()]);
+        Ok(true)
+    }
+
     async fn forward(
         &self,
         cache: &mut GpuCache,

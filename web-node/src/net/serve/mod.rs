@@ -39,7 +39,7 @@ use super::keyed_limit::{KeyedLimit, Over, Ticket};
 use super::log_limit::LogLimit;
 use super::node::NodeHandle;
 use super::protocol::PROTOCOL;
-use crate::engine::{Backend, BlockExecutor, EngineError, ExecutorConfig};
+use crate::engine::{Backend, BlockExecutor, EngineError, ExecutorConfig, DEFAULT_PREFIX_CACHE_TOKENS};
 use crate::model::ModelId;
 
 /// What the operator of a serving node chooses: every limit on sessions, in one place (the
@@ -77,6 +77,10 @@ pub struct ServeLimits {
     pub max_frame: usize,
     /// How many steps and tokens the compute loop runs as one batch.
     pub batch: BatchLimits,
+    /// Tokens of recent prompts' first prefills kept for sessions whose prompts start the same
+    /// way (see [`ExecutorConfig::prefix_cache_tokens`]); 0: none. Default
+    /// [`DEFAULT_PREFIX_CACHE_TOKENS`].
+    pub prefix_cache_tokens: usize,
 }
 
 impl Default for ServeLimits {
@@ -96,6 +100,7 @@ impl Default for ServeLimits {
             frame_timeout: Duration::from_secs(30),
             max_frame: MAX_FRAME,
             batch: BatchLimits::default(),
+            prefix_cache_tokens: DEFAULT_PREFIX_CACHE_TOKENS,
         }
     }
 }
@@ -128,7 +133,10 @@ impl ServeLimits {
     /// The executor's limits: the same sessions and length; a session the server forgot (its
     /// stream is gone) is dropped after twice the stream's idle timeout.
     pub fn executor_config(&self) -> ExecutorConfig {
-        let c = ExecutorConfig::new().with_max_sessions(self.max_sessions).with_idle_timeout(self.idle_timeout * 2);
+        let c = ExecutorConfig::new()
+            .with_max_sessions(self.max_sessions)
+            .with_idle_timeout(self.idle_timeout * 2)
+            .with_prefix_cache_tokens(self.prefix_cache_tokens);
         match self.max_session_len {
             Some(n) => c.with_max_session_len(n),
             None => c,
