@@ -449,17 +449,20 @@ fn forged_claims_server_is_caught() {
 /// but status requests, answered at once with `status`; each step's first value is made NaN.
 async fn forge(
     mut incoming: libp2p_stream::IncomingStreams,
-    mut control: libp2p_stream::Control,
+    control: libp2p_stream::Control,
     relay: PeerId,
     status: web_node::net::protocol::ServerStatus,
     steps: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
     use futures::StreamExt;
     while let Some((_, mut from)) = incoming.next().await {
-        let Ok(mut to) = control.open_stream(relay, PROTOCOL).await else { continue };
-        let (steps, status) = (steps.clone(), status.clone());
+        let (steps, status, mut control) = (steps.clone(), status.clone(), control.clone());
         tokio::spawn(async move {
             let t = Duration::from_secs(60);
+            // The stream to the relay, opened in this task on the first frame to pass on (not
+            // in the accept loop, which must not wait on the relay before taking the next
+            // incoming stream).
+            let mut to: Option<libp2p::Stream> = None;
             while let Ok(frame) = read_frame(&mut from, 1 << 24, t, t).await {
                 let request = Request::decode(&frame);
                 if matches!(request, Ok(Request::Info)) {
@@ -469,10 +472,14 @@ async fn forge(
                     continue;
                 }
                 let step = matches!(request, Ok(Request::Step { .. }));
-                if write_frame(&mut to, &frame).await.is_err() {
+                if to.is_none() {
+                    to = control.open_stream(relay, PROTOCOL).await.ok();
+                }
+                let Some(s) = to.as_mut() else { return };
+                if write_frame(s, &frame).await.is_err() {
                     return;
                 }
-                let Ok(reply) = read_frame(&mut to, 1 << 24, t, t).await else { return };
+                let Ok(reply) = read_frame(s, 1 << 24, t, t).await else { return };
                 let reply = match Response::decode(&reply) {
                     Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) if step => {
                         steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
