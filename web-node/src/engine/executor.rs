@@ -28,15 +28,14 @@ pub struct ExecutorConfig {
     pub max_session_len: Option<usize>,
     /// A session untouched for this long is closed by the next open or step. Default 10 min.
     pub idle_timeout: Duration,
-    /// Tokens of recent sessions' first prefills kept for reuse by sessions whose prompts
-    /// start the same way (their keys and values on the device, plus input and output rows);
+    /// Tokens of recent sessions' prompts kept for reuse by sessions whose prompts start the
+    /// same way (their keys and values on the device, plus input and output rows);
     /// 0 turns reuse off. Default [`DEFAULT_PREFIX_CACHE_TOKENS`]. This memory comes on top of
     /// the sessions' own caches.
     pub prefix_cache_tokens: usize,
 }
 
-/// Default of [`ExecutorConfig::prefix_cache_tokens`]: a few chat prompts' worth (the default
-/// model's chat template and system prompt alone are about 30 tokens).
+/// Default of [`ExecutorConfig::prefix_cache_tokens`]: a few chat prompts' worth.
 pub const DEFAULT_PREFIX_CACHE_TOKENS: usize = 512;
 
 impl Default for ExecutorConfig {
@@ -139,8 +138,8 @@ impl<B: Backend> BlockExecutor<B> {
         self.backend.layers()
     }
 
-    /// Sessions that started from a kept prompt prefix, and the tokens they reused in all
-    /// (see [`ExecutorConfig::prefix_cache_tokens`]).
+    /// Steps that reused rows of a kept prompt, and the tokens they reused in all (see
+    /// [`ExecutorConfig::prefix_cache_tokens`]).
     pub fn prefix_reuse(&self) -> (u64, u64) {
         (self.prefixes.hits, self.prefixes.reused)
     }

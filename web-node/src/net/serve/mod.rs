@@ -77,7 +77,7 @@ pub struct ServeLimits {
     pub max_frame: usize,
     /// How many steps and tokens the compute loop runs as one batch.
     pub batch: BatchLimits,
-    /// Tokens of recent prompts' first prefills kept for sessions whose prompts start the same
+    /// Tokens of recent sessions' prompts kept for sessions whose prompts start the same
     /// way (see [`ExecutorConfig::prefix_cache_tokens`]); 0: none. Default
     /// [`DEFAULT_PREFIX_CACHE_TOKENS`].
     pub prefix_cache_tokens: usize,
