@@ -208,7 +208,27 @@ impl Backend for CpuBackend {
     /// every item's rows); RoPE, the cache writes and attention run per item. Every product
     /// row and attention output is computed as for the item alone, so each output equals its
     /// own [`Backend::forward`] bit for bit.
-    async fn forward_batch(&self, mut items: Vec<BatchItem<'_, CpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
+    async fn forward_batch(&self, items: Vec<BatchItem<'_, CpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
+        in_pool(|| self.forward_items(items))
+    }
+}
+
+/// Runs `f` on a thread of the parallel pool (natively), so the parallel regions inside it
+/// start from a pool thread: the caller's own share of each region runs at once instead of
+/// the caller sleeping until pool threads wake for every region.
+fn in_pool<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        rayon::scope(|_| f())
+    }
+    #[cfg(target_arch = "wasm32")]
+    {
+        f()
+    }
+}
+
+impl CpuBackend {
+    fn forward_items(&self, mut items: Vec<BatchItem<'_, CpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
         let c = &self.config;
         let (dim, q_dim, kv_dim, inter) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
         let mut rows = Vec::with_capacity(items.len());
