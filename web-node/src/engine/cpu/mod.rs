@@ -16,10 +16,25 @@ use crate::model::{LayerWeights, LlamaConfig};
 
 /// Per-session state of the CPU backend: K and V for every layer of the range.
 pub struct CpuCache {
-    /// Per layer, `[max_len, kv_dim]`.
+    /// Tokens the cache holds.
+    max_len: usize,
+    /// Per layer, the keys transposed: `[kv_dim, max_len]` (component `c` of position `p` at
+    /// `c * max_len + p`), so attention reads one component of many keys as one vector.
     k: Vec<Vec<f32>>,
     /// Per layer, `[max_len, kv_dim]`.
     v: Vec<Vec<f32>>,
+}
+
+impl CpuCache {
+    /// Writes the keys `k` (`[n, kv_dim]`) of positions `pos..pos + n` into layer `li`.
+    fn write_keys(&mut self, li: usize, pos: usize, k: &[f32], kv_dim: usize) {
+        let cap = self.max_len;
+        for (i, row) in k.chunks_exact(kv_dim).enumerate() {
+            for (c, &x) in row.iter().enumerate() {
+                self.k[li][c * cap + pos + i] = x;
+            }
+        }
+    }
 }
 
 /// Runs layers `[a, b)` of a model on the CPU.
@@ -65,10 +80,16 @@ fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, inv_freq: &[
 #[derive(Clone, Copy)]
 struct AttnShape {
     pos: usize,
+    /// Positions the key cache holds (its row length, see [`CpuCache::k`]).
+    cap: usize,
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
 }
+
+/// Keys whose query dot products are summed side by side (one per lane of a 512-bit vector;
+/// four such vectors at once where there are enough keys).
+const KEYS: usize = 16;
 
 /// Below this many multiply-adds (`len * n_heads * head_dim` per token) attention of a single
 /// token stays on the calling thread.
@@ -77,9 +98,10 @@ const ATTN_PAR_MIN: usize = 1 << 15;
 
 /// Causal grouped-query attention; the arithmetic of [`reference::attention`], bit for bit.
 ///
-/// Writes `out` (`[n, n_heads, head_dim]`). Each query-key dot product is summed in dimension
-/// order like the reference's; four keys are processed side by side only to overlap the
-/// latency of those sequential sums. Natively, (token, head) pairs run in parallel once the
+/// Writes `out` (`[n, n_heads, head_dim]`); `k_cache` is transposed (see [`CpuCache::k`]).
+/// Each query-key dot product is summed in dimension order like the reference's; [`KEYS`]
+/// keys are processed side by side, one per vector lane, only to run those sequential sums
+/// at once. Natively, (token, head) pairs run in parallel once the
 /// work is large enough; each output is still computed by one thread in a fixed order.
 fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mut [f32]) {
     let hd = s.head_dim;
@@ -104,8 +126,89 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
 
 /// Attention of query head `h` of one token (`qh`, `[head_dim]`) over the first `len` cache
 /// entries, into `out` (`[head_dim]`).
+///
+/// On x86_64 with AVX-512 (or AVX2) the same code is compiled for those vectors and chosen at
+/// run time; the crate's baseline is SSE2. Only the vector width changes: every lane's
+/// arithmetic is the same sequence of separate multiplies and adds (Rust never fuses them), so
+/// the results are the same bits.
 #[allow(clippy::too_many_arguments)]
 fn attention_head(
+    qh: &[f32],
+    k_cache: &[f32],
+    v_cache: &[f32],
+    len: usize,
+    h: usize,
+    s: AttnShape,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn wide512(
+            qh: &[f32],
+            k: &[f32],
+            v: &[f32],
+            len: usize,
+            h: usize,
+            s: AttnShape,
+            out: &mut [f32],
+            scores: &mut Vec<f32>,
+        ) {
+            attention_head_body(qh, k, v, len, h, s, out, scores)
+        }
+        #[target_feature(enable = "avx2")]
+        #[allow(clippy::too_many_arguments)]
+        fn wide256(
+            qh: &[f32],
+            k: &[f32],
+            v: &[f32],
+            len: usize,
+            h: usize,
+            s: AttnShape,
+            out: &mut [f32],
+            scores: &mut Vec<f32>,
+        ) {
+            attention_head_body(qh, k, v, len, h, s, out, scores)
+        }
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has the features `wide512` is compiled for (checked just above).
+            return unsafe { wide512(qh, k_cache, v_cache, len, h, s, out, scores) };
+        }
+        if is_x86_feature_detected!("avx2") {
+            // SAFETY: as above, for `wide256`.
+            return unsafe { wide256(qh, k_cache, v_cache, len, h, s, out, scores) };
+        }
+    }
+    attention_head_body(qh, k_cache, v_cache, len, h, s, out, scores)
+}
+
+/// Appends the scaled dot products of `qh` with keys `j..j + N` (`comp(d)` is component `d`
+/// of every key). -0.0 is the start value of `Iterator::sum` for f32, as in the reference;
+/// each key's lane adds its products in dimension order, a separate multiply and add like it.
+/// `N` independent lanes (several vectors) keep the adds' latency from bounding the loop.
+#[inline(always)]
+fn key_dots<'a, const N: usize>(
+    qh: &[f32],
+    comp: &impl Fn(usize) -> &'a [f32],
+    j: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+) {
+    let mut acc = [-0.0f32; N];
+    for (d, &qd) in qh.iter().enumerate() {
+        for (a, k) in acc.iter_mut().zip(&comp(d)[j..j + N]) {
+            *a += qd * k;
+        }
+    }
+    scores.extend(acc.iter().map(|a| a * scale));
+}
+
+/// The arithmetic of [`attention_head`].
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn attention_head_body(
     qh: &[f32],
     k_cache: &[f32],
     v_cache: &[f32],
@@ -119,23 +222,23 @@ fn attention_head(
     let kvh = h / (s.n_heads / s.n_kv_heads);
     let kv_dim = s.n_kv_heads * hd;
     let scale = 1.0 / (hd as f32).sqrt();
-    let key = |j: usize| &k_cache[j * kv_dim + kvh * hd..][..hd];
+    // Component `d` of this head's keys, for every position.
+    let comp = |d: usize| &k_cache[(kvh * hd + d) * s.cap..][..len];
     scores.clear();
     let mut j = 0;
-    while j + 4 <= len {
-        let ks = [key(j), key(j + 1), key(j + 2), key(j + 3)];
-        // -0.0 is the start value of `Iterator::sum` for f32, as in the reference.
-        let mut acc = [-0.0f32; 4];
-        for d in 0..hd {
-            for (a, k) in acc.iter_mut().zip(&ks) {
-                *a += qh[d] * k[d];
-            }
-        }
-        scores.extend(acc.iter().map(|a| a * scale));
-        j += 4;
+    while j + 4 * KEYS <= len {
+        key_dots::<{ 4 * KEYS }>(qh, &comp, j, scale, scores);
+        j += 4 * KEYS;
+    }
+    while j + KEYS <= len {
+        key_dots::<KEYS>(qh, &comp, j, scale, scores);
+        j += KEYS;
     }
     for j in j..len {
-        let dot: f32 = qh.iter().zip(key(j)).map(|(a, b)| a * b).sum();
+        let mut dot = -0.0f32;
+        for (d, &qd) in qh.iter().enumerate() {
+            dot += qd * comp(d)[j];
+        }
         scores.push(dot * scale);
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
@@ -181,14 +284,24 @@ impl Backend for CpuBackend {
             .checked_mul(kv_dim)
             .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / kv_dim.max(1) })?;
         let n = self.layers.len();
-        Ok(CpuCache { k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
+        Ok(CpuCache { max_len, k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
     }
 
     fn copy_kv(&self, from: &CpuCache, to: &mut CpuCache, rows: Range<usize>) -> Result<bool, EngineError> {
         let kv = self.config.kv_dim();
+        if rows.end > from.max_len.min(to.max_len) {
+            let capacity = from.max_len.min(to.max_len);
+            return Err(EngineError::ContextFull { session: 0, pos: rows.start, n_tokens: rows.len(), capacity });
+        }
         let span = rows.start * kv..rows.end * kv;
-        for (f, t) in from.k.iter().zip(&mut to.k).chain(from.v.iter().zip(&mut to.v)) {
+        for (f, t) in from.v.iter().zip(&mut to.v) {
             t[span.clone()].copy_from_slice(&f[span.clone()]);
+        }
+        for (f, t) in from.k.iter().zip(&mut to.k) {
+            for c in 0..kv {
+                let (fs, ts) = (c * from.max_len, c * to.max_len);
+                t[ts + rows.start..ts + rows.end].copy_from_slice(&f[fs + rows.start..fs + rows.end]);
+            }
         }
         Ok(true)
     }
@@ -241,7 +354,7 @@ impl CpuBackend {
                     actual: it.hidden.len(),
                 });
             }
-            let capacity = it.cache.k.first().map_or(0, |k| k.len() / kv_dim.max(1));
+            let capacity = it.cache.max_len;
             if it.pos + it.n_tokens > capacity {
                 return Err(EngineError::ContextFull { session: 0, pos: it.pos, n_tokens: it.n_tokens, capacity });
             }
@@ -260,7 +373,8 @@ impl CpuBackend {
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
         let mut sc = Vec::with_capacity(c.head_dim / 2);
-        let shape = |pos| AttnShape { pos, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape =
+            |pos, cap| AttnShape { pos, cap, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
         for (li, w) in self.layers.iter().enumerate() {
             let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
             matmul::matmul3([&w.attn_q, &w.attn_k, &w.attn_v], &xn, n, [&mut q, &mut k, &mut v]);
@@ -274,7 +388,7 @@ impl CpuBackend {
                 rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
                 rope(&mut k[ks.clone()], c.n_kv_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
                 let cached = it.pos * kv_dim..(it.pos + it.n_tokens) * kv_dim;
-                it.cache.k[li][cached.clone()].copy_from_slice(&k[ks.clone()]);
+                it.cache.write_keys(li, it.pos, &k[ks.clone()], kv_dim);
                 it.cache.v[li][cached].copy_from_slice(&v[ks]);
             }
             // Attention per item, over its own cache: (q rows, K, V, shape, output rows).
@@ -284,7 +398,7 @@ impl CpuBackend {
                 let (out, tail) = rest.split_at_mut(r.len() * q_dim);
                 rest = tail;
                 let qs = &q[r.start * q_dim..r.end * q_dim];
-                jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], shape(it.pos), out));
+                jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], shape(it.pos, it.cache.max_len), out));
             }
             attention_each(jobs);
             matmul::matmul(&w.attn_output, &att, n, &mut o);
@@ -335,14 +449,22 @@ mod tests {
     #[test]
     fn attention_matches_reference_bitwise() {
         let (n_heads, n_kv_heads, head_dim) = (6, 2, 16);
-        for (n, pos) in [(1, 0), (1, 9), (5, 3), (13, 0), (1, 600), (2, 700)] {
+        for (n, pos) in [(1, 0), (1, 9), (5, 3), (13, 0), (1, 20), (4, 78), (1, 600), (2, 700)] {
             let len = pos + n;
             let q = random(n * n_heads * head_dim, 1);
             let k = random(len * n_kv_heads * head_dim, 2);
             let v = random(len * n_kv_heads * head_dim, 3);
             let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim);
+            // The cache's transposed keys, with room for more positions than are used.
+            let (kv_dim, cap) = (n_kv_heads * head_dim, len + 5);
+            let mut kt = vec![f32::NAN; kv_dim * cap];
+            for (j, row) in k.chunks_exact(kv_dim).enumerate() {
+                for (c, &x) in row.iter().enumerate() {
+                    kt[c * cap + j] = x;
+                }
+            }
             let mut got = vec![f32::NAN; want.len()];
-            attention(&q, &k, &v, AttnShape { pos, n_heads, n_kv_heads, head_dim }, &mut got);
+            attention(&q, &kt, &v, AttnShape { pos, cap, n_heads, n_kv_heads, head_dim }, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos}: index {i}: {a} vs {b}");
             }
