@@ -71,11 +71,15 @@ pub fn measure_generation(
         stop_at_eos: false,
         ..GenerateOptions::default()
     };
-    // One warm-up run (pipeline compilation, caches), then the measured ones.
+    // One warm-up run (pipeline compilation, caches), then the measured ones. Each run's prompt
+    // is `prompt` rotated by the run's index, so no run starts like an earlier one: the
+    // executors' prompt prefix reuse would otherwise turn later prefills into cache copies.
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for i in 0..=runs {
-        let g = pollster::block_on(model.client.generate(&mut model.chain, prompt, &opts, |_| {}))?;
+        let mut p = prompt.to_vec();
+        p.rotate_left(i % prompt.len().max(1));
+        let g = pollster::block_on(model.client.generate(&mut model.chain, &p, &opts, |_| {}))?;
         if i > 0 {
             prefill.push(g.prefill_tok_per_s());
             decode.push(g.decode_tok_per_s());
