@@ -107,7 +107,8 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     let hd = s.head_dim;
     let one = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
-        attention_head(&q[i * hd..(i + 1) * hd], k_cache, v_cache, s.pos + t + 1, h, s, o, scores)
+        let a = HeadQuery { qh: &q[i * hd..(i + 1) * hd], k_cache, v_cache, len: s.pos + t + 1, h, s };
+        attention_head(&a, o, scores)
     };
     #[cfg(not(target_arch = "wasm32"))]
     {
@@ -124,64 +125,44 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     }
 }
 
-/// Attention of query head `h` of one token (`qh`, `[head_dim]`) over the first `len` cache
-/// entries, into `out` (`[head_dim]`).
+/// One query head's attention: query head `h` of one token (`qh`, `[head_dim]`) over the first
+/// `len` entries of the caches (`k_cache` transposed, see [`CpuCache::k`]).
+struct HeadQuery<'a> {
+    qh: &'a [f32],
+    k_cache: &'a [f32],
+    v_cache: &'a [f32],
+    len: usize,
+    h: usize,
+    s: AttnShape,
+}
+
+/// Attention of one query head ([`HeadQuery`]) into `out` (`[head_dim]`).
 ///
 /// On x86_64 with AVX-512 (or AVX2) the same code is compiled for those vectors and chosen at
 /// run time; the crate's baseline is SSE2. Only the vector width changes: every lane's
 /// arithmetic is the same sequence of separate multiplies and adds (Rust never fuses them), so
 /// the results are the same bits.
-#[allow(clippy::too_many_arguments)]
-fn attention_head(
-    qh: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    len: usize,
-    h: usize,
-    s: AttnShape,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+fn attention_head(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn wide512(
-            qh: &[f32],
-            k: &[f32],
-            v: &[f32],
-            len: usize,
-            h: usize,
-            s: AttnShape,
-            out: &mut [f32],
-            scores: &mut Vec<f32>,
-        ) {
-            attention_head_body(qh, k, v, len, h, s, out, scores)
+        fn wide512(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+            attention_head_body(a, out, scores)
         }
         #[target_feature(enable = "avx2")]
-        #[allow(clippy::too_many_arguments)]
-        fn wide256(
-            qh: &[f32],
-            k: &[f32],
-            v: &[f32],
-            len: usize,
-            h: usize,
-            s: AttnShape,
-            out: &mut [f32],
-            scores: &mut Vec<f32>,
-        ) {
-            attention_head_body(qh, k, v, len, h, s, out, scores)
+        fn wide256(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+            attention_head_body(a, out, scores)
         }
         if is_x86_feature_detected!("avx512f") {
             // SAFETY: the CPU has the features `wide512` is compiled for (checked just above).
-            return unsafe { wide512(qh, k_cache, v_cache, len, h, s, out, scores) };
+            return unsafe { wide512(a, out, scores) };
         }
         if is_x86_feature_detected!("avx2") {
             // SAFETY: as above, for `wide256`.
-            return unsafe { wide256(qh, k_cache, v_cache, len, h, s, out, scores) };
+            return unsafe { wide256(a, out, scores) };
         }
     }
-    attention_head_body(qh, k_cache, v_cache, len, h, s, out, scores)
+    attention_head_body(a, out, scores)
 }
 
 /// Appends the scaled dot products of `qh` with keys `j..j + N` (`comp(d)` is component `d`
@@ -206,18 +187,9 @@ fn key_dots<'a, const N: usize>(
 }
 
 /// The arithmetic of [`attention_head`].
-#[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attention_head_body(
-    qh: &[f32],
-    k_cache: &[f32],
-    v_cache: &[f32],
-    len: usize,
-    h: usize,
-    s: AttnShape,
-    out: &mut [f32],
-    scores: &mut Vec<f32>,
-) {
+fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
+    let &HeadQuery { qh, k_cache, v_cache, len, h, s } = a;
     let hd = s.head_dim;
     let kvh = h / (s.n_heads / s.n_kv_heads);
     let kv_dim = s.n_kv_heads * hd;
