@@ -58,6 +58,15 @@ pub fn bench_prompt(tokenizer: &web_node::model::Tokenizer, n: usize) -> anyhow:
     Ok(once.iter().copied().cycle().take(n).collect())
 }
 
+/// The prompt of run `run` of a benchmark: `prompt` rotated by the run's index, so no run starts
+/// like an earlier one (prompt prefix reuse would otherwise turn later prefills into cache
+/// copies and shorten their time to first token).
+pub fn run_prompt(prompt: &[u32], run: usize) -> Vec<u32> {
+    let mut p = prompt.to_vec();
+    p.rotate_left(run % prompt.len().max(1));
+    p
+}
+
 /// Prefill and decode speed of one loaded model: medians over `runs`.
 pub fn measure_generation(
     model: &mut LocalModel,
@@ -71,14 +80,12 @@ pub fn measure_generation(
         stop_at_eos: false,
         ..GenerateOptions::default()
     };
-    // One warm-up run (pipeline compilation, caches), then the measured ones. Each run's prompt
-    // is `prompt` rotated by the run's index, so no run starts like an earlier one: the
-    // executors' prompt prefix reuse would otherwise turn later prefills into cache copies.
+    // One warm-up run (pipeline compilation, caches), then the measured ones, each with its own
+    // prompt ([`run_prompt`]).
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for i in 0..=runs {
-        let mut p = prompt.to_vec();
-        p.rotate_left(i % prompt.len().max(1));
+        let p = run_prompt(prompt, i);
         let g = pollster::block_on(model.client.generate(&mut model.chain, &p, &opts, |_| {}))?;
         if i > 0 {
             prefill.push(g.prefill_tok_per_s());

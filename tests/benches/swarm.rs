@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, three_relays, Relay};
 use libp2p::Multiaddr;
-use relay::bench::{bench_prompt, median};
+use relay::bench::{bench_prompt, median, run_prompt};
 use relay::local::{BackendKind, LocalModel};
 use relay::swarm_client::{chain, connect};
 use serde_json::json;
@@ -111,11 +111,9 @@ fn main() {
     // The output for `prompt` itself (the first run's), which the recovery run must give too.
     let mut reference = Vec::new();
     for i in 0..=RUNS {
-        // Each run's prompt is `prompt` rotated by the run's index, so no run starts like an
-        // earlier one: prompt prefix reuse (local and on the relays) would otherwise turn later
-        // prefills into cache copies and shorten their time to first token.
-        let mut p = prompt.clone();
-        p.rotate_left(i % prompt.len().max(1));
+        // Each run has its own prompt, so prefix reuse (local and on the relays) does not
+        // shorten later runs' prefill.
+        let p = run_prompt(&prompt, i);
         let g =
             pollster::block_on(local.client.generate(&mut local.chain, &p, &opts, |_| {})).expect("local generation");
         if i > 0 {

@@ -427,16 +427,13 @@ mod tests {
             let k = random(len * n_kv_heads * head_dim, 2);
             let v = random(len * n_kv_heads * head_dim, 3);
             let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim);
-            // The cache's transposed keys, with room for more positions than are used.
+            // A one-layer cache with room for more positions than are used, keys written as the
+            // backend writes them (transposed).
             let (kv_dim, cap) = (n_kv_heads * head_dim, len + 5);
-            let mut kt = vec![f32::NAN; kv_dim * cap];
-            for (j, row) in k.chunks_exact(kv_dim).enumerate() {
-                for (c, &x) in row.iter().enumerate() {
-                    kt[c * cap + j] = x;
-                }
-            }
+            let mut cache = CpuCache { max_len: cap, k: vec![vec![f32::NAN; kv_dim * cap]], v: Vec::new() };
+            cache.write_keys(0, 0, &k, kv_dim);
             let mut got = vec![f32::NAN; want.len()];
-            attention(&q, &kt, &v, AttnShape { pos, cap, n_heads, n_kv_heads, head_dim }, &mut got);
+            attention(&q, &cache.k[0], &v, AttnShape { pos, cap, n_heads, n_kv_heads, head_dim }, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
                 assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos}: index {i}: {a} vs {b}");
             }

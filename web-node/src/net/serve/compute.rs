@@ -110,8 +110,15 @@ impl<B: Backend> ComputeLoop<B> {
     pub fn new(executor: BlockExecutor<B>, limits: BatchLimits) -> (ComputeHandle, ComputeLoop<B>) {
         let (tx, rx) = mpsc::channel(64);
         let limits = BatchLimits { max_tokens: limits.max_tokens.max(1), max_steps: limits.max_steps.max(1) };
-        let (gather_fraction, max_gather) = (GATHER_FRACTION, MAX_GATHER);
-        (ComputeHandle { tx }, ComputeLoop { executor, rx, health: Health::new(), limits, gather_fraction, max_gather })
+        let lp = ComputeLoop {
+            executor,
+            rx,
+            health: Health::new(),
+            limits,
+            gather_fraction: GATHER_FRACTION,
+            max_gather: MAX_GATHER,
+        };
+        (ComputeHandle { tx }, lp)
     }
 
     /// The server's health as this loop's results show it (repeated out-of-memory errors or a
