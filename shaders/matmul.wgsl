@@ -17,7 +17,15 @@
 // - DTYPE 3 Q4_0: 5 words per 32-element block: [d (f16, low half), qs[0..4], .., qs[12..16]].
 // - DTYPE 4 Q4_1: 5 words per block: [d | m << 16 (f16 pair), qs as in Q4_0].
 // - DTYPE 5 Q8_0: 9 words per block: [d (f16, low half), qs[0..4] (i8), .., qs[28..32]].
+// - DTYPE 6 Q5_0: 6 words per block: [d (f16, low half), qh, qs[0..4], .., qs[12..16]].
+// - DTYPE 7 Q5_1: 6 words per block: [d | m << 16, qh, qs as in Q5_0].
+// - DTYPE 8 IQ4_NL: as Q4_0; a nibble indexes IQ4_VALUES.
+// - DTYPE 9..14 Q2_K, Q3_K, Q4_K, Q5_K, Q6_K, IQ4_XS: a 256-element super-block's bytes as
+//   stored, zero-padded to whole words (21, 28, 36, 44, 53, 34 words); block b of a row is
+//   32-element chunk b % 8 of super-block b / 8. Byte layouts: web-node/src/model/quant.rs.
 // Nibbles: byte j of qs holds element j (low nibble) and element j + 16 (high nibble).
+// Q2_K, Q3_K and Q6_K scale every 16 elements: their raw4 returns dequantized values and their
+// block scale is (1, 0).
 //
 // Constants owned by engine/gpu/ops.rs: DTYPE, WG (threads per workgroup), ROWS (rows per
 // workgroup; WG / ROWS must be a power of two). ROWS == WG (one thread per row, no barrier)
@@ -70,6 +78,113 @@ fn bytes_i8(q: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(q) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
+// Bits s .. s + width (mask = 2^width - 1) of each byte of q, in byte order.
+fn bits4(q: u32, s: u32, mask: u32) -> vec4<u32> {
+    return (vec4<u32>(q) >> (vec4<u32>(0u, 8u, 16u, 24u) + s)) & vec4<u32>(mask);
+}
+
+// Byte `off` of the block starting at word `base`.
+fn byte_at(base: u32, off: u32) -> u32 {
+    return (w[base + off / 4u] >> (8u * (off % 4u))) & 0xFFu;
+}
+
+var<private> IQ4_VALUES: array<f32, 16> = array<f32, 16>(
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0, 1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0,
+);
+
+fn iq4(q: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(IQ4_VALUES[q.x], IQ4_VALUES[q.y], IQ4_VALUES[q.z], IQ4_VALUES[q.w]);
+}
+
+// Words per super-block of the K-quant types (DTYPE 9..14).
+fn kblock_words() -> u32 {
+    switch DTYPE {
+        case 9u: { return 21u; }
+        case 10u: { return 28u; }
+        case 11u: { return 36u; }
+        case 12u: { return 44u; }
+        case 13u: { return 53u; }
+        default: { return 34u; }
+    }
+}
+
+// The 5-bit values' top bits for elements 4j .. 4j + 4 of a Q5_0/Q5_1 block, from qh.
+fn q5_high(qh: u32, j: u32) -> vec4<u32> {
+    return ((vec4<u32>(qh) >> (vec4<u32>(0u, 1u, 2u, 3u) + 4u * j)) & vec4<u32>(1u)) << vec4<u32>(4u);
+}
+
+// Q4_K/Q5_K: the 6-bit (scale, min) of chunk c from the 12 scale bytes at byte 4.
+fn k4_scale_min(base: u32, c: u32) -> vec2<f32> {
+    if c < 4u {
+        return vec2<f32>(f32(byte_at(base, 4u + c) & 63u), f32(byte_at(base, 8u + c) & 63u));
+    }
+    let sc = (byte_at(base, 8u + c) & 0xFu) | ((byte_at(base, c) >> 6u) << 4u);
+    let m = (byte_at(base, 8u + c) >> 4u) | ((byte_at(base, 4u + c) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
+}
+
+// Elements 4j .. 4j + 4 of chunk c of the K-quant super-block at word base: raw values for
+// Q4_K, Q5_K and IQ4_XS (scaled by `block_scale`), dequantized values for the others.
+fn kraw4(base: u32, c: u32, j: u32) -> vec4<f32> {
+    let half = select(0u, 1u, j >= 4u);
+    if DTYPE == 9u {
+        // Q2_K: scales[16], qs[64], d, dmin.
+        let q = bits4(w[base + 4u + 8u * (c / 4u) + j], 2u * (c % 4u), 3u);
+        let sc = byte_at(base, 2u * c + half);
+        let dm = unpack2x16float(w[base + 20u]);
+        return vec4<f32>(q) * (dm.x * f32(sc & 0xFu)) - vec4<f32>(dm.y * f32(sc >> 4u));
+    }
+    if DTYPE == 10u {
+        // Q3_K: hmask[32], qs[64], scales[12], d.
+        let lo = bits4(w[base + 8u + 8u * (c / 4u) + j], 2u * (c % 4u), 3u);
+        let hi = bits4(w[base + j], c, 1u);
+        let q = vec4<i32>(lo | (hi << vec4<u32>(2u))) - vec4<i32>(4);
+        let s = 2u * c + half;
+        let sl = (byte_at(base, 96u + s % 8u) >> (4u * (s / 8u))) & 0xFu;
+        let sh = (byte_at(base, 104u + s % 4u) >> (2u * (s / 4u))) & 3u;
+        let d = unpack2x16float(w[base + 27u]).x;
+        return vec4<f32>(q) * (d * f32(i32(sl | (sh << 4u)) - 32));
+    }
+    if DTYPE == 11u {
+        // Q4_K: d, dmin, scales[12], qs[128].
+        return vec4<f32>(bits4(w[base + 4u + 8u * (c / 2u) + j], 4u * (c % 2u), 0xFu));
+    }
+    if DTYPE == 12u {
+        // Q5_K: d, dmin, scales[12], qh[32], qs[128].
+        let lo = bits4(w[base + 12u + 8u * (c / 2u) + j], 4u * (c % 2u), 0xFu);
+        return vec4<f32>(lo | (bits4(w[base + 4u + j], c, 1u) << vec4<u32>(4u)));
+    }
+    if DTYPE == 13u {
+        // Q6_K: ql[128], qh[64], scales[16] (i8), d.
+        let h = c / 4u;
+        let k = c % 4u;
+        let lo = bits4(w[base + 16u * h + 8u * (k % 2u) + j], 4u * (k / 2u), 0xFu);
+        let hi = bits4(w[base + 32u + 8u * h + j], 2u * k, 3u);
+        let q = vec4<i32>(lo | (hi << vec4<u32>(4u))) - vec4<i32>(32);
+        let sc = (i32(byte_at(base, 192u + 8u * h + 2u * k + half)) << 24u) >> 24u;
+        let d = unpack2x16float(w[base + 52u]).x;
+        return vec4<f32>(q) * (d * f32(sc));
+    }
+    // IQ4_XS: d, scales_h, scales_l[4], qs[128].
+    let q = w[base + 2u + 4u * c + (j & 3u)];
+    return iq4(select(bits4(q, 4u, 0xFu), bits4(q, 0u, 0xFu), j < 4u));
+}
+
+// (scale, min) of chunk c of the K-quant super-block at word base (see `kraw4`).
+fn kscale(base: u32, c: u32) -> vec2<f32> {
+    if DTYPE == 11u || DTYPE == 12u {
+        let dm = unpack2x16float(w[base]);
+        let sm = k4_scale_min(base, c);
+        return vec2<f32>(dm.x * sm.x, -(dm.y * sm.y));
+    }
+    if DTYPE == 14u {
+        let lo = (byte_at(base, 4u + c / 2u) >> (4u * (c % 2u))) & 0xFu;
+        let hi = (w[base] >> (16u + 2u * c)) & 3u;
+        return vec2<f32>(unpack2x16float(w[base]).x * f32(i32(lo | (hi << 4u)) - 32), 0.0);
+    }
+    return vec2<f32>(1.0, 0.0);
+}
+
 fn x4(i: u32) -> vec4<f32> {
     return vec4<f32>(x[i], x[i + 1u], x[i + 2u], x[i + 3u]);
 }
@@ -113,8 +228,22 @@ fn float4_at(ro: u32, c: u32) -> vec4<f32> {
 }
 
 // A block's elements before scaling, as exact f32: elements 4j .. 4j + 4 (j < 8) of block
-// b of the row at word ro. Q4_0: nibble - 8; Q4_1: nibble; Q8_0: the i8; floats: the value.
+// b of the row at word ro. Q4_0: nibble - 8; Q4_1: nibble; Q8_0: the i8; Q5_0: q - 16; Q5_1:
+// q; IQ4_NL: the table value; K-quants: see `kraw4`; floats: the value.
 fn raw4(ro: u32, b: u32, j: u32) -> vec4<f32> {
+    if DTYPE >= 9u {
+        return kraw4(ro + (b / 8u) * kblock_words(), b % 8u, j);
+    }
+    if DTYPE == 6u || DTYPE == 7u {
+        let bo = ro + b * 6u;
+        let q = w[bo + 2u + (j & 3u)];
+        let n = select(bits4(q, 4u, 0xFu), bits4(q, 0u, 0xFu), j < 4u) | q5_high(w[bo + 1u], j);
+        return select(vec4<f32>(n), vec4<f32>(n) - 16.0, DTYPE == 6u);
+    }
+    if DTYPE == 8u {
+        let q = w[ro + b * 5u + 1u + (j & 3u)];
+        return iq4(select(bits4(q, 4u, 0xFu), bits4(q, 0u, 0xFu), j < 4u));
+    }
     if DTYPE == 3u || DTYPE == 4u {
         let q = w[ro + b * 5u + 1u + (j & 3u)];
         let n = select(nib_hi(q), nib_lo(q), j < 4u);
@@ -128,6 +257,16 @@ fn raw4(ro: u32, b: u32, j: u32) -> vec4<f32> {
 
 // The block's (scale, min): element = scale * raw + min. Floats: (1, 0).
 fn block_scale(ro: u32, b: u32) -> vec2<f32> {
+    if DTYPE >= 9u {
+        return kscale(ro + (b / 8u) * kblock_words(), b % 8u);
+    }
+    if DTYPE == 6u || DTYPE == 7u {
+        let dm = unpack2x16float(w[ro + b * 6u]);
+        return select(vec2<f32>(dm.x, 0.0), dm, DTYPE == 7u);
+    }
+    if DTYPE == 8u {
+        return vec2<f32>(unpack2x16float(w[ro + b * 5u]).x, 0.0);
+    }
     if DTYPE == 3u || DTYPE == 5u {
         return vec2<f32>(unpack2x16float(w[ro + b * select(5u, 9u, DTYPE == 5u)]).x, 0.0);
     }
@@ -164,7 +303,8 @@ fn acc_step(a: Acc, ql: vec4<f32>, qh: vec4<f32>, xl: vec4<f32>, xh: vec4<f32>) 
 
 fn acc_end(a: Acc, dm: vec2<f32>) -> f32 {
     let s = a.s.x + a.s.y + a.s.z + a.s.w;
-    if DTYPE == 4u {
+    // Types with a minimum: Q4_1, Q5_1, Q4_K, Q5_K.
+    if DTYPE == 4u || DTYPE == 7u || DTYPE == 11u || DTYPE == 12u {
         return dm.x * s + dm.y * (a.sx.x + a.sx.y + a.sx.z + a.sx.w);
     }
     return dm.x * s;

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use web_node::model::gguf::writer::{self, TensorOut};
-use web_node::model::gguf::Value;
+use web_node::model::gguf::{GgmlType, Value};
 use web_node::model::quant::{dequantize, quantize};
 use web_node::model::weights::permute_rope_rows;
 use web_node::model::{Arch, LlamaConfig, QMatrix, WeightType};
@@ -245,16 +245,9 @@ pub fn write_gguf(metadata: &[(&str, Value)], tensors: &[(String, Vec<u64>, u32,
     writer::write(metadata, &outs)
 }
 
-/// ggml's type id for a float type.
+/// ggml's type id for a weight type.
 pub fn ggml_type(dtype: WeightType) -> u32 {
-    match dtype {
-        WeightType::F32 => 0,
-        WeightType::F16 => 1,
-        WeightType::BF16 => 30,
-        WeightType::Q4_0 => 2,
-        WeightType::Q4_1 => 3,
-        WeightType::Q8_0 => 8,
-    }
+    GgmlType::from(dtype).0
 }
 
 /// The GGUF name of a Hugging Face tensor name.

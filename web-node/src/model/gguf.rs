@@ -185,25 +185,79 @@ pub struct GgmlType(pub u32);
 impl GgmlType {
     /// The engine's [`WeightType`] for this id, if supported.
     pub fn weight_type(self) -> Option<WeightType> {
-        Some(match self.0 {
-            0 => WeightType::F32,
-            1 => WeightType::F16,
-            2 => WeightType::Q4_0,
-            3 => WeightType::Q4_1,
-            8 => WeightType::Q8_0,
-            30 => WeightType::BF16,
-            _ => return None,
-        })
+        WeightType::ALL.into_iter().find(|&t| GgmlType::from(t) == self)
     }
 
     /// ggml's name for the type.
     pub fn name(self) -> String {
-        const NAMES: [&str; 31] = [
-            "F32", "F16", "Q4_0", "Q4_1", "Q4_2", "Q4_3", "Q5_0", "Q5_1", "Q8_0", "Q8_1", "Q2_K", "Q3_K", "Q4_K",
-            "Q5_K", "Q6_K", "Q8_K", "IQ2_XXS", "IQ2_XS", "IQ3_XXS", "IQ1_S", "IQ4_NL", "IQ3_S", "IQ2_S", "IQ4_XS",
-            "I8", "I16", "I32", "I64", "F64", "IQ1_M", "BF16",
+        const NAMES: [&str; 42] = [
+            "F32",
+            "F16",
+            "Q4_0",
+            "Q4_1",
+            "Q4_2",
+            "Q4_3",
+            "Q5_0",
+            "Q5_1",
+            "Q8_0",
+            "Q8_1",
+            "Q2_K",
+            "Q3_K",
+            "Q4_K",
+            "Q5_K",
+            "Q6_K",
+            "Q8_K",
+            "IQ2_XXS",
+            "IQ2_XS",
+            "IQ3_XXS",
+            "IQ1_S",
+            "IQ4_NL",
+            "IQ3_S",
+            "IQ2_S",
+            "IQ4_XS",
+            "I8",
+            "I16",
+            "I32",
+            "I64",
+            "F64",
+            "IQ1_M",
+            "BF16",
+            "Q4_0_4_4",
+            "Q4_0_4_8",
+            "Q4_0_8_8",
+            "TQ1_0",
+            "TQ2_0",
+            "IQ4_NL_4_4",
+            "IQ4_NL_4_8",
+            "IQ4_NL_8_8",
+            "MXFP4",
+            "NVFP4",
+            "Q1_0",
         ];
         NAMES.get(self.0 as usize).map_or_else(|| format!("type {}", self.0), |s| s.to_string())
+    }
+}
+
+impl From<WeightType> for GgmlType {
+    /// ggml's id of a weight type.
+    fn from(t: WeightType) -> Self {
+        GgmlType(match t {
+            WeightType::F32 => 0,
+            WeightType::F16 => 1,
+            WeightType::Q4_0 => 2,
+            WeightType::Q4_1 => 3,
+            WeightType::Q5_0 => 6,
+            WeightType::Q5_1 => 7,
+            WeightType::Q8_0 => 8,
+            WeightType::Q2_K => 10,
+            WeightType::Q3_K => 11,
+            WeightType::Q4_K => 12,
+            WeightType::Q5_K => 13,
+            WeightType::Q6_K => 14,
+            WeightType::IQ4_NL => 20,
+            WeightType::IQ4_XS => 23,
+            WeightType::BF16 => 30,
+        })
     }
 }
 

@@ -169,20 +169,13 @@ fn execute(f: RowsFn, jobs: Vec<Job<'_>>, x: &[f32], n: usize) {
 
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
     use rand::{Rng, SeedableRng};
     use rand_chacha::ChaCha8Rng;
 
     use super::*;
     use crate::engine::reference;
-    use crate::model::quant::quantize;
+    use crate::model::quant::{random_matrix, QK};
     use crate::model::WeightType;
-
-    fn random_matrix(dtype: WeightType, rows: usize, cols: usize, seed: u64) -> QMatrix {
-        let mut rng = ChaCha8Rng::seed_from_u64(seed);
-        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.random_range(-1.0f32..1.0)).collect();
-        QMatrix::new(dtype, rows, cols, Bytes::from(quantize(dtype, &vals))).expect("sizes match")
-    }
 
     fn random_x(n: usize, cols: usize, seed: u64) -> Vec<f32> {
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -212,12 +205,22 @@ mod tests {
         }
     }
 
+    /// Shapes for the 32-element block types, and for the 256-element super-block types.
     const SHAPES: [(usize, usize); 4] = [(67, 64), (130, 96), (5, 32), (300, 576)];
+    const SHAPES_K: [(usize, usize); 4] = [(67, 256), (130, 512), (5, 256), (300, 768)];
+
+    fn shapes(dtype: WeightType) -> [(usize, usize); 4] {
+        if dtype.block_len() > QK {
+            SHAPES_K
+        } else {
+            SHAPES
+        }
+    }
 
     #[test]
     fn matmul_matches_reference_all_types() {
         for (i, dtype) in WeightType::ALL.into_iter().enumerate() {
-            for (j, &(rows, cols)) in SHAPES.iter().enumerate() {
+            for (j, &(rows, cols)) in shapes(dtype).iter().enumerate() {
                 let w = random_matrix(dtype, rows, cols, (i * 100 + j) as u64);
                 for n in [1, 3, 17] {
                     let x = random_x(n, cols, 7 + n as u64);
@@ -260,7 +263,7 @@ mod tests {
     #[test]
     fn scalar_kernel_matches_reference() {
         for (i, dtype) in WeightType::ALL.into_iter().enumerate() {
-            for (j, &(rows, cols)) in SHAPES.iter().enumerate() {
+            for (j, &(rows, cols)) in shapes(dtype).iter().enumerate() {
                 let w = random_matrix(dtype, rows, cols, (i * 10 + j) as u64);
                 for n in [1, 3, 17] {
                     let x = random_x(n, cols, n as u64);
@@ -299,7 +302,7 @@ mod tests {
     fn simd_kernels_match_reference() {
         for (name, f) in kernels() {
             for (i, dtype) in WeightType::ALL.into_iter().enumerate() {
-                for (j, &(rows, cols)) in SHAPES.iter().enumerate() {
+                for (j, &(rows, cols)) in shapes(dtype).iter().enumerate() {
                     let w = random_matrix(dtype, rows, cols, (i * 10 + j) as u64);
                     for n in [1, 3, 17] {
                         let x = random_x(n, cols, n as u64);
@@ -311,11 +314,38 @@ mod tests {
         }
     }
 
+    /// Every kernel decodes every type to exactly the reference's values: multiplied by the
+    /// unit vectors (`x = I`, one token per column), each output is one weight times 1 plus
+    /// zeros, so it equals the reference dequantization with no rounding of its own (zeros
+    /// may lose their sign).
+    #[test]
+    fn unit_vectors_give_the_reference_values() {
+        for (name, f) in kernels() {
+            for (i, dtype) in WeightType::ALL.into_iter().enumerate() {
+                let (rows, cols) = (5, 2 * dtype.block_len().max(QK));
+                let w = random_matrix(dtype, rows, cols, 50 + i as u64);
+                let mut eye = vec![0.0f32; cols * cols];
+                for c in 0..cols {
+                    eye[c * cols + c] = 1.0;
+                }
+                let got = one_job(f, &w, &eye, cols);
+                let want = w.dequantize();
+                for r in 0..rows {
+                    for c in 0..cols {
+                        let (g, e) = (got[c * rows + r], want[r * cols + c]);
+                        assert!(g == e, "{name} {dtype}: element ({r}, {c}) decoded as {g}, reference {e}");
+                    }
+                }
+            }
+        }
+    }
+
     /// Results are the same bit for bit whatever the job split, the token count and the run.
     #[test]
     fn deterministic_across_runs_splits_and_token_counts() {
         for dtype in WeightType::ALL {
-            let (rows, cols) = (1030, 576); // large enough to be split into parallel jobs
+            // Large enough to be split into parallel jobs.
+            let (rows, cols) = (1030, if dtype.block_len() > QK { 768 } else { 576 });
             let w = random_matrix(dtype, rows, cols, 42);
             let n = 9;
             let x = random_x(n, cols, 43);

@@ -1,7 +1,8 @@
 //! AVX2 + FMA + F16C (and AVX-512F) matrix-product kernels for x86_64, chosen at run time.
 //!
-//! Each 32-element weight block is decoded into four `__m256` (or two `__m512`) of f32 (exactly the values of
-//! the reference dequantization: `q * d + m` is one FMA and both products are exact in f32)
+//! Each 32-element weight block (or 32-element chunk of a 256-element K-quant super-block) is
+//! decoded into four `__m256` (or two `__m512`) of f32 (exactly the values of the reference
+//! dequantization: `q * d + m` is one FMA and every product is exact in f32)
 //! and multiplied into the f32 activations with FMAs. Every (row, token) pair owns two
 //! accumulators (chunks 0, 2 and 1, 3 of each block), reduced in a fixed order at the end, so
 //! a result does not depend on how rows and tokens are tiled or split across threads.
@@ -9,7 +10,7 @@
 use std::arch::x86_64::*;
 use std::ops::Range;
 
-use crate::model::quant::QK;
+use crate::model::quant::{f16_at, iq4xs_scale, k4_scale_min, q3k_scale, IQ4_VALUES, QK};
 use crate::model::{QMatrix, WeightType};
 
 /// Whether this CPU has the features of the AVX2 kernels (the check is cached by std).
@@ -41,6 +42,15 @@ pub(super) fn rows(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, out: &m
             WeightType::Q4_0 => drive::<Avx2<Q40>>(w, x, n, rows, out),
             WeightType::Q4_1 => drive::<Avx2<Q41>>(w, x, n, rows, out),
             WeightType::Q8_0 => drive::<Avx2<Q80>>(w, x, n, rows, out),
+            WeightType::Q5_0 => drive::<Avx2<Q50>>(w, x, n, rows, out),
+            WeightType::Q5_1 => drive::<Avx2<Q51>>(w, x, n, rows, out),
+            WeightType::IQ4_NL => drive::<Avx2<Iq4Nl>>(w, x, n, rows, out),
+            WeightType::Q2_K => drive::<Avx2<Q2K>>(w, x, n, rows, out),
+            WeightType::Q3_K => drive::<Avx2<Q3K>>(w, x, n, rows, out),
+            WeightType::Q4_K => drive::<Avx2<Q4K>>(w, x, n, rows, out),
+            WeightType::Q5_K => drive::<Avx2<Q5K>>(w, x, n, rows, out),
+            WeightType::Q6_K => drive::<Avx2<Q6K>>(w, x, n, rows, out),
+            WeightType::IQ4_XS => drive::<Avx2<Iq4Xs>>(w, x, n, rows, out),
         }
     }
 }
@@ -61,6 +71,15 @@ pub(super) fn rows_512(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, out
             WeightType::Q4_0 => drive::<Avx512<Q40>>(w, x, n, rows, out),
             WeightType::Q4_1 => drive::<Avx512<Q41>>(w, x, n, rows, out),
             WeightType::Q8_0 => drive::<Avx512<Q80>>(w, x, n, rows, out),
+            WeightType::Q5_0 => drive::<Avx512<Q50>>(w, x, n, rows, out),
+            WeightType::Q5_1 => drive::<Avx512<Q51>>(w, x, n, rows, out),
+            WeightType::IQ4_NL => drive::<Avx512<Iq4Nl>>(w, x, n, rows, out),
+            WeightType::Q2_K => drive::<Avx512<Q2K>>(w, x, n, rows, out),
+            WeightType::Q3_K => drive::<Avx512<Q3K>>(w, x, n, rows, out),
+            WeightType::Q4_K => drive::<Avx512<Q4K>>(w, x, n, rows, out),
+            WeightType::Q5_K => drive::<Avx512<Q5K>>(w, x, n, rows, out),
+            WeightType::Q6_K => drive::<Avx512<Q6K>>(w, x, n, rows, out),
+            WeightType::IQ4_XS => drive::<Avx512<Iq4Xs>>(w, x, n, rows, out),
         }
     }
 }
@@ -72,15 +91,18 @@ fn check(w: &QMatrix, x: &[f32], n: usize, rows: &Range<usize>, out: &[f32]) {
     assert_eq!(w.data.len(), w.rows * w.row_bytes(), "simd_x86: matrix data has the wrong length");
 }
 
-/// A storage format seen as 32-element blocks.
+/// A storage format seen as stored blocks of `CHUNKS` 32-element chunks.
 trait Format {
-    /// Bytes of one 32-element block.
+    /// Bytes of one stored block.
     const BYTES: usize;
-    /// Decodes the block at `p` into elements `8c..8c+8` for `c < 4`.
+    /// 32-element chunks per stored block: 1, or 8 for a K-quant super-block.
+    const CHUNKS: usize = 1;
+    /// Decodes chunk `c` (< `CHUNKS`) of the block at `p`: vector `i` holds its elements
+    /// `8i..8i+8`.
     ///
     /// # Safety
     /// `p` must point at `BYTES` readable bytes; the CPU must have avx2, fma and f16c.
-    unsafe fn decode(p: *const u8) -> [__m256; 4];
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4];
 }
 
 /// Loads a little-endian f16 at `p` and broadcasts it as f32.
@@ -128,7 +150,7 @@ impl Format for F32 {
     const BYTES: usize = 4 * QK;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         let p = p.cast::<f32>();
         [_mm256_loadu_ps(p), _mm256_loadu_ps(p.add(8)), _mm256_loadu_ps(p.add(16)), _mm256_loadu_ps(p.add(24))]
     }
@@ -139,7 +161,7 @@ impl Format for F16 {
     const BYTES: usize = 2 * QK;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         let h = |i: usize| _mm_loadu_si128(p.add(16 * i).cast());
         [_mm256_cvtph_ps(h(0)), _mm256_cvtph_ps(h(1)), _mm256_cvtph_ps(h(2)), _mm256_cvtph_ps(h(3))]
     }
@@ -150,7 +172,7 @@ impl Format for Bf16 {
     const BYTES: usize = 2 * QK;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         [bf16x8(p), bf16x8(p.add(16)), bf16x8(p.add(32)), bf16x8(p.add(48))]
     }
 }
@@ -160,7 +182,7 @@ impl Format for Q40 {
     const BYTES: usize = 18;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         let d = bcast_f16(p);
         // (q - 8) * d == q * d + (-8 d), exactly: every product here is exact in f32.
         let off = _mm256_mul_ps(d, _mm256_set1_ps(-8.0));
@@ -179,7 +201,7 @@ impl Format for Q41 {
     const BYTES: usize = 20;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         // d and m are adjacent f16s: convert both at once.
         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
         let d = _mm256_broadcastss_ps(dm);
@@ -200,9 +222,239 @@ impl Format for Q80 {
     const BYTES: usize = 34;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn decode(p: *const u8) -> [__m256; 4] {
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
         let d = bcast_f16(p);
         [i8x8(p.add(2), d), i8x8(p.add(10), d), i8x8(p.add(18), d), i8x8(p.add(26), d)]
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// 5-bit, non-linear and K-quant formats. Each decodes its 32 integer values into the bytes of
+// one `__m256i` (element `i` in byte `i`), then converts and scales them.
+
+/// The f32 values of the 32 unsigned bytes of `v`, in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn u8x32_f32(v: __m256i) -> [__m256; 4] {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    [
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)),
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(lo, lo))),
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)),
+        _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_unpackhi_epi64(hi, hi))),
+    ]
+}
+
+/// The f32 values of the 32 signed bytes of `v`, in element order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn i8x32_f32(v: __m256i) -> [__m256; 4] {
+    let (lo, hi) = (_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    [
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(lo, lo))),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi)),
+        _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_unpackhi_epi64(hi, hi))),
+    ]
+}
+
+/// The 32 nibbles of a 16-byte `qs` as bytes: low nibbles (elements 0..16), then high.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibble_bytes(qs: *const u8) -> __m256i {
+    let v = _mm_loadu_si128(qs.cast());
+    let mask = _mm_set1_epi8(0x0F);
+    _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(v, 4), mask), _mm_and_si128(v, mask))
+}
+
+/// Bits `s..s + width` of each of the 32 bytes at `p`, as bytes (`mask` = `2^width - 1`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bits32(p: *const u8, s: usize, mask: i8) -> __m256i {
+    let v = _mm256_loadu_si256(p.cast());
+    _mm256_and_si256(_mm256_srl_epi16(v, _mm_cvtsi32_si128(s as i32)), _mm256_set1_epi8(mask))
+}
+
+/// Bit `i` of the little-endian u32 at `p` as byte `i`, valued `0` or `0x10` (a 5-bit
+/// value's top bit).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn high_bits32(p: *const u8) -> __m256i {
+    let v = _mm256_set1_epi32(p.cast::<i32>().read_unaligned());
+    // Byte i takes byte i / 8 of the word, then tests its bit i % 8.
+    let spread =
+        _mm256_shuffle_epi8(v, _mm256_set_epi64x(0x0303030303030303, 0x0202020202020202, 0x0101010101010101, 0));
+    let bit = _mm256_set1_epi64x(0x8040201008040201u64 as i64);
+    let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+    _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Looks the 32 nibble bytes of `q` up in the non-linear 4-bit table (signed bytes).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_lookup(q: __m256i) -> __m256i {
+    let table = _mm256_broadcastsi128_si256(_mm_loadu_si128(IQ4_VALUES.as_ptr().cast()));
+    _mm256_shuffle_epi8(table, q)
+}
+
+/// `q * d + m` for each of the four vectors (one rounding; `q * d` is exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_add(q: [__m256; 4], d: f32, m: f32) -> [__m256; 4] {
+    let (d, m) = (_mm256_set1_ps(d), _mm256_set1_ps(m));
+    q.map(|v| _mm256_fmadd_ps(v, d, m))
+}
+
+/// As [`scale_add`] with one `(d, m)` for elements `0..16` and another for `16..32`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scale_add_halves(q: [__m256; 4], d0: f32, m0: f32, d1: f32, m1: f32) -> [__m256; 4] {
+    let (d0, m0, d1, m1) = (_mm256_set1_ps(d0), _mm256_set1_ps(m0), _mm256_set1_ps(d1), _mm256_set1_ps(m1));
+    [
+        _mm256_fmadd_ps(q[0], d0, m0),
+        _mm256_fmadd_ps(q[1], d0, m0),
+        _mm256_fmadd_ps(q[2], d1, m1),
+        _mm256_fmadd_ps(q[3], d1, m1),
+    ]
+}
+
+/// The f16 at `p` as f32.
+#[inline]
+unsafe fn f16_ptr(p: *const u8) -> f32 {
+    f16_at(std::slice::from_raw_parts(p, 2))
+}
+
+struct Q50;
+impl Format for Q50 {
+    const BYTES: usize = 22;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
+        let d = f16_ptr(p);
+        let q = _mm256_or_si256(nibble_bytes(p.add(6)), high_bits32(p.add(2)));
+        // (q - 16) * d == q * d - 16 d exactly (a 5-bit integer times an f16).
+        scale_add(u8x32_f32(q), d, -16.0 * d)
+    }
+}
+
+struct Q51;
+impl Format for Q51 {
+    const BYTES: usize = 24;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
+        let q = _mm256_or_si256(nibble_bytes(p.add(8)), high_bits32(p.add(4)));
+        scale_add(u8x32_f32(q), f16_ptr(p), f16_ptr(p.add(2)))
+    }
+}
+
+struct Iq4Nl;
+impl Format for Iq4Nl {
+    const BYTES: usize = 18;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, _c: usize) -> [__m256; 4] {
+        let q = i8x32_f32(iq4_lookup(nibble_bytes(p.add(2))));
+        scale_add(q, f16_ptr(p), 0.0)
+    }
+}
+
+struct Q2K;
+impl Format for Q2K {
+    const BYTES: usize = 84;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        let (d, dmin) = (f16_ptr(p.add(80)), f16_ptr(p.add(82)));
+        let q = u8x32_f32(bits32(p.add(16 + 32 * (c / 4)), 2 * (c % 4), 3));
+        let (s0, s1) = (*p.add(2 * c), *p.add(2 * c + 1));
+        let sm = |s: u8| (d * (s & 0xF) as f32, -(dmin * (s >> 4) as f32));
+        let ((d0, m0), (d1, m1)) = (sm(s0), sm(s1));
+        scale_add_halves(q, d0, m0, d1, m1)
+    }
+}
+
+struct Q3K;
+impl Format for Q3K {
+    const BYTES: usize = 110;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        let d = f16_ptr(p.add(108));
+        let lo = bits32(p.add(32 + 32 * (c / 4)), 2 * (c % 4), 3);
+        let hi = bits32(p, c, 1);
+        // lo - 4 when the hmask bit is clear, lo when set: (lo | hi << 2) - 4.
+        let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 2)), _mm256_set1_epi8(4));
+        let scales = std::slice::from_raw_parts(p.add(96), 12);
+        let (d0, d1) = (d * q3k_scale(2 * c, scales) as f32, d * q3k_scale(2 * c + 1, scales) as f32);
+        scale_add_halves(i8x32_f32(q), d0, 0.0, d1, 0.0)
+    }
+}
+
+/// Q4_K and Q5_K (`FIVE`): chunk `c`'s 4 (or 5) bit values with their 6-bit scale and min.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn decode_k45<const FIVE: bool>(p: *const u8, c: usize) -> [__m256; 4] {
+    let (d, dmin) = (f16_ptr(p), f16_ptr(p.add(2)));
+    let (sc, m) = k4_scale_min(c, std::slice::from_raw_parts(p.add(4), 12));
+    let qs = if FIVE { p.add(48) } else { p.add(16) };
+    let mut q = bits32(qs.add(32 * (c / 2)), 4 * (c % 2), 0xF);
+    if FIVE {
+        q = _mm256_or_si256(q, _mm256_slli_epi16(bits32(p.add(16), c, 1), 4));
+    }
+    scale_add(u8x32_f32(q), d * sc as f32, -(dmin * m as f32))
+}
+
+struct Q4K;
+impl Format for Q4K {
+    const BYTES: usize = 144;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        decode_k45::<false>(p, c)
+    }
+}
+
+struct Q5K;
+impl Format for Q5K {
+    const BYTES: usize = 176;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        decode_k45::<true>(p, c)
+    }
+}
+
+struct Q6K;
+impl Format for Q6K {
+    const BYTES: usize = 210;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        let (h, k) = (c / 4, c % 4);
+        let d = f16_ptr(p.add(208));
+        let lo = bits32(p.add(64 * h + 32 * (k % 2)), 4 * (k / 2), 0xF);
+        let hi = bits32(p.add(128 + 32 * h), 2 * k, 3);
+        let q = _mm256_sub_epi8(_mm256_or_si256(lo, _mm256_slli_epi16(hi, 4)), _mm256_set1_epi8(32));
+        let (s0, s1) = (*p.add(192 + 8 * h + 2 * k) as i8, *p.add(193 + 8 * h + 2 * k) as i8);
+        scale_add_halves(i8x32_f32(q), d * s0 as f32, 0.0, d * s1 as f32, 0.0)
+    }
+}
+
+struct Iq4Xs;
+impl Format for Iq4Xs {
+    const BYTES: usize = 136;
+    const CHUNKS: usize = 8;
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn decode(p: *const u8, c: usize) -> [__m256; 4] {
+        let dl = f16_ptr(p) * iq4xs_scale(c, std::slice::from_raw_parts(p, 8)) as f32;
+        scale_add(i8x32_f32(iq4_lookup(nibble_bytes(p.add(8 + 16 * c)))), dl, 0.0)
     }
 }
 
@@ -216,11 +468,11 @@ fn hsum(v: __m256) -> f32 {
     _mm_cvtss_f32(s)
 }
 
-/// Dot products of `R` rows with `T` tokens over `nb` full blocks.
+/// Dot products of `R` rows with `T` tokens over `nb` full stored blocks.
 ///
 /// # Safety
-/// Each `rows[i]` must point at `nb * F::BYTES` readable bytes and each `xs[t]` at `nb * 32`
-/// readable f32; the CPU must have avx2, fma and f16c.
+/// Each `rows[i]` must point at `nb * F::BYTES` readable bytes and each `xs[t]` at
+/// `nb * F::CHUNKS * 32` readable f32; the CPU must have avx2, fma and f16c.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<F: Format, const R: usize, const T: usize>(
@@ -230,13 +482,14 @@ unsafe fn tile<F: Format, const R: usize, const T: usize>(
     pf: usize,
 ) -> [[f32; T]; R] {
     let mut acc = [[[_mm256_setzero_ps(); 2]; T]; R];
-    for b in 0..nb {
+    for i in 0..nb * F::CHUNKS {
+        let (b, c) = (i / F::CHUNKS, i % F::CHUNKS);
         for r in 0..R {
             // A hint only: prefetching past the end of the matrix is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(b * F::BYTES + pf).cast());
-            let w = F::decode(rows[r].add(b * F::BYTES));
+            _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(b * F::BYTES + c * 32 + pf).cast());
+            let w = F::decode(rows[r].add(b * F::BYTES), c);
             for t in 0..T {
-                let xp = xs[t].add(b * QK);
+                let xp = xs[t].add(i * QK);
                 let a = &mut acc[r][t];
                 a[0] = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(xp), a[0]);
                 a[1] = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(xp.add(8)), a[1]);
@@ -254,13 +507,13 @@ unsafe fn tile<F: Format, const R: usize, const T: usize>(
     out
 }
 
-/// A tile kernel: dot products of `R` rows with `T` tokens over `nb` full 32-element blocks.
+/// A tile kernel: dot products of `R` rows with `T` tokens over `nb` full stored blocks.
 trait Kern {
     /// Whether tiles of 8 tokens fit the registers (else 4).
     const WIDE: bool;
     /// # Safety
-    /// Each `rows[i]` must point at `nb` readable blocks and each `xs[t]` at `nb * 32`
-    /// readable f32; the CPU must have the kernel's features.
+    /// Each `rows[i]` must point at `nb` readable blocks and each `xs[t]` at their
+    /// elements' count of readable f32; the CPU must have the kernel's features.
     unsafe fn tile<const R: usize, const T: usize>(
         rows: [*const u8; R],
         xs: [*const f32; T],
@@ -313,7 +566,9 @@ const PREFETCH_ROWS: usize = 8;
 /// The lengths and the row range must have passed `check`; the CPU must have `K`'s features.
 unsafe fn drive<K: Kern>(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, out: &mut [f32]) {
     let cols = w.cols;
-    let nb = cols / QK;
+    // Stored blocks per row (float rows: 32-element blocks, then a tail).
+    let unit = w.dtype.block_len().max(QK);
+    let nb = cols / unit;
     let rb = w.row_bytes();
     let base = w.data.as_ptr();
     let xp = x.as_ptr();
@@ -370,15 +625,15 @@ unsafe fn drive<K: Kern>(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, o
             c = chunk.end;
         }
     }
-    let tail = cols % QK;
+    let tail = cols % unit;
     if tail > 0 {
         // Float types only: the last `tail` columns, after the blocks, in column order.
         let esz = w.dtype.block_bytes();
         let mut tw = [0.0f32; QK];
         for r in rows.clone() {
-            crate::model::quant::dequantize(w.dtype, &w.row(r)[nb * QK * esz..], &mut tw[..tail]);
+            crate::model::quant::dequantize(w.dtype, &w.row(r)[nb * unit * esz..], &mut tw[..tail]);
             for t in 0..n {
-                let xt = &x[t * cols + nb * QK..(t + 1) * cols];
+                let xt = &x[t * cols + nb * unit..(t + 1) * cols];
                 let s: f32 = tw.iter().zip(xt).map(|(a, b)| a * b).sum();
                 out[(r - r0) * n + t] += s;
             }
@@ -391,11 +646,11 @@ unsafe fn drive<K: Kern>(w: &QMatrix, x: &[f32], n: usize, rows: Range<usize>, o
 
 /// A storage format seen as 32-element blocks, decoded into two 16-lane vectors.
 trait Format512: Format {
-    /// Decodes the block at `p` into elements `0..16` and `16..32`.
+    /// Decodes chunk `c` of the block at `p` into elements `0..16` and `16..32`.
     ///
     /// # Safety
     /// `p` must point at `BYTES` readable bytes; the CPU must have avx512f, fma and f16c.
-    unsafe fn decode512(p: *const u8) -> [__m512; 2];
+    unsafe fn decode512(p: *const u8, c: usize) -> [__m512; 2];
 }
 
 /// Loads a little-endian f16 at `p` and broadcasts it as f32 to 16 lanes.
@@ -420,7 +675,7 @@ unsafe fn nibbles512(qs: *const u8) -> [__m512; 2] {
 impl Format512 for F32 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         let p = p.cast::<f32>();
         [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))]
     }
@@ -429,7 +684,7 @@ impl Format512 for F32 {
 impl Format512 for F16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         [_mm512_cvtph_ps(_mm256_loadu_si256(p.cast())), _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32).cast()))]
     }
 }
@@ -445,7 +700,7 @@ unsafe fn bf16x16(p: *const u8) -> __m512 {
 impl Format512 for Bf16 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         [bf16x16(p), bf16x16(p.add(32))]
     }
 }
@@ -453,7 +708,7 @@ impl Format512 for Bf16 {
 impl Format512 for Q40 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         let d = bcast_f16_512(p);
         let off = _mm512_mul_ps(d, _mm512_set1_ps(-8.0));
         let q = nibbles512(p.add(2));
@@ -464,7 +719,7 @@ impl Format512 for Q40 {
 impl Format512 for Q41 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
         let d = _mm512_broadcastss_ps(dm);
         let m = _mm512_broadcastss_ps(_mm_movehdup_ps(dm));
@@ -484,11 +739,39 @@ unsafe fn i8x16(p: *const u8, d: __m512) -> __m512 {
 impl Format512 for Q80 {
     #[inline]
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    unsafe fn decode512(p: *const u8) -> [__m512; 2] {
+    unsafe fn decode512(p: *const u8, _c: usize) -> [__m512; 2] {
         let d = bcast_f16_512(p);
         [i8x16(p.add(2), d), i8x16(p.add(18), d)]
     }
 }
+
+/// Chunk `c` of the block at `p` with `F`'s eight-lane decoder, as two 16-lane vectors.
+///
+/// # Safety
+/// As [`Format::decode`], with avx512f.
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma,f16c")]
+unsafe fn joined<F: Format>(p: *const u8, c: usize) -> [__m512; 2] {
+    let w = F::decode(p, c);
+    let join = |a: __m256, b: __m256| {
+        _mm512_castpd_ps(_mm512_insertf64x4(_mm512_castpd256_pd512(_mm256_castps_pd(a)), _mm256_castps_pd(b), 1))
+    };
+    [join(w[0], w[1]), join(w[2], w[3])]
+}
+
+/// AVX-512 kernels for formats whose decoding is done in eight-lane halves.
+macro_rules! joined_512 {
+    ($($t:ty),*) => {$(
+        impl Format512 for $t {
+            #[inline]
+            #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+            unsafe fn decode512(p: *const u8, c: usize) -> [__m512; 2] {
+                joined::<Self>(p, c)
+            }
+        }
+    )*};
+}
+joined_512!(Q50, Q51, Iq4Nl, Q2K, Q3K, Q4K, Q5K, Q6K, Iq4Xs);
 
 /// Sums the sixteen lanes of `v` in a fixed order.
 #[inline]
@@ -512,13 +795,14 @@ unsafe fn tile512<F: Format512, const R: usize, const T: usize>(
     pf: usize,
 ) -> [[f32; T]; R] {
     let mut acc = [[[_mm512_setzero_ps(); 2]; T]; R];
-    for b in 0..nb {
+    for i in 0..nb * F::CHUNKS {
+        let (b, c) = (i / F::CHUNKS, i % F::CHUNKS);
         for r in 0..R {
             // A hint only: prefetching past the end of the matrix is harmless.
-            _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(b * F::BYTES + pf).cast());
-            let w = F::decode512(rows[r].add(b * F::BYTES));
+            _mm_prefetch::<_MM_HINT_T0>(rows[r].wrapping_add(b * F::BYTES + c * 32 + pf).cast());
+            let w = F::decode512(rows[r].add(b * F::BYTES), c);
             for t in 0..T {
-                let xp = xs[t].add(b * QK);
+                let xp = xs[t].add(i * QK);
                 let a = &mut acc[r][t];
                 a[0] = _mm512_fmadd_ps(w[0], _mm512_loadu_ps(xp), a[0]);
                 a[1] = _mm512_fmadd_ps(w[1], _mm512_loadu_ps(xp.add(16)), a[1]);

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::engine::cpu::CpuBackend;
 use crate::engine::{reference, Backend, BatchItem, BlockExecutor, EngineError, ExecutorConfig};
-use crate::model::quant::quantize;
+use crate::model::quant::{quantize, random_blocks};
 use crate::model::{Arch, LayerWeights, LlamaConfig, QMatrix, WeightType};
 
 fn ctx() -> Arc<GpuContext> {
@@ -31,8 +31,12 @@ fn randn(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
 }
 
 fn qmatrix(rng: &mut ChaCha8Rng, dtype: WeightType, rows: usize, cols: usize) -> QMatrix {
-    let vals = randn(rng, rows * cols);
-    QMatrix::new(dtype, rows, cols, Bytes::from(quantize(dtype, &vals))).expect("valid test matrix")
+    let bytes = if dtype.can_quantize() {
+        quantize(dtype, &randn(rng, rows * cols))
+    } else {
+        random_blocks(dtype, rows * cols / dtype.block_len(), rng)
+    };
+    QMatrix::new(dtype, rows, cols, Bytes::from(bytes)).expect("valid test matrix")
 }
 
 /// Asserts `|got - want| <= rel * scale[i] + abs` element by element, naming the first failure.
@@ -71,8 +75,11 @@ fn matmul_every_type_matches_reference() {
     let ctx = ctx();
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     for dtype in WeightType::ALL {
-        let shapes: &[(usize, usize)] =
-            if dtype.block_len() == 1 { &[(37, 45), (6, 700), (65, 64)] } else { &[(37, 96), (6, 704), (65, 32)] };
+        let shapes: &[(usize, usize)] = match dtype.block_len() {
+            1 => &[(37, 45), (6, 700), (65, 64)],
+            32 => &[(37, 96), (6, 704), (65, 32)],
+            _ => &[(37, 256), (6, 768), (65, 512)],
+        };
         for &(rows, cols) in shapes {
             let w = qmatrix(&mut rng, dtype, rows, cols);
             for n in [1, 5, 33] {
@@ -89,6 +96,34 @@ fn matmul_every_type_matches_reference() {
                             block_on(ops::matmul_layout(&ctx, &w, &x[t * cols..(t + 1) * cols], 1, row_per_thread));
                         assert_eq!(alone[..], got[t * rows..(t + 1) * rows], "{what}: token {t} alone");
                     }
+                }
+            }
+        }
+    }
+}
+
+/// The kernels decode every quantized type to exactly the reference's values: with unit
+/// vectors as tokens (`x = I`), each output is one weight (its raw value times its block's
+/// scale, plus its minimum: one rounding, as in the reference) plus zeros. Zeros may lose
+/// their sign.
+#[test]
+fn unit_vectors_give_the_reference_values() {
+    let ctx = ctx();
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    for dtype in WeightType::ALL.into_iter().filter(|t| t.block_len() > 1) {
+        let (rows, cols) = (5, 2 * dtype.block_len());
+        let w = qmatrix(&mut rng, dtype, rows, cols);
+        let mut eye = vec![0.0f32; cols * cols];
+        for c in 0..cols {
+            eye[c * cols + c] = 1.0;
+        }
+        let want = w.dequantize();
+        for row_per_thread in [false, true] {
+            let got = block_on(ops::matmul_layout(&ctx, &w, &eye, cols, row_per_thread));
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (g, e) = (got[c * rows + r], want[r * cols + c]);
+                    assert!(g == e, "{dtype} row_per_thread={row_per_thread}: ({r}, {c}) is {g}, reference {e}");
                 }
             }
         }
