@@ -50,10 +50,11 @@ step "build ait and the tests (native, release)" cargo test --release --workspac
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
 AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
 export AIT_MODEL
-# The API tests drive the relay with the official `openai` Python package.
+# The API tests drive the relay with the official `openai` Python package; the quantization
+# tests compare with llama.cpp's `gguf` package.
 AIT_PYDEPS=${AIT_PYDEPS:-$HOME/.cache/ai-torrent/pydeps}
 export AIT_PYDEPS
-step "install the openai Python package" bash scripts/pydeps.sh "$AIT_PYDEPS"
+step "install the Python test packages (openai, gguf)" bash scripts/pydeps.sh "$AIT_PYDEPS"
 # Trunk builds the app, and with it web-node, for wasm32.
 step "build web app and web-node (wasm32, trunk)" trunk build --release
 # Release profile: shares build scripts and proc macros with the builds above.

@@ -25,6 +25,16 @@ pub fn default_model() -> PathBuf {
 
 pub use web_node::client::argmax;
 
+/// `python3` (or `$AIT_PYTHON`) with the test packages on its path: `$AIT_PYDEPS`, where
+/// scripts/test.sh installs `openai` and `gguf` (scripts/pydeps.sh), goes on `PYTHONPATH`.
+pub fn python() -> std::process::Command {
+    let mut c = std::process::Command::new(std::env::var("AIT_PYTHON").unwrap_or_else(|_| "python3".into()));
+    if let Some(deps) = std::env::var_os("AIT_PYDEPS") {
+        c.env("PYTHONPATH", deps);
+    }
+    c
+}
+
 /// Largest absolute difference between two equally long slices.
 pub fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "length mismatch");

@@ -8,20 +8,10 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use ait_tests::default_model;
 use ait_tests::procs::{ait_bin, temp_dir, three_relays, Relay};
+use ait_tests::{default_model, python};
 
 static SERIAL: Mutex<()> = Mutex::new(());
-
-/// `python3` with the `openai` package: `$AIT_PYDEPS` (where scripts/test.sh installs it) is
-/// put on `PYTHONPATH`.
-fn python() -> Command {
-    let mut c = Command::new(std::env::var("AIT_PYTHON").unwrap_or_else(|_| "python3".into()));
-    if let Some(deps) = std::env::var_os("AIT_PYDEPS") {
-        c.env("PYTHONPATH", deps);
-    }
-    c
-}
 
 fn check_api(base: &str, key: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openai/check_api.py");
