@@ -4,6 +4,7 @@
 //! - [`tiny_model`]: a tiny random Llama model written as safetensors and as GGUF.
 //! - [`default_model`]: the default model's path (downloaded into the cache on first use).
 //! - [`procs`]: real `ait relay` processes for the swarm tests and benches.
+//! - [`requantize`]: GGUF files with tensors requantized by candle (K-quants of real weights).
 //! - [`browser`]: headless Chromium driven over WebDriver for the browser tests.
 //! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
 //!   injected faults, for the client chain's tests (`tests/tests/chain.rs`).
@@ -12,6 +13,7 @@ pub mod browser;
 pub mod candle_ref;
 pub mod chain_fixture;
 pub mod procs;
+pub mod requantize;
 /// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
 pub mod tiny_model;
 

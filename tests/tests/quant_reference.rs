@@ -10,8 +10,7 @@ use std::path::Path;
 
 use ait_tests::procs::temp_dir;
 use ait_tests::{default_model, python};
-use candle_core::quantized::{GgmlDType, QTensor};
-use candle_core::{Device, Tensor};
+use ait_tests::requantize::{candle_dtype, quantize};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use web_node::model::gguf::{GgmlType, GgufModel};
@@ -23,22 +22,6 @@ fn write_case(dir: &Path, tag: &str, dtype: WeightType, blocks: &[u8]) {
     std::fs::write(dir.join(format!("{tag}.{}.bin", GgmlType::from(dtype).name())), blocks).expect("write blocks");
 }
 
-/// candle's quantizer for a weight type, where it has one.
-fn candle_dtype(t: WeightType) -> Option<GgmlDType> {
-    Some(match t {
-        WeightType::Q4_0 => GgmlDType::Q4_0,
-        WeightType::Q4_1 => GgmlDType::Q4_1,
-        WeightType::Q5_0 => GgmlDType::Q5_0,
-        WeightType::Q5_1 => GgmlDType::Q5_1,
-        WeightType::Q8_0 => GgmlDType::Q8_0,
-        WeightType::Q2_K => GgmlDType::Q2K,
-        WeightType::Q3_K => GgmlDType::Q3K,
-        WeightType::Q4_K => GgmlDType::Q4K,
-        WeightType::Q5_K => GgmlDType::Q5K,
-        WeightType::Q6_K => GgmlDType::Q6K,
-        _ => return None,
-    })
-}
 
 #[test]
 fn dequantization_matches_gguf_py_bit_for_bit() {
@@ -59,12 +42,9 @@ fn dequantization_matches_gguf_py_bit_for_bit() {
     // Real weights requantized by candle: layer 7's ffn_down (its Q4_1 values, which the file
     // case above checks, as f32).
     let down7 = file.matrix("blk.7.ffn_down.weight", 576, 1536).expect("ffn_down");
-    let values = Tensor::from_vec(down7.dequantize(), (576, 1536), &Device::Cpu).expect("tensor");
     let mut requantized = 0;
-    for &t in &quantized {
-        let Some(ct) = candle_dtype(t) else { continue };
-        let q = QTensor::quantize(&values, ct).expect("candle quantizes");
-        write_case(&dir, "requantized", t, &q.data().expect("bytes"));
+    for &t in quantized.iter().filter(|t| candle_dtype(**t).is_some()) {
+        write_case(&dir, "requantized", t, &quantize(down7.dequantize(), 576, 1536, t));
         requantized += 1;
     }
     assert!(requantized >= 10, "candle requantized {requantized} types");

@@ -1,0 +1,61 @@
+//! Rewrites a GGUF file with some of its tensors requantized by candle's quantizer (llama.cpp's
+//! algorithms, including the K-quants' scale search), the rest copied byte for byte.
+
+use std::path::Path;
+
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use web_node::model::gguf::writer::{write, TensorOut};
+use web_node::model::gguf::{GgmlType, GgufModel};
+use web_node::model::WeightType;
+
+/// candle's quantizer for a weight type, where it has one.
+pub fn candle_dtype(t: WeightType) -> Option<GgmlDType> {
+    Some(match t {
+        WeightType::F32 => GgmlDType::F32,
+        WeightType::F16 => GgmlDType::F16,
+        WeightType::BF16 => GgmlDType::BF16,
+        WeightType::Q4_0 => GgmlDType::Q4_0,
+        WeightType::Q4_1 => GgmlDType::Q4_1,
+        WeightType::Q5_0 => GgmlDType::Q5_0,
+        WeightType::Q5_1 => GgmlDType::Q5_1,
+        WeightType::Q8_0 => GgmlDType::Q8_0,
+        WeightType::Q2_K => GgmlDType::Q2K,
+        WeightType::Q3_K => GgmlDType::Q3K,
+        WeightType::Q4_K => GgmlDType::Q4K,
+        WeightType::Q5_K => GgmlDType::Q5K,
+        WeightType::Q6_K => GgmlDType::Q6K,
+        WeightType::IQ4_NL | WeightType::IQ4_XS => return None,
+    })
+}
+
+/// `values` (`[rows, cols]`, row-major) quantized to `dtype` by candle.
+pub fn quantize(values: Vec<f32>, rows: usize, cols: usize, dtype: WeightType) -> Vec<u8> {
+    let ct = candle_dtype(dtype).unwrap_or_else(|| panic!("candle has no {dtype} quantizer"));
+    let t = Tensor::from_vec(values, (rows, cols), &Device::Cpu).expect("tensor");
+    QTensor::quantize(&t, ct).expect("candle quantizes").data().expect("bytes").into_owned()
+}
+
+/// The GGUF at `path` with every 2-D tensor whose name satisfies `pick` requantized to `dtype`
+/// (from its dequantized values); metadata and other tensors unchanged.
+pub fn requantize_gguf(path: &Path, pick: impl Fn(&str) -> bool, dtype: WeightType) -> Vec<u8> {
+    let model = GgufModel::open(path).expect("GGUF opens");
+    let file = model.file();
+    let mut metadata: Vec<(&str, _)> = file.metadata.0.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    let mut data = Vec::new();
+    for t in &file.tensors {
+        if pick(&t.name) && t.dims.len() == 2 {
+            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+            let m = file.matrix(&t.name, rows, cols).expect("matrix");
+            data.push((t, GgmlType::from(dtype).0, quantize(m.dequantize(), rows, cols, dtype)));
+        } else {
+            data.push((t, t.dtype.0, file.tensor_bytes(&t.name).expect("tensor bytes").to_vec()));
+        }
+    }
+    let tensors: Vec<TensorOut<'_>> = data
+        .iter()
+        .map(|(t, ty, b)| TensorOut { name: &t.name, dims: t.dims.clone(), ggml_type: *ty, data: b })
+        .collect();
+    write(&metadata, &tensors)
+}
