@@ -36,16 +36,16 @@ pub fn quantize(values: Vec<f32>, rows: usize, cols: usize, dtype: WeightType) -
     QTensor::quantize(&t, ct).expect("candle quantizes").data().expect("bytes").into_owned()
 }
 
-/// The GGUF at `path` with every 2-D tensor whose name satisfies `pick` requantized to `dtype`
-/// (from its dequantized values); metadata and other tensors unchanged.
-pub fn requantize_gguf(path: &Path, pick: impl Fn(&str) -> bool, dtype: WeightType) -> Vec<u8> {
+/// The GGUF at `path` with every 2-D tensor for whose name `pick` gives a type requantized to
+/// that type (from its dequantized values); metadata and other tensors unchanged.
+pub fn requantize_gguf(path: &Path, pick: impl Fn(&str) -> Option<WeightType>) -> Vec<u8> {
     let model = GgufModel::open(path).expect("GGUF opens");
     let file = model.file();
     let mut metadata: Vec<(&str, _)> = file.metadata.0.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
     let mut data = Vec::new();
     for t in &file.tensors {
-        if pick(&t.name) && t.dims.len() == 2 {
+        if let (Some(dtype), 2) = (pick(&t.name), t.dims.len()) {
             let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
             let m = file.matrix(&t.name, rows, cols).expect("matrix");
             data.push((t, GgmlType::from(dtype).0, quantize(m.dequantize(), rows, cols, dtype)));
@@ -58,4 +58,11 @@ pub fn requantize_gguf(path: &Path, pick: impl Fn(&str) -> bool, dtype: WeightTy
         .map(|(t, ty, b)| TensorOut { name: &t.name, dims: t.dims.clone(), ggml_type: *ty, data: b })
         .collect();
     write(&metadata, &tensors)
+}
+
+/// The default model as llama.cpp's Q4_K_M mixes K-quants into it: the `ffn_down` matrices
+/// (the only ones 256-element super-blocks divide) in Q4_K on even layers and Q6_K on odd ones.
+pub fn k_quant_mix(name: &str) -> Option<WeightType> {
+    let layer: usize = name.strip_prefix("blk.")?.split('.').next()?.parse().ok()?;
+    name.ends_with(".ffn_down.weight").then_some(if layer % 2 == 0 { WeightType::Q4_K } else { WeightType::Q6_K })
 }

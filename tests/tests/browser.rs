@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
+use ait_tests::requantize::{k_quant_mix, requantize_gguf};
 use serde_json::json;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -221,6 +222,57 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         eprintln!("[{transport}] tab closed: re-routed to {} in {:?} after: {}", spare.peer, rec.took, rec.error);
         drop(b);
     }
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}
+
+/// K-quants in the tab: the default model with its `ffn_down` matrices in Q4_K and Q6_K
+/// (alternating layers, as a Q4_K_M file mixes them). A tab seeds [10, 20) between native
+/// relays over WebSocket, so its WebGPU kernels run both K-quant types, and a native client's
+/// greedy generation through it equals the single-process CPU output.
+#[test]
+fn a_seeding_tab_serves_k_quant_blocks() {
+    use relay::local::{BackendKind, LocalModel};
+    use relay::swarm_client::{chain, connect};
+    use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
+    use web_node::model::ChatMessage;
+    use web_node::net::chain::ChainOptions;
+
+    let _serial = serial();
+    let root = temp_dir("browser-kquant");
+    let model = root.join("smollm2-q4_k-q6_k.gguf");
+    std::fs::write(&model, requantize_gguf(&default_model(), k_quant_mix)).expect("write the K-quant model");
+    let m = model.to_str().unwrap();
+    let opts = GenerateOptions { max_tokens: 16, sampling: SamplingParams::greedy(), ..GenerateOptions::default() };
+    let mut local = LocalModel::load(&model, BackendKind::Cpu, None).unwrap();
+    let prompt = local.client.chat_prompt(&[ChatMessage::user("What is the capital of France?")]).unwrap();
+    let reference = pollster::block_on(local.client.generate(&mut local.chain, &prompt, &opts, |_| {})).unwrap();
+    let client = ClientModel::load(&model).unwrap();
+
+    let r0 =
+        Relay::start(&root.join("r0"), &["--model", m, "--blocks", "0..10", "--web-dir", web_dir().to_str().unwrap()]);
+    let boot = r0.addr("tcp");
+    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", "20..30", "--bootstrap", &boot]);
+    let b = Browser::start().expect("browser");
+    b.goto(&page(&r0, "seed=10..20&transport=ws")).unwrap();
+    connected(&b);
+    let tab = seeding(&b);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let (out, hops) = rt.block_on(async {
+        let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
+        let mut chain = chain(handle, &client, ChainOptions::default());
+        let out = client.generate(&mut chain, &prompt, &opts, |_| {}).await;
+        let hops = chain.hop_stats();
+        chain.end().await.unwrap();
+        (out, hops)
+    });
+    let out = out.unwrap_or_else(|e| panic!("generation through the K-quant tab failed: {e}"));
+    let (hop, _) = hops.iter().find(|(h, _)| h.blocks == (10..20)).expect("a [10, 20) hop");
+    assert_eq!(hop.peer.to_string(), tab, "the [10, 20) hop is not the tab");
+    assert_eq!(out.tokens, reference.tokens, "output through the K-quant tab differs from one process");
+    eprintln!("through the K-quant tab: {:?}", out.text);
+    drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(root);
     }

@@ -9,8 +9,8 @@
 use std::path::Path;
 
 use ait_tests::procs::temp_dir;
-use ait_tests::{default_model, python};
 use ait_tests::requantize::{candle_dtype, quantize};
+use ait_tests::{default_model, python};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use web_node::model::gguf::{GgmlType, GgufModel};
@@ -21,7 +21,6 @@ use web_node::model::WeightType;
 fn write_case(dir: &Path, tag: &str, dtype: WeightType, blocks: &[u8]) {
     std::fs::write(dir.join(format!("{tag}.{}.bin", GgmlType::from(dtype).name())), blocks).expect("write blocks");
 }
-
 
 #[test]
 fn dequantization_matches_gguf_py_bit_for_bit() {

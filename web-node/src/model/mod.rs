@@ -27,6 +27,11 @@ pub use weights::{HeadWeights, LayerWeights};
 
 use std::ops::Range;
 
+/// The weight types this engine runs, for error messages: "f32, f16, ..., iq4_xs".
+pub fn supported_types() -> String {
+    WeightType::ALL.map(|t| t.name()).join(", ")
+}
+
 /// Errors reading or interpreting a model.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
@@ -75,7 +80,7 @@ pub enum ModelError {
         what: String,
     },
     /// A tensor uses a storage type this engine does not run.
-    #[error("tensor {tensor}: unsupported type {dtype} (supported: f32, f16, bf16, q4_0, q4_1, q8_0)")]
+    #[error("tensor {tensor}: unsupported type {dtype} (supported: {})", supported_types())]
     UnsupportedType {
         /// Tensor name.
         tensor: String,
