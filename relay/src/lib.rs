@@ -14,6 +14,7 @@ pub mod api;
 pub mod bench;
 pub mod chat;
 pub mod fetch;
+pub mod inspect;
 pub mod limits;
 pub mod local;
 pub mod openai;

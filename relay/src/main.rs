@@ -2,7 +2,8 @@
 //!
 //! Subcommands: `relay` (a swarm node: relay, DHT server, and optionally a server of some
 //! blocks), `generate` (run a model on this machine or through a swarm and stream text),
-//! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model).
+//! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model),
+//! `inspect` (what a model file is and whether this build runs it).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Cmd {
     Bench(relay::bench::BenchOpt),
     /// Download the default model into the cache (if needed) and print its path.
     FetchModel,
+    /// Print what a model file is (architecture, shapes, quantization mix, context,
+    /// tokenizer, chat template) and whether this build can run it; exits 1 if it cannot.
+    Inspect(relay::inspect::InspectOpt),
 }
 
 #[derive(clap::Args)]
@@ -162,6 +166,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
+        Cmd::Inspect(o) => relay::inspect::run(o).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::FetchModel => {
             println!("{}", relay::fetch::default_model()?.display());
             Ok(ExitCode::SUCCESS)

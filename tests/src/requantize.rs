@@ -1,12 +1,13 @@
 //! Rewrites a GGUF file with some of its tensors requantized by candle's quantizer (llama.cpp's
-//! algorithms, including the K-quants' scale search), the rest copied byte for byte.
+//! algorithms, including the K-quants' scale search) or otherwise replaced, the rest copied
+//! byte for byte.
 
 use std::path::Path;
 
 use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use web_node::model::gguf::writer::{write, TensorOut};
-use web_node::model::gguf::{GgmlType, GgufModel};
+use web_node::model::gguf::{GgmlType, GgufFile, GgufModel, TensorInfo};
 use web_node::model::WeightType;
 
 /// candle's quantizer for a weight type, where it has one.
@@ -39,20 +40,31 @@ pub fn quantize(values: Vec<f32>, rows: usize, cols: usize, dtype: WeightType) -
 /// The GGUF at `path` with every 2-D tensor for whose name `pick` gives a type requantized to
 /// that type (from its dequantized values); metadata and other tensors unchanged.
 pub fn requantize_gguf(path: &Path, pick: impl Fn(&str) -> Option<WeightType>) -> Vec<u8> {
+    rewrite_gguf(path, |file, t| match (pick(&t.name), t.dims.len()) {
+        (Some(dtype), 2) => {
+            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+            let m = file.matrix(&t.name, rows, cols).expect("matrix");
+            Some((GgmlType::from(dtype).0, quantize(m.dequantize(), rows, cols, dtype)))
+        }
+        _ => None,
+    })
+}
+
+/// The GGUF at `path` with the tensors for which `change` gives a new `(ggml type id, bytes)`
+/// replaced; metadata and the other tensors unchanged.
+pub fn rewrite_gguf(path: &Path, change: impl Fn(&GgufFile, &TensorInfo) -> Option<(u32, Vec<u8>)>) -> Vec<u8> {
     let model = GgufModel::open(path).expect("GGUF opens");
     let file = model.file();
     let mut metadata: Vec<(&str, _)> = file.metadata.0.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
-    let mut data = Vec::new();
-    for t in &file.tensors {
-        if let (Some(dtype), 2) = (pick(&t.name), t.dims.len()) {
-            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
-            let m = file.matrix(&t.name, rows, cols).expect("matrix");
-            data.push((t, GgmlType::from(dtype).0, quantize(m.dequantize(), rows, cols, dtype)));
-        } else {
-            data.push((t, t.dtype.0, file.tensor_bytes(&t.name).expect("tensor bytes").to_vec()));
-        }
-    }
+    let data: Vec<(&TensorInfo, u32, Vec<u8>)> = file
+        .tensors
+        .iter()
+        .map(|t| match change(file, t) {
+            Some((ty, bytes)) => (t, ty, bytes),
+            None => (t, t.dtype.0, file.tensor_bytes(&t.name).expect("tensor bytes").to_vec()),
+        })
+        .collect();
     let tensors: Vec<TensorOut<'_>> = data
         .iter()
         .map(|(t, ty, b)| TensorOut { name: &t.name, dims: t.dims.clone(), ggml_type: *ty, data: b })
