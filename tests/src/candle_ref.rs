@@ -22,7 +22,7 @@ pub struct F32Reference {
 /// An unsigned metadata value, stored as u32 (llama.cpp) or u64 (web-node's GGUF writer).
 fn md_u32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<usize> {
     let v = ct.metadata.get(key).ok_or_else(|| candle_core::Error::Msg(format!("no {key}")))?;
-    Ok(v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize))?)
+    v.to_u32().map(|x| x as usize).or_else(|_| v.to_u64().map(|x| x as usize))
 }
 
 fn md_f32(ct: &gguf_file::Content, key: &str) -> candle_core::Result<f32> {
