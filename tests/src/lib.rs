@@ -5,6 +5,7 @@
 //! - [`default_model`]: the default model's path (downloaded into the cache on first use).
 //! - [`procs`]: real `ait relay` processes for the swarm tests and benches.
 //! - [`requantize`]: GGUF files with tensors requantized by candle (K-quants of real weights).
+//! - [`stream_bench`]: single-stream decode rates, ours and llama.cpp's, for the benches.
 //! - [`browser`]: headless Chromium driven over WebDriver for the browser tests.
 //! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
 //!   injected faults, for the client chain's tests (`tests/tests/chain.rs`).
@@ -14,6 +15,7 @@ pub mod candle_ref;
 pub mod chain_fixture;
 pub mod procs;
 pub mod requantize;
+pub mod stream_bench;
 /// Tiny random models in safetensors and GGUF for the cross-format tests (test e).
 pub mod tiny_model;
 

@@ -76,5 +76,9 @@ pub fn rewrite_gguf(path: &Path, change: impl Fn(&GgufFile, &TensorInfo) -> Opti
 /// (the only ones 256-element super-blocks divide) in Q4_K on even layers and Q6_K on odd ones.
 pub fn k_quant_mix(name: &str) -> Option<WeightType> {
     let layer: usize = name.strip_prefix("blk.")?.split('.').next()?.parse().ok()?;
-    name.ends_with(".ffn_down.weight").then_some(if layer.is_multiple_of(2) { WeightType::Q4_K } else { WeightType::Q6_K })
+    name.ends_with(".ffn_down.weight").then_some(if layer.is_multiple_of(2) {
+        WeightType::Q4_K
+    } else {
+        WeightType::Q6_K
+    })
 }

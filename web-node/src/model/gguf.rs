@@ -750,9 +750,14 @@ pub mod writer {
         out.extend_from_slice(s.as_bytes());
     }
 
+    /// The GGUF type a value is written as. Integers that fit 32 bits are written as u32 or
+    /// i32, llama.cpp's types for nearly every key (it checks them: a block count stored as
+    /// u64 does not load); an array's elements all take the widest type any of them needs.
     fn type_id(v: &Value) -> u32 {
         match v {
+            Value::U64(x) if u32::try_from(*x).is_ok() => 4,
             Value::U64(_) => 10,
+            Value::I64(x) if i32::try_from(*x).is_ok() => 5,
             Value::I64(_) => 11,
             Value::F64(_) => 6,
             Value::Bool(_) => 7,
@@ -761,17 +766,29 @@ pub mod writer {
         }
     }
 
-    fn put_value(out: &mut Vec<u8>, v: &Value) {
+    fn elem_type(a: &[Value]) -> u32 {
+        let wide = |t: u32| match t {
+            4 if a.iter().any(|e| type_id(e) == 10) => 10,
+            5 if a.iter().any(|e| type_id(e) == 11) => 11,
+            t => t,
+        };
+        wide(a.first().map_or(8, type_id))
+    }
+
+    fn put_value(out: &mut Vec<u8>, v: &Value, ty: u32) {
         match v {
+            Value::U64(x) if ty == 4 => out.extend_from_slice(&(*x as u32).to_le_bytes()),
             Value::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+            Value::I64(x) if ty == 5 => out.extend_from_slice(&(*x as i32).to_le_bytes()),
             Value::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
             Value::F64(x) => out.extend_from_slice(&(*x as f32).to_le_bytes()),
             Value::Bool(b) => out.push(*b as u8),
             Value::Str(s) => put_str(out, s),
             Value::Array(a) => {
-                out.extend_from_slice(&a.first().map_or(8, type_id).to_le_bytes());
+                let et = elem_type(a);
+                out.extend_from_slice(&et.to_le_bytes());
                 out.extend_from_slice(&(a.len() as u64).to_le_bytes());
-                a.iter().for_each(|e| put_value(out, e));
+                a.iter().for_each(|e| put_value(out, e, et));
             }
         }
     }
@@ -785,8 +802,9 @@ pub mod writer {
         out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
         for (k, v) in metadata {
             put_str(&mut out, k);
-            out.extend_from_slice(&type_id(v).to_le_bytes());
-            put_value(&mut out, v);
+            let ty = type_id(v);
+            out.extend_from_slice(&ty.to_le_bytes());
+            put_value(&mut out, v, ty);
         }
         let mut offset = 0u64;
         for t in tensors {
@@ -910,5 +928,25 @@ mod tests {
         let nested = Value::Array(vec![Value::Array(vec![Value::U64(1)])]);
         let e = GgufFile::parse(Bytes::from(write(&[("k", nested)], &[]))).unwrap_err().to_string();
         assert!(e.contains("nested arrays are not supported"), "{e}");
+    }
+
+    /// Integers that fit 32 bits are written as llama.cpp's u32/i32 (it refuses a u64 block
+    /// count), wider ones as 64-bit, arrays with their widest element's type; all read back.
+    #[test]
+    fn writer_uses_32_bit_integers_where_they_fit() {
+        let md = [
+            ("a", Value::U64(7)),
+            ("b", Value::U64(1 << 40)),
+            ("c", Value::I64(-3)),
+            ("d", Value::Array(vec![Value::U64(1), Value::U64(1 << 33)])),
+            ("e", Value::Array(vec![Value::I64(1), Value::I64(-2)])),
+        ];
+        let bytes = write(&md, &[]);
+        // Header (24 bytes), then key "a" (8-byte length, 1 byte), then its type.
+        assert_eq!(u32::from_le_bytes(bytes[33..37].try_into().unwrap()), 4, "u32");
+        let file = GgufFile::parse(Bytes::from(bytes)).expect("parses");
+        for (k, v) in md {
+            assert_eq!(file.metadata.get(k), Some(&v), "{k}");
+        }
     }
 }

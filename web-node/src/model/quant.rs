@@ -715,7 +715,7 @@ mod tests {
         b[96 + 5] = 0x0A; // scale 5: low nibble of byte 5 = 10
         b[96 + 9] = 0b0000_0100; // high bits of scale 5 = bits 2..4 of byte 9 = 1 -> 26 - 32 = -6
         assert_eq!(at(WeightType::Q3_K, &b, 2 * 32 + 17), 3.0); // 0.5 * -6 * -1
-        // Q2_K: chunk 7 (h 1, j 3): bits 6..8 of qs[32 + l]; scale byte 14 + l / 16.
+                                                                // Q2_K: chunk 7 (h 1, j 3): bits 6..8 of qs[32 + l]; scale byte 14 + l / 16.
         let mut b = vec![0u8; 84];
         b[80..82].copy_from_slice(&d);
         b[82..84].copy_from_slice(&dmin);
