@@ -241,6 +241,25 @@ pub fn check_layers(
                 });
             }
         }
+        if w.qk_norm.is_some() != config.arch.has_qk_norm() {
+            return Err(EngineError::BadWeights {
+                layer,
+                what: format!(
+                    "q/k norms present: {}, {:?} needs them: {}",
+                    w.qk_norm.is_some(),
+                    config.arch,
+                    config.arch.has_qk_norm()
+                ),
+            });
+        }
+        if let Some(norms) = &w.qk_norm {
+            if norms.iter().any(|n| n.len() != config.head_dim) {
+                return Err(EngineError::BadWeights {
+                    layer,
+                    what: format!("q/k norms need {} values", config.head_dim),
+                });
+            }
+        }
         if let Some([bq, bk, bv]) = &w.qkv_bias {
             if bq.len() != q || bk.len() != kv || bv.len() != kv {
                 return Err(EngineError::BadWeights {

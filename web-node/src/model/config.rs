@@ -13,8 +13,10 @@ pub enum Arch {
     Llama,
     /// Mistral (Llama graph; sliding window ignored up to its window size).
     Mistral,
-    /// Qwen2 (Llama graph plus q/k/v biases).
+    /// Qwen2 and Qwen2.5 (Llama graph plus q/k/v biases).
     Qwen2,
+    /// Qwen3 (Llama graph plus a per-head RMSNorm of queries and keys before RoPE).
+    Qwen3,
 }
 
 impl Arch {
@@ -24,8 +26,33 @@ impl Arch {
             "llama" | "smollm" | "LlamaForCausalLM" => Some(Arch::Llama),
             "mistral" | "MistralForCausalLM" => Some(Arch::Mistral),
             "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
+            "qwen3" | "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             _ => None,
         }
+    }
+
+    /// The names [`Arch::parse`] knows, for error messages.
+    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3";
+
+    /// The GGUF `general.architecture` (and manifest) name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+        }
+    }
+
+    /// Whether queries and keys get a per-head RMSNorm (`attn_q_norm`, `attn_k_norm`).
+    pub fn has_qk_norm(self) -> bool {
+        matches!(self, Arch::Qwen3)
+    }
+
+    /// Whether llama.cpp's converter permuted the q/k rows of this architecture's GGUF files
+    /// for its interleaved RoPE (the Qwen families use rotate-half RoPE, as stored).
+    pub fn gguf_permutes_qk(self) -> bool {
+        matches!(self, Arch::Llama | Arch::Mistral)
     }
 
     /// Whether q/k/v projections carry biases.

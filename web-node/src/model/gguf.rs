@@ -604,7 +604,16 @@ impl GgufModel {
                 f_.vector(&name("attn_k.bias"), kv)?,
                 f_.vector(&name("attn_v.bias"), kv)?,
             ]);
+        }
+        let qk_norm = if c.arch.has_qk_norm() {
+            Some([
+                f_.vector(&name("attn_q_norm.weight"), c.head_dim)?,
+                f_.vector(&name("attn_k_norm.weight"), c.head_dim)?,
+            ])
         } else {
+            None
+        };
+        if c.arch.gguf_permutes_qk() {
             // llama.cpp permutes q/k rows of llama-architecture models for interleaved RoPE.
             attn_q = attn_q.permute_rows(&unpermute_rope_rows(c.n_heads, c.head_dim));
             attn_k = attn_k.permute_rows(&unpermute_rope_rows(c.n_kv_heads, c.head_dim));
@@ -616,6 +625,7 @@ impl GgufModel {
             attn_v: f_.matrix(&name("attn_v.weight"), kv, h)?,
             attn_output: f_.matrix(&name("attn_output.weight"), h, q)?,
             qkv_bias,
+            qk_norm,
             ffn_norm: f_.vector(&name("ffn_norm.weight"), h)?,
             ffn_gate: f_.matrix(&name("ffn_gate.weight"), f, h)?,
             ffn_up: f_.matrix(&name("ffn_up.weight"), f, h)?,
@@ -656,7 +666,7 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let arch_name = md.str("general.architecture")?.ok_or_else(|| missing("general.architecture"))?;
     let arch = Arch::parse(arch_name).ok_or_else(|| ModelError::Metadata {
         key: "general.architecture".into(),
-        what: format!("{arch_name} is not a Llama-family architecture (llama, mistral, qwen2)"),
+        what: format!("{arch_name} is not a supported architecture ({})", Arch::NAMES),
     })?;
     let key = |k: &str| format!("{arch_name}.{k}");
     let usize_of = |v: u64, k: &str| {

@@ -192,7 +192,7 @@ impl HfConfig {
         };
         Err(ModelError::Metadata {
             key: "model_type".to_string(),
-            what: format!("{found} is not a Llama-family architecture (llama, mistral, qwen2)"),
+            what: format!("{found} is not a supported architecture ({})", Arch::NAMES),
         })
     }
 
@@ -342,7 +342,7 @@ mod tests {
         assert_eq!(e.to_string(), "metadata key hidden_size: expected unsigned integer, found string \"576\"");
         let gpt = SMOLLM.replace("\"llama\"", "\"gpt2\"").replace("LlamaForCausalLM", "GPT2LMHeadModel");
         let e = parse(&gpt).unwrap_err();
-        assert!(e.to_string().contains("gpt2 is not a Llama-family architecture"), "{e}");
+        assert!(e.to_string().contains("gpt2 is not a supported architecture"), "{e}");
         let gelu = SMOLLM.replace("\"silu\"", "\"gelu\"");
         assert!(parse(&gelu).unwrap_err().to_string().contains("hidden_act: gelu is not supported"));
         assert!(matches!(HfConfig::from_json(b"[1]"), Err(ModelError::BadFormat { .. })));

@@ -213,11 +213,7 @@ impl Manifest {
     /// A manifest from a configuration and precomputed hashes, with no tokenizer or template
     /// (see [`Self::with_text`]).
     pub fn new(config: &LlamaConfig, blocks: Vec<String>, head: String) -> Manifest {
-        let arch = match config.arch {
-            super::Arch::Llama => "llama",
-            super::Arch::Mistral => "mistral",
-            super::Arch::Qwen2 => "qwen2",
-        };
+        let arch = config.arch.name();
         let rope_freqs = config.rope_freq_factors.as_ref().map(|f| {
             let bytes: Vec<u8> = f.iter().flat_map(|x| x.to_le_bytes()).collect();
             sha_hex(&bytes)
@@ -285,6 +281,11 @@ pub fn layer_hash(w: &LayerWeights) -> [u8; 32] {
     if let Some(biases) = &w.qkv_bias {
         for b in biases {
             hash_vec(&mut h, b);
+        }
+    }
+    if let Some(norms) = &w.qk_norm {
+        for n in norms {
+            hash_vec(&mut h, n);
         }
     }
     hash_vec(&mut h, &w.ffn_norm);

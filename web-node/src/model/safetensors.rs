@@ -409,6 +409,14 @@ impl SafetensorsModel {
         } else {
             None
         };
+        let qk_norm = if c.arch.has_qk_norm() {
+            Some([
+                self.vector(&name("self_attn.q_norm.weight"), c.head_dim)?,
+                self.vector(&name("self_attn.k_norm.weight"), c.head_dim)?,
+            ])
+        } else {
+            None
+        };
         Ok(LayerWeights {
             attn_norm: self.vector(&name("input_layernorm.weight"), h)?,
             attn_q: self.matrix(&name("self_attn.q_proj.weight"), q, h)?,
@@ -416,6 +424,7 @@ impl SafetensorsModel {
             attn_v: self.matrix(&name("self_attn.v_proj.weight"), kv, h)?,
             attn_output: self.matrix(&name("self_attn.o_proj.weight"), h, q)?,
             qkv_bias,
+            qk_norm,
             ffn_norm: self.vector(&name("post_attention_layernorm.weight"), h)?,
             ffn_gate: self.matrix(&name("mlp.gate_proj.weight"), f, h)?,
             ffn_up: self.matrix(&name("mlp.up_proj.weight"), f, h)?,

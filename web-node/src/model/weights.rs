@@ -26,6 +26,9 @@ pub struct LayerWeights {
     pub attn_output: QMatrix,
     /// q/k/v biases (`attn_q.bias`, ...), Qwen2 only: `[q_dim]`, `[kv_dim]`, `[kv_dim]`.
     pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm weights of queries and keys (`attn_q_norm.weight`,
+    /// `attn_k_norm.weight`), Qwen3 only: `[head_dim]` each, applied before RoPE.
+    pub qk_norm: Option<[Vec<f32>; 2]>,
     /// `ffn_norm.weight`, `[hidden]`.
     pub ffn_norm: Vec<f32>,
     /// `ffn_gate.weight`, `[intermediate, hidden]`.

@@ -355,6 +355,11 @@ impl CpuBackend {
                 add_bias(&mut k, bk);
                 add_bias(&mut v, bv);
             }
+            if let Some([nq, nk]) = &w.qk_norm {
+                // Per-head RMSNorm: every head_dim-long row of q and k.
+                q = reference::rms_norm(&q, nq, c.rms_eps);
+                k = reference::rms_norm(&k, nk, c.rms_eps);
+            }
             for (it, r) in items.iter_mut().zip(&rows) {
                 let (qs, ks) = (r.start * q_dim..r.end * q_dim, r.start * kv_dim..r.end * kv_dim);
                 rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);

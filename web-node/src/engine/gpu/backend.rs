@@ -4,11 +4,12 @@
 //! A forward records every layer into one command encoder (one compute pass), writes the
 //! step's `(n_tokens, pos)`, the RoPE cos/sin rows and the input hidden states with
 //! `queue.write_buffer`, submits, and reads the result back once through a staging buffer the
-//! cache keeps. Per layer, 12 dispatches (15 with Qwen2 biases):
+//! cache keeps. Per layer, 12 dispatches (15 with Qwen2 biases, 13 with Qwen3's q/k norms):
 //!
 //! ```text
 //! xn = rms_norm(x)              q = Wq xn        K[pos..] = Wk xn     V[pos..] = Wv xn
-//! (+ biases)                    rope(q, K[pos..])                     att = attention(q, K, V)
+//! (+ biases) (head_norm(q, K[pos..]))
+//! rope(q, K[pos..])             att = attention(q, K, V)
 //! x += Wo att                   xn = rms_norm(x) gate = Wg xn         up = Wu xn
 //! gate = silu(gate) * up        x += Wd gate
 //! ```
@@ -49,6 +50,8 @@ struct GpuLayer {
     v: GpuMatrix,
     o: GpuMatrix,
     bias: Option<[wgpu::Buffer; 3]>,
+    /// Qwen3's q and k norm weights, `(2, head_dim)`.
+    qk_norm: Option<wgpu::Buffer>,
     ffn_norm: wgpu::Buffer,
     gate: GpuMatrix,
     up: GpuMatrix,
@@ -180,6 +183,10 @@ impl GpuBackend {
                 Some([bq, bk, bv]) => Some([vec("attn_q.bias", bq)?, vec("attn_k.bias", bk)?, vec("attn_v.bias", bv)?]),
                 None => None,
             };
+            let qk_norm = match &w.qk_norm {
+                Some([nq, nk]) => Some(vec("qk_norm", &[nq.as_slice(), nk.as_slice()].concat())?),
+                None => None,
+            };
             gpu_layers.push(GpuLayer {
                 attn_norm: vec("attn_norm", &w.attn_norm)?,
                 q: up("attn_q", &w.attn_q)?,
@@ -187,6 +194,7 @@ impl GpuBackend {
                 v: up("attn_v", &w.attn_v)?,
                 o: up("attn_output", &w.attn_output)?,
                 bias,
+                qk_norm,
                 ffn_norm: vec("ffn_norm", &w.ffn_norm)?,
                 gate: up("ffn_gate", &w.ffn_gate)?,
                 up: up("ffn_up", &w.ffn_up)?,
@@ -231,6 +239,10 @@ impl GpuBackend {
             list.push(ops::add_op(ctx, &n("attn_q.bias"), step, bq, &acts.q, c.q_dim(), false, false));
             list.push(ops::add_op(ctx, &n("attn_k.bias"), step, bk, k, c.kv_dim(), false, kv_at_pos));
             list.push(ops::add_op(ctx, &n("attn_v.bias"), step, bv, v, c.kv_dim(), false, kv_at_pos));
+        }
+        if let Some(norm) = &w.qk_norm {
+            let (heads, kv_heads, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+            list.push(ops::head_norm_op(ctx, &n("qk_norm"), step, norm, &acts.q, k, heads, kv_heads, hd, c.rms_eps));
         }
         list.push(ops::rope_op(ctx, &n("rope"), step, &acts.cs, &acts.q, k, c.n_heads, c.n_kv_heads, c.head_dim));
     }

@@ -62,6 +62,11 @@ static ROPE: Shader = Shader {
     source: include_str!("../../../../shaders/rope.wgsl"),
     binds: &[Uniform, Uniform, Read, ReadWrite, ReadWrite],
 };
+static HEAD_NORM: Shader = Shader {
+    name: "head_norm",
+    source: include_str!("../../../../shaders/head_norm.wgsl"),
+    binds: &[Uniform, Uniform, Read, ReadWrite, ReadWrite],
+};
 static ATTENTION: Shader = Shader {
     name: "attention",
     source: include_str!("../../../../shaders/attention.wgsl"),
@@ -246,6 +251,27 @@ pub(crate) fn rope_op(
     let p = ctx.pipeline(&ROPE, "main", &[("WG", ELEM_WG)]);
     let threads = ((n_heads + n_kv_heads) * head_dim / 2) as u32;
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, cs, q, k], threads.div_ceil(ELEM_WG), 1))
+}
+
+/// Per-head RMSNorm in place on `q` `(n_tokens, n_heads, head_dim)` and on the rows
+/// `pos..pos + n_tokens` of `k` `(.., n_kv_heads, head_dim)` (the rows [`rope_op`] rotates),
+/// with weights `w` = `[q_norm, k_norm]` `(2, head_dim)`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn head_norm_op(
+    ctx: &GpuContext,
+    what: &str,
+    step: &wgpu::Buffer,
+    w: &wgpu::Buffer,
+    q: &wgpu::Buffer,
+    k: &wgpu::Buffer,
+    n_heads: usize,
+    n_kv_heads: usize,
+    head_dim: usize,
+    eps: f32,
+) -> Op {
+    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, eps.to_bits()]));
+    let p = ctx.pipeline(&HEAD_NORM, "main", &[("WG", NORM_WG)]);
+    Op::Plain(Launch::new(ctx, p, what, &[step, &params, w, q, k], (n_heads + n_kv_heads) as u32, 1))
 }
 
 /// Causal GQA attention of `q` `(n_tokens, n_heads, head_dim)` over caches `kc`, `vc`

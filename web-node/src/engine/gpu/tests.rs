@@ -262,6 +262,10 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
         attn_v: qmatrix(rng, dtype, kv, h),
         attn_output: qmatrix(rng, dtype, h, q),
         qkv_bias: c.arch.has_qkv_bias().then(|| [randn(rng, q), randn(rng, kv), randn(rng, kv)]),
+        qk_norm: c.arch.has_qk_norm().then(|| {
+            let hd = |rng: &mut ChaCha8Rng| randn(rng, c.head_dim).iter().map(|v| 1.0 + 0.3 * v).collect();
+            [hd(rng), hd(rng)]
+        }),
         ffn_norm: norm(rng),
         ffn_gate: qmatrix(rng, dtype, f, h),
         ffn_up: qmatrix(rng, dtype, f, h),
@@ -270,13 +274,17 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
 }
 
 /// Prefill 7 tokens then 4 decode steps on layers 1..4 of a small model (one layer each of
-/// Q4_1, Q8_0, F32; and a Qwen2 variant with biases), GPU vs CPU backend. Tolerance 1e-4 of
-/// the hidden state's max magnitude: three layers of f32 products summed in another order.
+/// Q4_1, Q8_0, F32; a Qwen2 variant with biases; a Qwen3 variant with q/k norms and heads
+/// wider than hidden / n_heads), GPU vs CPU backend. Tolerance 1e-4 of the hidden state's max
+/// magnitude: three layers of f32 products summed in another order.
 #[test]
 fn backend_matches_cpu_backend() {
     let ctx = ctx();
-    for arch in [Arch::Llama, Arch::Qwen2] {
-        let c = small_config(arch);
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+        let mut c = small_config(arch);
+        if arch == Arch::Qwen3 {
+            c.head_dim = 32; // q_dim 128 != hidden 64, as in real Qwen3 models
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let layers: Vec<LayerWeights> = [WeightType::Q4_1, WeightType::Q8_0, WeightType::F32]
             .into_iter()
