@@ -2,6 +2,7 @@
 //!
 //! Nothing here uses web-node's GGUF reader, dequantizer or RoPE layout: candle reads the
 //! file and dequantizes every tensor, and the q/k rows are un-permuted with candle tensor ops.
+//! [`ArchReference`] runs candle-transformers' own models of the other architectures.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -144,5 +145,60 @@ impl QuantizedReference {
     pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
         let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
         self.model.forward(&x, pos)?.squeeze(0)?.to_vec1()
+    }
+}
+
+/// candle-transformers' model of a non-Llama architecture (Qwen3), f32, built from
+/// Hugging Face-named f32 tensors: an independent implementation of its extra parts.
+pub struct ArchReference {
+    model: candle_transformers::models::qwen3::ModelForCausalLM,
+}
+
+impl ArchReference {
+    /// The reference for `config`'s architecture, from `tensors` (Hugging Face names, f32
+    /// values with their shapes).
+    pub fn new(config: &web_node::model::LlamaConfig, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> candle_core::Result<Self> {
+        use candle_transformers::models::qwen3;
+        let dev = Device::Cpu;
+        let map: HashMap<String, Tensor> = tensors
+            .iter()
+            .map(|(n, shape, v)| Ok((n.clone(), Tensor::from_vec(v.clone(), shape.as_slice(), &dev)?)))
+            .collect::<candle_core::Result<_>>()?;
+        let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
+        match config.arch {
+            web_node::model::Arch::Qwen3 => {
+                let cfg = qwen3::Config {
+                    vocab_size: config.vocab,
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    num_hidden_layers: config.n_layers,
+                    num_attention_heads: config.n_heads,
+                    head_dim: config.head_dim,
+                    attention_bias: false,
+                    num_key_value_heads: config.n_kv_heads,
+                    max_position_embeddings: config.max_seq_len,
+                    sliding_window: None,
+                    max_window_layers: config.n_layers,
+                    tie_word_embeddings: config.tie_embeddings,
+                    rope_theta: config.rope_theta as f64,
+                    rms_norm_eps: config.rms_eps as f64,
+                    use_sliding_window: false,
+                    hidden_act: candle_nn::Activation::Silu,
+                };
+                Ok(Self { model: qwen3::ModelForCausalLM::new(&cfg, vb)? })
+            }
+            other => Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
+        }
+    }
+
+    /// Starts a new sequence.
+    pub fn reset(&mut self) {
+        self.model.clear_kv_cache();
+    }
+
+    /// Logits of the last of `tokens`, which sit at positions `pos..`.
+    pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+        let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
+        self.model.forward(&x, pos)?.flatten_all()?.to_vec1()
     }
 }

@@ -42,17 +42,24 @@ impl TinyModel {
     /// hidden 64, 4 heads, 2 kv heads, head_dim 16, intermediate 96, 2 layers, vocab 128;
     /// without `lm_head.weight` when `tied`.
     pub fn random(seed: u64, tied: bool) -> TinyModel {
+        Self::random_arch(seed, Arch::Llama, 2, 128, tied)
+    }
+
+    /// As [`Self::random`] for architecture `arch` with `n_layers` layers and `vocab` tokens.
+    /// Qwen3 gets heads of 32 (queries 128 wide for a hidden size of 64, as real Qwen3 models
+    /// have heads wider than hidden / n_heads) and its q/k norms; Qwen2 its q/k/v biases.
+    pub fn random_arch(seed: u64, arch: Arch, n_layers: usize, vocab: usize, tied: bool) -> TinyModel {
         let config = LlamaConfig {
-            arch: Arch::Llama,
+            arch,
             hidden: 64,
             intermediate: 96,
-            n_layers: 2,
+            n_layers,
             n_heads: 4,
             n_kv_heads: 2,
-            head_dim: 16,
+            head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
             rope_theta: 10_000.0,
             rms_eps: 1e-5,
-            vocab: 128,
+            vocab,
             max_seq_len: 256,
             tie_embeddings: tied,
             rope_freq_factors: None,
@@ -73,6 +80,17 @@ impl TinyModel {
                 (l("mlp.up_proj.weight"), vec![f, h]),
                 (l("mlp.down_proj.weight"), vec![h, f]),
             ]);
+            if arch.has_qkv_bias() {
+                specs.extend([
+                    (l("self_attn.q_proj.bias"), vec![q]),
+                    (l("self_attn.k_proj.bias"), vec![kv]),
+                    (l("self_attn.v_proj.bias"), vec![kv]),
+                ]);
+            }
+            if arch.has_qk_norm() {
+                let hd = config.head_dim;
+                specs.extend([(l("self_attn.q_norm.weight"), vec![hd]), (l("self_attn.k_norm.weight"), vec![hd])]);
+            }
         }
         specs.push(("model.norm.weight".into(), vec![h]));
         if !tied {
@@ -82,7 +100,9 @@ impl TinyModel {
             .into_iter()
             .map(|(name, shape)| {
                 let n: usize = shape.iter().product();
-                let values = if shape.len() == 1 {
+                let values = if name.ends_with(".bias") {
+                    (0..n).map(|_| rng.random_range(-0.2f32..0.2)).collect()
+                } else if shape.len() == 1 {
                     // Norm weights near 1.
                     (0..n).map(|_| 1.0 + rng.random_range(-0.2f32..0.2)).collect()
                 } else {
@@ -115,9 +135,15 @@ impl TinyModel {
     /// A Hugging Face `config.json` for this model.
     pub fn hf_config(&self) -> serde_json::Value {
         let c = &self.config;
+        let class = match c.arch {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Mistral => "MistralForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        };
         serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+            "architectures": [class],
+            "model_type": c.arch.name(),
             "hidden_act": "silu",
             "hidden_size": c.hidden,
             "intermediate_size": c.intermediate,
@@ -180,23 +206,25 @@ impl TinyModel {
         paths
     }
 
-    /// GGUF metadata for this model (`general.architecture = llama`).
-    pub fn gguf_metadata(&self) -> Vec<(&'static str, Value)> {
+    /// GGUF metadata for this model (`general.architecture` is the architecture's name).
+    pub fn gguf_metadata(&self) -> Vec<(String, Value)> {
         let c = &self.config;
         let u = |v: usize| Value::U64(v as u64);
+        let a = c.arch.name();
+        let k = |key: &str| format!("{a}.{key}");
         vec![
-            ("general.architecture", Value::Str("llama".into())),
-            ("general.name", Value::Str("tiny".into())),
-            ("llama.embedding_length", u(c.hidden)),
-            ("llama.feed_forward_length", u(c.intermediate)),
-            ("llama.block_count", u(c.n_layers)),
-            ("llama.attention.head_count", u(c.n_heads)),
-            ("llama.attention.head_count_kv", u(c.n_kv_heads)),
-            ("llama.attention.key_length", u(c.head_dim)),
-            ("llama.rope.freq_base", Value::F64(c.rope_theta as f64)),
-            ("llama.attention.layer_norm_rms_epsilon", Value::F64(c.rms_eps as f64)),
-            ("llama.context_length", u(c.max_seq_len)),
-            ("llama.vocab_size", u(c.vocab)),
+            ("general.architecture".into(), Value::Str(a.into())),
+            ("general.name".into(), Value::Str("tiny".into())),
+            (k("embedding_length"), u(c.hidden)),
+            (k("feed_forward_length"), u(c.intermediate)),
+            (k("block_count"), u(c.n_layers)),
+            (k("attention.head_count"), u(c.n_heads)),
+            (k("attention.head_count_kv"), u(c.n_kv_heads)),
+            (k("attention.key_length"), u(c.head_dim)),
+            (k("rope.freq_base"), Value::F64(c.rope_theta as f64)),
+            (k("attention.layer_norm_rms_epsilon"), Value::F64(c.rms_eps as f64)),
+            (k("context_length"), u(c.max_seq_len)),
+            (k("vocab_size"), u(c.vocab)),
         ]
     }
 
@@ -211,7 +239,7 @@ impl TinyModel {
                 let name = gguf_name(&t.name);
                 let dt = if t.shape.len() == 1 { WeightType::F32 } else { dtype };
                 let mut bytes = Bytes::from(quantize(dt, &t.values));
-                if permute_qk && t.shape.len() == 2 {
+                if permute_qk && c.arch.gguf_permutes_qk() && t.shape.len() == 2 {
                     let heads = if name.ends_with("attn_q.weight") {
                         Some(c.n_heads)
                     } else if name.ends_with("attn_k.weight") {
@@ -237,12 +265,13 @@ impl TinyModel {
 }
 
 /// Serializes metadata and `(name, dims, ggml type, bytes)` tensors as GGUF.
-pub fn write_gguf(metadata: &[(&str, Value)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+pub fn write_gguf<K: AsRef<str>>(metadata: &[(K, Value)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
+    let metadata: Vec<(&str, Value)> = metadata.iter().map(|(k, v)| (k.as_ref(), v.clone())).collect();
     let outs: Vec<TensorOut<'_>> = tensors
         .iter()
         .map(|(name, dims, ty, data)| TensorOut { name, dims: dims.clone(), ggml_type: *ty, data })
         .collect();
-    writer::write(metadata, &outs)
+    writer::write(&metadata, &outs)
 }
 
 /// ggml's type id for a weight type.
@@ -270,6 +299,11 @@ pub fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj.weight" => "ffn_gate.weight",
         "mlp.up_proj.weight" => "ffn_up.weight",
         "mlp.down_proj.weight" => "ffn_down.weight",
+        "self_attn.q_proj.bias" => "attn_q.bias",
+        "self_attn.k_proj.bias" => "attn_k.bias",
+        "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.q_norm.weight" => "attn_q_norm.weight",
+        "self_attn.k_norm.weight" => "attn_k_norm.weight",
         other => panic!("no GGUF name for {other}"),
     };
     format!("blk.{layer}.{t}")
