@@ -157,7 +157,10 @@ pub struct ArchReference {
 impl ArchReference {
     /// The reference for `config`'s architecture, from `tensors` (Hugging Face names, f32
     /// values with their shapes).
-    pub fn new(config: &web_node::model::LlamaConfig, tensors: &[(String, Vec<usize>, Vec<f32>)]) -> candle_core::Result<Self> {
+    pub fn new(
+        config: &web_node::model::LlamaConfig,
+        tensors: &[(String, Vec<usize>, Vec<f32>)],
+    ) -> candle_core::Result<Self> {
         use candle_transformers::models::qwen3;
         let dev = Device::Cpu;
         let map: HashMap<String, Tensor> = tensors

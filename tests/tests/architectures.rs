@@ -5,7 +5,9 @@
 //! - the CPU and wgpu backends follow candle-transformers' own model of the architecture
 //!   (an independent implementation, f32) within [`TOL`];
 //! - three executors of one layer each equal one executor of all three, bit for bit, on each
-//!   backend.
+//!   backend;
+//! - the same greedy generation through three relays serving one layer each equals one process
+//!   (the model then carries the default model's tokenizer, with a vocabulary to match).
 //!
 //! Why [`TOL`]: every side computes in f32 on the same f32 weights and differs only in
 //! summation order and transcendental functions; on these 3-layer models with logits of
@@ -15,12 +17,17 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use std::process::Command;
+
 use ait_tests::candle_ref::ArchReference;
-use ait_tests::max_abs_diff;
+use ait_tests::procs::{ait_bin, temp_dir, Relay};
+use ait_tests::tiny_model::write_gguf;
 use ait_tests::tiny_model::{TempDir, TinyModel};
+use ait_tests::{default_model, max_abs_diff};
 use web_node::client::Head;
 use web_node::engine::gpu::GpuContext;
 use web_node::engine::{AnyBackend, Backend};
+use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
@@ -128,5 +135,43 @@ fn one_layer_executors_equal_one_executor_bit_for_bit() {
                 assert_eq!(bits(&x.0), bits(&y.0), "{arch:?} gpu={}: chunk {i}: split differs", ctx.is_some());
             }
         }
+    }
+}
+
+fn ait(args: &[&str]) -> String {
+    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
+    assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn three_relays_generate_what_one_process_generates() {
+    let default = GgufModel::open(&default_model()).expect("default model");
+    let vocab = default.config().vocab;
+    for arch in ARCHS {
+        let m = TinyModel::random_arch(5, arch, 3, vocab, false);
+        let root = temp_dir(&format!("arch-swarm-{arch:?}"));
+        let path = root.join("tiny.gguf");
+        let mut md = m.gguf_metadata();
+        let tokenizer = default.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
+        md.extend(tokenizer.map(|(k, v)| (k.clone(), v.clone())));
+        std::fs::write(&path, write_gguf(&md, &m.gguf_tensors(WeightType::F32, true))).expect("write");
+        let p = path.to_str().unwrap();
+        let first = Relay::start(&root.join("r0"), &["--model", p, "--blocks", "0..1"]);
+        let boot = first.addr("tcp");
+        let _rest: Vec<Relay> = ["1..2", "2..3"]
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                Relay::start(&root.join(format!("r{}", i + 1)), &["--model", p, "--blocks", b, "--bootstrap", &boot])
+            })
+            .collect();
+        let args = ["generate", "--model", p, "--temperature", "0", "--max-tokens", "12", "--prompt", "Hello there"];
+        let local = ait(&[&args[..], &["--backend", "cpu"]].concat());
+        let swarm = ait(&[&args[..], &["--swarm", &boot]].concat());
+        assert!(!local.trim().is_empty(), "{arch:?}: no local output");
+        assert_eq!(swarm, local, "{arch:?}: the swarm's generation differs from one process");
+        println!("{arch:?}: {local:?}");
+        let _ = std::fs::remove_dir_all(root);
     }
 }
