@@ -1,7 +1,8 @@
 // Causal grouped-query attention over the KV cache, one pass with an online softmax.
 //
 // Token t of the step sits at position pos + t and attends to cache rows 0 ..= pos + t (its
-// own key and value already written); its query and output are row base + t of q and out
+// own key and value already written), or with a sliding window of w positions (w > 0) to the
+// last w of them; its query and output are row base + t of q and out
 // (base is 0 except for one session's share of a batch). Query head h reads kv head h / (n_heads / n_kv_heads).
 // One workgroup per (head, token): dispatch (n_heads, n_tokens, 1). Keys are taken WG at a
 // time: thread j scores key j of the tile, then every thread updates the running max, sum and
@@ -25,6 +26,11 @@ struct Params {
     n_kv_heads: u32,
     head_dim: u32,
     scale: f32,
+    // Sliding window in positions; 0: global attention.
+    window: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -54,10 +60,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     workgroupBarrier();
 
     let len = step.pos + t + 1u;
+    let first = select(0u, len - p.window, p.window != 0u && len > p.window);
     var m = -1e30;
     var l = 0.0;
     var o: array<f32, PER_THREAD>;
-    for (var start = 0u; start < len; start += WG) {
+    for (var start = first; start < len; start += WG) {
         let j = start + tid;
         var s = -1e30;
         if j < len {

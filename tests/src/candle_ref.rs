@@ -148,10 +148,19 @@ impl QuantizedReference {
     }
 }
 
-/// candle-transformers' model of a non-Llama architecture (Qwen3), f32, built from
+/// candle-transformers' model of a non-Llama architecture (Qwen3, Mistral), f32, built from
 /// Hugging Face-named f32 tensors: an independent implementation of its extra parts.
+///
+/// Every call runs the whole prefix again as one prefill from position 0: candle's Mistral
+/// applies its sliding window only to a prefill without a cache offset.
 pub struct ArchReference {
-    model: candle_transformers::models::qwen3::ModelForCausalLM,
+    model: ArchModel,
+    history: Vec<u32>,
+}
+
+enum ArchModel {
+    Qwen3(candle_transformers::models::qwen3::ModelForCausalLM),
+    Mistral(candle_transformers::models::mistral::Model),
 }
 
 impl ArchReference {
@@ -161,14 +170,14 @@ impl ArchReference {
         config: &web_node::model::LlamaConfig,
         tensors: &[(String, Vec<usize>, Vec<f32>)],
     ) -> candle_core::Result<Self> {
-        use candle_transformers::models::qwen3;
+        use candle_transformers::models::{mistral, qwen3};
         let dev = Device::Cpu;
         let map: HashMap<String, Tensor> = tensors
             .iter()
             .map(|(n, shape, v)| Ok((n.clone(), Tensor::from_vec(v.clone(), shape.as_slice(), &dev)?)))
             .collect::<candle_core::Result<_>>()?;
         let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
-        match config.arch {
+        let model = match config.arch {
             web_node::model::Arch::Qwen3 => {
                 let cfg = qwen3::Config {
                     vocab_size: config.vocab,
@@ -188,20 +197,54 @@ impl ArchReference {
                     use_sliding_window: false,
                     hidden_act: candle_nn::Activation::Silu,
                 };
-                Ok(Self { model: qwen3::ModelForCausalLM::new(&cfg, vb)? })
+                ArchModel::Qwen3(qwen3::ModelForCausalLM::new(&cfg, vb)?)
             }
-            other => Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
-        }
+            web_node::model::Arch::Mistral => {
+                let cfg = mistral::Config {
+                    vocab_size: config.vocab,
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    num_hidden_layers: config.n_layers,
+                    num_attention_heads: config.n_heads,
+                    head_dim: Some(config.head_dim),
+                    num_key_value_heads: config.n_kv_heads,
+                    hidden_act: candle_nn::Activation::Silu,
+                    max_position_embeddings: config.max_seq_len,
+                    rms_norm_eps: config.rms_eps as f64,
+                    rope_theta: config.rope_theta as f64,
+                    // candle lets a query see `window + 1` positions; llama.cpp and Hugging
+                    // Face `window`, itself included.
+                    sliding_window: config.sliding_window.map(|w| w - 1),
+                    use_flash_attn: false,
+                };
+                ArchModel::Mistral(mistral::Model::new(&cfg, vb)?)
+            }
+            other => return Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
+        };
+        Ok(Self { model, history: Vec::new() })
     }
 
     /// Starts a new sequence.
     pub fn reset(&mut self) {
-        self.model.clear_kv_cache();
+        self.history.clear();
     }
 
-    /// Logits of the last of `tokens`, which sit at positions `pos..`.
+    /// Logits of the last of `tokens`, which sit at positions `pos..` after the sequence's
+    /// earlier tokens.
     pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
-        let x = Tensor::new(tokens, &Device::Cpu)?.unsqueeze(0)?;
-        self.model.forward(&x, pos)?.flatten_all()?.to_vec1()
+        self.history.truncate(pos);
+        self.history.extend_from_slice(tokens);
+        let x = Tensor::new(self.history.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
+        let out = match &mut self.model {
+            ArchModel::Qwen3(m) => {
+                m.clear_kv_cache();
+                m.forward(&x, 0)?
+            }
+            ArchModel::Mistral(m) => {
+                m.clear_kv_cache();
+                m.forward(&x, 0)?
+            }
+        };
+        out.flatten_all()?.to_vec1()
     }
 }

@@ -63,6 +63,7 @@ impl TinyModel {
             max_seq_len: 256,
             tie_embeddings: tied,
             rope_freq_factors: None,
+            sliding_window: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (h, q, kv, f, v) = (config.hidden, config.q_dim(), config.kv_dim(), config.intermediate, config.vocab);
@@ -157,6 +158,7 @@ impl TinyModel {
             "max_position_embeddings": c.max_seq_len,
             "tie_word_embeddings": c.tie_embeddings,
             "torch_dtype": "float32",
+            "sliding_window": c.sliding_window,
         })
     }
 
@@ -226,6 +228,9 @@ impl TinyModel {
             (k("context_length"), u(c.max_seq_len)),
             (k("vocab_size"), u(c.vocab)),
         ]
+        .into_iter()
+        .chain(c.sliding_window.map(|w| (k("attention.sliding_window"), u(w))))
+        .collect()
     }
 
     /// The GGUF tensors: matrices as `dtype` (F32, F16, BF16), 1-D tensors as F32, q/k rows

@@ -31,12 +31,18 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
-const ARCHS: [Arch; 1] = [Arch::Qwen3];
+const ARCHS: [Arch; 2] = [Arch::Qwen3, Arch::Mistral];
 /// Largest logit distance allowed from candle's model.
 const TOL: f32 = 1e-4;
 
-fn tiny(arch: Arch) -> TinyModel {
-    TinyModel::random_arch(21, arch, 3, 128, false)
+/// The tiny model of `arch`. Mistral's gets a sliding window of 3 positions, so the 7-token
+/// sequences below attend to a moving window.
+fn tiny(arch: Arch, vocab: usize) -> TinyModel {
+    let mut m = TinyModel::random_arch(21, arch, 3, vocab, false);
+    if arch == Arch::Mistral {
+        m.config.sliding_window = Some(3);
+    }
+    m
 }
 
 /// Token sequences: prefill 5, then decode 2 one at a time.
@@ -95,7 +101,7 @@ fn formats_agree_and_backends_follow_candle() {
     let gpu = pollster::block_on(GpuContext::new()).expect("a wgpu adapter (lavapipe) is required");
     let mut report = Vec::new();
     for arch in ARCHS {
-        let m = tiny(arch);
+        let m = tiny(arch, 128);
         let dir = TempDir::new(&format!("arch-{arch:?}"));
         let (st, gg) = write_both(&m, &dir);
         assert_eq!(st.config(), gg.config(), "{arch:?}: configs differ");
@@ -125,7 +131,7 @@ fn formats_agree_and_backends_follow_candle() {
 fn one_layer_executors_equal_one_executor_bit_for_bit() {
     let gpu = pollster::block_on(GpuContext::new()).expect("a wgpu adapter (lavapipe) is required");
     for arch in ARCHS {
-        let m = tiny(arch);
+        let m = tiny(arch, 128);
         let dir = TempDir::new(&format!("split-{arch:?}"));
         let (_, gg) = write_both(&m, &dir);
         for ctx in [None, Some(&gpu)] {
@@ -149,7 +155,7 @@ fn three_relays_generate_what_one_process_generates() {
     let default = GgufModel::open(&default_model()).expect("default model");
     let vocab = default.config().vocab;
     for arch in ARCHS {
-        let m = TinyModel::random_arch(5, arch, 3, vocab, false);
+        let m = tiny(arch, vocab);
         let root = temp_dir(&format!("arch-swarm-{arch:?}"));
         let path = root.join("tiny.gguf");
         let mut md = m.gguf_metadata();

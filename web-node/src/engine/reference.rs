@@ -61,7 +61,15 @@ pub fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, theta: f
     }
 }
 
-/// Causal grouped-query attention for `n` new tokens at positions `pos..pos+n`.
+/// The first key position a query at position `p` attends to: 0, or with a sliding window of
+/// `w` positions, `p + 1 - w` (the last `w` positions, itself included, as llama.cpp and
+/// Hugging Face count them).
+pub fn first_key(p: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (p + 1).saturating_sub(w))
+}
+
+/// Causal grouped-query attention for `n` new tokens at positions `pos..pos+n`, over the last
+/// `window` positions when there is one (see [`first_key`]).
 ///
 /// `q` is `[n, n_heads, head_dim]`; `k_cache`/`v_cache` are `[len, n_kv_heads, head_dim]` with
 /// `len >= pos + n` entries already written (the new tokens' keys included). Query head `h`
@@ -76,6 +84,7 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 ) -> Vec<f32> {
     let group = n_heads / n_kv_heads;
     let kv_dim = n_kv_heads * head_dim;
@@ -84,11 +93,12 @@ pub fn attention(
     let mut scores = Vec::new();
     for t in 0..n {
         let len = pos + t + 1;
+        let first = first_key(pos + t, window);
         for h in 0..n_heads {
             let kvh = h / group;
             let qh = &q[(t * n_heads + h) * head_dim..][..head_dim];
             scores.clear();
-            for j in 0..len {
+            for j in first..len {
                 let kj = &k_cache[j * kv_dim + kvh * head_dim..][..head_dim];
                 let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
                 scores.push(dot * scale);
@@ -100,7 +110,7 @@ pub fn attention(
                 sum += *s;
             }
             let o = &mut out[(t * n_heads + h) * head_dim..][..head_dim];
-            for (j, s) in scores.iter().enumerate() {
+            for (j, s) in (first..).zip(scores.iter()) {
                 let vj = &v_cache[j * kv_dim + kvh * head_dim..][..head_dim];
                 let p = s / sum;
                 for d in 0..head_dim {

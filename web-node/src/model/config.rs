@@ -11,7 +11,8 @@ use super::ModelError;
 pub enum Arch {
     /// Llama, SmolLM (same graph).
     Llama,
-    /// Mistral (Llama graph; sliding window ignored up to its window size).
+    /// Mistral (Llama graph; sliding-window attention when its window is shorter than the
+    /// context).
     Mistral,
     /// Qwen2 and Qwen2.5 (Llama graph plus q/k/v biases).
     Qwen2,
@@ -91,6 +92,10 @@ pub struct LlamaConfig {
     /// Per-dimension divisors of the RoPE frequencies, `[head_dim / 2]` (Llama 3.1+'s
     /// long-context scaling: GGUF `rope_freqs.weight`, or config.json `rope_scaling`).
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Sliding-window attention: a query attends to the last `w` positions (itself included),
+    /// as llama.cpp and Hugging Face count them. `None` is global attention, which a window at
+    /// least as long as the context also is (see [`LlamaConfig::window_within`]).
+    pub sliding_window: Option<usize>,
 }
 
 impl LlamaConfig {
@@ -112,6 +117,9 @@ impl LlamaConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
         }
+        if self.sliding_window == Some(0) {
+            return bad("sliding window of 0 positions".into());
+        }
         if let Some(f) = &self.rope_freq_factors {
             if f.len() != self.head_dim / 2 || f.iter().any(|v| !(v.is_finite() && *v > 0.0)) {
                 return bad(format!(
@@ -122,6 +130,12 @@ impl LlamaConfig {
             }
         }
         Ok(())
+    }
+
+    /// A checkpoint's sliding window as this config keeps it: `None` when absent or at least
+    /// `max_seq_len` long (then it is ordinary global attention, as in real Qwen2.5 configs).
+    pub fn window_within(window: Option<usize>, max_seq_len: usize) -> Option<usize> {
+        window.filter(|&w| w < max_seq_len)
     }
 
     /// Query width per token (`n_heads * head_dim`; usually `hidden`).

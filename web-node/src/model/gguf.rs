@@ -709,7 +709,13 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         max_seq_len: usize_of(md.req_u64(&key("context_length"))?, "context_length")?,
         tie_embeddings: file.tensor("output.weight").is_none(),
         rope_freq_factors: rope_freq_factors(file, arch_name, head_dim)?,
+        sliding_window: None,
     };
+    let window = match md.u64(&key("attention.sliding_window"))? {
+        Some(w) => Some(usize_of(w, "attention.sliding_window")?),
+        None => None,
+    };
+    let config = LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), ..config };
     config.validate()?;
     Ok(config)
 }

@@ -56,6 +56,10 @@ pub struct HfConfig {
     pub mlp_bias: Option<bool>,
     /// `rope_scaling`: `linear` and `llama3` are applied as RoPE frequency divisors.
     pub rope_scaling: Option<Value>,
+    /// `sliding_window` (Mistral; `null` or absent: none).
+    pub sliding_window: Option<u64>,
+    /// `use_sliding_window` (Qwen2/Qwen3: whether their `sliding_window` applies at all).
+    pub use_sliding_window: Option<bool>,
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -174,6 +178,11 @@ impl HfConfig {
             attention_bias: k.bool("attention_bias")?,
             mlp_bias: k.bool("mlp_bias")?,
             rope_scaling: k.get("rope_scaling").cloned(),
+            sliding_window: match k.get("sliding_window") {
+                None | Some(Value::Null) => None,
+                Some(_) => k.u64("sliding_window")?,
+            },
+            use_sliding_window: k.bool("use_sliding_window")?,
         })
     }
 
@@ -246,7 +255,24 @@ impl HfConfig {
                 None | Some(Value::Null) => None,
                 Some(s) => rope_freq_factors(s, head_dim, self.rope_theta.unwrap_or(10_000.0))?,
             },
+            sliding_window: None,
         };
+        let window = match (arch, self.use_sliding_window) {
+            // Qwen2/Qwen3 configs name a window but only use it when use_sliding_window is set
+            // (then only above max_window_layers, which this build does not do).
+            (Arch::Qwen2 | Arch::Qwen3, Some(true)) => {
+                return Err(ModelError::Metadata {
+                    key: "use_sliding_window".to_string(),
+                    what: "true is not supported for qwen2/qwen3 (per-layer windows)".to_string(),
+                })
+            }
+            (Arch::Qwen2 | Arch::Qwen3, _) => None,
+            _ => match self.sliding_window {
+                Some(w) => Some(dim(w, "sliding_window")?),
+                None => None,
+            },
+        };
+        let config = LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), ..config };
         config.validate()?;
         Ok(config)
     }
@@ -320,6 +346,28 @@ mod tests {
         assert_eq!((c.n_heads, c.n_kv_heads, c.head_dim), (9, 3, 64));
         assert_eq!((c.rope_theta, c.rms_eps), (100_000.0, 1e-5));
         assert_eq!((c.vocab, c.max_seq_len, c.tie_embeddings), (49152, 8192, true));
+    }
+
+    /// A window shorter than the context is kept; one at least as long is global attention
+    /// (real Qwen2.5 configs name a 131072 window with use_sliding_window false); Qwen's
+    /// per-layer windows (use_sliding_window true) are refused by name.
+    #[test]
+    fn sliding_windows() {
+        let base = |extra: &str| {
+            format!(
+                r#"{{"model_type": "MT", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "rms_norm_eps": 1e-6, "vocab_size": 128,
+                "max_position_embeddings": 4096 {extra}}}"#
+            )
+        };
+        let with = |mt: &str, extra: &str| parse(&base(extra).replace("MT", mt));
+        assert_eq!(with("mistral", r#", "sliding_window": 1024"#).unwrap().sliding_window, Some(1024));
+        assert_eq!(with("mistral", r#", "sliding_window": 4096"#).unwrap().sliding_window, None);
+        assert_eq!(with("mistral", r#", "sliding_window": null"#).unwrap().sliding_window, None);
+        let qwen = r#", "sliding_window": 1024, "use_sliding_window": false"#;
+        assert_eq!(with("qwen2", qwen).unwrap().sliding_window, None);
+        let e = with("qwen2", r#", "sliding_window": 1024, "use_sliding_window": true"#).unwrap_err();
+        assert!(e.to_string().contains("use_sliding_window"), "{e}");
     }
 
     #[test]

@@ -63,7 +63,7 @@ pub const MANIFEST_VERSION: u32 = 2;
 pub struct Manifest {
     /// Manifest format version ([`MANIFEST_VERSION`]).
     pub version: u32,
-    /// Architecture family (`llama`, `mistral`, `qwen2`).
+    /// Architecture family (`llama`, `mistral`, `qwen2`, `qwen3`).
     pub arch: String,
     /// Hidden size.
     pub hidden: usize,
@@ -87,6 +87,10 @@ pub struct Manifest {
     pub max_seq_len: usize,
     /// SHA-256 of the RoPE frequency factors (f32, little-endian), hex; `None` without.
     pub rope_freqs: Option<String>,
+    /// Sliding-window attention span; absent for global attention (so that models without
+    /// one keep the ids they had before the field existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
     /// SHA-256 of the tokenizer ([`Tokenizer::fingerprint`]), hex; `None` for a model that
     /// ships none.
     pub tokenizer: Option<String>,
@@ -114,6 +118,8 @@ struct Wire {
     vocab: usize,
     max_seq_len: usize,
     rope_freqs: Option<String>,
+    #[serde(default)]
+    sliding_window: Option<usize>,
     tokenizer: Option<String>,
     chat_template: Option<String>,
     blocks: Vec<String>,
@@ -138,6 +144,7 @@ impl TryFrom<Wire> for Manifest {
             vocab: w.vocab,
             max_seq_len: w.max_seq_len,
             rope_freqs: w.rope_freqs,
+            sliding_window: w.sliding_window,
             tokenizer: w.tokenizer,
             chat_template: w.chat_template,
             blocks: w.blocks,
@@ -232,6 +239,7 @@ impl Manifest {
             vocab: config.vocab,
             max_seq_len: config.max_seq_len,
             rope_freqs,
+            sliding_window: config.sliding_window,
             tokenizer: None,
             chat_template: None,
             blocks,
@@ -325,6 +333,7 @@ mod tests {
             max_seq_len: 32,
             tie_embeddings: true,
             rope_freq_factors: Some(vec![1.0, 8.0]),
+            sliding_window: None,
         };
         Manifest::new(&config, vec!["a".repeat(64), "b".repeat(64)], "c".repeat(64))
             .with_text(Some("d".repeat(64)), Some(template_hash("{{ x }}")))

@@ -85,6 +85,8 @@ struct AttnShape {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    /// Sliding-window span, if any (see [`reference::first_key`]).
+    window: Option<usize>,
 }
 
 /// Keys whose query dot products are summed side by side (one per lane of a 512-bit vector;
@@ -107,7 +109,9 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     let hd = s.head_dim;
     let one = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
-        let a = HeadQuery { qh: &q[i * hd..(i + 1) * hd], k_cache, v_cache, len: s.pos + t + 1, h, s };
+        let (p, len) = (s.pos + t, s.pos + t + 1);
+        let first = reference::first_key(p, s.window);
+        let a = HeadQuery { qh: &q[i * hd..(i + 1) * hd], k_cache, v_cache, first, len, h, s };
         attention_head(&a, o, scores)
     };
     #[cfg(not(target_arch = "wasm32"))]
@@ -125,12 +129,13 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     }
 }
 
-/// One query head's attention: query head `h` of one token (`qh`, `[head_dim]`) over the first
-/// `len` entries of the caches (`k_cache` transposed, see [`CpuCache::k`]).
+/// One query head's attention: query head `h` of one token (`qh`, `[head_dim]`) over entries
+/// `first..len` of the caches (`k_cache` transposed, see [`CpuCache::k`]).
 struct HeadQuery<'a> {
     qh: &'a [f32],
     k_cache: &'a [f32],
     v_cache: &'a [f32],
+    first: usize,
     len: usize,
     h: usize,
     s: AttnShape,
@@ -189,7 +194,7 @@ fn key_dots<'a, const N: usize>(
 /// The arithmetic of [`attention_head`].
 #[inline(always)]
 fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>) {
-    let &HeadQuery { qh, k_cache, v_cache, len, h, s } = a;
+    let &HeadQuery { qh, k_cache, v_cache, first, len, h, s } = a;
     let hd = s.head_dim;
     let kvh = h / (s.n_heads / s.n_kv_heads);
     let kv_dim = s.n_kv_heads * hd;
@@ -197,7 +202,7 @@ fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>
     // Component `d` of this head's keys, for every position.
     let comp = |d: usize| &k_cache[(kvh * hd + d) * s.cap..][..len];
     scores.clear();
-    let mut j = 0;
+    let mut j = first;
     while j + 4 * KEYS <= len {
         key_dots::<{ 4 * KEYS }>(qh, &comp, j, scale, scores);
         j += 4 * KEYS;
@@ -220,7 +225,7 @@ fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>
         sum += *v;
     }
     out.fill(0.0);
-    for (j, sc) in scores.iter().enumerate() {
+    for (j, sc) in (first..).zip(scores.iter()) {
         let vj = &v_cache[j * kv_dim + kvh * hd..][..hd];
         let p = sc / sum;
         for (od, vd) in out.iter_mut().zip(vj) {
@@ -345,8 +350,14 @@ impl CpuBackend {
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
         let mut sc = Vec::with_capacity(c.head_dim / 2);
-        let shape =
-            |pos, cap| AttnShape { pos, cap, n_heads: c.n_heads, n_kv_heads: c.n_kv_heads, head_dim: c.head_dim };
+        let shape = |pos, cap| AttnShape {
+            pos,
+            cap,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            window: c.sliding_window,
+        };
         for (li, w) in self.layers.iter().enumerate() {
             let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
             matmul::matmul3([&w.attn_q, &w.attn_k, &w.attn_v], &xn, n, [&mut q, &mut k, &mut v]);
@@ -422,25 +433,29 @@ mod tests {
         (0..len).map(|_| rng.random_range(-2.0f32..2.0)).collect()
     }
 
-    /// The optimized attention is the reference's arithmetic, so it must agree bit for bit.
+    /// The optimized attention is the reference's arithmetic, so it must agree bit for bit,
+    /// with and without a sliding window (shorter and longer than the positions).
     #[test]
     fn attention_matches_reference_bitwise() {
         let (n_heads, n_kv_heads, head_dim) = (6, 2, 16);
-        for (n, pos) in [(1, 0), (1, 9), (5, 3), (13, 0), (1, 20), (4, 78), (1, 600), (2, 700)] {
+        let cases = [(1, 0), (1, 9), (5, 3), (13, 0), (1, 20), (4, 78), (1, 600), (2, 700)];
+        for ((n, pos), window) in cases.into_iter().flat_map(|c| [None, Some(4), Some(70), Some(1000)].map(|w| (c, w)))
+        {
             let len = pos + n;
             let q = random(n * n_heads * head_dim, 1);
             let k = random(len * n_kv_heads * head_dim, 2);
             let v = random(len * n_kv_heads * head_dim, 3);
-            let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim);
+            let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim, window);
             // A one-layer cache with room for more positions than are used, keys written as the
             // backend writes them (transposed).
             let (kv_dim, cap) = (n_kv_heads * head_dim, len + 5);
             let mut cache = CpuCache { max_len: cap, k: vec![vec![f32::NAN; kv_dim * cap]], v: Vec::new() };
             cache.write_keys(0, 0, &k, kv_dim);
             let mut got = vec![f32::NAN; want.len()];
-            attention(&q, &cache.k[0], &v, AttnShape { pos, cap, n_heads, n_kv_heads, head_dim }, &mut got);
+            let shape = AttnShape { pos, cap, n_heads, n_kv_heads, head_dim, window };
+            attention(&q, &cache.k[0], &v, shape, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos}: index {i}: {a} vs {b}");
+                assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos} window={window:?}: index {i}: {a} vs {b}");
             }
         }
     }

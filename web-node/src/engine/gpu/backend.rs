@@ -252,7 +252,8 @@ impl GpuBackend {
     fn attention_op(&self, i: usize, cache: &GpuCache, q: &wgpu::Buffer, att: &wgpu::Buffer) -> Op {
         let (c, step) = (&self.config, &cache.step);
         let what = format!("blk.{}.attention", self.range.start + i);
-        ops::attention_op(&self.ctx, &what, step, q, &cache.k[i], &cache.v[i], att, c.n_heads, c.n_kv_heads, c.head_dim)
+        let (heads, kv_heads, hd, window) = (c.n_heads, c.n_kv_heads, c.head_dim, c.sliding_window);
+        ops::attention_op(&self.ctx, &what, step, q, &cache.k[i], &cache.v[i], att, heads, kv_heads, hd, window)
     }
 
     /// Layer `i`'s kernels after attention: output product and residual add, norm, FFN and

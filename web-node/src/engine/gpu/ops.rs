@@ -289,9 +289,12 @@ pub(crate) fn attention_op(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 ) -> Op {
     let scale = 1.0 / (head_dim as f32).sqrt();
-    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, scale.to_bits()]));
+    let w = window.unwrap_or(0) as u32;
+    let params =
+        ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, scale.to_bits(), w, 0, 0, 0]));
     let p = ctx.pipeline(&ATTENTION, "main", &[("WG", ATTN_WG)]);
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, q, kc, vc, out], n_heads as u32, 1))
 }
@@ -446,8 +449,8 @@ pub async fn rope(
     run(ctx, &step, &[op], n, pos, &q, x.len()).await
 }
 
-/// Causal GQA attention of `n` tokens at `pos..` over the caches (see
-/// [`crate::engine::reference::attention`] for the shapes).
+/// Causal GQA attention of `n` tokens at `pos..` over the caches, within a sliding `window` if
+/// any (see [`crate::engine::reference::attention`] for the shapes).
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     ctx: &GpuContext,
@@ -459,6 +462,7 @@ pub async fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    window: Option<usize>,
 ) -> Result<Vec<f32>, EngineError> {
     check_len("attention q", q, n * n_heads * head_dim)?;
     if head_dim > MAX_HEAD_DIM || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
@@ -476,7 +480,7 @@ pub async fn attention(
     let vb = ctx.storage_init("ops v cache", f32s(v_cache))?;
     let out = ctx.storage("ops attention out", (q.len() * 4) as u64)?;
     let op = ctx.alloc("ops kernel", None, || {
-        Ok(attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim))
+        Ok(attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim, window))
     })?;
     run(ctx, &step, &[op], n, pos, &out, q.len()).await
 }

@@ -194,24 +194,28 @@ fn rope_matches_reference() {
     assert_eq!(block_on(ops::rope(&ctx, &x, 1, 4, 0, 10000.0)), x.to_vec());
 }
 
-/// Attention: decode past one key tile (pos 70 > 64 keys), causal prefill with GQA, and a head
-/// size above the workgroup (80). Outputs are convex mixes of values in [-1, 1]: 1e-5 absolute.
+/// Attention: decode past one key tile (pos 70 > 64 keys), causal prefill with GQA, a head
+/// size above the workgroup (80), and sliding windows shorter than one tile, longer than one,
+/// and longer than the sequence. Outputs are convex mixes of values in [-1, 1]: 1e-5 absolute.
 #[test]
 fn attention_matches_reference() {
     let ctx = ctx();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
-    for (n, pos, heads, kv_heads, hd) in [(1, 70, 4, 2, 16), (5, 3, 4, 2, 16), (3, 130, 2, 1, 80), (2, 0, 3, 3, 8)] {
+    let cases = [(1, 70, 4, 2, 16), (5, 3, 4, 2, 16), (3, 130, 2, 1, 80), (2, 0, 3, 3, 8)];
+    for ((n, pos, heads, kv_heads, hd), window) in
+        cases.into_iter().flat_map(|c| [None, Some(3), Some(100), Some(500)].map(|w| (c, w)))
+    {
         let len = pos + n + 2; // spare rows after the sequence must be ignored
         let q = randn(&mut rng, n * heads * hd);
         let k = randn(&mut rng, len * kv_heads * hd);
         let v = randn(&mut rng, len * kv_heads * hd);
-        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd));
-        let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd);
-        let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd}");
+        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd, window));
+        let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd, window);
+        let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd} window={window:?}");
         assert_close(&what, &got, &want, &vec![0.0; want.len()], 0.0, 1e-5);
     }
     // Known answer: the first token sees only its own value.
-    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2));
+    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2, None));
     assert_eq!(got, vec![0.25, -2.0]);
 }
 
@@ -249,6 +253,7 @@ fn small_config(arch: Arch) -> LlamaConfig {
         max_seq_len: 64,
         tie_embeddings: true,
         rope_freq_factors: None,
+        sliding_window: None,
     }
 }
 
@@ -474,6 +479,7 @@ fn bench_decode_smollm_shape() {
         max_seq_len: 8192,
         tie_embeddings: true,
         rope_freq_factors: None,
+        sliding_window: None,
     };
     let n_layers = std::env::var("BENCH_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let mut rng = ChaCha8Rng::seed_from_u64(10);

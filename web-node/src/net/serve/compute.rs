@@ -544,6 +544,7 @@ mod tests {
             max_seq_len: 64,
             tie_embeddings: true,
             rope_freq_factors: None,
+            sliding_window: None,
         };
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let backend = Recorder { config, delay: Duration::from_millis(20), sizes: sizes.clone() };
