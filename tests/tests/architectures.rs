@@ -48,6 +48,8 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
 /// Token sequences: prefill 5, then decode 2 one at a time.
 const SEQS: [[u32; 7]; 2] = [[1, 2, 3, 4, 5, 6, 7], [90, 17, 33, 127, 0, 64, 8]];
 const CHUNKS: [Range<usize>; 3] = [0..5, 5..6, 6..7];
+/// Every layer of the tiny models in one executor.
+const WHOLE: &[Range<usize>] = &[0..3];
 
 /// Writes `m` as `model.gguf` and as a safetensors checkpoint in `dir`; opens both.
 fn write_both(m: &TinyModel, dir: &TempDir) -> (ModelFile, ModelFile) {
@@ -109,15 +111,15 @@ fn formats_agree_and_backends_follow_candle() {
         let tensors: Vec<_> = m.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.values.clone())).collect();
         let mut reference = ArchReference::new(st.config(), &tensors).expect("candle builds the model");
         for seq in SEQS {
-            let a = run(&st, &backends(&st, &[0..3], None), &seq);
-            let b = run(&gg, &backends(&gg, &[0..3], None), &seq);
+            let a = run(&st, &backends(&st, WHOLE, None), &seq);
+            let b = run(&gg, &backends(&gg, WHOLE, None), &seq);
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                 assert_eq!(bits(&x.1), bits(&y.1), "{arch:?} chunk {i}: GGUF and safetensors logits differ");
             }
             reference.reset();
             let want: Vec<Vec<f32>> =
                 CHUNKS.iter().map(|r| reference.logits(&seq[r.clone()], r.start).expect("candle")).collect();
-            for (name, got) in [("cpu", a), ("wgpu", run(&gg, &backends(&gg, &[0..3], Some(&gpu)), &seq))] {
+            for (name, got) in [("cpu", a), ("wgpu", run(&gg, &backends(&gg, WHOLE, Some(&gpu)), &seq))] {
                 let worst = got.iter().zip(&want).map(|(g, w)| max_abs_diff(&g.1, w)).fold(0.0f32, f32::max);
                 report.push(format!("{arch:?} {name}: max |logit diff| to candle {worst:.2e}"));
                 assert!(worst <= TOL, "{arch:?} {name}: logits {worst} from candle's (tolerance {TOL})");
@@ -135,7 +137,7 @@ fn one_layer_executors_equal_one_executor_bit_for_bit() {
         let dir = TempDir::new(&format!("split-{arch:?}"));
         let (_, gg) = write_both(&m, &dir);
         for ctx in [None, Some(&gpu)] {
-            let whole = run(&gg, &backends(&gg, &[0..3], ctx), &SEQS[1]);
+            let whole = run(&gg, &backends(&gg, WHOLE, ctx), &SEQS[1]);
             let split = run(&gg, &backends(&gg, &[0..1, 1..2, 2..3], ctx), &SEQS[1]);
             for (i, (x, y)) in whole.iter().zip(&split).enumerate() {
                 assert_eq!(bits(&x.0), bits(&y.0), "{arch:?} gpu={}: chunk {i}: split differs", ctx.is_some());
