@@ -49,7 +49,7 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
 const SEQS: [[u32; 7]; 2] = [[1, 2, 3, 4, 5, 6, 7], [90, 17, 33, 127, 0, 64, 8]];
 const CHUNKS: [Range<usize>; 3] = [0..5, 5..6, 6..7];
 /// Every layer of the tiny models in one executor.
-const WHOLE: &[Range<usize>] = &[0..3];
+const WHOLE: &[Range<usize>] = &[Range { start: 0, end: 3 }];
 
 /// Writes `m` as `model.gguf` and as a safetensors checkpoint in `dir`; opens both.
 fn write_both(m: &TinyModel, dir: &TempDir) -> (ModelFile, ModelFile) {
