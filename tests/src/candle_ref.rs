@@ -148,7 +148,7 @@ impl QuantizedReference {
     }
 }
 
-/// candle-transformers' model of a non-Llama architecture (Qwen3, Mistral), f32, built from
+/// candle-transformers' model of a non-Llama architecture (Qwen3, Mistral, Phi-3), f32, built from
 /// Hugging Face-named f32 tensors: an independent implementation of its extra parts.
 ///
 /// Every call runs the whole prefix again as one prefill from position 0: candle's Mistral
@@ -161,6 +161,7 @@ pub struct ArchReference {
 enum ArchModel {
     Qwen3(candle_transformers::models::qwen3::ModelForCausalLM),
     Mistral(candle_transformers::models::mistral::Model),
+    Phi3(candle_transformers::models::phi3::Model),
 }
 
 impl ArchReference {
@@ -170,7 +171,7 @@ impl ArchReference {
         config: &web_node::model::LlamaConfig,
         tensors: &[(String, Vec<usize>, Vec<f32>)],
     ) -> candle_core::Result<Self> {
-        use candle_transformers::models::{mistral, qwen3};
+        use candle_transformers::models::{mistral, phi3, qwen3};
         let dev = Device::Cpu;
         let map: HashMap<String, Tensor> = tensors
             .iter()
@@ -219,6 +220,27 @@ impl ArchReference {
                 };
                 ArchModel::Mistral(mistral::Model::new(&cfg, vb)?)
             }
+            web_node::model::Arch::Phi3 => {
+                let cfg = phi3::Config {
+                    vocab_size: config.vocab,
+                    hidden_act: candle_nn::Activation::Silu,
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    num_hidden_layers: config.n_layers,
+                    num_attention_heads: config.n_heads,
+                    num_key_value_heads: config.n_kv_heads,
+                    rms_norm_eps: config.rms_eps as f64,
+                    rope_theta: config.rope_theta as f64,
+                    bos_token_id: None,
+                    eos_token_id: None,
+                    rope_scaling: None,
+                    max_position_embeddings: config.max_seq_len,
+                    original_max_position_embeddings: None,
+                    partial_rotary_factor: None,
+                    tie_word_embeddings: config.tie_embeddings,
+                };
+                ArchModel::Phi3(phi3::Model::new(&cfg, vb)?)
+            }
             other => return Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
         };
         Ok(Self { model, history: Vec::new() })
@@ -241,6 +263,10 @@ impl ArchReference {
                 m.forward(&x, 0)?
             }
             ArchModel::Mistral(m) => {
+                m.clear_kv_cache();
+                m.forward(&x, 0)?
+            }
+            ArchModel::Phi3(m) => {
                 m.clear_kv_cache();
                 m.forward(&x, 0)?
             }

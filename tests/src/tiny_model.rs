@@ -70,17 +70,23 @@ impl TinyModel {
         let mut specs: Vec<(String, Vec<usize>)> = vec![("model.embed_tokens.weight".into(), vec![v, h])];
         for i in 0..config.n_layers {
             let l = |t: &str| format!("model.layers.{i}.{t}");
-            specs.extend([
-                (l("input_layernorm.weight"), vec![h]),
-                (l("self_attn.q_proj.weight"), vec![q, h]),
-                (l("self_attn.k_proj.weight"), vec![kv, h]),
-                (l("self_attn.v_proj.weight"), vec![kv, h]),
-                (l("self_attn.o_proj.weight"), vec![h, q]),
-                (l("post_attention_layernorm.weight"), vec![h]),
-                (l("mlp.gate_proj.weight"), vec![f, h]),
-                (l("mlp.up_proj.weight"), vec![f, h]),
-                (l("mlp.down_proj.weight"), vec![h, f]),
-            ]);
+            specs.push((l("input_layernorm.weight"), vec![h]));
+            if arch == Arch::Phi3 {
+                specs.push((l("self_attn.qkv_proj.weight"), vec![q + 2 * kv, h]));
+            } else {
+                specs.extend([
+                    (l("self_attn.q_proj.weight"), vec![q, h]),
+                    (l("self_attn.k_proj.weight"), vec![kv, h]),
+                    (l("self_attn.v_proj.weight"), vec![kv, h]),
+                ]);
+            }
+            specs.extend([(l("self_attn.o_proj.weight"), vec![h, q]), (l("post_attention_layernorm.weight"), vec![h])]);
+            if arch == Arch::Phi3 {
+                specs.push((l("mlp.gate_up_proj.weight"), vec![2 * f, h]));
+            } else {
+                specs.extend([(l("mlp.gate_proj.weight"), vec![f, h]), (l("mlp.up_proj.weight"), vec![f, h])]);
+            }
+            specs.push((l("mlp.down_proj.weight"), vec![h, f]));
             if arch.has_qkv_bias() {
                 specs.extend([
                     (l("self_attn.q_proj.bias"), vec![q]),
@@ -141,6 +147,7 @@ impl TinyModel {
             Arch::Mistral => "MistralForCausalLM",
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
+            Arch::Phi3 => "Phi3ForCausalLM",
         };
         serde_json::json!({
             "architectures": [class],
@@ -307,6 +314,8 @@ pub fn gguf_name(hf: &str) -> String {
         "self_attn.q_proj.bias" => "attn_q.bias",
         "self_attn.k_proj.bias" => "attn_k.bias",
         "self_attn.v_proj.bias" => "attn_v.bias",
+        "self_attn.qkv_proj.weight" => "attn_qkv.weight",
+        "mlp.gate_up_proj.weight" => "ffn_up.weight",
         "self_attn.q_norm.weight" => "attn_q_norm.weight",
         "self_attn.k_norm.weight" => "attn_k_norm.weight",
         other => panic!("no GGUF name for {other}"),

@@ -31,7 +31,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
-const ARCHS: [Arch; 2] = [Arch::Qwen3, Arch::Mistral];
+const ARCHS: [Arch; 3] = [Arch::Qwen3, Arch::Mistral, Arch::Phi3];
 /// Largest logit distance allowed from candle's model.
 const TOL: f32 = 1e-4;
 

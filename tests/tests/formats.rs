@@ -412,17 +412,22 @@ fn gguf_bad_magic() {
 #[test]
 fn gguf_unsupported_tensor_type_names_tensor_and_type() {
     let m = TinyModel::random(2, false);
-    let mut tensors = m.gguf_tensors(WeightType::F32, true);
     let target = gguf_name("model.layers.0.mlp.up_proj.weight");
-    let t = tensors.iter_mut().find(|t| t.0 == target).expect("ffn_up");
-    t.2 = 12; // Q4_K: 144 bytes per 256 values.
-    t.3 = vec![0x11; 96 * 64 / 256 * 144];
-    let bytes = Bytes::from(write_gguf(&m.gguf_metadata(), &tensors));
-    let model = GgufModel::from_bytes(bytes).expect("header is fine");
-    let e = model.load_layer(0).expect_err("Q4_K loaded");
-    let msg = e.to_string();
-    assert!(msg.contains("blk.0.ffn_up.weight") && msg.contains("unsupported type Q4_K"), "{msg}");
-    assert!(model.load_layer(1).is_ok());
+    // A type this build lacks (IQ2_XXS: 66 bytes per 256 values), and a supported K-quant
+    // whose 256-value super-blocks do not divide the matrix's 64 columns.
+    for (ty, bytes, want) in [
+        (16, 96 * 64 / 256 * 66, "unsupported type IQ2_XXS"),
+        (12, 96 * 64 / 256 * 144, "q4_k matrix with 64 columns: columns must be a multiple of 256"),
+    ] {
+        let mut tensors = m.gguf_tensors(WeightType::F32, true);
+        let t = tensors.iter_mut().find(|t| t.0 == target).expect("ffn_up");
+        t.2 = ty;
+        t.3 = vec![0x11; bytes];
+        let model = GgufModel::from_bytes(Bytes::from(write_gguf(&m.gguf_metadata(), &tensors))).expect("header");
+        let msg = model.load_layer(0).expect_err("loaded").to_string();
+        assert!(msg.contains("blk.0.ffn_up.weight") && msg.contains(want), "{msg}");
+        assert!(model.load_layer(1).is_ok());
+    }
 }
 
 #[test]

@@ -18,6 +18,8 @@ pub enum Arch {
     Qwen2,
     /// Qwen3 (Llama graph plus a per-head RMSNorm of queries and keys before RoPE).
     Qwen3,
+    /// Phi-3 (Llama graph; q/k/v and gate/up stored fused, split when loaded).
+    Phi3,
 }
 
 impl Arch {
@@ -28,12 +30,13 @@ impl Arch {
             "mistral" | "MistralForCausalLM" => Some(Arch::Mistral),
             "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
             "qwen3" | "Qwen3ForCausalLM" => Some(Arch::Qwen3),
+            "phi3" | "Phi3ForCausalLM" => Some(Arch::Phi3),
             _ => None,
         }
     }
 
     /// The names [`Arch::parse`] knows, for error messages.
-    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3";
+    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3, phi3";
 
     /// The GGUF `general.architecture` (and manifest) name.
     pub fn name(self) -> &'static str {
@@ -42,6 +45,7 @@ impl Arch {
             Arch::Mistral => "mistral",
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
+            Arch::Phi3 => "phi3",
         }
     }
 

@@ -595,8 +595,23 @@ impl GgufModel {
         let (h, q, kv, f) = (c.hidden, c.q_dim(), c.kv_dim(), c.intermediate);
         let f_ = &self.file;
         let name = |t: &str| format!("blk.{i}.{t}");
-        let mut attn_q = f_.matrix(&name("attn_q.weight"), q, h)?;
-        let mut attn_k = f_.matrix(&name("attn_k.weight"), kv, h)?;
+        // Phi-3 files store q/k/v as one `attn_qkv` and gate/up as one `ffn_up` (gate first).
+        let (mut attn_q, mut attn_k, attn_v) = if f_.tensor(&name("attn_qkv.weight")).is_some() {
+            let qkv = f_.matrix(&name("attn_qkv.weight"), q + 2 * kv, h)?;
+            (qkv.slice_rows(0..q), qkv.slice_rows(q..q + kv), qkv.slice_rows(q + kv..q + 2 * kv))
+        } else {
+            (
+                f_.matrix(&name("attn_q.weight"), q, h)?,
+                f_.matrix(&name("attn_k.weight"), kv, h)?,
+                f_.matrix(&name("attn_v.weight"), kv, h)?,
+            )
+        };
+        let (ffn_gate, ffn_up) = if c.arch == Arch::Phi3 {
+            let gate_up = f_.matrix(&name("ffn_up.weight"), 2 * f, h)?;
+            (gate_up.slice_rows(0..f), gate_up.slice_rows(f..2 * f))
+        } else {
+            (f_.matrix(&name("ffn_gate.weight"), f, h)?, f_.matrix(&name("ffn_up.weight"), f, h)?)
+        };
         let mut qkv_bias = None;
         if c.arch.has_qkv_bias() {
             qkv_bias = Some([
@@ -622,13 +637,13 @@ impl GgufModel {
             attn_norm: f_.vector(&name("attn_norm.weight"), h)?,
             attn_q,
             attn_k,
-            attn_v: f_.matrix(&name("attn_v.weight"), kv, h)?,
+            attn_v,
             attn_output: f_.matrix(&name("attn_output.weight"), h, q)?,
             qkv_bias,
             qk_norm,
             ffn_norm: f_.vector(&name("ffn_norm.weight"), h)?,
-            ffn_gate: f_.matrix(&name("ffn_gate.weight"), f, h)?,
-            ffn_up: f_.matrix(&name("ffn_up.weight"), f, h)?,
+            ffn_gate,
+            ffn_up,
             ffn_down: f_.matrix(&name("ffn_down.weight"), h, f)?,
         })
     }
@@ -711,6 +726,14 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         rope_freq_factors: rope_freq_factors(file, arch_name, head_dim)?,
         sliding_window: None,
     };
+    if let Some(d) = md.u64(&key("rope.dimension_count"))? {
+        if d != head_dim as u64 {
+            return Err(ModelError::Metadata {
+                key: key("rope.dimension_count"),
+                what: format!("{d} of {head_dim} head dimensions rotated: partial RoPE is not supported"),
+            });
+        }
+    }
     let window = match md.u64(&key("attention.sliding_window"))? {
         Some(w) => Some(usize_of(w, "attention.sliding_window")?),
         None => None,
@@ -723,6 +746,14 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
 /// RoPE frequency divisors: the `rope_freqs.weight` tensor (Llama 3.1+), else a linear
 /// `rope.scaling.factor`; other scaling types (yarn, ...) are refused rather than ignored.
 fn rope_freq_factors(file: &GgufFile, arch: &str, head_dim: usize) -> Result<Option<Vec<f32>>, ModelError> {
+    for longrope in ["rope_factors_long.weight", "rope_factors_short.weight"] {
+        if file.tensor(longrope).is_some() {
+            return Err(ModelError::Metadata {
+                key: longrope.into(),
+                what: "LongRoPE scaling (Phi-3 128k, Phi-3.5) is not supported".into(),
+            });
+        }
+    }
     if file.tensor("rope_freqs.weight").is_some() {
         return file.vector("rope_freqs.weight", head_dim / 2).map(Some);
     }

@@ -60,6 +60,8 @@ pub struct HfConfig {
     pub sliding_window: Option<u64>,
     /// `use_sliding_window` (Qwen2/Qwen3: whether their `sliding_window` applies at all).
     pub use_sliding_window: Option<bool>,
+    /// `partial_rotary_factor` (RoPE on part of each head: not supported below 1).
+    pub partial_rotary_factor: Option<f64>,
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -183,6 +185,7 @@ impl HfConfig {
                 Some(_) => k.u64("sliding_window")?,
             },
             use_sliding_window: k.bool("use_sliding_window")?,
+            partial_rotary_factor: k.f64("partial_rotary_factor")?,
         })
     }
 
@@ -215,6 +218,12 @@ impl HfConfig {
             return Err(ModelError::Metadata {
                 key: "hidden_act".to_string(),
                 what: format!("{act} is not supported (only silu)"),
+            });
+        }
+        if let Some(f) = self.partial_rotary_factor.filter(|f| *f != 1.0) {
+            return Err(ModelError::Metadata {
+                key: "partial_rotary_factor".to_string(),
+                what: format!("{f}: RoPE on part of each head is not supported"),
             });
         }
         for (key, set) in [("attention_bias", self.attention_bias), ("mlp_bias", self.mlp_bias)] {

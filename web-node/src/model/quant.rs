@@ -288,6 +288,17 @@ impl QMatrix {
         out
     }
 
+    /// Rows `rows` of this matrix, sharing its bytes (a fused projection's parts).
+    ///
+    /// # Panics
+    /// If `rows` is not within the matrix (a caller bug: check the shape first).
+    pub fn slice_rows(&self, rows: std::ops::Range<usize>) -> QMatrix {
+        assert!(rows.start <= rows.end && rows.end <= self.rows, "slice_rows: {rows:?} of {} rows", self.rows);
+        let rb = self.row_bytes();
+        let data = self.data.slice(rows.start * rb..rows.end * rb);
+        QMatrix { dtype: self.dtype, rows: rows.len(), cols: self.cols, data }
+    }
+
     /// A new matrix holding the given rows of this one, in the given order.
     ///
     /// Rows are independent blocks in every format, so this is a byte copy.

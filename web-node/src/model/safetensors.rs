@@ -20,7 +20,7 @@ use std::collections::HashMap;
 use bytes::Bytes;
 use safetensors::{Dtype, SafeTensorError, SafeTensors};
 
-use super::config::LlamaConfig;
+use super::config::{Arch, LlamaConfig};
 use super::hf_config::HfConfig;
 use super::quant::{QMatrix, WeightType};
 use super::weights::{HeadWeights, LayerWeights};
@@ -417,17 +417,37 @@ impl SafetensorsModel {
         } else {
             None
         };
+        // Phi-3 stores q/k/v as one `qkv_proj` and gate/up as one `gate_up_proj` (gate first).
+        let (attn_q, attn_k, attn_v, ffn_gate, ffn_up) = if c.arch == Arch::Phi3 {
+            let qkv = self.matrix(&name("self_attn.qkv_proj.weight"), q + 2 * kv, h)?;
+            let gate_up = self.matrix(&name("mlp.gate_up_proj.weight"), 2 * f, h)?;
+            (
+                qkv.slice_rows(0..q),
+                qkv.slice_rows(q..q + kv),
+                qkv.slice_rows(q + kv..q + 2 * kv),
+                gate_up.slice_rows(0..f),
+                gate_up.slice_rows(f..2 * f),
+            )
+        } else {
+            (
+                self.matrix(&name("self_attn.q_proj.weight"), q, h)?,
+                self.matrix(&name("self_attn.k_proj.weight"), kv, h)?,
+                self.matrix(&name("self_attn.v_proj.weight"), kv, h)?,
+                self.matrix(&name("mlp.gate_proj.weight"), f, h)?,
+                self.matrix(&name("mlp.up_proj.weight"), f, h)?,
+            )
+        };
         Ok(LayerWeights {
             attn_norm: self.vector(&name("input_layernorm.weight"), h)?,
-            attn_q: self.matrix(&name("self_attn.q_proj.weight"), q, h)?,
-            attn_k: self.matrix(&name("self_attn.k_proj.weight"), kv, h)?,
-            attn_v: self.matrix(&name("self_attn.v_proj.weight"), kv, h)?,
+            attn_q,
+            attn_k,
+            attn_v,
             attn_output: self.matrix(&name("self_attn.o_proj.weight"), h, q)?,
             qkv_bias,
             qk_norm,
             ffn_norm: self.vector(&name("post_attention_layernorm.weight"), h)?,
-            ffn_gate: self.matrix(&name("mlp.gate_proj.weight"), f, h)?,
-            ffn_up: self.matrix(&name("mlp.up_proj.weight"), f, h)?,
+            ffn_gate,
+            ffn_up,
             ffn_down: self.matrix(&name("mlp.down_proj.weight"), h, f)?,
         })
     }
