@@ -148,8 +148,9 @@ impl QuantizedReference {
     }
 }
 
-/// candle-transformers' model of a non-Llama architecture (Qwen3, Mistral, Phi-3), f32, built from
-/// Hugging Face-named f32 tensors: an independent implementation of its extra parts.
+/// candle-transformers' model of an architecture (Qwen3, Mistral, Phi-3, Llama with Llama 3.1's
+/// RoPE scaling), f32, built from Hugging Face-named f32 tensors: an independent implementation
+/// of its extra parts.
 ///
 /// Every call runs the whole prefix again as one prefill from position 0: candle's Mistral
 /// applies its sliding window only to a prefill without a cache offset.
@@ -162,14 +163,18 @@ enum ArchModel {
     Qwen3(candle_transformers::models::qwen3::ModelForCausalLM),
     Mistral(candle_transformers::models::mistral::Model),
     Phi3(candle_transformers::models::phi3::Model),
+    Llama(Llama, Config),
 }
 
 impl ArchReference {
     /// The reference for `config`'s architecture, from `tensors` (Hugging Face names, f32
-    /// values with their shapes).
+    /// values with their shapes). A Llama model takes its RoPE scaling from `llama3_scaling`
+    /// (Llama 3.1's `rope_scaling`: factor, low and high frequency factors, original context),
+    /// which candle turns into frequencies itself.
     pub fn new(
         config: &web_node::model::LlamaConfig,
         tensors: &[(String, Vec<usize>, Vec<f32>)],
+        llama3_scaling: Option<(f32, f32, f32, usize)>,
     ) -> candle_core::Result<Self> {
         use candle_transformers::models::{mistral, phi3, qwen3};
         let dev = Device::Cpu;
@@ -241,6 +246,32 @@ impl ArchReference {
                 };
                 ArchModel::Phi3(phi3::Model::new(&cfg, vb)?)
             }
+            web_node::model::Arch::Llama => {
+                use candle_transformers::models::llama::{Llama3RopeConfig, Llama3RopeType};
+                let cfg = Config {
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    vocab_size: config.vocab,
+                    num_hidden_layers: config.n_layers,
+                    num_attention_heads: config.n_heads,
+                    num_key_value_heads: config.n_kv_heads,
+                    use_flash_attn: false,
+                    rms_norm_eps: config.rms_eps as f64,
+                    rope_theta: config.rope_theta,
+                    bos_token_id: None,
+                    eos_token_id: None,
+                    rope_scaling: llama3_scaling.map(|(factor, low, high, orig)| Llama3RopeConfig {
+                        factor,
+                        low_freq_factor: low,
+                        high_freq_factor: high,
+                        original_max_position_embeddings: orig,
+                        rope_type: Llama3RopeType::Llama3,
+                    }),
+                    max_position_embeddings: config.max_seq_len,
+                    tie_word_embeddings: config.tie_embeddings,
+                };
+                ArchModel::Llama(Llama::load(vb, &cfg)?, cfg)
+            }
             other => return Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
         };
         Ok(Self { model, history: Vec::new() })
@@ -270,6 +301,7 @@ impl ArchReference {
                 m.clear_kv_cache();
                 m.forward(&x, 0)?
             }
+            ArchModel::Llama(m, cfg) => m.forward(&x, 0, &mut Cache::new(true, DType::F32, cfg, &Device::Cpu)?)?,
         };
         out.flatten_all()?.to_vec1()
     }

@@ -32,8 +32,11 @@ pub struct Tensor {
 /// A small Llama model with seeded random weights.
 #[derive(Clone, Debug)]
 pub struct TinyModel {
-    /// Its configuration.
+    /// Its configuration. With `rope_freq_factors`, the GGUF file carries them as
+    /// `rope_freqs.weight`.
     pub config: LlamaConfig,
+    /// `rope_scaling` written into `config.json`, if any.
+    pub rope_scaling: Option<serde_json::Value>,
     /// Every tensor, in Hugging Face naming and layout.
     pub tensors: Vec<Tensor>,
 }
@@ -120,7 +123,7 @@ impl TinyModel {
                 Tensor { name, shape, values }
             })
             .collect();
-        TinyModel { config, tensors }
+        TinyModel { config, rope_scaling: None, tensors }
     }
 
     /// The same model with every value rounded to `dtype` (so that writing it in `dtype`
@@ -166,6 +169,7 @@ impl TinyModel {
             "tie_word_embeddings": c.tie_embeddings,
             "torch_dtype": "float32",
             "sliding_window": c.sliding_window,
+            "rope_scaling": self.rope_scaling,
         })
     }
 
@@ -267,6 +271,14 @@ impl TinyModel {
                 let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
                 (name, dims, ggml_type(dt), bytes.to_vec())
             })
+            .chain(c.rope_freq_factors.as_ref().map(|f| {
+                (
+                    "rope_freqs.weight".to_string(),
+                    vec![f.len() as u64],
+                    ggml_type(WeightType::F32),
+                    quantize(WeightType::F32, f),
+                )
+            }))
             .collect()
     }
 

@@ -1,4 +1,5 @@
-//! The architectures beyond Llama (issue 13), on generated tiny models (3 layers, hidden 64,
+//! The architectures beyond the original Llama (issue 13): Llama 3.1's RoPE scaling, Qwen3,
+//! Mistral's sliding window and Phi-3, on generated tiny models (3 layers, hidden 64,
 //! random weights, untied LM head) written as a Hugging Face safetensors checkpoint and as a
 //! GGUF file of the same f32 values:
 //! - the GGUF and the safetensors checkpoint give the same logits, bit for bit;
@@ -31,16 +32,35 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
-const ARCHS: [Arch; 3] = [Arch::Qwen3, Arch::Mistral, Arch::Phi3];
+const ARCHS: [Arch; 4] = [Arch::Llama, Arch::Qwen3, Arch::Mistral, Arch::Phi3];
+/// Llama 3.1's `rope_scaling` for the tiny Llama (factor, low and high frequency factors,
+/// original context): with head size 16 and base 10000 its frequencies span every case of
+/// the scaling (kept, divided by the factor, blended).
+const LLAMA3_SCALING: (f32, f32, f32, usize) = (8.0, 1.0, 4.0, 64);
 /// Largest logit distance allowed from candle's model.
 const TOL: f32 = 1e-4;
 
 /// The tiny model of `arch`. Mistral's gets a sliding window of 3 positions, so the 7-token
-/// sequences below attend to a moving window.
+/// sequences below attend to a moving window; Llama's gets Llama 3.1's RoPE scaling: in
+/// `config.json` as `rope_scaling`, in GGUF as the `rope_freqs.weight` llama.cpp's converter
+/// computes from it (here by web-node's reading of that `config.json`; the candle reference
+/// computes its frequencies itself).
 fn tiny(arch: Arch, vocab: usize) -> TinyModel {
     let mut m = TinyModel::random_arch(21, arch, 3, vocab, false);
     if arch == Arch::Mistral {
         m.config.sliding_window = Some(3);
+    }
+    if arch == Arch::Llama {
+        let (factor, low, high, orig) = LLAMA3_SCALING;
+        m.rope_scaling = Some(serde_json::json!({
+            "rope_type": "llama3", "factor": factor, "low_freq_factor": low, "high_freq_factor": high,
+            "original_max_position_embeddings": orig,
+        }));
+        let dir = TempDir::new("llama3-factors");
+        m.write_hf(dir.path(), WeightType::F32, 1);
+        let factors = ModelFile::open(dir.path()).expect("opens").config().rope_freq_factors.clone();
+        assert!(factors.as_ref().is_some_and(|f| f.iter().any(|&v| v == 1.0) && f.iter().any(|&v| v == factor)));
+        m.config.rope_freq_factors = factors;
     }
     m
 }
@@ -109,7 +129,8 @@ fn formats_agree_and_backends_follow_candle() {
         assert_eq!(st.config(), gg.config(), "{arch:?}: configs differ");
         assert_eq!(st.config().arch, arch);
         let tensors: Vec<_> = m.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.values.clone())).collect();
-        let mut reference = ArchReference::new(st.config(), &tensors).expect("candle builds the model");
+        let scaling = (arch == Arch::Llama).then_some(LLAMA3_SCALING);
+        let mut reference = ArchReference::new(st.config(), &tensors, scaling).expect("candle builds the model");
         for seq in SEQS {
             let a = run(&st, &backends(&st, WHOLE, None), &seq);
             let b = run(&gg, &backends(&gg, WHOLE, None), &seq);
