@@ -59,7 +59,7 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
         let dir = TempDir::new("llama3-factors");
         m.write_hf(dir.path(), WeightType::F32, 1);
         let factors = ModelFile::open(dir.path()).expect("opens").config().rope_freq_factors.clone();
-        assert!(factors.as_ref().is_some_and(|f| f.iter().any(|&v| v == 1.0) && f.iter().any(|&v| v == factor)));
+        assert!(factors.as_ref().is_some_and(|f| f.contains(&1.0) && f.contains(&factor)));
         m.config.rope_freq_factors = factors;
     }
     m
