@@ -28,7 +28,8 @@ struct Params {
     scale: f32,
     // Sliding window in positions; 0: global attention.
     window: u32,
-    _pad0: u32,
+    // Soft-cap of the scaled scores, c tanh(s / c) (Gemma 2); 0: none.
+    softcap: f32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -74,6 +75,9 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 dot += qs[d] * kc[ko + d];
             }
             s = dot * p.scale;
+            if p.softcap > 0.0 {
+                s = tanh(s / p.softcap) * p.softcap;
+            }
         }
         ps[tid] = s;
         workgroupBarrier();

@@ -1,4 +1,6 @@
-// SiLU-gated MLP activation, in place: gate[i] = silu(gate[i]) * up[i], silu(g) = g / (1 + e^-g).
+// Gated MLP activation, in place: gate[i] = act(gate[i]) * up[i], with act SiLU,
+// g / (1 + e^-g), or with `gelu` set GELU's tanh approximation (Gemma),
+// 0.5 g (1 + tanh(sqrt(2 / pi) (g + 0.044715 g^3))).
 //
 // One thread per element: dispatch (ceil(dim / WG), n_tokens, 1); WG owned by engine/gpu/ops.rs.
 
@@ -13,7 +15,7 @@ struct Step {
 
 struct Params {
     dim: u32,
-    _pad0: u32,
+    gelu: u32,
     _pad1: u32,
     _pad2: u32,
 }
@@ -30,5 +32,9 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     let i = gid.y * p.dim + gid.x;
     let g = gate[i];
-    gate[i] = g / (1.0 + exp(-g)) * up[i];
+    if p.gelu == 1u {
+        gate[i] = 0.5 * g * (1.0 + tanh(0.7978846 * (g + 0.044715 * g * g * g))) * up[i];
+    } else {
+        gate[i] = g / (1.0 + exp(-g)) * up[i];
+    }
 }

@@ -164,6 +164,7 @@ enum ArchModel {
     Mistral(candle_transformers::models::mistral::Model),
     Phi3(candle_transformers::models::phi3::Model),
     Llama(Llama, Config),
+    Gemma2(candle_transformers::models::gemma2::Model),
 }
 
 impl ArchReference {
@@ -272,6 +273,29 @@ impl ArchReference {
                 };
                 ArchModel::Llama(Llama::load(vb, &cfg)?, cfg)
             }
+            web_node::model::Arch::Gemma2 => {
+                use candle_transformers::models::gemma2;
+                let g = config.gemma.as_ref().ok_or_else(|| candle_core::Error::Msg("gemma2 without params".into()))?;
+                let cfg = gemma2::Config {
+                    attention_bias: false,
+                    head_dim: config.head_dim,
+                    hidden_activation: candle_nn::Activation::GeluPytorchTanh,
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    num_attention_heads: config.n_heads,
+                    num_hidden_layers: config.n_layers,
+                    num_key_value_heads: config.n_kv_heads,
+                    rms_norm_eps: config.rms_eps as f64,
+                    rope_theta: config.rope_theta as f64,
+                    vocab_size: config.vocab,
+                    final_logit_softcapping: g.final_softcap.map(f64::from),
+                    attn_logit_softcapping: g.attn_softcap.map(f64::from),
+                    query_pre_attn_scalar: g.query_scalar as usize,
+                    sliding_window: None,
+                    max_position_embeddings: config.max_seq_len,
+                };
+                ArchModel::Gemma2(gemma2::Model::new(false, &cfg, vb)?)
+            }
             other => return Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
         };
         Ok(Self { model, history: Vec::new() })
@@ -298,6 +322,10 @@ impl ArchReference {
                 m.forward(&x, 0)?
             }
             ArchModel::Phi3(m) => {
+                m.clear_kv_cache();
+                m.forward(&x, 0)?
+            }
+            ArchModel::Gemma2(m) => {
                 m.clear_kv_cache();
                 m.forward(&x, 0)?
             }

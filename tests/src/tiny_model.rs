@@ -67,6 +67,7 @@ impl TinyModel {
             tie_embeddings: tied,
             rope_freq_factors: None,
             sliding_window: None,
+            gemma: None,
         };
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let (h, q, kv, f, v) = (config.hidden, config.q_dim(), config.kv_dim(), config.intermediate, config.vocab);
@@ -84,6 +85,14 @@ impl TinyModel {
                 ]);
             }
             specs.extend([(l("self_attn.o_proj.weight"), vec![h, q]), (l("post_attention_layernorm.weight"), vec![h])]);
+            if arch.has_post_norms() {
+                // Gemma: post_attention_layernorm is the attention output's norm; these two
+                // the FFN's input and output norms.
+                specs.extend([
+                    (l("pre_feedforward_layernorm.weight"), vec![h]),
+                    (l("post_feedforward_layernorm.weight"), vec![h]),
+                ]);
+            }
             if arch == Arch::Phi3 {
                 specs.push((l("mlp.gate_up_proj.weight"), vec![2 * f, h]));
             } else {
@@ -111,6 +120,9 @@ impl TinyModel {
             .map(|(name, shape)| {
                 let n: usize = shape.iter().product();
                 let values = if name.ends_with(".bias") {
+                    (0..n).map(|_| rng.random_range(-0.2f32..0.2)).collect()
+                } else if shape.len() == 1 && arch.has_post_norms() {
+                    // Gemma stores w for a norm scale of 1 + w.
                     (0..n).map(|_| rng.random_range(-0.2f32..0.2)).collect()
                 } else if shape.len() == 1 {
                     // Norm weights near 1.
@@ -151,7 +163,9 @@ impl TinyModel {
             Arch::Qwen2 => "Qwen2ForCausalLM",
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
+            Arch::Gemma2 => "Gemma2ForCausalLM",
         };
+        let gemma = c.gemma.as_ref();
         serde_json::json!({
             "architectures": [class],
             "model_type": c.arch.name(),
@@ -170,6 +184,10 @@ impl TinyModel {
             "torch_dtype": "float32",
             "sliding_window": c.sliding_window,
             "rope_scaling": self.rope_scaling,
+            "hidden_act": if c.arch.gelu_gate() { "gelu_pytorch_tanh" } else { "silu" },
+            "query_pre_attn_scalar": gemma.map(|g| g.query_scalar),
+            "attn_logit_softcapping": gemma.and_then(|g| g.attn_softcap),
+            "final_logit_softcapping": gemma.and_then(|g| g.final_softcap),
         })
     }
 
@@ -241,6 +259,15 @@ impl TinyModel {
         ]
         .into_iter()
         .chain(c.sliding_window.map(|w| (k("attention.sliding_window"), u(w))))
+        .chain(
+            c.gemma
+                .iter()
+                .flat_map(|g| {
+                    let cap = |key: &str, v: Option<f32>| v.map(|v| (k(key), Value::F64(v as f64)));
+                    [cap("attn_logit_softcapping", g.attn_softcap), cap("final_logit_softcapping", g.final_softcap)]
+                })
+                .flatten(),
+        )
         .collect()
     }
 
@@ -252,9 +279,15 @@ impl TinyModel {
         self.tensors
             .iter()
             .map(|t| {
-                let name = gguf_name(&t.name);
+                let name = gguf_name_of(c.arch, &t.name);
                 let dt = if t.shape.len() == 1 { WeightType::F32 } else { dtype };
-                let mut bytes = Bytes::from(quantize(dt, &t.values));
+                // llama.cpp's Gemma converter stores the norms' 1 + w.
+                let values: Vec<f32> = if c.arch.has_post_norms() && name.ends_with("norm.weight") {
+                    t.values.iter().map(|v| v + 1.0).collect()
+                } else {
+                    t.values.clone()
+                };
+                let mut bytes = Bytes::from(quantize(dt, &values));
                 if permute_qk && c.arch.gguf_permutes_qk() && t.shape.len() == 2 {
                     let heads = if name.ends_with("attn_q.weight") {
                         Some(c.n_heads)
@@ -301,6 +334,23 @@ pub fn write_gguf<K: AsRef<str>>(metadata: &[(K, Value)], tensors: &[(String, Ve
 /// ggml's type id for a weight type.
 pub fn ggml_type(dtype: WeightType) -> u32 {
     GgmlType::from(dtype).0
+}
+
+/// The GGUF name of a Hugging Face tensor name in a model of `arch` (Gemma names its norms
+/// differently).
+pub fn gguf_name_of(arch: Arch, hf: &str) -> String {
+    if arch.has_post_norms() {
+        for (from, to) in [
+            ("post_attention_layernorm.weight", "post_attention_norm.weight"),
+            ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+            ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+        ] {
+            if let Some(layer) = hf.strip_prefix("model.layers.").and_then(|r| r.strip_suffix(from)) {
+                return format!("blk.{layer}{to}");
+            }
+        }
+    }
+    gguf_name(hf)
 }
 
 /// The GGUF name of a Hugging Face tensor name.

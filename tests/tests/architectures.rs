@@ -32,7 +32,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
-const ARCHS: [Arch; 4] = [Arch::Llama, Arch::Qwen3, Arch::Mistral, Arch::Phi3];
+const ARCHS: [Arch; 5] = [Arch::Llama, Arch::Qwen3, Arch::Mistral, Arch::Phi3, Arch::Gemma2];
 /// Llama 3.1's `rope_scaling` for the tiny Llama (factor, low and high frequency factors,
 /// original context): with head size 16 and base 10000 its frequencies span every case of
 /// the scaling (kept, divided by the factor, blended).
@@ -46,9 +46,22 @@ const TOL: f32 = 1e-4;
 /// computes from it (here by web-node's reading of that `config.json`; the candle reference
 /// computes its frequencies itself).
 fn tiny(arch: Arch, vocab: usize) -> TinyModel {
-    let mut m = TinyModel::random_arch(21, arch, 3, vocab, false);
+    // Gemma ties its LM head to the embeddings.
+    let mut m = TinyModel::random_arch(21, arch, 3, vocab, arch == Arch::Gemma2);
     if arch == Arch::Mistral {
         m.config.sliding_window = Some(3);
+    }
+    if arch == Arch::Gemma2 {
+        // Caps small enough to bite on these logits; the query scale llama.cpp uses (the head
+        // size). candle's Gemma 2 has no alternating windows: its window would apply to every
+        // layer, so none is set here (the alternation is checked against the CPU backend in
+        // web-node's GPU tests and by the attention tests).
+        m.config.gemma = Some(web_node::model::GemmaParams {
+            attn_softcap: Some(1.5),
+            final_softcap: Some(3.0),
+            query_scalar: m.config.head_dim as f32,
+            window_pattern: 2,
+        });
     }
     if arch == Arch::Llama {
         let (factor, low, high, orig) = LLAMA3_SCALING;

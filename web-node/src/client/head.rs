@@ -69,7 +69,20 @@ impl Head {
             }
             self.weights.token_embd.dequantize_row(t as usize, row);
         }
+        if self.config.gemma.is_some() {
+            // Gemma scales the embeddings by sqrt(hidden) (in the model's dtype: f32 here).
+            let s = (h as f32).sqrt();
+            out.iter_mut().for_each(|v| *v *= s);
+        }
         Ok(out)
+    }
+
+    /// Gemma's final soft-cap of the logits, `c * tanh(l / c)`, when the model has one.
+    fn softcap(&self, mut logits: Vec<f32>) -> Vec<f32> {
+        if let Some(c) = self.config.gemma.as_ref().and_then(|g| g.final_softcap) {
+            logits.iter_mut().for_each(|l| *l = (*l / c).tanh() * c);
+        }
+        logits
     }
 
     /// Logits `[vocab]` from the last layer's hidden state of one token (`[hidden]`).
@@ -77,7 +90,7 @@ impl Head {
         let x = self.normed(hidden)?;
         let mut logits = vec![0.0f32; self.config.vocab];
         matmul(self.weights.lm_head(), &x, 1, &mut logits);
-        Ok(logits)
+        Ok(self.softcap(logits))
     }
 
     /// Like [`Head::logits`]; with [`Head::batched`], the product runs on the batching thread
@@ -87,7 +100,7 @@ impl Head {
         if let Some(b) = &self.batch {
             let x = self.normed(hidden)?;
             if let Some(logits) = b.logits(x).await {
-                return Ok(logits);
+                return Ok(self.softcap(logits));
             }
         }
         self.logits(hidden)

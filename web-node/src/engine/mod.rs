@@ -241,6 +241,19 @@ pub fn check_layers(
                 });
             }
         }
+        if w.post_norms.is_some() != config.arch.has_post_norms()
+            || w.post_norms.as_ref().is_some_and(|n| n.iter().any(|v| v.len() != h))
+        {
+            return Err(EngineError::BadWeights {
+                layer,
+                what: format!(
+                    "post norms present: {}, {:?} needs [hidden] pairs: {}",
+                    w.post_norms.is_some(),
+                    config.arch,
+                    config.arch.has_post_norms()
+                ),
+            });
+        }
         if w.qk_norm.is_some() != config.arch.has_qk_norm() {
             return Err(EngineError::BadWeights {
                 layer,

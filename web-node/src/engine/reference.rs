@@ -68,8 +68,40 @@ pub fn first_key(p: usize, window: Option<usize>) -> usize {
     window.map_or(0, |w| (p + 1).saturating_sub(w))
 }
 
+/// How attention scores are formed beyond the plain dot product.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AttnOpts {
+    /// Sliding window in positions (see [`first_key`]); `None` for global attention.
+    pub window: Option<usize>,
+    /// Scale of the dot products (`1 / sqrt(head_dim)` unless the model says otherwise).
+    pub scale: f32,
+    /// Soft-cap of the scaled scores, `c * tanh(s / c)` (Gemma 2).
+    pub softcap: Option<f32>,
+}
+
+impl AttnOpts {
+    /// Global attention scaled by `1 / sqrt(head_dim)`.
+    pub fn plain(head_dim: usize) -> AttnOpts {
+        AttnOpts { window: None, scale: 1.0 / (head_dim as f32).sqrt(), softcap: None }
+    }
+
+    /// Layer `layer`'s options for a model.
+    pub fn of_layer(c: &crate::model::LlamaConfig, layer: usize) -> AttnOpts {
+        AttnOpts { window: c.layer_window(layer), scale: c.attn_scale(), softcap: c.attn_softcap() }
+    }
+
+    /// A scaled score, soft-capped if the options say so.
+    #[inline(always)]
+    pub fn cap(&self, s: f32) -> f32 {
+        match self.softcap {
+            Some(c) => (s / c).tanh() * c,
+            None => s,
+        }
+    }
+}
+
 /// Causal grouped-query attention for `n` new tokens at positions `pos..pos+n`, over the last
-/// `window` positions when there is one (see [`first_key`]).
+/// `window` positions when there is one (see [`first_key`]), scores scaled and capped by `opts`.
 ///
 /// `q` is `[n, n_heads, head_dim]`; `k_cache`/`v_cache` are `[len, n_kv_heads, head_dim]` with
 /// `len >= pos + n` entries already written (the new tokens' keys included). Query head `h`
@@ -84,11 +116,11 @@ pub fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    window: Option<usize>,
+    opts: AttnOpts,
 ) -> Vec<f32> {
     let group = n_heads / n_kv_heads;
     let kv_dim = n_kv_heads * head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
+    let (scale, window) = (opts.scale, opts.window);
     let mut out = vec![0.0f32; n * n_heads * head_dim];
     let mut scores = Vec::new();
     for t in 0..n {
@@ -101,7 +133,7 @@ pub fn attention(
             for j in first..len {
                 let kj = &k_cache[j * kv_dim + kvh * head_dim..][..head_dim];
                 let dot: f32 = qh.iter().zip(kj).map(|(a, b)| a * b).sum();
-                scores.push(dot * scale);
+                scores.push(opts.cap(dot * scale));
             }
             let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let mut sum = 0.0f32;
@@ -120,6 +152,13 @@ pub fn attention(
         }
     }
     out
+}
+
+/// GELU with the tanh approximation (`gelu_pytorch_tanh`, Gemma's gate).
+#[inline]
+pub fn gelu_tanh(x: f32) -> f32 {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * (x + 0.044715 * x * x * x)).tanh())
 }
 
 /// `silu(gate) * up`, elementwise.

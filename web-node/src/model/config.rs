@@ -20,6 +20,10 @@ pub enum Arch {
     Qwen3,
     /// Phi-3 (Llama graph; q/k/v and gate/up stored fused, split when loaded).
     Phi3,
+    /// Gemma 2: GeGLU, embeddings scaled by sqrt(hidden), norms after attention and after the
+    /// FFN too, attention and final logits soft-capped, sliding-window layers alternating with
+    /// global ones (see [`GemmaParams`]).
+    Gemma2,
 }
 
 impl Arch {
@@ -31,12 +35,13 @@ impl Arch {
             "qwen2" | "Qwen2ForCausalLM" => Some(Arch::Qwen2),
             "qwen3" | "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             "phi3" | "Phi3ForCausalLM" => Some(Arch::Phi3),
+            "gemma2" | "Gemma2ForCausalLM" => Some(Arch::Gemma2),
             _ => None,
         }
     }
 
     /// The names [`Arch::parse`] knows, for error messages.
-    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3, phi3";
+    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3, phi3, gemma2";
 
     /// The GGUF `general.architecture` (and manifest) name.
     pub fn name(self) -> &'static str {
@@ -46,7 +51,19 @@ impl Arch {
             Arch::Qwen2 => "qwen2",
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
+            Arch::Gemma2 => "gemma2",
         }
+    }
+
+    /// Whether the attention output and the FFN output are normed before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub fn has_post_norms(self) -> bool {
+        matches!(self, Arch::Gemma2)
+    }
+
+    /// Whether the FFN gate is GELU (tanh approximation) instead of SiLU.
+    pub fn gelu_gate(self) -> bool {
+        matches!(self, Arch::Gemma2)
     }
 
     /// Whether queries and keys get a per-head RMSNorm (`attn_q_norm`, `attn_k_norm`).
@@ -64,6 +81,20 @@ impl Arch {
     pub fn has_qkv_bias(self) -> bool {
         matches!(self, Arch::Qwen2)
     }
+}
+
+/// Gemma's constants beyond the Llama graph.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct GemmaParams {
+    /// Attention logits become `c * tanh(s / c)` (Gemma 2: 50).
+    pub attn_softcap: Option<f32>,
+    /// Final logits become `c * tanh(l / c)` (Gemma 2: 30).
+    pub final_softcap: Option<f32>,
+    /// `query_pre_attn_scalar`: attention scores are scaled by its inverse square root.
+    pub query_scalar: f32,
+    /// Layer `i` is global when `i % window_pattern == window_pattern - 1`, else it attends
+    /// within `sliding_window` (Gemma 2: 2, every other layer).
+    pub window_pattern: usize,
 }
 
 /// Shapes and constants of a Llama-family decoder, resolved from a checkpoint.
@@ -100,6 +131,8 @@ pub struct LlamaConfig {
     /// as llama.cpp and Hugging Face count them. `None` is global attention, which a window at
     /// least as long as the context also is (see [`LlamaConfig::window_within`]).
     pub sliding_window: Option<usize>,
+    /// Gemma's extra constants (`None` for the other architectures).
+    pub gemma: Option<GemmaParams>,
 }
 
 impl LlamaConfig {
@@ -121,6 +154,20 @@ impl LlamaConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
         }
+        if self.arch == Arch::Gemma2 && self.gemma.is_none() {
+            return bad("gemma2 without its constants".into());
+        }
+        if let Some(g) = &self.gemma {
+            let finite = |c: Option<f32>| c.is_none_or(|c| c.is_finite() && c > 0.0);
+            if !(finite(g.attn_softcap)
+                && finite(g.final_softcap)
+                && g.query_scalar.is_finite()
+                && g.query_scalar > 0.0)
+                || g.window_pattern == 0
+            {
+                return bad(format!("gemma constants out of range: {g:?}"));
+            }
+        }
         if self.sliding_window == Some(0) {
             return bad("sliding window of 0 positions".into());
         }
@@ -140,6 +187,25 @@ impl LlamaConfig {
     /// `max_seq_len` long (then it is ordinary global attention, as in real Qwen2.5 configs).
     pub fn window_within(window: Option<usize>, max_seq_len: usize) -> Option<usize> {
         window.filter(|&w| w < max_seq_len)
+    }
+
+    /// The sliding window of layer `i` (Gemma alternates windowed and global layers).
+    pub fn layer_window(&self, i: usize) -> Option<usize> {
+        match &self.gemma {
+            Some(g) if i % g.window_pattern == g.window_pattern - 1 => None,
+            _ => self.sliding_window,
+        }
+    }
+
+    /// The attention scores' scale: `1 / sqrt(head_dim)`, or Gemma's `query_pre_attn_scalar`.
+    pub fn attn_scale(&self) -> f32 {
+        let s = self.gemma.as_ref().map_or(self.head_dim as f32, |g| g.query_scalar);
+        1.0 / s.sqrt()
+    }
+
+    /// Attention logit soft-cap, if any.
+    pub fn attn_softcap(&self) -> Option<f32> {
+        self.gemma.as_ref().and_then(|g| g.attn_softcap)
     }
 
     /// Query width per token (`n_heads * head_dim`; usually `hidden`).

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::config::{Arch, LlamaConfig};
+use super::config::{Arch, GemmaParams, LlamaConfig};
 use super::quant::{QMatrix, WeightType};
 use super::weights::{unpermute_rope_rows, HeadWeights, LayerWeights};
 use super::{ModelError, Tokenizer};
@@ -620,6 +620,11 @@ impl GgufModel {
                 f_.vector(&name("attn_v.bias"), kv)?,
             ]);
         }
+        let post_norms = if c.arch.has_post_norms() {
+            Some([f_.vector(&name("post_attention_norm.weight"), h)?, f_.vector(&name("post_ffw_norm.weight"), h)?])
+        } else {
+            None
+        };
         let qk_norm = if c.arch.has_qk_norm() {
             Some([
                 f_.vector(&name("attn_q_norm.weight"), c.head_dim)?,
@@ -641,6 +646,7 @@ impl GgufModel {
             attn_output: f_.matrix(&name("attn_output.weight"), h, q)?,
             qkv_bias,
             qk_norm,
+            post_norms,
             ffn_norm: f_.vector(&name("ffn_norm.weight"), h)?,
             ffn_gate,
             ffn_up,
@@ -725,6 +731,7 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         tie_embeddings: file.tensor("output.weight").is_none(),
         rope_freq_factors: rope_freq_factors(file, arch_name, head_dim)?,
         sliding_window: None,
+        gemma: None,
     };
     if let Some(d) = md.u64(&key("rope.dimension_count"))? {
         if d != head_dim as u64 {
@@ -738,7 +745,23 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         Some(w) => Some(usize_of(w, "attention.sliding_window")?),
         None => None,
     };
-    let config = LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), ..config };
+    // Gemma 2: soft-caps from the file; llama.cpp scales the 27B model's queries by
+    // hidden / heads and the others' by the head size (GGUF has no query_pre_attn_scalar).
+    let gemma = match config.arch {
+        Arch::Gemma2 => {
+            let cap = |k: &str| md.f64(&key(k)).map(|v| v.map(|v| v as f32));
+            let query_scalar = if config.n_layers == 46 { hidden / n_heads.max(1) } else { head_dim };
+            Some(GemmaParams {
+                attn_softcap: cap("attn_logit_softcapping")?,
+                final_softcap: cap("final_logit_softcapping")?,
+                query_scalar: query_scalar as f32,
+                window_pattern: 2,
+            })
+        }
+        _ => None,
+    };
+    let config =
+        LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), gemma, ..config };
     config.validate()?;
     Ok(config)
 }

@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::{Arch, LlamaConfig};
+use super::config::{Arch, GemmaParams, LlamaConfig};
 use super::ModelError;
 
 /// Largest dimension or count accepted from `config.json` (2^24, as for GGUF metadata).
@@ -62,6 +62,12 @@ pub struct HfConfig {
     pub use_sliding_window: Option<bool>,
     /// `partial_rotary_factor` (RoPE on part of each head: not supported below 1).
     pub partial_rotary_factor: Option<f64>,
+    /// Gemma: `query_pre_attn_scalar`.
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2: `attn_logit_softcapping`.
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: `final_logit_softcapping`.
+    pub final_logit_softcapping: Option<f64>,
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -186,6 +192,9 @@ impl HfConfig {
             },
             use_sliding_window: k.bool("use_sliding_window")?,
             partial_rotary_factor: k.f64("partial_rotary_factor")?,
+            query_pre_attn_scalar: k.f64("query_pre_attn_scalar")?,
+            attn_logit_softcapping: k.f64("attn_logit_softcapping")?,
+            final_logit_softcapping: k.f64("final_logit_softcapping")?,
         })
     }
 
@@ -214,10 +223,16 @@ impl HfConfig {
     /// embeddings when the checkpoint has no `lm_head.weight`.
     pub fn into_config(self) -> Result<LlamaConfig, ModelError> {
         let arch = self.arch()?;
-        if let Some(act) = self.hidden_act.as_deref().filter(|a| *a != "silu") {
+        // Gemma's gate is GELU with the tanh approximation; the others' SiLU.
+        let act_ok = |a: &str| match arch.gelu_gate() {
+            true => matches!(a, "gelu_pytorch_tanh" | "gelu"),
+            false => a == "silu",
+        };
+        if let Some(act) = self.hidden_act.as_deref().filter(|a| !act_ok(a)) {
+            let supported = if arch.gelu_gate() { "gelu_pytorch_tanh" } else { "silu" };
             return Err(ModelError::Metadata {
                 key: "hidden_act".to_string(),
-                what: format!("{act} is not supported (only silu)"),
+                what: format!("{act} is not supported (only {supported})"),
             });
         }
         if let Some(f) = self.partial_rotary_factor.filter(|f| *f != 1.0) {
@@ -265,6 +280,7 @@ impl HfConfig {
                 Some(s) => rope_freq_factors(s, head_dim, self.rope_theta.unwrap_or(10_000.0))?,
             },
             sliding_window: None,
+            gemma: None,
         };
         let window = match (arch, self.use_sliding_window) {
             // Qwen2/Qwen3 configs name a window but only use it when use_sliding_window is set
@@ -281,7 +297,14 @@ impl HfConfig {
                 None => None,
             },
         };
-        let config = LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), ..config };
+        let gemma = (arch == Arch::Gemma2).then(|| GemmaParams {
+            attn_softcap: self.attn_logit_softcapping.map(|c| c as f32),
+            final_softcap: self.final_logit_softcapping.map(|c| c as f32),
+            query_scalar: self.query_pre_attn_scalar.map_or(config.head_dim as f32, |q| q as f32),
+            window_pattern: 2,
+        });
+        let config =
+            LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), gemma, ..config };
         config.validate()?;
         Ok(config)
     }

@@ -91,6 +91,9 @@ pub struct Manifest {
     /// one keep the ids they had before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// Gemma's constants; absent for the other architectures.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gemma: Option<super::GemmaParams>,
     /// SHA-256 of the tokenizer ([`Tokenizer::fingerprint`]), hex; `None` for a model that
     /// ships none.
     pub tokenizer: Option<String>,
@@ -120,6 +123,8 @@ struct Wire {
     rope_freqs: Option<String>,
     #[serde(default)]
     sliding_window: Option<usize>,
+    #[serde(default)]
+    gemma: Option<super::GemmaParams>,
     tokenizer: Option<String>,
     chat_template: Option<String>,
     blocks: Vec<String>,
@@ -145,6 +150,7 @@ impl TryFrom<Wire> for Manifest {
             max_seq_len: w.max_seq_len,
             rope_freqs: w.rope_freqs,
             sliding_window: w.sliding_window,
+            gemma: w.gemma,
             tokenizer: w.tokenizer,
             chat_template: w.chat_template,
             blocks: w.blocks,
@@ -240,6 +246,7 @@ impl Manifest {
             max_seq_len: config.max_seq_len,
             rope_freqs,
             sliding_window: config.sliding_window,
+            gemma: config.gemma.clone(),
             tokenizer: None,
             chat_template: None,
             blocks,
@@ -291,7 +298,7 @@ pub fn layer_hash(w: &LayerWeights) -> [u8; 32] {
             hash_vec(&mut h, b);
         }
     }
-    if let Some(norms) = &w.qk_norm {
+    for norms in [&w.qk_norm, &w.post_norms].into_iter().flatten() {
         for n in norms {
             hash_vec(&mut h, n);
         }
@@ -334,6 +341,7 @@ mod tests {
             tie_embeddings: true,
             rope_freq_factors: Some(vec![1.0, 8.0]),
             sliding_window: None,
+            gemma: None,
         };
         Manifest::new(&config, vec!["a".repeat(64), "b".repeat(64)], "c".repeat(64))
             .with_text(Some("d".repeat(64)), Some(template_hash("{{ x }}")))

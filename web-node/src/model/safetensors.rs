@@ -437,15 +437,27 @@ impl SafetensorsModel {
                 self.matrix(&name("mlp.up_proj.weight"), f, h)?,
             )
         };
+        // Gemma: the norm after attention is `post_attention_layernorm`, the one before the FFN
+        // `pre_feedforward_layernorm`; the others' `post_attention_layernorm` is the FFN's.
+        let (ffn_norm, post_norms) = if c.arch.has_post_norms() {
+            let post = [
+                self.norm(&name("post_attention_layernorm.weight"))?,
+                self.norm(&name("post_feedforward_layernorm.weight"))?,
+            ];
+            (self.norm(&name("pre_feedforward_layernorm.weight"))?, Some(post))
+        } else {
+            (self.norm(&name("post_attention_layernorm.weight"))?, None)
+        };
         Ok(LayerWeights {
-            attn_norm: self.vector(&name("input_layernorm.weight"), h)?,
+            attn_norm: self.norm(&name("input_layernorm.weight"))?,
             attn_q,
             attn_k,
             attn_v,
             attn_output: self.matrix(&name("self_attn.o_proj.weight"), h, q)?,
             qkv_bias,
             qk_norm,
-            ffn_norm: self.vector(&name("post_attention_layernorm.weight"), h)?,
+            post_norms,
+            ffn_norm,
             ffn_gate,
             ffn_up,
             ffn_down: self.matrix(&name("mlp.down_proj.weight"), h, f)?,
@@ -459,9 +471,19 @@ impl SafetensorsModel {
         let output = if c.tie_embeddings { None } else { Some(self.matrix("lm_head.weight", c.vocab, c.hidden)?) };
         Ok(HeadWeights {
             token_embd: self.matrix("model.embed_tokens.weight", c.vocab, c.hidden)?,
-            output_norm: self.vector("model.norm.weight", c.hidden)?,
+            output_norm: self.norm("model.norm.weight")?,
             output,
         })
+    }
+
+    /// An RMSNorm weight (`[hidden]`) as the engine applies it: Gemma's checkpoints store
+    /// `w` for a scale of `1 + w` (GGUF files store `1 + w`, as llama.cpp's converter adds it).
+    fn norm(&self, name: &str) -> Result<Vec<f32>, ModelError> {
+        let mut w = self.vector(name, self.config.hidden)?;
+        if self.config.arch.has_post_norms() {
+            w.iter_mut().for_each(|v| *v += 1.0);
+        }
+        Ok(w)
     }
 
     /// Whether the checkpoint has a `tokenizer.json`.

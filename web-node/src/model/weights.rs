@@ -29,6 +29,9 @@ pub struct LayerWeights {
     /// Per-head RMSNorm weights of queries and keys (`attn_q_norm.weight`,
     /// `attn_k_norm.weight`), Qwen3 only: `[head_dim]` each, applied before RoPE.
     pub qk_norm: Option<[Vec<f32>; 2]>,
+    /// Norms of the attention output and of the FFN output before their residual adds
+    /// (`post_attention_norm.weight`, `post_ffw_norm.weight`), Gemma only: `[hidden]` each.
+    pub post_norms: Option<[Vec<f32>; 2]>,
     /// `ffn_norm.weight`, `[hidden]`.
     pub ffn_norm: Vec<f32>,
     /// `ffn_gate.weight`, `[intermediate, hidden]`.

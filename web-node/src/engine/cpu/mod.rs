@@ -85,8 +85,8 @@ struct AttnShape {
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    /// Sliding-window span, if any (see [`reference::first_key`]).
-    window: Option<usize>,
+    /// Window, scale and soft-cap of the scores.
+    opts: reference::AttnOpts,
 }
 
 /// Keys whose query dot products are summed side by side (one per lane of a 512-bit vector;
@@ -110,7 +110,7 @@ fn attention(q: &[f32], k_cache: &[f32], v_cache: &[f32], s: AttnShape, out: &mu
     let one = |i: usize, o: &mut [f32], scores: &mut Vec<f32>| {
         let (t, h) = (i / s.n_heads, i % s.n_heads);
         let (p, len) = (s.pos + t, s.pos + t + 1);
-        let first = reference::first_key(p, s.window);
+        let first = reference::first_key(p, s.opts.window);
         let a = HeadQuery { qh: &q[i * hd..(i + 1) * hd], k_cache, v_cache, first, len, h, s };
         attention_head(&a, o, scores)
     };
@@ -198,7 +198,7 @@ fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>
     let hd = s.head_dim;
     let kvh = h / (s.n_heads / s.n_kv_heads);
     let kv_dim = s.n_kv_heads * hd;
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = s.opts.scale;
     // Component `d` of this head's keys, for every position.
     let comp = |d: usize| &k_cache[(kvh * hd + d) * s.cap..][..len];
     scores.clear();
@@ -217,6 +217,9 @@ fn attention_head_body(a: &HeadQuery<'_>, out: &mut [f32], scores: &mut Vec<f32>
             dot += qd * comp(d)[j];
         }
         scores.push(dot * scale);
+    }
+    if s.opts.softcap.is_some() {
+        scores.iter_mut().for_each(|v| *v = s.opts.cap(*v));
     }
     let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut sum = 0.0f32;
@@ -350,13 +353,13 @@ impl CpuBackend {
         let mut gate = vec![0.0; n * inter];
         let mut up = vec![0.0; n * inter];
         let mut sc = Vec::with_capacity(c.head_dim / 2);
-        let shape = |pos, cap| AttnShape {
+        let shape = |pos, cap, layer| AttnShape {
             pos,
             cap,
             n_heads: c.n_heads,
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
-            window: c.sliding_window,
+            opts: reference::AttnOpts::of_layer(c, layer),
         };
         for (li, w) in self.layers.iter().enumerate() {
             let xn = reference::rms_norm(&x, &w.attn_norm, c.rms_eps);
@@ -386,18 +389,31 @@ impl CpuBackend {
                 let (out, tail) = rest.split_at_mut(r.len() * q_dim);
                 rest = tail;
                 let qs = &q[r.start * q_dim..r.end * q_dim];
-                jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], shape(it.pos, it.cache.max_len), out));
+                let s = shape(it.pos, it.cache.max_len, self.range.start + li);
+                jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], s, out));
             }
             attention_each(jobs);
             matmul::matmul(&w.attn_output, &att, n, &mut o);
+            if let Some([post_attn, _]) = &w.post_norms {
+                o = reference::rms_norm(&o, post_attn, c.rms_eps);
+            }
             reference::add_assign(&mut x, &o);
             let xn = reference::rms_norm(&x, &w.ffn_norm, c.rms_eps);
             matmul::matmul2([&w.ffn_gate, &w.ffn_up], &xn, n, [&mut gate, &mut up]);
-            // silu(gate) * up in place, the arithmetic of `reference::silu_mul`.
-            for (g, u) in gate.iter_mut().zip(&up) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
+            if c.arch.gelu_gate() {
+                for (g, u) in gate.iter_mut().zip(&up) {
+                    *g = reference::gelu_tanh(*g) * u;
+                }
+            } else {
+                // silu(gate) * up in place, the arithmetic of `reference::silu_mul`.
+                for (g, u) in gate.iter_mut().zip(&up) {
+                    *g = *g / (1.0 + (-*g).exp()) * u;
+                }
             }
             matmul::matmul(&w.ffn_down, &gate, n, &mut o);
+            if let Some([_, post_ffw]) = &w.post_norms {
+                o = reference::rms_norm(&o, post_ffw, c.rms_eps);
+            }
             reference::add_assign(&mut x, &o);
         }
         Ok(rows.iter().map(|r| x[r.start * dim..r.end * dim].to_vec()).collect())
@@ -439,23 +455,28 @@ mod tests {
     fn attention_matches_reference_bitwise() {
         let (n_heads, n_kv_heads, head_dim) = (6, 2, 16);
         let cases = [(1, 0), (1, 9), (5, 3), (13, 0), (1, 20), (4, 78), (1, 600), (2, 700)];
-        for ((n, pos), window) in cases.into_iter().flat_map(|c| [None, Some(4), Some(70), Some(1000)].map(|w| (c, w)))
-        {
+        let plain = reference::AttnOpts::plain(head_dim);
+        let variants: Vec<_> = [None, Some(4), Some(70), Some(1000)]
+            .map(|window| reference::AttnOpts { window, ..plain })
+            .into_iter()
+            .chain([reference::AttnOpts { window: Some(5), scale: 0.3, softcap: Some(2.0) }])
+            .collect();
+        for ((n, pos), opts) in cases.into_iter().flat_map(|c| variants.iter().map(move |&o| (c, o))) {
             let len = pos + n;
             let q = random(n * n_heads * head_dim, 1);
             let k = random(len * n_kv_heads * head_dim, 2);
             let v = random(len * n_kv_heads * head_dim, 3);
-            let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim, window);
+            let want = reference::attention(&q, &k, &v, n, pos, n_heads, n_kv_heads, head_dim, opts);
             // A one-layer cache with room for more positions than are used, keys written as the
             // backend writes them (transposed).
             let (kv_dim, cap) = (n_kv_heads * head_dim, len + 5);
             let mut cache = CpuCache { max_len: cap, k: vec![vec![f32::NAN; kv_dim * cap]], v: Vec::new() };
             cache.write_keys(0, 0, &k, kv_dim);
             let mut got = vec![f32::NAN; want.len()];
-            let shape = AttnShape { pos, cap, n_heads, n_kv_heads, head_dim, window };
+            let shape = AttnShape { pos, cap, n_heads, n_kv_heads, head_dim, opts };
             attention(&q, &cache.k[0], &v, shape, &mut got);
             for (i, (a, b)) in got.iter().zip(&want).enumerate() {
-                assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos} window={window:?}: index {i}: {a} vs {b}");
+                assert_eq!(a.to_bits(), b.to_bits(), "n={n} pos={pos} {opts:?}: index {i}: {a} vs {b}");
             }
         }
     }

@@ -4,7 +4,8 @@
 //! A forward records every layer into one command encoder (one compute pass), writes the
 //! step's `(n_tokens, pos)`, the RoPE cos/sin rows and the input hidden states with
 //! `queue.write_buffer`, submits, and reads the result back once through a staging buffer the
-//! cache keeps. Per layer, 12 dispatches (15 with Qwen2 biases, 13 with Qwen3's q/k norms):
+//! cache keeps. Per layer, 12 dispatches (15 with Qwen2 biases, 13 with Qwen3's q/k norms, 16 with
+//! Gemma's post-norms, whose output products go to scratch, are normed and then added):
 //!
 //! ```text
 //! xn = rms_norm(x)              q = Wq xn        K[pos..] = Wk xn     V[pos..] = Wv xn
@@ -35,6 +36,7 @@ use std::sync::{Arc, Mutex};
 use super::context::GpuContext;
 use super::ops::{self, Op, StepUniform};
 use super::weights::GpuMatrix;
+use crate::engine::reference::AttnOpts;
 use crate::engine::{check_layers, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
@@ -52,6 +54,8 @@ struct GpuLayer {
     bias: Option<[wgpu::Buffer; 3]>,
     /// Qwen3's q and k norm weights, `(2, head_dim)`.
     qk_norm: Option<wgpu::Buffer>,
+    /// Gemma's norms of the attention and FFN outputs, `(hidden)` each.
+    post_norms: Option<[wgpu::Buffer; 2]>,
     ffn_norm: wgpu::Buffer,
     gate: GpuMatrix,
     up: GpuMatrix,
@@ -174,6 +178,12 @@ impl GpuBackend {
                 ops::MAX_HEAD_DIM
             )));
         }
+        if config.arch.has_post_norms() && config.intermediate < config.hidden {
+            return Err(EngineError::Gpu(format!(
+                "{:?} with ffn {} narrower than hidden {}: post-norm scratch does not fit",
+                config.arch, config.intermediate, config.hidden
+            )));
+        }
         let mut gpu_layers = Vec::with_capacity(layers.len());
         for (i, w) in layers.iter().enumerate() {
             let l = range.start + i;
@@ -181,6 +191,10 @@ impl GpuBackend {
             let vec = |name: &str, v: &[f32]| ctx.storage_init(&format!("blk.{l}.{name}"), f32s(v));
             let bias = match &w.qkv_bias {
                 Some([bq, bk, bv]) => Some([vec("attn_q.bias", bq)?, vec("attn_k.bias", bk)?, vec("attn_v.bias", bv)?]),
+                None => None,
+            };
+            let post_norms = match &w.post_norms {
+                Some([a, f]) => Some([vec("post_attention_norm", a)?, vec("post_ffw_norm", f)?]),
                 None => None,
             };
             let qk_norm = match &w.qk_norm {
@@ -195,6 +209,7 @@ impl GpuBackend {
                 o: up("attn_output", &w.attn_output)?,
                 bias,
                 qk_norm,
+                post_norms,
                 ffn_norm: vec("ffn_norm", &w.ffn_norm)?,
                 gate: up("ffn_gate", &w.ffn_gate)?,
                 up: up("ffn_up", &w.ffn_up)?,
@@ -252,8 +267,9 @@ impl GpuBackend {
     fn attention_op(&self, i: usize, cache: &GpuCache, q: &wgpu::Buffer, att: &wgpu::Buffer) -> Op {
         let (c, step) = (&self.config, &cache.step);
         let what = format!("blk.{}.attention", self.range.start + i);
-        let (heads, kv_heads, hd, window) = (c.n_heads, c.n_kv_heads, c.head_dim, c.sliding_window);
-        ops::attention_op(&self.ctx, &what, step, q, &cache.k[i], &cache.v[i], att, heads, kv_heads, hd, window)
+        let opts = AttnOpts::of_layer(c, self.range.start + i);
+        let (heads, kv_heads, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        ops::attention_op(&self.ctx, &what, step, q, &cache.k[i], &cache.v[i], att, heads, kv_heads, hd, opts)
     }
 
     /// Layer `i`'s kernels after attention: output product and residual add, norm, FFN and
@@ -261,12 +277,40 @@ impl GpuBackend {
     fn post_ops(&self, i: usize, step: &wgpu::Buffer, acts: &Activations, list: &mut Vec<Op>) {
         let (ctx, c, w) = (&*self.ctx, &self.config, &self.layers[i]);
         let n = |s: &str| format!("blk.{}.{s}", self.range.start + i);
-        list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &acts.att, &acts.x, false, true));
-        list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &acts.x, &w.ffn_norm, &acts.xn, c.hidden, c.rms_eps));
+        let h = c.hidden;
+        match &w.post_norms {
+            // Gemma: x += norm(Wo att), through buffers free at this point (`up`, then `xn`;
+            // `up` holds (n, hidden) as the backend requires intermediate >= hidden for these).
+            Some([post_attn, _]) => {
+                list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &acts.att, &acts.up, false, false));
+                list.push(ops::rms_norm_op(
+                    ctx,
+                    &n("post_attention_norm"),
+                    step,
+                    &acts.up,
+                    post_attn,
+                    &acts.xn,
+                    h,
+                    c.rms_eps,
+                ));
+                list.push(ops::add_op(ctx, &n("attn residual"), step, &acts.xn, &acts.x, h, true, false));
+            }
+            None => list.push(ops::matmul_op(ctx, &n("attn_output"), &w.o, step, &acts.att, &acts.x, false, true)),
+        }
+        list.push(ops::rms_norm_op(ctx, &n("ffn_norm"), step, &acts.x, &w.ffn_norm, &acts.xn, h, c.rms_eps));
         list.push(ops::matmul_op(ctx, &n("ffn_gate"), &w.gate, step, &acts.xn, &acts.gate, false, false));
         list.push(ops::matmul_op(ctx, &n("ffn_up"), &w.up, step, &acts.xn, &acts.up, false, false));
-        list.push(ops::silu_mul_op(ctx, &n("silu_mul"), step, &acts.gate, &acts.up, c.intermediate));
-        list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &acts.gate, &acts.x, false, true));
+        let gelu = c.arch.gelu_gate();
+        list.push(ops::silu_mul_op(ctx, &n("ffn_act"), step, &acts.gate, &acts.up, c.intermediate, gelu));
+        match &w.post_norms {
+            // Gemma: x += norm(Wd act), through `xn` and `up` (both free again).
+            Some([_, post_ffw]) => {
+                list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &acts.gate, &acts.xn, false, false));
+                list.push(ops::rms_norm_op(ctx, &n("post_ffw_norm"), step, &acts.xn, post_ffw, &acts.up, h, c.rms_eps));
+                list.push(ops::add_op(ctx, &n("ffn residual"), step, &acts.up, &acts.x, h, true, false));
+            }
+            None => list.push(ops::matmul_op(ctx, &n("ffn_down"), &w.down, step, &acts.gate, &acts.x, false, true)),
+        }
     }
 
     /// Allocates activation buffers for `cap` tokens, labelled `what`;

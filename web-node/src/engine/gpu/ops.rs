@@ -16,6 +16,7 @@ use bytemuck::{Pod, Zeroable};
 
 use super::context::{Bind, GpuContext, Pipeline, Shader};
 use super::weights::{dtype_code, GpuMatrix};
+use crate::engine::reference::AttnOpts;
 use crate::engine::EngineError;
 use crate::model::QMatrix;
 
@@ -289,12 +290,12 @@ pub(crate) fn attention_op(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    window: Option<usize>,
+    opts: AttnOpts,
 ) -> Op {
-    let scale = 1.0 / (head_dim as f32).sqrt();
-    let w = window.unwrap_or(0) as u32;
-    let params =
-        ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, scale.to_bits(), w, 0, 0, 0]));
+    let w = opts.window.unwrap_or(0) as u32;
+    let cap = opts.softcap.unwrap_or(0.0).to_bits();
+    let dims = [n_heads as u32, n_kv_heads as u32, head_dim as u32];
+    let params = ctx.uniform(what, u32s(&[dims[0], dims[1], dims[2], opts.scale.to_bits(), w, cap, 0, 0]));
     let p = ctx.pipeline(&ATTENTION, "main", &[("WG", ATTN_WG)]);
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, q, kc, vc, out], n_heads as u32, 1))
 }
@@ -307,8 +308,9 @@ pub(crate) fn silu_mul_op(
     gate: &wgpu::Buffer,
     up: &wgpu::Buffer,
     dim: usize,
+    gelu: bool,
 ) -> Op {
-    let params = ctx.uniform(what, u32s(&[dim as u32, 0, 0, 0]));
+    let params = ctx.uniform(what, u32s(&[dim as u32, u32::from(gelu), 0, 0]));
     let p = ctx.pipeline(&SILU_MUL, "main", &[("WG", ELEM_WG)]);
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, gate, up], (dim as u32).div_ceil(ELEM_WG), 1))
 }
@@ -449,8 +451,8 @@ pub async fn rope(
     run(ctx, &step, &[op], n, pos, &q, x.len()).await
 }
 
-/// Causal GQA attention of `n` tokens at `pos..` over the caches, within a sliding `window` if
-/// any (see [`crate::engine::reference::attention`] for the shapes).
+/// Causal GQA attention of `n` tokens at `pos..` over the caches, scores formed as `opts` says
+/// (see [`crate::engine::reference::attention`] for the shapes).
 #[allow(clippy::too_many_arguments)]
 pub async fn attention(
     ctx: &GpuContext,
@@ -462,7 +464,7 @@ pub async fn attention(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
-    window: Option<usize>,
+    opts: AttnOpts,
 ) -> Result<Vec<f32>, EngineError> {
     check_len("attention q", q, n * n_heads * head_dim)?;
     if head_dim > MAX_HEAD_DIM || n_kv_heads == 0 || !n_heads.is_multiple_of(n_kv_heads) {
@@ -480,7 +482,7 @@ pub async fn attention(
     let vb = ctx.storage_init("ops v cache", f32s(v_cache))?;
     let out = ctx.storage("ops attention out", (q.len() * 4) as u64)?;
     let op = ctx.alloc("ops kernel", None, || {
-        Ok(attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim, window))
+        Ok(attention_op(ctx, "ops attention", &step, &qb, &kb, &vb, &out, n_heads, n_kv_heads, head_dim, opts))
     })?;
     run(ctx, &step, &[op], n, pos, &out, q.len()).await
 }
@@ -491,7 +493,8 @@ pub async fn silu_mul(ctx: &GpuContext, gate: &[f32], up: &[f32]) -> Result<Vec<
     let step = step_buffer(ctx)?;
     let g = ctx.storage_init("ops gate", f32s(gate))?;
     let u = ctx.storage_init("ops up", f32s(up))?;
-    let op = ctx.alloc("ops kernel", None, || Ok(silu_mul_op(ctx, "ops silu_mul", &step, &g, &u, gate.len())))?;
+    let op =
+        ctx.alloc("ops kernel", None, || Ok(silu_mul_op(ctx, "ops silu_mul", &step, &g, &u, gate.len(), false)))?;
     run(ctx, &step, &[op], 1, 0, &g, gate.len()).await
 }
 

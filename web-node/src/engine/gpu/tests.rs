@@ -195,27 +195,31 @@ fn rope_matches_reference() {
 }
 
 /// Attention: decode past one key tile (pos 70 > 64 keys), causal prefill with GQA, a head
-/// size above the workgroup (80), and sliding windows shorter than one tile, longer than one,
-/// and longer than the sequence. Outputs are convex mixes of values in [-1, 1]: 1e-5 absolute.
+/// size above the workgroup (80), sliding windows shorter than one tile, longer than one, and
+/// longer than the sequence, and Gemma's query scale with soft-capped scores. Outputs are
+/// convex mixes of values in [-1, 1]: 1e-5 absolute.
 #[test]
 fn attention_matches_reference() {
     let ctx = ctx();
     let mut rng = ChaCha8Rng::seed_from_u64(4);
     let cases = [(1, 70, 4, 2, 16), (5, 3, 4, 2, 16), (3, 130, 2, 1, 80), (2, 0, 3, 3, 8)];
-    for ((n, pos, heads, kv_heads, hd), window) in
-        cases.into_iter().flat_map(|c| [None, Some(3), Some(100), Some(500)].map(|w| (c, w)))
-    {
+    for ((n, pos, heads, kv_heads, hd), window, softcap) in cases.into_iter().flat_map(|c| {
+        [(None, None), (Some(3), None), (Some(100), None), (Some(500), None), (Some(4), Some(0.7))]
+            .map(|(w, s)| (c, w, s))
+    }) {
+        let opts = reference::AttnOpts { window, softcap, ..reference::AttnOpts::plain(hd) };
         let len = pos + n + 2; // spare rows after the sequence must be ignored
         let q = randn(&mut rng, n * heads * hd);
         let k = randn(&mut rng, len * kv_heads * hd);
         let v = randn(&mut rng, len * kv_heads * hd);
-        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd, window));
-        let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd, window);
-        let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd} window={window:?}");
+        let got = block_on(ops::attention(&ctx, &q, &k, &v, n, pos, heads, kv_heads, hd, opts));
+        let want = reference::attention(&q, &k, &v, n, pos, heads, kv_heads, hd, opts);
+        let what = format!("attention n={n} pos={pos} heads={heads}/{kv_heads} hd={hd} {opts:?}");
         assert_close(&what, &got, &want, &vec![0.0; want.len()], 0.0, 1e-5);
     }
     // Known answer: the first token sees only its own value.
-    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2, None));
+    let plain = reference::AttnOpts::plain(2);
+    let got = block_on(ops::attention(&ctx, &[1.0, 0.0], &[5.0, 5.0], &[0.25, -2.0], 1, 0, 1, 1, 2, plain));
     assert_eq!(got, vec![0.25, -2.0]);
 }
 
@@ -254,6 +258,7 @@ fn small_config(arch: Arch) -> LlamaConfig {
         tie_embeddings: true,
         rope_freq_factors: None,
         sliding_window: None,
+        gemma: None,
     }
 }
 
@@ -267,6 +272,7 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
         attn_v: qmatrix(rng, dtype, kv, h),
         attn_output: qmatrix(rng, dtype, h, q),
         qkv_bias: c.arch.has_qkv_bias().then(|| [randn(rng, q), randn(rng, kv), randn(rng, kv)]),
+        post_norms: c.arch.has_post_norms().then(|| [norm(rng), norm(rng)]),
         qk_norm: c.arch.has_qk_norm().then(|| {
             let hd = |rng: &mut ChaCha8Rng| randn(rng, c.head_dim).iter().map(|v| 1.0 + 0.3 * v).collect();
             [hd(rng), hd(rng)]
@@ -280,15 +286,26 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
 
 /// Prefill 7 tokens then 4 decode steps on layers 1..4 of a small model (one layer each of
 /// Q4_1, Q8_0, F32; a Qwen2 variant with biases; a Qwen3 variant with q/k norms and heads
-/// wider than hidden / n_heads), GPU vs CPU backend. Tolerance 1e-4 of the hidden state's max
-/// magnitude: three layers of f32 products summed in another order.
+/// wider than hidden / n_heads; a Gemma 2 variant with post-norms, GeGLU, its query scale,
+/// soft-capped scores and a 3-position window on every other layer), GPU vs CPU backend.
+/// Tolerance 1e-4 of the hidden state's max magnitude: three layers of f32 products summed in
+/// another order.
 #[test]
 fn backend_matches_cpu_backend() {
     let ctx = ctx();
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma2] {
         let mut c = small_config(arch);
         if arch == Arch::Qwen3 {
             c.head_dim = 32; // q_dim 128 != hidden 64, as in real Qwen3 models
+        }
+        if arch == Arch::Gemma2 {
+            c.sliding_window = Some(3);
+            c.gemma = Some(crate::model::GemmaParams {
+                attn_softcap: Some(2.0),
+                final_softcap: Some(30.0),
+                query_scalar: 10.0,
+                window_pattern: 2,
+            });
         }
         let mut rng = ChaCha8Rng::seed_from_u64(6);
         let layers: Vec<LayerWeights> = [WeightType::Q4_1, WeightType::Q8_0, WeightType::F32]
@@ -480,6 +497,7 @@ fn bench_decode_smollm_shape() {
         tie_embeddings: true,
         rope_freq_factors: None,
         sliding_window: None,
+        gemma: None,
     };
     let n_layers = std::env::var("BENCH_LAYERS").ok().and_then(|s| s.parse().ok()).unwrap_or(30);
     let mut rng = ChaCha8Rng::seed_from_u64(10);

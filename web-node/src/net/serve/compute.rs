@@ -545,6 +545,7 @@ mod tests {
             tie_embeddings: true,
             rope_freq_factors: None,
             sliding_window: None,
+            gemma: None,
         };
         let sizes = Arc::new(Mutex::new(Vec::new()));
         let backend = Recorder { config, delay: Duration::from_millis(20), sizes: sizes.clone() };
