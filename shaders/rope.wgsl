@@ -22,7 +22,9 @@ struct Params {
     n_heads: u32,
     n_kv_heads: u32,
     head_dim: u32,
-    _pad0: u32,
+    // First (cos, sin) pair of this layer's table in `cs` (Gemma 3's windowed layers have a
+    // table of their own after the others').
+    cs_base: u32,
 }
 
 @group(0) @binding(0) var<uniform> step: Step;
@@ -40,7 +42,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     if t >= step.n_tokens || head >= p.n_heads + p.n_kv_heads {
         return;
     }
-    let c = cs[t * half + i];
+    let c = cs[p.cs_base + t * half + i];
     if head < p.n_heads {
         let o = (t * p.n_heads + head) * p.head_dim + i;
         let a = q[o];

@@ -165,6 +165,7 @@ enum ArchModel {
     Phi3(candle_transformers::models::phi3::Model),
     Llama(Llama, Config),
     Gemma2(candle_transformers::models::gemma2::Model),
+    Gemma3(candle_transformers::models::gemma3::Model),
 }
 
 impl ArchReference {
@@ -296,6 +297,32 @@ impl ArchReference {
                 };
                 ArchModel::Gemma2(gemma2::Model::new(false, &cfg, vb)?)
             }
+            web_node::model::Arch::Gemma3 => {
+                use candle_transformers::models::gemma3;
+                let g = config.gemma.as_ref().ok_or_else(|| candle_core::Error::Msg("gemma3 without params".into()))?;
+                let cfg = gemma3::Config {
+                    attention_bias: false,
+                    head_dim: config.head_dim,
+                    hidden_activation: candle_nn::Activation::GeluPytorchTanh,
+                    hidden_size: config.hidden,
+                    intermediate_size: config.intermediate,
+                    num_attention_heads: config.n_heads,
+                    num_hidden_layers: config.n_layers,
+                    num_key_value_heads: config.n_kv_heads,
+                    rms_norm_eps: config.rms_eps as f64,
+                    rope_theta: config.rope_theta as f64,
+                    rope_local_base_freq: g.local_rope_base.unwrap_or(config.rope_theta) as f64,
+                    vocab_size: config.vocab,
+                    final_logit_softcapping: g.final_softcap.map(f64::from),
+                    attn_logit_softcapping: g.attn_softcap.map(f64::from),
+                    query_pre_attn_scalar: g.query_scalar as usize,
+                    // candle lets a query see `window + 1` positions (see Mistral above).
+                    sliding_window: config.sliding_window.map_or(config.max_seq_len, |w| w - 1),
+                    sliding_window_pattern: g.window_pattern,
+                    max_position_embeddings: config.max_seq_len,
+                };
+                ArchModel::Gemma3(gemma3::Model::new(false, &cfg, vb)?)
+            }
             other => return Err(candle_core::Error::Msg(format!("no candle reference wired for {other:?}"))),
         };
         Ok(Self { model, history: Vec::new() })
@@ -309,6 +336,19 @@ impl ArchReference {
     /// Logits of the last of `tokens`, which sit at positions `pos..` after the sequence's
     /// earlier tokens.
     pub fn logits(&mut self, tokens: &[u32], pos: usize) -> candle_core::Result<Vec<f32>> {
+        if let ArchModel::Gemma3(m) = &mut self.model {
+            // candle's Gemma 3 cannot prefill several tokens (its KV cache wants contiguous
+            // values), so it runs one token at a time, keeping its cache.
+            if pos == 0 {
+                m.clear_kv_cache();
+            }
+            let mut out = None;
+            for (i, &t) in tokens.iter().enumerate() {
+                out = Some(m.forward(&Tensor::new(&[t], &Device::Cpu)?.unsqueeze(0)?, pos + i)?);
+            }
+            let out = out.ok_or_else(|| candle_core::Error::Msg("no tokens".into()))?;
+            return out.flatten_all()?.to_vec1();
+        }
         self.history.truncate(pos);
         self.history.extend_from_slice(tokens);
         let x = Tensor::new(self.history.as_slice(), &Device::Cpu)?.unsqueeze(0)?;
@@ -329,6 +369,7 @@ impl ArchReference {
                 m.clear_kv_cache();
                 m.forward(&x, 0)?
             }
+            ArchModel::Gemma3(_) => unreachable!("run token by token above"),
             ArchModel::Llama(m, cfg) => m.forward(&x, 0, &mut Cache::new(true, DType::F32, cfg, &Device::Cpu)?)?,
         };
         out.flatten_all()?.to_vec1()

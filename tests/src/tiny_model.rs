@@ -164,6 +164,7 @@ impl TinyModel {
             Arch::Qwen3 => "Qwen3ForCausalLM",
             Arch::Phi3 => "Phi3ForCausalLM",
             Arch::Gemma2 => "Gemma2ForCausalLM",
+            Arch::Gemma3 => "Gemma3ForCausalLM",
         };
         let gemma = c.gemma.as_ref();
         serde_json::json!({
@@ -188,6 +189,8 @@ impl TinyModel {
             "query_pre_attn_scalar": gemma.map(|g| g.query_scalar),
             "attn_logit_softcapping": gemma.and_then(|g| g.attn_softcap),
             "final_logit_softcapping": gemma.and_then(|g| g.final_softcap),
+            "sliding_window_pattern": gemma.map(|g| g.window_pattern),
+            "rope_local_base_freq": gemma.and_then(|g| g.local_rope_base),
         })
     }
 

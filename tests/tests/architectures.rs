@@ -32,7 +32,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::{Arch, ModelFile, WeightType};
 
 /// The architectures these tests cover.
-const ARCHS: [Arch; 5] = [Arch::Llama, Arch::Qwen3, Arch::Mistral, Arch::Phi3, Arch::Gemma2];
+const ARCHS: [Arch; 6] = [Arch::Llama, Arch::Qwen3, Arch::Mistral, Arch::Phi3, Arch::Gemma2, Arch::Gemma3];
 /// Llama 3.1's `rope_scaling` for the tiny Llama (factor, low and high frequency factors,
 /// original context): with head size 16 and base 10000 its frequencies span every case of
 /// the scaling (kept, divided by the factor, blended).
@@ -47,7 +47,10 @@ const TOL: f32 = 1e-4;
 /// computes its frequencies itself).
 fn tiny(arch: Arch, vocab: usize) -> TinyModel {
     // Gemma ties its LM head to the embeddings.
-    let mut m = TinyModel::random_arch(21, arch, 3, vocab, arch == Arch::Gemma2);
+    // Gemma ties its LM head to the embeddings; Gemma 3 gets 6 layers, so that one of them is
+    // global (GGUF fixes its pattern at one in six).
+    let layers = if arch == Arch::Gemma3 { 6 } else { 3 };
+    let mut m = TinyModel::random_arch(21, arch, layers, vocab, arch.is_gemma());
     if arch == Arch::Mistral {
         m.config.sliding_window = Some(3);
     }
@@ -61,6 +64,22 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
             final_softcap: Some(3.0),
             query_scalar: m.config.head_dim as f32,
             window_pattern: 2,
+            local_rope_base: None,
+        });
+    }
+    if arch == Arch::Gemma3 {
+        // llama.cpp's fixed Gemma 3 constants (GGUF has no keys for them): layers 0..5 are
+        // windowed with RoPE base 10000, layer 5 global with the model's base. candle's
+        // rotating KV cache fails on a prefill longer than its window, so the window (8) spans
+        // these sequences; Mistral's test covers a window that bites.
+        m.config.rope_theta = 1_000_000.0;
+        m.config.sliding_window = Some(8);
+        m.config.gemma = Some(web_node::model::GemmaParams {
+            attn_softcap: None,
+            final_softcap: None,
+            query_scalar: m.config.head_dim as f32,
+            window_pattern: 6,
+            local_rope_base: Some(10_000.0),
         });
     }
     if arch == Arch::Llama {
@@ -82,7 +101,15 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
 const SEQS: [[u32; 7]; 2] = [[1, 2, 3, 4, 5, 6, 7], [90, 17, 33, 127, 0, 64, 8]];
 const CHUNKS: [Range<usize>; 3] = [0..5, 5..6, 6..7];
 /// Every layer of the tiny models in one executor.
-const WHOLE: &[Range<usize>] = &[Range { start: 0, end: 3 }];
+fn whole(file: &ModelFile) -> [Range<usize>; 1] {
+    [Range { start: 0, end: file.config().n_layers }]
+}
+
+/// Three consecutive layer ranges covering the model.
+fn thirds(n: usize) -> [Range<usize>; 3] {
+    let (a, b) = (n / 3, 2 * n / 3);
+    [0..a, a..b, b..n]
+}
 
 /// Writes `m` as `model.gguf` and as a safetensors checkpoint in `dir`; opens both.
 fn write_both(m: &TinyModel, dir: &TempDir) -> (ModelFile, ModelFile) {
@@ -145,15 +172,15 @@ fn formats_agree_and_backends_follow_candle() {
         let scaling = (arch == Arch::Llama).then_some(LLAMA3_SCALING);
         let mut reference = ArchReference::new(st.config(), &tensors, scaling).expect("candle builds the model");
         for seq in SEQS {
-            let a = run(&st, &backends(&st, WHOLE, None), &seq);
-            let b = run(&gg, &backends(&gg, WHOLE, None), &seq);
+            let a = run(&st, &backends(&st, &whole(&st), None), &seq);
+            let b = run(&gg, &backends(&gg, &whole(&gg), None), &seq);
             for (i, (x, y)) in a.iter().zip(&b).enumerate() {
                 assert_eq!(bits(&x.1), bits(&y.1), "{arch:?} chunk {i}: GGUF and safetensors logits differ");
             }
             reference.reset();
             let want: Vec<Vec<f32>> =
                 CHUNKS.iter().map(|r| reference.logits(&seq[r.clone()], r.start).expect("candle")).collect();
-            for (name, got) in [("cpu", a), ("wgpu", run(&gg, &backends(&gg, WHOLE, Some(&gpu)), &seq))] {
+            for (name, got) in [("cpu", a), ("wgpu", run(&gg, &backends(&gg, &whole(&gg), Some(&gpu)), &seq))] {
                 let worst = got.iter().zip(&want).map(|(g, w)| max_abs_diff(&g.1, w)).fold(0.0f32, f32::max);
                 report.push(format!("{arch:?} {name}: max |logit diff| to candle {worst:.2e}"));
                 assert!(worst <= TOL, "{arch:?} {name}: logits {worst} from candle's (tolerance {TOL})");
@@ -171,9 +198,9 @@ fn one_layer_executors_equal_one_executor_bit_for_bit() {
         let dir = TempDir::new(&format!("split-{arch:?}"));
         let (_, gg) = write_both(&m, &dir);
         for ctx in [None, Some(&gpu)] {
-            let whole = run(&gg, &backends(&gg, WHOLE, ctx), &SEQS[1]);
-            let split = run(&gg, &backends(&gg, &[0..1, 1..2, 2..3], ctx), &SEQS[1]);
-            for (i, (x, y)) in whole.iter().zip(&split).enumerate() {
+            let one = run(&gg, &backends(&gg, &whole(&gg), ctx), &SEQS[1]);
+            let split = run(&gg, &backends(&gg, &thirds(gg.config().n_layers), ctx), &SEQS[1]);
+            for (i, (x, y)) in one.iter().zip(&split).enumerate() {
                 assert_eq!(bits(&x.0), bits(&y.0), "{arch:?} gpu={}: chunk {i}: split differs", ctx.is_some());
             }
         }
@@ -199,9 +226,10 @@ fn three_relays_generate_what_one_process_generates() {
         md.extend(tokenizer.map(|(k, v)| (k.clone(), v.clone())));
         std::fs::write(&path, write_gguf(&md, &m.gguf_tensors(WeightType::F32, true))).expect("write");
         let p = path.to_str().unwrap();
-        let first = Relay::start(&root.join("r0"), &["--model", p, "--blocks", "0..1"]);
+        let ranges = thirds(m.config.n_layers).map(|r| format!("{}..{}", r.start, r.end));
+        let first = Relay::start(&root.join("r0"), &["--model", p, "--blocks", &ranges[0]]);
         let boot = first.addr("tcp");
-        let _rest: Vec<Relay> = ["1..2", "2..3"]
+        let _rest: Vec<Relay> = ranges[1..]
             .iter()
             .enumerate()
             .map(|(i, b)| {

@@ -18,7 +18,7 @@ mod rope;
 
 pub use any::{AnyBackend, AnyCache};
 pub use executor::{BatchStep, BlockExecutor, ExecutorConfig, SessionId, DEFAULT_PREFIX_CACHE_TOKENS};
-pub use rope::rope_inv_freq;
+pub use rope::{rope_inv_freq, rope_inv_freq_local, uses_local_rope};
 
 use std::future::Future;
 use std::ops::Range;

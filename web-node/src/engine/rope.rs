@@ -6,11 +6,28 @@ use crate::model::LlamaConfig;
 /// once. Every backend (CPU and wgpu) takes its RoPE frequencies from here, so they agree to
 /// the bit.
 pub fn rope_inv_freq(config: &LlamaConfig) -> Vec<f32> {
-    let hd = config.head_dim as f64;
-    (0..config.head_dim / 2)
+    inv_freq(config.head_dim, config.rope_theta, config.rope_freq_factors.as_deref())
+}
+
+/// The frequencies of the windowed layers when the model gives them a RoPE base of their own
+/// (Gemma 3: `theta^(-2i / head_dim)` with that base and no factors); `None` otherwise.
+pub fn rope_inv_freq_local(config: &LlamaConfig) -> Option<Vec<f32>> {
+    let base = config.gemma.as_ref()?.local_rope_base?;
+    Some(inv_freq(config.head_dim, base, None))
+}
+
+/// Whether layer `layer` uses [`rope_inv_freq_local`]'s frequencies (a windowed layer of a
+/// model that has them).
+pub fn uses_local_rope(config: &LlamaConfig, layer: usize) -> bool {
+    config.gemma.as_ref().is_some_and(|g| g.local_rope_base.is_some()) && config.layer_window(layer).is_some()
+}
+
+fn inv_freq(head_dim: usize, theta: f32, factors: Option<&[f32]>) -> Vec<f32> {
+    let hd = head_dim as f64;
+    (0..head_dim / 2)
         .map(|i| {
-            let f = (config.rope_theta as f64).powf(-2.0 * i as f64 / hd);
-            let div = config.rope_freq_factors.as_ref().map_or(1.0, |d| d[i] as f64);
+            let f = (theta as f64).powf(-2.0 * i as f64 / hd);
+            let div = factors.map_or(1.0, |d| d[i] as f64);
             (f / div) as f32
         })
         .collect()

@@ -24,6 +24,9 @@ pub enum Arch {
     /// FFN too, attention and final logits soft-capped, sliding-window layers alternating with
     /// global ones (see [`GemmaParams`]).
     Gemma2,
+    /// Gemma 3 (text): Gemma 2's graph without soft-caps, plus per-head q/k norms, one global
+    /// layer in six, and a RoPE base of its own for the windowed layers.
+    Gemma3,
 }
 
 impl Arch {
@@ -36,12 +39,13 @@ impl Arch {
             "qwen3" | "Qwen3ForCausalLM" => Some(Arch::Qwen3),
             "phi3" | "Phi3ForCausalLM" => Some(Arch::Phi3),
             "gemma2" | "Gemma2ForCausalLM" => Some(Arch::Gemma2),
+            "gemma3" | "gemma3_text" | "Gemma3ForCausalLM" => Some(Arch::Gemma3),
             _ => None,
         }
     }
 
     /// The names [`Arch::parse`] knows, for error messages.
-    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3, phi3, gemma2";
+    pub const NAMES: &'static str = "llama, mistral, qwen2, qwen3, phi3, gemma2, gemma3";
 
     /// The GGUF `general.architecture` (and manifest) name.
     pub fn name(self) -> &'static str {
@@ -52,23 +56,30 @@ impl Arch {
             Arch::Qwen3 => "qwen3",
             Arch::Phi3 => "phi3",
             Arch::Gemma2 => "gemma2",
+            Arch::Gemma3 => "gemma3",
         }
     }
 
     /// Whether the attention output and the FFN output are normed before their residual adds
     /// (`post_attention_norm`, `post_ffw_norm`).
     pub fn has_post_norms(self) -> bool {
-        matches!(self, Arch::Gemma2)
+        self.is_gemma()
     }
 
     /// Whether the FFN gate is GELU (tanh approximation) instead of SiLU.
     pub fn gelu_gate(self) -> bool {
-        matches!(self, Arch::Gemma2)
+        self.is_gemma()
+    }
+
+    /// Gemma 2 or 3: their checkpoints store norm weights `w` for a scale of `1 + w`, and
+    /// their configs carry [`GemmaParams`].
+    pub fn is_gemma(self) -> bool {
+        matches!(self, Arch::Gemma2 | Arch::Gemma3)
     }
 
     /// Whether queries and keys get a per-head RMSNorm (`attn_q_norm`, `attn_k_norm`).
     pub fn has_qk_norm(self) -> bool {
-        matches!(self, Arch::Qwen3)
+        matches!(self, Arch::Qwen3 | Arch::Gemma3)
     }
 
     /// Whether llama.cpp's converter permuted the q/k rows of this architecture's GGUF files
@@ -93,8 +104,12 @@ pub struct GemmaParams {
     /// `query_pre_attn_scalar`: attention scores are scaled by its inverse square root.
     pub query_scalar: f32,
     /// Layer `i` is global when `i % window_pattern == window_pattern - 1`, else it attends
-    /// within `sliding_window` (Gemma 2: 2, every other layer).
+    /// within `sliding_window` (Gemma 2: 2, every other layer; Gemma 3: 6).
     pub window_pattern: usize,
+    /// RoPE base of the windowed layers, without frequency factors (Gemma 3: 10000); `None`:
+    /// every layer uses the model's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_rope_base: Option<f32>,
 }
 
 /// Shapes and constants of a Llama-family decoder, resolved from a checkpoint.
@@ -154,8 +169,8 @@ impl LlamaConfig {
         if !(self.rms_eps.is_finite() && self.rms_eps > 0.0 && self.rope_theta.is_finite() && self.rope_theta > 0.0) {
             return bad(format!("rms eps {} and rope theta {} must be > 0", self.rms_eps, self.rope_theta));
         }
-        if self.arch == Arch::Gemma2 && self.gemma.is_none() {
-            return bad("gemma2 without its constants".into());
+        if self.arch.is_gemma() && self.gemma.is_none() {
+            return bad("gemma without its constants".into());
         }
         if let Some(g) = &self.gemma {
             let finite = |c: Option<f32>| c.is_none_or(|c| c.is_finite() && c > 0.0);
@@ -164,6 +179,7 @@ impl LlamaConfig {
                 && g.query_scalar.is_finite()
                 && g.query_scalar > 0.0)
                 || g.window_pattern == 0
+                || g.local_rope_base.is_some_and(|b| !(b.is_finite() && b > 0.0))
             {
                 return bad(format!("gemma constants out of range: {g:?}"));
             }

@@ -745,17 +745,20 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         Some(w) => Some(usize_of(w, "attention.sliding_window")?),
         None => None,
     };
-    // Gemma 2: soft-caps from the file; llama.cpp scales the 27B model's queries by
-    // hidden / heads and the others' by the head size (GGUF has no query_pre_attn_scalar).
+    // Gemma: soft-caps from the file; the rest as llama.cpp sets it, since GGUF has no keys
+    // for it: the 27B models' queries scaled by hidden / heads, the others' by the head size;
+    // Gemma 2 windows every other layer, Gemma 3 five in six, with a RoPE base of 10000 there.
     let gemma = match config.arch {
-        Arch::Gemma2 => {
+        arch @ (Arch::Gemma2 | Arch::Gemma3) => {
             let cap = |k: &str| md.f64(&key(k)).map(|v| v.map(|v| v as f32));
-            let query_scalar = if config.n_layers == 46 { hidden / n_heads.max(1) } else { head_dim };
+            let is_27b = config.n_layers == if arch == Arch::Gemma2 { 46 } else { 62 };
+            let query_scalar = if is_27b { hidden / n_heads.max(1) } else { head_dim };
             Some(GemmaParams {
                 attn_softcap: cap("attn_logit_softcapping")?,
                 final_softcap: cap("final_logit_softcapping")?,
                 query_scalar: query_scalar as f32,
-                window_pattern: 2,
+                window_pattern: if arch == Arch::Gemma2 { 2 } else { 6 },
+                local_rope_base: (arch == Arch::Gemma3).then_some(10_000.0),
             })
         }
         _ => None,

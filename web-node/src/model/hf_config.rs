@@ -68,6 +68,10 @@ pub struct HfConfig {
     pub attn_logit_softcapping: Option<f64>,
     /// Gemma 2: `final_logit_softcapping`.
     pub final_logit_softcapping: Option<f64>,
+    /// Gemma 3: `rope_local_base_freq` (the windowed layers' RoPE base; default 10000).
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3: `sliding_window_pattern` (one global layer in this many; default 6).
+    pub sliding_window_pattern: Option<u64>,
 }
 
 fn json_type(v: &Value) -> &'static str {
@@ -195,6 +199,8 @@ impl HfConfig {
             query_pre_attn_scalar: k.f64("query_pre_attn_scalar")?,
             attn_logit_softcapping: k.f64("attn_logit_softcapping")?,
             final_logit_softcapping: k.f64("final_logit_softcapping")?,
+            rope_local_base_freq: k.f64("rope_local_base_freq")?,
+            sliding_window_pattern: k.u64("sliding_window_pattern")?,
         })
     }
 
@@ -297,11 +303,17 @@ impl HfConfig {
                 None => None,
             },
         };
-        let gemma = (arch == Arch::Gemma2).then(|| GemmaParams {
+        let gemma3 = arch == Arch::Gemma3;
+        let gemma = arch.is_gemma().then(|| GemmaParams {
             attn_softcap: self.attn_logit_softcapping.map(|c| c as f32),
             final_softcap: self.final_logit_softcapping.map(|c| c as f32),
             query_scalar: self.query_pre_attn_scalar.map_or(config.head_dim as f32, |q| q as f32),
-            window_pattern: 2,
+            window_pattern: match self.sliding_window_pattern {
+                Some(p) => p.min(1 << 16) as usize,
+                None if gemma3 => 6,
+                None => 2,
+            },
+            local_rope_base: gemma3.then(|| self.rope_local_base_freq.unwrap_or(10_000.0) as f32),
         });
         let config =
             LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), gemma, ..config };

@@ -411,8 +411,8 @@ impl SafetensorsModel {
         };
         let qk_norm = if c.arch.has_qk_norm() {
             Some([
-                self.vector(&name("self_attn.q_norm.weight"), c.head_dim)?,
-                self.vector(&name("self_attn.k_norm.weight"), c.head_dim)?,
+                self.norm_of(&name("self_attn.q_norm.weight"), c.head_dim)?,
+                self.norm_of(&name("self_attn.k_norm.weight"), c.head_dim)?,
             ])
         } else {
             None
@@ -479,8 +479,13 @@ impl SafetensorsModel {
     /// An RMSNorm weight (`[hidden]`) as the engine applies it: Gemma's checkpoints store
     /// `w` for a scale of `1 + w` (GGUF files store `1 + w`, as llama.cpp's converter adds it).
     fn norm(&self, name: &str) -> Result<Vec<f32>, ModelError> {
-        let mut w = self.vector(name, self.config.hidden)?;
-        if self.config.arch.has_post_norms() {
+        self.norm_of(name, self.config.hidden)
+    }
+
+    /// As [`Self::norm`] for a norm of `len` values (the per-head q/k norms).
+    fn norm_of(&self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let mut w = self.vector(name, len)?;
+        if self.config.arch.is_gemma() {
             w.iter_mut().for_each(|v| *v += 1.0);
         }
         Ok(w)

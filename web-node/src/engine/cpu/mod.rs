@@ -11,7 +11,7 @@ mod simd_x86;
 
 use std::ops::Range;
 
-use super::{reference, rope_inv_freq, Backend, BatchItem, EngineError};
+use super::{reference, rope_inv_freq, rope_inv_freq_local, uses_local_rope, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Per-session state of the CPU backend: K and V for every layer of the range.
@@ -44,6 +44,8 @@ pub struct CpuBackend {
     layers: Vec<LayerWeights>,
     /// RoPE inverse frequencies, `[head_dim / 2]`.
     inv_freq: Vec<f32>,
+    /// The windowed layers' frequencies when they differ (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
 }
 
 impl CpuBackend {
@@ -51,7 +53,8 @@ impl CpuBackend {
     pub fn new(config: LlamaConfig, range: Range<usize>, layers: Vec<LayerWeights>) -> Result<Self, EngineError> {
         super::check_layers(&config, &range, &layers)?;
         let inv_freq = rope_inv_freq(&config);
-        Ok(Self { config, range, layers, inv_freq })
+        let inv_freq_local = rope_inv_freq_local(&config);
+        Ok(Self { config, range, layers, inv_freq, inv_freq_local })
     }
 }
 
@@ -376,8 +379,12 @@ impl CpuBackend {
             }
             for (it, r) in items.iter_mut().zip(&rows) {
                 let (qs, ks) = (r.start * q_dim..r.end * q_dim, r.start * kv_dim..r.end * kv_dim);
-                rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
-                rope(&mut k[ks.clone()], c.n_kv_heads, c.head_dim, it.pos, &self.inv_freq, &mut sc);
+                let freq = match &self.inv_freq_local {
+                    Some(local) if uses_local_rope(c, self.range.start + li) => local,
+                    _ => &self.inv_freq,
+                };
+                rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, freq, &mut sc);
+                rope(&mut k[ks.clone()], c.n_kv_heads, c.head_dim, it.pos, freq, &mut sc);
                 let cached = it.pos * kv_dim..(it.pos + it.n_tokens) * kv_dim;
                 it.cache.write_keys(li, it.pos, &k[ks.clone()], kv_dim);
                 it.cache.v[li][cached].copy_from_slice(&v[ks]);

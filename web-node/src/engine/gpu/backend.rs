@@ -71,6 +71,8 @@ pub struct GpuBackend {
     layers: Vec<GpuLayer>,
     /// RoPE inverse frequencies ([`rope_inv_freq`](crate::engine::rope_inv_freq)), `[head_dim / 2]`.
     inv_freq: Vec<f32>,
+    /// The windowed layers' frequencies when they differ (Gemma 3).
+    inv_freq_local: Option<Vec<f32>>,
     /// Buffers for batches, taken out for a batch's submit and put back after; a batch that
     /// finds none (another batch holds it, or a device error dropped it) builds its own.
     batch: Mutex<Option<Box<BatchScratch>>>,
@@ -89,8 +91,11 @@ struct Activations {
     /// FFN gate and up projections: `(cap, intermediate)`.
     gate: wgpu::Buffer,
     up: wgpu::Buffer,
-    /// RoPE `(cos, sin)` rows, each token's at its own position: `(cap, head_dim / 2, 2)`.
+    /// RoPE `(cos, sin)` rows, each token's at its own position: `(cap, head_dim / 2, 2)`, then
+    /// as many for the windowed layers' frequencies when they differ (Gemma 3).
     cs: wgpu::Buffer,
+    /// The pair where the windowed layers' table starts in `cs` (`cap * head_dim / 2`).
+    cs_local: usize,
     /// Readback of `x`.
     staging: wgpu::Buffer,
 }
@@ -217,7 +222,8 @@ impl GpuBackend {
             });
         }
         let inv_freq = crate::engine::rope_inv_freq(&config);
-        Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq, batch: Mutex::new(None) })
+        let inv_freq_local = crate::engine::rope_inv_freq_local(&config);
+        Ok(Self { ctx, config, range, layers: gpu_layers, inv_freq, inv_freq_local, batch: Mutex::new(None) })
     }
 
     /// The device this backend runs on.
@@ -259,7 +265,9 @@ impl GpuBackend {
             let (heads, kv_heads, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
             list.push(ops::head_norm_op(ctx, &n("qk_norm"), step, norm, &acts.q, k, heads, kv_heads, hd, c.rms_eps));
         }
-        list.push(ops::rope_op(ctx, &n("rope"), step, &acts.cs, &acts.q, k, c.n_heads, c.n_kv_heads, c.head_dim));
+        let cs_base = if crate::engine::uses_local_rope(c, self.range.start + i) { acts.cs_local } else { 0 };
+        let (heads, kv_heads, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
+        list.push(ops::rope_op(ctx, &n("rope"), step, &acts.cs, &acts.q, k, heads, kv_heads, hd, cs_base));
     }
 
     /// Layer `i`'s attention of queries `q` over layer `i` of `cache` into `att`, for the
@@ -326,7 +334,8 @@ impl GpuBackend {
             att: buf("att", c.q_dim())?,
             gate: buf("gate", c.intermediate)?,
             up: buf("up", c.intermediate)?,
-            cs: buf("rope cos/sin", c.head_dim)?,
+            cs: buf("rope cos/sin", c.head_dim * if self.inv_freq_local.is_some() { 2 } else { 1 })?,
+            cs_local: cap * c.head_dim / 2,
             staging: ctx.staging(&format!("{what} x readback"), f(c.hidden))?,
         })
     }
@@ -394,6 +403,9 @@ impl GpuBackend {
         let q = ctx.queue();
         q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
         q.write_buffer(&s.acts.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
+        if let Some(local) = &self.inv_freq_local {
+            q.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&ops::rope_table(local, pos, n)));
+        }
         q.write_buffer(&s.acts.x, 0, f32s(hidden));
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
@@ -459,14 +471,21 @@ impl GpuBackend {
         let queue = ctx.queue();
         queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&StepUniform::new(total, 0)));
         let mut cs = Vec::with_capacity(total * self.inv_freq.len() * 2);
+        let mut cs_local = Vec::new();
         let mut base = 0;
         for it in items.iter() {
             queue.write_buffer(&it.cache.step, 0, bytemuck::bytes_of(&StepUniform::at_row(it.n_tokens, it.pos, base)));
             queue.write_buffer(&s.acts.x, (base * dim * 4) as u64, f32s(it.hidden));
             cs.extend(ops::rope_table(&self.inv_freq, it.pos, it.n_tokens));
+            if let Some(local) = &self.inv_freq_local {
+                cs_local.extend(ops::rope_table(local, it.pos, it.n_tokens));
+            }
             base += it.n_tokens;
         }
         queue.write_buffer(&s.acts.cs, 0, f32s(&cs));
+        if !cs_local.is_empty() {
+            queue.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&cs_local));
+        }
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         for i in 0..self.layers.len() {
             {

@@ -235,7 +235,7 @@ pub(crate) fn rms_norm_op(
 
 /// Rotate-half RoPE in place on `q` `(n_tokens, n_heads, head_dim)` and on the rows
 /// `pos..pos + n_tokens` of `k` `(.., n_kv_heads, head_dim)`, with `cs` `(n_tokens, head_dim / 2)`
-/// (cos, sin) pairs.
+/// (cos, sin) pairs starting at pair `cs_base`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn rope_op(
     ctx: &GpuContext,
@@ -247,8 +247,9 @@ pub(crate) fn rope_op(
     n_heads: usize,
     n_kv_heads: usize,
     head_dim: usize,
+    cs_base: usize,
 ) -> Op {
-    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, 0]));
+    let params = ctx.uniform(what, u32s(&[n_heads as u32, n_kv_heads as u32, head_dim as u32, cs_base as u32]));
     let p = ctx.pipeline(&ROPE, "main", &[("WG", ELEM_WG)]);
     let threads = ((n_heads + n_kv_heads) * head_dim / 2) as u32;
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, cs, q, k], threads.div_ceil(ELEM_WG), 1))
@@ -447,7 +448,7 @@ pub async fn rope(
     let q = ctx.storage_init("ops q", f32s(x))?;
     let k = ctx.storage("ops k (unused)", 4)?;
     let op =
-        ctx.alloc("ops kernel", None, || Ok(rope_op(ctx, "ops rope", &step, &cs, &q, &k, n_heads, 0, head_dim)))?;
+        ctx.alloc("ops kernel", None, || Ok(rope_op(ctx, "ops rope", &step, &cs, &q, &k, n_heads, 0, head_dim, 0)))?;
     run(ctx, &step, &[op], n, pos, &q, x.len()).await
 }
 

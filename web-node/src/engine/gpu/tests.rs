@@ -287,24 +287,28 @@ fn random_layer(rng: &mut ChaCha8Rng, c: &LlamaConfig, dtype: WeightType) -> Lay
 /// Prefill 7 tokens then 4 decode steps on layers 1..4 of a small model (one layer each of
 /// Q4_1, Q8_0, F32; a Qwen2 variant with biases; a Qwen3 variant with q/k norms and heads
 /// wider than hidden / n_heads; a Gemma 2 variant with post-norms, GeGLU, its query scale,
-/// soft-capped scores and a 3-position window on every other layer), GPU vs CPU backend.
+/// soft-capped scores and a 3-position window on every other layer; a Gemma 3 variant with
+/// q/k norms and the windowed layers' own RoPE base), GPU vs CPU backend.
 /// Tolerance 1e-4 of the hidden state's max magnitude: three layers of f32 products summed in
 /// another order.
 #[test]
 fn backend_matches_cpu_backend() {
     let ctx = ctx();
-    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma2] {
+    for arch in [Arch::Llama, Arch::Qwen2, Arch::Qwen3, Arch::Gemma2, Arch::Gemma3] {
         let mut c = small_config(arch);
         if arch == Arch::Qwen3 {
             c.head_dim = 32; // q_dim 128 != hidden 64, as in real Qwen3 models
         }
-        if arch == Arch::Gemma2 {
+        if arch.is_gemma() {
+            // Gemma 3: no caps, q/k norms, and its windowed layers' own RoPE base.
+            let gemma3 = arch == Arch::Gemma3;
             c.sliding_window = Some(3);
             c.gemma = Some(crate::model::GemmaParams {
-                attn_softcap: Some(2.0),
+                attn_softcap: (!gemma3).then_some(2.0),
                 final_softcap: Some(30.0),
                 query_scalar: 10.0,
                 window_pattern: 2,
+                local_rope_base: gemma3.then_some(100.0),
             });
         }
         let mut rng = ChaCha8Rng::seed_from_u64(6);
