@@ -316,8 +316,9 @@ impl ArchReference {
                     final_logit_softcapping: g.final_softcap.map(f64::from),
                     attn_logit_softcapping: g.attn_softcap.map(f64::from),
                     query_pre_attn_scalar: g.query_scalar as usize,
-                    // candle lets a query see `window + 1` positions (see Mistral above).
-                    sliding_window: config.sliding_window.map_or(config.max_seq_len, |w| w - 1),
+                    // Run token by token (see `logits`), its windowed layers keep a rotating cache
+                    // of the last `window` positions: llama.cpp's count.
+                    sliding_window: config.sliding_window.unwrap_or(config.max_seq_len),
                     sliding_window_pattern: g.window_pattern,
                     max_position_embeddings: config.max_seq_len,
                 };

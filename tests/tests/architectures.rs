@@ -69,11 +69,9 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
     }
     if arch == Arch::Gemma3 {
         // llama.cpp's fixed Gemma 3 constants (GGUF has no keys for them): layers 0..5 are
-        // windowed with RoPE base 10000, layer 5 global with the model's base. candle's
-        // rotating KV cache fails on a prefill longer than its window, so the window (8) spans
-        // these sequences; Mistral's test covers a window that bites.
+        // windowed (3 positions) with RoPE base 10000, layer 5 global with the model's base.
         m.config.rope_theta = 1_000_000.0;
-        m.config.sliding_window = Some(8);
+        m.config.sliding_window = Some(3);
         m.config.gemma = Some(web_node::model::GemmaParams {
             attn_softcap: None,
             final_softcap: None,
