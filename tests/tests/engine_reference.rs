@@ -107,6 +107,28 @@ fn compare(model: &mut LocalModel, traj: &Trajectory, label: &str) -> f32 {
     })
 }
 
+/// Runs `trajs` on the CPU backend (`cpu`, already loaded from `path`) and on wgpu, failing on
+/// a greedy token other than the reference's or a logit distance above `LOGIT_TOL`; each
+/// distance goes to `report`, labelled `label` + backend + prompt.
+fn check_backends(path: &Path, cpu: &mut LocalModel, trajs: &[Trajectory], label: &str, report: &mut Vec<String>) {
+    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
+        let mut gpu_model;
+        let model = match kind {
+            BackendKind::Cpu => &mut *cpu,
+            BackendKind::Wgpu | BackendKind::Auto => {
+                gpu_model = LocalModel::load(path, kind, None).expect("wgpu model");
+                &mut gpu_model
+            }
+        };
+        for (i, t) in trajs.iter().enumerate() {
+            let what = format!("{label}{} prompt {i}", kind.name());
+            let d = compare(model, t, &what);
+            report.push(format!("{what}: max |logit diff| {d:.2e}"));
+            assert!(d <= LOGIT_TOL, "{what}: max logit diff {d} > {LOGIT_TOL}");
+        }
+    }
+}
+
 #[test]
 fn backends_match_independent_f32_reference() {
     let path = default_model();
@@ -115,21 +137,7 @@ fn backends_match_independent_f32_reference() {
     let trajs = reference_trajectories(&path, &prompts, STEPS);
 
     let mut report = Vec::new();
-    for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
-        let mut gpu_model;
-        let model = match kind {
-            BackendKind::Cpu => &mut cpu,
-            BackendKind::Wgpu | BackendKind::Auto => {
-                gpu_model = LocalModel::load(&path, kind, None).expect("wgpu model");
-                &mut gpu_model
-            }
-        };
-        for (i, t) in trajs.iter().enumerate() {
-            let d = compare(model, t, &format!("{} prompt {i}", kind.name()));
-            report.push(format!("{} prompt {i}: max |logit diff| {d:.2e}", kind.name()));
-            assert!(d <= LOGIT_TOL, "{} prompt {i}: max logit diff {d} > {LOGIT_TOL}", kind.name());
-        }
-    }
+    check_backends(&path, &mut cpu, &trajs, "", &mut report);
 
     // Reported, not asserted: candle's quantized_llama quantizes activations to 8 bits.
     let mut q = QuantizedReference::load(&path).expect("quantized_llama loads");
@@ -170,21 +178,7 @@ fn k_quant_ffn_down_matches_f32_reference() {
         let trajs = reference_trajectories(&path, &prompts, K_STEPS);
         let answer = cpu.client.tokenizer.decode(&trajs[0].tokens).expect("decode");
         report.push(format!("{dtype}: greedy answer to the chat prompt: {answer:?}"));
-        for kind in [BackendKind::Cpu, BackendKind::Wgpu] {
-            let mut gpu_model;
-            let model = match kind {
-                BackendKind::Cpu => &mut cpu,
-                BackendKind::Wgpu | BackendKind::Auto => {
-                    gpu_model = LocalModel::load(&path, kind, None).expect("wgpu model");
-                    &mut gpu_model
-                }
-            };
-            for (i, t) in trajs.iter().enumerate() {
-                let d = compare(model, t, &format!("{dtype} {} prompt {i}", kind.name()));
-                report.push(format!("{dtype} {} prompt {i}: max |logit diff| {d:.2e}", kind.name()));
-                assert!(d <= LOGIT_TOL, "{dtype} {} prompt {i}: max logit diff {d} > {LOGIT_TOL}", kind.name());
-            }
-        }
+        check_backends(&path, &mut cpu, &trajs, &format!("{dtype} "), &mut report);
     }
     println!("tolerance {LOGIT_TOL:e}\n{}", report.join("\n"));
     std::fs::remove_dir_all(&dir).ok();
