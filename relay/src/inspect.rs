@@ -100,7 +100,12 @@ fn describe_gguf(file: &GgufFile, out: &mut String) -> anyhow::Result<()> {
     .collect();
     writeln!(out, "shape: {}", shape.join(", "))?;
     if let Some(ctx) = u("context_length") {
-        writeln!(out, "context: {ctx}")?;
+        // LongRoPE models run at their original context (see `web_node::model::LongRope`).
+        let longrope = match (file.tensor("rope_factors_short.weight"), u("rope.scaling.original_context_length")) {
+            (Some(_), Some(o)) => format!(" (LongRoPE: served at its original {o} with the short factors)"),
+            _ => String::new(),
+        };
+        writeln!(out, "context: {ctx}{longrope}")?;
     }
     // Parameters and the quantization mix, by ggml type.
     let mut by_type: BTreeMap<String, (usize, u64, u64)> = BTreeMap::new();

@@ -148,9 +148,10 @@ impl QuantizedReference {
     }
 }
 
-/// candle-transformers' model of an architecture (Qwen3, Mistral, Phi-3, Llama with Llama 3.1's
-/// RoPE scaling), f32, built from Hugging Face-named f32 tensors: an independent implementation
-/// of its extra parts.
+/// candle-transformers' model of an architecture (Qwen3, Mistral, Phi-3 with LongRoPE's short
+/// factors and attention factor from `config`, Llama with Llama 3.1's RoPE scaling, Gemma 2
+/// and 3), f32, built from Hugging Face-named f32 tensors: an independent implementation of
+/// its extra parts.
 ///
 /// Every call runs the whole prefix again as one prefill from position 0: candle's Mistral
 /// applies its sliding window only to a prefill without a cache offset.
@@ -180,9 +181,23 @@ impl ArchReference {
     ) -> candle_core::Result<Self> {
         use candle_transformers::models::{mistral, phi3, qwen3};
         let dev = Device::Cpu;
+        // LongRoPE (Phi-3): candle's model has no attention factor; scaling the cosines and
+        // sines by it is scaling queries and keys by it (RoPE is linear), so the q and k rows
+        // of the fused projection are scaled here.
+        let qk_rows = (config.q_dim() + config.kv_dim()) * config.hidden;
+        let scale_qk = |n: &str, v: &[f32]| -> Vec<f32> {
+            match config.arch == web_node::model::Arch::Phi3 && n.ends_with("self_attn.qkv_proj.weight") {
+                true => v
+                    .iter()
+                    .enumerate()
+                    .map(|(i, x)| if i < qk_rows { x * config.rope_attn_factor } else { *x })
+                    .collect(),
+                false => v.to_vec(),
+            }
+        };
         let map: HashMap<String, Tensor> = tensors
             .iter()
-            .map(|(n, shape, v)| Ok((n.clone(), Tensor::from_vec(v.clone(), shape.as_slice(), &dev)?)))
+            .map(|(n, shape, v)| Ok((n.clone(), Tensor::from_vec(scale_qk(n, v), shape.as_slice(), &dev)?)))
             .collect::<candle_core::Result<_>>()?;
         let vb = VarBuilder::from_tensors(map, DType::F32, &dev);
         let model = match config.arch {
@@ -240,9 +255,19 @@ impl ArchReference {
                     rope_theta: config.rope_theta as f64,
                     bos_token_id: None,
                     eos_token_id: None,
-                    rope_scaling: None,
+                    // candle multiplies the frequencies by LongRoPE's factors where Hugging
+                    // Face (and llama.cpp) divide: it gets the reciprocals. Every position
+                    // here is within the original context, so only the short ones apply.
+                    rope_scaling: config.rope_freq_factors.as_ref().map(|f| {
+                        let inverse: Vec<f32> = f.iter().map(|x| 1.0 / x).collect();
+                        phi3::RopeScaling {
+                            short_factor: inverse.clone(),
+                            long_factor: inverse,
+                            type_: phi3::RopeScalingType::LongRope,
+                        }
+                    }),
                     max_position_embeddings: config.max_seq_len,
-                    original_max_position_embeddings: None,
+                    original_max_position_embeddings: config.rope_freq_factors.as_ref().map(|_| config.max_seq_len),
                     partial_rotary_factor: None,
                     tie_word_embeddings: config.tie_embeddings,
                 };

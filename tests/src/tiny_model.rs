@@ -37,6 +37,9 @@ pub struct TinyModel {
     pub config: LlamaConfig,
     /// `rope_scaling` written into `config.json`, if any.
     pub rope_scaling: Option<serde_json::Value>,
+    /// LongRoPE as the files store it beyond what `config` holds (see [`Self::with_longrope`]):
+    /// the context the model was extended to and the long factors.
+    pub longrope: Option<(usize, Vec<f32>)>,
     /// Every tensor, in Hugging Face naming and layout.
     pub tensors: Vec<Tensor>,
 }
@@ -66,6 +69,7 @@ impl TinyModel {
             max_seq_len: 256,
             tie_embeddings: tied,
             rope_freq_factors: None,
+            rope_attn_factor: 1.0,
             sliding_window: None,
             gemma: None,
         };
@@ -135,7 +139,21 @@ impl TinyModel {
                 Tensor { name, shape, values }
             })
             .collect();
-        TinyModel { config, rope_scaling: None, tensors }
+        TinyModel { config, rope_scaling: None, longrope: None, tensors }
+    }
+
+    /// The same model as a LongRoPE model extended from `original` positions to its
+    /// `max_seq_len`: `config` becomes what a loader resolves (the original context, the short
+    /// factors, the attention factor derived from the two contexts); the files carry both
+    /// factor sets and both contexts, as Phi-3 128k's `config.json` and llama.cpp's GGUF do.
+    pub fn with_longrope(mut self, original: usize, short: Vec<f32>, long: Vec<f32>) -> TinyModel {
+        let trained = self.config.max_seq_len;
+        self.config.rope_attn_factor = web_node::model::LongRope::default_attn_factor(trained, original);
+        self.config.max_seq_len = original;
+        self.config.rope_freq_factors = Some(short.clone());
+        self.rope_scaling = Some(serde_json::json!({"type": "longrope", "short_factor": short, "long_factor": long}));
+        self.longrope = Some((trained, long));
+        self
     }
 
     /// The same model with every value rounded to `dtype` (so that writing it in `dtype`
@@ -180,7 +198,8 @@ impl TinyModel {
             "rope_theta": c.rope_theta,
             "rms_norm_eps": c.rms_eps,
             "vocab_size": c.vocab,
-            "max_position_embeddings": c.max_seq_len,
+            "max_position_embeddings": self.longrope.as_ref().map_or(c.max_seq_len, |l| l.0),
+            "original_max_position_embeddings": self.longrope.as_ref().map(|_| c.max_seq_len),
             "tie_word_embeddings": c.tie_embeddings,
             "torch_dtype": "float32",
             "sliding_window": c.sliding_window,
@@ -257,10 +276,16 @@ impl TinyModel {
             (k("attention.key_length"), u(c.head_dim)),
             (k("rope.freq_base"), Value::F64(c.rope_theta as f64)),
             (k("attention.layer_norm_rms_epsilon"), Value::F64(c.rms_eps as f64)),
-            (k("context_length"), u(c.max_seq_len)),
+            (k("context_length"), u(self.longrope.as_ref().map_or(c.max_seq_len, |l| l.0))),
             (k("vocab_size"), u(c.vocab)),
         ]
         .into_iter()
+        .chain(self.longrope.iter().flat_map(|_| {
+            [
+                (k("rope.scaling.original_context_length"), u(c.max_seq_len)),
+                (k("rope.scaling.attn_factor"), Value::F64(c.rope_attn_factor as f64)),
+            ]
+        }))
         .chain(c.sliding_window.map(|w| (k("attention.sliding_window"), u(w))))
         .chain(
             c.gemma
@@ -307,15 +332,22 @@ impl TinyModel {
                 let dims = t.shape.iter().rev().map(|&d| d as u64).collect();
                 (name, dims, ggml_type(dt), bytes.to_vec())
             })
-            .chain(c.rope_freq_factors.as_ref().map(|f| {
-                (
-                    "rope_freqs.weight".to_string(),
-                    vec![f.len() as u64],
-                    ggml_type(WeightType::F32),
-                    quantize(WeightType::F32, f),
-                )
+            .chain(self.rope_factor_tensors().into_iter().map(|(name, f)| {
+                (name.to_string(), vec![f.len() as u64], ggml_type(WeightType::F32), quantize(WeightType::F32, f))
             }))
             .collect()
+    }
+
+    /// The model-wide RoPE factor tensors of the GGUF file: `rope_freqs.weight`, or LongRoPE's
+    /// two sets.
+    fn rope_factor_tensors(&self) -> Vec<(&'static str, &[f32])> {
+        let Some(factors) = &self.config.rope_freq_factors else {
+            return Vec::new();
+        };
+        match &self.longrope {
+            Some((_, long)) => vec![("rope_factors_short.weight", factors), ("rope_factors_long.weight", long)],
+            None => vec![("rope_freqs.weight", factors)],
+        }
     }
 
     /// A GGUF file of this model, matrices stored as `dtype`.

@@ -1,5 +1,5 @@
 //! The architectures beyond the original Llama (issue 13): Llama 3.1's RoPE scaling, Qwen3,
-//! Mistral's sliding window and Phi-3, on generated tiny models (3 layers, hidden 64,
+//! Mistral's sliding window, Phi-3 with LongRoPE, Gemma 2 and Gemma 3, on generated tiny models (3 layers, hidden 64,
 //! random weights, untied LM head) written as a Hugging Face safetensors checkpoint and as a
 //! GGUF file of the same f32 values:
 //! - the GGUF and the safetensors checkpoint give the same logits, bit for bit;
@@ -79,6 +79,14 @@ fn tiny(arch: Arch, vocab: usize) -> TinyModel {
             window_pattern: 6,
             local_rope_base: Some(10_000.0),
         });
+    }
+    if arch == Arch::Phi3 {
+        // Phi-3 128k's LongRoPE, scaled down: trained to 256 positions from 64, so served at 64
+        // with the short factors and an attention factor of sqrt(1 + ln 4 / ln 64) = 1.155.
+        // The long factors differ from the short ones, so taking them would show.
+        let short: Vec<f32> = (0..m.config.head_dim / 2).map(|i| 1.0 + 0.25 * i as f32).collect();
+        let long: Vec<f32> = short.iter().map(|f| 4.0 * f).collect();
+        m = m.with_longrope(64, short, long);
     }
     if arch == Arch::Llama {
         let (factor, low, high, orig) = LLAMA3_SCALING;
@@ -165,10 +173,10 @@ fn formats_agree_and_backends_follow_candle() {
         let dir = TempDir::new(&format!("arch-{arch:?}"));
         let (st, gg) = write_both(&m, &dir);
         assert_eq!(st.config(), gg.config(), "{arch:?}: configs differ");
-        assert_eq!(st.config().arch, arch);
+        assert_eq!(st.config(), &m.config, "{arch:?}: the files resolve to another configuration");
         let tensors: Vec<_> = m.tensors.iter().map(|t| (t.name.clone(), t.shape.clone(), t.values.clone())).collect();
         let scaling = (arch == Arch::Llama).then_some(LLAMA3_SCALING);
-        let mut reference = ArchReference::new(st.config(), &tensors, scaling).expect("candle builds the model");
+        let mut reference = ArchReference::new(&m.config, &tensors, scaling).expect("candle builds the model");
         for seq in SEQS {
             let a = run(&st, &backends(&st, &whole(&st), None), &seq);
             let b = run(&gg, &backends(&gg, &whole(&gg), None), &seq);

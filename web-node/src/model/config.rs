@@ -112,6 +112,57 @@ pub struct GemmaParams {
     pub local_rope_base: Option<f32>,
 }
 
+/// LongRoPE (Phi-3 128k, Phi-3.5): a model trained for `original` positions, then extended
+/// to `trained` with two sets of RoPE frequency divisors, `short` for contexts up to
+/// `original` and `long` beyond, and its cosines and sines scaled by an attention factor.
+///
+/// This build serves such a model at its original context with the short factors, as
+/// llama.cpp does at its default context (it takes the long factors only when the context
+/// asked for exceeds the original) and as Hugging Face does for any sequence that fits the
+/// original context. The factor set is a property of the model here, not of a session, since
+/// every node of a chain must rotate alike.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LongRope {
+    /// Context the extension was trained for (`max_position_embeddings`).
+    pub trained: usize,
+    /// Context before the extension (`original_max_position_embeddings`).
+    pub original: usize,
+    /// Divisors for contexts up to `original`, `[head_dim / 2]`.
+    pub short: Vec<f32>,
+    /// The attention factor; `None` to derive it as Hugging Face and llama.cpp's converter do
+    /// ([`LongRope::default_attn_factor`]).
+    pub attn_factor: Option<f32>,
+}
+
+impl LongRope {
+    /// `sqrt(1 + ln(trained / original) / ln(original))`, or 1 when the model was not extended.
+    pub fn default_attn_factor(trained: usize, original: usize) -> f32 {
+        let scale = trained as f64 / original as f64;
+        match scale > 1.0 && original > 1 {
+            true => (1.0 + scale.ln() / (original as f64).ln()).sqrt() as f32,
+            false => 1.0,
+        }
+    }
+
+    /// Applies it to a configuration whose `max_seq_len` is `trained`: the original context,
+    /// the short factors and the attention factor.
+    pub fn apply(self, config: LlamaConfig) -> Result<LlamaConfig, ModelError> {
+        if self.original == 0 || self.original > self.trained {
+            return Err(ModelError::BadConfig(format!(
+                "LongRoPE original context {} against a trained context of {}",
+                self.original, self.trained
+            )));
+        }
+        let attn = self.attn_factor.unwrap_or_else(|| Self::default_attn_factor(self.trained, self.original));
+        Ok(LlamaConfig {
+            max_seq_len: self.original,
+            rope_freq_factors: Some(self.short),
+            rope_attn_factor: attn,
+            ..config
+        })
+    }
+}
+
 /// Shapes and constants of a Llama-family decoder, resolved from a checkpoint.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlamaConfig {
@@ -142,6 +193,9 @@ pub struct LlamaConfig {
     /// Per-dimension divisors of the RoPE frequencies, `[head_dim / 2]` (Llama 3.1+'s
     /// long-context scaling: GGUF `rope_freqs.weight`, or config.json `rope_scaling`).
     pub rope_freq_factors: Option<Vec<f32>>,
+    /// Scale of RoPE's cosines and sines, so of queries and keys (LongRoPE's attention factor,
+    /// llama.cpp's `rope.scaling.attn_factor`; 1 for every other model). See [`LongRope`].
+    pub rope_attn_factor: f32,
     /// Sliding-window attention: a query attends to the last `w` positions (itself included),
     /// as llama.cpp and Hugging Face count them. `None` is global attention, which a window at
     /// least as long as the context also is (see [`LlamaConfig::window_within`]).
@@ -183,6 +237,9 @@ impl LlamaConfig {
             {
                 return bad(format!("gemma constants out of range: {g:?}"));
             }
+        }
+        if !(self.rope_attn_factor.is_finite() && self.rope_attn_factor > 0.0) {
+            return bad(format!("rope attention factor {} must be finite and > 0", self.rope_attn_factor));
         }
         if self.sliding_window == Some(0) {
             return bad("sliding window of 0 positions".into());

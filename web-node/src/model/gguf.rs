@@ -10,7 +10,7 @@ use std::collections::HashMap;
 
 use bytes::Bytes;
 
-use super::config::{Arch, GemmaParams, LlamaConfig};
+use super::config::{Arch, GemmaParams, LlamaConfig, LongRope};
 use super::quant::{QMatrix, WeightType};
 use super::weights::{unpermute_rope_rows, HeadWeights, LayerWeights};
 use super::{ModelError, Tokenizer};
@@ -730,6 +730,7 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         max_seq_len: usize_of(md.req_u64(&key("context_length"))?, "context_length")?,
         tie_embeddings: file.tensor("output.weight").is_none(),
         rope_freq_factors: rope_freq_factors(file, arch_name, head_dim)?,
+        rope_attn_factor: 1.0,
         sliding_window: None,
         gemma: None,
     };
@@ -763,22 +764,55 @@ fn config_from_metadata(file: &GgufFile) -> Result<LlamaConfig, ModelError> {
         }
         _ => None,
     };
+    let config = match longrope(file, arch_name, &config)? {
+        Some(l) => l.apply(config)?,
+        None => config,
+    };
     let config =
         LlamaConfig { sliding_window: LlamaConfig::window_within(window, config.max_seq_len), gemma, ..config };
     config.validate()?;
     Ok(config)
 }
 
+/// LongRoPE tensors, as llama.cpp's converter writes them for Phi-3 128k and Phi-3.5.
+const LONGROPE_TENSORS: [&str; 2] = ["rope_factors_short.weight", "rope_factors_long.weight"];
+
+fn has_longrope(file: &GgufFile) -> bool {
+    LONGROPE_TENSORS.iter().any(|t| file.tensor(t).is_some())
+}
+
+/// LongRoPE from the `rope_factors_short/long` tensors, the original context
+/// (`rope.scaling.original_context_length`) and the attention factor
+/// (`rope.scaling.attn_factor`, 1 when absent, as in llama.cpp); `None` without those tensors.
+fn longrope(file: &GgufFile, arch: &str, config: &LlamaConfig) -> Result<Option<LongRope>, ModelError> {
+    if !has_longrope(file) {
+        return Ok(None);
+    }
+    let md = &file.metadata;
+    let half = config.head_dim / 2;
+    if file.tensor("rope_freqs.weight").is_some() {
+        return Err(ModelError::Metadata {
+            key: "rope_freqs.weight".into(),
+            what: "a file with both RoPE frequency factors and LongRoPE factors".into(),
+        });
+    }
+    for t in LONGROPE_TENSORS {
+        file.vector(t, half)?; // both present and well formed, as llama.cpp expects them
+    }
+    let original = md.req_u64(&format!("{arch}.rope.scaling.original_context_length"))?;
+    Ok(Some(LongRope {
+        trained: config.max_seq_len,
+        original: usize::try_from(original).unwrap_or(usize::MAX),
+        short: file.vector(LONGROPE_TENSORS[0], half)?,
+        attn_factor: Some(md.f64(&format!("{arch}.rope.scaling.attn_factor"))?.unwrap_or(1.0) as f32),
+    }))
+}
+
 /// RoPE frequency divisors: the `rope_freqs.weight` tensor (Llama 3.1+), else a linear
 /// `rope.scaling.factor`; other scaling types (yarn, ...) are refused rather than ignored.
 fn rope_freq_factors(file: &GgufFile, arch: &str, head_dim: usize) -> Result<Option<Vec<f32>>, ModelError> {
-    for longrope in ["rope_factors_long.weight", "rope_factors_short.weight"] {
-        if file.tensor(longrope).is_some() {
-            return Err(ModelError::Metadata {
-                key: longrope.into(),
-                what: "LongRoPE scaling (Phi-3 128k, Phi-3.5) is not supported".into(),
-            });
-        }
+    if has_longrope(file) {
+        return Ok(None); // see `longrope`
     }
     if file.tensor("rope_freqs.weight").is_some() {
         return file.vector("rope_freqs.weight", head_dim / 2).map(Some);
@@ -937,6 +971,33 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(e.contains("llama.rope.scaling.type") && e.contains("yarn"), "{e}");
+    }
+
+    /// LongRoPE tensors: the short factors and llama.cpp's attention factor at the original
+    /// context; the long factors must be there and well formed; an original context beyond
+    /// the trained one, or a missing one, is refused by name.
+    #[test]
+    fn longrope_takes_the_short_factors_at_the_original_context() {
+        let bytes = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+        let (short, long) = (bytes(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]), bytes(&[9.0; 8]));
+        let file = |extra: &[(&'static str, Value)], long: &[u8]| {
+            let tensors = [("rope_factors_short.weight", &short[..]), ("rope_factors_long.weight", long)]
+                .map(|(name, data)| TensorOut { name, dims: vec![(data.len() / 4) as u64], ggml_type: 0, data });
+            let model = GgufModel::from_bytes(Bytes::from(write(&metadata(extra), &tensors)));
+            model.map(|m| m.config().clone())
+        };
+        let orig = ("llama.rope.scaling.original_context_length", Value::U64(64));
+        let c = file(&[orig.clone(), ("llama.rope.scaling.attn_factor", Value::F64(1.19))], &long).unwrap();
+        assert_eq!(c.max_seq_len, 64);
+        assert_eq!(c.rope_freq_factors, Some(vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]));
+        assert_eq!(c.rope_attn_factor, 1.19);
+        assert_eq!(file(std::slice::from_ref(&orig), &long).unwrap().rope_attn_factor, 1.0);
+        let e = file(std::slice::from_ref(&orig), &long[..28]).unwrap_err().to_string();
+        assert!(e.contains("rope_factors_long.weight"), "{e}");
+        let e = file(&[], &long).unwrap_err().to_string();
+        assert!(e.contains("llama.rope.scaling.original_context_length"), "{e}");
+        let e = file(&[("llama.rope.scaling.original_context_length", Value::U64(512))], &long).unwrap_err();
+        assert!(e.to_string().contains("LongRoPE original context 512"), "{e}");
     }
 
     /// A GGUF header claiming `n_tensors` tensors and holding one metadata array of `n`

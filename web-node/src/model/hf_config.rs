@@ -10,7 +10,7 @@
 
 use serde_json::{Map, Value};
 
-use super::config::{Arch, GemmaParams, LlamaConfig};
+use super::config::{Arch, GemmaParams, LlamaConfig, LongRope};
 use super::ModelError;
 
 /// Largest dimension or count accepted from `config.json` (2^24, as for GGUF metadata).
@@ -54,8 +54,11 @@ pub struct HfConfig {
     pub attention_bias: Option<bool>,
     /// `mlp_bias` (not supported).
     pub mlp_bias: Option<bool>,
-    /// `rope_scaling`: `linear` and `llama3` are applied as RoPE frequency divisors.
+    /// `rope_scaling`: `linear` and `llama3` are applied as RoPE frequency divisors,
+    /// `longrope` (or `su`) as [`LongRope`].
     pub rope_scaling: Option<Value>,
+    /// `original_max_position_embeddings` (Phi-3: the context before LongRoPE extended it).
+    pub original_max_position_embeddings: Option<u64>,
     /// `sliding_window` (Mistral; `null` or absent: none).
     pub sliding_window: Option<u64>,
     /// `use_sliding_window` (Qwen2/Qwen3: whether their `sliding_window` applies at all).
@@ -190,6 +193,7 @@ impl HfConfig {
             attention_bias: k.bool("attention_bias")?,
             mlp_bias: k.bool("mlp_bias")?,
             rope_scaling: k.get("rope_scaling").cloned(),
+            original_max_position_embeddings: k.u64("original_max_position_embeddings")?,
             sliding_window: match k.get("sliding_window") {
                 None | Some(Value::Null) => None,
                 Some(_) => k.u64("sliding_window")?,
@@ -268,6 +272,11 @@ impl HfConfig {
             Some(v) => dim(v, "head_dim")?,
             None => hidden.checked_div(n_heads).unwrap_or(0),
         };
+        let scaling = self.rope_scaling.as_ref().filter(|s| !s.is_null());
+        let longrope = match scaling {
+            Some(s) => longrope(s, head_dim, self.max_position_embeddings, self.original_max_position_embeddings)?,
+            None => None,
+        };
         let config = LlamaConfig {
             arch,
             hidden,
@@ -281,12 +290,17 @@ impl HfConfig {
             vocab: dim(self.vocab_size, "vocab_size")?,
             max_seq_len: dim(self.max_position_embeddings, "max_position_embeddings")?,
             tie_embeddings: self.tie_word_embeddings.unwrap_or(false),
-            rope_freq_factors: match &self.rope_scaling {
-                None | Some(Value::Null) => None,
-                Some(s) => rope_freq_factors(s, head_dim, self.rope_theta.unwrap_or(10_000.0))?,
+            rope_freq_factors: match scaling {
+                Some(s) if longrope.is_none() => rope_freq_factors(s, head_dim, self.rope_theta.unwrap_or(10_000.0))?,
+                _ => None,
             },
+            rope_attn_factor: 1.0,
             sliding_window: None,
             gemma: None,
+        };
+        let config = match longrope {
+            Some(l) => l.apply(config)?,
+            None => config,
         };
         let window = match (arch, self.use_sliding_window) {
             // Qwen2/Qwen3 configs name a window but only use it when use_sliding_window is set
@@ -320,6 +334,49 @@ impl HfConfig {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// LongRoPE from a `rope_scaling` of type `longrope` (or `su`, its earlier name): the short
+/// and long factors (`head_dim / 2` each), the original context (in `rope_scaling` or beside
+/// it) and an optional `attention_factor`; `None` for other types.
+fn longrope(
+    scaling: &Value,
+    head_dim: usize,
+    trained: u64,
+    original: Option<u64>,
+) -> Result<Option<LongRope>, ModelError> {
+    let err = |what: String| ModelError::Metadata { key: "rope_scaling".to_string(), what };
+    let Value::Object(m) = scaling else {
+        return Err(err(format!("expected an object, found {scaling}")));
+    };
+    let k = Keys(m);
+    let kind = match k.str("rope_type")? {
+        Some(t) => t,
+        None => k.str("type")?.unwrap_or_default(),
+    };
+    if !matches!(kind.as_str(), "longrope" | "su") {
+        return Ok(None);
+    }
+    let factors = |key: &str| -> Result<Vec<f32>, ModelError> {
+        let v = k.get(key).ok_or_else(|| err(format!("longrope: missing {key}")))?;
+        let f: Option<Vec<f32>> = v.as_array().and_then(|a| a.iter().map(|x| x.as_f64().map(|x| x as f32)).collect());
+        match f {
+            Some(f) if f.len() == head_dim / 2 => Ok(f),
+            _ => Err(err(format!("longrope: {key} must be {} numbers (head_dim / 2)", head_dim / 2))),
+        }
+    };
+    let short = factors("short_factor")?;
+    factors("long_factor")?;
+    let Some(original) = k.u64("original_max_position_embeddings")?.or(original) else {
+        return Err(err("longrope: missing original_max_position_embeddings".into()));
+    };
+    let size = |v: u64| usize::try_from(v.min(MAX_DIM)).unwrap_or(0);
+    Ok(Some(LongRope {
+        trained: size(trained),
+        original: size(original),
+        short,
+        attn_factor: k.f64("attention_factor")?.map(|f| f as f32),
+    }))
 }
 
 /// Divisors of the RoPE frequencies for a `rope_scaling` object: `linear` divides all of them
@@ -462,5 +519,37 @@ mod tests {
         let e = rope_freq_factors(&bad, 128, 1e4).unwrap_err().to_string();
         assert!(e.contains("rope_scaling") && e.contains("yarn"), "{e}");
         assert_eq!(rope_freq_factors(&serde_json::json!({"rope_type": "default"}), 64, 1e4).unwrap(), None);
+    }
+
+    /// Phi-3-mini-128k's shape of `rope_scaling`: served at its original 4096 positions with the
+    /// short factors and the attention factor llama.cpp's converter writes for it
+    /// (`phi3.rope.scaling.attn_factor` = 1.1902380714238083); a stated factor wins; a missing
+    /// original context or a factor list of the wrong length is refused by name.
+    #[test]
+    fn longrope_serves_the_original_context_with_the_short_factors() {
+        let phi3 = |scaling: &str, extra: &str| {
+            parse(&format!(
+                r#"{{"model_type": "phi3", "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "rms_norm_eps": 1e-5, "vocab_size": 128,
+                "max_position_embeddings": 131072, "rope_scaling": {scaling} {extra}}}"#
+            ))
+        };
+        let (short, long) = ("[1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]", "[2, 3, 4, 5, 6, 7, 8, 9]");
+        let scaling = format!(r#"{{"type": "longrope", "short_factor": {short}, "long_factor": {long}}}"#);
+        let c = phi3(&scaling, r#", "original_max_position_embeddings": 4096"#).unwrap();
+        assert_eq!(c.max_seq_len, 4096);
+        assert_eq!(c.rope_freq_factors, Some(vec![1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0]));
+        assert!((c.rope_attn_factor - 1.190_238_1).abs() < 1e-6, "{}", c.rope_attn_factor);
+        let stated = scaling.replace(
+            "\"type\"",
+            "\"attention_factor\": 1.25, \"original_max_position_embeddings\": 8192, \"rope_type\"",
+        );
+        let c = phi3(&stated, "").unwrap();
+        assert_eq!((c.max_seq_len, c.rope_attn_factor), (8192, 1.25));
+        let e = phi3(&scaling, "").unwrap_err().to_string();
+        assert!(e.contains("rope_scaling: longrope: missing original_max_position_embeddings"), "{e}");
+        let short7 = scaling.replace(", 7.0]", "]");
+        let e = phi3(&short7, r#", "original_max_position_embeddings": 4096"#).unwrap_err().to_string();
+        assert!(e.contains("short_factor must be 8 numbers"), "{e}");
     }
 }

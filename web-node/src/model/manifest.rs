@@ -87,6 +87,10 @@ pub struct Manifest {
     pub max_seq_len: usize,
     /// SHA-256 of the RoPE frequency factors (f32, little-endian), hex; `None` without.
     pub rope_freqs: Option<String>,
+    /// RoPE's attention factor ([`LlamaConfig::rope_attn_factor`]) as f32 bits; absent when it
+    /// is 1 (so that the models without one keep their ids).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_attn_factor_bits: Option<u32>,
     /// Sliding-window attention span; absent for global attention (so that models without
     /// one keep the ids they had before the field existed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,6 +126,8 @@ struct Wire {
     max_seq_len: usize,
     rope_freqs: Option<String>,
     #[serde(default)]
+    rope_attn_factor_bits: Option<u32>,
+    #[serde(default)]
     sliding_window: Option<usize>,
     #[serde(default)]
     gemma: Option<super::GemmaParams>,
@@ -149,6 +155,7 @@ impl TryFrom<Wire> for Manifest {
             vocab: w.vocab,
             max_seq_len: w.max_seq_len,
             rope_freqs: w.rope_freqs,
+            rope_attn_factor_bits: w.rope_attn_factor_bits,
             sliding_window: w.sliding_window,
             gemma: w.gemma,
             tokenizer: w.tokenizer,
@@ -245,6 +252,7 @@ impl Manifest {
             vocab: config.vocab,
             max_seq_len: config.max_seq_len,
             rope_freqs,
+            rope_attn_factor_bits: (config.rope_attn_factor != 1.0).then(|| config.rope_attn_factor.to_bits()),
             sliding_window: config.sliding_window,
             gemma: config.gemma.clone(),
             tokenizer: None,
@@ -340,6 +348,7 @@ mod tests {
             max_seq_len: 32,
             tie_embeddings: true,
             rope_freq_factors: Some(vec![1.0, 8.0]),
+            rope_attn_factor: 1.0,
             sliding_window: None,
             gemma: None,
         };
@@ -379,11 +388,17 @@ mod tests {
     }
 
     #[test]
-    fn id_covers_rope_factors_tokenizer_and_template() {
+    fn id_covers_rope_tokenizer_and_template() {
         let m = sample();
         let mut other = m.clone();
         other.rope_freqs = None;
         assert_ne!(m.id(), other.id());
+        // The attention factor is absent at 1 (older ids stay), and counted otherwise.
+        assert!(!String::from_utf8(serde_json::to_vec(&m).unwrap()).unwrap().contains("rope_attn_factor"));
+        let mut other = m.clone();
+        other.rope_attn_factor_bits = Some(1.19f32.to_bits());
+        assert_ne!(m.id(), other.id());
+        assert_eq!(Manifest::from_json(&serde_json::to_vec(&other).unwrap()).unwrap(), other);
         let other = m.clone().with_text(None, m.chat_template.clone());
         assert_ne!(m.id(), other.id());
         let other = m.clone().with_text(m.tokenizer.clone(), Some(template_hash("{{ y }}")));

@@ -19,7 +19,7 @@ pub mod tokenizer;
 pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use config::{Arch, GemmaParams, LlamaConfig};
+pub use config::{Arch, GemmaParams, LlamaConfig, LongRope};
 pub use manifest::{Manifest, ModelId};
 pub use quant::{QMatrix, WeightType};
 pub use tokenizer::Tokenizer;

@@ -4,9 +4,9 @@
 //! A node that holds a GGUF model cuts it with [`extract`]: the head part keeps all metadata
 //! (configuration, tokenizer, chat template) and every tensor outside the decoder blocks; the
 //! part of block `i` keeps the configuration metadata (no tokenizer), the `blk.{i}.*` tensors and
-//! the model-wide tensors every block's maths reads ([`SHARED_TENSORS`]: Llama 3.1's RoPE
-//! factors). A node that downloads a part parses it with the ordinary GGUF loader, so the
-//! weights it gets are exactly what the engine would load from the whole file, and
+//! the model-wide tensors every block's maths reads ([`SHARED_TENSORS`]: RoPE factors). A node
+//! that downloads a part parses it with the ordinary GGUF loader, so the weights it gets are
+//! exactly what the engine would load from the whole file, and
 //! [`verify_block`] / [`verify_head`] compare their content hashes (weights, RoPE factors, and
 //! for the head the tokenizer and chat template) with the manifest's before anything runs on
 //! them.
@@ -19,8 +19,9 @@ use super::manifest::{head_hash, layer_hash, template_hash, tokenizer_hash};
 use super::{LayerWeights, LlamaConfig, Manifest, ModelError};
 
 /// Tensors outside `blk.*` that every block's computation depends on, so every block part
-/// carries them: `rope_freqs.weight` (Llama 3.1+ RoPE frequency factors).
-pub const SHARED_TENSORS: &[&str] = &["rope_freqs.weight"];
+/// carries them: `rope_freqs.weight` (Llama 3.1+ RoPE frequency factors) and LongRoPE's two
+/// factor sets (Phi-3 128k, Phi-3.5: the loader picks one, as it does from the whole file).
+pub const SHARED_TENSORS: &[&str] = &["rope_freqs.weight", "rope_factors_short.weight", "rope_factors_long.weight"];
 
 /// One downloadable part of a model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,6 +11,7 @@ mod simd_x86;
 
 use std::ops::Range;
 
+use super::rope::{rope_scale, sin_cos};
 use super::{reference, rope_inv_freq, rope_inv_freq_local, uses_local_rope, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
@@ -61,13 +62,14 @@ impl CpuBackend {
 /// Rotate-half RoPE in place on `x` = `[n, n_heads, head_dim]` for positions `pos..pos + n`.
 ///
 /// Same arithmetic as the reference; the angles' sines and cosines are computed once per
-/// token (into `sc`, reused across heads) instead of once per head.
-fn rope(x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, inv_freq: &[f32], sc: &mut Vec<(f32, f32)>) {
+/// token (into `sc`, reused across heads) instead of once per head, and scaled by `scale`
+/// ([`sin_cos`]).
+fn rope(x: &mut [f32], shape: (usize, usize), pos: usize, inv_freq: &[f32], scale: f32, sc: &mut Vec<(f32, f32)>) {
+    let (n_heads, head_dim) = shape;
     let half = head_dim / 2;
     for (t, tok) in x.chunks_exact_mut(n_heads * head_dim).enumerate() {
-        let p = (pos + t) as f32;
         sc.clear();
-        sc.extend(inv_freq[..half].iter().map(|f| (p * f).sin_cos()));
+        sc.extend(inv_freq[..half].iter().map(|&f| sin_cos(pos + t, f, scale)));
         for head in tok.chunks_exact_mut(head_dim) {
             let (lo, hi) = head.split_at_mut(half);
             for ((a, b), &(s, c)) in lo.iter_mut().zip(hi.iter_mut()).zip(sc.iter()) {
@@ -383,8 +385,9 @@ impl CpuBackend {
                     Some(local) if uses_local_rope(c, self.range.start + li) => local,
                     _ => &self.inv_freq,
                 };
-                rope(&mut q[qs], c.n_heads, c.head_dim, it.pos, freq, &mut sc);
-                rope(&mut k[ks.clone()], c.n_kv_heads, c.head_dim, it.pos, freq, &mut sc);
+                let scale = rope_scale(c, self.range.start + li);
+                rope(&mut q[qs], (c.n_heads, c.head_dim), it.pos, freq, scale, &mut sc);
+                rope(&mut k[ks.clone()], (c.n_kv_heads, c.head_dim), it.pos, freq, scale, &mut sc);
                 let cached = it.pos * kv_dim..(it.pos + it.n_tokens) * kv_dim;
                 it.cache.write_keys(li, it.pos, &k[ks.clone()], kv_dim);
                 it.cache.v[li][cached].copy_from_slice(&v[ks]);
@@ -488,20 +491,29 @@ mod tests {
         }
     }
 
-    /// RoPE with shared sines and cosines equals the per-head computation it replaced.
+    /// RoPE with shared sines and cosines equals the per-head computation it replaced, with
+    /// and without an attention factor (which scales both).
     #[test]
     fn rope_matches_per_head_computation() {
         let (n_heads, head_dim, pos, n) = (3, 8, 5, 4);
         let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| 10000f32.powf(-2.0 * i as f32 / head_dim as f32)).collect();
         let x = random(n * n_heads * head_dim, 4);
-        let mut got = x.clone();
-        rope(&mut got, n_heads, head_dim, pos, &inv_freq, &mut Vec::new());
+        for m in [1.0f32, 1.19] {
+            let mut got = x.clone();
+            rope(&mut got, (n_heads, head_dim), pos, &inv_freq, m, &mut Vec::new());
+            check_rope(&x, &got, (n_heads, head_dim), pos, &inv_freq, m);
+        }
+    }
+
+    fn check_rope(x: &[f32], got: &[f32], shape: (usize, usize), pos: usize, inv_freq: &[f32], m: f32) {
+        let (n_heads, head_dim) = shape;
         let half = head_dim / 2;
-        for t in 0..n {
+        for t in 0..x.len() / (n_heads * head_dim) {
             for h in 0..n_heads {
                 let base = (t * n_heads + h) * head_dim;
                 for i in 0..half {
                     let (s, c) = ((pos + t) as f32 * inv_freq[i]).sin_cos();
+                    let (s, c) = (s * m, c * m);
                     let (a, b) = (x[base + i], x[base + i + half]);
                     assert_eq!(got[base + i], a * c - b * s);
                     assert_eq!(got[base + i + half], a * s + b * c);

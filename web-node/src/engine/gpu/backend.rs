@@ -402,9 +402,9 @@ impl GpuBackend {
         let scopes = ctx.scopes()?;
         let q = ctx.queue();
         q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
-        q.write_buffer(&s.acts.cs, 0, f32s(&ops::rope_table(&self.inv_freq, pos, n)));
+        q.write_buffer(&s.acts.cs, 0, f32s(&ops::rope_table(&self.inv_freq, self.config.rope_attn_factor, pos, n)));
         if let Some(local) = &self.inv_freq_local {
-            q.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&ops::rope_table(local, pos, n)));
+            q.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&ops::rope_table(local, 1.0, pos, n)));
         }
         q.write_buffer(&s.acts.x, 0, f32s(hidden));
         let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
@@ -476,9 +476,9 @@ impl GpuBackend {
         for it in items.iter() {
             queue.write_buffer(&it.cache.step, 0, bytemuck::bytes_of(&StepUniform::at_row(it.n_tokens, it.pos, base)));
             queue.write_buffer(&s.acts.x, (base * dim * 4) as u64, f32s(it.hidden));
-            cs.extend(ops::rope_table(&self.inv_freq, it.pos, it.n_tokens));
+            cs.extend(ops::rope_table(&self.inv_freq, self.config.rope_attn_factor, it.pos, it.n_tokens));
             if let Some(local) = &self.inv_freq_local {
-                cs_local.extend(ops::rope_table(local, it.pos, it.n_tokens));
+                cs_local.extend(ops::rope_table(local, 1.0, it.pos, it.n_tokens));
             }
             base += it.n_tokens;
         }

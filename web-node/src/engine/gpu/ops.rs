@@ -17,6 +17,7 @@ use bytemuck::{Pod, Zeroable};
 use super::context::{Bind, GpuContext, Pipeline, Shader};
 use super::weights::{dtype_code, GpuMatrix};
 use crate::engine::reference::AttnOpts;
+use crate::engine::rope::sin_cos;
 use crate::engine::EngineError;
 use crate::model::QMatrix;
 
@@ -333,14 +334,13 @@ pub(crate) fn add_op(
     Op::Plain(Launch::new(ctx, p, what, &[step, &params, b, y], (dim as u32).div_ceil(ELEM_WG), 1))
 }
 
-/// `(cos, sin)` of `(pos + t) * inv_freq[i]` for `t < n`, computed in f32 on the host exactly as
-/// the CPU backend does; `(n, inv_freq.len())` pairs, flattened.
-pub(crate) fn rope_table(inv_freq: &[f32], pos: usize, n: usize) -> Vec<f32> {
+/// `(cos, sin)` of `(pos + t) * inv_freq[i]` for `t < n`, times `scale`, computed on the host
+/// exactly as the CPU backend does ([`sin_cos`]); `(n, inv_freq.len())` pairs, flattened.
+pub(crate) fn rope_table(inv_freq: &[f32], scale: f32, pos: usize, n: usize) -> Vec<f32> {
     let mut out = Vec::with_capacity(n * inv_freq.len() * 2);
     for t in 0..n {
-        let p = (pos + t) as f32;
-        for f in inv_freq {
-            let (s, c) = (p * f).sin_cos();
+        for &f in inv_freq {
+            let (s, c) = sin_cos(pos + t, f, scale);
             out.push(c);
             out.push(s);
         }
@@ -444,7 +444,7 @@ pub async fn rope(
     check_len("rope x", x, n * width)?;
     let inv_freq: Vec<f32> = (0..head_dim / 2).map(|i| theta.powf(-2.0 * i as f32 / head_dim as f32)).collect();
     let step = step_buffer(ctx)?;
-    let cs = ctx.storage_init("ops rope table", f32s(&rope_table(&inv_freq, pos, n)))?;
+    let cs = ctx.storage_init("ops rope table", f32s(&rope_table(&inv_freq, 1.0, pos, n)))?;
     let q = ctx.storage_init("ops q", f32s(x))?;
     let k = ctx.storage("ops k (unused)", 4)?;
     let op =

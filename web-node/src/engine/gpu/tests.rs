@@ -257,6 +257,7 @@ fn small_config(arch: Arch) -> LlamaConfig {
         max_seq_len: 64,
         tie_embeddings: true,
         rope_freq_factors: None,
+        rope_attn_factor: 1.0,
         sliding_window: None,
         gemma: None,
     }
@@ -500,6 +501,7 @@ fn bench_decode_smollm_shape() {
         max_seq_len: 8192,
         tie_embeddings: true,
         rope_freq_factors: None,
+        rope_attn_factor: 1.0,
         sliding_window: None,
         gemma: None,
     };

@@ -544,6 +544,7 @@ mod tests {
             max_seq_len: 64,
             tie_embeddings: true,
             rope_freq_factors: None,
+            rope_attn_factor: 1.0,
             sliding_window: None,
             gemma: None,
         };
