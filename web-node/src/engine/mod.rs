@@ -15,6 +15,7 @@ pub mod gpu;
 mod prefix;
 pub mod reference;
 mod rope;
+pub mod window;
 
 pub use any::{AnyBackend, AnyCache};
 pub use executor::{BatchStep, BlockExecutor, ExecutorConfig, SessionId, DEFAULT_PREFIX_CACHE_TOKENS};

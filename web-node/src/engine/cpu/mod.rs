@@ -12,28 +12,60 @@ mod simd_x86;
 use std::ops::Range;
 
 use super::rope::{rope_scale, sin_cos};
+use super::window::{window_rows, Window, WINDOW_STEP};
 use super::{reference, rope_inv_freq, rope_inv_freq_local, uses_local_rope, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Per-session state of the CPU backend: K and V for every layer of the range.
 pub struct CpuCache {
-    /// Tokens the cache holds.
+    /// Tokens the session may hold.
     max_len: usize,
-    /// Per layer, the keys transposed: `[kv_dim, max_len]` (component `c` of position `p` at
-    /// `c * max_len + p`), so attention reads one component of many keys as one vector.
+    /// Per layer, rows of its buffers: `max_len`, or fewer for a windowed layer (see
+    /// [`super::window`]).
+    rows: Vec<usize>,
+    /// The windowed layers' sliding buffers, if they are shorter than the session.
+    window: Option<Window>,
+    /// Per layer, the keys transposed: `[kv_dim, rows]` (component `c` of row `r` at
+    /// `c * rows + r`), so attention reads one component of many keys as one vector.
     k: Vec<Vec<f32>>,
-    /// Per layer, `[max_len, kv_dim]`.
+    /// Per layer, `[rows, kv_dim]`.
     v: Vec<Vec<f32>>,
 }
 
 impl CpuCache {
-    /// Writes the keys `k` (`[n, kv_dim]`) of positions `pos..pos + n` into layer `li`.
-    fn write_keys(&mut self, li: usize, pos: usize, k: &[f32], kv_dim: usize) {
-        let cap = self.max_len;
-        for (i, row) in k.chunks_exact(kv_dim).enumerate() {
-            for (c, &x) in row.iter().enumerate() {
-                self.k[li][c * cap + pos + i] = x;
+    /// Writes the keys `k` (`[n, kv_dim]`) into rows `row..row + n` of layer `li`.
+    fn write_keys(&mut self, li: usize, row: usize, k: &[f32], kv_dim: usize) {
+        let cap = self.rows[li];
+        for (i, keys) in k.chunks_exact(kv_dim).enumerate() {
+            for (c, &x) in keys.iter().enumerate() {
+                self.k[li][c * cap + row + i] = x;
             }
+        }
+    }
+
+    /// The row of layer `li` that holds position `pos`.
+    fn row_of(&self, li: usize, pos: usize) -> usize {
+        match self.window {
+            Some(w) if self.rows[li] < self.max_len => pos - w.base,
+            _ => pos,
+        }
+    }
+
+    /// Makes room for a step of `n` tokens at `pos` in the sliding buffers (see
+    /// [`Window::make_room`]): moves each one's last `window - 1` rows to the front.
+    fn slide(&mut self, pos: usize, n: usize, kv_dim: usize) {
+        let Some(keep) = self.window.as_mut().and_then(|w| w.make_room(pos, n)) else {
+            return;
+        };
+        for li in 0..self.rows.len() {
+            let cap = self.rows[li];
+            if cap == self.max_len {
+                continue;
+            }
+            for c in 0..kv_dim {
+                self.k[li].copy_within(c * cap + keep.start..c * cap + keep.end, c * cap);
+            }
+            self.v[li].copy_within(keep.start * kv_dim..keep.end * kv_dim, 0);
         }
     }
 }
@@ -56,6 +88,28 @@ impl CpuBackend {
         let inv_freq = rope_inv_freq(&config);
         let inv_freq_local = rope_inv_freq_local(&config);
         Ok(Self { config, range, layers, inv_freq, inv_freq_local })
+    }
+}
+
+impl CpuBackend {
+    /// A cache for `max_len` tokens; windowed layers get sliding buffers when `slide` (always,
+    /// but for the tests that compare them with full-length ones).
+    fn cache(&self, max_len: usize, slide: bool) -> Result<CpuCache, EngineError> {
+        let kv_dim = self.config.kv_dim();
+        max_len
+            .checked_mul(kv_dim)
+            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / kv_dim.max(1) })?;
+        let rows_of = |l| if slide { window_rows(&self.config, l, max_len) } else { max_len };
+        let rows: Vec<usize> = self.range.clone().map(rows_of).collect();
+        let buffers = || rows.iter().map(|r| vec![0.0; r * kv_dim]).collect();
+        let window = Window::of(&self.config, self.range.clone(), max_len).filter(|_| slide);
+        Ok(CpuCache { max_len, k: buffers(), v: buffers(), rows, window })
+    }
+
+    /// A cache without sliding buffers (to compare with one that has them).
+    #[cfg(test)]
+    pub(crate) fn full_cache(&self, max_len: usize) -> Result<CpuCache, EngineError> {
+        self.cache(max_len, false)
     }
 }
 
@@ -264,27 +318,27 @@ impl Backend for CpuBackend {
     }
 
     fn new_cache(&self, max_len: usize) -> Result<CpuCache, EngineError> {
-        let kv_dim = self.config.kv_dim();
-        let size = max_len
-            .checked_mul(kv_dim)
-            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / kv_dim.max(1) })?;
-        let n = self.layers.len();
-        Ok(CpuCache { max_len, k: vec![vec![0.0; size]; n], v: vec![vec![0.0; size]; n] })
+        self.cache(max_len, true)
     }
 
+    /// Copies as for a full-length cache; `false` once a sliding buffer has moved, or when
+    /// `rows` runs past one (a kept prompt longer than a window's buffer is not reused).
     fn copy_kv(&self, from: &CpuCache, to: &mut CpuCache, rows: Range<usize>) -> Result<bool, EngineError> {
         let kv = self.config.kv_dim();
         if rows.end > from.max_len.min(to.max_len) {
             let capacity = from.max_len.min(to.max_len);
             return Err(EngineError::ContextFull { session: 0, pos: rows.start, n_tokens: rows.len(), capacity });
         }
+        if [from.window, to.window].iter().flatten().any(|w| !w.unmoved(&rows)) {
+            return Ok(false);
+        }
         let span = rows.start * kv..rows.end * kv;
         for (f, t) in from.v.iter().zip(&mut to.v) {
             t[span.clone()].copy_from_slice(&f[span.clone()]);
         }
-        for (f, t) in from.k.iter().zip(&mut to.k) {
+        for (li, (f, t)) in from.k.iter().zip(&mut to.k).enumerate() {
             for c in 0..kv {
-                let (fs, ts) = (c * from.max_len, c * to.max_len);
+                let (fs, ts) = (c * from.rows[li], c * to.rows[li]);
                 t[ts + rows.start..ts + rows.end].copy_from_slice(&f[fs + rows.start..fs + rows.end]);
             }
         }
@@ -306,8 +360,30 @@ impl Backend for CpuBackend {
     /// every item's rows); RoPE, the cache writes and attention run per item. Every product
     /// row and attention output is computed as for the item alone, so each output equals its
     /// own [`Backend::forward`] bit for bit.
+    ///
+    /// A step longer than [`WINDOW_STEP`] into a cache with sliding buffers runs as several
+    /// (alone, one after the other), which changes no result.
     async fn forward_batch(&self, items: Vec<BatchItem<'_, CpuCache>>) -> Result<Vec<Vec<f32>>, EngineError> {
-        in_pool(|| self.forward_items(items))
+        if !items.iter().any(|it| it.cache.window.is_some() && it.n_tokens > WINDOW_STEP) {
+            return in_pool(|| self.forward_items(items));
+        }
+        let dim = self.config.hidden;
+        let mut outs = Vec::with_capacity(items.len());
+        for it in items {
+            let mut out = Vec::with_capacity(it.hidden.len());
+            for start in (0..it.n_tokens).step_by(WINDOW_STEP) {
+                let n = WINDOW_STEP.min(it.n_tokens - start);
+                let hidden = it.hidden.get(start * dim..(start + n) * dim).ok_or(EngineError::Shape {
+                    what: "hidden",
+                    expected: it.n_tokens * dim,
+                    actual: it.hidden.len(),
+                })?;
+                let part = BatchItem { cache: &mut *it.cache, hidden, n_tokens: n, pos: it.pos + start };
+                out.extend(in_pool(|| self.forward_items(vec![part]))?.pop().unwrap_or_default());
+            }
+            outs.push(out);
+        }
+        Ok(outs)
     }
 }
 
@@ -345,6 +421,9 @@ impl CpuBackend {
             }
             rows.push(n..n + it.n_tokens);
             n += it.n_tokens;
+        }
+        for it in items.iter_mut() {
+            it.cache.slide(it.pos, it.n_tokens, kv_dim);
         }
         let mut x = Vec::with_capacity(n * dim);
         for it in &items {
@@ -388,9 +467,9 @@ impl CpuBackend {
                 let scale = rope_scale(c, self.range.start + li);
                 rope(&mut q[qs], (c.n_heads, c.head_dim), it.pos, freq, scale, &mut sc);
                 rope(&mut k[ks.clone()], (c.n_kv_heads, c.head_dim), it.pos, freq, scale, &mut sc);
-                let cached = it.pos * kv_dim..(it.pos + it.n_tokens) * kv_dim;
-                it.cache.write_keys(li, it.pos, &k[ks.clone()], kv_dim);
-                it.cache.v[li][cached].copy_from_slice(&v[ks]);
+                let row = it.cache.row_of(li, it.pos);
+                it.cache.write_keys(li, row, &k[ks.clone()], kv_dim);
+                it.cache.v[li][row * kv_dim..(row + it.n_tokens) * kv_dim].copy_from_slice(&v[ks]);
             }
             // Attention per item, over its own cache: (q rows, K, V, shape, output rows).
             let mut jobs = Vec::with_capacity(items.len());
@@ -399,7 +478,7 @@ impl CpuBackend {
                 let (out, tail) = rest.split_at_mut(r.len() * q_dim);
                 rest = tail;
                 let qs = &q[r.start * q_dim..r.end * q_dim];
-                let s = shape(it.pos, it.cache.max_len, self.range.start + li);
+                let s = shape(it.cache.row_of(li, it.pos), it.cache.rows[li], self.range.start + li);
                 jobs.push((qs, &it.cache.k[li][..], &it.cache.v[li][..], s, out));
             }
             attention_each(jobs);
@@ -480,7 +559,13 @@ mod tests {
             // A one-layer cache with room for more positions than are used, keys written as the
             // backend writes them (transposed).
             let (kv_dim, cap) = (n_kv_heads * head_dim, len + 5);
-            let mut cache = CpuCache { max_len: cap, k: vec![vec![f32::NAN; kv_dim * cap]], v: Vec::new() };
+            let mut cache = CpuCache {
+                max_len: cap,
+                rows: vec![cap],
+                window: None,
+                k: vec![vec![f32::NAN; kv_dim * cap]],
+                v: Vec::new(),
+            };
             cache.write_keys(0, 0, &k, kv_dim);
             let mut got = vec![f32::NAN; want.len()];
             let shape = AttnShape { pos, cap, n_heads, n_kv_heads, head_dim, opts };

@@ -37,11 +37,15 @@ use super::context::GpuContext;
 use super::ops::{self, Op, StepUniform};
 use super::weights::GpuMatrix;
 use crate::engine::reference::AttnOpts;
+use crate::engine::window::{window_rows, Window};
 use crate::engine::{check_layers, Backend, BatchItem, EngineError};
 use crate::model::{LayerWeights, LlamaConfig};
 
 /// Most tokens one submit processes; longer steps are split.
 pub const MAX_CHUNK: usize = 256;
+
+// A step never adds more rows to a sliding buffer than it has room for (`engine::window`).
+const _: () = assert!(MAX_CHUNK <= crate::engine::window::WINDOW_STEP);
 
 /// One layer's weights on the GPU.
 #[derive(Debug)]
@@ -138,9 +142,16 @@ struct BatchScratch {
 #[derive(Debug)]
 pub struct GpuCache {
     max_len: usize,
-    /// Per layer, `(max_len, kv_dim)` f32.
+    /// Per layer, rows of its buffers: `max_len`, or fewer for a windowed layer (see
+    /// [`crate::engine::window`]).
+    rows: Vec<usize>,
+    /// The windowed layers' sliding buffers, if they are shorter than the session, with
+    /// their step uniform (positions relative to the buffers' base) and the buffer their
+    /// rows pass through when they slide.
+    window: Option<(Window, wgpu::Buffer, wgpu::Buffer)>,
+    /// Per layer, `(rows, kv_dim)` f32.
     k: Vec<wgpu::Buffer>,
-    /// Per layer, `(max_len, kv_dim)` f32.
+    /// Per layer, `(rows, kv_dim)` f32.
     v: Vec<wgpu::Buffer>,
     /// [`StepUniform`] of the current step (alone, or this session's share of a batch).
     step: wgpu::Buffer,
@@ -151,6 +162,46 @@ pub struct GpuCache {
 }
 
 impl GpuCache {
+    /// Whether layer `i`'s buffers slide.
+    fn slides(&self, i: usize) -> bool {
+        self.rows[i] < self.max_len
+    }
+
+    /// The step uniform layer `i`'s kernels read.
+    fn step_of(&self, i: usize) -> &wgpu::Buffer {
+        match &self.window {
+            Some((_, step, _)) if self.slides(i) => step,
+            _ => &self.step,
+        }
+    }
+
+    /// The row of layer `i` that holds position `pos`.
+    fn row_of(&self, i: usize, pos: usize) -> usize {
+        match &self.window {
+            Some((w, _, _)) if self.slides(i) => pos - w.base,
+            _ => pos,
+        }
+    }
+
+    /// Before a step of `n` tokens at `pos`: records the moves that make room in the sliding
+    /// buffers ([`Window::make_room`]) into `enc`, and writes the windowed layers' step
+    /// uniform (`base_row`: the step's first row in the activations; `row`: bytes per row).
+    fn slide(&mut self, queue: &wgpu::Queue, enc: &mut wgpu::CommandEncoder, row: u64, [n, pos, base_row]: [usize; 3]) {
+        let Some((w, step, through)) = &mut self.window else {
+            return;
+        };
+        if let Some(keep) = w.make_room(pos, n).filter(|k| !k.is_empty()) {
+            let (from, bytes) = (keep.start as u64 * row, keep.len() as u64 * row);
+            for i in (0..self.rows.len()).filter(|&i| self.rows[i] < self.max_len) {
+                for b in [&self.k[i], &self.v[i]] {
+                    enc.copy_buffer_to_buffer(b, from, through, 0, bytes);
+                    enc.copy_buffer_to_buffer(through, 0, b, 0, bytes);
+                }
+            }
+        }
+        queue.write_buffer(step, 0, bytemuck::bytes_of(&StepUniform::at_row(n, pos - w.base, base_row)));
+    }
+
     /// Tokens this cache holds at most.
     pub fn max_len(&self) -> usize {
         self.max_len
@@ -231,6 +282,42 @@ impl GpuBackend {
         &self.ctx
     }
 
+    /// A cache for `max_len` tokens; windowed layers get sliding buffers when `slide` (always,
+    /// but for the tests that compare them with full-length ones).
+    fn cache(&self, max_len: usize, slide: bool) -> Result<GpuCache, EngineError> {
+        let kv_dim = self.config.kv_dim();
+        let row = kv_dim as u64 * 4;
+        let bytes = (max_len as u64)
+            .checked_mul(row)
+            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / (kv_dim * 4).max(1) })?;
+        let rows_of = |l| if slide { window_rows(&self.config, l, max_len) } else { max_len };
+        let rows: Vec<usize> = self.range.clone().map(rows_of).collect();
+        self.ctx.check_binding("kv cache", rows.iter().max().map_or(bytes, |&r| r as u64 * row))?;
+        let ctx = &*self.ctx;
+        let buffers = |what: &str| -> Result<Vec<wgpu::Buffer>, EngineError> {
+            let layers = self.range.clone().zip(&rows);
+            layers.map(|(l, &r)| ctx.storage(&format!("blk.{l}.{what}"), r as u64 * row)).collect()
+        };
+        let (k, v) = (buffers("k_cache")?, buffers("v_cache")?);
+        let uniform =
+            |what: &str| ctx.alloc(what, None, || Ok(ctx.uniform(what, bytemuck::bytes_of(&StepUniform::new(0, 0)))));
+        let step = uniform("step")?;
+        let window = match Window::of(&self.config, self.range.clone(), max_len).filter(|_| slide) {
+            Some(w) => {
+                let through = ctx.storage("window slide", (w.window.max(2) - 1) as u64 * row)?;
+                Some((w, uniform("window step")?, through))
+            }
+            None => None,
+        };
+        Ok(GpuCache { max_len, rows, window, k, v, step, scratch: None, batch_attention: None })
+    }
+
+    /// A cache without sliding buffers (to compare with one that has them).
+    #[cfg(test)]
+    pub(crate) fn full_cache(&self, max_len: usize) -> Result<GpuCache, EngineError> {
+        self.cache(max_len, false)
+    }
+
     /// Largest step (in tokens) whose scratch buffers fit the device's binding limit.
     fn chunk_limit(&self) -> usize {
         let c = &self.config;
@@ -273,7 +360,7 @@ impl GpuBackend {
     /// Layer `i`'s attention of queries `q` over layer `i` of `cache` into `att`, for the
     /// tokens the cache's step uniform names.
     fn attention_op(&self, i: usize, cache: &GpuCache, q: &wgpu::Buffer, att: &wgpu::Buffer) -> Op {
-        let (c, step) = (&self.config, &cache.step);
+        let (c, step) = (&self.config, cache.step_of(i));
         let what = format!("blk.{}.attention", self.range.start + i);
         let opts = AttnOpts::of_layer(c, self.range.start + i);
         let (heads, kv_heads, hd) = (c.n_heads, c.n_kv_heads, c.head_dim);
@@ -348,7 +435,7 @@ impl GpuBackend {
         let ops = self.ctx.alloc("kernel bindings", None, || {
             let mut list = Vec::with_capacity(self.layers.len() * 15);
             for i in 0..self.layers.len() {
-                self.pre_ops(i, &cache.step, &acts, [&cache.k[i], &cache.v[i]], true, &mut list);
+                self.pre_ops(i, cache.step_of(i), &acts, [&cache.k[i], &cache.v[i]], true, &mut list);
                 list.push(self.attention_op(i, cache, &acts.q, &acts.att));
                 self.post_ops(i, &cache.step, &acts, &mut list);
             }
@@ -398,16 +485,17 @@ impl GpuBackend {
             let scratch = self.build_scratch(cache, cap)?;
             cache.scratch = Some(Box::new(scratch));
         }
-        let s = cache.scratch.as_ref().expect("scratch was just built");
         let scopes = ctx.scopes()?;
         let q = ctx.queue();
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
+        cache.slide(q, &mut enc, (self.config.kv_dim() * 4) as u64, [n, pos, 0]);
+        let s = cache.scratch.as_ref().expect("scratch was just built");
         q.write_buffer(&cache.step, 0, bytemuck::bytes_of(&StepUniform::new(n, pos)));
         q.write_buffer(&s.acts.cs, 0, f32s(&ops::rope_table(&self.inv_freq, self.config.rope_attn_factor, pos, n)));
         if let Some(local) = &self.inv_freq_local {
             q.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&ops::rope_table(local, 1.0, pos, n)));
         }
         q.write_buffer(&s.acts.x, 0, f32s(hidden));
-        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("forward") });
         {
             let mut pass =
                 enc.begin_compute_pass(&wgpu::ComputePassDescriptor { label: Some("layers"), timestamp_writes: None });
@@ -469,11 +557,13 @@ impl GpuBackend {
         }
         let scopes = ctx.scopes()?;
         let queue = ctx.queue();
+        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         queue.write_buffer(&s.step, 0, bytemuck::bytes_of(&StepUniform::new(total, 0)));
         let mut cs = Vec::with_capacity(total * self.inv_freq.len() * 2);
         let mut cs_local = Vec::new();
         let mut base = 0;
-        for it in items.iter() {
+        for it in items.iter_mut() {
+            it.cache.slide(queue, &mut enc, kv_bytes, [it.n_tokens, it.pos, base]);
             queue.write_buffer(&it.cache.step, 0, bytemuck::bytes_of(&StepUniform::at_row(it.n_tokens, it.pos, base)));
             queue.write_buffer(&s.acts.x, (base * dim * 4) as u64, f32s(it.hidden));
             cs.extend(ops::rope_table(&self.inv_freq, self.config.rope_attn_factor, it.pos, it.n_tokens));
@@ -486,7 +576,6 @@ impl GpuBackend {
         if !cs_local.is_empty() {
             queue.write_buffer(&s.acts.cs, (s.acts.cs_local * 8) as u64, f32s(&cs_local));
         }
-        let mut enc = ctx.device().create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("batch") });
         for i in 0..self.layers.len() {
             {
                 let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -499,7 +588,8 @@ impl GpuBackend {
             }
             let mut base = 0;
             for it in items.iter() {
-                let (from, to, len) = (base as u64 * kv_bytes, it.pos as u64 * kv_bytes, it.n_tokens as u64 * kv_bytes);
+                let to = it.cache.row_of(i, it.pos) as u64 * kv_bytes;
+                let (from, len) = (base as u64 * kv_bytes, it.n_tokens as u64 * kv_bytes);
                 enc.copy_buffer_to_buffer(&s.k, from, &it.cache.k[i], to, len);
                 enc.copy_buffer_to_buffer(&s.v, from, &it.cache.v[i], to, len);
                 base += it.n_tokens;
@@ -555,22 +645,17 @@ impl Backend for GpuBackend {
     /// Allocates the KV cache; [`EngineError::OutOfMemory`] (and nothing kept) if the
     /// device cannot hold it. Scratch buffers come with the first step.
     fn new_cache(&self, max_len: usize) -> Result<GpuCache, EngineError> {
-        let kv_dim = self.config.kv_dim();
-        let bytes = (max_len as u64)
-            .checked_mul(kv_dim as u64 * 4)
-            .ok_or(EngineError::SessionTooLong { asked: max_len, limit: usize::MAX / (kv_dim * 4).max(1) })?;
-        self.ctx.check_binding("kv cache", bytes)?;
-        let ctx = &*self.ctx;
-        let layers = self.range.clone();
-        let k = layers.clone().map(|l| ctx.storage(&format!("blk.{l}.k_cache"), bytes)).collect::<Result<_, _>>()?;
-        let v = layers.map(|l| ctx.storage(&format!("blk.{l}.v_cache"), bytes)).collect::<Result<_, _>>()?;
-        let step = ctx.alloc("step", None, || Ok(ctx.uniform("step", bytemuck::bytes_of(&StepUniform::new(0, 0)))))?;
-        Ok(GpuCache { max_len, k, v, step, scratch: None, batch_attention: None })
+        self.cache(max_len, true)
     }
 
     /// One copy per layer's keys and values, in a submit of its own (the queue runs it before
     /// the next step's).
+    /// As for a full-length cache; `false` once a sliding buffer has moved, or when `rows`
+    /// runs past one.
     fn copy_kv(&self, from: &GpuCache, to: &mut GpuCache, rows: Range<usize>) -> Result<bool, EngineError> {
+        if [&from.window, &to.window].into_iter().flatten().any(|(w, _, _)| !w.unmoved(&rows)) {
+            return Ok(false);
+        }
         let row = (self.config.kv_dim() * 4) as u64;
         let (offset, bytes) = (rows.start as u64 * row, rows.len() as u64 * row);
         if bytes == 0 {

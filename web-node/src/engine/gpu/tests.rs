@@ -359,6 +359,66 @@ fn long_prefill_is_chunked() {
     assert!(a.scratch_capacity() <= MAX_CHUNK);
 }
 
+/// Windowed layers keep only the rows their window can reach (`engine::window`). Two
+/// sessions run 700 positions through layers 1..4 of a Gemma 2-style model (a 6-position
+/// window on layers 2 and 4 of 5, so the layers served mix global and windowed ones), in
+/// steps that fill, overrun and slide the 261-row buffers (a prefill longer than one step,
+/// steps of 255 and 3 tokens, decodes), the two sessions batched together: each step's
+/// output has the bits of the same step on full-length caches, on the CPU and on the GPU.
+#[test]
+fn sliding_buffers_equal_full_caches_bit_for_bit() {
+    use crate::engine::window::{kv_bytes, WINDOW_STEP};
+    let ctx = ctx();
+    let mut c = small_config(Arch::Gemma2);
+    c.n_layers = 5;
+    c.max_seq_len = 1024;
+    c.sliding_window = Some(6);
+    c.gemma = Some(crate::model::GemmaParams {
+        attn_softcap: Some(2.0),
+        final_softcap: None,
+        query_scalar: 10.0,
+        window_pattern: 2,
+        local_rope_base: None,
+    });
+    let mut rng = ChaCha8Rng::seed_from_u64(9);
+    let layers: Vec<LayerWeights> = (0..3).map(|_| random_layer(&mut rng, &c, WeightType::Q4_1)).collect();
+    let gpu = GpuBackend::new(ctx, c.clone(), 1..4, &layers).expect("gpu backend");
+    let cpu = CpuBackend::new(c.clone(), 1..4, layers).expect("cpu backend");
+    let len = 700;
+    let full = 3 * len * c.kv_dim() * 8;
+    let windowed = 2 * len + (5 + WINDOW_STEP);
+    assert_eq!(kv_bytes(&c, 1..4, len), (windowed * c.kv_dim() * 8) as u64, "{full} bytes full-length");
+    let steps = [300, 1, 255, 3, 1, 139, 1];
+    assert_eq!(steps.iter().sum::<usize>(), len);
+    let inputs: Vec<Vec<Vec<f32>>> =
+        (0..2).map(|_| steps.iter().map(|&n| randn(&mut rng, n * c.hidden)).collect()).collect();
+    fn run<B: Backend>(b: &B, caches: &mut [B::Cache], inputs: &[Vec<Vec<f32>>], steps: &[usize]) -> Vec<Vec<f32>> {
+        let mut outs = Vec::new();
+        let mut pos = 0;
+        for (i, &n) in steps.iter().enumerate() {
+            let items = caches
+                .iter_mut()
+                .zip(inputs)
+                .map(|(cache, x)| BatchItem { cache, hidden: &x[i][..], n_tokens: n, pos })
+                .collect();
+            outs.extend(block_on(b.forward_batch(items)));
+            pos += n;
+        }
+        outs
+    }
+    let mut sliding = [cpu.new_cache(len).expect("cache"), cpu.new_cache(len).expect("cache")];
+    let mut whole = [cpu.full_cache(len).expect("cache"), cpu.full_cache(len).expect("cache")];
+    let (a, b) = (run(&cpu, &mut sliding, &inputs, &steps), run(&cpu, &mut whole, &inputs, &steps));
+    assert!(a == b, "cpu: sliding buffers change the output");
+    let mut sliding = [gpu.new_cache(len).expect("cache"), gpu.new_cache(len).expect("cache")];
+    let mut whole = [gpu.full_cache(len).expect("cache"), gpu.full_cache(len).expect("cache")];
+    let (g, h) = (run(&gpu, &mut sliding, &inputs, &steps), run(&gpu, &mut whole, &inputs, &steps));
+    for (i, (x, y)) in g.iter().zip(&h).enumerate() {
+        let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+        assert!(bits(x) == bits(y), "gpu: sliding buffers change output {i}");
+    }
+}
+
 /// A small GPU executor (layers 1..3 of [`small_config`], Q8_0) and a 5-token input.
 fn small_executor(ctx: Arc<GpuContext>) -> (BlockExecutor<GpuBackend>, Vec<f32>) {
     let c = small_config(Arch::Llama);

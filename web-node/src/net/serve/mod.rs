@@ -157,8 +157,8 @@ pub struct ServeConfig {
     pub ms_per_block: f64,
     /// Longest session, in tokens (the limit, or the model's context).
     pub max_len: usize,
-    /// KV-cache bytes per token of a session over all held blocks.
-    pub kv_bytes_per_token: u64,
+    /// The model's configuration, for the KV cache a session needs ([`Self::kv_bytes`]).
+    pub model_config: crate::model::LlamaConfig,
     /// The operator's limits.
     pub limits: ServeLimits,
 }
@@ -175,11 +175,19 @@ impl ServeConfig {
             backend: backend.name().into(),
             ms_per_block: 0.0,
             max_len,
-            // Keys and values, f32, for every held layer.
-            kv_bytes_per_token: (blocks.len() * config.kv_dim() * 2 * 4) as u64,
+            model_config: config.clone(),
             blocks,
             limits,
         }
+    }
+}
+
+impl ServeConfig {
+    /// KV-cache bytes of a session of up to `len` tokens over the held blocks: f32 keys and
+    /// values, every position for global layers, a windowed layer's buffer for the others
+    /// ([`crate::engine::window`]).
+    pub fn kv_bytes(&self, len: usize) -> u64 {
+        crate::engine::window::kv_bytes(&self.model_config, self.blocks.clone(), len)
     }
 }
 
@@ -382,6 +390,30 @@ impl Announcer {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Admission reserves what the engine allocates: for Mistral 7B's shape of window (4096
+    /// of 32768 positions), every layer's sliding buffer of 4095 + 256 rows, not the whole
+    /// context; a session no longer than the buffer reserves its own length.
+    #[test]
+    fn a_sliding_window_shrinks_what_a_session_reserves() {
+        let json = br#"{"model_type": "mistral", "hidden_size": 64, "intermediate_size": 96,
+            "num_hidden_layers": 4, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rms_norm_eps": 1e-5, "vocab_size": 128, "max_position_embeddings": 32768,
+            "sliding_window": 4096}"#;
+        let model_config = crate::model::hf_config::HfConfig::from_json(json).unwrap().into_config().unwrap();
+        let config = ServeConfig {
+            model: ModelId([0; 32]),
+            blocks: 1..4,
+            backend: "cpu".into(),
+            ms_per_block: 0.0,
+            max_len: 32768,
+            model_config,
+            limits: ServeLimits::default(),
+        };
+        let row = 2 * 16 * 2 * 4; // kv_dim 32, keys and values, f32
+        assert_eq!(config.kv_bytes(32768), 3 * (4095 + 256) * row);
+        assert_eq!(config.kv_bytes(1000), 3 * 1000 * row);
+    }
 
     #[test]
     fn blocks_parse_or_say_why() {

@@ -157,7 +157,7 @@ impl Server {
     pub fn status(&self) -> ServerStatus {
         let a = self.lock();
         let by_slots = self.config.limits.max_sessions.saturating_sub(a.sessions);
-        let per_session = self.config.kv_bytes_per_token.saturating_mul(self.config.max_len as u64).max(1);
+        let per_session = self.config.kv_bytes(self.config.max_len).max(1);
         let by_memory = (self.config.limits.kv_budget.saturating_sub(a.kv_reserved) / per_session) as usize;
         ServerStatus {
             version: PROTOCOL_VERSION,
@@ -177,7 +177,7 @@ impl Server {
     fn admit(&self, who: Remote, max_len: usize) -> Result<Slot<'_>, Refusal> {
         let c = &self.config;
         let l = &c.limits;
-        let bytes = c.kv_bytes_per_token.saturating_mul(max_len as u64);
+        let bytes = c.kv_bytes(max_len);
         // An operator's trusted peers (its API gateways) and this node itself are not capped
         // per peer or per IP; everyone shares the node's totals.
         let trusted = who.peer.is_none_or(|p| l.trusted_peers.contains(&p));
