@@ -2,7 +2,8 @@
 //!
 //! One job: the native-only parts that the binary, the integration tests and the benches share:
 //! [`fetch`] finds (and on first use downloads and verifies) the default model in the local
-//! cache, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
+//! cache, [`manifest_cache`] keeps a model file's manifest so that a restart hashes only what
+//! it serves, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
 //! the native libp2p node (under the flags of [`limits`]), [`serving`] runs web-node's serving assembly on tokio and a compute
 //! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
 //! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
@@ -17,6 +18,7 @@ pub mod fetch;
 pub mod inspect;
 pub mod limits;
 pub mod local;
+pub mod manifest_cache;
 pub mod openai;
 pub mod p2p;
 pub mod serving;

@@ -211,7 +211,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         // Whether this relay serves every block of its model.
         let mut serves_all = false;
         if o.serve.blocks.is_some() {
-            let s = relay::serving::start(&handle, &key, &o.serve, o.serve.limits(o.net.trusted())).await?;
+            let s =
+                relay::serving::start(&handle, &key, &o.serve, o.serve.limits(o.net.trusted()), &o.data_dir).await?;
             let c = s.server.config();
             println!(
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
@@ -222,10 +223,12 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);
         } else if let Some(path) = o.serve.model.clone() {
+            let data_dir = o.data_dir.clone();
             known = Some(
                 tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
                     let file = ModelFile::open(&path).context("opening the model")?;
-                    let manifest = Manifest::of_file(&file).context("hashing the model")?;
+                    let (manifest, source) = relay::manifest_cache::manifest_for(&path, &file, &data_dir, 0..0, true)?;
+                    tracing::info!(?source, "manifest of {}", path.display());
                     Ok((file, manifest))
                 })
                 .await??,

@@ -2,7 +2,7 @@
 //! ([`web_node::net::serve::Service`]) on tokio and a compute thread.
 
 use std::collections::HashSet;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +15,7 @@ use web_node::net::node::NodeHandle;
 use web_node::net::serve::{parse_blocks, BatchLimits, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
+use crate::manifest_cache::manifest_for;
 
 /// What to serve and the limits.
 #[derive(Clone, Debug, clap::Args)]
@@ -118,17 +119,27 @@ pub struct Serving {
 /// Loads the blocks and runs the portable assembly ([`Service`]) under `limits` (see
 /// [`ServeOpt::limits`]): the compute loop on its own thread, a task per session stream, and
 /// the DHT announcements.
-pub async fn start(handle: &NodeHandle, key: &Keypair, opt: &ServeOpt, limits: ServeLimits) -> anyhow::Result<Serving> {
+/// The model's manifest comes from the cache in `data_dir` when it can
+/// ([`crate::manifest_cache`]): then only the served blocks and the head are hashed.
+pub async fn start(
+    handle: &NodeHandle,
+    key: &Keypair,
+    opt: &ServeOpt,
+    limits: ServeLimits,
+    data_dir: &Path,
+) -> anyhow::Result<Serving> {
     let path = match &opt.model {
         Some(p) => p.clone(),
         None => crate::fetch::default_model()?,
     };
     let blocks_arg = opt.blocks.clone().context("no --blocks")?;
     let backend_kind = opt.backend;
+    let data_dir = data_dir.to_path_buf();
     let (backend, manifest, file) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = ModelFile::open(&path).context("opening the model")?;
         let blocks = parse_blocks(&blocks_arg, file.config().n_layers).context("--blocks")?;
-        let manifest = Manifest::of_file(&file).context("hashing the model")?;
+        let (manifest, source) = manifest_for(&path, &file, &data_dir, blocks.clone(), true)?;
+        tracing::info!(?source, "manifest of {}", path.display());
         let gpu = pick_gpu(backend_kind)?;
         let backend = load_backend(&file, gpu.as_ref(), blocks)?;
         Ok((backend, manifest, file))

@@ -11,6 +11,8 @@
 //! The format is versioned ([`MANIFEST_VERSION`]): a manifest of another version is refused
 //! when it is read, so a later format (more fields) is never mistaken for this one.
 
+use std::ops::Range;
+
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -192,6 +194,64 @@ impl Manifest {
         let template = file.chat_template();
         Ok(Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
             .with_text(tokenizer, template.as_deref().map(template_hash)))
+    }
+
+    /// Checks `file` against this manifest for what a node uses of it: its configuration,
+    /// layers `blocks` and, when `head`, its head, tokenizer and chat template. Reads and hashes
+    /// nothing else ([`Manifest::of_file`] reads every layer); a difference is
+    /// [`ModelError::HashMismatch`] naming the part, or [`ModelError::BadConfig`].
+    pub fn check_file(&self, file: &ModelFile, blocks: Range<usize>, head: bool) -> Result<(), ModelError> {
+        let described = Manifest::new(file.config(), self.blocks.clone(), self.head.clone())
+            .with_text(self.tokenizer.clone(), self.chat_template.clone());
+        if described != *self {
+            return Err(ModelError::BadConfig("the file's configuration differs from its manifest's".into()));
+        }
+        let mismatch = |part: String, expected: &str, actual: String| {
+            Err(ModelError::HashMismatch { part, expected: expected.to_string(), actual })
+        };
+        for i in blocks {
+            let expected =
+                self.blocks.get(i).ok_or(ModelError::LayerOutOfRange { layer: i, n_layers: self.n_layers })?;
+            let actual = hex::encode(layer_hash(&file.load_layer(i)?));
+            if actual != *expected {
+                return mismatch(format!("block {i}"), expected, actual);
+            }
+        }
+        if head {
+            let actual = hex::encode(head_hash(&file.load_head()?));
+            if actual != self.head {
+                return mismatch("head".into(), &self.head, actual);
+            }
+            let tokenizer = match file.has_tokenizer() {
+                true => Some(tokenizer_hash(&file.tokenizer()?)?),
+                false => None,
+            };
+            self.check_text("", tokenizer, file.chat_template().as_deref().map(template_hash))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the hashes of a tokenizer and a chat template (`None`: absent) against the
+    /// manifest's; errors name them after `prefix` (`"head "` for a downloaded head part).
+    pub(crate) fn check_text(
+        &self,
+        prefix: &str,
+        tokenizer: Option<String>,
+        template: Option<String>,
+    ) -> Result<(), ModelError> {
+        for (what, expected, actual) in
+            [("tokenizer", &self.tokenizer, tokenizer), ("chat template", &self.chat_template, template)]
+        {
+            if *expected != actual {
+                let none = || "none".to_string();
+                return Err(ModelError::HashMismatch {
+                    part: format!("{prefix}{what}"),
+                    expected: expected.clone().unwrap_or_else(none),
+                    actual: actual.unwrap_or_else(none),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Reads a manifest from JSON, checking its version and form.

@@ -16,6 +16,7 @@ pub mod parts;
 pub mod quant;
 pub mod safetensors;
 pub mod tokenizer;
+pub mod verified;
 pub mod weights;
 
 pub use chat::{ChatMessage, ChatTemplate};

@@ -120,16 +120,7 @@ pub fn verify_head(manifest: &Manifest, bytes: Bytes) -> Result<GgufModel, Model
         true => Some(tokenizer_hash(&model.tokenizer().map_err(|e| e.in_file("head"))?)?),
         false => None,
     };
-    let template = model.chat_template().as_deref().map(template_hash);
-    let none = || "none".to_string();
-    for (what, expected, actual) in
-        [("tokenizer", &manifest.tokenizer, tokenizer), ("chat template", &manifest.chat_template, template)]
-    {
-        if *expected != actual {
-            let expected = expected.clone().unwrap_or_else(none);
-            check_hex(format!("head {what}"), &expected, actual.unwrap_or_else(none))?;
-        }
-    }
+    manifest.check_text("head ", tokenizer, model.chat_template().as_deref().map(template_hash))?;
     Ok(model)
 }
 
