@@ -281,6 +281,18 @@ impl LlamaConfig {
         self.gemma.as_ref().and_then(|g| g.attn_softcap)
     }
 
+    /// Floating-point operations per token of one layer's weight products (two per
+    /// multiply-add: q, k, v, output, gate, up, down).
+    pub fn layer_flops(&self) -> u64 {
+        let (h, q, kv, f) = (self.hidden as u64, self.q_dim() as u64, self.kv_dim() as u64, self.intermediate as u64);
+        2 * (2 * h * q + 2 * h * kv + 3 * h * f)
+    }
+
+    /// Floating-point operations per token of the LM head (the embedding lookup is free).
+    pub fn head_flops(&self) -> u64 {
+        2 * self.vocab as u64 * self.hidden as u64
+    }
+
     /// Query width per token (`n_heads * head_dim`; usually `hidden`).
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim

@@ -8,6 +8,14 @@
 //! JSON, so a node holding different weights, tokenizer or template under the same file name
 //! gets a different id.
 //!
+//! A model read from a GGUF file also lists its downloadable parts ([`PartIndex`]: the head
+//! and each block as a GGUF of their own, [`super::parts`]) by size, BLAKE3 root
+//! ([`super::verified`]) and FLOPs per token, so the id promises every byte a downloader
+//! fetches and a part is verified without trusting its sender. Parts carry no labels (name,
+//! author, description: `general.*` metadata), so relabelling a file keeps its id. A
+//! safetensors checkpoint has no parts, so it does not share an id with a GGUF of the same
+//! weights: the id addresses the transfer format's bytes, not only the maths.
+//!
 //! The format is versioned ([`MANIFEST_VERSION`]): a manifest of another version is refused
 //! when it is read, so a later format (more fields) is never mistaken for this one.
 
@@ -51,6 +59,42 @@ impl std::fmt::Debug for ModelId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "ModelId({})", self.short())
     }
+}
+
+/// One downloadable part: what a downloader fetches by, checks and pays for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartRef {
+    /// Bytes of the part.
+    pub size: u64,
+    /// BLAKE3 root of the part's verified-streaming tree ([`super::verified`]), hex.
+    pub root: String,
+    /// Floating-point operations per token of its weight products (two per multiply-add;
+    /// attention, which grows with the context, is not counted).
+    pub flops: u64,
+}
+
+impl PartRef {
+    /// The reference of a part's bytes.
+    pub fn of(bytes: &[u8], flops: u64) -> PartRef {
+        let root = super::verified::PartTree::new(bytes).root();
+        PartRef { size: root.size, root: root.to_hex(), flops }
+    }
+
+    /// The content address, if the root is 64 hex digits.
+    pub fn address(&self) -> Option<super::verified::PartRoot> {
+        let mut root = [0u8; 32];
+        hex::decode_to_slice(&self.root, &mut root).ok()?;
+        Some(super::verified::PartRoot { size: self.size, root })
+    }
+}
+
+/// The parts of a model cut from a GGUF file ([`super::parts::index`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartIndex {
+    /// The head part (embeddings, final norm, LM head, tokenizer, template).
+    pub head: PartRef,
+    /// One part per block, in order.
+    pub blocks: Vec<PartRef>,
 }
 
 /// The manifest format this build writes and reads. Version 1 had no RoPE factors, tokenizer
@@ -109,6 +153,9 @@ pub struct Manifest {
     pub blocks: Vec<String>,
     /// SHA-256 of the head (embeddings, final norm, LM head), hex.
     pub head: String,
+    /// The downloadable parts, for a model read from a GGUF file; absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parts: Option<PartIndex>,
 }
 
 /// The serialized form of [`Manifest`], checked before it becomes one.
@@ -137,6 +184,8 @@ struct Wire {
     chat_template: Option<String>,
     blocks: Vec<String>,
     head: String,
+    #[serde(default)]
+    parts: Option<PartIndex>,
 }
 
 impl TryFrom<Wire> for Manifest {
@@ -164,6 +213,7 @@ impl TryFrom<Wire> for Manifest {
             chat_template: w.chat_template,
             blocks: w.blocks,
             head: w.head,
+            parts: w.parts,
         };
         m.validate()?;
         Ok(m)
@@ -192,8 +242,13 @@ impl Manifest {
             false => None,
         };
         let template = file.chat_template();
-        Ok(Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
-            .with_text(tokenizer, template.as_deref().map(template_hash)))
+        let parts = match file {
+            ModelFile::Gguf(g) => Some(super::parts::index(g.file(), config)?),
+            ModelFile::Safetensors(_) => None,
+        };
+        let manifest = Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
+            .with_text(tokenizer, template.as_deref().map(template_hash));
+        Ok(Manifest { parts, ..manifest })
     }
 
     /// Checks `file` against this manifest for what a node uses of it: its configuration,
@@ -201,9 +256,7 @@ impl Manifest {
     /// nothing else ([`Manifest::of_file`] reads every layer); a difference is
     /// [`ModelError::HashMismatch`] naming the part, or [`ModelError::BadConfig`].
     pub fn check_file(&self, file: &ModelFile, blocks: Range<usize>, head: bool) -> Result<(), ModelError> {
-        let described = Manifest::new(file.config(), self.blocks.clone(), self.head.clone())
-            .with_text(self.tokenizer.clone(), self.chat_template.clone());
-        if described != *self {
+        if !self.describes(file.config()) {
             return Err(ModelError::BadConfig("the file's configuration differs from its manifest's".into()));
         }
         let mismatch = |part: String, expected: &str, actual: String| {
@@ -270,6 +323,14 @@ impl Manifest {
         if self.blocks.len() != self.n_layers {
             return Err(bad(format!("{} block hashes for {} layers", self.blocks.len(), self.n_layers)));
         }
+        if let Some(p) = &self.parts {
+            if p.blocks.len() != self.n_layers {
+                return Err(bad(format!("{} block parts for {} layers", p.blocks.len(), self.n_layers)));
+            }
+            if let Some(r) = std::iter::once(&p.head).chain(&p.blocks).find(|r| r.address().is_none()) {
+                return Err(bad(format!("part root {:?} is not 64 hex digits", r.root)));
+            }
+        }
         let named = [("head", Some(&self.head)), ("rope_freqs", self.rope_freqs.as_ref())]
             .into_iter()
             .chain([("tokenizer", self.tokenizer.as_ref()), ("chat_template", self.chat_template.as_ref())])
@@ -319,7 +380,16 @@ impl Manifest {
             chat_template: None,
             blocks,
             head,
+            parts: None,
         }
+    }
+
+    /// Whether this manifest describes a model of configuration `config` (every field but
+    /// the hashes and parts, which say what the weights are).
+    pub(crate) fn describes(&self, config: &LlamaConfig) -> bool {
+        let d = Manifest::new(config, self.blocks.clone(), self.head.clone())
+            .with_text(self.tokenizer.clone(), self.chat_template.clone());
+        Manifest { parts: self.parts.clone(), ..d } == *self
     }
 
     /// The model id: SHA-256 of this manifest's JSON.
@@ -459,6 +529,21 @@ mod tests {
         other.rope_attn_factor_bits = Some(1.19f32.to_bits());
         assert_ne!(m.id(), other.id());
         assert_eq!(Manifest::from_json(&serde_json::to_vec(&other).unwrap()).unwrap(), other);
+        // Part roots: absent without parts; with them, each root and size is in the id.
+        assert!(!String::from_utf8(serde_json::to_vec(&m).unwrap()).unwrap().contains("\"parts\""));
+        let part = |b: u8| PartRef::of(&[b; 100], 10);
+        let with = Manifest { parts: Some(PartIndex { head: part(0), blocks: vec![part(1), part(2)] }), ..m.clone() };
+        assert_ne!(with.id(), m.id());
+        assert_eq!(Manifest::from_json(&serde_json::to_vec(&with).unwrap()).unwrap(), with);
+        let mut other = with.clone();
+        other.parts.as_mut().unwrap().blocks[1] = part(3);
+        assert_ne!(other.id(), with.id());
+        other.parts.as_mut().unwrap().blocks[1].root = "zz".into();
+        let e = Manifest::from_json(&serde_json::to_vec(&other).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("part root \"zz\" is not 64 hex digits"), "{e}");
+        other.parts.as_mut().unwrap().blocks.pop();
+        let e = Manifest::from_json(&serde_json::to_vec(&other).unwrap()).unwrap_err().to_string();
+        assert!(e.contains("1 block parts for 2 layers"), "{e}");
         let other = m.clone().with_text(None, m.chat_template.clone());
         assert_ne!(m.id(), other.id());
         let other = m.clone().with_text(m.tokenizer.clone(), Some(template_hash("{{ y }}")));

@@ -7,15 +7,19 @@
 //! the model-wide tensors every block's maths reads ([`SHARED_TENSORS`]: RoPE factors). A node
 //! that downloads a part parses it with the ordinary GGUF loader, so the weights it gets are
 //! exactly what the engine would load from the whole file, and
-//! [`verify_block`] / [`verify_head`] compare their content hashes (weights, RoPE factors, and
-//! for the head the tokenizer and chat template) with the manifest's before anything runs on
-//! them.
+//! [`verify_block`] / [`verify_head`] check the part's BLAKE3 root against the manifest's
+//! [`PartIndex`] before parsing it, then its content hashes (weights, RoPE factors, and for
+//! the head the tokenizer and chat template), before anything runs on it.
+//!
+//! Parts carry no labels: `general.*` metadata other than the architecture and the alignment
+//! (name, author, license, description...) is left out, so relabelling a file changes no
+//! part and no model id.
 
 use bytes::Bytes;
 
 use super::gguf::writer::{write, TensorOut};
 use super::gguf::{GgufFile, GgufModel};
-use super::manifest::{head_hash, layer_hash, template_hash, tokenizer_hash};
+use super::manifest::{head_hash, layer_hash, template_hash, tokenizer_hash, PartIndex, PartRef};
 use super::{LayerWeights, LlamaConfig, Manifest, ModelError};
 
 /// Tensors outside `blk.*` that every block's computation depends on, so every block part
@@ -56,11 +60,12 @@ pub fn extract(file: &GgufFile, n_layers: usize, part: Part) -> Result<Vec<u8>, 
         Some(p) => name.starts_with(p.as_str()) || SHARED_TENSORS.contains(&name),
         None => !name.starts_with("blk."),
     };
+    let label = |k: &str| k.starts_with("general.") && !matches!(k, "general.architecture" | "general.alignment");
     let mut metadata: Vec<(&str, super::gguf::Value)> = file
         .metadata
         .0
         .iter()
-        .filter(|(k, _)| part == Part::Head || !k.starts_with("tokenizer."))
+        .filter(|(k, _)| !label(k) && (part == Part::Head || !k.starts_with("tokenizer.")))
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
@@ -75,13 +80,47 @@ pub fn extract(file: &GgufFile, n_layers: usize, part: Part) -> Result<Vec<u8>, 
     Ok(write(&metadata, &tensors))
 }
 
+/// The [`PartIndex`] of a GGUF file of configuration `config`: cuts every part once and hashes
+/// it (BLAKE3, one pass).
+pub fn index(file: &GgufFile, config: &LlamaConfig) -> Result<PartIndex, ModelError> {
+    let n = config.n_layers;
+    let head = PartRef::of(&extract(file, n, Part::Head)?, config.head_flops());
+    let blocks = (0..n)
+        .map(|i| Ok(PartRef::of(&extract(file, n, Part::Block(i))?, config.layer_flops())))
+        .collect::<Result<_, ModelError>>()?;
+    Ok(PartIndex { head, blocks })
+}
+
+/// Checks a downloaded part's bytes against its root in the manifest's [`PartIndex`], if the
+/// manifest has one, before anything parses them.
+fn check_root(manifest: &Manifest, part: Part, bytes: &[u8]) -> Result<(), ModelError> {
+    let Some(index) = &manifest.parts else {
+        return Ok(());
+    };
+    let expected = match part {
+        Part::Head => &index.head,
+        Part::Block(i) => {
+            index.blocks.get(i).ok_or(ModelError::LayerOutOfRange { layer: i, n_layers: manifest.n_layers })?
+        }
+    };
+    let actual = PartRef::of(bytes, expected.flops);
+    if actual != *expected {
+        let show = |r: &PartRef| format!("root {} of {} bytes", r.root, r.size);
+        return Err(ModelError::HashMismatch {
+            part: part.to_string(),
+            expected: show(expected),
+            actual: show(&actual),
+        });
+    }
+    Ok(())
+}
+
 /// Parses a downloaded part and checks that its configuration is the manifest's.
 fn open_part(manifest: &Manifest, part: Part, bytes: Bytes) -> Result<GgufModel, ModelError> {
     let ctx = |e: ModelError| e.in_file(part.to_string());
+    check_root(manifest, part, &bytes)?;
     let model = GgufModel::from_bytes(bytes).map_err(ctx)?;
-    let described = Manifest::new(model.config(), manifest.blocks.clone(), manifest.head.clone())
-        .with_text(manifest.tokenizer.clone(), manifest.chat_template.clone());
-    if described != *manifest {
+    if !manifest.describes(model.config()) {
         return Err(ctx(ModelError::BadConfig("its configuration differs from the model's manifest".into())));
     }
     Ok(model)
@@ -149,18 +188,29 @@ mod tests {
         assert_eq!(&c, file.config());
         assert_eq!(hex::encode(layer_hash(&w)), manifest.blocks[7]);
 
+        // Every check is made twice: by the part's BLAKE3 root before parsing, and, for a
+        // manifest without parts (a safetensors model's), by parsing and hashing the weights.
+        let roots = manifest.parts.as_ref().expect("a GGUF model lists its parts");
+        assert_eq!(roots.blocks[7].size, block.len() as u64);
+        let no_parts = Manifest { parts: None, ..manifest.clone() };
         // The part of block 7 is not block 8.
         let e = verify_block(&manifest, 8, Bytes::from(block.clone())).unwrap_err().to_string();
+        assert!(e.contains("block 8: content hash root") && e.contains(&roots.blocks[8].root), "{e}");
+        let e = verify_block(&no_parts, 8, Bytes::from(block.clone())).unwrap_err().to_string();
         assert!(e.contains("block 8") && e.contains("missing tensor blk.8"), "{e}");
         // One flipped weight byte near the end (ffn_down data).
         let mut bad = block.clone();
         let at = bad.len() - 100;
         bad[at] ^= 0x40;
-        let e = verify_block(&manifest, 7, Bytes::from(bad)).unwrap_err().to_string();
+        let e = verify_block(&manifest, 7, Bytes::from(bad.clone())).unwrap_err().to_string();
+        assert!(e.contains("block 7: content hash root") && e.contains(&roots.blocks[7].root), "{e}");
+        let e = verify_block(&no_parts, 7, Bytes::from(bad)).unwrap_err().to_string();
         assert!(e.contains("block 7: content hash") && e.contains(&manifest.blocks[7]), "{e}");
-        // Truncation is a parse error naming the part.
-        let e = verify_block(&manifest, 7, Bytes::from(block[..block.len() / 2].to_vec())).unwrap_err().to_string();
-        assert!(e.starts_with("block 7:"), "{e}");
+        // Truncation: a wrong root, or without parts a parse error naming the part.
+        for m in [&manifest, &no_parts] {
+            let e = verify_block(m, 7, Bytes::from(block[..block.len() / 2].to_vec())).unwrap_err().to_string();
+            assert!(e.starts_with("block 7:"), "{e}");
+        }
         // Another model's manifest.
         let mut other = manifest.clone();
         other.hidden += 1;
@@ -184,7 +234,11 @@ mod tests {
         let template = tampered(&|md| {
             md.0.insert("tokenizer.chat_template".into(), Value::Str("{{ messages }}".into()));
         });
-        let e = verify_head(&manifest, template).unwrap_err().to_string();
+        let e = verify_head(&manifest, template.clone()).unwrap_err().to_string();
+        assert!(e.starts_with("head: content hash root"), "{e}");
+        // Without part roots, the template's own hash catches it.
+        let no_parts = Manifest { parts: None, ..manifest.clone() };
+        let e = verify_head(&no_parts, template).unwrap_err().to_string();
         assert!(e.starts_with("head chat template: content hash"), "{e}");
         let tokenizer = tampered(&|md| {
             // Token 100 becomes a control (special) token.
@@ -192,7 +246,7 @@ mod tests {
                 types[100] = Value::I64(3);
             }
         });
-        let e = verify_head(&manifest, tokenizer).unwrap_err().to_string();
+        let e = verify_head(&no_parts, tokenizer).unwrap_err().to_string();
         assert!(e.starts_with("head tokenizer: content hash"), "{e}");
         let untouched = tampered(&|_| {});
         verify_head(&manifest, untouched).expect("the untouched head verifies");
@@ -248,6 +302,35 @@ mod tests {
         write(&md, &tensors)
     }
 
+    /// A file relabelled (`general.*` name, license...) cuts into the same parts and is the
+    /// same model; a part's FLOPs per token are its weight products'.
+    #[test]
+    fn labels_are_not_part_of_the_model() {
+        let model = GgufModel::from_bytes(Bytes::from(tiny_gguf(false))).expect("tiny model");
+        let manifest = Manifest::of_file(&ModelFile::Gguf(model.clone())).expect("manifest");
+        let mut metadata: Vec<(&str, Value)> =
+            model.file().metadata.0.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        metadata.push(("general.name", Value::Str("Renamed".into())));
+        metadata.push(("general.license", Value::Str("MIT".into())));
+        let data: Vec<Bytes> =
+            model.file().tensors.iter().map(|t| model.file().tensor_bytes(&t.name).unwrap()).collect();
+        let tensors: Vec<TensorOut<'_>> = model
+            .file()
+            .tensors
+            .iter()
+            .zip(&data)
+            .map(|(t, d)| TensorOut { name: &t.name, dims: t.dims.clone(), ggml_type: t.dtype.0, data: d })
+            .collect();
+        let relabelled = GgufModel::from_bytes(Bytes::from(write(&metadata, &tensors))).expect("relabelled");
+        assert_eq!(relabelled.file().metadata.str("general.name").unwrap(), Some("Renamed"));
+        let again = Manifest::of_file(&ModelFile::Gguf(relabelled)).expect("manifest");
+        assert_eq!(again.id(), manifest.id(), "relabelling minted another model");
+        let parts = manifest.parts.expect("parts");
+        // hidden 8, ffn 16, 2 heads of 4 (q and kv 8 wide), vocab 10.
+        assert_eq!(parts.blocks[1].flops, 2 * (2 * 8 * 8 + 2 * 8 * 8 + 3 * 8 * 16));
+        assert_eq!(parts.head.flops, 2 * 10 * 8);
+    }
+
     #[test]
     fn block_parts_keep_the_rope_factors() {
         let model = GgufModel::from_bytes(Bytes::from(tiny_gguf(true))).expect("tiny model");
@@ -263,7 +346,10 @@ mod tests {
         // The same weights without RoPE factors are another model.
         let plain = GgufModel::from_bytes(Bytes::from(tiny_gguf(false))).expect("plain");
         let plain_block = extract(plain.file(), 2, Part::Block(1)).expect("block");
-        let e = verify_block(&manifest, 1, Bytes::from(plain_block)).unwrap_err().to_string();
+        let e = verify_block(&manifest, 1, Bytes::from(plain_block.clone())).unwrap_err().to_string();
+        assert!(e.contains("block 1: content hash root"), "{e}");
+        let no_parts = Manifest { parts: None, ..manifest.clone() };
+        let e = verify_block(&no_parts, 1, Bytes::from(plain_block)).unwrap_err().to_string();
         assert!(e.contains("differs from the model's manifest"), "{e}");
         assert_ne!(Manifest::of_file(&ModelFile::Gguf(plain)).expect("manifest").id(), manifest.id());
     }
