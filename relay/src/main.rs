@@ -234,6 +234,10 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 .await??,
             );
         }
+        // Every part of a GGUF model is offered to other nodes over `/ait/parts/1`.
+        if let Some((ModelFile::Gguf(g), manifest)) = &known {
+            relay::seed::seed_file(&handle, g.clone(), manifest.clone())?;
+        }
         if !o.no_http {
             let api_concurrency = o.api_concurrency.unwrap_or(if serves_all { o.serve.max_sessions } else { 4 }).max(1);
             tracing::info!(api_concurrency, "HTTP API requests generating at once");

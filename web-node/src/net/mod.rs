@@ -33,6 +33,7 @@ pub mod keyed_limit;
 pub mod limits;
 pub mod log_limit;
 pub mod node;
+pub mod parts;
 pub mod protocol;
 pub mod record;
 pub mod routing;

@@ -1,0 +1,355 @@
+//! `/ait/parts/1`: the part-exchange protocol. Nodes ask each other for byte ranges of model
+//! parts by their BLAKE3 root and receive them with the proof that ties them to it
+//! ([`crate::model::verified`]), so a downloader checks every chunk group and trusts no
+//! sender.
+//!
+//! One request per stream, in length-prefixed JSON frames ([`super::frame`]):
+//! - `Have { roots }` is answered `Have { held }`: which of these parts the node can serve.
+//! - `Get { root, start, end }` (at most [`MAX_RANGE`] bytes) is answered `Range { size }`,
+//!   then one frame of the encoded range (its chunk groups with their proof), or `Error`.
+//!
+//! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
+//! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
+//! verifies it; [`fetch_part`] splits a part over several peers at once, hands the next range
+//! to whichever peer finished its last one (so the fastest do the most), and bans a peer whose
+//! data fails verification (proof that it lied), fetching its range from the others.
+
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::stream::FuturesUnordered;
+use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, Future, Stream, StreamExt};
+use libp2p::{PeerId, StreamProtocol};
+use serde::{Deserialize, Serialize};
+
+use super::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
+use super::keyed_limit::KeyedLimit;
+use crate::model::manifest::PartRef;
+use crate::model::verified::{decode_range, group_range, PartTree, VerifyError};
+
+/// The protocol id.
+pub const PARTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/parts/1");
+
+/// Most bytes one `Get` may ask for (64 chunk groups; with its proof it fits one frame).
+pub const MAX_RANGE: u64 = 1 << 20;
+
+/// Longest a request or an answer may take to arrive once started.
+const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Most roots one `Have` may name.
+const MAX_HAVE: usize = 4096;
+
+/// A request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// Which of these parts (roots, hex) the node holds.
+    Have {
+        /// Part roots.
+        roots: Vec<String>,
+    },
+    /// Bytes `start..end` of the part with this root (hex).
+    Get {
+        /// Part root.
+        root: String,
+        /// First byte.
+        start: u64,
+        /// End of the range.
+        end: u64,
+    },
+}
+
+/// An answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// One flag per root asked.
+    Have {
+        /// Whether each is held.
+        held: Vec<bool>,
+    },
+    /// The range follows in the next frame; the part has `size` bytes.
+    Range {
+        /// The part's size.
+        size: u64,
+    },
+    /// The request was refused.
+    Error {
+        /// Why.
+        message: String,
+    },
+}
+
+/// A part a node holds, ready to answer ranges of.
+pub struct HeldPart {
+    /// Its bytes.
+    pub data: Bytes,
+    /// Its hash tree.
+    pub tree: PartTree,
+}
+
+impl HeldPart {
+    /// Hashes `data` once.
+    pub fn new(data: Bytes) -> HeldPart {
+        let tree = PartTree::new(&data);
+        HeldPart { data, tree }
+    }
+}
+
+/// Where a serving node finds the parts it offers, by root (64 lowercase hex digits, checked
+/// before these are called).
+pub trait PartSource: Send + Sync {
+    /// The part with this root, if this node has it.
+    fn part(&self, root: &str) -> Option<Arc<HeldPart>>;
+
+    /// Whether this node has the part with this root (without loading it).
+    fn has(&self, root: &str) -> bool;
+}
+
+/// Why fetching failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The stream could not be opened or broke.
+    #[error("stream to {peer}: {what}")]
+    Stream {
+        /// The peer.
+        peer: PeerId,
+        /// What failed.
+        what: String,
+    },
+    /// The peer refused the request.
+    #[error("{peer} refused: {message}")]
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// Its reason.
+        message: String,
+    },
+    /// The peer's data failed verification: it lied.
+    #[error("{peer} sent bad data: {error}")]
+    Lied {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
+        error: VerifyError,
+    },
+    /// The request itself is invalid (a range past the end, a malformed root).
+    #[error("{0}")]
+    Invalid(#[from] VerifyError),
+    /// Every peer failed or was banned before the part was complete.
+    #[error("no peer left to fetch bytes {start}..{end} from (banned: {banned:?}; last error: {last})")]
+    NoPeers {
+        /// The range still missing.
+        start: u64,
+        /// Its end.
+        end: u64,
+        /// Peers banned for lying.
+        banned: Vec<PeerId>,
+        /// The last failure.
+        last: String,
+    },
+}
+
+/// `root` in lowercase, if it is 64 hex digits.
+fn parse_root(root: &str) -> Option<String> {
+    let lower = root.to_ascii_lowercase();
+    PartRef { size: 0, root: lower.clone(), flops: 0 }.address().map(|_| lower)
+}
+
+/// Serves one request on `stream` from `source`.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(source: &dyn PartSource, mut stream: S) {
+    let reply = async {
+        let bytes = read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let request: Request = serde_json::from_slice(&bytes).map_err(|e| format!("malformed request: {e}"))?;
+        match request {
+            Request::Have { roots } if roots.len() <= MAX_HAVE => {
+                let held = roots.iter().map(|r| parse_root(r).is_some_and(|r| source.has(&r))).collect();
+                Ok((Reply::Have { held }, None))
+            }
+            Request::Have { roots } => Err(format!("{} roots asked, at most {MAX_HAVE}", roots.len())),
+            Request::Get { root, start, end } => {
+                let key = parse_root(&root).ok_or_else(|| format!("root {root:?} is not 64 hex digits"))?;
+                let part = source.part(&key).ok_or_else(|| format!("part {root} is not held here"))?;
+                let size = part.data.len() as u64;
+                if end.saturating_sub(start) > MAX_RANGE {
+                    return Err(format!("{} bytes asked, at most {MAX_RANGE} per request", end.saturating_sub(start)));
+                }
+                let encoded = part.tree.encode(&part.data, start..end).map_err(|e| e.to_string())?;
+                Ok((Reply::Range { size }, Some(encoded)))
+            }
+        }
+    }
+    .await;
+    let (reply, body) = match reply {
+        Ok(r) => r,
+        Err(message) => (Reply::Error { message }, None),
+    };
+    let send = async {
+        write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
+        if let Some(body) = body {
+            write_frame(&mut stream, &body).await?;
+        }
+        Ok::<_, FrameError>(())
+    };
+    if let Err(e) = super::timeout(FRAME_TIMEOUT, send).await.unwrap_or(Err(FrameError::Timeout(FRAME_TIMEOUT))) {
+        tracing::debug!("part request: {e}");
+    }
+    let _ = super::timeout(FRAME_TIMEOUT, stream.close()).await;
+}
+
+/// A future serving one part stream.
+pub type PartTask = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+/// Incoming `/ait/parts/1` streams, each as a [`PartTask`] to spawn. Streams beyond
+/// `max_streams` at once, or `max_per_peer` from one peer, are closed at once.
+pub struct PartStreams {
+    incoming: libp2p_stream::IncomingStreams,
+    source: Arc<dyn PartSource>,
+    open: KeyedLimit<PeerId>,
+}
+
+impl PartStreams {
+    /// Registers the protocol on `control` and answers from `source`.
+    pub fn new(
+        control: &mut libp2p_stream::Control,
+        source: Arc<dyn PartSource>,
+        max_streams: usize,
+        max_per_peer: usize,
+    ) -> Result<PartStreams, libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(PARTS_PROTOCOL)?;
+        Ok(PartStreams { incoming, source, open: KeyedLimit::new(max_streams, max_per_peer) })
+    }
+}
+
+impl Stream for PartStreams {
+    type Item = PartTask;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<PartTask>> {
+        loop {
+            let Some((peer, stream)) = futures::ready!(self.incoming.poll_next_unpin(cx)) else {
+                return Poll::Ready(None);
+            };
+            let Ok(permit) = self.open.admit(peer, false) else {
+                tracing::debug!(%peer, "too many part streams; closing one");
+                continue;
+            };
+            let source = self.source.clone();
+            return Poll::Ready(Some(Box::pin(async move {
+                serve_stream(&*source, stream).await;
+                drop(permit);
+            })));
+        }
+    }
+}
+
+/// Asks `peer` for bytes `range` of `part` and verifies them: the bytes of the range's whole
+/// chunk groups ([`group_range`]).
+pub async fn fetch_range(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    part: &PartRef,
+    range: Range<u64>,
+) -> Result<Vec<u8>, FetchError> {
+    let root =
+        part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
+    root.check_range(&range)?;
+    let broke = |what: String| FetchError::Stream { peer, what };
+    let mut stream = control.open_stream(peer, PARTS_PROTOCOL).await.map_err(|e| broke(e.to_string()))?;
+    let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
+    write_frame(&mut stream, &serde_json::to_vec(&request).unwrap_or_default())
+        .await
+        .map_err(|e| broke(e.to_string()))?;
+    let head =
+        read_frame(&mut stream, 1 << 16, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    match serde_json::from_slice::<Reply>(&head) {
+        Ok(Reply::Range { size }) if size == part.size => {}
+        Ok(Reply::Range { size }) => {
+            let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
+            return Err(FetchError::Lied { peer, error });
+        }
+        Ok(Reply::Error { message }) => return Err(FetchError::Refused { peer, message }),
+        Ok(other) => return Err(broke(format!("unexpected answer {other:?}"))),
+        Err(e) => return Err(broke(format!("malformed answer: {e}"))),
+    }
+    let body =
+        read_frame(&mut stream, MAX_FRAME, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
+}
+
+/// What [`fetch_part`] did, for the caller's progress and ratio.
+#[derive(Clone, Debug, Default)]
+pub struct FetchReport {
+    /// Verified bytes received from each peer.
+    pub from: Vec<(PeerId, u64)>,
+    /// Peers banned for sending data that failed verification.
+    pub banned: Vec<PeerId>,
+}
+
+/// Fetches the whole of `part` from `peers`, up to `parallel` ranges at once: each range goes
+/// to the next free peer (the fastest come back first and take more), a peer whose data fails
+/// verification is banned for the rest of the fetch, and a peer that fails otherwise twice is
+/// dropped; their ranges go to the others. Returns the verified bytes.
+pub async fn fetch_part(
+    control: &libp2p_stream::Control,
+    peers: &[PeerId],
+    part: &PartRef,
+    parallel: usize,
+) -> Result<(Vec<u8>, FetchReport), FetchError> {
+    let mut out = vec![0u8; usize::try_from(part.size).unwrap_or(usize::MAX)];
+    let mut todo: Vec<Range<u64>> =
+        (0..part.size.div_ceil(MAX_RANGE)).rev().map(|i| i * MAX_RANGE..((i + 1) * MAX_RANGE).min(part.size)).collect();
+    let mut free: std::collections::VecDeque<PeerId> = peers.iter().copied().collect();
+    let mut failures: std::collections::HashMap<PeerId, u32> = Default::default();
+    let mut report = FetchReport::default();
+    let mut last = String::from("none");
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < parallel.max(1) {
+            let (Some(range), Some(peer)) = (todo.last().cloned(), free.pop_front()) else {
+                break;
+            };
+            todo.pop();
+            let (mut control, part) = (control.clone(), part.clone());
+            running.push(async move {
+                let got = fetch_range(&mut control, peer, &part, range.clone()).await;
+                (peer, range, got)
+            });
+        }
+        let Some((peer, range, got)) = running.next().await else {
+            break;
+        };
+        match got {
+            Ok(bytes) => {
+                let span = group_range(&range, part.size);
+                out[span.start as usize..span.end as usize].copy_from_slice(&bytes);
+                match report.from.iter_mut().find(|(p, _)| *p == peer) {
+                    Some((_, n)) => *n += bytes.len() as u64,
+                    None => report.from.push((peer, bytes.len() as u64)),
+                }
+                free.push_back(peer);
+            }
+            Err(e) => {
+                tracing::debug!(%peer, "part range {range:?}: {e}");
+                last = e.to_string();
+                todo.push(range);
+                let n = failures.entry(peer).or_default();
+                *n += 1;
+                if matches!(e, FetchError::Lied { .. }) {
+                    report.banned.push(peer);
+                } else if *n < 2 {
+                    free.push_back(peer);
+                }
+            }
+        }
+        if todo.is_empty() && running.is_empty() {
+            break;
+        }
+        if free.is_empty() && running.is_empty() {
+            let (start, end) = todo.last().map_or((0, 0), |r| (r.start, r.end));
+            return Err(FetchError::NoPeers { start, end, banned: report.banned, last });
+        }
+    }
+    Ok((out, report))
+}
