@@ -14,7 +14,7 @@ use relay::swarm_client::connect;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelFile};
 use web_node::net::frame::{read_frame, write_frame};
-use web_node::net::parts::{fetch_part, fetch_range, Reply, Request, MAX_RANGE, PARTS_PROTOCOL};
+use web_node::net::parts::{fetch_part, fetch_range, FetchError, Reply, Request, MAX_RANGE, PARTS_PROTOCOL};
 
 /// One raw request on a stream of its own, and the relay's first answer.
 async fn ask(h: &web_node::net::node::NodeHandle, peer: PeerId, payload: &[u8]) -> Reply {
@@ -84,5 +84,83 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
         assert_eq!(again.len() as u64, r.size.min(MAX_RANGE));
     });
     drop(relays);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// A seeder that lies, played by an in-process node that answers `/ait/parts/1` itself (no
+/// fault switch exists in the relay or the library): for every range it encodes the true
+/// part with one byte flipped in the range's first chunk group (`flip`), or encodes another
+/// part under the root asked (`!flip`).
+async fn liar(bootstrap: &Multiaddr, data: Vec<u8>, flip: bool) -> (PeerId, Vec<Multiaddr>) {
+    use futures::StreamExt;
+    use web_node::model::verified::{group_range, PartTree};
+    let node =
+        relay::swarm_client::connect_from(std::slice::from_ref(bootstrap), &["/ip4/127.0.0.1/tcp/0".parse().unwrap()])
+            .await
+            .unwrap();
+    let mut incoming = node.control().accept(PARTS_PROTOCOL).unwrap();
+    let (peer, addrs) = (node.peer_id(), node.addresses().await.unwrap());
+    tokio::spawn(async move {
+        let _node = node;
+        let tree = PartTree::new(&data);
+        let size = data.len() as u64;
+        while let Some((_, mut s)) = incoming.next().await {
+            let t = Duration::from_secs(10);
+            let Ok(req) = read_frame(&mut s, 1 << 20, t, t).await else { continue };
+            let Ok(Request::Get { start, end, .. }) = serde_json::from_slice(&req) else { continue };
+            let mut encoded = tree.encode(&data, start..end).unwrap();
+            if flip {
+                let g = group_range(&(start..end), size).start as usize;
+                let at = encoded.windows(64).position(|w| w == &data[g..g + 64]).unwrap();
+                encoded[at + 10] ^= 1;
+            }
+            let reply = serde_json::to_vec(&Reply::Range { size }).unwrap();
+            let _ = write_frame(&mut s, &reply).await;
+            let _ = write_frame(&mut s, &encoded).await;
+        }
+    });
+    (peer, addrs)
+}
+
+/// Test c: two lying seeders (flipped bytes; another part of the same size under the root
+/// asked) and one honest relay: the fetcher bans both liars at their first range, gets every
+/// range from the relay, and returns exactly the part's bytes; none of the liars' bytes
+/// counts.
+#[test]
+fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
+    let model = default_model();
+    let root = temp_dir("parts-liars");
+    let relay = Relay::start(&root.join("r"), &["--model", model.to_str().unwrap()]);
+    let honest: PeerId = relay.peer.parse().unwrap();
+    let addr: Multiaddr = relay.addr("tcp").parse().unwrap();
+    let ModelFile::Gguf(g) = ModelFile::open(&model).unwrap() else { panic!("gguf") };
+    let manifest = Manifest::of_file(&ModelFile::Gguf(g.clone())).unwrap();
+    let parts = manifest.parts.clone().expect("parts");
+    let n = manifest.n_layers;
+    let block = |i| extract(g.file(), n, Part::Block(i)).unwrap();
+    assert_eq!(block(5).len(), block(6).len(), "block parts of one model have one size");
+    tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+        let (flipper, flipper_addrs) = liar(&addr, block(5), true).await;
+        let (swapper, swapper_addrs) = liar(&addr, block(6), false).await;
+        let h = connect(std::slice::from_ref(&addr)).await.unwrap();
+        for (peer, addrs) in [(flipper, flipper_addrs), (swapper, swapper_addrs)] {
+            let at = relay::p2p::with_peer(addrs[0].clone(), peer);
+            assert_eq!(h.dial(at, Duration::from_secs(10)).await.unwrap(), peer);
+        }
+        let (bytes, report) =
+            fetch_part(&h.control(), &[flipper, swapper, honest], &parts.blocks[5], 4).await.expect("fetch");
+        assert!(bytes == block(5), "other bytes than the part's");
+        let mut banned = report.banned.clone();
+        banned.sort();
+        let mut liars = vec![flipper, swapper];
+        liars.sort();
+        assert_eq!(banned, liars, "{report:?}");
+        assert_eq!(report.from, vec![(honest, parts.blocks[5].size)], "{report:?}");
+        // With no peer at all, or a liar alone, an error naming it, never bytes.
+        assert!(matches!(fetch_part(&h.control(), &[], &parts.blocks[5], 2).await, Err(FetchError::NoPeers { .. })));
+        let e = fetch_part(&h.control(), &[flipper], &parts.blocks[5], 2).await.unwrap_err().to_string();
+        assert!(e.contains("no peer left") && e.contains(&flipper.to_string()), "{e}");
+    });
+    drop(relay);
     let _ = std::fs::remove_dir_all(root);
 }

@@ -37,6 +37,10 @@ pub const PARTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/parts/1");
 /// Most bytes one `Get` may ask for (64 chunk groups; with its proof it fits one frame).
 pub const MAX_RANGE: u64 = 1 << 20;
 
+/// Largest part [`fetch_part`] assembles in memory (a block of a 70B model in Q8_0 is
+/// about 1 GiB).
+pub const MAX_PART: u64 = 4 << 30;
+
 /// Longest a request or an answer may take to arrive once started.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -256,7 +260,9 @@ pub async fn fetch_range(
         part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
     root.check_range(&range)?;
     let broke = |what: String| FetchError::Stream { peer, what };
-    let mut stream = control.open_stream(peer, PARTS_PROTOCOL).await.map_err(|e| broke(e.to_string()))?;
+    let open = super::timeout(FRAME_TIMEOUT, control.open_stream(peer, PARTS_PROTOCOL));
+    let mut stream =
+        open.await.ok_or_else(|| broke("timed out opening a stream".into()))?.map_err(|e| broke(e.to_string()))?;
     let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
     write_frame(&mut stream, &serde_json::to_vec(&request).unwrap_or_default())
         .await
@@ -297,7 +303,9 @@ pub async fn fetch_part(
     part: &PartRef,
     parallel: usize,
 ) -> Result<(Vec<u8>, FetchReport), FetchError> {
-    let mut out = vec![0u8; usize::try_from(part.size).unwrap_or(usize::MAX)];
+    let size = usize::try_from(part.size).ok().filter(|&n| n as u64 <= MAX_PART);
+    let size = size.ok_or_else(|| VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)))?;
+    let mut out = vec![0u8; size];
     let mut todo: Vec<Range<u64>> =
         (0..part.size.div_ceil(MAX_RANGE)).rev().map(|i| i * MAX_RANGE..((i + 1) * MAX_RANGE).min(part.size)).collect();
     let mut free: std::collections::VecDeque<PeerId> = peers.iter().copied().collect();
@@ -306,19 +314,27 @@ pub async fn fetch_part(
     let mut last = String::from("none");
     let mut running = FuturesUnordered::new();
     loop {
-        while running.len() < parallel.max(1) {
-            let (Some(range), Some(peer)) = (todo.last().cloned(), free.pop_front()) else {
+        while running.len() < parallel.max(1) && !todo.is_empty() {
+            let Some(peer) = free.pop_front() else {
                 break;
             };
-            todo.pop();
+            let Some(range) = todo.pop() else {
+                break;
+            };
             let (mut control, part) = (control.clone(), part.clone());
             running.push(async move {
                 let got = fetch_range(&mut control, peer, &part, range.clone()).await;
                 (peer, range, got)
             });
         }
+        if running.is_empty() {
+            let Some(r) = todo.last() else {
+                break;
+            };
+            return Err(FetchError::NoPeers { start: r.start, end: r.end, banned: report.banned, last });
+        }
         let Some((peer, range, got)) = running.next().await else {
-            break;
+            continue;
         };
         match got {
             Ok(bytes) => {
@@ -342,13 +358,6 @@ pub async fn fetch_part(
                     free.push_back(peer);
                 }
             }
-        }
-        if todo.is_empty() && running.is_empty() {
-            break;
-        }
-        if free.is_empty() && running.is_empty() {
-            let (start, end) = todo.last().map_or((0, 0), |r| (r.start, r.end));
-            return Err(FetchError::NoPeers { start, end, banned: report.banned, last });
         }
     }
     Ok((out, report))
