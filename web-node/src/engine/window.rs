@@ -55,11 +55,6 @@ impl Window {
         Some(Window { window, rows: window_rows(config, layer, max_len), base: 0 })
     }
 
-    /// Whether layer `layer` (of the model) uses these buffers.
-    pub fn holds(&self, config: &LlamaConfig, layer: usize) -> bool {
-        config.layer_window(layer).is_some()
-    }
-
     /// Before a step of `n <= WINDOW_STEP` tokens at position `pos`: when the step would run
     /// past the buffers' end, the rows to move to the front (the last `window - 1` positions),
     /// with `base` advanced to match; `None` when the step fits as it is.

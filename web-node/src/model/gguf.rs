@@ -796,14 +796,13 @@ fn longrope(file: &GgufFile, arch: &str, config: &LlamaConfig) -> Result<Option<
             what: "a file with both RoPE frequency factors and LongRoPE factors".into(),
         });
     }
-    for t in LONGROPE_TENSORS {
-        file.vector(t, half)?; // both present and well formed, as llama.cpp expects them
-    }
+    // Both present and well formed, as llama.cpp expects them; the long ones are not used.
+    let [short, _long] = [file.vector(LONGROPE_TENSORS[0], half)?, file.vector(LONGROPE_TENSORS[1], half)?];
     let original = md.req_u64(&format!("{arch}.rope.scaling.original_context_length"))?;
     Ok(Some(LongRope {
         trained: config.max_seq_len,
         original: usize::try_from(original).unwrap_or(usize::MAX),
-        short: file.vector(LONGROPE_TENSORS[0], half)?,
+        short,
         attn_factor: Some(md.f64(&format!("{arch}.rope.scaling.attn_factor"))?.unwrap_or(1.0) as f32),
     }))
 }
