@@ -26,7 +26,7 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, Future, Stream, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use super::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
+use super::frame::{read_frame, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
 use crate::model::manifest::PartRef;
 use crate::model::verified::{decode_range, group_range, PartTree, VerifyError};
@@ -40,6 +40,10 @@ pub const MAX_RANGE: u64 = 1 << 20;
 /// Largest part [`fetch_part`] assembles in memory (a block of a 70B model in Q8_0 is
 /// about 1 GiB).
 pub const MAX_PART: u64 = 4 << 30;
+
+/// Largest encoded range a fetcher reads: [`MAX_RANGE`] widened to whole chunk groups, plus
+/// its proof (64 bytes per tree node on the way, far under 128 KiB).
+const MAX_BODY: usize = MAX_RANGE as usize + (128 << 10);
 
 /// Longest a request or an answer may take to arrive once started.
 const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
@@ -280,7 +284,7 @@ pub async fn fetch_range(
         Err(e) => return Err(broke(format!("malformed answer: {e}"))),
     }
     let body =
-        read_frame(&mut stream, MAX_FRAME, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+        read_frame(&mut stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
     decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
 }
 
