@@ -420,14 +420,17 @@ pub fn gguf_name(hf: &str) -> String {
     format!("blk.{layer}.{t}")
 }
 
-/// A directory under the system temp dir, `ait-tests-<pid>-<name>`, emptied on creation and
-/// removed on drop.
+/// A directory under the system temp dir, `ait-tests-<pid>-<n>-<name>`, emptied on creation and
+/// removed on drop. `n` counts the directories this process made, so tests running in parallel
+/// threads never share one, even under the same name.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
     /// Creates (or empties) the directory.
     pub fn new(name: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!("ait-tests-{}-{name}", std::process::id()));
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let p = std::env::temp_dir().join(format!("ait-tests-{}-{n}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&p);
         std::fs::create_dir_all(&p).expect("create temp dir");
         TempDir(p)
