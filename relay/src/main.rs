@@ -17,6 +17,7 @@ use std::sync::Arc;
 use web_node::client::{ClientModel, GenerateOptions, Generation, SamplingParams};
 use web_node::model::{ChatMessage, Manifest, ModelFile};
 use web_node::net::node::Role;
+use web_node::net::parts::PartSource;
 use web_node::net::serve::LocalServer;
 
 #[derive(Parser)]
@@ -104,6 +105,12 @@ struct RelayOpt {
     bootstrap: Vec<Multiaddr>,
     #[command(flatten)]
     serve: relay::serving::ServeOpt,
+    /// Most disk the part store (parts fetched from the swarm, under --data-dir) may take, in
+    /// GiB; the least recently used parts not being served are evicted first.
+    #[arg(long, default_value_t = 20.0)]
+    cache_gib: f64,
+    #[command(flatten)]
+    seed: relay::seed::SeedOpt,
     #[command(flatten)]
     net: relay::limits::NetLimitOpt,
     /// Address of the OpenAI-compatible HTTP API.
@@ -204,40 +211,94 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         }
         relay::p2p::bootstrap(&handle, &o.bootstrap).await?;
         let mut local: Option<Arc<dyn LocalServer>> = None;
+        // The parts this relay fetched from the swarm; it seeds them all.
+        let store = Arc::new(
+            relay::part_store::PartStore::open(&o.data_dir.join("store"), (o.cache_gib * (1u64 << 30) as f64) as u64)
+                .context("opening the part store")?,
+        );
+        let mut sources: Vec<Arc<dyn PartSource>> = vec![store.clone()];
         // The model this relay knows: the one it serves, or --model.
         let mut known: Option<(ModelFile, Manifest)> = None;
         // Serving until the process ends.
         let mut _withdraw = None;
         // Whether this relay serves every block of its model.
         let mut serves_all = false;
-        if o.serve.blocks.is_some() {
-            let s =
-                relay::serving::start(&handle, &key, &o.serve, o.serve.limits(o.net.trusted()), &o.data_dir).await?;
+        let loaded = match (o.serve.model_id(), &o.serve.blocks) {
+            (Some(id), blocks) => {
+                let manifest = relay::swarm_model::manifest(&handle, &store, &id).await?;
+                let blocks = match blocks {
+                    Some(b) => web_node::net::serve::parse_blocks(b, manifest.n_layers).context("--blocks")?,
+                    None => 0..0,
+                };
+                let parts = relay::swarm_model::wanted(&manifest, blocks.clone())?;
+                store.pin(parts.iter().map(|(_, r)| r.root.clone()));
+                let fetched = relay::swarm_model::fetch(&handle, &store, &parts).await?;
+                println!("model {}: {} parts ready, {fetched} bytes fetched", id.to_hex(), parts.len());
+                let (s, m, kind) = (store.clone(), manifest.clone(), o.serve.backend);
+                let (head, backend) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                    let head = relay::swarm_model::load_head(&s, &m)?;
+                    let backend = match blocks.is_empty() {
+                        true => None,
+                        false => Some(relay::swarm_model::load_blocks(&s, &m, blocks, kind)?),
+                    };
+                    Ok((head, backend))
+                })
+                .await??;
+                match backend {
+                    Some(backend) => Some(relay::serving::Loaded { backend, manifest, file: head }),
+                    None => {
+                        known = Some((head, manifest));
+                        None
+                    }
+                }
+            }
+            (None, Some(_)) => Some(relay::serving::load_file(&o.serve, &o.data_dir).await?),
+            (None, None) => {
+                if let Some(path) = o.serve.model.clone() {
+                    let data_dir = o.data_dir.clone();
+                    known = Some(
+                        tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+                            let file = ModelFile::open(&path).context("opening the model")?;
+                            let (manifest, source) =
+                                relay::manifest_cache::manifest_for(&path, &file, &data_dir, 0..0, true)?;
+                            tracing::info!(?source, "manifest of {}", path.display());
+                            Ok((file, manifest))
+                        })
+                        .await??,
+                    );
+                }
+                None
+            }
+        };
+        if let Some(loaded) = loaded {
+            let s = relay::serving::start(&handle, &key, loaded, o.serve.limits(o.net.trusted())).await?;
             let c = s.server.config();
             println!(
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
-            serves_all = c.blocks == (0..s.file.config().n_layers);
+            serves_all = c.blocks == (0..s.manifest.n_layers);
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);
-        } else if let Some(path) = o.serve.model.clone() {
-            let data_dir = o.data_dir.clone();
-            known = Some(
-                tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                    let file = ModelFile::open(&path).context("opening the model")?;
-                    let (manifest, source) = relay::manifest_cache::manifest_for(&path, &file, &data_dir, 0..0, true)?;
-                    tracing::info!(?source, "manifest of {}", path.display());
-                    Ok((file, manifest))
-                })
-                .await??,
-            );
         }
-        // Every part of a GGUF model is offered to other nodes over `/ait/parts/1`.
-        if let Some((ModelFile::Gguf(g), manifest)) = &known {
-            relay::seed::seed_file(&handle, g.clone(), manifest.clone())?;
+        // Every part of a GGUF model file is offered to other nodes over `/ait/parts/1`,
+        // besides what the store holds; the DHT says so.
+        let mut roots = Vec::new();
+        let (stored, mut models) = store.contents();
+        roots.extend(stored);
+        let from_swarm = o.serve.model_id().is_some();
+        if let Some((file, manifest)) = &known {
+            models.push(manifest.id());
+            if let (ModelFile::Gguf(g), false) = (file, from_swarm) {
+                if let Some(parts) = relay::seed::FileParts::new(g.clone(), manifest.clone()) {
+                    roots.extend(parts.roots());
+                    sources.insert(0, Arc::new(parts));
+                }
+            }
         }
+        relay::seed::serve_parts(&handle, sources, o.seed.limits())?;
+        relay::seed::announce(&handle, &roots, &models).await?;
         if !o.no_http {
             let api_concurrency = o.api_concurrency.unwrap_or(if serves_all { o.serve.max_sessions } else { 4 }).max(1);
             tracing::info!(api_concurrency, "HTTP API requests generating at once");
@@ -252,6 +313,10 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                     let id = manifest.id();
                     let client = ClientModel::from_file(&file, Some(id))?.with_batched_head(api_concurrency);
                     let parts = match file {
+                        ModelFile::Gguf(_) if from_swarm => {
+                            tracing::warn!("browsers get parts over HTTP only from relays started from a model file");
+                            None
+                        }
                         ModelFile::Gguf(g) => Some(Arc::new(
                             relay::web::ModelParts::new(name.clone(), manifest, g)
                                 .with_cache_dir(o.data_dir.join("parts")),

@@ -1,6 +1,8 @@
-//! Seeding: a relay started from a GGUF file answers `/ait/parts/1` requests for every part of
-//! that model ([`web_node::net::parts`]), cutting each part from the file when first asked and
-//! keeping the last few with their hash trees.
+//! Seeding: a relay answers `/ait/parts/1` requests ([`web_node::net::parts`]) from its
+//! sources: every part of the GGUF file it was started from ([`FileParts`], cut from the file
+//! when first asked, the last few kept with their hash trees) and every part in its store
+//! ([`crate::part_store`]); and it provides their roots and its models' ids in the DHT, so
+//! fetchers find it.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -9,26 +11,66 @@ use bytes::Bytes;
 use futures::StreamExt;
 use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
-use web_node::model::Manifest;
+use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{HeldPart, PartSource, PartStreams};
+use web_node::net::parts::{HeldPart, PartSource, PartStreams, SeedLimits};
+use web_node::net::record::{model_key, part_key};
 
-/// Part streams served at once, and from one peer.
-const MAX_STREAMS: (usize, usize) = (64, 8);
+/// How much this relay seeds.
+#[derive(Clone, Debug, clap::Args)]
+pub struct SeedOpt {
+    /// Upload rate for parts sent to other nodes, over all of them, in megabits per second
+    /// (0: unlimited).
+    #[arg(long, default_value_t = 0.0)]
+    pub seed_mbps: f64,
+    /// Peers sent parts at once (each with up to 8 requests open).
+    #[arg(long, default_value_t = SeedLimits::default().max_peers)]
+    pub seed_peers: usize,
+}
 
-/// Offers every part of `file` (as `manifest` lists them) on `handle`'s node, on the tokio
-/// runtime; `false` when the manifest lists no parts.
-pub fn seed_file(handle: &NodeHandle, file: GgufModel, manifest: Manifest) -> anyhow::Result<bool> {
-    let Some(parts) = FileParts::new(file, manifest) else {
-        return Ok(false);
-    };
-    let streams = PartStreams::new(&mut handle.control(), Arc::new(parts), MAX_STREAMS.0, MAX_STREAMS.1)
+impl SeedOpt {
+    /// The limits these flags set.
+    pub fn limits(&self) -> SeedLimits {
+        let rate = (self.seed_mbps > 0.0).then(|| (self.seed_mbps * 1e6 / 8.0) as u64);
+        let peers = self.seed_peers.max(1);
+        SeedLimits { max_peers: peers, max_streams: peers * 8, bytes_per_sec: rate, ..SeedLimits::default() }
+    }
+}
+
+/// Answers `/ait/parts/1` on `handle`'s node from `sources` (the first that has a part
+/// answers) within `limits`, on the tokio runtime.
+pub fn serve_parts(handle: &NodeHandle, sources: Vec<Arc<dyn PartSource>>, limits: SeedLimits) -> anyhow::Result<()> {
+    let streams = PartStreams::new(&mut handle.control(), Arc::new(Sources(sources)), limits)
         .map_err(|_| anyhow::anyhow!("the parts protocol is already registered"))?;
     tokio::spawn(streams.for_each(|task| {
         tokio::spawn(task);
         std::future::ready(())
     }));
-    Ok(true)
+    Ok(())
+}
+
+/// Provides the DHT keys of these part roots and model ids: this node seeds them.
+pub async fn announce(handle: &NodeHandle, roots: &[String], models: &[ModelId]) -> anyhow::Result<()> {
+    let keys = roots.iter().map(|r| part_key(r)).chain(models.iter().map(model_key)).collect();
+    handle.provide(keys).await?;
+    Ok(())
+}
+
+/// Several part sources as one.
+pub struct Sources(pub Vec<Arc<dyn PartSource>>);
+
+impl PartSource for Sources {
+    fn has(&self, root: &str) -> bool {
+        self.0.iter().any(|s| s.has(root))
+    }
+
+    fn part(&self, root: &str) -> Option<Arc<HeldPart>> {
+        self.0.iter().find_map(|s| s.part(root))
+    }
+
+    fn manifest(&self, id: &ModelId) -> Option<Bytes> {
+        self.0.iter().find_map(|s| s.manifest(id))
+    }
 }
 
 /// Parts kept in memory at once (with their trees), besides the file itself.
@@ -41,6 +83,7 @@ pub struct FileParts {
     /// Root (hex) to part, for every part of the manifest.
     index: HashMap<String, Part>,
     held: Mutex<Vec<(String, Arc<HeldPart>)>>,
+    json: Bytes,
 }
 
 impl FileParts {
@@ -52,13 +95,23 @@ impl FileParts {
         for (i, b) in parts.blocks.iter().enumerate() {
             index.insert(b.root.clone(), Part::Block(i));
         }
-        Some(FileParts { file, manifest, index, held: Mutex::new(Vec::new()) })
+        let json = Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
+        Some(FileParts { file, manifest, index, held: Mutex::new(Vec::new()), json })
+    }
+
+    /// Roots of every part of the file.
+    pub fn roots(&self) -> Vec<String> {
+        self.index.keys().cloned().collect()
     }
 }
 
 impl PartSource for FileParts {
     fn has(&self, root: &str) -> bool {
         self.index.contains_key(root)
+    }
+
+    fn manifest(&self, id: &ModelId) -> Option<Bytes> {
+        (*id == self.manifest.id()).then(|| self.json.clone())
     }
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {

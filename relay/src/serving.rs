@@ -16,11 +16,14 @@ use web_node::net::serve::{parse_blocks, BatchLimits, BoxStream, LocalServer, Se
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
 use crate::manifest_cache::manifest_for;
+use web_node::engine::AnyBackend;
 
 /// What to serve and the limits.
 #[derive(Clone, Debug, clap::Args)]
 pub struct ServeOpt {
-    /// Model file (GGUF) or Hugging Face directory; default: SmolLM2-135M-Instruct Q4_1.
+    /// Model file (GGUF) or Hugging Face directory (default: SmolLM2-135M-Instruct Q4_1), or
+    /// the id of a model in the swarm (64 hex digits): then its manifest, head and the parts of
+    /// --blocks are fetched from the swarm's seeders into the part store first.
     #[arg(long)]
     pub model: Option<PathBuf>,
     /// Blocks (layers) to serve: `A..B` (layers A to B-1) or `all`. Without it the node only
@@ -69,6 +72,12 @@ pub struct ServeOpt {
 }
 
 impl ServeOpt {
+    /// `--model` as a model id: 64 hex digits naming no file here.
+    pub fn model_id(&self) -> Option<ModelId> {
+        let m = self.model.as_ref()?;
+        ModelId::from_hex(m.to_str()?).filter(|_| !m.exists())
+    }
+
     /// The session limits these flags set; `trusted` peers are exempt from per-peer and
     /// per-IP caps.
     pub fn limits(&self, trusted: HashSet<PeerId>) -> ServeLimits {
@@ -110,24 +119,27 @@ pub struct Serving {
     pub model: ModelId,
     /// The model's manifest.
     pub manifest: Manifest,
-    /// The whole model file (for the API's head and the parts handed to browsers).
+    /// The model file, or for a model fetched from the swarm its head part (for the API's
+    /// head and tokenizer).
     pub file: ModelFile,
     /// Withdraws the server when dropped.
     pub withdraw: Withdraw,
 }
 
-/// Loads the blocks and runs the portable assembly ([`Service`]) under `limits` (see
-/// [`ServeOpt::limits`]): the compute loop on its own thread, a task per session stream, and
-/// the DHT announcements.
+/// Blocks loaded and ready to serve.
+pub struct Loaded {
+    /// The blocks.
+    pub backend: AnyBackend,
+    /// The model's manifest.
+    pub manifest: Manifest,
+    /// The model file, or its head part.
+    pub file: ModelFile,
+}
+
+/// Loads `--blocks` of the model file `--model` (default: the default model) on `--backend`.
 /// The model's manifest comes from the cache in `data_dir` when it can
 /// ([`crate::manifest_cache`]): then only the served blocks and the head are hashed.
-pub async fn start(
-    handle: &NodeHandle,
-    key: &Keypair,
-    opt: &ServeOpt,
-    limits: ServeLimits,
-    data_dir: &Path,
-) -> anyhow::Result<Serving> {
+pub async fn load_file(opt: &ServeOpt, data_dir: &Path) -> anyhow::Result<Loaded> {
     let path = match &opt.model {
         Some(p) => p.clone(),
         None => crate::fetch::default_model()?,
@@ -135,16 +147,23 @@ pub async fn start(
     let blocks_arg = opt.blocks.clone().context("no --blocks")?;
     let backend_kind = opt.backend;
     let data_dir = data_dir.to_path_buf();
-    let (backend, manifest, file) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let file = ModelFile::open(&path).context("opening the model")?;
         let blocks = parse_blocks(&blocks_arg, file.config().n_layers).context("--blocks")?;
         let (manifest, source) = manifest_for(&path, &file, &data_dir, blocks.clone(), true)?;
         tracing::info!(?source, "manifest of {}", path.display());
         let gpu = pick_gpu(backend_kind)?;
         let backend = load_backend(&file, gpu.as_ref(), blocks)?;
-        Ok((backend, manifest, file))
+        Ok(Loaded { backend, manifest, file })
     })
-    .await??;
+    .await?
+}
+
+/// Runs the portable assembly ([`Service`]) on `loaded` under `limits` (see
+/// [`ServeOpt::limits`]): the compute loop on its own thread, a task per session stream, and
+/// the DHT announcements.
+pub async fn start(handle: &NodeHandle, key: &Keypair, loaded: Loaded, limits: ServeLimits) -> anyhow::Result<Serving> {
+    let Loaded { backend, manifest, file } = loaded;
     let model = manifest.id();
     // Measuring the blocks keeps the device busy for a moment: off the async workers.
     let (h, k) = (handle.clone(), key.clone());

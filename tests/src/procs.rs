@@ -33,6 +33,8 @@ pub struct Relay {
     pub http: Option<String>,
     /// Its data directory.
     pub data_dir: PathBuf,
+    /// What it printed on stdout up to `ready`.
+    pub stdout: Vec<String>,
 }
 
 impl Relay {
@@ -89,12 +91,14 @@ impl Relay {
             serving: None,
             http: None,
             data_dir: data_dir.into(),
+            stdout: Vec::new(),
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
                 Ok(line) => {
+                    relay.stdout.push(line.clone());
                     if let Some(p) = line.strip_prefix("peer id: ") {
                         relay.peer = p.trim().into();
                     } else if let Some(a) = line.strip_prefix("listening: ") {

@@ -55,14 +55,27 @@ impl TinyModel {
     /// Qwen3 gets heads of 32 (queries 128 wide for a hidden size of 64, as real Qwen3 models
     /// have heads wider than hidden / n_heads) and its q/k norms; Qwen2 its q/k/v biases.
     pub fn random_arch(seed: u64, arch: Arch, n_layers: usize, vocab: usize, tied: bool) -> TinyModel {
+        Self::random_shape(seed, arch, (64, 96), n_layers, vocab, tied)
+    }
+
+    /// As [`Self::random_arch`] with `(hidden, intermediate)` sizes: 4 heads of `hidden / 4`
+    /// (Qwen3: `hidden / 2`), 2 KV heads.
+    pub fn random_shape(
+        seed: u64,
+        arch: Arch,
+        (hidden, intermediate): (usize, usize),
+        n_layers: usize,
+        vocab: usize,
+        tied: bool,
+    ) -> TinyModel {
         let config = LlamaConfig {
             arch,
-            hidden: 64,
-            intermediate: 96,
+            hidden,
+            intermediate,
             n_layers,
             n_heads: 4,
             n_kv_heads: 2,
-            head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
+            head_dim: if arch == Arch::Qwen3 { hidden / 2 } else { hidden / 4 },
             rope_theta: 10_000.0,
             rms_eps: 1e-5,
             vocab,

@@ -12,9 +12,11 @@ use ait_tests::procs::{temp_dir, Relay};
 use libp2p::{Multiaddr, PeerId};
 use relay::swarm_client::connect;
 use web_node::model::parts::{extract, Part};
-use web_node::model::{Manifest, ModelFile};
+use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::frame::{read_frame, write_frame};
-use web_node::net::parts::{fetch_part, fetch_range, FetchError, Reply, Request, MAX_RANGE, PARTS_PROTOCOL};
+use web_node::net::parts::{
+    fetch_manifest, fetch_part, fetch_range, FetchError, Reply, Request, MAX_RANGE, PARTS_PROTOCOL,
+};
 
 /// One raw request on a stream of its own, and the relay's first answer.
 async fn ask(h: &web_node::net::node::NodeHandle, peer: PeerId, payload: &[u8]) -> Reply {
@@ -79,6 +81,14 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
             ask(&h, peers[1], &serde_json::to_vec(&have).unwrap()).await,
             Reply::Have { held: vec![true, false, false] }
         );
+        // Manifests: the relay's own (checked against its id), an unknown id, a malformed one.
+        let id = manifest.id();
+        let got = fetch_manifest(&mut control.clone(), peers[1], &id).await.expect("manifest");
+        assert_eq!(got, manifest);
+        let e = fetch_manifest(&mut control.clone(), peers[1], &ModelId([7; 32])).await.unwrap_err().to_string();
+        assert!(e.contains("refused") && e.contains("is not known here"), "{e}");
+        let e = refusal(ask(&h, peers[1], &serde_json::to_vec(&Request::Manifest { id: "zz".into() }).unwrap()).await);
+        assert!(e.contains("is not 64 hex digits"), "{e}");
         // Still serving.
         let again = fetch_range(&mut control.clone(), peers[1], r, 0..r.size.min(MAX_RANGE)).await.expect("range");
         assert_eq!(again.len() as u64, r.size.min(MAX_RANGE));
@@ -90,8 +100,8 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
 /// A seeder that lies, played by an in-process node that answers `/ait/parts/1` itself (no
 /// fault switch exists in the relay or the library): for every range it encodes the true
 /// part with one byte flipped in the range's first chunk group (`flip`), or encodes another
-/// part under the root asked (`!flip`).
-async fn liar(bootstrap: &Multiaddr, data: Vec<u8>, flip: bool) -> (PeerId, Vec<Multiaddr>) {
+/// part under the root asked (`!flip`). Asked for any manifest, it sends `manifest`.
+async fn liar(bootstrap: &Multiaddr, data: Vec<u8>, flip: bool, manifest: Vec<u8>) -> (PeerId, Vec<Multiaddr>) {
     use futures::StreamExt;
     use web_node::model::verified::{group_range, PartTree};
     let node =
@@ -107,7 +117,16 @@ async fn liar(bootstrap: &Multiaddr, data: Vec<u8>, flip: bool) -> (PeerId, Vec<
         while let Some((_, mut s)) = incoming.next().await {
             let t = Duration::from_secs(10);
             let Ok(req) = read_frame(&mut s, 1 << 20, t, t).await else { continue };
-            let Ok(Request::Get { start, end, .. }) = serde_json::from_slice(&req) else { continue };
+            let (start, end) = match serde_json::from_slice(&req) {
+                Ok(Request::Get { start, end, .. }) => (start, end),
+                Ok(Request::Manifest { .. }) => {
+                    let reply = serde_json::to_vec(&Reply::Manifest { size: manifest.len() as u64 }).unwrap();
+                    let _ = write_frame(&mut s, &reply).await;
+                    let _ = write_frame(&mut s, &manifest).await;
+                    continue;
+                }
+                _ => continue,
+            };
             let mut encoded = tree.encode(&data, start..end).unwrap();
             if flip {
                 let g = group_range(&(start..end), size).start as usize;
@@ -140,8 +159,10 @@ fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
     let block = |i| extract(g.file(), n, Part::Block(i)).unwrap();
     assert_eq!(block(5).len(), block(6).len(), "block parts of one model have one size");
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
-        let (flipper, flipper_addrs) = liar(&addr, block(5), true).await;
-        let (swapper, swapper_addrs) = liar(&addr, block(6), false).await;
+        // One sends another model's manifest under the id asked, the other junk.
+        let other = Manifest { hidden: manifest.hidden + 1, ..manifest.clone() };
+        let (flipper, flipper_addrs) = liar(&addr, block(5), true, serde_json::to_vec(&other).unwrap()).await;
+        let (swapper, swapper_addrs) = liar(&addr, block(6), false, b"{\"version\": 2}".to_vec()).await;
         let h = connect(std::slice::from_ref(&addr)).await.unwrap();
         for (peer, addrs) in [(flipper, flipper_addrs), (swapper, swapper_addrs)] {
             let at = relay::p2p::with_peer(addrs[0].clone(), peer);
@@ -160,6 +181,12 @@ fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
         assert!(matches!(fetch_part(&h.control(), &[], &parts.blocks[5], 2).await, Err(FetchError::NoPeers { .. })));
         let e = fetch_part(&h.control(), &[flipper], &parts.blocks[5], 2).await.unwrap_err().to_string();
         assert!(e.contains("no peer left") && e.contains(&flipper.to_string()), "{e}");
+        let id = manifest.id();
+        let e = fetch_manifest(&mut h.control(), flipper, &id).await.unwrap_err().to_string();
+        assert!(e.contains("bad manifest") && e.contains(&other.id().to_hex()), "{e}");
+        let e = fetch_manifest(&mut h.control(), swapper, &id).await.unwrap_err().to_string();
+        assert!(e.contains("bad manifest"), "{e}");
+        assert_eq!(fetch_manifest(&mut h.control(), honest, &id).await.expect("the relay's"), manifest);
     });
     drop(relay);
     let _ = std::fs::remove_dir_all(root);

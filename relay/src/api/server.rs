@@ -45,7 +45,8 @@ impl ConnLimiter {
 
     pub(super) fn admit(&self, ip: IpAddr) -> Result<Slot, Refused> {
         self.0.admit(ip, false).map_err(|over| match over {
-            Over::Total(n) => Refused::Total(n),
+            // No cap on distinct addresses is set here.
+            Over::Total(n) | Over::Keys(n) => Refused::Total(n),
             Over::PerKey(n) => Refused::PerIp(n),
         })
     }

@@ -6,8 +6,9 @@
 //!   or [`peer_key`](super::record::peer_key)), verify as a [`ServerRecord`] signed by the
 //!   peer the key names (for the model the key names), and be newer than the copy we hold:
 //!   nobody can overwrite a server's record with junk or with an older copy of its own.
-//! - A provider record must be under one of our provider keys (a block of a model, or the
-//!   directory); Kademlia itself checks that the provider is the peer that sent it.
+//! - A provider record must be under one of our provider keys (a block of a model, a model
+//!   part's root, a model id, or the directory); Kademlia itself checks that the provider is
+//!   the peer that sent it.
 
 use libp2p::kad::RecordKey;
 use libp2p::PeerId;
@@ -28,6 +29,10 @@ pub enum Key {
     Peer(PeerId),
     /// Providers of one block of a model.
     Block,
+    /// Seeders of one model part (by its root).
+    Part,
+    /// Holders of one model's manifest.
+    Model,
     /// Providers listing the network.
     Directory,
 }
@@ -51,6 +56,8 @@ pub fn parse_key(key: &RecordKey) -> Option<Key> {
             Some(Key::Server { model: (*model).into(), peer: peer.parse().ok()? })
         }
         ["peer", peer] => Some(Key::Peer(peer.parse().ok()?)),
+        ["part", root] if is_model_hex(root) => Some(Key::Part),
+        ["model", model] if is_model_hex(model) => Some(Key::Model),
         ["block", model, block] if is_model_hex(model) => {
             // Digits only: no sign, no leading `+`, no leading zeros making aliases.
             let digits = !block.is_empty() && block.bytes().all(|b| b.is_ascii_digit());
@@ -107,7 +114,7 @@ pub fn check_record(key: &RecordKey, value: &[u8], stored: Option<&[u8]>, now_ms
 /// Whether to store a provider record under `key`.
 pub fn check_provider_key(key: &RecordKey) -> Result<(), Rejected> {
     match parse_key(key) {
-        Some(Key::Block | Key::Directory) => Ok(()),
+        Some(Key::Block | Key::Part | Key::Model | Key::Directory) => Ok(()),
         _ => Err(Rejected::Key),
     }
 }
@@ -117,7 +124,7 @@ mod tests {
     use super::*;
     use crate::model::ModelId;
     use crate::net::protocol::ServerStatus;
-    use crate::net::record::{block_key, peer_key, server_key};
+    use crate::net::record::{block_key, model_key, part_key, peer_key, server_key};
     use libp2p::identity::Keypair;
 
     fn record(key: &Keypair, model: &ModelId, expires_ms: u64) -> Vec<u8> {
@@ -150,6 +157,13 @@ mod tests {
         assert_eq!(parse_key(&block_key(&m, 0)), Some(Key::Block));
         assert_eq!(parse_key(&block_key(&m, 29)), Some(Key::Block));
         assert_eq!(parse_key(&directory_key()), Some(Key::Directory));
+        assert_eq!(parse_key(&part_key(&m.to_hex())), Some(Key::Part));
+        assert_eq!(parse_key(&model_key(&m)), Some(Key::Model));
+        let upper = m.to_hex().to_uppercase().replace('3', "A");
+        for junk in [format!("/ait/part/{upper}"), format!("/ait/part/{}0", m.to_hex()), format!("/ait/model/{upper}")]
+        {
+            assert_eq!(parse_key(&RecordKey::new(&junk)), None, "{junk}");
+        }
         for junk in ["/ait/block/xyz/1", "/ait/peer/notapeer", "/other/thing", "/ait/block/", "\u{ff}"] {
             assert_eq!(parse_key(&RecordKey::new(&junk)), None, "{junk}");
         }
@@ -183,6 +197,8 @@ mod tests {
         // Junk already stored does not protect itself.
         assert!(check_record(&peer_key(&p), &rec, Some(b"junk"), now).is_ok());
         assert!(check_provider_key(&block_key(&m, 3)).is_ok());
+        assert!(check_provider_key(&part_key(&m.to_hex())).is_ok());
+        assert!(check_provider_key(&model_key(&m)).is_ok());
         assert!(check_provider_key(&peer_key(&p)).is_err());
     }
 }

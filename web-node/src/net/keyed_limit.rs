@@ -13,6 +13,7 @@ pub struct KeyedLimit<K> {
     counts: Arc<Mutex<Counts<K>>>,
     max_total: usize,
     max_per_key: usize,
+    max_keys: usize,
 }
 
 struct Counts<K> {
@@ -29,6 +30,9 @@ pub enum Over {
     /// The cap per key.
     #[error("{0} held under this key already")]
     PerKey(usize),
+    /// The cap on distinct keys holding at once.
+    #[error("{0} keys hold places already")]
+    Keys(usize),
 }
 
 /// One admitted holder; uncounted on drop.
@@ -44,7 +48,13 @@ impl<K: Eq + Hash + Clone> KeyedLimit<K> {
             counts: Arc::new(Mutex::new(Counts { total: 0, per_key: HashMap::new() })),
             max_total,
             max_per_key,
+            max_keys: usize::MAX,
         }
+    }
+
+    /// The same limit, admitting holders under at most `max_keys` distinct keys at once.
+    pub fn with_max_keys(self, max_keys: usize) -> Self {
+        KeyedLimit { max_keys, ..self }
     }
 
     /// Admits a holder under `key` if both caps allow; `exempt` ones skip the per-key cap
@@ -53,6 +63,9 @@ impl<K: Eq + Hash + Clone> KeyedLimit<K> {
         let mut c = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         if c.total >= self.max_total {
             return Err(Over::Total(self.max_total));
+        }
+        if !c.per_key.contains_key(&key) && c.per_key.len() >= self.max_keys {
+            return Err(Over::Keys(self.max_keys));
         }
         let n = c.per_key.entry(key.clone()).or_default();
         if *n >= self.max_per_key && !exempt {
@@ -91,5 +104,11 @@ mod tests {
         assert_eq!(l.admit("b", false).err(), Some(Over::Total(3)));
         drop(a1);
         assert!(l.admit("b", false).is_ok());
+
+        let l = KeyedLimit::new(10, 10).with_max_keys(2);
+        let (_a, b, _a2) = (l.admit("a", false).unwrap(), l.admit("b", false).unwrap(), l.admit("a", false).unwrap());
+        assert_eq!(l.admit("c", false).err(), Some(Over::Keys(2)));
+        drop(b);
+        assert!(l.admit("c", false).is_ok());
     }
 }

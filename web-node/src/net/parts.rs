@@ -7,12 +7,17 @@
 //! - `Have { roots }` is answered `Have { held }`: which of these parts the node can serve.
 //! - `Get { root, start, end }` (at most [`MAX_RANGE`] bytes) is answered `Range { size }`,
 //!   then one frame of the encoded range (its chunk groups with their proof), or `Error`.
+//! - `Manifest { id }` is answered `Manifest { size }`, then one frame of the manifest's JSON
+//!   (whose hash the fetcher checks against the id), or `Error`.
 //!
 //! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
 //! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
-//! verifies it; [`fetch_part`] splits a part over several peers at once, hands the next range
-//! to whichever peer finished its last one (so the fastest do the most), and bans a peer whose
-//! data fails verification (proof that it lied), fetching its range from the others.
+//! verifies it; [`fetch_ranges`] splits a part's missing ranges over several peers at once,
+//! hands the next range to whichever peer finished its last one (so the fastest do the most),
+//! bans a peer whose data fails verification (proof that it lied), fetching its range from
+//! the others, and once no range is left unasked, asks a free peer for a range still running
+//! elsewhere (a stalled peer then holds nothing up). [`fetch_part`] assembles a part in memory;
+//! [`fetch_manifest`] gets a model's manifest by its id.
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -28,8 +33,9 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{read_frame, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
-use crate::model::manifest::PartRef;
+use crate::model::manifest::{ModelId, PartRef};
 use crate::model::verified::{decode_range, group_range, PartTree, VerifyError};
+use crate::model::Manifest;
 
 /// The protocol id.
 pub const PARTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/parts/1");
@@ -51,6 +57,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most roots one `Have` may name.
 const MAX_HAVE: usize = 4096;
 
+/// Largest manifest sent or accepted (a 128-layer model's is about 60 KiB).
+pub const MAX_MANIFEST: usize = 1 << 20;
+
 /// A request.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
@@ -68,6 +77,11 @@ pub enum Request {
         /// End of the range.
         end: u64,
     },
+    /// The manifest of the model with this id (hex).
+    Manifest {
+        /// Model id.
+        id: String,
+    },
 }
 
 /// An answer.
@@ -81,6 +95,11 @@ pub enum Reply {
     /// The range follows in the next frame; the part has `size` bytes.
     Range {
         /// The part's size.
+        size: u64,
+    },
+    /// The manifest's JSON follows in the next frame, `size` bytes.
+    Manifest {
+        /// Its length.
         size: u64,
     },
     /// The request was refused.
@@ -114,6 +133,9 @@ pub trait PartSource: Send + Sync {
 
     /// Whether this node has the part with this root (without loading it).
     fn has(&self, root: &str) -> bool;
+
+    /// The JSON of the manifest of model `id`, if this node has it.
+    fn manifest(&self, id: &ModelId) -> Option<Bytes>;
 }
 
 /// Why fetching failed.
@@ -143,9 +165,27 @@ pub enum FetchError {
         /// What was wrong.
         error: VerifyError,
     },
+    /// The peer sent a manifest that does not parse or is not the one asked for.
+    #[error("{peer} sent a bad manifest: {what}")]
+    BadManifest {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
+        what: String,
+    },
     /// The request itself is invalid (a range past the end, a malformed root).
     #[error("{0}")]
     Invalid(#[from] VerifyError),
+    /// The caller's sink refused a verified range (a full disk, for a store).
+    #[error("storing bytes {start}..{end}: {what}")]
+    Sink {
+        /// First byte of the range.
+        start: u64,
+        /// Its end.
+        end: u64,
+        /// What failed.
+        what: String,
+    },
     /// Every peer failed or was banned before the part was complete.
     #[error("no peer left to fetch bytes {start}..{end} from (banned: {banned:?}; last error: {last})")]
     NoPeers {
@@ -166,8 +206,12 @@ fn parse_root(root: &str) -> Option<String> {
     PartRef { size: 0, root: lower.clone(), flops: 0 }.address().map(|_| lower)
 }
 
-/// Serves one request on `stream` from `source`.
-pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(source: &dyn PartSource, mut stream: S) {
+/// Serves one request on `stream` from `source`, the answer paced by `pace` if given.
+pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
+    source: &dyn PartSource,
+    pace: Option<&Pace>,
+    mut stream: S,
+) {
     let reply = async {
         let bytes = read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| e.to_string())?;
         let request: Request = serde_json::from_slice(&bytes).map_err(|e| format!("malformed request: {e}"))?;
@@ -187,6 +231,11 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(source: &dyn PartSo
                 let encoded = part.tree.encode(&part.data, start..end).map_err(|e| e.to_string())?;
                 Ok((Reply::Range { size }, Some(encoded)))
             }
+            Request::Manifest { id } => {
+                let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
+                let json = source.manifest(&model).ok_or_else(|| format!("model {id} is not known here"))?;
+                Ok((Reply::Manifest { size: json.len() as u64 }, Some(json.to_vec())))
+            }
         }
     }
     .await;
@@ -194,6 +243,9 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(source: &dyn PartSo
         Ok(r) => r,
         Err(message) => (Reply::Error { message }, None),
     };
+    if let (Some(pace), Some(body)) = (pace, &body) {
+        pace.take(body.len()).await;
+    }
     let send = async {
         write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
         if let Some(body) = body {
@@ -210,24 +262,74 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(source: &dyn PartSo
 /// A future serving one part stream.
 pub type PartTask = Pin<Box<dyn Future<Output = ()> + Send>>;
 
-/// Incoming `/ait/parts/1` streams, each as a [`PartTask`] to spawn. Streams beyond
-/// `max_streams` at once, or `max_per_peer` from one peer, are closed at once.
+/// How much a node gives to others: part streams open at once, in all and per peer, distinct
+/// peers served at once, and the bytes per second all its answers may take.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SeedLimits {
+    /// Streams served at once.
+    pub max_streams: usize,
+    /// Streams one peer may have open at once.
+    pub max_per_peer: usize,
+    /// Distinct peers served at once.
+    pub max_peers: usize,
+    /// Upload rate over all part streams, bytes per second (`None`: unlimited).
+    pub bytes_per_sec: Option<u64>,
+}
+
+impl Default for SeedLimits {
+    fn default() -> Self {
+        SeedLimits { max_streams: 64, max_per_peer: 8, max_peers: 32, bytes_per_sec: None }
+    }
+}
+
+/// Paces sends to a rate: each send waits until the bytes before it have had their time.
+#[derive(Clone)]
+pub struct Pace {
+    next: Arc<std::sync::Mutex<web_time::Instant>>,
+    bytes_per_sec: f64,
+}
+
+impl Pace {
+    /// A pace of `bytes_per_sec` (at least 1).
+    pub fn new(bytes_per_sec: u64) -> Pace {
+        Pace {
+            next: Arc::new(std::sync::Mutex::new(web_time::Instant::now())),
+            bytes_per_sec: bytes_per_sec.max(1) as f64,
+        }
+    }
+
+    /// Waits until `n` more bytes may go.
+    pub async fn take(&self, n: usize) {
+        let wait = {
+            let mut next = self.next.lock().unwrap_or_else(|p| p.into_inner());
+            let now = web_time::Instant::now();
+            let start = (*next).max(now);
+            *next = start + Duration::from_secs_f64(n as f64 / self.bytes_per_sec);
+            *next - now
+        };
+        futures_timer::Delay::new(wait).await;
+    }
+}
+
+/// Incoming `/ait/parts/1` streams, each as a [`PartTask`] to spawn. Streams beyond the
+/// [`SeedLimits`] are closed at once; answers are paced to their rate.
 pub struct PartStreams {
     incoming: libp2p_stream::IncomingStreams,
     source: Arc<dyn PartSource>,
     open: KeyedLimit<PeerId>,
+    pace: Option<Pace>,
 }
 
 impl PartStreams {
-    /// Registers the protocol on `control` and answers from `source`.
+    /// Registers the protocol on `control` and answers from `source` within `limits`.
     pub fn new(
         control: &mut libp2p_stream::Control,
         source: Arc<dyn PartSource>,
-        max_streams: usize,
-        max_per_peer: usize,
+        limits: SeedLimits,
     ) -> Result<PartStreams, libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(PARTS_PROTOCOL)?;
-        Ok(PartStreams { incoming, source, open: KeyedLimit::new(max_streams, max_per_peer) })
+        let open = KeyedLimit::new(limits.max_streams, limits.max_per_peer).with_max_keys(limits.max_peers);
+        Ok(PartStreams { incoming, source, open, pace: limits.bytes_per_sec.map(Pace::new) })
     }
 }
 
@@ -243,9 +345,9 @@ impl Stream for PartStreams {
                 tracing::debug!(%peer, "too many part streams; closing one");
                 continue;
             };
-            let source = self.source.clone();
+            let (source, pace) = (self.source.clone(), self.pace.clone());
             return Poll::Ready(Some(Box::pin(async move {
-                serve_stream(&*source, stream).await;
+                serve_stream(&*source, pace.as_ref(), stream).await;
                 drop(permit);
             })));
         }
@@ -264,28 +366,84 @@ pub async fn fetch_range(
         part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
     root.check_range(&range)?;
     let broke = |what: String| FetchError::Stream { peer, what };
+    let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
+    let (mut stream, reply) = ask(control, peer, &request).await?;
+    match reply {
+        Reply::Range { size } if size == part.size => {}
+        Reply::Range { size } => {
+            let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
+            return Err(FetchError::Lied { peer, error });
+        }
+        other => return Err(broke(format!("unexpected answer {other:?}"))),
+    }
+    let body =
+        read_frame(&mut stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
+}
+
+/// Opens a stream to `peer`, sends `request` and reads the answer's first frame; an `Error`
+/// answer is [`FetchError::Refused`].
+async fn ask(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &Request,
+) -> Result<(libp2p::Stream, Reply), FetchError> {
+    let broke = |what: String| FetchError::Stream { peer, what };
     let open = super::timeout(FRAME_TIMEOUT, control.open_stream(peer, PARTS_PROTOCOL));
     let mut stream =
         open.await.ok_or_else(|| broke("timed out opening a stream".into()))?.map_err(|e| broke(e.to_string()))?;
-    let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
-    write_frame(&mut stream, &serde_json::to_vec(&request).unwrap_or_default())
+    write_frame(&mut stream, &serde_json::to_vec(request).unwrap_or_default())
         .await
         .map_err(|e| broke(e.to_string()))?;
     let head =
         read_frame(&mut stream, 1 << 16, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
     match serde_json::from_slice::<Reply>(&head) {
-        Ok(Reply::Range { size }) if size == part.size => {}
-        Ok(Reply::Range { size }) => {
-            let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
-            return Err(FetchError::Lied { peer, error });
-        }
-        Ok(Reply::Error { message }) => return Err(FetchError::Refused { peer, message }),
-        Ok(other) => return Err(broke(format!("unexpected answer {other:?}"))),
-        Err(e) => return Err(broke(format!("malformed answer: {e}"))),
+        Ok(Reply::Error { message }) => Err(FetchError::Refused { peer, message }),
+        Ok(reply) => Ok((stream, reply)),
+        Err(e) => Err(broke(format!("malformed answer: {e}"))),
+    }
+}
+
+/// Asks `peer` which of `roots` it holds; one flag per root.
+pub async fn fetch_have(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    roots: &[String],
+) -> Result<Vec<bool>, FetchError> {
+    let (_, reply) = ask(control, peer, &Request::Have { roots: roots.to_vec() }).await?;
+    match reply {
+        Reply::Have { held } if held.len() == roots.len() => Ok(held),
+        other => Err(FetchError::Stream { peer, what: format!("unexpected answer {other:?}") }),
+    }
+}
+
+/// Asks `peer` for the manifest of model `id` and checks that it is that model's: its hash
+/// is the id, so no peer can hand over another model under it.
+pub async fn fetch_manifest(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    id: &ModelId,
+) -> Result<Manifest, FetchError> {
+    let broke = |what: String| FetchError::Stream { peer, what };
+    let bad = |what: String| FetchError::BadManifest { peer, what };
+    let (mut stream, reply) = ask(control, peer, &Request::Manifest { id: id.to_hex() }).await?;
+    match reply {
+        Reply::Manifest { size } if size <= MAX_MANIFEST as u64 => {}
+        other => return Err(broke(format!("unexpected answer {other:?}"))),
     }
     let body =
-        read_frame(&mut stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
-    decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
+        read_frame(&mut stream, MAX_MANIFEST, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    let manifest = Manifest::from_json(&body).map_err(|e| bad(e.to_string()))?;
+    if manifest.id() != *id {
+        return Err(bad(format!("it is the manifest of model {}", manifest.id().to_hex())));
+    }
+    Ok(manifest)
+}
+
+/// The ranges a part of `size` bytes is fetched in: [`MAX_RANGE`] bytes each (whole chunk
+/// groups), the last one shorter. Range `i` starts at `i * MAX_RANGE`.
+pub fn ranges_of(size: u64) -> Vec<Range<u64>> {
+    (0..size.div_ceil(MAX_RANGE)).map(|i| i * MAX_RANGE..((i + 1) * MAX_RANGE).min(size)).collect()
 }
 
 /// What [`fetch_part`] did, for the caller's progress and ratio.
@@ -297,10 +455,8 @@ pub struct FetchReport {
     pub banned: Vec<PeerId>,
 }
 
-/// Fetches the whole of `part` from `peers`, up to `parallel` ranges at once: each range goes
-/// to the next free peer (the fastest come back first and take more), a peer whose data fails
-/// verification is banned for the rest of the fetch, and a peer that fails otherwise twice is
-/// dropped; their ranges go to the others. Returns the verified bytes.
+/// Fetches the whole of `part` from `peers` into memory ([`fetch_ranges`] over all of
+/// [`ranges_of`] its size). Returns the verified bytes.
 pub async fn fetch_part(
     control: &libp2p_stream::Control,
     peers: &[PeerId],
@@ -310,20 +466,68 @@ pub async fn fetch_part(
     let size = usize::try_from(part.size).ok().filter(|&n| n as u64 <= MAX_PART);
     let size = size.ok_or_else(|| VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)))?;
     let mut out = vec![0u8; size];
-    let mut todo: Vec<Range<u64>> =
-        (0..part.size.div_ceil(MAX_RANGE)).rev().map(|i| i * MAX_RANGE..((i + 1) * MAX_RANGE).min(part.size)).collect();
+    let report = fetch_ranges(control, peers, part, ranges_of(part.size), parallel, |range, bytes| {
+        out[range.start as usize..range.end as usize].copy_from_slice(bytes);
+        Ok(())
+    })
+    .await?;
+    Ok((out, report))
+}
+
+/// Fetches `todo` (ranges of [`ranges_of`] `part.size`) from `peers`, up to `parallel` at once,
+/// handing each verified range to `sink` once: each range goes to the next free peer (the
+/// fastest come back first and take more), a peer whose data fails verification is banned
+/// for the rest of the fetch, and a peer that fails otherwise twice is dropped; their ranges
+/// go to the others. When every range has been asked for, a free peer is also asked for a
+/// range still running on another (the first verified answer counts), so a peer that stalls
+/// holds the fetch up no longer than the fastest other takes.
+pub async fn fetch_ranges<F>(
+    control: &libp2p_stream::Control,
+    peers: &[PeerId],
+    part: &PartRef,
+    todo: Vec<Range<u64>>,
+    parallel: usize,
+    mut sink: F,
+) -> Result<FetchReport, FetchError>
+where
+    F: FnMut(Range<u64>, &[u8]) -> Result<(), String>,
+{
+    if part.size > MAX_PART {
+        return Err(VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)).into());
+    }
+    let mut todo: Vec<Range<u64>> = todo.into_iter().rev().collect();
     let mut free: std::collections::VecDeque<PeerId> = peers.iter().copied().collect();
     let mut failures: std::collections::HashMap<PeerId, u32> = Default::default();
     let mut report = FetchReport::default();
     let mut last = String::from("none");
+    // Ranges asked for and not yet stored, with the peers asked; stored ones are forgotten.
+    let mut asked: Vec<(Range<u64>, Vec<PeerId>)> = Vec::new();
     let mut running = FuturesUnordered::new();
     loop {
-        while running.len() < parallel.max(1) && !todo.is_empty() {
+        if todo.is_empty() && asked.is_empty() {
+            // Done; duplicates still running (a stalled peer) are dropped with `running`.
+            break;
+        }
+        while running.len() < parallel.max(1) {
             let Some(peer) = free.pop_front() else {
                 break;
             };
-            let Some(range) = todo.pop() else {
-                break;
+            let range = match todo.pop() {
+                Some(r) => {
+                    asked.push((r.clone(), vec![peer]));
+                    r
+                }
+                // End game: the oldest range asked of one peer only, and not of this one.
+                None => match asked.iter_mut().find(|(_, by)| by.len() == 1 && !by.contains(&peer)) {
+                    Some((r, by)) => {
+                        by.push(peer);
+                        r.clone()
+                    }
+                    None => {
+                        free.push_front(peer);
+                        break;
+                    }
+                },
             };
             let (mut control, part) = (control.clone(), part.clone());
             running.push(async move {
@@ -340,20 +544,34 @@ pub async fn fetch_part(
         let Some((peer, range, got)) = running.next().await else {
             continue;
         };
+        let slot = asked.iter().position(|(r, _)| *r == range);
         match got {
             Ok(bytes) => {
-                let span = group_range(&range, part.size);
-                out[span.start as usize..span.end as usize].copy_from_slice(&bytes);
-                match report.from.iter_mut().find(|(p, _)| *p == peer) {
-                    Some((_, n)) => *n += bytes.len() as u64,
-                    None => report.from.push((peer, bytes.len() as u64)),
+                if let Some(i) = slot {
+                    let span = group_range(&range, part.size);
+                    sink(span.clone(), &bytes).map_err(|what| FetchError::Sink {
+                        start: span.start,
+                        end: span.end,
+                        what,
+                    })?;
+                    asked.swap_remove(i);
+                    match report.from.iter_mut().find(|(p, _)| *p == peer) {
+                        Some((_, n)) => *n += bytes.len() as u64,
+                        None => report.from.push((peer, bytes.len() as u64)),
+                    }
                 }
                 free.push_back(peer);
             }
             Err(e) => {
                 tracing::debug!(%peer, "part range {range:?}: {e}");
                 last = e.to_string();
-                todo.push(range);
+                if let Some(i) = slot {
+                    asked[i].1.retain(|p| *p != peer);
+                    if asked[i].1.is_empty() {
+                        asked.swap_remove(i);
+                        todo.push(range);
+                    }
+                }
                 let n = failures.entry(peer).or_default();
                 *n += 1;
                 if matches!(e, FetchError::Lied { .. }) {
@@ -364,5 +582,5 @@ pub async fn fetch_part(
             }
         }
     }
-    Ok((out, report))
+    Ok(report)
 }

@@ -55,6 +55,18 @@ pub fn block_key(model: &ModelId, block: usize) -> RecordKey {
     RecordKey::new(&format!("/ait/block/{}/{block}", model.to_hex()))
 }
 
+/// DHT key under which seeders of a model part provide: the part's BLAKE3 root
+/// ([`PartRef::root`](crate::model::manifest::PartRef), 64 lowercase hex digits).
+pub fn part_key(root: &str) -> RecordKey {
+    RecordKey::new(&format!("/ait/part/{root}"))
+}
+
+/// DHT key under which nodes that hold `model`'s manifest (and seed some of its parts)
+/// provide: where a node that knows only the id gets the manifest.
+pub fn model_key(model: &ModelId) -> RecordKey {
+    RecordKey::new(&format!("/ait/model/{}", model.to_hex()))
+}
+
 /// DHT key of `peer`'s server record for `model`.
 pub fn server_key(model: &ModelId, peer: &PeerId) -> RecordKey {
     RecordKey::new(&format!("/ait/server/{}/{peer}", model.to_hex()))

@@ -337,6 +337,7 @@ impl Sessions {
         self.open.admit(peer, l.trusted_peers.contains(&peer)).map_err(|over| match over {
             Over::Total(n) => format!("{n} session streams open in all (the limit)"),
             Over::PerKey(n) => format!("{n} session streams open already (the per-peer limit)"),
+            Over::Keys(n) => format!("{n} peers hold session streams (the limit)"),
         })
     }
 }

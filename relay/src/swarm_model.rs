@@ -1,0 +1,237 @@
+//! A model known only by its id (`ait relay --model ID`): its manifest and the parts this node
+//! will serve, fetched from the swarm into the part store ([`crate::part_store`]), then the
+//! blocks and head built from those verified parts.
+//!
+//! Seeders are found in the DHT: providers of the model's id hold its manifest (whose hash the
+//! fetcher checks against the id), providers of a part's root seed that part. Each part is
+//! fetched over `/ait/parts/1` from up to [`PARALLEL`] ranges at once across its seeders,
+//! every range checked against the part's root on arrival, and resumed from what is already
+//! verified on disk.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use futures::stream::FuturesUnordered;
+use futures::StreamExt;
+use libp2p::PeerId;
+use web_node::engine::AnyBackend;
+use web_node::model::manifest::PartRef;
+use web_node::model::parts::{verify_block, verify_head, Part};
+use web_node::model::{Manifest, ModelFile, ModelId};
+use web_node::net::node::NodeHandle;
+use web_node::net::parts::{fetch_have, fetch_manifest, FetchError};
+use web_node::net::record::{model_key, part_key};
+
+use crate::local::{pick_gpu, BackendKind};
+use crate::part_store::{FetchOutcome, PartStore};
+
+/// Ranges of one part fetched at once (over all its seeders).
+pub const PARALLEL: usize = 4;
+/// Parts fetched at once.
+const PARTS_AT_ONCE: usize = 4;
+/// How long a provider lookup waits for more answers after the first, and in all.
+const LOOKUP: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
+/// Lookups before giving up on finding a seeder (records may take a moment to spread).
+const LOOKUP_TRIES: usize = 5;
+/// How long a provider may take to answer which parts it holds (or with a manifest) before
+/// it is left out: provider records outlive the nodes that made them.
+const PROBE: Duration = Duration::from_secs(5);
+/// How long more answers are awaited once every part has a holder.
+const SETTLE: Duration = Duration::from_millis(500);
+
+/// Peers other than this one that provide `key` in the DHT, asking again a few times while
+/// there are none.
+async fn providers(handle: &NodeHandle, key: libp2p::kad::RecordKey) -> anyhow::Result<Vec<PeerId>> {
+    let me = handle.peer_id();
+    for attempt in 0..LOOKUP_TRIES {
+        let found = handle.get_providers(key.clone(), LOOKUP.0, LOOKUP.1).await?;
+        let peers: Vec<PeerId> = found.into_iter().filter(|p| *p != me).collect();
+        if !peers.is_empty() {
+            return Ok(peers);
+        }
+        tokio::time::sleep(Duration::from_millis(500 << attempt.min(3))).await;
+    }
+    Ok(Vec::new())
+}
+
+/// The manifest of model `id`: from the store, else from the first of the peers that provide
+/// the id to answer with it (asked all at once; checked against the id, then stored).
+pub async fn manifest(handle: &NodeHandle, store: &PartStore, id: &ModelId) -> anyhow::Result<Manifest> {
+    if let Some(m) = store.manifest_of(id) {
+        return Ok(m);
+    }
+    let peers = providers(handle, model_key(id)).await?;
+    let mut errors = Vec::new();
+    let mut asking: FuturesUnordered<_> = peers
+        .iter()
+        .map(|&peer| async move {
+            let got = tokio::time::timeout(PROBE, fetch_manifest(&mut handle.control(), peer, id)).await;
+            got.unwrap_or_else(|_| Err(FetchError::Stream { peer, what: "no answer".into() }))
+        })
+        .collect();
+    while let Some(got) = asking.next().await {
+        match got {
+            Ok(m) => {
+                store.add_manifest(&m)?;
+                return Ok(m);
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+    }
+    anyhow::bail!(
+        "no peer in the swarm gave the manifest of model {} ({} providers found{}{})",
+        id.to_hex(),
+        peers.len(),
+        if errors.is_empty() { "" } else { ": " },
+        errors.join("; ")
+    )
+}
+
+/// The head part and the parts of `blocks`, as the manifest lists them.
+pub fn wanted(manifest: &Manifest, blocks: Range<usize>) -> anyhow::Result<Vec<(Part, PartRef)>> {
+    let parts =
+        manifest.parts.as_ref().context("the manifest lists no parts (a safetensors model): it cannot be fetched")?;
+    let mut out = vec![(Part::Head, parts.head.clone())];
+    for i in blocks {
+        let r = parts.blocks.get(i).with_context(|| format!("the model has no block {i}"))?;
+        out.push((Part::Block(i), r.clone()));
+    }
+    Ok(out)
+}
+
+/// The peers that answer, within [`PROBE`], that they hold each of `parts`: the providers of
+/// every part's root, each asked once about all of them.
+async fn holders(handle: &NodeHandle, parts: &[(Part, PartRef)]) -> anyhow::Result<HashMap<String, Vec<PeerId>>> {
+    let roots: Vec<String> = parts.iter().map(|(_, r)| r.root.clone()).collect();
+    let lookups = roots.iter().map(|r| providers(handle, part_key(r)));
+    let mut candidates: Vec<PeerId> = Vec::new();
+    for found in futures::future::join_all(lookups).await {
+        for p in found? {
+            if !candidates.contains(&p) {
+                candidates.push(p);
+            }
+        }
+    }
+    let mut asking: FuturesUnordered<_> = candidates
+        .iter()
+        .map(|&peer| {
+            let roots = &roots;
+            async move { (peer, fetch_have(&mut handle.control(), peer, roots).await) }
+        })
+        .collect();
+    let mut out: HashMap<String, Vec<PeerId>> = HashMap::new();
+    // Answers are awaited up to PROBE, and only SETTLE more once every part has a holder:
+    // a provider that is gone (its dial times out) does not hold up the fetch.
+    let mut deadline = tokio::time::Instant::now() + PROBE;
+    loop {
+        let Ok(Some((peer, answer))) = tokio::time::timeout_at(deadline, asking.next()).await else {
+            break;
+        };
+        match answer {
+            Ok(held) => {
+                for (root, _) in roots.iter().zip(held).filter(|(_, h)| *h) {
+                    out.entry(root.clone()).or_default().push(peer);
+                }
+            }
+            Err(e) => tracing::info!(%peer, "leaving out a provider: {e}"),
+        }
+        if roots.iter().all(|r| out.contains_key(r)) {
+            deadline = deadline.min(tokio::time::Instant::now() + SETTLE);
+        }
+    }
+    if !asking.is_empty() {
+        tracing::info!("left out {} providers that did not answer in time", asking.len());
+    }
+    Ok(out)
+}
+
+/// Fetches `parts` into `store` from their seeders (a few parts at once), with a progress bar
+/// per part on a terminal and a line per part on stdout:
+/// `fetched <part>: <n> bytes from <k> peers, <m> resumed`.
+pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, PartRef)]) -> anyhow::Result<u64> {
+    let bars = indicatif::MultiProgress::new();
+    let style = indicatif::ProgressStyle::with_template(
+        "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+    )
+    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+    .progress_chars("=> ");
+    // Parts already stored are checked first, so only the missing ones are looked up.
+    let mut missing = Vec::new();
+    for (part, r) in parts {
+        // A stored part is hashed against its root; one that fails is deleted and fetched
+        // again (a corrupted store repairs itself from the swarm).
+        if store.load(&r.root)?.is_none() {
+            missing.push((*part, r.clone()));
+        }
+    }
+    if missing.is_empty() {
+        return Ok(0);
+    }
+    let holders = holders(handle, &missing).await?;
+    let results: Vec<anyhow::Result<FetchOutcome>> = futures::stream::iter(missing)
+        .map(|(part, r)| {
+            let (store, bars, style) = (store.clone(), bars.clone(), style.clone());
+            let peers = holders.get(&r.root).cloned().unwrap_or_default();
+            async move {
+                anyhow::ensure!(!peers.is_empty(), "no live seeder of {part} ({}) in the swarm", r.root);
+                let bar = bars.add(indicatif::ProgressBar::new(r.size).with_style(style).with_prefix(part.to_string()));
+                let out = store
+                    .fetch(&handle.control(), &peers, &r, PARALLEL, |n| bar.set_position(n))
+                    .await
+                    .with_context(|| format!("fetching {part}"))?;
+                bar.finish_and_clear();
+                println!(
+                    "fetched {part}: {} bytes from {} peers, {} resumed",
+                    out.fetched(),
+                    out.report.from.len(),
+                    out.resumed
+                );
+                if !out.report.banned.is_empty() {
+                    tracing::warn!("{part}: banned {:?} for sending data that failed verification", out.report.banned);
+                }
+                Ok(out)
+            }
+        })
+        .buffer_unordered(PARTS_AT_ONCE)
+        .collect()
+        .await;
+    let mut total = 0;
+    for r in results {
+        total += r?.fetched();
+    }
+    Ok(total)
+}
+
+/// The verified head part of `manifest` from `store`, as a model file (for the client's
+/// embeddings, LM head, tokenizer and template).
+pub fn load_head(store: &PartStore, manifest: &Manifest) -> anyhow::Result<ModelFile> {
+    let r = &wanted(manifest, 0..0)?[0].1;
+    let held = store.load(&r.root)?.context("the head part is not in the store")?;
+    Ok(ModelFile::Gguf(verify_head(manifest, held.data.clone())?))
+}
+
+/// A backend for `blocks` of `manifest` built from the verified parts in `store`.
+pub fn load_blocks(
+    store: &PartStore,
+    manifest: &Manifest,
+    blocks: Range<usize>,
+    kind: BackendKind,
+) -> anyhow::Result<AnyBackend> {
+    let mut config = None;
+    let mut layers = Vec::new();
+    for (part, r) in wanted(manifest, blocks.clone())?.into_iter().skip(1) {
+        let Part::Block(i) = part else { continue };
+        let held = store.load(&r.root)?.with_context(|| format!("{part} is not in the store"))?;
+        let (c, w) = verify_block(manifest, i, held.data.clone())?;
+        config.get_or_insert(c);
+        layers.push(w);
+    }
+    let config = config.context("no blocks")?;
+    Ok(match pick_gpu(kind)? {
+        Some(ctx) => AnyBackend::gpu(ctx, config, blocks, &layers)?,
+        None => AnyBackend::cpu(config, blocks, layers)?,
+    })
+}
