@@ -230,7 +230,7 @@ impl PartStore {
             Err(e) => return Err(io(&path)(e)),
         };
         let part = Arc::new(HeldPart::new(Bytes::from(data)));
-        if part.tree.root().to_hex() != root {
+        if part.root().to_hex() != root {
             tracing::warn!("stored part {root} is corrupted; deleted (it will be fetched again)");
             let _ = fs::remove_file(&path);
             self.state().complete.remove(root);
@@ -351,7 +351,7 @@ impl PartStore {
         // disk that corrupted one since (or a `.have` byte set for a range never written).
         let bytes = fs::read(&data_path).map_err(io(&data_path))?;
         let held = Arc::new(HeldPart::new(Bytes::from(bytes)));
-        if held.tree.root().to_hex() != part.root {
+        if held.root().to_hex() != part.root {
             let _ = fs::remove_file(&data_path);
             let _ = fs::remove_file(&have_path);
             return Err(StoreError::Corrupt { root: part.root.clone() });

@@ -65,7 +65,13 @@ impl PartSource for Sources {
     }
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {
-        self.0.iter().find_map(|s| s.part(root))
+        // Cutting, reading and hashing a part blocks: let the runtime move other tasks off
+        // this worker meanwhile (outside a multi-threaded runtime, just run it).
+        let find = || self.0.iter().find_map(|s| s.part(root));
+        match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+            Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(find),
+            _ => find(),
+        }
     }
 
     fn manifest(&self, id: &ModelId) -> Option<Bytes> {
@@ -128,7 +134,7 @@ impl PartSource for FileParts {
             }
         };
         let p = Arc::new(HeldPart::new(Bytes::from(bytes)));
-        if p.tree.root().to_hex() != root {
+        if p.root().to_hex() != root {
             // The file changed under the manifest: serve nothing rather than other bytes.
             tracing::warn!("{part} no longer matches the manifest's root; not serving it");
             return None;

@@ -210,7 +210,7 @@ pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, 
 pub fn load_head(store: &PartStore, manifest: &Manifest) -> anyhow::Result<ModelFile> {
     let r = &wanted(manifest, 0..0)?[0].1;
     let held = store.load(&r.root)?.context("the head part is not in the store")?;
-    Ok(ModelFile::Gguf(verify_head(manifest, held.data.clone())?))
+    Ok(ModelFile::Gguf(verify_head(manifest, held.data().clone())?))
 }
 
 /// A backend for `blocks` of `manifest` built from the verified parts in `store`.
@@ -225,7 +225,7 @@ pub fn load_blocks(
     for (part, r) in wanted(manifest, blocks.clone())?.into_iter().skip(1) {
         let Part::Block(i) = part else { continue };
         let held = store.load(&r.root)?.with_context(|| format!("{part} is not in the store"))?;
-        let (c, w) = verify_block(manifest, i, held.data.clone())?;
+        let (c, w) = verify_block(manifest, i, held.data().clone())?;
         config.get_or_insert(c);
         layers.push(w);
     }

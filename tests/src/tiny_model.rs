@@ -369,6 +369,23 @@ impl TinyModel {
     }
 }
 
+/// The model the torrent's tests and bench pass around: 6 layers, hidden 256, FFN 1536, Q8_0,
+/// the default model's tokenizer (so `ait generate` can run it); about 1.5 MB per block part
+/// and 15 MB for the head, so each part spans several 1 MiB ranges. Written to
+/// `dir/tiny.gguf`; returns its path and manifest.
+pub fn torrent_model(dir: &Path) -> (PathBuf, web_node::model::Manifest) {
+    use web_node::model::{gguf::GgufModel, Arch, Manifest, ModelFile};
+    let default = GgufModel::open(&crate::default_model()).expect("default model");
+    let m = TinyModel::random_shape(7, Arch::Llama, (256, 1536), 6, default.config().vocab, true);
+    let mut md = m.gguf_metadata();
+    let tokenizer = default.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
+    md.extend(tokenizer.map(|(k, v)| (k.clone(), v.clone())));
+    let path = dir.join("tiny.gguf");
+    std::fs::write(&path, write_gguf(&md, &m.gguf_tensors(WeightType::Q8_0, true))).expect("write");
+    let manifest = Manifest::of_file(&ModelFile::open(&path).expect("open")).expect("manifest");
+    (path, manifest)
+}
+
 /// Serializes metadata and `(name, dims, ggml type, bytes)` tensors as GGUF.
 pub fn write_gguf<K: AsRef<str>>(metadata: &[(K, Value)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
     let metadata: Vec<(&str, Value)> = metadata.iter().map(|(k, v)| (k.as_ref(), v.clone())).collect();

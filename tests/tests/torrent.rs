@@ -1,31 +1,14 @@
 //! The torrent, with real relay processes on loopback: relays that know a model only by its id
 //! fetch the parts they serve from the swarm's seeders (found in the DHT), verified, onto
 //! disk; then serve. A generated model keeps it fast (parts of about 1.5 MB per block and
-//! 14 MB for the head, so each is cut into several 1 MiB ranges spread over the seeders).
+//! 15 MB for the head, so each is cut into several 1 MiB ranges spread over the seeders).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ait_tests::default_model;
 use ait_tests::procs::{ait_bin, temp_dir, Relay};
-use ait_tests::tiny_model::{write_gguf, TinyModel};
-use web_node::model::gguf::GgufModel;
-use web_node::model::{Arch, Manifest, ModelFile, WeightType};
-
-/// Writes a 6-layer model (hidden 256, FFN 1536, Q8_0) with the default model's tokenizer to
-/// `dir/tiny.gguf`; returns its path and manifest.
-fn tiny_model(dir: &Path) -> (PathBuf, Manifest) {
-    let default = GgufModel::open(&default_model()).expect("default model");
-    let m = TinyModel::random_shape(7, Arch::Llama, (256, 1536), 6, default.config().vocab, true);
-    let mut md = m.gguf_metadata();
-    let tokenizer = default.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
-    md.extend(tokenizer.map(|(k, v)| (k.clone(), v.clone())));
-    let path = dir.join("tiny.gguf");
-    std::fs::write(&path, write_gguf(&md, &m.gguf_tensors(WeightType::Q8_0, true))).expect("write");
-    let manifest = Manifest::of_file(&ModelFile::open(&path).expect("open")).expect("manifest");
-    (path, manifest)
-}
+use ait_tests::tiny_model::torrent_model;
 
 /// `fetched <part>: <bytes> bytes from <peers> peers, <resumed> resumed` lines, by part.
 fn fetched(relay: &Relay) -> Vec<(String, u64, usize, u64)> {
@@ -52,7 +35,7 @@ fn ait(args: &[&str]) -> String {
 #[test]
 fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_does() {
     let root = temp_dir("torrent-chain");
-    let (path, manifest) = tiny_model(&root);
+    let (path, manifest) = torrent_model(&root);
     let p = path.to_str().unwrap();
     let id = manifest.id().to_hex();
     let parts = manifest.parts.clone().expect("parts");
@@ -122,7 +105,7 @@ fn wait_for_ranges(have: &Path, n: usize) {
 #[test]
 fn fetches_survive_a_dead_seeder_resume_after_kill_9_and_repair_a_corrupted_store() {
     let root = temp_dir("torrent-resume");
-    let (path, manifest) = tiny_model(&root);
+    let (path, manifest) = torrent_model(&root);
     let p = path.to_str().unwrap();
     let id = manifest.id().to_hex();
     let head = manifest.parts.clone().expect("parts").head;

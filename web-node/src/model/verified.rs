@@ -13,7 +13,7 @@ use std::io::Read;
 use std::ops::Range;
 
 use bao_tree::io::outboard::PreOrderMemOutboard;
-use bao_tree::io::sync::{encode_ranges_validated, DecodeResponseIter, Outboard};
+use bao_tree::io::sync::{encode_ranges, encode_ranges_validated, DecodeResponseIter, Outboard};
 use bao_tree::io::{BaoContentItem, DecodeError, Leaf};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -123,8 +123,22 @@ impl PartTree {
         if data.len() as u64 != self.root().size {
             return Err(VerifyError::Local(format!("{} bytes for a part of {}", data.len(), self.root().size)));
         }
-        let mut out = Vec::new();
+        let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
         encode_ranges_validated(data, &self.outboard, &chunks_of(&range), &mut out)
+            .map_err(|e| VerifyError::Local(e.to_string()))?;
+        Ok(out)
+    }
+
+    /// [`PartTree::encode`] for the very bytes this tree was built from, held unchanged since
+    /// (as [`HeldPart`](crate::net::parts::HeldPart) holds them): the chunk groups are not
+    /// hashed again, which saves the sender a BLAKE3 pass per range.
+    pub fn encode_built_from(&self, data: &[u8], range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
+        self.root().check_range(&range)?;
+        if data.len() as u64 != self.root().size {
+            return Err(VerifyError::Local(format!("{} bytes for a part of {}", data.len(), self.root().size)));
+        }
+        let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
+        encode_ranges(data, &self.outboard, &chunks_of(&range), &mut out)
             .map_err(|e| VerifyError::Local(e.to_string()))?;
         Ok(out)
     }

@@ -3,7 +3,7 @@
 //! ([`crate::model::verified`]), so a downloader checks every chunk group and trusts no
 //! sender.
 //!
-//! One request per stream, in length-prefixed JSON frames ([`super::frame`]):
+//! Requests one after another on a stream, in length-prefixed JSON frames ([`super::frame`]):
 //! - `Have { roots }` is answered `Have { held }`: which of these parts the node can serve.
 //! - `Get { root, start, end }` (at most [`MAX_RANGE`] bytes) is answered `Range { size }`,
 //!   then one frame of the encoded range (its chunk groups with their proof), or `Error`.
@@ -34,7 +34,7 @@ use serde::{Deserialize, Serialize};
 use super::frame::{read_frame, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
 use crate::model::manifest::{ModelId, PartRef};
-use crate::model::verified::{decode_range, group_range, PartTree, VerifyError};
+use crate::model::verified::{decode_range, group_range, PartRoot, PartTree, VerifyError};
 use crate::model::Manifest;
 
 /// The protocol id.
@@ -56,6 +56,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Most roots one `Have` may name.
 const MAX_HAVE: usize = 4096;
+
+/// Most requests answered on one stream.
+const MAX_REQUESTS: usize = 4096;
 
 /// Largest manifest sent or accepted (a 128-layer model's is about 60 KiB).
 pub const MAX_MANIFEST: usize = 1 << 20;
@@ -109,12 +112,11 @@ pub enum Reply {
     },
 }
 
-/// A part a node holds, ready to answer ranges of.
+/// A part a node holds, ready to answer ranges of: its bytes and the tree built from them,
+/// which stay together unchanged (so answers need not hash the bytes again).
 pub struct HeldPart {
-    /// Its bytes.
-    pub data: Bytes,
-    /// Its hash tree.
-    pub tree: PartTree,
+    data: Bytes,
+    tree: PartTree,
 }
 
 impl HeldPart {
@@ -122,6 +124,21 @@ impl HeldPart {
     pub fn new(data: Bytes) -> HeldPart {
         let tree = PartTree::new(&data);
         HeldPart { data, tree }
+    }
+
+    /// Its bytes.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Its address.
+    pub fn root(&self) -> PartRoot {
+        self.tree.root()
+    }
+
+    /// The answer to a request for bytes `range`: its chunk groups with their proof.
+    pub fn encode(&self, range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
+        self.tree.encode_built_from(&self.data, range)
     }
 }
 
@@ -206,55 +223,73 @@ fn parse_root(root: &str) -> Option<String> {
     PartRef { size: 0, root: lower.clone(), flops: 0 }.address().map(|_| lower)
 }
 
-/// Serves one request on `stream` from `source`, the answer paced by `pace` if given.
+/// What one request is answered: the reply and the frame that follows it, if any.
+fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Vec<u8>>), String> {
+    match request {
+        Request::Have { roots } if roots.len() <= MAX_HAVE => {
+            let held = roots.iter().map(|r| parse_root(r).is_some_and(|r| source.has(&r))).collect();
+            Ok((Reply::Have { held }, None))
+        }
+        Request::Have { roots } => Err(format!("{} roots asked, at most {MAX_HAVE}", roots.len())),
+        Request::Get { root, start, end } => {
+            let key = parse_root(&root).ok_or_else(|| format!("root {root:?} is not 64 hex digits"))?;
+            let part = source.part(&key).ok_or_else(|| format!("part {root} is not held here"))?;
+            let size = part.data().len() as u64;
+            if end.saturating_sub(start) > MAX_RANGE {
+                return Err(format!("{} bytes asked, at most {MAX_RANGE} per request", end.saturating_sub(start)));
+            }
+            let encoded = part.encode(start..end).map_err(|e| e.to_string())?;
+            Ok((Reply::Range { size }, Some(encoded)))
+        }
+        Request::Manifest { id } => {
+            let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
+            let json = source.manifest(&model).ok_or_else(|| format!("model {id} is not known here"))?;
+            Ok((Reply::Manifest { size: json.len() as u64 }, Some(json.to_vec())))
+        }
+    }
+}
+
+/// Serves requests on `stream` from `source`, one after another (a fetcher keeps a stream for
+/// its next range, so its flow-control window stays open), the answers paced by `pace` if
+/// given. Ends when the peer closes, stays idle for [`FRAME_TIMEOUT`], sends a request that
+/// does not parse, or has made [`MAX_REQUESTS`].
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     source: &dyn PartSource,
     pace: Option<&Pace>,
     mut stream: S,
 ) {
-    let reply = async {
-        let bytes = read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| e.to_string())?;
-        let request: Request = serde_json::from_slice(&bytes).map_err(|e| format!("malformed request: {e}"))?;
-        match request {
-            Request::Have { roots } if roots.len() <= MAX_HAVE => {
-                let held = roots.iter().map(|r| parse_root(r).is_some_and(|r| source.has(&r))).collect();
-                Ok((Reply::Have { held }, None))
+    for _ in 0..MAX_REQUESTS {
+        let bytes = match read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await {
+            Ok(b) => b,
+            Err(FrameError::Closed) => break,
+            Err(e) => {
+                tracing::debug!("part request: {e}");
+                break;
             }
-            Request::Have { roots } => Err(format!("{} roots asked, at most {MAX_HAVE}", roots.len())),
-            Request::Get { root, start, end } => {
-                let key = parse_root(&root).ok_or_else(|| format!("root {root:?} is not 64 hex digits"))?;
-                let part = source.part(&key).ok_or_else(|| format!("part {root} is not held here"))?;
-                let size = part.data.len() as u64;
-                if end.saturating_sub(start) > MAX_RANGE {
-                    return Err(format!("{} bytes asked, at most {MAX_RANGE} per request", end.saturating_sub(start)));
-                }
-                let encoded = part.tree.encode(&part.data, start..end).map_err(|e| e.to_string())?;
-                Ok((Reply::Range { size }, Some(encoded)))
-            }
-            Request::Manifest { id } => {
-                let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
-                let json = source.manifest(&model).ok_or_else(|| format!("model {id} is not known here"))?;
-                Ok((Reply::Manifest { size: json.len() as u64 }, Some(json.to_vec())))
-            }
+        };
+        let request = serde_json::from_slice::<Request>(&bytes).map_err(|e| format!("malformed request: {e}"));
+        let malformed = request.is_err();
+        let (reply, body) = match request.and_then(|r| answer(source, r)) {
+            Ok(r) => r,
+            Err(message) => (Reply::Error { message }, None),
+        };
+        if let (Some(pace), Some(body)) = (pace, &body) {
+            pace.take(body.len()).await;
         }
-    }
-    .await;
-    let (reply, body) = match reply {
-        Ok(r) => r,
-        Err(message) => (Reply::Error { message }, None),
-    };
-    if let (Some(pace), Some(body)) = (pace, &body) {
-        pace.take(body.len()).await;
-    }
-    let send = async {
-        write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
-        if let Some(body) = body {
-            write_frame(&mut stream, &body).await?;
+        let send = async {
+            write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
+            if let Some(body) = body {
+                write_frame(&mut stream, &body).await?;
+            }
+            Ok::<_, FrameError>(())
+        };
+        if let Err(e) = super::timeout(FRAME_TIMEOUT, send).await.unwrap_or(Err(FrameError::Timeout(FRAME_TIMEOUT))) {
+            tracing::debug!("part request: {e}");
+            break;
         }
-        Ok::<_, FrameError>(())
-    };
-    if let Err(e) = super::timeout(FRAME_TIMEOUT, send).await.unwrap_or(Err(FrameError::Timeout(FRAME_TIMEOUT))) {
-        tracing::debug!("part request: {e}");
+        if malformed {
+            break;
+        }
     }
     let _ = super::timeout(FRAME_TIMEOUT, stream.close()).await;
 }
@@ -362,13 +397,23 @@ pub async fn fetch_range(
     part: &PartRef,
     range: Range<u64>,
 ) -> Result<Vec<u8>, FetchError> {
+    let mut stream = open(control, peer).await?;
+    get_on(&mut stream, peer, part, range).await
+}
+
+/// [`fetch_range`] on an open stream, which can carry the next request afterwards.
+async fn get_on(
+    stream: &mut libp2p::Stream,
+    peer: PeerId,
+    part: &PartRef,
+    range: Range<u64>,
+) -> Result<Vec<u8>, FetchError> {
     let root =
         part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
     root.check_range(&range)?;
     let broke = |what: String| FetchError::Stream { peer, what };
     let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
-    let (mut stream, reply) = ask(control, peer, &request).await?;
-    match reply {
+    match ask_on(stream, peer, &request).await? {
         Reply::Range { size } if size == part.size => {}
         Reply::Range { size } => {
             let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
@@ -376,9 +421,15 @@ pub async fn fetch_range(
         }
         other => return Err(broke(format!("unexpected answer {other:?}"))),
     }
-    let body =
-        read_frame(&mut stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    let body = read_frame(stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
     decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
+}
+
+/// Opens a `/ait/parts/1` stream to `peer`.
+async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<libp2p::Stream, FetchError> {
+    let broke = |what: String| FetchError::Stream { peer, what };
+    let open = super::timeout(FRAME_TIMEOUT, control.open_stream(peer, PARTS_PROTOCOL));
+    open.await.ok_or_else(|| broke("timed out opening a stream".into()))?.map_err(|e| broke(e.to_string()))
 }
 
 /// Opens a stream to `peer`, sends `request` and reads the answer's first frame; an `Error`
@@ -388,19 +439,47 @@ async fn ask(
     peer: PeerId,
     request: &Request,
 ) -> Result<(libp2p::Stream, Reply), FetchError> {
+    let mut stream = open(control, peer).await?;
+    let reply = ask_on(&mut stream, peer, request).await?;
+    Ok((stream, reply))
+}
+
+/// Sends `request` on `stream` and reads the answer's first frame.
+async fn ask_on(stream: &mut libp2p::Stream, peer: PeerId, request: &Request) -> Result<Reply, FetchError> {
     let broke = |what: String| FetchError::Stream { peer, what };
-    let open = super::timeout(FRAME_TIMEOUT, control.open_stream(peer, PARTS_PROTOCOL));
-    let mut stream =
-        open.await.ok_or_else(|| broke("timed out opening a stream".into()))?.map_err(|e| broke(e.to_string()))?;
-    write_frame(&mut stream, &serde_json::to_vec(request).unwrap_or_default())
-        .await
-        .map_err(|e| broke(e.to_string()))?;
-    let head =
-        read_frame(&mut stream, 1 << 16, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    write_frame(stream, &serde_json::to_vec(request).unwrap_or_default()).await.map_err(|e| broke(e.to_string()))?;
+    let head = read_frame(stream, 1 << 16, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
     match serde_json::from_slice::<Reply>(&head) {
         Ok(Reply::Error { message }) => Err(FetchError::Refused { peer, message }),
-        Ok(reply) => Ok((stream, reply)),
+        Ok(reply) => Ok(reply),
         Err(e) => Err(broke(format!("malformed answer: {e}"))),
+    }
+}
+
+/// One range from `peer`, on `reused` (a stream left from its last range) if given, else on a
+/// new stream (also when the reused one turns out closed). Returns the stream for the next
+/// range after a success.
+async fn range_on(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    reused: Option<libp2p::Stream>,
+    part: &PartRef,
+    range: Range<u64>,
+) -> (Result<Vec<u8>, FetchError>, Option<libp2p::Stream>) {
+    if let Some(mut s) = reused {
+        match get_on(&mut s, peer, part, range.clone()).await {
+            Ok(bytes) => return (Ok(bytes), Some(s)),
+            Err(FetchError::Stream { .. }) => {}
+            Err(e) => return (Err(e), None),
+        }
+    }
+    let mut s = match open(&mut control, peer).await {
+        Ok(s) => s,
+        Err(e) => return (Err(e), None),
+    };
+    match get_on(&mut s, peer, part, range).await {
+        Ok(bytes) => (Ok(bytes), Some(s)),
+        Err(e) => (Err(e), None),
     }
 }
 
@@ -502,6 +581,8 @@ where
     let mut last = String::from("none");
     // Ranges asked for and not yet stored, with the peers asked; stored ones are forgotten.
     let mut asked: Vec<(Range<u64>, Vec<PeerId>)> = Vec::new();
+    // Streams left open by each peer's last range, for its next.
+    let mut idle: std::collections::HashMap<PeerId, Vec<libp2p::Stream>> = Default::default();
     let mut running = FuturesUnordered::new();
     loop {
         if todo.is_empty() && asked.is_empty() {
@@ -529,10 +610,11 @@ where
                     }
                 },
             };
-            let (mut control, part) = (control.clone(), part.clone());
+            let (control, part) = (control.clone(), part.clone());
+            let reused = idle.get_mut(&peer).and_then(Vec::pop);
             running.push(async move {
-                let got = fetch_range(&mut control, peer, &part, range.clone()).await;
-                (peer, range, got)
+                let (got, stream) = range_on(control, peer, reused, &part, range.clone()).await;
+                (peer, range, got, stream)
             });
         }
         if running.is_empty() {
@@ -541,9 +623,12 @@ where
             };
             return Err(FetchError::NoPeers { start: r.start, end: r.end, banned: report.banned, last });
         }
-        let Some((peer, range, got)) = running.next().await else {
+        let Some((peer, range, got, stream)) = running.next().await else {
             continue;
         };
+        if let Some(stream) = stream {
+            idle.entry(peer).or_default().push(stream);
+        }
         let slot = asked.iter().position(|(r, _)| *r == range);
         match got {
             Ok(bytes) => {
