@@ -5,7 +5,8 @@
 //! cache, [`manifest_cache`] keeps a model file's manifest so that a restart hashes only what
 //! it serves, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
 //! the native libp2p node (under the flags of [`limits`]), [`seed`] answers other nodes' requests for model parts (from the model file and from the
-//! [`part_store`]), [`swarm_model`] fetches a model known by its id from the swarm, [`serving`] runs web-node's serving assembly on tokio and a compute
+//! [`part_store`]), [`swarm_model`] fetches a model known by its id from the swarm, [`models`] lists the
+//! swarm's models, [`serving`] runs web-node's serving assembly on tokio and a compute
 //! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
 //! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
 //! one client pipeline, protocol, routing, serving) lives in `web-node`; this crate only drives
@@ -20,6 +21,7 @@ pub mod inspect;
 pub mod limits;
 pub mod local;
 pub mod manifest_cache;
+pub mod models;
 pub mod openai;
 pub mod p2p;
 pub mod part_store;

@@ -3,7 +3,8 @@
 //! Subcommands: `relay` (a swarm node: relay, DHT server, and optionally a server of some
 //! blocks), `generate` (run a model on this machine or through a swarm and stream text),
 //! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model),
-//! `inspect` (what a model file is and whether this build runs it).
+//! `inspect` (what a model file is and whether this build runs it), `models` (the models in
+//! the swarm).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -40,6 +41,8 @@ enum Cmd {
     Bench(relay::bench::BenchOpt),
     /// Download the default model into the cache (if needed) and print its path.
     FetchModel,
+    /// List the models in the swarm: id, shape, size, seeders and complete copies.
+    Models(relay::models::ModelsOpt),
     /// Print what a model file is (architecture, shapes, quantization mix, context,
     /// tokenizer, chat template) and whether this build can run it; exits 1 if it cannot.
     Inspect(relay::inspect::InspectOpt),
@@ -173,6 +176,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
+        Cmd::Models(o) => relay::models::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Inspect(o) => relay::inspect::run(o).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::FetchModel => {
             println!("{}", relay::fetch::default_model()?.display());

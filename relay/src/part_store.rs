@@ -407,6 +407,10 @@ impl PartSource for PartStore {
     fn manifest(&self, id: &ModelId) -> Option<Bytes> {
         self.state().manifests.get(id).cloned()
     }
+
+    fn models(&self) -> Vec<ModelId> {
+        self.state().manifests.keys().copied().collect()
+    }
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
 use web_node::net::parts::{HeldPart, PartSource, PartStreams, SeedLimits};
-use web_node::net::record::{model_key, part_key};
+use web_node::net::record::{model_key, part_key, seeders_key};
 
 /// How much this relay seeds.
 #[derive(Clone, Debug, clap::Args)]
@@ -49,9 +49,14 @@ pub fn serve_parts(handle: &NodeHandle, sources: Vec<Arc<dyn PartSource>>, limit
     Ok(())
 }
 
-/// Provides the DHT keys of these part roots and model ids: this node seeds them.
+/// Provides the DHT keys of these part roots and model ids, and the seeders' key: this node
+/// seeds them.
 pub async fn announce(handle: &NodeHandle, roots: &[String], models: &[ModelId]) -> anyhow::Result<()> {
-    let keys = roots.iter().map(|r| part_key(r)).chain(models.iter().map(model_key)).collect();
+    if roots.is_empty() && models.is_empty() {
+        return Ok(());
+    }
+    let mut keys: Vec<_> = roots.iter().map(|r| part_key(r)).chain(models.iter().map(model_key)).collect();
+    keys.push(seeders_key());
     handle.provide(keys).await?;
     Ok(())
 }
@@ -76,6 +81,13 @@ impl PartSource for Sources {
 
     fn manifest(&self, id: &ModelId) -> Option<Bytes> {
         self.0.iter().find_map(|s| s.manifest(id))
+    }
+
+    fn models(&self) -> Vec<ModelId> {
+        let mut ids: Vec<ModelId> = self.0.iter().flat_map(|s| s.models()).collect();
+        ids.sort();
+        ids.dedup();
+        ids
     }
 }
 
@@ -118,6 +130,10 @@ impl PartSource for FileParts {
 
     fn manifest(&self, id: &ModelId) -> Option<Bytes> {
         (*id == self.manifest.id()).then(|| self.json.clone())
+    }
+
+    fn models(&self) -> Vec<ModelId> {
+        vec![self.manifest.id()]
     }
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {

@@ -38,13 +38,13 @@ const LOOKUP: (Duration, Duration) = (Duration::from_millis(500), Duration::from
 const LOOKUP_TRIES: usize = 5;
 /// How long a provider may take to answer which parts it holds (or with a manifest) before
 /// it is left out: provider records outlive the nodes that made them.
-const PROBE: Duration = Duration::from_secs(5);
+pub(crate) const PROBE: Duration = Duration::from_secs(5);
 /// How long more answers are awaited once every part has a holder.
 const SETTLE: Duration = Duration::from_millis(500);
 
 /// Peers other than this one that provide `key` in the DHT, asking again a few times while
 /// there are none.
-async fn providers(handle: &NodeHandle, key: libp2p::kad::RecordKey) -> anyhow::Result<Vec<PeerId>> {
+pub(crate) async fn providers(handle: &NodeHandle, key: libp2p::kad::RecordKey) -> anyhow::Result<Vec<PeerId>> {
     let me = handle.peer_id();
     for attempt in 0..LOOKUP_TRIES {
         let found = handle.get_providers(key.clone(), LOOKUP.0, LOOKUP.1).await?;

@@ -50,6 +50,9 @@ impl PartSource for MemParts {
     fn manifest(&self, _: &ModelId) -> Option<Bytes> {
         None
     }
+    fn models(&self) -> Vec<ModelId> {
+        Vec::new()
+    }
 }
 
 /// An in-process seeder of `parts`, paced to `bytes_per_sec`, also serving [`PLAIN`].

@@ -74,6 +74,13 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
             assert!(relay.data_dir.join("store/parts").join(&parts.blocks[i].root).exists());
         }
     }
+    // `ait models` finds the model held by all five: a complete copy on each seeder, and each
+    // block also on the relay that serves it, so 3 copies of the scarcest part.
+    let listed: serde_json::Value = serde_json::from_str(&ait(&["models", "--swarm", &boot, "--json"])).expect("json");
+    let m = listed.as_array().and_then(|a| a.iter().find(|m| m["id"] == id.as_str())).expect("the model is listed");
+    assert_eq!((m["layers"].as_u64(), m["seeders"].as_u64(), m["copies"].as_u64()), (Some(6), Some(5), Some(3)), "{m}");
+    let total = parts.head.size + parts.blocks.iter().map(|b| b.size).sum::<u64>();
+    assert_eq!(m["bytes"].as_u64(), Some(total));
     let args = ["generate", "--model", p, "--temperature", "0", "--max-tokens", "12", "--prompt", "Hello there"];
     let local = ait(&[&args[..], &["--backend", "cpu"]].concat());
     let swarm = ait(&[&args[..], &["--swarm", &relays[0].addr("tcp")]].concat());

@@ -13,7 +13,7 @@
 use libp2p::kad::RecordKey;
 use libp2p::PeerId;
 
-use super::record::{directory_key, RecordError, ServerRecord};
+use super::record::{directory_key, seeders_key, RecordError, ServerRecord};
 
 /// The DHT keys AI Torrent uses, parsed.
 #[derive(Debug, PartialEq, Eq)]
@@ -35,6 +35,8 @@ pub enum Key {
     Model,
     /// Providers listing the network.
     Directory,
+    /// Seeders, for listing the models in the swarm.
+    Seeders,
 }
 
 /// Highest block index a provider key may name.
@@ -48,6 +50,9 @@ fn is_model_hex(s: &str) -> bool {
 pub fn parse_key(key: &RecordKey) -> Option<Key> {
     if *key == directory_key() {
         return Some(Key::Directory);
+    }
+    if *key == seeders_key() {
+        return Some(Key::Seeders);
     }
     let s = std::str::from_utf8(key.as_ref()).ok()?;
     let parts: Vec<&str> = s.strip_prefix("/ait/")?.split('/').collect();
@@ -114,7 +119,7 @@ pub fn check_record(key: &RecordKey, value: &[u8], stored: Option<&[u8]>, now_ms
 /// Whether to store a provider record under `key`.
 pub fn check_provider_key(key: &RecordKey) -> Result<(), Rejected> {
     match parse_key(key) {
-        Some(Key::Block | Key::Part | Key::Model | Key::Directory) => Ok(()),
+        Some(Key::Block | Key::Part | Key::Model | Key::Directory | Key::Seeders) => Ok(()),
         _ => Err(Rejected::Key),
     }
 }
@@ -199,6 +204,7 @@ mod tests {
         assert!(check_provider_key(&block_key(&m, 3)).is_ok());
         assert!(check_provider_key(&part_key(&m.to_hex())).is_ok());
         assert!(check_provider_key(&model_key(&m)).is_ok());
+        assert!(check_provider_key(&crate::net::record::seeders_key()).is_ok());
         assert!(check_provider_key(&peer_key(&p)).is_err());
     }
 }

@@ -9,6 +9,7 @@
 //!   then one frame of the encoded range (its chunk groups with their proof), or `Error`.
 //! - `Manifest { id }` is answered `Manifest { size }`, then one frame of the manifest's JSON
 //!   (whose hash the fetcher checks against the id), or `Error`.
+//! - `Models` is answered `Models { ids }`: the models whose manifests the node holds.
 //!
 //! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
 //! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
@@ -85,6 +86,8 @@ pub enum Request {
         /// Model id.
         id: String,
     },
+    /// Which models' manifests the node holds.
+    Models,
 }
 
 /// An answer.
@@ -104,6 +107,11 @@ pub enum Reply {
     Manifest {
         /// Its length.
         size: u64,
+    },
+    /// Model ids (hex), at most [`MAX_HAVE`].
+    Models {
+        /// The ids.
+        ids: Vec<String>,
     },
     /// The request was refused.
     Error {
@@ -153,6 +161,9 @@ pub trait PartSource: Send + Sync {
 
     /// The JSON of the manifest of model `id`, if this node has it.
     fn manifest(&self, id: &ModelId) -> Option<Bytes>;
+
+    /// The models whose manifests this node has.
+    fn models(&self) -> Vec<ModelId>;
 }
 
 /// Why fetching failed.
@@ -245,6 +256,10 @@ fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Ve
             let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
             let json = source.manifest(&model).ok_or_else(|| format!("model {id} is not known here"))?;
             Ok((Reply::Manifest { size: json.len() as u64 }, Some(json.to_vec())))
+        }
+        Request::Models => {
+            let ids = source.models().iter().take(MAX_HAVE).map(ModelId::to_hex).collect();
+            Ok((Reply::Models { ids }, None))
         }
     }
 }
@@ -492,6 +507,15 @@ pub async fn fetch_have(
     let (_, reply) = ask(control, peer, &Request::Have { roots: roots.to_vec() }).await?;
     match reply {
         Reply::Have { held } if held.len() == roots.len() => Ok(held),
+        other => Err(FetchError::Stream { peer, what: format!("unexpected answer {other:?}") }),
+    }
+}
+
+/// Asks `peer` which models' manifests it holds.
+pub async fn fetch_models(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<Vec<ModelId>, FetchError> {
+    let (_, reply) = ask(control, peer, &Request::Models).await?;
+    match reply {
+        Reply::Models { ids } if ids.len() <= MAX_HAVE => Ok(ids.iter().filter_map(|i| ModelId::from_hex(i)).collect()),
         other => Err(FetchError::Stream { peer, what: format!("unexpected answer {other:?}") }),
     }
 }

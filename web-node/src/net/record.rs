@@ -72,6 +72,12 @@ pub fn server_key(model: &ModelId, peer: &PeerId) -> RecordKey {
     RecordKey::new(&format!("/ait/server/{}/{peer}", model.to_hex()))
 }
 
+/// DHT key every seeding node provides (a node that answers `/ait/parts/1` from parts it
+/// holds), so that the models in the swarm can be listed.
+pub fn seeders_key() -> RecordKey {
+    RecordKey::new(&"/ait/seeders/1")
+}
+
 /// DHT key every serving node provides, so that the network can be listed.
 pub fn directory_key() -> RecordKey {
     RecordKey::new(&"/ait/servers/1")
