@@ -205,3 +205,11 @@ pub fn three_relays_with(root: &Path, model: &Path, first_args: &[&str]) -> Vec<
     }
     relays
 }
+
+/// Runs `ait ARGS...` to completion; returns its stdout, failing the test (with its stderr)
+/// if it fails.
+pub fn ait_stdout(args: &[&str]) -> String {
+    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
+    assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

@@ -18,10 +18,8 @@
 use std::ops::Range;
 use std::sync::Arc;
 
-use std::process::Command;
-
 use ait_tests::candle_ref::ArchReference;
-use ait_tests::procs::{ait_bin, temp_dir, Relay};
+use ait_tests::procs::{temp_dir, Relay};
 use ait_tests::tiny_model::write_gguf;
 use ait_tests::tiny_model::{TempDir, TinyModel};
 use ait_tests::{default_model, max_abs_diff};
@@ -214,9 +212,7 @@ fn one_layer_executors_equal_one_executor_bit_for_bit() {
 }
 
 fn ait(args: &[&str]) -> String {
-    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
-    assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ait_tests::procs::ait_stdout(args)
 }
 
 #[test]

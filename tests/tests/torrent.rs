@@ -24,9 +24,7 @@ fn fetched(relay: &Relay) -> Vec<(String, u64, usize, u64)> {
 }
 
 fn ait(args: &[&str]) -> String {
-    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
-    assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    ait_tests::procs::ait_stdout(args)
 }
 
 /// Deliverable 6a: two seeders hold the file; three relays started with only the model id

@@ -119,27 +119,28 @@ impl PartTree {
     /// is checked against the tree on the way, so a holder whose copy went bad sends nothing
     /// wrong ([`VerifyError::Local`]).
     pub fn encode(&self, data: &[u8], range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
-        self.root().check_range(&range)?;
-        if data.len() as u64 != self.root().size {
-            return Err(VerifyError::Local(format!("{} bytes for a part of {}", data.len(), self.root().size)));
-        }
-        let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
-        encode_ranges_validated(data, &self.outboard, &chunks_of(&range), &mut out)
-            .map_err(|e| VerifyError::Local(e.to_string()))?;
-        Ok(out)
+        self.encode_with(data, range, true)
     }
 
     /// [`PartTree::encode`] for the very bytes this tree was built from, held unchanged since
     /// (as [`HeldPart`](crate::net::parts::HeldPart) holds them): the chunk groups are not
     /// hashed again, which saves the sender a BLAKE3 pass per range.
     pub fn encode_built_from(&self, data: &[u8], range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
+        self.encode_with(data, range, false)
+    }
+
+    fn encode_with(&self, data: &[u8], range: Range<u64>, validate: bool) -> Result<Vec<u8>, VerifyError> {
         self.root().check_range(&range)?;
         if data.len() as u64 != self.root().size {
             return Err(VerifyError::Local(format!("{} bytes for a part of {}", data.len(), self.root().size)));
         }
         let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
-        encode_ranges(data, &self.outboard, &chunks_of(&range), &mut out)
-            .map_err(|e| VerifyError::Local(e.to_string()))?;
+        let chunks = chunks_of(&range);
+        let done = match validate {
+            true => encode_ranges_validated(data, &self.outboard, &chunks, &mut out),
+            false => encode_ranges(data, &self.outboard, &chunks, &mut out),
+        };
+        done.map_err(|e| VerifyError::Local(e.to_string()))?;
         Ok(out)
     }
 }
