@@ -227,7 +227,9 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         let mut _withdraw = None;
         // Whether this relay serves every block of its model.
         let mut serves_all = false;
-        let loaded = match (o.serve.model_id(), &o.serve.blocks) {
+        // `--model ID`: a model known only by its id, fetched from the swarm.
+        let swarm_id = o.serve.model_id();
+        let loaded = match (swarm_id, &o.serve.blocks) {
             (Some(id), blocks) => {
                 let manifest = relay::swarm_model::manifest(&handle, &store, &id).await?;
                 let blocks = match blocks {
@@ -236,14 +238,14 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 };
                 let parts = relay::swarm_model::wanted(&manifest, blocks.clone())?;
                 store.pin(parts.iter().map(|(_, r)| r.root.clone()));
-                let fetched = relay::swarm_model::fetch(&handle, &store, &parts).await?;
+                let (fetched, held) = relay::swarm_model::fetch(&handle, &store, &parts).await?;
                 println!("model {}: {} parts ready, {fetched} bytes fetched", id.to_hex(), parts.len());
-                let (s, m, kind) = (store.clone(), manifest.clone(), o.serve.backend);
+                let (m, kind) = (manifest.clone(), o.serve.backend);
                 let (head, backend) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
-                    let head = relay::swarm_model::load_head(&s, &m)?;
+                    let head = relay::swarm_model::load_head(&held, &m)?;
                     let backend = match blocks.is_empty() {
                         true => None,
-                        false => Some(relay::swarm_model::load_blocks(&s, &m, blocks, kind)?),
+                        false => Some(relay::swarm_model::load_blocks(&held, &m, blocks, kind)?),
                     };
                     Ok((head, backend))
                 })
@@ -291,7 +293,7 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         let mut roots = Vec::new();
         let (stored, mut models) = store.contents();
         roots.extend(stored);
-        let from_swarm = o.serve.model_id().is_some();
+        let from_swarm = swarm_id.is_some();
         if let Some((file, manifest)) = &known {
             models.push(manifest.id());
             if let (ModelFile::Gguf(g), false) = (file, from_swarm) {

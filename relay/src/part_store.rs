@@ -27,12 +27,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use libp2p::PeerId;
-use web_node::model::manifest::PartRef;
+use web_node::model::manifest::{is_hex_digest, PartRef};
 use web_node::model::{Manifest, ModelId};
-use web_node::net::parts::{fetch_ranges, ranges_of, FetchError, FetchReport, HeldPart, PartSource, MAX_RANGE};
-
-/// Parts kept in memory with their hash trees (for answering ranges), besides those on disk.
-const KEEP: usize = 8;
+use web_node::net::parts::{
+    fetch_ranges, ranges_of, FetchError, FetchReport, HeldPart, PartSource, RecentParts, MAX_RANGE,
+};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -86,7 +85,7 @@ struct State {
     /// Roots never evicted (parts this node serves).
     pinned: std::collections::HashSet<String>,
     clock: u64,
-    held: Vec<(String, Arc<HeldPart>)>,
+    held: RecentParts,
     manifests: HashMap<ModelId, Bytes>,
 }
 
@@ -114,11 +113,6 @@ pub struct PartStore {
     state: Mutex<State>,
 }
 
-/// Whether `name` is 64 lowercase hex digits.
-fn is_root(name: &str) -> bool {
-    name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 impl PartStore {
     /// Opens (or creates) the store in `dir`, holding at most `cap` bytes of parts. Lists the
     /// complete parts (their age from their modification times) and reads the manifests,
@@ -133,7 +127,7 @@ impl PartStore {
         for e in fs::read_dir(&parts).map_err(io(&parts))? {
             let e = e.map_err(io(&parts))?;
             let name = e.file_name().to_string_lossy().into_owned();
-            if !is_root(&name) {
+            if !is_hex_digest(&name) {
                 continue;
             }
             let meta = e.metadata().map_err(io(&e.path()))?;
@@ -216,8 +210,8 @@ impl PartStore {
             if let Some(e) = s.complete.get_mut(root) {
                 e.used = now;
             }
-            if let Some((_, p)) = s.held.iter().find(|(r, _)| r == root) {
-                return Ok(Some(p.clone()));
+            if let Some(p) = s.held.get(root) {
+                return Ok(Some(p));
             }
         }
         let path = self.path(root, "");
@@ -236,11 +230,7 @@ impl PartStore {
             self.state().complete.remove(root);
             return Ok(None);
         }
-        let mut s = self.state();
-        if s.held.len() >= KEEP {
-            s.held.remove(0);
-        }
-        s.held.push((root.to_string(), part.clone()));
+        self.state().held.insert(root, part.clone());
         Ok(Some(part))
     }
 
@@ -278,13 +268,13 @@ impl PartStore {
                 .or_else(|e| if e.kind() == std::io::ErrorKind::NotFound { Ok(()) } else { Err(e) })
                 .map_err(io(&path))?;
             s.complete.remove(&victim);
-            s.held.retain(|(r, _)| *r != victim);
+            s.held.remove(&victim);
         }
     }
 
     /// Fetches what is missing of `part` from `peers` (up to `parallel` ranges at once) onto
     /// disk, resuming from the ranges already verified there, and checks the whole part
-    /// against its root. Returns at once when it is complete.
+    /// against its root. Returns the verified part (at once when it is held already).
     pub async fn fetch(
         &self,
         control: &libp2p_stream::Control,
@@ -292,7 +282,7 @@ impl PartStore {
         part: &PartRef,
         parallel: usize,
         mut progress: impl FnMut(u64),
-    ) -> Result<FetchOutcome, StoreError> {
+    ) -> Result<(Arc<HeldPart>, FetchOutcome), StoreError> {
         if part.address().is_none() {
             return Err(FetchError::Invalid(web_node::model::verified::VerifyError::Local(format!(
                 "root {:?} is not 64 hex digits",
@@ -300,12 +290,12 @@ impl PartStore {
             )))
             .into());
         }
+        if let Some(held) = self.load(&part.root)? {
+            return Ok((held, FetchOutcome { resumed: part.size, report: FetchReport::default() }));
+        }
         let todo = self.missing(part);
         let ranges = ranges_of(part.size);
         let resumed = part.size - todo.iter().map(|r| r.end - r.start).sum::<u64>();
-        if todo.is_empty() && self.state().complete.contains_key(&part.root) {
-            return Ok(FetchOutcome { resumed, report: FetchReport::default() });
-        }
         self.reserve(&part.root, part.size)?;
         let result = self.fetch_reserved(control, peers, part, todo, &ranges, parallel, resumed, &mut progress).await;
         self.state().fetching.remove(&part.root);
@@ -323,7 +313,7 @@ impl PartStore {
         parallel: usize,
         resumed: u64,
         progress: &mut impl FnMut(u64),
-    ) -> Result<FetchOutcome, StoreError> {
+    ) -> Result<(Arc<HeldPart>, FetchOutcome), StoreError> {
         let (data_path, have_path) = (self.path(&part.root, ".partial"), self.path(&part.root, ".have"));
         let data = OpenOptions::new()
             .create(true)
@@ -364,11 +354,8 @@ impl PartStore {
         s.clock += 1;
         let used = s.clock;
         s.complete.insert(part.root.clone(), Entry { size: part.size, used });
-        if s.held.len() >= KEEP {
-            s.held.remove(0);
-        }
-        s.held.push((part.root.clone(), held));
-        Ok(FetchOutcome { resumed, report })
+        s.held.insert(&part.root, held.clone());
+        Ok((held, FetchOutcome { resumed, report }))
     }
 }
 

@@ -13,7 +13,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{HeldPart, PartSource, PartStreams, SeedLimits};
+use web_node::net::parts::{HeldPart, PartSource, PartStreams, RecentParts, SeedLimits};
 use web_node::net::record::{model_key, part_key, seeders_key};
 
 /// How much this relay seeds.
@@ -91,16 +91,13 @@ impl PartSource for Sources {
     }
 }
 
-/// Parts kept in memory at once (with their trees), besides the file itself.
-const KEEP: usize = 8;
-
 /// The parts of one GGUF model file.
 pub struct FileParts {
     file: GgufModel,
     manifest: Manifest,
     /// Root (hex) to part, for every part of the manifest.
     index: HashMap<String, Part>,
-    held: Mutex<Vec<(String, Arc<HeldPart>)>>,
+    held: Mutex<RecentParts>,
     json: Bytes,
 }
 
@@ -114,7 +111,7 @@ impl FileParts {
             index.insert(b.root.clone(), Part::Block(i));
         }
         let json = Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
-        Some(FileParts { file, manifest, index, held: Mutex::new(Vec::new()), json })
+        Some(FileParts { file, manifest, index, held: Mutex::new(RecentParts::default()), json })
     }
 
     /// Roots of every part of the file.
@@ -139,8 +136,8 @@ impl PartSource for FileParts {
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {
         let part = *self.index.get(root)?;
         let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, p)) = held.iter().find(|(r, _)| r == root) {
-            return Some(p.clone());
+        if let Some(p) = held.get(root) {
+            return Some(p);
         }
         let bytes = match extract(self.file.file(), self.manifest.n_layers, part) {
             Ok(b) => b,
@@ -155,10 +152,7 @@ impl PartSource for FileParts {
             tracing::warn!("{part} no longer matches the manifest's root; not serving it");
             return None;
         }
-        if held.len() >= KEEP {
-            held.remove(0);
-        }
-        held.push((root.to_string(), p.clone()));
+        held.insert(root, p.clone());
         Some(p)
     }
 }

@@ -22,7 +22,7 @@ use web_node::model::manifest::PartRef;
 use web_node::model::parts::{verify_block, verify_head, Part};
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{fetch_have, fetch_manifest, FetchError};
+use web_node::net::parts::{fetch_have, fetch_manifest, FetchError, HeldPart};
 use web_node::net::record::{model_key, part_key};
 
 use crate::local::{pick_gpu, BackendKind};
@@ -148,10 +148,18 @@ async fn holders(handle: &NodeHandle, parts: &[(Part, PartRef)]) -> anyhow::Resu
     Ok(out)
 }
 
+/// Verified parts in memory, by root.
+pub type HeldParts = HashMap<String, Arc<HeldPart>>;
+
 /// Fetches `parts` into `store` from their seeders (a few parts at once), with a progress bar
 /// per part on a terminal and a line per part on stdout:
-/// `fetched <part>: <n> bytes from <k> peers, <m> resumed`.
-pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, PartRef)]) -> anyhow::Result<u64> {
+/// `fetched <part>: <n> bytes from <k> peers, <m> resumed`. Returns the bytes fetched and
+/// every part of `parts`, verified (each hashed once, on arrival or when read from the store).
+pub async fn fetch(
+    handle: &NodeHandle,
+    store: &Arc<PartStore>,
+    parts: &[(Part, PartRef)],
+) -> anyhow::Result<(u64, HeldParts)> {
     let bars = indicatif::MultiProgress::new();
     let style = indicatif::ProgressStyle::with_template(
         "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
@@ -160,25 +168,29 @@ pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, 
     .progress_chars("=> ");
     // Parts already stored are checked first, so only the missing ones are looked up.
     let mut missing = Vec::new();
+    let mut held = HeldParts::new();
     for (part, r) in parts {
         // A stored part is hashed against its root; one that fails is deleted and fetched
         // again (a corrupted store repairs itself from the swarm).
-        if store.load(&r.root)?.is_none() {
-            missing.push((*part, r.clone()));
+        match store.load(&r.root)? {
+            Some(p) => {
+                held.insert(r.root.clone(), p);
+            }
+            None => missing.push((*part, r.clone())),
         }
     }
     if missing.is_empty() {
-        return Ok(0);
+        return Ok((0, held));
     }
     let holders = holders(handle, &missing).await?;
-    let results: Vec<anyhow::Result<FetchOutcome>> = futures::stream::iter(missing)
+    let results: Vec<anyhow::Result<(String, Arc<HeldPart>, FetchOutcome)>> = futures::stream::iter(missing)
         .map(|(part, r)| {
             let (store, bars, style) = (store.clone(), bars.clone(), style.clone());
             let peers = holders.get(&r.root).cloned().unwrap_or_default();
             async move {
                 anyhow::ensure!(!peers.is_empty(), "no live seeder of {part} ({}) in the swarm", r.root);
                 let bar = bars.add(indicatif::ProgressBar::new(r.size).with_style(style).with_prefix(part.to_string()));
-                let out = store
+                let (part_held, out) = store
                     .fetch(&handle.control(), &peers, &r, PARALLEL, |n| bar.set_position(n))
                     .await
                     .with_context(|| format!("fetching {part}"))?;
@@ -192,7 +204,7 @@ pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, 
                 if !out.report.banned.is_empty() {
                     tracing::warn!("{part}: banned {:?} for sending data that failed verification", out.report.banned);
                 }
-                Ok(out)
+                Ok((r.root, part_held, out))
             }
         })
         .buffer_unordered(PARTS_AT_ONCE)
@@ -200,22 +212,24 @@ pub async fn fetch(handle: &NodeHandle, store: &Arc<PartStore>, parts: &[(Part, 
         .await;
     let mut total = 0;
     for r in results {
-        total += r?.fetched();
+        let (root, part, out) = r?;
+        total += out.fetched();
+        held.insert(root, part);
     }
-    Ok(total)
+    Ok((total, held))
 }
 
-/// The verified head part of `manifest` from `store`, as a model file (for the client's
+/// The head part of `manifest` from `held` ([`fetch`]'s), as a model file (for the client's
 /// embeddings, LM head, tokenizer and template).
-pub fn load_head(store: &PartStore, manifest: &Manifest) -> anyhow::Result<ModelFile> {
+pub fn load_head(held: &HeldParts, manifest: &Manifest) -> anyhow::Result<ModelFile> {
     let r = &wanted(manifest, 0..0)?[0].1;
-    let held = store.load(&r.root)?.context("the head part is not in the store")?;
-    Ok(ModelFile::Gguf(verify_head(manifest, held.data().clone())?))
+    let part = held.get(&r.root).context("the head part was not fetched")?;
+    Ok(ModelFile::Gguf(verify_head(manifest, part.data().clone())?))
 }
 
-/// A backend for `blocks` of `manifest` built from the verified parts in `store`.
+/// A backend for `blocks` of `manifest` built from the verified parts in `held` ([`fetch`]'s).
 pub fn load_blocks(
-    store: &PartStore,
+    held: &HeldParts,
     manifest: &Manifest,
     blocks: Range<usize>,
     kind: BackendKind,
@@ -224,8 +238,8 @@ pub fn load_blocks(
     let mut layers = Vec::new();
     for (part, r) in wanted(manifest, blocks.clone())?.into_iter().skip(1) {
         let Part::Block(i) = part else { continue };
-        let held = store.load(&r.root)?.with_context(|| format!("{part} is not in the store"))?;
-        let (c, w) = verify_block(manifest, i, held.data().clone())?;
+        let p = held.get(&r.root).with_context(|| format!("{part} was not fetched"))?;
+        let (c, w) = verify_block(manifest, i, p.data().clone())?;
         config.get_or_insert(c);
         layers.push(w);
     }

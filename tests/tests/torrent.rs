@@ -28,8 +28,9 @@ fn ait(args: &[&str]) -> String {
 }
 
 /// Deliverable 6a: two seeders hold the file; three relays started with only the model id
-/// each fetch the head and their own two blocks, every part from both seeders at once, and
-/// nothing else; then the chain of the three generates what one process does from the file.
+/// each fetch the head and their own two blocks and nothing else (the head's ranges from both
+/// seeders at once; a block's two ranges may both come from the faster one); then the chain
+/// of the three generates what one process does from the file.
 #[test]
 fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_does() {
     let root = temp_dir("torrent-chain");
@@ -102,7 +103,7 @@ fn wait_for_ranges(have: &Path, n: usize) {
     }
 }
 
-/// Deliverable 6b and the store's repair: the head part (14 ranges) from two seeders paced to
+/// Deliverable 6b and the store's repair: the head part (15 ranges) from two seeders paced to
 /// 32 Mbit/s each. One seeder is killed mid-transfer and the fetch completes from the other.
 /// A fetcher killed -9 mid-transfer resumes from the ranges it had verified on disk, fetching
 /// only the rest (counted). A stored part corrupted on disk is caught at the next start and

@@ -26,6 +26,12 @@ use sha2::{Digest, Sha256};
 
 use super::{HeadWeights, LayerWeights, LlamaConfig, ModelError, ModelFile, QMatrix, Tokenizer};
 
+/// Whether `s` is a 32-byte hash in its one spelling: 64 lowercase hex digits (model ids and
+/// part roots in DHT keys and file names).
+pub fn is_hex_digest(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 /// A 32-byte content hash naming a model.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ModelId(pub [u8; 32]);

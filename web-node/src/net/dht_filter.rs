@@ -14,6 +14,7 @@ use libp2p::kad::RecordKey;
 use libp2p::PeerId;
 
 use super::record::{directory_key, seeders_key, RecordError, ServerRecord};
+use crate::model::manifest::is_hex_digest;
 
 /// The DHT keys AI Torrent uses, parsed.
 #[derive(Debug, PartialEq, Eq)]
@@ -42,10 +43,6 @@ pub enum Key {
 /// Highest block index a provider key may name.
 pub const MAX_BLOCK: usize = 4096;
 
-fn is_model_hex(s: &str) -> bool {
-    s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 /// Parses a DHT key; `None` for keys that are not ours.
 pub fn parse_key(key: &RecordKey) -> Option<Key> {
     if *key == directory_key() {
@@ -57,13 +54,13 @@ pub fn parse_key(key: &RecordKey) -> Option<Key> {
     let s = std::str::from_utf8(key.as_ref()).ok()?;
     let parts: Vec<&str> = s.strip_prefix("/ait/")?.split('/').collect();
     match parts.as_slice() {
-        ["server", model, peer] if is_model_hex(model) => {
+        ["server", model, peer] if is_hex_digest(model) => {
             Some(Key::Server { model: (*model).into(), peer: peer.parse().ok()? })
         }
         ["peer", peer] => Some(Key::Peer(peer.parse().ok()?)),
-        ["part", root] if is_model_hex(root) => Some(Key::Part),
-        ["model", model] if is_model_hex(model) => Some(Key::Model),
-        ["block", model, block] if is_model_hex(model) => {
+        ["part", root] if is_hex_digest(root) => Some(Key::Part),
+        ["model", model] if is_hex_digest(model) => Some(Key::Model),
+        ["block", model, block] if is_hex_digest(model) => {
             // Digits only: no sign, no leading `+`, no leading zeros making aliases.
             let digits = !block.is_empty() && block.bytes().all(|b| b.is_ascii_digit());
             let ok = digits && (*block == "0" || !block.starts_with('0'));

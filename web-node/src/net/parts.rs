@@ -150,6 +150,38 @@ impl HeldPart {
     }
 }
 
+/// The last few parts loaded, kept whole with their trees so that the next request for one
+/// is answered without reading and hashing it again; the oldest leaves first.
+#[derive(Default)]
+pub struct RecentParts {
+    /// Oldest first.
+    parts: Vec<(String, Arc<HeldPart>)>,
+}
+
+impl RecentParts {
+    /// Parts kept at once.
+    pub const KEEP: usize = 8;
+
+    /// The part `root`, if it is kept.
+    pub fn get(&self, root: &str) -> Option<Arc<HeldPart>> {
+        self.parts.iter().find(|(r, _)| r == root).map(|(_, p)| p.clone())
+    }
+
+    /// Keeps `part` under `root`, dropping the oldest beyond [`Self::KEEP`].
+    pub fn insert(&mut self, root: &str, part: Arc<HeldPart>) {
+        self.parts.retain(|(r, _)| r != root);
+        if self.parts.len() >= Self::KEEP {
+            self.parts.remove(0);
+        }
+        self.parts.push((root.to_string(), part));
+    }
+
+    /// Drops the part `root`.
+    pub fn remove(&mut self, root: &str) {
+        self.parts.retain(|(r, _)| r != root);
+    }
+}
+
 /// Where a serving node finds the parts it offers, by root (64 lowercase hex digits, checked
 /// before these are called).
 pub trait PartSource: Send + Sync {
@@ -692,4 +724,30 @@ where
         }
     }
     Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn part(byte: u8) -> Arc<HeldPart> {
+        Arc::new(HeldPart::new(Bytes::from(vec![byte; 100])))
+    }
+
+    #[test]
+    fn recent_parts_keep_the_last_used_and_drop_the_oldest() {
+        let mut recent = RecentParts::default();
+        for i in 0..RecentParts::KEEP as u8 {
+            recent.insert(&i.to_string(), part(i));
+        }
+        // Used again: "0" becomes the newest, so "1" is the oldest.
+        recent.insert("0", part(0));
+        recent.insert("new", part(200));
+        assert!(recent.get("1").is_none(), "the oldest part stays");
+        assert_eq!(recent.get("0").map(|p| p.data()[0]), Some(0));
+        assert_eq!(recent.get("new").map(|p| p.data()[0]), Some(200));
+        assert!((2..RecentParts::KEEP as u8).all(|i| recent.get(&i.to_string()).is_some()));
+        recent.remove("0");
+        assert!(recent.get("0").is_none());
+    }
 }
