@@ -25,6 +25,7 @@ pub mod models;
 pub mod openai;
 pub mod p2p;
 pub mod part_store;
+pub mod publish;
 pub mod seed;
 pub mod serving;
 pub mod swarm_client;

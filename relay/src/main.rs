@@ -4,7 +4,8 @@
 //! blocks), `generate` (run a model on this machine or through a swarm and stream text),
 //! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model),
 //! `inspect` (what a model file is and whether this build runs it), `models` (the models in
-//! the swarm).
+//! the swarm), `publish` (a creator's model enters the swarm: a relay seeding a file, with a
+//! signed model card).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -41,8 +42,13 @@ enum Cmd {
     Bench(relay::bench::BenchOpt),
     /// Download the default model into the cache (if needed) and print its path.
     FetchModel,
-    /// List the models in the swarm: id, shape, size, seeders and complete copies.
+    /// List the models in the swarm: name and labels, id, shape, size, seeders and complete
+    /// copies.
     Models(relay::models::ModelsOpt),
+    /// Publish a GGUF model: a relay that seeds every part of the file, with a model card
+    /// (name, tags, license, payout address, and the speed of a block here) signed by this
+    /// node's key, until stopped. With --blocks it also serves those blocks.
+    Publish(Box<PublishOpt>),
     /// Print what a model file is (architecture, shapes, quantization mix, context,
     /// tokenizer, chat template) and whether this build can run it; exits 1 if it cannot.
     Inspect(relay::inspect::InspectOpt),
@@ -84,6 +90,16 @@ struct GenerateOpt {
     /// this machine; the tokenizer, embeddings, LM head and sampling stay here.
     #[arg(long, value_name = "MULTIADDR")]
     swarm: Vec<Multiaddr>,
+}
+
+#[derive(clap::Args)]
+struct PublishOpt {
+    /// The model: a GGUF file.
+    path: PathBuf,
+    #[command(flatten)]
+    card: relay::publish::CardOpt,
+    #[command(flatten)]
+    relay: RelayOpt,
 }
 
 #[derive(clap::Args)]
@@ -171,7 +187,14 @@ fn main() -> ExitCode {
 
 fn run() -> anyhow::Result<ExitCode> {
     match Opt::parse().cmd {
-        Cmd::Relay(o) => relay_main(*o),
+        Cmd::Relay(o) => relay_main(*o, None),
+        Cmd::Publish(o) => {
+            let PublishOpt { path, card, mut relay } = *o;
+            anyhow::ensure!(relay.serve.model.is_none(), "ait publish takes the model as PATH, not --model");
+            anyhow::ensure!(path.is_file(), "{}: not a file (ait publish takes a GGUF file)", path.display());
+            relay.serve.model = Some(path);
+            relay_main(relay, Some(card))
+        }
         Cmd::Chat(o) => relay::chat::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
@@ -189,7 +212,8 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
 }
 
-fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
+/// `ait relay`, and with `card` `ait publish`.
+fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&o.data_dir).with_context(|| format!("creating {}", o.data_dir.display()))?;
     // One relay per data directory: a second one would share its peer id.
     let lock_path = o.data_dir.join("lock");
@@ -227,6 +251,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
         let mut _withdraw = None;
         // Whether this relay serves every block of its model.
         let mut serves_all = false;
+        // The speed of its blocks, when it serves some.
+        let mut measured = None;
         // `--model ID`: a model known only by its id, fetched from the swarm.
         let swarm_id = o.serve.model_id();
         let loaded = match (swarm_id, &o.serve.blocks) {
@@ -284,6 +310,8 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                 c.blocks.start, c.blocks.end, s.model, c.backend, c.ms_per_block
             );
             serves_all = c.blocks == (0..s.manifest.n_layers);
+            measured =
+                Some(web_node::model::card::Measured { ms_per_block: c.ms_per_block, backend: c.backend.clone() });
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);
@@ -302,6 +330,26 @@ fn relay_main(o: RelayOpt) -> anyhow::Result<ExitCode> {
                     sources.insert(0, Arc::new(parts));
                 }
             }
+        }
+        if let (Some(opt), Some((file, manifest))) = (&card, &known) {
+            let measured = match measured {
+                Some(m) => m,
+                None => tokio::task::block_in_place(|| relay::publish::measure(file, o.serve.backend))
+                    .context("measuring a block")?,
+            };
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+            let c = relay::publish::card_for(file, manifest, opt, Some(measured), now)?;
+            let id = manifest.id();
+            if !store.add_card(&id, &c.sign(&key)?)? {
+                tracing::warn!("the store keeps another creator's card of model {}", id.to_hex());
+            }
+            println!(
+                "card: {:?} by {peer}, {} parameters, {}, {:.3} ms per block per token",
+                c.name,
+                c.parameters,
+                c.quantization,
+                c.measured.as_ref().map_or(0.0, |m| m.ms_per_block)
+            );
         }
         relay::seed::serve_parts(&handle, sources, o.seed.limits())?;
         relay::seed::announce(&handle, &roots, &models).await?;

@@ -1,7 +1,8 @@
 //! `ait models`: the models in the swarm. Every seeding node provides the seeders' key in the
 //! DHT; each is asked which models' manifests it holds, each model's manifest is fetched once
-//! (and checked against its id), and each of its seeders is asked which of the model's parts
-//! it holds, to count seeders and complete copies.
+//! (and checked against its id) with its card (signed by its creator: name, labels, payout),
+//! and each of its seeders is asked which of the model's parts it holds, to count seeders and
+//! complete copies.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -10,9 +11,10 @@ use futures::stream::FuturesUnordered;
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
+use web_node::model::card::ModelCard;
 use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{fetch_have, fetch_manifest, fetch_models};
+use web_node::net::parts::{fetch_card, fetch_have, fetch_manifest, fetch_models};
 use web_node::net::record::seeders_key;
 
 use crate::swarm_model::{providers, PROBE};
@@ -47,6 +49,10 @@ pub struct Listed {
     pub seeders: usize,
     /// Complete copies in the swarm: the fewest holders of any of its parts.
     pub copies: usize,
+    /// Its card, from the first holder that sent one that opens (signed, about this model).
+    pub card: Option<ModelCard>,
+    /// The peer whose key signed the card: the creator.
+    pub creator: Option<String>,
 }
 
 /// Answers awaited within `PROBE` from each of `peers`.
@@ -94,6 +100,12 @@ pub async fn list(handle: &NodeHandle) -> anyhow::Result<Vec<Listed>> {
             tracing::warn!("no holder of model {} sent its manifest", id.to_hex());
             continue;
         };
+        let id_ref = &id;
+        let cards = ask_all(&holders, |p| async move { fetch_card(&mut handle.control(), p, id_ref).await.ok() }).await;
+        let (card, creator) = match cards.into_iter().next() {
+            Some((_, (card, creator, _))) => (Some(card), Some(creator.to_string())),
+            None => (None, None),
+        };
         let roots: Vec<String> =
             m.parts.iter().flat_map(|p| std::iter::once(&p.head).chain(&p.blocks)).map(|r| r.root.clone()).collect();
         let bytes = m.parts.as_ref().map_or(0, |p| p.head.size + p.blocks.iter().map(|b| b.size).sum::<u64>());
@@ -113,6 +125,8 @@ pub async fn list(handle: &NodeHandle) -> anyhow::Result<Vec<Listed>> {
             bytes,
             seeders: holders.len(),
             copies,
+            card,
+            creator,
         });
     }
     out.sort_by(|a, b| b.seeders.cmp(&a.seeders).then(a.id.cmp(&b.id)));
@@ -152,6 +166,16 @@ pub fn run(o: ModelsOpt) -> anyhow::Result<()> {
             m.seeders,
             m.copies
         );
+        match (&m.card, &m.creator) {
+            (Some(c), Some(by)) => {
+                let mut labels = vec![c.quantization.clone(), format!("{:.2} B parameters", c.parameters as f64 / 1e9)];
+                labels.extend(c.license.iter().map(|l| format!("license {l}")));
+                labels.extend((!c.languages.is_empty()).then(|| c.languages.join("/")));
+                labels.extend((!c.tags.is_empty()).then(|| format!("tags {}", c.tags.join(","))));
+                println!("  {:?} by {by}: {}", c.name, labels.join("; "));
+            }
+            _ => println!("  (no card)"),
+        }
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The content-addressed part store in a relay's data directory: model parts fetched from the
-//! swarm, named by their BLAKE3 root, and the manifests of their models, named by model id.
+//! swarm, named by their BLAKE3 root, and the manifests and cards of their models, named by
+//! model id.
 //!
 //! Layout under the store's directory:
 //! - `parts/<root>`: a complete part. Its root is checked when it is loaded (a part that no
@@ -11,6 +12,8 @@
 //!   whose byte is set; at the end the whole part is hashed against its root before it is
 //!   renamed into place.
 //! - `manifests/<id>.json`: manifests, checked against their id when read.
+//! - `cards/<id>.card`: model cards (signed by their creators), opened when read: the first
+//!   card of a model stays, and only a later one by the same creator replaces it.
 //!
 //! The store holds at most `cap` bytes (`--cache-gib`): before a fetch starts, the least
 //! recently used complete parts that are not pinned (being served) are deleted to make room;
@@ -27,6 +30,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use bytes::Bytes;
 use libp2p::PeerId;
+use web_node::model::card::ModelCard;
 use web_node::model::manifest::{is_hex_digest, PartRef};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::parts::{
@@ -57,6 +61,9 @@ pub enum StoreError {
     /// Fetching failed.
     #[error(transparent)]
     Fetch(#[from] FetchError),
+    /// A model card that does not open (a bad signature, another model).
+    #[error(transparent)]
+    Card(#[from] web_node::model::card::CardError),
     /// The assembled part does not hash to its root (the disk corrupted a range after it was
     /// verified); it was deleted.
     #[error("part {root} was corrupted on disk after its ranges were verified; deleted")]
@@ -87,6 +94,8 @@ struct State {
     clock: u64,
     held: RecentParts,
     manifests: HashMap<ModelId, Bytes>,
+    /// Signed cards by model, with their creator and signing time.
+    cards: HashMap<ModelId, (Bytes, PeerId, u64)>,
 }
 
 /// What one [`PartStore::fetch`] did.
@@ -109,17 +118,18 @@ impl FetchOutcome {
 pub struct PartStore {
     parts: PathBuf,
     manifests: PathBuf,
+    cards: PathBuf,
     cap: u64,
     state: Mutex<State>,
 }
 
 impl PartStore {
     /// Opens (or creates) the store in `dir`, holding at most `cap` bytes of parts. Lists the
-    /// complete parts (their age from their modification times) and reads the manifests,
-    /// dropping any that does not match its name.
+    /// complete parts (their age from their modification times) and reads the manifests and
+    /// cards, dropping any that does not match its name (or whose signature fails).
     pub fn open(dir: &Path, cap: u64) -> Result<PartStore, StoreError> {
-        let (parts, manifests) = (dir.join("parts"), dir.join("manifests"));
-        for d in [&parts, &manifests] {
+        let (parts, manifests, cards) = (dir.join("parts"), dir.join("manifests"), dir.join("cards"));
+        for d in [&parts, &manifests, &cards] {
             fs::create_dir_all(d).map_err(io(d))?;
         }
         let mut state = State::default();
@@ -154,7 +164,23 @@ impl PartStore {
                 }
             }
         }
-        Ok(PartStore { parts, manifests, cap, state: Mutex::new(state) })
+        for e in fs::read_dir(&cards).map_err(io(&cards))? {
+            let path = e.map_err(io(&cards))?.path();
+            let Some(id) = path.file_stem().and_then(|s| s.to_str()).and_then(ModelId::from_hex) else {
+                continue;
+            };
+            let bytes = fs::read(&path).map_err(io(&path))?;
+            match ModelCard::open(&bytes, &id) {
+                Ok((card, creator)) => {
+                    state.cards.insert(id, (Bytes::from(bytes), creator, card.signed_at));
+                }
+                Err(e) => {
+                    tracing::warn!("{}: {e}; deleted", path.display());
+                    let _ = fs::remove_file(&path);
+                }
+            }
+        }
+        Ok(PartStore { parts, manifests, cards, cap, state: Mutex::new(state) })
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -169,6 +195,22 @@ impl PartStore {
         write_atomically(&path, &json)?;
         self.state().manifests.insert(id, Bytes::from(json));
         Ok(())
+    }
+
+    /// Keeps the signed card of model `id` once it opens ([`ModelCard::open`]). The first card
+    /// of a model stays; only a card its creator signed later replaces it (relabelling).
+    /// Returns whether `bytes` is now the model's card.
+    pub fn add_card(&self, id: &ModelId, bytes: &[u8]) -> Result<bool, StoreError> {
+        let (card, creator) = ModelCard::open(bytes, id)?;
+        if let Some((_, held_by, at)) = self.state().cards.get(id) {
+            if *held_by != creator || *at >= card.signed_at {
+                return Ok(false);
+            }
+        }
+        let path = self.cards.join(format!("{}.card", id.to_hex()));
+        write_atomically(&path, bytes)?;
+        self.state().cards.insert(*id, (Bytes::copy_from_slice(bytes), creator, card.signed_at));
+        Ok(true)
     }
 
     /// The stored manifest of `id`.
@@ -398,6 +440,10 @@ impl PartSource for PartStore {
     fn models(&self) -> Vec<ModelId> {
         self.state().manifests.keys().copied().collect()
     }
+
+    fn card(&self, id: &ModelId) -> Option<Bytes> {
+        self.state().cards.get(id).map(|(b, _, _)| b.clone())
+    }
 }
 
 #[cfg(test)]
@@ -458,5 +504,51 @@ mod tests {
         let store = PartStore::open(dir, 1 << 20).unwrap();
         assert!(store.contents().1.is_empty());
         assert!(!bogus.exists());
+    }
+
+    fn card(id: &ModelId, name: &str, at: u64) -> web_node::model::card::ModelCard {
+        web_node::model::card::ModelCard {
+            version: web_node::model::card::CARD_VERSION,
+            model: id.to_hex(),
+            name: name.into(),
+            tags: vec![],
+            license: None,
+            languages: vec![],
+            payout: None,
+            parameters: 1,
+            quantization: "q8_0 100%".into(),
+            measured: None,
+            signed_at: at,
+        }
+    }
+
+    #[test]
+    fn the_first_card_stays_unless_its_creator_signs_a_later_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let (creator, other) =
+            (libp2p::identity::Keypair::generate_ed25519(), libp2p::identity::Keypair::generate_ed25519());
+        let id = ModelId([3; 32]);
+        let store = PartStore::open(dir, 1 << 20).unwrap();
+        let first = card(&id, "first", 10).sign(&creator).unwrap();
+        assert!(store.add_card(&id, &first).unwrap());
+        // Another key's card of the same model, even a later one, does not replace it.
+        assert!(!store.add_card(&id, &card(&id, "squatter", 20).sign(&other).unwrap()).unwrap());
+        // An older card by the creator does not either; a later one does (relabelling).
+        assert!(!store.add_card(&id, &card(&id, "older", 5).sign(&creator).unwrap()).unwrap());
+        let relabelled = card(&id, "relabelled", 30).sign(&creator).unwrap();
+        assert!(store.add_card(&id, &relabelled).unwrap());
+        assert_eq!(store.card(&id).as_deref(), Some(&relabelled[..]));
+        // A card about another model is refused.
+        assert!(store.add_card(&ModelId([4; 32]), &relabelled).is_err());
+        // Kept across a restart; a card file with a flipped byte is deleted on open.
+        let path = dir.join("cards").join(format!("{}.card", id.to_hex()));
+        assert_eq!(PartStore::open(dir, 1 << 20).unwrap().card(&id).as_deref(), Some(&relabelled[..]));
+        let mut bytes = fs::read(&path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&path, bytes).unwrap();
+        assert!(PartStore::open(dir, 1 << 20).unwrap().card(&id).is_none());
+        assert!(!path.exists());
     }
 }

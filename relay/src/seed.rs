@@ -83,6 +83,10 @@ impl PartSource for Sources {
         self.0.iter().find_map(|s| s.manifest(id))
     }
 
+    fn card(&self, id: &ModelId) -> Option<Bytes> {
+        self.0.iter().find_map(|s| s.card(id))
+    }
+
     fn models(&self) -> Vec<ModelId> {
         let mut ids: Vec<ModelId> = self.0.iter().flat_map(|s| s.models()).collect();
         ids.sort();
@@ -131,6 +135,11 @@ impl PartSource for FileParts {
 
     fn models(&self) -> Vec<ModelId> {
         vec![self.manifest.id()]
+    }
+
+    fn card(&self, _: &ModelId) -> Option<Bytes> {
+        // A creator's card is kept in the store (`ait publish`), not in the file.
+        None
     }
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {

@@ -22,7 +22,7 @@ use web_node::model::manifest::PartRef;
 use web_node::model::parts::{verify_block, verify_head, Part};
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{fetch_have, fetch_manifest, FetchError, HeldPart};
+use web_node::net::parts::{fetch_card, fetch_have, fetch_manifest, FetchError, HeldPart};
 use web_node::net::record::{model_key, part_key};
 
 use crate::local::{pick_gpu, BackendKind};
@@ -58,7 +58,8 @@ pub(crate) async fn providers(handle: &NodeHandle, key: libp2p::kad::RecordKey) 
 }
 
 /// The manifest of model `id`: from the store, else from the first of the peers that provide
-/// the id to answer with it (asked all at once; checked against the id, then stored).
+/// the id to answer with it (asked all at once; checked against the id, then stored). Its card
+/// is asked of the same peers then ([`card`]).
 pub async fn manifest(handle: &NodeHandle, store: &PartStore, id: &ModelId) -> anyhow::Result<Manifest> {
     if let Some(m) = store.manifest_of(id) {
         return Ok(m);
@@ -76,6 +77,7 @@ pub async fn manifest(handle: &NodeHandle, store: &PartStore, id: &ModelId) -> a
         match got {
             Ok(m) => {
                 store.add_manifest(&m)?;
+                card(handle, store, id, &peers).await;
                 return Ok(m);
             }
             Err(e) => errors.push(e.to_string()),
@@ -88,6 +90,30 @@ pub async fn manifest(handle: &NodeHandle, store: &PartStore, id: &ModelId) -> a
         if errors.is_empty() { "" } else { ": " },
         errors.join("; ")
     )
+}
+
+/// Keeps in `store` (and so seeds) the card of model `id` that the first of `peers` sends
+/// that opens (signed, about this model), and prints its name and creator. A model without
+/// a card is served all the same.
+async fn card(handle: &NodeHandle, store: &PartStore, id: &ModelId, peers: &[PeerId]) {
+    let mut asking: FuturesUnordered<_> = peers
+        .iter()
+        .map(|&peer| async move { tokio::time::timeout(PROBE, fetch_card(&mut handle.control(), peer, id)).await })
+        .collect();
+    while let Some(got) = asking.next().await {
+        match got {
+            Ok(Ok((card, creator, bytes))) => {
+                if let Err(e) = store.add_card(id, &bytes) {
+                    tracing::warn!("keeping the card of {}: {e}", id.to_hex());
+                }
+                println!("card: {:?} by {creator}", card.name);
+                return;
+            }
+            Ok(Err(e @ FetchError::BadCard { .. })) => tracing::warn!("{e}"),
+            _ => {}
+        }
+    }
+    tracing::info!("no card of model {} in the swarm", id.to_hex());
 }
 
 /// The head part and the parts of `blocks`, as the manifest lists them.

@@ -53,6 +53,9 @@ impl PartSource for MemParts {
     fn models(&self) -> Vec<ModelId> {
         Vec::new()
     }
+    fn card(&self, _: &ModelId) -> Option<Bytes> {
+        None
+    }
 }
 
 /// An in-process seeder of `parts`, paced to `bytes_per_sec`, also serving [`PLAIN`].

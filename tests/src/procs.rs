@@ -44,11 +44,24 @@ impl Relay {
         Self::try_start(data_dir, args).unwrap_or_else(|e| panic!("relay {args:?} did not start: {e}"))
     }
 
+    /// Like [`Relay::start`], with `ait publish PATH`: a relay seeding the file `path`, with
+    /// a model card signed by its key.
+    pub fn publish(data_dir: &Path, path: &Path, args: &[&str]) -> Relay {
+        let path = path.to_str().expect("utf-8 path");
+        Self::try_start_cmd(&["publish", path], data_dir, args)
+            .unwrap_or_else(|e| panic!("publish {args:?} did not start: {e}"))
+    }
+
     /// Like [`Relay::start`], returning what went wrong instead of panicking.
     pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
+        Self::try_start_cmd(&["relay"], data_dir, args)
+    }
+
+    /// Starts `ait CMD...` with the relay flags and `args`, as [`Relay::try_start`] does.
+    fn try_start_cmd(cmd: &[&str], data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let mut child = Command::new(ait_bin())
-            .arg("relay")
+            .args(cmd)
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--host", "127.0.0.1", "--port", "0"])

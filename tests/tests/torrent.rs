@@ -27,10 +27,12 @@ fn ait(args: &[&str]) -> String {
     ait_tests::procs::ait_stdout(args)
 }
 
-/// Deliverable 6a: two seeders hold the file; three relays started with only the model id
+/// Deliverable 6a: one node publishes the file (`ait publish`, with a signed card) and another
+/// seeds it too; three relays started with only the model id
 /// each fetch the head and their own two blocks and nothing else (the head's ranges from both
 /// seeders at once; a block's two ranges may both come from the faster one); then the chain
-/// of the three generates what one process does from the file.
+/// of the three generates what one process does from the file. The creator's card travels
+/// with the model: every relay keeps it and `ait models` shows it with its creator.
 #[test]
 fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_does() {
     let root = temp_dir("torrent-chain");
@@ -38,7 +40,12 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
     let p = path.to_str().unwrap();
     let id = manifest.id().to_hex();
     let parts = manifest.parts.clone().expect("parts");
-    let seed1 = Relay::start(&root.join("seed1"), &["--model", p]);
+    let payout = format!("0x{}", "5e".repeat(20));
+    let card_flags =
+        ["--name", "Tiny Torrent", "--tag", "chat", "--tag", "Tiny", "--license", "MIT", "--payout", &payout];
+    let seed1 = Relay::publish(&root.join("seed1"), &path, &card_flags);
+    let card_line = format!("card: \"Tiny Torrent\" by {}", seed1.peer);
+    assert!(seed1.stdout.iter().any(|l| l.starts_with(&card_line)), "{:?}", seed1.stdout);
     let boot = seed1.addr("tcp");
     let _seed2 = Relay::start(&root.join("seed2"), &["--model", p, "--bootstrap", &boot]);
     let started = Instant::now();
@@ -68,6 +75,9 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
             assert!(*peers >= least, "{part} came from {peers} seeders: {:?}", relay.stdout);
             assert_eq!(*resumed, 0);
         }
+        // The creator's card came with the manifest, checked, and is seeded from the store.
+        assert!(relay.stdout.contains(&card_line), "{:?}", relay.stdout);
+        assert!(relay.data_dir.join("store/cards").join(format!("{id}.card")).exists());
         // Seeding what it fetched: its store holds these parts, named by their roots.
         for i in b {
             assert!(relay.data_dir.join("store/parts").join(&parts.blocks[i].root).exists());
@@ -80,6 +90,13 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
     assert_eq!((m["layers"].as_u64(), m["seeders"].as_u64(), m["copies"].as_u64()), (Some(6), Some(5), Some(3)), "{m}");
     let total = parts.head.size + parts.blocks.iter().map(|b| b.size).sum::<u64>();
     assert_eq!(m["bytes"].as_u64(), Some(total));
+    let card = &m["card"];
+    assert_eq!(m["creator"].as_str(), Some(seed1.peer.as_str()), "{m}");
+    assert_eq!((card["name"].as_str(), card["license"].as_str()), (Some("Tiny Torrent"), Some("mit")), "{m}");
+    assert_eq!(card["tags"], serde_json::json!(["chat", "tiny"]), "{m}");
+    assert_eq!(card["payout"].as_str(), Some(payout.as_str()));
+    assert!(card["parameters"].as_u64().is_some_and(|n| n > 1_000_000), "{m}");
+    assert!(card["measured"]["ms_per_block"].as_f64().is_some_and(|ms| ms > 0.0), "{m}");
     let args = ["generate", "--model", p, "--temperature", "0", "--max-tokens", "12", "--prompt", "Hello there"];
     let local = ait(&[&args[..], &["--backend", "cpu"]].concat());
     let swarm = ait(&[&args[..], &["--swarm", &relays[0].addr("tcp")]].concat());

@@ -7,6 +7,7 @@
 //!
 //! This module does not compute anything (see [`crate::engine`]).
 
+pub mod card;
 pub mod chat;
 pub mod config;
 pub mod gguf;

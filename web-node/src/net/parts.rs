@@ -10,6 +10,9 @@
 //! - `Manifest { id }` is answered `Manifest { size }`, then one frame of the manifest's JSON
 //!   (whose hash the fetcher checks against the id), or `Error`.
 //! - `Models` is answered `Models { ids }`: the models whose manifests the node holds.
+//! - `Card { id }` is answered `Card { size }`, then one frame: the model's card, signed by
+//!   its creator ([`crate::model::card`]; the fetcher checks the signature and the model), or
+//!   `Error`.
 //!
 //! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
 //! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
@@ -18,7 +21,7 @@
 //! bans a peer whose data fails verification (proof that it lied), fetching its range from
 //! the others, and once no range is left unasked, asks a free peer for a range still running
 //! elsewhere (a stalled peer then holds nothing up). [`fetch_part`] assembles a part in memory;
-//! [`fetch_manifest`] gets a model's manifest by its id.
+//! [`fetch_manifest`] gets a model's manifest by its id, [`fetch_card`] its card.
 
 use std::ops::Range;
 use std::pin::Pin;
@@ -34,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use super::frame::{read_frame, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
+use crate::model::card::{ModelCard, MAX_CARD};
 use crate::model::manifest::{ModelId, PartRef};
 use crate::model::verified::{decode_range, group_range, PartRoot, PartTree, VerifyError};
 use crate::model::Manifest;
@@ -88,6 +92,11 @@ pub enum Request {
     },
     /// Which models' manifests the node holds.
     Models,
+    /// The signed card of the model with this id (hex).
+    Card {
+        /// Model id.
+        id: String,
+    },
 }
 
 /// An answer.
@@ -112,6 +121,11 @@ pub enum Reply {
     Models {
         /// The ids.
         ids: Vec<String>,
+    },
+    /// The signed card follows in the next frame, `size` bytes.
+    Card {
+        /// Its length.
+        size: u64,
     },
     /// The request was refused.
     Error {
@@ -196,6 +210,9 @@ pub trait PartSource: Send + Sync {
 
     /// The models whose manifests this node has.
     fn models(&self) -> Vec<ModelId>;
+
+    /// The signed card of model `id` ([`ModelCard::sign`]'s bytes), if this node has one.
+    fn card(&self, id: &ModelId) -> Option<Bytes>;
 }
 
 /// Why fetching failed.
@@ -228,6 +245,14 @@ pub enum FetchError {
     /// The peer sent a manifest that does not parse or is not the one asked for.
     #[error("{peer} sent a bad manifest: {what}")]
     BadManifest {
+        /// The peer.
+        peer: PeerId,
+        /// What was wrong.
+        what: String,
+    },
+    /// The peer sent a card that does not open: a bad signature, or about another model.
+    #[error("{peer} sent a bad card: {what}")]
+    BadCard {
         /// The peer.
         peer: PeerId,
         /// What was wrong.
@@ -292,6 +317,11 @@ fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Ve
         Request::Models => {
             let ids = source.models().iter().take(MAX_HAVE).map(ModelId::to_hex).collect();
             Ok((Reply::Models { ids }, None))
+        }
+        Request::Card { id } => {
+            let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
+            let card = source.card(&model).ok_or_else(|| format!("no card of model {id} here"))?;
+            Ok((Reply::Card { size: card.len() as u64 }, Some(card.to_vec())))
         }
     }
 }
@@ -552,6 +582,24 @@ pub async fn fetch_models(control: &mut libp2p_stream::Control, peer: PeerId) ->
     }
 }
 
+/// Asks `peer` for a document of at most `max` bytes that follows its answer in one frame (a
+/// manifest or a card): the answer's announced size, checked by `size`, then the bytes.
+async fn fetch_document(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    request: &Request,
+    max: usize,
+    size: impl Fn(&Reply) -> Option<u64>,
+) -> Result<Vec<u8>, FetchError> {
+    let broke = |what: String| FetchError::Stream { peer, what };
+    let (mut stream, reply) = ask(control, peer, request).await?;
+    match size(&reply) {
+        Some(n) if n <= max as u64 => {}
+        _ => return Err(broke(format!("unexpected answer {reply:?}"))),
+    }
+    read_frame(&mut stream, max, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))
+}
+
 /// Asks `peer` for the manifest of model `id` and checks that it is that model's: its hash
 /// is the id, so no peer can hand over another model under it.
 pub async fn fetch_manifest(
@@ -559,20 +607,29 @@ pub async fn fetch_manifest(
     peer: PeerId,
     id: &ModelId,
 ) -> Result<Manifest, FetchError> {
-    let broke = |what: String| FetchError::Stream { peer, what };
     let bad = |what: String| FetchError::BadManifest { peer, what };
-    let (mut stream, reply) = ask(control, peer, &Request::Manifest { id: id.to_hex() }).await?;
-    match reply {
-        Reply::Manifest { size } if size <= MAX_MANIFEST as u64 => {}
-        other => return Err(broke(format!("unexpected answer {other:?}"))),
-    }
-    let body =
-        read_frame(&mut stream, MAX_MANIFEST, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    let request = Request::Manifest { id: id.to_hex() };
+    let size = |r: &Reply| if let Reply::Manifest { size } = r { Some(*size) } else { None };
+    let body = fetch_document(control, peer, &request, MAX_MANIFEST, size).await?;
     let manifest = Manifest::from_json(&body).map_err(|e| bad(e.to_string()))?;
     if manifest.id() != *id {
         return Err(bad(format!("it is the manifest of model {}", manifest.id().to_hex())));
     }
     Ok(manifest)
+}
+
+/// Asks `peer` for the card of model `id` and opens it ([`ModelCard::open`]): signed, and
+/// about this model. Returns the card, its creator and the signed bytes (to keep and pass on).
+pub async fn fetch_card(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    id: &ModelId,
+) -> Result<(ModelCard, PeerId, Bytes), FetchError> {
+    let request = Request::Card { id: id.to_hex() };
+    let size = |r: &Reply| if let Reply::Card { size } = r { Some(*size) } else { None };
+    let body = fetch_document(control, peer, &request, MAX_CARD, size).await?;
+    let (card, creator) = ModelCard::open(&body, id).map_err(|e| FetchError::BadCard { peer, what: e.to_string() })?;
+    Ok((card, creator, Bytes::from(body)))
 }
 
 /// The ranges a part of `size` bytes is fetched in: [`MAX_RANGE`] bytes each (whole chunk
