@@ -6,7 +6,8 @@
 //! it serves, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
 //! the native libp2p node (under the flags of [`limits`]), [`seed`] answers other nodes' requests for model parts (from the model file and from the
 //! [`part_store`]), [`swarm_model`] fetches a model known by its id from the swarm, [`models`] lists the
-//! swarm's models, [`serving`] runs web-node's serving assembly on tokio and a compute
+//! swarm's models, [`publish`] labels a creator's model with a signed card, [`pin`] keeps copies
+//! of trusted creators' models, [`serving`] runs web-node's serving assembly on tokio and a compute
 //! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
 //! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
 //! one client pipeline, protocol, routing, serving) lives in `web-node`; this crate only drives
@@ -25,9 +26,19 @@ pub mod models;
 pub mod openai;
 pub mod p2p;
 pub mod part_store;
+pub mod pin;
 pub mod publish;
 pub mod seed;
 pub mod serving;
 pub mod swarm_client;
 pub mod swarm_model;
 pub mod web;
+
+/// Prints `line` on stdout for the operator (and the tests that read it), ignoring a stdout
+/// nobody reads any more: a relay prints while it runs, and must not stop because a pipe
+/// closed.
+pub fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}").and_then(|()| out.flush());
+}

@@ -131,6 +131,8 @@ struct RelayOpt {
     #[command(flatten)]
     seed: relay::seed::SeedOpt,
     #[command(flatten)]
+    pin: relay::pin::PinOpt,
+    #[command(flatten)]
     net: relay::limits::NetLimitOpt,
     /// Address of the OpenAI-compatible HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
@@ -353,6 +355,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
         }
         relay::seed::serve_parts(&handle, sources, o.seed.limits())?;
         relay::seed::announce(&handle, &roots, &models).await?;
+        relay::pin::spawn(&handle, &store, &o.pin);
         if !o.no_http {
             let api_concurrency = o.api_concurrency.unwrap_or(if serves_all { o.serve.max_sessions } else { 4 }).max(1);
             tracing::info!(api_concurrency, "HTTP API requests generating at once");

@@ -106,7 +106,7 @@ async fn card(handle: &NodeHandle, store: &PartStore, id: &ModelId, peers: &[Pee
                 if let Err(e) = store.add_card(id, &bytes) {
                     tracing::warn!("keeping the card of {}: {e}", id.to_hex());
                 }
-                println!("card: {:?} by {creator}", card.name);
+                crate::say(&format!("card: {:?} by {creator}", card.name));
                 return;
             }
             Ok(Err(e @ FetchError::BadCard { .. })) => tracing::warn!("{e}"),
@@ -221,12 +221,12 @@ pub async fn fetch(
                     .await
                     .with_context(|| format!("fetching {part}"))?;
                 bar.finish_and_clear();
-                println!(
+                crate::say(&format!(
                     "fetched {part}: {} bytes from {} peers, {} resumed",
                     out.fetched(),
                     out.report.from.len(),
                     out.resumed
-                );
+                ));
                 if !out.report.banned.is_empty() {
                     tracing::warn!("{part}: banned {:?} for sending data that failed verification", out.report.banned);
                 }

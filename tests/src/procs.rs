@@ -76,10 +76,10 @@ impl Relay {
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
         std::thread::spawn(move || {
+            // Read to the end, also once nobody awaits lines: a relay that prints after
+            // `ready` must not find its stdout closed.
             for line in BufReader::new(out).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
+                let _ = tx.send(line);
             }
         });
         let err = child.stderr.take().expect("stderr");

@@ -198,3 +198,47 @@ fn fetches_survive_a_dead_seeder_resume_after_kill_9_and_repair_a_corrupted_stor
     drop(c);
     let _ = std::fs::remove_dir_all(root);
 }
+
+/// Pinning (`--pin-quota-gib`): a relay whose `--pin-creator` list names the creator copies
+/// the whole model once it is published; a relay whose list names someone else copies none of
+/// it. Once the creator's node is gone, a relay started with only the model id gets every part
+/// (and the card) from the pinning relay and generates what one process does from the file.
+#[test]
+fn a_pinning_relay_keeps_a_trusted_creators_model_after_the_creator_leaves() {
+    let root = temp_dir("torrent-pin");
+    let (path, manifest) = torrent_model(&root);
+    let p = path.to_str().unwrap();
+    let id = manifest.id().to_hex();
+    let parts = manifest.parts.clone().expect("parts");
+    let mut creator = Relay::publish(&root.join("creator"), &path, &["--name", "Pinned"]);
+    let boot = creator.addr("tcp");
+    let stranger = libp2p::identity::Keypair::generate_ed25519().public().to_peer_id().to_string();
+    let pin = |name: &str, trusted: &str| {
+        Relay::start(&root.join(name), &["--bootstrap", &boot, "--pin-quota-gib", "1", "--pin-creator", trusted])
+    };
+    // Started first, so its look at the swarm comes no later than the pinner's.
+    let other = pin("other", &stranger);
+    let pinner = pin("pinner", &creator.peer);
+    let roots: Vec<String> = std::iter::once(&parts.head).chain(&parts.blocks).map(|r| r.root.clone()).collect();
+    let on_disk = |relay: &Relay, root: &str| relay.data_dir.join("store/parts").join(root).exists();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !roots.iter().all(|r| on_disk(&pinner, r)) {
+        assert!(Instant::now() < deadline, "the pinning relay did not copy the model");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(!roots.iter().any(|r| on_disk(&other, r)), "a relay pinned a model by a creator it does not trust");
+    let creator_peer = creator.peer.clone();
+    creator.kill();
+    drop(other);
+    let fresh = Relay::start(&root.join("fresh"), &["--model", &id, "--blocks", "all", "--bootstrap", &pinner.addr("tcp")]);
+    let got = fetched(&fresh);
+    assert_eq!(got.len(), roots.len(), "{:?}", fresh.stdout);
+    assert!(got.iter().all(|(_, _, peers, _)| *peers == 1), "{:?}", fresh.stdout);
+    assert!(fresh.stdout.contains(&format!("card: \"Pinned\" by {creator_peer}")), "{:?}", fresh.stdout);
+    let args = ["generate", "--model", p, "--temperature", "0", "--max-tokens", "12", "--prompt", "Hello there"];
+    let local = ait(&[&args[..], &["--backend", "cpu"]].concat());
+    let swarm = ait(&[&args[..], &["--swarm", &fresh.addr("tcp")]].concat());
+    assert_eq!(swarm, local, "the pinned copy generates otherwise than the file");
+    drop((fresh, pinner));
+    let _ = std::fs::remove_dir_all(root);
+}

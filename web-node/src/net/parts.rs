@@ -62,6 +62,9 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most roots one `Have` may name.
 const MAX_HAVE: usize = 4096;
 
+/// How long a fetcher waits before a second stream after a transport error.
+const STREAM_RETRY: Duration = Duration::from_millis(250);
+
 /// Most requests answered on one stream.
 const MAX_REQUESTS: usize = 4096;
 
@@ -550,13 +553,25 @@ async fn range_on(
             Err(e) => return (Err(e), None),
         }
     }
-    let mut s = match open(&mut control, peer).await {
-        Ok(s) => s,
-        Err(e) => return (Err(e), None),
-    };
-    match get_on(&mut s, peer, part, range).await {
-        Ok(bytes) => (Ok(bytes), Some(s)),
-        Err(e) => (Err(e), None),
+    // A new stream can land on a connection that is closing (libp2p picks an established
+    // one): after a transport error that came at once, one more stream a moment later gets a
+    // live connection. (A peer that timed out is not asked again here.)
+    let mut retried = false;
+    loop {
+        let started = web_time::Instant::now();
+        let got = match open(&mut control, peer).await {
+            Ok(mut s) => get_on(&mut s, peer, part, range.clone()).await.map(|bytes| (bytes, s)),
+            Err(e) => Err(e),
+        };
+        match got {
+            Ok((bytes, s)) => return (Ok(bytes), Some(s)),
+            Err(e @ FetchError::Stream { .. }) if !retried && started.elapsed() < STREAM_RETRY * 8 => {
+                tracing::debug!(%peer, "part range {range:?}: {e}; trying a new stream");
+                retried = true;
+                futures_timer::Delay::new(STREAM_RETRY).await;
+            }
+            Err(e) => return (Err(e), None),
+        }
     }
 }
 
