@@ -230,7 +230,8 @@ fn a_pinning_relay_keeps_a_trusted_creators_model_after_the_creator_leaves() {
     let creator_peer = creator.peer.clone();
     creator.kill();
     drop(other);
-    let fresh = Relay::start(&root.join("fresh"), &["--model", &id, "--blocks", "all", "--bootstrap", &pinner.addr("tcp")]);
+    let fresh =
+        Relay::start(&root.join("fresh"), &["--model", &id, "--blocks", "all", "--bootstrap", &pinner.addr("tcp")]);
     let got = fetched(&fresh);
     assert_eq!(got.len(), roots.len(), "{:?}", fresh.stdout);
     assert!(got.iter().all(|(_, _, peers, _)| *peers == 1), "{:?}", fresh.stdout);
