@@ -353,7 +353,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 c.measured.as_ref().map_or(0.0, |m| m.ms_per_block)
             );
         }
-        relay::seed::serve_parts(&handle, sources, o.seed.limits())?;
+        relay::seed::serve_parts(&handle, sources, o.seed.limits(), store.traffic())?;
         relay::seed::announce(&handle, &roots, &models).await?;
         relay::pin::spawn(&handle, &store, &o.pin);
         if !o.no_http {
@@ -396,8 +396,12 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 permits: tokio::sync::Semaphore::new(api_concurrency),
                 chain: Default::default(),
             };
-            let web =
-                relay::web::WebState { peer: peer.to_string(), addrs: relay::web::browser_addrs(&addrs), model: parts };
+            let web = relay::web::WebState {
+                peer: peer.to_string(),
+                addrs: relay::web::browser_addrs(&addrs),
+                model: parts,
+                traffic: store.traffic(),
+            };
             let web_dir = relay::web::find_web_dir(o.web_dir.clone());
             if web_dir.is_none() {
                 tracing::warn!(

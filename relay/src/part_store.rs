@@ -34,7 +34,7 @@ use web_node::model::card::ModelCard;
 use web_node::model::manifest::{is_hex_digest, PartRef};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::parts::{
-    fetch_ranges, ranges_of, FetchError, FetchReport, HeldPart, PartSource, RecentParts, MAX_RANGE,
+    fetch_ranges, ranges_of, FetchError, FetchReport, HeldPart, PartSource, PartTraffic, RecentParts, MAX_RANGE,
 };
 
 /// Why the store failed.
@@ -120,6 +120,7 @@ pub struct PartStore {
     manifests: PathBuf,
     cards: PathBuf,
     cap: u64,
+    traffic: Arc<PartTraffic>,
     state: Mutex<State>,
 }
 
@@ -180,7 +181,13 @@ impl PartStore {
                 }
             }
         }
-        Ok(PartStore { parts, manifests, cards, cap, state: Mutex::new(state) })
+        Ok(PartStore { parts, manifests, cards, cap, traffic: Arc::default(), state: Mutex::new(state) })
+    }
+
+    /// This node's part traffic: the store counts what it receives; the seeder
+    /// ([`crate::seed::serve_parts`]) what is sent.
+    pub fn traffic(&self) -> Arc<PartTraffic> {
+        self.traffic.clone()
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -374,6 +381,7 @@ impl PartStore {
             data.write_all_at(bytes, range.start).and_then(|()| data.sync_data()).map_err(|e| e.to_string())?;
             have.write_all_at(&[1], range.start / MAX_RANGE).map_err(|e| e.to_string())?;
             done += bytes.len() as u64;
+            self.traffic.received.fetch_add(bytes.len() as u64, std::sync::atomic::Ordering::Relaxed);
             progress(done);
             Ok(())
         })

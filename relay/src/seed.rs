@@ -13,7 +13,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{HeldPart, PartSource, PartStreams, RecentParts, SeedLimits};
+use web_node::net::parts::{HeldPart, PartSource, PartStreams, PartTraffic, RecentParts, SeedLimits};
 use web_node::net::record::{model_key, part_key, seeders_key};
 
 /// How much this relay seeds.
@@ -38,10 +38,16 @@ impl SeedOpt {
 }
 
 /// Answers `/ait/parts/1` on `handle`'s node from `sources` (the first that has a part
-/// answers) within `limits`, on the tokio runtime.
-pub fn serve_parts(handle: &NodeHandle, sources: Vec<Arc<dyn PartSource>>, limits: SeedLimits) -> anyhow::Result<()> {
+/// answers) within `limits`, on the tokio runtime, counting what it sends in `traffic`.
+pub fn serve_parts(
+    handle: &NodeHandle,
+    sources: Vec<Arc<dyn PartSource>>,
+    limits: SeedLimits,
+    traffic: Arc<PartTraffic>,
+) -> anyhow::Result<()> {
     let streams = PartStreams::new(&mut handle.control(), Arc::new(Sources(sources)), limits)
-        .map_err(|_| anyhow::anyhow!("the parts protocol is already registered"))?;
+        .map_err(|_| anyhow::anyhow!("the parts protocol is already registered"))?
+        .with_traffic(traffic);
     tokio::spawn(streams.for_each(|task| {
         tokio::spawn(task);
         std::future::ready(())

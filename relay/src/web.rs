@@ -160,6 +160,8 @@ pub struct WebState {
     pub addrs: Vec<Multiaddr>,
     /// The model whose parts are offered, if any.
     pub model: Option<Arc<ModelParts>>,
+    /// Parts sent to and received from other nodes over `/ait/parts/1`.
+    pub traffic: Arc<web_node::net::parts::PartTraffic>,
 }
 
 /// The addresses of `addrs` that a browser can dial: `/ws`, `/wss`, `/webrtc-direct`.
@@ -187,6 +189,7 @@ pub fn find_web_dir(arg: Option<PathBuf>) -> Option<PathBuf> {
 pub fn router(state: Arc<WebState>, web_dir: Option<PathBuf>) -> Router {
     let routes = Router::new()
         .route("/ait/bootstrap", get(bootstrap))
+        .route("/ait/seeding", get(seeding))
         .route("/ait/models/{id}/manifest", get(manifest))
         .route("/ait/models/{id}/head", get(head))
         .route("/ait/models/{id}/blocks/{i}", get(block))
@@ -212,6 +215,12 @@ async fn bootstrap(State(s): State<Arc<WebState>>) -> Json<serde_json::Value> {
         "addrs": s.addrs.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
         "model": model,
     }))
+}
+
+/// `GET /ait/seeding`: this node's part traffic and seeding ratio (sent over received).
+async fn seeding(State(s): State<Arc<WebState>>) -> Json<serde_json::Value> {
+    let (sent, received) = s.traffic.totals();
+    Json(json!({ "sent_bytes": sent, "received_bytes": received, "ratio": s.traffic.ratio() }))
 }
 
 fn not_found(what: String) -> Response {

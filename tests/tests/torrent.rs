@@ -47,7 +47,7 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
     let card_line = format!("card: \"Tiny Torrent\" by {}", seed1.peer);
     assert!(seed1.stdout.iter().any(|l| l.starts_with(&card_line)), "{:?}", seed1.stdout);
     let boot = seed1.addr("tcp");
-    let _seed2 = Relay::start(&root.join("seed2"), &["--model", p, "--bootstrap", &boot]);
+    let seed2 = Relay::start(&root.join("seed2"), &["--model", p, "--bootstrap", &boot]);
     let started = Instant::now();
     let relays: Vec<Relay> = [0..2, 2..4, 4..6]
         .iter()
@@ -83,6 +83,27 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
             assert!(relay.data_dir.join("store/parts").join(&parts.blocks[i].root).exists());
         }
     }
+    // Seeding ratios (`GET /ait/seeding`): each relay received exactly the bytes it fetched;
+    // the seeders received nothing; all five sent at least what was received (proofs, and
+    // ranges asked twice in the end game).
+    let seeding = |r: &Relay| -> (u64, u64) {
+        let url = format!("{}/ait/seeding", r.http.as_deref().expect("http"));
+        let v: serde_json::Value =
+            ureq::get(&url).call().expect("GET /ait/seeding").body_mut().read_json().expect("json");
+        (v["sent_bytes"].as_u64().expect("sent"), v["received_bytes"].as_u64().expect("received"))
+    };
+    let mut all = (0, 0);
+    for relay in &relays {
+        let (sent, received) = seeding(relay);
+        assert_eq!(received, fetched(relay).iter().map(|f| f.1).sum::<u64>(), "{:?}", relay.stdout);
+        all = (all.0 + sent, all.1 + received);
+    }
+    for seeder in [&seed1, &seed2] {
+        let (sent, received) = seeding(seeder);
+        assert_eq!(received, 0);
+        all.0 += sent;
+    }
+    assert!(all.0 >= all.1 && all.1 > 0, "sent {} < received {}", all.0, all.1);
     // `ait models` finds the model held by all five: a complete copy on each seeder, and each
     // block also on the relay that serves it, so 3 copies of the scarcest part.
     let listed: serde_json::Value = serde_json::from_str(&ait(&["models", "--swarm", &boot, "--json"])).expect("json");

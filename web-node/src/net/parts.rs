@@ -336,6 +336,7 @@ fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Ve
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     source: &dyn PartSource,
     pace: Option<&Pace>,
+    traffic: &PartTraffic,
     mut stream: S,
 ) {
     for _ in 0..MAX_REQUESTS {
@@ -360,6 +361,9 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
             if let Some(body) = body {
                 write_frame(&mut stream, &body).await?;
+                if matches!(reply, Reply::Range { .. }) {
+                    traffic.sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
             }
             Ok::<_, FrameError>(())
         };
@@ -372,6 +376,29 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         }
     }
     let _ = super::timeout(FRAME_TIMEOUT, stream.close()).await;
+}
+
+/// What a node has given and taken in parts: its seeding ratio.
+#[derive(Debug, Default)]
+pub struct PartTraffic {
+    /// Bytes of part ranges sent to other nodes (their proofs included).
+    pub sent: std::sync::atomic::AtomicU64,
+    /// Verified bytes of parts received from other nodes.
+    pub received: std::sync::atomic::AtomicU64,
+}
+
+impl PartTraffic {
+    /// Bytes sent and received so far.
+    pub fn totals(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.received.load(Relaxed))
+    }
+
+    /// Sent over received; `None` before anything was received.
+    pub fn ratio(&self) -> Option<f64> {
+        let (sent, received) = self.totals();
+        (received > 0).then(|| sent as f64 / received as f64)
+    }
 }
 
 /// A future serving one part stream.
@@ -433,6 +460,7 @@ pub struct PartStreams {
     source: Arc<dyn PartSource>,
     open: KeyedLimit<PeerId>,
     pace: Option<Pace>,
+    traffic: Arc<PartTraffic>,
 }
 
 impl PartStreams {
@@ -444,7 +472,13 @@ impl PartStreams {
     ) -> Result<PartStreams, libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(PARTS_PROTOCOL)?;
         let open = KeyedLimit::new(limits.max_streams, limits.max_per_peer).with_max_keys(limits.max_peers);
-        Ok(PartStreams { incoming, source, open, pace: limits.bytes_per_sec.map(Pace::new) })
+        Ok(PartStreams { incoming, source, open, pace: limits.bytes_per_sec.map(Pace::new), traffic: Arc::default() })
+    }
+
+    /// Counts the bytes sent in `traffic` (for the node's seeding ratio).
+    pub fn with_traffic(mut self, traffic: Arc<PartTraffic>) -> PartStreams {
+        self.traffic = traffic;
+        self
     }
 }
 
@@ -460,9 +494,9 @@ impl Stream for PartStreams {
                 tracing::debug!(%peer, "too many part streams; closing one");
                 continue;
             };
-            let (source, pace) = (self.source.clone(), self.pace.clone());
+            let (source, pace, traffic) = (self.source.clone(), self.pace.clone(), self.traffic.clone());
             return Poll::Ready(Some(Box::pin(async move {
-                serve_stream(&*source, pace.as_ref(), stream).await;
+                serve_stream(&*source, pace.as_ref(), &traffic, stream).await;
                 drop(permit);
             })));
         }
