@@ -371,8 +371,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     let client = ClientModel::from_file(&file, Some(id))?.with_batched_head(api_concurrency);
                     let parts = match file {
                         ModelFile::Gguf(_) if from_swarm => {
-                            tracing::warn!("browsers get parts over HTTP only from relays started from a model file");
-                            None
+                            Some(Arc::new(relay::web::ModelParts::from_store(name.clone(), manifest, store.clone())))
                         }
                         ModelFile::Gguf(g) => Some(Arc::new(
                             relay::web::ModelParts::new(name.clone(), manifest, g)

@@ -242,6 +242,12 @@ impl PartStore {
         self.state().complete.values().map(|e| e.size).sum()
     }
 
+    /// The file of the complete part `root`, if the store holds it (not checked: see
+    /// [`PartStore::load`]).
+    pub fn part_path(&self, root: &str) -> Option<PathBuf> {
+        self.state().complete.contains_key(root).then(|| self.path(root, ""))
+    }
+
     fn path(&self, root: &str, ext: &str) -> PathBuf {
         self.parts.join(format!("{root}{ext}"))
     }

@@ -8,6 +8,9 @@
 //! - `GET /ait/models/{id}/head`, `GET /ait/models/{id}/blocks/{i}`: parts; a downloader checks
 //!   them against the manifest's hashes. Each part is extracted once into a cache directory
 //!   and streamed from there, so a slow reader holds a file handle and one chunk, not a part.
+//!   A relay that fetched its model from the swarm (`--model ID`) serves the parts its store
+//!   holds (the head and its blocks), each checked against its root before it is sent.
+//! - `GET /ait/seeding`: the relay's part traffic and seeding ratio.
 //! - anything else: a file of the app, or its `index.html`.
 
 use std::collections::HashMap;
@@ -28,6 +31,8 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelId};
 
+use crate::part_store::PartStore;
+
 /// A model whose parts this relay hands out.
 pub struct ModelParts {
     /// Display name.
@@ -36,9 +41,17 @@ pub struct ModelParts {
     pub manifest: Manifest,
     /// Its id (the manifest's hash).
     pub id: ModelId,
-    /// The whole file.
-    pub file: GgufModel,
+    from: PartsFrom,
     cache: PartCache,
+}
+
+/// Where a model's parts come from.
+enum PartsFrom {
+    /// Cut from the whole model file on first use.
+    File(Box<GgufModel>),
+    /// The complete parts in the part store (for a model fetched from the swarm: the head and
+    /// the blocks this relay serves).
+    Store(Arc<PartStore>),
 }
 
 /// Parts extracted so far, as files: each part is extracted at most once per process (a
@@ -112,12 +125,32 @@ impl ModelParts {
     /// Parts of `file`, whose manifest is `manifest`, cached in a private temporary directory
     /// (see [`ModelParts::with_cache_dir`]).
     pub fn new(name: String, manifest: Manifest, file: GgufModel) -> ModelParts {
-        ModelParts { name, id: manifest.id(), manifest, file, cache: PartCache::new(CacheDir::Temporary) }
+        let from = PartsFrom::File(Box::new(file));
+        ModelParts { name, id: manifest.id(), manifest, from, cache: PartCache::new(CacheDir::Temporary) }
+    }
+
+    /// The parts of `manifest`'s model that `store` holds.
+    pub fn from_store(name: String, manifest: Manifest, store: Arc<PartStore>) -> ModelParts {
+        let from = PartsFrom::Store(store);
+        ModelParts { name, id: manifest.id(), manifest, from, cache: PartCache::new(CacheDir::Temporary) }
     }
 
     /// Caches extracted parts under `dir` (in a folder named by the model id) instead.
     pub fn with_cache_dir(self, dir: PathBuf) -> ModelParts {
         ModelParts { cache: PartCache::new(CacheDir::Given(dir)), ..self }
+    }
+
+    /// Whether this relay has `part` to hand out (a store may hold only some blocks).
+    fn holds(&self, part: Part) -> bool {
+        let PartsFrom::Store(store) = &self.from else {
+            return true;
+        };
+        let parts = self.manifest.parts.as_ref();
+        let r = match part {
+            Part::Head => parts.map(|p| &p.head),
+            Part::Block(i) => parts.and_then(|p| p.blocks.get(i)),
+        };
+        r.is_some_and(|r| web_node::net::parts::PartSource::has(&**store, &r.root))
     }
 
     /// The file holding `part`, extracting it on first use (on a blocking thread).
@@ -134,14 +167,30 @@ impl ModelParts {
         .cloned()
     }
 
-    /// Extracts `part` and writes it to its cache file (whole, or not at all).
+    /// Extracts `part` and writes it to its cache file (whole, or not at all); for a store, the
+    /// stored part's file once it hashes to its root.
     fn extract_to_file(&self, part: Part) -> Result<PathBuf, String> {
+        let file = match &self.from {
+            PartsFrom::File(f) => f,
+            PartsFrom::Store(store) => {
+                let parts = self.manifest.parts.as_ref().ok_or("the manifest lists no parts")?;
+                let r = match part {
+                    Part::Head => Some(&parts.head),
+                    Part::Block(i) => parts.blocks.get(i),
+                };
+                let root = &r.ok_or_else(|| format!("the model has no {part}"))?.root;
+                return match store.load(root).map_err(|e| e.to_string())? {
+                    Some(_) => store.part_path(root).ok_or_else(|| format!("{part} left the store")),
+                    None => Err(format!("this relay does not hold {part} of model {}", self.id.to_hex())),
+                };
+            }
+        };
         let dir = self.cache.dir(&self.id)?;
         let name = match part {
             Part::Head => "head.gguf".to_string(),
             Part::Block(i) => format!("block-{i}.gguf"),
         };
-        let bytes = extract(self.file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;
+        let bytes = extract(file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;
         let path = dir.join(&name);
         let tmp = dir.join(format!("{name}.tmp"));
         std::fs::write(&tmp, &bytes)
@@ -250,6 +299,9 @@ async fn send_part(s: Arc<WebState>, id: String, part: Part) -> Response {
         if i >= m.manifest.n_layers {
             return not_found(format!("model {id} has {} blocks", m.manifest.n_layers));
         }
+    }
+    if !m.holds(part) {
+        return not_found(format!("this relay does not hold {part} of model {id}"));
     }
     let opened = match m.part_file(part).await {
         Ok(path) => tokio::fs::File::open(&path).await.map_err(|e| format!("cannot open {}: {e}", path.display())),

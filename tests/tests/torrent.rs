@@ -83,6 +83,15 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
             assert!(relay.data_dir.join("store/parts").join(&parts.blocks[i].root).exists());
         }
     }
+    // Tabs can get a relay's parts over HTTP from what its store holds: r0 has the head and
+    // blocks 0 and 1, each the bytes under its root, and not block 4.
+    let http = relays[0].http.clone().expect("http");
+    let get = |path: &str| ureq::get(&format!("{http}/ait/models/{id}/{path}")).call();
+    for (path, r) in [("head", &parts.head), ("blocks/1", &parts.blocks[1])] {
+        let body = get(path).expect(path).body_mut().with_config().limit(1 << 30).read_to_vec().expect("body");
+        assert_eq!(web_node::model::verified::PartTree::new(&body).root().to_hex(), r.root, "{path}");
+    }
+    assert!(matches!(get("blocks/4"), Err(ureq::Error::StatusCode(404))));
     // Seeding ratios (`GET /ait/seeding`): each relay received exactly the bytes it fetched;
     // the seeders received nothing; all five sent at least what was received (proofs, and
     // ranges asked twice in the end game).
