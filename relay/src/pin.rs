@@ -83,19 +83,32 @@ async fn scan(
             tracing::info!("model {} ({} bytes) does not fit the pin quota ({used} of {quota} used)", m.id, m.bytes);
             continue;
         }
-        let manifest = crate::swarm_model::manifest(handle, store, &id).await?;
-        let parts = crate::swarm_model::wanted(&manifest, 0..manifest.n_layers)?;
-        let roots: Vec<String> = parts.iter().map(|(_, r)| r.root.clone()).collect();
-        store.pin(roots.iter().cloned());
-        let mut fetched = 0;
-        // One part at a time: the verified parts it returns are dropped before the next, so
-        // a large model never sits in memory whole.
-        for part in parts.chunks(1) {
-            fetched += crate::swarm_model::fetch(handle, store, part).await?.0;
+        // A model that fails (its seeders gone mid-fetch) is tried again at the next look;
+        // the others go ahead.
+        match pin(handle, store, &id).await {
+            Ok((parts, fetched)) => {
+                pinned.push((id, m.bytes));
+                crate::say(&format!("pinned model {}: {parts} parts, {fetched} bytes fetched", m.id));
+            }
+            Err(e) => tracing::warn!("pinning model {}: {e:#}", m.id),
         }
-        crate::seed::announce(handle, &roots, &[id]).await?;
-        pinned.push((id, m.bytes));
-        crate::say(&format!("pinned model {}: {} parts, {fetched} bytes fetched", m.id, roots.len()));
     }
     Ok(())
+}
+
+/// Fetches model `id`'s manifest, card and every part into `store`, pinned, and seeds them.
+/// Returns the number of parts and the bytes fetched.
+async fn pin(handle: &NodeHandle, store: &Arc<PartStore>, id: &ModelId) -> anyhow::Result<(usize, u64)> {
+    let manifest = crate::swarm_model::manifest(handle, store, id).await?;
+    let parts = crate::swarm_model::wanted(&manifest, 0..manifest.n_layers)?;
+    let roots: Vec<String> = parts.iter().map(|(_, r)| r.root.clone()).collect();
+    store.pin(roots.iter().cloned());
+    let mut fetched = 0;
+    // One part at a time: the verified parts it returns are dropped before the next, so a
+    // large model never sits in memory whole.
+    for part in parts.chunks(1) {
+        fetched += crate::swarm_model::fetch(handle, store, part).await?.0;
+    }
+    crate::seed::announce(handle, &roots, &[*id]).await?;
+    Ok((roots.len(), fetched))
 }
