@@ -106,9 +106,8 @@ pub async fn list(handle: &NodeHandle) -> anyhow::Result<Vec<Listed>> {
             Some((_, (card, creator, _))) => (Some(card), Some(creator.to_string())),
             None => (None, None),
         };
-        let roots: Vec<String> =
-            m.parts.iter().flat_map(|p| std::iter::once(&p.head).chain(&p.blocks)).map(|r| r.root.clone()).collect();
-        let bytes = m.parts.as_ref().map_or(0, |p| p.head.size + p.blocks.iter().map(|b| b.size).sum::<u64>());
+        let roots: Vec<String> = m.parts.iter().flat_map(|p| p.all()).map(|r| r.root.clone()).collect();
+        let bytes = m.parts.as_ref().map_or(0, |p| p.all().map(|r| r.size).sum());
         let roots_ref = &roots;
         let have =
             ask_all(&holders, |p| async move { fetch_have(&mut handle.control(), p, roots_ref).await.ok() }).await;

@@ -122,7 +122,7 @@ pub fn wanted(manifest: &Manifest, blocks: Range<usize>) -> anyhow::Result<Vec<(
         manifest.parts.as_ref().context("the manifest lists no parts (a safetensors model): it cannot be fetched")?;
     let mut out = vec![(Part::Head, parts.head.clone())];
     for i in blocks {
-        let r = parts.blocks.get(i).with_context(|| format!("the model has no block {i}"))?;
+        let r = parts.get(Part::Block(i)).with_context(|| format!("the model has no block {i}"))?;
         out.push((Part::Block(i), r.clone()));
     }
     Ok(out)

@@ -145,11 +145,7 @@ impl ModelParts {
         let PartsFrom::Store(store) = &self.from else {
             return true;
         };
-        let parts = self.manifest.parts.as_ref();
-        let r = match part {
-            Part::Head => parts.map(|p| &p.head),
-            Part::Block(i) => parts.and_then(|p| p.blocks.get(i)),
-        };
+        let r = self.manifest.parts.as_ref().and_then(|p| p.get(part));
         r.is_some_and(|r| web_node::net::parts::PartSource::has(&**store, &r.root))
     }
 
@@ -173,12 +169,8 @@ impl ModelParts {
         let file = match &self.from {
             PartsFrom::File(f) => f,
             PartsFrom::Store(store) => {
-                let parts = self.manifest.parts.as_ref().ok_or("the manifest lists no parts")?;
-                let r = match part {
-                    Part::Head => Some(&parts.head),
-                    Part::Block(i) => parts.blocks.get(i),
-                };
-                let root = &r.ok_or_else(|| format!("the model has no {part}"))?.root;
+                let r = self.manifest.parts.as_ref().and_then(|p| p.get(part));
+                let root = &r.ok_or_else(|| format!("the manifest lists no {part}"))?.root;
                 return match store.load(root).map_err(|e| e.to_string())? {
                     Some(_) => store.part_path(root).ok_or_else(|| format!("{part} left the store")),
                     None => Err(format!("this relay does not hold {part} of model {}", self.id.to_hex())),

@@ -249,7 +249,7 @@ fn a_pinning_relay_keeps_a_trusted_creators_model_after_the_creator_leaves() {
     // Started first, so its look at the swarm comes no later than the pinner's.
     let other = pin("other", &stranger);
     let pinner = pin("pinner", &creator.peer);
-    let roots: Vec<String> = std::iter::once(&parts.head).chain(&parts.blocks).map(|r| r.root.clone()).collect();
+    let roots: Vec<String> = parts.all().map(|r| r.root.clone()).collect();
     let on_disk = |relay: &Relay, root: &str| relay.data_dir.join("store/parts").join(root).exists();
     let deadline = Instant::now() + Duration::from_secs(90);
     while !roots.iter().all(|r| on_disk(&pinner, r)) {

@@ -91,6 +91,21 @@ pub fn index(file: &GgufFile, config: &LlamaConfig) -> Result<PartIndex, ModelEr
     Ok(PartIndex { head, blocks })
 }
 
+impl PartIndex {
+    /// The entry of `part`; `None` for a block past the last.
+    pub fn get(&self, part: Part) -> Option<&PartRef> {
+        match part {
+            Part::Head => Some(&self.head),
+            Part::Block(i) => self.blocks.get(i),
+        }
+    }
+
+    /// Every part's entry: the head, then the blocks in order.
+    pub fn all(&self) -> impl Iterator<Item = &PartRef> {
+        std::iter::once(&self.head).chain(&self.blocks)
+    }
+}
+
 /// Checks a downloaded part's bytes against its root in the manifest's [`PartIndex`], if the
 /// manifest has one, before anything parses them.
 fn check_root(manifest: &Manifest, part: Part, bytes: &[u8]) -> Result<(), ModelError> {
