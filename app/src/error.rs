@@ -54,6 +54,9 @@ pub enum AppError {
         /// The id the manifest has (short).
         actual: String,
     },
+    /// The manifest lists no such part (or no parts at all).
+    #[error("the model's manifest lists no {0}")]
+    NoPart(String),
     /// A downloaded part (head or block) failed verification against the manifest.
     #[error(transparent)]
     Verify(ModelError),

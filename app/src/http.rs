@@ -1,5 +1,5 @@
-//! HTTP from the page: JSON from the relay, and model parts downloaded with progress and kept
-//! in the browser's Cache Storage (so a reload does not download them again).
+//! HTTP from the page: JSON from the relay, downloads with progress, and the browser's Cache
+//! Storage, where the tab keeps model parts (so a reload does not fetch them again).
 
 use js_sys::{Reflect, Uint8Array};
 use wasm_bindgen::{JsCast, JsValue};
@@ -76,32 +76,19 @@ async fn cache() -> Result<Cache, AppError> {
     JsFuture::from(caches.open(CACHE)).await.map_err(browser_err)?.dyn_into().map_err(browser_err)
 }
 
-/// Where a part's bytes came from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Source {
-    /// Browser storage.
-    Cache,
-    /// The relay, over HTTP.
-    Network,
+/// The bytes kept for `url` in Cache Storage, if any.
+pub async fn stored_bytes(url: &str) -> Option<Vec<u8>> {
+    let cache = cache().await.ok()?;
+    let hit = JsFuture::from(cache.match_with_str(url)).await.ok()?;
+    let resp = hit.dyn_into::<Response>().ok()?;
+    read_body(&resp, |_| {}).await.ok()
 }
 
-/// The bytes at `url` from Cache Storage if there, else downloaded (reporting `(done, total)`).
-pub async fn cached_bytes(url: &str, mut progress: impl FnMut(u64, u64)) -> Result<(Vec<u8>, Source), AppError> {
-    if let Ok(cache) = cache().await {
-        if let Ok(hit) = JsFuture::from(cache.match_with_str(url)).await {
-            if let Ok(resp) = hit.dyn_into::<Response>() {
-                if let Ok(bytes) = read_body(&resp, |_| {}).await {
-                    let n = bytes.len() as u64;
-                    progress(n, n);
-                    return Ok((bytes, Source::Cache));
-                }
-            }
-        }
-    }
+/// Downloads `url` (reporting `(done, total)` bytes).
+pub async fn download(url: &str, mut progress: impl FnMut(u64, u64)) -> Result<Vec<u8>, AppError> {
     let resp = get(url).await?;
     let total = resp.headers().get("content-length").ok().flatten().and_then(|v| v.parse().ok()).unwrap_or(0);
-    let bytes = read_body(&resp, |n| progress(n, total.max(n))).await?;
-    Ok((bytes, Source::Network))
+    read_body(&resp, |n| progress(n, total.max(n))).await
 }
 
 /// Stores `bytes` as the answer for `url` in Cache Storage. Fails with a message when the

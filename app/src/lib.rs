@@ -20,6 +20,7 @@ pub mod error;
 pub mod http;
 pub mod net;
 pub mod network;
+pub mod parts;
 pub mod seed;
 pub mod store;
 pub mod swarm;

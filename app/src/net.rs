@@ -1,20 +1,23 @@
-//! The tab's node: joins the swarm through the relay that served the page, and loads what a
-//! client needs of a model (manifest, head, tokenizer) from that relay.
+//! The tab's node: joins the swarm through the relay that served the page, and loads a model's
+//! manifest and parts (the head for chat, blocks for seeding) from the swarm ([`parts`]),
+//! holding them to seed.
 
 use std::rc::Rc;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 use libp2p::identity::Keypair;
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 use serde::Deserialize;
 use web_node::client::ClientModel;
-use web_node::model::parts::{verify_block, verify_head};
+use web_node::model::parts::{verify_block, verify_head, Part};
 use web_node::model::{LayerWeights, LlamaConfig, Manifest, ModelError, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
 
 use crate::error::AppError;
 use crate::http;
+use crate::parts::{self, Origin, TabParts};
 
 /// The model a relay offers parts of (`/ait/bootstrap`).
 #[derive(Clone, Debug, Deserialize, PartialEq)]
@@ -67,6 +70,15 @@ pub struct Net {
     pub relay_addr: Multiaddr,
     /// What the relay said about itself.
     pub boot: Bootstrap,
+    /// The parts the tab holds and seeds.
+    pub parts: Arc<TabParts>,
+}
+
+impl Net {
+    /// The page's relay.
+    pub fn relay_peer(&self) -> PeerId {
+        self.boot.peer.parse().unwrap_or(self.handle.peer_id())
+    }
 }
 
 fn is_webrtc(a: &str) -> bool {
@@ -93,7 +105,9 @@ pub async fn connect(pref: TransportPref) -> Result<Rc<Net>, AppError> {
                 if let Err(e) = handle.bootstrap().await {
                     tracing::warn!("DHT bootstrap incomplete: {e}");
                 }
-                return Ok(Rc::new(Net { handle, key, relay_addr: addr, boot }));
+                let parts = Arc::new(TabParts::default());
+                crate::parts::serve(&handle, parts.clone());
+                return Ok(Rc::new(Net { handle, key, relay_addr: addr, boot, parts }));
             }
             Err(e) => errors.push(e.to_string()),
         }
@@ -110,58 +124,88 @@ pub fn transport_name(addr: &Multiaddr) -> &'static str {
     }
 }
 
-/// A model's manifest from the relay, checked against the id.
-pub async fn manifest(id: &ModelId) -> Result<Manifest, AppError> {
-    let m: Manifest = http::json(&format!("/ait/models/{}/manifest", id.to_hex())).await?;
-    if m.id() != *id {
-        return Err(AppError::ManifestMismatch { expected: id.short(), actual: m.id().short() });
-    }
+/// A model's manifest, checked against the id: from the page's relay over libp2p, else over
+/// HTTP. The tab holds it (and so can hand it to others).
+pub async fn manifest(net: &Net, id: &ModelId) -> Result<Manifest, AppError> {
+    let m = match web_node::net::seeders::first_manifest(&net.handle, &[net.relay_peer()], id).await {
+        Ok(m) => m,
+        Err(errors) => {
+            tracing::info!("manifest over libp2p: {}; asking over HTTP", errors.join("; "));
+            let m: Manifest = http::json(&format!("/ait/models/{}/manifest", id.to_hex())).await?;
+            if m.id() != *id {
+                return Err(AppError::ManifestMismatch { expected: id.short(), actual: m.id().short() });
+            }
+            m
+        }
+    };
+    net.parts.hold_manifest(&m);
     Ok(m)
 }
 
-/// Downloads (or reads from browser storage) one part, verifies it with `verify`, and keeps
-/// it in storage. A cached copy that fails verification is dropped and downloaded again.
-/// Returns the verified value and a warning when the part could not be stored.
-pub async fn part<T>(
-    url: &str,
-    mut progress: impl FnMut(u64, u64),
-    verify: impl Fn(Bytes) -> Result<T, ModelError>,
-) -> Result<(T, Option<AppError>), AppError> {
-    let (bytes, source) = http::cached_bytes(url, &mut progress).await?;
-    let bytes = Bytes::from(bytes);
-    match (verify(bytes.clone()), source) {
-        (Ok(v), http::Source::Cache) => Ok((v, None)),
-        (Ok(v), http::Source::Network) => Ok((v, http::store(url, &bytes).await.err())),
-        (Err(e), http::Source::Network) => Err(AppError::Verify(e)),
-        (Err(e), http::Source::Cache) => {
-            tracing::warn!("cached {url} fails verification ({e}): downloading again");
-            http::forget(url).await;
-            let (bytes, _) = http::cached_bytes(url, progress).await?;
-            let bytes = Bytes::from(bytes);
-            let v = verify(bytes.clone()).map_err(AppError::Verify)?;
-            Ok((v, http::store(url, &bytes).await.err()))
-        }
-    }
+/// A part fetched and verified: its value, where its bytes came from, and a warning when it
+/// could not be kept in browser storage.
+pub struct Loaded<T> {
+    /// What `verify` made of the bytes.
+    pub value: T,
+    /// Where the bytes came from.
+    pub origin: Origin,
+    /// Why the part is not in browser storage, if it is not.
+    pub warning: Option<AppError>,
 }
 
-/// Loads the head part of model `id` from the relay (or browser storage), verified, as the
-/// client's part of the model. Also returns a warning when the part could not be stored.
+/// Fetches part `which` of `manifest`'s model ([`parts::fetch`]: browser storage, the swarm,
+/// the relay over HTTP), verifies it with `verify`, keeps it in storage and holds it for
+/// seeding. A stored copy that fails verification is dropped and fetched again.
+pub async fn part<T>(
+    net: &Net,
+    manifest: &Manifest,
+    which: Part,
+    mut progress: impl FnMut(u64, u64),
+    verify: impl Fn(Bytes) -> Result<T, ModelError>,
+) -> Result<Loaded<T>, AppError> {
+    let r =
+        manifest.parts.as_ref().and_then(|p| p.get(which)).ok_or_else(|| AppError::NoPart(which.to_string()))?.clone();
+    let id = manifest.id().to_hex();
+    let url = match which {
+        Part::Head => format!("/ait/models/{id}/head"),
+        Part::Block(i) => format!("/ait/models/{id}/blocks/{i}"),
+    };
+    let traffic = &net.parts.traffic;
+    let (mut bytes, mut origin) = parts::fetch(&net.handle, net.relay_peer(), traffic, &r, &url, &mut progress).await?;
+    let mut checked = verify(bytes.clone());
+    if checked.is_err() && origin == Origin::Stored {
+        tracing::warn!("stored {url} fails verification: fetching it again");
+        http::forget(&url).await;
+        (bytes, origin) = parts::fetch(&net.handle, net.relay_peer(), traffic, &r, &url, &mut progress).await?;
+        checked = verify(bytes.clone());
+    }
+    let value = checked.map_err(AppError::Verify)?;
+    let warning = match origin {
+        Origin::Stored => None,
+        _ => http::store(&url, &bytes).await.err(),
+    };
+    net.parts.hold(bytes);
+    Ok(Loaded { value, origin, warning })
+}
+
+/// Loads the head part of model `id`, verified, as the client's part of the model.
 pub async fn load_client_model(
+    net: &Net,
     id: ModelId,
     progress: impl FnMut(u64, u64),
-) -> Result<(ClientModel, Option<AppError>), AppError> {
-    let manifest = manifest(&id).await?;
-    let url = format!("/ait/models/{}/head", id.to_hex());
-    let (head, warning) = part(&url, progress, |b| verify_head(&manifest, b)).await?;
-    Ok((ClientModel::from_file(&ModelFile::Gguf(head), Some(id))?, warning))
+) -> Result<Loaded<ClientModel>, AppError> {
+    let manifest = manifest(net, &id).await?;
+    let head = part(net, &manifest, Part::Head, progress, |b| verify_head(&manifest, b)).await?;
+    let model = ClientModel::from_file(&ModelFile::Gguf(head.value), Some(id))?;
+    Ok(Loaded { value: model, origin: head.origin, warning: head.warning })
 }
 
 /// Loads block `i` of a model, verified against its manifest.
 pub async fn load_block(
+    net: &Net,
     manifest: &Manifest,
     i: usize,
     progress: impl FnMut(u64, u64),
-) -> Result<((LlamaConfig, LayerWeights), Option<AppError>), AppError> {
-    let url = format!("/ait/models/{}/blocks/{i}", manifest.id().to_hex());
-    part(&url, progress, |b| verify_block(manifest, i, b)).await
+) -> Result<Loaded<(LlamaConfig, LayerWeights)>, AppError> {
+    part(net, manifest, Part::Block(i), progress, |b| verify_block(manifest, i, b)).await
 }

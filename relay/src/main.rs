@@ -134,6 +134,10 @@ struct RelayOpt {
     pin: relay::pin::PinOpt,
     #[command(flatten)]
     net: relay::limits::NetLimitOpt,
+    /// Do not hand out model parts over HTTP: tabs fetch them over libp2p (`/ait/parts/1`)
+    /// only, as every other node does.
+    #[arg(long)]
+    no_http_parts: bool,
     /// Address of the OpenAI-compatible HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
@@ -400,6 +404,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 addrs: relay::web::browser_addrs(&addrs),
                 model: parts,
                 traffic: store.traffic(),
+                http_parts: !o.no_http_parts,
             };
             let web_dir = relay::web::find_web_dir(o.web_dir.clone());
             if web_dir.is_none() {

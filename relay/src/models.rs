@@ -17,7 +17,7 @@ use web_node::net::node::NodeHandle;
 use web_node::net::parts::{fetch_card, fetch_have, fetch_manifest, fetch_models};
 use web_node::net::record::seeders_key;
 
-use crate::swarm_model::{providers, PROBE};
+use web_node::net::seeders::{providers, PROBE};
 
 /// `ait models` flags.
 #[derive(Clone, Debug, clap::Args)]

@@ -11,7 +11,6 @@
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use futures::stream::FuturesUnordered;
@@ -22,8 +21,9 @@ use web_node::model::manifest::PartRef;
 use web_node::model::parts::{verify_block, verify_head, Part};
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{fetch_card, fetch_have, fetch_manifest, FetchError, HeldPart};
-use web_node::net::record::{model_key, part_key};
+use web_node::net::parts::{fetch_card, FetchError, HeldPart};
+use web_node::net::record::model_key;
+use web_node::net::seeders::{first_manifest, holders, providers, PROBE};
 
 use crate::local::{pick_gpu, BackendKind};
 use crate::part_store::{FetchOutcome, PartStore};
@@ -32,30 +32,6 @@ use crate::part_store::{FetchOutcome, PartStore};
 pub const PARALLEL: usize = 4;
 /// Parts fetched at once.
 const PARTS_AT_ONCE: usize = 4;
-/// How long a provider lookup waits for more answers after the first, and in all.
-const LOOKUP: (Duration, Duration) = (Duration::from_millis(500), Duration::from_secs(10));
-/// Lookups before giving up on finding a seeder (records may take a moment to spread).
-const LOOKUP_TRIES: usize = 5;
-/// How long a provider may take to answer which parts it holds (or with a manifest) before
-/// it is left out: provider records outlive the nodes that made them.
-pub(crate) const PROBE: Duration = Duration::from_secs(5);
-/// How long more answers are awaited once every part has a holder.
-const SETTLE: Duration = Duration::from_millis(500);
-
-/// Peers other than this one that provide `key` in the DHT, asking again a few times while
-/// there are none.
-pub(crate) async fn providers(handle: &NodeHandle, key: libp2p::kad::RecordKey) -> anyhow::Result<Vec<PeerId>> {
-    let me = handle.peer_id();
-    for attempt in 0..LOOKUP_TRIES {
-        let found = handle.get_providers(key.clone(), LOOKUP.0, LOOKUP.1).await?;
-        let peers: Vec<PeerId> = found.into_iter().filter(|p| *p != me).collect();
-        if !peers.is_empty() {
-            return Ok(peers);
-        }
-        tokio::time::sleep(Duration::from_millis(500 << attempt.min(3))).await;
-    }
-    Ok(Vec::new())
-}
 
 /// The manifest of model `id`: from the store, else from the first of the peers that provide
 /// the id to answer with it (asked all at once; checked against the id, then stored). Its card
@@ -65,31 +41,20 @@ pub async fn manifest(handle: &NodeHandle, store: &PartStore, id: &ModelId) -> a
         return Ok(m);
     }
     let peers = providers(handle, model_key(id)).await?;
-    let mut errors = Vec::new();
-    let mut asking: FuturesUnordered<_> = peers
-        .iter()
-        .map(|&peer| async move {
-            let got = tokio::time::timeout(PROBE, fetch_manifest(&mut handle.control(), peer, id)).await;
-            got.unwrap_or_else(|_| Err(FetchError::Stream { peer, what: "no answer".into() }))
-        })
-        .collect();
-    while let Some(got) = asking.next().await {
-        match got {
-            Ok(m) => {
-                store.add_manifest(&m)?;
-                card(handle, store, id, &peers).await;
-                return Ok(m);
-            }
-            Err(e) => errors.push(e.to_string()),
+    match first_manifest(handle, &peers, id).await {
+        Ok(m) => {
+            store.add_manifest(&m)?;
+            card(handle, store, id, &peers).await;
+            Ok(m)
         }
+        Err(errors) => anyhow::bail!(
+            "no peer in the swarm gave the manifest of model {} ({} providers found{}{})",
+            id.to_hex(),
+            peers.len(),
+            if errors.is_empty() { "" } else { ": " },
+            errors.join("; ")
+        ),
     }
-    anyhow::bail!(
-        "no peer in the swarm gave the manifest of model {} ({} providers found{}{})",
-        id.to_hex(),
-        peers.len(),
-        if errors.is_empty() { "" } else { ": " },
-        errors.join("; ")
-    )
 }
 
 /// Keeps in `store` (and so seeds) the card of model `id` that the first of `peers` sends
@@ -128,52 +93,6 @@ pub fn wanted(manifest: &Manifest, blocks: Range<usize>) -> anyhow::Result<Vec<(
     Ok(out)
 }
 
-/// The peers that answer, within [`PROBE`], that they hold each of `parts`: the providers of
-/// every part's root, each asked once about all of them.
-async fn holders(handle: &NodeHandle, parts: &[(Part, PartRef)]) -> anyhow::Result<HashMap<String, Vec<PeerId>>> {
-    let roots: Vec<String> = parts.iter().map(|(_, r)| r.root.clone()).collect();
-    let lookups = roots.iter().map(|r| providers(handle, part_key(r)));
-    let mut candidates: Vec<PeerId> = Vec::new();
-    for found in futures::future::join_all(lookups).await {
-        for p in found? {
-            if !candidates.contains(&p) {
-                candidates.push(p);
-            }
-        }
-    }
-    let mut asking: FuturesUnordered<_> = candidates
-        .iter()
-        .map(|&peer| {
-            let roots = &roots;
-            async move { (peer, fetch_have(&mut handle.control(), peer, roots).await) }
-        })
-        .collect();
-    let mut out: HashMap<String, Vec<PeerId>> = HashMap::new();
-    // Answers are awaited up to PROBE, and only SETTLE more once every part has a holder:
-    // a provider that is gone (its dial times out) does not hold up the fetch.
-    let mut deadline = tokio::time::Instant::now() + PROBE;
-    loop {
-        let Ok(Some((peer, answer))) = tokio::time::timeout_at(deadline, asking.next()).await else {
-            break;
-        };
-        match answer {
-            Ok(held) => {
-                for (root, _) in roots.iter().zip(held).filter(|(_, h)| *h) {
-                    out.entry(root.clone()).or_default().push(peer);
-                }
-            }
-            Err(e) => tracing::info!(%peer, "leaving out a provider: {e}"),
-        }
-        if roots.iter().all(|r| out.contains_key(r)) {
-            deadline = deadline.min(tokio::time::Instant::now() + SETTLE);
-        }
-    }
-    if !asking.is_empty() {
-        tracing::info!("left out {} providers that did not answer in time", asking.len());
-    }
-    Ok(out)
-}
-
 /// Verified parts in memory, by root.
 pub type HeldParts = HashMap<String, Arc<HeldPart>>;
 
@@ -208,7 +127,8 @@ pub async fn fetch(
     if missing.is_empty() {
         return Ok((0, held));
     }
-    let holders = holders(handle, &missing).await?;
+    let roots: Vec<String> = missing.iter().map(|(_, r)| r.root.clone()).collect();
+    let holders = holders(handle, &roots, &[]).await?;
     let results: Vec<anyhow::Result<(String, Arc<HeldPart>, FetchOutcome)>> = futures::stream::iter(missing)
         .map(|(part, r)| {
             let (store, bars, style) = (store.clone(), bars.clone(), style.clone());

@@ -10,6 +10,8 @@
 //!   and streamed from there, so a slow reader holds a file handle and one chunk, not a part.
 //!   A relay that fetched its model from the swarm (`--model ID`) serves the parts its store
 //!   holds (the head and its blocks), each checked against its root before it is sent.
+//!   Tabs fetch parts over libp2p first and use these only as the fallback; a relay started
+//!   with `--no-http-parts` answers 404 here.
 //! - `GET /ait/seeding`: the relay's part traffic and seeding ratio.
 //! - anything else: a file of the app, or its `index.html`.
 
@@ -203,6 +205,9 @@ pub struct WebState {
     pub model: Option<Arc<ModelParts>>,
     /// Parts sent to and received from other nodes over `/ait/parts/1`.
     pub traffic: Arc<web_node::net::parts::PartTraffic>,
+    /// Whether the model's parts are handed out over HTTP too (else tabs fetch them over
+    /// libp2p only).
+    pub http_parts: bool,
 }
 
 /// The addresses of `addrs` that a browser can dial: `/ws`, `/wss`, `/webrtc-direct`.
@@ -287,6 +292,9 @@ async fn send_part(s: Arc<WebState>, id: String, part: Part) -> Response {
         Ok(m) => m,
         Err(e) => return not_found(e),
     };
+    if !s.http_parts {
+        return not_found("this relay hands out parts over libp2p only (/ait/parts/1), not over HTTP".into());
+    }
     if let Part::Block(i) = part {
         if i >= m.manifest.n_layers {
             return not_found(format!("model {id} has {} blocks", m.manifest.n_layers));

@@ -277,3 +277,81 @@ fn a_seeding_tab_serves_k_quant_blocks() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// Issue 14, test d: tabs fetch and seed model parts over libp2p. `r1` holds the model file and
+/// seeds every part; `r0`, the page's relay, took only the head and block 0 from the swarm and
+/// hands out no parts over HTTP. Tab A seeds blocks [10, 12): their parts come over libp2p from
+/// `r1`. Once `r1` is gone only A holds them, and tab B (another browser, nothing stored)
+/// seeding [10, 11) gets block 10 from A through `r0`'s circuit; A counts what it sent.
+#[test]
+fn tabs_fetch_and_seed_parts_over_libp2p() {
+    let _serial = serial();
+    let model = default_model();
+    let root = temp_dir("browser-parts");
+    let web = web_dir();
+    let mut r1 = Relay::start(&root.join("r1"), &["--model", model.to_str().unwrap(), "--blocks", "0..1"]);
+    let id = r1.model_id();
+    let boot = r1.addr("tcp");
+    let r0 = Relay::start(
+        &root.join("r0"),
+        &[
+            "--model",
+            &id,
+            "--blocks",
+            "0..1",
+            "--no-http-parts",
+            "--bootstrap",
+            &boot,
+            "--web-dir",
+            web.to_str().unwrap(),
+        ],
+    );
+    let http = r0.http.clone().expect("r0 serves HTTP");
+    let refused = ureq::get(&format!("{http}/ait/models/{id}/blocks/0")).call();
+    assert!(matches!(refused, Err(ureq::Error::StatusCode(404))), "r0 hands out parts over HTTP: {refused:?}");
+    let tail = |peer: &str| peer[peer.len().saturating_sub(8)..].to_string();
+    let origins = |b: &Browser| {
+        let script = "const o = document.getElementById('seed-origins').innerText; return o ? o : null;";
+        let v = b.wait_for("where the blocks came from", script, Duration::from_secs(10));
+        v.unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text())).as_str().unwrap_or_default().to_string()
+    };
+
+    let a = Browser::start().expect("browser");
+    a.goto(&page(&r0, "seed=10..12&transport=ws")).unwrap();
+    connected(&a);
+    let started = Instant::now();
+    let tab_a = seeding(&a);
+    let from_a = origins(&a);
+    eprintln!("tab A {tab_a} serving [10, 12) after {:.1} s: {from_a}", started.elapsed().as_secs_f64());
+    for block in [10, 11] {
+        let line = format!("block {block} from the swarm (1 peer: …{})", tail(&r1.peer));
+        assert!(from_a.contains(&line), "tab A did not get block {block} from r1 over libp2p: {from_a}");
+    }
+
+    r1.kill();
+    let b = Browser::start().expect("browser");
+    b.goto(&page(&r0, "seed=10..11&transport=ws")).unwrap();
+    connected(&b);
+    let started = Instant::now();
+    let tab_b = seeding(&b);
+    let from_b = origins(&b);
+    eprintln!("tab B {tab_b} serving [10, 11) after {:.1} s: {from_b}", started.elapsed().as_secs_f64());
+    let line = format!("block 10 from the swarm (1 peer: …{})", tail(&tab_a));
+    assert!(from_b.contains(&line), "tab B did not get block 10 from tab A: {from_b}");
+
+    // A sent B at least what B received (their numbers are read every second).
+    let counted = |b: &Browser, attr: &str, who: &str| {
+        let script =
+            format!("const n = Number(document.getElementById('seed-state').dataset.{attr}); return n > 0 ? n : null;");
+        let v = b.wait_for(&format!("tab {who} to count part bytes {attr}"), &script, Duration::from_secs(10));
+        v.unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text())).as_u64().unwrap_or(0)
+    };
+    let received_b = counted(&b, "received", "B");
+    let sent = counted(&a, "sent", "A");
+    assert!(sent >= received_b, "tab A sent {sent} bytes, tab B received {received_b}");
+    eprintln!("tab A sent {sent} bytes, tab B received {received_b}");
+    drop((a, b));
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -22,7 +22,8 @@ use web_node::model::{ChatMessage, ModelId};
 use web_node::net::chain::{ChainOptions, SwarmChain};
 
 use crate::error::AppError;
-use crate::net::load_client_model;
+use crate::net::{load_client_model, Net};
+use crate::parts::Transfer;
 use crate::swarm::Swarm;
 use crate::{http, store};
 
@@ -187,7 +188,7 @@ impl Chat {
         let started = now_ms();
         let net = self.swarm.net().ok_or(AppError::NotConnected)?;
         let id = ModelId::from_hex(&model).ok_or(AppError::BadModelId(model))?;
-        let model = self.client_model(id).await?;
+        let model = self.client_model(&net, id).await?;
         let mut chain = SwarmChain::new(
             net.handle.clone(),
             id,
@@ -212,19 +213,18 @@ impl Chat {
     }
 
     /// The client part of model `id` (loaded once per page), saying how the loading goes.
-    async fn client_model(self, id: ModelId) -> Result<Rc<ClientModel>, AppError> {
+    async fn client_model(self, net: &Net, id: ModelId) -> Result<Rc<ClientModel>, AppError> {
         if let Some(m) = self.model.get_value().filter(|m| m.id == id) {
             self.notice.set(String::new());
             return Ok(m);
         }
-        let (m, warning) = load_client_model(id, |done, total| {
-            self.notice.set(format!(
-                "Loading the model's tokenizer and head: {:.1} / {:.1} MB",
-                done as f64 / 1e6,
-                total as f64 / 1e6
-            ))
+        let transfer = Transfer::start();
+        let loaded = load_client_model(net, id, |done, total| {
+            self.notice.set(format!("Loading the model's tokenizer and head: {}", transfer.line(done, total)))
         })
         .await?;
+        let (m, warning) = (loaded.value, loaded.warning);
+        tracing::info!("head of {} from {}", id.short(), loaded.origin);
         self.notice.set(warning.map(|w| w.to_string()).unwrap_or_default());
         let m = Rc::new(m);
         self.model.set_value(Some(m.clone()));

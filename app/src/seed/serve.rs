@@ -1,5 +1,6 @@
-//! Starting to serve: open WebGPU, choose the blocks the swarm lacks, download and verify them,
-//! upload them, reserve a circuit address on the relay, and run a
+//! Starting to serve: open WebGPU, choose the blocks the swarm lacks, fetch and verify them
+//! (from the swarm, [`crate::parts`]), upload them, reserve a circuit address on the relay,
+//! seed the parts held, and run a
 //! [`Service`](web_node::net::serve::Service) (the same assembly as a native server).
 
 use std::ops::Range;
@@ -13,12 +14,14 @@ use wasm_bindgen_futures::spawn_local;
 use web_node::engine::gpu::{GpuBackend, GpuContext};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::directory;
+use web_node::net::parts::PartTraffic;
 use web_node::net::routing::least_covered_span;
 use web_node::net::serve::{parse_blocks, ServeLimits, Server, Service, Withdraw};
 use web_time::Instant;
 
 use crate::error::AppError;
 use crate::net::{self, Net};
+use crate::parts::{self, Transfer};
 use crate::swarm::coverage;
 
 /// The adapter a tab would seed with.
@@ -106,6 +109,12 @@ pub struct Stats {
     pub uptime_s: u64,
     /// Tokens per second since the last reading.
     pub tokens_per_s: f64,
+    /// Where each block's bytes came from.
+    pub origins: String,
+    /// Part bytes sent to other nodes.
+    pub sent: u64,
+    /// Verified part bytes received from other nodes.
+    pub received: u64,
 }
 
 /// A tab serving blocks. Dropping it (or [`Seeding::stop`]) withdraws the tab: the DHT
@@ -120,6 +129,10 @@ pub struct Seeding {
     pub started: Instant,
     /// The circuit address others dial.
     pub addr: String,
+    /// Where each block's bytes came from.
+    pub origins: String,
+    /// The tab's part traffic.
+    traffic: Arc<PartTraffic>,
     /// Tokens served at the last reading, and when.
     last: (u64, Instant),
     withdraw: Withdraw,
@@ -134,6 +147,7 @@ impl Seeding {
     /// Reads the live numbers (throughput since the last reading).
     pub fn stats(&mut self) -> Stats {
         let tokens = self.server.stats.tokens.load(Ordering::Relaxed);
+        let (sent, received) = self.traffic.totals();
         let (prev, at) = self.last;
         let dt = at.elapsed().as_secs_f64().max(1e-3);
         self.last = (tokens, Instant::now());
@@ -145,6 +159,9 @@ impl Seeding {
             tokens,
             uptime_s: self.started.elapsed().as_secs(),
             tokens_per_s: tokens.saturating_sub(prev) as f64 / dt,
+            origins: self.origins.clone(),
+            sent,
+            received,
         }
     }
 }
@@ -157,7 +174,7 @@ pub type Progress<'a> = &'a dyn Fn(String);
 pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progress<'_>) -> Result<Seeding, AppError> {
     progress("Opening WebGPU…".into());
     let (ctx, adapter) = open_gpu().await?;
-    let manifest: Manifest = net::manifest(&id).await?;
+    let manifest: Manifest = net::manifest(net, &id).await?;
     let want = want.map(|s| parse_blocks(s, manifest.n_layers)).transpose()?;
     progress("Finding the blocks the swarm lacks…".into());
     let cover = match want {
@@ -172,15 +189,20 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
     let mut layers = Vec::new();
     let mut config = None;
     let mut warning = None;
+    let mut origins = Vec::new();
     for (k, i) in blocks.clone().enumerate() {
         let what = format!("Loading block {i} ({}/{})", k + 1, blocks.len());
-        let ((c, w), warn) = net::load_block(&manifest, i, |done, total| {
-            progress(format!("{what}: {:.1} / {:.1} MB", done as f64 / 1e6, total as f64 / 1e6))
+        let transfer = Transfer::start();
+        let loaded = net::load_block(net, &manifest, i, |done, total| {
+            progress(format!("{what}: {}", transfer.line(done, total)))
         })
         .await?;
+        tracing::info!("block {i} from {}", loaded.origin);
+        origins.push(format!("block {i} from {}", loaded.origin));
+        let (c, w) = loaded.value;
         config = Some(c);
         layers.push(w);
-        warning = warning.or(warn);
+        warning = warning.or(loaded.warning);
     }
     let config = config.ok_or_else(|| AppError::NoSpan("no blocks chosen".into()))?;
     progress("Uploading the blocks to the GPU…".into());
@@ -196,6 +218,10 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
     let service = Service::new(&net.handle, &net.key, backend, id, limits).await?;
     progress("Reserving a slot on the relay…".into());
     let addr = reserve(net).await?;
+    // With a circuit address, the tab can be reached: it seeds the parts it holds.
+    if let Err(e) = parts::announce(&net.handle, &net.parts, &id).await {
+        tracing::warn!("cannot announce the parts this tab holds: {e}");
+    }
     spawn_local(service.compute.run());
     spawn_local(service.sessions.for_each(|session| async move { spawn_local(session) }));
     let announce = service.announce;
@@ -208,7 +234,16 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         progress(w.to_string());
     }
     let started = Instant::now();
-    Ok(Seeding { blocks, server: service.server, started, addr, last: (0, started), withdraw: service.withdraw })
+    Ok(Seeding {
+        blocks,
+        server: service.server,
+        started,
+        addr,
+        origins: origins.join("; "),
+        traffic: net.parts.traffic.clone(),
+        last: (0, started),
+        withdraw: service.withdraw,
+    })
 }
 
 /// Holds a circuit relay reservation on the page's relay; returns the tab's circuit address.

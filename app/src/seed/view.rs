@@ -51,7 +51,9 @@ fn SeedStatus() -> impl IntoView {
     view! {
         <p id="seed-state" data-state=move || seeder.state.get().to_string()
             data-blocks=move || seeder.stats.with(|s| s.blocks.clone())
-            data-tokens=move || seeder.stats.with(|s| s.tokens.to_string())>
+            data-tokens=move || seeder.stats.with(|s| s.tokens.to_string())
+            data-sent=move || seeder.stats.with(|s| s.sent.to_string())
+            data-received=move || seeder.stats.with(|s| s.received.to_string())>
             {move || seeder.message.get()}
         </p>
     }
@@ -68,6 +70,15 @@ fn SeedStats() -> impl IntoView {
             <dt>"Throughput"</dt><dd>{move || stats.with(|s| format!("{:.1} tokens/s", s.tokens_per_s))}</dd>
             <dt>"Uptime"</dt><dd>{move || stats.with(|s| format!("{} s", s.uptime_s))}</dd>
             <dt>"Reached at"</dt><dd class="addr">{move || stats.with(|s| s.addr.clone())}</dd>
+            <dt>"Weights from"</dt><dd id="seed-origins">{move || stats.with(|s| s.origins.clone())}</dd>
+            <dt>"Parts sent / received"</dt><dd id="seed-ratio">{move || stats.with(ratio_line)}</dd>
         </dl>
     }
+}
+
+/// `3.1 MB / 6.2 MB (ratio 0.50)`: the tab's seeding ratio.
+fn ratio_line(s: &super::Stats) -> String {
+    let ratio =
+        if s.received > 0 { format!(" (ratio {:.2})", s.sent as f64 / s.received as f64) } else { String::new() };
+    format!("{:.1} MB / {:.1} MB{ratio}", s.sent as f64 / 1e6, s.received as f64 / 1e6)
 }

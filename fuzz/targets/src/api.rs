@@ -72,8 +72,13 @@ async fn build() -> Router {
         chain,
     };
     let parts = ModelParts::new(MODEL_NAME.into(), tiny::manifest().clone(), tiny::model().clone());
-    let web =
-        WebState { peer: "fuzz".into(), addrs: Vec::new(), model: Some(Arc::new(parts)), traffic: Default::default() };
+    let web = WebState {
+        peer: "fuzz".into(),
+        addrs: Vec::new(),
+        model: Some(Arc::new(parts)),
+        traffic: Default::default(),
+        http_parts: true,
+    };
     relay::api::router(Arc::new(api)).merge(relay::web::router(Arc::new(web), None))
 }
 

@@ -10,6 +10,8 @@
 //! - [`serve`]: serving blocks: the assembly every serving node runs ([`serve::Service`]), the
 //!   session server, the compute loop, and the DHT announcements of a server.
 //! - [`directory`]: lists the servers of the network.
+//! - [`parts`]: `/ait/parts/1`, verified part exchange; [`seeders`] finds who holds a model's
+//!   manifest and parts.
 //! - [`limits`]: every network limit of a node ([`limits::NetLimits`]); [`ip_limit`] caps
 //!   inbound connections per IP address, [`dht_filter`] decides what the DHT store accepts,
 //!   [`log_limit`] keeps refusals from flooding the logs, [`keyed_limit`] caps what is held
@@ -37,6 +39,7 @@ pub mod parts;
 pub mod protocol;
 pub mod record;
 pub mod routing;
+pub mod seeders;
 pub mod serve;
 pub mod small_writes;
 

@@ -15,7 +15,7 @@ use futures::{SinkExt, StreamExt};
 use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::kad::{self, GetProvidersOk, GetRecordOk, InboundRequest, Mode, QueryId, QueryResult, RecordKey};
 use libp2p::swarm::behaviour::toggle::Toggle;
-use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{connection_limits, identify, identity::Keypair, ping, relay, Multiaddr, PeerId, StreamProtocol, Swarm};
 
@@ -430,9 +430,31 @@ impl Node {
         }
     }
 
+    /// Dials the providers just found that are not connected. Their addresses (a tab's
+    /// circuit address, say) are known only while the lookup that found them runs, so this is
+    /// the moment to reach them; a fetcher that opens a stream to one afterwards finds the
+    /// connection made (or being made).
+    fn connect_providers(&mut self, providers: &HashSet<PeerId>) {
+        let me = *self.swarm.local_peer_id();
+        let unconnected: Vec<PeerId> =
+            providers.iter().copied().filter(|p| *p != me && !self.swarm.is_connected(p)).collect();
+        for peer in unconnected {
+            let opts = DialOpts::peer_id(peer).condition(PeerCondition::DisconnectedAndNotDialing).build();
+            if let Err(e) = self.swarm.dial(opts) {
+                tracing::debug!(%peer, "cannot dial a provider: {e}");
+            }
+        }
+    }
+
     fn on_query(&mut self, id: QueryId, result: QueryResult, last: bool) {
         match result {
             QueryResult::GetProviders(r) => {
+                if !self.providers.contains_key(&id) {
+                    return;
+                }
+                if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = &r {
+                    self.connect_providers(providers);
+                }
                 if let Some(tx) = self.providers.get(&id) {
                     if let Ok(GetProvidersOk::FoundProviders { providers, .. }) = r {
                         let _ = tx.unbounded_send(providers);
