@@ -5,6 +5,7 @@ use std::ops::Range;
 
 use web_node::client::{ClientError, GenerateError};
 use web_node::engine::EngineError;
+use web_node::model::card::CardError;
 use web_node::model::ModelError;
 use web_node::net::browser::BrowserNodeError;
 use web_node::net::chain::ChainError;
@@ -54,6 +55,12 @@ pub enum AppError {
         /// The id the manifest has (short).
         actual: String,
     },
+    /// The file picked to publish is not a model this network can serve.
+    #[error("cannot publish this file: {0}")]
+    Publish(ModelError),
+    /// The labels do not make a valid model card.
+    #[error("cannot sign the model card: {0}")]
+    Card(CardError),
     /// The manifest lists no such part (or no parts at all).
     #[error("the model's manifest lists no {0}")]
     NoPart(String),

@@ -2,9 +2,11 @@
 //! `ait relay` on its HTTP port.
 //!
 //! The page runs a libp2p node (`web_node::net::browser`) that joins the swarm through the
-//! relay that served it ([`swarm`]). Three panels: [`chat`] (talk to a model the swarm serves;
+//! relay that served it ([`swarm`]). Four panels: [`chat`] (talk to a model the swarm serves;
 //! works without WebGPU), [`seed`] (lend this tab's GPU: serve blocks through the relay's
-//! circuit), and [`network`] (relays, nodes and which blocks of each model are covered).
+//! circuit), [`network`] (relays, nodes and which blocks of each model are covered) and
+//! [`publish`] (a creator's GGUF file, cut, hashed and seeded from the tab). Model parts come
+//! from the swarm and are seeded back ([`parts`]).
 //!
 //! State lives in plain Rust with methods ([`swarm::Swarm`], [`chat::Chat`],
 //! [`seed::Seeder`]: Copy handles of signals), provided as context to small components.
@@ -21,6 +23,7 @@ pub mod http;
 pub mod net;
 pub mod network;
 pub mod parts;
+pub mod publish;
 pub mod seed;
 pub mod store;
 pub mod swarm;
@@ -30,6 +33,7 @@ use leptos::task::spawn_local;
 
 use crate::chat::{Chat, ChatView};
 use crate::network::NetworkView;
+use crate::publish::{PublishView, Publisher};
 use crate::seed::{SeedView, Seeder};
 use crate::swarm::Swarm;
 
@@ -42,6 +46,8 @@ pub enum Tab {
     Seed,
     /// What the swarm holds.
     Network,
+    /// Publish a model.
+    Publish,
 }
 
 impl Tab {
@@ -51,6 +57,7 @@ impl Tab {
             Tab::Chat => "Chat",
             Tab::Seed => "Seed",
             Tab::Network => "Network",
+            Tab::Publish => "Publish",
         }
     }
 
@@ -60,6 +67,7 @@ impl Tab {
             Tab::Chat => "tab-chat",
             Tab::Seed => "tab-seed",
             Tab::Network => "tab-network",
+            Tab::Publish => "tab-publish",
         }
     }
 }
@@ -72,6 +80,7 @@ pub fn App() -> impl IntoView {
     provide_context(swarm);
     provide_context(Chat::new(swarm));
     provide_context(Seeder::new(swarm));
+    provide_context(Publisher::new(swarm));
     spawn_local(swarm.run());
     let tab = RwSignal::new(if http::query_param("seed").is_some() { Tab::Seed } else { Tab::Chat });
     view! {
@@ -83,11 +92,13 @@ pub fn App() -> impl IntoView {
             <TabButton tab=tab which=Tab::Chat/>
             <TabButton tab=tab which=Tab::Seed/>
             <TabButton tab=tab which=Tab::Network/>
+            <TabButton tab=tab which=Tab::Publish/>
         </nav>
         <main>
             <section class:hidden=move || tab.get() != Tab::Chat><ChatView/></section>
             <section class:hidden=move || tab.get() != Tab::Seed><SeedView/></section>
             <section class:hidden=move || tab.get() != Tab::Network><NetworkView/></section>
+            <section class:hidden=move || tab.get() != Tab::Publish><PublishView/></section>
         </main>
     }
 }

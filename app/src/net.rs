@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::Deserialize;
 use web_node::client::ClientModel;
@@ -75,6 +76,22 @@ pub struct Net {
 }
 
 impl Net {
+    /// Holds a circuit relay reservation on the page's relay; returns the tab's circuit address.
+    pub async fn reserve(&self) -> Result<String, AppError> {
+        let is_circuit = |a: &libp2p::Multiaddr| a.iter().any(|p| p == Protocol::P2pCircuit);
+        if let Some(a) = self.handle.addresses().await?.into_iter().find(is_circuit) {
+            return Ok(a.to_string());
+        }
+        self.handle.listen_on(self.relay_addr.clone().with(Protocol::P2pCircuit)).await?;
+        for _ in 0..100 {
+            if let Some(a) = self.handle.addresses().await?.into_iter().find(is_circuit) {
+                return Ok(a.to_string());
+            }
+            futures_timer::Delay::new(Duration::from_millis(100)).await;
+        }
+        Err(AppError::NoReservation)
+    }
+
     /// The page's relay.
     pub fn relay_peer(&self) -> PeerId {
         self.boot.peer.parse().unwrap_or(self.handle.peer_id())

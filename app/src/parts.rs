@@ -19,7 +19,7 @@ use web_node::model::{Manifest, ModelId};
 use web_node::net::directory::tail_chars;
 use web_node::net::node::NodeHandle;
 use web_node::net::parts::{fetch_ranges, ranges_of, HeldPart, PartSource, PartStreams, PartTraffic, SeedLimits};
-use web_node::net::record::{model_key, part_key};
+use web_node::net::record::{model_key, part_key, seeders_key};
 use web_node::net::seeders::holders;
 use web_time::Instant;
 
@@ -35,6 +35,7 @@ const PARALLEL: usize = 4;
 pub struct TabParts {
     held: Mutex<HashMap<String, Arc<HeldPart>>>,
     manifests: Mutex<HashMap<ModelId, Bytes>>,
+    cards: Mutex<HashMap<ModelId, Bytes>>,
     /// Part bytes sent to and received from other nodes (the tab's seeding ratio).
     pub traffic: Arc<PartTraffic>,
 }
@@ -44,16 +45,23 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TabParts {
-    /// Holds a verified part (hashing it into its tree once).
-    pub fn hold(&self, bytes: Bytes) {
+    /// Holds a verified part (hashing it into its tree once); returns its root (hex).
+    pub fn hold(&self, bytes: Bytes) -> String {
         let part = HeldPart::new(bytes);
-        lock(&self.held).insert(part.root().to_hex(), Arc::new(part));
+        let root = part.root().to_hex();
+        lock(&self.held).insert(root.clone(), Arc::new(part));
+        root
     }
 
     /// Holds a model's manifest.
     pub fn hold_manifest(&self, manifest: &Manifest) {
         let json = Bytes::from(serde_json::to_vec(manifest).unwrap_or_default());
         lock(&self.manifests).insert(manifest.id(), json);
+    }
+
+    /// Holds the signed card of model `id` (the tab's own, when it published the model).
+    pub fn hold_card(&self, id: ModelId, signed: Bytes) {
+        lock(&self.cards).insert(id, signed);
     }
 
     /// The roots of the parts held.
@@ -79,8 +87,8 @@ impl PartSource for TabParts {
         lock(&self.manifests).keys().copied().collect()
     }
 
-    fn card(&self, _id: &ModelId) -> Option<Bytes> {
-        None
+    fn card(&self, id: &ModelId) -> Option<Bytes> {
+        lock(&self.cards).get(id).cloned()
     }
 }
 
@@ -101,12 +109,14 @@ pub fn serve(handle: &NodeHandle, parts: Arc<TabParts>) {
     }
 }
 
-/// Provides in the DHT the roots of every part the tab holds and model `id` (whose manifest it
-/// holds): other nodes then fetch them from this tab. Call once the tab has a circuit address
-/// (provider records carry the provider's addresses).
+/// Provides in the DHT the roots of every part the tab holds, model `id` (whose manifest it
+/// holds) and the seeders' key: other nodes then find and fetch them from this tab (and list
+/// its models). Call once the tab has a circuit address (provider records carry the
+/// provider's addresses).
 pub async fn announce(handle: &NodeHandle, parts: &TabParts, id: &ModelId) -> Result<(), AppError> {
     let mut keys: Vec<_> = parts.roots().iter().map(|r| part_key(r)).collect();
     keys.push(model_key(id));
+    keys.push(seeders_key());
     Ok(handle.provide(keys).await?)
 }
 

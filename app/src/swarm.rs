@@ -2,14 +2,22 @@
 //! servers in the DHT, the connected peers; and [`Swarm`], which joins the swarm and keeps
 //! all of it fresh. Every panel reads it from context.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Duration;
 
 use leptos::prelude::*;
+use libp2p::PeerId;
+use web_node::model::card::ModelCard;
+use web_node::model::ModelId;
 use web_node::net::directory::{self, head_chars, layers_seen, tail_chars};
-use web_node::net::record::{ServerRecord, MAX_LAYERS};
+use web_node::net::node::NodeHandle;
+use web_node::net::parts::fetch_card;
+use web_node::net::record::{model_key, ServerRecord, MAX_LAYERS};
+use web_node::net::seeders::{providers, PROBE};
+use web_time::Instant;
 
 /// How many servers cover each block of a model (bounded: see [`directory::coverage`]).
 pub use web_node::net::directory::coverage;
@@ -78,12 +86,15 @@ pub struct ModelEntry {
     pub covered: usize,
     /// Nodes serving some of it.
     pub servers: usize,
+    /// Its creator's labels ([`ModelCard::summary`]), once its signed card is known.
+    pub labels: Option<String>,
 }
 
 impl ModelEntry {
     /// The picker's text.
     pub fn label(&self) -> String {
-        format!("{} ({}/{} blocks served)", self.name, self.covered, self.n_layers)
+        let labels = self.labels.as_ref().map(|l| format!(" — {l}")).unwrap_or_default();
+        format!("{}{labels} ({}/{} blocks served)", self.name, self.covered, self.n_layers)
     }
 
     /// Whether some block is served by no node.
@@ -116,9 +127,14 @@ impl PeerRow {
     }
 }
 
-/// Builds the picker's list from the directory and the relay's offer. Layer counts are
-/// bounded ([`MAX_LAYERS`]) and ids abbreviated by characters: records come from anyone.
-pub fn model_entries(servers: &[ServerRecord], offered: Option<&OfferedModel>) -> Vec<ModelEntry> {
+/// Builds the picker's list from the directory, the relay's offer and the models' signed
+/// cards (a card's name replaces the relay's). Layer counts are bounded ([`MAX_LAYERS`]) and
+/// ids abbreviated by characters: records come from anyone.
+pub fn model_entries(
+    servers: &[ServerRecord],
+    offered: Option<&OfferedModel>,
+    cards: &HashMap<String, ModelCard>,
+) -> Vec<ModelEntry> {
     let mut ids: Vec<String> = servers.iter().map(|r| r.status.model.clone()).collect();
     if let Some(o) = offered {
         ids.push(o.id.clone());
@@ -131,8 +147,11 @@ pub fn model_entries(servers: &[ServerRecord], offered: Option<&OfferedModel>) -
             let offer = offered.filter(|o| o.id == id);
             let n_layers = offer.map_or_else(|| layers_seen(servers, &id), |o| o.n_layers.min(MAX_LAYERS));
             let covered = directory::coverage(servers, &id, n_layers).iter().filter(|&&c| c > 0).count();
-            let name = offer.map(|o| o.name.clone()).unwrap_or_else(|| format!("model {}", head_chars(&id, 12)));
-            ModelEntry { id, name, n_layers, covered, servers: mine.len() }
+            let card = cards.get(&id);
+            let name = card.map(|c| c.name.clone()).or_else(|| offer.map(|o| o.name.clone()));
+            let name = name.unwrap_or_else(|| format!("model {}", head_chars(&id, 12)));
+            let labels = card.map(ModelCard::summary);
+            ModelEntry { id, name, n_layers, covered, servers: mine.len(), labels }
         })
         .collect()
 }
@@ -146,7 +165,9 @@ pub struct Swarm {
     pub offered: RwSignal<Option<OfferedModel>>,
     /// Server records from the DHT.
     pub servers: RwSignal<Vec<ServerRecord>>,
-    /// Models in the swarm (from `servers` and `offered`).
+    /// Models' signed cards, by id (hex).
+    pub cards: RwSignal<HashMap<String, ModelCard>>,
+    /// Models in the swarm (from `servers`, `offered` and `cards`).
     pub models: Memo<Vec<ModelEntry>>,
     /// The model picked for chat and seeding.
     pub selected: RwSignal<Option<String>>,
@@ -154,6 +175,8 @@ pub struct Swarm {
     pub peers: RwSignal<Vec<PeerRow>>,
     /// The tab's node, once connected (not `Send`: local to the page's thread).
     node: StoredValue<Option<Rc<Net>>, LocalStorage>,
+    /// When each model's card was last asked for.
+    card_asked: StoredValue<HashMap<String, Instant>, LocalStorage>,
 }
 
 impl Swarm {
@@ -161,11 +184,14 @@ impl Swarm {
     pub fn new() -> Swarm {
         let offered = RwSignal::new(None);
         let servers = RwSignal::new(vec![]);
+        let cards = RwSignal::new(HashMap::new());
         Swarm {
             conn: RwSignal::new(Conn::Connecting),
             offered,
             servers,
-            models: Memo::new(move |_| servers.with(|s| model_entries(s, offered.get().as_ref()))),
+            cards,
+            models: Memo::new(move |_| servers.with(|s| cards.with(|c| model_entries(s, offered.get().as_ref(), c)))),
+            card_asked: StoredValue::new_local(HashMap::new()),
             selected: RwSignal::new(None),
             peers: RwSignal::new(vec![]),
             node: StoredValue::new_local(None),
@@ -213,10 +239,11 @@ impl Swarm {
     async fn refresh(self, net: &Net) {
         let servers = directory::list(&net.handle, Duration::from_secs(5)).await.unwrap_or_default();
         if self.selected.get_untracked().is_none() {
-            let entries = model_entries(&servers, net.boot.model.as_ref());
+            let entries = self.cards.with_untracked(|c| model_entries(&servers, net.boot.model.as_ref(), c));
             self.selected.set(entries.iter().max_by_key(|m| (m.covered, m.servers)).map(|m| m.id.clone()));
         }
         self.servers.set(servers);
+        self.ask_cards(net);
         if let Ok(peers) = net.handle.peers().await {
             self.peers.set(
                 peers
@@ -231,6 +258,59 @@ impl Swarm {
             );
         }
     }
+}
+
+impl Swarm {
+    /// Asks for the cards of the listed models that have none yet (each at most once a
+    /// minute), in the background: from the page's relay, else from the model's providers.
+    fn ask_cards(self, net: &Net) {
+        let now = Instant::now();
+        let due: Vec<String> = self.models.with_untracked(|m| {
+            m.iter()
+                .filter(|e| e.labels.is_none())
+                .map(|e| e.id.clone())
+                .filter(|id| self.card_asked.with_value(|a| a.get(id).is_none_or(|t| now - *t > CARD_RETRY)))
+                .collect()
+        });
+        for id in due {
+            self.card_asked.update_value(|a| {
+                a.insert(id.clone(), now);
+            });
+            let Some(model) = ModelId::from_hex(&id) else { continue };
+            let (handle, relay) = (net.handle.clone(), net.relay_peer());
+            leptos::task::spawn_local(async move {
+                if let Some(card) = find_card(&handle, relay, &model).await {
+                    self.cards.update(|c| {
+                        c.insert(id, card);
+                    });
+                }
+            });
+        }
+    }
+}
+
+/// How long before a model without a card is asked about again.
+const CARD_RETRY: Duration = Duration::from_secs(60);
+
+/// The signed card of model `id`: from `relay`, else from the first provider of the model that
+/// has one that opens (signed, about this model).
+async fn find_card(handle: &NodeHandle, relay: PeerId, id: &ModelId) -> Option<ModelCard> {
+    let ask = |peer: PeerId| {
+        let handle = handle.clone();
+        async move {
+            let got = web_node::net::timeout(PROBE, fetch_card(&mut handle.control(), peer, id)).await;
+            got.and_then(Result::ok).map(|(card, _, _)| card)
+        }
+    };
+    if let Some(card) = ask(relay).await {
+        return Some(card);
+    }
+    for peer in providers(handle, model_key(id)).await.ok()?.into_iter().filter(|p| *p != relay).take(4) {
+        if let Some(card) = ask(peer).await {
+            return Some(card);
+        }
+    }
+    None
 }
 
 impl Default for Swarm {

@@ -132,6 +132,16 @@ impl Browser {
         }
     }
 
+    /// Picks the file at `path` in the page's file input `css` (as a user choosing it).
+    pub fn upload(&self, css: &str, path: &std::path::Path) -> Result<(), String> {
+        let found = json!({"using": "css selector", "value": css});
+        let v = self.http("POST", &self.session_path("/element"), Some(found))?;
+        let el = v["value"].as_object().and_then(|o| o.values().next()).and_then(Value::as_str);
+        let el = el.ok_or_else(|| format!("no element {css}: {v}"))?.to_string();
+        let text = json!({"text": path.to_string_lossy()});
+        self.http("POST", &self.session_path(&format!("/element/{el}/value")), Some(text)).map(|_| ())
+    }
+
     /// Opens a new tab, makes it current and returns its handle.
     pub fn new_tab(&self) -> Result<String, String> {
         let v = self.http("POST", &self.session_path("/window/new"), Some(json!({"type": "tab"})))?;

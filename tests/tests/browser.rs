@@ -355,3 +355,72 @@ fn tabs_fetch_and_seed_parts_over_libp2p() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// Issue 14, deliverable 5: a model published from a tab. The tab reads a GGUF file picked in
+/// the Publish panel, cuts and hashes it in wasm (to the id the native code computes), signs
+/// its card with the tab's key and seeds it; a relay started with only that id fetches the
+/// head and every block from the tab, the only seeder, through the page's relay's circuit,
+/// and keeps the tab's card.
+#[test]
+fn a_model_published_from_a_tab_is_fetched_by_a_relay() {
+    let _serial = serial();
+    let root = temp_dir("browser-publish");
+    let (path, manifest) = ait_tests::tiny_model::torrent_model(&root);
+    let id = manifest.id().to_hex();
+    let web = web_dir();
+    let r0 = Relay::start(&root.join("r0"), &["--web-dir", web.to_str().unwrap()]);
+    let b = Browser::start().expect("browser");
+    b.goto(&page(&r0, "")).unwrap();
+    connected(&b);
+    b.exec("document.getElementById('tab-publish').click()", json!([])).unwrap();
+    b.upload("#publish-file", &path).unwrap();
+    b.exec(
+        "const n = document.getElementById('publish-name'); n.value = 'Tab Tiny'; \
+         document.getElementById('publish-tags').value = 'chat, From Tab'; \
+         document.getElementById('publish-go').click();",
+        json!([]),
+    )
+    .unwrap();
+    let started = Instant::now();
+    let published = b
+        .wait_for(
+            "the tab to publish the model",
+            "const s = document.getElementById('publish-state'); \
+             if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
+             return s.dataset.state === 'seeding' ? s.dataset.model : null;",
+            Duration::from_secs(120),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let published = published.as_str().unwrap_or_default().to_string();
+    eprintln!("published from the tab in {:.1} s: {published}", started.elapsed().as_secs_f64());
+    assert!(!published.starts_with("ERROR"), "{published}");
+    assert_eq!(published, id, "the tab's model id differs from the native manifest's");
+
+    let boot = r0.addr("tcp");
+    let n = manifest.n_layers;
+    let blocks = format!("0..{n}");
+    let r1 = Relay::start(&root.join("r1"), &["--model", &id, "--blocks", &blocks, "--bootstrap", &boot]);
+    assert_eq!(r1.model_id(), id);
+    let fetched: Vec<&String> = r1.stdout.iter().filter(|l| l.starts_with("fetched ")).collect();
+    assert_eq!(fetched.len(), n + 1, "the head and {n} blocks: {:?}", r1.stdout);
+    assert!(fetched.iter().all(|l| l.contains(" from 1 peers, 0 resumed")), "{fetched:?}");
+    let card = r1.stdout.iter().find(|l| l.starts_with("card: ")).unwrap_or_else(|| panic!("{:?}", r1.stdout));
+    assert!(card.starts_with("card: \"Tab Tiny\" by 12D3"), "{card}");
+    assert!(!card.contains(&r0.peer), "the card is the tab's, not the relay's: {card}");
+
+    // Once r1 serves it, the chat's model picker lists the model with the card's labels.
+    let option = b
+        .wait_for(
+            "the picker to show the model's labels",
+            "const o = [...document.querySelectorAll('option')].map(o => o.innerText).find(t => t.includes('Tab Tiny'));              return o && o.includes('blocks served') ? o : null;",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let option = option.as_str().unwrap_or_default();
+    eprintln!("picker: {option}");
+    assert!(option.contains("parameters · q8_0") && option.contains("chat · from-tab"), "{option}");
+    drop(b);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::multiaddr::Protocol;
 use wasm_bindgen_futures::spawn_local;
 use web_node::engine::gpu::{GpuBackend, GpuContext};
 use web_node::model::{Manifest, ModelId};
@@ -217,7 +216,7 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
     let limits = ServeLimits::default().with_max_sessions(8).with_kv_budget(512 << 20);
     let service = Service::new(&net.handle, &net.key, backend, id, limits).await?;
     progress("Reserving a slot on the relay…".into());
-    let addr = reserve(net).await?;
+    let addr = net.reserve().await?;
     // With a circuit address, the tab can be reached: it seeds the parts it holds.
     if let Err(e) = parts::announce(&net.handle, &net.parts, &id).await {
         tracing::warn!("cannot announce the parts this tab holds: {e}");
@@ -244,20 +243,4 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         last: (0, started),
         withdraw: service.withdraw,
     })
-}
-
-/// Holds a circuit relay reservation on the page's relay; returns the tab's circuit address.
-async fn reserve(net: &Net) -> Result<String, AppError> {
-    let is_circuit = |a: &libp2p::Multiaddr| a.iter().any(|p| p == Protocol::P2pCircuit);
-    if let Some(a) = net.handle.addresses().await?.into_iter().find(is_circuit) {
-        return Ok(a.to_string());
-    }
-    net.handle.listen_on(net.relay_addr.clone().with(Protocol::P2pCircuit)).await?;
-    for _ in 0..100 {
-        if let Some(a) = net.handle.addresses().await?.into_iter().find(is_circuit) {
-            return Ok(a.to_string());
-        }
-        futures_timer::Delay::new(Duration::from_millis(100)).await;
-    }
-    Err(AppError::NoReservation)
 }

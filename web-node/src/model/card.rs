@@ -14,7 +14,8 @@ use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 
-use super::manifest::ModelId;
+use super::gguf::{GgufFile, GgufModel};
+use super::manifest::{Manifest, ModelId};
 
 /// The card format's version.
 pub const CARD_VERSION: u32 = 1;
@@ -175,6 +176,113 @@ impl ModelCard {
     }
 }
 
+/// What a creator says about a model when publishing it (`ait publish` flags, the app's
+/// Publish panel); what is not given comes from the file's metadata.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Labels {
+    /// Display name (default: the file's `general.name`, else the short id).
+    pub name: Option<String>,
+    /// Tags, added before the file's `general.tags`.
+    pub tags: Vec<String>,
+    /// SPDX license id (default: the file's `general.license`).
+    pub license: Option<String>,
+    /// Where royalties go.
+    pub payout: Option<String>,
+}
+
+/// Parameters of a GGUF file and its weight types with their share of them, most first
+/// (`q4_1 79%, q8_0 21%, f32 <1%`).
+pub fn type_mix(file: &GgufFile) -> (u64, String) {
+    let mut by_type: std::collections::BTreeMap<String, u64> = Default::default();
+    for t in &file.tensors {
+        let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).unwrap_or(u64::MAX);
+        let e = by_type.entry(t.dtype.name().to_lowercase()).or_default();
+        *e = e.saturating_add(n);
+    }
+    let total: u64 = by_type.values().fold(0, |a, &n| a.saturating_add(n));
+    let mut mix: Vec<(String, u64)> = by_type.into_iter().collect();
+    mix.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let share = |n: u64| if total == 0 { 0.0 } else { n as f64 * 100.0 / total as f64 };
+    let pct = |n: u64| match share(n) {
+        s if s < 1.0 => "<1%".to_string(),
+        s => format!("{s:.0}%"),
+    };
+    (total, mix.iter().map(|(t, n)| format!("{t} {}", pct(*n))).collect::<Vec<_>>().join(", "))
+}
+
+/// A card field from a free-form string: lowercase, spaces, underscores and slashes as `-`,
+/// only what a tag may hold; `None` if nothing is left.
+pub fn as_tag(s: &str) -> Option<String> {
+    let t: String = s
+        .trim()
+        .to_lowercase()
+        .chars()
+        .map(|c| if c == ' ' || c == '_' || c == '/' { '-' } else { c })
+        .filter(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-' || *c == '.')
+        .take(MAX_TAG)
+        .collect();
+    (!t.is_empty()).then_some(t)
+}
+
+impl ModelCard {
+    /// The card of `manifest`'s model from `file`'s metadata and the creator's `labels`, with
+    /// the speed `measured` on the creator's machine; signed at `now` (seconds since the
+    /// epoch). Checked ([`ModelCard::validate`]).
+    pub fn for_gguf(
+        file: &GgufModel,
+        manifest: &Manifest,
+        labels: &Labels,
+        measured: Option<Measured>,
+        now: u64,
+    ) -> Result<ModelCard, CardError> {
+        let md = &file.file().metadata;
+        let meta = |k: &str| md.str(k).ok().flatten().map(str::to_string);
+        let list = |k: &str| -> Vec<String> {
+            md.array(k).ok().flatten().unwrap_or_default().iter().filter_map(|v| v.as_str().and_then(as_tag)).collect()
+        };
+        let mut tags: Vec<String> = Vec::new();
+        for t in labels.tags.iter().filter_map(|t| as_tag(t)).chain(list("general.tags")) {
+            if !tags.contains(&t) && tags.len() < MAX_ITEMS {
+                tags.push(t);
+            }
+        }
+        let mut languages = list("general.languages");
+        languages.truncate(MAX_ITEMS);
+        let name = labels.name.clone().or_else(|| meta("general.name")).unwrap_or_else(|| manifest.id().short());
+        let license = labels.license.clone().or_else(|| meta("general.license")).and_then(|l| as_tag(&l));
+        let (parameters, quantization) = type_mix(file.file());
+        let card = ModelCard {
+            version: CARD_VERSION,
+            model: manifest.id().to_hex(),
+            name: name.chars().take(MAX_FIELD).collect(),
+            tags,
+            license,
+            languages,
+            payout: labels.payout.clone(),
+            parameters,
+            quantization,
+            measured,
+            signed_at: now,
+        };
+        card.validate()?;
+        Ok(card)
+    }
+
+    /// The labels in a line, for a model picker: `135M parameters · q4_1 99%, f32 1% ·
+    /// apache-2.0 · chat`.
+    pub fn summary(&self) -> String {
+        let params = match self.parameters {
+            n if n >= 1_000_000_000 => format!("{:.1}B", n as f64 / 1e9),
+            n => format!("{}M", n.div_ceil(1_000_000)),
+        };
+        let mut out = vec![format!("{params} parameters"), self.quantization.clone()];
+        out.extend(self.license.clone());
+        out.extend(self.tags.iter().cloned());
+        out.retain(|s| !s.is_empty());
+        out.join(" · ")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +327,7 @@ mod tests {
                 .into_protobuf_encoding();
         assert!(matches!(ModelCard::open(&other, &id), Err(CardError::Signature(_))));
         assert!(ModelCard::open(&vec![0; MAX_CARD + 1], &id).is_err());
+        assert_eq!(c.summary(), "135M parameters · q4_1 99%, f32 1% · apache-2.0 · chat · small");
     }
 
     #[test]

@@ -1,0 +1,199 @@
+//! Publishing from the tab: a creator picks a GGUF file; the tab reads it, cuts it into parts
+//! and hashes them in wasm (the model id is the hash of the manifest built from them), signs a
+//! model card with the tab's key, holds every part and seeds them: a circuit address on the
+//! relay, and provider records for the parts, the model and the seeders' key. Relays then
+//! fetch it (`ait relay --model ID`), and relays that pin this creator keep copies.
+//!
+//! The whole file is read into memory (a wasm page has 4 GiB at most), and cutting and
+//! hashing run on the page's thread between short pauses, so the page stays responsive
+//! between parts.
+
+pub mod view;
+
+pub use view::PublishView;
+
+use std::fmt;
+use std::time::Duration;
+
+use bytes::Bytes;
+use js_sys::Uint8Array;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use wasm_bindgen::JsCast;
+use wasm_bindgen_futures::JsFuture;
+use web_node::model::card::{Labels, ModelCard};
+use web_node::model::gguf::GgufModel;
+use web_node::model::parts::{extract, Part};
+use web_node::model::{Manifest, ModelFile, ModelId};
+
+use crate::error::AppError;
+use crate::http::browser_err;
+use crate::net::Net;
+use crate::parts;
+use crate::swarm::Swarm;
+
+/// Bytes read from the file at a time (for progress).
+const READ_CHUNK: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// Where publishing is. `Display` is the `data-state` of `#publish-state`: `idle`, `working`,
+/// `seeding` or `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PublishState {
+    /// Nothing published yet.
+    Idle,
+    /// Reading, cutting, hashing, announcing.
+    Working,
+    /// The model is published and this tab seeds it.
+    Seeding,
+    /// Publishing failed (the message says why).
+    Failed,
+}
+
+impl fmt::Display for PublishState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PublishState::Idle => "idle",
+            PublishState::Working => "working",
+            PublishState::Seeding => "seeding",
+            PublishState::Failed => "error",
+        })
+    }
+}
+
+/// The Publish panel's state and its action. Copy: provided as context to its components.
+#[derive(Clone, Copy)]
+pub struct Publisher {
+    /// Where publishing is.
+    pub state: RwSignal<PublishState>,
+    /// Progress, result or error line.
+    pub message: RwSignal<String>,
+    /// Work done and to do, for the progress bar.
+    pub progress: RwSignal<(u64, u64)>,
+    /// The published model's id (hex).
+    pub model: RwSignal<Option<String>>,
+    swarm: Swarm,
+}
+
+/// What [`publish`] made.
+pub struct Published {
+    /// The model id.
+    pub id: ModelId,
+    /// Its parts (head and blocks).
+    pub parts: usize,
+    /// Their bytes.
+    pub bytes: u64,
+    /// The card's name.
+    pub name: String,
+}
+
+impl Publisher {
+    /// Nothing published.
+    pub fn new(swarm: Swarm) -> Publisher {
+        Publisher {
+            state: RwSignal::new(PublishState::Idle),
+            message: RwSignal::new(String::new()),
+            progress: RwSignal::new((0, 0)),
+            model: RwSignal::new(None),
+            swarm,
+        }
+    }
+
+    /// Publishes `file` with `labels` (once at a time).
+    pub fn start(self, file: web_sys::File, labels: Labels) {
+        if self.state.get_untracked() == PublishState::Working {
+            return;
+        }
+        let Some(net) = self.swarm.net() else {
+            self.message.set(AppError::NotConnected.to_string());
+            return;
+        };
+        self.state.set(PublishState::Working);
+        spawn_local(async move {
+            let step = move |line: String, done: u64, total: u64| {
+                self.message.set(line);
+                self.progress.set((done, total));
+            };
+            match publish(&net, file, labels, &step).await {
+                Ok(p) => {
+                    self.model.set(Some(p.id.to_hex()));
+                    self.message.set(format!(
+                        "Published {:?} as model {}: seeding its {} parts ({:.1} MB) from this tab.",
+                        p.name,
+                        p.id.to_hex(),
+                        p.parts,
+                        p.bytes as f64 / 1e6
+                    ));
+                    self.state.set(PublishState::Seeding);
+                }
+                Err(e) => {
+                    self.message.set(e.to_string());
+                    self.state.set(PublishState::Failed);
+                }
+            }
+        });
+    }
+}
+
+/// Progress of [`publish`]: a line, work done, work to do.
+pub type Step<'a> = &'a dyn Fn(String, u64, u64);
+
+/// Reads `file`, cuts and hashes it, signs its card and seeds it from this tab.
+pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<'_>) -> Result<Published, AppError> {
+    let name = file.name();
+    let bytes = read(&file, &|done, total| {
+        step(format!("Reading {name}: {:.1} / {:.1} MB", done as f64 / 1e6, total as f64 / 1e6), done, total)
+    })
+    .await?;
+    step(format!("Hashing {name} (the manifest: every layer, the head and the tokenizer)…"), 0, 1);
+    pause().await;
+    let model = GgufModel::from_bytes(Bytes::from(bytes)).map_err(AppError::Publish)?;
+    let manifest = Manifest::of_file(&ModelFile::Gguf(model.clone())).map_err(AppError::Publish)?;
+    let index = manifest.parts.clone().ok_or_else(|| AppError::NoPart("parts".into()))?;
+    let all: Vec<Part> = std::iter::once(Part::Head).chain((0..manifest.n_layers).map(Part::Block)).collect();
+    let mut total = 0;
+    for (k, part) in all.iter().enumerate() {
+        step(format!("Cutting and hashing {part} ({}/{})", k + 1, all.len()), k as u64, all.len() as u64);
+        pause().await;
+        let cut = Bytes::from(extract(model.file(), manifest.n_layers, *part).map_err(AppError::Publish)?);
+        total += cut.len() as u64;
+        let root = net.parts.hold(cut);
+        if index.get(*part).map(|r| r.root.as_str()) != Some(root.as_str()) {
+            return Err(AppError::NoPart(format!("{part} as the manifest lists it (cut twice, hashed differently)")));
+        }
+    }
+    net.parts.hold_manifest(&manifest);
+    let id = manifest.id();
+    let now = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let card = ModelCard::for_gguf(&model, &manifest, &labels, None, now).map_err(AppError::Card)?;
+    drop(model);
+    let signed = card.sign(&net.key).map_err(AppError::Card)?;
+    net.parts.hold_card(id, Bytes::from(signed));
+    step("Taking a circuit address on the relay and announcing the parts…".into(), 1, 1);
+    net.reserve().await?;
+    parts::announce(&net.handle, &net.parts, &id).await?;
+    Ok(Published { id, parts: all.len(), bytes: total, name: card.name })
+}
+
+/// Lets the page draw before the next stretch of work.
+async fn pause() {
+    futures_timer::Delay::new(Duration::from_millis(1)).await;
+}
+
+/// The bytes of `file`, read a chunk at a time (reporting `(done, total)`).
+async fn read(file: &web_sys::File, progress: &dyn Fn(u64, u64)) -> Result<Vec<u8>, AppError> {
+    let total = file.size();
+    let mut out = Vec::with_capacity(total as usize);
+    let mut at = 0.0;
+    while at < total {
+        let end = (at + READ_CHUNK).min(total);
+        let blob = file.slice_with_f64_and_f64(at, end).map_err(browser_err)?;
+        let buf = JsFuture::from(blob.array_buffer()).await.map_err(browser_err)?;
+        let chunk = Uint8Array::new(buf.unchecked_ref());
+        let start = out.len();
+        out.resize(start + chunk.length() as usize, 0);
+        chunk.copy_to(&mut out[start..]);
+        at = end;
+        progress(at as u64, total as u64);
+    }
+    Ok(out)
+}
