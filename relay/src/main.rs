@@ -331,7 +331,8 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
         if let Some((file, manifest)) = &known {
             models.push(manifest.id());
             if let (ModelFile::Gguf(g), false) = (file, from_swarm) {
-                if let Some(parts) = relay::seed::FileParts::new(g.clone(), manifest.clone()) {
+                let dir = o.data_dir.join("file-parts");
+                if let Some(parts) = relay::seed::FileParts::new(g.clone(), manifest.clone(), dir) {
                     roots.extend(parts.roots());
                     sources.insert(0, Arc::new(parts));
                 }
@@ -356,6 +357,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 c.quantization,
                 c.measured.as_ref().map_or(0.0, |m| m.ms_per_block)
             );
+            println!("published: model {} (`ait relay --model {}` fetches it)", id.to_hex(), id.to_hex());
         }
         relay::seed::serve_parts(&handle, sources, o.seed.limits(), store.traffic())?;
         relay::seed::announce(&handle, &roots, &models).await?;

@@ -93,6 +93,8 @@ struct State {
     pinned: std::collections::HashSet<String>,
     clock: u64,
     held: RecentParts,
+    /// Complete parts answered from their files (a handle and a tree each), for seeding.
+    seeding: HashMap<String, Arc<HeldPart>>,
     manifests: HashMap<ModelId, Bytes>,
     /// Signed cards by model, with their creator and signing time.
     cards: HashMap<ModelId, (Bytes, PeerId, u64)>,
@@ -289,6 +291,43 @@ impl PartStore {
         Ok(Some(part))
     }
 
+    /// A complete part to answer others' requests from: its file and the tree built from it
+    /// (read and hashed once, then kept: 1/256 of the part), so that seeding many large
+    /// parts holds none of them in memory. A part that fails its root is deleted.
+    fn seed(&self, root: &str) -> Result<Option<Arc<HeldPart>>, StoreError> {
+        {
+            let s = self.state();
+            if !s.complete.contains_key(root) {
+                return Ok(None);
+            }
+            if let Some(p) = s.seeding.get(root) {
+                return Ok(Some(p.clone()));
+            }
+        }
+        let path = self.path(root, "");
+        let opened = File::open(&path).and_then(|mut f| {
+            let mut data = Vec::new();
+            std::io::Read::read_to_end(&mut f, &mut data).map(|_| (f, data))
+        });
+        let (file, data) = match opened {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.state().complete.remove(root);
+                return Ok(None);
+            }
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let part = Arc::new(HeldPart::in_file(file, &data));
+        if part.root().to_hex() != root {
+            tracing::warn!("stored part {root} is corrupted; deleted (it will be fetched again)");
+            let _ = fs::remove_file(&path);
+            self.state().complete.remove(root);
+            return Ok(None);
+        }
+        self.state().seeding.insert(root.to_string(), part.clone());
+        Ok(Some(part))
+    }
+
     /// Ranges of `part` still missing on disk (all of them when nothing is; none when it is
     /// complete).
     pub fn missing(&self, part: &PartRef) -> Vec<Range<u64>> {
@@ -324,6 +363,7 @@ impl PartStore {
                 .map_err(io(&path))?;
             s.complete.remove(&victim);
             s.held.remove(&victim);
+            s.seeding.remove(&victim);
         }
     }
 
@@ -441,7 +481,7 @@ impl PartSource for PartStore {
     }
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {
-        self.load(root).unwrap_or_else(|e| {
+        crate::seed::blocking(|| self.seed(root)).unwrap_or_else(|e| {
             tracing::warn!("{e}");
             None
         })

@@ -1,10 +1,11 @@
 //! Seeding: a relay answers `/ait/parts/1` requests ([`web_node::net::parts`]) from its
-//! sources: every part of the GGUF file it was started from ([`FileParts`], cut from the file
-//! when first asked, the last few kept with their hash trees) and every part in its store
+//! sources: every part of the GGUF file it was started from ([`FileParts`], each cut from the
+//! file into a file of its own when first asked, and answered from there) and every part in its store
 //! ([`crate::part_store`]); and it provides their roots and its models' ids in the DHT, so
 //! fetchers find it.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
@@ -13,7 +14,7 @@ use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{HeldPart, PartSource, PartStreams, PartTraffic, RecentParts, SeedLimits};
+use web_node::net::parts::{HeldPart, PartSource, PartStreams, PartTraffic, SeedLimits};
 use web_node::net::record::{model_key, part_key, seeders_key};
 
 /// How much this relay seeds.
@@ -101,32 +102,80 @@ impl PartSource for Sources {
     }
 }
 
-/// The parts of one GGUF model file.
+/// The parts of one GGUF model file, each cut from the file into a file of its own under a
+/// directory the first time a peer asks for it (hashed then, once), and answered from there:
+/// a range request reads that range only, so seeding a large model to many peers holds a
+/// file handle and a tree (1/256 of the part) per part, not the parts.
 pub struct FileParts {
     file: GgufModel,
     manifest: Manifest,
     /// Root (hex) to part, for every part of the manifest.
     index: HashMap<String, Part>,
-    held: Mutex<RecentParts>,
+    /// Where parts are cut to, one file per root.
+    dir: PathBuf,
+    /// The parts cut so far.
+    cut: Mutex<HashMap<String, Arc<HeldPart>>>,
+    /// Held while a part is cut, so that each is cut once.
+    cutting: Mutex<()>,
     json: Bytes,
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs `f`, which blocks (reads and hashes a part), telling tokio's multi-threaded runtime
+/// so that the node's other tasks move to another thread meanwhile.
+pub fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
+}
+
 impl FileParts {
-    /// The parts `manifest` lists, cut from `file`; `None` when it lists none.
-    pub fn new(file: GgufModel, manifest: Manifest) -> Option<FileParts> {
+    /// The parts `manifest` lists, cut from `file` into `dir` (emptied first: files left from
+    /// an earlier run are not trusted) when asked for; `None` when it lists none.
+    pub fn new(file: GgufModel, manifest: Manifest, dir: PathBuf) -> Option<FileParts> {
         let parts = manifest.parts.as_ref()?;
         let mut index: HashMap<String, Part> = HashMap::new();
         index.insert(parts.head.root.clone(), Part::Head);
         for (i, b) in parts.blocks.iter().enumerate() {
             index.insert(b.root.clone(), Part::Block(i));
         }
+        if dir.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                tracing::warn!("cannot empty {}: {e}", dir.display());
+            }
+        }
         let json = Bytes::from(serde_json::to_vec(&manifest).unwrap_or_default());
-        Some(FileParts { file, manifest, index, held: Mutex::new(RecentParts::default()), json })
+        let (cut, cutting) = (Mutex::default(), Mutex::default());
+        Some(FileParts { file, manifest, index, dir, cut, cutting, json })
     }
 
     /// Roots of every part of the file.
     pub fn roots(&self) -> Vec<String> {
         self.index.keys().cloned().collect()
+    }
+
+    /// Cuts `part` into its file and hashes it; checks it against `root`.
+    fn cut_to_file(&self, part: Part, root: &str) -> Result<HeldPart, String> {
+        let bytes = extract(self.file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.dir).map_err(|e| format!("creating {}: {e}", self.dir.display()))?;
+        let path = self.dir.join(root);
+        let partial = self.dir.join(format!("{root}.partial"));
+        std::fs::write(&partial, &bytes)
+            .and_then(|()| std::fs::rename(&partial, &path))
+            .map_err(|e| format!("writing {}: {e}", path.display()))?;
+        let file = std::fs::File::open(&path).map_err(|e| format!("opening {}: {e}", path.display()))?;
+        let held = HeldPart::in_file(file, &bytes);
+        if held.root().to_hex() != root {
+            // The file changed under the manifest: serve nothing rather than other bytes.
+            let _ = std::fs::remove_file(&path);
+            return Err("it no longer matches the manifest's root".into());
+        }
+        Ok(held)
     }
 }
 
@@ -150,24 +199,25 @@ impl PartSource for FileParts {
 
     fn part(&self, root: &str) -> Option<Arc<HeldPart>> {
         let part = *self.index.get(root)?;
-        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(p) = held.get(root) {
-            return Some(p);
+        if let Some(p) = lock(&self.cut).get(root) {
+            return Some(p.clone());
         }
-        let bytes = match extract(self.file.file(), self.manifest.n_layers, part) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!("cannot cut {part}: {e}");
-                return None;
+        blocking(|| {
+            let _one_at_a_time = lock(&self.cutting);
+            if let Some(p) = lock(&self.cut).get(root) {
+                return Some(p.clone());
             }
-        };
-        let p = Arc::new(HeldPart::new(Bytes::from(bytes)));
-        if p.root().to_hex() != root {
-            // The file changed under the manifest: serve nothing rather than other bytes.
-            tracing::warn!("{part} no longer matches the manifest's root; not serving it");
-            return None;
-        }
-        held.insert(root, p.clone());
-        Some(p)
+            match self.cut_to_file(part, root) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    lock(&self.cut).insert(root.to_string(), p.clone());
+                    Some(p)
+                }
+                Err(e) => {
+                    tracing::warn!("cannot seed {part}: {e}");
+                    None
+                }
+            }
+        })
     }
 }

@@ -170,7 +170,8 @@ pub async fn fetch(
 pub fn load_head(held: &HeldParts, manifest: &Manifest) -> anyhow::Result<ModelFile> {
     let r = &wanted(manifest, 0..0)?[0].1;
     let part = held.get(&r.root).context("the head part was not fetched")?;
-    Ok(ModelFile::Gguf(verify_head(manifest, part.data().clone())?))
+    let bytes = part.data().context("the head part is not in memory")?;
+    Ok(ModelFile::Gguf(verify_head(manifest, bytes.clone())?))
 }
 
 /// A backend for `blocks` of `manifest` built from the verified parts in `held` ([`fetch`]'s).
@@ -185,7 +186,8 @@ pub fn load_blocks(
     for (part, r) in wanted(manifest, blocks.clone())?.into_iter().skip(1) {
         let Part::Block(i) = part else { continue };
         let p = held.get(&r.root).with_context(|| format!("{part} was not fetched"))?;
-        let (c, w) = verify_block(manifest, i, p.data().clone())?;
+        let bytes = p.data().with_context(|| format!("{part} is not in memory"))?;
+        let (c, w) = verify_block(manifest, i, bytes.clone())?;
         config.get_or_insert(c);
         layers.push(w);
     }

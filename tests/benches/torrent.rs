@@ -165,14 +165,14 @@ fn main() {
         })
         .collect();
     let refs: Vec<PartRef> =
-        held.iter().map(|(root, p)| PartRef { size: p.data().len() as u64, root: root.clone(), flops: 0 }).collect();
+        held.iter().map(|(root, p)| PartRef { size: p.len(), root: root.clone(), flops: 0 }).collect();
     let total: u64 = refs.iter().map(|r| r.size).sum();
     let parts = Arc::new(MemParts(held));
 
     // Verification alone: decode every 1 MiB range of the first part.
     let first = &parts.0[0].1;
     let root = first.root();
-    let encoded: Vec<(std::ops::Range<u64>, Vec<u8>)> = (0..first.data().len() as u64 / MAX_RANGE)
+    let encoded: Vec<(std::ops::Range<u64>, Vec<u8>)> = (0..first.len() / MAX_RANGE)
         .map(|i| {
             let r = i * MAX_RANGE..(i + 1) * MAX_RANGE;
             (r.clone(), first.encode(r).expect("encode"))
@@ -182,7 +182,7 @@ fn main() {
     for (r, e) in &encoded {
         std::hint::black_box(decode_range(root, r.clone(), &e[..]).expect("decode"));
     }
-    let decode = mb_s(first.data().len() as u64, t.elapsed().as_secs_f64());
+    let decode = mb_s(first.len(), t.elapsed().as_secs_f64());
 
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     let out = rt.block_on(async {

@@ -13,7 +13,7 @@ use std::io::Read;
 use std::ops::Range;
 
 use bao_tree::io::outboard::PreOrderMemOutboard;
-use bao_tree::io::sync::{encode_ranges, encode_ranges_validated, DecodeResponseIter, Outboard};
+use bao_tree::io::sync::{encode_ranges, encode_ranges_validated, DecodeResponseIter, Outboard, ReadAt, Size};
 use bao_tree::io::{BaoContentItem, DecodeError, Leaf};
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
@@ -129,10 +129,22 @@ impl PartTree {
         self.encode_with(data, range, false)
     }
 
-    fn encode_with(&self, data: &[u8], range: Range<u64>, validate: bool) -> Result<Vec<u8>, VerifyError> {
+    /// [`PartTree::encode`] for a part read where it lies (a file): only the range's chunk
+    /// groups are read, and checked against the tree on the way (a file can change under it).
+    pub fn encode_from<D: ReadAt + Size>(&self, data: D, range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
+        self.encode_with(data, range, true)
+    }
+
+    fn encode_with<D: ReadAt + Size>(
+        &self,
+        data: D,
+        range: Range<u64>,
+        validate: bool,
+    ) -> Result<Vec<u8>, VerifyError> {
         self.root().check_range(&range)?;
-        if data.len() as u64 != self.root().size {
-            return Err(VerifyError::Local(format!("{} bytes for a part of {}", data.len(), self.root().size)));
+        let len = data.size()?.unwrap_or(0);
+        if len != self.root().size {
+            return Err(VerifyError::Local(format!("{len} bytes for a part of {}", self.root().size)));
         }
         let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
         let chunks = chunks_of(&range);

@@ -137,23 +137,52 @@ pub enum Reply {
     },
 }
 
-/// A part a node holds, ready to answer ranges of: its bytes and the tree built from them,
-/// which stay together unchanged (so answers need not hash the bytes again).
+/// A part a node holds, ready to answer ranges of: its bytes (in memory, or natively in a
+/// file) and the tree built from them, which stay together unchanged (so answers need not
+/// hash the bytes again).
 pub struct HeldPart {
-    data: Bytes,
+    body: Body,
     tree: PartTree,
+}
+
+enum Body {
+    Memory(Bytes),
+    /// A file holding exactly the part's bytes: a range is read when asked for.
+    #[cfg(not(target_arch = "wasm32"))]
+    File(std::fs::File),
 }
 
 impl HeldPart {
     /// Hashes `data` once.
     pub fn new(data: Bytes) -> HeldPart {
         let tree = PartTree::new(&data);
-        HeldPart { data, tree }
+        HeldPart { body: Body::Memory(data), tree }
     }
 
-    /// Its bytes.
-    pub fn data(&self) -> &Bytes {
-        &self.data
+    /// A part kept in `file`, which holds exactly `data` (hashed once here): answers read
+    /// only the ranges asked, so a node can seed many large parts without holding them.
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn in_file(file: std::fs::File, data: &[u8]) -> HeldPart {
+        HeldPart { body: Body::File(file), tree: PartTree::new(data) }
+    }
+
+    /// Its bytes, when they are held in memory.
+    pub fn data(&self) -> Option<&Bytes> {
+        match &self.body {
+            Body::Memory(b) => Some(b),
+            #[cfg(not(target_arch = "wasm32"))]
+            Body::File(_) => None,
+        }
+    }
+
+    /// Its size in bytes.
+    pub fn len(&self) -> u64 {
+        self.tree.root().size
+    }
+
+    /// Whether it has no bytes.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     /// Its address.
@@ -163,7 +192,11 @@ impl HeldPart {
 
     /// The answer to a request for bytes `range`: its chunk groups with their proof.
     pub fn encode(&self, range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
-        self.tree.encode_built_from(&self.data, range)
+        match &self.body {
+            Body::Memory(b) => self.tree.encode_built_from(b, range),
+            #[cfg(not(target_arch = "wasm32"))]
+            Body::File(f) => self.tree.encode_from(f, range),
+        }
     }
 }
 
@@ -305,7 +338,7 @@ fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Ve
         Request::Get { root, start, end } => {
             let key = parse_root(&root).ok_or_else(|| format!("root {root:?} is not 64 hex digits"))?;
             let part = source.part(&key).ok_or_else(|| format!("part {root} is not held here"))?;
-            let size = part.data().len() as u64;
+            let size = part.len();
             if end.saturating_sub(start) > MAX_RANGE {
                 return Err(format!("{} bytes asked, at most {MAX_RANGE} per request", end.saturating_sub(start)));
             }
@@ -547,15 +580,30 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<libp
 }
 
 /// Opens a stream to `peer`, sends `request` and reads the answer's first frame; an `Error`
-/// answer is [`FetchError::Refused`].
+/// answer is [`FetchError::Refused`]. A transport error that comes at once is tried again
+/// once on a new stream, as [`range_on`] does.
 async fn ask(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     request: &Request,
 ) -> Result<(libp2p::Stream, Reply), FetchError> {
-    let mut stream = open(control, peer).await?;
-    let reply = ask_on(&mut stream, peer, request).await?;
-    Ok((stream, reply))
+    let mut retried = false;
+    loop {
+        let started = web_time::Instant::now();
+        let got = async {
+            let mut stream = open(control, peer).await?;
+            let reply = ask_on(&mut stream, peer, request).await?;
+            Ok((stream, reply))
+        };
+        match got.await {
+            Err(e @ FetchError::Stream { .. }) if !retried && started.elapsed() < STREAM_RETRY * 8 => {
+                tracing::debug!(%peer, "{e}; trying a new stream");
+                retried = true;
+                futures_timer::Delay::new(STREAM_RETRY).await;
+            }
+            got => return got,
+        }
+    }
 }
 
 /// Sends `request` on `stream` and reads the answer's first frame.
@@ -841,6 +889,29 @@ mod tests {
     }
 
     #[test]
+    fn a_part_in_a_file_answers_as_in_memory_and_never_sends_bytes_gone_bad() {
+        use std::io::{Seek, Write};
+        let data: Vec<u8> = (0..3 * MAX_RANGE as usize + 12_345).map(|i| (i * 7 % 251) as u8).collect();
+        let memory = HeldPart::new(Bytes::from(data.clone()));
+        let path = std::env::temp_dir().join(format!("ait-held-part-{}", std::process::id()));
+        std::fs::write(&path, &data).unwrap();
+        let in_file = HeldPart::in_file(std::fs::File::open(&path).unwrap(), &data);
+        assert_eq!(in_file.root(), memory.root());
+        assert!(in_file.data().is_none());
+        for range in [0..MAX_RANGE, MAX_RANGE..2 * MAX_RANGE + 5, 3 * MAX_RANGE..data.len() as u64] {
+            assert_eq!(in_file.encode(range.clone()).unwrap(), memory.encode(range).unwrap());
+        }
+        // A byte of the file changes under the tree: that range is refused, others still go.
+        let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.seek(std::io::SeekFrom::Start(MAX_RANGE + 100)).unwrap();
+        f.write_all(&[data[MAX_RANGE as usize + 100] ^ 1]).unwrap();
+        drop(f);
+        assert!(matches!(in_file.encode(MAX_RANGE..2 * MAX_RANGE), Err(VerifyError::Local(_))));
+        assert!(in_file.encode(0..MAX_RANGE).is_ok());
+        let _ = std::fs::remove_file(&path);
+    }
+
+    #[test]
     fn recent_parts_keep_the_last_used_and_drop_the_oldest() {
         let mut recent = RecentParts::default();
         for i in 0..RecentParts::KEEP as u8 {
@@ -850,8 +921,8 @@ mod tests {
         recent.insert("0", part(0));
         recent.insert("new", part(200));
         assert!(recent.get("1").is_none(), "the oldest part stays");
-        assert_eq!(recent.get("0").map(|p| p.data()[0]), Some(0));
-        assert_eq!(recent.get("new").map(|p| p.data()[0]), Some(200));
+        assert_eq!(recent.get("0").and_then(|p| p.data().map(|d| d[0])), Some(0));
+        assert_eq!(recent.get("new").and_then(|p| p.data().map(|d| d[0])), Some(200));
         assert!((2..RecentParts::KEEP as u8).all(|i| recent.get(&i.to_string()).is_some()));
         recent.remove("0");
         assert!(recent.get("0").is_none());
