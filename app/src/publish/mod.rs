@@ -1,6 +1,6 @@
 //! Publishing from the tab: a creator picks a GGUF file; the tab reads it, cuts it into parts
 //! and hashes them in wasm (the model id is the hash of the manifest built from them), signs a
-//! model card with the tab's key, holds every part and seeds them: a circuit address on the
+//! model card with the browser's creator key ([`creator_key`]), holds every part and seeds them: a circuit address on the
 //! relay, and provider records for the parts, the model and the seeders' key. Relays then
 //! fetch it (`ait relay --model ID`), and relays that pin this creator keep copies.
 //!
@@ -19,6 +19,7 @@ use bytes::Bytes;
 use js_sys::Uint8Array;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
+use libp2p::identity::Keypair;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
 use web_node::model::card::{Labels, ModelCard};
@@ -34,6 +35,30 @@ use crate::swarm::Swarm;
 
 /// Bytes read from the file at a time (for progress).
 const READ_CHUNK: f64 = 16.0 * 1024.0 * 1024.0;
+
+/// The `localStorage` key of the creator's key.
+const CREATOR_KEY: &str = "ait-creator-key";
+
+/// The key this browser signs model cards with: kept in `localStorage`, so the creator (the
+/// peer id relays pin by, `--pin-creator`) stays the same across visits. It only signs cards;
+/// the tab's node has a fresh key per page load, so two tabs never share a peer id.
+pub fn creator_key() -> Keypair {
+    let storage = web_sys::window().and_then(|w| w.local_storage().ok().flatten());
+    let stored = storage.as_ref().and_then(|s| s.get_item(CREATOR_KEY).ok().flatten());
+    if let Some(key) = stored.and_then(|h| hex::decode(h).ok()).and_then(|b| Keypair::from_protobuf_encoding(&b).ok()) {
+        return key;
+    }
+    let key = Keypair::generate_ed25519();
+    match (storage, key.to_protobuf_encoding()) {
+        (Some(s), Ok(bytes)) => {
+            if let Err(e) = s.set_item(CREATOR_KEY, &hex::encode(bytes)) {
+                tracing::warn!("cannot keep the creator key: {}", crate::http::js_err(e));
+            }
+        }
+        _ => tracing::warn!("no localStorage: the creator key lasts this visit only"),
+    }
+    key
+}
 
 /// Where publishing is. `Display` is the `data-state` of `#publish-state`: `idle`, `working`,
 /// `seeding` or `error`.
@@ -166,7 +191,7 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
     let now = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let card = ModelCard::for_gguf(&model, &manifest, &labels, None, now).map_err(AppError::Card)?;
     drop(model);
-    let signed = card.sign(&net.key).map_err(AppError::Card)?;
+    let signed = card.sign(&creator_key()).map_err(AppError::Card)?;
     net.parts.hold_card(id, Bytes::from(signed));
     step("Taking a circuit address on the relay and announcing the parts…".into(), 1, 1);
     net.reserve().await?;

@@ -43,10 +43,12 @@ pub fn PublishView() -> impl IntoView {
         Some(f) => p.start(f, labels()),
         None => p.message.set("Pick a GGUF file first.".into()),
     };
+    let creator = super::creator_key().public().to_peer_id().to_string();
     view! {
         <div class="publish">
             <p>"Publish a model: this tab cuts a GGUF file into parts, hashes them, signs the model's card with \
-                this tab's key and seeds the parts to the swarm while the tab stays open."</p>
+                this browser's creator key and seeds the parts to the swarm while the tab stays open."</p>
+            <p>"Creator (relays pin by it): " <span id="publish-creator" class="addr">{creator}</span></p>
             <label>"GGUF file " <input type="file" id="publish-file" accept=".gguf"/></label>
             <label>"Name " <input type="text" id="publish-name" placeholder="from the file"/></label>
             <label>"Tags " <input type="text" id="publish-tags" placeholder="chat, small"/></label>
