@@ -6,8 +6,8 @@
 //! the fetcher is another node in the same process. Measured, each once, in MB/s:
 //! - `plain`: the transport's ceiling, the same bytes sent over 4 plain libp2p streams at once
 //!   from one seeder (a bench-only protocol of this process, no checks);
-//! - `verified_1` and `verified_3`: every part fetched with `fetch_part` (4 ranges at once,
-//!   each checked against the part's root) from 1 and from 3 seeders;
+//! - `verified_1` and `verified_3`: every part fetched with `fetch_part` (4 ranges at once, or
+//!   `AIT_TORRENT_PARALLEL`; each checked against the part's root) from 1 and from 3 seeders;
 //! - `paced_1` and `paced_3`: the same from seeders each capped at `AIT_TORRENT_CAP_MBPS`
 //!   (default 400 Mbit/s, to emulate real uplinks) over a quarter of the bytes;
 //! - `decode`: checking the ranges alone (no network), the verification's own ceiling.
@@ -123,10 +123,15 @@ async fn plain(fetcher: &NodeHandle, peer: PeerId, total: u64, each: u64) -> f64
 async fn verified(fetcher: &NodeHandle, peers: &[PeerId], refs: &[PartRef]) -> f64 {
     let t = Instant::now();
     for r in refs {
-        let (bytes, _) = fetch_part(&fetcher.control(), peers, r, 4).await.expect("fetch");
+        let (bytes, _) = fetch_part(&fetcher.control(), peers, r, parallel()).await.expect("fetch");
         assert_eq!(bytes.len() as u64, r.size);
     }
     t.elapsed().as_secs_f64()
+}
+
+/// Ranges of a part fetched at once (`AIT_TORRENT_PARALLEL`, default 4 as relays do).
+fn parallel() -> usize {
+    std::env::var("AIT_TORRENT_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
 }
 
 fn mb_s(bytes: u64, secs: f64) -> f64 {
