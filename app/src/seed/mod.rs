@@ -59,6 +59,8 @@ pub struct Seeder {
     pub state: RwSignal<SeedState>,
     /// Progress, address served at, or error line.
     pub message: RwSignal<String>,
+    /// A download's bytes done and in all, while one runs.
+    pub download: RwSignal<Option<(u64, u64)>>,
     /// The adapter line (or why there is no WebGPU).
     pub adapter: RwSignal<String>,
     /// Live numbers, every second.
@@ -79,6 +81,7 @@ impl Seeder {
         let seeder = Seeder {
             state: RwSignal::new(SeedState::Off),
             message: RwSignal::new(String::new()),
+            download: RwSignal::new(None),
             adapter: RwSignal::new(String::new()),
             stats: RwSignal::new(Stats::default()),
             pause_hidden: RwSignal::new(false),
@@ -114,8 +117,13 @@ impl Seeder {
         self.state.set(SeedState::Starting);
         let want = http::query_param("seed");
         spawn_local(async move {
-            let progress = move |p: String| self.message.set(p);
-            match serve::start(&net, id, want.as_deref(), &progress).await {
+            let progress = move |p: String, download: Option<(u64, u64)>| {
+                self.message.set(p);
+                self.download.set(download);
+            };
+            let started = serve::start(&net, id, want.as_deref(), &progress).await;
+            self.download.set(None);
+            match started {
                 Ok(s) => {
                     self.message.set(format!("Serving blocks {}..{} at {}", s.blocks.start, s.blocks.end, s.addr));
                     self.seeding.set_value(Some(s));

@@ -165,17 +165,18 @@ impl Seeding {
     }
 }
 
-/// Progress of [`start`], for the page.
-pub type Progress<'a> = &'a dyn Fn(String);
+/// Progress of [`start`], for the page: a line, and the bytes of a download done and in all
+/// while one runs (for a progress bar).
+pub type Progress<'a> = &'a dyn Fn(String, Option<(u64, u64)>);
 
 /// Starts seeding model `id` on this tab: blocks `want` (`A..B` or `all`, from `?seed=`), or
 /// the span the swarm covers least.
 pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progress<'_>) -> Result<Seeding, AppError> {
-    progress("Opening WebGPU…".into());
+    progress("Opening WebGPU…".into(), None);
     let (ctx, adapter) = open_gpu().await?;
     let manifest: Manifest = net::manifest(net, &id).await?;
     let want = want.map(|s| parse_blocks(s, manifest.n_layers)).transpose()?;
-    progress("Finding the blocks the swarm lacks…".into());
+    progress("Finding the blocks the swarm lacks…".into(), None);
     let cover = match want {
         Some(_) => vec![0; manifest.n_layers],
         None => {
@@ -193,7 +194,7 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         let what = format!("Loading block {i} ({}/{})", k + 1, blocks.len());
         let transfer = Transfer::start();
         let loaded = net::load_block(net, &manifest, i, |done, total| {
-            progress(format!("{what}: {}", transfer.line(done, total)))
+            progress(format!("{what}: {}", transfer.line(done, total)), Some((done, total)))
         })
         .await?;
         tracing::info!("block {i} from {}", loaded.origin);
@@ -204,7 +205,7 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         warning = warning.or(loaded.warning);
     }
     let config = config.ok_or_else(|| AppError::NoSpan("no blocks chosen".into()))?;
-    progress("Uploading the blocks to the GPU…".into());
+    progress("Uploading the blocks to the GPU…".into(), None);
     let backend = GpuBackend::new(ctx, config, blocks.clone(), &layers).map_err(|source| AppError::GpuUpload {
         adapter: adapter.name.clone(),
         blocks: blocks.clone(),
@@ -212,10 +213,10 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
     })?;
     drop(layers);
 
-    progress("Measuring…".into());
+    progress("Measuring…".into(), None);
     let limits = ServeLimits::default().with_max_sessions(8).with_kv_budget(512 << 20);
     let service = Service::new(&net.handle, &net.key, backend, id, limits).await?;
-    progress("Reserving a slot on the relay…".into());
+    progress("Reserving a slot on the relay…".into(), None);
     let addr = net.reserve().await?;
     // With a circuit address, the tab can be reached: it seeds the parts it holds.
     if let Err(e) = parts::announce(&net.handle, &net.parts, &id).await {
@@ -230,7 +231,7 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         }
     });
     if let Some(w) = warning {
-        progress(w.to_string());
+        progress(w.to_string(), None);
     }
     let started = Instant::now();
     Ok(Seeding {

@@ -14,6 +14,10 @@ pub fn SeedView() -> impl IntoView {
             <PauseSwitch/>
             <p id="adapter">{move || seeder.adapter.get()}</p>
             <SeedStatus/>
+            <progress id="seed-progress"
+                class:hidden=move || seeder.download.with(Option::is_none)
+                max=move || seeder.download.with(|d| d.map_or(1, |(_, t)| t.max(1)))
+                value=move || seeder.download.with(|d| d.map_or(0, |(d, _)| d))></progress>
             <SeedStats/>
         </div>
     }
