@@ -22,7 +22,8 @@ pub struct Browser {
     driver: Child,
     base: String,
     session: String,
-    _profile: PathBuf,
+    /// Chromium's profile directory, removed when the browser is dropped.
+    profile: PathBuf,
 }
 
 impl Browser {
@@ -44,7 +45,7 @@ impl Browser {
             .map_err(|e| format!("{driver_bin}: {e} (apt-get install chromium-driver)"))?;
         let base = format!("http://127.0.0.1:{port}");
         let profile = crate::procs::temp_dir("chromium-profile");
-        let mut b = Browser { driver, base, session: String::new(), _profile: profile.clone() };
+        let mut b = Browser { driver, base, session: String::new(), profile: profile.clone() };
         let started = Instant::now();
         while b.http("GET", "/status", None).map(|v| v["value"]["ready"] != json!(true)).unwrap_or(true) {
             if started.elapsed() > Duration::from_secs(20) {
@@ -181,6 +182,16 @@ impl Drop for Browser {
         }
         let _ = self.driver.kill();
         let _ = self.driver.wait();
+        // The profile (50 to 70 MB) would pile up in the temporary directory run after run.
+        // Chromium may still be writing it for a moment after the session ends.
+        if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+            for _ in 0..10 {
+                if std::fs::remove_dir_all(&self.profile).is_ok() || !self.profile.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
     }
 }
 
