@@ -328,13 +328,16 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
         let (stored, mut models) = store.contents();
         roots.extend(stored);
         let from_swarm = swarm_id.is_some();
+        let mut file_parts = None;
         if let Some((file, manifest)) = &known {
             models.push(manifest.id());
             if let (ModelFile::Gguf(g), false) = (file, from_swarm) {
                 let dir = o.data_dir.join("file-parts");
                 if let Some(parts) = relay::seed::FileParts::new(g.clone(), manifest.clone(), dir) {
+                    let parts = Arc::new(parts);
                     roots.extend(parts.roots());
-                    sources.insert(0, Arc::new(parts));
+                    sources.insert(0, parts.clone());
+                    file_parts = Some(parts);
                 }
             }
         }
@@ -379,10 +382,9 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                         ModelFile::Gguf(_) if from_swarm => {
                             Some(Arc::new(relay::web::ModelParts::from_store(name.clone(), manifest, store.clone())))
                         }
-                        ModelFile::Gguf(g) => Some(Arc::new(
-                            relay::web::ModelParts::new(name.clone(), manifest, g)
-                                .with_cache_dir(o.data_dir.join("parts")),
-                        )),
+                        ModelFile::Gguf(_) => file_parts
+                            .clone()
+                            .map(|f| Arc::new(relay::web::ModelParts::from_file(name.clone(), manifest, f))),
                         ModelFile::Safetensors(_) => {
                             tracing::warn!("browsers cannot download parts of a safetensors model yet");
                             None

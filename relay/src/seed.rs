@@ -159,6 +159,11 @@ impl FileParts {
         self.index.keys().cloned().collect()
     }
 
+    /// The file part `root` was cut into, once [`PartSource::part`] has cut it.
+    pub fn part_path(&self, root: &str) -> Option<PathBuf> {
+        lock(&self.cut).contains_key(root).then(|| self.dir.join(root))
+    }
+
     /// Cuts `part` into its file and hashes it; checks it against `root`.
     fn cut_to_file(&self, part: Part, root: &str) -> Result<HeldPart, String> {
         let bytes = extract(self.file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;

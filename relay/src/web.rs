@@ -6,8 +6,9 @@
 //!   WebRTC-direct addresses with `/p2p/<id>`.
 //! - `GET /ait/models/{id}/manifest`: the manifest (JSON) whose hash is the model id.
 //! - `GET /ait/models/{id}/head`, `GET /ait/models/{id}/blocks/{i}`: parts; a downloader checks
-//!   them against the manifest's hashes. Each part is extracted once into a cache directory
-//!   and streamed from there, so a slow reader holds a file handle and one chunk, not a part.
+//!   them against the manifest's hashes. Each part is streamed from the file the seeder keeps
+//!   it in ([`FileParts`], cut once; or the part store), so a slow reader holds a file handle
+//!   and one chunk, not a part.
 //!   A relay that fetched its model from the swarm (`--model ID`) serves the parts its store
 //!   holds (the head and its blocks), each checked against its root before it is sent.
 //!   Tabs fetch parts over libp2p first and use these only as the fallback; a relay started
@@ -15,9 +16,8 @@
 //! - `GET /ait/seeding`: the relay's part traffic and seeding ratio.
 //! - anything else: a file of the app, or its `index.html`.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -29,11 +29,12 @@ use libp2p::multiaddr::Protocol;
 use libp2p::Multiaddr;
 use serde_json::json;
 use tower_http::services::{ServeDir, ServeFile};
-use web_node::model::gguf::GgufModel;
-use web_node::model::parts::{extract, Part};
+use web_node::model::parts::Part;
 use web_node::model::{Manifest, ModelId};
+use web_node::net::parts::PartSource;
 
 use crate::part_store::PartStore;
+use crate::seed::FileParts;
 
 /// A model whose parts this relay hands out.
 pub struct ModelParts {
@@ -44,102 +45,27 @@ pub struct ModelParts {
     /// Its id (the manifest's hash).
     pub id: ModelId,
     from: PartsFrom,
-    cache: PartCache,
 }
 
-/// Where a model's parts come from.
+/// Where a model's parts come from: both keep each part verified in a file of its own, which
+/// HTTP streams as the seeder answers ranges of it over libp2p.
 enum PartsFrom {
-    /// Cut from the whole model file on first use.
-    File(Box<GgufModel>),
+    /// Cut from the whole model file, each on first use ([`FileParts`]).
+    File(Arc<FileParts>),
     /// The complete parts in the part store (for a model fetched from the swarm: the head and
     /// the blocks this relay serves).
     Store(Arc<PartStore>),
 }
 
-/// Parts extracted so far, as files: each part is extracted at most once per process (a
-/// request for a part being extracted waits for it), then served from its file.
-struct PartCache {
-    /// `--data-dir`'s cache, or a private directory under the system's temporary one.
-    base: CacheDir,
-    /// The directory, made on first use.
-    dir: OnceLock<Result<PathBuf, String>>,
-    parts: Mutex<HashMap<Option<usize>, Arc<tokio::sync::OnceCell<PathBuf>>>>,
-}
-
-enum CacheDir {
-    /// A directory of the relay's (files left from an earlier run are overwritten, not trusted).
-    Given(PathBuf),
-    /// A fresh private directory in the temporary one, removed when the model is dropped.
-    Temporary,
-}
-
-fn key(part: Part) -> Option<usize> {
-    match part {
-        Part::Head => None,
-        Part::Block(i) => Some(i),
-    }
-}
-
-impl PartCache {
-    fn new(base: CacheDir) -> Self {
-        PartCache { base, dir: OnceLock::new(), parts: Mutex::new(HashMap::new()) }
-    }
-
-    /// The cache directory for model `id`, created (owner-only) on first use.
-    fn dir(&self, id: &ModelId) -> Result<PathBuf, String> {
-        self.dir
-            .get_or_init(|| {
-                let dir = match &self.base {
-                    CacheDir::Given(d) => d.join(id.to_hex()),
-                    CacheDir::Temporary => std::env::temp_dir().join(format!(
-                        "ait-parts-{}-{:016x}",
-                        std::process::id(),
-                        rand::random::<u64>()
-                    )),
-                };
-                let mut b = std::fs::DirBuilder::new();
-                b.recursive(matches!(self.base, CacheDir::Given(_)));
-                #[cfg(unix)]
-                std::os::unix::fs::DirBuilderExt::mode(&mut b, 0o700);
-                match b.create(&dir) {
-                    Ok(()) => Ok(dir),
-                    Err(e)
-                        if matches!(self.base, CacheDir::Given(_)) && e.kind() == std::io::ErrorKind::AlreadyExists =>
-                    {
-                        Ok(dir)
-                    }
-                    Err(e) => Err(format!("cannot create the parts cache {}: {e}", dir.display())),
-                }
-            })
-            .clone()
-    }
-}
-
-impl Drop for PartCache {
-    fn drop(&mut self) {
-        if let (CacheDir::Temporary, Some(Ok(dir))) = (&self.base, self.dir.get()) {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
 impl ModelParts {
-    /// Parts of `file`, whose manifest is `manifest`, cached in a private temporary directory
-    /// (see [`ModelParts::with_cache_dir`]).
-    pub fn new(name: String, manifest: Manifest, file: GgufModel) -> ModelParts {
-        let from = PartsFrom::File(Box::new(file));
-        ModelParts { name, id: manifest.id(), manifest, from, cache: PartCache::new(CacheDir::Temporary) }
+    /// The parts of `manifest`'s model cut from its file by `parts` (the relay's seeder of it).
+    pub fn from_file(name: String, manifest: Manifest, parts: Arc<FileParts>) -> ModelParts {
+        ModelParts { name, id: manifest.id(), manifest, from: PartsFrom::File(parts) }
     }
 
     /// The parts of `manifest`'s model that `store` holds.
     pub fn from_store(name: String, manifest: Manifest, store: Arc<PartStore>) -> ModelParts {
-        let from = PartsFrom::Store(store);
-        ModelParts { name, id: manifest.id(), manifest, from, cache: PartCache::new(CacheDir::Temporary) }
-    }
-
-    /// Caches extracted parts under `dir` (in a folder named by the model id) instead.
-    pub fn with_cache_dir(self, dir: PathBuf) -> ModelParts {
-        ModelParts { cache: PartCache::new(CacheDir::Given(dir)), ..self }
+        ModelParts { name, id: manifest.id(), manifest, from: PartsFrom::Store(store) }
     }
 
     /// Whether this relay has `part` to hand out (a store may hold only some blocks).
@@ -148,50 +74,25 @@ impl ModelParts {
             return true;
         };
         let r = self.manifest.parts.as_ref().and_then(|p| p.get(part));
-        r.is_some_and(|r| web_node::net::parts::PartSource::has(&**store, &r.root))
+        r.is_some_and(|r| PartSource::has(&**store, &r.root))
     }
 
-    /// The file holding `part`, extracting it on first use (on a blocking thread).
+    /// The file holding `part`, checked against its root (cut or hashed on first use, on a
+    /// blocking thread).
     async fn part_file(self: &Arc<Self>, part: Part) -> Result<PathBuf, String> {
-        let cell = {
-            let mut parts = self.cache.parts.lock().unwrap_or_else(|p| p.into_inner());
-            parts.entry(key(part)).or_default().clone()
-        };
         let me = self.clone();
-        cell.get_or_try_init(|| async move {
-            tokio::task::spawn_blocking(move || me.extract_to_file(part)).await.map_err(|e| e.to_string())?
-        })
-        .await
-        .cloned()
+        tokio::task::spawn_blocking(move || me.verified_file(part)).await.map_err(|e| e.to_string())?
     }
 
-    /// Extracts `part` and writes it to its cache file (whole, or not at all); for a store, the
-    /// stored part's file once it hashes to its root.
-    fn extract_to_file(&self, part: Part) -> Result<PathBuf, String> {
-        let file = match &self.from {
-            PartsFrom::File(f) => f,
-            PartsFrom::Store(store) => {
-                let r = self.manifest.parts.as_ref().and_then(|p| p.get(part));
-                let root = &r.ok_or_else(|| format!("the manifest lists no {part}"))?.root;
-                return match store.load(root).map_err(|e| e.to_string())? {
-                    Some(_) => store.part_path(root).ok_or_else(|| format!("{part} left the store")),
-                    None => Err(format!("this relay does not hold {part} of model {}", self.id.to_hex())),
-                };
-            }
+    fn verified_file(&self, part: Part) -> Result<PathBuf, String> {
+        let r = self.manifest.parts.as_ref().and_then(|p| p.get(part));
+        let root = &r.ok_or_else(|| format!("the manifest lists no {part}"))?.root;
+        let missing = || format!("this relay does not hold {part} of model {}", self.id.to_hex());
+        let path = match &self.from {
+            PartsFrom::File(f) => f.part(root).and_then(|_| f.part_path(root)),
+            PartsFrom::Store(s) => PartSource::part(&**s, root).and_then(|_| s.part_path(root)),
         };
-        let dir = self.cache.dir(&self.id)?;
-        let name = match part {
-            Part::Head => "head.gguf".to_string(),
-            Part::Block(i) => format!("block-{i}.gguf"),
-        };
-        let bytes = extract(file.file(), self.manifest.n_layers, part).map_err(|e| e.to_string())?;
-        let path = dir.join(&name);
-        let tmp = dir.join(format!("{name}.tmp"));
-        std::fs::write(&tmp, &bytes)
-            .and_then(|()| std::fs::rename(&tmp, &path))
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
-        tracing::debug!("extracted {part} of model {} to {}", self.id.short(), path.display());
-        Ok(path)
+        path.ok_or_else(missing)
     }
 }
 

@@ -9,6 +9,7 @@ use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
 use relay::api::ApiState;
+use relay::seed::FileParts;
 use relay::web::{ModelParts, WebState};
 use tower::ServiceExt;
 use web_node::client::ClientModel;
@@ -71,7 +72,9 @@ async fn build() -> Router {
         permits: tokio::sync::Semaphore::new(4),
         chain,
     };
-    let parts = ModelParts::new(MODEL_NAME.into(), tiny::manifest().clone(), tiny::model().clone());
+    let dir = std::env::temp_dir().join(format!("ait-fuzz-api-parts-{}", std::process::id()));
+    let cut = FileParts::new(tiny::model().clone(), tiny::manifest().clone(), dir).expect("a GGUF model has parts");
+    let parts = ModelParts::from_file(MODEL_NAME.into(), tiny::manifest().clone(), Arc::new(cut));
     let web = WebState {
         peer: "fuzz".into(),
         addrs: Vec::new(),
