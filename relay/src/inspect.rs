@@ -130,6 +130,7 @@ fn describe_gguf(file: &GgufFile, out: &mut String) -> anyhow::Result<()> {
     let tokenizer = match (s("tokenizer.ggml.model"), md.array("tokenizer.ggml.tokens").ok().flatten()) {
         (Some(m), Some(tokens)) => format!("{m}, {} tokens", tokens.len()),
         (Some(m), None) => m,
+        (None, _) if md.get(web_node::model::tokenizer::HF_JSON).is_some() => "tokenizer.json (Hugging Face)".into(),
         (None, _) => "none".into(),
     };
     writeln!(out, "tokenizer: {tokenizer}")?;

@@ -16,6 +16,7 @@ use safetensors::tensor::TensorView;
 use safetensors::Dtype;
 use web_node::engine::cpu::CpuBackend;
 use web_node::engine::{reference, Backend};
+use web_node::model::convert::{Conversion, ConvertError};
 use web_node::model::gguf::{GgufModel, Value};
 use web_node::model::{ModelFile, WeightType};
 
@@ -456,4 +457,124 @@ fn gguf_shape_contradicting_config() {
     let msg = model.load_head().expect_err("wrong shape loaded").to_string();
     assert!(msg.contains("shape [128, 64], config needs [128, 32]"), "{msg}");
     assert!(model.load_layer(0).is_err());
+}
+
+// ---- converting a checkpoint to GGUF (`ait publish DIR`) ----
+
+/// The default model's tokenizer as a `tokenizer.json`, and a `tokenizer_config.json` naming
+/// its BOS/EOS with a chat template, written into `dir`.
+fn write_tokenizer_files(dir: &Path) {
+    let default = GgufModel::open(&ait_tests::default_model()).expect("default model");
+    let md = default.tokenizer().expect("tokenizer").gguf_metadata().expect("metadata");
+    let Some((_, Value::Str(json))) = md.iter().find(|(k, _)| k == web_node::model::tokenizer::HF_JSON) else {
+        panic!("no tokenizer.json in {md:?}")
+    };
+    write(&dir.join("tokenizer.json"), json.as_bytes());
+    let config = serde_json::json!({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": true,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}",
+    });
+    write(&dir.join("tokenizer_config.json"), config.to_string().as_bytes());
+}
+
+/// Converts the checkpoint in `dir` to `dir/out.gguf` as `target` (or as stored).
+fn convert(dir: &Path, target: Option<WeightType>) -> Result<ModelFile, ConvertError> {
+    let st = ModelFile::open(dir).expect("open checkpoint");
+    let plan = Conversion::plan(&st, target, "tiny")?;
+    let path = dir.join("out.gguf");
+    let mut out = std::io::BufWriter::new(std::fs::File::create(&path).expect("create"));
+    let mut last = 0;
+    let written = plan.write(&mut out, |n| last = n)?;
+    drop(out);
+    assert_eq!((written, last), (plan.total_bytes(), plan.total_bytes()));
+    assert_eq!(std::fs::metadata(&path).expect("written").len(), written);
+    Ok(ModelFile::open(&path).expect("the converted file opens"))
+}
+
+/// A checkpoint converted to GGUF reads back as the same model: configuration, every weight
+/// bit for bit (types kept), logits, tokenizer and chat template. Its q/k rows are in
+/// llama.cpp's order: each tensor's bytes equal those of the independent GGUF writer of the
+/// tests ([`TinyModel::gguf`]), which is checked against an independent model elsewhere.
+#[test]
+fn a_checkpoint_converted_to_gguf_is_the_same_model() {
+    use web_node::model::Arch;
+    for (arch, tied, dtype) in [
+        (Arch::Llama, false, WeightType::F32),
+        (Arch::Llama, true, WeightType::BF16),
+        (Arch::Qwen2, false, WeightType::F16),
+        (Arch::Qwen3, true, WeightType::F32),
+    ] {
+        let m = TinyModel::random_arch(17, arch, 2, 128, tied).rounded(dtype);
+        let dir = TempDir::new(&format!("convert-{}-{tied}", arch.name()));
+        m.write_hf(dir.path(), dtype, 1);
+        write_tokenizer_files(dir.path());
+        let st = ModelFile::open(dir.path()).expect("open");
+        let gg = convert(dir.path(), None).expect("converts");
+        assert_eq!(st.config(), gg.config(), "{arch:?}");
+        if !arch.has_qkv_bias() {
+            assert_same_weights(&st, &gg);
+        }
+        assert_eq!(compare_logits(&st, &gg, 0.0), 0.0, "{arch:?}");
+        let (a, b) = (st.tokenizer().expect("tokenizer"), gg.tokenizer().expect("tokenizer"));
+        assert_eq!(a.fingerprint().expect("fp"), b.fingerprint().expect("fp"));
+        assert_eq!((b.bos_token(), b.adds_bos()), (a.bos_token(), true));
+        let text = "<|im_start|>Hello, 12345 worlds!";
+        assert_eq!(a.encode(text).expect("encode"), b.encode(text).expect("encode"));
+        assert_eq!(st.chat_template(), gg.chat_template());
+        assert!(gg.chat_template().is_some());
+        // Tensor bytes as the independent writer lays them out.
+        let ModelFile::Gguf(gg) = &gg else { unreachable!() };
+        let reference = GgufModel::from_bytes(Bytes::from(m.gguf(dtype))).expect("reference");
+        for t in &reference.file().tensors {
+            let ours = gg.file().tensor(&t.name).unwrap_or_else(|| panic!("{arch:?}: no {}", t.name));
+            assert_eq!((&ours.dims, ours.dtype), (&t.dims, t.dtype), "{arch:?} {}", t.name);
+            let (x, y) = (gg.file().tensor_bytes(&t.name).expect("ours"), reference.file().tensor_bytes(&t.name));
+            assert!(x == y.expect("reference"), "{arch:?} {}: other bytes", t.name);
+        }
+        assert_eq!(gg.file().tensors.len(), reference.file().tensors.len());
+    }
+}
+
+/// Quantized on the way: every matrix is the target type, holding exactly ggml's rounding of
+/// the checkpoint's values; norms stay f32. What cannot be converted is refused before
+/// anything is written.
+#[test]
+fn a_checkpoint_quantized_to_gguf_and_what_is_refused() {
+    let m = TinyModel::random(23, false);
+    let dir = TempDir::new("convert-q8");
+    m.write_hf(dir.path(), WeightType::F16, 1);
+    write_tokenizer_files(dir.path());
+    let st = ModelFile::open(dir.path()).expect("open");
+    for target in [WeightType::Q8_0, WeightType::Q4_1] {
+        let gg = convert(dir.path(), Some(target)).expect("converts");
+        let (a, b) = (st.load_layer(1).expect("layer"), gg.load_layer(1).expect("layer"));
+        for (name, x, y) in
+            [("attn_q", &a.attn_q, &b.attn_q), ("attn_k", &a.attn_k, &b.attn_k), ("ffn_down", &a.ffn_down, &b.ffn_down)]
+        {
+            assert_eq!(y.dtype, target, "{name}");
+            let rounded = web_node::model::quant::quantize(target, &x.dequantize());
+            assert!(y.data[..] == rounded[..], "{target} {name}: not ggml's rounding of the checkpoint");
+        }
+        assert_eq!(a.attn_norm, b.attn_norm);
+        let head = gg.load_head().expect("head");
+        assert_eq!((head.token_embd.dtype, head.output.expect("untied").dtype), (target, target));
+    }
+    let st_plan = |target| Conversion::plan(&st, Some(target), "tiny").err().map(|e| e.to_string());
+    assert!(
+        st_plan(WeightType::Q4_K).is_some_and(|e| e.contains("cannot quantize to q4_k")),
+        "{:?}",
+        st_plan(WeightType::Q4_K)
+    );
+    // FFN rows of 80 values are not whole q8_0 blocks of 32.
+    let odd = TinyModel::random_shape(3, web_node::model::Arch::Llama, (64, 80), 1, 128, true);
+    let dir = TempDir::new("convert-odd");
+    odd.write_hf(dir.path(), WeightType::F32, 1);
+    let e = convert(dir.path(), Some(WeightType::Q8_0)).err().expect("refused").to_string();
+    assert!(e.contains("blk.0.ffn_down.weight") && e.contains("80 values"), "{e}");
+    assert!(!dir.path().join("out.gguf").exists(), "refused before writing");
+    let gemma = TinyModel::random_arch(3, web_node::model::Arch::Gemma2, 1, 128, true);
+    let dir = TempDir::new("convert-gemma");
+    gemma.write_hf(dir.path(), WeightType::F32, 1);
+    let e = convert(dir.path(), None).err().expect("refused").to_string();
+    assert!(e.contains("gemma2 architecture"), "{e}");
 }

@@ -666,12 +666,14 @@ impl GgufModel {
         })
     }
 
-    /// Whether the file describes a tokenizer (`tokenizer.ggml.model` is present).
+    /// Whether the file describes a tokenizer (`tokenizer.ggml.model` or
+    /// `tokenizer.huggingface.json` is present).
     pub fn has_tokenizer(&self) -> bool {
-        self.file.metadata.get("tokenizer.ggml.model").is_some()
+        let md = &self.file.metadata;
+        md.get("tokenizer.ggml.model").is_some() || md.get(super::tokenizer::HF_JSON).is_some()
     }
 
-    /// The tokenizer described by the `tokenizer.ggml.*` metadata.
+    /// The tokenizer described by the `tokenizer.*` metadata (see [`Tokenizer::from_gguf`]).
     pub fn tokenizer(&self) -> Result<Tokenizer, ModelError> {
         Tokenizer::from_gguf(&self.file.metadata)
     }
@@ -899,8 +901,30 @@ pub mod writer {
         }
     }
 
-    /// Serializes metadata and tensors (alignment 32).
-    pub fn write(metadata: &[(&str, Value)], tensors: &[TensorOut<'_>]) -> Vec<u8> {
+    /// Tensor data is aligned to this many bytes (GGUF's default; no `general.alignment` key).
+    pub const ALIGNMENT: usize = 32;
+
+    /// Zero bytes that pad `len` bytes of tensor data to [`ALIGNMENT`].
+    pub fn padding(len: usize) -> usize {
+        len.div_ceil(ALIGNMENT) * ALIGNMENT - len
+    }
+
+    /// A tensor's entry in the header: its data (`len` bytes) follows the header, in the
+    /// order of the entries, each padded with [`padding`].
+    pub struct TensorHeader<'a> {
+        /// Name.
+        pub name: &'a str,
+        /// Dimensions, fastest-varying first.
+        pub dims: &'a [u64],
+        /// ggml type id.
+        pub ggml_type: u32,
+        /// Bytes of data.
+        pub len: u64,
+    }
+
+    /// The header of a GGUF v3 file (magic, metadata, tensor infos), padded to where the
+    /// first tensor's data starts. For writing a file tensor by tensor without holding it.
+    pub fn header(metadata: &[(&str, Value)], tensors: &[TensorHeader<'_>]) -> Vec<u8> {
         let mut out = Vec::new();
         out.extend_from_slice(b"GGUF");
         out.extend_from_slice(&3u32.to_le_bytes());
@@ -919,12 +943,22 @@ pub mod writer {
             t.dims.iter().for_each(|d| out.extend_from_slice(&d.to_le_bytes()));
             out.extend_from_slice(&t.ggml_type.to_le_bytes());
             out.extend_from_slice(&offset.to_le_bytes());
-            offset = (offset + t.data.len() as u64).div_ceil(32) * 32;
+            offset += t.len + padding(t.len as usize) as u64;
         }
-        out.resize(out.len().div_ceil(32) * 32, 0);
+        out.resize(out.len() + padding(out.len()), 0);
+        out
+    }
+
+    /// Serializes metadata and tensors (alignment 32).
+    pub fn write(metadata: &[(&str, Value)], tensors: &[TensorOut<'_>]) -> Vec<u8> {
+        let headers: Vec<TensorHeader<'_>> = tensors
+            .iter()
+            .map(|t| TensorHeader { name: t.name, dims: &t.dims, ggml_type: t.ggml_type, len: t.data.len() as u64 })
+            .collect();
+        let mut out = header(metadata, &headers);
         for t in tensors {
             out.extend_from_slice(t.data);
-            out.resize(out.len().div_ceil(32) * 32, 0);
+            out.resize(out.len() + padding(t.data.len()), 0);
         }
         out
     }

@@ -10,6 +10,7 @@
 pub mod card;
 pub mod chat;
 pub mod config;
+pub mod convert;
 pub mod gguf;
 pub mod hf_config;
 pub mod manifest;

@@ -6,7 +6,11 @@
 //! BOS/EOS and whether BOS is prepended. [`TokenStream`] turns generated ids into text pieces
 //! as soon as they are complete UTF-8.
 //!
-//! Two vocabulary kinds come out of GGUF:
+//! A GGUF file may instead carry the whole `tokenizer.json` (GGUF's
+//! `tokenizer.huggingface.json`, which is how `ait publish` stores a converted checkpoint's
+//! tokenizer: [`Tokenizer::gguf_metadata`]).
+//!
+//! Two vocabulary kinds come out of `tokenizer.ggml.*`:
 //! - `gpt2`: byte-level BPE from `tokens` + `merges`; the `pre` type picks the pre-tokenizer
 //!   (`smollm`, `llama-bpe`/`llama3`, `qwen2`, else GPT-2's).
 //! - `llama`: SentencePiece BPE (`▁` for spaces, `<0xAB>` byte tokens, `scores`). It is rebuilt
@@ -67,10 +71,22 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 const QWEN2_SPLIT: &str =
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// GGUF's key for a whole Hugging Face `tokenizer.json`.
+pub const HF_JSON: &str = "tokenizer.huggingface.json";
+
 /// Special tokens that chat models end a turn or a document with. Those present in a
 /// vocabulary as special tokens count as end-of-sequence besides the declared EOS.
 const END_TOKENS: &[&str] =
     &["<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<|end_of_text|>", "<|endoftext|>", "<|end|>", "<end_of_turn>", "</s>"];
+
+/// A `tokenizer.json`, padding and truncation turned off.
+fn parse_json(json: &[u8]) -> Result<tokenizers::Tokenizer, ModelError> {
+    let mut inner = tokenizers::Tokenizer::from_bytes(json)
+        .map_err(|e| ModelError::Tokenizer(format!("bad tokenizer.json: {e}")))?;
+    inner.with_padding(None);
+    inner.with_truncation(None).map_err(tok_err)?;
+    Ok(inner)
+}
 
 fn tok_err(e: impl fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
@@ -110,9 +126,18 @@ impl Tokenizer {
     /// Reads `model` (`gpt2` or `llama`), `pre`, `tokens`, `token_type`, `merges` (gpt2),
     /// `scores` (llama), `bos/eos/eot/eom/unknown_token_id`, `add_bos_token`, `add_eos_token`
     /// and `add_space_prefix`.
+    ///
+    /// A file with no `tokenizer.ggml.model` but GGUF's `tokenizer.huggingface.json` (the whole
+    /// `tokenizer.json`, as `ait publish` writes when it converts a Hugging Face checkpoint)
+    /// gets that tokenizer, with BOS/EOS ids and `add_bos/eos_token` from the same keys.
     pub fn from_gguf(md: &Metadata) -> Result<Tokenizer, ModelError> {
         const MODEL: &str = "tokenizer.ggml.model";
         const TOKENS: &str = "tokenizer.ggml.tokens";
+        if md.get(MODEL).is_none() {
+            if let Some(json) = md.str(HF_JSON)? {
+                return Self::from_gguf_json(md, json);
+            }
+        }
         let model = md.str(MODEL)?.ok_or_else(|| md_err(MODEL, "missing"))?;
         let tokens = md.str_array(TOKENS)?.ok_or_else(|| md_err(TOKENS, "missing"))?;
         if tokens.is_empty() {
@@ -199,10 +224,7 @@ impl Tokenizer {
     /// prepended iff `tokenizer.json`'s post-processor would put BOS first. Padding and
     /// truncation settings in the file are ignored.
     pub fn from_json(tokenizer_json: &[u8], tokenizer_config_json: Option<&[u8]>) -> Result<Tokenizer, ModelError> {
-        let mut inner = tokenizers::Tokenizer::from_bytes(tokenizer_json)
-            .map_err(|e| ModelError::Tokenizer(format!("bad tokenizer.json: {e}")))?;
-        inner.with_padding(None);
-        inner.with_truncation(None).map_err(tok_err)?;
+        let inner = parse_json(tokenizer_json)?;
         let config: serde_json::Value = match tokenizer_config_json {
             Some(bytes) => serde_json::from_slice(bytes)
                 .map_err(|e| ModelError::Tokenizer(format!("bad tokenizer_config.json: {e}")))?,
@@ -227,7 +249,37 @@ impl Tokenizer {
             None => bos.is_some() && first == bos,
         };
         let add_eos = config.get("add_eos_token").and_then(serde_json::Value::as_bool).unwrap_or(false);
+        Ok(Self::with_json_specials(inner, bos, eos, add_bos, add_eos))
+    }
 
+    /// The tokenizer a GGUF file stores as `tokenizer.huggingface.json` (see
+    /// [`Tokenizer::from_gguf`]).
+    fn from_gguf_json(md: &Metadata, json: &str) -> Result<Tokenizer, ModelError> {
+        let inner = parse_json(json.as_bytes()).map_err(|e| e.in_file(HF_JSON))?;
+        let n = inner.get_vocab_size(true);
+        let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
+            match md.u64(key)? {
+                None => Ok(None),
+                Some(id) if usize::try_from(id).is_ok_and(|i| i < n) => Ok(Some(id as u32)),
+                Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
+            }
+        };
+        let bos = token_id("tokenizer.ggml.bos_token_id")?;
+        let eos = token_id("tokenizer.ggml.eos_token_id")?;
+        let add_bos = bool_key_or(md, "tokenizer.ggml.add_bos_token", false)?;
+        let add_eos = bool_key_or(md, "tokenizer.ggml.add_eos_token", false)?;
+        Ok(Self::with_json_specials(inner, bos, eos, add_bos, add_eos))
+    }
+
+    /// A `tokenizer.json` tokenizer with its BOS and EOS; the end-of-turn tokens it has as
+    /// special tokens end generation too.
+    fn with_json_specials(
+        inner: tokenizers::Tokenizer,
+        bos: Option<u32>,
+        eos: Option<u32>,
+        add_bos: bool,
+        add_eos: bool,
+    ) -> Tokenizer {
         let mut eos_ids = Vec::new();
         if let Some(id) = eos {
             push_unique(&mut eos_ids, id);
@@ -240,13 +292,33 @@ impl Tokenizer {
                 }
             }
         }
-        Ok(Tokenizer {
+        Tokenizer {
             inner: Arc::new(inner),
             bos,
             eos: eos_ids,
             add_bos: add_bos && bos.is_some(),
             add_eos: add_eos && eos.is_some(),
-        })
+        }
+    }
+
+    /// GGUF metadata that [`Tokenizer::from_gguf`] reads back as this tokenizer (same
+    /// [`fingerprint`](Self::fingerprint)): the whole tokenizer as `tokenizer.huggingface.json`,
+    /// GGUF's key for executors that run Hugging Face tokenizers directly, plus the BOS and EOS
+    /// ids and whether they are added. llama.cpp reads only `tokenizer.ggml.tokens`, so it
+    /// cannot tokenize such a file; every node of ours can.
+    pub fn gguf_metadata(&self) -> Result<Vec<(String, Value)>, ModelError> {
+        let mut md = vec![
+            (HF_JSON.to_string(), Value::Str(self.inner.to_string(false).map_err(tok_err)?)),
+            ("tokenizer.ggml.add_bos_token".to_string(), Value::Bool(self.add_bos)),
+            ("tokenizer.ggml.add_eos_token".to_string(), Value::Bool(self.add_eos)),
+        ];
+        if let Some(bos) = self.bos {
+            md.push(("tokenizer.ggml.bos_token_id".to_string(), Value::U64(bos.into())));
+        }
+        if let Some(&eos) = self.eos.first() {
+            md.push(("tokenizer.ggml.eos_token_id".to_string(), Value::U64(eos.into())));
+        }
+        Ok(md)
     }
 
     /// Token ids of `text`. Special tokens written in the text (`<|im_start|>`) are recognized
