@@ -6,7 +6,7 @@
 //! it serves, [`local`] runs a whole model on this machine, [`bench`] measures it, [`p2p`] starts
 //! the native libp2p node (under the flags of [`limits`]), [`seed`] answers other nodes' requests for model parts (from the model file and from the
 //! [`part_store`]), [`swarm_model`] fetches a model known by its id from the swarm, [`models`] lists the
-//! swarm's models, [`publish`] labels a creator's model with a signed card, [`pin`] keeps copies
+//! swarm's models, [`publish`] converts a creator's model to GGUF (quantized if asked, with a [`drift`] report) and labels it with a signed card, [`pin`] keeps copies
 //! of trusted creators' models, [`serving`] runs web-node's serving assembly on tokio and a compute
 //! thread, [`swarm_client`] joins the swarm as a client, [`api`] serves the OpenAI-compatible
 //! HTTP API ([`openai`] holds its shapes). The portable node logic (model formats, kernels, the
@@ -17,6 +17,7 @@
 pub mod api;
 pub mod bench;
 pub mod chat;
+pub mod drift;
 pub mod fetch;
 pub mod inspect;
 pub mod limits;

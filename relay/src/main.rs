@@ -45,7 +45,8 @@ enum Cmd {
     /// List the models in the swarm: name and labels, id, shape, size, seeders and complete
     /// copies.
     Models(relay::models::ModelsOpt),
-    /// Publish a GGUF model: a relay that seeds every part of the file, with a model card
+    /// Publish a model (a GGUF file, or a Hugging Face directory converted to GGUF, quantized
+    /// if asked): a relay that seeds every part of the file, with a model card
     /// (name, tags, license, payout address, and the speed of a block here) signed by this
     /// node's key, until stopped. With --blocks it also serves those blocks.
     Publish(Box<PublishOpt>),
@@ -94,8 +95,13 @@ struct GenerateOpt {
 
 #[derive(clap::Args)]
 struct PublishOpt {
-    /// The model: a GGUF file.
+    /// The model: a GGUF file, or a Hugging Face directory (config.json, safetensors in f32,
+    /// f16 or bf16, tokenizer.json), which is converted to GGUF under --data-dir/published.
     path: PathBuf,
+    /// Quantize every matrix to this type first (q8_0, q4_0, q4_1, q5_0, q5_1, f16, bf16), and
+    /// report how far the quantized model's greedy tokens and logits drift from the original.
+    #[arg(long, value_name = "TYPE", value_parser = relay::publish::parse_quantize)]
+    quantize: Option<web_node::model::WeightType>,
     #[command(flatten)]
     card: relay::publish::CardOpt,
     #[command(flatten)]
@@ -195,10 +201,11 @@ fn run() -> anyhow::Result<ExitCode> {
     match Opt::parse().cmd {
         Cmd::Relay(o) => relay_main(*o, None),
         Cmd::Publish(o) => {
-            let PublishOpt { path, card, mut relay } = *o;
+            let PublishOpt { path, quantize, card, mut relay } = *o;
             anyhow::ensure!(relay.serve.model.is_none(), "ait publish takes the model as PATH, not --model");
-            anyhow::ensure!(path.is_file(), "{}: not a file (ait publish takes a GGUF file)", path.display());
-            relay.serve.model = Some(path);
+            anyhow::ensure!(path.exists(), "{}: no such file or directory", path.display());
+            let backend = relay.serve.backend;
+            relay.serve.model = Some(relay::publish::to_gguf(&path, quantize, &relay.data_dir, backend)?);
             relay_main(relay, Some(card))
         }
         Cmd::Chat(o) => relay::chat::run(o).map(|()| ExitCode::SUCCESS),

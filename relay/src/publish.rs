@@ -1,10 +1,17 @@
-//! `ait publish`: a creator's model enters the swarm. The relay serves and seeds every part of
-//! the file as `ait relay --model PATH` does, and signs a model card ([`ModelCard`]) with its
-//! key: labels from the flags and the file's metadata, and the speed its blocks ran at here.
+//! `ait publish`: a creator's model enters the swarm. A Hugging Face checkpoint, or a GGUF
+//! file to be quantized, is first written as a GGUF file under the data directory
+//! ([`to_gguf`]), since GGUF parts are what the swarm exchanges. The relay serves and seeds
+//! every part of the file as `ait relay --model PATH` does, and signs a model card
+//! ([`ModelCard`]) with its key: labels from the flags and the file's metadata, and the speed
+//! its blocks ran at here.
 
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::card::{is_evm_address, Labels, Measured, ModelCard};
-use web_node::model::{Manifest, ModelFile};
+use web_node::model::convert::Conversion;
+use web_node::model::{Manifest, ModelFile, WeightType};
 use web_node::net::serve::measure_ms_per_block;
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
@@ -70,4 +77,89 @@ pub fn measure(file: &ModelFile, kind: BackendKind) -> anyhow::Result<Measured> 
     let mut executor = BlockExecutor::new(backend, ExecutorConfig::default());
     let ms_per_block = pollster::block_on(measure_ms_per_block(&mut executor))?;
     Ok(Measured { ms_per_block, backend: name })
+}
+
+/// Parses a `--quantize` type: one ggml can write here (`q8_0`, `q4_0`, `q4_1`, `q5_0`,
+/// `q5_1`, `f16`, `bf16`, `f32`).
+pub fn parse_quantize(s: &str) -> Result<WeightType, String> {
+    let usable = WeightType::ALL.into_iter().filter(|t| t.can_quantize());
+    usable.clone().find(|t| t.name().eq_ignore_ascii_case(s)).ok_or_else(|| {
+        let names: Vec<&str> = usable.map(WeightType::name).collect();
+        format!("{s:?} is not a type this build quantizes to ({})", names.join(", "))
+    })
+}
+
+/// Greedy tokens per prompt in the drift report.
+const DRIFT_TOKENS: usize = 24;
+
+/// The GGUF file to publish for `path`: `path` itself for a GGUF file published as it is;
+/// otherwise `path` (a Hugging Face directory, or a GGUF file) converted with matrices as
+/// `quantize` (or as stored) into `data_dir/published/NAME.TYPE.gguf`, with a progress bar,
+/// written under a temporary name and renamed when complete. A quantized model's drift from
+/// the original ([`crate::drift`]) is measured on `backend`, printed, and kept beside the file
+/// (`.drift.txt`); a later run with the same input and type reuses both.
+pub fn to_gguf(
+    path: &Path,
+    quantize: Option<WeightType>,
+    data_dir: &Path,
+    backend: BackendKind,
+) -> anyhow::Result<PathBuf> {
+    if path.is_file() && quantize.is_none() {
+        return Ok(path.to_path_buf());
+    }
+    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let kind = quantize.map_or("as-stored", WeightType::name);
+    let dir = data_dir.join("published");
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let out = dir.join(format!("{stem}.{kind}.gguf"));
+    let report = out.with_extension("drift.txt");
+    if is_newer(&out, path)? && (quantize.is_none() || report.is_file()) {
+        crate::say(&format!("converted: {} (kept from an earlier run)", out.display()));
+        if let Ok(text) = std::fs::read_to_string(&report) {
+            print!("{text}");
+        }
+        return Ok(out);
+    }
+    let original = ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let plan = Conversion::plan(&original, quantize, &stem)?;
+    let types: Vec<String> = plan.matrix_types().iter().map(|(t, n)| format!("{n} {t}")).collect();
+    let total = plan.total_bytes();
+    crate::say(&format!("converting {} to GGUF ({} matrices, {total} bytes)", path.display(), types.join(", ")));
+    let partial = out.with_extension("gguf.partial");
+    let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
+    let bar = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template(
+            "converting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> "),
+    );
+    let mut w = std::io::BufWriter::new(file);
+    plan.write(&mut w, |n| bar.set_position(n)).with_context(|| format!("writing {}", partial.display()))?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    bar.finish_and_clear();
+    let converted = ModelFile::open(&partial).context("reading the converted file back")?;
+    anyhow::ensure!(converted.config() == original.config(), "the converted file reads back as another configuration");
+    if quantize.is_some() {
+        let drift = crate::drift::measure(&original, &converted, DRIFT_TOKENS, backend)?;
+        print!("{drift}");
+        std::fs::write(&report, drift.to_string()).with_context(|| format!("writing {}", report.display()))?;
+    }
+    std::fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
+    crate::say(&format!("converted: {}", out.display()));
+    Ok(out)
+}
+
+/// Whether `out` exists and was written after everything under `input` last changed.
+fn is_newer(out: &Path, input: &Path) -> anyhow::Result<bool> {
+    let Ok(written) = std::fs::metadata(out).and_then(|m| m.modified()) else {
+        return Ok(false);
+    };
+    let mut newest = std::fs::metadata(input)?.modified()?;
+    if input.is_dir() {
+        for e in std::fs::read_dir(input)? {
+            newest = newest.max(e?.metadata()?.modified()?);
+        }
+    }
+    Ok(written > newest)
 }

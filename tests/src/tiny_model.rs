@@ -386,6 +386,23 @@ pub fn torrent_model(dir: &Path) -> (PathBuf, web_node::model::Manifest) {
     (path, manifest)
 }
 
+/// Writes the default model's tokenizer into the checkpoint directory `dir` as a
+/// `tokenizer.json`, with a `tokenizer_config.json` naming its BOS and EOS and a chat template.
+pub fn write_default_tokenizer(dir: &Path) {
+    use web_node::model::gguf::GgufModel;
+    let default = GgufModel::open(&crate::default_model()).expect("default model");
+    let md = default.tokenizer().expect("tokenizer").gguf_metadata().expect("metadata");
+    let Some((_, Value::Str(json))) = md.iter().find(|(k, _)| k == web_node::model::tokenizer::HF_JSON) else {
+        panic!("no tokenizer.json in the default model's tokenizer metadata")
+    };
+    std::fs::write(dir.join("tokenizer.json"), json).expect("write tokenizer.json");
+    let config = serde_json::json!({
+        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": true,
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}",
+    });
+    std::fs::write(dir.join("tokenizer_config.json"), config.to_string()).expect("write tokenizer_config.json");
+}
+
 /// Serializes metadata and `(name, dims, ggml type, bytes)` tensors as GGUF.
 pub fn write_gguf<K: AsRef<str>>(metadata: &[(K, Value)], tensors: &[(String, Vec<u64>, u32, Vec<u8>)]) -> Vec<u8> {
     let metadata: Vec<(&str, Value)> = metadata.iter().map(|(k, v)| (k.as_ref(), v.clone())).collect();

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use ait_tests::tiny_model::{gguf_name, write_gguf, TempDir, TinyModel};
+use ait_tests::tiny_model::{gguf_name, write_default_tokenizer, write_gguf, TempDir, TinyModel};
 use bytes::Bytes;
 use pollster::block_on;
 use rand::{Rng, SeedableRng};
@@ -461,22 +461,6 @@ fn gguf_shape_contradicting_config() {
 
 // ---- converting a checkpoint to GGUF (`ait publish DIR`) ----
 
-/// The default model's tokenizer as a `tokenizer.json`, and a `tokenizer_config.json` naming
-/// its BOS/EOS with a chat template, written into `dir`.
-fn write_tokenizer_files(dir: &Path) {
-    let default = GgufModel::open(&ait_tests::default_model()).expect("default model");
-    let md = default.tokenizer().expect("tokenizer").gguf_metadata().expect("metadata");
-    let Some((_, Value::Str(json))) = md.iter().find(|(k, _)| k == web_node::model::tokenizer::HF_JSON) else {
-        panic!("no tokenizer.json in {md:?}")
-    };
-    write(&dir.join("tokenizer.json"), json.as_bytes());
-    let config = serde_json::json!({
-        "bos_token": "<|im_start|>", "eos_token": "<|im_end|>", "add_bos_token": true,
-        "chat_template": "{% for m in messages %}<|im_start|>{{ m.content }}<|im_end|>{% endfor %}",
-    });
-    write(&dir.join("tokenizer_config.json"), config.to_string().as_bytes());
-}
-
 /// Converts the checkpoint in `dir` to `dir/out.gguf` as `target` (or as stored).
 fn convert(dir: &Path, target: Option<WeightType>) -> Result<ModelFile, ConvertError> {
     let st = ModelFile::open(dir).expect("open checkpoint");
@@ -507,7 +491,7 @@ fn a_checkpoint_converted_to_gguf_is_the_same_model() {
         let m = TinyModel::random_arch(17, arch, 2, 128, tied).rounded(dtype);
         let dir = TempDir::new(&format!("convert-{}-{tied}", arch.name()));
         m.write_hf(dir.path(), dtype, 1);
-        write_tokenizer_files(dir.path());
+        write_default_tokenizer(dir.path());
         let st = ModelFile::open(dir.path()).expect("open");
         let gg = convert(dir.path(), None).expect("converts");
         assert_eq!(st.config(), gg.config(), "{arch:?}");
@@ -543,7 +527,7 @@ fn a_checkpoint_quantized_to_gguf_and_what_is_refused() {
     let m = TinyModel::random(23, false);
     let dir = TempDir::new("convert-q8");
     m.write_hf(dir.path(), WeightType::F16, 1);
-    write_tokenizer_files(dir.path());
+    write_default_tokenizer(dir.path());
     let st = ModelFile::open(dir.path()).expect("open");
     for target in [WeightType::Q8_0, WeightType::Q4_1] {
         let gg = convert(dir.path(), Some(target)).expect("converts");

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ait_tests::procs::{ait_bin, temp_dir, Relay};
-use ait_tests::tiny_model::torrent_model;
+use ait_tests::tiny_model::{torrent_model, write_default_tokenizer, TinyModel};
 
 /// `fetched <part>: <bytes> bytes from <peers> peers, <resumed> resumed` lines, by part.
 fn fetched(relay: &Relay) -> Vec<(String, u64, usize, u64)> {
@@ -133,6 +133,66 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
     assert!(!local.trim().is_empty(), "no local output");
     assert_eq!(swarm, local, "the chain of fetched blocks generates otherwise than the file");
     drop(relays);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// Deliverable 5 from a Hugging Face checkpoint: `ait publish DIR --quantize q8_0` converts an
+/// f16 checkpoint (config.json, safetensors, tokenizer.json) into a q8_0 GGUF file, prints
+/// how far the quantized model's greedy tokens and logits drift from the original's, and
+/// publishes it; a relay that knows only the id fetches it and generates what one process
+/// does from the converted file. Publishing the same directory again reuses the converted
+/// file and its report.
+#[test]
+fn a_hugging_face_checkpoint_is_quantized_published_and_fetched() {
+    use web_node::model::{gguf::GgufModel, Arch, ModelFile, WeightType};
+    let root = temp_dir("torrent-hf");
+    let vocab = GgufModel::open(&ait_tests::default_model()).expect("default model").config().vocab;
+    let hf = root.join("tiny-hf");
+    std::fs::create_dir_all(&hf).expect("mkdir");
+    TinyModel::random_shape(9, Arch::Llama, (128, 256), 3, vocab, true).write_hf(&hf, WeightType::F16, 1);
+    write_default_tokenizer(&hf);
+    let args = ["--quantize", "q8_0", "--name", "Tiny HF"];
+    let seed = Relay::publish(&root.join("seed"), &hf, &args);
+    let line = |r: &Relay, prefix: &str| {
+        r.stdout
+            .iter()
+            .find_map(|l| l.strip_prefix(prefix))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {prefix:?} line: {:?}", r.stdout))
+    };
+    // drift: greedy tokens identical A/72; top-1 agreement B/72; max |logit diff| X; mean KL Y nats
+    let drift = line(&seed, "drift: ");
+    let nums: Vec<f64> = drift
+        .replace("top-1", "top")
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    let [same, total, agree, total2, max_diff, kl, ..] = nums[..] else { panic!("{drift}") };
+    assert_eq!((total, total2), (72.0, 72.0), "3 prompts of 24 tokens: {drift}");
+    assert!(same <= total && agree <= total && agree >= same.min(1.0), "{drift}");
+    // q8_0 of random weights moves the logits, but only a little.
+    assert!(max_diff > 0.0 && kl > 0.0 && kl < 0.05, "{drift}");
+    let converted = line(&seed, "converted: ");
+    let file = ModelFile::open(Path::new(&converted)).expect("the converted file");
+    assert_eq!(file.load_layer(2).expect("layer").ffn_down.dtype, WeightType::Q8_0);
+    assert!(file.tokenizer().is_ok() && file.chat_template().is_some());
+    let id = line(&seed, "published: model ").split_whitespace().next().expect("id").to_string();
+
+    let relay = Relay::start(&root.join("r"), &["--model", &id, "--blocks", "0..3", "--bootstrap", &seed.addr("tcp")]);
+    assert_eq!(relay.model_id(), id);
+    let gen =
+        ["generate", "--model", &converted, "--temperature", "0", "--max-tokens", "12", "--prompt", "Hello there"];
+    let local = ait(&[&gen[..], &["--backend", "cpu"]].concat());
+    let swarm = ait(&[&gen[..], &["--swarm", &relay.addr("tcp")]].concat());
+    assert!(!local.trim().is_empty(), "no local output");
+    assert_eq!(swarm, local, "the fetched model generates otherwise than the converted file");
+    drop((relay, seed));
+
+    let again = Relay::publish(&root.join("seed"), &hf, &args);
+    assert!(again.stdout.iter().any(|l| l.ends_with("(kept from an earlier run)")), "{:?}", again.stdout);
+    assert_eq!(line(&again, "drift: "), drift);
+    assert_eq!(line(&again, "published: model ").split_whitespace().next(), Some(id.as_str()));
+    drop(again);
     let _ = std::fs::remove_dir_all(root);
 }
 

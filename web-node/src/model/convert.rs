@@ -21,6 +21,10 @@ use super::quant::{dequantize, quantize};
 use super::weights::permute_rope_rows;
 use super::{Arch, LayerWeights, LlamaConfig, ModelError, ModelFile, QMatrix, WeightType};
 
+/// `general.*` keys that describe the file's format, not the model: not carried over.
+const GENERAL_FORMAT: &[&str] =
+    &["general.architecture", "general.alignment", "general.file_type", "general.quantization_version"];
+
 /// Why a model cannot be converted.
 #[derive(Debug, thiserror::Error)]
 pub enum ConvertError {
@@ -87,7 +91,8 @@ pub struct Conversion<'a> {
 }
 
 impl<'a> Conversion<'a> {
-    /// Plans writing `file` as GGUF named `name`, matrices as `target` (or as stored). Reads
+    /// Plans writing `file` as GGUF named `name` (a GGUF file keeps its own `general.name` and
+    /// other labels), matrices as `target` (or as stored). Reads
     /// every layer once to learn the stored types; fails before anything is written when the
     /// model cannot be converted.
     pub fn plan(file: &'a ModelFile, target: Option<WeightType>, name: &str) -> Result<Self, ConvertError> {
@@ -105,6 +110,15 @@ impl<'a> Conversion<'a> {
             return Err(ConvertError::NoQuantizer(t));
         }
         let mut metadata = config_metadata(config, name);
+        // A GGUF file's labels (name, license, tags...) carry over; they are in no part.
+        if let ModelFile::Gguf(g) = file {
+            let kept = |k: &str| k.starts_with("general.") && !GENERAL_FORMAT.contains(&k);
+            let labels = g.file().metadata.0.iter().filter(|(k, _)| kept(k));
+            let mut labels: Vec<(String, Value)> = labels.map(|(k, v)| (k.clone(), v.clone())).collect();
+            labels.sort_by(|a, b| a.0.cmp(&b.0));
+            metadata.retain(|(k, _)| k != "general.name" || !labels.iter().any(|(l, _)| l == k));
+            metadata.extend(labels);
+        }
         if file.has_tokenizer() {
             metadata.extend(file.tokenizer()?.gguf_metadata()?);
         }
@@ -137,7 +151,7 @@ impl<'a> Conversion<'a> {
         };
         let dtype = self.target.unwrap_or(stored);
         let cols = dims[0] as usize;
-        if cols % dtype.block_len() != 0 {
+        if !cols.is_multiple_of(dtype.block_len()) {
             return Err(ConvertError::NotBlocks { tensor: name, cols, target: dtype, block: dtype.block_len() });
         }
         Ok(Planned { name, dims, dtype })

@@ -763,6 +763,24 @@ mod tests {
         TK.get_or_init(|| Tokenizer::from_gguf(&smollm_metadata()).expect("tokenizer")).clone()
     }
 
+    /// The metadata `ait publish` writes for a converted checkpoint reads back as the same
+    /// tokenizer; a BOS id outside the vocabulary is an error naming the key.
+    #[test]
+    fn huggingface_json_in_gguf_round_trips() {
+        let tk = smollm();
+        let md = Metadata(tk.gguf_metadata().unwrap().into_iter().collect());
+        assert!(md.get("tokenizer.ggml.model").is_none());
+        let back = Tokenizer::from_gguf(&md).unwrap();
+        assert_eq!(back.fingerprint().unwrap(), tk.fingerprint().unwrap());
+        let text = "<|im_start|>user\nHello 2+2=4, ça va?<|im_end|>";
+        assert_eq!(back.encode(text).unwrap(), tk.encode(text).unwrap());
+        assert_eq!(back.eos_tokens(), tk.eos_tokens());
+        let mut bad = md;
+        bad.0.insert("tokenizer.ggml.bos_token_id".into(), Value::U64(1 << 20));
+        let e = Tokenizer::from_gguf(&bad).unwrap_err().to_string();
+        assert!(e.contains("tokenizer.ggml.bos_token_id"), "{e}");
+    }
+
     #[test]
     fn smollm_specials() {
         let tk = smollm();
