@@ -53,7 +53,11 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
             assert!(bytes == extract(g.file(), n, part).unwrap(), "{part}: other bytes");
             let from: Vec<u64> =
                 peers.iter().map(|p| report.from.iter().find(|(q, _)| q == p).map_or(0, |x| x.1)).collect();
-            assert!(from.iter().all(|&b| b > 0), "{part}: not fetched from both seeders: {from:?}");
+            // The head's 31 ranges are spread over both seeders; block 5's three may all go to
+            // the faster one (the end game asks it for the slower one's range too).
+            if part == Part::Head {
+                assert!(from.iter().all(|&b| b > 0), "{part}: not fetched from both seeders: {from:?}");
+            }
             assert_eq!(from.iter().sum::<u64>(), r.size);
             assert!(report.banned.is_empty());
             println!("{part}: {} bytes, {from:?} from the two seeders", r.size);

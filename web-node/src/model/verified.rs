@@ -220,11 +220,17 @@ impl<R: Read> Iterator for RangeDecoder<'_, R> {
 pub fn decode_range(root: PartRoot, range: Range<u64>, encoded: impl Read) -> Result<Vec<u8>, VerifyError> {
     let chunks = RangeDecoder::<&[u8]>::chunks(&root, &range)?;
     let span = group_range(&range, root.size);
-    let mut out = vec![0u8; (span.end - span.start) as usize];
+    let mut out = Vec::with_capacity((span.end - span.start) as usize);
+    // One range's groups come in order, each right after the last.
     for item in RangeDecoder::new(root, &chunks, encoded) {
         let (offset, data) = item?;
-        let at = (offset - span.start) as usize;
-        out[at..at + data.len()].copy_from_slice(&data);
+        if offset != span.start + out.len() as u64 {
+            return Err(VerifyError::Local(format!("chunk group at {offset} out of order")));
+        }
+        out.extend_from_slice(&data);
+    }
+    if out.len() as u64 != span.end - span.start {
+        return Err(VerifyError::Truncated { offset: span.start + out.len() as u64 });
     }
     Ok(out)
 }

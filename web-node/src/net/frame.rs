@@ -33,6 +33,13 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
+/// Most bytes [`read_frame`] reserves for a payload before they arrive (a 1 MiB part range
+/// with its proof fits, so it is read without growing the buffer).
+const RESERVE: usize = 2 << 20;
+
+/// Frames up to this size are written in one write (the length copied in front).
+const COPY_BELOW: usize = 64 << 10;
+
 /// The slowest a frame's payload may arrive once started, in bytes per second, on top of the
 /// `body` time: a 16 MiB replay over a slow circuit gets 256 s more, a small frame no more
 /// than `body`.
@@ -58,8 +65,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(FrameError::TooLarge { len: n, limit });
     }
     let payload = async {
-        // Grow with the bytes that actually arrive, not with what the peer announced.
-        let mut buf = Vec::with_capacity(n.min(64 << 10));
+        // Reserve what was announced only up to RESERVE; past that, grow with the bytes that
+        // actually arrive, so an announcement alone cannot make us allocate much.
+        let mut buf = Vec::with_capacity(n.min(RESERVE));
         (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
         if buf.len() < n {
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
@@ -70,16 +78,22 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     super::timeout(allowed, payload).await.ok_or(FrameError::Timeout(allowed))?
 }
 
-/// Writes one frame and flushes it.
+/// Writes one frame and flushes it. A small frame goes out in one write; a large one as its
+/// length and then its payload, rather than copying the payload behind the length.
 pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, payload: &[u8]) -> Result<(), FrameError> {
     let len = u32::try_from(payload.len())
         .ok()
         .filter(|&n| n as usize <= MAX_FRAME)
         .ok_or(FrameError::TooLarge { len: payload.len(), limit: MAX_FRAME })?;
-    let mut buf = Vec::with_capacity(4 + payload.len());
-    buf.extend_from_slice(&len.to_le_bytes());
-    buf.extend_from_slice(payload);
-    w.write_all(&buf).await?;
+    if payload.len() > COPY_BELOW {
+        w.write_all(&len.to_le_bytes()).await?;
+        w.write_all(payload).await?;
+    } else {
+        let mut buf = Vec::with_capacity(4 + payload.len());
+        buf.extend_from_slice(&len.to_le_bytes());
+        buf.extend_from_slice(payload);
+        w.write_all(&buf).await?;
+    }
     w.flush().await?;
     Ok(())
 }
