@@ -409,6 +409,14 @@ fn a_model_published_from_a_tab_is_fetched_by_a_relay() {
     let creator = creator.as_str().unwrap_or_default().trim().to_string();
     assert!(creator.starts_with("12D3"), "{creator}");
     assert_eq!(card, &format!("card: \"Tab Tiny\" by {creator}"), "the card is not signed by the tab's creator key");
+    // The card carries the time block 0 took per token on the tab's GPU.
+    let listed = ait_tests::procs::ait_stdout(&["models", "--swarm", &boot, "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).expect("ait models --json");
+    let m = listed.as_array().and_then(|a| a.iter().find(|m| m["id"] == id.as_str())).expect("the model is listed");
+    let measured = &m["card"]["measured"];
+    eprintln!("measured in the tab: {measured}");
+    assert!(measured["ms_per_block"].as_f64().is_some_and(|ms| ms > 0.0), "{m}");
+    assert_eq!(measured["backend"].as_str(), Some("webgpu"), "{m}");
 
     // Once r1 serves it, the chat's model picker lists the model with the card's labels.
     let option = b

@@ -1,6 +1,7 @@
 //! Publishing from the tab: a creator picks a GGUF file; the tab reads it, cuts it into parts
 //! and hashes them in wasm (the model id is the hash of the manifest built from them), signs a
-//! model card with the browser's creator key ([`creator_key`]), holds every part and seeds them: a circuit address on the
+//! model card with the browser's creator key ([`creator_key`]) and, where the tab has WebGPU,
+//! the time block 0 took per token on its GPU; holds every part and seeds them: a circuit address on the
 //! relay, and provider records for the parts, the model and the seeders' key. Relays then
 //! fetch it (`ait relay --model ID`), and relays that pin this creator keep copies.
 //!
@@ -22,15 +23,19 @@ use leptos::task::spawn_local;
 use libp2p::identity::Keypair;
 use wasm_bindgen::JsCast;
 use wasm_bindgen_futures::JsFuture;
-use web_node::model::card::{Labels, ModelCard};
+use web_node::engine::gpu::GpuBackend;
+use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
+use web_node::model::card::{Labels, Measured, ModelCard};
 use web_node::model::gguf::GgufModel;
 use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelFile, ModelId};
+use web_node::net::serve::{measure_ms_per_block, ServeError};
 
 use crate::error::AppError;
 use crate::http::browser_err;
 use crate::net::Net;
 use crate::parts;
+use crate::seed::serve::{has_webgpu, open_gpu};
 use crate::swarm::Swarm;
 
 /// Bytes read from the file at a time (for progress).
@@ -176,11 +181,15 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
     let index = manifest.parts.clone().ok_or_else(|| AppError::NoPart("parts".into()))?;
     let all: Vec<Part> = std::iter::once(Part::Head).chain((0..manifest.n_layers).map(Part::Block)).collect();
     let mut total = 0;
+    let mut first_block = None;
     for (k, part) in all.iter().enumerate() {
         step(format!("Cutting and hashing {part} ({}/{})", k + 1, all.len()), k as u64, all.len() as u64);
         pause().await;
         let cut = Bytes::from(extract(model.file(), manifest.n_layers, *part).map_err(AppError::Publish)?);
         total += cut.len() as u64;
+        if *part == Part::Block(0) {
+            first_block = Some(cut.clone());
+        }
         let root = net.parts.hold(cut);
         if index.get(*part).map(|r| r.root.as_str()) != Some(root.as_str()) {
             return Err(AppError::NoPart(format!("{part} as the manifest lists it (cut twice, hashed differently)")));
@@ -189,7 +198,14 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
     net.parts.hold_manifest(&manifest);
     let id = manifest.id();
     let now = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let card = ModelCard::for_gguf(&model, &manifest, &labels, None, now).map_err(AppError::Card)?;
+    let measured = match first_block {
+        Some(block) if has_webgpu() => {
+            step("Measuring block 0 on this tab's GPU…".into(), 1, 1);
+            measure(block).await.map_err(|e| tracing::warn!("the card carries no speed: {e}")).ok()
+        }
+        _ => None,
+    };
+    let card = ModelCard::for_gguf(&model, &manifest, &labels, measured, now).map_err(AppError::Card)?;
     drop(model);
     let signed = card.sign(&creator_key()).map_err(AppError::Card)?;
     net.parts.hold_card(id, Bytes::from(signed));
@@ -197,6 +213,19 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
     net.reserve().await?;
     parts::announce(&net.handle, &net.parts, &id).await?;
     Ok(Published { id, parts: all.len(), bytes: total, name: card.name })
+}
+
+/// The decode time of one token through block 0 (its part, `block`) on this tab's GPU, as a
+/// server measures its blocks ([`measure_ms_per_block`]) and `ait publish` does natively.
+async fn measure(block: Bytes) -> Result<Measured, AppError> {
+    let (ctx, adapter) = open_gpu().await?;
+    let model = GgufModel::from_bytes(block).map_err(AppError::Publish)?;
+    let layers = vec![model.load_layer(0).map_err(AppError::Publish)?];
+    let backend = GpuBackend::new(ctx, model.config().clone(), 0..1, &layers)
+        .map_err(|source| AppError::GpuUpload { adapter: adapter.name, blocks: 0..1, source })?;
+    let mut executor = BlockExecutor::new(backend, ExecutorConfig::default());
+    let ms_per_block = measure_ms_per_block(&mut executor).await.map_err(ServeError::Measure)?;
+    Ok(Measured { ms_per_block, backend: executor.backend().name().to_string() })
 }
 
 /// Lets the page draw before the next stretch of work.
