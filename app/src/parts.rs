@@ -15,6 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use wasm_bindgen_futures::spawn_local;
 use web_node::model::manifest::PartRef;
+use web_node::model::verified::PartRoot;
 use web_node::model::{Manifest, ModelId};
 use web_node::net::directory::tail_chars;
 use web_node::net::node::NodeHandle;
@@ -45,11 +46,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl TabParts {
-    /// Holds a verified part (hashing it into its tree once); returns its root (hex).
-    pub fn hold(&self, bytes: Bytes) -> String {
+    /// Holds a verified part (hashing it into its tree once); returns its root.
+    pub fn hold(&self, bytes: Bytes) -> PartRoot {
         let part = HeldPart::new(bytes);
-        let root = part.root().to_hex();
-        lock(&self.held).insert(root.clone(), Arc::new(part));
+        let root = part.root();
+        lock(&self.held).insert(root.to_hex(), Arc::new(part));
         root
     }
 

@@ -5,14 +5,17 @@
 //! relay, and provider records for the parts, the model and the seeders' key. Relays then
 //! fetch it (`ait relay --model ID`), and relays that pin this creator keep copies.
 //!
-//! The whole file is read into memory (a wasm page has 4 GiB at most), and cutting and
-//! hashing run on the page's thread between short pauses, so the page stays responsive
-//! between parts.
+//! The file is read a part at a time: its header first, then each part's tensors where they
+//! lie, cut into the part and hashed once (the root the tab holds it under is the one the
+//! manifest lists). The tab holds every part in memory to seed it (a wasm page has 4 GiB at
+//! most), and cutting and hashing run on the page's thread between short pauses, so the page
+//! stays responsive between parts.
 
 pub mod view;
 
 pub use view::PublishView;
 
+use std::collections::HashMap;
 use std::fmt;
 use std::time::Duration;
 
@@ -26,9 +29,9 @@ use wasm_bindgen_futures::JsFuture;
 use web_node::engine::gpu::GpuBackend;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::card::{Labels, Measured, ModelCard};
-use web_node::model::gguf::GgufModel;
-use web_node::model::parts::{extract, Part};
-use web_node::model::{Manifest, ModelFile, ModelId};
+use web_node::model::gguf::{GgufFile, GgufModel, TensorInfo};
+use web_node::model::parts::{cut, part_tensors, ManifestFromParts, Part};
+use web_node::model::{ModelError, ModelId};
 use web_node::net::serve::{measure_ms_per_block, ServeError};
 
 use crate::error::AppError;
@@ -38,8 +41,9 @@ use crate::parts;
 use crate::seed::serve::{has_webgpu, open_gpu};
 use crate::swarm::Swarm;
 
-/// Bytes read from the file at a time (for progress).
-const READ_CHUNK: f64 = 16.0 * 1024.0 * 1024.0;
+/// Bytes read first for the file's header (metadata, tokenizer, tensor index); 8 times more
+/// while that is not enough.
+const HEADER_READ: u64 = 16 << 20;
 
 /// The `localStorage` key of the creator's key.
 const CREATOR_KEY: &str = "ait-creator-key";
@@ -167,34 +171,55 @@ impl Publisher {
 /// Progress of [`publish`]: a line, work done, work to do.
 pub type Step<'a> = &'a dyn Fn(String, u64, u64);
 
-/// Reads `file`, cuts and hashes it, signs its card and seeds it from this tab.
+/// Reads `file` a part at a time, cuts and hashes each part once (holding it to seed), signs
+/// the model's card and seeds it from this tab.
 pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<'_>) -> Result<Published, AppError> {
     let name = file.name();
-    let bytes = read(&file, &|done, total| {
-        step(format!("Reading {name}: {:.1} / {:.1} MB", done as f64 / 1e6, total as f64 / 1e6), done, total)
-    })
-    .await?;
-    step(format!("Hashing {name} (the manifest: every layer, the head and the tokenizer)…"), 0, 1);
-    pause().await;
-    let model = GgufModel::from_bytes(Bytes::from(bytes)).map_err(AppError::Publish)?;
-    let manifest = Manifest::of_file(&ModelFile::Gguf(model.clone())).map_err(AppError::Publish)?;
-    let index = manifest.parts.clone().ok_or_else(|| AppError::NoPart("parts".into()))?;
-    let all: Vec<Part> = std::iter::once(Part::Head).chain((0..manifest.n_layers).map(Part::Block)).collect();
-    let mut total = 0;
+    step(format!("Reading the header of {name}…"), 0, 1);
+    let header = read_header(&file).await?;
+    let n = header.config().n_layers;
+    let to_read: u64 = header.file().tensors.iter().filter_map(|t| t.size).sum();
+    let all: Vec<Part> = std::iter::once(Part::Head).chain((0..n).map(Part::Block)).collect();
+    let (mut done, mut total) = (0u64, 0u64);
+    let mut manifest: Option<ManifestFromParts> = None;
     let mut first_block = None;
     for (k, part) in all.iter().enumerate() {
-        step(format!("Cutting and hashing {part} ({}/{})", k + 1, all.len()), k as u64, all.len() as u64);
+        let mb = |b: u64| b as f64 / 1e6;
+        let line = format!(
+            "Reading, cutting and hashing {part} ({}/{}): {:.1} / {:.1} MB",
+            k + 1,
+            all.len(),
+            mb(done),
+            mb(to_read)
+        );
+        step(line, done, to_read);
         pause().await;
-        let cut = Bytes::from(extract(model.file(), manifest.n_layers, *part).map_err(AppError::Publish)?);
-        total += cut.len() as u64;
-        if *part == Part::Block(0) {
-            first_block = Some(cut.clone());
+        let mut data = HashMap::new();
+        for t in part_tensors(header.file(), n, *part).map_err(AppError::Publish)? {
+            let size = t.size.ok_or_else(|| {
+                AppError::Publish(ModelError::UnsupportedType { tensor: t.name.clone(), dtype: t.dtype.name() })
+            })?;
+            data.insert(t.name.clone(), read_range(&file, t.offset, size).await?);
+            done += size;
         }
-        let root = net.parts.hold(cut);
-        if index.get(*part).map(|r| r.root.as_str()) != Some(root.as_str()) {
-            return Err(AppError::NoPart(format!("{part} as the manifest lists it (cut twice, hashed differently)")));
+        let missing = |t: &TensorInfo| ModelError::MissingTensor(t.name.clone());
+        let bytes = cut(header.file(), n, *part, |t| data.get(&t.name).cloned().ok_or_else(|| missing(t)));
+        let bytes = Bytes::from(bytes.map_err(AppError::Publish)?);
+        drop(data);
+        total += bytes.len() as u64;
+        let root = net.parts.hold(bytes.clone());
+        match (&mut manifest, part) {
+            (None, Part::Head) => manifest = Some(ManifestFromParts::head(bytes, root).map_err(AppError::Publish)?),
+            (Some(m), Part::Block(i)) => {
+                if *i == 0 {
+                    first_block = Some(bytes.clone());
+                }
+                m.block(bytes, root).map_err(AppError::Publish)?;
+            }
+            _ => return Err(AppError::NoPart(format!("{part} out of order"))),
         }
     }
+    let manifest = manifest.ok_or_else(|| AppError::NoPart("head".into()))?.finish().map_err(AppError::Publish)?;
     net.parts.hold_manifest(&manifest);
     let id = manifest.id();
     let now = web_time::SystemTime::now().duration_since(web_time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
@@ -205,14 +230,45 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
         }
         _ => None,
     };
-    let card = ModelCard::for_gguf(&model, &manifest, &labels, measured, now).map_err(AppError::Card)?;
-    drop(model);
+    let card = ModelCard::for_gguf(&header, &manifest, &labels, measured, now).map_err(AppError::Card)?;
+    drop(header);
     let signed = card.sign(&creator_key()).map_err(AppError::Card)?;
     net.parts.hold_card(id, Bytes::from(signed));
     step("Taking a circuit address on the relay and announcing the parts…".into(), 1, 1);
     net.reserve().await?;
     parts::announce(&net.handle, &net.parts, &id).await?;
     Ok(Published { id, parts: all.len(), bytes: total, name: card.name })
+}
+
+/// The file's header (metadata and tensor index) from its first bytes: 16 MB, or more when
+/// the header is longer (a file that does not parse for another reason is refused at once).
+async fn read_header(file: &web_sys::File) -> Result<GgufModel, AppError> {
+    let len = file.size() as u64;
+    let mut prefix = HEADER_READ.min(len);
+    loop {
+        let bytes = read_range(file, 0, prefix).await?;
+        match GgufFile::parse_prefix(bytes, len).and_then(GgufModel::from_file) {
+            Ok(model) => return Ok(model),
+            // Only what a longer prefix can cure: the header (or a tensor the configuration
+            // reads, such as RoPE factors) runs past it.
+            Err(ModelError::Truncated { .. } | ModelError::Count { .. }) if prefix < len => {
+                prefix = (prefix * 8).min(len)
+            }
+            Err(e) => return Err(AppError::Publish(e)),
+        }
+    }
+}
+
+/// Bytes `[start, start + len)` of `file`.
+async fn read_range(file: &web_sys::File, start: u64, len: u64) -> Result<Bytes, AppError> {
+    let blob = file.slice_with_f64_and_f64(start as f64, (start + len) as f64).map_err(browser_err)?;
+    let buf = JsFuture::from(blob.array_buffer()).await.map_err(browser_err)?;
+    let array = Uint8Array::new(buf.unchecked_ref());
+    if array.length() as u64 != len {
+        let what = format!("{} bytes read at {start} of {}, {len} expected", array.length(), file.name());
+        return Err(AppError::Browser(what));
+    }
+    Ok(Bytes::from(array.to_vec()))
 }
 
 /// The decode time of one token through block 0 (its part, `block`) on this tab's GPU, as a
@@ -231,23 +287,4 @@ async fn measure(block: Bytes) -> Result<Measured, AppError> {
 /// Lets the page draw before the next stretch of work.
 async fn pause() {
     futures_timer::Delay::new(Duration::from_millis(1)).await;
-}
-
-/// The bytes of `file`, read a chunk at a time (reporting `(done, total)`).
-async fn read(file: &web_sys::File, progress: &dyn Fn(u64, u64)) -> Result<Vec<u8>, AppError> {
-    let total = file.size();
-    let mut out = Vec::with_capacity(total as usize);
-    let mut at = 0.0;
-    while at < total {
-        let end = (at + READ_CHUNK).min(total);
-        let blob = file.slice_with_f64_and_f64(at, end).map_err(browser_err)?;
-        let buf = JsFuture::from(blob.array_buffer()).await.map_err(browser_err)?;
-        let chunk = Uint8Array::new(buf.unchecked_ref());
-        let start = out.len();
-        out.resize(start + chunk.length() as usize, 0);
-        chunk.copy_to(&mut out[start..]);
-        at = end;
-        progress(at as u64, total as u64);
-    }
-    Ok(out)
 }

@@ -418,6 +418,17 @@ impl<'a> Reader<'a> {
 impl GgufFile {
     /// Parses the header of a GGUF file held in memory.
     pub fn parse(data: Bytes) -> Result<GgufFile, ModelError> {
+        let len = data.len() as u64;
+        Self::parse_prefix(data, len)
+    }
+
+    /// Parses the header of a GGUF file of `file_len` bytes from its first bytes, `prefix`
+    /// (the whole header, and any tensor data it holds): for reading a large file a part at a
+    /// time. The tensors' places are checked against `file_len`; the data of a tensor past
+    /// the prefix is an error when asked for ([`GgufFile::tensor_bytes`]), so the caller reads
+    /// it where [`TensorInfo::offset`] says. A prefix too short for the header is an error
+    /// (a longer one may parse).
+    pub fn parse_prefix(data: Bytes, file_len: u64) -> Result<GgufFile, ModelError> {
         let mut r = Reader { buf: &data, pos: 0, elements_left: MAX_METADATA_ELEMENTS };
         let magic = r.array::<4>("magic")?;
         if &magic != MAGIC {
@@ -429,7 +440,7 @@ impl GgufFile {
         }
         let n_tensors = r.u64("tensor count")?;
         let n_kv = r.u64("metadata count")?;
-        let len = data.len() as u64;
+        let len = file_len.max(data.len() as u64);
         let n_kv = r.check_count("metadata entries", n_kv, MIN_KV_BYTES)?;
         // Both indexes follow: the tensor index must fit beside the smallest metadata.
         let after_kv = (n_kv as u64).saturating_mul(MIN_KV_BYTES);
@@ -515,8 +526,18 @@ impl GgufFile {
                 ),
             });
         };
-        // `parse` checked that `offset + size` is within the file.
-        Ok((t, wt, self.data.slice(t.offset as usize..(t.offset + size) as usize)))
+        // `parse` checked that `offset + size` is within the file; a header parsed from a
+        // prefix may not hold it.
+        let end = t.offset + size;
+        if end > self.data.len() as u64 {
+            return Err(ModelError::Truncated {
+                what: format!("tensor {name} data (not read)"),
+                offset: t.offset,
+                needed: size,
+                len: self.data.len() as u64,
+            });
+        }
+        Ok((t, wt, self.data.slice(t.offset as usize..end as usize)))
     }
 
     /// The raw bytes of a tensor of a supported type, as stored in the file.
@@ -574,7 +595,12 @@ impl GgufModel {
 
     /// Parses a GGUF file held in memory.
     pub fn from_bytes(bytes: Bytes) -> Result<GgufModel, ModelError> {
-        let file = GgufFile::parse(bytes)?;
+        Self::from_file(GgufFile::parse(bytes)?)
+    }
+
+    /// The model of a parsed file (or of a header parsed from a prefix: configuration,
+    /// tokenizer and template are there; weights past the prefix are not).
+    pub fn from_file(file: GgufFile) -> Result<GgufModel, ModelError> {
         let config = config_from_metadata(&file)?;
         Ok(GgufModel { file, config })
     }

@@ -94,7 +94,7 @@ impl PartRef {
     }
 }
 
-/// The parts of a model cut from a GGUF file ([`super::parts::index`]).
+/// The parts of a model cut from a GGUF file ([`super::parts::ManifestFromParts`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartIndex {
     /// The head part (embeddings, final norm, LM head, tokenizer, template).
@@ -239,6 +239,9 @@ impl Manifest {
     /// Hashes every layer and the head of `file` (reads all weights once), its tokenizer
     /// (built once) and its chat template.
     pub fn of_file(file: &ModelFile) -> Result<Manifest, ModelError> {
+        if let ModelFile::Gguf(g) = file {
+            return super::parts::manifest_of(g.file(), g.config().n_layers);
+        }
         let config = file.config();
         let blocks = (0..config.n_layers)
             .map(|i| file.load_layer(i).map(|w| hex::encode(layer_hash(&w))))
@@ -248,13 +251,8 @@ impl Manifest {
             false => None,
         };
         let template = file.chat_template();
-        let parts = match file {
-            ModelFile::Gguf(g) => Some(super::parts::index(g.file(), config)?),
-            ModelFile::Safetensors(_) => None,
-        };
-        let manifest = Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
-            .with_text(tokenizer, template.as_deref().map(template_hash));
-        Ok(Manifest { parts, ..manifest })
+        Ok(Manifest::new(config, blocks, hex::encode(head_hash(&file.load_head()?)))
+            .with_text(tokenizer, template.as_deref().map(template_hash)))
     }
 
     /// Checks `file` against this manifest for what a node uses of it: its configuration,
@@ -396,6 +394,13 @@ impl Manifest {
         let d = Manifest::new(config, self.blocks.clone(), self.head.clone())
             .with_text(self.tokenizer.clone(), self.chat_template.clone());
         Manifest { parts: self.parts.clone(), ..d } == *self
+    }
+
+    /// Whether configurations `a` and `b` give a manifest the same fields (a block part's own
+    /// configuration may differ from the head's in what it does not hold, such as whether the
+    /// embeddings are tied).
+    pub(crate) fn same_config(a: &LlamaConfig, b: &LlamaConfig) -> bool {
+        Manifest::new(a, Vec::new(), String::new()) == Manifest::new(b, Vec::new(), String::new())
     }
 
     /// The model id: SHA-256 of this manifest's JSON.

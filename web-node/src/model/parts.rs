@@ -18,8 +18,9 @@
 use bytes::Bytes;
 
 use super::gguf::writer::{write, TensorOut};
-use super::gguf::{GgufFile, GgufModel};
+use super::gguf::{GgufFile, GgufModel, TensorInfo};
 use super::manifest::{head_hash, layer_hash, template_hash, tokenizer_hash, PartIndex, PartRef};
+use super::verified::{PartRoot, PartTree};
 use super::{LayerWeights, LlamaConfig, Manifest, ModelError};
 
 /// Tensors outside `blk.*` that every block's computation depends on, so every block part
@@ -47,19 +48,31 @@ impl std::fmt::Display for Part {
 
 /// Cuts `part` out of a GGUF file of `n_layers` layers, as a GGUF file of its own.
 pub fn extract(file: &GgufFile, n_layers: usize, part: Part) -> Result<Vec<u8>, ModelError> {
-    if let Part::Block(i) = part {
-        if i >= n_layers {
-            return Err(ModelError::LayerOutOfRange { layer: i, n_layers });
-        }
-    }
+    cut(file, n_layers, part, |t| file.tensor_bytes(&t.name))
+}
+
+/// The tensors of `file` that `part` holds, in file order (see [`extract`]).
+pub fn part_tensors(file: &GgufFile, n_layers: usize, part: Part) -> Result<Vec<&TensorInfo>, ModelError> {
     let prefix = match part {
+        Part::Block(i) if i >= n_layers => return Err(ModelError::LayerOutOfRange { layer: i, n_layers }),
         Part::Block(i) => Some(format!("blk.{i}.")),
         Part::Head => None,
     };
-    let keep_tensor = |name: &str| match &prefix {
+    let keep = |name: &str| match &prefix {
         Some(p) => name.starts_with(p.as_str()) || SHARED_TENSORS.contains(&name),
         None => !name.starts_with("blk."),
     };
+    Ok(file.tensors.iter().filter(|t| keep(&t.name)).collect())
+}
+
+/// [`extract`] with each tensor's bytes from `data`: for a file whose header was parsed from
+/// a prefix ([`GgufFile::parse_prefix`]) and whose tensors are read where they lie.
+pub fn cut(
+    file: &GgufFile,
+    n_layers: usize,
+    part: Part,
+    mut data: impl FnMut(&TensorInfo) -> Result<Bytes, ModelError>,
+) -> Result<Vec<u8>, ModelError> {
     let label = |k: &str| k.starts_with("general.") && !matches!(k, "general.architecture" | "general.alignment");
     let mut metadata: Vec<(&str, super::gguf::Value)> = file
         .metadata
@@ -69,26 +82,106 @@ pub fn extract(file: &GgufFile, n_layers: usize, part: Part) -> Result<Vec<u8>, 
         .map(|(k, v)| (k.as_str(), v.clone()))
         .collect();
     metadata.sort_by(|a, b| a.0.cmp(b.0));
-    let mut data = Vec::new();
-    for t in file.tensors.iter().filter(|t| keep_tensor(&t.name)) {
-        data.push((t, file.tensor_bytes(&t.name)?));
+    let mut bytes = Vec::new();
+    for t in part_tensors(file, n_layers, part)? {
+        let b = data(t)?;
+        if Some(b.len() as u64) != t.size {
+            return Err(ModelError::Truncated {
+                what: format!("tensor {} data", t.name),
+                offset: t.offset,
+                needed: t.size.unwrap_or(0),
+                len: b.len() as u64,
+            });
+        }
+        bytes.push((t, b));
     }
-    let tensors: Vec<TensorOut<'_>> = data
+    let tensors: Vec<TensorOut<'_>> = bytes
         .iter()
         .map(|(t, b)| TensorOut { name: &t.name, dims: t.dims.clone(), ggml_type: t.dtype.0, data: b })
         .collect();
     Ok(write(&metadata, &tensors))
 }
 
-/// The [`PartIndex`] of a GGUF file of configuration `config`: cuts every part once and hashes
-/// it (BLAKE3, one pass).
-pub fn index(file: &GgufFile, config: &LlamaConfig) -> Result<PartIndex, ModelError> {
-    let n = config.n_layers;
-    let head = PartRef::of(&extract(file, n, Part::Head)?, config.head_flops());
-    let blocks = (0..n)
-        .map(|i| Ok(PartRef::of(&extract(file, n, Part::Block(i))?, config.layer_flops())))
-        .collect::<Result<_, ModelError>>()?;
-    Ok(PartIndex { head, blocks })
+/// A GGUF model's manifest built from its parts as they are cut, one at a time: the head
+/// first, then each block in order ([`Manifest::of_file`] for a whole file, the tab as it
+/// reads a file a part at a time). Each part is parsed as a node that downloads it parses it,
+/// so the hashes are the ones [`verify_head`] and [`verify_block`] check. The caller gives
+/// each part's root, computed once where it holds the part.
+pub struct ManifestFromParts {
+    config: LlamaConfig,
+    head: PartRef,
+    head_hash: String,
+    tokenizer: Option<String>,
+    template: Option<String>,
+    blocks: Vec<String>,
+    refs: Vec<PartRef>,
+}
+
+impl ManifestFromParts {
+    /// Starts from the head part (`bytes`, whose root is `root`).
+    pub fn head(bytes: Bytes, root: PartRoot) -> Result<ManifestFromParts, ModelError> {
+        let ctx = |e: ModelError| e.in_file("head");
+        let model = GgufModel::from_bytes(bytes).map_err(ctx)?;
+        let config = model.config().clone();
+        let head_hash = hex::encode(head_hash(&model.load_head().map_err(ctx)?));
+        let tokenizer = match model.has_tokenizer() {
+            true => Some(tokenizer_hash(&model.tokenizer().map_err(ctx)?)?),
+            false => None,
+        };
+        let template = model.chat_template().as_deref().map(template_hash);
+        let head = PartRef { size: root.size, root: root.to_hex(), flops: config.head_flops() };
+        let n = config.n_layers;
+        Ok(ManifestFromParts {
+            config,
+            head,
+            head_hash,
+            tokenizer,
+            template,
+            blocks: Vec::with_capacity(n),
+            refs: Vec::with_capacity(n),
+        })
+    }
+
+    /// Adds the next block's part.
+    pub fn block(&mut self, bytes: Bytes, root: PartRoot) -> Result<(), ModelError> {
+        let i = self.blocks.len();
+        let ctx = |e: ModelError| e.in_file(Part::Block(i).to_string());
+        let model = GgufModel::from_bytes(bytes).map_err(ctx)?;
+        if !Manifest::same_config(model.config(), &self.config) {
+            return Err(ctx(ModelError::BadConfig("its configuration differs from the head part's".into())));
+        }
+        self.blocks.push(hex::encode(layer_hash(&model.load_layer(i).map_err(ctx)?)));
+        self.refs.push(PartRef { size: root.size, root: root.to_hex(), flops: self.config.layer_flops() });
+        Ok(())
+    }
+
+    /// The manifest, once every block was added.
+    pub fn finish(self) -> Result<Manifest, ModelError> {
+        if self.blocks.len() != self.config.n_layers {
+            let what = format!("{} of {} blocks given", self.blocks.len(), self.config.n_layers);
+            return Err(ModelError::BadConfig(what));
+        }
+        let manifest =
+            Manifest::new(&self.config, self.blocks, self.head_hash).with_text(self.tokenizer, self.template);
+        Ok(Manifest { parts: Some(PartIndex { head: self.head, blocks: self.refs }), ..manifest })
+    }
+}
+
+/// The manifest of a whole GGUF file: every part cut and hashed in turn (one in memory at a
+/// time).
+pub fn manifest_of(file: &GgufFile, n_layers: usize) -> Result<Manifest, ModelError> {
+    let part = |p: Part| -> Result<(Bytes, PartRoot), ModelError> {
+        let bytes = Bytes::from(extract(file, n_layers, p)?);
+        let root = PartTree::new(&bytes).root();
+        Ok((bytes, root))
+    };
+    let (bytes, root) = part(Part::Head)?;
+    let mut m = ManifestFromParts::head(bytes, root)?;
+    for i in 0..n_layers {
+        let (bytes, root) = part(Part::Block(i))?;
+        m.block(bytes, root)?;
+    }
+    m.finish()
 }
 
 impl PartIndex {
@@ -315,6 +408,49 @@ mod tests {
             .map(|((name, dims), d)| TensorOut { name, dims: dims.clone(), ggml_type: 0, data: d })
             .collect();
         write(&md, &tensors)
+    }
+
+    /// The manifest built part by part (as `Manifest::of_file` and the tab build it) has the
+    /// hashes of the whole file's weights, for tied and untied embeddings; parts cut from a
+    /// header parsed from the file's first bytes and tensors read where they lie are the
+    /// parts cut from the whole file.
+    #[test]
+    fn parts_cut_from_a_header_and_ranges_are_the_whole_files() {
+        let tied = Bytes::from(tiny_gguf(true));
+        let file = GgufFile::parse(tied.clone()).unwrap();
+        let mut md: Vec<(&str, Value)> = file.metadata.0.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
+        md.sort_by(|a, b| a.0.cmp(b.0));
+        let data: Vec<(String, Vec<u64>, u32, Bytes)> = file
+            .tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.dims.clone(), t.dtype.0, file.tensor_bytes(&t.name).unwrap()))
+            .collect();
+        let embd = data.iter().find(|t| t.0 == "token_embd.weight").unwrap().clone();
+        let mut outs: Vec<TensorOut<'_>> =
+            data.iter().map(|(n, d, ty, b)| TensorOut { name: n, dims: d.clone(), ggml_type: *ty, data: b }).collect();
+        outs.push(TensorOut { name: "output.weight", dims: embd.1.clone(), ggml_type: embd.2, data: &embd.3 });
+        let untied = Bytes::from(write(&md, &outs));
+        for bytes in [tied, untied] {
+            let model = GgufModel::from_bytes(bytes.clone()).unwrap();
+            let n = model.config().n_layers;
+            let manifest = Manifest::of_file(&crate::model::ModelFile::Gguf(model.clone())).unwrap();
+            for i in 0..n {
+                assert_eq!(manifest.blocks[i], hex::encode(layer_hash(&model.load_layer(i).unwrap())));
+            }
+            assert_eq!(manifest.head, hex::encode(head_hash(&model.load_head().unwrap())));
+            let first = model.file().tensors.iter().map(|t| t.offset).min().unwrap();
+            let header = GgufFile::parse_prefix(bytes.slice(..first as usize), bytes.len() as u64).unwrap();
+            let e = header.tensor_bytes("blk.0.ffn_up.weight").unwrap_err().to_string();
+            assert!(e.contains("not read"), "{e}");
+            let read = |t: &TensorInfo| Ok(bytes.slice(t.offset as usize..(t.offset + t.size.unwrap()) as usize));
+            for part in [Part::Head, Part::Block(0), Part::Block(1)] {
+                assert_eq!(cut(&header, n, part, read).unwrap(), extract(model.file(), n, part).unwrap(), "{part}");
+            }
+            // Bytes of another length for a tensor are refused.
+            let short = |t: &TensorInfo| Ok(bytes.slice(t.offset as usize..t.offset as usize + 4));
+            assert!(cut(&header, n, Part::Block(1), short).is_err());
+            assert!(GgufFile::parse_prefix(bytes.slice(..24), bytes.len() as u64).is_err());
+        }
     }
 
     /// A file relabelled (`general.*` name, license...) cuts into the same parts and is the
