@@ -159,6 +159,18 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         let prompt = client.chat_prompt(&[ChatMessage::user(prompts[0])]).unwrap();
         let (out, hops) = rt.block_on(async {
             let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
+            // The tab's announcement reaches the DHT after it says it serves: wait until its
+            // provider record of block 10 can be found, as a client's route needs it.
+            let key = web_node::net::record::block_key(&client.id, 10);
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                let found = handle.get_providers(key.clone(), Duration::from_millis(300), Duration::from_secs(5)).await;
+                if found.unwrap().iter().any(|p| p.to_string() == tab) {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "[{transport}] the tab's block 10 is not found in the DHT");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
             let mut chain = chain(handle, &client, ChainOptions::default());
             let out = client.generate(&mut chain, &prompt, &greedy(32), |_| {}).await;
             let hops = chain.hop_stats();
