@@ -11,6 +11,7 @@ use anyhow::Context;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::card::{is_evm_address, Labels, Measured, ModelCard};
 use web_node::model::convert::Conversion;
+use web_node::model::gguf::Value;
 use web_node::model::{Manifest, ModelFile, WeightType};
 use web_node::net::serve::measure_ms_per_block;
 
@@ -94,7 +95,8 @@ const DRIFT_TOKENS: usize = 24;
 
 /// The GGUF file to publish for `path`: `path` itself for a GGUF file published as it is;
 /// otherwise `path` (a Hugging Face directory, or a GGUF file) converted with matrices as
-/// `quantize` (or as stored) into `data_dir/published/NAME.TYPE.gguf`, with a progress bar,
+/// `quantize` (or as stored) into `data_dir/published/NAME.TYPE.gguf` (labelled from a
+/// checkpoint's model card, [`card_labels`]), with a progress bar,
 /// written under a temporary name and renamed when complete. A quantized model's drift from
 /// the original ([`crate::drift`]) is measured on `backend`, printed, and kept beside the file
 /// (`.drift.txt`); a later run with the same input and type reuses both.
@@ -121,7 +123,7 @@ pub fn to_gguf(
         return Ok(out);
     }
     let original = ModelFile::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let plan = Conversion::plan(&original, quantize, &stem)?;
+    let plan = Conversion::plan(&original, quantize, &stem)?.with_labels(card_labels(path));
     let types: Vec<String> = plan.matrix_types().iter().map(|(t, n)| format!("{n} {t}")).collect();
     let total = plan.total_bytes();
     crate::say(&format!("converting {} to GGUF ({} matrices, {total} bytes)", path.display(), types.join(", ")));
@@ -150,6 +152,45 @@ pub fn to_gguf(
     Ok(out)
 }
 
+/// Labels from a Hugging Face model card (`README.md` in the checkpoint directory): the YAML
+/// front matter's `license`, `language` (one or a list) and `tags`, as the GGUF keys
+/// `general.license`, `general.languages` and `general.tags`. None for a file, or a card
+/// without front matter; a front matter that does not parse is warned about and skipped.
+pub fn card_labels(dir: &Path) -> Vec<(String, Value)> {
+    let Ok(text) = std::fs::read_to_string(dir.join("README.md")) else {
+        return Vec::new();
+    };
+    let text = text.replace("\r\n", "\n");
+    let Some(front) = text.strip_prefix("---\n").and_then(|t| t.split_once("\n---").map(|(f, _)| f)) else {
+        return Vec::new();
+    };
+    let doc = match yaml_rust2::YamlLoader::load_from_str(front) {
+        Ok(docs) => docs.into_iter().next().unwrap_or(yaml_rust2::Yaml::Null),
+        Err(e) => {
+            tracing::warn!("{}: front matter: {e}", dir.join("README.md").display());
+            return Vec::new();
+        }
+    };
+    let strings = |key: &str| -> Vec<Value> {
+        match &doc[key] {
+            yaml_rust2::Yaml::String(s) => vec![Value::Str(s.clone())],
+            yaml_rust2::Yaml::Array(a) => a.iter().filter_map(|v| v.as_str()).map(|s| Value::Str(s.into())).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut out = Vec::new();
+    if let Some(Value::Str(license)) = strings("license").into_iter().next() {
+        out.push(("general.license".to_string(), Value::Str(license)));
+    }
+    for (key, gguf) in [("language", "general.languages"), ("tags", "general.tags")] {
+        let list = strings(key);
+        if !list.is_empty() {
+            out.push((gguf.to_string(), Value::Array(list)));
+        }
+    }
+    out
+}
+
 /// Whether `out` exists and was written after everything under `input` last changed.
 fn is_newer(out: &Path, input: &Path) -> anyhow::Result<bool> {
     let Ok(written) = std::fs::metadata(out).and_then(|m| m.modified()) else {
@@ -162,4 +203,37 @@ fn is_newer(out: &Path, input: &Path) -> anyhow::Result<bool> {
         }
     }
     Ok(written > newest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_come_from_a_model_cards_front_matter() {
+        let dir = std::env::temp_dir().join(format!("ait-card-labels-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let readme = dir.join("README.md");
+        std::fs::write(
+            &readme,
+            "---\r\nlicense: apache-2.0\r\nlanguage:\r\n- en\r\n- fr\r\ntags: chat\r\n---\r\n# A model\r\n",
+        )
+        .unwrap();
+        let labels = card_labels(&dir);
+        let s = |v: &str| Value::Str(v.into());
+        assert_eq!(
+            labels,
+            vec![
+                ("general.license".to_string(), s("apache-2.0")),
+                ("general.languages".to_string(), Value::Array(vec![s("en"), s("fr")])),
+                ("general.tags".to_string(), Value::Array(vec![s("chat")])),
+            ]
+        );
+        for text in ["# No front matter\n", "---\nlicense: [unclosed\n---\n", "---\nlicense: 3\n---\n"] {
+            std::fs::write(&readme, text).unwrap();
+            assert!(card_labels(&dir).is_empty(), "{text:?}");
+        }
+        assert!(card_labels(&dir.join("missing")).is_empty());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

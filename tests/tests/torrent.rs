@@ -151,6 +151,8 @@ fn a_hugging_face_checkpoint_is_quantized_published_and_fetched() {
     std::fs::create_dir_all(&hf).expect("mkdir");
     TinyModel::random_shape(9, Arch::Llama, (128, 256), 3, vocab, true).write_hf(&hf, WeightType::F16, 1);
     write_default_tokenizer(&hf);
+    let card = "---\nlicense: apache-2.0\nlanguage:\n- en\ntags:\n- Smol\n- text-generation\n---\n# Tiny\n";
+    std::fs::write(hf.join("README.md"), card).expect("write README.md");
     let args = ["--quantize", "q8_0", "--name", "Tiny HF"];
     let seed = Relay::publish(&root.join("seed"), &hf, &args);
     let line = |r: &Relay, prefix: &str| {
@@ -177,6 +179,17 @@ fn a_hugging_face_checkpoint_is_quantized_published_and_fetched() {
     assert_eq!(file.load_layer(2).expect("layer").ffn_down.dtype, WeightType::Q8_0);
     assert!(file.tokenizer().is_ok() && file.chat_template().is_some());
     let id = line(&seed, "published: model ").split_whitespace().next().expect("id").to_string();
+    // The model card's front matter labels the model.
+    let listed: serde_json::Value =
+        serde_json::from_str(&ait(&["models", "--swarm", &seed.addr("tcp"), "--json"])).expect("json");
+    let m = listed.as_array().and_then(|a| a.iter().find(|m| m["id"] == id.as_str())).expect("the model is listed");
+    let card = &m["card"];
+    assert_eq!((card["name"].as_str(), card["license"].as_str()), (Some("Tiny HF"), Some("apache-2.0")), "{m}");
+    assert_eq!(
+        (&card["languages"], &card["tags"]),
+        (&serde_json::json!(["en"]), &serde_json::json!(["smol", "text-generation"])),
+        "{m}"
+    );
 
     let relay = Relay::start(&root.join("r"), &["--model", &id, "--blocks", "0..3", "--bootstrap", &seed.addr("tcp")]);
     assert_eq!(relay.model_id(), id);

@@ -143,6 +143,20 @@ impl<'a> Conversion<'a> {
         Ok(plan)
     }
 
+    /// Adds labels (`general.license`, `general.tags`, ...): keys outside `general.*`, and
+    /// the format's own (`general.architecture`...), are left out. A label given twice keeps
+    /// the last value. Labels are in no part, so they change no model id.
+    pub fn with_labels(mut self, labels: Vec<(String, Value)>) -> Self {
+        for (k, v) in labels {
+            if !k.starts_with("general.") || GENERAL_FORMAT.contains(&k.as_str()) {
+                continue;
+            }
+            self.metadata.retain(|(m, _)| *m != k);
+            self.metadata.push((k, v));
+        }
+        self
+    }
+
     /// The output's name, dims and type for a tensor.
     fn planned(&self, name: String, src: &Source<'_>) -> Result<Planned, ConvertError> {
         let (dims, stored) = match src {
