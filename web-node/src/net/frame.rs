@@ -33,9 +33,8 @@ pub enum FrameError {
     Io(#[from] std::io::Error),
 }
 
-/// Most bytes [`read_frame`] reserves for a payload before they arrive (a 1 MiB part range
-/// with its proof fits, so it is read without growing the buffer).
-const RESERVE: usize = 2 << 20;
+/// Bytes [`read_frame`] reserves for a payload before they arrive.
+const GROW_FROM: usize = 64 << 10;
 
 /// Frames up to this size are written in one write (the length copied in front).
 const COPY_BELOW: usize = 64 << 10;
@@ -54,6 +53,20 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     idle: Duration,
     body: Duration,
 ) -> Result<Vec<u8>, FrameError> {
+    read_frame_reserving(r, limit, idle, body, GROW_FROM).await
+}
+
+/// [`read_frame`] reserving up to `reserve` bytes of the announced length before they arrive
+/// (at least [`GROW_FROM`]), for an answer this node asked for and expects to be large (a
+/// part range), so it is read without growing the buffer. Frames a peer sends unasked start
+/// at [`GROW_FROM`] and grow with the bytes that arrive.
+pub async fn read_frame_reserving<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    idle: Duration,
+    body: Duration,
+    reserve: usize,
+) -> Result<Vec<u8>, FrameError> {
     let mut len = [0u8; 4];
     let first = super::timeout(idle, r.read(&mut len[..1])).await.ok_or(FrameError::Timeout(idle))??;
     if first == 0 {
@@ -65,9 +78,9 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         return Err(FrameError::TooLarge { len: n, limit });
     }
     let payload = async {
-        // Reserve what was announced only up to RESERVE; past that, grow with the bytes that
+        // Reserve what was announced only up to `reserve`; past that, grow with the bytes that
         // actually arrive, so an announcement alone cannot make us allocate much.
-        let mut buf = Vec::with_capacity(n.min(RESERVE));
+        let mut buf = Vec::with_capacity(n.min(reserve.max(GROW_FROM)));
         (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
         if buf.len() < n {
             return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));

@@ -35,7 +35,7 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, Future, Stream, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use super::frame::{read_frame, write_frame, FrameError};
+use super::frame::{read_frame, read_frame_reserving, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
 use crate::model::card::{ModelCard, MAX_CARD};
 use crate::model::manifest::{ModelId, PartRef};
@@ -568,7 +568,9 @@ async fn get_on(
         }
         other => return Err(broke(format!("unexpected answer {other:?}"))),
     }
-    let body = read_frame(stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT).await.map_err(|e| broke(e.to_string()))?;
+    let body = read_frame_reserving(stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT, MAX_BODY)
+        .await
+        .map_err(|e| broke(e.to_string()))?;
     decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
 }
 
