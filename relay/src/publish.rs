@@ -143,9 +143,12 @@ pub fn to_gguf(
     let converted = ModelFile::open(&partial).context("reading the converted file back")?;
     anyhow::ensure!(converted.config() == original.config(), "the converted file reads back as another configuration");
     if quantize.is_some() {
-        let drift = crate::drift::measure(&original, &converted, DRIFT_TOKENS, backend)?;
+        let drift = match original.has_tokenizer() {
+            true => crate::drift::measure(&original, &converted, DRIFT_TOKENS, backend)?.to_string(),
+            false => "drift: not measured (the model has no tokenizer to prompt it with)\n".to_string(),
+        };
         print!("{drift}");
-        std::fs::write(&report, drift.to_string()).with_context(|| format!("writing {}", report.display()))?;
+        std::fs::write(&report, &drift).with_context(|| format!("writing {}", report.display()))?;
     }
     std::fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
     crate::say(&format!("converted: {}", out.display()));

@@ -88,6 +88,16 @@ fn parse_json(json: &[u8]) -> Result<tokenizers::Tokenizer, ModelError> {
     Ok(inner)
 }
 
+/// The token id under GGUF `key`, if present; an id outside an `n`-token vocabulary is an
+/// error naming the key.
+fn token_id(md: &Metadata, key: &str, n: usize) -> Result<Option<u32>, ModelError> {
+    match md.u64(key)? {
+        None => Ok(None),
+        Some(id) if usize::try_from(id).is_ok_and(|i| i < n) => Ok(Some(id as u32)),
+        Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
+    }
+}
+
 fn tok_err(e: impl fmt::Display) -> ModelError {
     ModelError::Tokenizer(e.to_string())
 }
@@ -151,13 +161,7 @@ impl Tokenizer {
             Some(t) => t,
             None => vec![TYPE_NORMAL; n],
         };
-        let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
-            match md.u64(key)? {
-                None => Ok(None),
-                Some(id) if usize::try_from(id).is_ok_and(|i| i < n) => Ok(Some(id as u32)),
-                Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
-            }
-        };
+        let token_id = |key: &str| token_id(md, key, n);
         let bos = token_id("tokenizer.ggml.bos_token_id")?;
         let eos = token_id("tokenizer.ggml.eos_token_id")?;
         let eot = token_id("tokenizer.ggml.eot_token_id")?;
@@ -257,13 +261,7 @@ impl Tokenizer {
     fn from_gguf_json(md: &Metadata, json: &str) -> Result<Tokenizer, ModelError> {
         let inner = parse_json(json.as_bytes()).map_err(|e| e.in_file(HF_JSON))?;
         let n = inner.get_vocab_size(true);
-        let token_id = |key: &str| -> Result<Option<u32>, ModelError> {
-            match md.u64(key)? {
-                None => Ok(None),
-                Some(id) if usize::try_from(id).is_ok_and(|i| i < n) => Ok(Some(id as u32)),
-                Some(id) => Err(md_err(key, format!("token id {id} outside the {n}-token vocabulary"))),
-            }
-        };
+        let token_id = |key: &str| token_id(md, key, n);
         let bos = token_id("tokenizer.ggml.bos_token_id")?;
         let eos = token_id("tokenizer.ggml.eos_token_id")?;
         let add_bos = bool_key_or(md, "tokenizer.ggml.add_bos_token", false)?;
