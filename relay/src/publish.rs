@@ -95,7 +95,8 @@ const DRIFT_TOKENS: usize = 24;
 
 /// The GGUF file to publish for `path`: `path` itself for a GGUF file published as it is;
 /// otherwise `path` (a Hugging Face directory, or a GGUF file) converted with matrices as
-/// `quantize` (or as stored) into `data_dir/published/NAME.TYPE.gguf` (labelled from a
+/// `quantize` (or as stored) into `data_dir/published/NAME.TYPE.KEY.gguf` (KEY from the
+/// input's canonical path; labelled from a
 /// checkpoint's model card, [`card_labels`]), with a progress bar,
 /// written under a temporary name and renamed when complete. A quantized model's drift from
 /// the original ([`crate::drift`]) is measured on `backend`, printed, and kept beside the file
@@ -109,11 +110,19 @@ pub fn to_gguf(
     if path.is_file() && quantize.is_none() {
         return Ok(path.to_path_buf());
     }
-    let stem = path.file_stem().and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    // Named after the input (a directory's whole name: `Llama-3.2-1B` is not `Llama-3`), and
+    // keyed by its canonical path, so two inputs of the same name never share a file.
+    let source = std::fs::canonicalize(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = match source.is_dir() {
+        true => source.file_name(),
+        false => source.file_stem(),
+    };
+    let stem = name.and_then(|s| s.to_str()).unwrap_or("model").to_string();
+    let key = web_node::model::manifest::sha_hex(source.as_os_str().as_encoded_bytes());
     let kind = quantize.map_or("as-stored", WeightType::name);
     let dir = data_dir.join("published");
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let out = dir.join(format!("{stem}.{kind}.gguf"));
+    let out = dir.join(format!("{stem}.{kind}.{}.gguf", &key[..12]));
     let report = out.with_extension("drift.txt");
     if is_newer(&out, path)? && (quantize.is_none() || report.is_file()) {
         crate::say(&format!("converted: {} (kept from an earlier run)", out.display()));
@@ -140,15 +149,20 @@ pub fn to_gguf(
     plan.write(&mut w, |n| bar.set_position(n)).with_context(|| format!("writing {}", partial.display()))?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     bar.finish_and_clear();
-    let converted = ModelFile::open(&partial).context("reading the converted file back")?;
-    anyhow::ensure!(converted.config() == original.config(), "the converted file reads back as another configuration");
-    if quantize.is_some() {
-        let drift = match original.has_tokenizer() {
-            true => crate::drift::measure(&original, &converted, DRIFT_TOKENS, backend)?.to_string(),
-            false => "drift: not measured (the model has no tokenizer to prompt it with)\n".to_string(),
-        };
-        print!("{drift}");
-        std::fs::write(&report, &drift).with_context(|| format!("writing {}", report.display()))?;
+    {
+        let converted = ModelFile::open(&partial).context("reading the converted file back")?;
+        anyhow::ensure!(
+            converted.config() == original.config(),
+            "the converted file reads back as another configuration"
+        );
+        if quantize.is_some() {
+            let drift = match original.has_tokenizer() {
+                true => crate::drift::measure(&original, &converted, DRIFT_TOKENS, backend)?.to_string(),
+                false => "drift: not measured (the model has no tokenizer to prompt it with)\n".to_string(),
+            };
+            print!("{drift}");
+            std::fs::write(&report, &drift).with_context(|| format!("writing {}", report.display()))?;
+        }
     }
     std::fs::rename(&partial, &out).with_context(|| format!("renaming to {}", out.display()))?;
     crate::say(&format!("converted: {}", out.display()));

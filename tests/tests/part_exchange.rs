@@ -15,7 +15,7 @@ use web_node::model::parts::{extract, Part};
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::frame::{read_frame, write_frame};
 use web_node::net::parts::{
-    fetch_manifest, fetch_part, fetch_range, FetchError, Reply, Request, MAX_RANGE, PARTS_PROTOCOL,
+    fetch_have, fetch_manifest, fetch_part, fetch_range, FetchError, Reply, Request, MAX_RANGE, PARTS_PROTOCOL,
 };
 
 /// One raw request on a stream of its own, and the relay's first answer.
@@ -48,6 +48,16 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
         let h = connect(&addrs).await.unwrap();
         let control = h.control();
+        // Both seeders hold both parts and have served a range of each (a relay cuts a part
+        // out of its file at the first request for it): the split below is between two
+        // seeders ready to serve, not a race with one's first cut.
+        let roots = vec![parts.blocks[5].root.clone(), parts.head.root.clone()];
+        for p in &peers {
+            assert_eq!(fetch_have(&mut control.clone(), *p, &roots).await.expect("have"), vec![true, true]);
+            for r in [&parts.blocks[5], &parts.head] {
+                fetch_range(&mut control.clone(), *p, r, 0..100).await.expect("a first range");
+            }
+        }
         for (part, r) in [(Part::Block(5), &parts.blocks[5]), (Part::Head, &parts.head)] {
             let (bytes, report) = fetch_part(&control, &peers, r, 4).await.expect("fetch");
             assert!(bytes == extract(g.file(), n, part).unwrap(), "{part}: other bytes");

@@ -171,7 +171,8 @@ fn a_hugging_face_checkpoint_is_quantized_published_and_fetched() {
         .collect();
     let [same, total, agree, total2, max_diff, kl, ..] = nums[..] else { panic!("{drift}") };
     assert_eq!((total, total2), (72.0, 72.0), "3 prompts of 24 tokens: {drift}");
-    assert!(same <= total && agree <= total && agree >= same.min(1.0), "{drift}");
+    // Where both generated the same tokens, their most likely tokens agree.
+    assert!(agree >= same, "{drift}");
     // q8_0 of random weights moves the logits, but only a little.
     assert!(max_diff > 0.0 && kl > 0.0 && kl < 0.05, "{drift}");
     let converted = line(&seed, "converted: ");

@@ -42,8 +42,11 @@ use crate::seed::serve::{has_webgpu, open_gpu};
 use crate::swarm::Swarm;
 
 /// Bytes read first for the file's header (metadata, tokenizer, tensor index); 8 times more
-/// while that is not enough.
+/// while that is not enough, up to [`HEADER_MAX`].
 const HEADER_READ: u64 = 16 << 20;
+
+/// The longest header read (Gemma's 256k-token vocabulary takes about 20 MB).
+const HEADER_MAX: u64 = 1 << 30;
 
 /// The `localStorage` key of the creator's key.
 const CREATOR_KEY: &str = "ait-creator-key";
@@ -178,8 +181,13 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
     step(format!("Reading the header of {name}…"), 0, 1);
     let header = read_header(&file).await?;
     let n = header.config().n_layers;
-    let to_read: u64 = header.file().tensors.iter().filter_map(|t| t.size).sum();
     let all: Vec<Part> = std::iter::once(Part::Head).chain((0..n).map(Part::Block)).collect();
+    // What the parts read (a model-wide tensor such as the RoPE factors, once per part).
+    let mut to_read = 0;
+    for part in &all {
+        let tensors = part_tensors(header.file(), n, *part).map_err(AppError::Publish)?;
+        to_read += tensors.iter().filter_map(|t| t.size).sum::<u64>();
+    }
     let (mut done, mut total) = (0u64, 0u64);
     let mut manifest: Option<ManifestFromParts> = None;
     let mut first_block = None;
@@ -250,9 +258,15 @@ async fn read_header(file: &web_sys::File) -> Result<GgufModel, AppError> {
         match GgufFile::parse_prefix(bytes, len).and_then(GgufModel::from_file) {
             Ok(model) => return Ok(model),
             // Only what a longer prefix can cure: the header (or a tensor the configuration
-            // reads, such as RoPE factors) runs past it.
-            Err(ModelError::Truncated { .. } | ModelError::Count { .. }) if prefix < len => {
-                prefix = (prefix * 8).min(len)
+            // reads, such as RoPE factors) runs past it, but not past the file (a tensor
+            // beyond the end is a broken file); and no header is longer than HEADER_MAX.
+            Err(ModelError::Truncated { offset, needed, .. })
+                if prefix < len.min(HEADER_MAX) && offset.saturating_add(needed) <= len =>
+            {
+                prefix = (prefix * 8).min(len).min(HEADER_MAX)
+            }
+            Err(ModelError::Count { .. }) if prefix < len.min(HEADER_MAX) => {
+                prefix = (prefix * 8).min(len).min(HEADER_MAX)
             }
             Err(e) => return Err(AppError::Publish(e)),
         }

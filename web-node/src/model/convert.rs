@@ -5,7 +5,8 @@
 //! then written tensor by tensor ([`Conversion::write`]), one layer in memory at a time.
 //!
 //! What is written is what this crate's GGUF loader reads back as the same model: the same
-//! [`LlamaConfig`], the same tokenizer ([`Tokenizer::gguf_metadata`]) and chat template, and
+//! [`LlamaConfig`], the same tokenizer and chat template (a GGUF file's `tokenizer.*` as they
+//! are; a checkpoint's `tokenizer.json` through [`super::Tokenizer::gguf_metadata`]), and
 //! the same layer weights, q/k rows permuted into llama.cpp's order for the `llama` and
 //! `mistral` architectures as llama.cpp's converter does. Matrices keep their stored type
 //! unless a target is given; a target quantizes every matrix with ggml's round-to-nearest
@@ -16,7 +17,7 @@
 use std::io::Write;
 
 use super::gguf::writer::{header, padding, TensorHeader};
-use super::gguf::{GgmlType, Value};
+use super::gguf::{GgmlType, Value, MAX_STRING};
 use super::quant::{dequantize, quantize};
 use super::weights::permute_rope_rows;
 use super::{Arch, LayerWeights, LlamaConfig, ModelError, ModelFile, QMatrix, WeightType};
@@ -119,11 +120,29 @@ impl<'a> Conversion<'a> {
             metadata.retain(|(k, _)| k != "general.name" || !labels.iter().any(|(l, _)| l == k));
             metadata.extend(labels);
         }
-        if file.has_tokenizer() {
-            metadata.extend(file.tokenizer()?.gguf_metadata()?);
-        }
-        if let Some(t) = file.chat_template() {
-            metadata.push(("tokenizer.chat_template".into(), Value::Str(t)));
+        match file {
+            // A GGUF file's tokenizer and template stay as they are (llama.cpp reads them too).
+            ModelFile::Gguf(g) => {
+                let tokenizer = g.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
+                let mut tokenizer: Vec<(String, Value)> = tokenizer.map(|(k, v)| (k.clone(), v.clone())).collect();
+                tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
+                metadata.extend(tokenizer);
+            }
+            ModelFile::Safetensors(_) => {
+                if file.has_tokenizer() {
+                    let md = file.tokenizer()?.gguf_metadata()?;
+                    if let Some((k, Value::Str(json))) = md.iter().find(|(k, _)| k == super::tokenizer::HF_JSON) {
+                        if json.len() as u64 > MAX_STRING {
+                            let what = format!("a {k} of {} bytes (GGUF strings hold {MAX_STRING})", json.len());
+                            return Err(ConvertError::Unsupported(what));
+                        }
+                    }
+                    metadata.extend(md);
+                }
+                if let Some(t) = file.chat_template() {
+                    metadata.push(("tokenizer.chat_template".into(), Value::Str(t)));
+                }
+            }
         }
         let mut plan = Conversion { file, target, metadata, tensors: Vec::new() };
         let head = file.load_head()?;

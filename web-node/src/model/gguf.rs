@@ -17,8 +17,9 @@ use super::{ModelError, Tokenizer};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-/// Longest string accepted in metadata (the chat template is the longest seen: a few KiB).
-const MAX_STRING: u64 = 1 << 24;
+/// Longest string accepted in metadata (16 MiB; a whole `tokenizer.json` is the longest seen:
+/// about 9 MB for Llama 3's).
+pub const MAX_STRING: u64 = 1 << 24;
 /// Most array elements all metadata arrays may hold together. A decoded [`Value`] takes 32
 /// bytes however small its encoding (one byte for a `u8`), so this, not the file size, bounds
 /// the memory metadata takes: 4 Mi elements are at most 128 MiB. The largest real vocabularies

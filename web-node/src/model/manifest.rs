@@ -231,7 +231,7 @@ fn bad(what: String) -> ModelError {
 }
 
 /// SHA-256 of `bytes`, lowercase hex.
-fn sha_hex(bytes: &[u8]) -> String {
+pub fn sha_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 

@@ -73,15 +73,28 @@ pub fn cut(
     part: Part,
     mut data: impl FnMut(&TensorInfo) -> Result<Bytes, ModelError>,
 ) -> Result<Vec<u8>, ModelError> {
+    use super::gguf::Value;
     let label = |k: &str| k.starts_with("general.") && !matches!(k, "general.architecture" | "general.alignment");
-    let mut metadata: Vec<(&str, super::gguf::Value)> = file
+    // A part is written with GGUF's default alignment, so it may not claim another.
+    let other_alignment = |k: &str, v: &Value| k == "general.alignment" && *v != Value::U64(32);
+    let mut metadata: Vec<(String, Value)> = file
         .metadata
         .0
         .iter()
-        .filter(|(k, _)| !label(k) && (part == Part::Head || !k.starts_with("tokenizer.")))
-        .map(|(k, v)| (k.as_str(), v.clone()))
+        .filter(|(k, v)| !label(k) && !other_alignment(k, v) && (part == Part::Head || !k.starts_with("tokenizer.")))
+        .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    metadata.sort_by(|a, b| a.0.cmp(b.0));
+    // A block part holds no embeddings, which the vocabulary's size comes from when the file
+    // does not state it: state it.
+    if let (Part::Block(_), Some(arch)) = (part, file.metadata.str("general.architecture").ok().flatten()) {
+        let key = format!("{arch}.vocab_size");
+        let rows = file.tensor("token_embd.weight").and_then(|t| t.dims.get(1).copied());
+        if let (None, Some(rows)) = (file.metadata.get(&key), rows) {
+            metadata.push((key, Value::U64(rows)));
+        }
+    }
+    metadata.sort_by(|a, b| a.0.cmp(&b.0));
+    let metadata: Vec<(&str, Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v.clone())).collect();
     let mut bytes = Vec::new();
     for t in part_tensors(file, n_layers, part)? {
         let b = data(t)?;
@@ -130,7 +143,8 @@ impl ManifestFromParts {
         };
         let template = model.chat_template().as_deref().map(template_hash);
         let head = PartRef { size: root.size, root: root.to_hex(), flops: config.head_flops() };
-        let n = config.n_layers;
+        // Capacity for the blocks a file claims, within reason: the claim is unchecked here.
+        let n = config.n_layers.min(1 << 12);
         Ok(ManifestFromParts {
             config,
             head,
@@ -430,7 +444,12 @@ mod tests {
             data.iter().map(|(n, d, ty, b)| TensorOut { name: n, dims: d.clone(), ggml_type: *ty, data: b }).collect();
         outs.push(TensorOut { name: "output.weight", dims: embd.1.clone(), ggml_type: embd.2, data: &embd.3 });
         let untied = Bytes::from(write(&md, &outs));
-        for bytes in [tied, untied] {
+        // Without `llama.vocab_size` (the embeddings' rows say it), and aligned to 64.
+        let mut md_other = md.clone();
+        md_other.retain(|(k, _)| *k != "llama.vocab_size");
+        md_other.push(("general.alignment", Value::U64(64)));
+        let other = Bytes::from(write_aligned(&md_other, &outs[..outs.len() - 1], 64));
+        for bytes in [tied, untied, other] {
             let model = GgufModel::from_bytes(bytes.clone()).unwrap();
             let n = model.config().n_layers;
             let manifest = Manifest::of_file(&crate::model::ModelFile::Gguf(model.clone())).unwrap();
@@ -444,13 +463,59 @@ mod tests {
             assert!(e.contains("not read"), "{e}");
             let read = |t: &TensorInfo| Ok(bytes.slice(t.offset as usize..(t.offset + t.size.unwrap()) as usize));
             for part in [Part::Head, Part::Block(0), Part::Block(1)] {
-                assert_eq!(cut(&header, n, part, read).unwrap(), extract(model.file(), n, part).unwrap(), "{part}");
+                let bytes = cut(&header, n, part, read).unwrap();
+                assert_eq!(bytes, extract(model.file(), n, part).unwrap(), "{part}");
+                // Every part parses on its own, as a downloader parses it.
+                GgufModel::from_bytes(Bytes::from(bytes)).unwrap_or_else(|e| panic!("{part}: {e}"));
             }
             // Bytes of another length for a tensor are refused.
             let short = |t: &TensorInfo| Ok(bytes.slice(t.offset as usize..t.offset as usize + 4));
             assert!(cut(&header, n, Part::Block(1), short).is_err());
             assert!(GgufFile::parse_prefix(bytes.slice(..24), bytes.len() as u64).is_err());
         }
+    }
+
+    /// GGUF written with another alignment than the default (the writer pads to 32).
+    fn write_aligned(md: &[(&str, Value)], tensors: &[TensorOut<'_>], align: usize) -> Vec<u8> {
+        use crate::model::gguf::writer::{header, TensorHeader};
+        let pad = |n: usize| n.div_ceil(align) * align - n;
+        let headers: Vec<TensorHeader<'_>> = tensors
+            .iter()
+            .map(|t| TensorHeader {
+                name: t.name,
+                dims: &t.dims,
+                ggml_type: t.ggml_type,
+                len: (t.data.len() + pad(t.data.len())) as u64,
+            })
+            .collect();
+        let mut out = header(md, &headers);
+        out.resize(out.len() + pad(out.len()), 0);
+        for t in tensors {
+            out.extend_from_slice(t.data);
+            out.resize(out.len() + pad(t.data.len()), 0);
+        }
+        out
+    }
+
+    /// The manifest built from the parts is the one hashed from the whole file's weights, its
+    /// tokenizer and template, with the parts' roots: the id did not change with the way it is
+    /// computed.
+    #[test]
+    fn the_part_built_manifest_is_the_one_hashed_from_the_whole_file() {
+        let ModelFile::Gguf(g) = ModelFile::open(&crate::model::test_model::path()).unwrap() else { panic!("gguf") };
+        let file = ModelFile::Gguf(g.clone());
+        let c = file.config();
+        let n = c.n_layers;
+        let blocks = (0..n).map(|i| hex::encode(layer_hash(&file.load_layer(i).unwrap()))).collect();
+        let tokenizer = tokenizer_hash(&file.tokenizer().unwrap()).unwrap();
+        let whole = Manifest::new(c, blocks, hex::encode(head_hash(&file.load_head().unwrap())))
+            .with_text(Some(tokenizer), file.chat_template().as_deref().map(template_hash));
+        let head = PartRef::of(&extract(g.file(), n, Part::Head).unwrap(), c.head_flops());
+        let blocks = (0..n).map(|i| PartRef::of(&extract(g.file(), n, Part::Block(i)).unwrap(), c.layer_flops()));
+        let whole = Manifest { parts: Some(PartIndex { head, blocks: blocks.collect() }), ..whole };
+        let built = Manifest::of_file(&file).unwrap();
+        assert_eq!(built, whole);
+        assert_eq!(built.id(), whole.id());
     }
 
     /// A file relabelled (`general.*` name, license...) cuts into the same parts and is the
