@@ -929,7 +929,7 @@ pub mod writer {
     }
 
     /// Tensor data is aligned to this many bytes (GGUF's default; no `general.alignment` key).
-    pub const ALIGNMENT: usize = 32;
+    pub const ALIGNMENT: usize = super::DEFAULT_ALIGNMENT as usize;
 
     /// Zero bytes that pad `len` bytes of tensor data to [`ALIGNMENT`].
     pub fn padding(len: usize) -> usize {

@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use super::gguf::writer::{write, TensorOut};
+use super::gguf::writer::{write, TensorOut, ALIGNMENT};
 use super::gguf::{GgufFile, GgufModel, TensorInfo};
 use super::manifest::{head_hash, layer_hash, template_hash, tokenizer_hash, PartIndex, PartRef};
 use super::verified::{PartRoot, PartTree};
@@ -76,7 +76,7 @@ pub fn cut(
     use super::gguf::Value;
     let label = |k: &str| k.starts_with("general.") && !matches!(k, "general.architecture" | "general.alignment");
     // A part is written with GGUF's default alignment, so it may not claim another.
-    let other_alignment = |k: &str, v: &Value| k == "general.alignment" && *v != Value::U64(32);
+    let other_alignment = |k: &str, v: &Value| k == "general.alignment" && *v != Value::U64(ALIGNMENT as u64);
     let mut metadata: Vec<(String, Value)> = file
         .metadata
         .0
@@ -133,15 +133,9 @@ pub struct ManifestFromParts {
 impl ManifestFromParts {
     /// Starts from the head part (`bytes`, whose root is `root`).
     pub fn head(bytes: Bytes, root: PartRoot) -> Result<ManifestFromParts, ModelError> {
-        let ctx = |e: ModelError| e.in_file("head");
-        let model = GgufModel::from_bytes(bytes).map_err(ctx)?;
+        let model = GgufModel::from_bytes(bytes).map_err(|e| e.in_file(Part::Head.to_string()))?;
         let config = model.config().clone();
-        let head_hash = hex::encode(head_hash(&model.load_head().map_err(ctx)?));
-        let tokenizer = match model.has_tokenizer() {
-            true => Some(tokenizer_hash(&model.tokenizer().map_err(ctx)?)?),
-            false => None,
-        };
-        let template = model.chat_template().as_deref().map(template_hash);
+        let (head_hash, tokenizer, template) = head_hashes(&model)?;
         let head = PartRef { size: root.size, root: root.to_hex(), flops: config.head_flops() };
         // Capacity for the blocks a file claims, within reason: the claim is unchecked here.
         let n = config.n_layers.min(1 << 12);
@@ -164,7 +158,7 @@ impl ManifestFromParts {
         if !Manifest::same_config(model.config(), &self.config) {
             return Err(ctx(ModelError::BadConfig("its configuration differs from the head part's".into())));
         }
-        self.blocks.push(hex::encode(layer_hash(&model.load_layer(i).map_err(ctx)?)));
+        self.blocks.push(block_weights(&model, i)?.1);
         self.refs.push(PartRef { size: root.size, root: root.to_hex(), flops: self.config.layer_flops() });
         Ok(())
     }
@@ -237,6 +231,25 @@ fn check_root(manifest: &Manifest, part: Part, bytes: &[u8]) -> Result<(), Model
     Ok(())
 }
 
+/// What a manifest says of a head part: the hashes of its head weights, tokenizer (if any)
+/// and chat template (if any). Errors name the head part.
+fn head_hashes(model: &GgufModel) -> Result<(String, Option<String>, Option<String>), ModelError> {
+    let ctx = |e: ModelError| e.in_file(Part::Head.to_string());
+    let head = hex::encode(head_hash(&model.load_head().map_err(ctx)?));
+    let tokenizer = match model.has_tokenizer() {
+        true => Some(tokenizer_hash(&model.tokenizer().map_err(ctx)?)?),
+        false => None,
+    };
+    Ok((head, tokenizer, model.chat_template().as_deref().map(template_hash)))
+}
+
+/// The weights of block `i` from its part and their hash. Errors name the part.
+fn block_weights(model: &GgufModel, i: usize) -> Result<(LayerWeights, String), ModelError> {
+    let weights = model.load_layer(i).map_err(|e| e.in_file(Part::Block(i).to_string()))?;
+    let hash = hex::encode(layer_hash(&weights));
+    Ok((weights, hash))
+}
+
 /// Parses a downloaded part and checks that its configuration is the manifest's.
 fn open_part(manifest: &Manifest, part: Part, bytes: Bytes) -> Result<GgufModel, ModelError> {
     let ctx = |e: ModelError| e.in_file(part.to_string());
@@ -246,10 +259,6 @@ fn open_part(manifest: &Manifest, part: Part, bytes: Bytes) -> Result<GgufModel,
         return Err(ctx(ModelError::BadConfig("its configuration differs from the model's manifest".into())));
     }
     Ok(model)
-}
-
-fn check(part: Part, expected: &str, actual: [u8; 32]) -> Result<(), ModelError> {
-    check_hex(part.to_string(), expected, hex::encode(actual))
 }
 
 fn check_hex(part: String, expected: &str, actual: String) -> Result<(), ModelError> {
@@ -266,8 +275,8 @@ pub fn verify_block(manifest: &Manifest, i: usize, bytes: Bytes) -> Result<(Llam
     let expected =
         manifest.blocks.get(i).ok_or(ModelError::LayerOutOfRange { layer: i, n_layers: manifest.n_layers })?;
     let model = open_part(manifest, part, bytes)?;
-    let weights = model.load_layer(i).map_err(|e| e.in_file(part.to_string()))?;
-    check(part, expected, layer_hash(&weights))?;
+    let (weights, hash) = block_weights(&model, i)?;
+    check_hex(part.to_string(), expected, hash)?;
     Ok((model.config().clone(), weights))
 }
 
@@ -275,13 +284,9 @@ pub fn verify_block(manifest: &Manifest, i: usize, bytes: Bytes) -> Result<(Llam
 /// its head weights, tokenizer and chat template are the manifest's.
 pub fn verify_head(manifest: &Manifest, bytes: Bytes) -> Result<GgufModel, ModelError> {
     let model = open_part(manifest, Part::Head, bytes)?;
-    let head = model.load_head().map_err(|e| e.in_file("head"))?;
-    check(Part::Head, &manifest.head, head_hash(&head))?;
-    let tokenizer = match model.has_tokenizer() {
-        true => Some(tokenizer_hash(&model.tokenizer().map_err(|e| e.in_file("head"))?)?),
-        false => None,
-    };
-    manifest.check_text("head ", tokenizer, model.chat_template().as_deref().map(template_hash))?;
+    let (head, tokenizer, template) = head_hashes(&model)?;
+    check_hex(Part::Head.to_string(), &manifest.head, head)?;
+    manifest.check_text("head ", tokenizer, template)?;
     Ok(model)
 }
 
