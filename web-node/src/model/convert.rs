@@ -111,22 +111,17 @@ impl<'a> Conversion<'a> {
             return Err(ConvertError::NoQuantizer(t));
         }
         let mut metadata = config_metadata(config, name);
-        // A GGUF file's labels (name, license, tags...) carry over; they are in no part.
-        if let ModelFile::Gguf(g) = file {
-            let kept = |k: &str| k.starts_with("general.") && !GENERAL_FORMAT.contains(&k);
-            let labels = g.file().metadata.0.iter().filter(|(k, _)| kept(k));
-            let mut labels: Vec<(String, Value)> = labels.map(|(k, v)| (k.clone(), v.clone())).collect();
-            labels.sort_by(|a, b| a.0.cmp(&b.0));
-            metadata.retain(|(k, _)| k != "general.name" || !labels.iter().any(|(l, _)| l == k));
-            metadata.extend(labels);
-        }
+        let mut labels = Vec::new();
         match file {
-            // A GGUF file's tokenizer and template stay as they are (llama.cpp reads them too).
+            // A GGUF file's labels (name, license, tags...) carry over: they are in no part.
+            // Its tokenizer and template stay as they are (llama.cpp reads them too).
             ModelFile::Gguf(g) => {
-                let tokenizer = g.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
-                let mut tokenizer: Vec<(String, Value)> = tokenizer.map(|(k, v)| (k.clone(), v.clone())).collect();
-                tokenizer.sort_by(|a, b| a.0.cmp(&b.0));
+                let mut kept: Vec<(String, Value)> = g.file().metadata.0.clone().into_iter().collect();
+                kept.sort_by(|a, b| a.0.cmp(&b.0));
+                let (tokenizer, rest): (Vec<_>, Vec<_>) =
+                    kept.into_iter().partition(|(k, _)| k.starts_with("tokenizer."));
                 metadata.extend(tokenizer);
+                labels = rest;
             }
             ModelFile::Safetensors(_) => {
                 if file.has_tokenizer() {
@@ -144,7 +139,7 @@ impl<'a> Conversion<'a> {
                 }
             }
         }
-        let mut plan = Conversion { file, target, metadata, tensors: Vec::new() };
+        let mut plan = Conversion { file, target, metadata, tensors: Vec::new() }.with_labels(labels);
         let head = file.load_head()?;
         let rope = config.rope_freq_factors.clone();
         for (name, src) in head_tensors(&head, rope.as_deref()) {
