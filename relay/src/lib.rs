@@ -43,3 +43,11 @@ pub fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}").and_then(|()| out.flush());
 }
+
+/// The terminal progress bar of a transfer, in bytes with rate and time left, after a prefix
+/// naming what moves (`head`, `block 3`, `converting`).
+pub fn byte_bar_style() -> indicatif::ProgressStyle {
+    indicatif::ProgressStyle::with_template("{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}")
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+        .progress_chars("=> ")
+}

@@ -138,13 +138,7 @@ pub fn to_gguf(
     crate::say(&format!("converting {} to GGUF ({} matrices, {total} bytes)", path.display(), types.join(", ")));
     let partial = out.with_extension("gguf.partial");
     let file = std::fs::File::create(&partial).with_context(|| format!("creating {}", partial.display()))?;
-    let bar = indicatif::ProgressBar::new(total).with_style(
-        indicatif::ProgressStyle::with_template(
-            "converting [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-        .progress_chars("=> "),
-    );
+    let bar = indicatif::ProgressBar::new(total).with_style(crate::byte_bar_style()).with_prefix("converting");
     let mut w = std::io::BufWriter::new(file);
     plan.write(&mut w, |n| bar.set_position(n)).with_context(|| format!("writing {}", partial.display()))?;
     w.into_inner().map_err(|e| e.into_error())?.sync_all()?;

@@ -106,11 +106,7 @@ pub async fn fetch(
     parts: &[(Part, PartRef)],
 ) -> anyhow::Result<(u64, HeldParts)> {
     let bars = indicatif::MultiProgress::new();
-    let style = indicatif::ProgressStyle::with_template(
-        "{prefix:>9} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} ETA {eta}",
-    )
-    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
-    .progress_chars("=> ");
+    let style = crate::byte_bar_style();
     // Parts already stored are checked first, so only the missing ones are looked up.
     let mut missing = Vec::new();
     let mut held = HeldParts::new();
