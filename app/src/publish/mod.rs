@@ -252,24 +252,26 @@ pub async fn publish(net: &Net, file: web_sys::File, labels: Labels, step: Step<
 /// the header is longer (a file that does not parse for another reason is refused at once).
 async fn read_header(file: &web_sys::File) -> Result<GgufModel, AppError> {
     let len = file.size() as u64;
-    let mut prefix = HEADER_READ.min(len);
+    let longest = len.min(HEADER_MAX);
+    let mut prefix = HEADER_READ.min(longest);
     loop {
         let bytes = read_range(file, 0, prefix).await?;
-        match GgufFile::parse_prefix(bytes, len).and_then(GgufModel::from_file) {
+        let e = match GgufFile::parse_prefix(bytes, len).and_then(GgufModel::from_file) {
             Ok(model) => return Ok(model),
-            // Only what a longer prefix can cure: the header (or a tensor the configuration
-            // reads, such as RoPE factors) runs past it, but not past the file (a tensor
-            // beyond the end is a broken file); and no header is longer than HEADER_MAX.
-            Err(ModelError::Truncated { offset, needed, .. })
-                if prefix < len.min(HEADER_MAX) && offset.saturating_add(needed) <= len =>
-            {
-                prefix = (prefix * 8).min(len).min(HEADER_MAX)
-            }
-            Err(ModelError::Count { .. }) if prefix < len.min(HEADER_MAX) => {
-                prefix = (prefix * 8).min(len).min(HEADER_MAX)
-            }
-            Err(e) => return Err(AppError::Publish(e)),
+            Err(e) => e,
+        };
+        // Only what a longer prefix can cure: the header (or a tensor the configuration reads,
+        // such as RoPE factors) runs past it, but not past the file (a tensor beyond the end
+        // is a broken file); and no header is longer than HEADER_MAX.
+        let cured = match &e {
+            ModelError::Truncated { offset, needed, .. } => offset.saturating_add(*needed) <= len,
+            ModelError::Count { .. } => true,
+            _ => false,
+        };
+        if !cured || prefix >= longest {
+            return Err(AppError::Publish(e));
         }
+        prefix = (prefix * 8).min(longest);
     }
 }
 
