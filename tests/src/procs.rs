@@ -235,3 +235,24 @@ pub fn ait_stdout(args: &[&str]) -> String {
     assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
+
+/// Has every relay of `seeders` serve a first range of each of `parts`. A relay cuts a part
+/// out of its model file at the first request for it, so its first answer can come after
+/// another seeder has served the whole part; a test that measures how a fetch spreads over
+/// seeders warms them first.
+pub fn warm_seeders(seeders: &[&Relay], parts: &[web_node::model::manifest::PartRef]) {
+    let addrs: Vec<libp2p::Multiaddr> = seeders.iter().map(|r| r.addr("tcp").parse().expect("multiaddr")).collect();
+    let peers: Vec<libp2p::PeerId> = seeders.iter().map(|r| r.peer.parse().expect("peer id")).collect();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    rt.block_on(async {
+        let node = relay::swarm_client::connect(&addrs).await.expect("connect to the seeders");
+        for peer in &peers {
+            for part in parts {
+                let mut control = node.control();
+                web_node::net::parts::fetch_range(&mut control, *peer, part, 0..100)
+                    .await
+                    .unwrap_or_else(|e| panic!("{peer} serves no first range of {}: {e}", part.root));
+            }
+        }
+    });
+}

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use ait_tests::procs::{ait_bin, temp_dir, Relay};
+use ait_tests::procs::{ait_bin, temp_dir, warm_seeders, Relay};
 use ait_tests::tiny_model::{torrent_model, write_default_tokenizer, TinyModel};
 
 /// `fetched <part>: <bytes> bytes from <peers> peers, <resumed> resumed` lines, by part.
@@ -48,6 +48,10 @@ fn relays_fetch_their_blocks_from_two_seeders_then_generate_what_one_process_doe
     assert!(seed1.stdout.iter().any(|l| l.starts_with(&card_line)), "{:?}", seed1.stdout);
     let boot = seed1.addr("tcp");
     let seed2 = Relay::start(&root.join("seed2"), &["--model", p, "--bootstrap", &boot]);
+    warm_seeders(
+        &[&seed1, &seed2],
+        &std::iter::once(parts.head.clone()).chain(parts.blocks.clone()).collect::<Vec<_>>(),
+    );
     let started = Instant::now();
     let relays: Vec<Relay> = [0..2, 2..4, 4..6]
         .iter()
