@@ -45,7 +45,7 @@ use crate::swarm::Swarm;
 /// while that is not enough, up to [`HEADER_MAX`].
 const HEADER_READ: u64 = 16 << 20;
 
-/// The longest header read (Gemma's 256k-token vocabulary takes about 20 MB).
+/// The longest header read: far more than any vocabulary's metadata.
 const HEADER_MAX: u64 = 1 << 30;
 
 /// The `localStorage` key of the creator's key.

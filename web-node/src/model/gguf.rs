@@ -17,8 +17,7 @@ use super::{ModelError, Tokenizer};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
-/// Longest string accepted in metadata (16 MiB; a whole `tokenizer.json` is the longest seen:
-/// about 9 MB for Llama 3's).
+/// Longest string accepted in metadata (16 MiB; a whole `tokenizer.json` is the longest kind).
 pub const MAX_STRING: u64 = 1 << 24;
 /// Most array elements all metadata arrays may hold together. A decoded [`Value`] takes 32
 /// bytes however small its encoding (one byte for a `u8`), so this, not the file size, bounds
