@@ -93,9 +93,11 @@ impl PartSource for TabParts {
     }
 }
 
-/// How much a tab gives: a few peers at once (it shares the page with chat and compute).
+/// How much a tab gives: a few peers at once (it shares the page with chat and compute). A
+/// relay fetching 4 parts at once asks [`web_node::net::parts::PIPELINE`] ranges of each, so
+/// a peer gets 8 streams.
 fn tab_limits() -> SeedLimits {
-    SeedLimits { max_streams: 16, max_per_peer: 4, max_peers: 8, bytes_per_sec: None }
+    SeedLimits { max_streams: 24, max_per_peer: 8, max_peers: 8, bytes_per_sec: None }
 }
 
 /// Answers `/ait/parts/1` on the tab's node from `parts`, for the page's life.
@@ -226,7 +228,7 @@ async fn from_swarm(
     let mut out = vec![0u8; size];
     let mut done = 0u64;
     progress(0, r.size);
-    let report = fetch_ranges(&handle.control(), &peers, r, ranges_of(r.size), PARALLEL, |range, bytes| {
+    let report = fetch_ranges(handle, &peers, r, ranges_of(r.size), PARALLEL, |range, bytes| {
         out[range.start as usize..range.end as usize].copy_from_slice(bytes);
         done += bytes.len() as u64;
         progress(done, r.size);

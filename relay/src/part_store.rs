@@ -33,6 +33,7 @@ use libp2p::PeerId;
 use web_node::model::card::ModelCard;
 use web_node::model::manifest::{is_hex_digest, PartRef};
 use web_node::model::{Manifest, ModelId};
+use web_node::net::node::NodeHandle;
 use web_node::net::parts::{
     fetch_ranges, ranges_of, FetchError, FetchReport, HeldPart, PartSource, PartTraffic, RecentParts, MAX_RANGE,
 };
@@ -372,7 +373,7 @@ impl PartStore {
     /// against its root. Returns the verified part (at once when it is held already).
     pub async fn fetch(
         &self,
-        control: &libp2p_stream::Control,
+        node: &NodeHandle,
         peers: &[PeerId],
         part: &PartRef,
         parallel: usize,
@@ -392,7 +393,7 @@ impl PartStore {
         let ranges = ranges_of(part.size);
         let resumed = part.size - todo.iter().map(|r| r.end - r.start).sum::<u64>();
         self.reserve(&part.root, part.size)?;
-        let result = self.fetch_reserved(control, peers, part, todo, &ranges, parallel, resumed, &mut progress).await;
+        let result = self.fetch_reserved(node, peers, part, todo, &ranges, parallel, resumed, &mut progress).await;
         self.state().fetching.remove(&part.root);
         result
     }
@@ -400,7 +401,7 @@ impl PartStore {
     #[allow(clippy::too_many_arguments)]
     async fn fetch_reserved(
         &self,
-        control: &libp2p_stream::Control,
+        node: &NodeHandle,
         peers: &[PeerId],
         part: &PartRef,
         todo: Vec<Range<u64>>,
@@ -423,7 +424,7 @@ impl PartStore {
         have.set_len(ranges.len() as u64).map_err(io(&have_path))?;
         let mut done = resumed;
         progress(done);
-        let report = fetch_ranges(control, peers, part, todo, parallel, |range, bytes| {
+        let report = fetch_ranges(node, peers, part, todo, parallel, |range, bytes| {
             data.write_all_at(bytes, range.start).and_then(|()| data.sync_data()).map_err(|e| e.to_string())?;
             have.write_all_at(&[1], range.start / MAX_RANGE).map_err(|e| e.to_string())?;
             done += bytes.len() as u64;

@@ -24,7 +24,8 @@ pub struct SeedOpt {
     /// (0: unlimited).
     #[arg(long, default_value_t = 0.0)]
     pub seed_mbps: f64,
-    /// Peers sent parts at once (each with up to 8 requests open).
+    /// Peers sent parts at once (each with up to 16 streams open, and 8 times this many
+    /// streams in all).
     #[arg(long, default_value_t = SeedLimits::default().max_peers)]
     pub seed_peers: usize,
 }

@@ -133,7 +133,7 @@ pub async fn fetch(
                 anyhow::ensure!(!peers.is_empty(), "no live seeder of {part} ({}) in the swarm", r.root);
                 let bar = bars.add(indicatif::ProgressBar::new(r.size).with_style(style).with_prefix(part.to_string()));
                 let (part_held, out) = store
-                    .fetch(&handle.control(), &peers, &r, PARALLEL, |n| bar.set_position(n))
+                    .fetch(handle, &peers, &r, PARALLEL, |n| bar.set_position(n))
                     .await
                     .with_context(|| format!("fetching {part}"))?;
                 bar.finish_and_clear();

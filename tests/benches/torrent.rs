@@ -3,11 +3,16 @@
 //!
 //! Seeders are in-process libp2p nodes (TCP on 127.0.0.1) answering `/ait/parts/1` from parts
 //! of random bytes held in memory (`AIT_TORRENT_MIB`, default 1024, cut into 64 MiB parts);
-//! the fetcher is another node in the same process. Measured, each once, in MB/s:
+//! the fetcher is another node in the same process. Measured in MB/s, the first four in
+//! `AIT_TORRENT_ROUNDS` rounds (default 3; medians, and each round's plain-to-verified ratio),
+//! the rest once:
 //! - `plain`: the transport's ceiling, the same bytes sent over 4 plain libp2p streams at once
 //!   from one seeder (a bench-only protocol of this process, no checks);
-//! - `verified_1` and `verified_3`: every part fetched with `fetch_part` (4 ranges at once, or
-//!   `AIT_TORRENT_PARALLEL`; each checked against the part's root) from 1 and from 3 seeders;
+//! - `verified_1` and `verified_3`: every part fetched with `fetch_ranges` (4 peers at once, or
+//!   `AIT_TORRENT_PARALLEL`, each with its next range asked ahead; each range checked against
+//!   the part's root, then dropped as `plain` drops its bytes) from 1 and from 3 seeders;
+//! - `assembled_1`: the same from 1 seeder into a new buffer per part (`fetch_part`, as a tab
+//!   assembles a part in memory), so the cost of that copy and its page faults shows apart;
 //! - `paced_1` and `paced_3`: the same from seeders each capped at `AIT_TORRENT_CAP_MBPS`
 //!   (default 400 Mbit/s, to emulate real uplinks) over a quarter of the bytes;
 //! - `decode`: checking the ranges alone (no network), the verification's own ceiling.
@@ -30,7 +35,9 @@ use web_node::model::manifest::PartRef;
 use web_node::model::verified::decode_range;
 use web_node::model::ModelId;
 use web_node::net::node::NodeHandle;
-use web_node::net::parts::{fetch_part, HeldPart, PartSource, PartStreams, SeedLimits, MAX_RANGE};
+use web_node::net::parts::{
+    fetch_part, fetch_ranges, ranges_of, HeldPart, PartSource, PartStreams, SeedLimits, MAX_RANGE,
+};
 
 /// The bench-only plain protocol: the client sends a u64 (little-endian), the server that
 /// many bytes.
@@ -119,11 +126,28 @@ async fn plain(fetcher: &NodeHandle, peer: PeerId, total: u64, each: u64) -> f64
     t.elapsed().as_secs_f64()
 }
 
-/// Every part in `refs` fetched from `peers`, in seconds.
+/// Every part in `refs` fetched from `peers`, each range verified and then dropped as the
+/// plain stream's bytes are (the exchange alone), in seconds.
 async fn verified(fetcher: &NodeHandle, peers: &[PeerId], refs: &[PartRef]) -> f64 {
     let t = Instant::now();
     for r in refs {
-        let (bytes, _) = fetch_part(&fetcher.control(), peers, r, parallel()).await.expect("fetch");
+        let mut got = 0u64;
+        let count = |_: std::ops::Range<u64>, bytes: &[u8]| {
+            got += bytes.len() as u64;
+            Ok(())
+        };
+        fetch_ranges(fetcher, peers, r, ranges_of(r.size), parallel(), count).await.expect("fetch");
+        assert_eq!(got, r.size);
+    }
+    t.elapsed().as_secs_f64()
+}
+
+/// Every part in `refs` fetched from `peers` and assembled in memory ([`fetch_part`], a new
+/// buffer per part, as a tab does), in seconds.
+async fn assembled(fetcher: &NodeHandle, peers: &[PeerId], refs: &[PartRef]) -> f64 {
+    let t = Instant::now();
+    for r in refs {
+        let (bytes, _) = fetch_part(fetcher, peers, r, parallel()).await.expect("fetch");
         assert_eq!(bytes.len() as u64, r.size);
     }
     t.elapsed().as_secs_f64()
@@ -132,6 +156,13 @@ async fn verified(fetcher: &NodeHandle, peers: &[PeerId], refs: &[PartRef]) -> f
 /// Ranges of a part fetched at once (`AIT_TORRENT_PARALLEL`, default 4 as relays do).
 fn parallel() -> usize {
     std::env::var("AIT_TORRENT_PARALLEL").ok().and_then(|v| v.parse().ok()).unwrap_or(4)
+}
+
+/// The median of `xs` (the upper one of an even count).
+fn median(xs: &[f64]) -> f64 {
+    let mut v = xs.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn mb_s(bytes: u64, secs: f64) -> f64 {
@@ -158,6 +189,7 @@ fn start_to_serving() -> serde_json::Value {
 
 fn main() {
     let mib: usize = std::env::var("AIT_TORRENT_MIB").ok().and_then(|v| v.parse().ok()).unwrap_or(1024);
+    let rounds: usize = std::env::var("AIT_TORRENT_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3).max(1);
     let cap_mbps: f64 = std::env::var("AIT_TORRENT_CAP_MBPS").ok().and_then(|v| v.parse().ok()).unwrap_or(400.0);
     let n_parts = (mib / PART_MIB).max(1);
     let mut rng = rand::rngs::StdRng::seed_from_u64(1);
@@ -205,19 +237,29 @@ fn main() {
         }
         let ids = |s: &[(NodeHandle, PeerId, Multiaddr)]| s.iter().map(|x| x.1).collect::<Vec<_>>();
         let (free_ids, paced_ids) = (ids(&free), ids(&paced));
-        let plain_s = plain(&fetcher, free_ids[0], total, total / 4).await;
-        let v1 = verified(&fetcher, &free_ids[..1], &refs).await;
-        let v3 = verified(&fetcher, &free_ids, &refs).await;
+        // Rounds of plain, verified from 1 and from 3 seeders, and assembled, one after the
+        // other, so that each ratio compares neighbours; medians over the rounds.
+        let (mut plain_s, mut v1, mut v3, mut a1, mut ratios) = (vec![], vec![], vec![], vec![], vec![]);
+        for _ in 0..rounds {
+            plain_s.push(plain(&fetcher, free_ids[0], total, total / 4).await);
+            v1.push(verified(&fetcher, &free_ids[..1], &refs).await);
+            v3.push(verified(&fetcher, &free_ids, &refs).await);
+            a1.push(assembled(&fetcher, &free_ids[..1], &refs).await);
+            ratios.push(((plain_s[plain_s.len() - 1] / v1[v1.len() - 1]) * 100.0).round() / 100.0);
+        }
         let quarter = &refs[..(refs.len() / 4).max(1)];
         let qbytes: u64 = quarter.iter().map(|r| r.size).sum();
         let p1 = verified(&fetcher, &paced_ids[..1], quarter).await;
         let p3 = verified(&fetcher, &paced_ids, quarter).await;
         json!({
             "bytes": total,
-            "plain_mb_s": mb_s(total, plain_s),
-            "verified_1_mb_s": mb_s(total, v1),
-            "verified_3_mb_s": mb_s(total, v3),
-            "verified_1_vs_plain": ((plain_s / v1) * 100.0).round() / 100.0,
+            "rounds": rounds,
+            "plain_mb_s": mb_s(total, median(&plain_s)),
+            "verified_1_mb_s": mb_s(total, median(&v1)),
+            "verified_3_mb_s": mb_s(total, median(&v3)),
+            "assembled_1_mb_s": mb_s(total, median(&a1)),
+            "verified_1_vs_plain": ((median(&plain_s) / median(&v1)) * 100.0).round() / 100.0,
+            "verified_1_vs_plain_each_round": ratios,
             "cap_mbit_s": cap_mbps,
             "paced_bytes": qbytes,
             "paced_1_mb_s": mb_s(qbytes, p1),

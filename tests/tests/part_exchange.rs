@@ -59,7 +59,7 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
             }
         }
         for (part, r) in [(Part::Block(5), &parts.blocks[5]), (Part::Head, &parts.head)] {
-            let (bytes, report) = fetch_part(&control, &peers, r, 4).await.expect("fetch");
+            let (bytes, report) = fetch_part(&h, &peers, r, 4).await.expect("fetch");
             assert!(bytes == extract(g.file(), n, part).unwrap(), "{part}: other bytes");
             let from: Vec<u64> =
                 peers.iter().map(|p| report.from.iter().find(|(q, _)| q == p).map_or(0, |x| x.1)).collect();
@@ -182,8 +182,7 @@ fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
             let at = relay::p2p::with_peer(addrs[0].clone(), peer);
             assert_eq!(h.dial(at, Duration::from_secs(10)).await.unwrap(), peer);
         }
-        let (bytes, report) =
-            fetch_part(&h.control(), &[flipper, swapper, honest], &parts.blocks[5], 4).await.expect("fetch");
+        let (bytes, report) = fetch_part(&h, &[flipper, swapper, honest], &parts.blocks[5], 4).await.expect("fetch");
         assert!(bytes == block(5), "other bytes than the part's");
         let mut banned = report.banned.clone();
         banned.sort();
@@ -192,8 +191,8 @@ fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
         assert_eq!(banned, liars, "{report:?}");
         assert_eq!(report.from, vec![(honest, parts.blocks[5].size)], "{report:?}");
         // With no peer at all, or a liar alone, an error naming it, never bytes.
-        assert!(matches!(fetch_part(&h.control(), &[], &parts.blocks[5], 2).await, Err(FetchError::NoPeers { .. })));
-        let e = fetch_part(&h.control(), &[flipper], &parts.blocks[5], 2).await.unwrap_err().to_string();
+        assert!(matches!(fetch_part(&h, &[], &parts.blocks[5], 2).await, Err(FetchError::NoPeers { .. })));
+        let e = fetch_part(&h, &[flipper], &parts.blocks[5], 2).await.unwrap_err().to_string();
         assert!(e.contains("no peer left") && e.contains(&flipper.to_string()), "{e}");
         let id = manifest.id();
         let e = fetch_manifest(&mut h.control(), flipper, &id).await.unwrap_err().to_string();

@@ -119,20 +119,29 @@ impl PartTree {
     /// is checked against the tree on the way, so a holder whose copy went bad sends nothing
     /// wrong ([`VerifyError::Local`]).
     pub fn encode(&self, data: &[u8], range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
-        self.encode_with(data, range, true)
+        let mut out = Vec::new();
+        self.encode_with(data, range, true, &mut out)?;
+        Ok(out)
     }
 
-    /// [`PartTree::encode`] for the very bytes this tree was built from, held unchanged since
-    /// (as [`HeldPart`](crate::net::parts::HeldPart) holds them): the chunk groups are not
-    /// hashed again, which saves the sender a BLAKE3 pass per range.
-    pub fn encode_built_from(&self, data: &[u8], range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
-        self.encode_with(data, range, false)
+    /// [`PartTree::encode`] into `out` (cleared first; a buffer kept for the next answer) for
+    /// the very bytes this tree was built from, held unchanged since (as
+    /// [`HeldPart`](crate::net::parts::HeldPart) holds them): the chunk groups are not hashed
+    /// again, which saves the sender a BLAKE3 pass per range.
+    pub fn encode_built_from(&self, data: &[u8], range: Range<u64>, out: &mut Vec<u8>) -> Result<(), VerifyError> {
+        self.encode_with(data, range, false, out)
     }
 
-    /// [`PartTree::encode`] for a part read where it lies (a file): only the range's chunk
-    /// groups are read, and checked against the tree on the way (a file can change under it).
-    pub fn encode_from<D: ReadAt + Size>(&self, data: D, range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
-        self.encode_with(data, range, true)
+    /// [`PartTree::encode`] into `out` (cleared first) for a part read where it lies (a file):
+    /// only the range's chunk groups are read, and checked against the tree on the way (a
+    /// file can change under it).
+    pub fn encode_from<D: ReadAt + Size>(
+        &self,
+        data: D,
+        range: Range<u64>,
+        out: &mut Vec<u8>,
+    ) -> Result<(), VerifyError> {
+        self.encode_with(data, range, true, out)
     }
 
     fn encode_with<D: ReadAt + Size>(
@@ -140,20 +149,21 @@ impl PartTree {
         data: D,
         range: Range<u64>,
         validate: bool,
-    ) -> Result<Vec<u8>, VerifyError> {
+        out: &mut Vec<u8>,
+    ) -> Result<(), VerifyError> {
         self.root().check_range(&range)?;
         let len = data.size()?.unwrap_or(0);
         if len != self.root().size {
             return Err(VerifyError::Local(format!("{len} bytes for a part of {}", self.root().size)));
         }
-        let mut out = Vec::with_capacity((range.end - range.start) as usize + (64 << 10));
+        out.clear();
+        out.reserve((range.end - range.start) as usize + (64 << 10));
         let chunks = chunks_of(&range);
         let done = match validate {
-            true => encode_ranges_validated(data, &self.outboard, &chunks, &mut out),
-            false => encode_ranges(data, &self.outboard, &chunks, &mut out),
+            true => encode_ranges_validated(data, &self.outboard, &chunks, &mut *out),
+            false => encode_ranges(data, &self.outboard, &chunks, &mut *out),
         };
-        done.map_err(|e| VerifyError::Local(e.to_string()))?;
-        Ok(out)
+        done.map_err(|e| VerifyError::Local(e.to_string()))
     }
 }
 
@@ -218,9 +228,23 @@ impl<R: Read> Iterator for RangeDecoder<'_, R> {
 /// Decodes a whole response for bytes `range` of `root` into a buffer: the verified bytes of
 /// the range's chunk groups ([`group_range`]), or the first error.
 pub fn decode_range(root: PartRoot, range: Range<u64>, encoded: impl Read) -> Result<Vec<u8>, VerifyError> {
+    let mut out = Vec::new();
+    decode_range_into(root, range, encoded, &mut out)?;
+    Ok(out)
+}
+
+/// [`decode_range`] into `out` (cleared first; a buffer kept for the next range). On an error
+/// `out` holds the groups verified before it.
+pub fn decode_range_into(
+    root: PartRoot,
+    range: Range<u64>,
+    encoded: impl Read,
+    out: &mut Vec<u8>,
+) -> Result<(), VerifyError> {
     let chunks = RangeDecoder::<&[u8]>::chunks(&root, &range)?;
     let span = group_range(&range, root.size);
-    let mut out = Vec::with_capacity((span.end - span.start) as usize);
+    out.clear();
+    out.reserve((span.end - span.start) as usize);
     // One range's groups come in order, each right after the last.
     for item in RangeDecoder::new(root, &chunks, encoded) {
         let (offset, data) = item?;
@@ -232,7 +256,7 @@ pub fn decode_range(root: PartRoot, range: Range<u64>, encoded: impl Read) -> Re
     if out.len() as u64 != span.end - span.start {
         return Err(VerifyError::Truncated { offset: span.start + out.len() as u64 });
     }
-    Ok(out)
+    Ok(())
 }
 
 #[cfg(test)]

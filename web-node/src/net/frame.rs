@@ -46,27 +46,55 @@ pub const MIN_FRAME_RATE: u64 = 64 << 10;
 
 /// Reads one frame. Waits up to `idle` for the first byte of the length, then up to `body`
 /// for the rest of the length and up to `body` plus the payload's length at
-/// [`MIN_FRAME_RATE`] for the payload.
+/// [`MIN_FRAME_RATE`] for the payload. The payload's buffer starts at [`GROW_FROM`] bytes and
+/// grows with the bytes that arrive, so an announced length alone cannot make us allocate.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
     idle: Duration,
     body: Duration,
 ) -> Result<Vec<u8>, FrameError> {
-    read_frame_reserving(r, limit, idle, body, GROW_FROM).await
+    let n = read_len(r, limit, idle, body).await?;
+    let payload = async {
+        let mut buf = Vec::with_capacity(n.min(GROW_FROM));
+        (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
+        if buf.len() < n {
+            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(buf)
+    };
+    let allowed = payload_time(body, n);
+    super::timeout(allowed, payload).await.ok_or(FrameError::Timeout(allowed))?
 }
 
-/// [`read_frame`] reserving up to `reserve` bytes of the announced length before they arrive
-/// (at least [`GROW_FROM`]), for an answer this node asked for and expects to be large (a
-/// part range), so it is read without growing the buffer. Frames a peer sends unasked start
-/// at [`GROW_FROM`] and grow with the bytes that arrive.
-pub async fn read_frame_reserving<R: AsyncRead + Unpin>(
+/// [`read_frame`] into `buf`, a buffer the caller keeps for the next frame, for answers this
+/// node asked for and reads many of (part ranges): the payload is `buf[..n]`, and a buffer
+/// already that large is neither allocated nor cleared again. Returns `n`. `buf` grows to
+/// the announced length at once, so `limit` must be one the caller can afford.
+pub async fn read_frame_into<R: AsyncRead + Unpin>(
     r: &mut R,
     limit: usize,
     idle: Duration,
     body: Duration,
-    reserve: usize,
-) -> Result<Vec<u8>, FrameError> {
+    buf: &mut Vec<u8>,
+) -> Result<usize, FrameError> {
+    let n = read_len(r, limit, idle, body).await?;
+    if buf.len() < n {
+        buf.resize(n, 0);
+    }
+    let allowed = payload_time(body, n);
+    super::timeout(allowed, r.read_exact(&mut buf[..n])).await.ok_or(FrameError::Timeout(allowed))??;
+    Ok(n)
+}
+
+/// Reads a frame's length (waiting up to `idle` for its first byte and `body` for the rest)
+/// and checks it against `limit`.
+async fn read_len<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limit: usize,
+    idle: Duration,
+    body: Duration,
+) -> Result<usize, FrameError> {
     let mut len = [0u8; 4];
     let first = super::timeout(idle, r.read(&mut len[..1])).await.ok_or(FrameError::Timeout(idle))??;
     if first == 0 {
@@ -77,18 +105,12 @@ pub async fn read_frame_reserving<R: AsyncRead + Unpin>(
     if n > limit {
         return Err(FrameError::TooLarge { len: n, limit });
     }
-    let payload = async {
-        // Reserve what was announced only up to `reserve`; past that, grow with the bytes that
-        // actually arrive, so an announcement alone cannot make us allocate much.
-        let mut buf = Vec::with_capacity(n.min(reserve.max(GROW_FROM)));
-        (&mut *r).take(n as u64).read_to_end(&mut buf).await?;
-        if buf.len() < n {
-            return Err(FrameError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        Ok(buf)
-    };
-    let allowed = body + Duration::from_millis((n as u64).saturating_mul(1000) / MIN_FRAME_RATE);
-    super::timeout(allowed, payload).await.ok_or(FrameError::Timeout(allowed))?
+    Ok(n)
+}
+
+/// The time a payload of `n` bytes may take: `body`, plus `n` at [`MIN_FRAME_RATE`].
+fn payload_time(body: Duration, n: usize) -> Duration {
+    body + Duration::from_millis((n as u64).saturating_mul(1000) / MIN_FRAME_RATE)
 }
 
 /// Writes one frame and flushes it. A small frame goes out in one write; a large one as its
@@ -136,6 +158,31 @@ mod tests {
             // Truncated body.
             let mut r = Cursor::new(vec![10, 0, 0, 0, 1, 2]);
             assert!(matches!(read_frame(&mut r, 1 << 20, T, T).await, Err(FrameError::Io(_))));
+        });
+    }
+
+    /// `read_frame_into` reads frames one after another into one buffer, growing it only
+    /// for a longer frame, and keeps the limits of `read_frame`.
+    #[test]
+    fn frames_read_into_one_buffer() {
+        futures::executor::block_on(async {
+            let mut out = Cursor::new(Vec::new());
+            write_frame(&mut out, &[1u8; 100]).await.unwrap();
+            write_frame(&mut out, &[2u8; 10]).await.unwrap();
+            write_frame(&mut out, &[3u8; 20]).await.unwrap();
+            let mut r = Cursor::new(out.into_inner());
+            let mut buf = Vec::new();
+            assert_eq!(read_frame_into(&mut r, 100, T, T, &mut buf).await.unwrap(), 100);
+            assert_eq!(buf, [1u8; 100]);
+            assert_eq!(read_frame_into(&mut r, 100, T, T, &mut buf).await.unwrap(), 10);
+            assert_eq!((&buf[..10], buf.len()), (&[2u8; 10][..], 100));
+            assert!(matches!(read_frame_into(&mut r, 19, T, T, &mut buf).await, Err(FrameError::TooLarge { .. })));
+            let mut r = Cursor::new(vec![10, 0, 0, 0, 1, 2]);
+            assert!(matches!(read_frame_into(&mut r, 100, T, T, &mut buf).await, Err(FrameError::Io(_))));
+            assert!(matches!(
+                read_frame_into(&mut Cursor::new(vec![]), 100, T, T, &mut buf).await,
+                Err(FrameError::Closed)
+            ));
         });
     }
 

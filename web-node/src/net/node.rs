@@ -22,6 +22,7 @@ use libp2p::{connection_limits, identify, identity::Keypair, ping, relay, Multia
 use super::ip_limit::{self, PeerIps};
 use super::limits::NetLimits;
 use super::log_limit::LogLimit;
+use super::parts::StreamPool;
 
 /// Kademlia protocol id of the AI Torrent DHT.
 pub const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/kad/1.0.0");
@@ -192,6 +193,7 @@ pub struct NodeHandle {
     tx: mpsc::Sender<Command>,
     control: libp2p_stream::Control,
     ips: PeerIps,
+    part_streams: StreamPool,
 }
 
 /// The event loop of a node. Spawn [`Node::run`].
@@ -215,7 +217,7 @@ impl Node {
         let (tx, rx) = mpsc::channel(64);
         let control = swarm.behaviour().stream.new_control();
         let ips = swarm.behaviour().ip_limit.peer_ips();
-        let handle = NodeHandle { peer: *swarm.local_peer_id(), tx, control, ips };
+        let handle = NodeHandle { peer: *swarm.local_peer_id(), tx, control, ips, part_streams: StreamPool::default() };
         let node = Node {
             swarm,
             rx,
@@ -515,6 +517,11 @@ impl NodeHandle {
     /// A stream control for opening and accepting protocol streams.
     pub fn control(&self) -> libp2p_stream::Control {
         self.control.clone()
+    }
+
+    /// Part streams this node's fetches leave open for its next ones.
+    pub fn part_streams(&self) -> &StreamPool {
+        &self.part_streams
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {

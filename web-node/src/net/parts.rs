@@ -17,7 +17,8 @@
 //! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
 //! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
 //! verifies it; [`fetch_ranges`] splits a part's missing ranges over several peers at once,
-//! hands the next range to whichever peer finished its last one (so the fastest do the most),
+//! each asked for its next range while it answers one ([`PIPELINE`]), hands the next range to whichever
+//! peer finished one (so the fastest do the most),
 //! bans a peer whose data fails verification (proof that it lied), fetching its range from
 //! the others, and once no range is left unasked, asks a free peer for a range still running
 //! elsewhere (a stalled peer then holds nothing up). [`fetch_part`] assembles a part in memory;
@@ -35,11 +36,12 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt, Future, Stream, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
 use serde::{Deserialize, Serialize};
 
-use super::frame::{read_frame, read_frame_reserving, write_frame, FrameError};
+use super::frame::{read_frame, read_frame_into, write_frame, FrameError};
 use super::keyed_limit::KeyedLimit;
+use super::node::NodeHandle;
 use crate::model::card::{ModelCard, MAX_CARD};
 use crate::model::manifest::{ModelId, PartRef};
-use crate::model::verified::{decode_range, group_range, PartRoot, PartTree, VerifyError};
+use crate::model::verified::{decode_range_into, group_range, PartRoot, PartTree, VerifyError};
 use crate::model::Manifest;
 
 /// The protocol id.
@@ -47,6 +49,10 @@ pub const PARTS_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/parts/1");
 
 /// Most bytes one `Get` may ask for (64 chunk groups; with its proof it fits one frame).
 pub const MAX_RANGE: u64 = 1 << 20;
+
+/// Ranges a fetcher asks of one peer at once within one part ([`fetch_ranges`]): the next
+/// request waits at the peer while the last answer travels and is checked.
+pub const PIPELINE: usize = 2;
 
 /// Largest part [`fetch_part`] assembles in memory (a block of a 70B model in Q8_0 is
 /// about 1 GiB).
@@ -192,10 +198,17 @@ impl HeldPart {
 
     /// The answer to a request for bytes `range`: its chunk groups with their proof.
     pub fn encode(&self, range: Range<u64>) -> Result<Vec<u8>, VerifyError> {
+        let mut out = Vec::new();
+        self.encode_into(range, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`HeldPart::encode`] into `out` (cleared first), a buffer kept for the next answer.
+    pub fn encode_into(&self, range: Range<u64>, out: &mut Vec<u8>) -> Result<(), VerifyError> {
         match &self.body {
-            Body::Memory(b) => self.tree.encode_built_from(b, range),
+            Body::Memory(b) => self.tree.encode_built_from(b, range, out),
             #[cfg(not(target_arch = "wasm32"))]
-            Body::File(f) => self.tree.encode_from(f, range),
+            Body::File(f) => self.tree.encode_from(f, range, out),
         }
     }
 }
@@ -327,12 +340,18 @@ fn parse_root(root: &str) -> Option<String> {
     PartRef { size: 0, root: lower.clone(), flops: 0 }.address().map(|_| lower)
 }
 
-/// What one request is answered: the reply and the frame that follows it, if any.
-fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Vec<u8>>), String> {
+/// What one request is answered: the reply, and whether a frame follows it (then held in
+/// `body`, a buffer kept for the next answer).
+fn answer(source: &dyn PartSource, request: Request, body: &mut Vec<u8>) -> Result<(Reply, bool), String> {
+    let document = |body: &mut Vec<u8>, bytes: &[u8]| {
+        body.clear();
+        body.extend_from_slice(bytes);
+        bytes.len() as u64
+    };
     match request {
         Request::Have { roots } if roots.len() <= MAX_HAVE => {
             let held = roots.iter().map(|r| parse_root(r).is_some_and(|r| source.has(&r))).collect();
-            Ok((Reply::Have { held }, None))
+            Ok((Reply::Have { held }, false))
         }
         Request::Have { roots } => Err(format!("{} roots asked, at most {MAX_HAVE}", roots.len())),
         Request::Get { root, start, end } => {
@@ -342,22 +361,22 @@ fn answer(source: &dyn PartSource, request: Request) -> Result<(Reply, Option<Ve
             if end.saturating_sub(start) > MAX_RANGE {
                 return Err(format!("{} bytes asked, at most {MAX_RANGE} per request", end.saturating_sub(start)));
             }
-            let encoded = part.encode(start..end).map_err(|e| e.to_string())?;
-            Ok((Reply::Range { size }, Some(encoded)))
+            part.encode_into(start..end, body).map_err(|e| e.to_string())?;
+            Ok((Reply::Range { size }, true))
         }
         Request::Manifest { id } => {
             let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
             let json = source.manifest(&model).ok_or_else(|| format!("model {id} is not known here"))?;
-            Ok((Reply::Manifest { size: json.len() as u64 }, Some(json.to_vec())))
+            Ok((Reply::Manifest { size: document(body, &json) }, true))
         }
         Request::Models => {
             let ids = source.models().iter().take(MAX_HAVE).map(ModelId::to_hex).collect();
-            Ok((Reply::Models { ids }, None))
+            Ok((Reply::Models { ids }, false))
         }
         Request::Card { id } => {
             let model = ModelId::from_hex(&id).ok_or_else(|| format!("model id {id:?} is not 64 hex digits"))?;
             let card = source.card(&model).ok_or_else(|| format!("no card of model {id} here"))?;
-            Ok((Reply::Card { size: card.len() as u64 }, Some(card.to_vec())))
+            Ok((Reply::Card { size: document(body, &card) }, true))
         }
     }
 }
@@ -372,6 +391,8 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     traffic: &PartTraffic,
     mut stream: S,
 ) {
+    // The answers' frames, one buffer for the stream's life.
+    let mut body = Vec::new();
     for _ in 0..MAX_REQUESTS {
         let bytes = match read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await {
             Ok(b) => b,
@@ -383,16 +404,16 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let request = serde_json::from_slice::<Request>(&bytes).map_err(|e| format!("malformed request: {e}"));
         let malformed = request.is_err();
-        let (reply, body) = match request.and_then(|r| answer(source, r)) {
+        let (reply, follows) = match request.and_then(|r| answer(source, r, &mut body)) {
             Ok(r) => r,
-            Err(message) => (Reply::Error { message }, None),
+            Err(message) => (Reply::Error { message }, false),
         };
-        if let (Some(pace), Some(body)) = (pace, &body) {
+        if let (Some(pace), true) = (pace, follows) {
             pace.take(body.len()).await;
         }
         let send = async {
             write_frame(&mut stream, &serde_json::to_vec(&reply).unwrap_or_default()).await?;
-            if let Some(body) = body {
+            if follows {
                 write_frame(&mut stream, &body).await?;
                 if matches!(reply, Reply::Range { .. }) {
                     traffic.sent.fetch_add(body.len() as u64, std::sync::atomic::Ordering::Relaxed);
@@ -453,7 +474,7 @@ pub struct SeedLimits {
 
 impl Default for SeedLimits {
     fn default() -> Self {
-        SeedLimits { max_streams: 64, max_per_peer: 8, max_peers: 32, bytes_per_sec: None }
+        SeedLimits { max_streams: 64, max_per_peer: 16, max_peers: 32, bytes_per_sec: None }
     }
 }
 
@@ -544,34 +565,99 @@ pub async fn fetch_range(
     part: &PartRef,
     range: Range<u64>,
 ) -> Result<Vec<u8>, FetchError> {
-    let mut stream = open(control, peer).await?;
-    get_on(&mut stream, peer, part, range).await
+    let mut stream = RangeStream::new(open(control, peer).await?);
+    stream.get(peer, part, range).await?;
+    Ok(stream.data)
 }
 
-/// [`fetch_range`] on an open stream, which can carry the next request afterwards.
-async fn get_on(
-    stream: &mut libp2p::Stream,
-    peer: PeerId,
-    part: &PartRef,
-    range: Range<u64>,
-) -> Result<Vec<u8>, FetchError> {
-    let root =
-        part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
-    root.check_range(&range)?;
-    let broke = |what: String| FetchError::Stream { peer, what };
-    let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
-    match ask_on(stream, peer, &request).await? {
-        Reply::Range { size } if size == part.size => {}
-        Reply::Range { size } => {
-            let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
-            return Err(FetchError::Lied { peer, error });
-        }
-        other => return Err(broke(format!("unexpected answer {other:?}"))),
+/// A part stream to one peer with its buffers, kept from one range to the next, so that a
+/// range costs neither a new stream nor an allocation.
+struct RangeStream {
+    stream: libp2p::Stream,
+    /// The last answer's frame: the range's groups with their proof.
+    frame: Vec<u8>,
+    /// The last range's verified bytes.
+    data: Vec<u8>,
+}
+
+impl RangeStream {
+    fn new(stream: libp2p::Stream) -> RangeStream {
+        RangeStream { stream, frame: Vec::new(), data: Vec::new() }
     }
-    let body = read_frame_reserving(stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT, MAX_BODY)
-        .await
-        .map_err(|e| broke(e.to_string()))?;
-    decode_range(root, range, &body[..]).map_err(|error| FetchError::Lied { peer, error })
+
+    /// Asks for bytes `range` of `part` and verifies them into `self.data`.
+    async fn get(&mut self, peer: PeerId, part: &PartRef, range: Range<u64>) -> Result<(), FetchError> {
+        let root =
+            part.address().ok_or_else(|| VerifyError::Local(format!("root {:?} is not 64 hex digits", part.root)))?;
+        root.check_range(&range)?;
+        let broke = |what: String| FetchError::Stream { peer, what };
+        let request = Request::Get { root: part.root.clone(), start: range.start, end: range.end };
+        match ask_on(&mut self.stream, peer, &request).await? {
+            Reply::Range { size } if size == part.size => {}
+            Reply::Range { size } => {
+                let error = VerifyError::Local(format!("a part of {size} bytes, {} announced", part.size));
+                return Err(FetchError::Lied { peer, error });
+            }
+            other => return Err(broke(format!("unexpected answer {other:?}"))),
+        }
+        let n = read_frame_into(&mut self.stream, MAX_BODY, FRAME_TIMEOUT, FRAME_TIMEOUT, &mut self.frame)
+            .await
+            .map_err(|e| broke(e.to_string()))?;
+        decode_range_into(root, range, &self.frame[..n], &mut self.data)
+            .map_err(|error| FetchError::Lied { peer, error })
+    }
+}
+
+/// Part streams left open after a fetch, per peer, for the next fetch from that peer. A
+/// stream's flow-control window grows while it carries ranges (a new yamux stream starts at
+/// 256 KiB), so parts fetched one after another keep the rate the first one reached instead
+/// of starting over (measured in `cargo bench -p ait-tests --bench torrent`). A stream idle
+/// longer than [`POOL_IDLE`] is not reused, since the seeder closes it after
+/// [`FRAME_TIMEOUT`]; a reused stream found closed is replaced by a new one.
+#[derive(Clone, Default)]
+pub struct StreamPool(Arc<std::sync::Mutex<PoolMap>>);
+
+type PoolMap = std::collections::HashMap<PeerId, Vec<(libp2p::Stream, web_time::Instant)>>;
+
+/// How long a pooled stream may sit idle and still be reused.
+const POOL_IDLE: Duration = Duration::from_secs(20);
+/// Streams kept per peer (a seeder admits 16 from one peer by default).
+const POOL_PER_PEER: usize = 8;
+/// Peers with streams kept.
+const POOL_PEERS: usize = 64;
+
+impl StreamPool {
+    fn map(&self) -> std::sync::MutexGuard<'_, PoolMap> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A stream to `peer` left by an earlier fetch, if one is fresh enough.
+    fn take(&self, peer: PeerId) -> Option<RangeStream> {
+        let mut map = self.map();
+        let kept = map.get_mut(&peer)?;
+        kept.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+        let stream = kept.pop().map(|(s, _)| RangeStream::new(s));
+        if kept.is_empty() {
+            map.remove(&peer);
+        }
+        stream
+    }
+
+    /// Keeps `stream` to `peer` for a later fetch, within the pool's limits.
+    fn put(&self, peer: PeerId, stream: RangeStream) {
+        let mut map = self.map();
+        map.retain(|_, kept| {
+            kept.retain(|(_, at)| at.elapsed() < POOL_IDLE);
+            !kept.is_empty()
+        });
+        if map.len() >= POOL_PEERS && !map.contains_key(&peer) {
+            return;
+        }
+        let kept = map.entry(peer).or_default();
+        if kept.len() < POOL_PER_PEER {
+            kept.push((stream.stream, web_time::Instant::now()));
+        }
+    }
 }
 
 /// Opens a `/ait/parts/1` stream to `peer`.
@@ -620,21 +706,21 @@ async fn ask_on(stream: &mut libp2p::Stream, peer: PeerId, request: &Request) ->
     }
 }
 
-/// One range from `peer`, on `reused` (a stream left from its last range) if given, else on a
-/// new stream (also when the reused one turns out closed). Returns the stream for the next
-/// range after a success.
+/// One range from `peer` into the returned stream's `data`, on `reused` (a stream left from
+/// its last range) if given, else on a new stream (also when the reused one turns out
+/// closed). Returns the stream for the next range after a success.
 async fn range_on(
     mut control: libp2p_stream::Control,
     peer: PeerId,
-    reused: Option<libp2p::Stream>,
+    reused: Option<RangeStream>,
     part: &PartRef,
     range: Range<u64>,
-) -> (Result<Vec<u8>, FetchError>, Option<libp2p::Stream>) {
+) -> Result<RangeStream, FetchError> {
     if let Some(mut s) = reused {
-        match get_on(&mut s, peer, part, range.clone()).await {
-            Ok(bytes) => return (Ok(bytes), Some(s)),
+        match s.get(peer, part, range.clone()).await {
+            Ok(()) => return Ok(s),
             Err(FetchError::Stream { .. }) => {}
-            Err(e) => return (Err(e), None),
+            Err(e) => return Err(e),
         }
     }
     // A new stream can land on a connection that is closing (libp2p picks an established
@@ -644,17 +730,19 @@ async fn range_on(
     loop {
         let started = web_time::Instant::now();
         let got = match open(&mut control, peer).await {
-            Ok(mut s) => get_on(&mut s, peer, part, range.clone()).await.map(|bytes| (bytes, s)),
+            Ok(s) => {
+                let mut s = RangeStream::new(s);
+                s.get(peer, part, range.clone()).await.map(|()| s)
+            }
             Err(e) => Err(e),
         };
         match got {
-            Ok((bytes, s)) => return (Ok(bytes), Some(s)),
             Err(e @ FetchError::Stream { .. }) if !retried && started.elapsed() < STREAM_RETRY * 8 => {
                 tracing::debug!(%peer, "part range {range:?}: {e}; trying a new stream");
                 retried = true;
                 futures_timer::Delay::new(STREAM_RETRY).await;
             }
-            Err(e) => return (Err(e), None),
+            got => return got,
         }
     }
 }
@@ -749,7 +837,7 @@ pub struct FetchReport {
 /// Fetches the whole of `part` from `peers` into memory ([`fetch_ranges`] over all of
 /// [`ranges_of`] its size). Returns the verified bytes.
 pub async fn fetch_part(
-    control: &libp2p_stream::Control,
+    node: &NodeHandle,
     peers: &[PeerId],
     part: &PartRef,
     parallel: usize,
@@ -757,7 +845,7 @@ pub async fn fetch_part(
     let size = usize::try_from(part.size).ok().filter(|&n| n as u64 <= MAX_PART);
     let size = size.ok_or_else(|| VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)))?;
     let mut out = vec![0u8; size];
-    let report = fetch_ranges(control, peers, part, ranges_of(part.size), parallel, |range, bytes| {
+    let report = fetch_ranges(node, peers, part, ranges_of(part.size), parallel, |range, bytes| {
         out[range.start as usize..range.end as usize].copy_from_slice(bytes);
         Ok(())
     })
@@ -765,15 +853,18 @@ pub async fn fetch_part(
     Ok((out, report))
 }
 
-/// Fetches `todo` (ranges of [`ranges_of`] `part.size`) from `peers`, up to `parallel` at once,
-/// handing each verified range to `sink` once: each range goes to the next free peer (the
-/// fastest come back first and take more), a peer whose data fails verification is banned
-/// for the rest of the fetch, and a peer that fails otherwise twice is dropped; their ranges
-/// go to the others. When every range has been asked for, a free peer is also asked for a
-/// range still running on another (the first verified answer counts), so a peer that stalls
-/// holds the fetch up no longer than the fastest other takes.
+/// Fetches `todo` (ranges of [`ranges_of`] `part.size`) from `peers`, handing each verified
+/// range to `sink` once. Up to `parallel` peers are asked at once, each with up to
+/// [`PIPELINE`] ranges (so a peer is asked for its next range while it answers one, rather
+/// than waiting a round trip per range, and a slow peer holds no more than that). A range goes
+/// to the next free slot (the fastest peers' slots come back first and take more), a peer
+/// whose data fails verification is banned for the rest of the fetch, and a peer that fails
+/// otherwise more than [`PIPELINE`] times is dropped; their ranges go to the others. When
+/// every range has been asked for, a free slot is also asked for a range still running on
+/// another peer (the first verified answer counts), so a peer that stalls holds the fetch up
+/// no longer than the fastest other takes.
 pub async fn fetch_ranges<F>(
-    control: &libp2p_stream::Control,
+    node: &NodeHandle,
     peers: &[PeerId],
     part: &PartRef,
     todo: Vec<Range<u64>>,
@@ -787,21 +878,26 @@ where
         return Err(VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)).into());
     }
     let mut todo: Vec<Range<u64>> = todo.into_iter().rev().collect();
-    let mut free: std::collections::VecDeque<PeerId> = peers.iter().copied().collect();
+    // One entry per free slot, the peers taking turns.
+    let mut free: std::collections::VecDeque<PeerId> = (0..PIPELINE).flat_map(|_| peers.iter().copied()).collect();
+    let at_once = PIPELINE * parallel.clamp(1, peers.len().max(1));
+    // Peers banned or dropped: their slots are not given back.
+    let mut gone: std::collections::HashSet<PeerId> = Default::default();
     let mut failures: std::collections::HashMap<PeerId, u32> = Default::default();
     let mut report = FetchReport::default();
     let mut last = String::from("none");
     // Ranges asked for and not yet stored, with the peers asked; stored ones are forgotten.
     let mut asked: Vec<(Range<u64>, Vec<PeerId>)> = Vec::new();
-    // Streams left open by each peer's last range, for its next.
-    let mut idle: std::collections::HashMap<PeerId, Vec<libp2p::Stream>> = Default::default();
+    // Streams left open by each peer's last ranges, for its next.
+    let mut idle: std::collections::HashMap<PeerId, Vec<RangeStream>> = Default::default();
     let mut running = FuturesUnordered::new();
-    loop {
+    let (control, pool) = (node.control(), node.part_streams());
+    let result = loop {
         if todo.is_empty() && asked.is_empty() {
             // Done; duplicates still running (a stalled peer) are dropped with `running`.
-            break;
+            break Ok(report);
         }
-        while running.len() < parallel.max(1) {
+        while running.len() < at_once {
             let Some(peer) = free.pop_front() else {
                 break;
             };
@@ -823,41 +919,40 @@ where
                 },
             };
             let (control, part) = (control.clone(), part.clone());
-            let reused = idle.get_mut(&peer).and_then(Vec::pop);
+            let reused = idle.get_mut(&peer).and_then(Vec::pop).or_else(|| pool.take(peer));
             running.push(async move {
-                let (got, stream) = range_on(control, peer, reused, &part, range.clone()).await;
-                (peer, range, got, stream)
+                let got = range_on(control, peer, reused, &part, range.clone()).await;
+                (peer, range, got)
             });
         }
         if running.is_empty() {
             let Some(r) = todo.last() else {
-                break;
+                break Ok(report);
             };
-            return Err(FetchError::NoPeers { start: r.start, end: r.end, banned: report.banned, last });
+            break Err(FetchError::NoPeers { start: r.start, end: r.end, banned: report.banned, last });
         }
-        let Some((peer, range, got, stream)) = running.next().await else {
+        let Some((peer, range, got)) = running.next().await else {
             continue;
         };
-        if let Some(stream) = stream {
-            idle.entry(peer).or_default().push(stream);
-        }
         let slot = asked.iter().position(|(r, _)| *r == range);
         match got {
-            Ok(bytes) => {
+            Ok(stream) => {
+                let bytes = &stream.data;
                 if let Some(i) = slot {
                     let span = group_range(&range, part.size);
-                    sink(span.clone(), &bytes).map_err(|what| FetchError::Sink {
-                        start: span.start,
-                        end: span.end,
-                        what,
-                    })?;
+                    if let Err(what) = sink(span.clone(), bytes) {
+                        break Err(FetchError::Sink { start: span.start, end: span.end, what });
+                    }
                     asked.swap_remove(i);
                     match report.from.iter_mut().find(|(p, _)| *p == peer) {
                         Some((_, n)) => *n += bytes.len() as u64,
                         None => report.from.push((peer, bytes.len() as u64)),
                     }
                 }
-                free.push_back(peer);
+                if !gone.contains(&peer) {
+                    idle.entry(peer).or_default().push(stream);
+                    free.push_back(peer);
+                }
             }
             Err(e) => {
                 tracing::debug!(%peer, "part range {range:?}: {e}");
@@ -871,15 +966,29 @@ where
                 }
                 let n = failures.entry(peer).or_default();
                 *n += 1;
-                if matches!(e, FetchError::Lied { .. }) {
+                if gone.contains(&peer) {
+                    // Already banned or dropped: another of its ranges failing changes nothing.
+                } else if matches!(e, FetchError::Lied { .. }) {
                     report.banned.push(peer);
-                } else if *n < 2 {
+                    gone.insert(peer);
+                    free.retain(|p| *p != peer);
+                } else if *n > PIPELINE as u32 {
+                    gone.insert(peer);
+                    free.retain(|p| *p != peer);
+                } else {
                     free.push_back(peer);
                 }
             }
         }
+    };
+    // Streams that finished their last range serve the next fetch from the same peer; those
+    // of peers that lied or kept failing are dropped.
+    for (peer, streams) in idle {
+        if !gone.contains(&peer) {
+            streams.into_iter().for_each(|s| pool.put(peer, s));
+        }
     }
-    Ok(report)
+    result
 }
 
 #[cfg(test)]
