@@ -101,29 +101,49 @@ async fn seeder(parts: Arc<MemParts>, bytes_per_sec: Option<u64>) -> (NodeHandle
     (node, peer, addr)
 }
 
-/// `total` bytes from `peer` over plain streams of `each` bytes, 4 at a time, in seconds.
+/// `total` bytes from `peer` over plain streams of `each` bytes, 4 at a time, in seconds. A
+/// stream the seeder dropped before it read a byte is opened again a moment later, as fetches
+/// do: libp2p-stream drops an inbound stream while the one stream before it waits to be taken
+/// (its accept queue has a single slot; rust-libp2p #5651).
 async fn plain(fetcher: &NodeHandle, peer: PeerId, total: u64, each: u64) -> f64 {
     let t = Instant::now();
     let runs = futures::stream::iter(0..total / each).map(|_| {
         let mut control = fetcher.control();
         async move {
-            let mut s = control.open_stream(peer, PLAIN).await.expect("plain stream");
-            s.write_all(&each.to_le_bytes()).await.expect("ask");
-            let mut buf = vec![0u8; 1 << 20];
-            let mut got = 0u64;
-            loop {
-                let n = s.read(&mut buf).await.expect("read");
-                if n == 0 {
-                    break;
+            for attempt in 1.. {
+                match plain_once(&mut control, peer, each).await {
+                    Ok(got) => return assert_eq!(got, each),
+                    Err((0, e)) if attempt < 4 => {
+                        eprintln!("plain stream dropped ({e}); opening another");
+                        tokio::time::sleep(Duration::from_millis(250)).await;
+                    }
+                    Err((got, e)) => panic!("plain stream failed after {got} bytes: {e}"),
                 }
-                got += n as u64;
             }
-            assert_eq!(got, each);
-            let _ = s.close().await;
         }
     });
     runs.buffer_unordered(4).collect::<Vec<()>>().await;
     t.elapsed().as_secs_f64()
+}
+
+/// One plain stream of `each` bytes: the bytes read, or those read before an error.
+async fn plain_once(control: &mut libp2p_stream::Control, peer: PeerId, each: u64) -> Result<u64, (u64, String)> {
+    let mut s = control.open_stream(peer, PLAIN).await.map_err(|e| (0, e.to_string()))?;
+    s.write_all(&each.to_le_bytes()).await.map_err(|e| (0, e.to_string()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut got = 0u64;
+    loop {
+        match s.read(&mut buf).await {
+            Ok(0) => break,
+            Ok(n) => got += n as u64,
+            Err(e) => return Err((got, e.to_string())),
+        }
+    }
+    let _ = s.close().await;
+    if got == 0 {
+        return Err((0, "closed before any byte".into()));
+    }
+    Ok(got)
 }
 
 /// Every part in `refs` fetched from `peers`, each range verified and then dropped as the

@@ -68,8 +68,22 @@ const FRAME_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most roots one `Have` may name.
 const MAX_HAVE: usize = 4096;
 
-/// How long a fetcher waits before a second stream after a transport error.
+/// How long a fetcher waits before another stream after a transport error that came at once
+/// (times the tries so far, plus a few ms that differ between ranges, so that streams dropped
+/// together are not opened together again).
 const STREAM_RETRY: Duration = Duration::from_millis(250);
+
+/// New streams tried after a transport error that came at once. Such an error is most often a
+/// stream the peer never took: libp2p-stream drops an inbound stream while the one before it
+/// still waits to be taken (its accept queue has a single slot; rust-libp2p #5651), which a
+/// burst of streams from one fetcher (2 ranges of each of 4 parts) can hit.
+const STREAM_RETRIES: u32 = 3;
+
+/// Waits before try `tried + 1` of a new stream, `salt` spreading the tries of different
+/// requests apart.
+async fn stream_retry_wait(tried: u32, salt: u64) {
+    futures_timer::Delay::new(STREAM_RETRY * tried + Duration::from_millis(salt % 8 * 20)).await;
+}
 
 /// Most requests answered on one stream.
 const MAX_REQUESTS: usize = 4096;
@@ -668,14 +682,14 @@ async fn open(control: &mut libp2p_stream::Control, peer: PeerId) -> Result<libp
 }
 
 /// Opens a stream to `peer`, sends `request` and reads the answer's first frame; an `Error`
-/// answer is [`FetchError::Refused`]. A transport error that comes at once is tried again
-/// once on a new stream, as [`range_on`] does.
+/// answer is [`FetchError::Refused`]. A transport error that comes at once is tried again on a
+/// new stream (up to [`STREAM_RETRIES`] times), as [`range_on`] does.
 async fn ask(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     request: &Request,
 ) -> Result<(libp2p::Stream, Reply), FetchError> {
-    let mut retried = false;
+    let mut tried = 0;
     loop {
         let started = web_time::Instant::now();
         let got = async {
@@ -684,10 +698,10 @@ async fn ask(
             Ok((stream, reply))
         };
         match got.await {
-            Err(e @ FetchError::Stream { .. }) if !retried && started.elapsed() < STREAM_RETRY * 8 => {
+            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < STREAM_RETRY * 8 => {
                 tracing::debug!(%peer, "{e}; trying a new stream");
-                retried = true;
-                futures_timer::Delay::new(STREAM_RETRY).await;
+                tried += 1;
+                stream_retry_wait(tried, 0).await;
             }
             got => return got,
         }
@@ -723,10 +737,10 @@ async fn range_on(
             Err(e) => return Err(e),
         }
     }
-    // A new stream can land on a connection that is closing (libp2p picks an established
-    // one): after a transport error that came at once, one more stream a moment later gets a
-    // live connection. (A peer that timed out is not asked again here.)
-    let mut retried = false;
+    // A new stream the peer dropped untaken (see STREAM_RETRIES), or one that landed on a
+    // closing connection, fails at once: another a moment later gets through. (A peer that
+    // timed out is not asked again here.)
+    let mut tried = 0;
     loop {
         let started = web_time::Instant::now();
         let got = match open(&mut control, peer).await {
@@ -737,10 +751,10 @@ async fn range_on(
             Err(e) => Err(e),
         };
         match got {
-            Err(e @ FetchError::Stream { .. }) if !retried && started.elapsed() < STREAM_RETRY * 8 => {
+            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < STREAM_RETRY * 8 => {
                 tracing::debug!(%peer, "part range {range:?}: {e}; trying a new stream");
-                retried = true;
-                futures_timer::Delay::new(STREAM_RETRY).await;
+                tried += 1;
+                stream_retry_wait(tried, range.start / MAX_RANGE).await;
             }
             got => return got,
         }
