@@ -13,7 +13,7 @@
 //!   holds (the head and its blocks), each checked against its root before it is sent.
 //!   Tabs fetch parts over libp2p first and use these only as the fallback; a relay started
 //!   with `--no-http-parts` answers 404 here.
-//! - `GET /ait/seeding`: the relay's part traffic and seeding ratio.
+//! - `GET /ait/seeding`: the relay's part traffic, seeding ratio and part streams taken.
 //! - anything else: a file of the app, or its `index.html`.
 
 use std::path::PathBuf;
@@ -164,10 +164,12 @@ async fn bootstrap(State(s): State<Arc<WebState>>) -> Json<serde_json::Value> {
     }))
 }
 
-/// `GET /ait/seeding`: this node's part traffic and seeding ratio (sent over received).
+/// `GET /ait/seeding`: this node's part traffic and seeding ratio (sent over received), and
+/// the part streams other nodes opened to it.
 async fn seeding(State(s): State<Arc<WebState>>) -> Json<serde_json::Value> {
     let (sent, received) = s.traffic.totals();
-    Json(json!({ "sent_bytes": sent, "received_bytes": received, "ratio": s.traffic.ratio() }))
+    let streams = s.traffic.streams.load(std::sync::atomic::Ordering::Relaxed);
+    Json(json!({ "sent_bytes": sent, "received_bytes": received, "ratio": s.traffic.ratio(), "streams": streams }))
 }
 
 fn not_found(what: String) -> Response {

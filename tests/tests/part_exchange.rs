@@ -72,6 +72,24 @@ fn two_seeders_serve_verified_parts_and_refuse_bad_requests() {
             assert!(report.banned.is_empty());
             println!("{part}: {} bytes, {from:?} from the two seeders", r.size);
         }
+        // Parts fetched one after another from one seeder ride the streams the last fetch left
+        // open (`StreamPool`, so their flow-control windows need not grow again): once block 6
+        // has used both of the seeder's slots, block 7 opens no stream at all.
+        let streams_taken = || -> u64 {
+            let url = format!("{}/ait/seeding", relays[0].http.as_deref().expect("http"));
+            let v: serde_json::Value = ureq::get(&url).call().expect("seeding").body_mut().read_json().expect("json");
+            v["streams"].as_u64().expect("streams")
+        };
+        for b in [6, 7] {
+            let before = streams_taken();
+            let (bytes, _) = fetch_part(&h, &peers[..1], &parts.blocks[b], 4).await.expect("fetch");
+            assert!(bytes == extract(g.file(), n, Part::Block(b)).unwrap(), "block {b}: other bytes");
+            let opened = streams_taken() - before;
+            println!("block {b}: {} ranges, {opened} new streams", parts.blocks[b].size.div_ceil(MAX_RANGE));
+            if b == 7 {
+                assert_eq!(opened, 0, "block 7 opened streams beside those block 6 left");
+            }
+        }
         // One range, then what is asked of a part that does not exist.
         let r = &parts.blocks[2];
         let got = fetch_range(&mut control.clone(), peers[0], r, 100..200).await.expect("range");

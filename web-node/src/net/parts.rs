@@ -453,6 +453,8 @@ pub struct PartTraffic {
     pub sent: std::sync::atomic::AtomicU64,
     /// Verified bytes of parts received from other nodes.
     pub received: std::sync::atomic::AtomicU64,
+    /// Part streams other nodes opened to this one and it took (within its limits).
+    pub streams: std::sync::atomic::AtomicU64,
 }
 
 impl PartTraffic {
@@ -562,6 +564,7 @@ impl Stream for PartStreams {
                 tracing::debug!(%peer, "too many part streams; closing one");
                 continue;
             };
+            self.traffic.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (source, pace, traffic) = (self.source.clone(), self.pace.clone(), self.traffic.clone());
             return Poll::Ready(Some(Box::pin(async move {
                 serve_stream(&*source, pace.as_ref(), &traffic, stream).await;
