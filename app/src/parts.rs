@@ -27,7 +27,8 @@ use web_time::Instant;
 use crate::error::AppError;
 use crate::http;
 
-/// Ranges of one part fetched at once (over all its seeders).
+/// Seeders one part is fetched from at once (`fetch_ranges`' `parallel`: up to
+/// [`PIPELINE`](web_node::net::parts::PIPELINE) times this many ranges at once).
 const PARALLEL: usize = 4;
 
 /// The parts (and manifests) this tab holds, verified, in memory: what it answers other

@@ -4,7 +4,8 @@
 //!
 //! Seeders are found in the DHT: providers of the model's id hold its manifest (whose hash the
 //! fetcher checks against the id), providers of a part's root seed that part. Each part is
-//! fetched over `/ait/parts/1` from up to [`PARALLEL`] ranges at once across its seeders,
+//! fetched over `/ait/parts/1` from up to [`PARALLEL`] of its seeders at once, each asked for
+//! [`PIPELINE`](web_node::net::parts::PIPELINE) ranges at a time,
 //! every range checked against the part's root on arrival, and resumed from what is already
 //! verified on disk.
 
@@ -28,7 +29,8 @@ use web_node::net::seeders::{first_manifest, holders, providers, PROBE};
 use crate::local::{pick_gpu, BackendKind};
 use crate::part_store::{FetchOutcome, PartStore};
 
-/// Ranges of one part fetched at once (over all its seeders).
+/// Seeders one part is fetched from at once (`fetch_ranges`' `parallel`: up to
+/// [`PIPELINE`](web_node::net::parts::PIPELINE) times this many ranges at once).
 pub const PARALLEL: usize = 4;
 /// Parts fetched at once.
 const PARTS_AT_ONCE: usize = 4;

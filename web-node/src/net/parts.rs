@@ -70,8 +70,12 @@ const MAX_HAVE: usize = 4096;
 
 /// How long a fetcher waits before another stream after a transport error that came at once
 /// (times the tries so far, plus a few ms that differ between ranges, so that streams dropped
-/// together are not opened together again).
-const STREAM_RETRY: Duration = Duration::from_millis(250);
+/// together are not opened together again). Short: the peer's acceptor only has to take the
+/// stream before, and a relay fetching its parts opens 8 streams to one seeder at its start.
+const STREAM_RETRY: Duration = Duration::from_millis(50);
+
+/// A transport error within this long of opening a stream "came at once".
+const AT_ONCE: Duration = Duration::from_secs(2);
 
 /// New streams tried after a transport error that came at once. Such an error is most often a
 /// stream the peer never took: libp2p-stream drops an inbound stream while the one before it
@@ -82,7 +86,7 @@ const STREAM_RETRIES: u32 = 3;
 /// Waits before try `tried + 1` of a new stream, `salt` spreading the tries of different
 /// requests apart.
 async fn stream_retry_wait(tried: u32, salt: u64) {
-    futures_timer::Delay::new(STREAM_RETRY * tried + Duration::from_millis(salt % 8 * 20)).await;
+    futures_timer::Delay::new(STREAM_RETRY * tried + Duration::from_millis(salt % 8 * 10)).await;
 }
 
 /// Most requests answered on one stream.
@@ -395,18 +399,40 @@ fn answer(source: &dyn PartSource, request: Request, body: &mut Vec<u8>) -> Resu
     }
 }
 
+/// Buffers for a node's part answers, shared by its streams: each answer takes one and gives
+/// it back once sent, so an answer costs no allocation and a stream waiting for its next
+/// request holds none. At most [`SPARE_ANSWERS`] wait between answers.
+#[derive(Clone, Default)]
+pub struct AnswerBuffers(Arc<std::sync::Mutex<Vec<Vec<u8>>>>);
+
+/// Answer buffers kept between answers (about 1 MiB each).
+const SPARE_ANSWERS: usize = 8;
+
+impl AnswerBuffers {
+    fn take(&self) -> Vec<u8> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).pop().unwrap_or_default()
+    }
+
+    fn give(&self, buffer: Vec<u8>) {
+        let mut spare = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if spare.len() < SPARE_ANSWERS {
+            spare.push(buffer);
+        }
+    }
+}
+
 /// Serves requests on `stream` from `source`, one after another (a fetcher keeps a stream for
 /// its next range, so its flow-control window stays open), the answers paced by `pace` if
-/// given. Ends when the peer closes, stays idle for [`FRAME_TIMEOUT`], sends a request that
-/// does not parse, or has made [`MAX_REQUESTS`].
+/// given, each written from a buffer taken from `buffers`. Ends when the peer closes, stays
+/// idle for [`FRAME_TIMEOUT`], sends a request that does not parse, or has made
+/// [`MAX_REQUESTS`].
 pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
     source: &dyn PartSource,
     pace: Option<&Pace>,
     traffic: &PartTraffic,
+    buffers: &AnswerBuffers,
     mut stream: S,
 ) {
-    // The answers' frames, one buffer for the stream's life.
-    let mut body = Vec::new();
     for _ in 0..MAX_REQUESTS {
         let bytes = match read_frame(&mut stream, 1 << 20, FRAME_TIMEOUT, FRAME_TIMEOUT).await {
             Ok(b) => b,
@@ -418,6 +444,7 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
         };
         let request = serde_json::from_slice::<Request>(&bytes).map_err(|e| format!("malformed request: {e}"));
         let malformed = request.is_err();
+        let mut body = buffers.take();
         let (reply, follows) = match request.and_then(|r| answer(source, r, &mut body)) {
             Ok(r) => r,
             Err(message) => (Reply::Error { message }, false),
@@ -435,7 +462,9 @@ pub async fn serve_stream<S: AsyncRead + AsyncWrite + Unpin>(
             }
             Ok::<_, FrameError>(())
         };
-        if let Err(e) = super::timeout(FRAME_TIMEOUT, send).await.unwrap_or(Err(FrameError::Timeout(FRAME_TIMEOUT))) {
+        let sent = super::timeout(FRAME_TIMEOUT, send).await.unwrap_or(Err(FrameError::Timeout(FRAME_TIMEOUT)));
+        buffers.give(body);
+        if let Err(e) = sent {
             tracing::debug!("part request: {e}");
             break;
         }
@@ -531,6 +560,7 @@ pub struct PartStreams {
     open: KeyedLimit<PeerId>,
     pace: Option<Pace>,
     traffic: Arc<PartTraffic>,
+    buffers: AnswerBuffers,
 }
 
 impl PartStreams {
@@ -542,7 +572,8 @@ impl PartStreams {
     ) -> Result<PartStreams, libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(PARTS_PROTOCOL)?;
         let open = KeyedLimit::new(limits.max_streams, limits.max_per_peer).with_max_keys(limits.max_peers);
-        Ok(PartStreams { incoming, source, open, pace: limits.bytes_per_sec.map(Pace::new), traffic: Arc::default() })
+        let pace = limits.bytes_per_sec.map(Pace::new);
+        Ok(PartStreams { incoming, source, open, pace, traffic: Arc::default(), buffers: AnswerBuffers::default() })
     }
 
     /// Counts the bytes sent in `traffic` (for the node's seeding ratio).
@@ -566,8 +597,9 @@ impl Stream for PartStreams {
             };
             self.traffic.streams.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let (source, pace, traffic) = (self.source.clone(), self.pace.clone(), self.traffic.clone());
+            let buffers = self.buffers.clone();
             return Poll::Ready(Some(Box::pin(async move {
-                serve_stream(&*source, pace.as_ref(), &traffic, stream).await;
+                serve_stream(&*source, pace.as_ref(), &traffic, &buffers, stream).await;
                 drop(permit);
             })));
         }
@@ -597,9 +629,20 @@ struct RangeStream {
     data: Vec<u8>,
 }
 
+/// A range's frame and data buffers, passed on from one range to the next.
+type RangeBuffers = (Vec<u8>, Vec<u8>);
+
 impl RangeStream {
     fn new(stream: libp2p::Stream) -> RangeStream {
-        RangeStream { stream, frame: Vec::new(), data: Vec::new() }
+        RangeStream::with_buffers(stream, RangeBuffers::default())
+    }
+
+    fn with_buffers(stream: libp2p::Stream, (frame, data): RangeBuffers) -> RangeStream {
+        RangeStream { stream, frame, data }
+    }
+
+    fn into_parts(self) -> (libp2p::Stream, RangeBuffers) {
+        (self.stream, (self.frame, self.data))
     }
 
     /// Asks for bytes `range` of `part` and verifies them into `self.data`.
@@ -649,11 +692,11 @@ impl StreamPool {
     }
 
     /// A stream to `peer` left by an earlier fetch, if one is fresh enough.
-    fn take(&self, peer: PeerId) -> Option<RangeStream> {
+    fn take(&self, peer: PeerId) -> Option<libp2p::Stream> {
         let mut map = self.map();
         let kept = map.get_mut(&peer)?;
         kept.retain(|(_, at)| at.elapsed() < POOL_IDLE);
-        let stream = kept.pop().map(|(s, _)| RangeStream::new(s));
+        let stream = kept.pop().map(|(s, _)| s);
         if kept.is_empty() {
             map.remove(&peer);
         }
@@ -661,7 +704,7 @@ impl StreamPool {
     }
 
     /// Keeps `stream` to `peer` for a later fetch, within the pool's limits.
-    fn put(&self, peer: PeerId, stream: RangeStream) {
+    fn put(&self, peer: PeerId, stream: libp2p::Stream) {
         let mut map = self.map();
         map.retain(|_, kept| {
             kept.retain(|(_, at)| at.elapsed() < POOL_IDLE);
@@ -672,7 +715,7 @@ impl StreamPool {
         }
         let kept = map.entry(peer).or_default();
         if kept.len() < POOL_PER_PEER {
-            kept.push((stream.stream, web_time::Instant::now()));
+            kept.push((stream, web_time::Instant::now()));
         }
     }
 }
@@ -701,7 +744,7 @@ async fn ask(
             Ok((stream, reply))
         };
         match got.await {
-            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < STREAM_RETRY * 8 => {
+            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < AT_ONCE => {
                 tracing::debug!(%peer, "{e}; trying a new stream");
                 tried += 1;
                 stream_retry_wait(tried, 0).await;
@@ -723,20 +766,23 @@ async fn ask_on(stream: &mut libp2p::Stream, peer: PeerId, request: &Request) ->
     }
 }
 
-/// One range from `peer` into the returned stream's `data`, on `reused` (a stream left from
-/// its last range) if given, else on a new stream (also when the reused one turns out
-/// closed). Returns the stream for the next range after a success.
+/// One range from `peer` into the returned stream's `data`, read with `buffers`, on `reused`
+/// (a stream left from its last range) if given, else on a new stream (also when the reused
+/// one turns out closed). Returns the stream, with the buffers, for the next range after a
+/// success.
 async fn range_on(
     mut control: libp2p_stream::Control,
     peer: PeerId,
-    reused: Option<RangeStream>,
+    reused: Option<libp2p::Stream>,
+    mut buffers: RangeBuffers,
     part: &PartRef,
     range: Range<u64>,
 ) -> Result<RangeStream, FetchError> {
-    if let Some(mut s) = reused {
+    if let Some(s) = reused {
+        let mut s = RangeStream::with_buffers(s, buffers);
         match s.get(peer, part, range.clone()).await {
             Ok(()) => return Ok(s),
-            Err(FetchError::Stream { .. }) => {}
+            Err(FetchError::Stream { .. }) => buffers = s.into_parts().1,
             Err(e) => return Err(e),
         }
     }
@@ -748,13 +794,19 @@ async fn range_on(
         let started = web_time::Instant::now();
         let got = match open(&mut control, peer).await {
             Ok(s) => {
-                let mut s = RangeStream::new(s);
-                s.get(peer, part, range.clone()).await.map(|()| s)
+                let mut s = RangeStream::with_buffers(s, std::mem::take(&mut buffers));
+                match s.get(peer, part, range.clone()).await {
+                    Ok(()) => Ok(s),
+                    Err(e) => {
+                        buffers = s.into_parts().1;
+                        Err(e)
+                    }
+                }
             }
             Err(e) => Err(e),
         };
         match got {
-            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < STREAM_RETRY * 8 => {
+            Err(e @ FetchError::Stream { .. }) if tried < STREAM_RETRIES && started.elapsed() < AT_ONCE => {
                 tracing::debug!(%peer, "part range {range:?}: {e}; trying a new stream");
                 tried += 1;
                 stream_retry_wait(tried, range.start / MAX_RANGE).await;
@@ -871,9 +923,12 @@ pub async fn fetch_part(
 }
 
 /// Fetches `todo` (ranges of [`ranges_of`] `part.size`) from `peers`, handing each verified
-/// range to `sink` once. Up to `parallel` peers are asked at once, each with up to
-/// [`PIPELINE`] ranges (so a peer is asked for its next range while it answers one, rather
-/// than waiting a round trip per range, and a slow peer holds no more than that). A range goes
+/// range to `sink` once. Each peer has [`PIPELINE`] slots (one until it has answered a
+/// range), and up to `PIPELINE × parallel`
+/// ranges (`PIPELINE ×` the peers, when fewer) run at once: with no more peers than
+/// `parallel`, each is asked for its next range while it answers one, rather than waiting a
+/// round trip per range, and a slow peer holds no more than its slots (with more peers, the
+/// slots take turns). A range goes
 /// to the next free slot (the fastest peers' slots come back first and take more), a peer
 /// whose data fails verification is banned for the rest of the fetch, and a peer that fails
 /// otherwise more than [`PIPELINE`] times is dropped; their ranges go to the others. When
@@ -895,8 +950,12 @@ where
         return Err(VerifyError::Local(format!("a part of {} bytes (at most {MAX_PART})", part.size)).into());
     }
     let mut todo: Vec<Range<u64>> = todo.into_iter().rev().collect();
-    // One entry per free slot, the peers taking turns.
-    let mut free: std::collections::VecDeque<PeerId> = (0..PIPELINE).flat_map(|_| peers.iter().copied()).collect();
+    // One entry per free slot, the peers taking turns. A peer starts with one slot and gets
+    // the rest of its PIPELINE once it has answered a range, so a fetch's first streams come
+    // one per peer (a burst of new streams is what the peer's acceptor drops; see
+    // STREAM_RETRIES) and a peer that never answers holds one range only.
+    let mut free: std::collections::VecDeque<PeerId> = peers.iter().copied().collect();
+    let mut slots: std::collections::HashMap<PeerId, usize> = peers.iter().map(|p| (*p, 1)).collect();
     let at_once = PIPELINE * parallel.clamp(1, peers.len().max(1));
     // Peers banned or dropped: their slots are not given back.
     let mut gone: std::collections::HashSet<PeerId> = Default::default();
@@ -906,7 +965,10 @@ where
     // Ranges asked for and not yet stored, with the peers asked; stored ones are forgotten.
     let mut asked: Vec<(Range<u64>, Vec<PeerId>)> = Vec::new();
     // Streams left open by each peer's last ranges, for its next.
-    let mut idle: std::collections::HashMap<PeerId, Vec<RangeStream>> = Default::default();
+    let mut idle: std::collections::HashMap<PeerId, Vec<libp2p::Stream>> = Default::default();
+    // Buffers of finished ranges, for the next ones: at most one set per range that may run,
+    // however many peers take turns.
+    let mut spare: Vec<RangeBuffers> = Vec::new();
     let mut running = FuturesUnordered::new();
     let (control, pool) = (node.control(), node.part_streams());
     let result = loop {
@@ -915,30 +977,37 @@ where
             break Ok(report);
         }
         while running.len() < at_once {
-            let Some(peer) = free.pop_front() else {
-                break;
-            };
-            let range = match todo.pop() {
+            let (peer, range) = match todo.pop() {
                 Some(r) => {
-                    asked.push((r.clone(), vec![peer]));
-                    r
-                }
-                // End game: the oldest range asked of one peer only, and not of this one.
-                None => match asked.iter_mut().find(|(_, by)| by.len() == 1 && !by.contains(&peer)) {
-                    Some((r, by)) => {
-                        by.push(peer);
-                        r.clone()
-                    }
-                    None => {
-                        free.push_front(peer);
+                    let Some(peer) = free.pop_front() else {
+                        todo.push(r);
                         break;
-                    }
-                },
+                    };
+                    asked.push((r.clone(), vec![peer]));
+                    (peer, r)
+                }
+                // End game: the first free slot whose peer has not been asked for the oldest
+                // range asked of one peer only (any free slot, not just the first in line, so
+                // a peer whose own range is the one still running holds no other peer back).
+                None => {
+                    let pick = free.iter().enumerate().find_map(|(i, p)| {
+                        asked.iter().position(|(_, by)| by.len() == 1 && !by.contains(p)).map(|j| (i, j))
+                    });
+                    let Some((i, j)) = pick else {
+                        break;
+                    };
+                    let Some(peer) = free.remove(i) else {
+                        break;
+                    };
+                    asked[j].1.push(peer);
+                    (peer, asked[j].0.clone())
+                }
             };
             let (control, part) = (control.clone(), part.clone());
             let reused = idle.get_mut(&peer).and_then(Vec::pop).or_else(|| pool.take(peer));
+            let buffers = spare.pop().unwrap_or_default();
             running.push(async move {
-                let got = range_on(control, peer, reused, &part, range.clone()).await;
+                let got = range_on(control, peer, reused, buffers, &part, range.clone()).await;
                 (peer, range, got)
             });
         }
@@ -966,9 +1035,18 @@ where
                         None => report.from.push((peer, bytes.len() as u64)),
                     }
                 }
+                let (stream, buffers) = stream.into_parts();
+                if spare.len() < at_once {
+                    spare.push(buffers);
+                }
                 if !gone.contains(&peer) {
                     idle.entry(peer).or_default().push(stream);
                     free.push_back(peer);
+                    let n = slots.entry(peer).or_insert(PIPELINE);
+                    if *n < PIPELINE {
+                        *n += 1;
+                        free.push_back(peer);
+                    }
                 }
             }
             Err(e) => {
@@ -983,12 +1061,15 @@ where
                 }
                 let n = failures.entry(peer).or_default();
                 *n += 1;
-                if gone.contains(&peer) {
-                    // Already banned or dropped: another of its ranges failing changes nothing.
-                } else if matches!(e, FetchError::Lied { .. }) {
-                    report.banned.push(peer);
+                if matches!(e, FetchError::Lied { .. }) {
+                    // Banned even if it was dropped already: its lie is on record.
+                    if !report.banned.contains(&peer) {
+                        report.banned.push(peer);
+                    }
                     gone.insert(peer);
                     free.retain(|p| *p != peer);
+                } else if gone.contains(&peer) {
+                    // Already dropped: another of its ranges failing changes nothing.
                 } else if *n > PIPELINE as u32 {
                     gone.insert(peer);
                     free.retain(|p| *p != peer);
