@@ -17,8 +17,8 @@
 //! Serving: [`PartStreams`] yields one task per incoming stream for the embedder to spawn,
 //! answering from a [`PartSource`]. Fetching: [`fetch_range`] asks one peer for one range and
 //! verifies it; [`fetch_ranges`] splits a part's missing ranges over several peers at once,
-//! each asked for its next range while it answers one ([`PIPELINE`]), hands the next range to whichever
-//! peer finished one (so the fastest do the most),
+//! each asked for its next range while it answers one ([`PIPELINE`]), hands the next range
+//! to whichever peer finished one (so the fastest do the most),
 //! bans a peer whose data fails verification (proof that it lied), fetching its range from
 //! the others, and once no range is left unasked, asks a free peer for a range still running
 //! elsewhere (a stalled peer then holds nothing up). [`fetch_part`] assembles a part in memory;
@@ -924,12 +924,11 @@ pub async fn fetch_part(
 
 /// Fetches `todo` (ranges of [`ranges_of`] `part.size`) from `peers`, handing each verified
 /// range to `sink` once. Each peer has [`PIPELINE`] slots (one until it has answered a
-/// range), and up to `PIPELINE × parallel`
-/// ranges (`PIPELINE ×` the peers, when fewer) run at once: with no more peers than
-/// `parallel`, each is asked for its next range while it answers one, rather than waiting a
-/// round trip per range, and a slow peer holds no more than its slots (with more peers, the
-/// slots take turns). A range goes
-/// to the next free slot (the fastest peers' slots come back first and take more), a peer
+/// range), and up to `PIPELINE × parallel` ranges (`PIPELINE ×` the peers, when fewer) run at
+/// once: with no more peers than `parallel`, each is asked for its next range while it
+/// answers one, rather than waiting a round trip per range, and a slow peer holds no more
+/// than its slots (with more peers, the slots take turns). A range goes to the next free slot
+/// (the fastest peers' slots come back first and take more), a peer
 /// whose data fails verification is banned for the rest of the fetch, and a peer that fails
 /// otherwise more than [`PIPELINE`] times is dropped; their ranges go to the others. When
 /// every range has been asked for, a free slot is also asked for a range still running on
