@@ -41,6 +41,8 @@ step() { # name command...
 
 step "setup" bash scripts/setup.sh
 step "format" cargo fmt --all -- --check
+# The Rust build loads the contracts' committed artifacts: they must be what the sources compile to.
+step "contracts (npm ci, solc, compare artifacts)" bash scripts/contracts.sh
 # The README's run command (`cargo run -p relay`) must reuse this build: same features everywhere.
 step "one build for both README commands" bash scripts/same-build.sh
 # One native build for `ait` and the tests; it also puts the `ait` binary the swarm tests start in

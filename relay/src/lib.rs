@@ -31,6 +31,7 @@ pub mod pin;
 pub mod publish;
 pub mod seed;
 pub mod serving;
+pub mod settle;
 pub mod swarm_client;
 pub mod swarm_model;
 pub mod web;

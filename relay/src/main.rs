@@ -5,7 +5,7 @@
 //! `bench` (measure the engine, printing JSON), `fetch-model` (download the default model),
 //! `inspect` (what a model file is and whether this build runs it), `models` (the models in
 //! the swarm), `publish` (a creator's model enters the swarm: a relay seeding a file, with a
-//! signed model card).
+//! signed model card), `chain dev` (a local chain with the settlement contracts).
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,6 +53,9 @@ enum Cmd {
     /// Print what a model file is (architecture, shapes, quantization mix, context,
     /// tokenizer, chat template) and whether this build can run it; exits 1 if it cannot.
     Inspect(relay::inspect::InspectOpt),
+    /// Settlement chains: `ait chain dev` starts a local chain (anvil) with the contracts
+    /// deployed and AIT in its dev accounts.
+    Chain(relay::settle::dev::ChainOpt),
 }
 
 #[derive(clap::Args)]
@@ -214,6 +217,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Models(o) => relay::models::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Inspect(o) => relay::inspect::run(o).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
+        Cmd::Chain(o) => relay::settle::dev::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::FetchModel => {
             println!("{}", relay::fetch::default_model()?.display());
             Ok(ExitCode::SUCCESS)

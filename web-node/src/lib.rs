@@ -14,3 +14,4 @@ pub mod client;
 pub mod engine;
 pub mod model;
 pub mod net;
+pub mod settle;

@@ -1,0 +1,76 @@
+//! The settlement contracts, from their compiled artifacts in `contracts/artifacts/` (the
+//! test command recompiles them with the pinned solc and fails if they differ).
+#![allow(missing_docs, unreachable_pub, clippy::too_many_arguments)]
+
+use alloy::sol;
+use alloy::sol_types::SolInterface;
+
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    AIT,
+    "../contracts/artifacts/AIT.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    ModelRegistry,
+    "../contracts/artifacts/ModelRegistry.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Treasury,
+    "../contracts/artifacts/Treasury.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Staking,
+    "../contracts/artifacts/Staking.json"
+);
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Escrow,
+    "../contracts/artifacts/Escrow.json"
+);
+
+/// A revert named by the contract error it carries (`NothingToCollect(..)`), else the
+/// transport's message.
+pub fn revert_reason(err: &alloy::contract::Error) -> String {
+    fn decoded<E: SolInterface + std::fmt::Debug>(err: &alloy::contract::Error) -> Option<String> {
+        err.as_decoded_interface_error::<E>().map(|e| format!("{e:?}"))
+    }
+    decoded::<Escrow::EscrowErrors>(err)
+        .or_else(|| decoded::<ModelRegistry::ModelRegistryErrors>(err))
+        .or_else(|| decoded::<Staking::StakingErrors>(err))
+        .or_else(|| decoded::<AIT::AITErrors>(err))
+        .or_else(|| decoded::<Treasury::TreasuryErrors>(err))
+        .unwrap_or_else(|| err.to_string())
+}
+
+impl From<&web_node::settle::Voucher> for Escrow::Voucher {
+    fn from(v: &web_node::settle::Voucher) -> Self {
+        Escrow::Voucher {
+            session: v.session,
+            payer: v.payer,
+            node: v.node,
+            model: v.model,
+            cumulativeAmount: v.cumulativeAmount,
+            cumulativeWork: v.cumulativeWork,
+            expiry: v.expiry,
+        }
+    }
+}
+
+impl From<&web_node::settle::Allocation> for Escrow::Allocation {
+    fn from(a: &web_node::settle::Allocation) -> Self {
+        Escrow::Allocation {
+            payer: a.payer,
+            node: a.node,
+            cumulativeAllocated: a.cumulativeAllocated,
+            deadline: a.deadline,
+        }
+    }
+}

@@ -1,0 +1,51 @@
+//! Settlement on an EVM chain: bindings to the contracts in `contracts/` (their committed
+//! artifacts, loaded by alloy's `sol!`), deploying them, a local `anvil` for development and
+//! tests, and `ait chain dev`. The messages a payer signs are web-node's
+//! ([`web_node::settle`]), so a tab and a native node sign and check the same bytes.
+
+pub mod anvil;
+pub mod bindings;
+pub mod deploy;
+pub mod dev;
+
+pub use anvil::Anvil;
+pub use deploy::{deploy, DeployParams, Deployment};
+
+/// Why a chain operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    /// The local chain process could not start or answer.
+    #[error("anvil: {0}")]
+    Anvil(String),
+    /// The RPC endpoint failed or refused the request.
+    #[error("chain RPC: {0}")]
+    Rpc(String),
+    /// A contract call reverted or could not be sent; the text names the contract's error.
+    #[error("{call}: {reason}")]
+    Contract {
+        /// What was called.
+        call: String,
+        /// The decoded revert (`NothingToCollect(..)`) or the transport's error.
+        reason: String,
+    },
+    /// A deployment file could not be read or written.
+    #[error("deployment file {path}: {reason}")]
+    File {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+impl ChainError {
+    /// A failed contract call, with its revert decoded against every contract's errors.
+    pub fn contract(call: impl Into<String>, err: &alloy::contract::Error) -> Self {
+        ChainError::Contract { call: call.into(), reason: bindings::revert_reason(err) }
+    }
+
+    /// A failed call from waiting for a transaction's receipt.
+    pub fn pending(call: impl Into<String>, err: impl std::fmt::Display) -> Self {
+        ChainError::Contract { call: call.into(), reason: err.to_string() }
+    }
+}
