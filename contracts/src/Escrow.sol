@@ -140,6 +140,10 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     error InsufficientAllocation(uint256 owed, uint256 allocation);
     /// @notice A batch whose vouchers and signatures do not pair up.
     error LengthMismatch();
+    /// @notice A thaw period of zero or over a year.
+    error BadThawPeriod(uint64 thawSeconds);
+    /// @notice A revoked key cannot be authorized again by signature (only by the payer's transaction).
+    error SignerRevoked(address signer);
 
     /// @param aitToken the AIT token
     /// @param royalties the model registry
@@ -148,6 +152,7 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     constructor(IERC20 aitToken, IRoyalties royalties, address treasury_, uint64 thawSeconds)
         EIP712("AI Torrent Escrow", "1")
     {
+        if (thawSeconds == 0 || thawSeconds > 365 days) revert BadThawPeriod(thawSeconds);
         token = aitToken;
         registry = royalties;
         treasury = treasury_;
@@ -167,8 +172,12 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         external
         nonReentrant
     {
-        // A permit someone already submitted fails; the allowance it set still counts.
-        try IERC20Permit(address(token)).permit(payer, address(this), amount, deadline, v, r, s) {} catch {}
+        // A permit someone already submitted fails; the allowance it set still counts, but only
+        // the payer may spend it so, or anyone could lock a payer's spare allowance here.
+        try IERC20Permit(address(token)).permit(payer, address(this), amount, deadline, v, r, s) {}
+        catch {
+            if (msg.sender != payer) revert BadSignature();
+        }
         _deposit(payer, amount);
     }
 
@@ -205,7 +214,9 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         bytes32 digest = _hashTypedDataV4(
             keccak256(abi.encode(ALLOCATION_TYPEHASH, a.payer, a.node, a.cumulativeAllocated, a.deadline))
         );
-        _checkSigner(a.payer, ECDSA.recover(digest, signature));
+        // A key being revoked keeps what it signed redeemable, but moves no more money.
+        address signer = ECDSA.recover(digest, signature);
+        if (signer != a.payer && _signerUntil[a.payer][signer] != type(uint64).max) revert UnauthorizedSigner(signer);
         uint256 total = _allocatedTotal[a.payer][a.node];
         if (a.cumulativeAllocated <= total) return 0;
         added = a.cumulativeAllocated - total;
@@ -246,6 +257,10 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     /// redeem (use multicall) and the payer's wallet signs once, with no transaction.
     function authorizeSignerBySig(address payer, address signer, uint256 deadline, bytes calldata signature) external {
         if (block.timestamp > deadline) revert BadSignature();
+        uint64 until = _signerUntil[payer][signer];
+        // Already a signer: nothing to do (a node's multicall goes on to its redeem).
+        if (until == type(uint64).max) return;
+        if (until != 0) revert SignerRevoked(signer);
         bytes32 digest =
             _hashTypedDataV4(keccak256(abi.encode(AUTHORIZE_TYPEHASH, payer, signer, _useNonce(payer), deadline)));
         if (!SignatureChecker.isValidSignatureNow(payer, digest, signature)) revert BadSignature();
@@ -253,13 +268,17 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     }
 
     /// @notice Starts revoking `signer`: what it signed stays redeemable for one thaw period.
+    /// It also spends the caller's nonce, so an `AuthorizeSigner` it signed and nobody applied
+    /// yet is void (revoking a key that was never authorized does just that).
     function revokeSigner(address signer) external {
+        _useNonce(msg.sender);
         uint64 until = _signerUntil[msg.sender][signer];
-        if (until == 0) revert UnauthorizedSigner(signer);
         if (until == type(uint64).max) {
             until = uint64(block.timestamp) + thawPeriod;
-            _signerUntil[msg.sender][signer] = until;
+        } else if (until == 0) {
+            until = uint64(block.timestamp);
         }
+        _signerUntil[msg.sender][signer] = until;
         emit SignerRevoking(msg.sender, signer, until);
     }
 
@@ -276,11 +295,14 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         return _redeem(voucher, signature);
     }
 
-    /// @notice Redeems several vouchers in one transaction; any failure reverts them all.
+    /// @notice Redeems several vouchers in one transaction. A voucher already collected (someone
+    /// submitted it first) pays nothing and is skipped; any other failure reverts them all.
     function redeemBatch(Voucher[] calldata vouchers, bytes[] calldata signatures) external returns (uint256 paid) {
         if (vouchers.length != signatures.length) revert LengthMismatch();
         for (uint256 i = 0; i < vouchers.length; ++i) {
-            paid += _redeem(vouchers[i], signatures[i]);
+            Voucher calldata v = vouchers[i];
+            if (v.cumulativeAmount <= _collected[_collectedKey(v.payer, v.session, v.node)]) continue;
+            paid += _redeem(v, signatures[i]);
         }
     }
 
@@ -314,7 +336,7 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     }
 
     /// @notice A payer's allocation to a node, how much of it thaws, and when. A node serves
-    /// against `balance` and redeems before `thawEnd`.
+    /// only against `available` (balance less what thaws) and redeems before `thawEnd`.
     function allocation(address payer, address node)
         external
         view
@@ -322,6 +344,19 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     {
         Account storage acc = _allocations[payer][node];
         return (acc.balance, acc.thawing, acc.thawEnd);
+    }
+
+    /// @notice Everything `payer` ever allocated to `node` (by transaction or signature): the
+    /// base of the next signed `Allocation`'s `cumulativeAllocated`.
+    function allocatedTotal(address payer, address node) external view returns (uint256) {
+        return _allocatedTotal[payer][node];
+    }
+
+    /// @notice What backs new work for `node`: its allocation from `payer` less what thaws
+    /// (a thaw that has run its period can be withdrawn at any moment).
+    function available(address payer, address node) external view returns (uint256) {
+        Account storage acc = _allocations[payer][node];
+        return acc.balance - acc.thawing;
     }
 
     /// @notice Splits `amount` as a redeem for `model` would: node, creator and DAO shares.
@@ -374,8 +409,8 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
 
     function _allocate(address payer, address node, uint256 amount) private {
         Account storage f = _free[payer];
-        uint256 available = f.balance - f.thawing;
-        if (amount == 0 || amount > available || node == address(0)) revert BadAmount(amount, available);
+        uint256 unfrozen = f.balance - f.thawing;
+        if (amount == 0 || amount > unfrozen || node == address(0)) revert BadAmount(amount, unfrozen);
         f.balance -= amount;
         _allocations[payer][node].balance += amount;
         _allocatedTotal[payer][node] += amount;

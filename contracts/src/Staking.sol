@@ -44,7 +44,7 @@ contract Staking is AccessControl, ReentrancyGuard {
     event Bound(address indexed node, bytes peerId);
     /// @notice `node` staked `amount` more.
     event Staked(address indexed node, uint256 amount);
-    /// @notice `node` started unbonding `amount`, free at `unbondEnd`.
+    /// @notice `node` now unbonds `amount` in all, free at `unbondEnd`.
     event Unbonding(address indexed node, uint256 amount, uint64 unbondEnd);
     /// @notice `node` withdrew `amount`.
     event Withdrawn(address indexed node, uint256 amount);
@@ -64,6 +64,7 @@ contract Staking is AccessControl, ReentrancyGuard {
     /// @param dao the admin, who grants ARBITER_ROLE
     /// @param arbiter the first arbiter (zero for none)
     constructor(IERC20 aitToken, address treasury_, uint64 unbondingSeconds, address dao, address arbiter) {
+        if (unbondingSeconds == 0 || unbondingSeconds > 365 days) revert BadAmount(unbondingSeconds, 365 days);
         token = aitToken;
         treasury = treasury_;
         unbondingPeriod = unbondingSeconds;
@@ -93,8 +94,12 @@ contract Staking is AccessControl, ReentrancyGuard {
         external
         nonReentrant
     {
-        // A permit someone already submitted fails; the allowance it set still counts.
-        try IERC20Permit(address(token)).permit(node, address(this), amount, deadline, v, r, s) {} catch {}
+        // A permit someone already submitted fails; the allowance it set still counts, but only
+        // the node may spend it so, or anyone could lock (and expose to slashing) its allowance.
+        try IERC20Permit(address(token)).permit(node, address(this), amount, deadline, v, r, s) {}
+        catch {
+            if (msg.sender != node) revert BadAmount(amount, 0);
+        }
         _stake(node, amount);
     }
 

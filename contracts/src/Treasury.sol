@@ -38,13 +38,16 @@ contract Treasury is Ownable2Step, ReentrancyGuard {
         token = aitToken;
     }
 
-    /// @notice Pulls the fund's earned share out of `escrow`; anyone may call it.
+    /// @notice Pulls the fund's earned share out of `escrow`; anyone may call it. The event
+    /// reports what the fund's balance grew by, so a contract posing as an escrow cannot
+    /// fake a collection.
     function collect(IEarnings escrow) external nonReentrant returns (uint256 amount) {
-        amount = escrow.earned(address(this));
-        if (amount > 0) {
-            escrow.withdrawEarned(amount);
-            emit Collected(address(escrow), amount);
-        }
+        uint256 owed = escrow.earned(address(this));
+        if (owed == 0) return 0;
+        uint256 before = token.balanceOf(address(this));
+        escrow.withdrawEarned(owed);
+        amount = token.balanceOf(address(this)) - before;
+        emit Collected(address(escrow), amount);
     }
 
     /// @notice Pays a subsidy or grant.

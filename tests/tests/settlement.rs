@@ -10,7 +10,7 @@ use alloy::providers::{DynProvider, Provider};
 use rand::{Rng, SeedableRng};
 use relay::settle::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use relay::settle::dev::{self, DevChain, DevOpt, RunningDevChain};
-use relay::settle::{ChainError, Deployment};
+use relay::settle::{ChainError, Deployment, Redeemer, VoucherError};
 use web_node::settle::{
     escrow_domain, registry_domain, token_domain, AuthorizeSigner, Permit, Register, SessionKey, Voucher,
 };
@@ -27,7 +27,7 @@ fn ait(n: u64) -> U256 {
 struct World {
     chain: DevChain,
     /// Anvil, when this test process started it (None: the test runs the chain itself).
-    _anvil: Option<RunningDevChain>,
+    anvil: Option<RunningDevChain>,
     /// Deployer, DAO and arbiter.
     dao: Actor,
     payer: Actor,
@@ -120,7 +120,7 @@ impl World {
             nodes: [actor(2), actor(3), actor(4)],
             creator: actor(5),
             stranger: actor(6),
-            _anvil: anvil,
+            anvil,
             chain,
         }
     }
@@ -239,17 +239,12 @@ async fn vouchers_pay_once_in_full_and_forgeries_replays_and_overdrafts_pay_noth
     )
     .await
     .unwrap();
-    // The same authorization cannot be applied twice (its nonce is spent).
-    refused(
-        sent(
-            a.escrow(&w)
-                .authorizeSignerBySig(w.payer.address(), session_key.address(), deadline, auth_bytes)
-                .send()
-                .await,
-        )
-        .await,
-        "BadSignature",
-    );
+    // Applied again, it changes nothing (the key already signs).
+    sent(
+        a.escrow(&w).authorizeSignerBySig(w.payer.address(), session_key.address(), deadline, auth_bytes).send().await,
+    )
+    .await
+    .unwrap();
 
     let session = B256::repeat_byte(0x51);
     let expiry = w.now().await + 3 * THAW;
@@ -684,4 +679,295 @@ async fn ait_chain_dev_settles_three_nodes_to_the_unit() {
     drop(w);
     assert!(process.interrupt().success());
     assert!(!file.exists(), "ait chain dev left {} behind", file.display());
+}
+
+/// A node's redeemer: it counts only vouchers that check out (right node, a signer of the
+/// payer, newer, not about to expire, backed by the allocation), keeps the newest per session,
+/// redeems them in a batch, sends again a redeem a reorg dropped, lets a voucher go only when
+/// it is collected 3 blocks deep, keeps one the chain refuses with the reason, and loses
+/// nothing when the chain's RPC is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_reorg_and_a_dead_rpc() {
+    let mut w = World::start().await;
+    let node = &w.nodes[0];
+    let model = B256::repeat_byte(0x4d);
+    w.deposit_with_permit(&w.payer, &w.payer, ait(100)).await;
+    sent(w.payer.escrow(&w).allocate(node.address(), ait(50)).send().await).await.unwrap();
+    let key = SessionKey::random();
+    sent(w.payer.escrow(&w).authorizeSigner(key.address()).send().await).await.unwrap();
+    let mut r = Redeemer::new(w.d(), node.provider.clone(), node.address()).with_confirmations(3);
+    let expiry = w.now().await + 3 * THAW;
+    let (s1, s2) = (B256::repeat_byte(1), B256::repeat_byte(2));
+
+    // Each newer voucher adds what it adds to the one held.
+    let mut previous = U256::ZERO;
+    for amount in [1u64, 2, 5] {
+        let v = w.voucher(s1, node.address(), model, ait(amount), expiry);
+        assert_eq!(r.accept(v.clone(), &w.sign(&key, &v)).await.unwrap(), ait(amount) - previous);
+        previous = ait(amount);
+    }
+    let v = w.voucher(s2, node.address(), model, ait(3), expiry);
+    r.accept(v.clone(), &w.sign(&key, &v)).await.unwrap();
+    assert_eq!((r.held(), r.held_amount()), (2, ait(8)));
+
+    // Refused, and what is held stays as it was.
+    let replay = w.voucher(s1, node.address(), model, ait(5), expiry);
+    let older = w.voucher(s1, node.address(), model, ait(2), expiry);
+    let elsewhere = w.voucher(s1, w.nodes[1].address(), model, ait(6), expiry);
+    let newer = w.voucher(s1, node.address(), model, ait(6), expiry);
+    let soon = w.voucher(s1, node.address(), model, ait(6), w.now().await + 60);
+    let unbacked = w.voucher(s1, node.address(), model, ait(60), expiry);
+    let check = |e: VoucherError, what: &str| assert!(format!("{e:?}").starts_with(what), "expected {what}, got {e:?}");
+    check(r.accept(replay.clone(), &w.sign(&key, &replay)).await.unwrap_err(), "Stale");
+    check(r.accept(older.clone(), &w.sign(&key, &older)).await.unwrap_err(), "Stale");
+    check(r.accept(elsewhere.clone(), &w.sign(&key, &elsewhere)).await.unwrap_err(), "WrongNode");
+    check(r.accept(newer.clone(), &w.sign(&w.stranger.key, &newer)).await.unwrap_err(), "UnauthorizedSigner");
+    check(r.accept(newer.clone(), &w.sign(&key, &newer)[..64]).await.unwrap_err(), "Signature");
+    check(r.accept(newer.clone(), &[0xff; 65]).await.unwrap_err(), "Signature");
+    check(r.accept(soon.clone(), &w.sign(&key, &soon)).await.unwrap_err(), "Expired");
+    check(r.accept(unbacked.clone(), &w.sign(&key, &unbacked)).await.unwrap_err(), "Unbacked");
+    assert_eq!((r.held(), r.held_amount()), (2, ait(8)));
+
+    // A batch redeem; not final until 3 blocks deep, so a round before that sends nothing and
+    // lets nothing go.
+    let snapshot: serde_json::Value = w.dao.provider.raw_request("evm_snapshot".into(), ()).await.unwrap();
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized), (2, 0));
+    let share = ait(8) * U256::from(7) / U256::from(10);
+    assert_eq!(w.earned(node.address()).await, share);
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized, r.held()), (0, 0, 2));
+
+    // A reorg drops the block with the redeem: the next round sends it again.
+    let reverted: bool = w.dao.provider.raw_request("evm_revert".into(), (snapshot,)).await.unwrap();
+    assert!(reverted);
+    assert_eq!(w.earned(node.address()).await, U256::ZERO);
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized), (2, 0));
+    for _ in 0..3 {
+        let _: serde_json::Value = w.dao.provider.raw_request("evm_mine".into(), ()).await.unwrap();
+    }
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized, report.finalized_amount), (0, 2, ait(8)));
+    assert_eq!(r.held(), 0);
+    // Paid once.
+    assert_eq!(w.earned(node.address()).await, share);
+
+    // The payer revokes the session key after the node accepted one of its vouchers: once the
+    // revocation takes effect the chain refuses that voucher; the batch is retried one by one,
+    // the good voucher is paid, and the refused one stays held with its reason.
+    let (s3, s4) = (B256::repeat_byte(3), B256::repeat_byte(4));
+    let doomed = w.voucher(s3, node.address(), model, ait(1), expiry);
+    r.accept(doomed.clone(), &w.sign(&key, &doomed)).await.unwrap();
+    let good = w.voucher(s4, node.address(), model, ait(2), expiry);
+    r.accept(good.clone(), &w.sign(&w.payer.key, &good)).await.unwrap();
+    sent(w.payer.escrow(&w).revokeSigner(key.address()).send().await).await.unwrap();
+    w.warp(THAW + 1).await;
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!(report.sent, 2);
+    assert_eq!(report.refused.len(), 1, "{report:?}");
+    assert!(report.refused[0].contains("UnauthorizedSigner"), "{report:?}");
+    assert!(r.refusal(w.payer.address(), s3).unwrap().contains("UnauthorizedSigner"));
+    assert_eq!(w.earned(node.address()).await, share + ait(2) * U256::from(7) / U256::from(10));
+    assert_eq!(r.held(), 2);
+
+    // The chain's RPC goes away: a round is an error, and nothing held is lost.
+    let chain = w.anvil.take().unwrap();
+    chain.anvil.stop().await;
+    let err = r.redeem_due().await.unwrap_err();
+    assert!(matches!(err, ChainError::Rpc(_) | ChainError::Contract { .. }), "{err:?}");
+    assert_eq!(r.held(), 2);
+    let v = w.voucher(s4, node.address(), model, ait(3), expiry);
+    check(r.accept(v.clone(), &w.sign(&w.payer.key, &v)).await.unwrap_err(), "Chain");
+    assert_eq!(r.held(), 2);
+}
+
+/// What the review of the contracts found, each closed: signed allocations add only what is
+/// new and need a key that is not being revoked; a spare allowance cannot be deposited by
+/// anyone but its owner; a revocation voids an authorization not yet applied, and a revoked
+/// key cannot be authorized again by signature; a batch skips a voucher someone else already
+/// redeemed; what thaws no longer counts as backing, and a redeem trims it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signed_allocations_permits_and_revocations_cannot_be_abused() {
+    use web_node::settle::Allocation;
+    let w = World::start().await;
+    let node = &w.nodes[0];
+    let model = B256::repeat_byte(0x4d);
+    let escrow = w.dao.escrow(&w);
+    w.deposit_with_permit(&w.payer, &w.payer, ait(100)).await;
+    let key = SessionKey::random();
+    sent(w.payer.escrow(&w).authorizeSigner(key.address()).send().await).await.unwrap();
+    let domain = escrow_domain(w.d().chain_id, w.d().escrow);
+    let deadline = w.now().await + 600;
+    let allocation = |cumulative: u64, by: &SessionKey, deadline: u64| {
+        let a = Allocation {
+            payer: w.payer.address(),
+            node: node.address(),
+            cumulativeAllocated: ait(cumulative),
+            deadline,
+        };
+        let sig = Bytes::from(by.sign(&a, &domain).unwrap().as_bytes().to_vec());
+        (a, sig)
+    };
+    let balance = || async { escrow.allocation(w.payer.address(), node.address()).call().await.unwrap().balance };
+
+    // A signed allocation adds what its cumulative amount adds; a replay adds nothing; one by
+    // transaction counts toward the total.
+    let (a, sig) = allocation(30, &key, deadline);
+    sent(node.escrow(&w).allocateBySig((&a).into(), sig.clone()).send().await).await.unwrap();
+    assert_eq!(balance().await, ait(30));
+    sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await.unwrap();
+    assert_eq!(balance().await, ait(30));
+    sent(w.payer.escrow(&w).allocate(node.address(), ait(10)).send().await).await.unwrap();
+    assert_eq!(escrow.allocatedTotal(w.payer.address(), node.address()).call().await.unwrap(), ait(40));
+    let (a, sig) = allocation(35, &key, deadline);
+    sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await.unwrap();
+    assert_eq!(balance().await, ait(40));
+    let (a, sig) = allocation(50, &key, deadline);
+    sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await.unwrap();
+    assert_eq!(balance().await, ait(50));
+    // Another key, an expired one, or more than the free balance: refused.
+    let (a, sig) = allocation(60, &w.stranger.key, deadline);
+    refused(sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await, "UnauthorizedSigner");
+    let (a, sig) = allocation(60, &key, w.now().await - 1);
+    refused(sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await, "Expired");
+    let (a, sig) = allocation(151, &key, deadline);
+    refused(sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await, "BadAmount");
+
+    // A key being revoked keeps its vouchers redeemable, but allocates nothing more.
+    let v = w.voucher(B256::repeat_byte(1), node.address(), model, ait(5), w.now().await + 3 * THAW);
+    let v_sig = w.sign(&key, &v);
+    sent(w.payer.escrow(&w).revokeSigner(key.address()).send().await).await.unwrap();
+    let (a, sig) = allocation(60, &key, deadline);
+    refused(sent(node.escrow(&w).allocateBySig((&a).into(), sig).send().await).await, "UnauthorizedSigner");
+    w.redeem(node, &v, &v_sig).await.unwrap();
+    // ... and it cannot be authorized again by signature (only by the payer's transaction).
+    let auth = |signer: Address, nonce: U256| {
+        let a = AuthorizeSigner { payer: w.payer.address(), signer, nonce, deadline: U256::from(deadline) };
+        Bytes::from(w.payer.key.sign(&a, &domain).unwrap().as_bytes().to_vec())
+    };
+    let nonce = escrow.nonces(w.payer.address()).call().await.unwrap();
+    refused(
+        sent(
+            node.escrow(&w)
+                .authorizeSignerBySig(
+                    w.payer.address(),
+                    key.address(),
+                    U256::from(deadline),
+                    auth(key.address(), nonce),
+                )
+                .send()
+                .await,
+        )
+        .await,
+        "SignerRevoked",
+    );
+    // An authorization the payer signed and then revoked before anyone applied it is void.
+    let other = SessionKey::random();
+    let pending = auth(other.address(), nonce);
+    sent(w.payer.escrow(&w).revokeSigner(other.address()).send().await).await.unwrap();
+    refused(
+        sent(
+            node.escrow(&w)
+                .authorizeSignerBySig(w.payer.address(), other.address(), U256::from(deadline), pending)
+                .send()
+                .await,
+        )
+        .await,
+        "SignerRevoked",
+    );
+    // Applying an authorization of a key that already signs is a no-op, so a node's
+    // authorize-then-redeem does not fail when someone applied it first.
+    let third = SessionKey::random();
+    let nonce = escrow.nonces(w.payer.address()).call().await.unwrap();
+    let sig = auth(third.address(), nonce);
+    for _ in 0..2 {
+        sent(
+            node.escrow(&w)
+                .authorizeSignerBySig(w.payer.address(), third.address(), U256::from(deadline), sig.clone())
+                .send()
+                .await,
+        )
+        .await
+        .unwrap();
+    }
+    assert!(escrow.isSigner(w.payer.address(), third.address()).call().await.unwrap());
+    // Signed by someone else than the payer, or past its deadline: refused.
+    let fourth = SessionKey::random();
+    let nonce = escrow.nonces(w.payer.address()).call().await.unwrap();
+    let forged =
+        AuthorizeSigner { payer: w.payer.address(), signer: fourth.address(), nonce, deadline: U256::from(deadline) };
+    let forged = Bytes::from(w.stranger.key.sign(&forged, &domain).unwrap().as_bytes().to_vec());
+    refused(
+        sent(
+            node.escrow(&w)
+                .authorizeSignerBySig(w.payer.address(), fourth.address(), U256::from(deadline), forged)
+                .send()
+                .await,
+        )
+        .await,
+        "BadSignature",
+    );
+    let past = w.now().await - 1;
+    let late =
+        AuthorizeSigner { payer: w.payer.address(), signer: fourth.address(), nonce, deadline: U256::from(past) };
+    let late = Bytes::from(w.payer.key.sign(&late, &domain).unwrap().as_bytes().to_vec());
+    refused(
+        sent(
+            node.escrow(&w)
+                .authorizeSignerBySig(w.payer.address(), fourth.address(), U256::from(past), late)
+                .send()
+                .await,
+        )
+        .await,
+        "BadSignature",
+    );
+    assert!(!escrow.isSigner(w.payer.address(), fourth.address()).call().await.unwrap());
+
+    // A spare allowance: only its owner may deposit it without a valid permit.
+    sent(w.payer.token(&w).approve(w.d().escrow, ait(20)).send().await).await.unwrap();
+    let junk = (27u8, B256::repeat_byte(1), B256::repeat_byte(2));
+    refused(
+        sent(
+            w.stranger
+                .escrow(&w)
+                .depositWithPermit(w.payer.address(), ait(20), U256::MAX, junk.0, junk.1, junk.2)
+                .send()
+                .await,
+        )
+        .await,
+        "BadSignature",
+    );
+    sent(
+        w.payer
+            .escrow(&w)
+            .depositWithPermit(w.payer.address(), ait(20), U256::MAX, junk.0, junk.1, junk.2)
+            .send()
+            .await,
+    )
+    .await
+    .unwrap();
+
+    // A batch skips a voucher someone else redeemed first, and pays the rest.
+    let v1 = w.voucher(B256::repeat_byte(2), node.address(), model, ait(3), w.now().await + 3 * THAW);
+    let v2 = w.voucher(B256::repeat_byte(3), node.address(), model, ait(4), w.now().await + 3 * THAW);
+    let (s1, s2) = (w.sign(&third, &v1), w.sign(&third, &v2));
+    w.redeem(&w.stranger, &v1, &s1).await.unwrap();
+    let before = w.earned(node.address()).await;
+    sent(node.escrow(&w).redeemBatch(vec![(&v1).into(), (&v2).into()], vec![s1, s2]).send().await).await.unwrap();
+    assert_eq!(w.earned(node.address()).await - before, ait(4) * U256::from(7) / U256::from(10));
+
+    // What thaws is not available to back new work; a redeem trims the thaw to what is left.
+    let left = balance().await;
+    assert_eq!(left, ait(50) - ait(5) - ait(3) - ait(4));
+    sent(w.payer.escrow(&w).thaw(node.address(), left).send().await).await.unwrap();
+    assert_eq!(escrow.available(w.payer.address(), node.address()).call().await.unwrap(), U256::ZERO);
+    let v3 = w.voucher(B256::repeat_byte(3), node.address(), model, ait(6), w.now().await + 3 * THAW);
+    w.redeem(node, &v3, &w.sign(&third, &v3)).await.unwrap();
+    let acc = escrow.allocation(w.payer.address(), node.address()).call().await.unwrap();
+    assert_eq!((acc.balance, acc.thawing), (left - ait(2), left - ait(2)));
+
+    // Spending more than was earned: refused.
+    let earned = w.earned(node.address()).await;
+    refused(sent(node.escrow(&w).depositEarned(earned + U256::from(1)).send().await).await, "BadAmount");
 }

@@ -7,9 +7,11 @@ pub mod anvil;
 pub mod bindings;
 pub mod deploy;
 pub mod dev;
+pub mod redeem;
 
 pub use anvil::Anvil;
 pub use deploy::{deploy, DeployParams, Deployment};
+pub use redeem::{RedeemReport, Redeemer, VoucherError};
 
 /// Why a chain operation failed.
 #[derive(Debug, thiserror::Error)]

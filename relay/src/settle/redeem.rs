@@ -1,0 +1,328 @@
+//! A serving node's side of vouchers: check each voucher off chain before counting it, keep
+//! only the newest per (payer, session), redeem them in batches, and let one go only once the
+//! chain shows it collected `confirmations` blocks deep, so a reorg that drops a redeem
+//! means it is sent again, and nothing is paid twice (the escrow pays only what a voucher
+//! adds to what was collected).
+//!
+//! The chain is the record of what was paid: a held voucher is due while `collected` at the
+//! latest block is below its amount, and done when `collected` at the final block (latest
+//! minus `confirmations`) reaches it. So the redeemer keeps no transaction hashes and needs no
+//! bookkeeping that a reorg could invalidate. What it holds lives in memory here; keeping it
+//! across a crash is the ledger's job.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use alloy::eips::BlockId;
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::providers::{DynProvider, Provider};
+use alloy::sol_types::Eip712Domain;
+use web_node::settle::{escrow_domain, recover_signer, Voucher};
+
+use super::bindings::Escrow;
+use super::{ChainError, Deployment};
+
+/// Why a voucher was not accepted. Each is the payer's (or an impostor's) fault, and leaves
+/// what the node held as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum VoucherError {
+    /// It pays another node.
+    #[error("voucher pays {0}, not this node")]
+    WrongNode(Address),
+    /// Malformed, or no key recovers from it.
+    #[error(transparent)]
+    Signature(#[from] web_node::settle::SettleError),
+    /// Signed by a key that is neither the payer nor one of its signers on chain.
+    #[error("signed by {0}, which may not sign for the payer")]
+    UnauthorizedSigner(Address),
+    /// It expires before the node could redeem it.
+    #[error("voucher expires at {expiry}, too soon to redeem (now {now})")]
+    Expired {
+        /// Its expiry (Unix seconds).
+        expiry: u64,
+        /// The chain's latest block time.
+        now: u64,
+    },
+    /// Not above the newest voucher held for the session: a replay or an older one.
+    #[error("voucher for {amount} is not above the {held} already held for this session")]
+    Stale {
+        /// Its cumulative amount.
+        amount: U256,
+        /// The newest held or collected.
+        held: U256,
+    },
+    /// The payer's allocation to this node, less what thaws, does not cover it.
+    #[error("the payer's allocation ({allocation} not thawing) does not cover {owed} owed")]
+    Unbacked {
+        /// What it adds to what was collected.
+        owed: U256,
+        /// The allocation's balance.
+        allocation: U256,
+    },
+    /// The chain could not be asked.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+/// A held voucher.
+#[derive(Clone, Debug)]
+struct Held {
+    voucher: Voucher,
+    signature: Bytes,
+    /// The last time a redeem of it failed, and why.
+    refused: Option<String>,
+}
+
+/// What one [`Redeemer::redeem_due`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RedeemReport {
+    /// Vouchers sent in the batch (or one by one after the batch reverted).
+    pub sent: usize,
+    /// Vouchers that stay held because the chain refused them (reason per voucher).
+    pub refused: Vec<String>,
+    /// Vouchers let go: collected at the final block.
+    pub finalized: usize,
+    /// AIT those let go were worth, in all (the node gets 70% of it).
+    pub finalized_amount: U256,
+}
+
+/// Keeps a node's vouchers until the chain has paid them for good.
+pub struct Redeemer {
+    escrow: Escrow::EscrowInstance<DynProvider>,
+    provider: DynProvider,
+    domain: Eip712Domain,
+    node: Address,
+    /// Blocks a redeem must be under before its voucher is let go.
+    confirmations: u64,
+    /// A voucher must stay redeemable this long after it is accepted.
+    expiry_margin: u64,
+    /// How long one chain round may take.
+    rpc_timeout: Duration,
+    held: BTreeMap<(Address, B256), Held>,
+}
+
+impl Redeemer {
+    /// A redeemer for `node`, sending its redeems through `provider` (whose wallet pays the
+    /// gas; the AIT goes to `node` whoever sends them).
+    pub fn new(deployment: &Deployment, provider: DynProvider, node: Address) -> Redeemer {
+        Redeemer {
+            escrow: Escrow::new(deployment.escrow, provider.clone()),
+            domain: escrow_domain(deployment.chain_id, deployment.escrow),
+            provider,
+            node,
+            confirmations: 3,
+            expiry_margin: 600,
+            rpc_timeout: Duration::from_secs(30),
+            held: BTreeMap::new(),
+        }
+    }
+
+    /// Blocks a redeem must be under before its voucher is let go (default 3).
+    pub fn with_confirmations(mut self, blocks: u64) -> Self {
+        self.confirmations = blocks;
+        self
+    }
+
+    /// How long one chain round may take before it fails (default 30 s).
+    pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
+        self.rpc_timeout = timeout;
+        self
+    }
+
+    /// Vouchers held (newest per payer and session).
+    pub fn held(&self) -> usize {
+        self.held.len()
+    }
+
+    /// What the held vouchers promise in all (collected or not).
+    pub fn held_amount(&self) -> U256 {
+        self.held.values().map(|h| h.voucher.cumulativeAmount).fold(U256::ZERO, |a, b| a + b)
+    }
+
+    /// Checks `voucher` off chain and against the chain's view of its payer, and keeps it
+    /// when it is newer than what is held for its session; returns what it adds.
+    pub async fn accept(&mut self, voucher: Voucher, signature: &[u8]) -> Result<U256, VoucherError> {
+        if voucher.node != self.node {
+            return Err(VoucherError::WrongNode(voucher.node));
+        }
+        let signer = recover_signer(&voucher, &self.domain, signature)?;
+        let key = (voucher.payer, voucher.session);
+        let held = self.held.get(&key).map(|h| h.voucher.cumulativeAmount).unwrap_or_default();
+        if voucher.cumulativeAmount <= held {
+            return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held });
+        }
+        let (now, authorized, collected, allocation) = self.timed(self.payer_state(&voucher, signer)).await??;
+        if voucher.expiry < now.saturating_add(self.expiry_margin) {
+            return Err(VoucherError::Expired { expiry: voucher.expiry, now });
+        }
+        if !authorized {
+            return Err(VoucherError::UnauthorizedSigner(signer));
+        }
+        if voucher.cumulativeAmount <= collected {
+            return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held: collected });
+        }
+        let owed = voucher.cumulativeAmount - collected;
+        if owed > allocation {
+            return Err(VoucherError::Unbacked { owed, allocation });
+        }
+        let added = voucher.cumulativeAmount - held.max(collected);
+        self.held.insert(key, Held { voucher, signature: Bytes::copy_from_slice(signature), refused: None });
+        Ok(added)
+    }
+
+    /// The chain's time, whether `signer` signs for the payer, what was collected for the
+    /// session and the payer's allocation to this node that is not thawing, all at the latest
+    /// block.
+    async fn payer_state(&self, v: &Voucher, signer: Address) -> Result<(u64, bool, U256, U256), ChainError> {
+        let block = self.latest().await?;
+        let at = BlockId::number(block.0);
+        let authorized = self
+            .escrow
+            .isSigner(v.payer, signer)
+            .block(at)
+            .call()
+            .await
+            .map_err(|e| ChainError::contract("isSigner", &e))?;
+        let collected = self
+            .escrow
+            .collected(v.payer, v.session, self.node)
+            .block(at)
+            .call()
+            .await
+            .map_err(|e| ChainError::contract("collected", &e))?;
+        // What thaws does not count: a thaw that ran its period can be withdrawn at any moment.
+        let allocation = self
+            .escrow
+            .available(v.payer, self.node)
+            .block(at)
+            .call()
+            .await
+            .map_err(|e| ChainError::contract("available", &e))?;
+        Ok((block.1, authorized, collected, allocation))
+    }
+
+    /// The latest block's number and time.
+    async fn latest(&self) -> Result<(u64, u64), ChainError> {
+        let block = self
+            .provider
+            .get_block_by_number(Default::default())
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))?
+            .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
+        Ok((block.header.number, block.header.timestamp))
+    }
+
+    async fn timed<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, ChainError> {
+        tokio::time::timeout(self.rpc_timeout, f)
+            .await
+            .map_err(|_| ChainError::Rpc(format!("no answer in {:?}", self.rpc_timeout)))
+    }
+
+    /// One round: lets go of vouchers collected at the final block, and redeems in one batch
+    /// those the latest block has not collected (after a reorg dropped a redeem, that is it
+    /// again). A batch the chain refuses is retried voucher by voucher, and a refused voucher
+    /// stays held with its reason. A chain that is down or slow is an error; nothing is lost.
+    pub async fn redeem_due(&mut self) -> Result<RedeemReport, ChainError> {
+        let limit = self.rpc_timeout;
+        tokio::time::timeout(limit, self.round())
+            .await
+            .map_err(|_| ChainError::Rpc(format!("no answer in {limit:?}")))?
+    }
+
+    async fn round(&mut self) -> Result<RedeemReport, ChainError> {
+        let mut report = RedeemReport::default();
+        let (latest, _) = self.latest().await?;
+        let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
+        let (mut done, mut send) = (Vec::new(), Vec::new());
+        for (key, held) in &self.held {
+            let v = &held.voucher;
+            let at_final = self
+                .escrow
+                .collected(v.payer, v.session, self.node)
+                .block(final_block)
+                .call()
+                .await
+                .map_err(|e| ChainError::contract("collected", &e))?;
+            if at_final >= v.cumulativeAmount {
+                report.finalized += 1;
+                report.finalized_amount += v.cumulativeAmount;
+                done.push(*key);
+                continue;
+            }
+            // Collected at the latest block but not yet final: wait; not collected: send.
+            let at_latest = self
+                .escrow
+                .collected(v.payer, v.session, self.node)
+                .block(BlockId::number(latest))
+                .call()
+                .await
+                .map_err(|e| ChainError::contract("collected", &e))?;
+            if at_latest < v.cumulativeAmount {
+                send.push(*key);
+            }
+        }
+        for key in &done {
+            self.held.remove(key);
+        }
+        if send.is_empty() {
+            return Ok(report);
+        }
+        report.sent = send.len();
+        let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
+        let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();
+        match self.send(self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await, "redeemBatch").await
+        {
+            Ok(()) => {}
+            Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
+                tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
+                for (i, key) in send.iter().enumerate() {
+                    let r = self.escrow.redeem(vouchers[i].clone(), signatures[i].clone()).send().await;
+                    self.after(key, self.send(r, "redeem").await, &mut report)?;
+                }
+            }
+            Err(e) => self.after(&send[0], Err(e), &mut report)?,
+        }
+        Ok(report)
+    }
+
+    /// Records a redeem's outcome: a refusal stays with the voucher; a chain failure ends the round.
+    fn after(
+        &mut self,
+        key: &(Address, B256),
+        outcome: Result<(), ChainError>,
+        report: &mut RedeemReport,
+    ) -> Result<(), ChainError> {
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(ChainError::Contract { reason, .. }) => {
+                tracing::warn!(payer = %key.0, session = %key.1, %reason, "voucher refused on chain; kept");
+                report.refused.push(reason.clone());
+                if let Some(h) = self.held.get_mut(key) {
+                    h.refused = Some(reason);
+                }
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Waits for a sent transaction's receipt.
+    async fn send(
+        &self,
+        sent: Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>,
+        call: &str,
+    ) -> Result<(), ChainError> {
+        let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
+        let receipt = pending.get_receipt().await.map_err(|e| ChainError::pending(call, e))?;
+        if receipt.status() {
+            Ok(())
+        } else {
+            Err(ChainError::Contract { call: call.into(), reason: "reverted".into() })
+        }
+    }
+
+    /// Why the chain last refused the held voucher of (payer, session), if it did.
+    pub fn refusal(&self, payer: Address, session: B256) -> Option<&str> {
+        self.held.get(&(payer, session)).and_then(|h| h.refused.as_deref())
+    }
+}
