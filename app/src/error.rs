@@ -47,6 +47,9 @@ pub enum AppError {
     /// A browser API call failed (the JavaScript exception's message).
     #[error("{0}")]
     Browser(String),
+    /// The wallet is missing, refused, or answered something unusable.
+    #[error("wallet: {0}")]
+    Wallet(String),
     /// The relay's manifest of a model does not hash to the model's id.
     #[error("the relay's manifest for {expected} hashes to {actual}")]
     ManifestMismatch {

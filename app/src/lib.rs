@@ -2,11 +2,12 @@
 //! `ait relay` on its HTTP port.
 //!
 //! The page runs a libp2p node (`web_node::net::browser`) that joins the swarm through the
-//! relay that served it ([`swarm`]). Four panels: [`chat`] (talk to a model the swarm serves;
+//! relay that served it ([`swarm`]). Five panels: [`chat`] (talk to a model the swarm serves;
 //! works without WebGPU), [`seed`] (lend this tab's GPU: serve blocks through the relay's
 //! circuit), [`network`] (relays, nodes and which blocks of each model are covered) and
-//! [`publish`] (a creator's GGUF file, cut, hashed and seeded from the tab). Model parts come
-//! from the swarm and are seeded back ([`parts`]).
+//! [`publish`] (a creator's GGUF file, cut, hashed and seeded from the tab) and [`wallet`]
+//! (a wallet through EIP-1193: deposit with a permit, authorize the tab's session key). Model
+//! parts come from the swarm and are seeded back ([`parts`]).
 //!
 //! State lives in plain Rust with methods ([`swarm::Swarm`], [`chat::Chat`],
 //! [`seed::Seeder`]: Copy handles of signals), provided as context to small components.
@@ -27,6 +28,7 @@ pub mod publish;
 pub mod seed;
 pub mod store;
 pub mod swarm;
+pub mod wallet;
 
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -36,6 +38,7 @@ use crate::network::NetworkView;
 use crate::publish::{PublishView, Publisher};
 use crate::seed::{SeedView, Seeder};
 use crate::swarm::Swarm;
+use crate::wallet::{Wallet, WalletView};
 
 /// The page's tabs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,6 +51,8 @@ pub enum Tab {
     Network,
     /// Publish a model.
     Publish,
+    /// Connect a wallet and pay.
+    Wallet,
 }
 
 impl Tab {
@@ -58,6 +63,7 @@ impl Tab {
             Tab::Seed => "Seed",
             Tab::Network => "Network",
             Tab::Publish => "Publish",
+            Tab::Wallet => "Wallet",
         }
     }
 
@@ -68,6 +74,7 @@ impl Tab {
             Tab::Seed => "tab-seed",
             Tab::Network => "tab-network",
             Tab::Publish => "tab-publish",
+            Tab::Wallet => "tab-wallet",
         }
     }
 }
@@ -81,6 +88,7 @@ pub fn App() -> impl IntoView {
     provide_context(Chat::new(swarm));
     provide_context(Seeder::new(swarm));
     provide_context(Publisher::new(swarm));
+    provide_context(Wallet::new());
     spawn_local(swarm.run());
     let tab = RwSignal::new(if http::query_param("seed").is_some() { Tab::Seed } else { Tab::Chat });
     view! {
@@ -93,12 +101,14 @@ pub fn App() -> impl IntoView {
             <TabButton tab=tab which=Tab::Seed/>
             <TabButton tab=tab which=Tab::Network/>
             <TabButton tab=tab which=Tab::Publish/>
+            <TabButton tab=tab which=Tab::Wallet/>
         </nav>
         <main>
             <section class:hidden=move || tab.get() != Tab::Chat><ChatView/></section>
             <section class:hidden=move || tab.get() != Tab::Seed><SeedView/></section>
             <section class:hidden=move || tab.get() != Tab::Network><NetworkView/></section>
             <section class:hidden=move || tab.get() != Tab::Publish><PublishView/></section>
+            <section class:hidden=move || tab.get() != Tab::Wallet><WalletView/></section>
         </main>
     }
 }

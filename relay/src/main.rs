@@ -147,6 +147,10 @@ struct RelayOpt {
     /// only, as every other node does.
     #[arg(long)]
     no_http_parts: bool,
+    /// The settlement chain: a deployment file (`ait chain dev --out FILE` writes one). The
+    /// page's wallet panel uses it; without it the relay serves free.
+    #[arg(long, value_name = "FILE")]
+    chain: Option<PathBuf>,
     /// Address of the OpenAI-compatible HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
@@ -242,6 +246,10 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
     let key = relay::p2p::load_or_create_key(&o.data_dir)?;
     let cert = relay::p2p::load_or_create_cert(&o.data_dir)?;
     let listen = if o.listen.is_empty() { relay::p2p::default_listen(o.host, o.port) } else { o.listen.clone() };
+    let chain = match &o.chain {
+        Some(path) => Some(relay::settle::Deployment::load(path)?),
+        None => None,
+    };
     runtime()?.block_on(async move {
         let peer = key.public().to_peer_id();
         let (handle, addrs) =
@@ -420,6 +428,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 model: parts,
                 traffic: store.traffic(),
                 http_parts: !o.no_http_parts,
+                chain: chain.clone(),
             };
             let web_dir = relay::web::find_web_dir(o.web_dir.clone());
             if web_dir.is_none() {

@@ -109,6 +109,9 @@ pub struct WebState {
     /// Whether the model's parts are handed out over HTTP too (else tabs fetch them over
     /// libp2p only).
     pub http_parts: bool,
+    /// The settlement chain this relay uses (`--chain FILE`), if any: the page's wallet
+    /// panel reads its chain id and contract addresses.
+    pub chain: Option<crate::settle::Deployment>,
 }
 
 /// The addresses of `addrs` that a browser can dial: `/ws`, `/wss`, `/webrtc-direct`.
@@ -137,6 +140,7 @@ pub fn router(state: Arc<WebState>, web_dir: Option<PathBuf>) -> Router {
     let routes = Router::new()
         .route("/ait/bootstrap", get(bootstrap))
         .route("/ait/seeding", get(seeding))
+        .route("/ait/chain", get(chain))
         .route("/ait/models/{id}/manifest", get(manifest))
         .route("/ait/models/{id}/head", get(head))
         .route("/ait/models/{id}/blocks/{i}", get(block))
@@ -170,6 +174,24 @@ async fn seeding(State(s): State<Arc<WebState>>) -> Json<serde_json::Value> {
     let (sent, received) = s.traffic.totals();
     let streams = s.traffic.streams.load(std::sync::atomic::Ordering::Relaxed);
     Json(json!({ "sent_bytes": sent, "received_bytes": received, "ratio": s.traffic.ratio(), "streams": streams }))
+}
+
+/// `GET /ait/chain`: the settlement chain's id and contract addresses (404 when this relay
+/// runs without a chain, and serves free).
+async fn chain(State(s): State<Arc<WebState>>) -> Response {
+    match &s.chain {
+        Some(d) => Json(json!({
+            "chain_id": d.chain_id,
+            "token": d.token,
+            "escrow": d.escrow,
+            "registry": d.registry,
+            "staking": d.staking,
+            "treasury": d.treasury,
+            "thaw_seconds": d.thaw_seconds,
+        }))
+        .into_response(),
+        None => not_found("this relay runs without a settlement chain (start it with --chain FILE)".into()),
+    }
 }
 
 fn not_found(what: String) -> Response {

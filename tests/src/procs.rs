@@ -256,3 +256,71 @@ pub fn warm_seeders(seeders: &[&Relay], parts: &[web_node::model::manifest::Part
         }
     });
 }
+
+/// A running `ait chain dev` (a local chain with the settlement contracts), stopped with
+/// Ctrl-C (SIGINT) on drop.
+pub struct ChainDev {
+    child: Child,
+    /// The file it wrote (deployment and dev accounts).
+    pub file: PathBuf,
+    /// What the file says.
+    pub chain: relay::settle::dev::DevChain,
+}
+
+impl ChainDev {
+    /// Starts `ait chain dev --port 0 --accounts 8 --ait-each 10000 --out DIR/chain.json` and
+    /// waits (up to 60 s) until it prints `ready`.
+    pub fn start(dir: &Path) -> ChainDev {
+        std::fs::create_dir_all(dir).expect("chain dir");
+        let file = dir.join("chain.json");
+        let mut child = Command::new(ait_bin())
+            .args(["chain", "dev", "--port", "0", "--accounts", "8", "--ait-each", "10000"])
+            .arg("--out")
+            .arg(&file)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("ait chain dev");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if line == "ready" {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
+            let _ = child.kill();
+            panic!("ait chain dev did not print ready");
+        }
+        let chain = match relay::settle::dev::DevChain::load(&file) {
+            Ok(chain) => chain,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("the file ait chain dev wrote: {e}");
+            }
+        };
+        ChainDev { child, file, chain }
+    }
+
+    /// Sends Ctrl-C and waits (up to 20 s) for it to exit.
+    pub fn interrupt(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "ait chain dev did not stop on SIGINT");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ChainDev {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.interrupt();
+        }
+    }
+}

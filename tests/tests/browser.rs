@@ -451,3 +451,103 @@ fn a_model_published_from_a_tab_is_fetched_by_a_relay() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// A wallet extension stands in: `window.ethereum.request` forwards to the test's anvil, whose
+/// unlocked dev account signs typed data and sends transactions, sharing only `account`.
+const INJECTED_WALLET: &str = "const rpc = arguments[0], account = arguments[1]; let id = 0; \
+    window.ethereum = { request: async ({ method, params }) => { \
+        if (method === 'eth_requestAccounts' || method === 'eth_accounts') return [account]; \
+        const r = await fetch(rpc, { method: 'POST', headers: { 'content-type': 'application/json' }, \
+            body: JSON.stringify({ jsonrpc: '2.0', id: ++id, method, params: params || [] }) }); \
+        const j = await r.json(); \
+        if (j.error) { const e = new Error(j.error.message); e.code = j.error.code; throw e; } \
+        return j.result; } };";
+
+/// Issue 15, test c: the Wallet panel, with a wallet injected through EIP-1193, connects to
+/// the chain the relay names (`--chain`), deposits with a permit (no approve) and has the
+/// wallet sign the authorization of the tab's session key; a native node submits that
+/// authorization, and the chain then lets the tab's key sign for the payer.
+#[test]
+fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
+    use alloy::primitives::{Address, Bytes, U256};
+    use relay::settle::bindings::{Escrow, AIT};
+    let _serial = serial();
+    let root = temp_dir("browser-wallet");
+    let chain = ait_tests::procs::ChainDev::start(&root.join("chain"));
+    let d = chain.chain.deployment.clone();
+    let payer = chain.chain.accounts[1].address;
+    let web = web_dir();
+    let r0 =
+        Relay::start(&root.join("r0"), &["--web-dir", web.to_str().unwrap(), "--chain", chain.file.to_str().unwrap()]);
+    let b = Browser::start().expect("browser");
+    b.goto(&page(&r0, "")).unwrap();
+    connected(&b);
+    b.exec(INJECTED_WALLET, json!([d.rpc, payer.to_string()])).unwrap();
+    b.exec(
+        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
+        json!([]),
+    )
+    .unwrap();
+    let state = |what: &str, until: &str| {
+        let script = format!(
+            "const s = document.getElementById('wallet-state'); \
+             if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
+             return s.dataset.state === 'connected' && ({until}) ? s.dataset : null;"
+        );
+        let v = b
+            .wait_for(what, &script, Duration::from_secs(60))
+            .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+        assert!(!v.as_str().unwrap_or_default().starts_with("ERROR"), "{v}");
+        v
+    };
+    let ait = |n: u64| U256::from(n) * U256::from(10u64).pow(U256::from(18));
+    let s = state("the wallet to connect", "s.dataset.ait !== ''");
+    assert_eq!(s["address"].as_str().unwrap().parse::<Address>().unwrap(), payer);
+    assert_eq!(s["ait"].as_str().unwrap().parse::<U256>().unwrap(), ait(10_000));
+    assert_eq!(s["deposited"].as_str().unwrap(), "0");
+
+    // Deposit with a permit: the wallet signs it and sends one transaction.
+    b.exec(
+        "document.getElementById('wallet-amount').value = '25'; document.getElementById('wallet-deposit').click();",
+        json!([]),
+    )
+    .unwrap();
+    let s = state("the deposit", "s.dataset.deposited !== '0'");
+    assert_eq!(s["deposited"].as_str().unwrap().parse::<U256>().unwrap(), ait(25));
+    assert_eq!(s["ait"].as_str().unwrap().parse::<U256>().unwrap(), ait(10_000 - 25));
+
+    // The session key's authorization: one signature, no transaction.
+    b.exec("document.getElementById('wallet-authorize').click();", json!([])).unwrap();
+    let s = state("the authorization", "s.dataset.authorization !== ''");
+    let auth: serde_json::Value = serde_json::from_str(s["authorization"].as_str().unwrap()).unwrap();
+    let signer: Address = auth["signer"].as_str().unwrap().parse().unwrap();
+    assert_eq!(s["sessionKey"].as_str().unwrap().parse::<Address>().unwrap(), signer);
+    assert_eq!(auth["payer"].as_str().unwrap().parse::<Address>().unwrap(), payer);
+
+    // A native node submits it; the chain agrees the tab's key now signs for the payer, and
+    // the deposit is the escrow's.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let node = relay::settle::dev::wallet_provider(&d.rpc, &chain.chain.accounts[2].key).unwrap();
+        let escrow = Escrow::new(d.escrow, node.clone());
+        assert!(!escrow.isSigner(payer, signer).call().await.unwrap());
+        let deadline: U256 = auth["deadline"].as_str().unwrap().parse().unwrap();
+        let signature: Bytes = auth["signature"].as_str().unwrap().parse().unwrap();
+        let receipt = escrow
+            .authorizeSignerBySig(payer, signer, deadline, signature)
+            .send()
+            .await
+            .expect("the tab's authorization is accepted")
+            .get_receipt()
+            .await
+            .unwrap();
+        assert!(receipt.status());
+        assert!(escrow.isSigner(payer, signer).call().await.unwrap());
+        assert_eq!(escrow.freeBalance(payer).call().await.unwrap().balance, ait(25));
+        assert_eq!(AIT::new(d.token, node).balanceOf(d.escrow).call().await.unwrap(), ait(25));
+    });
+    drop(b);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -36,33 +36,6 @@ struct World {
     stranger: Actor,
 }
 
-/// A running `ait chain dev`, stopped with Ctrl-C (SIGINT) on drop.
-struct ChainProcess {
-    child: std::process::Child,
-}
-
-impl ChainProcess {
-    fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = std::process::Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(std::time::Instant::now() < deadline, "ait chain dev did not stop on SIGINT");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for ChainProcess {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.interrupt();
-        }
-    }
-}
-
 fn dev_opts() -> DevOpt {
     DevOpt {
         out: "unused.json".into(),
@@ -563,34 +536,10 @@ async fn the_split_is_exact_to_the_unit() {
 /// equals what the vouchers say, to the unit. Ctrl-C stops the chain and removes its file.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ait_chain_dev_settles_three_nodes_to_the_unit() {
-    use std::io::BufRead;
     let dir = ait_tests::procs::temp_dir("chain-dev");
-    let file = dir.join("chain.json");
-    let mut child = std::process::Command::new(ait_tests::procs::ait_bin())
-        .args(["chain", "dev", "--port", "0", "--accounts", "8", "--ait-each", "10000"])
-        .arg("--out")
-        .arg(&file)
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("ait chain dev");
-    let stdout = child.stdout.take().unwrap();
-    let mut process = ChainProcess { child };
-    let printed: Vec<String> = tokio::task::spawn_blocking(move || {
-        let mut lines = Vec::new();
-        for line in std::io::BufReader::new(stdout).lines() {
-            let line = line.unwrap();
-            let done = line == "ready";
-            lines.push(line);
-            if done {
-                break;
-            }
-        }
-        lines
-    })
-    .await
-    .unwrap();
-    assert_eq!(printed.last().map(String::as_str), Some("ready"), "ait chain dev printed {printed:?}");
-    let chain = DevChain::load(&file).expect("the file ait chain dev wrote");
+    let mut process = ait_tests::procs::ChainDev::start(&dir);
+    let file = process.file.clone();
+    let chain = process.chain.clone();
     assert_eq!(chain.accounts.len(), 8);
     let w = World::on(chain, None);
     // Every dev account but the deployer got its AIT.

@@ -81,6 +81,7 @@ async fn build() -> Router {
         model: Some(Arc::new(parts)),
         traffic: Default::default(),
         http_parts: true,
+        chain: None,
     };
     relay::api::router(Arc::new(api)).merge(relay::web::router(Arc::new(web), None))
 }

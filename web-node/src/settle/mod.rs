@@ -9,6 +9,7 @@
 //! embedding program's job.
 
 pub mod voucher;
+pub mod wallet;
 
 pub use voucher::{
     escrow_domain, recover_signer, registry_domain, token_domain, Allocation, AuthorizeSigner, Permit, Register,

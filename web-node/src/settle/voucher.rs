@@ -8,7 +8,7 @@ use k256::ecdsa::SigningKey;
 sol! {
     /// A payer's promise to one node for one session, to date: each voucher supersedes the
     /// last, and `redeem` pays what `cumulativeAmount` adds to what was collected.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     struct Voucher {
         /// The session (random, chosen by the client).
         bytes32 session;
@@ -27,7 +27,7 @@ sol! {
     }
 
     /// A payer's authorization of a session key, which a node may submit for it.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     struct AuthorizeSigner {
         /// The payer (the wallet that signs this).
         address payer;
@@ -40,7 +40,7 @@ sol! {
     }
 
     /// A payer's allocation to a node, cumulative over all its allocations to that node.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     struct Allocation {
         /// The payer.
         address payer;
@@ -54,7 +54,7 @@ sol! {
 
     /// An EIP-2612 permit of the AIT token: lets the escrow or staking take `value` from
     /// `owner` with one signature instead of an approve transaction.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     struct Permit {
         /// Whose AIT.
         address owner;
@@ -69,7 +69,7 @@ sol! {
     }
 
     /// A creator's registration of a model, which anyone may submit for it.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
     struct Register {
         /// The model id.
         bytes32 model;

@@ -1,0 +1,292 @@
+//! The Wallet panel: a person connects a standard wallet (EIP-1193, [`eip1193`]), deposits AIT
+//! into the escrow with a permit (one signature and one transaction, no approve), and
+//! authorizes a session key with one more signature (no transaction: a node submits it with
+//! its first redeem). From then on the tab's session key signs vouchers without prompting.
+//!
+//! The relay says which chain and contracts it settles on (`GET /ait/chain`; a relay without
+//! a chain serves free, and the panel says so). Every signed message is built by
+//! `web_node::settle`, the code native nodes check them with.
+
+pub mod eip1193;
+pub mod view;
+
+pub use view::WalletView;
+
+use std::fmt;
+use std::time::Duration;
+
+use alloy_primitives::utils::{format_units, parse_units};
+use alloy_primitives::{Address, U256};
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use web_node::settle::wallet::{
+    balance_of, deposit_with_permit, escrow_nonce, free_balance, parse_signature, token_nonce, typed_data_json, word,
+};
+use web_node::settle::{escrow_domain, recover_signer, token_domain, AuthorizeSigner, Permit, SessionKey};
+
+use crate::error::AppError;
+
+/// How long a transaction may take to be mined before the panel gives up waiting.
+const TX_WAIT: Duration = Duration::from_secs(120);
+
+/// How long a session key's authorization may be applied.
+const AUTHORIZATION_SECONDS: u64 = 7 * 24 * 3600;
+
+/// The chain and contracts the relay settles on (`GET /ait/chain`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+pub struct ChainInfo {
+    /// The chain id every signature commits to.
+    pub chain_id: u64,
+    /// The AIT token.
+    pub token: Address,
+    /// The escrow.
+    pub escrow: Address,
+}
+
+/// A session key's authorization, signed by the payer's wallet, for a node to submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SessionAuth {
+    /// The wallet that pays.
+    pub payer: Address,
+    /// The session key.
+    pub signer: Address,
+    /// The payer's escrow nonce it was signed with.
+    pub nonce: U256,
+    /// Unix seconds after which it cannot be applied.
+    pub deadline: U256,
+    /// The wallet's signature (`0x`, 65 bytes).
+    pub signature: String,
+}
+
+/// Where the panel is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WalletState {
+    /// No wallet connected yet.
+    Disconnected,
+    /// Waiting for the wallet or the chain.
+    Working,
+    /// Connected: balances shown, deposit and authorize possible.
+    Connected,
+    /// The last step failed (the message says why).
+    Error,
+}
+
+impl fmt::Display for WalletState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WalletState::Disconnected => "disconnected",
+            WalletState::Working => "working",
+            WalletState::Connected => "connected",
+            WalletState::Error => "error",
+        })
+    }
+}
+
+/// The panel's state, as signals (a Copy handle).
+#[derive(Clone, Copy)]
+pub struct Wallet {
+    /// Where the panel is.
+    pub state: RwSignal<WalletState>,
+    /// What the panel says.
+    pub message: RwSignal<String>,
+    /// The connected account.
+    pub address: RwSignal<Option<Address>>,
+    /// The relay's chain.
+    pub chain: RwSignal<Option<ChainInfo>>,
+    /// AIT in the wallet (smallest unit).
+    pub ait: RwSignal<Option<U256>>,
+    /// AIT deposited in the escrow and not allocated (smallest unit).
+    pub deposited: RwSignal<Option<U256>>,
+    /// The session key's authorization, once signed.
+    pub session: RwSignal<Option<SessionAuth>>,
+    /// The session key (it signs vouchers; it lives as long as the page).
+    key: StoredValue<Option<SessionKey>>,
+}
+
+/// AIT with its 18 decimals, for people.
+pub fn format_ait(amount: U256) -> String {
+    format_units(amount, 18).map(|s| trim_zeros(&s)).unwrap_or_else(|_| amount.to_string())
+}
+
+fn trim_zeros(s: &str) -> String {
+    if s.contains('.') {
+        s.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn now_secs() -> u64 {
+    (js_sys::Date::now() / 1000.0) as u64
+}
+
+fn wallet_err(e: impl fmt::Display) -> AppError {
+    AppError::Wallet(e.to_string())
+}
+
+impl Wallet {
+    /// A disconnected panel.
+    pub fn new() -> Self {
+        Wallet {
+            state: RwSignal::new(WalletState::Disconnected),
+            message: RwSignal::new("Connect a wallet to pay for what you use with AIT.".into()),
+            address: RwSignal::new(None),
+            chain: RwSignal::new(None),
+            ait: RwSignal::new(None),
+            deposited: RwSignal::new(None),
+            session: RwSignal::new(None),
+            key: StoredValue::new(None),
+        }
+    }
+
+    /// The session key, if one was authorized.
+    pub fn session_key(&self) -> Option<SessionKey> {
+        self.key.get_value()
+    }
+
+    /// Runs `step` with the panel marked busy; shows its result or error.
+    fn run<F>(self, step: F)
+    where
+        F: std::future::Future<Output = Result<String, AppError>> + 'static,
+    {
+        self.state.set(WalletState::Working);
+        spawn_local(async move {
+            match step.await {
+                Ok(message) => {
+                    self.message.set(message);
+                    self.state.set(WalletState::Connected);
+                }
+                Err(e) => {
+                    self.message.set(e.to_string());
+                    self.state.set(WalletState::Error);
+                }
+            }
+        });
+    }
+
+    /// Asks the relay for its chain and the wallet for an account on that chain.
+    pub fn connect(self) {
+        self.run(async move {
+            let chain: ChainInfo = crate::http::json("/ait/chain").await?;
+            let accounts = eip1193::request("eth_requestAccounts", json!([])).await?;
+            let address: Address = accounts
+                .get(0)
+                .and_then(Value::as_str)
+                .and_then(|a| a.parse().ok())
+                .ok_or_else(|| wallet_err("the wallet shared no account"))?;
+            let id = eip1193::request("eth_chainId", json!([])).await?;
+            let id = id.as_str().and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+            if id != Some(chain.chain_id) {
+                return Err(wallet_err(format!(
+                    "the wallet is on chain {}, the relay settles on chain {}: switch the wallet's network",
+                    id.map(|i| i.to_string()).unwrap_or_else(|| "?".into()),
+                    chain.chain_id
+                )));
+            }
+            self.address.set(Some(address));
+            self.chain.set(Some(chain));
+            self.refresh().await?;
+            Ok(format!("Connected {address}."))
+        });
+    }
+
+    fn connected(&self) -> Result<(Address, ChainInfo), AppError> {
+        match (self.address.get_untracked(), self.chain.get_untracked()) {
+            (Some(a), Some(c)) => Ok((a, c)),
+            _ => Err(wallet_err("connect a wallet first")),
+        }
+    }
+
+    /// Reads the wallet's AIT and the escrow's free balance.
+    async fn refresh(&self) -> Result<(), AppError> {
+        let (address, chain) = self.connected()?;
+        self.ait.set(Some(call_word(chain.token, balance_of(address), 0).await?));
+        self.deposited.set(Some(call_word(chain.escrow, free_balance(address), 0).await?));
+        Ok(())
+    }
+
+    /// Deposits `amount` AIT (a decimal string): the wallet signs a permit, then sends
+    /// `depositWithPermit`.
+    pub fn deposit(self, amount: String) {
+        self.run(async move {
+            let (payer, chain) = self.connected()?;
+            let value: U256 = parse_units(amount.trim(), 18)
+                .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
+                .into();
+            if value.is_zero() {
+                return Err(wallet_err("deposit more than 0 AIT"));
+            }
+            let nonce = call_word(chain.token, token_nonce(payer), 0).await?;
+            let deadline = U256::from(now_secs() + 3600);
+            let permit = Permit { owner: payer, spender: chain.escrow, value, nonce, deadline };
+            let typed = typed_data_json(&permit, &token_domain(chain.chain_id, chain.token));
+            let sig = eip1193::request("eth_signTypedData_v4", json!([payer, typed])).await?;
+            let sig = parse_signature(sig.as_str().unwrap_or_default()).map_err(wallet_err)?;
+            let data = deposit_with_permit(payer, value, deadline, &sig);
+            send_and_wait(payer, chain.escrow, &data.to_string()).await?;
+            self.refresh().await?;
+            Ok(format!("Deposited {} AIT.", format_ait(value)))
+        });
+    }
+
+    /// Makes a session key and has the wallet sign its authorization (one prompt, no
+    /// transaction).
+    pub fn authorize(self) {
+        self.run(async move {
+            let (payer, chain) = self.connected()?;
+            let key = SessionKey::random();
+            let nonce = call_word(chain.escrow, escrow_nonce(payer), 0).await?;
+            let deadline = U256::from(now_secs() + AUTHORIZATION_SECONDS);
+            let auth = AuthorizeSigner { payer, signer: key.address(), nonce, deadline };
+            let domain = escrow_domain(chain.chain_id, chain.escrow);
+            let sig = eip1193::request("eth_signTypedData_v4", json!([payer, typed_data_json(&auth, &domain)])).await?;
+            let sig_hex = sig.as_str().unwrap_or_default().to_string();
+            let sig = parse_signature(&sig_hex).map_err(wallet_err)?;
+            // A wallet that signed with another account would authorize nothing: check here.
+            let signer = recover_signer(&auth, &domain, &sig.as_bytes()).map_err(wallet_err)?;
+            if signer != payer {
+                return Err(wallet_err(format!("the wallet signed as {signer}, not {payer}")));
+            }
+            self.key.set_value(Some(key.clone()));
+            self.session.set(Some(SessionAuth {
+                payer,
+                signer: key.address(),
+                nonce,
+                deadline,
+                signature: format!("0x{}", hex::encode(sig.as_bytes())),
+            }));
+            Ok(format!("This tab's session key {} may sign vouchers for {payer}.", key.address()))
+        });
+    }
+}
+
+impl Default for Wallet {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `eth_call` through the wallet; word `index` of the answer.
+async fn call_word(to: Address, data: alloy_primitives::Bytes, index: usize) -> Result<U256, AppError> {
+    let answer = eip1193::request("eth_call", json!([{ "to": to, "data": data.to_string() }, "latest"])).await?;
+    word(answer.as_str().unwrap_or_default(), index).map_err(wallet_err)
+}
+
+/// Has the wallet send a transaction and waits until it is mined; a reverted one is an error.
+async fn send_and_wait(from: Address, to: Address, data: &str) -> Result<(), AppError> {
+    let hash = eip1193::request("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }])).await?;
+    let hash = hash.as_str().ok_or_else(|| wallet_err("the wallet returned no transaction hash"))?.to_string();
+    let started = web_time::Instant::now();
+    loop {
+        let receipt = eip1193::request("eth_getTransactionReceipt", json!([hash])).await?;
+        if let Some(status) = receipt.get("status").and_then(Value::as_str) {
+            return if status == "0x1" { Ok(()) } else { Err(wallet_err(format!("transaction {hash} reverted"))) };
+        }
+        if started.elapsed() > TX_WAIT {
+            return Err(wallet_err(format!("transaction {hash} not mined after {TX_WAIT:?}")));
+        }
+        futures_timer::Delay::new(Duration::from_millis(500)).await;
+    }
+}
