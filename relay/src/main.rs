@@ -56,6 +56,9 @@ enum Cmd {
     /// Settlement chains: `ait chain dev` starts a local chain (anvil) with the contracts
     /// deployed and AIT in its dev accounts.
     Chain(relay::settle::dev::ChainOpt),
+    /// Settlement: wallet, deposit, withdraw, stake, unstake, redeem, model register.
+    #[command(flatten)]
+    Settle(relay::settle::cli::SettleCmd),
 }
 
 #[derive(clap::Args)]
@@ -114,7 +117,7 @@ struct PublishOpt {
 #[derive(clap::Args)]
 struct RelayOpt {
     /// Directory for the identity key and WebRTC certificate (one per relay).
-    #[arg(long, default_value_os_t = default_data_dir())]
+    #[arg(long, default_value_os_t = relay::p2p::default_data_dir())]
     data_dir: PathBuf,
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0")]
@@ -180,13 +183,6 @@ fn model_name(path: &std::path::Path) -> String {
     file.strip_suffix(".gguf").map(str::to_string).unwrap_or(file)
 }
 
-fn default_data_dir() -> PathBuf {
-    let base = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")));
-    base.unwrap_or_else(|| PathBuf::from(".")).join("ai-torrent/relay")
-}
-
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
@@ -222,6 +218,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Models(o) => relay::models::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Inspect(o) => relay::inspect::run(o).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Chain(o) => relay::settle::dev::run(o).map(|()| ExitCode::SUCCESS),
+        Cmd::Settle(c) => relay::settle::cli::run(c).map(|()| ExitCode::SUCCESS),
         Cmd::FetchModel => {
             println!("{}", relay::fetch::default_model()?.display());
             Ok(ExitCode::SUCCESS)

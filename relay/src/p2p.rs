@@ -22,6 +22,15 @@ pub const KEY_FILE: &str = "identity.key";
 /// File name of the WebRTC certificate in the data directory.
 pub const CERT_FILE: &str = "webrtc.pem";
 
+/// The default data directory of a node: `$XDG_DATA_HOME/ai-torrent/relay`, else
+/// `~/.local/share/ai-torrent/relay`.
+pub fn default_data_dir() -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_DATA_HOME")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".local/share")));
+    base.unwrap_or_else(|| std::path::PathBuf::from(".")).join("ai-torrent/relay")
+}
+
 /// Loads the identity key from `dir`, creating it (mode 0600) on first use.
 pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Keypair> {
     let path = dir.join(KEY_FILE);

@@ -920,3 +920,138 @@ async fn signed_allocations_permits_and_revocations_cannot_be_abused() {
     let earned = w.earned(node.address()).await;
     refused(sent(node.escrow(&w).depositEarned(earned + U256::from(1)).send().await).await, "BadAmount");
 }
+
+/// The `ait` settlement commands against `ait chain dev`, as an operator and a payer run
+/// them: wallets kept encrypted (the key never in the file or the output), a deposit with a
+/// permit, an allocation, stake bound to the node's peer id, a model registration, vouchers
+/// redeemed from a file, earnings withdrawn; early withdrawals and unstakes are refused with
+/// the contract's reason.
+#[test]
+fn the_ait_settlement_commands_move_what_they_say() {
+    let dir = ait_tests::procs::temp_dir("chain-cli");
+    let chain = ait_tests::procs::ChainDev::start(&dir.join("chain"));
+    let file = chain.file.to_str().unwrap().to_string();
+    let ait_cmd = |args: &[&str]| {
+        let out = std::process::Command::new(ait_tests::procs::ait_bin())
+            .args(args)
+            .args(["--chain", &file])
+            .env("AIT_WALLET_PASSWORD", "correct horse")
+            .output()
+            .expect("ait");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        (out.status.success(), text)
+    };
+    let ok = |args: &[&str]| {
+        let (ok, text) = ait_cmd(args);
+        assert!(ok, "ait {args:?} failed: {text}");
+        text
+    };
+    let payer_store = dir.join("payer.json");
+    let payer_store = payer_store.to_str().unwrap();
+    let node_dir = dir.join("node");
+    let node_dir = node_dir.to_str().unwrap();
+    let payer = chain.chain.accounts[1].clone();
+    let node = chain.chain.accounts[2].clone();
+
+    // Wallets: the dev keys, encrypted; the key appears in neither the file nor the output.
+    let out = ok(&["wallet", "new", "--dev-account", "1", "--keystore", payer_store]);
+    assert_eq!(out.trim(), payer.address.to_string());
+    let secret = hex::encode(payer.key);
+    assert!(!std::fs::read_to_string(payer_store).unwrap().contains(&secret), "the keystore holds the key in clear");
+    assert!(!out.contains(&secret));
+    let (created, text) = ait_cmd(&["wallet", "new", "--keystore", payer_store]);
+    assert!(!created && text.contains("never overwritten"), "{text}");
+    let out = ok(&["wallet", "new", "--dev-account", "2", "--data-dir", node_dir]);
+    assert_eq!(out.trim(), node.address.to_string());
+    assert_eq!(ok(&["wallet", "show", "--data-dir", node_dir]).trim(), node.address.to_string());
+    let wrong = std::process::Command::new(ait_tests::procs::ait_bin())
+        .args(["wallet", "show", "--data-dir", node_dir])
+        .env("AIT_WALLET_PASSWORD", "wrong")
+        .output()
+        .unwrap();
+    assert!(!wrong.status.success());
+    assert!(String::from_utf8_lossy(&wrong.stderr).contains("wrong password"), "{wrong:?}");
+
+    // The payer deposits and allocates to the node.
+    assert!(ok(&["deposit", "12.5", "--keystore", payer_store]).contains("deposited 12.5 AIT"));
+    ok(&["allocate", &node.address.to_string(), "10", "--keystore", payer_store]);
+    let balance = ok(&["wallet", "balance", "--keystore", payer_store]);
+    assert!(balance.contains("deposited 2.5 (thawing 0)"), "{balance}");
+    assert!(balance.contains("ait       9987.5"), "{balance}");
+
+    // The node stakes, bound to its peer id, and cannot leave before unbonding.
+    ok(&["stake", "100", "--data-dir", node_dir]);
+    ok(&["unstake", "40", "--data-dir", node_dir]);
+    let (done, text) = ait_cmd(&["unstake", "--finish", "--data-dir", node_dir]);
+    assert!(!done && text.contains("StillBonded"), "{text}");
+    let balance = ok(&["wallet", "balance", "--data-dir", node_dir]);
+    assert!(balance.contains("staked    60 (unbonding 40)"), "{balance}");
+    let peer = relay::p2p::load_or_create_key(std::path::Path::new(node_dir)).unwrap().public().to_peer_id();
+
+    // The node registers a model; a payer's vouchers for it are redeemed from a file.
+    let model = B256::repeat_byte(0x6d);
+    ok(&["model", "register", &model.to_string(), "--payout", &node.address.to_string(), "--data-dir", node_dir]);
+    let d = chain.chain.deployment.clone();
+    let key = SessionKey::from_bytes(payer.key.as_slice()).unwrap();
+    let domain = escrow_domain(d.chain_id, d.escrow);
+    let lines: Vec<String> = [(1u8, 3u64), (2, 4)]
+        .iter()
+        .map(|&(session, amount)| {
+            let v = Voucher {
+                session: B256::repeat_byte(session),
+                payer: payer.address,
+                node: node.address,
+                model,
+                cumulativeAmount: ait(amount),
+                cumulativeWork: U256::from(amount * 30),
+                expiry: u64::MAX / 2,
+            };
+            let sig = format!("0x{}", hex::encode(key.sign(&v, &domain).unwrap().as_bytes()));
+            serde_json::json!({ "voucher": v, "signature": sig }).to_string()
+        })
+        .collect();
+    let vouchers = dir.join("vouchers.jsonl");
+    std::fs::write(&vouchers, lines.join("\n")).unwrap();
+    let out = ok(&["redeem", "--vouchers", vouchers.to_str().unwrap(), "--confirmations", "0", "--data-dir", node_dir]);
+    assert!(out.contains("redeemed 7 AIT, final"), "{out}");
+    // Again: nothing left to collect, so both are refused before any transaction.
+    let out = ok(&["redeem", "--vouchers", vouchers.to_str().unwrap(), "--data-dir", node_dir]);
+    assert!(out.contains("0 vouchers to redeem (0 AIT), 2 refused"), "{out}");
+
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let p = dev::wallet_provider(&d.rpc, &chain.chain.accounts[0].key).unwrap();
+        let staking = Staking::new(d.staking, p.clone());
+        assert_eq!(staking.peerIdOf(node.address).call().await.unwrap().to_vec(), peer.to_bytes());
+        // The node is the model's creator too: 70% + 20% of 7 AIT.
+        let escrow = Escrow::new(d.escrow, p.clone());
+        assert_eq!(escrow.earned(node.address).call().await.unwrap(), ait(63) / U256::from(10));
+        assert_eq!(escrow.allocation(payer.address, node.address).call().await.unwrap().balance, ait(3));
+    });
+    ok(&["withdraw", "--earned", "6.3", "--data-dir", node_dir]);
+    assert!(ok(&["wallet", "balance", "--data-dir", node_dir]).contains("earned    0\n"));
+    ok(&["withdraw", "2", "--keystore", payer_store]);
+    let (done, text) = ait_cmd(&["withdraw", "--finish", "--keystore", payer_store]);
+    assert!(!done && text.contains("NotThawed"), "{text}");
+
+    // `ait chain deploy` puts a second set of contracts on the same chain from a wallet.
+    let deployed = dir.join("deployed.json");
+    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+        .args(["chain", "deploy", "--rpc", &d.rpc, "--supply", "5000", "--keystore", payer_store, "--out"])
+        .arg(&deployed)
+        .env("AIT_WALLET_PASSWORD", "correct horse")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let second = Deployment::load(&deployed).unwrap();
+    assert_ne!(second.escrow, d.escrow);
+    rt.block_on(async {
+        let p = dev::wallet_provider(&d.rpc, &chain.chain.accounts[0].key).unwrap();
+        let token = AIT::new(second.token, p);
+        assert_eq!(token.balanceOf(payer.address).call().await.unwrap(), ait(5000));
+    });
+    drop(chain);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

@@ -26,6 +26,8 @@ enum ChainCmd {
     /// Start a local chain (anvil) with the contracts deployed and AIT in every dev account,
     /// write where they are to --out, and run until stopped.
     Dev(DevOpt),
+    /// Deploy the contracts to a chain from this node's wallet and write where they are.
+    Deploy(Box<super::cli::DeployOpt>),
 }
 
 /// `ait chain dev` options.
@@ -157,7 +159,10 @@ pub fn wallet_provider(rpc: &str, key: &B256) -> Result<DynProvider, ChainError>
 
 /// Runs `ait chain ...`.
 pub fn run(opt: ChainOpt) -> anyhow::Result<()> {
-    let ChainCmd::Dev(opts) = opt.cmd;
+    let opts = match opt.cmd {
+        ChainCmd::Dev(opts) => opts,
+        ChainCmd::Deploy(o) => return super::cli::deploy_cmd(*o),
+    };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async {
         let running = start(&opts).await?;

@@ -5,6 +5,7 @@
 
 pub mod anvil;
 pub mod bindings;
+pub mod cli;
 pub mod deploy;
 pub mod dev;
 pub mod redeem;
