@@ -464,9 +464,10 @@ const INJECTED_WALLET: &str = "const rpc = arguments[0], account = arguments[1];
         return j.result; } };";
 
 /// Issue 15, test c: the Wallet panel, with a wallet injected through EIP-1193, connects to
-/// the chain the relay names (`--chain`), deposits with a permit (no approve) and has the
-/// wallet sign the authorization of the tab's session key; a native node submits that
-/// authorization, and the chain then lets the tab's key sign for the payer.
+/// the chain the relay names (`--chain`), deposits with a permit (no approve), has the wallet
+/// sign the authorization of the tab's session key, and withdraws only after the thaw; a
+/// native node submits the authorization, and the chain then lets the tab's key sign for
+/// the payer.
 #[test]
 fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     use alloy::primitives::{Address, Bytes, U256};
@@ -524,6 +525,35 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     assert_eq!(s["sessionKey"].as_str().unwrap().parse::<Address>().unwrap(), signer);
     assert_eq!(auth["payer"].as_str().unwrap().parse::<Address>().unwrap(), payer);
 
+    // Withdrawing waits the thaw period: too early is refused, after it the AIT comes back.
+    b.exec(
+        "document.getElementById('wallet-amount').value = '5'; document.getElementById('wallet-thaw').click();",
+        json!([]),
+    )
+    .unwrap();
+    let s = state("the thaw to start", "s.dataset.thawing !== ''");
+    assert_eq!(s["thawing"].as_str().unwrap().parse::<U256>().unwrap(), ait(5));
+    b.exec("document.getElementById('wallet-withdraw').click();", json!([])).unwrap();
+    let refused = b
+        .wait_for(
+            "the early withdrawal to be refused",
+            "const s = document.getElementById('wallet-state'); return s.dataset.state === 'error' ? s.innerText : null;",
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    eprintln!("early withdrawal: {refused}");
+    assert!(refused.as_str().unwrap_or_default().contains("the thaw ends in"), "{refused}");
+    let rpc = |method: &str, params: serde_json::Value| {
+        let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
+        ureq::post(&d.rpc).send_json(&body).expect("anvil").body_mut().read_json::<serde_json::Value>().unwrap()
+    };
+    rpc("evm_increaseTime", json!([d.thaw_seconds + 1]));
+    rpc("evm_mine", json!([]));
+    b.exec("document.getElementById('wallet-withdraw').click();", json!([])).unwrap();
+    let s = state("the withdrawal", "s.dataset.thawing === ''");
+    assert_eq!(s["deposited"].as_str().unwrap().parse::<U256>().unwrap(), ait(20));
+    assert_eq!(s["ait"].as_str().unwrap().parse::<U256>().unwrap(), ait(10_000 - 20));
+
     // A native node submits it; the chain agrees the tab's key now signs for the payer, and
     // the deposit is the escrow's.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -543,8 +573,8 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
             .unwrap();
         assert!(receipt.status());
         assert!(escrow.isSigner(payer, signer).call().await.unwrap());
-        assert_eq!(escrow.freeBalance(payer).call().await.unwrap().balance, ait(25));
-        assert_eq!(AIT::new(d.token, node).balanceOf(d.escrow).call().await.unwrap(), ait(25));
+        assert_eq!(escrow.freeBalance(payer).call().await.unwrap().balance, ait(20));
+        assert_eq!(AIT::new(d.token, node).balanceOf(d.escrow).call().await.unwrap(), ait(20));
     });
     drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {

@@ -22,7 +22,8 @@ use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use web_node::settle::wallet::{
-    balance_of, deposit_with_permit, escrow_nonce, free_balance, parse_signature, token_nonce, typed_data_json, word,
+    balance_of, deposit_with_permit, escrow_nonce, free_balance, parse_signature, thaw, token_nonce, typed_data_json,
+    withdraw, word,
 };
 use web_node::settle::{escrow_domain, recover_signer, token_domain, AuthorizeSigner, Permit, SessionKey};
 
@@ -99,6 +100,8 @@ pub struct Wallet {
     pub ait: RwSignal<Option<U256>>,
     /// AIT deposited in the escrow and not allocated (smallest unit).
     pub deposited: RwSignal<Option<U256>>,
+    /// How much of the deposit thaws, and from when (Unix seconds) it can be withdrawn.
+    pub thawing: RwSignal<Option<(U256, u64)>>,
     /// The session key's authorization, once signed.
     pub session: RwSignal<Option<SessionAuth>>,
     /// The session key (it signs vouchers; it lives as long as the page).
@@ -136,6 +139,7 @@ impl Wallet {
             chain: RwSignal::new(None),
             ait: RwSignal::new(None),
             deposited: RwSignal::new(None),
+            thawing: RwSignal::new(None),
             session: RwSignal::new(None),
             key: StoredValue::new(None),
         }
@@ -203,8 +207,45 @@ impl Wallet {
     async fn refresh(&self) -> Result<(), AppError> {
         let (address, chain) = self.connected()?;
         self.ait.set(Some(call_word(chain.token, balance_of(address), 0).await?));
-        self.deposited.set(Some(call_word(chain.escrow, free_balance(address), 0).await?));
+        let data = free_balance(address);
+        self.deposited.set(Some(call_word(chain.escrow, data.clone(), 0).await?));
+        let thawing = call_word(chain.escrow, data.clone(), 1).await?;
+        let until = call_word(chain.escrow, data, 2).await?;
+        self.thawing.set((!thawing.is_zero()).then(|| (thawing, until.saturating_to())));
         Ok(())
+    }
+
+    /// Starts thawing `amount` AIT of the deposit (a transaction): withdrawable after the
+    /// escrow's thaw period.
+    pub fn start_withdrawal(self, amount: String) {
+        self.run(async move {
+            let (payer, chain) = self.connected()?;
+            let value: U256 = parse_units(amount.trim(), 18)
+                .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
+                .into();
+            send_and_wait(payer, chain.escrow, &thaw(Address::ZERO, value).to_string()).await?;
+            self.refresh().await?;
+            Ok(format!("{} AIT thaws; withdraw it once the thaw period is over.", format_ait(value)))
+        });
+    }
+
+    /// Withdraws what has thawed (a transaction).
+    pub fn finish_withdrawal(self) {
+        self.run(async move {
+            let (payer, chain) = self.connected()?;
+            self.refresh().await?;
+            let Some((_, until)) = self.thawing.get_untracked() else {
+                return Err(wallet_err("nothing thaws: start a withdrawal first"));
+            };
+            // The chain's clock decides, not this computer's.
+            let now = chain_time().await?;
+            if now < until {
+                return Err(wallet_err(format!("the thaw ends in {} s: withdraw after that", until - now)));
+            }
+            send_and_wait(payer, chain.escrow, &withdraw(Address::ZERO).to_string()).await?;
+            self.refresh().await?;
+            Ok("Withdrawn to the wallet.".into())
+        });
     }
 
     /// Deposits `amount` AIT (a decimal string): the wallet signs a permit, then sends
@@ -272,6 +313,16 @@ impl Default for Wallet {
 async fn call_word(to: Address, data: alloy_primitives::Bytes, index: usize) -> Result<U256, AppError> {
     let answer = eip1193::request("eth_call", json!([{ "to": to, "data": data.to_string() }, "latest"])).await?;
     word(answer.as_str().unwrap_or_default(), index).map_err(wallet_err)
+}
+
+/// The latest block's time (Unix seconds), as the chain sees it.
+async fn chain_time() -> Result<u64, AppError> {
+    let block = eip1193::request("eth_getBlockByNumber", json!(["latest", false])).await?;
+    block
+        .get("timestamp")
+        .and_then(Value::as_str)
+        .and_then(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
+        .ok_or_else(|| wallet_err("the chain's latest block has no time"))
 }
 
 /// Has the wallet send a transaction and waits until it is mined; a reverted one is an error.

@@ -21,18 +21,25 @@ pub fn WalletView() -> impl IntoView {
     view! {
         <div class="wallet">
             <p>"Pay for what you use with AIT: deposit once into the escrow, then this tab's session key \
-                signs small vouchers as nodes serve you, without asking again."</p>
+                signs small vouchers as nodes serve you, without asking again. Without a wallet this page \
+                still chats with the nodes that serve free."</p>
             <button id="wallet-connect" disabled=busy on:click=move |_| w.connect()>"Connect wallet"</button>
             <p>"Account: " <span class="addr">{move || w.address.get().map(|a| a.to_string()).unwrap_or_else(|| "–".into())}</span></p>
             <p>"In the wallet: " {move || show(w.ait.get())} " AIT · deposited: " {move || show(w.deposited.get())} " AIT"</p>
             <label>"Deposit (AIT) " <input type="text" id="wallet-amount" placeholder="10"/></label>
             <button id="wallet-deposit" disabled=move || busy() || no_account() on:click=move |_| w.deposit(amount())>"Deposit"</button>
             <button id="wallet-authorize" disabled=move || busy() || no_account() on:click=move |_| w.authorize()>"Authorize this tab"</button>
+            <p>"Withdrawing waits the escrow's thaw period, so nodes can still redeem what you signed: "
+                <button id="wallet-thaw" disabled=move || busy() || no_account() on:click=move |_| w.start_withdrawal(amount())>"Start withdrawal"</button>
+                <button id="wallet-withdraw" disabled=move || busy() || w.thawing.get().is_none() on:click=move |_| w.finish_withdrawal()>"Withdraw"</button>
+                " " {move || w.thawing.get().map(|(a, until)| format!("{} AIT thawing until {}", format_ait(a), js_sys::Date::new(&((until as f64 * 1000.0).into())).to_locale_string("en", &wasm_bindgen::JsValue::UNDEFINED))).unwrap_or_default()}
+            </p>
             <p id="wallet-state"
                 data-state=move || w.state.get().to_string()
                 data-address=move || w.address.get().map(|a| a.to_string()).unwrap_or_default()
                 data-ait=move || w.ait.get().map(|a| a.to_string()).unwrap_or_default()
                 data-deposited=move || w.deposited.get().map(|a| a.to_string()).unwrap_or_default()
+                data-thawing=move || w.thawing.get().map(|(a, _)| a.to_string()).unwrap_or_default()
                 data-session-key=move || w.session.get().map(|s| s.signer.to_string()).unwrap_or_default()
                 data-authorization=move || w.session.get().and_then(|s| serde_json::to_string(&s).ok()).unwrap_or_default()>
                 {move || w.message.get()}

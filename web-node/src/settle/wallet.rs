@@ -59,7 +59,17 @@ pub fn deposit_with_permit(payer: Address, amount: U256, deadline: U256, permit:
     .into()
 }
 
-/// The first 32-byte word of an `eth_call` result, as a number.
+/// Calldata of `Escrow.thaw(node, amount)` (`node` zero: the free balance).
+pub fn thaw(node: Address, amount: U256) -> Bytes {
+    EscrowContract::thawCall { node, amount }.abi_encode().into()
+}
+
+/// Calldata of `Escrow.withdraw(node)` (`node` zero: the free balance).
+pub fn withdraw(node: Address) -> Bytes {
+    EscrowContract::withdrawCall { node }.abi_encode().into()
+}
+
+/// Word `index` (from 0) of an `eth_call` result, as a number.
 pub fn word(result: &str, index: usize) -> Result<U256, SettleError> {
     let bytes: Bytes = result.parse().map_err(|e| SettleError::Signature(format!("bad call result: {e}")))?;
     let at = index * 32;
