@@ -31,6 +31,13 @@ pub fn default_data_dir() -> std::path::PathBuf {
     base.unwrap_or_else(|| std::path::PathBuf::from(".")).join("ai-torrent/relay")
 }
 
+/// Picks rustls's process-wide crypto provider (ring). Both ring and aws-lc-rs are in the
+/// dependency graph, so rustls cannot choose by itself: WebRTC's DTLS and the chain client's
+/// HTTPS would panic without a choice.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// Loads the identity key from `dir`, creating it (mode 0600) on first use.
 pub fn load_or_create_key(dir: &Path) -> anyhow::Result<Keypair> {
     let path = dir.join(KEY_FILE);
@@ -82,9 +89,7 @@ pub async fn start(
     announce_listen: bool,
     limits: &NetLimits,
 ) -> anyhow::Result<(NodeHandle, Vec<Multiaddr>)> {
-    // Both ring and aws-lc-rs are in the dependency graph; WebRTC's DTLS needs a process-wide
-    // choice or it panics in a worker thread.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_crypto_provider();
     let swarm = libp2p::SwarmBuilder::with_existing_identity(key)
         .with_tokio()
         .with_tcp(tcp::Config::default(), noise::Config::new, || limits.yamux())?

@@ -146,6 +146,7 @@ pub async fn start(opts: &DevOpt) -> Result<RunningDevChain, ChainError> {
 /// nonce of a transaction that was never sent (its gas estimate reverted), and every later
 /// transaction then waits forever behind the gap. So one key sends one transaction at a time.
 pub fn wallet_provider(rpc: &str, key: &B256) -> Result<DynProvider, ChainError> {
+    crate::p2p::install_crypto_provider();
     let signer = PrivateKeySigner::from_bytes(key).map_err(|e| ChainError::Rpc(format!("bad key: {e}")))?;
     let url = rpc.parse().map_err(|e| ChainError::Rpc(format!("bad RPC address {rpc}: {e}")))?;
     Ok(ProviderBuilder::default()
