@@ -21,9 +21,7 @@ use web_node::settle::{escrow_domain, recover_signer, SessionKey, Voucher};
 const AIT_UNIT: u128 = 1_000_000_000_000_000_000;
 
 /// Gas a transaction used.
-async fn gas(
-    call: Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>,
-) -> u64 {
+async fn gas(call: relay::settle::Sent) -> u64 {
     let receipt = call.expect("sent").get_receipt().await.expect("mined");
     assert!(receipt.status(), "reverted");
     receipt.gas_used

@@ -162,16 +162,8 @@ fn vrs(sig: &alloy::primitives::Signature) -> (u8, B256, B256) {
 }
 
 /// Waits for a sent transaction; a refusal comes back as the contract error's text.
-async fn sent(
-    r: Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>,
-) -> Result<(), String> {
-    let pending = r.map_err(|e| ChainError::contract("call", &e).to_string())?;
-    let receipt = pending.get_receipt().await.map_err(|e| e.to_string())?;
-    if receipt.status() {
-        Ok(())
-    } else {
-        Err("reverted".into())
-    }
+async fn sent(r: relay::settle::Sent) -> Result<(), String> {
+    relay::settle::mined("call", r).await.map_err(|e| e.to_string())
 }
 
 #[track_caller]

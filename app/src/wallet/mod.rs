@@ -121,6 +121,17 @@ fn trim_zeros(s: &str) -> String {
     }
 }
 
+/// A decimal amount of AIT typed by the person, in the smallest unit (more than 0).
+fn parse_ait(amount: &str) -> Result<U256, AppError> {
+    let value: U256 = parse_units(amount.trim(), 18)
+        .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
+        .into();
+    if value.is_zero() {
+        return Err(wallet_err("the amount must be more than 0 AIT"));
+    }
+    Ok(value)
+}
+
 fn now_secs() -> u64 {
     (js_sys::Date::now() / 1000.0) as u64
 }
@@ -220,9 +231,7 @@ impl Wallet {
     pub fn start_withdrawal(self, amount: String) {
         self.run(async move {
             let (payer, chain) = self.connected()?;
-            let value: U256 = parse_units(amount.trim(), 18)
-                .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
-                .into();
+            let value = parse_ait(&amount)?;
             send_and_wait(payer, chain.escrow, &thaw(Address::ZERO, value).to_string()).await?;
             self.refresh().await?;
             Ok(format!("{} AIT thaws; withdraw it once the thaw period is over.", format_ait(value)))
@@ -253,12 +262,7 @@ impl Wallet {
     pub fn deposit(self, amount: String) {
         self.run(async move {
             let (payer, chain) = self.connected()?;
-            let value: U256 = parse_units(amount.trim(), 18)
-                .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
-                .into();
-            if value.is_zero() {
-                return Err(wallet_err("deposit more than 0 AIT"));
-            }
+            let value = parse_ait(&amount)?;
             let nonce = call_word(chain.token, token_nonce(payer), 0).await?;
             let deadline = U256::from(now_secs() + 3600);
             let permit = Permit { owner: payer, spender: chain.escrow, value, nonce, deadline };

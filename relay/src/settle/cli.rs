@@ -21,7 +21,7 @@ use super::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use super::deploy::{deploy, DeployParams, Deployment, AIT_UNIT};
 use super::dev::{wallet_provider, DevChain};
 use super::redeem::Redeemer;
-use super::ChainError;
+use super::{mined as send, ChainError};
 
 /// How long `ait redeem` waits for its redeems to become final.
 const FINAL_WAIT: Duration = Duration::from_secs(600);
@@ -235,20 +235,6 @@ fn ait(v: U256) -> String {
         s.trim_end_matches('0').trim_end_matches('.').to_string()
     } else {
         s
-    }
-}
-
-/// Sends a transaction and waits for its receipt; a revert is an error naming the contract's.
-async fn send(
-    call: &str,
-    sent: Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>,
-) -> Result<(), ChainError> {
-    let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
-    let receipt = pending.get_receipt().await.map_err(|e| ChainError::pending(call, e))?;
-    if receipt.status() {
-        Ok(())
-    } else {
-        Err(ChainError::Contract { call: call.into(), reason: "reverted".into() })
     }
 }
 

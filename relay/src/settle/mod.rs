@@ -52,3 +52,18 @@ impl ChainError {
         ChainError::Contract { call: call.into(), reason: err.to_string() }
     }
 }
+
+/// A sent transaction, or why it could not be sent.
+pub type Sent = Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>;
+
+/// Waits for a sent transaction's receipt: `Ok` when it succeeded; a refusal names the
+/// contract's error (`call: NotThawed(..)`), a mined revert says so.
+pub async fn mined(call: &str, sent: Sent) -> Result<(), ChainError> {
+    let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
+    let receipt = pending.get_receipt().await.map_err(|e| ChainError::pending(call, e))?;
+    if receipt.status() {
+        Ok(())
+    } else {
+        Err(ChainError::Contract { call: call.into(), reason: "reverted".into() })
+    }
+}

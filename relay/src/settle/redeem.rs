@@ -20,7 +20,7 @@ use alloy::sol_types::Eip712Domain;
 use web_node::settle::{escrow_domain, recover_signer, Voucher};
 
 use super::bindings::Escrow;
-use super::{ChainError, Deployment};
+use super::{mined, ChainError, Deployment};
 
 /// Why a voucher was not accepted. Each is the payer's (or an impostor's) fault, and leaves
 /// what the node held as it was.
@@ -183,13 +183,7 @@ impl Redeemer {
             .call()
             .await
             .map_err(|e| ChainError::contract("isSigner", &e))?;
-        let collected = self
-            .escrow
-            .collected(v.payer, v.session, self.node)
-            .block(at)
-            .call()
-            .await
-            .map_err(|e| ChainError::contract("collected", &e))?;
+        let collected = self.collected(v, at).await?;
         // What thaws does not count: a thaw that ran its period can be withdrawn at any moment.
         let allocation = self
             .escrow
@@ -199,6 +193,16 @@ impl Redeemer {
             .await
             .map_err(|e| ChainError::contract("available", &e))?;
         Ok((block.1, authorized, collected, allocation))
+    }
+
+    /// What was collected for `v`'s (payer, session) and this node, at block `at`.
+    async fn collected(&self, v: &Voucher, at: BlockId) -> Result<U256, ChainError> {
+        self.escrow
+            .collected(v.payer, v.session, self.node)
+            .block(at)
+            .call()
+            .await
+            .map_err(|e| ChainError::contract("collected", &e))
     }
 
     /// The latest block's number and time.
@@ -236,13 +240,7 @@ impl Redeemer {
         let (mut done, mut send) = (Vec::new(), Vec::new());
         for (key, held) in &self.held {
             let v = &held.voucher;
-            let at_final = self
-                .escrow
-                .collected(v.payer, v.session, self.node)
-                .block(final_block)
-                .call()
-                .await
-                .map_err(|e| ChainError::contract("collected", &e))?;
+            let at_final = self.collected(v, final_block).await?;
             if at_final >= v.cumulativeAmount {
                 report.finalized += 1;
                 report.finalized_amount += v.cumulativeAmount;
@@ -250,13 +248,7 @@ impl Redeemer {
                 continue;
             }
             // Collected at the latest block but not yet final: wait; not collected: send.
-            let at_latest = self
-                .escrow
-                .collected(v.payer, v.session, self.node)
-                .block(BlockId::number(latest))
-                .call()
-                .await
-                .map_err(|e| ChainError::contract("collected", &e))?;
+            let at_latest = self.collected(v, BlockId::number(latest)).await?;
             if at_latest < v.cumulativeAmount {
                 send.push(*key);
             }
@@ -270,14 +262,13 @@ impl Redeemer {
         report.sent = send.len();
         let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
         let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();
-        match self.send(self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await, "redeemBatch").await
-        {
+        match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
             Ok(()) => {}
             Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
                 tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
                 for (i, key) in send.iter().enumerate() {
                     let r = self.escrow.redeem(vouchers[i].clone(), signatures[i].clone()).send().await;
-                    self.after(key, self.send(r, "redeem").await, &mut report)?;
+                    self.after(key, mined("redeem", r).await, &mut report)?;
                 }
             }
             Err(e) => self.after(&send[0], Err(e), &mut report)?,
@@ -303,21 +294,6 @@ impl Redeemer {
                 Ok(())
             }
             Err(e) => Err(e),
-        }
-    }
-
-    /// Waits for a sent transaction's receipt.
-    async fn send(
-        &self,
-        sent: Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>,
-        call: &str,
-    ) -> Result<(), ChainError> {
-        let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
-        let receipt = pending.get_receipt().await.map_err(|e| ChainError::pending(call, e))?;
-        if receipt.status() {
-            Ok(())
-        } else {
-            Err(ChainError::Contract { call: call.into(), reason: "reverted".into() })
         }
     }
 
