@@ -289,38 +289,43 @@ impl ChainDev {
                 }
             }
         });
-        if rx.recv_timeout(Duration::from_secs(60)).is_err() {
-            let _ = child.kill();
-            panic!("ait chain dev did not print ready");
-        }
-        let chain = match relay::settle::dev::DevChain::load(&file) {
-            Ok(chain) => chain,
-            Err(e) => {
+        let ready = rx.recv_timeout(Duration::from_secs(60)).is_ok();
+        let chain = relay::settle::dev::DevChain::load(&file);
+        match (ready, chain) {
+            (true, Ok(chain)) => ChainDev { child, file, chain },
+            (ready, chain) => {
+                // SIGINT lets it stop its anvil too.
+                let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+                std::thread::sleep(Duration::from_secs(1));
                 let _ = child.kill();
-                panic!("the file ait chain dev wrote: {e}");
+                panic!("ait chain dev: ready {ready}, file {:?}", chain.err());
             }
-        };
-        ChainDev { child, file, chain }
+        }
+    }
+
+    /// Sends Ctrl-C and waits (up to 20 s) for it to exit; None if it did not.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 
     /// Sends Ctrl-C and waits (up to 20 s) for it to exit.
     pub fn interrupt(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "ait chain dev did not stop on SIGINT");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.stop().expect("ait chain dev did not stop on SIGINT")
     }
 }
 
 impl Drop for ChainDev {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.interrupt();
+        if self.child.try_wait().ok().flatten().is_none() && self.stop().is_none() {
+            let _ = self.child.kill();
         }
     }
 }

@@ -1,7 +1,8 @@
 //! The Wallet panel: a person connects a standard wallet (EIP-1193, [`eip1193`]), deposits AIT
 //! into the escrow with a permit (one signature and one transaction, no approve), and
-//! authorizes a session key with one more signature (no transaction: a node submits it with
-//! its first redeem). From then on the tab's session key signs vouchers without prompting.
+//! authorizes a session key with one more signature (no transaction: the escrow takes it from
+//! whoever submits it, so a node can put it before its first redeem). From then on the tab's
+//! session key can sign vouchers without prompting.
 //!
 //! The relay says which chain and contracts it settles on (`GET /ait/chain`; a relay without
 //! a chain serves free, and the panel says so). Every signed message is built by
@@ -15,7 +16,7 @@ pub use view::WalletView;
 use std::fmt;
 use std::time::Duration;
 
-use alloy_primitives::utils::{format_units, parse_units};
+use alloy_primitives::utils::{format_units, parse_units, ParseUnits};
 use alloy_primitives::{Address, U256};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
@@ -123,17 +124,10 @@ fn trim_zeros(s: &str) -> String {
 
 /// A decimal amount of AIT typed by the person, in the smallest unit (more than 0).
 fn parse_ait(amount: &str) -> Result<U256, AppError> {
-    let value: U256 = parse_units(amount.trim(), 18)
-        .map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))?
-        .into();
-    if value.is_zero() {
-        return Err(wallet_err("the amount must be more than 0 AIT"));
+    match parse_units(amount.trim(), 18).map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))? {
+        ParseUnits::U256(v) if !v.is_zero() => Ok(v),
+        _ => Err(wallet_err(format!("{amount:?}: the amount must be more than 0 AIT"))),
     }
-    Ok(value)
-}
-
-fn now_secs() -> u64 {
-    (js_sys::Date::now() / 1000.0) as u64
 }
 
 fn wallet_err(e: impl fmt::Display) -> AppError {
@@ -264,7 +258,7 @@ impl Wallet {
             let (payer, chain) = self.connected()?;
             let value = parse_ait(&amount)?;
             let nonce = call_word(chain.token, token_nonce(payer), 0).await?;
-            let deadline = U256::from(now_secs() + 3600);
+            let deadline = U256::from(chain_time().await? + 3600);
             let permit = Permit { owner: payer, spender: chain.escrow, value, nonce, deadline };
             let typed = typed_data_json(&permit, &token_domain(chain.chain_id, chain.token));
             let sig = eip1193::request("eth_signTypedData_v4", json!([payer, typed])).await?;
@@ -283,7 +277,7 @@ impl Wallet {
             let (payer, chain) = self.connected()?;
             let key = SessionKey::random();
             let nonce = call_word(chain.escrow, escrow_nonce(payer), 0).await?;
-            let deadline = U256::from(now_secs() + AUTHORIZATION_SECONDS);
+            let deadline = U256::from(chain_time().await? + AUTHORIZATION_SECONDS);
             let auth = AuthorizeSigner { payer, signer: key.address(), nonce, deadline };
             let domain = escrow_domain(chain.chain_id, chain.escrow);
             let sig = eip1193::request("eth_signTypedData_v4", json!([payer, typed_data_json(&auth, &domain)])).await?;

@@ -94,6 +94,14 @@ impl Anvil {
                     bin.display()
                 ))
             })?;
+        // The file holds the dev keys: removed whatever happens next.
+        struct RemoveOnDrop(std::path::PathBuf);
+        impl Drop for RemoveOnDrop {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_file(&self.0);
+            }
+        }
+        let config = RemoveOnDrop(config);
         let stdout = child.stdout.take().ok_or_else(|| ChainError::Anvil("no stdout".into()))?;
         let mut lines = BufReader::new(stdout).lines();
         let listening = tokio::time::timeout(START_TIMEOUT, async {
@@ -112,9 +120,7 @@ impl Anvil {
                 tracing::trace!(target: "anvil", "{line}");
             }
         });
-        let keys = read_keys(&config);
-        let _ = std::fs::remove_file(&config);
-        let keys = keys?;
+        let keys = read_keys(&config.0)?;
         let rpc = format!("http://{}", listening.replace("0.0.0.0", "127.0.0.1"));
         tracing::info!(%rpc, accounts = keys.len(), "anvil started");
         Ok(Anvil { child, rpc, chain_id: opts.chain_id, keys })

@@ -10,7 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alloy::primitives::utils::{format_units, parse_units};
+use alloy::primitives::utils::{format_units, parse_units, ParseUnits};
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::signers::local::PrivateKeySigner;
@@ -57,6 +57,7 @@ pub enum SettleCmd {
     /// Deposit AIT into the escrow (one transaction, with a permit).
     Deposit {
         /// AIT to deposit (decimal).
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         #[command(flatten)]
         args: WalletArgs,
@@ -66,6 +67,7 @@ pub enum SettleCmd {
         /// The node's EVM address.
         node: Address,
         /// AIT to allocate (decimal).
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         #[command(flatten)]
         args: WalletArgs,
@@ -74,6 +76,7 @@ pub enum SettleCmd {
     /// `--earned AMOUNT` of earnings (at once).
     Withdraw {
         /// AIT to start thawing (decimal).
+        #[arg(allow_negative_numbers = true)]
         amount: Option<String>,
         /// Withdraw what has thawed.
         #[arg(long)]
@@ -90,6 +93,7 @@ pub enum SettleCmd {
     /// Stake AIT (with a permit), binding the node's libp2p peer id to this wallet.
     Stake {
         /// AIT to stake (decimal).
+        #[arg(allow_negative_numbers = true)]
         amount: String,
         #[command(flatten)]
         args: WalletArgs,
@@ -97,6 +101,7 @@ pub enum SettleCmd {
     /// Unstake: start unbonding AMOUNT, or `--finish` once it has unbonded.
     Unstake {
         /// AIT to start unbonding (decimal).
+        #[arg(allow_negative_numbers = true)]
         amount: Option<String>,
         /// Withdraw what has unbonded.
         #[arg(long)]
@@ -110,9 +115,9 @@ pub enum SettleCmd {
         /// The vouchers.
         #[arg(long)]
         vouchers: PathBuf,
-        /// Blocks a redeem must be under before it counts as final.
-        #[arg(long, default_value_t = 3)]
-        confirmations: u64,
+        /// Blocks a redeem must be under before it counts as final (default: the chain file's).
+        #[arg(long)]
+        confirmations: Option<u64>,
         #[command(flatten)]
         args: WalletArgs,
     },
@@ -221,11 +226,10 @@ impl WalletArgs {
 
 /// AIT (decimal) in the smallest unit.
 fn parse_ait(amount: &str) -> anyhow::Result<U256> {
-    let v: U256 = parse_units(amount.trim(), 18).with_context(|| format!("{amount:?} is not an amount of AIT"))?.into();
-    if v.is_zero() {
-        bail!("the amount must be more than 0");
+    match parse_units(amount.trim(), 18).with_context(|| format!("{amount:?} is not an amount of AIT"))? {
+        ParseUnits::U256(v) if !v.is_zero() => Ok(v),
+        _ => bail!("{amount:?}: the amount must be more than 0"),
     }
-    Ok(v)
 }
 
 /// The smallest unit as decimal AIT.
@@ -343,6 +347,12 @@ pub fn run(cmd: SettleCmd) -> anyhow::Result<()> {
         SettleCmd::Stake { amount, args } => {
             let value = parse_ait(&amount)?;
             let (signer, d, provider) = args.connect()?;
+            if !args.data_dir.join(crate::p2p::KEY_FILE).is_file() {
+                bail!(
+                    "no node identity in {}: stake from the data directory of the relay you run (--data-dir)",
+                    args.data_dir.display()
+                );
+            }
             let peer = crate::p2p::load_or_create_key(&args.data_dir)?.public().to_peer_id();
             runtime()?.block_on(async {
                 let staking = Staking::new(d.staking, &provider);
@@ -454,7 +464,7 @@ struct SignedVoucher {
     signature: Bytes,
 }
 
-fn redeem(file: &Path, confirmations: u64, args: &WalletArgs) -> anyhow::Result<()> {
+fn redeem(file: &Path, confirmations: Option<u64>, args: &WalletArgs) -> anyhow::Result<()> {
     let (signer, d, provider) = args.connect()?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut vouchers = Vec::new();
@@ -464,24 +474,32 @@ fn redeem(file: &Path, confirmations: u64, args: &WalletArgs) -> anyhow::Result<
         vouchers.push(v);
     }
     runtime()?.block_on(async {
-        let mut r = Redeemer::new(&d, provider, signer.address()).with_confirmations(confirmations);
-        let mut refused = 0;
+        let depth = confirmations.unwrap_or(d.confirmations);
+        let mut r = Redeemer::new(&d, provider, signer.address()).with_confirmations(depth);
+        let (mut refused, mut owed) = (0, U256::ZERO);
         for v in vouchers {
             let (session, payer) = (v.voucher.session, v.voucher.payer);
-            if let Err(e) = r.accept(v.voucher, &v.signature).await {
-                eprintln!("refused the voucher of {payer} for session {session}: {e}");
-                refused += 1;
+            match r.accept(v.voucher, &v.signature).await {
+                Ok(added) => owed += added,
+                Err(e) => {
+                    eprintln!("refused the voucher of {payer} for session {session}: {e}");
+                    refused += 1;
+                }
             }
         }
-        println!("{} vouchers to redeem ({} AIT), {refused} refused", r.held(), ait(r.held_amount()));
-        let mut paid = U256::ZERO;
+        println!("{} vouchers to redeem ({} AIT not yet collected), {refused} refused", r.held(), ait(owed));
         let started = std::time::Instant::now();
         while r.held() > 0 {
             if started.elapsed() > FINAL_WAIT {
-                bail!("{} vouchers not final after {FINAL_WAIT:?}; run `ait redeem` again", r.held());
+                bail!(
+                    "{} vouchers not final after {FINAL_WAIT:?} ({depth} blocks deep); run `ait redeem` again",
+                    r.held()
+                );
             }
             let report = r.redeem_due().await?;
-            paid += report.finalized_amount;
+            if report.expired > 0 {
+                eprintln!("{} vouchers expired before they were redeemed", report.expired);
+            }
             if !report.refused.is_empty() {
                 bail!("the chain refused {} vouchers: {}", report.refused.len(), report.refused.join("; "));
             }
@@ -489,7 +507,7 @@ fn redeem(file: &Path, confirmations: u64, args: &WalletArgs) -> anyhow::Result<
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
-        println!("redeemed {} AIT, final", ait(paid));
+        println!("redeemed {} AIT, final", ait(owed));
         Ok(())
     })
 }

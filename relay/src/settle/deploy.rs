@@ -48,6 +48,14 @@ pub struct Deployment {
     pub thaw_seconds: u64,
     /// Staking's unbonding period, in seconds.
     pub unbonding_seconds: u64,
+    /// Blocks under which a transaction counts as final on this chain (a node lets a voucher
+    /// go only then). A dev chain mines a block only per transaction, so it says 0.
+    #[serde(default = "default_confirmations")]
+    pub confirmations: u64,
+}
+
+fn default_confirmations() -> u64 {
+    3
 }
 
 impl Deployment {
@@ -119,5 +127,6 @@ pub async fn deploy<P: Provider>(
         escrow: *escrow.address(),
         thaw_seconds: params.thaw_seconds,
         unbonding_seconds: params.unbonding_seconds,
+        confirmations: default_confirmations(),
     })
 }

@@ -125,7 +125,9 @@ pub async fn start(opts: &DevOpt) -> Result<RunningDevChain, ChainError> {
         thaw_seconds: opts.thaw_seconds,
         unbonding_seconds: opts.unbonding_seconds,
     };
-    let deployment = deploy(&provider, &anvil.rpc, owner.address, &params).await?;
+    let mut deployment = deploy(&provider, &anvil.rpc, owner.address, &params).await?;
+    // Anvil mines a block per transaction and none in between: no depth ever grows.
+    deployment.confirmations = 0;
     let token = AIT::new(deployment.token, &provider);
     for account in &accounts[1..] {
         token
@@ -158,6 +160,20 @@ pub fn wallet_provider(rpc: &str, key: &B256) -> Result<DynProvider, ChainError>
         .erased())
 }
 
+/// Resolves on Ctrl-C, or on SIGTERM where there are signals.
+async fn stopped() -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    }
+    #[cfg(not(unix))]
+    tokio::signal::ctrl_c().await
+}
+
 /// Runs `ait chain ...`.
 pub fn run(opt: ChainOpt) -> anyhow::Result<()> {
     let opts = match opt.cmd {
@@ -179,7 +195,7 @@ pub fn run(opt: ChainOpt) -> anyhow::Result<()> {
             opts.out.display()
         );
         println!("ready");
-        tokio::signal::ctrl_c().await?;
+        stopped().await?;
         eprintln!("shutting down");
         let _ = std::fs::remove_file(&opts.out);
         running.anvil.stop().await;

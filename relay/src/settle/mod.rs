@@ -42,14 +42,21 @@ pub enum ChainError {
 }
 
 impl ChainError {
-    /// A failed contract call, with its revert decoded against every contract's errors.
+    /// A failed contract call: a revert, decoded against every contract's errors, is the
+    /// contract's refusal; anything else (no connection, a timeout) is the RPC's failure.
     pub fn contract(call: impl Into<String>, err: &alloy::contract::Error) -> Self {
-        ChainError::Contract { call: call.into(), reason: bindings::revert_reason(err) }
+        let call = call.into();
+        if err.as_revert_data().is_some() {
+            ChainError::Contract { call, reason: bindings::revert_reason(err) }
+        } else {
+            ChainError::Rpc(format!("{call}: {err}"))
+        }
     }
 
-    /// A failed call from waiting for a transaction's receipt.
+    /// Waiting for a transaction's receipt failed: the chain did not answer, so whether it was
+    /// mined is unknown (the caller reads the chain again).
     pub fn pending(call: impl Into<String>, err: impl std::fmt::Display) -> Self {
-        ChainError::Contract { call: call.into(), reason: err.to_string() }
+        ChainError::Rpc(format!("{}: {err}", call.into()))
     }
 }
 

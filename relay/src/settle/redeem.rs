@@ -14,10 +14,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use alloy::eips::BlockId;
+use alloy::primitives::Signature;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::sol_types::Eip712Domain;
-use web_node::settle::{escrow_domain, recover_signer, Voucher};
+use web_node::settle::{escrow_domain, recover_signer, SettleError, Voucher};
 
 use super::bindings::Escrow;
 use super::{mined, ChainError, Deployment};
@@ -43,15 +44,17 @@ pub enum VoucherError {
         /// The chain's latest block time.
         now: u64,
     },
-    /// Not above the newest voucher held for the session: a replay or an older one.
-    #[error("voucher for {amount} is not above the {held} already held for this session")]
+    /// Not above the newest voucher held, or what was collected, for the session: a replay or
+    /// an older one.
+    #[error("voucher for {amount} is not above the {held} already held or collected for this session")]
     Stale {
         /// Its cumulative amount.
         amount: U256,
         /// The newest held or collected.
         held: U256,
     },
-    /// The payer's allocation to this node, less what thaws, does not cover it.
+    /// The payer's allocation to this node, less what thaws, does not cover it with what the
+    /// payer's other sessions still owe.
     #[error("the payer's allocation ({allocation} not thawing) does not cover {owed} owed")]
     Unbacked {
         /// What it adds to what was collected.
@@ -68,9 +71,19 @@ pub enum VoucherError {
 #[derive(Clone, Debug)]
 struct Held {
     voucher: Voucher,
+    /// `r || s || v` with `v` 27 or 28, as the chain's `ecrecover` wants it.
     signature: Bytes,
+    /// What the chain had collected for its session when last read.
+    collected: U256,
     /// The last time a redeem of it failed, and why.
     refused: Option<String>,
+}
+
+impl Held {
+    /// What it promises beyond what was collected when last read.
+    fn outstanding(&self) -> U256 {
+        self.voucher.cumulativeAmount.saturating_sub(self.collected)
+    }
 }
 
 /// What one [`Redeemer::redeem_due`] did.
@@ -82,8 +95,11 @@ pub struct RedeemReport {
     pub refused: Vec<String>,
     /// Vouchers let go: collected at the final block.
     pub finalized: usize,
-    /// AIT those let go were worth, in all (the node gets 70% of it).
+    /// The cumulative amounts of the vouchers let go, summed (what their sessions paid in all,
+    /// earlier redeems included; the node gets 70% of it).
     pub finalized_amount: U256,
+    /// Vouchers dropped because they expired before they were collected.
+    pub expired: usize,
 }
 
 /// Keeps a node's vouchers until the chain has paid them for good.
@@ -103,21 +119,21 @@ pub struct Redeemer {
 
 impl Redeemer {
     /// A redeemer for `node`, sending its redeems through `provider` (whose wallet pays the
-    /// gas; the AIT goes to `node` whoever sends them).
+    /// gas; the AIT goes to `node` whoever sends them), final at the deployment's depth.
     pub fn new(deployment: &Deployment, provider: DynProvider, node: Address) -> Redeemer {
         Redeemer {
             escrow: Escrow::new(deployment.escrow, provider.clone()),
             domain: escrow_domain(deployment.chain_id, deployment.escrow),
             provider,
             node,
-            confirmations: 3,
+            confirmations: deployment.confirmations,
             expiry_margin: 600,
             rpc_timeout: Duration::from_secs(30),
             held: BTreeMap::new(),
         }
     }
 
-    /// Blocks a redeem must be under before its voucher is let go (default 3).
+    /// Blocks a redeem must be under before its voucher is let go (default: the deployment's).
     pub fn with_confirmations(mut self, blocks: u64) -> Self {
         self.confirmations = blocks;
         self
@@ -139,6 +155,11 @@ impl Redeemer {
         self.held.values().map(|h| h.voucher.cumulativeAmount).fold(U256::ZERO, |a, b| a + b)
     }
 
+    /// What the held vouchers promise beyond what the chain had collected when last read.
+    pub fn outstanding(&self) -> U256 {
+        self.held.values().map(Held::outstanding).fold(U256::ZERO, |a, b| a + b)
+    }
+
     /// Checks `voucher` off chain and against the chain's view of its payer, and keeps it
     /// when it is newer than what is held for its session; returns what it adds.
     pub async fn accept(&mut self, voucher: Voucher, signature: &[u8]) -> Result<U256, VoucherError> {
@@ -146,6 +167,10 @@ impl Redeemer {
             return Err(VoucherError::WrongNode(voucher.node));
         }
         let signer = recover_signer(&voucher, &self.domain, signature)?;
+        // Kept with v as 27 or 28 whatever form it came in: the chain's ecrecover takes only those.
+        let normalized = Signature::try_from(signature)
+            .map_err(|e| VoucherError::Signature(SettleError::Signature(e.to_string())))?
+            .as_bytes();
         let key = (voucher.payer, voucher.session);
         let held = self.held.get(&key).map(|h| h.voucher.cumulativeAmount).unwrap_or_default();
         if voucher.cumulativeAmount <= held {
@@ -161,12 +186,20 @@ impl Redeemer {
         if voucher.cumulativeAmount <= collected {
             return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held: collected });
         }
-        let owed = voucher.cumulativeAmount - collected;
+        // One allocation backs all of the payer's sessions with this node: what the others
+        // still promise counts against it too.
+        let others = self
+            .held
+            .iter()
+            .filter(|((payer, session), _)| *payer == voucher.payer && *session != voucher.session)
+            .map(|(_, h)| h.outstanding())
+            .fold(U256::ZERO, |a, b| a + b);
+        let owed = voucher.cumulativeAmount - collected + others;
         if owed > allocation {
             return Err(VoucherError::Unbacked { owed, allocation });
         }
         let added = voucher.cumulativeAmount - held.max(collected);
-        self.held.insert(key, Held { voucher, signature: Bytes::copy_from_slice(signature), refused: None });
+        self.held.insert(key, Held { voucher, signature: Bytes::from(normalized.to_vec()), collected, refused: None });
         Ok(added)
     }
 
@@ -235,9 +268,9 @@ impl Redeemer {
 
     async fn round(&mut self) -> Result<RedeemReport, ChainError> {
         let mut report = RedeemReport::default();
-        let (latest, _) = self.latest().await?;
+        let (latest, now) = self.latest().await?;
         let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
-        let (mut done, mut send) = (Vec::new(), Vec::new());
+        let (mut done, mut send, mut seen) = (Vec::new(), Vec::new(), Vec::new());
         for (key, held) in &self.held {
             let v = &held.voucher;
             let at_final = self.collected(v, final_block).await?;
@@ -247,10 +280,23 @@ impl Redeemer {
                 done.push(*key);
                 continue;
             }
-            // Collected at the latest block but not yet final: wait; not collected: send.
+            // Collected at the latest block but not yet final: wait. Not collected: send it,
+            // unless it expired (the chain would refuse it, and the whole batch with it).
             let at_latest = self.collected(v, BlockId::number(latest)).await?;
+            seen.push((*key, at_latest));
             if at_latest < v.cumulativeAmount {
-                send.push(*key);
+                if v.expiry < now {
+                    tracing::warn!(payer = %key.0, session = %key.1, "voucher expired before it was redeemed; dropped");
+                    report.expired += 1;
+                    done.push(*key);
+                } else {
+                    send.push(*key);
+                }
+            }
+        }
+        for (key, collected) in seen {
+            if let Some(h) = self.held.get_mut(&key) {
+                h.collected = collected;
             }
         }
         for key in &done {
@@ -263,7 +309,13 @@ impl Redeemer {
         let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
         let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();
         match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
-            Ok(()) => {}
+            Ok(()) => {
+                for key in &send {
+                    if let Some(h) = self.held.get_mut(key) {
+                        h.refused = None;
+                    }
+                }
+            }
             Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
                 tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
                 for (i, key) in send.iter().enumerate() {
@@ -284,7 +336,12 @@ impl Redeemer {
         report: &mut RedeemReport,
     ) -> Result<(), ChainError> {
         match outcome {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(h) = self.held.get_mut(key) {
+                    h.refused = None;
+                }
+                Ok(())
+            }
             Err(ChainError::Contract { reason, .. }) => {
                 tracing::warn!(payer = %key.0, session = %key.1, %reason, "voucher refused on chain; kept");
                 report.refused.push(reason.clone());
