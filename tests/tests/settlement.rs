@@ -12,7 +12,7 @@ use relay::settle::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use relay::settle::dev::{self, DevChain, DevOpt, RunningDevChain};
 use relay::settle::{ChainError, Deployment, Redeemer, VoucherError};
 use web_node::settle::{
-    escrow_domain, registry_domain, token_domain, AuthorizeSigner, Permit, Register, SessionKey, Voucher,
+    escrow_domain, permit_vrs, registry_domain, token_domain, AuthorizeSigner, Permit, Register, SessionKey, Voucher,
 };
 
 const AIT: u128 = 1_000_000_000_000_000_000;
@@ -103,8 +103,7 @@ impl World {
     }
 
     async fn now(&self) -> u64 {
-        let block = self.dao.provider.get_block_by_number(Default::default()).await.unwrap().unwrap();
-        block.header.timestamp
+        relay::settle::latest_block(&self.dao.provider).await.unwrap().1
     }
 
     /// Moves the chain's clock forward and mines a block.
@@ -128,7 +127,7 @@ impl World {
         let nonce = payer.token(self).nonces(payer.address()).call().await.unwrap();
         let permit = Permit { owner: payer.address(), spender: self.d().escrow, value: amount, nonce, deadline };
         let sig = payer.key.sign(&permit, &token_domain(self.d().chain_id, self.d().token)).unwrap();
-        let (v, r, s) = vrs(&sig);
+        let (v, r, s) = permit_vrs(&sig);
         sent(submitter.escrow(self).depositWithPermit(payer.address(), amount, deadline, v, r, s).send().await)
             .await
             .expect("deposit with permit");
@@ -155,10 +154,6 @@ impl World {
     async fn redeem(&self, submitter: &Actor, v: &Voucher, sig: &Bytes) -> Result<(), String> {
         sent(submitter.escrow(self).redeem(v.into(), sig.clone()).send().await).await
     }
-}
-
-fn vrs(sig: &alloy::primitives::Signature) -> (u8, B256, B256) {
-    (27 + sig.v() as u8, B256::from(sig.r()), B256::from(sig.s()))
 }
 
 /// Waits for a sent transaction; a refusal comes back as the contract error's text.
@@ -361,7 +356,7 @@ async fn only_the_arbiter_slashes_and_only_the_creator_or_the_dao_changes_a_regi
     let nonce = node.token(&w).nonces(node.address()).call().await.unwrap();
     let permit = Permit { owner: node.address(), spender: w.d().staking, value: ait(500), nonce, deadline };
     let sig = node.key.sign(&permit, &token_domain(w.d().chain_id, w.d().token)).unwrap();
-    let (v, r, s) = vrs(&sig);
+    let (v, r, s) = permit_vrs(&sig);
     sent(w.stranger.staking(&w).stakeWithPermit(node.address(), ait(500), deadline, v, r, s).send().await)
         .await
         .unwrap();

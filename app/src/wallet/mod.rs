@@ -16,12 +16,12 @@ pub use view::WalletView;
 use std::fmt;
 use std::time::Duration;
 
-use alloy_primitives::utils::{format_units, parse_units, ParseUnits};
 use alloy_primitives::{Address, U256};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+pub use web_node::settle::format_ait;
 use web_node::settle::wallet::{
     balance_of, deposit_with_permit, escrow_nonce, free_balance, parse_signature, thaw, token_nonce, typed_data_json,
     withdraw, word,
@@ -109,25 +109,9 @@ pub struct Wallet {
     key: StoredValue<Option<SessionKey>>,
 }
 
-/// AIT with its 18 decimals, for people.
-pub fn format_ait(amount: U256) -> String {
-    format_units(amount, 18).map(|s| trim_zeros(&s)).unwrap_or_else(|_| amount.to_string())
-}
-
-fn trim_zeros(s: &str) -> String {
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s.to_string()
-    }
-}
-
 /// A decimal amount of AIT typed by the person, in the smallest unit (more than 0).
 fn parse_ait(amount: &str) -> Result<U256, AppError> {
-    match parse_units(amount.trim(), 18).map_err(|e| wallet_err(format!("{amount:?} is not an amount of AIT: {e}")))? {
-        ParseUnits::U256(v) if !v.is_zero() => Ok(v),
-        _ => Err(wallet_err(format!("{amount:?}: the amount must be more than 0 AIT"))),
-    }
+    web_node::settle::parse_ait(amount).map_err(wallet_err)
 }
 
 fn wallet_err(e: impl fmt::Display) -> AppError {

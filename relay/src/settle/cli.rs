@@ -10,18 +10,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use alloy::primitives::utils::{format_units, parse_units, ParseUnits};
+use alloy::primitives::utils::format_units;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
-use web_node::settle::{token_domain, Permit, SessionKey, Voucher};
+use web_node::settle::{format_ait as ait, parse_ait, permit_vrs, token_domain, Permit, SessionKey, Voucher};
 
 use super::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use super::deploy::{deploy, DeployParams, Deployment, AIT_UNIT};
 use super::dev::{wallet_provider, DevChain};
 use super::redeem::Redeemer;
-use super::{mined as send, ChainError};
+use super::{latest_block, mined as send, ChainError};
 
 /// How long `ait redeem` waits for its redeems to become final.
 const FINAL_WAIT: Duration = Duration::from_secs(600);
@@ -224,24 +224,6 @@ impl WalletArgs {
     }
 }
 
-/// AIT (decimal) in the smallest unit.
-fn parse_ait(amount: &str) -> anyhow::Result<U256> {
-    match parse_units(amount.trim(), 18).with_context(|| format!("{amount:?} is not an amount of AIT"))? {
-        ParseUnits::U256(v) if !v.is_zero() => Ok(v),
-        _ => bail!("{amount:?}: the amount must be more than 0"),
-    }
-}
-
-/// The smallest unit as decimal AIT.
-fn ait(v: U256) -> String {
-    let s = format_units(v, 18).unwrap_or_else(|_| v.to_string());
-    if s.contains('.') {
-        s.trim_end_matches('0').trim_end_matches('.').to_string()
-    } else {
-        s
-    }
-}
-
 /// An EIP-2612 permit of `value` AIT from the wallet to `spender`, valid for an hour.
 async fn permit(
     signer: &PrivateKeySigner,
@@ -253,19 +235,12 @@ async fn permit(
     let owner = signer.address();
     let nonce =
         AIT::new(d.token, provider).nonces(owner).call().await.map_err(|e| ChainError::contract("nonces", &e))?;
-    let deadline = U256::from(chain_time(provider).await? + 3600);
+    let (_, now) = latest_block(provider).await?;
+    let deadline = U256::from(now + 3600);
     let key = SessionKey::from_bytes(signer.to_bytes().as_slice())?;
     let sig = key.sign(&Permit { owner, spender, value, nonce, deadline }, &token_domain(d.chain_id, d.token))?;
-    Ok((deadline, 27 + sig.v() as u8, B256::from(sig.r()), B256::from(sig.s())))
-}
-
-async fn chain_time(provider: &DynProvider) -> Result<u64, ChainError> {
-    let block = provider
-        .get_block_by_number(Default::default())
-        .await
-        .map_err(|e| ChainError::Rpc(e.to_string()))?
-        .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
-    Ok(block.header.timestamp)
+    let (v, r, s) = permit_vrs(&sig);
+    Ok((deadline, v, r, s))
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

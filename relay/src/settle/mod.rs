@@ -60,6 +60,16 @@ impl ChainError {
     }
 }
 
+/// The latest block's number and time (Unix seconds): the chain's clock.
+pub async fn latest_block<P: alloy::providers::Provider>(provider: &P) -> Result<(u64, u64), ChainError> {
+    let block = provider
+        .get_block_by_number(Default::default())
+        .await
+        .map_err(|e| ChainError::Rpc(e.to_string()))?
+        .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
+    Ok((block.header.number, block.header.timestamp))
+}
+
 /// A sent transaction, or why it could not be sent.
 pub type Sent = Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>;
 

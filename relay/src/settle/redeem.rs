@@ -16,12 +16,12 @@ use std::time::Duration;
 use alloy::eips::BlockId;
 use alloy::primitives::Signature;
 use alloy::primitives::{Address, Bytes, B256, U256};
-use alloy::providers::{DynProvider, Provider};
+use alloy::providers::DynProvider;
 use alloy::sol_types::Eip712Domain;
 use web_node::settle::{escrow_domain, recover_signer, SettleError, Voucher};
 
 use super::bindings::Escrow;
-use super::{mined, ChainError, Deployment};
+use super::{latest_block, mined, ChainError, Deployment};
 
 /// Why a voucher was not accepted. Each is the payer's (or an impostor's) fault, and leaves
 /// what the node held as it was.
@@ -176,7 +176,8 @@ impl Redeemer {
         if voucher.cumulativeAmount <= held {
             return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held });
         }
-        let (now, authorized, collected, allocation) = self.timed(self.payer_state(&voucher, signer)).await??;
+        let (now, authorized, collected, allocation) =
+            within(self.rpc_timeout, self.payer_state(&voucher, signer)).await??;
         if voucher.expiry < now.saturating_add(self.expiry_margin) {
             return Err(VoucherError::Expired { expiry: voucher.expiry, now });
         }
@@ -207,7 +208,7 @@ impl Redeemer {
     /// session and the payer's allocation to this node that is not thawing, all at the latest
     /// block.
     async fn payer_state(&self, v: &Voucher, signer: Address) -> Result<(u64, bool, U256, U256), ChainError> {
-        let block = self.latest().await?;
+        let block = latest_block(&self.provider).await?;
         let at = BlockId::number(block.0);
         let authorized = self
             .escrow
@@ -238,37 +239,17 @@ impl Redeemer {
             .map_err(|e| ChainError::contract("collected", &e))
     }
 
-    /// The latest block's number and time.
-    async fn latest(&self) -> Result<(u64, u64), ChainError> {
-        let block = self
-            .provider
-            .get_block_by_number(Default::default())
-            .await
-            .map_err(|e| ChainError::Rpc(e.to_string()))?
-            .ok_or_else(|| ChainError::Rpc("no latest block".into()))?;
-        Ok((block.header.number, block.header.timestamp))
-    }
-
-    async fn timed<T>(&self, f: impl std::future::Future<Output = T>) -> Result<T, ChainError> {
-        tokio::time::timeout(self.rpc_timeout, f)
-            .await
-            .map_err(|_| ChainError::Rpc(format!("no answer in {:?}", self.rpc_timeout)))
-    }
-
     /// One round: lets go of vouchers collected at the final block, and redeems in one batch
     /// those the latest block has not collected (after a reorg dropped a redeem, that is it
     /// again). A batch the chain refuses is retried voucher by voucher, and a refused voucher
     /// stays held with its reason. A chain that is down or slow is an error; nothing is lost.
     pub async fn redeem_due(&mut self) -> Result<RedeemReport, ChainError> {
-        let limit = self.rpc_timeout;
-        tokio::time::timeout(limit, self.round())
-            .await
-            .map_err(|_| ChainError::Rpc(format!("no answer in {limit:?}")))?
+        within(self.rpc_timeout, self.round()).await?
     }
 
     async fn round(&mut self) -> Result<RedeemReport, ChainError> {
         let mut report = RedeemReport::default();
-        let (latest, now) = self.latest().await?;
+        let (latest, now) = latest_block(&self.provider).await?;
         let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
         let (mut done, mut send, mut seen) = (Vec::new(), Vec::new(), Vec::new());
         for (key, held) in &self.held {
@@ -282,7 +263,8 @@ impl Redeemer {
             }
             // Collected at the latest block but not yet final: wait. Not collected: send it,
             // unless it expired (the chain would refuse it, and the whole batch with it).
-            let at_latest = self.collected(v, BlockId::number(latest)).await?;
+            let at_latest =
+                if self.confirmations == 0 { at_final } else { self.collected(v, BlockId::number(latest)).await? };
             seen.push((*key, at_latest));
             if at_latest < v.cumulativeAmount {
                 if v.expiry < now {
@@ -358,4 +340,9 @@ impl Redeemer {
     pub fn refusal(&self, payer: Address, session: B256) -> Option<&str> {
         self.held.get(&(payer, session)).and_then(|h| h.refused.as_deref())
     }
+}
+
+/// `f`, or an RPC error if the chain takes longer than `limit` to answer.
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, ChainError> {
+    tokio::time::timeout(limit, f).await.map_err(|_| ChainError::Rpc(format!("no answer in {limit:?}")))
 }

@@ -8,9 +8,11 @@
 //! signs vouchers with the same code a native node checks them with; talking to a chain is the
 //! embedding program's job.
 
+pub mod amount;
 pub mod voucher;
 pub mod wallet;
 
+pub use amount::{format_ait, parse_ait, permit_vrs};
 pub use voucher::{
     escrow_domain, recover_signer, registry_domain, token_domain, Allocation, AuthorizeSigner, Permit, Register,
     SessionKey, SettleError, Voucher,

@@ -93,6 +93,9 @@ pub enum SettleError {
     /// Not a 32-byte secp256k1 secret key.
     #[error("bad key: {0}")]
     Key(String),
+    /// Not an amount of AIT that can be paid.
+    #[error("{0}")]
+    Amount(String),
 }
 
 /// The EIP-712 domain of the escrow at `escrow` on chain `chain_id`.

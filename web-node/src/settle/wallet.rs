@@ -4,7 +4,7 @@
 #![allow(missing_docs, clippy::too_many_arguments)]
 
 use alloy_dyn_abi::TypedData;
-use alloy_primitives::{Address, Bytes, Signature, B256, U256};
+use alloy_primitives::{Address, Bytes, Signature, U256};
 use alloy_sol_types::{sol, Eip712Domain, SolCall, SolStruct};
 
 use super::SettleError;
@@ -47,16 +47,8 @@ pub fn free_balance(payer: Address) -> Bytes {
 
 /// Calldata of `Escrow.depositWithPermit` for a permit the payer's wallet signed.
 pub fn deposit_with_permit(payer: Address, amount: U256, deadline: U256, permit: &Signature) -> Bytes {
-    EscrowContract::depositWithPermitCall {
-        payer,
-        amount,
-        deadline,
-        v: 27 + permit.v() as u8,
-        r: B256::from(permit.r()),
-        s: B256::from(permit.s()),
-    }
-    .abi_encode()
-    .into()
+    let (v, r, s) = super::permit_vrs(permit);
+    EscrowContract::depositWithPermitCall { payer, amount, deadline, v, r, s }.abi_encode().into()
 }
 
 /// Calldata of `Escrow.thaw(node, amount)` (`node` zero: the free balance).
