@@ -29,6 +29,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 
+use alloy::primitives::U256;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -363,15 +364,23 @@ fn api_error(e: GenerateError<ChainError>) -> ApiError {
     }
 }
 
+/// A generation and what its sessions' vouchers paid (`None` when this relay pays nobody).
+struct Paid {
+    generation: Generation,
+    cost: Option<U256>,
+}
+
 /// Runs a job through the swarm, calling `on_text` with each piece.
-async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<Generation, ApiError> {
+async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<Paid, ApiError> {
     let _permit = state.permits.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
     let m = &job.model;
     let mut chain = SwarmChain::new(state.node.clone(), m.id, m.config.n_layers, m.config.hidden, state.chain.clone());
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
-    m.generate(&mut chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)
+    let generation = m.generate(&mut chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)?;
+    let cost = state.chain.payer.as_ref().map(|_| chain.paid());
+    Ok(Paid { generation, cost })
 }
 
 fn finish_reason(f: FinishReason) -> &'static str {
@@ -381,11 +390,13 @@ fn finish_reason(f: FinishReason) -> &'static str {
     }
 }
 
-fn usage(g: &Generation) -> Usage {
+fn usage(p: &Paid) -> Usage {
+    let g = &p.generation;
     Usage {
         prompt_tokens: g.prompt_tokens,
         completion_tokens: g.tokens.len(),
         total_tokens: g.prompt_tokens + g.tokens.len(),
+        cost: p.cost.map(web_node::settle::format_ait),
     }
 }
 
@@ -445,7 +456,8 @@ impl Kind {
         }
     }
 
-    fn whole(self, id: &str, model: &str, g: &Generation) -> Value {
+    fn whole(self, id: &str, model: &str, p: &Paid) -> Value {
+        let g = &p.generation;
         let finish = finish_reason(g.finish);
         let choice = match self {
             Kind::Chat => json!({ "index": 0, "message": { "role": "assistant", "content": g.text },
@@ -456,7 +468,7 @@ impl Kind {
             Kind::Chat => "chat.completion",
             Kind::Completion => "text_completion",
         };
-        json!({ "id": id, "object": object, "created": now(), "model": model, "choices": [choice], "usage": usage(g) })
+        json!({ "id": id, "object": object, "created": now(), "model": model, "choices": [choice], "usage": usage(p) })
     }
 }
 
@@ -484,7 +496,7 @@ async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response,
         };
         match result {
             Ok(g) => {
-                let _ = tx.send(event(kind.chunk(&id, &name, None, Some(finish_reason(g.finish)), false)));
+                let _ = tx.send(event(kind.chunk(&id, &name, None, Some(finish_reason(g.generation.finish)), false)));
                 if job.include_usage {
                     let object = match kind {
                         Kind::Chat => "chat.completion.chunk",

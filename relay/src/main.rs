@@ -154,6 +154,8 @@ struct RelayOpt {
     /// page's wallet panel uses it; without it the relay serves free.
     #[arg(long, value_name = "FILE")]
     chain: Option<PathBuf>,
+    #[command(flatten)]
+    settle: relay::settle::node::SettleOpt,
     /// Address of the OpenAI-compatible HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     http: std::net::SocketAddr,
@@ -247,6 +249,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
         Some(path) => Some(relay::settle::Deployment::load(path)?),
         None => None,
     };
+    let settlement = relay::settle::node::Settlement::open(&o.settle, chain.as_ref(), &o.data_dir)?;
     runtime()?.block_on(async move {
         let peer = key.public().to_peer_id();
         let (handle, addrs) =
@@ -324,8 +327,20 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 None
             }
         };
+        let mut limits = o.serve.limits(o.net.trusted());
+        match (&settlement, &loaded) {
+            (Some(s), Some(l)) => {
+                let layers = web_node::engine::Backend::layers(&l.backend).len() as u64;
+                let gate = s.charge(&o.settle, &o.data_dir, layers, peer).await?;
+                limits.payments = gate.map(|g| g as Arc<dyn web_node::settle::PaymentGate>);
+            }
+            (_, None) if o.settle.price.is_some() => {
+                anyhow::bail!("--price charges for the blocks this relay serves: pass --blocks")
+            }
+            _ => {}
+        }
         if let Some(loaded) = loaded {
-            let s = relay::serving::start(&handle, &key, loaded, o.serve.limits(o.net.trusted())).await?;
+            let s = relay::serving::start(&handle, &key, loaded, limits).await?;
             let c = s.server.config();
             println!(
                 "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token)",
@@ -417,7 +432,13 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 local,
                 api_key: o.api_key.clone(),
                 permits: tokio::sync::Semaphore::new(api_concurrency),
-                chain: Default::default(),
+                chain: web_node::net::chain::ChainOptions {
+                    payer: match &settlement {
+                        Some(s) => s.payer(&o.settle)?,
+                        None => None,
+                    },
+                    ..Default::default()
+                },
             };
             let web = relay::web::WebState {
                 peer: peer.to_string(),

@@ -119,7 +119,7 @@ pub struct CompletionRequest {
 }
 
 /// `usage`.
-#[derive(Clone, Copy, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Usage {
     /// Prompt tokens.
     pub prompt_tokens: usize,
@@ -127,6 +127,10 @@ pub struct Usage {
     pub completion_tokens: usize,
     /// Both.
     pub total_tokens: usize,
+    /// What the request cost, in AIT (decimal), when this relay pays servers that charge:
+    /// what the vouchers it signed for the request's sessions pay.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cost: Option<String>,
 }
 
 /// An API error: HTTP status plus OpenAI's error object.

@@ -115,7 +115,7 @@ fn main() {
     out.insert("tab_hop_protocol_bytes_per_token".into(), json!(stats.bytes as f64 / stats.tokens.max(1) as f64));
     // One decode step's frames exactly (hidden size 576, f32), each with its 4-byte length.
     let hidden = vec![0.0f32; client.config.hidden];
-    let step = Request::Step { pos: 100, n_tokens: 1, hidden: hidden.clone() }.encode().len()
+    let step = Request::Step { pos: 100, n_tokens: 1, hidden: hidden.clone(), voucher: None }.encode().len()
         + Response::Hidden { n_tokens: 1, compute_us: 1000, hidden }.encode().len()
         + 8;
     out.insert("decode_step_protocol_bytes".into(), json!(step));

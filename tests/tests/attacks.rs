@@ -210,7 +210,7 @@ fn session_squatting_from_many_identities_leaves_room() {
     let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
     let peer: PeerId = relay.peer.parse().unwrap();
     let model_id = ModelId::from_hex(&relay.model_id()).unwrap();
-    let open = Request::Open { model: model_id, start: 0, end: 30, max_len: 8 };
+    let open = Request::Open { model: model_id, start: 0, end: 30, max_len: 8, payment: None };
     runtime().block_on(async {
         let mut held = Vec::new();
         let mut nodes = Vec::new();

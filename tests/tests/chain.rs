@@ -46,6 +46,7 @@ fn opts() -> ChainOptions {
         max_recovery: Duration::from_secs(30),
         max_probes: 32,
         allow_private_addrs: false,
+        payer: None,
     }
 }
 

@@ -631,7 +631,13 @@ async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_re
     sent(w.payer.escrow(&w).allocate(node.address(), ait(50)).send().await).await.unwrap();
     let key = SessionKey::random();
     sent(w.payer.escrow(&w).authorizeSigner(key.address()).send().await).await.unwrap();
-    let mut r = Redeemer::new(w.d(), node.provider.clone(), node.address()).with_confirmations(3);
+    let mut r = Redeemer::new(
+        w.d(),
+        node.provider.clone(),
+        node.address(),
+        std::sync::Arc::new(relay::settle::Ledger::in_memory().unwrap()),
+    )
+    .with_confirmations(3);
     let expiry = w.now().await + 3 * THAW;
     let (s1, s2) = (B256::repeat_byte(1), B256::repeat_byte(2));
 

@@ -210,8 +210,8 @@ fn bad_requests_are_refused_per_stream() {
     let peer: PeerId = relay.peer.parse().unwrap();
     let addr: Multiaddr = relay.addr("tcp").parse().unwrap();
     let dim = 576;
-    let open_req = |start, end, max_len| Request::Open { model: model_id, start, end, max_len };
-    let step = |pos, n: usize| Request::Step { pos, n_tokens: n as u32, hidden: vec![0.01; n * dim] };
+    let open_req = |start, end, max_len| Request::Open { model: model_id, start, end, max_len, payment: None };
+    let step = |pos, n: usize| Request::Step { pos, n_tokens: n as u32, hidden: vec![0.01; n * dim], voucher: None };
     runtime().block_on(async {
         let h = connect(&[addr]).await.unwrap();
 
@@ -238,7 +238,10 @@ fn bad_requests_are_refused_per_stream() {
         for (req, code) in [
             (open_req(0, 10, 8), ErrorCode::RangeNotServed),
             (open_req(10, 30, 8), ErrorCode::RangeNotServed),
-            (Request::Open { model: ModelId([7; 32]), start: 10, end: 20, max_len: 8 }, ErrorCode::UnknownModel),
+            (
+                Request::Open { model: ModelId([7; 32]), start: 10, end: 20, max_len: 8, payment: None },
+                ErrorCode::UnknownModel,
+            ),
             (open_req(10, 20, 1 << 30), ErrorCode::TooLong),
             (step(0, 1), ErrorCode::BadRequest),
         ] {
@@ -249,7 +252,7 @@ fn bad_requests_are_refused_per_stream() {
         // A step of the wrong width, and one at the wrong position, on their own sessions.
         let mut s = open(&h, peer).await;
         assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
-        let bad_width = Request::Step { pos: 0, n_tokens: 1, hidden: vec![0.0; dim - 1] };
+        let bad_width = Request::Step { pos: 0, n_tokens: 1, hidden: vec![0.0; dim - 1], voucher: None };
         assert_eq!(refused(&ask(&mut s, &bad_width).await), ErrorCode::BadRequest);
         let mut s = open(&h, peer).await;
         assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
@@ -262,7 +265,7 @@ fn bad_requests_are_refused_per_stream() {
         let mut third = open(&h, peer).await;
         assert_eq!(refused(&ask(&mut third, &open_req(10, 20, 8)).await), ErrorCode::Busy);
         // Closing frees the slot.
-        write_frame(&mut second, &Request::Close.encode()).await.unwrap();
+        write_frame(&mut second, &Request::Close { voucher: None }.encode()).await.unwrap();
         assert_closed(&mut second).await;
         // KV budget: 8 tokens held by `good`; 64 more would exceed 1 MiB.
         let mut big = open(&h, peer).await;

@@ -46,6 +46,7 @@ fn status() -> ServerStatus {
         free_slots: 8,
         active_sessions: 1,
         max_len: tiny::CONTEXT,
+        pay: None,
     }
 }
 
@@ -54,15 +55,43 @@ fn hidden(n_tokens: usize) -> Vec<f32> {
 }
 
 fn open(max_len: u32) -> Request {
-    Request::Open { model: tiny::model_id(), start: 0, end: tiny::N_LAYERS as u32, max_len }
+    Request::Open { model: tiny::model_id(), start: 0, end: tiny::N_LAYERS as u32, max_len, payment: None }
 }
 
 fn step(pos: u32, n_tokens: u32) -> Request {
-    Request::Step { pos, n_tokens, hidden: hidden(n_tokens as usize) }
+    Request::Step { pos, n_tokens, hidden: hidden(n_tokens as usize), voucher: None }
+}
+
+/// A paid session's payment and a voucher for it, signed as a client signs them.
+fn payment() -> (web_node::settle::Payment, web_node::settle::SignedVoucher) {
+    let key = web_node::settle::SessionKey::from_bytes(&[7; 32]).expect("a valid secret");
+    let (who, session) = (key.address(), format!("0x{}", "11".repeat(32)));
+    let payment = serde_json::from_value(serde_json::json!({ "session": session, "payer": who, "signer": who }))
+        .expect("a payment");
+    let voucher: web_node::settle::Voucher = serde_json::from_value(serde_json::json!({
+        "session": session, "payer": who, "node": who, "model": format!("0x{}", tiny::model_id().to_hex()),
+        "cumulativeAmount": "0x3e8", "cumulativeWork": "0x1e", "expiry": 2_000_000_000u64,
+    }))
+    .expect("a voucher");
+    let domain = web_node::settle::escrow_domain(31337, who);
+    let signature = key.sign(&voucher, &domain).expect("signing").as_bytes().to_vec().into();
+    (payment, web_node::settle::SignedVoucher { voucher, signature })
 }
 
 fn requests() -> Vec<(&'static str, Request)> {
-    vec![("info", Request::Info), ("open", open(32)), ("step", step(0, 3)), ("close", Request::Close)]
+    let (pay, voucher) = payment();
+    let paid_open =
+        Request::Open { model: tiny::model_id(), start: 0, end: tiny::N_LAYERS as u32, max_len: 32, payment: Some(pay) };
+    let paid_step = Request::Step { pos: 3, n_tokens: 1, hidden: hidden(1), voucher: Some(voucher.clone()) };
+    vec![
+        ("info", Request::Info),
+        ("open", open(32)),
+        ("step", step(0, 3)),
+        ("close", Request::Close { voucher: None }),
+        ("open-paid", paid_open),
+        ("step-paid", paid_step),
+        ("close-paid", Request::Close { voucher: Some(voucher) }),
+    ]
 }
 
 fn responses() -> Vec<(&'static str, Response)> {
@@ -214,7 +243,11 @@ pub fn all(default_model: Option<&Path>) -> Vec<Seed> {
     // Session streams.
     let session = |reqs: &[Request]| frames(&reqs.iter().map(Request::encode).collect::<Vec<_>>());
     add("session", "info", session(&[Request::Info]));
-    add("session", "generate", session(&[open(16), step(0, 3), step(3, 1), step(4, 1), Request::Close]));
+    add(
+        "session",
+        "generate",
+        session(&[open(16), step(0, 3), step(3, 1), step(4, 1), Request::Close { voucher: None }]),
+    );
     add("session", "info-open-step", session(&[Request::Info, open(8), step(0, 1)]));
     add("session", "replay", session(&[open(32), step(0, 2), step(0, 4), step(4, 1)]));
     let mut wrong = open(8);

@@ -15,7 +15,7 @@ use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
-use web_node::settle::{format_ait as ait, parse_ait, permit_vrs, token_domain, Permit, SessionKey, Voucher};
+use web_node::settle::{format_ait as ait, parse_ait, permit_vrs, token_domain, Permit, SessionKey};
 
 use super::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use super::deploy::{deploy, DeployParams, Deployment, AIT_UNIT};
@@ -202,7 +202,8 @@ impl WalletArgs {
             .context("the keystore's password: pass --password-file FILE or set AIT_WALLET_PASSWORD")
     }
 
-    fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
+    /// The wallet, decrypted.
+    pub(crate) fn signer(&self) -> anyhow::Result<PrivateKeySigner> {
         let path = self.keystore();
         if !path.is_file() {
             bail!("no wallet at {} (create one with `ait wallet new`)", path.display());
@@ -432,25 +433,20 @@ fn wallet(cmd: WalletCmd, args: &WalletArgs) -> anyhow::Result<()> {
     }
 }
 
-/// One line of a vouchers file.
-#[derive(serde::Deserialize)]
-struct SignedVoucher {
-    voucher: Voucher,
-    signature: Bytes,
-}
-
 fn redeem(file: &Path, confirmations: Option<u64>, args: &WalletArgs) -> anyhow::Result<()> {
     let (signer, d, provider) = args.connect()?;
     let text = std::fs::read_to_string(file).with_context(|| format!("reading {}", file.display()))?;
     let mut vouchers = Vec::new();
     for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-        let v: SignedVoucher = serde_json::from_str(line)
+        let v: web_node::settle::SignedVoucher = serde_json::from_str(line)
             .with_context(|| format!("{}:{}: not a signed voucher", file.display(), i + 1))?;
         vouchers.push(v);
     }
     runtime()?.block_on(async {
         let depth = confirmations.unwrap_or(d.confirmations);
-        let mut r = Redeemer::new(&d, provider, signer.address()).with_confirmations(depth);
+        // The vouchers are in the file: a ledger in memory holds them while they are redeemed.
+        let ledger = std::sync::Arc::new(super::Ledger::in_memory()?);
+        let mut r = Redeemer::new(&d, provider, signer.address(), ledger).with_confirmations(depth);
         let (mut refused, mut owed) = (0, U256::ZERO);
         for v in vouchers {
             let (session, payer) = (v.voucher.session, v.voucher.payer);

@@ -8,10 +8,15 @@ pub mod bindings;
 pub mod cli;
 pub mod deploy;
 pub mod dev;
+pub mod gate;
+pub mod ledger;
+pub mod node;
 pub mod redeem;
 
 pub use anvil::Anvil;
 pub use deploy::{deploy, DeployParams, Deployment};
+pub use gate::ChainGate;
+pub use ledger::{Ledger, LedgerError};
 pub use redeem::{RedeemReport, Redeemer, VoucherError};
 
 /// Why a chain operation failed.
@@ -31,6 +36,9 @@ pub enum ChainError {
         /// The decoded revert (`NothingToCollect(..)`) or the transport's error.
         reason: String,
     },
+    /// The node's voucher ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
     /// A deployment file could not be read or written.
     #[error("deployment file {path}: {reason}")]
     File {

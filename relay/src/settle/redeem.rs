@@ -7,10 +7,12 @@
 //! The chain is the record of what was paid: a held voucher is due while `collected` at the
 //! latest block is below its amount, and done when `collected` at the final block (latest
 //! minus `confirmations`) reaches it. So the redeemer keeps no transaction hashes and needs no
-//! bookkeeping that a reorg could invalidate. What it holds lives in memory here; keeping it
-//! across a crash is the ledger's job.
+//! bookkeeping that a reorg could invalidate. What it holds is the node's [`Ledger`]: every
+//! round starts from what the ledger keeps (the session server writes vouchers there as they
+//! come), so a node started again after a crash redeems what it was owed.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy::eips::BlockId;
@@ -18,9 +20,10 @@ use alloy::primitives::Signature;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::DynProvider;
 use alloy::sol_types::Eip712Domain;
-use web_node::settle::{escrow_domain, recover_signer, SettleError, Voucher};
+use web_node::settle::{escrow_domain, recover_signer, SettleError, SignedVoucher, Voucher};
 
 use super::bindings::Escrow;
+use super::ledger::{Ledger, LedgerError};
 use super::{latest_block, mined, ChainError, Deployment};
 
 /// Why a voucher was not accepted. Each is the payer's (or an impostor's) fault, and leaves
@@ -65,6 +68,9 @@ pub enum VoucherError {
     /// The chain could not be asked.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The ledger could not keep it.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
 }
 
 /// A held voucher.
@@ -114,14 +120,17 @@ pub struct Redeemer {
     expiry_margin: u64,
     /// How long one chain round may take.
     rpc_timeout: Duration,
+    /// What the ledger held at the last round or accept, with refusals seen since.
     held: BTreeMap<(Address, B256), Held>,
+    ledger: Arc<Ledger>,
 }
 
 impl Redeemer {
     /// A redeemer for `node`, sending its redeems through `provider` (whose wallet pays the
-    /// gas; the AIT goes to `node` whoever sends them), final at the deployment's depth.
-    pub fn new(deployment: &Deployment, provider: DynProvider, node: Address) -> Redeemer {
-        Redeemer {
+    /// gas; the AIT goes to `node` whoever sends them), final at the deployment's depth,
+    /// redeeming what `ledger` holds.
+    pub fn new(deployment: &Deployment, provider: DynProvider, node: Address, ledger: Arc<Ledger>) -> Redeemer {
+        let mut r = Redeemer {
             escrow: Escrow::new(deployment.escrow, provider.clone()),
             domain: escrow_domain(deployment.chain_id, deployment.escrow),
             provider,
@@ -130,7 +139,26 @@ impl Redeemer {
             expiry_margin: 600,
             rpc_timeout: Duration::from_secs(30),
             held: BTreeMap::new(),
+            ledger,
+        };
+        if let Err(e) = r.load() {
+            tracing::warn!("reading the voucher ledger: {e}");
         }
+        r
+    }
+
+    /// Takes what the ledger holds (vouchers the session server kept since), keeping the
+    /// refusals seen so far.
+    fn load(&mut self) -> Result<(), LedgerError> {
+        let mut held = BTreeMap::new();
+        for e in self.ledger.entries()? {
+            let v = e.voucher.voucher;
+            let key = (v.payer, v.session);
+            let refused = self.held.get(&key).and_then(|h| h.refused.clone());
+            held.insert(key, Held { voucher: v, signature: e.voucher.signature, collected: e.collected, refused });
+        }
+        self.held = held;
+        Ok(())
     }
 
     /// Blocks a redeem must be under before its voucher is let go (default: the deployment's).
@@ -158,6 +186,20 @@ impl Redeemer {
     /// What the held vouchers promise beyond what the chain had collected when last read.
     pub fn outstanding(&self) -> U256 {
         self.held.values().map(Held::outstanding).fold(U256::ZERO, |a, b| a + b)
+    }
+
+    /// Whether a round is worth its gas now, from what the ledger holds: what the vouchers add
+    /// to what was collected reaches `min` (and is more than zero), or one expires before
+    /// `expiring_before` (Unix seconds), or one was collected and waits to become final, or a
+    /// payer's authorization waits to be submitted.
+    pub fn due(&mut self, min: U256, expiring_before: u64) -> Result<bool, LedgerError> {
+        self.load()?;
+        if !self.ledger.authorizations()?.is_empty() {
+            return Ok(true);
+        }
+        let outstanding = self.outstanding();
+        Ok((!outstanding.is_zero() && outstanding >= min)
+            || self.held.values().any(|h| h.voucher.expiry < expiring_before || h.outstanding().is_zero()))
     }
 
     /// Checks `voucher` off chain and against the chain's view of its payer, and keeps it
@@ -200,7 +242,10 @@ impl Redeemer {
             return Err(VoucherError::Unbacked { owed, allocation });
         }
         let added = voucher.cumulativeAmount - held.max(collected);
-        self.held.insert(key, Held { voucher, signature: Bytes::from(normalized.to_vec()), collected, refused: None });
+        let signature = Bytes::from(normalized.to_vec());
+        self.ledger.put(&SignedVoucher { voucher: voucher.clone(), signature: signature.clone() })?;
+        self.ledger.set_collected(voucher.payer, voucher.session, collected)?;
+        self.held.insert(key, Held { voucher, signature, collected, refused: None });
         Ok(added)
     }
 
@@ -248,8 +293,10 @@ impl Redeemer {
     }
 
     async fn round(&mut self) -> Result<RedeemReport, ChainError> {
+        self.load()?;
         let mut report = RedeemReport::default();
         let (latest, now) = latest_block(&self.provider).await?;
+        self.authorize(now).await?;
         let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
         let (mut done, mut send, mut seen) = (Vec::new(), Vec::new(), Vec::new());
         for (key, held) in &self.held {
@@ -278,11 +325,16 @@ impl Redeemer {
         }
         for (key, collected) in seen {
             if let Some(h) = self.held.get_mut(&key) {
+                if h.collected != collected {
+                    self.ledger.set_collected(key.0, key.1, collected)?;
+                }
                 h.collected = collected;
             }
         }
         for key in &done {
-            self.held.remove(key);
+            if let Some(h) = self.held.remove(key) {
+                self.ledger.remove_up_to(key.0, key.1, h.voucher.cumulativeAmount)?;
+            }
         }
         if send.is_empty() {
             return Ok(report);
@@ -308,6 +360,32 @@ impl Redeemer {
             Err(e) => self.after(&send[0], Err(e), &mut report)?,
         }
         Ok(report)
+    }
+
+    /// Submits the payer authorizations of session keys that paid sessions brought (the
+    /// session server checked their signatures when it took them), before the vouchers those
+    /// keys signed are redeemed; drops those applied, expired or void.
+    async fn authorize(&mut self, now: u64) -> Result<(), ChainError> {
+        for a in self.ledger.authorizations()? {
+            let (payer, signer) = (a.authorization.payer, a.authorization.signer);
+            let on_chain =
+                self.escrow.isSigner(payer, signer).call().await.map_err(|e| ChainError::contract("isSigner", &e))?;
+            if !on_chain && a.authorization.deadline >= U256::from(now) {
+                let sent =
+                    self.escrow.authorizeSignerBySig(payer, signer, a.authorization.deadline, a.signature.clone());
+                match mined("authorizeSignerBySig", sent.send().await).await {
+                    Ok(()) => tracing::info!(%payer, %signer, "submitted the payer's authorization of its session key"),
+                    Err(ChainError::Contract { reason, .. }) => {
+                        tracing::warn!(%payer, %signer, %reason, "the payer's authorization is void; dropped");
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if !on_chain {
+                tracing::warn!(%payer, %signer, "the payer's authorization expired before it was submitted; dropped");
+            }
+            self.ledger.remove_authorization(payer, signer)?;
+        }
+        Ok(())
     }
 
     /// Records a redeem's outcome: a refusal stays with the voucher; a chain failure ends the round.

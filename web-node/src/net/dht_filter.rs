@@ -144,6 +144,7 @@ mod tests {
                 free_slots: 1,
                 active_sessions: 0,
                 max_len: 64,
+                pay: None,
             },
         }
         .sign(key)

@@ -85,6 +85,7 @@ mod tests {
                 free_slots: 1,
                 active_sessions: 0,
                 max_len: 1,
+                pay: None,
             },
         }
     }

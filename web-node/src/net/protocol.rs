@@ -14,6 +14,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelId;
+use crate::settle::{PayTerms, Payment, SignedVoucher, MAX_PAYMENT_BYTES};
 
 /// The stream protocol id. The major version changes with any incompatible message change.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/1");
@@ -48,6 +49,8 @@ pub enum Request {
         end: u32,
         /// Most tokens the session will hold.
         max_len: u32,
+        /// Who pays, on a node that charges ([`ServerStatus::pay`]).
+        payment: Option<Payment>,
     },
     /// Runs `n_tokens` hidden states through the session's layers, starting at position `pos`
     /// (which must equal the tokens the session already holds).
@@ -58,9 +61,14 @@ pub enum Request {
         n_tokens: u32,
         /// `[n_tokens, hidden]` f32 values.
         hidden: Vec<f32>,
+        /// A voucher for the work received so far, on a paid session.
+        voucher: Option<SignedVoucher>,
     },
-    /// Ends the session.
-    Close,
+    /// Ends the session, with the last voucher on a paid session.
+    Close {
+        /// A voucher for all the work received.
+        voucher: Option<SignedVoucher>,
+    },
 }
 
 /// Live status of a server, answered to [`Request::Info`].
@@ -84,6 +92,9 @@ pub struct ServerStatus {
     pub active_sessions: usize,
     /// Longest session accepted, in tokens.
     pub max_len: usize,
+    /// What the node charges; `None`: it serves free.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pay: Option<PayTerms>,
 }
 
 /// Why a server refused a request.
@@ -104,6 +115,8 @@ pub enum ErrorCode {
     TooLong = 6,
     /// The computation failed.
     Internal = 7,
+    /// A paid session owes more than the node's credit cap, or its payment does not hold.
+    PaymentRequired = 8,
 }
 
 impl ErrorCode {
@@ -115,6 +128,7 @@ impl ErrorCode {
             4 => ErrorCode::RangeNotServed,
             5 => ErrorCode::Busy,
             6 => ErrorCode::TooLong,
+            8 => ErrorCode::PaymentRequired,
             _ => ErrorCode::Internal,
         }
     }
@@ -172,6 +186,9 @@ const T_INFO: u8 = 0x01;
 const T_OPEN: u8 = 0x02;
 const T_STEP: u8 = 0x03;
 const T_CLOSE: u8 = 0x04;
+const T_OPEN_PAID: u8 = 0x05;
+const T_STEP_PAID: u8 = 0x06;
+const T_CLOSE_PAID: u8 = 0x07;
 const T_STATUS: u8 = 0x81;
 const T_OPENED: u8 = 0x82;
 const T_HIDDEN: u8 = 0x83;
@@ -179,6 +196,14 @@ const T_ERROR: u8 = 0xff;
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
     b.extend_from_slice(&v.to_le_bytes());
+}
+
+/// A payment message as JSON with a `u32` length before it.
+fn put_json<T: Serialize>(b: &mut Vec<u8>, v: &T) {
+    // Structs of addresses, numbers and bytes always serialize.
+    let json = serde_json::to_vec(v).unwrap_or_default();
+    put_u32(b, json.len() as u32);
+    b.extend_from_slice(&json);
 }
 
 fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
@@ -213,6 +238,16 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
+    /// A length-prefixed JSON payment message of at most [`MAX_PAYMENT_BYTES`].
+    fn json<T: serde::de::DeserializeOwned>(&mut self) -> Result<T, DecodeError> {
+        let n = self.u32()? as usize;
+        if n > MAX_PAYMENT_BYTES {
+            return Err(self.err(format!("payment message of {n} bytes, over {MAX_PAYMENT_BYTES}")));
+        }
+        let bytes = self.take(n)?;
+        serde_json::from_slice(bytes).map_err(|e| self.err(format!("payment message: {e}")))
+    }
+
     /// The rest as `n_tokens` rows of f32 (any row width, at least one value per token).
     fn hidden(&mut self, n_tokens: u32) -> Result<Vec<f32>, DecodeError> {
         let rest = std::mem::take(&mut self.b);
@@ -243,20 +278,30 @@ impl Request {
         let mut b = Vec::new();
         match self {
             Request::Info => b.push(T_INFO),
-            Request::Open { model, start, end, max_len } => {
-                b.push(T_OPEN);
+            Request::Open { model, start, end, max_len, payment } => {
+                b.push(if payment.is_some() { T_OPEN_PAID } else { T_OPEN });
                 b.extend_from_slice(&model.0);
                 put_u32(&mut b, *start);
                 put_u32(&mut b, *end);
                 put_u32(&mut b, *max_len);
+                if let Some(p) = payment {
+                    put_json(&mut b, p);
+                }
             }
-            Request::Step { pos, n_tokens, hidden } => {
-                b.push(T_STEP);
+            Request::Step { pos, n_tokens, hidden, voucher } => {
+                b.push(if voucher.is_some() { T_STEP_PAID } else { T_STEP });
                 put_u32(&mut b, *pos);
                 put_u32(&mut b, *n_tokens);
+                if let Some(v) = voucher {
+                    put_json(&mut b, v);
+                }
                 put_f32s(&mut b, hidden);
             }
-            Request::Close => b.push(T_CLOSE),
+            Request::Close { voucher: None } => b.push(T_CLOSE),
+            Request::Close { voucher: Some(v) } => {
+                b.push(T_CLOSE_PAID);
+                put_json(&mut b, v);
+            }
         }
         b
     }
@@ -269,23 +314,31 @@ impl Request {
                 Reader { what: "info", b: body }.end()?;
                 Ok(Request::Info)
             }
-            T_OPEN => {
+            T_OPEN | T_OPEN_PAID => {
                 let mut r = Reader { what: "open", b: body };
                 let mut id = [0u8; 32];
                 id.copy_from_slice(r.take(32)?);
                 let (start, end, max_len) = (r.u32()?, r.u32()?, r.u32()?);
+                let payment = if tag == T_OPEN_PAID { Some(r.json()?) } else { None };
                 r.end()?;
-                Ok(Request::Open { model: ModelId(id), start, end, max_len })
+                Ok(Request::Open { model: ModelId(id), start, end, max_len, payment })
             }
-            T_STEP => {
+            T_STEP | T_STEP_PAID => {
                 let mut r = Reader { what: "step", b: body };
                 let (pos, n_tokens) = (r.u32()?, r.u32()?);
+                let voucher = if tag == T_STEP_PAID { Some(r.json()?) } else { None };
                 let hidden = r.hidden(n_tokens)?;
-                Ok(Request::Step { pos, n_tokens, hidden })
+                Ok(Request::Step { pos, n_tokens, hidden, voucher })
             }
             T_CLOSE => {
                 Reader { what: "close", b: body }.end()?;
-                Ok(Request::Close)
+                Ok(Request::Close { voucher: None })
+            }
+            T_CLOSE_PAID => {
+                let mut r = Reader { what: "close", b: body };
+                let voucher = r.json()?;
+                r.end()?;
+                Ok(Request::Close { voucher: Some(voucher) })
             }
             t => Err(DecodeError::UnknownTag(t)),
         }
@@ -355,13 +408,41 @@ impl Response {
 mod tests {
     use super::*;
 
+    fn payment() -> Payment {
+        Payment {
+            session: alloy_primitives::B256::repeat_byte(1),
+            payer: alloy_primitives::Address::repeat_byte(2),
+            signer: alloy_primitives::Address::repeat_byte(3),
+            authorization: None,
+        }
+    }
+
+    fn voucher() -> SignedVoucher {
+        use alloy_primitives::{Address, B256, U256};
+        SignedVoucher {
+            voucher: crate::settle::Voucher {
+                session: B256::repeat_byte(1),
+                payer: Address::repeat_byte(2),
+                node: Address::repeat_byte(4),
+                model: B256::repeat_byte(5),
+                cumulativeAmount: U256::from(123_456u64),
+                cumulativeWork: U256::from(90u64),
+                expiry: 2_000_000_000,
+            },
+            signature: vec![7u8; 65].into(),
+        }
+    }
+
     #[test]
     fn requests_round_trip() {
         for r in [
             Request::Info,
-            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048 },
-            Request::Step { pos: 5, n_tokens: 2, hidden: vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE] },
-            Request::Close,
+            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048, payment: None },
+            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048, payment: Some(payment()) },
+            Request::Step { pos: 5, n_tokens: 2, hidden: vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE], voucher: None },
+            Request::Step { pos: 5, n_tokens: 1, hidden: vec![1.0, -2.5], voucher: Some(voucher()) },
+            Request::Close { voucher: None },
+            Request::Close { voucher: Some(voucher()) },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -379,6 +460,7 @@ mod tests {
             free_slots: 3,
             active_sessions: 1,
             max_len: 8192,
+            pay: None,
         };
         for r in [
             Response::Info(status),
@@ -403,13 +485,23 @@ mod tests {
         assert_eq!(Request::decode(&[]), Err(DecodeError::Empty));
         assert_eq!(Request::decode(&[0x42]), Err(DecodeError::UnknownTag(0x42)));
         // Open cut short, and with trailing bytes.
-        let open = Request::Open { model: ModelId([1; 32]), start: 0, end: 1, max_len: 1 }.encode();
-        for cut in 1..open.len() {
-            assert!(Request::decode(&open[..cut]).is_err(), "cut at {cut}");
+        for payment in [None, Some(payment())] {
+            let open = Request::Open { model: ModelId([1; 32]), start: 0, end: 1, max_len: 1, payment }.encode();
+            for cut in 1..open.len() {
+                assert!(Request::decode(&open[..cut]).is_err(), "cut at {cut}");
+            }
+            let mut long = open.clone();
+            long.push(0);
+            assert!(Request::decode(&long).is_err());
         }
-        let mut long = open.clone();
-        long.push(0);
-        assert!(Request::decode(&long).is_err());
+        // A paid step whose voucher's length runs past the frame, or over the limit.
+        let paid = Request::Step { pos: 0, n_tokens: 1, hidden: vec![0.5; 4], voucher: Some(voucher()) }.encode();
+        let mut liar = paid.clone();
+        liar[9..13].copy_from_slice(&(paid.len() as u32).to_le_bytes());
+        assert!(Request::decode(&liar).is_err());
+        liar[9..13].copy_from_slice(&((MAX_PAYMENT_BYTES + 1) as u32).to_le_bytes());
+        assert!(Request::decode(&liar).is_err());
+        assert!(Request::decode(&[T_CLOSE_PAID, 2, 0, 0, 0, b'{', b'}']).is_err());
         // Step: zero tokens, ragged rows, bytes not a multiple of 4.
         let step = |n: u32, bytes: usize| {
             let mut b = vec![T_STEP];

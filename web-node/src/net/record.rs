@@ -368,6 +368,7 @@ mod tests {
                 free_slots: 8,
                 active_sessions: 0,
                 max_len: 2048,
+                pay: None,
             },
         }
     }

@@ -11,7 +11,10 @@
 
 use std::fmt;
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
+
+use alloy_primitives::U256;
 
 use futures::{AsyncRead, AsyncWrite};
 use libp2p::PeerId;
@@ -23,6 +26,7 @@ use crate::net::frame::{read_frame, write_frame, FrameError, MAX_FRAME};
 use crate::net::protocol::{hidden_answer_limit, Request, Response, MAX_CONTROL_ANSWER};
 use crate::net::routing::Hop;
 use crate::net::serve::BoxStream;
+use crate::settle::{unix_s, HopBill, Payer, SignedVoucher};
 
 /// How long a server has to answer the liveness check of a step that is late.
 const ALIVE_LIMIT: Duration = Duration::from_millis(500);
@@ -64,11 +68,14 @@ pub(super) struct HopSession {
     /// Measured wall time of a one-token step, averaged.
     measured_ms: Option<f64>,
     stats: HopStats,
+    /// On a paid session, the work received and paid for, and who pays.
+    bill: Option<(HopBill, Arc<Payer>)>,
 }
 
 impl HopSession {
     /// Opens a session for `hop` over `stream` (a stream to its server, as discovery found
-    /// it), holding up to `max_len` tokens of `model`.
+    /// it), holding up to `max_len` tokens of `model`; on a server that charges, `bill` counts
+    /// what it is paid and names who pays.
     pub(super) async fn open(
         hop: Hop,
         mut stream: BoxStream,
@@ -76,13 +83,26 @@ impl HopSession {
         max_len: usize,
         expected_ms: f64,
         limit: Duration,
+        bill: Option<(HopBill, Arc<Payer>)>,
     ) -> Result<HopSession, ChainError> {
         let Hop { peer, blocks } = hop;
-        let req = Request::Open { model, start: blocks.start as u32, end: blocks.end as u32, max_len: max_len as u32 };
+        let req = Request::Open {
+            model,
+            start: blocks.start as u32,
+            end: blocks.end as u32,
+            max_len: max_len as u32,
+            payment: bill.as_ref().map(|(b, _)| b.payment().clone()),
+        };
         match exchange(peer, &mut stream, &req, limit).await? {
-            Response::Opened { .. } => {
-                Ok(HopSession { peer, blocks, stream, expected_ms, measured_ms: None, stats: HopStats::default() })
-            }
+            Response::Opened { .. } => Ok(HopSession {
+                peer,
+                blocks,
+                stream,
+                expected_ms,
+                measured_ms: None,
+                stats: HopStats::default(),
+                bill,
+            }),
             other => Err(ChainError::Protocol { peer, detail: format!("answered {other:?} to open") }),
         }
     }
@@ -100,6 +120,21 @@ impl HopSession {
     /// The blocks it runs.
     pub(super) fn blocks(&self) -> &Range<usize> {
         &self.blocks
+    }
+
+    /// What the vouchers sent to it pay so far (zero on a free session).
+    pub(super) fn paid(&self) -> U256 {
+        self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.signed())
+    }
+
+    /// A voucher for the work received, if the session is paid, one is due before a frame of
+    /// `n` tokens (`None` for the closing voucher), and there is work not yet signed for.
+    fn voucher(&mut self, n: Option<usize>) -> Result<Option<SignedVoucher>, ChainError> {
+        let Some((bill, payer)) = &mut self.bill else { return Ok(None) };
+        if n.is_some_and(|n| !bill.due(n)) {
+            return Ok(None);
+        }
+        bill.sign(&payer.key, unix_s()).map_err(|e| ChainError::Payment { peer: self.peer, detail: e.to_string() })
     }
 
     /// Its timings so far.
@@ -130,7 +165,8 @@ impl HopSession {
         opts: &ChainOptions,
         discovery: &D,
     ) -> Result<Vec<f32>, ChainError> {
-        let per_frame = ((MAX_FRAME - 64) / (dim * 4)).max(1);
+        let per_frame = ((MAX_FRAME - 64 - crate::settle::MAX_PAYMENT_BYTES) / (dim * 4)).max(1);
+        let per_frame = self.bill.as_ref().map_or(per_frame, |(b, _)| per_frame.min(b.max_tokens_per_frame()));
         let expected = Duration::from_secs_f64((self.expected_ms * opts.timeout_factor / 1e3).clamp(0.0, 3600.0));
         let step_timeout = opts.step_timeout.max(expected);
         let peer = self.peer;
@@ -140,7 +176,8 @@ impl HopSession {
         while done < n {
             let take = per_frame.min(n - done);
             let hidden = x[done * dim..(done + take) * dim].to_vec();
-            let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden };
+            let voucher = self.voucher(Some(take))?;
+            let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden, voucher };
             let limit = step_timeout + opts.per_token_timeout * take as u32;
             let patience = opts.max_wait.max(limit.mul_f64(opts.busy_factor.clamp(1.0, 1e3)));
             let started = Instant::now();
@@ -180,6 +217,9 @@ impl HopSession {
                         self.measured_ms = Some(avg);
                     }
                     out.extend_from_slice(&hidden);
+                    if let Some((bill, _)) = &mut self.bill {
+                        bill.received(take);
+                    }
                     self.stats.steps += 1;
                     self.stats.tokens += take;
                     self.stats.wall += started.elapsed();
@@ -199,9 +239,16 @@ impl HopSession {
         Ok(out)
     }
 
-    /// Ends the session (the server frees its cache); waits at most a second.
-    pub(super) async fn close(mut self) {
-        let _ = crate::net::timeout(CLOSE_LIMIT, write_frame(&mut self.stream, &Request::Close.encode())).await;
+    /// Ends the session (the server frees its cache), sending the last voucher of a paid
+    /// one; waits at most a second. Returns what the session's vouchers paid in all.
+    pub(super) async fn close(mut self) -> U256 {
+        let voucher = self.voucher(None).unwrap_or_else(|e| {
+            tracing::warn!("no closing voucher: {e}");
+            None
+        });
+        let close = Request::Close { voucher }.encode();
+        let _ = crate::net::timeout(CLOSE_LIMIT, write_frame(&mut self.stream, &close)).await;
+        self.paid()
     }
 }
 

@@ -28,6 +28,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use alloy_primitives::U256;
 use futures::future::join_all;
 use libp2p::PeerId;
 use web_time::Instant;
@@ -39,6 +40,7 @@ use super::routing::{discount_claims, plan, Candidate, Hop};
 use super::serve::{BoxStream, LocalServer};
 use crate::client::LayerChain;
 use crate::model::ModelId;
+use crate::settle::{HopBill, Payer};
 use hop::HopSession;
 
 /// Timeouts and retry limits of a [`SwarmChain`].
@@ -83,6 +85,8 @@ pub struct ChainOptions {
     /// Dial announced addresses on loopback and private ranges even when this node has no
     /// connection on such a range (see [`AddrScope`](super::record::AddrScope)).
     pub allow_private_addrs: bool,
+    /// Who pays servers that charge; `None`: only free servers are used.
+    pub payer: Option<Arc<Payer>>,
 }
 
 impl Default for ChainOptions {
@@ -101,6 +105,7 @@ impl Default for ChainOptions {
             max_recovery: Duration::from_secs(60),
             max_probes: 32,
             allow_private_addrs: false,
+            payer: None,
         }
     }
 }
@@ -145,6 +150,14 @@ pub enum ChainError {
         peer: PeerId,
         /// The failure.
         error: FrameError,
+    },
+    /// Paying a server failed on this side (a voucher could not be signed).
+    #[error("paying server {peer}: {detail}")]
+    Payment {
+        /// The server.
+        peer: PeerId,
+        /// Why.
+        detail: String,
     },
     /// A stream could not be opened.
     #[error("cannot reach server {peer}: {detail}")]
@@ -191,7 +204,8 @@ impl ChainError {
             ChainError::Server { peer, .. }
             | ChainError::Protocol { peer, .. }
             | ChainError::Stream { peer, .. }
-            | ChainError::Unreachable { peer, .. } => Some(*peer),
+            | ChainError::Unreachable { peer, .. }
+            | ChainError::Payment { peer, .. } => Some(*peer),
             _ => None,
         }
     }
@@ -266,6 +280,11 @@ pub struct SwarmChain<D = DhtDiscovery> {
     /// Measured one-token step time of servers used so far (ms), and when it was measured:
     /// routing prefers it over their claims.
     measured: HashMap<PeerId, (f64, Instant)>,
+    /// What the vouchers of the current sequence's sessions that ended (closed, or dropped
+    /// after a failure) paid.
+    paid_closed: U256,
+    /// What the last sequence's vouchers paid in all, kept by `end`.
+    last_paid: U256,
 }
 
 /// How long a measured step time stands in for a server's claim.
@@ -311,6 +330,8 @@ impl<D: Discovery> SwarmChain<D> {
             known: HashMap::new(),
             last_stats: Vec::new(),
             measured: HashMap::new(),
+            paid_closed: U256::ZERO,
+            last_paid: U256::ZERO,
         }
     }
 
@@ -326,6 +347,15 @@ impl<D: Discovery> SwarmChain<D> {
             return self.last_stats.clone();
         }
         self.hops.iter().map(|h| (h.hop(), h.stats().clone())).collect()
+    }
+
+    /// What the vouchers of the current sequence paid so far (AIT, smallest unit), or of the
+    /// last one after `end`: what a generation cost. Zero when every server was free.
+    pub fn paid(&self) -> U256 {
+        if self.hops.is_empty() {
+            return self.last_paid;
+        }
+        self.hops.iter().fold(self.paid_closed, |a, h| a + h.paid())
     }
 
     /// A shared view of the current route, updated whenever it changes (for dashboards and
@@ -370,6 +400,8 @@ impl<D: Discovery> SwarmChain<D> {
                 });
             };
             let expected: HashMap<PeerId, f64> = candidates.iter().map(|c| (c.peer, c.cost_ms())).collect();
+            let terms: HashMap<PeerId, _> =
+                found.iter().filter_map(|(f, _)| Some((f.candidate.peer, f.status.pay.clone()?))).collect();
             let mut streams: HashMap<PeerId, BoxStream> =
                 found.into_iter().map(|(f, s)| (f.candidate.peer, s)).collect();
             let mut opened = Vec::new();
@@ -378,7 +410,22 @@ impl<D: Discovery> SwarmChain<D> {
                 let Some(stream) = streams.remove(&hop.peer) else { continue };
                 let expected_ms = expected.get(&hop.peer).copied().unwrap_or(0.0);
                 let limit = self.opts.connect_timeout;
-                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit).await {
+                // This node's own server does not charge it.
+                let local = self.discovery.local_peer() == Some(hop.peer);
+                let bill = match (terms.get(&hop.peer), &self.opts.payer) {
+                    (Some(t), Some(payer)) if !local => {
+                        let layers = hop.blocks.len() as u64;
+                        match HopBill::new(payer, t.clone(), self.model.0.into(), layers) {
+                            Ok(b) => Some((b, payer.clone())),
+                            Err(e) => {
+                                failed = Some(ChainError::Payment { peer: hop.peer, detail: e.to_string() });
+                                break;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit, bill).await {
                     Ok(session) => opened.push(session),
                     Err(e) => {
                         failed = Some(e);
@@ -397,8 +444,17 @@ impl<D: Discovery> SwarmChain<D> {
     fn candidates(&mut self, found: &[(FoundServer, BoxStream)]) -> Vec<Candidate> {
         self.measured.retain(|_, (_, at)| at.elapsed() < MEASURED_FOR);
         let local = self.discovery.local_peer();
+        let payer = self.opts.payer.as_deref();
         let mut candidates: Vec<Candidate> = found
             .iter()
+            // A server that charges is used only with a payer that pays on its escrow and
+            // accepts its price, and with terms that carry a token through its span.
+            .filter(|(f, _)| {
+                Some(f.candidate.peer) == local
+                    || f.status.pay.as_ref().is_none_or(|t| {
+                        payer.is_some_and(|p| p.accepts(t)) && t.check(f.candidate.blocks.len() as u64).is_ok()
+                    })
+            })
             .map(|(f, _)| Candidate {
                 measured_ms: self.measured.get(&f.candidate.peer).map(|(ms, _)| *ms),
                 local: Some(f.candidate.peer) == local,
@@ -429,9 +485,10 @@ impl<D: Discovery> SwarmChain<D> {
     }
 }
 
-/// Closes every session of `hops` at once (each close waits at most a second).
-async fn close_all(hops: Vec<HopSession>) {
-    join_all(hops.into_iter().map(HopSession::close)).await;
+/// Closes every session of `hops` at once (each close waits at most a second); returns what
+/// their vouchers paid in all.
+async fn close_all(hops: Vec<HopSession>) -> U256 {
+    join_all(hops.into_iter().map(HopSession::close)).await.into_iter().fold(U256::ZERO, |a, b| a + b)
 }
 
 impl<D: Discovery> LayerChain for SwarmChain<D> {
@@ -521,8 +578,10 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
     async fn end(&mut self) -> Result<(), ChainError> {
         if !self.hops.is_empty() {
             self.last_stats = self.hop_stats();
+            let paid = close_all(std::mem::take(&mut self.hops)).await;
+            self.last_paid = self.paid_closed + paid;
         }
-        close_all(std::mem::take(&mut self.hops)).await;
+        self.paid_closed = U256::ZERO;
         self.history.clear();
         self.pos = 0;
         Ok(())

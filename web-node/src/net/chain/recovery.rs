@@ -41,7 +41,7 @@ impl<D: Discovery> SwarmChain<D> {
         tracing::warn!(%failed, "blocks [{}, {}) failed: {error}", span.start, span.end);
         self.ban(failed);
         // The failed session is dropped, not closed: its stream is broken or stuck.
-        drop(self.hops.remove(i));
+        self.paid_closed += self.hops.remove(i).paid();
         let all = 0..self.n_layers;
         let (rerouted, replacements, resume) = match self.reroute(i, span.clone(), failures).await {
             Ok(replacements) => (span.clone(), replacements, Resume::Hop),
@@ -51,7 +51,7 @@ impl<D: Discovery> SwarmChain<D> {
                     span.start,
                     span.end
                 );
-                close_all(std::mem::take(&mut self.hops)).await;
+                self.paid_closed += close_all(std::mem::take(&mut self.hops)).await;
                 // Of the inputs kept, only the embeddings (boundary 0) are sure to be needed by
                 // the new route; the replay records those at its other boundaries.
                 self.history.retain(|&start, _| start == 0);
@@ -115,7 +115,9 @@ impl<D: Discovery> SwarmChain<D> {
                 }
             }
             let Some(e) = replay_error else { return Ok(replacements) };
-            self.hops.drain(at..at + n_new);
+            for dropped in self.hops.drain(at..at + n_new) {
+                self.paid_closed += dropped.paid();
+            }
             let e = self.count_failure(e, failures)?;
             tracing::warn!("replay to the replacement failed, routing again: {e}");
         }

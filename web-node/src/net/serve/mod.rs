@@ -41,6 +41,7 @@ use super::node::NodeHandle;
 use super::protocol::PROTOCOL;
 use crate::engine::{Backend, BlockExecutor, EngineError, ExecutorConfig, DEFAULT_PREFIX_CACHE_TOKENS};
 use crate::model::ModelId;
+use crate::settle::PaymentGate;
 
 /// What the operator of a serving node chooses: every limit on sessions, in one place (the
 /// executor's limits are derived from it, see [`ServeLimits::executor_config`]).
@@ -81,6 +82,8 @@ pub struct ServeLimits {
     /// way (see [`ExecutorConfig::prefix_cache_tokens`]); 0: none. Default
     /// [`DEFAULT_PREFIX_CACHE_TOKENS`].
     pub prefix_cache_tokens: usize,
+    /// What sessions pay, and where their vouchers go; `None` (the default): sessions are free.
+    pub payments: Option<Arc<dyn PaymentGate>>,
 }
 
 impl Default for ServeLimits {
@@ -101,6 +104,7 @@ impl Default for ServeLimits {
             max_frame: MAX_FRAME,
             batch: BatchLimits::default(),
             prefix_cache_tokens: DEFAULT_PREFIX_CACHE_TOKENS,
+            payments: None,
         }
     }
 }

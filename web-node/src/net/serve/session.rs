@@ -25,6 +25,7 @@ use crate::engine::{EngineError, SessionId};
 use crate::model::ModelId;
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
+use crate::settle::{unix_s, Meter, Payment, PaymentError, SignedVoucher};
 
 /// A byte stream carrying one session: a libp2p stream, or an in-process pipe to this node's
 /// own server.
@@ -123,6 +124,24 @@ impl Drop for Slot<'_> {
 
 struct Refusal(ErrorCode, String);
 
+impl From<PaymentError> for Refusal {
+    fn from(e: PaymentError) -> Self {
+        let code = match e {
+            PaymentError::Required(_) | PaymentError::Refused(_) => ErrorCode::PaymentRequired,
+            // The node's chain or ledger failed: not the client's fault; it routes elsewhere.
+            PaymentError::Unavailable(_) => ErrorCode::Busy,
+        };
+        Refusal(code, e.to_string())
+    }
+}
+
+/// An open session on a stream: its engine session, its slot, and its meter when it is paid.
+struct Open<'a> {
+    id: SessionId,
+    _slot: Slot<'a>,
+    meter: Option<Meter>,
+}
+
 impl From<EngineError> for Refusal {
     fn from(e: EngineError) -> Self {
         let code = match e {
@@ -171,6 +190,7 @@ impl Server {
             free_slots: by_slots.min(by_memory),
             active_sessions: a.sessions,
             max_len: self.config.max_len,
+            pay: self.config.limits.payments.as_ref().map(|g| g.terms().clone()),
         }
     }
 
@@ -268,7 +288,7 @@ impl Server {
 
     async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, who: Remote, stream: &mut S) -> Result<(), Refusal> {
         let c = &self.config;
-        let mut open: Option<(SessionId, Slot<'_>)> = None;
+        let mut open: Option<Open<'_>> = None;
         let started = Instant::now();
         // Only progress (opening the session, a step) moves the idle deadline: a peer cannot
         // keep a slot by sending `Info` now and then.
@@ -302,10 +322,10 @@ impl Server {
                 Ok(r) => r,
                 Err(e) => break Err(Refusal(ErrorCode::BadRequest, e.to_string())),
             };
-            let reply = match (req, &open) {
+            let reply = match (req, &mut open) {
                 (Request::Info, _) => Response::Info(self.status()),
-                (Request::Open { model, start, end, max_len }, None) => {
-                    match self.open(who, model, start as usize..end as usize, max_len as usize).await {
+                (Request::Open { model, start, end, max_len, payment }, None) => {
+                    match self.open(who, model, start as usize..end as usize, max_len as usize, payment).await {
                         Ok(o) => {
                             open = Some(o);
                             progress = Instant::now();
@@ -317,10 +337,21 @@ impl Server {
                 (Request::Open { .. }, Some(_)) => {
                     break Err(Refusal(ErrorCode::BadRequest, "a session is already open on this stream".into()))
                 }
-                (Request::Step { pos, n_tokens, hidden }, Some((id, _))) => {
-                    match self.compute.step(who.peer, *id, pos as usize, hidden, n_tokens as usize).await {
+                (Request::Step { pos, n_tokens, hidden, voucher }, Some(o)) => {
+                    if let Some(meter) = &mut o.meter {
+                        if let Err(r) = self.pay(meter, voucher.as_ref()).await {
+                            break Err(r);
+                        }
+                        if let Err(e) = meter.admit(u64::from(n_tokens)) {
+                            break Err(e.into());
+                        }
+                    }
+                    match self.compute.step(who.peer, o.id, pos as usize, hidden, n_tokens as usize).await {
                         Ok((hidden, took)) => {
                             progress = Instant::now();
+                            if let Some(meter) = &mut o.meter {
+                                meter.count(u64::from(n_tokens));
+                            }
                             self.stats.tokens.fetch_add(u64::from(n_tokens), Ordering::Relaxed);
                             let compute_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
                             Response::Hidden { n_tokens, compute_us, hidden }
@@ -331,7 +362,14 @@ impl Server {
                 (Request::Step { .. }, None) => {
                     break Err(Refusal(ErrorCode::BadRequest, "step before the session was opened".into()))
                 }
-                (Request::Close, _) => break Ok(()),
+                (Request::Close { voucher }, o) => {
+                    if let (Some(meter), Some(v)) = (o.as_mut().and_then(|o| o.meter.as_mut()), voucher.as_ref()) {
+                        if let Err(r) = self.pay(meter, Some(v)).await {
+                            break Err(r);
+                        }
+                    }
+                    break Ok(());
+                }
             };
             if let Err(e) = crate::net::timeout(c.limits.frame_timeout, write_frame(stream, &reply.encode()))
                 .await
@@ -341,10 +379,23 @@ impl Server {
                 break Ok(());
             }
         };
-        if let Some((id, _slot)) = open {
-            self.compute.close(id);
+        if let Some(o) = open {
+            if let Some(m) = o.meter.as_ref().filter(|m| !m.unpaid().is_zero()) {
+                tracing::debug!(peer = ?who.peer, unpaid = %m.unpaid(), "paid session ended owing");
+            }
+            self.compute.close(o.id);
         }
         result
+    }
+
+    /// Checks a voucher that came with a step or close of a paid session, keeps it durably,
+    /// and counts it.
+    async fn pay(&self, meter: &mut Meter, voucher: Option<&SignedVoucher>) -> Result<(), Refusal> {
+        let (Some(v), Some(gate)) = (voucher, self.config.limits.payments.as_ref()) else { return Ok(()) };
+        meter.check(v, unix_s())?;
+        gate.store(v).await?;
+        meter.accept(v);
+        Ok(())
     }
 
     async fn open(
@@ -353,7 +404,8 @@ impl Server {
         model: ModelId,
         blocks: Range<usize>,
         max_len: usize,
-    ) -> Result<(SessionId, Slot<'_>), Refusal> {
+        payment: Option<Payment>,
+    ) -> Result<Open<'_>, Refusal> {
         let c = &self.config;
         if model != c.model {
             return Err(Refusal(ErrorCode::UnknownModel, format!("model {} is not served here", model.short())));
@@ -370,9 +422,40 @@ impl Server {
         if max_len == 0 || max_len > c.max_len {
             return Err(Refusal(ErrorCode::TooLong, format!("session of {max_len} tokens (limit {})", c.max_len)));
         }
+        // This node's own sessions (its API, its chat) are not charged: it would pay itself.
+        let gate = self.config.limits.payments.as_ref().filter(|_| who.peer.is_some());
+        let meter = match (gate, payment) {
+            (None, _) => None,
+            (Some(gate), None) => {
+                return Err(Refusal(
+                    ErrorCode::PaymentRequired,
+                    format!(
+                        "this node charges {} per layer-token: open the session with a payment",
+                        gate.terms().price
+                    ),
+                ))
+            }
+            (Some(gate), Some(p)) => {
+                let layers = c.blocks.len() as u64;
+                gate.terms().check(layers)?;
+                let credit = gate.open(&p).await?;
+                let meter = Meter::new(gate.terms().clone(), p, c.model.0.into(), layers, credit);
+                // The credit must carry at least one token.
+                if meter.admit(1).is_err() {
+                    return Err(Refusal(
+                        ErrorCode::PaymentRequired,
+                        format!(
+                            "the payer's allocation to this node not yet promised ({credit}) does not pay for one token through {layers} layers ({})",
+                            gate.terms().cost(layers)
+                        ),
+                    ));
+                }
+                Some(meter)
+            }
+        };
         let slot = self.admit(who, max_len)?;
         let id = self.compute.open(max_len).await?;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok((id, slot))
+        Ok(Open { id, _slot: slot, meter })
     }
 }

@@ -1,0 +1,276 @@
+//! A serving node's voucher ledger: the newest voucher of every (payer, session) it was paid
+//! with, and the payer authorizations it has to submit, in a `redb` database. A voucher is
+//! written (and the write made durable) before the step it came with is answered, and is
+//! removed only once its redeem is final, so a node killed at any point and started again
+//! redeems everything it was owed, once (the escrow pays only what a voucher adds to what was
+//! collected).
+
+use std::path::Path;
+
+use alloy::primitives::{Address, Signature, B256, U256};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use web_node::settle::{SignedAuthorization, SignedVoucher};
+
+/// Newest voucher per (payer, session): key `payer || session` (52 bytes), value [`Entry`] as
+/// JSON.
+const VOUCHERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("vouchers");
+/// Payer authorizations of session keys to submit: key `payer || signer` (40 bytes), value a
+/// [`SignedAuthorization`] as JSON.
+const AUTHORIZATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authorizations");
+
+/// Why the ledger failed. Nothing a peer sends causes one; each means the disk or the
+/// database file is at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum LedgerError {
+    /// The database failed.
+    #[error("voucher ledger: {0}")]
+    Db(#[from] redb::Error),
+    /// A stored entry does not decode.
+    #[error("voucher ledger entry: {0}")]
+    Entry(String),
+}
+
+fn db<E: Into<redb::Error>>(e: E) -> LedgerError {
+    LedgerError::Db(e.into())
+}
+
+/// One stored voucher and what the chain had collected for its session when last read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The voucher, its signature's `v` as 27 or 28 (what the chain's `ecrecover` takes).
+    pub voucher: SignedVoucher,
+    /// Collected on chain for its session when last read.
+    pub collected: U256,
+}
+
+impl Entry {
+    /// What it promises beyond what was collected when last read.
+    pub fn outstanding(&self) -> U256 {
+        self.voucher.voucher.cumulativeAmount.saturating_sub(self.collected)
+    }
+}
+
+fn key(payer: Address, session: B256) -> [u8; 52] {
+    let mut k = [0u8; 52];
+    k[..20].copy_from_slice(payer.as_slice());
+    k[20..].copy_from_slice(session.as_slice());
+    k
+}
+
+/// The node's voucher ledger.
+pub struct Ledger {
+    db: Database,
+}
+
+impl std::fmt::Debug for Ledger {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Ledger")
+    }
+}
+
+impl Ledger {
+    /// Opens (or creates) the ledger at `path`.
+    pub fn open(path: &Path) -> Result<Ledger, LedgerError> {
+        Self::init(Database::create(path).map_err(db)?)
+    }
+
+    /// A ledger in memory (for one-shot commands and tests: it keeps nothing across a crash).
+    pub fn in_memory() -> Result<Ledger, LedgerError> {
+        Self::init(Database::builder().create_with_backend(redb::backends::InMemoryBackend::new()).map_err(db)?)
+    }
+
+    fn init(database: Database) -> Result<Ledger, LedgerError> {
+        let txn = database.begin_write().map_err(db)?;
+        txn.open_table(VOUCHERS).map_err(db)?;
+        txn.open_table(AUTHORIZATIONS).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(Ledger { db: database })
+    }
+
+    /// Stores `voucher` as its session's newest, durably, unless the one stored is newer or
+    /// the same; returns whether it was stored. The signature is kept with `v` as 27 or 28.
+    pub fn put(&self, voucher: &SignedVoucher) -> Result<bool, LedgerError> {
+        let sig = Signature::try_from(voucher.signature.as_ref()).map_err(|e| LedgerError::Entry(e.to_string()))?;
+        let mut voucher = voucher.clone();
+        voucher.signature = sig.as_bytes().to_vec().into();
+        let v = &voucher.voucher;
+        let k = key(v.payer, v.session);
+        let txn = self.db.begin_write().map_err(db)?;
+        let stored = {
+            let mut table = txn.open_table(VOUCHERS).map_err(db)?;
+            let old = match table.get(k.as_slice()).map_err(db)? {
+                Some(g) => Some(decode(g.value())?),
+                None => None,
+            };
+            if old.as_ref().is_some_and(|o| o.voucher.voucher.cumulativeAmount >= v.cumulativeAmount) {
+                false
+            } else {
+                let collected = old.map_or(U256::ZERO, |o| o.collected);
+                let entry = serde_json::to_vec(&Entry { voucher: voucher.clone(), collected })
+                    .map_err(|e| LedgerError::Entry(e.to_string()))?;
+                table.insert(k.as_slice(), entry.as_slice()).map_err(db)?;
+                true
+            }
+        };
+        txn.commit().map_err(db)?;
+        Ok(stored)
+    }
+
+    /// Records what the chain collected for the session of (payer, session).
+    pub fn set_collected(&self, payer: Address, session: B256, collected: U256) -> Result<(), LedgerError> {
+        let k = key(payer, session);
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = txn.open_table(VOUCHERS).map_err(db)?;
+            let entry = match table.get(k.as_slice()).map_err(db)? {
+                Some(g) => Some(decode(g.value())?),
+                None => None,
+            };
+            if let Some(mut e) = entry {
+                e.collected = collected;
+                let bytes = serde_json::to_vec(&e).map_err(|e| LedgerError::Entry(e.to_string()))?;
+                table.insert(k.as_slice(), bytes.as_slice()).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Removes the voucher of (payer, session) if the one stored pays at most `amount` (a
+    /// newer one that came in meanwhile stays).
+    pub fn remove_up_to(&self, payer: Address, session: B256, amount: U256) -> Result<(), LedgerError> {
+        let k = key(payer, session);
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = txn.open_table(VOUCHERS).map_err(db)?;
+            let stored = match table.get(k.as_slice()).map_err(db)? {
+                Some(g) => Some(decode(g.value())?),
+                None => None,
+            };
+            if stored.is_some_and(|e| e.voucher.voucher.cumulativeAmount <= amount) {
+                table.remove(k.as_slice()).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Keeps a payer's authorization of a session key until it is on chain.
+    pub fn put_authorization(&self, a: &SignedAuthorization) -> Result<(), LedgerError> {
+        let k = auth_key(a.authorization.payer, a.authorization.signer);
+        let bytes = serde_json::to_vec(a).map_err(|e| LedgerError::Entry(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.open_table(AUTHORIZATIONS).map_err(db)?.insert(k.as_slice(), bytes.as_slice()).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Drops the authorization of `signer` by `payer` (applied, or void).
+    pub fn remove_authorization(&self, payer: Address, signer: Address) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.open_table(AUTHORIZATIONS).map_err(db)?.remove(auth_key(payer, signer).as_slice()).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// Every authorization waiting to be submitted.
+    pub fn authorizations(&self) -> Result<Vec<SignedAuthorization>, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(AUTHORIZATIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Every stored voucher.
+    pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(VOUCHERS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            out.push(decode(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// What the stored vouchers of `payer` promise beyond what was collected, except
+    /// `session`'s.
+    pub fn outstanding_of(&self, payer: Address, except: Option<B256>) -> Result<U256, LedgerError> {
+        Ok(self
+            .entries()?
+            .iter()
+            .filter(|e| e.voucher.voucher.payer == payer && Some(e.voucher.voucher.session) != except)
+            .fold(U256::ZERO, |a, e| a + e.outstanding()))
+    }
+}
+
+fn auth_key(payer: Address, signer: Address) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..20].copy_from_slice(payer.as_slice());
+    k[20..].copy_from_slice(signer.as_slice());
+    k
+}
+
+fn decode(bytes: &[u8]) -> Result<Entry, LedgerError> {
+    serde_json::from_slice(bytes).map_err(|e| LedgerError::Entry(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use web_node::settle::{SessionKey, Voucher};
+
+    fn signed(session: u8, amount: u64) -> SignedVoucher {
+        let key = SessionKey::from_bytes(&[0x44; 32]).unwrap();
+        let voucher = Voucher {
+            session: B256::repeat_byte(session),
+            payer: key.address(),
+            node: Address::repeat_byte(9),
+            model: B256::repeat_byte(1),
+            cumulativeAmount: U256::from(amount),
+            cumulativeWork: U256::from(amount / 10),
+            expiry: 2_000_000_000,
+        };
+        let d = web_node::settle::escrow_domain(31337, Address::repeat_byte(5));
+        let signature = key.sign(&voucher, &d).unwrap().as_bytes().to_vec().into();
+        SignedVoucher { voucher, signature }
+    }
+
+    #[test]
+    fn the_newest_voucher_survives_reopening_and_older_ones_never_replace_it() {
+        let dir = std::env::temp_dir().join(format!("ait-ledger-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("ledger.redb");
+        let _ = std::fs::remove_file(&path);
+        let (a1, a2, b) = (signed(1, 100), signed(1, 250), signed(2, 70));
+        {
+            let l = Ledger::open(&path).unwrap();
+            assert!(l.put(&a1).unwrap());
+            assert!(l.put(&a2).unwrap());
+            assert!(!l.put(&a1).unwrap(), "an older voucher replaced a newer one");
+            assert!(!l.put(&a2).unwrap(), "the same voucher twice");
+            assert!(l.put(&b).unwrap());
+            l.set_collected(a2.voucher.payer, a2.voucher.session, U256::from(100u64)).unwrap();
+        }
+        let l = Ledger::open(&path).unwrap();
+        let mut entries = l.entries().unwrap();
+        entries.sort_by_key(|e| e.voucher.voucher.session);
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[0].voucher.voucher, a2.voucher);
+        assert_eq!(entries[0].outstanding(), U256::from(150u64));
+        let payer = a2.voucher.payer;
+        assert_eq!(l.outstanding_of(payer, None).unwrap(), U256::from(220u64));
+        assert_eq!(l.outstanding_of(payer, Some(b.voucher.session)).unwrap(), U256::from(150u64));
+        // Removing up to an older amount keeps the newer voucher.
+        l.remove_up_to(payer, a2.voucher.session, U256::from(100u64)).unwrap();
+        assert_eq!(l.entries().unwrap().len(), 2);
+        l.remove_up_to(payer, a2.voucher.session, U256::from(250u64)).unwrap();
+        assert_eq!(l.entries().unwrap().len(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

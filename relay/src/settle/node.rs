@@ -1,0 +1,182 @@
+//! A relay's settlement: with `--price` it charges for the blocks it serves (its
+//! [`ChainGate`], its [`Ledger`] under the data directory, and a redeem loop), with `--pay` it
+//! pays servers that charge for its own requests (the HTTP API) from its wallet's escrow.
+//! Without `--chain` none of this runs and the relay serves and uses the swarm free.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use alloy::primitives::{Address, U256};
+use alloy::providers::DynProvider;
+use alloy::signers::local::PrivateKeySigner;
+use anyhow::{bail, Context};
+use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
+
+use super::bindings::Staking;
+use super::cli::WalletArgs;
+use super::dev::wallet_provider;
+use super::{ChainGate, Deployment, Ledger, Redeemer};
+
+/// Tokens of unpaid work a session may owe by default (`--credit-cap` unset): a client sends
+/// a voucher about every half of it.
+pub const DEFAULT_CREDIT_TOKENS: u64 = 256;
+
+/// `ait relay`'s settlement flags.
+#[derive(clap::Args, Clone, Debug)]
+pub struct SettleOpt {
+    /// Charge for the blocks served: AIT (decimal) per layer-token (one token through one
+    /// layer). Needs --chain and the wallet (--keystore); vouchers are kept in
+    /// DATA_DIR/ledger.redb and redeemed in batches.
+    #[arg(long, value_name = "AIT")]
+    pub price: Option<String>,
+    /// Most AIT a session may owe unpaid; past it the session gets `payment required`.
+    /// Default: the price of 256 tokens through the blocks served.
+    #[arg(long, value_name = "AIT")]
+    pub credit_cap: Option<String>,
+    /// Pay servers that charge, from the wallet's escrow, for this relay's own requests (the
+    /// HTTP API). Without it the relay uses free servers only.
+    #[arg(long)]
+    pub pay: bool,
+    /// With --pay: the most paid per layer-token (AIT, decimal); dearer servers are not used.
+    #[arg(long, value_name = "AIT")]
+    pub max_price: Option<String>,
+    /// Seconds between redeem rounds.
+    #[arg(long, default_value_t = 60)]
+    pub redeem_every: u64,
+    /// Redeem once the vouchers not yet collected pay this much (AIT, decimal; set it from
+    /// the gas break-even `cargo bench --bench settlement` prints), or when one nears expiry.
+    #[arg(long, value_name = "AIT")]
+    pub redeem_min: Option<String>,
+    /// The wallet's keystore (default: DATA_DIR/wallet.json).
+    #[arg(long)]
+    pub keystore: Option<PathBuf>,
+    /// A file holding the keystore's password (else $AIT_WALLET_PASSWORD).
+    #[arg(long)]
+    pub password_file: Option<PathBuf>,
+}
+
+impl SettleOpt {
+    /// Whether any settlement flag asks for the wallet.
+    pub fn wants_wallet(&self) -> bool {
+        self.price.is_some() || self.pay
+    }
+}
+
+/// What a relay's settlement gives the rest of the relay.
+pub struct Settlement {
+    /// The chain.
+    pub deployment: Deployment,
+    /// The wallet's address.
+    pub address: Address,
+    provider: DynProvider,
+    key: SessionKey,
+}
+
+impl Settlement {
+    /// Opens the wallet for `chain` when the flags ask for it (`None` when they do not).
+    pub fn open(o: &SettleOpt, chain: Option<&Deployment>, data_dir: &Path) -> anyhow::Result<Option<Settlement>> {
+        if !o.wants_wallet() {
+            return Ok(None);
+        }
+        let Some(d) = chain else { bail!("--price and --pay need the chain: pass --chain FILE") };
+        let args = WalletArgs {
+            chain: PathBuf::new(),
+            data_dir: data_dir.to_path_buf(),
+            keystore: o.keystore.clone(),
+            password_file: o.password_file.clone(),
+        };
+        let signer: PrivateKeySigner = args.signer()?;
+        let provider = wallet_provider(&d.rpc, &signer.to_bytes())?;
+        let key = SessionKey::from_bytes(signer.to_bytes().as_slice())?;
+        Ok(Some(Settlement { deployment: d.clone(), address: signer.address(), provider, key }))
+    }
+
+    /// The payer for this relay's own requests, with `--pay`.
+    pub fn payer(&self, o: &SettleOpt) -> anyhow::Result<Option<Arc<Payer>>> {
+        if !o.pay {
+            return Ok(None);
+        }
+        let max_price = o.max_price.as_deref().map(parse_ait).transpose().context("--max-price")?;
+        Ok(Some(Arc::new(Payer {
+            payer: self.address,
+            key: self.key.clone(),
+            authorization: None,
+            chain_id: self.deployment.chain_id,
+            escrow: self.deployment.escrow,
+            max_price,
+        })))
+    }
+
+    /// With `--price`: the gate that charges for `layers` layers served, its ledger in
+    /// `data_dir`, and the redeem loop (spawned). Warns when the chain does not bind this
+    /// wallet to `peer` (`ait stake` does).
+    pub async fn charge(
+        &self,
+        o: &SettleOpt,
+        data_dir: &Path,
+        layers: u64,
+        peer: libp2p::PeerId,
+    ) -> anyhow::Result<Option<Arc<ChainGate>>> {
+        let Some(price) = &o.price else { return Ok(None) };
+        let price = parse_ait(price).context("--price")?;
+        let cap = match &o.credit_cap {
+            Some(c) => parse_ait(c).context("--credit-cap")?,
+            None => price * U256::from(layers) * U256::from(DEFAULT_CREDIT_TOKENS),
+        };
+        let ledger = Arc::new(Ledger::open(&data_dir.join("ledger.redb")).context("opening the voucher ledger")?);
+        let d = &self.deployment;
+        let gate = ChainGate::new(d, self.provider.clone(), self.address, price, cap, ledger.clone());
+        web_node::settle::PaymentGate::terms(&gate).check(layers).context("--credit-cap")?;
+        match Staking::new(d.staking, &self.provider).peerIdOf(self.address).call().await {
+            Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}
+            Ok(_) => tracing::warn!(
+                address = %self.address,
+                "the chain does not bind this wallet to this node's peer id: run `ait stake` from this data directory"
+            ),
+            Err(e) => tracing::warn!("reading the binding of this wallet: {e}"),
+        }
+        let redeemer = Redeemer::new(d, self.provider.clone(), self.address, ledger);
+        let min = o.redeem_min.as_deref().map(parse_ait).transpose().context("--redeem-min")?.unwrap_or_default();
+        tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min));
+        println!(
+            "charging: {} AIT per layer-token to {}, credit cap {} AIT per session",
+            format_ait(price),
+            self.address,
+            format_ait(cap)
+        );
+        Ok(Some(Arc::new(gate)))
+    }
+}
+
+/// Every `every`, redeems the ledger's vouchers when what they add passes `min` or one of
+/// them expires within two hours; a failed round is retried at the next.
+async fn redeem_loop(mut r: Redeemer, every: Duration, min: U256) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // The ledger may have grown since the last round: `due` reads it first.
+        match r.due(min, unix_s() + 2 * 3600) {
+            Ok(false) => continue,
+            Ok(true) => {}
+            Err(e) => {
+                tracing::warn!("reading the voucher ledger: {e}");
+                continue;
+            }
+        }
+        match r.redeem_due().await {
+            Ok(report) if report.sent > 0 || report.finalized > 0 || !report.refused.is_empty() => {
+                tracing::info!(
+                    sent = report.sent,
+                    finalized = report.finalized,
+                    refused = report.refused.len(),
+                    expired = report.expired,
+                    "redeem round"
+                );
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("redeem round failed (retried next round): {e}"),
+        }
+    }
+}

@@ -1,0 +1,492 @@
+//! Paying for inference inside the protocol (issues 15 and 16), with real `ait` processes on
+//! `ait chain dev`: relays that charge (`--price`) serve a gateway relay that pays (`--pay`)
+//! through vouchers sent with its steps; each relay keeps its vouchers in its ledger and
+//! redeems them; every balance on chain matches price x layers x tokens, split 70/20/10 to
+//! the unit. A client that stops paying is cut off at the credit cap; a relay killed -9
+//! redeems after a restart exactly what its ledger kept.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ait_tests::procs::{ait_bin, temp_dir, ChainDev, Relay};
+use alloy::primitives::{Address, U256};
+use relay::settle::bindings::Escrow;
+use relay::settle::dev::wallet_provider;
+use web_node::net::frame::{read_frame, write_frame};
+use web_node::net::protocol::{ErrorCode, Request, Response, PROTOCOL};
+use web_node::settle::{HopBill, PayTerms, Payer, Payment, SessionKey, SignedVoucher};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The price every charging relay asks: 10^12 units (0.000001 AIT) per layer-token, a
+/// multiple of 10 so every share of the split is exact.
+const PRICE: &str = "0.000001";
+const PRICE_UNITS: u64 = 1_000_000_000_000;
+const PASSWORD: &str = "pay-test";
+
+fn default_model() -> PathBuf {
+    relay::fetch::default_model().expect("the default model (ait fetch-model)")
+}
+
+/// A dev chain, a password file, and the `ait` settlement commands against them.
+struct Chain {
+    dev: ChainDev,
+    dir: PathBuf,
+    password: PathBuf,
+}
+
+impl Chain {
+    fn start(dir: &Path) -> Chain {
+        let dev = ChainDev::start(&dir.join("chain"));
+        let password = dir.join("password");
+        std::fs::write(&password, PASSWORD).unwrap();
+        Chain { dev, dir: dir.into(), password }
+    }
+
+    fn file(&self) -> &str {
+        self.dev.file.to_str().unwrap()
+    }
+
+    /// `ait ARGS --chain FILE`, which must succeed; its stdout.
+    fn ait(&self, args: &[&str]) -> String {
+        let out = Command::new(ait_bin())
+            .args(args)
+            .args(["--chain", self.file()])
+            .env("AIT_WALLET_PASSWORD", PASSWORD)
+            .output()
+            .expect("ait");
+        assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A node's data directory holding its identity and the wallet of dev account `account`,
+    /// staked and bound to its peer id.
+    fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        relay::p2p::load_or_create_key(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let address: Address = self
+            .ait(&["wallet", "new", "--dev-account", &account.to_string(), "--data-dir", d])
+            .trim()
+            .parse()
+            .unwrap();
+        self.ait(&["stake", "10", "--data-dir", d]);
+        (dir, address)
+    }
+
+    /// The settlement flags of a relay: the chain and the wallet's password.
+    fn relay_args(&self) -> Vec<String> {
+        vec!["--chain".into(), self.file().into(), "--password-file".into(), self.password.to_str().unwrap().into()]
+    }
+
+    fn escrow(&self) -> Escrow::EscrowInstance<alloy::providers::DynProvider> {
+        let d = &self.dev.chain.deployment;
+        Escrow::new(d.escrow, wallet_provider(&d.rpc, &self.dev.chain.accounts[0].key).unwrap())
+    }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+}
+
+fn units(n: u64) -> U256 {
+    U256::from(n)
+}
+
+/// Waits (up to 60 s) until `earned(who)` on chain is `want` for every pair; panics with
+/// what it saw otherwise.
+fn wait_earned(chain: &Chain, want: &[(Address, U256)]) {
+    let escrow = chain.escrow();
+    let rt = runtime();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let seen: Vec<U256> = rt.block_on(async {
+            let mut seen = Vec::new();
+            for (a, _) in want {
+                seen.push(escrow.earned(*a).call().await.unwrap());
+            }
+            seen
+        });
+        if seen.iter().zip(want).all(|(s, (_, w))| s == w) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "earned on chain {seen:?}, expected {:?}", want);
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// POSTs a greedy completion of `max_tokens` to a relay's API; returns the response.
+fn complete(http: &str, model: &str, prompt: &str, max_tokens: usize) -> serde_json::Value {
+    let body = serde_json::json!({ "model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0 });
+    let mut resp = ureq::post(&format!("{http}/v1/completions")).send_json(&body).expect("completion");
+    resp.body_mut().read_json().expect("json")
+}
+
+/// Test 16a (and 15's end to end through the protocol): three relays charging for
+/// `[0,10)`, `[10,20)`, `[20,30)` serve a gateway relay paying from its escrow; after they
+/// redeem, each node earned 70% of price x 10 layers x tokens, the model's creator 20% of
+/// the three, the DAO 10%, to the unit; the payer's allocations fell by exactly that, and
+/// the API reported the same cost.
+#[test]
+fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
+    let _serial = serial();
+    let dir = temp_dir("pay-a");
+    let chain = Chain::start(&dir);
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        nodes.push(chain.node_dir(&format!("r{i}"), 2 + i));
+    }
+    let (gateway_dir, payer) = chain.node_dir("gateway", 1);
+    let g = gateway_dir.to_str().unwrap();
+    chain.ait(&["deposit", "100", "--data-dir", g]);
+    for (_, node) in &nodes {
+        chain.ait(&["allocate", &node.to_string(), "10", "--data-dir", g]);
+    }
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
+    let first = Relay::start(&nodes[0].0, &[&["--model", m, "--blocks", "0..10"][..], &charge].concat());
+    let boot = first.addr("tcp");
+    let mut relays = vec![first];
+    for (i, blocks) in [(1, "10..20"), (2, "20..30")] {
+        relays.push(Relay::start(
+            &nodes[i].0,
+            &[&["--model", m, "--blocks", blocks, "--bootstrap", &boot][..], &charge].concat(),
+        ));
+    }
+    assert!(
+        relays[0].stdout.iter().any(|l| l.contains("charging: 0.000001 AIT per layer-token")),
+        "{:?}",
+        relays[0].stdout
+    );
+    // The creator registers the model; royalties go to its payout address.
+    let model_id = relays[0].model_id();
+    let creator_store = dir.join("creator.json");
+    let creator: Address = chain
+        .ait(&["wallet", "new", "--dev-account", "5", "--keystore", creator_store.to_str().unwrap()])
+        .trim()
+        .parse()
+        .unwrap();
+    chain.ait(&[
+        "model",
+        "register",
+        &format!("0x{model_id}"),
+        "--payout",
+        &creator.to_string(),
+        "--keystore",
+        creator_store.to_str().unwrap(),
+    ]);
+
+    let gateway = Relay::start(&gateway_dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat());
+    let answer = complete(gateway.http.as_deref().unwrap(), &model_id, "The capital of France is", 8);
+    let usage = &answer["usage"];
+    let (prompt, completion) = (usage["prompt_tokens"].as_u64().unwrap(), usage["completion_tokens"].as_u64().unwrap());
+    // Every prompt token and every generated token but the last went through each node (a
+    // generation cut at its length does not run its last token).
+    let finish = answer["choices"][0]["finish_reason"].as_str().unwrap();
+    let tokens = prompt + completion - u64::from(finish == "length");
+    let per_node = units(PRICE_UNITS) * units(10) * units(tokens);
+    let total = per_node * units(3);
+    assert_eq!(usage["cost"].as_str(), Some(web_node::settle::format_ait(total).as_str()), "{answer}");
+
+    let seven = per_node * units(7) / units(10);
+    let treasury = chain.dev.chain.deployment.treasury;
+    let mut want: Vec<(Address, U256)> = nodes.iter().map(|(_, a)| (*a, seven)).collect();
+    want.push((creator, total * units(2) / units(10)));
+    want.push((treasury, total / units(10)));
+    wait_earned(&chain, &want);
+    let escrow = chain.escrow();
+    let rt = runtime();
+    for (_, node) in &nodes {
+        let left = rt.block_on(async { escrow.allocation(payer, *node).call().await }).unwrap().balance;
+        assert_eq!(
+            left,
+            U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64)) - per_node,
+            "allocation to {node}"
+        );
+    }
+    drop(gateway);
+    drop(relays);
+    drop(chain);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// A session stream to a relay, spoken by hand: what a client that cheats would send.
+struct Raw {
+    stream: libp2p::Stream,
+}
+
+impl Raw {
+    async fn open(node: &web_node::net::node::NodeHandle, peer: libp2p::PeerId) -> Raw {
+        let stream = node.control().open_stream(peer, PROTOCOL).await.expect("stream");
+        Raw { stream }
+    }
+
+    async fn ask(&mut self, req: &Request) -> Response {
+        write_frame(&mut self.stream, &req.encode()).await.expect("write");
+        let t = Duration::from_secs(20);
+        Response::decode(&read_frame(&mut self.stream, 1 << 24, t, t).await.expect("answer")).expect("decodes")
+    }
+}
+
+const DIM: usize = 576;
+
+fn step(pos: u32, voucher: Option<SignedVoucher>) -> Request {
+    Request::Step { pos, n_tokens: 1, hidden: vec![0.01; DIM], voucher }
+}
+
+fn refusal(r: &Response) -> (ErrorCode, &str) {
+    match r {
+        Response::Error { code, message } => (*code, message.as_str()),
+        other => panic!("expected a refusal, got {}", describe(other)),
+    }
+}
+
+fn describe(r: &Response) -> String {
+    match r {
+        Response::Hidden { n_tokens, .. } => format!("{n_tokens} rows of hidden states"),
+        other => format!("{other:?}"),
+    }
+}
+
+/// The terms a relay announces, from its status.
+async fn terms(raw: &mut Raw) -> PayTerms {
+    match raw.ask(&Request::Info).await {
+        Response::Info(s) => s.pay.expect("the relay charges"),
+        other => panic!("no status: {other:?}"),
+    }
+}
+
+/// Test 16c, and the bad input of both issues: a relay charging for `[0,30)` with a credit
+/// cap of six tokens. A client that never pays is served exactly six tokens and then gets
+/// `payment required`; opening without a payment, with a key the payer never authorized, or
+/// for a payer with no allocation is refused; a forged voucher (another key, more work than
+/// served, an amount changed after signing) ends its session only. An honest client, paying
+/// as it goes, runs past the cap; after the redeem the node earned exactly what the honest
+/// vouchers say: the cheater's six tokens (the cap) are all it lost.
+#[test]
+fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
+    let _serial = serial();
+    let dir = temp_dir("pay-c");
+    let chain = Chain::start(&dir);
+    let model = default_model();
+    let (node_dir, node) = chain.node_dir("r", 2);
+    let (payer_dir, payer) = chain.node_dir("payer", 1);
+    let p = payer_dir.to_str().unwrap();
+    chain.ait(&["deposit", "10", "--data-dir", p]);
+    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", p]);
+    let cap = web_node::settle::format_ait(units(PRICE_UNITS) * units(30 * 6));
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let args = [
+        &["--model", model.to_str().unwrap(), "--blocks", "all", "--price", PRICE, "--credit-cap", &cap][..],
+        &["--redeem-every", "1"],
+        &settle,
+    ]
+    .concat();
+    let relay = Relay::start(&node_dir, &args);
+    let model_id = web_node::model::ModelId::from_hex(&relay.model_id()).unwrap();
+    let peer: libp2p::PeerId = relay.peer.parse().unwrap();
+    let addr: libp2p::Multiaddr = relay.addr("tcp").parse().unwrap();
+    let accounts = &chain.dev.chain.accounts;
+    let payer_key = SessionKey::from_bytes(accounts[1].key.as_slice()).unwrap();
+    let d = &chain.dev.chain.deployment;
+    let pays = |key: &SessionKey, payer: Address| Payer {
+        payer,
+        key: key.clone(),
+        authorization: None,
+        chain_id: d.chain_id,
+        escrow: d.escrow,
+        max_price: None,
+    };
+    let open = |payment: Option<Payment>| Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment };
+    let rt = runtime();
+    let honest_paid = rt.block_on(async {
+        let h = relay::swarm_client::connect(&[addr]).await.unwrap();
+        let mut probe = Raw::open(&h, peer).await;
+        let t = terms(&mut probe).await;
+        assert_eq!((t.node, t.price, t.credit_cap), (node, units(PRICE_UNITS), units(PRICE_UNITS) * units(180)));
+
+        // Opening without paying, with a key the payer never authorized, for a payer with no
+        // allocation to this node: each refused with `payment required`, before any step.
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(None)).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("charges")), "{r:?}");
+        let stranger = SessionKey::from_bytes(accounts[6].key.as_slice()).unwrap();
+        let unauthorized = HopBill::new(&pays(&stranger, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(unauthorized.payment().clone()))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("may not sign")), "{r:?}");
+        let broke = pays(&stranger, stranger.address());
+        let broke = HopBill::new(&broke, t.clone(), model_id.0.into(), 30).unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(broke.payment().clone()))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("allocation")), "{r:?}");
+
+        // The cheater opens properly and never sends a voucher: six tokens, then cut off.
+        let cheat = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        assert_eq!(s.ask(&open(Some(cheat.payment().clone()))).await, Response::Opened { max_len: 64 });
+        let mut served = 0;
+        let refused = loop {
+            match s.ask(&step(served, None)).await {
+                Response::Hidden { .. } => served += 1,
+                other => break other,
+            }
+            assert!(served <= 6, "served past the cap");
+        };
+        assert_eq!(served, 6);
+        let (code, why) = refusal(&refused);
+        assert!(code == ErrorCode::PaymentRequired && why.contains("credit"), "{why}");
+
+        // Forged vouchers, each on a session of its own: refused, and the session ends.
+        for forge in ["stranger's key", "more work than served", "amount changed after signing"] {
+            let mut bill = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+            let mut s = Raw::open(&h, peer).await;
+            assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+            assert!(matches!(s.ask(&step(0, None)).await, Response::Hidden { .. }));
+            bill.received(1);
+            let mut v = match forge {
+                "stranger's key" => bill.sign(&stranger, web_node::settle::unix_s()).unwrap().unwrap(),
+                _ => bill.sign(&payer_key, web_node::settle::unix_s()).unwrap().unwrap(),
+            };
+            match forge {
+                "more work than served" => {
+                    let mut more = v.voucher.clone();
+                    more.cumulativeWork = units(60);
+                    more.cumulativeAmount = units(PRICE_UNITS) * units(60);
+                    let sig = payer_key.sign(&more, &t.domain()).unwrap();
+                    v = SignedVoucher { voucher: more, signature: sig.as_bytes().to_vec().into() };
+                }
+                "amount changed after signing" => v.voucher.cumulativeAmount += units(1),
+                _ => {}
+            }
+            let r = s.ask(&step(1, Some(v))).await;
+            assert_eq!(refusal(&r).0, ErrorCode::PaymentRequired, "{forge}: {r:?}");
+        }
+
+        // The honest client pays as it goes and runs 20 tokens, past the cap of six.
+        let mut bill = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+        let mut vouchers = 0;
+        for pos in 0..20 {
+            let v = if bill.due(1) { bill.sign(&payer_key, web_node::settle::unix_s()).unwrap() } else { None };
+            vouchers += usize::from(v.is_some());
+            let r = s.ask(&step(pos, v)).await;
+            assert!(matches!(r, Response::Hidden { .. }), "honest step {pos}: {}", describe(&r));
+            bill.received(1);
+        }
+        assert!(vouchers >= 5, "{vouchers} vouchers for 20 tokens with a cap of 6");
+        let last = bill.sign(&payer_key, web_node::settle::unix_s()).unwrap();
+        write_frame(&mut s.stream, &Request::Close { voucher: last }.encode()).await.unwrap();
+        bill.signed()
+    });
+    assert_eq!(honest_paid, units(PRICE_UNITS) * units(30 * 20));
+    // The model is not registered: the creator's share goes to the DAO with its own.
+    let treasury = chain.dev.chain.deployment.treasury;
+    wait_earned(&chain, &[(node, honest_paid * units(7) / units(10)), (treasury, honest_paid * units(3) / units(10))]);
+    drop(relay);
+    drop(chain);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// Test 16d: a relay killed -9 in the middle of a paid session, with vouchers in its ledger
+/// and none redeemed yet, is started again on its data directory and redeems exactly what the
+/// newest voucher it kept says: no more, no less. The work it served past that voucher is
+/// under the credit cap. The same voucher submitted again by anyone pays nothing.
+#[test]
+fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
+    let _serial = serial();
+    let dir = temp_dir("pay-d");
+    let chain = Chain::start(&dir);
+    let model = default_model();
+    let (node_dir, node) = chain.node_dir("r", 2);
+    let (payer_dir, payer) = chain.node_dir("payer", 1);
+    let p = payer_dir.to_str().unwrap();
+    chain.ait(&["deposit", "10", "--data-dir", p]);
+    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", p]);
+    let cap_units = units(PRICE_UNITS) * units(30 * 4);
+    let cap = web_node::settle::format_ait(cap_units);
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let serve =
+        [&["--model", model.to_str().unwrap(), "--blocks", "all", "--price", PRICE, "--credit-cap", &cap][..], &settle]
+            .concat();
+    // First life: no redeem round comes before the kill.
+    let mut relay = Relay::start(&node_dir, &[&serve[..], &["--redeem-every", "3600"]].concat());
+    let model_id = web_node::model::ModelId::from_hex(&relay.model_id()).unwrap();
+    let peer: libp2p::PeerId = relay.peer.parse().unwrap();
+    let addr: libp2p::Multiaddr = relay.addr("tcp").parse().unwrap();
+    let d = chain.dev.chain.deployment.clone();
+    let key = SessionKey::from_bytes(chain.dev.chain.accounts[1].key.as_slice()).unwrap();
+    let payer_of =
+        Payer { payer, key: key.clone(), authorization: None, chain_id: d.chain_id, escrow: d.escrow, max_price: None };
+    let rt = runtime();
+    let (signed, received, last) = rt.block_on(async {
+        let h = relay::swarm_client::connect(&[addr]).await.unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let t = terms(&mut s).await;
+        let mut bill = HopBill::new(&payer_of, t, model_id.0.into(), 30).unwrap();
+        let open =
+            Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment: Some(bill.payment().clone()) };
+        assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64 });
+        let mut last = None;
+        for pos in 0..11 {
+            let v = if bill.due(1) { bill.sign(&key, web_node::settle::unix_s()).unwrap() } else { None };
+            if v.is_some() {
+                last = v.clone();
+            }
+            assert!(matches!(s.ask(&step(pos, v)).await, Response::Hidden { .. }));
+            bill.received(1);
+        }
+        (bill.signed(), bill.owed(), last.expect("vouchers were sent"))
+    });
+    relay.kill();
+    assert!(signed > U256::ZERO && received - signed <= cap_units, "signed {signed}, owed {received}");
+    // What the ledger kept is the newest voucher the relay answered a step after.
+    let ledger = relay::settle::Ledger::open(&node_dir.join("ledger.redb")).unwrap();
+    let kept = ledger.entries().unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].voucher.voucher, last.voucher);
+    drop(ledger);
+    wait_earned(&chain, &[(node, U256::ZERO)]);
+
+    // Second life: the redeemer finds the ledger and redeems it, once.
+    let relay = Relay::start(&node_dir, &[&serve[..], &["--redeem-every", "1"]].concat());
+    let treasury = d.treasury;
+    let want = [(node, signed * units(7) / units(10)), (treasury, signed * units(3) / units(10))];
+    wait_earned(&chain, &want);
+    // Anyone may submit a voucher; the same one again pays nothing.
+    let stranger = wallet_provider(&d.rpc, &chain.dev.chain.accounts[6].key).unwrap();
+    let escrow = Escrow::new(d.escrow, stranger);
+    let again = rt.block_on(async {
+        escrow
+            .redeem((&last.voucher).into(), last.signature.clone())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    });
+    assert!(again.as_ref().is_err_and(|e| e.contains("revert")), "{again:?}");
+    std::thread::sleep(Duration::from_secs(2));
+    wait_earned(&chain, &want);
+    drop(relay);
+    drop(chain);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
