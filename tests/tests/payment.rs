@@ -14,7 +14,7 @@ use ait_tests::procs::{ait_bin, temp_dir, ChainDev, Relay};
 use alloy::primitives::{Address, U256};
 use relay::settle::bindings::Escrow;
 use relay::settle::dev::wallet_provider;
-use web_node::net::frame::{read_frame, write_frame};
+use web_node::net::frame::{read_frame, write_frame, FrameError};
 use web_node::net::protocol::{ErrorCode, Request, Response, PROTOCOL};
 use web_node::settle::{HopBill, PayTerms, Payer, Payment, SessionKey, SignedVoucher};
 
@@ -130,10 +130,11 @@ fn complete(http: &str, model: &str, prompt: &str, max_tokens: usize) -> serde_j
 }
 
 /// Test 16a (and 15's end to end through the protocol): three relays charging for
-/// `[0,10)`, `[10,20)`, `[20,30)` serve a gateway relay paying from its escrow; after they
-/// redeem, each node earned 70% of price x 10 layers x tokens, the model's creator 20% of
-/// the three, the DAO 10%, to the unit; the payer's allocations fell by exactly that, and
-/// the API reported the same cost.
+/// `[0,10)`, `[10,20)`, `[20,30)` serve a gateway relay paying from its escrow (it deposited
+/// only; each session brings a signed allocation that the node submits); after they redeem,
+/// each node earned 70% of price x 10 layers x tokens, the model's creator 20% of the three,
+/// the DAO 10%, to the unit; each allocation paid exactly that, and the API reported the
+/// same cost.
 #[test]
 fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     let _serial = serial();
@@ -147,10 +148,9 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     }
     let (gateway_dir, payer) = chain.node_dir("gateway", 1);
     let g = gateway_dir.to_str().unwrap();
+    // The payer only deposits: the gateway allocates to each node by signature as it opens
+    // a session there, and the node submits it.
     chain.ait(&["deposit", "100", "--data-dir", g]);
-    for (_, node) in &nodes {
-        chain.ait(&["allocate", &node.to_string(), "10", "--data-dir", g]);
-    }
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
     let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
@@ -207,12 +207,14 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     let escrow = chain.escrow();
     let rt = runtime();
     for (_, node) in &nodes {
-        let left = rt.block_on(async { escrow.allocation(payer, *node).call().await }).unwrap().balance;
-        assert_eq!(
-            left,
-            U256::from(10u64) * U256::from(10u64).pow(U256::from(18u64)) - per_node,
-            "allocation to {node}"
-        );
+        let (total, left) = rt.block_on(async {
+            (
+                escrow.allocatedTotal(payer, *node).call().await.unwrap(),
+                escrow.allocation(payer, *node).call().await.unwrap().balance,
+            )
+        });
+        assert!(total > per_node, "allocated {total} to {node}");
+        assert_eq!(total - left, per_node, "allocation to {node}");
     }
     drop(gateway);
     drop(relays);
@@ -391,6 +393,9 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         assert!(vouchers >= 5, "{vouchers} vouchers for 20 tokens with a cap of 6");
         let last = bill.sign(&payer_key, web_node::settle::unix_s()).unwrap();
         write_frame(&mut s.stream, &Request::Close { voucher: last }.encode()).await.unwrap();
+        // The relay closes the stream once it kept the closing voucher.
+        let t = Duration::from_secs(10);
+        assert!(matches!(read_frame(&mut s.stream, 1 << 16, t, t).await, Err(FrameError::Closed)));
         bill.signed()
     });
     assert_eq!(honest_paid, units(PRICE_UNITS) * units(30 * 20));

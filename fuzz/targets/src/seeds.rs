@@ -80,8 +80,13 @@ fn payment() -> (web_node::settle::Payment, web_node::settle::SignedVoucher) {
 
 fn requests() -> Vec<(&'static str, Request)> {
     let (pay, voucher) = payment();
-    let paid_open =
-        Request::Open { model: tiny::model_id(), start: 0, end: tiny::N_LAYERS as u32, max_len: 32, payment: Some(pay) };
+    let paid_open = Request::Open {
+        model: tiny::model_id(),
+        start: 0,
+        end: tiny::N_LAYERS as u32,
+        max_len: 32,
+        payment: Some(pay),
+    };
     let paid_step = Request::Step { pos: 3, n_tokens: 1, hidden: hidden(1), voucher: Some(voucher.clone()) };
     vec![
         ("info", Request::Info),

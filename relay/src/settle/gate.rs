@@ -1,16 +1,21 @@
-//! A charging node's [`PaymentGate`]: when a paid session opens, it asks the chain whether the
-//! session's key may sign for the payer (or checks the payer's signed authorization, which the
-//! [`Redeemer`](super::Redeemer) submits before redeeming) and how much of the payer's
-//! allocation to this node is not yet promised; each voucher the session sends is kept in the
-//! node's [`Ledger`] before its step is answered.
+//! A charging node's [`PaymentGate`]: it answers a payer's quote (what it allocated to this
+//! node and what backs a new session) and, when a paid session opens, asks the chain whether
+//! the session's key may sign for the payer (or checks the payer's signed authorization) and
+//! checks the allocation the session brings, both of which the [`Redeemer`](super::Redeemer)
+//! submits before redeeming. Each voucher a session sends must be backed by the payer's
+//! allocation with what its other sessions here promised, and is kept in the node's
+//! [`Ledger`] before its step is answered.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use alloy::primitives::{Address, U256};
 use alloy::providers::DynProvider;
+use web_node::settle::pay::MIN_VOUCHER_LIFE_S;
 use web_node::settle::{
-    recover_signer, GateFuture, PayTerms, Payment, PaymentError, PaymentGate, SignedAuthorization, SignedVoucher,
+    recover_signer, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate, SignedAllocation,
+    SignedAuthorization, SignedVoucher,
 };
 
 use super::bindings::Escrow;
@@ -24,11 +29,46 @@ pub struct ChainGate {
     provider: DynProvider,
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
+    /// What backs each payer's vouchers here, as of its latest session's opening: its
+    /// allocation less what thaws, plus what a signed allocation waiting to be submitted adds.
+    backing: Mutex<HashMap<Address, U256>>,
 }
 
 impl std::fmt::Debug for ChainGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChainGate").field("terms", &self.terms).finish_non_exhaustive()
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> PaymentError {
+    PaymentError::Unavailable(e.to_string())
+}
+
+/// A payer's escrow with this node at the latest block, with what the ledger adds.
+struct Escrowed {
+    /// The chain's time.
+    now: u64,
+    /// `allocatedTotal` on chain.
+    total: U256,
+    /// The allocation less what thaws.
+    available: U256,
+    /// The signed allocation waiting to be submitted, if any.
+    pending: Option<SignedAllocation>,
+}
+
+impl Escrowed {
+    /// The allocation total once the pending allocation is applied.
+    fn total_with(&self, extra: Option<&SignedAllocation>) -> U256 {
+        [self.pending.as_ref(), extra]
+            .into_iter()
+            .flatten()
+            .map(|a| a.allocation.cumulativeAllocated)
+            .fold(self.total, U256::max)
+    }
+
+    /// What backs vouchers once the pending allocation (and `extra`) is applied.
+    fn backing_with(&self, extra: Option<&SignedAllocation>) -> U256 {
+        self.available + (self.total_with(extra) - self.total)
     }
 }
 
@@ -50,20 +90,41 @@ impl ChainGate {
             provider,
             ledger,
             rpc_timeout: Duration::from_secs(10),
+            backing: Mutex::default(),
         }
     }
 
-    /// The payer's state at the latest block: whether its key signs for it (or will, once its
-    /// authorization is submitted) and the credit the session gets.
-    async fn check(&self, p: &Payment) -> Result<U256, PaymentError> {
-        let unavailable = |e: ChainError| PaymentError::Unavailable(e.to_string());
+    async fn escrowed(&self, payer: Address) -> Result<Escrowed, PaymentError> {
+        let node = self.terms.node;
         let (_, now) = latest_block(&self.provider).await.map_err(unavailable)?;
+        let call = |name: &'static str| move |e: alloy::contract::Error| unavailable(ChainError::contract(name, &e));
+        let total = self.escrow.allocatedTotal(payer, node).call().await.map_err(call("allocatedTotal"))?;
+        let available = self.escrow.available(payer, node).call().await.map_err(call("available"))?;
+        let pending = self.ledger.allocation(payer).map_err(unavailable)?;
+        Ok(Escrowed { now, total, available, pending })
+    }
+
+    /// What the payer's stored vouchers here promise beyond what was collected, except
+    /// `session`'s.
+    fn promised(&self, payer: Address, except: Option<alloy::primitives::B256>) -> Result<U256, PaymentError> {
+        self.ledger.outstanding_of(payer, except).map_err(unavailable)
+    }
+
+    async fn quote_of(&self, payer: Address) -> Result<PayerQuote, PaymentError> {
+        let e = self.escrowed(payer).await?;
+        let available = e.backing_with(None).saturating_sub(self.promised(payer, None)?);
+        Ok(PayerQuote { allocated_total: e.total_with(None), available })
+    }
+
+    /// Checks a paid session's payer and returns the credit it gets.
+    async fn check(&self, p: &Payment) -> Result<U256, PaymentError> {
+        let e = self.escrowed(p.payer).await?;
         let signer = self
             .escrow
             .isSigner(p.payer, p.signer)
             .call()
             .await
-            .map_err(|e| unavailable(ChainError::contract("isSigner", &e)))?;
+            .map_err(|err| unavailable(ChainError::contract("isSigner", &err)))?;
         if !signer {
             let Some(a) = &p.authorization else {
                 return Err(PaymentError::Refused(format!(
@@ -71,20 +132,15 @@ impl ChainGate {
                     p.signer, p.payer
                 )));
             };
-            self.check_authorization(p, a, now).await?;
+            self.check_authorization(p, a, e.now).await?;
         }
-        let available = self
-            .escrow
-            .available(p.payer, self.terms.node)
-            .call()
-            .await
-            .map_err(|e| unavailable(ChainError::contract("available", &e)))?;
+        if let Some(a) = &p.allocation {
+            self.check_allocation(p, a, &e).await?;
+        }
+        let backing = e.backing_with(p.allocation.as_ref());
+        self.backing.lock().unwrap_or_else(|p| p.into_inner()).insert(p.payer, backing);
         // The payer's other sessions' vouchers not yet collected are promised already.
-        let promised = self
-            .ledger
-            .outstanding_of(p.payer, Some(p.session))
-            .map_err(|e| PaymentError::Unavailable(e.to_string()))?;
-        let free = available.saturating_sub(promised);
+        let free = backing.saturating_sub(self.promised(p.payer, Some(p.session))?);
         Ok(free.min(self.terms.credit_cap))
     }
 
@@ -107,22 +163,71 @@ impl ChainGate {
             )));
         }
         // It must still be good when the redeemer submits it.
-        if auth.deadline < U256::from(now + web_node::settle::pay::MIN_VOUCHER_LIFE_S) {
+        if auth.deadline < U256::from(now + MIN_VOUCHER_LIFE_S) {
             return Err(PaymentError::Refused(format!("the authorization's deadline {} is too close", auth.deadline)));
         }
-        let nonce = self
-            .escrow
-            .nonces(p.payer)
-            .call()
-            .await
-            .map_err(|e| PaymentError::Unavailable(ChainError::contract("nonces", &e).to_string()))?;
+        let nonce =
+            self.escrow.nonces(p.payer).call().await.map_err(|e| unavailable(ChainError::contract("nonces", &e)))?;
         if auth.nonce != nonce {
             return Err(PaymentError::Refused(format!(
                 "the authorization's nonce {} is not the payer's next ({nonce}): it is used or void",
                 auth.nonce
             )));
         }
-        self.ledger.put_authorization(a).map_err(|e| PaymentError::Unavailable(e.to_string()))
+        self.ledger.put_authorization(a).map_err(unavailable)
+    }
+
+    /// Checks an allocation a session brings off chain (to this node, signed by the payer or
+    /// the session's key, good long enough) and against the payer's free balance, and keeps
+    /// it for the redeemer to submit.
+    async fn check_allocation(&self, p: &Payment, a: &SignedAllocation, e: &Escrowed) -> Result<(), PaymentError> {
+        let al = &a.allocation;
+        if al.payer != p.payer || al.node != self.terms.node {
+            return Err(PaymentError::Refused(format!(
+                "the allocation is of payer {} to node {}, not {} to this node",
+                al.payer, al.node, p.payer
+            )));
+        }
+        let who = recover_signer(al, &self.terms.domain(), &a.signature)
+            .map_err(|err| PaymentError::Refused(format!("the allocation: {err}")))?;
+        if who != p.payer && who != p.signer {
+            return Err(PaymentError::Refused(format!("the allocation is signed by {who}, not the payer or its key")));
+        }
+        if al.deadline < e.now + MIN_VOUCHER_LIFE_S {
+            return Err(PaymentError::Refused(format!("the allocation's deadline {} is too close", al.deadline)));
+        }
+        let added = e.total_with(Some(a)) - e.total_with(None);
+        if added.is_zero() {
+            return Ok(());
+        }
+        let free = self
+            .escrow
+            .freeBalance(p.payer)
+            .call()
+            .await
+            .map_err(|err| unavailable(ChainError::contract("freeBalance", &err)))?;
+        let spare = free.balance.saturating_sub(free.thawing);
+        // What a pending allocation already takes from the free balance counts too.
+        let pending = e.total_with(None) - e.total;
+        if added + pending > spare {
+            return Err(PaymentError::Required(format!(
+                "the allocation adds {added} to {pending} pending; the payer's free balance not thawing is {spare}"
+            )));
+        }
+        self.ledger.put_allocation(a).map_err(unavailable)
+    }
+
+    /// Checks that the payer's backing covers `v` with what its other sessions here promised.
+    fn backed(&self, v: &SignedVoucher) -> Result<(), PaymentError> {
+        let payer = v.voucher.payer;
+        let backing = self.backing.lock().unwrap_or_else(|p| p.into_inner()).get(&payer).copied().unwrap_or_default();
+        let owed = v.voucher.cumulativeAmount + self.promised(payer, Some(v.voucher.session))?;
+        if owed > backing {
+            return Err(PaymentError::Required(format!(
+                "the payer's allocation to this node ({backing}) does not cover {owed} promised: allocate more"
+            )));
+        }
+        Ok(())
     }
 }
 
@@ -131,23 +236,32 @@ impl PaymentGate for ChainGate {
         &self.terms
     }
 
+    fn quote<'a>(&'a self, payer: Address) -> GateFuture<'a, Result<PayerQuote, PaymentError>> {
+        Box::pin(async move {
+            tokio::time::timeout(self.rpc_timeout, self.quote_of(payer))
+                .await
+                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
+        })
+    }
+
     fn open<'a>(&'a self, payment: &'a Payment) -> GateFuture<'a, Result<U256, PaymentError>> {
         Box::pin(async move {
-            tokio::time::timeout(self.rpc_timeout, self.check(payment)).await.unwrap_or_else(|_| {
-                Err(PaymentError::Unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout)))
-            })
+            tokio::time::timeout(self.rpc_timeout, self.check(payment))
+                .await
+                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
         })
     }
 
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>> {
         let (ledger, voucher) = (self.ledger.clone(), voucher.clone());
         Box::pin(async move {
+            self.backed(&voucher)?;
             // A durable write waits for the disk: off the async workers.
             tokio::task::spawn_blocking(move || ledger.put(&voucher))
                 .await
-                .map_err(|e| PaymentError::Unavailable(e.to_string()))?
+                .map_err(unavailable)?
                 .map(|_| ())
-                .map_err(|e| PaymentError::Unavailable(e.to_string()))
+                .map_err(unavailable)
         })
     }
 }

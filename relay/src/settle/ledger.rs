@@ -10,7 +10,7 @@ use std::path::Path;
 use alloy::primitives::{Address, Signature, B256, U256};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use web_node::settle::{SignedAuthorization, SignedVoucher};
+use web_node::settle::{SignedAllocation, SignedAuthorization, SignedVoucher};
 
 /// Newest voucher per (payer, session): key `payer || session` (52 bytes), value [`Entry`] as
 /// JSON.
@@ -18,6 +18,9 @@ const VOUCHERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("vouchers")
 /// Payer authorizations of session keys to submit: key `payer || signer` (40 bytes), value a
 /// [`SignedAuthorization`] as JSON.
 const AUTHORIZATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("authorizations");
+/// Signed allocations to submit, the newest per payer: key `payer` (20 bytes), value a
+/// [`SignedAllocation`] as JSON.
+const ALLOCATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allocations");
 
 /// Why the ledger failed. Nothing a peer sends causes one; each means the disk or the
 /// database file is at fault.
@@ -84,6 +87,7 @@ impl Ledger {
         let txn = database.begin_write().map_err(db)?;
         txn.open_table(VOUCHERS).map_err(db)?;
         txn.open_table(AUTHORIZATIONS).map_err(db)?;
+        txn.open_table(ALLOCATIONS).map_err(db)?;
         txn.commit().map_err(db)?;
         Ok(Ledger { db: database })
     }
@@ -184,6 +188,52 @@ impl Ledger {
             out.push(serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))?);
         }
         Ok(out)
+    }
+
+    /// Keeps a payer's signed allocation to this node until it is on chain, unless the one
+    /// kept allocates as much or more.
+    pub fn put_allocation(&self, a: &SignedAllocation) -> Result<(), LedgerError> {
+        let k = a.allocation.payer;
+        if self.allocation(k)?.is_some_and(|old| old.allocation.cumulativeAllocated >= a.allocation.cumulativeAllocated)
+        {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(a).map_err(|e| LedgerError::Entry(e.to_string()))?;
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.open_table(ALLOCATIONS).map_err(db)?.insert(k.as_slice(), bytes.as_slice()).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// The signed allocation of `payer` waiting to be submitted, if any.
+    pub fn allocation(&self, payer: Address) -> Result<Option<SignedAllocation>, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ALLOCATIONS).map_err(db)?;
+        let value = table.get(payer.as_slice()).map_err(db)?;
+        value.map(|v| serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))).transpose()
+    }
+
+    /// Every signed allocation waiting to be submitted.
+    pub fn allocations(&self) -> Result<Vec<SignedAllocation>, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(ALLOCATIONS).map_err(db)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(db)? {
+            let (_, v) = row.map_err(db)?;
+            out.push(serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))?);
+        }
+        Ok(out)
+    }
+
+    /// Drops the allocation of `payer` if it allocates at most `cumulative` (applied, or void).
+    pub fn remove_allocation(&self, payer: Address, cumulative: U256) -> Result<(), LedgerError> {
+        if self.allocation(payer)?.is_some_and(|a| a.allocation.cumulativeAllocated > cumulative) {
+            return Ok(());
+        }
+        let txn = self.db.begin_write().map_err(db)?;
+        txn.open_table(ALLOCATIONS).map_err(db)?.remove(payer.as_slice()).map_err(db)?;
+        txn.commit().map_err(db)?;
+        Ok(())
     }
 
     /// Every stored voucher.

@@ -191,10 +191,10 @@ impl Redeemer {
     /// Whether a round is worth its gas now, from what the ledger holds: what the vouchers add
     /// to what was collected reaches `min` (and is more than zero), or one expires before
     /// `expiring_before` (Unix seconds), or one was collected and waits to become final, or a
-    /// payer's authorization waits to be submitted.
+    /// payer's authorization or allocation waits to be submitted.
     pub fn due(&mut self, min: U256, expiring_before: u64) -> Result<bool, LedgerError> {
         self.load()?;
-        if !self.ledger.authorizations()?.is_empty() {
+        if !self.ledger.authorizations()?.is_empty() || !self.ledger.allocations()?.is_empty() {
             return Ok(true);
         }
         let outstanding = self.outstanding();
@@ -297,6 +297,7 @@ impl Redeemer {
         let mut report = RedeemReport::default();
         let (latest, now) = latest_block(&self.provider).await?;
         self.authorize(now).await?;
+        self.allocate(now).await?;
         let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
         let (mut done, mut send, mut seen) = (Vec::new(), Vec::new(), Vec::new());
         for (key, held) in &self.held {
@@ -384,6 +385,36 @@ impl Redeemer {
                 tracing::warn!(%payer, %signer, "the payer's authorization expired before it was submitted; dropped");
             }
             self.ledger.remove_authorization(payer, signer)?;
+        }
+        Ok(())
+    }
+
+    /// Submits the signed allocations paid sessions brought, after the authorizations of the
+    /// keys that signed them and before the vouchers they back are redeemed; drops those
+    /// applied, expired or void.
+    async fn allocate(&mut self, now: u64) -> Result<(), ChainError> {
+        for a in self.ledger.allocations()? {
+            let payer = a.allocation.payer;
+            let cumulative = a.allocation.cumulativeAllocated;
+            let total = self
+                .escrow
+                .allocatedTotal(payer, self.node)
+                .call()
+                .await
+                .map_err(|e| ChainError::contract("allocatedTotal", &e))?;
+            if cumulative > total && a.allocation.deadline >= now {
+                let sent = self.escrow.allocateBySig((&a.allocation).into(), a.signature.clone());
+                match mined("allocateBySig", sent.send().await).await {
+                    Ok(()) => tracing::info!(%payer, added = %(cumulative - total), "submitted the payer's allocation"),
+                    Err(ChainError::Contract { reason, .. }) => {
+                        tracing::warn!(%payer, %reason, "the payer's allocation is void; dropped");
+                    }
+                    Err(e) => return Err(e),
+                }
+            } else if cumulative > total {
+                tracing::warn!(%payer, "the payer's allocation expired before it was submitted; dropped");
+            }
+            self.ledger.remove_allocation(payer, cumulative)?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use libp2p::StreamProtocol;
 use serde::{Deserialize, Serialize};
 
 use crate::model::ModelId;
-use crate::settle::{PayTerms, Payment, SignedVoucher, MAX_PAYMENT_BYTES};
+use crate::settle::{PayTerms, PayerQuote, Payment, SignedVoucher, MAX_PAYMENT_BYTES};
 
 /// The stream protocol id. The major version changes with any incompatible message change.
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/1");
@@ -63,6 +63,11 @@ pub enum Request {
         hidden: Vec<f32>,
         /// A voucher for the work received so far, on a paid session.
         voucher: Option<SignedVoucher>,
+    },
+    /// Asks a charging node what `payer` has allocated to it (before opening a paid session).
+    Quote {
+        /// The payer.
+        payer: alloy_primitives::Address,
     },
     /// Ends the session, with the last voucher on a paid session.
     Close {
@@ -139,6 +144,8 @@ impl ErrorCode {
 pub enum Response {
     /// Answer to [`Request::Info`].
     Info(ServerStatus),
+    /// Answer to [`Request::Quote`].
+    Quote(PayerQuote),
     /// The session is open.
     Opened {
         /// Tokens the session may hold.
@@ -189,6 +196,8 @@ const T_CLOSE: u8 = 0x04;
 const T_OPEN_PAID: u8 = 0x05;
 const T_STEP_PAID: u8 = 0x06;
 const T_CLOSE_PAID: u8 = 0x07;
+const T_QUOTE: u8 = 0x08;
+const T_QUOTED: u8 = 0x84;
 const T_STATUS: u8 = 0x81;
 const T_OPENED: u8 = 0x82;
 const T_HIDDEN: u8 = 0x83;
@@ -297,6 +306,10 @@ impl Request {
                 }
                 put_f32s(&mut b, hidden);
             }
+            Request::Quote { payer } => {
+                b.push(T_QUOTE);
+                b.extend_from_slice(payer.as_slice());
+            }
             Request::Close { voucher: None } => b.push(T_CLOSE),
             Request::Close { voucher: Some(v) } => {
                 b.push(T_CLOSE_PAID);
@@ -334,6 +347,12 @@ impl Request {
                 Reader { what: "close", b: body }.end()?;
                 Ok(Request::Close { voucher: None })
             }
+            T_QUOTE => {
+                let mut r = Reader { what: "quote", b: body };
+                let payer = alloy_primitives::Address::from_slice(r.take(20)?);
+                r.end()?;
+                Ok(Request::Quote { payer })
+            }
             T_CLOSE_PAID => {
                 let mut r = Reader { what: "close", b: body };
                 let voucher = r.json()?;
@@ -354,6 +373,11 @@ impl Response {
                 b.push(T_STATUS);
                 // A struct of strings and numbers always serializes.
                 b.extend_from_slice(&serde_json::to_vec(s).unwrap_or_default());
+            }
+            Response::Quote(q) => {
+                b.push(T_QUOTED);
+                // Two numbers always serialize.
+                b.extend_from_slice(&serde_json::to_vec(q).unwrap_or_default());
             }
             Response::Opened { max_len } => {
                 b.push(T_OPENED);
@@ -381,6 +405,9 @@ impl Response {
             T_STATUS => serde_json::from_slice(body)
                 .map(Response::Info)
                 .map_err(|e| DecodeError::Malformed { what: "status", detail: e.to_string() }),
+            T_QUOTED => serde_json::from_slice(body)
+                .map(Response::Quote)
+                .map_err(|e| DecodeError::Malformed { what: "quote", detail: e.to_string() }),
             T_OPENED => {
                 let mut r = Reader { what: "opened", b: body };
                 let max_len = r.u32()?;
@@ -414,6 +441,7 @@ mod tests {
             payer: alloy_primitives::Address::repeat_byte(2),
             signer: alloy_primitives::Address::repeat_byte(3),
             authorization: None,
+            allocation: None,
         }
     }
 
@@ -443,6 +471,7 @@ mod tests {
             Request::Step { pos: 5, n_tokens: 1, hidden: vec![1.0, -2.5], voucher: Some(voucher()) },
             Request::Close { voucher: None },
             Request::Close { voucher: Some(voucher()) },
+            Request::Quote { payer: alloy_primitives::Address::repeat_byte(9) },
         ] {
             assert_eq!(Request::decode(&r.encode()).unwrap(), r);
         }
@@ -465,6 +494,10 @@ mod tests {
         for r in [
             Response::Info(status),
             Response::Opened { max_len: 7 },
+            Response::Quote(PayerQuote {
+                allocated_total: alloy_primitives::U256::from(5u8),
+                available: alloy_primitives::U256::from(3u8),
+            }),
             Response::Hidden { n_tokens: 1, compute_us: 250, hidden: vec![0.5; 3] },
             Response::Error { code: ErrorCode::RangeNotServed, message: "no".into() },
         ] {

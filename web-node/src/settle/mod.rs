@@ -15,8 +15,8 @@ pub mod wallet;
 
 pub use amount::{format_ait, parse_ait, permit_vrs};
 pub use pay::{
-    unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, Payment, PaymentError, PaymentGate, SignedAuthorization,
-    SignedVoucher, MAX_PAYMENT_BYTES,
+    unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, PayerQuote, Payment, PaymentError, PaymentGate,
+    SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES,
 };
 pub use voucher::{
     escrow_domain, recover_signer, registry_domain, token_domain, Allocation, AuthorizeSigner, Permit, Register,

@@ -21,7 +21,7 @@ use alloy_primitives::{Address, Bytes, B256, U256};
 use alloy_sol_types::Eip712Domain;
 use serde::{Deserialize, Serialize};
 
-use super::voucher::{escrow_domain, recover_signer, AuthorizeSigner, SessionKey, Voucher};
+use super::voucher::{escrow_domain, recover_signer, Allocation, AuthorizeSigner, SessionKey, Voucher};
 
 /// Largest payment or voucher message, in bytes (JSON): a voucher takes about 450, a payment
 /// with an authorization about 600.
@@ -94,9 +94,31 @@ pub struct SignedAuthorization {
     pub signature: Bytes,
 }
 
+/// An allocation to a node, signed by the payer or its session key, for the node to submit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedAllocation {
+    /// The allocation.
+    pub allocation: Allocation,
+    /// Its signature.
+    pub signature: Bytes,
+}
+
+/// A payer's escrow as a charging node reads it on chain (answered to `Quote`): what a client
+/// needs to sign an allocation that adds what its session will cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PayerQuote {
+    /// Everything the payer ever allocated to this node: the base of the next signed
+    /// allocation's `cumulativeAllocated`.
+    pub allocated_total: U256,
+    /// The allocation to this node, less what thaws and what the payer's other sessions here
+    /// already promised: what backs a new session.
+    pub available: U256,
+}
+
 /// What a paid session's `Open` names: the session (random), whose escrow pays, and the key
 /// that signs its vouchers, with the payer's authorization of that key when the chain does
-/// not know it yet.
+/// not know it yet, and an allocation to the node when the payer's does not cover the
+/// session.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Payment {
     /// The session id the vouchers carry.
@@ -108,6 +130,9 @@ pub struct Payment {
     /// The payer's authorization of `signer`, if the node should submit it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<SignedAuthorization>,
+    /// An allocation to the node, if the session needs more than is allocated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<SignedAllocation>,
 }
 
 /// Why a payment was refused. Each ends only the session it is about.
@@ -134,13 +159,17 @@ pub trait PaymentGate: Send + Sync + Debug {
     /// The node's terms.
     fn terms(&self) -> &PayTerms;
 
+    /// What `payer` has allocated to this node and what backs a new session.
+    fn quote<'a>(&'a self, payer: Address) -> GateFuture<'a, Result<PayerQuote, PaymentError>>;
+
     /// Checks a paid session's payer before it opens (its signer may sign for it, its
     /// allocation to this node backs it) and returns the credit the session gets: the cap, or
     /// less when the allocation not yet promised is less.
     fn open<'a>(&'a self, payment: &'a Payment) -> GateFuture<'a, Result<U256, PaymentError>>;
 
     /// Keeps `voucher` (checked by the session's [`Meter`]) durably, replacing the older one
-    /// of its session; the step it came with is answered only after this returns.
+    /// of its session, if the payer's allocation backs it with what its other sessions here
+    /// promised; the step it came with is answered only after this returns.
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>>;
 }
 
@@ -304,8 +333,36 @@ impl HopBill {
             payer: payer.payer,
             signer: payer.key.address(),
             authorization: payer.authorization.clone(),
+            allocation: None,
         };
         Ok(HopBill { terms, payment, model, layers, received: 0, signed: U256::ZERO })
+    }
+
+    /// After the node's `quote`: when what backs a session there is less than `max_len`
+    /// tokens through its layers cost, signs with `key` (at Unix time `now_s`) an allocation
+    /// adding the difference, for the node to submit; returns what it adds.
+    pub fn allocate(
+        &mut self,
+        quote: &PayerQuote,
+        max_len: usize,
+        key: &SessionKey,
+        now_s: u64,
+    ) -> Result<U256, PaymentError> {
+        let need = self.terms.cost(self.layers.saturating_mul(max_len as u64));
+        if quote.available >= need {
+            return Ok(U256::ZERO);
+        }
+        let add = need - quote.available;
+        let allocation = Allocation {
+            payer: self.payment.payer,
+            node: self.terms.node,
+            cumulativeAllocated: quote.allocated_total.saturating_add(add),
+            deadline: now_s.saturating_add(VOUCHER_LIFETIME_S),
+        };
+        let sig = key.sign(&allocation, &self.terms.domain()).map_err(|e| PaymentError::Refused(e.to_string()))?;
+        self.payment.allocation =
+            Some(SignedAllocation { allocation, signature: Bytes::from(sig.as_bytes().to_vec()) });
+        Ok(add)
     }
 
     /// What the session's `Open` names.

@@ -83,9 +83,19 @@ impl HopSession {
         max_len: usize,
         expected_ms: f64,
         limit: Duration,
-        bill: Option<(HopBill, Arc<Payer>)>,
+        mut bill: Option<(HopBill, Arc<Payer>)>,
     ) -> Result<HopSession, ChainError> {
         let Hop { peer, blocks } = hop;
+        // A paid session first asks what backs it, and allocates what its longest run costs
+        // beyond that (a signature the node submits; no transaction here).
+        if let Some((b, payer)) = &mut bill {
+            let quote = match exchange(peer, &mut stream, &Request::Quote { payer: payer.payer }, limit).await? {
+                Response::Quote(q) => q,
+                other => return Err(ChainError::Protocol { peer, detail: format!("answered {other:?} to quote") }),
+            };
+            b.allocate(&quote, max_len, &payer.key, unix_s())
+                .map_err(|e| ChainError::Payment { peer, detail: e.to_string() })?;
+        }
         let req = Request::Open {
             model,
             start: blocks.start as u32,
@@ -246,8 +256,14 @@ impl HopSession {
             tracing::warn!("no closing voucher: {e}");
             None
         });
+        let paid = voucher.is_some();
         let close = Request::Close { voucher }.encode();
         let _ = crate::net::timeout(CLOSE_LIMIT, write_frame(&mut self.stream, &close)).await;
+        if paid {
+            // The server closes the stream once it kept the voucher: wait for that, so a
+            // client that exits next does not cut the voucher off in flight.
+            let _ = read_frame(&mut self.stream, MAX_CONTROL_ANSWER, CLOSE_LIMIT, CLOSE_LIMIT).await;
+        }
         self.paid()
     }
 }

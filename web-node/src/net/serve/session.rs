@@ -324,6 +324,13 @@ impl Server {
             };
             let reply = match (req, &mut open) {
                 (Request::Info, _) => Response::Info(self.status()),
+                (Request::Quote { payer }, _) => match self.config.limits.payments.as_ref() {
+                    Some(gate) => match gate.quote(payer).await {
+                        Ok(q) => Response::Quote(q),
+                        Err(e) => break Err(e.into()),
+                    },
+                    None => break Err(Refusal(ErrorCode::BadRequest, "this node serves free".into())),
+                },
                 (Request::Open { model, start, end, max_len, payment }, None) => {
                     match self.open(who, model, start as usize..end as usize, max_len as usize, payment).await {
                         Ok(o) => {
