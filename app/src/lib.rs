@@ -85,10 +85,11 @@ impl Tab {
 pub fn App() -> impl IntoView {
     let swarm = Swarm::new();
     provide_context(swarm);
-    provide_context(Chat::new(swarm));
+    let wallet = Wallet::new();
+    provide_context(Chat::new(swarm, wallet));
     provide_context(Seeder::new(swarm));
     provide_context(Publisher::new(swarm));
-    provide_context(Wallet::new());
+    provide_context(wallet);
     spawn_local(swarm.run());
     let tab = RwSignal::new(if http::query_param("seed").is_some() { Tab::Seed } else { Tab::Chat });
     view! {

@@ -437,6 +437,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                         Some(s) => s.payer(&o.settle)?,
                         None => None,
                     },
+                    ms_per_ait: o.settle.prefer.ms_per_ait(),
                     ..Default::default()
                 },
             };

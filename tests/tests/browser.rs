@@ -465,12 +465,13 @@ const INJECTED_WALLET: &str = "const rpc = arguments[0], account = arguments[1];
 
 /// Issue 15, test c: the Wallet panel, with a wallet injected through EIP-1193, connects to
 /// the chain the relay names (`--chain`), deposits with a permit (no approve), has the wallet
-/// sign the authorization of the tab's session key, and withdraws only after the thaw; a
-/// native node submits the authorization, and the chain then lets the tab's key sign for
-/// the payer.
+/// sign the authorization of the tab's session key, and withdraws only after the thaw. Then
+/// the tab chats with a relay that charges (`--price`): its session key signs the allocation
+/// and the vouchers, the relay submits the authorization and the allocation and redeems the
+/// vouchers on anvil, and the relay earned 70% of what the page says the answer cost.
 #[test]
 fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
-    use alloy::primitives::{Address, Bytes, U256};
+    use alloy::primitives::{Address, U256};
     use relay::settle::bindings::{Escrow, AIT};
     let _serial = serial();
     let root = temp_dir("browser-wallet");
@@ -478,8 +479,39 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     let d = chain.chain.deployment.clone();
     let payer = chain.chain.accounts[1].address;
     let web = web_dir();
-    let r0 =
-        Relay::start(&root.join("r0"), &["--web-dir", web.to_str().unwrap(), "--chain", chain.file.to_str().unwrap()]);
+    // The relay serves every block and charges, with the wallet of dev account 2.
+    let node_dir = root.join("r0");
+    std::fs::create_dir_all(&node_dir).unwrap();
+    let password = root.join("password");
+    std::fs::write(&password, "browser-wallet").unwrap();
+    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+        .args(["wallet", "new", "--dev-account", "2", "--chain", chain.file.to_str().unwrap(), "--data-dir"])
+        .arg(&node_dir)
+        .env("AIT_WALLET_PASSWORD", "browser-wallet")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let node: Address = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+    let model = default_model();
+    let r0 = Relay::start(
+        &node_dir,
+        &[
+            "--web-dir",
+            web.to_str().unwrap(),
+            "--chain",
+            chain.file.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--blocks",
+            "all",
+            "--price",
+            "0.000001",
+            "--redeem-every",
+            "1",
+            "--password-file",
+            password.to_str().unwrap(),
+        ],
+    );
     let b = Browser::start().expect("browser");
     b.goto(&page(&r0, "")).unwrap();
     connected(&b);
@@ -554,27 +586,41 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     assert_eq!(s["deposited"].as_str().unwrap().parse::<U256>().unwrap(), ait(20));
     assert_eq!(s["ait"].as_str().unwrap().parse::<U256>().unwrap(), ait(10_000 - 20));
 
-    // A native node submits it; the chain agrees the tab's key now signs for the payer, and
-    // the deposit is the escrow's.
+    // The tab chats, paying the relay with its session key: no prompt, no transaction.
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reader = relay::settle::dev::wallet_provider(&d.rpc, &chain.chain.accounts[0].key).unwrap();
+    let escrow = Escrow::new(d.escrow, reader.clone());
+    assert!(!rt.block_on(async { escrow.isSigner(payer, signer).call().await }).unwrap());
+    b.exec("document.getElementById('tab-chat').click();", json!([])).unwrap();
+    model_ready(&b);
+    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
+    assert!(answer.contains("Paris"), "{answer}");
+    let cost: U256 = b
+        .exec("return document.getElementById('chat-notice').dataset.cost", json!([]))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(cost > U256::ZERO);
+    // The relay submits the tab's authorization and allocation, then redeems its vouchers:
+    // 70% of the cost to the node, the rest to the DAO (the model is not registered).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let earned = loop {
+        let earned = rt.block_on(async { escrow.earned(node).call().await }).unwrap();
+        if earned == cost * U256::from(7u8) / U256::from(10u8) || Instant::now() > deadline {
+            break earned;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!(earned, cost * U256::from(7u8) / U256::from(10u8), "the tab's answer cost {cost}");
     rt.block_on(async {
-        let node = relay::settle::dev::wallet_provider(&d.rpc, &chain.chain.accounts[2].key).unwrap();
-        let escrow = Escrow::new(d.escrow, node.clone());
-        assert!(!escrow.isSigner(payer, signer).call().await.unwrap());
-        let deadline: U256 = auth["deadline"].as_str().unwrap().parse().unwrap();
-        let signature: Bytes = auth["signature"].as_str().unwrap().parse().unwrap();
-        let receipt = escrow
-            .authorizeSignerBySig(payer, signer, deadline, signature)
-            .send()
-            .await
-            .expect("the tab's authorization is accepted")
-            .get_receipt()
-            .await
-            .unwrap();
-        assert!(receipt.status());
         assert!(escrow.isSigner(payer, signer).call().await.unwrap());
-        assert_eq!(escrow.freeBalance(payer).call().await.unwrap().balance, ait(20));
-        assert_eq!(AIT::new(d.token, node).balanceOf(d.escrow).call().await.unwrap(), ait(20));
+        let allocated = escrow.allocatedTotal(payer, node).call().await.unwrap();
+        assert_eq!(escrow.allocation(payer, node).call().await.unwrap().balance, allocated - cost);
+        assert_eq!(escrow.freeBalance(payer).call().await.unwrap().balance, ait(20) - allocated);
+        assert_eq!(escrow.earned(d.treasury).call().await.unwrap(), cost * U256::from(3u8) / U256::from(10u8));
+        assert_eq!(AIT::new(d.token, reader).balanceOf(d.escrow).call().await.unwrap(), ait(20));
     });
     drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {

@@ -47,6 +47,7 @@ fn opts() -> ChainOptions {
         max_probes: 32,
         allow_private_addrs: false,
         payer: None,
+        ms_per_ait: 0.0,
     }
 }
 

@@ -25,6 +25,7 @@ use crate::error::AppError;
 use crate::net::{load_client_model, Net};
 use crate::parts::Transfer;
 use crate::swarm::Swarm;
+use crate::wallet::Wallet;
 use crate::{http, store};
 
 /// Where the chat is. `Display` is the `data-state` of `#chat-notice`: `idle`, `generating`
@@ -68,7 +69,11 @@ pub struct Chat {
     pub first_token_ms: RwSignal<f64>,
     /// Sampling temperature (`?temperature=`, default 0.7).
     pub temperature: RwSignal<f32>,
+    /// What the last answer cost in AIT (smallest unit), when the wallet paid for it.
+    pub cost: RwSignal<Option<alloy_primitives::U256>>,
     swarm: Swarm,
+    /// Pays servers that charge, once its session key is authorized.
+    wallet: Wallet,
     /// The client part of the last model used, loaded once per page.
     model: StoredValue<Option<Rc<ClientModel>>, LocalStorage>,
     /// Dropping it stops the answer streaming in.
@@ -80,8 +85,9 @@ fn now_ms() -> f64 {
 }
 
 impl Chat {
-    /// An empty chat on `swarm`; loads the stored conversations.
-    pub fn new(swarm: Swarm) -> Chat {
+    /// An empty chat on `swarm`, paying through `wallet` when it can; loads the stored
+    /// conversations.
+    pub fn new(swarm: Swarm, wallet: Wallet) -> Chat {
         let temperature = http::query_param("temperature").and_then(|t| t.parse::<f32>().ok()).unwrap_or(0.7);
         let chat = Chat {
             conversations: RwSignal::new(Conversations::default()),
@@ -92,7 +98,9 @@ impl Chat {
             notice: RwSignal::new(String::new()),
             first_token_ms: RwSignal::new(0.0),
             temperature: RwSignal::new(temperature),
+            cost: RwSignal::new(None),
             swarm,
+            wallet,
             model: StoredValue::new_local(None),
             stop: StoredValue::new_local(None),
         };
@@ -189,13 +197,12 @@ impl Chat {
         let net = self.swarm.net().ok_or(AppError::NotConnected)?;
         let id = ModelId::from_hex(&model).ok_or(AppError::BadModelId(model))?;
         let model = self.client_model(&net, id).await?;
-        let mut chain = SwarmChain::new(
-            net.handle.clone(),
-            id,
-            model.config.n_layers,
-            model.config.hidden,
-            ChainOptions::default(),
-        );
+        // With an authorized session key the tab pays servers that charge; without one it
+        // uses free servers only.
+        let payer = self.wallet.payer();
+        let paying = payer.is_some();
+        let opts = ChainOptions { payer, ..ChainOptions::default() };
+        let mut chain = SwarmChain::new(net.handle.clone(), id, model.config.n_layers, model.config.hidden, opts);
         let opts = GenerateOptions {
             max_tokens: 512,
             sampling: SamplingParams { temperature, ..SamplingParams::default() },
@@ -208,7 +215,13 @@ impl Chat {
             }
             self.streaming.update(|s| s.push_str(t));
         };
+        self.cost.set(None);
         model.chat(&mut chain, &messages, &opts, on_text).await?;
+        if paying {
+            let cost = chain.paid();
+            self.cost.set(Some(cost));
+            self.notice.set(format!("This answer cost {} AIT.", web_node::settle::format_ait(cost)));
+        }
         Ok(())
     }
 

@@ -114,7 +114,8 @@ fn ChatNotice() -> impl IntoView {
     let chat = expect_context::<Chat>();
     view! {
         <p id="chat-notice" data-state=move || chat.state.get().to_string()
-            data-first-token-ms=move || chat.first_token_ms.get().to_string()>
+            data-first-token-ms=move || chat.first_token_ms.get().to_string()
+            data-cost=move || chat.cost.get().map(|c| c.to_string()).unwrap_or_default()>
             {move || chat.notice.get()}
         </p>
     }

@@ -14,6 +14,7 @@ pub mod view;
 pub use view::WalletView;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use alloy_primitives::{Address, U256};
@@ -26,7 +27,9 @@ use web_node::settle::wallet::{
     balance_of, deposit_with_permit, escrow_nonce, free_balance, parse_signature, thaw, token_nonce, typed_data_json,
     withdraw, word,
 };
-use web_node::settle::{escrow_domain, recover_signer, token_domain, AuthorizeSigner, Permit, SessionKey};
+use web_node::settle::{
+    escrow_domain, recover_signer, token_domain, AuthorizeSigner, Payer, Permit, SessionKey, SignedAuthorization,
+};
 
 use crate::error::AppError;
 
@@ -137,6 +140,25 @@ impl Wallet {
     /// The session key, if one was authorized.
     pub fn session_key(&self) -> Option<SessionKey> {
         self.key.get_value()
+    }
+
+    /// Who pays for the tab's chats: the connected wallet's escrow, through the session key
+    /// (its authorization goes to the nodes, which submit it), once one is authorized.
+    pub fn payer(&self) -> Option<Arc<Payer>> {
+        let key = self.key.get_value()?;
+        let auth = self.session.get_untracked()?;
+        let chain = self.chain.get_untracked()?;
+        let signature = parse_signature(&auth.signature).ok()?.as_bytes().to_vec().into();
+        let authorization =
+            AuthorizeSigner { payer: auth.payer, signer: auth.signer, nonce: auth.nonce, deadline: auth.deadline };
+        Some(Arc::new(Payer {
+            payer: auth.payer,
+            key,
+            authorization: Some(SignedAuthorization { authorization, signature }),
+            chain_id: chain.chain_id,
+            escrow: chain.escrow,
+            max_price: None,
+        }))
     }
 
     /// Runs `step` with the panel marked busy; shows its result or error.

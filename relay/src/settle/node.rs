@@ -41,6 +41,9 @@ pub struct SettleOpt {
     /// With --pay: the most paid per layer-token (AIT, decimal); dearer servers are not used.
     #[arg(long, value_name = "AIT")]
     pub max_price: Option<String>,
+    /// With --pay: whether a route is chosen for speed or for price.
+    #[arg(long, value_enum, default_value_t = Prefer::Fastest)]
+    pub prefer: Prefer,
     /// Seconds between redeem rounds.
     #[arg(long, default_value_t = 60)]
     pub redeem_every: u64,
@@ -60,6 +63,25 @@ impl SettleOpt {
     /// Whether any settlement flag asks for the wallet.
     pub fn wants_wallet(&self) -> bool {
         self.price.is_some() || self.pay
+    }
+}
+
+/// How a paying client chooses among servers that charge.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prefer {
+    /// The fastest route, whatever it costs (within --max-price).
+    Fastest,
+    /// The cheapest route; speed breaks ties.
+    Cheapest,
+}
+
+impl Prefer {
+    /// What one AIT of price per token is worth in ms of step time when routing.
+    pub fn ms_per_ait(self) -> f64 {
+        match self {
+            Prefer::Fastest => 0.0,
+            Prefer::Cheapest => web_node::net::chain::ChainOptions::CHEAPEST,
+        }
     }
 }
 

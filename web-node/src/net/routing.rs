@@ -10,7 +10,9 @@
 //! A server's speed is its own claim until this node has timed it: [`discount_claims`] lets
 //! measured step times replace claims, floors every claim at [`MIN_CLAIMED_MS_PER_BLOCK`],
 //! and never lets an unmeasured claim beat this node's own in-process blocks (whose speed it
-//! measured itself).
+//! measured itself). A server that charges weighs its price too ([`Candidate::price_ms`]:
+//! what the client says a unit of price is worth in step time), so a client can prefer the
+//! cheapest route, the fastest, or a balance.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -47,12 +49,24 @@ pub struct Candidate {
     /// This node's own server, reached in-process: its speed is this node's measurement, not
     /// a claim.
     pub local: bool,
+    /// What its price is worth to this client in milliseconds of step time (0: it serves free,
+    /// or price does not count); [`plan`] adds it to [`Candidate::cost_ms`].
+    pub price_ms: f64,
 }
 
 impl Candidate {
     /// A candidate from a server's live status, not yet measured nor local.
     pub fn new(peer: PeerId, blocks: Range<usize>, rtt_ms: f64, ms_per_block: f64, active_sessions: usize) -> Self {
-        Candidate { peer, blocks, rtt_ms, ms_per_block, active_sessions, measured_ms: None, local: false }
+        Candidate {
+            peer,
+            blocks,
+            rtt_ms,
+            ms_per_block,
+            active_sessions,
+            measured_ms: None,
+            local: false,
+            price_ms: 0.0,
+        }
     }
 
     /// Estimated time for one decode step through this server, in milliseconds: its measured
@@ -146,7 +160,7 @@ pub fn plan(candidates: &[Candidate], range: Range<usize>) -> Option<Vec<Hop>> {
                 continue;
             }
             let to = c.blocks.end - range.start;
-            let next = cost + c.cost_ms();
+            let next = cost + c.cost_ms() + c.price_ms.max(0.0);
             if next < best[to] {
                 best[to] = next;
                 via[to] = Some(ci);
@@ -260,6 +274,15 @@ mod tests {
         // One fast server for everything beats three hops.
         let hops = plan(&[a, b_fast, c, whole.clone()], 0..30).unwrap();
         assert_eq!(hops, vec![Hop { peer: whole.peer, blocks: 0..30 }]);
+    }
+
+    #[test]
+    fn price_counts_as_much_as_the_client_says_it_is_worth() {
+        // A fast server that charges and a slower free one, priced at 0 and at 10 ms.
+        let (d, f) = (cand(0..30, 1.0, 0.5), cand(0..30, 5.0, 0.5));
+        assert_eq!(route(vec![d.clone(), f.clone()]), vec![d.peer], "fastest when price does not count");
+        let d = Candidate { price_ms: 10.0, ..d };
+        assert_eq!(route(vec![d, f.clone()]), vec![f.peer], "cheapest when price counts");
     }
 
     #[test]

@@ -132,6 +132,11 @@ impl HopSession {
         &self.blocks
     }
 
+    /// What one token through it costs (zero on a free session).
+    pub(super) fn price_per_token(&self) -> U256 {
+        self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.terms().cost(self.blocks.len() as u64))
+    }
+
     /// What the vouchers sent to it pay so far (zero on a free session).
     pub(super) fn paid(&self) -> U256 {
         self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.signed())

@@ -87,6 +87,17 @@ pub struct ChainOptions {
     pub allow_private_addrs: bool,
     /// Who pays servers that charge; `None`: only free servers are used.
     pub payer: Option<Arc<Payer>>,
+    /// What one AIT of price per token is worth in milliseconds of step time when choosing a
+    /// route: 0 (the default) takes the fastest route whatever it costs; a large value
+    /// ([`ChainOptions::CHEAPEST`]) the cheapest.
+    pub ms_per_ait: f64,
+}
+
+impl ChainOptions {
+    /// A [`ChainOptions::ms_per_ait`] that makes price decide the route: a route cheaper by
+    /// 10^-12 AIT per token (a millionth of the smallest price one can type in AIT to six
+    /// places) outweighs a millisecond.
+    pub const CHEAPEST: f64 = 1e12;
 }
 
 impl Default for ChainOptions {
@@ -106,6 +117,7 @@ impl Default for ChainOptions {
             max_probes: 32,
             allow_private_addrs: false,
             payer: None,
+            ms_per_ait: 0.0,
         }
     }
 }
@@ -358,6 +370,12 @@ impl<D: Discovery> SwarmChain<D> {
         self.hops.iter().fold(self.paid_closed, |a, h| a + h.paid())
     }
 
+    /// What one token through the current route costs (AIT, smallest unit): each paid hop's
+    /// price times its layers.
+    pub fn price_per_token(&self) -> U256 {
+        self.hops.iter().fold(U256::ZERO, |a, h| a + h.price_per_token())
+    }
+
     /// A shared view of the current route, updated whenever it changes (for dashboards and
     /// tests that watch a generation from outside).
     pub fn route_watch(&self) -> Arc<Mutex<Vec<Hop>>> {
@@ -458,6 +476,12 @@ impl<D: Discovery> SwarmChain<D> {
             .map(|(f, _)| Candidate {
                 measured_ms: self.measured.get(&f.candidate.peer).map(|(ms, _)| *ms),
                 local: Some(f.candidate.peer) == local,
+                price_ms: match (&f.status.pay, Some(f.candidate.peer) == local) {
+                    (Some(t), false) => {
+                        ait_f64(t.cost(f.candidate.blocks.len() as u64)) * self.opts.ms_per_ait.max(0.0)
+                    }
+                    _ => 0.0,
+                },
                 ..f.candidate.clone()
             })
             .collect();
@@ -481,8 +505,18 @@ impl<D: Discovery> SwarmChain<D> {
     fn log_route(&self) {
         *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = self.route();
         let route: Vec<String> = self.hops.iter().map(|h| h.to_string()).collect();
-        tracing::info!("route: {}", route.join(" -> "));
+        let price = self.price_per_token();
+        if price.is_zero() {
+            tracing::info!("route: {}", route.join(" -> "));
+        } else {
+            tracing::info!("route: {} ({} AIT per token)", route.join(" -> "), crate::settle::format_ait(price));
+        }
     }
+}
+
+/// An amount of AIT (smallest unit) as a float of whole AIT, for weighing routes.
+fn ait_f64(units: U256) -> f64 {
+    f64::from(units) / 1e18
 }
 
 /// Closes every session of `hops` at once (each close waits at most a second); returns what
