@@ -13,6 +13,7 @@
 pub mod browser;
 pub mod candle_ref;
 pub mod chain_fixture;
+pub mod paid;
 pub mod procs;
 pub mod requantize;
 pub mod stream_bench;

@@ -5,12 +5,12 @@
 //! the unit. A client that stops paying is cut off at the credit cap; a relay killed -9
 //! redeems after a restart exactly what its ledger kept.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use ait_tests::procs::{ait_bin, temp_dir, ChainDev, Relay};
+use ait_tests::default_model;
+use ait_tests::paid::{Chain, PRICE, PRICE_UNITS};
+use ait_tests::procs::{temp_dir, Relay};
 use alloy::primitives::{Address, U256};
 use relay::settle::bindings::Escrow;
 use relay::settle::dev::wallet_provider;
@@ -22,74 +22,6 @@ static SERIAL: Mutex<()> = Mutex::new(());
 
 fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// The price every charging relay asks: 10^12 units (0.000001 AIT) per layer-token, a
-/// multiple of 10 so every share of the split is exact.
-const PRICE: &str = "0.000001";
-const PRICE_UNITS: u64 = 1_000_000_000_000;
-const PASSWORD: &str = "pay-test";
-
-fn default_model() -> PathBuf {
-    relay::fetch::default_model().expect("the default model (ait fetch-model)")
-}
-
-/// A dev chain, a password file, and the `ait` settlement commands against them.
-struct Chain {
-    dev: ChainDev,
-    dir: PathBuf,
-    password: PathBuf,
-}
-
-impl Chain {
-    fn start(dir: &Path) -> Chain {
-        let dev = ChainDev::start(&dir.join("chain"));
-        let password = dir.join("password");
-        std::fs::write(&password, PASSWORD).unwrap();
-        Chain { dev, dir: dir.into(), password }
-    }
-
-    fn file(&self) -> &str {
-        self.dev.file.to_str().unwrap()
-    }
-
-    /// `ait ARGS --chain FILE`, which must succeed; its stdout.
-    fn ait(&self, args: &[&str]) -> String {
-        let out = Command::new(ait_bin())
-            .args(args)
-            .args(["--chain", self.file()])
-            .env("AIT_WALLET_PASSWORD", PASSWORD)
-            .output()
-            .expect("ait");
-        assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// A node's data directory holding its identity and the wallet of dev account `account`,
-    /// staked and bound to its peer id.
-    fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
-        let dir = self.dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        relay::p2p::load_or_create_key(&dir).unwrap();
-        let d = dir.to_str().unwrap();
-        let address: Address = self
-            .ait(&["wallet", "new", "--dev-account", &account.to_string(), "--data-dir", d])
-            .trim()
-            .parse()
-            .unwrap();
-        self.ait(&["stake", "10", "--data-dir", d]);
-        (dir, address)
-    }
-
-    /// The settlement flags of a relay: the chain and the wallet's password.
-    fn relay_args(&self) -> Vec<String> {
-        vec!["--chain".into(), self.file().into(), "--password-file".into(), self.password.to_str().unwrap().into()]
-    }
-
-    fn escrow(&self) -> Escrow::EscrowInstance<alloy::providers::DynProvider> {
-        let d = &self.dev.chain.deployment;
-        Escrow::new(d.escrow, wallet_provider(&d.rpc, &self.dev.chain.accounts[0].key).unwrap())
-    }
 }
 
 fn runtime() -> tokio::runtime::Runtime {

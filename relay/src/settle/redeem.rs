@@ -346,9 +346,7 @@ impl Redeemer {
         match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
             Ok(()) => {
                 for key in &send {
-                    if let Some(h) = self.held.get_mut(key) {
-                        h.refused = None;
-                    }
+                    self.collected_now(key)?;
                 }
             }
             Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
@@ -419,6 +417,19 @@ impl Redeemer {
         Ok(())
     }
 
+    /// Records that the held voucher of `key` was just redeemed: a redeem pays in full or
+    /// reverts, so the chain's latest block collected all of it. The ledger says so at once,
+    /// so what it counts as still promised (and a charging node's sessions are backed
+    /// against) does not count it twice until the redeem is final and the voucher let go.
+    fn collected_now(&mut self, key: &(Address, B256)) -> Result<(), ChainError> {
+        if let Some(h) = self.held.get_mut(key) {
+            h.refused = None;
+            h.collected = h.voucher.cumulativeAmount;
+            self.ledger.set_collected(key.0, key.1, h.collected)?;
+        }
+        Ok(())
+    }
+
     /// Records a redeem's outcome: a refusal stays with the voucher; a chain failure ends the round.
     fn after(
         &mut self,
@@ -427,12 +438,7 @@ impl Redeemer {
         report: &mut RedeemReport,
     ) -> Result<(), ChainError> {
         match outcome {
-            Ok(()) => {
-                if let Some(h) = self.held.get_mut(key) {
-                    h.refused = None;
-                }
-                Ok(())
-            }
+            Ok(()) => self.collected_now(key),
             Err(ChainError::Contract { reason, .. }) => {
                 tracing::warn!(payer = %key.0, session = %key.1, %reason, "voucher refused on chain; kept");
                 report.refused.push(reason.clone());

@@ -1,0 +1,82 @@
+//! A dev chain for paid swarms (tests and benches): `ait chain dev`, wallets kept encrypted
+//! with a known password, nodes staked and bound to their peer ids, and the flags a relay
+//! needs to charge or pay.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use alloy::primitives::Address;
+use relay::settle::bindings::Escrow;
+use relay::settle::dev::wallet_provider;
+
+use crate::procs::{ait_bin, ChainDev};
+
+/// The price charging relays ask in tests and benches: 10^12 units (0.000001 AIT) per
+/// layer-token, a multiple of 10 so every share of the 70/20/10 split is exact.
+pub const PRICE: &str = "0.000001";
+/// [`PRICE`] in the smallest unit.
+pub const PRICE_UNITS: u64 = 1_000_000_000_000;
+/// The password of every keystore made here.
+const PASSWORD: &str = "pay-test";
+
+/// A dev chain, a password file, and the `ait` settlement commands against them.
+pub struct Chain {
+    /// The running chain.
+    pub dev: ChainDev,
+    dir: PathBuf,
+    password: PathBuf,
+}
+
+impl Chain {
+    /// Starts `ait chain dev` under `dir`.
+    pub fn start(dir: &Path) -> Chain {
+        let dev = ChainDev::start(&dir.join("chain"));
+        let password = dir.join("password");
+        std::fs::write(&password, PASSWORD).unwrap();
+        Chain { dev, dir: dir.into(), password }
+    }
+
+    /// The chain's deployment file.
+    pub fn file(&self) -> &str {
+        self.dev.file.to_str().unwrap()
+    }
+
+    /// `ait ARGS --chain FILE`, which must succeed; its stdout.
+    pub fn ait(&self, args: &[&str]) -> String {
+        let out = Command::new(ait_bin())
+            .args(args)
+            .args(["--chain", self.file()])
+            .env("AIT_WALLET_PASSWORD", PASSWORD)
+            .output()
+            .expect("ait");
+        assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A node's data directory holding its identity and the wallet of dev account `account`,
+    /// staked and bound to its peer id.
+    pub fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
+        let dir = self.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        relay::p2p::load_or_create_key(&dir).unwrap();
+        let d = dir.to_str().unwrap();
+        let address: Address = self
+            .ait(&["wallet", "new", "--dev-account", &account.to_string(), "--data-dir", d])
+            .trim()
+            .parse()
+            .unwrap();
+        self.ait(&["stake", "10", "--data-dir", d]);
+        (dir, address)
+    }
+
+    /// The settlement flags of a relay: the chain and the wallet's password.
+    pub fn relay_args(&self) -> Vec<String> {
+        vec!["--chain".into(), self.file().into(), "--password-file".into(), self.password.to_str().unwrap().into()]
+    }
+
+    /// The escrow, read (and written) as dev account 0.
+    pub fn escrow(&self) -> Escrow::EscrowInstance<alloy::providers::DynProvider> {
+        let d = &self.dev.chain.deployment;
+        Escrow::new(d.escrow, wallet_provider(&d.rpc, &self.dev.chain.accounts[0].key).unwrap())
+    }
+}
