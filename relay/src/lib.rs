@@ -23,6 +23,7 @@ pub mod inspect;
 pub mod limits;
 pub mod local;
 pub mod manifest_cache;
+pub mod metrics;
 pub mod models;
 pub mod openai;
 pub mod p2p;

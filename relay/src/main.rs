@@ -327,11 +327,14 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 None
             }
         };
+        relay::metrics::install();
+        let mut metrics = relay::metrics::MetricsState::default();
         let mut limits = o.serve.limits(o.net.trusted());
         match (&settlement, &loaded) {
             (Some(s), Some(l)) => {
                 let layers = web_node::engine::Backend::layers(&l.backend).len() as u64;
                 let gate = s.charge(&o.settle, &o.data_dir, layers, peer).await?;
+                metrics.ledger = gate.as_ref().map(|g| g.ledger().clone());
                 limits.payments = gate.map(|g| g as Arc<dyn web_node::settle::PaymentGate>);
             }
             (_, None) if o.settle.price.is_some() => {
@@ -350,6 +353,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
             measured =
                 Some(web_node::model::card::Measured { ms_per_block: c.ms_per_block, backend: c.backend.clone() });
             local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
+            metrics.server = Some(s.server.clone());
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);
         }
@@ -456,7 +460,8 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 );
             }
             let app = relay::api::router_with(Arc::new(state), &o.http_limits)
-                .merge(relay::web::router(Arc::new(web), web_dir));
+                .merge(relay::web::router(Arc::new(web), web_dir))
+                .merge(relay::metrics::router(metrics));
             let addr = relay::api::serve_with(o.http, app, &o.http_limits).await?;
             println!("http: http://{addr}");
         }

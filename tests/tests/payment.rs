@@ -136,6 +136,19 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     want.push((creator, total * units(2) / units(10)));
     want.push((treasury, total / units(10)));
     wait_earned(&chain, &want);
+    // Each relay's /metrics counts the tokens it served and the vouchers it redeemed.
+    for r in &relays {
+        let text = ureq::get(&format!("{}/metrics", r.http.as_deref().unwrap()))
+            .call()
+            .expect("/metrics")
+            .body_mut()
+            .read_to_string()
+            .unwrap();
+        let tokens = format!("ait_tokens_served_total{{model=\"{model_id}\"}} {tokens}");
+        assert!(text.contains(&tokens), "no `{tokens}` in:\n{text}");
+        assert!(text.contains("ait_vouchers_redeemed_total 1"), "{text}");
+        assert!(text.contains("ait_vouchers_pending 0"), "{text}");
+    }
     let escrow = chain.escrow();
     let rt = runtime();
     for (_, node) in &nodes {
@@ -422,6 +435,11 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
     std::thread::sleep(Duration::from_secs(2));
     wait_earned(&chain, &want);
     drop(relay);
+    // `ait earnings` tells the operator the same, and that nothing is left to redeem.
+    let out = chain.ait(&["earnings", "--data-dir", node_dir.to_str().unwrap()]);
+    let share = web_node::settle::format_ait(want[0].1);
+    assert!(out.contains(&format!("redeemed  {share} AIT (node share) in 1 redeems")), "{out}");
+    assert!(out.contains("pending   0 AIT in 0 vouchers"), "{out}");
     drop(chain);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(dir);

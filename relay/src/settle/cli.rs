@@ -121,6 +121,16 @@ pub enum SettleCmd {
         #[command(flatten)]
         args: WalletArgs,
     },
+    /// What this wallet earned by serving: vouchers redeemed (from the escrow's `Redeemed`
+    /// events), per model and per hour, what can be withdrawn, and vouchers not yet redeemed
+    /// (from the node's ledger, when no relay holds it open).
+    Earnings {
+        /// How many recent blocks to read events from.
+        #[arg(long, default_value_t = 100_000)]
+        blocks: u64,
+        #[command(flatten)]
+        args: WalletArgs,
+    },
     /// Models on chain: `register ID --payout ADDRESS`.
     Model {
         #[command(subcommand)]
@@ -367,6 +377,7 @@ pub fn run(cmd: SettleCmd) -> anyhow::Result<()> {
             })
         }
         SettleCmd::Redeem { vouchers, confirmations, args } => redeem(&vouchers, confirmations, &args),
+        SettleCmd::Earnings { blocks, args } => earnings(blocks, &args),
         SettleCmd::Model { cmd: ModelCmd::Register { id, payout }, args } => {
             let (_, d, provider) = args.connect()?;
             runtime()?.block_on(async {
@@ -431,6 +442,68 @@ fn wallet(cmd: WalletCmd, args: &WalletArgs) -> anyhow::Result<()> {
             })
         }
     }
+}
+
+fn earnings(blocks: u64, args: &WalletArgs) -> anyhow::Result<()> {
+    let (signer, d, provider) = args.connect()?;
+    let me = signer.address();
+    runtime()?.block_on(async {
+        let escrow = Escrow::new(d.escrow, &provider);
+        let (latest, now) = latest_block(&provider).await?;
+        let events = escrow
+            .Redeemed_filter()
+            .topic2(me)
+            .from_block(latest.saturating_sub(blocks))
+            .query()
+            .await
+            .map_err(|e| ChainError::Rpc(format!("Redeemed events: {e}")))?;
+        let (mut total, mut day) = (U256::ZERO, U256::ZERO);
+        let mut by_model: std::collections::BTreeMap<B256, (usize, U256)> = Default::default();
+        let mut times: std::collections::HashMap<u64, u64> = Default::default();
+        for (e, log) in &events {
+            total += e.nodeShare;
+            let m = by_model.entry(e.model).or_default();
+            m.0 += 1;
+            m.1 += e.nodeShare;
+            let block = log.block_number.unwrap_or(latest);
+            let at = match log.block_timestamp.or_else(|| times.get(&block).copied()) {
+                Some(t) => t,
+                None => {
+                    let b = provider
+                        .get_block_by_number(block.into())
+                        .await
+                        .map_err(|e| ChainError::Rpc(e.to_string()))?
+                        .map_or(now, |b| b.header.timestamp);
+                    times.insert(block, b);
+                    b
+                }
+            };
+            if now.saturating_sub(at) < 24 * 3600 {
+                day += e.nodeShare;
+            }
+        }
+        let earned = escrow.earned(me).call().await.map_err(|e| ChainError::contract("earned", &e))?;
+        println!("node      {me}");
+        println!("redeemed  {} AIT (node share) in {} redeems over the last {blocks} blocks", ait(total), events.len());
+        println!("per hour  {} AIT (last 24 h)", ait(day / U256::from(24u8)));
+        for (model, (n, amount)) in &by_model {
+            println!("model     {model}: {} AIT in {n} redeems", ait(*amount));
+        }
+        println!("earned    {} AIT, withdrawable (`ait withdraw --earned`)", ait(earned));
+        let path = args.data_dir.join("ledger.redb");
+        if path.is_file() {
+            match super::Ledger::open(&path) {
+                Ok(ledger) => {
+                    let entries = ledger.entries()?;
+                    let owed = entries.iter().fold(U256::ZERO, |a, e| a + e.outstanding());
+                    let n = entries.iter().filter(|e| !e.outstanding().is_zero()).count();
+                    println!("pending   {} AIT in {n} vouchers not yet redeemed", ait(owed));
+                }
+                Err(_) => println!("pending   (the relay holds the ledger open: see its /metrics)"),
+            }
+        }
+        anyhow::Ok(())
+    })
 }
 
 fn redeem(file: &Path, confirmations: Option<u64>, args: &WalletArgs) -> anyhow::Result<()> {

@@ -94,6 +94,11 @@ impl ChainGate {
         }
     }
 
+    /// The ledger its sessions' vouchers go to.
+    pub fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
     async fn escrowed(&self, payer: Address) -> Result<Escrowed, PaymentError> {
         let node = self.terms.node;
         let (_, now) = latest_block(&self.provider).await.map_err(unavailable)?;

@@ -187,8 +187,13 @@ async fn redeem_loop(mut r: Redeemer, every: Duration, min: U256) {
                 continue;
             }
         }
+        metrics::counter!("ait_redeem_rounds_total").increment(1);
         match r.redeem_due().await {
             Ok(report) if report.sent > 0 || report.finalized > 0 || !report.refused.is_empty() => {
+                metrics::counter!("ait_vouchers_redeemed_total").increment(report.sent as u64);
+                metrics::counter!("ait_vouchers_final_total").increment(report.finalized as u64);
+                metrics::counter!("ait_redeem_refusals_total").increment(report.refused.len() as u64);
+                metrics::counter!("ait_vouchers_expired_total").increment(report.expired as u64);
                 tracing::info!(
                     sent = report.sent,
                     finalized = report.finalized,
@@ -198,7 +203,10 @@ async fn redeem_loop(mut r: Redeemer, every: Duration, min: U256) {
                 );
             }
             Ok(_) => {}
-            Err(e) => tracing::warn!("redeem round failed (retried next round): {e}"),
+            Err(e) => {
+                metrics::counter!("ait_redeem_failures_total").increment(1);
+                tracing::warn!("redeem round failed (retried next round): {e}");
+            }
         }
     }
 }
