@@ -71,7 +71,7 @@ async fn render(State(s): State<Arc<MetricsState>>) -> String {
         match entries {
             Ok(Ok(entries)) => {
                 let pending = entries.iter().filter(|e| !e.outstanding().is_zero()).count();
-                let owed = entries.iter().fold(alloy::primitives::U256::ZERO, |a, e| a + e.outstanding());
+                let owed = entries.iter().fold(alloy::primitives::U256::ZERO, |a, e| a.saturating_add(e.outstanding()));
                 metrics::gauge!("ait_vouchers_pending").set(pending as f64);
                 metrics::gauge!("ait_vouchers_pending_ait").set(ait(owed));
             }

@@ -165,7 +165,7 @@ fn vouchers() -> serde_json::Value {
     let n = 2000;
     let (mut signed, mut checked) = (Vec::new(), Vec::new());
     for _ in 0..5 {
-        let mut bill = HopBill::new(&payer, terms.clone(), model, 10).unwrap();
+        let mut bill = HopBill::new(&payer, terms.clone(), model, 10, 1_000_000).unwrap();
         let mut meter = Meter::new(terms.clone(), bill.payment().clone(), model, 10, U256::MAX);
         let mut all = Vec::with_capacity(n);
         let t = Instant::now();
@@ -184,7 +184,7 @@ fn vouchers() -> serde_json::Value {
     }
     let dir = temp_dir("bench-ledger");
     let ledger = relay::settle::Ledger::open(&dir.join("ledger.redb")).unwrap();
-    let mut bill = HopBill::new(&payer, terms.clone(), model, 10).unwrap();
+    let mut bill = HopBill::new(&payer, terms.clone(), model, 10, 1_000_000).unwrap();
     let mut put_ms = Vec::new();
     for _ in 0..200 {
         bill.received(1);

@@ -233,6 +233,11 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
     let p = payer_dir.to_str().unwrap();
     chain.ait(&["deposit", "10", "--data-dir", p]);
     chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", p]);
+    // The cheater pays from an escrow of its own.
+    let (cheater_dir, cheater) = chain.node_dir("cheater", 3);
+    let c = cheater_dir.to_str().unwrap();
+    chain.ait(&["deposit", "10", "--data-dir", c]);
+    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", c]);
     let cap = web_node::settle::format_ait(units(PRICE_UNITS) * units(30 * 6));
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
@@ -271,18 +276,23 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let r = s.ask(&open(None)).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("charges")), "{r:?}");
         let stranger = SessionKey::from_bytes(accounts[6].key.as_slice()).unwrap();
-        let unauthorized = HopBill::new(&pays(&stranger, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let unauthorized =
+            HopBill::new(&pays(&stranger, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap();
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(Some(unauthorized.payment().clone()))).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("may not sign")), "{r:?}");
         let broke = pays(&stranger, stranger.address());
-        let broke = HopBill::new(&broke, t.clone(), model_id.0.into(), 30).unwrap();
+        let broke = HopBill::new(&broke, t.clone(), model_id.0.into(), 30, web_node::settle::unix_s()).unwrap();
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(Some(broke.payment().clone()))).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("allocation")), "{r:?}");
 
         // The cheater opens properly and never sends a voucher: six tokens, then cut off.
-        let cheat = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let cheater_key = SessionKey::from_bytes(accounts[3].key.as_slice()).unwrap();
+        let cheat =
+            HopBill::new(&pays(&cheater_key, cheater), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap();
         let mut s = Raw::open(&h, peer).await;
         assert_eq!(s.ask(&open(Some(cheat.payment().clone()))).await, Response::Opened { max_len: 64 });
         let mut served = 0;
@@ -296,10 +306,30 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         assert_eq!(served, 6);
         let (code, why) = refusal(&refused);
         assert!(code == ErrorCode::PaymentRequired && why.contains("credit"), "{why}");
+        // It left a cap unpaid: the node opens it no more sessions.
+        let again =
+            HopBill::new(&pays(&cheater_key, cheater), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(again.payment().clone()))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("unpaid")), "{r:?}");
+        // Nobody opens a session in a payer's name without its key: a proof signed by another
+        // key, and a session id already used, are refused.
+        let mut forged =
+            HopBill::new(&pays(&stranger, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap()
+                .payment()
+                .clone();
+        forged.signer = payer;
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(forged))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("proof")), "{r:?}");
 
         // Forged vouchers, each on a session of its own: refused, and the session ends.
         for forge in ["stranger's key", "more work than served", "amount changed after signing"] {
-            let mut bill = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+            let mut bill =
+                HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                    .unwrap();
             let mut s = Raw::open(&h, peer).await;
             assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
             assert!(matches!(s.ask(&step(0, None)).await, Response::Hidden { .. }));
@@ -324,7 +354,9 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         }
 
         // The honest client pays as it goes and runs 20 tokens, past the cap of six.
-        let mut bill = HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30).unwrap();
+        let mut bill =
+            HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap();
         let mut s = Raw::open(&h, peer).await;
         assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
         let mut vouchers = 0;
@@ -341,6 +373,10 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         // The relay closes the stream once it kept the closing voucher.
         let t = Duration::from_secs(10);
         assert!(matches!(read_frame(&mut s.stream, 1 << 16, t, t).await, Err(FrameError::Closed)));
+        // Opening the same session again would replay what it paid: refused.
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(bill.payment().clone()))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("not new")), "{r:?}");
         bill.signed()
     });
     assert_eq!(honest_paid, units(PRICE_UNITS) * units(30 * 20));
@@ -390,7 +426,7 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
         let h = relay::swarm_client::connect(&[addr]).await.unwrap();
         let mut s = Raw::open(&h, peer).await;
         let t = terms(&mut s).await;
-        let mut bill = HopBill::new(&payer_of, t, model_id.0.into(), 30).unwrap();
+        let mut bill = HopBill::new(&payer_of, t, model_id.0.into(), 30, web_node::settle::unix_s()).unwrap();
         let open =
             Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment: Some(bill.payment().clone()) };
         assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64 });

@@ -66,8 +66,9 @@ fn step(pos: u32, n_tokens: u32) -> Request {
 fn payment() -> (web_node::settle::Payment, web_node::settle::SignedVoucher) {
     let key = web_node::settle::SessionKey::from_bytes(&[7; 32]).expect("a valid secret");
     let (who, session) = (key.address(), format!("0x{}", "11".repeat(32)));
-    let payment = serde_json::from_value(serde_json::json!({ "session": session, "payer": who, "signer": who }))
-        .expect("a payment");
+    let payment = serde_json::from_value(serde_json::json!({ "session": session, "payer": who, "signer": who,
+        "not_after": 2_000_000_000u64, "proof": format!("0x{}", "22".repeat(65)) }))
+    .expect("a payment");
     let voucher: web_node::settle::Voucher = serde_json::from_value(serde_json::json!({
         "session": session, "payer": who, "node": who, "model": format!("0x{}", tiny::model_id().to_hex()),
         "cumulativeAmount": "0x3e8", "cumulativeWork": "0x1e", "expiry": 2_000_000_000u64,

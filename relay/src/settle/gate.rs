@@ -6,15 +6,16 @@
 //! allocation with what its other sessions here promised, and is kept in the node's
 //! [`Ledger`] before its step is answered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy::primitives::{Address, U256};
+use alloy::primitives::{Address, B256, U256};
 use alloy::providers::DynProvider;
+use tokio::sync::Notify;
 use web_node::settle::pay::MIN_VOUCHER_LIFE_S;
 use web_node::settle::{
-    recover_signer, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate, SignedAllocation,
+    recover_signer, unix_s, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate, SignedAllocation,
     SignedAuthorization, SignedVoucher,
 };
 
@@ -29,9 +30,24 @@ pub struct ChainGate {
     provider: DynProvider,
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
-    /// What backs each payer's vouchers here, as of its latest session's opening: its
-    /// allocation less what thaws, plus what a signed allocation waiting to be submitted adds.
-    backing: Mutex<HashMap<Address, U256>>,
+    /// What backs each payer's vouchers here, as of its latest session's opening (or the
+    /// latest voucher that needed a fresh look): its allocation less what thaws, plus what a
+    /// signed allocation waiting to be submitted adds; at most the credit cap while the
+    /// payer's authorization or allocation is not on chain yet.
+    backing: Arc<Mutex<HashMap<Address, U256>>>,
+    /// Paid sessions open now, by (payer, session).
+    open: Mutex<HashSet<(Address, B256)>>,
+    /// What payers' paid sessions here ended owing, unpaid.
+    debts: Mutex<HashMap<Address, U256>>,
+    /// Held across a voucher's backing check and its ledger write, so two sessions of one
+    /// payer cannot both pass against the same backing.
+    store_lock: Arc<Mutex<()>>,
+    /// Wakes the redeem loop when an authorization or allocation waits to be submitted.
+    wake: Arc<Notify>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for ChainGate {
@@ -90,8 +106,35 @@ impl ChainGate {
             provider,
             ledger,
             rpc_timeout: Duration::from_secs(10),
-            backing: Mutex::default(),
+            backing: Arc::default(),
+            open: Mutex::default(),
+            debts: Mutex::default(),
+            store_lock: Arc::default(),
+            wake: Arc::default(),
         }
+    }
+
+    /// What wakes the redeem loop early (an authorization or allocation to submit).
+    pub fn wake(&self) -> Arc<Notify> {
+        self.wake.clone()
+    }
+
+    /// Whether `payer` has an authorization or an allocation here that is not on chain yet.
+    fn pending(&self, payer: Address) -> Result<bool, PaymentError> {
+        let auth = self.ledger.authorizations().map_err(unavailable)?.iter().any(|a| a.authorization.payer == payer);
+        Ok(auth || self.ledger.allocation(payer).map_err(unavailable)?.is_some())
+    }
+
+    /// Reads `payer`'s backing here from the chain again (after collections, or once what was
+    /// pending landed).
+    async fn refresh(&self, payer: Address) -> Result<(), PaymentError> {
+        let e = self.escrowed(payer).await?;
+        let mut backing = e.backing_with(None);
+        if self.pending(payer)? {
+            backing = backing.min(self.terms.credit_cap);
+        }
+        lock(&self.backing).insert(payer, backing);
+        Ok(())
     }
 
     /// The ledger its sessions' vouchers go to.
@@ -123,7 +166,31 @@ impl ChainGate {
 
     /// Checks a paid session's payer and returns the credit it gets.
     async fn check(&self, p: &Payment) -> Result<U256, PaymentError> {
+        // The session's key opened it (nobody opens a session in a payer's name without it).
+        p.check_proof(self.terms.node, &self.terms.domain(), unix_s())?;
+        let debt = lock(&self.debts).get(&p.payer).copied().unwrap_or_default();
+        if debt >= self.terms.credit_cap {
+            return Err(PaymentError::Required(format!(
+                "payer {} left {debt} unpaid in earlier sessions here",
+                p.payer
+            )));
+        }
+        // A new session: a session id that was paid before would replay its vouchers.
+        let key = (p.payer, p.session);
+        if lock(&self.open).contains(&key) || self.ledger.has(p.payer, p.session).map_err(unavailable)? {
+            return Err(PaymentError::Refused(format!("session {} is not new", p.session)));
+        }
+        let collected = self
+            .escrow
+            .collected(p.payer, p.session, self.terms.node)
+            .call()
+            .await
+            .map_err(|e| unavailable(ChainError::contract("collected", &e)))?;
+        if !collected.is_zero() {
+            return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
+        }
         let e = self.escrowed(p.payer).await?;
+        let mut pending = e.pending.is_some();
         let signer = self
             .escrow
             .isSigner(p.payer, p.signer)
@@ -138,15 +205,27 @@ impl ChainGate {
                 )));
             };
             self.check_authorization(p, a, e.now).await?;
+            pending = true;
         }
         if let Some(a) = &p.allocation {
-            self.check_allocation(p, a, &e).await?;
+            pending |= self.check_allocation(p, a, &e).await?;
         }
-        let backing = e.backing_with(p.allocation.as_ref());
-        self.backing.lock().unwrap_or_else(|p| p.into_inner()).insert(p.payer, backing);
+        let mut backing = e.backing_with(p.allocation.as_ref());
+        if pending {
+            // Until the authorization or allocation is on chain the payer can still void it
+            // (revoke the key, withdraw): back no more than the cap meanwhile, and have the
+            // redeemer submit it now.
+            backing = backing.min(self.terms.credit_cap);
+            self.wake.notify_one();
+        }
         // The payer's other sessions' vouchers not yet collected are promised already.
         let free = backing.saturating_sub(self.promised(p.payer, Some(p.session))?);
-        Ok(free.min(self.terms.credit_cap))
+        let credit = free.min(self.terms.credit_cap);
+        if !credit.is_zero() {
+            lock(&self.backing).insert(p.payer, backing);
+            lock(&self.open).insert(key);
+        }
+        Ok(credit)
     }
 
     /// Checks a payer's authorization of the session key off chain (its signature, deadline
@@ -184,8 +263,8 @@ impl ChainGate {
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
     /// the session's key, good long enough) and against the payer's free balance, and keeps
-    /// it for the redeemer to submit.
-    async fn check_allocation(&self, p: &Payment, a: &SignedAllocation, e: &Escrowed) -> Result<(), PaymentError> {
+    /// it for the redeemer to submit; returns whether it adds anything.
+    async fn check_allocation(&self, p: &Payment, a: &SignedAllocation, e: &Escrowed) -> Result<bool, PaymentError> {
         let al = &a.allocation;
         if al.payer != p.payer || al.node != self.terms.node {
             return Err(PaymentError::Refused(format!(
@@ -203,7 +282,7 @@ impl ChainGate {
         }
         let added = e.total_with(Some(a)) - e.total_with(None);
         if added.is_zero() {
-            return Ok(());
+            return Ok(false);
         }
         let free = self
             .escrow
@@ -219,20 +298,31 @@ impl ChainGate {
                 "the allocation adds {added} to {pending} pending; the payer's free balance not thawing is {spare}"
             )));
         }
-        self.ledger.put_allocation(a).map_err(unavailable)
+        self.ledger.put_allocation(a).map_err(unavailable)?;
+        Ok(true)
     }
 
-    /// Checks that the payer's backing covers `v` with what its other sessions here promised.
-    fn backed(&self, v: &SignedVoucher) -> Result<(), PaymentError> {
-        let payer = v.voucher.payer;
-        let backing = self.backing.lock().unwrap_or_else(|p| p.into_inner()).get(&payer).copied().unwrap_or_default();
-        let owed = v.voucher.cumulativeAmount + self.promised(payer, Some(v.voucher.session))?;
-        if owed > backing {
-            return Err(PaymentError::Required(format!(
-                "the payer's allocation to this node ({backing}) does not cover {owed} promised: allocate more"
-            )));
-        }
-        Ok(())
+    /// Keeps `v` if the payer's backing covers it with what its other sessions here promised,
+    /// the check and the write under one lock; `Ok(false)` when the backing falls short.
+    async fn keep(&self, v: &SignedVoucher) -> Result<bool, PaymentError> {
+        let (ledger, backing, guard, v) =
+            (self.ledger.clone(), self.backing.clone(), self.store_lock.clone(), v.clone());
+        // The durable write waits for the disk: off the async workers.
+        tokio::task::spawn_blocking(move || {
+            let _held = lock(&guard);
+            let payer = v.voucher.payer;
+            let backing = lock(&backing).get(&payer).copied().unwrap_or_default();
+            let promised = ledger.outstanding_of(payer, Some(v.voucher.session)).map_err(unavailable)?;
+            if v.voucher.cumulativeAmount.saturating_add(promised) > backing {
+                return Ok(false);
+            }
+            if !ledger.put(&v).map_err(unavailable)? {
+                return Err(PaymentError::Refused("the voucher is not above the one kept for its session".into()));
+            }
+            Ok(true)
+        })
+        .await
+        .map_err(unavailable)?
     }
 }
 
@@ -258,15 +348,32 @@ impl PaymentGate for ChainGate {
     }
 
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>> {
-        let (ledger, voucher) = (self.ledger.clone(), voucher.clone());
         Box::pin(async move {
-            self.backed(&voucher)?;
-            // A durable write waits for the disk: off the async workers.
-            tokio::task::spawn_blocking(move || ledger.put(&voucher))
+            if self.keep(voucher).await? {
+                return Ok(());
+            }
+            // Short of backing as last read: read the chain again (collections lower what is
+            // promised; an authorization or allocation may have landed), then decide.
+            let payer = voucher.voucher.payer;
+            tokio::time::timeout(self.rpc_timeout, self.refresh(payer))
                 .await
-                .map_err(unavailable)?
-                .map(|_| ())
-                .map_err(unavailable)
+                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))?;
+            if self.keep(voucher).await? {
+                return Ok(());
+            }
+            let backing = lock(&self.backing).get(&payer).copied().unwrap_or_default();
+            Err(PaymentError::Required(format!(
+                "the payer's backing here ({backing}) does not cover this voucher with its other sessions': allocate more"
+            )))
         })
+    }
+
+    fn close(&self, payment: &Payment, unpaid: U256) {
+        lock(&self.open).remove(&(payment.payer, payment.session));
+        if !unpaid.is_zero() {
+            let mut debts = lock(&self.debts);
+            let debt = debts.entry(payment.payer).or_default();
+            *debt = debt.saturating_add(unpaid);
+        }
     }
 }

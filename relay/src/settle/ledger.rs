@@ -236,6 +236,14 @@ impl Ledger {
         Ok(())
     }
 
+    /// Whether a voucher of (payer, session) is kept.
+    pub fn has(&self, payer: Address, session: B256) -> Result<bool, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(VOUCHERS).map_err(db)?;
+        let found = table.get(key(payer, session).as_slice()).map_err(db)?.is_some();
+        Ok(found)
+    }
+
     /// Every stored voucher.
     pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
         let txn = self.db.begin_read().map_err(db)?;
@@ -255,7 +263,7 @@ impl Ledger {
             .entries()?
             .iter()
             .filter(|e| e.voucher.voucher.payer == payer && Some(e.voucher.voucher.session) != except)
-            .fold(U256::ZERO, |a, e| a + e.outstanding()))
+            .fold(U256::ZERO, |a, e| a.saturating_add(e.outstanding())))
     }
 }
 

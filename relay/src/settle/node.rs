@@ -160,7 +160,7 @@ impl Settlement {
         }
         let redeemer = Redeemer::new(d, self.provider.clone(), self.address, ledger);
         let min = o.redeem_min.as_deref().map(parse_ait).transpose().context("--redeem-min")?.unwrap_or_default();
-        tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min));
+        tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min, gate.wake()));
         println!(
             "charging: {} AIT per layer-token to {}, credit cap {} AIT per session",
             format_ait(price),
@@ -171,13 +171,17 @@ impl Settlement {
     }
 }
 
-/// Every `every`, redeems the ledger's vouchers when what they add passes `min` or one of
-/// them expires within two hours; a failed round is retried at the next.
-async fn redeem_loop(mut r: Redeemer, every: Duration, min: U256) {
+/// Every `every` (or when `wake` says an authorization or allocation waits), redeems the
+/// ledger's vouchers when what they add passes `min` or one of them expires within two hours,
+/// and submits what waits; a failed round is retried at the next.
+async fn redeem_loop(mut r: Redeemer, every: Duration, min: U256, wake: Arc<tokio::sync::Notify>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = wake.notified() => {}
+        }
         // The ledger may have grown since the last round: `due` reads it first.
         match r.due(min, unix_s() + 2 * 3600) {
             Ok(false) => continue,

@@ -26,6 +26,9 @@ use super::bindings::Escrow;
 use super::ledger::{Ledger, LedgerError};
 use super::{latest_block, mined, ChainError, Deployment};
 
+/// Most vouchers redeemed in one transaction.
+pub const MAX_BATCH: usize = 200;
+
 /// Why a voucher was not accepted. Each is the payer's (or an impostor's) fault, and leaves
 /// what the node held as it was.
 #[derive(Debug, thiserror::Error)]
@@ -180,12 +183,12 @@ impl Redeemer {
 
     /// What the held vouchers promise in all (collected or not).
     pub fn held_amount(&self) -> U256 {
-        self.held.values().map(|h| h.voucher.cumulativeAmount).fold(U256::ZERO, |a, b| a + b)
+        self.held.values().map(|h| h.voucher.cumulativeAmount).fold(U256::ZERO, |a, b| a.saturating_add(b))
     }
 
     /// What the held vouchers promise beyond what the chain had collected when last read.
     pub fn outstanding(&self) -> U256 {
-        self.held.values().map(Held::outstanding).fold(U256::ZERO, |a, b| a + b)
+        self.held.values().map(Held::outstanding).fold(U256::ZERO, |a, b| a.saturating_add(b))
     }
 
     /// Whether a round is worth its gas now, from what the ledger holds: what the vouchers add
@@ -236,7 +239,7 @@ impl Redeemer {
             .iter()
             .filter(|((payer, session), _)| *payer == voucher.payer && *session != voucher.session)
             .map(|(_, h)| h.outstanding())
-            .fold(U256::ZERO, |a, b| a + b);
+            .fold(U256::ZERO, |a, b| a.saturating_add(b));
         let owed = voucher.cumulativeAmount - collected + others;
         if owed > allocation {
             return Err(VoucherError::Unbacked { owed, allocation });
@@ -340,6 +343,9 @@ impl Redeemer {
         if send.is_empty() {
             return Ok(report);
         }
+        // A batch stays far under a block's gas (about 25,000 gas a voucher); the rest go in
+        // the next round.
+        send.truncate(MAX_BATCH);
         report.sent = send.len();
         let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
         let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();

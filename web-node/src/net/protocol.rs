@@ -442,6 +442,8 @@ mod tests {
             signer: alloy_primitives::Address::repeat_byte(3),
             authorization: None,
             allocation: None,
+            not_after: 1_700_000_600,
+            proof: vec![8u8; 65].into(),
         }
     }
 

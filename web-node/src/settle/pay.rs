@@ -18,10 +18,29 @@ use std::future::Future;
 use std::pin::Pin;
 
 use alloy_primitives::{Address, Bytes, B256, U256};
-use alloy_sol_types::Eip712Domain;
+use alloy_sol_types::{sol, Eip712Domain};
 use serde::{Deserialize, Serialize};
 
 use super::voucher::{escrow_domain, recover_signer, Allocation, AuthorizeSigner, SessionKey, Voucher};
+
+sol! {
+    /// A session key's proof that it opens this session with this node: signed when the
+    /// session opens, so nobody opens a session in a payer's name without its key.
+    #[derive(Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+    struct OpenSession {
+        /// The session id.
+        bytes32 session;
+        /// The payer.
+        address payer;
+        /// The node.
+        address node;
+        /// Unix seconds after which it does not open a session.
+        uint64 notAfter;
+    }
+}
+
+/// How long a session's opening proof is good for: ten minutes.
+pub const OPEN_PROOF_LIFETIME_S: u64 = 600;
 
 /// Largest payment or voucher message, in bytes (JSON): a voucher takes about 450, a payment
 /// with an authorization about 600.
@@ -133,6 +152,33 @@ pub struct Payment {
     /// An allocation to the node, if the session needs more than is allocated.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocation: Option<SignedAllocation>,
+    /// When the proof below stops opening a session (Unix seconds).
+    pub not_after: u64,
+    /// `signer`'s signature of [`OpenSession`] `{session, payer, node, not_after}`.
+    pub proof: Bytes,
+}
+
+impl Payment {
+    /// Checks the opening proof at Unix time `now_s` for `node` under `domain`: signed by the
+    /// session's key, not expired, and not good for more than [`OPEN_PROOF_LIFETIME_S`].
+    pub fn check_proof(&self, node: Address, domain: &Eip712Domain, now_s: u64) -> Result<(), PaymentError> {
+        if self.not_after < now_s || self.not_after > now_s.saturating_add(OPEN_PROOF_LIFETIME_S) {
+            return Err(PaymentError::Refused(format!(
+                "the session's opening proof is good until {}; now is {now_s}",
+                self.not_after
+            )));
+        }
+        let open = OpenSession { session: self.session, payer: self.payer, node, notAfter: self.not_after };
+        let who = recover_signer(&open, domain, &self.proof)
+            .map_err(|e| PaymentError::Refused(format!("the session's opening proof: {e}")))?;
+        if who != self.signer {
+            return Err(PaymentError::Refused(format!(
+                "the session's opening proof is signed by {who}, not its key {}",
+                self.signer
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// Why a payment was refused. Each ends only the session it is about.
@@ -167,6 +213,9 @@ pub trait PaymentGate: Send + Sync + Debug {
     /// less when the allocation not yet promised is less.
     fn open<'a>(&'a self, payment: &'a Payment) -> GateFuture<'a, Result<U256, PaymentError>>;
 
+    /// A paid session ended owing `unpaid` (what its work cost beyond its newest voucher).
+    fn close(&self, payment: &Payment, unpaid: U256);
+
     /// Keeps `voucher` (checked by the session's [`Meter`]) durably, replacing the older one
     /// of its session, if the payer's allocation backs it with what its other sessions here
     /// promised; the step it came with is answered only after this returns.
@@ -196,6 +245,11 @@ impl Meter {
     /// the gate's [`PaymentGate::open`] granted).
     pub fn new(terms: PayTerms, payment: Payment, model: B256, layers: u64, credit: U256) -> Meter {
         Meter { terms, payment, model, layers, credit, served: 0, paid: U256::ZERO }
+    }
+
+    /// The session's payment.
+    pub fn payment(&self) -> &Payment {
+        &self.payment
     }
 
     /// Layer-tokens served so far.
@@ -241,6 +295,15 @@ impl Meter {
         if v.cumulativeAmount < due {
             return refuse(format!(
                 "voucher pays {} for {work} layer-tokens; the price makes it {due}",
+                v.cumulativeAmount
+            ));
+        }
+        // Nor more than the work served costs: an amount no payer backs would let a session
+        // look paid ahead (and sums of such amounts overflow).
+        let served = self.terms.cost(self.served);
+        if v.cumulativeAmount > served {
+            return refuse(format!(
+                "voucher pays {}, more than the {served} the work served costs",
                 v.cumulativeAmount
             ));
         }
@@ -317,8 +380,8 @@ pub struct HopBill {
 
 impl HopBill {
     /// A bill for a new session over `layers` layers of `model` on a node with `terms`, paid
-    /// by `payer` (a fresh random session id).
-    pub fn new(payer: &Payer, terms: PayTerms, model: B256, layers: u64) -> Result<HopBill, PaymentError> {
+    /// by `payer` (a fresh random session id, its opening proof signed at Unix time `now_s`).
+    pub fn new(payer: &Payer, terms: PayTerms, model: B256, layers: u64, now_s: u64) -> Result<HopBill, PaymentError> {
         if !payer.accepts(&terms) {
             return Err(PaymentError::Refused(format!(
                 "node {} charges {} per layer-token on escrow {} of chain {}; this payer pays on {} of chain {} up to {:?}",
@@ -328,12 +391,18 @@ impl HopBill {
         terms.check(layers)?;
         let mut session = [0u8; 32];
         rand::fill(&mut session);
+        let session = B256::from(session);
+        let not_after = now_s.saturating_add(OPEN_PROOF_LIFETIME_S);
+        let open = OpenSession { session, payer: payer.payer, node: terms.node, notAfter: not_after };
+        let proof = payer.key.sign(&open, &terms.domain()).map_err(|e| PaymentError::Refused(e.to_string()))?;
         let payment = Payment {
-            session: B256::from(session),
+            session,
             payer: payer.payer,
             signer: payer.key.address(),
             authorization: payer.authorization.clone(),
             allocation: None,
+            not_after,
+            proof: Bytes::from(proof.as_bytes().to_vec()),
         };
         Ok(HopBill { terms, payment, model, layers, received: 0, signed: U256::ZERO })
     }
@@ -458,7 +527,7 @@ mod tests {
     fn an_honest_client_keeps_the_node_under_its_cap_and_pays_everything() {
         let (p, t, model) = (payer(), terms(), B256::repeat_byte(9));
         let layers = 10;
-        let mut bill = HopBill::new(&p, t.clone(), model, layers).unwrap();
+        let mut bill = HopBill::new(&p, t.clone(), model, layers, 1_000_000).unwrap();
         // Half the cap is 50,000: 5 tokens of 10 layers at 1,000.
         assert_eq!(bill.max_tokens_per_frame(), 5);
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, layers, t.credit_cap);
@@ -489,7 +558,7 @@ mod tests {
     #[test]
     fn a_client_that_stops_paying_is_cut_off_at_the_cap() {
         let (p, t, model) = (payer(), terms(), B256::repeat_byte(9));
-        let bill = HopBill::new(&p, t.clone(), model, 10).unwrap();
+        let bill = HopBill::new(&p, t.clone(), model, 10, 1_000_000).unwrap();
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, 10, t.credit_cap);
         let mut steps = 0;
         while meter.admit(1).is_ok() {
@@ -504,7 +573,7 @@ mod tests {
     #[test]
     fn vouchers_that_do_not_hold_are_refused() {
         let (p, t, model) = (payer(), terms(), B256::repeat_byte(9));
-        let mut bill = HopBill::new(&p, t.clone(), model, 10).unwrap();
+        let mut bill = HopBill::new(&p, t.clone(), model, 10, 1_000_000).unwrap();
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, 10, t.credit_cap);
         let now = 1_000_000;
         meter.count(3);
@@ -536,6 +605,9 @@ mod tests {
         let mut forged = good.clone();
         forged.voucher.cumulativeAmount += U256::from(1u8);
         cases.push(("amount changed after signing", forged));
+        let mut v = good.voucher.clone();
+        v.cumulativeAmount = U256::MAX - U256::from(5u8);
+        cases.push(("more than the work served costs", resign(v, &p.key)));
         let mut short = good.clone();
         short.signature = Bytes::from(vec![1u8; 64]);
         cases.push(("truncated signature", short));
@@ -548,17 +620,34 @@ mod tests {
     }
 
     #[test]
+    fn only_the_session_key_opens_a_session_and_only_for_a_while() {
+        let (p, t) = (payer(), terms());
+        let now = 1_000_000;
+        let bill = HopBill::new(&p, t.clone(), B256::ZERO, 10, now).unwrap();
+        let pay = bill.payment().clone();
+        pay.check_proof(t.node, &t.domain(), now).unwrap();
+        // Another node, a later time, another claimed key: refused.
+        assert!(pay.check_proof(Address::repeat_byte(1), &t.domain(), now).is_err());
+        assert!(pay.check_proof(t.node, &t.domain(), now + OPEN_PROOF_LIFETIME_S + 1).is_err());
+        let claimed = Payment { signer: Address::repeat_byte(2), ..pay.clone() };
+        assert!(claimed.check_proof(t.node, &t.domain(), now).is_err());
+        // A proof good for longer than the limit.
+        let far = Payment { not_after: now + 10 * OPEN_PROOF_LIFETIME_S, ..pay };
+        assert!(far.check_proof(t.node, &t.domain(), now).is_err());
+    }
+
+    #[test]
     fn a_payer_refuses_other_escrows_and_prices_over_its_limit() {
         let mut p = payer();
         let t = terms();
         assert!(p.accepts(&t));
         p.max_price = Some(U256::from(999u64));
         assert!(!p.accepts(&t));
-        assert!(HopBill::new(&p, t.clone(), B256::ZERO, 10).is_err());
+        assert!(HopBill::new(&p, t.clone(), B256::ZERO, 10, 1_000_000).is_err());
         let p = payer();
         assert!(!p.accepts(&PayTerms { chain_id: 1, ..t.clone() }));
         // A cap that does not carry two tokens is refused up front.
         let tight = PayTerms { credit_cap: U256::from(19_999u64), ..t };
-        assert!(matches!(HopBill::new(&p, tight, B256::ZERO, 10), Err(PaymentError::Required(_))));
+        assert!(matches!(HopBill::new(&p, tight, B256::ZERO, 10, 1_000_000), Err(PaymentError::Required(_))));
     }
 }

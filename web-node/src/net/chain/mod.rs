@@ -433,7 +433,7 @@ impl<D: Discovery> SwarmChain<D> {
                 let bill = match (terms.get(&hop.peer), &self.opts.payer) {
                     (Some(t), Some(payer)) if !local => {
                         let layers = hop.blocks.len() as u64;
-                        match HopBill::new(payer, t.clone(), self.model.0.into(), layers) {
+                        match HopBill::new(payer, t.clone(), self.model.0.into(), layers, crate::settle::unix_s()) {
                             Ok(b) => Some((b, payer.clone())),
                             Err(e) => {
                                 failed = Some(ChainError::Payment { peer: hop.peer, detail: e.to_string() });

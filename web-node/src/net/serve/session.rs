@@ -26,6 +26,7 @@ use crate::model::ModelId;
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
 use crate::settle::{unix_s, Meter, Payment, PaymentError, SignedVoucher};
+use alloy_primitives::U256;
 
 /// A byte stream carrying one session: a libp2p stream, or an in-process pipe to this node's
 /// own server.
@@ -289,6 +290,8 @@ impl Server {
     async fn session<S: AsyncRead + AsyncWrite + Unpin>(&self, who: Remote, stream: &mut S) -> Result<(), Refusal> {
         let c = &self.config;
         let mut open: Option<Open<'_>> = None;
+        // A quote costs the node chain reads: one per stream.
+        let mut quoted = false;
         let started = Instant::now();
         // Only progress (opening the session, a step) moves the idle deadline: a peer cannot
         // keep a slot by sending `Info` now and then.
@@ -324,8 +327,11 @@ impl Server {
             };
             let reply = match (req, &mut open) {
                 (Request::Info, _) => Response::Info(self.status()),
+                (Request::Quote { .. }, _) if quoted => {
+                    break Err(Refusal(ErrorCode::BadRequest, "one quote per stream".into()))
+                }
                 (Request::Quote { payer }, _) => match self.config.limits.payments.as_ref() {
-                    Some(gate) => match gate.quote(payer).await {
+                    Some(gate) => match gate.quote(payer).await.inspect(|_| quoted = true) {
                         Ok(q) => Response::Quote(q),
                         Err(e) => break Err(e.into()),
                     },
@@ -387,8 +393,11 @@ impl Server {
             }
         };
         if let Some(o) = open {
-            if let Some(m) = o.meter.as_ref().filter(|m| !m.unpaid().is_zero()) {
-                tracing::debug!(peer = ?who.peer, unpaid = %m.unpaid(), "paid session ended owing");
+            if let (Some(m), Some(gate)) = (o.meter.as_ref(), self.config.limits.payments.as_ref()) {
+                if !m.unpaid().is_zero() {
+                    tracing::debug!(peer = ?who.peer, unpaid = %m.unpaid(), "paid session ended owing");
+                }
+                gate.close(m.payment(), m.unpaid());
             }
             self.compute.close(o.id);
         }
@@ -429,6 +438,7 @@ impl Server {
         if max_len == 0 || max_len > c.max_len {
             return Err(Refusal(ErrorCode::TooLong, format!("session of {max_len} tokens (limit {})", c.max_len)));
         }
+        let slot = self.admit(who, max_len)?;
         // This node's own sessions (its API, its chat) are not charged: it would pay itself.
         let gate = self.config.limits.payments.as_ref().filter(|_| who.peer.is_some());
         let meter = match (gate, payment) {
@@ -449,6 +459,7 @@ impl Server {
                 let meter = Meter::new(gate.terms().clone(), p, c.model.0.into(), layers, credit);
                 // The credit must carry at least one token.
                 if meter.admit(1).is_err() {
+                    gate.close(meter.payment(), U256::ZERO);
                     return Err(Refusal(
                         ErrorCode::PaymentRequired,
                         format!(
@@ -460,8 +471,15 @@ impl Server {
                 Some(meter)
             }
         };
-        let slot = self.admit(who, max_len)?;
-        let id = self.compute.open(max_len).await?;
+        let id = match self.compute.open(max_len).await {
+            Ok(id) => id,
+            Err(e) => {
+                if let (Some(gate), Some(m)) = (gate, &meter) {
+                    gate.close(m.payment(), U256::ZERO);
+                }
+                return Err(e.into());
+            }
+        };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
         Ok(Open { id, _slot: slot, meter })
     }
