@@ -513,7 +513,7 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
         ],
     );
     let b = Browser::start().expect("browser");
-    b.goto(&page(&r0, "")).unwrap();
+    b.goto(&page(&r0, "temperature=0")).unwrap();
     connected(&b);
     b.exec(INJECTED_WALLET, json!([d.rpc, payer.to_string()])).unwrap();
     b.exec(
