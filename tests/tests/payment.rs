@@ -137,17 +137,24 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     want.push((treasury, total / units(10)));
     wait_earned(&chain, &want);
     // Each relay's /metrics counts the tokens it served and the vouchers it redeemed.
+    // (A relay counts its redeem once the transaction's receipt is in: poll a little.)
+    let tokens = format!("ait_tokens_served_total{{model=\"{model_id}\"}} {tokens}");
     for r in &relays {
-        let text = ureq::get(&format!("{}/metrics", r.http.as_deref().unwrap()))
-            .call()
-            .expect("/metrics")
-            .body_mut()
-            .read_to_string()
-            .unwrap();
-        let tokens = format!("ait_tokens_served_total{{model=\"{model_id}\"}} {tokens}");
-        assert!(text.contains(&tokens), "no `{tokens}` in:\n{text}");
-        assert!(text.contains("ait_vouchers_redeemed_total 1"), "{text}");
-        assert!(text.contains("ait_vouchers_pending 0"), "{text}");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = ureq::get(&format!("{}/metrics", r.http.as_deref().unwrap()))
+                .call()
+                .expect("/metrics")
+                .body_mut()
+                .read_to_string()
+                .unwrap();
+            let redeemed = text.contains("ait_vouchers_redeemed_total 1") && text.contains("ait_vouchers_pending 0");
+            if text.contains(&tokens) && redeemed {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no `{tokens}`, or the voucher not redeemed, in:\n{text}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
     let escrow = chain.escrow();
     let rt = runtime();
