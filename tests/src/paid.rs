@@ -69,6 +69,11 @@ impl Chain {
         (dir, address)
     }
 
+    /// The address of dev account `account`.
+    pub fn address_of(&self, account: usize) -> Address {
+        self.dev.chain.accounts[account].address
+    }
+
     /// The settlement flags of a relay: the chain and the wallet's password.
     pub fn relay_args(&self) -> Vec<String> {
         vec!["--chain".into(), self.file().into(), "--password-file".into(), self.password.to_str().unwrap().into()]

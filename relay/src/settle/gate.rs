@@ -31,9 +31,7 @@ pub struct ChainGate {
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
     /// What backs each payer's vouchers here, as of its latest session's opening (or the
-    /// latest voucher that needed a fresh look): its allocation less what thaws, plus what a
-    /// signed allocation waiting to be submitted adds; at most the credit cap while the
-    /// payer's authorization or allocation is not on chain yet.
+    /// latest voucher that needed a fresh look): see [`ChainGate::backing_of`].
     backing: Arc<Mutex<HashMap<Address, U256>>>,
     /// Paid sessions open now, by (payer, session).
     open: Mutex<HashSet<(Address, B256)>>,
@@ -119,22 +117,38 @@ impl ChainGate {
         self.wake.clone()
     }
 
-    /// Whether `payer` has an authorization or an allocation here that is not on chain yet.
-    fn pending(&self, payer: Address) -> Result<bool, PaymentError> {
-        let auth = self.ledger.authorizations().map_err(unavailable)?.iter().any(|a| a.authorization.payer == payer);
-        Ok(auth || self.ledger.allocation(payer).map_err(unavailable)?.is_some())
+    /// Whether an authorization of one of `payer`'s keys waits to be submitted here.
+    fn pending_authorization(&self, payer: Address) -> Result<bool, PaymentError> {
+        Ok(self.ledger.authorizations().map_err(unavailable)?.iter().any(|a| a.authorization.payer == payer))
     }
 
     /// Reads `payer`'s backing here from the chain again (after collections, or once what was
     /// pending landed).
     async fn refresh(&self, payer: Address) -> Result<(), PaymentError> {
         let e = self.escrowed(payer).await?;
-        let mut backing = e.backing_with(None);
-        if self.pending(payer)? {
-            backing = backing.min(self.terms.credit_cap);
-        }
+        let key_pending = self.pending_authorization(payer)?;
+        let promised = self.promised(payer, None)?;
+        let backing = self.backing_of(&e, None, key_pending, promised);
         lock(&self.backing).insert(payer, backing);
         Ok(())
+    }
+
+    /// What backs a payer's vouchers here: its allocation on chain less what thaws, plus what
+    /// signed allocations not yet on chain add, but of that at most the credit cap (the payer
+    /// can still void them by withdrawing); while the key's authorization is not on chain
+    /// (the payer can void it by revoking), at most the cap beyond what is `promised` already.
+    /// Anything pending wakes the redeemer to submit it now.
+    fn backing_of(&self, e: &Escrowed, extra: Option<&SignedAllocation>, key_pending: bool, promised: U256) -> U256 {
+        let cap = self.terms.credit_cap;
+        let unsure = e.backing_with(extra) - e.available;
+        let mut backing = e.available.saturating_add(unsure.min(cap));
+        if key_pending {
+            backing = backing.min(promised.saturating_add(cap));
+        }
+        if key_pending || !unsure.is_zero() {
+            self.wake.notify_one();
+        }
+        backing
     }
 
     /// The ledger its sessions' vouchers go to.
@@ -190,7 +204,6 @@ impl ChainGate {
             return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
         }
         let e = self.escrowed(p.payer).await?;
-        let mut pending = e.pending.is_some();
         let signer = self
             .escrow
             .isSigner(p.payer, p.signer)
@@ -205,21 +218,15 @@ impl ChainGate {
                 )));
             };
             self.check_authorization(p, a, e.now).await?;
-            pending = true;
         }
         if let Some(a) = &p.allocation {
-            pending |= self.check_allocation(p, a, &e).await?;
-        }
-        let mut backing = e.backing_with(p.allocation.as_ref());
-        if pending {
-            // Until the authorization or allocation is on chain the payer can still void it
-            // (revoke the key, withdraw): back no more than the cap meanwhile, and have the
-            // redeemer submit it now.
-            backing = backing.min(self.terms.credit_cap);
-            self.wake.notify_one();
+            self.check_allocation(p, a, &e).await?;
         }
         // The payer's other sessions' vouchers not yet collected are promised already.
-        let free = backing.saturating_sub(self.promised(p.payer, Some(p.session))?);
+        let promised = self.promised(p.payer, Some(p.session))?;
+        let key_pending = !signer;
+        let backing = self.backing_of(&e, p.allocation.as_ref(), key_pending, promised);
+        let free = backing.saturating_sub(promised);
         let credit = free.min(self.terms.credit_cap);
         if !credit.is_zero() {
             lock(&self.backing).insert(p.payer, backing);
@@ -353,13 +360,25 @@ impl PaymentGate for ChainGate {
                 return Ok(());
             }
             // Short of backing as last read: read the chain again (collections lower what is
-            // promised; an authorization or allocation may have landed), then decide.
+            // promised; an authorization or allocation may have landed), then decide. While
+            // the payer's authorization or allocation is on its way (the redeemer was woken
+            // to submit it), wait for it, up to the RPC timeout.
             let payer = voucher.voucher.payer;
-            tokio::time::timeout(self.rpc_timeout, self.refresh(payer))
-                .await
-                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))?;
-            if self.keep(voucher).await? {
-                return Ok(());
+            let started = tokio::time::Instant::now();
+            loop {
+                let left = self.rpc_timeout.saturating_sub(started.elapsed());
+                tokio::time::timeout(left, self.refresh(payer)).await.unwrap_or_else(|_| {
+                    Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout)))
+                })?;
+                if self.keep(voucher).await? {
+                    return Ok(());
+                }
+                let pending =
+                    self.pending_authorization(payer)? || self.ledger.allocation(payer).map_err(unavailable)?.is_some();
+                if !pending || started.elapsed() >= self.rpc_timeout {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
             let backing = lock(&self.backing).get(&payer).copied().unwrap_or_default();
             Err(PaymentError::Required(format!(
