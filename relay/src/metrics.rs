@@ -48,11 +48,6 @@ pub fn router(state: MetricsState) -> Router {
     Router::new().route("/metrics", get(render)).with_state(Arc::new(state))
 }
 
-/// An amount in AIT as a float (for gauges; exact amounts are on chain).
-fn ait(units: alloy::primitives::U256) -> f64 {
-    f64::from(units) / 1e18
-}
-
 async fn render(State(s): State<Arc<MetricsState>>) -> String {
     if let Some(server) = &s.server {
         let model = server.config().model.to_hex();
@@ -73,7 +68,7 @@ async fn render(State(s): State<Arc<MetricsState>>) -> String {
                 let pending = entries.iter().filter(|e| !e.outstanding().is_zero()).count();
                 let owed = entries.iter().fold(alloy::primitives::U256::ZERO, |a, e| a.saturating_add(e.outstanding()));
                 metrics::gauge!("ait_vouchers_pending").set(pending as f64);
-                metrics::gauge!("ait_vouchers_pending_ait").set(ait(owed));
+                metrics::gauge!("ait_vouchers_pending_ait").set(web_node::settle::ait_f64(owed));
             }
             Ok(Err(e)) => tracing::warn!("reading the ledger for /metrics: {e}"),
             Err(e) => tracing::warn!("reading the ledger for /metrics: {e}"),

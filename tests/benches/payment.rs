@@ -64,14 +64,10 @@ fn swarm(root: &std::path::Path, chain: &Chain, name: &str, accounts: [usize; 4]
     }
     let boot = relays[0].addr("tcp");
     let gateway = if charge {
-        let (dir, _) = chain.node_dir(&format!("{name}-gateway"), accounts[3]);
-        chain.ait(&["deposit", "1000", "--data-dir", dir.to_str().unwrap()]);
         // Allocated up front: back-to-back sessions that top up their allocation by signature
         // can still be refused (see the note of this issue), which this bench does not measure.
-        for &account in &accounts[..3] {
-            let address = chain.address_of(account);
-            chain.ait(&["allocate", &address.to_string(), "100", "--data-dir", dir.to_str().unwrap()]);
-        }
+        let nodes: Vec<_> = accounts[..3].iter().map(|&a| chain.address_of(a)).collect();
+        let (dir, _) = chain.payer_dir(&format!("{name}-gateway"), accounts[3], "1000", &nodes, "100");
         Relay::start(&dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat())
     } else {
         Relay::start(&root.join(format!("{name}-gateway")), &["--model", m, "--bootstrap", &boot])

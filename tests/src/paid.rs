@@ -69,6 +69,25 @@ impl Chain {
         (dir, address)
     }
 
+    /// Like [`Chain::node_dir`], for a payer that deposits `deposit` AIT and allocates
+    /// `allocate` AIT to each of `nodes`.
+    pub fn payer_dir(
+        &self,
+        name: &str,
+        account: usize,
+        deposit: &str,
+        nodes: &[Address],
+        allocate: &str,
+    ) -> (PathBuf, Address) {
+        let (dir, address) = self.node_dir(name, account);
+        let d = dir.to_str().unwrap();
+        self.ait(&["deposit", deposit, "--data-dir", d]);
+        for node in nodes {
+            self.ait(&["allocate", &node.to_string(), allocate, "--data-dir", d]);
+        }
+        (dir, address)
+    }
+
     /// The address of dev account `account`.
     pub fn address_of(&self, account: usize) -> Address {
         self.dev.chain.accounts[account].address

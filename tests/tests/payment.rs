@@ -78,11 +78,9 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     for i in 0..3 {
         nodes.push(chain.node_dir(&format!("r{i}"), 2 + i));
     }
-    let (gateway_dir, payer) = chain.node_dir("gateway", 1);
-    let g = gateway_dir.to_str().unwrap();
     // The payer only deposits: the gateway allocates to each node by signature as it opens
     // a session there, and the node submits it.
-    chain.ait(&["deposit", "100", "--data-dir", g]);
+    let (gateway_dir, payer) = chain.payer_dir("gateway", 1, "100", &[], "0");
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
     let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
@@ -236,15 +234,9 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
     let chain = Chain::start(&dir);
     let model = default_model();
     let (node_dir, node) = chain.node_dir("r", 2);
-    let (payer_dir, payer) = chain.node_dir("payer", 1);
-    let p = payer_dir.to_str().unwrap();
-    chain.ait(&["deposit", "10", "--data-dir", p]);
-    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", p]);
+    let (_, payer) = chain.payer_dir("payer", 1, "10", &[node], "5");
     // The cheater pays from an escrow of its own.
-    let (cheater_dir, cheater) = chain.node_dir("cheater", 3);
-    let c = cheater_dir.to_str().unwrap();
-    chain.ait(&["deposit", "10", "--data-dir", c]);
-    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", c]);
+    let (_, cheater) = chain.payer_dir("cheater", 3, "10", &[node], "5");
     let cap = web_node::settle::format_ait(units(PRICE_UNITS) * units(30 * 6));
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
@@ -408,10 +400,7 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
     let chain = Chain::start(&dir);
     let model = default_model();
     let (node_dir, node) = chain.node_dir("r", 2);
-    let (payer_dir, payer) = chain.node_dir("payer", 1);
-    let p = payer_dir.to_str().unwrap();
-    chain.ait(&["deposit", "10", "--data-dir", p]);
-    chain.ait(&["allocate", &node.to_string(), "5", "--data-dir", p]);
+    let (_, payer) = chain.payer_dir("payer", 1, "10", &[node], "5");
     let cap_units = units(PRICE_UNITS) * units(30 * 4);
     let cap = web_node::settle::format_ait(cap_units);
     let settle = chain.relay_args();

@@ -270,8 +270,8 @@ impl ChainGate {
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
     /// the session's key, good long enough) and against the payer's free balance, and keeps
-    /// it for the redeemer to submit; returns whether it adds anything.
-    async fn check_allocation(&self, p: &Payment, a: &SignedAllocation, e: &Escrowed) -> Result<bool, PaymentError> {
+    /// it for the redeemer to submit.
+    async fn check_allocation(&self, p: &Payment, a: &SignedAllocation, e: &Escrowed) -> Result<(), PaymentError> {
         let al = &a.allocation;
         if al.payer != p.payer || al.node != self.terms.node {
             return Err(PaymentError::Refused(format!(
@@ -289,7 +289,7 @@ impl ChainGate {
         }
         let added = e.total_with(Some(a)) - e.total_with(None);
         if added.is_zero() {
-            return Ok(false);
+            return Ok(());
         }
         let free = self
             .escrow
@@ -305,8 +305,18 @@ impl ChainGate {
                 "the allocation adds {added} to {pending} pending; the payer's free balance not thawing is {spare}"
             )));
         }
-        self.ledger.put_allocation(a).map_err(unavailable)?;
-        Ok(true)
+        self.ledger.put_allocation(a).map_err(unavailable)
+    }
+
+    /// `f`, or the payment unavailable if the chain takes longer than `limit` to answer.
+    async fn within<T>(
+        &self,
+        limit: Duration,
+        f: impl std::future::Future<Output = Result<T, PaymentError>>,
+    ) -> Result<T, PaymentError> {
+        tokio::time::timeout(limit, f)
+            .await
+            .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
     }
 
     /// Keeps `v` if the payer's backing covers it with what its other sessions here promised,
@@ -339,19 +349,11 @@ impl PaymentGate for ChainGate {
     }
 
     fn quote<'a>(&'a self, payer: Address) -> GateFuture<'a, Result<PayerQuote, PaymentError>> {
-        Box::pin(async move {
-            tokio::time::timeout(self.rpc_timeout, self.quote_of(payer))
-                .await
-                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
-        })
+        Box::pin(async move { self.within(self.rpc_timeout, self.quote_of(payer)).await })
     }
 
     fn open<'a>(&'a self, payment: &'a Payment) -> GateFuture<'a, Result<U256, PaymentError>> {
-        Box::pin(async move {
-            tokio::time::timeout(self.rpc_timeout, self.check(payment))
-                .await
-                .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
-        })
+        Box::pin(async move { self.within(self.rpc_timeout, self.check(payment)).await })
     }
 
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>> {
@@ -367,9 +369,7 @@ impl PaymentGate for ChainGate {
             let started = tokio::time::Instant::now();
             loop {
                 let left = self.rpc_timeout.saturating_sub(started.elapsed());
-                tokio::time::timeout(left, self.refresh(payer)).await.unwrap_or_else(|_| {
-                    Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout)))
-                })?;
+                self.within(left, self.refresh(payer)).await?;
                 if self.keep(voucher).await? {
                     return Ok(());
                 }

@@ -104,7 +104,7 @@ impl Ledger {
         let stored = {
             let mut table = txn.open_table(VOUCHERS).map_err(db)?;
             let old = match table.get(k.as_slice()).map_err(db)? {
-                Some(g) => Some(decode(g.value())?),
+                Some(g) => Some(decode::<Entry>(g.value())?),
                 None => None,
             };
             if old.as_ref().is_some_and(|o| o.voucher.voucher.cumulativeAmount >= v.cumulativeAmount) {
@@ -128,7 +128,7 @@ impl Ledger {
         {
             let mut table = txn.open_table(VOUCHERS).map_err(db)?;
             let entry = match table.get(k.as_slice()).map_err(db)? {
-                Some(g) => Some(decode(g.value())?),
+                Some(g) => Some(decode::<Entry>(g.value())?),
                 None => None,
             };
             if let Some(mut e) = entry {
@@ -149,7 +149,7 @@ impl Ledger {
         {
             let mut table = txn.open_table(VOUCHERS).map_err(db)?;
             let stored = match table.get(k.as_slice()).map_err(db)? {
-                Some(g) => Some(decode(g.value())?),
+                Some(g) => Some(decode::<Entry>(g.value())?),
                 None => None,
             };
             if stored.is_some_and(|e| e.voucher.voucher.cumulativeAmount <= amount) {
@@ -180,14 +180,7 @@ impl Ledger {
 
     /// Every authorization waiting to be submitted.
     pub fn authorizations(&self) -> Result<Vec<SignedAuthorization>, LedgerError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(AUTHORIZATIONS).map_err(db)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db)? {
-            let (_, v) = row.map_err(db)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))?);
-        }
-        Ok(out)
+        self.all(AUTHORIZATIONS)
     }
 
     /// Keeps a payer's signed allocation to this node until it is on chain, unless the one
@@ -210,19 +203,12 @@ impl Ledger {
         let txn = self.db.begin_read().map_err(db)?;
         let table = txn.open_table(ALLOCATIONS).map_err(db)?;
         let value = table.get(payer.as_slice()).map_err(db)?;
-        value.map(|v| serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))).transpose()
+        value.map(|v| decode(v.value())).transpose()
     }
 
     /// Every signed allocation waiting to be submitted.
     pub fn allocations(&self) -> Result<Vec<SignedAllocation>, LedgerError> {
-        let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(ALLOCATIONS).map_err(db)?;
-        let mut out = Vec::new();
-        for row in table.iter().map_err(db)? {
-            let (_, v) = row.map_err(db)?;
-            out.push(serde_json::from_slice(v.value()).map_err(|e| LedgerError::Entry(e.to_string()))?);
-        }
-        Ok(out)
+        self.all(ALLOCATIONS)
     }
 
     /// Drops the allocation of `payer` if it allocates at most `cumulative` (applied, or void).
@@ -244,16 +230,21 @@ impl Ledger {
         Ok(found)
     }
 
-    /// Every stored voucher.
-    pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
+    /// Every value of `table`, decoded.
+    fn all<T: serde::de::DeserializeOwned>(&self, table: TableDefinition<&[u8], &[u8]>) -> Result<Vec<T>, LedgerError> {
         let txn = self.db.begin_read().map_err(db)?;
-        let table = txn.open_table(VOUCHERS).map_err(db)?;
+        let table = txn.open_table(table).map_err(db)?;
         let mut out = Vec::new();
         for row in table.iter().map_err(db)? {
             let (_, v) = row.map_err(db)?;
             out.push(decode(v.value())?);
         }
         Ok(out)
+    }
+
+    /// Every stored voucher.
+    pub fn entries(&self) -> Result<Vec<Entry>, LedgerError> {
+        self.all(VOUCHERS)
     }
 
     /// What the stored vouchers of `payer` promise beyond what was collected, except
@@ -274,7 +265,7 @@ fn auth_key(payer: Address, signer: Address) -> [u8; 40] {
     k
 }
 
-fn decode(bytes: &[u8]) -> Result<Entry, LedgerError> {
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, LedgerError> {
     serde_json::from_slice(bytes).map_err(|e| LedgerError::Entry(e.to_string()))
 }
 

@@ -25,6 +25,12 @@ pub fn format_ait(amount: U256) -> String {
     }
 }
 
+/// The smallest unit as a float of whole AIT, for weighing and gauges (exact amounts stay
+/// `U256`).
+pub fn ait_f64(amount: U256) -> f64 {
+    f64::from(amount) / 1e18
+}
+
 /// A signature as a permit's `v` (27 or 28), `r` and `s`.
 pub fn permit_vrs(sig: &Signature) -> (u8, B256, B256) {
     (27 + sig.v() as u8, B256::from(sig.r()), B256::from(sig.s()))

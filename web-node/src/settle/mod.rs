@@ -13,7 +13,7 @@ pub mod pay;
 pub mod voucher;
 pub mod wallet;
 
-pub use amount::{format_ait, parse_ait, permit_vrs};
+pub use amount::{ait_f64, format_ait, parse_ait, permit_vrs};
 pub use pay::{
     unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, PayerQuote, Payment, PaymentError, PaymentGate,
     SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES,

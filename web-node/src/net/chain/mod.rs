@@ -478,7 +478,7 @@ impl<D: Discovery> SwarmChain<D> {
                 local: Some(f.candidate.peer) == local,
                 price_ms: match (&f.status.pay, Some(f.candidate.peer) == local) {
                     (Some(t), false) => {
-                        ait_f64(t.cost(f.candidate.blocks.len() as u64)) * self.opts.ms_per_ait.max(0.0)
+                        crate::settle::ait_f64(t.cost(f.candidate.blocks.len() as u64)) * self.opts.ms_per_ait.max(0.0)
                     }
                     _ => 0.0,
                 },
@@ -512,11 +512,6 @@ impl<D: Discovery> SwarmChain<D> {
             tracing::info!("route: {} ({} AIT per token)", route.join(" -> "), crate::settle::format_ait(price));
         }
     }
-}
-
-/// An amount of AIT (smallest unit) as a float of whole AIT, for weighing routes.
-fn ait_f64(units: U256) -> f64 {
-    f64::from(units) / 1e18
 }
 
 /// Closes every session of `hops` at once (each close waits at most a second); returns what
