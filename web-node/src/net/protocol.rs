@@ -537,6 +537,10 @@ mod tests {
         liar[9..13].copy_from_slice(&((MAX_PAYMENT_BYTES + 1) as u32).to_le_bytes());
         assert!(Request::decode(&liar).is_err());
         assert!(Request::decode(&[T_CLOSE_PAID, 2, 0, 0, 0, b'{', b'}']).is_err());
+        // A quote names exactly one 20-byte address; its answer is JSON of two numbers.
+        assert!(Request::decode(&[T_QUOTE, 1, 2]).is_err());
+        assert!(Request::decode(&[&[T_QUOTE][..], &[0u8; 21]].concat()).is_err());
+        assert!(Response::decode(&[T_QUOTED, b'{', b'}']).is_err());
         // Step: zero tokens, ragged rows, bytes not a multiple of 4.
         let step = |n: u32, bytes: usize| {
             let mut b = vec![T_STEP];
