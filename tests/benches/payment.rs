@@ -64,10 +64,8 @@ fn swarm(root: &std::path::Path, chain: &Chain, name: &str, accounts: [usize; 4]
     }
     let boot = relays[0].addr("tcp");
     let gateway = if charge {
-        // Allocated up front: back-to-back sessions that top up their allocation by signature
-        // can still be refused (see the note of this issue), which this bench does not measure.
-        let nodes: Vec<_> = accounts[..3].iter().map(|&a| chain.address_of(a)).collect();
-        let (dir, _) = chain.payer_dir(&format!("{name}-gateway"), accounts[3], "1000", &nodes, "100");
+        // Nothing allocated up front: each session tops up its allocation by signature.
+        let (dir, _) = chain.payer_dir(&format!("{name}-gateway"), accounts[3], "1000", &[], "0");
         Relay::start(&dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat())
     } else {
         Relay::start(&root.join(format!("{name}-gateway")), &["--model", m, "--bootstrap", &boot])

@@ -237,6 +237,8 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
     let (_, payer) = chain.payer_dir("payer", 1, "10", &[node], "5");
     // The cheater pays from an escrow of its own.
     let (_, cheater) = chain.payer_dir("cheater", 3, "10", &[node], "5");
+    // A payer that allocates nothing up front.
+    let (_, tight) = chain.payer_dir("tight", 4, "10", &[], "0");
     let cap = web_node::settle::format_ait(units(PRICE_UNITS) * units(30 * 6));
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
@@ -370,15 +372,46 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let last = bill.sign(&payer_key, web_node::settle::unix_s()).unwrap();
         write_frame(&mut s.stream, &Request::Close { voucher: last }.encode()).await.unwrap();
         // The relay closes the stream once it kept the closing voucher.
-        let t = Duration::from_secs(10);
-        assert!(matches!(read_frame(&mut s.stream, 1 << 16, t, t).await, Err(FrameError::Closed)));
+        let wait = Duration::from_secs(10);
+        assert!(matches!(read_frame(&mut s.stream, 1 << 16, wait, wait).await, Err(FrameError::Closed)));
         // Opening the same session again would replay what it paid: refused.
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(Some(bill.payment().clone()))).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("not new")), "{r:?}");
-        bill.signed()
+        let honest = bill.signed();
+
+        // A payer with nothing allocated tops up by signature for the session's 64 tokens.
+        // Its vouchers are redeemed while the session runs: each later one adds to the backing
+        // only what it adds to what was collected (a redeem takes that out of the allocation).
+        let tight_key = SessionKey::from_bytes(accounts[4].key.as_slice()).unwrap();
+        let mut bill =
+            HopBill::new(&pays(&tight_key, tight), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+                .unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let Response::Quote(q) = s.ask(&Request::Quote { payer: tight }).await else { panic!("no quote") };
+        assert!(!bill.allocate(&q, 64, &tight_key, web_node::settle::unix_s()).unwrap().is_zero());
+        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+        let escrow = chain.escrow();
+        for pos in 0..60 {
+            if pos == 40 {
+                // Wait for the relay to redeem what was paid so far.
+                let (session, signed) = (bill.payment().session, bill.signed());
+                let started = Instant::now();
+                while escrow.collected(tight, session, node).call().await.unwrap() < signed {
+                    assert!(started.elapsed() < Duration::from_secs(30), "no redeem of the tight payer's vouchers");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+            let v = if bill.due(1) { bill.sign(&tight_key, web_node::settle::unix_s()).unwrap() } else { None };
+            let r = s.ask(&step(pos, v)).await;
+            assert!(matches!(r, Response::Hidden { .. }), "tight step {pos}: {}", describe(&r));
+            bill.received(1);
+        }
+        (honest, bill.signed())
     });
+    let (honest_paid, tight_paid) = honest_paid;
     assert_eq!(honest_paid, units(PRICE_UNITS) * units(30 * 20));
+    let honest_paid = honest_paid + tight_paid;
     // The model is not registered: the creator's share goes to the DAO with its own.
     let treasury = chain.dev.chain.deployment.treasury;
     wait_earned(&chain, &[(node, honest_paid * units(7) / units(10)), (treasury, honest_paid * units(3) / units(10))]);

@@ -21,6 +21,7 @@ use web_node::settle::{
 
 use super::bindings::Escrow;
 use super::ledger::Ledger;
+use super::Backing;
 use super::{latest_block, ChainError, Deployment};
 
 /// The session server's view of the chain and the ledger.
@@ -31,8 +32,9 @@ pub struct ChainGate {
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
     /// What backs each payer's vouchers here, as of its latest session's opening (or the
-    /// latest voucher that needed a fresh look): see [`ChainGate::backing_of`].
-    backing: Arc<Mutex<HashMap<Address, U256>>>,
+    /// latest voucher that needed a fresh look), lowered by redeems since: see
+    /// [`ChainGate::backing_of`].
+    backing: Arc<Backing>,
     /// Paid sessions open now, by (payer, session).
     open: Mutex<HashSet<(Address, B256)>>,
     /// What payers' paid sessions here ended owing, unpaid.
@@ -112,6 +114,12 @@ impl ChainGate {
         }
     }
 
+    /// What backs each payer here, for the redeemer to lower as it collects
+    /// ([`Redeemer::with_backing`](super::Redeemer::with_backing)).
+    pub fn backing(&self) -> Arc<Backing> {
+        self.backing.clone()
+    }
+
     /// What wakes the redeem loop early (an authorization or allocation to submit).
     pub fn wake(&self) -> Arc<Notify> {
         self.wake.clone()
@@ -123,14 +131,23 @@ impl ChainGate {
     }
 
     /// Reads `payer`'s backing here from the chain again (after collections, or once what was
-    /// pending landed).
-    async fn refresh(&self, payer: Address) -> Result<(), PaymentError> {
+    /// pending landed); returns what the chain collected for `session` (a session whose
+    /// vouchers were redeemed for good is no longer in the ledger, but its next voucher adds
+    /// only what it adds to that).
+    async fn refresh(&self, payer: Address, session: B256) -> Result<U256, PaymentError> {
+        let _consistent = self.backing.reading().await;
+        let collected = self
+            .escrow
+            .collected(payer, session, self.terms.node)
+            .call()
+            .await
+            .map_err(|e| unavailable(ChainError::contract("collected", &e)))?;
         let e = self.escrowed(payer).await?;
         let key_pending = self.pending_authorization(payer)?;
         let promised = self.promised(payer, None)?;
         let backing = self.backing_of(&e, None, key_pending, promised);
-        lock(&self.backing).insert(payer, backing);
-        Ok(())
+        self.backing.set(payer, backing);
+        Ok(collected)
     }
 
     /// What backs a payer's vouchers here: its allocation on chain less what thaws, plus what
@@ -173,6 +190,7 @@ impl ChainGate {
     }
 
     async fn quote_of(&self, payer: Address) -> Result<PayerQuote, PaymentError> {
+        let _consistent = self.backing.reading().await;
         let e = self.escrowed(payer).await?;
         let available = e.backing_with(None).saturating_sub(self.promised(payer, None)?);
         Ok(PayerQuote { allocated_total: e.total_with(None), available })
@@ -191,6 +209,8 @@ impl ChainGate {
         }
         // A new session: a session id that was paid before would replay its vouchers.
         let key = (p.payer, p.session);
+        // The chain and the ledger, read together (no redeem between mined and recorded).
+        let _consistent = self.backing.reading().await;
         if lock(&self.open).contains(&key) || self.ledger.has(p.payer, p.session).map_err(unavailable)? {
             return Err(PaymentError::Refused(format!("session {} is not new", p.session)));
         }
@@ -229,7 +249,7 @@ impl ChainGate {
         let free = backing.saturating_sub(promised);
         let credit = free.min(self.terms.credit_cap);
         if !credit.is_zero() {
-            lock(&self.backing).insert(p.payer, backing);
+            self.backing.set(p.payer, backing);
             lock(&self.open).insert(key);
         }
         Ok(credit)
@@ -319,18 +339,25 @@ impl ChainGate {
             .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
     }
 
-    /// Keeps `v` if the payer's backing covers it with what its other sessions here promised,
-    /// the check and the write under one lock; `Ok(false)` when the backing falls short.
-    async fn keep(&self, v: &SignedVoucher) -> Result<bool, PaymentError> {
+    /// Keeps `v` if the payer's backing covers what it adds to what its session was collected
+    /// (as the ledger last saw it, or at least `collected`), with what the payer's other
+    /// sessions here promise; the check and the write under one lock. `Ok(false)` when the
+    /// backing falls short.
+    async fn keep(&self, v: &SignedVoucher, collected: U256) -> Result<bool, PaymentError> {
         let (ledger, backing, guard, v) =
             (self.ledger.clone(), self.backing.clone(), self.store_lock.clone(), v.clone());
         // The durable write waits for the disk: off the async workers.
         tokio::task::spawn_blocking(move || {
             let _held = lock(&guard);
             let payer = v.voucher.payer;
-            let backing = lock(&backing).get(&payer).copied().unwrap_or_default();
-            let promised = ledger.outstanding_of(payer, Some(v.voucher.session)).map_err(unavailable)?;
-            if v.voucher.cumulativeAmount.saturating_add(promised) > backing {
+            let backing = backing.of(payer);
+            let session = v.voucher.session;
+            let promised = ledger.outstanding_of(payer, Some(session)).map_err(unavailable)?;
+            // A redeem took what it collected out of the backing: count only the rest.
+            let collected =
+                ledger.collected_of(payer, session).map_err(unavailable)?.unwrap_or_default().max(collected);
+            let owed = v.voucher.cumulativeAmount.saturating_sub(collected);
+            if owed.saturating_add(promised) > backing {
                 return Ok(false);
             }
             if !ledger.put(&v).map_err(unavailable)? {
@@ -358,7 +385,7 @@ impl PaymentGate for ChainGate {
 
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>> {
         Box::pin(async move {
-            if self.keep(voucher).await? {
+            if self.keep(voucher, U256::ZERO).await? {
                 return Ok(());
             }
             // Short of backing as last read: read the chain again (collections lower what is
@@ -369,8 +396,8 @@ impl PaymentGate for ChainGate {
             let started = tokio::time::Instant::now();
             loop {
                 let left = self.rpc_timeout.saturating_sub(started.elapsed());
-                self.within(left, self.refresh(payer)).await?;
-                if self.keep(voucher).await? {
+                let collected = self.within(left, self.refresh(payer, voucher.voucher.session)).await?;
+                if self.keep(voucher, collected).await? {
                     return Ok(());
                 }
                 let pending =
@@ -380,7 +407,7 @@ impl PaymentGate for ChainGate {
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
-            let backing = lock(&self.backing).get(&payer).copied().unwrap_or_default();
+            let backing = self.backing.of(payer);
             Err(PaymentError::Required(format!(
                 "the payer's backing here ({backing}) does not cover this voucher with its other sessions': allocate more"
             )))

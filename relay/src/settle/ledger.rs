@@ -230,6 +230,15 @@ impl Ledger {
         Ok(found)
     }
 
+    /// What the chain had collected for (payer, session) when last read, if a voucher of it
+    /// is kept.
+    pub fn collected_of(&self, payer: Address, session: B256) -> Result<Option<U256>, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(VOUCHERS).map_err(db)?;
+        let entry = table.get(key(payer, session).as_slice()).map_err(db)?;
+        entry.map(|v| decode::<Entry>(v.value()).map(|e| e.collected)).transpose()
+    }
+
     /// Every value of `table`, decoded.
     fn all<T: serde::de::DeserializeOwned>(&self, table: TableDefinition<&[u8], &[u8]>) -> Result<Vec<T>, LedgerError> {
         let txn = self.db.begin_read().map_err(db)?;

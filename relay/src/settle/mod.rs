@@ -4,6 +4,7 @@
 //! ([`web_node::settle`]), so a tab and a native node sign and check the same bytes.
 
 pub mod anvil;
+pub mod backing;
 pub mod bindings;
 pub mod cli;
 pub mod deploy;
@@ -14,6 +15,7 @@ pub mod node;
 pub mod redeem;
 
 pub use anvil::Anvil;
+pub use backing::Backing;
 pub use deploy::{deploy, DeployParams, Deployment};
 pub use gate::ChainGate;
 pub use ledger::{Ledger, LedgerError};

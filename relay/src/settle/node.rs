@@ -158,7 +158,7 @@ impl Settlement {
             ),
             Err(e) => tracing::warn!("reading the binding of this wallet: {e}"),
         }
-        let redeemer = Redeemer::new(d, self.provider.clone(), self.address, ledger);
+        let redeemer = Redeemer::new(d, self.provider.clone(), self.address, ledger).with_backing(gate.backing());
         let min = o.redeem_min.as_deref().map(parse_ait).transpose().context("--redeem-min")?.unwrap_or_default();
         tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min, gate.wake()));
         println!(

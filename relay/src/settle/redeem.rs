@@ -24,6 +24,7 @@ use web_node::settle::{escrow_domain, recover_signer, SettleError, SignedVoucher
 
 use super::bindings::Escrow;
 use super::ledger::{Ledger, LedgerError};
+use super::Backing;
 use super::{latest_block, mined, ChainError, Deployment};
 
 /// Most vouchers redeemed in one transaction.
@@ -126,6 +127,8 @@ pub struct Redeemer {
     /// What the ledger held at the last round or accept, with refusals seen since.
     held: BTreeMap<(Address, B256), Held>,
     ledger: Arc<Ledger>,
+    /// What the node's gate counts as each payer's backing, lowered as redeems collect.
+    backing: Arc<Backing>,
 }
 
 impl Redeemer {
@@ -143,6 +146,7 @@ impl Redeemer {
             rpc_timeout: Duration::from_secs(30),
             held: BTreeMap::new(),
             ledger,
+            backing: Arc::default(),
         };
         if let Err(e) = r.load() {
             tracing::warn!("reading the voucher ledger: {e}");
@@ -162,6 +166,13 @@ impl Redeemer {
         }
         self.held = held;
         Ok(())
+    }
+
+    /// Shares `backing` with the node's gate: a redeem lowers it by what it collects, and the
+    /// gate reads the chain only between redeems recorded (default: a backing of its own).
+    pub fn with_backing(mut self, backing: Arc<Backing>) -> Self {
+        self.backing = backing;
+        self
     }
 
     /// Blocks a redeem must be under before its voucher is let go (default: the deployment's).
@@ -349,6 +360,10 @@ impl Redeemer {
         report.sent = send.len();
         let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
         let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();
+        // From sending until the ledger records what was collected, the gate does not read
+        // the chain (it would see the allocation lowered and the vouchers still promising).
+        let backing = self.backing.clone();
+        let _recording = backing.redeeming().await;
         match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
             Ok(()) => {
                 for key in &send {
@@ -430,6 +445,9 @@ impl Redeemer {
     fn collected_now(&mut self, key: &(Address, B256)) -> Result<(), ChainError> {
         if let Some(h) = self.held.get_mut(key) {
             h.refused = None;
+            // The backing first: until the ledger records it too, a voucher is refused
+            // rather than let through on a backing that no longer holds.
+            self.backing.collected(key.0, h.voucher.cumulativeAmount.saturating_sub(h.collected));
             h.collected = h.voucher.cumulativeAmount;
             self.ledger.set_collected(key.0, key.1, h.collected)?;
         }
