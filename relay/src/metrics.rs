@@ -59,6 +59,9 @@ async fn render(State(s): State<Arc<MetricsState>>) -> String {
         metrics::gauge!("ait_streams_refused_total").set(stats.refused.load(load) as f64);
         metrics::gauge!("ait_sessions_active").set(status.active_sessions as f64);
         metrics::gauge!("ait_session_slots_free").set(status.free_slots as f64);
+        if let Some(queued) = status.queued {
+            metrics::gauge!("ait_session_queue_length").set(queued as f64);
+        }
     }
     if let Some(ledger) = &s.ledger {
         let ledger = ledger.clone();

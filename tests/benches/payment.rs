@@ -152,6 +152,7 @@ fn vouchers() -> serde_json::Value {
         credit_cap: U256::MAX,
         chain_id: 31337,
         escrow: Address::repeat_byte(0xee),
+        free_tokens_per_day: 0,
     };
     let payer = Payer {
         payer: key.address(),

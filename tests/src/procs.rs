@@ -48,17 +48,24 @@ impl Relay {
     /// a model card signed by its key.
     pub fn publish(data_dir: &Path, path: &Path, args: &[&str]) -> Relay {
         let path = path.to_str().expect("utf-8 path");
-        Self::try_start_cmd(&["publish", path], data_dir, args)
+        Self::try_start_cmd(&["publish", path], data_dir, args, None)
             .unwrap_or_else(|e| panic!("publish {args:?} did not start: {e}"))
     }
 
     /// Like [`Relay::start`], returning what went wrong instead of panicking.
     pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
-        Self::try_start_cmd(&["relay"], data_dir, args)
+        Self::try_start_cmd(&["relay"], data_dir, args, None)
+    }
+
+    /// Like [`Relay::start`], logging what `filter` (a `RUST_LOG` value) selects to its
+    /// `relay.log`, whatever the test's own `RUST_LOG` says.
+    pub fn start_logged(data_dir: &Path, args: &[&str], filter: &str) -> Relay {
+        Self::try_start_cmd(&["relay"], data_dir, args, Some(filter))
+            .unwrap_or_else(|e| panic!("relay {args:?} did not start: {e}"))
     }
 
     /// Starts `ait CMD...` with the relay flags and `args`, as [`Relay::try_start`] does.
-    fn try_start_cmd(cmd: &[&str], data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
+    fn try_start_cmd(cmd: &[&str], data_dir: &Path, args: &[&str], log: Option<&str>) -> Result<Relay, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
         let mut child = Command::new(ait_bin())
             .args(cmd)
@@ -68,7 +75,10 @@ impl Relay {
             .args(if args.contains(&"--backend") { &[][..] } else { &["--backend", "cpu"][..] })
             .args(if args.contains(&"--http") { &[][..] } else { &["--http", "127.0.0.1:0"][..] })
             .args(args)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
+            .env(
+                "RUST_LOG",
+                log.map(str::to_string).or_else(|| std::env::var("RUST_LOG").ok()).unwrap_or_else(|| "warn".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -222,7 +222,8 @@ async fn terms(raw: &mut Raw) -> PayTerms {
 
 /// Test 16c, and the bad input of both issues: a relay charging for `[0,30)` with a credit
 /// cap of six tokens. A client that never pays is served exactly six tokens and then gets
-/// `payment required`; opening without a payment, with a key the payer never authorized, or
+/// `payment required`; a client that does not pay gets the free tier's quota (eight tokens a
+/// day here) and then `payment required`; opening with a key the payer never authorized, or
 /// for a payer with no allocation is refused; a forged voucher (another key, more work than
 /// served, an amount changed after signing) ends its session only. An honest client, paying
 /// as it goes, runs past the cap; after the redeem the node earned exactly what the honest
@@ -244,7 +245,7 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
     let args = [
         &["--model", model.to_str().unwrap(), "--blocks", "all", "--price", PRICE, "--credit-cap", &cap][..],
-        &["--redeem-every", "1"],
+        &["--redeem-every", "1", "--free-tokens", "8"],
         &settle,
     ]
     .concat();
@@ -271,11 +272,22 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let t = terms(&mut probe).await;
         assert_eq!((t.node, t.price, t.credit_cap), (node, units(PRICE_UNITS), units(PRICE_UNITS) * units(180)));
 
-        // Opening without paying, with a key the payer never authorized, for a payer with no
-        // allocation to this node: each refused with `payment required`, before any step.
+        // Without paying: the free tier's eight tokens a day, then `payment required`, on
+        // this session and the next.
+        assert_eq!(t.free_tokens_per_day, 8);
+        let mut s = Raw::open(&h, peer).await;
+        assert_eq!(s.ask(&open(None)).await, Response::Opened { max_len: 64 });
+        for pos in 0..8 {
+            assert!(matches!(s.ask(&step(pos, None)).await, Response::Hidden { .. }), "free step {pos}");
+        }
+        let r = s.ask(&step(8, None)).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("free tier")), "{r:?}");
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(None)).await;
-        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("charges")), "{r:?}");
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("used up")), "{r:?}");
+
+        // With a key the payer never authorized, for a payer with no allocation to this
+        // node: each refused with `payment required`, before any step.
         let stranger = SessionKey::from_bytes(accounts[6].key.as_slice()).unwrap();
         let unauthorized =
             HopBill::new(&pays(&stranger, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
@@ -509,4 +521,115 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     }
+}
+
+/// A relay's `/metrics` text.
+fn metrics_of(relay: &Relay) -> String {
+    ureq::get(&format!("{}/metrics", relay.http.as_deref().unwrap()))
+        .call()
+        .expect("/metrics")
+        .body_mut()
+        .read_to_string()
+        .unwrap()
+}
+
+/// The value of gauge `name` in `/metrics` text.
+fn gauge(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// Test 16e: a charging relay with five session slots (four scored, one lottery) saturated by
+/// three free-tier gateways (fresh keys, no deposit: the lottery slot only) with three
+/// requests each. A paying, staked gateway's four requests, sent while the free-tier ones
+/// queue, are each admitted to a scored slot ahead of free-tier requests that were waiting
+/// (the relay's admission log says so, in order), and every free-tier request still
+/// completes.
+#[test]
+fn contributors_are_admitted_ahead_of_the_free_tier_which_still_completes() {
+    let _serial = serial();
+    let dir = temp_dir("pay-e");
+    let chain = Chain::start(&dir);
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let (node_dir, _) = chain.node_dir("r", 2);
+    let (payer_dir, _) = chain.payer_dir("contributor", 1, "10", &[], "0");
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let serve = [&["--model", m, "--blocks", "all", "--price", PRICE, "--max-sessions", "5"][..], &settle].concat();
+    let node = Relay::start_logged(&node_dir, &serve, "warn,web_node::net::serve::session=info");
+    let boot = node.addr("tcp");
+    let model_id = node.model_id();
+    let free: Vec<Relay> =
+        (0..3).map(|i| Relay::start(&dir.join(format!("free-{i}")), &["--model", m, "--bootstrap", &boot])).collect();
+    let contributor = Relay::start(&payer_dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat());
+
+    let ask = |http: String, model: String, tokens: usize| {
+        std::thread::spawn(move || {
+            let answer = complete(&http, &model, "Once upon a time", tokens);
+            answer["usage"]["completion_tokens"].as_u64().unwrap_or(0)
+        })
+    };
+    let free_asks: Vec<_> = free
+        .iter()
+        .flat_map(|f| (0..3).map(|_| ask(f.http.clone().unwrap(), model_id.clone(), 40)))
+        .collect::<Vec<_>>();
+    // Wait until free-tier requests queue behind the one lottery slot.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while gauge(&metrics_of(&node), "ait_session_queue_length").unwrap_or(0.0) < 4.0 {
+        assert!(Instant::now() < deadline, "the free-tier requests never queued:\n{}", metrics_of(&node));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let paid_asks: Vec<_> = (0..4).map(|_| ask(contributor.http.clone().unwrap(), model_id.clone(), 8)).collect();
+    for a in paid_asks {
+        assert!(a.join().unwrap() > 0, "a contributor's request failed");
+    }
+    for a in free_asks {
+        assert!(a.join().unwrap() > 0, "a free-tier request failed");
+    }
+
+    // The admissions, in order: (standing, pool, free-tier requests waiting then).
+    let log = std::fs::read_to_string(node_dir.join("relay.log")).unwrap();
+    let field = |line: &str, key: &str| -> String {
+        let plain: String = strip_ansi(line);
+        let value = plain.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")));
+        value.unwrap_or("").trim_matches('"').to_string()
+    };
+    let admitted: Vec<(String, String, usize)> = log
+        .lines()
+        .filter(|l| l.contains("session admitted"))
+        .map(|l| (field(l, "standing"), field(l, "pool"), field(l, "waiting_free").parse().unwrap_or(0)))
+        .collect();
+    let paying: Vec<_> = admitted.iter().filter(|a| a.0 == "paying").collect();
+    let free_tier: Vec<_> = admitted.iter().filter(|a| a.0 == "free").collect();
+    assert_eq!(paying.len(), 4, "{admitted:?}");
+    assert!(free_tier.len() >= 9, "{admitted:?}");
+    // Free-tier sessions ran in the lottery slot only; each contributor request went to a
+    // scored slot while free-tier requests that came before it were still waiting.
+    assert!(free_tier.iter().all(|a| a.1 == "lottery"), "{admitted:?}");
+    assert!(paying.iter().all(|a| a.1 == "scored" && a.2 > 0), "{admitted:?}");
+    let first_paid = admitted.iter().position(|a| a.0 == "paying").unwrap();
+    let last_free = admitted.iter().rposition(|a| a.0 == "free").unwrap();
+    assert!(first_paid < last_free, "no free-tier request waited behind a contributor: {admitted:?}");
+    drop((node, free, contributor, chain));
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// `s` without ANSI colour codes.
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            for c in chars.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }

@@ -5,6 +5,14 @@
 //! submits before redeeming. Each voucher a session sends must be backed by the payer's
 //! allocation with what its other sessions here promised, and is kept in the node's
 //! [`Ledger`] before its step is answered.
+//!
+//! It also scores payers for the node's scored session slots ([`ChainGate::priority`]), from
+//! chain data only: the payer's stake, plus what it earned serving others (the node shares of
+//! `Redeemed` events naming it as node, from payers other than itself) over the last
+//! [`EARNED_WINDOW_BLOCKS`] blocks, in AIT. Self-dealing does not buy score cheaply: what a
+//! node pays itself from its own wallet does not count, and paying it from a second wallet
+//! costs the 30% creator and DAO shares of every AIT for 0.7 AIT of score, while staking the
+//! same AIT gives the same score at no cost but a lock-up (and the stake can be slashed).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -15,19 +23,29 @@ use alloy::providers::DynProvider;
 use tokio::sync::Notify;
 use web_node::settle::pay::MIN_VOUCHER_LIFE_S;
 use web_node::settle::{
-    recover_signer, unix_s, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate, SignedAllocation,
-    SignedAuthorization, SignedVoucher,
+    ait_f64, recover_signer, unix_s, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate,
+    SignedAllocation, SignedAuthorization, SignedVoucher,
 };
 
-use super::bindings::Escrow;
+use super::bindings::{Escrow, Staking};
 use super::ledger::Ledger;
 use super::Backing;
 use super::{latest_block, ChainError, Deployment};
+
+/// Blocks over which what a payer earned serving others counts for its priority (about a
+/// day at two-second blocks).
+pub const EARNED_WINDOW_BLOCKS: u64 = 43_200;
+
+/// How long a payer's priority score is used before it is read again.
+const SCORE_FOR: Duration = Duration::from_secs(10);
 
 /// The session server's view of the chain and the ledger.
 pub struct ChainGate {
     terms: PayTerms,
     escrow: Escrow::EscrowInstance<DynProvider>,
+    staking: Staking::StakingInstance<DynProvider>,
+    /// Priority scores as last read, and when.
+    scores: Mutex<HashMap<Address, (f64, std::time::Instant)>>,
     provider: DynProvider,
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
@@ -91,7 +109,7 @@ impl Escrowed {
 impl ChainGate {
     /// A gate for `node` (its EVM address) charging `price` per layer-token with a credit cap
     /// of `credit_cap`, reading the chain of `deployment` through `provider` and keeping
-    /// vouchers in `ledger`.
+    /// vouchers in `ledger`. It serves no free tier until [`ChainGate::with_free_tier`].
     pub fn new(
         deployment: &Deployment,
         provider: DynProvider,
@@ -101,8 +119,17 @@ impl ChainGate {
         ledger: Arc<Ledger>,
     ) -> ChainGate {
         ChainGate {
-            terms: PayTerms { node, price, credit_cap, chain_id: deployment.chain_id, escrow: deployment.escrow },
+            terms: PayTerms {
+                node,
+                price,
+                credit_cap,
+                chain_id: deployment.chain_id,
+                escrow: deployment.escrow,
+                free_tokens_per_day: 0,
+            },
             escrow: Escrow::new(deployment.escrow, provider.clone()),
+            staking: Staking::new(deployment.staking, provider.clone()),
+            scores: Mutex::default(),
             provider,
             ledger,
             rpc_timeout: Duration::from_secs(10),
@@ -112,6 +139,32 @@ impl ChainGate {
             store_lock: Arc::default(),
             wake: Arc::default(),
         }
+    }
+
+    /// Serves `tokens` a day free to each client that does not pay, in lottery slots.
+    pub fn with_free_tier(mut self, tokens: u64) -> Self {
+        self.terms.free_tokens_per_day = tokens;
+        self
+    }
+
+    /// `payer`'s priority score: its stake plus what it earned serving others over the last
+    /// [`EARNED_WINDOW_BLOCKS`] blocks, in AIT (see the module's note).
+    pub async fn score_of(&self, payer: Address) -> Result<f64, ChainError> {
+        let stake = self.staking.stakeOf(payer).call().await.map_err(|e| ChainError::contract("stakeOf", &e))?;
+        let (latest, _) = latest_block(&self.provider).await?;
+        let redeemed = self
+            .escrow
+            .Redeemed_filter()
+            .topic2(payer.into_word())
+            .from_block(latest.saturating_sub(EARNED_WINDOW_BLOCKS))
+            .query()
+            .await
+            .map_err(|e| ChainError::contract("Redeemed events", &e))?;
+        let earned = redeemed
+            .iter()
+            .filter(|(r, _)| r.node == payer && r.payer != payer)
+            .fold(U256::ZERO, |a, (r, _)| a.saturating_add(r.nodeShare));
+        Ok(ait_f64(stake.staked) + ait_f64(earned))
     }
 
     /// What backs each payer here, for the redeemer to lower as it collects
@@ -411,6 +464,29 @@ impl PaymentGate for ChainGate {
             Err(PaymentError::Required(format!(
                 "the payer's backing here ({backing}) does not cover this voucher with its other sessions': allocate more"
             )))
+        })
+    }
+
+    fn priority<'a>(&'a self, payer: Address) -> GateFuture<'a, f64> {
+        Box::pin(async move {
+            if let Some((score, at)) = lock(&self.scores).get(&payer) {
+                if at.elapsed() < SCORE_FOR {
+                    return *score;
+                }
+            }
+            let score = match tokio::time::timeout(self.rpc_timeout, self.score_of(payer)).await {
+                Ok(Ok(score)) => score,
+                Ok(Err(e)) => {
+                    tracing::warn!(%payer, "reading the payer's priority: {e}");
+                    0.0
+                }
+                Err(_) => {
+                    tracing::warn!(%payer, "reading the payer's priority: the chain did not answer");
+                    0.0
+                }
+            };
+            lock(&self.scores).insert(payer, (score, std::time::Instant::now()));
+            score
         })
     }
 

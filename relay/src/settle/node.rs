@@ -22,6 +22,10 @@ use super::{ChainGate, Deployment, Ledger, Redeemer};
 /// a voucher about every half of it.
 pub const DEFAULT_CREDIT_TOKENS: u64 = 256;
 
+/// Tokens a day a charging relay serves free to each client by default (`--free-tokens`):
+/// a few short chats.
+pub const DEFAULT_FREE_TOKENS: u64 = 4096;
+
 /// `ait relay`'s settlement flags.
 #[derive(clap::Args, Clone, Debug)]
 pub struct SettleOpt {
@@ -34,6 +38,10 @@ pub struct SettleOpt {
     /// Default: the price of 256 tokens through the blocks served.
     #[arg(long, value_name = "AIT")]
     pub credit_cap: Option<String>,
+    /// With --price: tokens a day served free to each client that does not pay (its free
+    /// tier), in the lottery fifth of the session slots only; 0: none.
+    #[arg(long, value_name = "TOKENS", default_value_t = DEFAULT_FREE_TOKENS)]
+    pub free_tokens: u64,
     /// Pay servers that charge, from the wallet's escrow, for this relay's own requests (the
     /// HTTP API). Without it the relay uses free servers only.
     #[arg(long)]
@@ -148,7 +156,8 @@ impl Settlement {
         };
         let ledger = Arc::new(Ledger::open(&data_dir.join("ledger.redb")).context("opening the voucher ledger")?);
         let d = &self.deployment;
-        let gate = ChainGate::new(d, self.provider.clone(), self.address, price, cap, ledger.clone());
+        let gate = ChainGate::new(d, self.provider.clone(), self.address, price, cap, ledger.clone())
+            .with_free_tier(o.free_tokens);
         web_node::settle::PaymentGate::terms(&gate).check(layers).context("--credit-cap")?;
         match Staking::new(d.staking, &self.provider).peerIdOf(self.address).call().await {
             Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}
@@ -162,10 +171,11 @@ impl Settlement {
         let min = o.redeem_min.as_deref().map(parse_ait).transpose().context("--redeem-min")?.unwrap_or_default();
         tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min, gate.wake()));
         println!(
-            "charging: {} AIT per layer-token to {}, credit cap {} AIT per session",
+            "charging: {} AIT per layer-token to {}, credit cap {} AIT per session, free tier {} tokens a day",
             format_ait(price),
             self.address,
-            format_ait(cap)
+            format_ait(cap),
+            o.free_tokens
         );
         Ok(Some(Arc::new(gate)))
     }

@@ -145,6 +145,7 @@ mod tests {
                 active_sessions: 0,
                 max_len: 64,
                 pay: None,
+                queued: None,
             },
         }
         .sign(key)

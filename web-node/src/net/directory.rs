@@ -86,6 +86,7 @@ mod tests {
                 active_sessions: 0,
                 max_len: 1,
                 pay: None,
+                queued: None,
             },
         }
     }

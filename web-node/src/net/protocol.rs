@@ -100,6 +100,10 @@ pub struct ServerStatus {
     /// What the node charges; `None`: it serves free.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pay: Option<PayTerms>,
+    /// Open requests waiting for a slot, on a node that queues them when full (a charging
+    /// node); `None`: the node refuses when full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<usize>,
 }
 
 /// Why a server refused a request.
@@ -151,6 +155,15 @@ pub enum Response {
         /// Tokens the session may hold.
         max_len: u32,
     },
+    /// The node is full and the open request waits for a slot (a charging node's queue):
+    /// where it stands. Sent again when that changes and now and then while it waits; the
+    /// answer to the open (`Opened` or `Error`) follows.
+    Queued {
+        /// 1 for the next in line (by priority score; the lottery may draw it sooner).
+        position: u32,
+        /// Requests waiting, this one included.
+        waiting: u32,
+    },
     /// Output hidden states of a step.
     Hidden {
         /// Tokens in `hidden`.
@@ -201,6 +214,7 @@ const T_QUOTED: u8 = 0x84;
 const T_STATUS: u8 = 0x81;
 const T_OPENED: u8 = 0x82;
 const T_HIDDEN: u8 = 0x83;
+const T_QUEUED: u8 = 0x85;
 const T_ERROR: u8 = 0xff;
 
 fn put_u32(b: &mut Vec<u8>, v: u32) {
@@ -383,6 +397,11 @@ impl Response {
                 b.push(T_OPENED);
                 put_u32(&mut b, *max_len);
             }
+            Response::Queued { position, waiting } => {
+                b.push(T_QUEUED);
+                put_u32(&mut b, *position);
+                put_u32(&mut b, *waiting);
+            }
             Response::Hidden { n_tokens, compute_us, hidden } => {
                 b.push(T_HIDDEN);
                 put_u32(&mut b, *n_tokens);
@@ -413,6 +432,12 @@ impl Response {
                 let max_len = r.u32()?;
                 r.end()?;
                 Ok(Response::Opened { max_len })
+            }
+            T_QUEUED => {
+                let mut r = Reader { what: "queued", b: body };
+                let (position, waiting) = (r.u32()?, r.u32()?);
+                r.end()?;
+                Ok(Response::Queued { position, waiting })
             }
             T_HIDDEN => {
                 let mut r = Reader { what: "hidden", b: body };
@@ -492,10 +517,12 @@ mod tests {
             active_sessions: 1,
             max_len: 8192,
             pay: None,
+            queued: None,
         };
         for r in [
             Response::Info(status),
             Response::Opened { max_len: 7 },
+            Response::Queued { position: 2, waiting: 9 },
             Response::Quote(PayerQuote {
                 allocated_total: alloy_primitives::U256::from(5u8),
                 available: alloy_primitives::U256::from(3u8),
@@ -541,6 +568,9 @@ mod tests {
         assert!(Request::decode(&[T_QUOTE, 1, 2]).is_err());
         assert!(Request::decode(&[&[T_QUOTE][..], &[0u8; 21]].concat()).is_err());
         assert!(Response::decode(&[T_QUOTED, b'{', b'}']).is_err());
+        // A queue notice of the wrong length.
+        assert!(Response::decode(&[T_QUEUED, 1, 0, 0, 0]).is_err());
+        assert!(Response::decode(&[T_QUEUED, 1, 0, 0, 0, 2, 0, 0, 0, 9]).is_err());
         // Step: zero tokens, ragged rows, bytes not a multiple of 4.
         let step = |n: u32, bytes: usize| {
             let mut b = vec![T_STEP];

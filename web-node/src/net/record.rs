@@ -369,6 +369,7 @@ mod tests {
                 active_sessions: 0,
                 max_len: 2048,
                 pay: None,
+                queued: None,
             },
         }
     }

@@ -68,6 +68,10 @@ pub struct PayTerms {
     pub chain_id: u64,
     /// The escrow contract.
     pub escrow: Address,
+    /// Tokens a day the node serves free to each client without a payment, in lottery slots
+    /// only (its free tier; 0: none).
+    #[serde(default)]
+    pub free_tokens_per_day: u64,
 }
 
 impl PayTerms {
@@ -220,6 +224,10 @@ pub trait PaymentGate: Send + Sync + Debug {
     /// of its session, if the payer's allocation backs it with what its other sessions here
     /// promised; the step it came with is answered only after this returns.
     fn store<'a>(&'a self, voucher: &'a SignedVoucher) -> GateFuture<'a, Result<(), PaymentError>>;
+
+    /// `payer`'s priority score for this node's scored session slots, from chain data only
+    /// (higher first); 0 when it cannot be read.
+    fn priority<'a>(&'a self, payer: Address) -> GateFuture<'a, f64>;
 }
 
 /// Unix seconds now.
@@ -508,6 +516,7 @@ mod tests {
             credit_cap: U256::from(100_000u64),
             chain_id: 31337,
             escrow: address!("5FbDB2315678afecb367f032d93F642f64180aa3"),
+            free_tokens_per_day: 0,
         }
     }
 

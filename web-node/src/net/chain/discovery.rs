@@ -149,7 +149,8 @@ pub async fn probe_stream<S: AsyncRead + AsyncWrite + Unpin>(
         tracing::debug!(%peer, "status contradicts its record");
         return Ok(None);
     }
-    if status.free_slots == 0 || !status.ms_per_block.is_finite() {
+    // A full node is of no use now, unless it queues requests (a charging node).
+    if (status.free_slots == 0 && status.queued.is_none()) || !status.ms_per_block.is_finite() {
         return Ok(None);
     }
     let candidate =

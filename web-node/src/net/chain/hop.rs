@@ -31,6 +31,10 @@ use crate::settle::{unix_s, HopBill, Payer, SignedVoucher};
 /// How long a server has to answer the liveness check of a step that is late.
 const ALIVE_LIMIT: Duration = Duration::from_millis(500);
 
+/// Longest wait for the next word from a node that queued an open request (it tells the
+/// client where it stands every few seconds).
+const QUEUE_LIMIT: Duration = Duration::from_secs(30);
+
 /// How long closing a session may take.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -103,7 +107,18 @@ impl HopSession {
             max_len: max_len as u32,
             payment: bill.as_ref().map(|(b, _)| b.payment().clone()),
         };
-        match exchange(peer, &mut stream, &req, limit).await? {
+        let mut answer = exchange(peer, &mut stream, &req, limit).await?;
+        // A charging node that is full queues the request and says where it stands, again
+        // while it waits (at least every few seconds), until it opens the session or refuses.
+        let mut place = None;
+        while let Response::Queued { position, waiting } = answer {
+            if place != Some(position) {
+                tracing::info!(%peer, position, waiting, "queued for a session slot");
+                place = Some(position);
+            }
+            answer = read_answer(peer, &mut stream, limit.max(QUEUE_LIMIT)).await?;
+        }
+        match answer {
             Response::Opened { .. } => Ok(HopSession {
                 peer,
                 blocks,
@@ -299,6 +314,16 @@ pub(super) async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .ok_or(io(FrameError::Timeout(limit)))?
         .map_err(io)?;
+    read_answer(peer, stream, limit).await
+}
+
+/// Reads one control answer within `limit`; an error frame is an error.
+async fn read_answer<S: AsyncRead + Unpin>(
+    peer: PeerId,
+    stream: &mut S,
+    limit: Duration,
+) -> Result<Response, ChainError> {
+    let io = |error| ChainError::Stream { peer, error };
     let frame = read_frame(stream, MAX_CONTROL_ANSWER, limit, limit).await.map_err(io)?;
     let resp = Response::decode(&frame).map_err(|e| ChainError::Protocol { peer, detail: e.to_string() })?;
     if let Response::Error { code, message } = resp {

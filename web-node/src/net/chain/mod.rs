@@ -465,19 +465,21 @@ impl<D: Discovery> SwarmChain<D> {
         let payer = self.opts.payer.as_deref();
         let mut candidates: Vec<Candidate> = found
             .iter()
-            // A server that charges is used only with a payer that pays on its escrow and
-            // accepts its price, and with terms that carry a token through its span.
+            // A server that charges is used with a payer that pays on its escrow and accepts
+            // its price, and with terms that carry a token through its span; without a payer,
+            // on its free tier, if it has one.
             .filter(|(f, _)| {
                 Some(f.candidate.peer) == local
-                    || f.status.pay.as_ref().is_none_or(|t| {
-                        payer.is_some_and(|p| p.accepts(t)) && t.check(f.candidate.blocks.len() as u64).is_ok()
+                    || f.status.pay.as_ref().is_none_or(|t| match payer {
+                        Some(p) => p.accepts(t) && t.check(f.candidate.blocks.len() as u64).is_ok(),
+                        None => t.free_tokens_per_day > 0,
                     })
             })
             .map(|(f, _)| Candidate {
                 measured_ms: self.measured.get(&f.candidate.peer).map(|(ms, _)| *ms),
                 local: Some(f.candidate.peer) == local,
                 price_ms: match (&f.status.pay, Some(f.candidate.peer) == local) {
-                    (Some(t), false) => {
+                    (Some(t), false) if payer.is_some() => {
                         crate::settle::ait_f64(t.cost(f.candidate.blocks.len() as u64)) * self.opts.ms_per_ait.max(0.0)
                     }
                     _ => 0.0,

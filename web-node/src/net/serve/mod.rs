@@ -11,10 +11,13 @@
 //!
 //! Dropping the [`Service`]'s [`Withdraw`] stops accepting sessions and withdraws the
 //! records. Modules: [`session`] (the [`Server`], admission, the stream types), [`compute`]
-//! (the compute loop and its handle), [`announce`] (the DHT records of a server).
+//! (the compute loop and its handle), [`announce`] (the DHT records of a server), [`queue`]
+//! (a charging node's slots by priority and lottery), [`free_tier`] (its daily free quota).
 
 pub mod announce;
 pub mod compute;
+pub mod free_tier;
+pub mod queue;
 pub mod session;
 
 pub use announce::{announce, announce_while_healthy, publish, AnnounceError, Health, RECORD_REFRESH, RECORD_VALIDITY};
@@ -83,7 +86,13 @@ pub struct ServeLimits {
     /// [`DEFAULT_PREFIX_CACHE_TOKENS`].
     pub prefix_cache_tokens: usize,
     /// What sessions pay, and where their vouchers go; `None` (the default): sessions are free.
+    /// A node that charges queues open requests when full, paying clients by priority and a
+    /// lottery for everyone ([`queue`]), and serves a free tier in the lottery slots.
     pub payments: Option<Arc<dyn PaymentGate>>,
+    /// Longest an open request waits in a charging node's queue. Default 120 s.
+    pub queue_wait: Duration,
+    /// Seed of the queue's lottery; `None` (the default): drawn from the OS. Tests set it.
+    pub lottery_seed: Option<u64>,
 }
 
 impl Default for ServeLimits {
@@ -105,6 +114,8 @@ impl Default for ServeLimits {
             batch: BatchLimits::default(),
             prefix_cache_tokens: DEFAULT_PREFIX_CACHE_TOKENS,
             payments: None,
+            queue_wait: Duration::from_secs(120),
+            lottery_seed: None,
         }
     }
 }

@@ -4,7 +4,10 @@
 //! [`protocol`](crate::net::protocol)) for the blocks it holds; compute goes through a
 //! [`ComputeHandle`]. Admission control refuses a session before any cache is allocated when
 //! the peer already has too many, the node has no slot left, or the KV caches of the sessions
-//! already admitted would exceed the memory budget. Every error goes back to the peer as a
+//! already admitted would exceed the memory budget. A node that charges queues an open request
+//! that finds no slot instead ([`queue`](super::queue)), telling it where it stands, and serves
+//! clients that do not pay in its lottery slots up to a daily quota
+//! ([`free_tier`](super::free_tier)). Every error goes back to the peer as a
 //! [`Response::Error`] and ends only that stream.
 
 use std::collections::HashMap;
@@ -20,6 +23,8 @@ use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use libp2p::PeerId;
 
 use super::compute::ComputeHandle;
+use super::free_tier::FreeQuota;
+use super::queue::{Arrival, Place, Pool, SlotQueue, Standing};
 use super::ServeConfig;
 use crate::engine::{EngineError, SessionId};
 use crate::model::ModelId;
@@ -67,7 +72,15 @@ struct Admission {
     per_peer: HashMap<PeerId, (usize, u64)>,
     per_ip: HashMap<IpAddr, usize>,
     kv_reserved: u64,
+    /// On a node that charges: its slots by pool, and who waits for them.
+    queue: Option<SlotQueue>,
 }
+
+/// How often a queued request is told where it stands when that does not change.
+const QUEUE_NOTICE: Duration = Duration::from_secs(5);
+
+/// How often a queued request looks at its place.
+const QUEUE_POLL: Duration = Duration::from_millis(500);
 
 /// Counters of work done.
 #[derive(Debug, Default)]
@@ -85,6 +98,8 @@ pub struct Server {
     config: ServeConfig,
     compute: ComputeHandle,
     admission: Mutex<Admission>,
+    /// Free-tier tokens used today, per client.
+    free: Mutex<FreeQuota>,
     /// Work counters.
     pub stats: ServeStats,
 }
@@ -96,11 +111,16 @@ struct Slot<'a> {
     peer: Option<PeerId>,
     ip: Option<IpAddr>,
     bytes: u64,
+    /// The pool of a charging node's slot.
+    pool: Option<Pool>,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
         let mut a = self.server.lock();
+        if let (Some(pool), Some(q)) = (self.pool, a.queue.as_mut()) {
+            q.release(pool);
+        }
         a.sessions = a.sessions.saturating_sub(1);
         a.kv_reserved = a.kv_reserved.saturating_sub(self.bytes);
         if let Some(peer) = self.peer {
@@ -136,11 +156,13 @@ impl From<PaymentError> for Refusal {
     }
 }
 
-/// An open session on a stream: its engine session, its slot, and its meter when it is paid.
+/// An open session on a stream: its engine session, its slot, and its meter when it is paid
+/// (or whether it runs on the free tier's quota).
 struct Open<'a> {
     id: SessionId,
     _slot: Slot<'a>,
     meter: Option<Meter>,
+    free: bool,
 }
 
 impl From<EngineError> for Refusal {
@@ -161,7 +183,13 @@ impl From<EngineError> for Refusal {
 impl Server {
     /// A server for `config`, computing through `compute`.
     pub fn new(config: ServeConfig, compute: ComputeHandle) -> Server {
-        Server { config, compute, admission: Mutex::default(), stats: ServeStats::default() }
+        let l = &config.limits;
+        let queue = l.payments.as_ref().map(|_| {
+            let seed = l.lottery_seed.unwrap_or_else(rand::random);
+            SlotQueue::new(l.max_sessions, l.max_sessions.saturating_mul(4).max(8), seed)
+        });
+        let admission = Mutex::new(Admission { queue, ..Admission::default() });
+        Server { config, compute, admission, free: Mutex::default(), stats: ServeStats::default() }
     }
 
     /// What it serves.
@@ -176,7 +204,10 @@ impl Server {
     /// Live status.
     pub fn status(&self) -> ServerStatus {
         let a = self.lock();
-        let by_slots = self.config.limits.max_sessions.saturating_sub(a.sessions);
+        let by_slots = match &a.queue {
+            Some(q) => q.free(),
+            None => self.config.limits.max_sessions.saturating_sub(a.sessions),
+        };
         let per_session = self.config.kv_bytes(self.config.max_len).max(1);
         let by_memory = (self.config.limits.kv_budget.saturating_sub(a.kv_reserved) / per_session) as usize;
         ServerStatus {
@@ -192,18 +223,25 @@ impl Server {
             active_sessions: a.sessions,
             max_len: self.config.max_len,
             pay: self.config.limits.payments.as_ref().map(|g| g.terms().clone()),
+            queued: a.queue.as_ref().map(SlotQueue::waiting),
         }
     }
 
-    fn admit(&self, who: Remote, max_len: usize) -> Result<Slot<'_>, Refusal> {
-        let c = &self.config;
-        let l = &c.limits;
-        let bytes = c.kv_bytes(max_len);
-        // An operator's trusted peers (its API gateways) and this node itself are not capped
-        // per peer or per IP; everyone shares the node's totals.
-        let trusted = who.peer.is_none_or(|p| l.trusted_peers.contains(&p));
-        let (peer, ip) = if trusted { (None, None) } else { (who.peer, who.ip) };
-        let mut a = self.lock();
+    /// Whom a session from `who` counts against: an operator's trusted peers (its API
+    /// gateways) and this node itself are not capped per peer or per IP; everyone shares the
+    /// node's totals.
+    fn counted(&self, who: Remote) -> (Option<PeerId>, Option<IpAddr>) {
+        let trusted = who.peer.is_none_or(|p| self.config.limits.trusted_peers.contains(&p));
+        if trusted {
+            (None, None)
+        } else {
+            (who.peer, who.ip)
+        }
+    }
+
+    /// Checks the per-peer and per-IP caps and the KV budget for one more session of `bytes`.
+    fn caps(&self, a: &Admission, peer: Option<PeerId>, ip: Option<IpAddr>, bytes: u64) -> Result<(), Refusal> {
+        let l = &self.config.limits;
         if let Some(p) = peer {
             let (mine, kv) = a.per_peer.get(&p).copied().unwrap_or((0, 0));
             if mine >= l.max_sessions_per_peer {
@@ -228,9 +266,6 @@ impl Server {
                 ));
             }
         }
-        if a.sessions >= l.max_sessions {
-            return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", l.max_sessions)));
-        }
         if a.kv_reserved.saturating_add(bytes) > l.kv_budget {
             return Err(Refusal(
                 ErrorCode::Busy,
@@ -239,6 +274,29 @@ impl Server {
                     a.kv_reserved, l.kv_budget
                 ),
             ));
+        }
+        Ok(())
+    }
+
+    /// Takes a slot for a session of `who` of up to `max_len` tokens: the slot of `pool` a
+    /// charging node's queue granted (given back if a cap refuses), or on a node without a
+    /// queue any free one.
+    fn admit(&self, who: Remote, max_len: usize, pool: Option<Pool>) -> Result<Slot<'_>, Refusal> {
+        let l = &self.config.limits;
+        let bytes = self.config.kv_bytes(max_len);
+        let (peer, ip) = self.counted(who);
+        let mut a = self.lock();
+        let checked = self.caps(&a, peer, ip, bytes).and_then(|()| {
+            if pool.is_none() && a.sessions >= l.max_sessions {
+                return Err(Refusal(ErrorCode::Busy, format!("all {} session slots are taken", l.max_sessions)));
+            }
+            Ok(())
+        });
+        if let Err(r) = checked {
+            if let (Some(p), Some(q)) = (pool, a.queue.as_mut()) {
+                q.release(p);
+            }
+            return Err(r);
         }
         a.sessions += 1;
         a.kv_reserved += bytes;
@@ -250,7 +308,87 @@ impl Server {
         if let Some(ip) = ip {
             *a.per_ip.entry(ip).or_default() += 1;
         }
-        Ok(Slot { server: self, peer, ip, bytes })
+        Ok(Slot { server: self, peer, ip, bytes, pool })
+    }
+
+    /// On a charging node: a slot for a request of `standing`, now, or once the queue grants
+    /// one, telling the client over `stream` where it stands while it waits (up to
+    /// [`ServeLimits::queue_wait`](super::ServeLimits::queue_wait)).
+    async fn queue_for_slot<S: AsyncWrite + Unpin>(
+        &self,
+        who: Remote,
+        max_len: usize,
+        standing: Standing,
+        stream: &mut S,
+    ) -> Result<Slot<'_>, Refusal> {
+        let l = &self.config.limits;
+        let (peer, ip) = self.counted(who);
+        let arrival = {
+            let mut a = self.lock();
+            self.caps(&a, peer, ip, self.config.kv_bytes(max_len))?;
+            a.queue.as_mut().map_or(Arrival::Full, |q| q.arrive(standing))
+        };
+        let (ticket, mut grant) = match arrival {
+            Arrival::Granted(pool) => return self.admitted(who, max_len, pool, standing),
+            Arrival::Full => {
+                return Err(Refusal(
+                    ErrorCode::Busy,
+                    format!("all {} session slots are taken and the queue is full", l.max_sessions),
+                ))
+            }
+            Arrival::Queued(ticket, grant) => (ticket, grant),
+        };
+        let deadline = Instant::now() + l.queue_wait;
+        let mut told: Option<(Place, Instant)> = None;
+        loop {
+            let place = self.lock().queue.as_ref().and_then(|q| q.place(ticket));
+            if let Some(place) = place.filter(|p| told.is_none_or(|(t, at)| t != *p || at.elapsed() >= QUEUE_NOTICE)) {
+                let notice = Response::Queued {
+                    position: u32::try_from(place.position).unwrap_or(u32::MAX),
+                    waiting: u32::try_from(place.waiting).unwrap_or(u32::MAX),
+                };
+                let sent = crate::net::timeout(l.frame_timeout, write_frame(stream, &notice.encode())).await;
+                if !matches!(sent, Some(Ok(()))) {
+                    self.leave_queue(ticket, &mut grant);
+                    return Err(Refusal(ErrorCode::BadRequest, "the client left while queued".into()));
+                }
+                told = Some((place, Instant::now()));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                self.leave_queue(ticket, &mut grant);
+                return Err(Refusal(ErrorCode::Busy, format!("no slot came free in {:?}", l.queue_wait)));
+            }
+            match crate::net::timeout(QUEUE_POLL.min(left), &mut grant).await {
+                Some(Ok(pool)) => return self.admitted(who, max_len, pool, standing),
+                Some(Err(_)) => return Err(Refusal(ErrorCode::Busy, "the queue closed".into())),
+                None => {}
+            }
+        }
+    }
+
+    /// [`Server::admit`] with the slot the queue granted, logged (tests read the order).
+    fn admitted(&self, who: Remote, max_len: usize, pool: Pool, standing: Standing) -> Result<Slot<'_>, Refusal> {
+        let slot = self.admit(who, max_len, Some(pool))?;
+        let (waiting, waiting_free) = self.lock().queue.as_ref().map_or((0, 0), |q| (q.waiting(), q.waiting_free()));
+        let standing = match standing {
+            Standing::Paying(_) => "paying",
+            Standing::Free => "free",
+        };
+        tracing::info!(peer = ?who.peer, pool = pool.name(), standing, waiting, waiting_free, "session admitted");
+        Ok(slot)
+    }
+
+    /// Takes a queued request out of the queue; a slot granted meanwhile goes back.
+    fn leave_queue(&self, ticket: u64, grant: &mut futures::channel::oneshot::Receiver<Pool>) {
+        let mut a = self.lock();
+        if let Some(q) = a.queue.as_mut() {
+            if !q.leave(ticket) {
+                if let Ok(Some(pool)) = grant.try_recv() {
+                    q.release(pool);
+                }
+            }
+        }
     }
 
     /// Serves one session stream from `peer` until it closes, fails or idles out.
@@ -338,7 +476,7 @@ impl Server {
                     None => break Err(Refusal(ErrorCode::BadRequest, "this node serves free".into())),
                 },
                 (Request::Open { model, start, end, max_len, payment }, None) => {
-                    match self.open(who, model, start as usize..end as usize, max_len as usize, payment).await {
+                    match self.open(who, model, start as usize..end as usize, max_len as usize, payment, stream).await {
                         Ok(o) => {
                             open = Some(o);
                             progress = Instant::now();
@@ -351,6 +489,11 @@ impl Server {
                     break Err(Refusal(ErrorCode::BadRequest, "a session is already open on this stream".into()))
                 }
                 (Request::Step { pos, n_tokens, hidden, voucher }, Some(o)) => {
+                    if o.free {
+                        if let Err(r) = self.take_free(who, n_tokens) {
+                            break Err(r);
+                        }
+                    }
                     if let Some(meter) = &mut o.meter {
                         if let Err(r) = self.pay(meter, voucher.as_ref()).await {
                             break Err(r);
@@ -414,13 +557,24 @@ impl Server {
         Ok(())
     }
 
-    async fn open(
+    /// Counts `n_tokens` of a free-tier session against its client's daily quota.
+    fn take_free(&self, who: Remote, n_tokens: u32) -> Result<(), Refusal> {
+        let (Some(peer), Some(gate)) = (who.peer, self.config.limits.payments.as_ref()) else { return Ok(()) };
+        let quota = gate.terms().free_tokens_per_day;
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        free.take(peer, who.ip, u64::from(n_tokens), quota, unix_s())
+            .map_err(|e| Refusal(ErrorCode::PaymentRequired, e.to_string()))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn open<S: AsyncWrite + Unpin>(
         &self,
         who: Remote,
         model: ModelId,
         blocks: Range<usize>,
         max_len: usize,
         payment: Option<Payment>,
+        stream: &mut S,
     ) -> Result<Open<'_>, Refusal> {
         let c = &self.config;
         if model != c.model {
@@ -438,19 +592,34 @@ impl Server {
         if max_len == 0 || max_len > c.max_len {
             return Err(Refusal(ErrorCode::TooLong, format!("session of {max_len} tokens (limit {})", c.max_len)));
         }
-        let slot = self.admit(who, max_len)?;
-        // This node's own sessions (its API, its chat) are not charged: it would pay itself.
+        // This node's own sessions (its API, its chat) are not charged (it would pay itself)
+        // and go first.
         let gate = self.config.limits.payments.as_ref().filter(|_| who.peer.is_some());
-        let meter = match (gate, payment) {
-            (None, _) => None,
+        let (meter, standing) = match (gate, payment) {
+            (None, _) => (None, Standing::Paying(f64::MAX)),
             (Some(gate), None) => {
-                return Err(Refusal(
-                    ErrorCode::PaymentRequired,
-                    format!(
-                        "this node charges {} per layer-token: open the session with a payment",
-                        gate.terms().price
-                    ),
-                ))
+                let t = gate.terms();
+                if t.free_tokens_per_day == 0 {
+                    return Err(Refusal(
+                        ErrorCode::PaymentRequired,
+                        format!("this node charges {} per layer-token: open the session with a payment", t.price),
+                    ));
+                }
+                // The free tier: a session in a lottery slot while the quota lasts.
+                let used = {
+                    let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+                    who.peer.map_or(0, |p| free.used(p, who.ip, unix_s()))
+                };
+                if used >= t.free_tokens_per_day {
+                    return Err(Refusal(
+                        ErrorCode::PaymentRequired,
+                        format!(
+                            "the free tier's {} tokens a day are used up for this client: pay to go on",
+                            t.free_tokens_per_day
+                        ),
+                    ));
+                }
+                (None, Standing::Free)
             }
             (Some(gate), Some(p)) => {
                 let layers = c.blocks.len() as u64;
@@ -468,19 +637,30 @@ impl Server {
                         ),
                     ));
                 }
-                Some(meter)
+                let score = gate.priority(meter.payment().payer).await;
+                (Some(meter), Standing::Paying(score))
             }
         };
-        let id = match self.compute.open(max_len).await {
-            Ok(id) => id,
+        let queues = self.lock().queue.is_some();
+        let slot = if queues {
+            self.queue_for_slot(who, max_len, standing, stream).await
+        } else {
+            self.admit(who, max_len, None)
+        };
+        let id = match slot {
+            Ok(slot) => self.compute.open(max_len).await.map(|id| (id, slot)).map_err(Refusal::from),
+            Err(e) => Err(e),
+        };
+        let (id, slot) = match id {
+            Ok(opened) => opened,
             Err(e) => {
                 if let (Some(gate), Some(m)) = (gate, &meter) {
                     gate.close(m.payment(), U256::ZERO);
                 }
-                return Err(e.into());
+                return Err(e);
             }
         };
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(Open { id, _slot: slot, meter })
+        Ok(Open { id, _slot: slot, meter, free: standing == Standing::Free })
     }
 }
