@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP API of `ait relay` (`--http`, default 127.0.0.1:8080).
 //!
-//! `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions`, streamed as
+//! `GET /v1/models`, `POST /v1/chat/completions`, `POST /v1/completions` (and `GET /v1/key`
+//! with prepaid API keys, [`accounts`]), streamed as
 //! server-sent events (ending with `data: [DONE]`) or not. Each request runs as a client of the
 //! swarm through a [`SwarmChain`]; when this relay serves blocks itself, routing reaches them
 //! in-process, so a relay holding every block answers alone. Chat messages go through the
@@ -18,11 +19,13 @@ macro_rules! limited_warn {
     };
 }
 
+pub mod accounts;
 pub mod limits;
 
 mod guard;
 mod server;
 
+pub use accounts::Accounts;
 pub use limits::HttpLimits;
 
 use std::convert::Infallible;
@@ -64,6 +67,8 @@ pub struct ApiState {
     pub local: Option<Arc<dyn LocalServer>>,
     /// Required bearer token, if any.
     pub api_key: Option<String>,
+    /// Prepaid API keys (`--api-keys`): each request names one, and is charged to its account.
+    pub accounts: Option<Arc<Accounts>>,
     /// Requests generating at once; others wait their turn (at most `--api-queue` of them).
     pub permits: tokio::sync::Semaphore,
     /// Timeouts of the chains.
@@ -101,22 +106,47 @@ pub fn router(state: Arc<ApiState>) -> Router {
 pub fn router_with(state: Arc<ApiState>, limits: &HttpLimits) -> Router {
     let running = state.permits.available_permits();
     let key: Option<Arc<str>> = state.api_key.as_deref().map(Arc::from);
+    let accounts = state.accounts.clone();
     let api = Arc::new(Api {
         state,
         admission: Arc::new(tokio::sync::Semaphore::new(running + limits.api_queue)),
         running,
         limits: limits.clone(),
     });
-    Router::new()
+    let routes = Router::new()
         .route("/v1/models", get(models))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
+        .route("/v1/key", get(key_info))
         .route(
             "/v1/{*rest}",
             axum::routing::any(|| async { ApiError { status: 404, ..ApiError::bad_request("No such endpoint.") } }),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(key, guard::require_key))
-        .with_state(api)
+        );
+    let routes = match accounts {
+        Some(accounts) => routes.route_layer(axum::middleware::from_fn_with_state(accounts, guard::require_account)),
+        None => routes.route_layer(axum::middleware::from_fn_with_state(key, guard::require_key)),
+    };
+    routes.with_state(api)
+}
+
+/// `GET /v1/key`: where the request's prepaid account stands (404 without `--api-keys`).
+async fn key_info(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
+    let (Some(accounts), Some(guard::AccountName(name))) =
+        (&api.state.accounts, req.extensions().get::<guard::AccountName>())
+    else {
+        return Err(ApiError { status: 404, ..ApiError::bad_request("This relay has no prepaid API keys.") });
+    };
+    Ok(axum::Json(accounts.standing(name, now())?.to_json()).into_response())
+}
+
+/// The account `req` is charged to, if this relay has prepaid keys, once it may run another
+/// request (something left of what it paid, when this relay pays; of its daily quota).
+fn account_of(api: &Api, req: &Request) -> Result<Option<String>, ApiError> {
+    let (Some(accounts), Some(guard::AccountName(name))) = (&api.state.accounts, req.extensions().get()) else {
+        return Ok(None);
+    };
+    accounts.admit(name, api.state.chain.payer.is_some(), now())?;
+    Ok(Some(name.clone()))
 }
 
 /// [`serve_with`] the default [`HttpLimits`].
@@ -207,6 +237,8 @@ struct Job {
     opts: GenerateOptions,
     stream: bool,
     include_usage: bool,
+    /// The prepaid account it is charged to.
+    account: Option<String>,
 }
 
 fn resolve_model(state: &ApiState, name: &str) -> Result<Arc<ClientModel>, ApiError> {
@@ -326,7 +358,7 @@ fn chat_job(api: &Api, req: ChatRequest) -> Result<Job, ApiError> {
     let limits = (api.limits.api_default_max_tokens, api.limits.api_max_tokens);
     let opts = options(model.config.max_seq_len, &req.sampling, prompt.len(), limits, "messages")?;
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage })
+    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage, account: None })
 }
 
 fn completion_job(api: &Api, req: CompletionRequest) -> Result<Job, ApiError> {
@@ -349,7 +381,7 @@ fn completion_job(api: &Api, req: CompletionRequest) -> Result<Job, ApiError> {
     let limits = (16, api.limits.api_max_tokens);
     let opts = options(model.config.max_seq_len, &req.sampling, prompt.len(), limits, "prompt")?;
     let include_usage = req.sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
-    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage })
+    Ok(Job { _admitted: None, model, prompt, opts, stream: req.sampling.stream, include_usage, account: None })
 }
 
 fn api_error(e: GenerateError<ChainError>) -> ApiError {
@@ -378,9 +410,31 @@ async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<P
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
-    let generation = m.generate(&mut chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)?;
-    let cost = state.chain.payer.as_ref().map(|_| chain.paid());
+    let account = state.accounts.as_deref().zip(job.account.as_deref());
+    let mut metered = Metered { chain, account, tokens: job.prompt.len() as u64 };
+    let generation = m.generate(&mut metered.chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)?;
+    metered.tokens = (generation.prompt_tokens + generation.tokens.len()) as u64;
+    let cost = state.chain.payer.as_ref().map(|_| metered.chain.paid());
     Ok(Paid { generation, cost })
+}
+
+/// A request's chain, charging the request's prepaid account what its vouchers paid when it
+/// ends, however it ends (done, failed, or dropped because its client left).
+struct Metered<'a> {
+    chain: SwarmChain,
+    account: Option<(&'a Accounts, &'a str)>,
+    /// Tokens to count against the account's quota.
+    tokens: u64,
+}
+
+impl Drop for Metered<'_> {
+    fn drop(&mut self) {
+        if let Some((accounts, name)) = self.account {
+            if let Err(e) = accounts.charge(name, self.chain.paid(), self.tokens, now()) {
+                tracing::warn!(account = name, "charging the request: {e}");
+            }
+        }
+    }
 }
 
 fn finish_reason(f: FinishReason) -> &'static str {
@@ -411,16 +465,18 @@ fn peer_of(req: &Request) -> SocketAddr {
 
 async fn chat(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
     let peer = peer_of(&req);
+    let account = account_of(&api, &req)?;
     let admitted = admit(&api, peer)?;
     let job = prepare(&api, peer, req.into_body(), chat_job).await?;
-    respond(api.state.clone(), Job { _admitted: Some(admitted), ..job }, Kind::Chat).await
+    respond(api.state.clone(), Job { _admitted: Some(admitted), account, ..job }, Kind::Chat).await
 }
 
 async fn completions(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
     let peer = peer_of(&req);
+    let account = account_of(&api, &req)?;
     let admitted = admit(&api, peer)?;
     let job = prepare(&api, peer, req.into_body(), completion_job).await?;
-    respond(api.state.clone(), Job { _admitted: Some(admitted), ..job }, Kind::Completion).await
+    respond(api.state.clone(), Job { _admitted: Some(admitted), account, ..job }, Kind::Completion).await
 }
 
 #[derive(Clone, Copy)]

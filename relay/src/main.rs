@@ -163,8 +163,14 @@ struct RelayOpt {
     #[arg(long)]
     no_http: bool,
     /// Require this bearer token on the HTTP API (also AIT_API_KEY).
-    #[arg(long, env = "AIT_API_KEY", hide_env_values = true)]
+    #[arg(long, env = "AIT_API_KEY", hide_env_values = true, conflicts_with = "api_keys")]
     api_key: Option<String>,
+    /// Prepaid API keys: a JSON file of `{"keys": [{"key", "name", "prepaid" (AIT),
+    /// "tokens_per_day" (optional)}]}`. Each request must carry one of the keys and is charged
+    /// its cost (with --pay) and tokens; spending is kept in DATA_DIR/accounts.redb and shown
+    /// by `GET /v1/key`.
+    #[arg(long, value_name = "FILE")]
+    api_keys: Option<PathBuf>,
     /// HTTP API requests generating at once (others wait). Their steps share the blocks'
     /// batches. Each holds a session on every server of its route, and other servers let one
     /// peer hold 4 (`--max-sessions-per-peer`). Default: `--max-sessions` when this relay
@@ -435,6 +441,14 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 node: handle.clone(),
                 local,
                 api_key: o.api_key.clone(),
+                accounts: match &o.api_keys {
+                    Some(file) => {
+                        let accounts = relay::api::Accounts::open(file, &o.data_dir.join("accounts.redb"))?;
+                        tracing::info!(keys = accounts.len(), "prepaid API keys");
+                        Some(Arc::new(accounts))
+                    }
+                    None => None,
+                },
                 permits: tokio::sync::Semaphore::new(api_concurrency),
                 chain: web_node::net::chain::ChainOptions {
                     payer: match &settlement {

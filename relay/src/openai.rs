@@ -213,6 +213,33 @@ impl ApiError {
         }
     }
 
+    /// 402: the API key's account spent what it paid in advance.
+    pub fn credits_used(name: &str, prepaid: alloy::primitives::U256) -> ApiError {
+        ApiError {
+            status: 402,
+            kind: "insufficient_quota",
+            code: Some("insufficient_credits"),
+            param: None,
+            message: format!(
+                "The account `{name}` spent the {} AIT it paid in advance; ask this relay's operator to top it up.",
+                web_node::settle::format_ait(prepaid)
+            ),
+        }
+    }
+
+    /// 429: the API key's account used its tokens for today.
+    pub fn quota_used(name: &str, quota: u64) -> ApiError {
+        ApiError {
+            status: 429,
+            kind: "insufficient_quota",
+            code: Some("daily_quota_exceeded"),
+            param: None,
+            message: format!(
+                "The account `{name}` used its {quota} tokens for today; the quota renews at midnight UTC."
+            ),
+        }
+    }
+
     /// 413: the request body is larger than `limit` bytes.
     pub fn body_too_large(limit: usize) -> ApiError {
         ApiError {

@@ -633,3 +633,84 @@ fn strip_ansi(s: &str) -> String {
     }
     out
 }
+
+/// Item 5: a gateway relay with prepaid API keys (`--api-keys`) pays a charging relay from its
+/// own deposit and charges each request's cost (`usage.cost`) and tokens to the key that
+/// asked; `GET /v1/key` shows the account. A key that spent what it prepaid gets 402, one
+/// past its daily tokens 429, none or an unknown one 401; a restarted gateway forgets nothing.
+#[test]
+fn prepaid_api_keys_are_charged_what_their_requests_cost() {
+    let _serial = serial();
+    let dir = temp_dir("pay-keys");
+    let chain = Chain::start(&dir);
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let (node_dir, _) = chain.node_dir("r", 2);
+    let (gateway_dir, _) = chain.payer_dir("gateway", 1, "10", &[], "0");
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let node = Relay::start(&node_dir, &[&["--model", m, "--blocks", "all", "--price", PRICE][..], &settle].concat());
+    let keys = dir.join("keys.json");
+    std::fs::write(
+        &keys,
+        r#"{"keys": [
+            {"key": "sk-alice-0123456789", "name": "alice", "prepaid": "1"},
+            {"key": "sk-bob-0123456789ab", "name": "bob", "prepaid": "0.000001"},
+            {"key": "sk-carol-0123456789", "name": "carol", "prepaid": "1", "tokens_per_day": 5}
+        ]}"#,
+    )
+    .unwrap();
+    let boot = node.addr("tcp");
+    let gateway_args =
+        [&["--model", m, "--bootstrap", &boot, "--pay", "--api-keys", keys.to_str().unwrap()][..], &settle].concat();
+    let gateway = Relay::start(&gateway_dir, &gateway_args);
+    let model_id = node.model_id();
+    let http = gateway.http.clone().unwrap();
+    let ask = |key: Option<&str>| -> (u16, serde_json::Value) {
+        let body = serde_json::json!({ "model": model_id, "prompt": "The capital of France is", "max_tokens": 4, "temperature": 0 });
+        let mut req = ureq::post(&format!("{http}/v1/completions")).config().http_status_as_error(false).build();
+        if let Some(k) = key {
+            req = req.header("Authorization", &format!("Bearer {k}"));
+        }
+        let mut resp = req.send_json(&body).expect("completion");
+        (resp.status().as_u16(), resp.body_mut().read_json().expect("json"))
+    };
+    let account = |http: &str, key: &str| -> serde_json::Value {
+        let mut resp = ureq::get(&format!("{http}/v1/key"))
+            .header("Authorization", &format!("Bearer {key}"))
+            .call()
+            .expect("/v1/key");
+        resp.body_mut().read_json::<serde_json::Value>().expect("json")["data"].clone()
+    };
+    assert_eq!(ask(None).0, 401);
+    assert_eq!(ask(Some("sk-mallory-0123456789")).0, 401);
+
+    let (status, answer) = ask(Some("sk-alice-0123456789"));
+    assert_eq!(status, 200, "{answer}");
+    let cost = answer["usage"]["cost"].as_str().expect("a cost").to_string();
+    let tokens = answer["usage"]["total_tokens"].as_u64().unwrap();
+    assert_ne!(cost, "0");
+    let alice = account(&http, "sk-alice-0123456789");
+    assert_eq!(alice["spent"].as_str(), Some(cost.as_str()), "{alice}");
+    assert_eq!(alice["tokens_today"].as_u64(), Some(tokens), "{alice}");
+
+    // Bob's prepaid AIT pay for less than one request: it runs (the balance is checked
+    // before, charged after), and the next is refused.
+    assert_eq!(ask(Some("sk-bob-0123456789ab")).0, 200);
+    let (status, refused) = ask(Some("sk-bob-0123456789ab"));
+    assert_eq!((status, refused["error"]["code"].as_str()), (402, Some("insufficient_credits")), "{refused}");
+    // Carol's five tokens a day are used by her first request.
+    assert_eq!(ask(Some("sk-carol-0123456789")).0, 200);
+    let (status, refused) = ask(Some("sk-carol-0123456789"));
+    assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("daily_quota_exceeded")), "{refused}");
+
+    // Started again, the gateway remembers what each account spent.
+    drop(gateway);
+    let gateway = Relay::start(&gateway_dir, &gateway_args);
+    let again = account(gateway.http.as_deref().unwrap(), "sk-alice-0123456789");
+    assert_eq!(again["spent"], alice["spent"], "{again}");
+    drop((gateway, node, chain));
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

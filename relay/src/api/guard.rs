@@ -144,6 +144,27 @@ pub(super) async fn require_key(State(key): State<Option<Arc<str>>>, req: Reques
     next.run(req).await
 }
 
+/// The account a request is charged to (`--api-keys`), set by [`require_account`].
+#[derive(Clone, Debug)]
+pub(super) struct AccountName(pub(super) String);
+
+/// Refuses requests without one of the prepaid API keys, and names the key's account for
+/// the handlers.
+pub(super) async fn require_account(
+    State(accounts): State<Arc<super::Accounts>>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let given =
+        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+    let Some(name) = given.and_then(|k| accounts.account_of(k)) else {
+        limited_warn!("http-api-key", "HTTP request from {} refused: missing or unknown API key", peer(&req));
+        return ApiError::unauthorized().into_response();
+    };
+    req.extensions_mut().insert(AccountName(name));
+    next.run(req).await
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
