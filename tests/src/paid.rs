@@ -56,6 +56,13 @@ impl Chain {
     /// A node's data directory holding its identity and the wallet of dev account `account`,
     /// staked and bound to its peer id.
     pub fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
+        let (dir, address) = self.wallet_dir(name, account);
+        self.ait(&["stake", "10", "--data-dir", dir.to_str().unwrap()]);
+        (dir, address)
+    }
+
+    /// Like [`Chain::node_dir`], without the stake.
+    pub fn wallet_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
         let dir = self.dir.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         relay::p2p::load_or_create_key(&dir).unwrap();
@@ -65,7 +72,6 @@ impl Chain {
             .trim()
             .parse()
             .unwrap();
-        self.ait(&["stake", "10", "--data-dir", d]);
         (dir, address)
     }
 
@@ -80,12 +86,24 @@ impl Chain {
         allocate: &str,
     ) -> (PathBuf, Address) {
         let (dir, address) = self.node_dir(name, account);
+        self.fund(&dir, deposit, nodes, allocate);
+        (dir, address)
+    }
+
+    /// Like [`Chain::payer_dir`], for a payer that stakes nothing (its priority score is 0).
+    pub fn unstaked_payer_dir(&self, name: &str, account: usize, deposit: &str) -> (PathBuf, Address) {
+        let (dir, address) = self.wallet_dir(name, account);
+        self.fund(&dir, deposit, &[], "0");
+        (dir, address)
+    }
+
+    /// Deposits `deposit` AIT from the wallet in `dir` and allocates `allocate` to each of `nodes`.
+    fn fund(&self, dir: &std::path::Path, deposit: &str, nodes: &[Address], allocate: &str) {
         let d = dir.to_str().unwrap();
         self.ait(&["deposit", deposit, "--data-dir", d]);
         for node in nodes {
             self.ait(&["allocate", &node.to_string(), allocate, "--data-dir", d]);
         }
-        (dir, address)
     }
 
     /// The address of dev account `account`.

@@ -538,12 +538,14 @@ fn gauge(text: &str, name: &str) -> Option<f64> {
     text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
 }
 
-/// Test 16e: a charging relay with five session slots (four scored, one lottery) saturated by
-/// three free-tier gateways (fresh keys, no deposit: the lottery slot only) with three
-/// requests each. A paying, staked gateway's four requests, sent while the free-tier ones
-/// queue, are each admitted to a scored slot ahead of free-tier requests that were waiting
-/// (the relay's admission log says so, in order), and every free-tier request still
-/// completes.
+/// Test 16e: a charging relay with five session slots (four scored, one lottery), saturated
+/// by a paying gateway that stakes nothing (priority score 0; twelve long requests: four run,
+/// one takes the lottery slot, seven wait) and three free-tier gateways (fresh keys, no
+/// deposit; three requests each, all waiting). A staked gateway's four requests (score 10)
+/// then overtake the unstaked payer's waiting ones for the scored slots, as the relay's
+/// admission log shows in order: every scored admission is the best score waiting, and the
+/// staked requests were admitted while unstaked ones still waited. Free-tier requests ran in
+/// the lottery slot only, and every request completes.
 #[test]
 fn contributors_are_admitted_ahead_of_the_free_tier_which_still_completes() {
     let _serial = serial();
@@ -552,65 +554,95 @@ fn contributors_are_admitted_ahead_of_the_free_tier_which_still_completes() {
     let model = default_model();
     let m = model.to_str().unwrap();
     let (node_dir, _) = chain.node_dir("r", 2);
-    let (payer_dir, _) = chain.payer_dir("contributor", 1, "10", &[], "0");
+    let (staked_dir, _) = chain.payer_dir("staked", 1, "10", &[], "0");
+    let (unstaked_dir, _) = chain.unstaked_payer_dir("unstaked", 3, "10");
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
-    let serve = [&["--model", m, "--blocks", "all", "--price", PRICE, "--max-sessions", "5"][..], &settle].concat();
+    let serve = [
+        &["--model", m, "--blocks", "all", "--price", PRICE, "--max-sessions", "5"][..],
+        &["--max-sessions-per-peer", "16", "--max-sessions-per-ip", "16", "--max-streams-per-peer", "32"],
+        &settle,
+    ]
+    .concat();
     let node = Relay::start_logged(&node_dir, &serve, "warn,web_node::net::serve::session=info");
     let boot = node.addr("tcp");
     let model_id = node.model_id();
-    let free: Vec<Relay> =
-        (0..3).map(|i| Relay::start(&dir.join(format!("free-{i}")), &["--model", m, "--bootstrap", &boot])).collect();
-    let contributor = Relay::start(&payer_dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat());
+    let gateway = |dir: &std::path::Path, pay: bool| {
+        let mut args = vec!["--model", m, "--bootstrap", &boot, "--api-concurrency", "12"];
+        if pay {
+            args.extend(["--pay"]);
+            args.extend(&settle);
+        }
+        Relay::start(dir, &args)
+    };
+    let unstaked = gateway(&unstaked_dir, true);
+    let staked = gateway(&staked_dir, true);
+    let free: Vec<Relay> = (0..3).map(|i| gateway(&dir.join(format!("free-{i}")), false)).collect();
 
-    let ask = |http: String, model: String, tokens: usize| {
+    let ask = |relay: &Relay, tokens: usize| {
+        let (http, model) = (relay.http.clone().unwrap(), model_id.clone());
         std::thread::spawn(move || {
             let answer = complete(&http, &model, "Once upon a time", tokens);
             answer["usage"]["completion_tokens"].as_u64().unwrap_or(0)
         })
     };
-    let free_asks: Vec<_> = free
-        .iter()
-        .flat_map(|f| (0..3).map(|_| ask(f.http.clone().unwrap(), model_id.clone(), 40)))
-        .collect::<Vec<_>>();
-    // Wait until free-tier requests queue behind the one lottery slot.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while gauge(&metrics_of(&node), "ait_session_queue_length").unwrap_or(0.0) < 4.0 {
-        assert!(Instant::now() < deadline, "the free-tier requests never queued:\n{}", metrics_of(&node));
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let paid_asks: Vec<_> = (0..4).map(|_| ask(contributor.http.clone().unwrap(), model_id.clone(), 8)).collect();
-    for a in paid_asks {
-        assert!(a.join().unwrap() > 0, "a contributor's request failed");
-    }
-    for a in free_asks {
-        assert!(a.join().unwrap() > 0, "a free-tier request failed");
+    let queued = |at_least: f64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while gauge(&metrics_of(&node), "ait_session_queue_length").unwrap_or(0.0) < at_least {
+            assert!(Instant::now() < deadline, "fewer than {at_least} requests queued:\n{}", metrics_of(&node));
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    let mut asks: Vec<_> = (0..12).map(|_| ask(&unstaked, 64)).collect();
+    queued(7.0);
+    asks.extend(free.iter().flat_map(|f| (0..3).map(|_| ask(f, 40)).collect::<Vec<_>>()));
+    queued(14.0);
+    let staked_asks: Vec<_> = (0..4).map(|_| ask(&staked, 8)).collect();
+    for a in staked_asks.into_iter().chain(asks) {
+        assert!(a.join().unwrap() > 0, "a request failed");
     }
 
-    // The admissions, in order: (standing, pool, free-tier requests waiting then).
+    // The admissions, in order.
     let log = std::fs::read_to_string(node_dir.join("relay.log")).unwrap();
-    let field = |line: &str, key: &str| -> String {
-        let plain: String = strip_ansi(line);
-        let value = plain.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")));
-        value.unwrap_or("").trim_matches('"').to_string()
-    };
-    let admitted: Vec<(String, String, usize)> = log
+    #[derive(Debug)]
+    struct Admitted {
+        standing: String,
+        pool: String,
+        score: f64,
+        best_waiting: f64,
+    }
+    let admitted: Vec<Admitted> = log
         .lines()
         .filter(|l| l.contains("session admitted"))
-        .map(|l| (field(l, "standing"), field(l, "pool"), field(l, "waiting_free").parse().unwrap_or(0)))
+        .map(|l| {
+            let plain = strip_ansi(l);
+            let field = |key: &str| -> String {
+                let value = plain.split_whitespace().find_map(|w| w.strip_prefix(&format!("{key}=")));
+                value.unwrap_or("").trim_matches('"').to_string()
+            };
+            Admitted {
+                standing: field("standing"),
+                pool: field("pool"),
+                score: field("score").parse().unwrap_or(f64::NAN),
+                best_waiting: field("best_waiting").parse().unwrap_or(f64::NAN),
+            }
+        })
         .collect();
-    let paying: Vec<_> = admitted.iter().filter(|a| a.0 == "paying").collect();
-    let free_tier: Vec<_> = admitted.iter().filter(|a| a.0 == "free").collect();
-    assert_eq!(paying.len(), 4, "{admitted:?}");
-    assert!(free_tier.len() >= 9, "{admitted:?}");
-    // Free-tier sessions ran in the lottery slot only; each contributor request went to a
-    // scored slot while free-tier requests that came before it were still waiting.
-    assert!(free_tier.iter().all(|a| a.1 == "lottery"), "{admitted:?}");
-    assert!(paying.iter().all(|a| a.1 == "scored" && a.2 > 0), "{admitted:?}");
-    let first_paid = admitted.iter().position(|a| a.0 == "paying").unwrap();
-    let last_free = admitted.iter().rposition(|a| a.0 == "free").unwrap();
-    assert!(first_paid < last_free, "no free-tier request waited behind a contributor: {admitted:?}");
-    drop((node, free, contributor, chain));
+    let count = |f: &dyn Fn(&Admitted) -> bool| admitted.iter().filter(|a| f(a)).count();
+    assert_eq!(count(&|a| a.standing == "paying" && a.score == 10.0), 4, "{admitted:#?}");
+    assert_eq!(count(&|a| a.standing == "paying" && a.score == 0.0), 12, "{admitted:#?}");
+    assert!(count(&|a| a.standing == "free") >= 9, "{admitted:#?}");
+    // The free tier only ever ran in the lottery slot.
+    assert!(admitted.iter().filter(|a| a.standing == "free").all(|a| a.pool == "lottery"), "{admitted:#?}");
+    // Each scored slot went to the best score waiting...
+    let scored: Vec<_> = admitted.iter().filter(|a| a.pool == "scored").collect();
+    assert!(scored.iter().all(|a| a.score >= a.best_waiting), "{admitted:#?}");
+    // ...so the staked requests went ahead of unstaked ones that were waiting before them.
+    assert!(
+        scored.iter().any(|a| a.score == 10.0 && a.best_waiting == 0.0),
+        "no staked request overtook a waiting unstaked one: {admitted:#?}"
+    );
+    drop((node, free, staked, unstaked, chain));
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(dir);
     }

@@ -69,6 +69,7 @@ async fn build() -> Router {
         node,
         local: Some(Arc::new(relay::serving::InProcess(server))),
         api_key: None,
+        accounts: None,
         permits: tokio::sync::Semaphore::new(4),
         chain,
     };

@@ -39,6 +39,9 @@ pub const EARNED_WINDOW_BLOCKS: u64 = 43_200;
 /// How long a payer's priority score is used before it is read again.
 const SCORE_FOR: Duration = Duration::from_secs(10);
 
+/// Longest a payer's priority score is waited for.
+const SCORE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The session server's view of the chain and the ledger.
 pub struct ChainGate {
     terms: PayTerms,
@@ -403,18 +406,26 @@ impl ChainGate {
         tokio::task::spawn_blocking(move || {
             let _held = lock(&guard);
             let payer = v.voucher.payer;
-            let backing = backing.of(payer);
             let session = v.voucher.session;
+            // The ledger before the backing: a redeem recorded between the two reads then
+            // shows as less backing with as much promised (a refusal, then a fresh look), never
+            // the other way round.
             let promised = ledger.outstanding_of(payer, Some(session)).map_err(unavailable)?;
+            let kept = ledger.collected_of(payer, session).map_err(unavailable)?.unwrap_or_default();
+            let backing = backing.of(payer);
             // A redeem took what it collected out of the backing: count only the rest.
-            let collected =
-                ledger.collected_of(payer, session).map_err(unavailable)?.unwrap_or_default().max(collected);
+            let collected = kept.max(collected);
             let owed = v.voucher.cumulativeAmount.saturating_sub(collected);
             if owed.saturating_add(promised) > backing {
                 return Ok(false);
             }
             if !ledger.put(&v).map_err(unavailable)? {
                 return Err(PaymentError::Refused("the voucher is not above the one kept for its session".into()));
+            }
+            // A session whose earlier voucher was redeemed for good and let go: its new entry
+            // starts from what the chain collected, not from zero.
+            if kept < collected {
+                ledger.set_collected(payer, session, collected).map_err(unavailable)?;
             }
             Ok(true)
         })
@@ -474,7 +485,8 @@ impl PaymentGate for ChainGate {
                     return *score;
                 }
             }
-            let score = match tokio::time::timeout(self.rpc_timeout, self.score_of(payer)).await {
+            // A queued request waits for this: a short look, 0 if the chain is slow.
+            let score = match tokio::time::timeout(SCORE_TIMEOUT, self.score_of(payer)).await {
                 Ok(Ok(score)) => score,
                 Ok(Err(e)) => {
                     tracing::warn!(%payer, "reading the payer's priority: {e}");

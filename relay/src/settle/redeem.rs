@@ -338,12 +338,19 @@ impl Redeemer {
                 }
             }
         }
-        for (key, collected) in seen {
-            if let Some(h) = self.held.get_mut(&key) {
-                if h.collected != collected {
-                    self.ledger.set_collected(key.0, key.1, collected)?;
+        {
+            // A redeem this node did not record (a round cut short after it was mined, or the
+            // payer's own): the backing first, then the ledger, as in `collected_now`.
+            let backing = self.backing.clone();
+            let _recording = backing.redeeming().await;
+            for (key, collected) in seen {
+                if let Some(h) = self.held.get_mut(&key) {
+                    if h.collected != collected {
+                        self.backing.collected(key.0, collected.saturating_sub(h.collected));
+                        self.ledger.set_collected(key.0, key.1, collected)?;
+                    }
+                    h.collected = collected;
                 }
-                h.collected = collected;
             }
         }
         for key in &done {
@@ -363,7 +370,7 @@ impl Redeemer {
         // From sending until the ledger records what was collected, the gate does not read
         // the chain (it would see the allocation lowered and the vouchers still promising).
         let backing = self.backing.clone();
-        let _recording = backing.redeeming().await;
+        let recording = backing.redeeming().await;
         match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
             Ok(()) => {
                 for key in &send {
@@ -371,8 +378,11 @@ impl Redeemer {
                 }
             }
             Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
+                drop(recording);
                 tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
                 for (i, key) in send.iter().enumerate() {
+                    // One redeem at a time keeps the gate out: never for long.
+                    let _recording = backing.redeeming().await;
                     let r = self.escrow.redeem(vouchers[i].clone(), signatures[i].clone()).send().await;
                     self.after(key, mined("redeem", r).await, &mut report)?;
                 }

@@ -35,6 +35,10 @@ const ALIVE_LIMIT: Duration = Duration::from_millis(500);
 /// client where it stands every few seconds).
 const QUEUE_LIMIT: Duration = Duration::from_secs(30);
 
+/// Longest a client waits in one node's queue (under a node's idle timeout, 120 s by
+/// default, so the hops already open for the route do not close meanwhile).
+const QUEUE_TOTAL: Duration = Duration::from_secs(90);
+
 /// How long closing a session may take.
 const CLOSE_LIMIT: Duration = Duration::from_secs(1);
 
@@ -111,10 +115,19 @@ impl HopSession {
         // A charging node that is full queues the request and says where it stands, again
         // while it waits (at least every few seconds), until it opens the session or refuses.
         let mut place = None;
+        let queued = Instant::now();
         while let Response::Queued { position, waiting } = answer {
             if place != Some(position) {
                 tracing::info!(%peer, position, waiting, "queued for a session slot");
                 place = Some(position);
+            }
+            // Not longer than the hops already open idle before they close.
+            if queued.elapsed() >= QUEUE_TOTAL {
+                return Err(ChainError::Server {
+                    peer,
+                    code: crate::net::protocol::ErrorCode::Busy,
+                    message: format!("still queued ({position} of {waiting}) after {QUEUE_TOTAL:?}"),
+                });
             }
             answer = read_answer(peer, &mut stream, limit.max(QUEUE_LIMIT)).await?;
         }

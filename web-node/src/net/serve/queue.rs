@@ -130,13 +130,24 @@ impl SlotQueue {
         self.waiting.len()
     }
 
+    /// The best score among paying requests waiting, if any wait.
+    pub fn best_waiting(&self) -> Option<f64> {
+        self.waiting.iter().filter_map(|w| w.standing.score()).reduce(f64::max)
+    }
+
     /// Free-tier requests waiting.
     pub fn waiting_free(&self) -> usize {
         self.waiting.iter().filter(|w| w.standing == Standing::Free).count()
     }
 
+    /// Whether a scored slot is free now (a paying request would not wait).
+    pub fn scored_free(&self) -> bool {
+        self.scored < self.scored_cap
+    }
+
     /// A request of `standing` arrives: a paying one takes a free scored slot, anyone a free
-    /// lottery slot when nobody waits; otherwise it waits, unless the queue is full.
+    /// lottery slot when nobody waits; otherwise it waits, unless the queue is full. Free-tier
+    /// requests may fill half the queue at most, so fresh keys cannot crowd paying ones out.
     pub fn arrive(&mut self, standing: Standing) -> Arrival {
         if standing.score().is_some() && self.scored < self.scored_cap {
             self.scored += 1;
@@ -146,7 +157,8 @@ impl SlotQueue {
             self.lottery += 1;
             return Arrival::Granted(Pool::Lottery);
         }
-        if self.waiting.len() >= self.max_waiting {
+        let free_full = standing == Standing::Free && self.waiting_free() >= self.max_waiting / 2;
+        if self.waiting.len() >= self.max_waiting || free_full {
             return Arrival::Full;
         }
         let (grant, rx) = oneshot::channel();
@@ -312,19 +324,38 @@ mod tests {
     }
 
     #[test]
+    fn free_tier_requests_fill_half_the_queue_at_most() {
+        let mut q = SlotQueue::new(5, 8, 0);
+        assert!(matches!(q.arrive(Standing::Free), Arrival::Granted(Pool::Lottery)));
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let Arrival::Queued(_, rx) = q.arrive(Standing::Free) else { panic!("not queued") };
+            held.push(rx);
+        }
+        assert!(matches!(q.arrive(Standing::Free), Arrival::Full));
+        for _ in 0..4 {
+            assert!(matches!(q.arrive(Standing::Paying(0.0)), Arrival::Granted(Pool::Scored)));
+        }
+        for _ in 0..4 {
+            let Arrival::Queued(_, rx) = q.arrive(Standing::Paying(0.0)) else { panic!("not queued") };
+            held.push(rx);
+        }
+        assert!(matches!(q.arrive(Standing::Paying(9.0)), Arrival::Full));
+    }
+
+    #[test]
     fn a_request_that_leaves_gives_its_place_or_its_slot_back() {
         let mut q = SlotQueue::new(1, 2, 0);
         assert!(matches!(q.arrive(Standing::Free), Arrival::Granted(Pool::Lottery)));
         let Arrival::Queued(a, rx_a) = q.arrive(Standing::Free) else { panic!() };
         let Arrival::Queued(_, mut rx_b) = q.arrive(Standing::Paying(1.0)) else { panic!() };
-        assert!(matches!(q.arrive(Standing::Free), Arrival::Full));
+        assert!(matches!(q.arrive(Standing::Paying(2.0)), Arrival::Full));
         // A client gone before its turn: skipped.
         drop(rx_a);
         assert!(q.leave(a));
         q.release(Pool::Lottery);
         assert_eq!(granted(&mut rx_b), Some(Pool::Lottery));
-        // A grant sent to a receiver dropped later is released by its owner; one sent to a
-        // receiver already gone is not counted.
+        // A grant sent to a receiver already gone is not counted.
         let Arrival::Queued(c, rx_c) = q.arrive(Standing::Free) else { panic!() };
         drop(rx_c);
         q.release(Pool::Lottery);

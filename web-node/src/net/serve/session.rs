@@ -156,6 +156,32 @@ impl From<PaymentError> for Refusal {
     }
 }
 
+/// A request waiting in a charging node's queue; dropped, it leaves the queue, and a slot
+/// granted meanwhile goes back.
+struct Waiting<'a> {
+    server: &'a Server,
+    ticket: u64,
+    grant: futures::channel::oneshot::Receiver<Pool>,
+    /// The grant was taken from `grant`: nothing to give back.
+    granted: bool,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if self.granted {
+            return;
+        }
+        let mut a = self.server.lock();
+        if let Some(q) = a.queue.as_mut() {
+            if !q.leave(self.ticket) {
+                if let Ok(Some(pool)) = self.grant.try_recv() {
+                    q.release(pool);
+                }
+            }
+        }
+    }
+}
+
 /// An open session on a stream: its engine session, its slot, and its meter when it is paid
 /// (or whether it runs on the free tier's quota).
 struct Open<'a> {
@@ -328,7 +354,7 @@ impl Server {
             self.caps(&a, peer, ip, self.config.kv_bytes(max_len))?;
             a.queue.as_mut().map_or(Arrival::Full, |q| q.arrive(standing))
         };
-        let (ticket, mut grant) = match arrival {
+        let mut waiting = match arrival {
             Arrival::Granted(pool) => return self.admitted(who, max_len, pool, standing),
             Arrival::Full => {
                 return Err(Refusal(
@@ -336,8 +362,11 @@ impl Server {
                     format!("all {} session slots are taken and the queue is full", l.max_sessions),
                 ))
             }
-            Arrival::Queued(ticket, grant) => (ticket, grant),
+            // Leaves the queue however this ends (the client gone, the wait over, or this
+            // future dropped), giving back a slot granted meanwhile.
+            Arrival::Queued(ticket, grant) => Waiting { server: self, ticket, grant, granted: false },
         };
+        let ticket = waiting.ticket;
         let deadline = Instant::now() + l.queue_wait;
         let mut told: Option<(Place, Instant)> = None;
         loop {
@@ -349,18 +378,20 @@ impl Server {
                 };
                 let sent = crate::net::timeout(l.frame_timeout, write_frame(stream, &notice.encode())).await;
                 if !matches!(sent, Some(Ok(()))) {
-                    self.leave_queue(ticket, &mut grant);
                     return Err(Refusal(ErrorCode::BadRequest, "the client left while queued".into()));
                 }
                 told = Some((place, Instant::now()));
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                self.leave_queue(ticket, &mut grant);
                 return Err(Refusal(ErrorCode::Busy, format!("no slot came free in {:?}", l.queue_wait)));
             }
-            match crate::net::timeout(QUEUE_POLL.min(left), &mut grant).await {
-                Some(Ok(pool)) => return self.admitted(who, max_len, pool, standing),
+            match crate::net::timeout(QUEUE_POLL.min(left), &mut waiting.grant).await {
+                Some(Ok(pool)) => {
+                    // Granted: the slot is this request's now (admit gives it back if it refuses).
+                    waiting.granted = true;
+                    return self.admitted(who, max_len, pool, standing);
+                }
                 Some(Err(_)) => return Err(Refusal(ErrorCode::Busy, "the queue closed".into())),
                 None => {}
             }
@@ -370,25 +401,17 @@ impl Server {
     /// [`Server::admit`] with the slot the queue granted, logged (tests read the order).
     fn admitted(&self, who: Remote, max_len: usize, pool: Pool, standing: Standing) -> Result<Slot<'_>, Refusal> {
         let slot = self.admit(who, max_len, Some(pool))?;
-        let (waiting, waiting_free) = self.lock().queue.as_ref().map_or((0, 0), |q| (q.waiting(), q.waiting_free()));
-        let standing = match standing {
-            Standing::Paying(_) => "paying",
-            Standing::Free => "free",
+        let (waiting, waiting_free, best_waiting) =
+            self.lock().queue.as_ref().map_or((0, 0, None), |q| (q.waiting(), q.waiting_free(), q.best_waiting()));
+        let (standing, score) = match standing {
+            Standing::Paying(s) => ("paying", s),
+            Standing::Free => ("free", 0.0),
         };
-        tracing::info!(peer = ?who.peer, pool = pool.name(), standing, waiting, waiting_free, "session admitted");
+        // `best_waiting`: the best score still waiting (-1: none), never above a scored
+        // admission's own.
+        let best_waiting = best_waiting.unwrap_or(-1.0);
+        tracing::info!(peer = ?who.peer, pool = pool.name(), standing, score, best_waiting, waiting, waiting_free, "session admitted");
         Ok(slot)
-    }
-
-    /// Takes a queued request out of the queue; a slot granted meanwhile goes back.
-    fn leave_queue(&self, ticket: u64, grant: &mut futures::channel::oneshot::Receiver<Pool>) {
-        let mut a = self.lock();
-        if let Some(q) = a.queue.as_mut() {
-            if !q.leave(ticket) {
-                if let Ok(Some(pool)) = grant.try_recv() {
-                    q.release(pool);
-                }
-            }
-        }
     }
 
     /// Serves one session stream from `peer` until it closes, fails or idles out.
@@ -637,7 +660,9 @@ impl Server {
                         ),
                     ));
                 }
-                let score = gate.priority(meter.payment().payer).await;
+                // The score matters only to a request that waits: read the chain only then.
+                let waits = self.lock().queue.as_ref().is_some_and(|q| !q.scored_free());
+                let score = if waits { gate.priority(meter.payment().payer).await } else { 0.0 };
                 (Some(meter), Standing::Paying(score))
             }
         };
