@@ -189,7 +189,8 @@ impl Http {
     fn answer(&self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
         let messages: Vec<Value> = history.iter().map(|m| json!({ "role": m.role, "content": m.content })).collect();
         let body = json!({ "model": self.model, "messages": messages, "stream": true, "max_tokens": o.max_tokens,
-                           "temperature": o.temperature, "top_p": o.top_p, "seed": o.seed });
+                           "temperature": o.temperature, "top_p": o.top_p, "seed": o.seed,
+                           "stream_options": { "include_usage": true } });
         let mut req = self.agent.post(format!("{}/v1/chat/completions", self.base));
         if let Some(k) = &self.key {
             req = req.header("Authorization", format!("Bearer {k}"));
@@ -215,6 +216,10 @@ impl Http {
             if let Some(piece) = v["choices"][0]["delta"]["content"].as_str() {
                 print(piece);
                 text.push_str(piece);
+            }
+            // A relay that pays servers says what the answer cost.
+            if let Some(cost) = v["usage"]["cost"].as_str() {
+                eprint!("\n(cost: {cost} AIT)");
             }
         }
         Ok(text)

@@ -11,6 +11,10 @@
 //!   meter's rules) per second on one core, median of 5 runs; and the median time of the
 //!   ledger's durable write of a voucher (a redb commit), which a node makes before it answers
 //!   the step the voucher came with.
+//! - Priority (test 16e's benchmark): a staked contributor's time to first token on a
+//!   charging relay with five session slots, idle and while three free-tier gateways keep nine
+//!   requests going (the lottery slot always busy, free-tier requests always queued); medians
+//!   of 9 and their ratio (goal: at most 1.2x).
 
 use std::io::BufRead;
 use std::time::Instant;
@@ -33,7 +37,7 @@ fn main() {
     if !std::env::args().any(|a| a == "--bench") {
         return; // `cargo test` runs benches once without --bench: nothing to check here.
     }
-    let out = json!({ "decode": decode(), "vouchers": vouchers() });
+    let out = json!({ "decode": decode(), "vouchers": vouchers(), "priority": priority() });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }
 
@@ -198,4 +202,95 @@ fn vouchers() -> serde_json::Value {
     let _ = std::fs::remove_dir_all(&dir);
     json!({ "signed_per_s": median(&signed), "checked_per_s": median(&checked), "runs": 5, "per_run": n,
             "ledger_put_ms_median": median(&put_ms), "ledger_puts": put_ms.len() })
+}
+
+/// Milliseconds from sending a streamed greedy chat request of `tokens` tokens to its first
+/// piece of text.
+fn ttft_ms(http: &str, model: &str, tokens: usize) -> f64 {
+    let body = json!({ "model": model, "messages": [{ "role": "user", "content": "Name a color." }],
+        "max_tokens": tokens, "temperature": 0, "stream": true });
+    let sent = Instant::now();
+    let resp = ureq::post(&format!("{http}/v1/chat/completions")).send_json(&body).expect("completion");
+    let reader = std::io::BufReader::new(resp.into_body().into_reader());
+    let mut first = None;
+    for line in reader.lines().map_while(Result::ok) {
+        let Some(data) = line.strip_prefix("data: ") else { continue };
+        if data == "[DONE]" {
+            break;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).expect("event");
+        assert!(v.get("error").is_none(), "the generation failed: {v}");
+        if first.is_none() && v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+            first = Some(sent.elapsed());
+        }
+    }
+    first.expect("no text").as_secs_f64() * 1e3
+}
+
+/// A staked contributor's time to first token on a charging relay with five session slots,
+/// idle and while three free-tier gateways keep three requests each going (the lottery slot
+/// busy and free-tier requests always queued). Goal: under load at most 1.2x idle.
+fn priority() -> serde_json::Value {
+    const SAMPLES: usize = 9;
+    let root = temp_dir("bench-priority");
+    let chain = Chain::start(&root);
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let (node_dir, _) = chain.node_dir("node", 2);
+    let serve = [
+        &["--model", m, "--blocks", "all", "--price", PRICE, "--max-sessions", "5"][..],
+        &["--max-sessions-per-peer", "16", "--max-sessions-per-ip", "16", "--max-streams-per-peer", "32"],
+        &settle,
+    ]
+    .concat();
+    let node = Relay::start(&node_dir, &serve);
+    let boot = node.addr("tcp");
+    let model_id = node.model_id();
+    let (payer_dir, _) = chain.payer_dir("contributor", 1, "100", &[], "0");
+    let contributor = Relay::start(&payer_dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat());
+    let http = contributor.http.clone().unwrap();
+    let free: Vec<Relay> =
+        (0..3).map(|i| Relay::start(&root.join(format!("free-{i}")), &["--model", m, "--bootstrap", &boot])).collect();
+    ttft_ms(&http, &model_id, 4); // warm: route found, allocation made
+    let idle: Vec<f64> = (0..SAMPLES).map(|_| ttft_ms(&http, &model_id, 4)).collect();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = free
+        .iter()
+        .flat_map(|f| (0..3).map(move |_| f.http.clone().unwrap()))
+        .map(|h| {
+            let (stop, model) = (stop.clone(), model_id.clone());
+            std::thread::spawn(move || {
+                let mut done = 0usize;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let body =
+                        json!({ "model": model, "prompt": "Once upon a time", "max_tokens": 32, "temperature": 0 });
+                    if ureq::post(&format!("{h}/v1/completions")).send_json(&body).is_ok() {
+                        done += 1;
+                    }
+                }
+                done
+            })
+        })
+        .collect();
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let loaded: Vec<f64> = (0..SAMPLES).map(|_| ttft_ms(&http, &model_id, 4)).collect();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let free_done: usize = load.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+    eprintln!("contributor TTFT ms idle {idle:?} under free-tier load {loaded:?}");
+    let (im, lm) = (median(&idle), median(&loaded));
+    drop((free, contributor, node, chain));
+    let _ = std::fs::remove_dir_all(&root);
+    json!({
+        "slots": "5 (4 scored, 1 lottery)",
+        "free_tier_load": "3 gateways x 3 requests of 32 tokens at a time",
+        "free_tier_requests_completed_meanwhile": free_done,
+        "contributor_ttft_ms_idle": idle,
+        "contributor_ttft_ms_under_load": loaded,
+        "idle_median_ms": im,
+        "under_load_median_ms": lm,
+        "under_load_over_idle": lm / im,
+    })
 }

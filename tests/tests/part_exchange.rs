@@ -174,9 +174,10 @@ async fn liar(bootstrap: &Multiaddr, data: Vec<u8>, flip: bool, manifest: Vec<u8
 }
 
 /// Test c: two lying seeders (flipped bytes; another part of the same size under the root
-/// asked) and one honest relay: the fetcher bans both liars at their first range, gets every
-/// range from the relay, and returns exactly the part's bytes; none of the liars' bytes
-/// counts.
+/// asked) and one honest relay: the fetcher bans each liar it asks at its first range (which
+/// of them it asks before the relay has sent every range depends on timing), gets every range
+/// from the relay, and returns exactly the part's bytes; none of the liars' bytes counts.
+/// Asked alone, each liar is banned and named.
 #[test]
 fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
     let model = default_model();
@@ -202,16 +203,15 @@ fn lying_seeders_are_banned_and_their_ranges_fetched_elsewhere() {
         }
         let (bytes, report) = fetch_part(&h, &[flipper, swapper, honest], &parts.blocks[5], 4).await.expect("fetch");
         assert!(bytes == block(5), "other bytes than the part's");
-        let mut banned = report.banned.clone();
-        banned.sort();
-        let mut liars = vec![flipper, swapper];
-        liars.sort();
-        assert_eq!(banned, liars, "{report:?}");
+        assert!(!report.banned.is_empty(), "no liar banned: {report:?}");
+        assert!(report.banned.iter().all(|p| [flipper, swapper].contains(p)), "{report:?}");
         assert_eq!(report.from, vec![(honest, parts.blocks[5].size)], "{report:?}");
         // With no peer at all, or a liar alone, an error naming it, never bytes.
         assert!(matches!(fetch_part(&h, &[], &parts.blocks[5], 2).await, Err(FetchError::NoPeers { .. })));
-        let e = fetch_part(&h, &[flipper], &parts.blocks[5], 2).await.unwrap_err().to_string();
-        assert!(e.contains("no peer left") && e.contains(&flipper.to_string()), "{e}");
+        for liar in [flipper, swapper] {
+            let e = fetch_part(&h, &[liar], &parts.blocks[5], 2).await.unwrap_err().to_string();
+            assert!(e.contains("no peer left") && e.contains(&liar.to_string()), "{e}");
+        }
         let id = manifest.id();
         let e = fetch_manifest(&mut h.control(), flipper, &id).await.unwrap_err().to_string();
         assert!(e.contains("bad manifest") && e.contains(&other.id().to_hex()), "{e}");
