@@ -141,12 +141,11 @@ async fn key_info(State(api): State<Arc<Api>>, req: Request) -> Result<Response,
 
 /// The account `req` is charged to, if this relay has prepaid keys, once it may run another
 /// request (something left of what it paid, when this relay pays; of its daily quota).
-fn account_of(api: &Api, req: &Request) -> Result<Option<String>, ApiError> {
+fn account_of(api: &Api, req: &Request) -> Result<Option<accounts::InFlight>, ApiError> {
     let (Some(accounts), Some(guard::AccountName(name))) = (&api.state.accounts, req.extensions().get()) else {
         return Ok(None);
     };
-    accounts.admit(name, api.state.chain.payer.is_some(), now())?;
-    Ok(Some(name.clone()))
+    accounts.admit(name, api.state.chain.payer.is_some(), now()).map(Some)
 }
 
 /// [`serve_with`] the default [`HttpLimits`].
@@ -238,7 +237,7 @@ struct Job {
     stream: bool,
     include_usage: bool,
     /// The prepaid account it is charged to.
-    account: Option<String>,
+    account: Option<accounts::InFlight>,
 }
 
 fn resolve_model(state: &ApiState, name: &str) -> Result<Arc<ClientModel>, ApiError> {
@@ -410,29 +409,48 @@ async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<P
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
-    let account = state.accounts.as_deref().zip(job.account.as_deref());
+    let account = job.account.as_ref().map(|a| (a.accounts().clone(), a.name().to_string()));
     let mut metered = Metered { chain, account, tokens: job.prompt.len() as u64 };
     let generation = m.generate(&mut metered.chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)?;
     metered.tokens = (generation.prompt_tokens + generation.tokens.len()) as u64;
     let cost = state.chain.payer.as_ref().map(|_| metered.chain.paid());
+    // Charged before the answer goes out: the account's next request sees it.
+    if let Some(charge) = metered.charge() {
+        let _ = tokio::task::spawn_blocking(charge).await;
+    }
     Ok(Paid { generation, cost })
 }
 
-/// A request's chain, charging the request's prepaid account what its vouchers paid when it
-/// ends, however it ends (done, failed, or dropped because its client left).
-struct Metered<'a> {
+/// A request's chain, charging the request's prepaid account what its vouchers paid and the
+/// tokens it ran when it ends, however it ends (done, failed, or dropped because its client
+/// left: then what was signed and run until then).
+struct Metered {
     chain: SwarmChain,
-    account: Option<(&'a Accounts, &'a str)>,
-    /// Tokens to count against the account's quota.
+    account: Option<(Arc<Accounts>, String)>,
+    /// Tokens to count against the account's quota (at least those run through the chain).
     tokens: u64,
 }
 
-impl Drop for Metered<'_> {
-    fn drop(&mut self) {
-        if let Some((accounts, name)) = self.account {
-            if let Err(e) = accounts.charge(name, self.chain.paid(), self.tokens, now()) {
+impl Metered {
+    /// The charge of what was paid and run so far, taken once (a durable write: run it off
+    /// the async workers).
+    fn charge(&mut self) -> Option<impl FnOnce() + Send + 'static> {
+        let (accounts, name) = self.account.take()?;
+        let (cost, tokens) = (self.chain.paid(), self.tokens.max(self.chain.position() as u64));
+        Some(move || {
+            if let Err(e) = accounts.charge(&name, cost, tokens, now()) {
                 tracing::warn!(account = name, "charging the request: {e}");
             }
+        })
+    }
+}
+
+impl Drop for Metered {
+    fn drop(&mut self) {
+        let Some(charge) = self.charge() else { return };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(charge)),
+            Err(_) => charge(),
         }
     }
 }

@@ -445,6 +445,11 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     Some(file) => {
                         let accounts = relay::api::Accounts::open(file, &o.data_dir.join("accounts.redb"))?;
                         tracing::info!(keys = accounts.len(), "prepaid API keys");
+                        if !o.settle.pay {
+                            tracing::warn!(
+                                "--api-keys without --pay: this relay pays nobody, so only the keys' daily tokens count"
+                            );
+                        }
                         Some(Arc::new(accounts))
                     }
                     None => None,

@@ -227,6 +227,19 @@ impl ApiError {
         }
     }
 
+    /// 429: the API key's account runs as many requests as it may at once.
+    pub fn account_busy(name: &str, most: usize) -> ApiError {
+        ApiError {
+            status: 429,
+            kind: "rate_limit_error",
+            code: Some("too_many_requests"),
+            param: None,
+            message: format!(
+                "The account `{name}` runs {most} requests already, the most it may at once; retry when one ends."
+            ),
+        }
+    }
+
     /// 429: the API key's account used its tokens for today.
     pub fn quota_used(name: &str, quota: u64) -> ApiError {
         ApiError {

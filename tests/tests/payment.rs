@@ -731,8 +731,11 @@ fn prepaid_api_keys_are_charged_what_their_requests_cost() {
     assert_eq!(ask(Some("sk-bob-0123456789ab")).0, 200);
     let (status, refused) = ask(Some("sk-bob-0123456789ab"));
     assert_eq!((status, refused["error"]["code"].as_str()), (402, Some("insufficient_credits")), "{refused}");
-    // Carol's five tokens a day are used by her first request.
-    assert_eq!(ask(Some("sk-carol-0123456789")).0, 200);
+    // Carol's five tokens a day are used by her first request (all its tokens count).
+    let (status, answer) = ask(Some("sk-carol-0123456789"));
+    assert_eq!(status, 200, "{answer}");
+    let carol = account(&http, "sk-carol-0123456789");
+    assert_eq!(carol["tokens_today"], answer["usage"]["total_tokens"], "{carol}");
     let (status, refused) = ask(Some("sk-carol-0123456789"));
     assert_eq!((status, refused["error"]["code"].as_str()), (429, Some("daily_quota_exceeded")), "{refused}");
 

@@ -11,8 +11,9 @@
 //! tops an account up; what it spent is kept by name.
 //!
 //! The balance is checked before a request runs and charged when it ends (also when it fails
-//! or its client leaves, for what was paid by then), so an account can go below zero by what
-//! the requests it runs at once cost; the next is refused.
+//! or its client leaves, for what was paid and run by then), so an account can go below zero
+//! by what the requests it runs at once cost, at most [`MAX_IN_FLIGHT`] of them; the next is
+//! refused.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -31,6 +32,10 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("tokens");
 
 /// Seconds in a quota day (days start at midnight UTC).
 const DAY_S: u64 = 86_400;
+
+/// Requests one account may run (or have queued) at once: what it can overdraw is at most
+/// what these cost.
+pub const MAX_IN_FLIGHT: usize = 4;
 
 /// Why the accounts could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -116,6 +121,39 @@ pub struct Accounts {
     /// Terms by SHA-256 of the key (a lookup by digest reveals nothing of the key by timing).
     by_digest: HashMap<[u8; 32], Terms>,
     db: Database,
+    /// Requests admitted and not yet charged, per account.
+    in_flight: std::sync::Mutex<HashMap<String, usize>>,
+}
+
+/// A request admitted for an account; counts against [`MAX_IN_FLIGHT`] until dropped.
+#[derive(Debug)]
+pub struct InFlight {
+    accounts: std::sync::Arc<Accounts>,
+    name: String,
+}
+
+impl InFlight {
+    /// The account.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The accounts it belongs to.
+    pub fn accounts(&self) -> &std::sync::Arc<Accounts> {
+        &self.accounts
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut n = self.accounts.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(c) = n.get_mut(&self.name) {
+            *c = c.saturating_sub(1);
+            if *c == 0 {
+                n.remove(&self.name);
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Accounts {
@@ -137,8 +175,11 @@ impl Accounts {
         let mut by_digest = HashMap::new();
         let mut names = std::collections::HashSet::new();
         for k in file.keys {
-            if k.key.len() < 16 {
-                return Err(bad(format!("the key of `{}` is shorter than 16 characters", k.name)));
+            if k.key.len() < 16 || !k.key.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(bad(format!(
+                    "the key of `{}` is shorter than 16 characters or not visible ASCII (what a header carries)",
+                    k.name
+                )));
             }
             if k.name.is_empty() || !names.insert(k.name.clone()) {
                 return Err(bad(format!("account name `{}` is empty or used twice", k.name)));
@@ -155,7 +196,7 @@ impl Accounts {
         txn.open_table(SPENT).map_err(db)?;
         txn.open_table(TOKENS).map_err(db)?;
         txn.commit().map_err(db)?;
-        Ok(Accounts { by_digest, db: database })
+        Ok(Accounts { by_digest, db: database, in_flight: Default::default() })
     }
 
     /// Keys listed.
@@ -185,9 +226,22 @@ impl Accounts {
         Ok(Standing { name: t.name.clone(), prepaid: t.prepaid, spent, tokens_today, tokens_per_day: t.tokens_per_day })
     }
 
-    /// Whether account `name` may run a request now: something left of what it paid (when
-    /// the relay pays for requests, `paying`), and of its daily quota.
-    pub fn admit(&self, name: &str, paying: bool, now_s: u64) -> Result<Standing, ApiError> {
+    /// Whether account `name` may run a request now: fewer than [`MAX_IN_FLIGHT`] running,
+    /// something left of what it paid (when the relay pays for requests, `paying`), and of
+    /// its daily quota. The request counts as running until the [`InFlight`] is dropped.
+    pub fn admit(self: &std::sync::Arc<Self>, name: &str, paying: bool, now_s: u64) -> Result<InFlight, ApiError> {
+        self.check(name, paying, now_s)?;
+        let mut n = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let running = n.entry(name.to_string()).or_default();
+        if *running >= MAX_IN_FLIGHT {
+            return Err(ApiError::account_busy(name, MAX_IN_FLIGHT));
+        }
+        *running += 1;
+        Ok(InFlight { accounts: self.clone(), name: name.to_string() })
+    }
+
+    /// [`Accounts::admit`]'s checks of the balance and the quota.
+    fn check(&self, name: &str, paying: bool, now_s: u64) -> Result<Standing, ApiError> {
         let s = self.standing(name, now_s)?;
         if paying && s.remaining().is_zero() {
             return Err(ApiError::credits_used(&s.name, s.prepaid));
@@ -256,7 +310,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let json = r#"{"keys": [{"key": "sk-alice-0123456789", "name": "alice", "prepaid": "1", "tokens_per_day": 100},
                                  {"key": "sk-bob-0123456789ab", "name": "bob", "prepaid": "0.5"}]}"#;
-        let a = accounts(dir.path(), json).unwrap();
+        let a = std::sync::Arc::new(accounts(dir.path(), json).unwrap());
         assert_eq!(a.account_of("sk-alice-0123456789").as_deref(), Some("alice"));
         assert_eq!(a.account_of("sk-alice-012345678"), None);
         let t = 10 * DAY_S;
@@ -264,13 +318,17 @@ mod tests {
         a.admit("alice", true, t).unwrap();
         a.charge("alice", ait("0.6"), 60, t).unwrap();
         a.charge("alice", ait("0.3"), 39, t).unwrap();
-        let s = a.admit("alice", true, t).unwrap();
+        let s = a.standing("alice", t).unwrap();
         assert_eq!((s.remaining(), s.tokens_today), (ait("0.1"), 99));
         a.charge("alice", ait("0.1"), 1, t).unwrap();
         // The quota is used up today; so is what it paid.
         assert_eq!(a.admit("alice", false, t).unwrap_err().status, 429);
         assert_eq!(a.admit("alice", true, t + DAY_S).unwrap_err().status, 402);
         assert!(a.admit("alice", false, t + DAY_S).is_ok());
+        // At most MAX_IN_FLIGHT requests of one account at once.
+        let running: Vec<_> = (0..MAX_IN_FLIGHT).map(|_| a.admit("bob", true, t).unwrap()).collect();
+        assert_eq!(a.admit("bob", true, t).unwrap_err().status, 429);
+        drop(running);
         a.admit("bob", true, t).unwrap();
         drop(a);
         // Reopened: what was spent is still spent.

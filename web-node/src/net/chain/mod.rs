@@ -361,6 +361,11 @@ impl<D: Discovery> SwarmChain<D> {
         self.hops.iter().map(|h| (h.hop(), h.stats().clone())).collect()
     }
 
+    /// Tokens the current sequence has run through the chain so far.
+    pub fn position(&self) -> usize {
+        self.pos
+    }
+
     /// What the vouchers of the current sequence paid so far (AIT, smallest unit), or of the
     /// last one after `end`: what a generation cost. Zero when every server was free.
     pub fn paid(&self) -> U256 {
