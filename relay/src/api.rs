@@ -45,7 +45,7 @@ use web_node::client::{
     ClientError, ClientModel, FinishReason, GenerateError, GenerateOptions, Generation, SamplingParams,
 };
 use web_node::model::{ChatMessage, ModelError};
-use web_node::net::chain::{ChainError, ChainOptions, SwarmChain};
+use web_node::net::chain::{ChainError, ChainOptions, QueueWatch, SwarmChain};
 use web_node::net::log_limit::LogLimit;
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::LocalServer;
@@ -401,11 +401,18 @@ struct Paid {
     cost: Option<U256>,
 }
 
-/// Runs a job through the swarm, calling `on_text` with each piece.
-async fn run(state: &ApiState, job: &Job, on_text: impl FnMut(&str)) -> Result<Paid, ApiError> {
+/// Runs a job through the swarm, calling `on_text` with each piece (and `on_queued` while a
+/// full node queues it).
+async fn run(
+    state: &ApiState,
+    job: &Job,
+    on_text: impl FnMut(&str),
+    on_queued: Option<QueueWatch>,
+) -> Result<Paid, ApiError> {
     let _permit = state.permits.acquire().await.map_err(|_| ApiError::internal("shutting down"))?;
     let m = &job.model;
-    let mut chain = SwarmChain::new(state.node.clone(), m.id, m.config.n_layers, m.config.hidden, state.chain.clone());
+    let opts = ChainOptions { on_queued, ..state.chain.clone() };
+    let mut chain = SwarmChain::new(state.node.clone(), m.id, m.config.n_layers, m.config.hidden, opts);
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
@@ -550,7 +557,7 @@ async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response,
     let id = request_id(kind.prefix());
     let name = state.name.clone();
     if !job.stream {
-        let g = run(&state, &job, |_| {}).await?;
+        let g = run(&state, &job, |_| {}, None).await?;
         return Ok(axum::Json(kind.whole(&id, &name, &g)).into_response());
     }
     // Unbounded, but holds at most `--api-max-tokens` small events for a slow reader (and a
@@ -560,9 +567,21 @@ async fn respond(state: Arc<ApiState>, job: Job, kind: Kind) -> Result<Response,
     tokio::spawn(async move {
         let pieces = tx.clone();
         let _ = pieces.send(event(kind.chunk(&id, &name, Some(""), None, true)));
-        let work = run(&state, &job, |piece| {
-            let _ = pieces.send(event(kind.chunk(&id, &name, Some(piece), None, false)));
-        });
+        // Where the request waits while a full node queues it: an SSE comment, which clients
+        // that do not look for it skip.
+        let notices = tx.clone();
+        let on_queued = QueueWatch(Arc::new(move |_, position, waiting| {
+            let _ =
+                notices.send(Event::default().comment(format!("queued: {position} of {waiting} waiting at a server")));
+        }));
+        let work = run(
+            &state,
+            &job,
+            |piece| {
+                let _ = pieces.send(event(kind.chunk(&id, &name, Some(piece), None, false)));
+            },
+            Some(on_queued),
+        );
         let result = tokio::select! {
             r = work => r,
             // The client went away: dropping `work` ends the sessions.

@@ -48,6 +48,7 @@ fn opts() -> ChainOptions {
         allow_private_addrs: false,
         payer: None,
         ms_per_ait: 0.0,
+        on_queued: None,
     }
 }
 

@@ -83,7 +83,9 @@ pub(super) struct HopSession {
 impl HopSession {
     /// Opens a session for `hop` over `stream` (a stream to its server, as discovery found
     /// it), holding up to `max_len` tokens of `model`; on a server that charges, `bill` counts
-    /// what it is paid and names who pays.
+    /// what it is paid and names who pays. A full node that queues the session tells `watch`
+    /// where it stands.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn open(
         hop: Hop,
         mut stream: BoxStream,
@@ -92,6 +94,7 @@ impl HopSession {
         expected_ms: f64,
         limit: Duration,
         mut bill: Option<(HopBill, Arc<Payer>)>,
+        watch: Option<&super::QueueWatch>,
     ) -> Result<HopSession, ChainError> {
         let Hop { peer, blocks } = hop;
         // A paid session first asks what backs it, and allocates what its longest run costs
@@ -119,6 +122,9 @@ impl HopSession {
         while let Response::Queued { position, waiting } = answer {
             if place != Some(position) {
                 tracing::info!(%peer, position, waiting, "queued for a session slot");
+                if let Some(w) = watch {
+                    (w.0)(peer, position, waiting);
+                }
                 place = Some(position);
             }
             // Not longer than the hops already open idle before they close.

@@ -91,6 +91,19 @@ pub struct ChainOptions {
     /// route: 0 (the default) takes the fastest route whatever it costs; a large value
     /// ([`ChainOptions::CHEAPEST`]) the cheapest.
     pub ms_per_ait: f64,
+    /// Told where a session waits while a full node queues it; `None`: only logged.
+    pub on_queued: Option<QueueWatch>,
+}
+
+/// Told where a session waits in a full node's queue: the node, the place (1 for the next
+/// in line) and how many wait.
+#[derive(Clone)]
+pub struct QueueWatch(pub Arc<dyn Fn(PeerId, u32, u32) + Send + Sync>);
+
+impl std::fmt::Debug for QueueWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("QueueWatch")
+    }
 }
 
 impl ChainOptions {
@@ -118,6 +131,7 @@ impl Default for ChainOptions {
             allow_private_addrs: false,
             payer: None,
             ms_per_ait: 0.0,
+            on_queued: None,
         }
     }
 }
@@ -448,7 +462,8 @@ impl<D: Discovery> SwarmChain<D> {
                     }
                     _ => None,
                 };
-                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit, bill).await {
+                let watch = self.opts.on_queued.as_ref();
+                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit, bill, watch).await {
                     Ok(session) => opened.push(session),
                     Err(e) => {
                         failed = Some(e);

@@ -158,13 +158,29 @@ impl SlotQueue {
             return Arrival::Granted(Pool::Lottery);
         }
         let free_full = standing == Standing::Free && self.waiting_free() >= self.max_waiting / 2;
-        if self.waiting.len() >= self.max_waiting || free_full {
+        if free_full {
             return Arrival::Full;
         }
         let (grant, rx) = oneshot::channel();
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        self.waiting.push(Waiter { ticket, standing, grant });
+        let waiter = Waiter { ticket, standing, grant };
+        if self.waiting.len() >= self.max_waiting {
+            // Full: the arrival takes the place of the last in line (a free-tier request
+            // first, else the lowest score), if it ranks ahead of it; that one is told the
+            // queue closed on it (its grant's sender is dropped).
+            let last =
+                self.waiting.iter().enumerate().filter(|(_, w)| ahead_of(&waiter, w)).max_by(|(_, a), (_, b)| {
+                    if ahead_of(a, b) {
+                        std::cmp::Ordering::Less
+                    } else {
+                        std::cmp::Ordering::Greater
+                    }
+                });
+            let Some((i, _)) = last else { return Arrival::Full };
+            self.waiting.remove(i);
+        }
+        self.waiting.push(waiter);
         Arrival::Queued(ticket, rx)
     }
 
@@ -324,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn free_tier_requests_fill_half_the_queue_at_most() {
+    fn free_tier_requests_fill_half_the_queue_at_most_and_give_way_when_it_is_full() {
         let mut q = SlotQueue::new(5, 8, 0);
         assert!(matches!(q.arrive(Standing::Free), Arrival::Granted(Pool::Lottery)));
         let mut held = Vec::new();
@@ -340,7 +356,19 @@ mod tests {
             let Arrival::Queued(_, rx) = q.arrive(Standing::Paying(0.0)) else { panic!("not queued") };
             held.push(rx);
         }
-        assert!(matches!(q.arrive(Standing::Paying(9.0)), Arrival::Full));
+        // A full queue: a better request takes the place of the last in line (a free one),
+        // which learns that its queue closed; one no better than all is refused.
+        let Arrival::Queued(_, _best) = q.arrive(Standing::Paying(9.0)) else { panic!("not queued") };
+        let closed = held.iter_mut().map(|rx| rx.try_recv()).filter(|r| matches!(r, Err(oneshot::Canceled))).count();
+        assert_eq!(closed, 1);
+        assert_eq!(q.waiting(), 8);
+        assert_eq!(q.waiting_free(), 3);
+        assert!(matches!(q.arrive(Standing::Free), Arrival::Full));
+        for _ in 0..3 {
+            assert!(matches!(q.arrive(Standing::Paying(0.5)), Arrival::Queued(..)));
+        }
+        assert_eq!(q.waiting_free(), 0);
+        assert!(matches!(q.arrive(Standing::Paying(0.0)), Arrival::Full));
     }
 
     #[test]
@@ -349,7 +377,7 @@ mod tests {
         assert!(matches!(q.arrive(Standing::Free), Arrival::Granted(Pool::Lottery)));
         let Arrival::Queued(a, rx_a) = q.arrive(Standing::Free) else { panic!() };
         let Arrival::Queued(_, mut rx_b) = q.arrive(Standing::Paying(1.0)) else { panic!() };
-        assert!(matches!(q.arrive(Standing::Paying(2.0)), Arrival::Full));
+        assert!(matches!(q.arrive(Standing::Free), Arrival::Full));
         // A client gone before its turn: skipped.
         drop(rx_a);
         assert!(q.leave(a));

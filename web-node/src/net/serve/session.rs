@@ -392,7 +392,12 @@ impl Server {
                     waiting.granted = true;
                     return self.admitted(who, max_len, pool, standing);
                 }
-                Some(Err(_)) => return Err(Refusal(ErrorCode::Busy, "the queue closed".into())),
+                Some(Err(_)) => {
+                    return Err(Refusal(
+                        ErrorCode::Busy,
+                        "a request with priority took this one's place in the queue".into(),
+                    ))
+                }
                 None => {}
             }
         }
