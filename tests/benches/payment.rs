@@ -78,15 +78,11 @@ fn swarm(root: &std::path::Path, chain: &Chain, name: &str, accounts: [usize; 4]
     relays
 }
 
-/// One streamed greedy completion: (decode tokens/s from first to last piece, cost in AIT).
-fn generate(http: &str, model: &str) -> (f64, Option<String>) {
-    let body = json!({ "model": model,
-        "messages": [{ "role": "user", "content": "Write a long story about a lighthouse keeper." }],
-        "max_tokens": TOKENS, "temperature": 0, "stream": true,
-        "stream_options": { "include_usage": true } });
-    let resp = ureq::post(&format!("{http}/v1/chat/completions")).send_json(&body).expect("completion");
+/// POSTs a streamed chat completion `body` to a relay's API and calls `on_event` with each
+/// event until `[DONE]`; an error event fails the bench.
+fn stream_chat(http: &str, body: &serde_json::Value, mut on_event: impl FnMut(&serde_json::Value)) {
+    let resp = ureq::post(&format!("{http}/v1/chat/completions")).send_json(body).expect("completion");
     let reader = std::io::BufReader::new(resp.into_body().into_reader());
-    let (mut first, mut last, mut pieces, mut cost) = (None, Instant::now(), 0usize, None);
     for line in reader.lines().map_while(Result::ok) {
         let Some(data) = line.strip_prefix("data: ") else { continue };
         if data == "[DONE]" {
@@ -94,15 +90,32 @@ fn generate(http: &str, model: &str) -> (f64, Option<String>) {
         }
         let v: serde_json::Value = serde_json::from_str(data).expect("event");
         assert!(v.get("error").is_none(), "the generation failed: {v}");
+        on_event(&v);
+    }
+}
+
+/// Whether a streamed chat event carries text.
+fn has_text(v: &serde_json::Value) -> bool {
+    v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty())
+}
+
+/// One streamed greedy completion: (decode tokens/s from first to last piece, cost in AIT).
+fn generate(http: &str, model: &str) -> (f64, Option<String>) {
+    let body = json!({ "model": model,
+        "messages": [{ "role": "user", "content": "Write a long story about a lighthouse keeper." }],
+        "max_tokens": TOKENS, "temperature": 0, "stream": true,
+        "stream_options": { "include_usage": true } });
+    let (mut first, mut last, mut pieces, mut cost) = (None, Instant::now(), 0usize, None);
+    stream_chat(http, &body, |v| {
         if let Some(c) = v["usage"]["cost"].as_str() {
             cost = Some(c.to_string());
         }
-        if v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+        if has_text(v) {
             first.get_or_insert_with(Instant::now);
             last = Instant::now();
             pieces += 1;
         }
-    }
+    });
     let secs = first.map_or(0.0, |f| last.duration_since(f).as_secs_f64());
     ((pieces.saturating_sub(1)) as f64 / secs.max(1e-9), cost)
 }
@@ -210,20 +223,12 @@ fn ttft_ms(http: &str, model: &str, tokens: usize) -> f64 {
     let body = json!({ "model": model, "messages": [{ "role": "user", "content": "Name a color." }],
         "max_tokens": tokens, "temperature": 0, "stream": true });
     let sent = Instant::now();
-    let resp = ureq::post(&format!("{http}/v1/chat/completions")).send_json(&body).expect("completion");
-    let reader = std::io::BufReader::new(resp.into_body().into_reader());
     let mut first = None;
-    for line in reader.lines().map_while(Result::ok) {
-        let Some(data) = line.strip_prefix("data: ") else { continue };
-        if data == "[DONE]" {
-            break;
-        }
-        let v: serde_json::Value = serde_json::from_str(data).expect("event");
-        assert!(v.get("error").is_none(), "the generation failed: {v}");
-        if first.is_none() && v["choices"][0]["delta"]["content"].as_str().is_some_and(|t| !t.is_empty()) {
+    stream_chat(http, &body, |v| {
+        if first.is_none() && has_text(v) {
             first = Some(sent.elapsed());
         }
-    }
+    });
     first.expect("no text").as_secs_f64() * 1e3
 }
 
