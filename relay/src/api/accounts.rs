@@ -7,7 +7,8 @@
 //!
 //! The keys file is JSON:
 //! `{"keys": [{"key": "sk-…", "name": "alice", "prepaid": "5", "tokens_per_day": 100000}]}`
-//! (`tokens_per_day` may be left out: no quota). Changing `prepaid` in the file and restarting
+//! (`tokens_per_day` may be left out: no quota; `prepaid` may be `"0"` for an account with a
+//! quota only, on a relay that pays nobody). Changing `prepaid` in the file and restarting
 //! tops an account up; what it spent is kept by name.
 //!
 //! The balance is checked before a request runs and charged when it ends (also when it fails
@@ -184,8 +185,11 @@ impl Accounts {
             if k.name.is_empty() || !names.insert(k.name.clone()) {
                 return Err(bad(format!("account name `{}` is empty or used twice", k.name)));
             }
-            let prepaid =
-                web_node::settle::parse_ait(&k.prepaid).map_err(|e| bad(format!("prepaid of `{}`: {e}", k.name)))?;
+            // "0": an account with a daily quota only (on a relay that pays nobody).
+            let prepaid = match k.prepaid.trim() {
+                "0" => U256::ZERO,
+                p => web_node::settle::parse_ait(p).map_err(|e| bad(format!("prepaid of `{}`: {e}", k.name)))?,
+            };
             let terms = Terms { name: k.name, prepaid, tokens_per_day: k.tokens_per_day };
             if by_digest.insert(digest(&k.key), terms).is_some() {
                 return Err(bad("the same key is listed twice".into()));
@@ -309,7 +313,8 @@ mod tests {
     fn a_key_spends_what_it_prepaid_and_its_quota_and_a_restart_forgets_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let json = r#"{"keys": [{"key": "sk-alice-0123456789", "name": "alice", "prepaid": "1", "tokens_per_day": 100},
-                                 {"key": "sk-bob-0123456789ab", "name": "bob", "prepaid": "0.5"}]}"#;
+                                 {"key": "sk-bob-0123456789ab", "name": "bob", "prepaid": "0.5"},
+                                 {"key": "sk-dave-0123456789a", "name": "dave", "prepaid": "0", "tokens_per_day": 10}]}"#;
         let a = std::sync::Arc::new(accounts(dir.path(), json).unwrap());
         assert_eq!(a.account_of("sk-alice-0123456789").as_deref(), Some("alice"));
         assert_eq!(a.account_of("sk-alice-012345678"), None);
@@ -330,6 +335,9 @@ mod tests {
         assert_eq!(a.admit("bob", true, t).unwrap_err().status, 429);
         drop(running);
         a.admit("bob", true, t).unwrap();
+        // A quota-only account: nothing prepaid, so it may run only where the relay pays nobody.
+        assert_eq!(a.admit("dave", true, t).unwrap_err().status, 402);
+        a.admit("dave", false, t).unwrap();
         drop(a);
         // Reopened: what was spent is still spent.
         let a = accounts(dir.path(), json).unwrap();
@@ -348,6 +356,7 @@ mod tests {
                 "used twice",
             ),
             (r#"{"keys": [{"key": "sk-0123456789abcdef", "name": "a", "prepaid": "lots"}]}"#, "prepaid"),
+            (r#"{"keys": [{"key": "sk-0123456789abcdef", "name": "a", "prepaid": "-1"}]}"#, "prepaid"),
             (r#"{"keys": [{"key": "sk-0123456789abcdef", "name": "a", "prepaid": "1", "x": 1}]}"#, "unknown field"),
             ("not json", "expected"),
         ] {

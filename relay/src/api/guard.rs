@@ -123,12 +123,18 @@ pub(super) fn layer(app: Router, limits: &HttpLimits) -> Router {
     app.layer(axum::middleware::from_fn_with_state(guard, check))
 }
 
+/// The token of an `Authorization: Bearer <token>` header (the scheme in any case, as HTTP
+/// has it).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
 /// Whether `headers` carry `Authorization: Bearer <key>`, compared in constant time (over
 /// SHA-256 digests, so the key's length does not leak either).
 pub(super) fn key_matches(key: &str, headers: &HeaderMap) -> bool {
-    let given =
-        headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let given = Sha256::digest(given.unwrap_or_default().as_bytes());
+    let given = Sha256::digest(bearer(headers).unwrap_or_default().as_bytes());
     let key = Sha256::digest(key.as_bytes());
     bool::from(given.as_slice().ct_eq(key.as_slice()))
 }
@@ -155,9 +161,7 @@ pub(super) async fn require_account(
     mut req: Request,
     next: Next,
 ) -> Response {
-    let given =
-        req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-    let Some(name) = given.and_then(|k| accounts.account_of(k)) else {
+    let Some(name) = bearer(req.headers()).and_then(|k| accounts.account_of(k)) else {
         limited_warn!("http-api-key", "HTTP request from {} refused: missing or unknown API key", peer(&req));
         return ApiError::unauthorized().into_response();
     };
@@ -217,6 +221,10 @@ mod tests {
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer k"));
         assert!(key_matches("k", &h));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer kk"));
+        assert!(!key_matches("k", &h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("bearer k"));
+        assert!(key_matches("k", &h));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic k"));
         assert!(!key_matches("k", &h));
     }
 }
