@@ -392,7 +392,7 @@ impl ChainGate {
     ) -> Result<T, PaymentError> {
         tokio::time::timeout(limit, f)
             .await
-            .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {:?}", self.rpc_timeout))))
+            .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {limit:?}"))))
     }
 
     /// Keeps `v` if the payer's backing covers what it adds to what its session was collected

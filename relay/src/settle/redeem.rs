@@ -338,17 +338,16 @@ impl Redeemer {
                 }
             }
         }
-        {
+        seen.retain(|(key, collected)| self.held.get(key).is_some_and(|h| h.collected != *collected));
+        if !seen.is_empty() {
             // A redeem this node did not record (a round cut short after it was mined, or the
             // payer's own): the backing first, then the ledger, as in `collected_now`.
             let backing = self.backing.clone();
             let _recording = backing.redeeming().await;
             for (key, collected) in seen {
                 if let Some(h) = self.held.get_mut(&key) {
-                    if h.collected != collected {
-                        self.backing.collected(key.0, collected.saturating_sub(h.collected));
-                        self.ledger.set_collected(key.0, key.1, collected)?;
-                    }
+                    self.backing.collected(key.0, collected.saturating_sub(h.collected));
+                    self.ledger.set_collected(key.0, key.1, collected)?;
                     h.collected = collected;
                 }
             }

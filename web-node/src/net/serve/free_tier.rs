@@ -37,7 +37,7 @@ pub struct QuotaUsed {
 
 impl FreeQuota {
     /// Counts `tokens` for `peer` (and `ip`) at Unix time `now_s` if they stay within `quota`
-    /// a day; otherwise counts nothing.
+    /// a day (0 tokens: whether any are left); otherwise counts nothing.
     pub fn take(
         &mut self,
         peer: PeerId,
@@ -47,7 +47,7 @@ impl FreeQuota {
         now_s: u64,
     ) -> Result<(), QuotaUsed> {
         let used = self.used(peer, ip, now_s);
-        if used.saturating_add(tokens) > quota {
+        if used >= quota || used.saturating_add(tokens) > quota {
             return Err(QuotaUsed { quota, used });
         }
         *self.by_peer.entry(peer).or_default() += tokens;
@@ -58,7 +58,7 @@ impl FreeQuota {
     }
 
     /// Tokens `peer` (or `ip`, if more) used today.
-    pub fn used(&mut self, peer: PeerId, ip: Option<IpAddr>, now_s: u64) -> u64 {
+    fn used(&mut self, peer: PeerId, ip: Option<IpAddr>, now_s: u64) -> u64 {
         let day = now_s / DAY_S;
         if day != self.day {
             *self = FreeQuota { day, ..FreeQuota::default() };
@@ -82,6 +82,8 @@ mod tests {
         q.take(a, Some(ip), 60, 100, t).unwrap();
         assert_eq!(q.take(a, Some(ip), 41, 100, t), Err(QuotaUsed { quota: 100, used: 60 }));
         q.take(a, Some(ip), 40, 100, t).unwrap();
+        // Nothing left: even a check (0 tokens) says so.
+        assert_eq!(q.take(a, Some(ip), 0, 100, t), Err(QuotaUsed { quota: 100, used: 100 }));
         // A fresh key from the same address gets nothing more; from elsewhere, its own quota.
         assert_eq!(q.take(b, Some(ip), 1, 100, t), Err(QuotaUsed { quota: 100, used: 100 }));
         q.take(b, None, 100, 100, t).unwrap();

@@ -169,14 +169,12 @@ impl SlotQueue {
             // Full: the arrival takes the place of the last in line (a free-tier request
             // first, else the lowest score), if it ranks ahead of it; that one is told the
             // queue closed on it (its grant's sender is dropped).
-            let last =
-                self.waiting.iter().enumerate().filter(|(_, w)| ahead_of(&waiter, w)).max_by(|(_, a), (_, b)| {
-                    if ahead_of(a, b) {
-                        std::cmp::Ordering::Less
-                    } else {
-                        std::cmp::Ordering::Greater
-                    }
-                });
+            let last = self
+                .waiting
+                .iter()
+                .enumerate()
+                .filter(|(_, w)| in_line(&waiter, w).is_lt())
+                .max_by(|(_, a), (_, b)| in_line(a, b));
             let Some((i, _)) = last else { return Arrival::Full };
             self.waiting.remove(i);
         }
@@ -206,7 +204,7 @@ impl SlotQueue {
     /// free ones by arrival; `None` once it left the queue.
     pub fn place(&self, ticket: u64) -> Option<Place> {
         let me = self.waiting.iter().find(|w| w.ticket == ticket)?;
-        let ahead = self.waiting.iter().filter(|w| w.ticket != ticket && ahead_of(w, me)).count();
+        let ahead = self.waiting.iter().filter(|w| in_line(w, me).is_lt()).count();
         Some(Place { position: ahead + 1, waiting: self.waiting.len() })
     }
 
@@ -220,15 +218,7 @@ impl SlotQueue {
                     .iter()
                     .enumerate()
                     .filter(|(_, w)| w.standing.score().is_some())
-                    .min_by(
-                        |(_, a), (_, b)| {
-                            if ahead_of(a, b) {
-                                std::cmp::Ordering::Less
-                            } else {
-                                std::cmp::Ordering::Greater
-                            }
-                        },
-                    )
+                    .min_by(|(_, a), (_, b)| in_line(a, b))
                     .map(|(i, _)| i);
                 best.map(|i| (i, Pool::Scored))
             } else {
@@ -250,14 +240,15 @@ impl SlotQueue {
     }
 }
 
-/// Whether `a` goes before `b` by score: paying before free, higher scores first, then
-/// earlier arrivals.
-fn ahead_of(a: &Waiter, b: &Waiter) -> bool {
+/// The order of the line (`Less`: `a` goes before `b`): paying before free, higher scores
+/// first, then earlier arrivals.
+fn in_line(a: &Waiter, b: &Waiter) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
     match (a.standing.score(), b.standing.score()) {
-        (Some(x), Some(y)) if x != y => x > y,
-        (Some(_), None) => true,
-        (None, Some(_)) => false,
-        _ => a.ticket < b.ticket,
+        (Some(x), Some(y)) if x != y => y.partial_cmp(&x).unwrap_or(Ordering::Equal),
+        (Some(_), None) => Ordering::Less,
+        (None, Some(_)) => Ordering::Greater,
+        _ => a.ticket.cmp(&b.ticket),
     }
 }
 

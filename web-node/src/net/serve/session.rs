@@ -585,7 +585,8 @@ impl Server {
         Ok(())
     }
 
-    /// Counts `n_tokens` of a free-tier session against its client's daily quota.
+    /// Counts `n_tokens` of a free-tier session against its client's daily quota (0: checks
+    /// that some is left).
     fn take_free(&self, who: Remote, n_tokens: u32) -> Result<(), Refusal> {
         let (Some(peer), Some(gate)) = (who.peer, self.config.limits.payments.as_ref()) else { return Ok(()) };
         let quota = gate.terms().free_tokens_per_day;
@@ -634,19 +635,7 @@ impl Server {
                     ));
                 }
                 // The free tier: a session in a lottery slot while the quota lasts.
-                let used = {
-                    let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-                    who.peer.map_or(0, |p| free.used(p, who.ip, unix_s()))
-                };
-                if used >= t.free_tokens_per_day {
-                    return Err(Refusal(
-                        ErrorCode::PaymentRequired,
-                        format!(
-                            "the free tier's {} tokens a day are used up for this client: pay to go on",
-                            t.free_tokens_per_day
-                        ),
-                    ));
-                }
+                self.take_free(who, 0)?;
                 (None, Standing::Free)
             }
             (Some(gate), Some(p)) => {
@@ -671,8 +660,7 @@ impl Server {
                 (Some(meter), Standing::Paying(score))
             }
         };
-        let queues = self.lock().queue.is_some();
-        let slot = if queues {
+        let slot = if self.config.limits.payments.is_some() {
             self.queue_for_slot(who, max_len, standing, stream).await
         } else {
             self.admit(who, max_len, None)
