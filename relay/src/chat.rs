@@ -6,9 +6,8 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use anyhow::Context;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
-use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
 use web_node::model::ChatMessage;
-use web_node::net::chain::ChainOptions;
 
 use crate::swarm_client::{chain, connect};
 
@@ -43,6 +42,9 @@ pub struct ChatOpt {
     /// Random seed.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// With --swarm: paying servers that charge.
+    #[command(flatten)]
+    pub pay: crate::settle::node::ClientPayOpt,
 }
 
 /// Runs the REPL on stdin/stdout until EOF or `/exit`.
@@ -56,9 +58,11 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
             None => crate::fetch::default_model()?,
         };
         let model = ClientModel::load(&path).context("loading the model")?;
+        let opts = o.pay.chain_options()?;
+        let paying = opts.payer.is_some();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let handle = rt.block_on(connect(&o.swarm))?;
-        Backend::Swarm { chain: Box::new(chain(handle, &model, ChainOptions::default())), model: Box::new(model), rt }
+        Backend::Swarm { chain: Box::new(chain(handle, &model, opts)), model: Box::new(model), rt, paying }
     };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -102,14 +106,20 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
 }
 
 enum Backend {
-    Swarm { model: Box<ClientModel>, chain: Box<web_node::net::chain::SwarmChain>, rt: tokio::runtime::Runtime },
+    Swarm {
+        model: Box<ClientModel>,
+        chain: Box<web_node::net::chain::SwarmChain>,
+        rt: tokio::runtime::Runtime,
+        /// Whether the chain pays servers that charge (then each answer's cost is printed).
+        paying: bool,
+    },
     Http(Http),
 }
 
 impl Backend {
     fn answer(&mut self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
         match self {
-            Backend::Swarm { model, chain, rt } => {
+            Backend::Swarm { model, chain, rt, paying } => {
                 let opts = GenerateOptions {
                     max_tokens: o.max_tokens,
                     sampling: SamplingParams {
@@ -122,6 +132,11 @@ impl Backend {
                     ..GenerateOptions::default()
                 };
                 let g = rt.block_on(model.chat(chain.as_mut(), history, &opts, |p| print(p)))?;
+                if *paying {
+                    // Closing the route sends the closing vouchers: what the answer cost.
+                    rt.block_on(chain.end()).context("closing the route")?;
+                    eprint!("\n(cost: {} AIT)", web_node::settle::format_ait(chain.paid()));
+                }
                 Ok(g.text)
             }
             Backend::Http(h) => h.answer(history, o, print),

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
 use std::sync::Arc;
-use web_node::client::{ClientModel, GenerateOptions, Generation, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, Generation, LayerChain, SamplingParams};
 use web_node::model::{ChatMessage, Manifest, ModelFile};
 use web_node::net::node::Role;
 use web_node::net::parts::PartSource;
@@ -97,6 +97,9 @@ struct GenerateOpt {
     /// this machine; the tokenizer, embeddings, LM head and sampling stay here.
     #[arg(long, value_name = "MULTIADDR")]
     swarm: Vec<Multiaddr>,
+    /// With --swarm: paying servers that charge.
+    #[command(flatten)]
+    pay: relay::settle::node::ClientPayOpt,
 }
 
 #[derive(clap::Args)]
@@ -445,7 +448,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     Some(file) => {
                         let accounts = relay::api::Accounts::open(file, &o.data_dir.join("accounts.redb"))?;
                         tracing::info!(keys = accounts.len(), "prepaid API keys");
-                        if !o.settle.pay {
+                        if !o.settle.paying.pay {
                             tracing::warn!(
                                 "--api-keys without --pay: this relay pays nobody, so only the keys' daily tokens count"
                             );
@@ -455,13 +458,9 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     None => None,
                 },
                 permits: tokio::sync::Semaphore::new(api_concurrency),
-                chain: web_node::net::chain::ChainOptions {
-                    payer: match &settlement {
-                        Some(s) => s.payer(&o.settle)?,
-                        None => None,
-                    },
-                    ms_per_ait: o.settle.prefer.ms_per_ait(),
-                    ..Default::default()
+                chain: match &settlement {
+                    Some(s) => s.chain_options(&o.settle)?,
+                    None => Default::default(),
                 },
             };
             let web = relay::web::WebState {
@@ -529,13 +528,21 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let model = ClientModel::load(&path).context("loading the model")?;
     let prompt = prompt_tokens(&model, &o)?;
     let opts = sampling_options(&o);
-    let (result, recoveries) = runtime()?.block_on(async {
+    let chain_opts = o.pay.chain_options()?;
+    let paying = chain_opts.payer.is_some();
+    let (result, recoveries, cost) = runtime()?.block_on(async {
         let handle = relay::swarm_client::connect(&o.swarm).await?;
-        let mut chain = relay::swarm_client::chain(handle, &model, Default::default());
+        let mut chain = relay::swarm_client::chain(handle, &model, chain_opts);
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
-        anyhow::Ok((r.context("generating through the swarm")?, chain.recoveries().len()))
+        let r = r.context("generating through the swarm")?;
+        // The closing vouchers count in what it cost.
+        chain.end().await.context("closing the route")?;
+        anyhow::Ok((r, chain.recoveries().len(), chain.paid()))
     })?;
     report(&format!("swarm: model {}", model.id.short()), &format!(", re-routes: {recoveries}"), &result);
+    if paying {
+        eprintln!("cost: {} AIT", web_node::settle::format_ait(cost));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -553,6 +560,7 @@ fn report(what: &str, extra: &str, g: &Generation) {
 }
 
 fn generate(o: GenerateOpt) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(!o.pay.flags.pay, "--pay pays the servers of a swarm: add --swarm");
     let path = match &o.model {
         Some(p) => p.clone(),
         None => relay::fetch::default_model()?,

@@ -49,6 +49,7 @@ fn opts() -> ChainOptions {
         payer: None,
         ms_per_ait: 0.0,
         on_queued: None,
+        on_route: None,
     }
 }
 

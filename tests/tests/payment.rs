@@ -66,7 +66,8 @@ fn complete(http: &str, model: &str, prompt: &str, max_tokens: usize) -> serde_j
 /// only; each session brings a signed allocation that the node submits); after they redeem,
 /// each node earned 70% of price x 10 layers x tokens, the model's creator 20% of the three,
 /// the DAO 10%, to the unit; each allocation paid exactly that, and the API reported the
-/// same cost.
+/// same cost. `ait generate --swarm --pay` then pays the same way, saying the route's price
+/// per token first and what it cost at the end: what the nodes collect.
 #[test]
 fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     let _serial = serial();
@@ -165,6 +166,47 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
         });
         assert!(total > per_node, "allocated {total} to {node}");
         assert_eq!(total - left, per_node, "allocation to {node}");
+    }
+
+    // `ait generate --swarm --pay` pays the same way from the command line: it says what a
+    // token through its route costs before the first one, then what the generation cost, and
+    // that is what the nodes collect from its allocations.
+    let (cli_dir, cli_payer) = chain.unstaked_payer_dir("cli", 6, "100");
+    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+        .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
+        .args(["--temperature", "0", "--max-tokens", "6", "--pay", "--data-dir", cli_dir.to_str().unwrap()])
+        .args(&settle)
+        .output()
+        .expect("ait generate");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ait generate --pay failed:\n{stderr}");
+    let price_line =
+        format!("route: 3 servers, {} AIT per token", web_node::settle::format_ait(units(PRICE_UNITS) * units(30)));
+    let route_at = stderr.find(&price_line).unwrap_or_else(|| panic!("no `{price_line}` in:\n{stderr}"));
+    let tokens_line = stderr.lines().find(|l| l.contains("generated:")).expect("the generation's numbers");
+    let number = |after: &str| -> u64 {
+        let rest = &tokens_line[tokens_line.find(after).unwrap() + after.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let tokens = number("prompt: ") + number("generated: ") - u64::from(tokens_line.contains("(Length)"));
+    let cost = units(PRICE_UNITS) * units(30) * units(tokens);
+    let cost_line = format!("cost: {} AIT", web_node::settle::format_ait(cost));
+    assert!(stderr[route_at..].contains(&cost_line), "no `{cost_line}` after the route in:\n{stderr}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let spent = rt.block_on(async {
+            let mut spent = U256::ZERO;
+            for (_, node) in &nodes {
+                let total = escrow.allocatedTotal(cli_payer, *node).call().await.unwrap();
+                spent += total - escrow.allocation(cli_payer, *node).call().await.unwrap().balance;
+            }
+            spent
+        });
+        if spent == cost {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the nodes collected {spent} from the command line's payer, it said {cost}");
+        std::thread::sleep(Duration::from_millis(300));
     }
     drop(gateway);
     drop(relays);

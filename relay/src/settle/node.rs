@@ -11,6 +11,7 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::DynProvider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
+use web_node::net::chain::{ChainOptions, RouteWatch};
 use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
 
 use super::bindings::Staking;
@@ -42,16 +43,9 @@ pub struct SettleOpt {
     /// tier), in the lottery fifth of the session slots only; 0: none.
     #[arg(long, value_name = "TOKENS", default_value_t = DEFAULT_FREE_TOKENS)]
     pub free_tokens: u64,
-    /// Pay servers that charge, from the wallet's escrow, for this relay's own requests (the
-    /// HTTP API). Without it the relay uses free servers only.
-    #[arg(long)]
-    pub pay: bool,
-    /// With --pay: the most paid per layer-token (AIT, decimal); dearer servers are not used.
-    #[arg(long, value_name = "AIT")]
-    pub max_price: Option<String>,
-    /// With --pay: whether a route is chosen for speed or for price.
-    #[arg(long, value_enum, default_value_t = Prefer::Fastest)]
-    pub prefer: Prefer,
+    /// Paying for this relay's own requests (the HTTP API).
+    #[command(flatten)]
+    pub paying: PayFlags,
     /// Seconds between redeem rounds.
     #[arg(long, default_value_t = 60)]
     pub redeem_every: u64,
@@ -70,8 +64,89 @@ pub struct SettleOpt {
 impl SettleOpt {
     /// Whether any settlement flag asks for the wallet.
     pub fn wants_wallet(&self) -> bool {
-        self.price.is_some() || self.pay
+        self.price.is_some() || self.paying.pay
     }
+}
+
+/// How a client pays servers that charge: `ait relay`'s API, `ait generate --swarm` and
+/// `ait chat --swarm`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct PayFlags {
+    /// Pay servers that charge, from the wallet's escrow (it needs --chain). Without it only
+    /// free servers are used.
+    #[arg(long)]
+    pub pay: bool,
+    /// With --pay: the most paid per layer-token (AIT, decimal); dearer servers are not used.
+    #[arg(long, value_name = "AIT")]
+    pub max_price: Option<String>,
+    /// With --pay: whether a route is chosen for speed or for price.
+    #[arg(long, value_enum, default_value_t = Prefer::Fastest)]
+    pub prefer: Prefer,
+}
+
+impl PayFlags {
+    /// The payer these flags ask for, paying from `wallet`'s escrow on `deployment` (`None`
+    /// without `--pay`).
+    fn payer(&self, deployment: &Deployment, wallet: &PrivateKeySigner) -> anyhow::Result<Option<Arc<Payer>>> {
+        if !self.pay {
+            return Ok(None);
+        }
+        let max_price = self.max_price.as_deref().map(parse_ait).transpose().context("--max-price")?;
+        Ok(Some(Arc::new(Payer {
+            payer: wallet.address(),
+            key: SessionKey::from_bytes(wallet.to_bytes().as_slice())?,
+            authorization: None,
+            chain_id: deployment.chain_id,
+            escrow: deployment.escrow,
+            max_price,
+        })))
+    }
+
+    /// What the route of a chain that pays so weighs price.
+    fn ms_per_ait(&self) -> f64 {
+        self.prefer.ms_per_ait()
+    }
+}
+
+/// `ait generate --swarm`'s and `ait chat --swarm`'s payment flags: how to pay, and with
+/// `--pay` the chain and the wallet.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientPayOpt {
+    /// How to pay.
+    #[command(flatten)]
+    pub flags: PayFlags,
+    /// With --pay: the chain and the wallet that pays.
+    #[command(flatten)]
+    pub wallet: WalletArgs,
+}
+
+impl ClientPayOpt {
+    /// The chain options of a client that pays as these flags say (the defaults without
+    /// `--pay`): it opens the wallet, which pays from what it deposited into the escrow.
+    pub fn chain_options(&self) -> anyhow::Result<ChainOptions> {
+        if !self.flags.pay {
+            return Ok(ChainOptions::default());
+        }
+        let deployment = Deployment::load(&self.wallet.chain)
+            .with_context(|| format!("--pay needs the chain's deployment file ({})", self.wallet.chain.display()))?;
+        let wallet = self.wallet.signer()?;
+        Ok(ChainOptions {
+            payer: self.flags.payer(&deployment, &wallet)?,
+            ms_per_ait: self.flags.ms_per_ait(),
+            on_route: Some(print_route_price()),
+            ..ChainOptions::default()
+        })
+    }
+}
+
+/// Says on stderr what a token through each route costs, before the route's first step (the
+/// [`ChainOptions::on_route`] of the command-line clients that pay).
+fn print_route_price() -> RouteWatch {
+    RouteWatch(Arc::new(|hops, price| {
+        if !price.is_zero() {
+            eprintln!("route: {} servers, {} AIT per token", hops.len(), format_ait(price));
+        }
+    }))
 }
 
 /// How a paying client chooses among servers that charge.
@@ -100,7 +175,7 @@ pub struct Settlement {
     /// The wallet's address.
     pub address: Address,
     provider: DynProvider,
-    key: SessionKey,
+    wallet: PrivateKeySigner,
 }
 
 impl Settlement {
@@ -118,24 +193,17 @@ impl Settlement {
         };
         let signer: PrivateKeySigner = args.signer()?;
         let provider = wallet_provider(&d.rpc, &signer.to_bytes())?;
-        let key = SessionKey::from_bytes(signer.to_bytes().as_slice())?;
-        Ok(Some(Settlement { deployment: d.clone(), address: signer.address(), provider, key }))
+        Ok(Some(Settlement { deployment: d.clone(), address: signer.address(), provider, wallet: signer }))
+    }
+
+    /// The chain options of this relay's own requests: with `--pay`, paying from its wallet.
+    pub fn chain_options(&self, o: &SettleOpt) -> anyhow::Result<ChainOptions> {
+        Ok(ChainOptions { payer: self.payer(o)?, ms_per_ait: o.paying.ms_per_ait(), ..ChainOptions::default() })
     }
 
     /// The payer for this relay's own requests, with `--pay`.
     pub fn payer(&self, o: &SettleOpt) -> anyhow::Result<Option<Arc<Payer>>> {
-        if !o.pay {
-            return Ok(None);
-        }
-        let max_price = o.max_price.as_deref().map(parse_ait).transpose().context("--max-price")?;
-        Ok(Some(Arc::new(Payer {
-            payer: self.address,
-            key: self.key.clone(),
-            authorization: None,
-            chain_id: self.deployment.chain_id,
-            escrow: self.deployment.escrow,
-            max_price,
-        })))
+        o.paying.payer(&self.deployment, &self.wallet)
     }
 
     /// With `--price`: the gate that charges for `layers` layers served, its ledger in

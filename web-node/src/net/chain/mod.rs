@@ -93,6 +93,9 @@ pub struct ChainOptions {
     pub ms_per_ait: f64,
     /// Told where a session waits while a full node queues it; `None`: only logged.
     pub on_queued: Option<QueueWatch>,
+    /// Told each route chosen (before its first step) and what a token through it costs;
+    /// `None`: only logged.
+    pub on_route: Option<RouteWatch>,
 }
 
 /// Told where a session waits in a full node's queue: the node, the place (1 for the next
@@ -103,6 +106,17 @@ pub struct QueueWatch(pub Arc<dyn Fn(PeerId, u32, u32) + Send + Sync>);
 impl std::fmt::Debug for QueueWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("QueueWatch")
+    }
+}
+
+/// Told the route a chain chose (before its first step, and again after each re-route) and
+/// what one token through it costs (AIT, smallest unit; zero when every server is free).
+#[derive(Clone)]
+pub struct RouteWatch(pub Arc<dyn Fn(&[Hop], U256) + Send + Sync>);
+
+impl std::fmt::Debug for RouteWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RouteWatch")
     }
 }
 
@@ -132,6 +146,7 @@ impl Default for ChainOptions {
             payer: None,
             ms_per_ait: 0.0,
             on_queued: None,
+            on_route: None,
         }
     }
 }
@@ -525,9 +540,13 @@ impl<D: Discovery> SwarmChain<D> {
     }
 
     fn log_route(&self) {
-        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = self.route();
-        let route: Vec<String> = self.hops.iter().map(|h| h.to_string()).collect();
+        let hops = self.route();
         let price = self.price_per_token();
+        if let Some(RouteWatch(tell)) = &self.opts.on_route {
+            tell(&hops, price);
+        }
+        *self.watch.lock().unwrap_or_else(|p| p.into_inner()) = hops;
+        let route: Vec<String> = self.hops.iter().map(|h| h.to_string()).collect();
         if price.is_zero() {
             tracing::info!("route: {}", route.join(" -> "));
         } else {
