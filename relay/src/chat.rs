@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader, IsTerminal, Read, Write};
 use anyhow::Context;
 use libp2p::Multiaddr;
 use serde_json::{json, Value};
-use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
 use web_node::model::ChatMessage;
 
 use crate::swarm_client::{chain, connect};
@@ -133,8 +133,7 @@ impl Backend {
                 };
                 let g = rt.block_on(model.chat(chain.as_mut(), history, &opts, |p| print(p)))?;
                 if *paying {
-                    // Closing the route sends the closing vouchers: what the answer cost.
-                    rt.block_on(chain.end()).context("closing the route")?;
+                    // The answer ended the route: what it paid includes the closing vouchers.
                     eprint!("\n(cost: {} AIT)", web_node::settle::format_ait(chain.paid()));
                 }
                 Ok(g.text)

@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 use libp2p::Multiaddr;
 use relay::local::{BackendKind, LocalModel};
 use std::sync::Arc;
-use web_node::client::{ClientModel, GenerateOptions, Generation, LayerChain, SamplingParams};
+use web_node::client::{ClientModel, GenerateOptions, Generation, SamplingParams};
 use web_node::model::{ChatMessage, Manifest, ModelFile};
 use web_node::net::node::Role;
 use web_node::net::parts::PartSource;
@@ -534,10 +534,8 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         let handle = relay::swarm_client::connect(&o.swarm).await?;
         let mut chain = relay::swarm_client::chain(handle, &model, chain_opts);
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
-        let r = r.context("generating through the swarm")?;
-        // The closing vouchers count in what it cost.
-        chain.end().await.context("closing the route")?;
-        anyhow::Ok((r, chain.recoveries().len(), chain.paid()))
+        // The generation ended the route: what it paid includes the closing vouchers.
+        anyhow::Ok((r.context("generating through the swarm")?, chain.recoveries().len(), chain.paid()))
     })?;
     report(&format!("swarm: model {}", model.id.short()), &format!(", re-routes: {recoveries}"), &result);
     if paying {

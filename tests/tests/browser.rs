@@ -603,6 +603,18 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
         .parse()
         .unwrap();
     assert!(cost > U256::ZERO);
+    // The Wallet panel counts it against the conversation.
+    b.exec("document.getElementById('tab-wallet').click();", json!([])).unwrap();
+    let spent = b
+        .wait_for(
+            "the conversation's spend",
+            "const s = document.getElementById('wallet-spent'); \
+             return s && s.dataset.total !== '0' \
+                 ? [s.dataset.total, [...document.querySelectorAll('#wallet-spend li')].map(l => l.dataset.spent)] : null;",
+            Duration::from_secs(10),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    assert_eq!(spent, json!([cost.to_string(), [cost.to_string()]]), "the answer cost {cost}");
     // The relay submits the tab's authorization and allocation, then redeems its vouchers:
     // 70% of the cost to the node, the rest to the DAO (the model is not registered).
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -1,5 +1,6 @@
 //! Conversations as plain data: what is stored in IndexedDB and what the chat panel shows.
 
+use alloy_primitives::U256;
 use serde::{Deserialize, Serialize};
 use web_node::model::ChatMessage;
 
@@ -35,6 +36,10 @@ pub struct Conversation {
     pub model: String,
     /// Messages, oldest first.
     pub messages: Vec<Message>,
+    /// What its answers paid the servers that charge (AIT, smallest unit; zero when every
+    /// answer was free). Conversations stored before payments existed read as zero.
+    #[serde(default)]
+    pub spent: U256,
 }
 
 impl Conversation {
@@ -45,6 +50,7 @@ impl Conversation {
             title: String::new(),
             model: model.into(),
             messages: vec![],
+            spent: U256::ZERO,
         }
     }
 
@@ -71,6 +77,11 @@ impl Conversation {
         self.messages.push(Message { role: "assistant".into(), content: text });
     }
 
+    /// Counts what an answer paid.
+    pub fn spend(&mut self, cost: U256) {
+        self.spent = self.spent.saturating_add(cost);
+    }
+
     /// The messages as the chat template takes them.
     pub fn chat_messages(&self) -> Vec<ChatMessage> {
         self.messages.iter().map(Message::to_chat).collect()
@@ -82,6 +93,11 @@ impl Conversation {
 pub struct Conversations(pub Vec<Conversation>);
 
 impl Conversations {
+    /// What all of them paid (AIT, smallest unit).
+    pub fn spent(&self) -> U256 {
+        self.0.iter().fold(U256::ZERO, |a, c| a.saturating_add(c.spent))
+    }
+
     /// Puts `c` first, replacing its older copy.
     pub fn put(&mut self, c: Conversation) {
         self.remove(&c.id);

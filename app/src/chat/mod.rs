@@ -12,6 +12,7 @@ pub use view::ChatView;
 
 use std::fmt;
 use std::rc::Rc;
+use std::sync::Arc;
 
 use futures::channel::oneshot;
 use futures::future::{select, Either};
@@ -19,7 +20,8 @@ use leptos::prelude::*;
 use leptos::task::spawn_local;
 use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
 use web_node::model::{ChatMessage, ModelId};
-use web_node::net::chain::{ChainOptions, SwarmChain};
+use web_node::net::chain::{ChainOptions, QueueWatch, RouteWatch, SwarmChain};
+use web_node::settle::format_ait;
 
 use crate::error::AppError;
 use crate::net::{load_client_model, Net};
@@ -201,7 +203,20 @@ impl Chat {
         // uses free servers only.
         let payer = self.wallet.payer();
         let paying = payer.is_some();
-        let opts = ChainOptions { payer, ..ChainOptions::default() };
+        let notice = self.notice;
+        // Where the answer waits, then what a token through its route costs: both before
+        // its first token.
+        let on_queued = QueueWatch(Arc::new(move |_, position, waiting| {
+            notice.set(format!("A full server queued this answer: place {position} of {waiting} waiting."))
+        }));
+        let on_route = RouteWatch(Arc::new(move |hops, price| {
+            notice.set(match price.is_zero() {
+                true => String::new(),
+                false => format!("Route: {} servers, {} AIT per token.", hops.len(), format_ait(price)),
+            })
+        }));
+        let opts =
+            ChainOptions { payer, on_queued: Some(on_queued), on_route: Some(on_route), ..ChainOptions::default() };
         let mut chain = SwarmChain::new(net.handle.clone(), id, model.config.n_layers, model.config.hidden, opts);
         let opts = GenerateOptions {
             max_tokens: 512,
@@ -216,12 +231,15 @@ impl Chat {
             self.streaming.update(|s| s.push_str(t));
         };
         self.cost.set(None);
-        model.chat(&mut chain, &messages, &opts, on_text).await?;
+        let answered = model.chat(&mut chain, &messages, &opts, on_text).await;
         if paying {
+            // What was paid counts, whether the answer completed or not.
             let cost = chain.paid();
             self.cost.set(Some(cost));
-            self.notice.set(format!("This answer cost {} AIT.", web_node::settle::format_ait(cost)));
+            self.current.update(|c| c.spend(cost));
+            self.notice.set(format!("This answer cost {} AIT.", format_ait(cost)));
         }
+        answered?;
         Ok(())
     }
 

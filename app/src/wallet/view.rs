@@ -4,6 +4,7 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 
 use super::{format_ait, Wallet, WalletState};
+use crate::chat::Chat;
 
 /// The deposit amount typed in `#wallet-amount`.
 fn amount() -> String {
@@ -15,6 +16,7 @@ fn amount() -> String {
 #[component]
 pub fn WalletView() -> impl IntoView {
     let w = expect_context::<Wallet>();
+    let chat = expect_context::<Chat>();
     let busy = move || w.state.get() == WalletState::Working;
     let no_account = move || w.address.get().is_none();
     let show = |v: Option<alloy_primitives::U256>| v.map(format_ait).unwrap_or_else(|| "–".into());
@@ -44,6 +46,17 @@ pub fn WalletView() -> impl IntoView {
                 data-authorization=move || w.session.get().and_then(|s| serde_json::to_string(&s).ok()).unwrap_or_default()>
                 {move || w.message.get()}
             </p>
+            <h3>"Spent"</h3>
+            <p id="wallet-spent" data-total=move || chat.conversations.get().spent().to_string()>
+                "By this tab's conversations: " {move || format_ait(chat.conversations.get().spent())} " AIT"
+            </p>
+            <ul id="wallet-spend">
+                {move || chat.conversations.get().0.into_iter().filter(|c| !c.spent.is_zero()).map(|c| view! {
+                    <li data-id=c.id.clone() data-spent=c.spent.to_string()>
+                        {c.display_title()} ": " {format_ait(c.spent)} " AIT"
+                    </li>
+                }).collect_view()}
+            </ul>
         </div>
     }
 }
