@@ -470,6 +470,10 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 traffic: store.traffic(),
                 http_parts: !o.no_http_parts,
                 chain: chain.clone(),
+                royalties: match &chain {
+                    Some(d) => Some(Arc::new(relay::settle::royalties::Royalties::new(d.clone())?)),
+                    None => None,
+                },
             };
             let web_dir = relay::web::find_web_dir(o.web_dir.clone());
             if web_dir.is_none() {

@@ -14,13 +14,15 @@
 //!   Tabs fetch parts over libp2p first and use these only as the fallback; a relay started
 //!   with `--no-http-parts` answers 404 here.
 //! - `GET /ait/seeding`: the relay's part traffic, seeding ratio and part streams taken.
+//! - `GET /ait/models/{id}/earnings?blocks=N`: what model `id` earned its creator, from the
+//!   settlement chain (see [`crate::settle::royalties`]; 404 without a chain).
 //! - anything else: a file of the app, or its `index.html`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -35,6 +37,7 @@ use web_node::net::parts::PartSource;
 
 use crate::part_store::PartStore;
 use crate::seed::FileParts;
+use crate::settle::royalties;
 
 /// A model whose parts this relay hands out.
 pub struct ModelParts {
@@ -112,6 +115,8 @@ pub struct WebState {
     /// The settlement chain this relay uses (`--chain FILE`), if any: the page's wallet
     /// panel reads its chain id and contract addresses.
     pub chain: Option<crate::settle::Deployment>,
+    /// What models earned their creators, read from that chain (the page's Creator view).
+    pub royalties: Option<Arc<crate::settle::royalties::Royalties>>,
 }
 
 /// The addresses of `addrs` that a browser can dial: `/ws`, `/wss`, `/webrtc-direct`.
@@ -142,6 +147,7 @@ pub fn router(state: Arc<WebState>, web_dir: Option<PathBuf>) -> Router {
         .route("/ait/seeding", get(seeding))
         .route("/ait/chain", get(chain))
         .route("/ait/models/{id}/manifest", get(manifest))
+        .route("/ait/models/{id}/earnings", get(earnings))
         .route("/ait/models/{id}/head", get(head))
         .route("/ait/models/{id}/blocks/{i}", get(block))
         .with_state(state);
@@ -191,6 +197,40 @@ async fn chain(State(s): State<Arc<WebState>>) -> Response {
         }))
         .into_response(),
         None => not_found("this relay runs without a settlement chain (start it with --chain FILE)".into()),
+    }
+}
+
+/// The query of `GET /ait/models/{id}/earnings`.
+#[derive(serde::Deserialize)]
+struct EarningsQuery {
+    /// Recent blocks to read (default [`royalties::DEFAULT_BLOCKS`]).
+    blocks: Option<u64>,
+}
+
+/// `GET /ait/models/{id}/earnings?blocks=N`: model `id`'s registration and what redeems paid
+/// for it over the last N blocks (amounts as decimal strings of the smallest unit).
+async fn earnings(State(s): State<Arc<WebState>>, Path(id): Path<String>, Query(q): Query<EarningsQuery>) -> Response {
+    let Some(royalties) = &s.royalties else {
+        return not_found("this relay runs without a settlement chain (start it with --chain FILE)".into());
+    };
+    let Some(model) = ModelId::from_hex(&id) else {
+        return (StatusCode::BAD_REQUEST, format!("{id:?} is not a model id (64 hex digits)")).into_response();
+    };
+    match royalties.of(alloy::primitives::B256::from(model.0), q.blocks.unwrap_or(royalties::DEFAULT_BLOCKS)).await {
+        Ok(e) => Json(json!({
+            "model": id,
+            "creator": e.creator,
+            "payout": e.payout,
+            "royalty_bps": e.royalty_bps,
+            "sessions": e.sessions,
+            "work": e.work.to_string(),
+            "paid": e.paid.to_string(),
+            "royalties": e.royalties.to_string(),
+            "from_block": e.from_block,
+            "to_block": e.to_block,
+        }))
+        .into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, format!("reading the chain: {e}")).into_response(),
     }
 }
 

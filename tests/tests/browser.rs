@@ -626,6 +626,21 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!(earned, cost * U256::from(7u8) / U256::from(10u8), "the tab's answer cost {cost}");
+    // The Creator view reads that redeem from the chain: one paid session of the model, its
+    // tokens (the cost over the price of 30 layers), what it paid, and no royalties (the model
+    // is not registered: the creator's share went to the DAO).
+    b.exec("document.getElementById('tab-publish').click();", json!([])).unwrap();
+    let row = b
+        .wait_for(
+            "the Creator view's line of the model",
+            "const r = document.querySelector('#creator-earnings tr[data-sessions=\"1\"]'); return r ? r.dataset : null;",
+            Duration::from_secs(40),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let price_of_30_layers = U256::from(30u64) * U256::from(10u64).pow(U256::from(12u64));
+    assert_eq!(row["paid"].as_str(), Some(cost.to_string().as_str()), "{row}");
+    assert_eq!(row["tokens"].as_str(), Some((cost / price_of_30_layers).to_string().as_str()), "{row}");
+    assert_eq!(row["royalties"].as_str(), Some("0"), "{row}");
     rt.block_on(async {
         assert!(escrow.isSigner(payer, signer).call().await.unwrap());
         let allocated = escrow.allocatedTotal(payer, node).call().await.unwrap();

@@ -135,6 +135,26 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     want.push((creator, total * units(2) / units(10)));
     want.push((treasury, total / units(10)));
     wait_earned(&chain, &want);
+    // The Creator view's numbers, from the chain: the model's registration, its three paid
+    // sessions (one per node), the layer-tokens they ran, what they paid and the royalties.
+    let http0 = relays[0].http.as_deref().unwrap();
+    let earnings: serde_json::Value = ureq::get(&format!("{http0}/ait/models/{model_id}/earnings"))
+        .call()
+        .expect("earnings")
+        .body_mut()
+        .read_json()
+        .unwrap();
+    let royalties = total * units(2) / units(10);
+    let field = |k: &str| earnings[k].as_str().unwrap_or_default().to_string();
+    assert_eq!(field("creator").parse::<Address>().ok(), Some(creator), "{earnings}");
+    assert_eq!(field("payout").parse::<Address>().ok(), Some(creator), "{earnings}");
+    assert_eq!(earnings["sessions"], 3, "{earnings}");
+    assert_eq!(field("work"), (units(tokens) * units(30)).to_string(), "{earnings}");
+    assert_eq!(field("paid"), total.to_string(), "{earnings}");
+    assert_eq!(field("royalties"), royalties.to_string(), "{earnings}");
+    let printed = chain.ait(&["model", "earnings", &format!("0x{model_id}")]);
+    let royalties_line = format!("royalties  {} AIT", web_node::settle::format_ait(royalties));
+    assert!(printed.contains(&royalties_line) && printed.contains("sessions   3 paid"), "{printed}");
     // Each relay's /metrics counts the tokens it served and the vouchers it redeemed.
     // (A relay counts its redeem once the transaction's receipt is in: poll a little.)
     let tokens = format!("ait_tokens_served_total{{model=\"{model_id}\"}} {tokens}");

@@ -10,7 +10,10 @@
 //! manifest lists). The tab holds every part in memory to seed it (a wasm page has 4 GiB at
 //! most), and cutting and hashing run on the page's thread between short pauses, so the page
 //! stays responsive between parts.
+//!
+//! Below the form, the [`creator`] view shows what each model of the swarm earned its creator.
 
+pub mod creator;
 pub mod view;
 
 pub use view::PublishView;

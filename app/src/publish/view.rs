@@ -5,6 +5,7 @@ use leptos::prelude::*;
 use wasm_bindgen::JsCast;
 use web_node::model::card::Labels;
 
+use super::creator::CreatorView;
 use super::{PublishState, Publisher};
 
 /// The value of the text input `id` (empty when missing).
@@ -63,6 +64,7 @@ pub fn PublishView() -> impl IntoView {
                 data-model=move || p.model.get().unwrap_or_default()>
                 {move || p.message.get()}
             </p>
+            <CreatorView/>
         </div>
     }
 }

@@ -131,7 +131,7 @@ pub enum SettleCmd {
         #[command(flatten)]
         args: WalletArgs,
     },
-    /// Models on chain: `register ID --payout ADDRESS`.
+    /// Models on chain: `register ID --payout ADDRESS`, `earnings ID`.
     Model {
         #[command(subcommand)]
         cmd: ModelCmd,
@@ -166,6 +166,16 @@ pub enum ModelCmd {
         /// Where royalties go.
         #[arg(long)]
         payout: Address,
+    },
+    /// What a model earned its creator (from chain data only, no wallet needed): its
+    /// registration, and the paid sessions, layer-tokens, payments and royalties of the
+    /// escrow's redeems that name it.
+    Earnings {
+        /// The model id (64 hex digits).
+        id: B256,
+        /// How many recent blocks to read events from.
+        #[arg(long, default_value_t = super::royalties::DEFAULT_BLOCKS)]
+        blocks: u64,
     },
 }
 
@@ -386,6 +396,22 @@ pub fn run(cmd: SettleCmd) -> anyhow::Result<()> {
                 println!("registered model {id}: royalties to {payout}");
                 anyhow::Ok(())
             })
+        }
+        SettleCmd::Model { cmd: ModelCmd::Earnings { id, blocks }, args } => {
+            let d = args.deployment()?;
+            let provider = super::royalties::reader(&d.rpc)?;
+            let e = runtime()?.block_on(super::royalties::model_earnings(&provider, &d, id, blocks))?;
+            println!("model      {id}");
+            match e.creator.is_zero() {
+                true => println!("creator    (not registered: its royalties go to the DAO)"),
+                false => println!("creator    {} (royalties {} bps to {})", e.creator, e.royalty_bps, e.payout),
+            }
+            println!("blocks     {}..={}", e.from_block, e.to_block);
+            println!("sessions   {} paid (one per server of a route)", e.sessions);
+            println!("work       {} layer-tokens", e.work);
+            println!("paid       {} AIT", ait(e.paid));
+            println!("royalties  {} AIT", ait(e.royalties));
+            Ok(())
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod gate;
 pub mod ledger;
 pub mod node;
 pub mod redeem;
+pub mod royalties;
 
 pub use anvil::Anvil;
 pub use backing::Backing;
