@@ -515,6 +515,22 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     let b = Browser::start().expect("browser");
     b.goto(&page(&r0, "temperature=0")).unwrap();
     connected(&b);
+    // Before any wallet, the relay's free tier answers, and the Wallet panel says what is
+    // left of the tab's daily quota (4,096 tokens by default) after it.
+    model_ready(&b);
+    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
+    assert!(answer.contains("Paris"), "{answer}");
+    let left = b
+        .wait_for(
+            "the free tier's quota left",
+            "const f = document.getElementById('wallet-free'); return f.dataset.left ? Number(f.dataset.left) : null;",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+    let left = left.as_u64().unwrap();
+    eprintln!("free tier: {left} tokens left after one answer");
+    assert!(left > 4096 - 200 && left < 4096, "{left} of 4096 tokens left");
+    b.exec("document.getElementById('new-chat').click();", json!([])).unwrap();
     b.exec(INJECTED_WALLET, json!([d.rpc, payer.to_string()])).unwrap();
     b.exec(
         "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",

@@ -334,15 +334,20 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let t = terms(&mut probe).await;
         assert_eq!((t.node, t.price, t.credit_cap), (node, units(PRICE_UNITS), units(PRICE_UNITS) * units(180)));
 
-        // Without paying: the free tier's eight tokens a day, then `payment required`, on
-        // this session and the next.
+        // Without paying: the free tier's eight tokens a day (each session's opening says
+        // what is left), then `payment required`, on this session and the next.
         assert_eq!(t.free_tokens_per_day, 8);
         let mut s = Raw::open(&h, peer).await;
-        assert_eq!(s.ask(&open(None)).await, Response::Opened { max_len: 64 });
-        for pos in 0..8 {
+        assert_eq!(s.ask(&open(None)).await, Response::Opened { max_len: 64, free_left: Some(8) });
+        for pos in 0..5 {
             assert!(matches!(s.ask(&step(pos, None)).await, Response::Hidden { .. }), "free step {pos}");
         }
-        let r = s.ask(&step(8, None)).await;
+        let mut s = Raw::open(&h, peer).await;
+        assert_eq!(s.ask(&open(None)).await, Response::Opened { max_len: 64, free_left: Some(3) });
+        for pos in 0..3 {
+            assert!(matches!(s.ask(&step(pos, None)).await, Response::Hidden { .. }), "free step {pos}");
+        }
+        let r = s.ask(&step(3, None)).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("free tier")), "{r:?}");
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(None)).await;
@@ -369,7 +374,10 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
             HopBill::new(&pays(&cheater_key, cheater), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
                 .unwrap();
         let mut s = Raw::open(&h, peer).await;
-        assert_eq!(s.ask(&open(Some(cheat.payment().clone()))).await, Response::Opened { max_len: 64 });
+        assert_eq!(
+            s.ask(&open(Some(cheat.payment().clone()))).await,
+            Response::Opened { max_len: 64, free_left: None }
+        );
         let mut served = 0;
         let refused = loop {
             match s.ask(&step(served, None)).await {
@@ -406,7 +414,10 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
                 HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
                     .unwrap();
             let mut s = Raw::open(&h, peer).await;
-            assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+            assert_eq!(
+                s.ask(&open(Some(bill.payment().clone()))).await,
+                Response::Opened { max_len: 64, free_left: None }
+            );
             assert!(matches!(s.ask(&step(0, None)).await, Response::Hidden { .. }));
             bill.received(1);
             let mut v = match forge {
@@ -433,7 +444,7 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
             HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
                 .unwrap();
         let mut s = Raw::open(&h, peer).await;
-        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64, free_left: None });
         let mut vouchers = 0;
         for pos in 0..20 {
             let v = if bill.due(1) { bill.sign(&payer_key, web_node::settle::unix_s()).unwrap() } else { None };
@@ -464,7 +475,7 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let mut s = Raw::open(&h, peer).await;
         let Response::Quote(q) = s.ask(&Request::Quote { payer: tight }).await else { panic!("no quote") };
         assert!(!bill.allocate(&q, 64, &tight_key, web_node::settle::unix_s()).unwrap().is_zero());
-        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64 });
+        assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64, free_left: None });
         let escrow = chain.escrow();
         for pos in 0..60 {
             if pos == 40 {
@@ -532,7 +543,7 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
         let mut bill = HopBill::new(&payer_of, t, model_id.0.into(), 30, web_node::settle::unix_s()).unwrap();
         let open =
             Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment: Some(bill.payment().clone()) };
-        assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64 });
+        assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64, free_left: None });
         let mut last = None;
         for pos in 0..11 {
             let v = if bill.due(1) { bill.sign(&key, web_node::settle::unix_s()).unwrap() } else { None };

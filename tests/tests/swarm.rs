@@ -216,7 +216,7 @@ fn bad_requests_are_refused_per_stream() {
         let h = connect(&[addr]).await.unwrap();
 
         let mut good = open(&h, peer).await;
-        assert_eq!(ask(&mut good, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
+        assert_eq!(ask(&mut good, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8, free_left: None });
         let Response::Hidden { n_tokens: 2, hidden, .. } = ask(&mut good, &step(0, 2)).await else {
             panic!("no hidden")
         };
@@ -251,17 +251,17 @@ fn bad_requests_are_refused_per_stream() {
         }
         // A step of the wrong width, and one at the wrong position, on their own sessions.
         let mut s = open(&h, peer).await;
-        assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
+        assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8, free_left: None });
         let bad_width = Request::Step { pos: 0, n_tokens: 1, hidden: vec![0.0; dim - 1], voucher: None };
         assert_eq!(refused(&ask(&mut s, &bad_width).await), ErrorCode::BadRequest);
         let mut s = open(&h, peer).await;
-        assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
+        assert_eq!(ask(&mut s, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8, free_left: None });
         assert_eq!(refused(&ask(&mut s, &step(5, 1)).await), ErrorCode::BadRequest);
         drop(s);
 
         // Per-peer cap: `good` plus one more; a third is refused.
         let mut second = open(&h, peer).await;
-        assert_eq!(ask(&mut second, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8 });
+        assert_eq!(ask(&mut second, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8, free_left: None });
         let mut third = open(&h, peer).await;
         assert_eq!(refused(&ask(&mut third, &open_req(10, 20, 8)).await), ErrorCode::Busy);
         // Closing frees the slot.
@@ -271,7 +271,7 @@ fn bad_requests_are_refused_per_stream() {
         let mut big = open(&h, peer).await;
         assert_eq!(refused(&ask(&mut big, &open_req(10, 20, 64)).await), ErrorCode::Busy);
         let mut fits = open(&h, peer).await;
-        assert_eq!(ask(&mut fits, &open_req(10, 20, 56)).await, Response::Opened { max_len: 56 });
+        assert_eq!(ask(&mut fits, &open_req(10, 20, 56)).await, Response::Opened { max_len: 56, free_left: None });
         drop(fits);
 
         // The first session still works, at the right position.

@@ -238,6 +238,8 @@ impl Chat {
             self.cost.set(Some(cost));
             self.current.update(|c| c.spend(cost));
             self.notice.set(format!("This answer cost {} AIT.", format_ait(cost)));
+        } else if let Some(left) = chain.free_left() {
+            self.wallet.free_left.set(Some(left));
         }
         answered?;
         Ok(())

@@ -108,6 +108,9 @@ pub struct Wallet {
     pub thawing: RwSignal<Option<(U256, u64)>>,
     /// The session key's authorization, once signed.
     pub session: RwSignal<Option<SessionAuth>>,
+    /// After an unpaid answer through servers' free tiers: the fewest tokens left of this
+    /// tab's daily quota at any of them.
+    pub free_left: RwSignal<Option<u32>>,
     /// The session key (it signs vouchers; it lives as long as the page).
     key: StoredValue<Option<SessionKey>>,
 }
@@ -133,6 +136,7 @@ impl Wallet {
             deposited: RwSignal::new(None),
             thawing: RwSignal::new(None),
             session: RwSignal::new(None),
+            free_left: RwSignal::new(None),
             key: StoredValue::new(None),
         }
     }

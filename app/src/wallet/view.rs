@@ -46,6 +46,12 @@ pub fn WalletView() -> impl IntoView {
                 data-authorization=move || w.session.get().and_then(|s| serde_json::to_string(&s).ok()).unwrap_or_default()>
                 {move || w.message.get()}
             </p>
+            <p id="wallet-free" data-left=move || w.free_left.get().map(|n| n.to_string()).unwrap_or_default()>
+                {move || match w.free_left.get() {
+                    Some(n) => format!("Free tier left today: {n} tokens (the fewest at the servers of your last unpaid answer)."),
+                    None => "Free tier: servers that charge serve a daily quota free to tabs that do not pay.".into(),
+                }}
+            </p>
             <h3>"Spent"</h3>
             <p id="wallet-spent" data-total=move || chat.conversations.get().spent().to_string()>
                 "By this tab's conversations: " {move || format_ait(chat.conversations.get().spent())} " AIT"

@@ -83,6 +83,7 @@ async fn build() -> Router {
         traffic: Default::default(),
         http_parts: true,
         chain: None,
+        royalties: None,
     };
     relay::api::router(Arc::new(api)).merge(relay::web::router(Arc::new(web), None))
 }

@@ -104,7 +104,7 @@ fn requests() -> Vec<(&'static str, Request)> {
 fn responses() -> Vec<(&'static str, Response)> {
     vec![
         ("info", Response::Info(status())),
-        ("opened", Response::Opened { max_len: 32 }),
+        ("opened", Response::Opened { max_len: 32, free_left: None }),
         ("queued", Response::Queued { position: 2, waiting: 5 }),
         ("hidden", Response::Hidden { n_tokens: 2, compute_us: 120, hidden: hidden(2) }),
         ("error", Response::Error { code: ErrorCode::Busy, message: "all 16 session slots are taken".into() }),

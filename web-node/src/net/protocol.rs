@@ -154,6 +154,9 @@ pub enum Response {
     Opened {
         /// Tokens the session may hold.
         max_len: u32,
+        /// On a charging node's free tier: the tokens this client has left of its daily
+        /// quota there (`None` for a paid session, or a node that serves free).
+        free_left: Option<u32>,
     },
     /// The node is full and the open request waits for a slot (a charging node's queue):
     /// where it stands. Sent again when that changes and now and then while it waits; the
@@ -393,9 +396,12 @@ impl Response {
                 // Two numbers always serialize.
                 b.extend_from_slice(&serde_json::to_vec(q).unwrap_or_default());
             }
-            Response::Opened { max_len } => {
+            Response::Opened { max_len, free_left } => {
                 b.push(T_OPENED);
                 put_u32(&mut b, *max_len);
+                if let Some(left) = free_left {
+                    put_u32(&mut b, *left);
+                }
             }
             Response::Queued { position, waiting } => {
                 b.push(T_QUEUED);
@@ -430,8 +436,9 @@ impl Response {
             T_OPENED => {
                 let mut r = Reader { what: "opened", b: body };
                 let max_len = r.u32()?;
+                let free_left = if r.b.is_empty() { None } else { Some(r.u32()?) };
                 r.end()?;
-                Ok(Response::Opened { max_len })
+                Ok(Response::Opened { max_len, free_left })
             }
             T_QUEUED => {
                 let mut r = Reader { what: "queued", b: body };
@@ -521,7 +528,8 @@ mod tests {
         };
         for r in [
             Response::Info(status),
-            Response::Opened { max_len: 7 },
+            Response::Opened { max_len: 7, free_left: None },
+            Response::Opened { max_len: 7, free_left: Some(4096) },
             Response::Queued { position: 2, waiting: 9 },
             Response::Quote(PayerQuote {
                 allocated_total: alloy_primitives::U256::from(5u8),

@@ -78,6 +78,9 @@ pub(super) struct HopSession {
     stats: HopStats,
     /// On a paid session, the work received and paid for, and who pays.
     bill: Option<(HopBill, Arc<Payer>)>,
+    /// On a free-tier session: what the server said was left of the client's daily quota
+    /// there, less the tokens it ran since.
+    free_left: Option<u32>,
 }
 
 impl HopSession {
@@ -138,7 +141,7 @@ impl HopSession {
             answer = read_answer(peer, &mut stream, limit.max(QUEUE_LIMIT)).await?;
         }
         match answer {
-            Response::Opened { .. } => Ok(HopSession {
+            Response::Opened { free_left, .. } => Ok(HopSession {
                 peer,
                 blocks,
                 stream,
@@ -146,6 +149,7 @@ impl HopSession {
                 measured_ms: None,
                 stats: HopStats::default(),
                 bill,
+                free_left,
             }),
             other => Err(ChainError::Protocol { peer, detail: format!("answered {other:?} to open") }),
         }
@@ -169,6 +173,11 @@ impl HopSession {
     /// What one token through it costs (zero on a free session).
     pub(super) fn price_per_token(&self) -> U256 {
         self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.terms().cost(self.blocks.len() as u64))
+    }
+
+    /// On a free-tier session, the tokens left of the client's daily quota there.
+    pub(super) fn free_left(&self) -> Option<u32> {
+        self.free_left
     }
 
     /// What the vouchers sent to it pay so far (zero on a free session).
@@ -268,6 +277,9 @@ impl HopSession {
                     out.extend_from_slice(&hidden);
                     if let Some((bill, _)) = &mut self.bill {
                         bill.received(take);
+                    }
+                    if let Some(left) = &mut self.free_left {
+                        *left = left.saturating_sub(take as u32);
                     }
                     self.stats.steps += 1;
                     self.stats.tokens += take;

@@ -112,7 +112,10 @@ impl std::fmt::Debug for QueueWatch {
 /// Told the route a chain chose (before its first step, and again after each re-route) and
 /// what one token through it costs (AIT, smallest unit; zero when every server is free).
 #[derive(Clone)]
-pub struct RouteWatch(pub Arc<dyn Fn(&[Hop], U256) + Send + Sync>);
+pub struct RouteWatch(pub Arc<RouteFn>);
+
+/// What a [`RouteWatch`] calls: the route's hops and its price per token.
+pub type RouteFn = dyn Fn(&[Hop], U256) + Send + Sync;
 
 impl std::fmt::Debug for RouteWatch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -326,6 +329,8 @@ pub struct SwarmChain<D = DhtDiscovery> {
     paid_closed: U256,
     /// What the last sequence's vouchers paid in all, kept by `end`.
     last_paid: U256,
+    /// What [`SwarmChain::free_left`] was when the last sequence ended.
+    last_free_left: Option<u32>,
 }
 
 /// How long a measured step time stands in for a server's claim.
@@ -373,6 +378,7 @@ impl<D: Discovery> SwarmChain<D> {
             measured: HashMap::new(),
             paid_closed: U256::ZERO,
             last_paid: U256::ZERO,
+            last_free_left: None,
         }
     }
 
@@ -402,6 +408,16 @@ impl<D: Discovery> SwarmChain<D> {
             return self.last_paid;
         }
         self.hops.iter().fold(self.paid_closed, |a, h| a + h.paid())
+    }
+
+    /// On a route through free tiers: the fewest tokens left of this client's daily quota
+    /// at any of its servers, as they said when the sessions opened less the tokens run since
+    /// (of the last sequence after `end`). `None` when no hop runs on a free tier.
+    pub fn free_left(&self) -> Option<u32> {
+        if self.hops.is_empty() {
+            return self.last_free_left;
+        }
+        self.hops.iter().filter_map(HopSession::free_left).min()
     }
 
     /// What one token through the current route costs (AIT, smallest unit): each paid hop's
@@ -648,6 +664,7 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
     async fn end(&mut self) -> Result<(), ChainError> {
         if !self.hops.is_empty() {
             self.last_stats = self.hop_stats();
+            self.last_free_left = self.free_left();
             let paid = close_all(std::mem::take(&mut self.hops)).await;
             self.last_paid = self.paid_closed + paid;
         }

@@ -57,6 +57,11 @@ impl FreeQuota {
         Ok(())
     }
 
+    /// Tokens `peer` (and `ip`) have left of `quota` today, at Unix time `now_s`.
+    pub fn left(&mut self, peer: PeerId, ip: Option<IpAddr>, quota: u64, now_s: u64) -> u64 {
+        quota.saturating_sub(self.used(peer, ip, now_s))
+    }
+
     /// Tokens `peer` (or `ip`, if more) used today.
     fn used(&mut self, peer: PeerId, ip: Option<IpAddr>, now_s: u64) -> u64 {
         let day = now_s / DAY_S;
