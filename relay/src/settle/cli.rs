@@ -476,13 +476,8 @@ fn earnings(blocks: u64, args: &WalletArgs) -> anyhow::Result<()> {
     runtime()?.block_on(async {
         let escrow = Escrow::new(d.escrow, &provider);
         let (latest, now) = latest_block(&provider).await?;
-        let events = escrow
-            .Redeemed_filter()
-            .topic2(me)
-            .from_block(latest.saturating_sub(blocks))
-            .query()
-            .await
-            .map_err(|e| ChainError::Rpc(format!("Redeemed events: {e}")))?;
+        let events =
+            super::redeemed_events(&provider, d.escrow, Some(me), latest.saturating_sub(blocks), latest).await?;
         let (mut total, mut day) = (U256::ZERO, U256::ZERO);
         let mut by_model: std::collections::BTreeMap<B256, (usize, U256)> = Default::default();
         let mut times: std::collections::HashMap<u64, u64> = Default::default();

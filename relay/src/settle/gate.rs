@@ -30,7 +30,7 @@ use web_node::settle::{
 use super::bindings::{Escrow, Staking};
 use super::ledger::Ledger;
 use super::Backing;
-use super::{latest_block, ChainError, Deployment};
+use super::{latest_block, redeemed_events, ChainError, Deployment};
 
 /// Blocks over which what a payer earned serving others counts for its priority (about a
 /// day at two-second blocks).
@@ -155,14 +155,8 @@ impl ChainGate {
     pub async fn score_of(&self, payer: Address) -> Result<f64, ChainError> {
         let stake = self.staking.stakeOf(payer).call().await.map_err(|e| ChainError::contract("stakeOf", &e))?;
         let (latest, _) = latest_block(&self.provider).await?;
-        let redeemed = self
-            .escrow
-            .Redeemed_filter()
-            .topic2(payer.into_word())
-            .from_block(latest.saturating_sub(EARNED_WINDOW_BLOCKS))
-            .query()
-            .await
-            .map_err(|e| ChainError::contract("Redeemed events", &e))?;
+        let from = latest.saturating_sub(EARNED_WINDOW_BLOCKS);
+        let redeemed = redeemed_events(&self.provider, self.terms.escrow, Some(payer), from, latest).await?;
         let earned = redeemed
             .iter()
             .filter(|(r, _)| r.node == payer && r.payer != payer)
@@ -497,7 +491,11 @@ impl PaymentGate for ChainGate {
                     0.0
                 }
             };
-            lock(&self.scores).insert(payer, (score, std::time::Instant::now()));
+            let mut scores = lock(&self.scores);
+            // Only fresh scores are used: the rest go, so the map holds the payers of the
+            // last few seconds.
+            scores.retain(|_, (_, at)| at.elapsed() < SCORE_FOR);
+            scores.insert(payer, (score, std::time::Instant::now()));
             score
         })
     }

@@ -15,8 +15,8 @@ use std::collections::HashMap;
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 
-use super::bindings::{Escrow, ModelRegistry};
-use super::{latest_block, ChainError, Deployment};
+use super::bindings::ModelRegistry;
+use super::{latest_block, redeemed_events, ChainError, Deployment};
 
 /// Blocks read by default: about a day at two-second blocks.
 pub const DEFAULT_BLOCKS: u64 = 43_200;
@@ -71,13 +71,7 @@ pub async fn model_earnings(
     let (latest, _) = latest_block(provider).await?;
     let from_block = latest.saturating_sub(blocks.min(MAX_BLOCKS));
     // The model is not an indexed topic: read the window's redeems and keep its own.
-    let redeemed = Escrow::new(d.escrow, provider)
-        .Redeemed_filter()
-        .from_block(from_block)
-        .to_block(latest)
-        .query()
-        .await
-        .map_err(|e| ChainError::contract("Redeemed events", &e))?;
+    let redeemed = redeemed_events(provider, d.escrow, None, from_block, latest).await?;
     let mut work: HashMap<(Address, B256, Address), U256> = HashMap::new();
     let (mut paid, mut royalties) = (U256::ZERO, U256::ZERO);
     for (r, _) in redeemed.iter().filter(|(r, _)| r.model == model) {

@@ -30,6 +30,7 @@ use crate::engine::{EngineError, SessionId};
 use crate::model::ModelId;
 use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
+use crate::settle::PaymentGate;
 use crate::settle::{unix_s, Meter, Payment, PaymentError, SignedVoucher};
 use alloy_primitives::U256;
 
@@ -652,10 +653,13 @@ impl Server {
                 let layers = c.blocks.len() as u64;
                 gate.terms().check(layers)?;
                 let credit = gate.open(&p).await?;
+                // From here the gate counts the session open: however the opening ends short
+                // of a session (a refusal, or its future dropped while it waits), `opening`
+                // closes it there.
                 let meter = Meter::new(gate.terms().clone(), p, c.model.0.into(), layers, credit);
+                let opening = Opening { gate: gate.as_ref(), meter: Some(meter) };
                 // The credit must carry at least one token.
-                if meter.admit(1).is_err() {
-                    gate.close(meter.payment(), U256::ZERO);
+                if opening.meter().admit(1).is_err() {
                     return Err(Refusal(
                         ErrorCode::PaymentRequired,
                         format!(
@@ -666,8 +670,8 @@ impl Server {
                 }
                 // The score matters only to a request that waits: read the chain only then.
                 let waits = self.lock().queue.as_ref().is_some_and(|q| !q.scored_free());
-                let score = if waits { gate.priority(meter.payment().payer).await } else { 0.0 };
-                (Some(meter), Standing::Paying(score))
+                let score = if waits { gate.priority(opening.meter().payment().payer).await } else { 0.0 };
+                (Some(opening), Standing::Paying(score))
             }
         };
         let slot = if self.config.limits.payments.is_some() {
@@ -679,16 +683,35 @@ impl Server {
             Ok(slot) => self.compute.open(max_len).await.map(|id| (id, slot)).map_err(Refusal::from),
             Err(e) => Err(e),
         };
-        let (id, slot) = match id {
-            Ok(opened) => opened,
-            Err(e) => {
-                if let (Some(gate), Some(m)) = (gate, &meter) {
-                    gate.close(m.payment(), U256::ZERO);
-                }
-                return Err(e);
-            }
-        };
+        let (id, slot) = id?;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(Open { id, _slot: slot, meter, free: standing == Standing::Free })
+        Ok(Open { id, _slot: slot, meter: meter.map(Opening::keep), free: standing == Standing::Free })
+    }
+}
+
+/// A paid session's meter from the gate's [`PaymentGate::open`] until the session starts:
+/// dropped before [`Opening::keep`] (the opening refused, failed, or its future dropped while
+/// it waits for a slot), it closes the session at the gate, owing nothing.
+struct Opening<'a> {
+    gate: &'a dyn PaymentGate,
+    meter: Option<Meter>,
+}
+
+impl Opening<'_> {
+    fn meter(&self) -> &Meter {
+        self.meter.as_ref().expect("an opening holds its meter until kept")
+    }
+
+    /// The session started: its meter goes with it (and the gate hears of it when it ends).
+    fn keep(mut self) -> Meter {
+        self.meter.take().expect("an opening holds its meter until kept")
+    }
+}
+
+impl Drop for Opening<'_> {
+    fn drop(&mut self) {
+        if let Some(m) = &self.meter {
+            self.gate.close(m.payment(), U256::ZERO);
+        }
     }
 }
