@@ -92,6 +92,8 @@ pub fn App() -> impl IntoView {
     provide_context(wallet);
     spawn_local(swarm.run());
     let tab = RwSignal::new(if http::query_param("seed").is_some() { Tab::Seed } else { Tab::Chat });
+    // Panels that poll do it only while shown.
+    provide_context(tab);
     view! {
         <header>
             <h1>"AI Torrent"</h1>

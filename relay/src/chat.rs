@@ -131,12 +131,13 @@ impl Backend {
                     },
                     ..GenerateOptions::default()
                 };
-                let g = rt.block_on(model.chat(chain.as_mut(), history, &opts, |p| print(p)))?;
+                let g = rt.block_on(model.chat(chain.as_mut(), history, &opts, |p| print(p)));
                 if *paying {
-                    // The answer ended the route: what it paid includes the closing vouchers.
+                    // The answer ended the route: what it paid includes the closing vouchers
+                    // (and is said whether the answer completed or not).
                     eprint!("\n(cost: {} AIT)", web_node::settle::format_ait(chain.paid()));
                 }
-                Ok(g.text)
+                Ok(g?.text)
             }
             Backend::Http(h) => h.answer(history, o, print),
         }

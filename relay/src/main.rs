@@ -539,12 +539,17 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
         let mut chain = relay::swarm_client::chain(handle, &model, chain_opts);
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
         // The generation ended the route: what it paid includes the closing vouchers.
-        anyhow::Ok((r.context("generating through the swarm")?, chain.recoveries().len(), chain.paid()))
+        anyhow::Ok((r, chain.recoveries().len(), chain.paid()))
     })?;
+    // What was paid is said, whether the generation completed or not.
+    let cost = || {
+        if paying {
+            eprintln!("cost: {} AIT", web_node::settle::format_ait(cost));
+        }
+    };
+    let result = result.inspect_err(|_| cost()).context("generating through the swarm")?;
     report(&format!("swarm: model {}", model.id.short()), &format!(", re-routes: {recoveries}"), &result);
-    if paying {
-        eprintln!("cost: {} AIT", web_node::settle::format_ait(cost));
-    }
+    cost();
     Ok(ExitCode::SUCCESS)
 }
 

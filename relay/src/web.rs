@@ -14,7 +14,7 @@
 //!   Tabs fetch parts over libp2p first and use these only as the fallback; a relay started
 //!   with `--no-http-parts` answers 404 here.
 //! - `GET /ait/seeding`: the relay's part traffic, seeding ratio and part streams taken.
-//! - `GET /ait/models/{id}/earnings?blocks=N`: what model `id` earned its creator, from the
+//! - `GET /ait/models/{id}/earnings`: what model `id` earned its creator, from the
 //!   settlement chain (see [`crate::settle::royalties`]; 404 without a chain).
 //! - anything else: a file of the app, or its `index.html`.
 
@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -200,23 +200,17 @@ async fn chain(State(s): State<Arc<WebState>>) -> Response {
     }
 }
 
-/// The query of `GET /ait/models/{id}/earnings`.
-#[derive(serde::Deserialize)]
-struct EarningsQuery {
-    /// Recent blocks to read (default [`royalties::DEFAULT_BLOCKS`]).
-    blocks: Option<u64>,
-}
-
-/// `GET /ait/models/{id}/earnings?blocks=N`: model `id`'s registration and what redeems paid
-/// for it over the last N blocks (amounts as decimal strings of the smallest unit).
-async fn earnings(State(s): State<Arc<WebState>>, Path(id): Path<String>, Query(q): Query<EarningsQuery>) -> Response {
+/// `GET /ait/models/{id}/earnings`: model `id`'s registration and what redeems paid for it
+/// over the last [`royalties::DEFAULT_BLOCKS`] blocks (amounts as decimal strings of the
+/// smallest unit).
+async fn earnings(State(s): State<Arc<WebState>>, Path(id): Path<String>) -> Response {
     let Some(royalties) = &s.royalties else {
         return not_found("this relay runs without a settlement chain (start it with --chain FILE)".into());
     };
     let Some(model) = ModelId::from_hex(&id) else {
         return (StatusCode::BAD_REQUEST, format!("{id:?} is not a model id (64 hex digits)")).into_response();
     };
-    match royalties.of(alloy::primitives::B256::from(model.0), q.blocks.unwrap_or(royalties::DEFAULT_BLOCKS)).await {
+    match royalties.of(alloy::primitives::B256::from(model.0)).await {
         Ok(e) => Json(json!({
             "model": id,
             "creator": e.creator,
@@ -230,7 +224,8 @@ async fn earnings(State(s): State<Arc<WebState>>, Path(id): Path<String>, Query(
             "to_block": e.to_block,
         }))
         .into_response(),
-        Err(e) => (StatusCode::BAD_GATEWAY, format!("reading the chain: {e}")).into_response(),
+        Err(e @ royalties::LookError::Busy) => (StatusCode::SERVICE_UNAVAILABLE, e.to_string()).into_response(),
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
     }
 }
 

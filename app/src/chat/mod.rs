@@ -11,6 +11,7 @@ pub use conversation::{Conversation, Conversations, Message};
 pub use view::ChatView;
 
 use std::fmt;
+use std::pin::pin;
 use std::rc::Rc;
 use std::sync::Arc;
 
@@ -18,7 +19,7 @@ use futures::channel::oneshot;
 use futures::future::{select, Either};
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
+use web_node::client::{ClientModel, GenerateError, GenerateOptions, LayerChain, SamplingParams};
 use web_node::model::{ChatMessage, ModelId};
 use web_node::net::chain::{ChainOptions, QueueWatch, RouteWatch, SwarmChain};
 use web_node::settle::format_ait;
@@ -169,12 +170,7 @@ impl Chat {
 
     /// Runs one answer (until done, failed or stopped), then keeps the conversation.
     async fn answer(self, model: String, messages: Vec<ChatMessage>, temperature: f32, stop: oneshot::Receiver<()>) {
-        let generation = std::pin::pin!(self.generate(model, messages, temperature));
-        let outcome = match select(generation, stop).await {
-            Either::Left((r, _)) => r,
-            Either::Right(_) => Ok(()),
-        };
-        match outcome {
+        match self.generate(model, messages, temperature, stop).await {
             Ok(()) => self.state.set(ChatState::Idle),
             Err(e) => {
                 self.state.set(ChatState::Failed);
@@ -193,12 +189,22 @@ impl Chat {
         self.conversations.update(|v| v.put(c));
     }
 
-    /// Generates the answer to `messages` through the swarm into [`Chat::streaming`].
-    async fn generate(self, model: String, messages: Vec<ChatMessage>, temperature: f32) -> Result<(), AppError> {
+    /// Generates the answer to `messages` through the swarm into [`Chat::streaming`], until
+    /// done, failed or `stop`.
+    async fn generate(
+        self,
+        model: String,
+        messages: Vec<ChatMessage>,
+        temperature: f32,
+        mut stop: oneshot::Receiver<()>,
+    ) -> Result<(), AppError> {
         let started = now_ms();
         let net = self.swarm.net().ok_or(AppError::NotConnected)?;
         let id = ModelId::from_hex(&model).ok_or(AppError::BadModelId(model))?;
-        let model = self.client_model(&net, id).await?;
+        let model = match select(pin!(self.client_model(&net, id)), &mut stop).await {
+            Either::Left((m, _)) => m?,
+            Either::Right(_) => return Ok(()),
+        };
         // With an authorized session key the tab pays servers that charge; without one it
         // uses free servers only.
         let payer = self.wallet.payer();
@@ -231,15 +237,26 @@ impl Chat {
             self.streaming.update(|s| s.push_str(t));
         };
         self.cost.set(None);
-        let answered = model.chat(&mut chain, &messages, &opts, on_text).await;
+        let answered = {
+            let chat = pin!(model.chat(&mut chain, &messages, &opts, on_text));
+            match select(chat, &mut stop).await {
+                Either::Left((answered, _)) => Some(answered.map(drop).map_err(AppError::from)),
+                Either::Right(_) => None,
+            }
+        };
+        // Stopped: close the route, which sends the closing vouchers for what came.
+        let answered = match answered {
+            Some(answered) => answered,
+            None => chain.end().await.map_err(|e| AppError::Generate(GenerateError::Chain(e))),
+        };
         if paying {
             // What was paid counts, whether the answer completed or not.
             let cost = chain.paid();
             self.cost.set(Some(cost));
             self.current.update(|c| c.spend(cost));
             self.notice.set(format!("This answer cost {} AIT.", format_ait(cost)));
-        } else if let Some(left) = chain.free_left() {
-            self.wallet.free_left.set(Some(left));
+        } else {
+            self.wallet.free_left.set(chain.free_left());
         }
         answered?;
         Ok(())

@@ -2,7 +2,7 @@
 //! settlement chain's data (`GET /ait/models/{id}/earnings` on the relay, see
 //! `relay::settle::royalties`): who registered it and where its royalties go, the paid
 //! sessions, the tokens that went through it, what they paid and the royalties. Refreshed
-//! every [`REFRESH`]; a relay without a chain shows none.
+//! every [`REFRESH`] while the Publish panel is shown; a relay without a chain shows none.
 
 use std::time::Duration;
 
@@ -16,6 +16,7 @@ use crate::error::AppError;
 use crate::http;
 use crate::swarm::Swarm;
 use crate::wallet::Wallet;
+use crate::Tab;
 
 /// How often the numbers are read again.
 const REFRESH: Duration = Duration::from_secs(10);
@@ -66,10 +67,16 @@ async fn read(swarm: Swarm) -> Result<Option<Vec<Row>>, AppError> {
 #[component]
 pub fn CreatorView() -> impl IntoView {
     let (swarm, wallet) = (expect_context::<Swarm>(), expect_context::<Wallet>());
+    let tab = expect_context::<RwSignal<Tab>>();
     let rows = RwSignal::new(Vec::<Row>::new());
     let line = RwSignal::new("Reading the chain…".to_string());
     spawn_local(async move {
         loop {
+            // Only while the Publish panel is shown.
+            if tab.get_untracked() != Tab::Publish {
+                futures_timer::Delay::new(Duration::from_secs(1)).await;
+                continue;
+            }
             match read(swarm).await {
                 Ok(Some(r)) => {
                     line.set(if r.is_empty() { "No model announced yet.".into() } else { String::new() });

@@ -53,8 +53,8 @@ pub fn WalletView() -> impl IntoView {
                 }}
             </p>
             <h3>"Spent"</h3>
-            <p id="wallet-spent" data-total=move || chat.conversations.get().spent().to_string()>
-                "By this tab's conversations: " {move || format_ait(chat.conversations.get().spent())} " AIT"
+            <p id="wallet-spent" data-total=move || chat.conversations.with(|c| c.spent()).to_string()>
+                "By this tab's conversations: " {move || format_ait(chat.conversations.with(|c| c.spent()))} " AIT"
             </p>
             <ul id="wallet-spend">
                 {move || chat.conversations.get().0.into_iter().filter(|c| !c.spent.is_zero()).map(|c| view! {

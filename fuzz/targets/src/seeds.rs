@@ -105,6 +105,7 @@ fn responses() -> Vec<(&'static str, Response)> {
     vec![
         ("info", Response::Info(status())),
         ("opened", Response::Opened { max_len: 32, free_left: None }),
+        ("opened-free", Response::Opened { max_len: 32, free_left: Some(4096) }),
         ("queued", Response::Queued { position: 2, waiting: 5 }),
         ("hidden", Response::Hidden { n_tokens: 2, compute_us: 120, hidden: hidden(2) }),
         ("error", Response::Error { code: ErrorCode::Busy, message: "all 16 session slots are taken".into() }),

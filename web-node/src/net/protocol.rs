@@ -16,11 +16,13 @@ use serde::{Deserialize, Serialize};
 use crate::model::ModelId;
 use crate::settle::{PayTerms, PayerQuote, Payment, SignedVoucher, MAX_PAYMENT_BYTES};
 
-/// The stream protocol id. The major version changes with any incompatible message change.
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/1");
+/// The stream protocol id. The major version changes with any incompatible message change
+/// (2: `Opened` may carry a free-tier client's quota left, which version 1's decoder refuses;
+/// a node and a client of different versions fail to negotiate the stream, cleanly).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/2");
 
 /// Version number carried in records and status.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Largest answer a client reads to [`Request::Info`] or [`Request::Open`] (a status in JSON,
 /// or an error): 64 KiB, far above the few hundred bytes a status takes, far below the 16 MiB

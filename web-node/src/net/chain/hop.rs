@@ -279,7 +279,7 @@ impl HopSession {
                         bill.received(take);
                     }
                     if let Some(left) = &mut self.free_left {
-                        *left = left.saturating_sub(take as u32);
+                        *left = left.saturating_sub(u32::try_from(take).unwrap_or(u32::MAX));
                     }
                     self.stats.steps += 1;
                     self.stats.tokens += take;
