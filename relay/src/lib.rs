@@ -14,6 +14,12 @@
 //! it.
 #![deny(missing_docs)]
 
+/// Locks `m`, going on with its data if a thread panicked while holding it (the data under
+/// these locks stays consistent between statements).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 pub mod api;
 pub mod bench;
 pub mod chat;

@@ -4,6 +4,7 @@
 //! ([`crate::part_store`]); and it provides their roots and its models' ids in the DHT, so
 //! fetchers find it.
 
+use crate::lock;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -119,10 +120,6 @@ pub struct FileParts {
     /// Held while a part is cut, so that each is cut once.
     cutting: Mutex<()>,
     json: Bytes,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Runs `f`, which blocks (reads and hashes a part), telling tokio's multi-threaded runtime

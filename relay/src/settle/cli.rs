@@ -407,10 +407,10 @@ pub fn run(cmd: SettleCmd) -> anyhow::Result<()> {
                 false => println!("creator    {} (royalties {} bps to {})", e.creator, e.royalty_bps, e.payout),
             }
             println!("blocks     {}..={}", e.from_block, e.to_block);
-            println!("sessions   {} paid (one per server of a route)", e.sessions);
-            println!("work       {} layer-tokens", e.work);
-            println!("paid       {} AIT", ait(e.paid));
-            println!("royalties  {} AIT", ait(e.royalties));
+            println!("sessions   {} paid (one per server of a route)", e.totals.sessions);
+            println!("work       {} layer-tokens", e.totals.work);
+            println!("paid       {} AIT", ait(e.totals.paid));
+            println!("royalties  {} AIT", ait(e.totals.royalties));
             Ok(())
         }
     }

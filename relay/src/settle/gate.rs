@@ -14,6 +14,7 @@
 //! costs the 30% creator and DAO shares of every AIT for 0.7 AIT of score, while staking the
 //! same AIT gives the same score at no cost but a lock-up (and the stake can be slashed).
 
+use crate::lock;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -65,10 +66,6 @@ pub struct ChainGate {
     store_lock: Arc<Mutex<()>>,
     /// Wakes the redeem loop when an authorization or allocation waits to be submitted.
     wake: Arc<Notify>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl std::fmt::Debug for ChainGate {

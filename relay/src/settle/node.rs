@@ -101,11 +101,6 @@ impl PayFlags {
             max_price,
         })))
     }
-
-    /// What the route of a chain that pays so weighs price.
-    fn ms_per_ait(&self) -> f64 {
-        self.prefer.ms_per_ait()
-    }
 }
 
 /// `ait generate --swarm`'s and `ait chat --swarm`'s payment flags: how to pay, and with
@@ -132,7 +127,7 @@ impl ClientPayOpt {
         let wallet = self.wallet.signer()?;
         Ok(ChainOptions {
             payer: self.flags.payer(&deployment, &wallet)?,
-            ms_per_ait: self.flags.ms_per_ait(),
+            ms_per_ait: self.flags.prefer.ms_per_ait(),
             on_route: Some(print_route_price()),
             ..ChainOptions::default()
         })
@@ -198,12 +193,11 @@ impl Settlement {
 
     /// The chain options of this relay's own requests: with `--pay`, paying from its wallet.
     pub fn chain_options(&self, o: &SettleOpt) -> anyhow::Result<ChainOptions> {
-        Ok(ChainOptions { payer: self.payer(o)?, ms_per_ait: o.paying.ms_per_ait(), ..ChainOptions::default() })
-    }
-
-    /// The payer for this relay's own requests, with `--pay`.
-    pub fn payer(&self, o: &SettleOpt) -> anyhow::Result<Option<Arc<Payer>>> {
-        o.paying.payer(&self.deployment, &self.wallet)
+        Ok(ChainOptions {
+            payer: o.paying.payer(&self.deployment, &self.wallet)?,
+            ms_per_ait: o.paying.prefer.ms_per_ait(),
+            ..ChainOptions::default()
+        })
     }
 
     /// With `--price`: the gate that charges for `layers` layers served, its ledger in

@@ -10,6 +10,7 @@
 //! through the model are the work over its number of layers (on routes where every server
 //! charges; free servers leave no trace on chain).
 
+use crate::lock;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,14 +38,8 @@ pub struct ModelEarnings {
     pub payout: Address,
     /// The royalty share, basis points of each payment.
     pub royalty_bps: u16,
-    /// Paid sessions redeemed in the window (one per server of a route).
-    pub sessions: u64,
-    /// Layer-tokens those sessions' newest vouchers in the window count.
-    pub work: U256,
-    /// What the redeems paid in all (AIT, smallest unit).
-    pub paid: U256,
-    /// The creator's share of that: the royalties.
-    pub royalties: U256,
+    /// What its redeems in the window add up to.
+    pub totals: Totals,
     /// The first block read.
     pub from_block: u64,
     /// The latest block read.
@@ -116,19 +111,13 @@ async fn registration(provider: &DynProvider, d: &Deployment, model: B256) -> Re
     Ok((r.creator, royalty.payout, royalty.bps))
 }
 
-fn earnings(model: B256, (creator, payout, royalty_bps): Registration, t: Totals, window: (u64, u64)) -> ModelEarnings {
-    ModelEarnings {
-        model,
-        creator,
-        payout,
-        royalty_bps,
-        sessions: t.sessions,
-        work: t.work,
-        paid: t.paid,
-        royalties: t.royalties,
-        from_block: window.0,
-        to_block: window.1,
-    }
+fn earnings(
+    model: B256,
+    (creator, payout, royalty_bps): Registration,
+    totals: Totals,
+    window: (u64, u64),
+) -> ModelEarnings {
+    ModelEarnings { model, creator, payout, royalty_bps, totals, from_block: window.0, to_block: window.1 }
 }
 
 /// `model`'s registration on `d`'s chain and what redeems paid for it over the last `blocks`
@@ -175,10 +164,6 @@ pub struct Royalties {
     window: Mutex<Option<(Instant, Window)>>,
     registrations: Mutex<HashMap<B256, (Instant, Registration)>>,
     reading: tokio::sync::Semaphore,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Royalties {

@@ -37,7 +37,8 @@ pub struct QuotaUsed {
 
 impl FreeQuota {
     /// Counts `tokens` for `peer` (and `ip`) at Unix time `now_s` if they stay within `quota`
-    /// a day (0 tokens: whether any are left); otherwise counts nothing.
+    /// a day (0 tokens: whether any are left), and returns what is left; otherwise counts
+    /// nothing.
     pub fn take(
         &mut self,
         peer: PeerId,
@@ -45,7 +46,7 @@ impl FreeQuota {
         tokens: u64,
         quota: u64,
         now_s: u64,
-    ) -> Result<(), QuotaUsed> {
+    ) -> Result<u64, QuotaUsed> {
         let used = self.used(peer, ip, now_s);
         if used >= quota || used.saturating_add(tokens) > quota {
             return Err(QuotaUsed { quota, used });
@@ -54,12 +55,7 @@ impl FreeQuota {
         if let Some(ip) = ip {
             *self.by_ip.entry(ip).or_default() += tokens;
         }
-        Ok(())
-    }
-
-    /// Tokens `peer` (and `ip`) have left of `quota` today, at Unix time `now_s`.
-    pub fn left(&mut self, peer: PeerId, ip: Option<IpAddr>, quota: u64, now_s: u64) -> u64 {
-        quota.saturating_sub(self.used(peer, ip, now_s))
+        Ok(quota - used - tokens)
     }
 
     /// Tokens `peer` (or `ip`, if more) used today.

@@ -507,7 +507,11 @@ impl Server {
                 (Request::Open { model, start, end, max_len, payment }, None) => {
                     match self.open(who, model, start as usize..end as usize, max_len as usize, payment, stream).await {
                         Ok(o) => {
-                            let free_left = o.free.then(|| self.free_left(who));
+                            // A free-tier client hears what it has left of its quota here.
+                            let free_left = o.free.then(|| {
+                                let left = self.take_free(who, 0).unwrap_or(0);
+                                u32::try_from(left).unwrap_or(u32::MAX)
+                            });
                             open = Some(o);
                             progress = Instant::now();
                             Response::Opened { max_len, free_left }
@@ -588,22 +592,15 @@ impl Server {
     }
 
     /// Counts `n_tokens` of a free-tier session against its client's daily quota (0: checks
-    /// that some is left).
-    fn take_free(&self, who: Remote, n_tokens: u32) -> Result<(), Refusal> {
-        let (Some(peer), Some(gate)) = (who.peer, self.config.limits.payments.as_ref()) else { return Ok(()) };
+    /// that some is left), and returns what is left.
+    fn take_free(&self, who: Remote, n_tokens: u32) -> Result<u64, Refusal> {
+        let (Some(peer), Some(gate)) = (who.peer, self.config.limits.payments.as_ref()) else {
+            return Ok(u64::MAX);
+        };
         let quota = gate.terms().free_tokens_per_day;
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
         free.take(peer, who.ip, u64::from(n_tokens), quota, unix_s())
             .map_err(|e| Refusal(ErrorCode::PaymentRequired, e.to_string()))
-    }
-
-    /// Tokens a free-tier client has left of its daily quota here (told when its session
-    /// opens, so its page can show it).
-    fn free_left(&self, who: Remote) -> u32 {
-        let (Some(peer), Some(gate)) = (who.peer, self.config.limits.payments.as_ref()) else { return 0 };
-        let quota = gate.terms().free_tokens_per_day;
-        let left = self.free.lock().unwrap_or_else(|p| p.into_inner()).left(peer, who.ip, quota, unix_s());
-        u32::try_from(left).unwrap_or(u32::MAX)
     }
 
     #[allow(clippy::too_many_arguments)]
