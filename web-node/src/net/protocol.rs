@@ -578,6 +578,13 @@ mod tests {
         assert!(Request::decode(&[T_QUOTE, 1, 2]).is_err());
         assert!(Request::decode(&[&[T_QUOTE][..], &[0u8; 21]].concat()).is_err());
         assert!(Response::decode(&[T_QUOTED, b'{', b'}']).is_err());
+        // An opening answer: its length, and its free-tier quota left (4 bytes) or nothing.
+        assert!(Response::decode(&[T_OPENED, 7, 0, 0]).is_err());
+        for extra in [1, 2, 3, 5, 8] {
+            let mut b = vec![T_OPENED, 7, 0, 0, 0];
+            b.extend(std::iter::repeat_n(0u8, extra));
+            assert!(Response::decode(&b).is_err(), "{extra} bytes after the length");
+        }
         // A queue notice of the wrong length.
         assert!(Response::decode(&[T_QUEUED, 1, 0, 0, 0]).is_err());
         assert!(Response::decode(&[T_QUEUED, 1, 0, 0, 0, 2, 0, 0, 0, 9]).is_err());
