@@ -481,13 +481,13 @@ fn earnings(blocks: u64, args: &WalletArgs) -> anyhow::Result<()> {
         let (mut total, mut day) = (U256::ZERO, U256::ZERO);
         let mut by_model: std::collections::BTreeMap<B256, (usize, U256)> = Default::default();
         let mut times: std::collections::HashMap<u64, u64> = Default::default();
-        for (e, log) in &events {
+        for web_node::settle::RedeemedLog { event: e, block } in &events {
             total += e.nodeShare;
             let m = by_model.entry(e.model).or_default();
             m.0 += 1;
             m.1 += e.nodeShare;
-            let block = log.block_number.unwrap_or(latest);
-            let at = match log.block_timestamp.or_else(|| times.get(&block).copied()) {
+            let block = *block;
+            let at = match times.get(&block).copied() {
                 Some(t) => t,
                 None => {
                     let b = provider

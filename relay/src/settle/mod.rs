@@ -4,23 +4,20 @@
 //! ([`web_node::settle`]), so a tab and a native node sign and check the same bytes.
 
 pub mod anvil;
-pub mod backing;
 pub mod bindings;
 pub mod cli;
 pub mod deploy;
 pub mod dev;
-pub mod gate;
-pub mod ledger;
+pub mod host;
 pub mod node;
 pub mod redeem;
 pub mod royalties;
 
 pub use anvil::Anvil;
-pub use backing::Backing;
 pub use deploy::{deploy, DeployParams, Deployment};
-pub use gate::ChainGate;
-pub use ledger::{Ledger, LedgerError};
+pub use host::ProviderHost;
 pub use redeem::{RedeemReport, Redeemer, VoucherError};
+pub use web_node::settle::{Backing, ChainGate, Ledger, LedgerError};
 
 /// Why a chain operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -96,53 +93,17 @@ pub async fn mined(call: &str, sent: Sent) -> Result<(), ChainError> {
     }
 }
 
-/// Most blocks one `eth_getLogs` asks for: public RPC endpoints refuse wider ranges (10,000
-/// is a common cap), so longer windows are read in pieces.
-pub const LOG_CHUNK_BLOCKS: u64 = 10_000;
-
 /// The escrow's `Redeemed` events of blocks `from..=to`, those naming `node` as the node
-/// when given, read [`LOG_CHUNK_BLOCKS`] at a time.
+/// when given (read in pieces public RPCs accept: [`web_node::settle::chain::log_chunks`]).
 pub async fn redeemed_events(
     provider: &alloy::providers::DynProvider,
     escrow: alloy::primitives::Address,
     node: Option<alloy::primitives::Address>,
     from: u64,
     to: u64,
-) -> Result<Vec<(bindings::Escrow::Redeemed, alloy::rpc::types::Log)>, ChainError> {
-    let escrow = bindings::Escrow::new(escrow, provider);
-    let mut events = Vec::new();
-    for (start, end) in log_chunks(from, to) {
-        let mut filter = escrow.Redeemed_filter().from_block(start).to_block(end);
-        if let Some(node) = node {
-            filter = filter.topic2(node.into_word());
-        }
-        events.extend(filter.query().await.map_err(|e| ChainError::contract("Redeemed events", &e))?);
-    }
-    Ok(events)
-}
-
-/// Blocks `from..=to` in ranges of at most [`LOG_CHUNK_BLOCKS`], in order.
-fn log_chunks(from: u64, to: u64) -> impl Iterator<Item = (u64, u64)> {
-    let mut next = (from <= to).then_some(from);
-    std::iter::from_fn(move || {
-        let start = next?;
-        let end = to.min(start.saturating_add(LOG_CHUNK_BLOCKS - 1));
-        next = end.checked_add(1).filter(|n| *n <= to);
-        Some((start, end))
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn log_windows_are_read_in_ranges_rpcs_accept() {
-        let chunks: Vec<_> = log_chunks(5, 25_004).collect();
-        assert_eq!(chunks, vec![(5, 10_004), (10_005, 20_004), (20_005, 25_004)]);
-        assert_eq!(log_chunks(7, 7).collect::<Vec<_>>(), vec![(7, 7)]);
-        assert_eq!(log_chunks(8, 7).count(), 0);
-        let top: Vec<_> = log_chunks(u64::MAX - 3, u64::MAX).collect();
-        assert_eq!(top, vec![(u64::MAX - 3, u64::MAX)]);
-    }
+) -> Result<Vec<web_node::settle::RedeemedLog>, ChainError> {
+    let host = std::sync::Arc::new(ProviderHost::new(provider.clone()));
+    // Only the escrow is read here.
+    let reads = web_node::settle::ChainReads::new(host, escrow, alloy::primitives::Address::ZERO);
+    reads.redeemed_events(node, from, to).await.map_err(|e| ChainError::Rpc(e.0))
 }

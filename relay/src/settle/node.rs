@@ -17,11 +17,10 @@ use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
 use super::bindings::Staking;
 use super::cli::WalletArgs;
 use super::dev::wallet_provider;
-use super::{ChainGate, Deployment, Ledger, Redeemer};
+use super::{ChainGate, Deployment, Ledger, ProviderHost, Redeemer};
+use web_node::settle::GateChain;
 
-/// Tokens of unpaid work a session may owe by default (`--credit-cap` unset): a client sends
-/// a voucher about every half of it.
-pub const DEFAULT_CREDIT_TOKENS: u64 = 256;
+pub use web_node::settle::pay::DEFAULT_CREDIT_TOKENS;
 
 /// Tokens a day a charging relay serves free to each client by default (`--free-tokens`):
 /// a few short chats.
@@ -218,8 +217,9 @@ impl Settlement {
         };
         let ledger = Arc::new(Ledger::open(&data_dir.join("ledger.redb")).context("opening the voucher ledger")?);
         let d = &self.deployment;
-        let gate = ChainGate::new(d, self.provider.clone(), self.address, price, cap, ledger.clone())
-            .with_free_tier(o.free_tokens);
+        let chain = GateChain { chain_id: d.chain_id, escrow: d.escrow, staking: d.staking };
+        let host = Arc::new(ProviderHost::new(self.provider.clone()));
+        let gate = ChainGate::new(chain, host, self.address, price, cap, ledger.clone()).with_free_tier(o.free_tokens);
         web_node::settle::PaymentGate::terms(&gate).check(layers).context("--credit-cap")?;
         match Staking::new(d.staking, &self.provider).peerIdOf(self.address).call().await {
             Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}

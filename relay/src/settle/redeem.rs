@@ -23,9 +23,8 @@ use alloy::sol_types::Eip712Domain;
 use web_node::settle::{escrow_domain, recover_signer, SettleError, SignedVoucher, Voucher};
 
 use super::bindings::Escrow;
-use super::ledger::{Ledger, LedgerError};
-use super::Backing;
 use super::{latest_block, mined, ChainError, Deployment};
+use web_node::settle::{Backing, Ledger, LedgerError};
 
 /// Most vouchers redeemed in one transaction.
 pub const MAX_BATCH: usize = 200;

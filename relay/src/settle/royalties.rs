@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 use alloy::primitives::{Address, B256, U256};
 use alloy::providers::{DynProvider, Provider, ProviderBuilder};
 
-use super::bindings::{Escrow, ModelRegistry};
+use super::bindings::ModelRegistry;
 use super::{latest_block, redeemed_events, ChainError, Deployment};
+use web_node::settle::chain::Redeemed;
 
 /// Blocks read by default: about a day at two-second blocks.
 pub const DEFAULT_BLOCKS: u64 = 43_200;
@@ -62,7 +63,7 @@ pub struct Totals {
 
 /// Adds `redeemed` up by model: per session (payer, session, node) its newest cumulative
 /// work, and every redeem's amount and creator share.
-pub fn totals_by_model<'a>(redeemed: impl IntoIterator<Item = &'a Escrow::Redeemed>) -> HashMap<B256, Totals> {
+pub fn totals_by_model<'a>(redeemed: impl IntoIterator<Item = &'a Redeemed>) -> HashMap<B256, Totals> {
     let mut work: HashMap<(B256, Address, B256, Address), U256> = HashMap::new();
     let mut by_model: HashMap<B256, Totals> = HashMap::new();
     for r in redeemed {
@@ -94,7 +95,7 @@ async fn window_totals(provider: &DynProvider, d: &Deployment, blocks: u64) -> R
     let from = latest.saturating_sub(blocks.min(MAX_BLOCKS));
     // The model is not an indexed topic: read the window's redeems and add them up by model.
     let redeemed = redeemed_events(provider, d.escrow, None, from, latest).await?;
-    Ok((totals_by_model(redeemed.iter().map(|(r, _)| r)), (from, latest)))
+    Ok((totals_by_model(redeemed.iter().map(|r| &r.event)), (from, latest)))
 }
 
 /// A model's creator, payout address and royalty share (basis points).
@@ -237,8 +238,8 @@ impl Royalties {
 mod tests {
     use super::*;
 
-    fn redeem(model: u8, session: u8, node: u8, amount: u64, work: u64) -> Escrow::Redeemed {
-        Escrow::Redeemed {
+    fn redeem(model: u8, session: u8, node: u8, amount: u64, work: u64) -> Redeemed {
+        Redeemed {
             payer: Address::repeat_byte(1),
             node: Address::repeat_byte(node),
             session: B256::repeat_byte(session),

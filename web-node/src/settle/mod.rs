@@ -5,15 +5,24 @@
 //! wallet key, or a session key the wallet authorized once, then signs cumulative
 //! [`Voucher`]s as work is done: each supersedes the last, and a node redeems the newest for
 //! what it adds to what was already collected. Everything here builds for wasm32, so a tab
-//! signs vouchers with the same code a native node checks them with; talking to a chain is the
-//! embedding program's job.
+//! signs vouchers with the same code a native node checks them with, and a seeding tab charges
+//! with the same [`ChainGate`] and [`Ledger`] as a relay; the chain's JSON-RPC and sending
+//! transactions are the embedding program's ([`GateHost`]).
 
 pub mod amount;
+pub mod backing;
+pub mod chain;
+pub mod gate;
+pub mod ledger;
 pub mod pay;
 pub mod voucher;
 pub mod wallet;
 
 pub use amount::{ait_f64, format_ait, parse_ait, permit_vrs};
+pub use backing::Backing;
+pub use chain::{ChainReads, GateHost, Kept, ReadError, RedeemedLog};
+pub use gate::{ChainGate, GateChain};
+pub use ledger::{Entry, Ledger, LedgerError};
 pub use pay::{
     unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, PayerQuote, Payment, PaymentError, PaymentGate,
     SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES,

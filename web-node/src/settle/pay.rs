@@ -53,6 +53,10 @@ pub const VOUCHER_LIFETIME_S: u64 = 24 * 3600;
 /// node's redeem rounds and a slow chain.
 pub const MIN_VOUCHER_LIFE_S: u64 = 3600;
 
+/// Tokens of unpaid work a session may owe by default (a relay's `--credit-cap` unset, a
+/// seeding tab): a client sends a voucher about every half of it.
+pub const DEFAULT_CREDIT_TOKENS: u64 = 256;
+
 /// What a charging node announces (in its status and signed record): who is paid, the price
 /// per layer-token, the most unpaid work it carries per session, and the escrow whose
 /// vouchers it takes.

@@ -1,10 +1,12 @@
 //! A charging node's [`PaymentGate`]: it answers a payer's quote (what it allocated to this
 //! node and what backs a new session) and, when a paid session opens, asks the chain whether
 //! the session's key may sign for the payer (or checks the payer's signed authorization) and
-//! checks the allocation the session brings, both of which the [`Redeemer`](super::Redeemer)
-//! submits before redeeming. Each voucher a session sends must be backed by the payer's
+//! checks the allocation the session brings, both of which the node's redeemer (the relay's
+//! `Redeemer`, a tab's Seed panel) submits before redeeming. Each voucher a session sends must be backed by the payer's
 //! allocation with what its other sessions here promised, and is kept in the node's
-//! [`Ledger`] before its step is answered.
+//! [`Ledger`] (made durable by its [`GateHost`]) before its step is answered. The chain is
+//! read through the host's JSON-RPC ([`ChainReads`]), so a native relay and a seeding tab run
+//! this same gate.
 //!
 //! It also scores payers for the node's scored session slots ([`ChainGate::priority`]), from
 //! chain data only: the payer's stake, plus what it earned serving others (the node shares of
@@ -14,24 +16,23 @@
 //! costs the 30% creator and DAO shares of every AIT for 0.7 AIT of score, while staking the
 //! same AIT gives the same score at no cost but a lock-up (and the stake can be slashed).
 
-use crate::lock;
 use std::collections::{HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use alloy::primitives::{Address, B256, U256};
-use alloy::providers::DynProvider;
+use alloy_primitives::{Address, B256, U256};
+use futures::channel::oneshot;
 use tokio::sync::Notify;
-use web_node::settle::pay::MIN_VOUCHER_LIFE_S;
-use web_node::settle::{
+use web_time::Instant;
+
+use super::chain::{earned_from_others, ChainReads, GateHost, Kept, ReadError};
+use super::ledger::Ledger;
+use super::pay::MIN_VOUCHER_LIFE_S;
+use super::Backing;
+use super::{
     ait_f64, recover_signer, unix_s, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate,
     SignedAllocation, SignedAuthorization, SignedVoucher,
 };
-
-use super::bindings::{Escrow, Staking};
-use super::ledger::Ledger;
-use super::Backing;
-use super::{latest_block, redeemed_events, ChainError, Deployment};
 
 /// Blocks over which what a payer earned serving others counts for its priority (about a
 /// day at two-second blocks).
@@ -43,14 +44,30 @@ const SCORE_FOR: Duration = Duration::from_secs(10);
 /// Longest a payer's priority score is waited for.
 const SCORE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// A poisoned lock's data is still consistent here (every critical section is a plain map
+/// update): use it.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The chain contracts a [`ChainGate`] reads, and the chain's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GateChain {
+    /// The chain id every signature commits to.
+    pub chain_id: u64,
+    /// The escrow.
+    pub escrow: Address,
+    /// The staking contract (priority scores).
+    pub staking: Address,
+}
+
 /// The session server's view of the chain and the ledger.
 pub struct ChainGate {
     terms: PayTerms,
-    escrow: Escrow::EscrowInstance<DynProvider>,
-    staking: Staking::StakingInstance<DynProvider>,
+    chain: ChainReads<dyn GateHost>,
+    host: Arc<dyn GateHost>,
     /// Priority scores as last read, and when.
-    scores: Mutex<HashMap<Address, (f64, std::time::Instant)>>,
-    provider: DynProvider,
+    scores: Mutex<HashMap<Address, (f64, Instant)>>,
     ledger: Arc<Ledger>,
     rpc_timeout: Duration,
     /// What backs each payer's vouchers here, as of its latest session's opening (or the
@@ -71,6 +88,15 @@ pub struct ChainGate {
 impl std::fmt::Debug for ChainGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChainGate").field("terms", &self.terms).finish_non_exhaustive()
+    }
+}
+
+/// `f`, or `Err(())` if it takes longer than `limit`.
+async fn timeout<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, ()> {
+    let f = std::pin::pin!(f);
+    match futures::future::select(f, futures_timer::Delay::new(limit)).await {
+        futures::future::Either::Left((v, _)) => Ok(v),
+        futures::future::Either::Right(_) => Err(()),
     }
 }
 
@@ -108,11 +134,11 @@ impl Escrowed {
 
 impl ChainGate {
     /// A gate for `node` (its EVM address) charging `price` per layer-token with a credit cap
-    /// of `credit_cap`, reading the chain of `deployment` through `provider` and keeping
-    /// vouchers in `ledger`. It serves no free tier until [`ChainGate::with_free_tier`].
+    /// of `credit_cap`, reading `chain` through `host` and keeping vouchers in `ledger`. It
+    /// serves no free tier until [`ChainGate::with_free_tier`].
     pub fn new(
-        deployment: &Deployment,
-        provider: DynProvider,
+        chain: GateChain,
+        host: Arc<dyn GateHost>,
         node: Address,
         price: U256,
         credit_cap: U256,
@@ -123,14 +149,13 @@ impl ChainGate {
                 node,
                 price,
                 credit_cap,
-                chain_id: deployment.chain_id,
-                escrow: deployment.escrow,
+                chain_id: chain.chain_id,
+                escrow: chain.escrow,
                 free_tokens_per_day: 0,
             },
-            escrow: Escrow::new(deployment.escrow, provider.clone()),
-            staking: Staking::new(deployment.staking, provider.clone()),
+            chain: ChainReads::new(host.clone(), chain.escrow, chain.staking),
+            host,
             scores: Mutex::default(),
-            provider,
             ledger,
             rpc_timeout: Duration::from_secs(10),
             backing: Arc::default(),
@@ -149,20 +174,15 @@ impl ChainGate {
 
     /// `payer`'s priority score: its stake plus what it earned serving others over the last
     /// [`EARNED_WINDOW_BLOCKS`] blocks, in AIT (see the module's note).
-    pub async fn score_of(&self, payer: Address) -> Result<f64, ChainError> {
-        let stake = self.staking.stakeOf(payer).call().await.map_err(|e| ChainError::contract("stakeOf", &e))?;
-        let (latest, _) = latest_block(&self.provider).await?;
+    pub async fn score_of(&self, payer: Address) -> Result<f64, ReadError> {
+        let stake = self.chain.stake_of(payer).await?;
+        let (latest, _) = self.chain.latest_block().await?;
         let from = latest.saturating_sub(EARNED_WINDOW_BLOCKS);
-        let redeemed = redeemed_events(&self.provider, self.terms.escrow, Some(payer), from, latest).await?;
-        let earned = redeemed
-            .iter()
-            .filter(|(r, _)| r.node == payer && r.payer != payer)
-            .fold(U256::ZERO, |a, (r, _)| a.saturating_add(r.nodeShare));
-        Ok(ait_f64(stake.staked) + ait_f64(earned))
+        let redeemed = self.chain.redeemed_events(Some(payer), from, latest).await?;
+        Ok(ait_f64(stake) + ait_f64(earned_from_others(&redeemed, payer)))
     }
 
-    /// What backs each payer here, for the redeemer to lower as it collects
-    /// ([`Redeemer::with_backing`](super::Redeemer::with_backing)).
+    /// What backs each payer here, for the redeemer to lower as it collects.
     pub fn backing(&self) -> Arc<Backing> {
         self.backing.clone()
     }
@@ -183,12 +203,7 @@ impl ChainGate {
     /// only what it adds to that).
     async fn refresh(&self, payer: Address, session: B256) -> Result<U256, PaymentError> {
         let _consistent = self.backing.reading().await;
-        let collected = self
-            .escrow
-            .collected(payer, session, self.terms.node)
-            .call()
-            .await
-            .map_err(|e| unavailable(ChainError::contract("collected", &e)))?;
+        let collected = self.chain.collected(payer, session, self.terms.node).await.map_err(unavailable)?;
         let e = self.escrowed(payer).await?;
         let key_pending = self.pending_authorization(payer)?;
         let promised = self.promised(payer, None)?;
@@ -222,17 +237,16 @@ impl ChainGate {
 
     async fn escrowed(&self, payer: Address) -> Result<Escrowed, PaymentError> {
         let node = self.terms.node;
-        let (_, now) = latest_block(&self.provider).await.map_err(unavailable)?;
-        let call = |name: &'static str| move |e: alloy::contract::Error| unavailable(ChainError::contract(name, &e));
-        let total = self.escrow.allocatedTotal(payer, node).call().await.map_err(call("allocatedTotal"))?;
-        let available = self.escrow.available(payer, node).call().await.map_err(call("available"))?;
+        let (_, now) = self.chain.latest_block().await.map_err(unavailable)?;
+        let total = self.chain.allocated_total(payer, node).await.map_err(unavailable)?;
+        let available = self.chain.available(payer, node).await.map_err(unavailable)?;
         let pending = self.ledger.allocation(payer).map_err(unavailable)?;
         Ok(Escrowed { now, total, available, pending })
     }
 
     /// What the payer's stored vouchers here promise beyond what was collected, except
     /// `session`'s.
-    fn promised(&self, payer: Address, except: Option<alloy::primitives::B256>) -> Result<U256, PaymentError> {
+    fn promised(&self, payer: Address, except: Option<B256>) -> Result<U256, PaymentError> {
         self.ledger.outstanding_of(payer, except).map_err(unavailable)
     }
 
@@ -261,22 +275,12 @@ impl ChainGate {
         if lock(&self.open).contains(&key) || self.ledger.has(p.payer, p.session).map_err(unavailable)? {
             return Err(PaymentError::Refused(format!("session {} is not new", p.session)));
         }
-        let collected = self
-            .escrow
-            .collected(p.payer, p.session, self.terms.node)
-            .call()
-            .await
-            .map_err(|e| unavailable(ChainError::contract("collected", &e)))?;
+        let collected = self.chain.collected(p.payer, p.session, self.terms.node).await.map_err(unavailable)?;
         if !collected.is_zero() {
             return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
         }
         let e = self.escrowed(p.payer).await?;
-        let signer = self
-            .escrow
-            .isSigner(p.payer, p.signer)
-            .call()
-            .await
-            .map_err(|err| unavailable(ChainError::contract("isSigner", &err)))?;
+        let signer = self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)?;
         if !signer {
             let Some(a) = &p.authorization else {
                 return Err(PaymentError::Refused(format!(
@@ -324,15 +328,15 @@ impl ChainGate {
         if auth.deadline < U256::from(now + MIN_VOUCHER_LIFE_S) {
             return Err(PaymentError::Refused(format!("the authorization's deadline {} is too close", auth.deadline)));
         }
-        let nonce =
-            self.escrow.nonces(p.payer).call().await.map_err(|e| unavailable(ChainError::contract("nonces", &e)))?;
+        let nonce = self.chain.nonce(p.payer).await.map_err(unavailable)?;
         if auth.nonce != nonce {
             return Err(PaymentError::Refused(format!(
                 "the authorization's nonce {} is not the payer's next ({nonce}): it is used or void",
                 auth.nonce
             )));
         }
-        self.ledger.put_authorization(a).map_err(unavailable)
+        self.ledger.put_authorization(a).map_err(unavailable)?;
+        self.host.persist(Kept::Authorization(a)).await.map_err(unavailable)
     }
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
@@ -358,12 +362,7 @@ impl ChainGate {
         if added.is_zero() {
             return Ok(());
         }
-        let free = self
-            .escrow
-            .freeBalance(p.payer)
-            .call()
-            .await
-            .map_err(|err| unavailable(ChainError::contract("freeBalance", &err)))?;
+        let free = self.chain.free_balance(p.payer).await.map_err(unavailable)?;
         let spare = free.balance.saturating_sub(free.thawing);
         // What a pending allocation already takes from the free balance counts too.
         let pending = e.total_with(None) - e.total;
@@ -372,7 +371,8 @@ impl ChainGate {
                 "the allocation adds {added} to {pending} pending; the payer's free balance not thawing is {spare}"
             )));
         }
-        self.ledger.put_allocation(a).map_err(unavailable)
+        self.ledger.put_allocation(a).map_err(unavailable)?;
+        self.host.persist(Kept::Allocation(a)).await.map_err(unavailable)
     }
 
     /// `f`, or the payment unavailable if the chain takes longer than `limit` to answer.
@@ -381,20 +381,19 @@ impl ChainGate {
         limit: Duration,
         f: impl std::future::Future<Output = Result<T, PaymentError>>,
     ) -> Result<T, PaymentError> {
-        tokio::time::timeout(limit, f)
-            .await
-            .unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {limit:?}"))))
+        timeout(limit, f).await.unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {limit:?}"))))
     }
 
     /// Keeps `v` if the payer's backing covers what it adds to what its session was collected
     /// (as the ledger last saw it, or at least `collected`), with what the payer's other
     /// sessions here promise; the check and the write under one lock. `Ok(false)` when the
     /// backing falls short.
-    async fn keep(&self, v: &SignedVoucher, collected: U256) -> Result<bool, PaymentError> {
+    async fn keep(&self, voucher: &SignedVoucher, collected: U256) -> Result<bool, PaymentError> {
         let (ledger, backing, guard, v) =
-            (self.ledger.clone(), self.backing.clone(), self.store_lock.clone(), v.clone());
-        // The durable write waits for the disk: off the async workers.
-        tokio::task::spawn_blocking(move || {
+            (self.ledger.clone(), self.backing.clone(), self.store_lock.clone(), voucher.clone());
+        // The durable write waits for the disk: off the async workers (the host's).
+        let (tx, rx) = oneshot::channel();
+        let job = move || {
             let _held = lock(&guard);
             let payer = v.voucher.payer;
             let session = v.voucher.session;
@@ -419,9 +418,17 @@ impl ChainGate {
                 ledger.set_collected(payer, session, collected).map_err(unavailable)?;
             }
             Ok(true)
-        })
-        .await
-        .map_err(unavailable)?
+        };
+        self.host.blocking(Box::new(move || {
+            let _ = tx.send(job());
+        }));
+        let kept = rx.await.map_err(|_| unavailable("the ledger write was dropped"))??;
+        // Where the ledger is not durable itself (a tab's), its copy is made before the step
+        // is answered.
+        if kept {
+            self.host.persist(Kept::Voucher(voucher)).await.map_err(unavailable)?;
+        }
+        Ok(kept)
     }
 }
 
@@ -448,7 +455,7 @@ impl PaymentGate for ChainGate {
             // the payer's authorization or allocation is on its way (the redeemer was woken
             // to submit it), wait for it, up to the RPC timeout.
             let payer = voucher.voucher.payer;
-            let started = tokio::time::Instant::now();
+            let started = Instant::now();
             loop {
                 let left = self.rpc_timeout.saturating_sub(started.elapsed());
                 let collected = self.within(left, self.refresh(payer, voucher.voucher.session)).await?;
@@ -460,7 +467,7 @@ impl PaymentGate for ChainGate {
                 if !pending || started.elapsed() >= self.rpc_timeout {
                     break;
                 }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                futures_timer::Delay::new(Duration::from_millis(100)).await;
             }
             let backing = self.backing.of(payer);
             Err(PaymentError::Required(format!(
@@ -477,7 +484,7 @@ impl PaymentGate for ChainGate {
                 }
             }
             // A queued request waits for this: a short look, 0 if the chain is slow.
-            let score = match tokio::time::timeout(SCORE_TIMEOUT, self.score_of(payer)).await {
+            let score = match timeout(SCORE_TIMEOUT, self.score_of(payer)).await {
                 Ok(Ok(score)) => score,
                 Ok(Err(e)) => {
                     tracing::warn!(%payer, "reading the payer's priority: {e}");
@@ -492,7 +499,7 @@ impl PaymentGate for ChainGate {
             // Only fresh scores are used: the rest go, so the map holds the payers of the
             // last few seconds.
             scores.retain(|_, (_, at)| at.elapsed() < SCORE_FOR);
-            scores.insert(payer, (score, std::time::Instant::now()));
+            scores.insert(payer, (score, Instant::now()));
             score
         })
     }

@@ -1,5 +1,5 @@
 //! What backs each payer's vouchers at a charging node, shared by the [`ChainGate`](super::ChainGate),
-//! which sets it from the chain, and the [`Redeemer`](super::Redeemer), whose redeems lower it.
+//! which sets it from the chain, and the node's redeemer, whose redeems lower it.
 //!
 //! A payer's backing is its allocation to this node on chain (less what thaws) with what
 //! pending allocations add; the vouchers its sessions here promise beyond what was collected
@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use alloy::primitives::{Address, U256};
+use alloy_primitives::{Address, U256};
 use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Each payer's backing as last read, and the lock that keeps it consistent with the ledger.

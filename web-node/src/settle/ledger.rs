@@ -7,10 +7,10 @@
 
 use std::path::Path;
 
-use alloy::primitives::{Address, Signature, B256, U256};
+use super::{SignedAllocation, SignedAuthorization, SignedVoucher};
+use alloy_primitives::{Address, Signature, B256, U256};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use web_node::settle::{SignedAllocation, SignedAuthorization, SignedVoucher};
 
 /// Newest voucher per (payer, session): key `payer || session` (52 bytes), value [`Entry`] as
 /// JSON.
@@ -281,7 +281,7 @@ fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, LedgerError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use web_node::settle::{SessionKey, Voucher};
+    use crate::settle::{SessionKey, Voucher};
 
     fn signed(session: u8, amount: u64) -> SignedVoucher {
         let key = SessionKey::from_bytes(&[0x44; 32]).unwrap();
@@ -294,7 +294,7 @@ mod tests {
             cumulativeWork: U256::from(amount / 10),
             expiry: 2_000_000_000,
         };
-        let d = web_node::settle::escrow_domain(31337, Address::repeat_byte(5));
+        let d = crate::settle::escrow_domain(31337, Address::repeat_byte(5));
         let signature = key.sign(&voucher, &d).unwrap().as_bytes().to_vec().into();
         SignedVoucher { voucher, signature }
     }
