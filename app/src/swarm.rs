@@ -17,6 +17,7 @@ use web_node::net::node::NodeHandle;
 use web_node::net::parts::fetch_card;
 use web_node::net::record::{model_key, ServerRecord, MAX_LAYERS};
 use web_node::net::seeders::{providers, PROBE};
+use web_node::net::serve::LocalServer;
 use web_time::Instant;
 
 /// How many servers cover each block of a model (bounded: see [`directory::coverage`]).
@@ -177,6 +178,8 @@ pub struct Swarm {
     node: StoredValue<Option<Rc<Net>>, LocalStorage>,
     /// When each model's card was last asked for.
     card_asked: StoredValue<HashMap<String, Instant>, LocalStorage>,
+    /// The tab's own server while it seeds: its chats reach it in the page, free.
+    local: StoredValue<Option<Arc<dyn LocalServer>>, LocalStorage>,
 }
 
 impl Swarm {
@@ -195,7 +198,18 @@ impl Swarm {
             selected: RwSignal::new(None),
             peers: RwSignal::new(vec![]),
             node: StoredValue::new_local(None),
+            local: StoredValue::new_local(None),
         }
+    }
+
+    /// The tab's own server, while it seeds.
+    pub fn local_server(&self) -> Option<Arc<dyn LocalServer>> {
+        self.local.get_value()
+    }
+
+    /// Sets (or, with `None`, clears) the tab's own server.
+    pub fn set_local_server(&self, server: Option<Arc<dyn LocalServer>>) {
+        self.local.set_value(server);
     }
 
     /// The tab's node, once connected.

@@ -361,7 +361,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
             serves_all = c.blocks == (0..s.manifest.n_layers);
             measured =
                 Some(web_node::model::card::Measured { ms_per_block: c.ms_per_block, backend: c.backend.clone() });
-            local = Some(Arc::new(relay::serving::InProcess(s.server.clone())));
+            local = Some(relay::serving::in_process(s.server.clone()));
             metrics.server = Some(s.server.clone());
             known = Some((s.file, s.manifest));
             _withdraw = Some(s.withdraw);

@@ -12,7 +12,9 @@ use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use web_node::model::{Manifest, ModelFile, ModelId};
 use web_node::net::node::NodeHandle;
-use web_node::net::serve::{parse_blocks, BatchLimits, BoxStream, LocalServer, ServeLimits, Server, Service, Withdraw};
+use web_node::net::serve::{
+    in_process, parse_blocks, BatchLimits, InProcess, LocalServer, ServeLimits, Server, Service, Withdraw,
+};
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
 use crate::manifest_cache::manifest_for;
@@ -97,18 +99,13 @@ impl ServeOpt {
     }
 }
 
-/// This relay's own server, reached through an in-process pipe (for requests the relay runs
-/// as a client: the HTTP API, `ait chat`).
-pub struct InProcess(pub Arc<Server>);
-
-impl LocalServer for InProcess {
-    fn connect(&self) -> BoxStream {
-        use tokio_util::compat::TokioAsyncReadCompatExt;
-        let (ours, theirs) = tokio::io::duplex(1 << 20);
-        let server = self.0.clone();
-        tokio::spawn(async move { server.serve_local(theirs.compat()).await });
-        Box::new(ours.compat())
-    }
+/// This relay's own server as a [`LocalServer`] (for requests the relay runs as a client: the
+/// HTTP API, `ait chat`), its sessions on tokio.
+pub fn in_process(server: Arc<Server>) -> Arc<dyn LocalServer> {
+    let spawn: in_process::Spawn = Arc::new(|f| {
+        tokio::spawn(f);
+    });
+    Arc::new(InProcess::new(server, spawn))
 }
 
 /// A running server and what it announced.

@@ -224,6 +224,10 @@ impl Chat {
         let opts =
             ChainOptions { payer, on_queued: Some(on_queued), on_route: Some(on_route), ..ChainOptions::default() };
         let mut chain = SwarmChain::new(net.handle.clone(), id, model.config.n_layers, model.config.hidden, opts);
+        // While the tab seeds, its own blocks serve its chats in the page (and free).
+        if let Some(local) = self.swarm.local_server() {
+            chain = chain.with_local(local);
+        }
         let opts = GenerateOptions {
             max_tokens: 512,
             sampling: SamplingParams { temperature, ..SamplingParams::default() },

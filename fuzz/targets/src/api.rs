@@ -67,7 +67,7 @@ async fn build() -> Router {
         model: Some(Arc::new(model)),
         name: MODEL_NAME.into(),
         node,
-        local: Some(Arc::new(relay::serving::InProcess(server))),
+        local: Some(relay::serving::in_process(server)),
         api_key: None,
         accounts: None,
         permits: tokio::sync::Semaphore::new(4),

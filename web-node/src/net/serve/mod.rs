@@ -12,16 +12,19 @@
 //! Dropping the [`Service`]'s [`Withdraw`] stops accepting sessions and withdraws the
 //! records. Modules: [`session`] (the [`Server`], admission, the stream types), [`compute`]
 //! (the compute loop and its handle), [`announce`] (the DHT records of a server), [`queue`]
-//! (a charging node's slots by priority and lottery), [`free_tier`] (its daily free quota).
+//! (a charging node's slots by priority and lottery), [`free_tier`] (its daily free quota),
+//! [`in_process`] (the node's own server, for its own clients).
 
 pub mod announce;
 pub mod compute;
 pub mod free_tier;
+pub mod in_process;
 pub mod queue;
 pub mod session;
 
 pub use announce::{announce, announce_while_healthy, publish, AnnounceError, Health, RECORD_REFRESH, RECORD_VALIDITY};
 pub use compute::{BatchLimits, ComputeHandle, ComputeLoop};
+pub use in_process::InProcess;
 pub use session::{BoxStream, LocalServer, Remote, ServeStats, Server, SessionStream, PRE_SESSION_FRAME};
 
 use std::future::Future;
