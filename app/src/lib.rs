@@ -87,7 +87,7 @@ pub fn App() -> impl IntoView {
     provide_context(swarm);
     let wallet = Wallet::new();
     provide_context(Chat::new(swarm, wallet));
-    provide_context(Seeder::new(swarm));
+    provide_context(Seeder::new(swarm, wallet));
     provide_context(Publisher::new(swarm));
     provide_context(wallet);
     spawn_local(swarm.run());

@@ -670,3 +670,204 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
         let _ = std::fs::remove_dir_all(root);
     }
 }
+
+/// Issue 16, test b: a tab earns its chats. It seeds [10, 20) between relays serving [0, 10)
+/// and [20, 30), all charging, and is paid to the wallet it connects: dev account 4, which
+/// holds AIT but never deposits any. A native client (`ait generate --swarm --pay`, with its
+/// own deposit) generates through the tab, whose Seed panel then holds vouchers worth exactly
+/// the tab's price x 10 layers x the tokens that went through it. The tab redeems them
+/// (70% to its wallet's earnings), makes its earnings its deposit (`depositEarned`),
+/// authorizes a session key and chats through the swarm: the two relays are paid 70/20/10
+/// from what the tab earned, its own hop is free, and its wallet's AIT never moved.
+#[test]
+fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
+    use ait_tests::paid::{Chain, PRICE, PRICE_UNITS};
+    use alloy::primitives::{Address, U256};
+    use relay::settle::bindings::AIT;
+    let _serial = serial();
+    let root = temp_dir("browser-earn");
+    let chain = Chain::start(&root);
+    let d = chain.dev.chain.deployment.clone();
+    let tab_wallet = chain.dev.chain.accounts[4].address;
+    let model = default_model();
+    let m = model.to_str().unwrap();
+    let web = web_dir();
+    let (r0_dir, n0) = chain.node_dir("r0", 2);
+    let (r2_dir, n2) = chain.node_dir("r2", 3);
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
+    let r0 = Relay::start(
+        &r0_dir,
+        &[&["--model", m, "--blocks", "0..10", "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
+    );
+    let boot = r0.addr("tcp");
+    let _r2 =
+        Relay::start(&r2_dir, &[&["--model", m, "--blocks", "20..30", "--bootstrap", &boot][..], &charge].concat());
+    // The tab asks 1,000 times the relays' price, so what it earns from one generation pays
+    // for its own answer.
+    let tab_price_units = U256::from(PRICE_UNITS) * U256::from(1000u64);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let escrow = chain.escrow();
+    let token =
+        AIT::new(d.token, relay::settle::dev::wallet_provider(&d.rpc, &chain.dev.chain.accounts[0].key).unwrap());
+    let tab_ait = rt.block_on(async { token.balanceOf(tab_wallet).call().await }).unwrap();
+
+    // `?seed=&price=` starts seeding once the wallet to be paid is connected.
+    let b = Browser::start().expect("browser");
+    b.goto(&page(&r0, "seed=10..20&price=0.001&temperature=0")).unwrap();
+    connected(&b);
+    b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
+    b.exec(
+        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
+        json!([]),
+    )
+    .unwrap();
+    b.exec("document.getElementById('tab-seed').click();", json!([])).unwrap();
+    let tab = seeding(&b);
+    let state = b.exec("return document.getElementById('seed-state').innerText", json!([])).unwrap();
+    assert!(state.as_str().unwrap_or_default().contains("charging 0.001 AIT per layer-token"), "{state}");
+
+    // A native client with a deposit pays for a generation through the tab (the only server
+    // of [10, 20); its DHT records may take a moment to be found).
+    let (cli_dir, _) = chain.unstaked_payer_dir("cli", 6, "200");
+    let started = Instant::now();
+    let stderr = loop {
+        let out = std::process::Command::new(ait_tests::procs::ait_bin())
+            .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
+            .args(["--temperature", "0", "--max-tokens", "16", "--pay", "--data-dir", cli_dir.to_str().unwrap()])
+            .args(&settle)
+            .output()
+            .expect("ait generate");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            break stderr;
+        }
+        assert!(started.elapsed() < Duration::from_secs(60), "ait generate --pay through the tab failed:\n{stderr}");
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    let tokens_line = stderr.lines().find(|l| l.contains("generated:")).expect("the generation's numbers");
+    let number = |after: &str| -> u64 {
+        let rest = &tokens_line[tokens_line.find(after).unwrap() + after.len()..];
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    let tokens = number("prompt: ") + number("generated: ") - u64::from(tokens_line.contains("(Length)"));
+    let owed = tab_price_units * U256::from(10u64) * U256::from(tokens);
+    eprintln!("the client's generation: {tokens} tokens through the tab {tab}, {owed} owed to it");
+
+    // The Seed panel holds the vouchers: exactly what the work through the tab cost.
+    let earnings = |what: &str, until: &str| {
+        b.wait_for(
+            what,
+            &format!("const e = document.getElementById('seed-earnings').dataset; return ({until}) ? e : null;"),
+            Duration::from_secs(40),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()))
+    };
+    let e = earnings("the tab's vouchers", &format!("e.pending === '{owed}'"));
+    assert_eq!(e["sessions"], json!("1"), "{e}");
+    assert_eq!(e["earned"], json!("0"), "{e}");
+    let node_share = owed * U256::from(7u8) / U256::from(10u8);
+    assert!(e["perHour"].as_str().unwrap().parse::<U256>().unwrap() >= node_share, "{e}");
+
+    // The vouchers outlive the page: reloaded, the tab seeds again once the wallet is back,
+    // and its ledger comes back from IndexedDB.
+    b.exec("location.reload();", json!([])).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    connected(&b);
+    b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
+    b.exec(
+        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
+        json!([]),
+    )
+    .unwrap();
+    b.exec("document.getElementById('tab-seed').click();", json!([])).unwrap();
+    seeding(&b);
+    let e = earnings("the tab's vouchers after a reload", &format!("e.pending === '{owed}'"));
+    assert_eq!(e["sessions"], json!("1"), "{e}");
+
+    // Redeem: the tab's wallet submits the client's authorization, allocation and voucher.
+    let step = |button: &str, what: &str, says: &str| {
+        let before = b.exec("return document.getElementById('seed-earn-state').innerText", json!([])).unwrap();
+        b.exec(&format!("document.getElementById('{button}').click();"), json!([])).unwrap();
+        let said = b
+            .wait_for(
+                what,
+                &format!(
+                    "const s = document.getElementById('seed-earn-state'); const t = s.innerText; \
+                     return t && t !== {before} && !t.startsWith('Waiting') ? [s.dataset.error, t] : null;"
+                ),
+                Duration::from_secs(60),
+            )
+            .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+        assert_eq!(said[0], json!("false"), "{what}: {said}");
+        assert!(said[1].as_str().unwrap_or_default().contains(says), "{what}: {said}");
+    };
+    step("seed-redeem", "the redeem", "Redeemed 1 voucher(s)");
+    assert_eq!(rt.block_on(async { escrow.earned(tab_wallet).call().await }).unwrap(), node_share);
+    let e = earnings("the redeemed earnings", &format!("e.earned === '{node_share}' && e.pending === '0'"));
+    assert_eq!(e["redeemed"].as_str(), Some(node_share.to_string().as_str()), "{e}");
+
+    // Spend: the earnings become the tab's deposit.
+    step("seed-spend", "spending the earnings", "are now your deposit");
+    rt.block_on(async {
+        assert_eq!(escrow.earned(tab_wallet).call().await.unwrap(), U256::ZERO);
+        assert_eq!(escrow.freeBalance(tab_wallet).call().await.unwrap().balance, node_share);
+    });
+
+    // The tab authorizes a session key and chats, paying the relays from what it earned.
+    b.exec(
+        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-authorize').click();",
+        json!([]),
+    )
+    .unwrap();
+    b.wait_for(
+        "the session key's authorization",
+        "const s = document.getElementById('wallet-state'); \
+         if (s.dataset.state === 'error') return 'ERROR ' + s.innerText; \
+         return s.dataset.authorization ? s.dataset.authorization : null;",
+        Duration::from_secs(60),
+    )
+    .map(|v| assert!(!v.as_str().unwrap_or_default().starts_with("ERROR"), "{v}"))
+    .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    b.exec("document.getElementById('tab-chat').click();", json!([])).unwrap();
+    model_ready(&b);
+    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(300));
+    assert!(answer.contains("Paris"), "{answer}");
+    let cost: U256 = b
+        .exec("return document.getElementById('chat-notice').dataset.cost", json!([]))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!cost.is_zero());
+    // Each relay redeems its half (the tab's own hop does not charge it), after what the
+    // native client paid it for 10 layers of its tokens: 70% to the node.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let from_client = U256::from(PRICE_UNITS) * U256::from(10u64) * U256::from(tokens);
+    let relay_share = (from_client + cost / U256::from(2u8)) * U256::from(7u8) / U256::from(10u8);
+    let (e0, e2) = loop {
+        let read = |n: Address| rt.block_on(async { escrow.earned(n).call().await }).unwrap();
+        let (e0, e2) = (read(n0), read(n2));
+        if (e0 == relay_share && e2 == relay_share) || Instant::now() > deadline {
+            break (e0, e2);
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    };
+    assert_eq!((e0, e2), (relay_share, relay_share), "the tab's answer cost {cost}");
+    assert_eq!(cost % (U256::from(PRICE_UNITS) * U256::from(20u64)), U256::ZERO, "{cost}: 20 paid layers a token");
+    rt.block_on(async {
+        // What the relays were paid came out of the earnings the tab deposited.
+        let allocated = escrow.allocatedTotal(tab_wallet, n0).call().await.unwrap()
+            + escrow.allocatedTotal(tab_wallet, n2).call().await.unwrap();
+        assert_eq!(escrow.freeBalance(tab_wallet).call().await.unwrap().balance, node_share - allocated);
+        // The tab's wallet never paid in AIT of its own.
+        assert_eq!(token.balanceOf(tab_wallet).call().await.unwrap(), tab_ait);
+    });
+    eprintln!("the tab earned {node_share}, and its answer cost {cost} of it");
+    drop(b);
+    if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
+        let _ = std::fs::remove_dir_all(root);
+    }
+}

@@ -2,15 +2,21 @@
 //! runs them on WebGPU with the engine's WGSL kernels, announces itself in the DHT like a
 //! native server and serves sessions that reach it through the relay's circuit.
 //!
+//! With a price and a connected wallet the tab charges for its work ([`earn`]): the panel
+//! shows its earnings and redeems and spends them.
+//!
 //! [`serve`] starts serving; [`Seeder`] is the panel's state and its switch; [`view`] draws it.
 
+pub mod earn;
 pub mod serve;
 pub mod view;
 
+pub use earn::{Charging, Earnings};
 pub use serve::{open_gpu, Adapter, Seeding, Stats};
 pub use view::SeedView;
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::Duration;
 
 use leptos::prelude::*;
@@ -19,6 +25,10 @@ use web_node::model::ModelId;
 
 use crate::http;
 use crate::swarm::{Conn, Swarm};
+use crate::wallet::Wallet;
+
+/// How often a charging tab's earnings are read again.
+const EARNINGS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where seeding is. `Display` is the `data-state` of `#seed-state`: `off`, `starting`,
 /// `serving` or `error`.
@@ -69,6 +79,16 @@ pub struct Seeder {
     pub pause_hidden: RwSignal<bool>,
     /// Paused because the tab is hidden.
     paused: RwSignal<bool>,
+    /// The price asked per layer-token, in AIT (empty: serve free); `?price=` fills it.
+    pub price: RwSignal<String>,
+    /// A charging tab's earnings, as last read.
+    pub earnings: RwSignal<Option<Earnings>>,
+    /// What the last redeem or spend said, and whether it failed.
+    pub earn_message: RwSignal<(String, bool)>,
+    /// The gate, ledger and chain of the tab's charging (kept after it stops serving, to
+    /// redeem what it earned).
+    charging: StoredValue<Option<Arc<Charging>>, LocalStorage>,
+    wallet: Wallet,
     swarm: Swarm,
     /// The running service (not `Send`: local to the page's thread).
     seeding: StoredValue<Option<Seeding>, LocalStorage>,
@@ -77,7 +97,7 @@ pub struct Seeder {
 impl Seeder {
     /// The switch, off; probes the adapter, starts at once with `?seed=A..B` (once connected
     /// and a model is known), keeps the stats fresh and pauses on hiding when asked.
-    pub fn new(swarm: Swarm) -> Seeder {
+    pub fn new(swarm: Swarm, wallet: Wallet) -> Seeder {
         let seeder = Seeder {
             state: RwSignal::new(SeedState::Off),
             message: RwSignal::new(String::new()),
@@ -86,6 +106,11 @@ impl Seeder {
             stats: RwSignal::new(Stats::default()),
             pause_hidden: RwSignal::new(false),
             paused: RwSignal::new(false),
+            price: RwSignal::new(http::query_param("price").unwrap_or_default()),
+            earnings: RwSignal::new(None),
+            earn_message: RwSignal::new((String::new(), false)),
+            charging: StoredValue::new_local(None),
+            wallet,
             swarm,
             seeding: StoredValue::new_local(None),
         };
@@ -97,6 +122,7 @@ impl Seeder {
         });
         seeder.start_from_page();
         seeder.tick_stats();
+        seeder.tick_earnings();
         seeder.pause_when_hidden();
         seeder
     }
@@ -114,6 +140,22 @@ impl Seeder {
             self.message.set("No model to serve yet.".into());
             return;
         };
+        let price = self.price.get_untracked();
+        let charge = match price.trim() {
+            "" => None,
+            p => match web_node::settle::parse_ait(p) {
+                Ok(price) if self.wallet.connected().is_ok() => Some((self.wallet, price)),
+                Ok(_) => {
+                    self.message
+                        .set("Connect a wallet (Wallet panel) to charge, or clear the price to serve free.".into());
+                    return;
+                }
+                Err(e) => {
+                    self.message.set(format!("The price: {e}"));
+                    return;
+                }
+            },
+        };
         self.state.set(SeedState::Starting);
         let want = http::query_param("seed");
         spawn_local(async move {
@@ -121,11 +163,25 @@ impl Seeder {
                 self.message.set(p);
                 self.download.set(download);
             };
-            let started = serve::start(&net, id, want.as_deref(), &progress).await;
+            let started = serve::start(&net, id, want.as_deref(), charge, &progress).await;
             self.download.set(None);
             match started {
                 Ok(s) => {
-                    self.message.set(format!("Serving blocks {}..{} at {}", s.blocks.start, s.blocks.end, s.addr));
+                    let charging = match (&s.charging, charge) {
+                        (Some(_), Some((_, price))) => {
+                            format!(", charging {} AIT per layer-token,", web_node::settle::format_ait(price))
+                        }
+                        _ => String::new(),
+                    };
+                    self.message
+                        .set(format!("Serving blocks {}..{}{charging} at {}", s.blocks.start, s.blocks.end, s.addr));
+                    if s.charging.is_some() {
+                        self.charging.set_value(s.charging.clone());
+                        self.refresh_earnings();
+                    }
+                    let spawn: web_node::net::serve::in_process::Spawn = Arc::new(|f| spawn_local(f));
+                    let local = web_node::net::serve::InProcess::new(s.server.clone(), spawn);
+                    self.swarm.set_local_server(Some(Arc::new(local)));
                     self.seeding.set_value(Some(s));
                     self.state.set(SeedState::Serving);
                 }
@@ -139,6 +195,7 @@ impl Seeder {
 
     /// Withdraws the tab from the swarm.
     pub fn turn_off(self) {
+        self.swarm.set_local_server(None);
         if let Some(s) = self.seeding.try_update_value(Option::take).flatten() {
             s.stop();
         }
@@ -148,11 +205,19 @@ impl Seeder {
         }
     }
 
-    /// `?seed=A..B`: turns on once connected and a model is known.
+    /// `?seed=A..B`: turns on once connected and a model is known (and, with `?price=`, once a
+    /// wallet is connected to be paid).
     fn start_from_page(self) {
         let auto = RwSignal::new(http::query_param("seed").is_some());
+        let paid = !self.price.get_untracked().trim().is_empty();
         Effect::new(move |_| {
-            if auto.get() && self.swarm.conn.with(Conn::is_connected) && self.swarm.selected.with(Option::is_some) {
+            let wallet_ready =
+                !paid || (self.wallet.address.with(Option::is_some) && self.wallet.chain.with(Option::is_some));
+            if auto.get()
+                && wallet_ready
+                && self.swarm.conn.with(Conn::is_connected)
+                && self.swarm.selected.with(Option::is_some)
+            {
                 auto.set(false);
                 self.turn_on();
             }
@@ -168,6 +233,62 @@ impl Seeder {
         if let Err(e) = set_interval_with_handle(tick, Duration::from_secs(1)) {
             tracing::warn!("no stats timer: {e:?}");
         }
+    }
+
+    /// Reads a charging tab's earnings again (the ledger and the chain).
+    pub fn refresh_earnings(self) {
+        let Some(c) = self.charging.get_value() else { return };
+        spawn_local(async move {
+            match c.earnings().await {
+                Ok(e) => self.earnings.set(Some(e)),
+                Err(e) => tracing::warn!("reading the earnings: {e}"),
+            }
+        });
+    }
+
+    /// Reads the earnings every [`EARNINGS_EVERY`] while the tab charges.
+    fn tick_earnings(self) {
+        if let Err(e) = set_interval_with_handle(move || self.refresh_earnings(), EARNINGS_EVERY) {
+            tracing::warn!("no earnings timer: {e:?}");
+        }
+    }
+
+    /// Runs a step on the tab's earnings (redeem, spend), then reads them again.
+    fn earn_step<F>(self, step: impl FnOnce(Arc<Charging>) -> F + 'static)
+    where
+        F: std::future::Future<Output = Result<String, crate::error::AppError>> + 'static,
+    {
+        let Some(c) = self.charging.get_value() else {
+            self.earn_message.set(("This tab has not charged for anything yet.".into(), true));
+            return;
+        };
+        self.earn_message.set(("Waiting for the wallet…".into(), false));
+        spawn_local(async move {
+            let result = step(c).await;
+            self.earn_message.set(match result {
+                Ok(m) => (m, false),
+                Err(e) => (e.to_string(), true),
+            });
+            self.refresh_earnings();
+        });
+    }
+
+    /// Redeems the vouchers the tab holds (wallet transactions).
+    pub fn redeem(self) {
+        self.earn_step(|c| async move { c.redeem().await });
+    }
+
+    /// Moves what the tab earned into its deposit, to pay for its own chats.
+    pub fn spend_earned(self) {
+        let wallet = self.wallet;
+        self.earn_step(move |c| async move {
+            let amount = c.spend_earned().await?;
+            wallet.refresh().await?;
+            Ok(format!(
+                "{} AIT of earnings are now your deposit: authorize a session key in the Wallet panel to chat with them.",
+                web_node::settle::format_ait(amount)
+            ))
+        });
     }
 
     /// Withdraws while the tab is hidden and comes back when it is shown, if asked to.

@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use alloy_primitives::U256;
 use futures::StreamExt;
 use wasm_bindgen_futures::spawn_local;
 use web_node::engine::gpu::{GpuBackend, GpuContext};
@@ -22,6 +23,9 @@ use crate::error::AppError;
 use crate::net::{self, Net};
 use crate::parts::{self, Transfer};
 use crate::swarm::coverage;
+use crate::wallet::Wallet;
+
+use super::earn::Charging;
 
 /// The adapter a tab would seed with.
 #[derive(Clone, Debug, PartialEq)]
@@ -130,6 +134,8 @@ pub struct Seeding {
     pub addr: String,
     /// Where each block's bytes came from.
     pub origins: String,
+    /// Its gate, ledger and chain, when it charges.
+    pub charging: Option<Arc<Charging>>,
     /// The tab's part traffic.
     traffic: Arc<PartTraffic>,
     /// Tokens served at the last reading, and when.
@@ -170,8 +176,15 @@ impl Seeding {
 pub type Progress<'a> = &'a dyn Fn(String, Option<(u64, u64)>);
 
 /// Starts seeding model `id` on this tab: blocks `want` (`A..B` or `all`, from `?seed=`), or
-/// the span the swarm covers least.
-pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progress<'_>) -> Result<Seeding, AppError> {
+/// the span the swarm covers least; with `charge`, for that price per layer-token paid to
+/// that wallet ([`Charging`]).
+pub async fn start(
+    net: &Net,
+    id: ModelId,
+    want: Option<&str>,
+    charge: Option<(Wallet, U256)>,
+    progress: Progress<'_>,
+) -> Result<Seeding, AppError> {
     progress("Opening WebGPU…".into(), None);
     let (ctx, adapter) = open_gpu().await?;
     let manifest: Manifest = net::manifest(net, &id).await?;
@@ -214,7 +227,16 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
     drop(layers);
 
     progress("Measuring…".into(), None);
-    let limits = ServeLimits::default().with_max_sessions(8).with_kv_budget(512 << 20);
+    let mut limits = ServeLimits::default().with_max_sessions(8).with_kv_budget(512 << 20);
+    let charging = match charge {
+        Some((wallet, price)) => {
+            progress("Reading the chain for charging…".into(), None);
+            let c = Arc::new(Charging::start(&wallet, price, blocks.len() as u64).await?);
+            limits.payments = Some(c.gate());
+            Some(c)
+        }
+        None => None,
+    };
     let service = Service::new(&net.handle, &net.key, backend, id, limits).await?;
     progress("Reserving a slot on the relay…".into(), None);
     let addr = net.reserve().await?;
@@ -240,6 +262,7 @@ pub async fn start(net: &Net, id: ModelId, want: Option<&str>, progress: Progres
         started,
         addr,
         origins: origins.join("; "),
+        charging,
         traffic: net.parts.traffic.clone(),
         last: (0, started),
         withdraw: service.withdraw,

@@ -12,6 +12,7 @@ pub fn SeedView() -> impl IntoView {
         <div class="seed">
             <ShareSwitch/>
             <PauseSwitch/>
+            <PriceInput/>
             <p id="adapter">{move || seeder.adapter.get()}</p>
             <SeedStatus/>
             <progress id="seed-progress"
@@ -19,6 +20,53 @@ pub fn SeedView() -> impl IntoView {
                 max=move || seeder.download.with(|d| d.map_or(1, |(_, t)| t.max(1)))
                 value=move || seeder.download.with(|d| d.map_or(0, |(d, _)| d))></progress>
             <SeedStats/>
+            <SeedEarnings/>
+        </div>
+    }
+}
+
+#[component]
+fn PriceInput() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    view! {
+        <label class="price">
+            "Charge "
+            <input type="text" id="seed-price" placeholder="0 (free)" size="12"
+                prop:value=move || seeder.price.get()
+                prop:disabled=move || seeder.state.get().is_on()
+                on:change=move |ev| seeder.price.set(event_target_value(&ev)) />
+            " AIT per layer-token (paid to the wallet connected in the Wallet panel)"
+        </label>
+    }
+}
+
+/// A charging tab's earnings: vouchers held, redeemed, credited, per hour; redeem and spend.
+#[component]
+fn SeedEarnings() -> impl IntoView {
+    let seeder = expect_context::<Seeder>();
+    let e = seeder.earnings;
+    let ait = |v: alloy_primitives::U256| format!("{} AIT", web_node::settle::format_ait(v));
+    let field = move |f: fn(&super::Earnings) -> String| move || e.with(|e| e.as_ref().map(f).unwrap_or_default());
+    view! {
+        <div id="seed-earnings" class:hidden=move || e.with(Option::is_none)
+            data-pending=field(|e| e.pending.to_string())
+            data-sessions=field(|e| e.pending_sessions.to_string())
+            data-redeemed=field(|e| e.redeemed.to_string())
+            data-earned=field(|e| e.earned.to_string())
+            data-per-hour=field(|e| e.per_hour.to_string())>
+            <dl class="stats">
+                <dt>"Vouchers to redeem"</dt>
+                <dd>{move || e.with(|e| e.as_ref().map(|e| format!("{} ({} sessions)", ait(e.pending), e.pending_sessions)).unwrap_or_default())}</dd>
+                <dt>"Redeemed (last day, this node's share)"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| ait(e.redeemed)).unwrap_or_default())}</dd>
+                <dt>"Earned, in the escrow"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| ait(e.earned)).unwrap_or_default())}</dd>
+                <dt>"Earning"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| format!("{} per hour", ait(e.per_hour))).unwrap_or_default())}</dd>
+            </dl>
+            <button id="seed-redeem" on:click=move |_| seeder.redeem()>"Redeem vouchers"</button>
+            " "
+            <button id="seed-spend" on:click=move |_| seeder.spend_earned()>"Pay my chats with my earnings"</button>
+            <p id="seed-earn-state" data-error=move || seeder.earn_message.with(|(_, err)| err.to_string())>
+                {move || seeder.earn_message.with(|(m, _)| m.clone())}
+            </p>
         </div>
     }
 }

@@ -48,6 +48,8 @@ pub struct ChainInfo {
     pub token: Address,
     /// The escrow.
     pub escrow: Address,
+    /// The staking contract (a charging tab reads payers' stakes for its priority slots).
+    pub staking: Address,
 }
 
 /// A session key's authorization, signed by the payer's wallet, for a node to submit.
@@ -211,7 +213,8 @@ impl Wallet {
         });
     }
 
-    fn connected(&self) -> Result<(Address, ChainInfo), AppError> {
+    /// The connected account and the relay's chain, or an error that says to connect.
+    pub(crate) fn connected(&self) -> Result<(Address, ChainInfo), AppError> {
         match (self.address.get_untracked(), self.chain.get_untracked()) {
             (Some(a), Some(c)) => Ok((a, c)),
             _ => Err(wallet_err("connect a wallet first")),
@@ -219,7 +222,7 @@ impl Wallet {
     }
 
     /// Reads the wallet's AIT and the escrow's free balance.
-    async fn refresh(&self) -> Result<(), AppError> {
+    pub(crate) async fn refresh(&self) -> Result<(), AppError> {
         let (address, chain) = self.connected()?;
         self.ait.set(Some(call_word(chain.token, balance_of(address), 0).await?));
         let data = free_balance(address);
@@ -324,7 +327,7 @@ async fn call_word(to: Address, data: alloy_primitives::Bytes, index: usize) -> 
 }
 
 /// The latest block's time (Unix seconds), as the chain sees it.
-async fn chain_time() -> Result<u64, AppError> {
+pub(crate) async fn chain_time() -> Result<u64, AppError> {
     let block = eip1193::request("eth_getBlockByNumber", json!(["latest", false])).await?;
     block
         .get("timestamp")
@@ -334,7 +337,7 @@ async fn chain_time() -> Result<u64, AppError> {
 }
 
 /// Has the wallet send a transaction and waits until it is mined; a reverted one is an error.
-async fn send_and_wait(from: Address, to: Address, data: &str) -> Result<(), AppError> {
+pub(crate) async fn send_and_wait(from: Address, to: Address, data: &str) -> Result<(), AppError> {
     let hash = eip1193::request("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }])).await?;
     let hash = hash.as_str().ok_or_else(|| wallet_err("the wallet returned no transaction hash"))?.to_string();
     let started = web_time::Instant::now();

@@ -10,7 +10,11 @@ use alloy_sol_types::{sol, Eip712Domain, SolCall, SolStruct};
 use super::SettleError;
 
 sol!(AitToken, "../contracts/artifacts/AIT.json");
-sol!(EscrowContract, "../contracts/artifacts/Escrow.json");
+sol!(
+    #[derive(Debug)]
+    EscrowContract,
+    "../contracts/artifacts/Escrow.json"
+);
 
 /// The `eth_signTypedData_v4` JSON of `message` under `domain` (what MetaMask and other
 /// wallets show and sign; the second parameter of the request, as a string).
@@ -59,6 +63,59 @@ pub fn thaw(node: Address, amount: U256) -> Bytes {
 /// Calldata of `Escrow.withdraw(node)` (`node` zero: the free balance).
 pub fn withdraw(node: Address) -> Bytes {
     EscrowContract::withdrawCall { node }.abi_encode().into()
+}
+
+/// Calldata of `Escrow.authorizeSignerBySig` for a payer's signed authorization (anyone may
+/// submit it: a seeding tab does before redeeming that payer's vouchers).
+pub fn authorize_signer_by_sig(a: &super::SignedAuthorization) -> Bytes {
+    let auth = &a.authorization;
+    EscrowContract::authorizeSignerBySigCall {
+        payer: auth.payer,
+        signer: auth.signer,
+        deadline: auth.deadline,
+        signature: a.signature.clone(),
+    }
+    .abi_encode()
+    .into()
+}
+
+/// Calldata of `Escrow.allocateBySig` for a payer's signed allocation.
+pub fn allocate_by_sig(a: &super::SignedAllocation) -> Bytes {
+    let al = &a.allocation;
+    let allocation = Escrow::Allocation {
+        payer: al.payer,
+        node: al.node,
+        cumulativeAllocated: al.cumulativeAllocated,
+        deadline: al.deadline,
+    };
+    EscrowContract::allocateBySigCall { a: allocation, signature: a.signature.clone() }.abi_encode().into()
+}
+
+/// Calldata of `Escrow.redeemBatch` for `vouchers` (their signatures' `v` as 27 or 28, as the
+/// ledger keeps them).
+pub fn redeem_batch<'a>(vouchers: impl IntoIterator<Item = &'a super::SignedVoucher>) -> Bytes {
+    let (vouchers, signatures) = vouchers
+        .into_iter()
+        .map(|s| {
+            let v = &s.voucher;
+            let voucher = Escrow::Voucher {
+                session: v.session,
+                payer: v.payer,
+                node: v.node,
+                model: v.model,
+                cumulativeAmount: v.cumulativeAmount,
+                cumulativeWork: v.cumulativeWork,
+                expiry: v.expiry,
+            };
+            (voucher, s.signature.clone())
+        })
+        .unzip();
+    EscrowContract::redeemBatchCall { vouchers, signatures }.abi_encode().into()
+}
+
+/// Calldata of `Escrow.depositEarned(amount)`: earnings become deposit, to pay with.
+pub fn deposit_earned(amount: U256) -> Bytes {
+    EscrowContract::depositEarnedCall { amount }.abi_encode().into()
 }
 
 /// Word `index` (from 0) of an `eth_call` result, as a number.
