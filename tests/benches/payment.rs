@@ -235,6 +235,11 @@ fn ttft_ms(http: &str, model: &str, tokens: usize) -> f64 {
 /// A staked contributor's time to first token on a charging relay with five session slots,
 /// idle and while three free-tier gateways keep three requests each going (the lottery slot
 /// busy and free-tier requests always queued). Goal: under load at most 1.2x idle.
+///
+/// Every process shares this machine's cores, the free-tier gateways' own work (their heads
+/// and sampling) included, so the same load is also run against a second node in a swarm of
+/// its own: the contributor's node then has no load at all, and its TTFT shows what sharing
+/// the machine alone costs.
 fn priority() -> serde_json::Value {
     const SAMPLES: usize = 9;
     let root = temp_dir("bench-priority");
@@ -243,50 +248,63 @@ fn priority() -> serde_json::Value {
     let m = model.to_str().unwrap();
     let settle = chain.relay_args();
     let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
-    let (node_dir, _) = chain.node_dir("node", 2);
     let serve = [
         &["--model", m, "--blocks", "all", "--price", PRICE, "--max-sessions", "5"][..],
         &["--max-sessions-per-peer", "16", "--max-sessions-per-ip", "16", "--max-streams-per-peer", "32"],
         &settle,
     ]
     .concat();
+    let (node_dir, _) = chain.node_dir("node", 2);
     let node = Relay::start(&node_dir, &serve);
     let boot = node.addr("tcp");
+    // The same kind of node, in a swarm of its own: the control's load goes there.
+    let (other_dir, _) = chain.node_dir("other", 3);
+    let other = Relay::start(&other_dir, &serve);
     let model_id = node.model_id();
     let (payer_dir, _) = chain.payer_dir("contributor", 1, "100", &[], "0");
     let contributor = Relay::start(&payer_dir, &[&["--model", m, "--bootstrap", &boot, "--pay"][..], &settle].concat());
     let http = contributor.http.clone().unwrap();
-    let free: Vec<Relay> =
-        (0..3).map(|i| Relay::start(&root.join(format!("free-{i}")), &["--model", m, "--bootstrap", &boot])).collect();
     ttft_ms(&http, &model_id, 4); // warm: route found, allocation made
     let idle: Vec<f64> = (0..SAMPLES).map(|_| ttft_ms(&http, &model_id, 4)).collect();
 
-    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load: Vec<_> = free
-        .iter()
-        .flat_map(|f| (0..3).map(move |_| f.http.clone().unwrap()))
-        .map(|h| {
-            let (stop, model) = (stop.clone(), model_id.clone());
-            std::thread::spawn(move || {
-                let mut done = 0usize;
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let body =
-                        json!({ "model": model, "prompt": "Once upon a time", "max_tokens": 32, "temperature": 0 });
-                    if ureq::post(&format!("{h}/v1/completions")).send_json(&body).is_ok() {
-                        done += 1;
+    // Three free-tier gateways of the swarm of `to`, three requests each at a time, while
+    // the contributor's TTFT is sampled; returns the samples and the free requests done.
+    let under_load = |name: &str, to: &str| {
+        let free: Vec<Relay> = (0..3)
+            .map(|i| Relay::start(&root.join(format!("{name}-{i}")), &["--model", m, "--bootstrap", to]))
+            .collect();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let load: Vec<_> = free
+            .iter()
+            .flat_map(|f| (0..3).map(move |_| f.http.clone().unwrap()))
+            .map(|h| {
+                let (stop, model) = (stop.clone(), model_id.clone());
+                std::thread::spawn(move || {
+                    let mut done = 0usize;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let body =
+                            json!({ "model": model, "prompt": "Once upon a time", "max_tokens": 32, "temperature": 0 });
+                        if ureq::post(&format!("{h}/v1/completions")).send_json(&body).is_ok() {
+                            done += 1;
+                        }
                     }
-                }
-                done
+                    done
+                })
             })
-        })
-        .collect();
-    std::thread::sleep(std::time::Duration::from_secs(3));
-    let loaded: Vec<f64> = (0..SAMPLES).map(|_| ttft_ms(&http, &model_id, 4)).collect();
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let free_done: usize = load.into_iter().map(|t| t.join().unwrap_or(0)).sum();
-    eprintln!("contributor TTFT ms idle {idle:?} under free-tier load {loaded:?}");
-    let (im, lm) = (median(&idle), median(&loaded));
-    drop((free, contributor, node, chain));
+            .collect();
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        let samples: Vec<f64> = (0..SAMPLES).map(|_| ttft_ms(&http, &model_id, 4)).collect();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let done: usize = load.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        (samples, done)
+    };
+    let (loaded, free_done) = under_load("free", &boot);
+    let (elsewhere, elsewhere_done) = under_load("elsewhere", &other.addr("tcp"));
+    eprintln!(
+        "contributor TTFT ms idle {idle:?} under free-tier load {loaded:?} with the load on another node {elsewhere:?}"
+    );
+    let (im, lm, em) = (median(&idle), median(&loaded), median(&elsewhere));
+    drop((contributor, node, other, chain));
     let _ = std::fs::remove_dir_all(&root);
     json!({
         "slots": "5 (4 scored, 1 lottery)",
@@ -294,8 +312,13 @@ fn priority() -> serde_json::Value {
         "free_tier_requests_completed_meanwhile": free_done,
         "contributor_ttft_ms_idle": idle,
         "contributor_ttft_ms_under_load": loaded,
+        "contributor_ttft_ms_load_on_another_node": elsewhere,
+        "free_tier_requests_completed_on_another_node": elsewhere_done,
         "idle_median_ms": im,
         "under_load_median_ms": lm,
+        "load_on_another_node_median_ms": em,
         "under_load_over_idle": lm / im,
+        "load_on_another_node_over_idle": em / im,
+        "under_load_over_load_on_another_node": lm / em,
     })
 }
