@@ -463,6 +463,24 @@ const INJECTED_WALLET: &str = "const rpc = arguments[0], account = arguments[1];
         if (j.error) { const e = new Error(j.error.message); e.code = j.error.code; throw e; } \
         return j.result; } };";
 
+/// Asks "What is the capital of France?" in the Chat panel, checks the answer names Paris,
+/// and returns what the page says it cost (more than zero: the tab paid).
+fn paid_answer(b: &Browser, limit: Duration) -> alloy::primitives::U256 {
+    b.exec("document.getElementById('tab-chat').click();", json!([])).unwrap();
+    model_ready(b);
+    let (answer, _) = ask(b, "What is the capital of France?", limit);
+    assert!(answer.contains("Paris"), "{answer}");
+    let cost: alloy::primitives::U256 = b
+        .exec("return document.getElementById('chat-notice').dataset.cost", json!([]))
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(!cost.is_zero(), "the answer cost nothing");
+    cost
+}
+
 /// Issue 15, test c: the Wallet panel, with a wallet injected through EIP-1193, connects to
 /// the chain the relay names (`--chain`), deposits with a permit (no approve), has the wallet
 /// sign the authorization of the tab's session key, and withdraws only after the thaw. Then
@@ -607,18 +625,7 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     let reader = relay::settle::dev::wallet_provider(&d.rpc, &chain.chain.accounts[0].key).unwrap();
     let escrow = Escrow::new(d.escrow, reader.clone());
     assert!(!rt.block_on(async { escrow.isSigner(payer, signer).call().await }).unwrap());
-    b.exec("document.getElementById('tab-chat').click();", json!([])).unwrap();
-    model_ready(&b);
-    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
-    assert!(answer.contains("Paris"), "{answer}");
-    let cost: U256 = b
-        .exec("return document.getElementById('chat-notice').dataset.cost", json!([]))
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(cost > U256::ZERO);
+    let cost = paid_answer(&b, Duration::from_secs(180));
     // The Wallet panel counts it against the conversation.
     b.exec("document.getElementById('tab-wallet').click();", json!([])).unwrap();
     let spent = b
@@ -830,18 +837,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     )
     .map(|v| assert!(!v.as_str().unwrap_or_default().starts_with("ERROR"), "{v}"))
     .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
-    b.exec("document.getElementById('tab-chat').click();", json!([])).unwrap();
-    model_ready(&b);
-    let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(300));
-    assert!(answer.contains("Paris"), "{answer}");
-    let cost: U256 = b
-        .exec("return document.getElementById('chat-notice').dataset.cost", json!([]))
-        .unwrap()
-        .as_str()
-        .unwrap()
-        .parse()
-        .unwrap();
-    assert!(!cost.is_zero());
+    let cost = paid_answer(&b, Duration::from_secs(300));
     // Each relay redeems its half (the tab's own hop does not charge it), after what the
     // native client paid it for 10 layers of its tokens: 70% to the node.
     let deadline = Instant::now() + Duration::from_secs(60);
