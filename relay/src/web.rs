@@ -194,6 +194,7 @@ async fn chain(State(s): State<Arc<WebState>>) -> Response {
             "staking": d.staking,
             "treasury": d.treasury,
             "thaw_seconds": d.thaw_seconds,
+            "confirmations": d.confirmations,
         }))
         .into_response(),
         None => not_found("this relay runs without a settlement chain (start it with --chain FILE)".into()),

@@ -10,7 +10,7 @@ use alloy::providers::{DynProvider, Provider};
 use rand::{Rng, SeedableRng};
 use relay::settle::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use relay::settle::dev::{self, DevChain, DevOpt, RunningDevChain};
-use relay::settle::{ChainError, Deployment, Redeemer, VoucherError};
+use relay::settle::{Deployment, RedeemError, VoucherError};
 use web_node::settle::{
     escrow_domain, permit_vrs, registry_domain, token_domain, AuthorizeSigner, Permit, Register, SessionKey, Voucher,
 };
@@ -631,7 +631,7 @@ async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_re
     sent(w.payer.escrow(&w).allocate(node.address(), ait(50)).send().await).await.unwrap();
     let key = SessionKey::random();
     sent(w.payer.escrow(&w).authorizeSigner(key.address()).send().await).await.unwrap();
-    let mut r = Redeemer::new(
+    let mut r = relay::settle::redeemer(
         w.d(),
         node.provider.clone(),
         node.address(),
@@ -697,7 +697,7 @@ async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_re
     // reads the chain instead of sending again.
     match r.redeem_due().await {
         Ok(report) => assert_eq!((report.sent, report.finalized), (2, 0)),
-        Err(e) => assert!(matches!(e, ChainError::Rpc(_)), "{e:?}"),
+        Err(e) => assert!(matches!(e, RedeemError::Send { .. } | RedeemError::Read(_)), "{e:?}"),
     }
     assert_eq!(w.earned(node.address()).await, share);
     let report = r.redeem_due().await.unwrap();
@@ -733,7 +733,7 @@ async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_re
     let chain = w.anvil.take().unwrap();
     chain.anvil.stop().await;
     let err = r.redeem_due().await.unwrap_err();
-    assert!(matches!(err, ChainError::Rpc(_)), "{err:?}");
+    assert!(matches!(err, RedeemError::Read(_)), "{err:?}");
     assert_eq!(r.held(), 2);
     let v = w.voucher(s4, node.address(), model, ait(3), expiry);
     check(r.accept(v.clone(), &w.sign(&w.payer.key, &v)).await.unwrap_err(), "Chain");

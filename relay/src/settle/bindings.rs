@@ -50,6 +50,21 @@ pub fn revert_reason(err: &alloy::contract::Error) -> String {
         .unwrap_or_else(|| err.to_string())
 }
 
+/// The contract error a failed JSON-RPC request carries as revert data (a transaction whose
+/// gas estimate reverted), named as [`revert_reason`] names it; `None` when it carries none.
+pub fn revert_reason_of(err: &alloy::transports::TransportError) -> Option<String> {
+    let data = err.as_error_resp()?.as_revert_data()?;
+    fn decoded<E: SolInterface + std::fmt::Debug>(data: &[u8]) -> Option<String> {
+        E::abi_decode(data).ok().map(|e| format!("{e:?}"))
+    }
+    decoded::<Escrow::EscrowErrors>(&data)
+        .or_else(|| decoded::<ModelRegistry::ModelRegistryErrors>(&data))
+        .or_else(|| decoded::<Staking::StakingErrors>(&data))
+        .or_else(|| decoded::<AIT::AITErrors>(&data))
+        .or_else(|| decoded::<Treasury::TreasuryErrors>(&data))
+        .or_else(|| Some(format!("reverted ({data})")))
+}
+
 impl From<&web_node::settle::Voucher> for Escrow::Voucher {
     fn from(v: &web_node::settle::Voucher) -> Self {
         Escrow::Voucher {

@@ -20,7 +20,6 @@ use web_node::settle::{format_ait as ait, parse_ait, permit_vrs, token_domain, P
 use super::bindings::{Escrow, ModelRegistry, Staking, AIT};
 use super::deploy::{deploy, DeployParams, Deployment, AIT_UNIT};
 use super::dev::{wallet_provider, DevChain};
-use super::redeem::Redeemer;
 use super::{latest_block, mined as send, ChainError};
 
 /// How long `ait redeem` waits for its redeems to become final.
@@ -540,7 +539,7 @@ fn redeem(file: &Path, confirmations: Option<u64>, args: &WalletArgs) -> anyhow:
         let depth = confirmations.unwrap_or(d.confirmations);
         // The vouchers are in the file: a ledger in memory holds them while they are redeemed.
         let ledger = std::sync::Arc::new(super::Ledger::in_memory()?);
-        let mut r = Redeemer::new(&d, provider, signer.address(), ledger).with_confirmations(depth);
+        let mut r = super::redeemer(&d, provider, signer.address(), ledger).with_confirmations(depth);
         let (mut refused, mut owed) = (0, U256::ZERO);
         for v in vouchers {
             let (session, payer) = (v.voucher.session, v.voucher.payer);

@@ -10,14 +10,14 @@ pub mod deploy;
 pub mod dev;
 pub mod host;
 pub mod node;
-pub mod redeem;
 pub mod royalties;
 
 pub use anvil::Anvil;
 pub use deploy::{deploy, DeployParams, Deployment};
-pub use host::ProviderHost;
-pub use redeem::{RedeemReport, Redeemer, VoucherError};
-pub use web_node::settle::{Backing, ChainGate, Ledger, LedgerError};
+pub use host::{redeemer, ProviderHost};
+pub use web_node::settle::{
+    Backing, ChainGate, Ledger, LedgerError, RedeemError, RedeemReport, Redeemer, VoucherError,
+};
 
 /// Why a chain operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,9 @@ pub enum ChainError {
     /// The node's voucher ledger failed.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A redeem round failed (the chain, a transaction's outcome, or the ledger).
+    #[error(transparent)]
+    Redeem(#[from] RedeemError),
     /// A deployment file could not be read or written.
     #[error("deployment file {path}: {reason}")]
     File {
@@ -103,7 +106,8 @@ pub async fn redeemed_events(
     to: u64,
 ) -> Result<Vec<web_node::settle::RedeemedLog>, ChainError> {
     let host = std::sync::Arc::new(ProviderHost::new(provider.clone()));
-    // Only the escrow is read here.
-    let reads = web_node::settle::ChainReads::new(host, escrow, alloy::primitives::Address::ZERO);
+    // Only the escrow is read here; a wide window's pieces may take a slow RPC a while each.
+    let reads = web_node::settle::ChainReads::new(host, escrow, alloy::primitives::Address::ZERO)
+        .with_timeout(std::time::Duration::from_secs(60));
     reads.redeemed_events(node, from, to).await.map_err(|e| ChainError::Rpc(e.0))
 }

@@ -17,7 +17,7 @@ use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
 use super::bindings::Staking;
 use super::cli::WalletArgs;
 use super::dev::wallet_provider;
-use super::{ChainGate, Deployment, Ledger, ProviderHost, Redeemer};
+use super::{redeemer, ChainGate, Deployment, Ledger, ProviderHost, Redeemer};
 use web_node::settle::GateChain;
 
 pub use web_node::settle::pay::DEFAULT_CREDIT_TOKENS;
@@ -229,7 +229,7 @@ impl Settlement {
             ),
             Err(e) => tracing::warn!("reading the binding of this wallet: {e}"),
         }
-        let redeemer = Redeemer::new(d, self.provider.clone(), self.address, ledger).with_backing(gate.backing());
+        let redeemer = redeemer(d, self.provider.clone(), self.address, ledger).with_backing(gate.backing());
         let min = o.redeem_min.as_deref().map(parse_ait).transpose().context("--redeem-min")?.unwrap_or_default();
         tokio::spawn(redeem_loop(redeemer, Duration::from_secs(o.redeem_every.max(1)), min, gate.wake()));
         println!(

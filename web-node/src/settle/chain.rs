@@ -11,7 +11,6 @@ use serde_json::{json, Value};
 
 use super::pay::GateFuture;
 use super::wallet::EscrowContract;
-use super::SignedVoucher;
 
 sol!(StakingContract, "../contracts/artifacts/Staking.json");
 
@@ -23,34 +22,39 @@ pub type Redeemed = EscrowContract::Redeemed;
 #[error("chain RPC: {0}")]
 pub struct ReadError(pub String);
 
-/// Where a [`ChainGate`](super::ChainGate) runs: the chain's JSON-RPC, a way to run the
-/// ledger's blocking writes, and a durable copy of what the ledger keeps where the ledger
-/// itself is not durable (a tab's in-memory ledger, copied to IndexedDB).
+/// Why a transaction did not succeed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum SendError {
+    /// The chain refused it (a revert, named by the contract's error where it can be).
+    #[error("refused: {0}")]
+    Refused(String),
+    /// It could not be sent, or whether it was mined is unknown.
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// Where a [`ChainGate`](super::ChainGate) and a [`Redeemer`](super::Redeemer) run: the
+/// chain's JSON-RPC, the node's wallet to send transactions with, a way to run the ledger's
+/// blocking writes, and a durable copy of what the ledger keeps where the ledger itself is not
+/// durable (a tab's in-memory ledger, copied to IndexedDB).
 pub trait GateHost: Send + Sync + 'static {
     /// Sends one JSON-RPC request (`eth_call`, `eth_getLogs`, …) and returns its result.
     fn rpc<'a>(&'a self, method: &'a str, params: Value) -> GateFuture<'a, Result<Value, String>>;
+
+    /// Sends a transaction with `data` to `to` from the node's wallet and waits until it is
+    /// mined.
+    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<(), SendError>>;
 
     /// Runs `job`, which blocks on the ledger's disk, where it does not hold up the async
     /// workers (a native node's blocking pool; a tab, which has one thread, runs it at once).
     fn blocking(&self, job: Box<dyn FnOnce() + Send>);
 
-    /// Makes `kept`, just written to the ledger, durable before the step it came with is
-    /// answered. A ledger on disk is durable already: nothing to do.
-    fn persist<'a>(&'a self, kept: Kept<'a>) -> GateFuture<'a, Result<(), String>> {
-        let _ = kept;
+    /// Makes what the ledger holds now durable: called after the gate keeps a voucher (before
+    /// its step is answered), an authorization or an allocation, and after a redeem round. A
+    /// ledger on disk is durable already: nothing to do.
+    fn persist(&self) -> GateFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
-}
-
-/// What a [`ChainGate`](super::ChainGate) just wrote to its ledger, for [`GateHost::persist`].
-#[derive(Clone, Copy, Debug)]
-pub enum Kept<'a> {
-    /// A session's newest voucher.
-    Voucher(&'a SignedVoucher),
-    /// A payer's authorization of a session key, to submit.
-    Authorization(&'a super::SignedAuthorization),
-    /// A payer's signed allocation, to submit.
-    Allocation(&'a super::SignedAllocation),
 }
 
 /// Most blocks one `eth_getLogs` asks for: public RPC endpoints refuse wider ranges (10,000
@@ -86,17 +90,25 @@ pub struct FreeBalance {
     pub thawing: U256,
 }
 
-/// Reads of the escrow and staking contracts through `host`'s JSON-RPC.
+/// Reads of the escrow and staking contracts through `host`'s JSON-RPC, at the latest block
+/// or at one block ([`ChainReads::at`]).
 pub struct ChainReads<H: ?Sized> {
     host: std::sync::Arc<H>,
     escrow: Address,
     staking: Address,
     timeout: Duration,
+    block: Option<u64>,
 }
 
 impl<H: ?Sized> Clone for ChainReads<H> {
     fn clone(&self) -> Self {
-        ChainReads { host: self.host.clone(), escrow: self.escrow, staking: self.staking, timeout: self.timeout }
+        ChainReads {
+            host: self.host.clone(),
+            escrow: self.escrow,
+            staking: self.staking,
+            timeout: self.timeout,
+            block: self.block,
+        }
     }
 }
 
@@ -109,7 +121,18 @@ fn hex_u64(v: &Value, what: &str) -> Result<u64, ReadError> {
 impl<H: GateHost + ?Sized> ChainReads<H> {
     /// Reads of `escrow` and `staking` through `host`, each request given up after 10 s.
     pub fn new(host: std::sync::Arc<H>, escrow: Address, staking: Address) -> Self {
-        ChainReads { host, escrow, staking, timeout: Duration::from_secs(10) }
+        ChainReads { host, escrow, staking, timeout: Duration::from_secs(10), block: None }
+    }
+
+    /// The same reads, each request given up after `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The same contract calls at block `block` (logs and the latest block are unaffected).
+    pub fn at(&self, block: u64) -> Self {
+        ChainReads { block: Some(block), ..self.clone() }
     }
 
     /// The escrow read.
@@ -128,7 +151,11 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
 
     async fn call<C: SolCall>(&self, to: Address, call: C) -> Result<C::Return, ReadError> {
         let data = Bytes::from(call.abi_encode());
-        let answer = self.request("eth_call", json!([{ "to": to, "data": data }, "latest"])).await?;
+        let block = self.block.map_or_else(|| "latest".to_string(), |b| format!("0x{b:x}"));
+        let answer = self
+            .request("eth_call", json!([{ "to": to, "data": data }, block]))
+            .await
+            .map_err(|e| ReadError(format!("{}: {}", C::SIGNATURE, e.0)))?;
         let bytes: Bytes = answer
             .as_str()
             .and_then(|h| h.parse().ok())

@@ -1,9 +1,10 @@
 //! A charging node's [`PaymentGate`]: it answers a payer's quote (what it allocated to this
 //! node and what backs a new session) and, when a paid session opens, asks the chain whether
 //! the session's key may sign for the payer (or checks the payer's signed authorization) and
-//! checks the allocation the session brings, both of which the node's redeemer (the relay's
-//! `Redeemer`, a tab's Seed panel) submits before redeeming. Each voucher a session sends must be backed by the payer's
-//! allocation with what its other sessions here promised, and is kept in the node's
+//! checks the allocation the session brings, both of which the node's
+//! [`Redeemer`](super::Redeemer) submits before redeeming. Each voucher a session sends must be
+//! backed by the payer's allocation with what its other sessions here promised, and is kept in
+//! the node's
 //! [`Ledger`] (made durable by its [`GateHost`]) before its step is answered. The chain is
 //! read through the host's JSON-RPC ([`ChainReads`]), so a native relay and a seeding tab run
 //! this same gate.
@@ -25,7 +26,7 @@ use futures::channel::oneshot;
 use tokio::sync::Notify;
 use web_time::Instant;
 
-use super::chain::{earned_from_others, ChainReads, GateHost, Kept, ReadError};
+use super::chain::{earned_from_others, ChainReads, GateHost, ReadError};
 use super::ledger::Ledger;
 use super::pay::MIN_VOUCHER_LIFE_S;
 use super::Backing;
@@ -83,6 +84,9 @@ pub struct ChainGate {
     store_lock: Arc<Mutex<()>>,
     /// Wakes the redeem loop when an authorization or allocation waits to be submitted.
     wake: Arc<Notify>,
+    /// Whether a redeem loop answers `wake` (a relay's does; a tab redeems when the person
+    /// says).
+    redeem_loop: bool,
 }
 
 impl std::fmt::Debug for ChainGate {
@@ -163,7 +167,16 @@ impl ChainGate {
             debts: Mutex::default(),
             store_lock: Arc::default(),
             wake: Arc::default(),
+            redeem_loop: true,
         }
+    }
+
+    /// No redeem loop submits what paid sessions bring (a tab redeems when the person says):
+    /// a voucher that only a pending authorization or allocation would back is refused at
+    /// once instead of waiting for it to land.
+    pub fn without_redeem_loop(mut self) -> Self {
+        self.redeem_loop = false;
+        self
     }
 
     /// Serves `tokens` a day free to each client that does not pay, in lottery slots.
@@ -336,7 +349,7 @@ impl ChainGate {
             )));
         }
         self.ledger.put_authorization(a).map_err(unavailable)?;
-        self.host.persist(Kept::Authorization(a)).await.map_err(unavailable)
+        self.host.persist().await.map_err(unavailable)
     }
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
@@ -372,7 +385,7 @@ impl ChainGate {
             )));
         }
         self.ledger.put_allocation(a).map_err(unavailable)?;
-        self.host.persist(Kept::Allocation(a)).await.map_err(unavailable)
+        self.host.persist().await.map_err(unavailable)
     }
 
     /// `f`, or the payment unavailable if the chain takes longer than `limit` to answer.
@@ -426,7 +439,7 @@ impl ChainGate {
         // Where the ledger is not durable itself (a tab's), its copy is made before the step
         // is answered.
         if kept {
-            self.host.persist(Kept::Voucher(voucher)).await.map_err(unavailable)?;
+            self.host.persist().await.map_err(unavailable)?;
         }
         Ok(kept)
     }
@@ -462,8 +475,9 @@ impl PaymentGate for ChainGate {
                 if self.keep(voucher, collected).await? {
                     return Ok(());
                 }
-                let pending =
-                    self.pending_authorization(payer)? || self.ledger.allocation(payer).map_err(unavailable)?.is_some();
+                let pending = self.redeem_loop
+                    && (self.pending_authorization(payer)?
+                        || self.ledger.allocation(payer).map_err(unavailable)?.is_some());
                 if !pending || started.elapsed() >= self.rpc_timeout {
                     break;
                 }

@@ -15,18 +15,20 @@ pub mod chain;
 pub mod gate;
 pub mod ledger;
 pub mod pay;
+pub mod redeem;
 pub mod voucher;
 pub mod wallet;
 
 pub use amount::{ait_f64, format_ait, parse_ait, permit_vrs};
 pub use backing::Backing;
-pub use chain::{ChainReads, GateHost, Kept, ReadError, RedeemedLog};
+pub use chain::{ChainReads, GateHost, ReadError, RedeemedLog, SendError};
 pub use gate::{ChainGate, GateChain};
 pub use ledger::{Entry, Ledger, LedgerError};
 pub use pay::{
     unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, PayerQuote, Payment, PaymentError, PaymentGate,
-    SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES,
+    SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES, NODE_SHARE_BPS,
 };
+pub use redeem::{RedeemError, RedeemReport, Redeemer, VoucherError};
 pub use voucher::{
     escrow_domain, recover_signer, registry_domain, token_domain, Allocation, AuthorizeSigner, Permit, Register,
     SessionKey, SettleError, Voucher,

@@ -57,6 +57,10 @@ pub const MIN_VOUCHER_LIFE_S: u64 = 3600;
 /// seeding tab): a client sends a voucher about every half of it.
 pub const DEFAULT_CREDIT_TOKENS: u64 = 256;
 
+/// The share of each payment the escrow credits the serving node, in basis points
+/// (`Escrow.NODE_BPS`; the creator's and the DAO's shares are the rest).
+pub const NODE_SHARE_BPS: u64 = 7_000;
+
 /// What a charging node announces (in its status and signed record): who is paid, the price
 /// per layer-token, the most unpaid work it carries per session, and the escrow whose
 /// vouchers it takes.

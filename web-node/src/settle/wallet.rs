@@ -91,26 +91,32 @@ pub fn allocate_by_sig(a: &super::SignedAllocation) -> Bytes {
     EscrowContract::allocateBySigCall { a: allocation, signature: a.signature.clone() }.abi_encode().into()
 }
 
+/// A voucher as the escrow's ABI types it.
+fn contract_voucher(v: &super::Voucher) -> Escrow::Voucher {
+    Escrow::Voucher {
+        session: v.session,
+        payer: v.payer,
+        node: v.node,
+        model: v.model,
+        cumulativeAmount: v.cumulativeAmount,
+        cumulativeWork: v.cumulativeWork,
+        expiry: v.expiry,
+    }
+}
+
 /// Calldata of `Escrow.redeemBatch` for `vouchers` (their signatures' `v` as 27 or 28, as the
 /// ledger keeps them).
 pub fn redeem_batch<'a>(vouchers: impl IntoIterator<Item = &'a super::SignedVoucher>) -> Bytes {
-    let (vouchers, signatures) = vouchers
-        .into_iter()
-        .map(|s| {
-            let v = &s.voucher;
-            let voucher = Escrow::Voucher {
-                session: v.session,
-                payer: v.payer,
-                node: v.node,
-                model: v.model,
-                cumulativeAmount: v.cumulativeAmount,
-                cumulativeWork: v.cumulativeWork,
-                expiry: v.expiry,
-            };
-            (voucher, s.signature.clone())
-        })
-        .unzip();
+    let (vouchers, signatures) =
+        vouchers.into_iter().map(|s| (contract_voucher(&s.voucher), s.signature.clone())).unzip();
     EscrowContract::redeemBatchCall { vouchers, signatures }.abi_encode().into()
+}
+
+/// Calldata of `Escrow.redeem` for one voucher.
+pub fn redeem_one(v: &super::SignedVoucher) -> Bytes {
+    EscrowContract::redeemCall { voucher: contract_voucher(&v.voucher), signature: v.signature.clone() }
+        .abi_encode()
+        .into()
 }
 
 /// Calldata of `Escrow.depositEarned(amount)`: earnings become deposit, to pay with.

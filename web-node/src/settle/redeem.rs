@@ -10,21 +10,44 @@
 //! bookkeeping that a reorg could invalidate. What it holds is the node's [`Ledger`]: every
 //! round starts from what the ledger keeps (the session server writes vouchers there as they
 //! come), so a node started again after a crash redeems what it was owed.
+//!
+//! It reads the chain through its [`GateHost`]'s JSON-RPC and sends its transactions through
+//! the host ([`GateHost::send`]: a relay's wallet, a tab's EIP-1193 wallet), so a relay's
+//! redeem loop and a seeding tab's Redeem button run this same round.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use alloy::eips::BlockId;
-use alloy::primitives::Signature;
-use alloy::primitives::{Address, Bytes, B256, U256};
-use alloy::providers::DynProvider;
-use alloy::sol_types::Eip712Domain;
-use web_node::settle::{escrow_domain, recover_signer, SettleError, SignedVoucher, Voucher};
+use alloy_primitives::{Address, Bytes, Signature, B256, U256};
+use alloy_sol_types::Eip712Domain;
 
-use super::bindings::Escrow;
-use super::{latest_block, mined, ChainError, Deployment};
-use web_node::settle::{Backing, Ledger, LedgerError};
+use super::chain::{ChainReads, GateHost, ReadError, SendError};
+use super::gate::GateChain;
+use super::wallet::{allocate_by_sig, authorize_signer_by_sig, redeem_batch, redeem_one};
+use super::{escrow_domain, recover_signer, SettleError, SignedVoucher, Voucher};
+use super::{Backing, Ledger, LedgerError};
+
+/// Why a redeem round, or a check of a voucher against the chain, failed: the chain could not
+/// be read or a transaction's outcome is unknown (the next round reads the chain again), or
+/// the ledger failed. Nothing held is lost.
+#[derive(Debug, thiserror::Error)]
+pub enum RedeemError {
+    /// The chain did not answer, or answered something that does not decode.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    /// A transaction could not be sent, or whether it was mined is unknown.
+    #[error("{call}: {reason}")]
+    Send {
+        /// What was sent.
+        call: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The node's voucher ledger failed.
+    #[error(transparent)]
+    Ledger(#[from] LedgerError),
+}
 
 /// Most vouchers redeemed in one transaction.
 pub const MAX_BATCH: usize = 200;
@@ -38,7 +61,7 @@ pub enum VoucherError {
     WrongNode(Address),
     /// Malformed, or no key recovers from it.
     #[error(transparent)]
-    Signature(#[from] web_node::settle::SettleError),
+    Signature(#[from] SettleError),
     /// Signed by a key that is neither the payer nor one of its signers on chain.
     #[error("signed by {0}, which may not sign for the payer")]
     UnauthorizedSigner(Address),
@@ -70,7 +93,7 @@ pub enum VoucherError {
     },
     /// The chain could not be asked.
     #[error(transparent)]
-    Chain(#[from] ChainError),
+    Chain(#[from] ReadError),
     /// The ledger could not keep it.
     #[error(transparent)]
     Ledger(#[from] LedgerError),
@@ -113,8 +136,9 @@ pub struct RedeemReport {
 
 /// Keeps a node's vouchers until the chain has paid them for good.
 pub struct Redeemer {
-    escrow: Escrow::EscrowInstance<DynProvider>,
-    provider: DynProvider,
+    host: Arc<dyn GateHost>,
+    reads: ChainReads<dyn GateHost>,
+    escrow: Address,
     domain: Eip712Domain,
     node: Address,
     /// Blocks a redeem must be under before its voucher is let go.
@@ -131,16 +155,23 @@ pub struct Redeemer {
 }
 
 impl Redeemer {
-    /// A redeemer for `node`, sending its redeems through `provider` (whose wallet pays the
-    /// gas; the AIT goes to `node` whoever sends them), final at the deployment's depth,
-    /// redeeming what `ledger` holds.
-    pub fn new(deployment: &Deployment, provider: DynProvider, node: Address, ledger: Arc<Ledger>) -> Redeemer {
+    /// A redeemer for `node` on `chain`, reading it and sending its redeems through `host`
+    /// (whose wallet pays the gas; the AIT goes to `node` whoever sends them), final
+    /// `confirmations` blocks deep, redeeming what `ledger` holds.
+    pub fn new(
+        chain: GateChain,
+        confirmations: u64,
+        host: Arc<dyn GateHost>,
+        node: Address,
+        ledger: Arc<Ledger>,
+    ) -> Redeemer {
         let mut r = Redeemer {
-            escrow: Escrow::new(deployment.escrow, provider.clone()),
-            domain: escrow_domain(deployment.chain_id, deployment.escrow),
-            provider,
+            reads: ChainReads::new(host.clone(), chain.escrow, chain.staking),
+            host,
+            escrow: chain.escrow,
+            domain: escrow_domain(chain.chain_id, chain.escrow),
             node,
-            confirmations: deployment.confirmations,
+            confirmations,
             expiry_margin: 600,
             rpc_timeout: Duration::from_secs(30),
             held: BTreeMap::new(),
@@ -174,7 +205,7 @@ impl Redeemer {
         self
     }
 
-    /// Blocks a redeem must be under before its voucher is let go (default: the deployment's).
+    /// Blocks a redeem must be under before its voucher is let go.
     pub fn with_confirmations(mut self, blocks: u64) -> Self {
         self.confirmations = blocks;
         self
@@ -231,8 +262,10 @@ impl Redeemer {
         if voucher.cumulativeAmount <= held {
             return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held });
         }
-        let (now, authorized, collected, allocation) =
-            within(self.rpc_timeout, self.payer_state(&voucher, signer)).await??;
+        let limit = self.rpc_timeout;
+        let (now, authorized, collected, allocation) = within(limit, self.payer_state(&voucher, signer))
+            .await
+            .unwrap_or_else(|| Err(ReadError(format!("no answer in {limit:?}"))))?;
         if voucher.expiry < now.saturating_add(self.expiry_margin) {
             return Err(VoucherError::Expired { expiry: voucher.expiry, now });
         }
@@ -265,53 +298,50 @@ impl Redeemer {
     /// The chain's time, whether `signer` signs for the payer, what was collected for the
     /// session and the payer's allocation to this node that is not thawing, all at the latest
     /// block.
-    async fn payer_state(&self, v: &Voucher, signer: Address) -> Result<(u64, bool, U256, U256), ChainError> {
-        let block = latest_block(&self.provider).await?;
-        let at = BlockId::number(block.0);
-        let authorized = self
-            .escrow
-            .isSigner(v.payer, signer)
-            .block(at)
-            .call()
-            .await
-            .map_err(|e| ChainError::contract("isSigner", &e))?;
-        let collected = self.collected(v, at).await?;
+    async fn payer_state(&self, v: &Voucher, signer: Address) -> Result<(u64, bool, U256, U256), ReadError> {
+        let (block, now) = self.reads.latest_block().await?;
+        let at = self.reads.at(block);
+        let authorized = at.is_signer(v.payer, signer).await?;
+        let collected = at.collected(v.payer, v.session, self.node).await?;
         // What thaws does not count: a thaw that ran its period can be withdrawn at any moment.
-        let allocation = self
-            .escrow
-            .available(v.payer, self.node)
-            .block(at)
-            .call()
-            .await
-            .map_err(|e| ChainError::contract("available", &e))?;
-        Ok((block.1, authorized, collected, allocation))
+        let allocation = at.available(v.payer, self.node).await?;
+        Ok((now, authorized, collected, allocation))
     }
 
     /// What was collected for `v`'s (payer, session) and this node, at block `at`.
-    async fn collected(&self, v: &Voucher, at: BlockId) -> Result<U256, ChainError> {
-        self.escrow
-            .collected(v.payer, v.session, self.node)
-            .block(at)
-            .call()
-            .await
-            .map_err(|e| ChainError::contract("collected", &e))
+    async fn collected(&self, v: &Voucher, at: u64) -> Result<U256, ReadError> {
+        self.reads.at(at).collected(v.payer, v.session, self.node).await
+    }
+
+    /// Sends `data` to the escrow and waits until it is mined: `Ok(Ok(()))` when it succeeded,
+    /// `Ok(Err(reason))` when the chain refused it (the contract's error), `Err` when it could
+    /// not be sent or its outcome is unknown.
+    async fn send(&self, call: &'static str, data: Bytes) -> Result<Result<(), String>, RedeemError> {
+        match self.host.send(self.escrow, data).await {
+            Ok(()) => Ok(Ok(())),
+            Err(SendError::Refused(reason)) => Ok(Err(reason)),
+            Err(SendError::Failed(reason)) => Err(RedeemError::Send { call, reason }),
+        }
     }
 
     /// One round: lets go of vouchers collected at the final block, and redeems in one batch
     /// those the latest block has not collected (after a reorg dropped a redeem, that is it
     /// again). A batch the chain refuses is retried voucher by voucher, and a refused voucher
     /// stays held with its reason. A chain that is down or slow is an error; nothing is lost.
-    pub async fn redeem_due(&mut self) -> Result<RedeemReport, ChainError> {
-        within(self.rpc_timeout, self.round()).await?
+    pub async fn redeem_due(&mut self) -> Result<RedeemReport, RedeemError> {
+        let limit = self.rpc_timeout;
+        within(limit, self.round())
+            .await
+            .unwrap_or_else(|| Err(RedeemError::Read(ReadError(format!("no answer in {limit:?}")))))
     }
 
-    async fn round(&mut self) -> Result<RedeemReport, ChainError> {
+    async fn round(&mut self) -> Result<RedeemReport, RedeemError> {
         self.load()?;
         let mut report = RedeemReport::default();
-        let (latest, now) = latest_block(&self.provider).await?;
+        let (latest, now) = self.reads.latest_block().await?;
         self.authorize(now).await?;
         self.allocate(now).await?;
-        let final_block = BlockId::number(latest.saturating_sub(self.confirmations));
+        let final_block = latest.saturating_sub(self.confirmations);
         let (mut done, mut send, mut seen) = (Vec::new(), Vec::new(), Vec::new());
         for (key, held) in &self.held {
             let v = &held.voucher;
@@ -324,8 +354,7 @@ impl Redeemer {
             }
             // Collected at the latest block but not yet final: wait. Not collected: send it,
             // unless it expired (the chain would refuse it, and the whole batch with it).
-            let at_latest =
-                if self.confirmations == 0 { at_final } else { self.collected(v, BlockId::number(latest)).await? };
+            let at_latest = if self.confirmations == 0 { at_final } else { self.collected(v, latest).await? };
             seen.push((*key, at_latest));
             if at_latest < v.cumulativeAmount {
                 if v.expiry < now {
@@ -363,29 +392,31 @@ impl Redeemer {
         // the next round.
         send.truncate(MAX_BATCH);
         report.sent = send.len();
-        let vouchers: Vec<Escrow::Voucher> = send.iter().map(|k| (&self.held[k].voucher).into()).collect();
-        let signatures: Vec<Bytes> = send.iter().map(|k| self.held[k].signature.clone()).collect();
+        let vouchers: Vec<SignedVoucher> = send
+            .iter()
+            .map(|k| SignedVoucher { voucher: self.held[k].voucher.clone(), signature: self.held[k].signature.clone() })
+            .collect();
         // From sending until the ledger records what was collected, the gate does not read
         // the chain (it would see the allocation lowered and the vouchers still promising).
         let backing = self.backing.clone();
         let recording = backing.redeeming().await;
-        match mined("redeemBatch", self.escrow.redeemBatch(vouchers.clone(), signatures.clone()).send().await).await {
+        match self.send("redeemBatch", redeem_batch(&vouchers)).await? {
             Ok(()) => {
                 for key in &send {
                     self.collected_now(key)?;
                 }
             }
-            Err(ChainError::Contract { reason, .. }) if send.len() > 1 => {
+            Err(reason) if send.len() > 1 => {
                 drop(recording);
                 tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
-                for (i, key) in send.iter().enumerate() {
+                for (key, v) in send.iter().zip(&vouchers) {
                     // One redeem at a time keeps the gate out: never for long.
                     let _recording = backing.redeeming().await;
-                    let r = self.escrow.redeem(vouchers[i].clone(), signatures[i].clone()).send().await;
-                    self.after(key, mined("redeem", r).await, &mut report)?;
+                    let outcome = self.send("redeem", redeem_one(v)).await?;
+                    self.after(key, outcome, &mut report)?;
                 }
             }
-            Err(e) => self.after(&send[0], Err(e), &mut report)?,
+            Err(reason) => self.after(&send[0], Err(reason), &mut report)?,
         }
         Ok(report)
     }
@@ -393,20 +424,16 @@ impl Redeemer {
     /// Submits the payer authorizations of session keys that paid sessions brought (the
     /// session server checked their signatures when it took them), before the vouchers those
     /// keys signed are redeemed; drops those applied, expired or void.
-    async fn authorize(&mut self, now: u64) -> Result<(), ChainError> {
+    async fn authorize(&mut self, now: u64) -> Result<(), RedeemError> {
         for a in self.ledger.authorizations()? {
             let (payer, signer) = (a.authorization.payer, a.authorization.signer);
-            let on_chain =
-                self.escrow.isSigner(payer, signer).call().await.map_err(|e| ChainError::contract("isSigner", &e))?;
+            let on_chain = self.reads.is_signer(payer, signer).await?;
             if !on_chain && a.authorization.deadline >= U256::from(now) {
-                let sent =
-                    self.escrow.authorizeSignerBySig(payer, signer, a.authorization.deadline, a.signature.clone());
-                match mined("authorizeSignerBySig", sent.send().await).await {
+                match self.send("authorizeSignerBySig", authorize_signer_by_sig(&a)).await? {
                     Ok(()) => tracing::info!(%payer, %signer, "submitted the payer's authorization of its session key"),
-                    Err(ChainError::Contract { reason, .. }) => {
+                    Err(reason) => {
                         tracing::warn!(%payer, %signer, %reason, "the payer's authorization is void; dropped");
                     }
-                    Err(e) => return Err(e),
                 }
             } else if !on_chain {
                 tracing::warn!(%payer, %signer, "the payer's authorization expired before it was submitted; dropped");
@@ -419,24 +446,17 @@ impl Redeemer {
     /// Submits the signed allocations paid sessions brought, after the authorizations of the
     /// keys that signed them and before the vouchers they back are redeemed; drops those
     /// applied, expired or void.
-    async fn allocate(&mut self, now: u64) -> Result<(), ChainError> {
+    async fn allocate(&mut self, now: u64) -> Result<(), RedeemError> {
         for a in self.ledger.allocations()? {
             let payer = a.allocation.payer;
             let cumulative = a.allocation.cumulativeAllocated;
-            let total = self
-                .escrow
-                .allocatedTotal(payer, self.node)
-                .call()
-                .await
-                .map_err(|e| ChainError::contract("allocatedTotal", &e))?;
+            let total = self.reads.allocated_total(payer, self.node).await?;
             if cumulative > total && a.allocation.deadline >= now {
-                let sent = self.escrow.allocateBySig((&a.allocation).into(), a.signature.clone());
-                match mined("allocateBySig", sent.send().await).await {
+                match self.send("allocateBySig", allocate_by_sig(&a)).await? {
                     Ok(()) => tracing::info!(%payer, added = %(cumulative - total), "submitted the payer's allocation"),
-                    Err(ChainError::Contract { reason, .. }) => {
+                    Err(reason) => {
                         tracing::warn!(%payer, %reason, "the payer's allocation is void; dropped");
                     }
-                    Err(e) => return Err(e),
                 }
             } else if cumulative > total {
                 tracing::warn!(%payer, "the payer's allocation expired before it was submitted; dropped");
@@ -450,7 +470,7 @@ impl Redeemer {
     /// reverts, so the chain's latest block collected all of it. The ledger says so at once,
     /// so what it counts as still promised (and a charging node's sessions are backed
     /// against) does not count it twice until the redeem is final and the voucher let go.
-    fn collected_now(&mut self, key: &(Address, B256)) -> Result<(), ChainError> {
+    fn collected_now(&mut self, key: &(Address, B256)) -> Result<(), RedeemError> {
         if let Some(h) = self.held.get_mut(key) {
             h.refused = None;
             // The backing first: until the ledger records it too, a voucher is refused
@@ -466,12 +486,12 @@ impl Redeemer {
     fn after(
         &mut self,
         key: &(Address, B256),
-        outcome: Result<(), ChainError>,
+        outcome: Result<(), String>,
         report: &mut RedeemReport,
-    ) -> Result<(), ChainError> {
+    ) -> Result<(), RedeemError> {
         match outcome {
             Ok(()) => self.collected_now(key),
-            Err(ChainError::Contract { reason, .. }) => {
+            Err(reason) => {
                 tracing::warn!(payer = %key.0, session = %key.1, %reason, "voucher refused on chain; kept");
                 report.refused.push(reason.clone());
                 if let Some(h) = self.held.get_mut(key) {
@@ -479,7 +499,6 @@ impl Redeemer {
                 }
                 Ok(())
             }
-            Err(e) => Err(e),
         }
     }
 
@@ -489,7 +508,11 @@ impl Redeemer {
     }
 }
 
-/// `f`, or an RPC error if the chain takes longer than `limit` to answer.
-async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, ChainError> {
-    tokio::time::timeout(limit, f).await.map_err(|_| ChainError::Rpc(format!("no answer in {limit:?}")))
+/// `f`, or `None` if it takes longer than `limit`.
+async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
+    let f = std::pin::pin!(f);
+    match futures::future::select(f, futures_timer::Delay::new(limit)).await {
+        futures::future::Either::Left((v, _)) => Some(v),
+        futures::future::Either::Right(_) => None,
+    }
 }
