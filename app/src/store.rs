@@ -33,7 +33,33 @@ async fn done(req: &IdbRequest) -> Result<JsValue, AppError> {
     req.result().map_err(browser_err)
 }
 
+thread_local! {
+    /// The page's connection to the database, once opened (IndexedDB connections are meant to
+    /// be kept; each open would otherwise be one more).
+    static CONNECTION: std::cell::RefCell<Option<IdbDatabase>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The database connection, opened (and upgraded) on first use. When another tab opens a
+/// newer version, this one closes its connection (so the upgrade is not blocked) and opens
+/// again on its next use.
 async fn open() -> Result<IdbDatabase, AppError> {
+    if let Some(db) = CONNECTION.with(|c| c.borrow().clone()) {
+        return Ok(db);
+    }
+    let db = open_new().await?;
+    let closing = db.clone();
+    let on_change = Closure::<dyn FnMut()>::new(move || {
+        closing.close();
+        CONNECTION.with(|c| c.borrow_mut().take());
+    });
+    db.set_onversionchange(Some(on_change.as_ref().unchecked_ref()));
+    // One listener per connection, for the connection's life.
+    on_change.forget();
+    CONNECTION.with(|c| *c.borrow_mut() = Some(db.clone()));
+    Ok(db)
+}
+
+async fn open_new() -> Result<IdbDatabase, AppError> {
     let factory = web_sys::window().and_then(|w| w.indexed_db().ok().flatten()).ok_or(AppError::NoIndexedDb)?;
     // Version 2 added the ledger.
     let req: IdbOpenDbRequest = factory.open_with_u32(DB, 2).map_err(browser_err)?;
@@ -86,41 +112,43 @@ async fn committed(txn: &web_sys::IdbTransaction) -> Result<(), AppError> {
     Ok(())
 }
 
-/// Keeps `value` (JSON) under `key` in the ledger store, replacing what was there; returns
-/// once the write has committed.
-pub async fn ledger_put(key: &str, value: &serde_json::Value) -> Result<(), AppError> {
+/// Writes `value` (JSON) under `key` in the ledger store, replacing what was there, in a
+/// transaction with strict durability (the browser flushes it to disk before it commits);
+/// returns once it has committed. The snapshot is taken by `value` only when the transaction
+/// is created, so writes started in order are applied in order.
+pub async fn ledger_save(key: &str, value: &serde_json::Value) -> Result<(), AppError> {
     let db = open().await?;
     let record = serde_json::json!({ "key": key, "value": value });
     let record = js_sys::JSON::parse(&record.to_string()).map_err(browser_err)?;
-    let txn = db.transaction_with_str_and_mode(LEDGER, IdbTransactionMode::Readwrite).map_err(browser_err)?;
+    // `durability` is not in web-sys's stable API: pass the options object as JavaScript.
+    let transaction: js_sys::Function =
+        js_sys::Reflect::get(&db, &JsValue::from_str("transaction")).and_then(|f| f.dyn_into()).map_err(browser_err)?;
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &JsValue::from_str("durability"), &JsValue::from_str("strict"))
+        .map_err(browser_err)?;
+    let txn: web_sys::IdbTransaction = transaction
+        .call3(&db, &JsValue::from_str(LEDGER), &JsValue::from_str("readwrite"), &options)
+        .and_then(|t| t.dyn_into())
+        .map_err(browser_err)?;
     txn.object_store(LEDGER).and_then(|s| s.put(&record)).map_err(browser_err)?;
     committed(&txn).await
 }
 
-/// Removes `key` from the ledger store.
-pub async fn ledger_delete(key: &str) -> Result<(), AppError> {
-    let db = open().await?;
-    let txn = db.transaction_with_str_and_mode(LEDGER, IdbTransactionMode::Readwrite).map_err(browser_err)?;
-    txn.object_store(LEDGER).and_then(|s| s.delete(&JsValue::from_str(key))).map_err(browser_err)?;
-    committed(&txn).await
-}
-
-/// Everything in the ledger store: (key, value).
-pub async fn ledger_all() -> Result<Vec<(String, serde_json::Value)>, AppError> {
+/// What the ledger store keeps under `key`, if anything.
+pub async fn ledger_load(key: &str) -> Result<Option<serde_json::Value>, AppError> {
     let db = open().await?;
     let store = db
         .transaction_with_str_and_mode(LEDGER, IdbTransactionMode::Readonly)
         .and_then(|t| t.object_store(LEDGER))
         .map_err(browser_err)?;
-    let all = done(&store.get_all().map_err(browser_err)?).await?;
-    let json = js_sys::JSON::stringify(&all).map_err(browser_err)?.as_string().unwrap_or_default();
-    let records: Vec<serde_json::Value> = serde_json::from_str(&json).map_err(|e| AppError::Idb(e.to_string()))?;
-    Ok(records
-        .into_iter()
-        .filter_map(|mut r| Some((r.get("key")?.as_str()?.to_string(), r.get_mut("value")?.take())))
-        .collect())
+    let found = done(&store.get(&JsValue::from_str(key)).map_err(browser_err)?).await?;
+    if found.is_undefined() || found.is_null() {
+        return Ok(None);
+    }
+    let json = js_sys::JSON::stringify(&found).map_err(browser_err)?.as_string().unwrap_or_default();
+    let mut record: serde_json::Value = serde_json::from_str(&json).map_err(|e| AppError::Idb(e.to_string()))?;
+    Ok(record.get_mut("value").map(serde_json::Value::take))
 }
-
 /// Every stored conversation, newest first.
 pub async fn load_all() -> Result<Vec<Conversation>, AppError> {
     let db = open().await?;

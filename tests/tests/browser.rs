@@ -722,6 +722,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
 
     // `?seed=&price=` starts seeding once the wallet to be paid is connected.
     let b = Browser::start().expect("browser");
+    let page_opened = Instant::now();
     b.goto(&page(&r0, "seed=10..20&price=0.001&temperature=0")).unwrap();
     connected(&b);
     b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
@@ -775,7 +776,11 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     assert_eq!(e["sessions"], json!("1"), "{e}");
     assert_eq!(e["earned"], json!("0"), "{e}");
     let node_share = owed * U256::from(7u8) / U256::from(10u8);
-    assert!(e["perHour"].as_str().unwrap().parse::<U256>().unwrap() >= node_share, "{e}");
+    // The rate: the node share of what it was paid, over less time than since the page opened.
+    let since_opened = U256::from(page_opened.elapsed().as_secs() + 1);
+    let at_least = node_share * U256::from(3600u64) / since_opened;
+    assert!(e["perHour"].as_str().unwrap().parse::<U256>().unwrap() >= at_least, "{e}: at least {at_least} an hour");
+    assert_eq!(e["waiting"], json!("1"), "the client's signed allocation waits to be submitted: {e}");
 
     // The vouchers outlive the page: reloaded, the tab seeds again once the wallet is back,
     // and its ledger comes back from IndexedDB.
@@ -814,6 +819,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     assert_eq!(rt.block_on(async { escrow.earned(tab_wallet).call().await }).unwrap(), node_share);
     let e = earnings("the redeemed earnings", &format!("e.earned === '{node_share}' && e.pending === '0'"));
     assert_eq!(e["redeemed"].as_str(), Some(node_share.to_string().as_str()), "{e}");
+    assert_eq!(e["waiting"], json!("0"), "{e}");
 
     // Spend: the earnings become the tab's deposit.
     step("seed-spend", "spending the earnings", "are now your deposit");

@@ -1,56 +1,98 @@
 //! A seeding tab that charges for its work, and spends what it earns.
 //!
-//! With a price set and a wallet connected, the tab serves through the same
-//! [`ChainGate`] as a relay: its node address is the connected wallet's, it reads the chain
-//! through the wallet (EIP-1193), and keeps vouchers in an in-memory [`Ledger`] whose every
-//! write is copied to IndexedDB (`store::ledger_*`) before the step it came with is
-//! answered; a reloaded tab restores them. Redeeming and spending are the person's steps,
-//! each one wallet transaction or a few: [`Charging::redeem`] submits the payers'
-//! authorizations and allocations waiting, then the vouchers in one `redeemBatch`;
+//! With a price set and a wallet connected, the tab serves through the same [`ChainGate`] as
+//! a relay and redeems with the same [`Redeemer`]: its node address is the connected wallet's,
+//! it reads the chain and sends its transactions through the wallet (EIP-1193), and keeps
+//! vouchers in an in-memory [`Ledger`] whose whole content is written to IndexedDB
+//! ([`store::ledger_save`]) after every change the gate makes, before the step it came with is
+//! answered, and after each redeem round; starting to seed again restores it. Redeeming and
+//! spending are the person's steps (every transaction is a wallet prompt):
+//! [`Charging::redeem`] runs one redeem round (the payers' authorizations and allocations
+//! waiting, then the vouchers in one `redeemBatch`, one by one if the batch is refused);
 //! [`Charging::spend_earned`] moves what the escrow credited this node into its deposit
 //! (`depositEarned`), which then pays the tab's own chats through its session key.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
-use alloy_primitives::{Address, B256, U256};
+use alloy_primitives::{Address, Bytes, U256};
 use send_wrapper::SendWrapper;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use web_node::settle::chain::{earned_from_others, Kept};
+use web_node::settle::chain::earned_from_others;
 use web_node::settle::gate::EARNED_WINDOW_BLOCKS;
 use web_node::settle::pay::DEFAULT_CREDIT_TOKENS;
-use web_node::settle::wallet::{allocate_by_sig, authorize_signer_by_sig, deposit_earned, redeem_batch};
+use web_node::settle::wallet::deposit_earned;
 use web_node::settle::{
-    format_ait, ChainGate, ChainReads, GateChain, GateFuture, GateHost, Ledger, PaymentGate, SignedAllocation,
-    SignedAuthorization, SignedVoucher,
+    ChainGate, ChainReads, Entry, GateChain, GateFuture, GateHost, Ledger, PaymentGate, Redeemer, SendError,
+    SignedAllocation, SignedAuthorization, NODE_SHARE_BPS,
 };
 use web_time::Instant;
 
 use crate::error::AppError;
 use crate::store;
-use crate::wallet::{chain_time, eip1193, send_and_wait, Wallet};
+use crate::wallet::{eip1193, send_and_wait, send_tx, Wallet};
 
-/// The tab's [`GateHost`]: the wallet's JSON-RPC, ledger writes run at once (one thread), and
-/// each kept voucher copied to IndexedDB. It also counts what this run's vouchers promise.
-#[derive(Default)]
+/// What IndexedDB keeps of a charging tab's ledger: everything it holds, and whose it is.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Snapshot {
+    /// The node (wallet) the vouchers pay.
+    node: Address,
+    /// The chain and escrow they are redeemed on.
+    chain_id: u64,
+    escrow: Address,
+    vouchers: Vec<Entry>,
+    authorizations: Vec<SignedAuthorization>,
+    allocations: Vec<SignedAllocation>,
+}
+
+/// The tab's [`GateHost`]: the wallet's JSON-RPC and transactions, ledger writes run at once
+/// (one thread), and the ledger written to IndexedDB after each change.
 struct TabHost {
-    /// Each session's newest voucher amount received since seeding began.
-    received: Mutex<HashMap<(Address, B256), U256>>,
+    node: Address,
+    chain: GateChain,
+    /// The ledger it makes durable (set once the gate is built on this host).
+    ledger: OnceLock<Arc<Ledger>>,
+    /// What this run's vouchers promise.
+    received: Mutex<Received>,
 }
 
-fn voucher_key(payer: Address, session: B256) -> String {
-    format!("voucher:{payer}:{session}")
+/// Each session's newest voucher amount seen, and their sum when seeding began.
+#[derive(Default)]
+struct Received {
+    newest: std::collections::HashMap<(Address, alloy_primitives::B256), U256>,
+    at_start: U256,
 }
 
-fn kept_record(kept: Kept<'_>) -> Result<(String, Value), String> {
-    let json = |v: serde_json::Result<Value>| v.map_err(|e| e.to_string());
-    Ok(match kept {
-        Kept::Voucher(v) => (voucher_key(v.voucher.payer, v.voucher.session), json(serde_json::to_value(v))?),
-        Kept::Authorization(a) => {
-            (format!("auth:{}:{}", a.authorization.payer, a.authorization.signer), json(serde_json::to_value(a))?)
+impl TabHost {
+    /// Where IndexedDB keeps this node's ledger on this chain and escrow (another wallet's, or
+    /// another deployment's, is kept apart).
+    fn key(&self) -> String {
+        format!("ledger:{}:{}:{}", self.chain.chain_id, self.chain.escrow, self.node)
+    }
+
+    fn snapshot(&self) -> Result<Snapshot, String> {
+        let ledger = self.ledger.get().ok_or("no ledger yet")?;
+        let err = |e: web_node::settle::LedgerError| e.to_string();
+        Ok(Snapshot {
+            node: self.node,
+            chain_id: self.chain.chain_id,
+            escrow: self.chain.escrow,
+            vouchers: ledger.entries().map_err(err)?,
+            authorizations: ledger.authorizations().map_err(err)?,
+            allocations: ledger.allocations().map_err(err)?,
+        })
+    }
+
+    /// Counts the newest amount of each session's voucher seen this run.
+    fn count(&self, vouchers: &[Entry]) -> U256 {
+        let mut r = self.received.lock().unwrap_or_else(|p| p.into_inner());
+        for e in vouchers {
+            let v = &e.voucher.voucher;
+            let newest = r.newest.entry((v.payer, v.session)).or_default();
+            *newest = (*newest).max(v.cumulativeAmount);
         }
-        Kept::Allocation(a) => (format!("alloc:{}", a.allocation.payer), json(serde_json::to_value(a))?),
-    })
+        r.newest.values().fold(U256::ZERO, |a, v| a.saturating_add(*v)).saturating_sub(r.at_start)
+    }
 }
 
 impl GateHost for TabHost {
@@ -59,21 +101,24 @@ impl GateHost for TabHost {
         Box::pin(SendWrapper::new(async move { eip1193::request(method, params).await.map_err(|e| e.to_string()) }))
     }
 
+    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<(), SendError>> {
+        let from = self.node;
+        Box::pin(SendWrapper::new(async move { send_tx(from, to, &data.to_string()).await }))
+    }
+
     fn blocking(&self, job: Box<dyn FnOnce() + Send>) {
         job();
     }
 
-    fn persist<'a>(&'a self, kept: Kept<'a>) -> GateFuture<'a, Result<(), String>> {
-        if let Kept::Voucher(v) = kept {
-            let mut received = self.received.lock().unwrap_or_else(|p| p.into_inner());
-            let newest = received.entry((v.voucher.payer, v.voucher.session)).or_default();
-            *newest = (*newest).max(v.voucher.cumulativeAmount);
-        }
-        let record = kept_record(kept);
-        Box::pin(SendWrapper::new(async move {
-            let (key, value) = record?;
-            store::ledger_put(&key, &value).await.map_err(|e| e.to_string())
-        }))
+    fn persist(&self) -> GateFuture<'_, Result<(), String>> {
+        // Taken and written in one piece: IndexedDB applies writes in order, so it always
+        // holds the ledger as of its latest change.
+        let snapshot = self.snapshot().and_then(|s| {
+            self.count(&s.vouchers);
+            serde_json::to_value(&s).map_err(|e| e.to_string())
+        });
+        let key = self.key();
+        Box::pin(SendWrapper::new(async move { store::ledger_save(&key, &snapshot?).await.map_err(|e| e.to_string()) }))
     }
 }
 
@@ -84,42 +129,63 @@ pub struct Earnings {
     pub pending: U256,
     /// Sessions with such vouchers.
     pub pending_sessions: usize,
+    /// Payers' authorizations and allocations waiting to be submitted (until they are, the
+    /// tab serves each such payer at most one credit cap).
+    pub waiting: usize,
     /// This node's share of what redeems paid it over the last day (from `Redeemed` events).
     pub redeemed: U256,
     /// Credited to this node in the escrow and not yet withdrawn or spent.
     pub earned: U256,
-    /// This node's share (70%) of what this run's vouchers promise, per hour since it began.
+    /// This node's share of what this run's vouchers promise, per hour since it began.
     pub per_hour: U256,
 }
 
-/// A charging tab's gate, ledger and chain.
+/// A charging tab's gate, ledger, redeemer and chain.
 pub struct Charging {
     gate: Arc<ChainGate>,
     ledger: Arc<Ledger>,
     host: Arc<TabHost>,
     reads: ChainReads<TabHost>,
+    redeemer: futures::lock::Mutex<Redeemer>,
     node: Address,
     escrow: Address,
     started: Instant,
 }
 
-/// The share of each payment that goes to the serving node (the escrow's `NODE_BPS`).
-const NODE_SHARE_BPS: u64 = 7_000;
-
 impl Charging {
     /// Charges `price` per layer-token for `layers` layers, paid to the wallet's address, with
     /// the ledger restored from IndexedDB.
     pub async fn start(wallet: &Wallet, price: U256, layers: u64) -> Result<Charging, AppError> {
-        let (node, chain) = wallet.connected()?;
-        let host = Arc::new(TabHost::default());
+        let (node, info) = wallet.connected()?;
+        let chain = GateChain { chain_id: info.chain_id, escrow: info.escrow, staking: info.staking };
+        let host = Arc::new(TabHost { node, chain, ledger: OnceLock::new(), received: Mutex::default() });
         let ledger = Arc::new(Ledger::in_memory().map_err(|e| AppError::Wallet(e.to_string()))?);
-        restore(&ledger, node).await?;
+        restore(&ledger, &host).await?;
+        let _ = host.ledger.set(ledger.clone());
+        {
+            let restored = host.snapshot().map_err(AppError::Wallet)?;
+            host.count(&restored.vouchers);
+            let mut r = host.received.lock().unwrap_or_else(|p| p.into_inner());
+            r.at_start = r.newest.values().fold(U256::ZERO, |a, v| a.saturating_add(*v));
+        }
         let cap = price * U256::from(layers) * U256::from(DEFAULT_CREDIT_TOKENS);
-        let gate_chain = GateChain { chain_id: chain.chain_id, escrow: chain.escrow, staking: chain.staking };
-        let gate = ChainGate::new(gate_chain, host.clone(), node, price, cap, ledger.clone());
+        let gate = ChainGate::new(chain, host.clone(), node, price, cap, ledger.clone()).without_redeem_loop();
         gate.terms().check(layers).map_err(|e| AppError::Wallet(e.to_string()))?;
+        // A round waits for the person at each wallet prompt: give it minutes, not seconds.
+        let redeemer = Redeemer::new(chain, info.confirmations, host.clone(), node, ledger.clone())
+            .with_backing(gate.backing())
+            .with_rpc_timeout(std::time::Duration::from_secs(600));
         let reads = ChainReads::new(host.clone(), chain.escrow, chain.staking);
-        Ok(Charging { gate: Arc::new(gate), ledger, host, reads, node, escrow: chain.escrow, started: Instant::now() })
+        Ok(Charging {
+            gate: Arc::new(gate),
+            ledger,
+            host,
+            reads,
+            redeemer: futures::lock::Mutex::new(redeemer),
+            node,
+            escrow: chain.escrow,
+            started: Instant::now(),
+        })
     }
 
     /// The gate the tab's sessions are charged through.
@@ -131,100 +197,49 @@ impl Charging {
     /// redeemed over the last day and what is credited now.
     pub async fn earnings(&self) -> Result<Earnings, AppError> {
         let read = |e: web_node::settle::ReadError| AppError::Wallet(e.to_string());
-        let entries = self.ledger.entries().map_err(|e| AppError::Wallet(e.to_string()))?;
+        let ledger = |e: web_node::settle::LedgerError| AppError::Wallet(e.to_string());
+        let entries = self.ledger.entries().map_err(ledger)?;
         let pending: Vec<_> = entries.iter().filter(|e| !e.outstanding().is_zero()).collect();
+        let waiting =
+            self.ledger.authorizations().map_err(ledger)?.len() + self.ledger.allocations().map_err(ledger)?.len();
         let (latest, _) = self.reads.latest_block().await.map_err(read)?;
         let from = latest.saturating_sub(EARNED_WINDOW_BLOCKS);
         let events = self.reads.redeemed_events(Some(self.node), from, latest).await.map_err(read)?;
-        let received = {
-            let r = self.host.received.lock().unwrap_or_else(|p| p.into_inner());
-            r.values().fold(U256::ZERO, |a, v| a.saturating_add(*v))
-        };
+        let received = self.host.count(&entries);
         let hours_e6 = (self.started.elapsed().as_secs_f64() / 3600.0 * 1e6).max(1.0) as u64;
-        let per_hour = received * U256::from(NODE_SHARE_BPS) / U256::from(10_000u64) * U256::from(1_000_000u64)
-            / U256::from(hours_e6);
+        let per_hour = node_share(received) * U256::from(1_000_000u64) / U256::from(hours_e6);
         Ok(Earnings {
             pending: pending.iter().fold(U256::ZERO, |a, e| a.saturating_add(e.outstanding())),
             pending_sessions: pending.len(),
+            waiting,
             redeemed: earned_from_others(&events, self.node),
             earned: self.reads.earned(self.node).await.map_err(read)?,
             per_hour,
         })
     }
 
-    /// Redeems what the ledger holds: first the payers' authorizations and allocations the
-    /// chain lacks, then every voucher that adds to what was collected, in one batch. Returns
-    /// what the panel says.
+    /// Runs one redeem round (see the module's note) and writes the ledger to IndexedDB;
+    /// returns what the panel says.
     pub async fn redeem(&self) -> Result<String, AppError> {
-        let ledger_err = |e: web_node::settle::LedgerError| AppError::Wallet(e.to_string());
-        let read = |e: web_node::settle::ReadError| AppError::Wallet(e.to_string());
-        let (me, escrow) = (self.node, self.escrow);
-        for a in self.ledger.authorizations().map_err(ledger_err)? {
-            let SignedAuthorization { authorization: auth, .. } = &a;
-            if !self.reads.is_signer(auth.payer, auth.signer).await.map_err(read)? {
-                send_and_wait(me, escrow, &authorize_signer_by_sig(&a).to_string()).await?;
-            }
-            self.ledger.remove_authorization(auth.payer, auth.signer).map_err(ledger_err)?;
-            store::ledger_delete(&format!("auth:{}:{}", auth.payer, auth.signer)).await?;
+        let mut redeemer = self.redeemer.lock().await;
+        let round = redeemer.redeem_due().await;
+        // Whatever the round did is kept, even when it ended early.
+        self.host.persist().await.map_err(AppError::Idb)?;
+        let report = round.map_err(|e| AppError::Wallet(e.to_string()))?;
+        let mut said = match report.sent - report.refused.len() {
+            0 => "Nothing to redeem.".to_string(),
+            n => format!("Redeemed {n} voucher(s)."),
+        };
+        if report.finalized > 0 {
+            said += &format!(" {} voucher(s) final.", report.finalized);
         }
-        for a in self.ledger.allocations().map_err(ledger_err)? {
-            let SignedAllocation { allocation: al, .. } = &a;
-            if al.cumulativeAllocated > self.reads.allocated_total(al.payer, al.node).await.map_err(read)? {
-                send_and_wait(me, escrow, &allocate_by_sig(&a).to_string()).await?;
-            }
-            self.ledger.remove_allocation(al.payer, al.cumulativeAllocated).map_err(ledger_err)?;
-            store::ledger_delete(&format!("alloc:{}", al.payer)).await?;
+        if report.expired > 0 {
+            said += &format!(" {} expired before they were redeemed, dropped.", report.expired);
         }
-        // From sending until the ledger records what was collected, the gate waits (it
-        // would see the allocation lowered and the vouchers still promising it).
-        let backing = self.gate.backing();
-        let _redeeming = backing.redeeming().await;
-        let now = chain_time().await?;
-        let mut due: Vec<(SignedVoucher, U256)> = Vec::new();
-        let mut expired = 0;
-        for e in self.ledger.entries().map_err(ledger_err)? {
-            let v = &e.voucher.voucher;
-            let collected = self.reads.collected(v.payer, v.session, v.node).await.map_err(read)?;
-            if v.cumulativeAmount <= collected || v.expiry < now {
-                expired += usize::from(v.cumulativeAmount > collected);
-                self.forget(v.payer, v.session, v.cumulativeAmount).await?;
-            } else {
-                due.push((e.voucher.clone(), collected));
-            }
+        if !report.refused.is_empty() {
+            said += &format!(" The chain refused {}: {}.", report.refused.len(), report.refused.join("; "));
         }
-        if due.is_empty() {
-            return Ok(match expired {
-                0 => "Nothing to redeem.".into(),
-                n => format!("Nothing to redeem; {n} expired voucher(s) dropped."),
-            });
-        }
-        send_and_wait(me, escrow, &redeem_batch(due.iter().map(|(v, _)| v)).to_string()).await?;
-        let mut total = U256::ZERO;
-        for (v, collected) in &due {
-            let v = &v.voucher;
-            let paid = v.cumulativeAmount - *collected;
-            total += paid;
-            backing.collected(v.payer, paid);
-            self.ledger.set_collected(v.payer, v.session, v.cumulativeAmount).map_err(ledger_err)?;
-            self.forget(v.payer, v.session, v.cumulativeAmount).await?;
-        }
-        Ok(format!(
-            "Redeemed {} voucher(s): {} AIT paid, {} AIT of it to this node.",
-            due.len(),
-            format_ait(total),
-            format_ait(total * U256::from(NODE_SHARE_BPS) / U256::from(10_000u64))
-        ))
-    }
-
-    /// Drops the ledger's voucher of (`payer`, `session`) if it is not above `amount` (a
-    /// session still open may have sent a newer one meanwhile), here and in IndexedDB.
-    async fn forget(&self, payer: Address, session: B256, amount: U256) -> Result<(), AppError> {
-        let ledger_err = |e: web_node::settle::LedgerError| AppError::Wallet(e.to_string());
-        self.ledger.remove_up_to(payer, session, amount).map_err(ledger_err)?;
-        if !self.ledger.has(payer, session).map_err(ledger_err)? {
-            store::ledger_delete(&voucher_key(payer, session)).await?;
-        }
-        Ok(())
+        Ok(said)
     }
 
     /// Moves everything the escrow credited this node into its deposit (one transaction):
@@ -239,30 +254,27 @@ impl Charging {
     }
 }
 
-/// Puts back into `ledger` what IndexedDB kept of this node's ledger (vouchers and
-/// allocations for `node`, and every authorization).
-async fn restore(ledger: &Ledger, node: Address) -> Result<(), AppError> {
-    let bad = |e: String| AppError::Idb(format!("a kept voucher record: {e}"));
-    for (key, value) in store::ledger_all().await? {
-        let restored = if key.starts_with("voucher:") {
-            let v: SignedVoucher = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-            if v.voucher.node != node {
-                continue;
-            }
-            ledger.put(&v).map(|_| ())
-        } else if key.starts_with("auth:") {
-            let a: SignedAuthorization = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-            ledger.put_authorization(&a)
-        } else if key.starts_with("alloc:") {
-            let a: SignedAllocation = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-            if a.allocation.node != node {
-                continue;
-            }
-            ledger.put_allocation(&a)
-        } else {
-            continue;
-        };
-        restored.map_err(|e| bad(e.to_string()))?;
+/// The node's share of `amount` (the escrow pays it [`NODE_SHARE_BPS`]).
+fn node_share(amount: U256) -> U256 {
+    amount * U256::from(NODE_SHARE_BPS) / U256::from(10_000u64)
+}
+
+/// Puts back into `ledger` what IndexedDB kept of this node's ledger on this chain and escrow.
+async fn restore(ledger: &Ledger, host: &TabHost) -> Result<(), AppError> {
+    let Some(value) = store::ledger_load(&host.key()).await? else { return Ok(()) };
+    let bad = |e: String| AppError::Idb(format!("the kept voucher ledger: {e}"));
+    let s: Snapshot = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
+    let err = |e: web_node::settle::LedgerError| bad(e.to_string());
+    for e in &s.vouchers {
+        let v = &e.voucher.voucher;
+        ledger.put(&e.voucher).map_err(err)?;
+        ledger.set_collected(v.payer, v.session, e.collected).map_err(err)?;
+    }
+    for a in &s.authorizations {
+        ledger.put_authorization(a).map_err(err)?;
+    }
+    for a in &s.allocations {
+        ledger.put_allocation(a).map_err(err)?;
     }
     Ok(())
 }

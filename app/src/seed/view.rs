@@ -53,13 +53,19 @@ fn SeedEarnings() -> impl IntoView {
             data-sessions=field(|e| e.pending_sessions.to_string())
             data-redeemed=field(|e| e.redeemed.to_string())
             data-earned=field(|e| e.earned.to_string())
-            data-per-hour=field(|e| e.per_hour.to_string())>
+            data-per-hour=field(|e| e.per_hour.to_string())
+            data-waiting=field(|e| e.waiting.to_string())>
             <dl class="stats">
                 <dt>"Vouchers to redeem"</dt>
                 <dd>{move || e.with(|e| e.as_ref().map(|e| format!("{} ({} sessions)", ait(e.pending), e.pending_sessions)).unwrap_or_default())}</dd>
                 <dt>"Redeemed (last day, this node's share)"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| ait(e.redeemed)).unwrap_or_default())}</dd>
                 <dt>"Earned, in the escrow"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| ait(e.earned)).unwrap_or_default())}</dd>
                 <dt>"Earning"</dt><dd>{move || e.with(|e| e.as_ref().map(|e| format!("{} per hour", ait(e.per_hour))).unwrap_or_default())}</dd>
+                <dt>"Payers' keys and allocations to submit"</dt>
+                <dd>{move || e.with(|e| e.as_ref().map(|e| match e.waiting {
+                    0 => "none".to_string(),
+                    n => format!("{n}: redeem to submit them (until then each such payer gets one credit cap)"),
+                }).unwrap_or_default())}</dd>
             </dl>
             <button id="seed-redeem" on:click=move |_| seeder.redeem()>"Redeem vouchers"</button>
             " "

@@ -28,7 +28,8 @@ use web_node::settle::wallet::{
     withdraw, word,
 };
 use web_node::settle::{
-    escrow_domain, recover_signer, token_domain, AuthorizeSigner, Payer, Permit, SessionKey, SignedAuthorization,
+    escrow_domain, recover_signer, token_domain, AuthorizeSigner, Payer, Permit, SendError, SessionKey,
+    SignedAuthorization,
 };
 
 use crate::error::AppError;
@@ -50,6 +51,9 @@ pub struct ChainInfo {
     pub escrow: Address,
     /// The staking contract (a charging tab reads payers' stakes for its priority slots).
     pub staking: Address,
+    /// Blocks a redeem must be under before a charging tab lets its voucher go.
+    #[serde(default)]
+    pub confirmations: u64,
 }
 
 /// A session key's authorization, signed by the payer's wallet, for a node to submit.
@@ -338,16 +342,39 @@ pub(crate) async fn chain_time() -> Result<u64, AppError> {
 
 /// Has the wallet send a transaction and waits until it is mined; a reverted one is an error.
 pub(crate) async fn send_and_wait(from: Address, to: Address, data: &str) -> Result<(), AppError> {
-    let hash = eip1193::request("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }])).await?;
-    let hash = hash.as_str().ok_or_else(|| wallet_err("the wallet returned no transaction hash"))?.to_string();
+    send_tx(from, to, data).await.map_err(wallet_err)
+}
+
+/// Has the wallet send a transaction and waits until it is mined: refused when the chain
+/// reverts it (when the wallet estimates its gas, or once mined), failed when it could not be
+/// sent (the person declined, the wallet is gone) or its outcome is not known in time.
+pub(crate) async fn send_tx(from: Address, to: Address, data: &str) -> Result<(), SendError> {
+    let failed = |e: AppError| {
+        let text = e.to_string();
+        if text.to_lowercase().contains("revert") {
+            SendError::Refused(text)
+        } else {
+            SendError::Failed(text)
+        }
+    };
+    let hash = eip1193::request("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }]))
+        .await
+        .map_err(failed)?;
+    let hash = hash.as_str().ok_or_else(|| SendError::Failed("the wallet returned no transaction hash".into()))?;
     let started = web_time::Instant::now();
     loop {
-        let receipt = eip1193::request("eth_getTransactionReceipt", json!([hash])).await?;
+        let receipt = eip1193::request("eth_getTransactionReceipt", json!([hash]))
+            .await
+            .map_err(|e| SendError::Failed(e.to_string()))?;
         if let Some(status) = receipt.get("status").and_then(Value::as_str) {
-            return if status == "0x1" { Ok(()) } else { Err(wallet_err(format!("transaction {hash} reverted"))) };
+            return if status == "0x1" {
+                Ok(())
+            } else {
+                Err(SendError::Refused(format!("transaction {hash} reverted")))
+            };
         }
         if started.elapsed() > TX_WAIT {
-            return Err(wallet_err(format!("transaction {hash} not mined after {TX_WAIT:?}")));
+            return Err(SendError::Failed(format!("transaction {hash} not mined after {TX_WAIT:?}")));
         }
         futures_timer::Delay::new(Duration::from_millis(500)).await;
     }
