@@ -724,15 +724,18 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     let b = Browser::start().expect("browser");
     let page_opened = Instant::now();
     b.goto(&page(&r0, "seed=10..20&price=0.001&temperature=0")).unwrap();
-    connected(&b);
-    b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
-    b.exec(
-        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
-        json!([]),
-    )
-    .unwrap();
-    b.exec("document.getElementById('tab-seed').click();", json!([])).unwrap();
-    let tab = seeding(&b);
+    let connect_and_seed = || {
+        connected(&b);
+        b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
+        b.exec(
+            "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
+            json!([]),
+        )
+        .unwrap();
+        b.exec("document.getElementById('tab-seed').click();", json!([])).unwrap();
+        seeding(&b)
+    };
+    let tab = connect_and_seed();
     let state = b.exec("return document.getElementById('seed-state').innerText", json!([])).unwrap();
     assert!(state.as_str().unwrap_or_default().contains("charging 0.001 AIT per layer-token"), "{state}");
 
@@ -786,15 +789,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     // and its ledger comes back from IndexedDB.
     b.exec("location.reload();", json!([])).unwrap();
     std::thread::sleep(Duration::from_millis(500));
-    connected(&b);
-    b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
-    b.exec(
-        "document.getElementById('tab-wallet').click(); document.getElementById('wallet-connect').click();",
-        json!([]),
-    )
-    .unwrap();
-    b.exec("document.getElementById('tab-seed').click();", json!([])).unwrap();
-    seeding(&b);
+    connect_and_seed();
     let e = earnings("the tab's vouchers after a reload", &format!("e.pending === '{owed}'"));
     assert_eq!(e["sessions"], json!("1"), "{e}");
 
