@@ -114,8 +114,7 @@ async fn committed(txn: &web_sys::IdbTransaction) -> Result<(), AppError> {
 
 /// Writes `value` (JSON) under `key` in the ledger store, replacing what was there, in a
 /// transaction with strict durability (the browser flushes it to disk before it commits);
-/// returns once it has committed. The snapshot is taken by `value` only when the transaction
-/// is created, so writes started in order are applied in order.
+/// returns once it has committed.
 pub async fn ledger_save(key: &str, value: &serde_json::Value) -> Result<(), AppError> {
     let db = open().await?;
     let record = serde_json::json!({ "key": key, "value": value });

@@ -54,6 +54,9 @@ struct TabHost {
     ledger: OnceLock<Arc<Ledger>>,
     /// What this run's vouchers promise.
     received: Mutex<Received>,
+    /// Held from taking a snapshot until IndexedDB has it: writes land in the order their
+    /// snapshots were taken, so the last one kept is the newest.
+    persisting: futures::lock::Mutex<()>,
 }
 
 /// Each session's newest voucher amount seen, and their sum when seeding began.
@@ -111,14 +114,15 @@ impl GateHost for TabHost {
     }
 
     fn persist(&self) -> GateFuture<'_, Result<(), String>> {
-        // Taken and written in one piece: IndexedDB applies writes in order, so it always
-        // holds the ledger as of its latest change.
-        let snapshot = self.snapshot().and_then(|s| {
-            self.count(&s.vouchers);
-            serde_json::to_value(&s).map_err(|e| e.to_string())
-        });
-        let key = self.key();
-        Box::pin(SendWrapper::new(async move { store::ledger_save(&key, &snapshot?).await.map_err(|e| e.to_string()) }))
+        Box::pin(SendWrapper::new(async move {
+            let _in_order = self.persisting.lock().await;
+            // Taken once the earlier writes landed: it holds every change made before it.
+            let snapshot = self.snapshot().and_then(|s| {
+                self.count(&s.vouchers);
+                serde_json::to_value(&s).map_err(|e| e.to_string())
+            })?;
+            store::ledger_save(&self.key(), &snapshot).await.map_err(|e| e.to_string())
+        }))
     }
 }
 
@@ -158,7 +162,13 @@ impl Charging {
     pub async fn start(wallet: &Wallet, price: U256, layers: u64) -> Result<Charging, AppError> {
         let (node, info) = wallet.connected()?;
         let chain = GateChain { chain_id: info.chain_id, escrow: info.escrow, staking: info.staking };
-        let host = Arc::new(TabHost { node, chain, ledger: OnceLock::new(), received: Mutex::default() });
+        let host = Arc::new(TabHost {
+            node,
+            chain,
+            ledger: OnceLock::new(),
+            received: Mutex::default(),
+            persisting: futures::lock::Mutex::new(()),
+        });
         let ledger = Arc::new(Ledger::in_memory().map_err(|e| AppError::Wallet(e.to_string()))?);
         restore(&ledger, &host).await?;
         let _ = host.ledger.set(ledger.clone());
