@@ -53,8 +53,14 @@ async fn open() -> Result<IdbDatabase, AppError> {
         CONNECTION.with(|c| c.borrow_mut().take());
     });
     db.set_onversionchange(Some(on_change.as_ref().unchecked_ref()));
-    // One listener per connection, for the connection's life.
+    // Closed by the browser (site data cleared, an I/O error): the next use opens again.
+    let on_close = Closure::<dyn FnMut()>::new(move || {
+        CONNECTION.with(|c| c.borrow_mut().take());
+    });
+    db.set_onclose(Some(on_close.as_ref().unchecked_ref()));
+    // One listener of each per connection, for the connection's life.
     on_change.forget();
+    on_close.forget();
     CONNECTION.with(|c| *c.borrow_mut() = Some(db.clone()));
     Ok(db)
 }
@@ -131,6 +137,29 @@ pub async fn ledger_save(key: &str, value: &serde_json::Value) -> Result<(), App
         .map_err(browser_err)?;
     txn.object_store(LEDGER).and_then(|s| s.put(&record)).map_err(browser_err)?;
     committed(&txn).await
+}
+
+/// Takes the page-wide Web Lock `name` for the page's life if no other page holds it;
+/// returns whether it got it (a browser without the Web Locks API: always).
+pub async fn hold_lock(name: &str) -> Result<bool, AppError> {
+    let Some(window) = web_sys::window() else { return Ok(true) };
+    let locks = js_sys::Reflect::get(&window.navigator(), &JsValue::from_str("locks")).map_err(browser_err)?;
+    if locks.is_undefined() || locks.is_null() {
+        return Ok(true);
+    }
+    let request: js_sys::Function =
+        js_sys::Reflect::get(&locks, &JsValue::from_str("request")).and_then(|f| f.dyn_into()).map_err(browser_err)?;
+    let options = js_sys::Object::new();
+    js_sys::Reflect::set(&options, &JsValue::from_str("ifAvailable"), &JsValue::TRUE).map_err(browser_err)?;
+    let (tx, rx) = futures::channel::oneshot::channel();
+    // Called with the lock, or null when another page holds it; the lock is held until the
+    // promise it returns settles, which is never.
+    let granted = Closure::once_into_js(move |lock: JsValue| {
+        let _ = tx.send(!lock.is_null());
+        js_sys::Promise::new(&mut |_, _| {})
+    });
+    request.call3(&locks, &JsValue::from_str(name), &options, &granted).map_err(browser_err)?;
+    rx.await.map_err(|_| AppError::Idb("the lock request was dropped".into()))
 }
 
 /// What the ledger store keeps under `key`, if anything.

@@ -52,8 +52,10 @@ struct TabHost {
     chain: GateChain,
     /// The ledger it makes durable (set once the gate is built on this host).
     ledger: OnceLock<Arc<Ledger>>,
-    /// What this run's vouchers promise.
+    /// What this page's vouchers promise, since `started`.
     received: Mutex<Received>,
+    /// When this page began charging for this node.
+    started: Instant,
     /// Held from taking a snapshot until IndexedDB has it: writes land in the order their
     /// snapshots were taken, so the last one kept is the newest.
     persisting: futures::lock::Mutex<()>,
@@ -153,7 +155,6 @@ pub struct Charging {
     redeemer: futures::lock::Mutex<Redeemer>,
     node: Address,
     escrow: Address,
-    started: Instant,
 }
 
 impl Charging {
@@ -162,29 +163,15 @@ impl Charging {
     pub async fn start(wallet: &Wallet, price: U256, layers: u64) -> Result<Charging, AppError> {
         let (node, info) = wallet.connected()?;
         let chain = GateChain { chain_id: info.chain_id, escrow: info.escrow, staking: info.staking };
-        let host = Arc::new(TabHost {
-            node,
-            chain,
-            ledger: OnceLock::new(),
-            received: Mutex::default(),
-            persisting: futures::lock::Mutex::new(()),
-        });
-        let ledger = Arc::new(Ledger::in_memory().map_err(|e| AppError::Wallet(e.to_string()))?);
-        restore(&ledger, &host).await?;
-        let _ = host.ledger.set(ledger.clone());
-        {
-            let restored = host.snapshot().map_err(AppError::Wallet)?;
-            host.count(&restored.vouchers);
-            let mut r = host.received.lock().unwrap_or_else(|p| p.into_inner());
-            r.at_start = r.newest.values().fold(U256::ZERO, |a, v| a.saturating_add(*v));
-        }
+        let host = host_for(node, chain).await?;
+        let ledger = host.ledger.get().cloned().ok_or_else(|| AppError::Wallet("no ledger".into()))?;
         let cap = price * U256::from(layers) * U256::from(DEFAULT_CREDIT_TOKENS);
         let gate = ChainGate::new(chain, host.clone(), node, price, cap, ledger.clone()).without_redeem_loop();
         gate.terms().check(layers).map_err(|e| AppError::Wallet(e.to_string()))?;
-        // A round waits for the person at each wallet prompt: give it minutes, not seconds.
+        // A round waits for the person at each wallet prompt: no limit on the round as a whole.
         let redeemer = Redeemer::new(chain, info.confirmations, host.clone(), node, ledger.clone())
             .with_backing(gate.backing())
-            .with_rpc_timeout(std::time::Duration::from_secs(600));
+            .without_round_limit();
         let reads = ChainReads::new(host.clone(), chain.escrow, chain.staking);
         Ok(Charging {
             gate: Arc::new(gate),
@@ -194,7 +181,6 @@ impl Charging {
             redeemer: futures::lock::Mutex::new(redeemer),
             node,
             escrow: chain.escrow,
-            started: Instant::now(),
         })
     }
 
@@ -216,7 +202,7 @@ impl Charging {
         let from = latest.saturating_sub(EARNED_WINDOW_BLOCKS);
         let events = self.reads.redeemed_events(Some(self.node), from, latest).await.map_err(read)?;
         let received = self.host.count(&entries);
-        let hours_e6 = (self.started.elapsed().as_secs_f64() / 3600.0 * 1e6).max(1.0) as u64;
+        let hours_e6 = (self.host.started.elapsed().as_secs_f64() / 3600.0 * 1e6).max(1.0) as u64;
         let per_hour = node_share(received) * U256::from(1_000_000u64) / U256::from(hours_e6);
         Ok(Earnings {
             pending: pending.iter().fold(U256::ZERO, |a, e| a.saturating_add(e.outstanding())),
@@ -234,8 +220,13 @@ impl Charging {
         let mut redeemer = self.redeemer.lock().await;
         let round = redeemer.redeem_due().await;
         // Whatever the round did is kept, even when it ended early.
-        self.host.persist().await.map_err(AppError::Idb)?;
-        let report = round.map_err(|e| AppError::Wallet(e.to_string()))?;
+        let kept = self.host.persist().await;
+        let report = match (round, kept) {
+            (Ok(report), Ok(())) => report,
+            (Ok(_), Err(e)) => return Err(AppError::Idb(format!("redeemed, but keeping the ledger failed: {e}"))),
+            (Err(e), Ok(())) => return Err(AppError::Wallet(e.to_string())),
+            (Err(e), Err(k)) => return Err(AppError::Wallet(format!("{e}; keeping the ledger failed too: {k}"))),
+        };
         let mut said = match report.sent - report.refused.len() {
             0 => "Nothing to redeem.".to_string(),
             n => format!("Redeemed {n} voucher(s)."),
@@ -267,6 +258,59 @@ impl Charging {
 /// The node's share of `amount` (the escrow pays it [`NODE_SHARE_BPS`]).
 fn node_share(amount: U256) -> U256 {
     amount * U256::from(NODE_SHARE_BPS) / U256::from(10_000u64)
+}
+
+thread_local! {
+    /// The page's ledgers by node and chain: seeding again in the same page goes on with the
+    /// same one (the earlier run's sessions may still be writing to it).
+    static HOSTS: std::cell::RefCell<std::collections::HashMap<String, Arc<TabHost>>> = Default::default();
+}
+
+/// The page's host and ledger for `node` on `chain`: the one it has, or one restored from
+/// IndexedDB, once this page holds the ledger's Web Lock (one page at a time writes a
+/// wallet's ledger, so no page's snapshot overwrites another's).
+async fn host_for(node: Address, chain: GateChain) -> Result<Arc<TabHost>, AppError> {
+    let host = TabHost {
+        node,
+        chain,
+        ledger: OnceLock::new(),
+        received: Mutex::default(),
+        started: Instant::now(),
+        persisting: futures::lock::Mutex::new(()),
+    };
+    let key = host.key();
+    if let Some(h) = HOSTS.with(|h| h.borrow().get(&key).cloned()) {
+        return Ok(h);
+    }
+    // A page just reloaded may hold it a moment longer: ask a few times.
+    let mut held = false;
+    for _ in 0..5 {
+        held = store::hold_lock(&key).await?;
+        if held {
+            break;
+        }
+        futures_timer::Delay::new(std::time::Duration::from_millis(400)).await;
+    }
+    if !held {
+        return Err(AppError::Wallet(format!(
+            "another tab charges for {node} on this chain: charge from one tab at a time (or use another wallet)"
+        )));
+    }
+    if let Some(h) = HOSTS.with(|h| h.borrow().get(&key).cloned()) {
+        return Ok(h);
+    }
+    let ledger = Arc::new(Ledger::in_memory().map_err(|e| AppError::Wallet(e.to_string()))?);
+    restore(&ledger, &host).await?;
+    let _ = host.ledger.set(ledger);
+    let restored = host.snapshot().map_err(AppError::Wallet)?;
+    host.count(&restored.vouchers);
+    {
+        let mut r = host.received.lock().unwrap_or_else(|p| p.into_inner());
+        r.at_start = r.newest.values().fold(U256::ZERO, |a, v| a.saturating_add(*v));
+    }
+    let host = Arc::new(host);
+    HOSTS.with(|h| h.borrow_mut().insert(key, host.clone()));
+    Ok(host)
 }
 
 /// Puts back into `ledger` what IndexedDB kept of this node's ledger on this chain and escrow.

@@ -52,7 +52,6 @@ pub struct ChainInfo {
     /// The staking contract (a charging tab reads payers' stakes for its priority slots).
     pub staking: Address,
     /// Blocks a redeem must be under before a charging tab lets its voucher go.
-    #[serde(default)]
     pub confirmations: u64,
 }
 
@@ -349,15 +348,15 @@ pub(crate) async fn send_and_wait(from: Address, to: Address, data: &str) -> Res
 /// reverts it (when the wallet estimates its gas, or once mined), failed when it could not be
 /// sent (the person declined, the wallet is gone) or its outcome is not known in time.
 pub(crate) async fn send_tx(from: Address, to: Address, data: &str) -> Result<(), SendError> {
-    let failed = |e: AppError| {
-        let text = e.to_string();
-        if text.to_lowercase().contains("revert") {
-            SendError::Refused(text)
-        } else {
-            SendError::Failed(text)
-        }
+    // A revert shows when the wallet estimates the gas: the chain refused it, named by the
+    // escrow's error where the wallet passes the node's revert data on.
+    let failed = |f: eip1193::Failure| match f.is_revert() {
+        true => SendError::Refused(
+            f.revert_data().and_then(|d| web_node::settle::wallet::escrow_revert(&d)).unwrap_or_else(|| f.to_string()),
+        ),
+        false => SendError::Failed(f.to_string()),
     };
-    let hash = eip1193::request("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }]))
+    let hash = eip1193::request_detailed("eth_sendTransaction", json!([{ "from": from, "to": to, "data": data }]))
         .await
         .map_err(failed)?;
     let hash = hash.as_str().ok_or_else(|| SendError::Failed("the wallet returned no transaction hash".into()))?;

@@ -49,9 +49,9 @@ pub trait GateHost: Send + Sync + 'static {
     /// workers (a native node's blocking pool; a tab, which has one thread, runs it at once).
     fn blocking(&self, job: Box<dyn FnOnce() + Send>);
 
-    /// Makes what the ledger holds now durable: called after the gate keeps a voucher (before
-    /// its step is answered), an authorization or an allocation, and after a redeem round. A
-    /// ledger on disk is durable already: nothing to do.
+    /// Makes what the ledger holds now durable: the gate calls it after it keeps a voucher
+    /// (before its step is answered), an authorization or an allocation (a tab also after each
+    /// redeem round). A ledger on disk is durable already: nothing to do.
     fn persist(&self) -> GateFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }

@@ -146,7 +146,7 @@ pub struct Redeemer {
     /// A voucher must stay redeemable this long after it is accepted.
     expiry_margin: u64,
     /// How long one chain round may take.
-    rpc_timeout: Duration,
+    rpc_timeout: Option<Duration>,
     /// What the ledger held at the last round or accept, with refusals seen since.
     held: BTreeMap<(Address, B256), Held>,
     ledger: Arc<Ledger>,
@@ -173,7 +173,7 @@ impl Redeemer {
             node,
             confirmations,
             expiry_margin: 600,
-            rpc_timeout: Duration::from_secs(30),
+            rpc_timeout: Some(Duration::from_secs(30)),
             held: BTreeMap::new(),
             ledger,
             backing: Arc::default(),
@@ -213,7 +213,15 @@ impl Redeemer {
 
     /// How long one chain round may take before it fails (default 30 s).
     pub fn with_rpc_timeout(mut self, timeout: Duration) -> Self {
-        self.rpc_timeout = timeout;
+        self.rpc_timeout = Some(timeout);
+        self
+    }
+
+    /// No limit on a round as a whole (a tab's, which waits for the person at each wallet
+    /// prompt): each read still gives up after its own timeout, and each transaction after the
+    /// host's wait for it to be mined.
+    pub fn without_round_limit(mut self) -> Self {
+        self.rpc_timeout = None;
         self
     }
 
@@ -262,7 +270,7 @@ impl Redeemer {
         if voucher.cumulativeAmount <= held {
             return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held });
         }
-        let limit = self.rpc_timeout;
+        let limit = self.rpc_timeout.unwrap_or(Duration::from_secs(30));
         let (now, authorized, collected, allocation) = within(limit, self.payer_state(&voucher, signer))
             .await
             .unwrap_or_else(|| Err(ReadError(format!("no answer in {limit:?}"))))?;
@@ -329,10 +337,10 @@ impl Redeemer {
     /// again). A batch the chain refuses is retried voucher by voucher, and a refused voucher
     /// stays held with its reason. A chain that is down or slow is an error; nothing is lost.
     pub async fn redeem_due(&mut self) -> Result<RedeemReport, RedeemError> {
-        let limit = self.rpc_timeout;
+        let Some(limit) = self.rpc_timeout else { return self.round().await };
         within(limit, self.round())
             .await
-            .unwrap_or_else(|| Err(RedeemError::Read(ReadError(format!("no answer in {limit:?}")))))
+            .unwrap_or_else(|| Err(RedeemError::Read(ReadError(format!("the round took over {limit:?}")))))
     }
 
     async fn round(&mut self) -> Result<RedeemReport, RedeemError> {
@@ -410,7 +418,8 @@ impl Redeemer {
                 drop(recording);
                 tracing::warn!(%reason, "batch redeem refused; redeeming one by one");
                 for (key, v) in send.iter().zip(&vouchers) {
-                    // One redeem at a time keeps the gate out: never for long.
+                    // One redeem at a time keeps the gate out (for as long as the host takes to
+                    // send it: a wallet prompt, in a tab).
                     let _recording = backing.redeeming().await;
                     let outcome = self.send("redeem", redeem_one(v)).await?;
                     self.after(key, outcome, &mut report)?;

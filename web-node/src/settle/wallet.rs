@@ -124,6 +124,13 @@ pub fn deposit_earned(amount: U256) -> Bytes {
     EscrowContract::depositEarnedCall { amount }.abi_encode().into()
 }
 
+/// The escrow's error a revert's data names (`NothingToCollect(..)`, `Expired(..)`), if it is
+/// one of the escrow's.
+pub fn escrow_revert(data: &[u8]) -> Option<String> {
+    use alloy_sol_types::SolInterface;
+    EscrowContract::EscrowContractErrors::abi_decode(data).ok().map(|e| format!("{e:?}"))
+}
+
 /// Word `index` (from 0) of an `eth_call` result, as a number.
 pub fn word(result: &str, index: usize) -> Result<U256, SettleError> {
     let bytes: Bytes = result.parse().map_err(|e| SettleError::Signature(format!("bad call result: {e}")))?;
