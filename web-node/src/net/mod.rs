@@ -43,17 +43,7 @@ pub mod seeders;
 pub mod serve;
 pub mod small_writes;
 
-use std::time::Duration;
-
-/// Waits for `fut` at most `limit`; `None` on timeout. Portable (no tokio timers).
-pub async fn timeout<F: std::future::Future>(limit: Duration, fut: F) -> Option<F::Output> {
-    use futures::future::{select, Either};
-    let fut = std::pin::pin!(fut);
-    match select(fut, futures_timer::Delay::new(limit)).await {
-        Either::Left((out, _)) => Some(out),
-        Either::Right(_) => None,
-    }
-}
+pub use crate::time::timeout;
 
 /// Milliseconds since the Unix epoch (wall clock; used in records that other nodes read).
 pub fn unix_ms() -> u64 {

@@ -141,11 +141,9 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
     }
 
     async fn request(&self, method: &str, params: Value) -> Result<Value, ReadError> {
-        let call = self.host.rpc(method, params);
-        let limit = futures_timer::Delay::new(self.timeout);
-        match futures::future::select(call, limit).await {
-            futures::future::Either::Left((r, _)) => r.map_err(|e| ReadError(format!("{method}: {e}"))),
-            futures::future::Either::Right(_) => Err(ReadError(format!("{method}: no answer in {:?}", self.timeout))),
+        match crate::time::timeout(self.timeout, self.host.rpc(method, params)).await {
+            Some(r) => r.map_err(|e| ReadError(format!("{method}: {e}"))),
+            None => Err(ReadError(format!("{method}: no answer in {:?}", self.timeout))),
         }
     }
 

@@ -34,6 +34,7 @@ use super::{
     ait_f64, recover_signer, unix_s, GateFuture, PayTerms, PayerQuote, Payment, PaymentError, PaymentGate,
     SignedAllocation, SignedAuthorization, SignedVoucher,
 };
+use crate::time::timeout;
 
 /// Blocks over which what a payer earned serving others counts for its priority (about a
 /// day at two-second blocks).
@@ -92,15 +93,6 @@ pub struct ChainGate {
 impl std::fmt::Debug for ChainGate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChainGate").field("terms", &self.terms).finish_non_exhaustive()
-    }
-}
-
-/// `f`, or `Err(())` if it takes longer than `limit`.
-async fn timeout<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Result<T, ()> {
-    let f = std::pin::pin!(f);
-    match futures::future::select(f, futures_timer::Delay::new(limit)).await {
-        futures::future::Either::Left((v, _)) => Ok(v),
-        futures::future::Either::Right(_) => Err(()),
     }
 }
 
@@ -394,7 +386,7 @@ impl ChainGate {
         limit: Duration,
         f: impl std::future::Future<Output = Result<T, PaymentError>>,
     ) -> Result<T, PaymentError> {
-        timeout(limit, f).await.unwrap_or_else(|_| Err(unavailable(format!("the chain did not answer in {limit:?}"))))
+        timeout(limit, f).await.unwrap_or_else(|| Err(unavailable(format!("the chain did not answer in {limit:?}"))))
     }
 
     /// Keeps `v` if the payer's backing covers what it adds to what its session was collected
@@ -499,12 +491,12 @@ impl PaymentGate for ChainGate {
             }
             // A queued request waits for this: a short look, 0 if the chain is slow.
             let score = match timeout(SCORE_TIMEOUT, self.score_of(payer)).await {
-                Ok(Ok(score)) => score,
-                Ok(Err(e)) => {
+                Some(Ok(score)) => score,
+                Some(Err(e)) => {
                     tracing::warn!(%payer, "reading the payer's priority: {e}");
                     0.0
                 }
-                Err(_) => {
+                None => {
                     tracing::warn!(%payer, "reading the payer's priority: the chain did not answer");
                     0.0
                 }

@@ -27,6 +27,7 @@ use super::gate::GateChain;
 use super::wallet::{allocate_by_sig, authorize_signer_by_sig, redeem_batch, redeem_one};
 use super::{escrow_domain, recover_signer, SettleError, SignedVoucher, Voucher};
 use super::{Backing, Ledger, LedgerError};
+use crate::time::timeout;
 
 /// Why a redeem round, or a check of a voucher against the chain, failed: the chain could not
 /// be read or a transaction's outcome is unknown (the next round reads the chain again), or
@@ -271,7 +272,7 @@ impl Redeemer {
             return Err(VoucherError::Stale { amount: voucher.cumulativeAmount, held });
         }
         let limit = self.rpc_timeout.unwrap_or(Duration::from_secs(30));
-        let (now, authorized, collected, allocation) = within(limit, self.payer_state(&voucher, signer))
+        let (now, authorized, collected, allocation) = timeout(limit, self.payer_state(&voucher, signer))
             .await
             .unwrap_or_else(|| Err(ReadError(format!("no answer in {limit:?}"))))?;
         if voucher.expiry < now.saturating_add(self.expiry_margin) {
@@ -338,7 +339,7 @@ impl Redeemer {
     /// stays held with its reason. A chain that is down or slow is an error; nothing is lost.
     pub async fn redeem_due(&mut self) -> Result<RedeemReport, RedeemError> {
         let Some(limit) = self.rpc_timeout else { return self.round().await };
-        within(limit, self.round())
+        timeout(limit, self.round())
             .await
             .unwrap_or_else(|| Err(RedeemError::Read(ReadError(format!("the round took over {limit:?}")))))
     }
@@ -514,14 +515,5 @@ impl Redeemer {
     /// Why the chain last refused the held voucher of (payer, session), if it did.
     pub fn refusal(&self, payer: Address, session: B256) -> Option<&str> {
         self.held.get(&(payer, session)).and_then(|h| h.refused.as_deref())
-    }
-}
-
-/// `f`, or `None` if it takes longer than `limit`.
-async fn within<T>(limit: Duration, f: impl std::future::Future<Output = T>) -> Option<T> {
-    let f = std::pin::pin!(f);
-    match futures::future::select(f, futures_timer::Delay::new(limit)).await {
-        futures::future::Either::Left((v, _)) => Some(v),
-        futures::future::Either::Right(_) => None,
     }
 }
