@@ -27,8 +27,8 @@ use crate::http;
 use crate::swarm::{Conn, Swarm};
 use crate::wallet::Wallet;
 
-/// How often a charging tab's earnings are read again.
-const EARNINGS_EVERY: Duration = Duration::from_secs(10);
+/// How often a charging tab's earnings are read again while the Seed panel is shown.
+pub const EARNINGS_EVERY: Duration = Duration::from_secs(10);
 
 /// Where seeding is. `Display` is the `data-state` of `#seed-state`: `off`, `starting`,
 /// `serving` or `error`.
@@ -122,7 +122,6 @@ impl Seeder {
         });
         seeder.start_from_page();
         seeder.tick_stats();
-        seeder.tick_earnings();
         seeder.pause_when_hidden();
         seeder
     }
@@ -235,21 +234,17 @@ impl Seeder {
         }
     }
 
-    /// Reads a charging tab's earnings again (the ledger and the chain).
+    /// Reads a charging tab's earnings again (the ledger and the chain), in the background.
     pub fn refresh_earnings(self) {
-        let Some(c) = self.charging.get_value() else { return };
-        spawn_local(async move {
-            match c.earnings().await {
-                Ok(e) => self.earnings.set(Some(e)),
-                Err(e) => tracing::warn!("reading the earnings: {e}"),
-            }
-        });
+        spawn_local(self.read_earnings());
     }
 
-    /// Reads the earnings every [`EARNINGS_EVERY`] while the tab charges.
-    fn tick_earnings(self) {
-        if let Err(e) = set_interval_with_handle(move || self.refresh_earnings(), EARNINGS_EVERY) {
-            tracing::warn!("no earnings timer: {e:?}");
+    /// Reads a charging tab's earnings (nothing when it has not charged).
+    pub async fn read_earnings(self) {
+        let Some(c) = self.charging.get_value() else { return };
+        match c.earnings().await {
+            Ok(e) => self.earnings.set(Some(e)),
+            Err(e) => tracing::warn!("reading the earnings: {e}"),
         }
     }
 

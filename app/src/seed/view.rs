@@ -3,6 +3,8 @@
 use leptos::prelude::*;
 
 use super::Seeder;
+use crate::Tab;
+use leptos::task::spawn_local;
 
 /// The seed panel: the switches, the adapter, the state line and the live numbers.
 #[component]
@@ -41,9 +43,22 @@ fn PriceInput() -> impl IntoView {
 }
 
 /// A charging tab's earnings: vouchers held, redeemed, credited, per hour; redeem and spend.
+/// Read every [`EARNINGS_EVERY`](super::EARNINGS_EVERY) while the Seed panel is shown, one
+/// read at a time.
 #[component]
 fn SeedEarnings() -> impl IntoView {
     let seeder = expect_context::<Seeder>();
+    let tab = expect_context::<RwSignal<Tab>>();
+    spawn_local(async move {
+        loop {
+            if tab.get_untracked() == Tab::Seed {
+                seeder.read_earnings().await;
+                futures_timer::Delay::new(super::EARNINGS_EVERY).await;
+            } else {
+                futures_timer::Delay::new(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    });
     let e = seeder.earnings;
     let ait = |v: alloy_primitives::U256| format!("{} AIT", web_node::settle::format_ait(v));
     let field = move |f: fn(&super::Earnings) -> String| move || e.with(|e| e.as_ref().map(f).unwrap_or_default());
