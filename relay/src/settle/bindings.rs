@@ -36,33 +36,30 @@ sol!(
     "../contracts/artifacts/Escrow.json"
 );
 
+/// Revert data named by the contract error it encodes (`NothingToCollect(..)`), if it is one
+/// of these contracts' errors.
+fn contract_error(data: &[u8]) -> Option<String> {
+    fn decoded<E: SolInterface + std::fmt::Debug>(data: &[u8]) -> Option<String> {
+        E::abi_decode(data).ok().map(|e| format!("{e:?}"))
+    }
+    decoded::<Escrow::EscrowErrors>(data)
+        .or_else(|| decoded::<ModelRegistry::ModelRegistryErrors>(data))
+        .or_else(|| decoded::<Staking::StakingErrors>(data))
+        .or_else(|| decoded::<AIT::AITErrors>(data))
+        .or_else(|| decoded::<Treasury::TreasuryErrors>(data))
+}
+
 /// A revert named by the contract error it carries (`NothingToCollect(..)`), else the
 /// transport's message.
 pub fn revert_reason(err: &alloy::contract::Error) -> String {
-    fn decoded<E: SolInterface + std::fmt::Debug>(err: &alloy::contract::Error) -> Option<String> {
-        err.as_decoded_interface_error::<E>().map(|e| format!("{e:?}"))
-    }
-    decoded::<Escrow::EscrowErrors>(err)
-        .or_else(|| decoded::<ModelRegistry::ModelRegistryErrors>(err))
-        .or_else(|| decoded::<Staking::StakingErrors>(err))
-        .or_else(|| decoded::<AIT::AITErrors>(err))
-        .or_else(|| decoded::<Treasury::TreasuryErrors>(err))
-        .unwrap_or_else(|| err.to_string())
+    err.as_revert_data().and_then(|d| contract_error(&d)).unwrap_or_else(|| err.to_string())
 }
 
 /// The contract error a failed JSON-RPC request carries as revert data (a transaction whose
 /// gas estimate reverted), named as [`revert_reason`] names it; `None` when it carries none.
 pub fn revert_reason_of(err: &alloy::transports::TransportError) -> Option<String> {
     let data = err.as_error_resp()?.as_revert_data()?;
-    fn decoded<E: SolInterface + std::fmt::Debug>(data: &[u8]) -> Option<String> {
-        E::abi_decode(data).ok().map(|e| format!("{e:?}"))
-    }
-    decoded::<Escrow::EscrowErrors>(&data)
-        .or_else(|| decoded::<ModelRegistry::ModelRegistryErrors>(&data))
-        .or_else(|| decoded::<Staking::StakingErrors>(&data))
-        .or_else(|| decoded::<AIT::AITErrors>(&data))
-        .or_else(|| decoded::<Treasury::TreasuryErrors>(&data))
-        .or_else(|| Some(format!("reverted ({data})")))
+    Some(contract_error(&data).unwrap_or_else(|| format!("reverted ({data})")))
 }
 
 impl From<&web_node::settle::Voucher> for Escrow::Voucher {
