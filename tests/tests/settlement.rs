@@ -693,11 +693,18 @@ async fn a_node_keeps_each_newest_voucher_until_its_redeem_is_final_through_a_re
     assert!(reverted);
     assert_eq!(w.earned(node.address()).await, U256::ZERO);
     // The re-sent batch has the dropped one's hash (same nonce and calldata), and anvil may
-    // answer its receipt with null: then the round ends as an RPC error, and the next round
-    // reads the chain instead of sending again.
+    // answer its receipt with null before it mines the batch (alloy's watcher saw that hash in
+    // the dropped block): then the round ends as an RPC error, the batch is mined moments
+    // later, and the next round reads the chain instead of sending again.
     match r.redeem_due().await {
         Ok(report) => assert_eq!((report.sent, report.finalized), (2, 0)),
         Err(e) => assert!(matches!(e, RedeemError::Send { .. } | RedeemError::Read(_)), "{e:?}"),
+    }
+    for _ in 0..100 {
+        if w.earned(node.address()).await == share {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     assert_eq!(w.earned(node.address()).await, share);
     let report = r.redeem_due().await.unwrap();
