@@ -22,6 +22,7 @@ pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 pub mod api;
 pub mod bench;
+pub mod calibrate;
 pub mod chat;
 pub mod drift;
 pub mod fetch;

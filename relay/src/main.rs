@@ -40,6 +40,10 @@ enum Cmd {
     Generate(GenerateOpt),
     /// Measure prefill and decode speed per backend and the matrix-vector kernels; prints JSON.
     Bench(relay::bench::BenchOpt),
+    /// Measure the honest drift of block outputs between backends (a session's steps against
+    /// an audit's prefill) and the same metric for each way a node can lie; prints the margin
+    /// the audit limit leaves on both sides.
+    Calibrate(relay::calibrate::CalibrateOpt),
     /// Download the default model into the cache (if needed) and print its path.
     FetchModel,
     /// List the models in the swarm: name and labels, id, shape, size, seeders and complete
@@ -226,6 +230,7 @@ fn run() -> anyhow::Result<ExitCode> {
         Cmd::Generate(o) if !o.swarm.is_empty() => generate_swarm(o),
         Cmd::Generate(o) => generate(o),
         Cmd::Bench(o) => relay::bench::run(o).map(|()| ExitCode::SUCCESS),
+        Cmd::Calibrate(o) => relay::calibrate::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Models(o) => relay::models::run(o).map(|()| ExitCode::SUCCESS),
         Cmd::Inspect(o) => relay::inspect::run(o).map(|ok| if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }),
         Cmd::Chain(o) => relay::settle::dev::run(o).map(|()| ExitCode::SUCCESS),

@@ -16,3 +16,4 @@ pub mod model;
 pub mod net;
 pub mod settle;
 pub mod time;
+pub mod trust;

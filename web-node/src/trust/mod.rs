@@ -1,0 +1,11 @@
+//! Trust between nodes: how an auditor judges a node's answer for its layers.
+//!
+//! An auditor recomputes a block range on the inputs a node was given and compares the two
+//! outputs by [`deviation`]: the error of what the block added to its input (the residual
+//! stream dominates a raw output, so a node that skips its layers would otherwise look
+//! close). The limit, [`DELTA_LIMIT`], comes from `ait calibrate`, which measures honest
+//! drift between our backends and the same metric for each way a node can lie.
+
+pub mod delta;
+
+pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
