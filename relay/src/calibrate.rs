@@ -199,8 +199,17 @@ impl Calibration {
 
     /// The mildest session of fault class `fault`.
     pub fn mildest_session_of(&self, fault: &str) -> f32 {
-        let all = self.ranges.iter().flat_map(|r| &r.faults).filter(|c| c.fault == Some(fault));
-        all.map(Comparison::min_session).fold(f32::INFINITY, f32::min)
+        self.of(fault).map(Comparison::min_session).fold(f32::INFINITY, f32::min)
+    }
+
+    /// The mildest faked token of fault class `fault`.
+    pub fn mildest_token_of(&self, fault: &str) -> f32 {
+        self.of(fault).map(Comparison::min_token).fold(f32::INFINITY, f32::min)
+    }
+
+    /// Every comparison of fault class `fault`.
+    fn of<'a>(&'a self, fault: &'a str) -> impl Iterator<Item = &'a Comparison> + 'a {
+        self.ranges.iter().flat_map(|r| &r.faults).filter(move |c| c.fault == Some(fault))
     }
 
     fn extreme(
@@ -255,6 +264,10 @@ impl fmt::Display for Calibration {
         writeln!(f, "worst honest token:   {:.3e} ({})", honest.0, honest.1)?;
         writeln!(f, "mildest faked token:  {:.3e} ({})", token.0, token.1)?;
         writeln!(f, "mildest faked session (its worst token): {:.3e} ({})", session.0, session.1)?;
+        writeln!(f, "per fault class, mildest token / mildest session:")?;
+        for fault in FAULTS {
+            writeln!(f, "  {fault:<16} {:.3e} / {:.3e}", self.mildest_token_of(fault), self.mildest_session_of(fault))?;
+        }
         writeln!(
             f,
             "limit {DELTA_LIMIT:.1e}: {:.0}x the worst honest token; the mildest faked token is {:.2}x it, \
