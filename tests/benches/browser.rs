@@ -116,7 +116,7 @@ fn main() {
     // One decode step's frames exactly (hidden size 576, f32), each with its 4-byte length.
     let hidden = vec![0.0f32; client.config.hidden];
     let step = Request::Step { pos: 100, n_tokens: 1, hidden: hidden.clone(), voucher: None }.encode().len()
-        + Response::Hidden { n_tokens: 1, compute_us: 1000, hidden }.encode().len()
+        + Response::Hidden { n_tokens: 1, compute_us: 1000, receipt: vec![0; 64], hidden }.encode().len()
         + 8;
     out.insert("decode_step_protocol_bytes".into(), json!(step));
     out.insert("tab_hop_ms_per_step_wall".into(), json!(stats.wall.as_secs_f64() * 1e3 / stats.steps.max(1) as f64));

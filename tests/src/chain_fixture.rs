@@ -13,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
 use web_node::client::{Head, LocalChain};
@@ -23,6 +24,7 @@ use web_node::net::chain::{probe_stream, ChainError, ChainOptions, Discovery, Fo
 use web_node::net::frame::{read_frame, write_frame, MAX_FRAME};
 use web_node::net::protocol::{ErrorCode, Request, Response};
 use web_node::net::serve::{BoxStream, ComputeLoop, ServeConfig, ServeLimits, Server};
+use web_node::trust::{output_hash, InputChain, Receipt};
 
 use crate::tiny_model::{TempDir, Tensor, TinyModel};
 
@@ -77,6 +79,15 @@ pub enum Fault {
     /// Answers status requests with a valid status padded to 1 MiB of JSON whitespace (from
     /// the start, whatever `after` says); steps are answered well.
     BloatedStatus,
+    /// Answers the step with one value off by a thousandth (finite, sane) under the receipt
+    /// the server signed for the true answer.
+    Tampered,
+    /// Answers the step well but without the receipt's signature.
+    Unsigned,
+    /// Adds noise of a thousandth of each row's rms to every answer and signs a receipt for
+    /// the noisy answer with the server's own key: a node that lies about its computation
+    /// and stands by it. Only an audit (a recomputation elsewhere) catches it.
+    Lie,
 }
 
 #[derive(Default)]
@@ -111,6 +122,8 @@ struct TestServer {
     peer: PeerId,
     blocks: Range<usize>,
     server: Arc<Server>,
+    /// The server's key, which a lying proxy signs with.
+    key: Keypair,
     state: Arc<FaultState>,
 }
 
@@ -121,7 +134,8 @@ impl TestServer {
         let (proxy_server_end, server_end) = tokio::io::duplex(1 << 20);
         let server = self.server.clone();
         tokio::spawn(async move { server.serve_local(server_end.compat()).await });
-        tokio::spawn(proxy(proxy_end.compat(), proxy_server_end.compat(), self.state.clone()));
+        let liar = Liar { key: self.key.clone(), open: None };
+        tokio::spawn(proxy(proxy_end.compat(), proxy_server_end.compat(), self.state.clone(), liar));
         Box::new(chain_end.compat())
     }
 }
@@ -133,15 +147,68 @@ async fn freeze(_chain: Pipe, _server: Pipe) {
     std::future::pending::<()>().await
 }
 
+/// What a stream's proxy needs to lie like the node itself ([`Fault::Lie`]): the node's key,
+/// and the open session's receipt fields with the hash of every input it was sent.
+struct Liar {
+    key: Keypair,
+    open: Option<(Receipt, InputChain)>,
+}
+
+impl Liar {
+    /// Notes a request on the stream (an `Open` starts the receipts' fields, a `Step`'s
+    /// inputs are hashed in); returns the receipt the step's answer would be signed under,
+    /// less its output hash.
+    fn note(&mut self, request: &Request) -> Option<Receipt> {
+        match request {
+            Request::Open { model, session, start, end, .. } => {
+                let receipt = Receipt {
+                    session: *session,
+                    model: *model,
+                    start: *start,
+                    end: *end,
+                    pos: 0,
+                    n_tokens: 0,
+                    inputs: [0; 32],
+                    output: [0; 32],
+                };
+                self.open = Some((receipt, InputChain::new(session)));
+                None
+            }
+            Request::Step { pos, n_tokens, hidden, .. } => {
+                let (receipt, inputs) = self.open.as_mut()?;
+                let dim = hidden.len() / (*n_tokens as usize).max(1);
+                inputs.absorb(hidden, dim);
+                Some(Receipt { pos: *pos, n_tokens: *n_tokens, inputs: inputs.value(), ..receipt.clone() })
+            }
+            _ => None,
+        }
+    }
+
+    /// Adds the noise to `hidden` and signs it under `receipt`.
+    fn lie(&self, mut receipt: Receipt, hidden: &mut [f32], n_tokens: usize) -> Vec<u8> {
+        let dim = hidden.len() / n_tokens.max(1);
+        for row in hidden.chunks_mut(dim.max(1)) {
+            let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+            for (i, v) in row.iter_mut().enumerate() {
+                *v += if i % 2 == 0 { 1e-3 * rms } else { -1e-3 * rms };
+            }
+        }
+        receipt.output = output_hash(hidden);
+        receipt.sign(&self.key).expect("an ed25519 key signs")
+    }
+}
+
 /// Passes frames between the chain and the server, applying `state`'s fault.
-async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
+async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>, mut liar: Liar) {
     let long = Duration::from_secs(3600);
     loop {
         let Ok(frame) = read_frame(&mut chain, MAX_FRAME, long, long).await else { return };
         if state.frozen.load(Ordering::SeqCst) {
             return freeze(chain, server).await;
         }
-        let fault = match Request::decode(&frame) {
+        let request = Request::decode(&frame);
+        let signed = request.as_ref().ok().and_then(|r| liar.note(r));
+        let fault = match request {
             Ok(Request::Step { .. }) => state.step(),
             Ok(Request::Info) => state.info(),
             _ => None,
@@ -164,7 +231,16 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
                 }
                 continue;
             }
-            Some(Fault::WrongLength | Fault::Slow(_) | Fault::NotFinite | Fault::Absurd | Fault::BloatedStatus)
+            Some(
+                Fault::WrongLength
+                | Fault::Slow(_)
+                | Fault::NotFinite
+                | Fault::Absurd
+                | Fault::BloatedStatus
+                | Fault::Tampered
+                | Fault::Unsigned
+                | Fault::Lie,
+            )
             | None => {}
         }
         if write_frame(&mut server, &frame).await.is_err() {
@@ -173,20 +249,39 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>) {
         let Ok(mut reply) = read_frame(&mut server, MAX_FRAME, long, long).await else { return };
         match fault {
             Some(Fault::WrongLength) => {
-                if let Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) = Response::decode(&reply) {
+                if let Ok(Response::Hidden { n_tokens, compute_us, receipt, mut hidden }) = Response::decode(&reply) {
                     hidden.pop();
-                    reply = Response::Hidden { n_tokens, compute_us, hidden }.encode();
+                    reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
                 }
             }
             Some(Fault::Slow(delay)) => tokio::time::sleep(delay).await,
             Some(f @ (Fault::NotFinite | Fault::Absurd)) => {
-                if let Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) = Response::decode(&reply) {
+                if let Ok(Response::Hidden { n_tokens, compute_us, receipt, mut hidden }) = Response::decode(&reply) {
                     if f == Fault::NotFinite {
                         hidden[0] = f32::NAN;
                     } else {
                         hidden.iter_mut().for_each(|v| *v = *v * 1e9 + 1e9);
                     }
-                    reply = Response::Hidden { n_tokens, compute_us, hidden }.encode();
+                    reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
+                }
+            }
+            Some(f @ (Fault::Tampered | Fault::Unsigned)) => {
+                if let Ok(Response::Hidden { n_tokens, compute_us, mut receipt, mut hidden }) = Response::decode(&reply)
+                {
+                    if f == Fault::Tampered {
+                        hidden[0] *= 1.001;
+                    } else {
+                        receipt.clear();
+                    }
+                    reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
+                }
+            }
+            Some(Fault::Lie) => {
+                if let (Ok(Response::Hidden { n_tokens, compute_us, mut hidden, .. }), Some(r)) =
+                    (Response::decode(&reply), signed)
+                {
+                    let receipt = liar.lie(r, &mut hidden, n_tokens as usize);
+                    reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
                 }
             }
             Some(Fault::BloatedStatus) => {
@@ -290,10 +385,12 @@ impl Fixture {
                 let executor = BlockExecutor::new(backend, serve.limits.executor_config());
                 let (handle, compute) = ComputeLoop::new(executor, serve.limits.batch);
                 std::thread::spawn(move || futures::executor::block_on(compute.run()));
+                let key = Keypair::generate_ed25519();
                 TestServer {
-                    peer: PeerId::random(),
+                    peer: key.public().to_peer_id(),
                     blocks: blocks.clone(),
-                    server: Arc::new(Server::new(serve, handle)),
+                    server: Arc::new(Server::new(serve, handle, key.clone())),
+                    key,
                     state: Arc::default(),
                 }
             })

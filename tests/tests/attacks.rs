@@ -210,7 +210,7 @@ fn session_squatting_from_many_identities_leaves_room() {
     let boot: Multiaddr = relay.addr("tcp").parse().unwrap();
     let peer: PeerId = relay.peer.parse().unwrap();
     let model_id = ModelId::from_hex(&relay.model_id()).unwrap();
-    let open = Request::Open { model: model_id, start: 0, end: 30, max_len: 8, payment: None };
+    let open = Request::Open { model: model_id, session: [0; 32], start: 0, end: 30, max_len: 8, payment: None };
     runtime().block_on(async {
         let mut held = Vec::new();
         let mut nodes = Vec::new();
@@ -466,10 +466,10 @@ async fn forge(
                 }
                 let Ok(reply) = read_frame(s, 1 << 24, t, t).await else { return };
                 let reply = match Response::decode(&reply) {
-                    Ok(Response::Hidden { n_tokens, compute_us, mut hidden }) if step => {
+                    Ok(Response::Hidden { n_tokens, compute_us, receipt, mut hidden }) if step => {
                         steps.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         hidden[0] = f32::NAN;
-                        Response::Hidden { n_tokens, compute_us, hidden }.encode()
+                        Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode()
                     }
                     _ => reply,
                 };

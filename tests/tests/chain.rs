@@ -16,8 +16,10 @@ use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery};
 use web_node::client::LayerChain;
+use web_node::net::chain::AuditError;
 use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
 use web_node::net::routing::Hop;
+use web_node::trust::{output_hash, AuditDraw, InputChain, SignedReceipt, DELTA_LIMIT};
 
 /// Announced speed of the servers routing picks first.
 const FAST: f64 = 0.01;
@@ -68,6 +70,7 @@ struct Run {
     outputs: Vec<Vec<f32>>,
     route: Vec<Hop>,
     recoveries: Vec<Recovery>,
+    receipts: Vec<(Hop, Vec<SignedReceipt>)>,
 }
 
 async fn swarm_run(fx: &Fixture) -> Run {
@@ -75,7 +78,7 @@ async fn swarm_run(fx: &Fixture) -> Run {
     let outputs = outputs(fx, &mut chain).await.expect("the swarm chain runs");
     let route = chain.route();
     chain.end().await.expect("end");
-    Run { outputs, route, recoveries: chain.recoveries().to_vec() }
+    Run { outputs, route, recoveries: chain.recoveries().to_vec(), receipts: chain.receipts() }
 }
 
 fn assert_bits_equal(what: &str, a: &[Vec<f32>], b: &[Vec<f32>]) {
@@ -140,6 +143,36 @@ async fn uninterrupted_swarm_chain_equals_local_chain() {
     assert_eq!(run.route, hops(&fx, &FIRST_ROUTE));
     assert_bits_equal("swarm vs local chain", &run.outputs, &reference);
     assert_eq!(fx.steps(3), 0, "the spare was used");
+
+    // Every step of every hop came with its node's receipt, kept in order: the prefill, then
+    // one per decode step; the first hop's inputs are the embeddings, the last hop's outputs
+    // what the client got.
+    assert_eq!(run.receipts.iter().map(|(h, _)| h.clone()).collect::<Vec<_>>(), run.route);
+    for (i, (hop, receipts)) in run.receipts.iter().enumerate() {
+        let shape: Vec<(u32, u32)> = receipts.iter().map(|r| (r.receipt.pos, r.receipt.n_tokens)).collect();
+        assert_eq!(shape, [(0, 5), (5, 1), (6, 1), (7, 1), (8, 1)], "hop {i}");
+        let other = run.route[(i + 1) % run.route.len()].peer;
+        for r in receipts {
+            assert_eq!((r.receipt.start as usize, r.receipt.end as usize), (hop.blocks.start, hop.blocks.end));
+            r.receipt.verify(&hop.peer, &r.signature).expect("the hop's receipt verifies");
+            assert!(r.receipt.verify(&other, &r.signature).is_err(), "another node's key verifies it");
+        }
+        assert!(receipts.iter().all(|r| r.receipt.session == receipts[0].receipt.session));
+    }
+    let first = &run.receipts[0].1;
+    let mut inputs = InputChain::new(&first[0].receipt.session);
+    inputs.absorb(&fx.embed(&PROMPT), fx.config().hidden);
+    assert_eq!(first[0].receipt.inputs, inputs.value());
+    for (t, r) in DECODE.iter().zip(&first[1..]) {
+        inputs.absorb(&fx.embed(&[*t]), fx.config().hidden);
+        assert_eq!(r.receipt.inputs, inputs.value());
+    }
+    let last = &run.receipts[2].1;
+    for (r, out) in last.iter().zip(&run.outputs) {
+        assert_eq!(r.receipt.output, output_hash(out));
+    }
+    // Sessions differ: another run names another session.
+    assert_ne!(swarm_run(&fx).await.receipts[0].1[0].receipt.session, first[0].receipt.session);
 }
 
 #[tokio::test]
@@ -175,6 +208,99 @@ async fn non_finite_answer_moves_the_span_to_a_spare() {
 #[tokio::test]
 async fn absurd_norm_answer_moves_the_span_to_a_spare() {
     spare_takes_over(Fault::Absurd).await;
+}
+
+/// An answer changed after the node signed its receipt (by the node, or on the way) fails
+/// the receipt's check.
+#[tokio::test]
+async fn an_answer_that_is_not_what_the_node_signed_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Tampered).await;
+}
+
+#[tokio::test]
+async fn an_unsigned_answer_moves_the_span_to_a_spare() {
+    spare_takes_over(Fault::Unsigned).await;
+}
+
+/// Runs [`outputs`] on a fresh chain and ends it, keeping the chain for audits.
+async fn ended_run(fx: &Fixture) -> (SwarmChain<TestDiscovery>, Vec<Vec<f32>>) {
+    let mut chain: SwarmChain<TestDiscovery> = fx.chain(opts());
+    let outs = outputs(fx, &mut chain).await.expect("the swarm chain runs");
+    chain.end().await.expect("end");
+    (chain, outs)
+}
+
+/// An honest hop audited on the spare of its layers (same backend) deviates by nothing; the
+/// audit checks every step at once, refuses evidence that is not what the node signed, and
+/// needs another server of exactly the hop's layers.
+#[tokio::test]
+async fn an_audit_of_an_honest_hop_replays_its_inputs_on_a_spare_and_finds_no_deviation() {
+    let fx = Fixture::new(7, &WITH_SPARE);
+    let (mut chain, _) = ended_run(&fx).await;
+    let cases = chain.audit_cases().to_vec();
+    assert_eq!(cases.iter().map(|c| c.hop.clone()).collect::<Vec<_>>(), hops(&fx, &FIRST_ROUTE));
+    let case = &cases[1];
+    let last = case.receipts.len() - 1;
+    // The draw is a function of the secret and the signed receipts: repeatable in a test.
+    let draw = AuditDraw::seeded(1.0, [5; 32]);
+    assert_eq!(draw.draw(&case.receipts), draw.draw(&case.receipts));
+    assert!(AuditDraw::seeded(0.0, [5; 32]).draw(&case.receipts).is_none());
+
+    let steps_before = fx.steps(3);
+    let outcome = chain.audit(case, last).await.expect("the audit runs");
+    assert_eq!((outcome.audited.clone(), outcome.auditor), (case.hop.clone(), fx.peer(3)));
+    assert_eq!(outcome.tokens, PROMPT.len() + DECODE.len(), "one replay checks every step");
+    assert!(outcome.passed && outcome.deviation.worst == 0.0, "honest hop accused: {outcome:?}");
+    assert_eq!(fx.steps(3), steps_before + 1, "the audit is one prefill on the spare");
+    // Up to an earlier step: fewer tokens.
+    let early = chain.audit(case, 1).await.expect("the audit runs");
+    assert_eq!(early.tokens, PROMPT.len() + 1);
+
+    // Evidence the node did not sign is refused before anyone is asked.
+    let mut forged = case.clone();
+    forged.outputs[3] += 1.0;
+    assert!(matches!(chain.audit(&forged, last).await, Err(AuditError::Evidence(_))));
+    let mut forged = case.clone();
+    forged.inputs[0] += 1.0;
+    assert!(matches!(chain.audit(&forged, last).await, Err(AuditError::Evidence(_))));
+    assert!(matches!(chain.audit(case, last + 1).await, Err(AuditError::Evidence(_))));
+    assert_eq!(fx.steps(3), steps_before + 2, "a refused audit reached the spare");
+    // Nobody else serves [0, 2).
+    assert!(matches!(chain.audit(&cases[0], last).await, Err(AuditError::NoAuditor { .. })));
+}
+
+/// A node that adds noise of a thousandth and signs for it passes every check a client makes
+/// on its own (its receipts verify, its answers are sane), and only an audit catches it:
+/// its deviation is far above the limit, it is banned, and the next generation routes
+/// around it and is exact again.
+#[tokio::test]
+async fn a_node_that_lies_and_signs_for_it_is_caught_by_an_audit_and_routed_around() {
+    let fx = Fixture::new(7, &WITH_SPARE);
+    let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+    fx.set_fault(1, Fault::Lie, 0);
+    let (mut chain, outs) = ended_run(&fx).await;
+    assert!(chain.recoveries().is_empty(), "the lie was noticed without an audit");
+    let cases = chain.audit_cases().to_vec();
+    let case = &cases[1];
+    assert_eq!(case.hop, hops(&fx, &FIRST_ROUTE)[1]);
+    for r in &case.receipts {
+        r.receipt.verify(&fx.peer(1), &r.signature).expect("the liar's receipts verify");
+    }
+    assert_ne!(outs, reference, "the lie changed nothing");
+
+    let outcome = chain.audit(case, case.receipts.len() - 1).await.expect("the audit runs");
+    assert!(!outcome.passed, "the lie passed: {outcome:?}");
+    assert!(outcome.deviation.worst > 10.0 * DELTA_LIMIT, "{outcome:?}");
+    eprintln!(
+        "the liar deviates by {:.3e} at worst, {:.3e} on average",
+        outcome.deviation.worst, outcome.deviation.mean
+    );
+
+    // The liar is banned: the next generation takes the spare and is exact.
+    let again = outputs(&fx, &mut chain).await.expect("the swarm chain runs");
+    assert_eq!(chain.route(), hops(&fx, &SPARE_ROUTE));
+    chain.end().await.expect("end");
+    assert_bits_equal("after the audit", &again, &reference);
 }
 
 /// A server that answers status requests but never a step (issue 11: it held a request for

@@ -326,7 +326,14 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         escrow: d.escrow,
         max_price: None,
     };
-    let open = |payment: Option<Payment>| Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment };
+    let open = |payment: Option<Payment>| Request::Open {
+        model: model_id,
+        session: [1; 32],
+        start: 0,
+        end: 30,
+        max_len: 64,
+        payment,
+    };
     let rt = runtime();
     let honest_paid = rt.block_on(async {
         let h = relay::swarm_client::connect(&[addr]).await.unwrap();
@@ -541,8 +548,14 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
         let mut s = Raw::open(&h, peer).await;
         let t = terms(&mut s).await;
         let mut bill = HopBill::new(&payer_of, t, model_id.0.into(), 30, web_node::settle::unix_s()).unwrap();
-        let open =
-            Request::Open { model: model_id, start: 0, end: 30, max_len: 64, payment: Some(bill.payment().clone()) };
+        let open = Request::Open {
+            model: model_id,
+            session: [2; 32],
+            start: 0,
+            end: 30,
+            max_len: 64,
+            payment: Some(bill.payment().clone()),
+        };
         assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64, free_left: None });
         let mut last = None;
         for pos in 0..11 {

@@ -210,18 +210,35 @@ fn bad_requests_are_refused_per_stream() {
     let peer: PeerId = relay.peer.parse().unwrap();
     let addr: Multiaddr = relay.addr("tcp").parse().unwrap();
     let dim = 576;
-    let open_req = |start, end, max_len| Request::Open { model: model_id, start, end, max_len, payment: None };
+    let session = [0x5e; 32];
+    let open_req = |start, end, max_len| Request::Open { model: model_id, session, start, end, max_len, payment: None };
     let step = |pos, n: usize| Request::Step { pos, n_tokens: n as u32, hidden: vec![0.01; n * dim], voucher: None };
     runtime().block_on(async {
         let h = connect(&[addr]).await.unwrap();
 
         let mut good = open(&h, peer).await;
         assert_eq!(ask(&mut good, &open_req(10, 20, 8)).await, Response::Opened { max_len: 8, free_left: None });
-        let Response::Hidden { n_tokens: 2, hidden, .. } = ask(&mut good, &step(0, 2)).await else {
+        let Response::Hidden { n_tokens: 2, hidden, receipt: signature, .. } = ask(&mut good, &step(0, 2)).await else {
             panic!("no hidden")
         };
         assert_eq!(hidden.len(), 2 * dim);
         assert!(hidden.iter().all(|x| x.is_finite()));
+        // The relay signed what this client sent and got, under its peer id; nothing else.
+        let mut inputs = web_node::trust::InputChain::new(&session);
+        inputs.absorb(&vec![0.01; 2 * dim], dim);
+        let receipt = web_node::trust::Receipt {
+            session,
+            model: model_id,
+            start: 10,
+            end: 20,
+            pos: 0,
+            n_tokens: 2,
+            inputs: inputs.value(),
+            output: web_node::trust::output_hash(&hidden),
+        };
+        receipt.verify(&peer, &signature).expect("the relay's receipt verifies");
+        let other = web_node::trust::Receipt { output: web_node::trust::output_hash(&hidden[1..]), ..receipt };
+        assert!(other.verify(&peer, &signature).is_err());
 
         // Garbage.
         let mut s = open(&h, peer).await;
@@ -239,7 +256,7 @@ fn bad_requests_are_refused_per_stream() {
             (open_req(0, 10, 8), ErrorCode::RangeNotServed),
             (open_req(10, 30, 8), ErrorCode::RangeNotServed),
             (
-                Request::Open { model: ModelId([7; 32]), start: 10, end: 20, max_len: 8, payment: None },
+                Request::Open { model: ModelId([7; 32]), session, start: 10, end: 20, max_len: 8, payment: None },
                 ErrorCode::UnknownModel,
             ),
             (open_req(10, 20, 1 << 30), ErrorCode::TooLong),

@@ -56,7 +56,14 @@ fn hidden(n_tokens: usize) -> Vec<f32> {
 }
 
 fn open(max_len: u32) -> Request {
-    Request::Open { model: tiny::model_id(), start: 0, end: tiny::N_LAYERS as u32, max_len, payment: None }
+    Request::Open {
+        model: tiny::model_id(),
+        session: [5; 32],
+        start: 0,
+        end: tiny::N_LAYERS as u32,
+        max_len,
+        payment: None,
+    }
 }
 
 fn step(pos: u32, n_tokens: u32) -> Request {
@@ -84,6 +91,7 @@ fn requests() -> Vec<(&'static str, Request)> {
     let (pay, voucher) = payment();
     let paid_open = Request::Open {
         model: tiny::model_id(),
+        session: [6; 32],
         start: 0,
         end: tiny::N_LAYERS as u32,
         max_len: 32,
@@ -107,7 +115,7 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("opened", Response::Opened { max_len: 32, free_left: None }),
         ("opened-free", Response::Opened { max_len: 32, free_left: Some(4096) }),
         ("queued", Response::Queued { position: 2, waiting: 5 }),
-        ("hidden", Response::Hidden { n_tokens: 2, compute_us: 120, hidden: hidden(2) }),
+        ("hidden", Response::Hidden { n_tokens: 2, compute_us: 120, receipt: vec![9; 64], hidden: hidden(2) }),
         ("error", Response::Error { code: ErrorCode::Busy, message: "all 16 session slots are taken".into() }),
     ]
 }

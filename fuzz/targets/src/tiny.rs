@@ -194,5 +194,6 @@ pub fn server(blocks: Range<usize>) -> Arc<Server> {
         .name("fuzz-compute".into())
         .spawn(move || futures::executor::block_on(compute.run()))
         .expect("a compute thread starts");
-    Arc::new(Server::new(config, handle))
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("a valid ed25519 secret");
+    Arc::new(Server::new(config, handle, key))
 }

@@ -15,14 +15,16 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::ModelId;
 use crate::settle::{PayTerms, PayerQuote, Payment, SignedVoucher, MAX_PAYMENT_BYTES};
+use crate::trust::{SessionNonce, MAX_SIGNATURE};
 
 /// The stream protocol id. The major version changes with any incompatible message change
 /// (2: `Opened` may carry a free-tier client's quota left, which version 1's decoder refuses;
-/// a node and a client of different versions fail to negotiate the stream, cleanly).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/2");
+/// 3: `Open` names the session and `Hidden` carries the node's signed receipt; a node and a
+/// client of different versions fail to negotiate the stream, cleanly).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/3");
 
 /// Version number carried in records and status.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// Largest answer a client reads to [`Request::Info`] or [`Request::Open`] (a status in JSON,
 /// or an error): 64 KiB, far above the few hundred bytes a status takes, far below the 16 MiB
@@ -30,10 +32,11 @@ pub const PROTOCOL_VERSION: u32 = 2;
 pub const MAX_CONTROL_ANSWER: usize = 64 << 10;
 
 /// Largest answer a client reads to a step of `n_tokens` rows of width `dim`: a
-/// [`Response::Hidden`] of exactly that size (tag, two `u32`s, the f32 values), or an error
-/// frame of at most 4 KiB, whichever is larger. Saturates instead of overflowing.
+/// [`Response::Hidden`] of that size (tag, two `u32`s, a receipt's signature of at most
+/// [`MAX_SIGNATURE`] bytes after its length, the f32 values), or an error frame of at most
+/// 4 KiB, whichever is larger. Saturates instead of overflowing.
 pub fn hidden_answer_limit(n_tokens: usize, dim: usize) -> usize {
-    n_tokens.saturating_mul(dim).saturating_mul(4).saturating_add(9).max(4 << 10)
+    n_tokens.saturating_mul(dim).saturating_mul(4).saturating_add(11 + MAX_SIGNATURE).max(4 << 10)
 }
 
 /// A client's message.
@@ -45,6 +48,9 @@ pub enum Request {
     Open {
         /// Model id.
         model: ModelId,
+        /// The session's id, random, chosen by the client: the node's receipts name it
+        /// ([`crate::trust::Receipt`]).
+        session: SessionNonce,
         /// First layer.
         start: u32,
         /// One past the last layer.
@@ -176,6 +182,9 @@ pub enum Response {
         /// Microseconds the server spent computing (from dequeue to result), so the client
         /// can tell network and queueing time from compute time.
         compute_us: u32,
+        /// The node's signature over the step's [`crate::trust::Receipt`] (at most
+        /// [`MAX_SIGNATURE`] bytes; the client knows every field of the receipt).
+        receipt: Vec<u8>,
         /// `[n_tokens, hidden]` f32 values.
         hidden: Vec<f32>,
     },
@@ -306,9 +315,10 @@ impl Request {
         let mut b = Vec::new();
         match self {
             Request::Info => b.push(T_INFO),
-            Request::Open { model, start, end, max_len, payment } => {
+            Request::Open { model, session, start, end, max_len, payment } => {
                 b.push(if payment.is_some() { T_OPEN_PAID } else { T_OPEN });
                 b.extend_from_slice(&model.0);
+                b.extend_from_slice(session);
                 put_u32(&mut b, *start);
                 put_u32(&mut b, *end);
                 put_u32(&mut b, *max_len);
@@ -350,10 +360,12 @@ impl Request {
                 let mut r = Reader { what: "open", b: body };
                 let mut id = [0u8; 32];
                 id.copy_from_slice(r.take(32)?);
+                let mut session = [0u8; 32];
+                session.copy_from_slice(r.take(32)?);
                 let (start, end, max_len) = (r.u32()?, r.u32()?, r.u32()?);
                 let payment = if tag == T_OPEN_PAID { Some(r.json()?) } else { None };
                 r.end()?;
-                Ok(Request::Open { model: ModelId(id), start, end, max_len, payment })
+                Ok(Request::Open { model: ModelId(id), session, start, end, max_len, payment })
             }
             T_STEP | T_STEP_PAID => {
                 let mut r = Reader { what: "step", b: body };
@@ -410,10 +422,14 @@ impl Response {
                 put_u32(&mut b, *position);
                 put_u32(&mut b, *waiting);
             }
-            Response::Hidden { n_tokens, compute_us, hidden } => {
+            Response::Hidden { n_tokens, compute_us, receipt, hidden } => {
                 b.push(T_HIDDEN);
                 put_u32(&mut b, *n_tokens);
                 put_u32(&mut b, *compute_us);
+                // A signature over the limit is cut; the client's check then fails.
+                let receipt = &receipt[..receipt.len().min(MAX_SIGNATURE)];
+                b.extend_from_slice(&(receipt.len() as u16).to_le_bytes());
+                b.extend_from_slice(receipt);
                 put_f32s(&mut b, hidden);
             }
             Response::Error { code, message } => {
@@ -451,8 +467,14 @@ impl Response {
             T_HIDDEN => {
                 let mut r = Reader { what: "hidden", b: body };
                 let (n_tokens, compute_us) = (r.u32()?, r.u32()?);
+                let l = r.take(2)?;
+                let len = usize::from(u16::from_le_bytes([l[0], l[1]]));
+                if len > MAX_SIGNATURE {
+                    return Err(r.err(format!("receipt signature of {len} bytes, over {MAX_SIGNATURE}")));
+                }
+                let receipt = r.take(len)?.to_vec();
                 let hidden = r.hidden(n_tokens)?;
-                Ok(Response::Hidden { n_tokens, compute_us, hidden })
+                Ok(Response::Hidden { n_tokens, compute_us, receipt, hidden })
             }
             T_ERROR => {
                 let mut r = Reader { what: "error", b: body };
@@ -501,8 +523,22 @@ mod tests {
     fn requests_round_trip() {
         for r in [
             Request::Info,
-            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048, payment: None },
-            Request::Open { model: ModelId([3; 32]), start: 10, end: 20, max_len: 2048, payment: Some(payment()) },
+            Request::Open {
+                model: ModelId([3; 32]),
+                session: [4; 32],
+                start: 10,
+                end: 20,
+                max_len: 2048,
+                payment: None,
+            },
+            Request::Open {
+                model: ModelId([3; 32]),
+                session: [4; 32],
+                start: 10,
+                end: 20,
+                max_len: 2048,
+                payment: Some(payment()),
+            },
             Request::Step { pos: 5, n_tokens: 2, hidden: vec![1.0, -2.5, 3.0, f32::MIN_POSITIVE], voucher: None },
             Request::Step { pos: 5, n_tokens: 1, hidden: vec![1.0, -2.5], voucher: Some(voucher()) },
             Request::Close { voucher: None },
@@ -537,7 +573,8 @@ mod tests {
                 allocated_total: alloy_primitives::U256::from(5u8),
                 available: alloy_primitives::U256::from(3u8),
             }),
-            Response::Hidden { n_tokens: 1, compute_us: 250, hidden: vec![0.5; 3] },
+            Response::Hidden { n_tokens: 1, compute_us: 250, receipt: vec![6; 64], hidden: vec![0.5; 3] },
+            Response::Hidden { n_tokens: 2, compute_us: 250, receipt: vec![], hidden: vec![0.5; 4] },
             Response::Error { code: ErrorCode::RangeNotServed, message: "no".into() },
         ] {
             assert_eq!(Response::decode(&r.encode()).unwrap(), r);
@@ -546,7 +583,8 @@ mod tests {
 
     #[test]
     fn a_hidden_answer_fits_its_limit_exactly() {
-        let answer = Response::Hidden { n_tokens: 3, compute_us: 1, hidden: vec![0.5; 3 * 576] }.encode();
+        let receipt = vec![1; MAX_SIGNATURE];
+        let answer = Response::Hidden { n_tokens: 3, compute_us: 1, receipt, hidden: vec![0.5; 3 * 576] }.encode();
         assert_eq!(hidden_answer_limit(3, 576), answer.len());
         assert_eq!(hidden_answer_limit(1, 1), 4 << 10);
         assert_eq!(hidden_answer_limit(usize::MAX, 2), usize::MAX);
@@ -558,7 +596,9 @@ mod tests {
         assert_eq!(Request::decode(&[0x42]), Err(DecodeError::UnknownTag(0x42)));
         // Open cut short, and with trailing bytes.
         for payment in [None, Some(payment())] {
-            let open = Request::Open { model: ModelId([1; 32]), start: 0, end: 1, max_len: 1, payment }.encode();
+            let open =
+                Request::Open { model: ModelId([1; 32]), session: [2; 32], start: 0, end: 1, max_len: 1, payment }
+                    .encode();
             for cut in 1..open.len() {
                 assert!(Request::decode(&open[..cut]).is_err(), "cut at {cut}");
             }
@@ -602,5 +642,17 @@ mod tests {
         assert!(Request::decode(&step(2, 0)).is_err());
         assert!(Request::decode(&step(2, 16)).is_ok());
         assert!(Response::decode(&[T_STATUS, b'{']).is_err());
+        // Hidden states: a receipt's length past the frame or over the limit, none at all.
+        let hidden = |len: u16, receipt: usize, values: usize| {
+            let mut b = vec![T_HIDDEN, 1, 0, 0, 0, 0, 0, 0, 0];
+            b.extend_from_slice(&len.to_le_bytes());
+            b.extend(std::iter::repeat_n(7u8, receipt + 4 * values));
+            b
+        };
+        assert!(Response::decode(&hidden(64, 64, 2)).is_ok());
+        assert!(Response::decode(&hidden(64, 60, 0)).is_err());
+        assert!(Response::decode(&hidden(MAX_SIGNATURE as u16 + 1, MAX_SIGNATURE + 1, 2)).is_err());
+        assert!(Response::decode(&hidden(64, 64, 0)).is_err());
+        assert!(Response::decode(&[T_HIDDEN, 1, 0, 0, 0, 0, 0, 0, 0, 0]).is_err());
     }
 }

@@ -1,4 +1,5 @@
-//! Trust between nodes: how an auditor judges a node's answer for its layers.
+//! Trust between nodes: what a node signs for each answer ([`receipt`]) and how an auditor
+//! judges an answer for its layers ([`delta`]).
 //!
 //! An auditor recomputes a block range on the inputs a node was given and compares the two
 //! outputs by [`deviation`]: the error of what the block added to its input (the residual
@@ -6,6 +7,12 @@
 //! close). The limit, [`DELTA_LIMIT`], comes from `ait calibrate`, which measures honest
 //! drift between our backends and the same metric for each way a node can lie.
 
+pub mod audit;
 pub mod delta;
+pub mod receipt;
 
+pub use audit::AuditDraw;
 pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
+pub use receipt::{
+    output_hash, public_key_of, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,
+};

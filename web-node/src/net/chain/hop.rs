@@ -6,8 +6,10 @@
 //! from a frozen one (the liveness check), checks every answer and keeps the hop's
 //! statistics. Every answer is read with a limit sized for what it should hold, and hidden
 //! states must be finite with a sane norm ([`MAX_HIDDEN_RMS`]): anything else fails the hop,
-//! like an error frame. Whatever a step comes to carry besides the hidden states (a receipt, a payment
-//! voucher) is added and checked there. It does not choose servers or recover from failures.
+//! like an error frame. Whatever a step carries besides the hidden states is added and checked
+//! there: the payment voucher it sends, and the node's signed receipt it gets back (checked
+//! against the node's peer id and kept for audits; one that does not verify fails the hop).
+//! It does not choose servers or recover from failures.
 
 use std::fmt;
 use std::ops::Range;
@@ -27,6 +29,7 @@ use crate::net::protocol::{hidden_answer_limit, Request, Response, MAX_CONTROL_A
 use crate::net::routing::Hop;
 use crate::net::serve::BoxStream;
 use crate::settle::{unix_s, HopBill, Payer, SignedVoucher};
+use crate::trust::{output_hash, InputChain, Receipt, SessionNonce, SignedReceipt};
 
 /// How long a server has to answer the liveness check of a step that is late.
 const ALIVE_LIMIT: Duration = Duration::from_millis(500);
@@ -81,6 +84,16 @@ pub(super) struct HopSession {
     /// On a free-tier session: what the server said was left of the client's daily quota
     /// there, less the tokens it ran since.
     free_left: Option<u32>,
+    /// The session's id, named in its receipts.
+    session: SessionNonce,
+    /// The model, named in its receipts.
+    model: ModelId,
+    /// The hash of every input sent so far.
+    inputs: InputChain,
+    /// The node's receipt for every step it answered, checked, in order.
+    receipts: Vec<SignedReceipt>,
+    /// Every row it answered, in order (what an audit compares).
+    outputs: Vec<f32>,
 }
 
 impl HopSession {
@@ -110,8 +123,10 @@ impl HopSession {
             b.allocate(&quote, max_len, &payer.key, unix_s())
                 .map_err(|e| ChainError::Payment { peer, detail: e.to_string() })?;
         }
+        let session: SessionNonce = rand::random();
         let req = Request::Open {
             model,
+            session,
             start: blocks.start as u32,
             end: blocks.end as u32,
             max_len: max_len as u32,
@@ -150,6 +165,11 @@ impl HopSession {
                 stats: HopStats::default(),
                 bill,
                 free_left,
+                session,
+                model,
+                inputs: InputChain::new(&session),
+                receipts: Vec::new(),
+                outputs: Vec::new(),
             }),
             other => Err(ChainError::Protocol { peer, detail: format!("answered {other:?} to open") }),
         }
@@ -173,6 +193,16 @@ impl HopSession {
     /// What one token through it costs (zero on a free session).
     pub(super) fn price_per_token(&self) -> U256 {
         self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.terms().cost(self.blocks.len() as u64))
+    }
+
+    /// The node's checked receipts for every step it answered, in order.
+    pub(super) fn receipts(&self) -> &[SignedReceipt] {
+        &self.receipts
+    }
+
+    /// Takes the rows it answered so far, in order.
+    pub(super) fn take_outputs(&mut self) -> Vec<f32> {
+        std::mem::take(&mut self.outputs)
     }
 
     /// On a free-tier session, the tokens left of the client's daily quota there.
@@ -235,6 +265,8 @@ impl HopSession {
             let take = per_frame.min(n - done);
             let hidden = x[done * dim..(done + take) * dim].to_vec();
             let voucher = self.voucher(Some(take))?;
+            let mut inputs = self.inputs.clone();
+            inputs.absorb(&hidden, dim);
             let req = Request::Step { pos: (pos + done) as u32, n_tokens: take as u32, hidden, voucher };
             let limit = step_timeout + opts.per_token_timeout * take as u32;
             let patience = opts.max_wait.max(limit.mul_f64(opts.busy_factor.clamp(1.0, 1e3)));
@@ -265,10 +297,26 @@ impl HopSession {
             };
             let reply = Response::decode(&frame).map_err(|e| ChainError::Protocol { peer, detail: e.to_string() })?;
             match reply {
-                Response::Hidden { n_tokens, compute_us, hidden }
+                Response::Hidden { n_tokens, compute_us, receipt: signature, hidden }
                     if n_tokens as usize == take && hidden.len() == take * dim =>
                 {
                     check_hidden(&hidden, dim).map_err(|detail| ChainError::Protocol { peer, detail })?;
+                    let receipt = Receipt {
+                        session: self.session,
+                        model: self.model,
+                        start: self.blocks.start as u32,
+                        end: self.blocks.end as u32,
+                        pos: (pos + done) as u32,
+                        n_tokens,
+                        inputs: inputs.value(),
+                        output: output_hash(&hidden),
+                    };
+                    receipt
+                        .verify(&peer, &signature)
+                        .map_err(|e| ChainError::Protocol { peer, detail: format!("step receipt: {e}") })?;
+                    self.receipts.push(SignedReceipt { receipt, signature });
+                    self.inputs = inputs;
+                    self.outputs.extend_from_slice(&hidden);
                     if n == 1 {
                         let ms = started.elapsed().as_secs_f64() * 1e3;
                         let avg = self.measured_ms.map_or(ms, |m| m + MEASURE_WEIGHT * (ms - m));

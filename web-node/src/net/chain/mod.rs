@@ -15,10 +15,12 @@
 //! (failover and replay). This module holds the chain itself, its options and its errors; it
 //! does not speak the wire protocol itself (the hops do).
 
+mod audit;
 mod discovery;
 mod hop;
 mod recovery;
 
+pub use audit::{AuditCase, AuditError, AuditOutcome};
 pub(crate) use discovery::unpredictable_rng;
 pub use discovery::{probe_stream, sample_providers, DhtDiscovery, Discovery, Found, Query};
 pub use hop::MAX_HIDDEN_RMS;
@@ -41,6 +43,7 @@ use super::serve::{BoxStream, LocalServer};
 use crate::client::LayerChain;
 use crate::model::ModelId;
 use crate::settle::{HopBill, Payer};
+use crate::trust::SignedReceipt;
 use hop::HopSession;
 
 /// Timeouts and retry limits of a [`SwarmChain`].
@@ -321,6 +324,10 @@ pub struct SwarmChain<D = DhtDiscovery> {
     known: HashMap<PeerId, Range<usize>>,
     /// Hop timings of the last sequence, kept by `end`.
     last_stats: Vec<(Hop, HopStats)>,
+    /// The last sequence's receipts per hop, kept by `end`.
+    last_receipts: Vec<(Hop, Vec<SignedReceipt>)>,
+    /// What an audit of each hop of the last sequence needs, kept by `end`.
+    last_audit: Vec<audit::AuditCase>,
     /// Measured one-token step time of servers used so far (ms), and when it was measured:
     /// routing prefers it over their claims.
     measured: HashMap<PeerId, (f64, Instant)>,
@@ -375,6 +382,8 @@ impl<D: Discovery> SwarmChain<D> {
             watch: Arc::default(),
             known: HashMap::new(),
             last_stats: Vec::new(),
+            last_receipts: Vec::new(),
+            last_audit: Vec::new(),
             measured: HashMap::new(),
             paid_closed: U256::ZERO,
             last_paid: U256::ZERO,
@@ -385,6 +394,16 @@ impl<D: Discovery> SwarmChain<D> {
     /// The current route.
     pub fn route(&self) -> Vec<Hop> {
         self.hops.iter().map(HopSession::hop).collect()
+    }
+
+    /// Every hop's checked receipts for the steps it answered, in route order, for the
+    /// current sequence, or the last one after `end` (the receipts of a hop replaced after a
+    /// failure go with it).
+    pub fn receipts(&self) -> Vec<(Hop, Vec<SignedReceipt>)> {
+        if self.hops.is_empty() {
+            return self.last_receipts.clone();
+        }
+        self.hops.iter().map(|h| (h.hop(), h.receipts().to_vec())).collect()
     }
 
     /// Per-hop timing of the current route since `begin` (network + queueing = wall - compute),
@@ -477,24 +496,8 @@ impl<D: Discovery> SwarmChain<D> {
             for hop in hops {
                 let Some(stream) = streams.remove(&hop.peer) else { continue };
                 let expected_ms = expected.get(&hop.peer).copied().unwrap_or(0.0);
-                let limit = self.opts.connect_timeout;
-                // This node's own server does not charge it.
-                let local = self.discovery.local_peer() == Some(hop.peer);
-                let bill = match (terms.get(&hop.peer), &self.opts.payer) {
-                    (Some(t), Some(payer)) if !local => {
-                        let layers = hop.blocks.len() as u64;
-                        match HopBill::new(payer, t.clone(), self.model.0.into(), layers, crate::settle::unix_s()) {
-                            Ok(b) => Some((b, payer.clone())),
-                            Err(e) => {
-                                failed = Some(ChainError::Payment { peer: hop.peer, detail: e.to_string() });
-                                break;
-                            }
-                        }
-                    }
-                    _ => None,
-                };
-                let watch = self.opts.on_queued.as_ref();
-                match HopSession::open(hop, stream, self.model, self.max_len, expected_ms, limit, bill, watch).await {
+                let terms = terms.get(&hop.peer).cloned();
+                match self.open_hop(hop, stream, expected_ms, terms, self.max_len).await {
                     Ok(session) => opened.push(session),
                     Err(e) => {
                         failed = Some(e);
@@ -506,6 +509,32 @@ impl<D: Discovery> SwarmChain<D> {
             let e = self.count_failure(e, failures)?;
             tracing::warn!("opening the route failed, re-planning: {e}");
         }
+    }
+
+    /// Opens a session of up to `max_len` tokens for `hop` over `stream`, paid on the node's
+    /// `terms` when it charges and this chain has a payer (this node's own server does not
+    /// charge it). Takes `&mut self` although it changes nothing: a future holding `&self`
+    /// would need the chain to be `Sync`, which its streams are not.
+    async fn open_hop(
+        &mut self,
+        hop: Hop,
+        stream: BoxStream,
+        expected_ms: f64,
+        terms: Option<crate::settle::PayTerms>,
+        max_len: usize,
+    ) -> Result<HopSession, ChainError> {
+        let local = self.discovery.local_peer() == Some(hop.peer);
+        let bill = match (terms, &self.opts.payer) {
+            (Some(t), Some(payer)) if !local => {
+                let layers = hop.blocks.len() as u64;
+                let bill = HopBill::new(payer, t, self.model.0.into(), layers, crate::settle::unix_s())
+                    .map_err(|e| ChainError::Payment { peer: hop.peer, detail: e.to_string() })?;
+                Some((bill, payer.clone()))
+            }
+            _ => None,
+        };
+        let (limit, watch) = (self.opts.connect_timeout, self.opts.on_queued.as_ref());
+        HopSession::open(hop, stream, self.model, max_len, expected_ms, limit, bill, watch).await
     }
 
     /// The routing view of `found`: each server's measured step time when known, this node's
@@ -664,6 +693,8 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
     async fn end(&mut self) -> Result<(), ChainError> {
         if !self.hops.is_empty() {
             self.last_stats = self.hop_stats();
+            self.last_receipts = self.receipts();
+            self.last_audit = self.audit_cases_now();
             self.last_free_left = self.free_left();
             let paid = close_all(std::mem::take(&mut self.hops)).await;
             self.last_paid = self.paid_closed + paid;

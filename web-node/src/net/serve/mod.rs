@@ -303,7 +303,7 @@ impl<B: Backend> Service<B> {
         config.ms_per_block = measure_ms_per_block(&mut executor).await.map_err(ServeError::Measure)?;
         let (handle, compute) = ComputeLoop::new(executor, config.limits.batch);
         let health = compute.health();
-        let server = Arc::new(Server::new(config, handle));
+        let server = Arc::new(Server::new(config, handle, key.clone()));
         let incoming = node.control().accept(PROTOCOL).map_err(|_| ServeError::AlreadyServing)?;
         let (tx, rx) = oneshot::channel::<()>();
         let stop = rx.shared();

@@ -20,6 +20,7 @@ use std::time::Duration;
 use web_time::Instant;
 
 use futures::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use libp2p::identity::Keypair;
 use libp2p::PeerId;
 
 use super::compute::ComputeHandle;
@@ -32,6 +33,7 @@ use crate::net::frame::{read_frame, write_frame, FrameError};
 use crate::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
 use crate::settle::PaymentGate;
 use crate::settle::{unix_s, Meter, Payment, PaymentError, SignedVoucher};
+use crate::trust::{output_hash, InputChain, Receipt, SessionNonce};
 use alloy_primitives::U256;
 
 /// A byte stream carrying one session: a libp2p stream, or an in-process pipe to this node's
@@ -98,6 +100,8 @@ pub struct ServeStats {
 pub struct Server {
     config: ServeConfig,
     compute: ComputeHandle,
+    /// The node's identity: it signs a receipt for every step answered.
+    key: Keypair,
     admission: Mutex<Admission>,
     /// Free-tier tokens used today, per client.
     free: Mutex<FreeQuota>,
@@ -184,12 +188,15 @@ impl Drop for Waiting<'_> {
 }
 
 /// An open session on a stream: its engine session, its slot, and its meter when it is paid
-/// (or whether it runs on the free tier's quota).
+/// (or whether it runs on the free tier's quota); its id and the hash of its inputs so far,
+/// for its receipts.
 struct Open<'a> {
     id: SessionId,
     _slot: Slot<'a>,
     meter: Option<Meter>,
     free: bool,
+    session: SessionNonce,
+    inputs: InputChain,
 }
 
 impl From<EngineError> for Refusal {
@@ -208,15 +215,16 @@ impl From<EngineError> for Refusal {
 }
 
 impl Server {
-    /// A server for `config`, computing through `compute`.
-    pub fn new(config: ServeConfig, compute: ComputeHandle) -> Server {
+    /// A server for `config`, computing through `compute`, signing receipts with `key` (the
+    /// node's identity, whose peer id clients reach it by).
+    pub fn new(config: ServeConfig, compute: ComputeHandle, key: Keypair) -> Server {
         let l = &config.limits;
         let queue = l.payments.as_ref().map(|_| {
             let seed = l.lottery_seed.unwrap_or_else(rand::random);
             SlotQueue::new(l.max_sessions, l.max_sessions.saturating_mul(4).max(8), seed)
         });
         let admission = Mutex::new(Admission { queue, ..Admission::default() });
-        Server { config, compute, admission, free: Mutex::default(), stats: ServeStats::default() }
+        Server { config, compute, key, admission, free: Mutex::default(), stats: ServeStats::default() }
     }
 
     /// What it serves.
@@ -504,8 +512,9 @@ impl Server {
                     },
                     None => break Err(Refusal(ErrorCode::BadRequest, "this node serves free".into())),
                 },
-                (Request::Open { model, start, end, max_len, payment }, None) => {
-                    match self.open(who, model, start as usize..end as usize, max_len as usize, payment, stream).await {
+                (Request::Open { model, session, start, end, max_len, payment }, None) => {
+                    let blocks = start as usize..end as usize;
+                    match self.open(who, model, session, blocks, max_len as usize, payment, stream).await {
                         Ok(o) => {
                             // A free-tier client hears what it has left of its quota here.
                             let free_left = o.free.then(|| {
@@ -536,6 +545,7 @@ impl Server {
                             break Err(e.into());
                         }
                     }
+                    o.inputs.absorb(&hidden, c.model_config.hidden);
                     match self.compute.step(who.peer, o.id, pos as usize, hidden, n_tokens as usize).await {
                         Ok((hidden, took)) => {
                             progress = Instant::now();
@@ -544,7 +554,8 @@ impl Server {
                             }
                             self.stats.tokens.fetch_add(u64::from(n_tokens), Ordering::Relaxed);
                             let compute_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
-                            Response::Hidden { n_tokens, compute_us, hidden }
+                            let receipt = self.receipt(o, pos, n_tokens, &hidden);
+                            Response::Hidden { n_tokens, compute_us, receipt, hidden }
                         }
                         Err(e) => break Err(e.into()),
                     }
@@ -581,6 +592,27 @@ impl Server {
         result
     }
 
+    /// The signature over the receipt of a step of `o` at `pos` of `n_tokens` that answered
+    /// `output` (the session's inputs are absorbed already). An ed25519 key always signs; if
+    /// another kind fails, the answer goes without, and the client's check refuses it.
+    fn receipt(&self, o: &Open<'_>, pos: u32, n_tokens: u32, output: &[f32]) -> Vec<u8> {
+        let blocks = &self.config.blocks;
+        let receipt = Receipt {
+            session: o.session,
+            model: self.config.model,
+            start: blocks.start as u32,
+            end: blocks.end as u32,
+            pos,
+            n_tokens,
+            inputs: o.inputs.value(),
+            output: output_hash(output),
+        };
+        receipt.sign(&self.key).unwrap_or_else(|e| {
+            tracing::warn!("{e}");
+            Vec::new()
+        })
+    }
+
     /// Checks a voucher that came with a step or close of a paid session, keeps it durably,
     /// and counts it.
     async fn pay(&self, meter: &mut Meter, voucher: Option<&SignedVoucher>) -> Result<(), Refusal> {
@@ -608,6 +640,7 @@ impl Server {
         &self,
         who: Remote,
         model: ModelId,
+        session: SessionNonce,
         blocks: Range<usize>,
         max_len: usize,
         payment: Option<Payment>,
@@ -682,7 +715,14 @@ impl Server {
         };
         let (id, slot) = id?;
         self.stats.sessions.fetch_add(1, Ordering::Relaxed);
-        Ok(Open { id, _slot: slot, meter: meter.map(Opening::keep), free: standing == Standing::Free })
+        Ok(Open {
+            id,
+            _slot: slot,
+            meter: meter.map(Opening::keep),
+            free: standing == Standing::Free,
+            session,
+            inputs: InputChain::new(&session),
+        })
     }
 }
 

@@ -1,0 +1,158 @@
+//! Spot checks: a hop's inputs replayed on another server of the same layers, as one
+//! prefill, and its answers judged by the trust metric ([`crate::trust::deviation`] against
+//! [`DELTA_LIMIT`]).
+//!
+//! What an audit looks like on the wire: a session like any other, an `Open` of the span
+//! followed by one `Step` at position 0 carrying every input up to the audited step (split
+//! into frames that fit), which is exactly what a failover replay sends to a replacement. The
+//! audited node is not contacted at all; the auditor cannot tell an audit from a replay, and
+//! the audited node never learns which of its sessions were checked (the draw,
+//! [`crate::trust::AuditDraw`], is made after its receipts exist, from the client's secret).
+//! One replay up to a step checks every step before it, so an audit costs one prefill.
+
+use libp2p::PeerId;
+
+use super::{ChainError, Discovery, SwarmChain};
+use crate::net::routing::Hop;
+use crate::trust::{deviation, output_hash, Deviation, InputChain, SignedReceipt, DELTA_LIMIT};
+
+/// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
+/// inputs it was sent and the rows it answered.
+#[derive(Clone, Debug)]
+pub struct AuditCase {
+    /// The audited node and its layers.
+    pub hop: Hop,
+    /// Its receipts, one per step, in order.
+    pub receipts: Vec<SignedReceipt>,
+    /// Every input row it was sent, `[tokens, hidden]`.
+    pub inputs: Vec<f32>,
+    /// Every row it answered, same shape.
+    pub outputs: Vec<f32>,
+}
+
+/// What an audit found.
+#[derive(Clone, Debug)]
+pub struct AuditOutcome {
+    /// The audited node and its layers.
+    pub audited: Hop,
+    /// The node that recomputed them.
+    pub auditor: PeerId,
+    /// Tokens replayed (every step up to the audited one).
+    pub tokens: usize,
+    /// How far the audited answers are from the recomputed ones.
+    pub deviation: Deviation,
+    /// Whether every token was within [`DELTA_LIMIT`].
+    pub passed: bool,
+}
+
+/// Why an audit could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum AuditError {
+    /// What the client kept does not match what the node signed (or is too short).
+    #[error("the audit's evidence does not hold: {0}")]
+    Evidence(String),
+    /// No other server holds exactly these layers.
+    #[error("no server other than {peer} holds blocks [{start}, {end})")]
+    NoAuditor {
+        /// The audited node.
+        peer: PeerId,
+        /// First block.
+        start: usize,
+        /// One past the last.
+        end: usize,
+    },
+    /// Finding, opening or running the auditor's session failed.
+    #[error(transparent)]
+    Chain(#[from] ChainError),
+}
+
+impl AuditCase {
+    /// Checks that the receipts run from position 0 without gaps, that the first `tokens`
+    /// inputs are what the node signed for at the end of step `step`, and that each answer
+    /// up to it is what the node signed; returns the step's end (tokens replayed).
+    fn evidence(&self, step: usize, dim: usize) -> Result<usize, AuditError> {
+        let bad = |what: String| Err(AuditError::Evidence(what));
+        let Some(last) = self.receipts.get(step) else {
+            return bad(format!("step {step} of {} receipts", self.receipts.len()));
+        };
+        let tokens = (last.receipt.pos + last.receipt.n_tokens) as usize;
+        if self.inputs.len() < tokens * dim || self.outputs.len() < tokens * dim {
+            return bad(format!("{tokens} tokens signed for, fewer kept"));
+        }
+        let mut at = 0usize;
+        for r in &self.receipts[..=step] {
+            let (pos, n) = (r.receipt.pos as usize, r.receipt.n_tokens as usize);
+            if pos != at {
+                return bad(format!("a receipt at position {pos} after {at} tokens"));
+            }
+            if output_hash(&self.outputs[pos * dim..(pos + n) * dim]) != r.receipt.output {
+                return bad(format!("the answer at position {pos} is not the one signed"));
+            }
+            at += n;
+        }
+        let mut chain = InputChain::new(&last.receipt.session);
+        chain.absorb(&self.inputs[..tokens * dim], dim);
+        if chain.value() != last.receipt.inputs {
+            return bad("the inputs kept are not the ones signed for".into());
+        }
+        Ok(tokens)
+    }
+}
+
+impl<D: Discovery> SwarmChain<D> {
+    /// What an audit of each hop needs, taken from the current sequence's hops and history
+    /// (called by `end`, before the sessions close).
+    pub(super) fn audit_cases_now(&mut self) -> Vec<AuditCase> {
+        let history = &mut self.history;
+        self.hops
+            .iter_mut()
+            .map(|h| AuditCase {
+                hop: h.hop(),
+                receipts: h.receipts().to_vec(),
+                inputs: history.remove(&h.blocks().start).unwrap_or_default(),
+                outputs: h.take_outputs(),
+            })
+            .collect()
+    }
+
+    /// The last sequence's hops, with what an audit of each needs (kept until the next
+    /// sequence ends).
+    pub fn audit_cases(&self) -> &[AuditCase] {
+        &self.last_audit
+    }
+
+    /// Audits `case` up to the end of its step `step`: checks the evidence against the
+    /// node's receipts, finds another server holding exactly the same layers, replays the
+    /// inputs up to there as one prefill (paid like any session), and compares every token.
+    /// A node that fails is banned from this chain's routes.
+    pub async fn audit(&mut self, case: &AuditCase, step: usize) -> Result<AuditOutcome, AuditError> {
+        let dim = self.hidden;
+        let tokens = case.evidence(step, dim)?;
+        let blocks = case.hop.blocks.clone();
+        let audited = case.hop.peer;
+        let found = self.discover(blocks.clone(), false).await?;
+        let Some((f, stream)) =
+            found.into_iter().find(|(f, _)| f.candidate.peer != audited && f.candidate.blocks == blocks)
+        else {
+            return Err(AuditError::NoAuditor { peer: audited, start: blocks.start, end: blocks.end });
+        };
+        let auditor = f.candidate.peer;
+        let hop = Hop { peer: auditor, blocks: blocks.clone() };
+        let mut session = self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
+        let inputs = &case.inputs[..tokens * dim];
+        let recomputed = session.step(0, inputs, tokens, dim, &self.opts, &self.discovery).await;
+        session.close().await;
+        let recomputed = recomputed?;
+        let deviation = deviation(inputs, &recomputed, &case.outputs[..tokens * dim], dim)
+            .map_err(|e| AuditError::Evidence(e.to_string()))?;
+        let passed = deviation.within(DELTA_LIMIT);
+        if passed {
+            tracing::info!(%audited, %auditor, tokens, worst = deviation.worst, "audit passed");
+        } else {
+            tracing::warn!(%audited, %auditor, tokens, worst = deviation.worst, token = deviation.worst_token,
+                "audit failed: the node's answers are not the computation of its layers");
+            self.ban(audited);
+        }
+        Ok(AuditOutcome { audited: case.hop.clone(), auditor, tokens, deviation, passed })
+    }
+}
