@@ -73,6 +73,8 @@ pub struct ApiState {
     pub permits: tokio::sync::Semaphore,
     /// Timeouts of the chains.
     pub chain: ChainOptions,
+    /// The share of each request's hop sessions audited after its answer went out.
+    pub audit: crate::swarm_client::AuditOpt,
 }
 
 impl IntoResponse for ApiError {
@@ -416,6 +418,7 @@ async fn run(
     if let Some(local) = &state.local {
         chain = chain.with_local(local.clone());
     }
+    let chain = state.audit.apply(chain);
     let account = job.account.as_ref().map(|a| (a.accounts().clone(), a.name().to_string()));
     let mut metered = Metered { chain, account, tokens: job.prompt.len() as u64 };
     let generation = m.generate(&mut metered.chain, &job.prompt, &job.opts, on_text).await.map_err(api_error)?;
@@ -424,6 +427,15 @@ async fn run(
     // Charged before the answer goes out: the account's next request sees it.
     if let Some(charge) = metered.charge() {
         let _ = tokio::task::spawn_blocking(charge).await;
+    }
+    // The audits the request drew run after its answer, off its path (each is logged and
+    // counted in `/metrics`; a node that fails is banned from this chain, which ends here).
+    if state.audit.audit_rate > 0.0 {
+        tokio::spawn(async move {
+            for found in metered.chain.run_audits().await {
+                crate::swarm_client::count_audit(&found);
+            }
+        });
     }
     Ok(Paid { generation, cost })
 }

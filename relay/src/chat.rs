@@ -45,6 +45,9 @@ pub struct ChatOpt {
     /// With --swarm: paying servers that charge.
     #[command(flatten)]
     pub pay: crate::settle::node::ClientPayOpt,
+    /// With --swarm: spot checks of the servers.
+    #[command(flatten)]
+    pub audit: crate::swarm_client::AuditOpt,
 }
 
 /// Runs the REPL on stdin/stdout until EOF or `/exit`.
@@ -62,7 +65,12 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
         let paying = opts.payer.is_some();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
         let handle = rt.block_on(connect(&o.swarm))?;
-        Backend::Swarm { chain: Box::new(chain(handle, &model, opts)), model: Box::new(model), rt, paying }
+        Backend::Swarm {
+            chain: Box::new(o.audit.apply(chain(handle, &model, opts))),
+            model: Box::new(model),
+            rt,
+            paying,
+        }
     };
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -137,6 +145,7 @@ impl Backend {
                     // (and is said whether the answer completed or not).
                     eprint!("\n(cost: {} AIT)", web_node::settle::format_ait(chain.paid()));
                 }
+                rt.block_on(crate::swarm_client::audit(chain.as_mut()));
                 Ok(g?.text)
             }
             Backend::Http(h) => h.answer(history, o, print),

@@ -104,6 +104,9 @@ struct GenerateOpt {
     /// With --swarm: paying servers that charge.
     #[command(flatten)]
     pay: relay::settle::node::ClientPayOpt,
+    /// With --swarm: spot checks of the servers.
+    #[command(flatten)]
+    audit: relay::swarm_client::AuditOpt,
 }
 
 #[derive(clap::Args)]
@@ -178,6 +181,9 @@ struct RelayOpt {
     /// by `GET /v1/key`.
     #[arg(long, value_name = "FILE")]
     api_keys: Option<PathBuf>,
+    /// Spot checks of the servers that answer the API's requests.
+    #[command(flatten)]
+    audit: relay::swarm_client::AuditOpt,
     /// HTTP API requests generating at once (others wait). Their steps share the blocks'
     /// batches. Each holds a session on every server of its route, and other servers let one
     /// peer hold 4 (`--max-sessions-per-peer`). Default: `--max-sessions` when this relay
@@ -467,6 +473,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     Some(s) => s.chain_options(&o.settle)?,
                     None => Default::default(),
                 },
+                audit: o.audit.clone(),
             };
             let web = relay::web::WebState {
                 peer: peer.to_string(),
@@ -541,8 +548,9 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let paying = chain_opts.payer.is_some();
     let (result, recoveries, cost) = runtime()?.block_on(async {
         let handle = relay::swarm_client::connect(&o.swarm).await?;
-        let mut chain = relay::swarm_client::chain(handle, &model, chain_opts);
+        let mut chain = o.audit.apply(relay::swarm_client::chain(handle, &model, chain_opts));
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
+        relay::swarm_client::audit(&mut chain).await;
         // The generation ended the route: what it paid includes the closing vouchers.
         anyhow::Ok((r, chain.recoveries().len(), chain.paid()))
     })?;

@@ -5,8 +5,9 @@ use anyhow::Context;
 use libp2p::identity::Keypair;
 use libp2p::Multiaddr;
 use web_node::client::ClientModel;
-use web_node::net::chain::{ChainOptions, SwarmChain};
+use web_node::net::chain::{AuditError, AuditOutcome, ChainOptions, SwarmChain};
 use web_node::net::node::{NodeHandle, Role};
+use web_node::trust::AuditDraw;
 
 /// Starts a client node (it only dials) and joins the swarm through `bootstrap`.
 pub async fn connect(bootstrap: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
@@ -32,4 +33,69 @@ pub async fn connect_as(key: Keypair, bootstrap: &[Multiaddr], listen: &[Multiad
 /// A chain over the swarm for `model`.
 pub fn chain(handle: NodeHandle, model: &ClientModel, opts: ChainOptions) -> SwarmChain {
     SwarmChain::new(handle, model.id, model.config.n_layers, model.config.hidden, opts)
+}
+
+/// Spot checks of the servers by a client: `ait generate --swarm`, `ait chat --swarm`, and
+/// `ait relay` as an API gateway. The default audits nothing.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct AuditOpt {
+    /// Share of each generation's hop sessions to audit afterwards (0 to 1): the hop's
+    /// inputs are replayed as one prefill on another server of the same layers, paid like
+    /// any session, and a node whose answers deviate is banned from this client's routes.
+    #[arg(long, default_value_t = 0.0, value_parser = audit_rate)]
+    pub audit_rate: f64,
+}
+
+fn audit_rate(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+        _ => Err(format!("{s} is not a share between 0 and 1")),
+    }
+}
+
+impl AuditOpt {
+    /// `chain`, drawing its audits at this rate (unchanged at 0).
+    pub fn apply(&self, chain: SwarmChain) -> SwarmChain {
+        if self.audit_rate > 0.0 {
+            chain.with_audits(AuditDraw::new(self.audit_rate))
+        } else {
+            chain
+        }
+    }
+}
+
+/// Runs the audits the last generation drew and says on stderr what each found, one line
+/// each (after the generation's text).
+pub async fn audit(chain: &mut SwarmChain) {
+    let found = chain.run_audits().await;
+    if !found.is_empty() {
+        eprintln!();
+    }
+    for found in found {
+        count_audit(&found);
+        match found {
+            Ok(a) => eprintln!(
+                "audit: {} (blocks {}..{}) {} on {} over {} tokens (worst deviation {:.2e}, limit {:.0e})",
+                a.audited.peer,
+                a.audited.blocks.start,
+                a.audited.blocks.end,
+                if a.passed { "passed" } else { "FAILED, banned" },
+                a.auditor,
+                a.tokens,
+                a.deviation.worst,
+                web_node::trust::DELTA_LIMIT,
+            ),
+            Err(e) => eprintln!("audit: not made: {e}"),
+        }
+    }
+}
+
+/// Counts an audit in the metrics: `ait_audits_total{result="passed"|"failed"|"not_made"}`.
+pub fn count_audit(found: &Result<AuditOutcome, AuditError>) {
+    let result = match found {
+        Ok(a) if a.passed => "passed",
+        Ok(_) => "failed",
+        Err(_) => "not_made",
+    };
+    metrics::counter!("ait_audits_total", "result" => result).increment(1);
 }

@@ -6,7 +6,9 @@
 //! - a decode step of one hop of a 3-hop chain (10 layers, CPU backend, one session), median
 //!   of 64 steps;
 //! - the receipt work per hop per decode step (the node hashes and signs, the client hashes
-//!   and verifies) as a share of that step.
+//!   and verifies) as a share of that step;
+//! - an audit of that hop's whole session (65 tokens replayed as one prefill) against the
+//!   session's decode time, and the work audits add to the swarm at a few rates.
 //!
 //! Medians of 5 runs of each measurement.
 
@@ -19,6 +21,11 @@ use serde_json::json;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{ModelFile, ModelId};
 use web_node::trust::{output_hash, InputChain, Receipt};
+
+/// Decode steps of the benchmarked session (after a one-token prefill).
+const SESSION: usize = 64;
+/// Audit rates whose work is reported.
+const AUDIT_RATES: [f64; 3] = [0.02, 0.05, 0.1];
 
 /// Seconds per call of `f`, median of 5 runs of `n` calls.
 fn per_call(n: usize, mut f: impl FnMut()) -> f64 {
@@ -74,14 +81,33 @@ fn main() {
         let id = exec.open_session(512).unwrap();
         exec.step(id, &row, 1).await.unwrap();
         let mut times = Vec::new();
-        for _ in 0..64 {
+        for _ in 0..SESSION {
             let t = Instant::now();
             std::hint::black_box(exec.step(id, &row, 1).await.unwrap());
             times.push(t.elapsed().as_secs_f64());
         }
+        exec.close_session(id).unwrap();
         times
     });
     let step_s = median(&steps);
+    // An audit of that hop's whole session: its inputs replayed as one prefill (other inputs
+    // each run: the executor reuses the cache of a prefix it has seen).
+    let audit_runs: Vec<f64> = (0..5)
+        .map(|run| {
+            let rows: Vec<f32> =
+                (0..SESSION + 1).flat_map(|t| row.iter().map(move |v| v + (run * 100 + t) as f32 * 1e-3)).collect();
+            pollster::block_on(async {
+                let id = exec.open_session(512).unwrap();
+                let t = Instant::now();
+                std::hint::black_box(exec.step(id, &rows, SESSION + 1).await.unwrap());
+                let took = t.elapsed().as_secs_f64();
+                exec.close_session(id).unwrap();
+                took
+            })
+        })
+        .collect();
+    let audit_s = median(&audit_runs);
+    let session_s: f64 = steps.iter().sum();
     let backend_name = exec.backend().name();
     // The node hashes and signs; the client hashes and verifies.
     let receipt_s = 2.0 * hash_s + sign_s + verify_s;
@@ -93,6 +119,19 @@ fn main() {
         "decode_step_one_hop_ms": { "layers": "10..20", "backend": backend_name, "median": step_s * 1e3 },
         "receipt_work_per_hop_step_us": receipt_s * 1e6,
         "receipt_share_of_a_hop_step": receipt_s / step_s,
+        "audit_of_a_whole_hop_session": {
+            "tokens": SESSION + 1,
+            "replay_prefill_ms": audit_s * 1e3,
+            "session_decode_ms": session_s * 1e3,
+            "share_of_the_session": audit_s / session_s,
+        },
+        // Audits run after the answer, on another server: they add this much work to the
+        // swarm per session at each rate (an upper bound: a drawn step replays on average
+        // about half of the session), and nothing to the client's decode path.
+        "audit_work_share_at_rate": AUDIT_RATES
+            .iter()
+            .map(|r| (r.to_string(), serde_json::Value::from(r * audit_s / session_s)))
+            .collect::<serde_json::Map<_, _>>(),
     });
     println!("{}", serde_json::to_string_pretty(&out).unwrap());
 }

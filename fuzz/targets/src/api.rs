@@ -72,6 +72,7 @@ async fn build() -> Router {
         accounts: None,
         permits: tokio::sync::Semaphore::new(4),
         chain,
+        audit: Default::default(),
     };
     let dir = std::env::temp_dir().join(format!("ait-fuzz-api-parts-{}", std::process::id()));
     let cut = FileParts::new(tiny::model().clone(), tiny::manifest().clone(), dir).expect("a GGUF model has parts");

@@ -14,7 +14,7 @@ use libp2p::PeerId;
 
 use super::{ChainError, Discovery, SwarmChain};
 use crate::net::routing::Hop;
-use crate::trust::{deviation, output_hash, Deviation, InputChain, SignedReceipt, DELTA_LIMIT};
+use crate::trust::{deviation, output_hash, AuditDraw, Deviation, InputChain, SignedReceipt, DELTA_LIMIT};
 
 /// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
 /// inputs it was sent and the rows it answered.
@@ -113,6 +113,31 @@ impl<D: Discovery> SwarmChain<D> {
                 outputs: h.take_outputs(),
             })
             .collect()
+    }
+
+    /// Audits the sessions `draw` picks in [`SwarmChain::run_audits`].
+    pub fn with_audits(mut self, draw: AuditDraw) -> Self {
+        self.audit_draw = Some(draw);
+        self
+    }
+
+    /// Audits the last sequence's hops that the chain's draw ([`SwarmChain::with_audits`])
+    /// picks, each up to the step it drew; returns what each audit found, in route order (an
+    /// audit that could not be made is an error, and judges nobody). Call it after `end`;
+    /// without a draw it does nothing.
+    pub async fn run_audits(&mut self) -> Vec<Result<AuditOutcome, AuditError>> {
+        let Some(draw) = self.audit_draw.clone() else { return Vec::new() };
+        let picked: Vec<(AuditCase, usize)> =
+            self.last_audit.iter().filter_map(|c| draw.draw(&c.receipts).map(|step| (c.clone(), step))).collect();
+        let mut found = Vec::with_capacity(picked.len());
+        for (case, step) in picked {
+            let outcome = self.audit(&case, step).await;
+            if let Err(e) = &outcome {
+                tracing::info!(node = %case.hop.peer, "no audit: {e}");
+            }
+            found.push(outcome);
+        }
+        found
     }
 
     /// The last sequence's hops, with what an audit of each needs (kept until the next

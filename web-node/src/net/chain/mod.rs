@@ -43,7 +43,7 @@ use super::serve::{BoxStream, LocalServer};
 use crate::client::LayerChain;
 use crate::model::ModelId;
 use crate::settle::{HopBill, Payer};
-use crate::trust::SignedReceipt;
+use crate::trust::{AuditDraw, SignedReceipt};
 use hop::HopSession;
 
 /// Timeouts and retry limits of a [`SwarmChain`].
@@ -328,6 +328,8 @@ pub struct SwarmChain<D = DhtDiscovery> {
     last_receipts: Vec<(Hop, Vec<SignedReceipt>)>,
     /// What an audit of each hop of the last sequence needs, kept by `end`.
     last_audit: Vec<audit::AuditCase>,
+    /// Which sessions [`SwarmChain::run_audits`] audits; none without one.
+    audit_draw: Option<AuditDraw>,
     /// Measured one-token step time of servers used so far (ms), and when it was measured:
     /// routing prefers it over their claims.
     measured: HashMap<PeerId, (f64, Instant)>,
@@ -384,6 +386,7 @@ impl<D: Discovery> SwarmChain<D> {
             last_stats: Vec::new(),
             last_receipts: Vec::new(),
             last_audit: Vec::new(),
+            audit_draw: None,
             measured: HashMap::new(),
             paid_closed: U256::ZERO,
             last_paid: U256::ZERO,
