@@ -74,27 +74,36 @@ pub async fn audit(chain: &mut SwarmChain) {
     for found in found {
         count_audit(&found);
         match found {
-            Ok(a) => eprintln!(
-                "audit: {} (blocks {}..{}) {} on {} over {} tokens (worst deviation {:.2e}, limit {:.0e})",
-                a.audited.peer,
-                a.audited.blocks.start,
-                a.audited.blocks.end,
-                if a.passed { "passed" } else { "FAILED, banned" },
-                a.auditor,
-                a.tokens,
-                a.deviation.worst,
-                web_node::trust::DELTA_LIMIT,
-            ),
+            Ok(a) => {
+                let opinions: Vec<String> = a
+                    .opinions
+                    .iter()
+                    .map(|o| {
+                        let said = if o.passed { "pass" } else { "FAIL" };
+                        format!("{} {said} (worst {:.2e})", o.auditor, o.deviation.worst)
+                    })
+                    .collect();
+                eprintln!(
+                    "audit: {} (blocks {}..{}) {} over {} tokens, limit {:.0e}: {}",
+                    a.audited.peer,
+                    a.audited.blocks.start,
+                    a.audited.blocks.end,
+                    a.verdict.name(),
+                    a.tokens,
+                    web_node::trust::DELTA_LIMIT,
+                    opinions.join(", "),
+                )
+            }
             Err(e) => eprintln!("audit: not made: {e}"),
         }
     }
 }
 
-/// Counts an audit in the metrics: `ait_audits_total{result="passed"|"failed"|"not_made"}`.
+/// Counts an audit in the metrics:
+/// `ait_audits_total{result="passed"|"faulty"|"unconfirmed"|"not_made"}`.
 pub fn count_audit(found: &Result<AuditOutcome, AuditError>) {
     let result = match found {
-        Ok(a) if a.passed => "passed",
-        Ok(_) => "failed",
+        Ok(a) => a.verdict.name(),
         Err(_) => "not_made",
     };
     metrics::counter!("ait_audits_total", "result" => result).increment(1);

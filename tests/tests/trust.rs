@@ -77,7 +77,7 @@ fn the_cli_and_the_gateway_audit_a_relay_on_another_backend_and_it_passes() {
     assert!(out.status.success(), "ait generate failed:\n{stderr}");
     let audits: Vec<&str> = stderr.lines().filter(|l| l.starts_with("audit: ")).collect();
     assert_eq!(audits.len(), 3, "one audit line per hop:\n{stderr}");
-    let middle: Vec<&&str> = audits.iter().filter(|l| l.contains("(blocks 10..20) passed on ")).collect();
+    let middle: Vec<&&str> = audits.iter().filter(|l| l.contains("(blocks 10..20) passed over ")).collect();
     assert_eq!(middle.len(), 1, "the middle hop was not audited and passed:\n{stderr}");
     let unmade = audits.iter().filter(|l| l.starts_with("audit: not made: no server other than")).count();
     assert_eq!(unmade, 2, "{stderr}");
@@ -100,7 +100,7 @@ fn the_cli_and_the_gateway_audit_a_relay_on_another_backend_and_it_passes() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     // Its own hop [0, 10) and [20, 30) have nobody else; [10, 20) has the other backend.
-    assert_eq!((count("passed"), count("not_made"), count("failed")), (1.0, 2.0, 0.0));
+    assert_eq!((count("passed"), count("not_made"), count("faulty"), count("unconfirmed")), (1.0, 2.0, 0.0, 0.0));
     drop(relays);
     let _ = std::fs::remove_dir_all(root);
 }

@@ -1,7 +1,72 @@
 //! Which sessions a client audits: drawn after the receipts exist, from a secret the node
-//! never sees, so a node cannot tell which of its sessions will be checked.
+//! never sees, so a node cannot tell which of its sessions will be checked; who gives the
+//! second opinions when an audit fails; and how the opinions make a verdict.
+
+use libp2p::PeerId;
 
 use super::receipt::SignedReceipt;
+
+/// Opinions that decide a verdict: a node is judged faulty when this many auditors fail it,
+/// and cleared when this many pass it (of at most [`MAX_OPINIONS`]).
+pub const QUORUM: usize = 2;
+
+/// Auditors asked at most about one audited session: the first, and two second opinions.
+pub const MAX_OPINIONS: usize = 3;
+
+/// What the opinions about one audited session come to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The first auditor passed it, or [`QUORUM`] auditors did.
+    Passed,
+    /// [`QUORUM`] auditors failed it.
+    Faulty,
+    /// One auditor failed it and no quorum either way could be had (too few other servers
+    /// of those layers answered): nobody is judged.
+    Unconfirmed,
+}
+
+impl Verdict {
+    /// The verdict of opinions given in order (`true`: passed), the first auditor's first:
+    /// the first auditor alone clears a node; a failure needs [`QUORUM`] to agree.
+    pub fn of(passed: &[bool]) -> Verdict {
+        let passes = passed.iter().filter(|p| **p).count();
+        let fails = passed.len() - passes;
+        if fails >= QUORUM {
+            Verdict::Faulty
+        } else if passed.first() == Some(&true) || passes >= QUORUM {
+            Verdict::Passed
+        } else {
+            Verdict::Unconfirmed
+        }
+    }
+
+    /// Whether the opinions so far (`true`: passed) settle the verdict, so no more auditors
+    /// are asked.
+    pub fn settled(passed: &[bool]) -> bool {
+        passed.len() >= MAX_OPINIONS || Verdict::of(passed) != Verdict::Unconfirmed
+    }
+
+    /// Its name in logs and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            Verdict::Passed => "passed",
+            Verdict::Faulty => "faulty",
+            Verdict::Unconfirmed => "unconfirmed",
+        }
+    }
+}
+
+/// The order in which servers are asked for a second opinion about the session that
+/// `signed` ends: by a hash of the audited node's own signature and each server's id. The
+/// accuser cannot choose it (it cannot change what the node signed) and anyone who knows
+/// the servers of those layers can check it.
+pub fn second_opinion_rank(signed: &SignedReceipt, server: &PeerId) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"ait second opinion v1");
+    h.update(&signed.signature);
+    h.update(&server.to_bytes());
+    *h.finalize().as_bytes()
+}
 
 /// A client's audit draw: a rate and a secret.
 #[derive(Clone)]
@@ -84,6 +149,38 @@ mod tests {
         assert_eq!(AuditDraw::seeded(0.0, [9; 32]).draw(&session(1, 3)), None);
         assert!((0..=255u8).all(|i| AuditDraw::seeded(1.0, [9; 32]).draw(&session(i, 3)).is_some()));
         assert_eq!(draw.draw(&[]), None);
+    }
+
+    #[test]
+    fn a_failure_needs_a_quorum_and_the_first_pass_clears() {
+        use Verdict::*;
+        let cases: [(&[bool], Verdict, bool); 8] = [
+            (&[true], Passed, true),
+            (&[false], Unconfirmed, false),
+            (&[false, false], Faulty, true),
+            (&[false, true], Unconfirmed, false),
+            (&[false, true, true], Passed, true),
+            (&[false, true, false], Faulty, true),
+            (&[false, false, true], Faulty, true),
+            (&[], Unconfirmed, false),
+        ];
+        for (opinions, verdict, settled) in cases {
+            assert_eq!(Verdict::of(opinions), verdict, "{opinions:?}");
+            assert_eq!(Verdict::settled(opinions), settled, "{opinions:?}");
+        }
+    }
+
+    #[test]
+    fn second_opinions_are_ordered_by_what_the_node_signed() {
+        let peers: Vec<PeerId> = (0..6).map(|_| PeerId::random()).collect();
+        let order = |signed: &SignedReceipt| {
+            let mut p = peers.clone();
+            p.sort_by_key(|peer| second_opinion_rank(signed, peer));
+            p
+        };
+        let (a, b) = (&session(1, 3)[2], &session(2, 3)[2]);
+        assert_eq!(order(a), order(a));
+        assert_ne!(order(a), order(b), "another signature, another order");
     }
 
     #[test]

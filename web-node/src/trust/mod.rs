@@ -11,7 +11,7 @@ pub mod audit;
 pub mod delta;
 pub mod receipt;
 
-pub use audit::AuditDraw;
+pub use audit::{second_opinion_rank, AuditDraw, Verdict, MAX_OPINIONS, QUORUM};
 pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
 pub use receipt::{
     output_hash, public_key_of, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,

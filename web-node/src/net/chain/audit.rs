@@ -9,12 +9,16 @@
 //! the audited node never learns which of its sessions were checked (the draw,
 //! [`crate::trust::AuditDraw`], is made after its receipts exist, from the client's secret).
 //! One replay up to a step checks every step before it, so an audit costs one prefill.
+//! A failed replay is checked by up to two more servers of those layers, drawn from the
+//! audited node's signature; a node is judged faulty only when two auditors agree.
 
 use libp2p::PeerId;
 
 use super::{ChainError, Discovery, SwarmChain};
 use crate::net::routing::Hop;
-use crate::trust::{deviation, output_hash, AuditDraw, Deviation, InputChain, SignedReceipt, DELTA_LIMIT};
+use crate::trust::{
+    deviation, output_hash, second_opinion_rank, AuditDraw, Deviation, InputChain, SignedReceipt, Verdict, DELTA_LIMIT,
+};
 
 /// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
 /// inputs it was sent and the rows it answered.
@@ -30,19 +34,35 @@ pub struct AuditCase {
     pub outputs: Vec<f32>,
 }
 
+/// One auditor's replay of an audited session.
+#[derive(Clone, Debug)]
+pub struct Opinion {
+    /// The server that recomputed the layers.
+    pub auditor: PeerId,
+    /// How far the audited answers are from its recomputation.
+    pub deviation: Deviation,
+    /// Whether every token was within [`DELTA_LIMIT`].
+    pub passed: bool,
+}
+
 /// What an audit found.
 #[derive(Clone, Debug)]
 pub struct AuditOutcome {
     /// The audited node and its layers.
     pub audited: Hop,
-    /// The node that recomputed them.
-    pub auditor: PeerId,
     /// Tokens replayed (every step up to the audited one).
     pub tokens: usize,
-    /// How far the audited answers are from the recomputed ones.
-    pub deviation: Deviation,
-    /// Whether every token was within [`DELTA_LIMIT`].
-    pub passed: bool,
+    /// The first auditor's opinion, then the second opinions asked when it failed.
+    pub opinions: Vec<Opinion>,
+    /// What they come to.
+    pub verdict: Verdict,
+}
+
+impl AuditOutcome {
+    /// Whether the audit cleared the node.
+    pub fn passed(&self) -> bool {
+        self.verdict == Verdict::Passed
+    }
 }
 
 /// Why an audit could not be made.
@@ -147,37 +167,84 @@ impl<D: Discovery> SwarmChain<D> {
     }
 
     /// Audits `case` up to the end of its step `step`: checks the evidence against the
-    /// node's receipts, finds another server holding exactly the same layers, replays the
-    /// inputs up to there as one prefill (paid like any session), and compares every token.
-    /// A node that fails is banned from this chain's routes.
+    /// node's receipts, finds the other servers holding exactly the same layers, and replays
+    /// the inputs up to there as one prefill (paid like any session) on the fastest of them,
+    /// judging every token. If it fails the node, up to two more servers give a second
+    /// opinion, in an order drawn from the node's own signature
+    /// ([`crate::trust::second_opinion_rank`]); the [`Verdict`] needs [`QUORUM`](crate::trust::QUORUM) of them to
+    /// agree on a failure. A node judged faulty is banned from this chain's routes, and so is
+    /// an auditor whose opinion the quorum overturned.
     pub async fn audit(&mut self, case: &AuditCase, step: usize) -> Result<AuditOutcome, AuditError> {
         let dim = self.hidden;
         let tokens = case.evidence(step, dim)?;
         let blocks = case.hop.blocks.clone();
         let audited = case.hop.peer;
-        let found = self.discover(blocks.clone(), false).await?;
-        let Some((f, stream)) =
-            found.into_iter().find(|(f, _)| f.candidate.peer != audited && f.candidate.blocks == blocks)
+        let mut found: Vec<_> = self
+            .discover(blocks.clone(), false)
+            .await?
+            .into_iter()
+            .filter(|(f, _)| f.candidate.peer != audited && f.candidate.blocks == blocks)
+            .collect();
+        let Some(fastest) =
+            (0..found.len()).min_by(|&a, &b| found[a].0.candidate.cost_ms().total_cmp(&found[b].0.candidate.cost_ms()))
         else {
             return Err(AuditError::NoAuditor { peer: audited, start: blocks.start, end: blocks.end });
         };
-        let auditor = f.candidate.peer;
-        let hop = Hop { peer: auditor, blocks: blocks.clone() };
-        let mut session = self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
-        let inputs = &case.inputs[..tokens * dim];
-        let recomputed = session.step(0, inputs, tokens, dim, &self.opts, &self.discovery).await;
-        session.close().await;
-        let recomputed = recomputed?;
-        let deviation = deviation(inputs, &recomputed, &case.outputs[..tokens * dim], dim)
-            .map_err(|e| AuditError::Evidence(e.to_string()))?;
-        let passed = deviation.within(DELTA_LIMIT);
-        if passed {
-            tracing::info!(%audited, %auditor, tokens, worst = deviation.worst, "audit passed");
-        } else {
-            tracing::warn!(%audited, %auditor, tokens, worst = deviation.worst, token = deviation.worst_token,
-                "audit failed: the node's answers are not the computation of its layers");
-            self.ban(audited);
+        let first = found.remove(fastest);
+        let signed = &case.receipts[step];
+        found.sort_by_cached_key(|(f, _)| second_opinion_rank(signed, &f.candidate.peer));
+        let (inputs, claimed) = (&case.inputs[..tokens * dim], &case.outputs[..tokens * dim]);
+        let mut opinions: Vec<Opinion> = Vec::new();
+        let mut failure = None;
+        for (f, stream) in std::iter::once(first).chain(found) {
+            let auditor = f.candidate.peer;
+            let hop = Hop { peer: auditor, blocks: blocks.clone() };
+            let replayed = async {
+                let mut session =
+                    self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
+                let out = session.step(0, inputs, tokens, dim, &self.opts, &self.discovery).await;
+                session.close().await;
+                out
+            };
+            let recomputed = match replayed.await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(%audited, %auditor, "an auditor could not replay: {e}");
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            let deviation =
+                deviation(inputs, &recomputed, claimed, dim).map_err(|e| AuditError::Evidence(e.to_string()))?;
+            let passed = deviation.within(DELTA_LIMIT);
+            tracing::info!(%audited, %auditor, tokens, worst = deviation.worst, passed, "audit opinion");
+            opinions.push(Opinion { auditor, deviation, passed });
+            if Verdict::settled(&opinions.iter().map(|o| o.passed).collect::<Vec<_>>()) {
+                break;
+            }
         }
-        Ok(AuditOutcome { audited: case.hop.clone(), auditor, tokens, deviation, passed })
+        if opinions.is_empty() {
+            return Err(failure.map_or(
+                AuditError::NoAuditor { peer: audited, start: blocks.start, end: blocks.end },
+                AuditError::Chain,
+            ));
+        }
+        let verdict = Verdict::of(&opinions.iter().map(|o| o.passed).collect::<Vec<_>>());
+        match verdict {
+            Verdict::Faulty => {
+                tracing::warn!(%audited, tokens, "audit: the node's answers are not the computation of its layers");
+                self.ban(audited);
+            }
+            Verdict::Unconfirmed => tracing::warn!(%audited, tokens, "audit: one auditor failed the node, unconfirmed"),
+            Verdict::Passed => {}
+        }
+        // Auditors the quorum overturned gave a false opinion.
+        if opinions.len() > 1 && verdict != Verdict::Unconfirmed {
+            for o in opinions.iter().filter(|o| o.passed != (verdict == Verdict::Passed)) {
+                tracing::warn!(auditor = %o.auditor, %audited, "audit: the auditor's opinion was overturned");
+                self.ban(o.auditor);
+            }
+        }
+        Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict })
     }
 }

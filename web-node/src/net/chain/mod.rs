@@ -20,7 +20,7 @@ mod discovery;
 mod hop;
 mod recovery;
 
-pub use audit::{AuditCase, AuditError, AuditOutcome};
+pub use audit::{AuditCase, AuditError, AuditOutcome, Opinion};
 pub(crate) use discovery::unpredictable_rng;
 pub use discovery::{probe_stream, sample_providers, DhtDiscovery, Discovery, Found, Query};
 pub use hop::MAX_HIDDEN_RMS;
@@ -457,6 +457,11 @@ impl<D: Discovery> SwarmChain<D> {
     /// Re-routes so far.
     pub fn recoveries(&self) -> &[Recovery] {
         &self.recoveries
+    }
+
+    /// Whether `peer` is banned from this chain's routes now.
+    pub fn is_banned(&self, peer: &PeerId) -> bool {
+        self.banned.get(peer).is_some_and(|t| t.elapsed() < self.opts.ban)
     }
 
     fn ban(&mut self, peer: PeerId) {
