@@ -187,6 +187,14 @@ impl Calibration {
         self.extreme(|r| &r.honest, Comparison::max_token, |a, b| a > b, 0.0)
     }
 
+    /// Honest checks made (a session against an audit, per pair of backends) and how many
+    /// of them an audit would have failed (a token above [`DELTA_LIMIT`]): false positives.
+    pub fn honest_verdicts(&self) -> (usize, usize) {
+        let sessions = self.ranges.iter().flat_map(|r| &r.honest).flat_map(|c| &c.sessions);
+        let worst = |s: &Samples| s.prefill.iter().chain(&s.decode).copied().fold(0.0, f32::max);
+        sessions.fold((0, 0), |(n, bad), s| (n + 1, bad + usize::from(worst(s) > DELTA_LIMIT)))
+    }
+
     /// The mildest faked token, and where.
     pub fn mildest_token(&self) -> (f32, String) {
         self.extreme(|r| &r.faults, Comparison::min_token, |a, b| a < b, f32::INFINITY)
@@ -297,7 +305,7 @@ pub fn run(o: CalibrateOpt) -> anyhow::Result<()> {
     let mut c = Calibration { backends: backends(gpu.as_ref()), ranges: Vec::new() };
     for s in &subjects {
         for range in &s.ranges {
-            c.ranges.push(pollster::block_on(calibrate_range(s, range.clone(), gpu.as_ref(), o.decode_steps))?);
+            c.ranges.push(pollster::block_on(calibrate_range(s, range.clone(), gpu.as_ref(), o.decode_steps, true))?);
         }
     }
     print!("{c}");
@@ -314,10 +322,32 @@ pub fn calibrate_generated(
     gpu: Option<&Arc<GpuContext>>,
     decode_steps: usize,
 ) -> anyhow::Result<Calibration> {
+    generated(seed, sessions, gpu, decode_steps, true)
+}
+
+/// Honest checks only, as [`calibrate_generated`] makes them (every session on each backend
+/// against an audit on each backend), without the faults: what the false-positive count is
+/// made of. Each session of each range and each pair of backends is one check.
+pub fn honest_checks(
+    seed: u64,
+    sessions: usize,
+    gpu: Option<&Arc<GpuContext>>,
+    decode_steps: usize,
+) -> anyhow::Result<Calibration> {
+    generated(seed, sessions, gpu, decode_steps, false)
+}
+
+fn generated(
+    seed: u64,
+    sessions: usize,
+    gpu: Option<&Arc<GpuContext>>,
+    decode_steps: usize,
+    with_faults: bool,
+) -> anyhow::Result<Calibration> {
     let s = generated_subject(seed, sessions);
     let mut c = Calibration { backends: backends(gpu), ranges: Vec::new() };
     for range in &s.ranges {
-        c.ranges.push(pollster::block_on(calibrate_range(&s, range.clone(), gpu, decode_steps))?);
+        c.ranges.push(pollster::block_on(calibrate_range(&s, range.clone(), gpu, decode_steps, with_faults))?);
     }
     Ok(c)
 }
@@ -332,13 +362,14 @@ fn backends(gpu: Option<&Arc<GpuContext>>) -> Vec<String> {
     names
 }
 
-/// Calibrates one range of `s`: honest pairs of backends, then every fault against every
-/// auditor backend.
+/// Calibrates one range of `s`: honest pairs of backends, then (`with_faults`) every fault
+/// against every auditor backend.
 async fn calibrate_range(
     s: &Subject,
     range: Range<usize>,
     gpu: Option<&Arc<GpuContext>>,
     decode_steps: usize,
+    with_faults: bool,
 ) -> anyhow::Result<RangeCalibration> {
     let h = s.config.hidden;
     let before = if range.start > 0 { Some(Stack::cpu(&s.config, 0..range.start, &s.layers)?) } else { None };
@@ -346,13 +377,18 @@ async fn calibrate_range(
     if let Some(ctx) = gpu {
         honest.push(("wgpu", Stack::gpu(ctx, &s.config, range.clone(), &s.layers)?));
     }
-    let mid = range.start + range.len() / 2;
-    let skip = Stack::join(vec![
-        Stack::cpu(&s.config, range.start..mid, &s.layers)?,
-        Stack::cpu(&s.config, mid + 1..range.end, &s.layers)?,
-    ]);
-    let requant = Stack::cpu(&s.config, range.clone(), &s.requantized.1)?;
-    let other = Stack::cpu(&s.config, range.clone(), &s.other.1)?;
+    let liars = if with_faults {
+        let mid = range.start + range.len() / 2;
+        let skip = Stack::join(vec![
+            Stack::cpu(&s.config, range.start..mid, &s.layers)?,
+            Stack::cpu(&s.config, mid + 1..range.end, &s.layers)?,
+        ]);
+        let requant = Stack::cpu(&s.config, range.clone(), &s.requantized.1)?;
+        let other = Stack::cpu(&s.config, range.clone(), &s.other.1)?;
+        Some((skip, requant, other))
+    } else {
+        None
+    };
 
     let mut pairs: Vec<Comparison> = Vec::new();
     let mut faults: Vec<Comparison> = Vec::new();
@@ -379,6 +415,7 @@ async fn calibrate_range(
                 add(&mut pairs, format!("{node} session vs {auditor} audit"), None, samples);
             }
         }
+        let Some((skip, requant, other)) = &liars else { continue };
         let cpu_session = &sessions[0].1;
         let mut faked: Vec<(&'static str, Vec<f32>, usize)> = vec![
             ("skip-layer", skip.session(&x, h, prefill_len).await?, 0),
