@@ -51,13 +51,13 @@ async fn build() -> Router {
     std::fs::create_dir_all(&dir).expect("a temp dir for the node's key");
     let key = relay::p2p::load_or_create_key(&dir).expect("a node key");
     let cert = relay::p2p::load_or_create_cert(&dir).expect("a WebRTC certificate");
+    let server = tiny::server_as(0..tiny::N_LAYERS, key.clone());
     let (node, _) = relay::p2p::start(key, cert, Role::Client, &[], false, &NetLimits::default())
         .await
         .expect("a node without listeners");
     let _ = std::fs::remove_dir_all(&dir);
     let file = ModelFile::Gguf(tiny::model().clone());
     let model = ClientModel::from_file(&file, Some(tiny::model_id())).expect("the tiny client model");
-    let server = tiny::server(0..tiny::N_LAYERS);
     let chain = ChainOptions {
         discovery_timeout: Duration::from_millis(200),
         settle: Duration::from_millis(20),

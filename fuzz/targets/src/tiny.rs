@@ -181,8 +181,15 @@ pub fn limits() -> ServeLimits {
 }
 
 /// A server of `blocks` of the tiny model on the CPU backend, its compute loop on a thread of
-/// its own.
+/// its own, signing its receipts with a fixed key.
 pub fn server(blocks: Range<usize>) -> Arc<Server> {
+    let key = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("a valid ed25519 secret");
+    server_as(blocks, key)
+}
+
+/// Like [`server`], signing its receipts with `key` (a node's own server signs with the
+/// node's identity, which its clients check the receipts against).
+pub fn server_as(blocks: Range<usize>, key: libp2p::identity::Keypair) -> Arc<Server> {
     let m = model();
     let weights = blocks.clone().map(|i| m.load_layer(i)).collect::<Result<Vec<_>, _>>().expect("tiny layers load");
     let backend = CpuBackend::new(m.config().clone(), blocks, weights).expect("tiny backend");
@@ -194,6 +201,5 @@ pub fn server(blocks: Range<usize>) -> Arc<Server> {
         .name("fuzz-compute".into())
         .spawn(move || futures::executor::block_on(compute.run()))
         .expect("a compute thread starts");
-    let key = libp2p::identity::Keypair::ed25519_from_bytes([7; 32]).expect("a valid ed25519 secret");
     Arc::new(Server::new(config, handle, key))
 }
