@@ -324,8 +324,6 @@ pub struct SwarmChain<D = DhtDiscovery> {
     known: HashMap<PeerId, Range<usize>>,
     /// Hop timings of the last sequence, kept by `end`.
     last_stats: Vec<(Hop, HopStats)>,
-    /// The last sequence's receipts per hop, kept by `end`.
-    last_receipts: Vec<(Hop, Vec<SignedReceipt>)>,
     /// What an audit of each hop of the last sequence needs, kept by `end`.
     last_audit: Vec<audit::AuditCase>,
     /// Which sessions [`SwarmChain::run_audits`] audits; none without one.
@@ -384,7 +382,6 @@ impl<D: Discovery> SwarmChain<D> {
             watch: Arc::default(),
             known: HashMap::new(),
             last_stats: Vec::new(),
-            last_receipts: Vec::new(),
             last_audit: Vec::new(),
             audit_draw: None,
             measured: HashMap::new(),
@@ -404,7 +401,7 @@ impl<D: Discovery> SwarmChain<D> {
     /// failure go with it).
     pub fn receipts(&self) -> Vec<(Hop, Vec<SignedReceipt>)> {
         if self.hops.is_empty() {
-            return self.last_receipts.clone();
+            return self.last_audit.iter().map(|c| (c.hop.clone(), c.receipts.clone())).collect();
         }
         self.hops.iter().map(|h| (h.hop(), h.receipts().to_vec())).collect()
     }
@@ -701,7 +698,6 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
     async fn end(&mut self) -> Result<(), ChainError> {
         if !self.hops.is_empty() {
             self.last_stats = self.hop_stats();
-            self.last_receipts = self.receipts();
             self.last_audit = self.audit_cases_now();
             self.last_free_left = self.free_left();
             let paid = close_all(std::mem::take(&mut self.hops)).await;
