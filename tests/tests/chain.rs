@@ -19,7 +19,7 @@ use web_node::client::LayerChain;
 use web_node::net::chain::AuditError;
 use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
 use web_node::net::routing::Hop;
-use web_node::trust::{output_hash, AuditDraw, InputChain, SignedReceipt, Verdict, DELTA_LIMIT, QUORUM};
+use web_node::trust::{output_hash, AuditDraw, InputChain, Reputation, SignedReceipt, Verdict, DELTA_LIMIT, QUORUM};
 
 /// Announced speed of the servers routing picks first.
 const FAST: f64 = 0.01;
@@ -52,6 +52,7 @@ fn opts() -> ChainOptions {
         ms_per_ait: 0.0,
         on_queued: None,
         on_route: None,
+        reputation: Reputation::new(),
     }
 }
 
@@ -133,6 +134,37 @@ async fn spare_takes_over(fault: Fault) {
     assert_eq!((r.failed, r.blocks.clone(), r.rerouted.clone()), (fx.peer(1), 2..4, 2..4));
     assert_eq!(r.replacements, fx.peers(&[3]));
     assert_eq!(r.replayed_tokens, PROMPT.len() + AFTER - 1, "{fault:?}: tokens before the failed step");
+}
+
+/// Every failure counts against a server's record in the node's reputation book, which all
+/// of the node's chains share: a stranger that fails five sessions in a row is left out of
+/// every later route (bans last one chain; the book lasts), and the spare that served them
+/// builds a record.
+#[tokio::test]
+async fn a_server_that_keeps_failing_is_left_out_of_every_chain_that_shares_the_book() {
+    let fx = Fixture::new(7, &WITH_SPARE);
+    let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+    fx.set_fault(1, Fault::Close, 0);
+    let book = Reputation::new();
+    for run in 1..=6 {
+        let mut chain = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+        let outs = outputs(&fx, &mut chain).await.expect("the spare takes over");
+        chain.end().await.expect("end");
+        assert_bits_equal("after failures", &outs, &reference);
+        let failed = chain.recoveries().iter().map(|r| r.failed).collect::<Vec<_>>();
+        let rating = book.rating(&fx.peer(1));
+        if run <= 5 {
+            assert_eq!(failed, [fx.peer(1)], "run {run}: the fastest server is tried, {rating:?}");
+            assert_eq!(rating.games, run, "run {run}");
+        } else {
+            assert!(failed.is_empty(), "run {run}: the failing server is left out");
+            assert!(!fx.peers(&[1]).contains(&chain.audit_cases()[1].hop.peer));
+        }
+        assert_eq!(book.excluded(&fx.peer(1)), run >= 5, "run {run}: {rating:?}");
+    }
+    let spare = book.rating(&fx.peer(3));
+    assert_eq!(spare.games, 6);
+    assert!(spare.rating > 1500.0 && book.trust(&fx.peer(3)) < 1.0, "{spare:?}");
 }
 
 #[tokio::test]
@@ -224,7 +256,12 @@ async fn an_unsigned_answer_moves_the_span_to_a_spare() {
 
 /// Runs [`outputs`] on a fresh chain and ends it, keeping the chain for audits.
 async fn ended_run(fx: &Fixture) -> (SwarmChain<TestDiscovery>, Vec<Vec<f32>>) {
-    let mut chain: SwarmChain<TestDiscovery> = fx.chain(opts());
+    ended_run_with(fx, opts()).await
+}
+
+/// [`ended_run`] with other options.
+async fn ended_run_with(fx: &Fixture, opts: ChainOptions) -> (SwarmChain<TestDiscovery>, Vec<Vec<f32>>) {
+    let mut chain: SwarmChain<TestDiscovery> = fx.chain(opts);
     let outs = outputs(fx, &mut chain).await.expect("the swarm chain runs");
     chain.end().await.expect("end");
     (chain, outs)
@@ -280,8 +317,12 @@ async fn a_node_that_lies_and_signs_for_it_is_caught_by_an_audit_and_routed_arou
     let fx = Fixture::new(7, &[(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE)]);
     let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
     fx.set_fault(1, Fault::Lie, 0);
-    let (mut chain, outs) = ended_run(&fx).await;
+    let book = Reputation::new();
+    let (mut chain, outs) = ended_run_with(&fx, ChainOptions { reputation: book.clone(), ..opts() }).await;
     assert!(chain.recoveries().is_empty(), "the lie was noticed without an audit");
+    for i in 0..3 {
+        assert_eq!(book.rating(&fx.peer(i)).games, 1, "each hop served its session to the end");
+    }
     let cases = chain.audit_cases().to_vec();
     let case = &cases[1];
     assert_eq!(case.hop, hops(&fx, &FIRST_ROUTE)[1]);
@@ -299,6 +340,9 @@ async fn a_node_that_lies_and_signs_for_it_is_caught_by_an_audit_and_routed_arou
     eprintln!("the liar deviates by {:.3e} at worst", outcome.opinions[0].deviation.worst);
     assert!(chain.is_banned(&fx.peer(1)));
     assert!(!chain.is_banned(&fx.peer(3)) && !chain.is_banned(&fx.peer(4)));
+    let liar = book.rating(&fx.peer(1));
+    assert!(liar.convicted && book.excluded(&fx.peer(1)), "{liar:?}");
+    assert!(!book.rating(&fx.peer(3)).convicted && !book.rating(&fx.peer(4)).convicted);
 
     // The next generation takes a spare and is exact.
     let again = outputs(&fx, &mut chain).await.expect("the swarm chain runs");
@@ -306,16 +350,27 @@ async fn a_node_that_lies_and_signs_for_it_is_caught_by_an_audit_and_routed_arou
     assert!(fx.peers(&[3, 4]).contains(&middle), "{middle} took the span");
     chain.end().await.expect("end");
     assert_bits_equal("after the audit", &again, &reference);
+
+    // Every chain that shares the book leaves the liar out from its first route, bans or
+    // not; a chain with a book of its own still takes the liar (the fastest server).
+    let mut other = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+    let exact = outputs(&fx, &mut other).await.expect("another chain runs");
+    assert!(!other.is_banned(&fx.peer(1)) && fx.peers(&[3, 4]).contains(&other.route()[1].peer));
+    other.end().await.expect("end");
+    assert_bits_equal("another chain of the same book", &exact, &reference);
+    let (stranger, _) = ended_run(&fx).await;
+    assert_eq!(stranger.audit_cases()[1].hop.peer, fx.peer(1));
 }
 
 /// An auditor that lies cannot get an honest node judged: its failing opinion calls for two
 /// more, drawn from the node's signature, which pass the node and overturn the auditor,
-/// which is banned. With no second opinion to be had, one failure judges nobody.
+/// which is banned and convicted. With no second opinion to be had, one failure judges nobody.
 #[tokio::test]
 async fn a_lying_auditor_is_overturned_and_alone_judges_nobody() {
     let fx = Fixture::new(7, &[(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)]);
     fx.set_fault(3, Fault::Lie, 0);
-    let (mut chain, _) = ended_run(&fx).await;
+    let book = Reputation::new();
+    let (mut chain, _) = ended_run_with(&fx, ChainOptions { reputation: book.clone(), ..opts() }).await;
     let case = chain.audit_cases()[1].clone();
     let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
     assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
@@ -328,15 +383,20 @@ async fn a_lying_auditor_is_overturned_and_alone_judges_nobody() {
     assert_eq!(second, want);
     assert!(chain.is_banned(&fx.peer(3)), "the overturned auditor");
     assert!(!chain.is_banned(&fx.peer(1)), "the audited node");
+    assert!(book.rating(&fx.peer(3)).convicted, "the overturned auditor");
+    let cleared = book.rating(&fx.peer(1));
+    assert!(!cleared.convicted && cleared.games == 2, "a session and a passed audit: {cleared:?}");
 
     // Only the lying spare left to audit: unconfirmed, and nobody is banned.
     let fx = Fixture::new(7, &WITH_SPARE);
     fx.set_fault(3, Fault::Lie, 0);
-    let (mut chain, _) = ended_run(&fx).await;
+    let book = Reputation::new();
+    let (mut chain, _) = ended_run_with(&fx, ChainOptions { reputation: book.clone(), ..opts() }).await;
     let case = chain.audit_cases()[1].clone();
     let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
     assert_eq!(outcome.verdict, Verdict::Unconfirmed, "{outcome:?}");
     assert!(!chain.is_banned(&fx.peer(1)) && !chain.is_banned(&fx.peer(3)));
+    assert!(!book.rating(&fx.peer(1)).convicted && !book.rating(&fx.peer(3)).convicted);
 }
 
 /// A server that answers status requests but never a step (issue 11: it held a request for

@@ -23,6 +23,7 @@ use web_node::client::{ClientModel, GenerateError, GenerateOptions, LayerChain, 
 use web_node::model::{ChatMessage, ModelId};
 use web_node::net::chain::{ChainOptions, QueueWatch, RouteWatch, SwarmChain};
 use web_node::settle::format_ait;
+use web_node::trust::Reputation;
 
 use crate::error::AppError;
 use crate::net::{load_client_model, Net};
@@ -81,6 +82,8 @@ pub struct Chat {
     model: StoredValue<Option<Rc<ClientModel>>, LocalStorage>,
     /// Dropping it stops the answer streaming in.
     stop: StoredValue<Option<oneshot::Sender<()>>, LocalStorage>,
+    /// The page's ratings of the servers its answers went through, shared by every answer.
+    reputation: StoredValue<Reputation>,
 }
 
 fn now_ms() -> f64 {
@@ -106,6 +109,7 @@ impl Chat {
             wallet,
             model: StoredValue::new_local(None),
             stop: StoredValue::new_local(None),
+            reputation: StoredValue::new(Reputation::new()),
         };
         spawn_local(async move {
             match store::load_all().await {
@@ -221,8 +225,13 @@ impl Chat {
                 false => format!("Route: {} servers, {} AIT per token.", hops.len(), format_ait(price)),
             })
         }));
-        let opts =
-            ChainOptions { payer, on_queued: Some(on_queued), on_route: Some(on_route), ..ChainOptions::default() };
+        let opts = ChainOptions {
+            payer,
+            on_queued: Some(on_queued),
+            on_route: Some(on_route),
+            reputation: self.reputation.get_value(),
+            ..ChainOptions::default()
+        };
         let mut chain = SwarmChain::new(net.handle.clone(), id, model.config.n_layers, model.config.hidden, opts);
         // While the tab seeds, its own blocks serve its chats in the page (and free).
         if let Some(local) = self.swarm.local_server() {

@@ -12,7 +12,9 @@
 //! and never lets an unmeasured claim beat this node's own in-process blocks (whose speed it
 //! measured itself). A server that charges weighs its price too ([`Candidate::price_ms`]:
 //! what the client says a unit of price is worth in step time), so a client can prefer the
-//! cheapest route, the fastest, or a balance.
+//! cheapest route, the fastest, or a balance. And a server with a record in this node's
+//! reputation book weighs less ([`Candidate::trust`]): a stranger wins only where it is
+//! clearly faster.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
@@ -50,8 +52,12 @@ pub struct Candidate {
     /// a claim.
     pub local: bool,
     /// What its price is worth to this client in milliseconds of step time (0: it serves free,
-    /// or price does not count); [`plan`] adds it to [`Candidate::cost_ms`].
+    /// or price does not count); [`Candidate::route_cost_ms`] adds it.
     pub price_ms: f64,
+    /// What its record takes off its cost, as a factor ([`crate::trust::Reputation::trust`]):
+    /// 1 for a stranger, down to 0.75 for a long clean record; [`Candidate::route_cost_ms`]
+    /// multiplies by it.
+    pub trust: f64,
 }
 
 impl Candidate {
@@ -66,6 +72,7 @@ impl Candidate {
             measured_ms: None,
             local: false,
             price_ms: 0.0,
+            trust: 1.0,
         }
     }
 
@@ -77,6 +84,13 @@ impl Candidate {
         }
         let compute = self.ms_per_block * self.blocks.len() as f64 * (1.0 + self.active_sessions as f64);
         HOP_COST_MS + self.rtt_ms.max(0.0) + compute.max(0.0)
+    }
+
+    /// What [`plan`] weighs this server at: its step time weighed by its record
+    /// ([`Candidate::trust`], at least 0.5), plus its price.
+    pub fn route_cost_ms(&self) -> f64 {
+        let trust = if self.trust.is_finite() { self.trust.clamp(0.5, 1.0) } else { 1.0 };
+        self.cost_ms() * trust + self.price_ms.max(0.0)
     }
 }
 
@@ -160,7 +174,7 @@ pub fn plan(candidates: &[Candidate], range: Range<usize>) -> Option<Vec<Hop>> {
                 continue;
             }
             let to = c.blocks.end - range.start;
-            let next = cost + c.cost_ms() + c.price_ms.max(0.0);
+            let next = cost + c.route_cost_ms();
             if next < best[to] {
                 best[to] = next;
                 via[to] = Some(ci);
@@ -283,6 +297,20 @@ mod tests {
         assert_eq!(route(vec![d.clone(), f.clone()]), vec![d.peer], "fastest when price does not count");
         let d = Candidate { price_ms: 10.0, ..d };
         assert_eq!(route(vec![d, f.clone()]), vec![f.peer], "cheapest when price counts");
+    }
+
+    #[test]
+    fn a_record_wins_close_calls_but_not_against_a_much_faster_stranger() {
+        let (known, stranger) = (cand(0..30, 1.0, 0.5), cand(0..30, 1.0, 0.45));
+        assert_eq!(route(vec![known.clone(), stranger.clone()]), vec![stranger.peer], "no record: the faster");
+        let known = Candidate { trust: 0.8, ..known };
+        assert_eq!(route(vec![known.clone(), stranger.clone()]), vec![known.peer], "a record wins a close call");
+        let much_faster = cand(0..30, 1.0, 0.2);
+        assert_eq!(route(vec![known.clone(), much_faster.clone()]), vec![much_faster.peer]);
+        // A trust factor out of range counts for no more than halving the cost.
+        let forged = Candidate { trust: 0.0, ..cand(0..30, 1.0, 5.0) };
+        assert_eq!(forged.route_cost_ms(), forged.cost_ms() / 2.0);
+        assert_eq!(route(vec![known.clone(), forged]), vec![known.peer]);
     }
 
     #[test]

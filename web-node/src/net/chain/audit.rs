@@ -17,7 +17,8 @@ use libp2p::PeerId;
 use super::{ChainError, Discovery, SwarmChain};
 use crate::net::routing::Hop;
 use crate::trust::{
-    deviation, output_hash, second_opinion_rank, AuditDraw, Deviation, InputChain, SignedReceipt, Verdict, DELTA_LIMIT,
+    deviation, output_hash, second_opinion_rank, AuditDraw, Deviation, Event, InputChain, SignedReceipt, Verdict,
+    DELTA_LIMIT,
 };
 
 /// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
@@ -172,8 +173,9 @@ impl<D: Discovery> SwarmChain<D> {
     /// judging every token. If it fails the node, up to two more servers give a second
     /// opinion, in an order drawn from the node's own signature
     /// ([`crate::trust::second_opinion_rank`]); the [`Verdict`] needs [`QUORUM`](crate::trust::QUORUM) of them to
-    /// agree on a failure. A node judged faulty is banned from this chain's routes, and so is
-    /// an auditor whose opinion the quorum overturned.
+    /// agree on a failure. A node judged faulty is convicted in the node's reputation book
+    /// (left out of every route of every chain that shares it), and so is an auditor whose
+    /// opinion the quorum overturned; a pass counts for the node's record.
     pub async fn audit(&mut self, case: &AuditCase, step: usize) -> Result<AuditOutcome, AuditError> {
         let dim = self.hidden;
         let tokens = case.evidence(step, dim)?;
@@ -210,6 +212,7 @@ impl<D: Discovery> SwarmChain<D> {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::info!(%audited, %auditor, "an auditor could not replay: {e}");
+                    self.opts.reputation.record(auditor, Event::Failed);
                     failure = Some(e);
                     continue;
                 }
@@ -234,15 +237,17 @@ impl<D: Discovery> SwarmChain<D> {
             Verdict::Faulty => {
                 tracing::warn!(%audited, tokens, "audit: the node's answers are not the computation of its layers");
                 self.ban(audited);
+                self.opts.reputation.record(audited, Event::Convicted);
             }
             Verdict::Unconfirmed => tracing::warn!(%audited, tokens, "audit: one auditor failed the node, unconfirmed"),
-            Verdict::Passed => {}
+            Verdict::Passed => self.opts.reputation.record(audited, Event::AuditPassed),
         }
         // Auditors the quorum overturned gave a false opinion.
         if opinions.len() > 1 && verdict != Verdict::Unconfirmed {
             for o in opinions.iter().filter(|o| o.passed != (verdict == Verdict::Passed)) {
                 tracing::warn!(auditor = %o.auditor, %audited, "audit: the auditor's opinion was overturned");
                 self.ban(o.auditor);
+                self.opts.reputation.record(o.auditor, Event::Convicted);
             }
         }
         Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict })

@@ -161,7 +161,8 @@ pub async fn probe_stream<S: AsyncRead + AsyncWrite + Unpin>(
 impl<D: Discovery> SwarmChain<D> {
     /// Finds the servers of blocks `range` with their live status, and the streams of that
     /// exchange (reused for sessions). With `known_only`, only servers of earlier discoveries
-    /// are asked. Servers that do not answer are banned.
+    /// are asked. Servers that do not answer are banned; servers the node's reputation book
+    /// excludes ([`crate::trust::Reputation::excluded`]) are left out.
     pub async fn discover(
         &mut self,
         range: Range<usize>,
@@ -179,10 +180,18 @@ impl<D: Discovery> SwarmChain<D> {
             banned: &banned,
             opts: &self.opts,
         };
-        let found = self.discovery.find(query).await?;
+        let mut found = self.discovery.find(query).await?;
         for peer in found.unreachable {
-            self.ban(peer);
+            self.fail(peer);
         }
+        let reputation = &self.opts.reputation;
+        found.servers.retain(|(f, _)| {
+            let excluded = reputation.excluded(&f.candidate.peer);
+            if excluded {
+                tracing::debug!(peer = %f.candidate.peer, "left out: excluded by its record");
+            }
+            !excluded
+        });
         for (f, _) in &found.servers {
             self.known.insert(f.candidate.peer, f.candidate.blocks.clone());
         }

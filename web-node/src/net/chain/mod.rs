@@ -43,7 +43,7 @@ use super::serve::{BoxStream, LocalServer};
 use crate::client::LayerChain;
 use crate::model::ModelId;
 use crate::settle::{HopBill, Payer};
-use crate::trust::{AuditDraw, SignedReceipt};
+use crate::trust::{AuditDraw, Event, Reputation, SignedReceipt};
 use hop::HopSession;
 
 /// Timeouts and retry limits of a [`SwarmChain`].
@@ -99,6 +99,10 @@ pub struct ChainOptions {
     /// Told each route chosen (before its first step) and what a token through it costs;
     /// `None`: only logged.
     pub on_route: Option<RouteWatch>,
+    /// The node's ratings of servers ([`Reputation`]), updated by this chain's sessions,
+    /// failures and audits and used by its routing. Clones of the options share it: give
+    /// every chain of a node the same book (the default is a new, empty one).
+    pub reputation: Reputation,
 }
 
 /// Told where a session waits in a full node's queue: the node, the place (1 for the next
@@ -153,6 +157,7 @@ impl Default for ChainOptions {
             ms_per_ait: 0.0,
             on_queued: None,
             on_route: None,
+            reputation: Reputation::new(),
         }
     }
 }
@@ -466,6 +471,15 @@ impl<D: Discovery> SwarmChain<D> {
         self.banned.insert(peer, Instant::now());
     }
 
+    /// Bans a server that failed a step (or did not answer) and counts the failure against
+    /// its record.
+    fn fail(&mut self, peer: PeerId) {
+        self.ban(peer);
+        if Some(peer) != self.discovery.local_peer() {
+            self.opts.reputation.record(peer, Event::Failed);
+        }
+    }
+
     /// Discovers servers for `range`, plans, and opens a session on every hop. Servers that
     /// fail to open are banned and the plan is redone.
     /// With `fast`, servers already known are tried before asking the whole network.
@@ -563,6 +577,11 @@ impl<D: Discovery> SwarmChain<D> {
             .map(|(f, _)| Candidate {
                 measured_ms: self.measured.get(&f.candidate.peer).map(|(ms, _)| *ms),
                 local: Some(f.candidate.peer) == local,
+                // This node's own server is as trusted as a server can be.
+                trust: match Some(f.candidate.peer) == local {
+                    true => 1.0 - crate::trust::reputation::MAX_DISCOUNT,
+                    false => self.opts.reputation.trust(&f.candidate.peer),
+                },
                 price_ms: match (&f.status.pay, Some(f.candidate.peer) == local) {
                     (Some(t), false) if payer.is_some() => {
                         crate::settle::ait_f64(t.cost(f.candidate.blocks.len() as u64)) * self.opts.ms_per_ait.max(0.0)
@@ -581,7 +600,7 @@ impl<D: Discovery> SwarmChain<D> {
     fn count_failure(&mut self, e: ChainError, failures: &mut usize) -> Result<ChainError, ChainError> {
         *failures += 1;
         if let Some(p) = e.peer() {
-            self.ban(p);
+            self.fail(p);
         }
         if *failures > self.opts.max_reroutes {
             return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
@@ -697,6 +716,12 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
 
     async fn end(&mut self) -> Result<(), ChainError> {
         if !self.hops.is_empty() {
+            // Every hop that answered a step served its session to the end.
+            for h in self.hops.iter().filter(|h| !h.receipts().is_empty()) {
+                if Some(h.peer()) != self.discovery.local_peer() {
+                    self.opts.reputation.record(h.peer(), Event::Served);
+                }
+            }
             self.last_stats = self.hop_stats();
             self.last_audit = self.audit_cases_now();
             self.last_free_left = self.free_left();

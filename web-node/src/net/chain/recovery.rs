@@ -39,7 +39,7 @@ impl<D: Discovery> SwarmChain<D> {
         let started = Instant::now();
         let (failed, span) = (self.hops[i].peer(), self.hops[i].blocks().clone());
         tracing::warn!(%failed, "blocks [{}, {}) failed: {error}", span.start, span.end);
-        self.ban(failed);
+        self.fail(failed);
         // The failed session is dropped, not closed: its stream is broken or stuck.
         self.paid_closed += self.hops.remove(i).paid();
         let all = 0..self.n_layers;
