@@ -420,6 +420,13 @@ impl Fixture {
         state.steps.store(0, Ordering::SeqCst);
     }
 
+    /// From now on server `i` answers well (a frozen one answers new streams again).
+    pub fn clear_fault(&self, i: usize) {
+        let state = &self.servers[i].state;
+        *state.fault.lock().expect("fault lock") = None;
+        state.frozen.store(false, Ordering::SeqCst);
+    }
+
     /// Steps server `i` received since its fault was set (or since it started).
     pub fn steps(&self, i: usize) -> usize {
         self.servers[i].state.steps.load(Ordering::SeqCst)

@@ -16,10 +16,12 @@ use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery};
 use web_node::client::LayerChain;
-use web_node::net::chain::AuditError;
+use web_node::net::chain::{AuditError, ReportRefused};
 use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
 use web_node::net::routing::Hop;
-use web_node::trust::{output_hash, AuditDraw, InputChain, Reputation, SignedReceipt, Verdict, DELTA_LIMIT, QUORUM};
+use web_node::trust::{
+    output_hash, AuditDraw, FraudReport, InputChain, Reputation, SignedReceipt, Verdict, DELTA_LIMIT, QUORUM,
+};
 
 /// Announced speed of the servers routing picks first.
 const FAST: f64 = 0.01;
@@ -360,6 +362,97 @@ async fn a_node_that_lies_and_signs_for_it_is_caught_by_an_audit_and_routed_arou
     assert_bits_equal("another chain of the same book", &exact, &reference);
     let (stranger, _) = ended_run(&fx).await;
     assert_eq!(stranger.audit_cases()[1].hop.peer, fx.peer(1));
+}
+
+/// A faulty verdict leaves a fraud report that another client checks and recomputes on a
+/// server of its own choosing: it convicts the liar in that client's book too, counts once,
+/// and survives the wire. Forged reports change nothing; a report by two colluding auditors
+/// framing an honest node convicts the auditors, not the node.
+#[tokio::test]
+async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgeries_convict_nobody() {
+    let servers = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)];
+    let fx = Fixture::new(7, &servers);
+    fx.set_fault(1, Fault::Lie, 0);
+    // The third spare is away while the first client audits: its two auditors are 3 and 4.
+    fx.set_fault(5, Fault::Freeze, 0);
+    let (mut chain, _) = ended_run(&fx).await;
+    let case = chain.audit_cases()[1].clone();
+    let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
+    assert_eq!(outcome.verdict, Verdict::Faulty, "{outcome:?}");
+    let hidden = fx.config().hidden;
+    let report = outcome.report(&case, hidden).expect("a faulty verdict leaves a report");
+    let checked = report.check().expect("the report holds");
+    assert_eq!((checked.accused, checked.auditors.len()), (fx.peer(1), QUORUM));
+    assert_eq!(FraudReport::decode(&report.encode()).expect("it decodes"), report);
+    fx.clear_fault(5);
+
+    // Another client, which never saw the session, recomputes it on the one server of the
+    // layers the report does not involve, and convicts the liar.
+    let book = Reputation::new();
+    let mut other = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+    let steps_before = fx.steps(5);
+    let judgment = other.verify_report(&report).await.expect("the report is verified");
+    assert!(judgment.accused_faulty && judgment.lying_auditors.is_empty(), "{judgment:?}");
+    assert!(fx.steps(5) > steps_before, "the independent server recomputed it");
+    assert!(book.rating(&fx.peer(1)).convicted);
+    for i in [0, 2, 3, 4, 5] {
+        assert!(!book.rating(&fx.peer(i)).convicted, "server {i}");
+    }
+    let again = other.verify_report(&report).await.expect_err("a report counts once");
+    assert!(matches!(again, ReportRefused::Replayed(_)), "{again}");
+
+    // Forgeries are refused before any recomputation, and change no book.
+    let forged = |f: &dyn Fn(&mut FraudReport)| {
+        let mut r = report.clone();
+        f(&mut r);
+        r
+    };
+    let forgeries = [
+        ("an altered receipt", forged(&|r| r.accused.receipts[0].receipt.pos = 1)),
+        ("a forged signature", forged(&|r| r.accused.receipts[0].signature[9] ^= 1)),
+        ("other inputs", forged(&|r| r.inputs[7] += 0.25)),
+        ("other answers", forged(&|r| r.accused.outputs[7] += 0.25)),
+        ("one auditor", forged(&|r| drop(r.replays.pop()))),
+        ("the accused as its own auditor", forged(&|r| r.replays[1] = r.accused.clone())),
+        ("an auditor's altered outputs", forged(&|r| r.replays[0].outputs[3] += 1.0)),
+    ];
+    for (what, forgery) in forgeries {
+        let book = Reputation::new();
+        let mut chain = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+        let steps = fx.steps(5);
+        let refused = chain.verify_report(&forgery).await.expect_err(what);
+        assert!(matches!(refused, ReportRefused::Report(_)), "{what}: {refused}");
+        assert!(book.ratings().is_empty(), "{what}: the book changed");
+        assert_eq!(fx.steps(5), steps, "{what}: recomputed a forgery");
+    }
+    assert!(FraudReport::decode(&report.encode()[..100]).is_err(), "a cut report");
+
+    // Two colluding auditors frame an honest node: their report checks (their signatures
+    // are real), but the independent recomputation clears the node and convicts them.
+    let fx = Fixture::new(7, &servers);
+    fx.set_fault(3, Fault::Lie, 0);
+    fx.set_fault(4, Fault::Lie, 0);
+    fx.set_fault(5, Fault::Freeze, 0);
+    let (mut chain, _) = ended_run(&fx).await;
+    let case = chain.audit_cases()[1].clone();
+    let framed = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
+    assert_eq!(framed.verdict, Verdict::Faulty, "two liars agree: {framed:?}");
+    let report = framed.report(&case, hidden).expect("a report");
+    report.check().expect("the framing report holds up to recomputation");
+    fx.clear_fault(5);
+    let book = Reputation::new();
+    let mut other = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+    let judgment = other.verify_report(&report).await.expect("the report is recomputed");
+    assert!(!judgment.accused_faulty, "{judgment:?}");
+    let mut liars = judgment.lying_auditors.clone();
+    liars.sort();
+    assert_eq!(liars, {
+        let mut l = fx.peers(&[3, 4]);
+        l.sort();
+        l
+    });
+    assert!(!book.rating(&fx.peer(1)).convicted);
+    assert!(book.rating(&fx.peer(3)).convicted && book.rating(&fx.peer(4)).convicted);
 }
 
 /// An auditor that lies cannot get an honest node judged: its failing opinion calls for two

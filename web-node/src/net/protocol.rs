@@ -231,7 +231,7 @@ const T_HIDDEN: u8 = 0x83;
 const T_QUEUED: u8 = 0x85;
 const T_ERROR: u8 = 0xff;
 
-fn put_u32(b: &mut Vec<u8>, v: u32) {
+pub(crate) fn put_u32(b: &mut Vec<u8>, v: u32) {
     b.extend_from_slice(&v.to_le_bytes());
 }
 
@@ -243,25 +243,30 @@ fn put_json<T: Serialize>(b: &mut Vec<u8>, v: &T) {
     b.extend_from_slice(&json);
 }
 
-fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
+pub(crate) fn put_f32s(b: &mut Vec<u8>, v: &[f32]) {
     b.reserve(v.len() * 4);
     for x in v {
         b.extend_from_slice(&x.to_le_bytes());
     }
 }
 
-/// Reads fields in order from a message body.
-struct Reader<'a> {
+/// Reads fields in order from a message body (this protocol's, and fraud reports').
+pub(crate) struct Reader<'a> {
     what: &'static str,
     b: &'a [u8],
 }
 
 impl<'a> Reader<'a> {
-    fn err(&self, detail: impl Into<String>) -> DecodeError {
+    /// A reader of `b`, a `what` for its errors.
+    pub(crate) fn new(what: &'static str, b: &'a [u8]) -> Reader<'a> {
+        Reader { what, b }
+    }
+
+    pub(crate) fn err(&self, detail: impl Into<String>) -> DecodeError {
         DecodeError::Malformed { what: self.what, detail: detail.into() }
     }
 
-    fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         if self.b.len() < n {
             return Err(self.err(format!("needs {n} more bytes, has {}", self.b.len())));
         }
@@ -270,9 +275,15 @@ impl<'a> Reader<'a> {
         Ok(head)
     }
 
-    fn u32(&mut self) -> Result<u32, DecodeError> {
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
         let s = self.take(4)?;
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+    }
+
+    /// `n` f32 values (the length checked against what is left before allocating).
+    pub(crate) fn f32s(&mut self, n: usize) -> Result<Vec<f32>, DecodeError> {
+        let bytes = self.take(n.checked_mul(4).ok_or_else(|| self.err(format!("{n} values")))?)?;
+        Ok(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// A length-prefixed JSON payment message of at most [`MAX_PAYMENT_BYTES`].
@@ -300,7 +311,7 @@ impl<'a> Reader<'a> {
         Ok(rest.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
-    fn end(&self) -> Result<(), DecodeError> {
+    pub(crate) fn end(&self) -> Result<(), DecodeError> {
         if self.b.is_empty() {
             Ok(())
         } else {

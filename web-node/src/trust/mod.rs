@@ -1,7 +1,7 @@
 //! Trust between nodes: what a node signs for each answer ([`receipt`]), how an auditor
 //! judges an answer for its layers ([`delta`]), which sessions are audited and what the
-//! auditors' opinions come to ([`audit`]), and what each node's record is worth to routing
-//! ([`reputation`]).
+//! auditors' opinions come to ([`audit`]), the evidence a faulty verdict leaves for others to
+//! check ([`report`]), and what each node's record is worth to routing ([`reputation`]).
 //!
 //! An auditor recomputes a block range on the inputs a node was given and compares the two
 //! outputs by [`deviation`]: the error of what the block added to its input (the residual
@@ -12,6 +12,7 @@
 pub mod audit;
 pub mod delta;
 pub mod receipt;
+pub mod report;
 pub mod reputation;
 
 pub use audit::{second_opinion_rank, AuditDraw, Verdict, MAX_OPINIONS, QUORUM};
@@ -19,4 +20,5 @@ pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
 pub use receipt::{
     output_hash, public_key_of, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,
 };
+pub use report::{check_run, Checked, FraudReport, Judgment, ReportError, SignedRun, Span};
 pub use reputation::{Event, Rating, Reputation};

@@ -27,7 +27,7 @@
 //! rival's failures). What is shared is a fraud report that anyone can check
 //! ([`crate::trust::report`]), which convicts the node in every book that checks it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
@@ -152,7 +152,14 @@ impl Rating {
 #[derive(Default)]
 struct Book {
     nodes: HashMap<PeerId, (Rating, Instant)>,
+    /// Ids of the fraud reports counted, oldest first (at most [`MAX_REPORTS`]).
+    reports: VecDeque<[u8; 32]>,
+    report_ids: HashSet<[u8; 32]>,
 }
+
+/// Most fraud report ids a book remembers (a report counted earlier than that and sent
+/// again convicts nobody new: its accused stays convicted).
+pub const MAX_REPORTS: usize = 100_000;
 
 /// A node's book of ratings, shared by every chain of the node (clones share it).
 #[derive(Clone, Default)]
@@ -220,6 +227,26 @@ impl Reputation {
     /// [`DISCOUNT_SPAN`] above it.
     pub fn trust(&self, peer: &PeerId) -> f64 {
         trust_of(self.rating(peer).score())
+    }
+
+    /// Whether the fraud report `id` ([`crate::trust::FraudReport::id`]) was counted.
+    pub fn report_counted(&self, id: &[u8; 32]) -> bool {
+        self.lock().report_ids.contains(id)
+    }
+
+    /// Remembers that the fraud report `id` was counted; `false` if it already was.
+    pub fn count_report(&self, id: [u8; 32]) -> bool {
+        let mut book = self.lock();
+        if !book.report_ids.insert(id) {
+            return false;
+        }
+        book.reports.push_back(id);
+        if book.reports.len() > MAX_REPORTS {
+            if let Some(old) = book.reports.pop_front() {
+                book.report_ids.remove(&old);
+            }
+        }
+        true
     }
 
     /// Every node in the book, with its rating now.
@@ -306,5 +333,7 @@ mod tests {
         assert!(book.excluded(&b) && !book.excluded(&a) && !book.excluded(&PeerId::random()));
         assert!(book.trust(&a) < 1.0);
         assert_eq!(book.ratings().len(), 2);
+        assert!(!book.report_counted(&[1; 32]));
+        assert!(other.count_report([1; 32]) && !book.count_report([1; 32]) && book.report_counted(&[1; 32]));
     }
 }

@@ -17,8 +17,8 @@ use libp2p::PeerId;
 use super::{ChainError, Discovery, SwarmChain};
 use crate::net::routing::Hop;
 use crate::trust::{
-    deviation, output_hash, second_opinion_rank, AuditDraw, Deviation, Event, InputChain, SignedReceipt, Verdict,
-    DELTA_LIMIT,
+    check_run, deviation, second_opinion_rank, AuditDraw, Deviation, Event, FraudReport, Judgment, ReportError,
+    SignedReceipt, SignedRun, Verdict, DELTA_LIMIT,
 };
 
 /// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
@@ -44,6 +44,8 @@ pub struct Opinion {
     pub deviation: Deviation,
     /// Whether every token was within [`DELTA_LIMIT`].
     pub passed: bool,
+    /// Its signed answers to the replayed inputs (the evidence of a fraud report).
+    pub replay: SignedRun,
 }
 
 /// What an audit found.
@@ -87,36 +89,71 @@ pub enum AuditError {
     Chain(#[from] ChainError),
 }
 
+/// Why a fraud report was not acted on; nothing in the node's reputation book changed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReportRefused {
+    /// The report does not hold.
+    #[error(transparent)]
+    Report(#[from] ReportError),
+    /// It is about another model than this chain's.
+    #[error("the report is about model {0}, not this chain's")]
+    OtherModel(String),
+    /// It was counted before.
+    #[error("fraud report {0} was counted before")]
+    Replayed(String),
+    /// No server but the accused and the auditors could recompute it (or the recomputation
+    /// failed).
+    #[error("no independent recomputation: {0}")]
+    Unverified(#[from] AuditError),
+}
+
 impl AuditCase {
-    /// Checks that the receipts run from position 0 without gaps, that the first `tokens`
-    /// inputs are what the node signed for at the end of step `step`, and that each answer
-    /// up to it is what the node signed; returns the step's end (tokens replayed).
+    /// Checks that the receipts up to step `step` are the node's answers to the first inputs
+    /// kept, from position 0 and without gaps, with the outputs kept ([`check_run`]; the
+    /// signatures were checked as the answers came); returns the step's end (tokens
+    /// replayed).
     fn evidence(&self, step: usize, dim: usize) -> Result<usize, AuditError> {
-        let bad = |what: String| Err(AuditError::Evidence(what));
         let Some(last) = self.receipts.get(step) else {
-            return bad(format!("step {step} of {} receipts", self.receipts.len()));
+            return Err(AuditError::Evidence(format!("step {step} of {} receipts", self.receipts.len())));
         };
-        let tokens = (last.receipt.pos + last.receipt.n_tokens) as usize;
-        if self.inputs.len() < tokens * dim || self.outputs.len() < tokens * dim {
-            return bad(format!("{tokens} tokens signed for, fewer kept"));
+        let tokens = (last.receipt.pos as usize).saturating_add(last.receipt.n_tokens as usize);
+        let rows = tokens.saturating_mul(dim);
+        if self.inputs.len() < rows || self.outputs.len() < rows {
+            return Err(AuditError::Evidence(format!("{tokens} tokens signed for, fewer kept")));
         }
-        let mut at = 0usize;
-        for r in &self.receipts[..=step] {
-            let (pos, n) = (r.receipt.pos as usize, r.receipt.n_tokens as usize);
-            if pos != at {
-                return bad(format!("a receipt at position {pos} after {at} tokens"));
-            }
-            if output_hash(&self.outputs[pos * dim..(pos + n) * dim]) != r.receipt.output {
-                return bad(format!("the answer at position {pos} is not the one signed"));
-            }
-            at += n;
-        }
-        let mut chain = InputChain::new(&last.receipt.session);
-        chain.absorb(&self.inputs[..tokens * dim], dim);
-        if chain.value() != last.receipt.inputs {
-            return bad("the inputs kept are not the ones signed for".into());
-        }
+        let receipts = &self.receipts[..=step];
+        check_run(&self.hop.peer, receipts, &self.inputs[..rows], &self.outputs[..rows], dim, false)
+            .map_err(|e| AuditError::Evidence(e.to_string()))?;
         Ok(tokens)
+    }
+}
+
+impl AuditOutcome {
+    /// The fraud report of a faulty verdict about `case` (the case audited): the inputs up to
+    /// the audited step, the node's signed answers, and the signed replays of the auditors
+    /// that failed it. `None` unless the verdict is [`Verdict::Faulty`].
+    pub fn report(&self, case: &AuditCase, hidden: usize) -> Option<FraudReport> {
+        if self.verdict != Verdict::Faulty {
+            return None;
+        }
+        let rows = self.tokens * hidden;
+        let mut at = 0;
+        let receipts: Vec<SignedReceipt> = case
+            .receipts
+            .iter()
+            .take_while(|r| {
+                let inside = at < self.tokens;
+                at += r.receipt.n_tokens as usize;
+                inside
+            })
+            .cloned()
+            .collect();
+        Some(FraudReport {
+            hidden: hidden as u32,
+            inputs: case.inputs.get(..rows)?.to_vec(),
+            accused: SignedRun { node: case.hop.peer, receipts, outputs: case.outputs.get(..rows)?.to_vec() },
+            replays: self.opinions.iter().filter(|o| !o.passed).map(|o| o.replay.clone()).collect(),
+        })
     }
 }
 
@@ -167,6 +204,23 @@ impl<D: Discovery> SwarmChain<D> {
         &self.last_audit
     }
 
+    /// Replays `inputs` (`tokens` rows) as one prefill on the server `f` found, over `stream`
+    /// (paid like any session): its signed answers.
+    async fn replay(
+        &mut self,
+        f: &super::FoundServer,
+        stream: super::BoxStream,
+        inputs: &[f32],
+        tokens: usize,
+    ) -> Result<SignedRun, ChainError> {
+        let hop = Hop { peer: f.candidate.peer, blocks: f.candidate.blocks.clone() };
+        let mut session = self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
+        let out = session.step(0, inputs, tokens, self.hidden, &self.opts, &self.discovery).await;
+        let receipts = session.receipts().to_vec();
+        session.close().await;
+        Ok(SignedRun { node: f.candidate.peer, receipts, outputs: out? })
+    }
+
     /// Audits `case` up to the end of its step `step`: checks the evidence against the
     /// node's receipts, finds the other servers holding exactly the same layers, and replays
     /// the inputs up to there as one prefill (paid like any session) on the fastest of them,
@@ -200,15 +254,7 @@ impl<D: Discovery> SwarmChain<D> {
         let mut failure = None;
         for (f, stream) in std::iter::once(first).chain(found) {
             let auditor = f.candidate.peer;
-            let hop = Hop { peer: auditor, blocks: blocks.clone() };
-            let replayed = async {
-                let mut session =
-                    self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
-                let out = session.step(0, inputs, tokens, dim, &self.opts, &self.discovery).await;
-                session.close().await;
-                out
-            };
-            let recomputed = match replayed.await {
+            let replay = match self.replay(&f, stream, inputs, tokens).await {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::info!(%audited, %auditor, "an auditor could not replay: {e}");
@@ -218,10 +264,10 @@ impl<D: Discovery> SwarmChain<D> {
                 }
             };
             let deviation =
-                deviation(inputs, &recomputed, claimed, dim).map_err(|e| AuditError::Evidence(e.to_string()))?;
+                deviation(inputs, &replay.outputs, claimed, dim).map_err(|e| AuditError::Evidence(e.to_string()))?;
             let passed = deviation.within(DELTA_LIMIT);
             tracing::info!(%audited, %auditor, tokens, worst = deviation.worst, passed, "audit opinion");
-            opinions.push(Opinion { auditor, deviation, passed });
+            opinions.push(Opinion { auditor, deviation, passed, replay });
             if Verdict::settled(&opinions.iter().map(|o| o.passed).collect::<Vec<_>>()) {
                 break;
             }
@@ -251,5 +297,67 @@ impl<D: Discovery> SwarmChain<D> {
             }
         }
         Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict })
+    }
+
+    /// Acts on a fraud report someone sent: checks it ([`FraudReport::check`]), then
+    /// recomputes its span on a server of its layers that is neither the accused nor one of
+    /// the auditors (this node's own server when it holds them), and judges by that
+    /// ([`FraudReport::judge`]): the accused is convicted in this node's reputation book when
+    /// the recomputation fails it too, and each auditor whose signed outputs are off the
+    /// recomputation is convicted (a report by colluding auditors convicts them, not the
+    /// node they framed). A report counts once. A report refused changes nothing.
+    pub async fn verify_report(&mut self, report: &FraudReport) -> Result<Judgment, ReportRefused> {
+        let checked = report.check()?;
+        if checked.model != self.model {
+            return Err(ReportRefused::OtherModel(checked.model.short()));
+        }
+        let id = hex::encode(&checked.id[..8]);
+        if self.opts.reputation.report_counted(&checked.id) {
+            return Err(ReportRefused::Replayed(id));
+        }
+        let blocks = checked.layers.start as usize..checked.layers.end as usize;
+        let involved: Vec<PeerId> = std::iter::once(checked.accused).chain(checked.auditors.iter().copied()).collect();
+        let mut found: Vec<_> = self
+            .discover(blocks.clone(), false)
+            .await
+            .map_err(AuditError::Chain)?
+            .into_iter()
+            .filter(|(f, _)| !involved.contains(&f.candidate.peer) && f.candidate.blocks == blocks)
+            .collect();
+        found.sort_by(|a, b| a.0.candidate.cost_ms().total_cmp(&b.0.candidate.cost_ms()));
+        let mut failure = None;
+        for (f, stream) in found {
+            let verifier = f.candidate.peer;
+            let replay = match self.replay(&f, stream, &report.inputs, checked.tokens).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::info!(%verifier, "could not recompute a fraud report: {e}");
+                    self.opts.reputation.record(verifier, Event::Failed);
+                    failure = Some(e);
+                    continue;
+                }
+            };
+            let judgment = report.judge(&replay.outputs)?;
+            self.opts.reputation.count_report(checked.id);
+            tracing::warn!(
+                report = %id,
+                accused = %checked.accused,
+                %verifier,
+                faulty = judgment.accused_faulty,
+                lying_auditors = judgment.lying_auditors.len(),
+                "fraud report recomputed"
+            );
+            if judgment.accused_faulty {
+                self.ban(checked.accused);
+                self.opts.reputation.record(checked.accused, Event::Convicted);
+            }
+            for &auditor in &judgment.lying_auditors {
+                self.ban(auditor);
+                self.opts.reputation.record(auditor, Event::Convicted);
+            }
+            return Ok(judgment);
+        }
+        let (peer, start, end) = (checked.accused, blocks.start, blocks.end);
+        Err(ReportRefused::Unverified(failure.map_or(AuditError::NoAuditor { peer, start, end }, AuditError::Chain)))
     }
 }

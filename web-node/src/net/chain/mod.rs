@@ -20,7 +20,7 @@ mod discovery;
 mod hop;
 mod recovery;
 
-pub use audit::{AuditCase, AuditError, AuditOutcome, Opinion};
+pub use audit::{AuditCase, AuditError, AuditOutcome, Opinion, ReportRefused};
 pub(crate) use discovery::unpredictable_rng;
 pub use discovery::{probe_stream, sample_providers, DhtDiscovery, Discovery, Found, Query};
 pub use hop::MAX_HIDDEN_RMS;
