@@ -429,12 +429,16 @@ async fn run(
         let _ = tokio::task::spawn_blocking(charge).await;
     }
     // The audits the request drew run after its answer, off its path (each is logged and
-    // counted in `/metrics`; a node that fails is banned from this chain, which ends here).
+    // counted in `/metrics`; a node judged faulty is convicted in the gateway's book, and
+    // the fraud report goes to the relay's peers).
     if state.audit.audit_rate > 0.0 {
         tokio::spawn(async move {
+            let mut outcomes = Vec::new();
             for found in metered.chain.run_audits().await {
                 crate::swarm_client::count_audit(&found);
+                outcomes.extend(found.ok());
             }
+            crate::fraud::publish(metered.chain.node(), &outcomes).await;
         });
     }
     Ok(Paid { generation, cost })

@@ -26,6 +26,7 @@ pub mod calibrate;
 pub mod chat;
 pub mod drift;
 pub mod fetch;
+pub mod fraud;
 pub mod inspect;
 pub mod limits;
 pub mod local;

@@ -475,6 +475,16 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 },
                 audit: o.audit.clone(),
             };
+            // Fraud reports from peers are recomputed and convict in the gateway's book.
+            if let Some(model) = &state.model {
+                let verifier = relay::fraud::Verifier::new(
+                    handle.clone(),
+                    model.clone(),
+                    state.local.clone(),
+                    state.chain.clone(),
+                );
+                Arc::new(verifier).serve()?;
+            }
             let web = relay::web::WebState {
                 peer: peer.to_string(),
                 addrs: relay::web::browser_addrs(&addrs),

@@ -65,12 +65,14 @@ impl AuditOpt {
 }
 
 /// Runs the audits the last generation drew and says on stderr what each found, one line
-/// each (after the generation's text).
+/// each (after the generation's text); sends the fraud report of each faulty verdict to the
+/// nodes this client is connected to, and says how many confirmed it.
 pub async fn audit(chain: &mut SwarmChain) {
     let found = chain.run_audits().await;
     if !found.is_empty() {
         eprintln!();
     }
+    let mut outcomes = Vec::new();
     for found in found {
         count_audit(&found);
         match found {
@@ -92,10 +94,15 @@ pub async fn audit(chain: &mut SwarmChain) {
                     a.tokens,
                     web_node::trust::DELTA_LIMIT,
                     opinions.join(", "),
-                )
+                );
+                outcomes.push(a);
             }
             Err(e) => eprintln!("audit: not made: {e}"),
         }
+    }
+    for a in outcomes.iter().filter(|a| a.report.is_some()) {
+        let confirmed = crate::fraud::publish(chain.node(), std::slice::from_ref(a)).await;
+        eprintln!("fraud report on {}: confirmed by {confirmed} node(s) that recomputed it", a.audited.peer);
     }
 }
 

@@ -8,6 +8,7 @@
 //! here needs the `ait` binary, the network or the default model; it needs a tokio runtime.
 
 use std::ops::Range;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ use futures::future::join_all;
 use libp2p::identity::Keypair;
 use libp2p::PeerId;
 use tokio_util::compat::{Compat, TokioAsyncReadCompatExt};
-use web_node::client::{Head, LocalChain};
+use web_node::client::{Head, LayerChain, LocalChain};
 use web_node::engine::cpu::CpuBackend;
 use web_node::engine::{BlockExecutor, ExecutorConfig};
 use web_node::model::{LlamaConfig, ModelFile, ModelId, WeightType};
@@ -357,6 +358,8 @@ impl Discovery for TestDiscovery {
 pub struct Fixture {
     file: ModelFile,
     head: Head,
+    /// The model's id, as the servers announce it and sign it in receipts.
+    id: ModelId,
     servers: Arc<Vec<TestServer>>,
     /// Holds the model file; removed last.
     _dir: TempDir,
@@ -373,14 +376,20 @@ impl Fixture {
         let dir = TempDir::new(&format!("chain-{n}"));
         let path = dir.path().join("tiny.gguf");
         std::fs::write(&path, tiny_model(seed).gguf(WeightType::F32)).expect("write the model");
-        let file = ModelFile::open(&path).expect("open the model");
+        Fixture::serving(&path, MODEL, servers, dir)
+    }
+
+    /// Like [`Fixture::new`], serving the model file at `path` as the model `id` (the
+    /// fixture keeps `dir` until it is dropped).
+    pub fn serving(path: &Path, id: ModelId, servers: &[(Range<usize>, f64)], dir: TempDir) -> Fixture {
+        let file = ModelFile::open(path).expect("open the model");
         let config = file.config().clone();
         let head = Head::new(config.clone(), file.load_head().expect("head")).expect("head fits");
         let servers = servers
             .iter()
             .map(|(blocks, ms_per_block)| {
                 let backend = backend(&file, &config, blocks.clone());
-                let mut serve = ServeConfig::for_backend(MODEL, &backend, ServeLimits::default());
+                let mut serve = ServeConfig::for_backend(id, &backend, ServeLimits::default());
                 serve.ms_per_block = *ms_per_block;
                 let executor = BlockExecutor::new(backend, serve.limits.executor_config());
                 let (handle, compute) = ComputeLoop::new(executor, serve.limits.batch);
@@ -395,7 +404,23 @@ impl Fixture {
                 }
             })
             .collect();
-        Fixture { file, head, servers: Arc::new(servers), _dir: dir }
+        Fixture { file, head, id, servers: Arc::new(servers), _dir: dir }
+    }
+
+    /// Runs `prompt` as one prefill and then each of `decode` as a step through `chain`;
+    /// returns each step's output.
+    pub async fn outputs<C: LayerChain>(
+        &self,
+        chain: &mut C,
+        prompt: &[u32],
+        decode: &[u32],
+    ) -> Result<Vec<Vec<f32>>, C::Error> {
+        chain.begin(prompt.len() + decode.len()).await?;
+        let mut outs = vec![chain.forward(&self.embed(prompt), prompt.len()).await?];
+        for &t in decode {
+            outs.push(chain.forward(&self.embed(&[t]), 1).await?);
+        }
+        Ok(outs)
     }
 
     /// The model's configuration.
@@ -445,7 +470,7 @@ impl Fixture {
     /// A chain over the fixture's servers.
     pub fn chain(&self, opts: ChainOptions) -> SwarmChain<TestDiscovery> {
         let c = self.config();
-        SwarmChain::with_discovery(self.discovery(), MODEL, c.n_layers, c.hidden, opts)
+        SwarmChain::with_discovery(self.discovery(), self.id, c.n_layers, c.hidden, opts)
     }
 
     /// A chain over the fixture's servers, on a node whose own (in-process) server is server
@@ -453,7 +478,7 @@ impl Fixture {
     pub fn chain_with_local(&self, opts: ChainOptions, local: usize) -> SwarmChain<TestDiscovery> {
         let c = self.config();
         let discovery = TestDiscovery { local: Some(self.peer(local)), ..self.discovery() };
-        SwarmChain::with_discovery(discovery, MODEL, c.n_layers, c.hidden, opts)
+        SwarmChain::with_discovery(discovery, self.id, c.n_layers, c.hidden, opts)
     }
 
     /// The whole model in one in-process executor.

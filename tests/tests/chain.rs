@@ -60,12 +60,7 @@ fn opts() -> ChainOptions {
 
 /// The outputs of a prefill of [`PROMPT`] and a decode step per token of [`DECODE`].
 async fn outputs<C: LayerChain>(fx: &Fixture, chain: &mut C) -> Result<Vec<Vec<f32>>, C::Error> {
-    chain.begin(PROMPT.len() + DECODE.len()).await?;
-    let mut outs = vec![chain.forward(&fx.embed(&PROMPT), PROMPT.len()).await?];
-    for t in DECODE {
-        outs.push(chain.forward(&fx.embed(&[t]), 1).await?);
-    }
-    Ok(outs)
+    fx.outputs(chain, &PROMPT, &DECODE).await
 }
 
 /// What a swarm run left behind.
@@ -379,8 +374,7 @@ async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgerie
     let case = chain.audit_cases()[1].clone();
     let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
     assert_eq!(outcome.verdict, Verdict::Faulty, "{outcome:?}");
-    let hidden = fx.config().hidden;
-    let report = outcome.report(&case, hidden).expect("a faulty verdict leaves a report");
+    let report = outcome.report.clone().expect("a faulty verdict leaves a report");
     let checked = report.check().expect("the report holds");
     assert_eq!((checked.accused, checked.auditors.len()), (fx.peer(1), QUORUM));
     assert_eq!(FraudReport::decode(&report.encode()).expect("it decodes"), report);
@@ -437,7 +431,7 @@ async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgerie
     let case = chain.audit_cases()[1].clone();
     let framed = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
     assert_eq!(framed.verdict, Verdict::Faulty, "two liars agree: {framed:?}");
-    let report = framed.report(&case, hidden).expect("a report");
+    let report = framed.report.clone().expect("a report");
     report.check().expect("the framing report holds up to recomputation");
     fx.clear_fault(5);
     let book = Reputation::new();

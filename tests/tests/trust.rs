@@ -3,9 +3,16 @@
 
 use std::process::Command;
 
+use std::time::{Duration, Instant};
+
+use ait_tests::chain_fixture::{Fault, Fixture};
 use ait_tests::procs::{ait_bin, temp_dir, three_relays_with, Relay};
+use ait_tests::tiny_model::{torrent_model, TempDir};
 use web_node::engine::gpu::GpuContext;
-use web_node::trust::DELTA_LIMIT;
+use web_node::model::ModelId;
+use web_node::net::chain::ChainOptions;
+use web_node::net::fraud::{send, Answer};
+use web_node::trust::{FraudReport, Verdict, DELTA_LIMIT};
 
 use relay::calibrate::{calibrate_generated, FAULTS};
 
@@ -102,5 +109,90 @@ fn the_cli_and_the_gateway_audit_a_relay_on_another_backend_and_it_passes() {
     // Its own hop [0, 10) and [20, 30) have nobody else; [10, 20) has the other backend.
     assert_eq!((count("passed"), count("not_made"), count("faulty"), count("unconfirmed")), (1.0, 2.0, 0.0, 0.0));
     drop(relays);
+    let _ = std::fs::remove_dir_all(root);
+}
+
+/// What `/metrics` at `http` counts for `name{label="value"}` (0 when absent).
+fn metric(http: &str, name: &str, label: &str, value: &str) -> f64 {
+    let text = ureq::get(&format!("{http}/metrics")).call().expect("/metrics").body_mut().read_to_string().unwrap();
+    let name = format!("{name}{{{label}=\"{value}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&name)?.trim().parse().ok()).unwrap_or(0.0)
+}
+
+/// The fraud report of an audit of the middle hop of an in-process chain over `servers` of
+/// the model at `path` (`id`), with `faults` set (the verdict must be faulty).
+async fn audited(
+    path: &std::path::Path,
+    id: ModelId,
+    servers: &[(std::ops::Range<usize>, f64)],
+    faults: &[(usize, Fault)],
+) -> FraudReport {
+    let fx = Fixture::serving(path, id, servers, TempDir::new("trust-fraud-fixture"));
+    for &(i, f) in faults {
+        fx.set_fault(i, f, 0);
+    }
+    let opts = ChainOptions { settle: Duration::from_millis(10), ..ChainOptions::default() };
+    let mut chain = fx.chain(opts);
+    fx.outputs(&mut chain, &[1, 2, 3, 4, 5], &[6, 7, 8]).await.expect("the chain runs");
+    web_node::client::LayerChain::end(&mut chain).await.expect("end");
+    let case = chain.audit_cases()[1].clone();
+    let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
+    assert_eq!(outcome.verdict, Verdict::Faulty, "{outcome:?}");
+    outcome.report.expect("a faulty verdict leaves a report")
+}
+
+/// Real processes: a fraud report about a lying node (made in process, by a client whose
+/// two auditors both failed it) is sent over `/ait/fraud/1` to a relay of the model's
+/// middle layers, which recomputes it on its own server, convicts the node and passes the
+/// report on to the relay it is connected to, which recomputes and convicts in turn. The
+/// same report again counts once; a forged one and garbage are refused; a report by two
+/// auditors who framed an honest node is recomputed and clears it.
+#[test]
+fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
+    let root = temp_dir("trust-fraud");
+    std::fs::create_dir_all(&root).expect("dir");
+    let (path, manifest) = torrent_model(&root);
+    let p = path.to_str().unwrap();
+    let r0 = Relay::start(&root.join("r0"), &["--model", p, "--blocks", "2..4"]);
+    let boot = r0.addr("tcp");
+    let r1 = Relay::start(&root.join("r1"), &["--model", p, "--blocks", "2..4", "--bootstrap", &boot]);
+    let (h0, h1) = (r0.http.clone().expect("r0's http"), r1.http.clone().expect("r1's http"));
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    rt.block_on(async {
+        let (fast, spare) = (0.1, 1.0);
+        let servers = [(0..2, fast), (2..4, fast), (4..6, fast), (2..4, spare), (2..4, spare)];
+        let report = audited(&path, manifest.id(), &servers, &[(1, Fault::Lie)]).await;
+        let framing = audited(&path, manifest.id(), &servers, &[(3, Fault::Lie), (4, Fault::Lie)]).await;
+        let client = relay::swarm_client::connect(&[boot.parse().unwrap()]).await.expect("a client");
+        let to: libp2p::PeerId = r0.peer.parse().unwrap();
+        let mut control = client.control();
+        let answer = send(&mut control, to, &report.encode()).await.expect("the relay answers");
+        assert_eq!(answer, Answer::Convicted);
+        let again = send(&mut control, to, &report.encode()).await.expect("the relay answers");
+        assert_eq!(again, Answer::Known, "a report counts once");
+        let mut forged = report.clone();
+        forged.replays.pop();
+        let refused = send(&mut control, to, &forged.encode()).await.expect("the relay answers");
+        assert!(matches!(&refused, Answer::Refused(why) if why.contains("auditors")), "{refused:?}");
+        let garbage = send(&mut control, to, b"not a report").await.expect("the relay answers");
+        assert!(matches!(garbage, Answer::Refused(_)), "{garbage:?}");
+        let cleared = send(&mut control, to, &framing.encode()).await.expect("the relay answers");
+        assert_eq!(cleared, Answer::Cleared, "the framed node is cleared by recomputation");
+    });
+    let counted = |http: &str, answer: &str| metric(http, "ait_fraud_reports_total", "answer", answer);
+    assert_eq!(
+        ["convicted", "known", "refused", "cleared"].map(|a| counted(&h0, a)),
+        [1.0, 1.0, 2.0, 1.0],
+        "what the first relay made of each report"
+    );
+    // The first relay passed on the report it confirmed (and only that one).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while counted(&h1, "convicted") < 1.0 {
+        assert!(Instant::now() < deadline, "the second relay never recomputed the report");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(["convicted", "known", "refused", "cleared"].map(|a| counted(&h1, a)), [1.0, 0.0, 0.0, 0.0]);
+    drop((r0, r1));
     let _ = std::fs::remove_dir_all(root);
 }

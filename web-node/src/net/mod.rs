@@ -30,6 +30,7 @@ pub mod chain;
 pub mod dht_filter;
 pub mod directory;
 pub mod frame;
+pub mod fraud;
 pub mod ip_limit;
 pub mod keyed_limit;
 pub mod limits;

@@ -59,6 +59,9 @@ pub struct AuditOutcome {
     pub opinions: Vec<Opinion>,
     /// What they come to.
     pub verdict: Verdict,
+    /// The evidence of a faulty verdict, for others to check and recompute
+    /// ([`crate::net::fraud::spread`]); `None` for any other verdict.
+    pub report: Option<FraudReport>,
 }
 
 impl AuditOutcome {
@@ -128,21 +131,18 @@ impl AuditCase {
     }
 }
 
-impl AuditOutcome {
-    /// The fraud report of a faulty verdict about `case` (the case audited): the inputs up to
-    /// the audited step, the node's signed answers, and the signed replays of the auditors
-    /// that failed it. `None` unless the verdict is [`Verdict::Faulty`].
-    pub fn report(&self, case: &AuditCase, hidden: usize) -> Option<FraudReport> {
-        if self.verdict != Verdict::Faulty {
-            return None;
-        }
-        let rows = self.tokens * hidden;
+impl AuditCase {
+    /// The fraud report of a faulty verdict about this case's first `tokens` tokens: the
+    /// inputs, the node's signed answers, and the signed replays of the auditors that failed
+    /// it.
+    fn report(&self, tokens: usize, hidden: usize, opinions: &[Opinion]) -> Option<FraudReport> {
+        let rows = tokens * hidden;
         let mut at = 0;
-        let receipts: Vec<SignedReceipt> = case
+        let receipts: Vec<SignedReceipt> = self
             .receipts
             .iter()
             .take_while(|r| {
-                let inside = at < self.tokens;
+                let inside = at < tokens;
                 at += r.receipt.n_tokens as usize;
                 inside
             })
@@ -150,9 +150,9 @@ impl AuditOutcome {
             .collect();
         Some(FraudReport {
             hidden: hidden as u32,
-            inputs: case.inputs.get(..rows)?.to_vec(),
-            accused: SignedRun { node: case.hop.peer, receipts, outputs: case.outputs.get(..rows)?.to_vec() },
-            replays: self.opinions.iter().filter(|o| !o.passed).map(|o| o.replay.clone()).collect(),
+            inputs: self.inputs.get(..rows)?.to_vec(),
+            accused: SignedRun { node: self.hop.peer, receipts, outputs: self.outputs.get(..rows)?.to_vec() },
+            replays: opinions.iter().filter(|o| !o.passed).map(|o| o.replay.clone()).collect(),
         })
     }
 }
@@ -296,7 +296,11 @@ impl<D: Discovery> SwarmChain<D> {
                 self.opts.reputation.record(o.auditor, Event::Convicted);
             }
         }
-        Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict })
+        let report = match verdict {
+            Verdict::Faulty => case.report(tokens, dim, &opinions),
+            _ => None,
+        };
+        Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict, report })
     }
 
     /// Acts on a fraud report someone sent: checks it ([`FraudReport::check`]), then

@@ -214,6 +214,11 @@ impl DhtDiscovery {
         DhtDiscovery { node, local: None }
     }
 
+    /// The node it finds servers through.
+    pub fn node(&self) -> &NodeHandle {
+        &self.node
+    }
+
     /// Also uses this node's own server (reached in-process) for the blocks it holds.
     pub fn with_local(mut self, server: Arc<dyn LocalServer>) -> DhtDiscovery {
         self.local = Some(server);

@@ -355,6 +355,11 @@ impl SwarmChain<DhtDiscovery> {
         SwarmChain::with_discovery(DhtDiscovery::new(node), model, n_layers, hidden, opts)
     }
 
+    /// The node the chain runs through.
+    pub fn node(&self) -> &NodeHandle {
+        self.discovery.node()
+    }
+
     /// Lets routing use this node's own server (reached in-process) for the blocks it holds.
     pub fn with_local(mut self, server: Arc<dyn LocalServer>) -> SwarmChain {
         self.discovery = self.discovery.with_local(server);

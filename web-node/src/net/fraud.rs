@@ -1,0 +1,233 @@
+//! Fraud reports between nodes (`/ait/fraud/1`): one stream per report, the sender writes
+//! the report ([`FraudReport::encode`]) as one frame and the receiver answers one small
+//! frame saying what it made of it ([`Answer`]).
+//!
+//! A node acts on a report only after recomputing it
+//! ([`SwarmChain::verify_report`](super::chain::SwarmChain::verify_report)), and passes on
+//! only a report its recomputation confirmed ([`spread`]): a true report travels from node
+//! to node, each checking it for itself, and a false one stops at the first node that
+//! recomputes it (and convicts the auditors who signed it there). Reports are input from
+//! the network: one per peer at a time, [`MAX_OPEN_REPORTS`] at once, read within
+//! [`REPORT_TIMEOUT`], decoded under [`MAX_REPORT_BYTES`].
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{PeerId, StreamProtocol};
+
+use super::frame::{read_frame, write_frame, FrameError};
+use super::keyed_limit::{KeyedLimit, Ticket};
+use super::node::NodeHandle;
+use crate::trust::report::MAX_REPORT_BYTES;
+use crate::trust::FraudReport;
+
+/// The stream protocol id.
+pub const FRAUD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/fraud/1");
+
+/// Reports a node reads at once, from all peers (one per peer).
+pub const MAX_OPEN_REPORTS: usize = 8;
+
+/// How long a report may take to arrive.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a sender waits for the answer: the receiver recomputes the report first.
+pub const ANSWER_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Largest answer.
+const MAX_ANSWER: usize = 4 << 10;
+
+/// What a node made of a report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Its recomputation failed the accused: convicted in its book.
+    Convicted,
+    /// Its recomputation cleared the accused: the auditors who signed the report are
+    /// convicted in its book instead.
+    Cleared,
+    /// It counted this report before.
+    Known,
+    /// It did not act on the report (forged, malformed, about a model it cannot recompute,
+    /// no server to recompute it on): nothing changed. Why, in words.
+    Refused(String),
+}
+
+impl Answer {
+    /// Its name in logs and metrics.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Answer::Convicted => "convicted",
+            Answer::Cleared => "cleared",
+            Answer::Known => "known",
+            Answer::Refused(_) => "refused",
+        }
+    }
+
+    fn encode(&self) -> Vec<u8> {
+        let (tag, text) = match self {
+            Answer::Convicted => (1u8, ""),
+            Answer::Cleared => (2, ""),
+            Answer::Known => (3, ""),
+            Answer::Refused(why) => (4, why.as_str()),
+        };
+        let mut b = vec![tag];
+        let text = text.as_bytes();
+        b.extend_from_slice(&text[..text.len().min(MAX_ANSWER - 1)]);
+        b
+    }
+
+    fn decode(b: &[u8]) -> Result<Answer, FraudError> {
+        let text = || String::from_utf8_lossy(&b[1..]).into_owned();
+        match b.first() {
+            Some(1) if b.len() == 1 => Ok(Answer::Convicted),
+            Some(2) if b.len() == 1 => Ok(Answer::Cleared),
+            Some(3) if b.len() == 1 => Ok(Answer::Known),
+            Some(4) => Ok(Answer::Refused(text())),
+            _ => Err(FraudError::Answer(format!("{} bytes, tag {:?}", b.len(), b.first()))),
+        }
+    }
+}
+
+/// Why sending a report failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FraudError {
+    /// The stream could not be opened (the peer does not take reports, or is gone).
+    #[error("opening a fraud report stream to {peer}: {detail}")]
+    Open {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
+    /// Writing the report or reading the answer failed.
+    #[error("fraud report stream to {peer}: {error}")]
+    Stream {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: FrameError,
+    },
+    /// The answer does not decode.
+    #[error("a malformed answer to a fraud report: {0}")]
+    Answer(String),
+}
+
+/// Sends the encoded report `report` to `peer` and waits for its answer.
+pub async fn send(control: &mut libp2p_stream::Control, peer: PeerId, report: &[u8]) -> Result<Answer, FraudError> {
+    let open = super::timeout(REPORT_TIMEOUT, control.open_stream(peer, FRAUD_PROTOCOL));
+    let mut stream = open
+        .await
+        .ok_or_else(|| FraudError::Open { peer, detail: "timed out".into() })?
+        .map_err(|e| FraudError::Open { peer, detail: e.to_string() })?;
+    let io = |error| FraudError::Stream { peer, error };
+    super::timeout(REPORT_TIMEOUT, write_frame(&mut stream, report))
+        .await
+        .ok_or(io(FrameError::Timeout(REPORT_TIMEOUT)))?
+        .map_err(io)?;
+    let answer = read_frame(&mut stream, MAX_ANSWER, ANSWER_TIMEOUT, REPORT_TIMEOUT).await.map_err(io)?;
+    Answer::decode(&answer)
+}
+
+/// Sends `report` to every node this node is connected to (native nodes: browsers take no
+/// reports) but those in `except`, at once; returns each peer's answer or error.
+pub async fn spread(
+    node: &NodeHandle,
+    report: &FraudReport,
+    except: &[PeerId],
+) -> Vec<(PeerId, Result<Answer, FraudError>)> {
+    let peers = match node.peers().await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!("no peers to send a fraud report to: {e}");
+            return Vec::new();
+        }
+    };
+    let bytes = report.encode();
+    let to: Vec<PeerId> = peers
+        .into_iter()
+        .filter(|p| p.agent.as_deref().is_some_and(|a| a.starts_with("ait/")) && !except.contains(&p.peer))
+        .map(|p| p.peer)
+        .collect();
+    let sends = to.into_iter().map(|peer| {
+        let (mut control, bytes) = (node.control(), &bytes);
+        async move { (peer, send(&mut control, peer, bytes).await) }
+    });
+    let answers = futures::future::join_all(sends).await;
+    for (peer, a) in &answers {
+        match a {
+            Ok(a) => tracing::info!(%peer, answer = a.name(), "fraud report sent"),
+            Err(e) => tracing::debug!(%peer, "fraud report not sent: {e}"),
+        }
+    }
+    answers
+}
+
+/// Incoming report streams, admitted one per peer and [`MAX_OPEN_REPORTS`] in all (a stream
+/// beyond that is closed at once).
+pub struct FraudInbox {
+    incoming: libp2p_stream::IncomingStreams,
+    open: KeyedLimit<PeerId>,
+}
+
+/// One peer's report stream, admitted.
+pub struct IncomingReport {
+    /// Who sent it.
+    pub peer: PeerId,
+    stream: libp2p::Stream,
+    _ticket: Ticket<PeerId>,
+}
+
+impl FraudInbox {
+    /// Takes `/ait/fraud/1` streams on `control`.
+    pub fn new(control: &mut libp2p_stream::Control) -> Result<FraudInbox, libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(FRAUD_PROTOCOL)?;
+        Ok(FraudInbox { incoming, open: KeyedLimit::new(MAX_OPEN_REPORTS, 1).with_max_keys(MAX_OPEN_REPORTS) })
+    }
+
+    /// The next admitted report stream; `None` when the node stopped.
+    pub async fn next(&mut self) -> Option<IncomingReport> {
+        loop {
+            let (peer, stream) = self.incoming.next().await?;
+            match self.open.admit(peer, false) {
+                Ok(ticket) => return Some(IncomingReport { peer, stream, _ticket: ticket }),
+                Err(over) => tracing::debug!(%peer, "fraud report stream closed: {over}"),
+            }
+        }
+    }
+}
+
+impl IncomingReport {
+    /// Reads and decodes the report (within [`REPORT_TIMEOUT`] and [`MAX_REPORT_BYTES`]);
+    /// on an error, says why to the sender.
+    pub async fn read(&mut self) -> Result<FraudReport, String> {
+        let frame = read_frame(&mut self.stream, MAX_REPORT_BYTES, REPORT_TIMEOUT, REPORT_TIMEOUT)
+            .await
+            .map_err(|e| format!("reading the report: {e}"))?;
+        FraudReport::decode(&frame).map_err(|e| e.to_string())
+    }
+
+    /// Answers the sender and closes the stream.
+    pub async fn answer(mut self, answer: &Answer) {
+        let sent = super::timeout(REPORT_TIMEOUT, write_frame(&mut self.stream, &answer.encode())).await;
+        if let Some(Err(e)) = sent {
+            tracing::debug!(peer = %self.peer, "answering a fraud report: {e}");
+        }
+        let _ = futures::AsyncWriteExt::close(&mut self.stream).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_round_trip_and_garbage_is_refused() {
+        for a in [Answer::Convicted, Answer::Cleared, Answer::Known, Answer::Refused("a forged signature".into())] {
+            assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
+        }
+        assert!(Answer::decode(&[]).is_err());
+        assert!(Answer::decode(&[1, 0]).is_err());
+        assert!(Answer::decode(&[9]).is_err());
+        let long = Answer::Refused("x".repeat(10_000)).encode();
+        assert_eq!(long.len(), MAX_ANSWER);
+    }
+}
