@@ -75,7 +75,7 @@ pub enum ReportError {
         /// The node it names.
         node: PeerId,
         /// Why.
-        error: ReceiptError,
+        error: Box<ReceiptError>,
     },
     /// The auditors are too few, too many, repeated, or include the accused.
     #[error("the auditors do not hold: {0}")]
@@ -130,7 +130,9 @@ pub fn check_run(
             return bad(format!("the answer at position {pos} is not the one signed"));
         }
         if signatures {
-            r.receipt.verify(node, &r.signature).map_err(|error| ReportError::Signature { node: *node, error })?;
+            r.receipt
+                .verify(node, &r.signature)
+                .map_err(|e| ReportError::Signature { node: *node, error: Box::new(e) })?;
         }
         at += n;
     }
