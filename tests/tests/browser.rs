@@ -242,14 +242,16 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
 /// K-quants in the tab: the default model with its `ffn_down` matrices in Q4_K and Q6_K
 /// (alternating layers, as a Q4_K_M file mixes them). A tab seeds [10, 20) between native
 /// relays over WebSocket, so its WebGPU kernels run both K-quant types, and a native client's
-/// greedy generation through it equals the single-process CPU output.
+/// greedy generation through it equals the single-process CPU output. Then the client audits
+/// the tab's hop on a CPU relay of the same layers: WebGPU's honest drift passes.
 #[test]
 fn a_seeding_tab_serves_k_quant_blocks() {
     use relay::local::{BackendKind, LocalModel};
     use relay::swarm_client::{chain, connect};
     use web_node::client::{ClientModel, GenerateOptions, LayerChain, SamplingParams};
     use web_node::model::ChatMessage;
-    use web_node::net::chain::ChainOptions;
+    use web_node::net::chain::{AuditError, ChainOptions};
+    use web_node::trust::{Verdict, DELTA_LIMIT};
 
     let _serial = serial();
     let root = temp_dir("browser-kquant");
@@ -271,19 +273,39 @@ fn a_seeding_tab_serves_k_quant_blocks() {
     connected(&b);
     let tab = seeding(&b);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
-    let (out, hops) = rt.block_on(async {
+    let (out, hops, mut chain) = rt.block_on(async {
         let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
         let mut chain = chain(handle, &client, ChainOptions::default());
         let out = client.generate(&mut chain, &prompt, &opts, |_| {}).await;
         let hops = chain.hop_stats();
         chain.end().await.unwrap();
-        (out, hops)
+        (out, hops, chain)
     });
     let out = out.unwrap_or_else(|e| panic!("generation through the K-quant tab failed: {e}"));
     let (hop, _) = hops.iter().find(|(h, _)| h.blocks == (10..20)).expect("a [10, 20) hop");
     assert_eq!(hop.peer.to_string(), tab, "the [10, 20) hop is not the tab");
     assert_eq!(out.tokens, reference.tokens, "output through the K-quant tab differs from one process");
     eprintln!("through the K-quant tab: {:?}", out.text);
+
+    // An audit of the tab's hop, replayed on a CPU relay of [10, 20) that joins now: the
+    // honest drift between WebGPU (SwiftShader) and the CPU backend is under the limit.
+    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", "10..20", "--bootstrap", &boot]);
+    let outcome = rt.block_on(async {
+        let case = chain.audit_cases().iter().find(|c| c.hop.blocks == (10..20)).expect("the tab's hop").clone();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            match chain.audit(&case, case.receipts.len() - 1).await {
+                Err(AuditError::NoAuditor { .. }) if Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(300)).await
+                }
+                other => break other.expect("the audit of the tab runs"),
+            }
+        }
+    });
+    assert_eq!(outcome.verdict, Verdict::Passed, "{outcome:?}");
+    let worst = outcome.opinions[0].deviation.worst;
+    assert!(worst <= DELTA_LIMIT / 10.0, "the tab deviates by {worst:e}");
+    eprintln!("the tab's hop audited on a CPU relay over {} tokens: worst {worst:.2e}", outcome.tokens);
     drop(b);
     if std::env::var_os("AIT_KEEP_TEST_DIRS").is_none() {
         let _ = std::fs::remove_dir_all(root);
