@@ -8,7 +8,9 @@
 //! - the receipt work per hop per decode step (the node hashes and signs, the client hashes
 //!   and verifies) as a share of that step;
 //! - an audit of that hop's whole session (65 tokens replayed as one prefill) against the
-//!   session's decode time, and the work audits add to the swarm at a few rates.
+//!   session's decode time, and the work audits add to the swarm at a few rates;
+//! - a fraud report of that session: its size, and what encoding, decoding and checking it
+//!   cost, against the replay that recomputes it.
 //!
 //! Medians of 5 runs of each measurement.
 
@@ -20,7 +22,7 @@ use relay::bench::median;
 use serde_json::json;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{ModelFile, ModelId};
-use web_node::trust::{output_hash, InputChain, Receipt};
+use web_node::trust::{output_hash, FraudReport, InputChain, Receipt, SignedReceipt, SignedRun};
 
 /// Decode steps of the benchmarked session (after a one-token prefill).
 const SESSION: usize = 64;
@@ -39,6 +41,47 @@ fn per_call(n: usize, mut f: impl FnMut()) -> f64 {
         })
         .collect();
     median(&runs)
+}
+
+/// A fraud report of a one-token-per-step session of layers 10..20: the node answered
+/// `outputs` with noise of 1e-3 added and signed for it step by step; two auditors replayed
+/// the inputs as one prefill and answered `outputs`.
+fn fraud_report(inputs: &[f32], outputs: &[f32], dim: usize) -> FraudReport {
+    let tokens = inputs.len() / dim;
+    let signed = |key: &Keypair, session: u8, pos: usize, n: usize, chain: &InputChain, rows: &[f32]| {
+        let receipt = Receipt {
+            session: [session; 32],
+            model: ModelId([2; 32]),
+            start: 10,
+            end: 20,
+            pos: pos as u32,
+            n_tokens: n as u32,
+            inputs: chain.value(),
+            output: output_hash(rows),
+        };
+        SignedReceipt { signature: receipt.sign(key).unwrap(), receipt }
+    };
+    let liar = Keypair::generate_ed25519();
+    let claimed: Vec<f32> =
+        outputs.iter().enumerate().map(|(i, v)| v * (1.0 + 1e-3 * ((i % 7) as f32 - 3.0))).collect();
+    let mut chain = InputChain::new(&[1; 32]);
+    let receipts = (0..tokens)
+        .map(|t| {
+            chain.absorb(&inputs[t * dim..(t + 1) * dim], dim);
+            signed(&liar, 1, t, 1, &chain, &claimed[t * dim..(t + 1) * dim])
+        })
+        .collect();
+    let accused = SignedRun { node: liar.public().to_peer_id(), receipts, outputs: claimed };
+    let replays = (2..4u8)
+        .map(|session| {
+            let key = Keypair::generate_ed25519();
+            let mut chain = InputChain::new(&[session; 32]);
+            chain.absorb(inputs, dim);
+            let receipts = vec![signed(&key, session, 0, tokens, &chain, outputs)];
+            SignedRun { node: key.public().to_peer_id(), receipts, outputs: outputs.to_vec() }
+        })
+        .collect();
+    FraudReport { hidden: dim as u32, inputs: inputs.to_vec(), accused, replays }
 }
 
 fn main() {
@@ -77,18 +120,25 @@ fn main() {
     let layers = file.load_layers(10..20).expect("layers");
     let backend = web_node::engine::AnyBackend::cpu(config, 10..20, layers).expect("a CPU backend");
     let mut exec = BlockExecutor::new(backend, ExecutorConfig::default());
+    // The session's inputs (one row per token) and what the hop answered, kept for the
+    // fraud report below.
+    let input_row = |t: usize| -> Vec<f32> { row.iter().map(|v| v + t as f32 * 1e-3).collect() };
+    let mut session_outputs = Vec::with_capacity((SESSION + 1) * dim);
     let steps: Vec<f64> = pollster::block_on(async {
         let id = exec.open_session(512).unwrap();
-        exec.step(id, &row, 1).await.unwrap();
+        session_outputs.extend(exec.step(id, &input_row(0), 1).await.unwrap());
         let mut times = Vec::new();
-        for _ in 0..SESSION {
-            let t = Instant::now();
-            std::hint::black_box(exec.step(id, &row, 1).await.unwrap());
-            times.push(t.elapsed().as_secs_f64());
+        for t in 1..=SESSION {
+            let x = input_row(t);
+            let started = Instant::now();
+            let out = exec.step(id, &x, 1).await.unwrap();
+            times.push(started.elapsed().as_secs_f64());
+            session_outputs.extend(out);
         }
         exec.close_session(id).unwrap();
         times
     });
+    let session_inputs: Vec<f32> = (0..=SESSION).flat_map(input_row).collect();
     let step_s = median(&steps);
     // An audit of that hop's whole session: its inputs replayed as one prefill (other inputs
     // each run: the executor reuses the cache of a prefix it has seen).
@@ -109,6 +159,11 @@ fn main() {
     let audit_s = median(&audit_runs);
     let session_s: f64 = steps.iter().sum();
     let backend_name = exec.backend().name();
+    let report = fraud_report(&session_inputs, &session_outputs, dim);
+    let bytes = report.encode();
+    let encode_s = per_call(5, || drop(std::hint::black_box(report.encode())));
+    let decode_s = per_call(5, || drop(std::hint::black_box(FraudReport::decode(&bytes).unwrap())));
+    let check_s = per_call(5, || drop(std::hint::black_box(report.check().unwrap())));
     // The node hashes and signs; the client hashes and verifies.
     let receipt_s = 2.0 * hash_s + sign_s + verify_s;
     let out = json!({
@@ -124,6 +179,16 @@ fn main() {
             "replay_prefill_ms": audit_s * 1e3,
             "session_decode_ms": session_s * 1e3,
             "share_of_the_session": audit_s / session_s,
+        },
+        // What a relay that takes a fraud report of that session does before recomputing it
+        // (the recomputation is one replay, as above).
+        "fraud_report_of_the_session": {
+            "tokens": SESSION + 1,
+            "bytes": bytes.len(),
+            "encode_ms": encode_s * 1e3,
+            "decode_ms": decode_s * 1e3,
+            "check_ms": check_s * 1e3,
+            "check_share_of_the_replay": check_s / audit_s,
         },
         // Audits run after the answer, on another server: they add this much work to the
         // swarm per session at each rate (an upper bound: a drawn step replays on average
