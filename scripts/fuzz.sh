@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 
 SECS=${1:-1200}
 shift || true
-ALL=(frame protocol record session gguf safetensors parts tokenizer chat api)
+ALL=(frame protocol record report session gguf safetensors parts tokenizer chat api)
 TARGETS=("$@")
 [ ${#TARGETS[@]} -eq 0 ] && TARGETS=("${ALL[@]}")
 SAN=${AIT_FUZZ_SANITIZER:-none}

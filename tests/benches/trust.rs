@@ -22,7 +22,7 @@ use relay::bench::median;
 use serde_json::json;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{ModelFile, ModelId};
-use web_node::trust::{output_hash, FraudReport, InputChain, Receipt, SignedReceipt, SignedRun};
+use web_node::trust::{output_hash, FraudReport, InputChain, Receipt, SignedRun};
 
 /// Decode steps of the benchmarked session (after a one-token prefill).
 const SESSION: usize = 64;
@@ -48,37 +48,15 @@ fn per_call(n: usize, mut f: impl FnMut()) -> f64 {
 /// the inputs as one prefill and answered `outputs`.
 fn fraud_report(inputs: &[f32], outputs: &[f32], dim: usize) -> FraudReport {
     let tokens = inputs.len() / dim;
-    let signed = |key: &Keypair, session: u8, pos: usize, n: usize, chain: &InputChain, rows: &[f32]| {
-        let receipt = Receipt {
-            session: [session; 32],
-            model: ModelId([2; 32]),
-            start: 10,
-            end: 20,
-            pos: pos as u32,
-            n_tokens: n as u32,
-            inputs: chain.value(),
-            output: output_hash(rows),
-        };
-        SignedReceipt { signature: receipt.sign(key).unwrap(), receipt }
-    };
-    let liar = Keypair::generate_ed25519();
+    let model = ModelId([2; 32]);
     let claimed: Vec<f32> =
         outputs.iter().enumerate().map(|(i, v)| v * (1.0 + 1e-3 * ((i % 7) as f32 - 3.0))).collect();
-    let mut chain = InputChain::new(&[1; 32]);
-    let receipts = (0..tokens)
-        .map(|t| {
-            chain.absorb(&inputs[t * dim..(t + 1) * dim], dim);
-            signed(&liar, 1, t, 1, &chain, &claimed[t * dim..(t + 1) * dim])
-        })
-        .collect();
-    let accused = SignedRun { node: liar.public().to_peer_id(), receipts, outputs: claimed };
+    let liar = Keypair::generate_ed25519();
+    let accused = SignedRun::sign(&liar, [1; 32], model, 10..20, inputs, &claimed, &vec![1; tokens], dim).unwrap();
     let replays = (2..4u8)
-        .map(|session| {
+        .map(|s| {
             let key = Keypair::generate_ed25519();
-            let mut chain = InputChain::new(&[session; 32]);
-            chain.absorb(inputs, dim);
-            let receipts = vec![signed(&key, session, 0, tokens, &chain, outputs)];
-            SignedRun { node: key.public().to_peer_id(), receipts, outputs: outputs.to_vec() }
+            SignedRun::sign(&key, [s; 32], model, 10..20, inputs, outputs, &[tokens], dim).unwrap()
         })
         .collect();
     FraudReport { hidden: dim as u32, inputs: inputs.to_vec(), accused, replays }

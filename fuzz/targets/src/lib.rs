@@ -4,7 +4,7 @@
 //! functions, and so does the corpus replay (`tests/corpus.rs`), so a saved input replays
 //! through exactly the code that found it.
 //!
-//! Modules: [`net`] (frames, protocol messages, server records, session streams),
+//! Modules: [`net`] (frames, protocol messages, server records, fraud reports, session streams),
 //! [`model`] (GGUF, safetensors, parts, tokenizers, chat templates), `api` (the HTTP router,
 //! with the default `api` feature), [`tiny`] (the tiny in-memory model the targets serve),
 //! [`seeds`] (the seed corpora, built from real encodings).
@@ -22,7 +22,7 @@ pub mod tiny;
 #[cfg(feature = "api")]
 pub use api::api;
 pub use model::{chat, gguf, parts, safetensors, tokenizer};
-pub use net::{frame, protocol, record, session};
+pub use net::{frame, protocol, record, report, session};
 
 /// The body of a fuzz target.
 pub type Target = fn(&[u8]);
@@ -32,6 +32,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("frame", frame),
     ("protocol", protocol),
     ("record", record),
+    ("report", report),
     ("session", session),
     ("gguf", gguf),
     ("safetensors", safetensors),

@@ -1,5 +1,5 @@
 //! Targets for what arrives from the swarm: frames, protocol messages, signed server records,
-//! and whole session streams fed to a real [`Server`](web_node::net::serve::Server).
+//! fraud reports, and whole session streams fed to a real [`Server`](web_node::net::serve::Server).
 
 use std::pin::Pin;
 use std::sync::{Arc, OnceLock};
@@ -15,6 +15,7 @@ use web_node::net::frame::{read_frame, MAX_FRAME};
 use web_node::net::protocol::{Request, Response};
 use web_node::net::record::ServerRecord;
 use web_node::net::serve::Server;
+use web_node::trust::FraudReport;
 
 use crate::{split_first, tiny};
 
@@ -55,6 +56,21 @@ pub fn protocol(data: &[u8]) {
         let bytes = resp.encode();
         let again = Response::decode(&bytes).expect("an encoded response decodes");
         assert_eq!(again.encode(), bytes, "response changed over a round trip");
+    }
+}
+
+/// `FraudReport::decode`, then `check` on whatever decodes (and `judge` by each auditor's
+/// outputs on whatever checks); whatever decodes must encode to a report that decodes to
+/// itself.
+pub fn report(data: &[u8]) {
+    let Ok(report) = FraudReport::decode(data) else { return };
+    let bytes = report.encode();
+    let again = FraudReport::decode(&bytes).expect("an encoded report decodes");
+    assert_eq!(again.encode(), bytes, "a report changed over a round trip");
+    if report.check().is_ok() {
+        for replay in &report.replays {
+            let _ = report.judge(&replay.outputs);
+        }
     }
 }
 

@@ -8,9 +8,12 @@
 
 use std::path::Path;
 
+use libp2p::identity::Keypair;
+
 use bytes::Bytes;
 use web_node::model::gguf::writer::write;
 use web_node::model::gguf::{GgufFile, Value};
+use web_node::model::ModelId;
 use web_node::model::parts::{extract, Part};
 use web_node::net::frame::write_frame;
 use web_node::net::protocol::{ErrorCode, Request, Response, ServerStatus, PROTOCOL_VERSION};
@@ -118,6 +121,25 @@ fn responses() -> Vec<(&'static str, Response)> {
         ("hidden", Response::Hidden { n_tokens: 2, compute_us: 120, receipt: vec![9; 64], hidden: hidden(2) }),
         ("error", Response::Error { code: ErrorCode::Busy, message: "all 16 session slots are taken".into() }),
     ]
+}
+
+/// A fraud report of 3 tokens of width 8 from fixed keys: the accused added `lie` times
+/// each input to the honest outputs (in steps of 2 and 1 tokens); two auditors replayed the
+/// inputs as one prefill and answered honestly.
+fn fraud_report(lie: f32) -> web_node::trust::FraudReport {
+    use web_node::trust::{FraudReport, SignedRun};
+    let dim = 8;
+    let inputs: Vec<f32> = (0..3 * dim).map(|i| (i as f32 * 0.37).sin()).collect();
+    let honest: Vec<f32> = inputs.iter().map(|x| x + 0.5 * x.cos()).collect();
+    let claimed: Vec<f32> = inputs.iter().zip(&honest).map(|(x, h)| h + lie * x).collect();
+    let key = |b: u8| Keypair::ed25519_from_bytes([b; 32]).expect("32 bytes");
+    let model = ModelId([3; 32]);
+    let run = |b: u8, outputs: &[f32], steps: &[usize]| {
+        SignedRun::sign(&key(b), [b; 32], model, 2..4, &inputs, outputs, steps, dim).expect("signs")
+    };
+    let accused = run(1, &claimed, &[2, 1]);
+    let replays = vec![run(2, &honest, &[3]), run(3, &honest, &[3])];
+    FraudReport { hidden: dim as u32, inputs: inputs.clone(), accused, replays }
 }
 
 fn record_json() -> Vec<u8> {
@@ -247,6 +269,11 @@ pub fn all(default_model: Option<&Path>) -> Vec<Seed> {
     for (name, r) in &resps {
         add("protocol", &format!("response-{name}"), r.encode());
     }
+
+    // Fraud reports: one that checks (a node answered its inputs plus a hundredth, two
+    // auditors did not), and one whose auditors pass the node.
+    add("report", "convicting", fraud_report(0.01).encode());
+    add("report", "clearing", fraud_report(0.0).encode());
 
     // Records.
     let mut payload = vec![1u8];

@@ -104,3 +104,18 @@ fn api_seeds_generate() {
     let (status, _) = ait_fuzz_targets::api::call(&seed("api", "block")).expect("a request");
     assert_eq!(status, 200);
 }
+
+/// The report target's seeds reach past decoding: one report checks (so fuzzed reports get
+/// to `check` and `judge`), the other decodes and is refused by `check`.
+#[test]
+fn report_seeds_reach_the_check() {
+    use web_node::trust::{FraudReport, ReportError};
+    let seeds = ait_fuzz_targets::seeds::all(None);
+    let seed = |name: &str| {
+        let (_, _, bytes) = seeds.iter().find(|(t, n, _)| *t == "report" && n == name).expect("a report seed");
+        FraudReport::decode(bytes).expect("the seed decodes")
+    };
+    seed("convicting").check().expect("the convicting seed checks");
+    let refused = seed("clearing").check().expect_err("the clearing seed convicts nobody");
+    assert!(matches!(refused, ReportError::NoConviction(_)), "{refused}");
+}

@@ -47,6 +47,45 @@ pub struct SignedRun {
     pub outputs: Vec<f32>,
 }
 
+impl SignedRun {
+    /// `key`'s answers `outputs` to `inputs` (rows of width `dim`) in steps of `steps`
+    /// tokens, each signed as a node serving `layers` of `model` signs it in session
+    /// `session` (tests, benches and fuzz seeds build reports with it). `steps` must cover
+    /// the rows exactly.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sign(
+        key: &libp2p::identity::Keypair,
+        session: SessionNonce,
+        model: ModelId,
+        layers: Range<u32>,
+        inputs: &[f32],
+        outputs: &[f32],
+        steps: &[usize],
+        dim: usize,
+    ) -> Result<SignedRun, ReceiptError> {
+        let mut chain = InputChain::new(&session);
+        let mut at = 0;
+        let mut receipts = Vec::with_capacity(steps.len());
+        for &n in steps {
+            let rows = at * dim..(at + n) * dim;
+            chain.absorb(&inputs[rows.clone()], dim);
+            let receipt = Receipt {
+                session,
+                model,
+                start: layers.start,
+                end: layers.end,
+                pos: at as u32,
+                n_tokens: n as u32,
+                inputs: chain.value(),
+                output: output_hash(&outputs[rows]),
+            };
+            receipts.push(SignedReceipt { signature: receipt.sign(key)?, receipt });
+            at += n;
+        }
+        Ok(SignedRun { node: key.public().to_peer_id(), receipts, outputs: outputs.to_vec() })
+    }
+}
+
 /// What a [`SignedRun`] covers, as its receipts say.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -376,27 +415,7 @@ mod tests {
 
     /// `key`'s signed answers `outputs` to `inputs`, in steps of `steps` tokens.
     fn run(key: &Keypair, session: u8, inputs: &[f32], outputs: &[f32], steps: &[usize]) -> SignedRun {
-        let mut chain = InputChain::new(&[session; 32]);
-        let mut at = 0;
-        let receipts = steps
-            .iter()
-            .map(|&n| {
-                chain.absorb(&inputs[at * DIM..(at + n) * DIM], DIM);
-                let receipt = Receipt {
-                    session: [session; 32],
-                    model: ModelId([3; 32]),
-                    start: 2,
-                    end: 4,
-                    pos: at as u32,
-                    n_tokens: n as u32,
-                    inputs: chain.value(),
-                    output: output_hash(&outputs[at * DIM..(at + n) * DIM]),
-                };
-                at += n;
-                SignedReceipt { signature: receipt.sign(key).unwrap(), receipt }
-            })
-            .collect();
-        SignedRun { node: key.public().to_peer_id(), receipts, outputs: outputs.to_vec() }
+        SignedRun::sign(key, [session; 32], ModelId([3; 32]), 2..4, inputs, outputs, steps, DIM).unwrap()
     }
 
     /// A report of a node that added 1% to what its layers added, by auditors that did not;
