@@ -80,7 +80,8 @@ impl Verifier {
                 tokio::spawn(async move { spread(&node, &report, &except).await });
                 Answer::Convicted
             }
-            Ok(_) => Answer::Cleared,
+            Ok(j) if !j.lying_auditors.is_empty() => Answer::Cleared,
+            Ok(_) => Answer::Refused("the recomputation agreed with nobody; nobody was convicted".into()),
             Err(ReportRefused::Replayed(_)) => Answer::Known,
             Err(e) => Answer::Refused(e.to_string()),
         }

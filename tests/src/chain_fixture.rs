@@ -24,7 +24,7 @@ use web_node::model::{LlamaConfig, ModelFile, ModelId, WeightType};
 use web_node::net::chain::{probe_stream, ChainError, ChainOptions, Discovery, Found, Query, SwarmChain};
 use web_node::net::frame::{read_frame, write_frame, MAX_FRAME};
 use web_node::net::protocol::{ErrorCode, Request, Response};
-use web_node::net::serve::{BoxStream, ComputeLoop, ServeConfig, ServeLimits, Server};
+use web_node::net::serve::{BoxStream, ComputeHandle, ComputeLoop, ServeConfig, ServeLimits, Server};
 use web_node::trust::{output_hash, InputChain, Receipt};
 
 use crate::tiny_model::{TempDir, Tensor, TinyModel};
@@ -89,6 +89,24 @@ pub enum Fault {
     /// the noisy answer with the server's own key: a node that lies about its computation
     /// and stands by it. Only an audit (a recomputation elsewhere) catches it.
     Lie,
+    /// Answers every step with its input rows, unchanged, and signs for them.
+    Echo,
+    /// Answers each one-token step after the first with the previous step's output (states
+    /// from an earlier position), and signs for it.
+    Stale,
+}
+
+/// Weights a server runs instead of the model's own: the ways a node lies about its
+/// computation that change what it computes (it signs whatever it computed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Weights {
+    /// The middle layer of its span skipped: that layer's attention and MLP outputs are
+    /// zeroed, so it returns its input.
+    SkipLayer,
+    /// The model's weights in another quantization (Q8_0 instead of the fixture's F32).
+    OtherQuant,
+    /// Another model of the same shape (another seed).
+    OtherModel,
 }
 
 #[derive(Default)]
@@ -122,7 +140,8 @@ impl FaultState {
 struct TestServer {
     peer: PeerId,
     blocks: Range<usize>,
-    server: Arc<Server>,
+    /// The server (swapped for one of other weights by [`Fixture::with_weights`]).
+    server: Arc<Mutex<Arc<Server>>>,
     /// The server's key, which a lying proxy signs with.
     key: Keypair,
     state: Arc<FaultState>,
@@ -133,9 +152,9 @@ impl TestServer {
     fn connect(&self) -> BoxStream {
         let (chain_end, proxy_end) = tokio::io::duplex(1 << 20);
         let (proxy_server_end, server_end) = tokio::io::duplex(1 << 20);
-        let server = self.server.clone();
+        let server = self.server.lock().expect("server lock").clone();
         tokio::spawn(async move { server.serve_local(server_end.compat()).await });
-        let liar = Liar { key: self.key.clone(), open: None };
+        let liar = Liar { key: self.key.clone(), open: None, last: None };
         tokio::spawn(proxy(proxy_end.compat(), proxy_server_end.compat(), self.state.clone(), liar));
         Box::new(chain_end.compat())
     }
@@ -153,6 +172,8 @@ async fn freeze(_chain: Pipe, _server: Pipe) {
 struct Liar {
     key: Keypair,
     open: Option<(Receipt, InputChain)>,
+    /// The last row it answered ([`Fault::Stale`]).
+    last: Option<Vec<f32>>,
 }
 
 impl Liar {
@@ -185,15 +206,30 @@ impl Liar {
         }
     }
 
-    /// Adds the noise to `hidden` and signs it under `receipt`.
-    fn lie(&self, mut receipt: Receipt, hidden: &mut [f32], n_tokens: usize) -> Vec<u8> {
+    /// Makes `hidden` (the true answer to `input`) the lie of `fault` and signs it under
+    /// `receipt`.
+    fn lie(&mut self, fault: Fault, mut receipt: Receipt, input: &[f32], hidden: &mut Vec<f32>) -> Vec<u8> {
+        let n_tokens = receipt.n_tokens as usize;
         let dim = hidden.len() / n_tokens.max(1);
-        for row in hidden.chunks_mut(dim.max(1)) {
-            let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
-            for (i, v) in row.iter_mut().enumerate() {
-                *v += if i % 2 == 0 { 1e-3 * rms } else { -1e-3 * rms };
+        let truth_last = hidden[hidden.len().saturating_sub(dim)..].to_vec();
+        match fault {
+            Fault::Lie => {
+                for row in hidden.chunks_mut(dim.max(1)) {
+                    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
+                    for (i, v) in row.iter_mut().enumerate() {
+                        *v += if i % 2 == 0 { 1e-3 * rms } else { -1e-3 * rms };
+                    }
+                }
             }
+            Fault::Echo => *hidden = input.to_vec(),
+            Fault::Stale => {
+                if let (1, Some(last)) = (n_tokens, &self.last) {
+                    *hidden = last.clone();
+                }
+            }
+            _ => {}
         }
+        self.last = Some(truth_last);
         receipt.output = output_hash(hidden);
         receipt.sign(&self.key).expect("an ed25519 key signs")
     }
@@ -240,7 +276,9 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>, mut li
                 | Fault::BloatedStatus
                 | Fault::Tampered
                 | Fault::Unsigned
-                | Fault::Lie,
+                | Fault::Lie
+                | Fault::Echo
+                | Fault::Stale,
             )
             | None => {}
         }
@@ -277,11 +315,15 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>, mut li
                     reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
                 }
             }
-            Some(Fault::Lie) => {
-                if let (Ok(Response::Hidden { n_tokens, compute_us, mut hidden, .. }), Some(r)) =
-                    (Response::decode(&reply), signed)
+            Some(f @ (Fault::Lie | Fault::Echo | Fault::Stale)) => {
+                if let (Ok(Response::Hidden { n_tokens, compute_us, mut hidden, .. }), Some(r), Ok(req)) =
+                    (Response::decode(&reply), signed, Request::decode(&frame))
                 {
-                    let receipt = liar.lie(r, &mut hidden, n_tokens as usize);
+                    let input = match &req {
+                        Request::Step { hidden, .. } => hidden.as_slice(),
+                        _ => &[],
+                    };
+                    let receipt = liar.lie(f, r, input, &mut hidden);
                     reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
                 }
             }
@@ -379,6 +421,40 @@ impl Fixture {
         Fixture::serving(&path, MODEL, servers, dir)
     }
 
+    /// Like [`Fixture::new`], with server `i` running other `weights` for each `(i, weights)`
+    /// of `liars` (it announces the model's layers and signs what it computes).
+    pub fn with_weights(seed: u64, servers: &[(Range<usize>, f64)], liars: &[(usize, Weights)]) -> Fixture {
+        let fx = Fixture::new(seed, servers);
+        for &(i, weights) in liars {
+            let blocks = servers[i].0.clone();
+            let mut model = match weights {
+                Weights::OtherModel => tiny_model(seed + 1000),
+                _ => tiny_model(seed),
+            };
+            if weights == Weights::SkipLayer {
+                let mid = blocks.start + blocks.len() / 2;
+                for t in &mut model.tensors {
+                    let zero = ["self_attn.o_proj.weight", "mlp.down_proj.weight"]
+                        .iter()
+                        .any(|w| t.name == format!("model.layers.{mid}.{w}"));
+                    if zero {
+                        t.values.iter_mut().for_each(|v| *v = 0.0);
+                    }
+                }
+            }
+            let dtype = if weights == Weights::OtherQuant { WeightType::Q8_0 } else { WeightType::F32 };
+            let path = fx._dir.path().join(format!("liar-{i}.gguf"));
+            std::fs::write(&path, model.gguf(dtype)).expect("write the liar's model");
+            let file = ModelFile::open(&path).expect("open the liar's model");
+            let server = &fx.servers[i];
+            let backend = backend(&file, file.config(), blocks);
+            let (serve, handle) = compute(fx.id, backend, servers[i].1);
+            let replaced = Arc::new(Server::new(serve, handle, server.key.clone()));
+            *server.server.lock().expect("server lock") = replaced;
+        }
+        fx
+    }
+
     /// Like [`Fixture::new`], serving the model file at `path` as the model `id` (the
     /// fixture keeps `dir` until it is dropped).
     pub fn serving(path: &Path, id: ModelId, servers: &[(Range<usize>, f64)], dir: TempDir) -> Fixture {
@@ -388,17 +464,12 @@ impl Fixture {
         let servers = servers
             .iter()
             .map(|(blocks, ms_per_block)| {
-                let backend = backend(&file, &config, blocks.clone());
-                let mut serve = ServeConfig::for_backend(id, &backend, ServeLimits::default());
-                serve.ms_per_block = *ms_per_block;
-                let executor = BlockExecutor::new(backend, serve.limits.executor_config());
-                let (handle, compute) = ComputeLoop::new(executor, serve.limits.batch);
-                std::thread::spawn(move || futures::executor::block_on(compute.run()));
+                let (serve, handle) = compute(id, backend(&file, &config, blocks.clone()), *ms_per_block);
                 let key = Keypair::generate_ed25519();
                 TestServer {
                     peer: key.public().to_peer_id(),
                     blocks: blocks.clone(),
-                    server: Arc::new(Server::new(serve, handle, key.clone())),
+                    server: Arc::new(Mutex::new(Arc::new(Server::new(serve, handle, key.clone())))),
                     key,
                     state: Arc::default(),
                 }
@@ -492,6 +563,17 @@ impl Fixture {
     pub fn embed(&self, tokens: &[u32]) -> Vec<f32> {
         self.head.embed(tokens).expect("tokens in the vocabulary")
     }
+}
+
+/// A server's configuration announcing `ms_per_block` for model `id`, and the handle of a
+/// compute loop over `backend` (on a thread of its own).
+fn compute(id: ModelId, backend: CpuBackend, ms_per_block: f64) -> (ServeConfig, ComputeHandle) {
+    let mut serve = ServeConfig::for_backend(id, &backend, ServeLimits::default());
+    serve.ms_per_block = ms_per_block;
+    let executor = BlockExecutor::new(backend, serve.limits.executor_config());
+    let (handle, compute) = ComputeLoop::new(executor, serve.limits.batch);
+    std::thread::spawn(move || futures::executor::block_on(compute.run()));
+    (serve, handle)
 }
 
 fn backend(file: &ModelFile, config: &LlamaConfig, blocks: Range<usize>) -> CpuBackend {

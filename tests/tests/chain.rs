@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery};
+use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery, Weights};
 use web_node::client::LayerChain;
 use web_node::net::chain::{AuditError, ReportRefused};
 use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
@@ -409,6 +409,9 @@ async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgerie
         ("one auditor", forged(&|r| drop(r.replays.pop()))),
         ("the accused as its own auditor", forged(&|r| r.replays[1] = r.accused.clone())),
         ("an auditor's altered outputs", forged(&|r| r.replays[0].outputs[3] += 1.0)),
+        ("layers past the model", forged(&|r| r.accused.receipts.iter_mut().for_each(|x| x.receipt.end = 4000))),
+        ("another row width", forged(&|r| r.hidden = 1)),
+        ("inputs no model makes", forged(&|r| r.inputs[0] = 1e30)),
     ];
     for (what, forgery) in forgeries {
         let book = Reputation::new();
@@ -447,6 +450,57 @@ async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgerie
     });
     assert!(!book.rating(&fx.peer(1)).convicted);
     assert!(book.rating(&fx.peer(3)).convicted && book.rating(&fx.peer(4)).convicted);
+}
+
+/// Test 6a in process, every fault class: a middle server that skips a layer, runs other
+/// weights of another quantization or another model of the same shape, adds noise, returns
+/// its input, or answers decode steps with an earlier position's state (signing whatever it
+/// answers) passes every check a client makes while generating; an audit of its session
+/// judges it faulty (two auditors agree), convicts it in the client's book, and every later
+/// chain of that book routes around it and is exact; another client that recomputes the
+/// fraud report convicts it too.
+#[tokio::test]
+async fn every_fault_class_is_caught_by_an_audit_and_routed_around() {
+    let servers = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)];
+    let classes: [(&str, Option<Weights>, Option<Fault>); 6] = [
+        ("skip-layer", Some(Weights::SkipLayer), None),
+        ("other-quant", Some(Weights::OtherQuant), None),
+        ("other-weights", Some(Weights::OtherModel), None),
+        ("noise", None, Some(Fault::Lie)),
+        ("input-returned", None, Some(Fault::Echo)),
+        ("stale", None, Some(Fault::Stale)),
+    ];
+    for (class, weights, fault) in classes {
+        let fx = Fixture::with_weights(7, &servers, &weights.map(|w| (1, w)).into_iter().collect::<Vec<_>>());
+        let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
+        if let Some(f) = fault {
+            fx.set_fault(1, f, 0);
+        }
+        let book = Reputation::new();
+        let (mut chain, outs) = ended_run_with(&fx, ChainOptions { reputation: book.clone(), ..opts() }).await;
+        assert!(chain.recoveries().is_empty(), "{class}: noticed while generating");
+        assert_ne!(outs, reference, "{class}: the fault changed nothing");
+        let case = chain.audit_cases()[1].clone();
+        assert_eq!(case.hop.peer, fx.peer(1), "{class}");
+        let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
+        assert_eq!(outcome.verdict, Verdict::Faulty, "{class}: {outcome:?}");
+        let worst = outcome.opinions.iter().map(|o| o.deviation.worst).fold(f32::INFINITY, f32::min);
+        assert!(worst > DELTA_LIMIT, "{class}: {worst:e}");
+        eprintln!("{class}: judged faulty by {} auditors, mildest worst token {worst:.2e}", outcome.opinions.len());
+        assert!(book.rating(&fx.peer(1)).convicted, "{class}");
+        let mut next = fx.chain(ChainOptions { reputation: book.clone(), ..opts() });
+        let exact = outputs(&fx, &mut next).await.expect("the next chain runs");
+        next.end().await.expect("end");
+        assert_ne!(next.audit_cases()[1].hop.peer, fx.peer(1), "{class}: routed through the liar again");
+        assert_bits_equal(class, &exact, &reference);
+        // Another client recomputes the report on the spare the audit did not ask.
+        let report = outcome.report.clone().expect("a report");
+        let other_book = Reputation::new();
+        let mut other = fx.chain(ChainOptions { reputation: other_book.clone(), ..opts() });
+        let judgment = other.verify_report(&report).await.expect("the report is recomputed");
+        assert!(judgment.accused_faulty && judgment.lying_auditors.is_empty(), "{class}: {judgment:?}");
+        assert!(other_book.rating(&fx.peer(1)).convicted, "{class}");
+    }
 }
 
 /// An auditor that lies cannot get an honest node judged: its failing opinion calls for two

@@ -280,6 +280,11 @@ impl<'a> Reader<'a> {
         Ok(u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
     }
 
+    /// Bytes left to read.
+    pub(crate) fn left(&self) -> usize {
+        self.b.len()
+    }
+
     /// `n` f32 values (the length checked against what is left before allocating).
     pub(crate) fn f32s(&mut self, n: usize) -> Result<Vec<f32>, DecodeError> {
         let bytes = self.take(n.checked_mul(4).ok_or_else(|| self.err(format!("{n} values")))?)?;

@@ -161,7 +161,10 @@ pub fn check_run(
         if pos != at || n == 0 {
             return bad(format!("a receipt at position {pos} of {n} tokens after {at} tokens"));
         }
-        let rows = pos.checked_mul(dim).zip((pos + n).checked_mul(dim)).filter(|(_, end)| *end <= outputs.len());
+        let rows = pos
+            .checked_add(n)
+            .and_then(|end| pos.checked_mul(dim).zip(end.checked_mul(dim)))
+            .filter(|(_, end)| *end <= outputs.len());
         let Some((from, to)) = rows else {
             return bad(format!("{} tokens signed for, fewer answered", pos + n));
         };
@@ -379,8 +382,8 @@ impl FraudReport {
             let len = r.take(1)?[0] as usize;
             let node = PeerId::from_bytes(r.take(len)?).map_err(|e| ReportError::Malformed(format!("peer id: {e}")))?;
             let count = r.u32()? as usize;
-            // A receipt takes at least 144 bytes: refuse a count the rest cannot hold.
-            let mut receipts = Vec::with_capacity(count.min(bytes.len() / 144));
+            // A receipt takes at least 145 bytes: reserve no more than the rest can hold.
+            let mut receipts = Vec::with_capacity(count.min(r.left() / 145));
             for _ in 0..count {
                 let session: [u8; 32] = r.take(32)?.try_into().expect("32 bytes");
                 let model = ModelId(r.take(32)?.try_into().expect("32 bytes"));

@@ -15,10 +15,11 @@
 use libp2p::PeerId;
 
 use super::{ChainError, Discovery, SwarmChain};
+use crate::net::routing::Candidate;
 use crate::net::routing::Hop;
 use crate::trust::{
-    check_run, deviation, second_opinion_rank, AuditDraw, Deviation, Event, FraudReport, Judgment, ReportError,
-    SignedReceipt, SignedRun, Verdict, DELTA_LIMIT,
+    check_run, deviation, second_opinion_rank, AuditDraw, Checked, Deviation, Event, FraudReport, Judgment,
+    ReportError, SignedReceipt, SignedRun, Verdict, DELTA_LIMIT,
 };
 
 /// What the client kept of one hop of a sequence, for an audit: the node's receipts, the
@@ -258,7 +259,9 @@ impl<D: Discovery> SwarmChain<D> {
                 Ok(r) => r,
                 Err(e) => {
                     tracing::info!(%audited, %auditor, "an auditor could not replay: {e}");
-                    self.opts.reputation.record(auditor, Event::Failed);
+                    if Some(auditor) != self.discovery.local_peer() {
+                        self.opts.reputation.record(auditor, Event::Failed);
+                    }
                     failure = Some(e);
                     continue;
                 }
@@ -303,24 +306,81 @@ impl<D: Discovery> SwarmChain<D> {
         Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict, report })
     }
 
-    /// Acts on a fraud report someone sent: checks it ([`FraudReport::check`]), then
-    /// recomputes its span on a server of its layers that is neither the accused nor one of
-    /// the auditors (this node's own server when it holds them), and judges by that
+    /// Acts on a fraud report someone sent: checks first what costs nothing (its model, row
+    /// width and layers are this chain's, its inputs are sane hidden states), then the report
+    /// itself ([`FraudReport::check`]), then recomputes its span on a server of its layers
+    /// that the report does not involve: this node's own server when it holds them, else the
+    /// one routing would weigh cheapest (a record counts). It judges by that
     /// ([`FraudReport::judge`]): the accused is convicted in this node's reputation book when
     /// the recomputation fails it too, and each auditor whose signed outputs are off the
     /// recomputation is convicted (a report by colluding auditors convicts them, not the
-    /// node they framed). A report counts once. A report refused changes nothing.
+    /// node they framed). A recomputation that agrees with nobody (neither the accused nor
+    /// any auditor) convicts nobody: the verifier itself may be wrong. A report counts once.
+    /// A report refused, or one no server could recompute, changes nothing in the book.
     pub async fn verify_report(&mut self, report: &FraudReport) -> Result<Judgment, ReportRefused> {
-        let checked = report.check()?;
-        if checked.model != self.model {
-            return Err(ReportRefused::OtherModel(checked.model.short()));
+        let bad = |what: String| Err(ReportRefused::Report(ReportError::Evidence(what)));
+        let model = report.accused.receipts.first().map(|r| (r.receipt.model, r.receipt.start..r.receipt.end));
+        let Some((model, layers)) = model else { return bad("no receipts".into()) };
+        if model != self.model {
+            return Err(ReportRefused::OtherModel(model.short()));
         }
+        if report.hidden as usize != self.hidden {
+            return bad(format!("rows of width {}, this model's are {}", report.hidden, self.hidden));
+        }
+        if layers.start >= layers.end || layers.end as usize > self.n_layers {
+            return bad(format!("layers {}..{} of a {}-layer model", layers.start, layers.end, self.n_layers));
+        }
+        super::hop::check_hidden(&report.inputs, self.hidden)
+            .map_err(|e| ReportError::Evidence(format!("inputs: {e}")))?;
+        let checked = report.check()?;
         let id = hex::encode(&checked.id[..8]);
-        if self.opts.reputation.report_counted(&checked.id) {
+        // Counted now, so that copies arriving together are recomputed once; forgotten again
+        // if no server can recompute it.
+        if !self.opts.reputation.count_report(checked.id) {
             return Err(ReportRefused::Replayed(id));
         }
+        let verified = self.recompute(report, &checked).await;
+        let (judgment, verifier) = match verified {
+            Ok(v) => v,
+            Err(e) => {
+                self.opts.reputation.forget_report(&checked.id);
+                return Err(e);
+            }
+        };
+        tracing::warn!(
+            report = %id,
+            accused = %checked.accused,
+            %verifier,
+            faulty = judgment.accused_faulty,
+            lying_auditors = judgment.lying_auditors.len(),
+            "fraud report recomputed"
+        );
+        if judgment.accused_faulty && judgment.lying_auditors.len() == checked.auditors.len() {
+            tracing::warn!(report = %id, %verifier, "the recomputation agrees with nobody: nobody is convicted");
+            return Ok(Judgment { accused_faulty: false, lying_auditors: Vec::new(), ..judgment });
+        }
+        if judgment.accused_faulty {
+            self.ban(checked.accused);
+            self.opts.reputation.record(checked.accused, Event::Convicted);
+        }
+        for &auditor in &judgment.lying_auditors {
+            self.ban(auditor);
+            self.opts.reputation.record(auditor, Event::Convicted);
+        }
+        Ok(judgment)
+    }
+
+    /// Recomputes `report`'s span on a server of its layers that it does not involve (this
+    /// node's own first, then by routing weight); the judgment and who recomputed it. A
+    /// server that cannot is not held against it (the report's inputs may be what failed).
+    async fn recompute(
+        &mut self,
+        report: &FraudReport,
+        checked: &Checked,
+    ) -> Result<(Judgment, PeerId), ReportRefused> {
         let blocks = checked.layers.start as usize..checked.layers.end as usize;
         let involved: Vec<PeerId> = std::iter::once(checked.accused).chain(checked.auditors.iter().copied()).collect();
+        let local = self.discovery.local_peer();
         let mut found: Vec<_> = self
             .discover(blocks.clone(), false)
             .await
@@ -328,38 +388,22 @@ impl<D: Discovery> SwarmChain<D> {
             .into_iter()
             .filter(|(f, _)| !involved.contains(&f.candidate.peer) && f.candidate.blocks == blocks)
             .collect();
-        found.sort_by(|a, b| a.0.candidate.cost_ms().total_cmp(&b.0.candidate.cost_ms()));
+        let reputation = &self.opts.reputation;
+        found.sort_by_cached_key(|(f, _)| {
+            let c = &f.candidate;
+            let weight = Candidate { trust: reputation.trust(&c.peer), ..c.clone() }.route_cost_ms();
+            (Some(c.peer) != local, (weight * 1e3) as u64)
+        });
         let mut failure = None;
         for (f, stream) in found {
             let verifier = f.candidate.peer;
-            let replay = match self.replay(&f, stream, &report.inputs, checked.tokens).await {
-                Ok(r) => r,
+            match self.replay(&f, stream, &report.inputs, checked.tokens).await {
+                Ok(replay) => return Ok((report.judge(&replay.outputs)?, verifier)),
                 Err(e) => {
                     tracing::info!(%verifier, "could not recompute a fraud report: {e}");
-                    self.opts.reputation.record(verifier, Event::Failed);
                     failure = Some(e);
-                    continue;
                 }
-            };
-            let judgment = report.judge(&replay.outputs)?;
-            self.opts.reputation.count_report(checked.id);
-            tracing::warn!(
-                report = %id,
-                accused = %checked.accused,
-                %verifier,
-                faulty = judgment.accused_faulty,
-                lying_auditors = judgment.lying_auditors.len(),
-                "fraud report recomputed"
-            );
-            if judgment.accused_faulty {
-                self.ban(checked.accused);
-                self.opts.reputation.record(checked.accused, Event::Convicted);
             }
-            for &auditor in &judgment.lying_auditors {
-                self.ban(auditor);
-                self.opts.reputation.record(auditor, Event::Convicted);
-            }
-            return Ok(judgment);
         }
         let (peer, start, end) = (checked.accused, blocks.start, blocks.end);
         Err(ReportRefused::Unverified(failure.map_or(AuditError::NoAuditor { peer, start, end }, AuditError::Chain)))

@@ -604,8 +604,11 @@ impl<D: Discovery> SwarmChain<D> {
     /// [`ChainOptions::max_reroutes`] failures it becomes [`ChainError::GaveUp`].
     fn count_failure(&mut self, e: ChainError, failures: &mut usize) -> Result<ChainError, ChainError> {
         *failures += 1;
-        if let Some(p) = e.peer() {
-            self.fail(p);
+        match (e.peer(), &e) {
+            // A payment this client could not make is not the server's failure.
+            (Some(p), ChainError::Payment { .. }) => self.ban(p),
+            (Some(p), _) => self.fail(p),
+            (None, _) => {}
         }
         if *failures > self.opts.max_reroutes {
             return Err(ChainError::GaveUp { attempts: *failures, last: Box::new(e) });
