@@ -469,9 +469,14 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     None => None,
                 },
                 permits: tokio::sync::Semaphore::new(api_concurrency),
-                chain: match &settlement {
-                    Some(s) => s.chain_options(&o.settle)?,
-                    None => Default::default(),
+                chain: web_node::net::chain::ChainOptions {
+                    // Convictions outlive a restart: a liar stays out of the gateway's routes.
+                    reputation: web_node::trust::Reputation::open(&o.data_dir.join("reputation.redb"))
+                        .context("opening the reputation book")?,
+                    ..match &settlement {
+                        Some(s) => s.chain_options(&o.settle)?,
+                        None => Default::default(),
+                    }
                 },
                 audit: o.audit.clone(),
             };

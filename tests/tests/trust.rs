@@ -12,7 +12,7 @@ use web_node::engine::gpu::GpuContext;
 use web_node::model::ModelId;
 use web_node::net::chain::ChainOptions;
 use web_node::net::fraud::{send, Answer};
-use web_node::trust::{FraudReport, Verdict, DELTA_LIMIT};
+use web_node::trust::{FraudReport, Reputation, Verdict, DELTA_LIMIT};
 
 use relay::calibrate::{calibrate_generated, FAULTS};
 
@@ -146,7 +146,8 @@ async fn audited(
 /// middle layers, which recomputes it on its own server, convicts the node and passes the
 /// report on to the relay it is connected to, which recomputes and convicts in turn. The
 /// same report again counts once; a forged one and garbage are refused; a report by two
-/// auditors who framed an honest node is recomputed and clears it.
+/// auditors who framed an honest node is recomputed and clears it. The conviction is on the
+/// relay's disk when it has stopped.
 #[test]
 fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
     let root = temp_dir("trust-fraud");
@@ -158,7 +159,7 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
     let r1 = Relay::start(&root.join("r1"), &["--model", p, "--blocks", "2..4", "--bootstrap", &boot]);
     let (h0, h1) = (r0.http.clone().expect("r0's http"), r1.http.clone().expect("r1's http"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    rt.block_on(async {
+    let (liar, framed) = rt.block_on(async {
         let (fast, spare) = (0.1, 1.0);
         let servers = [(0..2, fast), (2..4, fast), (4..6, fast), (2..4, spare), (2..4, spare)];
         let report = audited(&path, manifest.id(), &servers, &[(1, Fault::Lie)]).await;
@@ -178,6 +179,7 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
         assert!(matches!(garbage, Answer::Refused(_)), "{garbage:?}");
         let cleared = send(&mut control, to, &framing.encode()).await.expect("the relay answers");
         assert_eq!(cleared, Answer::Cleared, "the framed node is cleared by recomputation");
+        (report.accused.node, framing.accused.node)
     });
     let counted = |http: &str, answer: &str| metric(http, "ait_fraud_reports_total", "answer", answer);
     assert_eq!(
@@ -194,5 +196,9 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(["convicted", "known", "refused", "cleared"].map(|a| counted(&h1, a)), [1.0, 0.0, 0.0, 0.0]);
     drop((r0, r1));
+    // The conviction outlives the relay: its book on disk holds the liar, not the framed node.
+    let book = Reputation::open(&root.join("r0").join("reputation.redb")).expect("the first relay's book");
+    assert!(book.rating(&liar).convicted && !book.rating(&framed).convicted);
+    drop(book);
     let _ = std::fs::remove_dir_all(root);
 }

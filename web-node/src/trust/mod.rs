@@ -21,4 +21,4 @@ pub use receipt::{
     output_hash, public_key_of, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,
 };
 pub use report::{check_run, Checked, FraudReport, Judgment, ReportError, SignedRun, Span};
-pub use reputation::{Event, Rating, Reputation};
+pub use reputation::{Event, Rating, Reputation, StoreError};

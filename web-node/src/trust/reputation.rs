@@ -161,15 +161,33 @@ struct Book {
 /// again convicts nobody new: its accused stays convicted).
 pub const MAX_REPORTS: usize = 100_000;
 
-/// A node's book of ratings, shared by every chain of the node (clones share it).
+/// A node's book of ratings, shared by every chain of the node (clones share it). Opened on
+/// a file ([`Reputation::open`]), it keeps its convictions there, so a node convicted before
+/// a restart stays convicted; the rest of a record is rebuilt from new events.
 #[derive(Clone, Default)]
 pub struct Reputation {
     book: Arc<Mutex<Book>>,
+    store: Option<Arc<redb::Database>>,
+}
+
+/// The convicted nodes a book keeps on disk: peer id bytes to when (unix seconds).
+const CONVICTED: redb::TableDefinition<&[u8], u64> = redb::TableDefinition::new("convicted");
+
+/// Why the book's file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("reputation store: {0}")]
+pub struct StoreError(#[from] redb::Error);
+
+fn store_error<E: Into<redb::Error>>(e: E) -> StoreError {
+    StoreError(e.into())
 }
 
 impl std::fmt::Debug for Reputation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reputation").field("nodes", &self.lock().nodes.len()).finish()
+        f.debug_struct("Reputation")
+            .field("nodes", &self.lock().nodes.len())
+            .field("stored", &self.store.is_some())
+            .finish()
     }
 }
 
@@ -179,9 +197,54 @@ impl std::fmt::Debug for Reputation {
 pub const MAX_NODES: usize = 100_000;
 
 impl Reputation {
-    /// An empty book.
+    /// An empty book, in memory.
     pub fn new() -> Reputation {
         Reputation::default()
+    }
+
+    /// A book that keeps its convictions in the database at `path` (created if missing),
+    /// starting with the nodes convicted there (at most [`MAX_NODES`]).
+    #[cfg(not(target_arch = "wasm32"))]
+    pub fn open(path: &std::path::Path) -> Result<Reputation, StoreError> {
+        use redb::{ReadableDatabase, ReadableTable};
+        let db = redb::Database::create(path).map_err(store_error)?;
+        let txn = db.begin_write().map_err(store_error)?;
+        txn.open_table(CONVICTED).map_err(store_error)?;
+        txn.commit().map_err(store_error)?;
+        let mut book = Book::default();
+        {
+            let txn = db.begin_read().map_err(store_error)?;
+            let table = txn.open_table(CONVICTED).map_err(store_error)?;
+            for entry in table.iter().map_err(store_error)?.take(MAX_NODES) {
+                let (peer, _) = entry.map_err(store_error)?;
+                match PeerId::from_bytes(peer.value()) {
+                    Ok(peer) => {
+                        let convicted = Rating::default().after(Event::Convicted);
+                        book.nodes.insert(peer, (convicted, Instant::now()));
+                    }
+                    Err(e) => tracing::warn!("a stored conviction names no peer: {e}"),
+                }
+            }
+        }
+        tracing::info!(convicted = book.nodes.len(), "reputation book opened at {}", path.display());
+        Ok(Reputation { book: Arc::new(Mutex::new(book)), store: Some(Arc::new(db)) })
+    }
+
+    /// Writes `peer`'s conviction to the book's file, if it has one.
+    fn store_conviction(&self, peer: &PeerId) {
+        let Some(db) = &self.store else { return };
+        let now = crate::settle::unix_s();
+        let written = (|| -> Result<(), StoreError> {
+            let txn = db.begin_write().map_err(store_error)?;
+            txn.open_table(CONVICTED)
+                .map_err(store_error)?
+                .insert(peer.to_bytes().as_slice(), now)
+                .map_err(store_error)?;
+            txn.commit().map_err(store_error)
+        })();
+        if let Err(e) = written {
+            tracing::warn!(%peer, "a conviction was not stored: {e}");
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -214,10 +277,13 @@ impl Reputation {
         }
         let (rating, at) = book.nodes.get(&peer).copied().unwrap_or((Rating::default(), Instant::now()));
         let now = rating.aged(at.elapsed().as_secs_f64() / 3600.0).after(event);
-        if event == Event::Convicted && !rating.convicted {
-            tracing::warn!(%peer, "convicted: left out of routes");
-        }
+        let newly_convicted = event == Event::Convicted && !rating.convicted;
         book.nodes.insert(peer, (now, Instant::now()));
+        drop(book);
+        if newly_convicted {
+            tracing::warn!(%peer, "convicted: left out of routes");
+            self.store_conviction(&peer);
+        }
     }
 
     /// Whether routing leaves `peer` out ([`Rating::excluded`]).
@@ -323,6 +389,28 @@ mod tests {
         assert!(mostly_failing.excluded(), "{mostly_failing:?}");
         // Time gives an excluded node (not a convicted one) another chance.
         assert!(!mostly_failing.aged(24.0 * 30.0).excluded());
+    }
+
+    #[test]
+    fn convictions_outlive_a_restart_and_the_rest_does_not() {
+        let dir = std::env::temp_dir().join(format!("ait-reputation-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("reputation.redb");
+        let (liar, served) = (PeerId::random(), PeerId::random());
+        {
+            let book = Reputation::open(&path).expect("a new book");
+            book.record(liar, Event::Convicted);
+            book.record(liar, Event::Convicted);
+            book.record(served, Event::Served);
+        }
+        let book = Reputation::open(&path).expect("the book again");
+        assert!(book.rating(&liar).convicted && book.excluded(&liar));
+        assert_eq!(book.rating(&served), Rating::default(), "only convictions are kept");
+        assert_eq!(book.ratings().len(), 1);
+        drop(book);
+        std::fs::write(&path, b"not a database").unwrap();
+        assert!(Reputation::open(&path).is_err(), "a file that is not a book is an error");
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]
