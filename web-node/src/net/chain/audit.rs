@@ -130,9 +130,7 @@ impl AuditCase {
             .map_err(|e| AuditError::Evidence(e.to_string()))?;
         Ok(tokens)
     }
-}
 
-impl AuditCase {
     /// The fraud report of a faulty verdict about this case's first `tokens` tokens: the
     /// inputs, the node's signed answers, and the signed replays of the auditors that failed
     /// it.
@@ -205,6 +203,20 @@ impl<D: Discovery> SwarmChain<D> {
         &self.last_audit
     }
 
+    /// The servers of exactly `blocks` but those in `except`, with their streams: who can
+    /// audit or recompute a span.
+    async fn others_of(
+        &mut self,
+        blocks: &std::ops::Range<usize>,
+        except: &[PeerId],
+    ) -> Result<Vec<(super::FoundServer, super::BoxStream)>, ChainError> {
+        let found = self.discover(blocks.clone(), false).await?;
+        Ok(found
+            .into_iter()
+            .filter(|(f, _)| !except.contains(&f.candidate.peer) && f.candidate.blocks == *blocks)
+            .collect())
+    }
+
     /// Replays `inputs` (`tokens` rows) as one prefill on the server `f` found, over `stream`
     /// (paid like any session): its signed answers.
     async fn replay(
@@ -236,12 +248,7 @@ impl<D: Discovery> SwarmChain<D> {
         let tokens = case.evidence(step, dim)?;
         let blocks = case.hop.blocks.clone();
         let audited = case.hop.peer;
-        let mut found: Vec<_> = self
-            .discover(blocks.clone(), false)
-            .await?
-            .into_iter()
-            .filter(|(f, _)| f.candidate.peer != audited && f.candidate.blocks == blocks)
-            .collect();
+        let mut found = self.others_of(&blocks, &[audited]).await?;
         let Some(fastest) =
             (0..found.len()).min_by(|&a, &b| found[a].0.candidate.cost_ms().total_cmp(&found[b].0.candidate.cost_ms()))
         else {
@@ -381,13 +388,7 @@ impl<D: Discovery> SwarmChain<D> {
         let blocks = checked.layers.start as usize..checked.layers.end as usize;
         let involved: Vec<PeerId> = std::iter::once(checked.accused).chain(checked.auditors.iter().copied()).collect();
         let local = self.discovery.local_peer();
-        let mut found: Vec<_> = self
-            .discover(blocks.clone(), false)
-            .await
-            .map_err(AuditError::Chain)?
-            .into_iter()
-            .filter(|(f, _)| !involved.contains(&f.candidate.peer) && f.candidate.blocks == blocks)
-            .collect();
+        let mut found = self.others_of(&blocks, &involved).await.map_err(AuditError::Chain)?;
         let reputation = &self.opts.reputation;
         found.sort_by_cached_key(|(f, _)| {
             let c = &f.candidate;
