@@ -11,13 +11,13 @@
 //! Routing uses two bounds of the rating, each two deviations from it:
 //! - the conservative score, rating minus two deviations ([`Rating::score`]), earns a node a
 //!   discount on its cost in routing ([`Reputation::trust`]) once it is above the reference:
-//!   a stranger scores 800 and earns none; about 5 clean sessions reach the reference, and
-//!   about 100 (or a record of 97% served) the full [`MAX_DISCOUNT`]. A new node is used
+//!   a stranger scores 800 and earns none; 5 clean sessions reach the reference, 100 earn
+//!   about 93% of [`MAX_DISCOUNT`], and a record of 99% served over 300 sessions all of it. A new node is used
 //!   where it is clearly the best, not trusted with much until it has a record;
 //! - the optimistic score, rating plus two deviations, excludes a node when it is under
 //!   [`FLOOR`] (the reference): this client is then about 95% sure the node fails more
-//!   sessions than it serves (5 failures in a row for a stranger; a record of under about
-//!   40% served for a known node).
+//!   sessions than it serves (5 failures in a row for a stranger; over 300 sessions, a
+//!   record of 30% served is out and one of 45% in).
 //!
 //! A node judged faulty (by a quorum of auditors, or by a checked fraud report) or an
 //! auditor the quorum overturned is convicted: its rating drops to 0 for good, and it is left
