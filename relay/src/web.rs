@@ -192,6 +192,7 @@ async fn chain(State(s): State<Arc<WebState>>) -> Response {
             "escrow": d.escrow,
             "registry": d.registry,
             "staking": d.staking,
+            "tribunal": d.tribunal,
             "treasury": d.treasury,
             "thaw_seconds": d.thaw_seconds,
             "confirmations": d.confirmations,

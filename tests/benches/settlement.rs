@@ -45,6 +45,8 @@ async fn run() -> serde_json::Value {
         ait_each: 1_000_000,
         thaw_seconds: 3600,
         unbonding_seconds: 7200,
+        appeal_seconds: 1800,
+        jury_seconds: 1200,
     };
     let chain = dev::start(&opts).await.expect("a dev chain");
     let d = chain.chain.deployment.clone();

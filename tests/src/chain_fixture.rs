@@ -25,7 +25,7 @@ use web_node::net::chain::{probe_stream, ChainError, ChainOptions, Discovery, Fo
 use web_node::net::frame::{read_frame, write_frame, MAX_FRAME};
 use web_node::net::protocol::{ErrorCode, Request, Response};
 use web_node::net::serve::{BoxStream, ComputeHandle, ComputeLoop, ServeConfig, ServeLimits, Server};
-use web_node::trust::{output_hash, InputChain, Receipt};
+use web_node::trust::{output_hash, InputChain, Receipt, Reputation};
 
 use crate::tiny_model::{TempDir, Tensor, TinyModel};
 
@@ -107,6 +107,54 @@ pub enum Weights {
     OtherQuant,
     /// Another model of the same shape (another seed).
     OtherModel,
+}
+
+/// One way a node lies about its computation and signs for it (issue 17's fault classes):
+/// other weights it runs, or a fault between it and the chain.
+#[derive(Clone, Copy, Debug)]
+pub struct FaultClass {
+    /// Its name in test output.
+    pub name: &'static str,
+    /// Other weights the liar runs.
+    pub weights: Option<Weights>,
+    /// A fault set on the liar from its first step.
+    pub fault: Option<Fault>,
+}
+
+/// Every fault class: a skipped layer, another quantization, another model of the same
+/// shape, noise of 1e-3, the input returned, states of an earlier position.
+pub const FAULT_CLASSES: [FaultClass; 6] = [
+    FaultClass { name: "skip-layer", weights: Some(Weights::SkipLayer), fault: None },
+    FaultClass { name: "other-quant", weights: Some(Weights::OtherQuant), fault: None },
+    FaultClass { name: "other-weights", weights: Some(Weights::OtherModel), fault: None },
+    FaultClass { name: "noise", weights: None, fault: Some(Fault::Lie) },
+    FaultClass { name: "input-returned", weights: None, fault: Some(Fault::Echo) },
+    FaultClass { name: "stale", weights: None, fault: Some(Fault::Stale) },
+];
+
+/// Chain options for the fixture: short timeouts, so that a frozen server costs well under a
+/// second, no payment, and a book of its own.
+pub fn quick_options() -> ChainOptions {
+    ChainOptions {
+        connect_timeout: Duration::from_millis(500),
+        step_timeout: Duration::from_millis(150),
+        timeout_factor: 10.0,
+        per_token_timeout: Duration::from_millis(10),
+        discovery_timeout: Duration::from_secs(1),
+        settle: Duration::from_millis(10),
+        ban: Duration::from_secs(60),
+        max_reroutes: 4,
+        max_wait: Duration::from_secs(1),
+        busy_factor: 3.0,
+        max_recovery: Duration::from_secs(30),
+        max_probes: 32,
+        allow_private_addrs: false,
+        payer: None,
+        ms_per_ait: 0.0,
+        on_queued: None,
+        on_route: None,
+        reputation: Reputation::new(),
+    }
 }
 
 #[derive(Default)]
@@ -451,6 +499,16 @@ impl Fixture {
             let (serve, handle) = compute(fx.id, backend, servers[i].1);
             let replaced = Arc::new(Server::new(serve, handle, server.key.clone()));
             *server.server.lock().expect("server lock") = replaced;
+        }
+        fx
+    }
+
+    /// Like [`Fixture::new`], with server `liar` lying in `class` from its first step.
+    pub fn lying(seed: u64, servers: &[(Range<usize>, f64)], liar: usize, class: FaultClass) -> Fixture {
+        let fx =
+            Fixture::with_weights(seed, servers, &class.weights.map(|w| (liar, w)).into_iter().collect::<Vec<_>>());
+        if let Some(f) = class.fault {
+            fx.set_fault(liar, f, 0);
         }
         fx
     }

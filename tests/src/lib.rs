@@ -9,10 +9,12 @@
 //! - [`browser`]: headless Chromium driven over WebDriver for the browser tests.
 //! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
 //!   injected faults, for the client chain's tests (`tests/tests/chain.rs`).
+//! - [`evm`]: transactions on a test's dev chain (refusals by name, the chain's clock).
 
 pub mod browser;
 pub mod candle_ref;
 pub mod chain_fixture;
+pub mod evm;
 pub mod paid;
 pub mod procs;
 pub mod requantize;

@@ -14,7 +14,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use ait_tests::chain_fixture::{Fault, Fixture, TestDiscovery, Weights};
+use ait_tests::chain_fixture::{quick_options, Fault, Fixture, TestDiscovery, FAULT_CLASSES};
 use web_node::client::LayerChain;
 use web_node::net::chain::{AuditError, ReportRefused};
 use web_node::net::chain::{ChainError, ChainOptions, Recovery, SwarmChain, MAX_HIDDEN_RMS};
@@ -36,26 +36,7 @@ const AFTER: usize = 2;
 
 /// Short timeouts, so that a frozen server costs well under a second.
 fn opts() -> ChainOptions {
-    ChainOptions {
-        connect_timeout: Duration::from_millis(500),
-        step_timeout: Duration::from_millis(150),
-        timeout_factor: 10.0,
-        per_token_timeout: Duration::from_millis(10),
-        discovery_timeout: Duration::from_secs(1),
-        settle: Duration::from_millis(10),
-        ban: Duration::from_secs(60),
-        max_reroutes: 4,
-        max_wait: Duration::from_secs(1),
-        busy_factor: 3.0,
-        max_recovery: Duration::from_secs(30),
-        max_probes: 32,
-        allow_private_addrs: false,
-        payer: None,
-        ms_per_ait: 0.0,
-        on_queued: None,
-        on_route: None,
-        reputation: Reputation::new(),
-    }
+    quick_options()
 }
 
 /// The outputs of a prefill of [`PROMPT`] and a decode step per token of [`DECODE`].
@@ -462,20 +443,10 @@ async fn a_fraud_report_convicts_the_liar_for_whoever_recomputes_it_and_forgerie
 #[tokio::test]
 async fn every_fault_class_is_caught_by_an_audit_and_routed_around() {
     let servers = [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)];
-    let classes: [(&str, Option<Weights>, Option<Fault>); 6] = [
-        ("skip-layer", Some(Weights::SkipLayer), None),
-        ("other-quant", Some(Weights::OtherQuant), None),
-        ("other-weights", Some(Weights::OtherModel), None),
-        ("noise", None, Some(Fault::Lie)),
-        ("input-returned", None, Some(Fault::Echo)),
-        ("stale", None, Some(Fault::Stale)),
-    ];
-    for (class, weights, fault) in classes {
-        let fx = Fixture::with_weights(7, &servers, &weights.map(|w| (1, w)).into_iter().collect::<Vec<_>>());
+    for c in FAULT_CLASSES {
+        let class = c.name;
+        let fx = Fixture::lying(7, &servers, 1, c);
         let reference = outputs(&fx, &mut fx.local_chain()).await.expect("the local chain runs");
-        if let Some(f) = fault {
-            fx.set_fault(1, f, 0);
-        }
         let book = Reputation::new();
         let (mut chain, outs) = ended_run_with(&fx, ChainOptions { reputation: book.clone(), ..opts() }).await;
         assert!(chain.recoveries().is_empty(), "{class}: noticed while generating");

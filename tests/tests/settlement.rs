@@ -5,6 +5,7 @@
 //! nothing; thaws, revocations, slashing and registry changes obey their rules; and the
 //! 70/20/10 split is exact to the unit over random amounts.
 
+use ait_tests::evm::{refused, sent, warp};
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
 use rand::{Rng, SeedableRng};
@@ -45,6 +46,8 @@ fn dev_opts() -> DevOpt {
         ait_each: 10_000,
         thaw_seconds: THAW,
         unbonding_seconds: UNBONDING,
+        appeal_seconds: 1800,
+        jury_seconds: 1200,
     }
 }
 
@@ -108,9 +111,7 @@ impl World {
 
     /// Moves the chain's clock forward and mines a block.
     async fn warp(&self, seconds: u64) {
-        let p = &self.dao.provider;
-        let _: serde_json::Value = p.raw_request("evm_increaseTime".into(), (seconds,)).await.unwrap();
-        let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
+        warp(&self.dao.provider, seconds).await
     }
 
     async fn earned(&self, who: Address) -> U256 {
@@ -153,19 +154,6 @@ impl World {
     /// Submits a redeem from `submitter`; the revert's name on failure.
     async fn redeem(&self, submitter: &Actor, v: &Voucher, sig: &Bytes) -> Result<(), String> {
         sent(submitter.escrow(self).redeem(v.into(), sig.clone()).send().await).await
-    }
-}
-
-/// Waits for a sent transaction; a refusal comes back as the contract error's text.
-async fn sent(r: relay::settle::Sent) -> Result<(), String> {
-    relay::settle::mined("call", r).await.map_err(|e| e.to_string())
-}
-
-#[track_caller]
-fn refused(r: Result<(), String>, error: &str) {
-    match r {
-        Ok(()) => panic!("expected {error}, but it went through"),
-        Err(e) => assert!(e.contains(error), "expected {error}, got {e}"),
     }
 }
 

@@ -35,6 +35,12 @@ sol!(
     Escrow,
     "../contracts/artifacts/Escrow.json"
 );
+sol!(
+    #[sol(rpc)]
+    #[derive(Debug)]
+    Tribunal,
+    "../contracts/artifacts/Tribunal.json"
+);
 
 /// Revert data named by the contract error it encodes (`NothingToCollect(..)`), if it is one
 /// of these contracts' errors.
@@ -47,6 +53,7 @@ fn contract_error(data: &[u8]) -> Option<String> {
         .or_else(|| decoded::<Staking::StakingErrors>(data))
         .or_else(|| decoded::<AIT::AITErrors>(data))
         .or_else(|| decoded::<Treasury::TreasuryErrors>(data))
+        .or_else(|| decoded::<Tribunal::TribunalErrors>(data))
 }
 
 /// A revert named by the contract error it carries (`NothingToCollect(..)`), else the

@@ -18,7 +18,7 @@ use anyhow::{bail, Context};
 use web_node::settle::{format_ait as ait, parse_ait, permit_vrs, token_domain, Permit, SessionKey};
 
 use super::bindings::{Escrow, ModelRegistry, Staking, AIT};
-use super::deploy::{deploy, DeployParams, Deployment, AIT_UNIT};
+use super::deploy::{deploy, DeployParams, Deployment, TribunalParams, AIT_UNIT};
 use super::dev::{wallet_provider, DevChain};
 use super::{latest_block, mined as send, ChainError};
 
@@ -190,7 +190,7 @@ pub struct DeployOpt {
     /// The DAO's address (default: this wallet).
     #[arg(long)]
     pub dao: Option<Address>,
-    /// Who may slash (default: none yet).
+    /// Who may slash besides the tribunal (default: nobody).
     #[arg(long)]
     pub arbiter: Option<Address>,
     /// AIT to mint to this wallet.
@@ -202,6 +202,13 @@ pub struct DeployOpt {
     /// Staking's unbonding period, seconds (longer than audit and escalation).
     #[arg(long, default_value_t = 14 * 24 * 3600)]
     pub unbonding_seconds: u64,
+    /// Seconds an accused node has to appeal a verdict.
+    #[arg(long, default_value_t = 3 * 24 * 3600)]
+    pub appeal_seconds: u64,
+    /// Seconds an appeal's jury has to be drawn, and then to rule (twice this plus the appeal
+    /// window must stay under the unbonding period).
+    #[arg(long, default_value_t = 2 * 24 * 3600)]
+    pub jury_seconds: u64,
     /// The keystore and its password.
     #[command(flatten)]
     pub args: WalletArgs,
@@ -278,11 +285,15 @@ pub fn deploy_cmd(o: DeployOpt) -> anyhow::Result<()> {
         arbiter: o.arbiter.unwrap_or(Address::ZERO),
         thaw_seconds: o.thaw_seconds,
         unbonding_seconds: o.unbonding_seconds,
+        tribunal: TribunalParams::standard(o.appeal_seconds, o.jury_seconds),
     };
     let d = runtime()?.block_on(deploy(&provider, &o.rpc, me, &params))?;
     d.save(&o.out)?;
     println!("deployed on chain {}: AIT {} escrow {} registry {}", d.chain_id, d.token, d.escrow, d.registry);
-    println!("staking {} treasury {}; written to {}", d.staking, d.treasury, o.out.display());
+    println!("staking {} treasury {} tribunal {}; written to {}", d.staking, d.treasury, d.tribunal, o.out.display());
+    if params.dao != me {
+        println!("the DAO must grant the tribunal staking's ARBITER_ROLE before anyone can be slashed");
+    }
     Ok(())
 }
 

@@ -6,7 +6,7 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::Provider;
 use serde::{Deserialize, Serialize};
 
-use super::bindings::{Escrow, ModelRegistry, Staking, Treasury, AIT};
+use super::bindings::{Escrow, ModelRegistry, Staking, Treasury, Tribunal, AIT};
 use super::ChainError;
 
 /// One AIT in its smallest unit (18 decimals).
@@ -19,13 +19,59 @@ pub struct DeployParams {
     pub supply: U256,
     /// The DAO: owner of the treasury and the registry, admin of staking.
     pub dao: Address,
-    /// Who may slash (the trust issue's audit quorum; zero for none yet).
+    /// Who may slash besides the tribunal (zero for nobody).
     pub arbiter: Address,
     /// Seconds a withdraw or a session key's revocation waits: longer than the audit window.
     pub thaw_seconds: u64,
     /// Seconds a stake takes to unbond: longer than the audit and escalation window.
     pub unbonding_seconds: u64,
+    /// The tribunal's settings.
+    pub tribunal: TribunalParams,
 }
+
+/// What the tribunal (`contracts/src/Tribunal.sol`) slashes and pays, and how long it waits.
+/// docs/ARCHITECTURE.md ("Slashing") shows why these amounts make cheating lose money.
+#[derive(Clone, Debug)]
+pub struct TribunalParams {
+    /// Bonded stake a judge or juror needs, smallest unit.
+    pub min_stake: U256,
+    /// Taken from a node found faulty.
+    pub slash: U256,
+    /// Taken from each judge a jury overturns.
+    pub judge_penalty: U256,
+    /// Paid to each judge or juror on the winning side (from the tribunal's own balance).
+    pub bounty: U256,
+    /// Seconds the accused has to appeal.
+    pub appeal_seconds: u64,
+    /// Seconds a jury has to be drawn, and then to rule.
+    pub jury_seconds: u64,
+}
+
+impl TribunalParams {
+    /// The amounts docs/ARCHITECTURE.md derives, with windows of `appeal_seconds` and
+    /// `jury_seconds` (their sum with a second jury window must stay under the unbonding
+    /// period, or the deployment fails).
+    pub fn standard(appeal_seconds: u64, jury_seconds: u64) -> TribunalParams {
+        let ait = |n: u64| U256::from(n) * U256::from(AIT_UNIT);
+        TribunalParams {
+            min_stake: ait(MIN_STAKE_AIT),
+            slash: ait(SLASH_AIT),
+            judge_penalty: ait(JUDGE_PENALTY_AIT),
+            bounty: ait(BOUNTY_AIT),
+            appeal_seconds,
+            jury_seconds,
+        }
+    }
+}
+
+/// Bonded AIT a judge or juror needs.
+pub const MIN_STAKE_AIT: u64 = 1_000;
+/// AIT a node found faulty loses.
+pub const SLASH_AIT: u64 = 1_000;
+/// AIT an overturned judge loses.
+pub const JUDGE_PENALTY_AIT: u64 = 500;
+/// AIT a judge or juror on the winning side is paid.
+pub const BOUNTY_AIT: u64 = 5;
 
 /// Where the contracts are: the file `ait chain dev` writes and nodes read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -44,6 +90,9 @@ pub struct Deployment {
     pub staking: Address,
     /// Deposits, allocations and vouchers.
     pub escrow: Address,
+    /// Verdicts, appeals and slashing (zero in a file written before it existed).
+    #[serde(default)]
+    pub tribunal: Address,
     /// The escrow's thaw period, in seconds.
     pub thaw_seconds: u64,
     /// Staking's unbonding period, in seconds.
@@ -86,8 +135,9 @@ pub(crate) fn save_json<T: Serialize>(value: &T, path: &Path) -> Result<(), Chai
     std::fs::rename(&tmp, path).map_err(|e| file_err(e.to_string()))
 }
 
-/// Deploys AIT, the treasury, the registry, staking and the escrow from the provider's
-/// wallet; `holder` receives the whole AIT supply.
+/// Deploys AIT, the treasury, the registry, staking, the escrow and the tribunal from the
+/// provider's wallet, `holder`, which receives the whole AIT supply. When that wallet is the
+/// DAO it grants the tribunal staking's ARBITER_ROLE; otherwise the DAO must.
 pub async fn deploy<P: Provider>(
     provider: &P,
     rpc: &str,
@@ -117,6 +167,31 @@ pub async fn deploy<P: Provider>(
         Escrow::deploy(provider, *token.address(), *registry.address(), *treasury.address(), params.thaw_seconds)
             .await
             .map_err(|e| ChainError::contract("deploy Escrow", &e))?;
+    let t = &params.tribunal;
+    let tribunal = Tribunal::deploy(
+        provider,
+        *staking.address(),
+        *token.address(),
+        t.min_stake,
+        t.slash,
+        t.judge_penalty,
+        t.bounty,
+        t.appeal_seconds,
+        t.jury_seconds,
+    )
+    .await
+    .map_err(|e| ChainError::contract("deploy Tribunal", &e))?;
+    if holder == params.dao {
+        let role = staking.ARBITER_ROLE().call().await.map_err(|e| ChainError::contract("ARBITER_ROLE", &e))?;
+        staking
+            .grantRole(role, *tribunal.address())
+            .send()
+            .await
+            .map_err(|e| ChainError::contract("Staking.grantRole", &e))?
+            .get_receipt()
+            .await
+            .map_err(|e| ChainError::pending("Staking.grantRole", e))?;
+    }
     Ok(Deployment {
         rpc: rpc.to_string(),
         chain_id,
@@ -125,6 +200,7 @@ pub async fn deploy<P: Provider>(
         treasury: *treasury.address(),
         staking: *staking.address(),
         escrow: *escrow.address(),
+        tribunal: *tribunal.address(),
         thaw_seconds: params.thaw_seconds,
         unbonding_seconds: params.unbonding_seconds,
         confirmations: default_confirmations(),

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::anvil::{Anvil, AnvilOpts};
 use super::bindings::AIT;
-use super::deploy::{deploy, load_json, save_json, DeployParams, Deployment, AIT_UNIT};
+use super::deploy::{deploy, load_json, save_json, DeployParams, Deployment, TribunalParams, AIT_UNIT};
 use super::ChainError;
 
 /// `ait chain ...`.
@@ -54,7 +54,16 @@ pub struct DevOpt {
     /// Staking's unbonding period in seconds (in production: longer than audit and escalation).
     #[arg(long, default_value_t = 7200)]
     pub unbonding_seconds: u64,
+    /// Seconds an accused node has to appeal a verdict (the tribunal's appeal window).
+    #[arg(long, default_value_t = 1800)]
+    pub appeal_seconds: u64,
+    /// Seconds an appeal's jury has to be drawn, and then to rule.
+    #[arg(long, default_value_t = 1200)]
+    pub jury_seconds: u64,
 }
+
+/// AIT the deployer gives the tribunal on a dev chain, to pay bounties from.
+pub const DEV_BOUNTY_FUND_AIT: u64 = 1_000;
 
 /// A dev account: a development chain's key is no secret, and the file says so.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +105,8 @@ pub struct RunningDevChain {
     pub chain: DevChain,
 }
 
-/// Starts anvil, deploys the contracts from the first dev account and gives every other
-/// account `opts.ait_each` AIT.
+/// Starts anvil, deploys the contracts from the first dev account, gives every other account
+/// `opts.ait_each` AIT and the tribunal [`DEV_BOUNTY_FUND_AIT`] for bounties.
 pub async fn start(opts: &DevOpt) -> Result<RunningDevChain, ChainError> {
     let anvil = Anvil::start(&AnvilOpts {
         host: opts.host.clone(),
@@ -124,14 +133,16 @@ pub async fn start(opts: &DevOpt) -> Result<RunningDevChain, ChainError> {
         arbiter: owner.address,
         thaw_seconds: opts.thaw_seconds,
         unbonding_seconds: opts.unbonding_seconds,
+        tribunal: TribunalParams::standard(opts.appeal_seconds, opts.jury_seconds),
     };
     let mut deployment = deploy(&provider, &anvil.rpc, owner.address, &params).await?;
     // Anvil mines a block per transaction and none in between: no depth ever grows.
     deployment.confirmations = 0;
     let token = AIT::new(deployment.token, &provider);
-    for account in &accounts[1..] {
+    let fund = (deployment.tribunal, U256::from(DEV_BOUNTY_FUND_AIT) * U256::from(AIT_UNIT));
+    for (to, amount) in accounts[1..].iter().map(|a| (a.address, each)).chain([fund]) {
         token
-            .transfer(account.address, each)
+            .transfer(to, amount)
             .send()
             .await
             .map_err(|e| ChainError::contract("AIT.transfer", &e))?
@@ -187,7 +198,7 @@ pub fn run(opt: ChainOpt) -> anyhow::Result<()> {
         let d = &running.chain.deployment;
         println!("chain: {} (chain id {})", d.rpc, d.chain_id);
         println!("AIT {}  escrow {}  registry {}", d.token, d.escrow, d.registry);
-        println!("staking {}  treasury {}", d.staking, d.treasury);
+        println!("staking {}  treasury {}  tribunal {}", d.staking, d.treasury, d.tribunal);
         println!(
             "{} dev accounts with {} AIT each: {}",
             running.chain.accounts.len(),

@@ -1,7 +1,8 @@
 //! Trust between nodes: what a node signs for each answer ([`receipt`]), how an auditor
 //! judges an answer for its layers ([`delta`]), which sessions are audited and what the
 //! auditors' opinions come to ([`audit`]), the evidence a faulty verdict leaves for others to
-//! check ([`report`]), and what each node's record is worth to routing ([`reputation`]).
+//! check ([`report`]), what each node's record is worth to routing ([`reputation`]), and the
+//! verdict a node signs for the chain's tribunal after recomputing a report ([`tribunal`]).
 //!
 //! An auditor recomputes a block range on the inputs a node was given and compares the two
 //! outputs by [`deviation`]: the error of what the block added to its input (the residual
@@ -14,6 +15,7 @@ pub mod delta;
 pub mod receipt;
 pub mod report;
 pub mod reputation;
+pub mod tribunal;
 
 pub use audit::{second_opinion_rank, AuditDraw, Verdict, MAX_OPINIONS, QUORUM};
 pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};

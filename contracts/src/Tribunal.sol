@@ -1,0 +1,374 @@
+// SPDX-License-Identifier: Apache-2.0
+pragma solidity ^0.8.28;
+
+import {IERC20} from "@openzeppelin/contracts/token/ERC20/IERC20.sol";
+import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {SignatureChecker} from "@openzeppelin/contracts/utils/cryptography/SignatureChecker.sol";
+import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol";
+
+/// @notice What the tribunal needs of `Staking`.
+interface IStakes {
+    /// @notice `node`'s bonded stake, unbonding amount and when that unbonds.
+    function stakeOf(address node) external view returns (uint256 staked, uint256 unbonding, uint64 unbondEnd);
+    /// @notice The libp2p peer id `node` bound.
+    function peerIdOf(address node) external view returns (bytes memory);
+    /// @notice Takes up to `amount` of `node`'s stake to the DAO fund.
+    function slash(address node, uint256 amount, bytes32 evidence) external returns (uint256 taken);
+    /// @notice Seconds between `unbond` and `withdraw`.
+    function unbondingPeriod() external view returns (uint64);
+}
+
+/// @title Slashing by verdict, with an appeal to a drawn jury
+/// @notice Holds `Staking`'s ARBITER_ROLE. A fraud report (see docs/ARCHITECTURE.md, "Fraud
+/// reports") is checked off chain by recomputing it; the nodes that recomputed it and found the
+/// accused faulty ("judges", staked, two or three, of other addresses than the accused) sign an
+/// EIP-712 `Verdict` naming the report's id, the accused's address and the peer id that address
+/// bound in `Staking`. Anyone submits the signatures with `accuse`. The accused may `appeal`
+/// within `appealWindow`: a jury of `JURY` enlisted, staked nodes other than the judges and the
+/// accused is then drawn from the hash of the block after the appeal, which neither side
+/// chooses; `JURY_MAJORITY` jurors' signed verdicts decide. A node found faulty (unappealed
+/// after the window, or by the jury) loses `slashAmount` of its stake to the DAO fund; a judge
+/// the jury overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival.
+/// Judges and jurors on the winning side are paid a fixed `bounty` from this contract's own
+/// balance (which the DAO funds), never a share of a slash. A jury that reaches no majority
+/// in `juryWindow` dismisses the case: nobody is slashed.
+contract Tribunal is EIP712, ReentrancyGuard {
+    using SafeERC20 for IERC20;
+
+    /// @notice Fewest judges an accusation needs.
+    uint256 public constant QUORUM = 2;
+    /// @notice Most judges an accusation may name.
+    uint256 public constant MAX_JUDGES = 3;
+    /// @notice Jurors drawn on appeal.
+    uint256 public constant JURY = 5;
+    /// @notice Jurors who must agree for a ruling.
+    uint256 public constant JURY_MAJORITY = 3;
+    /// @notice Draws tried per juror before the pool counts as too small.
+    uint256 private constant DRAW_TRIES = 8;
+
+    bytes32 private constant VERDICT_TYPEHASH =
+        keccak256("Verdict(bytes32 report,address accused,bytes accusedPeer,bool faulty)");
+
+    /// @notice Where a case stands.
+    enum Stage {
+        None,
+        Accused,
+        Appealed,
+        Drawn,
+        Closed
+    }
+
+    /// @notice How a case ended.
+    enum Outcome {
+        Open,
+        Slashed,
+        Overturned,
+        Dismissed
+    }
+
+    /// @notice One fraud report's case.
+    struct Case {
+        Stage stage;
+        Outcome outcome;
+        address accused;
+        /// keccak256 of the peer id the accused bound when accused.
+        bytes32 peerHash;
+        /// The end of the appeal window, then of the jury's.
+        uint64 deadline;
+        /// The block whose hash draws the jury.
+        uint64 seedBlock;
+        address[] judges;
+        address[] jury;
+    }
+
+    /// @notice Node identities and stakes.
+    IStakes public immutable staking;
+    /// @notice The AIT token (bounties are paid in it).
+    IERC20 public immutable token;
+    /// @notice Bonded stake a judge or juror needs.
+    uint256 public immutable minStake;
+    /// @notice Taken from a node found faulty.
+    uint256 public immutable slashAmount;
+    /// @notice Taken from each judge a jury overturns.
+    uint256 public immutable judgePenalty;
+    /// @notice Paid to each judge or juror on the winning side.
+    uint256 public immutable bounty;
+    /// @notice Seconds the accused has to appeal.
+    uint64 public immutable appealWindow;
+    /// @notice Seconds a jury has to be drawn, and then to rule.
+    uint64 public immutable juryWindow;
+
+    mapping(bytes32 report => Case) private _cases;
+    address[] private _pool;
+    mapping(address node => bool) private _enlisted;
+
+    /// @notice `judges` accused `accused` of the fraud in `report`; it may appeal until `deadline`.
+    event Accused(bytes32 indexed report, address indexed accused, address[] judges, uint64 deadline);
+    /// @notice The accused appealed; the hash of block `seedBlock` draws the jury.
+    event Appealed(bytes32 indexed report, uint64 seedBlock);
+    /// @notice The jury was drawn; it may rule until `deadline`.
+    event JuryDrawn(bytes32 indexed report, address[] jury, uint64 deadline);
+    /// @notice The case closed.
+    event Closed(bytes32 indexed report, Outcome outcome);
+    /// @notice `node` may now be drawn for juries.
+    event Enlisted(address indexed node);
+
+    /// @notice A case for this report exists already.
+    error CaseExists(bytes32 report);
+    /// @notice The case is not at the stage this needs.
+    error WrongStage(Stage stage);
+    /// @notice Too few or too many signatures, or lists of different lengths.
+    error Quorum(uint256 given, uint256 needed);
+    /// @notice The accused bound no peer id, or another.
+    error NotBound(address accused);
+    /// @notice A signature that is not this signer's verdict, or a signer who may not sign here.
+    error BadSigner(address signer);
+    /// @notice A signer without `minStake` bonded.
+    error NotStaked(address signer);
+    /// @notice Only the accused may appeal.
+    error NotAccused();
+    /// @notice Before the deadline.
+    error TooEarly(uint64 deadline);
+    /// @notice After the deadline.
+    error TooLate(uint64 deadline);
+    /// @notice Not enough eligible enlisted nodes for a jury.
+    error PoolTooSmall();
+    /// @notice A setting that leaves a slashed node time to leave, or a zero window.
+    error BadSettings();
+
+    /// @param staking_ node stakes (this contract needs its ARBITER_ROLE)
+    /// @param token_ the AIT token
+    /// @param minStake_ bonded stake a judge or juror needs
+    /// @param slashAmount_ taken from a faulty node
+    /// @param judgePenalty_ taken from an overturned judge
+    /// @param bounty_ paid to each judge or juror on the winning side
+    /// @param appealWindow_ seconds to appeal
+    /// @param juryWindow_ seconds to draw a jury, and then to rule
+    constructor(
+        IStakes staking_,
+        IERC20 token_,
+        uint256 minStake_,
+        uint256 slashAmount_,
+        uint256 judgePenalty_,
+        uint256 bounty_,
+        uint64 appealWindow_,
+        uint64 juryWindow_
+    ) EIP712("AI Torrent Tribunal", "1") {
+        // Stake unbonding when a case opens must still be there when it closes.
+        if (
+            appealWindow_ == 0 || juryWindow_ == 0 || minStake_ == 0
+                || uint256(appealWindow_) + 2 * uint256(juryWindow_) >= staking_.unbondingPeriod()
+        ) revert BadSettings();
+        staking = staking_;
+        token = token_;
+        minStake = minStake_;
+        slashAmount = slashAmount_;
+        judgePenalty = judgePenalty_;
+        bounty = bounty_;
+        appealWindow = appealWindow_;
+        juryWindow = juryWindow_;
+    }
+
+    /// @notice The EIP-712 digest a judge or juror signs.
+    function verdictDigest(bytes32 report, address accused, bytes32 peerHash, bool faulty)
+        public
+        view
+        returns (bytes32)
+    {
+        return _hashTypedDataV4(keccak256(abi.encode(VERDICT_TYPEHASH, report, accused, peerHash, faulty)));
+    }
+
+    /// @notice Opens the case of `report` against `accused` (whose bound peer id is
+    /// `accusedPeer`) with the faulty verdicts `sigs` of `judges`.
+    function accuse(
+        bytes32 report,
+        address accused,
+        bytes calldata accusedPeer,
+        address[] calldata judges,
+        bytes[] calldata sigs
+    ) external {
+        Case storage c = _cases[report];
+        if (c.stage != Stage.None) revert CaseExists(report);
+        if (judges.length != sigs.length || judges.length < QUORUM || judges.length > MAX_JUDGES) {
+            revert Quorum(judges.length, QUORUM);
+        }
+        bytes32 peerHash = keccak256(accusedPeer);
+        if (accusedPeer.length == 0 || keccak256(staking.peerIdOf(accused)) != peerHash) revert NotBound(accused);
+        bytes32 digest = verdictDigest(report, accused, peerHash, true);
+        for (uint256 i = 0; i < judges.length; i++) {
+            address judge = judges[i];
+            if (judge == accused) revert BadSigner(judge);
+            for (uint256 k = 0; k < i; k++) {
+                if (judges[k] == judge) revert BadSigner(judge);
+            }
+            if (!SignatureChecker.isValidSignatureNow(judge, digest, sigs[i])) revert BadSigner(judge);
+            if (!_staked(judge)) revert NotStaked(judge);
+        }
+        c.stage = Stage.Accused;
+        c.accused = accused;
+        c.peerHash = peerHash;
+        c.deadline = uint64(block.timestamp) + appealWindow;
+        c.judges = judges;
+        emit Accused(report, accused, judges, c.deadline);
+    }
+
+    /// @notice The accused demands a jury (within the appeal window).
+    function appeal(bytes32 report) external {
+        Case storage c = _cases[report];
+        if (c.stage != Stage.Accused) revert WrongStage(c.stage);
+        if (msg.sender != c.accused) revert NotAccused();
+        if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
+        c.stage = Stage.Appealed;
+        c.seedBlock = uint64(block.number + 1);
+        c.deadline = uint64(block.timestamp) + juryWindow;
+        emit Appealed(report, c.seedBlock);
+    }
+
+    /// @notice Makes the caller eligible for juries (while it keeps `minStake` bonded).
+    function enlist() external {
+        if (!_staked(msg.sender)) revert NotStaked(msg.sender);
+        if (_enlisted[msg.sender]) return;
+        _enlisted[msg.sender] = true;
+        _pool.push(msg.sender);
+        emit Enlisted(msg.sender);
+    }
+
+    /// @notice Draws the jury of an appealed case from the hash of its seed block; anyone may
+    /// call it once that block exists. Past 256 blocks the hash is gone: a later block is named.
+    function draw(bytes32 report) external {
+        Case storage c = _cases[report];
+        if (c.stage != Stage.Appealed) revert WrongStage(c.stage);
+        if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
+        if (block.number <= c.seedBlock) revert TooEarly(c.seedBlock);
+        bytes32 hash = blockhash(c.seedBlock);
+        if (hash == bytes32(0)) {
+            c.seedBlock = uint64(block.number + 1);
+            emit Appealed(report, c.seedBlock);
+            return;
+        }
+        bytes32 seed = keccak256(abi.encode(hash, report));
+        uint256 n = _pool.length;
+        address[] memory jury = new address[](JURY);
+        uint256 drawn = 0;
+        for (uint256 t = 0; t < JURY * DRAW_TRIES && drawn < JURY && n > 0; t++) {
+            address node = _pool[uint256(keccak256(abi.encode(seed, t))) % n];
+            if (_eligible(c, node, jury, drawn)) jury[drawn++] = node;
+        }
+        if (drawn < JURY) revert PoolTooSmall();
+        c.jury = jury;
+        c.stage = Stage.Drawn;
+        c.deadline = uint64(block.timestamp) + juryWindow;
+        emit JuryDrawn(report, jury, c.deadline);
+    }
+
+    /// @notice Rules on an appealed case with `JURY_MAJORITY` or more jurors' verdicts `faulty`.
+    function rule(bytes32 report, bool faulty, address[] calldata jurors, bytes[] calldata sigs)
+        external
+        nonReentrant
+    {
+        Case storage c = _cases[report];
+        if (c.stage != Stage.Drawn) revert WrongStage(c.stage);
+        if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
+        if (jurors.length != sigs.length || jurors.length < JURY_MAJORITY) {
+            revert Quorum(jurors.length, JURY_MAJORITY);
+        }
+        bytes32 digest = verdictDigest(report, c.accused, c.peerHash, faulty);
+        for (uint256 i = 0; i < jurors.length; i++) {
+            address juror = jurors[i];
+            if (!_isJuror(c, juror)) revert BadSigner(juror);
+            for (uint256 k = 0; k < i; k++) {
+                if (jurors[k] == juror) revert BadSigner(juror);
+            }
+            if (!SignatureChecker.isValidSignatureNow(juror, digest, sigs[i])) revert BadSigner(juror);
+        }
+        c.stage = Stage.Closed;
+        if (faulty) {
+            c.outcome = Outcome.Slashed;
+            staking.slash(c.accused, slashAmount, report);
+            _payAll(c.judges);
+        } else {
+            c.outcome = Outcome.Overturned;
+            for (uint256 i = 0; i < c.judges.length; i++) {
+                staking.slash(c.judges[i], judgePenalty, report);
+            }
+        }
+        _payAll(jurors);
+        emit Closed(report, c.outcome);
+    }
+
+    /// @notice Closes a case whose time ran out: unappealed, the accused is slashed and the
+    /// judges paid; appealed without a ruling, it is dismissed.
+    function execute(bytes32 report) external nonReentrant {
+        Case storage c = _cases[report];
+        if (c.stage == Stage.None || c.stage == Stage.Closed) revert WrongStage(c.stage);
+        if (block.timestamp < c.deadline) revert TooEarly(c.deadline);
+        if (c.stage == Stage.Accused) {
+            c.outcome = Outcome.Slashed;
+            c.stage = Stage.Closed;
+            staking.slash(c.accused, slashAmount, report);
+            _payAll(c.judges);
+        } else {
+            c.outcome = Outcome.Dismissed;
+            c.stage = Stage.Closed;
+        }
+        emit Closed(report, c.outcome);
+    }
+
+    /// @notice A case's stage, outcome, accused and deadline.
+    function caseOf(bytes32 report)
+        external
+        view
+        returns (Stage stage, Outcome outcome, address accused, uint64 deadline)
+    {
+        Case storage c = _cases[report];
+        return (c.stage, c.outcome, c.accused, c.deadline);
+    }
+
+    /// @notice A case's judges and (once drawn) jury.
+    function partiesOf(bytes32 report) external view returns (address[] memory judges, address[] memory jury) {
+        Case storage c = _cases[report];
+        return (c.judges, c.jury);
+    }
+
+    /// @notice How many nodes ever enlisted.
+    function poolSize() external view returns (uint256) {
+        return _pool.length;
+    }
+
+    function _staked(address node) private view returns (bool) {
+        (uint256 staked,,) = staking.stakeOf(node);
+        return staked >= minStake;
+    }
+
+    function _eligible(Case storage c, address node, address[] memory jury, uint256 drawn)
+        private
+        view
+        returns (bool)
+    {
+        if (node == c.accused) return false;
+        for (uint256 i = 0; i < c.judges.length; i++) {
+            if (c.judges[i] == node) return false;
+        }
+        for (uint256 i = 0; i < drawn; i++) {
+            if (jury[i] == node) return false;
+        }
+        return _staked(node);
+    }
+
+    function _isJuror(Case storage c, address node) private view returns (bool) {
+        for (uint256 i = 0; i < c.jury.length; i++) {
+            if (c.jury[i] == node) return true;
+        }
+        return false;
+    }
+
+    /// Pays each of `to` the bounty, as far as this contract's balance goes.
+    function _payAll(address[] memory to) private {
+        for (uint256 i = 0; i < to.length; i++) {
+            uint256 left = token.balanceOf(address(this));
+            uint256 amount = bounty < left ? bounty : left;
+            if (amount > 0) token.safeTransfer(to[i], amount);
+        }
+    }
+}

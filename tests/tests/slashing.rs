@@ -1,0 +1,426 @@
+//! Slashing (issue 17, deliverable 5) on a real `anvil`: fraud reports made by real audits of
+//! the in-process chain fixture (`ait_tests::chain_fixture`, a tiny model served by real
+//! servers, one of them lying), recomputed by judges who sign EIP-712 verdicts with their EVM
+//! keys (`web_node::trust::tribunal`), submitted to `contracts/src/Tribunal.sol`, which holds
+//! `Staking`'s arbiter role.
+//!
+//! - Every fault class: the liar's report, recomputed by two staked judges, slashes its
+//!   stake to the DAO fund once the appeal window has passed; the judges get their bounty.
+//! - Forged or misdirected verdicts slash nobody: one judge, an unstaked judge, the accused
+//!   as its own judge, a judge named twice, a signature that is not the named judge's, a
+//!   cleared verdict passed off as faulty, a verdict pointed at an address bound to another
+//!   peer, a replayed case, an appeal by anyone but the accused, an early execution.
+//! - Two staked sybils framing an honest node: the node appeals, the chain draws a jury from
+//!   the hash of a later block (sybils and accused excluded), the jurors recompute the report
+//!   and clear the node, and the sybils lose stake; a case the jury never rules on is
+//!   dismissed and moves no stake.
+
+use std::ops::Range;
+
+use ait_tests::chain_fixture::{quick_options, Fault, Fixture, FAULT_CLASSES};
+use ait_tests::evm::{mine, refused, sent, warp};
+use alloy::primitives::{Address, Bytes, B256, U256};
+use alloy::providers::DynProvider;
+use alloy::sol_types::SolStruct;
+use libp2p::PeerId;
+use relay::settle::bindings::{Staking, Tribunal, AIT};
+use relay::settle::deploy::{BOUNTY_AIT, JUDGE_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT};
+use relay::settle::dev::{self, DevOpt, RunningDevChain};
+use relay::settle::Deployment;
+use web_node::client::LayerChain;
+use web_node::settle::SessionKey;
+use web_node::trust::tribunal::{tribunal_domain, Verdict as Signed};
+use web_node::trust::{FraudReport, Verdict};
+
+const AIT: u128 = 1_000_000_000_000_000_000;
+const APPEAL: u64 = 1800;
+const JURY_WINDOW: u64 = 1200;
+
+const FAST: f64 = 0.01;
+const SPARE: f64 = 2.0;
+/// Three hops and three spares of the middle span: two audit, one recomputes for the judges.
+const SERVERS: [(Range<usize>, f64); 6] =
+    [(0..2, FAST), (2..4, FAST), (4..6, FAST), (2..4, SPARE), (2..4, SPARE), (2..4, SPARE)];
+const PROMPT: [u32; 5] = [3, 17, 42, 99, 7];
+const DECODE: [u32; 4] = [11, 64, 5, 120];
+
+/// Tribunal stages and outcomes, as the contract numbers them.
+const ACCUSED: u8 = 1;
+const CLOSED: u8 = 4;
+const SLASHED: u8 = 1;
+const OVERTURNED: u8 = 2;
+const DISMISSED: u8 = 3;
+
+fn ait(n: u64) -> U256 {
+    U256::from(n) * U256::from(AIT)
+}
+
+/// A dev account: its key (its EVM identity) and a provider that signs with it.
+struct Node {
+    key: SessionKey,
+    provider: DynProvider,
+}
+
+/// A dev chain with the contracts; `nodes[0]` deployed them and is the DAO.
+struct Court {
+    running: RunningDevChain,
+    nodes: Vec<Node>,
+}
+
+impl Court {
+    async fn start(accounts: u32) -> Court {
+        let opts = DevOpt {
+            out: "unused.json".into(),
+            host: "127.0.0.1".into(),
+            port: 0,
+            accounts,
+            ait_each: 20_000,
+            thaw_seconds: 3600,
+            unbonding_seconds: 7200,
+            appeal_seconds: APPEAL,
+            jury_seconds: JURY_WINDOW,
+        };
+        let running = dev::start(&opts).await.expect("a dev chain");
+        let rpc = running.chain.deployment.rpc.clone();
+        let nodes = running
+            .chain
+            .accounts
+            .iter()
+            .map(|a| Node {
+                key: SessionKey::from_bytes(a.key.as_slice()).unwrap(),
+                provider: dev::wallet_provider(&rpc, &a.key).unwrap(),
+            })
+            .collect();
+        Court { running, nodes }
+    }
+
+    fn d(&self) -> &Deployment {
+        &self.running.chain.deployment
+    }
+
+    fn tribunal(&self, i: usize) -> Tribunal::TribunalInstance<DynProvider> {
+        Tribunal::new(self.d().tribunal, self.nodes[i].provider.clone())
+    }
+
+    fn staking(&self, i: usize) -> Staking::StakingInstance<DynProvider> {
+        Staking::new(self.d().staking, self.nodes[i].provider.clone())
+    }
+
+    fn address(&self, i: usize) -> Address {
+        self.nodes[i].key.address()
+    }
+
+    fn domain(&self) -> alloy::sol_types::Eip712Domain {
+        tribunal_domain(self.d().chain_id, self.d().tribunal)
+    }
+
+    /// Node `i` stakes `amount` AIT.
+    async fn stake(&self, i: usize, amount: u64) {
+        let token = AIT::new(self.d().token, self.nodes[i].provider.clone());
+        sent(token.approve(self.d().staking, ait(amount)).send().await).await.expect("approve");
+        sent(self.staking(i).stake(ait(amount)).send().await).await.expect("stake");
+    }
+
+    /// Node `i` binds its address to `peer`.
+    async fn bind(&self, i: usize, peer: &PeerId) {
+        sent(self.staking(i).bind(Bytes::from(peer.to_bytes())).send().await).await.expect("bind");
+    }
+
+    async fn staked(&self, who: Address) -> U256 {
+        self.staking(0).stakeOf(who).call().await.unwrap().staked
+    }
+
+    async fn balance(&self, who: Address) -> U256 {
+        AIT::new(self.d().token, self.nodes[0].provider.clone()).balanceOf(who).call().await.unwrap()
+    }
+
+    /// Stakes and AIT balances of `who`, to check that nothing moved.
+    async fn holdings(&self, who: &[Address]) -> Vec<(U256, U256)> {
+        let mut out = vec![];
+        for &w in who {
+            out.push((self.staked(w).await, self.balance(w).await));
+        }
+        out
+    }
+
+    async fn stage(&self, report: B256) -> (u8, u8) {
+        let c = self.tribunal(0).caseOf(report).call().await.unwrap();
+        (c.stage, c.outcome)
+    }
+
+    /// Opens a case from node `from`.
+    async fn accuse(&self, from: usize, v: &Signed, judges: &[Address], sigs: &[Bytes]) -> Result<(), String> {
+        let call = self.tribunal(from);
+        let call = call.accuse(v.report, v.accused, v.accusedPeer.clone(), judges.to_vec(), sigs.to_vec());
+        sent(call.send().await).await
+    }
+}
+
+/// A session through the fixture, audited at its last step: the faulty verdict's report.
+async fn report_of(fx: &Fixture) -> FraudReport {
+    let mut chain = fx.chain(quick_options());
+    fx.outputs(&mut chain, &PROMPT, &DECODE).await.expect("the swarm chain runs");
+    chain.end().await.expect("end");
+    let case = chain.audit_cases()[1].clone();
+    let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
+    assert_eq!(outcome.verdict, Verdict::Faulty, "{outcome:?}");
+    outcome.report.expect("a faulty verdict leaves a report")
+}
+
+/// What node `i` of `court` signs after recomputing `report` itself (a chain with a book of
+/// its own, on a server the report does not involve), about the accused at `accused`.
+async fn judge(court: &Court, i: usize, fx: &Fixture, report: &FraudReport, accused: Address) -> (Signed, Bytes) {
+    let judgment = fx.chain(quick_options()).verify_report(report).await.expect("the report is recomputed");
+    let checked = report.check().expect("the report holds");
+    let verdict = Signed::of(&checked, &judgment, accused);
+    let sig = verdict.sign(&court.nodes[i].key, &court.domain()).unwrap();
+    (verdict, sig)
+}
+
+/// Test 6a's slashing, every fault class: two staked judges recompute the liar's report and
+/// sign; the tribunal takes the slash from its stake to the DAO fund once the appeal window
+/// has passed, and pays each judge its bounty (from its own fund, not the slash).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_fault_class_is_slashed_on_anvil_once_two_staked_judges_recompute_its_report() {
+    let court = Court::start(4).await;
+    let (liar, judges) = (1, [2, 3]);
+    court.stake(liar, 10 * SLASH_AIT).await;
+    for j in judges {
+        court.stake(j, MIN_STAKE_AIT).await;
+    }
+    let judge_addrs = judges.map(|j| court.address(j));
+    let treasury = court.d().treasury;
+
+    for (n, class) in FAULT_CLASSES.into_iter().enumerate() {
+        let fx = Fixture::lying(7, &SERVERS, 1, class);
+        let report = report_of(&fx).await;
+        court.bind(liar, &fx.peer(1)).await;
+        let mut verdicts = vec![];
+        for j in judges {
+            verdicts.push(judge(&court, j, &fx, &report, court.address(liar)).await);
+        }
+        let v = verdicts[0].0.clone();
+        assert!(v.faulty && verdicts.iter().all(|(w, _)| *w == v), "{}: {verdicts:?}", class.name);
+        if n == 0 {
+            // The contract hashes a verdict as web-node does.
+            let tribunal = court.tribunal(0);
+            let peer_hash = alloy::primitives::keccak256(&v.accusedPeer);
+            let digest = tribunal.verdictDigest(v.report, v.accused, peer_hash, true).call().await.unwrap();
+            assert_eq!(digest, v.eip712_signing_hash(&court.domain()));
+        }
+        let sigs: Vec<Bytes> = verdicts.iter().map(|(_, s)| s.clone()).collect();
+        court.accuse(0, &v, &judge_addrs, &sigs).await.unwrap_or_else(|e| panic!("{}: {e}", class.name));
+        assert_eq!(court.stage(v.report).await, (ACCUSED, 0), "{}", class.name);
+
+        let before = court.holdings(&[court.address(liar), treasury, judge_addrs[0], judge_addrs[1]]).await;
+        refused(sent(court.tribunal(0).execute(v.report).send().await).await, "TooEarly");
+        warp(&court.nodes[0].provider, APPEAL + 1).await;
+        sent(court.tribunal(0).execute(v.report).send().await).await.expect("execute");
+        let after = court.holdings(&[court.address(liar), treasury, judge_addrs[0], judge_addrs[1]]).await;
+        assert_eq!(court.stage(v.report).await, (CLOSED, SLASHED), "{}", class.name);
+        assert_eq!(before[0].0 - after[0].0, ait(SLASH_AIT), "{}: the liar's stake", class.name);
+        assert_eq!(after[1].1 - before[1].1, ait(SLASH_AIT), "{}: the DAO fund", class.name);
+        for k in 2..4 {
+            assert_eq!(after[k].1 - before[k].1, ait(BOUNTY_AIT), "{}: a judge's bounty", class.name);
+            assert_eq!(after[k].0, before[k].0, "{}: a judge's stake", class.name);
+        }
+        eprintln!("{}: slashed {SLASH_AIT} AIT on anvil", class.name);
+    }
+    assert_eq!(court.staked(court.address(liar)).await, ait(10 * SLASH_AIT - 6 * SLASH_AIT));
+}
+
+/// An accusation that must be refused: what it is, the verdict, its judges and their
+/// signatures, and the contract error expected.
+type Forgery = (&'static str, Signed, Vec<Address>, Vec<Bytes>, &'static str);
+
+/// Test 6c's slashing: verdicts that are forged, unstaked, misdirected or replayed, and
+/// calls out of turn, are refused and move no stake; the true accusation then slashes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
+    let court = Court::start(7).await;
+    let (liar, j1, j2, unstaked, poor, other) = (1, 2, 3, 4, 5, 6);
+    court.stake(liar, 5 * SLASH_AIT).await;
+    court.stake(j1, MIN_STAKE_AIT).await;
+    court.stake(j2, MIN_STAKE_AIT).await;
+    court.stake(poor, MIN_STAKE_AIT - 1).await;
+    let noise = FAULT_CLASSES.into_iter().find(|c| c.fault == Some(Fault::Lie)).unwrap();
+    let fx = Fixture::lying(7, &SERVERS, 1, noise);
+    let report = report_of(&fx).await;
+    court.bind(liar, &fx.peer(1)).await;
+    court.bind(other, &fx.peer(0)).await;
+    let accused = court.address(liar);
+    let (v, s1) = judge(&court, j1, &fx, &report, accused).await;
+    let (_, s2) = judge(&court, j2, &fx, &report, accused).await;
+    let sign = |i: usize, v: &Signed| v.sign(&court.nodes[i].key, &court.domain()).unwrap();
+    let a = |i: usize| court.address(i);
+    let everyone: Vec<Address> = (0..7).map(a).chain([court.d().treasury]).collect();
+    let start = court.holdings(&everyone).await;
+
+    let cleared = Signed { faulty: false, ..v.clone() };
+    let at_other = Signed { accused: a(other), ..v.clone() };
+    let cases: Vec<Forgery> = vec![
+        ("one judge", v.clone(), vec![a(j1)], vec![s1.clone()], "Quorum"),
+        ("four judges", v.clone(), vec![a(j1), a(j2), a(poor), a(0)], vec![s1.clone(); 4], "Quorum"),
+        ("an unstaked judge", v.clone(), vec![a(j1), a(unstaked)], vec![s1.clone(), sign(unstaked, &v)], "NotStaked"),
+        ("a judge under the minimum", v.clone(), vec![a(j1), a(poor)], vec![s1.clone(), sign(poor, &v)], "NotStaked"),
+        ("the accused as judge", v.clone(), vec![a(j1), accused], vec![s1.clone(), sign(liar, &v)], "BadSigner"),
+        ("a judge twice", v.clone(), vec![a(j1), a(j1)], vec![s1.clone(), s1.clone()], "BadSigner"),
+        ("another's signature", v.clone(), vec![a(j1), a(j2)], vec![s1.clone(), sign(unstaked, &v)], "BadSigner"),
+        (
+            "a cleared verdict as faulty",
+            v.clone(),
+            vec![a(j1), a(j2)],
+            vec![s1.clone(), sign(j2, &cleared)],
+            "BadSigner",
+        ),
+        (
+            "an address bound to another peer",
+            at_other.clone(),
+            vec![a(j1), a(j2)],
+            vec![sign(j1, &at_other), sign(j2, &at_other)],
+            "NotBound",
+        ),
+    ];
+    for (what, verdict, judges, sigs, error) in cases {
+        let r = court.accuse(0, &verdict, &judges, &sigs).await;
+        assert!(matches!(&r, Err(e) if e.contains(error)), "{what}: expected {error}, got {r:?}");
+    }
+    assert_eq!(court.stage(v.report).await, (0, 0), "a refused accusation opened a case");
+    assert_eq!(court.holdings(&everyone).await, start, "a refused accusation moved AIT");
+
+    court.accuse(unstaked, &v, &[a(j1), a(j2)], &[s1.clone(), s2.clone()]).await.expect("the true accusation");
+    refused(court.accuse(0, &v, &[a(j1), a(j2)], &[s1.clone(), s2.clone()]).await, "CaseExists");
+    refused(sent(court.tribunal(j1).appeal(v.report).send().await).await, "NotAccused");
+    refused(sent(court.tribunal(0).execute(v.report).send().await).await, "TooEarly");
+    refused(sent(court.tribunal(0).draw(v.report).send().await).await, "WrongStage");
+    assert_eq!(court.holdings(&everyone).await, start, "an open case moved AIT");
+    warp(&court.nodes[0].provider, APPEAL + 1).await;
+    refused(sent(court.tribunal(liar).appeal(v.report).send().await).await, "TooLate");
+    sent(court.tribunal(0).execute(v.report).send().await).await.expect("execute");
+    refused(sent(court.tribunal(0).execute(v.report).send().await).await, "WrongStage");
+    let end = court.holdings(&everyone).await;
+    assert_eq!(start[liar].0 - end[liar].0, ait(SLASH_AIT));
+    assert_eq!(end[7].1 - start[7].1, ait(SLASH_AIT), "the DAO fund");
+    for i in [0, unstaked, poor, other] {
+        assert_eq!(end[i], start[i], "account {i}");
+    }
+}
+
+/// Test 6c's sybils: two staked nodes sign faulty verdicts on a report that frames an honest
+/// node (they are its auditors and lied). The node appeals; the chain draws a jury from the
+/// hash of the block after the appeal, never a judge or the accused; the jurors recompute
+/// the report, clear the node, and their majority overturns the verdict: each sybil loses
+/// its penalty to the DAO fund, the node keeps its stake. A case the jury never rules on is
+/// dismissed and moves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and_lose_stake() {
+    let court = Court::start(11).await;
+    let (honest, sybils, jurors) = (1, [2, 3], 4..11);
+    court.stake(honest, 5 * SLASH_AIT).await;
+    for i in sybils.into_iter().chain(jurors.clone()) {
+        court.stake(i, MIN_STAKE_AIT).await;
+        sent(court.tribunal(i).enlist().send().await).await.expect("enlist");
+    }
+    refused(sent(court.tribunal(0).enlist().send().await).await, "NotStaked");
+    assert_eq!(court.tribunal(0).poolSize().call().await.unwrap(), U256::from(2 + jurors.len()));
+
+    // The middle node is honest; two of its spares lie alike and audit it.
+    let fx = Fixture::new(7, &SERVERS);
+    fx.set_fault(3, Fault::Lie, 0);
+    fx.set_fault(4, Fault::Lie, 0);
+    fx.set_fault(5, Fault::Freeze, 0);
+    let report = report_of(&fx).await;
+    fx.clear_fault(5);
+    court.bind(honest, &fx.peer(1)).await;
+    let checked = report.check().expect("the framing report holds up to recomputation");
+    let accused = court.address(honest);
+    let framing = Signed::of(
+        &checked,
+        &web_node::trust::Judgment { accused_faulty: true, worst: checked.worst, lying_auditors: vec![] },
+        accused,
+    );
+    let sybil_addrs = sybils.map(|s| court.address(s));
+    let sybil_sigs: Vec<Bytes> =
+        sybils.iter().map(|&s| framing.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    court.accuse(sybils[0], &framing, &sybil_addrs, &sybil_sigs).await.expect("the sybils' accusation");
+    let everyone: Vec<Address> = (0..11).map(|i| court.address(i)).chain([court.d().treasury]).collect();
+    let start = court.holdings(&everyone).await;
+
+    sent(court.tribunal(honest).appeal(framing.report).send().await).await.expect("appeal");
+    refused(sent(court.tribunal(0).draw(framing.report).send().await).await, "TooEarly");
+    mine(&court.nodes[0].provider).await;
+    sent(court.tribunal(0).draw(framing.report).send().await).await.expect("draw");
+    let jury = court.tribunal(0).partiesOf(framing.report).call().await.unwrap().jury;
+    assert_eq!(jury.len(), 5);
+    let juror_index = |addr: &Address| jurors.clone().find(|&i| court.address(i) == *addr);
+    assert!(jury.iter().all(|j| juror_index(j).is_some()), "a judge or the accused was drawn: {jury:?}");
+    let mut distinct = jury.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 5, "a juror drawn twice");
+    let left_out = jurors.clone().find(|&i| !jury.contains(&court.address(i))).expect("one enlisted juror not drawn");
+
+    // Each juror recomputes the report and clears the node.
+    let mut cleared = vec![];
+    for addr in &jury[..3] {
+        let i = juror_index(addr).unwrap();
+        let (v, sig) = judge(&court, i, &fx, &report, accused).await;
+        assert!(!v.faulty, "juror {i} convicted the honest node");
+        cleared.push((*addr, sig));
+    }
+    let verdict = Signed { faulty: false, ..framing.clone() };
+    let rule = |who: Vec<Address>, sigs: Vec<Bytes>, faulty: bool| {
+        let t = court.tribunal(0);
+        async move { sent(t.rule(framing.report, faulty, who, sigs).send().await).await }
+    };
+    let (addrs, sigs): (Vec<Address>, Vec<Bytes>) = cleared.iter().cloned().unzip();
+    refused(rule(addrs[..2].to_vec(), sigs[..2].to_vec(), false).await, "Quorum");
+    let outsider = verdict.sign(&court.nodes[left_out].key, &court.domain()).unwrap();
+    refused(
+        rule(
+            vec![addrs[0], addrs[1], court.address(left_out)],
+            vec![sigs[0].clone(), sigs[1].clone(), outsider],
+            false,
+        )
+        .await,
+        "BadSigner",
+    );
+    let sybil_vote = verdict.sign(&court.nodes[sybils[0]].key, &court.domain()).unwrap();
+    refused(
+        rule(vec![addrs[0], addrs[1], sybil_addrs[0]], vec![sigs[0].clone(), sigs[1].clone(), sybil_vote], false).await,
+        "BadSigner",
+    );
+    refused(rule(addrs.clone(), sigs.clone(), true).await, "BadSigner");
+    assert_eq!(court.holdings(&everyone).await, start, "a refused ruling moved AIT");
+    rule(addrs.clone(), sigs.clone(), false).await.expect("the jury's ruling");
+    assert_eq!(court.stage(framing.report).await, (CLOSED, OVERTURNED));
+    let end = court.holdings(&everyone).await;
+    assert_eq!(end[honest], start[honest], "the honest node lost nothing");
+    for s in sybils {
+        assert_eq!(start[s].0 - end[s].0, ait(JUDGE_PENALTY_AIT), "sybil {s}'s stake");
+    }
+    assert_eq!(end[11].1 - start[11].1, ait(2 * JUDGE_PENALTY_AIT), "the DAO fund");
+    for addr in &addrs {
+        let i = juror_index(addr).unwrap();
+        assert_eq!(end[i].1 - start[i].1, ait(BOUNTY_AIT), "juror {i}'s bounty");
+    }
+
+    // Under the minimum stake now, the sybils cannot judge until they stake again. Accused
+    // of a report nobody can show, the node appeals; no jury is drawn in time and the case is
+    // dismissed: nobody is slashed.
+    let invented = Signed { report: B256::repeat_byte(0x42), ..framing.clone() };
+    let sigs: Vec<Bytes> =
+        sybils.iter().map(|&s| invented.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    refused(court.accuse(0, &invented, &sybil_addrs, &sigs).await, "NotStaked");
+    for s in sybils {
+        court.stake(s, JUDGE_PENALTY_AIT).await;
+    }
+    court.accuse(0, &invented, &sybil_addrs, &sigs).await.expect("an accusation the chain cannot check");
+    sent(court.tribunal(honest).appeal(invented.report).send().await).await.expect("appeal");
+    let before = court.holdings(&everyone).await;
+    warp(&court.nodes[0].provider, JURY_WINDOW + 1).await;
+    refused(sent(court.tribunal(0).draw(invented.report).send().await).await, "TooLate");
+    sent(court.tribunal(0).execute(invented.report).send().await).await.expect("execute");
+    assert_eq!(court.stage(invented.report).await, (CLOSED, DISMISSED));
+    assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT");
+}
