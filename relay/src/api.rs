@@ -75,6 +75,8 @@ pub struct ApiState {
     pub chain: ChainOptions,
     /// The share of each request's hop sessions audited after its answer went out.
     pub audit: crate::swarm_client::AuditOpt,
+    /// What accuses on chain the nodes its audits find faulty (a relay with a wallet).
+    pub accuser: Option<Arc<crate::settle::tribunal::Accuser>>,
 }
 
 impl IntoResponse for ApiError {
@@ -432,13 +434,14 @@ async fn run(
     // counted in `/metrics`; a node judged faulty is convicted in the gateway's book, and
     // the fraud report goes to the relay's peers).
     if state.audit.audit_rate > 0.0 {
+        let accuser = state.accuser.clone();
         tokio::spawn(async move {
             let mut outcomes = Vec::new();
             for found in metered.chain.run_audits().await {
                 crate::swarm_client::count_audit(&found);
                 outcomes.extend(found.ok());
             }
-            crate::fraud::publish(metered.chain.node(), &outcomes).await;
+            crate::fraud::publish(metered.chain.node(), &outcomes, accuser.as_deref()).await;
         });
     }
     Ok(Paid { generation, cost })

@@ -64,12 +64,14 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
         let opts = o.pay.chain_options()?;
         let paying = opts.payer.is_some();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        let accuser = rt.block_on(async { o.pay.accuser() })?;
         let handle = rt.block_on(connect(&o.swarm))?;
         Backend::Swarm {
             chain: Box::new(o.audit.apply(chain(handle, &model, opts))),
             model: Box::new(model),
             rt,
             paying,
+            accuser,
         }
     };
     let interactive = std::io::stdin().is_terminal();
@@ -120,6 +122,8 @@ enum Backend {
         rt: tokio::runtime::Runtime,
         /// Whether the chain pays servers that charge (then each answer's cost is printed).
         paying: bool,
+        /// What accuses faulty nodes on chain (with `--pay`).
+        accuser: Option<crate::settle::tribunal::Accuser>,
     },
     Http(Http),
 }
@@ -127,7 +131,7 @@ enum Backend {
 impl Backend {
     fn answer(&mut self, history: &[ChatMessage], o: &ChatOpt, print: &mut dyn FnMut(&str)) -> anyhow::Result<String> {
         match self {
-            Backend::Swarm { model, chain, rt, paying } => {
+            Backend::Swarm { model, chain, rt, paying, accuser } => {
                 let opts = GenerateOptions {
                     max_tokens: o.max_tokens,
                     sampling: SamplingParams {
@@ -145,7 +149,7 @@ impl Backend {
                     // (and is said whether the answer completed or not).
                     eprint!("\n(cost: {} AIT)", web_node::settle::format_ait(chain.paid()));
                 }
-                rt.block_on(crate::swarm_client::audit(chain.as_mut()));
+                rt.block_on(crate::swarm_client::audit(chain.as_mut(), accuser.as_ref()));
                 Ok(g?.text)
             }
             Backend::Http(h) => h.answer(history, o, print),

@@ -1,21 +1,34 @@
-//! The relay's part in fraud reports: it takes reports from its peers (`/ait/fraud/1`),
+//! The relay's part in fraud reports: it takes reports from its peers (`/ait/fraud/2`),
 //! recomputes each on a server of the report's layers that the report does not involve (its
 //! own, when it holds them), convicts in the reputation book its API gateway routes by, and
-//! passes on the reports its recomputation confirmed. Clients and gateways send the reports
-//! their own audits leave ([`publish`]). Counted in `/metrics` as
+//! passes on the reports its recomputation confirmed. With `--judge` it also signs the
+//! verdict of a report it confirmed for the chain's tribunal, when the sender asks about an
+//! address the chain binds to the accused. Clients and gateways send the reports their own
+//! audits leave ([`publish`]) and, with a wallet, accuse the node on chain once two judges
+//! signed. Counted in `/metrics` as
 //! `ait_fraud_reports_total{answer="convicted"|"cleared"|"known"|"refused"}`.
 
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use alloy::primitives::Address;
 
 use web_node::client::ClientModel;
 use web_node::net::chain::{AuditOutcome, ChainOptions, ReportRefused, SwarmChain};
 use web_node::net::fraud::{spread, Answer, FraudInbox, IncomingReport};
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::LocalServer;
+use web_node::trust::tribunal::SignedVerdict;
 use web_node::trust::FraudReport;
+
+use crate::settle::tribunal::{Accuser, Judge};
 
 /// Reports recomputed at once; others wait their turn.
 const VERIFYING_AT_ONCE: usize = 2;
+
+/// Reports whose accused this relay's recomputation convicted, remembered to sign their
+/// verdict when asked again later.
+const CONVICTING_REMEMBERED: usize = 10_000;
 
 /// What recomputes reports for a relay.
 pub struct Verifier {
@@ -25,18 +38,42 @@ pub struct Verifier {
     /// The gateway's options: their reputation book is the one reports convict in.
     opts: ChainOptions,
     busy: tokio::sync::Semaphore,
+    judge: Option<Judge>,
+    convicting: Mutex<Remembered>,
+}
+
+/// A bounded set of report ids, the oldest forgotten first.
+#[derive(Default)]
+struct Remembered {
+    ids: HashSet<[u8; 32]>,
+    order: VecDeque<[u8; 32]>,
+}
+
+impl Remembered {
+    fn insert(&mut self, id: [u8; 32]) {
+        if self.ids.insert(id) {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CONVICTING_REMEMBERED {
+            if let Some(old) = self.order.pop_front() {
+                self.ids.remove(&old);
+            }
+        }
+    }
 }
 
 impl Verifier {
     /// A verifier of reports about `model`, through `node` (and its own server `local`), that
-    /// convicts in `opts`' reputation book.
+    /// convicts in `opts`' reputation book, and signs verdicts with `judge` when given.
     pub fn new(
         node: NodeHandle,
         model: Arc<ClientModel>,
         local: Option<Arc<dyn LocalServer>>,
         opts: ChainOptions,
+        judge: Option<Judge>,
     ) -> Verifier {
-        Verifier { node, model, local, opts, busy: tokio::sync::Semaphore::new(VERIFYING_AT_ONCE) }
+        let busy = tokio::sync::Semaphore::new(VERIFYING_AT_ONCE);
+        Verifier { node, model, local, opts, busy, judge, convicting: Mutex::default() }
     }
 
     /// Takes the reports its node's peers send, until the node stops.
@@ -53,7 +90,7 @@ impl Verifier {
     async fn take(self: Arc<Self>, mut incoming: IncomingReport) {
         let from = incoming.peer;
         let answer = match incoming.read().await {
-            Ok(report) => self.judge(&report, from).await,
+            Ok((report, ask)) => self.judge(&report, from, ask).await,
             Err(why) => Answer::Refused(why),
         };
         match &answer {
@@ -65,8 +102,9 @@ impl Verifier {
     }
 
     /// Recomputes `report` (sent by `from`) and acts on it; a report that convicts is passed
-    /// on to this node's other peers.
-    pub async fn judge(&self, report: &FraudReport, from: libp2p::PeerId) -> Answer {
+    /// on to this node's other peers, and its verdict about the accused at `ask` is signed
+    /// when this relay judges and the chain binds that address to the accused.
+    pub async fn judge(&self, report: &FraudReport, from: libp2p::PeerId, ask: Option<Address>) -> Answer {
         let Ok(_turn) = self.busy.acquire().await else { return Answer::Refused("shutting down".into()) };
         let m = &self.model;
         let mut chain = SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
@@ -75,26 +113,55 @@ impl Verifier {
         }
         match chain.verify_report(report).await {
             Ok(j) if j.accused_faulty => {
-                let (node, report) = (self.node.clone(), report.clone());
+                self.convicting.lock().expect("convicting lock").insert(report.id());
+                let (node, spread_report) = (self.node.clone(), report.clone());
                 let except = [from, report.accused.node];
-                tokio::spawn(async move { spread(&node, &report, &except).await });
-                Answer::Convicted
+                tokio::spawn(async move { spread(&node, &spread_report, &except, None).await });
+                Answer::Convicted(self.sign(report, ask).await)
             }
             Ok(j) if !j.lying_auditors.is_empty() => Answer::Cleared,
             Ok(_) => Answer::Refused("the recomputation agreed with nobody; nobody was convicted".into()),
-            Err(ReportRefused::Replayed(_)) => Answer::Known,
+            Err(ReportRefused::Replayed(_)) => {
+                let convicted = self.convicting.lock().expect("convicting lock").ids.contains(&report.id());
+                Answer::Known(if convicted { self.sign(report, ask).await } else { None })
+            }
             Err(e) => Answer::Refused(e.to_string()),
+        }
+    }
+
+    /// This relay's signed verdict that `report`'s accused, at `ask`, is faulty: `None`
+    /// when nothing was asked, this relay does not judge, or the chain does not bind `ask`
+    /// to the accused.
+    async fn sign(&self, report: &FraudReport, ask: Option<Address>) -> Option<SignedVerdict> {
+        let (judge, accused) = (self.judge.as_ref()?, ask?);
+        match judge.sign(report, accused).await {
+            Ok(signed) => Some(signed),
+            Err(e) => {
+                tracing::info!(%accused, "no verdict signed: {e}");
+                None
+            }
         }
     }
 }
 
 /// Sends the fraud report of each faulty verdict in `found` to every node `node` is
-/// connected to; returns how many confirmed it (convicted the node in their books).
-pub async fn publish(node: &NodeHandle, found: &[AuditOutcome]) -> usize {
+/// connected to; returns how many confirmed it (convicted the node in their books). With an
+/// `accuser`, it asks them for signed verdicts about the node's EVM address (known when the
+/// node charged) and accuses it on chain once two judges signed.
+pub async fn publish(node: &NodeHandle, found: &[AuditOutcome], accuser: Option<&Accuser>) -> usize {
     let mut confirmed = 0;
-    for report in found.iter().filter_map(|a| a.report.as_ref()) {
-        let answers = spread(node, report, &[report.accused.node]).await;
-        confirmed += answers.iter().filter(|(_, a)| matches!(a, Ok(Answer::Convicted))).count();
+    for a in found {
+        let Some(report) = &a.report else { continue };
+        let ask = accuser.and(a.payee);
+        let answers = spread(node, report, &[report.accused.node], ask).await;
+        confirmed += answers.iter().filter(|(_, a)| matches!(a, Ok(Answer::Convicted(_)))).count();
+        let (Some(accuser), Some(accused)) = (accuser, ask) else { continue };
+        let signed: Vec<SignedVerdict> =
+            answers.iter().filter_map(|(_, a)| a.as_ref().ok()?.verdict().cloned()).collect();
+        match accuser.accuse(report, accused, &signed).await {
+            Ok(judges) => tracing::info!(%accused, judges = judges.len(), "accused on chain"),
+            Err(e) => tracing::warn!(%accused, "not accused on chain: {e}"),
+        }
     }
     confirmed
 }

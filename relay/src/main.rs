@@ -479,14 +479,24 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     }
                 },
                 audit: o.audit.clone(),
+                accuser: settlement.as_ref().and_then(|s| s.accuser()).map(Arc::new),
             };
-            // Fraud reports from peers are recomputed and convict in the gateway's book.
+            // Fraud reports from peers are recomputed and convict in the gateway's book (and
+            // with --judge, confirmed ones get this relay's signed verdict).
+            if o.settle.judge && state.model.is_none() {
+                tracing::warn!("--judge: this relay has no model, so it recomputes no fraud reports and judges none");
+            }
             if let Some(model) = &state.model {
+                let judge = match &settlement {
+                    Some(s) => s.judge(&o.settle)?,
+                    None => None,
+                };
                 let verifier = relay::fraud::Verifier::new(
                     handle.clone(),
                     model.clone(),
                     state.local.clone(),
                     state.chain.clone(),
+                    judge,
                 );
                 Arc::new(verifier).serve()?;
             }
@@ -562,10 +572,11 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let chain_opts = o.pay.chain_options()?;
     let paying = chain_opts.payer.is_some();
     let (result, recoveries, cost) = runtime()?.block_on(async {
+        let accuser = o.pay.accuser()?;
         let handle = relay::swarm_client::connect(&o.swarm).await?;
         let mut chain = o.audit.apply(relay::swarm_client::chain(handle, &model, chain_opts));
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;
-        relay::swarm_client::audit(&mut chain).await;
+        relay::swarm_client::audit(&mut chain, accuser.as_ref()).await;
         // The generation ended the route: what it paid includes the closing vouchers.
         anyhow::Ok((r, chain.recoveries().len(), chain.paid()))
     })?;

@@ -66,8 +66,9 @@ impl AuditOpt {
 
 /// Runs the audits the last generation drew and says on stderr what each found, one line
 /// each (after the generation's text); sends the fraud report of each faulty verdict to the
-/// nodes this client is connected to, and says how many confirmed it.
-pub async fn audit(chain: &mut SwarmChain) {
+/// nodes this client is connected to, and says how many confirmed it; with an `accuser`,
+/// accuses the node on chain once two judges signed its verdict.
+pub async fn audit(chain: &mut SwarmChain, accuser: Option<&crate::settle::tribunal::Accuser>) {
     let found = chain.run_audits().await;
     if !found.is_empty() {
         eprintln!();
@@ -101,7 +102,7 @@ pub async fn audit(chain: &mut SwarmChain) {
         }
     }
     for a in outcomes.iter().filter(|a| a.report.is_some()) {
-        let confirmed = crate::fraud::publish(chain.node(), std::slice::from_ref(a)).await;
+        let confirmed = crate::fraud::publish(chain.node(), std::slice::from_ref(a), accuser).await;
         eprintln!("fraud report on {}: confirmed by {confirmed} node(s) that recomputed it", a.audited.peer);
     }
 }

@@ -6,6 +6,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture};
+use ait_tests::evm::{sent, warp};
+use ait_tests::paid::Chain;
 use ait_tests::procs::{ait_bin, temp_dir, three_relays_with, Relay};
 use ait_tests::tiny_model::{torrent_model, TempDir};
 use web_node::engine::gpu::GpuContext;
@@ -14,7 +16,12 @@ use web_node::net::chain::ChainOptions;
 use web_node::net::fraud::{send, Answer};
 use web_node::trust::{FraudReport, Reputation, Verdict, DELTA_LIMIT};
 
+use alloy::primitives::{Bytes, U256};
 use relay::calibrate::{calibrate_generated, FAULTS};
+use relay::settle::bindings::{Staking, Tribunal, AIT};
+use relay::settle::deploy::{AIT_UNIT, MIN_STAKE_AIT, SLASH_AIT};
+use relay::settle::dev::wallet_provider;
+use relay::settle::tribunal::{AccuseError, Accuser};
 
 /// A session's steps on the CPU backend and on wgpu (lavapipe here), each checked against an
 /// audit's one prefill on either backend, never deviate by more than a tenth of the limit;
@@ -142,63 +149,124 @@ async fn audited(
 }
 
 /// Real processes: a fraud report about a lying node (made in process, by a client whose
-/// two auditors both failed it) is sent over `/ait/fraud/1` to a relay of the model's
+/// two auditors both failed it) is sent over `/ait/fraud/2` to a relay of the model's
 /// middle layers, which recomputes it on its own server, convicts the node and passes the
 /// report on to the relay it is connected to, which recomputes and convicts in turn. The
 /// same report again counts once; a forged one and garbage are refused; a report by two
 /// auditors who framed an honest node is recomputed and clears it. The conviction is on the
 /// relay's disk when it has stopped.
+///
+/// Both relays judge (`--judge`, each with 1,000 AIT staked on a dev chain): asked about an
+/// address the chain does not bind to the liar they sign nothing; asked about the liar's
+/// bound address they sign its verdict, and the two signatures accuse it on chain
+/// (`Accuser`, as a client with a wallet does); after the appeal window the tribunal slashes
+/// its stake.
 #[test]
-fn a_fraud_report_travels_between_relays_that_each_recompute_it() {
+fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdicts_slash_the_liar() {
     let root = temp_dir("trust-fraud");
     std::fs::create_dir_all(&root).expect("dir");
     let (path, manifest) = torrent_model(&root);
     let p = path.to_str().unwrap();
-    let r0 = Relay::start(&root.join("r0"), &["--model", p, "--blocks", "2..4"]);
+    let chain = Chain::start(&root);
+    let d = chain.dev.chain.deployment.clone();
+    let judge_dir = |name: &str, account: usize| {
+        let (dir, address) = chain.wallet_dir(name, account);
+        chain.ait(&["stake", &MIN_STAKE_AIT.to_string(), "--data-dir", dir.to_str().unwrap()]);
+        (dir, address)
+    };
+    let ((d0, a0), (d1, a1)) = (judge_dir("r0", 1), judge_dir("r1", 2));
+    let settle = chain.relay_args();
+    let settle: Vec<&str> = settle.iter().map(String::as_str).collect();
+    let r0 = Relay::start(&d0, &[&["--model", p, "--blocks", "2..4", "--judge"][..], &settle].concat());
     let boot = r0.addr("tcp");
-    let r1 = Relay::start(&root.join("r1"), &["--model", p, "--blocks", "2..4", "--bootstrap", &boot]);
+    let args = [&["--model", p, "--blocks", "2..4", "--judge", "--bootstrap", &boot][..], &settle].concat();
+    let r1 = Relay::start(&d1, &args);
     let (h0, h1) = (r0.http.clone().expect("r0's http"), r1.http.clone().expect("r1's http"));
     let rt = tokio::runtime::Runtime::new().expect("runtime");
-    let (liar, framed) = rt.block_on(async {
-        let (fast, spare) = (0.1, 1.0);
-        let servers = [(0..2, fast), (2..4, fast), (4..6, fast), (2..4, spare), (2..4, spare)];
+    let (fast, spare) = (0.1, 1.0);
+    let servers = [(0..2, fast), (2..4, fast), (4..6, fast), (2..4, spare), (2..4, spare)];
+    let (report, framing, liar) = rt.block_on(async {
         let report = audited(&path, manifest.id(), &servers, &[(1, Fault::Lie)]).await;
         let framing = audited(&path, manifest.id(), &servers, &[(3, Fault::Lie), (4, Fault::Lie)]).await;
-        let client = relay::swarm_client::connect(&[boot.parse().unwrap()]).await.expect("a client");
-        let to: libp2p::PeerId = r0.peer.parse().unwrap();
+        // The liar's operator (dev account 5) staked and bound the liar's peer id.
+        let liar = chain.dev.chain.accounts[5].clone();
+        let p = wallet_provider(&d.rpc, &liar.key).unwrap();
+        let stake = U256::from(2 * SLASH_AIT) * U256::from(AIT_UNIT);
+        sent(AIT::new(d.token, p.clone()).approve(d.staking, stake).send().await).await.expect("approve");
+        sent(Staking::new(d.staking, p.clone()).stake(stake).send().await).await.expect("stake");
+        let peer = Bytes::from(report.accused.node.to_bytes());
+        sent(Staking::new(d.staking, p).bind(peer).send().await).await.expect("bind");
+        (report, framing, liar.address)
+    });
+    let (client, v0) = rt.block_on(async {
+        let client = relay::swarm_client::connect(&[boot.parse().unwrap(), r1.addr("tcp").parse().unwrap()])
+            .await
+            .expect("a client");
+        let to0: libp2p::PeerId = r0.peer.parse().unwrap();
         let mut control = client.control();
-        let answer = send(&mut control, to, &report.encode()).await.expect("the relay answers");
-        assert_eq!(answer, Answer::Convicted);
-        let again = send(&mut control, to, &report.encode()).await.expect("the relay answers");
-        assert_eq!(again, Answer::Known, "a report counts once");
+        let unbound = chain.address_of(6);
+        let answer = send(&mut control, to0, &report.encode(), Some(unbound)).await.expect("the relay answers");
+        assert_eq!(answer, Answer::Convicted(None), "a verdict about an address not bound to the liar");
+        let again = send(&mut control, to0, &report.encode(), Some(liar)).await.expect("the relay answers");
+        let Answer::Known(Some(v0)) = again else { panic!("a report counts once, and is signed: {again:?}") };
+        assert_eq!(v0.judge, a0);
         let mut forged = report.clone();
         forged.replays.pop();
-        let refused = send(&mut control, to, &forged.encode()).await.expect("the relay answers");
+        let refused = send(&mut control, to0, &forged.encode(), None).await.expect("the relay answers");
         assert!(matches!(&refused, Answer::Refused(why) if why.contains("auditors")), "{refused:?}");
-        let garbage = send(&mut control, to, b"not a report").await.expect("the relay answers");
+        let garbage = send(&mut control, to0, b"not a report", None).await.expect("the relay answers");
         assert!(matches!(garbage, Answer::Refused(_)), "{garbage:?}");
-        let cleared = send(&mut control, to, &framing.encode()).await.expect("the relay answers");
+        let cleared = send(&mut control, to0, &framing.encode(), Some(liar)).await.expect("the relay answers");
         assert_eq!(cleared, Answer::Cleared, "the framed node is cleared by recomputation");
-        (report.accused.node, framing.accused.node)
+        (client, v0)
     });
     let counted = |http: &str, answer: &str| metric(http, "ait_fraud_reports_total", "answer", answer);
-    assert_eq!(
-        ["convicted", "known", "refused", "cleared"].map(|a| counted(&h0, a)),
-        [1.0, 1.0, 2.0, 1.0],
-        "what the first relay made of each report"
-    );
-    // The first relay passed on the report it confirmed (and only that one).
+    // The first relay passed on the report it confirmed (and only that one); asked
+    // afterwards, the second relay signs its verdict too.
     let deadline = Instant::now() + Duration::from_secs(60);
     while counted(&h1, "convicted") < 1.0 {
         assert!(Instant::now() < deadline, "the second relay never recomputed the report");
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(["convicted", "known", "refused", "cleared"].map(|a| counted(&h1, a)), [1.0, 0.0, 0.0, 0.0]);
+    let v1 = rt.block_on(async {
+        let to1: libp2p::PeerId = r1.peer.parse().unwrap();
+        let answer = send(&mut client.control(), to1, &report.encode(), Some(liar)).await.expect("the relay answers");
+        let Answer::Known(Some(v1)) = answer else { panic!("the second relay did not sign: {answer:?}") };
+        v1
+    });
+    assert_eq!(v1.judge, a1);
+    assert_eq!(
+        ["convicted", "known", "refused", "cleared"].map(|a| counted(&h0, a)),
+        [1.0, 1.0, 2.0, 1.0],
+        "what the first relay made of each report"
+    );
+    assert_eq!(["convicted", "known", "refused", "cleared"].map(|a| counted(&h1, a)), [1.0, 1.0, 0.0, 0.0]);
+
+    // The two signed verdicts accuse the liar on chain; unappealed, it is slashed.
+    rt.block_on(async {
+        let client = wallet_provider(&d.rpc, &chain.dev.chain.accounts[7].key).unwrap();
+        let accuser = Accuser::new(&d, client.clone()).expect("the chain has a tribunal");
+        let lone = accuser.accuse(&report, liar, std::slice::from_ref(&v0)).await;
+        assert!(matches!(lone, Err(AccuseError::Quorum(1))), "{lone:?}");
+        let judges = accuser.accuse(&report, liar, &[v0.clone(), v1.clone(), v0.clone()]).await.expect("accused");
+        assert_eq!(judges, vec![a0, a1]);
+        let tribunal = Tribunal::new(d.tribunal, client.clone());
+        let id = alloy::primitives::B256::from(report.id());
+        warp(&client, tribunal.appealWindow().call().await.unwrap() + 1).await;
+        let staking = Staking::new(d.staking, client.clone());
+        let before = staking.stakeOf(liar).call().await.unwrap().staked;
+        sent(tribunal.execute(id).send().await).await.expect("execute");
+        let after = staking.stakeOf(liar).call().await.unwrap().staked;
+        assert_eq!(before - after, U256::from(SLASH_AIT) * U256::from(AIT_UNIT), "the liar's slash");
+    });
+    let liar_peer = report.accused.node;
+    let framed = framing.accused.node;
     drop((r0, r1));
     // The conviction outlives the relay: its book on disk holds the liar, not the framed node.
-    let book = Reputation::open(&root.join("r0").join("reputation.redb")).expect("the first relay's book");
-    assert!(book.rating(&liar).convicted && !book.rating(&framed).convicted);
+    let book = Reputation::open(&d0.join("reputation.redb")).expect("the first relay's book");
+    assert!(book.rating(&liar_peer).convicted && !book.rating(&framed).convicted);
     drop(book);
+    drop(chain);
     let _ = std::fs::remove_dir_all(root);
 }

@@ -73,6 +73,7 @@ async fn build() -> Router {
         permits: tokio::sync::Semaphore::new(4),
         chain,
         audit: Default::default(),
+        accuser: None,
     };
     let dir = std::env::temp_dir().join(format!("ait-fuzz-api-parts-{}", std::process::id()));
     let cut = FileParts::new(tiny::model().clone(), tiny::manifest().clone(), dir).expect("a GGUF model has parts");

@@ -137,6 +137,13 @@ pub enum SettleCmd {
         #[command(flatten)]
         args: WalletArgs,
     },
+    /// The tribunal's cases: `enlist`, `case ID`, `appeal ID`, `draw ID`, `execute ID`.
+    Tribunal {
+        #[command(subcommand)]
+        cmd: super::court::CourtCmd,
+        #[command(flatten)]
+        args: WalletArgs,
+    },
 }
 
 /// `ait wallet ...`.
@@ -238,12 +245,12 @@ impl WalletArgs {
             .with_context(|| format!("opening {} (wrong password?)", path.display()))
     }
 
-    fn deployment(&self) -> anyhow::Result<Deployment> {
+    pub(crate) fn deployment(&self) -> anyhow::Result<Deployment> {
         Ok(Deployment::load(&self.chain)?)
     }
 
     /// The wallet, the chain, and a provider that signs with the wallet.
-    fn connect(&self) -> anyhow::Result<(PrivateKeySigner, Deployment, DynProvider)> {
+    pub(crate) fn connect(&self) -> anyhow::Result<(PrivateKeySigner, Deployment, DynProvider)> {
         let signer = self.signer()?;
         let d = self.deployment()?;
         let provider = wallet_provider(&d.rpc, &signer.to_bytes())?;
@@ -270,7 +277,7 @@ async fn permit(
     Ok((deadline, v, r, s))
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(crate) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
@@ -398,6 +405,7 @@ pub fn run(cmd: SettleCmd) -> anyhow::Result<()> {
         }
         SettleCmd::Redeem { vouchers, confirmations, args } => redeem(&vouchers, confirmations, &args),
         SettleCmd::Earnings { blocks, args } => earnings(blocks, &args),
+        SettleCmd::Tribunal { cmd, args } => super::court::run(cmd, &args),
         SettleCmd::Model { cmd: ModelCmd::Register { id, payout }, args } => {
             let (_, d, provider) = args.connect()?;
             runtime()?.block_on(async {

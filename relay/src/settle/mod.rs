@@ -6,11 +6,13 @@
 pub mod anvil;
 pub mod bindings;
 pub mod cli;
+pub mod court;
 pub mod deploy;
 pub mod dev;
 pub mod host;
 pub mod node;
 pub mod royalties;
+pub mod tribunal;
 
 pub use anvil::Anvil;
 pub use deploy::{deploy, DeployParams, Deployment};

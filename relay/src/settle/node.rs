@@ -17,6 +17,7 @@ use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
 use super::bindings::Staking;
 use super::cli::WalletArgs;
 use super::dev::wallet_provider;
+use super::tribunal::{Accuser, Judge};
 use super::{redeemer, ChainGate, Deployment, Ledger, ProviderHost, Redeemer};
 use web_node::settle::GateChain;
 
@@ -52,6 +53,12 @@ pub struct SettleOpt {
     /// the gas break-even `cargo bench --bench settlement` prints), or when one nears expiry.
     #[arg(long, value_name = "AIT")]
     pub redeem_min: Option<String>,
+    /// Sign, with the wallet, the verdict of each fraud report this relay's recomputation
+    /// confirms, for the chain's tribunal (when the sender asks about the EVM address the
+    /// chain binds to the accused). Needs --chain; a verdict counts on chain only while the
+    /// wallet has the tribunal's minimum stake.
+    #[arg(long)]
+    pub judge: bool,
     /// The wallet's keystore (default: DATA_DIR/wallet.json).
     #[arg(long)]
     pub keystore: Option<PathBuf>,
@@ -63,7 +70,7 @@ pub struct SettleOpt {
 impl SettleOpt {
     /// Whether any settlement flag asks for the wallet.
     pub fn wants_wallet(&self) -> bool {
-        self.price.is_some() || self.paying.pay
+        self.price.is_some() || self.paying.pay || self.judge
     }
 }
 
@@ -133,6 +140,20 @@ impl ClientPayOpt {
     }
 }
 
+impl ClientPayOpt {
+    /// With `--pay`, what accuses on chain the nodes this client's audits find faulty, from
+    /// its wallet (`None` without `--pay`, or when the chain has no tribunal).
+    pub fn accuser(&self) -> anyhow::Result<Option<Accuser>> {
+        if !self.flags.pay {
+            return Ok(None);
+        }
+        let deployment = Deployment::load(&self.wallet.chain)?;
+        let wallet = self.wallet.signer()?;
+        let provider = wallet_provider(&deployment.rpc, &wallet.to_bytes())?;
+        Ok(Accuser::new(&deployment, provider).inspect_err(|e| tracing::warn!("no accusations on chain: {e}")).ok())
+    }
+}
+
 /// Says on stderr what a token through each route costs, before the route's first step (the
 /// [`ChainOptions::on_route`] of the command-line clients that pay).
 fn print_route_price() -> RouteWatch {
@@ -178,7 +199,7 @@ impl Settlement {
         if !o.wants_wallet() {
             return Ok(None);
         }
-        let Some(d) = chain else { bail!("--price and --pay need the chain: pass --chain FILE") };
+        let Some(d) = chain else { bail!("--price, --pay and --judge need the chain: pass --chain FILE") };
         let args = WalletArgs {
             chain: PathBuf::new(),
             data_dir: data_dir.to_path_buf(),
@@ -188,6 +209,22 @@ impl Settlement {
         let signer: PrivateKeySigner = args.signer()?;
         let provider = wallet_provider(&d.rpc, &signer.to_bytes())?;
         Ok(Some(Settlement { deployment: d.clone(), address: signer.address(), provider, wallet: signer }))
+    }
+
+    /// With `--judge`, what signs this relay's verdicts.
+    pub fn judge(&self, o: &SettleOpt) -> anyhow::Result<Option<Judge>> {
+        if !o.judge {
+            return Ok(None);
+        }
+        Ok(Some(Judge::new(&self.deployment, &self.wallet, self.provider.clone()).context("--judge")?))
+    }
+
+    /// What accuses on chain the nodes this relay's audits find faulty, from its wallet
+    /// (`None`, with a warning, when the chain has no tribunal).
+    pub fn accuser(&self) -> Option<Accuser> {
+        Accuser::new(&self.deployment, self.provider.clone())
+            .inspect_err(|e| tracing::warn!("faulty nodes will not be accused on chain: {e}"))
+            .ok()
     }
 
     /// The chain options of this relay's own requests: with `--pay`, paying from its wallet.

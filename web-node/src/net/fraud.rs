@@ -1,6 +1,9 @@
-//! Fraud reports between nodes (`/ait/fraud/1`): one stream per report, the sender writes
-//! the report ([`FraudReport::encode`]) as one frame and the receiver answers one small
-//! frame saying what it made of it ([`Answer`]).
+//! Fraud reports between nodes (`/ait/fraud/2`): one stream per report, the sender writes
+//! the report ([`FraudReport::encode`]) as one frame, then a second frame with the accused's
+//! EVM address when it wants a signed verdict for the chain's tribunal (empty otherwise), and
+//! the receiver answers one small frame saying what it made of it ([`Answer`]), with its
+//! signed verdict ([`SignedVerdict`]) when it found the accused faulty, can sign, and the
+//! chain binds that address to the accused.
 //!
 //! A node acts on a report only after recomputing it
 //! ([`SwarmChain::verify_report`](super::chain::SwarmChain::verify_report)), and passes on
@@ -19,10 +22,12 @@ use super::frame::{read_frame, write_frame, FrameError};
 use super::keyed_limit::{KeyedLimit, Ticket};
 use super::node::NodeHandle;
 use crate::trust::report::MAX_REPORT_BYTES;
+use crate::trust::tribunal::SignedVerdict;
 use crate::trust::FraudReport;
+use alloy_primitives::Address;
 
 /// The stream protocol id.
-pub const FRAUD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/fraud/1");
+pub const FRAUD_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/fraud/2");
 
 /// Reports a node reads at once, from all peers (one per peer).
 pub const MAX_OPEN_REPORTS: usize = 8;
@@ -39,13 +44,15 @@ const MAX_ANSWER: usize = 4 << 10;
 /// What a node made of a report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Answer {
-    /// Its recomputation failed the accused: convicted in its book.
-    Convicted,
+    /// Its recomputation failed the accused: convicted in its book; with its signed verdict
+    /// when one was asked for and it could sign it.
+    Convicted(Option<SignedVerdict>),
     /// Its recomputation cleared the accused: the auditors who signed the report are
     /// convicted in its book instead.
     Cleared,
-    /// It counted this report before.
-    Known,
+    /// It counted this report before; with its signed verdict when one was asked for and its
+    /// recomputation had convicted the accused.
+    Known(Option<SignedVerdict>),
     /// It did not act on the report (forged, malformed, about a model it cannot recompute,
     /// no server to recompute it on): nothing changed. Why, in words.
     Refused(String),
@@ -55,32 +62,45 @@ impl Answer {
     /// Its name in logs and metrics.
     pub fn name(&self) -> &'static str {
         match self {
-            Answer::Convicted => "convicted",
+            Answer::Convicted(_) => "convicted",
             Answer::Cleared => "cleared",
-            Answer::Known => "known",
+            Answer::Known(_) => "known",
             Answer::Refused(_) => "refused",
         }
     }
 
+    /// The signed verdict it carries, if any.
+    pub fn verdict(&self) -> Option<&SignedVerdict> {
+        match self {
+            Answer::Convicted(v) | Answer::Known(v) => v.as_ref(),
+            _ => None,
+        }
+    }
+
     fn encode(&self) -> Vec<u8> {
-        let (tag, text) = match self {
-            Answer::Convicted => (1u8, ""),
-            Answer::Cleared => (2, ""),
-            Answer::Known => (3, ""),
-            Answer::Refused(why) => (4, why.as_str()),
+        let (tag, rest) = match self {
+            Answer::Convicted(v) => (1u8, v.as_ref().map(SignedVerdict::encode).unwrap_or_default()),
+            Answer::Cleared => (2, vec![]),
+            Answer::Known(v) => (3, v.as_ref().map(SignedVerdict::encode).unwrap_or_default()),
+            Answer::Refused(why) => (4, why.as_bytes().to_vec()),
         };
         let mut b = vec![tag];
-        let text = text.as_bytes();
-        b.extend_from_slice(&text[..text.len().min(MAX_ANSWER - 1)]);
+        b.extend_from_slice(&rest[..rest.len().min(MAX_ANSWER - 1)]);
         b
     }
 
     fn decode(b: &[u8]) -> Result<Answer, FraudError> {
         let text = || String::from_utf8_lossy(&b[1..]).into_owned();
+        let verdict = || match b.len() {
+            1 => Ok(None),
+            _ => SignedVerdict::decode(&b[1..])
+                .map(Some)
+                .ok_or_else(|| FraudError::Answer(format!("a signed verdict of {} bytes", b.len() - 1))),
+        };
         match b.first() {
-            Some(1) if b.len() == 1 => Ok(Answer::Convicted),
+            Some(1) => Ok(Answer::Convicted(verdict()?)),
             Some(2) if b.len() == 1 => Ok(Answer::Cleared),
-            Some(3) if b.len() == 1 => Ok(Answer::Known),
+            Some(3) => Ok(Answer::Known(verdict()?)),
             Some(4) => Ok(Answer::Refused(text())),
             _ => Err(FraudError::Answer(format!("{} bytes, tag {:?}", b.len(), b.first()))),
         }
@@ -111,28 +131,39 @@ pub enum FraudError {
     Answer(String),
 }
 
-/// Sends the encoded report `report` to `peer` and waits for its answer.
-pub async fn send(control: &mut libp2p_stream::Control, peer: PeerId, report: &[u8]) -> Result<Answer, FraudError> {
+/// Sends the encoded report `report` to `peer`, asking for a signed verdict about the accused
+/// at `ask` if given, and waits for its answer.
+pub async fn send(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    report: &[u8],
+    ask: Option<Address>,
+) -> Result<Answer, FraudError> {
     let open = super::timeout(REPORT_TIMEOUT, control.open_stream(peer, FRAUD_PROTOCOL));
     let mut stream = open
         .await
         .ok_or_else(|| FraudError::Open { peer, detail: "timed out".into() })?
         .map_err(|e| FraudError::Open { peer, detail: e.to_string() })?;
     let io = |error| FraudError::Stream { peer, error };
-    super::timeout(REPORT_TIMEOUT, write_frame(&mut stream, report))
-        .await
-        .ok_or(io(FrameError::Timeout(REPORT_TIMEOUT)))?
-        .map_err(io)?;
+    let ask = ask.map(|a| a.to_vec()).unwrap_or_default();
+    for frame in [report, &ask] {
+        super::timeout(REPORT_TIMEOUT, write_frame(&mut stream, frame))
+            .await
+            .ok_or(io(FrameError::Timeout(REPORT_TIMEOUT)))?
+            .map_err(io)?;
+    }
     let answer = read_frame(&mut stream, MAX_ANSWER, ANSWER_TIMEOUT, REPORT_TIMEOUT).await.map_err(io)?;
     Answer::decode(&answer)
 }
 
 /// Sends `report` to every node this node is connected to (native nodes: browsers take no
-/// reports) but those in `except`, at once; returns each peer's answer or error.
+/// reports) but those in `except`, at once, asking for signed verdicts about the accused at
+/// `ask` if given; returns each peer's answer or error.
 pub async fn spread(
     node: &NodeHandle,
     report: &FraudReport,
     except: &[PeerId],
+    ask: Option<Address>,
 ) -> Vec<(PeerId, Result<Answer, FraudError>)> {
     let peers = match node.peers().await {
         Ok(p) => p,
@@ -149,7 +180,7 @@ pub async fn spread(
         .collect();
     let sends = to.into_iter().map(|peer| {
         let (mut control, bytes) = (node.control(), &bytes);
-        async move { (peer, send(&mut control, peer, bytes).await) }
+        async move { (peer, send(&mut control, peer, bytes, ask).await) }
     });
     let answers = futures::future::join_all(sends).await;
     for (peer, a) in &answers {
@@ -177,7 +208,7 @@ pub struct IncomingReport {
 }
 
 impl FraudInbox {
-    /// Takes `/ait/fraud/1` streams on `control`.
+    /// Takes `/ait/fraud/2` streams on `control`.
     pub fn new(control: &mut libp2p_stream::Control) -> Result<FraudInbox, libp2p_stream::AlreadyRegistered> {
         let incoming = control.accept(FRAUD_PROTOCOL)?;
         Ok(FraudInbox { incoming, open: KeyedLimit::new(MAX_OPEN_REPORTS, 1).with_max_keys(MAX_OPEN_REPORTS) })
@@ -196,13 +227,22 @@ impl FraudInbox {
 }
 
 impl IncomingReport {
-    /// Reads and decodes the report (within [`REPORT_TIMEOUT`] and [`MAX_REPORT_BYTES`]);
-    /// on an error, says why to the sender.
-    pub async fn read(&mut self) -> Result<FraudReport, String> {
+    /// Reads and decodes the report (within [`REPORT_TIMEOUT`] and [`MAX_REPORT_BYTES`]) and
+    /// the address a signed verdict is asked about, if any; on an error, says why to the
+    /// sender.
+    pub async fn read(&mut self) -> Result<(FraudReport, Option<Address>), String> {
         let frame = read_frame(&mut self.stream, MAX_REPORT_BYTES, REPORT_TIMEOUT, REPORT_TIMEOUT)
             .await
             .map_err(|e| format!("reading the report: {e}"))?;
-        FraudReport::decode(&frame).map_err(|e| e.to_string())
+        let report = FraudReport::decode(&frame).map_err(|e| e.to_string())?;
+        let ask = read_frame(&mut self.stream, 20, REPORT_TIMEOUT, REPORT_TIMEOUT)
+            .await
+            .map_err(|e| format!("reading the address asked about: {e}"))?;
+        match ask.len() {
+            0 => Ok((report, None)),
+            20 => Ok((report, Some(Address::from_slice(&ask)))),
+            n => Err(format!("an address of {n} bytes")),
+        }
     }
 
     /// Answers the sender and closes the stream.
@@ -221,11 +261,21 @@ mod tests {
 
     #[test]
     fn answers_round_trip_and_garbage_is_refused() {
-        for a in [Answer::Convicted, Answer::Cleared, Answer::Known, Answer::Refused("a forged signature".into())] {
+        let signed = SignedVerdict { judge: Address::repeat_byte(7), signature: vec![9u8; 65].into() };
+        for a in [
+            Answer::Convicted(None),
+            Answer::Convicted(Some(signed.clone())),
+            Answer::Cleared,
+            Answer::Known(None),
+            Answer::Known(Some(signed.clone())),
+            Answer::Refused("a forged signature".into()),
+        ] {
             assert_eq!(Answer::decode(&a.encode()).unwrap(), a);
         }
         assert!(Answer::decode(&[]).is_err());
         assert!(Answer::decode(&[1, 0]).is_err());
+        assert!(Answer::decode(&[2, 0]).is_err());
+        assert!(Answer::decode(&Answer::Convicted(Some(signed)).encode()[..50]).is_err());
         assert!(Answer::decode(&[9]).is_err());
         let long = Answer::Refused("x".repeat(10_000)).encode();
         assert_eq!(long.len(), MAX_ANSWER);

@@ -40,16 +40,54 @@ pub fn tribunal_domain(chain_id: u64, tribunal: Address) -> Eip712Domain {
     }
 }
 
+/// A judge's signature of a verdict, as it travels back to whoever asked for it (the verdict
+/// itself follows from the report and the address asked about).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignedVerdict {
+    /// The judge's EVM address.
+    pub judge: Address,
+    /// Its signature, `r || s || v`.
+    pub signature: Bytes,
+}
+
+/// Length of a signature.
+pub const SIGNATURE_BYTES: usize = 65;
+
+impl SignedVerdict {
+    /// Its bytes on the wire: the judge's address, then the signature.
+    pub fn encode(&self) -> Vec<u8> {
+        [self.judge.as_slice(), &self.signature].concat()
+    }
+
+    /// Reads [`SignedVerdict::encode`]'s bytes; `None` unless they are exactly that long.
+    pub fn decode(b: &[u8]) -> Option<SignedVerdict> {
+        (b.len() == 20 + SIGNATURE_BYTES).then(|| SignedVerdict {
+            judge: Address::from_slice(&b[..20]),
+            signature: Bytes::copy_from_slice(&b[20..]),
+        })
+    }
+
+    /// Whether it is `verdict` signed by the judge it names, under `domain`.
+    pub fn signs(&self, verdict: &Verdict, domain: &Eip712Domain) -> bool {
+        verdict.signer(domain, &self.signature).is_ok_and(|a| a == self.judge)
+    }
+}
+
 impl Verdict {
+    /// The verdict on report `report` about the node `peer`, bound to `accused`.
+    pub fn new(report: [u8; 32], accused: Address, peer: &PeerId, faulty: bool) -> Verdict {
+        Verdict { report: B256::from(report), accused, accusedPeer: Bytes::from(peer.to_bytes()), faulty }
+    }
+
     /// The verdict a node's own recomputation of a checked report (`judgment`) comes to, about
     /// the accused at `accused` (the address its peer id is bound to).
     pub fn of(checked: &Checked, judgment: &Judgment, accused: Address) -> Verdict {
-        Verdict {
-            report: B256::from(checked.id),
-            accused,
-            accusedPeer: Bytes::from(checked.accused.to_bytes()),
-            faulty: judgment.accused_faulty,
-        }
+        Verdict::new(checked.id, accused, &checked.accused, judgment.accused_faulty)
+    }
+
+    /// Signs it with `key` as the judge: what travels back to the node that asked.
+    pub fn signed_by(&self, key: &SessionKey, domain: &Eip712Domain) -> Result<SignedVerdict, SettleError> {
+        Ok(SignedVerdict { judge: key.address(), signature: self.sign(key, domain)? })
     }
 
     /// The accused's peer id, if the bytes are one.
@@ -107,5 +145,13 @@ mod tests {
         assert_ne!(elsewhere.signer(&domain, &sig).unwrap(), key.address());
         let other = tribunal_domain(31337, Address::ZERO);
         assert_ne!(v.signer(&other, &sig).unwrap(), key.address());
+
+        // On the wire: the judge and its signature, checked against the verdict asked for.
+        let signed = v.signed_by(&key, &domain).unwrap();
+        assert_eq!(SignedVerdict::decode(&signed.encode()), Some(signed.clone()));
+        assert!(signed.signs(&v, &domain) && !signed.signs(&cleared, &domain));
+        let claimed = SignedVerdict { judge: Address::ZERO, ..signed.clone() };
+        assert!(!claimed.signs(&v, &domain), "a signature claimed for another judge");
+        assert_eq!(SignedVerdict::decode(&signed.encode()[1..]), None);
     }
 }

@@ -12,6 +12,7 @@
 //! A failed replay is checked by up to two more servers of those layers, drawn from the
 //! audited node's signature; a node is judged faulty only when two auditors agree.
 
+use alloy_primitives::Address;
 use libp2p::PeerId;
 
 use super::{ChainError, Discovery, SwarmChain};
@@ -34,6 +35,9 @@ pub struct AuditCase {
     pub inputs: Vec<f32>,
     /// Every row it answered, same shape.
     pub outputs: Vec<f32>,
+    /// The EVM address it was paid at (its terms named it), when it charged: whom a verdict
+    /// about it names on chain.
+    pub payee: Option<Address>,
 }
 
 /// One auditor's replay of an audited session.
@@ -63,6 +67,8 @@ pub struct AuditOutcome {
     /// The evidence of a faulty verdict, for others to check and recompute
     /// ([`crate::net::fraud::spread`]); `None` for any other verdict.
     pub report: Option<FraudReport>,
+    /// The audited node's EVM address, when it charged ([`AuditCase::payee`]).
+    pub payee: Option<Address>,
 }
 
 impl AuditOutcome {
@@ -168,6 +174,7 @@ impl<D: Discovery> SwarmChain<D> {
                 receipts: h.receipts().to_vec(),
                 inputs: history.remove(&h.blocks().start).unwrap_or_default(),
                 outputs: h.take_outputs(),
+                payee: h.payee(),
             })
             .collect()
     }
@@ -310,7 +317,7 @@ impl<D: Discovery> SwarmChain<D> {
             Verdict::Faulty => case.report(tokens, dim, &opinions),
             _ => None,
         };
-        Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict, report })
+        Ok(AuditOutcome { audited: case.hop.clone(), tokens, opinions, verdict, report, payee: case.payee })
     }
 
     /// Acts on a fraud report someone sent: checks first what costs nothing (its model, row

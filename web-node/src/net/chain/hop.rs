@@ -195,6 +195,11 @@ impl HopSession {
         self.bill.as_ref().map_or(U256::ZERO, |(b, _)| b.terms().cost(self.blocks.len() as u64))
     }
 
+    /// The EVM address the node is paid at, when it charges.
+    pub(super) fn payee(&self) -> Option<alloy_primitives::Address> {
+        self.bill.as_ref().map(|(b, _)| b.terms().node)
+    }
+
     /// The node's checked receipts for every step it answered, in order.
     pub(super) fn receipts(&self) -> &[SignedReceipt] {
         &self.receipts

@@ -1,0 +1,86 @@
+//! `ait tribunal ...`: what a node's operator does about the tribunal's cases by hand
+//! (`contracts/src/Tribunal.sol`): enlist for juries, read a case, appeal an accusation of
+//! its own node, draw an appealed case's jury, and close a case whose time ran out. Relays
+//! sign and submit verdicts on their own (`--judge`, and a wallet); nothing appeals or sits
+//! on a jury on its own yet.
+
+use alloy::primitives::B256;
+use anyhow::Context;
+
+use super::bindings::Tribunal;
+use super::cli::{runtime, WalletArgs};
+use super::mined as send;
+
+/// `ait tribunal ...`.
+#[derive(clap::Subcommand, Debug)]
+pub enum CourtCmd {
+    /// Make this wallet eligible for juries (it needs the tribunal's minimum stake).
+    Enlist,
+    /// Print a case: its stage, outcome, accused, deadline, judges and jury.
+    Case {
+        /// The fraud report's id (hex, 32 bytes).
+        report: B256,
+    },
+    /// Appeal an accusation of this wallet (within the appeal window): a jury is drawn.
+    Appeal {
+        /// The fraud report's id.
+        report: B256,
+    },
+    /// Draw the jury of an appealed case (once the block after the appeal exists).
+    Draw {
+        /// The fraud report's id.
+        report: B256,
+    },
+    /// Close a case whose window ran out: slash the accused if it was not appealed, dismiss
+    /// it if its jury did not rule.
+    Execute {
+        /// The fraud report's id.
+        report: B256,
+    },
+}
+
+/// Stage and outcome names, as the contract numbers them.
+const STAGES: [&str; 5] = ["none", "accused", "appealed", "jury drawn", "closed"];
+const OUTCOMES: [&str; 4] = ["open", "slashed", "overturned", "dismissed"];
+
+/// Runs `ait tribunal CMD` with the wallet and chain of `args`.
+pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
+    let (_, d, provider) = args.connect()?;
+    anyhow::ensure!(!d.tribunal.is_zero(), "the chain's deployment file names no tribunal (deploy again)");
+    let tribunal = Tribunal::new(d.tribunal, &provider);
+    runtime()?.block_on(async {
+        match cmd {
+            CourtCmd::Enlist => {
+                send("enlist", tribunal.enlist().send().await).await?;
+                println!("enlisted for juries");
+            }
+            CourtCmd::Case { report } => {
+                let c = tribunal.caseOf(report).call().await.context("caseOf")?;
+                let parties = tribunal.partiesOf(report).call().await.context("partiesOf")?;
+                let name = |names: &[&'static str], i: u8| names.get(usize::from(i)).copied().unwrap_or("?");
+                println!("stage    {}", name(&STAGES, c.stage));
+                println!("outcome  {}", name(&OUTCOMES, c.outcome));
+                println!("accused  {}", c.accused);
+                println!("deadline {}", c.deadline);
+                let list = |a: &[alloy::primitives::Address]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+                println!("judges   {}", list(&parties.judges).join(" "));
+                println!("jury     {}", list(&parties.jury).join(" "));
+            }
+            CourtCmd::Appeal { report } => {
+                send("appeal", tribunal.appeal(report).send().await).await?;
+                println!("appealed: draw the jury once the next block exists (`ait tribunal draw`)");
+            }
+            CourtCmd::Draw { report } => {
+                send("draw", tribunal.draw(report).send().await).await?;
+                let jury = tribunal.partiesOf(report).call().await.context("partiesOf")?.jury;
+                println!("jury: {}", jury.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "));
+            }
+            CourtCmd::Execute { report } => {
+                send("execute", tribunal.execute(report).send().await).await?;
+                let c = tribunal.caseOf(report).call().await.context("caseOf")?;
+                println!("closed: {}", OUTCOMES.get(usize::from(c.outcome)).copied().unwrap_or("?"));
+            }
+        }
+        anyhow::Ok(())
+    })
+}
