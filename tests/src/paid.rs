@@ -53,6 +53,18 @@ impl Chain {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// `ait ARGS --chain FILE`, which must fail; its stderr.
+    pub fn ait_fails(&self, args: &[&str]) -> String {
+        let out = Command::new(ait_bin())
+            .args(args)
+            .args(["--chain", self.file()])
+            .env("AIT_WALLET_PASSWORD", PASSWORD)
+            .output()
+            .expect("ait");
+        assert!(!out.status.success(), "ait {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
     /// A node's data directory holding its identity and the wallet of dev account `account`,
     /// staked and bound to its peer id.
     pub fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {

@@ -19,13 +19,14 @@ use std::ops::Range;
 
 use ait_tests::chain_fixture::{quick_options, Fault, Fixture, FAULT_CLASSES};
 use ait_tests::evm::{mine, refused, sent, warp};
+use ait_tests::paid::Chain;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::DynProvider;
 use alloy::sol_types::SolStruct;
 use libp2p::PeerId;
 use relay::settle::bindings::{Staking, Tribunal, AIT};
 use relay::settle::deploy::{BOUNTY_AIT, JUDGE_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT};
-use relay::settle::dev::{self, DevOpt, RunningDevChain};
+use relay::settle::dev::{self, wallet_provider, DevOpt, RunningDevChain};
 use relay::settle::Deployment;
 use web_node::client::LayerChain;
 use web_node::settle::SessionKey;
@@ -423,4 +424,61 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     sent(court.tribunal(0).execute(invented.report).send().await).await.expect("execute");
     assert_eq!(court.stage(invented.report).await, (CLOSED, DISMISSED));
     assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT");
+}
+
+/// An operator's `ait tribunal` commands, through the binary on `ait chain dev`: four staked
+/// nodes enlist for juries; two staked judges accuse a third node (of a report the chain
+/// cannot check); `case` shows it; the accused appeals; `draw` is refused while fewer than
+/// five nodes can sit on its jury; once the jury window has passed, `execute` dismisses the
+/// case and nobody's stake moved.
+#[test]
+fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
+    let dir = ait_tests::procs::temp_dir("slashing-cli");
+    let chain = Chain::start(&dir);
+    let d = chain.dev.chain.deployment.clone();
+    let data = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let staked = |name: &str, account: usize| {
+        let (dir, address) = chain.wallet_dir(name, account);
+        chain.ait(&["stake", &MIN_STAKE_AIT.to_string(), "--data-dir", &data(&dir)]);
+        (dir, address)
+    };
+    let (j1, j2, (accused_dir, accused)) = (staked("j1", 1), staked("j2", 2), staked("accused", 3));
+    for i in 4..8 {
+        let (juror, _) = staked(&format!("juror{i}"), i);
+        assert!(chain.ait(&["tribunal", "enlist", "--data-dir", &data(&juror)]).contains("enlisted"));
+    }
+    let peer = relay::p2p::load_or_create_key(&accused_dir).unwrap().public().to_peer_id();
+    let report = [0x51; 32];
+    let id = B256::from(report).to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let dao = wallet_provider(&d.rpc, &chain.dev.chain.accounts[0].key).unwrap();
+    let before = rt.block_on(async {
+        let v = Signed::new(report, accused, &peer, true);
+        let domain = tribunal_domain(d.chain_id, d.tribunal);
+        let key = |i: usize| SessionKey::from_bytes(chain.dev.chain.accounts[i].key.as_slice()).unwrap();
+        let sigs = vec![v.sign(&key(1), &domain).unwrap(), v.sign(&key(2), &domain).unwrap()];
+        let tribunal = Tribunal::new(d.tribunal, dao.clone());
+        let call = tribunal.accuse(v.report, accused, v.accusedPeer.clone(), vec![j1.1, j2.1], sigs);
+        sent(call.send().await).await.expect("accuse");
+        Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked
+    });
+
+    let case = chain.ait(&["tribunal", "case", &id, "--data-dir", &data(&j1.0)]);
+    assert!(case.contains("stage    accused") && case.contains(&accused.to_string()), "{case}");
+    let refused = chain.ait_fails(&["tribunal", "appeal", &id, "--data-dir", &data(&j1.0)]);
+    assert!(refused.contains("NotAccused"), "{refused}");
+    assert!(chain.ait(&["tribunal", "appeal", &id, "--data-dir", &data(&accused_dir)]).contains("appealed"));
+    rt.block_on(mine(&dao));
+    let refused = chain.ait_fails(&["tribunal", "draw", &id, "--data-dir", &data(&j1.0)]);
+    assert!(refused.contains("PoolTooSmall"), "{refused}");
+    rt.block_on(warp(&dao, 1200 + 1));
+    let closed = chain.ait(&["tribunal", "execute", &id, "--data-dir", &data(&j1.0)]);
+    assert!(closed.contains("closed: dismissed"), "{closed}");
+    let case = chain.ait(&["tribunal", "case", &id, "--data-dir", &data(&j1.0)]);
+    assert!(case.contains("stage    closed") && case.contains("outcome  dismissed"), "{case}");
+    let after =
+        rt.block_on(async { Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked });
+    assert_eq!(after, before, "a dismissed case moved stake");
+    drop(chain);
+    let _ = std::fs::remove_dir_all(dir);
 }
