@@ -6,17 +6,22 @@
 //! - the break-even voucher amount: the AIT owed at which the node's 70% pays the gas of its
 //!   share of a 50-voucher batch, at two stated gas prices and a stated AIT price in ETH;
 //! - how many vouchers a node checks off chain per second on one core (`recover_signer`: the
-//!   EIP-712 hash and the secp256k1 recovery), median of 5 runs.
+//!   EIP-712 hash and the secp256k1 recovery), median of 5 runs;
+//! - gas of the tribunal's steps: an accusation by two judges, its execution (a slash and two
+//!   bounties), an appeal, a jury's draw from a pool of eight, and a ruling of three jurors
+//!   that overturns two judges.
 
 use std::time::Instant;
 
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::DynProvider;
 use relay::bench::median;
-use relay::settle::bindings::{Escrow, AIT};
+use relay::settle::bindings::{Escrow, Staking, Tribunal, AIT};
+use relay::settle::deploy::MIN_STAKE_AIT;
 use relay::settle::dev::{self, DevOpt};
 use serde_json::json;
 use web_node::settle::{escrow_domain, recover_signer, SessionKey, Voucher};
+use web_node::trust::tribunal::{tribunal_domain, Verdict};
 
 const AIT_UNIT: u128 = 1_000_000_000_000_000_000;
 
@@ -41,7 +46,7 @@ async fn run() -> serde_json::Value {
         out: "unused.json".into(),
         host: "127.0.0.1".into(),
         port: 0,
-        accounts: 3,
+        accounts: 12,
         ait_each: 1_000_000,
         thaw_seconds: 3600,
         unbonding_seconds: 7200,
@@ -132,7 +137,10 @@ async fn run() -> serde_json::Value {
         })
         .collect();
 
+    let tribunal = tribunal_gas(&chain.chain).await;
+
     json!({
+        "tribunal_gas": tribunal,
         "gas": {
             "deposit": deposit,
             "allocate": allocate,
@@ -143,5 +151,63 @@ async fn run() -> serde_json::Value {
         "ait_price_eth_assumed": ait_in_eth,
         "break_even": [break_even(0.01), break_even(1.0)],
         "vouchers_verified_per_s_one_core": median(&runs).round(),
+    })
+}
+
+/// Gas of the tribunal's steps on `chain`'s dev accounts 3 to 11: 3 the accused, 4 and 5 the
+/// judges, 4 to 11 enlisted (the case's draw leaves the judges out).
+async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
+    let d = &chain.deployment;
+    let provider = |i: usize| -> DynProvider { dev::wallet_provider(&d.rpc, &chain.accounts[i].key).unwrap() };
+    let key = |i: usize| SessionKey::from_bytes(chain.accounts[i].key.as_slice()).unwrap();
+    let stake = U256::from(2 * MIN_STAKE_AIT) * U256::from(AIT_UNIT);
+    for i in 3..12 {
+        gas(AIT::new(d.token, provider(i)).approve(d.staking, stake).send().await).await;
+        gas(Staking::new(d.staking, provider(i)).stake(stake).send().await).await;
+        if i >= 4 {
+            gas(Tribunal::new(d.tribunal, provider(i)).enlist().send().await).await;
+        }
+    }
+    let peer = libp2p::PeerId::random();
+    gas(Staking::new(d.staking, provider(3)).bind(Bytes::from(peer.to_bytes())).send().await).await;
+    let domain = tribunal_domain(d.chain_id, d.tribunal);
+    let accused = chain.accounts[3].address;
+    let judges = vec![chain.accounts[4].address, chain.accounts[5].address];
+    let by = |i: usize| Tribunal::new(d.tribunal, provider(i));
+    let dao = by(0);
+    let accuse = |report: [u8; 32]| {
+        let v = Verdict::new(report, accused, &peer, true);
+        let sigs: Vec<Bytes> = [4, 5].iter().map(|&i| v.sign(&key(i), &domain).unwrap()).collect();
+        dao.accuse(v.report, accused, v.accusedPeer.clone(), judges.clone(), sigs)
+    };
+    let warp = |seconds: u64| {
+        let p = provider(0);
+        async move {
+            use alloy::providers::Provider;
+            let _: serde_json::Value = p.raw_request("evm_increaseTime".into(), (seconds,)).await.unwrap();
+            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
+        }
+    };
+    // Unappealed: accused, then slashed once the window has passed.
+    let accused_gas = gas(accuse([1; 32]).send().await).await;
+    warp(1801).await;
+    let execute = gas(dao.execute(B256::repeat_byte(1)).send().await).await;
+    // Appealed: a jury drawn and three of it overturn the judges.
+    gas(accuse([2; 32]).send().await).await;
+    let id = B256::repeat_byte(2);
+    let appeal = gas(by(3).appeal(id).send().await).await;
+    warp(1).await;
+    let draw = gas(dao.draw(id).send().await).await;
+    let jury = dao.partiesOf(id).call().await.unwrap().jury;
+    let cleared = Verdict::new([2; 32], accused, &peer, false);
+    let juror = |a: &Address| chain.accounts.iter().position(|x| x.address == *a).unwrap();
+    let sigs: Vec<Bytes> = jury[..3].iter().map(|a| cleared.sign(&key(juror(a)), &domain).unwrap()).collect();
+    let rule = gas(dao.rule(id, false, jury[..3].to_vec(), sigs).send().await).await;
+    json!({
+        "accuse_two_judges": accused_gas,
+        "execute_slash_and_two_bounties": execute,
+        "appeal": appeal,
+        "draw_jury_of_5_from_8": draw,
+        "rule_3_jurors_overturning_2_judges": rule,
     })
 }
