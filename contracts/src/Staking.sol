@@ -13,8 +13,11 @@ import {ReentrancyGuard} from "@openzeppelin/contracts/utils/ReentrancyGuard.sol
 /// address, so the binding holds both ways and nobody can claim another's stake or priority).
 /// Nodes stake AIT; unstaking waits an unbonding period longer than the audit and escalation
 /// window, so a node caught lying cannot leave with its stake. `slash` belongs to the arbiter
-/// role (the audit quorum of the trust issue; here an address the DAO grants it to), and
-/// slashed AIT goes to the DAO fund.
+/// role (the tribunal, `Tribunal.sol`, or an address the DAO grants it to), and slashed AIT
+/// goes to the DAO fund. The arbiter may also lock a node's stake while a case about it (or
+/// one it judges or sits on the jury of) is open: a locked node can neither unbond nor
+/// withdraw. A node with stake cannot change its binding, so a case against it cannot be
+/// dodged by binding its peer id elsewhere.
 contract Staking is AccessControl, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -39,6 +42,7 @@ contract Staking is AccessControl, ReentrancyGuard {
 
     mapping(address node => Stake) private _stakes;
     mapping(address node => bytes peerId) private _peerIds;
+    mapping(address node => uint256 count) private _locks;
 
     /// @notice `node` bound its EVM address to `peerId`.
     event Bound(address indexed node, bytes peerId);
@@ -57,6 +61,10 @@ contract Staking is AccessControl, ReentrancyGuard {
     error BadAmount(uint256 amount, uint256 available);
     /// @notice Nothing unbonded yet.
     error StillBonded(uint64 unbondEnd);
+    /// @notice The arbiter locked this node's stake while a case is open.
+    error Locked(address node);
+    /// @notice A node with stake keeps the peer id it bound.
+    error BindingFixed();
 
     /// @param aitToken the AIT token
     /// @param treasury_ the DAO fund
@@ -72,9 +80,15 @@ contract Staking is AccessControl, ReentrancyGuard {
         if (arbiter != address(0)) _grantRole(ARBITER_ROLE, arbiter);
     }
 
-    /// @notice Binds the caller's address to its libp2p peer id (replacing an earlier binding).
+    /// @notice Binds the caller's address to its libp2p peer id (replacing an earlier binding,
+    /// which only a node with nothing staked or unbonding may do).
     function bind(bytes calldata peerId) external {
         if (peerId.length == 0 || peerId.length > MAX_PEER_ID) revert BadPeerId();
+        Stake storage st = _stakes[msg.sender];
+        bytes storage old = _peerIds[msg.sender];
+        if (old.length != 0 && st.staked + st.unbonding > 0 && keccak256(old) != keccak256(peerId)) {
+            revert BindingFixed();
+        }
         _peerIds[msg.sender] = peerId;
         emit Bound(msg.sender, peerId);
     }
@@ -105,6 +119,7 @@ contract Staking is AccessControl, ReentrancyGuard {
 
     /// @notice Starts unbonding `amount` more; the unbonding period starts again for all of it.
     function unbond(uint256 amount) external {
+        if (_locks[msg.sender] > 0) revert Locked(msg.sender);
         Stake storage st = _stakes[msg.sender];
         if (amount == 0 || amount > st.staked) revert BadAmount(amount, st.staked);
         st.staked -= amount;
@@ -115,6 +130,7 @@ contract Staking is AccessControl, ReentrancyGuard {
 
     /// @notice Withdraws what finished unbonding.
     function withdraw() external nonReentrant {
+        if (_locks[msg.sender] > 0) revert Locked(msg.sender);
         Stake storage st = _stakes[msg.sender];
         if (st.unbonding == 0) revert BadAmount(0, 0);
         if (block.timestamp < st.unbondEnd) revert StillBonded(st.unbondEnd);
@@ -140,6 +156,21 @@ contract Staking is AccessControl, ReentrancyGuard {
         taken = fromStaked + fromUnbonding;
         if (taken > 0) token.safeTransfer(treasury, taken);
         emit Slashed(node, taken, evidence);
+    }
+
+    /// @notice Locks `node`'s stake once more (the arbiter, while a case involving it is open).
+    function lock(address node) external onlyRole(ARBITER_ROLE) {
+        _locks[node] += 1;
+    }
+
+    /// @notice Lifts one of `node`'s locks.
+    function unlock(address node) external onlyRole(ARBITER_ROLE) {
+        if (_locks[node] > 0) _locks[node] -= 1;
+    }
+
+    /// @notice How many locks hold `node`'s stake.
+    function locksOf(address node) external view returns (uint256) {
+        return _locks[node];
     }
 
     /// @notice `node`'s bonded stake, unbonding amount and when that unbonds.

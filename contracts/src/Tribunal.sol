@@ -17,6 +17,10 @@ interface IStakes {
     function slash(address node, uint256 amount, bytes32 evidence) external returns (uint256 taken);
     /// @notice Seconds between `unbond` and `withdraw`.
     function unbondingPeriod() external view returns (uint64);
+    /// @notice Locks `node`'s stake once more.
+    function lock(address node) external;
+    /// @notice Lifts one of `node`'s locks.
+    function unlock(address node) external;
 }
 
 /// @title Slashing by verdict, with an appeal to a drawn jury
@@ -24,10 +28,15 @@ interface IStakes {
 /// reports") is checked off chain by recomputing it; the nodes that recomputed it and found the
 /// accused faulty ("judges", staked, two or three, of other addresses than the accused) sign an
 /// EIP-712 `Verdict` naming the report's id, the accused's address and the peer id that address
-/// bound in `Staking`. Anyone submits the signatures with `accuse`. The accused may `appeal`
-/// within `appealWindow`: a jury of `JURY` enlisted, staked nodes other than the judges and the
-/// accused is then drawn from the hash of the block after the appeal, which neither side
-/// chooses; `JURY_MAJORITY` jurors' signed verdicts decide. A node found faulty (unappealed
+/// bound in `Staking`. Anyone submits the signatures with `accuse`. A case is one report
+/// against one address (another address bound to the same peer id is another case), and
+/// needs the accused to hold `slashAmount` staked or unbonding. While it is open the accused's
+/// and the judges' stakes are locked, and each judge needs `judgePenalty` bonded for every
+/// case it has open. The accused may `appeal` within `appealWindow`: a jury of `JURY` nodes
+/// that enlisted before the appeal (enlisting locks a node's stake until it resigns), staked,
+/// other than the judges and the accused, is then drawn from the hash of the block after the
+/// appeal, which neither side chooses and which must be used within 256 blocks;
+/// `JURY_MAJORITY` jurors' signed verdicts decide. A node found faulty (unappealed
 /// after the window, or by the jury) loses `slashAmount` of its stake to the DAO fund; a judge
 /// the jury overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival.
 /// Judges and jurors on the winning side are paid a fixed `bounty` from this contract's own
@@ -67,7 +76,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         Dismissed
     }
 
-    /// @notice One fraud report's case.
+    /// @notice One fraud report's case against one address.
     struct Case {
         Stage stage;
         Outcome outcome;
@@ -99,23 +108,34 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// @notice Seconds a jury has to be drawn, and then to rule.
     uint64 public immutable juryWindow;
 
-    mapping(bytes32 report => Case) private _cases;
+    mapping(bytes32 caseId => Case) private _cases;
     address[] private _pool;
-    mapping(address node => bool) private _enlisted;
+    /// Index in `_pool` plus one (0: not enlisted).
+    mapping(address node => uint256 slot) private _slots;
+    mapping(address node => uint256 blockNumber) private _enlistedAt;
+    mapping(address judge => uint256 count) private _openCases;
 
     /// @notice `judges` accused `accused` of the fraud in `report`; it may appeal until `deadline`.
     event Accused(bytes32 indexed report, address indexed accused, address[] judges, uint64 deadline);
     /// @notice The accused appealed; the hash of block `seedBlock` draws the jury.
-    event Appealed(bytes32 indexed report, uint64 seedBlock);
+    event Appealed(bytes32 indexed report, address indexed accused, uint64 seedBlock);
     /// @notice The jury was drawn; it may rule until `deadline`.
-    event JuryDrawn(bytes32 indexed report, address[] jury, uint64 deadline);
+    event JuryDrawn(bytes32 indexed report, address indexed accused, address[] jury, uint64 deadline);
     /// @notice The case closed.
-    event Closed(bytes32 indexed report, Outcome outcome);
+    event Closed(bytes32 indexed report, address indexed accused, Outcome outcome);
     /// @notice `node` may now be drawn for juries.
     event Enlisted(address indexed node);
+    /// @notice `node` may no longer be drawn.
+    event Left(address indexed node);
 
-    /// @notice A case for this report exists already.
-    error CaseExists(bytes32 report);
+    /// @notice A case for this report against this address exists already.
+    error CaseExists(bytes32 report, address accused);
+    /// @notice The accused holds less than `slashAmount` staked and unbonding.
+    error AccusedUnstaked(address accused);
+    /// @notice The seed block's hash is gone (more than 256 blocks ago): no jury can be drawn.
+    error SeedExpired(uint64 seedBlock);
+    /// @notice Not enlisted.
+    error NotEnlisted(address node);
     /// @notice The case is not at the stage this needs.
     error WrongStage(Stage stage);
     /// @notice Too few or too many signatures, or lists of different lengths.
@@ -126,8 +146,6 @@ contract Tribunal is EIP712, ReentrancyGuard {
     error BadSigner(address signer);
     /// @notice A signer without `minStake` bonded.
     error NotStaked(address signer);
-    /// @notice Only the accused may appeal.
-    error NotAccused();
     /// @notice Before the deadline.
     error TooEarly(uint64 deadline);
     /// @notice After the deadline.
@@ -156,8 +174,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint64 juryWindow_
     ) EIP712("AI Torrent Tribunal", "1") {
         // Stake unbonding when a case opens must still be there when it closes.
+        // Locks keep the stakes of an open case in place; the windows still stay under the
+        // unbonding period, so stake unbonding when a case opens cannot have left before.
         if (
-            appealWindow_ == 0 || juryWindow_ == 0 || minStake_ == 0
+            appealWindow_ == 0 || juryWindow_ == 0 || minStake_ == 0 || slashAmount_ == 0
                 || uint256(appealWindow_) + 2 * uint256(juryWindow_) >= staking_.unbondingPeriod()
         ) revert BadSettings();
         staking = staking_;
@@ -188,13 +208,15 @@ contract Tribunal is EIP712, ReentrancyGuard {
         address[] calldata judges,
         bytes[] calldata sigs
     ) external {
-        Case storage c = _cases[report];
-        if (c.stage != Stage.None) revert CaseExists(report);
+        Case storage c = _cases[caseId(report, accused)];
+        if (c.stage != Stage.None) revert CaseExists(report, accused);
         if (judges.length != sigs.length || judges.length < QUORUM || judges.length > MAX_JUDGES) {
             revert Quorum(judges.length, QUORUM);
         }
         bytes32 peerHash = keccak256(accusedPeer);
         if (accusedPeer.length == 0 || keccak256(staking.peerIdOf(accused)) != peerHash) revert NotBound(accused);
+        (uint256 staked, uint256 unbonding,) = staking.stakeOf(accused);
+        if (staked + unbonding < slashAmount) revert AccusedUnstaked(accused);
         bytes32 digest = verdictDigest(report, accused, peerHash, true);
         for (uint256 i = 0; i < judges.length; i++) {
             address judge = judges[i];
@@ -203,7 +225,14 @@ contract Tribunal is EIP712, ReentrancyGuard {
                 if (judges[k] == judge) revert BadSigner(judge);
             }
             if (!SignatureChecker.isValidSignatureNow(judge, digest, sigs[i])) revert BadSigner(judge);
-            if (!_staked(judge)) revert NotStaked(judge);
+            // Bonded enough to judge, and to answer for this case besides those it has open.
+            (uint256 bonded,,) = staking.stakeOf(judge);
+            if (bonded < minStake || bonded < judgePenalty * (_openCases[judge] + 1)) revert NotStaked(judge);
+        }
+        staking.lock(accused);
+        for (uint256 i = 0; i < judges.length; i++) {
+            _openCases[judges[i]] += 1;
+            staking.lock(judges[i]);
         }
         c.stage = Stage.Accused;
         c.accused = accused;
@@ -213,61 +242,78 @@ contract Tribunal is EIP712, ReentrancyGuard {
         emit Accused(report, accused, judges, c.deadline);
     }
 
-    /// @notice The accused demands a jury (within the appeal window).
+    /// @notice The accused (the caller) demands a jury for its case of `report` (within the
+    /// appeal window).
     function appeal(bytes32 report) external {
-        Case storage c = _cases[report];
+        Case storage c = _cases[caseId(report, msg.sender)];
         if (c.stage != Stage.Accused) revert WrongStage(c.stage);
-        if (msg.sender != c.accused) revert NotAccused();
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
         c.stage = Stage.Appealed;
         c.seedBlock = uint64(block.number + 1);
         c.deadline = uint64(block.timestamp) + juryWindow;
-        emit Appealed(report, c.seedBlock);
+        emit Appealed(report, msg.sender, c.seedBlock);
     }
 
-    /// @notice Makes the caller eligible for juries (while it keeps `minStake` bonded).
+    /// @notice Makes the caller eligible for the juries of cases appealed from the next block
+    /// on (while it keeps `minStake` bonded); its stake is locked until it resigns.
     function enlist() external {
         if (!_staked(msg.sender)) revert NotStaked(msg.sender);
-        if (_enlisted[msg.sender]) return;
-        _enlisted[msg.sender] = true;
+        if (_slots[msg.sender] != 0) return;
         _pool.push(msg.sender);
+        _slots[msg.sender] = _pool.length;
+        _enlistedAt[msg.sender] = block.number;
+        staking.lock(msg.sender);
         emit Enlisted(msg.sender);
     }
 
+    /// @notice Leaves the pool of jurors, unlocking the caller's stake (a jury it was drawn
+    /// for still counts its verdict).
+    function resign() external {
+        uint256 slot = _slots[msg.sender];
+        if (slot == 0) revert NotEnlisted(msg.sender);
+        address last = _pool[_pool.length - 1];
+        _pool[slot - 1] = last;
+        _slots[last] = slot;
+        _pool.pop();
+        delete _slots[msg.sender];
+        staking.unlock(msg.sender);
+        emit Left(msg.sender);
+    }
+
     /// @notice Draws the jury of an appealed case from the hash of its seed block; anyone may
-    /// call it once that block exists. Past 256 blocks the hash is gone: a later block is named.
-    function draw(bytes32 report) external {
-        Case storage c = _cases[report];
+    /// call it once that block exists and for 256 blocks after (then the hash is gone, and the
+    /// case is dismissed when its window ends: nobody gets a second roll).
+    function draw(bytes32 report, address accused) external {
+        Case storage c = _cases[caseId(report, accused)];
         if (c.stage != Stage.Appealed) revert WrongStage(c.stage);
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
         if (block.number <= c.seedBlock) revert TooEarly(c.seedBlock);
         bytes32 hash = blockhash(c.seedBlock);
-        if (hash == bytes32(0)) {
-            c.seedBlock = uint64(block.number + 1);
-            emit Appealed(report, c.seedBlock);
-            return;
-        }
+        if (hash == bytes32(0)) revert SeedExpired(c.seedBlock);
         bytes32 seed = keccak256(abi.encode(hash, report));
         uint256 n = _pool.length;
         address[] memory jury = new address[](JURY);
         uint256 drawn = 0;
         for (uint256 t = 0; t < JURY * DRAW_TRIES && drawn < JURY && n > 0; t++) {
             address node = _pool[uint256(keccak256(abi.encode(seed, t))) % n];
-            if (_eligible(c, node, jury, drawn)) jury[drawn++] = node;
+            if (_eligible(c, node, jury, drawn)) {
+                jury[drawn++] = node;
+                staking.lock(node);
+            }
         }
         if (drawn < JURY) revert PoolTooSmall();
         c.jury = jury;
         c.stage = Stage.Drawn;
         c.deadline = uint64(block.timestamp) + juryWindow;
-        emit JuryDrawn(report, jury, c.deadline);
+        emit JuryDrawn(report, accused, jury, c.deadline);
     }
 
     /// @notice Rules on an appealed case with `JURY_MAJORITY` or more jurors' verdicts `faulty`.
-    function rule(bytes32 report, bool faulty, address[] calldata jurors, bytes[] calldata sigs)
+    function rule(bytes32 report, address accused, bool faulty, address[] calldata jurors, bytes[] calldata sigs)
         external
         nonReentrant
     {
-        Case storage c = _cases[report];
+        Case storage c = _cases[caseId(report, accused)];
         if (c.stage != Stage.Drawn) revert WrongStage(c.stage);
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
         if (jurors.length != sigs.length || jurors.length < JURY_MAJORITY) {
@@ -282,11 +328,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
             }
             if (!SignatureChecker.isValidSignatureNow(juror, digest, sigs[i])) revert BadSigner(juror);
         }
-        c.stage = Stage.Closed;
+        _close(c);
         if (faulty) {
             c.outcome = Outcome.Slashed;
-            staking.slash(c.accused, slashAmount, report);
-            _payAll(c.judges);
+            if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Overturned;
             for (uint256 i = 0; i < c.judges.length; i++) {
@@ -294,46 +339,75 @@ contract Tribunal is EIP712, ReentrancyGuard {
             }
         }
         _payAll(jurors);
-        emit Closed(report, c.outcome);
+        emit Closed(report, c.accused, c.outcome);
     }
 
     /// @notice Closes a case whose time ran out: unappealed, the accused is slashed and the
     /// judges paid; appealed without a ruling, it is dismissed.
-    function execute(bytes32 report) external nonReentrant {
-        Case storage c = _cases[report];
+    function execute(bytes32 report, address accused) external nonReentrant {
+        Case storage c = _cases[caseId(report, accused)];
         if (c.stage == Stage.None || c.stage == Stage.Closed) revert WrongStage(c.stage);
         if (block.timestamp < c.deadline) revert TooEarly(c.deadline);
-        if (c.stage == Stage.Accused) {
+        bool appealed = c.stage != Stage.Accused;
+        _close(c);
+        if (!appealed) {
             c.outcome = Outcome.Slashed;
-            c.stage = Stage.Closed;
-            staking.slash(c.accused, slashAmount, report);
-            _payAll(c.judges);
+            if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Dismissed;
-            c.stage = Stage.Closed;
         }
-        emit Closed(report, c.outcome);
+        emit Closed(report, c.accused, c.outcome);
     }
 
-    /// @notice A case's stage, outcome, accused and deadline.
-    function caseOf(bytes32 report)
+    /// @notice The key of the case of `report` against `accused`.
+    function caseId(bytes32 report, address accused) public pure returns (bytes32) {
+        return keccak256(abi.encode(report, accused));
+    }
+
+    /// @notice A case's stage, outcome and deadline.
+    function caseOf(bytes32 report, address accused)
         external
         view
-        returns (Stage stage, Outcome outcome, address accused, uint64 deadline)
+        returns (Stage stage, Outcome outcome, uint64 deadline)
     {
-        Case storage c = _cases[report];
-        return (c.stage, c.outcome, c.accused, c.deadline);
+        Case storage c = _cases[caseId(report, accused)];
+        return (c.stage, c.outcome, c.deadline);
     }
 
     /// @notice A case's judges and (once drawn) jury.
-    function partiesOf(bytes32 report) external view returns (address[] memory judges, address[] memory jury) {
-        Case storage c = _cases[report];
+    function partiesOf(bytes32 report, address accused)
+        external
+        view
+        returns (address[] memory judges, address[] memory jury)
+    {
+        Case storage c = _cases[caseId(report, accused)];
         return (c.judges, c.jury);
     }
 
-    /// @notice How many nodes ever enlisted.
+    /// @notice How many cases `judge` judges that are still open.
+    function openCasesOf(address judge) external view returns (uint256) {
+        return _openCases[judge];
+    }
+
+    /// @notice How many nodes are enlisted.
     function poolSize() external view returns (uint256) {
         return _pool.length;
+    }
+
+    /// Closes `c`: its stakes are unlocked and its judges' open cases counted down.
+    function _close(Case storage c) private {
+        Stage was = c.stage;
+        c.stage = Stage.Closed;
+        staking.unlock(c.accused);
+        for (uint256 i = 0; i < c.judges.length; i++) {
+            _openCases[c.judges[i]] -= 1;
+            staking.unlock(c.judges[i]);
+        }
+        if (was == Stage.Drawn) {
+            for (uint256 i = 0; i < c.jury.length; i++) {
+                staking.unlock(c.jury[i]);
+            }
+        }
     }
 
     function _staked(address node) private view returns (bool) {
@@ -346,7 +420,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         view
         returns (bool)
     {
-        if (node == c.accused) return false;
+        if (node == c.accused || _enlistedAt[node] >= c.seedBlock) return false;
         for (uint256 i = 0; i < c.judges.length; i++) {
             if (c.judges[i] == node) return false;
         }

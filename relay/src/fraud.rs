@@ -8,7 +8,7 @@
 //! signed. Counted in `/metrics` as
 //! `ait_fraud_reports_total{answer="convicted"|"cleared"|"known"|"refused"}`.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use alloy::primitives::Address;
@@ -30,6 +30,12 @@ const VERIFYING_AT_ONCE: usize = 2;
 /// verdict when asked again later.
 const CONVICTING_REMEMBERED: usize = 10_000;
 
+/// Longest a copy of a report waits for this relay's recomputation of it to finish.
+const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Longest signing a verdict may wait for the chain (its binding read).
+const SIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What recomputes reports for a relay.
 pub struct Verifier {
     node: NodeHandle,
@@ -40,6 +46,33 @@ pub struct Verifier {
     busy: tokio::sync::Semaphore,
     judge: Option<Judge>,
     convicting: Mutex<Remembered>,
+    in_flight: Mutex<HashMap<[u8; 32], usize>>,
+}
+
+/// Counts a report id as being recomputed for as long as it lives (copies that arrive
+/// together are each counted; a copy that finds the id counted elsewhere waits for zero).
+struct InFlight<'a> {
+    counts: &'a Mutex<HashMap<[u8; 32], usize>>,
+    id: [u8; 32],
+}
+
+impl<'a> InFlight<'a> {
+    fn start(counts: &'a Mutex<HashMap<[u8; 32], usize>>, id: [u8; 32]) -> InFlight<'a> {
+        *counts.lock().expect("in-flight lock").entry(id).or_default() += 1;
+        InFlight { counts, id }
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut counts = self.counts.lock().expect("in-flight lock");
+        if let Some(n) = counts.get_mut(&self.id) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&self.id);
+            }
+        }
+    }
 }
 
 /// A bounded set of report ids, the oldest forgotten first.
@@ -73,7 +106,7 @@ impl Verifier {
         judge: Option<Judge>,
     ) -> Verifier {
         let busy = tokio::sync::Semaphore::new(VERIFYING_AT_ONCE);
-        Verifier { node, model, local, opts, busy, judge, convicting: Mutex::default() }
+        Verifier { node, model, local, opts, busy, judge, convicting: Mutex::default(), in_flight: Mutex::default() }
     }
 
     /// Takes the reports its node's peers send, until the node stops.
@@ -105,15 +138,25 @@ impl Verifier {
     /// on to this node's other peers, and its verdict about the accused at `ask` is signed
     /// when this relay judges and the chain binds that address to the accused.
     pub async fn judge(&self, report: &FraudReport, from: libp2p::PeerId, ask: Option<Address>) -> Answer {
-        let Ok(_turn) = self.busy.acquire().await else { return Answer::Refused("shutting down".into()) };
-        let m = &self.model;
-        let mut chain = SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
-        if let Some(local) = &self.local {
-            chain = chain.with_local(local.clone());
-        }
-        match chain.verify_report(report).await {
+        let id = report.id();
+        let verified = {
+            let Ok(_turn) = self.busy.acquire().await else { return Answer::Refused("shutting down".into()) };
+            let m = &self.model;
+            let mut chain =
+                SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
+            if let Some(local) = &self.local {
+                chain = chain.with_local(local.clone());
+            }
+            let _flight = InFlight::start(&self.in_flight, id);
+            let verified = chain.verify_report(report).await;
+            if verified.as_ref().is_ok_and(|j| j.accused_faulty) {
+                self.convicting.lock().expect("convicting lock").insert(id);
+            }
+            verified
+        };
+        // Signing reads the chain: not while holding a recomputation's turn.
+        match verified {
             Ok(j) if j.accused_faulty => {
-                self.convicting.lock().expect("convicting lock").insert(report.id());
                 let (node, spread_report) = (self.node.clone(), report.clone());
                 let except = [from, report.accused.node];
                 tokio::spawn(async move { spread(&node, &spread_report, &except, None).await });
@@ -122,7 +165,15 @@ impl Verifier {
             Ok(j) if !j.lying_auditors.is_empty() => Answer::Cleared,
             Ok(_) => Answer::Refused("the recomputation agreed with nobody; nobody was convicted".into()),
             Err(ReportRefused::Replayed(_)) => {
-                let convicted = self.convicting.lock().expect("convicting lock").ids.contains(&report.id());
+                // A copy that came while this relay still recomputes the report waits for the
+                // result, so that its sender gets the verdict too.
+                let deadline = tokio::time::Instant::now() + IN_FLIGHT_WAIT;
+                while self.in_flight.lock().expect("in-flight lock").contains_key(&id)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+                let convicted = self.convicting.lock().expect("convicting lock").ids.contains(&id);
                 Answer::Known(if convicted { self.sign(report, ask).await } else { None })
             }
             Err(e) => Answer::Refused(e.to_string()),
@@ -134,7 +185,8 @@ impl Verifier {
     /// to the accused.
     async fn sign(&self, report: &FraudReport, ask: Option<Address>) -> Option<SignedVerdict> {
         let (judge, accused) = (self.judge.as_ref()?, ask?);
-        match judge.sign(report, accused).await {
+        let signed = tokio::time::timeout(SIGN_TIMEOUT, judge.sign(report, accused)).await;
+        match signed.unwrap_or_else(|_| Err("the chain did not answer in time".into())) {
             Ok(signed) => Some(signed),
             Err(e) => {
                 tracing::info!(%accused, "no verdict signed: {e}");

@@ -191,18 +191,18 @@ async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
     // Unappealed: accused, then slashed once the window has passed.
     let accused_gas = gas(accuse([1; 32]).send().await).await;
     warp(1801).await;
-    let execute = gas(dao.execute(B256::repeat_byte(1)).send().await).await;
+    let execute = gas(dao.execute(B256::repeat_byte(1), accused).send().await).await;
     // Appealed: a jury drawn and three of it overturn the judges.
     gas(accuse([2; 32]).send().await).await;
     let id = B256::repeat_byte(2);
     let appeal = gas(by(3).appeal(id).send().await).await;
     warp(1).await;
-    let draw = gas(dao.draw(id).send().await).await;
-    let jury = dao.partiesOf(id).call().await.unwrap().jury;
+    let draw = gas(dao.draw(id, accused).send().await).await;
+    let jury = dao.partiesOf(id, accused).call().await.unwrap().jury;
     let cleared = Verdict::new([2; 32], accused, &peer, false);
     let juror = |a: &Address| chain.accounts.iter().position(|x| x.address == *a).unwrap();
     let sigs: Vec<Bytes> = jury[..3].iter().map(|a| cleared.sign(&key(juror(a)), &domain).unwrap()).collect();
-    let rule = gas(dao.rule(id, false, jury[..3].to_vec(), sigs).send().await).await;
+    let rule = gas(dao.rule(id, accused, false, jury[..3].to_vec(), sigs).send().await).await;
     json!({
         "accuse_two_judges": accused_gas,
         "execute_slash_and_two_bounties": execute,

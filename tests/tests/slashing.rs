@@ -144,9 +144,13 @@ impl Court {
         out
     }
 
-    async fn stage(&self, report: B256) -> (u8, u8) {
-        let c = self.tribunal(0).caseOf(report).call().await.unwrap();
+    async fn stage(&self, v: &Signed) -> (u8, u8) {
+        let c = self.tribunal(0).caseOf(v.report, v.accused).call().await.unwrap();
         (c.stage, c.outcome)
+    }
+
+    async fn locks(&self, who: Address) -> U256 {
+        self.staking(0).locksOf(who).call().await.unwrap()
     }
 
     /// Opens a case from node `from`.
@@ -183,9 +187,9 @@ async fn judge(court: &Court, i: usize, fx: &Fixture, report: &FraudReport, accu
 /// has passed, and pays each judge its bounty (from its own fund, not the slash).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_fault_class_is_slashed_on_anvil_once_two_staked_judges_recompute_its_report() {
-    let court = Court::start(4).await;
-    let (liar, judges) = (1, [2, 3]);
-    court.stake(liar, 10 * SLASH_AIT).await;
+    // One liar's operator per class (a staked address keeps the peer id it bound).
+    let court = Court::start(9).await;
+    let judges = [7, 8];
     for j in judges {
         court.stake(j, MIN_STAKE_AIT).await;
     }
@@ -193,9 +197,11 @@ async fn every_fault_class_is_slashed_on_anvil_once_two_staked_judges_recompute_
     let treasury = court.d().treasury;
 
     for (n, class) in FAULT_CLASSES.into_iter().enumerate() {
+        let liar = 1 + n;
         let fx = Fixture::lying(7, &SERVERS, 1, class);
         let report = report_of(&fx).await;
         court.bind(liar, &fx.peer(1)).await;
+        court.stake(liar, 2 * SLASH_AIT).await;
         let mut verdicts = vec![];
         for j in judges {
             verdicts.push(judge(&court, j, &fx, &report, court.address(liar)).await);
@@ -211,23 +217,29 @@ async fn every_fault_class_is_slashed_on_anvil_once_two_staked_judges_recompute_
         }
         let sigs: Vec<Bytes> = verdicts.iter().map(|(_, s)| s.clone()).collect();
         court.accuse(0, &v, &judge_addrs, &sigs).await.unwrap_or_else(|e| panic!("{}: {e}", class.name));
-        assert_eq!(court.stage(v.report).await, (ACCUSED, 0), "{}", class.name);
+        assert_eq!(court.stage(&v).await, (ACCUSED, 0), "{}", class.name);
+        for who in [court.address(liar), judge_addrs[0], judge_addrs[1]] {
+            assert_eq!(court.locks(who).await, U256::from(1), "{}: an open case locks its stakes", class.name);
+        }
 
         let before = court.holdings(&[court.address(liar), treasury, judge_addrs[0], judge_addrs[1]]).await;
-        refused(sent(court.tribunal(0).execute(v.report).send().await).await, "TooEarly");
+        refused(sent(court.tribunal(0).execute(v.report, v.accused).send().await).await, "TooEarly");
         warp(&court.nodes[0].provider, APPEAL + 1).await;
-        sent(court.tribunal(0).execute(v.report).send().await).await.expect("execute");
+        sent(court.tribunal(0).execute(v.report, v.accused).send().await).await.expect("execute");
         let after = court.holdings(&[court.address(liar), treasury, judge_addrs[0], judge_addrs[1]]).await;
-        assert_eq!(court.stage(v.report).await, (CLOSED, SLASHED), "{}", class.name);
+        assert_eq!(court.stage(&v).await, (CLOSED, SLASHED), "{}", class.name);
+        for who in [court.address(liar), judge_addrs[0], judge_addrs[1]] {
+            assert_eq!(court.locks(who).await, U256::ZERO, "{}: a closed case unlocks", class.name);
+        }
         assert_eq!(before[0].0 - after[0].0, ait(SLASH_AIT), "{}: the liar's stake", class.name);
         assert_eq!(after[1].1 - before[1].1, ait(SLASH_AIT), "{}: the DAO fund", class.name);
         for k in 2..4 {
             assert_eq!(after[k].1 - before[k].1, ait(BOUNTY_AIT), "{}: a judge's bounty", class.name);
             assert_eq!(after[k].0, before[k].0, "{}: a judge's stake", class.name);
         }
+        assert_eq!(after[0].0, ait(SLASH_AIT), "{}: what the liar keeps", class.name);
         eprintln!("{}: slashed {SLASH_AIT} AIT on anvil", class.name);
     }
-    assert_eq!(court.staked(court.address(liar)).await, ait(10 * SLASH_AIT - 6 * SLASH_AIT));
 }
 
 /// An accusation that must be refused: what it is, the verdict, its judges and their
@@ -244,6 +256,7 @@ async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
     court.stake(j1, MIN_STAKE_AIT).await;
     court.stake(j2, MIN_STAKE_AIT).await;
     court.stake(poor, MIN_STAKE_AIT - 1).await;
+    court.stake(other, SLASH_AIT - 1).await;
     let noise = FAULT_CLASSES.into_iter().find(|c| c.fault == Some(Fault::Lie)).unwrap();
     let fx = Fixture::lying(7, &SERVERS, 1, noise);
     let report = report_of(&fx).await;
@@ -259,6 +272,9 @@ async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
 
     let cleared = Signed { faulty: false, ..v.clone() };
     let at_other = Signed { accused: a(other), ..v.clone() };
+    // `other` bound the liar's peer id as well, with too little stake to be worth a case.
+    let decoy = Signed { accused: a(other), accusedPeer: v.accusedPeer.clone(), ..v.clone() };
+    court.bind(unstaked, &fx.peer(1)).await;
     let cases: Vec<Forgery> = vec![
         ("one judge", v.clone(), vec![a(j1)], vec![s1.clone()], "Quorum"),
         ("four judges", v.clone(), vec![a(j1), a(j2), a(poor), a(0)], vec![s1.clone(); 4], "Quorum"),
@@ -281,29 +297,55 @@ async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
             vec![sign(j1, &at_other), sign(j2, &at_other)],
             "NotBound",
         ),
+        (
+            "an accused without the slash staked",
+            decoy.clone(),
+            vec![a(j1), a(j2)],
+            vec![sign(j1, &decoy), sign(j2, &decoy)],
+            "NotBound",
+        ),
     ];
     for (what, verdict, judges, sigs, error) in cases {
         let r = court.accuse(0, &verdict, &judges, &sigs).await;
         assert!(matches!(&r, Err(e) if e.contains(error)), "{what}: expected {error}, got {r:?}");
     }
-    assert_eq!(court.stage(v.report).await, (0, 0), "a refused accusation opened a case");
+    assert_eq!(court.stage(&v).await, (0, 0), "a refused accusation opened a case");
     assert_eq!(court.holdings(&everyone).await, start, "a refused accusation moved AIT");
+
+    // An accused bound to the peer id with too little stake: the case would slash nothing.
+    let unstaked_accused = Signed { accused: a(unstaked), ..v.clone() };
+    let sigs = [sign(j1, &unstaked_accused), sign(j2, &unstaked_accused)];
+    refused(court.accuse(0, &unstaked_accused, &[a(j1), a(j2)], &sigs).await, "AccusedUnstaked");
 
     court.accuse(unstaked, &v, &[a(j1), a(j2)], &[s1.clone(), s2.clone()]).await.expect("the true accusation");
     refused(court.accuse(0, &v, &[a(j1), a(j2)], &[s1.clone(), s2.clone()]).await, "CaseExists");
-    refused(sent(court.tribunal(j1).appeal(v.report).send().await).await, "NotAccused");
-    refused(sent(court.tribunal(0).execute(v.report).send().await).await, "TooEarly");
-    refused(sent(court.tribunal(0).draw(v.report).send().await).await, "WrongStage");
+    // While the case is open, neither the liar nor its judges can unbond or rebind.
+    refused(sent(court.staking(liar).unbond(ait(1)).send().await).await, "Locked");
+    refused(sent(court.staking(j1).unbond(ait(1)).send().await).await, "Locked");
+    refused(sent(court.staking(liar).bind(Bytes::from(fx.peer(2).to_bytes())).send().await).await, "BindingFixed");
+    refused(sent(court.tribunal(j1).appeal(v.report).send().await).await, "WrongStage");
+    refused(sent(court.tribunal(0).execute(v.report, accused).send().await).await, "TooEarly");
+    refused(sent(court.tribunal(0).draw(v.report, accused).send().await).await, "WrongStage");
     assert_eq!(court.holdings(&everyone).await, start, "an open case moved AIT");
     warp(&court.nodes[0].provider, APPEAL + 1).await;
     refused(sent(court.tribunal(liar).appeal(v.report).send().await).await, "TooLate");
-    sent(court.tribunal(0).execute(v.report).send().await).await.expect("execute");
-    refused(sent(court.tribunal(0).execute(v.report).send().await).await, "WrongStage");
+    sent(court.tribunal(0).execute(v.report, accused).send().await).await.expect("execute");
+    refused(sent(court.tribunal(0).execute(v.report, accused).send().await).await, "WrongStage");
     let end = court.holdings(&everyone).await;
     assert_eq!(start[liar].0 - end[liar].0, ait(SLASH_AIT));
     assert_eq!(end[7].1 - start[7].1, ait(SLASH_AIT), "the DAO fund");
     for i in [0, unstaked, poor, other] {
         assert_eq!(end[i], start[i], "account {i}");
+    }
+
+    // A judge answers for each open case with the penalty: 1,000 AIT bonded covers two.
+    for (n, b) in [0x61u8, 0x62, 0x63].into_iter().enumerate() {
+        let more = Signed { report: B256::repeat_byte(b), ..v.clone() };
+        let r = court.accuse(0, &more, &[a(j1), a(j2)], &[sign(j1, &more), sign(j2, &more)]).await;
+        match n {
+            2 => refused(r, "NotStaked"),
+            _ => r.expect("a judge's case within its bond"),
+        }
     }
 }
 
@@ -315,8 +357,8 @@ async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
 /// dismissed and moves nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and_lose_stake() {
-    let court = Court::start(11).await;
-    let (honest, sybils, jurors) = (1, [2, 3], 4..11);
+    let court = Court::start(12).await;
+    let (honest, sybils, jurors, late) = (1, [2, 3], 4..11, 11);
     court.stake(honest, 5 * SLASH_AIT).await;
     for i in sybils.into_iter().chain(jurors.clone()) {
         court.stake(i, MIN_STAKE_AIT).await;
@@ -324,6 +366,8 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     }
     refused(sent(court.tribunal(0).enlist().send().await).await, "NotStaked");
     assert_eq!(court.tribunal(0).poolSize().call().await.unwrap(), U256::from(2 + jurors.len()));
+    refused(sent(court.staking(4).unbond(ait(1)).send().await).await, "Locked");
+    court.stake(late, MIN_STAKE_AIT).await;
 
     // The middle node is honest; two of its spares lie alike and audit it.
     let fx = Fixture::new(7, &SERVERS);
@@ -344,14 +388,16 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     let sybil_sigs: Vec<Bytes> =
         sybils.iter().map(|&s| framing.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
     court.accuse(sybils[0], &framing, &sybil_addrs, &sybil_sigs).await.expect("the sybils' accusation");
-    let everyone: Vec<Address> = (0..11).map(|i| court.address(i)).chain([court.d().treasury]).collect();
+    let everyone: Vec<Address> = (0..12).map(|i| court.address(i)).chain([court.d().treasury]).collect();
     let start = court.holdings(&everyone).await;
 
     sent(court.tribunal(honest).appeal(framing.report).send().await).await.expect("appeal");
-    refused(sent(court.tribunal(0).draw(framing.report).send().await).await, "TooEarly");
-    mine(&court.nodes[0].provider).await;
-    sent(court.tribunal(0).draw(framing.report).send().await).await.expect("draw");
-    let jury = court.tribunal(0).partiesOf(framing.report).call().await.unwrap().jury;
+    refused(sent(court.tribunal(0).draw(framing.report, accused).send().await).await, "TooEarly");
+    // A node that enlists once the appeal is in cannot sit on its jury.
+    sent(court.tribunal(late).enlist().send().await).await.expect("a late enlisting");
+    sent(court.tribunal(0).draw(framing.report, accused).send().await).await.expect("draw");
+    let jury = court.tribunal(0).partiesOf(framing.report, accused).call().await.unwrap().jury;
+    assert!(!jury.contains(&court.address(late)), "a node that enlisted after the appeal was drawn");
     assert_eq!(jury.len(), 5);
     let juror_index = |addr: &Address| jurors.clone().find(|&i| court.address(i) == *addr);
     assert!(jury.iter().all(|j| juror_index(j).is_some()), "a judge or the accused was drawn: {jury:?}");
@@ -372,7 +418,7 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     let verdict = Signed { faulty: false, ..framing.clone() };
     let rule = |who: Vec<Address>, sigs: Vec<Bytes>, faulty: bool| {
         let t = court.tribunal(0);
-        async move { sent(t.rule(framing.report, faulty, who, sigs).send().await).await }
+        async move { sent(t.rule(framing.report, accused, faulty, who, sigs).send().await).await }
     };
     let (addrs, sigs): (Vec<Address>, Vec<Bytes>) = cleared.iter().cloned().unzip();
     refused(rule(addrs[..2].to_vec(), sigs[..2].to_vec(), false).await, "Quorum");
@@ -394,13 +440,16 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     refused(rule(addrs.clone(), sigs.clone(), true).await, "BadSigner");
     assert_eq!(court.holdings(&everyone).await, start, "a refused ruling moved AIT");
     rule(addrs.clone(), sigs.clone(), false).await.expect("the jury's ruling");
-    assert_eq!(court.stage(framing.report).await, (CLOSED, OVERTURNED));
+    assert_eq!(court.stage(&framing).await, (CLOSED, OVERTURNED));
+    for j in &jury {
+        assert_eq!(court.locks(*j).await, U256::from(1), "a juror keeps only its enlisting lock");
+    }
     let end = court.holdings(&everyone).await;
     assert_eq!(end[honest], start[honest], "the honest node lost nothing");
     for s in sybils {
         assert_eq!(start[s].0 - end[s].0, ait(JUDGE_PENALTY_AIT), "sybil {s}'s stake");
     }
-    assert_eq!(end[11].1 - start[11].1, ait(2 * JUDGE_PENALTY_AIT), "the DAO fund");
+    assert_eq!(end[12].1 - start[12].1, ait(2 * JUDGE_PENALTY_AIT), "the DAO fund");
     for addr in &addrs {
         let i = juror_index(addr).unwrap();
         assert_eq!(end[i].1 - start[i].1, ait(BOUNTY_AIT), "juror {i}'s bounty");
@@ -420,9 +469,9 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     sent(court.tribunal(honest).appeal(invented.report).send().await).await.expect("appeal");
     let before = court.holdings(&everyone).await;
     warp(&court.nodes[0].provider, JURY_WINDOW + 1).await;
-    refused(sent(court.tribunal(0).draw(invented.report).send().await).await, "TooLate");
-    sent(court.tribunal(0).execute(invented.report).send().await).await.expect("execute");
-    assert_eq!(court.stage(invented.report).await, (CLOSED, DISMISSED));
+    refused(sent(court.tribunal(0).draw(invented.report, accused).send().await).await, "TooLate");
+    sent(court.tribunal(0).execute(invented.report, accused).send().await).await.expect("execute");
+    assert_eq!(court.stage(&invented).await, (CLOSED, DISMISSED));
     assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT");
 }
 
@@ -443,9 +492,11 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
         (dir, address)
     };
     let (j1, j2, (accused_dir, accused)) = (staked("j1", 1), staked("j2", 2), staked("accused", 3));
+    let mut jurors = vec![];
     for i in 4..8 {
         let (juror, _) = staked(&format!("juror{i}"), i);
         assert!(chain.ait(&["tribunal", "enlist", "--data-dir", &data(&juror)]).contains("enlisted"));
+        jurors.push(juror);
     }
     let peer = relay::p2p::load_or_create_key(&accused_dir).unwrap().public().to_peer_id();
     let report = [0x51; 32];
@@ -463,22 +514,25 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
         Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked
     });
 
-    let case = chain.ait(&["tribunal", "case", &id, "--data-dir", &data(&j1.0)]);
-    assert!(case.contains("stage    accused") && case.contains(&accused.to_string()), "{case}");
+    let who = accused.to_string();
+    let case = chain.ait(&["tribunal", "case", &id, &who, "--data-dir", &data(&j1.0)]);
+    assert!(case.contains("stage    accused") && case.contains(&who), "{case}");
     let refused = chain.ait_fails(&["tribunal", "appeal", &id, "--data-dir", &data(&j1.0)]);
-    assert!(refused.contains("NotAccused"), "{refused}");
+    assert!(refused.contains("WrongStage"), "{refused}");
     assert!(chain.ait(&["tribunal", "appeal", &id, "--data-dir", &data(&accused_dir)]).contains("appealed"));
     rt.block_on(mine(&dao));
-    let refused = chain.ait_fails(&["tribunal", "draw", &id, "--data-dir", &data(&j1.0)]);
+    let refused = chain.ait_fails(&["tribunal", "draw", &id, &who, "--data-dir", &data(&j1.0)]);
     assert!(refused.contains("PoolTooSmall"), "{refused}");
     rt.block_on(warp(&dao, 1200 + 1));
-    let closed = chain.ait(&["tribunal", "execute", &id, "--data-dir", &data(&j1.0)]);
+    let closed = chain.ait(&["tribunal", "execute", &id, &who, "--data-dir", &data(&j1.0)]);
     assert!(closed.contains("closed: dismissed"), "{closed}");
-    let case = chain.ait(&["tribunal", "case", &id, "--data-dir", &data(&j1.0)]);
+    let case = chain.ait(&["tribunal", "case", &id, &who, "--data-dir", &data(&j1.0)]);
     assert!(case.contains("stage    closed") && case.contains("outcome  dismissed"), "{case}");
     let after =
         rt.block_on(async { Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked });
     assert_eq!(after, before, "a dismissed case moved stake");
+    assert!(chain.ait(&["tribunal", "resign", "--data-dir", &data(&jurors[0])]).contains("resigned"));
+    chain.ait(&["unstake", "1", "--data-dir", &data(&jurors[0])]);
     drop(chain);
     let _ = std::fs::remove_dir_all(dir);
 }

@@ -256,7 +256,7 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
         warp(&client, tribunal.appealWindow().call().await.unwrap() + 1).await;
         let staking = Staking::new(d.staking, client.clone());
         let before = staking.stakeOf(liar).call().await.unwrap().staked;
-        sent(tribunal.execute(id).send().await).await.expect("execute");
+        sent(tribunal.execute(id, liar).send().await).await.expect("execute");
         let after = staking.stakeOf(liar).call().await.unwrap().staked;
         assert_eq!(before - after, U256::from(SLASH_AIT) * U256::from(AIT_UNIT), "the liar's slash");
     });

@@ -1,10 +1,11 @@
 //! `ait tribunal ...`: what a node's operator does about the tribunal's cases by hand
-//! (`contracts/src/Tribunal.sol`): enlist for juries, read a case, appeal an accusation of
-//! its own node, draw an appealed case's jury, and close a case whose time ran out. Relays
+//! (`contracts/src/Tribunal.sol`): enlist for juries (and resign), read a case, appeal an
+//! accusation of its own node, draw an appealed case's jury, and close a case whose time ran
+//! out. A case is one report against one address. Relays
 //! sign and submit verdicts on their own (`--judge`, and a wallet); nothing appeals or sits
 //! on a jury on its own yet.
 
-use alloy::primitives::B256;
+use alloy::primitives::{Address, B256};
 use anyhow::Context;
 
 use super::bindings::Tribunal;
@@ -14,28 +15,38 @@ use super::mined as send;
 /// `ait tribunal ...`.
 #[derive(clap::Subcommand, Debug)]
 pub enum CourtCmd {
-    /// Make this wallet eligible for juries (it needs the tribunal's minimum stake).
+    /// Make this wallet eligible for juries (it needs the tribunal's minimum stake, which
+    /// stays locked until it resigns).
     Enlist,
-    /// Print a case: its stage, outcome, accused, deadline, judges and jury.
+    /// Leave the pool of jurors, unlocking the stake.
+    Resign,
+    /// Print a case: its stage, outcome, deadline, judges and jury.
     Case {
         /// The fraud report's id (hex, 32 bytes).
         report: B256,
+        /// The accused's address.
+        accused: Address,
     },
     /// Appeal an accusation of this wallet (within the appeal window): a jury is drawn.
     Appeal {
         /// The fraud report's id.
         report: B256,
     },
-    /// Draw the jury of an appealed case (once the block after the appeal exists).
+    /// Draw the jury of an appealed case (once the block after the appeal exists, and within
+    /// 256 blocks of it).
     Draw {
         /// The fraud report's id.
         report: B256,
+        /// The accused's address.
+        accused: Address,
     },
     /// Close a case whose window ran out: slash the accused if it was not appealed, dismiss
     /// it if its jury did not rule.
     Execute {
         /// The fraud report's id.
         report: B256,
+        /// The accused's address.
+        accused: Address,
     },
 }
 
@@ -54,13 +65,17 @@ pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
                 send("enlist", tribunal.enlist().send().await).await?;
                 println!("enlisted for juries");
             }
-            CourtCmd::Case { report } => {
-                let c = tribunal.caseOf(report).call().await.context("caseOf")?;
-                let parties = tribunal.partiesOf(report).call().await.context("partiesOf")?;
+            CourtCmd::Resign => {
+                send("resign", tribunal.resign().send().await).await?;
+                println!("resigned from juries");
+            }
+            CourtCmd::Case { report, accused } => {
+                let c = tribunal.caseOf(report, accused).call().await.context("caseOf")?;
+                let parties = tribunal.partiesOf(report, accused).call().await.context("partiesOf")?;
                 let name = |names: &[&'static str], i: u8| names.get(usize::from(i)).copied().unwrap_or("?");
                 println!("stage    {}", name(&STAGES, c.stage));
                 println!("outcome  {}", name(&OUTCOMES, c.outcome));
-                println!("accused  {}", c.accused);
+                println!("accused  {accused}");
                 println!("deadline {}", c.deadline);
                 let list = |a: &[alloy::primitives::Address]| a.iter().map(|x| x.to_string()).collect::<Vec<_>>();
                 println!("judges   {}", list(&parties.judges).join(" "));
@@ -68,16 +83,16 @@ pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
             }
             CourtCmd::Appeal { report } => {
                 send("appeal", tribunal.appeal(report).send().await).await?;
-                println!("appealed: draw the jury once the next block exists (`ait tribunal draw`)");
+                println!("appealed: draw the jury once the next block exists (`ait tribunal draw`), within 256 blocks");
             }
-            CourtCmd::Draw { report } => {
-                send("draw", tribunal.draw(report).send().await).await?;
-                let jury = tribunal.partiesOf(report).call().await.context("partiesOf")?.jury;
+            CourtCmd::Draw { report, accused } => {
+                send("draw", tribunal.draw(report, accused).send().await).await?;
+                let jury = tribunal.partiesOf(report, accused).call().await.context("partiesOf")?.jury;
                 println!("jury: {}", jury.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "));
             }
-            CourtCmd::Execute { report } => {
-                send("execute", tribunal.execute(report).send().await).await?;
-                let c = tribunal.caseOf(report).call().await.context("caseOf")?;
+            CourtCmd::Execute { report, accused } => {
+                send("execute", tribunal.execute(report, accused).send().await).await?;
+                let c = tribunal.caseOf(report, accused).call().await.context("caseOf")?;
                 println!("closed: {}", OUTCOMES.get(usize::from(c.outcome)).copied().unwrap_or("?"));
             }
         }
