@@ -350,13 +350,21 @@ async fn only_the_arbiter_slashes_and_only_the_creator_or_the_dao_changes_a_regi
         .unwrap();
     assert_eq!(w.dao.staking(&w).stakeOf(node.address()).call().await.unwrap().staked, ait(500));
 
-    // Nobody but the arbiter slashes, the node itself included.
+    // Nobody but the arbiter slashes or locks, the node itself included.
     for who in [&w.stranger, node, &w.creator] {
         refused(
             sent(who.staking(&w).slash(node.address(), ait(100), B256::ZERO).send().await).await,
             "AccessControlUnauthorizedAccount",
         );
+        refused(sent(who.staking(&w).lock(node.address()).send().await).await, "AccessControlUnauthorizedAccount");
     }
+    // A staked node keeps the peer id it bound (binding it again is fine).
+    refused(sent(node.staking(&w).bind(Bytes::from(vec![0x00, 0x24, 0x08, 0x02])).send().await).await, "BindingFixed");
+    sent(node.staking(&w).bind(Bytes::from(vec![0x00, 0x24, 0x08, 0x01])).send().await).await.unwrap();
+    // The arbiter's lock holds unbonding until it is lifted.
+    sent(w.dao.staking(&w).lock(node.address()).send().await).await.unwrap();
+    refused(sent(node.staking(&w).unbond(ait(1)).send().await).await, "Locked");
+    sent(w.dao.staking(&w).unlock(node.address()).send().await).await.unwrap();
     // Unbonding does not escape a slash, and waits its period.
     sent(node.staking(&w).unbond(ait(200)).send().await).await.unwrap();
     refused(sent(node.staking(&w).withdraw().send().await).await, "StillBonded");
