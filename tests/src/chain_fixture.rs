@@ -25,7 +25,7 @@ use web_node::net::chain::{probe_stream, ChainError, ChainOptions, Discovery, Fo
 use web_node::net::frame::{read_frame, write_frame, MAX_FRAME};
 use web_node::net::protocol::{ErrorCode, Request, Response};
 use web_node::net::serve::{BoxStream, ComputeHandle, ComputeLoop, ServeConfig, ServeLimits, Server};
-use web_node::trust::{output_hash, InputChain, Receipt, Reputation};
+use web_node::trust::{output_hash, InputChain, Receipt};
 
 use crate::tiny_model::{TempDir, Tensor, TinyModel};
 
@@ -138,22 +138,12 @@ pub fn quick_options() -> ChainOptions {
     ChainOptions {
         connect_timeout: Duration::from_millis(500),
         step_timeout: Duration::from_millis(150),
-        timeout_factor: 10.0,
         per_token_timeout: Duration::from_millis(10),
         discovery_timeout: Duration::from_secs(1),
         settle: Duration::from_millis(10),
-        ban: Duration::from_secs(60),
-        max_reroutes: 4,
         max_wait: Duration::from_secs(1),
-        busy_factor: 3.0,
         max_recovery: Duration::from_secs(30),
-        max_probes: 32,
-        allow_private_addrs: false,
-        payer: None,
-        ms_per_ait: 0.0,
-        on_queued: None,
-        on_route: None,
-        reputation: Reputation::new(),
+        ..ChainOptions::default()
     }
 }
 

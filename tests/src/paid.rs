@@ -43,26 +43,25 @@ impl Chain {
 
     /// `ait ARGS --chain FILE`, which must succeed; its stdout.
     pub fn ait(&self, args: &[&str]) -> String {
-        let out = Command::new(ait_bin())
-            .args(args)
-            .args(["--chain", self.file()])
-            .env("AIT_WALLET_PASSWORD", PASSWORD)
-            .output()
-            .expect("ait");
+        let out = self.run(args);
         assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `ait ARGS --chain FILE`, which must fail; its stderr.
     pub fn ait_fails(&self, args: &[&str]) -> String {
-        let out = Command::new(ait_bin())
+        let out = self.run(args);
+        assert!(!out.status.success(), "ait {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        Command::new(ait_bin())
             .args(args)
             .args(["--chain", self.file()])
             .env("AIT_WALLET_PASSWORD", PASSWORD)
             .output()
-            .expect("ait");
-        assert!(!out.status.success(), "ait {args:?} succeeded:\n{}", String::from_utf8_lossy(&out.stdout));
-        String::from_utf8_lossy(&out.stderr).into_owned()
+            .expect("ait")
     }
 
     /// A node's data directory holding its identity and the wallet of dev account `account`,
