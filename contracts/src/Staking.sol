@@ -42,7 +42,9 @@ contract Staking is AccessControl, ReentrancyGuard {
 
     mapping(address node => Stake) private _stakes;
     mapping(address node => bytes peerId) private _peerIds;
+    /// All locks on a node, and each arbiter's share of them.
     mapping(address node => uint256 count) private _locks;
+    mapping(address node => mapping(address arbiter => uint256 count)) private _locksBy;
 
     /// @notice `node` bound its EVM address to `peerId`.
     event Bound(address indexed node, bytes peerId);
@@ -161,11 +163,15 @@ contract Staking is AccessControl, ReentrancyGuard {
     /// @notice Locks `node`'s stake once more (the arbiter, while a case involving it is open).
     function lock(address node) external onlyRole(ARBITER_ROLE) {
         _locks[node] += 1;
+        _locksBy[node][msg.sender] += 1;
     }
 
-    /// @notice Lifts one of `node`'s locks.
-    function unlock(address node) external onlyRole(ARBITER_ROLE) {
-        if (_locks[node] > 0) _locks[node] -= 1;
+    /// @notice Lifts one of the locks the caller put on `node` (no role needed: an arbiter
+    /// whose role was revoked can still close what it opened, and none can lift another's).
+    function unlock(address node) external {
+        if (_locksBy[node][msg.sender] == 0) revert Locked(node);
+        _locksBy[node][msg.sender] -= 1;
+        _locks[node] -= 1;
     }
 
     /// @notice How many locks hold `node`'s stake.

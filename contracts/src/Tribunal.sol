@@ -87,6 +87,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint64 deadline;
         /// The block whose hash draws the jury.
         uint64 seedBlock;
+        /// Entries of the pool when the case was appealed: the draw's index space.
+        uint64 poolLen;
         address[] judges;
         address[] jury;
     }
@@ -109,10 +111,13 @@ contract Tribunal is EIP712, ReentrancyGuard {
     uint64 public immutable juryWindow;
 
     mapping(bytes32 caseId => Case) private _cases;
+    /// Every enlisting, in order; entries are never moved or removed, so an appealed case's
+    /// draw reads the pool as it was at the appeal.
     address[] private _pool;
-    /// Index in `_pool` plus one (0: not enlisted).
-    mapping(address node => uint256 slot) private _slots;
+    mapping(address node => bool) private _enlisted;
     mapping(address node => uint256 blockNumber) private _enlistedAt;
+    /// The block a node resigned in (0: it has not, or it was released).
+    mapping(address node => uint256 blockNumber) private _resignedAt;
     mapping(address judge => uint256 count) private _openCases;
 
     /// @notice `judges` accused `accused` of the fraud in `report`; it may appeal until `deadline`.
@@ -125,8 +130,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
     event Closed(bytes32 indexed report, address indexed accused, Outcome outcome);
     /// @notice `node` may now be drawn for juries.
     event Enlisted(address indexed node);
-    /// @notice `node` may no longer be drawn.
-    event Left(address indexed node);
+    /// @notice `node` is not drawn for cases appealed from now on.
+    event Resigned(address indexed node);
+    /// @notice `node`'s enlisting lock is lifted.
+    event Released(address indexed node);
 
     /// @notice A case for this report against this address exists already.
     error CaseExists(bytes32 report, address accused);
@@ -134,8 +141,12 @@ contract Tribunal is EIP712, ReentrancyGuard {
     error AccusedUnstaked(address accused);
     /// @notice The seed block's hash is gone (more than 256 blocks ago): no jury can be drawn.
     error SeedExpired(uint64 seedBlock);
-    /// @notice Not enlisted.
+    /// @notice Not enlisted, or resigned and not yet released.
     error NotEnlisted(address node);
+    /// @notice Resigned too recently: a draw may still pick it until `releaseBlock`.
+    error NotReleased(uint256 releaseBlock);
+    /// @notice Resigned and not yet released: release first.
+    error StillResigning(address node);
     /// @notice The case is not at the stage this needs.
     error WrongStage(Stage stage);
     /// @notice Too few or too many signatures, or lists of different lengths.
@@ -250,34 +261,43 @@ contract Tribunal is EIP712, ReentrancyGuard {
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
         c.stage = Stage.Appealed;
         c.seedBlock = uint64(block.number + 1);
+        c.poolLen = uint64(_pool.length);
         c.deadline = uint64(block.timestamp) + juryWindow;
         emit Appealed(report, msg.sender, c.seedBlock);
     }
 
     /// @notice Makes the caller eligible for the juries of cases appealed from the next block
-    /// on (while it keeps `minStake` bonded); its stake is locked until it resigns.
+    /// on (while it keeps `minStake` bonded); its stake is locked until it resigns and is
+    /// released.
     function enlist() external {
         if (!_staked(msg.sender)) revert NotStaked(msg.sender);
-        if (_slots[msg.sender] != 0) return;
+        if (_enlisted[msg.sender]) return;
+        if (_resignedAt[msg.sender] != 0) revert StillResigning(msg.sender);
+        _enlisted[msg.sender] = true;
         _pool.push(msg.sender);
-        _slots[msg.sender] = _pool.length;
         _enlistedAt[msg.sender] = block.number;
         staking.lock(msg.sender);
         emit Enlisted(msg.sender);
     }
 
-    /// @notice Leaves the pool of jurors, unlocking the caller's stake (a jury it was drawn
-    /// for still counts its verdict).
+    /// @notice Stops the caller being drawn for cases appealed from the next block on. Its
+    /// stake stays locked while a draw may still pick it (`release`).
     function resign() external {
-        uint256 slot = _slots[msg.sender];
-        if (slot == 0) revert NotEnlisted(msg.sender);
-        address last = _pool[_pool.length - 1];
-        _pool[slot - 1] = last;
-        _slots[last] = slot;
-        _pool.pop();
-        delete _slots[msg.sender];
+        if (!_enlisted[msg.sender]) revert NotEnlisted(msg.sender);
+        _enlisted[msg.sender] = false;
+        _resignedAt[msg.sender] = block.number;
+        emit Resigned(msg.sender);
+    }
+
+    /// @notice Lifts a resigned node's enlisting lock, once no draw can pick it any more (a
+    /// draw uses a seed block at most 256 blocks old, from before the resignation).
+    function release() external {
+        uint256 resigned = _resignedAt[msg.sender];
+        if (resigned == 0) revert NotEnlisted(msg.sender);
+        if (block.number <= resigned + 257) revert NotReleased(resigned + 258);
+        _resignedAt[msg.sender] = 0;
         staking.unlock(msg.sender);
-        emit Left(msg.sender);
+        emit Released(msg.sender);
     }
 
     /// @notice Draws the jury of an appealed case from the hash of its seed block; anyone may
@@ -291,17 +311,24 @@ contract Tribunal is EIP712, ReentrancyGuard {
         bytes32 hash = blockhash(c.seedBlock);
         if (hash == bytes32(0)) revert SeedExpired(c.seedBlock);
         bytes32 seed = keccak256(abi.encode(hash, report));
-        uint256 n = _pool.length;
+        uint256 n = c.poolLen;
         address[] memory jury = new address[](JURY);
         uint256 drawn = 0;
         for (uint256 t = 0; t < JURY * DRAW_TRIES && drawn < JURY && n > 0; t++) {
             address node = _pool[uint256(keccak256(abi.encode(seed, t))) % n];
-            if (_eligible(c, node, jury, drawn)) {
-                jury[drawn++] = node;
-                staking.lock(node);
-            }
+            if (_eligible(c, node, jury, drawn)) jury[drawn++] = node;
+        }
+        // Entries of resigned nodes can make random tries miss: then walk the pool in order
+        // from a point the seed picks, so a jury that exists is found.
+        uint256 from = n > 0 ? uint256(seed) % n : 0;
+        for (uint256 i = 0; i < n && drawn < JURY; i++) {
+            address node = _pool[(from + i) % n];
+            if (_eligible(c, node, jury, drawn)) jury[drawn++] = node;
         }
         if (drawn < JURY) revert PoolTooSmall();
+        for (uint256 i = 0; i < JURY; i++) {
+            staking.lock(jury[i]);
+        }
         c.jury = jury;
         c.stage = Stage.Drawn;
         c.deadline = uint64(block.timestamp) + juryWindow;
@@ -389,7 +416,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return _openCases[judge];
     }
 
-    /// @notice How many nodes are enlisted.
+    /// @notice How many enlistings the pool holds (resigned nodes' included).
     function poolSize() external view returns (uint256) {
         return _pool.length;
     }
@@ -420,7 +447,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
         view
         returns (bool)
     {
-        if (node == c.accused || _enlistedAt[node] >= c.seedBlock) return false;
+        if (node == c.accused || _enlistedAt[node] >= c.seedBlock - 1) return false;
+        // Enlisted when the case was appealed: still enlisted, or resigned after it.
+        uint256 resigned = _resignedAt[node];
+        if (!_enlisted[node] && (resigned == 0 || resigned < c.seedBlock - 1)) return false;
         for (uint256 i = 0; i < c.judges.length; i++) {
             if (c.judges[i] == node) return false;
         }

@@ -28,3 +28,9 @@ pub async fn warp(provider: &DynProvider, seconds: u64) {
 pub async fn mine(provider: &DynProvider) {
     let _: serde_json::Value = provider.raw_request("evm_mine".into(), ()).await.expect("mine");
 }
+
+/// Mines `n` empty blocks at once (anvil's `anvil_mine`).
+pub async fn mine_blocks(provider: &DynProvider, n: u64) {
+    let _: serde_json::Value =
+        provider.raw_request("anvil_mine".into(), (format!("{n:#x}"),)).await.expect("anvil_mine");
+}

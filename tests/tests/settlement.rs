@@ -364,7 +364,10 @@ async fn only_the_arbiter_slashes_and_only_the_creator_or_the_dao_changes_a_regi
     // The arbiter's lock holds unbonding until it is lifted.
     sent(w.dao.staking(&w).lock(node.address()).send().await).await.unwrap();
     refused(sent(node.staking(&w).unbond(ait(1)).send().await).await, "Locked");
+    // Nobody lifts a lock it did not put there.
+    refused(sent(w.stranger.staking(&w).unlock(node.address()).send().await).await, "Locked");
     sent(w.dao.staking(&w).unlock(node.address()).send().await).await.unwrap();
+    refused(sent(w.dao.staking(&w).unlock(node.address()).send().await).await, "Locked");
     // Unbonding does not escape a slash, and waits its period.
     sent(node.staking(&w).unbond(ait(200)).send().await).await.unwrap();
     refused(sent(node.staking(&w).withdraw().send().await).await, "StillBonded");

@@ -18,7 +18,7 @@
 use std::ops::Range;
 
 use ait_tests::chain_fixture::{quick_options, Fault, Fixture, FAULT_CLASSES};
-use ait_tests::evm::{mine, refused, sent, warp};
+use ait_tests::evm::{mine_blocks, refused, sent, warp};
 use ait_tests::paid::Chain;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::DynProvider;
@@ -520,7 +520,7 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
     let refused = chain.ait_fails(&["tribunal", "appeal", &id, "--data-dir", &data(&j1.0)]);
     assert!(refused.contains("WrongStage"), "{refused}");
     assert!(chain.ait(&["tribunal", "appeal", &id, "--data-dir", &data(&accused_dir)]).contains("appealed"));
-    rt.block_on(mine(&dao));
+    rt.block_on(mine_blocks(&dao, 1));
     let refused = chain.ait_fails(&["tribunal", "draw", &id, &who, "--data-dir", &data(&j1.0)]);
     assert!(refused.contains("PoolTooSmall"), "{refused}");
     rt.block_on(warp(&dao, 1200 + 1));
@@ -531,7 +531,14 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
     let after =
         rt.block_on(async { Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked });
     assert_eq!(after, before, "a dismissed case moved stake");
+    // A juror that resigns stays locked while a draw may still pick it, then is released.
     assert!(chain.ait(&["tribunal", "resign", "--data-dir", &data(&jurors[0])]).contains("resigned"));
+    let refused = chain.ait_fails(&["unstake", "1", "--data-dir", &data(&jurors[0])]);
+    assert!(refused.contains("Locked"), "{refused}");
+    let refused = chain.ait_fails(&["tribunal", "release", "--data-dir", &data(&jurors[0])]);
+    assert!(refused.contains("NotReleased"), "{refused}");
+    rt.block_on(mine_blocks(&dao, 258));
+    assert!(chain.ait(&["tribunal", "release", "--data-dir", &data(&jurors[0])]).contains("released"));
     chain.ait(&["unstake", "1", "--data-dir", &data(&jurors[0])]);
     drop(chain);
     let _ = std::fs::remove_dir_all(dir);

@@ -1,5 +1,5 @@
 //! `ait tribunal ...`: what a node's operator does about the tribunal's cases by hand
-//! (`contracts/src/Tribunal.sol`): enlist for juries (and resign), read a case, appeal an
+//! (`contracts/src/Tribunal.sol`): enlist for juries (and resign and release), read a case, appeal an
 //! accusation of its own node, draw an appealed case's jury, and close a case whose time ran
 //! out. A case is one report against one address. Relays
 //! sign and submit verdicts on their own (`--judge`, and a wallet); nothing appeals or sits
@@ -18,8 +18,11 @@ pub enum CourtCmd {
     /// Make this wallet eligible for juries (it needs the tribunal's minimum stake, which
     /// stays locked until it resigns).
     Enlist,
-    /// Leave the pool of jurors, unlocking the stake.
+    /// Stop being drawn for juries (the stake stays locked while a draw may still pick this
+    /// wallet: `release` it about 257 blocks later).
     Resign,
+    /// Unlock the stake of a wallet that resigned, once no draw can pick it.
+    Release,
     /// Print a case: its stage, outcome, deadline, judges and jury.
     Case {
         /// The fraud report's id (hex, 32 bytes).
@@ -67,7 +70,11 @@ pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
             }
             CourtCmd::Resign => {
                 send("resign", tribunal.resign().send().await).await?;
-                println!("resigned from juries");
+                println!("resigned from juries: `ait tribunal release` unlocks the stake after 257 blocks");
+            }
+            CourtCmd::Release => {
+                send("release", tribunal.release().send().await).await?;
+                println!("released: the stake is unlocked");
             }
             CourtCmd::Case { report, accused } => {
                 let c = tribunal.caseOf(report, accused).call().await.context("caseOf")?;
