@@ -61,10 +61,9 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
             None => crate::fetch::default_model()?,
         };
         let model = ClientModel::load(&path).context("loading the model")?;
-        let opts = o.pay.chain_options()?;
-        let paying = opts.payer.is_some();
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let accuser = rt.block_on(async { o.pay.accuser() })?;
+        let (opts, accuser) = rt.block_on(async { o.pay.open() })?;
+        let paying = opts.payer.is_some();
         let handle = rt.block_on(connect(&o.swarm))?;
         Backend::Swarm {
             chain: Box::new(o.audit.apply(chain(handle, &model, opts))),

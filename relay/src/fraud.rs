@@ -8,7 +8,7 @@
 //! signed. Counted in `/metrics` as
 //! `ait_fraud_reports_total{answer="convicted"|"cleared"|"known"|"refused"}`.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use alloy::primitives::Address;
@@ -18,6 +18,7 @@ use web_node::net::chain::{AuditOutcome, ChainOptions, ReportRefused, SwarmChain
 use web_node::net::fraud::{spread, Answer, FraudInbox, IncomingReport};
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::LocalServer;
+use web_node::trust::recent::RecentIds;
 use web_node::trust::tribunal::SignedVerdict;
 use web_node::trust::FraudReport;
 
@@ -45,7 +46,7 @@ pub struct Verifier {
     opts: ChainOptions,
     busy: tokio::sync::Semaphore,
     judge: Option<Judge>,
-    convicting: Mutex<Remembered>,
+    convicting: Mutex<RecentIds>,
     in_flight: Mutex<HashMap<[u8; 32], usize>>,
 }
 
@@ -75,26 +76,6 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// A bounded set of report ids, the oldest forgotten first.
-#[derive(Default)]
-struct Remembered {
-    ids: HashSet<[u8; 32]>,
-    order: VecDeque<[u8; 32]>,
-}
-
-impl Remembered {
-    fn insert(&mut self, id: [u8; 32]) {
-        if self.ids.insert(id) {
-            self.order.push_back(id);
-        }
-        while self.order.len() > CONVICTING_REMEMBERED {
-            if let Some(old) = self.order.pop_front() {
-                self.ids.remove(&old);
-            }
-        }
-    }
-}
-
 impl Verifier {
     /// A verifier of reports about `model`, through `node` (and its own server `local`), that
     /// convicts in `opts`' reputation book, and signs verdicts with `judge` when given.
@@ -106,7 +87,8 @@ impl Verifier {
         judge: Option<Judge>,
     ) -> Verifier {
         let busy = tokio::sync::Semaphore::new(VERIFYING_AT_ONCE);
-        Verifier { node, model, local, opts, busy, judge, convicting: Mutex::default(), in_flight: Mutex::default() }
+        let convicting = Mutex::new(RecentIds::new(CONVICTING_REMEMBERED));
+        Verifier { node, model, local, opts, busy, judge, convicting, in_flight: Mutex::default() }
     }
 
     /// Takes the reports its node's peers send, until the node stops.
@@ -173,7 +155,7 @@ impl Verifier {
                 {
                     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
                 }
-                let convicted = self.convicting.lock().expect("convicting lock").ids.contains(&id);
+                let convicted = self.convicting.lock().expect("convicting lock").contains(&id);
                 Answer::Known(if convicted { self.sign(report, ask).await } else { None })
             }
             Err(e) => Answer::Refused(e.to_string()),

@@ -569,10 +569,10 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let model = ClientModel::load(&path).context("loading the model")?;
     let prompt = prompt_tokens(&model, &o)?;
     let opts = sampling_options(&o);
-    let chain_opts = o.pay.chain_options()?;
+    let rt = runtime()?;
+    let (chain_opts, accuser) = rt.block_on(async { o.pay.open() })?;
     let paying = chain_opts.payer.is_some();
-    let (result, recoveries, cost) = runtime()?.block_on(async {
-        let accuser = o.pay.accuser()?;
+    let (result, recoveries, cost) = rt.block_on(async {
         let handle = relay::swarm_client::connect(&o.swarm).await?;
         let mut chain = o.audit.apply(relay::swarm_client::chain(handle, &model, chain_opts));
         let r = model.generate(&mut chain, &prompt, &opts, print_piece).await;

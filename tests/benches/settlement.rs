@@ -182,11 +182,7 @@ async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
     };
     let warp = |seconds: u64| {
         let p = provider(0);
-        async move {
-            use alloy::providers::Provider;
-            let _: serde_json::Value = p.raw_request("evm_increaseTime".into(), (seconds,)).await.unwrap();
-            let _: serde_json::Value = p.raw_request("evm_mine".into(), ()).await.unwrap();
-        }
+        async move { ait_tests::evm::warp(&p, seconds).await }
     };
     // Unappealed: accused, then slashed once the window has passed.
     let accused_gas = gas(accuse([1; 32]).send().await).await;

@@ -137,7 +137,8 @@ pub enum SettleCmd {
         #[command(flatten)]
         args: WalletArgs,
     },
-    /// The tribunal's cases: `enlist`, `case ID`, `appeal ID`, `draw ID`, `execute ID`.
+    /// The tribunal's cases: `enlist`, `resign`, `release`, `case ID ADDR`, `appeal ID`,
+    /// `draw ID ADDR`, `execute ID ADDR`.
     Tribunal {
         #[command(subcommand)]
         cmd: super::court::CourtCmd,

@@ -183,14 +183,7 @@ pub async fn deploy<P: Provider>(
     .map_err(|e| ChainError::contract("deploy Tribunal", &e))?;
     if holder == params.dao {
         let role = staking.ARBITER_ROLE().call().await.map_err(|e| ChainError::contract("ARBITER_ROLE", &e))?;
-        staking
-            .grantRole(role, *tribunal.address())
-            .send()
-            .await
-            .map_err(|e| ChainError::contract("Staking.grantRole", &e))?
-            .get_receipt()
-            .await
-            .map_err(|e| ChainError::pending("Staking.grantRole", e))?;
+        super::mined("Staking.grantRole", staking.grantRole(role, *tribunal.address()).send().await).await?;
     }
     Ok(Deployment {
         rpc: rpc.to_string(),

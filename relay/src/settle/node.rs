@@ -123,34 +123,26 @@ pub struct ClientPayOpt {
 
 impl ClientPayOpt {
     /// The chain options of a client that pays as these flags say (the defaults without
-    /// `--pay`): it opens the wallet, which pays from what it deposited into the escrow.
-    pub fn chain_options(&self) -> anyhow::Result<ChainOptions> {
+    /// `--pay`), and what accuses on chain the nodes its audits find faulty: with `--pay` it
+    /// opens the wallet (once), which pays from what it deposited into the escrow and sends
+    /// the accusations (none when the chain has no tribunal).
+    pub fn open(&self) -> anyhow::Result<(ChainOptions, Option<Accuser>)> {
         if !self.flags.pay {
-            return Ok(ChainOptions::default());
+            return Ok((ChainOptions::default(), None));
         }
         let deployment = Deployment::load(&self.wallet.chain)
             .with_context(|| format!("--pay needs the chain's deployment file ({})", self.wallet.chain.display()))?;
         let wallet = self.wallet.signer()?;
-        Ok(ChainOptions {
+        let opts = ChainOptions {
             payer: self.flags.payer(&deployment, &wallet)?,
             ms_per_ait: self.flags.prefer.ms_per_ait(),
             on_route: Some(print_route_price()),
             ..ChainOptions::default()
-        })
-    }
-}
-
-impl ClientPayOpt {
-    /// With `--pay`, what accuses on chain the nodes this client's audits find faulty, from
-    /// its wallet (`None` without `--pay`, or when the chain has no tribunal).
-    pub fn accuser(&self) -> anyhow::Result<Option<Accuser>> {
-        if !self.flags.pay {
-            return Ok(None);
-        }
-        let deployment = Deployment::load(&self.wallet.chain)?;
-        let wallet = self.wallet.signer()?;
+        };
         let provider = wallet_provider(&deployment.rpc, &wallet.to_bytes())?;
-        Ok(Accuser::new(&deployment, provider).inspect_err(|e| tracing::warn!("no accusations on chain: {e}")).ok())
+        let accuser =
+            Accuser::new(&deployment, provider).inspect_err(|e| tracing::warn!("no accusations on chain: {e}")).ok();
+        Ok((opts, accuser))
     }
 }
 

@@ -43,11 +43,6 @@ impl Judge {
         Ok(Judge { key, domain: domain(d)?, staking: Staking::new(d.staking, provider) })
     }
 
-    /// The judge's address.
-    pub fn address(&self) -> Address {
-        self.key.address()
-    }
-
     /// Signs the faulty verdict on `report` about `accused`, once the chain shows that
     /// `accused` bound the report's accused peer id (the tribunal checks the same).
     pub async fn sign(&self, report: &FraudReport, accused: Address) -> Result<SignedVerdict, String> {

@@ -192,6 +192,15 @@ pub async fn spread(
     answers
 }
 
+/// The address a sender asks a verdict about: an empty frame (none) or 20 bytes.
+fn decode_ask(frame: &[u8]) -> Result<Option<Address>, String> {
+    match frame.len() {
+        0 => Ok(None),
+        20 => Ok(Some(Address::from_slice(frame))),
+        n => Err(format!("an address of {n} bytes")),
+    }
+}
+
 /// Incoming report streams, admitted one per peer and [`MAX_OPEN_REPORTS`] in all (a stream
 /// beyond that is closed at once).
 pub struct FraudInbox {
@@ -238,11 +247,7 @@ impl IncomingReport {
         let ask = read_frame(&mut self.stream, 20, REPORT_TIMEOUT, REPORT_TIMEOUT)
             .await
             .map_err(|e| format!("reading the address asked about: {e}"))?;
-        match ask.len() {
-            0 => Ok((report, None)),
-            20 => Ok((report, Some(Address::from_slice(&ask)))),
-            n => Err(format!("an address of {n} bytes")),
-        }
+        Ok((report, decode_ask(&ask)?))
     }
 
     /// Answers the sender and closes the stream.
@@ -276,6 +281,13 @@ mod tests {
         assert!(Answer::decode(&[1, 0]).is_err());
         assert!(Answer::decode(&[2, 0]).is_err());
         assert!(Answer::decode(&Answer::Convicted(Some(signed)).encode()[..50]).is_err());
+    }
+
+    #[test]
+    fn an_address_asked_about_is_none_or_twenty_bytes() {
+        assert_eq!(decode_ask(&[]), Ok(None));
+        assert_eq!(decode_ask(&[7; 20]), Ok(Some(Address::repeat_byte(7))));
+        assert!(decode_ask(&[7; 19]).is_err() && decode_ask(&[7; 21]).is_err());
         assert!(Answer::decode(&[9]).is_err());
         let long = Answer::Refused("x".repeat(10_000)).encode();
         assert_eq!(long.len(), MAX_ANSWER);

@@ -1,8 +1,9 @@
 //! Trust between nodes: what a node signs for each answer ([`receipt`]), how an auditor
 //! judges an answer for its layers ([`delta`]), which sessions are audited and what the
 //! auditors' opinions come to ([`audit`]), the evidence a faulty verdict leaves for others to
-//! check ([`report`]), what each node's record is worth to routing ([`reputation`]), and the
-//! verdict a node signs for the chain's tribunal after recomputing a report ([`tribunal`]).
+//! check ([`report`]) and which of those a node remembers ([`recent`]), what each node's
+//! record is worth to routing ([`reputation`]), and the verdict a node signs for the chain's
+//! tribunal after recomputing a report ([`tribunal`]).
 //!
 //! An auditor recomputes a block range on the inputs a node was given and compares the two
 //! outputs by [`deviation`]: the error of what the block added to its input (the residual
@@ -13,6 +14,7 @@
 pub mod audit;
 pub mod delta;
 pub mod receipt;
+pub mod recent;
 pub mod report;
 pub mod reputation;
 pub mod tribunal;

@@ -27,11 +27,13 @@
 //! rival's failures). What is shared is a fraud report that anyone can check
 //! ([`crate::trust::report`]), which convicts the node in every book that checks it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use libp2p::PeerId;
 use web_time::Instant;
+
+use super::recent::RecentIds;
 
 /// A stranger's rating: the reference every event is played against.
 pub const INITIAL_RATING: f64 = 1500.0;
@@ -149,12 +151,16 @@ impl Rating {
     }
 }
 
-#[derive(Default)]
 struct Book {
     nodes: HashMap<PeerId, (Rating, Instant)>,
-    /// Ids of the fraud reports counted, oldest first (at most [`MAX_REPORTS`]).
-    reports: VecDeque<[u8; 32]>,
-    report_ids: HashSet<[u8; 32]>,
+    /// Ids of the fraud reports counted (at most [`MAX_REPORTS`]).
+    reports: RecentIds,
+}
+
+impl Default for Book {
+    fn default() -> Self {
+        Book { nodes: HashMap::new(), reports: RecentIds::new(MAX_REPORTS) }
+    }
 }
 
 /// Most fraud report ids a book remembers (a report counted earlier than that and sent
@@ -300,30 +306,17 @@ impl Reputation {
 
     /// Whether the fraud report `id` ([`crate::trust::FraudReport::id`]) was counted.
     pub fn report_counted(&self, id: &[u8; 32]) -> bool {
-        self.lock().report_ids.contains(id)
+        self.lock().reports.contains(id)
     }
 
     /// Forgets that the fraud report `id` was counted (its recomputation could not be made).
     pub fn forget_report(&self, id: &[u8; 32]) {
-        let mut book = self.lock();
-        if book.report_ids.remove(id) {
-            book.reports.retain(|r| r != id);
-        }
+        self.lock().reports.remove(id);
     }
 
     /// Remembers that the fraud report `id` was counted; `false` if it already was.
     pub fn count_report(&self, id: [u8; 32]) -> bool {
-        let mut book = self.lock();
-        if !book.report_ids.insert(id) {
-            return false;
-        }
-        book.reports.push_back(id);
-        if book.reports.len() > MAX_REPORTS {
-            if let Some(old) = book.reports.pop_front() {
-                book.report_ids.remove(&old);
-            }
-        }
-        true
+        self.lock().reports.insert(id)
     }
 
     /// Every node in the book, with its rating now.
