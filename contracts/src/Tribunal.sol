@@ -35,13 +35,15 @@ interface IStakes {
 /// case it has open. The accused may `appeal` within `appealWindow`: a jury of `JURY` nodes
 /// that enlisted before the appeal (enlisting locks a node's stake until it resigns), staked,
 /// other than the judges and the accused, is then drawn from the hash of the block after the
-/// appeal, which neither side chooses and which must be used within 256 blocks;
-/// `JURY_MAJORITY` jurors' signed verdicts decide. A node found faulty (unappealed
-/// after the window, or by the jury) loses `slashAmount` of its stake to the DAO fund; a judge
-/// the jury overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival.
-/// Judges and jurors on the winning side are paid a fixed `bounty` from this contract's own
-/// balance (which the DAO funds), never a share of a slash. A jury that reaches no majority
-/// in `juryWindow` dismisses the case: nobody is slashed.
+/// appeal, which neither side chooses and which must be used within 256 blocks; each juror
+/// `vote`s from its own address, and the first `JURY_MAJORITY` matching votes decide. An
+/// appeal holds `appealBond` of the accused's AIT: the jury confirming the verdict keeps it
+/// (it funds bounties), otherwise it is returned. A node found faulty (unappealed after the
+/// window, or by the jury) loses `slashAmount` of its stake to the DAO fund; a judge the jury
+/// overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival. Judges
+/// and jurors on the winning side are paid a fixed `bounty` from this contract's own balance
+/// (which the DAO funds, bonds held for open appeals aside), never a share of a slash. A jury
+/// that reaches no majority in `juryWindow` dismisses the case: nobody is slashed.
 contract Tribunal is EIP712, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -89,6 +91,12 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint64 seedBlock;
         /// Entries of the pool when the case was appealed: the draw's index space.
         uint64 poolLen;
+        /// Jurors' faulty votes so far.
+        uint8 faultyVotes;
+        /// Jurors' cleared votes so far.
+        uint8 clearedVotes;
+        /// The accused's appeal bond, held while the appeal is open.
+        uint256 bond;
         address[] judges;
         address[] jury;
     }
@@ -109,6 +117,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     uint64 public immutable appealWindow;
     /// @notice Seconds a jury has to be drawn, and then to rule.
     uint64 public immutable juryWindow;
+    /// @notice AIT an appeal holds: kept when the jury confirms the verdict, else returned.
+    uint256 public immutable appealBond;
 
     mapping(bytes32 caseId => Case) private _cases;
     /// Every enlisting, in order; entries are never moved or removed, so an appealed case's
@@ -119,6 +129,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// The block a node resigned in (0: it has not, or it was released).
     mapping(address node => uint256 blockNumber) private _resignedAt;
     mapping(address judge => uint256 count) private _openCases;
+    /// Each juror's vote on a case: 0 none yet, 1 faulty, 2 cleared.
+    mapping(bytes32 caseId => mapping(address juror => uint8 vote)) private _votes;
+    /// Appeal bonds held for open appeals: not for bounties.
+    uint256 private _bonds;
 
     /// @notice `judges` accused `accused` of the fraud in `report`; it may appeal until `deadline`.
     event Accused(bytes32 indexed report, address indexed accused, address[] judges, uint64 deadline);
@@ -126,6 +140,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     event Appealed(bytes32 indexed report, address indexed accused, uint64 seedBlock);
     /// @notice The jury was drawn; it may rule until `deadline`.
     event JuryDrawn(bytes32 indexed report, address indexed accused, address[] jury, uint64 deadline);
+    /// @notice `juror` voted on the case.
+    event Voted(bytes32 indexed report, address indexed accused, address juror, bool faulty);
     /// @notice The case closed.
     event Closed(bytes32 indexed report, address indexed accused, Outcome outcome);
     /// @notice `node` may now be drawn for juries.
@@ -163,6 +179,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     error TooLate(uint64 deadline);
     /// @notice Not enough eligible enlisted nodes for a jury.
     error PoolTooSmall();
+    /// @notice Not a juror of this case, or it voted already.
+    error NotJuror(address node);
     /// @notice A setting that leaves a slashed node time to leave, or a zero window.
     error BadSettings();
 
@@ -174,6 +192,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// @param bounty_ paid to each judge or juror on the winning side
     /// @param appealWindow_ seconds to appeal
     /// @param juryWindow_ seconds to draw a jury, and then to rule
+    /// @param appealBond_ AIT an appeal holds (kept if the jury confirms the verdict)
     constructor(
         IStakes staking_,
         IERC20 token_,
@@ -182,7 +201,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint256 judgePenalty_,
         uint256 bounty_,
         uint64 appealWindow_,
-        uint64 juryWindow_
+        uint64 juryWindow_,
+        uint256 appealBond_
     ) EIP712("AI Torrent Tribunal", "1") {
         // Stake unbonding when a case opens must still be there when it closes.
         // Locks keep the stakes of an open case in place; the windows still stay under the
@@ -199,6 +219,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         bounty = bounty_;
         appealWindow = appealWindow_;
         juryWindow = juryWindow_;
+        appealBond = appealBond_;
     }
 
     /// @notice The EIP-712 digest a judge or juror signs.
@@ -254,11 +275,14 @@ contract Tribunal is EIP712, ReentrancyGuard {
     }
 
     /// @notice The accused (the caller) demands a jury for its case of `report` (within the
-    /// appeal window).
-    function appeal(bytes32 report) external {
+    /// appeal window), with `appealBond` AIT it approved this contract to take.
+    function appeal(bytes32 report) external nonReentrant {
         Case storage c = _cases[caseId(report, msg.sender)];
         if (c.stage != Stage.Accused) revert WrongStage(c.stage);
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
+        if (appealBond > 0) token.safeTransferFrom(msg.sender, address(this), appealBond);
+        c.bond = appealBond;
+        _bonds += appealBond;
         c.stage = Stage.Appealed;
         c.seedBlock = uint64(block.number + 1);
         c.poolLen = uint64(_pool.length);
@@ -335,37 +359,39 @@ contract Tribunal is EIP712, ReentrancyGuard {
         emit JuryDrawn(report, accused, jury, c.deadline);
     }
 
-    /// @notice Rules on an appealed case with `JURY_MAJORITY` or more jurors' verdicts `faulty`.
-    function rule(bytes32 report, address accused, bool faulty, address[] calldata jurors, bytes[] calldata sigs)
-        external
-        nonReentrant
-    {
-        Case storage c = _cases[caseId(report, accused)];
+    /// @notice The caller, a juror of the case of `report` against `accused`, votes whether the
+    /// accused is `faulty` (once, before the jury's deadline); the first `JURY_MAJORITY`
+    /// matching votes rule, and the jurors who cast them are paid.
+    function vote(bytes32 report, address accused, bool faulty) external nonReentrant {
+        bytes32 id = caseId(report, accused);
+        Case storage c = _cases[id];
         if (c.stage != Stage.Drawn) revert WrongStage(c.stage);
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
-        if (jurors.length != sigs.length || jurors.length < JURY_MAJORITY) {
-            revert Quorum(jurors.length, JURY_MAJORITY);
-        }
-        bytes32 digest = verdictDigest(report, c.accused, c.peerHash, faulty);
-        for (uint256 i = 0; i < jurors.length; i++) {
-            address juror = jurors[i];
-            if (!_isJuror(c, juror)) revert BadSigner(juror);
-            for (uint256 k = 0; k < i; k++) {
-                if (jurors[k] == juror) revert BadSigner(juror);
-            }
-            if (!SignatureChecker.isValidSignatureNow(juror, digest, sigs[i])) revert BadSigner(juror);
-        }
+        if (!_isJuror(c, msg.sender) || _votes[id][msg.sender] != 0) revert NotJuror(msg.sender);
+        uint8 side = faulty ? 1 : 2;
+        _votes[id][msg.sender] = side;
+        uint8 votes = faulty ? ++c.faultyVotes : ++c.clearedVotes;
+        emit Voted(report, accused, msg.sender, faulty);
+        if (votes < JURY_MAJORITY) return;
+        uint256 bond = c.bond;
         _close(c);
         if (faulty) {
             c.outcome = Outcome.Slashed;
+            // The bond stays here, with the bounty fund.
             if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Overturned;
             for (uint256 i = 0; i < c.judges.length; i++) {
                 staking.slash(c.judges[i], judgePenalty, report);
             }
+            if (bond > 0) token.safeTransfer(c.accused, bond);
         }
-        _payAll(jurors);
+        address[] memory majority = new address[](JURY_MAJORITY);
+        uint256 n = 0;
+        for (uint256 i = 0; i < c.jury.length; i++) {
+            if (_votes[id][c.jury[i]] == side) majority[n++] = c.jury[i];
+        }
+        _payAll(majority);
         emit Closed(report, c.accused, c.outcome);
     }
 
@@ -382,6 +408,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
             if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Dismissed;
+            if (c.bond > 0) token.safeTransfer(c.accused, c.bond);
         }
         emit Closed(report, c.accused, c.outcome);
     }
@@ -411,6 +438,11 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return (c.judges, c.jury);
     }
 
+    /// @notice `juror`'s vote on a case: 0 none, 1 faulty, 2 cleared.
+    function voteOf(bytes32 report, address accused, address juror) external view returns (uint8) {
+        return _votes[caseId(report, accused)][juror];
+    }
+
     /// @notice How many cases `judge` judges that are still open.
     function openCasesOf(address judge) external view returns (uint256) {
         return _openCases[judge];
@@ -421,10 +453,12 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return _pool.length;
     }
 
-    /// Closes `c`: its stakes are unlocked and its judges' open cases counted down.
+    /// Closes `c`: its stakes are unlocked, its judges' open cases counted down, and its bond
+    /// no longer held (the caller returns or keeps it).
     function _close(Case storage c) private {
         Stage was = c.stage;
         c.stage = Stage.Closed;
+        _bonds -= c.bond;
         staking.unlock(c.accused);
         for (uint256 i = 0; i < c.judges.length; i++) {
             _openCases[c.judges[i]] -= 1;
@@ -467,10 +501,12 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return false;
     }
 
-    /// Pays each of `to` the bounty, as far as this contract's balance goes.
+    /// Pays each of `to` the bounty, as far as this contract's balance (less the bonds it
+    /// holds) goes.
     function _payAll(address[] memory to) private {
         for (uint256 i = 0; i < to.length; i++) {
-            uint256 left = token.balanceOf(address(this));
+            uint256 balance = token.balanceOf(address(this));
+            uint256 left = balance > _bonds ? balance - _bonds : 0;
             uint256 amount = bounty < left ? bounty : left;
             if (amount > 0) token.safeTransfer(to[i], amount);
         }

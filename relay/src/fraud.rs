@@ -3,15 +3,19 @@
 //! own, when it holds them), convicts in the reputation book its API gateway routes by, and
 //! passes on the reports its recomputation confirmed. With `--judge` it also signs the
 //! verdict of a report it confirmed for the chain's tribunal, when the sender asks about an
-//! address the chain binds to the accused. Clients and gateways send the reports their own
-//! audits leave ([`publish`]) and, with a wallet, accuse the node on chain once two judges
-//! signed. Counted in `/metrics` as
+//! address the chain binds to the accused, and keeps the report as evidence
+//! ([`EvidenceStore`]). It is also what a node's tribunal duties judge by
+//! ([`duty::Evidence`](crate::settle::duty::Evidence)): reports fetched by id from a case's
+//! parties, recomputed without touching the book. Clients and gateways send the reports
+//! their own audits leave ([`publish`]) and, with a wallet, accuse the node on chain once two
+//! judges signed. Counted in `/metrics` as
 //! `ait_fraud_reports_total{answer="convicted"|"cleared"|"known"|"refused"}`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use alloy::primitives::Address;
+use futures::future::BoxFuture;
 
 use web_node::client::ClientModel;
 use web_node::net::chain::{AuditOutcome, ChainOptions, ReportRefused, SwarmChain};
@@ -22,6 +26,8 @@ use web_node::trust::recent::RecentIds;
 use web_node::trust::tribunal::SignedVerdict;
 use web_node::trust::FraudReport;
 
+use crate::evidence::EvidenceStore;
+use crate::settle::duty::Evidence;
 use crate::settle::tribunal::{Accuser, Judge};
 
 /// Reports recomputed at once; others wait their turn.
@@ -46,6 +52,7 @@ pub struct Verifier {
     opts: ChainOptions,
     busy: tokio::sync::Semaphore,
     judge: Option<Judge>,
+    evidence: Option<Arc<EvidenceStore>>,
     convicting: Mutex<RecentIds>,
     in_flight: Mutex<HashMap<[u8; 32], usize>>,
 }
@@ -78,17 +85,36 @@ impl Drop for InFlight<'_> {
 
 impl Verifier {
     /// A verifier of reports about `model`, through `node` (and its own server `local`), that
-    /// convicts in `opts`' reputation book, and signs verdicts with `judge` when given.
+    /// convicts in `opts`' reputation book, and signs verdicts with `judge` when given,
+    /// keeping the reports it signs or fetches in `evidence`.
     pub fn new(
         node: NodeHandle,
         model: Arc<ClientModel>,
         local: Option<Arc<dyn LocalServer>>,
         opts: ChainOptions,
         judge: Option<Judge>,
+        evidence: Option<Arc<EvidenceStore>>,
     ) -> Verifier {
         let busy = tokio::sync::Semaphore::new(VERIFYING_AT_ONCE);
         let convicting = Mutex::new(RecentIds::new(CONVICTING_REMEMBERED));
-        Verifier { node, model, local, opts, busy, judge, convicting, in_flight: Mutex::default() }
+        Verifier { node, model, local, opts, busy, judge, evidence, convicting, in_flight: Mutex::default() }
+    }
+
+    /// A chain for recomputing reports on this relay's swarm (its own server first).
+    fn chain(&self) -> SwarmChain {
+        let m = &self.model;
+        let chain = SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
+        match &self.local {
+            Some(local) => chain.with_local(local.clone()),
+            None => chain,
+        }
+    }
+
+    /// Keeps `report` as evidence, when this relay keeps any.
+    fn keep(&self, report: &FraudReport) {
+        if let Some(Err(e)) = self.evidence.as_ref().map(|s| s.keep(report)) {
+            tracing::warn!("{e}");
+        }
     }
 
     /// Takes the reports its node's peers send, until the node stops.
@@ -123,12 +149,7 @@ impl Verifier {
         let id = report.id();
         let verified = {
             let Ok(_turn) = self.busy.acquire().await else { return Answer::Refused("shutting down".into()) };
-            let m = &self.model;
-            let mut chain =
-                SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
-            if let Some(local) = &self.local {
-                chain = chain.with_local(local.clone());
-            }
+            let mut chain = self.chain();
             let _flight = InFlight::start(&self.in_flight, id);
             let verified = chain.verify_report(report).await;
             if verified.as_ref().is_ok_and(|j| j.accused_faulty) {
@@ -169,12 +190,38 @@ impl Verifier {
         let (judge, accused) = (self.judge.as_ref()?, ask?);
         let signed = tokio::time::timeout(SIGN_TIMEOUT, judge.sign(report, accused)).await;
         match signed.unwrap_or_else(|_| Err("the chain did not answer in time".into())) {
-            Ok(signed) => Some(signed),
+            Ok(signed) => {
+                self.keep(report);
+                Some(signed)
+            }
             Err(e) => {
                 tracing::info!(%accused, "no verdict signed: {e}");
                 None
             }
         }
+    }
+}
+
+impl Evidence for Verifier {
+    fn report(&self, id: [u8; 32], holders: Vec<libp2p::PeerId>) -> BoxFuture<'_, Option<FraudReport>> {
+        Box::pin(async move {
+            if let Some(Ok(Some(bytes))) = self.evidence.as_ref().map(|s| s.get(&id)) {
+                if let Ok(report) = FraudReport::decode(&bytes) {
+                    return Some(report);
+                }
+            }
+            let report = web_node::net::evidence::fetch_any(&self.node.control(), &holders, id).await?;
+            self.keep(&report);
+            Some(report)
+        })
+    }
+
+    fn faulty<'a>(&'a self, report: &'a FraudReport) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let _turn = self.busy.acquire().await.map_err(|_| "shutting down".to_string())?;
+            let judgment = self.chain().recheck_report(report).await.map_err(|e| e.to_string())?;
+            Ok(judgment.accused_faulty)
+        })
     }
 }
 

@@ -25,6 +25,7 @@ pub mod bench;
 pub mod calibrate;
 pub mod chat;
 pub mod drift;
+pub mod evidence;
 pub mod fetch;
 pub mod fraud;
 pub mod inspect;

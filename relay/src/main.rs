@@ -483,22 +483,40 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
             };
             // Fraud reports from peers are recomputed and convict in the gateway's book (and
             // with --judge, confirmed ones get this relay's signed verdict).
-            if o.settle.judge && state.model.is_none() {
-                tracing::warn!("--judge: this relay has no model, so it recomputes no fraud reports and judges none");
+            // A relay with a wallet also keeps the reports its cases rest on, shows them to
+            // peers, and does its tribunal duties (appeals, juries, closing its cases).
+            if (o.settle.judge || o.settle.jury) && state.model.is_none() {
+                tracing::warn!("--judge/--jury: this relay has no model, so it recomputes no fraud reports");
             }
             if let Some(model) = &state.model {
                 let judge = match &settlement {
                     Some(s) => s.judge(&o.settle)?,
                     None => None,
                 };
-                let verifier = relay::fraud::Verifier::new(
+                let evidence = match &settlement {
+                    Some(_) => {
+                        let store = relay::evidence::EvidenceStore::open(&o.data_dir.join("evidence.redb"))
+                            .context("opening the evidence store")?;
+                        let store = Arc::new(store);
+                        store.clone().serve(&handle)?;
+                        Some(store)
+                    }
+                    None => None,
+                };
+                let verifier = Arc::new(relay::fraud::Verifier::new(
                     handle.clone(),
                     model.clone(),
                     state.local.clone(),
                     state.chain.clone(),
                     judge,
-                );
-                Arc::new(verifier).serve()?;
+                    evidence,
+                ));
+                verifier.clone().serve()?;
+                if let Some(s) = &settlement {
+                    if let Some(duty) = s.duty(&o.settle, verifier).await? {
+                        tokio::spawn(duty.run(relay::settle::duty::EVERY));
+                    }
+                }
             }
             let web = relay::web::WebState {
                 peer: peer.to_string(),

@@ -16,6 +16,7 @@
 //!   dismissed and moves no stake.
 
 use std::ops::Range;
+use std::sync::Arc;
 
 use ait_tests::chain_fixture::{quick_options, Fault, Fixture, FAULT_CLASSES};
 use ait_tests::evm::{mine_blocks, refused, sent, warp};
@@ -23,10 +24,12 @@ use ait_tests::paid::Chain;
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::DynProvider;
 use alloy::sol_types::SolStruct;
+use futures::future::BoxFuture;
 use libp2p::PeerId;
 use relay::settle::bindings::{Staking, Tribunal, AIT};
-use relay::settle::deploy::{BOUNTY_AIT, JUDGE_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT};
+use relay::settle::deploy::{APPEAL_BOND_AIT, BOUNTY_AIT, JUDGE_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT};
 use relay::settle::dev::{self, wallet_provider, DevOpt, RunningDevChain};
+use relay::settle::duty::{Acts, Duty, Evidence};
 use relay::settle::Deployment;
 use web_node::client::LayerChain;
 use web_node::settle::SessionKey;
@@ -47,6 +50,7 @@ const DECODE: [u32; 4] = [11, 64, 5, 120];
 
 /// Tribunal stages and outcomes, as the contract numbers them.
 const ACCUSED: u8 = 1;
+const DRAWN: u8 = 3;
 const CLOSED: u8 = 4;
 const SLASHED: u8 = 1;
 const OVERTURNED: u8 = 2;
@@ -151,6 +155,11 @@ impl Court {
 
     async fn locks(&self, who: Address) -> U256 {
         self.staking(0).locksOf(who).call().await.unwrap()
+    }
+
+    /// Node `i` appeals its case of `report`, with the bond.
+    async fn appeal(&self, i: usize, report: B256) -> Result<(), relay::settle::ChainError> {
+        relay::settle::tribunal::appeal(self.d(), &self.nodes[i].provider, report).await
     }
 
     /// Opens a case from node `from`.
@@ -391,7 +400,11 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     let everyone: Vec<Address> = (0..12).map(|i| court.address(i)).chain([court.d().treasury]).collect();
     let start = court.holdings(&everyone).await;
 
-    sent(court.tribunal(honest).appeal(framing.report).send().await).await.expect("appeal");
+    let no_allowance = sent(court.tribunal(honest).appeal(framing.report).send().await).await;
+    refused(no_allowance, "ERC20InsufficientAllowance");
+    court.appeal(honest, framing.report).await.expect("appeal");
+    let bond = ait(APPEAL_BOND_AIT);
+    assert_eq!(court.balance(accused).await, start[honest].1 - bond, "the appeal holds the bond");
     refused(sent(court.tribunal(0).draw(framing.report, accused).send().await).await, "TooEarly");
     // A node that enlists once the appeal is in cannot sit on its jury.
     sent(court.tribunal(late).enlist().send().await).await.expect("a late enlisting");
@@ -407,39 +420,29 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     assert_eq!(distinct.len(), 5, "a juror drawn twice");
     let left_out = jurors.clone().find(|&i| !jury.contains(&court.address(i))).expect("one enlisted juror not drawn");
 
-    // Each juror recomputes the report and clears the node.
+    // Each juror recomputes the report and clears the node, and votes so.
     let mut cleared = vec![];
     for addr in &jury[..3] {
         let i = juror_index(addr).unwrap();
-        let (v, sig) = judge(&court, i, &fx, &report, accused).await;
+        let (v, _) = judge(&court, i, &fx, &report, accused).await;
         assert!(!v.faulty, "juror {i} convicted the honest node");
-        cleared.push((*addr, sig));
+        cleared.push(i);
     }
-    let verdict = Signed { faulty: false, ..framing.clone() };
-    let rule = |who: Vec<Address>, sigs: Vec<Bytes>, faulty: bool| {
-        let t = court.tribunal(0);
-        async move { sent(t.rule(framing.report, accused, faulty, who, sigs).send().await).await }
+    let vote = |i: usize, faulty: bool| {
+        let t = court.tribunal(i);
+        async move { sent(t.vote(framing.report, accused, faulty).send().await).await }
     };
-    let (addrs, sigs): (Vec<Address>, Vec<Bytes>) = cleared.iter().cloned().unzip();
-    refused(rule(addrs[..2].to_vec(), sigs[..2].to_vec(), false).await, "Quorum");
-    let outsider = verdict.sign(&court.nodes[left_out].key, &court.domain()).unwrap();
-    refused(
-        rule(
-            vec![addrs[0], addrs[1], court.address(left_out)],
-            vec![sigs[0].clone(), sigs[1].clone(), outsider],
-            false,
-        )
-        .await,
-        "BadSigner",
-    );
-    let sybil_vote = verdict.sign(&court.nodes[sybils[0]].key, &court.domain()).unwrap();
-    refused(
-        rule(vec![addrs[0], addrs[1], sybil_addrs[0]], vec![sigs[0].clone(), sigs[1].clone(), sybil_vote], false).await,
-        "BadSigner",
-    );
-    refused(rule(addrs.clone(), sigs.clone(), true).await, "BadSigner");
-    assert_eq!(court.holdings(&everyone).await, start, "a refused ruling moved AIT");
-    rule(addrs.clone(), sigs.clone(), false).await.expect("the jury's ruling");
+    let appealed = court.holdings(&everyone).await;
+    refused(vote(left_out, false).await, "NotJuror");
+    refused(vote(sybils[0], true).await, "NotJuror");
+    refused(vote(honest, false).await, "NotJuror");
+    vote(cleared[0], false).await.expect("a juror's vote");
+    refused(vote(cleared[0], false).await, "NotJuror");
+    vote(cleared[1], false).await.expect("a juror's vote");
+    assert_eq!(court.stage(&framing).await.0, DRAWN, "two votes do not rule");
+    assert_eq!(court.holdings(&everyone).await, appealed, "a vote short of a majority moved AIT");
+    vote(cleared[2], false).await.expect("the third vote rules");
+    refused(vote(juror_index(&jury[3]).unwrap(), true).await, "WrongStage");
     assert_eq!(court.stage(&framing).await, (CLOSED, OVERTURNED));
     for j in &jury {
         assert_eq!(court.locks(*j).await, U256::from(1), "a juror keeps only its enlisting lock");
@@ -450,8 +453,7 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
         assert_eq!(start[s].0 - end[s].0, ait(JUDGE_PENALTY_AIT), "sybil {s}'s stake");
     }
     assert_eq!(end[12].1 - start[12].1, ait(2 * JUDGE_PENALTY_AIT), "the DAO fund");
-    for addr in &addrs {
-        let i = juror_index(addr).unwrap();
+    for &i in &cleared {
         assert_eq!(end[i].1 - start[i].1, ait(BOUNTY_AIT), "juror {i}'s bounty");
     }
 
@@ -466,13 +468,163 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
         court.stake(s, JUDGE_PENALTY_AIT).await;
     }
     court.accuse(0, &invented, &sybil_addrs, &sigs).await.expect("an accusation the chain cannot check");
-    sent(court.tribunal(honest).appeal(invented.report).send().await).await.expect("appeal");
     let before = court.holdings(&everyone).await;
+    court.appeal(honest, invented.report).await.expect("appeal");
     warp(&court.nodes[0].provider, JURY_WINDOW + 1).await;
     refused(sent(court.tribunal(0).draw(invented.report, accused).send().await).await, "TooLate");
     sent(court.tribunal(0).execute(invented.report, accused).send().await).await.expect("execute");
     assert_eq!(court.stage(&invented).await, (CLOSED, DISMISSED));
-    assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT");
+    assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT (the bond is back)");
+}
+
+/// What an in-process node knows of its cases: the reports their parties show (each with the
+/// fixture that serves its layers), and its own recomputation on that fixture's servers.
+/// The cross-process fraud test fetches reports by id from real relays.
+#[derive(Clone)]
+struct Shown(Arc<Vec<(Arc<Fixture>, FraudReport)>>);
+
+impl Evidence for Shown {
+    fn report(&self, id: [u8; 32], holders: Vec<PeerId>) -> BoxFuture<'_, Option<FraudReport>> {
+        let shown = self.0.iter().find(|(_, r)| r.id() == id).map(|(_, r)| r.clone());
+        Box::pin(async move { shown.filter(|_| !holders.is_empty()) })
+    }
+
+    fn faulty<'a>(&'a self, report: &'a FraudReport) -> BoxFuture<'a, Result<bool, String>> {
+        Box::pin(async move {
+            let (fx, _) = self.0.iter().find(|(_, r)| r.id() == report.id()).ok_or("no fixture serves it")?;
+            let judgment = fx.chain(quick_options()).recheck_report(report).await.map_err(|e| e.to_string())?;
+            Ok(judgment.accused_faulty)
+        })
+    }
+}
+
+/// Nodes' tribunal duties (`relay::settle::duty`), on anvil, with real reports and real
+/// recomputation: a liar's own duty concedes the true verdict; appealed by hand anyway, the
+/// judges' duties draw the jury, the jurors' duties recompute the report and vote it faulty,
+/// and the liar loses its slash and its appeal bond. An honest node framed by two sybils
+/// (who show nobody their report) appeals on its own and draws its jury, the jurors fetch
+/// the report from it, clear it, and the sybils lose their penalty while the node keeps its
+/// stake and gets its bond back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
+    let court = Court::start(13).await;
+    let (liar, judges, jurors, honest, sybils) = (1, [2, 3], 4..10, 10, [11, 12]);
+    let lying = Arc::new(Fixture::lying(7, &SERVERS, 1, FAULT_CLASSES[0]));
+    let report = report_of(&lying).await;
+    let framed = Arc::new(Fixture::new(7, &SERVERS));
+    framed.set_fault(3, Fault::Lie, 0);
+    framed.set_fault(4, Fault::Lie, 0);
+    framed.set_fault(5, Fault::Freeze, 0);
+    let framing_report = report_of(&framed).await;
+    framed.clear_fault(5);
+    let shown = Shown(Arc::new(vec![(lying.clone(), report.clone()), (framed.clone(), framing_report.clone())]));
+
+    court.stake(liar, 2 * SLASH_AIT).await;
+    court.bind(liar, &lying.peer(1)).await;
+    court.stake(honest, 2 * SLASH_AIT).await;
+    court.bind(honest, &framed.peer(1)).await;
+    for (j, peer) in judges.into_iter().zip([lying.peer(0), lying.peer(2)]) {
+        court.stake(j, MIN_STAKE_AIT).await;
+        court.bind(j, &peer).await;
+    }
+    for s in sybils {
+        court.stake(s, MIN_STAKE_AIT).await;
+    }
+    let duty = |i: usize| {
+        let (d, provider, me, shown) =
+            (court.d().clone(), court.nodes[i].provider.clone(), court.address(i), shown.clone());
+        async move { Duty::new(&d, provider, me, shown).await.expect("a duty") }
+    };
+    let mut jury_duties = vec![];
+    for i in jurors.clone() {
+        court.stake(i, MIN_STAKE_AIT).await;
+        let d = duty(i).await;
+        d.enlist().await.expect("enlist");
+        jury_duties.push((i, d));
+    }
+    let mut liar_duty = duty(liar).await;
+    let mut judge_duties = [duty(judges[0]).await, duty(judges[1]).await];
+    let mut honest_duty = duty(honest).await;
+
+    // The liar's case: two judges recompute and accuse; its own duty concedes.
+    let accused = court.address(liar);
+    let mut signed = vec![];
+    for j in judges {
+        signed.push(judge(&court, j, &lying, &report, accused).await);
+    }
+    let v = signed[0].0.clone();
+    let judge_addrs = judges.map(|j| court.address(j));
+    court.accuse(0, &v, &judge_addrs, &[signed[0].1.clone(), signed[1].1.clone()]).await.expect("accused");
+    let acts = liar_duty.tick().await.expect("the liar's duty");
+    assert_eq!((acts.conceded, acts.appealed), (1, 0), "{acts:?}");
+    assert_eq!(court.stage(&v).await, (ACCUSED, 0));
+    assert_eq!(liar_duty.tick().await.unwrap(), Acts::default(), "a conceded case is left alone");
+
+    // A liar that appeals all the same: the judges' duties draw, the jurors' vote.
+    let everyone: Vec<Address> = (0..13).map(|i| court.address(i)).chain([court.d().tribunal]).collect();
+    let start = court.holdings(&everyone).await;
+    court.appeal(liar, v.report).await.expect("the liar's appeal");
+    mine_blocks(&court.nodes[0].provider, 2).await;
+    let drawn: usize =
+        [judge_duties[0].tick().await.unwrap().drawn, judge_duties[1].tick().await.unwrap().drawn].iter().sum();
+    assert_eq!(drawn, 1, "one judge draws the jury");
+    assert_eq!(court.stage(&v).await, (DRAWN, 0));
+    let mut voters = vec![];
+    for (i, d) in &mut jury_duties {
+        let acts = d.tick().await.expect("a juror's duty");
+        assert_eq!(acts.voted.1, 0, "juror {i} cleared the liar");
+        if acts.voted.0 == 1 {
+            voters.push(*i);
+        }
+    }
+    assert_eq!(voters.len(), 3, "three jurors vote, then the case is closed");
+    assert_eq!(court.stage(&v).await, (CLOSED, SLASHED));
+    let end = court.holdings(&everyone).await;
+    assert_eq!(start[liar].0 - end[liar].0, ait(SLASH_AIT), "the liar's slash");
+    assert_eq!(start[liar].1 - end[liar].1, ait(APPEAL_BOND_AIT), "the liar's bond");
+    for i in judges.into_iter().chain(voters.iter().copied()) {
+        assert_eq!(end[i].1 - start[i].1, ait(BOUNTY_AIT), "{i}'s bounty");
+    }
+    let fund = |h: &[(U256, U256)]| h[13].1;
+    assert_eq!(fund(&end) + ait(5 * BOUNTY_AIT), fund(&start) + ait(APPEAL_BOND_AIT), "the tribunal keeps the bond");
+    for (_, d) in &mut jury_duties {
+        d.tick().await.expect("a juror's duty");
+        assert!(d.cases().is_empty(), "a closed case is dropped");
+    }
+
+    // The framing: the sybils show nobody their report; the honest node appeals on its own.
+    let accused = court.address(honest);
+    let checked = framing_report.check().expect("the framing report holds");
+    let judgment = web_node::trust::Judgment { accused_faulty: true, worst: checked.worst, lying_auditors: vec![] };
+    let framing = Signed::of(&checked, &judgment, accused);
+    let sigs: Vec<Bytes> =
+        sybils.iter().map(|&s| framing.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    let start = court.holdings(&everyone).await;
+    court.accuse(0, &framing, &sybils.map(|s| court.address(s)), &sigs).await.expect("the sybils' accusation");
+    assert_eq!(honest_duty.tick().await.unwrap().appealed, 1, "the framed node appeals");
+    mine_blocks(&court.nodes[0].provider, 2).await;
+    assert_eq!(honest_duty.tick().await.unwrap().drawn, 1, "the framed node draws its jury");
+    let mut cleared = vec![];
+    for (i, d) in &mut jury_duties {
+        let acts = d.tick().await.expect("a juror's duty");
+        assert_eq!(acts.voted.0, 0, "juror {i} convicted the framed node");
+        if acts.voted.1 == 1 {
+            cleared.push(*i);
+        }
+    }
+    assert_eq!(cleared.len(), 3);
+    assert_eq!(court.stage(&framing).await, (CLOSED, OVERTURNED));
+    let end = court.holdings(&everyone).await;
+    assert_eq!(end[honest], start[honest], "the framed node keeps its stake and gets its bond back");
+    for s in sybils {
+        assert_eq!(start[s].0 - end[s].0, ait(JUDGE_PENALTY_AIT), "sybil {s}'s penalty");
+    }
+    assert_eq!(honest_duty.tick().await.unwrap(), Acts::default());
+    assert!(honest_duty.cases().is_empty(), "a closed case is dropped");
+    for d in &mut judge_duties {
+        assert_eq!(d.tick().await.unwrap(), Acts::default(), "a closed case asks nothing of its judges");
+        assert!(d.cases().is_empty(), "a closed case is dropped");
+    }
 }
 
 /// An operator's `ait tribunal` commands, through the binary on `ait chain dev`: four staked

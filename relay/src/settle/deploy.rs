@@ -45,6 +45,8 @@ pub struct TribunalParams {
     pub appeal_seconds: u64,
     /// Seconds a jury has to be drawn, and then to rule.
     pub jury_seconds: u64,
+    /// AIT an appeal holds: kept when the jury confirms the verdict, else returned.
+    pub appeal_bond: U256,
 }
 
 impl TribunalParams {
@@ -60,6 +62,7 @@ impl TribunalParams {
             bounty: ait(BOUNTY_AIT),
             appeal_seconds,
             jury_seconds,
+            appeal_bond: ait(APPEAL_BOND_AIT),
         }
     }
 }
@@ -72,6 +75,8 @@ pub const SLASH_AIT: u64 = 1_000;
 pub const JUDGE_PENALTY_AIT: u64 = 500;
 /// AIT a judge or juror on the winning side is paid.
 pub const BOUNTY_AIT: u64 = 5;
+/// AIT an appeal holds until the jury rules (kept when it confirms the verdict).
+pub const APPEAL_BOND_AIT: u64 = 100;
 
 /// Where the contracts are: the file `ait chain dev` writes and nodes read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -178,6 +183,7 @@ pub async fn deploy<P: Provider>(
         t.bounty,
         t.appeal_seconds,
         t.jury_seconds,
+        t.appeal_bond,
     )
     .await
     .map_err(|e| ChainError::contract("deploy Tribunal", &e))?;

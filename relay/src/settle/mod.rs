@@ -9,6 +9,7 @@ pub mod cli;
 pub mod court;
 pub mod deploy;
 pub mod dev;
+pub mod duty;
 pub mod host;
 pub mod node;
 pub mod royalties;

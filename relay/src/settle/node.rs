@@ -59,6 +59,11 @@ pub struct SettleOpt {
     /// wallet has the tribunal's minimum stake.
     #[arg(long)]
     pub judge: bool,
+    /// Enlist the wallet for the tribunal's juries (its stake stays locked while enlisted:
+    /// `ait tribunal resign` ends it) and sit on those it is drawn for: recompute the case's
+    /// report and vote. Needs --chain and the tribunal's minimum stake.
+    #[arg(long)]
+    pub jury: bool,
     /// The wallet's keystore (default: DATA_DIR/wallet.json).
     #[arg(long)]
     pub keystore: Option<PathBuf>,
@@ -70,7 +75,7 @@ pub struct SettleOpt {
 impl SettleOpt {
     /// Whether any settlement flag asks for the wallet.
     pub fn wants_wallet(&self) -> bool {
-        self.price.is_some() || self.paying.pay || self.judge
+        self.price.is_some() || self.paying.pay || self.judge || self.jury
     }
 }
 
@@ -191,7 +196,7 @@ impl Settlement {
         if !o.wants_wallet() {
             return Ok(None);
         }
-        let Some(d) = chain else { bail!("--price, --pay and --judge need the chain: pass --chain FILE") };
+        let Some(d) = chain else { bail!("--price, --pay, --judge and --jury need the chain: pass --chain FILE") };
         let args = WalletArgs {
             chain: PathBuf::new(),
             data_dir: data_dir.to_path_buf(),
@@ -209,6 +214,27 @@ impl Settlement {
             return Ok(None);
         }
         Ok(Some(Judge::new(&self.deployment, &self.wallet, self.provider.clone()).context("--judge")?))
+    }
+
+    /// This wallet's standing duties to the tribunal, judging with `evidence` (`None`, with a
+    /// warning, when the chain has no tribunal); with `--jury`, enlisted first.
+    pub async fn duty<E: super::duty::Evidence>(
+        &self,
+        o: &SettleOpt,
+        evidence: E,
+    ) -> anyhow::Result<Option<super::duty::Duty<E>>> {
+        let duty = match super::duty::Duty::new(&self.deployment, self.provider.clone(), self.address, evidence).await {
+            Ok(duty) => duty,
+            Err(e) => {
+                tracing::warn!("no tribunal duties: {e}");
+                return Ok(None);
+            }
+        };
+        if o.jury {
+            duty.enlist().await.context("--jury: enlisting")?;
+            tracing::info!("enlisted for the tribunal's juries");
+        }
+        Ok(Some(duty))
     }
 
     /// What accuses on chain the nodes this relay's audits find faulty, from its wallet

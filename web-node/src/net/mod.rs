@@ -29,6 +29,7 @@ pub mod browser;
 pub mod chain;
 pub mod dht_filter;
 pub mod directory;
+pub mod evidence;
 pub mod frame;
 pub mod fraud;
 pub mod ip_limit;

@@ -332,35 +332,64 @@ impl<D: Discovery> SwarmChain<D> {
     /// any auditor) convicts nobody: the verifier itself may be wrong. A report counts once.
     /// A report refused, or one no server could recompute, changes nothing in the book.
     pub async fn verify_report(&mut self, report: &FraudReport) -> Result<Judgment, ReportRefused> {
-        let bad = |what: String| Err(ReportRefused::Report(ReportError::Evidence(what)));
-        let model = report.accused.receipts.first().map(|r| (r.receipt.model, r.receipt.start..r.receipt.end));
-        let Some((model, layers)) = model else { return bad("no receipts".into()) };
-        if model != self.model {
-            return Err(ReportRefused::OtherModel(model.short()));
-        }
-        if report.hidden as usize != self.hidden {
-            return bad(format!("rows of width {}, this model's are {}", report.hidden, self.hidden));
-        }
-        if layers.start >= layers.end || layers.end as usize > self.n_layers {
-            return bad(format!("layers {}..{} of a {}-layer model", layers.start, layers.end, self.n_layers));
-        }
-        super::hop::check_hidden(&report.inputs, self.hidden)
-            .map_err(|e| ReportError::Evidence(format!("inputs: {e}")))?;
-        let checked = report.check()?;
+        let checked = self.admit_report(report)?;
         let id = hex::encode(&checked.id[..8]);
         // Counted now, so that copies arriving together are recomputed once; forgotten again
         // if no server can recompute it.
         if !self.opts.reputation.count_report(checked.id) {
             return Err(ReportRefused::Replayed(id));
         }
-        let verified = self.recompute(report, &checked).await;
-        let (judgment, verifier) = match verified {
-            Ok(v) => v,
+        let judgment = match self.judge_report(report, &checked).await {
+            Ok(j) => j,
             Err(e) => {
                 self.opts.reputation.forget_report(&checked.id);
                 return Err(e);
             }
         };
+        if judgment.accused_faulty {
+            self.ban(checked.accused);
+            self.opts.reputation.record(checked.accused, Event::Convicted);
+        }
+        for &auditor in &judgment.lying_auditors {
+            self.ban(auditor);
+            self.opts.reputation.record(auditor, Event::Convicted);
+        }
+        Ok(judgment)
+    }
+
+    /// Judges `report` as [`verify_report`](Self::verify_report) does, and changes nothing:
+    /// no count, no conviction. What a tribunal's accused or juror does with a report it may
+    /// have acted on before.
+    pub async fn recheck_report(&mut self, report: &FraudReport) -> Result<Judgment, ReportRefused> {
+        let checked = self.admit_report(report)?;
+        self.judge_report(report, &checked).await
+    }
+
+    /// What costs nothing to check of a report sent to this chain: its model, row width,
+    /// layers, inputs, then the report itself.
+    fn admit_report(&self, report: &FraudReport) -> Result<Checked, ReportRefused> {
+        let bad = |what: String| ReportRefused::Report(ReportError::Evidence(what));
+        let model = report.accused.receipts.first().map(|r| (r.receipt.model, r.receipt.start..r.receipt.end));
+        let Some((model, layers)) = model else { return Err(bad("no receipts".into())) };
+        if model != self.model {
+            return Err(ReportRefused::OtherModel(model.short()));
+        }
+        if report.hidden as usize != self.hidden {
+            return Err(bad(format!("rows of width {}, this model's are {}", report.hidden, self.hidden)));
+        }
+        if layers.start >= layers.end || layers.end as usize > self.n_layers {
+            return Err(bad(format!("layers {}..{} of a {}-layer model", layers.start, layers.end, self.n_layers)));
+        }
+        super::hop::check_hidden(&report.inputs, self.hidden)
+            .map_err(|e| ReportError::Evidence(format!("inputs: {e}")))?;
+        Ok(report.check()?)
+    }
+
+    /// Recomputes an admitted report and judges by it; a recomputation that agrees with
+    /// nobody finds nobody faulty.
+    async fn judge_report(&mut self, report: &FraudReport, checked: &Checked) -> Result<Judgment, ReportRefused> {
+        let id = hex::encode(&checked.id[..8]);
+        let (judgment, verifier) = self.recompute(report, checked).await?;
         tracing::warn!(
             report = %id,
             accused = %checked.accused,
@@ -372,14 +401,6 @@ impl<D: Discovery> SwarmChain<D> {
         if judgment.accused_faulty && judgment.lying_auditors.len() == checked.auditors.len() {
             tracing::warn!(report = %id, %verifier, "the recomputation agrees with nobody: nobody is convicted");
             return Ok(Judgment { accused_faulty: false, lying_auditors: Vec::new(), ..judgment });
-        }
-        if judgment.accused_faulty {
-            self.ban(checked.accused);
-            self.opts.reputation.record(checked.accused, Event::Convicted);
-        }
-        for &auditor in &judgment.lying_auditors {
-            self.ban(auditor);
-            self.opts.reputation.record(auditor, Event::Convicted);
         }
         Ok(judgment)
     }

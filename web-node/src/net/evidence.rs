@@ -1,0 +1,156 @@
+//! Fraud reports by id (`/ait/evidence/1`): the evidence of a tribunal case, which names a
+//! report only by its id ([`FraudReport::id`]). The asker writes the 32-byte id as one frame;
+//! the holder answers one frame, the encoded report or nothing when it holds none. A judge
+//! keeps the reports it signed verdicts on; the accused asks them before it appeals, and the
+//! jurors of an appeal before they vote.
+//!
+//! The answer is input from the network: it must decode under [`MAX_REPORT_BYTES`], carry the
+//! id asked for and hold up to [`FraudReport::check`], or it is refused ([`fetch`]). A report
+//! with the right id binds the accused's signed answers to their inputs, so any holder's copy
+//! judges the accused alike.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::{PeerId, StreamProtocol};
+
+use super::frame::{read_frame, write_frame, FrameError};
+use super::keyed_limit::{KeyedLimit, Ticket};
+use crate::trust::report::MAX_REPORT_BYTES;
+use crate::trust::FraudReport;
+
+/// The stream protocol id.
+pub const EVIDENCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/evidence/1");
+
+/// Requests a node answers at once, from all peers (two per peer).
+pub const MAX_OPEN_REQUESTS: usize = 8;
+
+/// How long a request or its answer may take to arrive.
+pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a report could not be had from a peer.
+#[derive(Debug, thiserror::Error)]
+pub enum EvidenceError {
+    /// The stream could not be opened (the peer does not hold evidence, or is gone).
+    #[error("opening an evidence stream to {peer}: {detail}")]
+    Open {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
+    /// Writing the id or reading the answer failed.
+    #[error("evidence stream to {peer}: {error}")]
+    Stream {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        error: FrameError,
+    },
+    /// The peer holds no report of that id.
+    #[error("{0} holds no such report")]
+    NotHeld(PeerId),
+    /// The answer is not a report of the id asked for that holds up.
+    #[error("{peer} answered with a bad report: {detail}")]
+    Bad {
+        /// The peer.
+        peer: PeerId,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// Asks `peer` for the report `id`: the report, checked ([`FraudReport::check`]) and of that
+/// id.
+pub async fn fetch(
+    control: &mut libp2p_stream::Control,
+    peer: PeerId,
+    id: [u8; 32],
+) -> Result<FraudReport, EvidenceError> {
+    let open = super::timeout(EVIDENCE_TIMEOUT, control.open_stream(peer, EVIDENCE_PROTOCOL));
+    let mut stream = open
+        .await
+        .ok_or_else(|| EvidenceError::Open { peer, detail: "timed out".into() })?
+        .map_err(|e| EvidenceError::Open { peer, detail: e.to_string() })?;
+    let io = |error| EvidenceError::Stream { peer, error };
+    super::timeout(EVIDENCE_TIMEOUT, write_frame(&mut stream, &id))
+        .await
+        .ok_or(io(FrameError::Timeout(EVIDENCE_TIMEOUT)))?
+        .map_err(io)?;
+    let answer = read_frame(&mut stream, MAX_REPORT_BYTES, EVIDENCE_TIMEOUT, EVIDENCE_TIMEOUT).await.map_err(io)?;
+    let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    if answer.is_empty() {
+        return Err(EvidenceError::NotHeld(peer));
+    }
+    let bad = |detail: String| EvidenceError::Bad { peer, detail };
+    let report = FraudReport::decode(&answer).map_err(|e| bad(e.to_string()))?;
+    if report.id() != id {
+        return Err(bad(format!("report {} instead", hex::encode(&report.id()[..8]))));
+    }
+    report.check().map_err(|e| bad(e.to_string()))?;
+    Ok(report)
+}
+
+/// Asks each of `holders` in turn for the report `id`: the first good answer, or `None`.
+pub async fn fetch_any(control: &libp2p_stream::Control, holders: &[PeerId], id: [u8; 32]) -> Option<FraudReport> {
+    for &peer in holders {
+        match fetch(&mut control.clone(), peer, id).await {
+            Ok(report) => return Some(report),
+            Err(e) => tracing::info!(%peer, report = %hex::encode(&id[..8]), "no evidence: {e}"),
+        }
+    }
+    None
+}
+
+/// Incoming evidence requests, admitted two per peer and [`MAX_OPEN_REQUESTS`] in all (a
+/// stream beyond that is closed at once).
+pub struct EvidenceInbox {
+    incoming: libp2p_stream::IncomingStreams,
+    open: KeyedLimit<PeerId>,
+}
+
+/// One peer's admitted request.
+pub struct EvidenceRequest {
+    /// Who asks.
+    pub peer: PeerId,
+    stream: libp2p::Stream,
+    _ticket: Ticket<PeerId>,
+}
+
+impl EvidenceInbox {
+    /// Takes `/ait/evidence/1` streams on `control`.
+    pub fn new(control: &mut libp2p_stream::Control) -> Result<EvidenceInbox, libp2p_stream::AlreadyRegistered> {
+        let incoming = control.accept(EVIDENCE_PROTOCOL)?;
+        Ok(EvidenceInbox { incoming, open: KeyedLimit::new(MAX_OPEN_REQUESTS, 2).with_max_keys(MAX_OPEN_REQUESTS) })
+    }
+
+    /// The next admitted request; `None` when the node stopped.
+    pub async fn next(&mut self) -> Option<EvidenceRequest> {
+        loop {
+            let (peer, stream) = self.incoming.next().await?;
+            match self.open.admit(peer, false) {
+                Ok(ticket) => return Some(EvidenceRequest { peer, stream, _ticket: ticket }),
+                Err(over) => tracing::debug!(%peer, "evidence stream closed: {over}"),
+            }
+        }
+    }
+}
+
+impl EvidenceRequest {
+    /// Reads the id asked for (32 bytes, within [`EVIDENCE_TIMEOUT`]).
+    pub async fn read(&mut self) -> Result<[u8; 32], String> {
+        let frame = read_frame(&mut self.stream, 32, EVIDENCE_TIMEOUT, EVIDENCE_TIMEOUT)
+            .await
+            .map_err(|e| format!("reading a report id: {e}"))?;
+        frame.try_into().map_err(|f: Vec<u8>| format!("a report id of {} bytes", f.len()))
+    }
+
+    /// Answers with the encoded report, or that none is held, and closes the stream.
+    pub async fn answer(mut self, report: Option<&[u8]>) {
+        let sent = super::timeout(EVIDENCE_TIMEOUT, write_frame(&mut self.stream, report.unwrap_or_default())).await;
+        if let Some(Err(e)) = sent {
+            tracing::debug!(peer = %self.peer, "answering an evidence request: {e}");
+        }
+        let _ = futures::AsyncWriteExt::close(&mut self.stream).await;
+    }
+}
