@@ -8,8 +8,8 @@
 //! - how many vouchers a node checks off chain per second on one core (`recover_signer`: the
 //!   EIP-712 hash and the secp256k1 recovery), median of 5 runs;
 //! - gas of the tribunal's steps: an accusation by two judges, its execution (a slash and two
-//!   bounties), an appeal, a jury's draw from a pool of eight, and a ruling of three jurors
-//!   that overturns two judges.
+//!   bounties), an appeal (with its bond), a jury's draw from a pool of eight, a juror's vote,
+//!   and the third vote, which rules and overturns two judges.
 
 use std::time::Instant;
 
@@ -191,19 +191,23 @@ async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
     // Appealed: a jury drawn and three of it overturn the judges.
     gas(accuse([2; 32]).send().await).await;
     let id = B256::repeat_byte(2);
+    let bond = by(3).appealBond().call().await.unwrap();
+    gas(AIT::new(d.token, provider(3)).approve(d.tribunal, bond).send().await).await;
     let appeal = gas(by(3).appeal(id).send().await).await;
     warp(1).await;
     let draw = gas(dao.draw(id, accused).send().await).await;
     let jury = dao.partiesOf(id, accused).call().await.unwrap().jury;
-    let cleared = Verdict::new([2; 32], accused, &peer, false);
     let juror = |a: &Address| chain.accounts.iter().position(|x| x.address == *a).unwrap();
-    let sigs: Vec<Bytes> = jury[..3].iter().map(|a| cleared.sign(&key(juror(a)), &domain).unwrap()).collect();
-    let rule = gas(dao.rule(id, accused, false, jury[..3].to_vec(), sigs).send().await).await;
+    let mut votes = vec![];
+    for a in &jury[..3] {
+        votes.push(gas(by(juror(a)).vote(id, accused, false).send().await).await);
+    }
     json!({
         "accuse_two_judges": accused_gas,
         "execute_slash_and_two_bounties": execute,
         "appeal": appeal,
         "draw_jury_of_5_from_8": draw,
-        "rule_3_jurors_overturning_2_judges": rule,
+        "vote": votes[0],
+        "third_vote_overturning_2_judges": votes[2],
     })
 }
