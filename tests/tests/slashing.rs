@@ -10,10 +10,12 @@
 //!   as its own judge, a judge named twice, a signature that is not the named judge's, a
 //!   cleared verdict passed off as faulty, a verdict pointed at an address bound to another
 //!   peer, a replayed case, an appeal by anyone but the accused, an early execution.
-//! - Two staked sybils framing an honest node: the node appeals, the chain draws a jury from
-//!   the hash of a later block (sybils and accused excluded), the jurors recompute the report
-//!   and clear the node, and the sybils lose stake; a case the jury never rules on is
-//!   dismissed and moves no stake.
+//! - Two staked sybils framing an honest node: the node appeals (putting up the bond), the
+//!   chain draws a jury from the hash of a later block (sybils and accused excluded), the
+//!   jurors recompute the report and vote the node cleared, and the sybils lose stake; a case
+//!   the jury never rules on is dismissed and moves no stake.
+//! - Nodes' duties (`relay::settle::duty`) doing all of it on their own: a liar concedes, and
+//!   appealing anyway loses its bond too; a framed node appeals and is cleared.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -504,7 +506,8 @@ impl Evidence for Shown {
 /// and the liar loses its slash and its appeal bond. An honest node framed by two sybils
 /// (who show nobody their report) appeals on its own and draws its jury, the jurors fetch
 /// the report from it, clear it, and the sybils lose their penalty while the node keeps its
-/// stake and gets its bond back.
+/// stake and gets its bond back. Accused of a report nobody shows, it appeals, and its
+/// jurors clear it once the first half of their window has passed without the evidence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
     let court = Court::start(13).await;
@@ -621,6 +624,30 @@ async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
     }
     assert_eq!(honest_duty.tick().await.unwrap(), Acts::default());
     assert!(honest_duty.cases().is_empty(), "a closed case is dropped");
+
+    // Accused of a report nobody shows, the node appeals; its jurors wait for the evidence
+    // through the first half of their window, then clear it.
+    for s in sybils {
+        court.stake(s, JUDGE_PENALTY_AIT).await;
+    }
+    let invented = Signed { report: B256::repeat_byte(0x42), ..framing.clone() };
+    let sigs: Vec<Bytes> =
+        sybils.iter().map(|&s| invented.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    court.accuse(0, &invented, &sybils.map(|s| court.address(s)), &sigs).await.expect("an unshown accusation");
+    assert_eq!(honest_duty.tick().await.unwrap().appealed, 1, "appealed without seeing the report");
+    mine_blocks(&court.nodes[0].provider, 2).await;
+    assert_eq!(honest_duty.tick().await.unwrap().drawn, 1);
+    for (_, d) in &mut jury_duties {
+        assert_eq!(d.tick().await.unwrap().voted, (0, 0), "a juror voted before the evidence was due");
+    }
+    warp(&court.nodes[0].provider, JURY_WINDOW / 2 + 1).await;
+    let mut votes = (0, 0);
+    for (_, d) in &mut jury_duties {
+        let v = d.tick().await.unwrap().voted;
+        votes = (votes.0 + v.0, votes.1 + v.1);
+    }
+    assert_eq!(votes, (0, 3), "no evidence shown: cleared");
+    assert_eq!(court.stage(&invented).await, (CLOSED, OVERTURNED));
     for d in &mut judge_duties {
         assert_eq!(d.tick().await.unwrap(), Acts::default(), "a closed case asks nothing of its judges");
         assert!(d.cases().is_empty(), "a closed case is dropped");

@@ -13,6 +13,7 @@ use ait_tests::tiny_model::{torrent_model, TempDir};
 use web_node::engine::gpu::GpuContext;
 use web_node::model::ModelId;
 use web_node::net::chain::ChainOptions;
+use web_node::net::evidence;
 use web_node::net::fraud::{send, Answer};
 use web_node::trust::{FraudReport, Reputation, Verdict, DELTA_LIMIT};
 
@@ -159,8 +160,10 @@ async fn audited(
 /// Both relays judge (`--judge`, each with 1,000 AIT staked on a dev chain): asked about an
 /// address the chain does not bind to the liar they sign nothing; asked about the liar's
 /// bound address they sign its verdict, and the two signatures accuse it on chain
-/// (`Accuser`, as a client with a wallet does); after the appeal window the tribunal slashes
-/// its stake.
+/// (`Accuser`, as a client with a wallet does). Each judge shows the report to anyone who
+/// asks by its id (`/ait/evidence/1`), as jurors would, and holds none it did not sign.
+/// Unappealed, the case is closed by the judges' relays on their own once the appeal window
+/// has passed: the liar's stake is slashed and each judge paid its bounty.
 #[test]
 fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdicts_slash_the_liar() {
     let root = temp_dir("trust-fraud");
@@ -245,6 +248,7 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
 
     // The two signed verdicts accuse the liar on chain; unappealed, it is slashed.
     rt.block_on(async {
+        let client_node = &client;
         let client = wallet_provider(&d.rpc, &chain.dev.chain.accounts[7].key).unwrap();
         let accuser = Accuser::new(&d, client.clone()).expect("the chain has a tribunal");
         let lone = accuser.accuse(&report, liar, std::slice::from_ref(&v0)).await;
@@ -253,12 +257,29 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
         assert_eq!(judges, vec![a0, a1]);
         let tribunal = Tribunal::new(d.tribunal, client.clone());
         let id = alloy::primitives::B256::from(report.id());
-        warp(&client, tribunal.appealWindow().call().await.unwrap() + 1).await;
         let staking = Staking::new(d.staking, client.clone());
         let before = staking.stakeOf(liar).call().await.unwrap().staked;
-        sent(tribunal.execute(id, liar).send().await).await.expect("execute");
+        let token = AIT::new(d.token, client.clone());
+        let earned = token.balanceOf(a0).call().await.unwrap();
+        // The judges kept the report: anyone may fetch it by id, as jurors would.
+        let (to0, to1): (libp2p::PeerId, libp2p::PeerId) = (r0.peer.parse().unwrap(), r1.peer.parse().unwrap());
+        for to in [to0, to1] {
+            let shown = evidence::fetch(&mut client_node.control(), to, report.id()).await.expect("the evidence");
+            assert_eq!(shown, report, "the report a judge shows");
+        }
+        let unknown = evidence::fetch(&mut client_node.control(), to0, framing.id()).await;
+        assert!(matches!(unknown, Err(evidence::EvidenceError::NotHeld(_))), "{unknown:?}");
+        // Unappealed, the case is closed by the judges' relays once the window has passed.
+        warp(&client, tribunal.appealWindow().call().await.unwrap() + 1).await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while tribunal.caseOf(id, liar).call().await.unwrap().stage != 4 {
+            assert!(Instant::now() < deadline, "the judges' relays never closed the case");
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
         let after = staking.stakeOf(liar).call().await.unwrap().staked;
         assert_eq!(before - after, U256::from(SLASH_AIT) * U256::from(AIT_UNIT), "the liar's slash");
+        let bounty = U256::from(relay::settle::deploy::BOUNTY_AIT) * U256::from(AIT_UNIT);
+        assert_eq!(token.balanceOf(a0).call().await.unwrap() - earned, bounty, "the judge's bounty");
     });
     let liar_peer = report.accused.node;
     let framed = framing.accused.node;
