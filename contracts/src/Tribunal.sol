@@ -222,7 +222,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         appealBond = appealBond_;
     }
 
-    /// @notice The EIP-712 digest a judge or juror signs.
+    /// @notice The EIP-712 digest a judge signs.
     function verdictDigest(bytes32 report, address accused, bytes32 peerHash, bool faulty)
         public
         view

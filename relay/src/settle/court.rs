@@ -1,9 +1,8 @@
 //! `ait tribunal ...`: what a node's operator does about the tribunal's cases by hand
 //! (`contracts/src/Tribunal.sol`): enlist for juries (and resign and release), read a case, appeal an
 //! accusation of its own node, draw an appealed case's jury, and close a case whose time ran
-//! out. A case is one report against one address. Relays
-//! sign and submit verdicts on their own (`--judge`, and a wallet); nothing appeals or sits
-//! on a jury on its own yet.
+//! out. A case is one report against one address. Relays with a wallet do all of this on
+//! their own ([`super::duty`]), and vote in their juries with `--jury`.
 
 use alloy::primitives::{Address, B256};
 use anyhow::Context;
