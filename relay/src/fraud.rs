@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use alloy::primitives::Address;
 use futures::future::BoxFuture;
 
-use web_node::client::ClientModel;
+use web_node::model::{Manifest, ModelId};
 use web_node::net::chain::{AuditOutcome, ChainOptions, ReportRefused, SwarmChain};
 use web_node::net::fraud::{spread, Answer, FraudInbox, IncomingReport};
 use web_node::net::node::NodeHandle;
@@ -46,7 +46,8 @@ const SIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 /// What recomputes reports for a relay.
 pub struct Verifier {
     node: NodeHandle,
-    model: Arc<ClientModel>,
+    /// The model reports are about, its layers and row width.
+    model: (ModelId, usize, usize),
     local: Option<Arc<dyn LocalServer>>,
     /// The gateway's options: their reputation book is the one reports convict in.
     opts: ChainOptions,
@@ -84,12 +85,12 @@ impl Drop for InFlight<'_> {
 }
 
 impl Verifier {
-    /// A verifier of reports about `model`, through `node` (and its own server `local`), that
-    /// convicts in `opts`' reputation book, and signs verdicts with `judge` when given,
-    /// keeping the reports it signs or fetches in `evidence`.
+    /// A verifier of reports about the model of `manifest`, through `node` (and its own
+    /// server `local`), that convicts in `opts`' reputation book, and signs verdicts with
+    /// `judge` when given, keeping the reports it signs or fetches in `evidence`.
     pub fn new(
         node: NodeHandle,
-        model: Arc<ClientModel>,
+        manifest: &Manifest,
         local: Option<Arc<dyn LocalServer>>,
         opts: ChainOptions,
         judge: Option<Judge>,
@@ -97,13 +98,14 @@ impl Verifier {
     ) -> Verifier {
         let busy = tokio::sync::Semaphore::new(VERIFYING_AT_ONCE);
         let convicting = Mutex::new(RecentIds::new(CONVICTING_REMEMBERED));
+        let model = (manifest.id(), manifest.n_layers, manifest.hidden);
         Verifier { node, model, local, opts, busy, judge, evidence, convicting, in_flight: Mutex::default() }
     }
 
     /// A chain for recomputing reports on this relay's swarm (its own server first).
     fn chain(&self) -> SwarmChain {
-        let m = &self.model;
-        let chain = SwarmChain::new(self.node.clone(), m.id, m.config.n_layers, m.config.hidden, self.opts.clone());
+        let (id, n_layers, hidden) = self.model;
+        let chain = SwarmChain::new(self.node.clone(), id, n_layers, hidden, self.opts.clone());
         match &self.local {
             Some(local) => chain.with_local(local.clone()),
             None => chain,

@@ -420,6 +420,56 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
         relay::seed::serve_parts(&handle, sources, o.seed.limits(), store.traffic())?;
         relay::seed::announce(&handle, &roots, &models).await?;
         relay::pin::spawn(&handle, &store, &o.pin);
+        // The chain options of this relay's own requests; their reputation book is the one
+        // fraud reports convict in. Convictions outlive a restart: a liar stays out of routes.
+        let gateway_chain = web_node::net::chain::ChainOptions {
+            reputation: web_node::trust::Reputation::open(&o.data_dir.join("reputation.redb"))
+                .context("opening the reputation book")?,
+            ..match &settlement {
+                Some(s) => s.chain_options(&o.settle)?,
+                None => Default::default(),
+            }
+        };
+        // Fraud reports from peers are recomputed and convict in that book; with --judge,
+        // confirmed ones get this relay's signed verdict. A relay with a wallet also keeps the
+        // reports its cases rest on, shows them to peers, and does its tribunal duties
+        // (appeals, juries, closing its cases).
+        match &known {
+            Some((_, manifest)) => {
+                let judge = match &settlement {
+                    Some(s) => s.judge(&o.settle)?,
+                    None => None,
+                };
+                let evidence = match &settlement {
+                    Some(_) => {
+                        let store = relay::evidence::EvidenceStore::open(&o.data_dir.join("evidence.redb"))
+                            .context("opening the evidence store")?;
+                        let store = Arc::new(store);
+                        store.clone().serve(&handle)?;
+                        Some(store)
+                    }
+                    None => None,
+                };
+                let verifier = Arc::new(relay::fraud::Verifier::new(
+                    handle.clone(),
+                    manifest,
+                    local.clone(),
+                    gateway_chain.clone(),
+                    judge,
+                    evidence,
+                ));
+                verifier.clone().serve()?;
+                if let Some(s) = &settlement {
+                    if let Some(duty) = s.duty(&o.settle, verifier).await? {
+                        tokio::spawn(duty.run(relay::settle::duty::EVERY));
+                    }
+                }
+            }
+            None if o.settle.judge || o.settle.jury => {
+                tracing::warn!("--judge/--jury: this relay has no model, so it recomputes no fraud reports");
+            }
+            None => {}
+        }
         if !o.no_http {
             let api_concurrency = o.api_concurrency.unwrap_or(if serves_all { o.serve.max_sessions } else { 4 }).max(1);
             tracing::info!(api_concurrency, "HTTP API requests generating at once");
@@ -469,55 +519,10 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     None => None,
                 },
                 permits: tokio::sync::Semaphore::new(api_concurrency),
-                chain: web_node::net::chain::ChainOptions {
-                    // Convictions outlive a restart: a liar stays out of the gateway's routes.
-                    reputation: web_node::trust::Reputation::open(&o.data_dir.join("reputation.redb"))
-                        .context("opening the reputation book")?,
-                    ..match &settlement {
-                        Some(s) => s.chain_options(&o.settle)?,
-                        None => Default::default(),
-                    }
-                },
+                chain: gateway_chain.clone(),
                 audit: o.audit.clone(),
                 accuser: settlement.as_ref().and_then(|s| s.accuser()).map(Arc::new),
             };
-            // Fraud reports from peers are recomputed and convict in the gateway's book (and
-            // with --judge, confirmed ones get this relay's signed verdict).
-            // A relay with a wallet also keeps the reports its cases rest on, shows them to
-            // peers, and does its tribunal duties (appeals, juries, closing its cases).
-            if (o.settle.judge || o.settle.jury) && state.model.is_none() {
-                tracing::warn!("--judge/--jury: this relay has no model, so it recomputes no fraud reports");
-            }
-            if let Some(model) = &state.model {
-                let judge = match &settlement {
-                    Some(s) => s.judge(&o.settle)?,
-                    None => None,
-                };
-                let evidence = match &settlement {
-                    Some(_) => {
-                        let store = relay::evidence::EvidenceStore::open(&o.data_dir.join("evidence.redb"))
-                            .context("opening the evidence store")?;
-                        let store = Arc::new(store);
-                        store.clone().serve(&handle)?;
-                        Some(store)
-                    }
-                    None => None,
-                };
-                let verifier = Arc::new(relay::fraud::Verifier::new(
-                    handle.clone(),
-                    model.clone(),
-                    state.local.clone(),
-                    state.chain.clone(),
-                    judge,
-                    evidence,
-                ));
-                verifier.clone().serve()?;
-                if let Some(s) = &settlement {
-                    if let Some(duty) = s.duty(&o.settle, verifier).await? {
-                        tokio::spawn(duty.run(relay::settle::duty::EVERY));
-                    }
-                }
-            }
             let web = relay::web::WebState {
                 peer: peer.to_string(),
                 addrs: relay::web::browser_addrs(&addrs),

@@ -163,7 +163,8 @@ async fn audited(
 /// (`Accuser`, as a client with a wallet does). Each judge shows the report to anyone who
 /// asks by its id (`/ait/evidence/1`), as jurors would, and holds none it did not sign.
 /// Unappealed, the case is closed by the judges' relays on their own once the appeal window
-/// has passed: the liar's stake is slashed and each judge paid its bounty.
+/// has passed: the liar's stake is slashed and each judge paid its bounty. Restarted without
+/// HTTP, a judge still shows the report from disk and recomputes the reports it is sent.
 #[test]
 fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdicts_slash_the_liar() {
     let root = temp_dir("trust-fraud");
@@ -288,6 +289,18 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
     let book = Reputation::open(&d0.join("reputation.redb")).expect("the first relay's book");
     assert!(book.rating(&liar_peer).convicted && !book.rating(&framed).convicted);
     drop(book);
+    // So does its evidence; and a relay without HTTP takes reports too.
+    let quiet = [&["--model", p, "--blocks", "2..4", "--judge", "--no-http"][..], &settle].concat();
+    let r0 = Relay::start(&d0, &quiet);
+    rt.block_on(async {
+        let client = relay::swarm_client::connect(&[r0.addr("tcp").parse().unwrap()]).await.expect("a client");
+        let to0: libp2p::PeerId = r0.peer.parse().unwrap();
+        let shown = evidence::fetch(&mut client.control(), to0, report.id()).await.expect("the kept evidence");
+        assert_eq!(shown, report);
+        let answer = send(&mut client.control(), to0, &framing.encode(), None).await.expect("the relay answers");
+        assert_eq!(answer, Answer::Cleared, "a --no-http relay recomputes reports");
+    });
+    drop(r0);
     drop(chain);
     let _ = std::fs::remove_dir_all(root);
 }
