@@ -43,7 +43,9 @@ interface IStakes {
 /// overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival. Judges
 /// and jurors on the winning side are paid a fixed `bounty` from this contract's own balance
 /// (which the DAO funds, bonds held for open appeals aside), never a share of a slash. A jury
-/// that reaches no majority in `juryWindow` dismisses the case: nobody is slashed.
+/// that reaches no majority in `juryWindow` dismisses the case, and each drawn juror that did
+/// not vote loses `jurorPenalty` (five votes always make a majority, so a case is dismissed
+/// only when a juror stayed silent); the accused is not slashed.
 contract Tribunal is EIP712, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -119,6 +121,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     uint64 public immutable juryWindow;
     /// @notice AIT an appeal holds: kept when the jury confirms the verdict, else returned.
     uint256 public immutable appealBond;
+    /// @notice Taken from each drawn juror that did not vote by the jury's deadline.
+    uint256 public immutable jurorPenalty;
 
     mapping(bytes32 caseId => Case) private _cases;
     /// Every enlisting, in order; entries are never moved or removed, so an appealed case's
@@ -193,6 +197,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// @param appealWindow_ seconds to appeal
     /// @param juryWindow_ seconds to draw a jury, and then to rule
     /// @param appealBond_ AIT an appeal holds (kept if the jury confirms the verdict)
+    /// @param jurorPenalty_ taken from a drawn juror that did not vote in time
     constructor(
         IStakes staking_,
         IERC20 token_,
@@ -202,7 +207,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint256 bounty_,
         uint64 appealWindow_,
         uint64 juryWindow_,
-        uint256 appealBond_
+        uint256 appealBond_,
+        uint256 jurorPenalty_
     ) EIP712("AI Torrent Tribunal", "1") {
         // Stake unbonding when a case opens must still be there when it closes.
         // Locks keep the stakes of an open case in place; the windows still stay under the
@@ -220,6 +226,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         appealWindow = appealWindow_;
         juryWindow = juryWindow_;
         appealBond = appealBond_;
+        jurorPenalty = jurorPenalty_;
     }
 
     /// @notice The EIP-712 digest a judge signs.
@@ -396,18 +403,26 @@ contract Tribunal is EIP712, ReentrancyGuard {
     }
 
     /// @notice Closes a case whose time ran out: unappealed, the accused is slashed and the
-    /// judges paid; appealed without a ruling, it is dismissed.
+    /// judges paid; appealed without a ruling, it is dismissed (the bond returned), and each
+    /// drawn juror that did not vote loses `jurorPenalty`.
     function execute(bytes32 report, address accused) external nonReentrant {
         Case storage c = _cases[caseId(report, accused)];
         if (c.stage == Stage.None || c.stage == Stage.Closed) revert WrongStage(c.stage);
         if (block.timestamp < c.deadline) revert TooEarly(c.deadline);
         bool appealed = c.stage != Stage.Accused;
+        bool drawn = c.stage == Stage.Drawn;
         _close(c);
         if (!appealed) {
             c.outcome = Outcome.Slashed;
             if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Dismissed;
+            if (drawn) {
+                bytes32 id = caseId(report, accused);
+                for (uint256 i = 0; i < c.jury.length; i++) {
+                    if (_votes[id][c.jury[i]] == 0) staking.slash(c.jury[i], jurorPenalty, report);
+                }
+            }
             if (c.bond > 0) token.safeTransfer(c.accused, c.bond);
         }
         emit Closed(report, c.accused, c.outcome);

@@ -13,7 +13,8 @@
 //! - Two staked sybils framing an honest node: the node appeals (putting up the bond), the
 //!   chain draws a jury from the hash of a later block (sybils and accused excluded), the
 //!   jurors recompute the report and vote the node cleared, and the sybils lose stake; a case
-//!   the jury never rules on is dismissed and moves no stake.
+//!   never drawn is dismissed and moves no stake; one whose jury does not rule is dismissed
+//!   and its silent jurors lose their penalty.
 //! - Nodes' duties (`relay::settle::duty`) doing all of it on their own: a liar concedes, and
 //!   appealing anyway loses its bond too; a framed node appeals and is cleared.
 
@@ -29,7 +30,9 @@ use alloy::sol_types::SolStruct;
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 use relay::settle::bindings::{Staking, Tribunal, AIT};
-use relay::settle::deploy::{APPEAL_BOND_AIT, BOUNTY_AIT, JUDGE_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT};
+use relay::settle::deploy::{
+    APPEAL_BOND_AIT, BOUNTY_AIT, JUDGE_PENALTY_AIT, JUROR_PENALTY_AIT, MIN_STAKE_AIT, SLASH_AIT,
+};
 use relay::settle::dev::{self, wallet_provider, DevOpt, RunningDevChain};
 use relay::settle::duty::{Acts, Duty, Evidence};
 use relay::settle::Deployment;
@@ -364,8 +367,9 @@ async fn forged_unstaked_misdirected_and_replayed_verdicts_slash_nobody() {
 /// node (they are its auditors and lied). The node appeals; the chain draws a jury from the
 /// hash of the block after the appeal, never a judge or the accused; the jurors recompute
 /// the report, clear the node, and their majority overturns the verdict: each sybil loses
-/// its penalty to the DAO fund, the node keeps its stake. A case the jury never rules on is
-/// dismissed and moves nothing.
+/// its penalty to the DAO fund, the node keeps its stake. A case never drawn is dismissed and
+/// moves nothing; one whose jury does not rule is dismissed and its silent jurors lose their
+/// penalty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and_lose_stake() {
     let court = Court::start(12).await;
@@ -477,6 +481,34 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     sent(court.tribunal(0).execute(invented.report, accused).send().await).await.expect("execute");
     assert_eq!(court.stage(&invented).await, (CLOSED, DISMISSED));
     assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT (the bond is back)");
+
+    // Drawn, but only two jurors vote: dismissed once the window ends. The three silent
+    // jurors lose their penalty; the two who voted and the accused lose nothing.
+    let unruled = Signed { report: B256::repeat_byte(0x43), ..framing.clone() };
+    let sigs: Vec<Bytes> =
+        sybils.iter().map(|&s| unruled.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    court.accuse(0, &unruled, &sybil_addrs, &sigs).await.expect("an accusation");
+    let before = court.holdings(&everyone).await;
+    court.appeal(honest, unruled.report).await.expect("appeal");
+    mine_blocks(&court.nodes[0].provider, 2).await;
+    sent(court.tribunal(0).draw(unruled.report, accused).send().await).await.expect("draw");
+    let jury = court.tribunal(0).partiesOf(unruled.report, accused).call().await.unwrap().jury;
+    let index = |a: &Address| (0..12).find(|&i| court.address(i) == *a).unwrap();
+    for a in &jury[..2] {
+        sent(court.tribunal(index(a)).vote(unruled.report, accused, false).send().await).await.expect("vote");
+    }
+    warp(&court.nodes[0].provider, JURY_WINDOW + 1).await;
+    sent(court.tribunal(0).execute(unruled.report, accused).send().await).await.expect("execute");
+    assert_eq!(court.stage(&unruled).await, (CLOSED, DISMISSED));
+    let after = court.holdings(&everyone).await;
+    for a in &jury[2..] {
+        let i = index(a);
+        assert_eq!(before[i].0 - after[i].0, ait(JUROR_PENALTY_AIT), "silent juror {i}'s penalty");
+    }
+    for i in jury[..2].iter().map(index).chain([honest]) {
+        assert_eq!(after[i], before[i], "{i} lost nothing");
+    }
+    assert_eq!(after[12].1 - before[12].1, ait(3 * JUROR_PENALTY_AIT), "the DAO fund");
 }
 
 /// What an in-process node knows of its cases: the reports their parties show (each with the

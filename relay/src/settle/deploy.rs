@@ -47,6 +47,8 @@ pub struct TribunalParams {
     pub jury_seconds: u64,
     /// AIT an appeal holds: kept when the jury confirms the verdict, else returned.
     pub appeal_bond: U256,
+    /// Taken from each drawn juror that did not vote in time.
+    pub juror_penalty: U256,
 }
 
 impl TribunalParams {
@@ -63,6 +65,7 @@ impl TribunalParams {
             appeal_seconds,
             jury_seconds,
             appeal_bond: ait(APPEAL_BOND_AIT),
+            juror_penalty: ait(JUROR_PENALTY_AIT),
         }
     }
 }
@@ -77,6 +80,8 @@ pub const JUDGE_PENALTY_AIT: u64 = 500;
 pub const BOUNTY_AIT: u64 = 5;
 /// AIT an appeal holds until the jury rules (kept when it confirms the verdict).
 pub const APPEAL_BOND_AIT: u64 = 100;
+/// AIT a drawn juror that does not vote in time loses.
+pub const JUROR_PENALTY_AIT: u64 = 100;
 
 /// Where the contracts are: the file `ait chain dev` writes and nodes read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -184,6 +189,7 @@ pub async fn deploy<P: Provider>(
         t.appeal_seconds,
         t.jury_seconds,
         t.appeal_bond,
+        t.juror_penalty,
     )
     .await
     .map_err(|e| ChainError::contract("deploy Tribunal", &e))?;
