@@ -62,7 +62,7 @@ pub fn run(o: ChatOpt) -> anyhow::Result<()> {
         };
         let model = ClientModel::load(&path).context("loading the model")?;
         let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-        let (opts, accuser) = rt.block_on(async { o.pay.open() })?;
+        let (opts, accuser) = rt.block_on(o.pay.open())?;
         let paying = opts.payer.is_some();
         let handle = rt.block_on(connect(&o.swarm))?;
         Backend::Swarm {

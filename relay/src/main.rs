@@ -426,7 +426,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
             reputation: web_node::trust::Reputation::open(&o.data_dir.join("reputation.redb"))
                 .context("opening the reputation book")?,
             ..match &settlement {
-                Some(s) => s.chain_options(&o.settle)?,
+                Some(s) => s.chain_options(&o.settle).await?,
                 None => Default::default(),
             }
         };
@@ -593,7 +593,7 @@ fn generate_swarm(o: GenerateOpt) -> anyhow::Result<ExitCode> {
     let prompt = prompt_tokens(&model, &o)?;
     let opts = sampling_options(&o);
     let rt = runtime()?;
-    let (chain_opts, accuser) = rt.block_on(async { o.pay.open() })?;
+    let (chain_opts, accuser) = rt.block_on(o.pay.open())?;
     let paying = chain_opts.payer.is_some();
     let (result, recoveries, cost) = rt.block_on(async {
         let handle = relay::swarm_client::connect(&o.swarm).await?;

@@ -11,8 +11,9 @@ use alloy::primitives::{Address, U256};
 use alloy::providers::DynProvider;
 use alloy::signers::local::PrivateKeySigner;
 use anyhow::{bail, Context};
+use web_node::net::chain::staked::StakedOnly;
 use web_node::net::chain::{ChainOptions, RouteWatch};
-use web_node::settle::{format_ait, parse_ait, unix_s, Payer, SessionKey};
+use web_node::settle::{format_ait, parse_ait, unix_s, ChainReads, GateHost, Payer, SessionKey};
 
 use super::bindings::Staking;
 use super::cli::WalletArgs;
@@ -93,9 +94,29 @@ pub struct PayFlags {
     /// With --pay: whether a route is chosen for speed or for price.
     #[arg(long, value_enum, default_value_t = Prefer::Fastest)]
     pub prefer: Prefer,
+    /// With --pay: pay only servers the tribunal can slash (the address a server is paid at
+    /// binds its peer id and holds the tribunal's slash staked); others are not used.
+    #[arg(long)]
+    pub staked_only: bool,
 }
 
 impl PayFlags {
+    /// With `--pay --staked-only`: the check that keeps servers the tribunal cannot slash out
+    /// of routes, reading `d`'s chain through `provider`.
+    async fn staked(&self, d: &Deployment, provider: &DynProvider) -> anyhow::Result<Option<Arc<StakedOnly>>> {
+        if !(self.pay && self.staked_only) {
+            return Ok(None);
+        }
+        anyhow::ensure!(!d.tribunal.is_zero(), "--staked-only: the chain's deployment file names no tribunal");
+        let slash = super::bindings::Tribunal::new(d.tribunal, provider)
+            .slashAmount()
+            .call()
+            .await
+            .context("--staked-only: reading the tribunal's slash")?;
+        let host: Arc<dyn GateHost> = Arc::new(ProviderHost::new(provider.clone()));
+        Ok(Some(Arc::new(StakedOnly::new(ChainReads::new(host, d.escrow, d.staking), slash))))
+    }
+
     /// The payer these flags ask for, paying from `wallet`'s escrow on `deployment` (`None`
     /// without `--pay`).
     fn payer(&self, deployment: &Deployment, wallet: &PrivateKeySigner) -> anyhow::Result<Option<Arc<Payer>>> {
@@ -131,20 +152,21 @@ impl ClientPayOpt {
     /// `--pay`), and what accuses on chain the nodes its audits find faulty: with `--pay` it
     /// opens the wallet (once), which pays from what it deposited into the escrow and sends
     /// the accusations (none when the chain has no tribunal).
-    pub fn open(&self) -> anyhow::Result<(ChainOptions, Option<Accuser>)> {
+    pub async fn open(&self) -> anyhow::Result<(ChainOptions, Option<Accuser>)> {
         if !self.flags.pay {
             return Ok((ChainOptions::default(), None));
         }
         let deployment = Deployment::load(&self.wallet.chain)
             .with_context(|| format!("--pay needs the chain's deployment file ({})", self.wallet.chain.display()))?;
         let wallet = self.wallet.signer()?;
+        let provider = wallet_provider(&deployment.rpc, &wallet.to_bytes())?;
         let opts = ChainOptions {
             payer: self.flags.payer(&deployment, &wallet)?,
+            staked: self.flags.staked(&deployment, &provider).await?,
             ms_per_ait: self.flags.prefer.ms_per_ait(),
             on_route: Some(print_route_price()),
             ..ChainOptions::default()
         };
-        let provider = wallet_provider(&deployment.rpc, &wallet.to_bytes())?;
         let accuser =
             Accuser::new(&deployment, provider).inspect_err(|e| tracing::warn!("no accusations on chain: {e}")).ok();
         Ok((opts, accuser))
@@ -246,9 +268,10 @@ impl Settlement {
     }
 
     /// The chain options of this relay's own requests: with `--pay`, paying from its wallet.
-    pub fn chain_options(&self, o: &SettleOpt) -> anyhow::Result<ChainOptions> {
+    pub async fn chain_options(&self, o: &SettleOpt) -> anyhow::Result<ChainOptions> {
         Ok(ChainOptions {
             payer: o.paying.payer(&self.deployment, &self.wallet)?,
+            staked: o.paying.staked(&self.deployment, &self.provider).await?,
             ms_per_ait: o.paying.prefer.ms_per_ait(),
             ..ChainOptions::default()
         })

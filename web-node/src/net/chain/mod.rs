@@ -19,6 +19,7 @@ mod audit;
 mod discovery;
 mod hop;
 mod recovery;
+pub mod staked;
 
 pub use audit::{AuditCase, AuditError, AuditOutcome, Opinion, ReportRefused};
 pub(crate) use discovery::unpredictable_rng;
@@ -30,7 +31,7 @@ use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use alloy_primitives::U256;
+use alloy_primitives::{Address, U256};
 use futures::future::join_all;
 use libp2p::PeerId;
 use web_time::Instant;
@@ -90,6 +91,8 @@ pub struct ChainOptions {
     pub allow_private_addrs: bool,
     /// Who pays servers that charge; `None`: only free servers are used.
     pub payer: Option<Arc<Payer>>,
+    /// With a payer: pay only servers whose payee the tribunal can slash (`None`: any).
+    pub staked: Option<Arc<staked::StakedOnly>>,
     /// What one AIT of price per token is worth in milliseconds of step time when choosing a
     /// route: 0 (the default) takes the fastest route whatever it costs; a large value
     /// ([`ChainOptions::CHEAPEST`]) the cheapest.
@@ -154,6 +157,7 @@ impl Default for ChainOptions {
             max_probes: 32,
             allow_private_addrs: false,
             payer: None,
+            staked: None,
             ms_per_ait: 0.0,
             on_queued: None,
             on_route: None,
@@ -496,7 +500,10 @@ impl<D: Discovery> SwarmChain<D> {
     ) -> Result<Vec<HopSession>, ChainError> {
         let mut known_only = fast;
         loop {
-            let found = self.discover(range.clone(), known_only).await?;
+            let mut found = self.discover(range.clone(), known_only).await?;
+            if let (Some(staked), Some(_)) = (self.opts.staked.clone(), &self.opts.payer) {
+                drop_unslashable(&staked, self.discovery.local_peer(), &mut found).await;
+            }
             let candidates = self.candidates(&found);
             let Some(hops) = plan(&candidates, range.clone()) else {
                 if known_only {
@@ -741,4 +748,30 @@ impl<D: Discovery> LayerChain for SwarmChain<D> {
         self.pos = 0;
         Ok(())
     }
+}
+
+/// With a payer that pays only slashable servers (`staked`): drops from `found` the servers
+/// that charge and are not (never `local`, this node's own).
+async fn drop_unslashable(
+    staked: &staked::StakedOnly,
+    local: Option<PeerId>,
+    found: &mut Vec<(FoundServer, BoxStream)>,
+) {
+    // The payees first: the servers' streams are not held across the reads.
+    let payees: Vec<(Option<Address>, PeerId)> = found
+        .iter()
+        .map(|(f, _)| {
+            let payee = f.status.pay.as_ref().map(|t| t.node).filter(|_| Some(f.candidate.peer) != local);
+            (payee, f.candidate.peer)
+        })
+        .collect();
+    let mut keep = Vec::with_capacity(payees.len());
+    for (payee, peer) in payees {
+        keep.push(match payee {
+            Some(payee) => staked.slashable(payee, peer).await,
+            None => true,
+        });
+    }
+    let mut keep = keep.into_iter();
+    found.retain(|_| keep.next().unwrap_or(true));
 }
