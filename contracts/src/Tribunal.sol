@@ -36,16 +36,17 @@ interface IStakes {
 /// that enlisted before the appeal (enlisting locks a node's stake until it resigns), staked,
 /// other than the judges and the accused, is then drawn from the hash of the block after the
 /// appeal, which neither side chooses and which must be used within 256 blocks; each juror
-/// `vote`s from its own address, and the first `JURY_MAJORITY` matching votes decide. An
-/// appeal holds `appealBond` of the accused's AIT: the jury confirming the verdict keeps it
-/// (it funds bounties), otherwise it is returned. A node found faulty (unappealed after the
-/// window, or by the jury) loses `slashAmount` of its stake to the DAO fund; a judge the jury
-/// overturns loses `judgePenalty`, so two staked sybils cannot slash an honest rival. Judges
-/// and jurors on the winning side are paid a fixed `bounty` from this contract's own balance
-/// (which the DAO funds, bonds held for open appeals aside), never a share of a slash. A jury
-/// that reaches no majority in `juryWindow` dismisses the case, and each drawn juror that did
-/// not vote loses `jurorPenalty` (five votes always make a majority, so a case is dismissed
-/// only when a juror stayed silent); the accused is not slashed.
+/// `vote`s from its own address (or `abstain`s, when it cannot recompute the report), and
+/// the first `JURY_MAJORITY` matching votes decide. An appeal puts up `appealBond` of the
+/// accused's stake, which is locked already: the accused needs `slashAmount + appealBond`
+/// staked or unbonding to appeal, and a jury that confirms the verdict slashes both. A node
+/// found faulty (unappealed after the window, or by the jury) loses `slashAmount` of its
+/// stake to the DAO fund; a judge the jury overturns loses `judgePenalty`, so two staked
+/// sybils cannot slash an honest rival. Judges and the jurors whose votes made the majority
+/// are paid a fixed `bounty` from this contract's own balance (which the DAO funds), never a
+/// share of a slash. A jury that reaches no majority in `juryWindow` dismisses the case, and
+/// each drawn juror that neither voted nor abstained loses `jurorPenalty`; the accused is not
+/// slashed.
 contract Tribunal is EIP712, ReentrancyGuard {
     using SafeERC20 for IERC20;
 
@@ -97,7 +98,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint8 faultyVotes;
         /// Jurors' cleared votes so far.
         uint8 clearedVotes;
-        /// The accused's appeal bond, held while the appeal is open.
+        /// The part of the accused's stake its appeal puts up.
         uint256 bond;
         address[] judges;
         address[] jury;
@@ -119,9 +120,9 @@ contract Tribunal is EIP712, ReentrancyGuard {
     uint64 public immutable appealWindow;
     /// @notice Seconds a jury has to be drawn, and then to rule.
     uint64 public immutable juryWindow;
-    /// @notice AIT an appeal holds: kept when the jury confirms the verdict, else returned.
+    /// @notice Stake an appeal puts up: slashed too when the jury confirms the verdict.
     uint256 public immutable appealBond;
-    /// @notice Taken from each drawn juror that did not vote by the jury's deadline.
+    /// @notice Taken from each drawn juror that neither voted nor abstained by the deadline.
     uint256 public immutable jurorPenalty;
 
     mapping(bytes32 caseId => Case) private _cases;
@@ -133,10 +134,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// The block a node resigned in (0: it has not, or it was released).
     mapping(address node => uint256 blockNumber) private _resignedAt;
     mapping(address judge => uint256 count) private _openCases;
-    /// Each juror's vote on a case: 0 none yet, 1 faulty, 2 cleared.
+    /// Each juror's vote on a case: 0 none yet, 1 faulty, 2 cleared, 3 abstained.
     mapping(bytes32 caseId => mapping(address juror => uint8 vote)) private _votes;
-    /// Appeal bonds held for open appeals: not for bounties.
-    uint256 private _bonds;
 
     /// @notice `judges` accused `accused` of the fraud in `report`; it may appeal until `deadline`.
     event Accused(bytes32 indexed report, address indexed accused, address[] judges, uint64 deadline);
@@ -146,6 +145,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
     event JuryDrawn(bytes32 indexed report, address indexed accused, address[] jury, uint64 deadline);
     /// @notice `juror` voted on the case.
     event Voted(bytes32 indexed report, address indexed accused, address juror, bool faulty);
+    /// @notice `juror` could not recompute the case's report.
+    event Abstained(bytes32 indexed report, address indexed accused, address juror);
     /// @notice The case closed.
     event Closed(bytes32 indexed report, address indexed accused, Outcome outcome);
     /// @notice `node` may now be drawn for juries.
@@ -157,7 +158,8 @@ contract Tribunal is EIP712, ReentrancyGuard {
 
     /// @notice A case for this report against this address exists already.
     error CaseExists(bytes32 report, address accused);
-    /// @notice The accused holds less than `slashAmount` staked and unbonding.
+    /// @notice The accused holds less than `slashAmount` staked and unbonding (to appeal,
+    /// `slashAmount + appealBond`).
     error AccusedUnstaked(address accused);
     /// @notice The seed block's hash is gone (more than 256 blocks ago): no jury can be drawn.
     error SeedExpired(uint64 seedBlock);
@@ -196,7 +198,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
     /// @param bounty_ paid to each judge or juror on the winning side
     /// @param appealWindow_ seconds to appeal
     /// @param juryWindow_ seconds to draw a jury, and then to rule
-    /// @param appealBond_ AIT an appeal holds (kept if the jury confirms the verdict)
+    /// @param appealBond_ stake an appeal puts up (slashed if the jury confirms the verdict)
     /// @param jurorPenalty_ taken from a drawn juror that did not vote in time
     constructor(
         IStakes staking_,
@@ -282,14 +284,14 @@ contract Tribunal is EIP712, ReentrancyGuard {
     }
 
     /// @notice The accused (the caller) demands a jury for its case of `report` (within the
-    /// appeal window), with `appealBond` AIT it approved this contract to take.
-    function appeal(bytes32 report) external nonReentrant {
+    /// appeal window), putting up `appealBond` of its stake besides the slash.
+    function appeal(bytes32 report) external {
         Case storage c = _cases[caseId(report, msg.sender)];
         if (c.stage != Stage.Accused) revert WrongStage(c.stage);
         if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
-        if (appealBond > 0) token.safeTransferFrom(msg.sender, address(this), appealBond);
+        (uint256 staked, uint256 unbonding,) = staking.stakeOf(msg.sender);
+        if (staked + unbonding < slashAmount + appealBond) revert AccusedUnstaked(msg.sender);
         c.bond = appealBond;
-        _bonds += appealBond;
         c.stage = Stage.Appealed;
         c.seedBlock = uint64(block.number + 1);
         c.poolLen = uint64(_pool.length);
@@ -380,18 +382,15 @@ contract Tribunal is EIP712, ReentrancyGuard {
         uint8 votes = faulty ? ++c.faultyVotes : ++c.clearedVotes;
         emit Voted(report, accused, msg.sender, faulty);
         if (votes < JURY_MAJORITY) return;
-        uint256 bond = c.bond;
         _close(c);
         if (faulty) {
             c.outcome = Outcome.Slashed;
-            // The bond stays here, with the bounty fund.
-            if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
+            if (_slash(c.accused, slashAmount + c.bond, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Overturned;
             for (uint256 i = 0; i < c.judges.length; i++) {
-                staking.slash(c.judges[i], judgePenalty, report);
+                _slash(c.judges[i], judgePenalty, report);
             }
-            if (bond > 0) token.safeTransfer(c.accused, bond);
         }
         address[] memory majority = new address[](JURY_MAJORITY);
         uint256 n = 0;
@@ -402,9 +401,22 @@ contract Tribunal is EIP712, ReentrancyGuard {
         emit Closed(report, c.accused, c.outcome);
     }
 
+    /// @notice The caller, a juror of the case, says it cannot recompute the report (another
+    /// model, no server of its layers): it showed up, and its vote counts for neither side.
+    function abstain(bytes32 report, address accused) external {
+        bytes32 id = caseId(report, accused);
+        Case storage c = _cases[id];
+        if (c.stage != Stage.Drawn) revert WrongStage(c.stage);
+        if (block.timestamp >= c.deadline) revert TooLate(c.deadline);
+        if (!_isJuror(c, msg.sender) || _votes[id][msg.sender] != 0) revert NotJuror(msg.sender);
+        _votes[id][msg.sender] = 3;
+        emit Abstained(report, accused, msg.sender);
+    }
+
     /// @notice Closes a case whose time ran out: unappealed, the accused is slashed and the
-    /// judges paid; appealed without a ruling, it is dismissed (the bond returned), and each
-    /// drawn juror that did not vote loses `jurorPenalty`.
+    /// judges paid; appealed without a ruling, it is dismissed, and each drawn juror that
+    /// neither voted nor abstained loses `jurorPenalty` (as far as this contract may still
+    /// slash: a revoked role does not keep the case open).
     function execute(bytes32 report, address accused) external nonReentrant {
         Case storage c = _cases[caseId(report, accused)];
         if (c.stage == Stage.None || c.stage == Stage.Closed) revert WrongStage(c.stage);
@@ -414,16 +426,16 @@ contract Tribunal is EIP712, ReentrancyGuard {
         _close(c);
         if (!appealed) {
             c.outcome = Outcome.Slashed;
-            if (staking.slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
+            if (_slash(c.accused, slashAmount, report) > 0) _payAll(c.judges);
         } else {
             c.outcome = Outcome.Dismissed;
             if (drawn) {
                 bytes32 id = caseId(report, accused);
                 for (uint256 i = 0; i < c.jury.length; i++) {
-                    if (_votes[id][c.jury[i]] == 0) staking.slash(c.jury[i], jurorPenalty, report);
+                    if (_votes[id][c.jury[i]] != 0) continue;
+                    _slash(c.jury[i], jurorPenalty, report);
                 }
             }
-            if (c.bond > 0) token.safeTransfer(c.accused, c.bond);
         }
         emit Closed(report, c.accused, c.outcome);
     }
@@ -453,7 +465,7 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return (c.judges, c.jury);
     }
 
-    /// @notice `juror`'s vote on a case: 0 none, 1 faulty, 2 cleared.
+    /// @notice `juror`'s vote on a case: 0 none, 1 faulty, 2 cleared, 3 abstained.
     function voteOf(bytes32 report, address accused, address juror) external view returns (uint8) {
         return _votes[caseId(report, accused)][juror];
     }
@@ -468,12 +480,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return _pool.length;
     }
 
-    /// Closes `c`: its stakes are unlocked, its judges' open cases counted down, and its bond
-    /// no longer held (the caller returns or keeps it).
+    /// Closes `c`: its stakes are unlocked and its judges' open cases counted down.
     function _close(Case storage c) private {
         Stage was = c.stage;
         c.stage = Stage.Closed;
-        _bonds -= c.bond;
         staking.unlock(c.accused);
         for (uint256 i = 0; i < c.judges.length; i++) {
             _openCases[c.judges[i]] -= 1;
@@ -483,6 +493,16 @@ contract Tribunal is EIP712, ReentrancyGuard {
             for (uint256 i = 0; i < c.jury.length; i++) {
                 staking.unlock(c.jury[i]);
             }
+        }
+    }
+
+    /// Slashes `node` by up to `amount` as far as this contract still may: a revoked role
+    /// takes nothing, and the case closes all the same.
+    function _slash(address node, uint256 amount, bytes32 report) private returns (uint256) {
+        try staking.slash(node, amount, report) returns (uint256 taken) {
+            return taken;
+        } catch {
+            return 0;
         }
     }
 
@@ -516,12 +536,10 @@ contract Tribunal is EIP712, ReentrancyGuard {
         return false;
     }
 
-    /// Pays each of `to` the bounty, as far as this contract's balance (less the bonds it
-    /// holds) goes.
+    /// Pays each of `to` the bounty, as far as this contract's balance goes.
     function _payAll(address[] memory to) private {
         for (uint256 i = 0; i < to.length; i++) {
-            uint256 balance = token.balanceOf(address(this));
-            uint256 left = balance > _bonds ? balance - _bonds : 0;
+            uint256 left = token.balanceOf(address(this));
             uint256 amount = bounty < left ? bounty : left;
             if (amount > 0) token.safeTransfer(to[i], amount);
         }

@@ -460,7 +460,7 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                 ));
                 verifier.clone().serve()?;
                 if let Some(s) = &settlement {
-                    if let Some(duty) = s.duty(&o.settle, verifier).await? {
+                    if let Some(duty) = s.duty(&o.settle, verifier, peer).await? {
                         tokio::spawn(duty.run(relay::settle::duty::EVERY));
                     }
                 }

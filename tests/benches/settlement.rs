@@ -191,8 +191,6 @@ async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
     // Appealed: a jury drawn and three of it overturn the judges.
     gas(accuse([2; 32]).send().await).await;
     let id = B256::repeat_byte(2);
-    let bond = by(3).appealBond().call().await.unwrap();
-    gas(AIT::new(d.token, provider(3)).approve(d.tribunal, bond).send().await).await;
     let appeal = gas(by(3).appeal(id).send().await).await;
     warp(1).await;
     let draw = gas(dao.draw(id, accused).send().await).await;

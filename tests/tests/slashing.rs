@@ -55,6 +55,7 @@ const DECODE: [u32; 4] = [11, 64, 5, 120];
 
 /// Tribunal stages and outcomes, as the contract numbers them.
 const ACCUSED: u8 = 1;
+const APPEALED: u8 = 2;
 const DRAWN: u8 = 3;
 const CLOSED: u8 = 4;
 const SLASHED: u8 = 1;
@@ -163,8 +164,8 @@ impl Court {
     }
 
     /// Node `i` appeals its case of `report`, with the bond.
-    async fn appeal(&self, i: usize, report: B256) -> Result<(), relay::settle::ChainError> {
-        relay::settle::tribunal::appeal(self.d(), &self.nodes[i].provider, report).await
+    async fn appeal(&self, i: usize, report: B256) -> Result<(), String> {
+        sent(self.tribunal(i).appeal(report).send().await).await
     }
 
     /// Opens a case from node `from`.
@@ -406,11 +407,7 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     let everyone: Vec<Address> = (0..12).map(|i| court.address(i)).chain([court.d().treasury]).collect();
     let start = court.holdings(&everyone).await;
 
-    let no_allowance = sent(court.tribunal(honest).appeal(framing.report).send().await).await;
-    refused(no_allowance, "ERC20InsufficientAllowance");
     court.appeal(honest, framing.report).await.expect("appeal");
-    let bond = ait(APPEAL_BOND_AIT);
-    assert_eq!(court.balance(accused).await, start[honest].1 - bond, "the appeal holds the bond");
     refused(sent(court.tribunal(0).draw(framing.report, accused).send().await).await, "TooEarly");
     // A node that enlists once the appeal is in cannot sit on its jury.
     sent(court.tribunal(late).enlist().send().await).await.expect("a late enlisting");
@@ -482,8 +479,8 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     assert_eq!(court.stage(&invented).await, (CLOSED, DISMISSED));
     assert_eq!(court.holdings(&everyone).await, before, "a dismissed case moved AIT (the bond is back)");
 
-    // Drawn, but only two jurors vote: dismissed once the window ends. The three silent
-    // jurors lose their penalty; the two who voted and the accused lose nothing.
+    // Drawn, but only two jurors vote and one abstains: dismissed once the window ends. The
+    // two silent jurors lose their penalty; the others and the accused lose nothing.
     let unruled = Signed { report: B256::repeat_byte(0x43), ..framing.clone() };
     let sigs: Vec<Bytes> =
         sybils.iter().map(|&s| unruled.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
@@ -497,18 +494,26 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     for a in &jury[..2] {
         sent(court.tribunal(index(a)).vote(unruled.report, accused, false).send().await).await.expect("vote");
     }
+    let abstain = |i: usize| {
+        let t = court.tribunal(i);
+        async move { sent(t.abstain(unruled.report, accused).send().await).await }
+    };
+    refused(abstain(index(&jury[0])).await, "NotJuror");
+    refused(abstain(sybils[0]).await, "NotJuror");
+    abstain(index(&jury[2])).await.expect("abstain");
+    refused(abstain(index(&jury[2])).await, "NotJuror");
     warp(&court.nodes[0].provider, JURY_WINDOW + 1).await;
     sent(court.tribunal(0).execute(unruled.report, accused).send().await).await.expect("execute");
     assert_eq!(court.stage(&unruled).await, (CLOSED, DISMISSED));
     let after = court.holdings(&everyone).await;
-    for a in &jury[2..] {
+    for a in &jury[3..] {
         let i = index(a);
         assert_eq!(before[i].0 - after[i].0, ait(JUROR_PENALTY_AIT), "silent juror {i}'s penalty");
     }
-    for i in jury[..2].iter().map(index).chain([honest]) {
+    for i in jury[..3].iter().map(index).chain([honest]) {
         assert_eq!(after[i], before[i], "{i} lost nothing");
     }
-    assert_eq!(after[12].1 - before[12].1, ait(3 * JUROR_PENALTY_AIT), "the DAO fund");
+    assert_eq!(after[12].1 - before[12].1, ait(2 * JUROR_PENALTY_AIT), "the DAO fund");
 }
 
 /// What an in-process node knows of its cases: the reports their parties show (each with the
@@ -533,15 +538,15 @@ impl Evidence for Shown {
 }
 
 /// Nodes' tribunal duties (`relay::settle::duty`), on anvil, with real reports and real
-/// recomputation: a liar's own duty concedes the true verdict; appealed by hand anyway, the
-/// judges' duties draw the jury, the jurors' duties recompute the report and vote it faulty,
-/// and the liar loses its slash and its appeal bond. An honest node framed by two sybils
+/// recomputation: a liar's duty appeals (every accused does: its own server is the one
+/// accused), the judges' duties draw the jury, the jurors' duties recompute the report and
+/// vote it faulty, and the liar loses its slash and its appeal bond. An honest node framed by two sybils
 /// (who show nobody their report) appeals on its own and draws its jury, the jurors fetch
 /// the report from it, clear it, and the sybils lose their penalty while the node keeps its
 /// stake and gets its bond back. Accused of a report nobody shows, it appeals, and its
 /// jurors clear it once the first half of their window has passed without the evidence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
+async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_framed_node() {
     let court = Court::start(13).await;
     let (liar, judges, jurors, honest, sybils) = (1, [2, 3], 4..10, 10, [11, 12]);
     let lying = Arc::new(Fixture::lying(7, &SERVERS, 1, FAULT_CLASSES[0]));
@@ -581,7 +586,9 @@ async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
     let mut judge_duties = [duty(judges[0]).await, duty(judges[1]).await];
     let mut honest_duty = duty(honest).await;
 
-    // The liar's case: two judges recompute and accuse; its own duty concedes.
+    // The liar's case: two judges recompute and accuse; its duty appeals, the judges' draw,
+    // the jurors' vote.
+    let everyone: Vec<Address> = (0..13).map(|i| court.address(i)).chain([court.d().tribunal]).collect();
     let accused = court.address(liar);
     let mut signed = vec![];
     for j in judges {
@@ -590,15 +597,10 @@ async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
     let v = signed[0].0.clone();
     let judge_addrs = judges.map(|j| court.address(j));
     court.accuse(0, &v, &judge_addrs, &[signed[0].1.clone(), signed[1].1.clone()]).await.expect("accused");
-    let acts = liar_duty.tick().await.expect("the liar's duty");
-    assert_eq!((acts.conceded, acts.appealed), (1, 0), "{acts:?}");
-    assert_eq!(court.stage(&v).await, (ACCUSED, 0));
-    assert_eq!(liar_duty.tick().await.unwrap(), Acts::default(), "a conceded case is left alone");
-
-    // A liar that appeals all the same: the judges' duties draw, the jurors' vote.
-    let everyone: Vec<Address> = (0..13).map(|i| court.address(i)).chain([court.d().tribunal]).collect();
     let start = court.holdings(&everyone).await;
-    court.appeal(liar, v.report).await.expect("the liar's appeal");
+    assert_eq!(liar_duty.tick().await.expect("the liar's duty").appealed, 1);
+    assert_eq!(court.stage(&v).await, (APPEALED, 0));
+    assert_eq!(liar_duty.tick().await.unwrap(), Acts::default(), "the seed block is not past yet");
     mine_blocks(&court.nodes[0].provider, 2).await;
     let drawn: usize =
         [judge_duties[0].tick().await.unwrap().drawn, judge_duties[1].tick().await.unwrap().drawn].iter().sum();
@@ -615,13 +617,13 @@ async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
     assert_eq!(voters.len(), 3, "three jurors vote, then the case is closed");
     assert_eq!(court.stage(&v).await, (CLOSED, SLASHED));
     let end = court.holdings(&everyone).await;
-    assert_eq!(start[liar].0 - end[liar].0, ait(SLASH_AIT), "the liar's slash");
-    assert_eq!(start[liar].1 - end[liar].1, ait(APPEAL_BOND_AIT), "the liar's bond");
+    assert_eq!(start[liar].0 - end[liar].0, ait(SLASH_AIT + APPEAL_BOND_AIT), "the liar's slash and bond");
+    assert_eq!(start[liar].1, end[liar].1, "the bond comes from the stake");
     for i in judges.into_iter().chain(voters.iter().copied()) {
         assert_eq!(end[i].1 - start[i].1, ait(BOUNTY_AIT), "{i}'s bounty");
     }
     let fund = |h: &[(U256, U256)]| h[13].1;
-    assert_eq!(fund(&end) + ait(5 * BOUNTY_AIT), fund(&start) + ait(APPEAL_BOND_AIT), "the tribunal keeps the bond");
+    assert_eq!(fund(&end) + ait(5 * BOUNTY_AIT), fund(&start), "five bounties from the tribunal's fund");
     for (_, d) in &mut jury_duties {
         d.tick().await.expect("a juror's duty");
         assert!(d.cases().is_empty(), "a closed case is dropped");
@@ -688,7 +690,8 @@ async fn duties_concede_a_true_verdict_appeal_a_framing_and_sit_on_juries() {
 
 /// An operator's `ait tribunal` commands, through the binary on `ait chain dev`: four staked
 /// nodes enlist for juries; two staked judges accuse a third node (of a report the chain
-/// cannot check); `case` shows it; the accused appeals; `draw` is refused while fewer than
+/// cannot check); `case` shows it; the accused appeals once it stakes the bond besides the
+/// slash; `draw` is refused while fewer than
 /// five nodes can sit on its jury; once the jury window has passed, `execute` dismisses the
 /// case and nobody's stake moved.
 #[test]
@@ -730,6 +733,10 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
     assert!(case.contains("stage    accused") && case.contains(&who), "{case}");
     let refused = chain.ait_fails(&["tribunal", "appeal", &id, "--data-dir", &data(&j1.0)]);
     assert!(refused.contains("WrongStage"), "{refused}");
+    // Holding the slash but not the bond besides, the accused cannot appeal until it stakes more.
+    let short = chain.ait_fails(&["tribunal", "appeal", &id, "--data-dir", &data(&accused_dir)]);
+    assert!(short.contains("AccusedUnstaked"), "{short}");
+    chain.ait(&["stake", &APPEAL_BOND_AIT.to_string(), "--data-dir", &data(&accused_dir)]);
     assert!(chain.ait(&["tribunal", "appeal", &id, "--data-dir", &data(&accused_dir)]).contains("appealed"));
     rt.block_on(mine_blocks(&dao, 1));
     let refused = chain.ait_fails(&["tribunal", "draw", &id, &who, "--data-dir", &data(&j1.0)]);
@@ -741,7 +748,8 @@ fn the_tribunal_commands_enlist_show_appeal_draw_and_close_a_case() {
     assert!(case.contains("stage    closed") && case.contains("outcome  dismissed"), "{case}");
     let after =
         rt.block_on(async { Staking::new(d.staking, dao.clone()).stakeOf(accused).call().await.unwrap().staked });
-    assert_eq!(after, before, "a dismissed case moved stake");
+    let bond = U256::from(APPEAL_BOND_AIT) * U256::from(AIT);
+    assert_eq!(after, before + bond, "a dismissed case moved stake");
     // A juror that resigns stays locked while a draw may still pick it, then is released.
     assert!(chain.ait(&["tribunal", "resign", "--data-dir", &data(&jurors[0])]).contains("resigned"));
     let refused = chain.ait_fails(&["unstake", "1", "--data-dir", &data(&jurors[0])]);

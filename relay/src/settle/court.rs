@@ -30,7 +30,8 @@ pub enum CourtCmd {
         accused: Address,
     },
     /// Appeal an accusation of this wallet (within the appeal window), putting up the
-    /// tribunal's appeal bond (returned unless the jury confirms the verdict): a jury is drawn.
+    /// tribunal's appeal bond from the stake (slashed too if the jury confirms the verdict):
+    /// a jury is drawn.
     Appeal {
         /// The fraud report's id.
         report: B256,
@@ -89,7 +90,7 @@ pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
                 println!("jury     {}", list(&parties.jury).join(" "));
             }
             CourtCmd::Appeal { report } => {
-                super::tribunal::appeal(&d, &provider, report).await?;
+                send("appeal", tribunal.appeal(report).send().await).await?;
                 println!("appealed: draw the jury once the next block exists (`ait tribunal draw`), within 256 blocks");
             }
             CourtCmd::Draw { report, accused } => {

@@ -45,9 +45,9 @@ pub struct TribunalParams {
     pub appeal_seconds: u64,
     /// Seconds a jury has to be drawn, and then to rule.
     pub jury_seconds: u64,
-    /// AIT an appeal holds: kept when the jury confirms the verdict, else returned.
+    /// Stake an appeal puts up besides the slash: slashed too when the jury confirms.
     pub appeal_bond: U256,
-    /// Taken from each drawn juror that did not vote in time.
+    /// Taken from each drawn juror that neither voted nor abstained in time.
     pub juror_penalty: U256,
 }
 
@@ -78,9 +78,9 @@ pub const SLASH_AIT: u64 = 1_000;
 pub const JUDGE_PENALTY_AIT: u64 = 500;
 /// AIT a judge or juror on the winning side is paid.
 pub const BOUNTY_AIT: u64 = 5;
-/// AIT an appeal holds until the jury rules (kept when it confirms the verdict).
+/// AIT of stake an appeal puts up besides the slash (slashed when the jury confirms).
 pub const APPEAL_BOND_AIT: u64 = 100;
-/// AIT a drawn juror that does not vote in time loses.
+/// AIT a drawn juror that neither votes nor abstains in time loses.
 pub const JUROR_PENALTY_AIT: u64 = 100;
 
 /// Where the contracts are: the file `ait chain dev` writes and nodes read.

@@ -2,17 +2,22 @@
 //! (`contracts/src/Tribunal.sol`, docs/ARCHITECTURE.md "Slashing"), a pass at a time
 //! ([`Duty::tick`]):
 //!
-//! - **Accused**, it fetches the case's report from the judges and recomputes it. When its
-//!   own recomputation does not find it faulty, or nobody shows the report, it appeals
-//!   (putting up the bond) and draws the jury; when it does, it lets the verdict stand.
+//! - **Accused**, it appeals (putting up the bond from its stake), having fetched the report
+//!   from the judges to show the jurors. It does not weigh the report itself: its own server
+//!   is the one accused, so its check would run on a server others chose, and an honest
+//!   node's appeal costs it nothing (the bond is slashed only when the jury confirms).
 //! - **Juror** (enlisted with `--jury`), it fetches the report from the judges or the accused,
 //!   recomputes it and votes. With no report shown by the second half of the jury's window,
 //!   it votes the accused cleared: the accusers carry the burden of showing their evidence.
-//! - **Judge**, it draws the jury of its appealed cases.
+//!   When it cannot recompute the report by then (another model, no server of its layers),
+//!   it abstains.
+//! - **Anyone** draws the jury of an appealed case once its seed block is past, so a liar
+//!   that appeals cannot let the seed expire.
 //! - Any party closes its cases whose window ran out (`execute`): a judge is paid, locks lift.
 //!
-//! Cases are found in the tribunal's `Accused` and `JuryDrawn` events, read from
-//! [`LOOKBACK_BLOCKS`] before the start on.
+//! Cases are found in the tribunal's `Accused`, `Appealed` and `JuryDrawn` events, read from
+//! [`LOOKBACK_BLOCKS`] before the start on. A step that fails is tried again after
+//! [`BACKOFF`], and no step takes longer than [`STEP_TIMEOUT`].
 
 use std::collections::HashMap;
 
@@ -32,6 +37,12 @@ pub const LOOKBACK_BLOCKS: u64 = 60_000;
 
 /// How often a relay does its duties.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a case whose step failed is left alone.
+pub const BACKOFF: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Longest one case's step may take (fetching, recomputing, a transaction).
+pub const STEP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(240);
 
 /// Stages, as the contract numbers them.
 const ACCUSED: u8 = 1;
@@ -61,6 +72,8 @@ pub enum Party {
     Judge,
     /// It was drawn for the jury.
     Juror,
+    /// None of these: it only draws the jury of an appealed case.
+    Bystander,
 }
 
 /// What a pass did: what the tests and the logs read.
@@ -68,12 +81,12 @@ pub enum Party {
 pub struct Acts {
     /// Cases appealed.
     pub appealed: usize,
-    /// Accusations let stand after this node's own recomputation confirmed them.
-    pub conceded: usize,
     /// Juries drawn.
     pub drawn: usize,
     /// Votes cast: faulty, cleared.
     pub voted: (usize, usize),
+    /// Juries abstained from.
+    pub abstained: usize,
     /// Cases closed by `execute`.
     pub executed: usize,
 }
@@ -83,12 +96,11 @@ pub struct Duty<E> {
     me: Address,
     tribunal: Tribunal::TribunalInstance<DynProvider>,
     staking: Staking::StakingInstance<DynProvider>,
-    d: Deployment,
     provider: DynProvider,
     evidence: E,
     cases: HashMap<(B256, Address), Party>,
-    /// Accusations this node let stand: not looked at again.
-    conceded: std::collections::HashSet<(B256, Address)>,
+    /// Cases whose last step failed, and when they are tried again.
+    backoff: HashMap<(B256, Address), std::time::Instant>,
     /// The next block whose events are read.
     next_block: u64,
 }
@@ -105,11 +117,10 @@ impl<E: Evidence> Duty<E> {
             me,
             tribunal: Tribunal::new(d.tribunal, provider.clone()),
             staking: Staking::new(d.staking, provider.clone()),
-            d: d.clone(),
             provider,
             evidence,
             cases: HashMap::new(),
-            conceded: Default::default(),
+            backoff: HashMap::new(),
             next_block: latest.saturating_sub(LOOKBACK_BLOCKS),
         })
     }
@@ -124,23 +135,34 @@ impl<E: Evidence> Duty<E> {
         &self.cases
     }
 
-    /// One pass: reads the new events, then does what each open case asks of this node.
-    /// A step that fails is logged and tried again next pass.
+    /// One pass: reads the new events, then does what each open case asks of this node
+    /// (the cases known already, even when reading the events failed). A step that fails is
+    /// logged and tried again after [`BACKOFF`].
     pub async fn tick(&mut self) -> Result<Acts, ChainError> {
-        self.read_events().await?;
+        let read = self.read_events().await;
         let (_, now) = latest_block(&self.provider).await?;
         let mut acts = Acts::default();
         let cases: Vec<_> = self.cases.iter().map(|(k, p)| (*k, *p)).collect();
-        for ((report, accused), party) in cases {
-            match self.act(report, accused, party, now, &mut acts).await {
-                Ok(true) => {
-                    self.cases.remove(&(report, accused));
+        for (key, party) in cases {
+            if self.backoff.get(&key).is_some_and(|at| at.elapsed() < BACKOFF) {
+                continue;
+            }
+            let (report, accused) = key;
+            let step = tokio::time::timeout(STEP_TIMEOUT, self.act(report, accused, party, now, &mut acts)).await;
+            match step.unwrap_or_else(|_| Err(ChainError::Rpc(format!("no step in {STEP_TIMEOUT:?}")))) {
+                Ok(done) => {
+                    self.backoff.remove(&key);
+                    if done {
+                        self.cases.remove(&key);
+                    }
                 }
-                Ok(false) => {}
-                Err(e) => tracing::warn!(report = %short(report), %accused, ?party, "tribunal duty: {e}"),
+                Err(e) => {
+                    tracing::warn!(report = %short(report), %accused, ?party, "tribunal duty: {e}");
+                    self.backoff.insert(key, std::time::Instant::now());
+                }
             }
         }
-        Ok(acts)
+        read.map(|()| acts)
     }
 
     /// Runs [`tick`](Self::tick) every `every`, forever.
@@ -167,6 +189,9 @@ impl<E: Evidence> Duty<E> {
                     self.cases.insert((e.report, e.accused), Party::Judge);
                 }
             }
+            for (e, _) in self.tribunal.Appealed_filter().from_block(from).to_block(to).query().await.map_err(rpc)? {
+                self.cases.entry((e.report, e.accused)).or_insert(Party::Bystander);
+            }
             for (e, _) in self.tribunal.JuryDrawn_filter().from_block(from).to_block(to).query().await.map_err(rpc)? {
                 if e.jury.contains(&self.me) {
                     self.cases.insert((e.report, e.accused), Party::Juror);
@@ -191,31 +216,22 @@ impl<E: Evidence> Duty<E> {
             return Ok(true);
         }
         if now >= c.deadline {
+            if party == Party::Bystander {
+                return Ok(true);
+            }
             mined("Tribunal.execute", self.tribunal.execute(report, accused).send().await).await?;
             acts.executed += 1;
             return Ok(true);
         }
         match (c.stage, party) {
-            (ACCUSED, Party::Accused) if !self.conceded.contains(&(report, accused)) => {
+            (ACCUSED, Party::Accused) => {
+                // The report is kept, to show the jurors.
                 let shown = self.evidence.report(report.0, self.holders(report, accused, false).await?).await;
-                let confirmed = match &shown {
-                    Some(r) => self.evidence.faulty(r).await.unwrap_or_else(|e| {
-                        tracing::warn!(report = %short(report), "could not recompute the report against us: {e}");
-                        false
-                    }),
-                    None => false,
-                };
-                if confirmed {
-                    tracing::warn!(report = %short(report), "our own recomputation confirms the verdict: no appeal");
-                    self.conceded.insert((report, accused));
-                    acts.conceded += 1;
-                } else {
-                    tracing::warn!(report = %short(report), shown = shown.is_some(), "accused: appealing");
-                    super::tribunal::appeal(&self.d, &self.provider, report).await?;
-                    acts.appealed += 1;
-                }
+                tracing::warn!(report = %short(report), shown = shown.is_some(), "accused: appealing");
+                mined("Tribunal.appeal", self.tribunal.appeal(report).send().await).await?;
+                acts.appealed += 1;
             }
-            (APPEALED, Party::Accused | Party::Judge) => {
+            (APPEALED, _) => {
                 // The seed block must exist, and be past: the draw is tried next pass if not.
                 let (latest, _) = latest_block(&self.provider).await?;
                 let seed = self.seed_block(report, accused).await?;
@@ -229,24 +245,29 @@ impl<E: Evidence> Duty<E> {
                 if mine.map_err(|e| ChainError::contract("voteOf", &e))? != NO_VOTE {
                     return Ok(false);
                 }
+                let window = self.tribunal.juryWindow().call().await;
+                let window = window.map_err(|e| ChainError::contract("juryWindow", &e))?;
+                let second_half = now >= c.deadline.saturating_sub(window / 2);
                 let shown = self.evidence.report(report.0, self.holders(report, accused, true).await?).await;
                 let faulty = match &shown {
                     Some(r) => match self.evidence.faulty(r).await {
                         Ok(f) => f,
+                        Err(e) if second_half => {
+                            tracing::warn!(report = %short(report), "juror: cannot recompute the report, abstaining: {e}");
+                            mined("Tribunal.abstain", self.tribunal.abstain(report, accused).send().await).await?;
+                            acts.abstained += 1;
+                            return Ok(false);
+                        }
                         Err(e) => {
                             tracing::warn!(report = %short(report), "juror: could not recompute yet: {e}");
                             return Ok(false);
                         }
                     },
-                    None => {
-                        let window = self.tribunal.juryWindow().call().await;
-                        let window = window.map_err(|e| ChainError::contract("juryWindow", &e))?;
-                        if now < c.deadline.saturating_sub(window / 2) {
-                            return Ok(false);
-                        }
+                    None if second_half => {
                         tracing::warn!(report = %short(report), "juror: nobody showed the report; voting cleared");
                         false
                     }
+                    None => return Ok(false),
                 };
                 mined("Tribunal.vote", self.tribunal.vote(report, accused, faulty).send().await).await?;
                 if faulty {

@@ -87,11 +87,17 @@ pub async fn latest_block<P: alloy::providers::Provider>(provider: &P) -> Result
 /// A sent transaction, or why it could not be sent.
 pub type Sent = Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>;
 
+/// Longest [`mined`] waits for a receipt.
+pub const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
 /// Waits for a sent transaction's receipt: `Ok` when it succeeded; a refusal names the
 /// contract's error (`call: NotThawed(..)`), a mined revert says so.
 pub async fn mined(call: &str, sent: Sent) -> Result<(), ChainError> {
     let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
-    let receipt = pending.get_receipt().await.map_err(|e| ChainError::pending(call, e))?;
+    let receipt = tokio::time::timeout(RECEIPT_TIMEOUT, pending.get_receipt())
+        .await
+        .map_err(|_| ChainError::pending(call, format!("no receipt in {RECEIPT_TIMEOUT:?}")))?
+        .map_err(|e| ChainError::pending(call, e))?;
     if receipt.status() {
         Ok(())
     } else {

@@ -239,12 +239,22 @@ impl Settlement {
     }
 
     /// This wallet's standing duties to the tribunal, judging with `evidence` (`None`, with a
-    /// warning, when the chain has no tribunal); with `--jury`, enlisted first.
+    /// warning, when the chain has no tribunal); with `--jury`, enlisted first. Warns when the
+    /// chain does not bind this wallet to `peer`: jurors would not find this relay's evidence.
     pub async fn duty<E: super::duty::Evidence>(
         &self,
         o: &SettleOpt,
         evidence: E,
+        peer: libp2p::PeerId,
     ) -> anyhow::Result<Option<super::duty::Duty<E>>> {
+        match Staking::new(self.deployment.staking, &self.provider).peerIdOf(self.address).call().await {
+            Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}
+            Ok(_) => tracing::warn!(
+                "the chain does not bind this wallet to this relay's peer id (`ait stake` does): \
+                 jurors will not find the reports this relay keeps"
+            ),
+            Err(e) => tracing::warn!("reading this wallet's peer id: {e}"),
+        }
         let duty = match super::duty::Duty::new(&self.deployment, self.provider.clone(), self.address, evidence).await {
             Ok(duty) => duty,
             Err(e) => {

@@ -3,7 +3,7 @@
 //! to the accused's peer id ([`Judge`]); as an accuser, it submits two or three judges'
 //! signatures to the tribunal ([`Accuser`]). See docs/ARCHITECTURE.md, "Slashing".
 
-use alloy::primitives::{Address, Bytes, B256};
+use alloy::primitives::{Address, Bytes};
 use alloy::providers::DynProvider;
 use alloy::signers::local::PrivateKeySigner;
 use alloy::sol_types::Eip712Domain;
@@ -11,7 +11,7 @@ use web_node::settle::SessionKey;
 use web_node::trust::tribunal::{tribunal_domain, SignedVerdict, Verdict};
 use web_node::trust::FraudReport;
 
-use super::bindings::{Staking, Tribunal, AIT};
+use super::bindings::{Staking, Tribunal};
 use super::{mined, ChainError, Deployment};
 
 /// Most judges an accusation names (`Tribunal.MAX_JUDGES`).
@@ -103,15 +103,4 @@ impl Accuser {
         mined("Tribunal.accuse", call.send().await).await?;
         Ok(addrs)
     }
-}
-
-/// Appeals, from `provider`'s wallet, its accusation in the case of `report` on `d`'s
-/// tribunal: approves the tribunal to take the appeal bond, then appeals.
-pub async fn appeal(d: &Deployment, provider: &DynProvider, report: B256) -> Result<(), ChainError> {
-    let tribunal = Tribunal::new(d.tribunal, provider);
-    let bond = tribunal.appealBond().call().await.map_err(|e| ChainError::contract("Tribunal.appealBond", &e))?;
-    if !bond.is_zero() {
-        mined("AIT.approve", AIT::new(d.token, provider).approve(d.tribunal, bond).send().await).await?;
-    }
-    mined("Tribunal.appeal", tribunal.appeal(report).send().await).await
 }

@@ -23,9 +23,13 @@ use crate::trust::FraudReport;
 pub const EVIDENCE_PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/evidence/1");
 
 /// Requests a node answers at once, from all peers (two per peer).
-pub const MAX_OPEN_REQUESTS: usize = 8;
+pub const MAX_OPEN_REQUESTS: usize = 32;
 
-/// How long a request or its answer may take to arrive.
+/// How long the id asked for may take to arrive (32 bytes: a peer that holds a slot
+/// without asking is cut off soon).
+pub const ID_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long the answer may take to arrive.
 pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a report could not be had from a peer.
@@ -137,9 +141,9 @@ impl EvidenceInbox {
 }
 
 impl EvidenceRequest {
-    /// Reads the id asked for (32 bytes, within [`EVIDENCE_TIMEOUT`]).
+    /// Reads the id asked for (32 bytes, within [`ID_TIMEOUT`]).
     pub async fn read(&mut self) -> Result<[u8; 32], String> {
-        let frame = read_frame(&mut self.stream, 32, EVIDENCE_TIMEOUT, EVIDENCE_TIMEOUT)
+        let frame = read_frame(&mut self.stream, 32, ID_TIMEOUT, ID_TIMEOUT)
             .await
             .map_err(|e| format!("reading a report id: {e}"))?;
         frame.try_into().map_err(|f: Vec<u8>| format!("a report id of {} bytes", f.len()))
