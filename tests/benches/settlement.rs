@@ -160,8 +160,9 @@ async fn tribunal_gas(chain: &dev::DevChain) -> serde_json::Value {
     let d = &chain.deployment;
     let provider = |i: usize| -> DynProvider { dev::wallet_provider(&d.rpc, &chain.accounts[i].key).unwrap() };
     let key = |i: usize| SessionKey::from_bytes(chain.accounts[i].key.as_slice()).unwrap();
-    let stake = U256::from(2 * MIN_STAKE_AIT) * U256::from(AIT_UNIT);
     for i in 3..12 {
+        // The accused is slashed once and appeals once more: the slash and the bond left.
+        let stake = U256::from(if i == 3 { 3 } else { 2 } * MIN_STAKE_AIT) * U256::from(AIT_UNIT);
         gas(AIT::new(d.token, provider(i)).approve(d.staking, stake).send().await).await;
         gas(Staking::new(d.staking, provider(i)).stake(stake).send().await).await;
         if i >= 4 {
