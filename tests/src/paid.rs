@@ -16,6 +16,8 @@ use crate::procs::{ait_bin, ChainDev};
 pub const PRICE: &str = "0.000001";
 /// [`PRICE`] in the smallest unit.
 pub const PRICE_UNITS: u64 = 1_000_000_000_000;
+/// AIT a node made by [`Chain::node_dir`] stakes: less than the tribunal's slash.
+pub const NODE_STAKE_AIT: u64 = 10;
 /// The password of every keystore made here.
 const PASSWORD: &str = "pay-test";
 
@@ -65,10 +67,10 @@ impl Chain {
     }
 
     /// A node's data directory holding its identity and the wallet of dev account `account`,
-    /// staked and bound to its peer id.
+    /// staked ([`NODE_STAKE_AIT`]) and bound to its peer id.
     pub fn node_dir(&self, name: &str, account: usize) -> (PathBuf, Address) {
         let (dir, address) = self.wallet_dir(name, account);
-        self.ait(&["stake", "10", "--data-dir", dir.to_str().unwrap()]);
+        self.ait(&["stake", &NODE_STAKE_AIT.to_string(), "--data-dir", dir.to_str().unwrap()]);
         (dir, address)
     }
 

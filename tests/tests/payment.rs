@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ait_tests::default_model;
-use ait_tests::paid::{Chain, PRICE, PRICE_UNITS};
+use ait_tests::paid::{Chain, NODE_STAKE_AIT, PRICE, PRICE_UNITS};
 use ait_tests::procs::{temp_dir, Relay};
 use alloy::primitives::{Address, U256};
 use relay::settle::bindings::Escrow;
@@ -67,7 +67,9 @@ fn complete(http: &str, model: &str, prompt: &str, max_tokens: usize) -> serde_j
 /// each node earned 70% of price x 10 layers x tokens, the model's creator 20% of the three,
 /// the DAO 10%, to the unit; each allocation paid exactly that, and the API reported the
 /// same cost. `ait generate --swarm --pay` then pays the same way, saying the route's price
-/// per token first and what it cost at the end: what the nodes collect.
+/// per token first and what it cost at the end: what the nodes collect. With
+/// `--staked-only` it finds no route while the nodes hold less than the tribunal's slash,
+/// and pays them once they stake up to it.
 #[test]
 fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     let _serial = serial();
@@ -228,6 +230,28 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
         assert!(Instant::now() < deadline, "the nodes collected {spent} from the command line's payer, it said {cost}");
         std::thread::sleep(Duration::from_millis(300));
     }
+
+    // `--staked-only`: nodes holding less than the tribunal's slash are not paid, so no route
+    // covers the model; once each stakes up to the slash, the same command goes through.
+    let staked_only = || {
+        std::process::Command::new(ait_tests::procs::ait_bin())
+            .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
+            .args(["--temperature", "0", "--max-tokens", "2", "--pay", "--staked-only"])
+            .args(["--data-dir", cli_dir.to_str().unwrap()])
+            .args(&settle)
+            .output()
+            .expect("ait generate")
+    };
+    let out = staked_only();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("no chain of servers covers"), "{stderr}");
+    let slash = relay::settle::deploy::SLASH_AIT;
+    for (node_dir, _) in &nodes {
+        chain.ait(&["stake", &(slash - NODE_STAKE_AIT).to_string(), "--data-dir", node_dir.to_str().unwrap()]);
+    }
+    let out = staked_only();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && stderr.contains("route: 3 servers"), "{stderr}");
     drop(gateway);
     drop(relays);
     drop(chain);
