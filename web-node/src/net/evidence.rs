@@ -11,11 +11,11 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
 
+use super::admitted::AdmittedStreams;
 use super::frame::{read_frame, write_frame, FrameError};
-use super::keyed_limit::{KeyedLimit, Ticket};
+use super::keyed_limit::Ticket;
 use crate::trust::report::MAX_REPORT_BYTES;
 use crate::trust::FraudReport;
 
@@ -108,10 +108,7 @@ pub async fn fetch_any(control: &libp2p_stream::Control, holders: &[PeerId], id:
 
 /// Incoming evidence requests, admitted two per peer and [`MAX_OPEN_REQUESTS`] in all (a
 /// stream beyond that is closed at once).
-pub struct EvidenceInbox {
-    incoming: libp2p_stream::IncomingStreams,
-    open: KeyedLimit<PeerId>,
-}
+pub struct EvidenceInbox(AdmittedStreams);
 
 /// One peer's admitted request.
 pub struct EvidenceRequest {
@@ -124,19 +121,13 @@ pub struct EvidenceRequest {
 impl EvidenceInbox {
     /// Takes `/ait/evidence/1` streams on `control`.
     pub fn new(control: &mut libp2p_stream::Control) -> Result<EvidenceInbox, libp2p_stream::AlreadyRegistered> {
-        let incoming = control.accept(EVIDENCE_PROTOCOL)?;
-        Ok(EvidenceInbox { incoming, open: KeyedLimit::new(MAX_OPEN_REQUESTS, 2).with_max_keys(MAX_OPEN_REQUESTS) })
+        AdmittedStreams::new(control, EVIDENCE_PROTOCOL, MAX_OPEN_REQUESTS, 2, "evidence request").map(EvidenceInbox)
     }
 
     /// The next admitted request; `None` when the node stopped.
     pub async fn next(&mut self) -> Option<EvidenceRequest> {
-        loop {
-            let (peer, stream) = self.incoming.next().await?;
-            match self.open.admit(peer, false) {
-                Ok(ticket) => return Some(EvidenceRequest { peer, stream, _ticket: ticket }),
-                Err(over) => tracing::debug!(%peer, "evidence stream closed: {over}"),
-            }
-        }
+        let a = self.0.next().await?;
+        Some(EvidenceRequest { peer: a.peer, stream: a.stream, _ticket: a.ticket })
     }
 }
 

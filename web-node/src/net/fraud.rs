@@ -15,11 +15,11 @@
 
 use std::time::Duration;
 
-use futures::StreamExt;
 use libp2p::{PeerId, StreamProtocol};
 
+use super::admitted::AdmittedStreams;
 use super::frame::{read_frame, write_frame, FrameError};
-use super::keyed_limit::{KeyedLimit, Ticket};
+use super::keyed_limit::Ticket;
 use super::node::NodeHandle;
 use crate::trust::report::MAX_REPORT_BYTES;
 use crate::trust::tribunal::SignedVerdict;
@@ -203,10 +203,7 @@ fn decode_ask(frame: &[u8]) -> Result<Option<Address>, String> {
 
 /// Incoming report streams, admitted one per peer and [`MAX_OPEN_REPORTS`] in all (a stream
 /// beyond that is closed at once).
-pub struct FraudInbox {
-    incoming: libp2p_stream::IncomingStreams,
-    open: KeyedLimit<PeerId>,
-}
+pub struct FraudInbox(AdmittedStreams);
 
 /// One peer's report stream, admitted.
 pub struct IncomingReport {
@@ -219,19 +216,13 @@ pub struct IncomingReport {
 impl FraudInbox {
     /// Takes `/ait/fraud/2` streams on `control`.
     pub fn new(control: &mut libp2p_stream::Control) -> Result<FraudInbox, libp2p_stream::AlreadyRegistered> {
-        let incoming = control.accept(FRAUD_PROTOCOL)?;
-        Ok(FraudInbox { incoming, open: KeyedLimit::new(MAX_OPEN_REPORTS, 1).with_max_keys(MAX_OPEN_REPORTS) })
+        AdmittedStreams::new(control, FRAUD_PROTOCOL, MAX_OPEN_REPORTS, 1, "fraud report").map(FraudInbox)
     }
 
     /// The next admitted report stream; `None` when the node stopped.
     pub async fn next(&mut self) -> Option<IncomingReport> {
-        loop {
-            let (peer, stream) = self.incoming.next().await?;
-            match self.open.admit(peer, false) {
-                Ok(ticket) => return Some(IncomingReport { peer, stream, _ticket: ticket }),
-                Err(over) => tracing::debug!(%peer, "fraud report stream closed: {over}"),
-            }
-        }
+        let a = self.0.next().await?;
+        Some(IncomingReport { peer: a.peer, stream: a.stream, _ticket: a.ticket })
     }
 }
 

@@ -24,6 +24,7 @@
 //! Transports are chosen by the embedding program (TCP/QUIC/WebSocket/WebRTC natively,
 //! WebSocket/WebRTC in a browser); everything here is transport-agnostic.
 
+pub mod admitted;
 #[cfg(target_arch = "wasm32")]
 pub mod browser;
 pub mod chain;
