@@ -222,7 +222,7 @@ impl Evidence for Verifier {
         Box::pin(async move {
             let _turn = self.busy.acquire().await.map_err(|_| "shutting down".to_string())?;
             let judgment = self.chain().recheck_report(report).await.map_err(|e| e.to_string())?;
-            Ok(judgment.accused_faulty)
+            judgment.accused().ok_or_else(|| "the recomputation agreed with nobody".to_string())
         })
     }
 }

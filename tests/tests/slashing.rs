@@ -532,7 +532,7 @@ impl Evidence for Shown {
         Box::pin(async move {
             let (fx, _) = self.0.iter().find(|(_, r)| r.id() == report.id()).ok_or("no fixture serves it")?;
             let judgment = fx.chain(quick_options()).recheck_report(report).await.map_err(|e| e.to_string())?;
-            Ok(judgment.accused_faulty)
+            judgment.accused().ok_or_else(|| "the recomputation agreed with nobody".to_string())
         })
     }
 }
@@ -543,8 +543,9 @@ impl Evidence for Shown {
 /// vote it faulty, and the liar loses its slash and its appeal bond. An honest node framed by two sybils
 /// (who show nobody their report) appeals on its own and draws its jury, the jurors fetch
 /// the report from it, clear it, and the sybils lose their penalty while the node keeps its
-/// stake and gets its bond back. Accused of a report nobody shows, it appeals, and its
-/// jurors clear it once the first half of their window has passed without the evidence.
+/// stake. Accused of a report nobody shows, it appeals, and its jurors clear it once the
+/// first half of their window has passed without the evidence. Jurors shown a report they
+/// cannot recompute abstain then; the case lapses and nobody loses stake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_framed_node() {
     let court = Court::start(13).await;
@@ -682,6 +683,44 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
     }
     assert_eq!(votes, (0, 3), "no evidence shown: cleared");
     assert_eq!(court.stage(&invented).await, (CLOSED, OVERTURNED));
+
+    // Jurors that are shown a report but cannot recompute it (here: no server of theirs
+    // serves it) wait through the first half of their window, then abstain: the case is
+    // dismissed and nobody loses stake.
+    for s in sybils {
+        court.stake(s, JUDGE_PENALTY_AIT).await;
+    }
+    let unheard = report_of(&framed).await;
+    // What these jurors serve is another model, so the report cannot be recomputed there.
+    let blind = Shown(Arc::new(vec![(Arc::new(Fixture::new(9, &SERVERS)), unheard.clone())]));
+    let checked = unheard.check().expect("a framing report");
+    let case = Signed::of(&checked, &judgment, accused);
+    let sigs: Vec<Bytes> = sybils.iter().map(|&s| case.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
+    court.accuse(0, &case, &sybils.map(|s| court.address(s)), &sigs).await.expect("another framing");
+    assert_eq!(honest_duty.tick().await.unwrap().appealed, 1);
+    mine_blocks(&court.nodes[0].provider, 2).await;
+    assert_eq!(honest_duty.tick().await.unwrap().drawn, 1);
+    let mut blind_duties = vec![];
+    for i in jurors.clone() {
+        let (d, provider, me) = (court.d().clone(), court.nodes[i].provider.clone(), court.address(i));
+        blind_duties.push(Duty::new(&d, provider, me, blind.clone()).await.expect("a duty"));
+    }
+    let before = court.holdings(&everyone).await;
+    for d in &mut blind_duties {
+        assert_eq!(d.tick().await.unwrap(), Acts::default(), "a juror gave up before its window's second half");
+    }
+    warp(&court.nodes[0].provider, JURY_WINDOW / 2 + 1).await;
+    let mut abstained = 0;
+    for d in &mut blind_duties {
+        let acts = d.tick().await.unwrap();
+        assert_eq!(acts.voted, (0, 0), "a juror voted without recomputing");
+        abstained += acts.abstained;
+    }
+    assert_eq!(abstained, 5, "the drawn jurors abstain");
+    warp(&court.nodes[0].provider, JURY_WINDOW / 2 + 1).await;
+    assert_eq!(honest_duty.tick().await.unwrap().executed, 1, "the accused closes its lapsed case");
+    assert_eq!(court.stage(&case).await, (CLOSED, DISMISSED));
+    assert_eq!(court.holdings(&everyone).await, before, "abstaining jurors lose nothing");
     for d in &mut judge_duties {
         assert_eq!(d.tick().await.unwrap(), Acts::default(), "a closed case asks nothing of its judges");
         assert!(d.cases().is_empty(), "a closed case is dropped");

@@ -59,7 +59,8 @@ pub trait Evidence: Send + Sync {
     /// nobody shows it.
     fn report(&self, id: [u8; 32], holders: Vec<PeerId>) -> BoxFuture<'_, Option<FraudReport>>;
     /// Whether this node's recomputation of `report` finds the accused faulty; an error when
-    /// it could not recompute it (asked again next pass).
+    /// it could not recompute it, or the recomputation agreed with nobody (the recomputing
+    /// server says more about itself than about the accused).
     fn faulty<'a>(&'a self, report: &'a FraudReport) -> BoxFuture<'a, Result<bool, String>>;
 }
 
@@ -225,11 +226,14 @@ impl<E: Evidence> Duty<E> {
         }
         match (c.stage, party) {
             (ACCUSED, Party::Accused) => {
-                // The report is kept, to show the jurors.
-                let shown = self.evidence.report(report.0, self.holders(report, accused, false).await?).await;
-                tracing::warn!(report = %short(report), shown = shown.is_some(), "accused: appealing");
+                tracing::warn!(report = %short(report), "accused: appealing");
                 mined("Tribunal.appeal", self.tribunal.appeal(report).send().await).await?;
                 acts.appealed += 1;
+                // Then the report is fetched and kept, to show the jurors (nothing a judge
+                // does can hold up the appeal).
+                let holders = self.holders(report, accused, false).await?;
+                let shown = self.evidence.report(report.0, holders).await;
+                tracing::info!(report = %short(report), shown = shown.is_some(), "accused: evidence");
             }
             (APPEALED, _) => {
                 // The seed block must exist, and be past: the draw is tried next pass if not.

@@ -94,8 +94,9 @@ pub struct PayFlags {
     /// With --pay: whether a route is chosen for speed or for price.
     #[arg(long, value_enum, default_value_t = Prefer::Fastest)]
     pub prefer: Prefer,
-    /// With --pay: pay only servers the tribunal can slash (the address a server is paid at
-    /// binds its peer id and holds the tribunal's slash staked); others are not used.
+    /// With --pay: route only through servers the tribunal can slash (the address a server
+    /// is paid at binds its peer id and holds the tribunal's slash bonded); others are not
+    /// used for routes (audits still replay on any server of the span).
     #[arg(long)]
     pub staked_only: bool,
 }

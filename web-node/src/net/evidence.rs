@@ -32,6 +32,10 @@ pub const ID_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the answer may take to arrive.
 pub const EVIDENCE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest one holder is given for the whole exchange in [`fetch_any`], so that a holder
+/// that stalls cannot hold up the asker's other holders, or its duties.
+pub const HOLDER_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// Why a report could not be had from a peer.
 #[derive(Debug, thiserror::Error)]
 pub enum EvidenceError {
@@ -95,12 +99,15 @@ pub async fn fetch(
     Ok(report)
 }
 
-/// Asks each of `holders` in turn for the report `id`: the first good answer, or `None`.
+/// Asks each of `holders` in turn for the report `id`, each within [`HOLDER_TIMEOUT`]: the
+/// first good answer, or `None`.
 pub async fn fetch_any(control: &libp2p_stream::Control, holders: &[PeerId], id: [u8; 32]) -> Option<FraudReport> {
     for &peer in holders {
-        match fetch(&mut control.clone(), peer, id).await {
-            Ok(report) => return Some(report),
-            Err(e) => tracing::info!(%peer, report = %hex::encode(&id[..8]), "no evidence: {e}"),
+        let mut control = control.clone();
+        match super::timeout(HOLDER_TIMEOUT, fetch(&mut control, peer, id)).await {
+            Some(Ok(report)) => return Some(report),
+            Some(Err(e)) => tracing::info!(%peer, report = %hex::encode(&id[..8]), "no evidence: {e}"),
+            None => tracing::info!(%peer, report = %hex::encode(&id[..8]), "no evidence in {HOLDER_TIMEOUT:?}"),
         }
     }
     None

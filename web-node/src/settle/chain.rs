@@ -208,12 +208,6 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
         Ok(self.call(self.staking, StakingContract::stakeOfCall { node: who }).await?.staked)
     }
 
-    /// `who`'s stake and the amount it is unbonding.
-    pub async fn stake_and_unbonding(&self, who: Address) -> Result<(U256, U256), ReadError> {
-        let r = self.call(self.staking, StakingContract::stakeOfCall { node: who }).await?;
-        Ok((r.staked, r.unbonding))
-    }
-
     /// The libp2p peer id (its bytes) `who` bound in `Staking`; empty when none.
     pub async fn peer_id_of(&self, who: Address) -> Result<Bytes, ReadError> {
         self.call(self.staking, StakingContract::peerIdOfCall { node: who }).await

@@ -237,6 +237,19 @@ pub struct Judgment {
     pub lying_auditors: Vec<PeerId>,
 }
 
+impl Judgment {
+    /// What it says of the accused: faulty, cleared (the auditors who failed it are off the
+    /// recomputation instead), or `None` when the recomputation agreed with nobody, which
+    /// says more about the server that recomputed than about the accused.
+    pub fn accused(&self) -> Option<bool> {
+        match (self.accused_faulty, self.lying_auditors.is_empty()) {
+            (true, _) => Some(true),
+            (false, false) => Some(false),
+            (false, true) => None,
+        }
+    }
+}
+
 impl FraudReport {
     /// The report's id: the accused node and its last receipt. Two reports about the same
     /// audited span share it (a report counts once, however often it is sent).

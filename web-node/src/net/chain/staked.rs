@@ -1,9 +1,11 @@
 //! Paying only servers the tribunal can slash (`ChainOptions::staked`): a server that
 //! charges is routed through only when the address its terms pay binds its peer id in
-//! `Staking` and holds at least the tribunal's slash, staked or unbonding. A lie of such a
-//! server costs it that stake once two judges confirm the report (docs/ARCHITECTURE.md,
+//! `Staking` and holds at least the tribunal's slash bonded (stake already unbonding may be
+//! withdrawn before an accusation lands, so it does not count). A lie of such a server
+//! costs it that stake once two judges confirm the report (docs/ARCHITECTURE.md,
 //! "Slashing"); a server paid elsewhere can only be convicted off chain. Free servers and
-//! this node's own server are not checked: nobody pays them.
+//! this node's own server are not checked: nobody pays them. This filters the servers a
+//! route is planned through; audits and recomputations still use any server of the span.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,7 +40,7 @@ impl std::fmt::Debug for StakedOnly {
 }
 
 impl StakedOnly {
-    /// Payees need `min` (the tribunal's slash) staked or unbonding, read through `reads`.
+    /// Payees need `min` (the tribunal's slash) bonded, read through `reads`.
     pub fn new(reads: ChainReads<dyn GateHost>, min: U256) -> StakedOnly {
         StakedOnly { reads, min, cache: Mutex::new(HashMap::new()) }
     }
@@ -72,8 +74,8 @@ impl StakedOnly {
             tracing::info!(%payee, %peer, "the payee does not bind the server's peer id: not paid");
             return Ok(false);
         }
-        let (staked, unbonding) = self.reads.stake_and_unbonding(payee).await?;
-        let ok = staked.saturating_add(unbonding) >= self.min;
+        let staked = self.reads.stake_of(payee).await?;
+        let ok = staked >= self.min;
         if !ok {
             tracing::info!(%payee, %peer, %staked, "the payee holds less than the slash: not paid");
         }
