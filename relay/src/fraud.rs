@@ -160,15 +160,15 @@ impl Verifier {
             verified
         };
         // Signing reads the chain: not while holding a recomputation's turn.
-        match verified {
-            Ok(j) if j.accused_faulty => {
+        match verified.as_ref().map(|j| j.accused()) {
+            Ok(Some(true)) => {
                 let (node, spread_report) = (self.node.clone(), report.clone());
                 let except = [from, report.accused.node];
                 tokio::spawn(async move { spread(&node, &spread_report, &except, None).await });
                 Answer::Convicted(self.sign(report, ask).await)
             }
-            Ok(j) if !j.lying_auditors.is_empty() => Answer::Cleared,
-            Ok(_) => Answer::Refused("the recomputation agreed with nobody; nobody was convicted".into()),
+            Ok(Some(false)) => Answer::Cleared,
+            Ok(None) => Answer::Refused("the recomputation agreed with nobody; nobody was convicted".into()),
             Err(ReportRefused::Replayed(_)) => {
                 // A copy that came while this relay still recomputes the report waits for the
                 // result, so that its sender gets the verdict too.

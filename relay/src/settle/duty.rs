@@ -100,6 +100,8 @@ pub struct Duty<E> {
     provider: DynProvider,
     evidence: E,
     cases: HashMap<(B256, Address), Party>,
+    /// The seed block of each appealed case, from its `Appealed` event.
+    seeds: HashMap<(B256, Address), u64>,
     /// Cases whose last step failed, and when they are tried again.
     backoff: HashMap<(B256, Address), std::time::Instant>,
     /// The next block whose events are read.
@@ -121,6 +123,7 @@ impl<E: Evidence> Duty<E> {
             provider,
             evidence,
             cases: HashMap::new(),
+            seeds: HashMap::new(),
             backoff: HashMap::new(),
             next_block: latest.saturating_sub(LOOKBACK_BLOCKS),
         })
@@ -141,7 +144,7 @@ impl<E: Evidence> Duty<E> {
     /// logged and tried again after [`BACKOFF`].
     pub async fn tick(&mut self) -> Result<Acts, ChainError> {
         let read = self.read_events().await;
-        let (_, now) = latest_block(&self.provider).await?;
+        let (latest, now) = latest_block(&self.provider).await?;
         let mut acts = Acts::default();
         let cases: Vec<_> = self.cases.iter().map(|(k, p)| (*k, *p)).collect();
         for (key, party) in cases {
@@ -149,12 +152,14 @@ impl<E: Evidence> Duty<E> {
                 continue;
             }
             let (report, accused) = key;
-            let step = tokio::time::timeout(STEP_TIMEOUT, self.act(report, accused, party, now, &mut acts)).await;
+            let step = self.act(report, accused, party, (latest, now), &mut acts);
+            let step = tokio::time::timeout(STEP_TIMEOUT, step).await;
             match step.unwrap_or_else(|_| Err(ChainError::Rpc(format!("no step in {STEP_TIMEOUT:?}")))) {
                 Ok(done) => {
                     self.backoff.remove(&key);
                     if done {
                         self.cases.remove(&key);
+                        self.seeds.remove(&key);
                     }
                 }
                 Err(e) => {
@@ -192,6 +197,7 @@ impl<E: Evidence> Duty<E> {
             }
             for (e, _) in self.tribunal.Appealed_filter().from_block(from).to_block(to).query().await.map_err(rpc)? {
                 self.cases.entry((e.report, e.accused)).or_insert(Party::Bystander);
+                self.seeds.insert((e.report, e.accused), e.seedBlock);
             }
             for (e, _) in self.tribunal.JuryDrawn_filter().from_block(from).to_block(to).query().await.map_err(rpc)? {
                 if e.jury.contains(&self.me) {
@@ -203,13 +209,14 @@ impl<E: Evidence> Duty<E> {
         Ok(())
     }
 
-    /// Does what the case asks of this node now; `true` once the case needs nothing more.
+    /// Does what the case asks of this node now (the chain's latest block and its time);
+    /// `true` once the case needs nothing more.
     async fn act(
         &mut self,
         report: B256,
         accused: Address,
         party: Party,
-        now: u64,
+        (latest, now): (u64, u64),
         acts: &mut Acts,
     ) -> Result<bool, ChainError> {
         let c = self.tribunal.caseOf(report, accused).call().await.map_err(|e| ChainError::contract("caseOf", &e))?;
@@ -237,8 +244,8 @@ impl<E: Evidence> Duty<E> {
             }
             (APPEALED, _) => {
                 // The seed block must exist, and be past: the draw is tried next pass if not.
-                let (latest, _) = latest_block(&self.provider).await?;
-                let seed = self.seed_block(report, accused).await?;
+                let seed = self.seeds.get(&(report, accused));
+                let seed = *seed.ok_or_else(|| ChainError::Rpc("the case's Appealed event was not read".into()))?;
                 if latest > seed {
                     mined("Tribunal.draw", self.tribunal.draw(report, accused).send().await).await?;
                     acts.drawn += 1;
@@ -283,14 +290,6 @@ impl<E: Evidence> Duty<E> {
             _ => {}
         }
         Ok(false)
-    }
-
-    /// The block whose hash draws an appealed case's jury.
-    async fn seed_block(&self, report: B256, accused: Address) -> Result<u64, ChainError> {
-        let filter = self.tribunal.Appealed_filter().topic1(report).topic2(accused.into_word());
-        let events = filter.from_block(self.next_block.saturating_sub(LOOKBACK_BLOCKS)).query().await;
-        let events = events.map_err(|e| ChainError::Rpc(format!("reading the appeal: {e}")))?;
-        events.last().map(|(e, _)| e.seedBlock).ok_or_else(|| ChainError::Rpc("no Appealed event".into()))
     }
 
     /// Who may hold a case's report: its judges' peers, and the accused's when `accused_too`.

@@ -87,16 +87,26 @@ pub async fn fetch(
         .map_err(io)?;
     let answer = read_frame(&mut stream, MAX_REPORT_BYTES, EVIDENCE_TIMEOUT, EVIDENCE_TIMEOUT).await.map_err(io)?;
     let _ = futures::AsyncWriteExt::close(&mut stream).await;
+    accept(&answer, peer, id)
+}
+
+/// `peer`'s answer to a request for `id`: a report of that id that holds up, or why not.
+fn accept(answer: &[u8], peer: PeerId, id: [u8; 32]) -> Result<FraudReport, EvidenceError> {
     if answer.is_empty() {
         return Err(EvidenceError::NotHeld(peer));
     }
     let bad = |detail: String| EvidenceError::Bad { peer, detail };
-    let report = FraudReport::decode(&answer).map_err(|e| bad(e.to_string()))?;
+    let report = FraudReport::decode(answer).map_err(|e| bad(e.to_string()))?;
     if report.id() != id {
         return Err(bad(format!("report {} instead", hex::encode(&report.id()[..8]))));
     }
     report.check().map_err(|e| bad(e.to_string()))?;
     Ok(report)
+}
+
+/// The id a request asks for: exactly 32 bytes.
+fn decode_id(frame: Vec<u8>) -> Result<[u8; 32], String> {
+    frame.try_into().map_err(|f: Vec<u8>| format!("a report id of {} bytes", f.len()))
 }
 
 /// Asks each of `holders` in turn for the report `id`, each within [`HOLDER_TIMEOUT`]: the
@@ -144,7 +154,7 @@ impl EvidenceRequest {
         let frame = read_frame(&mut self.stream, 32, ID_TIMEOUT, ID_TIMEOUT)
             .await
             .map_err(|e| format!("reading a report id: {e}"))?;
-        frame.try_into().map_err(|f: Vec<u8>| format!("a report id of {} bytes", f.len()))
+        decode_id(frame)
     }
 
     /// Answers with the encoded report, or that none is held, and closes the stream.
@@ -154,5 +164,20 @@ impl EvidenceRequest {
             tracing::debug!(peer = %self.peer, "answering an evidence request: {e}");
         }
         let _ = futures::AsyncWriteExt::close(&mut self.stream).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_id_is_32_bytes_and_a_bad_answer_is_refused() {
+        assert_eq!(decode_id(vec![7; 32]), Ok([7; 32]));
+        assert!(decode_id(vec![]).is_err() && decode_id(vec![7; 31]).is_err() && decode_id(vec![7; 33]).is_err());
+        let peer = PeerId::random();
+        assert!(matches!(accept(&[], peer, [1; 32]), Err(EvidenceError::NotHeld(p)) if p == peer));
+        assert!(matches!(accept(b"not a report", peer, [1; 32]), Err(EvidenceError::Bad { .. })));
+        assert!(matches!(accept(&[0xff; 4096], peer, [1; 32]), Err(EvidenceError::Bad { .. })));
     }
 }
