@@ -166,7 +166,7 @@ impl Browser {
         self.http("DELETE", &self.session_path("/window"), None).map(|_| ())
     }
 
-    /// The browser's console log, if the driver keeps it.
+    /// The current page's visible text (empty if it cannot be read), for failure messages.
     pub fn page_text(&self) -> String {
         self.exec("return document.body ? document.body.innerText : ''", json!([]))
             .ok()

@@ -170,7 +170,7 @@ impl Default for ChainOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
     /// No set of reachable servers covers the layers.
-    #[error("no chain of servers covers blocks [{start}, {end}) of model {model} ({found} server(s) found)")]
+    #[error("no chain of servers covers blocks [{start}, {end}) of model {model} ({found} server(s) found){after}")]
     NoRoute {
         /// Model (short id).
         model: String,
@@ -180,6 +180,8 @@ pub enum ChainError {
         end: usize,
         /// Servers found for the range.
         found: usize,
+        /// Empty, or what failed while routing and left a server out (", after: ...").
+        after: String,
     },
     /// A server refused or failed a request.
     #[error("server {peer} refused: {message} ({code:?})")]
@@ -499,6 +501,8 @@ impl<D: Discovery> SwarmChain<D> {
         fast: bool,
     ) -> Result<Vec<HopSession>, ChainError> {
         let mut known_only = fast;
+        // What left a server out of this routing, for the error when nothing else covers.
+        let mut after = String::new();
         loop {
             let mut found = self.discover(range.clone(), known_only).await?;
             if let (Some(staked), Some(_)) = (self.opts.staked.clone(), &self.opts.payer) {
@@ -515,6 +519,7 @@ impl<D: Discovery> SwarmChain<D> {
                     start: range.start,
                     end: range.end,
                     found: candidates.len(),
+                    after,
                 });
             };
             let expected: HashMap<PeerId, f64> = candidates.iter().map(|c| (c.peer, c.cost_ms())).collect();
@@ -539,6 +544,7 @@ impl<D: Discovery> SwarmChain<D> {
             let Some(e) = failed else { return Ok(opened) };
             let e = self.count_failure(e, failures)?;
             tracing::warn!("opening the route failed, re-planning: {e}");
+            after = format!(", after: {e}");
         }
     }
 
