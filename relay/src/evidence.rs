@@ -2,22 +2,51 @@
 //! data directory) and shown to peers that ask by id (`/ait/evidence/1`,
 //! [`web_node::net::evidence`]): a judge keeps each report it signed a verdict on, an accused
 //! or a juror each report it fetched for a case, so that the jurors of an appeal days later
-//! can recompute what the judges did.
+//! can recompute what the judges did. The same database holds the tribunal cases this node
+//! is a party to and the next block whose events its duties read ([`crate::settle::duty`]):
+//! a restarted relay goes on where it stopped, and a report an open case names is never
+//! dropped for newer ones.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use web_node::net::evidence::EvidenceInbox;
 use web_node::net::node::NodeHandle;
 use web_node::trust::FraudReport;
 
-/// Reports kept; the oldest goes first beyond this.
+/// Reports kept; beyond this, the oldest that no open case names goes first.
 pub const MAX_KEPT: u64 = 1_000;
 
-/// Report id → (unix seconds kept, encoded report).
+/// Report id → (when kept, encoded report). When: Unix milliseconds (seconds in stores of
+/// earlier versions, which thus count as older).
 const REPORTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("reports");
+
+/// (report id, accused address) → (this node's part, the seed block once appealed): the open
+/// cases this node is a party to.
+const CASES: TableDefinition<(&[u8; 32], &[u8; 20]), (u8, Option<u64>)> = TableDefinition::new("cases");
+
+/// Counters by name: [`NEXT_BLOCK`].
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The next block whose tribunal events the duties read.
+const NEXT_BLOCK: &str = "next_block";
+
+/// An open tribunal case as kept: the report, the accused, this node's part (as
+/// [`crate::settle::duty::Party`] numbers it) and the seed block once appealed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeptCase {
+    /// The report's id.
+    pub report: [u8; 32],
+    /// The accused's address.
+    pub accused: [u8; 20],
+    /// This node's part.
+    pub party: u8,
+    /// The seed block of the jury draw, once the case is appealed.
+    pub seed: Option<u64>,
+}
 
 /// The evidence database failed.
 #[derive(Debug, thiserror::Error)]
@@ -28,41 +57,90 @@ fn store_error<E: Into<redb::Error>>(e: E) -> EvidenceStoreError {
     EvidenceStoreError(e.into())
 }
 
-/// Reports kept by id, at most [`MAX_KEPT`].
+/// Reports kept by id, at most [`MAX_KEPT`] beyond those open cases name, and the cases.
 pub struct EvidenceStore {
     db: redb::Database,
+    limit: u64,
 }
 
 impl EvidenceStore {
     /// The store in the database at `path` (created if missing).
     pub fn open(path: &Path) -> Result<EvidenceStore, EvidenceStoreError> {
+        Self::open_keeping(path, MAX_KEPT)
+    }
+
+    /// The store at `path`, keeping `limit` reports beyond those open cases name.
+    fn open_keeping(path: &Path, limit: u64) -> Result<EvidenceStore, EvidenceStoreError> {
         let db = redb::Database::create(path).map_err(store_error)?;
         let txn = db.begin_write().map_err(store_error)?;
         txn.open_table(REPORTS).map_err(store_error)?;
+        txn.open_table(CASES).map_err(store_error)?;
+        txn.open_table(META).map_err(store_error)?;
         txn.commit().map_err(store_error)?;
-        Ok(EvidenceStore { db })
+        Ok(EvidenceStore { db, limit })
     }
 
-    /// Keeps `report` (again: its time is renewed), dropping the oldest beyond [`MAX_KEPT`].
+    /// Keeps `report` (again: its time is renewed).
     pub fn keep(&self, report: &FraudReport) -> Result<(), EvidenceStoreError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-        let bytes = report.encode();
+        self.keep_encoded(&report.id(), &report.encode())
+    }
+
+    /// Keeps the encoded report `id`, dropping the oldest reports that no open case names
+    /// while more than the limit of those are kept.
+    fn keep_encoded(&self, id: &[u8; 32], bytes: &[u8]) -> Result<(), EvidenceStoreError> {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let txn = self.db.begin_write().map_err(store_error)?;
         {
-            let mut table = txn.open_table(REPORTS).map_err(store_error)?;
-            table.insert(&report.id(), (now, bytes.as_slice())).map_err(store_error)?;
-            while table.len().map_err(store_error)? > MAX_KEPT {
-                let mut oldest: Option<(u64, [u8; 32])> = None;
-                for entry in table.iter().map_err(store_error)? {
-                    let (id, value) = entry.map_err(store_error)?;
-                    let at = value.value().0;
-                    if oldest.is_none_or(|(t, _)| at < t) {
-                        oldest = Some((at, *id.value()));
-                    }
+            let named: HashSet<[u8; 32]> = {
+                let cases = txn.open_table(CASES).map_err(store_error)?;
+                let mut named = HashSet::new();
+                for entry in cases.iter().map_err(store_error)? {
+                    named.insert(*entry.map_err(store_error)?.0.value().0);
                 }
-                let Some((_, id)) = oldest else { break };
-                table.remove(&id).map_err(store_error)?;
+                named
+            };
+            let mut table = txn.open_table(REPORTS).map_err(store_error)?;
+            table.insert(id, (now, bytes)).map_err(store_error)?;
+            let mut loose: Vec<(u64, [u8; 32])> = Vec::new();
+            for entry in table.iter().map_err(store_error)? {
+                let (id, value) = entry.map_err(store_error)?;
+                if !named.contains(id.value()) {
+                    loose.push((value.value().0, *id.value()));
+                }
             }
+            let over = (loose.len() as u64).saturating_sub(self.limit);
+            loose.sort_unstable();
+            for (_, id) in loose.iter().take(over as usize) {
+                table.remove(id).map_err(store_error)?;
+            }
+        }
+        txn.commit().map_err(store_error)
+    }
+
+    /// The open cases kept, and the next block to read (`None` before the first save).
+    pub fn cases(&self) -> Result<(Vec<KeptCase>, Option<u64>), EvidenceStoreError> {
+        let txn = self.db.begin_read().map_err(store_error)?;
+        let table = txn.open_table(CASES).map_err(store_error)?;
+        let mut cases = Vec::new();
+        for entry in table.iter().map_err(store_error)? {
+            let (key, value) = entry.map_err(store_error)?;
+            let ((report, accused), (party, seed)) = (key.value(), value.value());
+            cases.push(KeptCase { report: *report, accused: *accused, party, seed });
+        }
+        let next = txn.open_table(META).map_err(store_error)?.get(NEXT_BLOCK).map_err(store_error)?.map(|v| v.value());
+        Ok((cases, next))
+    }
+
+    /// Replaces the open cases kept with `cases`, and the next block to read with `next_block`.
+    pub fn save_cases(&self, cases: &[KeptCase], next_block: u64) -> Result<(), EvidenceStoreError> {
+        let txn = self.db.begin_write().map_err(store_error)?;
+        {
+            let mut table = txn.open_table(CASES).map_err(store_error)?;
+            table.retain(|_, _| false).map_err(store_error)?;
+            for c in cases {
+                table.insert((&c.report, &c.accused), (c.party, c.seed)).map_err(store_error)?;
+            }
+            txn.open_table(META).map_err(store_error)?.insert(NEXT_BLOCK, next_block).map_err(store_error)?;
         }
         txn.commit().map_err(store_error)
     }
@@ -114,5 +192,37 @@ mod tests {
         assert_eq!(store.get(&[7; 32]).unwrap(), None);
         drop(store);
         assert_eq!(EvidenceStore::open(&path).unwrap().get(&[7; 32]).unwrap(), None);
+    }
+
+    #[test]
+    fn reports_of_open_cases_outlive_newer_ones_and_cases_survive_a_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("evidence.redb");
+        let store = EvidenceStore::open_keeping(&path, 2).unwrap();
+        assert_eq!(store.cases().unwrap(), (vec![], None));
+        let case = KeptCase { report: [1; 32], accused: [9; 20], party: 2, seed: Some(77) };
+        store.save_cases(std::slice::from_ref(&case), 1234).unwrap();
+        // Report 1 (its case open) and 2 are kept first; 3, 4 and 5 come later, each a few
+        // milliseconds apart so that their times order them.
+        store.keep_encoded(&[1; 32], b"one").unwrap();
+        store.keep_encoded(&[2; 32], b"two").unwrap();
+        for id in 3..=5u8 {
+            std::thread::sleep(std::time::Duration::from_millis(3));
+            store.keep_encoded(&[id; 32], &[id]).unwrap();
+        }
+        // Two loose reports stay, the newest; the open case's stays although it is older.
+        let held = |s: &EvidenceStore| (1..=5u8).map(|i| s.get(&[i; 32]).unwrap().is_some()).collect::<Vec<_>>();
+        assert_eq!(held(&store), [true, false, false, true, true]);
+        assert_eq!(store.get(&[1; 32]).unwrap().as_deref(), Some(&b"one"[..]));
+        drop(store);
+        // Reopened: the case and the next block are back. Once the case closes, its report is
+        // a loose one like the others, and goes as the oldest.
+        let store = EvidenceStore::open_keeping(&path, 2).unwrap();
+        assert_eq!(store.cases().unwrap(), (vec![case], Some(1234)));
+        store.save_cases(&[], 1300).unwrap();
+        assert_eq!(store.cases().unwrap(), (vec![], Some(1300)));
+        store.keep_encoded(&[6; 32], b"six").unwrap();
+        assert_eq!(held(&store), [false, false, false, false, true]);
+        assert!(store.get(&[6; 32]).unwrap().is_some());
     }
 }

@@ -456,11 +456,11 @@ fn relay_main(o: RelayOpt, card: Option<relay::publish::CardOpt>) -> anyhow::Res
                     local.clone(),
                     gateway_chain.clone(),
                     judge,
-                    evidence,
+                    evidence.clone(),
                 ));
                 verifier.clone().serve()?;
-                if let Some(s) = &settlement {
-                    if let Some(duty) = s.duty(&o.settle, verifier, peer).await? {
+                if let (Some(s), Some(store)) = (&settlement, evidence) {
+                    if let Some(duty) = s.duty(&o.settle, verifier, peer, store).await? {
                         tokio::spawn(duty.run(relay::settle::duty::EVERY));
                     }
                 }

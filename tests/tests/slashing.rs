@@ -585,7 +585,10 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
     }
     let mut liar_duty = duty(liar).await;
     let mut judge_duties = [duty(judges[0]).await, duty(judges[1]).await];
-    let mut honest_duty = duty(honest).await;
+    // The honest node keeps its cases on disk, as a relay does (`evidence.redb`).
+    let cases_dir = ait_tests::procs::temp_dir("slashing-duty-cases");
+    let kept = Arc::new(relay::evidence::EvidenceStore::open(&cases_dir.join("evidence.redb")).expect("a store"));
+    let mut honest_duty = duty(honest).await.keeping_cases_in(kept.clone()).expect("the cases kept");
 
     // The liar's case: two judges recompute and accuse; its duty appeals, the judges' draw,
     // the jurors' vote.
@@ -670,6 +673,13 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
         sybils.iter().map(|&s| invented.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
     court.accuse(0, &invented, &sybils.map(|s| court.address(s)), &sigs).await.expect("an unshown accusation");
     assert_eq!(honest_duty.tick().await.unwrap().appealed, 1, "appealed without seeing the report");
+    // Restarted, the node takes its open case up from disk (no events read yet), and draws
+    // the jury with the seed block it kept.
+    let open = honest_duty.cases().clone();
+    assert_eq!(open.len(), 1, "{open:?}");
+    drop(honest_duty);
+    honest_duty = duty(honest).await.keeping_cases_in(kept.clone()).expect("the cases kept");
+    assert_eq!(honest_duty.cases(), &open, "the restarted duty's cases");
     mine_blocks(&court.nodes[0].provider, 2).await;
     assert_eq!(honest_duty.tick().await.unwrap().drawn, 1);
     for (_, d) in &mut jury_duties {
@@ -725,6 +735,10 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
         assert_eq!(d.tick().await.unwrap(), Acts::default(), "a closed case asks nothing of its judges");
         assert!(d.cases().is_empty(), "a closed case is dropped");
     }
+    assert!(honest_duty.cases().is_empty());
+    assert!(kept.cases().expect("the cases kept").0.is_empty(), "closed cases are dropped from disk too");
+    drop(kept);
+    let _ = std::fs::remove_dir_all(cases_dir);
 }
 
 /// An operator's `ait tribunal` commands, through the binary on `ait chain dev`: four staked

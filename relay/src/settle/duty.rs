@@ -15,11 +15,15 @@
 //!   that appeals cannot let the seed expire.
 //! - Any party closes its cases whose window ran out (`execute`): a judge is paid, locks lift.
 //!
-//! Cases are found in the tribunal's `Accused`, `Appealed` and `JuryDrawn` events, read from
-//! [`LOOKBACK_BLOCKS`] before the start on. A step that fails is tried again after
+//! Cases are found in the tribunal's `Accused`, `Appealed` and `JuryDrawn` events. With a
+//! store ([`Duty::keeping_cases_in`], the relay's `evidence.redb`), the open cases and the next
+//! block to read are kept there: a restarted node goes on from where it stopped, and the
+//! reports its open cases name are never dropped for newer ones. Without one, or on its first
+//! start, it reads from [`LOOKBACK_BLOCKS`] back. A step that fails is tried again after
 //! [`BACKOFF`], and no step takes longer than [`STEP_TIMEOUT`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use alloy::primitives::{Address, B256};
 use alloy::providers::DynProvider;
@@ -30,9 +34,10 @@ use web_node::trust::FraudReport;
 
 use super::bindings::{Staking, Tribunal};
 use super::{latest_block, mined, ChainError, Deployment};
+use crate::evidence::{EvidenceStore, KeptCase};
 
-/// Blocks read back for open cases when a node starts: longer than the appeal and jury
-/// windows of a chain with 12 s blocks (3 + 2 + 2 days).
+/// Blocks read back for open cases when a node starts with nothing kept: longer than the
+/// appeal and jury windows of a chain with 12 s blocks (3 + 2 + 2 days).
 pub const LOOKBACK_BLOCKS: u64 = 60_000;
 
 /// How often a relay does its duties.
@@ -68,13 +73,20 @@ pub trait Evidence: Send + Sync {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Party {
     /// It is accused.
-    Accused,
+    Accused = 1,
     /// It signed a verdict the accusation named.
-    Judge,
+    Judge = 2,
     /// It was drawn for the jury.
-    Juror,
+    Juror = 3,
     /// None of these: it only draws the jury of an appealed case.
-    Bystander,
+    Bystander = 4,
+}
+
+impl Party {
+    /// The part numbered `n` (as kept on disk).
+    fn from_number(n: u8) -> Option<Party> {
+        [Party::Accused, Party::Judge, Party::Juror, Party::Bystander].into_iter().find(|p| *p as u8 == n)
+    }
 }
 
 /// What a pass did: what the tests and the logs read.
@@ -106,6 +118,8 @@ pub struct Duty<E> {
     backoff: HashMap<(B256, Address), std::time::Instant>,
     /// The next block whose events are read.
     next_block: u64,
+    /// Where the cases and the next block are kept, and what was kept last.
+    store: Option<(Arc<EvidenceStore>, (Vec<KeptCase>, u64))>,
 }
 
 impl<E: Evidence> Duty<E> {
@@ -126,7 +140,51 @@ impl<E: Evidence> Duty<E> {
             seeds: HashMap::new(),
             backoff: HashMap::new(),
             next_block: latest.saturating_sub(LOOKBACK_BLOCKS),
+            store: None,
         })
+    }
+
+    /// Keeps the open cases and the next block to read in `store`, taking up those kept there
+    /// (if any: else reading from [`LOOKBACK_BLOCKS`] back, as without a store).
+    pub fn keeping_cases_in(mut self, store: Arc<EvidenceStore>) -> Result<Self, ChainError> {
+        let (kept, next) = store.cases().map_err(|e| ChainError::Rpc(e.to_string()))?;
+        for c in &kept {
+            let Some(party) = Party::from_number(c.party) else { continue };
+            let key = (B256::from(c.report), Address::from(c.accused));
+            self.cases.insert(key, party);
+            if let Some(seed) = c.seed {
+                self.seeds.insert(key, seed);
+            }
+        }
+        if let Some(next) = next {
+            self.next_block = next;
+        }
+        self.store = Some((store, (kept, next.unwrap_or(u64::MAX))));
+        Ok(self)
+    }
+
+    /// Saves the cases and the next block to read, if they changed since the last save.
+    fn save(&mut self) {
+        let Some((store, last)) = &mut self.store else { return };
+        let mut cases: Vec<KeptCase> = self
+            .cases
+            .iter()
+            .map(|((report, accused), party)| KeptCase {
+                report: report.0,
+                accused: accused.0 .0,
+                party: *party as u8,
+                seed: self.seeds.get(&(*report, *accused)).copied(),
+            })
+            .collect();
+        cases.sort_by_key(|c| (c.report, c.accused));
+        let now = (cases, self.next_block);
+        if *last == now {
+            return;
+        }
+        match store.save_cases(&now.0, now.1) {
+            Ok(()) => *last = now,
+            Err(e) => tracing::warn!("keeping the tribunal cases: {e}"),
+        }
     }
 
     /// Enlists the wallet for juries (its stake stays locked while it is enlisted).
@@ -168,6 +226,7 @@ impl<E: Evidence> Duty<E> {
                 }
             }
         }
+        self.save();
         read.map(|()| acts)
     }
 

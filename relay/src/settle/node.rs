@@ -239,14 +239,16 @@ impl Settlement {
         Ok(Some(Judge::new(&self.deployment, &self.wallet, self.provider.clone()).context("--judge")?))
     }
 
-    /// This wallet's standing duties to the tribunal, judging with `evidence` (`None`, with a
-    /// warning, when the chain has no tribunal); with `--jury`, enlisted first. Warns when the
-    /// chain does not bind this wallet to `peer`: jurors would not find this relay's evidence.
+    /// This wallet's standing duties to the tribunal, judging with `evidence` and keeping its
+    /// cases in `store` (`None`, with a warning, when the chain has no tribunal); with
+    /// `--jury`, enlisted first. Warns when the chain does not bind this wallet to `peer`:
+    /// jurors would not find this relay's evidence.
     pub async fn duty<E: super::duty::Evidence>(
         &self,
         o: &SettleOpt,
         evidence: E,
         peer: libp2p::PeerId,
+        store: std::sync::Arc<crate::evidence::EvidenceStore>,
     ) -> anyhow::Result<Option<super::duty::Duty<E>>> {
         match Staking::new(self.deployment.staking, &self.provider).peerIdOf(self.address).call().await {
             Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}
@@ -257,7 +259,7 @@ impl Settlement {
             Err(e) => tracing::warn!("reading this wallet's peer id: {e}"),
         }
         let duty = match super::duty::Duty::new(&self.deployment, self.provider.clone(), self.address, evidence).await {
-            Ok(duty) => duty,
+            Ok(duty) => duty.keeping_cases_in(store).context("the tribunal cases kept")?,
             Err(e) => {
                 tracing::warn!("no tribunal duties: {e}");
                 return Ok(None);
