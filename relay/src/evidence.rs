@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use redb::{ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use web_node::net::evidence::EvidenceInbox;
 use web_node::net::node::NodeHandle;
 use web_node::trust::FraudReport;
@@ -20,19 +20,25 @@ use web_node::trust::FraudReport;
 /// Reports kept; beyond this, the oldest that no open case names goes first.
 pub const MAX_KEPT: u64 = 1_000;
 
-/// Report id → (when kept, encoded report). When: Unix milliseconds (seconds in stores of
-/// earlier versions, which thus count as older).
+/// Report id → (Unix milliseconds kept, encoded report).
 const REPORTS: TableDefinition<&[u8; 32], (u64, &[u8])> = TableDefinition::new("reports");
 
-/// (report id, accused address) → (this node's part, the seed block once appealed): the open
-/// cases this node is a party to.
-const CASES: TableDefinition<(&[u8; 32], &[u8; 20]), (u8, Option<u64>)> = TableDefinition::new("cases");
+/// (Unix milliseconds kept, report id): the reports oldest first, read without their bodies.
+const KEPT_AT: TableDefinition<(u64, &[u8; 32]), ()> = TableDefinition::new("kept_at");
 
-/// Counters by name: [`NEXT_BLOCK`].
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// A case's key: (report id, accused address).
+type CaseKey<'a> = (&'a [u8; 32], &'a [u8; 20]);
 
-/// The next block whose tribunal events the duties read.
+/// A case's key → (this node's part, the seed block once appealed): the open cases this node
+/// is a party to.
+const CASES: TableDefinition<CaseKey, (u8, Option<u64>)> = TableDefinition::new("cases");
+
+/// [`NEXT_BLOCK`] → the next block whose tribunal events the duties read; [`SCOPE`] → what
+/// the cases were read from (the chain, the tribunal and the wallet).
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+
 const NEXT_BLOCK: &str = "next_block";
+const SCOPE: &str = "scope";
 
 /// An open tribunal case as kept: the report, the accused, this node's part (as
 /// [`crate::settle::duty::Party`] numbers it) and the seed block once appealed.
@@ -57,7 +63,7 @@ fn store_error<E: Into<redb::Error>>(e: E) -> EvidenceStoreError {
     EvidenceStoreError(e.into())
 }
 
-/// Reports kept by id, at most [`MAX_KEPT`] beyond those open cases name, and the cases.
+/// Reports kept by id, at most [`MAX_KEPT`] besides those open cases name, and those cases.
 pub struct EvidenceStore {
     db: redb::Database,
     limit: u64,
@@ -69,11 +75,12 @@ impl EvidenceStore {
         Self::open_keeping(path, MAX_KEPT)
     }
 
-    /// The store at `path`, keeping `limit` reports beyond those open cases name.
+    /// The store at `path`, keeping `limit` reports besides those open cases name.
     fn open_keeping(path: &Path, limit: u64) -> Result<EvidenceStore, EvidenceStoreError> {
         let db = redb::Database::create(path).map_err(store_error)?;
         let txn = db.begin_write().map_err(store_error)?;
         txn.open_table(REPORTS).map_err(store_error)?;
+        txn.open_table(KEPT_AT).map_err(store_error)?;
         txn.open_table(CASES).map_err(store_error)?;
         txn.open_table(META).map_err(store_error)?;
         txn.commit().map_err(store_error)?;
@@ -85,41 +92,62 @@ impl EvidenceStore {
         self.keep_encoded(&report.id(), &report.encode())
     }
 
-    /// Keeps the encoded report `id`, dropping the oldest reports that no open case names
-    /// while more than the limit of those are kept.
+    /// Keeps the encoded report `id`, then drops the oldest reports that no open case names
+    /// while more than the limit of those are kept (reading the time index and the cases,
+    /// not the reports).
     fn keep_encoded(&self, id: &[u8; 32], bytes: &[u8]) -> Result<(), EvidenceStoreError> {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let txn = self.db.begin_write().map_err(store_error)?;
         {
-            let named: HashSet<[u8; 32]> = {
-                let cases = txn.open_table(CASES).map_err(store_error)?;
-                let mut named = HashSet::new();
-                for entry in cases.iter().map_err(store_error)? {
+            let mut reports = txn.open_table(REPORTS).map_err(store_error)?;
+            let mut kept_at = txn.open_table(KEPT_AT).map_err(store_error)?;
+            if let Some(was) = reports.insert(id, (now, bytes)).map_err(store_error)?.map(|v| v.value().0) {
+                kept_at.remove((was, id)).map_err(store_error)?;
+            }
+            kept_at.insert((now, id), ()).map_err(store_error)?;
+            let held = reports.len().map_err(store_error)?;
+            if held > self.limit {
+                let mut named: HashSet<[u8; 32]> = HashSet::new();
+                for entry in txn.open_table(CASES).map_err(store_error)?.iter().map_err(store_error)? {
                     named.insert(*entry.map_err(store_error)?.0.value().0);
                 }
-                named
-            };
-            let mut table = txn.open_table(REPORTS).map_err(store_error)?;
-            table.insert(id, (now, bytes)).map_err(store_error)?;
-            let mut loose: Vec<(u64, [u8; 32])> = Vec::new();
-            for entry in table.iter().map_err(store_error)? {
-                let (id, value) = entry.map_err(store_error)?;
-                if !named.contains(id.value()) {
-                    loose.push((value.value().0, *id.value()));
+                let mut pinned = 0u64;
+                for id in &named {
+                    if reports.get(id).map_err(store_error)?.is_some() {
+                        pinned += 1;
+                    }
                 }
-            }
-            let over = (loose.len() as u64).saturating_sub(self.limit);
-            loose.sort_unstable();
-            for (_, id) in loose.iter().take(over as usize) {
-                table.remove(id).map_err(store_error)?;
+                let over = held.saturating_sub(pinned).saturating_sub(self.limit);
+                let mut drop = Vec::new();
+                for entry in kept_at.iter().map_err(store_error)? {
+                    if drop.len() as u64 >= over {
+                        break;
+                    }
+                    let (key, _) = entry.map_err(store_error)?;
+                    let (at, id) = key.value();
+                    if !named.contains(id) {
+                        drop.push((at, *id));
+                    }
+                }
+                for (at, id) in drop {
+                    kept_at.remove((at, &id)).map_err(store_error)?;
+                    reports.remove(&id).map_err(store_error)?;
+                }
             }
         }
         txn.commit().map_err(store_error)
     }
 
-    /// The open cases kept, and the next block to read (`None` before the first save).
-    pub fn cases(&self) -> Result<(Vec<KeptCase>, Option<u64>), EvidenceStoreError> {
+    /// The open cases kept, and the next block to read; none (and `None`) before the first
+    /// save, or when they were read from another `scope` (another chain, tribunal or wallet:
+    /// what the caller names, as bytes).
+    pub fn cases(&self, scope: &[u8]) -> Result<(Vec<KeptCase>, Option<u64>), EvidenceStoreError> {
         let txn = self.db.begin_read().map_err(store_error)?;
+        let meta = txn.open_table(META).map_err(store_error)?;
+        if meta.get(SCOPE).map_err(store_error)?.is_none_or(|s| s.value() != scope) {
+            return Ok((Vec::new(), None));
+        }
+        let next = meta.get(NEXT_BLOCK).map_err(store_error)?.and_then(|v| v.value().try_into().ok());
         let table = txn.open_table(CASES).map_err(store_error)?;
         let mut cases = Vec::new();
         for entry in table.iter().map_err(store_error)? {
@@ -127,12 +155,12 @@ impl EvidenceStore {
             let ((report, accused), (party, seed)) = (key.value(), value.value());
             cases.push(KeptCase { report: *report, accused: *accused, party, seed });
         }
-        let next = txn.open_table(META).map_err(store_error)?.get(NEXT_BLOCK).map_err(store_error)?.map(|v| v.value());
-        Ok((cases, next))
+        Ok((cases, next.map(u64::from_be_bytes)))
     }
 
-    /// Replaces the open cases kept with `cases`, and the next block to read with `next_block`.
-    pub fn save_cases(&self, cases: &[KeptCase], next_block: u64) -> Result<(), EvidenceStoreError> {
+    /// Replaces the open cases kept with `cases` read from `scope`, and the next block to read
+    /// with `next_block`.
+    pub fn save_cases(&self, scope: &[u8], cases: &[KeptCase], next_block: u64) -> Result<(), EvidenceStoreError> {
         let txn = self.db.begin_write().map_err(store_error)?;
         {
             let mut table = txn.open_table(CASES).map_err(store_error)?;
@@ -140,7 +168,9 @@ impl EvidenceStore {
             for c in cases {
                 table.insert((&c.report, &c.accused), (c.party, c.seed)).map_err(store_error)?;
             }
-            txn.open_table(META).map_err(store_error)?.insert(NEXT_BLOCK, next_block).map_err(store_error)?;
+            let mut meta = txn.open_table(META).map_err(store_error)?;
+            meta.insert(SCOPE, scope).map_err(store_error)?;
+            meta.insert(NEXT_BLOCK, next_block.to_be_bytes().as_slice()).map_err(store_error)?;
         }
         txn.commit().map_err(store_error)
     }
@@ -199,9 +229,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("evidence.redb");
         let store = EvidenceStore::open_keeping(&path, 2).unwrap();
-        assert_eq!(store.cases().unwrap(), (vec![], None));
+        let scope = b"chain 1, tribunal t, wallet w";
+        assert_eq!(store.cases(scope).unwrap(), (vec![], None));
         let case = KeptCase { report: [1; 32], accused: [9; 20], party: 2, seed: Some(77) };
-        store.save_cases(std::slice::from_ref(&case), 1234).unwrap();
+        store.save_cases(scope, std::slice::from_ref(&case), 1234).unwrap();
         // Report 1 (its case open) and 2 are kept first; 3, 4 and 5 come later, each a few
         // milliseconds apart so that their times order them.
         store.keep_encoded(&[1; 32], b"one").unwrap();
@@ -211,18 +242,26 @@ mod tests {
             store.keep_encoded(&[id; 32], &[id]).unwrap();
         }
         // Two loose reports stay, the newest; the open case's stays although it is older.
-        let held = |s: &EvidenceStore| (1..=5u8).map(|i| s.get(&[i; 32]).unwrap().is_some()).collect::<Vec<_>>();
-        assert_eq!(held(&store), [true, false, false, true, true]);
+        let held = |s: &EvidenceStore| (1..=6u8).map(|i| s.get(&[i; 32]).unwrap().is_some()).collect::<Vec<_>>();
+        assert_eq!(held(&store), [true, false, false, true, true, false]);
         assert_eq!(store.get(&[1; 32]).unwrap().as_deref(), Some(&b"one"[..]));
-        drop(store);
-        // Reopened: the case and the next block are back. Once the case closes, its report is
-        // a loose one like the others, and goes as the oldest.
-        let store = EvidenceStore::open_keeping(&path, 2).unwrap();
-        assert_eq!(store.cases().unwrap(), (vec![case], Some(1234)));
-        store.save_cases(&[], 1300).unwrap();
-        assert_eq!(store.cases().unwrap(), (vec![], Some(1300)));
+        // Kept again, report 4 is the newest: 5 goes when 6 comes.
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        store.keep_encoded(&[4; 32], &[4]).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(3));
         store.keep_encoded(&[6; 32], b"six").unwrap();
-        assert_eq!(held(&store), [false, false, false, false, true]);
-        assert!(store.get(&[6; 32]).unwrap().is_some());
+        assert_eq!(held(&store), [true, false, false, true, false, true]);
+        drop(store);
+        // Reopened: the case and the next block are back, for the same scope only. Once the
+        // case closes, its report is a loose one like the others, and goes as the oldest.
+        let store = EvidenceStore::open_keeping(&path, 2).unwrap();
+        assert_eq!(store.cases(scope).unwrap(), (vec![case], Some(1234)));
+        assert_eq!(store.cases(b"another chain").unwrap(), (vec![], None));
+        store.save_cases(scope, &[], 1300).unwrap();
+        assert_eq!(store.cases(scope).unwrap(), (vec![], Some(1300)));
+        std::thread::sleep(std::time::Duration::from_millis(3));
+        store.keep_encoded(&[7; 32], b"seven").unwrap();
+        assert_eq!(held(&store), [false, false, false, false, false, true]);
+        assert!(store.get(&[7; 32]).unwrap().is_some());
     }
 }

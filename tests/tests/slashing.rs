@@ -673,15 +673,19 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
         sybils.iter().map(|&s| invented.sign(&court.nodes[s].key, &court.domain()).unwrap()).collect();
     court.accuse(0, &invented, &sybils.map(|s| court.address(s)), &sigs).await.expect("an unshown accusation");
     assert_eq!(honest_duty.tick().await.unwrap().appealed, 1, "appealed without seeing the report");
-    // Restarted, the node takes its open case up from disk (no events read yet), and draws
-    // the jury with the seed block it kept.
-    let open = honest_duty.cases().clone();
+    // The next pass reads the appeal's event (its seed block is not past yet). Restarted
+    // then, the node takes its open case and the next block to read up from disk (anvil's
+    // chain is shorter than the lookback: without them it would read from block 0), and
+    // draws the jury with the seed block it kept, not read again.
+    assert_eq!(honest_duty.tick().await.unwrap(), Acts::default());
+    let (open, next) = (honest_duty.cases().clone(), honest_duty.next_block());
     assert_eq!(open.len(), 1, "{open:?}");
     drop(honest_duty);
     honest_duty = duty(honest).await.keeping_cases_in(kept.clone()).expect("the cases kept");
     assert_eq!(honest_duty.cases(), &open, "the restarted duty's cases");
+    assert!(next > 0 && honest_duty.next_block() == next, "read on from {}, not {next}", honest_duty.next_block());
     mine_blocks(&court.nodes[0].provider, 2).await;
-    assert_eq!(honest_duty.tick().await.unwrap().drawn, 1);
+    assert_eq!(honest_duty.tick().await.unwrap().drawn, 1, "drawn with the seed block kept");
     for (_, d) in &mut jury_duties {
         assert_eq!(d.tick().await.unwrap().voted, (0, 0), "a juror voted before the evidence was due");
     }
@@ -736,8 +740,9 @@ async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_fram
         assert!(d.cases().is_empty(), "a closed case is dropped");
     }
     assert!(honest_duty.cases().is_empty());
-    assert!(kept.cases().expect("the cases kept").0.is_empty(), "closed cases are dropped from disk too");
-    drop(kept);
+    let restarted = duty(honest).await.keeping_cases_in(kept.clone()).expect("the cases kept");
+    assert!(restarted.cases().is_empty(), "closed cases are dropped from disk too");
+    drop((restarted, kept));
     let _ = std::fs::remove_dir_all(cases_dir);
 }
 

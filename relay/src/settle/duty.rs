@@ -26,7 +26,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use alloy::primitives::{Address, B256};
-use alloy::providers::DynProvider;
+use alloy::providers::{DynProvider, Provider};
 use futures::future::BoxFuture;
 use libp2p::PeerId;
 use web_node::settle::chain::log_chunks;
@@ -34,11 +34,14 @@ use web_node::trust::FraudReport;
 
 use super::bindings::{Staking, Tribunal};
 use super::{latest_block, mined, ChainError, Deployment};
-use crate::evidence::{EvidenceStore, KeptCase};
+use crate::evidence::{EvidenceStore, EvidenceStoreError, KeptCase};
 
 /// Blocks read back for open cases when a node starts with nothing kept: longer than the
 /// appeal and jury windows of a chain with 12 s blocks (3 + 2 + 2 days).
 pub const LOOKBACK_BLOCKS: u64 = 60_000;
+
+/// Blocks the next block to read moves on before it is saved with unchanged cases.
+pub const SAVE_EVERY_BLOCKS: u64 = 100;
 
 /// How often a relay does its duties.
 pub const EVERY: std::time::Duration = std::time::Duration::from_secs(5);
@@ -118,9 +121,15 @@ pub struct Duty<E> {
     backoff: HashMap<(B256, Address), std::time::Instant>,
     /// The next block whose events are read.
     next_block: u64,
+    /// What the cases are read from: the chain id, its genesis block's hash, the tribunal's
+    /// address and this wallet's.
+    scope: Vec<u8>,
     /// Where the cases and the next block are kept, and what was kept last.
-    store: Option<(Arc<EvidenceStore>, (Vec<KeptCase>, u64))>,
+    store: Option<(Arc<EvidenceStore>, Saved)>,
 }
+
+/// The cases and the next block to read, as last saved.
+type Saved = (Vec<KeptCase>, u64);
 
 impl<E: Evidence> Duty<E> {
     /// The duties of the wallet `provider` signs with (at `me`) on `d`'s tribunal, judging
@@ -130,6 +139,14 @@ impl<E: Evidence> Duty<E> {
             return Err(ChainError::Rpc("the chain's deployment file names no tribunal (deploy again)".into()));
         }
         let (latest, _) = latest_block(&provider).await?;
+        // The genesis block tells a chain reset under the same id apart.
+        let genesis = provider
+            .get_block_by_number(0u64.into())
+            .await
+            .map_err(|e| ChainError::Rpc(e.to_string()))?
+            .ok_or_else(|| ChainError::Rpc("no genesis block".into()))?
+            .header
+            .hash;
         Ok(Duty {
             me,
             tribunal: Tribunal::new(d.tribunal, provider.clone()),
@@ -140,16 +157,21 @@ impl<E: Evidence> Duty<E> {
             seeds: HashMap::new(),
             backoff: HashMap::new(),
             next_block: latest.saturating_sub(LOOKBACK_BLOCKS),
+            scope: [&d.chain_id.to_be_bytes()[..], genesis.as_slice(), d.tribunal.as_slice(), me.as_slice()].concat(),
             store: None,
         })
     }
 
     /// Keeps the open cases and the next block to read in `store`, taking up those kept there
-    /// (if any: else reading from [`LOOKBACK_BLOCKS`] back, as without a store).
-    pub fn keeping_cases_in(mut self, store: Arc<EvidenceStore>) -> Result<Self, ChainError> {
-        let (kept, next) = store.cases().map_err(|e| ChainError::Rpc(e.to_string()))?;
+    /// for this chain, tribunal and wallet (if any: else reading from [`LOOKBACK_BLOCKS`]
+    /// back, as without a store).
+    pub fn keeping_cases_in(mut self, store: Arc<EvidenceStore>) -> Result<Self, EvidenceStoreError> {
+        let (kept, next) = store.cases(&self.scope)?;
         for c in &kept {
-            let Some(party) = Party::from_number(c.party) else { continue };
+            let Some(party) = Party::from_number(c.party) else {
+                tracing::warn!(report = %hex::encode(&c.report[..8]), part = c.party, "a kept case of an unknown part: left out");
+                continue;
+            };
             let key = (B256::from(c.report), Address::from(c.accused));
             self.cases.insert(key, party);
             if let Some(seed) = c.seed {
@@ -159,11 +181,17 @@ impl<E: Evidence> Duty<E> {
         if let Some(next) = next {
             self.next_block = next;
         }
-        self.store = Some((store, (kept, next.unwrap_or(u64::MAX))));
+        self.store = Some((store, (kept, next.unwrap_or(0))));
         Ok(self)
     }
 
-    /// Saves the cases and the next block to read, if they changed since the last save.
+    /// The next block whose events are read.
+    pub fn next_block(&self) -> u64 {
+        self.next_block
+    }
+
+    /// Saves the cases and the next block to read when the cases changed since the last save,
+    /// or the next block moved [`SAVE_EVERY_BLOCKS`] on (a restart reads those again).
     fn save(&mut self) {
         let Some((store, last)) = &mut self.store else { return };
         let mut cases: Vec<KeptCase> = self
@@ -177,11 +205,11 @@ impl<E: Evidence> Duty<E> {
             })
             .collect();
         cases.sort_by_key(|c| (c.report, c.accused));
-        let now = (cases, self.next_block);
-        if *last == now {
+        if last.0 == cases && self.next_block < last.1.saturating_add(SAVE_EVERY_BLOCKS) {
             return;
         }
-        match store.save_cases(&now.0, now.1) {
+        let now = (cases, self.next_block);
+        match store.save_cases(&self.scope, &now.0, now.1) {
             Ok(()) => *last = now,
             Err(e) => tracing::warn!("keeping the tribunal cases: {e}"),
         }
@@ -245,6 +273,15 @@ impl<E: Evidence> Duty<E> {
     /// Adds the cases that the events since the last read make this node a party to.
     async fn read_events(&mut self) -> Result<(), ChainError> {
         let (latest, _) = latest_block(&self.provider).await?;
+        if self.next_block > latest + 1 {
+            // The chain is behind what was read (reset under the same id): read it again.
+            tracing::warn!(
+                next = self.next_block,
+                latest,
+                "the chain is behind the tribunal events read; reading back"
+            );
+            self.next_block = latest.saturating_sub(LOOKBACK_BLOCKS);
+        }
         let rpc = |e: alloy::contract::Error| ChainError::Rpc(format!("reading tribunal events: {e}"));
         for (from, to) in log_chunks(self.next_block, latest) {
             for (e, _) in self.tribunal.Accused_filter().from_block(from).to_block(to).query().await.map_err(rpc)? {

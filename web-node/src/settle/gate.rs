@@ -285,7 +285,7 @@ impl ChainGate {
             return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
         }
         let e = self.escrowed(p.payer).await?;
-        let signer = self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)?;
+        let mut signer = self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)?;
         if !signer {
             let Some(a) = &p.authorization else {
                 return Err(PaymentError::Refused(format!(
@@ -293,7 +293,7 @@ impl ChainGate {
                     p.signer, p.payer
                 )));
             };
-            self.check_authorization(p, a, e.now).await?;
+            signer = self.check_authorization(p, a, e.now).await?;
         }
         if let Some(a) = &p.allocation {
             self.check_allocation(p, a, &e).await?;
@@ -312,8 +312,9 @@ impl ChainGate {
     }
 
     /// Checks a payer's authorization of the session key off chain (its signature, deadline
-    /// and nonce) and keeps it for the redeemer to submit.
-    async fn check_authorization(&self, p: &Payment, a: &SignedAuthorization, now: u64) -> Result<(), PaymentError> {
+    /// and nonce) and keeps it for the redeemer to submit (`Ok(false)`); `Ok(true)` when the
+    /// key turns out to sign on chain already.
+    async fn check_authorization(&self, p: &Payment, a: &SignedAuthorization, now: u64) -> Result<bool, PaymentError> {
         let auth = &a.authorization;
         if auth.payer != p.payer || auth.signer != p.signer {
             return Err(PaymentError::Refused(format!(
@@ -337,7 +338,7 @@ impl ChainGate {
         // Another node of the route may have submitted this very authorization between the
         // caller's look at the key and the nonce read: then the key signs already.
         if auth.nonce != nonce && self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)? {
-            return Ok(());
+            return Ok(true);
         }
         if auth.nonce != nonce {
             return Err(PaymentError::Refused(format!(
@@ -346,7 +347,8 @@ impl ChainGate {
             )));
         }
         self.ledger.put_authorization(a).map_err(unavailable)?;
-        self.host.persist().await.map_err(unavailable)
+        self.host.persist().await.map_err(unavailable)?;
+        Ok(false)
     }
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
