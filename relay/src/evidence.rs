@@ -105,31 +105,22 @@ impl EvidenceStore {
                 kept_at.remove((was, id)).map_err(store_error)?;
             }
             kept_at.insert((now, id), ()).map_err(store_error)?;
-            let held = reports.len().map_err(store_error)?;
-            if held > self.limit {
+            if reports.len().map_err(store_error)? > self.limit {
                 let mut named: HashSet<[u8; 32]> = HashSet::new();
                 for entry in txn.open_table(CASES).map_err(store_error)?.iter().map_err(store_error)? {
                     named.insert(*entry.map_err(store_error)?.0.value().0);
                 }
-                let mut pinned = 0u64;
-                for id in &named {
-                    if reports.get(id).map_err(store_error)?.is_some() {
-                        pinned += 1;
-                    }
-                }
-                let over = held.saturating_sub(pinned).saturating_sub(self.limit);
-                let mut drop = Vec::new();
+                // Oldest first, as the index orders them.
+                let mut loose = Vec::new();
                 for entry in kept_at.iter().map_err(store_error)? {
-                    if drop.len() as u64 >= over {
-                        break;
-                    }
                     let (key, _) = entry.map_err(store_error)?;
                     let (at, id) = key.value();
                     if !named.contains(id) {
-                        drop.push((at, *id));
+                        loose.push((at, *id));
                     }
                 }
-                for (at, id) in drop {
+                let over = loose.len().saturating_sub(self.limit as usize);
+                for (at, id) in loose.into_iter().take(over) {
                     kept_at.remove((at, &id)).map_err(store_error)?;
                     reports.remove(&id).map_err(store_error)?;
                 }

@@ -335,12 +335,12 @@ impl ChainGate {
             return Err(PaymentError::Refused(format!("the authorization's deadline {} is too close", auth.deadline)));
         }
         let nonce = self.chain.nonce(p.payer).await.map_err(unavailable)?;
-        // Another node of the route may have submitted this very authorization between the
-        // caller's look at the key and the nonce read: then the key signs already.
-        if auth.nonce != nonce && self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)? {
-            return Ok(true);
-        }
         if auth.nonce != nonce {
+            // Another node of the route may have submitted this very authorization between
+            // the caller's look at the key and the nonce read: then the key signs already.
+            if self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)? {
+                return Ok(true);
+            }
             return Err(PaymentError::Refused(format!(
                 "the authorization's nonce {} is not the payer's next ({nonce}): it is used or void",
                 auth.nonce
