@@ -15,10 +15,9 @@
 //! (default 16) sets the tokens generated.
 
 use std::path::Path;
-use std::process::Command;
 use std::time::Instant;
 
-use ait_tests::procs::{ait_bin, temp_dir, Relay};
+use ait_tests::procs::{ait, temp_dir, Relay};
 use ait_tests::tiny_model::{ggml_type, write_gguf};
 use rand::{RngCore, SeedableRng};
 use serde_json::json;
@@ -117,7 +116,7 @@ fn write_model(path: &Path, layers: u64) -> u64 {
 
 /// Runs `ait generate` with `args`; returns its text and decode rate (tokens/s).
 fn generate(args: &[&str]) -> (String, f64) {
-    let out = Command::new(ait_bin()).arg("generate").args(args).output().expect("ait generate");
+    let out = ait().arg("generate").args(args).output().expect("ait generate");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ait generate {args:?}: {stderr}");
     let rate = stderr

@@ -3,13 +3,12 @@
 //! needs to charge or pay.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use alloy::primitives::Address;
 use relay::settle::bindings::Escrow;
 use relay::settle::dev::wallet_provider;
 
-use crate::procs::{ait_bin, ChainDev};
+use crate::procs::{ait, ChainDev};
 
 /// The price charging relays ask in tests and benches: 10^12 units (0.000001 AIT) per
 /// layer-token, a multiple of 10 so every share of the 70/20/10 split is exact.
@@ -58,12 +57,7 @@ impl Chain {
     }
 
     fn run(&self, args: &[&str]) -> std::process::Output {
-        Command::new(ait_bin())
-            .args(args)
-            .args(["--chain", self.file()])
-            .env("AIT_WALLET_PASSWORD", PASSWORD)
-            .output()
-            .expect("ait")
+        ait().args(args).args(["--chain", self.file()]).env("AIT_WALLET_PASSWORD", PASSWORD).output().expect("ait")
     }
 
     /// A node's data directory holding its identity and the wallet of dev account `account`,

@@ -20,6 +20,19 @@ pub fn ait_bin() -> PathBuf {
     bin
 }
 
+/// The environment variable of `ait`'s `--audit-rate` (on by default, at
+/// `web_node::trust::DEFAULT_AUDIT_RATE`).
+pub const AUDIT_RATE_ENV: &str = "AIT_AUDIT_RATE";
+
+/// A command running [`ait_bin`], auditing nothing unless its arguments say `--audit-rate`:
+/// the default audits a random share of sessions, as paid sessions on other servers, which
+/// would make the tests' payments and logs vary from run to run.
+pub fn ait() -> Command {
+    let mut c = Command::new(ait_bin());
+    c.env(AUDIT_RATE_ENV, "0");
+    c
+}
+
 /// A running `ait relay`.
 pub struct Relay {
     child: Child,
@@ -67,7 +80,7 @@ impl Relay {
     /// Starts `ait CMD...` with the relay flags and `args`, as [`Relay::try_start`] does.
     fn try_start_cmd(cmd: &[&str], data_dir: &Path, args: &[&str], log: Option<&str>) -> Result<Relay, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
-        let mut child = Command::new(ait_bin())
+        let mut child = ait()
             .args(cmd)
             .arg("--data-dir")
             .arg(data_dir)
@@ -241,7 +254,7 @@ pub fn three_relays_with(root: &Path, model: &Path, first_args: &[&str]) -> Vec<
 /// Runs `ait ARGS...` to completion; returns its stdout, failing the test (with its stderr)
 /// if it fails.
 pub fn ait_stdout(args: &[&str]) -> String {
-    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
+    let out = ait().args(args).output().expect("run ait");
     assert!(out.status.success(), "ait {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -283,7 +296,7 @@ impl ChainDev {
     pub fn start(dir: &Path) -> ChainDev {
         std::fs::create_dir_all(dir).expect("chain dir");
         let file = dir.join("chain.json");
-        let mut child = Command::new(ait_bin())
+        let mut child = ait()
             .args(["chain", "dev", "--port", "0", "--accounts", "8", "--ait-each", "10000"])
             .arg("--out")
             .arg(&file)

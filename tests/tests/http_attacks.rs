@@ -7,11 +7,11 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use ait_tests::default_model;
-use ait_tests::procs::{ait_bin, temp_dir, Relay};
+use ait_tests::procs::{ait, temp_dir, Relay};
 use serde_json::{json, Value};
 
 /// `host:port` of a relay's HTTP port.
@@ -409,7 +409,7 @@ fn ait_chat_gives_up_on_an_endless_line() {
         }
         std::thread::sleep(Duration::from_secs(20));
     });
-    let mut child = Command::new(ait_bin())
+    let mut child = ait()
         .args(["chat", "--url", &url])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

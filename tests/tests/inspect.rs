@@ -2,15 +2,13 @@
 //! a K-quant mix of it, and on files it cannot run (a type it lacks, a K-quant block whose scale
 //! is NaN), each refusal naming the tensor and the reason.
 
-use std::process::Command;
-
 use ait_tests::default_model;
-use ait_tests::procs::{ait_bin, temp_dir};
+use ait_tests::procs::{ait, temp_dir};
 use ait_tests::requantize::{k_quant_mix, requantize_gguf, rewrite_gguf};
 
 /// Runs `ait inspect PATH`: (stdout, exit success).
 fn inspect(path: &std::path::Path) -> (String, bool) {
-    let out = Command::new(ait_bin()).arg("inspect").arg(path).output().expect("ait runs");
+    let out = ait().arg("inspect").arg(path).output().expect("ait runs");
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.code().is_some(), "ait inspect crashed: {}", String::from_utf8_lossy(&out.stderr));
     (stdout, out.status.success())

@@ -5,10 +5,10 @@
 
 use std::io::Write;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Mutex;
 
-use ait_tests::procs::{ait_bin, temp_dir, three_relays, Relay};
+use ait_tests::procs::{ait, temp_dir, three_relays, Relay};
 use ait_tests::{default_model, python};
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -23,7 +23,7 @@ fn check_api(base: &str, key: &str) {
 }
 
 fn chat(args: &[&str], input: &str) -> String {
-    let mut child = Command::new(ait_bin())
+    let mut child = ait()
         .arg("chat")
         .args(args)
         .stdin(Stdio::piped())

@@ -194,7 +194,7 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     // token through its route costs before the first one, then what the generation cost, and
     // that is what the nodes collect from its allocations.
     let (cli_dir, cli_payer) = chain.unstaked_payer_dir("cli", 6, "100");
-    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+    let out = ait_tests::procs::ait()
         .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
         .args(["--temperature", "0", "--max-tokens", "6", "--pay", "--data-dir", cli_dir.to_str().unwrap()])
         .args(&settle)
@@ -234,7 +234,7 @@ fn a_paid_generation_pays_every_node_its_price_to_the_unit() {
     // `--staked-only`: nodes holding less than the tribunal's slash are not paid, so no route
     // covers the model; once each stakes up to the slash, the same command goes through.
     let staked_only = || {
-        std::process::Command::new(ait_tests::procs::ait_bin())
+        ait_tests::procs::ait()
             .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
             .args(["--temperature", "0", "--max-tokens", "2", "--pay", "--staked-only"])
             .args(["--data-dir", cli_dir.to_str().unwrap()])

@@ -947,7 +947,7 @@ fn the_ait_settlement_commands_move_what_they_say() {
     let chain = ait_tests::procs::ChainDev::start(&dir.join("chain"));
     let file = chain.file.to_str().unwrap().to_string();
     let ait_cmd = |args: &[&str]| {
-        let out = std::process::Command::new(ait_tests::procs::ait_bin())
+        let out = ait_tests::procs::ait()
             .args(args)
             .args(["--chain", &file])
             .env("AIT_WALLET_PASSWORD", "correct horse")
@@ -982,7 +982,7 @@ fn the_ait_settlement_commands_move_what_they_say() {
     let out = ok(&["wallet", "new", "--dev-account", "2", "--data-dir", node_dir]);
     assert_eq!(out.trim(), node.address.to_string());
     assert_eq!(ok(&["wallet", "show", "--data-dir", node_dir]).trim(), node.address.to_string());
-    let wrong = std::process::Command::new(ait_tests::procs::ait_bin())
+    let wrong = ait_tests::procs::ait()
         .args(["wallet", "show", "--data-dir", node_dir])
         .env("AIT_WALLET_PASSWORD", "wrong")
         .output()
@@ -1062,7 +1062,7 @@ fn the_ait_settlement_commands_move_what_they_say() {
 
     // `ait chain deploy` puts a second set of contracts on the same chain from a wallet.
     let deployed = dir.join("deployed.json");
-    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+    let out = ait_tests::procs::ait()
         .args(["chain", "deploy", "--rpc", &d.rpc, "--supply", "5000", "--keystore", payer_store, "--out"])
         .arg(&deployed)
         .env("AIT_WALLET_PASSWORD", "correct horse")

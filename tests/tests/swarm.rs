@@ -2,12 +2,11 @@
 //! serving block ranges of the default model, found through the DHT, and clients (the `ait`
 //! CLI, or an in-process client node) generating through them.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ait_tests::default_model;
-use ait_tests::procs::{ait_bin, temp_dir, three_relays, Relay};
+use ait_tests::procs::{temp_dir, three_relays, Relay};
 use futures::{AsyncReadExt, AsyncWriteExt};
 use libp2p::{Multiaddr, PeerId};
 use relay::local::{BackendKind, LocalModel};
@@ -31,7 +30,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn ait(args: &[&str]) -> (String, String) {
-    let out = Command::new(ait_bin()).args(args).env("RUST_LOG", "warn,web_node::net=info").output().expect("run ait");
+    let out = ait_tests::procs::ait().args(args).env("RUST_LOG", "warn,web_node::net=info").output().expect("run ait");
     let (stdout, stderr) =
         (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
     assert!(out.status.success(), "ait {args:?} failed:\n{stderr}");
@@ -330,7 +329,7 @@ fn restarted_relay_keeps_identity_and_certhash() {
     assert_ne!(certhash(&other), hash);
 
     // A swarm where nobody serves the model: a clear error, not a hang.
-    let out = Command::new(ait_bin())
+    let out = ait_tests::procs::ait()
         .args(["generate", "--prompt", "hi", "--max-tokens", "4", "--swarm", &second.addr("tcp")])
         .output()
         .expect("run ait");

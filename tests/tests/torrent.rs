@@ -4,10 +4,10 @@
 //! 15 MB for the head, so each is cut into several 1 MiB ranges spread over the seeders).
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ait_tests::procs::{ait_bin, temp_dir, warm_seeders, Relay};
+use ait_tests::procs::{temp_dir, warm_seeders, Relay};
 use ait_tests::tiny_model::{torrent_model, write_default_tokenizer, TinyModel};
 
 /// `fetched <part>: <bytes> bytes from <peers> peers, <resumed> resumed` lines, by part.
@@ -269,7 +269,7 @@ fn fetches_survive_a_dead_seeder_resume_after_kill_9_and_repair_a_corrupted_stor
     let dir = root.join("fetcher-b");
     std::fs::create_dir_all(&dir).expect("dir");
     let have = dir.join("store/parts").join(format!("{}.have", head.root));
-    let mut child = Command::new(ait_bin())
+    let mut child = ait_tests::procs::ait()
         .args(["relay", "--data-dir", dir.to_str().unwrap(), "--host", "127.0.0.1", "--port", "0", "--no-http"])
         .args(["--model", &id, "--bootstrap", &boot])
         .stdout(Stdio::null())

@@ -1,14 +1,12 @@
 //! The audit's limit against honest drift and against every way a node can lie, on
 //! generated models whose weights and inputs differ from those `ait calibrate` uses.
 
-use std::process::Command;
-
 use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture};
 use ait_tests::evm::{sent, warp};
 use ait_tests::paid::Chain;
-use ait_tests::procs::{ait_bin, temp_dir, three_relays_with, Relay};
+use ait_tests::procs::{ait, temp_dir, three_relays_with, Relay};
 use ait_tests::tiny_model::{torrent_model, TempDir};
 use web_node::engine::gpu::GpuContext;
 use web_node::model::ModelId;
@@ -87,7 +85,7 @@ fn the_cli_and_the_gateway_audit_a_relay_on_another_backend_and_it_passes() {
         "--audit-rate",
         "1",
     ];
-    let out = Command::new(ait_bin()).args(args).output().expect("run ait");
+    let out = ait().args(args).output().expect("run ait");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "ait generate failed:\n{stderr}");
     let audits: Vec<&str> = stderr.lines().filter(|l| l.starts_with("audit: ")).collect();
