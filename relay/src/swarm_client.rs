@@ -7,7 +7,7 @@ use libp2p::Multiaddr;
 use web_node::client::ClientModel;
 use web_node::net::chain::{AuditError, AuditOutcome, ChainOptions, SwarmChain};
 use web_node::net::node::{NodeHandle, Role};
-use web_node::trust::AuditDraw;
+use web_node::trust::{AuditDraw, DEFAULT_AUDIT_RATE};
 
 /// Starts a client node (it only dials) and joins the swarm through `bootstrap`.
 pub async fn connect(bootstrap: &[Multiaddr]) -> anyhow::Result<NodeHandle> {
@@ -36,21 +36,19 @@ pub fn chain(handle: NodeHandle, model: &ClientModel, opts: ChainOptions) -> Swa
 }
 
 /// Spot checks of the servers by a client: `ait generate --swarm`, `ait chat --swarm`, and
-/// `ait relay` as an API gateway. The default audits nothing.
-#[derive(clap::Args, Clone, Debug, Default)]
+/// `ait relay` as an API gateway. On by default, at [`DEFAULT_AUDIT_RATE`].
+#[derive(clap::Args, Clone, Debug)]
 pub struct AuditOpt {
-    /// Share of each generation's hop sessions to audit afterwards (0 to 1): the hop's
-    /// inputs are replayed as one prefill on another server of the same layers, paid like
-    /// any session, and a node whose answers deviate is banned from this client's routes.
-    #[arg(long, default_value_t = 0.0, value_parser = audit_rate)]
+    /// Share of each generation's hop sessions to audit afterwards (0 to 1; 0 audits
+    /// nothing): the hop's inputs are replayed as one prefill on another server of the same
+    /// layers, paid like any session, and a node whose answers deviate is banned from this
+    /// client's routes and reported to the nodes it is connected to.
+    #[arg(long, env = "AIT_AUDIT_RATE", default_value_t = DEFAULT_AUDIT_RATE, value_parser = audit_rate)]
     pub audit_rate: f64,
 }
 
 fn audit_rate(s: &str) -> Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
-        _ => Err(format!("{s} is not a share between 0 and 1")),
-    }
+    web_node::trust::parse_rate(s).ok_or_else(|| format!("{s} is not a share between 0 and 1"))
 }
 
 impl AuditOpt {
@@ -115,4 +113,32 @@ pub fn count_audit(found: &Result<AuditOutcome, AuditError>) {
         Err(_) => "not_made",
     };
     metrics::counter!("ait_audits_total", "result" => result).increment(1);
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        audit: AuditOpt,
+    }
+
+    #[test]
+    fn clients_audit_by_default_and_the_rate_is_a_share() {
+        let rate = |args: &[&str]| Cli::try_parse_from([&["ait"][..], args].concat()).map(|c| c.audit.audit_rate);
+        // The environment sets the default where it names a rate (the tests' processes: 0).
+        let default = std::env::var("AIT_AUDIT_RATE").ok().map_or(DEFAULT_AUDIT_RATE, |r| r.parse().unwrap());
+        assert_eq!(rate(&[]).unwrap(), default);
+        const { assert!(DEFAULT_AUDIT_RATE > 0.0) };
+        assert_eq!(rate(&["--audit-rate", "0"]).unwrap(), 0.0);
+        assert_eq!(rate(&["--audit-rate", "1"]).unwrap(), 1.0);
+        for bad in ["1.5", "-1", "x"] {
+            let e = rate(&["--audit-rate", bad]).unwrap_err().to_string();
+            assert!(e.contains("is not a share between 0 and 1"), "{e}");
+        }
+    }
 }

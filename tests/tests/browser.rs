@@ -22,8 +22,9 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
 
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
 /// holding every block), streams it, and keeps the conversation across a reload. A browser
-/// without WebGPU is told it cannot seed, and still chats; when the relay dies the page says
-/// it lost it.
+/// without WebGPU is told it cannot seed, and still chats; with a second relay of every
+/// block, the tab (`?audit=1`) spot-checks the server that answered on the other one, and
+/// lists that it passed. When the relay dies the page says it lost it.
 #[test]
 fn chat_page_answers_from_the_swarm() {
     let _serial = serial();
@@ -61,9 +62,14 @@ fn chat_page_answers_from_the_swarm() {
     assert!(title.as_str().unwrap_or_default().contains("capital of France"), "{title}");
     drop(b);
 
-    // Without WebGPU the page says it cannot seed, and chat still works.
+    // Without WebGPU the page says it cannot seed, and chat still works. A second relay of
+    // every block lets the tab check each answer's server on the other.
+    let mut r1 = Relay::start(
+        &root.join("r1"),
+        &["--model", model.to_str().unwrap(), "--blocks", "all", "--bootstrap", &relay.addr("tcp")],
+    );
     let b = Browser::start_with(false).expect("browser");
-    b.goto(&page(&relay, "temperature=0")).unwrap();
+    b.goto(&page(&relay, "temperature=0&audit=1")).unwrap();
     connected(&b);
     let adapter = b
         .wait_for(
@@ -85,6 +91,26 @@ fn chat_page_answers_from_the_swarm() {
     model_ready(&b);
     let (answer, _) = ask(&b, "What is the capital of France?", Duration::from_secs(180));
     assert!(answer.contains("Paris"), "chat without WebGPU: {answer}");
+    // The answer's one hop, replayed as one prefill on the other relay, is within the limit.
+    let check = b
+        .wait_for(
+            "the spot check of the answer's server",
+            "const l = document.querySelector('#spot-checks li'); return l ? [l.dataset.verdict, \
+             l.dataset.audited, l.dataset.auditors, l.dataset.worst, l.dataset.tokens, l.innerText] : null;",
+            Duration::from_secs(60),
+        )
+        .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
+    let field = |i: usize| check[i].as_str().unwrap_or_default().to_string();
+    assert_eq!(field(0), "passed", "{check}");
+    let (audited, auditor) = (field(1), field(2));
+    let other = if audited == relay.peer { &r1.peer } else { &relay.peer };
+    assert!([&relay.peer, &r1.peer].contains(&&audited), "checked {audited}, not a relay: {check}");
+    assert_eq!(&auditor, other, "replayed by {auditor}, not the other relay: {check}");
+    let worst: f32 = field(3).parse().expect("a deviation");
+    assert!(worst < web_node::trust::DELTA_LIMIT, "{check}");
+    assert!(field(4).parse::<usize>().expect("tokens") > 10, "the prompt and answer replayed: {check}");
+    eprintln!("spot check: {}", field(5));
+    r1.kill();
 
     // The relay goes away: the page says so (and keeps trying to reconnect).
     let mut relay = relay;
@@ -524,7 +550,7 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     std::fs::create_dir_all(&node_dir).unwrap();
     let password = root.join("password");
     std::fs::write(&password, "browser-wallet").unwrap();
-    let out = std::process::Command::new(ait_tests::procs::ait_bin())
+    let out = ait_tests::procs::ait()
         .args(["wallet", "new", "--dev-account", "2", "--chain", chain.file.to_str().unwrap(), "--data-dir"])
         .arg(&node_dir)
         .env("AIT_WALLET_PASSWORD", "browser-wallet")
@@ -766,7 +792,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     let (cli_dir, _) = chain.unstaked_payer_dir("cli", 6, "200");
     let started = Instant::now();
     let stderr = loop {
-        let out = std::process::Command::new(ait_tests::procs::ait_bin())
+        let out = ait_tests::procs::ait()
             .args(["generate", "--swarm", &boot, "--model", m, "--prompt", "The capital of France is"])
             .args(["--temperature", "0", "--max-tokens", "16", "--pay", "--data-dir", cli_dir.to_str().unwrap()])
             .args(&settle)

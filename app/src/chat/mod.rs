@@ -4,9 +4,11 @@
 //! [`ClientModel::chat`]; the decoder layers run on the chain of servers that [`SwarmChain`]
 //! routes through. [`Chat`] is the panel's state and actions; [`view`] draws it.
 
+pub mod checks;
 mod conversation;
 pub mod view;
 
+pub use checks::SpotCheck;
 pub use conversation::{Conversation, Conversations, Message};
 pub use view::ChatView;
 
@@ -23,7 +25,7 @@ use web_node::client::{ClientModel, GenerateError, GenerateOptions, LayerChain, 
 use web_node::model::{ChatMessage, ModelId};
 use web_node::net::chain::{ChainOptions, QueueWatch, RouteWatch, SwarmChain};
 use web_node::settle::format_ait;
-use web_node::trust::Reputation;
+use web_node::trust::{AuditDraw, Reputation};
 
 use crate::error::AppError;
 use crate::net::{load_client_model, Net};
@@ -75,6 +77,10 @@ pub struct Chat {
     pub temperature: RwSignal<f32>,
     /// What the last answer cost in AIT (smallest unit), when the wallet paid for it.
     pub cost: RwSignal<Option<alloy_primitives::U256>>,
+    /// The spot checks of the page's answers, newest first (at most [`checks::KEPT`]).
+    pub checks: RwSignal<Vec<SpotCheck>>,
+    /// Share of each answer's hop sessions checked afterwards ([`checks::rate`]).
+    audit_rate: f64,
     swarm: Swarm,
     /// Pays servers that charge, once its session key is authorized.
     wallet: Wallet,
@@ -105,6 +111,8 @@ impl Chat {
             first_token_ms: RwSignal::new(0.0),
             temperature: RwSignal::new(temperature),
             cost: RwSignal::new(None),
+            checks: RwSignal::new(Vec::new()),
+            audit_rate: checks::rate(),
             swarm,
             wallet,
             model: StoredValue::new_local(None),
@@ -237,6 +245,9 @@ impl Chat {
         if let Some(local) = self.swarm.local_server() {
             chain = chain.with_local(local);
         }
+        if self.audit_rate > 0.0 {
+            chain = chain.with_audits(AuditDraw::new(self.audit_rate));
+        }
         let opts = GenerateOptions {
             max_tokens: 512,
             sampling: SamplingParams { temperature, ..SamplingParams::default() },
@@ -271,8 +282,44 @@ impl Chat {
         } else {
             self.wallet.free_left.set(chain.free_left());
         }
+        // The sessions the draw picked are checked after the answer, off its path.
+        if self.audit_rate > 0.0 {
+            spawn_local(self.check(chain, self.current.with_untracked(|c| c.id.clone())));
+        }
         answered?;
         Ok(())
+    }
+
+    /// Runs the spot checks `chain`'s last answer drew and lists what they found; what their
+    /// replays paid counts in `conversation`, whose answer they checked.
+    async fn check(self, mut chain: SwarmChain, conversation: String) {
+        let (found, cost) = checks::run(&mut chain).await;
+        drop(chain);
+        self.checks.update(|v| {
+            for c in found {
+                v.insert(0, c);
+            }
+            v.truncate(checks::KEPT);
+        });
+        if cost.is_zero() {
+            return;
+        }
+        let in_view = self.current.with_untracked(|c| c.id == conversation);
+        let spent = if in_view {
+            self.current.update(|c| c.spend(cost));
+            Some(self.current.get_untracked())
+        } else {
+            let kept = self.conversations.with_untracked(|v| v.0.iter().find(|c| c.id == conversation).cloned());
+            kept.map(|mut c| {
+                c.spend(cost);
+                c
+            })
+        };
+        let Some(c) = spent else { return };
+        if let Err(e) = store::save(&c).await {
+            self.notice.set(e.to_string());
+        }
+        self.conversations.update(|v| v.put(c));
     }
 
     /// The client part of model `id` (loaded once per page), saying how the loading goes.

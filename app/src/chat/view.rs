@@ -20,6 +20,7 @@ pub fn ChatView() -> impl IntoView {
                 <MessageList/>
                 <ChatNotice/>
                 <Composer/>
+                <SpotChecks/>
             </div>
         </div>
     }
@@ -118,6 +119,33 @@ fn ChatNotice() -> impl IntoView {
             data-cost=move || chat.cost.get().map(|c| c.to_string()).unwrap_or_default()>
             {move || chat.notice.get()}
         </p>
+    }
+}
+
+/// The spot checks of the page's answers, newest first: each `li` carries the verdict, the
+/// checked server, the servers that replayed it and the worst deviation as data attributes.
+#[component]
+fn SpotChecks() -> impl IntoView {
+    let chat = expect_context::<Chat>();
+    view! {
+        <ul id="spot-checks">
+            {move || {
+                chat.checks
+                    .get()
+                    .into_iter()
+                    .map(|c| {
+                        view! {
+                            <li data-verdict=c.verdict data-audited=c.audited.clone()
+                                data-auditors=c.auditors.join(",")
+                                data-worst=c.worst.map(|w| w.to_string()).unwrap_or_default()
+                                data-tokens=c.tokens.to_string()>
+                                "Spot check: " {c.line.clone()}
+                            </li>
+                        }
+                    })
+                    .collect_view()
+            }}
+        </ul>
     }
 }
 

@@ -72,7 +72,7 @@ async fn build() -> Router {
         accounts: None,
         permits: tokio::sync::Semaphore::new(4),
         chain,
-        audit: Default::default(),
+        audit: relay::swarm_client::AuditOpt { audit_rate: 0.0 },
         accuser: None,
     };
     let dir = std::env::temp_dir().join(format!("ait-fuzz-api-parts-{}", std::process::id()));

@@ -19,7 +19,7 @@ pub mod report;
 pub mod reputation;
 pub mod tribunal;
 
-pub use audit::{second_opinion_rank, AuditDraw, Verdict, MAX_OPINIONS, QUORUM};
+pub use audit::{parse_rate, second_opinion_rank, AuditDraw, Verdict, DEFAULT_AUDIT_RATE, MAX_OPINIONS, QUORUM};
 pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
 pub use receipt::{
     output_hash, public_key_of, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,

@@ -237,7 +237,7 @@ impl<D: Discovery> SwarmChain<D> {
         let mut session = self.open_hop(hop, stream, f.candidate.cost_ms(), f.status.pay.clone(), tokens).await?;
         let out = session.step(0, inputs, tokens, self.hidden, &self.opts, &self.discovery).await;
         let receipts = session.receipts().to_vec();
-        session.close().await;
+        self.replays_paid += session.close().await;
         Ok(SignedRun { node: f.candidate.peer, receipts, outputs: out? })
     }
 

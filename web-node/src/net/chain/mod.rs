@@ -349,6 +349,8 @@ pub struct SwarmChain<D = DhtDiscovery> {
     last_paid: U256,
     /// What [`SwarmChain::free_left`] was when the last sequence ended.
     last_free_left: Option<u32>,
+    /// What the vouchers of audit and recomputation replays paid, since the chain began.
+    replays_paid: U256,
 }
 
 /// How long a measured step time stands in for a server's claim.
@@ -404,6 +406,7 @@ impl<D: Discovery> SwarmChain<D> {
             paid_closed: U256::ZERO,
             last_paid: U256::ZERO,
             last_free_left: None,
+            replays_paid: U256::ZERO,
         }
     }
 
@@ -443,6 +446,13 @@ impl<D: Discovery> SwarmChain<D> {
             return self.last_paid;
         }
         self.hops.iter().fold(self.paid_closed, |a, h| a + h.paid())
+    }
+
+    /// What the replays of audits and fraud-report recomputations paid since the chain
+    /// began (AIT, smallest unit): their sessions are not part of any sequence, so
+    /// [`SwarmChain::paid`] leaves them out.
+    pub fn replays_paid(&self) -> U256 {
+        self.replays_paid
     }
 
     /// On a route through free tiers: the fewest tokens left of this client's daily quota
