@@ -137,7 +137,7 @@ mod tests {
         assert_eq!(rate(&["--audit-rate", "0"]).unwrap(), 0.0);
         assert_eq!(rate(&["--audit-rate", "1"]).unwrap(), 1.0);
         for bad in ["1.5", "-1", "x"] {
-            let e = rate(&["--audit-rate", bad]).unwrap_err().to_string();
+            let e = rate(&[&format!("--audit-rate={bad}")]).unwrap_err().to_string();
             assert!(e.contains("is not a share between 0 and 1"), "{e}");
         }
     }
