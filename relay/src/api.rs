@@ -55,6 +55,13 @@ use crate::openai::{ApiError, ChatRequest, CompletionRequest, Content, Prompt, S
 /// The HTTP port's log limiter: which address was limited and why, without flooding the log.
 static HTTP_LOG: LazyLock<LogLimit> = LazyLock::new(|| LogLimit::new(std::time::Duration::from_secs(10)));
 
+/// Audits the API runs at once, after their answers (each is a prefill on another server);
+/// a request whose audits find no free slot skips them.
+const AUDITS_AT_ONCE: usize = 2;
+
+/// The slots of [`AUDITS_AT_ONCE`].
+static AUDITS: LazyLock<tokio::sync::Semaphore> = LazyLock::new(|| tokio::sync::Semaphore::new(AUDITS_AT_ONCE));
+
 /// What the API serves and how it runs requests.
 pub struct ApiState {
     /// The model (head, tokenizer, template), if this relay has one.
@@ -433,9 +440,15 @@ async fn run(
     // The audits the request drew run after its answer, off its path (each is logged and
     // counted in `/metrics`; a node judged faulty is convicted in the gateway's book, and
     // the fraud report goes to the relay's peers).
-    if state.audit.audit_rate > 0.0 {
+    // At most [`AUDITS_AT_ONCE`] requests' audits run at once; the others are skipped.
+    let slot = (state.audit.audit_rate > 0.0).then(|| AUDITS.try_acquire().ok());
+    if slot.as_ref().is_some_and(Option::is_none) {
+        tracing::debug!("audits skipped: {AUDITS_AT_ONCE} requests' audits running");
+    }
+    if let Some(Some(slot)) = slot {
         let accuser = state.accuser.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let mut outcomes = Vec::new();
             for found in metered.chain.run_audits().await {
                 crate::swarm_client::count_audit(&found);

@@ -63,10 +63,11 @@ impl AuditOpt {
 }
 
 /// Runs the audits the last generation drew and says on stderr what each found, one line
-/// each (after the generation's text); sends the fraud report of each faulty verdict to the
+/// each (after the generation's text), and what their replays paid; sends the fraud report of each faulty verdict to the
 /// nodes this client is connected to, and says how many confirmed it; with an `accuser`,
 /// accuses the node on chain once two judges signed its verdict.
 pub async fn audit(chain: &mut SwarmChain, accuser: Option<&crate::settle::tribunal::Accuser>) {
+    let paid_before = chain.replays_paid();
     let found = chain.run_audits().await;
     if !found.is_empty() {
         eprintln!();
@@ -102,6 +103,10 @@ pub async fn audit(chain: &mut SwarmChain, accuser: Option<&crate::settle::tribu
     for a in outcomes.iter().filter(|a| a.report.is_some()) {
         let confirmed = crate::fraud::publish(chain.node(), std::slice::from_ref(a), accuser).await;
         eprintln!("fraud report on {}: confirmed by {confirmed} node(s) that recomputed it", a.audited.peer);
+    }
+    let paid = chain.replays_paid().saturating_sub(paid_before);
+    if !paid.is_zero() {
+        eprintln!("audit replays cost: {} AIT", web_node::settle::format_ait(paid));
     }
 }
 

@@ -286,6 +286,31 @@ async fn an_audit_of_an_honest_hop_replays_its_inputs_on_a_spare_and_finds_no_de
     assert!(matches!(chain.audit(&cases[0], last).await, Err(AuditError::NoAuditor { .. })));
 }
 
+/// A node audits the remote hops of its answers, not its own server's (others check that
+/// one): with every session drawn, the `[2, 4)` hop is replayed on the spare when a remote
+/// server ran it, and not at all when the node's own server did.
+#[tokio::test]
+async fn a_node_audits_remote_hops_but_not_its_own_server() {
+    let fx = Fixture::new(7, &WITH_SPARE);
+    for (local, expected) in [(None, vec![fx.peer(1)]), (Some(1), vec![])] {
+        let chain = match local {
+            None => fx.chain(opts()),
+            Some(l) => fx.chain_with_local(opts(), l),
+        };
+        let mut chain = chain.with_audits(AuditDraw::seeded(1.0, [5; 32]));
+        outputs(&fx, &mut chain).await.expect("runs");
+        assert_eq!(chain.route(), hops(&fx, &FIRST_ROUTE));
+        chain.end().await.expect("end");
+        let before = fx.steps(3);
+        let found = chain.run_audits().await;
+        let audited: Vec<_> = found.iter().filter_map(|f| f.as_ref().ok()).map(|a| a.audited.peer).collect();
+        assert_eq!(audited, expected, "local server {local:?}: {found:?}");
+        // The other two hops have no second server: their audits could not be made.
+        assert_eq!(found.len(), 2 + expected.len(), "{found:?}");
+        assert_eq!(fx.steps(3) - before, expected.len(), "replays on the spare");
+    }
+}
+
 /// A node that adds noise of a thousandth and signs for it passes every check a client makes
 /// on its own (its receipts verify, its answers are sane), and only an audit catches it: the
 /// first auditor fails it, a second opinion agrees, and it is judged faulty and banned; the

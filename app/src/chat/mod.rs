@@ -304,22 +304,23 @@ impl Chat {
         if cost.is_zero() {
             return;
         }
+        // Only while the conversation is still kept (not deleted meanwhile), in its place.
         let in_view = self.current.with_untracked(|c| c.id == conversation);
-        let spent = if in_view {
+        if in_view {
             self.current.update(|c| c.spend(cost));
-            Some(self.current.get_untracked())
-        } else {
-            let kept = self.conversations.with_untracked(|v| v.0.iter().find(|c| c.id == conversation).cloned());
-            kept.map(|mut c| {
+        }
+        let mut kept = None;
+        self.conversations.update(|v| {
+            if let Some(c) = v.0.iter_mut().find(|c| c.id == conversation) {
                 c.spend(cost);
-                c
-            })
-        };
-        let Some(c) = spent else { return };
+                kept = Some(c.clone());
+            }
+        });
+        let Some(kept) = kept else { return };
+        let c = if in_view { self.current.get_untracked() } else { kept };
         if let Err(e) = store::save(&c).await {
             self.notice.set(e.to_string());
         }
-        self.conversations.update(|v| v.put(c));
     }
 
     /// The client part of model `id` (loaded once per page), saying how the loading goes.

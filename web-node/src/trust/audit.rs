@@ -14,10 +14,11 @@ pub const QUORUM: usize = 2;
 pub const MAX_OPINIONS: usize = 3;
 
 /// Share of hop sessions a client audits unless told otherwise (`ait --audit-rate`, a tab's
-/// `?audit=`). At 5% the audits add at most half that to the swarm's work (a drawn session
-/// is replayed up to a random step), a cheater that lies from a session's first step is
-/// caught within 59 sessions with 95% odds, and the slash covers the S/r steps a cheater
-/// that lies only in a session's last step serves before its first verdict
+/// `?audit=`). At 5%, audits replay one session in 20 up to a random step, as one prefill:
+/// between half of 5% and 5% more work for the swarm, with second opinions and fraud-report
+/// recomputations on top only when an audit fails. A cheater that lies from a session's
+/// first step is caught within 59 sessions with 95% odds, and the slash covers the S/r
+/// steps a cheater that lies only in a session's last step serves before its first verdict
 /// (docs/ARCHITECTURE.md, "Why cheating loses money").
 pub const DEFAULT_AUDIT_RATE: f64 = 0.05;
 

@@ -187,12 +187,18 @@ impl<D: Discovery> SwarmChain<D> {
 
     /// Audits the last sequence's hops that the chain's draw ([`SwarmChain::with_audits`])
     /// picks, each up to the step it drew; returns what each audit found, in route order (an
-    /// audit that could not be made is an error, and judges nobody). Call it after `end`;
+    /// audit that could not be made is an error, and judges nobody). This node's own server
+    /// (a seeding tab's, a gateway's) is not audited: others check it. Call it after `end`;
     /// without a draw it does nothing.
     pub async fn run_audits(&mut self) -> Vec<Result<AuditOutcome, AuditError>> {
         let Some(draw) = self.audit_draw.clone() else { return Vec::new() };
-        let picked: Vec<(AuditCase, usize)> =
-            self.last_audit.iter().filter_map(|c| draw.draw(&c.receipts).map(|step| (c.clone(), step))).collect();
+        let local = self.discovery.local_peer();
+        let picked: Vec<(AuditCase, usize)> = self
+            .last_audit
+            .iter()
+            .filter(|c| Some(c.hop.peer) != local)
+            .filter_map(|c| draw.draw(&c.receipts).map(|step| (c.clone(), step)))
+            .collect();
         let mut found = Vec::with_capacity(picked.len());
         for (case, step) in picked {
             let outcome = self.audit(&case, step).await;
