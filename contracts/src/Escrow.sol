@@ -287,6 +287,13 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         return signer == payer || block.timestamp < _signerUntil[payer][signer];
     }
 
+    /// @notice Until when `signer` signs for `payer`: 0 if it never was authorized,
+    /// `type(uint64).max` while it is and no revocation has started, else the end of its
+    /// revocation (a node that takes new vouchers from a key being revoked may not redeem them).
+    function signerUntil(address payer, address signer) external view returns (uint64) {
+        return _signerUntil[payer][signer];
+    }
+
     // ---- vouchers ---------------------------------------------------------------------------
 
     /// @notice Pays what `voucher` adds to what was collected for its (payer, session, node), in

@@ -393,6 +393,18 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let mut s = Raw::open(&h, peer).await;
         let r = s.ask(&open(Some(unauthorized.payment().clone()))).await;
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("may not sign")), "{r:?}");
+        // A key the payer authorized, then started revoking: it still signs during the thaw,
+        // but its vouchers would redeem only until then, so the node opens it no session.
+        let revoking = SessionKey::from_bytes(accounts[7].key.as_slice()).unwrap();
+        let as_payer = Escrow::new(d.escrow, wallet_provider(&d.rpc, &accounts[1].key).unwrap());
+        ait_tests::evm::sent(as_payer.authorizeSigner(revoking.address()).send().await).await.unwrap();
+        ait_tests::evm::sent(as_payer.revokeSigner(revoking.address()).send().await).await.unwrap();
+        assert!(as_payer.isSigner(payer, revoking.address()).call().await.unwrap(), "it signs during the thaw");
+        let bill = HopBill::new(&pays(&revoking, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
+            .unwrap();
+        let mut s = Raw::open(&h, peer).await;
+        let r = s.ask(&open(Some(bill.payment().clone()))).await;
+        assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("being revoked")), "{r:?}");
         let broke = pays(&stranger, stranger.address());
         let broke = HopBill::new(&broke, t.clone(), model_id.0.into(), 30, web_node::settle::unix_s()).unwrap();
         let mut s = Raw::open(&h, peer).await;

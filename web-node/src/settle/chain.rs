@@ -187,6 +187,12 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
         self.call(self.escrow, EscrowContract::isSignerCall { payer, signer }).await
     }
 
+    /// Until when `signer` signs for `payer` (Unix seconds): 0 if it never was authorized,
+    /// `u64::MAX` while it is and no revocation has started, else the end of its revocation.
+    pub async fn signer_until(&self, payer: Address, signer: Address) -> Result<u64, ReadError> {
+        self.call(self.escrow, EscrowContract::signerUntilCall { payer, signer }).await
+    }
+
     /// `owner`'s escrow nonce (of its next `AuthorizeSigner`).
     pub async fn nonce(&self, owner: Address) -> Result<U256, ReadError> {
         self.call(self.escrow, EscrowContract::noncesCall { owner }).await

@@ -285,7 +285,15 @@ impl ChainGate {
             return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
         }
         let e = self.escrowed(p.payer).await?;
-        let mut signer = self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)?;
+        let until = self.chain.signer_until(p.payer, p.signer).await.map_err(unavailable)?;
+        let mut signer = p.signer == p.payer || until > e.now;
+        if signer && p.signer != p.payer && until != u64::MAX {
+            // Its vouchers redeem only until then, and this node may redeem later.
+            return Err(PaymentError::Refused(format!(
+                "key {} is being revoked by payer {}: it stops signing at {until}",
+                p.signer, p.payer
+            )));
+        }
         if !signer {
             let Some(a) = &p.authorization else {
                 return Err(PaymentError::Refused(format!(
@@ -337,8 +345,9 @@ impl ChainGate {
         let nonce = self.chain.nonce(p.payer).await.map_err(unavailable)?;
         if auth.nonce != nonce {
             // Another node of the route may have submitted this very authorization between
-            // the caller's look at the key and the nonce read: then the key signs already.
-            if self.chain.is_signer(p.payer, p.signer).await.map_err(unavailable)? {
+            // the caller's look at the key and the nonce read: then the key signs already (and
+            // is not being revoked).
+            if self.chain.signer_until(p.payer, p.signer).await.map_err(unavailable)? == u64::MAX {
                 return Ok(true);
             }
             return Err(PaymentError::Refused(format!(
