@@ -19,7 +19,7 @@ use futures::future::BoxFuture;
 
 use web_node::model::{Manifest, ModelId};
 use web_node::net::chain::{AuditOutcome, ChainOptions, ReportRefused, SwarmChain};
-use web_node::net::fraud::{spread, Answer, FraudInbox, IncomingReport};
+use web_node::net::fraud::{convictions, spread, Answer, FraudInbox, IncomingReport};
 use web_node::net::node::NodeHandle;
 use web_node::net::serve::LocalServer;
 use web_node::trust::recent::RecentIds;
@@ -237,7 +237,7 @@ pub async fn publish(node: &NodeHandle, found: &[AuditOutcome], accuser: Option<
         let Some(report) = &a.report else { continue };
         let ask = accuser.and(a.payee);
         let answers = spread(node, report, &[report.accused.node], ask).await;
-        confirmed += answers.iter().filter(|(_, a)| matches!(a, Ok(Answer::Convicted(_)))).count();
+        confirmed += convictions(&answers);
         let (Some(accuser), Some(accused)) = (accuser, ask) else { continue };
         let signed: Vec<SignedVerdict> =
             answers.iter().filter_map(|(_, a)| a.as_ref().ok()?.verdict().cloned()).collect();

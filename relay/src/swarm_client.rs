@@ -63,9 +63,10 @@ impl AuditOpt {
 }
 
 /// Runs the audits the last generation drew and says on stderr what each found, one line
-/// each (after the generation's text), and what their replays paid; sends the fraud report of each faulty verdict to the
-/// nodes this client is connected to, and says how many confirmed it; with an `accuser`,
-/// accuses the node on chain once two judges signed its verdict.
+/// each (after the generation's text), and what their replays paid; sends the fraud report
+/// of each faulty verdict to the nodes this client is connected to, and says how many
+/// confirmed it; with an `accuser`, accuses the node on chain once two judges signed its
+/// verdict.
 pub async fn audit(chain: &mut SwarmChain, accuser: Option<&crate::settle::tribunal::Accuser>) {
     let paid_before = chain.replays_paid();
     let found = chain.run_audits().await;

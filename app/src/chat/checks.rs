@@ -7,7 +7,7 @@
 
 use alloy_primitives::U256;
 use web_node::net::chain::{AuditError, AuditOutcome, SwarmChain};
-use web_node::net::fraud::{spread, Answer};
+use web_node::net::fraud::{convictions, spread};
 use web_node::trust::{parse_rate, DEFAULT_AUDIT_RATE, DELTA_LIMIT};
 
 use crate::http;
@@ -26,8 +26,6 @@ pub fn rate() -> f64 {
 pub struct SpotCheck {
     /// The checked server's peer id.
     pub audited: String,
-    /// Its layers.
-    pub blocks: (usize, usize),
     /// `passed`, `faulty`, `unconfirmed`, or `not_made` when no other server could replay it.
     pub verdict: &'static str,
     /// The servers that replayed it, in order.
@@ -36,8 +34,6 @@ pub struct SpotCheck {
     pub worst: Option<f32>,
     /// Tokens replayed.
     pub tokens: usize,
-    /// Relays that recomputed the fraud report of a faulty verdict and convicted too.
-    pub confirmed: usize,
     /// The check in words.
     pub line: String,
 }
@@ -49,12 +45,10 @@ impl SpotCheck {
                 let worst = a.opinions.iter().map(|o| o.deviation.worst).reduce(f32::max);
                 SpotCheck {
                     audited: a.audited.peer.to_string(),
-                    blocks: (a.audited.blocks.start, a.audited.blocks.end),
                     verdict: a.verdict.name(),
                     auditors: a.opinions.iter().map(|o| o.auditor.to_string()).collect(),
                     worst,
                     tokens: a.tokens,
-                    confirmed: 0,
                     line: format!(
                         "Server {} (blocks {}..{}) {} over {} tokens, replayed by {} server(s); worst deviation {:.1e}, limit {:.0e}.",
                         short(&a.audited.peer.to_string()),
@@ -70,12 +64,10 @@ impl SpotCheck {
             }
             Err(e) => SpotCheck {
                 audited: String::new(),
-                blocks: (0, 0),
                 verdict: "not_made",
                 auditors: Vec::new(),
                 worst: None,
                 tokens: 0,
-                confirmed: 0,
                 line: format!("Not made: {e}."),
             },
         }
@@ -98,8 +90,7 @@ pub async fn run(chain: &mut SwarmChain) -> (Vec<SpotCheck>, U256) {
         let mut check = SpotCheck::of(f);
         if let Ok(AuditOutcome { report: Some(report), .. }) = f {
             let answers = spread(chain.node(), report, &[report.accused.node], None).await;
-            check.confirmed = answers.iter().filter(|(_, a)| matches!(a, Ok(Answer::Convicted(_)))).count();
-            check.line.push_str(&format!(" Reported: {} relay(s) confirmed it.", check.confirmed));
+            check.line.push_str(&format!(" Reported: {} relay(s) confirmed it.", convictions(&answers)));
         }
         tracing::info!("spot check: {}", check.line);
         checks.push(check);

@@ -192,6 +192,11 @@ pub async fn spread(
     answers
 }
 
+/// How many of `answers` ([`spread`]'s) convicted the accused by their own recomputation.
+pub fn convictions(answers: &[(PeerId, Result<Answer, FraudError>)]) -> usize {
+    answers.iter().filter(|(_, a)| matches!(a, Ok(Answer::Convicted(_)))).count()
+}
+
 /// The address a sender asks a verdict about: an empty frame (none) or 20 bytes.
 fn decode_ask(frame: &[u8]) -> Result<Option<Address>, String> {
     match frame.len() {
