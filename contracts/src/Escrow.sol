@@ -41,7 +41,7 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
 
     /// @notice EIP-712 type of a voucher.
     bytes32 public constant VOUCHER_TYPEHASH = keccak256(
-        "Voucher(bytes32 session,address payer,address node,bytes32 model,uint256 cumulativeAmount,uint256 cumulativeWork,uint64 expiry)"
+        "Voucher(bytes32 session,address payer,address node,bytes32 model,uint256 cumulativeAmount,uint256 cumulativeWork,bytes32 receipts,uint64 expiry)"
     );
     /// @notice EIP-712 type of a payer's authorization of a session key.
     bytes32 public constant AUTHORIZE_TYPEHASH =
@@ -58,6 +58,10 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         bytes32 model;
         uint256 cumulativeAmount;
         uint256 cumulativeWork;
+        /// The node's receipts for that work, chained into one hash (web-node's
+        /// `trust::receipt::ReceiptChain`): what exactly the payer signed for. The node checks it
+        /// against the receipts it signed before it takes the voucher; the escrow only records it.
+        bytes32 receipts;
         uint64 expiry;
     }
 
@@ -107,7 +111,8 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
     event SignerAuthorized(address indexed payer, address indexed signer);
     /// @notice `payer` started revoking `signer`, effective at `until`.
     event SignerRevoking(address indexed payer, address indexed signer, uint64 until);
-    /// @notice A voucher paid `amount` more to date for (`payer`, `session`, `node`).
+    /// @notice A voucher paid `amount` more to date for (`payer`, `session`, `node`), for the work
+    /// and the node's receipts it names.
     event Redeemed(
         address indexed payer,
         address indexed node,
@@ -115,6 +120,7 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         bytes32 model,
         uint256 amount,
         uint256 cumulativeWork,
+        bytes32 receipts,
         uint256 nodeShare,
         uint256 creatorShare,
         uint256 daoShare
@@ -325,6 +331,7 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
                     voucher.model,
                     voucher.cumulativeAmount,
                     voucher.cumulativeWork,
+                    voucher.receipts,
                     voucher.expiry
                 )
             )
@@ -403,7 +410,16 @@ contract Escrow is EIP712, Nonces, ReentrancyGuard, Multicall {
         if (creatorShare > 0) earned[payout] += creatorShare;
         earned[treasury] += daoShare;
         emit Redeemed(
-            v.payer, v.node, v.session, v.model, amount, v.cumulativeWork, nodeShare, creatorShare, daoShare
+            v.payer,
+            v.node,
+            v.session,
+            v.model,
+            amount,
+            v.cumulativeWork,
+            v.receipts,
+            nodeShare,
+            creatorShare,
+            daoShare
         );
     }
 

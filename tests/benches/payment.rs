@@ -26,6 +26,7 @@ use alloy::primitives::{Address, B256, U256};
 use relay::bench::median;
 use serde_json::json;
 use web_node::settle::{HopBill, Meter, PayTerms, Payer, SessionKey};
+use web_node::trust::Receipt;
 
 const ROUNDS: usize = 7;
 /// The charging relays' credit cap, in tokens through their 10 layers: the gateway sends each
@@ -160,7 +161,22 @@ fn decode() -> serde_json::Value {
     })
 }
 
-/// Vouchers signed and checked per second on one core.
+/// The receipt of a one-token step at `pos` over 10 layers (its hashes made up: vouchers only
+/// chain receipts).
+fn receipt(pos: u32) -> Receipt {
+    Receipt {
+        session: [1; 32],
+        model: web_node::model::ModelId([7; 32]),
+        start: 0,
+        end: 10,
+        pos,
+        n_tokens: 1,
+        inputs: [2; 32],
+        output: [3; 32],
+    }
+}
+
+/// Vouchers signed and checked per second on one core (each chaining its step's receipt).
 fn vouchers() -> serde_json::Value {
     let key = SessionKey::from_bytes(&[0x21; 32]).unwrap();
     let terms = PayTerms {
@@ -186,13 +202,16 @@ fn vouchers() -> serde_json::Value {
         let mut bill = HopBill::new(&payer, terms.clone(), model, 10, 1_000_000).unwrap();
         let mut meter = Meter::new(terms.clone(), bill.payment().clone(), model, 10, U256::MAX);
         let mut all = Vec::with_capacity(n);
+        let receipts: Vec<Receipt> = (0..n as u32).map(receipt).collect();
         let t = Instant::now();
-        for _ in 0..n {
-            bill.received(1);
+        for r in &receipts {
+            bill.received(1, r);
             all.push(bill.sign(&key, 2_000_000_000).unwrap().unwrap());
         }
         signed.push(n as f64 / t.elapsed().as_secs_f64());
-        meter.count(n as u64);
+        for r in &receipts {
+            meter.count(1, r);
+        }
         let t = Instant::now();
         for v in &all {
             meter.check(v, 1_000_000_000).unwrap();
@@ -204,8 +223,8 @@ fn vouchers() -> serde_json::Value {
     let ledger = relay::settle::Ledger::open(&dir.join("ledger.redb")).unwrap();
     let mut bill = HopBill::new(&payer, terms.clone(), model, 10, 1_000_000).unwrap();
     let mut put_ms = Vec::new();
-    for _ in 0..200 {
-        bill.received(1);
+    for pos in 0..200 {
+        bill.received(1, &receipt(pos));
         let v = bill.sign(&key, 2_000_000_000).unwrap().unwrap();
         let t = Instant::now();
         assert!(ledger.put(&v).unwrap());

@@ -77,6 +77,7 @@ async fn run() -> serde_json::Value {
         model,
         cumulativeAmount: ait(amount),
         cumulativeWork: U256::from(amount * 30),
+        receipts: B256::repeat_byte(0x5e),
         expiry,
     };
     let sign = |v: &Voucher| Bytes::from(payer_key.sign(v, &domain).unwrap().as_bytes().to_vec());

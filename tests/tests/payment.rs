@@ -17,6 +17,7 @@ use relay::settle::dev::wallet_provider;
 use web_node::net::frame::{read_frame, write_frame, FrameError};
 use web_node::net::protocol::{ErrorCode, Request, Response, PROTOCOL};
 use web_node::settle::{HopBill, PayTerms, Payer, Payment, SessionKey, SignedVoucher};
+use web_node::trust::{output_hash, InputChain, Receipt, SessionNonce};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -284,6 +285,41 @@ fn step(pos: u32, voucher: Option<SignedVoucher>) -> Request {
     Request::Step { pos, n_tokens: 1, hidden: vec![0.01; DIM], voucher }
 }
 
+/// A hand-spoken session's steps (each `step`'s input) as a client keeps them: the receipt of
+/// each answer, rebuilt and checked against the relay's peer id, for a bill to chain into its
+/// vouchers.
+struct Steps {
+    session: SessionNonce,
+    model: web_node::model::ModelId,
+    inputs: InputChain,
+}
+
+impl Steps {
+    fn new(session: SessionNonce, model: web_node::model::ModelId) -> Steps {
+        Steps { session, model, inputs: InputChain::new(&session) }
+    }
+
+    /// The receipt `peer` signed for the step at `pos` that answered `r`, over all 30 layers.
+    fn receipt(&mut self, peer: &libp2p::PeerId, pos: u32, r: &Response) -> Receipt {
+        let Response::Hidden { n_tokens: 1, receipt: signature, hidden, .. } = r else {
+            panic!("step {pos}: expected one row of hidden states, got {}", describe(r))
+        };
+        self.inputs.absorb(&[0.01; DIM], DIM);
+        let receipt = Receipt {
+            session: self.session,
+            model: self.model,
+            start: 0,
+            end: 30,
+            pos,
+            n_tokens: 1,
+            inputs: self.inputs.value(),
+            output: output_hash(hidden),
+        };
+        receipt.verify(peer, signature).expect("the relay's receipt");
+        receipt
+    }
+}
+
 fn refusal(r: &Response) -> (ErrorCode, &str) {
     match r {
         Response::Error { code, message } => (*code, message.as_str()),
@@ -452,7 +488,10 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         assert!(matches!(refusal(&r), (ErrorCode::PaymentRequired, m) if m.contains("proof")), "{r:?}");
 
         // Forged vouchers, each on a session of its own: refused, and the session ends.
-        for forge in ["stranger's key", "more work than served", "amount changed after signing"] {
+        // A voucher must name the receipts the relay signed: one chaining a receipt of
+        // another answer (its output changed) pays for work the relay did not sign for.
+        let forges = ["stranger's key", "more work than served", "amount changed after signing", "other receipts"];
+        for forge in forges {
             let mut bill =
                 HopBill::new(&pays(&payer_key, payer), t.clone(), model_id.0.into(), 30, web_node::settle::unix_s())
                     .unwrap();
@@ -461,8 +500,12 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
                 s.ask(&open(Some(bill.payment().clone()))).await,
                 Response::Opened { max_len: 64, free_left: None }
             );
-            assert!(matches!(s.ask(&step(0, None)).await, Response::Hidden { .. }));
-            bill.received(1);
+            let mut steps = Steps::new([1; 32], model_id);
+            let mut receipt = steps.receipt(&peer, 0, &s.ask(&step(0, None)).await);
+            if forge == "other receipts" {
+                receipt.output[0] ^= 1;
+            }
+            bill.received(1, &receipt);
             let mut v = match forge {
                 "stranger's key" => bill.sign(&stranger, web_node::settle::unix_s()).unwrap().unwrap(),
                 _ => bill.sign(&payer_key, web_node::settle::unix_s()).unwrap().unwrap(),
@@ -480,6 +523,9 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
             }
             let r = s.ask(&step(1, Some(v))).await;
             assert_eq!(refusal(&r).0, ErrorCode::PaymentRequired, "{forge}: {r:?}");
+            if forge == "other receipts" {
+                assert!(refusal(&r).1.contains("signed others"), "{r:?}");
+            }
         }
 
         // The honest client pays as it goes and runs 20 tokens, past the cap of six.
@@ -489,12 +535,12 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         let mut s = Raw::open(&h, peer).await;
         assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64, free_left: None });
         let mut vouchers = 0;
+        let mut steps = Steps::new([1; 32], model_id);
         for pos in 0..20 {
             let v = if bill.due(1) { bill.sign(&payer_key, web_node::settle::unix_s()).unwrap() } else { None };
             vouchers += usize::from(v.is_some());
             let r = s.ask(&step(pos, v)).await;
-            assert!(matches!(r, Response::Hidden { .. }), "honest step {pos}: {}", describe(&r));
-            bill.received(1);
+            bill.received(1, &steps.receipt(&peer, pos, &r));
         }
         assert!(vouchers >= 5, "{vouchers} vouchers for 20 tokens with a cap of 6");
         let last = bill.sign(&payer_key, web_node::settle::unix_s()).unwrap();
@@ -520,6 +566,7 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
         assert!(!bill.allocate(&q, 64, &tight_key, web_node::settle::unix_s()).unwrap().is_zero());
         assert_eq!(s.ask(&open(Some(bill.payment().clone()))).await, Response::Opened { max_len: 64, free_left: None });
         let escrow = chain.escrow();
+        let mut steps = Steps::new([1; 32], model_id);
         for pos in 0..60 {
             if pos == 40 {
                 // Wait for the relay to redeem what was paid so far.
@@ -532,8 +579,7 @@ fn a_client_that_stops_paying_is_cut_off_at_the_credit_cap() {
             }
             let v = if bill.due(1) { bill.sign(&tight_key, web_node::settle::unix_s()).unwrap() } else { None };
             let r = s.ask(&step(pos, v)).await;
-            assert!(matches!(r, Response::Hidden { .. }), "tight step {pos}: {}", describe(&r));
-            bill.received(1);
+            bill.received(1, &steps.receipt(&peer, pos, &r));
         }
         (honest, bill.signed())
     });
@@ -594,13 +640,14 @@ fn a_relay_killed_mid_session_redeems_its_ledger_once_after_a_restart() {
         };
         assert_eq!(s.ask(&open).await, Response::Opened { max_len: 64, free_left: None });
         let mut last = None;
+        let mut steps = Steps::new([2; 32], model_id);
         for pos in 0..11 {
             let v = if bill.due(1) { bill.sign(&key, web_node::settle::unix_s()).unwrap() } else { None };
             if v.is_some() {
                 last = v.clone();
             }
-            assert!(matches!(s.ask(&step(pos, v)).await, Response::Hidden { .. }));
-            bill.received(1);
+            let r = s.ask(&step(pos, v)).await;
+            bill.received(1, &steps.receipt(&peer, pos, &r));
         }
         (bill.signed(), bill.owed(), last.expect("vouchers were sent"))
     });

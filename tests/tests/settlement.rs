@@ -105,6 +105,10 @@ impl World {
         &self.chain.deployment
     }
 
+    async fn now_block(&self) -> u64 {
+        relay::settle::latest_block(&self.dao.provider).await.unwrap().0
+    }
+
     async fn now(&self) -> u64 {
         relay::settle::latest_block(&self.dao.provider).await.unwrap().1
     }
@@ -142,6 +146,8 @@ impl World {
             model,
             cumulativeAmount: amount,
             cumulativeWork: amount / U256::from(1000u64),
+            // Stands for the chain of the node's receipts for that work.
+            receipts: alloy::primitives::keccak256(amount.to_be_bytes::<32>()),
             expiry,
         }
     }
@@ -211,6 +217,11 @@ async fn vouchers_pay_once_in_full_and_forgeries_replays_and_overdrafts_pay_noth
     assert_eq!(w.earned(w.creator.address()).await, ait(2));
     assert_eq!(w.earned(w.d().treasury).await, ait(1));
     assert_eq!(w.earned(w.stranger.address()).await, U256::ZERO);
+    // The escrow records the receipts the voucher paid for.
+    let to = w.now_block().await;
+    let events = relay::settle::redeemed_events(&w.dao.provider, w.d().escrow, Some(a.address()), 0, to).await.unwrap();
+    let [paid] = &events[..] else { panic!("one redeem: {events:?}") };
+    assert_eq!((paid.event.session, paid.event.receipts, paid.event.amount), (session, v1.receipts, ait(10)));
 
     // Replayed, or an older (lower) voucher: nothing more to collect.
     refused(w.redeem(a, &v1, &s1).await, "NothingToCollect");
@@ -563,6 +574,7 @@ async fn ait_chain_dev_settles_three_nodes_to_the_unit() {
                     model,
                     cumulativeAmount: amount,
                     cumulativeWork: work,
+                    receipts: B256::from(U256::from(step)),
                     expiry,
                 };
                 let sig = w.sign(&key, &v);
@@ -1022,6 +1034,7 @@ fn the_ait_settlement_commands_move_what_they_say() {
                 model,
                 cumulativeAmount: ait(amount),
                 cumulativeWork: U256::from(amount * 30),
+                receipts: B256::repeat_byte(session),
                 expiry: u64::MAX / 2,
             };
             let sig = format!("0x{}", hex::encode(key.sign(&v, &domain).unwrap().as_bytes()));

@@ -78,6 +78,7 @@ impl From<&web_node::settle::Voucher> for Escrow::Voucher {
             model: v.model,
             cumulativeAmount: v.cumulativeAmount,
             cumulativeWork: v.cumulativeWork,
+            receipts: v.receipts,
             expiry: v.expiry,
         }
     }

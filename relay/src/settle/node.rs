@@ -15,7 +15,7 @@ use web_node::net::chain::staked::StakedOnly;
 use web_node::net::chain::{ChainOptions, RouteWatch};
 use web_node::settle::{format_ait, parse_ait, unix_s, ChainReads, GateHost, Payer, SessionKey};
 
-use super::bindings::Staking;
+use super::bindings::{Escrow, Staking};
 use super::cli::WalletArgs;
 use super::dev::wallet_provider;
 use super::tribunal::{Accuser, Judge};
@@ -161,8 +161,12 @@ impl ClientPayOpt {
             .with_context(|| format!("--pay needs the chain's deployment file ({})", self.wallet.chain.display()))?;
         let wallet = self.wallet.signer()?;
         let provider = wallet_provider(&deployment.rpc, &wallet.to_bytes())?;
+        let payer = self.flags.payer(&deployment, &wallet)?;
+        if payer.is_some() {
+            check_voucher_type(&provider, deployment.escrow).await?;
+        }
         let opts = ChainOptions {
-            payer: self.flags.payer(&deployment, &wallet)?,
+            payer,
             staked: self.flags.staked(&deployment, &provider).await?,
             ms_per_ait: self.flags.prefer.ms_per_ait(),
             on_route: Some(print_route_price()),
@@ -282,8 +286,12 @@ impl Settlement {
 
     /// The chain options of this relay's own requests: with `--pay`, paying from its wallet.
     pub async fn chain_options(&self, o: &SettleOpt) -> anyhow::Result<ChainOptions> {
+        let payer = o.paying.payer(&self.deployment, &self.wallet)?;
+        if payer.is_some() {
+            check_voucher_type(&self.provider, self.deployment.escrow).await?;
+        }
         Ok(ChainOptions {
-            payer: o.paying.payer(&self.deployment, &self.wallet)?,
+            payer,
             staked: o.paying.staked(&self.deployment, &self.provider).await?,
             ms_per_ait: o.paying.prefer.ms_per_ait(),
             ..ChainOptions::default()
@@ -307,11 +315,19 @@ impl Settlement {
             None => price * U256::from(layers) * U256::from(DEFAULT_CREDIT_TOKENS),
         };
         let ledger = Arc::new(Ledger::open(&data_dir.join("ledger.redb")).context("opening the voucher ledger")?);
+        if let Err(e @ web_node::settle::LedgerError::Entry(_)) = ledger.entries() {
+            bail!(
+                "{e}: {} holds vouchers of another version of ait (before vouchers named their receipts?); \
+                 redeem them with that version, or move the file aside",
+                data_dir.join("ledger.redb").display()
+            );
+        }
         let d = &self.deployment;
         let chain = GateChain { chain_id: d.chain_id, escrow: d.escrow, staking: d.staking };
         let host = Arc::new(ProviderHost::new(self.provider.clone()));
         let gate = ChainGate::new(chain, host, self.address, price, cap, ledger.clone()).with_free_tier(o.free_tokens);
         web_node::settle::PaymentGate::terms(&gate).check(layers).context("--credit-cap")?;
+        check_voucher_type(&self.provider, d.escrow).await?;
         match Staking::new(d.staking, &self.provider).peerIdOf(self.address).call().await {
             Ok(bound) if bound.as_ref() == peer.to_bytes().as_slice() => {}
             Ok(_) => tracing::warn!(
@@ -331,6 +347,26 @@ impl Settlement {
             o.free_tokens
         );
         Ok(Some(Arc::new(gate)))
+    }
+}
+
+/// Refuses an escrow that hashes vouchers as another version of `ait` did (deployed before
+/// vouchers named their receipts, say): their signatures would recover someone else on chain,
+/// so a node would serve work it can never redeem, and a payer would pay nobody. A chain that
+/// does not answer only warns.
+async fn check_voucher_type(provider: &DynProvider, escrow: Address) -> anyhow::Result<()> {
+    use alloy::sol_types::SolStruct;
+    let want = alloy::primitives::keccak256(web_node::settle::Voucher::eip712_encode_type().as_bytes());
+    match Escrow::new(escrow, provider).VOUCHER_TYPEHASH().call().await {
+        Ok(have) if have == want => Ok(()),
+        Ok(have) => bail!(
+            "the escrow at {escrow} takes vouchers of another type ({have}; this ait signs {want}): \
+             it was deployed by another version of ait; deploy the contracts again"
+        ),
+        Err(e) => {
+            tracing::warn!("reading the escrow's voucher type: {e}");
+            Ok(())
+        }
     }
 }
 

@@ -246,6 +246,7 @@ mod tests {
             model: B256::repeat_byte(model),
             amount: U256::from(amount),
             cumulativeWork: U256::from(work),
+            receipts: B256::repeat_byte(session),
             nodeShare: U256::from(amount * 7 / 10),
             creatorShare: U256::from(amount * 2 / 10),
             daoShare: U256::from(amount - amount * 7 / 10 - amount * 2 / 10),

@@ -529,6 +529,7 @@ mod tests {
                 model: B256::repeat_byte(5),
                 cumulativeAmount: U256::from(123_456u64),
                 cumulativeWork: U256::from(90u64),
+                receipts: B256::repeat_byte(6),
                 expiry: 2_000_000_000,
             },
             signature: vec![7u8; 65].into(),

@@ -292,6 +292,7 @@ mod tests {
             model: B256::repeat_byte(1),
             cumulativeAmount: U256::from(amount),
             cumulativeWork: U256::from(amount / 10),
+            receipts: B256::repeat_byte(2),
             expiry: 2_000_000_000,
         };
         let d = crate::settle::escrow_domain(31337, Address::repeat_byte(5));

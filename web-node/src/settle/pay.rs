@@ -13,6 +13,7 @@
 //! Everything here is off chain and builds for wasm32: what a node checks on chain (the
 //! signer, the allocation) and where it keeps vouchers is its [`PaymentGate`]'s job.
 
+use std::collections::VecDeque;
 use std::fmt::Debug;
 use std::future::Future;
 use std::pin::Pin;
@@ -20,6 +21,8 @@ use std::pin::Pin;
 use alloy_primitives::{Address, Bytes, B256, U256};
 use alloy_sol_types::{sol, Eip712Domain};
 use serde::{Deserialize, Serialize};
+
+use crate::trust::{Receipt, ReceiptChain};
 
 use super::voucher::{escrow_domain, recover_signer, Allocation, AuthorizeSigner, SessionKey, Voucher};
 
@@ -254,13 +257,25 @@ pub struct Meter {
     credit: U256,
     served: u64,
     paid: U256,
+    /// The receipts signed so far, chained, after each step since the newest voucher's work
+    /// (the work served then, and the chain): a voucher must name one of them.
+    receipts: VecDeque<(u64, ReceiptChain)>,
 }
 
 impl Meter {
     /// A meter for a session of `payment` over `layers` layers of `model`, with `credit` (what
     /// the gate's [`PaymentGate::open`] granted).
     pub fn new(terms: PayTerms, payment: Payment, model: B256, layers: u64, credit: U256) -> Meter {
-        Meter { terms, payment, model, layers, credit, served: 0, paid: U256::ZERO }
+        Meter {
+            terms,
+            payment,
+            model,
+            layers,
+            credit,
+            served: 0,
+            paid: U256::ZERO,
+            receipts: VecDeque::from([(0, ReceiptChain::new())]),
+        }
     }
 
     /// The session's payment.
@@ -284,8 +299,10 @@ impl Meter {
     }
 
     /// Checks `sv` off chain at Unix time `now_s`: this session, payer, node and model; signed
-    /// by the session's key; for no more work than was served, at no less than the price;
-    /// above the newest voucher; redeemable for at least [`MIN_VOUCHER_LIFE_S`].
+    /// by the session's key; for no more work than was served, at exactly the price of the
+    /// work it names;
+    /// above the newest voucher; naming the receipts signed for that work; redeemable for at
+    /// least [`MIN_VOUCHER_LIFE_S`].
     pub fn check(&self, sv: &SignedVoucher, now_s: u64) -> Result<(), PaymentError> {
         let v = &sv.voucher;
         let refuse = |m: String| Err(PaymentError::Refused(m));
@@ -314,17 +331,27 @@ impl Meter {
                 v.cumulativeAmount
             ));
         }
-        // Nor more than the work served costs: an amount no payer backs would let a session
-        // look paid ahead (and sums of such amounts overflow).
-        let served = self.terms.cost(self.served);
-        if v.cumulativeAmount > served {
+        // Nor more than the work it names costs: paying ahead would let a session look paid
+        // (sums of such amounts overflow), and a voucher that names early work while paying
+        // for later work would keep the node holding every step's receipt chain since.
+        if v.cumulativeAmount > due {
             return refuse(format!(
-                "voucher pays {}, more than the {served} the work served costs",
+                "voucher pays {}, more than the {due} the {work} layer-tokens it names cost",
                 v.cumulativeAmount
             ));
         }
         if v.cumulativeAmount <= self.paid {
             return refuse(format!("voucher for {} is not above the {} already paid", v.cumulativeAmount, self.paid));
+        }
+        match self.receipts.iter().find(|(w, _)| *w == work) {
+            Some((_, chain)) if chain.value() == v.receipts.0 => {}
+            Some(_) => {
+                return refuse(format!(
+                    "voucher names receipts {} for {work} layer-tokens; this node signed others",
+                    v.receipts
+                ))
+            }
+            None => return refuse(format!("voucher for {work} layer-tokens: no step served ends there")),
         }
         if v.expiry < now_s.saturating_add(MIN_VOUCHER_LIFE_S) {
             return refuse(format!("voucher expires at {}, under {MIN_VOUCHER_LIFE_S} s from now ({now_s})", v.expiry));
@@ -335,6 +362,11 @@ impl Meter {
     /// Counts a checked (and stored) voucher.
     pub fn accept(&mut self, sv: &SignedVoucher) {
         self.paid = self.paid.max(sv.voucher.cumulativeAmount);
+        // A later voucher pays for more: drop the chains of the work this one paid.
+        let work = u64::try_from(sv.voucher.cumulativeWork).unwrap_or(u64::MAX);
+        while self.receipts.front().is_some_and(|(w, _)| *w < work) {
+            self.receipts.pop_front();
+        }
     }
 
     /// Whether a step of `n_tokens` may run: afterwards the session owes at most its credit.
@@ -350,9 +382,12 @@ impl Meter {
         Ok(())
     }
 
-    /// Counts a step of `n_tokens` served.
-    pub fn count(&mut self, n_tokens: u64) {
+    /// Counts a step of `n_tokens` served, with the receipt the node signs for it.
+    pub fn count(&mut self, n_tokens: u64, receipt: &Receipt) {
         self.served = self.served.saturating_add(n_tokens.saturating_mul(self.layers));
+        let mut chain = self.receipts.back().map_or_else(ReceiptChain::new, |(_, c)| *c);
+        chain.absorb(receipt);
+        self.receipts.push_back((self.served, chain));
     }
 }
 
@@ -391,6 +426,7 @@ pub struct HopBill {
     model: B256,
     layers: u64,
     received: u64,
+    receipts: ReceiptChain,
     signed: U256,
 }
 
@@ -420,7 +456,7 @@ impl HopBill {
             not_after,
             proof: Bytes::from(proof.as_bytes().to_vec()),
         };
-        Ok(HopBill { terms, payment, model, layers, received: 0, signed: U256::ZERO })
+        Ok(HopBill { terms, payment, model, layers, received: 0, receipts: ReceiptChain::new(), signed: U256::ZERO })
     }
 
     /// After the node's `quote`: when what backs a session there is less than `max_len`
@@ -475,9 +511,10 @@ impl HopBill {
         self.terms.cost(after).saturating_sub(self.signed) > self.terms.credit_cap / U256::from(2u8)
     }
 
-    /// Counts a frame of `n_tokens` received.
-    pub fn received(&mut self, n_tokens: usize) {
+    /// Counts a frame of `n_tokens` received, with the node's receipt for it (checked).
+    pub fn received(&mut self, n_tokens: usize, receipt: &Receipt) {
         self.received = self.received.saturating_add((n_tokens as u64).saturating_mul(self.layers));
+        self.receipts.absorb(receipt);
     }
 
     /// What the vouchers signed so far pay.
@@ -504,6 +541,7 @@ impl HopBill {
             model: self.model,
             cumulativeAmount: amount,
             cumulativeWork: U256::from(self.received),
+            receipts: B256::from(self.receipts.value()),
             expiry: now_s.saturating_add(VOUCHER_LIFETIME_S),
         };
         let sig = key.sign(&voucher, &self.terms.domain()).map_err(|e| PaymentError::Refused(e.to_string()))?;
@@ -525,6 +563,21 @@ mod tests {
             chain_id: 31337,
             escrow: address!("5FbDB2315678afecb367f032d93F642f64180aa3"),
             free_tokens_per_day: 0,
+        }
+    }
+
+    /// The receipt of a step of `n` tokens at `pos` (its hashes made up: the meter and the
+    /// bill only chain receipts).
+    fn receipt(pos: u32, n: u32) -> Receipt {
+        Receipt {
+            session: [4; 32],
+            model: crate::model::ModelId([9; 32]),
+            start: 0,
+            end: 10,
+            pos,
+            n_tokens: n,
+            inputs: [pos as u8; 32],
+            output: [n as u8; 32],
         }
     }
 
@@ -550,6 +603,7 @@ mod tests {
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, layers, t.credit_cap);
         let now = 1_000_000;
         let mut vouchers = 0;
+        let mut pos = 0;
         for n in [5usize, 1, 1, 1, 1, 1, 4, 5, 1, 1] {
             let v = if bill.due(n) { bill.sign(&p.key, now).unwrap() } else { None };
             if let Some(v) = &v {
@@ -558,8 +612,10 @@ mod tests {
                 vouchers += 1;
             }
             meter.admit(n as u64).unwrap();
-            meter.count(n as u64);
-            bill.received(n);
+            let r = receipt(pos, n as u32);
+            pos += n as u32;
+            meter.count(n as u64, &r);
+            bill.received(n, &r);
             assert!(meter.unpaid() <= t.credit_cap / U256::from(2u8), "{}", meter.unpaid());
         }
         assert!((3..10).contains(&vouchers), "{vouchers} vouchers");
@@ -579,7 +635,7 @@ mod tests {
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, 10, t.credit_cap);
         let mut steps = 0;
         while meter.admit(1).is_ok() {
-            meter.count(1);
+            meter.count(1, &receipt(steps, 1));
             steps += 1;
         }
         assert_eq!(steps, 10);
@@ -593,8 +649,8 @@ mod tests {
         let mut bill = HopBill::new(&p, t.clone(), model, 10, 1_000_000).unwrap();
         let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, 10, t.credit_cap);
         let now = 1_000_000;
-        meter.count(3);
-        bill.received(3);
+        meter.count(3, &receipt(0, 3));
+        bill.received(3, &receipt(0, 3));
         let good = bill.sign(&p.key, now).unwrap().unwrap();
         meter.check(&good, now).unwrap();
         let resign = |v: Voucher, key: &SessionKey| SignedVoucher {
@@ -625,6 +681,20 @@ mod tests {
         let mut v = good.voucher.clone();
         v.cumulativeAmount = U256::MAX - U256::from(5u8);
         cases.push(("more than the work served costs", resign(v, &p.key)));
+        // Receipts other than those the node signed: another answer, or none.
+        let mut other = HopBill::new(&p, t.clone(), model, 10, 1_000_000).unwrap();
+        other.received(3, &receipt(1, 3));
+        let mut v = other.sign(&p.key, now).unwrap().unwrap().voucher;
+        v.session = good.voucher.session;
+        cases.push(("receipts of another answer", resign(v, &p.key)));
+        let mut v = good.voucher.clone();
+        v.receipts = B256::ZERO;
+        cases.push(("no receipts", resign(v, &p.key)));
+        // Work that ends inside the step served (30 layer-tokens in one step of 3 tokens).
+        let mut v = good.voucher.clone();
+        v.cumulativeWork = U256::from(20u64);
+        v.cumulativeAmount = U256::from(20_000u64);
+        cases.push(("work ending inside a step", resign(v, &p.key)));
         let mut short = good.clone();
         short.signature = Bytes::from(vec![1u8; 64]);
         cases.push(("truncated signature", short));
@@ -634,6 +704,29 @@ mod tests {
         // Replayed once accepted.
         meter.accept(&good);
         assert!(matches!(meter.check(&good, now), Err(PaymentError::Refused(_))));
+    }
+
+    #[test]
+    fn a_voucher_may_pay_up_to_an_earlier_step_and_the_node_forgets_the_chains_paid() {
+        let (p, t, model) = (payer(), terms(), B256::repeat_byte(9));
+        let mut bill = HopBill::new(&p, t.clone(), model, 10, 1_000_000).unwrap();
+        let mut meter = Meter::new(t.clone(), bill.payment().clone(), model, 10, t.credit_cap);
+        let now = 1_000_000;
+        // Two steps served; the client got the first answer only (the second was lost), and
+        // pays for it: the node takes it.
+        meter.count(2, &receipt(0, 2));
+        bill.received(2, &receipt(0, 2));
+        let early = bill.sign(&p.key, now).unwrap().unwrap();
+        meter.count(1, &receipt(2, 1));
+        meter.check(&early, now).unwrap();
+        meter.accept(&early);
+        // The rest is paid by the next voucher, with the second receipt chained.
+        bill.received(1, &receipt(2, 1));
+        let rest = bill.sign(&p.key, now).unwrap().unwrap();
+        meter.check(&rest, now).unwrap();
+        meter.accept(&rest);
+        assert_eq!(meter.unpaid(), U256::ZERO);
+        assert_eq!(meter.receipts.len(), 1, "only the chain at the paid work is kept");
     }
 
     #[test]

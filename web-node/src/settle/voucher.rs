@@ -22,6 +22,9 @@ sol! {
         uint256 cumulativeAmount;
         /// Work done so far: tokens x layers.
         uint256 cumulativeWork;
+        /// The node's receipts for that work, chained (`trust::ReceiptChain`): the answers
+        /// this voucher pays for.
+        bytes32 receipts;
         /// Unix seconds after which the voucher cannot be redeemed.
         uint64 expiry;
     }
@@ -207,6 +210,7 @@ mod tests {
             model: B256::repeat_byte(7),
             cumulativeAmount: U256::from(1_000_000u64),
             cumulativeWork: U256::from(300u64),
+            receipts: B256::repeat_byte(3),
             expiry: 2_000_000_000,
         }
     }
@@ -223,6 +227,9 @@ mod tests {
         let mut more = v.clone();
         more.cumulativeAmount += U256::from(1u64);
         assert_ne!(recover_signer(&more, &domain, &sig).unwrap(), key.address());
+        let mut other_receipts = v.clone();
+        other_receipts.receipts = B256::repeat_byte(4);
+        assert_ne!(recover_signer(&other_receipts, &domain, &sig).unwrap(), key.address());
         let other_chain = escrow_domain(1, address!("5FbDB2315678afecb367f032d93F642f64180aa3"));
         assert_ne!(recover_signer(&v, &other_chain, &sig).unwrap(), key.address());
 

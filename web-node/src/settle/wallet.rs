@@ -100,6 +100,7 @@ fn contract_voucher(v: &super::Voucher) -> Escrow::Voucher {
         model: v.model,
         cumulativeAmount: v.cumulativeAmount,
         cumulativeWork: v.cumulativeWork,
+        receipts: v.receipts,
         expiry: v.expiry,
     }
 }

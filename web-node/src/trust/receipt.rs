@@ -171,6 +171,42 @@ impl InputChain {
     }
 }
 
+/// A running hash of the receipts a node signed for one session, one step at a time: what a
+/// paid session's vouchers commit to (`Voucher.receipts`). The client chains the receipts it
+/// checked, the node those it signed, so a voucher names exactly the answers it pays for: a
+/// node redeems only what the payer acknowledged, and a payer cannot later claim it paid for
+/// other answers than the node's signed ones.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReceiptChain {
+    state: [u8; 32],
+}
+
+impl Default for ReceiptChain {
+    fn default() -> ReceiptChain {
+        ReceiptChain::new()
+    }
+}
+
+impl ReceiptChain {
+    /// The chain of a session with no step answered.
+    pub fn new() -> ReceiptChain {
+        ReceiptChain { state: *blake3::hash(b"ait/receipt/paid/1").as_bytes() }
+    }
+
+    /// Adds the receipt of the next step answered.
+    pub fn absorb(&mut self, receipt: &Receipt) {
+        let mut h = blake3::Hasher::new();
+        h.update(&self.state);
+        h.update(&receipt.signing_bytes());
+        self.state = *h.finalize().as_bytes();
+    }
+
+    /// The hash of every receipt so far.
+    pub fn value(&self) -> [u8; 32] {
+        self.state
+    }
+}
+
 /// The hash of a step's output rows (f32 little endian, as the protocol sends them).
 pub fn output_hash(hidden: &[f32]) -> [u8; 32] {
     let mut h = blake3::Hasher::new();

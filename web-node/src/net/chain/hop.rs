@@ -319,6 +319,9 @@ impl HopSession {
                     receipt
                         .verify(&peer, &signature)
                         .map_err(|e| ChainError::Protocol { peer, detail: format!("step receipt: {e}") })?;
+                    if let Some((bill, _)) = &mut self.bill {
+                        bill.received(take, &receipt);
+                    }
                     self.receipts.push(SignedReceipt { receipt, signature });
                     self.inputs = inputs;
                     self.outputs.extend_from_slice(&hidden);
@@ -328,9 +331,6 @@ impl HopSession {
                         self.measured_ms = Some(avg);
                     }
                     out.extend_from_slice(&hidden);
-                    if let Some((bill, _)) = &mut self.bill {
-                        bill.received(take);
-                    }
                     if let Some(left) = &mut self.free_left {
                         *left = left.saturating_sub(u32::try_from(take).unwrap_or(u32::MAX));
                     }

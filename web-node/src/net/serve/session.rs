@@ -549,12 +549,13 @@ impl Server {
                     match self.compute.step(who.peer, o.id, pos as usize, hidden, n_tokens as usize).await {
                         Ok((hidden, took)) => {
                             progress = Instant::now();
+                            let receipt = self.receipt(o, pos, n_tokens, &hidden);
                             if let Some(meter) = &mut o.meter {
-                                meter.count(u64::from(n_tokens));
+                                meter.count(u64::from(n_tokens), &receipt);
                             }
                             self.stats.tokens.fetch_add(u64::from(n_tokens), Ordering::Relaxed);
                             let compute_us = u32::try_from(took.as_micros()).unwrap_or(u32::MAX);
-                            let receipt = self.receipt(o, pos, n_tokens, &hidden);
+                            let receipt = self.sign(&receipt);
                             Response::Hidden { n_tokens, compute_us, receipt, hidden }
                         }
                         Err(e) => break Err(e.into()),
@@ -592,12 +593,11 @@ impl Server {
         result
     }
 
-    /// The signature over the receipt of a step of `o` at `pos` of `n_tokens` that answered
-    /// `output` (the session's inputs are absorbed already). An ed25519 key always signs; if
-    /// another kind fails, the answer goes without, and the client's check refuses it.
-    fn receipt(&self, o: &Open<'_>, pos: u32, n_tokens: u32, output: &[f32]) -> Vec<u8> {
+    /// The receipt of a step of `o` at `pos` of `n_tokens` that answered `output` (the
+    /// session's inputs are absorbed already).
+    fn receipt(&self, o: &Open<'_>, pos: u32, n_tokens: u32, output: &[f32]) -> Receipt {
         let blocks = &self.config.blocks;
-        let receipt = Receipt {
+        Receipt {
             session: o.session,
             model: self.config.model,
             start: blocks.start as u32,
@@ -606,7 +606,12 @@ impl Server {
             n_tokens,
             inputs: o.inputs.value(),
             output: output_hash(output),
-        };
+        }
+    }
+
+    /// This node's signature over `receipt`. An ed25519 key always signs; if another kind
+    /// fails, the answer goes without, and the client's check refuses it.
+    fn sign(&self, receipt: &Receipt) -> Vec<u8> {
         receipt.sign(&self.key).unwrap_or_else(|e| {
             tracing::warn!("{e}");
             Vec::new()
