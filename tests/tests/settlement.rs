@@ -5,6 +5,8 @@
 //! nothing; thaws, revocations, slashing and registry changes obey their rules; and the
 //! 70/20/10 split is exact to the unit over random amounts.
 
+use std::sync::atomic::Ordering::Relaxed;
+
 use ait_tests::evm::{refused, sent, warp};
 use alloy::primitives::{Address, Bytes, B256, U256};
 use alloy::providers::{DynProvider, Provider};
@@ -946,6 +948,100 @@ async fn signed_allocations_permits_and_revocations_cannot_be_abused() {
     // Spending more than was earned: refused.
     let earned = w.earned(node.address()).await;
     refused(sent(node.escrow(&w).depositEarned(earned + U256::from(1)).send().await).await, "BadAmount");
+}
+
+/// An RPC behind a load balancer whose backends lag: `eth_call` at "latest" is answered at
+/// an older block (`stale`), and the first `unseen` calls at a named block are refused as a
+/// backend that has not seen it yet would; everything else goes to the chain.
+#[derive(Debug)]
+struct LaggingRpc {
+    inner: relay::settle::ProviderHost,
+    stale: u64,
+    unseen: std::sync::atomic::AtomicU32,
+}
+
+impl web_node::settle::GateHost for LaggingRpc {
+    fn rpc<'a>(
+        &'a self,
+        method: &'a str,
+        mut params: serde_json::Value,
+    ) -> web_node::settle::GateFuture<'a, Result<serde_json::Value, String>> {
+        if method == "eth_call" && params[1] == "latest" {
+            params[1] = format!("0x{:x}", self.stale).into();
+        } else if method == "eth_call" {
+            let unseen = self.unseen.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            if unseen.is_ok() {
+                return Box::pin(async { Err("header not found".to_string()) });
+            }
+        }
+        web_node::settle::GateHost::rpc(&self.inner, method, params)
+    }
+
+    fn send<'a>(
+        &'a self,
+        to: Address,
+        data: Bytes,
+    ) -> web_node::settle::GateFuture<'a, Result<(), web_node::settle::SendError>> {
+        web_node::settle::GateHost::send(&self.inner, to, data)
+    }
+
+    fn blocking(&self, job: Box<dyn FnOnce() + Send>) {
+        web_node::settle::GateHost::blocking(&self.inner, job)
+    }
+}
+
+/// A node's gate reads each check at one block: behind an RPC whose "latest" lags, a key the
+/// payer started revoking one block ago still looks fully authorized, and a gate that read
+/// the key at "latest" but the chain's clock at the newest block would open a session whose
+/// vouchers may not redeem. Read at the newest block, it is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gate_reads_one_block_behind_a_load_balanced_rpc() {
+    use web_node::settle::{ChainGate, ChainReads, GateChain, HopBill, Payer, PaymentError, PaymentGate};
+    let w = World::start().await;
+    let node = &w.nodes[0];
+    w.deposit_with_permit(&w.payer, &w.payer, ait(100)).await;
+    sent(w.payer.escrow(&w).allocate(node.address(), ait(50)).send().await).await.unwrap();
+    let key = SessionKey::random();
+    sent(w.payer.escrow(&w).authorizeSigner(key.address()).send().await).await.unwrap();
+    let (authorized_at, _) = relay::settle::latest_block(&w.dao.provider).await.unwrap();
+    sent(w.payer.escrow(&w).revokeSigner(key.address()).send().await).await.unwrap();
+
+    let rpc = std::sync::Arc::new(LaggingRpc {
+        inner: relay::settle::ProviderHost::new(node.provider.clone()),
+        stale: authorized_at,
+        unseen: 0.into(),
+    });
+    // The lag is real: at "latest", this RPC says the key signs with no revocation.
+    let reads = ChainReads::new(rpc.clone(), w.d().escrow, w.d().staking);
+    assert_eq!(reads.signer_until(w.payer.address(), key.address()).await.unwrap(), u64::MAX);
+
+    let dir = ait_tests::procs::temp_dir("gate-one-block");
+    let ledger = std::sync::Arc::new(relay::settle::Ledger::open(&dir.join("ledger.redb")).unwrap());
+    let chain = GateChain { chain_id: w.d().chain_id, escrow: w.d().escrow, staking: w.d().staking };
+    let gate = ChainGate::new(chain, rpc.clone(), node.address(), U256::from(1000u64), ait(1), ledger);
+    let payer = Payer {
+        payer: w.payer.address(),
+        key: key.clone(),
+        authorization: None,
+        chain_id: w.d().chain_id,
+        escrow: w.d().escrow,
+        max_price: None,
+    };
+    let now = web_node::settle::unix_s();
+    let bill = HopBill::new(&payer, gate.terms().clone(), B256::repeat_byte(0x4d), 30, now).unwrap();
+    // A backend that has not seen the newest block yet refuses the first read there: the
+    // gate asks again.
+    rpc.unseen.store(1, Relaxed);
+    match gate.open(bill.payment()).await {
+        Err(PaymentError::Refused(m)) if m.contains("being revoked") => {}
+        other => panic!("expected a refusal of the key being revoked, got {other:?}"),
+    }
+    assert_eq!(rpc.unseen.load(Relaxed), 0, "the pinned read was refused once");
+    // The payer's own key, read at the same newest block, opens a session.
+    let own = Payer { key: w.payer.key.clone(), ..payer };
+    let bill = HopBill::new(&own, gate.terms().clone(), B256::repeat_byte(0x4d), 30, now).unwrap();
+    assert_eq!(gate.open(bill.payment()).await.unwrap(), ait(1));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The `ait` settlement commands against `ait chain dev`, as an operator and a payer run

@@ -90,6 +90,10 @@ pub struct FreeBalance {
     pub thawing: U256,
 }
 
+/// How long a read at a pinned block waits before it asks again, when the RPC refused it (a
+/// backend behind a load balancer that has not seen the block yet).
+const PINNED_RETRY: Duration = Duration::from_millis(500);
+
 /// Reads of the escrow and staking contracts through `host`'s JSON-RPC, at the latest block
 /// or at one block ([`ChainReads::at`]).
 pub struct ChainReads<H: ?Sized> {
@@ -141,18 +145,30 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
     }
 
     async fn request(&self, method: &str, params: Value) -> Result<Value, ReadError> {
-        match crate::time::timeout(self.timeout, self.host.rpc(method, params)).await {
-            Some(r) => r.map_err(|e| ReadError(format!("{method}: {e}"))),
-            None => Err(ReadError(format!("{method}: no answer in {:?}", self.timeout))),
-        }
+        self.answer(method, params)
+            .await
+            .unwrap_or_else(|| Err(ReadError(format!("{method}: no answer in {:?}", self.timeout))))
+    }
+
+    /// The host's answer, or `None` when it gave none within the timeout.
+    async fn answer(&self, method: &str, params: Value) -> Option<Result<Value, ReadError>> {
+        let answer = crate::time::timeout(self.timeout, self.host.rpc(method, params)).await?;
+        Some(answer.map_err(|e| ReadError(format!("{method}: {e}"))))
     }
 
     async fn call<C: SolCall>(&self, to: Address, call: C) -> Result<C::Return, ReadError> {
         let data = Bytes::from(call.abi_encode());
         let block = self.block.map_or_else(|| "latest".to_string(), |b| format!("0x{b:x}"));
-        let answer = self
-            .request("eth_call", json!([{ "to": to, "data": data }, block]))
-            .await
+        let params = json!([{ "to": to, "data": data }, block]);
+        let mut answer = self.answer("eth_call", params.clone()).await;
+        // Behind a load balancer, the backend asked may not have the pinned block yet ("header
+        // not found"): once more, a moment later. A timeout already waited: not retried.
+        if self.block.is_some() && matches!(answer, Some(Err(_))) {
+            futures_timer::Delay::new(PINNED_RETRY).await;
+            answer = self.answer("eth_call", params).await;
+        }
+        let answer = answer
+            .unwrap_or_else(|| Err(ReadError(format!("eth_call: no answer in {:?}", self.timeout))))
             .map_err(|e| ReadError(format!("{}: {}", C::SIGNATURE, e.0)))?;
         let bytes: Bytes = answer
             .as_str()
@@ -295,6 +311,7 @@ mod tests {
             model: B256::repeat_byte(4),
             amount: U256::from(100),
             cumulativeWork: U256::from(30),
+            receipts: B256::repeat_byte(5),
             nodeShare: U256::from(70),
             creatorShare: U256::from(20),
             daoShare: U256::from(10),

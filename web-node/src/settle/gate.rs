@@ -102,6 +102,8 @@ fn unavailable(e: impl std::fmt::Display) -> PaymentError {
 
 /// A payer's escrow with this node at the latest block, with what the ledger adds.
 struct Escrowed {
+    /// The block everything was read at: a check reads the rest there too.
+    block: u64,
     /// The chain's time.
     now: u64,
     /// `allocatedTotal` on chain.
@@ -208,8 +210,8 @@ impl ChainGate {
     /// only what it adds to that).
     async fn refresh(&self, payer: Address, session: B256) -> Result<U256, PaymentError> {
         let _consistent = self.backing.reading().await;
-        let collected = self.chain.collected(payer, session, self.terms.node).await.map_err(unavailable)?;
         let e = self.escrowed(payer).await?;
+        let collected = self.chain.at(e.block).collected(payer, session, self.terms.node).await.map_err(unavailable)?;
         let key_pending = self.pending_authorization(payer)?;
         let promised = self.promised(payer, None)?;
         let backing = self.backing_of(&e, None, key_pending, promised);
@@ -240,13 +242,17 @@ impl ChainGate {
         &self.ledger
     }
 
+    /// The payer's escrow here at the latest block. Every read of one check is at that
+    /// block: behind a load-balanced RPC, "latest" can be another block at each call, and a
+    /// key's state read one block before its allocation would mix two states of the chain.
     async fn escrowed(&self, payer: Address) -> Result<Escrowed, PaymentError> {
         let node = self.terms.node;
-        let (_, now) = self.chain.latest_block().await.map_err(unavailable)?;
-        let total = self.chain.allocated_total(payer, node).await.map_err(unavailable)?;
-        let available = self.chain.available(payer, node).await.map_err(unavailable)?;
+        let (block, now) = self.chain.latest_block().await.map_err(unavailable)?;
+        let at = self.chain.at(block);
+        let total = at.allocated_total(payer, node).await.map_err(unavailable)?;
+        let available = at.available(payer, node).await.map_err(unavailable)?;
         let pending = self.ledger.allocation(payer).map_err(unavailable)?;
-        Ok(Escrowed { now, total, available, pending })
+        Ok(Escrowed { block, now, total, available, pending })
     }
 
     /// What the payer's stored vouchers here promise beyond what was collected, except
@@ -280,13 +286,14 @@ impl ChainGate {
         if lock(&self.open).contains(&key) || self.ledger.has(p.payer, p.session).map_err(unavailable)? {
             return Err(PaymentError::Refused(format!("session {} is not new", p.session)));
         }
-        let collected = self.chain.collected(p.payer, p.session, self.terms.node).await.map_err(unavailable)?;
+        let e = self.escrowed(p.payer).await?;
+        let at = self.chain.at(e.block);
+        let collected = at.collected(p.payer, p.session, self.terms.node).await.map_err(unavailable)?;
         if !collected.is_zero() {
             return Err(PaymentError::Refused(format!("session {} was paid before", p.session)));
         }
-        let e = self.escrowed(p.payer).await?;
-        let until = self.chain.signer_until(p.payer, p.signer).await.map_err(unavailable)?;
-        let mut signer = p.signer == p.payer || until > e.now;
+        let until = at.signer_until(p.payer, p.signer).await.map_err(unavailable)?;
+        let signer = p.signer == p.payer || until > e.now;
         if signer && p.signer != p.payer && until != u64::MAX {
             // Its vouchers redeem only until then, and this node may redeem later.
             return Err(PaymentError::Refused(format!(
@@ -301,7 +308,7 @@ impl ChainGate {
                     p.signer, p.payer
                 )));
             };
-            signer = self.check_authorization(p, a, e.now).await?;
+            self.check_authorization(p, a, &e).await?;
         }
         if let Some(a) = &p.allocation {
             self.check_allocation(p, a, &e).await?;
@@ -320,9 +327,13 @@ impl ChainGate {
     }
 
     /// Checks a payer's authorization of the session key off chain (its signature, deadline
-    /// and nonce) and keeps it for the redeemer to submit (`Ok(false)`); `Ok(true)` when the
-    /// key turns out to sign on chain already.
-    async fn check_authorization(&self, p: &Payment, a: &SignedAuthorization, now: u64) -> Result<bool, PaymentError> {
+    /// and nonce, at the block of `e`) and keeps it for the redeemer to submit.
+    async fn check_authorization(
+        &self,
+        p: &Payment,
+        a: &SignedAuthorization,
+        e: &Escrowed,
+    ) -> Result<(), PaymentError> {
         let auth = &a.authorization;
         if auth.payer != p.payer || auth.signer != p.signer {
             return Err(PaymentError::Refused(format!(
@@ -339,17 +350,13 @@ impl ChainGate {
             )));
         }
         // It must still be good when the redeemer submits it.
-        if auth.deadline < U256::from(now + MIN_VOUCHER_LIFE_S) {
+        if auth.deadline < U256::from(e.now + MIN_VOUCHER_LIFE_S) {
             return Err(PaymentError::Refused(format!("the authorization's deadline {} is too close", auth.deadline)));
         }
-        let nonce = self.chain.nonce(p.payer).await.map_err(unavailable)?;
+        // Read at the block the key was found not signing at: an authorization another node
+        // submitted since shows in neither.
+        let nonce = self.chain.at(e.block).nonce(p.payer).await.map_err(unavailable)?;
         if auth.nonce != nonce {
-            // Another node of the route may have submitted this very authorization between
-            // the caller's look at the key and the nonce read: then the key signs already (and
-            // is not being revoked).
-            if self.chain.signer_until(p.payer, p.signer).await.map_err(unavailable)? == u64::MAX {
-                return Ok(true);
-            }
             return Err(PaymentError::Refused(format!(
                 "the authorization's nonce {} is not the payer's next ({nonce}): it is used or void",
                 auth.nonce
@@ -357,7 +364,7 @@ impl ChainGate {
         }
         self.ledger.put_authorization(a).map_err(unavailable)?;
         self.host.persist().await.map_err(unavailable)?;
-        Ok(false)
+        Ok(())
     }
 
     /// Checks an allocation a session brings off chain (to this node, signed by the payer or
@@ -383,7 +390,7 @@ impl ChainGate {
         if added.is_zero() {
             return Ok(());
         }
-        let free = self.chain.free_balance(p.payer).await.map_err(unavailable)?;
+        let free = self.chain.at(e.block).free_balance(p.payer).await.map_err(unavailable)?;
         let spare = free.balance.saturating_sub(free.thawing);
         // What a pending allocation already takes from the free balance counts too.
         let pending = e.total_with(None) - e.total;
