@@ -82,7 +82,8 @@ fn payment() -> (web_node::settle::Payment, web_node::settle::SignedVoucher) {
     .expect("a payment");
     let voucher: web_node::settle::Voucher = serde_json::from_value(serde_json::json!({
         "session": session, "payer": who, "node": who, "model": format!("0x{}", tiny::model_id().to_hex()),
-        "cumulativeAmount": "0x3e8", "cumulativeWork": "0x1e", "expiry": 2_000_000_000u64,
+        "cumulativeAmount": "0x3e8", "cumulativeWork": "0x1e",
+        "receipts": format!("0x{}", "33".repeat(32)), "expiry": 2_000_000_000u64,
     }))
     .expect("a voucher");
     let domain = web_node::settle::escrow_domain(31337, who);
