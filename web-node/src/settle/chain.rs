@@ -145,9 +145,12 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
     }
 
     async fn request(&self, method: &str, params: Value) -> Result<Value, ReadError> {
-        self.answer(method, params)
-            .await
-            .unwrap_or_else(|| Err(ReadError(format!("{method}: no answer in {:?}", self.timeout))))
+        self.answer(method, params).await.unwrap_or_else(|| Err(self.no_answer(method)))
+    }
+
+    /// What a read that got no answer within the timeout fails with.
+    fn no_answer(&self, method: &str) -> ReadError {
+        ReadError(format!("{method}: no answer in {:?}", self.timeout))
     }
 
     /// The host's answer, or `None` when it gave none within the timeout.
@@ -168,7 +171,7 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
             answer = self.answer("eth_call", params).await;
         }
         let answer = answer
-            .unwrap_or_else(|| Err(ReadError(format!("eth_call: no answer in {:?}", self.timeout))))
+            .unwrap_or_else(|| Err(self.no_answer("eth_call")))
             .map_err(|e| ReadError(format!("{}: {}", C::SIGNATURE, e.0)))?;
         let bytes: Bytes = answer
             .as_str()
