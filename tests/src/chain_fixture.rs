@@ -1,4 +1,4 @@
-//! In-process servers for the chain tests (`tests/tests/chain.rs`): a tiny random model split
+//! In-process servers for the chain tests (`tests/tests/suite/chain.rs`): a tiny random model split
 //! over real [`Server`]s, reached over in-memory pipes through a test [`Discovery`] with fake
 //! peer ids, and faults injected between the chain and a server.
 //!
@@ -107,6 +107,34 @@ pub enum Weights {
     OtherQuant,
     /// Another model of the same shape (another seed).
     OtherModel,
+}
+
+impl Weights {
+    /// What a liar of these weights runs for `blocks`, where honest servers run `make(seed)`
+    /// stored as `honest`: another seed's model, the middle layer of `blocks` with its
+    /// attention and MLP outputs zeroed, or the same weights stored as `other_quant`.
+    pub fn model(
+        self,
+        make: impl Fn(u64) -> TinyModel,
+        seed: u64,
+        blocks: Range<usize>,
+        honest: WeightType,
+        other_quant: WeightType,
+    ) -> (TinyModel, WeightType) {
+        let mut model = make(if self == Weights::OtherModel { seed + 1000 } else { seed });
+        if self == Weights::SkipLayer {
+            let mid = blocks.start + blocks.len() / 2;
+            for t in &mut model.tensors {
+                let zero = ["self_attn.o_proj.weight", "mlp.down_proj.weight"]
+                    .iter()
+                    .any(|w| t.name == format!("model.layers.{mid}.{w}"));
+                if zero {
+                    t.values.iter_mut().for_each(|v| *v = 0.0);
+                }
+            }
+        }
+        (model, if self == Weights::OtherQuant { other_quant } else { honest })
+    }
 }
 
 /// One way a node lies about its computation and signs for it (issue 17's fault classes):
@@ -465,22 +493,7 @@ impl Fixture {
         let fx = Fixture::new(seed, servers);
         for &(i, weights) in liars {
             let blocks = servers[i].0.clone();
-            let mut model = match weights {
-                Weights::OtherModel => tiny_model(seed + 1000),
-                _ => tiny_model(seed),
-            };
-            if weights == Weights::SkipLayer {
-                let mid = blocks.start + blocks.len() / 2;
-                for t in &mut model.tensors {
-                    let zero = ["self_attn.o_proj.weight", "mlp.down_proj.weight"]
-                        .iter()
-                        .any(|w| t.name == format!("model.layers.{mid}.{w}"));
-                    if zero {
-                        t.values.iter_mut().for_each(|v| *v = 0.0);
-                    }
-                }
-            }
-            let dtype = if weights == Weights::OtherQuant { WeightType::Q8_0 } else { WeightType::F32 };
+            let (model, dtype) = weights.model(tiny_model, seed, blocks.clone(), WeightType::F32, WeightType::Q8_0);
             let path = fx._dir.path().join(format!("liar-{i}.gguf"));
             std::fs::write(&path, model.gguf(dtype)).expect("write the liar's model");
             let file = ModelFile::open(&path).expect("open the liar's model");

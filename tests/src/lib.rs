@@ -1,4 +1,5 @@
-//! Shared helpers for the integration tests in `tests/tests/`.
+//! Shared helpers for the integration tests in `tests/tests/suite/` (one test binary), and
+//! `lying_relay` (`src/bin/`), the relay that lies for the trust tests.
 //!
 //! - [`candle_ref`]: independent reference models (candle) to compare the engine against.
 //! - [`tiny_model`]: a tiny random Llama model written as safetensors and as GGUF.
@@ -8,7 +9,7 @@
 //! - [`stream_bench`]: single-stream decode rates, ours and llama.cpp's, for the benches.
 //! - [`browser`]: headless Chromium driven over WebDriver for the browser tests.
 //! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
-//!   injected faults, for the client chain's tests (`tests/tests/chain.rs`).
+//!   injected faults, for the client chain's tests (`tests/tests/suite/chain.rs`).
 //! - [`evm`]: transactions on a test's dev chain (refusals by name, the chain's clock).
 
 pub mod browser;

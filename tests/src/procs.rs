@@ -61,27 +61,37 @@ impl Relay {
     /// a model card signed by its key.
     pub fn publish(data_dir: &Path, path: &Path, args: &[&str]) -> Relay {
         let path = path.to_str().expect("utf-8 path");
-        Self::try_start_cmd(&["publish", path], data_dir, args, None)
+        Self::try_start_cmd(ait().args(["publish", path]), data_dir, args, None)
             .unwrap_or_else(|e| panic!("publish {args:?} did not start: {e}"))
     }
 
     /// Like [`Relay::start`], returning what went wrong instead of panicking.
     pub fn try_start(data_dir: &Path, args: &[&str]) -> Result<Relay, String> {
-        Self::try_start_cmd(&["relay"], data_dir, args, None)
+        Self::try_start_cmd(ait().arg("relay"), data_dir, args, None)
     }
 
     /// Like [`Relay::start`], logging what `filter` (a `RUST_LOG` value) selects to its
     /// `relay.log`, whatever the test's own `RUST_LOG` says.
     pub fn start_logged(data_dir: &Path, args: &[&str], filter: &str) -> Relay {
-        Self::try_start_cmd(&["relay"], data_dir, args, Some(filter))
+        Self::try_start_cmd(ait().arg("relay"), data_dir, args, Some(filter))
             .unwrap_or_else(|e| panic!("relay {args:?} did not start: {e}"))
     }
 
-    /// Starts `ait CMD...` with the relay flags and `args`, as [`Relay::try_start`] does.
-    fn try_start_cmd(cmd: &[&str], data_dir: &Path, args: &[&str], log: Option<&str>) -> Result<Relay, String> {
+    /// Like [`Relay::start`], running the test-only `lying_relay` at `program` (a test's
+    /// `env!("CARGO_BIN_EXE_lying_relay")`): a relay of no HTTP API that serves its blocks
+    /// with other weights than its model's and signs what it computes.
+    pub fn start_lying(program: &Path, data_dir: &Path, args: &[&str]) -> Relay {
+        let mut cmd = Command::new(program);
+        cmd.env(AUDIT_RATE_ENV, "0");
+        Self::try_start_cmd(&mut cmd, data_dir, &[args, &["--http", "none"]].concat(), None)
+            .unwrap_or_else(|e| panic!("lying relay {args:?} did not start: {e}"))
+    }
+
+    /// Starts `cmd` (`ait` and its subcommand, or another relay program) with the relay
+    /// flags and `args`, as [`Relay::try_start`] does.
+    fn try_start_cmd(cmd: &mut Command, data_dir: &Path, args: &[&str], log: Option<&str>) -> Result<Relay, String> {
         std::fs::create_dir_all(data_dir).map_err(|e| e.to_string())?;
-        let mut child = ait()
-            .args(cmd)
+        let mut child = cmd
             .arg("--data-dir")
             .arg(data_dir)
             .args(["--host", "127.0.0.1", "--port", "0"])

@@ -1,5 +1,5 @@
 //! A tiny random Llama model, written as a Hugging Face safetensors checkpoint and as a GGUF
-//! file holding the same values, for the cross-format tests (`tests/tests/formats.rs`).
+//! file holding the same values, for the cross-format tests (`tests/tests/suite/formats.rs`).
 //!
 //! Values are kept in Hugging Face layout (`[out_features, in_features]`, row-major, q/k rows
 //! in rotate-half order); [`TinyModel::gguf`] converts names, reverses dims and permutes q/k
@@ -374,16 +374,38 @@ impl TinyModel {
 /// and 15 MB for the head, so each part spans several 1 MiB ranges. Written to
 /// `dir/tiny.gguf`; returns its path and manifest.
 pub fn torrent_model(dir: &Path) -> (PathBuf, web_node::model::Manifest) {
-    use web_node::model::{gguf::GgufModel, Arch, Manifest, ModelFile};
-    let default = GgufModel::open(&crate::default_model()).expect("default model");
-    let m = TinyModel::random_shape(7, Arch::Llama, (256, 1536), 6, default.config().vocab, true);
+    use web_node::model::{Manifest, ModelFile};
+    let path = dir.join("tiny.gguf");
+    write_torrent_model(&path, &torrent_weights(TORRENT_SEED), WeightType::Q8_0);
+    let manifest = Manifest::of_file(&ModelFile::open(&path).expect("open")).expect("manifest");
+    (path, manifest)
+}
+
+/// The seed of [`torrent_model`]'s weights.
+const TORRENT_SEED: u64 = 7;
+
+/// The weights of [`torrent_model`]'s shape drawn from `seed`.
+fn torrent_weights(seed: u64) -> TinyModel {
+    let vocab = web_node::model::gguf::GgufModel::open(&crate::default_model()).expect("default model").config().vocab;
+    TinyModel::random_shape(seed, Arch::Llama, (256, 1536), 6, vocab, true)
+}
+
+/// Writes `m` as `dtype` to `path` with the default model's tokenizer.
+fn write_torrent_model(path: &Path, m: &TinyModel, dtype: WeightType) {
+    let default = web_node::model::gguf::GgufModel::open(&crate::default_model()).expect("default model");
     let mut md = m.gguf_metadata();
     let tokenizer = default.file().metadata.0.iter().filter(|(k, _)| k.starts_with("tokenizer."));
     md.extend(tokenizer.map(|(k, v)| (k.clone(), v.clone())));
-    let path = dir.join("tiny.gguf");
-    std::fs::write(&path, write_gguf(&md, &m.gguf_tensors(WeightType::Q8_0, true))).expect("write");
-    let manifest = Manifest::of_file(&ModelFile::open(&path).expect("open")).expect("manifest");
-    (path, manifest)
+    std::fs::write(path, write_gguf(&md, &m.gguf_tensors(dtype, true))).expect("write");
+}
+
+/// The weights a node lying in `weights` about `blocks` of [`torrent_model`] runs instead
+/// (another quantization is Q4_1), written to `dir/liar-<weights>.gguf`; returns the path.
+pub fn torrent_liar(dir: &Path, weights: crate::chain_fixture::Weights, blocks: std::ops::Range<usize>) -> PathBuf {
+    let (m, dtype) = weights.model(torrent_weights, TORRENT_SEED, blocks, WeightType::Q8_0, WeightType::Q4_1);
+    let path = dir.join(format!("liar-{weights:?}.gguf"));
+    write_torrent_model(&path, &m, dtype);
+    path
 }
 
 /// Writes the default model's tokenizer into the checkpoint directory `dir` as a
