@@ -1,7 +1,7 @@
 """Checks a relay's OpenAI-compatible API with the official `openai` package.
 
 Usage: python3 check_api.py BASE_URL API_KEY (API_KEY "none": the relay has no key)
-Run by tests/tests/openai_api.rs against a live `ait relay`; exits non-zero on the first
+Run by tests/tests/serial/openai_api.rs against a live `ait relay`; exits non-zero on the first
 failed check and prints what it checked.
 """
 

@@ -1,4 +1,4 @@
-//! Shared helpers for the integration tests in `tests/tests/suite/` (one test binary), and
+//! Shared helpers for the integration tests in `tests/tests/suite/` and `tests/tests/serial/`, and
 //! `lying_relay` (`src/bin/`), the relay that lies for the trust tests.
 //!
 //! - [`candle_ref`]: independent reference models (candle) to compare the engine against.

@@ -81,9 +81,7 @@ impl Relay {
     /// `env!("CARGO_BIN_EXE_lying_relay")`): a relay of no HTTP API that serves its blocks
     /// with other weights than its model's and signs what it computes.
     pub fn start_lying(program: &Path, data_dir: &Path, args: &[&str]) -> Relay {
-        let mut cmd = Command::new(program);
-        cmd.env(AUDIT_RATE_ENV, "0");
-        Self::try_start_cmd(&mut cmd, data_dir, &[args, &["--http", "none"]].concat(), None)
+        Self::try_start_cmd(&mut Command::new(program), data_dir, &[args, &["--http", "none"]].concat(), None)
             .unwrap_or_else(|e| panic!("lying relay {args:?} did not start: {e}"))
     }
 
@@ -167,6 +165,13 @@ impl Relay {
                 }
             }
         }
+    }
+
+    /// The speed its `serving:` line claims, in ms per block per token (what routing goes by).
+    pub fn ms_per_block(&self) -> Option<f64> {
+        let line = self.serving.as_deref()?;
+        let (before, _) = line.split_once(" ms per block per token")?;
+        before.rsplit_once('(')?.1.parse().ok()
     }
 
     /// Its first address with `proto` (`tcp`, `ws`, `quic-v1`, `webrtc-direct`).

@@ -95,8 +95,8 @@ fn main() -> Result<(), Error> {
         let serving = relay::serving::start(&handle, &key, loaded, ServeLimits::default()).await?;
         let c = serving.server.config();
         println!(
-            "serving: blocks {}..{} of model {} on {} (lying)",
-            c.blocks.start, c.blocks.end, serving.model, c.backend
+            "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token), lying",
+            c.blocks.start, c.blocks.end, serving.model, c.backend, c.ms_per_block
         );
         println!("ready");
         // Serves until killed; `serving` withdraws the announcements when dropped.

@@ -200,15 +200,15 @@ async fn caught(
 }
 
 /// Test 6a across real processes, for the lies a node's weights make, and what a fraud
-/// report does then. Three relays serve the generated model (layers 0..2, 2..4, 4..6, on the
-/// CPU), and two judges (below) serve 2..4 on wgpu (lavapipe: slower, so routing prefers a
-/// CPU server of those layers). For each of a skipped layer, Q4_1 weights run for Q8_0 and
-/// another model of the same shape, a `lying_relay` process of layers 2..4 joins: it
+/// report does then. Two relays serve layers 0..2 and 4..6 of the generated model on the
+/// CPU, and two spares serve 2..4 on wgpu (lavapipe: slower, so routing prefers a CPU server
+/// of those layers). For each of a skipped layer, Q4_1 weights run for Q8_0 and another
+/// model of the same shape, a `lying_relay` process of layers 2..4 joins on the CPU: it
 /// announces the model and signs a receipt for every answer, computed with those weights.
 /// A client's generation routes through it and notices nothing; an audit of its session
-/// replays on the two judges, both fail it, it is judged faulty and convicted in the client's
-/// book; the next chain of that book routes around it and generates exactly what the chain
-/// through a judge generated before any liar joined.
+/// replays on the two spares, both fail it, it is judged faulty and convicted in the
+/// client's book; the next chain of that book routes around it and generates exactly what
+/// the chain through a spare generated before any liar joined.
 ///
 /// The fraud report of the first liar (a skipped layer) is then sent over `/ait/fraud/2` to
 /// a judge, which recomputes it on its own server, convicts the node and passes the report
@@ -244,11 +244,10 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
     let relay = |name: &str, args: &[&str]| Relay::start(&root.join(name), &[&["--model", p][..], args].concat());
     let first = relay("first", &["--blocks", "0..2"]);
     let boot = first.addr("tcp");
-    let _others = [
-        relay("last", &["--blocks", "4..6", "--bootstrap", &boot]),
-        relay("spare-0", &["--blocks", "2..4", "--backend", "wgpu", "--bootstrap", &boot]),
-        relay("spare-1", &["--blocks", "2..4", "--backend", "wgpu", "--bootstrap", &boot]),
-    ];
+    let _last = relay("last", &["--blocks", "4..6", "--bootstrap", &boot]);
+    let spares =
+        ["spare-0", "spare-1"].map(|n| relay(n, &["--blocks", "2..4", "--backend", "wgpu", "--bootstrap", &boot]));
+    let spares_claim = spares.iter().map(|r| r.ms_per_block().expect("a spare's speed")).fold(f64::INFINITY, f64::min);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (fast, spare) = (0.1, 1.0);
     let servers = [(0..2, fast), (2..4, fast), (4..6, fast), (2..4, spare), (2..4, spare)];
@@ -264,6 +263,11 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
         let args = ["--model", p, "--weights", weights.to_str().unwrap(), "--blocks", "2..4", "--bootstrap", &boot];
         let liar =
             Relay::start_lying(Path::new(env!("CARGO_BIN_EXE_lying_relay")), &root.join(format!("{lie:?}")), &args);
+        let claim = liar.ms_per_block().expect("the liar's speed");
+        assert!(
+            claim < spares_claim,
+            "routing prefers the liar on the CPU: it claims {claim} ms, the spares {spares_claim}"
+        );
         reports.push(rt.block_on(caught(&generating, &client_model, liar.peer.parse().unwrap(), &reference, lie)));
     }
     // The judges join: relays of the liar's layers that were not its auditors.
@@ -322,15 +326,14 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
         v1
     });
     assert_eq!(v1.judge, a1);
-    // The report comes back as known from the other relays of those layers that recomputed
-    // it (the liar's auditors too), as often as they pass it on.
+    // (How often each judge was told of the report again depends on which other relays of
+    // those layers it was passed on to: "known" is not counted here.)
     assert_eq!(
         ["convicted", "refused", "cleared"].map(|a| counted(&h0, a)),
         [1.0, 2.0, 1.0],
         "what the first relay made of each report"
     );
     assert_eq!(["convicted", "refused", "cleared"].map(|a| counted(&h1, a)), [1.0, 0.0, 0.0]);
-    assert!(counted(&h0, "known") >= 1.0 && counted(&h1, "known") >= 1.0);
 
     // The two signed verdicts accuse the liar on chain; unappealed, it is slashed.
     rt.block_on(async {

@@ -6,7 +6,6 @@
 //! generates, and prints its time to first token before and during the attack, the relay's
 //! file descriptors and memory (numbers for SECURITY.md; not asserted as timings).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ait_tests::default_model;
@@ -20,11 +19,7 @@ use web_node::net::frame::{read_frame, write_frame};
 use web_node::net::node::NodeHandle;
 use web_node::net::protocol::{Request, Response, PROTOCOL};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::serial;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")

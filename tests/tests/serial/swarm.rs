@@ -17,14 +17,10 @@ use web_node::net::chain::ChainOptions;
 use web_node::net::frame::{read_frame, write_frame};
 use web_node::net::protocol::{ErrorCode, Request, Response, PROTOCOL};
 
+use crate::serial;
+
 /// The tests here start several relays each; on a 2-core machine they run one at a time so
 /// that step timings (which decide when a server counts as failed) are not distorted.
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime")
 }

@@ -5,7 +5,6 @@
 //! Needs `chromium` and `chromium-driver` (scripts/setup.sh installs them) and the built app
 //! (`trunk build --release`, into `dist/`).
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
@@ -14,11 +13,7 @@ use ait_tests::procs::{temp_dir, Relay};
 use ait_tests::requantize::{k_quant_mix, requantize_gguf};
 use serde_json::json;
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::serial;
 
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
 /// holding every block), streams it, and keeps the conversation across a reload. A browser

@@ -5,7 +5,6 @@
 //! the unit. A client that stops paying is cut off at the credit cap; a relay killed -9
 //! redeems after a restart exactly what its ledger kept.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use ait_tests::default_model;
@@ -19,11 +18,7 @@ use web_node::net::protocol::{ErrorCode, Request, Response, PROTOCOL};
 use web_node::settle::{HopBill, PayTerms, Payer, Payment, SessionKey, SignedVoucher};
 use web_node::trust::{output_hash, InputChain, Receipt, SessionNonce};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
-}
+use crate::serial;
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()

@@ -6,12 +6,11 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::Mutex;
 
 use ait_tests::procs::{ait, temp_dir, three_relays, Relay};
 use ait_tests::{default_model, python};
 
-static SERIAL: Mutex<()> = Mutex::new(());
+use crate::serial;
 
 fn check_api(base: &str, key: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("openai/check_api.py");
@@ -39,7 +38,7 @@ fn chat(args: &[&str], input: &str) -> String {
 
 #[test]
 fn openai_sdk_against_one_relay_and_ait_chat() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let model = default_model();
     let root = temp_dir("api-one");
     let relay = Relay::start(
@@ -61,7 +60,7 @@ fn openai_sdk_against_one_relay_and_ait_chat() {
 
 #[test]
 fn openai_sdk_against_a_three_relay_chain_and_ait_chat_over_the_swarm() {
-    let _serial = SERIAL.lock().unwrap_or_else(|p| p.into_inner());
+    let _serial = serial();
     let model = default_model();
     let root = temp_dir("api-chain");
     let relays: Vec<Relay> = three_relays(&root, &model);
