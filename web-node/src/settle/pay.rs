@@ -45,8 +45,9 @@ sol! {
 /// How long a session's opening proof is good for: ten minutes.
 pub const OPEN_PROOF_LIFETIME_S: u64 = 600;
 
-/// Largest payment or voucher message, in bytes (JSON): a voucher takes about 450, a payment
-/// with an authorization about 600.
+/// Largest payment or voucher message, in bytes (JSON): at their widest (every number at its
+/// maximum) a voucher takes 705 and a session's payment with an authorization and an
+/// allocation 1,213 (`the_widest_payment_messages_fit_the_limit`).
 pub const MAX_PAYMENT_BYTES: usize = 2048;
 
 /// How long a client's vouchers stay redeemable: a day.
@@ -591,6 +592,36 @@ mod tests {
             escrow: terms().escrow,
             max_price: None,
         }
+    }
+
+    /// The widest payment messages fit [`MAX_PAYMENT_BYTES`]: a session's opening payment
+    /// carrying an authorization and an allocation, and a voucher, every number in them at its
+    /// widest (prints their sizes, which the constant's doc quotes).
+    #[test]
+    fn the_widest_payment_messages_fit_the_limit() {
+        let (mut p, t, model) = (payer(), terms(), B256::repeat_byte(9));
+        let authorization =
+            AuthorizeSigner { payer: p.payer, signer: p.key.address(), nonce: U256::MAX, deadline: U256::MAX };
+        p.authorization = Some(SignedAuthorization { authorization, signature: Bytes::from(vec![0xff; 65]) });
+        let now = u64::MAX / 2;
+        let mut bill = HopBill::new(&p, t.clone(), model, 10, now).unwrap();
+        let quote = PayerQuote { allocated_total: U256::MAX, available: U256::ZERO };
+        bill.allocate(&quote, 1 << 20, &p.key, now).unwrap();
+        let payment = serde_json::to_vec(bill.payment()).unwrap().len();
+        let voucher = Voucher {
+            session: B256::repeat_byte(0xff),
+            payer: p.payer,
+            node: t.node,
+            model,
+            cumulativeAmount: U256::MAX,
+            cumulativeWork: U256::MAX,
+            receipts: B256::repeat_byte(0xff),
+            expiry: u64::MAX,
+        };
+        let voucher =
+            serde_json::to_vec(&SignedVoucher { voucher, signature: Bytes::from(vec![0xff; 65]) }).unwrap().len();
+        println!("widest payment {payment} bytes, voucher {voucher} bytes, limit {MAX_PAYMENT_BYTES}");
+        assert!(payment.max(voucher) <= MAX_PAYMENT_BYTES, "{payment} and {voucher} bytes");
     }
 
     #[test]
