@@ -1,9 +1,8 @@
 //! The audit's limit against honest drift and against every way a node can lie, on
 //! generated models whose weights and inputs differ from those `ait calibrate` uses.
 
-use std::time::{Duration, Instant};
-
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture, Weights};
 use ait_tests::evm::{sent, warp};
@@ -14,8 +13,7 @@ use relay::swarm_client::chain as swarm_chain;
 use web_node::client::{ClientModel, GenerateOptions, SamplingParams};
 use web_node::engine::gpu::GpuContext;
 use web_node::model::ModelId;
-use web_node::net::chain::ChainOptions;
-use web_node::net::chain::SwarmChain;
+use web_node::net::chain::{ChainOptions, SwarmChain};
 use web_node::net::evidence;
 use web_node::net::fraud::{send, Answer};
 use web_node::net::node::NodeHandle;
