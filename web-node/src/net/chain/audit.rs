@@ -217,13 +217,14 @@ impl<D: Discovery> SwarmChain<D> {
     }
 
     /// The servers of exactly `blocks` but those in `except`, with their streams: who can
-    /// audit or recompute a span.
+    /// audit or recompute a span. The discovery decides once one of them has answered (or
+    /// its timeout has passed), not as soon as servers of parts of `blocks` would do.
     async fn others_of(
         &mut self,
         blocks: &std::ops::Range<usize>,
         except: &[PeerId],
     ) -> Result<Vec<(super::FoundServer, super::BoxStream)>, ChainError> {
-        let found = self.discover(blocks.clone(), false).await?;
+        let found = self.discover_except(blocks.clone(), false, except, 1).await?;
         Ok(found
             .into_iter()
             .filter(|(f, _)| !except.contains(&f.candidate.peer) && f.candidate.blocks == *blocks)
@@ -273,8 +274,24 @@ impl<D: Discovery> SwarmChain<D> {
         let (inputs, claimed) = (&case.inputs[..tokens * dim], &case.outputs[..tokens * dim]);
         let mut opinions: Vec<Opinion> = Vec::new();
         let mut failure = None;
-        for (f, stream) in std::iter::once(first).chain(found) {
+        let mut queue: std::collections::VecDeque<_> = std::iter::once(first).chain(found).collect();
+        // Every server asked so far, and the audited one.
+        let mut asked = vec![audited];
+        loop {
+            let Some((f, stream)) = queue.pop_front() else {
+                // The first discovery decided as soon as one auditor answered; a failure
+                // needs more opinions, so look again for servers not asked yet (a busy
+                // swarm, or one where servers come and go, may answer late).
+                let mut more = self.others_of(&blocks, &asked).await.unwrap_or_default();
+                if more.is_empty() {
+                    break;
+                }
+                more.sort_by_cached_key(|(f, _)| second_opinion_rank(signed, &f.candidate.peer));
+                queue.extend(more);
+                continue;
+            };
             let auditor = f.candidate.peer;
+            asked.push(auditor);
             let replay = match self.replay(&f, stream, inputs, tokens).await {
                 Ok(r) => r,
                 Err(e) => {

@@ -8,7 +8,7 @@
 //! [`DhtDiscovery`] reads provider records and each server's signed record, then exchanges a
 //! status request with every server at once (at most [`ChainOptions::max_probes`], sampled
 //! over the blocks by [`sample_providers`]), deciding shortly after the answers cover the
-//! range. It dials only the announced addresses its [`AddrScope`] allows. It does not plan
+//! range (and include as many servers of exactly the range as the query wants). It dials only the announced addresses its [`AddrScope`] allows. It does not plan
 //! routes or open sessions.
 
 use std::collections::{HashMap, HashSet};
@@ -46,8 +46,12 @@ pub struct Query<'a> {
     pub known: &'a HashMap<PeerId, Range<usize>>,
     /// Ask only the `known` servers (a quick re-route: no network-wide queries).
     pub known_only: bool,
-    /// Servers to leave out (banned after a failure).
+    /// Servers to leave out (banned after a failure, or not wanted: an audit's accused).
     pub banned: &'a HashSet<PeerId>,
+    /// Servers of exactly `range` to hear from before deciding, besides a route covering it:
+    /// 0 for routing; an audit that wants one more auditor asks for 1, and discovery then
+    /// does not settle on servers of parts of the range alone.
+    pub want: usize,
     /// The chain's timeouts.
     pub opts: &'a ChainOptions,
 }
@@ -168,9 +172,22 @@ impl<D: Discovery> SwarmChain<D> {
         range: Range<usize>,
         known_only: bool,
     ) -> Result<Vec<(FoundServer, BoxStream)>, ChainError> {
+        self.discover_except(range, known_only, &[], 0).await
+    }
+
+    /// [`SwarmChain::discover`], leaving the servers `except` out (they are not asked), and
+    /// deciding only once `want` servers of exactly `range` have answered (or the discovery
+    /// timeout has passed).
+    pub async fn discover_except(
+        &mut self,
+        range: Range<usize>,
+        known_only: bool,
+        except: &[PeerId],
+        want: usize,
+    ) -> Result<Vec<(FoundServer, BoxStream)>, ChainError> {
         let ban = self.opts.ban;
         self.banned.retain(|_, t| t.elapsed() < ban);
-        let banned: HashSet<PeerId> = self.banned.keys().copied().collect();
+        let banned: HashSet<PeerId> = self.banned.keys().chain(except).copied().collect();
         let query = Query {
             model: self.model,
             n_layers: self.n_layers,
@@ -178,6 +195,7 @@ impl<D: Discovery> SwarmChain<D> {
             known: &self.known,
             known_only,
             banned: &banned,
+            want,
             opts: &self.opts,
         };
         let mut found = self.discovery.find(query).await?;
@@ -337,7 +355,8 @@ impl Discovery for DhtDiscovery {
             }
             if settle_at.is_none() {
                 let cands: Vec<Candidate> = found.servers.iter().map(|(f, _)| f.candidate.clone()).collect();
-                if plan(&cands, range.clone()).is_some() {
+                let exact = cands.iter().filter(|c| c.blocks == range).count();
+                if plan(&cands, range.clone()).is_some() && exact >= query.want {
                     settle_at = Some(Instant::now() + settle);
                 }
             }
