@@ -18,7 +18,7 @@ use web_node::net::serve::{
 
 use crate::local::{load_backend, pick_gpu, BackendKind};
 use crate::manifest_cache::manifest_for;
-use web_node::engine::AnyBackend;
+use web_node::engine::{AnyBackend, Backend};
 
 /// What to serve and the limits.
 #[derive(Clone, Debug, clap::Args)]
@@ -123,10 +123,10 @@ pub struct Serving {
     pub withdraw: Withdraw,
 }
 
-/// Blocks loaded and ready to serve.
-pub struct Loaded {
+/// Blocks loaded and ready to serve (on the backend [`load_file`] picked, or any other).
+pub struct Loaded<B = AnyBackend> {
     /// The blocks.
-    pub backend: AnyBackend,
+    pub backend: B,
     /// The model's manifest.
     pub manifest: Manifest,
     /// The model file, or its head part.
@@ -159,7 +159,16 @@ pub async fn load_file(opt: &ServeOpt, data_dir: &Path) -> anyhow::Result<Loaded
 /// Runs the portable assembly ([`Service`]) on `loaded` under `limits` (see
 /// [`ServeOpt::limits`]): the compute loop on its own thread, a task per session stream, and
 /// the DHT announcements.
-pub async fn start(handle: &NodeHandle, key: &Keypair, loaded: Loaded, limits: ServeLimits) -> anyhow::Result<Serving> {
+pub async fn start<B>(
+    handle: &NodeHandle,
+    key: &Keypair,
+    loaded: Loaded<B>,
+    limits: ServeLimits,
+) -> anyhow::Result<Serving>
+where
+    B: Backend + Send + 'static,
+    B::Cache: Send,
+{
     let Loaded { backend, manifest, file } = loaded;
     let model = manifest.id();
     // Measuring the blocks keeps the device busy for a moment: off the async workers.

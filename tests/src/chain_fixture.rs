@@ -27,6 +27,7 @@ use web_node::net::protocol::{ErrorCode, Request, Response};
 use web_node::net::serve::{BoxStream, ComputeHandle, ComputeLoop, ServeConfig, ServeLimits, Server};
 use web_node::trust::{output_hash, InputChain, Receipt};
 
+use crate::lying_backend::Lie;
 use crate::tiny_model::{TempDir, Tensor, TinyModel};
 
 /// Layers of the fixture's model.
@@ -87,12 +88,12 @@ pub enum Fault {
     Unsigned,
     /// Adds noise of a thousandth of each row's rms to every answer and signs a receipt for
     /// the noisy answer with the server's own key: a node that lies about its computation
-    /// and stands by it. Only an audit (a recomputation elsewhere) catches it.
+    /// and stands by it. Only an audit (a recomputation elsewhere) catches it ([`Lie::Noise`]).
     Lie,
-    /// Answers every step with its input rows, unchanged, and signs for them.
+    /// Answers every step with its input rows, unchanged, and signs for them ([`Lie::Echo`]).
     Echo,
     /// Answers each one-token step after the first with the previous step's output (states
-    /// from an earlier position), and signs for it.
+    /// from an earlier position), and signs for it ([`Lie::Stale`]).
     Stale,
 }
 
@@ -238,7 +239,7 @@ async fn freeze(_chain: Pipe, _server: Pipe) {
 struct Liar {
     key: Keypair,
     open: Option<(Receipt, InputChain)>,
-    /// The last row it answered ([`Fault::Stale`]).
+    /// The true last row of its previous answer ([`Fault::Stale`]).
     last: Option<Vec<f32>>,
 }
 
@@ -272,30 +273,10 @@ impl Liar {
         }
     }
 
-    /// Makes `hidden` (the true answer to `input`) the lie of `fault` and signs it under
+    /// Makes `hidden` (the true answer to `input`) the lie of `lie` and signs it under
     /// `receipt`.
-    fn lie(&mut self, fault: Fault, mut receipt: Receipt, input: &[f32], hidden: &mut Vec<f32>) -> Vec<u8> {
-        let n_tokens = receipt.n_tokens as usize;
-        let dim = hidden.len() / n_tokens.max(1);
-        let truth_last = hidden[hidden.len().saturating_sub(dim)..].to_vec();
-        match fault {
-            Fault::Lie => {
-                for row in hidden.chunks_mut(dim.max(1)) {
-                    let rms = (row.iter().map(|v| v * v).sum::<f32>() / row.len() as f32).sqrt();
-                    for (i, v) in row.iter_mut().enumerate() {
-                        *v += if i % 2 == 0 { 1e-3 * rms } else { -1e-3 * rms };
-                    }
-                }
-            }
-            Fault::Echo => *hidden = input.to_vec(),
-            Fault::Stale => {
-                if let (1, Some(last)) = (n_tokens, &self.last) {
-                    *hidden = last.clone();
-                }
-            }
-            _ => {}
-        }
-        self.last = Some(truth_last);
+    fn lie(&mut self, lie: Lie, mut receipt: Receipt, input: &[f32], hidden: &mut Vec<f32>) -> Vec<u8> {
+        lie.apply(input, hidden, receipt.n_tokens as usize, &mut self.last);
         receipt.output = output_hash(hidden);
         receipt.sign(&self.key).expect("an ed25519 key signs")
     }
@@ -389,7 +370,12 @@ async fn proxy(mut chain: Pipe, mut server: Pipe, state: Arc<FaultState>, mut li
                         Request::Step { hidden, .. } => hidden.as_slice(),
                         _ => &[],
                     };
-                    let receipt = liar.lie(f, r, input, &mut hidden);
+                    let lie = match f {
+                        Fault::Lie => Lie::Noise,
+                        Fault::Echo => Lie::Echo,
+                        _ => Lie::Stale,
+                    };
+                    let receipt = liar.lie(lie, r, input, &mut hidden);
                     reply = Response::Hidden { n_tokens, compute_us, receipt, hidden }.encode();
                 }
             }

@@ -11,11 +11,14 @@
 //! - [`chain_fixture`]: in-process servers of a tiny model behind a test discovery, with
 //!   injected faults, for the client chain's tests (`tests/tests/suite/chain.rs`).
 //! - [`evm`]: transactions on a test's dev chain (refusals by name, the chain's clock).
+//! - [`lying_backend`]: the lies a node tells about what it computed (noise, its input, a
+//!   stale position), for the fixture's liars and `lying_relay`.
 
 pub mod browser;
 pub mod candle_ref;
 pub mod chain_fixture;
 pub mod evm;
+pub mod lying_backend;
 pub mod paid;
 pub mod procs;
 pub mod requantize;

@@ -2,38 +2,45 @@
 //! 17, test 6a across real processes). It serves `--blocks` of the model `--model` over the
 //! real libp2p stack as `ait relay` does (the same `relay::p2p` node and `relay::serving::start`,
 //! so it announces the model's id, meters, and signs a receipt for every step), but computes
-//! them with the weights of `--weights`: another quantization, another model of the same
-//! shape, or the model with a layer skipped. It signs what it computed, as a node that lies
-//! and stands by it would.
+//! them with the weights of `--weights` (another quantization, another model of the same
+//! shape, or the model with a layer skipped), or answers with the `--lie` of what it computed
+//! (noise, its input, a stale position: [`ait_tests::lying_backend`]). It signs its answers,
+//! as a node that lies and stands by it would.
 //!
 //! Test-only: it is not part of `ait`, and no flag of `ait` and nothing on the network makes
 //! a relay lie. It prints the lines of `ait relay` that `ait_tests::procs::Relay` reads
 //! (`peer id:`, `listening:`, `serving:`, `ready`) and has no HTTP API.
 //!
-//! Usage: `lying_relay --data-dir DIR --model MODEL.gguf --weights OTHER.gguf --blocks A..B
-//! [--host IP] [--port N] [--bootstrap ADDR]... [--http none]` and `ait relay`'s serving flags
-//! (`--backend`, the session limits).
+//! Usage: `lying_relay --data-dir DIR --model MODEL.gguf (--weights OTHER.gguf | --lie LIE)
+//! --blocks A..B [--host IP] [--port N] [--bootstrap ADDR]... [--http none]` and `ait relay`'s
+//! serving flags (`--backend`, the session limits). Logs go to stderr under `RUST_LOG`.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
 
+use ait_tests::lying_backend::{Lie, LyingBackend};
 use clap::Parser;
 use libp2p::Multiaddr;
-use relay::serving::{Loaded, ServeOpt};
+use relay::serving::{Loaded, ServeOpt, Serving};
 use web_node::model::{Manifest, ModelFile};
 use web_node::net::node::Role;
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// A relay that serves `--blocks` of `--model` computed with the weights of `--weights`.
+/// A relay that serves `--blocks` of `--model` computed with the weights of `--weights`, or
+/// answered with the `--lie` of what it computed.
 #[derive(Parser)]
+#[command(group = clap::ArgGroup::new("how").required(true).multiple(true).args(["weights", "lie"]))]
 struct Opt {
     /// Its key, certificate and manifest cache.
     #[arg(long)]
     data_dir: PathBuf,
     /// The model file whose weights it computes with (`--model` is the one it claims).
     #[arg(long)]
-    weights: PathBuf,
+    weights: Option<PathBuf>,
+    /// What it answers instead of what it computed.
+    #[arg(long, value_enum)]
+    lie: Option<Lie>,
     /// Address to listen on.
     #[arg(long, default_value = "127.0.0.1")]
     host: IpAddr,
@@ -52,11 +59,20 @@ struct Opt {
 }
 
 fn main() -> Result<(), Error> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let mut opt = Opt::parse();
     std::fs::create_dir_all(&opt.data_dir)?;
     let limits = opt.serve.limits(Default::default());
-    // What it claims to serve; then it loads the blocks as `ait relay` would, of the other file.
-    let claimed = ModelFile::open(&opt.serve.model.replace(opt.weights.clone()).ok_or("--model is required")?)?;
+    // What it claims to serve; then it loads the blocks as `ait relay` would, of the file it
+    // computes with.
+    let model = opt.serve.model.clone().ok_or("--model is required")?;
+    if let Some(weights) = &opt.weights {
+        opt.serve.model = Some(weights.clone());
+    }
+    let claimed = ModelFile::open(&model)?;
     let manifest = Manifest::of_file(&claimed)?;
     let key = relay::p2p::load_or_create_key(&opt.data_dir)?;
     let cert = relay::p2p::load_or_create_cert(&opt.data_dir)?;
@@ -64,7 +80,6 @@ fn main() -> Result<(), Error> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let runs = relay::serving::load_file(&opt.serve, &opt.data_dir).await?;
-        let loaded = Loaded { manifest, file: claimed, ..runs };
         let (handle, addrs) =
             relay::p2p::start(key.clone(), cert, Role::Server, &listen, true, &Default::default()).await?;
         println!("peer id: {}", key.public().to_peer_id());
@@ -72,7 +87,16 @@ fn main() -> Result<(), Error> {
             println!("listening: {a}");
         }
         relay::p2p::bootstrap(&handle, &opt.bootstrap).await?;
-        let serving = relay::serving::start(&handle, &key, loaded, limits).await?;
+        let serving: Serving = match opt.lie {
+            None => {
+                let loaded = Loaded { manifest, file: claimed, ..runs };
+                relay::serving::start(&handle, &key, loaded, limits).await?
+            }
+            Some(lie) => {
+                let loaded = Loaded { backend: LyingBackend::new(runs.backend, lie), manifest, file: claimed };
+                relay::serving::start(&handle, &key, loaded, limits).await?
+            }
+        };
         let c = serving.server.config();
         println!(
             "serving: blocks {}..{} of model {} on {} ({:.3} ms per block per token), lying",

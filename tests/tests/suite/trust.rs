@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use ait_tests::chain_fixture::{Fault, Fixture, Weights};
 use ait_tests::evm::{sent, warp};
+use ait_tests::lying_backend::Lie;
 use ait_tests::paid::Chain;
 use ait_tests::procs::{ait, temp_dir, three_relays_with, Relay};
 use ait_tests::tiny_model::{torrent_liar, torrent_model, TempDir};
@@ -159,18 +160,18 @@ async fn greedy(client: &ClientModel, chain: &mut SwarmChain) -> Vec<u32> {
     out.tokens
 }
 
-/// A client at `handle` generates through the relay `liar` (lying in `lie`) once routing has
-/// found it, notices nothing, audits its session on the other servers of its layers, judges
-/// it faulty and routes its next chain around it, generating `reference`; returns the fraud
-/// report.
+/// A client at `handle` keeping `book` generates through the relay `liar` (lying as `lie`
+/// says) once routing has found it, notices nothing, audits its session on the other servers
+/// of its layers, judges it faulty and routes its next chain around it, generating
+/// `reference`; returns the fraud report.
 async fn caught(
     handle: &NodeHandle,
     client: &ClientModel,
+    book: &Reputation,
     liar: libp2p::PeerId,
     reference: &[u32],
-    lie: Weights,
+    lie: &str,
 ) -> FraudReport {
-    let book = Reputation::new();
     let opts = ChainOptions { reputation: book.clone(), ..ChainOptions::default() };
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut chain = loop {
@@ -179,34 +180,36 @@ async fn caught(
         if chain.audit_cases()[1].hop.peer == liar {
             break chain;
         }
-        assert!(Instant::now() < deadline, "{lie:?}: routing never chose the lying relay");
+        assert!(Instant::now() < deadline, "{lie}: routing never chose the lying relay");
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
-    assert!(chain.recoveries().is_empty(), "{lie:?}: noticed while generating");
+    assert!(chain.recoveries().is_empty(), "{lie}: noticed while generating");
     let case = chain.audit_cases()[1].clone();
     let outcome = chain.audit(&case, case.receipts.len() - 1).await.expect("the audit runs");
-    assert_eq!(outcome.verdict, Verdict::Faulty, "{lie:?}: {outcome:?}");
+    assert_eq!(outcome.verdict, Verdict::Faulty, "{lie}: {outcome:?}");
     let worst = outcome.opinions.iter().map(|o| o.deviation.worst).fold(f32::INFINITY, f32::min);
-    assert!(worst > DELTA_LIMIT, "{lie:?}: {worst:e}");
-    eprintln!("{lie:?}: judged faulty by {} auditors, mildest worst token {worst:.2e}", outcome.opinions.len());
-    assert!(book.rating(&liar).convicted, "{lie:?}");
+    assert!(worst > DELTA_LIMIT, "{lie}: {worst:e}");
+    eprintln!("{lie}: judged faulty by {} auditors, mildest worst token {worst:.2e}", outcome.opinions.len());
+    assert!(book.rating(&liar).convicted, "{lie}");
     let mut next = swarm_chain(handle.clone(), client, opts);
     let exact = greedy(client, &mut next).await;
-    assert_ne!(next.audit_cases()[1].hop.peer, liar, "{lie:?}: routed through the liar again");
-    assert_eq!(exact, reference, "{lie:?}: the chain around the liar");
+    assert_ne!(next.audit_cases()[1].hop.peer, liar, "{lie}: routed through the liar again");
+    assert_eq!(exact, reference, "{lie}: the chain around the liar");
     outcome.report.expect("a faulty verdict leaves a report")
 }
 
-/// Test 6a across real processes, for the lies a node's weights make, and what a fraud
-/// report does then. Two relays serve layers 0..2 and 4..6 of the generated model on the
+/// Test 6a across real processes, for every fault class, and what a fraud report does
+/// then. Two relays serve layers 0..2 and 4..6 of the generated model on the
 /// CPU, and two spares serve 2..4 on wgpu (lavapipe: slower, so routing prefers a CPU server
-/// of those layers). For each of a skipped layer, Q4_1 weights run for Q8_0 and another
-/// model of the same shape, a `lying_relay` process of layers 2..4 joins on the CPU: it
-/// announces the model and signs a receipt for every answer, computed with those weights.
+/// of those layers). For each fault class, a `lying_relay` process of layers 2..4 joins on the
+/// CPU: it announces the model and signs a receipt for every answer, computed with a skipped
+/// layer, Q4_1 weights run for Q8_0 or another model of the same shape, or computed honestly
+/// and then answered with noise of 1e-3, its input, or a stale position.
 /// A client's generation routes through it and notices nothing; an audit of its session
 /// replays on the two spares, both fail it, it is judged faulty and convicted in the
-/// client's book; the next chain of that book routes around it and generates exactly what
-/// the chain through a spare generated before any liar joined.
+/// client's book; the next chain of that book routes around it (and the liars caught before,
+/// still up) and generates exactly what the chain through a spare generated before any liar
+/// joined.
 ///
 /// The fraud report of the first liar (a skipped layer) is then sent over `/ait/fraud/2` to
 /// a judge, which recomputes it on its own server, convicts the node and passes the report
@@ -225,6 +228,7 @@ async fn caught(
 /// HTTP, a judge still shows the report from disk and recomputes the reports it is sent.
 #[test]
 fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdicts_slash_the_liar() {
+    let _ = tracing_subscriber::fmt().with_env_filter("warn,web_node::net::chain=info").with_test_writer().try_init();
     let root = temp_dir("trust-fraud");
     std::fs::create_dir_all(&root).expect("dir");
     let (path, manifest) = torrent_model(&root);
@@ -256,18 +260,27 @@ fn a_fraud_report_travels_between_relays_that_each_recompute_it_and_their_verdic
         greedy(&client_model, &mut honest).await
     });
     let mut reports = Vec::new();
-    for lie in [Weights::SkipLayer, Weights::OtherQuant, Weights::OtherModel] {
-        let weights = torrent_liar(&root, lie, 2..4);
-        let args = ["--model", p, "--weights", weights.to_str().unwrap(), "--blocks", "2..4", "--bootstrap", &boot];
-        let liar =
-            Relay::start_lying(Path::new(env!("CARGO_BIN_EXE_lying_relay")), &root.join(format!("{lie:?}")), &args);
+    let by_weights = [Weights::SkipLayer, Weights::OtherQuant, Weights::OtherModel]
+        .map(|w| (format!("{w:?}"), "--weights", torrent_liar(&root, w, 2..4).to_str().unwrap().to_string()));
+    let by_answers =
+        [Lie::Noise, Lie::Echo, Lie::Stale].map(|l| (format!("{l:?}"), "--lie", format!("{l:?}").to_lowercase()));
+    // The client keeps one book: the liars it caught stay up, left out of its routes and
+    // audits, as liars that are not stopped would.
+    let book = Reputation::new();
+    let mut liars = Vec::new();
+    for (lie, how, what) in by_weights.into_iter().chain(by_answers) {
+        let args = ["--model", p, how, &what, "--blocks", "2..4", "--bootstrap", &boot];
+        let liar = Relay::start_lying(Path::new(env!("CARGO_BIN_EXE_lying_relay")), &root.join(&lie), &args);
         let claim = liar.ms_per_block().expect("the liar's speed");
         assert!(
             claim < spares_claim,
             "routing prefers the liar on the CPU: it claims {claim} ms, the spares {spares_claim}"
         );
-        reports.push(rt.block_on(caught(&generating, &client_model, liar.peer.parse().unwrap(), &reference, lie)));
+        let peer = liar.peer.parse().unwrap();
+        reports.push(rt.block_on(caught(&generating, &client_model, &book, peer, &reference, &lie)));
+        liars.push(liar);
     }
+    drop(liars);
     // The judges join: relays of the liar's layers that were not its auditors.
     let judge = [&["--model", p, "--blocks", "2..4", "--judge", "--bootstrap", &boot][..], &settle].concat();
     let r0 = Relay::start(&d0, &judge);
