@@ -79,7 +79,8 @@ impl Relay {
 
     /// Like [`Relay::start`], running the test-only `lying_relay` at `program` (a test's
     /// `env!("CARGO_BIN_EXE_lying_relay")`): a relay of no HTTP API that serves its blocks
-    /// with other weights than its model's and signs what it computes.
+    /// with other weights than its model's (`--weights`) or answers with a lie about what it
+    /// computed (`--lie`), and signs its answers.
     pub fn start_lying(program: &Path, data_dir: &Path, args: &[&str]) -> Relay {
         Self::try_start_cmd(&mut Command::new(program), data_dir, &[args, &["--http", "none"]].concat(), None)
             .unwrap_or_else(|e| panic!("lying relay {args:?} did not start: {e}"))
