@@ -19,12 +19,14 @@ use crate::trust::{SessionNonce, MAX_SIGNATURE};
 
 /// The stream protocol id. The major version changes with any incompatible message change
 /// (2: `Opened` may carry a free-tier client's quota left, which version 1's decoder refuses;
-/// 3: `Open` names the session and `Hidden` carries the node's signed receipt; a node and a
-/// client of different versions fail to negotiate the stream, cleanly).
-pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/3");
+/// 3: `Open` names the session and `Hidden` carries the node's signed receipt; 4: a voucher
+/// names the receipts it pays, another typed-data struct and a longer message than version
+/// 3 reads; a node and a client of different versions fail to negotiate the stream,
+/// cleanly).
+pub const PROTOCOL: StreamProtocol = StreamProtocol::new("/ait/inference/4");
 
 /// Version number carried in records and status.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// Largest answer a client reads to [`Request::Info`] or [`Request::Open`] (a status in JSON,
 /// or an error): 64 KiB, far above the few hundred bytes a status takes, far below the 16 MiB
