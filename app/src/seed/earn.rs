@@ -106,7 +106,7 @@ impl GateHost for TabHost {
         Box::pin(SendWrapper::new(async move { eip1193::request(method, params).await.map_err(|e| e.to_string()) }))
     }
 
-    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<u64, SendError>> {
         let from = self.node;
         Box::pin(SendWrapper::new(async move { send_tx(from, to, &data.to_string()).await }))
     }

@@ -201,7 +201,7 @@ impl Wallet {
                 .and_then(|a| a.parse().ok())
                 .ok_or_else(|| wallet_err("the wallet shared no account"))?;
             let id = eip1193::request("eth_chainId", json!([])).await?;
-            let id = id.as_str().and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok());
+            let id = hex_u64(&id);
             if id != Some(chain.chain_id) {
                 return Err(wallet_err(format!(
                     "the wallet is on chain {}, the relay settles on chain {}: switch the wallet's network",
@@ -329,25 +329,27 @@ async fn call_word(to: Address, data: alloy_primitives::Bytes, index: usize) -> 
     word(answer.as_str().unwrap_or_default(), index).map_err(wallet_err)
 }
 
+/// A JSON-RPC quantity (`"0x2a"`) as a number; `None` when `v` is not one.
+fn hex_u64(v: &Value) -> Option<u64> {
+    v.as_str().and_then(|h| u64::from_str_radix(h.trim_start_matches("0x"), 16).ok())
+}
+
 /// The latest block's time (Unix seconds), as the chain sees it.
 pub(crate) async fn chain_time() -> Result<u64, AppError> {
     let block = eip1193::request("eth_getBlockByNumber", json!(["latest", false])).await?;
-    block
-        .get("timestamp")
-        .and_then(Value::as_str)
-        .and_then(|t| u64::from_str_radix(t.trim_start_matches("0x"), 16).ok())
-        .ok_or_else(|| wallet_err("the chain's latest block has no time"))
+    hex_u64(&block["timestamp"]).ok_or_else(|| wallet_err("the chain's latest block has no time"))
 }
 
 /// Has the wallet send a transaction and waits until it is mined; a reverted one is an error.
 pub(crate) async fn send_and_wait(from: Address, to: Address, data: &str) -> Result<(), AppError> {
-    send_tx(from, to, data).await.map_err(wallet_err)
+    send_tx(from, to, data).await.map(drop).map_err(wallet_err)
 }
 
 /// Has the wallet send a transaction and waits until it is mined: refused when the chain
 /// reverts it (when the wallet estimates its gas, or once mined), failed when it could not be
 /// sent (the person declined, the wallet is gone) or its outcome is not known in time.
-pub(crate) async fn send_tx(from: Address, to: Address, data: &str) -> Result<(), SendError> {
+/// Returns the number of the block it was mined in.
+pub(crate) async fn send_tx(from: Address, to: Address, data: &str) -> Result<u64, SendError> {
     // A revert shows when the wallet estimates the gas: the chain refused it, named by the
     // escrow's error where the wallet passes the node's revert data on.
     let failed = |f: eip1193::Failure| match f.is_revert() {
@@ -367,7 +369,8 @@ pub(crate) async fn send_tx(from: Address, to: Address, data: &str) -> Result<()
             .map_err(|e| SendError::Failed(e.to_string()))?;
         if let Some(status) = receipt.get("status").and_then(Value::as_str) {
             return if status == "0x1" {
-                Ok(())
+                hex_u64(&receipt["blockNumber"])
+                    .ok_or_else(|| SendError::Failed(format!("transaction {hash}: a receipt without a block number")))
             } else {
                 Err(SendError::Refused(format!("transaction {hash} reverted")))
             };

@@ -38,7 +38,7 @@ impl GateHost for ProviderHost {
         })
     }
 
-    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<(), SendError>> {
+    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<u64, SendError>> {
         Box::pin(async move {
             let tx = TransactionRequest::default().to(to).input(data.into());
             // A revert shows when the gas is estimated: the chain refused it.
@@ -48,7 +48,7 @@ impl GateHost for ProviderHost {
             })?;
             let receipt = pending.get_receipt().await.map_err(|e| SendError::Failed(e.to_string()))?;
             if receipt.status() {
-                Ok(())
+                receipt.block_number.ok_or_else(|| SendError::Failed("a receipt without a block number".into()))
             } else {
                 Err(SendError::Refused("reverted".into()))
             }

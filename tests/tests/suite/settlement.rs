@@ -951,12 +951,14 @@ async fn signed_allocations_permits_and_revocations_cannot_be_abused() {
 }
 
 /// An RPC behind a load balancer whose backends lag: `eth_call` at "latest" is answered at
-/// an older block (`stale`), and the first `unseen` calls at a named block are refused as a
-/// backend that has not seen it yet would; everything else goes to the chain.
+/// an older block (`stale`), the latest block is block `head` while that is not 0, and the
+/// first `unseen` calls at a named block are refused as a backend that has not seen it yet
+/// would; everything else goes to the chain.
 #[derive(Debug)]
 struct LaggingRpc {
     inner: relay::settle::ProviderHost,
     stale: u64,
+    head: std::sync::atomic::AtomicU64,
     unseen: std::sync::atomic::AtomicU32,
 }
 
@@ -966,8 +968,11 @@ impl web_node::settle::GateHost for LaggingRpc {
         method: &'a str,
         mut params: serde_json::Value,
     ) -> web_node::settle::GateFuture<'a, Result<serde_json::Value, String>> {
+        let head = self.head.load(Relaxed);
         if method == "eth_call" && params[1] == "latest" {
             params[1] = format!("0x{:x}", self.stale).into();
+        } else if method == "eth_getBlockByNumber" && params[0] == "latest" && head != 0 {
+            params[0] = format!("0x{head:x}").into();
         } else if method == "eth_call" {
             let unseen = self.unseen.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
             if unseen.is_ok() {
@@ -981,7 +986,7 @@ impl web_node::settle::GateHost for LaggingRpc {
         &'a self,
         to: Address,
         data: Bytes,
-    ) -> web_node::settle::GateFuture<'a, Result<(), web_node::settle::SendError>> {
+    ) -> web_node::settle::GateFuture<'a, Result<u64, web_node::settle::SendError>> {
         web_node::settle::GateHost::send(&self.inner, to, data)
     }
 
@@ -1009,6 +1014,7 @@ async fn a_gate_reads_one_block_behind_a_load_balanced_rpc() {
     let rpc = std::sync::Arc::new(LaggingRpc {
         inner: relay::settle::ProviderHost::new(node.provider.clone()),
         stale: authorized_at,
+        head: 0.into(),
         unseen: 0.into(),
     });
     // The lag is real: at "latest", this RPC says the key signs with no revocation.
@@ -1042,6 +1048,46 @@ async fn a_gate_reads_one_block_behind_a_load_balanced_rpc() {
     let bill = HopBill::new(&own, gate.terms().clone(), B256::repeat_byte(0x4d), 30, now).unwrap();
     assert_eq!(gate.open(bill.payment()).await.unwrap(), ait(1));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node's redeemer behind an RPC whose "latest" falls back to a block before the node's
+/// own redeem: it reads the chain at the block its redeem was mined in (or later), so it
+/// neither sends that redeem again (a batch skips a voucher already collected: gas for
+/// nothing) nor records less collected than it knows was (which would count the voucher as
+/// promised again, against a backing the redeem already lowered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeemer_reads_no_block_before_its_own_redeem() {
+    use web_node::settle::{GateChain, Redeemer};
+    let w = World::start().await;
+    let node = &w.nodes[0];
+    w.deposit_with_permit(&w.payer, &w.payer, ait(100)).await;
+    sent(w.payer.escrow(&w).allocate(node.address(), ait(50)).send().await).await.unwrap();
+    let before = w.now_block().await;
+    let rpc = std::sync::Arc::new(LaggingRpc {
+        inner: relay::settle::ProviderHost::new(node.provider.clone()),
+        stale: before,
+        head: 0.into(),
+        unseen: 0.into(),
+    });
+    let chain = GateChain { chain_id: w.d().chain_id, escrow: w.d().escrow, staking: w.d().staking };
+    let ledger = std::sync::Arc::new(relay::settle::Ledger::in_memory().unwrap());
+    let mut r = Redeemer::new(chain, 3, rpc.clone(), node.address(), ledger.clone());
+    let v = w.voucher(B256::repeat_byte(1), node.address(), B256::repeat_byte(0x4d), ait(5), w.now().await + 3 * THAW);
+    r.accept(v.clone(), &w.sign(&w.payer.key, &v)).await.unwrap();
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!(report.sent, 1, "{report:?}");
+    let share = ait(5) * U256::from(7) / U256::from(10);
+    assert_eq!(w.earned(node.address()).await, share);
+    assert!(w.now_block().await > before);
+
+    // The RPC's "latest" lags behind the redeem now: the round still reads the voucher as
+    // collected, sends nothing, and the ledger keeps what was collected.
+    rpc.head.store(before, Relaxed);
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized, report.refused.len()), (0, 0, 0), "{report:?}");
+    assert_eq!((r.held(), r.outstanding()), (1, U256::ZERO));
+    assert_eq!(ledger.entries().unwrap()[0].collected, ait(5));
+    assert_eq!(w.earned(node.address()).await, share);
 }
 
 /// The `ait` settlement commands against `ait chain dev`, as an operator and a payer run

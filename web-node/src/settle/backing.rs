@@ -9,8 +9,14 @@
 //! redeemer therefore holds [`Backing::redeeming`] from sending a redeem until the ledger
 //! records it (and lowers the backing the gate read before by what it collected), and the gate
 //! reads the chain and the ledger together under [`Backing::reading`].
+//!
+//! Both also keep the newest block either has seen ([`Backing::saw`]) and read the chain at
+//! that block or later ([`ChainReads::latest_block_since`](super::ChainReads::latest_block_since)):
+//! behind a load-balanced RPC, "latest" may be a block before a redeem the ledger recorded,
+//! where the allocation still holds what the redeem collected.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use alloy_primitives::{Address, U256};
@@ -21,6 +27,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 pub struct Backing {
     by_payer: Mutex<HashMap<Address, U256>>,
     redeem: RwLock<()>,
+    newest: AtomicU64,
 }
 
 impl Backing {
@@ -52,6 +59,16 @@ impl Backing {
         self.redeem.write().await
     }
 
+    /// Records that block `block` exists (this node read there, or mined a redeem there).
+    pub fn saw(&self, block: u64) {
+        self.newest.fetch_max(block, Ordering::Relaxed);
+    }
+
+    /// The newest block recorded by [`Backing::saw`] (0 if none): reads pin to it or later.
+    pub fn newest(&self) -> u64 {
+        self.newest.load(Ordering::Relaxed)
+    }
+
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<Address, U256>> {
         self.by_payer.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -73,5 +90,16 @@ mod tests {
         // A payer never read stays unread.
         b.collected(Address::repeat_byte(2), U256::from(5));
         assert_eq!(b.of(Address::repeat_byte(2)), U256::ZERO);
+    }
+
+    #[test]
+    fn the_newest_block_seen_never_goes_back() {
+        let b = Backing::default();
+        assert_eq!(b.newest(), 0);
+        b.saw(7);
+        b.saw(5);
+        assert_eq!(b.newest(), 7);
+        b.saw(9);
+        assert_eq!(b.newest(), 9);
     }
 }

@@ -41,9 +41,9 @@ pub trait GateHost: Send + Sync + 'static {
     /// Sends one JSON-RPC request (`eth_call`, `eth_getLogs`, …) and returns its result.
     fn rpc<'a>(&'a self, method: &'a str, params: Value) -> GateFuture<'a, Result<Value, String>>;
 
-    /// Sends a transaction with `data` to `to` from the node's wallet and waits until it is
-    /// mined.
-    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<(), SendError>>;
+    /// Sends a transaction with `data` to `to` from the node's wallet, waits until it is
+    /// mined, and returns the number of the block it was mined in.
+    fn send<'a>(&'a self, to: Address, data: Bytes) -> GateFuture<'a, Result<u64, SendError>>;
 
     /// Runs `job`, which blocks on the ledger's disk, where it does not hold up the async
     /// workers (a native node's blocking pool; a tab, which has one thread, runs it at once).
@@ -184,6 +184,31 @@ impl<H: GateHost + ?Sized> ChainReads<H> {
     pub async fn latest_block(&self) -> Result<(u64, u64), ReadError> {
         let block = self.request("eth_getBlockByNumber", json!(["latest", false])).await?;
         Ok((hex_u64(&block["number"], "block number")?, hex_u64(&block["timestamp"], "block time")?))
+    }
+
+    /// The latest block's number and time, but not a block before `floor` (one this node has
+    /// seen already: a block it read at, or mined a redeem in) while that block exists.
+    /// Behind a load balancer the backend asked may lag, and a read there would show the chain
+    /// before what the node already recorded (an allocation before the redeem that collected
+    /// from it). When "latest" is behind `floor`, the RPC is asked for block `floor` itself
+    /// (twice, 500 ms apart): shown, the reads pin to it (a backend that has not seen it
+    /// refuses them, and they ask again); not shown, a reorg shortened the chain and "latest"
+    /// stands.
+    pub async fn latest_block_since(&self, floor: u64) -> Result<(u64, u64), ReadError> {
+        let (block, time) = self.latest_block().await?;
+        if block >= floor {
+            return Ok((block, time));
+        }
+        for attempt in 0..2 {
+            if attempt > 0 {
+                futures_timer::Delay::new(PINNED_RETRY).await;
+            }
+            let seen = self.request("eth_getBlockByNumber", json!([format!("0x{floor:x}"), false])).await?;
+            if !seen.is_null() {
+                return Ok((floor, hex_u64(&seen["timestamp"], "block time")?));
+            }
+        }
+        Ok((block, time))
     }
 
     /// Everything `payer` ever allocated to `node`.

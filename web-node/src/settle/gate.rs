@@ -242,12 +242,14 @@ impl ChainGate {
         &self.ledger
     }
 
-    /// The payer's escrow here at the latest block. Every read of one check is at that
-    /// block: behind a load-balanced RPC, "latest" can be another block at each call, and a
-    /// key's state read one block before its allocation would mix two states of the chain.
+    /// The payer's escrow here at the latest block (never one before the newest this node
+    /// saw). Every read of one check is at that block: behind a load-balanced RPC, "latest"
+    /// can be another block at each call, and a key's state read one block before its
+    /// allocation would mix two states of the chain.
     async fn escrowed(&self, payer: Address) -> Result<Escrowed, PaymentError> {
         let node = self.terms.node;
-        let (block, now) = self.chain.latest_block().await.map_err(unavailable)?;
+        let (block, now) = self.chain.latest_block_since(self.backing.newest()).await.map_err(unavailable)?;
+        self.backing.saw(block);
         let at = self.chain.at(block);
         let total = at.allocated_total(payer, node).await.map_err(unavailable)?;
         let available = at.available(payer, node).await.map_err(unavailable)?;

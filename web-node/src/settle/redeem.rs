@@ -308,13 +308,21 @@ impl Redeemer {
     /// session and the payer's allocation to this node that is not thawing, all at the latest
     /// block.
     async fn payer_state(&self, v: &Voucher, signer: Address) -> Result<(u64, bool, U256, U256), ReadError> {
-        let (block, now) = self.reads.latest_block().await?;
+        let (block, now) = self.latest().await?;
         let at = self.reads.at(block);
         let authorized = at.is_signer(v.payer, signer).await?;
         let collected = at.collected(v.payer, v.session, self.node).await?;
         // What thaws does not count: a thaw that ran its period can be withdrawn at any moment.
         let allocation = at.available(v.payer, self.node).await?;
         Ok((now, authorized, collected, allocation))
+    }
+
+    /// The latest block and its time, never a block before the newest this node saw (shared
+    /// with the gate through the backing), which it becomes.
+    async fn latest(&self) -> Result<(u64, u64), ReadError> {
+        let (block, now) = self.reads.latest_block_since(self.backing.newest()).await?;
+        self.backing.saw(block);
+        Ok((block, now))
     }
 
     /// What was collected for `v`'s (payer, session) and this node, at block `at`.
@@ -327,7 +335,11 @@ impl Redeemer {
     /// not be sent or its outcome is unknown.
     async fn send(&self, call: &'static str, data: Bytes) -> Result<Result<(), String>, RedeemError> {
         match self.host.send(self.escrow, data).await {
-            Ok(()) => Ok(Ok(())),
+            Ok(block) => {
+                // Later reads are at this block or after it, where the chain shows what it did.
+                self.backing.saw(block);
+                Ok(Ok(()))
+            }
             Err(SendError::Refused(reason)) => Ok(Err(reason)),
             Err(SendError::Failed(reason)) => Err(RedeemError::Send { call, reason }),
         }
@@ -347,7 +359,7 @@ impl Redeemer {
     async fn round(&mut self) -> Result<RedeemReport, RedeemError> {
         self.load()?;
         let mut report = RedeemReport::default();
-        let (latest, now) = self.reads.latest_block().await?;
+        let (latest, now) = self.latest().await?;
         self.authorize(now).await?;
         self.allocate(now).await?;
         let final_block = latest.saturating_sub(self.confirmations);
