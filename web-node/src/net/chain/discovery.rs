@@ -8,8 +8,9 @@
 //! [`DhtDiscovery`] reads provider records and each server's signed record, then exchanges a
 //! status request with every server at once (at most [`ChainOptions::max_probes`], sampled
 //! over the blocks by [`sample_providers`]), deciding shortly after the answers cover the
-//! range (and include as many servers of exactly the range as the query wants). It dials only the announced addresses its [`AddrScope`] allows. It does not plan
-//! routes or open sessions.
+//! range (and include as many servers of exactly the range as the query wants). It dials
+//! only the announced addresses its [`AddrScope`] allows. It does not plan routes or open
+//! sessions.
 
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
