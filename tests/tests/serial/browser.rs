@@ -15,6 +15,20 @@ use serde_json::json;
 
 use crate::serial;
 
+/// The layers a seeding tab serves between two relays, of [`BEFORE`] and [`AFTER`]. Two
+/// layers: SwiftShader, Chromium's CPU adapter, takes about 100 ms per block per decode step
+/// (README), so a wider span would spend most of these tests in the tab's hop without
+/// testing more (the K-quant test's two layers hold one Q4_K and one Q6_K matrix).
+const TAB: std::ops::Range<usize> = 14..16;
+/// The `--blocks` of the relay before the tab, and of the one after it: as many layers each.
+const BEFORE: &str = "0..14";
+const AFTER: &str = "16..30";
+
+/// `--blocks` (and `?seed=`) for the tab's layers.
+fn tab_blocks() -> String {
+    format!("{}..{}", TAB.start, TAB.end)
+}
+
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
 /// holding every block), streams it, and keeps the conversation across a reload. A browser
 /// without WebGPU is told it cannot seed, and still chats; with a second relay of every
@@ -124,9 +138,9 @@ fn chat_page_answers_from_the_swarm() {
     }
 }
 
-/// Tests a, c and d: a tab seeds blocks [10, 20) between two native relays serving [0, 10)
-/// and [20, 30); a native client's generation is routed through the tab and equals the
-/// single-process output (a). Then, mid-generation, a native relay for [10, 20) joins and
+/// Tests a, c and d: a tab seeds blocks [`TAB`] between two native relays serving the layers
+/// before and after them; a native client's generation is routed through the tab and equals the
+/// single-process output (a). Then, mid-generation, a native relay for [`TAB`] joins and
 /// the seeding tab is closed: the client re-routes to that relay and still produces the
 /// single-process output (c). Both over WebSocket and over WebRTC-direct (d).
 #[test]
@@ -163,26 +177,25 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         .unwrap_or_else(|_| vec!["ws".into(), "webrtc".into()]);
     for transport in transports.iter().map(String::as_str) {
         let dir = root.join(transport);
-        let r0 =
-            Relay::start(&dir.join("r0"), &["--model", m, "--blocks", "0..10", "--web-dir", web.to_str().unwrap()]);
+        let r0 = Relay::start(&dir.join("r0"), &["--model", m, "--blocks", BEFORE, "--web-dir", web.to_str().unwrap()]);
         let boot = r0.addr("tcp");
-        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", "20..30", "--bootstrap", &boot]);
+        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", AFTER, "--bootstrap", &boot]);
         let b = Browser::start().expect("browser");
-        b.goto(&page(&r0, &format!("seed=10..20&transport={transport}"))).unwrap();
+        b.goto(&page(&r0, &format!("seed={}&transport={transport}", tab_blocks()))).unwrap();
         let conn = connected(&b);
         let expect = if transport == "ws" { "WebSocket" } else { "WebRTC-direct" };
         assert!(conn.contains(expect), "{conn}");
         let started = Instant::now();
         let tab = seeding(&b);
-        eprintln!("[{transport}] tab {tab} serving [10, 20) after {:.1} s", started.elapsed().as_secs_f64());
+        eprintln!("[{transport}] tab {tab} serving {TAB:?} after {:.1} s", started.elapsed().as_secs_f64());
 
-        // a: the tab is the [10, 20) hop, and the output is the single-process output.
+        // a: the tab is the hop of its layers, and the output is the single-process output.
         let prompt = client.chat_prompt(&[ChatMessage::user(prompts[0])]).unwrap();
         let (out, hops) = rt.block_on(async {
             let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
             // The tab's announcement reaches the DHT after it says it serves: wait until its
             // provider record of block 10 can be found, as a client's route needs it.
-            let key = web_node::net::record::block_key(&client.id, 10);
+            let key = web_node::net::record::block_key(&client.id, TAB.start);
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 let found = handle.get_providers(key.clone(), Duration::from_millis(300), Duration::from_secs(5)).await;
@@ -200,8 +213,8 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         });
         let out = out.unwrap_or_else(|e| panic!("[{transport}] generation through the tab failed: {e}"));
         assert_eq!(out.tokens, reference[0].tokens, "[{transport}] output through the tab differs");
-        let (hop, stats) = hops.iter().find(|(h, _)| h.blocks == (10..20)).expect("a [10, 20) hop");
-        assert_eq!(hop.peer.to_string(), tab, "[{transport}] the [10, 20) hop is not the tab");
+        let (hop, stats) = hops.iter().find(|(h, _)| h.blocks == TAB).expect("a hop of the tab's layers");
+        assert_eq!(hop.peer.to_string(), tab, "[{transport}] the {TAB:?} hop is not the tab");
         let decode_steps = stats.steps.saturating_sub(1).max(1);
         eprintln!(
             "[{transport}] through the tab: {:?}; tab hop {:.1} ms/step wall, {:.1} ms/step compute, {} protocol bytes for {} steps",
@@ -214,7 +227,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         let served = b.exec("return Number(document.getElementById('seed-state').dataset.tokens)", json!([])).unwrap();
         eprintln!("[{transport}] the tab counts {served} tokens served");
 
-        // c: a relay for [10, 20) joins mid-generation, then the tab is closed.
+        // c: a relay for the tab's layers joins mid-generation, then the tab is closed.
         let prompt = client.chat_prompt(&[ChatMessage::user(prompts[1])]).unwrap();
         let mut spare = None;
         let (out, recoveries, route_before) = rt.block_on(async {
@@ -230,7 +243,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
                         route_before = format!("{:?}", route.lock().unwrap());
                         spare = Some(Relay::start(
                             &dir.join("r1"),
-                            &["--model", m, "--blocks", "10..20", "--bootstrap", &boot],
+                            &["--model", m, "--blocks", &tab_blocks(), "--bootstrap", &boot],
                         ));
                         b.close_tab().expect("close the seeding tab");
                     }
@@ -250,7 +263,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
             .iter()
             .find(|r| r.failed.to_string() == tab)
             .unwrap_or_else(|| panic!("[{transport}] no re-route away from the tab: {recoveries:?}"));
-        assert_eq!(rec.blocks, 10..20);
+        assert_eq!(rec.blocks, TAB);
         assert_eq!(rec.replacements.iter().map(|p| p.to_string()).collect::<Vec<_>>(), vec![spare.peer.clone()]);
         eprintln!("[{transport}] tab closed: re-routed to {} in {:?} after: {}", spare.peer, rec.took, rec.error);
         drop(b);
@@ -261,7 +274,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
 }
 
 /// K-quants in the tab: the default model with its `ffn_down` matrices in Q4_K and Q6_K
-/// (alternating layers, as a Q4_K_M file mixes them). A tab seeds [10, 20) between native
+/// (alternating layers, as a Q4_K_M file mixes them). A tab seeds [`TAB`] between native
 /// relays over WebSocket, so its WebGPU kernels run both K-quant types, and a native client's
 /// greedy generation through it equals the single-process CPU output. Then the client audits
 /// the tab's hop on a CPU relay of the same layers: WebGPU's honest drift passes.
@@ -286,11 +299,11 @@ fn a_seeding_tab_serves_k_quant_blocks() {
     let client = ClientModel::load(&model).unwrap();
 
     let r0 =
-        Relay::start(&root.join("r0"), &["--model", m, "--blocks", "0..10", "--web-dir", web_dir().to_str().unwrap()]);
+        Relay::start(&root.join("r0"), &["--model", m, "--blocks", BEFORE, "--web-dir", web_dir().to_str().unwrap()]);
     let boot = r0.addr("tcp");
-    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", "20..30", "--bootstrap", &boot]);
+    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", AFTER, "--bootstrap", &boot]);
     let b = Browser::start().expect("browser");
-    b.goto(&page(&r0, "seed=10..20&transport=ws")).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&transport=ws", tab_blocks()))).unwrap();
     connected(&b);
     let tab = seeding(&b);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -303,16 +316,16 @@ fn a_seeding_tab_serves_k_quant_blocks() {
         (out, hops, chain)
     });
     let out = out.unwrap_or_else(|e| panic!("generation through the K-quant tab failed: {e}"));
-    let (hop, _) = hops.iter().find(|(h, _)| h.blocks == (10..20)).expect("a [10, 20) hop");
-    assert_eq!(hop.peer.to_string(), tab, "the [10, 20) hop is not the tab");
+    let (hop, _) = hops.iter().find(|(h, _)| h.blocks == TAB).expect("a hop of the tab's layers");
+    assert_eq!(hop.peer.to_string(), tab, "the {TAB:?} hop is not the tab");
     assert_eq!(out.tokens, reference.tokens, "output through the K-quant tab differs from one process");
     eprintln!("through the K-quant tab: {:?}", out.text);
 
-    // An audit of the tab's hop, replayed on a CPU relay of [10, 20) that joins now: the
+    // An audit of the tab's hop, replayed on a CPU relay of its layers that joins now: the
     // honest drift between WebGPU (SwiftShader) and the CPU backend is under the limit.
-    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", "10..20", "--bootstrap", &boot]);
+    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", &tab_blocks(), "--bootstrap", &boot]);
     let outcome = rt.block_on(async {
-        let case = chain.audit_cases().iter().find(|c| c.hop.blocks == (10..20)).expect("the tab's hop").clone();
+        let case = chain.audit_cases().iter().find(|c| c.hop.blocks == TAB).expect("the tab's hop").clone();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             match chain.audit(&case, case.receipts.len() - 1).await {
@@ -721,11 +734,11 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     }
 }
 
-/// Issue 16, test b: a tab earns its chats. It seeds [10, 20) between relays serving [0, 10)
-/// and [20, 30), all charging, and is paid to the wallet it connects: dev account 4, which
+/// Issue 16, test b: a tab earns its chats. It seeds [`TAB`] between relays serving [0, 14)
+/// and [16, 30), all charging, and is paid to the wallet it connects: dev account 4, which
 /// holds AIT but never deposits any. A native client (`ait generate --swarm --pay`, with its
 /// own deposit) generates through the tab, whose Seed panel then holds vouchers worth exactly
-/// the tab's price x 10 layers x the tokens that went through it. The tab redeems them
+/// the tab's price x 2 layers x the tokens that went through it. The tab redeems them
 /// (70% to its wallet's earnings), makes its earnings its deposit (`depositEarned`),
 /// authorizes a session key and chats through the swarm: the two relays are paid 70/20/10
 /// from what the tab earned, its own hop is free, and its wallet's AIT never moved.
@@ -749,11 +762,10 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
     let r0 = Relay::start(
         &r0_dir,
-        &[&["--model", m, "--blocks", "0..10", "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
+        &[&["--model", m, "--blocks", BEFORE, "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
     );
     let boot = r0.addr("tcp");
-    let _r2 =
-        Relay::start(&r2_dir, &[&["--model", m, "--blocks", "20..30", "--bootstrap", &boot][..], &charge].concat());
+    let _r2 = Relay::start(&r2_dir, &[&["--model", m, "--blocks", AFTER, "--bootstrap", &boot][..], &charge].concat());
     // The tab asks 1,000 times the relays' price, so what it earns from one generation pays
     // for its own answer.
     let tab_price_units = U256::from(PRICE_UNITS) * U256::from(1000u64);
@@ -766,7 +778,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     // `?seed=&price=` starts seeding once the wallet to be paid is connected.
     let b = Browser::start().expect("browser");
     let page_opened = Instant::now();
-    b.goto(&page(&r0, "seed=10..20&price=0.001&temperature=0")).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&price=0.001&temperature=0", tab_blocks()))).unwrap();
     let connect_and_seed = || {
         connected(&b);
         b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
@@ -783,7 +795,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     assert!(state.as_str().unwrap_or_default().contains("charging 0.001 AIT per layer-token"), "{state}");
 
     // A native client with a deposit pays for a generation through the tab (the only server
-    // of [10, 20); its DHT records may take a moment to be found).
+    // of its layers; its DHT records may take a moment to be found).
     let (cli_dir, _) = chain.unstaked_payer_dir("cli", 6, "200");
     let started = Instant::now();
     let stderr = loop {
@@ -806,7 +818,8 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
         rest.split_whitespace().next().unwrap().parse().unwrap()
     };
     let tokens = number("prompt: ") + number("generated: ") - u64::from(tokens_line.contains("(Length)"));
-    let owed = tab_price_units * U256::from(10u64) * U256::from(tokens);
+    let tab_layers = U256::from(TAB.len());
+    let owed = tab_price_units * tab_layers * U256::from(tokens);
     eprintln!("the client's generation: {tokens} tokens through the tab {tab}, {owed} owed to it");
 
     // The Seed panel holds the vouchers: exactly what the work through the tab cost.
@@ -883,9 +896,10 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
     let cost = paid_answer(&b, Duration::from_secs(300));
     // Each relay redeems its half (the tab's own hop does not charge it), after what the
-    // native client paid it for 10 layers of its tokens: 70% to the node.
+    // native client paid it for its 14 layers of its tokens: 70% to the node.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let from_client = U256::from(PRICE_UNITS) * U256::from(10u64) * U256::from(tokens);
+    let relay_layers = U256::from((30 - TAB.len()) / 2);
+    let from_client = U256::from(PRICE_UNITS) * relay_layers * U256::from(tokens);
     let relay_share = (from_client + cost / U256::from(2u8)) * U256::from(7u8) / U256::from(10u8);
     let (e0, e2) = loop {
         let read = |n: Address| rt.block_on(async { escrow.earned(n).call().await }).unwrap();
@@ -896,7 +910,8 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!((e0, e2), (relay_share, relay_share), "the tab's answer cost {cost}");
-    assert_eq!(cost % (U256::from(PRICE_UNITS) * U256::from(20u64)), U256::ZERO, "{cost}: 20 paid layers a token");
+    let paid_layers = U256::from(30 - TAB.len());
+    assert_eq!(cost % (U256::from(PRICE_UNITS) * paid_layers), U256::ZERO, "{cost}: {paid_layers} paid layers a token");
     rt.block_on(async {
         // What the relays were paid came out of the earnings the tab deposited.
         let allocated = escrow.allocatedTotal(tab_wallet, n0).call().await.unwrap()
