@@ -5,8 +5,8 @@
 //! Each test runs the same schedule twice: every session alone (prefill in one step, then
 //! decode steps), and all sessions interleaved in batches that mix prefill chunks and decode
 //! steps, in which sessions join late, leave when done, and one is lost mid-way and replayed
-//! while the others go on. Over a tiny generated model and over the default model, on the CPU and on wgpu
-//! (lavapipe here).
+//! while the others go on. Over a tiny generated model and over the default model (on wgpu, its
+//! first 6 layers), on the CPU and on wgpu (lavapipe here).
 
 use std::ops::Range;
 use std::path::Path;
@@ -184,8 +184,10 @@ fn wgpu_batches_are_exact() {
 fn wgpu_batches_are_exact_on_the_default_model() {
     let path = default_model();
     let file = ModelFile::open(Path::new(&path)).expect("the default model");
-    // Prompts in chunks of 3 only (whole prompts are covered on the tiny model): lavapipe is slow.
-    assert_batching_exact(&file, 0..file.config().n_layers, true, &[3]);
+    // Prompts in chunks of 3 only (whole prompts are covered on the tiny model), and the first
+    // 6 of the 30 layers: lavapipe is slow (about 20 ms per layer per token here, prefill no
+    // faster), and batching is per layer, so more layers of the same shapes test nothing more.
+    assert_batching_exact(&file, 0..6, true, &[3]);
 }
 
 /// A batch with steps that cannot run (unknown session, wrong position, wrong shape, too
