@@ -1054,7 +1054,8 @@ async fn a_gate_reads_one_block_behind_a_load_balanced_rpc() {
 /// own redeem: it reads the chain at the block its redeem was mined in (or later), so it
 /// neither sends that redeem again (a batch skips a voucher already collected: gas for
 /// nothing) nor records less collected than it knows was (which would count the voucher as
-/// promised again, against a backing the redeem already lowered).
+/// promised again, against a backing the redeem already lowered). Its ledger keeps that
+/// block: started again on the same ledger file, behind the same RPC, it still does neither.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redeemer_reads_no_block_before_its_own_redeem() {
     use web_node::settle::{GateChain, Redeemer};
@@ -1070,7 +1071,9 @@ async fn a_redeemer_reads_no_block_before_its_own_redeem() {
         unseen: 0.into(),
     });
     let chain = GateChain { chain_id: w.d().chain_id, escrow: w.d().escrow, staking: w.d().staking };
-    let ledger = std::sync::Arc::new(relay::settle::Ledger::in_memory().unwrap());
+    let dir = ait_tests::procs::temp_dir("redeem-floor");
+    let ledger_file = dir.join("ledger.redb");
+    let ledger = std::sync::Arc::new(relay::settle::Ledger::open(&ledger_file).unwrap());
     let mut r = Redeemer::new(chain, 3, rpc.clone(), node.address(), ledger.clone());
     let v = w.voucher(B256::repeat_byte(1), node.address(), B256::repeat_byte(0x4d), ait(5), w.now().await + 3 * THAW);
     r.accept(v.clone(), &w.sign(&w.payer.key, &v)).await.unwrap();
@@ -1088,6 +1091,18 @@ async fn a_redeemer_reads_no_block_before_its_own_redeem() {
     assert_eq!((r.held(), r.outstanding()), (1, U256::ZERO));
     assert_eq!(ledger.entries().unwrap()[0].collected, ait(5));
     assert_eq!(w.earned(node.address()).await, share);
+
+    // Started again: a new redeemer (and backing) on the ledger file, the RPC still behind.
+    drop((r, ledger));
+    let ledger = std::sync::Arc::new(relay::settle::Ledger::open(&ledger_file).unwrap());
+    let mut r = Redeemer::new(chain, 3, rpc.clone(), node.address(), ledger.clone());
+    let report = r.redeem_due().await.unwrap();
+    assert_eq!((report.sent, report.finalized, report.refused.len()), (0, 0, 0), "after a restart: {report:?}");
+    assert_eq!((r.held(), r.outstanding()), (1, U256::ZERO));
+    assert_eq!(ledger.entries().unwrap()[0].collected, ait(5));
+    assert_eq!(w.earned(node.address()).await, share);
+    drop((r, ledger));
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// The `ait` settlement commands against `ait chain dev`, as an operator and a payer run

@@ -3,7 +3,8 @@
 //! written (and the write made durable) before the step it came with is answered, and is
 //! removed only once its redeem is final, so a node killed at any point and started again
 //! redeems everything it was owed, once (the escrow pays only what a voucher adds to what was
-//! collected).
+//! collected). It also keeps the block of the node's newest redeem ([`Ledger::saw_block`]):
+//! started again behind an RPC whose "latest" lags, the node still reads no block before it.
 
 use std::path::Path;
 
@@ -21,6 +22,9 @@ const AUTHORIZATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("auth
 /// Signed allocations to submit, the newest per payer: key `payer` (20 bytes), value a
 /// [`SignedAllocation`] as JSON.
 const ALLOCATIONS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("allocations");
+/// [`NEWEST_BLOCK`] → the newest block a redeem of this node was mined in.
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const NEWEST_BLOCK: &str = "newest_block";
 
 /// Why the ledger failed. Nothing a peer sends causes one; each means the disk or the
 /// database file is at fault.
@@ -88,8 +92,32 @@ impl Ledger {
         txn.open_table(VOUCHERS).map_err(db)?;
         txn.open_table(AUTHORIZATIONS).map_err(db)?;
         txn.open_table(ALLOCATIONS).map_err(db)?;
+        txn.open_table(META).map_err(db)?;
         txn.commit().map_err(db)?;
         Ok(Ledger { db: database })
+    }
+
+    /// Records, durably, that block `block` exists (a redeem of this node was mined in it),
+    /// unless a newer one is recorded.
+    pub fn saw_block(&self, block: u64) -> Result<(), LedgerError> {
+        let txn = self.db.begin_write().map_err(db)?;
+        {
+            let mut table = txn.open_table(META).map_err(db)?;
+            let kept = table.get(NEWEST_BLOCK).map_err(db)?.map(|g| g.value()).unwrap_or(0);
+            if block > kept {
+                table.insert(NEWEST_BLOCK, block).map_err(db)?;
+            }
+        }
+        txn.commit().map_err(db)?;
+        Ok(())
+    }
+
+    /// The newest block recorded by [`Ledger::saw_block`] (0 if none).
+    pub fn newest_block(&self) -> Result<u64, LedgerError> {
+        let txn = self.db.begin_read().map_err(db)?;
+        let table = txn.open_table(META).map_err(db)?;
+        let block = table.get(NEWEST_BLOCK).map_err(db)?.map(|g| g.value()).unwrap_or(0);
+        Ok(block)
     }
 
     /// Stores `voucher` as its session's newest, durably, unless the one stored is newer or
@@ -301,7 +329,7 @@ mod tests {
     }
 
     #[test]
-    fn the_newest_voucher_survives_reopening_and_older_ones_never_replace_it() {
+    fn the_newest_voucher_and_block_survive_reopening_and_older_ones_never_replace_them() {
         let dir = std::env::temp_dir().join(format!("ait-ledger-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("ledger.redb");
@@ -315,8 +343,12 @@ mod tests {
             assert!(!l.put(&a2).unwrap(), "the same voucher twice");
             assert!(l.put(&b).unwrap());
             l.set_collected(a2.voucher.payer, a2.voucher.session, U256::from(100u64)).unwrap();
+            assert_eq!(l.newest_block().unwrap(), 0);
+            l.saw_block(12).unwrap();
+            l.saw_block(9).unwrap();
         }
         let l = Ledger::open(&path).unwrap();
+        assert_eq!(l.newest_block().unwrap(), 12, "the newest redeem's block went back or was lost");
         let mut entries = l.entries().unwrap();
         entries.sort_by_key(|e| e.voucher.voucher.session);
         assert_eq!(entries.len(), 2);

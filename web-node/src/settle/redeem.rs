@@ -182,7 +182,17 @@ impl Redeemer {
         if let Err(e) = r.load() {
             tracing::warn!("reading the voucher ledger: {e}");
         }
+        r.recall_newest_block();
         r
+    }
+
+    /// Gives the backing the block of this node's newest redeem that the ledger kept: a node
+    /// started again reads no block before it either.
+    fn recall_newest_block(&self) {
+        match self.ledger.newest_block() {
+            Ok(block) => self.backing.saw(block),
+            Err(e) => tracing::warn!("reading the newest redeem's block from the voucher ledger: {e}"),
+        }
     }
 
     /// Takes what the ledger holds (vouchers the session server kept since), keeping the
@@ -203,6 +213,7 @@ impl Redeemer {
     /// gate reads the chain only between redeems recorded (default: a backing of its own).
     pub fn with_backing(mut self, backing: Arc<Backing>) -> Self {
         self.backing = backing;
+        self.recall_newest_block();
         self
     }
 
@@ -336,8 +347,12 @@ impl Redeemer {
     async fn send(&self, call: &'static str, data: Bytes) -> Result<Result<(), String>, RedeemError> {
         match self.host.send(self.escrow, data).await {
             Ok(block) => {
-                // Later reads are at this block or after it, where the chain shows what it did.
+                // Later reads are at this block or after it, where the chain shows what it did,
+                // after a restart too.
                 self.backing.saw(block);
+                if let Err(e) = self.ledger.saw_block(block) {
+                    tracing::warn!("keeping the redeem's block {block} in the voucher ledger: {e}");
+                }
                 Ok(Ok(()))
             }
             Err(SendError::Refused(reason)) => Ok(Err(reason)),
