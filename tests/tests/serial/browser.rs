@@ -5,6 +5,7 @@
 //! Needs `chromium` and `chromium-driver` (scripts/setup.sh installs them) and the built app
 //! (`trunk build --release`, into `dist/`).
 
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
@@ -19,14 +20,14 @@ use crate::serial;
 /// layers: SwiftShader, Chromium's CPU adapter, takes about 100 ms per block per decode step
 /// (README), so a wider span would spend most of these tests in the tab's hop without
 /// testing more (the K-quant test's two layers hold one Q4_K and one Q6_K matrix).
-const TAB: std::ops::Range<usize> = 14..16;
-/// The `--blocks` of the relay before the tab, and of the one after it: as many layers each.
-const BEFORE: &str = "0..14";
-const AFTER: &str = "16..30";
+const TAB: Range<usize> = 14..16;
+/// The layers of the relay before the tab, and of the one after it: as many each.
+const BEFORE: Range<usize> = 0..14;
+const AFTER: Range<usize> = 16..30;
 
-/// `--blocks` (and `?seed=`) for the tab's layers.
-fn tab_blocks() -> String {
-    format!("{}..{}", TAB.start, TAB.end)
+/// `layers` as `--blocks` (and `?seed=`) take them.
+fn blocks(layers: Range<usize>) -> String {
+    format!("{}..{}", layers.start, layers.end)
 }
 
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
@@ -177,11 +178,14 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         .unwrap_or_else(|_| vec!["ws".into(), "webrtc".into()]);
     for transport in transports.iter().map(String::as_str) {
         let dir = root.join(transport);
-        let r0 = Relay::start(&dir.join("r0"), &["--model", m, "--blocks", BEFORE, "--web-dir", web.to_str().unwrap()]);
+        let r0 = Relay::start(
+            &dir.join("r0"),
+            &["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web.to_str().unwrap()],
+        );
         let boot = r0.addr("tcp");
-        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", AFTER, "--bootstrap", &boot]);
+        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot]);
         let b = Browser::start().expect("browser");
-        b.goto(&page(&r0, &format!("seed={}&transport={transport}", tab_blocks()))).unwrap();
+        b.goto(&page(&r0, &format!("seed={}&transport={transport}", blocks(TAB)))).unwrap();
         let conn = connected(&b);
         let expect = if transport == "ws" { "WebSocket" } else { "WebRTC-direct" };
         assert!(conn.contains(expect), "{conn}");
@@ -194,7 +198,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         let (out, hops) = rt.block_on(async {
             let handle = connect(&[boot.parse().unwrap()]).await.unwrap();
             // The tab's announcement reaches the DHT after it says it serves: wait until its
-            // provider record of block 10 can be found, as a client's route needs it.
+            // provider record of its first block can be found, as a client's route needs it.
             let key = web_node::net::record::block_key(&client.id, TAB.start);
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
@@ -243,7 +247,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
                         route_before = format!("{:?}", route.lock().unwrap());
                         spare = Some(Relay::start(
                             &dir.join("r1"),
-                            &["--model", m, "--blocks", &tab_blocks(), "--bootstrap", &boot],
+                            &["--model", m, "--blocks", &blocks(TAB), "--bootstrap", &boot],
                         ));
                         b.close_tab().expect("close the seeding tab");
                     }
@@ -298,12 +302,14 @@ fn a_seeding_tab_serves_k_quant_blocks() {
     let reference = pollster::block_on(local.client.generate(&mut local.chain, &prompt, &opts, |_| {})).unwrap();
     let client = ClientModel::load(&model).unwrap();
 
-    let r0 =
-        Relay::start(&root.join("r0"), &["--model", m, "--blocks", BEFORE, "--web-dir", web_dir().to_str().unwrap()]);
+    let r0 = Relay::start(
+        &root.join("r0"),
+        &["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web_dir().to_str().unwrap()],
+    );
     let boot = r0.addr("tcp");
-    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", AFTER, "--bootstrap", &boot]);
+    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot]);
     let b = Browser::start().expect("browser");
-    b.goto(&page(&r0, &format!("seed={}&transport=ws", tab_blocks()))).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&transport=ws", blocks(TAB)))).unwrap();
     connected(&b);
     let tab = seeding(&b);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -323,7 +329,7 @@ fn a_seeding_tab_serves_k_quant_blocks() {
 
     // An audit of the tab's hop, replayed on a CPU relay of its layers that joins now: the
     // honest drift between WebGPU (SwiftShader) and the CPU backend is under the limit.
-    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", &tab_blocks(), "--bootstrap", &boot]);
+    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", &blocks(TAB), "--bootstrap", &boot]);
     let outcome = rt.block_on(async {
         let case = chain.audit_cases().iter().find(|c| c.hop.blocks == TAB).expect("the tab's hop").clone();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -762,10 +768,13 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
     let r0 = Relay::start(
         &r0_dir,
-        &[&["--model", m, "--blocks", BEFORE, "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
+        &[&["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
     );
     let boot = r0.addr("tcp");
-    let _r2 = Relay::start(&r2_dir, &[&["--model", m, "--blocks", AFTER, "--bootstrap", &boot][..], &charge].concat());
+    let _r2 = Relay::start(
+        &r2_dir,
+        &[&["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot][..], &charge].concat(),
+    );
     // The tab asks 1,000 times the relays' price, so what it earns from one generation pays
     // for its own answer.
     let tab_price_units = U256::from(PRICE_UNITS) * U256::from(1000u64);
@@ -778,7 +787,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     // `?seed=&price=` starts seeding once the wallet to be paid is connected.
     let b = Browser::start().expect("browser");
     let page_opened = Instant::now();
-    b.goto(&page(&r0, &format!("seed={}&price=0.001&temperature=0", tab_blocks()))).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&price=0.001&temperature=0", blocks(TAB)))).unwrap();
     let connect_and_seed = || {
         connected(&b);
         b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
@@ -896,9 +905,9 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     .unwrap_or_else(|e| panic!("{e}; page:\n{}", b.page_text()));
     let cost = paid_answer(&b, Duration::from_secs(300));
     // Each relay redeems its half (the tab's own hop does not charge it), after what the
-    // native client paid it for its 14 layers of its tokens: 70% to the node.
+    // native client paid it for its layers of its tokens: 70% to the node.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let relay_layers = U256::from((30 - TAB.len()) / 2);
+    let relay_layers = U256::from(BEFORE.len());
     let from_client = U256::from(PRICE_UNITS) * relay_layers * U256::from(tokens);
     let relay_share = (from_client + cost / U256::from(2u8)) * U256::from(7u8) / U256::from(10u8);
     let (e0, e2) = loop {
@@ -910,7 +919,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
         std::thread::sleep(Duration::from_millis(300));
     };
     assert_eq!((e0, e2), (relay_share, relay_share), "the tab's answer cost {cost}");
-    let paid_layers = U256::from(30 - TAB.len());
+    let paid_layers = U256::from(BEFORE.len() + AFTER.len());
     assert_eq!(cost % (U256::from(PRICE_UNITS) * paid_layers), U256::ZERO, "{cost}: {paid_layers} paid layers a token");
     rt.block_on(async {
         // What the relays were paid came out of the earnings the tab deposited.

@@ -12,10 +12,10 @@
 //! implementations (exp, sin/cos, powf). f32 has a relative precision of 6e-8; through 30
 //! layers with sums of up to 1536 terms and residual streams, they reach a few 1e-5 absolute on
 //! logits of magnitude ~20. Measured on this model (2-core x86, lavapipe): at most 5.5e-5 (CPU)
-//! and 8.2e-5 (wgpu) over the 3 x 64 steps (before wgpu ran fewer). The bound, 1e-3, sits about 12x above the worst
-//! so that kernel variants (AVX-512, AVX2, scalar; other GPUs) pass, while a real bug (a wrong
-//! RoPE pairing, a missing bias, an off-by-one position: all shift logits by whole units, see
-//! candle's 8-bit `quantized_llama` at 1.0-1.8) fails.
+//! and 8.2e-5 (wgpu) over the 3 x 64 steps (before wgpu ran fewer). The bound, 1e-3, sits
+//! about 12x above the worst so that kernel variants (AVX-512, AVX2, scalar; other GPUs)
+//! pass, while a real bug (a wrong RoPE pairing, a missing bias, an off-by-one position: all
+//! shift logits by whole units, see candle's 8-bit `quantized_llama` at 1.0-1.8) fails.
 //! The same run reports, without asserting, how far candle's `quantized_llama` (8-bit
 //! activations) is from the same reference.
 
