@@ -23,8 +23,8 @@ use web_node::settle::gate::EARNED_WINDOW_BLOCKS;
 use web_node::settle::pay::DEFAULT_CREDIT_TOKENS;
 use web_node::settle::wallet::deposit_earned;
 use web_node::settle::{
-    ChainGate, ChainReads, Entry, GateChain, GateFuture, GateHost, Ledger, PaymentGate, Redeemer, SendError,
-    SignedAllocation, SignedAuthorization, NODE_SHARE_BPS,
+    ChainGate, ChainReads, Entry, GateChain, GateFuture, GateHost, Ledger, LedgerContents, PaymentGate, Redeemer,
+    SendError, NODE_SHARE_BPS,
 };
 use web_time::Instant;
 
@@ -40,9 +40,9 @@ struct Snapshot {
     /// The chain and escrow they are redeemed on.
     chain_id: u64,
     escrow: Address,
-    vouchers: Vec<Entry>,
-    authorizations: Vec<SignedAuthorization>,
-    allocations: Vec<SignedAllocation>,
+    /// The ledger's vouchers, authorizations, allocations and newest redeem's block.
+    #[serde(flatten)]
+    ledger: LedgerContents,
 }
 
 /// The tab's [`GateHost`]: the wallet's JSON-RPC and transactions, ledger writes run at once
@@ -77,14 +77,11 @@ impl TabHost {
 
     fn snapshot(&self) -> Result<Snapshot, String> {
         let ledger = self.ledger.get().ok_or("no ledger yet")?;
-        let err = |e: web_node::settle::LedgerError| e.to_string();
         Ok(Snapshot {
             node: self.node,
             chain_id: self.chain.chain_id,
             escrow: self.chain.escrow,
-            vouchers: ledger.entries().map_err(err)?,
-            authorizations: ledger.authorizations().map_err(err)?,
-            allocations: ledger.allocations().map_err(err)?,
+            ledger: ledger.contents().map_err(|e| e.to_string())?,
         })
     }
 
@@ -120,7 +117,7 @@ impl GateHost for TabHost {
             let _in_order = self.persisting.lock().await;
             // Taken once the earlier writes landed: it holds every change made before it.
             let snapshot = self.snapshot().and_then(|s| {
-                self.count(&s.vouchers);
+                self.count(&s.ledger.vouchers);
                 serde_json::to_value(&s).map_err(|e| e.to_string())
             })?;
             store::ledger_save(&self.key(), &snapshot).await.map_err(|e| e.to_string())
@@ -303,7 +300,7 @@ async fn host_for(node: Address, chain: GateChain) -> Result<Arc<TabHost>, AppEr
     restore(&ledger, &host).await?;
     let _ = host.ledger.set(ledger);
     let restored = host.snapshot().map_err(AppError::Wallet)?;
-    host.count(&restored.vouchers);
+    host.count(&restored.ledger.vouchers);
     {
         let mut r = host.received.lock().unwrap_or_else(|p| p.into_inner());
         r.at_start = r.newest.values().fold(U256::ZERO, |a, v| a.saturating_add(*v));
@@ -318,17 +315,5 @@ async fn restore(ledger: &Ledger, host: &TabHost) -> Result<(), AppError> {
     let Some(value) = store::ledger_load(&host.key()).await? else { return Ok(()) };
     let bad = |e: String| AppError::Idb(format!("the kept voucher ledger: {e}"));
     let s: Snapshot = serde_json::from_value(value).map_err(|e| bad(e.to_string()))?;
-    let err = |e: web_node::settle::LedgerError| bad(e.to_string());
-    for e in &s.vouchers {
-        let v = &e.voucher.voucher;
-        ledger.put(&e.voucher).map_err(err)?;
-        ledger.set_collected(v.payer, v.session, e.collected).map_err(err)?;
-    }
-    for a in &s.authorizations {
-        ledger.put_authorization(a).map_err(err)?;
-    }
-    for a in &s.allocations {
-        ledger.put_allocation(a).map_err(err)?;
-    }
-    Ok(())
+    ledger.restore(&s.ledger).map_err(|e| bad(e.to_string()))
 }

@@ -740,18 +740,28 @@ fn the_wallet_panel_deposits_with_a_permit_and_authorizes_a_session_key() {
     }
 }
 
+/// The `newest_block` of every ledger record the page keeps in IndexedDB, once read (polled
+/// with [`Browser::wait_for`]: the read is asynchronous).
+const KEPT_NEWEST_BLOCKS: &str = "if (window.aitKept === undefined) { window.aitKept = null; \
+    const open = indexedDB.open('ait'); open.onsuccess = () => { \
+    const all = open.result.transaction('ledger').objectStore('ledger').getAll(); \
+    all.onsuccess = () => { window.aitKept = all.result.map(r => r.value.newest_block); open.result.close(); }; }; } \
+    return window.aitKept;";
+
 /// Issue 16, test b: a tab earns its chats. It seeds [`TAB`] between relays serving [0, 14)
 /// and [16, 30), all charging, and is paid to the wallet it connects: dev account 4, which
 /// holds AIT but never deposits any. A native client (`ait generate --swarm --pay`, with its
 /// own deposit) generates through the tab, whose Seed panel then holds vouchers worth exactly
-/// the tab's price x 2 layers x the tokens that went through it. The tab redeems them
-/// (70% to its wallet's earnings), makes its earnings its deposit (`depositEarned`),
-/// authorizes a session key and chats through the swarm: the two relays are paid 70/20/10
-/// from what the tab earned, its own hop is free, and its wallet's AIT never moved.
+/// the tab's price x 2 layers x the tokens that went through it, and again after a reload.
+/// The tab redeems them (70% to its wallet's earnings; IndexedDB keeps the redeem's block
+/// with the ledger), makes its earnings its deposit (`depositEarned`), authorizes a session
+/// key and chats through the swarm: the two relays are paid 70/20/10 from what the tab
+/// earned, its own hop is free, and its wallet's AIT never moved.
 #[test]
 fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     use ait_tests::paid::{Chain, PRICE, PRICE_UNITS};
     use alloy::primitives::{Address, U256};
+    use alloy::providers::Provider;
     use relay::settle::bindings::AIT;
     let _serial = serial();
     let root = temp_dir("browser-earn");
@@ -875,8 +885,19 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
         assert_eq!(said[0], json!("false"), "{what}: {said}");
         assert!(said[1].as_str().unwrap_or_default().contains(says), "{what}: {said}");
     };
+    let block = || rt.block_on(async { token.provider().get_block_number().await }).unwrap();
+    let before_redeem = block();
     step("seed-redeem", "the redeem", "Redeemed 1 voucher(s)");
+    let after_redeem = block();
     assert_eq!(rt.block_on(async { escrow.earned(tab_wallet).call().await }).unwrap(), node_share);
+    // IndexedDB keeps the block the redeem was mined in with the ledger, so a reloaded tab
+    // reads the chain no earlier than its own redeem.
+    let kept = b.wait_for("the kept ledger", KEPT_NEWEST_BLOCKS, Duration::from_secs(10)).unwrap();
+    let kept: Vec<u64> = serde_json::from_value(kept).unwrap();
+    assert!(
+        kept.len() == 1 && (before_redeem + 1..=after_redeem).contains(&kept[0]),
+        "kept newest blocks {kept:?}, the redeem was mined in {before_redeem}..={after_redeem}"
+    );
     let e = earnings("the redeemed earnings", &format!("e.earned === '{node_share}' && e.pending === '0'"));
     assert_eq!(e["redeemed"].as_str(), Some(node_share.to_string().as_str()), "{e}");
     assert_eq!(e["waiting"], json!("0"), "{e}");

@@ -65,6 +65,21 @@ fn key(payer: Address, session: B256) -> [u8; 52] {
     k
 }
 
+/// Everything a ledger holds, as plain data: a tab's ledger lives in memory, and IndexedDB
+/// keeps a copy of this ([`Ledger::contents`]) to put back ([`Ledger::restore`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LedgerContents {
+    /// Every stored voucher.
+    pub vouchers: Vec<Entry>,
+    /// Every authorization waiting to be submitted.
+    pub authorizations: Vec<SignedAuthorization>,
+    /// Every allocation waiting to be submitted.
+    pub allocations: Vec<SignedAllocation>,
+    /// [`Ledger::newest_block`] (0 in copies made before it was kept).
+    #[serde(default)]
+    pub newest_block: u64,
+}
+
 /// The node's voucher ledger.
 pub struct Ledger {
     db: Database,
@@ -284,6 +299,33 @@ impl Ledger {
         self.all(VOUCHERS)
     }
 
+    /// Everything the ledger holds.
+    pub fn contents(&self) -> Result<LedgerContents, LedgerError> {
+        Ok(LedgerContents {
+            vouchers: self.entries()?,
+            authorizations: self.authorizations()?,
+            allocations: self.allocations()?,
+            newest_block: self.newest_block()?,
+        })
+    }
+
+    /// Puts `contents` back into the ledger, meant for an empty one (a tab's, when the page
+    /// starts seeding again).
+    pub fn restore(&self, contents: &LedgerContents) -> Result<(), LedgerError> {
+        for e in &contents.vouchers {
+            let v = &e.voucher.voucher;
+            self.put(&e.voucher)?;
+            self.set_collected(v.payer, v.session, e.collected)?;
+        }
+        for a in &contents.authorizations {
+            self.put_authorization(a)?;
+        }
+        for a in &contents.allocations {
+            self.put_allocation(a)?;
+        }
+        self.saw_block(contents.newest_block)
+    }
+
     /// What the stored vouchers of `payer` promise beyond what was collected, except
     /// `session`'s.
     pub fn outstanding_of(&self, payer: Address, except: Option<B256>) -> Result<U256, LedgerError> {
@@ -363,5 +405,44 @@ mod tests {
         l.remove_up_to(payer, a2.voucher.session, U256::from(250u64)).unwrap();
         assert_eq!(l.entries().unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// What a tab copies to IndexedDB and puts back on reload: every voucher (with what was
+    /// collected), authorization, allocation and the newest redeem's block, through JSON.
+    #[test]
+    fn contents_copied_out_and_restored_are_the_same_ledger() {
+        let l = Ledger::in_memory().unwrap();
+        let (a, b) = (signed(1, 250), signed(2, 70));
+        l.put(&a).unwrap();
+        l.put(&b).unwrap();
+        l.set_collected(a.voucher.payer, a.voucher.session, U256::from(100u64)).unwrap();
+        let (payer, signer) = (Address::repeat_byte(3), Address::repeat_byte(4));
+        let authorization =
+            crate::settle::AuthorizeSigner { payer, signer, nonce: U256::from(1u64), deadline: U256::from(9u64) };
+        l.put_authorization(&SignedAuthorization { authorization, signature: vec![7; 65].into() }).unwrap();
+        let allocation = crate::settle::Allocation {
+            payer,
+            node: Address::repeat_byte(9),
+            cumulativeAllocated: U256::from(500u64),
+            deadline: 77,
+        };
+        l.put_allocation(&SignedAllocation { allocation, signature: vec![8; 65].into() }).unwrap();
+        l.saw_block(41).unwrap();
+        let contents = l.contents().unwrap();
+        let json = serde_json::to_string(&contents).unwrap();
+
+        let back = Ledger::in_memory().unwrap();
+        back.restore(&serde_json::from_str(&json).unwrap()).unwrap();
+        assert_eq!(back.newest_block().unwrap(), 41, "the newest redeem's block was not restored");
+        assert_eq!(back.collected_of(a.voucher.payer, a.voucher.session).unwrap(), Some(U256::from(100u64)));
+        assert_eq!(back.contents().unwrap(), contents);
+
+        // A copy made before the block was kept restores with none.
+        let mut old: serde_json::Value = serde_json::from_str(&json).unwrap();
+        old.as_object_mut().unwrap().remove("newest_block");
+        let older = Ledger::in_memory().unwrap();
+        older.restore(&serde_json::from_value(old).unwrap()).unwrap();
+        assert_eq!(older.newest_block().unwrap(), 0);
+        assert_eq!(older.entries().unwrap().len(), 2);
     }
 }

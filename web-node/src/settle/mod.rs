@@ -23,7 +23,7 @@ pub use amount::{ait_f64, format_ait, parse_ait, permit_vrs};
 pub use backing::Backing;
 pub use chain::{ChainReads, GateHost, ReadError, RedeemedLog, SendError};
 pub use gate::{ChainGate, GateChain};
-pub use ledger::{Entry, Ledger, LedgerError};
+pub use ledger::{Entry, Ledger, LedgerContents, LedgerError};
 pub use pay::{
     unix_s, GateFuture, HopBill, Meter, PayTerms, Payer, PayerQuote, Payment, PaymentError, PaymentGate,
     SignedAllocation, SignedAuthorization, SignedVoucher, MAX_PAYMENT_BYTES, NODE_SHARE_BPS,
