@@ -94,7 +94,7 @@ pub fn run(cmd: CourtCmd, args: &WalletArgs) -> anyhow::Result<()> {
                 println!("appealed: draw the jury once the next block exists (`ait tribunal draw`), within 256 blocks");
             }
             CourtCmd::Draw { report, accused } => {
-                send("draw", tribunal.draw(report, accused).send().await).await?;
+                send("draw", super::send_with_gas_margin(tribunal.draw(report, accused)).await).await?;
                 let jury = tribunal.partiesOf(report, accused).call().await.context("partiesOf")?.jury;
                 println!("jury: {}", jury.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(" "));
             }

@@ -33,7 +33,7 @@ use web_node::settle::chain::log_chunks;
 use web_node::trust::FraudReport;
 
 use super::bindings::{Staking, Tribunal};
-use super::{latest_block, mined, ChainError, Deployment};
+use super::{latest_block, mined, send_with_gas_margin, ChainError, Deployment};
 use crate::evidence::{EvidenceStore, EvidenceStoreError, KeptCase};
 
 /// Blocks read back for open cases when a node starts with nothing kept: longer than the
@@ -343,7 +343,7 @@ impl<E: Evidence> Duty<E> {
                 let seed = self.seeds.get(&(report, accused));
                 let seed = *seed.ok_or_else(|| ChainError::Rpc("the case's Appealed event was not read".into()))?;
                 if latest > seed {
-                    mined("Tribunal.draw", self.tribunal.draw(report, accused).send().await).await?;
+                    mined("Tribunal.draw", send_with_gas_margin(self.tribunal.draw(report, accused)).await).await?;
                     acts.drawn += 1;
                 }
             }

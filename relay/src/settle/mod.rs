@@ -87,22 +87,47 @@ pub async fn latest_block<P: alloy::providers::Provider>(provider: &P) -> Result
 /// A sent transaction, or why it could not be sent.
 pub type Sent = Result<alloy::providers::PendingTransactionBuilder<alloy::network::Ethereum>, alloy::contract::Error>;
 
+/// Sends `call` with twice the node's gas estimate as its limit (unused gas is not paid). For
+/// the jury draw, whose cost depends on which pool entries its seeded tries hit and on the
+/// stakes it reads: an estimate can fall short of what the mined call spends (on anvil about
+/// one draw in eight ran out of gas on its estimate).
+pub async fn send_with_gas_margin<P, D>(call: alloy::contract::CallBuilder<P, D>) -> Sent
+where
+    P: alloy::providers::Provider,
+    D: alloy::contract::CallDecoder,
+{
+    // Estimated in the block the transaction would land in, as the provider's gas filler does
+    // (in the latest one the draw would still be too early).
+    let call = call.block(alloy::eips::BlockId::pending());
+    let estimate = call.estimate_gas().await?;
+    call.gas(estimate.saturating_mul(2)).send().await
+}
+
 /// Longest [`mined`] waits for a receipt.
 pub const RECEIPT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Waits for a sent transaction's receipt: `Ok` when it succeeded; a refusal names the
 /// contract's error (`call: NotThawed(..)`), a mined revert says so.
 pub async fn mined(call: &str, sent: Sent) -> Result<(), ChainError> {
+    use alloy::consensus::Transaction as _;
+    use alloy::providers::Provider as _;
     let pending = sent.map_err(|e| ChainError::contract(call, &e))?;
+    let (provider, hash) = (pending.provider().clone(), *pending.tx_hash());
     let receipt = tokio::time::timeout(RECEIPT_TIMEOUT, pending.get_receipt())
         .await
         .map_err(|_| ChainError::pending(call, format!("no receipt in {RECEIPT_TIMEOUT:?}")))?
         .map_err(|e| ChainError::pending(call, e))?;
     if receipt.status() {
-        Ok(())
-    } else {
-        Err(ChainError::Contract { call: call.into(), reason: "reverted".into() })
+        return Ok(());
     }
+    // A mined revert carries no reason: tell running out of gas from the contract's refusal.
+    let used = receipt.gas_used;
+    let reason = match provider.get_transaction_by_hash(hash).await {
+        Ok(Some(tx)) if used >= tx.gas_limit() => format!("ran out of gas (its limit: {used})"),
+        Ok(Some(tx)) => format!("reverted after {used} of its {} gas", tx.gas_limit()),
+        _ => format!("reverted after {used} gas"),
+    };
+    Err(ChainError::Contract { call: call.into(), reason })
 }
 
 /// The escrow's `Redeemed` events of blocks `from..=to`, those naming `node` as the node

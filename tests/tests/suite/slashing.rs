@@ -35,7 +35,7 @@ use relay::settle::deploy::{
 };
 use relay::settle::dev::{self, wallet_provider, DevOpt, RunningDevChain};
 use relay::settle::duty::{Acts, Duty, Evidence};
-use relay::settle::Deployment;
+use relay::settle::{send_with_gas_margin, Deployment};
 use web_node::client::LayerChain;
 use web_node::settle::SessionKey;
 use web_node::trust::tribunal::{tribunal_domain, Verdict as Signed};
@@ -411,7 +411,7 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     refused(sent(court.tribunal(0).draw(framing.report, accused).send().await).await, "TooEarly");
     // A node that enlists once the appeal is in cannot sit on its jury.
     sent(court.tribunal(late).enlist().send().await).await.expect("a late enlisting");
-    sent(court.tribunal(0).draw(framing.report, accused).send().await).await.expect("draw");
+    sent(send_with_gas_margin(court.tribunal(0).draw(framing.report, accused)).await).await.expect("draw");
     let jury = court.tribunal(0).partiesOf(framing.report, accused).call().await.unwrap().jury;
     assert!(!jury.contains(&court.address(late)), "a node that enlisted after the appeal was drawn");
     assert_eq!(jury.len(), 5);
@@ -488,7 +488,7 @@ async fn staked_sybils_framing_an_honest_node_are_overturned_by_a_drawn_jury_and
     let before = court.holdings(&everyone).await;
     court.appeal(honest, unruled.report).await.expect("appeal");
     mine_blocks(&court.nodes[0].provider, 2).await;
-    sent(court.tribunal(0).draw(unruled.report, accused).send().await).await.expect("draw");
+    sent(send_with_gas_margin(court.tribunal(0).draw(unruled.report, accused)).await).await.expect("draw");
     let jury = court.tribunal(0).partiesOf(unruled.report, accused).call().await.unwrap().jury;
     let index = |a: &Address| (0..12).find(|&i| court.address(i) == *a).unwrap();
     for a in &jury[..2] {
@@ -548,6 +548,8 @@ impl Evidence for Shown {
 /// cannot recompute abstain then; the case lapses and nobody loses stake.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duties_appeal_draw_and_sit_on_juries_that_slash_a_liar_and_clear_a_framed_node() {
+    // A duty logs the steps that fail (and tries them again after a backoff): show them.
+    let _ = tracing_subscriber::fmt().with_env_filter("warn,relay::settle::duty=info").with_test_writer().try_init();
     let court = Court::start(13).await;
     let (liar, judges, jurors, honest, sybils) = (1, [2, 3], 4..10, 10, [11, 12]);
     let lying = Arc::new(Fixture::lying(7, &SERVERS, 1, FAULT_CLASSES[0]));
