@@ -44,22 +44,27 @@ step "setup" bash scripts/setup.sh
 step "format" cargo fmt --all -- --check
 # The Rust build loads the contracts' committed artifacts: they must be what the sources compile to.
 step "contracts (npm ci, solc, compare artifacts)" bash scripts/contracts.sh
-# The README's run command (`cargo run -p relay`) must reuse this build: same features everywhere.
-step "one build for both README commands" bash scripts/same-build.sh
+# The README's run command (`cargo run -p relay`) must reuse this build's dependencies: same
+# features everywhere.
+step "one build of the dependencies for both README commands" bash scripts/same-build.sh
 # Clippy lints the workspace's crates as they compile: clippy-driver is the rustc of workspace
 # members, as under `cargo clippy`, with its lints at -D warnings. `cargo clippy` on its own would
 # check every dependency again (about 300 s native and 130 s wasm32 on a bare 2-core machine).
 # Every step that compiles below keeps this environment: it is part of the workspace crates'
 # fingerprints.
 export RUSTC_WORKSPACE_WRAPPER CLIPPY_ARGS
-RUSTC_WORKSPACE_WRAPPER=$(command -v clippy-driver)
+RUSTC_WORKSPACE_WRAPPER=$(command -v clippy-driver) || { echo "no clippy-driver (scripts/setup.sh adds clippy)"; exit 1; }
 CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
-# One native build for `ait` and the tests, and the benches (built, not run) so that they are
-# linted too; it also puts the `ait` binary the swarm tests start in place. Its dependencies
+# One native build for `ait` and the tests, and the bench targets (built, not run) so that they
+# are linted too; it also puts the `ait` binary the swarm tests start in place. Its dependencies
 # (thanks to the check above) are the build `cargo run --release -p relay` reuses.
-# (`--tests --examples --benches`, not `--all-targets`: that would also build the `ait` binary
-# and the fuzz targets' lib as unit-test harnesses, which have no tests.)
-step "build and lint ait and the tests (native, release)" cargo test --release --workspace --exclude app --tests --examples --benches --no-run
+# (`--bench '*'` selects the bench targets only: `--benches` or `--all-targets` would also build
+# every lib and binary, the `ait` binary included, as a harness of tests they do not have.)
+build_native() {
+    cargo test --release --workspace --exclude app --no-run
+    cargo test --release --workspace --exclude app --bench '*' --no-run
+}
+step "build and lint ait, the tests and benches (native, release)" build_native
 # Some unit tests read the default model directly: fetch it once and point them all at it.
 step "fetch the default model" "$CARGO_TARGET_DIR/release/ait" fetch-model
 AIT_MODEL=$("$CARGO_TARGET_DIR/release/ait" fetch-model)
