@@ -1,6 +1,8 @@
 //! `cargo bench -p ait-tests --bench trust`: what receipts cost on the decode path, printing
 //! JSON. In one run, on the default model's shape (hidden 576):
-//! - receipts signed and verified per second (ed25519, the node's libp2p key);
+//! - receipts signed and verified per second (ed25519, the node's libp2p key; the client
+//!   checks a session's receipts with the key it took from the node's peer id once, whose
+//!   cost is given apart);
 //! - the hashing of one decode step (the input row into the session's `InputChain`, the
 //!   output row's hash), done by the node and again by the client;
 //! - a decode step of one hop of a 3-hop chain (10 layers, CPU backend, one session), median
@@ -22,7 +24,7 @@ use relay::bench::median;
 use serde_json::json;
 use web_node::engine::{Backend, BlockExecutor, ExecutorConfig};
 use web_node::model::{ModelFile, ModelId};
-use web_node::trust::{output_hash, FraudReport, InputChain, Receipt, SignedRun};
+use web_node::trust::{output_hash, FraudReport, InputChain, NodeKey, Receipt, SignedRun};
 
 /// Decode steps of the benchmarked session (after a one-token prefill).
 const SESSION: usize = 64;
@@ -90,7 +92,13 @@ fn main() {
         std::hint::black_box(r.sign(&key).unwrap());
     });
     let sig = r.sign(&key).unwrap();
-    let verify_s = per_call(2_000, || r.verify(&node, &sig).unwrap());
+    // The client takes the node's key from its peer id once per session, then checks each
+    // step's receipt with it.
+    let key_s = per_call(2_000, || {
+        std::hint::black_box(NodeKey::of(&node).unwrap());
+    });
+    let node_key = NodeKey::of(&node).unwrap();
+    let verify_s = per_call(2_000, || node_key.verify(&r, &sig).unwrap());
 
     // One hop of a 3-hop chain of the default model: layers 10..20 on the CPU backend.
     let file = ModelFile::open(&default_model()).expect("the default model");
@@ -148,6 +156,7 @@ fn main() {
         "hidden": dim,
         "receipts_signed_per_s": (1.0 / sign_s).round(),
         "receipts_verified_per_s": (1.0 / verify_s).round(),
+        "node_key_from_peer_id_us": key_s * 1e6,
         "hash_one_decode_step_us": hash_s * 1e6,
         "decode_step_one_hop_ms": { "layers": "10..20", "backend": backend_name, "median": step_s * 1e3 },
         "receipt_work_per_hop_step_us": receipt_s * 1e6,

@@ -22,7 +22,7 @@ pub mod tribunal;
 pub use audit::{parse_rate, second_opinion_rank, AuditDraw, Verdict, DEFAULT_AUDIT_RATE, MAX_OPINIONS, QUORUM};
 pub use delta::{deviation, CompareError, Deviation, DELTA_LIMIT};
 pub use receipt::{
-    output_hash, public_key_of, InputChain, Receipt, ReceiptChain, ReceiptError, SessionNonce, SignedReceipt,
+    output_hash, public_key_of, InputChain, NodeKey, Receipt, ReceiptChain, ReceiptError, SessionNonce, SignedReceipt,
     MAX_SIGNATURE,
 };
 pub use report::{check_run, Checked, FraudReport, Judgment, ReportError, SignedRun, Span};

@@ -100,19 +100,52 @@ impl Receipt {
     }
 
     /// Checks that `signature` is `node`'s (its key taken from its peer id) over this receipt.
+    /// Checking many receipts of one node, take its key once ([`NodeKey::of`]).
     pub fn verify(&self, node: &PeerId, signature: &[u8]) -> Result<(), ReceiptError> {
-        self.verify_with(&public_key_of(node)?, node, signature)
+        NodeKey::of(node)?.verify(self, signature)
     }
 
     /// Checks that `key` is `node`'s and `signature` its signature over this receipt.
     pub fn verify_with(&self, key: &PublicKey, node: &PeerId, signature: &[u8]) -> Result<(), ReceiptError> {
+        NodeKey::checked(key.clone(), node)?.verify(self, signature)
+    }
+}
+
+/// A node's public key, decoded once and known to be the node's, for checking its receipts:
+/// decoding an ed25519 key from a peer id (a point decompression) costs about as much as
+/// checking a signature, so a client checks each step's receipt with the key it took when
+/// the session opened.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeKey {
+    peer: PeerId,
+    key: PublicKey,
+}
+
+impl NodeKey {
+    /// The key inside `peer` ([`public_key_of`]).
+    pub fn of(peer: &PeerId) -> Result<NodeKey, ReceiptError> {
+        Ok(NodeKey { peer: *peer, key: public_key_of(peer)? })
+    }
+
+    /// `key`, once checked to be `peer`'s.
+    pub fn checked(key: PublicKey, peer: &PeerId) -> Result<NodeKey, ReceiptError> {
+        if key.to_peer_id() != *peer {
+            return Err(ReceiptError::WrongKey(*peer));
+        }
+        Ok(NodeKey { peer: *peer, key })
+    }
+
+    /// The node.
+    pub fn peer(&self) -> &PeerId {
+        &self.peer
+    }
+
+    /// Checks that `signature` is the node's over `receipt`.
+    pub fn verify(&self, receipt: &Receipt, signature: &[u8]) -> Result<(), ReceiptError> {
         if signature.len() > MAX_SIGNATURE {
             return Err(ReceiptError::TooLong(signature.len()));
         }
-        if key.to_peer_id() != *node {
-            return Err(ReceiptError::WrongKey(*node));
-        }
-        if key.verify(&self.signing_bytes(), signature) {
+        if self.key.verify(&receipt.signing_bytes(), signature) {
             Ok(())
         } else {
             Err(ReceiptError::BadSignature)
@@ -278,6 +311,14 @@ mod tests {
         assert_eq!(r.verify(&node, &sig[..63]), Err(ReceiptError::BadSignature));
         assert_eq!(r.verify(&node, &[]), Err(ReceiptError::BadSignature));
         assert_eq!(r.verify(&node, &[0; MAX_SIGNATURE + 1]), Err(ReceiptError::TooLong(MAX_SIGNATURE + 1)));
+        // A key taken once checks the same: the node's signature, nothing else.
+        let once = NodeKey::of(&node).unwrap();
+        assert_eq!(once.peer(), &node);
+        once.verify(&r, &sig).unwrap();
+        assert_eq!(once.verify(&r, &bad), Err(ReceiptError::BadSignature));
+        assert_eq!(NodeKey::of(&other).unwrap().verify(&r, &sig), Err(ReceiptError::BadSignature));
+        assert_eq!(NodeKey::checked(key.public(), &other), Err(ReceiptError::WrongKey(other)));
+        assert_eq!(NodeKey::checked(key.public(), &node), Ok(once));
     }
 
     #[test]

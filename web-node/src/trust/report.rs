@@ -20,7 +20,9 @@ use libp2p::PeerId;
 
 use super::audit::{Verdict, MAX_OPINIONS, QUORUM};
 use super::delta::{deviation, DELTA_LIMIT};
-use super::receipt::{output_hash, InputChain, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE};
+use super::receipt::{
+    output_hash, InputChain, NodeKey, Receipt, ReceiptError, SessionNonce, SignedReceipt, MAX_SIGNATURE,
+};
 use crate::model::ModelId;
 use crate::net::frame::MAX_FRAME;
 use crate::net::protocol::{put_f32s, put_u32, Reader};
@@ -152,6 +154,8 @@ pub fn check_run(
     }
     let (session, model) = (first.receipt.session, first.receipt.model);
     let layers = first.receipt.start..first.receipt.end;
+    let sig_error = |e: ReceiptError| ReportError::Signature { node: *node, error: Box::new(e) };
+    let key = if signatures { Some(NodeKey::of(node).map_err(sig_error)?) } else { None };
     let mut at = 0usize;
     for r in receipts {
         let (pos, n) = (r.receipt.pos as usize, r.receipt.n_tokens as usize);
@@ -171,10 +175,8 @@ pub fn check_run(
         if output_hash(&outputs[from..to]) != r.receipt.output {
             return bad(format!("the answer at position {pos} is not the one signed"));
         }
-        if signatures {
-            r.receipt
-                .verify(node, &r.signature)
-                .map_err(|e| ReportError::Signature { node: *node, error: Box::new(e) })?;
+        if let Some(key) = &key {
+            key.verify(&r.receipt, &r.signature).map_err(sig_error)?;
         }
         at += n;
     }

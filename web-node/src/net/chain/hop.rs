@@ -29,7 +29,7 @@ use crate::net::protocol::{hidden_answer_limit, Request, Response, MAX_CONTROL_A
 use crate::net::routing::Hop;
 use crate::net::serve::BoxStream;
 use crate::settle::{unix_s, HopBill, Payer, SignedVoucher};
-use crate::trust::{output_hash, InputChain, Receipt, SessionNonce, SignedReceipt};
+use crate::trust::{output_hash, InputChain, NodeKey, Receipt, SessionNonce, SignedReceipt};
 
 /// How long a server has to answer the liveness check of a step that is late.
 const ALIVE_LIMIT: Duration = Duration::from_millis(500);
@@ -84,6 +84,8 @@ pub(super) struct HopSession {
     /// On a free-tier session: what the server said was left of the client's daily quota
     /// there, less the tokens it ran since.
     free_left: Option<u32>,
+    /// The node's key, taken from its peer id once, that its receipts are checked with.
+    key: NodeKey,
     /// The session's id, named in its receipts.
     session: SessionNonce,
     /// The model, named in its receipts.
@@ -113,6 +115,9 @@ impl HopSession {
         watch: Option<&super::QueueWatch>,
     ) -> Result<HopSession, ChainError> {
         let Hop { peer, blocks } = hop;
+        // A node whose receipts cannot be checked cannot serve a step: not worth a session.
+        let key =
+            NodeKey::of(&peer).map_err(|e| ChainError::Protocol { peer, detail: format!("step receipt: {e}") })?;
         // A paid session first asks what backs it, and allocates what its longest run costs
         // beyond that (a signature the node submits; no transaction here).
         if let Some((b, payer)) = &mut bill {
@@ -165,6 +170,7 @@ impl HopSession {
                 stats: HopStats::default(),
                 bill,
                 free_left,
+                key,
                 session,
                 model,
                 inputs: InputChain::new(&session),
@@ -316,8 +322,8 @@ impl HopSession {
                         inputs: inputs.value(),
                         output: output_hash(&hidden),
                     };
-                    receipt
-                        .verify(&peer, &signature)
+                    self.key
+                        .verify(&receipt, &signature)
                         .map_err(|e| ChainError::Protocol { peer, detail: format!("step receipt: {e}") })?;
                     if let Some((bill, _)) = &mut self.bill {
                         bill.received(take, &receipt);
