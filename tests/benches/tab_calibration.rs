@@ -27,7 +27,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use ait_tests::browser::{connected, page, seeding, web_dir, Browser};
+use ait_tests::browser::{blocks, connected, page, seeding, web_dir, Browser};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
 use relay::swarm_client::{chain, connect};
@@ -50,10 +50,6 @@ struct Subject {
     path: PathBuf,
     n_layers: usize,
     ranges: Vec<Range<usize>>,
-}
-
-fn blocks(r: &Range<usize>) -> String {
-    format!("{}..{}", r.start, r.end)
 }
 
 fn main() {

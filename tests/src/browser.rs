@@ -204,6 +204,11 @@ pub fn web_dir() -> PathBuf {
     dir
 }
 
+/// `layers` as `--blocks` and the page's `?seed=` take them.
+pub fn blocks(layers: &std::ops::Range<usize>) -> String {
+    format!("{}..{}", layers.start, layers.end)
+}
+
 /// The app's page on `relay`'s HTTP server, with `query`. The tab audits nothing unless
 /// `query` sets `audit=` (its default audits a random share of sessions, as paid sessions
 /// on other servers, which would make the tests' payments vary from run to run).

@@ -8,7 +8,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use ait_tests::browser::{ask, connected, model_ready, page, seeding, web_dir, Browser};
+use ait_tests::browser::{ask, blocks, connected, model_ready, page, seeding, web_dir, Browser};
 use ait_tests::default_model;
 use ait_tests::procs::{temp_dir, Relay};
 use ait_tests::requantize::{k_quant_mix, requantize_gguf};
@@ -24,11 +24,6 @@ const TAB: Range<usize> = 14..16;
 /// The layers of the relay before the tab, and of the one after it: as many each.
 const BEFORE: Range<usize> = 0..14;
 const AFTER: Range<usize> = 16..30;
-
-/// `layers` as `--blocks` (and `?seed=`) take them.
-fn blocks(layers: Range<usize>) -> String {
-    format!("{}..{}", layers.start, layers.end)
-}
 
 /// Test b: the chat page answers "What is the capital of France?" from the swarm (one relay
 /// holding every block), streams it, and keeps the conversation across a reload. A browser
@@ -180,12 +175,12 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
         let dir = root.join(transport);
         let r0 = Relay::start(
             &dir.join("r0"),
-            &["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web.to_str().unwrap()],
+            &["--model", m, "--blocks", &blocks(&BEFORE), "--web-dir", web.to_str().unwrap()],
         );
         let boot = r0.addr("tcp");
-        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot]);
+        let _r2 = Relay::start(&dir.join("r2"), &["--model", m, "--blocks", &blocks(&AFTER), "--bootstrap", &boot]);
         let b = Browser::start().expect("browser");
-        b.goto(&page(&r0, &format!("seed={}&transport={transport}", blocks(TAB)))).unwrap();
+        b.goto(&page(&r0, &format!("seed={}&transport={transport}", blocks(&TAB)))).unwrap();
         let conn = connected(&b);
         let expect = if transport == "ws" { "WebSocket" } else { "WebRTC-direct" };
         assert!(conn.contains(expect), "{conn}");
@@ -247,7 +242,7 @@ fn a_seeding_tab_serves_blocks_and_closing_it_reroutes() {
                         route_before = format!("{:?}", route.lock().unwrap());
                         spare = Some(Relay::start(
                             &dir.join("r1"),
-                            &["--model", m, "--blocks", &blocks(TAB), "--bootstrap", &boot],
+                            &["--model", m, "--blocks", &blocks(&TAB), "--bootstrap", &boot],
                         ));
                         b.close_tab().expect("close the seeding tab");
                     }
@@ -304,12 +299,12 @@ fn a_seeding_tab_serves_k_quant_blocks() {
 
     let r0 = Relay::start(
         &root.join("r0"),
-        &["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web_dir().to_str().unwrap()],
+        &["--model", m, "--blocks", &blocks(&BEFORE), "--web-dir", web_dir().to_str().unwrap()],
     );
     let boot = r0.addr("tcp");
-    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot]);
+    let _r2 = Relay::start(&root.join("r2"), &["--model", m, "--blocks", &blocks(&AFTER), "--bootstrap", &boot]);
     let b = Browser::start().expect("browser");
-    b.goto(&page(&r0, &format!("seed={}&transport=ws", blocks(TAB)))).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&transport=ws", blocks(&TAB)))).unwrap();
     connected(&b);
     let tab = seeding(&b);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -329,7 +324,7 @@ fn a_seeding_tab_serves_k_quant_blocks() {
 
     // An audit of the tab's hop, replayed on a CPU relay of its layers that joins now: the
     // honest drift between WebGPU (SwiftShader) and the CPU backend is under the limit.
-    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", &blocks(TAB), "--bootstrap", &boot]);
+    let _r1 = Relay::start(&root.join("r1"), &["--model", m, "--blocks", &blocks(&TAB), "--bootstrap", &boot]);
     let outcome = rt.block_on(async {
         let case = chain.audit_cases().iter().find(|c| c.hop.blocks == TAB).expect("the tab's hop").clone();
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -778,12 +773,12 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     let charge = [&settle[..], &["--price", PRICE, "--redeem-every", "1"]].concat();
     let r0 = Relay::start(
         &r0_dir,
-        &[&["--model", m, "--blocks", &blocks(BEFORE), "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
+        &[&["--model", m, "--blocks", &blocks(&BEFORE), "--web-dir", web.to_str().unwrap()][..], &charge].concat(),
     );
     let boot = r0.addr("tcp");
     let _r2 = Relay::start(
         &r2_dir,
-        &[&["--model", m, "--blocks", &blocks(AFTER), "--bootstrap", &boot][..], &charge].concat(),
+        &[&["--model", m, "--blocks", &blocks(&AFTER), "--bootstrap", &boot][..], &charge].concat(),
     );
     // The tab asks 1,000 times the relays' price, so what it earns from one generation pays
     // for its own answer.
@@ -797,7 +792,7 @@ fn a_seeding_tab_earns_redeems_and_pays_its_chats_with_what_it_earned() {
     // `?seed=&price=` starts seeding once the wallet to be paid is connected.
     let b = Browser::start().expect("browser");
     let page_opened = Instant::now();
-    b.goto(&page(&r0, &format!("seed={}&price=0.001&temperature=0", blocks(TAB)))).unwrap();
+    b.goto(&page(&r0, &format!("seed={}&price=0.001&temperature=0", blocks(&TAB)))).unwrap();
     let connect_and_seed = || {
         connected(&b);
         b.exec(INJECTED_WALLET, json!([d.rpc, tab_wallet.to_string()])).unwrap();
